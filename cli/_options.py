@@ -1,0 +1,16 @@
+"""Options shared by several commands, declared once."""
+
+from __future__ import annotations
+
+import click
+
+device_option = click.option(
+    "--device", type=click.Choice(["auto", "gpu", "cpu"]), default="auto", show_default=True,
+    help="Where to decode and compute: gpu (DALI + NVDEC + CUDA), cpu (PyAV + PyTorch), auto = gpu when usable.")
+sampling_option = click.option(
+    "--sampling", "mode", type=click.Choice(["auto", "keyframe", "exact"]), default="auto", show_default=True,
+    help="exact: the frame nearest each sampling time; keyframe: the nearest keyframe (reads and decodes far "
+         "less; error up to half the keyframe interval); auto: keyframe when keyframes are at most 1.5 "
+         "sampling intervals apart, else exact.")
+fps_option = click.option("--fps", type=click.FloatRange(min=0.01, max=120), default=1.0, show_default=True,
+                          help="Frames sampled per second of video.")

@@ -1,0 +1,82 @@
+"""The ``quadvault`` group: global options, logging, and lazily loaded commands (fast ``--help``)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+import click
+
+from quadvault_dali import __version__
+from quadvault_dali.errors import QuadvaultError
+from quadvault_dali.progress import set_quiet
+
+#: command name -> (module in quadvault_dali.cli, attribute)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "probe": ("probe", "probe"),
+    "sample": ("sample", "sample"),
+    "prepare-dataset": ("prepare_dataset", "prepare_dataset"),
+    "train": ("train", "train"),
+    "test-video": ("test_video", "test_video"),
+    "evaluate": ("evaluate", "evaluate"),
+    "scan": ("scan", "scan"),
+    "batch-classify": ("scan", "batch_classify"),
+    "reel": ("reel", "reel"),
+    "demo": ("demo", "demo"),
+}
+
+
+class LazyGroup(click.Group):
+    """Imports a command's module only when that command runs, so torch loads only where needed."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module_name, attr = COMMANDS[name]
+        module = importlib.import_module(f"quadvault_dali.cli.{module_name}")
+        return getattr(module, attr)
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except QuadvaultError as exc:
+            if os.environ.get("QUADVAULT_DEBUG"):
+                raise
+            logging.getLogger("quadvault_dali").debug("error detail", exc_info=True)
+            click.secho(f"Error: {exc}", fg="red", err=True)
+            sys.exit(1)
+
+
+def configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    logging.getLogger("quadvault_dali").setLevel(logging.DEBUG if verbose > 1 else logging.INFO if not quiet else logging.WARNING)
+    logging.getLogger("libav").setLevel(logging.ERROR)
+    set_quiet(quiet)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="quadvault")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors; no progress bars.")
+def main(verbose: int, quiet: bool) -> None:
+    """QuadVault DALI: find the highlights in a huge drone-footage library.
+
+    \b
+    Typical flow:
+      quadvault demo                          # the whole flow on generated sample footage
+      quadvault prepare-dataset labels.json data/
+      quadvault train data/dataset.parquet --output-dir model/
+      quadvault scan /footage --model model/ --out scan/
+      quadvault reel scan/ best.mp4
+    """
+    configure_logging(verbose, quiet)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,86 @@
+"""Finding the videos in a library: recursive, case-insensitive, stable order, never fatal."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Iterable
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = frozenset({
+    ".mp4", ".mov", ".m4v", ".mkv", ".avi", ".mts", ".m2ts", ".ts", ".webm", ".mpg", ".mpeg", ".3gp",
+    ".insv", ".lrv", ".wmv", ".flv",
+})
+#: Folders that hold system or application data, never footage.
+SKIPPED_DIRS = frozenset({
+    "$recycle.bin", "system volume information", "lost+found", ".trashes", ".spotlight-v100", ".fseventsd",
+    "@eadir", "#recycle", "__macosx",
+})
+
+
+def is_video_file(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS and not path.name.startswith(("._", "."))
+
+
+def find_videos(roots: Iterable[str | os.PathLike[str]], *,
+                on_error: Callable[[Path, OSError], None] | None = None) -> list[Path]:
+    """Every video file under ``roots`` (files are taken as given), sorted, each real file once.
+
+    Hidden and system folders are skipped; symlinked folders are followed, but a folder already seen
+    (by device and inode) is not entered again, so link loops end. Unreadable folders are reported
+    through ``on_error`` (default: a warning) and skipped.
+    """
+    report = on_error or (lambda p, e: log.warning("cannot read folder %s: %s", p, e.strerror or e))
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[tuple[int, int]] = set()
+    found: list[Path] = []
+
+    def add_file(path: Path) -> None:
+        try:
+            st = path.stat()
+        except OSError as exc:
+            report(path, exc)
+            return
+        key = (st.st_dev, st.st_ino)
+        if key not in seen_files:
+            seen_files.add(key)
+            found.append(path)
+
+    def walk(folder: Path) -> None:
+        try:
+            st = folder.stat()
+        except OSError as exc:
+            report(folder, exc)
+            return
+        if (st.st_dev, st.st_ino) in seen_dirs:
+            return
+        seen_dirs.add((st.st_dev, st.st_ino))
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            report(folder, exc)
+            return
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+            except OSError:
+                continue
+            if is_dir:
+                if entry.name.startswith(".") or entry.name.lower() in SKIPPED_DIRS:
+                    continue
+                walk(path)
+            elif is_video_file(path):
+                add_file(path)
+
+    for root in roots:
+        root_path = Path(root)
+        if root_path.is_dir():
+            walk(root_path)
+        elif root_path.exists():
+            add_file(root_path)
+        else:
+            report(root_path, FileNotFoundError(2, "No such file or folder", str(root_path)))
+    return sorted(found, key=lambda p: str(p))

@@ -1,0 +1,68 @@
+"""One exception family for the package, so callers can isolate a bad file without catching everything.
+
+Every message names the file (or object), says what is wrong and, where there is one, the next step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class QuadvaultError(Exception):
+    """Base class. ``str(err)`` is a one-line message fit for a CLI error or a Parquet error row."""
+
+    def __init__(self, reason: str, *, path: str | Path | None = None, hint: str | None = None) -> None:
+        self.reason = reason
+        self.path = Path(path) if path is not None else None
+        self.hint = hint
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        text = f"{self.path}: {self.reason}" if self.path is not None else self.reason
+        if self.hint:
+            text += f" ({self.hint})"
+        return text
+
+    @property
+    def kind(self) -> str:
+        """Short machine-readable error class, stored in scan error rows."""
+        return type(self).__name__
+
+
+class VideoOpenError(QuadvaultError):
+    """The file cannot be opened as a video: missing, empty, not a video, truncated, no index."""
+
+
+class UnsupportedCodecError(VideoOpenError):
+    """The container opens but the video codec cannot be decoded by the chosen backend."""
+
+
+class DecodeError(QuadvaultError):
+    """The video opened but frames could not be decoded."""
+
+
+class BackendUnavailableError(QuadvaultError):
+    """A backend (e.g. ``gpu``) was asked for but cannot run on this machine."""
+
+
+class ModelFormatError(QuadvaultError):
+    """A file is not a QuadVault model, or one from an incompatible version."""
+
+
+class LabelsError(QuadvaultError):
+    """A labels file is invalid; ``problems`` lists every problem found, not just the first."""
+
+    def __init__(self, reason: str, *, path: str | Path | None = None, problems: list[str] | None = None,
+                 hint: str | None = None) -> None:
+        self.problems = list(problems or [])
+        if self.problems:
+            reason = reason + ":\n  - " + "\n  - ".join(self.problems)
+        super().__init__(reason, path=path, hint=hint)
+
+
+class DatasetError(QuadvaultError):
+    """A prepared dataset is missing, malformed or unusable for training."""
+
+
+class OutputError(QuadvaultError):
+    """Results cannot be written (disk full, permission, would write into the library)."""

@@ -1,0 +1,238 @@
+"""Probing: what a video is, read from its container without decoding a frame.
+
+The scan probes 18,000 files before it decodes them; reading only headers and the sample index
+keeps that to milliseconds per file, and validating here keeps bad files out of the GPU batches
+(a file DALI cannot open fails its whole batch).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+from ._mp4 import read_rotation
+from .errors import UnsupportedCodecError, VideoOpenError
+
+#: Codecs a NVDEC-based DALI decoder handles (the H100 has no AV1 decoder, so AV1 is CPU-only).
+GPU_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "mpeg4", "mjpeg"})
+_MP4_FORMATS = ("mov", "mp4")
+
+
+@dataclass(frozen=True)
+class PacketIndex:
+    """The video stream's packets in decode order, from the container index (no file data read).
+
+    ``pts`` are presentation times in seconds from the stream's first frame. Containers whose index
+    holds only decode times (MP4) get ``pts = dts + the first frame's composition offset``, exact for
+    the keyframes of the usual fixed-reorder-delay encoders.
+    """
+
+    pts: np.ndarray  # float64 seconds
+    pos: np.ndarray  # int64 byte offset in the file
+    size: np.ndarray  # int64 bytes
+    is_key: np.ndarray  # bool
+    from_container_index: bool
+
+    def __len__(self) -> int:
+        return int(self.pts.shape[0])
+
+    @property
+    def keyframe_times(self) -> np.ndarray:
+        return np.sort(self.pts[self.is_key])
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the prober found; widths and heights are as displayed, after rotation."""
+
+    path: Path
+    size_bytes: int
+    mtime_ns: int
+    container: str
+    codec: str
+    pix_fmt: str | None
+    coded_width: int
+    coded_height: int
+    width: int
+    height: int
+    rotation: int
+    avg_fps: float
+    real_fps: float
+    duration_s: float
+    frame_count: int
+    bit_rate: int | None
+    start_time_s: float
+    keyframe_times: tuple[float, ...]
+    has_audio: bool
+    is_vfr: bool
+    stream_index: int
+
+    @property
+    def max_keyframe_interval_s(self) -> float:
+        """Longest gap between keyframes, counting the run from the last keyframe to the end."""
+        if not self.keyframe_times:
+            return float("inf")
+        edges = list(self.keyframe_times) + [max(self.duration_s, self.keyframe_times[-1])]
+        return float(max(b - a for a, b in zip(edges, edges[1:]))) if len(edges) > 1 else self.duration_s
+
+    @property
+    def gpu_decodable(self) -> bool:
+        return self.codec in GPU_CODECS
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["path"] = str(self.path)
+        data["keyframe_count"] = len(self.keyframe_times)
+        data["max_keyframe_interval_s"] = round(self.max_keyframe_interval_s, 3)
+        data["keyframe_times"] = [round(t, 3) for t in self.keyframe_times]
+        return data
+
+
+def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
+    if value is None or time_base is None:
+        return None
+    return float(value * time_base)
+
+
+def open_container(path: Path) -> av.container.InputContainer:
+    """Opens ``path`` with PyAV, turning every failure into a ``VideoOpenError`` that says why."""
+    if not path.exists():
+        raise VideoOpenError("file not found", path=path)
+    if path.is_dir():
+        raise VideoOpenError("is a folder, not a video file", path=path)
+    if not os.access(path, os.R_OK):
+        raise VideoOpenError("permission denied", path=path, hint="check the file's read permission")
+    if path.stat().st_size == 0:
+        raise VideoOpenError("empty file (0 bytes)", path=path)
+    try:
+        return av.open(str(path), metadata_errors="ignore")
+    except av.error.InvalidDataError as exc:
+        raise VideoOpenError(
+            f"not a readable video container ({exc.strerror or exc})", path=path,
+            hint="the file is not a video, or its header/index (e.g. the MP4 'moov' box) is missing or damaged",
+        ) from exc
+    except (av.error.FFmpegError, OSError) as exc:
+        raise VideoOpenError(f"cannot open: {exc}", path=path) from exc
+
+
+def read_packet_index(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                      path: Path) -> PacketIndex:
+    """Packet positions, sizes and times from the container index, demuxing only if there is none."""
+    tb = stream.time_base or Fraction(1, 90000)
+    entries = stream.index_entries
+    if len(entries) > 1 and container.format.name.split(",")[0] in _MP4_FORMATS:
+        n = len(entries)
+        dts = np.fromiter((e.timestamp for e in entries), np.int64, n)
+        pos = np.fromiter((e.pos for e in entries), np.int64, n)
+        size = np.fromiter((e.size for e in entries), np.int64, n)
+        key = np.fromiter((e.is_keyframe for e in entries), bool, n)
+        keep = ~np.fromiter((e.is_discard for e in entries), bool, n)
+        dts, pos, size, key = dts[keep], pos[keep], size[keep], key[keep]
+        start = stream.start_time if stream.start_time is not None else int(dts[0])
+        # MP4 index entries carry decode times; the first frame is presented at start_time.
+        pts_ticks = dts + (start - int(dts[0]))
+        pts = (pts_ticks - start).astype(np.float64) * float(tb)
+        return PacketIndex(pts, pos, size, key, True)
+    # No usable index (MPEG-TS, some MKV/WebM): demux every packet once, without decoding.
+    rows: list[tuple[float, int, int, bool]] = []
+    first: int | None = None
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0 or packet.pts is None:
+                continue
+            if first is None:
+                first = packet.pts if stream.start_time is None else stream.start_time
+            rows.append((float((packet.pts - first) * tb), packet.pos or -1, packet.size, packet.is_keyframe))
+    except av.error.FFmpegError as exc:
+        if not rows:
+            raise VideoOpenError(f"cannot read packets: {exc}", path=path) from exc
+    if not rows:
+        raise VideoOpenError("video stream has no packets", path=path)
+    arr = np.array(rows, dtype=object)
+    return PacketIndex(arr[:, 0].astype(np.float64), arr[:, 1].astype(np.int64), arr[:, 2].astype(np.int64),
+                       arr[:, 3].astype(bool), False)
+
+
+def probe_video(path: str | os.PathLike[str], *, with_index: bool = False) -> VideoInfo | tuple[VideoInfo, PacketIndex]:
+    """Probes one file. Raises ``VideoOpenError``/``UnsupportedCodecError`` naming the file and the fault.
+
+    With ``with_index=True`` also returns the packet index the samplers plan from.
+    """
+    path = Path(path)
+    container = open_container(path)
+    try:
+        info, index = _probe_open(container, path)
+    finally:
+        container.close()
+    return (info, index) if with_index else info
+
+
+def _probe_open(container: av.container.InputContainer, path: Path) -> tuple[VideoInfo, PacketIndex]:
+    if not container.streams.video:
+        raise VideoOpenError("no video stream (audio-only or data file)", path=path)
+    stream = max(container.streams.video,
+                 key=lambda s: (s.disposition & av.stream.Disposition.default != 0, s.width * s.height))
+    ctx = stream.codec_context
+    try:
+        codec = av.codec.Codec(ctx.name, "r").canonical_name
+    except Exception as exc:  # noqa: BLE001 - PyAV raises several types for unknown codecs
+        raise UnsupportedCodecError(f"unsupported video codec {ctx.name!r}", path=path,
+                                    hint="no decoder for it in this PyAV/FFmpeg build") from exc
+    if not stream.width or not stream.height:
+        raise VideoOpenError("video stream has no frame size (damaged header)", path=path)
+
+    stat = path.stat()
+    index = read_packet_index(container, stream, path)
+    if index.from_container_index:
+        end = int((index.pos + index.size).max())
+        if end > stat.st_size:
+            present = 100.0 * stat.st_size / end
+            raise VideoOpenError(
+                f"truncated: the index points {end - stat.st_size:,} bytes past the end of the file "
+                f"({present:.0f}% of the video data present)", path=path,
+                hint="the copy or recording was cut off; re-copy it from the source")
+    if not index.is_key.any():
+        raise VideoOpenError("no keyframes in the video stream", path=path)
+
+    tb = stream.time_base
+    duration = _seconds(stream.duration, tb)
+    if duration is None or duration <= 0:
+        duration = container.duration / 1e6 if container.duration else None
+    avg = float(stream.average_rate) if stream.average_rate else 0.0
+    real = float(stream.base_rate or stream.guessed_rate or 0) if (stream.base_rate or stream.guessed_rate) else avg
+    if duration is None or duration <= 0:
+        if len(index) and avg:
+            duration = float(index.pts.max()) + 1.0 / avg
+        else:
+            raise VideoOpenError("duration unknown and no frame timing in the index", path=path)
+    if not avg:
+        avg = len(index) / duration if duration else 0.0
+    frame_count = stream.frames or len(index)
+
+    rotation = 0
+    if container.format.name.split(",")[0] in _MP4_FORMATS:
+        with open(path, "rb") as fh:
+            rotation = read_rotation(fh, stat.st_size, stream.id)
+    coded_w, coded_h = stream.width, stream.height
+    width, height = (coded_h, coded_w) if rotation in (90, 270) else (coded_w, coded_h)
+
+    deltas = np.diff(np.sort(index.pts))
+    is_vfr = bool(len(deltas) > 2 and np.median(deltas) > 0
+                  and (deltas.max() - deltas.min()) > 0.5 * np.median(deltas))
+    start = _seconds(stream.start_time, tb) or 0.0
+    info = VideoInfo(
+        path=path, size_bytes=stat.st_size, mtime_ns=stat.st_mtime_ns,
+        container=container.format.name, codec=codec, pix_fmt=ctx.pix_fmt,
+        coded_width=coded_w, coded_height=coded_h, width=width, height=height, rotation=rotation,
+        avg_fps=round(avg, 4), real_fps=round(real, 4), duration_s=round(float(duration), 4),
+        frame_count=int(frame_count), bit_rate=container.bit_rate or None, start_time_s=start,
+        keyframe_times=tuple(float(t) for t in index.keyframe_times),
+        has_audio=bool(container.streams.audio), is_vfr=is_vfr, stream_index=stream.index,
+    )
+    return info, index

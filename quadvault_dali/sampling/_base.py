@@ -1,0 +1,116 @@
+"""The one sampler interface; backends register under a name (``cpu`` on PyAV, ``gpu`` on DALI)."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ClassVar, Iterable, Iterator, Sequence
+
+import torch
+
+from ..device import resolve_device
+from ..errors import BackendUnavailableError, QuadvaultError
+from ..probe import VideoInfo
+from ._types import FrameBatch, SamplingMode, VideoOutcome
+
+VideoSource = str | os.PathLike[str] | VideoInfo
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """What every backend honours.
+
+    ``size``: frames are resized so the short side is ``size`` (aspect kept); with ``square`` they are
+    then centre-cropped to ``size`` x ``size`` (classifier input, batches mix videos). Without
+    ``square``, each batch holds frames of one video only, since shapes differ between videos.
+    """
+
+    fps: float = 1.0
+    mode: SamplingMode = "auto"
+    size: int = 224
+    square: bool = True
+    batch_size: int = 64
+    streams: int = 4
+    device_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.fps <= 0:
+            raise ValueError(f"fps must be > 0, got {self.fps}")
+        if self.mode not in ("auto", "exact", "keyframe"):
+            raise ValueError(f"mode must be auto, exact or keyframe, got {self.mode!r}")
+        if self.size < 8:
+            raise ValueError(f"size must be at least 8 pixels, got {self.size}")
+        if self.batch_size < 1 or self.streams < 1:
+            raise ValueError(f"batch_size and streams must be >= 1, got {self.batch_size}, {self.streams}")
+
+
+class Sampler(ABC):
+    """Samples frames at ``fps`` from many videos, streaming batches; bad videos become outcomes."""
+
+    backend: ClassVar[str]
+
+    def __init__(self, config: SamplerConfig | None = None, **overrides: object) -> None:
+        base = config or SamplerConfig()
+        self.config = SamplerConfig(**{**base.__dict__, **overrides}) if overrides else base
+
+    @property
+    @abstractmethod
+    def device(self) -> torch.device:
+        """Where the frames of the batches live."""
+
+    @abstractmethod
+    def iter_batches(self, videos: Iterable[VideoSource]) -> Iterator[FrameBatch]:
+        """Frames of all ``videos`` in batches of at most ``batch_size``; every video gets one outcome."""
+
+    def sample_video(self, video: VideoSource) -> tuple[torch.Tensor, list[float], VideoOutcome]:
+        """All frames of one video (N, 3, H, W) with timestamps; raises the video's error if it failed."""
+        chunks: list[torch.Tensor] = []
+        times: list[float] = []
+        outcome: VideoOutcome | None = None
+        for batch in self.iter_batches([video]):
+            if len(batch):
+                chunks.append(batch.frames)
+                times.extend(batch.timestamps)
+            for done in batch.completed:
+                outcome = done
+        if outcome is None:  # pragma: no cover - backends always report
+            raise QuadvaultError("sampler reported no outcome", path=_path_of(video))
+        if outcome.error is not None:
+            raise outcome.error
+        size = self.config.size
+        frames = torch.cat(chunks) if chunks else torch.empty((0, 3, size, size), dtype=torch.uint8, device=self.device)
+        return frames, times, outcome
+
+
+def _path_of(video: VideoSource) -> Path:
+    return video.path if isinstance(video, VideoInfo) else Path(video)
+
+
+_BACKENDS: dict[str, Callable[..., Sampler]] = {}
+
+
+def register_backend(name: str) -> Callable[[type[Sampler]], type[Sampler]]:
+    def wrap(cls: type[Sampler]) -> type[Sampler]:
+        cls.backend = name
+        _BACKENDS[name] = cls
+        return cls
+    return wrap
+
+
+def available_backends() -> list[str]:
+    return sorted(_BACKENDS)
+
+
+def create_sampler(device: str = "auto", config: SamplerConfig | None = None, **overrides: object) -> Sampler:
+    """The sampler for ``device`` (auto|gpu|cpu). ``gpu`` never falls back silently: it raises instead."""
+    backend = resolve_device(device)
+    if backend not in _BACKENDS:
+        raise BackendUnavailableError(f"sampling backend {backend!r} is not available",
+                                      hint=f"available: {', '.join(available_backends()) or 'none'}")
+    return _BACKENDS[backend](config, **overrides)
+
+
+def as_sources(videos: Sequence[VideoSource]) -> list[VideoSource]:
+    return list(videos)

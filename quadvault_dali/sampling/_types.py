@@ -1,0 +1,58 @@
+"""Result types shared by every sampling backend, so every caller is written once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from ..errors import QuadvaultError
+from ..probe import VideoInfo
+
+SamplingMode = Literal["auto", "exact", "keyframe"]
+ResolvedMode = Literal["exact", "keyframe"]
+
+
+@dataclass
+class VideoOutcome:
+    """How one video went: reported once, in the batch that holds (or follows) its last frame."""
+
+    path: Path
+    info: VideoInfo | None
+    mode: ResolvedMode | None
+    frames: int = 0
+    bytes_read: int = 0
+    error: QuadvaultError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class FrameBatch:
+    """Frames from one or more videos, in the order they were sampled.
+
+    ``frames`` is ``(N, 3, H, W)`` uint8 RGB on the backend's device (CUDA for ``gpu``).
+    ``paths[i]`` and ``timestamps[i]`` describe frame ``i``; timestamps are presentation times in
+    seconds from the start of the video. ``completed`` lists the videos that finished (ok or not)
+    with this batch; a batch may hold no frames and only completions.
+    """
+
+    frames: torch.Tensor
+    paths: list[Path]
+    timestamps: list[float]
+    completed: list[VideoOutcome] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.frames.ndim != 4 or self.frames.shape[1] != 3:
+            raise ValueError(f"frames must be (N, 3, H, W), got {tuple(self.frames.shape)}")
+        if not (len(self.paths) == len(self.timestamps) == self.frames.shape[0]):
+            raise ValueError(
+                f"{self.frames.shape[0]} frames but {len(self.paths)} paths and {len(self.timestamps)} timestamps"
+            )
+
+    def __len__(self) -> int:
+        return int(self.frames.shape[0])
