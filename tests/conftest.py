@@ -1,0 +1,72 @@
+"""Shared fixtures: generated media (never committed), GPU marker handling, no-ERROR-log guard."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from quadvault_dali.synth import SynthSpec, make_broken, make_video
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "video-corpus"
+
+
+def _cuda_usable() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _cuda_usable():
+        return
+    require = os.environ.get("QUADVAULT_REQUIRE_GPU") == "1"
+    marker = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU machine; see README)")
+    for item in items:
+        if "gpu" in item.keywords:
+            if require:
+                item.add_marker(pytest.mark.xfail(reason="QUADVAULT_REQUIRE_GPU=1 but no GPU", strict=True, run=False))
+            else:
+                item.add_marker(marker)
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="session")
+def make_clip(media_dir: Path) -> Callable[..., Path]:
+    """``make_clip("name.mp4", codec="hevc", fps=25, ...)`` -> a cached generated clip."""
+
+    def make(name: str, **spec: object) -> Path:
+        path = media_dir / name
+        if not path.exists():
+            make_video(path, SynthSpec(**spec))  # type: ignore[arg-type]
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def broken_clips(media_dir: Path, make_clip: Callable[..., Path]) -> dict[str, Path]:
+    """One damaged file of each kind a real library has."""
+    good = make_clip("broken_source.mp4", duration_s=3.0)
+    out = media_dir / "broken"
+    return {
+        "empty": make_broken(out / "empty.mp4", "empty"),
+        "text": make_broken(out / "notes.mp4", "text"),
+        "truncated": make_broken(out / "truncated.mp4", "truncated", source=good),
+        "no_index": make_broken(out / "no_index.mp4", "no_index", source=good),
+    }
+
+
+@pytest.fixture(scope="session")
+def corpus() -> Path:
+    if not CORPUS.is_dir():
+        pytest.skip(f"shared video corpus not found at {CORPUS}")
+    return CORPUS
