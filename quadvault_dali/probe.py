@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import av
 import numpy as np
@@ -37,7 +37,12 @@ class PacketIndex:
     pos: np.ndarray  # int64 byte offset in the file
     size: np.ndarray  # int64 bytes
     is_key: np.ndarray  # bool
-    from_container_index: bool
+    from_container_index: bool  # True: MP4 sample table; positions/sizes are the raw packet bytes
+
+    @property
+    def raw_positions(self) -> bool:
+        """Whether ``pos``/``size`` locate each packet's bytes exactly (so they can be read directly)."""
+        return self.from_container_index
 
     def __len__(self) -> int:
         return int(self.pts.shape[0])
@@ -100,8 +105,11 @@ def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
     return float(value * time_base)
 
 
-def open_container(path: Path) -> av.container.InputContainer:
-    """Opens ``path`` with PyAV, turning every failure into a ``VideoOpenError`` that says why."""
+def open_container(path: Path, file: BinaryIO | None = None) -> av.container.InputContainer:
+    """Opens ``path`` with PyAV, turning every failure into a ``VideoOpenError`` that says why.
+
+    ``file`` (an open binary file of ``path``) lets callers count or control the bytes read.
+    """
     if not path.exists():
         raise VideoOpenError("file not found", path=path)
     if path.is_dir():
@@ -111,7 +119,7 @@ def open_container(path: Path) -> av.container.InputContainer:
     if path.stat().st_size == 0:
         raise VideoOpenError("empty file (0 bytes)", path=path)
     try:
-        return av.open(str(path), metadata_errors="ignore")
+        return av.open(file if file is not None else str(path), metadata_errors="ignore")
     except av.error.InvalidDataError as exc:
         raise VideoOpenError(
             f"not a readable video container ({exc.strerror or exc})", path=path,
@@ -167,13 +175,14 @@ def probe_video(path: str | os.PathLike[str], *, with_index: bool = False) -> Vi
     path = Path(path)
     container = open_container(path)
     try:
-        info, index = _probe_open(container, path)
+        info, index = probe_open(container, path)
     finally:
         container.close()
     return (info, index) if with_index else info
 
 
-def _probe_open(container: av.container.InputContainer, path: Path) -> tuple[VideoInfo, PacketIndex]:
+def probe_open(container: av.container.InputContainer, path: Path) -> tuple[VideoInfo, PacketIndex]:
+    """Probes an already opened container (see ``open_container``)."""
     if not container.streams.video:
         raise VideoOpenError("no video stream (audio-only or data file)", path=path)
     stream = max(container.streams.video,

@@ -1,0 +1,268 @@
+"""The ``cpu`` backend: PyAV decoding, several videos at once in threads (FFmpeg releases the GIL).
+
+Keyframe mode reads each chosen keyframe's bytes straight from the file (position and size from the
+container index) and decodes it alone: no demuxing of the packets in between, no other frames.
+Exact mode demuxes and decodes the stream in order, keeping the frame nearest each sampling time.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import av
+import numpy as np
+import torch
+
+from ..errors import DecodeError, QuadvaultError
+from ..probe import VideoInfo, open_container, probe_open
+from ._base import Sampler, VideoSource, register_backend
+from ._plan import SamplePlan, plan_samples
+from ._reader import CountingFile
+from ._types import FrameBatch, VideoOutcome
+
+log = logging.getLogger(__name__)
+_QUEUE_FRAMES = 32  # frames a video worker may run ahead of the consumer
+
+
+def output_size(info: VideoInfo, size: int) -> tuple[int, int]:
+    """(width, height) after scaling the displayed picture so its short side is ``size``."""
+    scale = size / min(info.width, info.height)
+    return max(size, round(info.width * scale)), max(size, round(info.height * scale))
+
+
+def to_display(frame: av.VideoFrame, info: VideoInfo, size: int, square: bool) -> np.ndarray:
+    """Scaled, upright (rotation applied) RGB ``(H, W, 3)``, centre-cropped to a square if asked."""
+    width, height = output_size(info, size)
+    coded_w, coded_h = (height, width) if info.rotation in (90, 270) else (width, height)
+    image = frame.to_ndarray(width=coded_w, height=coded_h, format="rgb24", interpolation="AREA")
+    if info.rotation:
+        image = np.rot90(image, k=-info.rotation // 90)
+    if square:
+        top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+        image = image[top: top + size, left: left + size]
+    return np.ascontiguousarray(image)
+
+
+@dataclass
+class _Done:
+    outcome: VideoOutcome
+
+
+class _VideoJob:
+    """Decodes one video in a worker thread into a bounded queue of (image, time) items."""
+
+    def __init__(self, source: VideoSource, sampler: "CpuSampler") -> None:
+        self.path = source.path if isinstance(source, VideoInfo) else Path(source)
+        self.items: queue.Queue[tuple[np.ndarray, float] | _Done] = queue.Queue(maxsize=_QUEUE_FRAMES)
+        self._sampler = sampler
+        self._thread = threading.Thread(target=self._run, name=f"decode:{self.path.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        outcome = VideoOutcome(self.path, None, None)
+        try:
+            self._sampler._decode(self.path, outcome, self.items.put)
+        except QuadvaultError as exc:
+            outcome.error = exc
+        except Exception as exc:  # noqa: BLE001 - one broken file must never stop the others
+            log.debug("unexpected failure decoding %s", self.path, exc_info=True)
+            outcome.error = DecodeError(f"decoder failed: {type(exc).__name__}: {exc}", path=self.path)
+        self.items.put(_Done(outcome))
+
+
+@register_backend("cpu")
+class CpuSampler(Sampler):
+    """PyAV decoding on the CPU; ``streams`` videos are decoded concurrently."""
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def iter_batches(self, videos: Iterable[VideoSource]) -> Iterator[FrameBatch]:
+        cfg = self.config
+        pending_imgs: list[np.ndarray] = []
+        pending_paths: list[Path] = []
+        pending_times: list[float] = []
+        pending_done: list[VideoOutcome] = []
+        source_iter = iter(videos)
+        jobs: deque[_VideoJob] = deque()
+
+        def refill() -> None:
+            while len(jobs) < cfg.streams:
+                source = next(source_iter, None)
+                if source is None:
+                    return
+                jobs.append(_VideoJob(source, self))
+
+        def flush() -> FrameBatch:
+            frames = self._stack(pending_imgs)
+            batch = FrameBatch(frames, list(pending_paths), list(pending_times), list(pending_done))
+            pending_imgs.clear(), pending_paths.clear(), pending_times.clear(), pending_done.clear()
+            return batch
+
+        refill()
+        while jobs:
+            job = jobs[0]
+            item = job.items.get()
+            if isinstance(item, _Done):
+                jobs.popleft()
+                pending_done.append(item.outcome)
+                refill()
+                if not pending_imgs and not jobs:
+                    break
+                continue
+            if pending_imgs and (pending_imgs[0].shape != item[0].shape or pending_paths[-1] != job.path
+                                 and not cfg.square):
+                yield flush()
+            pending_imgs.append(item[0])
+            pending_paths.append(job.path)
+            pending_times.append(item[1])
+            if len(pending_imgs) >= cfg.batch_size:
+                yield flush()
+        if pending_imgs or pending_done:
+            yield flush()
+
+    def _stack(self, images: list[np.ndarray]) -> torch.Tensor:
+        if not images:
+            size = self.config.size
+            return torch.empty((0, 3, size, size), dtype=torch.uint8)
+        return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+
+    # --- one video ------------------------------------------------------------------------------
+
+    def _decode(self, path: Path, outcome: VideoOutcome, emit: "callable[[tuple[np.ndarray, float]], None]") -> None:
+        cfg = self.config
+        fh = CountingFile(path) if path.is_file() else None
+        try:
+            container = open_container(path, fh)
+            try:
+                info, index = probe_open(container, path)
+                outcome.info = info
+                plan = plan_samples(info, index, fps=cfg.fps, mode=cfg.mode)
+                outcome.mode = plan.mode
+                if not index.from_container_index:
+                    # The prober demuxed the whole file to build the index; start again from the top.
+                    container.close()
+                    if fh is not None:
+                        fh.seek(0)
+                    container = open_container(path, fh)
+                stream = container.streams.video[info.stream_index]
+                stream.codec_context.thread_count = 2
+                if plan.mode == "exact":
+                    frames = self._exact(plan, container, stream)
+                elif index.raw_positions:
+                    frames = self._keyframes(plan, stream, fh)
+                else:
+                    frames = self._keyframes_by_seek(plan, container, stream)
+                for frame, t in frames:
+                    emit((to_display(frame, info, cfg.size, cfg.square), t))
+                    outcome.frames += 1
+            finally:
+                container.close()
+            expected = plan.expected_frames
+            if outcome.frames == 0 or outcome.frames * 2 < expected:
+                raise DecodeError(f"decoded only {outcome.frames} of {expected} sampled frames "
+                                  f"({info.codec}, {plan.mode} mode)", path=path,
+                                  hint="the video data is damaged; try playing it, or re-copy it")
+        finally:
+            if fh is not None:
+                outcome.bytes_read = fh.bytes_read
+                fh.close()
+
+    @staticmethod
+    def _keyframes(plan: SamplePlan, stream: av.video.stream.VideoStream,
+                   fh: CountingFile | None) -> Iterator[tuple[av.VideoFrame, float]]:
+        """Decodes each planned keyframe from its own bytes, read at its index position."""
+        assert fh is not None
+        ctx = stream.codec_context
+        index = plan.index
+        for row in plan.key_packets:
+            data = fh.read_at(int(index.pos[row]), int(index.size[row]))
+            if len(data) < int(index.size[row]):
+                log.warning("%s: keyframe at %.2fs is cut off by the end of the file", plan.info.path, index.pts[row])
+                continue
+            packet = av.Packet(data)
+            packet.pts = packet.dts = int(row)
+            packet.is_keyframe = True
+            try:
+                decoded = ctx.decode(packet) + ctx.decode(None)
+            except av.error.FFmpegError as exc:
+                log.warning("%s: cannot decode keyframe at %.2fs: %s", plan.info.path, index.pts[row], exc)
+                decoded = []
+            ctx.flush_buffers()
+            if decoded:
+                yield decoded[0], round(float(index.pts[row]), 6)
+
+    @staticmethod
+    def _keyframes_by_seek(plan: SamplePlan, container: av.container.InputContainer,
+                           stream: av.video.stream.VideoStream) -> Iterator[tuple[av.VideoFrame, float]]:
+        """Keyframe mode for containers without a raw packet index (MKV, WebM, TS): seek, read one."""
+        ctx = stream.codec_context
+        start = stream.start_time or 0
+        tb = stream.time_base
+        for row in plan.key_packets:
+            t = float(plan.index.pts[row])
+            container.seek(start + int(round(t / tb)), stream=stream, backward=True, any_frame=False)
+            for packet in container.demux(stream):
+                if packet.pts is None or not packet.is_keyframe:
+                    continue
+                try:
+                    decoded = ctx.decode(packet) + ctx.decode(None)
+                except av.error.FFmpegError as exc:
+                    log.warning("%s: cannot decode keyframe at %.2fs: %s", plan.info.path, t, exc)
+                    decoded = []
+                ctx.flush_buffers()
+                if decoded:
+                    yield decoded[0], round(float((packet.pts - start) * tb), 6)
+                break
+
+    @staticmethod
+    def _exact(plan: SamplePlan, container: av.container.InputContainer,
+               stream: av.video.stream.VideoStream) -> Iterator[tuple[av.VideoFrame, float]]:
+        """Decodes in order and keeps, for each grid time, the nearest decoded frame (once)."""
+        grid = plan.grid
+        start = stream.start_time or 0
+        tb = float(stream.time_base)
+        i = 0
+        prev: tuple[av.VideoFrame, float] | None = None
+        last_emitted: float | None = None
+
+        def pick(cand: tuple[av.VideoFrame, float]) -> Iterator[tuple[av.VideoFrame, float]]:
+            nonlocal last_emitted
+            if last_emitted is None or cand[1] != last_emitted:
+                last_emitted = cand[1]
+                yield cand
+
+        decode_errors = 0
+        packets = container.demux(stream)
+        while i < len(grid):
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except av.error.FFmpegError as exc:
+                raise DecodeError(f"cannot read packets: {exc}", path=plan.info.path) from exc
+            try:
+                decoded = packet.decode()
+            except av.error.FFmpegError:
+                decode_errors += 1
+                continue
+            for frame in decoded:
+                if frame.pts is None:
+                    continue
+                current = (frame, round((frame.pts - start) * tb, 6))
+                while i < len(grid) and current[1] >= grid[i]:
+                    near_prev = prev is not None and (grid[i] - prev[1]) <= (current[1] - grid[i])
+                    yield from pick(prev if near_prev else current)  # type: ignore[arg-type]
+                    i += 1
+                prev = current
+        if prev is not None and i < len(grid):
+            yield from pick(prev)
+        if decode_errors:
+            log.warning("%s: %d packets could not be decoded and were skipped", plan.info.path, decode_errors)
