@@ -1,0 +1,61 @@
+"""``quadvault prepare-dataset``: labels.json -> JPEG frames + dataset.parquet (parse options, call the library)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from quadvault_dali.dataset import prepare_dataset as run_prepare
+
+from ._options import device_option, fps_option, sampling_option
+
+
+@click.command("prepare-dataset")
+@click.argument("labels", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("out", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--merge", is_flag=True,
+              help="Update an existing dataset: keep extracted frames and splits, add new videos, move "
+                   "re-labelled ones, drop unlabelled ones.")
+@click.option("--overwrite", is_flag=True, help="Rebuild an existing dataset from scratch.")
+@fps_option
+@click.option("--size", type=click.IntRange(min=32, max=2048), default=256, show_default=True,
+              help="Short side of the stored frames in pixels (training crops from these).")
+@sampling_option
+@device_option
+@click.option("--skip-missing", is_flag=True,
+              help="Skip labelled files/folders that do not exist or are unreadable instead of stopping.")
+@click.option("--quality", type=click.IntRange(min=50, max=100), default=90, show_default=True,
+              help="JPEG quality of the stored frames.")
+def prepare_dataset(labels: Path, out: Path, merge: bool, overwrite: bool, fps: float, size: int, mode: str,
+                    device: str, skip_missing: bool, quality: int) -> None:
+    """Sample the labelled videos in LABELS into JPEG frames and OUT/dataset.parquet.
+
+    LABELS is a JSON file {"highlights": [...], "normal": [...]} whose entries are video files,
+    folders (every video under them) or glob patterns; relative paths are relative to the file.
+    The train/validation split (80/20) is by video, so no video is on both sides.
+
+    \b
+    Example:
+      quadvault prepare-dataset labels.json data/
+      quadvault prepare-dataset labels.json data/ --merge     # after labelling more clips
+    """
+    if merge and overwrite:
+        raise click.UsageError("--merge and --overwrite exclude each other")
+    result = run_prepare(labels, out, merge=merge, overwrite=overwrite, fps=fps, size=size, mode=mode,  # type: ignore[arg-type]
+                         device=device, skip_missing=skip_missing, quality=quality)
+    for message in result.warnings:
+        click.secho(f"Warning: {message}", fg="yellow", err=True)
+    if result.failed:
+        click.secho(f"Failed to decode {len(result.failed)} video{'s' if len(result.failed) != 1 else ''} "
+                    "(left out):", fg="yellow", err=True)
+        for path, error in result.failed:
+            click.echo(f"  {path}: {error.reason} [{error.kind}]", err=True)
+    click.echo(f"Dataset prepared: {result.frames:,} frames — Highlights: {result.frames_by_label[1]:,} — "
+               f"Normal: {result.frames_by_label[0]:,} — Saved to: {result.path}")
+    videos = result.videos_by_split
+    line = (f"Videos: {videos['train'] + videos['val']:,} (train {videos['train']:,}, val {videos['val']:,}) — "
+            f"extracted {len(result.extracted):,}, reused {len(result.reused):,}")
+    if result.dropped:
+        line += f", dropped {len(result.dropped):,} no longer labelled"
+    click.echo(line)

@@ -1,0 +1,198 @@
+"""Reading and validating ``labels.json``: every problem is found before any work starts.
+
+The file users write is ``{"highlights": [...], "normal": [...]}``. Each entry is a video file, a
+folder (every video under it) or a glob pattern (``"beach/**/*.mp4"``); relative entries resolve
+against the labels file's folder, ``~`` expands to the home folder. A labelling mistake found after an
+hour of frame extraction is an hour lost, so validation collects *all* problems and raises one
+``LabelsError`` whose ``problems`` list names each one:
+
+- ``<class>[i]: <path> does not exist`` (a missing file or folder; skipped with ``skip_missing``)
+- ``<class>[i]: <path> is not readable`` (permission; skipped with ``skip_missing``)
+- ``<class>[i]: <path> is not a video file (expected one of .mp4, .mov, ...)``
+- ``<class>[i]: folder <path> holds no videos`` / ``pattern <p> matches no videos``
+  (skipped with ``skip_missing``)
+- ``<path> is labelled both highlight and normal (highlights[i], normal[j])``
+- ``"<class>" is empty: label at least one video as <class>``
+- ``unknown key "<key>" (expected "highlights" and "normal"; did you mean "..."?)``
+- ``"<class>" must be a list of paths, got <type>`` / ``<class>[i]: expected a path string, got <type>``
+
+A video listed twice in one class is not an error (a folder and a file in it, say): it is kept once
+and reported in ``Labels.warnings``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..discovery import VIDEO_EXTENSIONS, find_videos, is_video_file
+from ..errors import LabelsError
+
+log = logging.getLogger(__name__)
+
+LabelName = Literal["highlight", "normal"]
+#: labels.json key -> (label value, label name). Highlight is the positive class (1).
+CLASSES: dict[str, tuple[int, LabelName]] = {"highlights": (1, "highlight"), "normal": (0, "normal")}
+_GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class LabelledVideo:
+    """One video and its class; ``path`` is absolute and resolved (the video's identity)."""
+
+    path: Path
+    label: int
+    entry: str  # where it came from, e.g. 'highlights[3]', for messages
+
+    @property
+    def label_name(self) -> LabelName:
+        return "highlight" if self.label == 1 else "normal"
+
+
+@dataclass
+class Labels:
+    """The validated labels: videos in a stable order (highlights first, then normal, each sorted)."""
+
+    source: Path
+    videos: list[LabelledVideo]
+    #: folders and files named by the entries; outputs must never be written inside them
+    roots: list[Path] = field(default_factory=list)
+    #: entries skipped with ``skip_missing``, and duplicates (kept once)
+    warnings: list[str] = field(default_factory=list)
+
+    def count(self, label: int) -> int:
+        return sum(1 for v in self.videos if v.label == label)
+
+
+def _type_name(value: object) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null",
+            int: "number", float: "number"}.get(type(value), type(value).__name__)
+
+
+def _resolve(entry: str, base: Path) -> Path:
+    path = Path(os.path.expanduser(entry))
+    return path if path.is_absolute() else base / path
+
+
+def _expand(entry: str, where: str, base: Path, problems: list[str], skipped: list[str],
+            skip_missing: bool, roots: list[Path]) -> list[Path]:
+    """The videos one entry names; problems go to ``problems`` (or ``skipped`` when skippable)."""
+    soft = skipped if skip_missing else problems
+    path = _resolve(entry, base)
+    if _GLOB_CHARS & set(entry):
+        matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True))
+        found: list[Path] = []
+        for match in matches:
+            if match.is_dir():
+                roots.append(match)
+                found.extend(find_videos([match]))
+            elif is_video_file(match):
+                roots.append(match.parent)
+                found.append(match)
+        if not found:
+            soft.append(f"{where}: pattern {entry!r} matches no videos")
+        return found
+    if not path.exists():
+        soft.append(f"{where}: {path} does not exist")
+        return []
+    if not os.access(path, os.R_OK):
+        soft.append(f"{where}: {path} is not readable")
+        return []
+    if path.is_dir():
+        roots.append(path)
+        unreadable: list[str] = []
+        found = find_videos([path], on_error=lambda p, e: unreadable.append(f"{where}: {p} is not readable"))
+        soft.extend(unreadable)
+        if not found and not unreadable:
+            soft.append(f"{where}: folder {path} holds no videos")
+        return found
+    if not is_video_file(path):
+        problems.append(f"{where}: {path} is not a video file (expected one of "
+                        f"{', '.join(sorted(VIDEO_EXTENSIONS))})")
+        return []
+    roots.append(path.parent)
+    return [path]
+
+
+def parse_labels(data: object, *, base: Path, source: Path, skip_missing: bool = False) -> Labels:
+    """Validates already-parsed JSON ``data``; relative entries resolve against ``base``."""
+    problems: list[str] = []
+    skipped: list[str] = []
+    duplicates: list[str] = []
+    roots: list[Path] = []
+    if not isinstance(data, dict):
+        raise LabelsError("invalid labels file", path=source, problems=[
+            f'the top level must be an object like {{"highlights": [...], "normal": [...]}}, '
+            f"got {_type_name(data)}"])
+    for key in data:
+        if key not in CLASSES:
+            close = difflib.get_close_matches(str(key), list(CLASSES), n=1)
+            hint = f'; did you mean "{close[0]}"?' if close else ""
+            problems.append(f'unknown key "{key}" (expected "highlights" and "normal"{hint})')
+
+    first_seen: dict[Path, LabelledVideo] = {}
+    by_class: dict[str, int] = {}
+    for key, (label, name) in CLASSES.items():
+        entries = data.get(key, [])
+        if not isinstance(entries, list):
+            problems.append(f'"{key}" must be a list of paths, got {_type_name(entries)}')
+            by_class[key] = -1  # do not also report it as empty
+            continue
+        count = 0
+        for i, entry in enumerate(entries):
+            where = f"{key}[{i}]"
+            if not isinstance(entry, str) or not entry.strip():
+                problems.append(f"{where}: expected a path string, got {_type_name(entry)}"
+                                + (" (empty)" if isinstance(entry, str) else ""))
+                continue
+            for found in _expand(entry.strip(), where, base, problems, skipped, skip_missing, roots):
+                resolved = found.resolve()
+                prior = first_seen.get(resolved)
+                if prior is None:
+                    first_seen[resolved] = LabelledVideo(resolved, label, where)
+                    count += 1
+                elif prior.label != label:
+                    problems.append(f"{resolved} is labelled both highlight and normal "
+                                    f"({prior.entry}, {where})")
+                else:
+                    duplicates.append(f"{where}: {resolved} is already listed ({prior.entry}); kept once")
+        by_class[key] = count
+    for key, (_, name) in CLASSES.items():
+        if by_class.get(key, 0) == 0:
+            problems.append(f'"{key}" is empty: label at least one video as {name}'
+                            + (" (after skipping missing entries)" if skipped else ""))
+    if problems:
+        raise LabelsError(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in labels file",
+                          path=source, problems=problems,
+                          hint="fix them and run again" + ("" if skip_missing else
+                                                           "; --skip-missing skips missing entries"))
+    for message in skipped:
+        log.warning("skipped: %s", message)
+    for message in duplicates:
+        log.info("duplicate: %s", message)
+    videos = sorted(first_seen.values(), key=lambda v: (-v.label, str(v.path)))
+    return Labels(source=source, videos=videos, roots=sorted(set(roots)),
+                  warnings=[f"skipped: {m}" for m in skipped] + duplicates)
+
+
+def load_labels(path: str | os.PathLike[str], *, skip_missing: bool = False) -> Labels:
+    """Reads and validates a labels file; raises ``LabelsError`` listing every problem at once."""
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LabelsError("labels file does not exist", path=source) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LabelsError(f"cannot read labels file: {exc}", path=source) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LabelsError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
+                          path=source) from None
+    return parse_labels(data, base=source.resolve().parent, source=source, skip_missing=skip_missing)

@@ -1,0 +1,220 @@
+"""``prepare-dataset``: labelled videos -> one JPEG per sampled second + ``dataset.parquet``.
+
+``--merge`` turns a re-run into an update: a video whose file is unchanged (same size and mtime)
+and whose frames are all on disk is not decoded again; every known video keeps its split; a
+re-labelled video only changes its label; videos no longer labelled are dropped and their frames
+deleted. Deletion is limited to ``OUT/frames/<video_id>/`` folders this dataset wrote, and happens
+only after the new ``dataset.parquet`` is in place, so a crash leaves a consistent dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import DatasetError, OutputError, QuadvaultError
+from ..progress import progress_bar
+from ..sampling import SamplingMode, create_sampler
+from ._jpeg import JPEG_QUALITY, encode_jpegs, write_atomic
+from ._labels import Labels, LabelledVideo, load_labels
+from ._split import Split, assign_splits, video_id
+from ._table import DATASET_FILE, FRAMES_DIR, read_dataset, write_dataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PrepareResult:
+    """What ``prepare_dataset`` did; the CLI prints it, tests check it."""
+
+    path: Path
+    frames: int
+    frames_by_label: dict[int, int]
+    videos_by_split: dict[str, int]
+    extracted: list[Path] = field(default_factory=list)
+    reused: list[Path] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # video paths no longer labelled
+    failed: list[tuple[Path, QuadvaultError]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def frame_name(timestamp_s: float) -> str:
+    """File name of the frame at ``timestamp_s``: sortable, millisecond precision (``000012.033.jpg``)."""
+    return f"{timestamp_s:010.3f}.jpg"
+
+
+def _check_out(out: Path, labels: Labels) -> None:
+    """Outputs never go into the footage: not into a labelled folder nor a labelled video's folder."""
+    forbidden = set(labels.roots) | {v.path.parent for v in labels.videos}
+    for root in forbidden:
+        root = root.resolve()
+        if out == root or root in out.parents:
+            raise OutputError(f"output folder is inside the footage folder {root}", path=out,
+                              hint="choose an output folder outside the library")
+
+
+def _settings(fps: float, size: int, mode: str, quality: int) -> dict[str, Any]:
+    return {"fps": float(fps), "size": int(size), "mode": mode, "jpeg_quality": int(quality)}
+
+
+def _previous(out: Path, merge: bool, overwrite: bool, settings: dict[str, Any]) -> dict[str, list[dict]]:
+    """Rows of the existing dataset grouped by video id (empty unless merging)."""
+    file = out / DATASET_FILE
+    if not file.exists():
+        if merge:
+            log.info("no dataset at %s yet; --merge starts a new one", file)
+        return {}
+    if not merge and not overwrite:
+        raise DatasetError("a dataset already exists here", path=file,
+                           hint="use --merge to update it with the labels, or --overwrite to rebuild it")
+    old = read_dataset(file)
+    grouped: dict[str, list[dict]] = defaultdict(list)
+    for row in old.rows():
+        grouped[row["video_id"]].append(row)
+    if overwrite and not merge:
+        return {vid: [] for vid in grouped}  # known only so that their frames get deleted
+    mismatch = [f"{k} {old.settings.get(k)} -> {v}" for k, v in settings.items()
+                if k in old.settings and k != "jpeg_quality" and old.settings[k] != v]
+    if mismatch:
+        raise DatasetError(f"cannot merge: the dataset was prepared with other settings ({', '.join(mismatch)})",
+                           path=file, hint="use the same --fps/--size/--sampling, or --overwrite to rebuild")
+    return grouped
+
+
+def _reusable(video: LabelledVideo, rows: list[dict], out: Path) -> bool:
+    if not rows:
+        return False
+    try:
+        st = video.path.stat()
+    except OSError:
+        return False
+    first = rows[0]
+    if first.get("video_size_bytes") != st.st_size or first.get("video_mtime_ns") != st.st_mtime_ns:
+        return False
+    return all((out / r["frame_path"]).is_file() for r in rows)
+
+
+def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[str], *, merge: bool = False,
+                    overwrite: bool = False, fps: float = 1.0, size: int = 256, mode: SamplingMode = "auto",
+                    device: str = "auto", skip_missing: bool = False, quality: int = JPEG_QUALITY,
+                    streams: int = 4) -> PrepareResult:
+    """Validates the labels, extracts frames of new or changed videos and writes ``dataset.parquet``."""
+    labels = load_labels(labels_path, skip_missing=skip_missing)
+    out_dir = Path(out).expanduser().resolve()
+    _check_out(out_dir, labels)
+    settings = _settings(fps, size, mode, quality)
+    previous = _previous(out_dir, merge, overwrite, settings)
+    try:
+        (out_dir / FRAMES_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output folder: {exc.strerror or exc}", path=out_dir) from None
+
+    by_id = {video_id(v.path): v for v in labels.videos}
+    reuse = {vid for vid, v in by_id.items() if _reusable(v, previous.get(vid, []), out_dir)}
+    todo = [vid for vid in by_id if vid not in reuse]
+    result = PrepareResult(path=out_dir / DATASET_FILE, frames=0, frames_by_label={1: 0, 0: 0},
+                           videos_by_split={"train": 0, "val": 0}, warnings=list(labels.warnings))
+    log.info("%d labelled videos: %d to extract, %d already extracted", len(by_id), len(todo), len(reuse))
+
+    rows: dict[str, list[dict]] = {vid: [] for vid in reuse}
+    for vid in reuse:
+        video = by_id[vid]
+        rows[vid] = [{**r, "video_path": str(video.path), "label": video.label, "label_name": video.label_name}
+                     for r in previous[vid]]
+        result.reused.append(video.path)
+    if todo:
+        _extract(todo, by_id, out_dir, rows, result, fps=fps, size=size, mode=mode, device=device,
+                 quality=quality, streams=streams)
+
+    # Split among the videos that made it (a failed video must not take a class's only val slot);
+    # videos already in the dataset keep theirs.
+    kept_splits: dict[str, Split] = {vid: rs[0]["split"] for vid, rs in previous.items() if rs and vid in rows}
+    splits = assign_splits({vid: by_id[vid].label for vid in rows}, existing=kept_splits)
+    for vid, video_rows in rows.items():
+        for r in video_rows:
+            r["split"] = splits[vid]
+
+    final = [r for vid in by_id if vid in rows for r in sorted(rows[vid], key=lambda r: r["timestamp_s"])]
+    if not final:
+        raise DatasetError("no frames could be extracted from any labelled video", path=Path(labels_path),
+                           hint="see the list of failed videos above")
+    result.dropped = sorted({rs[0]["video_path"] for vid, rs in previous.items() if rs and vid not in by_id})
+    write_dataset(out_dir, final, settings)
+    _remove_stale_frames(out_dir, set(previous) | set(todo), final)
+
+    result.frames = len(final)
+    for r in final:
+        result.frames_by_label[r["label"]] += 1
+    for vid in rows:
+        result.videos_by_split[splits[vid]] += 1
+    for label, name in ((1, "highlight"), (0, "normal")):
+        if result.frames_by_label[label] == 0:
+            result.warnings.append(f"no {name} frames in the dataset: every {name} video failed")
+    return result
+
+
+def _extract(todo: list[str], by_id: dict[str, LabelledVideo], out_dir: Path,
+             rows: dict[str, list[dict]], result: PrepareResult, *, fps: float, size: int, mode: SamplingMode,
+             device: str, quality: int, streams: int) -> None:
+    """Samples the ``todo`` videos and writes their frames; fills ``rows`` for the ones that succeed."""
+    sampler = create_sampler(device, fps=fps, mode=mode, size=size, square=False, batch_size=64,
+                             streams=streams)
+    id_of = {by_id[vid].path: vid for vid in todo}
+    pending: dict[str, list[dict]] = defaultdict(list)
+    stats: dict[str, os.stat_result] = {}
+    with progress_bar(len(todo), desc="Extracting frames", unit="video") as bar:
+        for batch in sampler.iter_batches([by_id[vid].path for vid in todo]):
+            if len(batch):
+                encoded = encode_jpegs(batch.frames, quality)
+                for data, path, t in zip(encoded, batch.paths, batch.timestamps):
+                    vid = id_of[Path(path)]
+                    video = by_id[vid]
+                    folder = out_dir / FRAMES_DIR / vid
+                    if vid not in stats:
+                        folder.mkdir(parents=True, exist_ok=True)
+                        stats[vid] = video.path.stat()
+                    name = frame_name(t)
+                    write_atomic(folder / name, data)
+                    pending[vid].append({
+                        "frame_path": f"{FRAMES_DIR}/{vid}/{name}", "video_path": str(video.path),
+                        "video_id": vid, "timestamp_s": float(t), "label": video.label,
+                        "label_name": video.label_name, "split": "train",
+                        "video_size_bytes": stats[vid].st_size, "video_mtime_ns": stats[vid].st_mtime_ns})
+            for outcome in batch.completed:
+                vid = id_of[Path(outcome.path)]
+                bar.update(1)
+                if outcome.error is not None:
+                    log.debug("failed: %s", outcome.error)  # listed by the caller at the end
+                    result.failed.append((by_id[vid].path, outcome.error))
+                    pending.pop(vid, None)
+                elif not pending.get(vid):
+                    err = QuadvaultError("no frames could be sampled", path=by_id[vid].path)
+                    result.failed.append((by_id[vid].path, err))
+                else:
+                    rows[vid] = pending.pop(vid)
+                    result.extracted.append(by_id[vid].path)
+
+
+def _remove_stale_frames(out_dir: Path, touched: set[str], final: list[dict]) -> None:
+    """Deletes frame files of ``touched`` videos that the new dataset does not reference.
+
+    Only plain files directly inside ``OUT/frames/<video_id>/`` are removed (then the empty folder),
+    never anything elsewhere, whatever the old dataset said.
+    """
+    referenced = {r["frame_path"] for r in final}
+    frames_root = out_dir / FRAMES_DIR
+    for vid in touched:
+        folder = frames_root / vid
+        if not vid.isalnum() or not folder.is_dir() or folder.is_symlink():
+            continue
+        for entry in folder.iterdir():
+            if entry.is_file() and not entry.is_symlink() and f"{FRAMES_DIR}/{vid}/{entry.name}" not in referenced:
+                entry.unlink()
+        try:
+            folder.rmdir()  # only succeeds when empty
+        except OSError:
+            pass

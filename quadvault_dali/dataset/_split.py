@@ -1,0 +1,60 @@
+"""Train/validation split by video: deterministic from each video's identity, stratified by label.
+
+Frames of one video are near-duplicates; if they landed on both sides, validation accuracy would
+measure memory, not taste. So the unit of the split is the video. Within each class, videos are
+ranked by a hash of their id and the first ``round(fraction * n)`` go to validation (at least one
+when the class has two or more videos), so the split does not depend on input order or on the
+machine, and adding a video moves no existing one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Literal, Mapping
+
+Split = Literal["train", "val"]
+VAL_FRACTION = 0.2
+
+
+def video_id(path: str | os.PathLike[str]) -> str:
+    """A stable 16-hex id from the video's resolved absolute path (its identity in the library)."""
+    resolved = str(Path(path).expanduser().resolve())
+    return hashlib.sha1(resolved.encode("utf-8")).hexdigest()[:16]
+
+
+def _rank_key(vid: str) -> str:
+    # Salted so the split order is unrelated to the id order used for folder names.
+    return hashlib.sha1(f"split:{vid}".encode("ascii")).hexdigest()
+
+
+def val_target(n_videos: int, fraction: float = VAL_FRACTION) -> int:
+    """How many of a class's ``n_videos`` belong in validation."""
+    if n_videos < 2:
+        return 0
+    return min(n_videos - 1, max(1, round(fraction * n_videos)))
+
+
+def assign_splits(labels: Mapping[str, int], *, existing: Mapping[str, Split] | None = None,
+                  fraction: float = VAL_FRACTION) -> dict[str, Split]:
+    """``{video_id: split}`` for ``labels`` (``{video_id: label}``).
+
+    Videos in ``existing`` keep their split (``--merge``); new videos of a class fill validation up
+    to the class's target, in hash order. A class made only of existing videos is left as it was.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
+    existing = existing or {}
+    result: dict[str, Split] = {}
+    for label in sorted(set(labels.values())):
+        members = sorted((vid for vid, lab in labels.items() if lab == label), key=_rank_key)
+        kept = [vid for vid in members if vid in existing]
+        new = [vid for vid in members if vid not in existing]
+        for vid in kept:
+            result[vid] = existing[vid]
+        have_val = sum(1 for vid in kept if existing[vid] == "val")
+        need = min(len(new), max(0, val_target(len(members), fraction) - have_val))
+        for i, vid in enumerate(new):
+            result[vid] = "val" if i < need else "train"
+    return result
