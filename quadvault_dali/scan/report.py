@@ -1,0 +1,76 @@
+"""The end of a scan: ``highlights.json`` and the one-line summary, both from the complete shards.
+
+Both are computed from everything complete in the scan folder (not just this run), so a resumed scan,
+or the last of several ``--shard`` jobs, reports the whole library.
+
+``highlights.json`` (written atomically)::
+
+    {"schema_version": "1.0", "threshold": 0.7, "models": [{"name", "fingerprint"}], "generated_at": ISO,
+     "total_scanned": N, "errors": E, "count": H,
+     "highlights": [{"path", "score", "best_second", "best_second_score", "top3_mean",
+                     "frac_above_threshold", "duration_s", "video_id"}, ...]}   # best first
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import OutputError
+from .schema import SCHEMA_VERSION, ModelRef
+from .shards import read_table
+
+HIGHLIGHTS_FILE = "highlights.json"
+
+
+@dataclass(frozen=True)
+class FolderTotals:
+    total: int
+    highlights: int
+    errors: int
+
+
+def highlights_document(out_dir: Path, *, threshold: float, models: Sequence[ModelRef]) -> tuple[dict, FolderTotals]:
+    """The highlights document and totals over the complete shards of ``out_dir``."""
+    cols = ["video_id", "path", "score", "best_timestamp_s", "score_max", "score_top3_mean",
+            "frac_above_threshold", "duration_s", "is_highlight", "status"]
+    rows = read_table(out_dir, "videos", columns=cols).to_pylist()
+    best = sorted((r for r in rows if r["is_highlight"]), key=lambda r: (-r["score"], r["path"]))
+    errors = sum(1 for r in rows if r["status"] == "error")
+    doc = {
+        "schema_version": SCHEMA_VERSION,
+        "threshold": threshold,
+        "models": [{"name": m.name, "fingerprint": m.fingerprint} for m in models],
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "total_scanned": len(rows),
+        "errors": errors,
+        "count": len(best),
+        "highlights": [{
+            "path": r["path"], "score": round(float(r["score"]), 6),
+            "best_second": r["best_timestamp_s"], "best_second_score": round(float(r["score_max"]), 6),
+            "top3_mean": round(float(r["score_top3_mean"]), 6),
+            "frac_above_threshold": round(float(r["frac_above_threshold"]), 6),
+            "duration_s": r["duration_s"], "video_id": r["video_id"],
+        } for r in best],
+    }
+    return doc, FolderTotals(len(rows), len(best), errors)
+
+
+def write_json_atomic(path: Path, doc: dict) -> None:
+    """``path`` gets the whole document or keeps its old content; a full disk is a clear error."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path.name}: {exc.strerror or exc}", path=path) from exc
+
+
+def summary_line(totals: FolderTotals, out_dir: Path | str) -> str:
+    return (f"Total scanned: {totals.total:,} — Highlights found: {totals.highlights:,} — "
+            f"Errors: {totals.errors:,} — Results saved to: {out_dir}")

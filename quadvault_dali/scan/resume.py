@@ -1,0 +1,108 @@
+"""Resume: which videos the complete shards already hold, and retiring rows a rescan supersedes.
+
+The invariant kept here: among the complete shards of a scan folder, each path appears at most once.
+A video is skipped when a complete shard holds it with the same path, size, mtime and model
+fingerprint. When it must be scanned again (the file changed, other models, ``--no-resume``,
+``--retry-errors``) its old rows are removed from their shard pair *before* the rescan, by rewriting
+the pair atomically (seconds first, videos last, the same order as writing). Readers therefore never
+need to deduplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .shards import complete_shards, write_parquet_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FileState:
+    """A library file as ``stat`` sees it now."""
+
+    path: Path
+    size_bytes: int
+    mtime_ns: int
+
+
+@dataclass
+class ResumePlan:
+    """``todo`` to scan, ``skipped`` already done, ``superseded`` rows to retire (shard -> paths)."""
+
+    todo: list[FileState] = field(default_factory=list)
+    skipped: list[FileState] = field(default_factory=list)
+    superseded: dict[str, set[str]] = field(default_factory=dict)
+
+    @property
+    def superseded_count(self) -> int:
+        return sum(len(v) for v in self.superseded.values())
+
+
+def _done_index(out_dir: Path) -> dict[str, list[dict[str, object]]]:
+    """path -> the video rows of it found in complete shards (newest first), each with its shard name."""
+    found: dict[str, list[dict[str, object]]] = {}
+    cols = ["path", "size_bytes", "mtime_ns", "model_fingerprint", "status", "scanned_at"]
+    for name in complete_shards(out_dir):
+        for row in pq.read_table(out_dir / "videos" / name, columns=cols).to_pylist():
+            row["shard"] = name
+            found.setdefault(str(row["path"]), []).append(row)
+    for rows in found.values():
+        rows.sort(key=lambda r: r["scanned_at"], reverse=True)  # type: ignore[arg-type, return-value]
+    return found
+
+
+def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, resume: bool = True,
+                retry_errors: bool = False) -> ResumePlan:
+    """Splits ``files`` into done and to-do against the complete shards in ``out_dir``."""
+    done = _done_index(out_dir)
+    plan = ResumePlan()
+    for f in files:
+        rows = done.get(str(f.path), [])
+        keep = None
+        if resume and rows:
+            newest = rows[0]
+            same = (newest["size_bytes"] == f.size_bytes and newest["mtime_ns"] == f.mtime_ns
+                    and newest["model_fingerprint"] == fingerprint)
+            if same and not (retry_errors and newest["status"] == "error"):
+                keep = newest
+        (plan.skipped if keep is not None else plan.todo).append(f)
+        for row in rows:
+            if row is not keep:
+                plan.superseded.setdefault(str(row["shard"]), set()).add(str(f.path))
+    return plan
+
+
+def _filter_file(path: Path, drop: set[str]) -> tuple[pa.Table, bool]:
+    table = pq.read_table(path)
+    mask = pc.invert(pc.is_in(table["path"], value_set=pa.array(sorted(drop), pa.string())))
+    kept = table.filter(mask)
+    return kept, kept.num_rows != table.num_rows
+
+
+def drop_superseded(out_dir: Path, superseded: dict[str, set[str]]) -> int:
+    """Removes the rows of ``superseded`` paths from their shard pairs; returns video rows removed."""
+    removed = 0
+    for name, paths in sorted(superseded.items()):
+        seconds_path, videos_path = out_dir / "seconds" / name, out_dir / "videos" / name
+        seconds, changed_s = _filter_file(seconds_path, paths)
+        videos, changed_v = _filter_file(videos_path, paths)
+        removed += len(paths) if changed_v else 0
+        if videos.num_rows == 0:  # nothing left: retire the pair, its commit marker (videos) first
+            os.unlink(videos_path)
+            os.unlink(seconds_path)
+            log.info("removed shard pair %s (all its videos are rescanned)", name)
+            continue
+        if changed_s:
+            write_parquet_atomic(seconds_path, seconds)
+        if changed_v:
+            write_parquet_atomic(videos_path, videos)
+        log.info("rewrote shard pair %s without %d superseded videos", name, len(paths))
+    return removed

@@ -1,0 +1,290 @@
+"""The scan engine: discovery -> resume plan -> sampling + batched inference -> shard pairs -> report.
+
+``scan_library`` is what ``quadvault scan`` calls. Probing happens inside the sampler's decode
+streams (each stream probes its next video while the others decode), batches mix frames of several
+videos so the model always sees full batches, and each finished video's rows go to the shard writer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from ..discovery import find_videos
+from ..errors import OutputError, QuadvaultError, VideoOpenError
+from ..sampling import SamplingMode, create_sampler
+from .aggregate import Aggregator
+from .report import HIGHLIGHTS_FILE, FolderTotals, highlights_document, summary_line, write_json_atomic
+from .resume import FileState, drop_superseded, plan_resume
+from .schema import SCHEMA_VERSION, ModelRef, ScanMetadata, combined_fingerprint
+from .shards import ShardWriter, TagLock, cleanup_partial
+
+log = logging.getLogger(__name__)
+
+
+class Scorer(Protocol):
+    """What the scan needs of a model (``HighlightModel`` satisfies it; tests use simple scorers)."""
+
+    name: str
+    fingerprint: str
+    image_size: int
+
+    def score_frames(self, frames: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class ScanOptions:
+    """Everything that shapes a scan apart from the library and the models."""
+
+    out_dir: Path
+    threshold: float = 0.7
+    device: str = "auto"
+    mode: SamplingMode = "auto"
+    fps: float = 1.0
+    streams: int = 4
+    batch_size: int = 64
+    resume: bool = True
+    retry_errors: bool = False
+    shard: tuple[int, int] = (0, 1)
+    shard_videos: int = 200
+    shard_seconds: float = 60.0
+    device_id: int = 0
+    highlights_path: Path | None = None  # default: out_dir / highlights.json
+
+    def __post_init__(self) -> None:
+        i, n = self.shard
+        if not (n >= 1 and 0 <= i < n):
+            raise ValueError(f"shard must be i/n with 0 <= i < n, got {i}/{n}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be within 0..1, got {self.threshold}")
+
+    @property
+    def tag(self) -> str:
+        i, n = self.shard
+        return f"s{i:02d}of{n:02d}" if n > 1 else ""
+
+
+@dataclass
+class RunStats:
+    """What this run did (as opposed to what the folder holds)."""
+
+    videos: int = 0
+    errors: int = 0
+    highlights: int = 0
+    frames: int = 0
+    bytes_read: int = 0
+    file_bytes: int = 0
+    video_seconds: float = 0.0
+    shards: list[str] = field(default_factory=list)
+
+    def merge(self, other: "RunStats") -> None:
+        for name in ("videos", "errors", "highlights", "frames", "bytes_read", "file_bytes", "video_seconds"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.shards.extend(other.shards)
+
+
+@dataclass
+class ScanSummary:
+    out_dir: Path
+    totals: FolderTotals
+    run: RunStats
+    skipped: int
+    superseded: int
+    wall_s: float
+    highlights_path: Path
+
+    @property
+    def line(self) -> str:
+        return summary_line(self.totals, self.out_dir)
+
+
+# --- choosing the work ------------------------------------------------------------------------
+
+def check_output_location(out: Path, libraries: Sequence[Path]) -> None:
+    """Refuses an output inside (or equal to) a library: the scan never writes into the user's footage."""
+    out_real = Path(os.path.realpath(out))
+    for lib in libraries:
+        lib_real = Path(os.path.realpath(lib))
+        root = lib_real if lib_real.is_dir() else lib_real.parent
+        if out_real == root or root in out_real.parents:
+            raise OutputError(f"the output {out} is inside the library {lib}", path=out,
+                              hint="the scan never writes into LIBRARY; choose an --out outside it")
+
+
+def in_shard(relative: str, shard: tuple[int, int]) -> bool:
+    """Deterministic split by a hash of the path relative to its library (same on every machine)."""
+    i, n = shard
+    return n == 1 or int(hashlib.sha1(relative.encode()).hexdigest()[:12], 16) % n == i
+
+
+def select_files(libraries: Sequence[Path], shard: tuple[int, int] = (0, 1)) -> list[FileState]:
+    """The library's videos in this shard, with the size and mtime resume compares."""
+    files: list[FileState] = []
+    seen: set[str] = set()
+    for lib in libraries:
+        lib = Path(os.path.abspath(lib))
+        base = lib if lib.is_dir() else lib.parent
+        for path in find_videos([lib]):
+            key = str(path)
+            if key in seen or not in_shard(os.path.relpath(path, base), shard):
+                continue
+            seen.add(key)
+            try:
+                st = path.stat()
+            except OSError as exc:
+                log.warning("skipping %s: %s", path, exc.strerror or exc)
+                continue
+            files.append(FileState(path, st.st_size, st.st_mtime_ns))
+    return sorted(files, key=lambda f: str(f.path))
+
+
+def model_refs(scorers: Sequence[Scorer]) -> tuple[ModelRef, ...]:
+    return tuple(ModelRef(str(s.name), str(s.fingerprint)) for s in scorers)
+
+
+def metadata_for(table: str, models: Sequence[ModelRef], threshold: float) -> ScanMetadata:
+    return ScanMetadata(SCHEMA_VERSION, table, tuple(models), threshold, combined_fingerprint(models))  # type: ignore[arg-type]
+
+
+# --- the scanning loop ------------------------------------------------------------------------
+
+ProgressFn = Callable[[RunStats], None]
+
+
+def score_batch(scorers: Sequence[Scorer], frames: torch.Tensor) -> np.ndarray:
+    """(N, n_models) float32 probabilities on the CPU."""
+    cols = [torch.as_tensor(s.score_frames(frames)).detach().float().cpu().reshape(-1).numpy() for s in scorers]
+    return np.stack(cols, axis=1).astype(np.float32)
+
+
+def scan_files(files: Sequence[FileState], scorers: Sequence[Scorer], options: ScanOptions, *,
+               tag: str, on_progress: ProgressFn | None = None) -> RunStats:
+    """Scans ``files`` into new shard pairs tagged ``tag``; the caller has planned resume already."""
+    models = model_refs(scorers)
+    fingerprint = combined_fingerprint(models)
+    size = max(int(s.image_size) for s in scorers)
+    sampler = create_sampler(options.device, fps=options.fps, mode=options.mode, size=size, square=True,
+                             batch_size=options.batch_size, streams=options.streams, device_id=options.device_id)
+    writer = ShardWriter(options.out_dir, tag=tag, seconds_meta=metadata_for("seconds", models, options.threshold),
+                         videos_meta=metadata_for("videos", models, options.threshold),
+                         max_videos=options.shard_videos, max_seconds=options.shard_seconds)
+    agg = Aggregator(threshold=options.threshold, model_fingerprint=fingerprint)
+    by_path = {f.path: f for f in files}
+    stats = RunStats()
+
+    def sources() -> Iterator[Path]:
+        for f in files:
+            agg.start(f.path)
+            yield f.path
+
+    try:
+        with torch.inference_mode():
+            for batch in sampler.iter_batches(sources()):
+                if len(batch):
+                    agg.add(batch.paths, batch.timestamps, score_batch(scorers, batch.frames))
+                    stats.frames += len(batch)
+                for outcome in batch.completed:
+                    state = by_path.get(outcome.path) or by_path[Path(outcome.path)]
+                    rows = agg.finish(state.path, info=outcome.info, mode=outcome.mode,
+                                      bytes_read=outcome.bytes_read, error=outcome.error,
+                                      size_bytes=state.size_bytes, mtime_ns=state.mtime_ns)
+                    _count(stats, rows, state, outcome.bytes_read)
+                    if not rows.ok:
+                        log.info("error: %s", rows.video["error_message"])
+                    writer.add(rows)
+                writer.tick()
+                if on_progress is not None:
+                    on_progress(stats)
+    except KeyboardInterrupt:
+        writer.flush()  # keep every finished video; the rest resumes next time
+        raise
+    writer.flush()
+    stats.shards = list(writer.written)
+    return stats
+
+
+def _count(stats: RunStats, rows: "object", state: FileState, bytes_read: int) -> None:
+    video = rows.video  # type: ignore[attr-defined]
+    stats.videos += 1
+    stats.errors += video["status"] == "error"
+    stats.highlights += bool(video["is_highlight"])
+    stats.bytes_read += int(bytes_read)
+    stats.file_bytes += state.size_bytes
+    stats.video_seconds += float(video["duration_s"] or 0.0)
+
+
+# --- the whole scan ---------------------------------------------------------------------------
+
+def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptions, *,
+                 scorers: Sequence[Scorer] | None = None, model_paths: Sequence[str | os.PathLike[str]] = (),
+                 gpus: Sequence[int] | None = None, on_progress: "Callable[[RunStats, int], None] | None" = None,
+                 ) -> ScanSummary:
+    """Scans ``libraries`` into ``options.out_dir``; resumable, never writing into the libraries.
+
+    Give either loaded ``scorers`` or ``model_paths`` (loaded here, or in each GPU worker with ``gpus``).
+    ``on_progress(stats, total_todo)`` is called after every batch.
+    """
+    started = time.perf_counter()
+    libs = [Path(os.path.abspath(p)) for p in libraries]
+    for lib in libs:
+        if not lib.exists():
+            raise VideoOpenError("library folder not found", path=lib, hint="check the path and that the disk is mounted")
+    out = Path(os.path.abspath(options.out_dir))
+    options.out_dir = out
+    check_output_location(out, libs)
+    if options.highlights_path is not None:
+        check_output_location(options.highlights_path, libs)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output folder: {exc.strerror or exc}", path=out) from exc
+    if scorers is None:
+        scorers = _load_scorers(model_paths, options, gpus)
+    models = model_refs(scorers)
+    fingerprint = combined_fingerprint(models)
+    lock = TagLock(out, options.tag)
+    if not lock.acquire():
+        raise OutputError("another scan is writing into this folder with the same --shard", path=out,
+                          hint="wait for it to finish, or give each job its own --shard i/n")
+    try:
+        cleanup_partial(out, options.tag)
+        files = select_files(libs, options.shard)
+        plan = plan_resume(files, out, fingerprint=fingerprint, resume=options.resume,
+                           retry_errors=options.retry_errors)
+        superseded = drop_superseded(out, plan.superseded)
+        log.info("%d videos found, %d already scanned, %d to scan, %d old rows superseded",
+                 len(files), len(plan.skipped), len(plan.todo), superseded)
+        progress = (lambda s: on_progress(s, len(plan.todo))) if on_progress else None
+        if gpus and len(gpus) > 1:
+            from .parallel import scan_on_gpus
+            stats = scan_on_gpus(plan.todo, [Path(p) for p in model_paths], options, gpus, on_progress=progress)
+        else:
+            stats = scan_files(plan.todo, scorers, options, tag=options.tag, on_progress=progress)
+        doc, totals = highlights_document(out, threshold=options.threshold, models=models)
+        highlights_path = options.highlights_path or out / HIGHLIGHTS_FILE
+        write_json_atomic(highlights_path, doc)
+    finally:
+        lock.release()
+    return ScanSummary(out, totals, stats, len(plan.skipped), superseded, time.perf_counter() - started,
+                       highlights_path)
+
+
+def _load_scorers(model_paths: Sequence[str | os.PathLike[str]], options: ScanOptions,
+                  gpus: Sequence[int] | None) -> list[Scorer]:
+    if not model_paths:
+        raise ValueError("give at least one model (--model PATH)")
+    from ..device import resolve_device, torch_device
+    from ..model import load_model
+
+    backend = resolve_device(options.device)
+    device_id = gpus[0] if gpus else options.device_id
+    options.device_id = device_id
+    return [load_model(p, device=torch_device(backend, device_id)) for p in model_paths]

@@ -1,0 +1,219 @@
+"""Shard pairs on disk: atomic writing, listing the complete ones, cleaning up what a crash left.
+
+A pair ``seconds/NAME`` + ``videos/NAME`` is written seconds first, videos last, each to a hidden
+temporary name renamed into place. So a reader (or a resumed scan) trusts exactly the pairs whose
+videos file exists; a seconds file without its videos partner is the remains of a crash.
+
+Names are ``part-[TAG-]NNNNN.parquet``. Every writer has its own TAG (``s01of04`` for ``--shard 1/4``,
+``g2`` for the worker on GPU 2, both joined for both), so machines and GPU workers writing into one
+folder never clash. A lock file per tag keeps two writers from using the same tag at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import OutputError
+from .aggregate import VideoRows
+from .schema import SCHEMAS, ScanMetadata, schema_with_metadata
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^part-(?:(?P<tag>[a-z0-9]+(?:-[a-z0-9]+)*)-)?(?P<seq>\d{5,})\.parquet$")
+TMP_PREFIX = ".tmp-"
+
+
+def shard_name(tag: str, seq: int) -> str:
+    return f"part-{tag + '-' if tag else ''}{seq:05d}.parquet"
+
+
+def parse_name(name: str) -> tuple[str, int] | None:
+    """``(tag, seq)`` for a shard file name, ``None`` for anything else."""
+    m = NAME_RE.match(name)
+    return (m.group("tag") or "", int(m.group("seq"))) if m else None
+
+
+def complete_shards(out_dir: Path) -> list[str]:
+    """Names of the complete pairs (videos file present, seconds partner present), sorted."""
+    videos, seconds = out_dir / "videos", out_dir / "seconds"
+    if not videos.is_dir():
+        return []
+    return sorted(n for n in os.listdir(videos) if parse_name(n) and (seconds / n).is_file())
+
+
+def read_table(out_dir: Path, table: str, names: list[str] | None = None,
+               columns: list[str] | None = None) -> pa.Table:
+    """One table (``seconds`` or ``videos``) over the complete shards, as one Arrow table."""
+    names = complete_shards(out_dir) if names is None else names
+    parts = [pq.read_table(out_dir / table / n, columns=columns) for n in names]
+    if not parts:
+        schema = SCHEMAS[table]
+        return schema.empty_table() if columns is None else pa.schema([schema.field(c) for c in columns]).empty_table()
+    return pa.concat_tables([p.replace_schema_metadata(None) for p in parts], promote_options="default")
+
+
+def read_metadata(path: Path) -> ScanMetadata:
+    return ScanMetadata.from_kv(pq.read_schema(path).metadata, source=path)
+
+
+def _is_disk_problem(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG)
+
+
+def write_parquet_atomic(path: Path, table: pa.Table) -> None:
+    """Writes ``table`` to a hidden temp file next to ``path``, fsyncs it, renames it into place."""
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if _is_disk_problem(exc):
+            raise OutputError(f"cannot write scan results: {exc.strerror or exc}", path=path,
+                              hint="free space on the output disk (or use another --out); complete shards "
+                                   "are kept and the same command resumes") from exc
+        raise OutputError(f"cannot write scan results: {exc}", path=path) from exc
+
+
+class TagLock:
+    """An exclusive ``flock`` on ``DIR/.lock-TAG``: one writer per tag; released when the process dies."""
+
+    def __init__(self, out_dir: Path, tag: str) -> None:
+        self.path = out_dir / f".lock-{tag or 'main'}"
+        self._fd: int | None = None
+
+    def acquire(self, *, wait: bool = False) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def cleanup_partial(out_dir: Path, own_tag: str) -> list[Path]:
+    """Deletes temp files and orphan seconds files of every tag whose writer is not running."""
+    removed: list[Path] = []
+    seconds, videos = out_dir / "seconds", out_dir / "videos"
+    by_tag: dict[str, list[Path]] = {}
+    for folder in (seconds, videos):
+        if not folder.is_dir():
+            continue
+        for name in os.listdir(folder):
+            stem = name[len(TMP_PREFIX):].rsplit(".", 1)[0] if name.startswith(TMP_PREFIX) else None
+            parsed = parse_name(stem if stem is not None else name)
+            orphan = folder == seconds and parsed and stem is None and not (videos / name).exists()
+            if parsed and (stem is not None or orphan):
+                by_tag.setdefault(parsed[0], []).append(folder / name)
+    for tag, paths in by_tag.items():
+        lock = None
+        if tag != own_tag:
+            lock = TagLock(out_dir, tag)
+            if not lock.acquire():
+                log.info("leaving partial shards of %r alone: its writer is running", tag)
+                continue
+        try:
+            for p in paths:
+                p.unlink(missing_ok=True)
+                removed.append(p)
+                log.info("discarded incomplete shard file %s", p)
+        finally:
+            if lock is not None:
+                lock.release()
+    return removed
+
+
+class ShardWriter:
+    """Buffers finished videos and writes them as shard pairs every ``max_videos`` or ``max_seconds``."""
+
+    def __init__(self, out_dir: Path, *, tag: str, seconds_meta: ScanMetadata, videos_meta: ScanMetadata,
+                 max_videos: int = 500, max_seconds: float = 120.0) -> None:
+        self.out_dir = out_dir
+        self.tag = tag
+        self.max_videos = max(1, max_videos)
+        self.max_seconds = max_seconds
+        self._schemas = {"seconds": schema_with_metadata(seconds_meta), "videos": schema_with_metadata(videos_meta)}
+        for sub in ("seconds", "videos"):
+            (out_dir / sub).mkdir(parents=True, exist_ok=True)
+        self._seq = self._next_seq()
+        self._rows: list[VideoRows] = []
+        self._since: float | None = None
+        self.written: list[str] = []
+
+    def _next_seq(self) -> int:
+        seqs = [p[1] for sub in ("seconds", "videos") for n in os.listdir(self.out_dir / sub)
+                if (p := parse_name(n)) and p[0] == self.tag]
+        return max(seqs, default=-1) + 1
+
+    def add(self, rows: VideoRows) -> str | None:
+        """Buffers one video; returns the shard name when this add completed a shard."""
+        if self._since is None:
+            self._since = time.monotonic()
+        self._rows.append(rows)
+        return self.tick()
+
+    def tick(self) -> str | None:
+        """Writes the buffer if it is full or old enough; call it often (e.g. every batch)."""
+        if not self._rows or self._since is None:
+            return None
+        if len(self._rows) >= self.max_videos or time.monotonic() - self._since >= self.max_seconds:
+            return self.flush()
+        return None
+
+    def flush(self) -> str | None:
+        if not self._rows:
+            return None
+        name = shard_name(self.tag, self._seq)
+        tables = {t: self._table(t) for t in ("seconds", "videos")}
+        seconds_path = self.out_dir / "seconds" / name
+        write_parquet_atomic(seconds_path, tables["seconds"])
+        try:
+            write_parquet_atomic(self.out_dir / "videos" / name, tables["videos"])
+        except OutputError:
+            seconds_path.unlink(missing_ok=True)  # never leave half a pair behind if we can help it
+            raise
+        self._seq += 1
+        self._rows.clear()
+        self._since = None
+        self.written.append(name)
+        log.debug("wrote shard %s (%d videos)", name, tables["videos"].num_rows)
+        return name
+
+    def _table(self, table: str) -> pa.Table:
+        schema = self._schemas[table]
+        columns: dict[str, list[Any]] = {f.name: [] for f in schema}
+        for rows in self._rows:
+            if table == "seconds":
+                for key, values in rows.seconds.items():
+                    columns[key].extend(values)
+            else:
+                for key in columns:
+                    columns[key].append(rows.video[key])
+        return pa.Table.from_pydict(columns, schema=schema)
+
+    @property
+    def buffered(self) -> int:
+        return len(self._rows)
+
