@@ -1,0 +1,76 @@
+"""``quadvault test-video``: one video's highlight score from one model or an ensemble."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import click
+
+from ._options import device_option, fps_option, sampling_option
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def _bar(score: float, width: int = 20) -> str:
+    return "█" * int(round(score * width)) + "·" * (width - int(round(score * width)))
+
+
+@click.command("test-video")
+@click.argument("video", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--model", "more_models", multiple=True, type=click.Path(path_type=Path),
+              help="Another model to average with (an ensemble); repeat for more.")
+@click.option("--timeline", is_flag=True, help="Also print the score of every sampled second.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of text.")
+@fps_option
+@sampling_option
+@device_option
+def test_video(video: Path, model: Path, more_models: tuple[Path, ...], timeline: bool, as_json: bool,
+               fps: float, mode: str, device: str) -> None:
+    """Score VIDEO with MODEL: the mean of its per-second highlight probabilities.
+
+    Several models (MODEL plus each --model) average their probabilities.
+
+    \b
+    Example:
+      quadvault test-video DJI_0042.MP4 model/ --timeline
+      quadvault test-video DJI_0042.MP4 model_sunsets/ --model model_action/
+    """
+    from quadvault_dali.device import resolve_device
+    from quadvault_dali.model import load_model
+    from quadvault_dali.scoring import ensemble_threshold, score_video, scoring_sampler
+
+    backend = resolve_device(device)
+    models = [load_model(p, device=backend) for p in (model, *more_models)]
+    sampler = scoring_sampler(models, device=backend, fps=fps, mode=mode)  # type: ignore[arg-type]
+    result = score_video(video, models, sampler=sampler)
+    threshold = ensemble_threshold(models)
+    score = result.score
+    if as_json:
+        click.echo(json.dumps({
+            "video": str(video), "score": round(score, 6), "threshold": threshold,
+            "is_highlight": score >= threshold, "frames": len(result.timestamps), "fps": fps,
+            "models": [{"name": m.name, "fingerprint": m.fingerprint, "score": round(s, 6)}
+                       for m, s in zip(models, result.per_model())],
+            "timeline": [{"timestamp_s": round(t, 3), "score": round(float(s), 6),
+                          "model_scores": [round(float(x), 6) for x in result.model_scores[:, i]]}
+                         for i, (t, s) in enumerate(zip(result.timestamps, result.frame_scores))],
+        }, indent=2))
+        return
+    click.echo(f"Highlight score: {score:.2f} ({math.floor(score * 100 + 0.5):.0f}% confidence this is a highlight)")
+    verdict = "highlight" if score >= threshold else "not a highlight"
+    click.echo(f"Verdict: {verdict} (threshold {threshold:.2f}; {len(result.timestamps)} frames at {fps:g} fps)")
+    if len(models) > 1:
+        click.echo("Models (averaged):")
+        for m, s in zip(models, result.per_model()):
+            click.echo(f"  {s:.2f}  {m.name} [{m.fingerprint}]")
+    if timeline:
+        click.echo("Timeline:")
+        for t, s in zip(result.timestamps, result.frame_scores):
+            click.echo(f"  {_clock(t)}  {float(s):.2f}  {_bar(float(s))}")
