@@ -1,0 +1,102 @@
+"""``--audio keep``: the sources' sound under each window, crossfaded like the pictures.
+
+The whole track is assembled in memory before encoding (48 kHz stereo float: about 23 MB for a
+one-minute reel), which lets the encoder interleave audio and video packets as it goes. Sources
+without sound, or whose sound cannot be decoded, contribute silence (logged).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import av
+import numpy as np
+
+from ..probe import open_container
+from ..errors import QuadvaultError
+from .select import ReelPlan
+
+SAMPLE_RATE = 48000
+log = logging.getLogger(__name__)
+
+
+def read_audio_window(path: object, in_s: float, length_s: float, rate: int = SAMPLE_RATE) -> np.ndarray | None:
+    """Stereo float32 ``(2, n)`` samples of ``[in_s, in_s + length_s)``; ``None`` when there is no sound."""
+    want = int(round(length_s * rate))
+    container = open_container(path)  # type: ignore[arg-type]
+    try:
+        if not container.streams.audio:
+            return None
+        stream = container.streams.audio[0]
+        tb = stream.time_base
+        start = stream.start_time or 0
+        container.seek(start + int(max(0.0, in_s - 0.1) / tb), stream=stream, backward=True)
+        resampler = av.AudioResampler(format="fltp", layout="stereo", rate=rate)
+        chunks: list[np.ndarray] = []
+        first_t: float | None = None
+        have = 0
+        for frame in container.decode(stream):
+            if first_t is None:
+                if frame.pts is None:
+                    continue
+                first_t = float((frame.pts - start) * tb)
+            for out in resampler.resample(frame):
+                arr = out.to_ndarray()
+                chunks.append(arr)
+                have += arr.shape[1]
+            if first_t + have / rate >= in_s + length_s:
+                break
+    except av.error.FFmpegError as exc:
+        log.warning("%s: audio not decodable (%s); using silence for this clip", path, exc)
+        return None
+    finally:
+        container.close()
+    if first_t is None or not chunks:
+        return None
+    samples = np.concatenate(chunks, axis=1).astype(np.float32)
+    skip = int(round((in_s - first_t) * rate))
+    if skip < 0:  # audio starts after the window's in-point: pad the gap with silence
+        samples = np.pad(samples, ((0, 0), (-skip, 0)))
+        skip = 0
+    samples = samples[:, skip: skip + want]
+    if samples.shape[1] < want:
+        samples = np.pad(samples, ((0, 0), (0, want - samples.shape[1])))
+    return samples
+
+
+def build_audio_track(plan: ReelPlan, rate: int = SAMPLE_RATE) -> np.ndarray:
+    """The reel's sound ``(2, n)``: each window's audio with linear crossfades where clips overlap."""
+    total = int(round(plan.duration_s * rate))
+    track = np.zeros((2, total), np.float32)
+    fade = int(round(plan.fade_frames / plan.fps * rate))
+    last = len(plan.clips) - 1
+    for k, clip in enumerate(plan.clips):
+        length = clip.frames / plan.fps
+        try:
+            samples = read_audio_window(clip.window.path, clip.window.in_s, length, rate)
+        except QuadvaultError as exc:
+            log.warning("%s; using silence for clip %d", exc, clip.position)
+            samples = None
+        if samples is None:
+            log.info("clip %d (%s) has no sound; silence under it", clip.position, clip.window.path.name)
+            continue
+        gain = np.ones(samples.shape[1], np.float32)
+        if fade and k > 0:
+            gain[:fade] *= np.linspace(0.0, 1.0, fade, endpoint=False, dtype=np.float32)
+        if fade and k < last:
+            gain[-fade:] *= np.linspace(1.0, 0.0, fade, endpoint=False, dtype=np.float32)
+        at = int(round(clip.reel_start_s * rate))
+        end = min(total, at + samples.shape[1])
+        track[:, at:end] += samples[:, : end - at] * gain[: end - at]
+    return np.clip(track, -1.0, 1.0)
+
+
+def audio_frames(track: np.ndarray, rate: int = SAMPLE_RATE, chunk: int = 1024) -> Iterator[av.AudioFrame]:
+    """Splits the track into AAC-sized frames with sample-count pts."""
+    for start in range(0, track.shape[1], chunk):
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(track[:, start: start + chunk]),
+                                           format="fltp", layout="stereo")
+        frame.sample_rate = rate
+        frame.pts = start
+        yield frame

@@ -1,0 +1,133 @@
+"""Reading one source window as reel-sized frames: seek, decode, rotate, scale and letterbox.
+
+Frames are resampled *by time*: the reel frame shown at source time ``t`` is the source frame that
+is on screen at ``t`` (the last one presented at or before it), so 24, 30 and 60 fps sources and
+variable-frame-rate phones all play at their real speed in a reel of any frame rate.
+Decoding runs on the CPU with PyAV: a reel decodes only a few seconds per video.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+
+from ..errors import DecodeError
+from ..probe import VideoInfo, open_container
+
+log = logging.getLogger(__name__)
+_EPS = 1e-4  # tolerance when comparing frame times: pts rounding must not pick the previous frame
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where a source lands on the reel canvas: scaled to ``fit_w`` x ``fit_h`` at ``(x, y)``."""
+
+    out_w: int
+    out_h: int
+    fit_w: int
+    fit_h: int
+    x: int
+    y: int
+
+
+def letterbox(src_w: int, src_h: int, out_w: int, out_h: int) -> Letterbox:
+    """Largest aspect-preserving fit of a ``src_w`` x ``src_h`` picture, centred, black bars elsewhere."""
+    scale = min(out_w / src_w, out_h / src_h)
+    fit_w = min(out_w, max(2, int(round(src_w * scale))))
+    fit_h = min(out_h, max(2, int(round(src_h * scale))))
+    return Letterbox(out_w, out_h, fit_w, fit_h, (out_w - fit_w) // 2, (out_h - fit_h) // 2)
+
+
+class WindowReader:
+    """Serves reel frames for increasing source times in ``[in_s, out_s)`` of one video."""
+
+    def __init__(self, info: VideoInfo, in_s: float, out_w: int, out_h: int) -> None:
+        self.info = info
+        self.path: Path = info.path
+        self.box = letterbox(info.width, info.height, out_w, out_h)
+        self._container = open_container(info.path)
+        try:
+            self._stream = self._container.streams.video[0]
+            for s in self._container.streams.video:
+                if s.index == info.stream_index:
+                    self._stream = s
+            self._stream.thread_type = "AUTO"
+            self._tb: Fraction = self._stream.time_base or Fraction(1, 90000)
+            self._start = self._stream.start_time or 0
+            target = self._start + int(max(0.0, in_s) / self._tb)
+            self._container.seek(target, stream=self._stream, backward=True, any_frame=False)
+        except av.error.FFmpegError as exc:
+            self.close()
+            raise DecodeError(f"cannot seek to {in_s:.2f} s ({exc})", path=info.path) from exc
+        self._frames = self._decode()
+        self._current: tuple[float, av.VideoFrame] | None = None
+        self._next: tuple[float, av.VideoFrame] | None = next(self._frames, None)
+        self._cached_for: int | None = None
+        self._cached: np.ndarray | None = None
+
+    def _decode(self) -> Iterator[tuple[float, av.VideoFrame]]:
+        try:
+            for frame in self._container.decode(self._stream):
+                if frame.pts is None:
+                    continue
+                yield float((frame.pts - self._start) * self._tb), frame
+        except av.error.FFmpegError as exc:
+            raise DecodeError(f"decoding failed ({exc})", path=self.path) from exc
+
+    def frame_at(self, t: float) -> np.ndarray:
+        """The reel-sized RGB picture of the source frame on screen at source time ``t``."""
+        while self._next is not None and (self._current is None or self._next[0] <= t + _EPS):
+            self._current = self._next
+            self._next = next(self._frames, None)
+        if self._current is None:
+            raise DecodeError(f"no frame decoded at or after {t:.2f} s", path=self.path)
+        key = id(self._current[1])
+        if self._cached_for != key:
+            self._cached = self._to_canvas(self._current[1])
+            self._cached_for = key
+        assert self._cached is not None
+        return self._cached
+
+    @property
+    def current_time(self) -> float | None:
+        """Source time of the frame last served (for tests and logs)."""
+        return self._current[0] if self._current else None
+
+    def _to_canvas(self, frame: av.VideoFrame) -> np.ndarray:
+        box, rotation = self.box, self.info.rotation % 360
+        sideways = rotation in (90, 270)
+        w, h = (box.fit_h, box.fit_w) if sideways else (box.fit_w, box.fit_h)
+        img = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+        if rotation:
+            img = np.rot90(img, k=-(rotation // 90))  # rotation is clockwise; rot90 turns counter-clockwise
+        canvas = np.zeros((box.out_h, box.out_w, 3), np.uint8)
+        canvas[box.y: box.y + box.fit_h, box.x: box.x + box.fit_w] = img
+        return canvas
+
+    def close(self) -> None:
+        self._container.close()
+
+    def __enter__(self) -> "WindowReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_window(info: VideoInfo, in_s: float) -> None:
+    """Decodes the window's first frame, so a file that cannot be decoded is dropped before encoding."""
+    with WindowReader(info, in_s, 16, 16) as reader:
+        reader.frame_at(in_s)
+
+
+def blend(outgoing: np.ndarray, incoming: np.ndarray, weight: float) -> np.ndarray:
+    """Crossfade: ``weight`` of ``incoming`` over ``outgoing`` (integer maths, no float frame copies)."""
+    w = int(round(weight * 256))
+    mixed = outgoing.astype(np.uint16) * (256 - w) + incoming.astype(np.uint16) * w
+    return (mixed >> 8).astype(np.uint8)

@@ -1,0 +1,142 @@
+"""Reading what the reel is cut from: a scan folder (per-second scores) or a bare ``highlights.json``.
+
+The reel needs, per video, the score of every sampled second so it can cut the best *window* rather
+than the whole clip; a ``highlights.json`` alone has one score per video, so windows are then centred
+on the video's best second (or its middle) and the caller is told so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import QuadvaultError
+from ..scan.schema import ScanMetadata
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VideoScores:
+    """One video's scores. ``times``/``scores`` are empty when only a video-level score is known."""
+
+    path: Path
+    duration_s: float | None
+    video_score: float | None = None
+    best_timestamp_s: float | None = None
+    rotation: int | None = None
+    fps: float | None = None
+    mtime_ns: int | None = None
+    times: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
+    scores: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
+
+    @property
+    def has_seconds(self) -> bool:
+        return self.times.size > 0
+
+
+@dataclass(frozen=True)
+class ScoreSource:
+    """Everything loaded from SCORES, with how it was read (for messages)."""
+
+    origin: Path
+    videos: list[VideoScores]
+    per_second: bool
+    failed_videos: int = 0
+
+
+def load_scores(path: str | Path) -> ScoreSource:
+    """Loads a scan folder or a ``highlights.json``; raises ``QuadvaultError`` naming what is missing."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "videos").is_dir() and any((path / "seconds").glob("part-*.parquet")):
+            return _load_scan_folder(path)
+        if (path / "highlights.json").is_file():
+            log.warning("%s has no per-second scores (seconds/*.parquet); using highlights.json only", path)
+            return load_highlights_json(path / "highlights.json")
+        raise QuadvaultError("not a scan folder: no seconds/part-*.parquet and no highlights.json", path=path,
+                             hint="pass the --out folder of 'quadvault scan', or its highlights.json")
+    if path.is_file() and path.suffix.lower() == ".json":
+        return load_highlights_json(path)
+    if not path.exists():
+        raise QuadvaultError("scores not found", path=path, hint="pass a scan folder or a highlights.json")
+    raise QuadvaultError("not a scan folder or a .json file", path=path)
+
+
+def _read_table(file: Path, table: str) -> pa.Table:
+    try:
+        tbl = pq.read_table(file)
+        meta = ScanMetadata.from_kv(tbl.schema.metadata, source=file)
+    except ValueError as exc:
+        raise QuadvaultError(str(exc)) from exc
+    except (OSError, pa.ArrowException) as exc:
+        raise QuadvaultError(f"unreadable Parquet file ({exc})", path=file) from exc
+    if meta.table != table:
+        raise QuadvaultError(f"expected a {table!r} table, found {meta.table!r}", path=file)
+    return tbl
+
+
+def _load_scan_folder(root: Path) -> ScoreSource:
+    """Reads complete shard pairs only: a videos file marks its pair as fully written."""
+    pairs = sorted(p for p in (root / "videos").glob("part-*.parquet") if (root / "seconds" / p.name).is_file())
+    if not pairs:
+        raise QuadvaultError("no complete shard (videos/part-*.parquet with its seconds/ twin)", path=root,
+                             hint="the scan may still be running or was interrupted before its first shard")
+    videos_rows: dict[str, dict] = {}
+    seconds: list[pa.Table] = []
+    for vfile in pairs:
+        for row in _read_table(vfile, "videos").to_pylist():
+            videos_rows[row["video_id"]] = row
+        seconds.append(_read_table(root / "seconds" / vfile.name, "seconds")
+                       .select(["video_id", "timestamp_s", "score"]))
+    sec = pa.concat_tables(seconds)
+    ids = np.asarray(sec.column("video_id").to_pylist(), dtype=object)
+    times = sec.column("timestamp_s").to_numpy().astype(np.float64)
+    scores = sec.column("score").to_numpy().astype(np.float64)
+    order = np.lexsort((times, ids))
+    ids, times, scores = ids[order], times[order], scores[order]
+    bounds = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1], True]) if ids.size else np.array([0])
+    by_id = {ids[a]: (times[a:b], scores[a:b]) for a, b in zip(bounds[:-1], bounds[1:])}
+    out: list[VideoScores] = []
+    failed = 0
+    for vid, row in videos_rows.items():
+        if row.get("status") != "ok" or vid not in by_id:
+            failed += 1
+            continue
+        t, s = by_id[vid]
+        out.append(VideoScores(path=Path(row["path"]), duration_s=row.get("duration_s"),
+                               video_score=row.get("score"), best_timestamp_s=row.get("best_timestamp_s"),
+                               rotation=row.get("rotation"), fps=row.get("fps"), mtime_ns=row.get("mtime_ns"),
+                               times=t, scores=s))
+    out.sort(key=lambda v: str(v.path))
+    log.info("read %d scored videos (%d failed or unscored) from %s", len(out), failed, root)
+    return ScoreSource(root, out, per_second=True, failed_videos=failed)
+
+
+def load_highlights_json(file: Path) -> ScoreSource:
+    """Reads ``highlights.json``: a list (or ``{"highlights": [...]}``) of objects with path and score."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise QuadvaultError(f"cannot read highlights JSON ({exc})", path=file) from exc
+    entries = data.get("highlights", data.get("videos")) if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        raise QuadvaultError("expected a list of highlights (or an object with a 'highlights' list)", path=file)
+    videos: list[VideoScores] = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "path" not in entry or "score" not in entry:
+            raise QuadvaultError(f"highlight #{i + 1} has no 'path' and 'score'", path=file)
+        best = entry.get("best_timestamp_s", entry.get("best_second_s"))
+        p = Path(entry["path"])
+        videos.append(VideoScores(path=p if p.is_absolute() else file.parent / p,
+                                  duration_s=entry.get("duration_s"), video_score=float(entry["score"]),
+                                  best_timestamp_s=float(best) if best is not None else None,
+                                  rotation=entry.get("rotation"), fps=entry.get("fps")))
+    log.info("read %d highlights from %s (video-level scores only)", len(videos), file)
+    return ScoreSource(file, videos, per_second=False)

@@ -1,0 +1,183 @@
+"""Choosing what goes into a reel: the best window of each video, then the best windows overall.
+
+A window is ``clip_seconds`` long and scored by the *mean* per-second score inside it, so a reel cuts
+the few seconds that made the video a highlight instead of its take-off. By default each video gives
+at most one window (``per_video=1``): a reel of fifty different shots is what users asked for; more
+windows per video are allowed with ``per_video`` and are then never overlapping.
+
+The timeline is planned in whole output frames, so the reel's length is exact:
+``sum(clip frames) - (clips - 1) * fade frames``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+
+from ..errors import QuadvaultError
+from .scores import VideoScores
+
+Order = Literal["score", "time"]
+_EPS = 1e-6
+
+
+class EmptySelectionError(QuadvaultError):
+    """Nothing qualified for the reel; the message says why and what the best candidate was."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """A cut of one source: ``[in_s, out_s)`` in seconds from its first frame, with its score."""
+
+    path: Path
+    in_s: float
+    out_s: float
+    score: float
+    how: str = "seconds"  # seconds | best-second | middle: how the window was placed
+    mtime_ns: int | None = None
+
+    @property
+    def length_s(self) -> float:
+        return self.out_s - self.in_s
+
+
+@dataclass(frozen=True)
+class PlannedClip:
+    """A window placed on the reel's frame grid: frames ``[start_frame, start_frame + frames)``."""
+
+    position: int
+    window: Window
+    start_frame: int
+    frames: int
+    fps: float
+
+    @property
+    def reel_start_s(self) -> float:
+        return self.start_frame / self.fps
+
+    @property
+    def reel_end_s(self) -> float:
+        return (self.start_frame + self.frames) / self.fps
+
+    def source_time(self, frame: int) -> float:
+        """Source time shown at reel frame ``frame`` (output frame ``j`` is displayed at ``j / fps``)."""
+        return self.window.in_s + (frame - self.start_frame) / self.fps
+
+
+@dataclass(frozen=True)
+class ReelPlan:
+    clips: tuple[PlannedClip, ...]
+    fps: float
+    fade_frames: int
+    notes: tuple[str, ...] = ()
+
+    @property
+    def total_frames(self) -> int:
+        return max((c.start_frame + c.frames for c in self.clips), default=0)
+
+    @property
+    def duration_s(self) -> float:
+        return self.total_frames / self.fps
+
+
+def _window_len(video: VideoScores, clip_seconds: float) -> tuple[float, float]:
+    duration = float(video.duration_s) if video.duration_s else 0.0
+    if duration <= 0:
+        raise QuadvaultError("duration unknown; probe the file first", path=video.path)
+    return duration, min(clip_seconds, duration)
+
+
+def best_windows(video: VideoScores, clip_seconds: float, per_video: int = 1) -> list[Window]:
+    """The video's best non-overlapping windows, best first (window score = mean score inside it)."""
+    duration, length = _window_len(video, clip_seconds)
+    if not video.has_seconds:
+        return [_centred_window(video, duration, length)]
+    times, scores = video.times, video.scores
+    starts = np.unique(np.r_[times[times + length <= duration + _EPS], max(0.0, duration - length)])
+    csum = np.r_[0.0, np.cumsum(scores)]
+    lo = np.searchsorted(times, starts - _EPS, side="left")
+    hi = np.searchsorted(times, starts + length - _EPS, side="left")
+    has = hi > lo
+    starts, lo, hi = starts[has], lo[has], hi[has]
+    means = (csum[hi] - csum[lo]) / (hi - lo)
+    chosen: list[Window] = []
+    for i in np.lexsort((starts, -means)):  # best mean first, earliest on ties
+        a = float(starts[i])
+        if any(a < w.out_s - _EPS and w.in_s < a + length - _EPS for w in chosen):
+            continue
+        chosen.append(Window(video.path, a, a + length, float(means[i]), "seconds", video.mtime_ns))
+        if len(chosen) >= per_video:
+            break
+    return chosen
+
+
+def _centred_window(video: VideoScores, duration: float, length: float) -> Window:
+    """Without per-second scores: centre on the best second when known, else on the middle."""
+    if video.best_timestamp_s is not None:
+        centre, how = float(video.best_timestamp_s) + 0.5, "best-second"
+    else:
+        centre, how = duration / 2.0, "middle"
+    start = min(max(0.0, centre - length / 2.0), duration - length)
+    return Window(video.path, start, start + length, float(video.video_score or 0.0), how, video.mtime_ns)
+
+
+def plan_reel(videos: Sequence[VideoScores], *, clip_seconds: float = 4.0, top: int = 50,
+              min_score: float = 0.85, max_duration_s: float | None = None, fade_s: float = 0.5,
+              transitions: bool = True, fps: float = 30.0, order: Order = "score",
+              per_video: int = 1) -> ReelPlan:
+    """Best windows above ``min_score``, at most ``top``, fitting ``max_duration_s`` with crossfades."""
+    if clip_seconds <= 0 or fps <= 0 or top < 1:
+        raise QuadvaultError(f"clip_seconds, fps and top must be positive (got {clip_seconds}, {fps}, {top})")
+    fade_frames = int(round(fade_s * fps)) if transitions else 0
+    if 2 * fade_frames >= round(clip_seconds * fps):
+        raise QuadvaultError(f"a {fade_s} s crossfade at each end does not fit in a {clip_seconds} s clip",
+                             hint="use a shorter --fade or a longer --clip-seconds")
+    windows = [w for v in videos for w in best_windows(v, clip_seconds, per_video)]
+    what = f"best {clip_seconds:g} s window" if any(v.has_seconds for v in videos) else "video score"
+    if not windows:
+        raise EmptySelectionError("no scored video to cut a reel from")
+    eligible = sorted((w for w in windows if w.score >= min_score - _EPS),
+                      key=lambda w: (-w.score, str(w.path), w.in_s))
+    if not eligible:
+        best = max(windows, key=lambda w: w.score)
+        raise EmptySelectionError(f"no video scored ≥ {min_score:g} ({what}); the best was {best.score:.2f} "
+                                  f"({best.path.name})", hint="lower --min-score")
+    max_frames = int(np.floor(max_duration_s * fps + _EPS)) if max_duration_s else None
+    picked: list[tuple[Window, int]] = []
+    total, too_short, too_long = 0, 0, 0
+    for w in eligible:
+        if len(picked) >= top:
+            break
+        frames = int(round(w.length_s * fps))
+        if frames <= 2 * fade_frames:
+            too_short += 1
+            continue
+        grown = total + frames - (fade_frames if picked else 0)
+        if max_frames is not None and grown > max_frames:
+            too_long += 1
+            continue  # a later, shorter window may still fit
+        picked.append((w, frames))
+        total = grown
+    if not picked:
+        shortest = min(int(round(w.length_s * fps)) for w in eligible) / fps
+        raise EmptySelectionError(f"--duration {max_duration_s:g} s is shorter than the shortest eligible "
+                                  f"clip ({shortest:g} s)" if too_long else
+                                  "every eligible video is shorter than two crossfades",
+                                  hint="raise --duration or lower --clip-seconds/--fade")
+    if order == "time":
+        picked.sort(key=lambda p: (p[0].mtime_ns or 0, str(p[0].path), p[0].in_s))
+    clips, start = [], 0
+    for pos, (w, frames) in enumerate(picked, 1):
+        clips.append(PlannedClip(pos, w, start, frames, fps))
+        start += frames - fade_frames
+    notes = [f"{len(eligible)} window(s) scored ≥ {min_score:g}; {len(picked)} used"]
+    if too_long:
+        notes.append(f"{too_long} left out to keep the reel within {max_duration_s:g} s")
+    if too_short:
+        notes.append(f"{too_short} left out: shorter than two crossfades")
+    if len(eligible) > len(picked) + too_long + too_short:
+        notes.append(f"{len(eligible) - len(picked) - too_long - too_short} left out by --top {top}")
+    return ReelPlan(tuple(clips), fps, fade_frames, tuple(notes))
