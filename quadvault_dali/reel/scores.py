@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from ..errors import QuadvaultError
 from ..scan.schema import ScanMetadata
+from ..scan.shards import complete_shards
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def _read_table(file: Path, table: str) -> pa.Table:
 
 def _load_scan_folder(root: Path) -> ScoreSource:
     """Reads complete shard pairs only: a videos file marks its pair as fully written."""
-    pairs = sorted(p for p in (root / "videos").glob("part-*.parquet") if (root / "seconds" / p.name).is_file())
+    pairs = [root / "videos" / name for name in complete_shards(root)]
     if not pairs:
         raise QuadvaultError("no complete shard (videos/part-*.parquet with its seconds/ twin)", path=root,
                              hint="the scan may still be running or was interrupted before its first shard")
@@ -120,7 +121,10 @@ def _load_scan_folder(root: Path) -> ScoreSource:
 
 
 def load_highlights_json(file: Path) -> ScoreSource:
-    """Reads ``highlights.json``: a list (or ``{"highlights": [...]}``) of objects with path and score."""
+    """Reads ``highlights.json`` (``{"highlights": [{"path", "score", "best_second", "duration_s"}...]}``).
+
+    A bare list of such objects is accepted too, so a hand-made selection can be turned into a reel.
+    """
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -132,7 +136,7 @@ def load_highlights_json(file: Path) -> ScoreSource:
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or "path" not in entry or "score" not in entry:
             raise QuadvaultError(f"highlight #{i + 1} has no 'path' and 'score'", path=file)
-        best = entry.get("best_timestamp_s", entry.get("best_second_s"))
+        best = entry.get("best_second", entry.get("best_timestamp_s"))
         p = Path(entry["path"])
         videos.append(VideoScores(path=p if p.is_absolute() else file.parent / p,
                                   duration_s=entry.get("duration_s"), video_score=float(entry["score"]),

@@ -1,0 +1,84 @@
+"""``quadvault reel``: parse options, then call ``prepare_reel`` (``--dry-run``) or ``make_reel``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from quadvault_dali.cli._options import device_option
+
+
+def _parse_resolution(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
+    try:
+        w, h = (int(x) for x in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"expected WIDTHxHEIGHT like 1920x1080, got {value!r}") from None
+    if w < 16 or h < 16 or w % 2 or h % 2:
+        raise click.BadParameter(f"{value}: width and height must be even and at least 16 (H.264 4:2:0)")
+    return w, h
+
+
+@click.command("reel")
+@click.argument("scores", type=click.Path(exists=True, path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--top", type=click.IntRange(1), default=50, show_default=True, help="At most this many clips.")
+@click.option("--min-score", type=click.FloatRange(0.0, 1.0), default=0.85, show_default=True,
+              help="Only windows whose mean per-second score reaches this.")
+@click.option("--duration", "max_duration_s", type=click.FloatRange(min=0.1), default=None, metavar="SECONDS",
+              help="Maximum reel length, crossfades counted; best clips first.  [default: no limit]")
+@click.option("--clip-seconds", type=click.FloatRange(min=0.5), default=4.0, show_default=True,
+              help="Length of each cut: the best-scoring window of that many seconds of each video.")
+@click.option("--per-video", type=click.IntRange(1), default=1, show_default=True,
+              help="Windows a video may give (never overlapping).")
+@click.option("--transitions/--no-transitions", default=True, show_default=True,
+              help="Crossfade between clips, or hard cuts.")
+@click.option("--fade", "fade_s", type=click.FloatRange(min=0.0), default=0.5, show_default=True,
+              help="Crossfade length in seconds.")
+@click.option("--order", type=click.Choice(["score", "time"]), default="score", show_default=True,
+              help="score: best first; time: by file modification time, then name, then in-point.")
+@click.option("--resolution", callback=_parse_resolution, default="1920x1080", show_default=True,
+              help="Reel size; every source is scaled and letterboxed into it.")
+@click.option("--fps", type=click.FloatRange(min=1.0, max=120.0), default=30.0, show_default=True,
+              help="Reel frame rate; sources are resampled by time (they play at real speed).")
+@click.option("--audio", type=click.Choice(["none", "keep"]), default="none", show_default=True,
+              help="keep: the sources' sound under each clip, crossfaded; none: a silent reel.")
+@click.option("--encoder", type=click.Choice(["auto", "nvenc", "x264"]), default="auto", show_default=True,
+              help="H.264 encoder: nvenc (NVIDIA hardware), x264 (CPU), auto = nvenc when it opens.")
+@device_option
+@click.option("--dry-run", is_flag=True, help="Print the plan (what the clip list would hold); encode nothing.")
+def reel(scores: Path, out: Path, resolution: tuple[int, int], dry_run: bool, **kw: object) -> None:
+    """Cut a highlight reel OUT (e.g. best.mp4) from the best seconds in SCORES.
+
+    SCORES is a scan folder (per-second scores) or a highlights.json. Each chosen video gives its
+    best --clip-seconds window. Next to OUT goes OUT.clips.csv: source, in/out, score, reel time.
+    Windows are decoded on the CPU (PyAV); --device only decides whether NVENC may be used.
+
+    \b
+    Examples:
+      quadvault reel scan/ best.mp4
+      quadvault reel scan/ best.mp4 --duration 60 --min-score 0.9 --order time
+      quadvault reel scan/highlights.json teaser.mp4 --top 10 --resolution 1280x720 --audio keep
+      quadvault reel scan/ best.mp4 --dry-run
+    """
+    from quadvault_dali.reel import ReelOptions, format_plan, make_reel, prepare_reel, sidecar_path
+
+    options = ReelOptions(width=resolution[0], height=resolution[1], **kw)  # type: ignore[arg-type]
+    if dry_run:
+        prepared = prepare_reel(scores, options)
+        click.echo(format_plan(prepared.plan))
+        for message in prepared.skipped:
+            click.echo(f"skipped: {message}")
+        click.echo(f"Dry run: nothing encoded; {out} and {sidecar_path(out).name} would be written.")
+        return
+    result = make_reel(scores, out, options)
+    plan = result.prepared.plan
+    for message in result.prepared.skipped:
+        click.echo(f"skipped: {message}", err=True)
+    if result.render.failed_clips:
+        click.echo(f"warning: clip(s) {', '.join(map(str, result.render.failed_clips))} broke while decoding "
+                   "and hold their last good frame", err=True)
+    click.echo(f"Reel: {result.render.path} ({len(plan.clips)} clips, {plan.duration_s:.1f} s, "
+               f"{options.width}x{options.height} @ {options.fps:g} fps, {result.render.encoder}"
+               f"{', with sound' if result.render.audio else ''})")
+    click.echo(f"Clip list: {result.sidecar}")

@@ -1,0 +1,110 @@
+"""Reel planning without media: which windows are chosen, how --top/--min-score/--duration combine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quadvault_dali.errors import QuadvaultError
+from quadvault_dali.reel import EmptySelectionError, VideoScores, best_windows, load_scores, plan_reel
+
+
+def video(name: str, scores: list[float], duration: float | None = None, mtime_ns: int | None = None) -> VideoScores:
+    times = np.arange(len(scores), dtype=np.float64)
+    return VideoScores(path=Path(f"/footage/{name}"), duration_s=duration or float(len(scores)),
+                       times=times, scores=np.asarray(scores, np.float64), mtime_ns=mtime_ns)
+
+
+def test_best_window_is_max_mean_not_the_start_or_the_single_best_second() -> None:
+    # One spike at 1 s (take-off glitch), a sustained run 5..8 s.
+    v = video("a.mp4", [0.3, 1.0, 0.3, 0.2, 0.2, 0.9, 0.9, 0.9, 0.9, 0.1, 0.1, 0.1])
+    [w] = best_windows(v, 4.0)
+    assert (w.in_s, w.out_s) == (5.0, 9.0)
+    assert w.score == pytest.approx(0.9)
+
+
+def test_window_at_the_very_end_and_short_videos() -> None:
+    v = video("end.mp4", [0.1] * 6 + [0.9] * 4, duration=10.0)
+    [w] = best_windows(v, 4.0)
+    assert (w.in_s, w.out_s) == (6.0, 10.0)
+    short = video("short.mp4", [0.8, 0.9], duration=2.0)
+    [s] = best_windows(short, 4.0)
+    assert (s.in_s, s.out_s, round(s.score, 3)) == (0.0, 2.0, 0.85)
+
+
+def test_several_windows_per_video_never_overlap() -> None:
+    v = video("b.mp4", [0.9, 0.9, 0.9, 0.9, 0.95, 0.95, 0.95, 0.95, 0.2, 0.8, 0.8, 0.8, 0.8])
+    windows = best_windows(v, 4.0, per_video=3)
+    assert [(w.in_s, w.out_s) for w in windows] == [(4.0, 8.0), (0.0, 4.0), (9.0, 13.0)]
+    assert [round(w.score, 3) for w in windows] == [0.95, 0.9, 0.8]
+
+
+def test_top_min_score_and_order() -> None:
+    vids = [video(f"v{i}.mp4", [0.5] * 2 + [s] * 4 + [0.5] * 2, mtime_ns=100 - i)
+            for i, s in enumerate([0.86, 0.95, 0.80, 0.90, 0.99])]
+    plan = plan_reel(vids, top=3, min_score=0.85, fade_s=0.5, fps=30)
+    assert [c.window.path.name for c in plan.clips] == ["v4.mp4", "v1.mp4", "v3.mp4"]
+    assert [c.position for c in plan.clips] == [1, 2, 3]
+    assert any("left out by --top 3" in n for n in plan.notes)
+    by_time = plan_reel(vids, top=3, min_score=0.85, order="time")
+    assert [c.window.path.name for c in by_time.clips] == ["v4.mp4", "v3.mp4", "v1.mp4"]  # oldest mtime first
+
+
+def test_duration_counts_crossfades_on_the_frame_grid() -> None:
+    vids = [video(f"v{i}.mp4", [0.9 - i * 0.01] * 8) for i in range(5)]
+    plan = plan_reel(vids, min_score=0.5, max_duration_s=11.0, clip_seconds=4.0, fade_s=0.5, fps=30)
+    # 3 clips: 3 * 4 s - 2 * 0.5 s = 11.0 s exactly; a 4th would make 14.5 s.
+    assert len(plan.clips) == 3
+    assert plan.total_frames == 3 * 120 - 2 * 15 == 330
+    assert plan.duration_s == pytest.approx(11.0)
+    assert [c.start_frame for c in plan.clips] == [0, 105, 210]
+    assert [(c.reel_start_s, c.reel_end_s) for c in plan.clips][1] == pytest.approx((3.5, 7.5))
+    cuts = plan_reel(vids, min_score=0.5, max_duration_s=11.0, transitions=False, fps=30)
+    assert len(cuts.clips) == 2 and cuts.duration_s == pytest.approx(8.0)
+    assert any("within 11 s" in n for n in cuts.notes)
+
+
+def test_duration_skips_a_long_clip_but_keeps_a_shorter_one_that_fits() -> None:
+    vids = [video("long1.mp4", [0.99] * 8), video("long2.mp4", [0.98] * 8), video("tiny.mp4", [0.9] * 2)]
+    plan = plan_reel(vids, min_score=0.5, max_duration_s=6.0, fade_s=0.5, fps=10)
+    assert [c.window.path.name for c in plan.clips] == ["long1.mp4", "tiny.mp4"]
+    assert plan.duration_s == pytest.approx(4 + 2 - 0.5)
+
+
+def test_empty_selection_says_why() -> None:
+    vids = [video("a.mp4", [0.81] * 6), video("b.mp4", [0.5] * 6)]
+    with pytest.raises(EmptySelectionError, match=r"no video scored ≥ 0.85 .*the best was 0.81 \(a.mp4\)"):
+        plan_reel(vids, min_score=0.85)
+    with pytest.raises(EmptySelectionError, match=r"--duration 3 s is shorter than the shortest eligible clip"):
+        plan_reel(vids, min_score=0.5, max_duration_s=3.0)
+    with pytest.raises(EmptySelectionError, match="no scored video"):
+        plan_reel([], min_score=0.5)
+    with pytest.raises(QuadvaultError, match="crossfade"):
+        plan_reel(vids, min_score=0.5, clip_seconds=1.0, fade_s=0.5)
+
+
+def test_highlights_json_centres_on_best_second(tmp_path: Path) -> None:
+    doc = {"threshold": 0.7, "highlights": [
+        {"path": "/f/a.mp4", "score": 0.93, "best_second": 7.0, "duration_s": 20.0},
+        {"path": "b.mp4", "score": 0.88, "best_second": None, "duration_s": 10.0},
+        {"path": "/f/c.mp4", "score": 0.91, "best_second": 0.0, "duration_s": 30.0}]}
+    (tmp_path / "highlights.json").write_text(json.dumps(doc), encoding="utf-8")
+    source = load_scores(tmp_path / "highlights.json")
+    assert not source.per_second
+    plan = plan_reel(source.videos, min_score=0.85, clip_seconds=4.0)
+    got = [(c.window.path.name, c.window.in_s, c.window.out_s, c.window.how) for c in plan.clips]
+    assert got == [("a.mp4", 5.5, 9.5, "best-second"), ("c.mp4", 0.0, 4.0, "best-second"),
+                   ("b.mp4", 3.0, 7.0, "middle")]
+    assert plan.clips[2].window.path == tmp_path / "b.mp4"  # relative paths are relative to the JSON
+
+
+def test_bad_scores_inputs_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(QuadvaultError, match="not a scan folder"):
+        load_scores(tmp_path)
+    bad = tmp_path / "h.json"
+    bad.write_text('{"highlights": [{"score": 0.9}]}', encoding="utf-8")
+    with pytest.raises(QuadvaultError, match=r"h.json: highlight #1 has no 'path'"):
+        load_scores(bad)
