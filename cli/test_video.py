@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import click
@@ -12,9 +11,11 @@ from ._options import device_option, fps_option, sampling_option
 
 
 def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+    """``mm:ss`` (``h:mm:ss`` past an hour), with tenths when the time is not a whole second."""
+    minutes, secs = divmod(round(seconds, 1), 60.0)
+    hours, minutes = divmod(int(minutes), 60)
+    sec = f"{secs:04.1f}" if abs(secs - round(secs)) >= 0.05 else f"{int(round(secs)):02d}"
+    return f"{hours}:{minutes:02d}:{sec}" if hours else f"{minutes:02d}:{sec}"
 
 
 def _bar(score: float, width: int = 20) -> str:
@@ -63,7 +64,8 @@ def test_video(video: Path, model: Path, more_models: tuple[Path, ...], timeline
                          for i, (t, s) in enumerate(zip(result.timestamps, result.frame_scores))],
         }, indent=2))
         return
-    click.echo(f"Highlight score: {score:.2f} ({math.floor(score * 100 + 0.5):.0f}% confidence this is a highlight)")
+    shown = f"{score:.2f}"
+    click.echo(f"Highlight score: {shown} ({round(float(shown) * 100)}% confidence this is a highlight)")
     verdict = "highlight" if score >= threshold else "not a highlight"
     click.echo(f"Verdict: {verdict} (threshold {threshold:.2f}; {len(result.timestamps)} frames at {fps:g} fps)")
     if len(models) > 1:

@@ -1,0 +1,142 @@
+"""test-video and scoring: a hand-built model whose score is a known function of colour.
+
+``colour_model`` sets ResNet18's weights so that the network passes the normalised red and blue
+planes through (every residual branch zeroed, downsampling convolutions as identities) and the head
+computes ``k * (mean red - mean blue)``: warm frames score high, grey ones low, so the expected
+ordering of scores is certain without training anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from quadvault_dali.cli.main import main
+from quadvault_dali.model import build_network, load_model, save_model
+from quadvault_dali.scoring import score_video, scoring_sampler
+
+IMAGE_SIZE = 64
+
+
+def build_colour_model(directory: Path, *, gain: float = 2.0, bias: float = 0.0, sign: float = 1.0,
+                       name: str | None = None) -> Path:
+    """Saves a ResNet18 highlight model scoring ``sigmoid(sign * gain * (red - blue) + bias)``."""
+    net = build_network("resnet18", image_size=IMAGE_SIZE, pretrained="none")
+    bb = net.backbone
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        for m in bb.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.zero_()
+                m.running_var.fill_(1.0)
+        bb.conv1.weight[0, 0, 3, 3] = 1.0  # channel 0 = red (centre tap of the 7x7 kernel)
+        bb.conv1.weight[1, 2, 3, 3] = 1.0  # channel 1 = blue
+        bb.bn1.weight.fill_(1.0)
+        bb.bn1.bias[:2] = 4.0  # keep both above zero through the ReLUs
+        for layer in (bb.layer2, bb.layer3, bb.layer4):
+            conv, bn = layer[0].downsample
+            for i in range(conv.weight.shape[1]):
+                conv.weight[i, i, 0, 0] = 1.0  # identity on the incoming channels
+            bn.weight.fill_(1.0)
+        net.head.weight[0, 0] = sign * gain
+        net.head.weight[0, 1] = -sign * gain
+        net.head.bias.fill_(bias)
+    card = {"architecture": "resnet18", "image_size": IMAGE_SIZE, "threshold": 0.5}
+    if name:
+        card["name"] = name
+    return save_model(directory, net, card)
+
+
+@pytest.fixture(scope="module")
+def colour_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_colour_model(tmp_path_factory.mktemp("models") / "warm")
+
+
+@pytest.fixture(scope="module")
+def cold_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_colour_model(tmp_path_factory.mktemp("models") / "cold", sign=-1.0)
+
+
+@pytest.fixture(scope="module")
+def clips(make_clip: Callable[..., Path]) -> dict[str, Path]:
+    common = dict(width=160, height=96, fps=10, duration_s=4.0)
+    return {
+        "warm": make_clip("tv_warm.mp4", style="highlight", source_id=1, **common),
+        "grey": make_clip("tv_grey.mp4", style="normal", source_id=2, **common),
+        "mixed": make_clip("tv_mixed.mp4", segments=(("highlight", 2.0), ("normal", 2.0)), source_id=3, **common),
+    }
+
+
+def test_score_orders_warm_above_grey(colour_model: Path, clips: dict[str, Path]) -> None:
+    model = load_model(colour_model)
+    sampler = scoring_sampler([model], device="cpu")
+    scores = {k: score_video(p, [model], sampler=sampler) for k, p in clips.items()}
+    assert scores["warm"].score > 0.9
+    assert scores["grey"].score < 0.5
+    assert scores["grey"].score < scores["mixed"].score < scores["warm"].score
+    # one score per sampled second, and the video score is their mean
+    for result in scores.values():
+        assert result.timestamps == pytest.approx([0.0, 1.0, 2.0, 3.0], abs=0.051)
+        assert result.score == pytest.approx(float(np.mean(result.frame_scores)))
+    mixed = scores["mixed"].frame_scores
+    assert min(mixed[:2]) > max(mixed[2:])  # highlight seconds first, then grey ones
+
+
+def test_score_matches_model_on_sampled_frames(colour_model: Path, clips: dict[str, Path]) -> None:
+    model = load_model(colour_model)
+    sampler = scoring_sampler([model], device="cpu")
+    frames, _, _ = sampler.sample_video(clips["mixed"])
+    expected = model.score_frames(frames).numpy()
+    assert score_video(clips["mixed"], [model], sampler=sampler).frame_scores == pytest.approx(expected, abs=1e-6)
+
+
+def test_cli_prints_score_line(colour_model: Path, clips: dict[str, Path]) -> None:
+    res = CliRunner().invoke(main, ["test-video", str(clips["warm"]), str(colour_model), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    first = res.output.splitlines()[0]
+    score = load_model(colour_model)
+    value = score_video(clips["warm"], [score], device="cpu").score
+    assert first == f"Highlight score: {value:.2f} ({round(float(f'{value:.2f}') * 100)}% confidence this is a highlight)"
+    assert "Verdict: highlight (threshold 0.50; 4 frames at 1 fps)" in res.output
+
+
+def test_cli_timeline_lists_every_second(colour_model: Path, clips: dict[str, Path]) -> None:
+    res = CliRunner().invoke(main, ["test-video", str(clips["mixed"]), str(colour_model), "--timeline",
+                                    "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    rows = lines[lines.index("Timeline:") + 1:]
+    assert [r.split()[0] for r in rows] == ["00:00", "00:01", "00:02", "00:03"]
+    values = [float(r.split()[1]) for r in rows]
+    assert min(values[:2]) > max(values[2:])
+
+
+def test_ensemble_averages_probabilities(colour_model: Path, cold_model: Path, clips: dict[str, Path]) -> None:
+    res = CliRunner().invoke(main, ["test-video", str(clips["warm"]), str(colour_model), "--model",
+                                    str(cold_model), "--json", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    warm, cold = (m["score"] for m in data["models"])
+    assert warm > 0.9 and cold < 0.1  # the two models disagree ...
+    assert data["score"] == pytest.approx((warm + cold) / 2, abs=1e-5)  # ... and their mean is reported
+    assert len(data["timeline"]) == 4
+    for row in data["timeline"]:
+        assert row["score"] == pytest.approx(sum(row["model_scores"]) / 2, abs=1e-5)
+
+
+def test_cli_errors_are_one_line(colour_model: Path, tmp_path: Path, broken_clips: dict[str, Path]) -> None:
+    res = CliRunner().invoke(main, ["test-video", str(broken_clips["text"]), str(colour_model), "--device", "cpu"])
+    assert res.exit_code == 1
+    assert f"Error: {broken_clips['text']}" in res.output
+    not_model = tmp_path / "nothing"
+    not_model.mkdir()
+    res = CliRunner().invoke(main, ["test-video", str(broken_clips["text"]), str(not_model)])
+    assert res.exit_code == 1
+    assert "model card" in res.output and str(not_model) in res.output
