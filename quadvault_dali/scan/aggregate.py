@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import QuadvaultError
+from ..errors import DecodeError, QuadvaultError
 from ..probe import VideoInfo
 from .schema import video_id
 
@@ -86,6 +86,8 @@ class Aggregator:
         n_models = pending.scores[0].shape[1] if pending.scores else 0
         per_model = np.concatenate(pending.scores) if pending.scores else np.zeros((0, n_models), np.float32)
         times = np.asarray(pending.timestamps, dtype=np.float64)
+        if error is None and not pending.timestamps:  # as test-video: a video without frames failed
+            error = DecodeError("no frames could be sampled", path=path)
         if error is not None:  # a failed video keeps no partial seconds: its row says it failed
             per_model = per_model[:0]
             times = times[:0]
@@ -128,8 +130,3 @@ class Aggregator:
             "scan_seconds": time.perf_counter() - pending.started,
         }
         return VideoRows(seconds, video)
-
-    def error_rows(self, path: Path, error: QuadvaultError, *, size_bytes: int, mtime_ns: int) -> VideoRows:
-        """Rows for a video that never reached the sampler (e.g. it vanished or could not be read)."""
-        return self.finish(path, info=None, mode=None, bytes_read=0, error=error, size_bytes=size_bytes,
-                           mtime_ns=mtime_ns)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..discovery import find_videos
-from ..errors import OutputError, QuadvaultError, VideoOpenError
+from ..errors import OutputError, VideoOpenError
 from ..sampling import SamplingMode, create_sampler
 from .aggregate import Aggregator
 from .report import HIGHLIGHTS_FILE, FolderTotals, highlights_document, summary_line, write_json_atomic
@@ -284,7 +284,9 @@ def _load_scorers(model_paths: Sequence[str | os.PathLike[str]], options: ScanOp
     from ..device import resolve_device, torch_device
     from ..model import load_model
 
+    if gpus and len(gpus) > 1:  # the workers load their own copies; here only names and fingerprints
+        return [load_model(p, device="cpu") for p in model_paths]
     backend = resolve_device(options.device)
-    device_id = gpus[0] if gpus else options.device_id
-    options.device_id = device_id
-    return [load_model(p, device=torch_device(backend, device_id)) for p in model_paths]
+    if gpus:
+        options.device_id = gpus[0]
+    return [load_model(p, device=torch_device(backend, options.device_id)) for p in model_paths]

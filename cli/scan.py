@@ -1,0 +1,136 @@
+"""``quadvault scan`` and ``quadvault batch-classify``: parse options, then call ``scan_library``."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from quadvault_dali.cli._options import device_option, fps_option, sampling_option
+from quadvault_dali.progress import progress_bar
+
+
+def _parse_shard(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int]:
+    if value is None:
+        return (0, 1)
+    try:
+        i, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise click.BadParameter(f"expected i/n like 0/4, got {value!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise click.BadParameter(f"need 0 <= i < n, got {value!r}")
+    return (i, n)
+
+
+def scan_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options ``scan`` and ``batch-classify`` share."""
+    opts = [
+        click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=0.7, show_default=True,
+                     help="A video is a highlight when its score (mean of its seconds) reaches this."),
+        sampling_option, fps_option, device_option,
+        click.option("--streams", type=click.IntRange(1, 64), default=4, show_default=True,
+                     help="Videos decoded at once (per GPU)."),
+        click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True,
+                     help="Frames per inference batch (mixing videos)."),
+        click.option("--gpus", default=None, metavar="all|0,1",
+                     help="One worker process per listed GPU, sharing the work."),
+        click.option("--shard", callback=_parse_shard, default=None, metavar="i/n",
+                     help="Scan only part i of n (deterministic by path), for job arrays across machines."),
+        click.option("--resume/--no-resume", default=True, show_default=True,
+                     help="Skip videos already in the output with the same size, mtime and models."),
+        click.option("--retry-errors", is_flag=True, help="On resume, scan videos that failed before again."),
+        click.option("--shard-videos", type=click.IntRange(1), default=200, show_default=True,
+                     help="Start a new Parquet shard after this many videos..."),
+        click.option("--shard-seconds", type=click.FloatRange(1.0), default=60.0, show_default=True,
+                     help="...or after this many seconds, whichever comes first."),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlights: Path | None,
+         kw: dict[str, Any]) -> None:
+    from quadvault_dali.device import resolve_device
+    from quadvault_dali.errors import BackendUnavailableError
+    from quadvault_dali.scan.parallel import parse_gpus
+    from quadvault_dali.scan.runner import ScanOptions, scan_library
+
+    gpus = None
+    if kw["gpus"]:
+        if resolve_device(kw["device"]) != "gpu":
+            raise BackendUnavailableError("--gpus needs the GPU backend", hint="drop --device cpu or --gpus")
+        gpus = parse_gpus(kw["gpus"])
+    options = ScanOptions(out_dir=out, threshold=kw["threshold"], device=kw["device"], mode=kw["mode"],
+                          fps=kw["fps"], streams=kw["streams"], batch_size=kw["batch_size"], resume=kw["resume"],
+                          retry_errors=kw["retry_errors"], shard=kw["shard"], shard_videos=kw["shard_videos"],
+                          shard_seconds=kw["shard_seconds"], highlights_path=highlights)
+    with progress_bar(None, "Scanning", unit="video") as bar:
+        started = time.perf_counter()
+
+        def progress(stats: Any, total: int) -> None:
+            if bar.total != total:
+                bar.total = total
+            elapsed = max(time.perf_counter() - started, 1e-6)
+            bar.set_postfix_str(f"{stats.frames / elapsed:.0f} frames/s, {stats.bytes_read / elapsed / 1e6:.1f} MB/s, "
+                                f"{stats.errors} errors", refresh=False)
+            bar.update(stats.videos - bar.n)
+
+        try:
+            summary = scan_library(libraries, options, model_paths=models, gpus=gpus, on_progress=progress)
+        except KeyboardInterrupt:
+            bar.close()
+            click.echo(f"Interrupted. Finished videos are saved in {out}; run the same command to resume.", err=True)
+            sys.exit(130)
+    run = summary.run
+    rate = run.videos / summary.wall_s if summary.wall_s else 0.0
+    click.echo(f"This run: {run.videos:,} videos scanned ({run.errors} errors), {summary.skipped:,} already done, "
+               f"{summary.wall_s:.1f} s, {rate:.1f} videos/s, {run.bytes_read / 1e6:,.1f} MB read "
+               f"of {run.file_bytes / 1e6:,.1f} MB.")
+    click.echo(f"Highlights: {summary.highlights_path}")
+    click.echo(summary.line)
+
+
+@click.command("scan")
+@click.argument("library", nargs=-1, required=True, type=click.Path(exists=True, file_okay=True))
+@click.option("-m", "--model", "models", multiple=True, required=True, type=click.Path(exists=True),
+              help="Model folder (or model.json); repeat for an ensemble (scores are averaged).")
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder for seconds/, videos/ and highlights.json (never inside LIBRARY).")
+@scan_options
+def scan(library: tuple[str, ...], models: tuple[str, ...], out: Path, **kw: Any) -> None:
+    """Score every video in LIBRARY at 1 frame/s into Parquet shards in --out.
+
+    Interrupted scans resume where they stopped (same command); changed files are rescanned.
+
+    \b
+    Examples:
+      quadvault scan /footage --model model/ --out scan/
+      quadvault scan /footage -m model_a/ -m model_b/ --out scan/ --gpus all
+      quadvault scan /footage -m model/ -o /shared/scan --shard $SLURM_ARRAY_TASK_ID/16
+      duckdb -c "SELECT path, score FROM 'scan/videos/*.parquet' ORDER BY score DESC LIMIT 20"
+    """
+    _run(library, models, out, None, kw)
+
+
+@click.command("batch-classify")
+@click.argument("library", type=click.Path(exists=True, file_okay=True))
+@click.argument("model", type=click.Path(exists=True))
+@click.argument("output", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-m", "--model", "extra_models", multiple=True, type=click.Path(exists=True),
+              help="More models for an ensemble.")
+@scan_options
+def batch_classify(library: str, model: str, output: Path, extra_models: tuple[str, ...], **kw: Any) -> None:
+    """Classify every video in LIBRARY and write the highlights to OUTPUT (JSON).
+
+    The same scan as ``quadvault scan``: its Parquet shards go next to OUTPUT, in OUTPUT_STEM.scan/.
+
+    \b
+    Example:
+      quadvault batch-classify /footage model/ highlights.json --threshold 0.8
+    """
+    out_dir = output.parent / f"{output.stem}.scan"
+    _run((library,), (model, *extra_models), out_dir, output, kw)

@@ -1,0 +1,184 @@
+"""The scan engine in-process: rows and seconds, errors, resume, supersession, shards, disk full."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from quadvault_dali.errors import OutputError
+from quadvault_dali.scan import SCHEMA_VERSION, ModelRef, combined_fingerprint
+from quadvault_dali.scan.runner import ScanOptions, in_shard, scan_library
+from quadvault_dali.scan.shards import complete_shards, read_metadata, read_table
+from quadvault_dali.synth import SynthSpec, make_video
+
+from _scan_helpers import BROKEN, GOOD, StampScorer, WarmScorer, build_library, tree_hash
+
+THRESHOLD = 0.3
+SCORERS = [WarmScorer(), StampScorer()]
+FINGERPRINT = combined_fingerprint([ModelRef(s.name, s.fingerprint) for s in SCORERS])
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_library(tmp_path_factory.mktemp("scanlib") / "Footage")
+
+
+def _scan(library: Path, out: Path, **kw: object):
+    return scan_library([library], ScanOptions(out_dir=out, threshold=THRESHOLD, device="cpu", streams=2,
+                                               batch_size=4, **kw), scorers=SCORERS)  # type: ignore[arg-type]
+
+
+def _videos(out: Path) -> dict[str, dict]:
+    rows = read_table(out, "videos").to_pylist()
+    paths = [r["path"] for r in rows]
+    assert len(paths) == len(set(paths)), "a path appears twice among complete shards"
+    return {r["path"]: r for r in rows}
+
+
+def _seconds(out: Path) -> dict[str, list[dict]]:
+    by: dict[str, list[dict]] = {}
+    for r in read_table(out, "seconds").to_pylist():
+        by.setdefault(r["path"], []).append(r)
+    return by
+
+
+def test_every_video_gets_its_rows(library: Path, tmp_path: Path) -> None:
+    before = tree_hash(library)
+    summary = _scan(library, tmp_path / "out", shard_videos=3)
+    videos, seconds = _videos(tmp_path / "out"), _seconds(tmp_path / "out")
+    assert len(videos) == len(GOOD) + len(BROKEN)  # readme.txt is not a video
+    for rel, (spec, n_seconds) in GOOD.items():
+        row = videos[str(library / rel)]
+        assert row["status"] == "ok" and row["error_message"] is None, row
+        assert row["frames_scored"] == n_seconds == len(seconds[row["path"]])
+        assert row["codec"] == spec.codec and row["fps"] == pytest.approx(spec.fps, rel=1e-3)
+        assert (row["width"], row["height"], row["rotation"]) == (spec.width, spec.height, spec.rotation)
+        assert row["model_fingerprint"] == FINGERPRINT
+        for sec in seconds[row["path"]]:
+            assert sec["video_id"] == row["video_id"]
+            stamp_score = sec["model_scores"][1]  # the stamp the scorer read in this very frame
+            assert stamp_score == pytest.approx(StampScorer.expected(spec.source_id, sec["timestamp_s"]), abs=2e-6)
+            assert sec["score"] == pytest.approx(sum(sec["model_scores"]) / 2, abs=1e-6)
+        times = [s["timestamp_s"] for s in seconds[row["path"]]]
+        assert times == sorted(times) and [round(t) for t in times] == list(range(n_seconds))
+        ens = [s["score"] for s in seconds[row["path"]]]
+        assert row["score"] == pytest.approx(sum(ens) / len(ens), abs=1e-6)
+        assert row["score_mean"] == row["score"] and row["score_max"] == pytest.approx(max(ens))
+        assert row["score_top3_mean"] == pytest.approx(sum(sorted(ens)[-3:]) / min(3, len(ens)), abs=1e-6)
+        assert row["frac_above_threshold"] == pytest.approx(sum(e >= THRESHOLD for e in ens) / len(ens))
+        assert row["is_highlight"] == (row["score"] >= THRESHOLD) == (spec.style == "highlight")
+        assert 0 < row["bytes_read"] and row["sampling_mode"] in ("keyframe", "exact")
+    for rel, (_, kind) in BROKEN.items():
+        row = videos[str(library / rel)]
+        assert row["status"] == "error" and row["error_kind"] == kind and row["frames_scored"] == 0
+        assert row["error_message"].startswith(str(library / rel) + ": ")
+        assert str(library / rel) not in seconds
+    assert "empty file" in videos[str(library / "broken/empty.mp4")]["error_message"]
+    assert "not a readable video container" in videos[str(library / "broken/notes.mp4")]["error_message"]
+    # shards of at most 3 videos, every pair complete, metadata versioned with the model list
+    names = complete_shards(tmp_path / "out")
+    assert len(names) == 3 and all(pq.read_metadata(tmp_path / "out/videos" / n).num_rows <= 3 for n in names)
+    meta = read_metadata(tmp_path / "out/seconds" / names[0])
+    assert meta.schema_version == SCHEMA_VERSION and [m.name for m in meta.models] == ["warm", "stamp"]
+    assert meta.threshold == THRESHOLD and meta.table == "seconds"
+    # highlights.json: best first, exactly the highlight rows; the summary counts the folder
+    doc = json.loads((tmp_path / "out/highlights.json").read_text())
+    expected = sorted((r for r in videos.values() if r["is_highlight"]), key=lambda r: -r["score"])
+    assert [h["path"] for h in doc["highlights"]] == [r["path"] for r in expected] and len(expected) == 3
+    best = doc["highlights"][0]
+    assert best["best_second"] in [s["timestamp_s"] for s in seconds[best["path"]]]
+    assert summary.line == (f"Total scanned: 9 — Highlights found: 3 — Errors: 4 — "
+                            f"Results saved to: {tmp_path / 'out'}")
+    assert tree_hash(library) == before  # nothing written, touched or re-timed in the library
+
+
+def test_resume_skips_done_and_rescans_changed_files(library: Path, tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    shutil.copytree(library, lib)
+    out = tmp_path / "out"
+    _scan(lib, out, shard_videos=2)
+    first = _videos(out)
+    again = _scan(lib, out, shard_videos=2)
+    assert again.run.videos == 0 and again.skipped == len(first) and _videos(out) == first
+    # one file replaced by different content: rescanned, its old rows retired, all others untouched
+    changed = lib / "2024/calm_mjpeg_30.mkv"
+    make_video(changed, SynthSpec(codec="mjpeg", width=96, height=64, fps=30, duration_s=3.0, source_id=9))
+    third = _scan(lib, out, shard_videos=2)
+    assert third.run.videos == 1 and third.superseded == 1
+    now, seconds = _videos(out), _seconds(out)
+    assert now[str(changed)]["frames_scored"] == 3 == len(seconds[str(changed)])
+    assert now[str(changed)]["video_id"] != first[str(changed)]["video_id"]
+    assert all(s["model_scores"][1] == pytest.approx(StampScorer.expected(9, s["timestamp_s"]), abs=2e-6)
+               for s in seconds[str(changed)])
+    assert {p: r for p, r in now.items() if p != str(changed)} == {
+        p: r for p, r in first.items() if p != str(changed)}
+    # --no-resume redoes everything and still keeps each path once
+    fourth = _scan(lib, out, resume=False, shard_videos=50)
+    assert fourth.run.videos == len(first) and set(_videos(out)) == set(first)
+    assert sum(len(v) for v in _seconds(out).values()) == sum(n for _, n in GOOD.values()) + 1
+
+
+def test_shard_halves_cover_library_once(library: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    a = _scan(library, out, shard=(0, 2))
+    b = _scan(library, out, shard=(1, 2))
+    assert a.run.videos > 0 and b.run.videos > 0 and a.run.videos + b.run.videos == 9
+    names = complete_shards(out)
+    assert {n.split("-")[1] for n in names} == {"s00of02", "s01of02"}
+    videos = _videos(out)  # asserts no path twice
+    assert len(videos) == 9 and b.totals.total == 9  # the last job reports the whole folder
+    rel = lambda p: os.path.relpath(p, library)  # noqa: E731
+    assert all(in_shard(rel(p), (0, 2)) != in_shard(rel(p), (1, 2)) for p in videos)
+    again = _scan(library, out, shard=(0, 2))
+    assert again.run.videos == 0
+
+
+def test_output_inside_library_is_refused(library: Path) -> None:
+    before = tree_hash(library)
+    with pytest.raises(OutputError, match="inside the library"):
+        _scan(library, library / "scan_out")
+    assert tree_hash(library) == before
+
+
+def test_full_disk_stops_cleanly_and_resumes(library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import quadvault_dali.scan.shards as shards
+
+    real_write = shards.pq.write_table
+    calls = {"n": 0}
+
+    def failing(table, where, **kw):  # third file (= second pair's seconds) hits a full disk
+        calls["n"] += 1
+        if calls["n"] == 3:
+            Path(where).write_bytes(b"PAR1 half")
+            raise OSError(errno.ENOSPC, "No space left on device", str(where))
+        return real_write(table, where, **kw)
+
+    monkeypatch.setattr(shards.pq, "write_table", failing)
+    out = tmp_path / "out"
+    with pytest.raises(OutputError, match="No space left on device") as info:
+        _scan(library, out, shard_videos=2)
+    assert "resumes" in str(info.value)
+    assert complete_shards(out) == ["part-00000.parquet"]
+    assert not [p for p in out.rglob("*") if p.name.startswith(".tmp-")]
+    assert len(read_table(out, "videos")) == 2
+    monkeypatch.setattr(shards.pq, "write_table", real_write)
+    resumed = _scan(library, out, shard_videos=2)
+    assert resumed.skipped == 2 and resumed.run.videos == 7 and len(_videos(out)) == 9
+
+
+def test_partial_shards_from_a_crash_are_discarded(library: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _scan(library, out, shard_videos=4)
+    # simulate a crash between the two renames and one during a write
+    (out / "seconds/part-00007.parquet").write_bytes((out / "seconds/part-00000.parquet").read_bytes())
+    (out / "videos/.tmp-part-00007.parquet.12345").write_bytes(b"partial")
+    again = _scan(library, out)
+    assert again.run.videos == 0 and not (out / "seconds/part-00007.parquet").exists()
+    assert not (out / "videos/.tmp-part-00007.parquet.12345").exists()
+    assert len(_videos(out)) == 9
