@@ -1,0 +1,39 @@
+"""The DALI graph that turns in-memory video clips into resized frame sequences.
+
+Inputs are fed per batch through ``external_source``: each sample is one encoded clip (an MP4 in a
+1-D uint8 array) and the list of frame indices to decode from it. Output: one ``(F, 3, H, W)`` uint8
+RGB sequence per sample, the short side resized to ``size`` (and centre-cropped square if asked) on
+the device the decoder put the frames on: NVDEC + GPU kernels with ``decoder_device="mixed"``, all
+CPU with ``"cpu"`` (DALI's CPU video decoder knows only VP8/VP9/MJPEG; the tests use it to run this
+same graph without a GPU).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from nvidia.dali import fn, pipeline_def, types
+
+ENCODED_INPUT = "encoded"
+FRAMES_INPUT = "frames"
+DecoderDevice = Literal["mixed", "cpu"]
+
+
+@pipeline_def(prefetch_queue_depth=1)
+def video_sampling_pipeline(decoder_device: DecoderDevice = "mixed", size: int = 224, square: bool = True):
+    """Decode the wanted frames of each clip, resize the short side to ``size``, optionally crop square.
+
+    Build with ``video_sampling_pipeline(decoder_device=..., size=..., square=..., batch_size=...,
+    num_threads=..., device_id=...)``; feed ``ENCODED_INPUT`` and ``FRAMES_INPUT`` with
+    ``pipe.feed_input`` before each ``pipe.run()``. ``prefetch_queue_depth=1`` because every batch is
+    fed by the caller just before it runs.
+    """
+    if decoder_device not in ("mixed", "cpu"):
+        raise ValueError(f"decoder_device must be 'mixed' or 'cpu', got {decoder_device!r}")
+    encoded = fn.external_source(name=ENCODED_INPUT, dtype=types.UINT8, ndim=1)
+    frames = fn.external_source(name=FRAMES_INPUT, dtype=types.INT32, ndim=1)
+    video = fn.decoders.video(encoded, frames=frames, device=decoder_device)  # (F, H, W, 3)
+    video = fn.resize(video, resize_shorter=size, interp_type=types.INTERP_LINEAR, antialias=True)
+    if square:
+        video = fn.crop(video, crop=(size, size), crop_pos_x=0.5, crop_pos_y=0.5)
+    return fn.transpose(video, perm=[0, 3, 1, 2])  # (F, 3, H, W), as PyTorch wants

@@ -1,0 +1,266 @@
+"""Small in-memory MP4s holding only the packets a sample plan needs, for DALI's video decoder.
+
+DALI's ``fn.decoders.video`` decodes encoded bytes and numbers frames by presentation order. Handing it
+whole files would make it read (and index) every byte; instead each *clip* built here holds:
+
+* keyframe mode: the chosen keyframe packets only, read at their index position (nothing else of the
+  file is read), one after another, frames ``0..n-1``;
+* exact mode: for each group of sampling times that share a keyframe, the packets from that keyframe
+  up to the last one the wanted frames need (a decode-order prefix of the GOP, so it decodes), several
+  such *runs* per clip, bounded in frames and bytes however long the video.
+
+Timestamps are rewritten to a regular grid (pts = rank in presentation order, dts = decode position
+minus the reorder delay) so the clip is a well-formed constant-rate stream whatever the source was
+(VFR, edit lists, gaps). Runs are simply concatenated: each starts at a keyframe and leading
+pictures of open GOPs are dropped, so the stream stays decodable. (Ending runs with an H.264/HEVC
+end-of-sequence NAL unit was tried: FFmpeg's HEVC decoder then drops the pictures still waiting for
+output, so it is not done.)
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Iterable, Iterator, Sequence
+
+import av
+import numpy as np
+
+from ..errors import DecodeError
+from ._plan import SamplePlan
+from ._reader import CountingFile
+
+log = logging.getLogger(__name__)
+
+_TICK = 3600  # clip time base 1/90000, 25 "frames" per second: only the order matters to DALI
+_CLIP_TB = Fraction(1, 90000)
+#: A single run (keyframe to last needed packet) larger than this is refused rather than buffered.
+MAX_RUN_BYTES = 512 << 20
+
+
+@dataclass
+class SourcePacket:
+    """One packet of the source video stream: its bytes and its true presentation time."""
+
+    data: bytes
+    pts_s: float
+    dts_s: float
+    is_key: bool
+
+
+@dataclass
+class Clip:
+    """An MP4 in memory plus which of its frames to decode and what they stand for."""
+
+    data: bytes
+    frames: np.ndarray  # int32 indices in the clip's presentation order, for DALI's ``frames``
+    times: list[float]  # source presentation time (s) of each wanted frame
+    packets: int = 0
+
+    def __len__(self) -> int:
+        return int(self.frames.shape[0])
+
+
+@dataclass
+class _Run:
+    packets: list[SourcePacket]
+    wanted: list[float] = field(default_factory=list)  # pts of the frames to output, ascending
+
+
+def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run]) -> Clip:
+    """Writes ``runs`` (each starting at a keyframe) into one MP4 with regular, rank-based timestamps."""
+    packets: list[SourcePacket] = []
+    for run in runs:
+        if not run.packets or not run.packets[0].is_key:
+            raise ValueError("every run must start with a keyframe packet")
+        packets.extend(run.packets)
+    order = np.argsort(np.array([p.pts_s for p in packets]), kind="stable")
+    rank = np.empty(len(packets), np.int64)
+    rank[order] = np.arange(len(packets))
+    delay = int(max(0, np.max(np.arange(len(packets)) - rank))) if packets else 0
+    sorted_pts = np.array([packets[i].pts_s for i in order])
+    wanted = [t for run in runs for t in run.wanted]
+    frames = np.searchsorted(sorted_pts, np.array(wanted)).astype(np.int32)
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        stream = out.add_stream_from_template(template)
+        stream.time_base = _CLIP_TB
+        for j, src in enumerate(packets):
+            packet = av.Packet(src.data)
+            packet.stream = stream
+            packet.time_base = _CLIP_TB
+            packet.pts = int(rank[j]) * _TICK
+            packet.dts = (j - delay) * _TICK
+            packet.duration = _TICK
+            packet.is_keyframe = src.is_key
+            out.mux(packet)
+    return Clip(buf.getvalue(), frames, wanted, len(packets))
+
+
+def frame_budget(width: int, height: int, pixels: int = 48 * 1920 * 1080) -> int:
+    """Decoded frames per clip so one clip's full-size RGB output stays near ``pixels`` (~300 MB)."""
+    return max(1, pixels // max(1, width * height))
+
+
+# --- keyframe mode -----------------------------------------------------------------------------
+
+def keyframe_clips(plan: SamplePlan, template: av.video.stream.VideoStream, fh: CountingFile,
+                   max_frames: int) -> Iterator[Clip]:
+    """Clips of the plan's keyframes, read straight from their index positions (MP4/MOV)."""
+    index = plan.index
+    rows = [int(r) for r in plan.key_packets]
+    for start in range(0, len(rows), max_frames):
+        runs = []
+        for row in rows[start:start + max_frames]:
+            data = fh.read_at(int(index.pos[row]), int(index.size[row]))
+            if len(data) < int(index.size[row]):
+                raise DecodeError(f"keyframe at {index.pts[row]:.2f}s is cut off by the end of the file",
+                                  path=plan.info.path, hint="the file is truncated; re-copy it")
+            t = round(float(index.pts[row]), 6)
+            runs.append(_Run([SourcePacket(data, t, t, True)], [t]))
+        yield mux_clip(template, runs)
+
+
+def demuxed_keyframe_clips(plan: SamplePlan, container: av.container.InputContainer,
+                           stream: av.video.stream.VideoStream, max_frames: int) -> Iterator[Clip]:
+    """Keyframe clips for containers whose index gives no raw positions (MKV, WebM, TS): seek, demux one."""
+    start = stream.start_time or 0
+    tb = stream.time_base
+    runs: list[_Run] = []
+    for row in plan.key_packets:
+        t = float(plan.index.pts[row])
+        container.seek(start + int(round(t / tb)), stream=stream, backward=True, any_frame=False)
+        for packet in container.demux(stream):
+            if packet.pts is None or not packet.is_keyframe or packet.size == 0:
+                continue
+            pts = round(float((packet.pts - start) * tb), 6)
+            runs.append(_Run([SourcePacket(bytes(packet), pts, pts, True)], [pts]))
+            break
+        if len(runs) >= max_frames:
+            yield mux_clip(stream, runs)
+            runs = []
+    if runs:
+        yield mux_clip(stream, runs)
+
+
+# --- exact mode --------------------------------------------------------------------------------
+
+def _groups(plan: SamplePlan) -> list[tuple[float, float, list[float]]]:
+    """Grid times grouped by the last keyframe at or before them: (keyframe time, seek time, times).
+
+    The seek time lies halfway to the next keyframe: MP4 seeks by decode time, which precedes the
+    keyframe's presentation time by the reorder delay, so seeking to the keyframe's own time could
+    land one GOP early.
+    """
+    keys = plan.index.keyframe_times
+    groups: dict[int, list[float]] = {}
+    for t in plan.grid:
+        i = max(0, int(np.searchsorted(keys, t + 1e-9, side="right")) - 1)
+        groups.setdefault(i, []).append(float(t))
+    out = []
+    for i, times in sorted(groups.items()):
+        nxt = float(keys[i + 1]) if i + 1 < len(keys) else float(keys[i]) + 1.0
+        out.append((float(keys[i]), (float(keys[i]) + nxt) / 2, times))
+    return out
+
+
+def _nearest(pts_sorted: np.ndarray, t: float) -> float:
+    """The frame nearest ``t`` (ties to the earlier frame), as the cpu backend picks it."""
+    right = min(int(np.searchsorted(pts_sorted, t, side="left")), len(pts_sorted) - 1)
+    left = max(right - 1, 0)
+    return float(pts_sorted[left] if abs(t - pts_sorted[left]) <= abs(pts_sorted[right] - t) else pts_sorted[right])
+
+
+def _demux_run(container: av.container.InputContainer, stream: av.video.stream.VideoStream, seek_s: float,
+               key_time: float, times: list[float], path: object, strict: bool) -> list[SourcePacket] | None:
+    """Packets from the keyframe at ``key_time`` on, found by seeking to ``seek_s`` and reading forward.
+
+    ``None`` if ``strict`` and the seek landed past that keyframe.
+    """
+    start = stream.start_time or 0
+    tb = stream.time_base
+    container.seek(start + int(np.floor(seek_s / tb)), stream=stream, backward=True, any_frame=False)
+    packets: list[SourcePacket] = []
+    best_after = float("inf")
+    size = 0
+    for packet in container.demux(stream):
+        if packet.size == 0 or (packet.pts is None and packet.dts is None):
+            continue
+        pts = round(float(((packet.pts if packet.pts is not None else packet.dts) - start) * tb), 6)
+        dts = float(((packet.dts if packet.dts is not None else packet.pts) - start) * tb)
+        if not packets:
+            if not packet.is_keyframe or pts < key_time - 1e-3:
+                continue  # landed before the wanted keyframe: read on to it
+            if strict and pts > key_time + 1e-3:
+                return None  # the seek overshot the keyframe
+        elif pts < packets[0].pts_s:
+            continue  # leading picture of an open GOP: needs the previous GOP, never wanted
+        packets.append(SourcePacket(bytes(packet), pts, dts, bool(packet.is_keyframe)))
+        size += packet.size
+        if size > MAX_RUN_BYTES:
+            raise DecodeError(f"the keyframe gap at {packets[0].pts_s:.1f}s holds more than {MAX_RUN_BYTES >> 20} MiB",
+                              path=path, hint="too long to sample exactly on the GPU; use --device cpu")
+        if pts >= times[-1]:
+            best_after = min(best_after, pts)
+        if dts >= best_after:
+            break  # every later packet is presented after the nearest frame already seen
+    return packets
+
+
+def _read_run(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+              key_time: float, seek_s: float, times: list[float], path: object) -> list[SourcePacket]:
+    """Demuxes from the keyframe at ``key_time`` until no later packet can be nearer to ``times``."""
+    packets = _demux_run(container, stream, seek_s, key_time, times, path, strict=True)
+    if not packets:  # overshot or nothing found: read from the top of the file instead
+        packets = _demux_run(container, stream, 0.0, key_time, times, path, strict=False)
+    if not packets:
+        raise DecodeError(f"no keyframe found at or before {times[0]:.2f}s", path=path)
+    return packets
+
+
+def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                max_frames: int, max_bytes: int = 64 << 20) -> Iterator[Clip]:
+    """Clips of runs (keyframe .. last needed packet) holding the frame nearest every grid time, once."""
+    runs: list[_Run] = []
+    frames = size = 0
+    last_emitted: float | None = None
+    for key_time, seek_s, times in _groups(plan):
+        for lo in range(0, len(times), max_frames):
+            chunk = times[lo:lo + max_frames]
+            packets = _read_run(container, stream, key_time, seek_s, chunk, plan.info.path)
+            pts_sorted = np.sort(np.array([p.pts_s for p in packets]))
+            wanted: list[float] = []
+            for t in chunk:
+                near = _nearest(pts_sorted, t)
+                if near != last_emitted and (not wanted or near != wanted[-1]):
+                    wanted.append(near)
+                    last_emitted = near
+            if not wanted:
+                continue
+            # Keep the decode-order prefix through the last packet any wanted frame needs.
+            need = max(i for i, p in enumerate(packets) if p.pts_s in set(wanted))
+            run = _Run(packets[: need + 1], wanted)
+            run_bytes = sum(len(p.data) for p in run.packets)
+            if runs and (frames + len(wanted) > max_frames or size + run_bytes > max_bytes):
+                yield mux_clip(stream, runs)
+                runs, frames, size = [], 0, 0
+            runs.append(run)
+            frames += len(wanted)
+            size += run_bytes
+    if runs:
+        yield mux_clip(stream, runs)
+
+
+def plan_clips(plan: SamplePlan, container: av.container.InputContainer, fh: CountingFile,
+               max_frames: int | None = None) -> Iterable[Clip]:
+    """The clips that carry ``plan``: keyframes read directly where the index allows, else demuxed."""
+    stream = container.streams.video[plan.info.stream_index]
+    budget = max_frames or frame_budget(plan.info.coded_width, plan.info.coded_height)
+    if plan.mode == "exact":
+        return exact_clips(plan, container, stream, budget)
+    if plan.index.raw_positions:
+        return keyframe_clips(plan, stream, fh, budget)
+    return demuxed_keyframe_clips(plan, container, stream, budget)
