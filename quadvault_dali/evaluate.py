@@ -1,0 +1,217 @@
+"""How good is a model on *your* footage: metrics, confusion matrix, and which clips to label next.
+
+Two sources: a prepared dataset (its validation split by default, scored from the stored JPEGs, so
+the numbers match what training reported) or any ``labels.json`` (every video sampled and scored the
+way ``test-video`` and ``scan`` do). A video's score is the mean of its frame scores. Misclassified
+videos and uncertain ones (score in 0.3–0.7) are listed: they are the clips whose labels teach the
+model most, or the ones whose label is wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+
+from .dataset import load_labels, read_dataset, read_jpeg
+from .dataset._table import DATASET_FILE
+from .errors import DatasetError, QuadvaultError
+from .metrics import BinaryMetrics, binary_metrics, video_scores
+from .model import FrameScorer
+from .progress import progress_bar
+from .scoring import ensemble_threshold, score_videos, scoring_sampler
+
+log = logging.getLogger(__name__)
+SplitChoice = Literal["val", "train", "all"]
+UNCERTAIN = (0.3, 0.7)
+
+
+@dataclass
+class VideoResult:
+    path: str
+    label: int
+    score: float
+    frames: int
+    model_scores: list[float]
+
+    def as_dict(self, threshold: float) -> dict[str, Any]:
+        return {"path": self.path, "label": "highlight" if self.label else "normal", "score": round(self.score, 6),
+                "predicted": "highlight" if self.score >= threshold else "normal", "frames": self.frames,
+                "model_scores": [round(s, 6) for s in self.model_scores]}
+
+
+@dataclass
+class EvaluationReport:
+    """Everything ``evaluate`` prints; ``as_dict`` is its JSON form."""
+
+    source: str
+    kind: Literal["dataset", "labels"]
+    split: str
+    models: list[dict[str, str]]
+    threshold: float
+    frame_metrics: BinaryMetrics
+    video_metrics: BinaryMetrics
+    model_video_metrics: list[BinaryMetrics]
+    videos: list[VideoResult]
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, error) for videos not scored
+    bad_frames: list[tuple[str, str]] = field(default_factory=list)  # (frame file, error), skipped
+    uncertain_range: tuple[float, float] = UNCERTAIN
+
+    def misclassified(self) -> list[VideoResult]:
+        """Wrong predictions, the most confidently wrong first."""
+        wrong = [v for v in self.videos if (v.score >= self.threshold) != bool(v.label)]
+        return sorted(wrong, key=lambda v: -abs(v.score - v.label))
+
+    def uncertain(self) -> list[VideoResult]:
+        """Videos the model cannot decide on, the closest to a coin flip first: label these next."""
+        low, high = self.uncertain_range
+        return sorted((v for v in self.videos if low <= v.score <= high), key=lambda v: abs(v.score - 0.5))
+
+    def as_dict(self) -> dict[str, Any]:
+        t = self.threshold
+        return {
+            "source": self.source, "kind": self.kind, "split": self.split, "models": self.models,
+            "threshold": t, "frame_level": self.frame_metrics.as_dict(), "video_level": self.video_metrics.as_dict(),
+            "per_model_video_level": [m.as_dict() for m in self.model_video_metrics],
+            "confusion_matrix": {"rows": "true normal, true highlight", "columns": "predicted normal, predicted highlight",
+                                 "videos": self.video_metrics.confusion.tolist(),
+                                 "frames": self.frame_metrics.confusion.tolist()},
+            "misclassified": [v.as_dict(t) for v in self.misclassified()],
+            "uncertain": [v.as_dict(t) for v in self.uncertain()], "uncertain_range": list(self.uncertain_range),
+            "videos": [v.as_dict(t) for v in self.videos],
+            "failed": [{"path": p, "error": e} for p, e in self.failed],
+            "bad_frames": [{"path": p, "error": e} for p, e in self.bad_frames],
+        }
+
+
+def is_dataset(source: str | os.PathLike[str]) -> bool:
+    """A dataset is a ``.parquet`` file or a folder holding ``dataset.parquet``; anything else is labels."""
+    path = Path(source)
+    return path.suffix.lower() == ".parquet" or (path.is_dir() and (path / DATASET_FILE).exists())
+
+
+@dataclass
+class _Collected:
+    frame_scores: list[np.ndarray] = field(default_factory=list)  # (n_models, n) per video
+    labels: list[int] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    bad_frames: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, key: str, label: int, scores: np.ndarray) -> None:
+        self.frame_scores.append(scores)
+        self.labels.append(label)
+        self.keys.append(key)
+
+
+def _decode_frames(files: list[Path], device: torch.device, bad: list[tuple[str, str]]) -> torch.Tensor | None:
+    """Stored JPEGs of one video as uint8 (N,3,H,W); damaged files are recorded in ``bad`` and skipped."""
+    if device.type == "cuda":
+        from torchvision.io import decode_jpeg
+
+        try:
+            datas = [torch.frombuffer(bytearray(f.read_bytes()), dtype=torch.uint8) for f in files]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                decoded = decode_jpeg(datas, device=device)  # nvJPEG, one batched call
+            return torch.stack(decoded)
+        except (RuntimeError, OSError, ValueError):
+            pass  # find the damaged file(s) on the CPU below
+    images = []
+    for f in files:
+        try:
+            images.append(read_jpeg(f))
+        except DatasetError as exc:
+            bad.append((str(f), exc.reason))
+            log.warning("%s", exc)
+    if not images:
+        return None
+    shapes = {img.shape for img in images}
+    if len(shapes) > 1:  # cannot happen with prepare-dataset; crop to the common size rather than fail
+        h, w = min(s[0] for s in shapes), min(s[1] for s in shapes)
+        images = [img[:h, :w] for img in images]
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def _from_dataset(source: Path, models: Sequence[FrameScorer], split: SplitChoice, device: torch.device,
+                  out: _Collected) -> str:
+    dataset = read_dataset(source)
+    rows = [r for r in dataset.rows() if split == "all" or r["split"] == split]
+    if not rows:
+        raise DatasetError(f"the dataset has no {split!r} frames", path=dataset.path,
+                           hint="use --split all, or prepare it with more videos")
+    by_video: dict[str, list[dict]] = {}
+    for r in rows:
+        by_video.setdefault(r["video_path"], []).append(r)
+    with progress_bar(len(by_video), desc="Scoring", unit="video") as bar:
+        for path, video_rows in by_video.items():
+            video_rows.sort(key=lambda r: r["timestamp_s"])
+            frames = _decode_frames([dataset.frame_file(r["frame_path"]) for r in video_rows], device,
+                                    out.bad_frames)
+            bar.update(1)
+            if frames is None:
+                out.failed.append((path, "no readable frames in the dataset"))
+                continue
+            out.add(path, int(video_rows[0]["label"]), torch.stack([m.score_frames(frames) for m in models]).numpy())
+    return str(dataset.path)
+
+
+def _from_labels(source: Path, models: Sequence[FrameScorer], device: str, fps: float, mode: str,
+                 skip_missing: bool, out: _Collected) -> str:
+    labels = load_labels(source, skip_missing=skip_missing)
+    label_of = {v.path: v.label for v in labels.videos}
+    sampler = scoring_sampler(models, device=device, fps=fps, mode=mode)  # type: ignore[arg-type]
+    with progress_bar(len(label_of), desc="Scoring", unit="video") as bar:
+        for result in score_videos(list(label_of), models, sampler=sampler):
+            bar.update(1)
+            if result.error is not None:
+                out.failed.append((str(result.path), str(result.error.reason)))
+                continue
+            out.add(str(result.path), label_of[result.path], result.model_scores)
+    return str(source)
+
+
+def evaluate(source: str | os.PathLike[str], models: Sequence[FrameScorer], *, split: SplitChoice = "val",
+             device: str = "auto", fps: float = 1.0, mode: str = "auto", skip_missing: bool = False,
+             threshold: float | None = None, uncertain: tuple[float, float] = UNCERTAIN) -> EvaluationReport:
+    """Scores ``source`` (dataset or labels.json) with ``models`` and computes the report."""
+    from .device import resolve_device, torch_device
+
+    if not models:
+        raise ValueError("evaluate needs at least one model")
+    backend = resolve_device(device)
+    collected = _Collected()
+    path = Path(source)
+    kind: Literal["dataset", "labels"] = "dataset" if is_dataset(path) else "labels"
+    if kind == "dataset":
+        shown = _from_dataset(path, models, split, torch_device(backend), collected)
+    else:
+        shown = _from_labels(path, models, backend, fps, mode, skip_missing, collected)
+    if not collected.keys:
+        raise QuadvaultError("no video could be scored", path=path,
+                             hint="; ".join(f"{p}: {e}" for p, e in collected.failed[:3]) or None)
+    thr = ensemble_threshold(models) if threshold is None else float(threshold)
+    per_frame = np.concatenate(collected.frame_scores, axis=1)  # (n_models, total frames)
+    frame_labels = np.repeat(collected.labels, [s.shape[1] for s in collected.frame_scores])
+    frame_keys = np.repeat(collected.keys, [s.shape[1] for s in collected.frame_scores]).tolist()
+    ensemble = per_frame.mean(axis=0)
+    ids, means, video_labels = video_scores(ensemble, frame_labels, frame_keys)
+    member_means = [video_scores(row, frame_labels, frame_keys)[1] for row in per_frame]
+    counts = {k: s.shape[1] for k, s in zip(collected.keys, collected.frame_scores)}
+    videos = [VideoResult(path=str(k), label=int(y), score=float(s), frames=counts[str(k)],
+                          model_scores=[float(m[i]) for m in member_means])
+              for i, (k, s, y) in enumerate(zip(ids, means, video_labels))]
+    return EvaluationReport(
+        source=shown, kind=kind, split=split if kind == "dataset" else "all",
+        models=[{"name": m.name, "fingerprint": m.fingerprint} for m in models], threshold=thr,
+        frame_metrics=binary_metrics(ensemble, frame_labels, thr),
+        video_metrics=binary_metrics(means, video_labels, thr),
+        model_video_metrics=[binary_metrics(scores, video_labels, model.threshold)
+                             for scores, model in zip(member_means, models)],
+        videos=videos, failed=collected.failed, bad_frames=collected.bad_frames, uncertain_range=uncertain)
