@@ -1,0 +1,156 @@
+"""labels.json validation (every problem at once, documented messages) and the by-video split."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from quadvault_dali.dataset import assign_splits, load_labels, val_target, video_id
+from quadvault_dali.errors import LabelsError
+
+
+def touch(path: Path) -> Path:
+    """Label validation looks at names and existence only, so empty files stand in for videos here."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def write_labels(folder: Path, data: object) -> Path:
+    path = folder / "labels.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture()
+def library(tmp_path: Path) -> Path:
+    for name in ("beach/a.mp4", "beach/b.MOV", "beach/.hidden/c.mp4", "beach/notes.txt", "city/d.mp4",
+                 "city/e.mp4", "city/sub/f.mkv", "g.mp4", "h.mp4"):
+        touch(tmp_path / name)
+    (tmp_path / "empty").mkdir()
+    return tmp_path
+
+
+def test_files_folders_and_globs_expand(library: Path) -> None:
+    labels = load_labels(write_labels(library, {"highlights": ["beach", "g.mp4"], "normal": ["city/**/*.m*", "h.mp4"]}))
+    got = {v.path.relative_to(library.resolve()).as_posix(): v.label_name for v in labels.videos}
+    assert got == {"beach/a.mp4": "highlight", "beach/b.MOV": "highlight", "g.mp4": "highlight",
+                   "city/d.mp4": "normal", "city/e.mp4": "normal", "city/sub/f.mkv": "normal", "h.mp4": "normal"}
+    assert labels.count(1) == 3 and labels.count(0) == 4
+    assert all(v.path.is_absolute() for v in labels.videos)
+
+
+def test_relative_to_the_labels_file_not_the_cwd(library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_labels(library, {"highlights": ["g.mp4"], "normal": ["h.mp4"]})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    labels = load_labels(os.path.relpath(path, elsewhere))
+    assert [v.path for v in labels.videos] == [(library / "g.mp4").resolve(), (library / "h.mp4").resolve()]
+
+
+def test_every_problem_reported_at_once(library: Path) -> None:
+    path = write_labels(library, {
+        "highlights": ["g.mp4", "missing.mp4", "beach/notes.txt", "nothing/*.mp4", "empty", 7, ""],
+        "normal": ["g.mp4", "h.mp4"],
+        "higlights": [],
+    })
+    with pytest.raises(LabelsError) as info:
+        load_labels(path)
+    problems = info.value.problems
+    g = (library / "g.mp4").resolve()
+    assert problems == [
+        'unknown key "higlights" (expected "highlights" and "normal"; did you mean "highlights"?)',
+        f"highlights[1]: {library / 'missing.mp4'} does not exist",
+        f"highlights[2]: {library / 'beach/notes.txt'} is not a video file (expected one of "
+        + ", ".join(sorted(__import__("quadvault_dali.discovery", fromlist=["x"]).VIDEO_EXTENSIONS)) + ")",
+        "highlights[3]: pattern 'nothing/*.mp4' matches no videos",
+        f"highlights[4]: folder {library / 'empty'} holds no videos",
+        "highlights[5]: expected a path string, got number",
+        "highlights[6]: expected a path string, got string (empty)",
+        f"{g} is labelled both highlight and normal (highlights[0], normal[0])",
+    ]
+    message = str(info.value)
+    assert message.startswith(f"{path}: 8 problems in labels file:\n  - unknown key")
+    assert "--skip-missing" in message
+
+
+def test_empty_class_and_wrong_types(tmp_path: Path) -> None:
+    with pytest.raises(LabelsError) as info:
+        load_labels(write_labels(tmp_path, {"highlights": "a.mp4"}))
+    assert info.value.problems == ['"highlights" must be a list of paths, got string',
+                                   '"normal" is empty: label at least one video as normal']
+    with pytest.raises(LabelsError) as info:
+        load_labels(write_labels(tmp_path, ["a.mp4"]))
+    assert "the top level must be an object" in info.value.problems[0]
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"highlights": [}')
+    with pytest.raises(LabelsError, match=r"bad.json: not valid JSON: .* line 1, column 17"):
+        load_labels(bad)
+    with pytest.raises(LabelsError, match="labels file does not exist"):
+        load_labels(tmp_path / "nope.json")
+
+
+def test_skip_missing_skips_only_missing(library: Path) -> None:
+    path = write_labels(library, {"highlights": ["g.mp4", "gone.mp4", "gone_dir"], "normal": ["h.mp4"]})
+    labels = load_labels(path, skip_missing=True)
+    assert [v.path.name for v in labels.videos] == ["g.mp4", "h.mp4"]
+    assert any("gone.mp4 does not exist" in w for w in labels.warnings)
+    # a class emptied by skipping is still an error, and says why
+    path = write_labels(library, {"highlights": ["gone.mp4"], "normal": ["h.mp4"]})
+    with pytest.raises(LabelsError) as info:
+        load_labels(path, skip_missing=True)
+    assert info.value.problems == ['"highlights" is empty: label at least one video as highlight '
+                                   "(after skipping missing entries)"]
+
+
+def test_unreadable_file(library: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = library / "g.mp4"
+    real_access = os.access
+    # chmod does not stop root (CI containers), so permission is denied through os.access instead
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == target else real_access(p, mode))
+    with pytest.raises(LabelsError) as info:
+        load_labels(write_labels(library, {"highlights": ["g.mp4"], "normal": ["h.mp4"]}))
+    assert info.value.problems == [f"highlights[0]: {target} is not readable",
+                                   '"highlights" is empty: label at least one video as highlight']
+
+
+def test_duplicates_within_a_class_are_kept_once(library: Path) -> None:
+    labels = load_labels(write_labels(library, {"highlights": ["beach", "beach/a.mp4", "./beach/a.mp4"],
+                                                "normal": ["h.mp4"]}))
+    assert [v.path.name for v in labels.videos] == ["a.mp4", "b.MOV", "h.mp4"]
+    assert len([w for w in labels.warnings if "already listed (highlights[0])" in w]) == 2
+
+
+def test_video_id_is_stable_and_path_based(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = touch(tmp_path / "x" / "clip.mp4")
+    monkeypatch.chdir(tmp_path)
+    assert video_id("x/clip.mp4") == video_id(f) == video_id(tmp_path / "x" / ".." / "x" / "clip.mp4")
+    assert len(video_id(f)) == 16 and int(video_id(f), 16) >= 0
+    assert video_id(f) != video_id(tmp_path / "x" / "clip2.mp4")
+
+
+def test_split_is_by_video_stratified_and_deterministic() -> None:
+    labels = {f"h{i:02d}": 1 for i in range(23)} | {f"n{i:02d}": 0 for i in range(7)}
+    splits = assign_splits(labels)
+    assert set(splits) == set(labels)  # every video is on exactly one side
+    val = {v for v, s in splits.items() if s == "val"}
+    assert sum(labels[v] == 1 for v in val) == val_target(23) == 5
+    assert sum(labels[v] == 0 for v in val) == val_target(7) == 1
+    # independent of input order
+    assert assign_splits(dict(reversed(list(labels.items())))) == splits
+    # two videos of a class: one each side; one video: train only
+    small = assign_splits({"a": 1, "b": 1, "c": 0})
+    assert sorted(small[v] for v in "ab") == ["train", "val"] and small["c"] == "train"
+
+
+def test_split_keeps_existing_videos_and_fills_val_with_new_ones() -> None:
+    old = {f"h{i}": 1 for i in range(5)} | {f"n{i}": 0 for i in range(5)}
+    first = assign_splits(old)
+    grown = old | {f"h{i}": 1 for i in range(5, 15)}
+    second = assign_splits(grown, existing=first)
+    assert all(second[v] == first[v] for v in old)  # no existing video moves
+    assert sum(1 for v, s in second.items() if s == "val" and grown[v] == 1) == val_target(15)
