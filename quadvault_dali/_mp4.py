@@ -1,16 +1,20 @@
-"""Reads the display rotation of an MP4/MOV video track from its ``tkhd`` box.
+"""Reads what PyAV does not expose from an MP4/MOV video track: display rotation and composition offsets.
 
-PyAV reports rotation only on decoded frames; decoding a 4K frame per file would cost the prober
-tens of milliseconds, so the matrix is read from the (small) ``moov`` box instead.
+PyAV reports rotation only on decoded frames, and its index entries carry decode times only; decoding a
+4K frame per file would cost the prober tens of milliseconds, and demuxing reads the whole file, so the
+``tkhd`` matrix and the ``ctts`` table are read from the (small) ``moov`` box instead.
 """
 
 from __future__ import annotations
 
 import math
 import struct
+from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
-_CONTAINER_BOXES = {b"moov", b"trak", b"mdia"}
+import numpy as np
+
+_CONTAINER_BOXES = (b"mdia", b"minf", b"stbl")
 
 
 def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
@@ -57,43 +61,67 @@ def _find_moov(fh: BinaryIO, file_size: int, limit: int = 256 << 20) -> bytes | 
     return None
 
 
-def _track_rotation(moov: bytes, track_id: int | None) -> int | None:
+def _collect(moov: bytes, start: int, end: int, found: dict[bytes, bytes]) -> None:
+    """Records the payloads of the leaf boxes we read, descending into mdia/minf/stbl."""
+    for kind, b_start, b_end in _boxes(moov, start, end):
+        if kind in _CONTAINER_BOXES:
+            _collect(moov, b_start, b_end, found)
+        elif kind in (b"tkhd", b"hdlr", b"ctts"):
+            found.setdefault(kind, moov[b_start:b_end])
+
+
+def _video_track(moov: bytes, track_id: int | None) -> dict[bytes, bytes] | None:
+    fallback = None
     for kind, start, end in _boxes(moov, 8, len(moov)):
         if kind != b"trak":
             continue
-        tkhd = None
-        handler = None
-        for sub, s_start, s_end in _boxes(moov, start, end):
-            if sub == b"tkhd":
-                tkhd = moov[s_start:s_end]
-            elif sub == b"mdia":
-                for leaf, l_start, _ in _boxes(moov, s_start, s_end):
-                    if leaf == b"hdlr":
-                        handler = moov[l_start + 8:l_start + 12]
-        if tkhd is None or handler != b"vide":
+        found: dict[bytes, bytes] = {}
+        _collect(moov, start, end, found)
+        tkhd, hdlr = found.get(b"tkhd"), found.get(b"hdlr")
+        if tkhd is None or hdlr is None or hdlr[8:12] != b"vide":
             continue
-        version = tkhd[0]
-        tid_off = 4 + (16 if version == 1 else 8)
-        tid = struct.unpack_from(">I", tkhd, tid_off)[0]
-        if track_id is not None and tid != track_id:
-            continue
-        matrix_off = tid_off + 4 + 4 + (8 if version == 1 else 4) + 8 + 2 + 2 + 2 + 2
-        a, b, _u, c, d, _v = struct.unpack_from(">iiiiii", tkhd, matrix_off)
-        if a == b == c == d == 0:
-            return 0
-        # The matrix maps coded to displayed pixels; atan2 of its first column is the clockwise
-        # rotation a viewer applies (the 'rotate' tag players used to write).
-        degrees = math.degrees(math.atan2(b, a))
-        return int(round(degrees / 90.0)) * 90 % 360
-    return None
+        tid = struct.unpack_from(">I", tkhd, 4 + (16 if tkhd[0] == 1 else 8))[0]
+        if track_id is None or tid == track_id:
+            return found
+        fallback = fallback or found
+    return fallback
 
 
-def read_rotation(fh: BinaryIO, file_size: int, track_id: int | None = None) -> int:
-    """Clockwise display rotation (0, 90, 180 or 270) of the video track; 0 where none is stored."""
-    moov = _find_moov(fh, file_size)
-    if moov is None:
+def _rotation(tkhd: bytes) -> int:
+    version = tkhd[0]
+    tid_off = 4 + (16 if version == 1 else 8)
+    matrix_off = tid_off + 4 + 4 + (8 if version == 1 else 4) + 8 + 2 + 2 + 2 + 2
+    a, b, _u, c, d, _v = struct.unpack_from(">iiiiii", tkhd, matrix_off)
+    if a == b == c == d == 0:
         return 0
-    rotation = _track_rotation(moov, track_id)
-    if rotation is None and track_id is not None:
-        rotation = _track_rotation(moov, None)
-    return rotation or 0
+    # The matrix maps coded to displayed pixels; atan2 of its first column is the clockwise
+    # rotation a viewer applies (the 'rotate' tag players used to write).
+    degrees = math.degrees(math.atan2(b, a))
+    return int(round(degrees / 90.0)) * 90 % 360
+
+
+def _composition_offsets(ctts: bytes) -> np.ndarray:
+    """Per-sample presentation-minus-decode offsets, expanded from ctts's run-length table."""
+    version = ctts[0]
+    count = struct.unpack_from(">I", ctts, 4)[0]
+    runs = np.frombuffer(ctts, dtype=">u4" if version == 0 else ">i4", count=2 * count, offset=8)
+    runs = runs.reshape(count, 2).astype(np.int64)
+    if version == 0:  # unsigned, but writers store negatives as two's complement anyway
+        runs[:, 1] = np.where(runs[:, 1] >= 1 << 31, runs[:, 1] - (1 << 32), runs[:, 1])
+    return np.repeat(runs[:, 1], runs[:, 0])
+
+
+@dataclass(frozen=True)
+class TrackFacts:
+    rotation: int
+    composition_offsets: np.ndarray | None  # ticks of the track's timescale, one per sample
+
+
+def read_track_facts(fh: BinaryIO, file_size: int, track_id: int | None = None) -> TrackFacts:
+    """Rotation (clockwise 0/90/180/270) and composition offsets of the video track (none if absent)."""
+    moov = _find_moov(fh, file_size)
+    track = _video_track(moov, track_id) if moov is not None else None
+    if track is None:
+        return TrackFacts(0, None)
+    ctts = track.get(b"ctts")
+    return TrackFacts(_rotation(track[b"tkhd"]), _composition_offsets(ctts) if ctts else None)

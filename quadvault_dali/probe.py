@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 import av
 import numpy as np
 
-from ._mp4 import read_rotation
+from ._mp4 import TrackFacts, read_track_facts
 from .errors import UnsupportedCodecError, VideoOpenError
 
 #: Codecs a NVDEC-based DALI decoder handles (the H100 has no AV1 decoder, so AV1 is CPU-only).
@@ -130,8 +130,13 @@ def open_container(path: Path, file: BinaryIO | None = None) -> av.container.Inp
 
 
 def read_packet_index(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
-                      path: Path) -> PacketIndex:
-    """Packet positions, sizes and times from the container index, demuxing only if there is none."""
+                      path: Path, composition_offsets: np.ndarray | None = None) -> PacketIndex:
+    """Packet positions, sizes and times from the container index, demuxing only if there is none.
+
+    MP4 index entries hold decode times; ``composition_offsets`` (from the ``ctts`` box, one per
+    sample) turn them into presentation times. Without them, every packet is assumed to have the
+    first packet's offset (true for streams without B-frames).
+    """
     tb = stream.time_base or Fraction(1, 90000)
     entries = stream.index_entries
     if len(entries) > 1 and container.format.name.split(",")[0] in _MP4_FORMATS:
@@ -142,9 +147,12 @@ def read_packet_index(container: av.container.InputContainer, stream: av.video.s
         key = np.fromiter((e.is_keyframe for e in entries), bool, n)
         keep = ~np.fromiter((e.is_discard for e in entries), bool, n)
         dts, pos, size, key = dts[keep], pos[keep], size[keep], key[keep]
-        start = stream.start_time if stream.start_time is not None else int(dts[0])
-        # MP4 index entries carry decode times; the first frame is presented at start_time.
-        pts_ticks = dts + (start - int(dts[0]))
+        if composition_offsets is not None and len(composition_offsets) == n:
+            pts_ticks = dts + composition_offsets[keep]
+        else:
+            first = stream.start_time if stream.start_time is not None else int(dts[0])
+            pts_ticks = dts + (first - int(dts[0]))
+        start = int(pts_ticks.min())
         pts = (pts_ticks - start).astype(np.float64) * float(tb)
         return PacketIndex(pts, pos, size, key, True)
     # No usable index (MPEG-TS, some MKV/WebM): demux every packet once, without decoding.
@@ -197,7 +205,11 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
         raise VideoOpenError("video stream has no frame size (damaged header)", path=path)
 
     stat = path.stat()
-    index = read_packet_index(container, stream, path)
+    facts = TrackFacts(0, None)
+    if container.format.name.split(",")[0] in _MP4_FORMATS:
+        with open(path, "rb") as fh:
+            facts = read_track_facts(fh, stat.st_size, stream.id)
+    index = read_packet_index(container, stream, path, facts.composition_offsets)
     if index.from_container_index:
         end = int((index.pos + index.size).max())
         if end > stat.st_size:
@@ -224,10 +236,7 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
         avg = len(index) / duration if duration else 0.0
     frame_count = stream.frames or len(index)
 
-    rotation = 0
-    if container.format.name.split(",")[0] in _MP4_FORMATS:
-        with open(path, "rb") as fh:
-            rotation = read_rotation(fh, stat.st_size, stream.id)
+    rotation = facts.rotation
     coded_w, coded_h = stream.width, stream.height
     width, height = (coded_h, coded_w) if rotation in (90, 270) else (coded_w, coded_h)
 

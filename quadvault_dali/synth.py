@@ -241,5 +241,5 @@ def make_broken(path: str | Path, kind: Literal["empty", "text", "truncated", "n
             at = data.find(b"moov")
             if at < 0:
                 raise ValueError(f"{source}: no moov box to remove")
-            path.write_bytes(data[:at] + b"free" + data[at + 4:])
+            path.write_bytes(data[:at] + b"junk" + data[at + 4:])
     return path

@@ -152,7 +152,7 @@ class CpuSampler(Sampler):
                     if fh is not None:
                         fh.seek(0)
                     container = open_container(path, fh)
-                stream = container.streams.video[info.stream_index]
+                stream = container.streams[info.stream_index]
                 stream.codec_context.thread_count = 2
                 if plan.mode == "exact":
                     frames = self._exact(plan, container, stream)

@@ -71,9 +71,9 @@ def plan_samples(info: VideoInfo, index: PacketIndex, *, fps: float = 1.0, mode:
         key_rows = np.flatnonzero(index.is_key)
         key_rows = key_rows[np.argsort(index.pts[key_rows], kind="stable")]
         key_times = index.pts[key_rows]
-        chosen = np.unique(nearest_indices(key_times, grid))
-        gaps = np.diff(np.append(key_times, max(info.duration_s, key_times[-1])))
-        return SamplePlan(info, index, "keyframe", grid, key_rows[chosen], float(gaps.max(initial=0.0)) / 2)
+        nearest = nearest_indices(key_times, grid)
+        error = float(np.abs(key_times[nearest] - grid).max(initial=0.0))
+        return SamplePlan(info, index, "keyframe", grid, key_rows[np.unique(nearest)], error)
     frame_times = np.sort(index.pts)
     gaps = np.diff(frame_times)
     return SamplePlan(info, index, "exact", grid, np.empty(0, np.int64), float(gaps.max(initial=0.0)) / 2)

@@ -1,0 +1,62 @@
+"""``quadvault probe``: what the prober sees in each video, and why the bad ones are bad."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import click
+
+from quadvault_dali.discovery import find_videos
+from quadvault_dali.errors import QuadvaultError
+from quadvault_dali.probe import VideoInfo, probe_video
+
+
+def _probe_one(path: Path) -> VideoInfo | QuadvaultError:
+    try:
+        return probe_video(path)  # type: ignore[return-value]
+    except QuadvaultError as exc:
+        return exc
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per video instead of a table.")
+@click.option("--threads", type=click.IntRange(1, 64), default=8, show_default=True, help="Files probed at once.")
+def probe(paths: tuple[Path, ...], as_json: bool, threads: int) -> None:
+    """Probe videos (files or folders, searched recursively) without decoding them.
+
+    \b
+    Example:
+      quadvault probe /footage/2024 clip.mp4
+      quadvault probe --json /footage > probe.jsonl
+    """
+    videos = find_videos(paths)
+    with ThreadPoolExecutor(threads) as pool:
+        results = list(pool.map(_probe_one, videos))
+    errors = 0
+    if as_json:
+        for path, result in zip(videos, results):
+            if isinstance(result, QuadvaultError):
+                errors += 1
+                click.echo(json.dumps({"path": str(path), "status": "error", "error_kind": result.kind,
+                                       "error": result.reason}))
+            else:
+                click.echo(json.dumps({"status": "ok", **result.to_dict()}))
+    else:
+        header = f"{'codec':6} {'size':>10} {'rot':>3} {'fps':>6} {'seconds':>8} {'keyframes':>9} {'max gap':>7}  path"
+        click.echo(header)
+        for path, result in zip(videos, results):
+            if isinstance(result, QuadvaultError):
+                errors += 1
+                continue
+            i = result
+            click.echo(f"{i.codec:6} {f'{i.width}x{i.height}':>10} {i.rotation:>3} {i.avg_fps:>6.2f} {i.duration_s:>8.1f} "
+                       f"{len(i.keyframe_times):>9} {i.max_keyframe_interval_s:>6.2f}s  {path}")
+        for path, result in zip(videos, results):
+            if isinstance(result, QuadvaultError):
+                click.secho(f"ERROR {result.kind}: {result}", fg="red", err=True)
+        click.echo(f"{len(videos)} videos, {len(videos) - errors} readable, {errors} with errors", err=True)
+    if not videos:
+        raise click.ClickException(f"no video files found under {', '.join(map(str, paths))}")

@@ -1,0 +1,54 @@
+"""Discovery: recursive, case-insensitive, hidden/system folders skipped, symlink loops ended."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from quadvault_dali.discovery import find_videos
+
+
+def _touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+def test_finds_videos_sorted_and_skips_hidden(tmp_path: Path) -> None:
+    expected = [_touch(tmp_path / "2024" / "b.MP4"), _touch(tmp_path / "2024" / "sub" / "a.mov"),
+                _touch(tmp_path / "c.MTS"), _touch(tmp_path / "d.webm")]
+    _touch(tmp_path / "notes.txt")
+    _touch(tmp_path / ".hidden" / "x.mp4")
+    _touch(tmp_path / "$RECYCLE.BIN" / "y.mp4")
+    _touch(tmp_path / "2024" / "._b.MP4")  # macOS resource fork
+    assert find_videos([tmp_path]) == sorted(expected, key=str)
+
+
+def test_symlink_loops_and_duplicates(tmp_path: Path) -> None:
+    clip = _touch(tmp_path / "lib" / "a.mp4")
+    os.symlink(tmp_path / "lib", tmp_path / "lib" / "loop")
+    os.symlink(clip, tmp_path / "lib" / "alias.mp4")
+    found = find_videos([tmp_path / "lib", clip])
+    assert found == [tmp_path / "lib" / "a.mp4"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every folder")
+def test_unreadable_folder_is_reported_not_fatal(tmp_path: Path) -> None:
+    _touch(tmp_path / "ok" / "a.mp4")
+    locked = tmp_path / "locked"
+    _touch(locked / "b.mp4")
+    locked.chmod(0)
+    errors: list[Path] = []
+    try:
+        assert find_videos([tmp_path], on_error=lambda p, e: errors.append(p)) == [tmp_path / "ok" / "a.mp4"]
+    finally:
+        locked.chmod(0o755)
+    assert errors == [locked]
+
+
+def test_missing_root_is_reported(tmp_path: Path) -> None:
+    errors: list[Path] = []
+    assert find_videos([tmp_path / "gone"], on_error=lambda p, e: errors.append(p)) == []
+    assert errors == [tmp_path / "gone"]

@@ -1,0 +1,97 @@
+"""The prober: right facts from real and generated files, specific errors for damaged ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from quadvault_dali.errors import UnsupportedCodecError, VideoOpenError
+from quadvault_dali.probe import probe_video
+
+
+@pytest.mark.parametrize("codec,fps,suffix", [("h264", 30, ".mp4"), ("hevc", 25, ".mp4"), ("vp9", 24, ".webm"),
+                                              ("mjpeg", 60, ".mkv")])
+def test_probe_generated_codecs(make_clip, codec: str, fps: int, suffix: str) -> None:
+    clip = make_clip(f"probe_{codec}{suffix}", codec=codec, fps=fps, duration_s=3.0, keyframe_interval_s=1.0)
+    info = probe_video(clip)
+    assert info.codec == codec
+    assert (info.width, info.height) == (320, 240)
+    assert info.avg_fps == pytest.approx(fps, rel=0.02)
+    assert info.duration_s == pytest.approx(3.0, abs=0.1)
+    assert info.keyframe_times[0] == pytest.approx(0.0, abs=1e-6)
+    if codec != "mjpeg":  # every MJPEG frame is a keyframe
+        assert len(info.keyframe_times) == 3
+        assert info.max_keyframe_interval_s == pytest.approx(1.0, abs=0.05)
+    assert info.size_bytes == clip.stat().st_size
+
+
+def test_probe_rotation_audio_and_keyframe_interval(make_clip) -> None:
+    info = probe_video(make_clip("probe_rot.mp4", rotation=90, audio=True, keyframe_interval_s=5.0, duration_s=6.0))
+    assert info.rotation == 90
+    assert (info.width, info.height) == (320, 240)  # as displayed
+    assert (info.coded_width, info.coded_height) == (240, 320)  # stored on its side
+    assert info.has_audio
+    assert [round(t, 3) for t in info.keyframe_times] == [0.0, 5.0]
+
+
+def test_probe_vfr(make_clip) -> None:
+    info = probe_video(make_clip("probe_vfr.mp4", vfr=True, duration_s=4.0))
+    assert info.is_vfr
+
+
+def test_probe_is_fast_enough_to_skip_decoding(make_clip) -> None:
+    """Probing reads the index: a 4K HEVC clip probes although nothing is decoded."""
+    info = probe_video(make_clip("probe_4k.mp4", codec="hevc", width=3840, height=2160, duration_s=1.0))
+    assert (info.width, info.height) == (3840, 2160)
+    assert info.frame_count == 30
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("empty", "empty file (0 bytes)"),
+    ("text", "not a readable video container"),
+    ("truncated", "truncated"),
+    ("no_index", "not a readable video container"),
+])
+def test_broken_files_raise_specific_errors(broken_clips: dict[str, Path], kind: str, message: str) -> None:
+    with pytest.raises(VideoOpenError) as err:
+        probe_video(broken_clips[kind])
+    assert message in str(err.value)
+    assert str(broken_clips[kind]) in str(err.value)
+
+
+def test_missing_file_and_folder(tmp_path: Path) -> None:
+    with pytest.raises(VideoOpenError, match="file not found"):
+        probe_video(tmp_path / "nope.mp4")
+    with pytest.raises(VideoOpenError, match="is a folder"):
+        probe_video(tmp_path)
+
+
+def test_corpus_facts(corpus: Path) -> None:
+    """Real third-party files: the values ffprobe reports (see the corpus manifest)."""
+    karma = probe_video(corpus / "gopro+gpmf-parser/samples/karma.mp4")
+    assert (karma.codec, karma.width, karma.height) == ("h264", 854, 480)
+    assert karma.avg_fps == pytest.approx(29.97, abs=0.01)
+    assert karma.has_audio
+    drone = probe_video(corpus / "AtomScott+SportsLabKit/drone.mp4")
+    assert (drone.width, drone.height, drone.avg_fps) == (1260, 708, 60.0)
+    mp4 = corpus / "androidx+media/libraries/test_data/src/test/assets/media/mp4"
+    portrait = probe_video(mp4 / "portrait_4k60.mp4")
+    assert (portrait.rotation, portrait.width, portrait.height) == (90, 2160, 3840)
+    for name, rotation in [("video_0.mov", 0), ("video_90.mov", 90), ("video_180.mov", 180), ("video_270.mov", 270)]:
+        assert probe_video(corpus / "dmlc+decord/tests/test_data" / name).rotation == rotation
+    assert probe_video(mp4 / "sample_with_colr_mdcv_and_clli.mp4").codec == "av1"
+
+
+@pytest.mark.parametrize("name,message", [
+    ("androidx+media/libraries/test_data/src/test/assets/media/mp4/sample_audio_only.mp4", "no video stream"),
+    ("androidx+media/libraries/test_data/src/test/assets/media/mp4/sample_malformed_free_box.mp4",
+     "not a readable video container"),
+])
+def test_corpus_broken_files(corpus: Path, name: str, message: str) -> None:
+    with pytest.raises(VideoOpenError, match=message):
+        probe_video(corpus / name)
+
+
+def test_unsupported_codec_is_a_video_open_error() -> None:
+    assert issubclass(UnsupportedCodecError, VideoOpenError)

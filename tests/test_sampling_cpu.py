@@ -1,0 +1,146 @@
+"""The cpu backend samples the right frame from the right second, for every kind of file.
+
+Every generated frame carries its presentation time in its pixels (quadvault_dali.synth), so each
+check reads the frame back and compares it with the timestamp the sampler reported and the second it
+stands for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quadvault_dali.errors import DecodeError, VideoOpenError
+from quadvault_dali.probe import probe_video
+from quadvault_dali.sampling import create_sampler, plan_samples
+from quadvault_dali.synth import read_stamp
+
+CASES = {
+    "h264_30_k1": dict(codec="h264", fps=30, keyframe_interval_s=1.0),
+    "h264_24_k5": dict(codec="h264", fps=24, keyframe_interval_s=5.0),
+    "hevc_25_k1": dict(codec="hevc", fps=25, keyframe_interval_s=1.0),
+    "hevc_60_k2": dict(codec="hevc", fps=60, keyframe_interval_s=2.0),
+    "vp9_30": dict(codec="vp9", fps=30, keyframe_interval_s=1.0),
+    "mjpeg_25": dict(codec="mjpeg", fps=25),
+    "vfr": dict(codec="h264", fps=30, vfr=True),
+    "rot90": dict(codec="h264", fps=30, rotation=90),
+    "rot270_hevc": dict(codec="hevc", fps=30, rotation=270),
+    "audio": dict(codec="h264", fps=30, audio=True),
+}
+SUFFIX = {"vp9": ".webm", "mjpeg": ".mkv"}
+
+
+def _clip(make_clip, name: str) -> Path:
+    spec = CASES[name]
+    return make_clip(f"samp_{name}{SUFFIX.get(str(spec['codec']), '.mp4')}", duration_s=5.0, **spec)
+
+
+def _check_stamps(frames, timestamps, tolerance: float = 0.011) -> list[float]:
+    stamped = []
+    for frame, t in zip(frames, timestamps):
+        stamp = read_stamp(frame.numpy())
+        assert stamp is not None, f"frame reported at {t}s has no readable stamp"
+        assert stamp.time_s == pytest.approx(t, abs=tolerance), "reported timestamp is not the frame's own time"
+        stamped.append(stamp.time_s)
+    return stamped
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("mode", ["exact", "keyframe"])
+def test_every_frame_is_from_its_second(make_clip, name: str, mode: str) -> None:
+    clip = _clip(make_clip, name)
+    info, index = probe_video(clip, with_index=True)
+    plan = plan_samples(info, index, fps=1.0, mode=mode)
+    frames, times, outcome = create_sampler("cpu", mode=mode, size=64).sample_video(clip)
+    assert outcome.ok and outcome.mode == mode
+    assert frames.shape[1:] == (3, 64, 64) and str(frames.dtype) == "torch.uint8"
+    stamped = _check_stamps(frames, times)
+    assert times == sorted(times) and len(set(times)) == len(times)
+    assert len(times) == plan.expected_frames
+    if mode == "exact":
+        # one frame per second, each the frame nearest that second
+        assert len(times) == 5
+        for second, t in zip(range(5), stamped):
+            assert abs(t - second) <= plan.max_error_s + 1e-6
+    else:
+        key_times = np.array(info.keyframe_times)
+        assert all(np.min(np.abs(key_times - t)) < 0.006 for t in stamped), "keyframe mode returned a non-keyframe"
+        for second in range(5):  # every second is covered by a frame within the bound
+            assert min(abs(t - second) for t in stamped) <= plan.max_error_s + 1e-6
+
+
+def test_auto_mode_picks_per_video(make_clip) -> None:
+    dense = _clip(make_clip, "h264_30_k1")
+    sparse = _clip(make_clip, "h264_24_k5")
+    sampler = create_sampler("cpu", mode="auto", size=32)
+    outcomes = {o.path: o for b in sampler.iter_batches([dense, sparse]) for o in b.completed}
+    assert outcomes[dense].mode == "keyframe"
+    assert outcomes[sparse].mode == "exact"
+
+
+def test_keyframe_mode_reads_a_fraction_of_the_file(make_clip) -> None:
+    clip = make_clip("samp_big.mp4", width=640, height=360, duration_s=10.0, keyframe_interval_s=1.0,
+                     bit_rate=4_000_000)
+    _, _, key = create_sampler("cpu", mode="keyframe", size=32).sample_video(clip)
+    _, _, exact = create_sampler("cpu", mode="exact", size=32).sample_video(clip)
+    size = clip.stat().st_size
+    assert key.bytes_read < 0.35 * size
+    assert exact.bytes_read >= 0.85 * size  # it stops after the last sampled second
+
+
+def test_half_frame_rate_and_two_fps(make_clip) -> None:
+    clip = _clip(make_clip, "h264_30_k1")
+    frames, times, _ = create_sampler("cpu", mode="exact", fps=2.0, size=32).sample_video(clip)
+    assert times == pytest.approx([i / 2 for i in range(10)], abs=1e-6)
+    _check_stamps(frames, times)
+
+
+def test_aspect_kept_without_square(make_clip) -> None:
+    rotated = _clip(make_clip, "rot90")  # displayed 320x240
+    frames, times, _ = create_sampler("cpu", size=120, square=False).sample_video(rotated)
+    assert frames.shape[1:] == (3, 120, 160)
+    _check_stamps(frames, times)
+
+
+def test_batches_mix_videos_and_report_each_once(make_clip, broken_clips) -> None:
+    clips = [_clip(make_clip, n) for n in ("h264_30_k1", "hevc_25_k1", "vp9_30")]
+    videos = [clips[0], broken_clips["empty"], clips[1], broken_clips["truncated"], clips[2], broken_clips["text"]]
+    sampler = create_sampler("cpu", size=32, batch_size=4, streams=3)
+    outcomes, per_video = [], {}
+    for batch in sampler.iter_batches(videos):
+        assert len(batch) <= 4
+        for path, t in zip(batch.paths, batch.timestamps):
+            per_video.setdefault(path, []).append(t)
+        outcomes.extend(batch.completed)
+    assert [o.path for o in outcomes] == [Path(v) for v in videos]  # one outcome each, in input order
+    assert [o.ok for o in outcomes] == [True, False, True, False, True, False]
+    assert isinstance(outcomes[1].error, VideoOpenError) and "empty" in str(outcomes[1].error)
+    assert "truncated" in str(outcomes[3].error)
+    for clip in clips:
+        assert per_video[clip] == pytest.approx([0, 1, 2, 3, 4], abs=1e-6)
+
+
+def test_sample_video_raises_the_videos_error(broken_clips) -> None:
+    with pytest.raises(VideoOpenError, match="not a readable video container"):
+        create_sampler("cpu").sample_video(broken_clips["no_index"])
+
+
+def test_corpus_drone_clips(corpus: Path) -> None:
+    """Real drone footage: one frame per second, in order, of the asked size."""
+    for name, seconds in [("gopro+gpmf-parser/samples/karma.mp4", 12), ("AtomScott+SportsLabKit/drone.mp4", 21)]:
+        frames, times, outcome = create_sampler("cpu", size=96).sample_video(corpus / name)
+        assert frames.shape[1:] == (3, 96, 96)
+        assert len(times) >= seconds - 1 and times == sorted(times)
+        assert float(frames.float().std()) > 10  # real picture content, not blank frames
+
+
+def test_corpus_rotated_and_damaged(corpus: Path) -> None:
+    mp4 = corpus / "androidx+media/libraries/test_data/src/test/assets/media/mp4"
+    frames, _, outcome = create_sampler("cpu", size=64, square=False).sample_video(mp4 / "portrait_4k60.mp4")
+    assert outcome.info.rotation == 90 and frames.shape[2:] == (114, 64)  # portrait after rotation
+    damaged = corpus / "dmlc+decord/tests/test_data/corrupted.mp4"
+    sampler = create_sampler("cpu", size=32)
+    outcome = [o for b in sampler.iter_batches([damaged]) for o in b.completed][0]
+    assert outcome.ok or isinstance(outcome.error, DecodeError)
