@@ -1,0 +1,241 @@
+"""Reels from generated footage whose frames carry their time and origin: content, timing, geometry, CLI."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from quadvault_dali.cli.main import main as cli
+from quadvault_dali.errors import QuadvaultError
+from quadvault_dali.probe import probe_video
+from quadvault_dali.reel import (EmptySelectionError, ReelOptions, letterbox, load_scores, make_reel, prepare_reel,
+                                 read_sidecar)
+from quadvault_dali.scan.schema import SCHEMA_VERSION, ModelRef, ScanMetadata, schema_with_metadata, video_id
+from quadvault_dali.synth import SynthSpec, make_broken, make_video, read_stamp
+
+W, H = 320, 180  # reel size: sources' stamps stay readable after letterboxing
+
+# name -> (spec, seconds of "normal" before the 4 s highlight, highlight score)
+SOURCES = {
+    "plain 30fps.mp4": (dict(fps=30, source_id=1), 2, 0.95),
+    "rotated 'q' ü 24fps.mp4": (dict(fps=24, source_id=2, width=180, height=320, rotation=90), 5, 0.93),
+    "hevc 60fps.mp4": (dict(fps=60, source_id=3, codec="hevc", width=640, height=360), 1, 0.91),
+    "vp9 25fps.webm": (dict(fps=25, source_id=4, codec="vp9", audio=False), 4, 0.89),
+}
+
+
+def _spec(kw: dict, before: int) -> SynthSpec:
+    base = dict(width=W, height=H, duration_s=10.0, stamp=True,
+                segments=(("normal", float(before)), ("highlight", 4.0), ("normal", float(6 - before))))
+    return SynthSpec(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def write_scan(out: Path, rows: list[tuple[Path, list[float]]], broken: list[Path] = ()) -> Path:
+    """A scan folder in the schema of quadvault_dali.scan.schema, one shard pair, 1 score per second."""
+    models = (ModelRef("test", "f" * 16),)
+    sec_rows, vid_rows = [], []
+    now = datetime.now(timezone.utc)
+    for path, scores in rows:
+        info = probe_video(path)
+        st = path.stat()
+        vid = video_id(str(path), st.st_size, st.st_mtime_ns)
+        for t, s in enumerate(scores):
+            sec_rows.append(dict(video_id=vid, path=str(path), timestamp_s=float(t), score=s, model_scores=[s]))
+        arr = np.asarray(scores)
+        vid_rows.append(dict(video_id=vid, path=str(path), size_bytes=st.st_size, mtime_ns=st.st_mtime_ns,
+                             duration_s=info.duration_s, fps=info.avg_fps, codec=info.codec, width=info.width,
+                             height=info.height, rotation=info.rotation, sampling_mode="exact",
+                             frames_scored=len(scores), bytes_read=st.st_size, score_mean=float(arr.mean()),
+                             score_max=float(arr.max()), score_top3_mean=float(np.sort(arr)[-3:].mean()),
+                             frac_above_threshold=float((arr >= 0.7).mean()), model_means=[float(arr.mean())],
+                             score=float(arr.mean()), best_timestamp_s=float(arr.argmax()),
+                             is_highlight=bool(arr.mean() >= 0.7), status="ok", error_kind=None,
+                             error_message=None, model_fingerprint="f" * 16, scanned_at=now, scan_seconds=0.1))
+    for path in broken:  # probed fine at scan time, scores high, but the file is damaged now
+        st = path.stat()
+        vid = video_id(str(path), st.st_size, st.st_mtime_ns)
+        sec_rows += [dict(video_id=vid, path=str(path), timestamp_s=float(t), score=0.99, model_scores=[0.99])
+                     for t in range(10)]
+        vid_rows.append({**vid_rows[0], "video_id": vid, "path": str(path), "duration_s": 10.0, "score": 0.99})
+    for table, data in (("seconds", sec_rows), ("videos", vid_rows)):
+        meta = ScanMetadata(SCHEMA_VERSION, table, models, 0.7, "f" * 16)  # type: ignore[arg-type]
+        (out / table).mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(data, schema=schema_with_metadata(meta)),
+                       out / table / "part-00000.parquet")
+    return out
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("reel lib ü")
+    paths = {}
+    for name, (kw, before, _) in SOURCES.items():
+        paths[name] = make_video(root / name, _spec(kw, before))
+    paths["sound.mp4"] = make_video(root / "sound.mp4", _spec(dict(source_id=5, audio=True), 3))
+    paths["broken.mp4"] = make_broken(root / "broken.mp4", "truncated", source=paths["plain 30fps.mp4"])
+    return paths
+
+
+def _scores(before: int, high: float) -> list[float]:
+    return [0.2] * before + [high] * 4 + [0.2] * (6 - before)
+
+
+@pytest.fixture(scope="module")
+def scan_dir(library: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rows = [(library[name], _scores(before, high)) for name, (_, before, high) in SOURCES.items()]
+    return write_scan(tmp_path_factory.mktemp("scan"), rows, broken=[library["broken.mp4"]])
+
+
+def decode_all(path: Path) -> tuple[list[np.ndarray], av.video.stream.VideoStream, float]:
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(s)]
+        duration = float(s.duration * s.time_base) if s.duration else float(c.duration / 1e6)
+        return frames, s, duration
+
+
+def stamp_of(picture: np.ndarray, src_w: int, src_h: int):
+    """Reads the stamp from the source's region of the letterboxed reel frame."""
+    box = letterbox(src_w, src_h, picture.shape[1], picture.shape[0])
+    return read_stamp(picture[box.y: box.y + box.fit_h, box.x: box.x + box.fit_w])
+
+
+def test_reel_content_timing_geometry_and_sidecar(scan_dir: Path, tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "best of 'summer' é.mp4"
+    options = ReelOptions(width=W, height=H, fps=30, min_score=0.85, clip_seconds=4.0, fade_s=0.5, encoder="x264")
+    with caplog.at_level(logging.WARNING, logger="quadvault_dali"):
+        result = make_reel(scan_dir, out, options)
+    plan = result.prepared.plan
+    # The broken file scored best but cannot be read: skipped with a warning, the reel made without it.
+    assert any("broken.mp4" in m for m in result.prepared.skipped)
+    assert "broken.mp4" in caplog.text
+    names = [c.window.path.name for c in plan.clips]
+    assert names == list(SOURCES)  # best first: 0.95, 0.93, 0.91, 0.89
+    for clip, (_, before, _) in zip(plan.clips, SOURCES.values()):
+        assert (clip.window.in_s, clip.window.out_s) == (before, before + 4)  # the highlight, not the start
+
+    frames, stream, duration = decode_all(out)
+    assert (stream.width, stream.height) == (W, H)
+    assert float(stream.average_rate) == pytest.approx(30.0)
+    expected_frames = 4 * 120 - 3 * 15
+    assert plan.total_frames == expected_frames == len(frames)
+    assert duration == pytest.approx(4 * 4.0 - 3 * 0.5, abs=1 / 30)
+
+    for clip, (kw, _, _) in zip(plan.clips, SOURCES.values()):
+        info = probe_video(clip.window.path)
+        mid = clip.start_frame + clip.frames // 2
+        stamp = stamp_of(frames[mid], info.width, info.height)
+        assert stamp is not None, f"no stamp at the middle of clip {clip.position}"
+        assert stamp.source_id == kw["source_id"]
+        assert clip.window.in_s <= stamp.time_s < clip.window.out_s
+        # Resampled by time: the source frame on screen at that moment.
+        assert stamp.time_s == pytest.approx(clip.source_time(mid), abs=1.0 / kw["fps"] + 0.011)
+
+    # The rotated portrait source is upright and letterboxed: black bars left and right.
+    rot = plan.clips[1]
+    box = letterbox(180, 320, W, H)
+    assert (box.fit_w, box.fit_h) == (101, 180)
+    middle = frames[rot.start_frame + rot.frames // 2]
+    assert middle[:, : box.x - 2].max() < 30 and middle[:, box.x + box.fit_w + 2:].max() < 30
+
+    rows = read_sidecar(tmp_path / "best of 'summer' é.clips.csv")
+    assert [r["source_path"] for r in rows] == [str(c.window.path) for c in plan.clips]
+    assert [float(r["reel_start_s"]) for r in rows] == pytest.approx([0.0, 3.5, 7.0, 10.5])
+    assert [float(r["in_s"]) for r in rows] == [2.0, 5.0, 1.0, 4.0]
+    assert [r["position"] for r in rows] == ["1", "2", "3", "4"]
+    assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_min_score_duration_hard_cuts_and_other_fps(scan_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "short.mp4"
+    options = ReelOptions(width=W, height=H, fps=24, min_score=0.9, max_duration_s=9.0, transitions=False,
+                          encoder="x264")
+    result = make_reel(scan_dir, out, options)
+    plan = result.prepared.plan
+    # ≥ 0.9: three sources (0.95, 0.93, 0.91); 9 s of 4 s hard-cut clips holds two.
+    assert [c.window.path.name for c in plan.clips] == list(SOURCES)[:2]
+    frames, stream, duration = decode_all(out)
+    assert float(stream.average_rate) == pytest.approx(24.0)
+    assert len(frames) == 2 * 96 and duration == pytest.approx(8.0, abs=1 / 24)
+    # Hard cut: the last frame of clip 1 and the first of clip 2 come from their own sources.
+    assert stamp_of(frames[95], W, H).source_id == 1
+    assert stamp_of(frames[96], 180, 320).source_id == 2
+
+
+def test_empty_selection_writes_nothing(scan_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "none.mp4"
+    with pytest.raises(EmptySelectionError, match=r"no video scored ≥ 0.999.*the best was 0.9"):
+        make_reel(scan_dir, out, ReelOptions(width=W, height=H, min_score=0.999))
+    assert list(tmp_path.iterdir()) == []
+    result = CliRunner().invoke(cli, ["reel", str(scan_dir), str(out), "--min-score", "0.999"])
+    assert result.exit_code == 1
+    assert "Error: no video scored ≥ 0.999" in result.output and "the best was" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_dry_run_prints_the_plan_and_writes_nothing(scan_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "plan.mp4"
+    result = CliRunner().invoke(cli, ["reel", str(scan_dir), str(out), "--dry-run", "--top", "2",
+                                      "--fps", "25", "--resolution", "320x180"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()  # the plan on stdout; warnings went to stderr
+    assert "plain 30fps.mp4" in lines[1] and "0.950" in lines[1] and "2.00-   6.00s" in lines[1]
+    # At 25 fps a 0.5 s fade is 12 whole frames (0.48 s): the plan lives on the output frame grid.
+    assert "rotated 'q' ü 24fps.mp4" in lines[2] and "3.52-" in lines[2]
+    assert "2 clip(s), 7.52 s at 25 fps, 0.48 s crossfades" in result.stdout
+    assert "skipped:" in result.stdout and "broken.mp4" in result.stdout
+    assert "Dry run: nothing encoded" in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_reel_from_highlights_json_with_sound(library: dict[str, Path], tmp_path: Path) -> None:
+    import json
+
+    doc = {"highlights": [
+        {"path": str(library["sound.mp4"]), "score": 0.9, "best_second": 4.0, "duration_s": 10.0},
+        {"path": str(library["plain 30fps.mp4"]), "score": 0.88, "best_second": 3.0}]}  # no duration: probed
+    (tmp_path / "highlights.json").write_text(json.dumps(doc), encoding="utf-8")
+    out = tmp_path / "sound reel.mp4"
+    result = CliRunner().invoke(cli, ["reel", str(tmp_path / "highlights.json"), str(out), "--resolution",
+                                      "320x180", "--audio", "keep", "--clip-seconds", "3", "--encoder", "x264"])
+    assert result.exit_code == 0, result.output
+    assert "Reel:" in result.output and "libx264" in result.output and "with sound" in result.output
+    rows = read_sidecar(tmp_path / "sound reel.clips.csv")
+    assert [(Path(r["source_path"]).name, r["in_s"], r["placed_by"]) for r in rows] == [
+        ("sound.mp4", "3.000", "best-second"), ("plain 30fps.mp4", "2.000", "best-second")]
+    with av.open(str(out)) as c:
+        assert len(c.streams.audio) == 1
+        audio = np.concatenate([f.to_ndarray() for f in c.decode(c.streams.audio[0])], axis=1)
+    rate = 48000
+    rms = lambda a, b: float(np.sqrt((audio[:, int(a * rate): int(b * rate)] ** 2).mean()))  # noqa: E731
+    assert rms(0.5, 2.0) > 0.05  # the 440 Hz tone of sound.mp4 (RMS 0.14 mono, -3 dB when upmixed)
+    assert rms(3.5, 5.0) < 0.01  # plain 30fps.mp4 has no sound: silence
+    assert audio.shape[1] / rate == pytest.approx(5.5, abs=0.05)
+
+
+def test_encoder_and_option_errors(scan_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(QuadvaultError, match="must be even"):
+        ReelOptions(width=321, height=180)
+    with pytest.raises(QuadvaultError, match="--encoder nvenc needs the GPU"):
+        make_reel(scan_dir, tmp_path / "x.mp4", ReelOptions(width=W, height=H, encoder="nvenc", device="cpu"))
+    result = CliRunner().invoke(cli, ["reel", str(scan_dir), str(tmp_path / "x.mp4"), "--resolution", "320x181"])
+    assert result.exit_code == 2 and "must be even" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_scan_folder_reads_per_second_scores(scan_dir: Path) -> None:
+    source = load_scores(scan_dir)
+    assert source.per_second and len(source.videos) == len(SOURCES) + 1
+    plain = next(v for v in source.videos if v.path.name == "plain 30fps.mp4")
+    assert plain.times.tolist() == list(range(10)) and plain.scores[2] == pytest.approx(0.95)
+    prepared = prepare_reel(source, ReelOptions(min_score=0.9, top=1))
+    assert [c.window.path.name for c in prepared.plan.clips] == ["plain 30fps.mp4"]
