@@ -1,0 +1,65 @@
+"""DALI graphs that feed the classifier: JPEG frames -> augmented, normalised NCHW float batches.
+
+One definition serves the GPU (nvJPEG via ``device="mixed"``, augmentation on the GPU, CUDA tensors out)
+and the CPU (``device_id=None``, CPU decoder), so CI runs the very graph the GPU trains with.
+The reader's "label" is the dataset row id, not the class: each batch says which rows it held, so
+the training loop looks up labels and video ids and can compute video-level metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import nvidia.dali.fn as fn
+import nvidia.dali.types as types
+from nvidia.dali import pipeline_def
+
+READER_NAME = "frames"
+
+#: Augmentation ranges; small on purpose: the model learns the user's taste in colour and motion,
+#: so the jitter must not turn a grey scene into a warm one.
+ROTATE_DEGREES = 10.0
+CROP_AREA = (0.35, 1.0)
+CROP_ASPECT = (3 / 4, 4 / 3)
+BRIGHTNESS = (0.8, 1.2)
+CONTRAST = (0.8, 1.2)
+SATURATION = (0.8, 1.2)
+HUE_DEGREES = 8.0
+
+
+@pipeline_def(enable_conditionals=False)
+def frame_pipeline(files: Sequence[str], rows: Sequence[int], *, image_size: int, mean: Sequence[float],
+                   std: Sequence[float], train: bool, decode_device: str = "mixed", shard_id: int = 0,
+                   num_shards: int = 1, shuffle_seed: int = 0):  # type: ignore[no-untyped-def]
+    """Outputs ``(images float32 (3,S,S) normalised, row id int32)`` per sample.
+
+    ``decode_device``: ``"mixed"`` (nvJPEG, needs ``device_id``) or ``"cpu"`` (with ``device_id=None``).
+    ``mean``/``std`` are on the 0-1 scale like torchvision's; training shuffles, evaluation pads the last
+    batch so the iterator can drop the padding and every image is seen exactly once.
+    """
+    jpegs, row_ids = fn.readers.file(
+        files=list(files), labels=list(rows), name=READER_NAME, random_shuffle=train, initial_fill=1024,
+        shard_id=shard_id, num_shards=num_shards, pad_last_batch=not train, stick_to_shard=not train,
+        seed=shuffle_seed)
+    scale_mean = [m * 255.0 for m in mean]
+    scale_std = [s * 255.0 for s in std]
+    if train:
+        images = fn.decoders.image_random_crop(
+            jpegs, device=decode_device, output_type=types.RGB, random_area=list(CROP_AREA),
+            random_aspect_ratio=list(CROP_ASPECT), num_attempts=10)
+        images = fn.resize(images, resize_x=image_size, resize_y=image_size, antialias=True)
+        images = fn.rotate(images, angle=fn.random.uniform(range=(-ROTATE_DEGREES, ROTATE_DEGREES)),
+                           keep_size=True, fill_value=0)
+        images = fn.color_twist(images, brightness=fn.random.uniform(range=BRIGHTNESS),
+                                contrast=fn.random.uniform(range=CONTRAST),
+                                saturation=fn.random.uniform(range=SATURATION),
+                                hue=fn.random.uniform(range=(-HUE_DEGREES, HUE_DEGREES)))
+        images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW", mean=scale_mean,
+                                          std=scale_std, mirror=fn.random.coin_flip(probability=0.5))
+    else:
+        images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB)
+        images = fn.resize(images, resize_shorter=image_size, antialias=True)
+        images = fn.crop_mirror_normalize(images, dtype=types.FLOAT, output_layout="CHW",
+                                          crop=(image_size, image_size), crop_pos_x=0.5, crop_pos_y=0.5,
+                                          mean=scale_mean, std=scale_std)
+    return images, row_ids

@@ -1,0 +1,85 @@
+"""What a training run is asked to do, what it produced, and which backbone it gets."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import QuadvaultError
+from ..model import BACKBONES, OFFLINE_BACKBONE, resnet18_weights_available
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``quadvault train``; defaults follow the issue (and the guide users know)."""
+
+    dataset: Path
+    output_dir: Path
+    epochs: int = 50
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-4
+    head_lr_multiplier: float = 10.0  # a fresh head learns faster than ImageNet features should move
+    warmup_epochs: float = 1.0
+    image_size: int = 224
+    seed: int = 0
+    device: str = "auto"
+    patience: int = 10
+    freeze_backbone_epochs: int = 0
+    multi_gpu: bool = False
+    backbone: str | None = None  # None: resnet18 when its weights can be had, else efficientnet-lite0
+    pretrained: str = "auto"  # auto | none | PATH
+    num_threads: int = 2
+
+    def __post_init__(self) -> None:
+        self.dataset, self.output_dir = Path(self.dataset), Path(self.output_dir)
+        checks = [(self.epochs >= 1, "--epochs must be at least 1"),
+                  (self.batch_size >= 2, "--batch-size must be at least 2 (BatchNorm needs 2 images)"),
+                  (self.learning_rate > 0, "--learning-rate must be positive"),
+                  (32 <= self.image_size <= 1024, "--image-size must be between 32 and 1024"),
+                  (self.patience >= 1, "--patience must be at least 1"),
+                  (self.freeze_backbone_epochs >= 0, "--freeze-backbone-epochs must be >= 0")]
+        for ok, message in checks:
+            if not ok:
+                raise QuadvaultError(message)
+        if self.backbone is not None and self.backbone not in BACKBONES:
+            raise QuadvaultError(f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}")
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    frame: dict[str, Any]
+    video: dict[str, Any]
+    threshold: float
+    seconds: float
+    images_per_s: float
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    architecture: str
+    best_epoch: int
+    best_video_accuracy: float
+    threshold: float
+    history: list[EpochRecord] = field(default_factory=list)
+    stopped_early: bool = False
+    skipped_frames: list[tuple[str, str]] = field(default_factory=list)
+
+
+def resolve_backbone(backbone: str | None, pretrained: str) -> tuple[str, str | None]:
+    """(architecture, note for the user or None). The default prefers resnet18 when it can be had."""
+    if backbone is not None:
+        return backbone, None
+    if pretrained != "auto" or resnet18_weights_available():
+        return "resnet18", None
+    return OFFLINE_BACKBONE, (f"ResNet18 ImageNet weights cannot be downloaded; using {OFFLINE_BACKBONE} "
+                              "(weights ship with the package). Give --pretrained PATH to train ResNet18.")

@@ -1,0 +1,151 @@
+"""Training data: the dataset table, up-front JPEG validation, and DALI loaders that say which rows they held.
+
+A single corrupt JPEG would stop a DALI pipeline mid-epoch (the decoder fails the whole batch), so every
+frame is decoded once with PIL before training; bad ones are reported by name and left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FrameTable:
+    """The usable frames of one split: absolute JPEG paths with labels and video ids, row-aligned."""
+
+    files: list[str]
+    labels: np.ndarray
+    video_ids: list[str]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def n_videos(self) -> int:
+        return len(set(self.video_ids))
+
+
+@dataclass
+class TrainingData:
+    root: Path
+    train: FrameTable
+    val: FrameTable
+    fingerprint: str
+
+
+def check_jpeg(path: str) -> str | None:
+    """``None`` when the file decodes completely as an image, else why not."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if im.format != "JPEG":
+                return f"not a JPEG ({im.format})"
+            im.load()  # full decode: verify() alone misses truncated data
+            if im.mode not in ("RGB", "L", "CMYK", "YCbCr"):
+                return f"unsupported colour mode {im.mode}"
+    except FileNotFoundError:
+        return "file is missing"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        return f"cannot decode ({exc})"
+    return None
+
+
+def validate_jpegs(files: Sequence[str], workers: int = 8) -> list[str | None]:
+    """One ``check_jpeg`` verdict per file, checked in parallel threads (PIL releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(check_jpeg, files, chunksize=64))
+
+
+def _fingerprint(table: "pa.Table") -> str:  # noqa: F821
+    digest = hashlib.sha256()
+    for column in ("frame_path", "video_id", "label", "split"):
+        digest.update("\x1f".join(map(str, table.column(column).to_pylist())).encode())
+    return digest.hexdigest()[:16]
+
+
+def load_training_data(dataset: str | Path) -> TrainingData:
+    """Reads ``dataset.parquet`` (or its folder), validates every frame, splits train/val."""
+    from ..dataset import read_dataset
+
+    ds = read_dataset(dataset)
+    table = ds.table
+    paths = [str(ds.root / p) for p in table.column("frame_path").to_pylist()]
+    labels = np.asarray(table.column("label").to_pylist(), dtype=np.int64)
+    video_ids = [str(v) for v in table.column("video_id").to_pylist()]
+    splits = table.column("split").to_pylist()
+    bad_split = sorted({s for s in splits if s not in ("train", "val")})
+    if bad_split:
+        raise DatasetError(f"unknown split value(s) {bad_split}; expected 'train' or 'val'", path=ds.path)
+    if labels.size and not np.isin(labels, (0, 1)).all():
+        raise DatasetError("labels must be 0 (normal) or 1 (highlight)", path=ds.path)
+    verdicts = validate_jpegs(paths)
+    tables = {}
+    for split in ("train", "val"):
+        keep = [i for i, s in enumerate(splits) if s == split and verdicts[i] is None]
+        skipped = [(paths[i], str(verdicts[i])) for i, s in enumerate(splits) if s == split and verdicts[i]]
+        for file, why in skipped:
+            log.warning("skipping frame %s: %s", file, why)
+        tables[split] = FrameTable([paths[i] for i in keep], labels[keep], [video_ids[i] for i in keep], skipped)
+    for split, frames in tables.items():
+        if len(frames) == 0:
+            raise DatasetError(f"the {split} split has no usable frames", path=ds.path,
+                               hint="label more videos and run prepare-dataset --merge")
+    if len(set(tables["train"].labels.tolist())) < 2:
+        raise DatasetError("the train split holds only one class; both highlights and normal clips are needed",
+                           path=ds.path)
+    return TrainingData(ds.root, tables["train"], tables["val"], _fingerprint(table))
+
+
+class DaliFrameLoader:
+    """Iterates ``(images (B,3,S,S) float on the device, row ids (B,) int64 CPU)`` over one split.
+
+    Wraps ``frames.frame_pipeline`` in ``DALIGenericIterator``. Evaluation uses LastBatchPolicy.PARTIAL
+    with the reader's padding, so each image of the shard is returned exactly once per epoch.
+    """
+
+    def __init__(self, frames: FrameTable, *, image_size: int, mean: Sequence[float], std: Sequence[float],
+                 train: bool, batch_size: int, backend: str, device_id: int = 0, shard_id: int = 0,
+                 num_shards: int = 1, seed: int = 0, num_threads: int = 2) -> None:
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        from ..pipelines.training import READER_NAME, frame_pipeline
+
+        gpu = backend == "gpu"
+        self.frames = frames
+        self.batch_size = batch_size
+        rows = list(range(len(frames)))
+        if train:  # the reader's shuffle buffer mixes locally; a seeded global shuffle mixes videos too
+            np.random.default_rng(seed).shuffle(rows)
+        shard_len = len(frames) // num_shards + (1 if shard_id < len(frames) % num_shards else 0)
+        self.pipe = frame_pipeline(
+            [frames.files[r] for r in rows], rows, image_size=image_size, mean=list(mean), std=list(std),
+            train=train, decode_device="mixed" if gpu else "cpu", shard_id=shard_id, num_shards=num_shards,
+            shuffle_seed=seed, batch_size=batch_size, num_threads=num_threads,
+            device_id=device_id if gpu else None, seed=seed + 7919 * shard_id, prefetch_queue_depth=2)
+        self.pipe.build()
+        # training drops a ragged last batch (a 1-image batch breaks BatchNorm) unless that is all there is
+        policy = (LastBatchPolicy.DROP if train and shard_len >= batch_size else LastBatchPolicy.PARTIAL)
+        self.iterator = DALIGenericIterator([self.pipe], ["images", "rows"], reader_name=READER_NAME,
+                                            last_batch_policy=policy, auto_reset=True)
+
+    def __len__(self) -> int:
+        return len(self.iterator)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in self.iterator:
+            out = batch[0]
+            yield out["images"], out["rows"].reshape(-1).long()

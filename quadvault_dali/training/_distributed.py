@@ -1,0 +1,90 @@
+"""``--multi-gpu``: one DistributedDataParallel rank per GPU, launched by torchrun or spawned here.
+
+Under ``torchrun`` the ranks come from its environment variables (RANK, WORLD_SIZE, LOCAL_RANK); started
+plainly, the command spawns one process per visible GPU itself. Each rank's DALI readers take their
+own shard of the frames.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+from typing import Callable
+
+import torch
+
+from ..errors import BackendUnavailableError, QuadvaultError
+from ._config import TrainConfig, TrainResult
+from ._loop import run_training
+
+log = logging.getLogger(__name__)
+_echo = functools.partial(print, flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _init(rank: int, world: int, local_rank: int) -> None:
+    import torch.distributed as dist
+
+    torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl", rank=rank, world_size=world, device_id=torch.device(f"cuda:{local_rank}"))
+
+
+def _worker(local_rank: int, world: int, config: TrainConfig, port: int, queue: object) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    _init(local_rank, world, local_rank)
+    try:
+        result = run_training(config, _echo, rank=local_rank, world=world, local_rank=local_rank)
+        if local_rank == 0:
+            queue.put(result)  # type: ignore[attr-defined]
+    finally:
+        dist.destroy_process_group()
+
+
+def _under_torchrun() -> bool:
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def train_model(config: TrainConfig, report: Callable[[str], None] = log.info) -> TrainResult:
+    """Trains one model; with ``config.multi_gpu`` on every visible GPU (DDP)."""
+    if not config.multi_gpu:
+        return run_training(config, report)
+    if not torch.cuda.is_available():
+        raise BackendUnavailableError("--multi-gpu asked for, but no CUDA device is visible",
+                                      hint="drop --multi-gpu to train on the CPU")
+    if config.device == "cpu":
+        raise QuadvaultError("--multi-gpu cannot be combined with --device cpu")
+    if _under_torchrun():
+        import torch.distributed as dist
+
+        rank, world, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+        _init(rank, world, local_rank)
+        try:
+            return run_training(config, report, rank=rank, world=world, local_rank=local_rank)
+        finally:
+            dist.destroy_process_group()
+    world = torch.cuda.device_count()
+    if world == 1:
+        report("--multi-gpu: only one GPU is visible; training on it alone")
+        return run_training(config, report)
+    report(f"--multi-gpu: spawning {world} DistributedDataParallel ranks, one per GPU")
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    try:
+        mp.spawn(_worker, args=(world, config, _free_port(), queue), nprocs=world, join=True)
+    except mp.ProcessRaisedException as exc:
+        last = str(exc).strip().splitlines()[-1]
+        raise QuadvaultError(f"a training rank failed: {last}") from None
+    if queue.empty():
+        raise QuadvaultError("training ranks finished without a result")
+    return queue.get()

@@ -1,0 +1,278 @@
+"""The training loop: fine-tune, validate per video, keep the best checkpoint, stop when it stops improving.
+
+Runs as one process, or as one rank of a DistributedDataParallel job (DALI sharded per rank; validation
+scores gathered so every rank computes the same metrics and rank 0 writes the model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..device import resolve_device
+from ..errors import BackendUnavailableError, QuadvaultError
+from ..metrics import best_threshold, binary_metrics, video_scores
+from ..model import build_network, save_model, spec_for
+from ..progress import progress_bar
+from ._config import EpochRecord, TrainConfig, TrainResult, resolve_backbone
+from ._data import DaliFrameLoader, FrameTable, TrainingData, load_training_data
+
+log = logging.getLogger(__name__)
+Report = Callable[[str], None]
+
+
+def _bar(total: int, desc: str, show: bool) -> "contextlib.AbstractContextManager":
+    """The shared progress bar on rank 0; other ranks stay silent."""
+    return progress_bar(total, desc, unit="batch") if show else contextlib.nullcontext(_Silent())
+
+
+class _Silent:
+    def update(self, n: int = 1) -> None: ...
+
+    def set_postfix(self, **kwargs: object) -> None: ...
+
+
+def _lr_lambda(total: int, warmup: int, frozen_until: int = 0) -> Callable[[int], float]:
+    """Linear warm-up then cosine decay to zero; 0 while the group is frozen (DDP-safe freezing)."""
+
+    def factor(step: int) -> float:
+        if step < frozen_until:
+            return 0.0
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _set_backbone_frozen(net: nn.Module, frozen: bool, distributed: bool) -> None:
+    # BatchNorm statistics must not drift while the weights are held; outside DDP also skip the gradients
+    net.backbone.train(not frozen)
+    if not distributed:  # DDP expects the same parameters to get gradients every step
+        for p in net.backbone.parameters():
+            p.requires_grad_(not frozen)
+
+
+def _train_epoch(model: nn.Module, net: nn.Module, loader: DaliFrameLoader, frames: FrameTable,
+                 optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                 pos_weight: torch.Tensor, device: torch.device, desc: str, show: bool) -> tuple[float, float, int]:
+    labels_all = torch.from_numpy(frames.labels).float()
+    loss_sum, correct, seen = 0.0, 0, 0
+    cuda = device.type == "cuda"
+    with _bar(len(loader), desc, show) as bar:
+        for images, rows in loader:
+            y = labels_all[rows].to(device, non_blocking=True)
+            images = images.to(device, non_blocking=True)
+            if cuda:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                logits = model(images)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=pos_weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            n = y.numel()
+            loss_sum += float(loss.detach()) * n
+            correct += int(((logits.detach().float() > 0) == (y > 0.5)).sum())
+            seen += n
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}%")
+    return loss_sum / max(seen, 1), correct / max(seen, 1), seen
+
+
+@torch.inference_mode()
+def _evaluate(model: nn.Module, loader: DaliFrameLoader, frames: FrameTable, device: torch.device,
+              world: int, desc: str, show: bool) -> tuple[np.ndarray, float]:
+    """Probabilities for every val frame (row-aligned) and the mean unweighted BCE."""
+    model.eval()
+    cuda = device.type == "cuda"
+    rows_out, probs_out = [], []
+    with _bar(len(loader), desc, show) as bar:
+        for images, rows in loader:
+            images = images.to(device, non_blocking=True)
+            if cuda:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                logits = model(images)
+            rows_out.append(rows.numpy())
+            probs_out.append(torch.sigmoid(logits.float()).cpu().numpy())
+            bar.update(1)
+    rows_np = np.concatenate(rows_out) if rows_out else np.zeros(0, dtype=np.int64)
+    probs_np = np.concatenate(probs_out) if probs_out else np.zeros(0, dtype=np.float32)
+    if world > 1:
+        import torch.distributed as dist
+
+        gathered: list[tuple[np.ndarray, np.ndarray] | None] = [None] * world
+        dist.all_gather_object(gathered, (rows_np, probs_np))
+        rows_np = np.concatenate([g[0] for g in gathered if g is not None])
+        probs_np = np.concatenate([g[1] for g in gathered if g is not None])
+    probs = np.full(len(frames), np.nan, dtype=np.float64)
+    probs[rows_np] = probs_np
+    missing = int(np.isnan(probs).sum())
+    if missing:
+        raise QuadvaultError(f"validation skipped {missing} of {len(frames)} frames (pipeline bug)")
+    p = np.clip(probs, 1e-7, 1 - 1e-7)
+    y = frames.labels
+    loss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    return probs, loss
+
+
+def _score(probs: np.ndarray, frames: FrameTable) -> tuple[dict, dict, float]:
+    frame = binary_metrics(probs, frames.labels, 0.5).as_dict()
+    _, vscores, vlabels = video_scores(probs, frames.labels, frames.video_ids)
+    threshold = best_threshold(vscores, vlabels)
+    video = binary_metrics(vscores, vlabels, threshold).as_dict()
+    video["accuracy_at_0.5"] = binary_metrics(vscores, vlabels, 0.5).accuracy
+    return frame, video, threshold
+
+
+def _write_json(path: "os.PathLike[str]", data: object) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, default=float)
+    os.replace(tmp, path)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def run_training(config: TrainConfig, report: Report, *, rank: int = 0, world: int = 1,
+                 local_rank: int = 0) -> TrainResult:
+    """Trains on ``config.dataset`` and writes the best model to ``config.output_dir``."""
+    backend = resolve_device(config.device)
+    if world > 1 and backend != "gpu":
+        raise BackendUnavailableError("--multi-gpu needs CUDA GPUs", hint="drop --multi-gpu")
+    device = torch.device(f"cuda:{local_rank}") if backend == "gpu" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    try:
+        return _run(config, report if rank == 0 else (lambda _: None), backend, device, rank, world, local_rank)
+    except torch.cuda.OutOfMemoryError:
+        raise QuadvaultError(f"CUDA ran out of memory at --batch-size {config.batch_size} and --image-size "
+                             f"{config.image_size}",
+                             hint=f"try --batch-size {max(2, config.batch_size // 2)}") from None
+
+
+def _run(config: TrainConfig, report: Report, backend: str, device: torch.device, rank: int, world: int,
+         local_rank: int) -> TrainResult:
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    data: TrainingData = load_training_data(config.dataset)
+    for file, why in data.train.skipped + data.val.skipped:
+        report(f"⚠ Skipped frame {file}: {why}")
+    arch, note = resolve_backbone(config.backbone, config.pretrained)
+    if note:
+        report(note)
+    spec = spec_for(arch)
+    net = build_network(arch, image_size=config.image_size, pretrained=config.pretrained).to(device)
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    model: nn.Module = net
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(net, device_ids=[local_rank])
+    common = dict(image_size=config.image_size, mean=spec.mean, std=spec.std, batch_size=config.batch_size,
+                  backend=backend, device_id=local_rank, shard_id=rank, num_shards=world,
+                  num_threads=config.num_threads)
+    train_loader = DaliFrameLoader(data.train, train=True, seed=config.seed, **common)
+    val_loader = DaliFrameLoader(data.val, train=False, seed=config.seed, **common)
+
+    steps_per_epoch = max(1, len(train_loader))
+    total = steps_per_epoch * config.epochs
+    warmup = min(total // 2, max(1, int(config.warmup_epochs * steps_per_epoch)))
+    frozen_steps = config.freeze_backbone_epochs * steps_per_epoch
+    optimizer = torch.optim.AdamW([
+        {"params": net.backbone.parameters(), "lr": config.learning_rate},
+        {"params": net.head.parameters(), "lr": config.learning_rate * config.head_lr_multiplier},
+    ], weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [_lr_lambda(total, warmup, frozen_steps), _lr_lambda(total, warmup)])
+    n_pos = int(data.train.labels.sum())
+    pos_weight = torch.tensor((len(data.train) - n_pos) / max(n_pos, 1), device=device)
+
+    weights = {"auto": "ImageNet weights", "none": "from scratch"}.get(str(config.pretrained),
+                                                                     f"weights from {config.pretrained}")
+    report(f"Training {arch} ({weights}) on {backend}: {len(data.train):,} train frames "
+           f"({data.train.n_videos} videos), {len(data.val):,} val frames ({data.val.n_videos} videos), "
+           f"{config.image_size}px, batch {config.batch_size}" + (f" x {world} GPUs" if world > 1 else ""))
+    config.output_dir.mkdir(parents=True, exist_ok=True)
+    result = TrainResult(config.output_dir, arch, 0, -1.0, 0.5,
+                         skipped_frames=data.train.skipped + data.val.skipped)
+    best_key: tuple[float, float, float] | None = None
+    since_best = 0
+    show = rank == 0
+    for epoch in range(1, config.epochs + 1):
+        frozen = epoch <= config.freeze_backbone_epochs
+        report(f"\nEpoch {epoch}/{config.epochs}" + (" (backbone frozen)" if frozen else ""))
+        started = time.perf_counter()
+        model.train()
+        _set_backbone_frozen(net, frozen, world > 1)
+        train_loss, train_acc, seen = _train_epoch(model, net, train_loader, data.train, optimizer, scheduler,
+                                                   pos_weight, device, f"Train {epoch}", show)
+        train_s = time.perf_counter() - started
+        probs, val_loss = _evaluate(model, val_loader, data.val, device, world, f"Val {epoch}", show)
+        frame, video, threshold = _score(probs, data.val)
+        record = EpochRecord(epoch, train_loss, train_acc, val_loss, frame, video, threshold,
+                             time.perf_counter() - started, seen * world / max(train_s, 1e-9))
+        result.history.append(record)
+        report(f"Train Loss: {train_loss:.4f} | Train Acc: {_pct(train_acc)}")
+        report(f"Val Loss: {val_loss:.4f} | Val Acc: {_pct(frame['accuracy'])} | Video Acc: "
+               f"{_pct(video['accuracy'])} | Video F1: {video['f1']:.3f} | Video AUC: "
+               + (f"{video['roc_auc']:.3f}" if video["roc_auc"] is not None else "n/a"))
+        key = (video["accuracy"], video["roc_auc"] or 0.0, -val_loss)
+        if best_key is None or key > best_key:
+            best_key, since_best = key, 0
+            result.best_epoch, result.best_video_accuracy, result.threshold = epoch, video["accuracy"], threshold
+            if rank == 0:
+                _save(config, net, arch, data, record)
+            report(f"✓ Saved best model (video-level val accuracy {_pct(video['accuracy'])})")
+        else:
+            since_best += 1
+            if since_best >= config.patience:
+                result.stopped_early = True
+                report(f"Early stop: no better video-level val accuracy for {config.patience} epochs")
+                break
+    if rank == 0:
+        _write_json(config.output_dir / "training_history.json", [asdict(r) for r in result.history])
+    _final_block(report, result)
+    return result
+
+
+def _save(config: TrainConfig, net: nn.Module, arch: str, data: TrainingData, record: EpochRecord) -> None:
+    card = {"name": config.output_dir.name, "architecture": arch, "image_size": config.image_size,
+            "threshold": record.threshold,
+            "metrics": {"epoch": record.epoch, "frame": record.frame, "video": record.video,
+                        "val_loss": record.val_loss, "train_loss": record.train_loss,
+                        "val_frames": len(data.val), "val_videos": data.val.n_videos,
+                        "train_frames": len(data.train), "train_videos": data.train.n_videos},
+            "dataset_fingerprint": data.fingerprint, "dataset": str(config.dataset),
+            "training": {"pretrained": str(config.pretrained), "epochs": config.epochs,
+                         "batch_size": config.batch_size, "learning_rate": config.learning_rate,
+                         "seed": config.seed, "freeze_backbone_epochs": config.freeze_backbone_epochs}}
+    save_model(config.output_dir, net, card)
+
+
+def _final_block(report: Report, result: TrainResult) -> None:
+    best = result.history[result.best_epoch - 1] if result.best_epoch else None
+    report("\n" + "=" * 60)
+    report("TRAINING COMPLETE")
+    report("=" * 60)
+    if best is not None:
+        report(f"Best video-level val accuracy: {_pct(result.best_video_accuracy)} (epoch {result.best_epoch}, "
+               f"threshold {result.threshold:.2f})")
+        report(f"Frame-level val accuracy: {_pct(best.frame['accuracy'])} | Video F1: {best.video['f1']:.3f}")
+    report(f"Model saved to: {result.model_dir}")
+    report("=" * 60)
