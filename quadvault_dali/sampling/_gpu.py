@@ -1,0 +1,366 @@
+"""The ``gpu`` backend: DALI's video decoder on NVDEC, frames land as CUDA tensors.
+
+Work flows through three stages, all bounded:
+
+1. *prepare* threads probe each video, plan it and cut it into small in-memory MP4 clips holding only
+   the packets needed (``_remux``): keyframe mode reads just the chosen keyframes' bytes;
+2. ``streams`` *decode* threads, each owning one DALI pipeline (one hardware decode stream), decode
+   a few clips per run, resize them on the GPU and hand them to PyTorch through DLPack;
+3. the caller's thread puts frames into batches in input order and reports every video once.
+
+A clip that DALI cannot decode fails its whole DALI batch, so a failed batch is retried clip by clip
+on a fresh pipeline and only the video that owns the bad clip gets an error outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from ..device import resolve_device
+from ..errors import DecodeError, QuadvaultError, UnsupportedCodecError
+from ..probe import VideoInfo, open_container, probe_open
+from ._base import Sampler, SamplerConfig, VideoSource, register_backend
+from ._plan import plan_samples
+from ._reader import CountingFile
+from ._remux import Clip, plan_clips
+from ._types import FrameBatch, VideoOutcome
+
+log = logging.getLogger(__name__)
+
+#: Clips per DALI run (per decode stream); the decoder works on the samples of a batch in parallel.
+CLIPS_PER_RUN = 2
+#: Clips of one video that may be decoded ahead of the consumer (bounds memory per video).
+INFLIGHT_PER_VIDEO = 4
+_STOP = object()
+
+
+class ClipDecoder:
+    """One DALI video pipeline: clips in, one ``(F, 3, H, W)`` uint8 tensor per clip out."""
+
+    def __init__(self, decoder_device: str, device_id: int | None, size: int, square: bool,
+                 clips_per_run: int = CLIPS_PER_RUN, num_threads: int = 2) -> None:
+        self.decoder_device = decoder_device
+        self.device_id = device_id if decoder_device == "mixed" else None
+        self.size, self.square = size, square
+        self.clips_per_run = clips_per_run
+        self.num_threads = num_threads
+        self._pipe: Any = None
+
+    def _pipeline(self) -> Any:
+        if self._pipe is None:
+            from ..pipelines import video_sampling_pipeline
+
+            pipe = video_sampling_pipeline(decoder_device=self.decoder_device, size=self.size, square=self.square,
+                                           batch_size=self.clips_per_run, num_threads=self.num_threads,
+                                           device_id=self.device_id)
+            pipe.build()
+            self._pipe = pipe
+        return self._pipe
+
+    def _run(self, clips: list[Clip]) -> list[torch.Tensor]:
+        from ..pipelines import ENCODED_INPUT, FRAMES_INPUT
+
+        pipe = self._pipeline()
+        pipe.feed_input(ENCODED_INPUT, [np.frombuffer(c.data, dtype=np.uint8) for c in clips])
+        pipe.feed_input(FRAMES_INPUT, [np.ascontiguousarray(c.frames, dtype=np.int32) for c in clips])
+        (out,) = pipe.run()
+        tensors = []
+        for i, clip in enumerate(clips):
+            # DLPack hands PyTorch the pipeline's buffer on its own stream (DALI inserts the wait);
+            # clone so the frames outlive the pipeline's next run.
+            frames = torch.from_dlpack(out[i]).clone()
+            if frames.shape[0] != len(clip):
+                raise DecodeError(f"decoder returned {frames.shape[0]} frames, {len(clip)} were asked for")
+            tensors.append(frames)
+        return tensors
+
+    def decode(self, clips: list[Clip]) -> list[torch.Tensor | Exception]:
+        """Decodes ``clips``; a clip that fails yields its exception, the others their frames."""
+        try:
+            return list(self._run(clips))
+        except Exception as exc:  # noqa: BLE001 - DALI raises RuntimeError for any bad input
+            self._pipe = None  # a pipeline that raised is not reused
+            if len(clips) == 1:
+                return [exc]
+            log.debug("DALI batch of %d clips failed (%s); retrying them one by one", len(clips), exc)
+        results: list[torch.Tensor | Exception] = []
+        for clip in clips:
+            try:
+                results.extend(self._run([clip]))
+            except Exception as exc:  # noqa: BLE001
+                self._pipe = None
+                results.append(exc)
+        return results
+
+
+@dataclass
+class _Work:
+    task: "_VideoTask"
+    seq: int
+    clip: Clip
+
+
+class _VideoTask:
+    """One video's progress: its clips' results, in order, for the consumer."""
+
+    def __init__(self, source: VideoSource) -> None:
+        self.path = source.path if isinstance(source, VideoInfo) else Path(source)
+        self.outcome = VideoOutcome(self.path, None, None)
+        self.slots = threading.Semaphore(INFLIGHT_PER_VIDEO)
+        self._cond = threading.Condition()
+        self._results: dict[int, tuple[torch.Tensor, list[float]]] = {}
+        self._clips: int | None = None  # known once preparation has finished
+        self._next = 0
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome.error is not None
+
+    def fail(self, error: QuadvaultError) -> None:
+        with self._cond:
+            if self.outcome.error is None:
+                self.outcome.error = error
+            self._cond.notify_all()
+        for _ in range(INFLIGHT_PER_VIDEO):  # unblock a preparer waiting for a slot
+            self.slots.release()
+
+    def prepared(self, clips: int) -> None:
+        with self._cond:
+            self._clips = clips
+            self._cond.notify_all()
+
+    def deliver(self, seq: int, frames: torch.Tensor, times: list[float]) -> None:
+        with self._cond:
+            self._results[seq] = (frames, times)
+            self._cond.notify_all()
+
+    def take(self) -> tuple[torch.Tensor, list[float]] | None:
+        """The next clip's frames in order, or ``None`` once the video is finished (or failed)."""
+        with self._cond:
+            while True:
+                if self.failed:
+                    return None
+                if self._next in self._results:
+                    item = self._results.pop(self._next)
+                    self._next += 1
+                    self.slots.release()
+                    return item
+                if self._clips is not None and self._next >= self._clips:
+                    return None
+                self._cond.wait()
+
+
+class DaliSampler(Sampler):
+    """The DALI sampling engine with a chosen decoder device; ``gpu`` is this with NVDEC ("mixed").
+
+    ``decoder_device="cpu"`` (DALI's CPU decoder: VP8/VP9/MJPEG only) exists so tests run the same
+    graph and the same machinery without a GPU; it is not registered as a backend.
+    """
+
+    decoder_device: ClassVar[str] = "cpu"
+
+    def __init__(self, config: SamplerConfig | None = None, **overrides: object) -> None:
+        super().__init__(config, **overrides)
+        self.clips_per_run = CLIPS_PER_RUN
+
+    @property
+    def device(self) -> torch.device:
+        if self.decoder_device == "mixed":
+            return torch.device(f"cuda:{self.config.device_id}")
+        return torch.device("cpu")
+
+    # --- stage 1: probe, plan, cut into clips (prepare threads) ----------------------------------
+
+    def _prepare(self, task: _VideoTask, work: "queue.Queue[Any]", stop: threading.Event) -> None:
+        cfg = self.config
+        clips = 0
+        fh: CountingFile | None = None
+        try:
+            fh = CountingFile(task.path) if task.path.is_file() else None
+            container = open_container(task.path, fh)
+            try:
+                info, index = probe_open(container, task.path)
+                task.outcome.info = info
+                if not info.gpu_decodable:
+                    raise UnsupportedCodecError(f"codec {info.codec!r} cannot be decoded on the GPU",
+                                                path=task.path, hint="sample it with --device cpu")
+                plan = plan_samples(info, index, fps=cfg.fps, mode=cfg.mode)
+                task.outcome.mode = plan.mode
+                if not index.from_container_index:  # the prober demuxed to the end; start again
+                    container.close()
+                    if fh is not None:
+                        fh.seek(0)
+                    container = open_container(task.path, fh)
+                for clip in plan_clips(plan, container, fh):  # type: ignore[arg-type]
+                    task.slots.acquire()
+                    if task.failed or stop.is_set():
+                        break
+                    work.put(_Work(task, clips, clip))
+                    clips += 1
+            finally:
+                container.close()
+        except QuadvaultError as exc:
+            task.fail(exc)
+        except Exception as exc:  # noqa: BLE001 - one broken file must never stop the others
+            log.debug("unexpected failure preparing %s", task.path, exc_info=True)
+            task.fail(DecodeError(f"cannot prepare for GPU decoding: {type(exc).__name__}: {exc}", path=task.path))
+        finally:
+            if fh is not None:
+                task.outcome.bytes_read = fh.bytes_read
+                fh.close()
+            task.prepared(clips)
+
+    # --- stage 2: decode (one thread and one DALI pipeline per stream) ---------------------------
+
+    def _decode_loop(self, work: "queue.Queue[Any]") -> None:
+        cfg = self.config
+        if self.decoder_device == "mixed":
+            torch.cuda.set_device(cfg.device_id)
+        decoder = ClipDecoder(self.decoder_device, cfg.device_id, cfg.size, cfg.square, self.clips_per_run)
+        while True:
+            first = work.get()
+            if first is _STOP:
+                return
+            items: list[_Work] = [first]
+            stop_seen = False
+            while len(items) < self.clips_per_run:
+                try:
+                    more = work.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _STOP:
+                    stop_seen = True
+                    break
+                items.append(more)
+            live = [w for w in items if not w.task.failed]
+            results = decoder.decode([w.clip for w in live]) if live else []
+            for w, res in zip(live, results):
+                if isinstance(res, Exception):
+                    w.task.fail(DecodeError(
+                        f"GPU decoding failed for the frames at {w.clip.times[0]:.2f}s: {_summary(res)}",
+                        path=w.task.path, hint="the video data may be damaged; try --device cpu"))
+                else:
+                    w.task.deliver(w.seq, _upright(res, w.task.outcome.info), w.clip.times)
+            if stop_seen:
+                return
+
+    # --- stage 3: batches in input order (the caller's thread) -----------------------------------
+
+    def iter_batches(self, videos: Iterable[VideoSource]) -> Iterator[FrameBatch]:
+        cfg = self.config
+        streams = cfg.streams
+        work: queue.Queue[Any] = queue.Queue(maxsize=2 * streams * self.clips_per_run)
+        stop = threading.Event()
+        lookahead = max(2, 2 * streams)
+        preparers = ThreadPoolExecutor(max_workers=min(lookahead, 4), thread_name_prefix="gpu-prepare")
+        decoders = [threading.Thread(target=self._decode_loop, args=(work,), name=f"gpu-decode-{i}", daemon=True)
+                    for i in range(streams)]
+        for thread in decoders:
+            thread.start()
+        sources = iter(videos)
+        tasks: deque[_VideoTask] = deque()
+
+        def refill() -> None:
+            while len(tasks) < lookahead and not stop.is_set():
+                source = next(sources, None)
+                if source is None:
+                    return
+                task = _VideoTask(source)
+                tasks.append(task)
+                preparers.submit(self._prepare, task, work, stop)
+
+        pending: list[torch.Tensor] = []
+        paths: list[Path] = []
+        times: list[float] = []
+        done: list[VideoOutcome] = []
+
+        def flush(count: int) -> FrameBatch:
+            frames = torch.cat(pending) if pending else self._empty()
+            batch = FrameBatch(frames[:count], paths[:count], times[:count], list(done))
+            rest = frames[count:]
+            pending[:] = [rest] if len(rest) else []
+            del paths[:count], times[:count]
+            done.clear()
+            return batch
+
+        try:
+            refill()
+            while tasks:
+                task = tasks[0]
+                item = task.take()
+                if item is None:
+                    tasks.popleft()
+                    if task.outcome.error is None and task.outcome.frames == 0:
+                        task.outcome.error = DecodeError("no frames decoded", path=task.path)
+                    done.append(task.outcome)
+                    refill()
+                    continue
+                frames, stamps = item
+                if paths and not cfg.square and paths[-1] != task.path:
+                    yield flush(len(paths))  # without square crops a batch holds one video's shapes
+                pending.append(frames)
+                paths.extend([task.path] * len(stamps))
+                times.extend(round(t, 6) for t in stamps)
+                task.outcome.frames += len(stamps)
+                while len(paths) >= cfg.batch_size:
+                    yield flush(cfg.batch_size)
+            if paths or done:
+                yield flush(len(paths))
+        finally:
+            stop.set()
+            for task in tasks:
+                task.fail(QuadvaultError("sampling stopped before this video finished", path=task.path))
+            preparers.shutdown(wait=True, cancel_futures=True)
+            while True:  # drop queued work so the stop markers fit
+                try:
+                    work.get_nowait()
+                except queue.Empty:
+                    break
+            for _ in decoders:
+                work.put(_STOP)
+            for thread in decoders:
+                thread.join(timeout=30)
+
+    def _empty(self) -> torch.Tensor:
+        size = self.config.size
+        return torch.empty((0, 3, size, size), dtype=torch.uint8, device=self.device)
+
+
+def _summary(exc: Exception, limit: int = 300) -> str:
+    """DALI's multi-line error as one line, without its 'Critical error in pipeline' preamble."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    lines = [ln for ln in lines if not ln.startswith("Critical error")] or lines or [type(exc).__name__]
+    text = " ".join(lines)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _upright(frames: torch.Tensor, info: VideoInfo | None) -> torch.Tensor:
+    """Applies the display rotation (clockwise degrees) to ``(F, 3, H, W)`` frames on their device."""
+    rotation = info.rotation if info is not None else 0
+    return torch.rot90(frames, k=-(rotation // 90), dims=(2, 3)).contiguous() if rotation else frames
+
+
+@register_backend("gpu")
+class GpuSampler(DaliSampler):
+    """DALI + NVDEC sampling; refuses to start without CUDA and DALI (never falls back to the CPU)."""
+
+    decoder_device: ClassVar[str] = "mixed"
+
+    def __init__(self, config: SamplerConfig | None = None, **overrides: object) -> None:
+        resolve_device("gpu")  # raises BackendUnavailableError naming what is missing
+        super().__init__(config, **overrides)
+        if self.config.device_id >= torch.cuda.device_count():
+            from ..errors import BackendUnavailableError
+
+            raise BackendUnavailableError(f"CUDA device {self.config.device_id} does not exist "
+                                          f"({torch.cuda.device_count()} visible)")
