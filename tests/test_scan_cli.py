@@ -1,0 +1,174 @@
+"""The scan through its CLI and with a real model: kill -9 and resume, batch-classify, test-video parity,
+the documented DuckDB queries, and the --gpus worker split (run with CPU workers here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import pytest
+import torch
+from click.testing import CliRunner
+
+from quadvault_dali.cli.main import main as cli
+from quadvault_dali.errors import BackendUnavailableError
+from quadvault_dali.model import build_network, load_model, save_model
+from quadvault_dali.scan.parallel import parse_gpus, split_work
+from quadvault_dali.scan.resume import FileState
+from quadvault_dali.scan.runner import ScanOptions, scan_library
+from quadvault_dali.scan.shards import complete_shards, read_table
+from quadvault_dali.scoring import score_video
+
+from _scan_helpers import BROKEN, GOOD, WarmScorer, build_library, tree_hash
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "scan.md"
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_library(tmp_path_factory.mktemp("clilib") / "lib", extra=8)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    net = build_network("efficientnet-lite0", image_size=64, pretrained="none").eval()
+    return save_model(tmp_path_factory.mktemp("model") / "tiny", net,
+                      {"architecture": "efficientnet-lite0", "image_size": 64, "name": "tiny"})
+
+
+def _rows(out: Path) -> tuple[set, set]:
+    videos = read_table(out, "videos").to_pylist()
+    assert len({v["path"] for v in videos}) == len(videos), "duplicate video rows"
+    seconds = read_table(out, "seconds").to_pylist()
+    vkeys = {(v["path"], v["status"], v["frames_scored"], v["error_kind"], round(v["score"] or -1.0, 5))
+             for v in videos}
+    skeys = [(s["path"], s["timestamp_s"], round(s["score"], 5)) for s in seconds]
+    assert len(skeys) == len(set(skeys)), "duplicate second rows"
+    return vkeys, set(skeys)
+
+
+def _cmd(library: Path, model: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "quadvault_dali.cli.main", "-q", "scan", str(library), "-m", str(model),
+            "-o", str(out), "--device", "cpu", "--streams", "1", "--batch-size", "1", "--shard-videos", "1",
+            "--threshold", "0.5"]
+
+
+def test_kill_9_then_resume_equals_a_clean_run(library: Path, model_dir: Path, tmp_path: Path) -> None:
+    before = tree_hash(library)
+    killed_out, clean_out = tmp_path / "killed", tmp_path / "clean"
+    proc = subprocess.Popen(_cmd(library, model_dir, killed_out), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(complete_shards(killed_out)) >= 3:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the scan finished before it could be killed"
+    done_before = len(complete_shards(killed_out))
+    assert 3 <= done_before < len(GOOD) + len(BROKEN) + 8
+    resumed = subprocess.run(_cmd(library, model_dir, killed_out), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert re.search(r"([\d,]+) already done", resumed.stdout).group(1) == str(done_before)  # one video a shard
+    assert "Total scanned: 17 — " in resumed.stdout and "Errors: 4" in resumed.stdout
+    clean = subprocess.run(_cmd(library, model_dir, clean_out), capture_output=True, text=True, timeout=300)
+    assert clean.returncode == 0, clean.stderr
+    assert _rows(killed_out) == _rows(clean_out)
+    assert not [p for p in killed_out.rglob(".tmp-*")]
+    assert tree_hash(library) == before
+
+
+def test_batch_classify_writes_output_json_and_shards(library: Path, model_dir: Path, tmp_path: Path) -> None:
+    output = tmp_path / "results" / "highlights.json"
+    result = CliRunner().invoke(cli, ["-q", "batch-classify", str(library), str(model_dir), str(output),
+                                      "--device", "cpu", "--threshold", "0.0"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(output.read_text())
+    scan_dir = tmp_path / "results" / "highlights.scan"
+    videos = read_table(scan_dir, "videos").to_pylist()
+    ok = sorted((v for v in videos if v["status"] == "ok"), key=lambda v: (-v["score"], v["path"]))
+    assert doc["count"] == len(ok) == len(GOOD) + 8 and doc["errors"] == len(BROKEN)
+    assert [h["path"] for h in doc["highlights"]] == [v["path"] for v in ok]
+    assert not (scan_dir / "highlights.json").exists()
+    assert f"Results saved to: {scan_dir}" in result.output
+
+
+def test_scan_scores_equal_test_video(library: Path, model_dir: Path, tmp_path: Path) -> None:
+    model = load_model(model_dir)
+    out = tmp_path / "out"
+    scan_library([library], ScanOptions(out_dir=out, device="cpu", batch_size=8), model_paths=[model_dir])
+    seconds = read_table(out, "seconds").to_pylist()
+    videos = {v["path"]: v for v in read_table(out, "videos").to_pylist()}
+    for rel in ("2023/06/trip/high_h264_30.mp4", "rotated_90.mp4", "2023/11/calm_hevc_24.mp4"):
+        path = str(library / rel)
+        ref = score_video(path, [model], device="cpu")
+        mine = sorted((s["timestamp_s"], s["score"]) for s in seconds if s["path"] == path)
+        assert [t for t, _ in mine] == ref.timestamps
+        assert [s for _, s in mine] == pytest.approx(ref.frame_scores.tolist(), abs=1e-5)
+        assert videos[path]["score"] == pytest.approx(ref.score, abs=1e-5)
+
+
+def test_documented_duckdb_queries(library: Path, tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    shutil.copytree(library, lib)
+    months = {"2023/06/trip/high_h264_30.mp4": (2023, 6), "2023/11/calm_hevc_24.mp4": (2023, 11),
+              "2024/a/b/high_vp9_60.webm": (2024, 2), "rotated_90.mp4": (2024, 2)}
+    for rel, (y, m) in months.items():
+        ts = datetime(y, m, 15, tzinfo=timezone.utc).timestamp()
+        os.utime(lib / rel, (ts, ts))
+    out = tmp_path / "scan"
+    scan_library([lib], ScanOptions(out_dir=out, device="cpu", threshold=0.7), scorers=[WarmScorer()])
+    queries = re.findall(r"```sql\n(.*?)```", DOCS.read_text(), flags=re.S)
+    assert len(queries) == 4
+    target = str(lib / "2024/a/b/high_vp9_60.webm")
+
+    def run(sql: str) -> list[tuple]:
+        sql = sql.replace("'scan/", f"'{out}/").replace("/footage/2023/06/DJI_0042.MP4", target)
+        return duckdb.sql(sql).fetchall()
+
+    top, per_month, above, errors = (run(q) for q in queries)
+    ok = [v for v in read_table(out, "videos").to_pylist() if v["status"] == "ok"]
+    assert [r[0] for r in top] == [v["path"] for v in sorted(ok, key=lambda v: (-v["score"], v["path"]))][:20]
+    assert top[0][1] > 0.9 and len(top) == len(ok)
+    by_month = {r[0]: (r[1], r[2]) for r in per_month}
+    assert by_month["2024-02"] == (2, 2) and by_month["2023-06"] == (1, 1) and by_month["2023-11"] == (0, 1)
+    assert [r[0] for r in above] == [0.0, 1.0] and all(r[1] > 0.9 for r in above)
+    assert errors == [("(unreadable)", "VideoOpenError", len(BROKEN))]
+
+
+def test_gpu_option_parsing_and_work_split() -> None:
+    assert parse_gpus("all", available=3) == [0, 1, 2] and parse_gpus("0,2", available=3) == [0, 2]
+    for bad, avail in (("all", 0), ("0,5", 2), ("0,0", 2), ("x", 2)):
+        with pytest.raises(BackendUnavailableError):
+            parse_gpus(bad, available=avail)
+    files = [FileState(Path(f"/v/{i:03d}.mp4"), size, 0) for i, size in enumerate([9, 1, 5, 5, 3, 7, 2, 8])]
+    parts = split_work(files, 3)
+    assert sorted(f.path for p in parts for f in p) == sorted(f.path for f in files)
+    loads = [sum(f.size_bytes for f in p) for p in parts]
+    assert max(loads) - min(loads) <= 2 and parts == split_work(files, 3)
+    result = CliRunner().invoke(cli, ["scan", "/tmp", "-m", "/tmp", "-o", "/nonexistent/x", "--device", "cpu",
+                                      "--gpus", "all"])
+    assert result.exit_code == 1 and "--gpus needs the GPU backend" in result.output
+
+
+def test_worker_processes_split_the_work(library: Path, model_dir: Path, tmp_path: Path) -> None:
+    """The --gpus machinery (spawned workers, own tags, merged stats) with CPU workers: no GPU here."""
+    out = tmp_path / "out"
+    summary = scan_library([library], ScanOptions(out_dir=out, device="cpu", threshold=0.5),
+                           model_paths=[model_dir], gpus=[0, 1])
+    names = complete_shards(out)
+    assert {n.split("-")[1] for n in names} == {"g0", "g1"}
+    videos = read_table(out, "videos").to_pylist()
+    assert len(videos) == len({v["path"] for v in videos}) == 17 == summary.run.videos
+    assert summary.run.errors == len(BROKEN)
+    assert sum(v["frames_scored"] for v in videos) == len(read_table(out, "seconds"))
