@@ -101,7 +101,7 @@ def save_model(directory: str | Path, module: nn.Module, card: dict[str, Any]) -
                  "weights_sha256": _sha256(weights)})
     text = json.dumps(full, indent=2, sort_keys=True, default=float)
     _atomic_write_bytes(directory / CARD_FILE, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
-    log.info("saved model to %s", directory)
+    log.debug("saved model to %s", directory)
     return directory
 
 

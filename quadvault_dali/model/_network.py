@@ -8,6 +8,8 @@ packages whose BatchNorm statistics are still mean 0 / variance 1, i.e. random.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import socket
 from dataclasses import dataclass
@@ -121,7 +123,9 @@ def _download_resnet18() -> dict[str, torch.Tensor]:
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(15)
     try:
-        return weights.get_state_dict(progress=False)
+        # torch.hub announces every download attempt on stderr; the outcome is reported by the caller
+        with contextlib.redirect_stderr(io.StringIO()):
+            return weights.get_state_dict(progress=False)
     except Exception as exc:  # noqa: BLE001 - offline, proxy, DNS, HTTP: all mean "not available"
         raise BackendUnavailableError(
             f"ResNet18 ImageNet weights cannot be downloaded ({type(exc).__name__})",
@@ -173,5 +177,5 @@ def build_network(architecture: str, *, image_size: int, pretrained: Pretrained 
             raise ModelFormatError(
                 f"weights do not fit {architecture}: missing {result.missing_keys[:3]}, "
                 f"unexpected {result.unexpected_keys[:3]}", path=str(pretrained))
-        log.info("loaded %s ImageNet weights (%d tensors)", architecture, len(state))
+        log.debug("loaded %s ImageNet weights (%d tensors)", architecture, len(state))
     return HighlightNet(architecture, backbone, spec.features, dropout)

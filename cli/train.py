@@ -1,0 +1,58 @@
+"""``quadvault train``: fine-tune the highlight classifier on a prepared dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ._options import device_option
+
+
+@click.command()
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("--output-dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Model directory to write (model.safetensors + model.json + training_history.json).")
+@click.option("--epochs", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=2), default=32, show_default=True,
+              help="Images per step (per GPU with --multi-gpu).")
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
+              help="AdamW learning rate of the backbone; the new head learns 10x faster.")
+@click.option("--image-size", type=click.IntRange(min=32, max=1024), default=224, show_default=True,
+              help="Square input size in pixels.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights, shuffling, augmentation.")
+@device_option
+@click.option("--patience", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Stop after this many epochs without a better video-level validation accuracy.")
+@click.option("--freeze-backbone-epochs", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Train only the new head for the first N epochs.")
+@click.option("--multi-gpu", is_flag=True,
+              help="DistributedDataParallel on every visible GPU (spawned here, or run under torchrun).")
+@click.option("--backbone", type=click.Choice(["resnet18", "efficientnet-lite0"]), default=None,
+              help="Default: resnet18 when its ImageNet weights can be had, else efficientnet-lite0 "
+                   "(weights ship with the package, no network needed).")
+@click.option("--pretrained", default="auto", show_default=True, metavar="auto|none|PATH",
+              help="auto = the backbone's ImageNet weights; none = train from scratch; PATH = a weights "
+                   "file (.pth or .safetensors), e.g. resnet18-f37072fd.pth for offline machines.")
+def train(dataset: Path, output_dir: Path, epochs: int, batch_size: int, learning_rate: float, image_size: int,
+          seed: int, device: str, patience: int, freeze_backbone_epochs: int, multi_gpu: bool,
+          backbone: str | None, pretrained: str) -> None:
+    """Fine-tune an ImageNet backbone on DATASET (the prepare-dataset folder or its dataset.parquet).
+
+    JPEG frames are decoded and augmented by a DALI pipeline (on the GPU when there is one), the best
+    epoch by video-level validation accuracy is kept, and its threshold goes into the model card.
+
+    \b
+    Examples:
+      quadvault train data/ --output-dir model/
+      quadvault train data/dataset.parquet --output-dir model/ --epochs 20 --batch-size 64 \\
+          --backbone efficientnet-lite0 --freeze-backbone-epochs 2
+      torchrun --nproc-per-node 4 -m quadvault_dali.cli.main train data/ --output-dir model/ --multi-gpu
+    """
+    from quadvault_dali.training import TrainConfig, train_model
+
+    config = TrainConfig(dataset, output_dir, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                         image_size=image_size, seed=seed, device=device, patience=patience,
+                         freeze_backbone_epochs=freeze_backbone_epochs, multi_gpu=multi_gpu, backbone=backbone,
+                         pretrained=pretrained)
+    train_model(config, click.echo)
