@@ -145,6 +145,7 @@ def parse_labels(data: object, *, base: Path, source: Path, skip_missing: bool =
             by_class[key] = -1  # do not also report it as empty
             continue
         count = 0
+        problems_before = len(problems)
         for i, entry in enumerate(entries):
             where = f"{key}[{i}]"
             if not isinstance(entry, str) or not entry.strip():
@@ -162,7 +163,8 @@ def parse_labels(data: object, *, base: Path, source: Path, skip_missing: bool =
                                     f"({prior.entry}, {where})")
                 else:
                     duplicates.append(f"{where}: {resolved} is already listed ({prior.entry}); kept once")
-        by_class[key] = count
+        # a class whose entries all failed is already explained by those problems
+        by_class[key] = count if count or len(problems) == problems_before else -1
     for key, (_, name) in CLASSES.items():
         if by_class.get(key, 0) == 0:
             problems.append(f'"{key}" is empty: label at least one video as {name}'

@@ -1,0 +1,179 @@
+"""prepare-dataset on generated clips: frame counts, stamped times, the split, --merge, failures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from quadvault_dali.cli.main import main
+from quadvault_dali.dataset import prepare_dataset, read_dataset, video_id
+from quadvault_dali.errors import DatasetError, OutputError
+from quadvault_dali.synth import read_stamp
+
+SIZE = 64
+CLIP = dict(width=160, height=96, fps=10)
+
+
+@pytest.fixture(scope="module")
+def footage(tmp_path_factory: pytest.TempPathFactory, make_clip: Callable[..., Path],
+            broken_clips: dict[str, Path]) -> Path:
+    """A small library: 3 highlight clips (3, 4, 3 s), 3 normal (3 s each), one broken; ids = source ids."""
+    root = tmp_path_factory.mktemp("footage")
+    specs = {"h1.mp4": ("highlight", 3.0, 11), "h2.mp4": ("highlight", 4.0, 12), "h3.mp4": ("highlight", 3.0, 13),
+             "n1.mp4": ("normal", 3.0, 21), "n2.mp4": ("normal", 3.0, 22), "n3.mp4": ("normal", 3.0, 23)}
+    for name, (style, seconds, sid) in specs.items():
+        shutil.copy(make_clip(f"pd_{name}", style=style, duration_s=seconds, source_id=sid, **CLIP), root / name)
+    shutil.copy(broken_clips["truncated"], root / "broken.mp4")
+    return root
+
+
+def write_labels(path: Path, highlights: list[str], normal: list[str]) -> Path:
+    path.write_text(json.dumps({"highlights": highlights, "normal": normal}))
+    return path
+
+
+def frame_files(out: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(out)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / "frames").rglob("*.jpg")}
+
+
+@pytest.fixture(scope="module")
+def prepared(footage: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    labels = write_labels(footage.parent / "labels.json", [f"{footage.name}/h*.mp4", f"{footage.name}/broken.mp4"],
+                          [str(footage / "n1.mp4"), f"{footage.name}/n2.mp4", f"{footage.name}/n3.mp4"])
+    out = tmp_path_factory.mktemp("dataset")
+    before = sorted(p.name for p in footage.iterdir())
+    result = prepare_dataset(labels, out, size=SIZE, device="cpu")
+    assert sorted(p.name for p in footage.iterdir()) == before  # nothing written into the footage
+    return out, result
+
+
+def test_one_frame_per_second_with_matching_stamps(prepared: tuple[Path, object], footage: Path) -> None:
+    out, result = prepared
+    rows = pq.read_table(out / "dataset.parquet").to_pylist()
+    per_video: dict[str, list[dict]] = {}
+    for r in rows:
+        per_video.setdefault(Path(r["video_path"]).name, []).append(r)
+    assert {k: len(v) for k, v in per_video.items()} == {"h1.mp4": 3, "h2.mp4": 4, "h3.mp4": 3, "n1.mp4": 3,
+                                                         "n2.mp4": 3, "n3.mp4": 3}
+    source_ids = {"h1.mp4": 11, "h2.mp4": 12, "h3.mp4": 13, "n1.mp4": 21, "n2.mp4": 22, "n3.mp4": 23}
+    for name, video_rows in per_video.items():
+        assert [r["timestamp_s"] for r in video_rows] == pytest.approx(list(range(len(video_rows))), abs=0.051)
+        for r in video_rows:
+            assert r["video_id"] == video_id(footage / name)
+            assert r["frame_path"].startswith(f"frames/{r['video_id']}/")
+            assert r["label"] == (1 if name.startswith("h") else 0)
+            assert r["label_name"] == ("highlight" if name.startswith("h") else "normal")
+            image = np.asarray(Image.open(out / r["frame_path"]).convert("RGB"))
+            assert min(image.shape[:2]) == SIZE and image.shape[1] > image.shape[0]  # short side, aspect kept
+            stamp = read_stamp(image)
+            assert stamp is not None, r["frame_path"]
+            assert stamp.source_id == source_ids[name]
+            assert stamp.time_s == pytest.approx(r["timestamp_s"], abs=0.011)
+    assert result.frames == 19 and result.frames_by_label == {1: 10, 0: 9}
+
+
+def test_broken_clip_is_listed_and_the_rest_kept(prepared: tuple[Path, object], footage: Path) -> None:
+    _, result = prepared
+    assert [p.name for p, _ in result.failed] == ["broken.mp4"]
+    assert str(footage / "broken.mp4") in str(result.failed[0][1])
+    assert len(result.extracted) == 6
+
+
+def test_split_by_video_stratified(prepared: tuple[Path, object]) -> None:
+    out, _ = prepared
+    rows = read_dataset(out).rows()
+    split_of: dict[str, set[str]] = {}
+    for r in rows:
+        split_of.setdefault(r["video_id"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in split_of.values())  # no video on both sides
+    val_labels = sorted({(r["video_id"], r["label"]) for r in rows if r["split"] == "val"}, key=lambda x: x[1])
+    assert [label for _, label in val_labels] == [0, 1]  # one val video per class (3 videos each)
+
+
+def test_merge_keeps_frames_and_splits_moves_and_drops(prepared: tuple[Path, object], footage: Path,
+                                                       make_clip: Callable[..., Path], tmp_path: Path) -> None:
+    src, _ = prepared
+    out = tmp_path / "ds"
+    shutil.copytree(src, out)  # leave the module's dataset alone
+    before = read_dataset(out).rows()
+    files_before = frame_files(out)
+    split_before = {r["video_id"]: r["split"] for r in before}
+    new_clip = footage / "h4.mp4"
+    shutil.copy(make_clip("pd_h4.mp4", style="highlight", duration_s=2.0, source_id=14, **CLIP), new_clip)
+    # n3 becomes a highlight, n2 is no longer labelled, h4 is new
+    labels = write_labels(tmp_path / "labels.json", [str(footage / n) for n in ("h1.mp4", "h2.mp4", "h3.mp4", "h4.mp4", "n3.mp4")],
+                          [str(footage / "n1.mp4")])
+    result = prepare_dataset(labels, out, merge=True, size=SIZE, device="cpu")
+    rows = read_dataset(out).rows()
+    ids = {name: video_id(footage / name) for name in ("h1.mp4", "h4.mp4", "n1.mp4", "n2.mp4", "n3.mp4")}
+    assert [p.name for p in result.extracted] == ["h4.mp4"]
+    assert sorted(p.name for p in result.reused) == ["h1.mp4", "h2.mp4", "h3.mp4", "n1.mp4", "n3.mp4"]
+    assert result.dropped == [str(footage / "n2.mp4")]
+    # kept frames are the very same files (not re-decoded); n2's frames are gone
+    files_after = frame_files(out)
+    for path, ident in files_before.items():
+        if f"/{ids['n2.mp4']}/" in path:
+            assert path not in files_after
+        else:
+            assert files_after[path] == ident
+    assert not (out / "frames" / ids["n2.mp4"]).exists()
+    assert sum(1 for r in rows if r["video_id"] == ids["h4.mp4"]) == 2
+    # existing videos keep their split; n3 moved class
+    for r in rows:
+        if r["video_id"] in split_before:
+            assert r["split"] == split_before[r["video_id"]]
+    assert {r["label"] for r in rows if r["video_id"] == ids["n3.mp4"]} == {1}
+    assert {r["label_name"] for r in rows if r["video_id"] == ids["n3.mp4"]} == {"highlight"}
+    assert all(r["video_id"] != ids["n2.mp4"] for r in rows)
+    assert result.frames == len(rows) == 3 + 4 + 3 + 2 + 3 + 3
+
+
+def test_existing_dataset_needs_merge_or_overwrite(prepared: tuple[Path, object], footage: Path,
+                                                   tmp_path: Path) -> None:
+    src, _ = prepared
+    out = tmp_path / "ds"
+    shutil.copytree(src, out)
+    labels = write_labels(tmp_path / "labels.json", [str(footage / "h1.mp4")], [str(footage / "n1.mp4")])
+    with pytest.raises(DatasetError, match="already exists.*--merge.*--overwrite"):
+        prepare_dataset(labels, out, size=SIZE, device="cpu")
+    with pytest.raises(DatasetError, match=r"other settings \(size 64 -> 48\)"):
+        prepare_dataset(labels, out, merge=True, size=48, device="cpu")
+    result = prepare_dataset(labels, out, overwrite=True, size=48, device="cpu")
+    assert result.frames == 6 and result.reused == []
+    assert sorted(p.name for p in (out / "frames").iterdir()) == sorted([video_id(footage / "h1.mp4"),
+                                                                         video_id(footage / "n1.mp4")])
+
+
+def test_never_writes_into_the_footage(footage: Path, tmp_path: Path) -> None:
+    labels = write_labels(tmp_path / "labels.json", [str(footage / "h1.mp4")], [str(footage / "n1.mp4")])
+    for out in (footage, footage / "dataset", footage / "a" / "b"):
+        with pytest.raises(OutputError, match="inside the footage folder"):
+            prepare_dataset(labels, out, size=SIZE, device="cpu")
+    assert not (footage / "dataset").exists() and not (footage / "a").exists()
+
+
+def test_cli_summary_and_failures(footage: Path, tmp_path: Path) -> None:
+    labels = write_labels(tmp_path / "labels.json", [str(footage / "h2.mp4"), str(footage / "broken.mp4")],
+                          [str(footage / "n1.mp4")])
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["-q", "prepare-dataset", str(labels), str(out), "--size", str(SIZE),
+                                    "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert f"Dataset prepared: 7 frames — Highlights: 4 — Normal: 3 — Saved to: {out.resolve() / 'dataset.parquet'}" \
+        in res.output.splitlines()
+    assert "Failed to decode 1 video (left out):" in res.output
+    assert f"  {footage / 'broken.mp4'}: " in res.output
+    bad = write_labels(tmp_path / "bad.json", ["nope.mp4"], [])
+    res = CliRunner().invoke(main, ["prepare-dataset", str(bad), str(tmp_path / "out2")])
+    assert res.exit_code == 1
+    assert "Error: " in res.output and "2 problems in labels file" in res.output  # missing + empty normal
+    assert "nope.mp4 does not exist" in res.output and '"normal" is empty' in res.output
+    assert not (tmp_path / "out2").exists()  # validation happens before any work
