@@ -337,11 +337,13 @@ class DaliSampler(Sampler):
 
 
 def _summary(exc: Exception, limit: int = 300) -> str:
-    """DALI's multi-line error as one line, without its 'Critical error in pipeline' preamble."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    lines = [ln for ln in lines if not ln.startswith("Critical error")] or lines or [type(exc).__name__]
-    text = " ".join(lines)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """DALI's multi-line error as one line: the reason after 'encountered:', without the boilerplate."""
+    text = str(exc)
+    text = text.split("encountered:", 1)[-1]
+    noise = ("Critical error", "C++ context", "Current pipeline object", "Error in ", "which was used", "File ")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(noise)]
+    summary = " ".join(lines) or type(exc).__name__
+    return summary if len(summary) <= limit else summary[: limit - 3] + "..."
 
 
 def _upright(frames: torch.Tensor, info: VideoInfo | None) -> torch.Tensor:

@@ -1,0 +1,131 @@
+"""The in-memory clips the gpu backend decodes: decoded with PyAV, every wanted frame must be the planned one.
+
+No GPU needed: FFmpeg decodes the clips here exactly as DALI's demuxer/decoder would receive them.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Callable
+
+import av
+import numpy as np
+import pytest
+
+from quadvault_dali.probe import open_container, probe_open
+from quadvault_dali.sampling import create_sampler
+from quadvault_dali.sampling._plan import plan_samples
+from quadvault_dali.sampling._reader import CountingFile
+from quadvault_dali.sampling._remux import Clip, frame_budget, plan_clips
+from quadvault_dali.synth import read_stamp
+
+STAMP_TOL = 0.006  # stamps are centiseconds; timestamps are exact presentation times
+
+CLIPS = {
+    "h264_bframes": dict(codec="h264", fps=30, keyframe_interval_s=1.0),
+    "hevc_gop2": dict(codec="hevc", fps=25, keyframe_interval_s=2.0),
+    "hevc_gop5": dict(codec="hevc", fps=24, keyframe_interval_s=5.0, duration_s=11.0),
+    "vp9": dict(codec="vp9", fps=30, keyframe_interval_s=1.0),
+    "vfr": dict(codec="h264", fps=30, vfr=True),
+    "rotated": dict(codec="h264", fps=30, rotation=90),
+    "vp9_webm": dict(codec="vp9", fps=25, keyframe_interval_s=1.0),
+}
+
+
+def _clip_path(make_clip: Callable[..., Path], name: str) -> Path:
+    spec = {"width": 128, "height": 96, "duration_s": 6.0, "source_id": 7, **CLIPS[name]}
+    suffix = ".webm" if name.endswith("webm") else ".mp4"
+    return make_clip(f"remux_{name}{suffix}", **spec)
+
+
+def _build(path: Path, mode: str, max_frames: int | None = None) -> tuple[list[Clip], object, CountingFile, int]:
+    fh = CountingFile(path)
+    container = open_container(path, fh)
+    try:
+        info, index = probe_open(container, path)
+        plan = plan_samples(info, index, fps=1.0, mode=mode)  # type: ignore[arg-type]
+        if not index.from_container_index:
+            container.close()
+            fh.seek(0)
+            container = open_container(path, fh)
+        before = fh.bytes_read
+        clips = list(plan_clips(plan, container, fh, max_frames))
+        return clips, plan, fh, fh.bytes_read - before
+    finally:
+        container.close()
+        fh.close()
+
+
+def _decoded_stamps(clip: Clip, rotation: int) -> list[float | None]:
+    """Decodes the whole clip with PyAV; returns the stamp of each wanted frame (by clip frame index)."""
+    with av.open(io.BytesIO(clip.data)) as src:
+        frames = [f.to_ndarray(format="rgb24") for f in src.decode(video=0)]
+    assert len(frames) == clip.packets, "every packet of a clip must decode to exactly one frame"
+    out = []
+    for i in clip.frames:
+        image = np.rot90(frames[i], k=-rotation // 90) if rotation else frames[i]
+        stamp = read_stamp(image)
+        out.append(stamp.time_s if stamp else None)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(CLIPS))
+@pytest.mark.parametrize("mode", ["keyframe", "exact"])
+def test_clip_frames_are_the_planned_frames(make_clip: Callable[..., Path], name: str, mode: str) -> None:
+    path = _clip_path(make_clip, name)
+    clips, plan, _, _ = _build(path, mode)
+    times = [t for c in clips for t in c.times]
+    stamps = [s for c in clips for s in _decoded_stamps(c, plan.info.rotation)]  # type: ignore[attr-defined]
+    assert len(times) == plan.expected_frames  # type: ignore[attr-defined]
+    for t, s in zip(times, stamps):
+        assert s is not None and abs(s - t) <= STAMP_TOL, f"{name} {mode}: frame for {t}s shows {s}"
+    if mode == "keyframe":
+        index = plan.index  # type: ignore[attr-defined]
+        assert times == [round(float(index.pts[r]), 6) for r in plan.key_packets]  # type: ignore[attr-defined]
+    # Whatever the clip layout, the times are those the cpu backend reports for the same video.
+    _, cpu_times, _ = create_sampler("cpu", fps=1.0, mode=mode, size=32).sample_video(path)
+    assert times == pytest.approx(cpu_times, abs=1e-6)
+    grid = plan.grid  # type: ignore[attr-defined]
+    worst = max(min(abs(t - g) for t in times) for g in grid)  # each grid time is served within the bound
+    assert worst <= plan.max_error_s + 1e-6  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("mode", ["keyframe", "exact"])
+def test_small_frame_budget_splits_clips_without_changing_frames(make_clip: Callable[..., Path], mode: str) -> None:
+    path = _clip_path(make_clip, "hevc_gop5")
+    whole, _, _, _ = _build(path, mode)
+    split, plan, _, _ = _build(path, mode, max_frames=2)
+    assert len(split) > len(whole)
+    assert all(len(c) <= 2 for c in split)
+    assert [t for c in split for t in c.times] == [t for c in whole for t in c.times]
+    for clip in split:
+        for t, s in zip(clip.times, _decoded_stamps(clip, 0)):
+            assert s is not None and abs(s - t) <= STAMP_TOL
+
+
+def test_keyframe_mode_reads_only_the_chosen_keyframes(make_clip: Callable[..., Path]) -> None:
+    path = make_clip("remux_bytes.mp4", codec="h264", width=320, height=240, fps=30, duration_s=8.0,
+                     keyframe_interval_s=1.0, style="highlight", bit_rate=3_000_000)
+    clips, plan, fh, clip_bytes = _build(path, "keyframe")
+    index = plan.index  # type: ignore[attr-defined]
+    chosen = int(index.size[plan.key_packets].sum())  # type: ignore[attr-defined]
+    assert clip_bytes == chosen  # exactly the keyframes' bytes, nothing in between
+    size = path.stat().st_size
+    assert fh.bytes_read < 0.5 * size, f"read {fh.bytes_read} of {size} bytes"
+    assert sum(c.packets for c in clips) == len(plan.key_packets)  # type: ignore[attr-defined]
+
+
+def test_exact_runs_stop_at_the_last_needed_packet(make_clip: Callable[..., Path]) -> None:
+    """With 1 s GOPs and 1 fps the wanted frames are the keyframes: each run is a handful of packets."""
+    path = _clip_path(make_clip, "h264_bframes")
+    clips, plan, _, _ = _build(path, "exact")
+    packets = sum(c.packets for c in clips)
+    assert packets <= 4 * len(plan.grid)  # type: ignore[attr-defined]
+    assert packets < len(plan.index) / 3  # type: ignore[attr-defined]
+
+
+def test_frame_budget_bounds_4k_clips() -> None:
+    assert frame_budget(3840, 2160) == 12
+    assert frame_budget(1920, 1080) == 48
+    assert frame_budget(100_000, 100_000) == 1
