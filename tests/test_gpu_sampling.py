@@ -1,0 +1,222 @@
+"""The gpu backend's DALI graph and machinery.
+
+(a) Without a GPU: the same DALI graph and the same sampler machinery run with DALI's CPU video decoder
+    (VP9/MJPEG only), and every frame's stamp is checked against its timestamp.
+(b) ``@pytest.mark.gpu``: the real ``gpu`` backend on NVDEC, checked frame by frame and against ``cpu``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+
+from quadvault_dali.errors import BackendUnavailableError
+from quadvault_dali.pipelines import ENCODED_INPUT, FRAMES_INPUT, video_sampling_pipeline
+from quadvault_dali.probe import probe_video
+from quadvault_dali.sampling import FrameBatch, create_sampler
+from quadvault_dali.sampling._gpu import DaliSampler, GpuSampler
+from quadvault_dali.sampling._plan import plan_samples
+from quadvault_dali.sampling._reader import CountingFile
+from quadvault_dali.sampling._remux import plan_clips
+from quadvault_dali.probe import open_container, probe_open
+from quadvault_dali.synth import read_stamp
+
+SIZE = 64
+STAMP_TOL = 0.006
+
+
+def _stamps(frames: torch.Tensor) -> list[tuple[float, int] | None]:
+    out = []
+    for f in frames.cpu().numpy():
+        s = read_stamp(f)
+        out.append((s.time_s, s.source_id) if s else None)
+    return out
+
+
+def _collect(batches: list[FrameBatch]) -> tuple[dict[Path, list[float]], dict[Path, list], list]:
+    times: dict[Path, list[float]] = {}
+    stamps: dict[Path, list] = {}
+    outcomes = []
+    for b in batches:
+        for p, t, s in zip(b.paths, b.timestamps, _stamps(b.frames)):
+            times.setdefault(p, []).append(t)
+            stamps.setdefault(p, []).append(s)
+        outcomes.extend(b.completed)
+    return times, stamps, outcomes
+
+
+def _check_stamps(times: list[float], stamps: list, source_id: int) -> None:
+    assert times, "no frames"
+    for t, s in zip(times, stamps):
+        assert s is not None, f"frame at {t}s has no readable stamp"
+        assert abs(s[0] - t) <= STAMP_TOL and s[1] == source_id, f"frame at {t}s shows {s}"
+
+
+# --- (a) the same graph and machinery on DALI's CPU decoder ----------------------------------------
+
+def test_pipeline_graph_on_cpu_decodes_the_wanted_frames(make_clip: Callable[..., Path]) -> None:
+    path = make_clip("gpu_vp9_graph.mp4", codec="vp9", width=128, height=80, fps=30, duration_s=5.0, source_id=3)
+    fh = CountingFile(path)
+    container = open_container(path, fh)
+    info, index = probe_open(container, path)
+    clips = list(plan_clips(plan_samples(info, index, fps=1.0, mode="exact"), container, fh, max_frames=2))
+    container.close(), fh.close()
+    for square, shape in ((True, (SIZE, SIZE)), (False, (SIZE, round(128 * SIZE / 80)))):
+        pipe = video_sampling_pipeline(decoder_device="cpu", size=SIZE, square=square, batch_size=len(clips),
+                                       num_threads=1, device_id=None)
+        pipe.build()
+        pipe.feed_input(ENCODED_INPUT, [np.frombuffer(c.data, np.uint8) for c in clips])
+        pipe.feed_input(FRAMES_INPUT, [c.frames for c in clips])
+        (out,) = pipe.run()
+        for i, clip in enumerate(clips):
+            frames = torch.from_dlpack(out[i])
+            assert tuple(frames.shape) == (len(clip), 3, *shape)
+            _check_stamps(clip.times, _stamps(frames), 3)
+
+
+def test_pipeline_rejects_unknown_decoder_device() -> None:
+    with pytest.raises(ValueError, match="decoder_device"):
+        video_sampling_pipeline(decoder_device="gpu", batch_size=1, num_threads=1, device_id=None)
+
+
+@pytest.fixture(scope="module")
+def cpu_decodable(make_clip: Callable[..., Path]) -> list[tuple[Path, int]]:
+    """VP9 and MJPEG clips (what DALI's CPU decoder knows), with their source ids."""
+    specs = [
+        ("gpu_vp9_30.mp4", dict(codec="vp9", fps=30, keyframe_interval_s=1.0), 11),
+        ("gpu_vp9_25_rot.mp4", dict(codec="vp9", fps=25, keyframe_interval_s=2.0, rotation=90), 12),
+        ("gpu_mjpeg_24.mp4", dict(codec="mjpeg", fps=24), 13),
+        ("gpu_vp9_vfr.webm", dict(codec="vp9", fps=30, vfr=True), 14),
+    ]
+    return [(make_clip(name, width=128, height=80, duration_s=4.0, source_id=sid, **spec), sid)
+            for name, spec, sid in specs]
+
+
+@pytest.mark.parametrize("mode", ["keyframe", "exact"])
+def test_engine_on_cpu_decoder_matches_cpu_backend(cpu_decodable: list[tuple[Path, int]],
+                                                   broken_clips: dict[str, Path], mode: str) -> None:
+    videos = [p for p, _ in cpu_decodable]
+    videos.insert(1, broken_clips["text"])
+    videos.insert(3, broken_clips["truncated"])
+    batches = list(DaliSampler(fps=1.0, mode=mode, size=SIZE, batch_size=5, streams=2).iter_batches(videos))
+    assert all(len(b) <= 5 for b in batches)
+    times, stamps, outcomes = _collect(batches)
+    assert [o.path for o in outcomes] == videos  # one outcome each, in input order
+    assert [o.ok for o in outcomes] == [p not in broken_clips.values() for p in videos]
+    cpu = create_sampler("cpu", fps=1.0, mode=mode, size=SIZE)
+    for path, sid in cpu_decodable:
+        _check_stamps(times[path], stamps[path], sid)
+        _, cpu_times, cpu_outcome = cpu.sample_video(path)
+        assert times[path] == pytest.approx(cpu_times, abs=1e-6)
+        outcome = next(o for o in outcomes if o.path == path)
+        assert outcome.frames == len(times[path]) and outcome.mode == cpu_outcome.mode == mode
+        assert outcome.bytes_read > 0
+
+
+def test_engine_keeps_display_orientation_without_square(cpu_decodable: list[tuple[Path, int]]) -> None:
+    path, sid = cpu_decodable[1]  # 128x80 as displayed, stored rotated by 90 degrees
+    frames, times, _ = DaliSampler(size=SIZE, square=False, mode="keyframe").sample_video(path)
+    assert tuple(frames.shape[1:]) == (3, SIZE, round(128 * SIZE / 80))
+    cpu_frames, _, _ = create_sampler("cpu", size=SIZE, square=False, mode="keyframe").sample_video(path)
+    assert frames.shape == cpu_frames.shape
+    _check_stamps(times, _stamps(frames), sid)
+
+
+def test_unsupported_codec_is_an_error_outcome_not_a_crash(cpu_decodable: list[tuple[Path, int]],
+                                                           make_clip: Callable[..., Path]) -> None:
+    """DALI's CPU decoder cannot do H.264: that clip fails alone, the batch partner still decodes."""
+    h264 = make_clip("gpu_h264_for_cpu_decoder.mp4", codec="h264", width=128, height=80, duration_s=3.0)
+    vp9, sid = cpu_decodable[0]
+    batches = list(DaliSampler(mode="keyframe", size=SIZE, streams=1).iter_batches([h264, vp9]))
+    times, stamps, outcomes = _collect(batches)
+    assert not outcomes[0].ok and "GPU decoding failed" in str(outcomes[0].error)
+    assert outcomes[1].ok
+    _check_stamps(times[vp9], stamps[vp9], sid)
+
+
+def test_gpu_backend_refuses_to_run_without_cuda() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(BackendUnavailableError):
+        GpuSampler()
+    with pytest.raises(BackendUnavailableError):
+        create_sampler("gpu")
+
+
+# --- (b) the real gpu backend (NVDEC) -------------------------------------------------------------
+
+GPU_CLIPS = {
+    "h264_30_k1": dict(codec="h264", fps=30, keyframe_interval_s=1.0),
+    "h264_24_k5": dict(codec="h264", fps=24, keyframe_interval_s=5.0, duration_s=11.0),
+    "hevc_25_k1": dict(codec="hevc", fps=25, keyframe_interval_s=1.0),
+    "hevc_60_k5": dict(codec="hevc", fps=60, keyframe_interval_s=5.0, duration_s=11.0),
+    "vp9_30": dict(codec="vp9", fps=30, keyframe_interval_s=1.0),
+    "h264_vfr": dict(codec="h264", fps=30, vfr=True),
+    "h264_rot90": dict(codec="h264", fps=30, rotation=90),
+    "hevc_rot270": dict(codec="hevc", fps=25, rotation=270),
+}
+
+
+def _gpu_clip(make_clip: Callable[..., Path], name: str, sid: int) -> Path:
+    spec = {"width": 192, "height": 128, "duration_s": 5.0, "source_id": sid, **GPU_CLIPS[name]}
+    return make_clip(f"nvdec_{name}.mp4", **spec)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["keyframe", "exact"])
+def test_gpu_backend_every_frame_is_the_right_second(make_clip: Callable[..., Path], mode: str) -> None:
+    names = sorted(GPU_CLIPS)
+    paths = [_gpu_clip(make_clip, n, i + 1) for i, n in enumerate(names)]
+    sampler = create_sampler("gpu", fps=1.0, mode=mode, size=SIZE, batch_size=16, streams=4)
+    batches = list(sampler.iter_batches(paths))
+    assert all(b.frames.device.type == "cuda" and b.frames.dtype == torch.uint8 for b in batches if len(b))
+    times, stamps, outcomes = _collect(batches)
+    assert [o.path for o in outcomes] == paths and all(o.ok for o in outcomes), [str(o.error) for o in outcomes]
+    cpu = create_sampler("cpu", fps=1.0, mode=mode, size=SIZE)
+    for i, path in enumerate(paths):
+        _check_stamps(times[path], stamps[path], i + 1)
+        _, cpu_times, _ = cpu.sample_video(path)
+        assert times[path] == pytest.approx(cpu_times, abs=1e-6), path.name
+        info, index = probe_video(path, with_index=True)
+        plan = plan_samples(info, index, fps=1.0, mode=mode)
+        assert max(min(abs(t - g) for t in times[path]) for g in plan.grid) <= plan.max_error_s + 1e-6
+
+
+@pytest.mark.gpu
+def test_gpu_backend_broken_files_are_error_outcomes(make_clip: Callable[..., Path],
+                                                     broken_clips: dict[str, Path]) -> None:
+    good = [_gpu_clip(make_clip, "h264_30_k1", 1), _gpu_clip(make_clip, "hevc_25_k1", 3)]
+    videos = [broken_clips["empty"], good[0], broken_clips["text"], broken_clips["truncated"],
+              broken_clips["no_index"], good[1]]
+    batches = list(create_sampler("gpu", size=SIZE, streams=2).iter_batches(videos))
+    times, stamps, outcomes = _collect(batches)
+    assert [o.path for o in outcomes] == videos
+    assert [o.ok for o in outcomes] == [False, True, False, False, False, True]
+    assert all(o.error is not None and str(o.path) in str(o.error) for o in outcomes if not o.ok)
+    _check_stamps(times[good[0]], stamps[good[0]], 1)
+    _check_stamps(times[good[1]], stamps[good[1]], 3)
+
+
+@pytest.mark.gpu
+def test_gpu_backend_4k_clip_keyframe_mode_reads_a_fraction(make_clip: Callable[..., Path]) -> None:
+    path = make_clip("nvdec_4k.mp4", codec="hevc", width=3840, height=2160, fps=30, duration_s=3.0,
+                     keyframe_interval_s=1.0, source_id=42, style="highlight")
+    frames, times, outcome = create_sampler("gpu", mode="keyframe", size=224).sample_video(path)
+    assert tuple(frames.shape) == (3, 3, 224, 224) and times == [0.0, 1.0, 2.0]
+    _check_stamps(times, _stamps(frames), 42)
+    assert outcome.bytes_read < 0.6 * path.stat().st_size
+
+
+@pytest.mark.gpu
+def test_gpu_backend_frames_match_cpu_backend_pixels(make_clip: Callable[..., Path]) -> None:
+    """Same frames, same resize: the two backends' images differ only by resampling noise."""
+    path = _gpu_clip(make_clip, "h264_30_k1", 1)
+    gpu_frames, gpu_times, _ = create_sampler("gpu", mode="keyframe", size=SIZE).sample_video(path)
+    cpu_frames, cpu_times, _ = create_sampler("cpu", mode="keyframe", size=SIZE).sample_video(path)
+    assert gpu_times == cpu_times and gpu_frames.shape == cpu_frames.shape
+    diff = (gpu_frames.cpu().float() - cpu_frames.float()).abs().mean().item()
+    assert diff < 16.0, f"mean absolute pixel difference {diff:.1f}"
