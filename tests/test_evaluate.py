@@ -1,0 +1,137 @@
+"""evaluate on a prepared dataset and on a labels.json, with a hand-built colour model (known ordering)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from quadvault_dali.cli.main import main
+from quadvault_dali.dataset import prepare_dataset, read_dataset
+from quadvault_dali.evaluate import evaluate
+from quadvault_dali.model import load_model
+from quadvault_dali.scoring import score_video
+from test_test_video import build_colour_model  # the shared hand-built model (tests/ is on sys.path)
+
+CLIP = dict(width=160, height=96, fps=10, duration_s=4.0)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("eval_models")
+    # bias -1: warm frames ~0.99, grey frames ~0.16, a half-warm clip in between
+    return {"warm": build_colour_model(root / "warm", bias=-1.0),
+            "cold": build_colour_model(root / "cold", sign=-1.0, bias=-1.0)}
+
+
+@pytest.fixture(scope="module")
+def clips(make_clip: Callable[..., Path], broken_clips: dict[str, Path]) -> dict[str, Path]:
+    made = {f"warm{i}": make_clip(f"ev_warm{i}.mp4", style="highlight", source_id=30 + i, seed=i, **CLIP)
+            for i in range(4)}
+    made |= {f"grey{i}": make_clip(f"ev_grey{i}.mp4", style="normal", source_id=40 + i, seed=i, **CLIP)
+             for i in range(3)}
+    made["mixed"] = make_clip("ev_mixed.mp4", segments=(("highlight", 2.0), ("normal", 2.0)), source_id=50, **CLIP)
+    made["broken"] = broken_clips["no_index"]
+    return made
+
+
+@pytest.fixture(scope="module")
+def labels_file(clips: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """warm3 is labelled normal on purpose (a labelling mistake the report must surface)."""
+    path = tmp_path_factory.mktemp("eval_labels") / "labels.json"
+    path.write_text(json.dumps({
+        "highlights": [str(clips[k]) for k in ("warm0", "warm1", "warm2", "mixed", "broken")],
+        "normal": [str(clips[k]) for k in ("grey0", "grey1", "grey2", "warm3")]}))
+    return path
+
+
+def test_labels_report(labels_file: Path, models: dict[str, Path], clips: dict[str, Path]) -> None:
+    model = load_model(models["warm"])
+    report = evaluate(labels_file, [model], device="cpu")
+    scores = {Path(v.path).name: v.score for v in report.videos}
+    assert len(scores) == 8 and report.kind == "labels"
+    assert all(scores[f"ev_warm{i}.mp4"] > 0.9 for i in range(4))
+    assert all(scores[f"ev_grey{i}.mp4"] < 0.3 for i in range(3))
+    assert 0.5 <= scores["ev_mixed.mp4"] <= 0.7
+    # the video score is the mean of the per-second scores, as test-video computes it
+    assert scores["ev_mixed.mp4"] == pytest.approx(score_video(clips["mixed"], [model], device="cpu").score, abs=1e-6)
+    v = report.video_metrics
+    assert (v.tn, v.fp, v.fn, v.tp) == (3, 1, 0, 4)
+    assert v.accuracy == pytest.approx(7 / 8) and v.precision == pytest.approx(4 / 5) and v.recall == 1.0
+    pos = [scores[n] for n in ("ev_warm0.mp4", "ev_warm1.mp4", "ev_warm2.mp4", "ev_mixed.mp4")]
+    neg = [scores[n] for n in ("ev_grey0.mp4", "ev_grey1.mp4", "ev_grey2.mp4", "ev_warm3.mp4")]
+    pairs = [(p > n) + 0.5 * (p == n) for p in pos for n in neg]
+    assert v.roc_auc == pytest.approx(sum(pairs) / 16) and 12 / 16 <= v.roc_auc < 1.0
+    assert report.frame_metrics.n == 8 * 4
+    assert [Path(x.path).name for x in report.misclassified()] == ["ev_warm3.mp4"]
+    assert [Path(x.path).name for x in report.uncertain()] == ["ev_mixed.mp4"]
+    assert [Path(p).name for p, _ in report.failed] == [clips["broken"].name]
+
+
+def test_dataset_val_split_uses_stored_frames(labels_file: Path, models: dict[str, Path],
+                                              tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    prepare_dataset(labels_file, out, size=64, device="cpu")
+    model = load_model(models["warm"])
+    report = evaluate(out, [model], device="cpu")
+    rows = read_dataset(out).rows()
+    val_videos = {r["video_path"] for r in rows if r["split"] == "val"}
+    assert report.kind == "dataset" and report.split == "val"
+    assert {v.path for v in report.videos} == val_videos
+    assert report.frame_metrics.n == sum(1 for r in rows if r["split"] == "val")
+    everything = evaluate(out / "dataset.parquet", [model], split="all", device="cpu")
+    assert len(everything.videos) == 8
+    # JPEG frames score like freshly sampled ones (same crop; JPEG q90 noise only)
+    sampled = evaluate(labels_file, [model], device="cpu")
+    by_path = {v.path: v.score for v in sampled.videos}
+    for v in everything.videos:
+        assert v.score == pytest.approx(by_path[v.path], abs=0.03)
+
+
+def test_corrupt_jpeg_is_reported_not_fatal(labels_file: Path, models: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    prepare_dataset(labels_file, out, size=64, device="cpu")
+    rows = pq.read_table(out / "dataset.parquet").to_pylist()
+    victim = out / rows[0]["frame_path"]
+    victim.write_bytes(b"\xff\xd8 not really a jpeg")
+    report = evaluate(out, [load_model(models["warm"])], split="all", device="cpu")
+    assert report.bad_frames and report.bad_frames[0][0] == str(victim)
+    assert "not a readable JPEG" in report.bad_frames[0][1]
+    assert report.frame_metrics.n == len(rows) - 1 and len(report.videos) == 8
+
+
+def test_cli_text_output(labels_file: Path, models: dict[str, Path], clips: dict[str, Path]) -> None:
+    res = CliRunner().invoke(main, ["-q", "evaluate", str(labels_file), str(models["warm"]), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[1].startswith("Frame level  (n=32): accuracy ")
+    assert lines[2].startswith("Video level  (n=8): accuracy 87.5% | precision 80.0% | recall 100.0% | F1 0.889 | "
+                               "ROC-AUC 0.")
+    i = lines.index("Confusion matrix (videos):")
+    assert lines[i + 2].split() == ["true", "normal", "3", "1"]
+    assert lines[i + 3].split() == ["true", "highlight", "0", "4"]
+    j = lines.index("Misclassified videos (1):")
+    assert lines[j + 1].endswith(f"labelled normal     {clips['warm3']}")
+    k = lines.index("Uncertain videos (0.3–0.7), label these next (1):")
+    assert lines[k + 1].endswith(str(clips["mixed"]))
+    assert f"{clips['broken']}: " in res.output  # not scored, listed
+
+
+def test_cli_json_ensemble(labels_file: Path, models: dict[str, Path]) -> None:
+    res = CliRunner().invoke(main, ["evaluate", str(labels_file), str(models["warm"]), "--model", str(models["cold"]),
+                                    "--json", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert [m["name"] for m in data["models"]] == ["warm", "cold"]
+    assert data["per_model_video_level"][0]["accuracy"] == pytest.approx(7 / 8)
+    cold = data["per_model_video_level"][1]  # the inverted model calls no labelled highlight a highlight
+    assert (cold["tp"], cold["fn"], cold["tn"], cold["fp"]) == (0, 4, 4, 0) and cold["roc_auc"] < 0.25
+    for v in data["videos"]:
+        assert v["score"] == pytest.approx(sum(v["model_scores"]) / 2, abs=1e-5)
+    assert data["confusion_matrix"]["videos"] == [[data["video_level"]["tn"], data["video_level"]["fp"]],
+                                                  [data["video_level"]["fn"], data["video_level"]["tp"]]]
