@@ -262,7 +262,7 @@ class DaliSampler(Sampler):
         work: queue.Queue[Any] = queue.Queue(maxsize=2 * streams * self.clips_per_run)
         stop = threading.Event()
         lookahead = max(2, 2 * streams)
-        preparers = ThreadPoolExecutor(max_workers=min(lookahead, 4), thread_name_prefix="gpu-prepare")
+        preparers = ThreadPoolExecutor(max_workers=min(lookahead, max(4, streams)), thread_name_prefix="gpu-prepare")
         decoders = [threading.Thread(target=self._decode_loop, args=(work,), name=f"gpu-decode-{i}", daemon=True)
                     for i in range(streams)]
         for thread in decoders:

@@ -1,0 +1,230 @@
+"""Sampling throughput: sampled frames per second for the gpu and cpu backends against decode-everything.
+
+Generates drone-like clips (1080p30 H.264 ~20 Mbit/s and 2160p30 HEVC ~60 Mbit/s, keyframes every 1 s
+and 2 s), then measures in one run:
+
+* ``gpu`` backend (DALI + NVDEC) with 1, 2, 4, 8 decode streams (skipped, with a note, without a GPU);
+* ``cpu`` backend (PyAV) in keyframe and exact mode;
+* baseline: PyAV decodes every frame and keeps the one nearest each second (same thread count);
+
+and the bytes each read against the file sizes. Writes ``benchmarks/results/sampling_<machine>.json``
+(``..._quick.json`` with ``--quick``) and prints a table with ratios against the baseline.
+
+    python benchmarks/sampling_bench.py --quick          # ~1 minute on 2 CPU cores
+    python benchmarks/sampling_bench.py                  # the full run: 32 videos per measurement
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import torch
+
+from quadvault_dali.device import gpu_status
+from quadvault_dali.sampling import create_sampler
+from quadvault_dali.synth import SynthSpec, make_video
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    name: str
+    codec: str
+    width: int
+    height: int
+    keyframe_s: float
+    bit_rate: int
+    duration_s: float
+
+
+def clip_specs(quick: bool, duration_s: float) -> list[ClipSpec]:
+    if quick:
+        return [ClipSpec("720p30-h264-k1", "h264", 1280, 720, 1.0, 8_000_000, 6.0),
+                ClipSpec("720p30-h264-k2", "h264", 1280, 720, 2.0, 8_000_000, 6.0),
+                ClipSpec("1080p30-hevc-k1", "hevc", 1920, 1080, 1.0, 20_000_000, 4.0)]
+    return [ClipSpec(f"1080p30-h264-k{k}", "h264", 1920, 1080, k, 20_000_000, duration_s) for k in (1.0, 2.0)] + \
+           [ClipSpec(f"2160p30-hevc-k{k}", "hevc", 3840, 2160, k, 60_000_000, duration_s) for k in (1.0, 2.0)]
+
+
+def make_clip(work: Path, spec: ClipSpec) -> Path:
+    path = work / f"{spec.name}-{spec.duration_s:g}s.mp4"
+    if not path.exists():
+        t0 = time.perf_counter()
+        tmp = path.with_suffix(".part.mp4")
+        make_video(tmp, SynthSpec(codec=spec.codec, width=spec.width, height=spec.height, fps=30.0,  # type: ignore[arg-type]
+                                  duration_s=spec.duration_s, keyframe_interval_s=spec.keyframe_s,
+                                  bit_rate=spec.bit_rate, style="highlight"))
+        os.replace(tmp, path)
+        print(f"  generated {path.name} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.0f}s",
+              file=sys.stderr)
+    return path
+
+
+def run_sampler(device: str, videos: list[Path], **config: Any) -> dict[str, Any]:
+    """Samples all ``videos`` once (after a one-video warm-up); frames/s and bytes read."""
+    sampler = create_sampler(device, **config)
+    for _ in sampler.iter_batches(videos[:1]):  # warm-up: pipelines, decoder cache, page cache
+        pass
+    frames = bytes_read = 0
+    errors = []
+    t0 = time.perf_counter()
+    for batch in sampler.iter_batches(videos):
+        frames += len(batch)
+        for outcome in batch.completed:
+            bytes_read += outcome.bytes_read
+            if outcome.error is not None:
+                errors.append(str(outcome.error))
+    if device == "gpu":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    return {"frames": frames, "seconds": round(seconds, 3), "sampled_fps": round(frames / seconds, 1),
+            "bytes_read": bytes_read, "errors": errors}
+
+
+def _baseline_one(path: Path, fps: float, size: int) -> tuple[int, int]:
+    """Decodes every frame with PyAV; keeps (resizes) the frame nearest each 1/fps time."""
+    kept = 0
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        tb = float(stream.time_base)
+        start = stream.start_time or 0
+        next_t, prev = 0.0, None
+        for frame in container.decode(stream):
+            t = (frame.pts - start) * tb
+            while t >= next_t:
+                pick = prev if prev is not None and next_t - prev[1] <= t - next_t else (frame, t)
+                pick[0].to_ndarray(width=size * 16 // 9, height=size, format="rgb24")
+                kept += 1
+                next_t += 1.0 / fps
+            prev = (frame, t)
+    return kept, path.stat().st_size
+
+
+def run_baseline(videos: list[Path], workers: int, fps: float, size: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        done = list(pool.map(lambda p: _baseline_one(p, fps, size), videos))
+    seconds = time.perf_counter() - t0
+    frames = sum(k for k, _ in done)
+    return {"frames": frames, "seconds": round(seconds, 3), "sampled_fps": round(frames / seconds, 1),
+            "bytes_read": sum(b for _, b in done), "errors": []}
+
+
+def machine() -> dict[str, Any]:
+    cpu_model = platform.processor() or None
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        found = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+        cpu_model = found.group(1).strip() if found else cpu_model
+    except OSError:
+        pass
+    usable, _ = gpu_status()
+    return {"gpu": torch.cuda.get_device_name(0) if usable else None, "cpu_model": cpu_model,
+            "cpu_count": os.cpu_count(), "platform": platform.platform()}
+
+
+def versions() -> dict[str, str | None]:
+    try:
+        import nvidia.dali as dali
+
+        dali_version: str | None = dali.__version__
+    except ImportError:
+        dali_version = None
+    return {"dali": dali_version, "pyav": av.__version__, "torch": torch.__version__,
+            "python": platform.python_version(), "ffmpeg": ".".join(map(str, av.library_versions.get("libavcodec", ())))}
+
+
+def slug(info: dict[str, Any]) -> str:
+    name = info["gpu"] or f"cpu-{info['cpu_count']}c-{info['cpu_model'] or 'unknown'}"
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:60]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="short 720p/1080p clips (about a minute on 2 cores)")
+    ap.add_argument("--videos", type=int, default=None, help="videos per measurement (copies of each clip)")
+    ap.add_argument("--duration", type=float, default=30.0, help="clip length in seconds (full run)")
+    ap.add_argument("--streams", default="1,2,4,8", help="gpu decode streams to try")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--work", type=Path, default=None, help="where generated clips are kept (reused)")
+    ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
+    args = ap.parse_args(argv)
+
+    work = args.work or Path(tempfile.gettempdir()) / "quadvault-sampling-bench"
+    work.mkdir(parents=True, exist_ok=True)
+    n_videos = args.videos or (2 if args.quick else 32)
+    cpu_workers = os.cpu_count() or 1
+    info = machine()
+    gpu_ok, gpu_reason = gpu_status()
+    results: list[dict[str, Any]] = []
+    notes: list[str] = []
+    if not gpu_ok:
+        notes.append(f"gpu backend skipped: {gpu_reason}")
+
+    for spec in clip_specs(args.quick, args.duration):
+        path = make_clip(work, spec)
+        videos = [path] * n_videos
+        size_total = path.stat().st_size * n_videos
+        rows: list[dict[str, Any]] = []
+        base = run_baseline(videos, cpu_workers, 1.0, args.size)
+        rows.append({"backend": "baseline-pyav-all-frames", "mode": "exact", "streams": cpu_workers, **base})
+        for mode in ("keyframe", "exact"):
+            rows.append({"backend": "cpu", "mode": mode, "streams": cpu_workers,
+                         **run_sampler("cpu", videos, mode=mode, size=args.size, streams=cpu_workers)})
+        if gpu_ok:
+            for streams in [int(s) for s in args.streams.split(",")]:
+                rows.append({"backend": "gpu", "mode": "keyframe", "streams": streams,
+                             **run_sampler("gpu", videos, mode="keyframe", size=args.size, streams=streams)})
+            rows.append({"backend": "gpu", "mode": "exact", "streams": max(int(s) for s in args.streams.split(",")),
+                         **run_sampler("gpu", videos, mode="exact", size=args.size,
+                                       streams=max(int(s) for s in args.streams.split(",")))})
+        for row in rows:
+            row.update(clip=spec.name, codec=spec.codec, resolution=f"{spec.width}x{spec.height}",
+                       keyframe_interval_s=spec.keyframe_s, videos=n_videos, file_bytes=size_total,
+                       read_fraction=round(row["bytes_read"] / size_total, 3),
+                       vs_baseline=round(row["sampled_fps"] / base["sampled_fps"], 2) if base["sampled_fps"] else None)
+            print(f"  {spec.name:18} {row['backend']:25} {row['mode']:8} s={row['streams']:<2} "
+                  f"{row['sampled_fps']:8.1f} fps  read {row['read_fraction']:.0%}", file=sys.stderr)
+        results.extend(rows)
+
+    report = {"benchmark": "sampling", "quick": args.quick, "machine": info, "versions": versions(),
+              "config": {"fps": 1.0, "size": args.size, "videos_per_measurement": n_videos,
+                         "clip_duration_s": None if args.quick else args.duration, "cpu_workers": cpu_workers},
+              "notes": notes, "results": results}
+    out = args.out or RESULTS / f"sampling_{slug(info)}{'_quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, out)
+    print_table(results)
+    print(f"\nwrote {out}" + ("".join(f"\nnote: {n}" for n in notes)))
+    return 0
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    head = f"{'clip':18} {'backend':25} {'mode':8} {'streams':>7} {'frames/s':>9} {'x base':>7} {'read':>6}"
+    print("\n" + head + "\n" + "-" * len(head))
+    for r in results:
+        ratio = f"{r['vs_baseline']:.2f}" if r["vs_baseline"] is not None else "-"
+        err = f"  ({len(r['errors'])} errors)" if r["errors"] else ""
+        print(f"{r['clip']:18} {r['backend']:25} {r['mode']:8} {r['streams']:>7} {r['sampled_fps']:>9.1f} "
+              f"{ratio:>7} {r['read_fraction']:>6.0%}{err}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
