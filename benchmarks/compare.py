@@ -29,16 +29,21 @@ import click
 log = logging.getLogger("quadvault_dali.benchmarks.compare")
 RESULTS = Path(__file__).resolve().parent / "results"
 
-#: kind -> (column title, metric names in order of preference)
+#: kind -> (column title, metric names in order of preference). Training counts the end-to-end step
+#: fed by the product's DALI loader (``dali_train_images_per_s``), not the loader alone.
 METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "sampling": ("Sampled frames/s", ("sampled_frames_per_s", "sampled_fps", "frames_per_s", "frames_per_sec")),
-    "train": ("Training images/s", ("train_images_per_s", "images_per_s", "imgs_per_s", "samples_per_s")),
-    "scan": ("Scan frames/s", ("scan_frames_per_s", "sampled_frames_per_s", "frames_per_s", "frames_per_sec")),
+    "train": ("Training images/s", ("dali_train_images_per_s", "train_images_per_s", "images_per_s")),
+    "scan": ("Scan frames/s", ("scan_frames_per_s", "sampled_frames_per_s", "sampled_fps")),
 }
+#: Sections and rows that measure a baseline (decode everything, DataLoader+PIL), not the product.
+_BASELINE_WORDS = ("baseline", "naive")
+_SKIP_SECTIONS = {"machine", "versions", "library", "config", "goals_h100", "cat_read"}
 _KIND_ALIASES = {"sampling": "sampling", "sample": "sampling", "decode": "sampling", "train": "train",
                  "training": "train", "scan": "scan", "scanning": "scan"}
 _DEVICE_ALIASES = {"gpu": "gpu", "cuda": "gpu", "mixed": "gpu", "dali": "gpu", "cpu": "cpu"}
-_ALL_METRIC_KEYS = {k for _, keys in METRICS.values() for k in keys}
+_ALL_METRIC_KEYS = {k for _, keys in METRICS.values() for k in keys} | {"frames_per_s", "images_per_s"}
+UNKNOWN_CPU = "unknown CPU"
 _CONFIG_KEYS = ("mode", "codec", "resolution", "streams", "batch_size", "model", "architecture", "workers", "gpus")
 
 
@@ -60,6 +65,7 @@ class Best:
     value: float
     config: str
     source: str
+    quick: bool = False
 
 
 @dataclass
@@ -112,7 +118,7 @@ def parse_machine(doc: dict[str, Any]) -> Machine:
     m = doc.get("machine")
     if not isinstance(m, dict):
         raise ValueError("no 'machine' object")
-    cpu = m.get("cpu") or m.get("cpu_model") or m.get("processor") or "unknown CPU"
+    cpu = m.get("cpu") or m.get("cpu_model") or m.get("processor") or UNKNOWN_CPU
     count = m.get("cpu_count") or m.get("cpus") or m.get("cores")
     return Machine(_gpu_name(m.get("gpu", m.get("gpu_name"))), str(cpu), int(count) if count else None)
 
@@ -142,7 +148,7 @@ def iter_measurements(node: Any, keys: tuple[str, ...], ctx: dict[str, Any] | No
         for item in node:
             yield from iter_measurements(item, keys, ctx)
         return
-    if not isinstance(node, dict):
+    if not isinstance(node, dict) or _is_baseline(node):
         return
     scalars = {k: v for k, v in node.items()
                if k not in _ALL_METRIC_KEYS and isinstance(v, (str, int, float, bool))}
@@ -153,49 +159,84 @@ def iter_measurements(node: Any, keys: tuple[str, ...], ctx: dict[str, Any] | No
             yield float(value), ctx
             break
     for name, child in node.items():
-        if isinstance(child, (dict, list)):
+        if isinstance(child, (dict, list)) and name not in _SKIP_SECTIONS and not _is_baseline(name):
             sub = dict(ctx)
             if name.lower() in _DEVICE_ALIASES:
                 sub["device"] = name.lower()
             yield from iter_measurements(child, keys, sub)
 
 
+def _is_baseline(node: Any) -> bool:
+    """A baseline section (by its key) or row (by its backend/tool/name)."""
+    texts = [node] if isinstance(node, str) else [node.get(k) for k in ("backend", "tool", "name", "kind")]
+    return any(isinstance(t, str) and any(w in t.lower() for w in _BASELINE_WORDS) for t in texts)
+
+
 def _config(ctx: dict[str, Any]) -> str:
     return ", ".join(f"{k}={ctx[k]}" for k in _CONFIG_KEYS if k in ctx)
 
 
+def _read(path: Path) -> tuple[dict[str, Any], Machine, str] | None:
+    """(document, machine, kind) of one result file, or ``None`` with a warning saying why not."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        machine = parse_machine(doc)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        log.warning("skipping %s: %s", path.name, exc)
+        return None
+    kind = detect_kind(doc, path)
+    if kind is None:
+        log.warning("skipping %s: unknown benchmark (no 'benchmark' field and the name does not start with "
+                    "sampling/train/scan)", path.name)
+        return None
+    return doc, machine, kind
+
+
+def _same_machines(machines: list[Machine]) -> dict[Machine, Machine]:
+    """Files from one machine that omit the CPU model join the one known model with the same GPU and cores."""
+    known: dict[tuple[str | None, int | None], set[str]] = {}
+    for m in machines:
+        if m.cpu != UNKNOWN_CPU:
+            known.setdefault((m.gpu, m.cpu_count), set()).add(m.cpu)
+    out = {}
+    for m in machines:
+        models = known.get((m.gpu, m.cpu_count), set())
+        out[m] = Machine(m.gpu, next(iter(models)), m.cpu_count) if m.cpu == UNKNOWN_CPU and len(models) == 1 else m
+    return out
+
+
 def load_rows(results_dir: Path) -> tuple[list[Row], list[str]]:
-    """Rows per (machine, device), best value per benchmark; plus the names of the files used."""
+    """Rows per (machine, device), best value per benchmark; plus the names of the files used.
+
+    A full run beats a ``--quick`` one whatever the numbers (quick runs measure fixed costs).
+    """
+    read = [(path, r) for path in sorted(results_dir.glob("*.json")) if (r := _read(path)) is not None]
+    alias = _same_machines([m for _, (_, m, _) in read])
     rows: dict[tuple[Machine, str], Row] = {}
     used: list[str] = []
-    for path in sorted(results_dir.glob("*.json")):
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(doc, dict):
-                raise ValueError("not a JSON object")
-            machine = parse_machine(doc)
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            log.warning("skipping %s: %s", path.name, exc)
-            continue
-        kind = detect_kind(doc, path)
-        if kind is None:
-            log.warning("skipping %s: unknown benchmark (no 'benchmark' field and the name does not start with "
-                        "sampling/train/scan)", path.name)
-            continue
-        found = 0
+    for path, (doc, machine, kind) in read:
+        machine = alias[machine]
+        quick = bool(doc.get("quick"))
+        base = {k: v for k, v in (doc.get("config") or {}).items() if isinstance(v, (str, int, float, bool))}
+        body = doc["results"] if "results" in doc else {k: v for k, v in doc.items() if k not in _SKIP_SECTIONS}
         default_device = _device(doc) or ("gpu" if machine.gpu else "cpu")
-        for value, ctx in iter_measurements(doc.get("results"), METRICS[kind][1]):
+        found = 0
+        for value, ctx in iter_measurements(body, METRICS[kind][1], base):
             device = _device(ctx) or default_device
             row = rows.setdefault((machine, device), Row(machine, device))
-            row.quick |= bool(doc.get("quick"))
-            if kind not in row.best or value > row.best[kind].value:
-                row.best[kind] = Best(value, _config(ctx), path.name)
+            old = row.best.get(kind)
+            if old is None or (old.quick and not quick) or (old.quick == quick and value > old.value):
+                row.best[kind] = Best(value, _config(ctx), path.name, quick)
             found += 1
         if not found:
-            log.warning("skipping %s: no %s metric (%s) in its results", path.name, kind,
+            log.warning("skipping %s: no %s metric (%s) outside its baselines", path.name, kind,
                         ", ".join(METRICS[kind][1]))
             continue
         used.append(path.name)
+    for row in rows.values():
+        row.quick = any(b.quick for b in row.best.values())
     ordered = sorted(rows.values(), key=lambda r: (r.device != "gpu", -_rate(r)[0], r.machine.label(r.device)))
     return ordered, used
 
@@ -233,6 +274,9 @@ def render_markdown(rows: list[Row], used: list[str], projection: Projection, ch
         cells.append(format_duration(projection.frames / rate) + (" *" if fallback else "") if rate else "—")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"**How the time is projected.** {projection.explain()}", ""]
+    if any(r.quick for r in rows):
+        lines += ["Rows marked *(quick run)* come from `--quick` runs: tiny clips that check a benchmark works; "
+                  "fixed costs dominate them, so they understate throughput. A full run replaces them.", ""]
     if chart:
         lines += [f"![throughput chart]({chart})", ""]
     lines += ["## Best configurations", "", "| Machine | Device | Benchmark | Value | Configuration | File |",

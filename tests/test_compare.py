@@ -33,24 +33,40 @@ def write(folder: Path, name: str, doc: object) -> None:
 
 @pytest.fixture()
 def results(tmp_path: Path) -> Path:
+    """Files shaped like those of sampling_bench.py, train_bench.py and scan_bench.py, plus odd ones."""
     v = {"python": "3.12", "dali": "2.4.0"}
-    write(tmp_path, "sampling_h100.json", {"benchmark": "sampling", "machine": H100, "versions": v, "results": [
-        {"device": "gpu", "mode": "keyframe", "streams": 4, "sampled_frames_per_s": 900.0},
-        {"device": "gpu", "mode": "exact", "streams": 4, "sampled_frames_per_s": 321.0},
-        {"device": "cpu", "mode": "keyframe", "sampled_frames_per_s": 40.0}]})
-    write(tmp_path, "train_h100.json", {"benchmark": "train", "machine": H100, "versions": v,
-                                        "results": {"gpu": {"images_per_s": 2500.0, "batch_size": 128},
-                                                    "cpu": {"images_per_s": 30.0}}})
-    write(tmp_path, "scan_h100.json", {"benchmark": "scan", "machine": H100, "versions": v,
-                                       "results": {"runs": [{"device": "gpu", "frames_per_s": 720.0, "videos_per_s": 3},
-                                                            {"device": "gpu", "frames_per_s": 600.0}]}})
-    write(tmp_path, "sampling_laptop.json", {"machine": LAPTOP, "versions": v, "quick": True,
-                                             "results": [{"sampled_frames_per_s": 20.0}]})  # kind from file name
+    h100_sampling = {"gpu": H100["gpu"], "cpu_model": H100["cpu"], "cpu_count": 16, "platform": "Linux"}
+    write(tmp_path, "sampling_nvidia-h100.json", {"benchmark": "sampling", "quick": False, "machine": h100_sampling,
+                                                  "versions": v, "config": {"fps": 1.0, "size": 224}, "results": [
+        {"backend": "baseline-pyav-all-frames", "mode": "exact", "streams": 16, "sampled_fps": 5000.0},
+        {"backend": "cpu", "mode": "keyframe", "streams": 16, "sampled_fps": 40.0, "codec": "h264"},
+        {"backend": "cpu", "mode": "exact", "streams": 16, "sampled_fps": 12.0, "codec": "h264"},
+        {"backend": "gpu", "mode": "keyframe", "streams": 4, "sampled_fps": 900.0, "codec": "h264"},
+        {"backend": "gpu", "mode": "exact", "streams": 8, "sampled_fps": 321.0, "codec": "h264"}]})
+    for backend, dali, base in (("gpu", 2500.0, 700.0), ("cpu", 30.0, 25.0)):
+        write(tmp_path, f"train_h100_{backend}.json", {
+            "benchmark": "train", "quick": False, "backend": backend, "machine": H100, "versions": v,
+            "config": {"architecture": "resnet18", "batch_size": 256},
+            "results": {"dali_loader_images_per_s": dali * 3, "baseline_loader_images_per_s": base * 2,
+                        "model_step_images_per_s": dali * 1.05, "dali_train_images_per_s": dali,
+                        "baseline_train_images_per_s": base}})
+    scan_machine = {"host": "h100", "cpu_count": 16, "gpu": H100["gpu"], "dali": "2.4.0"}  # no CPU model
+    write(tmp_path, "scan_gpu.json", {"benchmark": "scan", "quick": False, "machine": scan_machine,
+                                      "cat_read": {"wall_s": 10.0, "mb_per_s": 2000.0},
+                                      "scan": {"device": "gpu", "sampled_frames_per_s": 720.0, "videos_per_s": 3.0},
+                                      "cpu_backend": {"device": "cpu", "sampled_frames_per_s": 14.4},
+                                      "naive_baseline": {"tool": "DALI readers.video", "frames_per_s": 9000.0}})
+    write(tmp_path, "scan_gpu_quick.json", {"benchmark": "scan", "quick": True, "machine": scan_machine,
+                                            "scan": {"device": "gpu", "sampled_frames_per_s": 99999.0}})
+    write(tmp_path, "sampling_laptop_quick.json", {"machine": LAPTOP, "versions": v, "quick": True,
+                                                   "results": [{"sampled_frames_per_s": 20.0}]})  # kind from name
     write(tmp_path, "scan-rtx.json", {"benchmark": "scan_bench", "machine": RTX, "versions": v,
-                                      "results": [{"device": "cuda", "scan_frames_per_s": 1000.0}]})
+                                      "results": {"cuda": [{"scan_frames_per_s": 1000.0, "streams": 8}]}})
     write(tmp_path, "notes.json", {"hello": 1})  # not ours
     write(tmp_path, "broken.json", "{not json")
     write(tmp_path, "train_empty.json", {"machine": H100, "results": []})
+    write(tmp_path, "sampling_only_baseline.json", {"machine": H100, "results": [
+        {"backend": "baseline-pyav-all-frames", "sampled_fps": 50.0}]})
     return tmp_path
 
 
@@ -58,22 +74,25 @@ def test_rows_keep_the_best_configuration_per_machine_and_device(compare, result
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
         rows, used = compare.load_rows(results)
-    assert sorted(used) == ["sampling_h100.json", "sampling_laptop.json", "scan-rtx.json", "scan_h100.json",
-                            "train_h100.json"]
-    for name in ("notes.json", "broken.json", "train_empty.json"):
+    assert sorted(used) == ["sampling_laptop_quick.json", "sampling_nvidia-h100.json", "scan-rtx.json",
+                            "scan_gpu.json", "scan_gpu_quick.json", "train_h100_cpu.json", "train_h100_gpu.json"]
+    for name in ("notes.json", "broken.json", "train_empty.json", "sampling_only_baseline.json"):
         assert f"skipping {name}" in caplog.text
     table = {(r.machine.label(r.device), r.device): {k: b.value for k, b in r.best.items()} for r in rows}
     assert table == {
+        # Baselines (5,000 and 9,000 frames/s) are not the product; the quick scan (99,999) loses to the full one.
         ("NVIDIA H100 80GB HBM3", "gpu"): {"sampling": 900.0, "train": 2500.0, "scan": 720.0},
-        ("CPU: AMD EPYC 9454, 16 cores", "cpu"): {"sampling": 40.0, "train": 30.0},
+        # The scan file names no CPU model: it joins the EPYC files of the same GPU machine.
+        ("CPU: AMD EPYC 9454, 16 cores", "cpu"): {"sampling": 40.0, "train": 30.0, "scan": 14.4},
         ("CPU: Intel Core i7-1260P, 12 cores", "cpu"): {"sampling": 20.0},
         ("NVIDIA GeForce RTX 4090", "gpu"): {"scan": 1000.0},
     }
     # GPUs first, fastest first.
     assert [r.machine.label(r.device) for r in rows][:2] == ["NVIDIA GeForce RTX 4090", "NVIDIA H100 80GB HBM3"]
     h100 = next(r for r in rows if r.device == "gpu" and r.machine.gpu.startswith("NVIDIA H100"))
-    assert h100.best["sampling"].config == "mode=keyframe, streams=4"
-    assert h100.best["train"].config == "batch_size=128"
+    assert h100.best["sampling"].config == "mode=keyframe, codec=h264, streams=4"
+    assert h100.best["train"].config == "batch_size=256, architecture=resnet18"
+    assert h100.best["scan"].source == "scan_gpu.json" and not h100.quick
 
 
 def test_projection_numbers(compare) -> None:
@@ -98,9 +117,10 @@ def test_report_and_chart(compare, results: Path, tmp_path: Path) -> None:
     assert len(row) == 4
     assert row["NVIDIA H100 80GB HBM3"] == "| NVIDIA H100 80GB HBM3 | gpu | 900.0 | 2,500.0 | 720.0 | 17 min |"
     assert row["NVIDIA GeForce RTX 4090"].endswith("| — | — | 1,000.0 | 12 min |")
+    assert row["CPU: AMD EPYC 9454, 16 cores"].endswith("| 40.0 | 30.0 | 14.4 | 13.9 h |")
     # No scan result: projected from sampling, marked *.
-    assert row["CPU: AMD EPYC 9454, 16 cores"].endswith("| 40.0 | 30.0 | — | 5.0 h * |")
-    assert "CPU: Intel Core i7-1260P, 12 cores (quick run)" in text
+    assert row["CPU: Intel Core i7-1260P, 12 cores (quick run)"].endswith("| 20.0 | — | — | 10.0 h * |")
+    assert "come from `--quick` runs" in text
     assert "720,000 sampled frames" in text and "How the time is projected" in text
     pytest.importorskip("matplotlib")
     png = results / "REPORT.png"
