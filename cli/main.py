@@ -52,9 +52,28 @@ class LazyGroup(click.Group):
             sys.exit(1)
 
 
+class _CliFormatter(logging.Formatter):
+    """Plain messages for information, a level prefix for what needs attention, names under -vv."""
+
+    def __init__(self, debug: bool) -> None:
+        super().__init__()
+        self.debug = debug
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info and self.debug:
+            message += "\n" + self.formatException(record.exc_info)
+        if self.debug:
+            return f"{record.levelname} {record.name}: {message}"
+        return message if record.levelno == logging.INFO else f"{record.levelname}: {message}"
+
+
 def configure_logging(verbose: int, quiet: bool) -> None:
+    """-q: warnings only; default: our INFO lines; -v: also other libraries' INFO; -vv: debug with names."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_CliFormatter(debug=verbose > 1))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     logging.getLogger("quadvault_dali").setLevel(logging.DEBUG if verbose > 1 else logging.INFO if not quiet else logging.WARNING)
     logging.getLogger("libav").setLevel(logging.ERROR)
     set_quiet(quiet)
