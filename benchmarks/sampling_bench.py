@@ -146,7 +146,7 @@ def versions() -> dict[str, str | None]:
     except ImportError:
         dali_version = None
     return {"dali": dali_version, "pyav": av.__version__, "torch": torch.__version__,
-            "python": platform.python_version(), "ffmpeg": ".".join(map(str, av.library_versions.get("libavcodec", ())))}
+            "python": platform.python_version(), "libavcodec": ".".join(map(str, av.library_versions.get("libavcodec", ())))}
 
 
 def slug(info: dict[str, Any]) -> str:
