@@ -1,0 +1,256 @@
+"""Scan benchmark: is the scan faster than reading the library? How much faster than the CPU and a naive decoder?
+
+Builds a synthetic library (default 200 videos of 10-60 s, half 1080p30 H.264 at ~16 Mbit/s, half 2160p30
+HEVC at ~45 Mbit/s, keyframe every 1-2 s), then, each time with the files evicted from the page cache:
+
+* ``cat``: reading every file start to end (what any full pass over the disk costs);
+* ``scan``: ``scan_library`` on the chosen device (GPU where there is one), 1 frame/s, a 224 px model;
+* ``cpu``: the same scan with the CPU backend, on a subset, extrapolated per video-second;
+* ``naive``: decoding every frame - one DALI pipeline (``fn.experimental.readers.video``) on the GPU,
+  PyAV on the CPU - on a subset, extrapolated per frame.
+
+Encoding hundreds of long 4K clips would take hours, so a few short masters per format are encoded and
+stream-copied (remuxed, keyframes intact) into files of the wanted lengths. Results go to
+``benchmarks/results/scan_<device>[_quick].json`` with the machine and library versions.
+
+    python benchmarks/scan_bench.py --quick          # a tiny run, under a minute on a laptop CPU
+    python benchmarks/scan_bench.py --work /scratch  # the full run (on the GPU machine)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import av
+
+from quadvault_dali.device import resolve_device
+from quadvault_dali.synth import SynthSpec, make_video
+
+RESULTS = Path(__file__).resolve().parent / "results"
+# (name, codec, width, height, bit rate) - realistic drone bit rates
+FORMATS_FULL = [("1080p30_h264", "h264", 1920, 1080, 16_000_000), ("2160p30_hevc", "hevc", 3840, 2160, 45_000_000)]
+FORMATS_QUICK = [("180p30_h264", "h264", 320, 180, 600_000), ("360p30_hevc", "hevc", 640, 360, 1_200_000)]
+
+
+def remux_repeat(src: Path, dst: Path, seconds: float) -> None:
+    """Writes ``dst``: ``src`` stream-copied back to back until it lasts ``seconds`` (no re-encoding)."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        s_in = inp.streams.video[0]
+        s_out = out.add_stream_from_template(s_in)
+        packets = [p for p in inp.demux(s_in) if p.dts is not None and p.size]
+        tb = s_in.time_base
+        step = max(p.pts for p in packets) + (packets[1].dts - packets[0].dts)
+        length = float(step * tb)
+        rounds = max(1, int(round(seconds / length)))
+        for r in range(rounds):
+            for p in packets:
+                q = av.Packet(bytes(p))
+                q.pts, q.dts, q.time_base, q.stream = p.pts + r * step, p.dts + r * step, tb, s_out
+                q.is_keyframe = p.is_keyframe
+                out.mux(q)
+
+
+def build_library(root: Path, videos: int, formats: list, durations: tuple[float, float], master_s: float,
+                  seed: int = 0) -> list[Path]:
+    rng = random.Random(seed)
+    masters = {}
+    for name, codec, w, h, rate in formats:
+        for gop in (1.0, 2.0):
+            m = root / "_masters" / f"{name}_gop{gop:g}.mp4"
+            if not m.exists():
+                make_video(m, SynthSpec(codec=codec, width=w, height=h, fps=30, duration_s=master_s,
+                                        keyframe_interval_s=gop, bit_rate=rate, style="highlight", seed=len(masters)))
+            masters[(name, gop)] = m
+    files = []
+    for i in range(videos):
+        name = formats[i % len(formats)][0]
+        gop = rng.choice((1.0, 2.0))
+        dst = root / "library" / f"{i // 50:02d}" / f"{name}_{i:04d}.mp4"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not dst.exists():
+            remux_repeat(masters[(name, gop)], dst, rng.uniform(*durations))
+        files.append(dst)
+    return files
+
+
+def evict(files: list[Path]) -> str:
+    """Drops the files from the page cache: globally where allowed, else per file (fadvise)."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+        return "drop_caches"
+    except OSError:
+        for f in files:
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+        return "fadvise_dontneed"
+
+
+def cat_read(files: list[Path]) -> float:
+    started = time.perf_counter()
+    for f in files:
+        with open(f, "rb", buffering=0) as fh:
+            while fh.read(8 << 20):
+                pass
+    return time.perf_counter() - started
+
+
+def run_scan(files: list[Path], out: Path, device: str, model_dir: Path, streams: int, batch: int) -> dict:
+    from quadvault_dali.scan.runner import ScanOptions, scan_library
+
+    import torch
+
+    from quadvault_dali.device import torch_device
+    from quadvault_dali.model import load_model
+
+    shutil.rmtree(out, ignore_errors=True)
+    model = load_model(model_dir, device=torch_device(resolve_device(device)))
+    model.score_frames(torch.zeros((batch, 3, 224, 224), dtype=torch.uint8))  # warm-up, not timed
+    started = time.perf_counter()
+    summary = scan_library(files, ScanOptions(out_dir=out, device=device, streams=streams, batch_size=batch,
+                                              resume=False), scorers=[model])
+    wall = time.perf_counter() - started
+    run = summary.run
+    return {"device": resolve_device(device), "videos": run.videos, "errors": run.errors, "wall_s": round(wall, 3),
+            "videos_per_s": round(run.videos / wall, 3), "video_seconds_per_s": round(run.video_seconds / wall, 2),
+            "sampled_frames": run.frames, "sampled_frames_per_s": round(run.frames / wall, 2),
+            "library_mb_per_s": round(run.file_bytes / wall / 1e6, 2),
+            "bytes_read": run.bytes_read, "file_bytes": run.file_bytes,
+            "bytes_read_fraction": round(run.bytes_read / max(run.file_bytes, 1), 4),
+            "video_seconds": round(run.video_seconds, 2)}
+
+
+def naive_decode(files: list[Path], backend: str) -> dict:
+    """Decodes every frame: one DALI GPU pipeline, or PyAV on the CPU."""
+    started = time.perf_counter()
+    frames = 0
+    if backend == "gpu":
+        from nvidia.dali import fn, pipeline_def
+
+        @pipeline_def(batch_size=1, num_threads=4, device_id=0)
+        def decode_all():  # the baseline users would write first: every frame, in order
+            return fn.experimental.readers.video(device="gpu", filenames=[str(f) for f in files],
+                                                 sequence_length=30, step=30, name="reader")
+
+        pipe = decode_all()
+        pipe.build()
+        for _ in range(pipe.epoch_size("reader")):
+            (video,) = pipe.run()
+            frames += int(video.as_tensor().shape()[1])
+        tool = "DALI fn.experimental.readers.video (gpu), batch 1, sequences of 30"
+    else:
+        for f in files:
+            with av.open(str(f)) as c:
+                c.streams.video[0].thread_type = "AUTO"
+                frames += sum(1 for _ in c.decode(video=0))
+        tool = "PyAV decode every frame, frame threads"
+    wall = time.perf_counter() - started
+    return {"tool": tool, "videos": len(files), "frames": frames, "wall_s": round(wall, 3),
+            "frames_per_s": round(frames / wall, 2)}
+
+
+def machine_info(backend: str) -> dict:
+    import torch
+
+    info = {"host": socket.gethostname(), "platform": platform.platform(), "python": sys.version.split()[0],
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "pyav": av.__version__}
+    try:
+        import nvidia.dali as dali
+        info["dali"] = dali.__version__
+    except ImportError:
+        info["dali"] = None
+    info["gpu"] = torch.cuda.get_device_name(0) if backend == "gpu" else None
+    return info
+
+
+def make_model(work: Path) -> Path:
+    import torch
+
+    from quadvault_dali.model import build_network, save_model
+
+    torch.manual_seed(0)
+    net = build_network("efficientnet-lite0", image_size=224, pretrained="none").eval()
+    return save_model(work / "model", net, {"architecture": "efficientnet-lite0", "image_size": 224, "name": "bench"})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="6 tiny videos: checks the benchmark runs")
+    ap.add_argument("--videos", type=int, default=200)
+    ap.add_argument("--device", default="auto", choices=["auto", "gpu", "cpu"])
+    ap.add_argument("--cpu-videos", type=int, default=6, help="subset for the CPU backend scan")
+    ap.add_argument("--naive-videos", type=int, default=6, help="subset for the decode-every-frame baseline")
+    ap.add_argument("--streams", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--work", type=Path, default=None, help="where the library is built (needs ~30 GB full)")
+    ap.add_argument("--out", type=Path, default=None, help="JSON result path")
+    args = ap.parse_args()
+    backend = resolve_device(args.device)
+    formats = FORMATS_QUICK if args.quick else FORMATS_FULL
+    videos, durations, master_s = (6, (2.0, 4.0), 2.0) if args.quick else (args.videos, (10.0, 60.0), 10.0)
+    work = args.work or Path(tempfile.mkdtemp(prefix="scan_bench_"))
+    t0 = time.perf_counter()
+    files = build_library(work, videos, formats, durations, master_s)
+    build_s = time.perf_counter() - t0
+    lib_bytes = sum(f.stat().st_size for f in files)
+    model = make_model(work)
+    result: dict = {"benchmark": "scan", "quick": args.quick,
+                    "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "machine": machine_info(backend),
+                    "library": {"videos": len(files), "bytes": lib_bytes, "formats": [f[0] for f in formats],
+                                "durations_s": list(durations), "keyframe_interval_s": [1.0, 2.0],
+                                "build_s": round(build_s, 1)}}
+    result["cache"] = evict(files)
+    cat_s = cat_read(files)
+    result["cat_read"] = {"wall_s": round(cat_s, 3), "mb_per_s": round(lib_bytes / cat_s / 1e6, 2)}
+    evict(files)
+    result["scan"] = run_scan(files, work / "scan_out", backend, model, args.streams, args.batch_size)
+    result["scan"]["vs_cat_read"] = round(result["scan"]["wall_s"] / cat_s, 3)
+    if backend == "gpu":
+        subset = files[: args.cpu_videos]
+        evict(subset)
+        cpu = run_scan(subset, work / "cpu_out", "cpu", model, args.streams, args.batch_size)
+        cpu["extrapolated_wall_s"] = round(result["scan"]["video_seconds"] / cpu["video_seconds_per_s"], 1)
+        result["cpu_backend"] = cpu
+        result["gpu_speedup_vs_cpu"] = round(result["scan"]["video_seconds_per_s"] / cpu["video_seconds_per_s"], 2)
+    else:
+        result["cpu_backend"] = "same as scan (no GPU on this machine)"
+    subset = files[: args.naive_videos]
+    evict(subset)
+    naive = naive_decode(subset, backend)
+    total_frames = 0
+    for f in files:
+        with av.open(str(f)) as c:
+            total_frames += c.streams.video[0].frames
+    naive["extrapolated_wall_s"] = round(total_frames / naive["frames_per_s"], 1)
+    result["naive_baseline"] = naive
+    result["scan_speedup_vs_naive"] = round(naive["extrapolated_wall_s"] / result["scan"]["wall_s"], 2)
+    if args.quick:
+        result["note"] = ("--quick: 6 tiny clips to check the benchmark runs; fixed costs dominate, so these "
+                          "numbers say nothing about throughput")
+    out = args.out or RESULTS / f"scan_{backend}{'_quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out)
+    print(json.dumps(result, indent=2))
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
