@@ -118,6 +118,11 @@ def test_resume_skips_done_and_rescans_changed_files(library: Path, tmp_path: Pa
                for s in seconds[str(changed)])
     assert {p: r for p, r in now.items() if p != str(changed)} == {
         p: r for p, r in first.items() if p != str(changed)}
+    # other models: every video is rescanned, with one score per frame per new model
+    other = scan_library([lib], ScanOptions(out_dir=out, threshold=THRESHOLD, device="cpu"), scorers=[StampScorer()])
+    assert other.run.videos == len(first) and other.superseded == len(first)
+    assert {len(s["model_scores"]) for rows in _seconds(out).values() for s in rows} == {1}
+    assert {r["model_fingerprint"] for r in _videos(out).values()} == {"stamp-v1"}
     # --no-resume redoes everything and still keeps each path once
     fourth = _scan(lib, out, resume=False, shard_videos=50)
     assert fourth.run.videos == len(first) and set(_videos(out)) == set(first)
