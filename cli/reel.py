@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from quadvault_dali.cli._options import device_option
 
 
 def _parse_resolution(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
@@ -45,14 +44,15 @@ def _parse_resolution(ctx: click.Context, param: click.Parameter, value: str) ->
               help="keep: the sources' sound under each clip, crossfaded; none: a silent reel.")
 @click.option("--encoder", type=click.Choice(["auto", "nvenc", "x264"]), default="auto", show_default=True,
               help="H.264 encoder: nvenc (NVIDIA hardware), x264 (CPU), auto = nvenc when it opens.")
-@device_option
+@click.option("--device", type=click.Choice(["auto", "gpu", "cpu"]), default="auto", show_default=True,
+              help="gpu: require a CUDA GPU (error without one); cpu: never use the GPU (libx264); auto: NVENC "
+                   "when it opens. Windows are always decoded on the CPU (PyAV): a reel decodes only seconds.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (what the clip list would hold); encode nothing.")
 def reel(scores: Path, out: Path, resolution: tuple[int, int], dry_run: bool, **kw: object) -> None:
     """Cut a highlight reel OUT (e.g. best.mp4) from the best seconds in SCORES.
 
     SCORES is a scan folder (per-second scores) or a highlights.json. Each chosen video gives its
     best --clip-seconds window. Next to OUT goes OUT.clips.csv: source, in/out, score, reel time.
-    Windows are decoded on the CPU (PyAV); --device only decides whether NVENC may be used.
 
     \b
     Examples:

@@ -20,7 +20,7 @@ from .encoders import EncoderChoice, choose_encoder
 from .frames import check_window
 from .render import AudioChoice, RenderResult, render_reel
 from .scores import ScoreSource, VideoScores, load_scores
-from .select import Order, ReelPlan, plan_reel
+from .select import EmptySelectionError, Order, ReelPlan, plan_reel
 from .sidecar import sidecar_path, write_sidecar
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,9 @@ def prepare_reel(scores: str | Path | ScoreSource, options: ReelOptions, *, deco
                 continue
             v = dataclasses.replace(v, duration_s=info.duration_s, rotation=info.rotation)
         videos.append(v)
+    if not videos:
+        raise EmptySelectionError(f"{source.origin}: no scored video to cut a reel from "
+                                  f"({source.failed_videos} failed or unscored, {len(skipped)} unreadable)")
     if not source.per_second:
         log.warning("no per-second scores in %s: each window is centred on the video's best second where "
                     "known, else on its middle, and scored with the video's score", source.origin)
