@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
 from tqdm.auto import tqdm
@@ -24,10 +24,15 @@ def progress_enabled() -> bool:
 
 @contextmanager
 def progress_bar(total: int | float | None, desc: str, unit: str = "it", **kwargs: object) -> Iterator[tqdm]:
-    """A tqdm bar that routes log lines above it; disabled under ``-q`` or without a terminal."""
-    with logging_redirect_tqdm(loggers=[logging.getLogger("quadvault_dali")]):
-        bar = tqdm(total=total, desc=desc, unit=unit, disable=not progress_enabled(), dynamic_ncols=True,
-                   **kwargs)
+    """A tqdm bar that routes log lines above it; disabled under ``-q`` or without a terminal.
+
+    Log lines go through the root logger's handlers (the CLI's), so only those are redirected;
+    redirecting a child logger as well would print every line twice.
+    """
+    enabled = progress_enabled()
+    redirect = logging_redirect_tqdm() if enabled else nullcontext()
+    with redirect:
+        bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True, **kwargs)
         try:
             yield bar
         finally:
