@@ -239,3 +239,22 @@ def test_load_scan_folder_reads_per_second_scores(scan_dir: Path) -> None:
     assert plain.times.tolist() == list(range(10)) and plain.scores[2] == pytest.approx(0.95)
     prepared = prepare_reel(source, ReelOptions(min_score=0.9, top=1))
     assert [c.window.path.name for c in prepared.plan.clips] == ["plain 30fps.mp4"]
+
+
+@pytest.mark.gpu
+def test_gpu_machine_uses_nvenc_where_it_opens_and_says_so(scan_dir: Path, tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    from quadvault_dali.reel.encoders import encoder_opens
+
+    nvenc_ok, why = encoder_opens("h264_nvenc", W, H, 30.0)
+    with caplog.at_level(logging.INFO, logger="quadvault_dali"):
+        result = make_reel(scan_dir, tmp_path / "gpu.mp4", ReelOptions(width=W, height=H, device="gpu", top=2))
+    assert result.render.encoder == ("h264_nvenc" if nvenc_ok else "libx264")
+    assert "encoder: h264_nvenc" in caplog.text if nvenc_ok else "NVENC unavailable" in caplog.text
+    frames, stream, _ = decode_all(tmp_path / "gpu.mp4")
+    assert len(frames) == result.prepared.plan.total_frames and (stream.width, stream.height) == (W, H)
+    first = result.prepared.plan.clips[0]
+    assert stamp_of(frames[first.frames // 2], W, H).source_id == 1
+    if not nvenc_ok:  # e.g. the H100: no encoder block, so an explicit nvenc request is an error
+        with pytest.raises(QuadvaultError, match="--encoder nvenc asked for"):
+            make_reel(scan_dir, tmp_path / "x.mp4", ReelOptions(width=W, height=H, encoder="nvenc"))

@@ -49,6 +49,11 @@ class ReelOptions:
         if self.width < 16 or self.height < 16 or self.width % 2 or self.height % 2:
             raise QuadvaultError(f"reel resolution {self.width}x{self.height}: width and height must be even "
                                  "and at least 16", hint="e.g. 1920x1080 or 1280x720")
+        for name, value, allowed in (("order", self.order, ("score", "time")), ("audio", self.audio, ("none", "keep")),
+                                     ("encoder", self.encoder, ("auto", "nvenc", "x264")),
+                                     ("device", self.device, ("auto", "gpu", "cpu"))):
+            if value not in allowed:
+                raise QuadvaultError(f"{name} {value!r} is not one of {', '.join(allowed)}")
         if self.max_duration_s is not None and self.max_duration_s <= 0:
             raise QuadvaultError(f"--duration must be positive, got {self.max_duration_s}")
 
