@@ -123,8 +123,8 @@ def _download_resnet18() -> dict[str, torch.Tensor]:
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(15)
     try:
-        # torch.hub announces every download attempt on stderr; the outcome is reported by the caller
-        with contextlib.redirect_stderr(io.StringIO()):
+        # torch.hub announces every download attempt on stdout; the outcome is reported by the caller
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             return weights.get_state_dict(progress=False)
     except Exception as exc:  # noqa: BLE001 - offline, proxy, DNS, HTTP: all mean "not available"
         raise BackendUnavailableError(

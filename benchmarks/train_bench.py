@@ -1,0 +1,282 @@
+"""Training input throughput: the DALI pipeline against a torchvision DataLoader + PIL, in one run.
+
+Measures, at 224 px with ResNet18 (efficientnet-lite0 when its weights cannot be had), bf16 on a GPU:
+  - loader-only images/s for DALI and for the DataLoader baseline (same augmentations),
+  - the model's own training step rate on synthetic tensors already on the device (the ceiling),
+  - end-to-end training images/s fed by each loader, and GPU utilisation during the DALI run.
+On an H100 the goal is DALI >= 3x the baseline and >= 90 % of the model's step rate.
+
+    python benchmarks/train_bench.py            # full run (GPU machine)
+    python benchmarks/train_bench.py --quick    # under a minute on a small CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from quadvault_dali.model import build_network, library_versions, spec_for
+from quadvault_dali.training import DaliFrameLoader, FrameTable, resolve_backbone
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def make_jpegs(root: Path, n: int, size: tuple[int, int] = (456, 256)) -> list[str]:
+    """Frames the size prepare-dataset stores (short side 256), with texture so JPEG work is realistic."""
+    rng = np.random.default_rng(0)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    files = []
+    for i in range(n):
+        base = np.stack([(xx + 7 * i) % 256, (yy * 2 + 3 * i) % 256, (xx + yy + 11 * i) % 256], -1)
+        img = (base + rng.normal(0, 12, base.shape)).clip(0, 255).astype(np.uint8)
+        path = root / f"{i:06d}.jpg"
+        Image.fromarray(img).save(path, quality=90)
+        files.append(str(path))
+    return files
+
+
+class PilDataset(torch.utils.data.Dataset):
+    """The baseline: PIL decode + torchvision transforms with the DALI pipeline's augmentations."""
+
+    def __init__(self, files: list[str], image_size: int, mean: Iterable[float], std: Iterable[float]) -> None:
+        from torchvision import transforms as T
+
+        self.files = files
+        self.transform = T.Compose([
+            T.RandomResizedCrop(image_size, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3)),
+            T.RandomHorizontalFlip(), T.RandomRotation(10),
+            T.ColorJitter(0.2, 0.2, 0.2, 8 / 360), T.ToTensor(), T.Normalize(list(mean), list(std))])
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        with Image.open(self.files[i]) as im:
+            return self.transform(im.convert("RGB")), i
+
+
+def _drain(batches: Iterable[Any], device: torch.device, max_batches: int,
+           step: Callable[[torch.Tensor], None] | None = None) -> tuple[int, float]:
+    """(images, seconds) over up to ``max_batches`` after one warm-up batch."""
+    it = iter(batches)
+    first = next(it)
+    if step is not None:
+        step(first[0].to(device, non_blocking=True))
+    _sync(device)
+    n, start = 0, time.perf_counter()
+    for k, (images, _) in enumerate(it):
+        if k >= max_batches:
+            break
+        images = images.to(device, non_blocking=True)
+        if step is not None:
+            step(images)
+        n += images.shape[0]
+    _sync(device)
+    return n, time.perf_counter() - start
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_step(net: torch.nn.Module, device: torch.device) -> Callable[[torch.Tensor], None]:
+    """One optimiser step on a batch, bf16 autocast and channels_last on CUDA, like the training loop."""
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    cuda = device.type == "cuda"
+
+    def step(images: torch.Tensor) -> None:
+        if cuda:
+            images = images.contiguous(memory_format=torch.channels_last)
+        y = torch.ones(images.shape[0], device=device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            logits = net(images)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+class GpuSampler:
+    """Mean GPU utilisation over a block, from pynvml or nvidia-smi; ``None`` without either."""
+
+    def __init__(self, index: int = 0) -> None:
+        self.index, self.samples, self._stop = index, [], threading.Event()
+        self._read = self._reader()
+
+    def _reader(self) -> Callable[[], float] | None:
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            handle = pynvml.nvmlDeviceGetHandleByIndex(self.index)
+            return lambda: float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+        except Exception:  # noqa: BLE001 - no NVML: try the CLI
+            pass
+        if shutil.which("nvidia-smi"):
+            cmd = ["nvidia-smi", f"--id={self.index}", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+            return lambda: float(subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout.strip())
+        return None
+
+    def __enter__(self) -> "GpuSampler":
+        if self._read is not None:
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                self.samples.append(self._read())  # type: ignore[misc]
+            except Exception:  # noqa: BLE001 - a failed sample is just missing
+                pass
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+    @property
+    def mean(self) -> float | None:
+        return float(np.mean(self.samples)) if self.samples else None
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        cpu = re.search(r"model name\s*:\s*(.+)", text).group(1).strip()  # type: ignore[union-attr]
+    except (OSError, AttributeError):
+        pass
+    info = {"cpu": cpu, "cpu_count": os.cpu_count(), "gpu": None}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _rate(n: int, s: float) -> float:
+    return round(n / s, 1) if s > 0 else 0.0
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from quadvault_dali.device import resolve_device
+
+    backend = resolve_device(args.device)
+    device = torch.device("cuda:0") if backend == "gpu" else torch.device("cpu")
+    arch, note = resolve_backbone(args.backbone, "auto")
+    if note:
+        print(note)
+    spec = spec_for(arch)
+    tmp = Path(tempfile.mkdtemp(prefix="train_bench_"))
+    try:
+        files = make_jpegs(tmp, args.images)
+        table = FrameTable(files, np.zeros(len(files), np.int64), [str(i) for i in range(len(files))])
+        bs, size, nb, nl = args.batch_size, args.image_size, args.batches, args.loader_batches
+        workers = args.workers or os.cpu_count() or 1
+        dali = DaliFrameLoader(table, image_size=size, mean=spec.mean, std=spec.std, train=True, batch_size=bs,
+                               backend=backend, num_threads=workers)
+        loader = torch.utils.data.DataLoader(PilDataset(files, size, spec.mean, spec.std), batch_size=bs,
+                                             shuffle=True, num_workers=workers, drop_last=True,
+                                             pin_memory=device.type == "cuda", persistent_workers=True)
+        net = build_network(arch, image_size=size, pretrained="auto").to(device)
+        if device.type == "cuda":
+            net = net.to(memory_format=torch.channels_last)
+        net.train()
+        step = make_step(net, device)
+        results: dict[str, Any] = {}
+
+        def forever(source: Any) -> Iterable[Any]:
+            while True:
+                yield from source
+
+        dali_stream, baseline_stream = forever(dali), forever(loader)  # one pass each, never restarted
+        n, s = _drain(dali_stream, device, nl)
+        results["dali_loader_images_per_s"] = _rate(n, s)
+        n, s = _drain(baseline_stream, device, nl)
+        results["baseline_loader_images_per_s"] = _rate(n, s)
+        synthetic = torch.randn(bs, 3, size, size, device=device)
+        n, s = _drain(((synthetic, None) for _ in range(nb + 1)), device, nb, step)
+        results["model_step_images_per_s"] = _rate(n, s)
+        with GpuSampler() if device.type == "cuda" else _Null() as gpu:
+            n, s = _drain(dali_stream, device, nb, step)
+        results["dali_train_images_per_s"] = _rate(n, s)
+        results["gpu_utilisation_percent_dali_train"] = getattr(gpu, "mean", None)
+        with GpuSampler() if device.type == "cuda" else _Null() as gpu:
+            n, s = _drain(baseline_stream, device, nb, step)
+        results["baseline_train_images_per_s"] = _rate(n, s)
+        results["gpu_utilisation_percent_baseline_train"] = getattr(gpu, "mean", None)
+        d, b, m = (results["dali_train_images_per_s"], results["baseline_train_images_per_s"],
+                   results["model_step_images_per_s"])
+        results["dali_vs_baseline_train"] = round(d / b, 2) if b else None
+        results["dali_train_vs_model_step"] = round(d / m, 3) if m else None
+        results["dali_vs_baseline_loader"] = (round(results["dali_loader_images_per_s"]
+                                                    / results["baseline_loader_images_per_s"], 2)
+                                              if results["baseline_loader_images_per_s"] else None)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    note = ("quick smoke run: few batches on a small shared machine, numbers are noisy and not comparable "
+            "with full GPU runs") if args.quick else None
+    return {"benchmark": "train", "quick": args.quick, "note": note, "backend": backend, "machine": machine(device),
+            "versions": library_versions(),
+            "config": {"architecture": arch, "image_size": size, "batch_size": bs, "train_batches_timed": nb, "loader_batches_timed": nl,
+                       "images_in_set": args.images, "loader_workers": workers,
+                       "precision": "bf16 autocast" if device.type == "cuda" else "fp32"},
+            "results": results, "goals_h100": {"dali_vs_baseline_train": ">= 3", "dali_train_vs_model_step": ">= 0.9"}}
+
+
+class _Null:
+    def __enter__(self) -> "_Null":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="few images and batches (CPU smoke run)")
+    parser.add_argument("--device", choices=["auto", "gpu", "cpu"], default="auto")
+    parser.add_argument("--backbone", choices=["resnet18", "efficientnet-lite0"], default=None)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--batches", type=int, default=None, help="timed batches per training measurement")
+    parser.add_argument("--loader-batches", type=int, default=None,
+                        help="timed batches per loader-only measurement (well above the prefetch depth)")
+    parser.add_argument("--images", type=int, default=None, help="JPEGs in the generated set")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers / DALI threads (0 = all CPUs)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    args.batch_size = args.batch_size or (4 if args.quick else 256)
+    args.batches = args.batches or (4 if args.quick else 40)
+    args.loader_batches = args.loader_batches or (24 if args.quick else 100)
+    args.images = args.images or (4 * args.batch_size if args.quick else 4096)
+    report = run(args)
+    m = report["machine"]
+    name = re.sub(r"[^a-z0-9]+", "-", (m["gpu"] or m["cpu"]).lower()).strip("-")
+    out = args.out or RESULTS / f"train_{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, out)
+    print(json.dumps(report["results"], indent=2))
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()
