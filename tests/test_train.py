@@ -90,6 +90,22 @@ def test_eval_pipeline_is_the_models_centre_crop(tmp_path: Path) -> None:
         assert torch.allclose(images[row], expected, atol=0.4)
 
 
+def test_shards_split_validation_exactly(tmp_path: Path) -> None:
+    """Two DDP ranks' eval shards together hold every frame once; train shards give equal step counts."""
+    files = _jpegs(tmp_path, 7)
+    table = FrameTable(files, np.zeros(7, np.int64), [f"v{i}" for i in range(7)])
+    rows = []
+    for rank in range(2):
+        loader = DaliFrameLoader(table, image_size=32, mean=MEAN, std=STD, train=False, batch_size=2,
+                                 backend="cpu", shard_id=rank, num_shards=2)
+        rows.append([r for _, batch_rows in loader for r in batch_rows.tolist()])
+    assert sorted(rows[0] + rows[1]) == list(range(7)) and not set(rows[0]) & set(rows[1])
+    train = [DaliFrameLoader(table, image_size=32, mean=MEAN, std=STD, train=True, batch_size=2, backend="cpu",
+                             shard_id=rank, num_shards=2) for rank in range(2)]
+    steps = [[len(list(loader)) for _ in range(2)] for loader in train]
+    assert steps[0] == steps[1] == [len(train[0])] * 2 and len(train[0]) >= 1
+
+
 def test_train_pipeline_augments_but_keeps_shapes(tmp_path: Path) -> None:
     files = _jpegs(tmp_path, 6)
     table = FrameTable(files, np.zeros(6, np.int64), [f"v{i}" for i in range(6)])
@@ -157,4 +173,37 @@ def test_training_learns_the_two_styles(tmp_path: Path) -> None:
         [_frame(label, rng) for _ in range(3)])).permute(0, 3, 1, 2)).mean()) for _ in range(4)]
         for label in (0, 1)}
     assert min(scores[1]) > max(scores[0])
+    assert max(scores[0]) < model.threshold <= min(scores[1])  # and the card's threshold separates them
     assert (out / "training_history.json").is_file()
+
+
+def test_cli_default_backbone_falls_back_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import quadvault_dali.training._config as config_module
+    from quadvault_dali.cli.main import main
+
+    monkeypatch.setattr(config_module, "resnet18_weights_available", lambda: False)
+    make_dataset(tmp_path / "ds", n_videos=6, frames=2)
+    out = tmp_path / "m"
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "ds" / "dataset.parquet"), "--output-dir", str(out),
+                                       "--epochs", "1", "--batch-size", "4", "--image-size", "64",
+                                       "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    fallback = [line for line in result.output.splitlines() if "ResNet18 ImageNet weights cannot be" in line]
+    assert len(fallback) == 1 and "efficientnet-lite0" in fallback[0] and "--pretrained PATH" in fallback[0]
+    assert load_model(out).card["architecture"] == "efficientnet-lite0"
+    assert "Train Loss:" in result.output and "TRAINING COMPLETE" in result.output
+
+
+def test_cuda_out_of_memory_suggests_a_smaller_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import quadvault_dali.training._loop as loop
+    from quadvault_dali.errors import QuadvaultError
+
+    def oom(*args: object, **kwargs: object) -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(loop, "_run", oom)
+    config = TrainConfig(tmp_path, tmp_path / "m", batch_size=64, device="cpu")
+    with pytest.raises(QuadvaultError, match="--batch-size 64.*try --batch-size 32"):
+        loop.run_training(config, print)

@@ -130,7 +130,7 @@ class DaliFrameLoader:
         rows = list(range(len(frames)))
         if train:  # the reader's shuffle buffer mixes locally; a seeded global shuffle mixes videos too
             np.random.default_rng(seed).shuffle(rows)
-        shard_len = len(frames) // num_shards + (1 if shard_id < len(frames) % num_shards else 0)
+        smallest_shard = len(frames) // num_shards  # the same policy on every rank, or DDP would hang
         self.pipe = frame_pipeline(
             [frames.files[r] for r in rows], rows, image_size=image_size, mean=list(mean), std=list(std),
             train=train, decode_device="mixed" if gpu else "cpu", shard_id=shard_id, num_shards=num_shards,
@@ -138,7 +138,7 @@ class DaliFrameLoader:
             device_id=device_id if gpu else None, seed=seed + 7919 * shard_id, prefetch_queue_depth=2)
         self.pipe.build()
         # training drops a ragged last batch (a 1-image batch breaks BatchNorm) unless that is all there is
-        policy = (LastBatchPolicy.DROP if train and shard_len >= batch_size else LastBatchPolicy.PARTIAL)
+        policy = (LastBatchPolicy.DROP if train and smallest_shard >= batch_size else LastBatchPolicy.PARTIAL)
         self.iterator = DALIGenericIterator([self.pipe], ["images", "rows"], reader_name=READER_NAME,
                                             last_batch_policy=policy, auto_reset=True)
 

@@ -223,7 +223,8 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
         train_loss, train_acc, seen = _train_epoch(model, net, train_loader, data.train, optimizer, scheduler,
                                                    pos_weight, device, f"Train {epoch}", show)
         train_s = time.perf_counter() - started
-        probs, val_loss = _evaluate(model, val_loader, data.val, device, world, f"Val {epoch}", show)
+        # the bare network: DDP's forward syncs buffers, and ranks may hold different numbers of val batches
+        probs, val_loss = _evaluate(net, val_loader, data.val, device, world, f"Val {epoch}", show)
         frame, video, threshold = _score(probs, data.val)
         record = EpochRecord(epoch, train_loss, train_acc, val_loss, frame, video, threshold,
                              time.perf_counter() - started, seen * world / max(train_s, 1e-9))
