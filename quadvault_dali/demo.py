@@ -28,6 +28,7 @@ class SampleLibrary:
     labelled_normal: list[Path]
     flights: list[Path]
     broken: list[Path]
+    segments: dict[Path, tuple[tuple[str, float], ...]]  # flight -> its (style, seconds) runs
 
 
 @dataclass
@@ -36,6 +37,7 @@ class DemoResult:
     steps: dict[str, float] = field(default_factory=dict)  # step -> seconds
     reel: Path | None = None
     top: list[tuple[str, float]] = field(default_factory=list)
+    library: SampleLibrary | None = None
 
 
 def build_sample_library(root: Path, *, labelled_per_class: int = 8, flights: int = 10) -> SampleLibrary:
@@ -57,16 +59,18 @@ def build_sample_library(root: Path, *, labelled_per_class: int = 8, flights: in
         (("normal", 4.0), ("highlight", 4.0), ("normal", 4.0)),
     ]
     flight_paths = []
+    segments_of: dict[Path, tuple[tuple[str, float], ...]] = {}
     for i in range(flights):
         segments = shapes[i % len(shapes)]
         spec = SynthSpec(width=320, height=180, duration_s=sum(s for _, s in segments), segments=segments,
                          codec=codecs[i % 2], fps=fps_choices[i % 3], keyframe_interval_s=1.0, stamp=False,
                          seed=100 + i, rotation=90 if i == 3 else 0, source_id=i)
         flight_paths.append(make_video(root / "library" / f"2026-0{1 + i % 3}" / f"DJI_{i:04d}.mp4", spec))
+        segments_of[flight_paths[-1]] = segments
     broken = [make_broken(root / "library" / "2026-01" / "DJI_9990.mp4", "empty"),
               make_broken(root / "library" / "2026-02" / "notes.mp4", "text"),
               make_broken(root / "library" / "2026-03" / "DJI_9991.mp4", "truncated", source=flight_paths[0])]
-    return SampleLibrary(root, hi, no, flight_paths, broken)
+    return SampleLibrary(root, hi, no, flight_paths, broken, segments_of)
 
 
 def _prepare_folder(root: Path) -> None:
@@ -94,6 +98,7 @@ def run_demo(root: str | Path, *, device: str = "auto", epochs: int = 4, report:
     root = Path(root).expanduser().resolve()
     _prepare_folder(root)
     result = DemoResult(root)
+    lib: SampleLibrary
 
     def step(name: str) -> Callable[[], None]:
         started = time.perf_counter()
@@ -101,7 +106,7 @@ def run_demo(root: str | Path, *, device: str = "auto", epochs: int = 4, report:
         return lambda: result.steps.__setitem__(name, round(time.perf_counter() - started, 1))
 
     done = step("1/6 Building a sample library")
-    lib = build_sample_library(root)
+    lib = result.library = build_sample_library(root)
     done()
     report(f"{len(lib.labelled_highlights) + len(lib.labelled_normal)} labelled clips in {root / 'labelled'}; "
            f"{len(lib.flights)} flights and {len(lib.broken)} broken files in {root / 'library'}")
