@@ -174,7 +174,24 @@ def test_training_learns_the_two_styles(tmp_path: Path) -> None:
         for label in (0, 1)}
     assert min(scores[1]) > max(scores[0])
     assert max(scores[0]) < model.threshold <= min(scores[1])  # and the card's threshold separates them
+    # calibrated, not merely ordered: normal frames score low in eval mode, as they did while training
+    assert max(scores[0]) < 0.2
     assert (out / "training_history.json").is_file()
+
+
+def test_batchnorm_statistics_are_held_during_fine_tuning(tmp_path: Path) -> None:
+    """Small personal datasets: training on batch statistics made eval-mode scores drift to ~0.5."""
+    from quadvault_dali.model._network import build_network
+
+    make_dataset(tmp_path / "ds", n_videos=6, frames=2, val_every=3)
+    config = TrainConfig(tmp_path / "ds", tmp_path / "model", epochs=1, batch_size=4, image_size=64,
+                         device="cpu", backbone="efficientnet-lite0", pretrained="auto", seed=0)
+    train_model(config, lambda line: None)
+    trained = load_model(tmp_path / "model").network
+    pretrained = build_network("efficientnet-lite0", image_size=64, pretrained="auto")
+    before = {k: v for k, v in pretrained.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+    after = trained.state_dict()
+    assert before and all(torch.equal(after[k].cpu(), v) for k, v in before.items())
 
 
 def test_cli_default_backbone_falls_back_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
