@@ -19,8 +19,6 @@ import numpy as np
 from ._mp4 import TrackFacts, read_track_facts
 from .errors import UnsupportedCodecError, VideoOpenError
 
-#: Codecs a NVDEC-based DALI decoder handles (the H100 has no AV1 decoder, so AV1 is CPU-only).
-GPU_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "mpeg4", "mjpeg"})
 _MP4_FORMATS = ("mov", "mp4")
 
 
@@ -85,10 +83,6 @@ class VideoInfo:
             return float("inf")
         edges = list(self.keyframe_times) + [max(self.duration_s, self.keyframe_times[-1])]
         return float(max(b - a for a, b in zip(edges, edges[1:]))) if len(edges) > 1 else self.duration_s
-
-    @property
-    def gpu_decodable(self) -> bool:
-        return self.codec in GPU_CODECS
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -126,15 +126,63 @@ def test_engine_keeps_display_orientation_without_square(cpu_decodable: list[tup
     _check_stamps(times, _stamps(frames), sid)
 
 
-def test_unsupported_codec_is_an_error_outcome_not_a_crash(cpu_decodable: list[tuple[Path, int]],
-                                                           make_clip: Callable[..., Path]) -> None:
+class _TrustingDaliSampler(DaliSampler):
+    """Sends every video to DALI, as if the capability check had missed one it cannot decode."""
+
+    def _limitation(self, info: object) -> None:
+        return None
+
+
+def test_a_clip_dali_fails_on_is_an_error_outcome_not_a_crash(cpu_decodable: list[tuple[Path, int]],
+                                                              make_clip: Callable[..., Path]) -> None:
     """DALI's CPU decoder cannot do H.264: that clip fails alone, the batch partner still decodes."""
     h264 = make_clip("gpu_h264_for_cpu_decoder.mp4", codec="h264", width=128, height=80, duration_s=3.0)
     vp9, sid = cpu_decodable[0]
-    batches = list(DaliSampler(mode="keyframe", size=SIZE, streams=1).iter_batches([h264, vp9]))
+    batches = list(_TrustingDaliSampler(mode="keyframe", size=SIZE, streams=1).iter_batches([h264, vp9]))
     times, stamps, outcomes = _collect(batches)
     assert not outcomes[0].ok and "GPU decoding failed" in str(outcomes[0].error)
     assert outcomes[1].ok
+    _check_stamps(times[vp9], stamps[vp9], sid)
+
+
+@pytest.mark.parametrize("mode", ["keyframe", "exact"])
+def test_videos_the_decoder_cannot_take_are_decoded_on_the_cpu(cpu_decodable: list[tuple[Path, int]],
+                                                               make_clip: Callable[..., Path], mode: str) -> None:
+    """Known from the probe: such a video goes to the CPU decoder, its frames still arrive in order on the
+    sampler's device with the right stamps, and its outcome says which decoder ran and why."""
+    h264 = make_clip("fallback_h264_rot.mp4", codec="h264", width=128, height=80, duration_s=5.0, rotation=90,
+                     keyframe_interval_s=1.0, source_id=21)
+    hevc = make_clip("fallback_hevc.mp4", codec="hevc", width=128, height=80, fps=25, duration_s=40.0,
+                     keyframe_interval_s=1.0, source_id=22)  # more frames than the bounded hand-over holds
+    (vp9, vp9_sid), (mjpeg, mjpeg_sid) = cpu_decodable[0], cpu_decodable[2]
+    videos = [h264, vp9, hevc, mjpeg]
+    batches = list(DaliSampler(mode=mode, size=SIZE, batch_size=7, streams=2).iter_batches(videos))
+    times, stamps, outcomes = _collect(batches)
+    assert [o.path for o in outcomes] == videos and all(o.ok for o in outcomes), [str(o.error) for o in outcomes]
+    assert [o.decoder for o in outcomes] == ["pyav", "dali-cpu", "pyav", "dali-cpu"]
+    assert "h264" in outcomes[0].fallback_reason and outcomes[1].fallback_reason is None
+    cpu = create_sampler("cpu", mode=mode, size=SIZE)
+    for path, sid in ((h264, 21), (vp9, vp9_sid), (hevc, 22), (mjpeg, mjpeg_sid)):
+        _check_stamps(times[path], stamps[path], sid)
+        cpu_frames, cpu_times, cpu_outcome = cpu.sample_video(path)
+        assert times[path] == pytest.approx(cpu_times, abs=1e-6)
+        outcome = outcomes[videos.index(path)]
+        assert outcome.frames == len(cpu_times) and outcome.mode == cpu_outcome.mode == mode
+        assert outcome.bytes_read >= cpu_outcome.bytes_read > 0
+    assert len(times[hevc]) == 40
+    h264_frames, _, _ = DaliSampler(mode=mode, size=SIZE).sample_video(h264)
+    assert torch.equal(h264_frames, cpu.sample_video(h264)[0])  # the CPU decoder's very pixels
+
+
+def test_without_cpu_fallback_they_are_error_outcomes(cpu_decodable: list[tuple[Path, int]],
+                                                      make_clip: Callable[..., Path]) -> None:
+    h264 = make_clip("gpu_h264_for_cpu_decoder.mp4", codec="h264", width=128, height=80, duration_s=3.0)
+    vp9, sid = cpu_decodable[0]
+    batches = list(DaliSampler(mode="keyframe", size=SIZE, cpu_fallback=False).iter_batches([h264, vp9]))
+    times, stamps, outcomes = _collect(batches)
+    assert not outcomes[0].ok and outcomes[0].error.kind == "UnsupportedCodecError"
+    assert str(outcomes[0].error).startswith(f"{h264}: DALI's CPU decoder does not decode h264")
+    assert h264 not in times and outcomes[1].ok
     _check_stamps(times[vp9], stamps[vp9], sid)
 
 
@@ -162,7 +210,8 @@ GPU_CLIPS = {
 
 
 def _gpu_clip(make_clip: Callable[..., Path], name: str, sid: int) -> Path:
-    spec = {"width": 192, "height": 128, "duration_s": 5.0, "source_id": sid, **GPU_CLIPS[name]}
+    # 256x160: inside NVDEC's size range for every codec (HEVC needs at least 144x144)
+    spec = {"width": 256, "height": 160, "duration_s": 5.0, "source_id": sid, **GPU_CLIPS[name]}
     return make_clip(f"nvdec_{name}.mp4", **spec)
 
 
@@ -220,3 +269,20 @@ def test_gpu_backend_frames_match_cpu_backend_pixels(make_clip: Callable[..., Pa
     assert gpu_times == cpu_times and gpu_frames.shape == cpu_frames.shape
     diff = (gpu_frames.cpu().float() - cpu_frames.float()).abs().mean().item()
     assert diff < 16.0, f"mean absolute pixel difference {diff:.1f}"
+
+
+@pytest.mark.gpu
+def test_gpu_backend_decodes_what_nvdec_cannot_on_the_cpu(make_clip: Callable[..., Path]) -> None:
+    """AV1 (no AV1 decoder on the H100) and a below-minimum HEVC clip: CPU-decoded, still CUDA frames, said so."""
+    av1 = make_clip("nvdec_av1.mp4", codec="av1", width=256, height=160, fps=30, duration_s=3.0, source_id=31)
+    tiny = make_clip("nvdec_tiny_hevc.mp4", codec="hevc", width=96, height=64, fps=25, duration_s=3.0, source_id=32)
+    good = _gpu_clip(make_clip, "h264_30_k1", 1)
+    videos = [av1, good, tiny]
+    batches = list(create_sampler("gpu", size=SIZE, streams=2).iter_batches(videos))
+    assert all(b.frames.device.type == "cuda" for b in batches if len(b))
+    times, stamps, outcomes = _collect(batches)
+    assert all(o.ok for o in outcomes), [str(o.error) for o in outcomes]
+    assert [o.decoder for o in outcomes] == ["pyav", "nvdec", "pyav"]
+    assert "below NVDEC's minimum" in outcomes[2].fallback_reason
+    for path, sid in ((av1, 31), (good, 1), (tiny, 32)):
+        _check_stamps(times[path], stamps[path], sid)

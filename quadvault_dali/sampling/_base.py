@@ -25,6 +25,8 @@ class SamplerConfig:
     ``size``: frames are resized so the short side is ``size`` (aspect kept); with ``square`` they are
     then centre-cropped to ``size`` x ``size`` (classifier input, batches mix videos). Without
     ``square``, each batch holds frames of one video only, since shapes differ between videos.
+    ``cpu_fallback`` (gpu backend): a video the hardware decoder cannot take (codec, chroma, bit depth,
+    size) is decoded on the CPU and its frames still land on the GPU; ``False`` makes it an error outcome.
     """
 
     fps: float = 1.0
@@ -34,6 +36,7 @@ class SamplerConfig:
     batch_size: int = 64
     streams: int = 4
     device_id: int = 0
+    cpu_fallback: bool = True
 
     def __post_init__(self) -> None:
         if self.fps <= 0:

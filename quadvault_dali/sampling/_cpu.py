@@ -13,7 +13,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import av
 import numpy as np
@@ -67,7 +67,7 @@ class _VideoJob:
     def _run(self) -> None:
         outcome = VideoOutcome(self.path, None, None)
         try:
-            self._sampler._decode(self.path, outcome, self.items.put)
+            self._sampler.decode_video(self.path, outcome, self.items.put)
         except QuadvaultError as exc:
             outcome.error = exc
         except Exception as exc:  # noqa: BLE001 - one broken file must never stop the others
@@ -136,14 +136,20 @@ class CpuSampler(Sampler):
 
     # --- one video ------------------------------------------------------------------------------
 
-    def _decode(self, path: Path, outcome: VideoOutcome, emit: "callable[[tuple[np.ndarray, float]], None]") -> None:
+    def decode_video(self, path: Path, outcome: VideoOutcome,
+                     emit: Callable[[tuple[np.ndarray, float]], None]) -> None:
+        """Decodes one video's sampled frames (upright, resized ``(H, W, 3)`` RGB) into ``emit``, in time order.
+
+        Fills ``outcome`` (info, mode, frames, bytes read); raises a ``QuadvaultError`` for a bad file.
+        The gpu backend calls it too, for videos its hardware decoder cannot take.
+        """
         cfg = self.config
         fh = CountingFile(path) if path.is_file() else None
         try:
             container = open_container(path, fh)
             try:
                 info, index = probe_open(container, path)
-                outcome.info = info
+                outcome.info, outcome.decoder = info, "pyav"
                 plan = plan_samples(info, index, fps=cfg.fps, mode=cfg.mode)
                 outcome.mode = plan.mode
                 if not index.from_container_index:

@@ -10,6 +10,11 @@ Work flows through three stages, all bounded:
 
 A clip that DALI cannot decode fails its whole DALI batch, so a failed batch is retried clip by clip
 on a fresh pipeline and only the video that owns the bad clip gets an error outcome.
+
+Videos the hardware decoder cannot take at all (AV1 on an H100, 4:2:2 chroma, sizes outside NVDEC's
+range: ``_nvdec``) are known from the probe. With ``cpu_fallback`` (the default) a prepare thread decodes
+just those with the ``cpu`` backend's decoder and hands their frames over on the GPU, and the video's
+outcome says so (``decoder="pyav"``, ``fallback_reason``); without it they are error outcomes.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from ..device import resolve_device
 from ..errors import DecodeError, QuadvaultError, UnsupportedCodecError
 from ..probe import VideoInfo, open_container, probe_open
 from ._base import Sampler, SamplerConfig, VideoSource, register_backend
+from ._cpu import CpuSampler
+from ._nvdec import dali_cpu_limitation, nvdec_limitation
 from ._plan import plan_samples
 from ._reader import CountingFile
 from ._remux import Clip, plan_clips
@@ -41,7 +48,13 @@ log = logging.getLogger(__name__)
 CLIPS_PER_RUN = 2
 #: Clips of one video that may be decoded ahead of the consumer (bounds memory per video).
 INFLIGHT_PER_VIDEO = 4
+#: Frames per hand-over when a video is decoded on the CPU instead (see ``cpu_fallback``).
+FALLBACK_CHUNK = 16
 _STOP = object()
+
+
+class _Abandoned(Exception):
+    """The consumer stopped or the video failed while its CPU fallback was still decoding."""
 
 
 class ClipDecoder:
@@ -168,6 +181,7 @@ class DaliSampler(Sampler):
     """
 
     decoder_device: ClassVar[str] = "cpu"
+    decoder_name: ClassVar[str] = "dali-cpu"
 
     def __init__(self, config: SamplerConfig | None = None, **overrides: object) -> None:
         super().__init__(config, **overrides)
@@ -181,6 +195,10 @@ class DaliSampler(Sampler):
 
     # --- stage 1: probe, plan, cut into clips (prepare threads) ----------------------------------
 
+    def _limitation(self, info: VideoInfo) -> str | None:
+        """Why this sampler's DALI decoder cannot take the video, or ``None``."""
+        return dali_cpu_limitation(info)
+
     def _prepare(self, task: _VideoTask, work: "queue.Queue[Any]", stop: threading.Event) -> None:
         cfg = self.config
         clips = 0
@@ -188,27 +206,34 @@ class DaliSampler(Sampler):
         try:
             fh = CountingFile(task.path) if task.path.is_file() else None
             container = open_container(task.path, fh)
+            why_not: str | None = None
             try:
                 info, index = probe_open(container, task.path)
                 task.outcome.info = info
-                if not info.gpu_decodable:
-                    raise UnsupportedCodecError(f"codec {info.codec!r} cannot be decoded on the GPU",
-                                                path=task.path, hint="sample it with --device cpu")
-                plan = plan_samples(info, index, fps=cfg.fps, mode=cfg.mode)
-                task.outcome.mode = plan.mode
-                if not index.from_container_index:  # the prober demuxed to the end; start again
-                    container.close()
-                    if fh is not None:
-                        fh.seek(0)
-                    container = open_container(task.path, fh)
-                for clip in plan_clips(plan, container, fh):  # type: ignore[arg-type]
-                    task.slots.acquire()
-                    if task.failed or stop.is_set():
-                        break
-                    work.put(_Work(task, clips, clip))
-                    clips += 1
+                why_not = self._limitation(info)
+                if why_not is not None and not cfg.cpu_fallback:
+                    raise UnsupportedCodecError(why_not, path=task.path, hint="sample it with --device cpu")
+                if why_not is None:
+                    task.outcome.decoder = self.decoder_name
+                    plan = plan_samples(info, index, fps=cfg.fps, mode=cfg.mode)
+                    task.outcome.mode = plan.mode
+                    if not index.from_container_index:  # the prober demuxed to the end; start again
+                        container.close()
+                        if fh is not None:
+                            fh.seek(0)
+                        container = open_container(task.path, fh)
+                    for clip in plan_clips(plan, container, fh):  # type: ignore[arg-type]
+                        task.slots.acquire()
+                        if task.failed or stop.is_set():
+                            break
+                        work.put(_Work(task, clips, clip))
+                        clips += 1
             finally:
                 container.close()
+            if why_not is not None:
+                clips = self._sample_on_cpu(task, why_not, stop)
+        except _Abandoned:
+            pass
         except QuadvaultError as exc:
             task.fail(exc)
         except Exception as exc:  # noqa: BLE001 - one broken file must never stop the others
@@ -216,9 +241,47 @@ class DaliSampler(Sampler):
             task.fail(DecodeError(f"cannot prepare for GPU decoding: {type(exc).__name__}: {exc}", path=task.path))
         finally:
             if fh is not None:
-                task.outcome.bytes_read = fh.bytes_read
+                task.outcome.bytes_read += fh.bytes_read
                 fh.close()
             task.prepared(clips)
+
+    def _sample_on_cpu(self, task: _VideoTask, why_not: str, stop: threading.Event) -> int:
+        """Decodes one video the DALI decoder cannot take with the ``cpu`` backend; returns chunks delivered.
+
+        Frames move to this sampler's device in chunks, through the same ordered, bounded hand-over as
+        decoded clips, so callers see no difference but the outcome's ``decoder``.
+        """
+        log.info("%s: %s; decoding this video on the CPU", task.path, why_not)
+        task.outcome.decoder, task.outcome.fallback_reason = "pyav", why_not
+        own = VideoOutcome(task.path, None, None)  # the CPU decoder's own counts, merged below
+        images: list[np.ndarray] = []
+        times: list[float] = []
+        delivered = 0
+
+        def hand_over() -> None:
+            nonlocal delivered
+            task.slots.acquire()
+            if task.failed or stop.is_set():
+                raise _Abandoned
+            frames = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(self.device)
+            task.deliver(delivered, frames, list(times))
+            delivered += 1
+            images.clear(), times.clear()
+
+        def emit(item: tuple[np.ndarray, float]) -> None:
+            images.append(item[0])
+            times.append(item[1])
+            if len(images) >= FALLBACK_CHUNK:
+                hand_over()
+
+        try:
+            CpuSampler(self.config).decode_video(task.path, own, emit)
+            if images:
+                hand_over()
+        finally:
+            task.outcome.mode = own.mode
+            task.outcome.bytes_read += own.bytes_read
+        return delivered
 
     # --- stage 2: decode (one thread and one DALI pipeline per stream) ---------------------------
 
@@ -357,6 +420,10 @@ class GpuSampler(DaliSampler):
     """DALI + NVDEC sampling; refuses to start without CUDA and DALI (never falls back to the CPU)."""
 
     decoder_device: ClassVar[str] = "mixed"
+    decoder_name: ClassVar[str] = "nvdec"
+
+    def _limitation(self, info: VideoInfo) -> str | None:
+        return nvdec_limitation(info)
 
     def __init__(self, config: SamplerConfig | None = None, **overrides: object) -> None:
         resolve_device("gpu")  # raises BackendUnavailableError naming what is missing

@@ -25,6 +25,11 @@ class VideoOutcome:
     frames: int = 0
     bytes_read: int = 0
     error: QuadvaultError | None = None
+    #: which decoder produced the frames: ``nvdec``, ``pyav`` (the ``cpu`` backend, or the gpu backend's
+    #: fallback for a video the hardware cannot decode) or ``dali-cpu`` (tests); ``None`` before decoding
+    decoder: str | None = None
+    #: why the gpu backend decoded this video on the CPU (``None`` when it did not)
+    fallback_reason: str | None = None
 
     @property
     def ok(self) -> bool:
