@@ -74,6 +74,7 @@ def test_every_video_gets_its_rows(library: Path, tmp_path: Path) -> None:
         assert row["frac_above_threshold"] == pytest.approx(sum(e >= THRESHOLD for e in ens) / len(ens))
         assert row["is_highlight"] == (row["score"] >= THRESHOLD) == (spec.style == "highlight")
         assert 0 < row["bytes_read"] and row["sampling_mode"] in ("keyframe", "exact")
+        assert row["decoder"] == "pyav" and row["decoder_note"] is None  # the cpu backend never falls back
     for rel, (_, kind) in BROKEN.items():
         row = videos[str(library / rel)]
         assert row["status"] == "error" and row["error_kind"] == kind and row["frames_scored"] == 0
@@ -187,3 +188,20 @@ def test_partial_shards_from_a_crash_are_discarded(library: Path, tmp_path: Path
     assert again.run.videos == 0 and not (out / "seconds/part-00007.parquet").exists()
     assert not (out / "videos/.tmp-part-00007.parquet.12345").exists()
     assert len(_videos(out)) == 9
+
+
+def test_shards_of_schema_1_0_still_read_and_resume(library: Path, tmp_path: Path) -> None:
+    """A folder scanned before 1.1 (no decoder columns) reads as one table and resumes without rescanning."""
+    out = tmp_path / "out"
+    _scan(library, out, shard_videos=5)
+    for name in complete_shards(out):
+        path = out / "videos" / name
+        table = pq.read_table(path)
+        meta = dict(table.schema.metadata)
+        meta[b"quadvault.schema_version"] = b"1.0"
+        old = table.drop_columns(["decoder", "decoder_note"]).replace_schema_metadata(meta)
+        pq.write_table(old, path)
+    rows = read_table(out, "videos").to_pylist()
+    assert len(rows) == 9 and {r["decoder"] for r in rows} == {None}
+    again = _scan(library, out)
+    assert again.run.videos == 0 and again.skipped == 9

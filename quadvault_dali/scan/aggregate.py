@@ -80,7 +80,8 @@ class Aggregator:
         self._pending.setdefault(path, _Pending(started=time.perf_counter()))
 
     def finish(self, path: Path, *, info: VideoInfo | None, mode: str | None, bytes_read: int,
-               error: QuadvaultError | None, size_bytes: int, mtime_ns: int) -> VideoRows:
+               error: QuadvaultError | None, size_bytes: int, mtime_ns: int, decoder: str | None = None,
+               decoder_note: str | None = None) -> VideoRows:
         """The rows of ``path``; its pending scores are dropped from memory."""
         pending = self._pending.pop(path, None) or _Pending(started=time.perf_counter())
         n_models = pending.scores[0].shape[1] if pending.scores else 0
@@ -115,6 +116,8 @@ class Aggregator:
             "height": info.height if info else None,
             "rotation": info.rotation if info else None,
             "sampling_mode": mode,
+            "decoder": decoder,
+            "decoder_note": decoder_note,
             "frames_scored": len(times),
             "bytes_read": int(bytes_read),
             **aggs,

@@ -195,7 +195,8 @@ def scan_files(files: Sequence[FileState], scorers: Sequence[Scorer], options: S
                     state = by_path.get(outcome.path) or by_path[Path(outcome.path)]
                     rows = agg.finish(state.path, info=outcome.info, mode=outcome.mode,
                                       bytes_read=outcome.bytes_read, error=outcome.error,
-                                      size_bytes=state.size_bytes, mtime_ns=state.mtime_ns)
+                                      size_bytes=state.size_bytes, mtime_ns=state.mtime_ns,
+                                      decoder=outcome.decoder, decoder_note=outcome.fallback_reason)
                     _count(stats, rows, state, outcome.bytes_read)
                     if not rows.ok:
                         log.info("error: %s", rows.video["error_message"])

@@ -30,7 +30,7 @@ from typing import Literal, Sequence
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: videos.decoder, videos.decoder_note
 Table = Literal["seconds", "videos"]
 
 
@@ -59,6 +59,9 @@ VIDEOS_SCHEMA = pa.schema([
     _field("height", pa.int32(), "Displayed height after rotation."),
     _field("rotation", pa.int32(), "Display rotation, clockwise degrees."),
     _field("sampling_mode", pa.string(), "How frames were picked: exact or keyframe."),
+    _field("decoder", pa.string(), "What decoded the frames: nvdec (GPU hardware) or pyav (CPU). Since 1.1."),
+    _field("decoder_note", pa.string(), "Why a GPU scan decoded this video on the CPU (AV1 on an H100, 4:2:2, "
+                                        "a size NVDEC does not take); null otherwise. Since 1.1."),
     _field("frames_scored", pa.int32(), "Number of rows this video has in the seconds table.", False),
     _field("bytes_read", pa.int64(), "Bytes of the file read to sample it (keyframe mode reads far less).", False),
     _field("score_mean", pa.float32(), "Mean of the per-second ensemble scores."),

@@ -59,7 +59,12 @@ def read_table(out_dir: Path, table: str, names: list[str] | None = None,
     if not parts:
         schema = SCHEMAS[table]
         return schema.empty_table() if columns is None else pa.schema([schema.field(c) for c in columns]).empty_table()
-    return pa.concat_tables([p.replace_schema_metadata(None) for p in parts], promote_options="default")
+    merged = pa.concat_tables([p.replace_schema_metadata(None) for p in parts], promote_options="default")
+    if columns is None:  # shards of an older minor version lack the newer columns: present them as nulls
+        for schema_field in SCHEMAS[table]:
+            if schema_field.name not in merged.column_names:
+                merged = merged.append_column(schema_field, pa.nulls(len(merged), schema_field.type))
+    return merged
 
 
 def read_metadata(path: Path) -> ScanMetadata:
