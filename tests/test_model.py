@@ -177,3 +177,20 @@ def test_wrong_version_and_corrupt_weights(saved: Path, tmp_path: Path) -> None:
     (swapped / CARD_FILE).write_text(json.dumps(card))
     with pytest.raises(ModelFormatError, match="do not fit a resnet18"):
         load_model(swapped)
+
+
+@pytest.mark.gpu
+def test_cuda_scoring_matches_cpu(saved: Path) -> None:
+    """bf16 autocast + channels-last on CUDA: the same probabilities as float32 on the CPU, within bf16 noise,
+    whichever device the frames arrive on (the gpu sampler hands over CUDA tensors)."""
+    cpu_model, cuda_model = load_model(saved), load_model(saved, device="cuda")
+    frames = _frames(n=12)
+    reference = cpu_model.score_frames(frames)
+    for given in (frames, frames.cuda()):
+        scores = cuda_model.score_frames(given)
+        assert scores.device.type == "cpu" and scores.dtype == torch.float32 and scores.shape == (12,)
+        assert torch.allclose(scores, reference, atol=0.03), (scores - reference).abs().max()
+    order = torch.argsort(reference)
+    spread = reference[order[-1]] - reference[order[0]]
+    if spread > 0.1:  # clearly separated frames keep their order under bf16
+        assert cuda_model.score_frames(frames)[order[-1]] > cuda_model.score_frames(frames)[order[0]]

@@ -74,9 +74,10 @@ def clips(make_clip: Callable[..., Path]) -> dict[str, Path]:
     }
 
 
-def test_score_orders_warm_above_grey(colour_model: Path, clips: dict[str, Path]) -> None:
-    model = load_model(colour_model)
-    sampler = scoring_sampler([model], device="cpu")
+@pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
+def test_score_orders_warm_above_grey(colour_model: Path, clips: dict[str, Path], device: str) -> None:
+    model = load_model(colour_model, device="cuda" if device == "gpu" else "cpu")
+    sampler = scoring_sampler([model], device=device)
     scores = {k: score_video(p, [model], sampler=sampler) for k, p in clips.items()}
     assert scores["warm"].score > 0.9
     assert scores["grey"].score < 0.5
@@ -140,3 +141,18 @@ def test_cli_errors_are_one_line(colour_model: Path, tmp_path: Path, broken_clip
     res = CliRunner().invoke(main, ["test-video", str(broken_clips["text"]), str(not_model)])
     assert res.exit_code == 1
     assert "model card" in res.output and str(not_model) in res.output
+
+
+@pytest.mark.gpu
+def test_cli_gpu_scores_equal_cpu_scores(colour_model: Path, clips: dict[str, Path]) -> None:
+    """The same video through NVDEC + bf16 and through PyAV + float32: same seconds, scores within decode noise."""
+    runs = {}
+    for device in ("gpu", "cpu"):
+        res = CliRunner().invoke(main, ["test-video", str(clips["mixed"]), str(colour_model), "--json",
+                                        "--device", device])
+        assert res.exit_code == 0, res.output
+        runs[device] = json.loads(res.output)
+    gpu, cpu = runs["gpu"], runs["cpu"]
+    assert [r["timestamp_s"] for r in gpu["timeline"]] == [r["timestamp_s"] for r in cpu["timeline"]]
+    assert [r["score"] for r in gpu["timeline"]] == pytest.approx([r["score"] for r in cpu["timeline"]], abs=0.1)
+    assert gpu["score"] == pytest.approx(cpu["score"], abs=0.05)

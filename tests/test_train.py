@@ -69,19 +69,24 @@ def _jpegs(tmp_path: Path, n: int) -> list[str]:
 
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
+#: The same test body on DALI's CPU graph (CI) and on the GPU graph (nvJPEG, augmentation on the GPU).
+BACKENDS = ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)]
 
 
-def test_eval_pipeline_is_the_models_centre_crop(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eval_pipeline_is_the_models_centre_crop(tmp_path: Path, backend: str) -> None:
     """DALI eval output = what HighlightModel.score_frames feeds the network (train/inference parity)."""
     files = _jpegs(tmp_path, 7)
     table = FrameTable(files, np.zeros(7, np.int64), [f"v{i}" for i in range(7)])
-    loader = DaliFrameLoader(table, image_size=64, mean=MEAN, std=STD, train=False, batch_size=3, backend="cpu")
+    loader = DaliFrameLoader(table, image_size=64, mean=MEAN, std=STD, train=False, batch_size=3, backend=backend)
+    device = "cuda" if backend == "gpu" else "cpu"
     for _ in range(2):  # every image exactly once per epoch, also after the reset
         seen, images = [], {}
         for batch, rows in loader:
             assert batch.shape[1:] == (3, 64, 64) and batch.dtype == torch.float32
+            assert batch.device.type == device and rows.device.type == "cpu"
             seen += rows.tolist()
-            images.update(zip(rows.tolist(), batch))
+            images.update(zip(rows.tolist(), batch.cpu()))
         assert sorted(seen) == list(range(7))
     for row in (0, 6):
         decoded = torch.from_numpy(np.array(Image.open(files[row]).convert("RGB"))).permute(2, 0, 1)[None]
@@ -106,20 +111,21 @@ def test_shards_split_validation_exactly(tmp_path: Path) -> None:
     assert steps[0] == steps[1] == [len(train[0])] * 2 and len(train[0]) >= 1
 
 
-def test_train_pipeline_augments_but_keeps_shapes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_train_pipeline_augments_but_keeps_shapes(tmp_path: Path, backend: str) -> None:
     files = _jpegs(tmp_path, 6)
     table = FrameTable(files, np.zeros(6, np.int64), [f"v{i}" for i in range(6)])
-    plain = DaliFrameLoader(table, image_size=64, mean=MEAN, std=STD, train=False, batch_size=6, backend="cpu")
-    aug = DaliFrameLoader(table, image_size=64, mean=MEAN, std=STD, train=True, batch_size=3, backend="cpu",
+    plain = DaliFrameLoader(table, image_size=64, mean=MEAN, std=STD, train=False, batch_size=6, backend=backend)
+    aug = DaliFrameLoader(table, image_size=64, mean=MEAN, std=STD, train=True, batch_size=3, backend=backend,
                           seed=1)
     ref = {}
     for batch, rows in plain:
-        ref.update(zip(rows.tolist(), batch))
+        ref.update(zip(rows.tolist(), batch.cpu()))
     rows_seen = []
     for batch, rows in aug:
-        assert batch.shape == (3, 3, 64, 64)
+        assert batch.shape == (3, 3, 64, 64) and batch.device.type == ("cuda" if backend == "gpu" else "cpu")
         rows_seen += rows.tolist()
-        for img, row in zip(batch, rows.tolist()):
+        for img, row in zip(batch.cpu(), rows.tolist()):
             assert (img - ref[row]).abs().mean() > 0.05
     assert len(rows_seen) == 6 and len(set(rows_seen)) == 6
 
@@ -147,12 +153,13 @@ def test_dataset_errors(tmp_path: Path) -> None:
         load_training_data(root)
 
 
-def test_training_learns_the_two_styles(tmp_path: Path) -> None:
+@pytest.mark.parametrize("device", BACKENDS)
+def test_training_learns_the_two_styles(tmp_path: Path, device: str) -> None:
     make_dataset(tmp_path / "ds", n_videos=24, frames=3)
     out = tmp_path / "model"
     lines: list[str] = []
     config = TrainConfig(tmp_path / "ds", out, epochs=3, batch_size=12, learning_rate=3e-4, image_size=64,
-                         device="cpu", backbone="efficientnet-lite0", pretrained="auto", seed=0,
+                         device=device, backbone="efficientnet-lite0", pretrained="auto", seed=0,
                          freeze_backbone_epochs=1, patience=5)
     result = train_model(config, lines.append)
     text = "\n".join(lines)
