@@ -231,3 +231,21 @@ def test_cuda_out_of_memory_suggests_a_smaller_batch(tmp_path: Path, monkeypatch
     config = TrainConfig(tmp_path, tmp_path / "m", batch_size=64, device="cpu")
     with pytest.raises(QuadvaultError, match="--batch-size 64.*try --batch-size 32"):
         loop.run_training(config, print)
+
+
+@pytest.mark.gpu
+def test_multi_gpu_rank_under_torchrun(tmp_path: Path) -> None:
+    """The DistributedDataParallel path (NCCL, DALI sharded per rank, rank 0 saves) as torchrun launches it."""
+    import subprocess
+    import sys
+
+    make_dataset(tmp_path / "ds", n_videos=12, frames=2)
+    out = tmp_path / "model"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
+           "-m", "quadvault_dali", "train", str(tmp_path / "ds"), "--output-dir", str(out), "--epochs", "2",
+           "--batch-size", "4", "--image-size", "64", "--backbone", "efficientnet-lite0", "--multi-gpu"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "TRAINING COMPLETE" in run.stdout and run.stdout.count("TRAINING COMPLETE") == 1  # rank 0 reports
+    card = load_model(out).card
+    assert card["architecture"] == "efficientnet-lite0" and card["metrics"]["val_videos"] == 4
