@@ -11,6 +11,7 @@ import click
 from quadvault_dali.discovery import find_videos
 from quadvault_dali.errors import QuadvaultError
 from quadvault_dali.probe import VideoInfo, probe_video
+from quadvault_dali.sampling import nvdec_limitation
 
 
 def _probe_one(path: Path) -> VideoInfo | QuadvaultError:
@@ -26,6 +27,10 @@ def _probe_one(path: Path) -> VideoInfo | QuadvaultError:
 @click.option("--threads", type=click.IntRange(1, 64), default=8, show_default=True, help="Files probed at once.")
 def probe(paths: tuple[Path, ...], as_json: bool, threads: int) -> None:
     """Probe videos (files or folders, searched recursively) without decoding them.
+
+    The nvdec column says whether the GPU's hardware decoder can take the video; the ones it cannot
+    (AV1 on an H100, 4:2:2, sizes outside its range) are decoded on the CPU by a GPU scan. --json gives
+    the reason in "nvdec_limitation".
 
     \b
     Example:
@@ -43,17 +48,20 @@ def probe(paths: tuple[Path, ...], as_json: bool, threads: int) -> None:
                 click.echo(json.dumps({"path": str(path), "status": "error", "error_kind": result.kind,
                                        "error": result.reason}))
             else:
-                click.echo(json.dumps({"status": "ok", **result.to_dict()}))
+                click.echo(json.dumps({"status": "ok", **result.to_dict(),
+                                       "nvdec_limitation": nvdec_limitation(result)}))
     else:
-        header = f"{'codec':6} {'size':>10} {'rot':>3} {'fps':>6} {'seconds':>8} {'keyframes':>9} {'max gap':>7}  path"
+        header = (f"{'codec':6} {'size':>10} {'rot':>3} {'fps':>6} {'seconds':>8} {'keyframes':>9} {'max gap':>7} "
+                  f"{'nvdec':>5}  path")
         click.echo(header)
         for path, result in zip(videos, results):
             if isinstance(result, QuadvaultError):
                 errors += 1
                 continue
             i = result
+            nvdec = "no" if nvdec_limitation(i) else "yes"
             click.echo(f"{i.codec:6} {f'{i.width}x{i.height}':>10} {i.rotation:>3} {i.avg_fps:>6.2f} {i.duration_s:>8.1f} "
-                       f"{len(i.keyframe_times):>9} {i.max_keyframe_interval_s:>6.2f}s  {path}")
+                       f"{len(i.keyframe_times):>9} {i.max_keyframe_interval_s:>6.2f}s {nvdec:>5}  {path}")
         for path, result in zip(videos, results):
             if isinstance(result, QuadvaultError):
                 click.secho(f"ERROR {result.kind}: {result}", fg="red", err=True)

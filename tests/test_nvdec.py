@@ -53,3 +53,24 @@ def test_real_files_from_the_corpus(corpus: Path) -> None:
     for name in ("hdr10-video-with-sdr-container.mp4", "8k24fps_300ms.mp4", "portrait_4k60.mp4"):
         assert nvdec_limitation(probe_video(mp4 / name)) is None, name  # 10-bit HEVC, 8K HEVC, rotated 4K H.264
     assert nvdec_limitation(probe_video(corpus / "gopro+gpmf-parser/samples/karma.mp4")) is None
+
+
+def test_probe_cli_says_which_videos_nvdec_takes(make_clip: Callable[..., Path], tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from quadvault_dali.cli.main import main
+
+    ok = make_clip("nvdec_cli_ok.mp4", codec="h264", width=256, height=160, duration_s=1.0)
+    tiny = make_clip("nvdec_cli_tiny.mp4", codec="hevc", width=96, height=64, duration_s=1.0)
+    table = CliRunner().invoke(main, ["probe", str(ok), str(tiny)])
+    assert table.exit_code == 0, table.output
+    lines = table.output.splitlines()
+    assert lines[0].split()[-2:] == ["nvdec", "path"]
+    verdicts = {line.split()[-1]: line.split()[-2] for line in lines[1:] if line.startswith(("h264", "hevc"))}
+    assert verdicts == {str(ok): "yes", str(tiny): "no"}
+    as_json = CliRunner().invoke(main, ["probe", "--json", str(ok), str(tiny)])
+    rows = {r["path"]: r for r in map(json.loads, as_json.output.splitlines())}
+    assert rows[str(ok)]["nvdec_limitation"] is None
+    assert "below NVDEC's minimum for hevc" in rows[str(tiny)]["nvdec_limitation"]

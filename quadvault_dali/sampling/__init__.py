@@ -4,6 +4,7 @@ Backends: ``cpu`` (PyAV decode, frames on the CPU) and ``gpu`` (DALI + NVDEC, fr
 """
 
 from ._base import Sampler, SamplerConfig, VideoSource, available_backends, create_sampler, register_backend
+from ._nvdec import nvdec_limitation
 from ._plan import SamplePlan, plan_samples
 from ._types import FrameBatch, ResolvedMode, SamplingMode, VideoOutcome
 from . import _cpu  # noqa: F401  (registers "cpu")
@@ -15,5 +16,5 @@ except ImportError:  # pragma: no cover - depends on the machine
 
 __all__ = [
     "FrameBatch", "ResolvedMode", "SamplePlan", "Sampler", "SamplerConfig", "SamplingMode", "VideoOutcome",
-    "VideoSource", "available_backends", "create_sampler", "plan_samples", "register_backend",
+    "VideoSource", "available_backends", "create_sampler", "nvdec_limitation", "plan_samples", "register_backend",
 ]
