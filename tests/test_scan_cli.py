@@ -172,3 +172,46 @@ def test_worker_processes_split_the_work(library: Path, model_dir: Path, tmp_pat
     assert len(videos) == len({v["path"] for v in videos}) == 17 == summary.run.videos
     assert summary.run.errors == len(BROKEN)
     assert sum(v["frames_scored"] for v in videos) == len(read_table(out, "seconds"))
+
+
+POISON_HOOK = '''
+import os, signal
+_poison = os.environ.get("QV_TEST_POISON")
+if _poison:  # stands in for a native decoder crash on one file (FFmpeg or NVDEC dying with SIGSEGV)
+    import quadvault_dali.sampling._cpu as _cpu
+    _decode = _cpu.CpuSampler.decode_video
+    def decode_video(self, path, outcome, emit):
+        if path.name == _poison:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return _decode(self, path, outcome, emit)
+    _cpu.CpuSampler.decode_video = decode_video
+'''
+
+
+def test_a_file_that_crashes_the_decoder_is_isolated_on_resume(library: Path, model_dir: Path,
+                                                                tmp_path: Path) -> None:
+    """The first run dies with the decoder; the same command then checks the files that were in flight in
+    a child process, records the crasher as an error row, and scans everything else: no crash loop."""
+    lib = tmp_path / "lib"
+    shutil.copytree(library, lib)
+    shutil.copy(lib / "2023/06/trip/high_h264_30.mp4", lib / "2023/06/poison.mp4")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(POISON_HOOK)
+    env = {**os.environ, "QV_TEST_POISON": "poison.mp4",
+           "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "out"
+    first = subprocess.run(_cmd(lib, model_dir, out), capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == -signal.SIGSEGV, first.stderr[-2000:]
+    assert (out / ".inflight.log").is_file()
+    done_before = len(complete_shards(out))
+    second = subprocess.run(_cmd(lib, model_dir, out), capture_output=True, text=True, timeout=300, env=env)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "Total scanned: 18 — " in second.stdout and "Errors: 5" in second.stdout
+    videos = {v["path"]: v for v in read_table(out, "videos").to_pylist()}
+    assert len(videos) == 18 and len(complete_shards(out)) > done_before
+    poison = videos[str(lib / "2023/06/poison.mp4")]
+    assert poison["status"] == "error" and poison["error_kind"] == "DecodeError"
+    assert "the decoder crashed on this file (SIGSEGV)" in poison["error_message"]
+    assert all(v["status"] == "ok" for p, v in videos.items() if "broken" not in p and "poison" not in p)
+    assert not (out / ".inflight.log").exists()

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from ..discovery import find_videos
-from ..errors import OutputError, VideoOpenError
-from ..sampling import SamplingMode, create_sampler
+from ..errors import DecodeError, OutputError, VideoOpenError
+from ..sampling import SamplingMode, VideoOutcome, create_sampler
 from .aggregate import Aggregator
+from .crashguard import CrashJournal, isolate_suspects
 from .report import HIGHLIGHTS_FILE, FolderTotals, highlights_document, summary_line, write_json_atomic
 from .resume import FileState, drop_superseded, plan_resume
 from .schema import SCHEMA_VERSION, ModelRef, ScanMetadata, combined_fingerprint
@@ -179,13 +180,38 @@ def scan_files(files: Sequence[FileState], scorers: Sequence[Scorer], options: S
     agg = Aggregator(threshold=options.threshold, model_fingerprint=fingerprint)
     by_path = {f.path: f for f in files}
     stats = RunStats()
+    journal = CrashJournal(options.out_dir, tag)
 
-    def sources() -> Iterator[Path]:
-        for f in files:
-            agg.start(f.path)
-            yield f.path
+    def record(state: FileState, outcome: VideoOutcome | None, error: DecodeError | None = None) -> None:
+        if outcome is None:
+            agg.start(state.path)
+            rows = agg.finish(state.path, info=None, mode=None, bytes_read=0, error=error,
+                              size_bytes=state.size_bytes, mtime_ns=state.mtime_ns)
+        else:
+            rows = agg.finish(state.path, info=outcome.info, mode=outcome.mode, bytes_read=outcome.bytes_read,
+                              error=outcome.error, size_bytes=state.size_bytes, mtime_ns=state.mtime_ns,
+                              decoder=outcome.decoder, decoder_note=outcome.fallback_reason)
+        _count(stats, rows, state, outcome.bytes_read if outcome else 0)
+        if not rows.ok:
+            log.info("error: %s", rows.video["error_message"])
+        writer.add(rows)
 
     try:
+        suspects = [p for p in journal.take_suspects() if p in by_path]
+        crashed = isolate_suspects(suspects, device=sampler.backend, mode=options.mode, fps=options.fps, size=size,
+                                   device_id=options.device_id)
+        for path, why in crashed.items():
+            record(by_path[path], None, DecodeError(why, path=path, hint="check the file in a player; re-copy "
+                                                                         "it if it is damaged"))
+
+        def sources() -> Iterator[Path]:
+            for f in files:
+                if f.path in crashed:
+                    continue
+                agg.start(f.path)
+                journal.started(f.path)
+                yield f.path
+
         with torch.inference_mode():
             for batch in sampler.iter_batches(sources()):
                 if len(batch):
@@ -193,20 +219,16 @@ def scan_files(files: Sequence[FileState], scorers: Sequence[Scorer], options: S
                     stats.frames += len(batch)
                 for outcome in batch.completed:
                     state = by_path.get(outcome.path) or by_path[Path(outcome.path)]
-                    rows = agg.finish(state.path, info=outcome.info, mode=outcome.mode,
-                                      bytes_read=outcome.bytes_read, error=outcome.error,
-                                      size_bytes=state.size_bytes, mtime_ns=state.mtime_ns,
-                                      decoder=outcome.decoder, decoder_note=outcome.fallback_reason)
-                    _count(stats, rows, state, outcome.bytes_read)
-                    if not rows.ok:
-                        log.info("error: %s", rows.video["error_message"])
-                    writer.add(rows)
+                    record(state, outcome)
+                    journal.finished(state.path)
                 writer.tick()
                 if on_progress is not None:
                     on_progress(stats)
     except KeyboardInterrupt:
         writer.flush()  # keep every finished video; the rest resumes next time
         raise
+    finally:
+        journal.discard()  # ended in Python: whatever was in flight did not crash the decoder
     writer.flush()
     stats.shards = list(writer.written)
     return stats

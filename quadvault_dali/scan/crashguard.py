@@ -1,0 +1,137 @@
+"""A file that crashes the decoder must not stop the overnight scan twice.
+
+A native decoder (FFmpeg, NVDEC through DALI) can die on a malformed file with a signal that no Python
+``except`` sees. The scan resumes after any death, but it would open the same file again and die again,
+forever. So each scan writes a small journal of the videos it started and finished
+(``DIR/.inflight[-TAG].log``, removed whenever the run ends in Python, cleanly or by an exception). A
+journal still there at the next start means the last run died in native code or was killed; the videos it
+had started but not finished are the suspects. Each suspect is sampled once in a child process: if the
+child dies by a signal or hangs, the video gets an error row saying so and is not opened again in this
+process; if it survives, the video is scanned normally (a plain ``kill -9`` costs only these checks).
+
+``python -m quadvault_dali.scan.crashguard VIDEO --device ...`` is that child.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterable, TextIO
+
+log = logging.getLogger(__name__)
+
+#: Longest a suspect's isolated check may take before the file is declared to hang the decoder.
+CHECK_TIMEOUT_S = 600.0
+_STARTED, _FINISHED = "S", "F"
+
+
+def journal_path(out_dir: Path, tag: str) -> Path:
+    return out_dir / (f".inflight-{tag}.log" if tag else ".inflight.log")
+
+
+class CrashJournal:
+    """Appends ``S path`` when a video is handed to the decoder and ``F path`` when its outcome arrives."""
+
+    def __init__(self, out_dir: Path, tag: str) -> None:
+        self.path = journal_path(out_dir, tag)
+        self._fh: TextIO | None = None
+
+    def take_suspects(self) -> list[Path]:
+        """Videos the previous run with this tag started but never finished; forgets that journal."""
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="surrogateescape")
+        except FileNotFoundError:
+            return []
+        open_paths: dict[str, None] = {}
+        for line in text.splitlines():
+            kind, _, name = line.partition(" ")
+            if kind == _STARTED:
+                open_paths[name] = None
+            elif kind == _FINISHED:
+                open_paths.pop(name, None)
+        self.path.unlink(missing_ok=True)
+        return [Path(p) for p in open_paths]
+
+    def _write(self, kind: str, path: Path) -> None:
+        if self._fh is None:
+            self._fh = open(self.path, "a", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+        self._fh.write(f"{kind} {path}\n")
+        self._fh.flush()  # in the kernel's hands: survives the process, whatever kills it
+
+    def started(self, path: Path) -> None:
+        self._write(_STARTED, path)
+
+    def finished(self, path: Path) -> None:
+        self._write(_FINISHED, path)
+
+    def discard(self) -> None:
+        """The run ended in Python (done, interrupted or failed): nothing in flight crashed."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        self.path.unlink(missing_ok=True)
+
+
+def check_in_child(path: Path, *, device: str, mode: str, fps: float, size: int, device_id: int = 0,
+                   timeout_s: float = CHECK_TIMEOUT_S) -> str | None:
+    """Samples ``path`` in a child process; ``None`` when the decoder survives it, else what happened."""
+    cmd = [sys.executable, "-m", "quadvault_dali.scan.crashguard", str(path), "--device", device, "--mode", mode,
+           "--fps", repr(fps), "--size", str(size), "--device-id", str(device_id)]
+    try:
+        done = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        return f"decoding did not finish within {timeout_s:.0f} s in an isolated check (the decoder hangs on it)"
+    if done.returncode < 0:
+        try:
+            name = signal.Signals(-done.returncode).name
+        except ValueError:
+            name = f"signal {-done.returncode}"
+        return f"the decoder crashed on this file ({name}); skipped so the scan can go on"
+    if done.returncode not in (0, 1):
+        tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        log.debug("isolated check of %s exited %d: %s", path, done.returncode, tail[0])
+    return None
+
+
+def isolate_suspects(suspects: Iterable[Path], **check: object) -> dict[Path, str]:
+    """``{path: why}`` for the suspects whose isolated check crashed or hung."""
+    crashed: dict[Path, str] = {}
+    for path in suspects:
+        log.warning("%s was being decoded when the last scan died; checking it in a separate process", path)
+        why = check_in_child(path, **check)  # type: ignore[arg-type]
+        if why is not None:
+            log.warning("%s: %s", path, why)
+            crashed[path] = why
+    return crashed
+
+
+def _main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Sample one video, as a scan would, to see whether it survives.")
+    ap.add_argument("video", type=Path)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--mode", default="auto")
+    ap.add_argument("--fps", type=float, default=1.0)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--device-id", type=int, default=0)
+    args = ap.parse_args(argv)
+    from ..errors import QuadvaultError
+    from ..sampling import create_sampler
+
+    try:
+        create_sampler(args.device, fps=args.fps, mode=args.mode, size=args.size, streams=1,
+                       device_id=args.device_id).sample_video(args.video)
+    except QuadvaultError as exc:  # an ordinary bad file: the scan itself records it
+        print(exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(_main())
