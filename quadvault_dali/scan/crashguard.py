@@ -34,28 +34,37 @@ def journal_path(out_dir: Path, tag: str) -> Path:
     return out_dir / (f".inflight-{tag}.log" if tag else ".inflight.log")
 
 
+def take_suspects(out_dir: Path, tag: str) -> list[Path]:
+    """Videos the previous run with this tag (or its per-GPU workers) started but never finished.
+
+    Those journals are then forgotten: each suspect is checked once, by the run that found it.
+    """
+    workers = f".inflight-{tag}-g" if tag else ".inflight-g"  # parallel.worker_tag's names
+    journals = [journal_path(out_dir, tag), *sorted(out_dir.glob(f"{workers}*.log"))]
+    open_paths: dict[str, None] = {}
+    for journal in journals:
+        try:
+            text = journal.read_text(encoding="utf-8", errors="surrogateescape")
+        except FileNotFoundError:
+            continue
+        started: dict[str, None] = {}
+        for line in text.splitlines():
+            kind, _, name = line.partition(" ")
+            if kind == _STARTED:
+                started[name] = None
+            elif kind == _FINISHED:
+                started.pop(name, None)
+        open_paths.update(started)
+        journal.unlink(missing_ok=True)
+    return [Path(p) for p in open_paths]
+
+
 class CrashJournal:
     """Appends ``S path`` when a video is handed to the decoder and ``F path`` when its outcome arrives."""
 
     def __init__(self, out_dir: Path, tag: str) -> None:
         self.path = journal_path(out_dir, tag)
         self._fh: TextIO | None = None
-
-    def take_suspects(self) -> list[Path]:
-        """Videos the previous run with this tag started but never finished; forgets that journal."""
-        try:
-            text = self.path.read_text(encoding="utf-8", errors="surrogateescape")
-        except FileNotFoundError:
-            return []
-        open_paths: dict[str, None] = {}
-        for line in text.splitlines():
-            kind, _, name = line.partition(" ")
-            if kind == _STARTED:
-                open_paths[name] = None
-            elif kind == _FINISHED:
-                open_paths.pop(name, None)
-        self.path.unlink(missing_ok=True)
-        return [Path(p) for p in open_paths]
 
     def _write(self, kind: str, path: Path) -> None:
         if self._fh is None:

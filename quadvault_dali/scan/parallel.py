@@ -62,7 +62,8 @@ def worker_tag(base: str, gpu: int) -> str:
     return f"{base}-g{gpu}" if base else f"g{gpu}"
 
 
-def _worker(files: list[Any], model_paths: list[Path], options: Any, gpu: int, out: Any) -> None:
+def _worker(files: list[Any], model_paths: list[Path], options: Any, gpu: int, out: Any,
+            crashed: dict[Path, str]) -> None:
     """Runs in the child: loads the models on its GPU and scans its part; reports through ``out``."""
     from ..device import resolve_device, torch_device
     from ..model import load_model
@@ -82,7 +83,7 @@ def _worker(files: list[Any], model_paths: list[Path], options: Any, gpu: int, o
         if not lock.acquire():
             raise QuadvaultError(f"another writer holds shard tag {tag}", path=options.out_dir)
         try:
-            stats = scan_files(files, scorers, options, tag=tag,
+            stats = scan_files(files, scorers, options, tag=tag, crashed=crashed,
                                on_progress=lambda s: out.put(("progress", gpu, dataclasses.asdict(s))))
         finally:
             lock.release()
@@ -94,14 +95,15 @@ def _worker(files: list[Any], model_paths: list[Path], options: Any, gpu: int, o
 
 
 def scan_on_gpus(todo: Sequence[Any], model_paths: Sequence[Path], options: Any, gpus: Sequence[int], *,
-                 on_progress: Callable[[Any], None] | None = None) -> Any:
+                 on_progress: Callable[[Any], None] | None = None, crashed: dict[Path, str] | None = None) -> Any:
     """Scans ``todo`` with one process per GPU; returns the merged ``RunStats``."""
     from .runner import RunStats
 
     ctx = mp.get_context("spawn")
     messages = ctx.Queue()
     parts = split_work(list(todo), len(gpus))
-    procs = {gpu: ctx.Process(target=_worker, args=(part, list(model_paths), options, gpu, messages),
+    procs = {gpu: ctx.Process(target=_worker, args=(part, list(model_paths), options, gpu, messages,
+                                                    dict(crashed or {})),
                               name=f"quadvault-scan-gpu{gpu}", daemon=False)
              for gpu, part in zip(gpus, parts)}
     for gpu, proc in procs.items():

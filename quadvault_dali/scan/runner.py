@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from ..discovery import find_videos
 from ..errors import DecodeError, OutputError, VideoOpenError
 from ..sampling import SamplingMode, VideoOutcome, create_sampler
 from .aggregate import Aggregator
-from .crashguard import CrashJournal, isolate_suspects
+from .crashguard import CrashJournal, isolate_suspects, take_suspects
 from .report import HIGHLIGHTS_FILE, FolderTotals, highlights_document, summary_line, write_json_atomic
 from .resume import FileState, drop_superseded, plan_resume
 from .schema import SCHEMA_VERSION, ModelRef, ScanMetadata, combined_fingerprint
@@ -166,9 +166,13 @@ def score_batch(scorers: Sequence[Scorer], frames: torch.Tensor) -> np.ndarray:
     return np.stack(cols, axis=1).astype(np.float32)
 
 
-def scan_files(files: Sequence[FileState], scorers: Sequence[Scorer], options: ScanOptions, *,
-               tag: str, on_progress: ProgressFn | None = None) -> RunStats:
-    """Scans ``files`` into new shard pairs tagged ``tag``; the caller has planned resume already."""
+def scan_files(files: Sequence[FileState], scorers: Sequence[Scorer], options: ScanOptions, *, tag: str,
+               on_progress: ProgressFn | None = None, crashed: Mapping[Path, str] | None = None) -> RunStats:
+    """Scans ``files`` into new shard pairs tagged ``tag``; the caller has planned resume already.
+
+    ``crashed``: files known to crash the decoder (``crashguard``), recorded as error rows unopened.
+    """
+    crashed = crashed or {}
     models = model_refs(scorers)
     fingerprint = combined_fingerprint(models)
     size = max(int(s.image_size) for s in scorers)
@@ -197,12 +201,10 @@ def scan_files(files: Sequence[FileState], scorers: Sequence[Scorer], options: S
         writer.add(rows)
 
     try:
-        suspects = [p for p in journal.take_suspects() if p in by_path]
-        crashed = isolate_suspects(suspects, device=sampler.backend, mode=options.mode, fps=options.fps, size=size,
-                                   device_id=options.device_id)
         for path, why in crashed.items():
-            record(by_path[path], None, DecodeError(why, path=path, hint="check the file in a player; re-copy "
-                                                                         "it if it is damaged"))
+            if path in by_path:
+                record(by_path[path], None, DecodeError(why, path=path, hint="check the file in a player; "
+                                                                             "re-copy it if it is damaged"))
 
         def sources() -> Iterator[Path]:
             for f in files:
@@ -286,11 +288,13 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
         log.info("%d videos found, %d already scanned, %d to scan, %d old rows superseded",
                  len(files), len(plan.skipped), len(plan.todo), superseded)
         progress = (lambda s: on_progress(s, len(plan.todo))) if on_progress else None
+        crashed = _isolate_crashers(out, plan.todo, scorers, options)
         if gpus and len(gpus) > 1:
             from .parallel import scan_on_gpus
-            stats = scan_on_gpus(plan.todo, [Path(p) for p in model_paths], options, gpus, on_progress=progress)
+            stats = scan_on_gpus(plan.todo, [Path(p) for p in model_paths], options, gpus, on_progress=progress,
+                                 crashed=crashed)
         else:
-            stats = scan_files(plan.todo, scorers, options, tag=options.tag, on_progress=progress)
+            stats = scan_files(plan.todo, scorers, options, tag=options.tag, on_progress=progress, crashed=crashed)
         doc, totals = highlights_document(out, threshold=options.threshold, models=models)
         highlights_path = options.highlights_path or out / HIGHLIGHTS_FILE
         write_json_atomic(highlights_path, doc)
@@ -298,6 +302,19 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
         lock.release()
     return ScanSummary(out, totals, stats, len(plan.skipped), superseded, time.perf_counter() - started,
                        highlights_path)
+
+
+def _isolate_crashers(out: Path, todo: Sequence[FileState], scorers: Sequence[Scorer],
+                      options: ScanOptions) -> dict[Path, str]:
+    """The to-do videos that were in flight when the last run died and crash (or hang) a decoder alone."""
+    todo_paths = {f.path for f in todo}
+    suspects = [p for p in take_suspects(out, options.tag) if p in todo_paths]
+    if not suspects:
+        return {}
+    from ..device import resolve_device
+
+    return isolate_suspects(suspects, device=resolve_device(options.device), mode=options.mode, fps=options.fps,
+                            size=max(int(s.image_size) for s in scorers), device_id=options.device_id)
 
 
 def _load_scorers(model_paths: Sequence[str | os.PathLike[str]], options: ScanOptions,
