@@ -9,9 +9,10 @@
 #   STEPS=tests bash benchmarks/gpu_check.sh                        # only some steps
 #
 # Steps: prebuild (starts building the scan benchmark's library in the background, in its own process
-# session, so it outlives this call on a warm machine), tests, sampling, scan (waits for a prebuild), train.
-# One device command may run 10 minutes, so the documented lease runs two calls:
-#   STEPS=prebuild,tests,sampling   then   STEPS=scan,train
+# session, so it outlives this call on a warm machine), tests, sampling, scan (waits for a prebuild), train,
+# demo (the README's first command, end to end on the GPU). One device command may run 10 minutes, so the
+# documented lease runs two calls:
+#   STEPS=prebuild,tests,sampling   then   STEPS=scan,train,demo
 #
 # Sizes (override with the environment): SAMPLING_ARGS, SCAN_ARGS, TRAIN_ARGS; limits in seconds:
 # TESTS_S, SAMPLING_S, SCAN_S, TRAIN_S.
@@ -20,11 +21,12 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/quadvault-gpu-check}
 mkdir -p "$OUT"
 WORK=${WORK:-/root/quadvault-gpu-work}
-STEPS=${STEPS:-prebuild,tests,sampling,scan,train}
+STEPS=${STEPS:-prebuild,tests,sampling,scan,train,demo}
 TESTS_S=${TESTS_S:-300}
 SAMPLING_S=${SAMPLING_S:-200}
 SCAN_S=${SCAN_S:-240}
 TRAIN_S=${TRAIN_S:-120}
+DEMO_S=${DEMO_S:-150}
 SAMPLING_ARGS=${SAMPLING_ARGS:---videos 8 --duration 10 --streams 1,2,4,8}
 SCAN_ARGS=${SCAN_ARGS:---videos 200 --streams 8 --batch-size 256}
 TRAIN_ARGS=${TRAIN_ARGS:-}
@@ -98,8 +100,10 @@ step scan "$SCAN_S" python3 benchmarks/scan_bench.py $SCAN_ARGS --device "$DEVIC
   --out "$OUT/scan_$gpu.json"
 # shellcheck disable=SC2086
 step train "$TRAIN_S" python3 benchmarks/train_bench.py $TRAIN_ARGS --device "$DEVICE" --out "$OUT/train_$gpu.json"
+rm -rf "$WORK/demo"
+step demo "$DEMO_S" python3 -m quadvault_dali demo "$WORK/demo" --device "$DEVICE"
 
 say "--- summary"
 cat "$SUMMARY" | tee -a "$LOG"
-grep -E "^(FAILED|ERROR)|passed|failed" "$LOG" | tail -20
+grep -E "^(FAILED|ERROR) |[0-9]+ (passed|failed)" "$LOG" | tail -20  # pytest's verdicts
 ! grep -qv ": ok in" "$SUMMARY"
