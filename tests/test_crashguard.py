@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 from pathlib import Path
 
-from quadvault_dali.scan.crashguard import CrashJournal, check_in_child, journal_path, take_suspects
+import pytest
+
+from quadvault_dali.scan.crashguard import CrashJournal, StallWatch, check_in_child, journal_path, take_suspects
 
 
 def _journal(out: Path, tag: str, started: list[str], finished: list[str]) -> None:
@@ -41,3 +46,52 @@ def test_isolated_check_passes_ordinary_bad_files(tmp_path: Path, broken_clips: 
     good = make_clip("guard_ok.mp4", duration_s=2.0)
     for path in (good, broken_clips["truncated"], broken_clips["text"]):
         assert check_in_child(path, device="cpu", mode="auto", fps=1.0, size=64) is None
+
+
+def test_a_stall_names_the_videos_in_flight_and_keeps_the_journal(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A hung decoder: the warning says which videos, and a Ctrl-C afterwards still leaves them suspects."""
+    journal = CrashJournal(tmp_path, "")
+    journal.started(Path("/lib/done.mp4"))
+    journal.finished(Path("/lib/done.mp4"))
+    journal.started(Path("/lib/hangs.mp4"))
+    with caplog.at_level(logging.WARNING), StallWatch(journal, stall_s=0.2):
+        deadline = time.monotonic() + 5
+        while not journal.keep and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert journal.keep
+    warning = " ".join(r.getMessage() for r in caplog.records)
+    assert "/lib/hangs.mp4" in warning and "/lib/done.mp4" not in warning and "run the same command" in warning
+    journal.discard()  # as after KeyboardInterrupt
+    assert take_suspects(tmp_path, "") == [Path("/lib/hangs.mp4")]
+
+
+def test_steady_progress_is_not_a_stall(tmp_path: Path) -> None:
+    journal = CrashJournal(tmp_path, "")
+    journal.started(Path("/lib/a.mp4"))
+    with StallWatch(journal, stall_s=0.3) as watch:
+        for _ in range(20):
+            watch.beat()
+            time.sleep(0.03)
+    assert not journal.keep
+
+
+HANG_HOOK = '''
+import os, time
+if os.environ.get("QV_TEST_HANG"):
+    import quadvault_dali.sampling._cpu as _cpu
+    def decode_video(self, path, outcome, emit):
+        time.sleep(60)
+    _cpu.CpuSampler.decode_video = decode_video
+'''
+
+
+def test_isolated_check_reports_a_hang(tmp_path: Path, make_clip, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HANG_HOOK)
+    monkeypatch.setenv("QV_TEST_HANG", "1")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]))
+    why = check_in_child(make_clip("guard_hang.mp4", duration_s=1.0), device="cpu", mode="auto", fps=1.0, size=64,
+                         timeout_s=8.0)
+    assert why is not None and "did not finish within 8 s" in why

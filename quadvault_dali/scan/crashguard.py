@@ -9,6 +9,10 @@ had started but not finished are the suspects. Each suspect is sampled once in a
 child dies by a signal or hangs, the video gets an error row saying so and is not opened again in this
 process; if it survives, the video is scanned normally (a plain ``kill -9`` costs only these checks).
 
+A decoder can also hang instead of dying. ``StallWatch`` notices when no frame has arrived for a long
+time, names the videos in flight, and keeps the journal even if the user then stops the scan with Ctrl-C,
+so the same command isolates them on the next start.
+
 ``python -m quadvault_dali.scan.crashguard VIDEO --device ...`` is that child.
 """
 
@@ -20,6 +24,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Iterable, TextIO
 
@@ -27,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: Longest a suspect's isolated check may take before the file is declared to hang the decoder.
 CHECK_TIMEOUT_S = 600.0
+#: No new frame for this long during a scan counts as a stall (a hung decoder).
+STALL_S = 900.0
 _STARTED, _FINISHED = "S", "F"
 
 
@@ -64,6 +72,8 @@ class CrashJournal:
 
     def __init__(self, out_dir: Path, tag: str) -> None:
         self.path = journal_path(out_dir, tag)
+        self.in_flight: dict[Path, None] = {}
+        self.keep = False  # set by StallWatch: a hang is suspected, so even a clean exit keeps the journal
         self._fh: TextIO | None = None
 
     def _write(self, kind: str, path: Path) -> None:
@@ -73,17 +83,52 @@ class CrashJournal:
         self._fh.flush()  # in the kernel's hands: survives the process, whatever kills it
 
     def started(self, path: Path) -> None:
+        self.in_flight[path] = None
         self._write(_STARTED, path)
 
     def finished(self, path: Path) -> None:
+        self.in_flight.pop(path, None)
         self._write(_FINISHED, path)
 
     def discard(self) -> None:
-        """The run ended in Python (done, interrupted or failed): nothing in flight crashed."""
+        """The run ended in Python (done, interrupted or failed): nothing in flight crashed the decoder."""
         if self._fh is not None:
             self._fh.close()
             self._fh = None
-        self.path.unlink(missing_ok=True)
+        if not self.keep:
+            self.path.unlink(missing_ok=True)
+
+
+class StallWatch:
+    """Warns once when no frame has arrived for ``stall_s`` and marks the journal to be kept."""
+
+    def __init__(self, journal: CrashJournal, stall_s: float = STALL_S) -> None:
+        self.journal, self.stall_s = journal, stall_s
+        self._last = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scan-stall-watch", daemon=True)
+
+    def __enter__(self) -> "StallWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def beat(self) -> None:
+        self._last = time.monotonic()
+
+    def _run(self) -> None:
+        while not self._stop.wait(min(30.0, self.stall_s / 4)):
+            idle = time.monotonic() - self._last
+            if idle >= self.stall_s and self.journal.in_flight:
+                self.journal.keep = True
+                names = ", ".join(str(p) for p in list(self.journal.in_flight)[:8])
+                log.warning("no frame for %.0f min; a decoder may hang on one of: %s. If the scan stays stuck, "
+                            "stop it and run the same command again: these videos are then checked one at a "
+                            "time and a hanging one becomes an error row", idle / 60, names)
+                return
 
 
 def check_in_child(path: Path, *, device: str, mode: str, fps: float, size: int, device_id: int = 0,

@@ -22,7 +22,7 @@ from ..discovery import find_videos
 from ..errors import DecodeError, OutputError, VideoOpenError
 from ..sampling import SamplingMode, VideoOutcome, create_sampler
 from .aggregate import Aggregator
-from .crashguard import CrashJournal, isolate_suspects, take_suspects
+from .crashguard import CrashJournal, StallWatch, isolate_suspects, take_suspects
 from .report import HIGHLIGHTS_FILE, FolderTotals, highlights_document, summary_line, write_json_atomic
 from .resume import FileState, drop_superseded, plan_resume
 from .schema import SCHEMA_VERSION, ModelRef, ScanMetadata, combined_fingerprint
@@ -214,8 +214,9 @@ def scan_files(files: Sequence[FileState], scorers: Sequence[Scorer], options: S
                 journal.started(f.path)
                 yield f.path
 
-        with torch.inference_mode():
+        with torch.inference_mode(), StallWatch(journal) as watch:
             for batch in sampler.iter_batches(sources()):
+                watch.beat()
                 if len(batch):
                     agg.add(batch.paths, batch.timestamps, score_batch(scorers, batch.frames))
                     stats.frames += len(batch)
@@ -230,7 +231,7 @@ def scan_files(files: Sequence[FileState], scorers: Sequence[Scorer], options: S
         writer.flush()  # keep every finished video; the rest resumes next time
         raise
     finally:
-        journal.discard()  # ended in Python: whatever was in flight did not crash the decoder
+        journal.discard()  # ended in Python: nothing in flight crashed the decoder (unless a stall was seen)
     writer.flush()
     stats.shards = list(writer.written)
     return stats
