@@ -45,8 +45,9 @@ def _parse_resolution(ctx: click.Context, param: click.Parameter, value: str) ->
 @click.option("--encoder", type=click.Choice(["auto", "nvenc", "x264"]), default="auto", show_default=True,
               help="H.264 encoder: nvenc (NVIDIA hardware), x264 (CPU), auto = nvenc when it opens.")
 @click.option("--device", type=click.Choice(["auto", "gpu", "cpu"]), default="auto", show_default=True,
-              help="gpu: require a CUDA GPU (error without one); cpu: never use the GPU (libx264); auto: NVENC "
-                   "when it opens. Windows are always decoded on the CPU (PyAV): a reel decodes only seconds.")
+              help="gpu: require a CUDA GPU (error without one): windows decode on NVDEC where it takes the "
+                   "source, NVENC encodes where it opens; cpu: never use the GPU (PyAV decode, libx264); auto: gpu "
+                   "when there is one.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (what the clip list would hold); encode nothing.")
 def reel(scores: Path, out: Path, resolution: tuple[int, int], dry_run: bool, **kw: object) -> None:
     """Cut a highlight reel OUT (e.g. best.mp4) from the best seconds in SCORES.
@@ -78,7 +79,9 @@ def reel(scores: Path, out: Path, resolution: tuple[int, int], dry_run: bool, **
     if result.render.failed_clips:
         click.echo(f"warning: clip(s) {', '.join(map(str, result.render.failed_clips))} broke while decoding "
                    "and hold their last good frame", err=True)
+    decoded = result.render.decoders
+    on_gpu = f", {decoded.count('nvdec')} of {len(decoded)} windows decoded on NVDEC" if "nvdec" in decoded else ""
     click.echo(f"Reel: {result.render.path} ({len(plan.clips)} clips, {plan.duration_s:.1f} s, "
                f"{options.width}x{options.height} @ {options.fps:g} fps, {result.render.encoder}"
-               f"{', with sound' if result.render.audio else ''})")
+               f"{', with sound' if result.render.audio else ''}{on_gpu})")
     click.echo(f"Clip list: {result.sidecar}")

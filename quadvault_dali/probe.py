@@ -99,10 +99,12 @@ def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
     return float(value * time_base)
 
 
-def open_container(path: Path, file: BinaryIO | None = None) -> av.container.InputContainer:
+def open_container(path: Path, file: BinaryIO | None = None, *,
+                   hwaccel: "av.codec.hwaccel.HWAccel | None" = None) -> av.container.InputContainer:
     """Opens ``path`` with PyAV, turning every failure into a ``VideoOpenError`` that says why.
 
-    ``file`` (an open binary file of ``path``) lets callers count or control the bytes read.
+    ``file`` (an open binary file of ``path``) lets callers count or control the bytes read; ``hwaccel``
+    makes FFmpeg decode on that device (frames still arrive in system memory).
     """
     if not path.exists():
         raise VideoOpenError("file not found", path=path)
@@ -113,7 +115,8 @@ def open_container(path: Path, file: BinaryIO | None = None) -> av.container.Inp
     if path.stat().st_size == 0:
         raise VideoOpenError("empty file (0 bytes)", path=path)
     try:
-        return av.open(file if file is not None else str(path), metadata_errors="ignore")
+        extra = {"hwaccel": hwaccel} if hwaccel is not None else {}
+        return av.open(file if file is not None else str(path), metadata_errors="ignore", **extra)
     except av.error.InvalidDataError as exc:
         raise VideoOpenError(
             f"not a readable video container ({exc.strerror or exc})", path=path,

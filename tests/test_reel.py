@@ -108,13 +108,17 @@ def stamp_of(picture: np.ndarray, src_w: int, src_h: int):
     return read_stamp(picture[box.y: box.y + box.fit_h, box.x: box.x + box.fit_w])
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
 def test_reel_content_timing_geometry_and_sidecar(scan_dir: Path, tmp_path: Path,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
+                                                  caplog: pytest.LogCaptureFixture, device: str) -> None:
+    """gpu: the same reel with its windows decoded on NVDEC (FFmpeg's CUDA hwaccel), frame for frame."""
     out = tmp_path / "best of 'summer' é.mp4"
-    options = ReelOptions(width=W, height=H, fps=30, min_score=0.85, clip_seconds=4.0, fade_s=0.5, encoder="x264")
+    options = ReelOptions(width=W, height=H, fps=30, min_score=0.85, clip_seconds=4.0, fade_s=0.5, encoder="x264",
+                          device=device)  # type: ignore[arg-type]
     with caplog.at_level(logging.WARNING, logger="quadvault_dali"):
         result = make_reel(scan_dir, out, options)
     plan = result.prepared.plan
+    assert result.render.decoders == (("nvdec",) if device == "gpu" else ("pyav",)) * len(plan.clips)
     # The broken file scored best but cannot be read: skipped with a warning, the reel made without it.
     assert any("broken.mp4" in m for m in result.prepared.skipped)
     assert "broken.mp4" in caplog.text
@@ -239,6 +243,26 @@ def test_load_scan_folder_reads_per_second_scores(scan_dir: Path) -> None:
     assert plain.times.tolist() == list(range(10)) and plain.scores[2] == pytest.approx(0.95)
     prepared = prepare_reel(source, ReelOptions(min_score=0.9, top=1))
     assert [c.window.path.name for c in prepared.plan.clips] == ["plain 30fps.mp4"]
+
+
+def test_window_reader_falls_back_to_the_cpu_and_says_why(library: dict[str, Path], tmp_path: Path) -> None:
+    """Asked for the GPU where NVDEC cannot help: same pictures from the CPU decoder, and the reason."""
+    import torch
+
+    from quadvault_dali.reel.frames import WindowReader
+
+    av1 = make_video(tmp_path / "av1.mp4", _spec(dict(source_id=7, codec="av1"), 2))
+    cases = [(av1, "NVDEC on this GPU class does not decode av1")]
+    if not torch.cuda.is_available():  # here the CUDA device itself cannot be opened
+        cases.append((library["plain 30fps.mp4"], "NVDEC could not decode it"))
+    for path, reason in cases:
+        info = probe_video(path)
+        with WindowReader(info, 2.0, W, H, gpu=0) as asked, WindowReader(info, 2.0, W, H) as plain:
+            assert asked.decoder == "pyav" and reason in (asked.fallback_reason or "")
+            for t in (2.0, 3.5, 5.9):  # increasing source times, as a reel asks for them
+                picture = asked.frame_at(t)
+                assert np.array_equal(picture, plain.frame_at(t))
+                assert stamp_of(picture, info.width, info.height).time_s == pytest.approx(t, abs=0.045)
 
 
 @pytest.mark.gpu

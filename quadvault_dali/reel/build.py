@@ -138,12 +138,12 @@ def make_reel(scores: str | Path | ScoreSource, out: str | Path, options: ReelOp
         raise OutputError("is a folder; give the reel a file name like best.mp4", path=out)
     if not out.parent.exists():
         raise OutputError("output folder does not exist", path=out.parent)
-    if options.device == "gpu":
-        resolve_device("gpu")  # raises, naming why, on a machine without a usable GPU
+    # gpu raises, naming why, on a machine without a usable GPU; auto decodes on NVDEC where there is one
+    gpu = 0 if resolve_device(options.device) == "gpu" else None
     prepared = prepare_reel(scores, options)
     encoder = choose_encoder(options.encoder, options.width, options.height, options.fps,
                              gpu_allowed=options.device != "cpu")
     result = render_reel(prepared.plan, prepared.infos, out, width=options.width, height=options.height,
-                         encoder=encoder, audio=options.audio)
+                         encoder=encoder, audio=options.audio, gpu=gpu)
     sidecar = write_sidecar(prepared.plan, sidecar_path(out))
     return ReelResult(result, sidecar, prepared)

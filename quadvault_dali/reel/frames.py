@@ -3,7 +3,9 @@
 Frames are resampled *by time*: the reel frame shown at source time ``t`` is the source frame that
 is on screen at ``t`` (the last one presented at or before it), so 24, 30 and 60 fps sources and
 variable-frame-rate phones all play at their real speed in a reel of any frame rate.
-Decoding runs on the CPU with PyAV: a reel decodes only a few seconds per video.
+Decoding goes through PyAV. Given a GPU, FFmpeg decodes on NVDEC (its CUDA hwaccel; frames are copied
+back for scaling and encoding); a source NVDEC cannot take, or a GPU that cannot open it, is decoded on
+the CPU and the reader says so (``decoder``, ``fallback_reason``).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Iterator
 import av
 import numpy as np
 
-from ..errors import DecodeError
+from ..errors import DecodeError, QuadvaultError
 from ..probe import VideoInfo, open_container
+from ..sampling import nvdec_limitation
 
 log = logging.getLogger(__name__)
 _EPS = 1e-4  # tolerance when comparing frame times: pts rounding must not pick the previous frame
@@ -45,38 +48,58 @@ def letterbox(src_w: int, src_h: int, out_w: int, out_h: int) -> Letterbox:
 
 
 class WindowReader:
-    """Serves reel frames for increasing source times in ``[in_s, out_s)`` of one video."""
+    """Serves reel frames for increasing source times in ``[in_s, out_s)`` of one video.
 
-    def __init__(self, info: VideoInfo, in_s: float, out_w: int, out_h: int) -> None:
+    ``gpu``: the CUDA device to decode on (NVDEC through FFmpeg), or ``None`` for the CPU.
+    """
+
+    def __init__(self, info: VideoInfo, in_s: float, out_w: int, out_h: int, *, gpu: int | None = None) -> None:
         self.info = info
         self.path: Path = info.path
         self.box = letterbox(info.width, info.height, out_w, out_h)
-        self._container = open_container(info.path)
+        self.decoder = "pyav"
+        self.fallback_reason: str | None = None
+        self._cached_for: float | None = None  # source time of the cached picture's frame
+        self._cached: np.ndarray | None = None
+        if gpu is not None:
+            self.fallback_reason = nvdec_limitation(info)
+            if self.fallback_reason is None:
+                try:
+                    self._start(in_s, _cuda(gpu))
+                    self.decoder = "nvdec"
+                    return
+                except (QuadvaultError, av.error.FFmpegError, OSError) as exc:
+                    self.close()
+                    self.fallback_reason = f"NVDEC could not decode it ({exc})"
+            log.info("%s: %s; decoding its reel window on the CPU", self.path, self.fallback_reason)
+        self._start(in_s, None)
+
+    def _start(self, in_s: float, hwaccel: "av.codec.hwaccel.HWAccel | None") -> None:
+        """Opens, seeks to the keyframe before ``in_s`` and decodes the first frame (so failures show here)."""
+        self._container = open_container(self.info.path, hwaccel=hwaccel)
         try:
             self._stream = self._container.streams.video[0]
             for s in self._container.streams.video:
-                if s.index == info.stream_index:
+                if s.index == self.info.stream_index:
                     self._stream = s
             self._stream.thread_type = "AUTO"
             self._tb: Fraction = self._stream.time_base or Fraction(1, 90000)
-            self._start = self._stream.start_time or 0
-            target = self._start + int(max(0.0, in_s) / self._tb)
+            self._start_pts = self._stream.start_time or 0
+            target = self._start_pts + int(max(0.0, in_s) / self._tb)
             self._container.seek(target, stream=self._stream, backward=True, any_frame=False)
         except av.error.FFmpegError as exc:
             self.close()
-            raise DecodeError(f"cannot seek to {in_s:.2f} s ({exc})", path=info.path) from exc
+            raise DecodeError(f"cannot seek to {in_s:.2f} s ({exc})", path=self.info.path) from exc
         self._frames = self._decode()
         self._current: tuple[float, av.VideoFrame] | None = None
         self._next: tuple[float, av.VideoFrame] | None = next(self._frames, None)
-        self._cached_for: int | None = None
-        self._cached: np.ndarray | None = None
 
     def _decode(self) -> Iterator[tuple[float, av.VideoFrame]]:
         try:
             for frame in self._container.decode(self._stream):
                 if frame.pts is None:
                     continue
-                yield float((frame.pts - self._start) * self._tb), frame
+                yield float((frame.pts - self._start_pts) * self._tb), frame
         except av.error.FFmpegError as exc:
             raise DecodeError(f"decoding failed ({exc})", path=self.path) from exc
 
@@ -87,7 +110,7 @@ class WindowReader:
             self._next = next(self._frames, None)
         if self._current is None:
             raise DecodeError(f"no frame decoded at or after {t:.2f} s", path=self.path)
-        key = id(self._current[1])
+        key = self._current[0]  # not id(frame): a freed frame's id is reused by the next one
         if self._cached_for != key:
             self._cached = self._to_canvas(self._current[1])
             self._cached_for = key
@@ -111,13 +134,21 @@ class WindowReader:
         return canvas
 
     def close(self) -> None:
-        self._container.close()
+        container = getattr(self, "_container", None)
+        if container is not None:
+            container.close()
 
     def __enter__(self) -> "WindowReader":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _cuda(device: int) -> "av.codec.hwaccel.HWAccel":
+    from av.codec.hwaccel import HWAccel
+
+    return HWAccel("cuda", device=str(device), allow_software_fallback=False)
 
 
 def check_window(info: VideoInfo, in_s: float) -> None:

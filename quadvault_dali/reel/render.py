@@ -37,18 +37,21 @@ class RenderResult:
     encoder: str
     audio: bool
     failed_clips: tuple[int, ...]  # positions whose source broke while encoding (held their last frame)
+    decoders: tuple[str, ...] = ()  # per clip position: nvdec or pyav
 
 
 class _ClipSource:
     """A clip's reader that survives a mid-window decode failure by holding its last good picture."""
 
-    def __init__(self, clip: PlannedClip, info: VideoInfo, width: int, height: int) -> None:
+    def __init__(self, clip: PlannedClip, info: VideoInfo, width: int, height: int, gpu: int | None) -> None:
         self.clip = clip
         self.failed = False
+        self.decoder = "none"
         self._last: np.ndarray | None = None
         self._size = (height, width)
         try:
-            self._reader: WindowReader | None = WindowReader(info, clip.window.in_s, width, height)
+            self._reader: WindowReader | None = WindowReader(info, clip.window.in_s, width, height, gpu=gpu)
+            self.decoder = self._reader.decoder
         except QuadvaultError as exc:
             self._fail(exc)
 
@@ -79,8 +82,11 @@ def temp_path(out: Path) -> Path:
 
 
 def render_reel(plan: ReelPlan, infos: Mapping[Path, VideoInfo], out: str | Path, *, width: int, height: int,
-                encoder: str, audio: AudioChoice = "none") -> RenderResult:
-    """Encodes ``plan`` into ``out`` (atomically). ``infos`` holds the probed sources by path."""
+                encoder: str, audio: AudioChoice = "none", gpu: int | None = None) -> RenderResult:
+    """Encodes ``plan`` into ``out`` (atomically). ``infos`` holds the probed sources by path.
+
+    ``gpu``: decode the source windows on this CUDA device's NVDEC where it can take them.
+    """
     out = Path(out)
     if width % 2 or height % 2:
         raise QuadvaultError(f"reel resolution {width}x{height} must have even width and height (H.264 4:2:0)")
@@ -91,22 +97,26 @@ def render_reel(plan: ReelPlan, infos: Mapping[Path, VideoInfo], out: str | Path
     track = build_audio_track(plan) if audio == "keep" else None
     tmp = temp_path(out)
     try:
-        failed = _encode(plan, infos, tmp, width, height, encoder, track)
+        failed, decoders = _encode(plan, infos, tmp, width, height, encoder, track, gpu)
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return RenderResult(out, plan.total_frames, encoder, track is not None, failed)
+    if gpu is not None:
+        log.info("source windows decoded: %d on NVDEC, %d on the CPU", decoders.count("nvdec"),
+                 decoders.count("pyav"))
+    return RenderResult(out, plan.total_frames, encoder, track is not None, failed, decoders)
 
 
 def _encode(plan: ReelPlan, infos: Mapping[Path, VideoInfo], tmp: Path, width: int, height: int,
-            encoder: str, track: np.ndarray | None) -> tuple[int, ...]:
+            encoder: str, track: np.ndarray | None, gpu: int | None) -> tuple[tuple[int, ...], tuple[str, ...]]:
     options = {"movflags": "+faststart"} if tmp.suffix.lower() in (".mp4", ".mov", ".m4v") else {}
     try:
         container = av.open(str(tmp), "w", options=options)
     except (av.error.FFmpegError, OSError) as exc:
         raise OutputError(f"cannot create the reel ({exc})", path=tmp) from exc
     failed: list[int] = []
+    decoders: dict[int, str] = {}
     with container:
         vstream = add_video_stream(container, encoder, width, height, plan.fps)
         frame_tb = vstream.codec_context.time_base  # the muxer may change the stream's own time base
@@ -122,7 +132,8 @@ def _encode(plan: ReelPlan, infos: Mapping[Path, VideoInfo], tmp: Path, width: i
             for j in range(plan.total_frames):
                 for clip in clips:
                     if clip.start_frame == j:
-                        active[clip.position] = _ClipSource(clip, infos[clip.window.path], width, height)
+                        active[clip.position] = _ClipSource(clip, infos[clip.window.path], width, height, gpu)
+                        decoders[clip.position] = active[clip.position].decoder
                 picture = _compose(j, active, plan.fade_frames)
                 frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
                 frame.pts = j
@@ -144,7 +155,7 @@ def _encode(plan: ReelPlan, infos: Mapping[Path, VideoInfo], tmp: Path, width: i
                 container.mux(astream.encode(next_audio))
                 next_audio = next(pending_audio, None)
             container.mux(astream.encode(None))
-    return tuple(sorted(failed))
+    return tuple(sorted(failed)), tuple(decoders[c.position] for c in plan.clips if c.position in decoders)
 
 
 def _compose(j: int, active: Mapping[int, _ClipSource], fade_frames: int) -> np.ndarray:
