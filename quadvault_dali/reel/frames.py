@@ -82,7 +82,8 @@ class WindowReader:
             for s in self._container.streams.video:
                 if s.index == self.info.stream_index:
                     self._stream = s
-            self._stream.thread_type = "AUTO"
+            if hwaccel is None:  # frame threads feed a CPU decoder; NVDEC has its own engines
+                self._stream.thread_type = "AUTO"
             self._tb: Fraction = self._stream.time_base or Fraction(1, 90000)
             self._start_pts = self._stream.start_time or 0
             target = self._start_pts + int(max(0.0, in_s) / self._tb)
