@@ -94,6 +94,8 @@ class WindowReader:
         self._frames = self._decode()
         self._current: tuple[float, av.VideoFrame] | None = None
         self._next: tuple[float, av.VideoFrame] | None = next(self._frames, None)
+        if hwaccel is not None and self._next is None:
+            raise DecodeError("the hardware decoder returned no frame", path=self.info.path)
 
     def _decode(self) -> Iterator[tuple[float, av.VideoFrame]]:
         try:
