@@ -1,0 +1,90 @@
+"""One DALI video pipeline as a decoder of in-memory clips: clips in, ``(F, 3, H, W)`` uint8 tensors out.
+
+A clip DALI cannot decode fails the whole DALI batch it is in, so a failed batch is retried clip by clip
+on a fresh pipeline and only the bad clip reports its error.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import DecodeError
+from ._remux import Clip
+
+log = logging.getLogger(__name__)
+
+#: Clips per DALI run (per decode stream); the decoder works on the samples of a batch in parallel.
+CLIPS_PER_RUN = 2
+
+
+class ClipDecoder:
+    """One DALI video pipeline: clips in, one ``(F, 3, H, W)`` uint8 tensor per clip out."""
+
+    def __init__(self, decoder_device: str, device_id: int | None, size: int, square: bool,
+                 clips_per_run: int = CLIPS_PER_RUN, num_threads: int = 2) -> None:
+        self.decoder_device = decoder_device
+        self.device_id = device_id if decoder_device == "mixed" else None
+        self.size, self.square = size, square
+        self.clips_per_run = clips_per_run
+        self.num_threads = num_threads
+        self._pipe: Any = None
+
+    def _pipeline(self) -> Any:
+        if self._pipe is None:
+            from ..pipelines import video_sampling_pipeline
+
+            pipe = video_sampling_pipeline(decoder_device=self.decoder_device, size=self.size, square=self.square,
+                                           batch_size=self.clips_per_run, num_threads=self.num_threads,
+                                           device_id=self.device_id)
+            pipe.build()
+            self._pipe = pipe
+        return self._pipe
+
+    def _run(self, clips: list[Clip]) -> list[torch.Tensor]:
+        from ..pipelines import ENCODED_INPUT, FRAMES_INPUT
+
+        pipe = self._pipeline()
+        pipe.feed_input(ENCODED_INPUT, [np.frombuffer(c.data, dtype=np.uint8) for c in clips])
+        pipe.feed_input(FRAMES_INPUT, [np.ascontiguousarray(c.frames, dtype=np.int32) for c in clips])
+        (out,) = pipe.run()
+        tensors = []
+        for i, clip in enumerate(clips):
+            # DLPack hands PyTorch the pipeline's buffer on its own stream (DALI inserts the wait);
+            # clone so the frames outlive the pipeline's next run.
+            frames = torch.from_dlpack(out[i]).clone()
+            if frames.shape[0] != len(clip):
+                raise DecodeError(f"decoder returned {frames.shape[0]} frames, {len(clip)} were asked for")
+            tensors.append(frames)
+        return tensors
+
+    def decode(self, clips: list[Clip]) -> list[torch.Tensor | Exception]:
+        """Decodes ``clips``; a clip that fails yields its exception, the others their frames."""
+        try:
+            return list(self._run(clips))
+        except Exception as exc:  # noqa: BLE001 - DALI raises RuntimeError for any bad input
+            self._pipe = None  # a pipeline that raised is not reused
+            if len(clips) == 1:
+                return [exc]
+            log.debug("DALI batch of %d clips failed (%s); retrying them one by one", len(clips), exc)
+        results: list[torch.Tensor | Exception] = []
+        for clip in clips:
+            try:
+                results.extend(self._run([clip]))
+            except Exception as exc:  # noqa: BLE001
+                self._pipe = None
+                results.append(exc)
+        return results
+
+
+def error_summary(exc: Exception, limit: int = 300) -> str:
+    """DALI's multi-line error as one line: the reason after 'encountered:', without the boilerplate."""
+    text = str(exc)
+    text = text.split("encountered:", 1)[-1]
+    noise = ("Critical error", "C++ context", "Current pipeline object", "Error in ", "which was used", "File ")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(noise)]
+    summary = " ".join(lines) or type(exc).__name__
+    return summary if len(summary) <= limit else summary[: limit - 3] + "..."
