@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import av
-import numpy as np
 import torch
 
 from quadvault_dali.device import gpu_status

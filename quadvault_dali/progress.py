@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from contextlib import contextmanager, nullcontext
 from typing import Iterator

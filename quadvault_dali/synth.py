@@ -127,7 +127,6 @@ def _scene(style: Style, t: float, h: int, w: int, rng_seed: int) -> np.ndarray:
         return np.clip(img, 0, 255).astype(np.uint8)
     if style == "normal":
         # Grey, low contrast, static: a faint fixed texture.
-        rng = np.random.default_rng(rng_seed)
         base = 118 + 12 * np.sin(xx / (9 + rng_seed % 5)) * np.cos(yy / 13)
         return np.repeat(np.clip(base, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
     img = np.empty((h, w, 3), np.uint8)
