@@ -205,3 +205,26 @@ def test_shards_of_schema_1_0_still_read_and_resume(library: Path, tmp_path: Pat
     assert len(rows) == 9 and {r["decoder"] for r in rows} == {None}
     again = _scan(library, out)
     assert again.run.videos == 0 and again.skipped == 9
+
+
+def test_scan_records_which_decoder_ran(library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gpu backend's engine, run here with DALI's CPU decoder: the videos its decoder cannot take are
+    decoded on the CPU, scanned all the same (the stamps prove the frames), and the rows and summary say so."""
+    import quadvault_dali.scan.runner as runner
+    from quadvault_dali.sampling._gpu import DaliSampler
+
+    monkeypatch.setattr(runner, "create_sampler", lambda device, **kw: DaliSampler(**kw))
+    summary = _scan(library, tmp_path / "out")
+    videos, seconds = _videos(tmp_path / "out"), _seconds(tmp_path / "out")
+    fallbacks = 0
+    for rel, (spec, n_seconds) in GOOD.items():
+        row = videos[str(library / rel)]
+        assert row["status"] == "ok" and row["frames_scored"] == n_seconds, row
+        dali_takes = spec.codec in ("vp9", "mjpeg")
+        assert row["decoder"] == ("dali-cpu" if dali_takes else "pyav")
+        assert (row["decoder_note"] is None) == dali_takes
+        fallbacks += not dali_takes
+        for sec in seconds[row["path"]]:
+            assert sec["model_scores"][1] == pytest.approx(StampScorer.expected(spec.source_id, sec["timestamp_s"]),
+                                                           abs=2e-6)
+    assert fallbacks == 3 and summary.run.cpu_fallbacks == fallbacks

@@ -84,10 +84,12 @@ class RunStats:
     bytes_read: int = 0
     file_bytes: int = 0
     video_seconds: float = 0.0
+    cpu_fallbacks: int = 0  # videos a GPU scan decoded on the CPU (NVDEC cannot take them)
     shards: list[str] = field(default_factory=list)
 
     def merge(self, other: "RunStats") -> None:
-        for name in ("videos", "errors", "highlights", "frames", "bytes_read", "file_bytes", "video_seconds"):
+        for name in ("videos", "errors", "highlights", "frames", "bytes_read", "file_bytes", "video_seconds",
+                     "cpu_fallbacks"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.shards.extend(other.shards)
 
@@ -245,6 +247,7 @@ def _count(stats: RunStats, rows: "object", state: FileState, bytes_read: int) -
     stats.bytes_read += int(bytes_read)
     stats.file_bytes += state.size_bytes
     stats.video_seconds += float(video["duration_s"] or 0.0)
+    stats.cpu_fallbacks += video.get("decoder_note") is not None
 
 
 # --- the whole scan ---------------------------------------------------------------------------
