@@ -101,7 +101,7 @@ class CpuSampler(Sampler):
                 jobs.append(_VideoJob(source, self))
 
         def flush() -> FrameBatch:
-            frames = self._stack(pending_imgs)
+            frames = self.stack(pending_imgs)
             batch = FrameBatch(frames, list(pending_paths), list(pending_times), list(pending_done))
             pending_imgs.clear(), pending_paths.clear(), pending_times.clear(), pending_done.clear()
             return batch
@@ -128,7 +128,8 @@ class CpuSampler(Sampler):
         if pending_imgs or pending_done:
             yield flush()
 
-    def _stack(self, images: list[np.ndarray]) -> torch.Tensor:
+    def stack(self, images: list[np.ndarray]) -> torch.Tensor:
+        """``(N, 3, H, W)`` uint8 from the ``(H, W, 3)`` pictures ``decode_video`` emits."""
         if not images:
             size = self.config.size
             return torch.empty((0, 3, size, size), dtype=torch.uint8)

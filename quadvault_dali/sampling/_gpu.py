@@ -193,6 +193,7 @@ class DaliSampler(Sampler):
         """
         log.info("%s: %s; decoding this video on the CPU", task.path, why_not)
         task.outcome.decoder, task.outcome.fallback_reason = "pyav", why_not
+        cpu = CpuSampler(self.config)
         own = VideoOutcome(task.path, None, None)  # the CPU decoder's own counts, merged below
         images: list[np.ndarray] = []
         times: list[float] = []
@@ -203,7 +204,7 @@ class DaliSampler(Sampler):
             task.slots.acquire()
             if task.failed or stop.is_set():
                 raise _Abandoned
-            frames = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(self.device)
+            frames = cpu.stack(images).to(self.device)
             task.deliver(delivered, frames, list(times))
             delivered += 1
             images.clear(), times.clear()
@@ -215,7 +216,7 @@ class DaliSampler(Sampler):
                 hand_over()
 
         try:
-            CpuSampler(self.config).decode_video(task.path, own, emit)
+            cpu.decode_video(task.path, own, emit)
             if images:
                 hand_over()
         finally:
