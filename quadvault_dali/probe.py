@@ -20,6 +20,8 @@ from ._mp4 import TrackFacts, read_track_facts
 from .errors import UnsupportedCodecError, VideoOpenError
 
 _MP4_FORMATS = ("mov", "mp4")
+#: A video stream with fewer frames than this is a still (FFmpeg's best-stream choice uses the same cut).
+_STILL_FRAMES = 5
 
 
 @dataclass(frozen=True)
@@ -186,12 +188,26 @@ def probe_video(path: str | os.PathLike[str], *, with_index: bool = False) -> Vi
     return (info, index) if with_index else info
 
 
+def main_video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
+    """The stream that carries the footage when a file has several video streams.
+
+    Real video before stills (phones put one- or two-frame "top shot" tracks of higher resolution
+    beside the video of a motion photo), then the default stream, then bit rate, then picture size:
+    FFmpeg's ``av_find_best_stream`` order, with the still test first. A stream whose frame count the
+    header does not give counts as video.
+    """
+    def rank(s: av.video.stream.VideoStream) -> tuple[int, bool, int, int]:
+        return (min(s.frames or _STILL_FRAMES, _STILL_FRAMES), s.disposition & av.stream.Disposition.default != 0,
+                s.bit_rate or 0, (s.width or 0) * (s.height or 0))
+
+    return max(container.streams.video, key=rank)
+
+
 def probe_open(container: av.container.InputContainer, path: Path) -> tuple[VideoInfo, PacketIndex]:
     """Probes an already opened container (see ``open_container``)."""
     if not container.streams.video:
         raise VideoOpenError("no video stream (audio-only or data file)", path=path)
-    stream = max(container.streams.video,
-                 key=lambda s: (s.disposition & av.stream.Disposition.default != 0, s.width * s.height))
+    stream = main_video_stream(container)
     ctx = stream.codec_context
     try:
         codec = av.codec.Codec(ctx.name, "r").canonical_name

@@ -53,6 +53,28 @@ def make_clip(media_dir: Path) -> Callable[..., Path]:
 
 
 @pytest.fixture(scope="session")
+def motion_photo(media_dir: Path, make_clip: Callable[..., Path]) -> Path:
+    """A phone-style file: audio (stream 0), a 2-frame 512x320 still track (source 9), then the 30-fps video
+    (source 7) at file index 2 but video ordinal 1."""
+    import av
+
+    out = media_dir / "motion_photo.mp4"
+    if out.exists():
+        return out
+    still = make_clip("mp_still.mp4", width=512, height=320, fps=1, duration_s=2.0, source_id=9, audio=True)
+    video = make_clip("mp_video.mp4", width=256, height=160, fps=30, duration_s=3.0, source_id=7)
+    with av.open(str(still)) as a, av.open(str(video)) as b, av.open(str(out), "w") as dst:
+        sources = [a.streams.audio[0], a.streams.video[0], b.streams.video[0]]
+        copies = {id(src): dst.add_stream_from_template(src) for src in sources}
+        for container, streams in ((a, sources[:2]), (b, sources[2:])):
+            for packet in container.demux(*streams):
+                if packet.dts is not None:
+                    packet.stream = copies[id(packet.stream)]
+                    dst.mux(packet)
+    return out
+
+
+@pytest.fixture(scope="session")
 def broken_clips(media_dir: Path, make_clip: Callable[..., Path]) -> dict[str, Path]:
     """One damaged file of each kind a real library has."""
     good = make_clip("broken_source.mp4", duration_s=3.0)

@@ -95,3 +95,41 @@ def test_corpus_broken_files(corpus: Path, name: str, message: str) -> None:
 
 def test_unsupported_codec_is_a_video_open_error() -> None:
     assert issubclass(UnsupportedCodecError, VideoOpenError)
+
+
+def test_probe_picks_the_footage_not_the_still_track(motion_photo: Path) -> None:
+    info = probe_video(motion_photo)
+    assert (info.stream_index, info.width, info.height) == (2, 256, 160)
+    assert info.avg_fps == pytest.approx(30, rel=0.01) and info.frame_count == 90
+
+
+def test_corpus_multi_stream_files(corpus: Path) -> None:
+    """Motion photos carry 1–2-frame 2048×1536 stills beside the video; NASA's file has two real videos."""
+    mp4 = corpus / "androidx+media/libraries/test_data/src/test/assets/media/mp4"
+    top_shots = probe_video(mp4 / "mv_with_2_top_shots.mp4")
+    assert (top_shots.stream_index, top_shots.width, top_shots.height, top_shots.frame_count) == (0, 1080, 1440, 53)
+    motion = probe_video(mp4 / "pixel-motion-photo-2-hevc-tracks.mp4")
+    assert (motion.stream_index, motion.width, motion.height, motion.frame_count) == (0, 768, 1024, 58)
+    nasa = probe_video(corpus / "pytorch+torchcodec/test/resources/nasa_13013.mp4")
+    assert (nasa.stream_index, nasa.width, nasa.height) == (3, 480, 270)  # the higher-bit-rate one of two
+
+
+def test_corpus_matches_ffprobe(corpus: Path) -> None:
+    """Every single-video file of the corpus: codec, displayed size, rotation and frame rate as ffprobe saw them."""
+    import json
+    from fractions import Fraction
+
+    checked = 0
+    for entry in json.loads((corpus / "manifest.json").read_text()):
+        facts = entry.get("probe") or {}
+        if facts.get("n_video") != 1:
+            continue
+        video = facts["video"]
+        turn = -(facts.get("rotation") or 0) % 360  # ffprobe's matrix angle is counter-clockwise
+        size = (video["height"], video["width"]) if turn in (90, 270) else (video["width"], video["height"])
+        info = probe_video(corpus / entry["loc"].replace("/", "+") / entry["member"])
+        assert (info.codec, (info.width, info.height), info.rotation) == (video["codec_name"], size, turn), entry["member"]
+        assert info.avg_fps == pytest.approx(float(Fraction(video["avg_frame_rate"])), rel=1e-3), entry["member"]
+        assert info.duration_s <= facts["duration"] + 0.01  # the file's duration may also cover audio
+        checked += 1
+    assert checked >= 25

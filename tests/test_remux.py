@@ -129,3 +129,14 @@ def test_frame_budget_bounds_4k_clips() -> None:
     assert frame_budget(3840, 2160) == 12
     assert frame_budget(1920, 1080) == 48
     assert frame_budget(100_000, 100_000) == 1
+
+
+@pytest.mark.parametrize("mode", ["keyframe", "exact"])
+def test_clips_come_from_the_footage_stream(motion_photo: Path, mode: str) -> None:
+    """The clip holds the probed stream (file index 2, video ordinal 1), not another stream of the file."""
+    clips, plan, _, _ = _build(motion_photo, mode)
+    assert plan.info.stream_index == 2  # type: ignore[attr-defined]
+    with av.open(io.BytesIO(clips[0].data)) as src:
+        assert (src.streams.video[0].width, src.streams.video[0].height) == (256, 160)
+    stamps = [s for c in clips for s in _decoded_stamps(c, 0)]
+    assert stamps == pytest.approx([0.0, 1.0, 2.0], abs=STAMP_TOL)

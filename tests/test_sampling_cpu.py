@@ -144,3 +144,10 @@ def test_corpus_rotated_and_damaged(corpus: Path) -> None:
     sampler = create_sampler("cpu", size=32)
     outcome = [o for b in sampler.iter_batches([damaged]) for o in b.completed][0]
     assert outcome.ok or isinstance(outcome.error, DecodeError)
+
+
+def test_samples_the_footage_stream_of_a_multi_stream_file(motion_photo: Path) -> None:
+    frames, times, _ = create_sampler("cpu", size=96).sample_video(motion_photo)
+    assert times == pytest.approx([0.0, 1.0, 2.0])
+    stamps = [read_stamp(f.numpy()) for f in frames]
+    assert [(s.source_id, s.time_s) for s in stamps] == [(7, 0.0), (7, 1.0), (7, 2.0)]  # type: ignore[union-attr]

@@ -257,7 +257,7 @@ def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream
 def plan_clips(plan: SamplePlan, container: av.container.InputContainer, fh: CountingFile,
                max_frames: int | None = None) -> Iterable[Clip]:
     """The clips that carry ``plan``: keyframes read directly where the index allows, else demuxed."""
-    stream = container.streams.video[plan.info.stream_index]
+    stream = container.streams[plan.info.stream_index]  # the file's stream index, not the n-th video
     budget = max_frames or frame_budget(plan.info.coded_width, plan.info.coded_height)
     if plan.mode == "exact":
         return exact_clips(plan, container, stream, budget)
