@@ -80,11 +80,12 @@ class VideoInfo:
 
     @property
     def max_keyframe_interval_s(self) -> float:
-        """Longest gap between keyframes, counting the run from the last keyframe to the end."""
+        """Longest gap between keyframes, counting the runs from the first frame to the first keyframe (a
+        clip cut from a longer recording may start mid-GOP) and from the last keyframe to the end."""
         if not self.keyframe_times:
             return float("inf")
-        edges = list(self.keyframe_times) + [max(self.duration_s, self.keyframe_times[-1])]
-        return float(max(b - a for a, b in zip(edges, edges[1:]))) if len(edges) > 1 else self.duration_s
+        edges = [min(0.0, self.keyframe_times[0]), *self.keyframe_times, max(self.duration_s, self.keyframe_times[-1])]
+        return float(max(b - a for a, b in zip(edges, edges[1:])))
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

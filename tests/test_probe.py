@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from quadvault_dali.errors import UnsupportedCodecError, VideoOpenError
@@ -133,3 +134,17 @@ def test_corpus_matches_ffprobe(corpus: Path) -> None:
         assert info.duration_s <= facts["duration"] + 0.01  # the file's duration may also cover audio
         checked += 1
     assert checked >= 25
+
+
+def test_keyframe_interval_counts_a_late_first_keyframe(make_clip) -> None:
+    """A clip cut from a longer recording can start mid-GOP; its first seconds have no keyframe nearby."""
+    import dataclasses
+
+    from quadvault_dali.sampling import plan_samples
+
+    info, index = probe_video(make_clip("probe_kf.mp4", duration_s=6.0, keyframe_interval_s=1.0), with_index=True)
+    assert info.max_keyframe_interval_s == pytest.approx(1.0, abs=0.05)
+    late = dataclasses.replace(info, keyframe_times=(4.0, 5.0))
+    assert late.max_keyframe_interval_s == pytest.approx(4.0)
+    index.is_key[:] = np.isclose(index.pts, 4.0) | np.isclose(index.pts, 5.0)
+    assert plan_samples(late, index, mode="auto").mode == "exact"  # keyframes would miss seconds 0-2
