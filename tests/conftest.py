@@ -10,7 +10,8 @@ import pytest
 
 from quadvault_dali.synth import SynthSpec, make_broken, make_video
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "video-corpus"
+#: Real third-party footage (``../shared/video-corpus`` beside the checkout; ``QUADVAULT_CORPUS`` elsewhere).
+CORPUS = Path(os.environ.get("QUADVAULT_CORPUS") or Path(__file__).resolve().parents[2] / "shared" / "video-corpus")
 
 
 def _cuda_usable() -> bool:
