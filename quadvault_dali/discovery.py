@@ -11,8 +11,10 @@ log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = frozenset({
     ".mp4", ".mov", ".m4v", ".mkv", ".avi", ".mts", ".m2ts", ".ts", ".webm", ".mpg", ".mpeg", ".3gp",
-    ".insv", ".lrv", ".wmv", ".flv",
+    ".insv", ".lrv", ".lrf", ".wmv", ".flv",
 })
+#: Low-resolution proxies cameras write beside each recording (GoPro .LRV, DJI .LRF).
+PROXY_EXTENSIONS = frozenset({".lrv", ".lrf"})
 #: Folders that hold system or application data, never footage.
 SKIPPED_DIRS = frozenset({
     "$recycle.bin", "system volume information", "lost+found", ".trashes", ".spotlight-v100", ".fseventsd",
@@ -24,18 +26,33 @@ def is_video_file(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS and not path.name.startswith(("._", "."))
 
 
+def proxy_original_stems(proxy: Path) -> tuple[str, ...]:
+    """Lower-case stems the full-resolution original of a proxy file may have in the same folder.
+
+    DJI and older GoPros keep the stem (``DJI_0001.LRF`` / ``DJI_0001.MP4``); GoPro HERO5+ swaps the
+    prefix (``GL010001.LRV`` / ``GX010001.MP4`` for HEVC, ``GH010001.MP4`` for H.264).
+    """
+    stem = proxy.stem.lower()
+    if len(stem) == 8 and stem.startswith("gl"):
+        return stem, "gx" + stem[2:], "gh" + stem[2:]
+    return (stem,)
+
+
 def find_videos(roots: Iterable[str | os.PathLike[str]], *,
                 on_error: Callable[[Path, OSError], None] | None = None) -> list[Path]:
     """Every video file under ``roots`` (files are taken as given), sorted, each real file once.
 
     Hidden and system folders are skipped; symlinked folders are followed, but a folder already seen
     (by device and inode) is not entered again, so link loops end. Unreadable folders are reported
-    through ``on_error`` (default: a warning) and skipped.
+    through ``on_error`` (default: a warning) and skipped. A camera's low-resolution proxy (.LRV, .LRF)
+    is skipped when its original is in the same folder: scoring both would list every highlight twice.
+    Files named as roots are always taken.
     """
     report = on_error or (lambda p, e: log.warning("cannot read folder %s: %s", p, e.strerror or e))
     seen_dirs: set[tuple[int, int]] = set()
     seen_files: set[tuple[int, int]] = set()
     found: list[Path] = []
+    proxies = [0]  # proxies skipped because their original is beside them
 
     def add_file(path: Path) -> None:
         try:
@@ -62,6 +79,8 @@ def find_videos(roots: Iterable[str | os.PathLike[str]], *,
         except OSError as exc:
             report(folder, exc)
             return
+        originals = {Path(e.name).stem.lower() for e in entries
+                     if is_video_file(Path(e.name)) and Path(e.name).suffix.lower() not in PROXY_EXTENSIONS}
         for entry in entries:
             path = Path(entry.path)
             try:
@@ -73,6 +92,9 @@ def find_videos(roots: Iterable[str | os.PathLike[str]], *,
                     continue
                 walk(path)
             elif is_video_file(path):
+                if path.suffix.lower() in PROXY_EXTENSIONS and originals.intersection(proxy_original_stems(path)):
+                    proxies[0] += 1
+                    continue
                 add_file(path)
 
     for root in roots:
@@ -83,4 +105,6 @@ def find_videos(roots: Iterable[str | os.PathLike[str]], *,
             add_file(root_path)
         else:
             report(root_path, FileNotFoundError(2, "No such file or folder", str(root_path)))
+    if proxies[0]:
+        log.info("skipped %d low-resolution proxy files (.LRV/.LRF) whose originals are beside them", proxies[0])
     return sorted(found, key=lambda p: str(p))

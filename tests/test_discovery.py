@@ -52,3 +52,19 @@ def test_missing_root_is_reported(tmp_path: Path) -> None:
     errors: list[Path] = []
     assert find_videos([tmp_path / "gone"], on_error=lambda p, e: errors.append(p)) == []
     assert errors == [tmp_path / "gone"]
+
+
+def test_camera_proxies_are_skipped_beside_their_originals(tmp_path: Path) -> None:
+    """GoPro .LRV and DJI .LRF proxies duplicate their recordings; alone (original deleted) they are kept."""
+    originals = [_touch(tmp_path / "gopro" / "GX010042.MP4"), _touch(tmp_path / "gopro" / "GH010043.MP4"),
+                 _touch(tmp_path / "gopro" / "GOPR0044.MP4"), _touch(tmp_path / "dji" / "DJI_0001.MP4"),
+                 _touch(tmp_path / "dji" / "DJI_20240501_0002_D.MOV")]
+    twins = [_touch(tmp_path / "gopro" / "GL010042.LRV"), _touch(tmp_path / "gopro" / "GL010043.LRV"),
+             _touch(tmp_path / "gopro" / "GOPR0044.LRV"), _touch(tmp_path / "dji" / "DJI_0001.LRF"),
+             _touch(tmp_path / "dji" / "dji_20240501_0002_d.lrf")]
+    alone = [_touch(tmp_path / "gopro" / "GL010099.LRV"), _touch(tmp_path / "dji" / "DJI_0003.LRF"),
+             _touch(tmp_path / "elsewhere" / "DJI_0001.LRF")]  # its original is in another folder
+    found = find_videos([tmp_path])
+    assert found == sorted(originals + alone, key=str)
+    assert not set(twins) & set(found)
+    assert find_videos([twins[0]]) == [twins[0]]  # a file named explicitly is always taken
