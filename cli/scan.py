@@ -91,8 +91,8 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
                f"{summary.wall_s:.1f} s, {rate:.1f} videos/s, {run.bytes_read / 1e6:,.1f} MB read "
                f"of {run.file_bytes / 1e6:,.1f} MB.")
     if run.cpu_fallbacks:
-        click.echo(f"{run.cpu_fallbacks:,} videos were decoded on the CPU: NVDEC cannot decode them (see the "
-                   "decoder_note column of the videos table).")
+        click.echo(f"{run.cpu_fallbacks:,} videos were decoded (in part) on the CPU: NVDEC cannot or did not "
+                   "decode them (see the decoder_note column of the videos table).")
     click.echo(f"Highlights: {summary.highlights_path}")
     click.echo(summary.line)
 

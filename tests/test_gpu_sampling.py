@@ -133,16 +133,73 @@ class _TrustingDaliSampler(DaliSampler):
         return None
 
 
-def test_a_clip_dali_fails_on_is_an_error_outcome_not_a_crash(cpu_decodable: list[tuple[Path, int]],
-                                                              make_clip: Callable[..., Path]) -> None:
-    """DALI's CPU decoder cannot do H.264: that clip fails alone, the batch partner still decodes."""
-    h264 = make_clip("gpu_h264_for_cpu_decoder.mp4", codec="h264", width=128, height=80, duration_s=3.0)
+def test_a_video_dali_fails_on_is_decoded_on_the_cpu(cpu_decodable: list[tuple[Path, int]],
+                                                      make_clip: Callable[..., Path]) -> None:
+    """DALI's CPU decoder cannot do H.264 (as NVDEC might fail on a file the capability table let through):
+    that clip fails alone, the batch partner still decodes, and the CPU decoder delivers the failed video."""
+    h264 = make_clip("gpu_h264_for_cpu_decoder.mp4", codec="h264", width=128, height=80, duration_s=3.0,
+                     source_id=31)
     vp9, sid = cpu_decodable[0]
     batches = list(_TrustingDaliSampler(mode="keyframe", size=SIZE, streams=1).iter_batches([h264, vp9]))
     times, stamps, outcomes = _collect(batches)
-    assert not outcomes[0].ok and "GPU decoding failed" in str(outcomes[0].error)
-    assert outcomes[1].ok
+    assert all(o.ok for o in outcomes), [str(o.error) for o in outcomes]
+    assert outcomes[0].decoder == "pyav" and outcomes[1].decoder == "dali-cpu"
+    assert outcomes[0].fallback_reason.startswith("dali-cpu failed at 0.00s: ")
+    assert outcomes[0].fallback_reason.endswith("decoded on the CPU from the start")
+    assert times[h264] == [0.0, 1.0, 2.0] and outcomes[0].frames == 3
+    _check_stamps(times[h264], stamps[h264], 31)
     _check_stamps(times[vp9], stamps[vp9], sid)
+
+
+def test_without_cpu_fallback_a_failed_clip_is_an_error_outcome(make_clip: Callable[..., Path],
+                                                                 cpu_decodable: list[tuple[Path, int]]) -> None:
+    h264 = make_clip("gpu_h264_for_cpu_decoder.mp4", codec="h264", width=128, height=80, duration_s=3.0,
+                     source_id=31)
+    vp9, sid = cpu_decodable[0]
+    sampler = _TrustingDaliSampler(mode="keyframe", size=SIZE, streams=1, cpu_fallback=False)
+    times, stamps, outcomes = _collect(list(sampler.iter_batches([h264, vp9])))
+    assert not outcomes[0].ok and "GPU decoding failed (dali-cpu failed at 0.00s" in str(outcomes[0].error)
+    assert outcomes[1].ok and h264 not in times
+    _check_stamps(times[vp9], stamps[vp9], sid)
+
+
+@pytest.mark.parametrize("mode", ["keyframe", "exact"])
+def test_the_cpu_takes_over_mid_video_without_gaps_or_repeats(cpu_decodable: list[tuple[Path, int]],
+                                                              monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """The hardware decoder fails on the clips from 2 s on: the frames before come from DALI, the rest from
+    the CPU decoder, and the video's seconds are exactly those the cpu backend samples."""
+    import quadvault_dali.sampling._gpu as gpu
+    import quadvault_dali.sampling._remux as remux
+
+    class FailsFrom2s(gpu.ClipDecoder):
+        def decode(self, clips):  # type: ignore[no-untyped-def]
+            good = [c for c in clips if c.times[0] < 2.0]
+            decoded = iter(super().decode(good) if good else [])
+            return [next(decoded) if c.times[0] < 2.0 else RuntimeError("injected NVDEC failure") for c in clips]
+
+    monkeypatch.setattr(remux, "frame_budget", lambda width, height: 2)  # clips of 2 frames
+    monkeypatch.setattr(gpu, "ClipDecoder", FailsFrom2s)
+    chosen = [cpu_decodable[i] for i in (0, 2, 3)]  # 1 s keyframes: clips starting at 0, 2, ... s
+    videos = [p for p, _ in chosen]
+    batches = list(DaliSampler(mode=mode, size=SIZE, batch_size=3, streams=2).iter_batches(videos))
+    times, stamps, outcomes = _collect(batches)
+    assert [o.path for o in outcomes] == videos and all(o.ok for o in outcomes), [str(o.error) for o in outcomes]
+    cpu = create_sampler("cpu", mode=mode, size=SIZE)
+    for (path, sid), outcome in zip(chosen, outcomes):
+        _, cpu_times, _ = cpu.sample_video(path)
+        assert times[path] == pytest.approx(cpu_times, abs=1e-6)  # no second missing, none twice
+        _check_stamps(times[path], stamps[path], sid)
+        assert outcome.frames == len(cpu_times)
+        assert outcome.decoder == "dali-cpu+pyav", outcome
+        assert "injected NVDEC failure; decoded on the CPU after " in outcome.fallback_reason
+
+
+def test_damage_both_decoders_fail_on_is_reported_in_the_cpu_decoders_words(corpus: Path) -> None:
+    webm = corpus / "androidx+media/libraries/test_data/src/test/assets/media/vp9/invalid-bitstream.webm"
+    (outcome,) = [o for b in DaliSampler(size=SIZE).iter_batches([webm]) for o in b.completed]
+    assert outcome.error is not None and outcome.error.kind == "DecodeError"
+    assert "decoded only 0 of 3 sampled frames" in str(outcome.error)
+    assert outcome.fallback_reason.startswith("dali-cpu failed at 0.00s")
 
 
 @pytest.mark.parametrize("mode", ["keyframe", "exact"])

@@ -26,7 +26,8 @@ class SamplerConfig:
     then centre-cropped to ``size`` x ``size`` (classifier input, batches mix videos). Without
     ``square``, each batch holds frames of one video only, since shapes differ between videos.
     ``cpu_fallback`` (gpu backend): a video the hardware decoder cannot take (codec, chroma, bit depth,
-    size) is decoded on the CPU and its frames still land on the GPU; ``False`` makes it an error outcome.
+    size), or fails on, is decoded (from there) on the CPU and its frames still land on the GPU;
+    ``False`` makes it an error outcome.
     """
 
     fps: float = 1.0

@@ -14,7 +14,10 @@ on a fresh pipeline and only the video that owns the bad clip gets an error outc
 Videos the hardware decoder cannot take at all (AV1 on an H100, 4:2:2 chroma, sizes outside NVDEC's
 range: ``_nvdec``) are known from the probe. With ``cpu_fallback`` (the default) a prepare thread decodes
 just those with the ``cpu`` backend's decoder and hands their frames over on the GPU, and the video's
-outcome says so (``decoder="pyav"``, ``fallback_reason``); without it they are error outcomes.
+outcome says so (``decoder="pyav"``, ``fallback_reason``); without it they are error outcomes. A video
+the hardware decoder fails on anyway (a limit the table does not know, a driver quirk, damaged data) is
+finished on the CPU from the first frame not yet handed over (``decoder="nvdec+pyav"``): the CPU
+decoder either decodes it or reports the damage in its own words.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from ..probe import VideoInfo, open_container, probe_open
 from ._base import Sampler, SamplerConfig, VideoSource, register_backend
 from ._clip_decoder import CLIPS_PER_RUN, ClipDecoder, error_summary
 from ._cpu import CpuSampler
+from ._handover import Abandoned, TakeOver, VideoTask
 from ._nvdec import dali_cpu_limitation, nvdec_limitation
 from ._plan import plan_samples
 from ._reader import CountingFile
@@ -45,72 +49,16 @@ from ._types import FrameBatch, VideoOutcome
 
 log = logging.getLogger(__name__)
 
-#: Clips of one video that may be decoded ahead of the consumer (bounds memory per video).
-INFLIGHT_PER_VIDEO = 4
 #: Frames per hand-over when a video is decoded on the CPU instead (see ``cpu_fallback``).
 FALLBACK_CHUNK = 16
 _STOP = object()
 
 
-class _Abandoned(Exception):
-    """The consumer stopped or the video failed while its CPU fallback was still decoding."""
-
-
 @dataclass
 class _Work:
-    task: "_VideoTask"
+    task: VideoTask
     seq: int
     clip: Clip
-
-
-class _VideoTask:
-    """One video's progress: its clips' results, in order, for the consumer."""
-
-    def __init__(self, source: VideoSource) -> None:
-        self.path = source.path if isinstance(source, VideoInfo) else Path(source)
-        self.outcome = VideoOutcome(self.path, None, None)
-        self.slots = threading.Semaphore(INFLIGHT_PER_VIDEO)
-        self._cond = threading.Condition()
-        self._results: dict[int, tuple[torch.Tensor, list[float]]] = {}
-        self._clips: int | None = None  # known once preparation has finished
-        self._next = 0
-
-    @property
-    def failed(self) -> bool:
-        return self.outcome.error is not None
-
-    def fail(self, error: QuadvaultError) -> None:
-        with self._cond:
-            if self.outcome.error is None:
-                self.outcome.error = error
-            self._cond.notify_all()
-        for _ in range(INFLIGHT_PER_VIDEO):  # unblock a preparer waiting for a slot
-            self.slots.release()
-
-    def prepared(self, clips: int) -> None:
-        with self._cond:
-            self._clips = clips
-            self._cond.notify_all()
-
-    def deliver(self, seq: int, frames: torch.Tensor, times: list[float]) -> None:
-        with self._cond:
-            self._results[seq] = (frames, times)
-            self._cond.notify_all()
-
-    def take(self) -> tuple[torch.Tensor, list[float]] | None:
-        """The next clip's frames in order, or ``None`` once the video is finished (or failed)."""
-        with self._cond:
-            while True:
-                if self.failed:
-                    return None
-                if self._next in self._results:
-                    item = self._results.pop(self._next)
-                    self._next += 1
-                    self.slots.release()
-                    return item
-                if self._clips is not None and self._next >= self._clips:
-                    return None
-                self._cond.wait()
 
 
 class DaliSampler(Sampler):
@@ -139,7 +87,7 @@ class DaliSampler(Sampler):
         """Why this sampler's DALI decoder cannot take the video, or ``None``."""
         return dali_cpu_limitation(info)
 
-    def _prepare(self, task: _VideoTask, work: "queue.Queue[Any]", stop: threading.Event) -> None:
+    def _prepare(self, task: VideoTask, work: "queue.Queue[Any]", stop: threading.Event) -> None:
         cfg = self.config
         clips = 0
         fh: CountingFile | None = None
@@ -164,15 +112,16 @@ class DaliSampler(Sampler):
                         container = open_container(task.path, fh)
                     for clip in plan_clips(plan, container, fh):  # type: ignore[arg-type]
                         task.slots.acquire()
-                        if task.failed or stop.is_set():
+                        if task.failed or task.on_cpu or stop.is_set():
+                            task.discard()
                             break
                         work.put(_Work(task, clips, clip))
                         clips += 1
             finally:
                 container.close()
             if why_not is not None:
-                clips = self._sample_on_cpu(task, why_not, stop)
-        except _Abandoned:
+                clips = self._decode_on_cpu(task, why_not, stop)
+        except Abandoned:
             pass
         except QuadvaultError as exc:
             task.fail(exc)
@@ -185,31 +134,34 @@ class DaliSampler(Sampler):
                 fh.close()
             task.prepared(clips)
 
-    def _sample_on_cpu(self, task: _VideoTask, why_not: str, stop: threading.Event) -> int:
-        """Decodes one video the DALI decoder cannot take with the ``cpu`` backend; returns chunks delivered.
+    def _sample_on_cpu(self, task: VideoTask, stop: threading.Event, *, first_seq: int = 0,
+                       after_s: float = float("-inf")) -> int:
+        """Decodes one video with the ``cpu`` backend's decoder; returns the sequence number after its last chunk.
 
         Frames move to this sampler's device in chunks, through the same ordered, bounded hand-over as
-        decoded clips, so callers see no difference but the outcome's ``decoder``.
+        decoded clips, so callers see no difference but the outcome's ``decoder``. Taking over from the
+        hardware decoder mid-video, chunks continue at ``first_seq`` and frames up to ``after_s`` (already
+        handed over) are skipped: both decoders follow the same plan, so the times line up.
         """
-        log.info("%s: %s; decoding this video on the CPU", task.path, why_not)
-        task.outcome.decoder, task.outcome.fallback_reason = "pyav", why_not
         cpu = CpuSampler(self.config)
         own = VideoOutcome(task.path, None, None)  # the CPU decoder's own counts, merged below
         images: list[np.ndarray] = []
         times: list[float] = []
-        delivered = 0
+        seq = first_seq
 
         def hand_over() -> None:
-            nonlocal delivered
+            nonlocal seq
             task.slots.acquire()
             if task.failed or stop.is_set():
-                raise _Abandoned
+                raise Abandoned
             frames = cpu.stack(images).to(self.device)
-            task.deliver(delivered, frames, list(times))
-            delivered += 1
+            task.deliver(seq, frames, list(times), from_cpu=True)
+            seq += 1
             images.clear(), times.clear()
 
         def emit(item: tuple[np.ndarray, float]) -> None:
+            if item[1] <= after_s + 1e-9:
+                return
             images.append(item[0])
             times.append(item[1])
             if len(images) >= FALLBACK_CHUNK:
@@ -222,7 +174,30 @@ class DaliSampler(Sampler):
         finally:
             task.outcome.mode = own.mode
             task.outcome.bytes_read += own.bytes_read
-        return delivered
+        return seq
+
+    def _decode_on_cpu(self, task: VideoTask, why_not: str, stop: threading.Event) -> int:
+        """A video the probe says the DALI decoder cannot take, decoded on the CPU from the start."""
+        log.info("%s: %s; decoding this video on the CPU", task.path, why_not)
+        task.outcome.decoder, task.outcome.fallback_reason = "pyav", why_not
+        return self._sample_on_cpu(task, stop)
+
+    def _finish_on_cpu(self, task: VideoTask, takeover: TakeOver, stop: threading.Event) -> None:
+        """The hardware decoder failed mid-video: the CPU decoder delivers the frames not yet handed over."""
+        first_seq, after_s = takeover.first_seq, takeover.after_s
+        where = f"after {after_s:.2f}s" if first_seq else "from the start"
+        log.warning("%s: %s; decoding the rest of this video on the CPU", task.path, takeover.failure)
+        task.outcome.decoder = f"{self.decoder_name}+pyav" if first_seq else "pyav"
+        task.outcome.fallback_reason = f"{takeover.failure}; decoded on the CPU {where}"
+        try:
+            task.prepared(self._sample_on_cpu(task, stop, first_seq=first_seq, after_s=after_s), from_cpu=True)
+        except Abandoned:
+            pass
+        except QuadvaultError as exc:
+            task.fail(exc)
+        except Exception as exc:  # noqa: BLE001 - one broken file must never stop the others
+            log.debug("unexpected failure decoding %s on the CPU", task.path, exc_info=True)
+            task.fail(DecodeError(f"decoder failed: {type(exc).__name__}: {exc}", path=task.path))
 
     # --- stage 2: decode (one thread and one DALI pipeline per stream) ---------------------------
 
@@ -246,15 +221,22 @@ class DaliSampler(Sampler):
                     stop_seen = True
                     break
                 items.append(more)
-            live = [w for w in items if not w.task.failed]
+            live = [w for w in items if w.task.wants(w.seq)]
+            for w in items:
+                if w not in live:
+                    w.task.discard()
             results = decoder.decode([w.clip for w in live]) if live else []
             for w, res in zip(live, results):
-                if isinstance(res, Exception):
-                    w.task.fail(DecodeError(
-                        f"GPU decoding failed for the frames at {w.clip.times[0]:.2f}s: {error_summary(res)}",
-                        path=w.task.path, hint="the video data may be damaged; try --device cpu"))
-                else:
+                if not isinstance(res, Exception):
                     w.task.deliver(w.seq, _upright(res, w.task.outcome.info), w.clip.times)
+                    continue
+                w.task.discard()  # the failed clip's slot
+                failure = f"{self.decoder_name} failed at {w.clip.times[0]:.2f}s: {error_summary(res)}"
+                if cfg.cpu_fallback:
+                    w.task.hardware_failed(w.seq, failure)  # the consumer hands over to the CPU there
+                else:
+                    w.task.fail(DecodeError(f"GPU decoding failed ({failure})", path=w.task.path,
+                                            hint="the video data may be damaged; try --device cpu"))
             if stop_seen:
                 return
 
@@ -272,14 +254,14 @@ class DaliSampler(Sampler):
         for thread in decoders:
             thread.start()
         sources = iter(videos)
-        tasks: deque[_VideoTask] = deque()
+        tasks: deque[VideoTask] = deque()
 
         def refill() -> None:
             while len(tasks) < lookahead and not stop.is_set():
                 source = next(sources, None)
                 if source is None:
                     return
-                task = _VideoTask(source)
+                task = VideoTask(source)
                 tasks.append(task)
                 preparers.submit(self._prepare, task, work, stop)
 
@@ -302,6 +284,10 @@ class DaliSampler(Sampler):
             while tasks:
                 task = tasks[0]
                 item = task.take()
+                if isinstance(item, TakeOver):
+                    threading.Thread(target=self._finish_on_cpu, args=(task, item, stop),
+                                     name=f"cpu-takeover:{task.path.name}", daemon=True).start()
+                    continue
                 if item is None:
                     tasks.popleft()
                     if task.outcome.error is None and task.outcome.frames == 0:

@@ -26,9 +26,10 @@ class VideoOutcome:
     bytes_read: int = 0
     error: QuadvaultError | None = None
     #: which decoder produced the frames: ``nvdec``, ``pyav`` (the ``cpu`` backend, or the gpu backend's
-    #: fallback for a video the hardware cannot decode) or ``dali-cpu`` (tests); ``None`` before decoding
+    #: fallback for a video the hardware cannot decode), ``nvdec+pyav`` (the hardware failed mid-video, the
+    #: CPU decoded the rest) or ``dali-cpu`` (tests); ``None`` before decoding
     decoder: str | None = None
-    #: why the gpu backend decoded this video on the CPU (``None`` when it did not)
+    #: why the gpu backend decoded this video (or its rest) on the CPU (``None`` when it did not)
     fallback_reason: str | None = None
 
     @property
