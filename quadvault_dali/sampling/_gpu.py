@@ -88,51 +88,52 @@ class DaliSampler(Sampler):
         return dali_cpu_limitation(info)
 
     def _prepare(self, task: VideoTask, work: "queue.Queue[Any]", stop: threading.Event) -> None:
-        cfg = self.config
         clips = 0
         fh: CountingFile | None = None
         try:
-            fh = CountingFile(task.path) if task.path.is_file() else None
-            container = open_container(task.path, fh)
-            why_not: str | None = None
-            try:
-                info, index = probe_open(container, task.path)
-                task.outcome.info = info
-                why_not = self._limitation(info)
-                if why_not is not None and not cfg.cpu_fallback:
-                    raise UnsupportedCodecError(why_not, path=task.path, hint="sample it with --device cpu")
-                if why_not is None:
-                    task.outcome.decoder = self.decoder_name
-                    plan = plan_samples(info, index, fps=cfg.fps, mode=cfg.mode)
-                    task.outcome.mode = plan.mode
-                    if not index.from_container_index:  # the prober demuxed to the end; start again
-                        container.close()
-                        if fh is not None:
-                            fh.seek(0)
-                        container = open_container(task.path, fh)
-                    for clip in plan_clips(plan, container, fh):  # type: ignore[arg-type]
-                        task.slots.acquire()
-                        if task.failed or task.on_cpu or stop.is_set():
-                            task.discard()
-                            break
-                        work.put(_Work(task, clips, clip))
-                        clips += 1
-            finally:
-                container.close()
-            if why_not is not None:
-                clips = self._decode_on_cpu(task, why_not, stop)
-        except Abandoned:
-            pass
-        except QuadvaultError as exc:
-            task.fail(exc)
-        except Exception as exc:  # noqa: BLE001 - one broken file must never stop the others
-            log.debug("unexpected failure preparing %s", task.path, exc_info=True)
-            task.fail(DecodeError(f"cannot prepare for GPU decoding: {type(exc).__name__}: {exc}", path=task.path))
+            with task.failures_reported("preparing for GPU decoding"):
+                fh = CountingFile(task.path) if task.path.is_file() else None
+                why_not, clips = self._cut_clips(task, fh, work, stop)
+                if why_not is not None:
+                    clips = self._decode_on_cpu(task, why_not, stop)
         finally:
             if fh is not None:
                 task.outcome.bytes_read += fh.bytes_read
                 fh.close()
             task.prepared(clips)
+
+    def _cut_clips(self, task: VideoTask, fh: CountingFile | None, work: "queue.Queue[Any]",
+                   stop: threading.Event) -> tuple[str | None, int]:
+        """Probes and plans the video and queues its clips; returns (why DALI cannot take it, clips queued)."""
+        cfg = self.config
+        clips = 0
+        container = open_container(task.path, fh)
+        try:
+            info, index = probe_open(container, task.path)
+            task.outcome.info = info
+            why_not = self._limitation(info)
+            if why_not is not None:
+                if not cfg.cpu_fallback:
+                    raise UnsupportedCodecError(why_not, path=task.path, hint="sample it with --device cpu")
+                return why_not, 0
+            task.outcome.decoder = self.decoder_name
+            plan = plan_samples(info, index, fps=cfg.fps, mode=cfg.mode)
+            task.outcome.mode = plan.mode
+            if not index.from_container_index:  # the prober demuxed to the end; start again
+                container.close()
+                if fh is not None:
+                    fh.seek(0)
+                container = open_container(task.path, fh)
+            for clip in plan_clips(plan, container, fh):  # type: ignore[arg-type]
+                task.slots.acquire()
+                if task.failed or task.on_cpu or stop.is_set():
+                    task.discard()
+                    break
+                work.put(_Work(task, clips, clip))
+                clips += 1
+            return None, clips
+        finally:
+            container.close()
 
     def _sample_on_cpu(self, task: VideoTask, stop: threading.Event, *, first_seq: int = 0,
                        after_s: float = float("-inf")) -> int:
@@ -189,15 +190,8 @@ class DaliSampler(Sampler):
         log.warning("%s: %s; decoding the rest of this video on the CPU", task.path, takeover.failure)
         task.outcome.decoder = f"{self.decoder_name}+pyav" if first_seq else "pyav"
         task.outcome.fallback_reason = f"{takeover.failure}; decoded on the CPU {where}"
-        try:
+        with task.failures_reported("decoding on the CPU"):
             task.prepared(self._sample_on_cpu(task, stop, first_seq=first_seq, after_s=after_s), from_cpu=True)
-        except Abandoned:
-            pass
-        except QuadvaultError as exc:
-            task.fail(exc)
-        except Exception as exc:  # noqa: BLE001 - one broken file must never stop the others
-            log.debug("unexpected failure decoding %s on the CPU", task.path, exc_info=True)
-            task.fail(DecodeError(f"decoder failed: {type(exc).__name__}: {exc}", path=task.path))
 
     # --- stage 2: decode (one thread and one DALI pipeline per stream) ---------------------------
 

@@ -11,16 +11,21 @@ continues from exactly there, without a gap or a repeated frame, however the str
 
 from __future__ import annotations
 
+import logging
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
-from ..errors import QuadvaultError
+from ..errors import DecodeError, QuadvaultError
 from ..probe import VideoInfo
 from ._base import VideoSource
 from ._types import VideoOutcome
+
+log = logging.getLogger(__name__)
 
 #: Clips of one video that may be decoded ahead of the consumer (bounds memory per video).
 INFLIGHT_PER_VIDEO = 4
@@ -66,6 +71,19 @@ class VideoTask:
             self._cond.notify_all()
         for _ in range(INFLIGHT_PER_VIDEO):  # unblock a preparer waiting for a slot
             self.slots.release()
+
+    @contextmanager
+    def failures_reported(self, doing: str) -> Iterator[None]:
+        """Any failure inside becomes this video's error outcome; one broken file never stops the others."""
+        try:
+            yield
+        except Abandoned:
+            pass
+        except QuadvaultError as exc:
+            self.fail(exc)
+        except Exception as exc:  # noqa: BLE001 - FFmpeg, DALI and PyTorch raise many types
+            log.debug("unexpected failure %s %s", doing, self.path, exc_info=True)
+            self.fail(DecodeError(f"{doing} failed: {type(exc).__name__}: {exc}", path=self.path))
 
     def wants(self, seq: int) -> bool:
         """Whether clip ``seq`` is still worth decoding (not failed, not taken over, not past a failure)."""
