@@ -194,6 +194,78 @@ def test_the_cpu_takes_over_mid_video_without_gaps_or_repeats(cpu_decodable: lis
         assert "injected NVDEC failure; decoded on the CPU after " in outcome.fallback_reason
 
 
+def test_a_clip_the_cutter_cannot_make_goes_to_the_cpu(cpu_decodable: list[tuple[Path, int]],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading the packets for DALI fails after the first clip: the CPU decoder finishes the video."""
+    import quadvault_dali.sampling._gpu as gpu
+    from quadvault_dali.errors import DecodeError
+
+    real = gpu.plan_clips
+
+    def cut_one_then_fail(plan, container, fh, max_frames=None):  # type: ignore[no-untyped-def]
+        clips = real(plan, container, fh, max_frames=2)
+        yield next(iter(clips))
+        raise DecodeError("keyframe at 2.00s is cut off by the end of the file", path=plan.info.path)
+
+    monkeypatch.setattr(gpu, "plan_clips", cut_one_then_fail)
+    path, sid = cpu_decodable[0]
+    frames, times, outcome = DaliSampler(mode="keyframe", size=SIZE).sample_video(path)
+    assert times == pytest.approx(create_sampler("cpu", mode="keyframe", size=SIZE).sample_video(path)[1])
+    _check_stamps(times, _stamps(frames), sid)
+    assert outcome.decoder == "dali-cpu+pyav"
+    assert outcome.fallback_reason.startswith("cutting clips for dali-cpu failed: keyframe at 2.00s is cut off")
+
+
+def test_a_decode_stream_survives_what_its_clips_raise(cpu_decodable: list[tuple[Path, int]],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure after decoding (the GPU rotation running out of memory) and one setting a stream up (a
+    broken CUDA/DALI install) each end in a CPU take-over, never in a consumer waiting forever."""
+    import quadvault_dali.sampling._gpu as gpu
+
+    (vp9, sid), (rotated, rot_sid) = cpu_decodable[0], cpu_decodable[1]
+    real_upright = gpu._upright
+
+    def oom_for_rotated(frames, info):  # type: ignore[no-untyped-def]
+        if info is not None and info.rotation:
+            raise RuntimeError("CUDA out of memory")
+        return real_upright(frames, info)
+
+    monkeypatch.setattr(gpu, "_upright", oom_for_rotated)
+    times, stamps, outcomes = _collect(list(DaliSampler(size=SIZE, streams=2).iter_batches([rotated, vp9])))
+    assert all(o.ok for o in outcomes) and [o.decoder for o in outcomes] == ["pyav", "dali-cpu"]
+    assert "CUDA out of memory" in outcomes[0].fallback_reason
+    _check_stamps(times[rotated], stamps[rotated], rot_sid)
+    _check_stamps(times[vp9], stamps[vp9], sid)
+
+    def broken_setup(self):  # type: ignore[no-untyped-def]
+        raise RuntimeError("CUDA driver initialization failed")
+
+    monkeypatch.setattr(DaliSampler, "_clip_decoder", broken_setup)
+    times, stamps, outcomes = _collect(list(DaliSampler(size=SIZE, streams=2).iter_batches([vp9, rotated])))
+    assert all(o.ok and o.decoder == "pyav" for o in outcomes)
+    assert all("CUDA driver initialization failed" in o.fallback_reason for o in outcomes)
+    _check_stamps(times[vp9], stamps[vp9], sid)
+
+
+def test_closing_early_stops_a_cpu_take_over(make_clip: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import quadvault_dali.sampling._gpu as gpu
+
+    class AlwaysFails(gpu.ClipDecoder):
+        def decode(self, clips):  # type: ignore[no-untyped-def]
+            return [RuntimeError("injected NVDEC failure") for _ in clips]
+
+    monkeypatch.setattr(gpu, "ClipDecoder", AlwaysFails)
+    long_vp9 = make_clip("gpu_vp9_long.webm", codec="vp9", width=128, height=80, duration_s=60.0, fps=10,
+                         keyframe_interval_s=1.0)
+    batches = DaliSampler(mode="exact", size=SIZE, batch_size=2).iter_batches([long_vp9])
+    first = next(batches)
+    assert len(first) == 2 and first.timestamps == [0.0, 1.0]
+    batches.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith(("cpu-takeover", "gpu-decode"))]
+
+
 def test_damage_both_decoders_fail_on_is_reported_in_the_cpu_decoders_words(corpus: Path) -> None:
     webm = corpus / "androidx+media/libraries/test_data/src/test/assets/media/vp9/invalid-bitstream.webm"
     (outcome,) = [o for b in DaliSampler(size=SIZE).iter_batches([webm]) for o in b.completed]

@@ -7,6 +7,7 @@ Exact mode demuxes and decodes the stream in order, keeping the frame nearest ea
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -137,12 +138,14 @@ class CpuSampler(Sampler):
 
     # --- one video ------------------------------------------------------------------------------
 
-    def decode_video(self, path: Path, outcome: VideoOutcome,
-                     emit: Callable[[tuple[np.ndarray, float]], None]) -> None:
+    def decode_video(self, path: Path, outcome: VideoOutcome, emit: Callable[[tuple[np.ndarray, float]], None],
+                     *, after_s: float = float("-inf")) -> None:
         """Decodes one video's sampled frames (upright, resized ``(H, W, 3)`` RGB) into ``emit``, in time order.
 
         Fills ``outcome`` (info, mode, frames, bytes read); raises a ``QuadvaultError`` for a bad file.
-        The gpu backend calls it too, for videos its hardware decoder cannot take.
+        The gpu backend calls it too, for videos its hardware decoder cannot take, and with ``after_s`` to
+        finish a video its hardware decoder failed on: only the sampled frames after that time are emitted
+        (keyframe mode does not even read the others).
         """
         cfg = self.config
         fh = CountingFile(path) if path.is_file() else None
@@ -161,6 +164,10 @@ class CpuSampler(Sampler):
                     container = open_container(path, fh)
                 stream = container.streams[info.stream_index]
                 stream.codec_context.thread_count = 2
+                skipped = 0
+                if after_s > float("-inf") and plan.mode == "keyframe":
+                    keys = plan.key_packets
+                    plan = dataclasses.replace(plan, key_packets=keys[index.pts[keys] > after_s + 1e-9])
                 if plan.mode == "exact":
                     frames = self._exact(plan, container, stream)
                 elif index.raw_positions:
@@ -168,12 +175,15 @@ class CpuSampler(Sampler):
                 else:
                     frames = self._keyframes_by_seek(plan, container, stream)
                 for frame, t in frames:
+                    if t <= after_s + 1e-9:  # exact mode: delivered before the take-over
+                        skipped += 1
+                        continue
                     emit((to_display(frame, info, cfg.size, cfg.square), t))
                     outcome.frames += 1
             finally:
                 container.close()
-            expected = plan.expected_frames
-            if outcome.frames == 0 or outcome.frames * 2 < expected:
+            expected = plan.expected_frames - skipped
+            if expected > 0 and (outcome.frames == 0 or outcome.frames * 2 < expected):
                 raise DecodeError(f"decoded only {outcome.frames} of {expected} sampled frames "
                                   f"({info.codec}, {plan.mode} mode)", path=path,
                                   hint="the video data is damaged; try playing it, or re-copy it")

@@ -15,9 +15,10 @@ Videos the hardware decoder cannot take at all (AV1 on an H100, 4:2:2 chroma, si
 range: ``_nvdec``) are known from the probe. With ``cpu_fallback`` (the default) a prepare thread decodes
 just those with the ``cpu`` backend's decoder and hands their frames over on the GPU, and the video's
 outcome says so (``decoder="pyav"``, ``fallback_reason``); without it they are error outcomes. A video
-the hardware decoder fails on anyway (a limit the table does not know, a driver quirk, damaged data) is
-finished on the CPU from the first frame not yet handed over (``decoder="nvdec+pyav"``): the CPU
-decoder either decodes it or reports the damage in its own words.
+the hardware decoder fails on anyway (a limit the table does not know, a driver quirk, damaged data, a
+clip that cannot be cut from the file) is finished on the CPU from the first frame not yet handed over
+(``decoder="nvdec+pyav"``, see ``_handover``): the CPU decoder either decodes it or reports the damage in
+its own words.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ class DaliSampler(Sampler):
                     clips = self._decode_on_cpu(task, why_not, stop)
         finally:
             if fh is not None:
-                task.outcome.bytes_read += fh.bytes_read
+                task.add_bytes(fh.bytes_read)
                 fh.close()
             task.prepared(clips)
 
@@ -124,9 +125,20 @@ class DaliSampler(Sampler):
                 if fh is not None:
                     fh.seek(0)
                 container = open_container(task.path, fh)
-            for clip in plan_clips(plan, container, fh):  # type: ignore[arg-type]
+            cut = iter(plan_clips(plan, container, fh))  # type: ignore[arg-type]
+            while True:
+                try:
+                    clip = next(cut)
+                except StopIteration:
+                    break
+                except Exception as exc:  # noqa: BLE001 - the CPU decoder may still read what the cutter cannot
+                    if not cfg.cpu_fallback:
+                        raise
+                    summary = str(exc).removeprefix(f"{task.path}: ")
+                    task.hardware_failed(clips, f"cutting clips for {self.decoder_name} failed: {summary}")
+                    break
                 task.slots.acquire()
-                if task.failed or task.on_cpu or stop.is_set():
+                if stop.is_set() or not task.wants(clips):
                     task.discard()
                     break
                 work.put(_Work(task, clips, clip))
@@ -142,7 +154,7 @@ class DaliSampler(Sampler):
         Frames move to this sampler's device in chunks, through the same ordered, bounded hand-over as
         decoded clips, so callers see no difference but the outcome's ``decoder``. Taking over from the
         hardware decoder mid-video, chunks continue at ``first_seq`` and frames up to ``after_s`` (already
-        handed over) are skipped: both decoders follow the same plan, so the times line up.
+        handed over) are not emitted: both decoders follow the same plan, so the times line up.
         """
         cpu = CpuSampler(self.config)
         own = VideoOutcome(task.path, None, None)  # the CPU decoder's own counts, merged below
@@ -161,20 +173,20 @@ class DaliSampler(Sampler):
             images.clear(), times.clear()
 
         def emit(item: tuple[np.ndarray, float]) -> None:
-            if item[1] <= after_s + 1e-9:
-                return
+            if task.failed or stop.is_set():  # do not decode a whole video nobody will take
+                raise Abandoned
             images.append(item[0])
             times.append(item[1])
             if len(images) >= FALLBACK_CHUNK:
                 hand_over()
 
         try:
-            cpu.decode_video(task.path, own, emit)
+            cpu.decode_video(task.path, own, emit, after_s=after_s)
             if images:
                 hand_over()
         finally:
             task.outcome.mode = own.mode
-            task.outcome.bytes_read += own.bytes_read
+            task.add_bytes(own.bytes_read)
         return seq
 
     def _decode_on_cpu(self, task: VideoTask, why_not: str, stop: threading.Event) -> int:
@@ -190,49 +202,70 @@ class DaliSampler(Sampler):
         log.warning("%s: %s; decoding the rest of this video on the CPU", task.path, takeover.failure)
         task.outcome.decoder = f"{self.decoder_name}+pyav" if first_seq else "pyav"
         task.outcome.fallback_reason = f"{takeover.failure}; decoded on the CPU {where}"
-        with task.failures_reported("decoding on the CPU"):
+        with task.failures_reported("decoding on the CPU", cpu_takeover=True):
             task.prepared(self._sample_on_cpu(task, stop, first_seq=first_seq, after_s=after_s), from_cpu=True)
 
     # --- stage 2: decode (one thread and one DALI pipeline per stream) ---------------------------
 
     def _decode_loop(self, work: "queue.Queue[Any]") -> None:
-        cfg = self.config
-        if self.decoder_device == "mixed":
-            torch.cuda.set_device(cfg.device_id)
-        decoder = ClipDecoder(self.decoder_device, cfg.device_id, cfg.size, cfg.square, self.clips_per_run)
+        """One decode stream: clips in, frames delivered; nothing a clip does may end the loop (the
+        consumer would wait for that clip forever)."""
+        decoder: ClipDecoder | None = None
         while True:
-            first = work.get()
-            if first is _STOP:
-                return
-            items: list[_Work] = [first]
-            stop_seen = False
-            while len(items) < self.clips_per_run:
-                try:
-                    more = work.get_nowait()
-                except queue.Empty:
-                    break
-                if more is _STOP:
-                    stop_seen = True
-                    break
-                items.append(more)
+            items, stop_seen = self._next_work(work)
             live = [w for w in items if w.task.wants(w.seq)]
             for w in items:
                 if w not in live:
                     w.task.discard()
-            results = decoder.decode([w.clip for w in live]) if live else []
+            results: list[torch.Tensor | Exception]
+            try:
+                if decoder is None and live:
+                    decoder = self._clip_decoder()
+                results = decoder.decode([w.clip for w in live]) if live and decoder else []
+            except Exception as exc:  # noqa: BLE001 - e.g. a CUDA or DALI set-up failure: every clip fails
+                results = [exc] * len(live)
             for w, res in zip(live, results):
                 if not isinstance(res, Exception):
-                    w.task.deliver(w.seq, _upright(res, w.task.outcome.info), w.clip.times)
-                    continue
-                w.task.discard()  # the failed clip's slot
-                failure = f"{self.decoder_name} failed at {w.clip.times[0]:.2f}s: {error_summary(res)}"
-                if cfg.cpu_fallback:
-                    w.task.hardware_failed(w.seq, failure)  # the consumer hands over to the CPU there
-                else:
-                    w.task.fail(DecodeError(f"GPU decoding failed ({failure})", path=w.task.path,
-                                            hint="the video data may be damaged; try --device cpu"))
+                    try:
+                        w.task.deliver(w.seq, _upright(res, w.task.outcome.info), w.clip.times)
+                        continue
+                    except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory while rotating
+                        res = exc
+                self._clip_failed(w, res)
             if stop_seen:
                 return
+
+    def _next_work(self, work: "queue.Queue[Any]") -> tuple[list[_Work], bool]:
+        """Up to ``clips_per_run`` queued clips (waits for the first); and whether the stop marker came."""
+        first = work.get()
+        if first is _STOP:
+            return [], True
+        items: list[_Work] = [first]
+        while len(items) < self.clips_per_run:
+            try:
+                more = work.get_nowait()
+            except queue.Empty:
+                break
+            if more is _STOP:
+                return items, True
+            items.append(more)
+        return items, False
+
+    def _clip_decoder(self) -> ClipDecoder:
+        cfg = self.config
+        if self.decoder_device == "mixed":
+            torch.cuda.set_device(cfg.device_id)
+        return ClipDecoder(self.decoder_device, cfg.device_id, cfg.size, cfg.square, self.clips_per_run)
+
+    def _clip_failed(self, w: _Work, error: Exception) -> None:
+        """A clip the hardware decoder failed on: recorded for a CPU take-over, or the video's error."""
+        w.task.discard()  # the failed clip's slot
+        failure = f"{self.decoder_name} failed at {w.clip.times[0]:.2f}s: {error_summary(error)}"
+        if self.config.cpu_fallback:
+            w.task.hardware_failed(w.seq, failure)  # the consumer hands over to the CPU there
+        else:
+            w.task.fail(DecodeError(f"GPU decoding failed ({failure})", path=w.task.path,
+                                    hint="the video data may be damaged; try --device cpu"))
 
     # --- stage 3: batches in input order (the caller's thread) -----------------------------------
 
@@ -249,6 +282,7 @@ class DaliSampler(Sampler):
             thread.start()
         sources = iter(videos)
         tasks: deque[VideoTask] = deque()
+        takeovers: list[threading.Thread] = []
 
         def refill() -> None:
             while len(tasks) < lookahead and not stop.is_set():
@@ -279,8 +313,9 @@ class DaliSampler(Sampler):
                 task = tasks[0]
                 item = task.take()
                 if isinstance(item, TakeOver):
-                    threading.Thread(target=self._finish_on_cpu, args=(task, item, stop),
-                                     name=f"cpu-takeover:{task.path.name}", daemon=True).start()
+                    takeovers.append(threading.Thread(target=self._finish_on_cpu, args=(task, item, stop),
+                                                      name=f"cpu-takeover:{task.path.name}", daemon=True))
+                    takeovers[-1].start()
                     continue
                 if item is None:
                     tasks.popleft()
@@ -312,7 +347,7 @@ class DaliSampler(Sampler):
                     break
             for _ in decoders:
                 work.put(_STOP)
-            for thread in decoders:
+            for thread in decoders + takeovers:
                 thread.join(timeout=30)
 
     def _empty(self) -> torch.Tensor:

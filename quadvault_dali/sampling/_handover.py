@@ -57,6 +57,7 @@ class VideoTask:
         self._next = 0
         self._last_time = float("-inf")  # time of the last frame handed to the consumer
         self._hardware_failures: dict[int, str] = {}
+        self._preparer_done = False  # its bytes are counted: the outcome may be reported
         #: the CPU decoder has taken over; hardware results are no longer wanted
         self.on_cpu = False
 
@@ -73,17 +74,28 @@ class VideoTask:
             self.slots.release()
 
     @contextmanager
-    def failures_reported(self, doing: str) -> Iterator[None]:
-        """Any failure inside becomes this video's error outcome; one broken file never stops the others."""
+    def failures_reported(self, doing: str, *, cpu_takeover: bool = False) -> Iterator[None]:
+        """Any failure inside becomes this video's error outcome; one broken file never stops the others.
+
+        Once the CPU decoder has taken over, only its failures (``cpu_takeover``) decide the outcome.
+        """
         try:
             yield
         except Abandoned:
             pass
-        except QuadvaultError as exc:
-            self.fail(exc)
         except Exception as exc:  # noqa: BLE001 - FFmpeg, DALI and PyTorch raise many types
-            log.debug("unexpected failure %s %s", doing, self.path, exc_info=True)
-            self.fail(DecodeError(f"{doing} failed: {type(exc).__name__}: {exc}", path=self.path))
+            if self.on_cpu and not cpu_takeover:
+                log.debug("%s: %s failed after the CPU took over: %s", self.path, doing, exc)
+            elif isinstance(exc, QuadvaultError):
+                self.fail(exc)
+            else:
+                log.debug("unexpected failure %s %s", doing, self.path, exc_info=True)
+                self.fail(DecodeError(f"{doing} failed: {type(exc).__name__}: {exc}", path=self.path))
+
+    def add_bytes(self, count: int) -> None:
+        """Bytes read for this video (the preparer and a CPU decode may both add)."""
+        with self._cond:
+            self.outcome.bytes_read += count
 
     def wants(self, seq: int) -> bool:
         """Whether clip ``seq`` is still worth decoding (not failed, not taken over, not past a failure)."""
@@ -91,11 +103,13 @@ class VideoTask:
             return not (self.failed or self.on_cpu or any(f < seq for f in self._hardware_failures))
 
     def prepared(self, clips: int, *, from_cpu: bool = False) -> None:
-        """All ``clips`` results are delivered or on their way (after a take-over, only the CPU's count)."""
+        """All ``clips`` results are delivered or on their way (after a take-over, only the CPU's count);
+        the preparer calls it last, after counting its bytes."""
         with self._cond:
-            if self.on_cpu and not from_cpu:
-                return
-            self._clips = clips
+            if not from_cpu:
+                self._preparer_done = True
+            if not (self.on_cpu and not from_cpu):
+                self._clips = clips
             self._cond.notify_all()
 
     def deliver(self, seq: int, frames: torch.Tensor, times: list[float], *, from_cpu: bool = False) -> None:
@@ -136,6 +150,6 @@ class VideoTask:
                     self._results.clear()
                     self._clips = None
                     return TakeOver(self._next, self._last_time, self._hardware_failures[self._next])
-                if self._clips is not None and self._next >= self._clips:
+                if self._clips is not None and self._next >= self._clips and self._preparer_done:
                     return None
                 self._cond.wait()
