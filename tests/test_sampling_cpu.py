@@ -87,7 +87,17 @@ def test_keyframe_mode_reads_a_fraction_of_the_file(make_clip) -> None:
     _, _, exact = create_sampler("cpu", mode="exact", size=32).sample_video(clip)
     size = clip.stat().st_size
     assert key.bytes_read < 0.35 * size
-    assert exact.bytes_read >= 0.85 * size  # it stops after the last sampled second
+    assert exact.bytes_read < 0.35 * size  # 1 s keyframes: every wanted frame is a keyframe, a run of one
+
+
+def test_exact_mode_reads_and_decodes_only_gop_prefixes(make_clip) -> None:
+    """2 s keyframes: the odd seconds need their GOP up to the middle, the rest of each GOP is never read."""
+    clip = make_clip("samp_gop2.mp4", width=640, height=360, duration_s=10.0, keyframe_interval_s=2.0,
+                     bit_rate=4_000_000, style="highlight")
+    frames, times, exact = create_sampler("cpu", mode="exact", size=64).sample_video(clip)
+    assert times == pytest.approx(list(range(10)), abs=1e-6)
+    _check_stamps(frames, times)
+    assert 0.3 * clip.stat().st_size < exact.bytes_read < 0.75 * clip.stat().st_size
 
 
 def test_half_frame_rate_and_two_fps(make_clip) -> None:
@@ -151,3 +161,23 @@ def test_samples_the_footage_stream_of_a_multi_stream_file(motion_photo: Path) -
     assert times == pytest.approx([0.0, 1.0, 2.0])
     stamps = [read_stamp(f.numpy()) for f in frames]
     assert [(s.source_id, s.time_s) for s in stamps] == [(7, 0.0), (7, 1.0), (7, 2.0)]  # type: ignore[union-attr]
+
+
+def test_exact_mode_falls_back_to_decoding_in_order(make_clip, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file whose GOP runs cannot be cut after the first clip: the rest is decoded in order, no second
+    lost or repeated."""
+    import quadvault_dali.sampling._cpu as cpu
+
+    real = cpu.exact_clips
+
+    def one_then_fail(plan, container, stream, max_frames, **kw):  # type: ignore[no-untyped-def]
+        clips = real(plan, container, stream, 3, **kw)
+        yield next(iter(clips))
+        raise DecodeError("no keyframe found for the frames at 3.00s", path=plan.info.path)
+
+    monkeypatch.setattr(cpu, "exact_clips", one_then_fail)
+    clip = make_clip("samp_gop2.mp4", width=640, height=360, duration_s=10.0, keyframe_interval_s=2.0,
+                     bit_rate=4_000_000, style="highlight")
+    frames, times, _ = create_sampler("cpu", mode="exact", size=64).sample_video(clip)
+    assert times == pytest.approx(list(range(10)), abs=1e-6)
+    _check_stamps(frames, times)

@@ -2,7 +2,9 @@
 
 Keyframe mode reads each chosen keyframe's bytes straight from the file (position and size from the
 container index) and decodes it alone: no demuxing of the packets in between, no other frames.
-Exact mode demuxes and decodes the stream in order, keeping the frame nearest each sampling time.
+Exact mode decodes, per sampling time, only its GOP's prefix from the keyframe to the frame nearest that
+time: the same runs the gpu backend cuts for DALI (``_remux``), so past the wanted frame the rest of a
+GOP is neither read nor decoded. A file whose runs cannot be cut is decoded in order instead.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..probe import VideoInfo, open_container, probe_open
 from ._base import Sampler, VideoSource, register_backend
 from ._plan import SamplePlan, plan_samples
 from ._reader import CountingFile
+from ._remux import decode_clip, exact_clips, frame_budget
 from ._types import FrameBatch, VideoOutcome
 
 log = logging.getLogger(__name__)
@@ -169,7 +172,7 @@ class CpuSampler(Sampler):
                     keys = plan.key_packets
                     plan = dataclasses.replace(plan, key_packets=keys[index.pts[keys] > after_s + 1e-9])
                 if plan.mode == "exact":
-                    frames = self._exact(plan, container, stream)
+                    frames = self._exact_runs(plan, container, stream, fh)
                 elif index.raw_positions:
                     frames = self._keyframes(plan, stream, fh)
                 else:
@@ -238,6 +241,26 @@ class CpuSampler(Sampler):
                 if decoded:
                     yield decoded[0], round(float((packet.pts - start) * tb), 6)
                 break
+
+    def _exact_runs(self, plan: SamplePlan, container: av.container.InputContainer,
+                    stream: av.video.stream.VideoStream, fh: CountingFile | None) -> Iterator[tuple[av.VideoFrame, float]]:
+        """Exact mode through the GOP prefixes (``_remux.exact_clips``); in decode order if they cannot be cut."""
+        info = plan.info
+        last = float("-inf")
+        try:
+            budget = frame_budget(info.coded_width, info.coded_height)
+            for frame, t in (item for clip in exact_clips(plan, container, stream, budget) for item in decode_clip(clip)):
+                last = t
+                yield frame, t
+            return
+        except (DecodeError, av.error.FFmpegError) as exc:
+            log.info("%s: cannot cut GOP runs (%s); decoding the stream in order", info.path, exc)
+        if fh is not None:
+            fh.seek(0)
+        with open_container(info.path, fh) as again:
+            stream = again.streams[info.stream_index]
+            stream.codec_context.thread_count = 2
+            yield from ((f, t) for f, t in self._exact(plan, again, stream) if t > last + 1e-9)
 
     @staticmethod
     def _exact(plan: SamplePlan, container: av.container.InputContainer,

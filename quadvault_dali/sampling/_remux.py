@@ -100,6 +100,28 @@ def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run]) -> Cli
     return Clip(buf.getvalue(), frames, wanted, len(packets))
 
 
+def decode_clip(clip: Clip) -> Iterator[tuple[av.VideoFrame, float]]:
+    """Decodes a clip with PyAV (the cpu backend's exact mode): its wanted frames with their source times.
+
+    Frames are recognised by their rank-based timestamp, not counted, so a packet that fails to decode
+    costs its own frame only and never shifts the others onto the wrong second.
+    """
+    wanted = dict(zip(clip.frames.tolist(), clip.times))
+    with av.open(io.BytesIO(clip.data)) as src:
+        stream = src.streams.video[0]
+        stream.codec_context.thread_count = 2
+        for packet in src.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError:
+                continue
+            for frame in frames:
+                if frame.pts is not None:
+                    t = wanted.pop(round(frame.pts * frame.time_base / (_TICK * _CLIP_TB)), None)
+                    if t is not None:
+                        yield frame, t
+
+
 def frame_budget(width: int, height: int, pixels: int = 48 * 1920 * 1080) -> int:
     """Decoded frames per clip so one clip's full-size RGB output stays near ``pixels`` (~300 MB)."""
     return max(1, pixels // max(1, width * height))
