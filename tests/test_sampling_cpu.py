@@ -181,3 +181,22 @@ def test_exact_mode_falls_back_to_decoding_in_order(make_clip, monkeypatch: pyte
     frames, times, _ = create_sampler("cpu", mode="exact", size=64).sample_video(clip)
     assert times == pytest.approx(list(range(10)), abs=1e-6)
     _check_stamps(frames, times)
+
+
+def test_exact_mode_decodes_huge_gops_in_order(make_clip, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GOPs too large to hold (a single-keyframe recording) are decoded in order, never cut into runs."""
+    import quadvault_dali.sampling._cpu as cpu
+    from quadvault_dali.sampling._remux import largest_gop_bytes
+
+    clip = make_clip("samp_gop2.mp4", width=640, height=360, duration_s=10.0, keyframe_interval_s=2.0,
+                     bit_rate=4_000_000, style="highlight")
+    _, index = probe_video(clip, with_index=True)
+    keys = np.flatnonzero(index.is_key)
+    gops = [int(index.size[a:b].sum()) for a, b in zip(keys, list(keys[1:]) + [len(index)])]
+    assert len(gops) == 5 and largest_gop_bytes(index) == max(gops)
+    monkeypatch.setattr(cpu, "MAX_GOP_BYTES_IN_MEMORY", max(gops) - 1)
+    monkeypatch.setattr(cpu, "exact_clips", lambda *a, **k: pytest.fail("a huge GOP must not be cut into runs"))
+    frames, times, outcome = create_sampler("cpu", mode="exact", size=64).sample_video(clip)
+    assert times == pytest.approx(list(range(10)), abs=1e-6)
+    _check_stamps(frames, times)
+    assert outcome.bytes_read > 0.85 * clip.stat().st_size  # in order: the whole stream is read

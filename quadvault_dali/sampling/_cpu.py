@@ -27,11 +27,14 @@ from ..probe import VideoInfo, open_container, probe_open
 from ._base import Sampler, VideoSource, register_backend
 from ._plan import SamplePlan, plan_samples
 from ._reader import CountingFile
-from ._remux import decode_clip, exact_clips, frame_budget
+from ._remux import decode_clip, exact_clips, largest_gop_bytes
 from ._types import FrameBatch, VideoOutcome
 
 log = logging.getLogger(__name__)
 _QUEUE_FRAMES = 32  # frames a video worker may run ahead of the consumer
+#: Exact mode decodes GOP prefixes held in memory only while no GOP is larger than this; a file with
+#: longer GOPs (a single-keyframe recording) is decoded in order, which costs the same decoding there.
+MAX_GOP_BYTES_IN_MEMORY = 64 << 20
 
 
 def output_size(info: VideoInfo, size: int) -> tuple[int, int]:
@@ -244,12 +247,18 @@ class CpuSampler(Sampler):
 
     def _exact_runs(self, plan: SamplePlan, container: av.container.InputContainer,
                     stream: av.video.stream.VideoStream, fh: CountingFile | None) -> Iterator[tuple[av.VideoFrame, float]]:
-        """Exact mode through the GOP prefixes (``_remux.exact_clips``); in decode order if they cannot be cut."""
+        """Exact mode through the GOP prefixes (``_remux.exact_clips``); in decode order where GOPs are too
+        large to hold in memory, or where the runs cannot be cut."""
         info = plan.info
         last = float("-inf")
+        if largest_gop_bytes(plan.index) > MAX_GOP_BYTES_IN_MEMORY:
+            yield from self._exact(plan, container, stream)
+            return
         try:
-            budget = frame_budget(info.coded_width, info.coded_height)
-            for frame, t in (item for clip in exact_clips(plan, container, stream, budget) for item in decode_clip(clip)):
+            # Unlike DALI's output, decoded frames leave one at a time: no frame budget, so a long GOP
+            # is never split into runs that would each decode it again from its keyframe.
+            runs = exact_clips(plan, container, stream, max_frames=1 << 30, max_bytes=MAX_GOP_BYTES_IN_MEMORY)
+            for frame, t in (item for clip in runs for item in decode_clip(clip)):
                 last = t
                 yield frame, t
             return

@@ -29,6 +29,7 @@ import av
 import numpy as np
 
 from ..errors import DecodeError
+from ..probe import PacketIndex
 from ._plan import SamplePlan
 from ._reader import CountingFile
 
@@ -120,6 +121,14 @@ def decode_clip(clip: Clip) -> Iterator[tuple[av.VideoFrame, float]]:
                     t = wanted.pop(round(frame.pts * frame.time_base / (_TICK * _CLIP_TB)), None)
                     if t is not None:
                         yield frame, t
+
+
+def largest_gop_bytes(index: PacketIndex) -> int:
+    """Bytes of the largest keyframe-to-keyframe run in the index (what one exact-mode run may hold)."""
+    keys = np.flatnonzero(index.is_key)
+    if len(keys) == 0:
+        return int(index.size.sum())
+    return int(np.add.reduceat(index.size, keys).max())
 
 
 def frame_budget(width: int, height: int, pixels: int = 48 * 1920 * 1080) -> int:
