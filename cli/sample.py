@@ -9,6 +9,7 @@ from PIL import Image
 
 from quadvault_dali.sampling import create_sampler
 
+from .._files import atomic_path
 from ._options import device_option, fps_option, sampling_option
 
 
@@ -34,8 +35,7 @@ def sample(video: Path, out_dir: Path, fps: float, mode: str, size: int, square:
     out_dir.mkdir(parents=True, exist_ok=True)
     for image, t in zip(frames.permute(0, 2, 3, 1).cpu().numpy(), times):
         target = out_dir / f"{video.stem}_t{t:08.3f}.jpg"
-        tmp = target.with_suffix(".jpg.tmp")
-        Image.fromarray(image).save(tmp, format="JPEG", quality=92)
-        tmp.replace(target)
+        with atomic_path(target) as tmp:
+            Image.fromarray(image).save(tmp, format="JPEG", quality=92)
     click.echo(f"{len(times)} frames ({outcome.mode} mode, {sampler.backend} backend, "
                f"{outcome.bytes_read / max(outcome.info.size_bytes, 1):.0%} of the file read) -> {out_dir}")

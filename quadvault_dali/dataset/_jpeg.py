@@ -7,7 +7,6 @@ cross to the host); CPU frames go through Pillow, which needs no deprecated torc
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .._files import atomic_path
 from ..errors import DatasetError
 
 JPEG_QUALITY = 90
@@ -41,9 +41,8 @@ def encode_jpegs(frames: torch.Tensor, quality: int = JPEG_QUALITY) -> list[byte
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Writes ``data`` under a temporary name, then renames: a crash never leaves half a JPEG."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def read_jpeg(path: Path) -> np.ndarray:

@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .._files import atomic_path
 from ..errors import DatasetError, OutputError
 
 DATASET_FILE = "dataset.parquet"
@@ -92,11 +93,9 @@ def write_dataset(root: Path, rows: list[dict[str, Any]], settings: dict[str, An
     meta = {_META_KEY: json.dumps({**settings, "format_version": FORMAT_VERSION}).encode()}
     table = table.replace_schema_metadata(meta)
     final = root / DATASET_FILE
-    tmp = root / f".{DATASET_FILE}.{os.getpid()}.tmp"
     try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, final)
+        with atomic_path(final) as tmp:
+            pq.write_table(table, tmp)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write dataset: {exc.strerror or exc}", path=final) from None
     return final

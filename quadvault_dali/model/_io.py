@@ -8,18 +8,16 @@ what it was trained on; it records the weights' sha256 so a mixed-up or half-wri
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
-import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .._files import atomic_path, file_sha256
 from ..errors import BackendUnavailableError, ModelFormatError
 from ._network import HighlightNet, build_network, spec_for
 from ._scorer import HighlightModel
@@ -51,25 +49,6 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def _atomic_write_bytes(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)  # DistributedDataParallel / DataParallel
 
@@ -90,17 +69,19 @@ def save_model(directory: str | Path, module: nn.Module, card: dict[str, Any]) -
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
     weights = directory / WEIGHTS_FILE
-    _atomic_write_bytes(weights, lambda tmp: save_file(state, tmp, metadata={
-        "format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "architecture": str(card["architecture"])}))
+    with atomic_path(weights) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
+                                             "architecture": str(card["architecture"])})
     full = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "classes": CLASSES,
             "mean": list(spec.mean), "std": list(spec.std), "threshold": 0.5, "metrics": {},
             "library_versions": library_versions(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     full.update(card)
     full.update({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "weights_file": WEIGHTS_FILE,
-                 "weights_sha256": _sha256(weights)})
+                 "weights_sha256": file_sha256(weights)})
     text = json.dumps(full, indent=2, sort_keys=True, default=float)
-    _atomic_write_bytes(directory / CARD_FILE, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+    with atomic_path(directory / CARD_FILE) as tmp:
+        tmp.write_text(text + "\n", encoding="utf-8")
     log.debug("saved model to %s", directory)
     return directory
 
@@ -175,7 +156,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Highligh
     card = _read_card(card_path)
     if not weights.is_file():
         raise ModelFormatError("weights file is missing", path=weights, hint=f"the card {card_path} names it")
-    digest = _sha256(weights)
+    digest = file_sha256(weights)
     expected = card.get("weights_sha256")
     if expected and expected != digest:
         raise ModelFormatError("weights do not match their model card (sha256 differs): the pair was mixed up "

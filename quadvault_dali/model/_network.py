@@ -9,7 +9,6 @@ packages whose BatchNorm statistics are still mean 0 / variance 1, i.e. random.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import socket
@@ -20,6 +19,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .._files import file_sha256
 from ..errors import BackendUnavailableError, ModelFormatError
 
 log = logging.getLogger(__name__)
@@ -101,20 +101,12 @@ def check_trained_batchnorm(state: dict[str, torch.Tensor], source: str) -> None
                                                  "from scratch on purpose")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _read_weights_file(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
     """A state dict from safetensors, or from a PyTorch pickle through its ``weights_only`` loader (which
     builds tensors and containers only, never runs code); ``expected_sha256`` pins the exact bytes."""
     if not path.is_file():
         raise ModelFormatError("pretrained weights file not found", path=path)
-    if expected_sha256 is not None and _sha256(path) != expected_sha256:
+    if expected_sha256 is not None and file_sha256(path) != expected_sha256:
         raise ModelFormatError("is not the weights file this version was verified with (sha256 differs); "
                                "refusing to read it", path=path, hint="reinstall the package that ships it")
     try:

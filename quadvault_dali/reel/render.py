@@ -18,6 +18,7 @@ from typing import Literal, Mapping
 import av
 import numpy as np
 
+from .._files import atomic_path
 from ..errors import OutputError, QuadvaultError
 from ..probe import VideoInfo
 from ..progress import progress_bar
@@ -95,13 +96,8 @@ def render_reel(plan: ReelPlan, infos: Mapping[Path, VideoInfo], out: str | Path
     if not out.parent.is_dir():
         raise OutputError("output folder does not exist", path=out.parent)
     track = build_audio_track(plan) if audio == "keep" else None
-    tmp = temp_path(out)
-    try:
+    with atomic_path(out, temp_path(out)) as tmp:
         failed, decoders = _encode(plan, infos, tmp, width, height, encoder, track, gpu)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     if gpu is not None:
         log.info("source windows decoded: %d on NVDEC, %d on the CPU", decoders.count("nvdec"),
                  decoders.count("pyav"))

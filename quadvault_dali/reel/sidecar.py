@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 
+from .._files import atomic_path
 from ..errors import OutputError
 from .select import ReelPlan
 
@@ -43,12 +43,10 @@ def write_sidecar(plan: ReelPlan, path: str | Path) -> Path:
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(plan_rows(plan))
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(buf.getvalue(), encoding="utf-8")
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write the clip list ({exc})", path=path) from exc
     return path
 

@@ -14,12 +14,12 @@ or the last of several ``--shard`` jobs, reports the whole library.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
+from .._files import atomic_path
 from ..errors import OutputError
 from .schema import SCHEMA_VERSION, ModelRef
 from .shards import read_table
@@ -62,12 +62,10 @@ def highlights_document(out_dir: Path, *, threshold: float, models: Sequence[Mod
 
 def write_json_atomic(path: Path, doc: dict) -> None:
     """``path`` gets the whole document or keeps its old content; a full disk is a clear error."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {path.name}: {exc.strerror or exc}", path=path) from exc
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .._files import atomic_path
 from ..errors import OutputError
 from .aggregate import VideoRows
 from .schema import SCHEMAS, ScanMetadata, schema_with_metadata
@@ -77,17 +78,10 @@ def _is_disk_problem(exc: OSError) -> bool:
 
 def write_parquet_atomic(path: Path, table: pa.Table) -> None:
     """Writes ``table`` to a hidden temp file next to ``path``, fsyncs it, renames it into place."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
     try:
-        pq.write_table(table, tmp, compression="zstd")
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        with atomic_path(path, path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}"), fsync=True) as tmp:
+            pq.write_table(table, tmp, compression="zstd")
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         if _is_disk_problem(exc):
             raise OutputError(f"cannot write scan results: {exc.strerror or exc}", path=path,
                               hint="free space on the output disk (or use another --out); complete shards "

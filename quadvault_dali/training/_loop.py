@@ -13,6 +13,7 @@ import math
 import os
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._files import atomic_path
 from ..device import resolve_device
 from ..errors import BackendUnavailableError, QuadvaultError
 from ..metrics import best_threshold, binary_metrics, video_scores
@@ -153,10 +155,8 @@ def _score(probs: np.ndarray, frames: FrameTable) -> tuple[dict, dict, float]:
 
 
 def _write_json(path: "os.PathLike[str]", data: object) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_path(Path(path)) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=2, default=float)
-    os.replace(tmp, path)
 
 
 def _pct(x: float) -> str:

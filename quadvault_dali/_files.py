@@ -1,0 +1,42 @@
+"""Writing outputs so that a crash, Ctrl-C or full disk never leaves a half-written file under the real name."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+@contextmanager
+def atomic_path(path: Path, tmp: Path | None = None, *, fsync: bool = False) -> Iterator[Path]:
+    """Yields a temporary path beside ``path`` to write to; renames it over ``path`` when the block ends
+    normally, removes it when the block raises (and re-raises).
+
+    ``tmp`` names the temporary file where its name matters (the scan's cleanup looks for a prefix, an
+    encoder picks the container from the suffix); by default it is hidden and unique to this process.
+    ``fsync`` makes the content durable before the rename (shards a resumed scan will trust).
+    """
+    tmp = tmp or path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        if fsync:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (weights files are tens of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
