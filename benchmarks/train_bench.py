@@ -98,13 +98,12 @@ def _sync(device: torch.device) -> None:
 
 
 def make_step(net: torch.nn.Module, device: torch.device) -> Callable[[torch.Tensor], None]:
-    """One optimiser step on a batch, bf16 autocast and channels_last on CUDA, like the training loop."""
+    """One optimiser step on a batch, channels_last (and bf16 autocast on CUDA), like the training loop."""
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
     cuda = device.type == "cuda"
 
     def step(images: torch.Tensor) -> None:
-        if cuda:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
         y = torch.ones(images.shape[0], device=device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
             logits = net(images)
@@ -199,9 +198,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         loader = torch.utils.data.DataLoader(PilDataset(files, size, spec.mean, spec.std), batch_size=bs,
                                              shuffle=True, num_workers=workers, drop_last=True,
                                              pin_memory=device.type == "cuda", persistent_workers=True)
-        net = build_network(arch, image_size=size, pretrained=weights).to(device)
-        if device.type == "cuda":
-            net = net.to(memory_format=torch.channels_last)
+        net = build_network(arch, image_size=size, pretrained=weights).to(device, memory_format=torch.channels_last)
         net.train()
         step = make_step(net, device)
         results: dict[str, Any] = {}

@@ -52,7 +52,8 @@ class HighlightModel:
 
     def __init__(self, network: HighlightNet, card: dict[str, Any], *, fingerprint: str,
                  device: torch.device, name: str) -> None:
-        self.network = network.to(device).eval()
+        # NHWC: tensor cores on GPUs, and on CPUs oneDNN runs these nets about twice as fast as in NCHW
+        self.network = network.to(device, memory_format=torch.channels_last).eval()
         self.card = card
         self.fingerprint = fingerprint
         self.device = device
@@ -84,7 +85,7 @@ class HighlightModel:
             x = preprocess_frames(frames[start:start + batch_size], self.image_size, self.card["mean"],
                                   self.card["std"], self.device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                logits = self.network(x.contiguous(memory_format=torch.channels_last) if cuda else x)
+                logits = self.network(x.contiguous(memory_format=torch.channels_last))
             out.append(torch.sigmoid(logits.float()).cpu())
         return torch.cat(out)
 

@@ -89,9 +89,7 @@ def _train_epoch(model: nn.Module, net: nn.Module, loader: DaliFrameLoader, fram
     with _bar(len(loader), desc, show) as bar:
         for images, rows in loader:
             y = labels_all[rows].to(device, non_blocking=True)
-            images = images.to(device, non_blocking=True)
-            if cuda:
-                images = images.contiguous(memory_format=torch.channels_last)
+            images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                 logits = model(images)
             loss = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=pos_weight)
@@ -117,9 +115,7 @@ def _evaluate(model: nn.Module, loader: DaliFrameLoader, frames: FrameTable, dev
     rows_out, probs_out = [], []
     with _bar(len(loader), desc, show) as bar:
         for images, rows in loader:
-            images = images.to(device, non_blocking=True)
-            if cuda:
-                images = images.contiguous(memory_format=torch.channels_last)
+            images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                 logits = model(images)
             rows_out.append(rows.numpy())
@@ -192,8 +188,7 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
         report(note)
     spec = spec_for(arch)
     net = build_network(arch, image_size=config.image_size, pretrained=config.pretrained).to(device)
-    if device.type == "cuda":
-        net = net.to(memory_format=torch.channels_last)
+    net = net.to(memory_format=torch.channels_last)  # NHWC: faster convolutions on GPUs and on CPUs (oneDNN)
     model: nn.Module = net
     if world > 1:
         model = nn.parallel.DistributedDataParallel(net, device_ids=[local_rank])
