@@ -228,3 +228,30 @@ def test_scan_records_which_decoder_ran(library: Path, tmp_path: Path, monkeypat
             assert sec["model_scores"][1] == pytest.approx(StampScorer.expected(spec.source_id, sec["timestamp_s"]),
                                                            abs=2e-6)
     assert fallbacks == 3 and summary.run.cpu_fallbacks == fallbacks
+
+
+@pytest.mark.parametrize("engine", ["cpu", "dali"])
+def test_a_permission_denied_file_is_an_error_row(library: Path, tmp_path: Path, engine: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """chmod does not stop root (CI containers), so the denial is simulated where the file is opened."""
+    import builtins
+
+    import quadvault_dali.sampling._reader as reader
+    import quadvault_dali.scan.runner as runner
+    from quadvault_dali.sampling._gpu import DaliSampler
+
+    locked = library / "2024/calm_mjpeg_30.mkv"
+
+    def guarded_open(file, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if Path(file) == locked:
+            raise PermissionError(13, "Permission denied", str(file))
+        return builtins.open(file, *args, **kwargs)
+
+    monkeypatch.setattr(reader, "open", guarded_open, raising=False)
+    if engine == "dali":
+        monkeypatch.setattr(runner, "create_sampler", lambda device, **kw: DaliSampler(**kw))
+    summary = _scan(library, tmp_path / "out")
+    row = _videos(tmp_path / "out")[str(locked)]
+    assert (row["status"], row["error_kind"]) == ("error", "VideoOpenError")
+    assert row["error_message"] == f"{locked}: permission denied (check the file's read permission)"
+    assert summary.run.errors == len(BROKEN) + 1 and summary.run.videos == len(GOOD) + len(BROKEN)

@@ -5,13 +5,20 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from ..errors import VideoOpenError
+
 
 class CountingFile(io.RawIOBase):
     """Read-only file wrapper; ``bytes_read`` is what was actually fetched from the file."""
 
     def __init__(self, path: Path, buffer_size: int = 64 * 1024) -> None:
         super().__init__()
-        self._fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+        try:
+            self._fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
+        except PermissionError:
+            raise VideoOpenError("permission denied", path=path, hint="check the file's read permission") from None
+        except OSError as exc:
+            raise VideoOpenError(f"cannot open the file: {exc.strerror or exc}", path=path) from None
         self.bytes_read = 0
 
     def readable(self) -> bool:
