@@ -5,6 +5,7 @@ Every message names the file (or object), says what is wrong and, where there is
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 
@@ -66,3 +67,18 @@ class DatasetError(QuadvaultError):
 
 class OutputError(QuadvaultError):
     """Results cannot be written (disk full, permission, would write into the library)."""
+
+
+def unexpected_failure(exc: Exception, doing: str, path: str | Path | None) -> QuadvaultError:
+    """The error row for an exception nothing anticipated while ``doing`` something to the file at ``path``.
+
+    An operating-system error is worded as one (a failing disk says "Input/output error"), anything
+    else names its type; a ``QuadvaultError`` is returned as it is.
+    """
+    if isinstance(exc, QuadvaultError):
+        return exc
+    if isinstance(exc, OSError) and exc.errno is not None:
+        hint = ("the disk or the file may be damaged; copy the file to another disk and scan it again"
+                if exc.errno == errno.EIO else None)
+        return DecodeError(f"cannot read the file while {doing}: {exc.strerror or exc}", path=path, hint=hint)
+    return DecodeError(f"{doing} failed: {type(exc).__name__}: {exc}", path=path)

@@ -255,3 +255,34 @@ def test_a_permission_denied_file_is_an_error_row(library: Path, tmp_path: Path,
     assert (row["status"], row["error_kind"]) == ("error", "VideoOpenError")
     assert row["error_message"] == f"{locked}: permission denied (check the file's read permission)"
     assert summary.run.errors == len(BROKEN) + 1 and summary.run.videos == len(GOOD) + len(BROKEN)
+
+
+@pytest.mark.parametrize("engine,rel", [("cpu", "2023/06/trip/high_h264_30.mp4"), ("dali", "2024/a/b/high_vp9_60.webm")])
+def test_a_disk_read_error_is_an_error_row_that_says_so(library: Path, tmp_path: Path, engine: str, rel: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failing disk (EIO past the file's first 4 KiB): a specific error row, and the scan goes on."""
+    import quadvault_dali.scan.runner as runner
+    from quadvault_dali.sampling._gpu import DaliSampler
+    from quadvault_dali.sampling._reader import CountingFile
+
+    bad = library / rel
+    real_readinto, real_read_at = CountingFile.readinto, CountingFile.read_at
+
+    def failing(real):  # type: ignore[no-untyped-def]
+        def read(self, *args):  # type: ignore[no-untyped-def]
+            if Path(self._fh.name) == bad and self._fh.tell() + (args[0] if isinstance(args[0], int) else 0) > 4096:
+                raise OSError(errno.EIO, "Input/output error")
+            return real(self, *args)
+        return read
+
+    monkeypatch.setattr(CountingFile, "readinto", failing(real_readinto))
+    monkeypatch.setattr(CountingFile, "read_at", failing(real_read_at))
+    if engine == "dali":
+        monkeypatch.setattr(runner, "create_sampler", lambda device, **kw: DaliSampler(**kw))
+    summary = _scan(library, tmp_path / "out")
+    videos = _videos(tmp_path / "out")
+    row = videos[str(bad)]
+    assert row["status"] == "error", row
+    assert "Input/output error (the disk or the file may be damaged" in row["error_message"], row["error_message"]
+    assert summary.run.errors == len(BROKEN) + 1
+    assert all(videos[str(library / r)]["status"] == "ok" for r in GOOD if r != rel)

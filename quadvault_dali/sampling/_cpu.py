@@ -22,7 +22,7 @@ import av
 import numpy as np
 import torch
 
-from ..errors import DecodeError, QuadvaultError
+from ..errors import DecodeError, QuadvaultError, unexpected_failure
 from ..probe import VideoInfo, open_container, probe_open
 from ._base import Sampler, VideoSource, register_backend
 from ._plan import SamplePlan, plan_samples
@@ -79,7 +79,7 @@ class _VideoJob:
             outcome.error = exc
         except Exception as exc:  # noqa: BLE001 - one broken file must never stop the others
             log.debug("unexpected failure decoding %s", self.path, exc_info=True)
-            outcome.error = DecodeError(f"decoder failed: {type(exc).__name__}: {exc}", path=self.path)
+            outcome.error = unexpected_failure(exc, "decoding", self.path)
         self.items.put(_Done(outcome))
 
 

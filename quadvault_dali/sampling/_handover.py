@@ -20,7 +20,7 @@ from typing import Iterator
 
 import torch
 
-from ..errors import DecodeError, QuadvaultError
+from ..errors import QuadvaultError, unexpected_failure
 from ..probe import VideoInfo
 from ._base import VideoSource
 from ._types import VideoOutcome
@@ -86,11 +86,10 @@ class VideoTask:
         except Exception as exc:  # noqa: BLE001 - FFmpeg, DALI and PyTorch raise many types
             if self.on_cpu and not cpu_takeover:
                 log.debug("%s: %s failed after the CPU took over: %s", self.path, doing, exc)
-            elif isinstance(exc, QuadvaultError):
-                self.fail(exc)
             else:
-                log.debug("unexpected failure %s %s", doing, self.path, exc_info=True)
-                self.fail(DecodeError(f"{doing} failed: {type(exc).__name__}: {exc}", path=self.path))
+                if not isinstance(exc, QuadvaultError):
+                    log.debug("unexpected failure %s %s", doing, self.path, exc_info=True)
+                self.fail(unexpected_failure(exc, doing, self.path))
 
     def add_bytes(self, count: int) -> None:
         """Bytes read for this video (the preparer and a CPU decode may both add)."""
