@@ -247,6 +247,27 @@ def test_a_decode_stream_survives_what_its_clips_raise(cpu_decodable: list[tuple
     _check_stamps(times[vp9], stamps[vp9], sid)
 
 
+def test_a_decoder_that_never_works_stops_the_run(cpu_decodable: list[tuple[Path, int]], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broken driver or DALI install: after the first 8 videos failed and none decoded, the run stops
+    with a clear error instead of decoding the whole library on the CPU."""
+    import shutil
+
+    from quadvault_dali.sampling._gpu import FAILURES_BEFORE_GIVING_UP
+
+    def broken_setup(self):  # type: ignore[no-untyped-def]
+        raise RuntimeError("CUDA driver initialization failed")
+
+    monkeypatch.setattr(DaliSampler, "_clip_decoder", broken_setup)
+    source = cpu_decodable[0][0]
+    videos = [shutil.copy(source, tmp_path / f"copy_{i:02d}{source.suffix}") for i in range(12)]
+    with pytest.raises(BackendUnavailableError, match=r"failed on the first \d+ videos and decoded none") as err:
+        list(DaliSampler(size=SIZE, streams=4).iter_batches(videos))
+    failed = int(str(err.value).split("failed on the first ")[1].split()[0])
+    assert FAILURES_BEFORE_GIVING_UP <= failed < len(videos)
+    assert "CUDA driver initialization failed" in str(err.value) and "--device cpu" in str(err.value)
+
+
 def test_closing_early_stops_a_cpu_take_over(make_clip: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
