@@ -262,7 +262,7 @@ class CpuSampler(Sampler):
                 last = t
                 yield frame, t
             return
-        except (DecodeError, av.error.FFmpegError) as exc:
+        except (DecodeError, av.error.FFmpegError, ValueError) as exc:  # ValueError: a run not led by a keyframe
             log.info("%s: cannot cut GOP runs (%s); decoding the stream in order", info.path, exc)
         if fh is not None:
             fh.seek(0)
