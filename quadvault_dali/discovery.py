@@ -15,6 +15,8 @@ VIDEO_EXTENSIONS = frozenset({
 })
 #: Low-resolution proxies cameras write beside each recording (GoPro .LRV, DJI .LRF).
 PROXY_EXTENSIONS = frozenset({".lrv", ".lrf"})
+#: The clip list ``quadvault reel`` writes beside each reel (``best.mp4`` -> ``best.clips.csv``).
+REEL_SIDECAR_SUFFIX = ".clips.csv"
 #: Folders that hold system or application data, never footage.
 SKIPPED_DIRS = frozenset({
     "$recycle.bin", "system volume information", "lost+found", ".trashes", ".spotlight-v100", ".fseventsd",
@@ -46,13 +48,14 @@ def find_videos(roots: Iterable[str | os.PathLike[str]], *,
     (by device and inode) is not entered again, so link loops end. Unreadable folders are reported
     through ``on_error`` (default: a warning) and skipped. A camera's low-resolution proxy (.LRV, .LRF)
     is skipped when its original is in the same folder: scoring both would list every highlight twice.
-    Files named as roots are always taken.
+    So is a reel this tool made (its ``.clips.csv`` beside it): made of highlights, it would top the next
+    scan. Files named as roots are always taken.
     """
     report = on_error or (lambda p, e: log.warning("cannot read folder %s: %s", p, e.strerror or e))
     seen_dirs: set[tuple[int, int]] = set()
     seen_files: set[tuple[int, int]] = set()
     found: list[Path] = []
-    proxies = [0]  # proxies skipped because their original is beside them
+    skipped = {"proxy": 0, "reel": 0}  # proxies beside their originals, reels beside their clip lists
 
     def add_file(path: Path) -> None:
         try:
@@ -81,6 +84,8 @@ def find_videos(roots: Iterable[str | os.PathLike[str]], *,
             return
         originals = {Path(e.name).stem.lower() for e in entries
                      if is_video_file(Path(e.name)) and Path(e.name).suffix.lower() not in PROXY_EXTENSIONS}
+        reels = {e.name[: -len(REEL_SIDECAR_SUFFIX)].lower() for e in entries
+                 if e.name.lower().endswith(REEL_SIDECAR_SUFFIX)}
         for entry in entries:
             path = Path(entry.path)
             try:
@@ -93,9 +98,11 @@ def find_videos(roots: Iterable[str | os.PathLike[str]], *,
                 walk(path)
             elif is_video_file(path):
                 if path.suffix.lower() in PROXY_EXTENSIONS and originals.intersection(proxy_original_stems(path)):
-                    proxies[0] += 1
-                    continue
-                add_file(path)
+                    skipped["proxy"] += 1
+                elif path.stem.lower() in reels:
+                    skipped["reel"] += 1
+                else:
+                    add_file(path)
 
     for root in roots:
         root_path = Path(root)
@@ -105,6 +112,10 @@ def find_videos(roots: Iterable[str | os.PathLike[str]], *,
             add_file(root_path)
         else:
             report(root_path, FileNotFoundError(2, "No such file or folder", str(root_path)))
-    if proxies[0]:
-        log.info("skipped %d low-resolution proxy files (.LRV/.LRF) whose originals are beside them", proxies[0])
+    if skipped["proxy"]:
+        log.info("skipped %d low-resolution proxy files (.LRV/.LRF) whose originals are beside them",
+                 skipped["proxy"])
+    if skipped["reel"]:
+        log.info("skipped %d highlight reels made by quadvault (a %s beside them)", skipped["reel"],
+                 REEL_SIDECAR_SUFFIX)
     return sorted(found, key=lambda p: str(p))

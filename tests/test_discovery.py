@@ -68,3 +68,15 @@ def test_camera_proxies_are_skipped_beside_their_originals(tmp_path: Path) -> No
     assert found == sorted(originals + alone, key=str)
     assert not set(twins) & set(found)
     assert find_videos([twins[0]]) == [twins[0]]  # a file named explicitly is always taken
+
+
+def test_reels_this_tool_made_are_not_footage(tmp_path: Path) -> None:
+    """A reel saved into the library (its clip list beside it) would top the next scan: it is skipped."""
+    from quadvault_dali.reel import sidecar_path
+
+    footage = [_touch(tmp_path / "2024" / "DJI_0001.MP4"), _touch(tmp_path / "2024" / "best.mov")]
+    reel = _touch(tmp_path / "2024" / "Best of 2024.mp4")
+    _touch(sidecar_path(reel))
+    assert sidecar_path(reel).name == "Best of 2024.clips.csv"
+    assert find_videos([tmp_path]) == sorted(footage, key=str)
+    assert find_videos([reel]) == [reel]  # named explicitly: taken

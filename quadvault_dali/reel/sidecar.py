@@ -11,6 +11,7 @@ import io
 from pathlib import Path
 
 from .._files import atomic_path
+from ..discovery import REEL_SIDECAR_SUFFIX
 from ..errors import OutputError
 from .select import ReelPlan
 
@@ -20,7 +21,7 @@ COLUMNS = ("position", "source_path", "in_s", "out_s", "score", "reel_start_s", 
 def sidecar_path(out: str | Path) -> Path:
     """``best.mp4`` -> ``best.clips.csv``."""
     out = Path(out)
-    return out.with_name(f"{out.stem}.clips.csv")
+    return out.with_name(f"{out.stem}{REEL_SIDECAR_SUFFIX}")
 
 
 def plan_rows(plan: ReelPlan) -> list[dict[str, str]]:
