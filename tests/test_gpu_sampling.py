@@ -386,6 +386,18 @@ def test_gpu_backend_every_frame_is_the_right_second(make_clip: Callable[..., Pa
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["keyframe", "exact"])
+def test_gpu_backend_open_gop_keyframes_far_apart(make_clip: Callable[..., Path], mode: str) -> None:
+    """x265's CRA keyframes 231-240 frames apart: concatenated in one clip their picture order wraps (PyAV
+    swapped 0 s and 7.7 s); each gets a clip of its own, and NVDEC must return every second's own frame."""
+    path = make_clip("nvdec_hevc_cra.mp4", codec="hevc", width=256, height=160, fps=30, duration_s=40.0,
+                     keyframe_interval_s=0.7, source_id=9)
+    frames, times, outcome = create_sampler("gpu", fps=0.125, mode=mode, size=SIZE).sample_video(path)
+    assert outcome.decoder == "nvdec" and len(times) == 5
+    _check_stamps(times, _stamps(frames), 9)
+
+
+@pytest.mark.gpu
 def test_gpu_backend_broken_files_are_error_outcomes(make_clip: Callable[..., Path],
                                                      broken_clips: dict[str, Path]) -> None:
     good = [_gpu_clip(make_clip, "h264_30_k1", 1), _gpu_clip(make_clip, "hevc_25_k1", 3)]

@@ -39,12 +39,13 @@ def _clip_path(make_clip: Callable[..., Path], name: str) -> Path:
     return make_clip(f"remux_{name}{suffix}", **spec)
 
 
-def _build(path: Path, mode: str, max_frames: int | None = None) -> tuple[list[Clip], object, CountingFile, int]:
+def _build(path: Path, mode: str, max_frames: int | None = None,
+           fps: float = 1.0) -> tuple[list[Clip], object, CountingFile, int]:
     fh = CountingFile(path)
     container = open_container(path, fh)
     try:
         info, index = probe_open(container, path)
-        plan = plan_samples(info, index, fps=1.0, mode=mode)  # type: ignore[arg-type]
+        plan = plan_samples(info, index, fps=fps, mode=mode)  # type: ignore[arg-type]
         if not index.from_container_index:
             container.close()
             fh.seek(0)
@@ -93,7 +94,8 @@ def test_clip_frames_are_the_planned_frames(make_clip: Callable[..., Path], name
 
 @pytest.mark.parametrize("mode", ["keyframe", "exact"])
 def test_small_frame_budget_splits_clips_without_changing_frames(make_clip: Callable[..., Path], mode: str) -> None:
-    path = _clip_path(make_clip, "hevc_gop5")
+    # keyframe mode: IDR keyframes share clips; exact mode: a 5 s GOP's run is cut by the budget
+    path = _clip_path(make_clip, "h264_bframes" if mode == "keyframe" else "hevc_gop5")
     whole, _, _, _ = _build(path, mode)
     split, plan, _, _ = _build(path, mode, max_frames=2)
     assert len(split) > len(whole)
@@ -140,3 +142,76 @@ def test_clips_come_from_the_footage_stream(motion_photo: Path, mode: str) -> No
         assert (src.streams.video[0].width, src.streams.video[0].height) == (256, 160)
     stamps = [s for c in clips for s in _decoded_stamps(c, 0)]
     assert stamps == pytest.approx([0.0, 1.0, 2.0], abs=STAMP_TOL)
+
+
+@pytest.mark.parametrize("fps", [1.0, 3.0])
+def test_mkv_runs_hold_the_nearest_frame(make_clip: Callable[..., Path], fps: float) -> None:
+    """Matroska gives no dts right after a seek: a run must not end before the B-frame it needs."""
+    path = make_clip("remux_hevc_k07.mkv", codec="hevc", width=160, height=160, fps=30, duration_s=8.0,
+                     keyframe_interval_s=0.7, source_id=6)
+    clips, plan, _, _ = _build(path, "exact", fps=fps)
+    times = [t for c in clips for t in c.times]
+    stamps = [s for c in clips for s in _decoded_stamps(c, 0)]
+    for t, s in zip(times, stamps):
+        assert s is not None and abs(s - t) <= STAMP_TOL, f"frame for {t}s shows {s}"
+    _, cpu_times, _ = create_sampler("cpu", fps=fps, mode="exact", size=32).sample_video(path)
+    assert times == pytest.approx(cpu_times, abs=1e-6)
+
+
+def test_ts_runs_never_silently_lose_the_first_gop(make_clip: Callable[..., Path]) -> None:
+    """MPEG-TS seeks can land past the first keyframe even from 0: the cutter says so (the gpu backend
+    then hands the video to the CPU decoder) instead of returning fewer seconds."""
+    from quadvault_dali.errors import DecodeError
+
+    path = make_clip("remux_h264_k3.ts", codec="h264", width=128, height=96, fps=30, duration_s=8.0,
+                     keyframe_interval_s=3.0, source_id=5)
+    with pytest.raises(DecodeError, match="seeking cannot reach the keyframe at 0.00s"):
+        _build(path, "exact")
+    _, cpu_times, _ = create_sampler("cpu", mode="exact", size=32).sample_video(path)
+    assert cpu_times == pytest.approx([float(i) for i in range(8)])
+
+
+def test_a_clip_missing_a_wanted_frame_is_an_error_not_a_gap(make_clip: Callable[..., Path]) -> None:
+    from quadvault_dali.errors import DecodeError
+    from quadvault_dali.sampling._remux import decode_clip
+
+    clip = _build(_clip_path(make_clip, "h264_bframes"), "exact")[0][0]
+    broken = Clip(clip.data, np.append(clip.frames, 10_000).astype(np.int32), clip.times + [99.0], clip.packets)
+    assert [t for _, t in decode_clip(clip)] == clip.times
+    with pytest.raises(DecodeError, match="1 of the frames wanted from the run at 0.00s did not decode"):
+        list(decode_clip(broken))
+
+
+@pytest.mark.parametrize("mode", ["keyframe", "exact"])
+def test_open_gop_keyframes_far_apart_come_out_in_order(make_clip: Callable[..., Path], mode: str) -> None:
+    """HEVC CRA keyframes 231-240 frames apart, in one stream, wrap the decoder's picture order count: it
+    returned 7.7 s for 0 s and 0 s for 7.7 s. Each such run now gets a clip of its own."""
+    path = make_clip("remux_hevc_cra.mp4", codec="hevc", width=160, height=160, fps=30, duration_s=40.0,
+                     keyframe_interval_s=0.7, source_id=3)
+    clips, plan, _, _ = _build(path, mode, fps=0.125)
+    times = [t for c in clips for t in c.times]
+    stamps = [s for c in clips for s in _decoded_stamps(c, 0)]  # by decoder output order, like DALI
+    assert len(times) == 5 and stamps == pytest.approx(times, abs=STAMP_TOL)
+
+
+def test_idr_keyframes_share_clips_cra_keyframes_do_not(make_clip: Callable[..., Path]) -> None:
+    from quadvault_dali.sampling._remux import opens_cleanly
+
+    h264 = _clip_path(make_clip, "h264_bframes")  # x264: IDR keyframes
+    hevc = _clip_path(make_clip, "hevc_gop2")  # x265: CRA keyframes (open GOP)
+    for path, codec, cleanly in ((h264, "h264", True), (hevc, "hevc", False)):
+        _, index = probe_video_index(path)
+        fh = CountingFile(path)
+        key = int(np.flatnonzero(index.is_key)[1])
+        assert opens_cleanly(fh.read_at(int(index.pos[key]), int(index.size[key])), codec) is cleanly
+        fh.close()
+    assert len(_build(h264, "keyframe")[0]) == 1  # six keyframes, one clip
+    assert len(_build(hevc, "keyframe")[0]) == 3  # three keyframes, a clip each
+    assert opens_cleanly(b"\x00\x00\x00\x01\x40\x01\x0c" + b"\x00\x00\x01\x26\x01\xaf", "hevc")  # Annex B: VPS, IDR
+    assert not opens_cleanly(b"\x00\x00\x00\x01\x2a\x01\xaf", "hevc")  # Annex B CRA (type 21)
+
+
+def probe_video_index(path: Path):  # type: ignore[no-untyped-def]
+    from quadvault_dali.probe import probe_video
+
+    return probe_video(path, with_index=True)

@@ -200,3 +200,15 @@ def test_exact_mode_decodes_huge_gops_in_order(make_clip, monkeypatch: pytest.Mo
     assert times == pytest.approx(list(range(10)), abs=1e-6)
     _check_stamps(frames, times)
     assert outcome.bytes_read > 0.85 * clip.stat().st_size  # in order: the whole stream is read
+
+
+@pytest.mark.parametrize("name,spec", [
+    ("samp_hevc_k07.mkv", dict(codec="hevc", width=160, height=160, fps=30, keyframe_interval_s=0.7)),
+    ("samp_h264_k3.ts", dict(codec="h264", width=128, height=96, fps=30, keyframe_interval_s=3.0)),
+])
+@pytest.mark.parametrize("fps", [1.0, 3.0])
+def test_exact_mode_in_containers_without_raw_positions(make_clip, name: str, spec: dict, fps: float) -> None:
+    clip = make_clip(name, duration_s=8.0, source_id=0, **spec)
+    frames, times, outcome = create_sampler("cpu", mode="exact", fps=fps, size=64).sample_video(clip)
+    assert outcome.mode == "exact" and times == pytest.approx([i / fps for i in range(int(8 * fps))], abs=0.02)
+    _check_stamps(frames, times)

@@ -251,13 +251,15 @@ class CpuSampler(Sampler):
         large to hold in memory, or where the runs cannot be cut."""
         info = plan.info
         last = float("-inf")
-        if largest_gop_bytes(plan.index) > MAX_GOP_BYTES_IN_MEMORY:
+        if not plan.index.raw_positions or largest_gop_bytes(plan.index) > MAX_GOP_BYTES_IN_MEMORY:
+            # MKV/WebM/TS: runs found by seeking read more than decoding in order does
             yield from self._exact(plan, container, stream)
             return
         try:
-            # Unlike DALI's output, decoded frames leave one at a time: no frame budget, so a long GOP
-            # is never split into runs that would each decode it again from its keyframe.
-            runs = exact_clips(plan, container, stream, max_frames=1 << 30, max_bytes=MAX_GOP_BYTES_IN_MEMORY)
+            # One run per clip, each decoded afresh: runs of open GOPs (HEVC CRA keyframes) far apart in
+            # one stream would confuse the decoder's picture order. No frame budget either (frames leave
+            # one at a time), so a long GOP is never cut into runs that each decode it again.
+            runs = exact_clips(plan, container, stream, max_frames=1 << 30, max_bytes=1)
             for frame, t in (item for clip in runs for item in decode_clip(clip)):
                 last = t
                 yield frame, t

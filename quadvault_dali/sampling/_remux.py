@@ -101,13 +101,79 @@ def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run]) -> Cli
     return Clip(buf.getvalue(), frames, wanted, len(packets))
 
 
+def _first_picture_type(data: bytes, codec: str) -> int | None:
+    """NAL unit type of the first coded picture in an H.264/HEVC packet (MP4 length-prefixed or Annex B)."""
+    units: list[bytes] = []
+    pos = 0
+    while pos + 4 <= len(data):  # MP4: 4-byte lengths that tile the packet exactly
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        if length == 0 or pos + 4 + length > len(data):
+            break
+        units.append(data[pos + 4:pos + 4 + length])
+        pos += 4 + length
+    if pos != len(data) or not units:  # Annex B (MPEG-TS): start codes
+        units = [u.lstrip(b"\0") for u in data.split(b"\0\0\1")[1:]]
+    for unit in units:
+        if not unit:
+            continue
+        kind = unit[0] & 0x1F if codec == "h264" else (unit[0] >> 1) & 0x3F
+        if (codec == "h264" and 1 <= kind <= 5) or (codec == "hevc" and kind < 32):
+            return kind
+    return None
+
+
+def opens_cleanly(run_start: bytes, codec: str) -> bool:
+    """Whether a keyframe resets the decoder's picture order: an H.264 IDR, an HEVC IDR or BLA; not an HEVC
+    CRA (open GOP) or an H.264 non-IDR keyframe. Other codecs' keyframes always do."""
+    if codec not in ("h264", "hevc"):
+        return True
+    kind = _first_picture_type(run_start, codec)
+    return kind == 5 if codec == "h264" else kind is not None and 16 <= kind <= 20
+
+
+class _ClipPacker:
+    """Gathers runs into clips within a frame and a byte budget.
+
+    A run whose keyframe does not reset the picture order (``opens_cleanly``) starts a clip of its own:
+    after another run, its picture order counts can wrap and the decoder puts frames out of order (HEVC
+    CRA keyframes 240 frames apart came out as 7.7 s, 0 s, ...). Hardware encoders write IDR keyframes,
+    so drone footage keeps several runs per clip.
+    """
+
+    def __init__(self, template: av.video.stream.VideoStream, codec: str, max_frames: int,
+                 max_bytes: int = 1 << 62) -> None:
+        self.template, self.codec = template, codec
+        self.max_frames, self.max_bytes = max_frames, max_bytes
+        self.runs: list[_Run] = []
+        self.frames = self.size = 0
+
+    def add(self, run: _Run) -> Clip | None:
+        """Adds ``run``; returns the clip it closed, if any."""
+        run_bytes = sum(len(p.data) for p in run.packets)
+        done = None
+        if self.runs and (self.frames + len(run.wanted) > self.max_frames or self.size + run_bytes > self.max_bytes
+                          or not opens_cleanly(run.packets[0].data, self.codec)):
+            done = self.finish()
+        self.runs.append(run)
+        self.frames += len(run.wanted)
+        self.size += run_bytes
+        return done
+
+    def finish(self) -> Clip | None:
+        clip = mux_clip(self.template, self.runs) if self.runs else None
+        self.runs, self.frames, self.size = [], 0, 0
+        return clip
+
+
 def decode_clip(clip: Clip) -> Iterator[tuple[av.VideoFrame, float]]:
     """Decodes a clip with PyAV (the cpu backend's exact mode): its wanted frames with their source times.
 
     Frames are recognised by their rank-based timestamp, not counted, so a packet that fails to decode
-    costs its own frame only and never shifts the others onto the wrong second.
+    never shifts another frame onto the wrong second; they come out in time order, and only once all of
+    the clip's wanted frames decoded: otherwise ``DecodeError``, and the caller decodes in order instead.
     """
     wanted = dict(zip(clip.frames.tolist(), clip.times))
+    found: dict[int, av.VideoFrame] = {}
     with av.open(io.BytesIO(clip.data)) as src:
         stream = src.streams.video[0]
         stream.codec_context.thread_count = 2
@@ -117,10 +183,14 @@ def decode_clip(clip: Clip) -> Iterator[tuple[av.VideoFrame, float]]:
             except av.error.FFmpegError:
                 continue
             for frame in frames:
-                if frame.pts is not None:
-                    t = wanted.pop(round(frame.pts * frame.time_base / (_TICK * _CLIP_TB)), None)
-                    if t is not None:
-                        yield frame, t
+                rank = round(frame.pts * frame.time_base / (_TICK * _CLIP_TB)) if frame.pts is not None else -1
+                if rank in wanted:
+                    found[rank] = frame
+    if len(found) < len(wanted):
+        raise DecodeError(f"{len(wanted) - len(found)} of the frames wanted from the run at "
+                          f"{min(clip.times):.2f}s did not decode")
+    for rank in sorted(wanted, key=wanted.__getitem__):
+        yield found[rank], wanted[rank]
 
 
 def largest_gop_bytes(index: PacketIndex) -> int:
@@ -142,17 +212,19 @@ def keyframe_clips(plan: SamplePlan, template: av.video.stream.VideoStream, fh: 
                    max_frames: int) -> Iterator[Clip]:
     """Clips of the plan's keyframes, read straight from their index positions (MP4/MOV)."""
     index = plan.index
-    rows = [int(r) for r in plan.key_packets]
-    for start in range(0, len(rows), max_frames):
-        runs = []
-        for row in rows[start:start + max_frames]:
-            data = fh.read_at(int(index.pos[row]), int(index.size[row]))
-            if len(data) < int(index.size[row]):
-                raise DecodeError(f"keyframe at {index.pts[row]:.2f}s is cut off by the end of the file",
-                                  path=plan.info.path, hint="the file is truncated; re-copy it")
-            t = round(float(index.pts[row]), 6)
-            runs.append(_Run([SourcePacket(data, t, t, True)], [t]))
-        yield mux_clip(template, runs)
+    packer = _ClipPacker(template, plan.info.codec, max_frames)
+    for row in (int(r) for r in plan.key_packets):
+        data = fh.read_at(int(index.pos[row]), int(index.size[row]))
+        if len(data) < int(index.size[row]):
+            raise DecodeError(f"keyframe at {index.pts[row]:.2f}s is cut off by the end of the file",
+                              path=plan.info.path, hint="the file is truncated; re-copy it")
+        t = round(float(index.pts[row]), 6)
+        clip = packer.add(_Run([SourcePacket(data, t, t, True)], [t]))
+        if clip is not None:
+            yield clip
+    clip = packer.finish()
+    if clip is not None:
+        yield clip
 
 
 def demuxed_keyframe_clips(plan: SamplePlan, container: av.container.InputContainer,
@@ -160,7 +232,7 @@ def demuxed_keyframe_clips(plan: SamplePlan, container: av.container.InputContai
     """Keyframe clips for containers whose index gives no raw positions (MKV, WebM, TS): seek, demux one."""
     start = stream.start_time or 0
     tb = stream.time_base
-    runs: list[_Run] = []
+    packer = _ClipPacker(stream, plan.info.codec, max_frames)
     for row in plan.key_packets:
         t = float(plan.index.pts[row])
         container.seek(start + int(round(t / tb)), stream=stream, backward=True, any_frame=False)
@@ -168,13 +240,13 @@ def demuxed_keyframe_clips(plan: SamplePlan, container: av.container.InputContai
             if packet.pts is None or not packet.is_keyframe or packet.size == 0:
                 continue
             pts = round(float((packet.pts - start) * tb), 6)
-            runs.append(_Run([SourcePacket(bytes(packet), pts, pts, True)], [pts]))
+            clip = packer.add(_Run([SourcePacket(bytes(packet), pts, pts, True)], [pts]))
+            if clip is not None:
+                yield clip
             break
-        if len(runs) >= max_frames:
-            yield mux_clip(stream, runs)
-            runs = []
-    if runs:
-        yield mux_clip(stream, runs)
+    clip = packer.finish()
+    if clip is not None:
+        yield clip
 
 
 # --- exact mode --------------------------------------------------------------------------------
@@ -209,7 +281,8 @@ def _demux_run(container: av.container.InputContainer, stream: av.video.stream.V
                key_time: float, times: list[float], path: object, strict: bool) -> list[SourcePacket] | None:
     """Packets from the keyframe at ``key_time`` on, found by seeking to ``seek_s`` and reading forward.
 
-    ``None`` if ``strict`` and the seek landed past that keyframe.
+    ``None`` if ``strict`` and the seek landed past that keyframe; not strict, that is a ``DecodeError``
+    (MPEG-TS seeks can miss the first GOP even from 0, and its frames must not silently go missing).
     """
     start = stream.start_time or 0
     tb = stream.time_base
@@ -225,8 +298,10 @@ def _demux_run(container: av.container.InputContainer, stream: av.video.stream.V
         if not packets:
             if not packet.is_keyframe or pts < key_time - 1e-3:
                 continue  # landed before the wanted keyframe: read on to it
-            if strict and pts > key_time + 1e-3:
-                return None  # the seek overshot the keyframe
+            if pts > key_time + 1e-3:
+                if strict:
+                    return None  # the seek overshot the keyframe
+                raise DecodeError(f"seeking cannot reach the keyframe at {key_time:.2f}s", path=path)
         elif pts < packets[0].pts_s:
             continue  # leading picture of an open GOP: needs the previous GOP, never wanted
         packets.append(SourcePacket(bytes(packet), pts, dts, bool(packet.is_keyframe)))
@@ -236,8 +311,10 @@ def _demux_run(container: av.container.InputContainer, stream: av.video.stream.V
                               path=path, hint="too long to sample exactly on the GPU; use --device cpu")
         if pts >= times[-1]:
             best_after = min(best_after, pts)
-        if dts >= best_after:
-            break  # every later packet is presented after the nearest frame already seen
+        # Every later packet is presented after the nearest frame already seen. (Matroska gives no dts
+        # for the first packets after a seek; a pts standing in for it must not end the run.)
+        if packet.dts is not None and dts >= best_after:
+            break
     return packets
 
 
@@ -255,8 +332,7 @@ def _read_run(container: av.container.InputContainer, stream: av.video.stream.Vi
 def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
                 max_frames: int, max_bytes: int = 64 << 20) -> Iterator[Clip]:
     """Clips of runs (keyframe .. last needed packet) holding the frame nearest every grid time, once."""
-    runs: list[_Run] = []
-    frames = size = 0
+    packer = _ClipPacker(stream, plan.info.codec, max_frames, max_bytes)
     last_emitted: float | None = None
     for key_time, seek_s, times in _groups(plan):
         for lo in range(0, len(times), max_frames):
@@ -273,16 +349,12 @@ def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream
                 continue
             # Keep the decode-order prefix through the last packet any wanted frame needs.
             need = max(i for i, p in enumerate(packets) if p.pts_s in set(wanted))
-            run = _Run(packets[: need + 1], wanted)
-            run_bytes = sum(len(p.data) for p in run.packets)
-            if runs and (frames + len(wanted) > max_frames or size + run_bytes > max_bytes):
-                yield mux_clip(stream, runs)
-                runs, frames, size = [], 0, 0
-            runs.append(run)
-            frames += len(wanted)
-            size += run_bytes
-    if runs:
-        yield mux_clip(stream, runs)
+            clip = packer.add(_Run(packets[: need + 1], wanted))
+            if clip is not None:
+                yield clip
+    clip = packer.finish()
+    if clip is not None:
+        yield clip
 
 
 def plan_clips(plan: SamplePlan, container: av.container.InputContainer, fh: CountingFile,
