@@ -32,7 +32,9 @@ def video_sampling_pipeline(decoder_device: DecoderDevice = "mixed", size: int =
         raise ValueError(f"decoder_device must be 'mixed' or 'cpu', got {decoder_device!r}")
     encoded = fn.external_source(name=ENCODED_INPUT, dtype=types.UINT8, ndim=1)
     frames = fn.external_source(name=FRAMES_INPUT, dtype=types.INT32, ndim=1)
-    video = fn.decoders.video(encoded, frames=frames, device=decoder_device)  # (F, H, W, 3)
+    # pad_mode="none": an index past the clip's end must fail (and the video go to the CPU decoder), not
+    # come back as a black frame that would be scored as footage (the default pads with zeros)
+    video = fn.decoders.video(encoded, frames=frames, device=decoder_device, pad_mode="none")  # (F, H, W, 3)
     video = fn.resize(video, resize_shorter=size, interp_type=types.INTERP_LINEAR, antialias=True)
     if square:
         video = fn.crop(video, crop=(size, size), crop_pos_x=0.5, crop_pos_y=0.5)

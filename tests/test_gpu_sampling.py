@@ -78,6 +78,22 @@ def test_pipeline_graph_on_cpu_decodes_the_wanted_frames(make_clip: Callable[...
             _check_stamps(clip.times, _stamps(frames), 3)
 
 
+def test_a_frame_index_past_the_clip_fails_instead_of_a_black_frame(make_clip: Callable[..., Path]) -> None:
+    """DALI pads out-of-range indices with black frames by default; they would be scored as footage."""
+    path = make_clip("gpu_vp9_graph.mp4", codec="vp9", width=128, height=80, fps=30, duration_s=5.0, source_id=3)
+    fh = CountingFile(path)
+    container = open_container(path, fh)
+    info, index = probe_open(container, path)
+    clip = list(plan_clips(plan_samples(info, index, fps=1.0, mode="exact"), container, fh, max_frames=2))[0]
+    container.close(), fh.close()
+    pipe = video_sampling_pipeline(decoder_device="cpu", size=SIZE, batch_size=1, num_threads=1, device_id=None)
+    pipe.build()
+    pipe.feed_input(ENCODED_INPUT, [np.frombuffer(clip.data, np.uint8)])
+    pipe.feed_input(FRAMES_INPUT, [np.array([0, clip.packets + 5], np.int32)])
+    with pytest.raises(RuntimeError, match="out-of-bounds frame index"):
+        pipe.run()
+
+
 def test_pipeline_rejects_unknown_decoder_device() -> None:
     with pytest.raises(ValueError, match="decoder_device"):
         video_sampling_pipeline(decoder_device="gpu", batch_size=1, num_threads=1, device_id=None)
