@@ -35,12 +35,14 @@ def frame_pipeline(files: Sequence[str], rows: Sequence[int], *, image_size: int
 
     ``decode_device``: ``"mixed"`` (nvJPEG, needs ``device_id``) or ``"cpu"`` (with ``device_id=None``).
     ``mean``/``std`` are on the 0-1 scale like torchvision's. The reader pads every shard to the same
-    length: DDP ranks then run the same number of training steps, and in evaluation the iterator drops
-    the padding so every image is seen exactly once.
+    length in evaluation, where the iterator drops the padding so every image is seen exactly once. Training
+    does not pad: with shards of unequal length a padded batch (one image repeated) was left queued by the
+    iterator's reset and came out as the next epoch's first batch; the iterator's DROP policy already
+    gives every rank the same number of steps.
     """
     jpegs, row_ids = fn.readers.file(
         files=list(files), labels=list(rows), name=READER_NAME, random_shuffle=train, initial_fill=1024,
-        shard_id=shard_id, num_shards=num_shards, pad_last_batch=True, stick_to_shard=not train,
+        shard_id=shard_id, num_shards=num_shards, pad_last_batch=not train, stick_to_shard=not train,
         seed=shuffle_seed)
     scale_mean = [m * 255.0 for m in mean]
     scale_std = [s * 255.0 for s in std]

@@ -95,6 +95,22 @@ def test_eval_pipeline_is_the_models_centre_crop(tmp_path: Path, backend: str) -
         assert torch.allclose(images[row], expected, atol=0.4)
 
 
+@pytest.mark.parametrize("n", [9, 17])
+def test_training_shards_never_yield_a_repeated_sample_batch(tmp_path: Path, n: int) -> None:
+    """N % 2 != 0 and (N // 2) % batch == 0: a padded batch of one image repeated used to be left queued
+    by the reset and came out as the next epoch's first batch (e.g. rows [5, 5, 5, 5])."""
+    files = _jpegs(tmp_path, n)
+    table = FrameTable(files, np.zeros(n, np.int64), [f"v{i}" for i in range(n)])
+    loaders = [DaliFrameLoader(table, image_size=32, mean=MEAN, std=STD, train=True, batch_size=4, backend="cpu",
+                               shard_id=rank, num_shards=2) for rank in range(2)]
+    for loader in loaders:
+        for _ in range(4):
+            batches = [rows.tolist() for _, rows in loader]
+            assert len(batches) == len(loaders[0]) == len(loaders[1])  # the same steps on every rank
+            for rows in batches:
+                assert len(set(rows)) == len(rows) == 4, rows
+
+
 def test_shards_split_validation_exactly(tmp_path: Path) -> None:
     """Two DDP ranks' eval shards together hold every frame once; train shards give equal step counts."""
     files = _jpegs(tmp_path, 7)

@@ -23,7 +23,7 @@ from torch import nn
 
 from .._files import atomic_path
 from ..device import resolve_device
-from ..errors import BackendUnavailableError, QuadvaultError
+from ..errors import BackendUnavailableError, DatasetError, QuadvaultError
 from ..metrics import best_threshold, binary_metrics, video_scores
 from ..model import build_network, save_model, spec_for
 from ..progress import progress_bar
@@ -195,6 +195,9 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
     common = dict(image_size=config.image_size, mean=spec.mean, std=spec.std, batch_size=config.batch_size,
                   backend=backend, device_id=local_rank, shard_id=rank, num_shards=world,
                   num_threads=config.num_threads)
+    if world > 1 and len(data.train) < 2 * world:
+        raise DatasetError(f"{len(data.train)} training frames cannot feed {world} GPUs (each needs at least 2 per "
+                           "batch for BatchNorm)", path=config.dataset, hint="train on one GPU, or label more clips")
     train_loader = DaliFrameLoader(data.train, train=True, seed=config.seed, **common)
     val_loader = DaliFrameLoader(data.val, train=False, seed=config.seed, **common)
 
