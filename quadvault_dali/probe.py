@@ -17,7 +17,7 @@ import av
 import numpy as np
 
 from ._mp4 import TrackFacts, read_track_facts
-from .errors import UnsupportedCodecError, VideoOpenError
+from .errors import DecodeError, UnsupportedCodecError, VideoOpenError
 
 _MP4_FORMATS = ("mov", "mp4")
 #: A video stream with fewer frames than this is a still (FFmpeg's best-stream choice uses the same cut).
@@ -127,6 +127,10 @@ def open_container(path: Path, file: BinaryIO | None = None, *,
         ) from exc
     except (av.error.FFmpegError, OSError) as exc:
         raise VideoOpenError(f"cannot open: {exc}", path=path) from exc
+    except RuntimeError as exc:  # PyAV: no stream could take the hardware decoder it was asked for
+        if hwaccel is None:
+            raise
+        raise DecodeError(f"hardware decoding cannot be set up: {exc}", path=path) from exc
 
 
 def read_packet_index(container: av.container.InputContainer, stream: av.video.stream.VideoStream,

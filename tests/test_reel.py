@@ -282,3 +282,28 @@ def test_gpu_machine_uses_nvenc_where_it_opens_and_says_so(scan_dir: Path, tmp_p
     if not nvenc_ok:  # e.g. the H100: no encoder block, so an explicit nvenc request is an error
         with pytest.raises(QuadvaultError, match="--encoder nvenc asked for"):
             make_reel(scan_dir, tmp_path / "x.mp4", ReelOptions(width=W, height=H, encoder="nvenc"))
+
+
+@pytest.mark.parametrize("failure", ["no stream takes the device", "stream left in software"])
+def test_hardware_decoding_that_does_not_attach_falls_back(library: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                           failure: str) -> None:
+    """PyAV raises a bare RuntimeError when no stream takes the hardware decoder, and may leave the wanted
+    stream in software when another stream took it: both end on the CPU with the reason, never mislabelled."""
+    import quadvault_dali.probe as probe
+    from quadvault_dali.reel.frames import WindowReader
+
+    real_open = probe.av.open
+
+    def fake_open(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if kwargs.pop("hwaccel", None) is not None and failure == "no stream takes the device":
+            raise RuntimeError("Hardware accelerated decode requested but no stream is compatible")
+        return real_open(*args, **kwargs)  # hwaccel dropped: the stream decodes in software
+
+    monkeypatch.setattr(probe.av, "open", fake_open)
+    info = probe_video(library["plain 30fps.mp4"])
+    with WindowReader(info, 2.0, W, H, gpu=0) as reader:
+        assert reader.decoder == "pyav"
+        expected = ("hardware decoding cannot be set up" if failure == "no stream takes the device"
+                    else "the hardware decoder was not attached")
+        assert expected in reader.fallback_reason
+        assert stamp_of(reader.frame_at(2.5), info.width, info.height).time_s == pytest.approx(2.5, abs=0.045)

@@ -68,7 +68,7 @@ class WindowReader:
                     self._start(in_s, _cuda(gpu))
                     self.decoder = "nvdec"
                     return
-                except (QuadvaultError, av.error.FFmpegError, OSError) as exc:
+                except (QuadvaultError, av.error.FFmpegError, OSError, RuntimeError) as exc:
                     self.close()
                     self.fallback_reason = f"NVDEC could not decode it ({exc})"
             log.info("%s: %s; decoding its reel window on the CPU", self.path, self.fallback_reason)
@@ -84,6 +84,9 @@ class WindowReader:
                     self._stream = s
             if hwaccel is None:  # frame threads feed a CPU decoder; NVDEC has its own engines
                 self._stream.thread_type = "AUTO"
+            elif getattr(self._stream.codec_context, "is_hwaccel", None) is False:
+                # PyAV needs only one stream of the file on the device; this one may have stayed in software
+                raise DecodeError("the hardware decoder was not attached to this video stream", path=self.info.path)
             self._tb: Fraction = self._stream.time_base or Fraction(1, 90000)
             self._start_pts = self._stream.start_time or 0
             target = self._start_pts + int(max(0.0, in_s) / self._tb)
