@@ -286,3 +286,17 @@ def test_a_disk_read_error_is_an_error_row_that_says_so(library: Path, tmp_path:
     assert "Input/output error (the disk or the file may be damaged" in row["error_message"], row["error_message"]
     assert summary.run.errors == len(BROKEN) + 1
     assert all(videos[str(library / r)]["status"] == "ok" for r in GOOD if r != rel)
+
+
+def test_a_new_threshold_on_a_finished_folder_rewrites_the_highlights(library: Path, tmp_path: Path) -> None:
+    """Resume skips every video (scores do not depend on the threshold), so the highlights must be decided
+    again by the new one, not taken from the stored flags."""
+    out = tmp_path / "out"
+    first = _scan(library, out)
+    assert first.totals.highlights == 3
+    strict = scan_library([library], ScanOptions(out_dir=out, threshold=0.99, device="cpu"), scorers=SCORERS)
+    assert strict.run.videos == 0 and strict.totals.highlights == 0
+    doc = json.loads((out / "highlights.json").read_text())
+    assert doc["threshold"] == 0.99 and doc["count"] == 0 and doc["highlights"] == []
+    lenient = scan_library([library], ScanOptions(out_dir=out, threshold=0.0, device="cpu"), scorers=SCORERS)
+    assert lenient.totals.highlights == len(GOOD)  # every scored video, none of the error rows

@@ -39,7 +39,10 @@ def highlights_document(out_dir: Path, *, threshold: float, models: Sequence[Mod
     cols = ["video_id", "path", "score", "best_timestamp_s", "score_max", "score_top3_mean",
             "frac_above_threshold", "duration_s", "is_highlight", "status"]
     rows = read_table(out_dir, "videos", columns=cols).to_pylist()
-    best = sorted((r for r in rows if r["is_highlight"]), key=lambda r: (-r["score"], r["path"]))
+    # By this run's threshold, not the stored flag: resume does not rescan for a new --threshold.
+    # (frac_above_threshold stays as computed when the video was scored.)
+    best = sorted((r for r in rows if r["status"] == "ok" and r["score"] is not None and r["score"] >= threshold),
+                  key=lambda r: (-r["score"], r["path"]))
     errors = sum(1 for r in rows if r["status"] == "error")
     doc = {
         "schema_version": SCHEMA_VERSION,
