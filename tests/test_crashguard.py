@@ -27,9 +27,24 @@ def test_suspects_are_started_but_unfinished_videos_of_this_tag_and_its_workers(
     _journal(tmp_path, "s00of02", ["x.mp4"], [])
     _journal(tmp_path, "s00of02-g0", ["y.mp4"], [])
     assert sorted(p.name for p in take_suspects(tmp_path, "")) == ["b.mp4", "c.mp4", "d.mp4"]
-    assert not journal_path(tmp_path, "").exists() and not journal_path(tmp_path, "g1").exists()
-    assert take_suspects(tmp_path, "") == []  # each suspect is checked once
+    assert not journal_path(tmp_path, "g1").exists()  # merged into this tag's journal
+    # Suspects stay suspects until this run settles them: a Ctrl-C or crash now must not forget them.
+    assert sorted(p.name for p in take_suspects(tmp_path, "")) == ["b.mp4", "c.mp4", "d.mp4"]
+    journal = CrashJournal(tmp_path, "")
+    journal.finished(Path("/lib/b.mp4"))  # e.g. its crash row is on disk
+    assert sorted(p.name for p in take_suspects(tmp_path, "")) == ["c.mp4", "d.mp4"]
+    journal.discard()  # the run ended in Python
+    assert take_suspects(tmp_path, "") == []
     assert sorted(p.name for p in take_suspects(tmp_path, "s00of02")) == ["x.mp4", "y.mp4"]
+
+
+def test_file_names_with_line_breaks_and_undecodable_bytes_survive_the_journal(tmp_path: Path) -> None:
+    odd = [Path("/footage/clip\nnight.mp4"), Path("/footage/caf\udce9.mp4"), Path("/footage/a\u2028b.mp4")]
+    journal = CrashJournal(tmp_path, "")
+    for path in odd:
+        journal.started(path)
+    journal._fh.close()  # type: ignore[union-attr]  # the process died here
+    assert take_suspects(tmp_path, "") == odd
 
 
 def test_a_run_that_ends_in_python_leaves_no_journal(tmp_path: Path) -> None:

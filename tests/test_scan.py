@@ -288,6 +288,20 @@ def test_a_disk_read_error_is_an_error_row_that_says_so(library: Path, tmp_path:
     assert all(videos[str(library / r)]["status"] == "ok" for r in GOOD if r != rel)
 
 
+def test_a_name_that_is_not_utf8_is_skipped_with_a_warning(library: Path, tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A Latin-1 name from an old NAS copy used to crash every run (and every --shard job) on hashing."""
+    lib = tmp_path / "lib"
+    shutil.copytree(library, lib)
+    latin1 = lib / os.fsdecode(b"caf\xe9.mp4")
+    shutil.copy(lib / "rotated_90.mp4", latin1)
+    with caplog.at_level("WARNING"):
+        summary = _scan(lib, tmp_path / "out")
+        halves = [_scan(lib, tmp_path / f"half{i}", shard=(i, 2)).run.videos for i in range(2)]
+    assert summary.run.videos == len(GOOD) + len(BROKEN) and sum(halves) == len(GOOD) + len(BROKEN)
+    assert "caf\\xe9.mp4: its name is not valid UTF-8; rename the file to scan it" in caplog.text
+
+
 def test_a_new_threshold_on_a_finished_folder_rewrites_the_highlights(library: Path, tmp_path: Path) -> None:
     """Resume skips every video (scores do not depend on the threshold), so the highlights must be decided
     again by the new one, not taken from the stored flags."""

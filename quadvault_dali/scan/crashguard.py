@@ -19,6 +19,7 @@ so the same command isolates them on the next start.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -28,6 +29,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Iterable, TextIO
+
+from .._files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +45,25 @@ def journal_path(out_dir: Path, tag: str) -> Path:
     return out_dir / (f".inflight-{tag}.log" if tag else ".inflight.log")
 
 
+def _encode(path: Path) -> str:
+    """One journal line's name: JSON, so a file name with a line break (or undecodable bytes) survives."""
+    return json.dumps(str(path))
+
+
+def _decode(name: str) -> str:
+    return json.loads(name) if name.startswith('"') else name  # journals before names were JSON: raw
+
+
 def take_suspects(out_dir: Path, tag: str) -> list[Path]:
     """Videos the previous run with this tag (or its per-GPU workers) started but never finished.
 
-    Those journals are then forgotten: each suspect is checked once, by the run that found it.
+    They stay in this tag's journal, as started, until this run records a verdict on each (a scan, or
+    the crash row ``settle`` is told about once it is on disk): a Ctrl-C or another crash before that
+    leaves them suspects for the next start instead of losing them. Workers' journals are merged in.
     """
     workers = f".inflight-{tag}-g" if tag else ".inflight-g"  # parallel.worker_tag's names
-    journals = [journal_path(out_dir, tag), *sorted(out_dir.glob(f"{workers}*.log"))]
+    own = journal_path(out_dir, tag)
+    journals = [own, *sorted(out_dir.glob(f"{workers}*.log"))]
     open_paths: dict[str, None] = {}
     for journal in journals:
         try:
@@ -56,14 +71,20 @@ def take_suspects(out_dir: Path, tag: str) -> list[Path]:
         except FileNotFoundError:
             continue
         started: dict[str, None] = {}
-        for line in text.splitlines():
+        for line in text.split("\n"):
             kind, _, name = line.partition(" ")
             if kind == _STARTED:
-                started[name] = None
+                started[_decode(name)] = None
             elif kind == _FINISHED:
-                started.pop(name, None)
+                started.pop(_decode(name), None)
         open_paths.update(started)
-        journal.unlink(missing_ok=True)
+    if open_paths:
+        with atomic_path(own) as tmp:
+            tmp.write_text("".join(f"{_STARTED} {_encode(Path(p))}\n" for p in open_paths),
+                           encoding="utf-8", errors="surrogateescape")
+    for journal in journals:
+        if journal != own or not open_paths:
+            journal.unlink(missing_ok=True)
     return [Path(p) for p in open_paths]
 
 
@@ -79,7 +100,7 @@ class CrashJournal:
     def _write(self, kind: str, path: Path) -> None:
         if self._fh is None:
             self._fh = open(self.path, "a", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
-        self._fh.write(f"{kind} {path}\n")
+        self._fh.write(f"{kind} {_encode(path)}\n")
         self._fh.flush()  # in the kernel's hands: survives the process, whatever kills it
 
     def started(self, path: Path) -> None:

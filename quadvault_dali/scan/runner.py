@@ -22,7 +22,7 @@ from ..discovery import find_videos
 from ..errors import DecodeError, OutputError, VideoOpenError
 from ..sampling import SamplingMode, VideoOutcome, create_sampler
 from .aggregate import Aggregator
-from .crashguard import CrashJournal, StallWatch, isolate_suspects, take_suspects
+from .crashguard import CrashJournal, StallWatch, isolate_suspects, journal_path, take_suspects
 from .report import HIGHLIGHTS_FILE, FolderTotals, highlights_document, summary_line, write_json_atomic
 from .resume import FileState, drop_superseded, plan_resume
 from .schema import SCHEMA_VERSION, ModelRef, ScanMetadata, combined_fingerprint
@@ -128,6 +128,17 @@ def in_shard(relative: str, shard: tuple[int, int]) -> bool:
     return n == 1 or int(hashlib.sha1(relative.encode()).hexdigest()[:12], 16) % n == i
 
 
+def _utf8(name: str) -> bool:
+    """Parquet stores text as UTF-8: a name with other bytes (an old NAS or Windows copy) cannot be a row."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+        log.warning("skipping %s: its name is not valid UTF-8; rename the file to scan it", shown)
+        return False
+
+
 def select_files(libraries: Sequence[Path], shard: tuple[int, int] = (0, 1)) -> list[FileState]:
     """The library's videos in this shard, with the size and mtime resume compares."""
     files: list[FileState] = []
@@ -137,6 +148,8 @@ def select_files(libraries: Sequence[Path], shard: tuple[int, int] = (0, 1)) -> 
         base = lib if lib.is_dir() else lib.parent
         for path in find_videos([lib]):
             key = str(path)
+            if not _utf8(key):
+                continue
             if key in seen or not in_shard(os.path.relpath(path, base), shard):
                 continue
             seen.add(key)
@@ -207,6 +220,10 @@ def scan_files(files: Sequence[FileState], scorers: Sequence[Scorer], options: S
             if path in by_path:
                 record(by_path[path], None, DecodeError(why, path=path, hint="check the file in a player; "
                                                                              "re-copy it if it is damaged"))
+        if crashed:
+            writer.flush()  # the verdicts are on disk before the journal lets the suspects go
+            for path in crashed:
+                journal.finished(path)
 
         def sources() -> Iterator[Path]:
             for f in files:
@@ -297,6 +314,7 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
             from .parallel import scan_on_gpus
             stats = scan_on_gpus(plan.todo, [Path(p) for p in model_paths], options, gpus, on_progress=progress,
                                  crashed=crashed)
+            journal_path(out, options.tag).unlink(missing_ok=True)  # the workers settled every suspect
         else:
             stats = scan_files(plan.todo, scorers, options, tag=options.tag, on_progress=progress, crashed=crashed)
         doc, totals = highlights_document(out, threshold=options.threshold, models=models)
