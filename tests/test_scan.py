@@ -314,3 +314,23 @@ def test_a_new_threshold_on_a_finished_folder_rewrites_the_highlights(library: P
     assert doc["threshold"] == 0.99 and doc["count"] == 0 and doc["highlights"] == []
     lenient = scan_library([library], ScanOptions(out_dir=out, threshold=0.0, device="cpu"), scorers=SCORERS)
     assert lenient.totals.highlights == len(GOOD)  # every scored video, none of the error rows
+
+
+def test_rows_of_another_tags_pair_are_dropped_only_under_its_lock(library: Path, tmp_path: Path) -> None:
+    """Two --shard jobs superseding rows of one pair a plain run wrote must not overwrite each other's edit."""
+    from quadvault_dali.scan.resume import drop_superseded
+    from quadvault_dali.scan.shards import TagLock
+
+    out = tmp_path / "out"
+    _scan(library, out, shard_videos=50)  # tag "" (main): one pair holds every video
+    (name,) = complete_shards(out)
+    victim = str(library / "rotated_90.mp4")
+    other_job = TagLock(out, "")
+    assert other_job.acquire()  # another job is rewriting the main pair right now
+    try:
+        assert drop_superseded(out, {name: {victim}}, own_tag="s00of02", lock_timeout_s=0.5) == 0
+        assert victim in _videos(out)  # left alone, for the next run
+    finally:
+        other_job.release()
+    assert drop_superseded(out, {name: {victim}}, own_tag="s00of02", lock_timeout_s=0.5) == 1
+    assert victim not in _videos(out) and victim not in _seconds(out) and len(_videos(out)) == 8

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .shards import complete_shards, write_parquet_atomic
+from .shards import TagLock, complete_shards, parse_name, write_parquet_atomic
 
 log = logging.getLogger(__name__)
 
@@ -87,22 +87,45 @@ def _filter_file(path: Path, drop: set[str]) -> tuple[pa.Table, bool]:
     return kept, kept.num_rows != table.num_rows
 
 
-def drop_superseded(out_dir: Path, superseded: dict[str, set[str]]) -> int:
-    """Removes the rows of ``superseded`` paths from their shard pairs; returns video rows removed."""
+def drop_superseded(out_dir: Path, superseded: dict[str, set[str]], own_tag: str = "",
+                    lock_timeout_s: float = 120.0) -> int:
+    """Removes the rows of ``superseded`` paths from their shard pairs; returns video rows removed.
+
+    A pair written under another tag (a plain run's, another --shard job's) may be rewritten by another
+    job at the same time: its tag's lock is held while it is read and rewritten. A pair whose lock does
+    not come free in ``lock_timeout_s`` keeps its old rows this time (the next run supersedes them).
+    """
     removed = 0
     for name, paths in sorted(superseded.items()):
-        seconds_path, videos_path = out_dir / "seconds" / name, out_dir / "videos" / name
-        seconds, changed_s = _filter_file(seconds_path, paths)
-        videos, changed_v = _filter_file(videos_path, paths)
-        removed += len(paths) if changed_v else 0
-        if videos.num_rows == 0:  # nothing left: retire the pair, its commit marker (videos) first
-            os.unlink(videos_path)
-            os.unlink(seconds_path)
-            log.info("removed shard pair %s (all its videos are rescanned)", name)
+        tag = (parse_name(name) or ("", 0))[0]
+        lock = TagLock(out_dir, tag) if tag != own_tag else None
+        if lock is not None and not lock.acquire(timeout_s=lock_timeout_s):
+            log.warning("shard pair %s is being written by another scan; its %d old rows are removed next run",
+                        name, len(paths))
             continue
-        if changed_s:
-            write_parquet_atomic(seconds_path, seconds)
-        if changed_v:
-            write_parquet_atomic(videos_path, videos)
-        log.info("rewrote shard pair %s without %d superseded videos", name, len(paths))
+        try:
+            removed += _drop_from_pair(out_dir, name, paths)
+        finally:
+            if lock is not None:
+                lock.release()
     return removed
+
+
+def _drop_from_pair(out_dir: Path, name: str, paths: set[str]) -> int:
+    """Rewrites one pair without ``paths`` (read now, under its lock); returns video rows removed."""
+    seconds_path, videos_path = out_dir / "seconds" / name, out_dir / "videos" / name
+    if not videos_path.exists():  # another job retired the pair meanwhile
+        return 0
+    seconds, changed_s = _filter_file(seconds_path, paths)
+    videos, changed_v = _filter_file(videos_path, paths)
+    if videos.num_rows == 0:  # nothing left: retire the pair, its commit marker (videos) first
+        os.unlink(videos_path)
+        os.unlink(seconds_path)
+        log.info("removed shard pair %s (all its videos are rescanned)", name)
+        return len(paths)
+    if changed_s:
+        write_parquet_atomic(seconds_path, seconds)
+    if changed_v:
+        write_parquet_atomic(videos_path, videos)
+    log.info("rewrote shard pair %s without %d superseded videos", name, len(paths))
+    return len(paths) if changed_v else 0

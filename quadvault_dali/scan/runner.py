@@ -305,7 +305,7 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
         files = select_files(libs, options.shard)
         plan = plan_resume(files, out, fingerprint=fingerprint, resume=options.resume,
                            retry_errors=options.retry_errors)
-        superseded = drop_superseded(out, plan.superseded)
+        superseded = drop_superseded(out, plan.superseded, own_tag=options.tag)
         log.info("%d videos found, %d already scanned, %d to scan, %d old rows superseded",
                  len(files), len(plan.skipped), len(plan.todo), superseded)
         progress = (lambda s: on_progress(s, len(plan.todo))) if on_progress else None

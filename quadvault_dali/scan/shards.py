@@ -96,13 +96,19 @@ class TagLock:
         self.path = out_dir / f".lock-{tag or 'main'}"
         self._fd: int | None = None
 
-    def acquire(self, *, wait: bool = False) -> bool:
+    def acquire(self, *, wait: bool = False, timeout_s: float | None = None) -> bool:
+        """Takes the lock; ``wait`` blocks until it is free, ``timeout_s`` gives up after that long."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(fd)
-            return False
+        deadline = time.monotonic() + timeout_s if timeout_s is not None else None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait and deadline is None else fcntl.LOCK_NB))
+                break
+            except BlockingIOError:
+                if deadline is None or time.monotonic() >= deadline:
+                    os.close(fd)
+                    return False
+                time.sleep(0.2)
         self._fd = fd
         return True
 
