@@ -160,3 +160,17 @@ def test_conflict_is_reported_once(library: Path) -> None:
         load_labels(write_labels(library, {"highlights": ["beach"], "normal": ["beach/a.mp4"]}))
     a = (library / "beach" / "a.mp4").resolve()
     assert info.value.problems == [f"{a} is labelled both highlight and normal (highlights[0], normal[0])"]
+
+
+def test_names_with_brackets_and_hard_links(library: Path) -> None:
+    """'[edited]' in a real file name is not a glob; a hard link is the same footage, not a second video."""
+    import os
+
+    bracket = library / "DJI_0001 [edited].mp4"
+    bracket.write_bytes((library / "h.mp4").read_bytes())
+    labels = load_labels(write_labels(library, {"highlights": ["DJI_0001 [edited].mp4"], "normal": ["h.mp4"]}))
+    assert [v.path.name for v in labels.videos] == ["DJI_0001 [edited].mp4", "h.mp4"]
+    os.link(library / "h.mp4", library / "h_copy.mp4")
+    with pytest.raises(LabelsError) as info:
+        load_labels(write_labels(library, {"highlights": ["h_copy.mp4"], "normal": ["h.mp4"]}))
+    assert any("labelled both highlight and normal" in p for p in info.value.problems)

@@ -85,7 +85,7 @@ def _expand(entry: str, where: str, base: Path, problems: list[str], skipped: li
     """The videos one entry names; problems go to ``problems`` (or ``skipped`` when skippable)."""
     soft = skipped if skip_missing else problems
     path = _resolve(entry, base)
-    if _GLOB_CHARS & set(entry):
+    if _GLOB_CHARS & set(entry) and not path.exists():  # "DJI_0001 [edited].mp4" is a name, not a pattern
         matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True))
         found: list[Path] = []
         for match in matches:
@@ -137,6 +137,7 @@ def parse_labels(data: object, *, base: Path, source: Path, skip_missing: bool =
             problems.append(f'unknown key "{key}" (expected "highlights" and "normal"{hint})')
 
     first_seen: dict[Path, LabelledVideo] = {}
+    identity: dict[tuple[int, int], Path] = {}  # (device, inode): a hard link is the same footage
     by_class: dict[str, int] = {}
     for key, (label, name) in CLASSES.items():
         entries = data.get(key, [])
@@ -154,6 +155,11 @@ def parse_labels(data: object, *, base: Path, source: Path, skip_missing: bool =
                 continue
             for found in _expand(entry.strip(), where, base, problems, skipped, skip_missing, roots):
                 resolved = found.resolve()
+                try:
+                    st = resolved.stat()
+                    resolved = identity.setdefault((st.st_dev, st.st_ino), resolved)
+                except OSError:
+                    pass  # reported by the dataset step that reads it
                 prior = first_seen.get(resolved)
                 if prior is None:
                     first_seen[resolved] = LabelledVideo(resolved, label, where)

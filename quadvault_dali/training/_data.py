@@ -107,6 +107,9 @@ def load_training_data(dataset: str | Path) -> TrainingData:
     if len(set(tables["train"].labels.tolist())) < 2:
         raise DatasetError("the train split holds only one class; both highlights and normal clips are needed",
                            path=ds.path)
+    if len(set(tables["val"].labels.tolist())) < 2:  # e.g. --merge moved a class's only validation video
+        log.warning("%s: the validation split holds only one class: the threshold and the best epoch are "
+                    "chosen without the other (ROC-AUC undefined); label a few more clips of it", ds.path)
     return TrainingData(ds.root, tables["train"], tables["val"], _fingerprint(table))
 
 

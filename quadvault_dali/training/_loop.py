@@ -130,11 +130,16 @@ def _evaluate(model: nn.Module, loader: DaliFrameLoader, frames: FrameTable, dev
         dist.all_gather_object(gathered, (rows_np, probs_np))
         rows_np = np.concatenate([g[0] for g in gathered if g is not None])
         probs_np = np.concatenate([g[1] for g in gathered if g is not None])
-    probs = np.full(len(frames), np.nan, dtype=np.float64)
+    probs = np.zeros(len(frames), dtype=np.float64)
     probs[rows_np] = probs_np
-    missing = int(np.isnan(probs).sum())
+    filled = np.zeros(len(frames), dtype=bool)
+    filled[rows_np] = True
+    missing = int((~filled).sum())
     if missing:
         raise QuadvaultError(f"validation skipped {missing} of {len(frames)} frames (pipeline bug)")
+    if not np.isfinite(probs).all():
+        raise QuadvaultError("the model's outputs became NaN: training diverged",
+                             hint="train again with a lower --learning-rate")
     p = np.clip(probs, 1e-7, 1 - 1e-7)
     y = frames.labels
     loss = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
