@@ -78,8 +78,15 @@ def test_empty_selection_says_why() -> None:
     vids = [video("a.mp4", [0.81] * 6), video("b.mp4", [0.5] * 6)]
     with pytest.raises(EmptySelectionError, match=r"no video scored ≥ 0.85 .*the best was 0.81 \(a.mp4\)"):
         plan_reel(vids, min_score=0.85)
-    with pytest.raises(EmptySelectionError, match=r"--duration 3 s is shorter than the shortest eligible clip"):
+    with pytest.raises(EmptySelectionError, match=r"--duration 3 s is shorter than the shortest clip that fits the "
+                                                  r"fades \(4 s\) \(raise --duration"):
         plan_reel(vids, min_score=0.5, max_duration_s=3.0)
+    # a clip dropped for the fades is not reported as too long for --duration (it was 0.5 s)
+    short = [video("long.mp4", [0.9] * 10), video("blink.mp4", [0.95] * 1, duration=0.5)]
+    with pytest.raises(EmptySelectionError) as err:
+        plan_reel(short, min_score=0.5, max_duration_s=2.0)
+    assert str(err.value).startswith("--duration 2 s is shorter than the shortest clip that fits the fades (4 s); "
+                                     "1 eligible video is shorter than two crossfades")
     with pytest.raises(EmptySelectionError, match="no scored video"):
         plan_reel([], min_score=0.5)
     with pytest.raises(QuadvaultError, match="crossfade"):
@@ -108,3 +115,23 @@ def test_bad_scores_inputs_name_the_file(tmp_path: Path) -> None:
     bad.write_text('{"highlights": [{"score": 0.9}]}', encoding="utf-8")
     with pytest.raises(QuadvaultError, match=r"h.json: highlight #1 has no 'path'"):
         load_scores(bad)
+
+
+def test_order_time_uses_file_times_from_a_highlights_json(tmp_path: Path) -> None:
+    import json
+    import os
+
+    for name, mtime in (("a.mp4", 2_000_000_000), ("b.mp4", 1_000_000_000)):
+        (tmp_path / name).write_bytes(b"x")
+        os.utime(tmp_path / name, (mtime, mtime))
+    doc = {"highlights": [{"path": "a.mp4", "score": 0.9, "best_second": 2.0, "duration_s": 10.0},
+                          {"path": "b.mp4", "score": 0.8, "best_second": 2.0, "duration_s": 10.0}]}
+    (tmp_path / "highlights.json").write_text(json.dumps(doc))
+    plan = plan_reel(load_scores(tmp_path / "highlights.json").videos, min_score=0.5, order="time")
+    assert [c.window.path.name for c in plan.clips] == ["b.mp4", "a.mp4"]  # oldest first
+
+
+def test_a_clip_never_runs_past_the_end_of_its_source() -> None:
+    plan = plan_reel([video("short.mp4", [0.9] * 4, duration=3.99)], min_score=0.5, clip_seconds=4.0, fps=30)
+    (clip,) = plan.clips
+    assert clip.window.in_s + clip.frames / 30 <= 3.99 + 1e-9

@@ -120,6 +120,14 @@ def _load_scan_folder(root: Path) -> ScoreSource:
     return ScoreSource(root, out, per_second=True, failed_videos=failed)
 
 
+def _mtime_ns(path: Path) -> int | None:
+    """The file's modification time (for --order time); ``None`` when it cannot be read now."""
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
 def load_highlights_json(file: Path) -> ScoreSource:
     """Reads ``highlights.json`` (``{"highlights": [{"path", "score", "best_second", "duration_s"}...]}``).
 
@@ -138,9 +146,10 @@ def load_highlights_json(file: Path) -> ScoreSource:
             raise QuadvaultError(f"highlight #{i + 1} has no 'path' and 'score'", path=file)
         best = entry.get("best_second", entry.get("best_timestamp_s"))
         p = Path(entry["path"])
-        videos.append(VideoScores(path=p if p.is_absolute() else file.parent / p,
-                                  duration_s=entry.get("duration_s"), video_score=float(entry["score"]),
+        p = p if p.is_absolute() else file.parent / p
+        videos.append(VideoScores(path=p, duration_s=entry.get("duration_s"), video_score=float(entry["score"]),
                                   best_timestamp_s=float(best) if best is not None else None,
-                                  rotation=entry.get("rotation"), fps=entry.get("fps")))
+                                  rotation=entry.get("rotation"), fps=entry.get("fps"),
+                                  mtime_ns=entry.get("mtime_ns") or _mtime_ns(p)))
     log.info("read %d highlights from %s (video-level scores only)", len(videos), file)
     return ScoreSource(file, videos, per_second=False)

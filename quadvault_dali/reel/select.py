@@ -148,25 +148,30 @@ def plan_reel(videos: Sequence[VideoScores], *, clip_seconds: float = 4.0, top: 
     max_frames = int(np.floor(max_duration_s * fps + _EPS)) if max_duration_s else None
     picked: list[tuple[Window, int]] = []
     total, too_short, too_long = 0, 0, 0
+    shortest_too_long = float("inf")
     for w in eligible:
         if len(picked) >= top:
             break
-        frames = int(round(w.length_s * fps))
+        frames = int(np.floor(w.length_s * fps + _EPS))  # never past the source's end
         if frames <= 2 * fade_frames:
             too_short += 1
             continue
         grown = total + frames - (fade_frames if picked else 0)
         if max_frames is not None and grown > max_frames:
             too_long += 1
+            shortest_too_long = min(shortest_too_long, frames / fps)
             continue  # a later, shorter window may still fit
         picked.append((w, frames))
         total = grown
     if not picked:
-        shortest = min(int(round(w.length_s * fps)) for w in eligible) / fps
-        raise EmptySelectionError(f"--duration {max_duration_s:g} s is shorter than the shortest eligible "
-                                  f"clip ({shortest:g} s)" if too_long else
-                                  "every eligible video is shorter than two crossfades",
-                                  hint="raise --duration or lower --clip-seconds/--fade")
+        reasons = []
+        if too_long:
+            reasons.append(f"--duration {max_duration_s:g} s is shorter than the shortest clip that fits the fades "
+                           f"({shortest_too_long:g} s)")
+        if too_short:
+            reasons.append(f"{too_short} eligible video{'s are' if too_short != 1 else ' is'} shorter than two "
+                           "crossfades")
+        raise EmptySelectionError("; ".join(reasons), hint="raise --duration or lower --clip-seconds/--fade")
     if order == "time":
         picked.sort(key=lambda p: (p[0].mtime_ns or 0, str(p[0].path), p[0].in_s))
     clips, start = [], 0
