@@ -307,3 +307,35 @@ def test_hardware_decoding_that_does_not_attach_falls_back(library: dict[str, Pa
                     else "the hardware decoder was not attached")
         assert expected in reader.fallback_reason
         assert stamp_of(reader.frame_at(2.5), info.width, info.height).time_s == pytest.approx(2.5, abs=0.045)
+
+
+def test_sound_that_starts_after_the_pictures_stays_in_sync(tmp_path: Path) -> None:
+    """Audio starting 1 s after the video (edit lists, TS): a window's sound is the sound at the pictures'
+    time, not at the audio stream's own time."""
+    from fractions import Fraction
+
+    from quadvault_dali.reel.audio import read_audio_window
+
+    path = tmp_path / "late_audio.mp4"
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=30)
+        video.width = video.height = 64
+        audio = out.add_stream("aac", rate=48000)
+        audio.layout = "stereo"
+        for i in range(120):  # 4 s of pictures from 0 s
+            frame = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 30)
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+        for k in range(0, 3 * 48000, 1024):  # a 440 Hz tone from 1 s to 4 s
+            tone = (0.5 * np.sin(2 * np.pi * 440 * (np.arange(1024) + k) / 48000)).astype(np.float32)
+            frame = av.AudioFrame.from_ndarray(np.stack([tone, tone]), format="fltp", layout="stereo")
+            frame.sample_rate, frame.pts, frame.time_base = 48000, 48000 + k, Fraction(1, 48000)
+            out.mux(audio.encode(frame))
+        out.mux(audio.encode(None))
+    info = probe_video(path)
+    samples = read_audio_window(path, 0.5, 1.0, video_start_s=info.start_time_s)
+    assert samples is not None and samples.shape == (2, 48000)
+    loudness = [float(np.abs(samples[0, i * 4800:(i + 1) * 4800]).mean()) for i in range(10)]
+    assert max(loudness[:4]) < 0.01  # 0.5-0.9 s: before the sound starts
+    assert min(loudness[6:]) > 0.2  # 1.1-1.5 s: the tone

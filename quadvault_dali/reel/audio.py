@@ -8,7 +8,8 @@ without sound, or whose sound cannot be decoded, contribute silence (logged).
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 import av
 import numpy as np
@@ -17,12 +18,20 @@ from ..probe import open_container
 from ..errors import QuadvaultError
 from .select import ReelPlan
 
+if TYPE_CHECKING:
+    from ..probe import VideoInfo
+
 SAMPLE_RATE = 48000
 log = logging.getLogger(__name__)
 
 
-def read_audio_window(path: object, in_s: float, length_s: float, rate: int = SAMPLE_RATE) -> np.ndarray | None:
-    """Stereo float32 ``(2, n)`` samples of ``[in_s, in_s + length_s)``; ``None`` when there is no sound."""
+def read_audio_window(path: object, in_s: float, length_s: float, rate: int = SAMPLE_RATE, *,
+                      video_start_s: float = 0.0) -> np.ndarray | None:
+    """Stereo float32 ``(2, n)`` samples of ``[in_s, in_s + length_s)``; ``None`` when there is no sound.
+
+    Times are the pictures' (seconds from the video stream's first frame, which starts at the container
+    time ``video_start_s``), so sound that starts later or earlier than the pictures stays in sync.
+    """
     want = int(round(length_s * rate))
     container = open_container(path)  # type: ignore[arg-type]
     try:
@@ -30,8 +39,8 @@ def read_audio_window(path: object, in_s: float, length_s: float, rate: int = SA
             return None
         stream = container.streams.audio[0]
         tb = stream.time_base
-        start = stream.start_time or 0
-        container.seek(start + int(max(0.0, in_s - 0.1) / tb), stream=stream, backward=True)
+        start = int(round(video_start_s / tb))  # the pictures' zero, in this stream's ticks
+        container.seek(max(stream.start_time or 0, start + int((in_s - 0.1) / tb)), stream=stream, backward=True)
         resampler = av.AudioResampler(format="fltp", layout="stereo", rate=rate)
         chunks: list[np.ndarray] = []
         first_t: float | None = None
@@ -65,8 +74,13 @@ def read_audio_window(path: object, in_s: float, length_s: float, rate: int = SA
     return samples
 
 
-def build_audio_track(plan: ReelPlan, rate: int = SAMPLE_RATE) -> np.ndarray:
-    """The reel's sound ``(2, n)``: each window's audio with linear crossfades where clips overlap."""
+def build_audio_track(plan: ReelPlan, rate: int = SAMPLE_RATE,
+                      infos: "Mapping[Path, VideoInfo] | None" = None) -> np.ndarray:
+    """The reel's sound ``(2, n)``: each window's audio with linear crossfades where clips overlap.
+
+    ``infos`` (the probed sources) give each video stream's start, so every clip's sound lines up with its
+    pictures even where the audio stream starts at another time.
+    """
     total = int(round(plan.duration_s * rate))
     track = np.zeros((2, total), np.float32)
     fade = int(round(plan.fade_frames / plan.fps * rate))
@@ -74,7 +88,9 @@ def build_audio_track(plan: ReelPlan, rate: int = SAMPLE_RATE) -> np.ndarray:
     for k, clip in enumerate(plan.clips):
         length = clip.frames / plan.fps
         try:
-            samples = read_audio_window(clip.window.path, clip.window.in_s, length, rate)
+            info = (infos or {}).get(clip.window.path)
+            samples = read_audio_window(clip.window.path, clip.window.in_s, length, rate,
+                                        video_start_s=info.start_time_s if info is not None else 0.0)
         except QuadvaultError as exc:
             log.warning("%s; using silence for clip %d", exc, clip.position)
             samples = None

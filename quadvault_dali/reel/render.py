@@ -95,7 +95,7 @@ def render_reel(plan: ReelPlan, infos: Mapping[Path, VideoInfo], out: str | Path
         raise QuadvaultError("nothing to render: the plan has no clips")
     if not out.parent.is_dir():
         raise OutputError("output folder does not exist", path=out.parent)
-    track = build_audio_track(plan) if audio == "keep" else None
+    track = build_audio_track(plan, infos=infos) if audio == "keep" else None
     with atomic_path(out, temp_path(out)) as tmp:
         failed, decoders = _encode(plan, infos, tmp, width, height, encoder, track, gpu)
     if gpu is not None:
