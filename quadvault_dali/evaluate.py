@@ -177,6 +177,29 @@ def _from_labels(source: Path, models: Sequence[FrameScorer], device: str, fps: 
     return str(source)
 
 
+def trained_on(models: Sequence[FrameScorer], videos: Sequence[str]) -> dict[str, list[str]]:
+    """For each model whose training dataset is still where its card says, the ``videos`` it trained on.
+
+    Metrics over videos a model was trained on are optimistic; the report warns rather than guess.
+    """
+    overlap: dict[str, list[str]] = {}
+    wanted = set(videos)
+    for model in models:
+        cards = model.card.get("ensemble", [model.card])
+        for card in cards:
+            where = card.get("dataset")
+            if not where or not is_dataset(Path(where)):
+                continue
+            try:
+                rows = read_dataset(where).rows()
+            except QuadvaultError:
+                continue
+            seen = sorted({r["video_path"] for r in rows if r["split"] == "train"} & wanted)
+            if seen:
+                overlap[str(card.get("name") or model.name)] = seen
+    return overlap
+
+
 def evaluate(source: str | os.PathLike[str], models: Sequence[FrameScorer], *, split: SplitChoice = "val",
              device: str = "auto", fps: float = 1.0, mode: str = "auto", skip_missing: bool = False,
              threshold: float | None = None, uncertain: tuple[float, float] = UNCERTAIN) -> EvaluationReport:
@@ -196,6 +219,9 @@ def evaluate(source: str | os.PathLike[str], models: Sequence[FrameScorer], *, s
     if not collected.keys:
         raise QuadvaultError("no video could be scored", path=path,
                              hint="; ".join(f"{p}: {e}" for p, e in collected.failed[:3]) or None)
+    for name, seen in trained_on(models, collected.keys).items():
+        log.warning("%d of the %d evaluated videos were in the training split of model %s (e.g. %s): these "
+                    "metrics are optimistic", len(seen), len(collected.keys), name, seen[0])
     thr = ensemble_threshold(models) if threshold is None else float(threshold)
     per_frame = np.concatenate(collected.frame_scores, axis=1)  # (n_models, total frames)
     frame_labels = np.repeat(collected.labels, [s.shape[1] for s in collected.frame_scores])

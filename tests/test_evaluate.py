@@ -134,3 +134,25 @@ def test_cli_json_ensemble(labels_file: Path, models: dict[str, Path]) -> None:
         assert v["score"] == pytest.approx(sum(v["model_scores"]) / 2, abs=1e-5)
     assert data["confusion_matrix"]["videos"] == [[data["video_level"]["tn"], data["video_level"]["fp"]],
                                                   [data["video_level"]["fn"], data["video_level"]["tp"]]]
+
+
+def test_evaluating_videos_a_model_trained_on_warns(labels_file: Path, models: dict[str, Path], tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    import shutil
+
+    out = tmp_path / "ds"
+    prepare_dataset(labels_file, out, size=64, device="cpu")
+    trained = tmp_path / "trained"
+    shutil.copytree(models["warm"], trained)
+    card = json.loads((trained / "model.json").read_text())
+    card["dataset"] = str(out)  # as train writes it
+    (trained / "model.json").write_text(json.dumps(card))
+    model = load_model(trained)
+    train_videos = {r["video_path"] for r in read_dataset(out).rows() if r["split"] == "train"}
+    with caplog.at_level("WARNING"):
+        evaluate(out, [model], device="cpu")  # the validation split: no warning
+    assert "training split" not in caplog.text
+    with caplog.at_level("WARNING"):
+        evaluate(labels_file, [model], device="cpu")
+    assert f"{len(train_videos)} of the 8 evaluated videos were in the training split of model" in caplog.text
+    assert "these metrics are optimistic" in caplog.text
