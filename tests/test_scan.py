@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -334,3 +335,17 @@ def test_rows_of_another_tags_pair_are_dropped_only_under_its_lock(library: Path
         other_job.release()
     assert drop_superseded(out, {name: {victim}}, own_tag="s00of02", lock_timeout_s=0.5) == 1
     assert victim not in _videos(out) and victim not in _seconds(out) and len(_videos(out)) == 8
+
+
+def test_a_video_row_whose_seconds_were_lost_is_rescanned(library: Path, tmp_path: Path) -> None:
+    """Killed between rewriting a pair's seconds and its videos file: the row's seconds are gone. Even when
+    the skip condition matches again, the video is scanned again rather than kept without seconds."""
+    out = tmp_path / "out"
+    _scan(library, out, shard_videos=50)
+    (name,) = complete_shards(out)
+    victim = str(library / "2023/11/calm_hevc_24.mp4")
+    seconds = pq.read_table(out / "seconds" / name)
+    pq.write_table(seconds.filter(pc.not_equal(seconds["path"], victim)), out / "seconds" / name)
+    again = _scan(library, out)
+    assert again.run.videos == 1 and again.skipped == len(GOOD) + len(BROKEN) - 1
+    assert len(_seconds(out)[victim]) == _videos(out)[victim]["frames_scored"] == 3

@@ -47,12 +47,16 @@ class ResumePlan:
 
 
 def _done_index(out_dir: Path) -> dict[str, list[dict[str, object]]]:
-    """path -> the video rows of it found in complete shards (newest first), each with its shard name."""
+    """path -> the video rows of it found in complete shards (newest first), each with its shard name and
+    how many seconds rows its pair really holds for it."""
     found: dict[str, list[dict[str, object]]] = {}
-    cols = ["path", "size_bytes", "mtime_ns", "model_fingerprint", "status", "scanned_at"]
+    cols = ["path", "size_bytes", "mtime_ns", "model_fingerprint", "status", "scanned_at", "frames_scored"]
     for name in complete_shards(out_dir):
+        seconds = pq.read_table(out_dir / "seconds" / name, columns=["path"]).column("path")
+        held = dict(zip(*(c.to_pylist() for c in pc.value_counts(seconds).flatten()))) if len(seconds) else {}
         for row in pq.read_table(out_dir / "videos" / name, columns=cols).to_pylist():
             row["shard"] = name
+            row["seconds_held"] = held.get(row["path"], 0)
             found.setdefault(str(row["path"]), []).append(row)
     for rows in found.values():
         rows.sort(key=lambda r: r["scanned_at"], reverse=True)  # type: ignore[arg-type, return-value]
@@ -70,7 +74,9 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, resu
         if resume and rows:
             newest = rows[0]
             same = (newest["size_bytes"] == f.size_bytes and newest["mtime_ns"] == f.mtime_ns
-                    and newest["model_fingerprint"] == fingerprint)
+                    and newest["model_fingerprint"] == fingerprint
+                    # a kill between rewriting a pair's seconds and its videos leaves a row without seconds
+                    and newest["frames_scored"] == newest["seconds_held"])
             if same and not (retry_errors and newest["status"] == "error"):
                 keep = newest
         (plan.skipped if keep is not None else plan.todo).append(f)
