@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -15,10 +16,10 @@ def atomic_path(path: Path, tmp: Path | None = None, *, fsync: bool = False) -> 
     normally, removes it when the block raises (and re-raises).
 
     ``tmp`` names the temporary file where its name matters (the scan's cleanup looks for a prefix, an
-    encoder picks the container from the suffix); by default it is hidden and unique to this process.
+    encoder picks the container from the suffix); by default it is hidden and unique to this thread.
     ``fsync`` makes the content durable before the rename (shards a resumed scan will trust).
     """
-    tmp = tmp or path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = tmp or path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
         yield tmp
         if fsync:
