@@ -133,6 +133,18 @@ def open_container(path: Path, file: BinaryIO | None = None, *,
         raise DecodeError(f"hardware decoding cannot be set up: {exc}", path=path) from exc
 
 
+def rewound(container: av.container.InputContainer, path: Path, file: BinaryIO | None,
+            index: PacketIndex) -> av.container.InputContainer:
+    """The container to read packets from after probing: the same one, or, when the prober had to demux
+    to the end to build ``index`` (no container index), a fresh one from the top of the file."""
+    if index.from_container_index:
+        return container
+    container.close()
+    if file is not None:
+        file.seek(0)
+    return open_container(path, file)
+
+
 def read_packet_index(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
                       path: Path, composition_offsets: np.ndarray | None = None) -> PacketIndex:
     """Packet positions, sizes and times from the container index, demuxing only if there is none.

@@ -13,7 +13,7 @@ import av
 import numpy as np
 import pytest
 
-from quadvault_dali.probe import open_container, probe_open
+from quadvault_dali.probe import open_container, probe_open, rewound
 from quadvault_dali.sampling import create_sampler
 from quadvault_dali.sampling._plan import plan_samples
 from quadvault_dali.sampling._reader import CountingFile
@@ -46,10 +46,7 @@ def _build(path: Path, mode: str, max_frames: int | None = None,
     try:
         info, index = probe_open(container, path)
         plan = plan_samples(info, index, fps=fps, mode=mode)  # type: ignore[arg-type]
-        if not index.from_container_index:
-            container.close()
-            fh.seek(0)
-            container = open_container(path, fh)
+        container = rewound(container, path, fh, index)
         before = fh.bytes_read
         clips = list(plan_clips(plan, container, fh, max_frames))
         return clips, plan, fh, fh.bytes_read - before

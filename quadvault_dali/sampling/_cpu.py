@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import DecodeError, QuadvaultError, unexpected_failure
-from ..probe import VideoInfo, open_container, probe_open
+from ..probe import VideoInfo, open_container, probe_open, rewound
 from ._base import Sampler, VideoSource, register_backend
 from ._plan import SamplePlan, plan_samples
 from ._reader import CountingFile
@@ -162,12 +162,7 @@ class CpuSampler(Sampler):
                 outcome.info, outcome.decoder = info, "pyav"
                 plan = plan_samples(info, index, fps=cfg.fps, mode=cfg.mode)
                 outcome.mode = plan.mode
-                if not index.from_container_index:
-                    # The prober demuxed the whole file to build the index; start again from the top.
-                    container.close()
-                    if fh is not None:
-                        fh.seek(0)
-                    container = open_container(path, fh)
+                container = rewound(container, path, fh, index)
                 stream = container.streams[info.stream_index]
                 stream.codec_context.thread_count = 2
                 skipped = 0

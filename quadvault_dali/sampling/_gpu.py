@@ -37,7 +37,7 @@ import torch
 
 from ..device import resolve_device
 from ..errors import BackendUnavailableError, DecodeError, QuadvaultError, UnsupportedCodecError
-from ..probe import VideoInfo, open_container, probe_open
+from ..probe import VideoInfo, open_container, probe_open, rewound
 from ._base import Sampler, SamplerConfig, VideoSource, register_backend
 from ._clip_decoder import CLIPS_PER_RUN, ClipDecoder, error_summary
 from ._cpu import CpuSampler
@@ -125,11 +125,7 @@ class DaliSampler(Sampler):
             task.outcome.decoder = self.decoder_name
             plan = plan_samples(info, index, fps=cfg.fps, mode=cfg.mode)
             task.outcome.mode = plan.mode
-            if not index.from_container_index:  # the prober demuxed to the end; start again
-                container.close()
-                if fh is not None:
-                    fh.seek(0)
-                container = open_container(task.path, fh)
+            container = rewound(container, task.path, fh, index)
             cut = iter(plan_clips(plan, container, fh))  # type: ignore[arg-type]
             while True:
                 try:
