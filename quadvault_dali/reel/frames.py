@@ -78,10 +78,7 @@ class WindowReader:
         """Opens, seeks to the keyframe before ``in_s`` and decodes the first frame (so failures show here)."""
         self._container = open_container(self.info.path, hwaccel=hwaccel)
         try:
-            self._stream = self._container.streams.video[0]
-            for s in self._container.streams.video:
-                if s.index == self.info.stream_index:
-                    self._stream = s
+            self._stream = self._container.streams[self.info.stream_index]  # the probed footage stream
             if hwaccel is None:  # frame threads feed a CPU decoder; NVDEC has its own engines
                 self._stream.thread_type = "AUTO"
             elif getattr(self._stream.codec_context, "is_hwaccel", None) is False:
