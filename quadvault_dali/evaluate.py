@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .dataset import load_labels, read_dataset, read_jpeg
+from .dataset._identity import content_ids
 from .dataset._table import DATASET_FILE
 from .errors import DatasetError, QuadvaultError
 from .metrics import BinaryMetrics, binary_metrics, video_scores
@@ -180,10 +181,11 @@ def _from_labels(source: Path, models: Sequence[FrameScorer], device: str, fps: 
 def trained_on(models: Sequence[FrameScorer], videos: Sequence[str]) -> dict[str, list[str]]:
     """For each model whose training dataset is still where its card says, the ``videos`` it trained on.
 
-    Metrics over videos a model was trained on are optimistic; the report warns rather than guess.
+    Matched by content id as well as path, so a copy or a moved file counts. Metrics over videos a
+    model was trained on are optimistic; the report warns rather than guess.
     """
     overlap: dict[str, list[str]] = {}
-    wanted = set(videos)
+    ids: dict[str, str | OSError] | None = None
     for model in models:
         cards = model.card.get("ensemble", [model.card])
         for card in cards:
@@ -191,10 +193,14 @@ def trained_on(models: Sequence[FrameScorer], videos: Sequence[str]) -> dict[str
             if not where or not is_dataset(Path(where)):
                 continue
             try:
-                rows = read_dataset(where).rows()
+                rows = [r for r in read_dataset(where).rows() if r["split"] == "train"]
             except QuadvaultError:
                 continue
-            seen = sorted({r["video_path"] for r in rows if r["split"] == "train"} & wanted)
+            if ids is None:
+                ids = {str(k): v for k, v in content_ids([Path(v) for v in videos]).items()}
+            train_ids = {r["video_id"] for r in rows}
+            train_paths = {r["video_path"] for r in rows}
+            seen = sorted(v for v in videos if v in train_paths or ids.get(str(Path(v))) in train_ids)
             if seen:
                 overlap[str(card.get("name") or model.name)] = seen
     return overlap

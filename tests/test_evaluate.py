@@ -156,3 +156,15 @@ def test_evaluating_videos_a_model_trained_on_warns(labels_file: Path, models: d
         evaluate(labels_file, [model], device="cpu")
     assert f"{len(train_videos)} of the 8 evaluated videos were in the training split of model" in caplog.text
     assert "these metrics are optimistic" in caplog.text
+    # renamed copies elsewhere are still the videos it trained on
+    caplog.clear()
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    data = json.loads(labels_file.read_text())
+    base = labels_file.parent
+    renamed = {key: [str(shutil.copyfile(base / entry, copies / f"copy {i} of {key}.mp4"))
+                     for i, entry in enumerate(entries)] for key, entries in data.items()}
+    (copies / "labels.json").write_text(json.dumps(renamed))
+    with caplog.at_level("WARNING"):
+        evaluate(copies / "labels.json", [model], device="cpu")
+    assert f"{len(train_videos)} of the 8 evaluated videos were in the training split of model" in caplog.text

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -124,12 +126,52 @@ def test_duplicates_within_a_class_are_kept_once(library: Path) -> None:
     assert len([w for w in labels.warnings if "already listed (highlights[0])" in w]) == 2
 
 
-def test_video_id_is_stable_and_path_based(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    f = touch(tmp_path / "x" / "clip.mp4")
+def test_video_id_is_the_content_not_the_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(5)
+    data = bytes(rng.getrandbits(8) for _ in range(300_000))  # more than the three 64 KiB samples
+    f = tmp_path / "x" / "clip.mp4"
+    f.parent.mkdir()
+    f.write_bytes(data)
     monkeypatch.chdir(tmp_path)
     assert video_id("x/clip.mp4") == video_id(f) == video_id(tmp_path / "x" / ".." / "x" / "clip.mp4")
     assert len(video_id(f)) == 16 and int(video_id(f), 16) >= 0
-    assert video_id(f) != video_id(tmp_path / "x" / "clip2.mp4")
+    # a copy on another mount, or renamed, is the same video
+    copy = tmp_path / "elsewhere" / "renamed.MP4"
+    copy.parent.mkdir()
+    shutil.copyfile(f, copy)
+    assert video_id(copy) == video_id(f)
+    # a change at the start, middle or end, or in length, is another video
+    for offset in (10, len(data) // 2, len(data) - 10):
+        changed = bytearray(data)
+        changed[offset] ^= 0xFF
+        copy.write_bytes(bytes(changed))
+        assert video_id(copy) != video_id(f), offset
+    copy.write_bytes(data[:-1])
+    assert video_id(copy) != video_id(f)
+    # empty files hold nothing to compare: told apart by path
+    assert video_id(touch(tmp_path / "e1.mp4")) != video_id(touch(tmp_path / "e2.mp4"))
+    with pytest.raises(FileNotFoundError):
+        video_id(tmp_path / "missing.mp4")
+
+
+def test_copies_of_one_video_are_one_video(library: Path) -> None:
+    (library / "beach" / "a.mp4").write_bytes(b"footage A" * 1000)
+    (library / "backup").mkdir()
+    shutil.copyfile(library / "beach" / "a.mp4", library / "backup" / "a copy.mp4")
+    (library / "h.mp4").write_bytes(b"footage H" * 1000)
+    labels = load_labels(write_labels(library, {"highlights": ["beach/a.mp4", "backup/a copy.mp4"],
+                                                "normal": ["h.mp4"]}))
+    assert [v.path.name for v in labels.videos] == ["a.mp4", "h.mp4"]
+    assert labels.videos[0].video_id == video_id(library / "backup" / "a copy.mp4")
+    assert [w for w in labels.warnings if "is a copy of" in w] == [
+        f"highlights[1]: {library / 'backup' / 'a copy.mp4'} is a copy of {library / 'beach' / 'a.mp4'} "
+        "(highlights[0]); kept once"]
+    # a copy on the other side of the split would put one clip in train and validation
+    with pytest.raises(LabelsError) as info:
+        load_labels(write_labels(library, {"highlights": ["beach/a.mp4"], "normal": ["backup", "h.mp4"]}))
+    assert info.value.problems == [
+        f"{library / 'beach' / 'a.mp4'} (highlights[0]) and {library / 'backup' / 'a copy.mp4'} (normal[0]) "
+        "are copies of the same video, labelled highlight and normal"]
 
 
 def test_split_is_by_video_stratified_and_deterministic() -> None:

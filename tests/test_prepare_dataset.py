@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -134,6 +135,55 @@ def test_merge_keeps_frames_and_splits_moves_and_drops(prepared: tuple[Path, obj
     assert {r["label_name"] for r in rows if r["video_id"] == ids["n3.mp4"]} == {"highlight"}
     assert all(r["video_id"] != ids["n2.mp4"] for r in rows)
     assert result.frames == len(rows) == 3 + 4 + 3 + 2 + 3 + 3
+
+
+def test_merge_after_the_library_moved_reuses_frames_and_splits(prepared: tuple[Path, object], footage: Path,
+                                                                tmp_path: Path) -> None:
+    """The same footage on another mount (copied, so new mtimes) is the same dataset, not a new split."""
+    src, _ = prepared
+    out = tmp_path / "ds"
+    shutil.copytree(src, out)
+    moved = tmp_path / "nas" / "footage"
+    shutil.copytree(footage, moved, copy_function=shutil.copyfile)  # mtimes not kept
+    before = {(r["video_id"], r["timestamp_s"]): r for r in read_dataset(out).rows()}
+    files_before = frame_files(out)
+    names = ("h1.mp4", "h2.mp4", "h3.mp4", "n1.mp4", "n2.mp4", "n3.mp4")
+    labels = write_labels(tmp_path / "labels.json", [str(moved / n) for n in names[:3]],
+                          [str(moved / n) for n in names[3:]])
+    result = prepare_dataset(labels, out, merge=True, size=SIZE, device="cpu")
+    assert result.extracted == [] and len(result.reused) == 6 and result.dropped == []
+    assert frame_files(out) == files_before  # not one frame decoded or deleted
+    rows = read_dataset(out).rows()
+    assert {(r["video_id"], r["timestamp_s"]) for r in rows} == set(before)
+    for r in rows:
+        old = before[(r["video_id"], r["timestamp_s"])]
+        assert r["split"] == old["split"] and r["frame_path"] == old["frame_path"]
+        assert Path(r["video_path"]).parent == moved  # rows point at the footage where it is now
+        assert r["video_mtime_ns"] == (moved / Path(r["video_path"]).name).stat().st_mtime_ns
+
+
+def test_merge_into_a_dataset_keyed_by_path_hashes(prepared: tuple[Path, object], footage: Path,
+                                                   tmp_path: Path) -> None:
+    """Datasets written before ids were content hashes are matched by path, size and mtime, not re-extracted."""
+    src, _ = prepared
+    out = tmp_path / "ds"
+    shutil.copytree(src, out)
+    table = pq.read_table(out / "dataset.parquet")
+    path_ids = {p: f"{i:016x}" for i, p in enumerate(sorted(set(table.column("video_path").to_pylist())))}
+    old_ids = [path_ids[p] for p in table.column("video_path").to_pylist()]
+    table = table.set_column(table.schema.get_field_index("video_id"), "video_id", pa.array(old_ids))
+    pq.write_table(table, out / "dataset.parquet")
+    split_before = {r["video_path"]: r["split"] for r in table.to_pylist()}
+    files_before = frame_files(out)
+    names = ("h1.mp4", "h2.mp4", "h3.mp4", "n1.mp4", "n2.mp4", "n3.mp4")
+    labels = write_labels(tmp_path / "labels.json", [str(footage / n) for n in names[:3]],
+                          [str(footage / n) for n in names[3:]])
+    result = prepare_dataset(labels, out, merge=True, size=SIZE, device="cpu")
+    assert result.extracted == [] and len(result.reused) == 6
+    assert frame_files(out) == files_before
+    rows = read_dataset(out).rows()
+    assert all(r["video_id"] == video_id(r["video_path"]) for r in rows)
+    assert all(r["split"] == split_before[r["video_path"]] for r in rows)
 
 
 def test_existing_dataset_needs_merge_or_overwrite(prepared: tuple[Path, object], footage: Path,

@@ -4,14 +4,15 @@
 videos into JPEGs plus ``dataset.parquet``, ``read_dataset`` opens the result for training/evaluation.
 """
 
+from ._identity import content_id, content_id as video_id
 from ._jpeg import encode_jpegs, read_jpeg
 from ._labels import CLASSES, Labels, LabelledVideo, load_labels, parse_labels
 from ._prepare import PrepareResult, frame_name, prepare_dataset
-from ._split import VAL_FRACTION, Split, assign_splits, val_target, video_id
+from ._split import VAL_FRACTION, Split, assign_splits, val_target
 from ._table import DATASET_FILE, FRAMES_DIR, SCHEMA, Dataset, dataset_path, read_dataset, write_dataset
 
 __all__ = [
     "CLASSES", "DATASET_FILE", "FRAMES_DIR", "SCHEMA", "VAL_FRACTION", "Dataset", "Labels", "LabelledVideo",
-    "PrepareResult", "Split", "assign_splits", "dataset_path", "encode_jpegs", "frame_name", "load_labels",
+    "PrepareResult", "Split", "assign_splits", "content_id", "dataset_path", "encode_jpegs", "frame_name", "load_labels",
     "parse_labels", "prepare_dataset", "read_dataset", "read_jpeg", "val_target", "video_id", "write_dataset",
 ]

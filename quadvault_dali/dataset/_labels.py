@@ -12,12 +12,16 @@ hour of frame extraction is an hour lost, so validation collects *all* problems 
 - ``<class>[i]: folder <path> holds no videos`` / ``pattern <p> matches no videos``
   (skipped with ``skip_missing``)
 - ``<path> is labelled both highlight and normal (highlights[i], normal[j])``
+- ``<a> (highlights[i]) and <b> (normal[j]) are copies of the same video, labelled highlight and normal``
+- ``<class>[i]: cannot read <path>: <reason>``
 - ``"<class>" is empty: label at least one video as <class>``
 - ``unknown key "<key>" (expected "highlights" and "normal"; did you mean "..."?)``
 - ``"<class>" must be a list of paths, got <type>`` / ``<class>[i]: expected a path string, got <type>``
 
 A video listed twice in one class is not an error (a folder and a file in it, say): it is kept once
-and reported in ``Labels.warnings``.
+and reported in ``Labels.warnings``. So is a copy of a video (a hard link, or a file with the same
+content under another name, see ``_identity``): one clip on both sides of the split would inflate
+validation accuracy.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Literal
 
 from ..discovery import VIDEO_EXTENSIONS, find_videos, is_video_file
 from ..errors import LabelsError
+from ._identity import content_ids
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +49,12 @@ _GLOB_CHARS = frozenset("*?[")
 
 @dataclass(frozen=True)
 class LabelledVideo:
-    """One video and its class; ``path`` is absolute and resolved (the video's identity)."""
+    """One video and its class; ``path`` is absolute and resolved, ``video_id`` its ``content_id``."""
 
     path: Path
     label: int
     entry: str  # where it came from, e.g. 'highlights[3]', for messages
+    video_id: str
 
     @property
     def label_name(self) -> LabelName:
@@ -120,6 +126,28 @@ def _expand(entry: str, where: str, base: Path, problems: list[str], skipped: li
     return [path]
 
 
+def _dedupe_copies(first_seen: dict[Path, tuple[int, str]], problems: list[str],
+                   duplicates: list[str]) -> list[LabelledVideo]:
+    """One ``LabelledVideo`` per distinct content; copies in one class are kept once, copies in both
+    classes are a problem (like one path listed in both)."""
+    ids = content_ids(first_seen)
+    by_content: dict[str, LabelledVideo] = {}
+    for path, (label, where) in first_seen.items():
+        vid = ids[path]
+        if isinstance(vid, OSError):
+            problems.append(f"{where}: cannot read {path}: {vid.strerror or vid}")
+            continue
+        prior = by_content.get(vid)
+        if prior is None:
+            by_content[vid] = LabelledVideo(path, label, where, vid)
+        elif prior.label != label:
+            problems.append(f"{prior.path} ({prior.entry}) and {path} ({where}) are copies of the same "
+                            f"video, labelled {prior.label_name} and {'highlight' if label else 'normal'}")
+        else:
+            duplicates.append(f"{where}: {path} is a copy of {prior.path} ({prior.entry}); kept once")
+    return list(by_content.values())
+
+
 def parse_labels(data: object, *, base: Path, source: Path, skip_missing: bool = False) -> Labels:
     """Validates already-parsed JSON ``data``; relative entries resolve against ``base``."""
     problems: list[str] = []
@@ -136,7 +164,7 @@ def parse_labels(data: object, *, base: Path, source: Path, skip_missing: bool =
             hint = f'; did you mean "{close[0]}"?' if close else ""
             problems.append(f'unknown key "{key}" (expected "highlights" and "normal"{hint})')
 
-    first_seen: dict[Path, LabelledVideo] = {}
+    first_seen: dict[Path, tuple[int, str]] = {}  # path -> (label, entry)
     identity: dict[tuple[int, int], Path] = {}  # (device, inode): a hard link is the same footage
     by_class: dict[str, int] = {}
     for key, (label, name) in CLASSES.items():
@@ -162,15 +190,16 @@ def parse_labels(data: object, *, base: Path, source: Path, skip_missing: bool =
                     pass  # reported by the dataset step that reads it
                 prior = first_seen.get(resolved)
                 if prior is None:
-                    first_seen[resolved] = LabelledVideo(resolved, label, where)
+                    first_seen[resolved] = (label, where)
                     count += 1
-                elif prior.label != label:
+                elif prior[0] != label:
                     problems.append(f"{resolved} is labelled both highlight and normal "
-                                    f"({prior.entry}, {where})")
+                                    f"({prior[1]}, {where})")
                 else:
-                    duplicates.append(f"{where}: {resolved} is already listed ({prior.entry}); kept once")
+                    duplicates.append(f"{where}: {resolved} is already listed ({prior[1]}); kept once")
         # a class whose entries all failed is already explained by those problems
         by_class[key] = count if count or len(problems) == problems_before else -1
+    videos = _dedupe_copies(first_seen, problems, duplicates)
     for key, (_, name) in CLASSES.items():
         if by_class.get(key, 0) == 0:
             problems.append(f'"{key}" is empty: label at least one video as {name}'
@@ -184,7 +213,7 @@ def parse_labels(data: object, *, base: Path, source: Path, skip_missing: bool =
         log.warning("skipped: %s", message)
     for message in duplicates:
         log.info("duplicate: %s", message)
-    videos = sorted(first_seen.values(), key=lambda v: (-v.label, str(v.path)))
+    videos.sort(key=lambda v: (-v.label, str(v.path)))
     return Labels(source=source, videos=videos, roots=sorted(set(roots)),
                   warnings=[f"skipped: {m}" for m in skipped] + duplicates)
 

@@ -1,7 +1,8 @@
 """``prepare-dataset``: labelled videos -> one JPEG per sampled second + ``dataset.parquet``.
 
-``--merge`` turns a re-run into an update: a video whose file is unchanged (same size and mtime)
-and whose frames are all on disk is not decoded again; every known video keeps its split; a
+``--merge`` turns a re-run into an update: a video whose content is unchanged (same ``video_id``,
+see ``_identity``; a moved or renamed file keeps it) and whose frames are all on disk is not decoded
+again; every known video keeps its split; a
 re-labelled video only changes its label; videos no longer labelled are dropped and their frames
 deleted. Deletion is limited to ``OUT/frames/<video_id>/`` folders this dataset wrote, and happens
 only after the new ``dataset.parquet`` is in place, so a crash leaves a consistent dataset.
@@ -21,7 +22,7 @@ from ..progress import progress_bar
 from ..sampling import SamplingMode, create_sampler
 from ._jpeg import JPEG_QUALITY, encode_jpegs, write_atomic
 from ._labels import Labels, LabelledVideo, load_labels
-from ._split import Split, assign_splits, video_id
+from ._split import Split, assign_splits
 from ._table import DATASET_FILE, FRAMES_DIR, read_dataset, write_dataset
 
 log = logging.getLogger(__name__)
@@ -85,17 +86,28 @@ def _previous(out: Path, merge: bool, overwrite: bool, settings: dict[str, Any])
     return grouped
 
 
-def _reusable(video: LabelledVideo, rows: list[dict], out: Path) -> bool:
-    if not rows:
-        return False
-    try:
-        st = video.path.stat()
-    except OSError:
-        return False
-    first = rows[0]
-    if first.get("video_size_bytes") != st.st_size or first.get("video_mtime_ns") != st.st_mtime_ns:
-        return False
-    return all((out / r["frame_path"]).is_file() for r in rows)
+def _match_previous(previous: dict[str, list[dict]], videos: list[LabelledVideo]) -> dict[str, list[dict]]:
+    """``previous`` keyed by the labelled videos' ids: by content id, else (a dataset written when ids
+    were path hashes) by the same path with the same size and mtime. Unmatched groups keep their key,
+    so their frames are deleted as dropped videos'."""
+    matched = dict(previous)
+    by_path = {rs[0]["video_path"]: vid for vid, rs in previous.items() if rs}
+    for video in videos:
+        old = by_path.get(str(video.path))
+        if video.video_id in previous or old is None or old not in matched:
+            continue
+        rows = matched[old]
+        try:
+            st = video.path.stat()
+        except OSError:
+            continue
+        if rows[0].get("video_size_bytes") == st.st_size and rows[0].get("video_mtime_ns") == st.st_mtime_ns:
+            matched[video.video_id] = [{**r, "video_id": video.video_id} for r in matched.pop(old)]
+    return matched
+
+
+def _reusable(rows: list[dict], out: Path) -> bool:
+    return bool(rows) and all((out / r["frame_path"]).is_file() for r in rows)
 
 
 def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[str], *, merge: bool = False,
@@ -113,8 +125,9 @@ def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[
     except OSError as exc:
         raise OutputError(f"cannot create the output folder: {exc.strerror or exc}", path=out_dir) from None
 
-    by_id = {video_id(v.path): v for v in labels.videos}
-    reuse = {vid for vid, v in by_id.items() if _reusable(v, previous.get(vid, []), out_dir)}
+    by_id = {v.video_id: v for v in labels.videos}
+    previous = _match_previous(previous, labels.videos)
+    reuse = {vid for vid in by_id if _reusable(previous.get(vid, []), out_dir)}
     todo = [vid for vid in by_id if vid not in reuse]
     result = PrepareResult(path=out_dir / DATASET_FILE, frames=0, frames_by_label={1: 0, 0: 0},
                            videos_by_split={"train": 0, "val": 0}, warnings=list(labels.warnings))
@@ -123,8 +136,13 @@ def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[
     rows: dict[str, list[dict]] = {vid: [] for vid in reuse}
     for vid in reuse:
         video = by_id[vid]
-        rows[vid] = [{**r, "video_path": str(video.path), "label": video.label, "label_name": video.label_name}
-                     for r in previous[vid]]
+        try:  # a moved copy has a new mtime; keep the rows true to the file
+            st = video.path.stat()
+            now = {"video_size_bytes": st.st_size, "video_mtime_ns": st.st_mtime_ns}
+        except OSError:
+            now = {}
+        rows[vid] = [{**r, "video_path": str(video.path), "label": video.label, "label_name": video.label_name,
+                      **now} for r in previous[vid]]
         result.reused.append(video.path)
     if todo:
         _extract(todo, by_id, out_dir, rows, result, fps=fps, size=size, mode=mode, device=device,

@@ -2,7 +2,7 @@
 
 Frames of one video are near-duplicates; if they landed on both sides, validation accuracy would
 measure memory, not taste. So the unit of the split is the video. Within each class, videos are
-ranked by a hash of their id and the first ``round(fraction * n)`` go to validation (at least one
+ranked by a hash of their id (``_identity.content_id``: the same wherever the library is mounted) and the first ``round(fraction * n)`` go to validation (at least one
 when the class has two or more videos), so the split does not depend on input order or on the
 machine, and adding a video moves no existing one.
 """
@@ -10,18 +10,10 @@ machine, and adding a video moves no existing one.
 from __future__ import annotations
 
 import hashlib
-import os
-from pathlib import Path
 from typing import Literal, Mapping
 
 Split = Literal["train", "val"]
 VAL_FRACTION = 0.2
-
-
-def video_id(path: str | os.PathLike[str]) -> str:
-    """A stable 16-hex id from the video's resolved absolute path (its identity in the library)."""
-    resolved = str(Path(path).expanduser().resolve())
-    return hashlib.sha1(resolved.encode("utf-8")).hexdigest()[:16]
 
 
 def _rank_key(vid: str) -> str:
