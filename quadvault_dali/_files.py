@@ -17,7 +17,8 @@ def atomic_path(path: Path, tmp: Path | None = None, *, fsync: bool = False) -> 
 
     ``tmp`` names the temporary file where its name matters (the scan's cleanup looks for a prefix, an
     encoder picks the container from the suffix); by default it is hidden and unique to this thread.
-    ``fsync`` makes the content durable before the rename (shards a resumed scan will trust).
+    ``fsync`` makes the content durable before the rename and the rename durable after it (shards a
+    resumed scan will trust must survive a power cut, not only a crash).
     """
     tmp = tmp or path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
@@ -32,6 +33,23 @@ def atomic_path(path: Path, tmp: Path | None = None, *, fsync: bool = False) -> 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if fsync:
+        fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Flushes a folder's entries (a rename or unlink in it) to disk; a no-op where folders cannot be
+    opened (Windows) or synced (some network file systems)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def file_sha256(path: Path) -> str:
