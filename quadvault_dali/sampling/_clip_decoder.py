@@ -32,6 +32,27 @@ class ClipDecoder:
         self.clips_per_run = clips_per_run
         self.num_threads = num_threads
         self._pipe: Any = None
+        #: marks the end of the copies out of the last run's buffers (gpu only): DALI may reuse or free
+        #: them once it runs again, and nothing makes it wait for PyTorch's stream
+        self._copied: torch.cuda.Event | None = None
+
+    def _wait_for_copies(self) -> None:
+        if self._copied is not None:
+            self._copied.synchronize()
+            self._copied = None
+
+    def close(self) -> None:
+        """Ends this decoder once the frames of its last run are copied out."""
+        try:
+            self._discard_pipeline()
+        except Exception as exc:  # noqa: BLE001 - a CUDA error here has already failed those clips
+            log.debug("closing the DALI decoder: %s", exc)
+            self._pipe = None
+
+    def _discard_pipeline(self) -> None:
+        """Drops a pipeline that raised (it is not reused), once nothing reads its buffers."""
+        self._wait_for_copies()
+        self._pipe = None
 
     def _pipeline(self) -> Any:
         if self._pipe is None:
@@ -47,18 +68,24 @@ class ClipDecoder:
     def _run(self, clips: list[Clip]) -> list[torch.Tensor]:
         from ..pipelines import ENCODED_INPUT, FRAMES_INPUT
 
+        self._wait_for_copies()
         pipe = self._pipeline()
         pipe.feed_input(ENCODED_INPUT, [np.frombuffer(c.data, dtype=np.uint8) for c in clips])
         pipe.feed_input(FRAMES_INPUT, [np.ascontiguousarray(c.frames, dtype=np.int32) for c in clips])
         (out,) = pipe.run()
         tensors = []
-        for i, clip in enumerate(clips):
-            # DLPack hands PyTorch the pipeline's buffer on its own stream (DALI inserts the wait);
-            # clone so the frames outlive the pipeline's next run.
-            frames = torch.from_dlpack(out[i]).clone()
-            if frames.shape[0] != len(clip):
-                raise DecodeError(f"decoder returned {frames.shape[0]} frames, {len(clip)} were asked for")
-            tensors.append(frames)
+        try:
+            for i, clip in enumerate(clips):
+                # DLPack makes PyTorch's stream wait for DALI's; the clone is queued on PyTorch's stream
+                # and must finish before DALI's next run reuses the buffer (see _wait_for_copies).
+                frames = torch.from_dlpack(out[i]).clone()
+                if frames.shape[0] != len(clip):
+                    raise DecodeError(f"decoder returned {frames.shape[0]} frames, {len(clip)} were asked for")
+                tensors.append(frames)
+        finally:
+            if tensors and tensors[0].is_cuda:
+                self._copied = torch.cuda.Event()
+                self._copied.record(torch.cuda.current_stream(tensors[0].device))
         return tensors
 
     def decode(self, clips: list[Clip]) -> list[torch.Tensor | Exception]:
@@ -66,7 +93,7 @@ class ClipDecoder:
         try:
             return list(self._run(clips))
         except Exception as exc:  # noqa: BLE001 - DALI raises RuntimeError for any bad input
-            self._pipe = None  # a pipeline that raised is not reused
+            self._discard_pipeline()
             if len(clips) == 1:
                 return [exc]
             log.debug("DALI batch of %d clips failed (%s); retrying them one by one", len(clips), exc)
@@ -75,7 +102,7 @@ class ClipDecoder:
             try:
                 results.extend(self._run([clip]))
             except Exception as exc:  # noqa: BLE001
-                self._pipe = None
+                self._discard_pipeline()
                 results.append(exc)
         return results
 

@@ -212,30 +212,34 @@ class DaliSampler(Sampler):
         """One decode stream: clips in, frames delivered; nothing a clip does may end the loop (the
         consumer would wait for that clip forever)."""
         decoder: ClipDecoder | None = None
-        while True:
-            items, stop_seen = self._next_work(work)
-            live = [w for w in items if w.task.wants(w.seq)]
-            for w in items:
-                if w not in live:
-                    w.task.discard()
-            results: list[torch.Tensor | Exception]
-            try:
-                if decoder is None and live:
-                    decoder = self._clip_decoder()
-                results = decoder.decode([w.clip for w in live]) if live and decoder else []
-            except Exception as exc:  # noqa: BLE001 - e.g. a CUDA or DALI set-up failure: every clip fails
-                results = [exc] * len(live)
-            for w, res in zip(live, results):
-                if not isinstance(res, Exception):
-                    self._hardware_worked = True
-                    try:
-                        w.task.deliver(w.seq, _upright(res, w.task.outcome.info), w.clip.times)
-                        continue
-                    except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory while rotating
-                        res = exc
-                self._clip_failed(w, res)
-            if stop_seen:
-                return
+        try:
+            while True:
+                items, stop_seen = self._next_work(work)
+                live = [w for w in items if w.task.wants(w.seq)]
+                for w in items:
+                    if w not in live:
+                        w.task.discard()
+                results: list[torch.Tensor | Exception]
+                try:
+                    if decoder is None and live:
+                        decoder = self._clip_decoder()
+                    results = decoder.decode([w.clip for w in live]) if live and decoder else []
+                except Exception as exc:  # noqa: BLE001 - e.g. a CUDA or DALI set-up failure: every clip fails
+                    results = [exc] * len(live)
+                for w, res in zip(live, results):
+                    if not isinstance(res, Exception):
+                        self._hardware_worked = True
+                        try:
+                            w.task.deliver(w.seq, _upright(res, w.task.outcome.info), w.clip.times)
+                            continue
+                        except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory while rotating
+                            res = exc
+                    self._clip_failed(w, res)
+                if stop_seen:
+                    return
+        finally:
+            if decoder is not None:
+                decoder.close()
 
     def _next_work(self, work: "queue.Queue[Any]") -> tuple[list[_Work], bool]:
         """Up to ``clips_per_run`` queued clips (waits for the first); and whether the stop marker came."""
