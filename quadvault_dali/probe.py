@@ -77,6 +77,8 @@ class VideoInfo:
     has_audio: bool
     is_vfr: bool
     stream_index: int
+    #: FFmpeg's name of the tagged YCbCr matrix ("bt709", "bt2020nc", ...; "unknown" when untagged)
+    color_matrix: str = "unknown"
 
     @property
     def max_keyframe_interval_s(self) -> float:
@@ -94,6 +96,19 @@ class VideoInfo:
         data["max_keyframe_interval_s"] = round(self.max_keyframe_interval_s, 3)
         data["keyframe_times"] = [round(t, 3) for t in self.keyframe_times]
         return data
+
+
+#: AVColorSpace values -> FFmpeg's names (libavutil/pixfmt.h)
+_COLOR_MATRICES = {0: "rgb", 1: "bt709", 2: "unknown", 4: "fcc", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m",
+                   8: "ycgco", 9: "bt2020nc", 10: "bt2020c", 11: "smpte2085", 14: "ictcp"}
+
+
+def _color_matrix(ctx: Any) -> str:
+    value = getattr(ctx, "colorspace", None)
+    try:
+        return _COLOR_MATRICES.get(int(value), "unknown") if value is not None else "unknown"
+    except (TypeError, ValueError):
+        return "unknown"
 
 
 def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
@@ -282,5 +297,6 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
         frame_count=int(frame_count), bit_rate=container.bit_rate or None, start_time_s=start,
         keyframe_times=tuple(float(t) for t in index.keyframe_times),
         has_audio=bool(container.streams.audio), is_vfr=is_vfr, stream_index=stream.index,
+        color_matrix=_color_matrix(ctx),
     )
     return info, index

@@ -50,6 +50,8 @@ class SynthSpec:
     stamp: bool = True
     bit_rate: int | None = None
     seed: int = 0
+    #: the YCbCr matrix to convert with and tag the stream with; "unknown" leaves it untagged (BT.601)
+    color_matrix: Literal["unknown", "bt709", "bt2020nc"] = "unknown"
 
     def style_at(self, t: float) -> Style:
         start = 0.0
@@ -154,6 +156,10 @@ def _rotate_for_storage(image: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(image, k=rotation // 90)) if rotation else image
 
 
+#: SynthSpec.color_matrix -> (AVColorSpace value, PyAV reformatter colorspace)
+_MATRICES = {"bt709": (1, "ITU709"), "bt2020nc": (9, "BT2020")}
+
+
 def make_video(path: str | Path, spec: SynthSpec = SynthSpec()) -> Path:
     """Encodes ``spec`` into ``path`` (container from the suffix) and returns the path."""
     path = Path(path)
@@ -184,6 +190,10 @@ def make_video(path: str | Path, spec: SynthSpec = SynthSpec()) -> Path:
             options.update({"deadline": "realtime", "cpu-used": "8", "keyint_min": str(gop)})
         elif spec.codec == "av1":
             options.update({"preset": "12"})
+        matrix = _MATRICES.get(spec.color_matrix)
+        if matrix is not None:
+            ctx = stream.codec_context
+            ctx.colorspace = ctx.color_primaries = ctx.color_trc = matrix[0]
         if spec.rotation:
             stream.set_display_rotation(-spec.rotation)  # FFmpeg's matrix angle is counter-clockwise
         stream.options = options
@@ -196,6 +206,9 @@ def make_video(path: str | Path, spec: SynthSpec = SynthSpec()) -> Path:
             if spec.stamp:
                 draw_stamp(image, t, spec.source_id)
             frame = av.VideoFrame.from_ndarray(_rotate_for_storage(image, spec.rotation), format="rgb24")
+            if matrix is not None:
+                frame = frame.reformat(format=stream.pix_fmt, dst_colorspace=matrix[1])
+                frame.colorspace = matrix[0]
             frame.pts = int(round(t / stream.time_base))
             frame.time_base = stream.time_base
             out.mux(stream.encode(frame))

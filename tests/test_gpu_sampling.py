@@ -133,6 +133,23 @@ def test_engine_on_cpu_decoder_matches_cpu_backend(cpu_decodable: list[tuple[Pat
         assert outcome.bytes_read > 0
 
 
+@pytest.mark.parametrize("matrix", ["bt709", "bt2020nc"])
+def test_engine_gives_the_colours_of_the_tagged_matrix(make_clip: Callable[..., Path], matrix: str) -> None:
+    """DALI converts every video as BT.601; BT.709-tagged footage (nearly all HD drone video) must still come
+    out in the CPU decoder's colours, or one model scores the two backends' frames differently. Without the
+    correction the red channel is off by ~10 levels on average here; with it, resampling noise remains."""
+    path = make_clip(f"colour_{matrix}.webm", codec="vp9", width=160, height=96, fps=10, duration_s=2.0,
+                     style="highlight", color_matrix=matrix, source_id=7)
+    assert probe_video(path).color_matrix == matrix
+    cpu, cpu_times, _ = create_sampler("cpu", mode="exact", size=SIZE, square=False).sample_video(path)
+    dali, dali_times, outcome = DaliSampler(mode="exact", size=SIZE, square=False).sample_video(path)
+    assert outcome.decoder == "dali-cpu" and dali_times == cpu_times and dali.shape == cpu.shape
+    diff = dali.float() - cpu.float()
+    bias = diff.mean(dim=(0, 2, 3))  # per channel: a matrix mismatch shifts whole channels
+    assert bias.abs().max().item() < 1.0, f"per-channel bias {bias.tolist()}"
+    assert diff.abs().mean().item() < 2.5
+
+
 def test_engine_keeps_display_orientation_without_square(cpu_decodable: list[tuple[Path, int]]) -> None:
     path, sid = cpu_decodable[1]  # 128x80 as displayed, stored rotated by 90 degrees
     frames, times, _ = DaliSampler(size=SIZE, square=False, mode="keyframe").sample_video(path)
@@ -239,14 +256,14 @@ def test_a_decode_stream_survives_what_its_clips_raise(cpu_decodable: list[tuple
     import quadvault_dali.sampling._gpu as gpu
 
     (vp9, sid), (rotated, rot_sid) = cpu_decodable[0], cpu_decodable[1]
-    real_upright = gpu._upright
+    real_upright = gpu._displayed
 
     def oom_for_rotated(frames, info):  # type: ignore[no-untyped-def]
         if info is not None and info.rotation:
             raise RuntimeError("CUDA out of memory")
         return real_upright(frames, info)
 
-    monkeypatch.setattr(gpu, "_upright", oom_for_rotated)
+    monkeypatch.setattr(gpu, "_displayed", oom_for_rotated)
     times, stamps, outcomes = _collect(list(DaliSampler(size=SIZE, streams=2).iter_batches([rotated, vp9])))
     assert all(o.ok for o in outcomes) and [o.decoder for o in outcomes] == ["pyav", "dali-cpu"]
     assert "CUDA out of memory" in outcomes[0].fallback_reason
@@ -447,6 +464,18 @@ def test_gpu_backend_frames_match_cpu_backend_pixels(make_clip: Callable[..., Pa
     assert gpu_times == cpu_times and gpu_frames.shape == cpu_frames.shape
     diff = (gpu_frames.cpu().float() - cpu_frames.float()).abs().mean().item()
     assert diff < 16.0, f"mean absolute pixel difference {diff:.1f}"
+
+
+@pytest.mark.gpu
+def test_gpu_backend_gives_the_colours_of_the_tagged_matrix(make_clip: Callable[..., Path]) -> None:
+    """NVDEC's colour kernel converts as BT.601 whatever the tag; BT.709 footage is corrected to it."""
+    path = make_clip("nvdec_bt709.mp4", codec="h264", width=640, height=360, fps=30, duration_s=3.0,
+                     style="highlight", color_matrix="bt709", source_id=5)
+    gpu_frames, gpu_times, _ = create_sampler("gpu", mode="keyframe", size=SIZE).sample_video(path)
+    cpu_frames, cpu_times, _ = create_sampler("cpu", mode="keyframe", size=SIZE).sample_video(path)
+    assert gpu_times == cpu_times
+    bias = (gpu_frames.cpu().float() - cpu_frames.float()).mean(dim=(0, 2, 3))
+    assert bias.abs().max().item() < 2.0, f"per-channel bias {bias.tolist()}"
 
 
 @pytest.mark.gpu

@@ -40,6 +40,7 @@ from ..errors import BackendUnavailableError, DecodeError, QuadvaultError, Unsup
 from ..probe import VideoInfo, open_container, probe_open, rewound
 from ._base import Sampler, SamplerConfig, VideoSource, register_backend
 from ._clip_decoder import CLIPS_PER_RUN, ClipDecoder, error_summary
+from ._colour import convert_from_bt601
 from ._cpu import CpuSampler
 from ._handover import Abandoned, TakeOver, VideoTask
 from ._nvdec import dali_cpu_limitation, nvdec_limitation
@@ -230,7 +231,7 @@ class DaliSampler(Sampler):
                     if not isinstance(res, Exception):
                         self._hardware_worked = True
                         try:
-                            w.task.deliver(w.seq, _upright(res, w.task.outcome.info), w.clip.times)
+                            w.task.deliver(w.seq, _displayed(res, w.task.outcome.info), w.clip.times)
                             continue
                         except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory while rotating
                             res = exc
@@ -375,9 +376,13 @@ class DaliSampler(Sampler):
         return torch.empty((0, 3, size, size), dtype=torch.uint8, device=self.device)
 
 
-def _upright(frames: torch.Tensor, info: VideoInfo | None) -> torch.Tensor:
-    """Applies the display rotation (clockwise degrees) to ``(F, 3, H, W)`` frames on their device."""
-    rotation = info.rotation if info is not None else 0
+def _displayed(frames: torch.Tensor, info: VideoInfo | None) -> torch.Tensor:
+    """``(F, 3, H, W)`` frames as the CPU decoder gives them: in the stream's tagged colour matrix (DALI
+    converts as BT.601, see ``_colour``) and turned by the display rotation (clockwise degrees)."""
+    if info is None:
+        return frames
+    frames = convert_from_bt601(frames, info.color_matrix)
+    rotation = info.rotation
     return torch.rot90(frames, k=-(rotation // 90), dims=(2, 3)).contiguous() if rotation else frames
 
 
