@@ -71,7 +71,8 @@ def nvdec_limitation(info: VideoInfo) -> str | None:
     if w > limits.max_width or h > limits.max_height:
         return f"{w}x{h} is above NVDEC's maximum for {info.codec} ({limits.max_width}x{limits.max_height})"
     chroma, depth = _chroma_and_depth(info.pix_fmt)
-    if chroma not in ("420", "400", "?") and info.codec != "mjpeg":
+    if chroma not in ("420", "400", "?"):
+        # MJPEG too: NVDEC may decode 4:2:2 JPEG, but DALI's colour kernel reads its output as 4:2:0 (NV12)
         return f"NVDEC decodes 4:2:0 only, this {info.codec} is {info.pix_fmt}"
     if depth > limits.max_bit_depth:
         return f"NVDEC decodes {info.codec} up to {limits.max_bit_depth} bits, this one is {depth}-bit ({info.pix_fmt})"
