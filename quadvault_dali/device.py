@@ -28,6 +28,26 @@ def gpu_status() -> tuple[bool, str]:
     return True, f"CUDA device {torch.cuda.get_device_name(0)}"
 
 
+#: The NVIDIA driver's video-decode library DALI loads at run time, by platform.
+NVDEC_LIBRARIES = {"linux": "libnvcuvid.so.1", "win32": "nvcuvid.dll"}
+
+
+@functools.lru_cache(maxsize=None)
+def nvdec_status() -> tuple[bool, str]:
+    """(usable, reason): whether the driver's NVDEC library loads. CUDA can work without it (a container
+    started without the ``video`` driver capability), and then every clip would fail in DALI."""
+    import ctypes
+    import sys
+
+    name = NVDEC_LIBRARIES.get(sys.platform, NVDEC_LIBRARIES["linux"])
+    try:
+        ctypes.CDLL(name)
+    except OSError as exc:
+        return False, (f"the NVIDIA video decode library {name} cannot be loaded ({exc}); in a container, "
+                       "add 'video' to NVIDIA_DRIVER_CAPABILITIES")
+    return True, name
+
+
 def resolve_device(choice: str = "auto") -> Literal["gpu", "cpu"]:
     """Turns ``auto|gpu|cpu`` into a concrete backend; ``gpu`` on a machine without one is an error."""
     if choice not in ("auto", "gpu", "cpu"):

@@ -75,3 +75,23 @@ def test_probe_cli_says_which_videos_nvdec_takes(make_clip: Callable[..., Path],
     rows = {r["path"]: r for r in map(json.loads, as_json.output.splitlines())}
     assert rows[str(ok)]["nvdec_limitation"] is None
     assert "below NVDEC's minimum for hevc" in rows[str(tiny)]["nvdec_limitation"]
+
+
+def test_a_gpu_without_the_nvdec_library(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """CUDA works but the driver's decode library is missing (a container without the 'video' capability):
+    auto decodes on the CPU and says why; an explicit gpu is an error naming the library."""
+    import quadvault_dali.device as device
+    import quadvault_dali.sampling._base as base
+    from quadvault_dali.errors import BackendUnavailableError
+    from quadvault_dali.sampling import create_sampler
+    from quadvault_dali.sampling._cpu import CpuSampler
+
+    reason = "the NVIDIA video decode library libnvcuvid.so.1 cannot be loaded (not found)"
+    monkeypatch.setattr(device, "gpu_status", lambda: (True, "CUDA device Fake"))
+    monkeypatch.setattr(base, "nvdec_status", lambda: (False, reason))
+    with caplog.at_level("WARNING"):
+        sampler = create_sampler("auto", size=32)
+    assert isinstance(sampler, CpuSampler)
+    assert f"decoding video on the CPU: {reason}" in caplog.text
+    with pytest.raises(BackendUnavailableError, match="--device gpu asked for, but the NVIDIA video decode library"):
+        create_sampler("gpu", size=32)

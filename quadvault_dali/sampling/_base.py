@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -10,10 +11,12 @@ from typing import Callable, ClassVar, Iterable, Iterator, Sequence
 
 import torch
 
-from ..device import resolve_device
+from ..device import nvdec_status, resolve_device
 from ..errors import BackendUnavailableError, QuadvaultError
 from ..probe import VideoInfo
 from ._types import FrameBatch, SamplingMode, VideoOutcome
+
+log = logging.getLogger(__name__)
 
 VideoSource = str | os.PathLike[str] | VideoInfo
 
@@ -108,8 +111,20 @@ def available_backends() -> list[str]:
 
 
 def create_sampler(device: str = "auto", config: SamplerConfig | None = None, **overrides: object) -> Sampler:
-    """The sampler for ``device`` (auto|gpu|cpu). ``gpu`` never falls back silently: it raises instead."""
+    """The sampler for ``device`` (auto|gpu|cpu). ``gpu`` never falls back silently: it raises instead.
+
+    ``auto`` on a GPU without NVDEC (the driver's decode library missing) decodes on the CPU and says so;
+    ``gpu`` there is an error naming the library.
+    """
     backend = resolve_device(device)
+    if backend == "gpu":
+        usable, reason = nvdec_status()
+        if not usable:
+            if device == "gpu":
+                raise BackendUnavailableError(f"--device gpu asked for, but {reason}",
+                                              hint="use --device cpu to decode on the CPU")
+            log.warning("decoding video on the CPU: %s", reason)
+            backend = "cpu"
     if backend not in _BACKENDS:
         raise BackendUnavailableError(f"sampling backend {backend!r} is not available",
                                       hint=f"available: {', '.join(available_backends()) or 'none'}")

@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Iterable, Iterator
 import numpy as np
 import torch
 
-from ..device import resolve_device
+from ..device import nvdec_status, resolve_device
 from ..errors import BackendUnavailableError, DecodeError, QuadvaultError, UnsupportedCodecError
 from ..probe import VideoInfo, open_container, probe_open, rewound
 from ._base import Sampler, SamplerConfig, VideoSource, register_backend
@@ -398,6 +398,9 @@ class GpuSampler(DaliSampler):
 
     def __init__(self, config: SamplerConfig | None = None, **overrides: object) -> None:
         resolve_device("gpu")  # raises BackendUnavailableError naming what is missing
+        usable, reason = nvdec_status()
+        if not usable:
+            raise BackendUnavailableError(reason, hint="use --device cpu to decode on the CPU")
         super().__init__(config, **overrides)
         if self.config.device_id >= torch.cuda.device_count():
             raise BackendUnavailableError(f"CUDA device {self.config.device_id} does not exist "
