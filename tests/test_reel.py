@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from quadvault_dali.cli.main import main as cli
-from quadvault_dali.errors import QuadvaultError
+from quadvault_dali.errors import OutputError, QuadvaultError
 from quadvault_dali.probe import probe_video
 from quadvault_dali.reel import (EmptySelectionError, ReelOptions, letterbox, load_scores, make_reel, prepare_reel,
                                  read_sidecar)
@@ -38,11 +39,12 @@ def _spec(kw: dict, before: int) -> SynthSpec:
     return SynthSpec(**{**base, **kw})  # type: ignore[arg-type]
 
 
-def write_scan(out: Path, rows: list[tuple[Path, list[float]]], broken: list[Path] = ()) -> Path:
+def write_scan(out: Path, rows: list[tuple[Path, list[float]]], broken: list[Path] = (), *,
+               shard: str = "part-00000.parquet", scanned_at: datetime | None = None) -> Path:
     """A scan folder in the schema of quadvault_dali.scan.schema, one shard pair, 1 score per second."""
     models = (ModelRef("test", "f" * 16),)
     sec_rows, vid_rows = [], []
-    now = datetime.now(timezone.utc)
+    now = scanned_at or datetime.now(timezone.utc)
     for path, scores in rows:
         info = probe_video(path)
         st = path.stat()
@@ -68,8 +70,7 @@ def write_scan(out: Path, rows: list[tuple[Path, list[float]]], broken: list[Pat
     for table, data in (("seconds", sec_rows), ("videos", vid_rows)):
         meta = ScanMetadata(SCHEMA_VERSION, table, models, 0.7, "f" * 16)  # type: ignore[arg-type]
         (out / table).mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(data, schema=schema_with_metadata(meta)),
-                       out / table / "part-00000.parquet")
+        pq.write_table(pa.Table.from_pylist(data, schema=schema_with_metadata(meta)), out / table / shard)
     return out
 
 
@@ -339,3 +340,70 @@ def test_sound_that_starts_after_the_pictures_stays_in_sync(tmp_path: Path) -> N
     loudness = [float(np.abs(samples[0, i * 4800:(i + 1) * 4800]).mean()) for i in range(10)]
     assert max(loudness[:4]) < 0.01  # 0.5-0.9 s: before the sound starts
     assert min(loudness[6:]) > 0.2  # 1.1-1.5 s: the tone
+
+
+def test_a_path_in_two_shards_is_read_once_with_its_newest_scores(library: dict[str, Path], tmp_path: Path) -> None:
+    """An old shard a resume could not clean, or two jobs over one folder: the reel must not cut the same
+    video twice, nor blend two scans' seconds; the newest row and its own seconds win."""
+    src = library["plain 30fps.mp4"]
+    old, new = datetime(2026, 1, 1, tzinfo=timezone.utc), datetime(2026, 6, 1, tzinfo=timezone.utc)
+    scan = tmp_path / "scan"
+    write_scan(scan, [(src, [0.95] * 4 + [0.1] * 6)], shard="part-zz-00001.parquet", scanned_at=old)
+    write_scan(scan, [(src, [0.1] * 6 + [0.97] * 4)], shard="part-00001.parquet", scanned_at=new)
+    (video,) = load_scores(scan).videos
+    assert video.times.tolist() == [float(t) for t in range(10)]
+    assert video.scores.tolist() == pytest.approx([0.1] * 6 + [0.97] * 4)
+    plan = prepare_reel(scan, ReelOptions(width=W, height=H, min_score=0.9), decode_check=False).plan
+    assert [(c.window.path, c.window.in_s) for c in plan.clips] == [(src, 6.0)]
+
+
+def test_a_highlights_json_listing_a_path_twice_gives_one_clip(library: dict[str, Path], tmp_path: Path) -> None:
+    src = library["plain 30fps.mp4"]
+    doc = {"highlights": [{"path": str(src), "score": 0.95, "best_second": 3, "duration_s": 10.0},
+                          {"path": str(src), "score": 0.9, "best_second": 7, "duration_s": 10.0}]}
+    (tmp_path / "highlights.json").write_text(json.dumps(doc))
+    (video,) = load_scores(tmp_path / "highlights.json").videos
+    assert video.video_score == 0.95 and video.best_timestamp_s == 3
+
+
+def test_the_reel_never_overwrites_its_sources_or_scores(scan_dir: Path, library: dict[str, Path]) -> None:
+    src = library["plain 30fps.mp4"]
+    before = src.read_bytes()
+    with pytest.raises(OutputError, match="would overwrite .*plain 30fps.mp4, which the reel is made from"):
+        make_reel(scan_dir, src, ReelOptions(width=W, height=H, min_score=0.9, top=1))
+    assert src.read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["best", "best.webm", "best.gif"])
+def test_an_output_name_that_cannot_hold_h264_is_refused_first(scan_dir: Path, tmp_path: Path, name: str) -> None:
+    with pytest.raises(OutputError, match=r"cannot hold it .*name it like best.mp4"):
+        make_reel(scan_dir, tmp_path / name, ReelOptions(width=W, height=H))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_source_changed_since_the_scan_is_left_out_and_named(library: dict[str, Path], tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Cut shorter after the scan, the best window would be past its end: a frozen frame, not footage."""
+    src = tmp_path / "trimmed later.mp4"
+    make_video(src, _spec(dict(source_id=8), 5))
+    scan = write_scan(tmp_path / "scan", [(src, _scores(5, 0.99))])
+    make_video(src, SynthSpec(width=W, height=H, duration_s=4.0, source_id=8))  # trimmed to 4 s
+    with caplog.at_level(logging.WARNING), pytest.raises(EmptySelectionError) as info:
+        prepare_reel(scan, ReelOptions(width=W, height=H, min_score=0.9))
+    assert "since it was scanned; scan it again" in caplog.text
+    assert "1 video that scored ≥ 0.9 could not be used (unreadable or changed since the scan: trimmed later.mp4" \
+        in str(info.value)
+
+
+def test_a_window_starting_just_before_a_reordered_keyframe_starts_on_time(tmp_path: Path) -> None:
+    """HEVC with B-frames stores the keyframe shown at 2.0 s before frames shown earlier; a seek to 1.9 s must
+    not land on it and start the clip a frame (or a GOP) late."""
+    from quadvault_dali.reel.frames import WindowReader
+
+    path = make_video(tmp_path / "gop.mp4", SynthSpec(codec="hevc", width=W, height=H, fps=30, duration_s=6.0,
+                                                      keyframe_interval_s=2.0, source_id=6))
+    info = probe_video(path)
+    for in_s in (1.9, 1.93, 1.96, 3.95):
+        with WindowReader(info, in_s, W, H) as reader:
+            stamp = read_stamp(reader.frame_at(in_s))
+        assert stamp is not None and stamp.time_s == pytest.approx(np.floor(in_s * 30 + 1e-6) / 30, abs=0.006), in_s

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from ..errors import QuadvaultError
 from ..scan.schema import ScanMetadata
-from ..scan.shards import complete_shards
+from ..scan.shards import complete_shards, latest_video_rows
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ class VideoScores:
     rotation: int | None = None
     fps: float | None = None
     mtime_ns: int | None = None
+    #: the file's size when it was scanned (``None`` from a highlights.json): a different size now means
+    #: the scores describe another file
+    size_bytes: int | None = None
     times: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
     scores: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
 
@@ -84,38 +87,45 @@ def _read_table(file: Path, table: str) -> pa.Table:
 
 
 def _load_scan_folder(root: Path) -> ScoreSource:
-    """Reads complete shard pairs only: a videos file marks its pair as fully written."""
-    pairs = [root / "videos" / name for name in complete_shards(root)]
-    if not pairs:
+    """Reads complete shard pairs only (a videos file marks its pair as fully written), and of a path
+    found in several shards only its newest row and that row's own seconds."""
+    names = complete_shards(root)
+    if not names:
         raise QuadvaultError("no complete shard (videos/part-*.parquet with its seconds/ twin)", path=root,
                              hint="the scan may still be running or was interrupted before its first shard")
-    videos_rows: dict[str, dict] = {}
-    seconds: list[pa.Table] = []
-    for vfile in pairs:
-        for row in _read_table(vfile, "videos").to_pylist():
-            videos_rows[row["video_id"]] = row
-        seconds.append(_read_table(root / "seconds" / vfile.name, "seconds")
-                       .select(["video_id", "timestamp_s", "score"]))
-    sec = pa.concat_tables(seconds)
-    ids = np.asarray(sec.column("video_id").to_pylist(), dtype=object)
-    times = sec.column("timestamp_s").to_numpy().astype(np.float64)
-    scores = sec.column("score").to_numpy().astype(np.float64)
-    order = np.lexsort((times, ids))
-    ids, times, scores = ids[order], times[order], scores[order]
-    bounds = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1], True]) if ids.size else np.array([0])
-    by_id = {ids[a]: (times[a:b], scores[a:b]) for a, b in zip(bounds[:-1], bounds[1:])}
+    for name in names:  # checks each pair is a scan table of the right kind and version
+        _read_table(root / "videos" / name, "videos")
+    chosen = latest_video_rows(root)
+    wanted: dict[str, set[str]] = {}
+    for name, row in chosen:
+        if row.get("status") == "ok":
+            wanted.setdefault(name, set()).add(row["video_id"])
+    by_key: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+    for name, ids_wanted in wanted.items():
+        sec = _read_table(root / "seconds" / name, "seconds").select(["video_id", "timestamp_s", "score"])
+        ids = np.asarray(sec.column("video_id").to_pylist(), dtype=object)
+        keep = np.isin(ids, list(ids_wanted))
+        ids = ids[keep]
+        times = sec.column("timestamp_s").to_numpy().astype(np.float64)[keep]
+        scores = sec.column("score").to_numpy().astype(np.float64)[keep]
+        order = np.lexsort((times, ids))
+        ids, times, scores = ids[order], times[order], scores[order]
+        bounds = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1], True]) if ids.size else np.array([0])
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if b > a:
+                by_key[(name, ids[a])] = (times[a:b], scores[a:b])
     out: list[VideoScores] = []
     failed = 0
-    for vid, row in videos_rows.items():
-        if row.get("status") != "ok" or vid not in by_id:
+    for name, row in chosen:
+        key = (name, row["video_id"])
+        if row.get("status") != "ok" or key not in by_key:
             failed += 1
             continue
-        t, s = by_id[vid]
+        t, s = by_key[key]
         out.append(VideoScores(path=Path(row["path"]), duration_s=row.get("duration_s"),
                                video_score=row.get("score"), best_timestamp_s=row.get("best_timestamp_s"),
                                rotation=row.get("rotation"), fps=row.get("fps"), mtime_ns=row.get("mtime_ns"),
-                               times=t, scores=s))
-    out.sort(key=lambda v: str(v.path))
+                               size_bytes=row.get("size_bytes"), times=t, scores=s))
     log.info("read %d scored videos (%d failed or unscored) from %s", len(out), failed, root)
     return ScoreSource(root, out, per_second=True, failed_videos=failed)
 
@@ -141,12 +151,17 @@ def load_highlights_json(file: Path) -> ScoreSource:
     if not isinstance(entries, list):
         raise QuadvaultError("expected a list of highlights (or an object with a 'highlights' list)", path=file)
     videos: list[VideoScores] = []
+    seen: set[Path] = set()
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or "path" not in entry or "score" not in entry:
             raise QuadvaultError(f"highlight #{i + 1} has no 'path' and 'score'", path=file)
         best = entry.get("best_second", entry.get("best_timestamp_s"))
         p = Path(entry["path"])
         p = p if p.is_absolute() else file.parent / p
+        if p in seen:  # listed best first: the first entry of a path is its best
+            log.warning("%s: highlight #%d repeats %s; keeping its first entry", file, i + 1, p)
+            continue
+        seen.add(p)
         videos.append(VideoScores(path=p, duration_s=entry.get("duration_s"), video_score=float(entry["score"]),
                                   best_timestamp_s=float(best) if best is not None else None,
                                   rotation=entry.get("rotation"), fps=entry.get("fps"),

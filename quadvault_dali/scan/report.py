@@ -22,7 +22,7 @@ from typing import Sequence
 from .._files import atomic_path
 from ..errors import OutputError
 from .schema import SCHEMA_VERSION, ModelRef
-from .shards import read_table
+from .shards import latest_video_rows
 
 HIGHLIGHTS_FILE = "highlights.json"
 
@@ -38,7 +38,7 @@ def highlights_document(out_dir: Path, *, threshold: float, models: Sequence[Mod
     """The highlights document and totals over the complete shards of ``out_dir``."""
     cols = ["video_id", "path", "score", "best_timestamp_s", "score_max", "score_top3_mean",
             "frac_above_threshold", "duration_s", "is_highlight", "status"]
-    rows = read_table(out_dir, "videos", columns=cols).to_pylist()
+    rows = [row for _, row in latest_video_rows(out_dir, columns=cols)]  # one per path
     # By this run's threshold, not the stored flag: resume does not rescan for a new --threshold.
     # (frac_above_threshold stays as computed when the video was scored.)
     best = sorted((r for r in rows if r["status"] == "ok" and r["score"] is not None and r["score"] >= threshold),

@@ -68,6 +68,25 @@ def read_table(out_dir: Path, table: str, names: list[str] | None = None,
     return merged
 
 
+def latest_video_rows(out_dir: Path, columns: list[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """``(shard name, row)`` of the newest ``videos`` row of each path over the complete shards.
+
+    A resumed scan removes the rows it supersedes, but a path can still be in two shards (an old shard
+    whose lock was busy at the time, two jobs over overlapping folders, a file changed between scans);
+    readers that present one answer per video (the report, the reel) take the newest by ``scanned_at``,
+    then by shard name.
+    """
+    wanted = None if columns is None else sorted(set(columns) | {"path", "scanned_at"})
+    latest: dict[str, tuple[Any, str, dict[str, Any]]] = {}
+    for name in complete_shards(out_dir):
+        for row in pq.read_table(out_dir / "videos" / name, columns=wanted).to_pylist():
+            key = (row["scanned_at"], name)
+            prior = latest.get(row["path"])
+            if prior is None or key >= prior[:2]:
+                latest[row["path"]] = (row["scanned_at"], name, row)
+    return [(name, row) for _, name, row in sorted(latest.values(), key=lambda v: v[2]["path"])]
+
+
 def read_metadata(path: Path) -> ScanMetadata:
     return ScanMetadata.from_kv(pq.read_schema(path).metadata, source=path)
 
