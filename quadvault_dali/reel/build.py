@@ -87,6 +87,30 @@ def _probe(path: Path, infos: dict[Path, VideoInfo], skipped: list[str], bad: se
     return infos[path]
 
 
+def _changed_since_scan(video: VideoScores, info: VideoInfo) -> str | None:
+    """Why the file is no longer the one the scores describe (another size or mtime), or ``None``."""
+    if video.size_bytes is not None and video.size_bytes != info.size_bytes:
+        what = f"its size changed from {video.size_bytes:,} to {info.size_bytes:,} bytes"
+    elif video.size_bytes is not None and video.mtime_ns is not None and video.mtime_ns != info.mtime_ns:
+        what = "it was modified"
+    else:
+        return None
+    return f"{info.path}: {what} since it was scanned; scan it again to cut it into a reel"
+
+
+def _with_left_out(exc: EmptySelectionError, left_out: list[VideoScores], min_score: float) -> EmptySelectionError:
+    """The empty-selection error, also naming the sources that would have qualified but were left out."""
+    qualified = sorted((v for v in left_out if (v.video_score or 0.0) >= min_score or
+                        (v.scores.size and float(v.scores.max()) >= min_score)),
+                       key=lambda v: -(v.video_score or 0.0))
+    if not qualified:
+        return exc
+    names = ", ".join(v.path.name for v in qualified[:3]) + (" ..." if len(qualified) > 3 else "")
+    note = (f"{len(qualified)} video{'s' if len(qualified) != 1 else ''} that scored ≥ {min_score:g} could not be "
+            f"used (unreadable or changed since the scan: {names}; see the warnings above)")
+    return EmptySelectionError(f"{exc.reason}; {note}", path=exc.path, hint=exc.hint)
+
+
 def prepare_reel(scores: str | Path | ScoreSource, options: ReelOptions, *, decode_check: bool = True) -> PreparedReel:
     """Loads the scores, plans the reel and checks every chosen source, re-planning around bad ones."""
     source = scores if isinstance(scores, ScoreSource) else load_scores(scores)
@@ -107,15 +131,26 @@ def prepare_reel(scores: str | Path | ScoreSource, options: ReelOptions, *, deco
     if not source.per_second:
         log.warning("no per-second scores in %s: each window is centred on the video's best second where "
                     "known, else on its middle, and scored with the video's score", source.origin)
+    by_path = {v.path: v for v in videos}
     while True:
-        plan = plan_reel([v for v in videos if v.path not in bad], clip_seconds=options.clip_seconds,
-                         top=options.top, min_score=options.min_score, max_duration_s=options.max_duration_s,
-                         fade_s=options.fade_s, transitions=options.transitions, fps=options.fps,
-                         order=options.order, per_video=options.per_video)
+        try:
+            plan = plan_reel([v for v in videos if v.path not in bad], clip_seconds=options.clip_seconds,
+                             top=options.top, min_score=options.min_score, max_duration_s=options.max_duration_s,
+                             fade_s=options.fade_s, transitions=options.transitions, fps=options.fps,
+                             order=options.order, per_video=options.per_video)
+        except EmptySelectionError as exc:
+            raise _with_left_out(exc, [by_path[p] for p in bad if p in by_path], options.min_score) from None
         newly_bad = False
         for clip in plan.clips:
             info = _probe(clip.window.path, infos, skipped, bad)
             if info is None:
+                newly_bad = True
+                continue
+            changed = _changed_since_scan(by_path[clip.window.path], info)
+            if changed is not None:
+                log.warning("skipping %s", changed)
+                skipped.append(changed)
+                bad.add(clip.window.path)
                 newly_bad = True
                 continue
             if decode_check:
@@ -131,6 +166,27 @@ def prepare_reel(scores: str | Path | ScoreSource, options: ReelOptions, *, deco
         log.info("re-planning without %d unreadable source(s)", len(bad))
 
 
+#: Containers the reel (H.264, optional AAC) is written in; the suffix picks the muxer.
+REEL_SUFFIXES = (".mp4", ".mov", ".mkv", ".m4v")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def _refuse_overwriting_inputs(out: Path, prepared: PreparedReel) -> None:
+    """The reel and its sidecar are renamed over their paths: never over footage or the scores."""
+    inputs = [clip.window.path for clip in prepared.plan.clips] + [prepared.source.origin]
+    for target in (out, sidecar_path(out)):
+        for source in inputs:
+            if _same_file(target, source):
+                raise OutputError(f"would overwrite {source}, which the reel is made from", path=target,
+                                  hint="write the reel somewhere else")
+
+
 def make_reel(scores: str | Path | ScoreSource, out: str | Path, options: ReelOptions = ReelOptions()) -> ReelResult:
     """Plans, encodes ``out`` and writes ``OUT.clips.csv``; raises ``EmptySelectionError`` when nothing fits."""
     out = Path(out)
@@ -138,9 +194,14 @@ def make_reel(scores: str | Path | ScoreSource, out: str | Path, options: ReelOp
         raise OutputError("is a folder; give the reel a file name like best.mp4", path=out)
     if not out.parent.exists():
         raise OutputError("output folder does not exist", path=out.parent)
+    if out.suffix.lower() not in REEL_SUFFIXES:
+        raise OutputError(f"a reel is H.264 video in {', '.join(REEL_SUFFIXES)}; "
+                          f"{out.suffix or 'no extension'} cannot hold it", path=out,
+                          hint=f"name it like {out.stem or 'best'}.mp4")
     # gpu raises, naming why, on a machine without a usable GPU; auto decodes on NVDEC where there is one
     gpu = 0 if resolve_device(options.device) == "gpu" else None
     prepared = prepare_reel(scores, options)
+    _refuse_overwriting_inputs(out, prepared)
     encoder = choose_encoder(options.encoder, options.width, options.height, options.fps,
                              gpu_allowed=options.device != "cpu")
     result = render_reel(prepared.plan, prepared.infos, out, width=options.width, height=options.height,

@@ -86,14 +86,24 @@ class WindowReader:
                 raise DecodeError("the hardware decoder was not attached to this video stream", path=self.info.path)
             self._tb: Fraction = self._stream.time_base or Fraction(1, 90000)
             self._start_pts = self._stream.start_time or 0
-            target = self._start_pts + int(max(0.0, in_s) / self._tb)
-            self._container.seek(target, stream=self._stream, backward=True, any_frame=False)
         except av.error.FFmpegError as exc:
             self.close()
-            raise DecodeError(f"cannot seek to {in_s:.2f} s ({exc})", path=self.info.path) from exc
-        self._frames = self._decode()
+            raise DecodeError(f"cannot open the video stream ({exc})", path=self.info.path) from exc
         self._current: tuple[float, av.VideoFrame] | None = None
-        self._next: tuple[float, av.VideoFrame] | None = next(self._frames, None)
+        # The demuxer seeks by decode time: with B-frames a keyframe shown just after in_s is stored before
+        # it, and seeking lands there, one frame late. Seek earlier until the first frame is not after in_s.
+        for margin_s in SEEK_MARGINS_S:
+            start_s = max(0.0, in_s - margin_s)
+            try:
+                self._container.seek(self._start_pts + int(start_s / self._tb), stream=self._stream,
+                                     backward=True, any_frame=False)
+            except av.error.FFmpegError as exc:
+                self.close()
+                raise DecodeError(f"cannot seek to {in_s:.2f} s ({exc})", path=self.info.path) from exc
+            self._frames = self._decode()
+            self._next: tuple[float, av.VideoFrame] | None = next(self._frames, None)
+            if self._next is None or self._next[0] <= in_s + _EPS or start_s == 0.0:
+                break
         if hwaccel is not None and self._next is None:
             raise DecodeError("the hardware decoder returned no frame", path=self.info.path)
 
@@ -148,6 +158,10 @@ class WindowReader:
         self.close()
 
 
+#: How far before a window's start the reader seeks, in turn, until the first frame is not after it.
+SEEK_MARGINS_S = (0.0, 1.0, 5.0, float("inf"))
+
+
 def _cuda(device: int) -> "av.codec.hwaccel.HWAccel":
     from av.codec.hwaccel import HWAccel
 
@@ -155,9 +169,15 @@ def _cuda(device: int) -> "av.codec.hwaccel.HWAccel":
 
 
 def check_window(info: VideoInfo, in_s: float) -> None:
-    """Decodes the window's first frame, so a file that cannot be decoded is dropped before encoding."""
+    """Decodes the window's first frame, so a file that cannot be decoded, or that ends before the window
+    (cut shorter since it was scanned), is dropped before encoding instead of showing a frozen frame."""
     with WindowReader(info, in_s, 16, 16) as reader:
         reader.frame_at(in_s)
+        shown = reader.current_time
+        slack = 2.0 / info.avg_fps if info.avg_fps else 0.1
+        if shown is not None and shown < in_s - slack:
+            raise DecodeError(f"the video ends at {shown:.2f} s, before the window at {in_s:.2f} s",
+                              path=info.path, hint="was it cut since the scan? scan it again")
 
 
 def blend(outgoing: np.ndarray, incoming: np.ndarray, weight: float) -> np.ndarray:
