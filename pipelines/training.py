@@ -36,14 +36,16 @@ def frame_pipeline(files: Sequence[str], rows: Sequence[int], *, image_size: int
     ``decode_device``: ``"mixed"`` (nvJPEG, needs ``device_id``) or ``"cpu"`` (with ``device_id=None``).
     ``mean``/``std`` are on the 0-1 scale like torchvision's. The reader pads every shard to the same
     length in evaluation, where the iterator drops the padding so every image is seen exactly once. Training
-    does not pad: with shards of unequal length a padded batch (one image repeated) was left queued by the
-    iterator's reset and came out as the next epoch's first batch; the iterator's DROP policy already
-    gives every rank the same number of steps.
+    does not pad (a padded batch of one image repeated was left queued by the iterator's reset and came out as
+    the next epoch's first batch); the caller gives it a file list that is a whole number of batches per shard.
+    Training permutes that whole list after each epoch with the same seed on every rank, so each epoch visits
+    every entry once across the shards. ``random_shuffle`` did not: its 1024-sample buffer mixes samples across
+    epoch boundaries, so on a small dataset an epoch was close to sampling with replacement.
     """
     jpegs, row_ids = fn.readers.file(
-        files=list(files), labels=list(rows), name=READER_NAME, random_shuffle=train, initial_fill=1024,
-        shard_id=shard_id, num_shards=num_shards, pad_last_batch=not train, stick_to_shard=not train,
-        seed=shuffle_seed)
+        files=list(files), labels=list(rows), name=READER_NAME, shuffle_after_epoch=train,
+        shuffle_after_epoch_seed=shuffle_seed, shard_id=shard_id, num_shards=num_shards,
+        pad_last_batch=not train, stick_to_shard=not train)
     scale_mean = [m * 255.0 for m in mean]
     scale_std = [s * 255.0 for s in std]
     if train:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import colorsys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from PIL import Image
 from quadvault_dali.errors import DatasetError
 from quadvault_dali.model import load_model, preprocess_frames
 from quadvault_dali.training import DaliFrameLoader, FrameTable, TrainConfig, load_training_data, train_model
+from quadvault_dali.training._data import FILLER
 
 H, W = 96, 128
 
@@ -108,7 +110,58 @@ def test_training_shards_never_yield_a_repeated_sample_batch(tmp_path: Path, n: 
             batches = [rows.tolist() for _, rows in loader]
             assert len(batches) == len(loaders[0]) == len(loaders[1])  # the same steps on every rank
             for rows in batches:
-                assert len(set(rows)) == len(rows) == 4, rows
+                counted = [r for r in rows if r != FILLER]
+                assert len(rows) == 4 and len(set(counted)) == len(counted), rows
+
+
+def _hue_jpegs(tmp_path: Path, n: int) -> list[str]:
+    """Flat colours of ``n`` evenly spaced hues. Crops, rotation, mirroring, brightness, contrast and
+    saturation keep a flat colour's hue and the hue jitter is +-8 degrees, so an augmented image still
+    says which frame it is (n = 7: 51 degrees apart; the largest error seen was 15)."""
+    files = []
+    for i in range(n):
+        rgb = np.array(colorsys.hsv_to_rgb(i / n, 1.0, 0.75)) * 255
+        path = tmp_path / f"hue{i}.jpg"
+        Image.fromarray(np.broadcast_to(rgb.astype(np.uint8), (48, 64, 3)).copy()).save(path, quality=95)
+        files.append(str(path))
+    return files
+
+
+def _hue_frame(image: torch.Tensor, n: int) -> int:
+    """The frame of ``_hue_jpegs`` an augmented, normalised (3,S,S) image shows (its centre, off the
+    rotation's black corners)."""
+    mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
+    s = image.shape[-1]
+    centre = (image.cpu() * std + mean)[:, s // 3: 2 * s // 3, s // 3: 2 * s // 3]
+    rgb = centre.reshape(3, -1).median(dim=1).values.clamp(0, 1).tolist()
+    return round(colorsys.rgb_to_hsv(*rgb)[0] * n) % n
+
+
+@pytest.mark.parametrize("batch, shards", [(4, 1), (3, 2), (16, 1)])
+def test_training_epochs_show_every_frame_exactly_once(tmp_path: Path, batch: int, shards: int) -> None:
+    """7 frames: the reader's 1024-image shuffle buffer made an epoch of a small dataset close to sampling
+    with replacement (frames skipped, others twice, even twice in one batch). Now every epoch shows each
+    frame once across the ranks, in a new order, and each row id names the image it comes with."""
+    n = 7
+    table = FrameTable(_hue_jpegs(tmp_path, n), np.zeros(n, np.int64), [f"v{i}" for i in range(n)])
+    loaders = [DaliFrameLoader(table, image_size=32, mean=MEAN, std=STD, train=True, batch_size=batch,
+                               backend="cpu", shard_id=rank, num_shards=shards, seed=5) for rank in range(shards)]
+    orders = []
+    for _ in range(4):
+        shown = []
+        for loader in loaders:
+            steps = 0
+            for images, rows in loader:
+                steps += 1
+                assert len(rows) == batch  # full batches only: BatchNorm never sees a lone image
+                frames = [_hue_frame(image, n) for image in images]
+                counted = [(row, frame) for row, frame in zip(rows.tolist(), frames) if row != FILLER]
+                assert all(row == frame for row, frame in counted), counted
+                shown += [row for row, _ in counted]
+            assert steps == len(loaders[0])  # the same steps on every rank, or DDP would hang
+        assert sorted(shown) == list(range(n)), shown
+        orders.append(shown)
+    assert len(set(map(tuple, orders))) > 1  # reshuffled between epochs
 
 
 def test_shards_split_validation_exactly(tmp_path: Path) -> None:

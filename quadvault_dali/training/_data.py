@@ -113,11 +113,32 @@ def load_training_data(dataset: str | Path) -> TrainingData:
     return TrainingData(ds.root, tables["train"], tables["val"], _fingerprint(table))
 
 
+#: Row id of a training image that only completes an epoch's last batches: it is a real frame (BatchNorm
+#: sees a normal batch) but counts in no loss or metric, so every frame weighs the same in every epoch.
+FILLER = -1
+
+
+def _training_rows(n: int, *, multiple: int, seed: int) -> tuple[list[int], list[int]]:
+    """(frame of each reader entry, row id it reports): the ``n`` rows in a seeded order, then fillers.
+
+    The reader only visits every entry once per epoch when no shard's epoch ends mid-batch (a ragged end is
+    filled from the next epoch, which the per-epoch shuffle then repeats or skips), so the list is topped up
+    to a multiple of ``num_shards * batch_size`` with frames reported as ``FILLER``.
+    """
+    rng = np.random.default_rng(seed)
+    rows = rng.permutation(n).tolist()
+    extra = (-n) % multiple
+    fillers = rng.choice(n, size=extra, replace=extra > n).tolist()
+    return rows + fillers, rows + [FILLER] * extra
+
+
 class DaliFrameLoader:
     """Iterates ``(images (B,3,S,S) float on the device, row ids (B,) int64 CPU)`` over one split.
 
     Wraps ``frames.frame_pipeline`` in ``DALIGenericIterator``. Evaluation uses LastBatchPolicy.PARTIAL
-    with the reader's padding, so each image of the shard is returned exactly once per epoch.
+    with the reader's padding, so each image of the shard is returned exactly once per epoch. Training
+    gives every rank the same number of full batches; across the ranks each frame is returned exactly
+    once per epoch, and fewer than ``num_shards * batch_size`` extra images carry the row id ``FILLER``.
     """
 
     def __init__(self, frames: FrameTable, *, image_size: int, mean: Sequence[float], std: Sequence[float],
@@ -130,18 +151,17 @@ class DaliFrameLoader:
         gpu = backend == "gpu"
         self.frames = frames
         self.batch_size = batch_size
-        rows = list(range(len(frames)))
-        if train:  # the reader's shuffle buffer mixes locally; a seeded global shuffle mixes videos too
-            np.random.default_rng(seed).shuffle(rows)
-        smallest_shard = len(frames) // num_shards  # the same policy on every rank, or DDP would hang
+        files, rows = list(range(len(frames))), list(range(len(frames)))
+        if train:  # the same list on every rank: the reader shards it and shuffles it after each epoch
+            files, rows = _training_rows(len(frames), multiple=num_shards * batch_size, seed=seed)
         self.pipe = frame_pipeline(
-            [frames.files[r] for r in rows], rows, image_size=image_size, mean=list(mean), std=list(std),
+            [frames.files[r] for r in files], rows, image_size=image_size, mean=list(mean), std=list(std),
             train=train, decode_device="mixed" if gpu else "cpu", shard_id=shard_id, num_shards=num_shards,
             shuffle_seed=seed, batch_size=batch_size, num_threads=num_threads,
             device_id=device_id if gpu else None, seed=seed + 7919 * shard_id, prefetch_queue_depth=2)
         self.pipe.build()
-        # training drops a ragged last batch (a 1-image batch breaks BatchNorm) unless that is all there is
-        policy = (LastBatchPolicy.DROP if train and smallest_shard >= batch_size else LastBatchPolicy.PARTIAL)
+        # training shards hold whole batches (nothing to drop); evaluation returns the padded shard's tail
+        policy = LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL
         self.iterator = DALIGenericIterator([self.pipe], ["images", "rows"], reader_name=READER_NAME,
                                             last_batch_policy=policy, auto_reset=True)
 

@@ -28,7 +28,7 @@ from ..metrics import best_threshold, binary_metrics, video_scores
 from ..model import build_network, save_model, spec_for
 from ..progress import progress_bar
 from ._config import EpochRecord, TrainConfig, TrainResult, resolve_backbone
-from ._data import DaliFrameLoader, FrameTable, TrainingData, load_training_data
+from ._data import FILLER, DaliFrameLoader, FrameTable, TrainingData, load_training_data
 
 log = logging.getLogger(__name__)
 Report = Callable[[str], None]
@@ -88,21 +88,24 @@ def _train_epoch(model: nn.Module, net: nn.Module, loader: DaliFrameLoader, fram
     cuda = device.type == "cuda"
     with _bar(len(loader), desc, show) as bar:
         for images, rows in loader:
-            y = labels_all[rows].to(device, non_blocking=True)
+            y = labels_all[rows.clamp(min=0)].to(device, non_blocking=True)
+            # fillers complete the batch (BatchNorm sees a full one) but must not count their frame twice
+            weight = (rows != FILLER).float().to(device, non_blocking=True)
             images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                 logits = model(images)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=pos_weight)
+            losses = weight * F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=pos_weight,
+                                                                 reduction="none")
+            loss = losses.sum() / len(weight)  # per batch size, not per counted frame: every frame weighs the same
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            n = y.numel()
-            loss_sum += float(loss.detach()) * n
-            correct += int(((logits.detach().float() > 0) == (y > 0.5)).sum())
-            seen += n
+            loss_sum += float(losses.detach().sum())
+            correct += int((((logits.detach().float() > 0) == (y > 0.5)) & (weight > 0)).sum())
+            seen += int(weight.sum())
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.1f}%")
+            bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}", acc=f"{100 * correct / max(seen, 1):.1f}%")
     return loss_sum / max(seen, 1), correct / max(seen, 1), seen
 
 
