@@ -6,8 +6,8 @@ The public API is re-exported here; implementation lives in the submodules.
 from importlib.metadata import PackageNotFoundError, version
 
 from .discovery import find_videos
-from .errors import (BackendUnavailableError, DatasetError, DecodeError, LabelsError, ModelFormatError, OutputError,
-                     QuadvaultError, UnsupportedCodecError, VideoOpenError)
+from .errors import (BackendUnavailableError, DatasetError, DecodeError, FileAccessError, LabelsError, ModelFormatError,
+                     OutputError, QuadvaultError, UnsupportedCodecError, VideoOpenError)
 from .probe import VideoInfo, probe_video
 
 try:
@@ -16,7 +16,7 @@ except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.1.0+src"
 
 __all__ = [
-    "BackendUnavailableError", "DatasetError", "DecodeError", "LabelsError", "ModelFormatError", "OutputError",
+    "BackendUnavailableError", "DatasetError", "DecodeError", "FileAccessError", "LabelsError", "ModelFormatError", "OutputError",
     "QuadvaultError", "UnsupportedCodecError", "VideoInfo", "VideoOpenError", "find_videos", "probe_video",
     "__version__",
 ]

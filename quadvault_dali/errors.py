@@ -34,6 +34,11 @@ class VideoOpenError(QuadvaultError):
     """The file cannot be opened as a video: missing, empty, not a video, truncated, no index."""
 
 
+class FileAccessError(VideoOpenError):
+    """The file could not be read at all: missing, permission denied, an I/O error. Often temporary (a
+    disk or NAS share not mounted for a moment, a permission fixed later), so a resumed scan retries it."""
+
+
 class UnsupportedCodecError(VideoOpenError):
     """The container opens but the video codec cannot be decoded by the chosen backend."""
 
@@ -80,5 +85,5 @@ def unexpected_failure(exc: Exception, doing: str, path: str | Path | None) -> Q
     if isinstance(exc, OSError) and exc.errno is not None:
         hint = ("the disk or the file may be damaged; copy the file to another disk and scan it again"
                 if exc.errno == errno.EIO else None)
-        return DecodeError(f"cannot read the file while {doing}: {exc.strerror or exc}", path=path, hint=hint)
+        return FileAccessError(f"cannot read the file while {doing}: {exc.strerror or exc}", path=path, hint=hint)
     return DecodeError(f"{doing} failed: {type(exc).__name__}: {exc}", path=path)

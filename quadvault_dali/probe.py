@@ -17,7 +17,7 @@ import av
 import numpy as np
 
 from ._mp4 import TrackFacts, read_track_facts
-from .errors import DecodeError, UnsupportedCodecError, VideoOpenError
+from .errors import DecodeError, FileAccessError, UnsupportedCodecError, VideoOpenError
 
 _MP4_FORMATS = ("mov", "mp4")
 #: A video stream with fewer frames than this is a still (FFmpeg's best-stream choice uses the same cut).
@@ -125,11 +125,11 @@ def open_container(path: Path, file: BinaryIO | None = None, *,
     makes FFmpeg decode on that device (frames still arrive in system memory).
     """
     if not path.exists():
-        raise VideoOpenError("file not found", path=path)
+        raise FileAccessError("file not found", path=path)
     if path.is_dir():
         raise VideoOpenError("is a folder, not a video file", path=path)
     if not os.access(path, os.R_OK):
-        raise VideoOpenError("permission denied", path=path, hint="check the file's read permission")
+        raise FileAccessError("permission denied", path=path, hint="check the file's read permission")
     if path.stat().st_size == 0:
         raise VideoOpenError("empty file (0 bytes)", path=path)
     try:

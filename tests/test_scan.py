@@ -253,9 +253,16 @@ def test_a_permission_denied_file_is_an_error_row(library: Path, tmp_path: Path,
         monkeypatch.setattr(runner, "create_sampler", lambda device, **kw: DaliSampler(**kw))
     summary = _scan(library, tmp_path / "out")
     row = _videos(tmp_path / "out")[str(locked)]
-    assert (row["status"], row["error_kind"]) == ("error", "VideoOpenError")
+    assert (row["status"], row["error_kind"]) == ("error", "FileAccessError")
     assert row["error_message"] == f"{locked}: permission denied (check the file's read permission)"
     assert summary.run.errors == len(BROKEN) + 1 and summary.run.videos == len(GOOD) + len(BROKEN)
+    # the permission fixed (size and mtime unchanged), the same command scans it; the broken files stay done
+    monkeypatch.undo()
+    if engine == "dali":
+        monkeypatch.setattr(runner, "create_sampler", lambda device, **kw: DaliSampler(**kw))
+    again = _scan(library, tmp_path / "out")
+    assert again.run.videos == 1 and again.run.errors == 0
+    assert _videos(tmp_path / "out")[str(locked)]["status"] == "ok"
 
 
 @pytest.mark.parametrize("engine,rel", [("cpu", "2023/06/trip/high_h264_30.mp4"), ("dali", "2024/a/b/high_vp9_60.webm")])

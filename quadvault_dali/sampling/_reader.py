@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from ..errors import VideoOpenError
+from ..errors import FileAccessError
 
 
 class CountingFile(io.RawIOBase):
@@ -16,9 +16,9 @@ class CountingFile(io.RawIOBase):
         try:
             self._fh = open(path, "rb", buffering=0)  # noqa: SIM115 - closed in close()
         except PermissionError:
-            raise VideoOpenError("permission denied", path=path, hint="check the file's read permission") from None
+            raise FileAccessError("permission denied", path=path, hint="check the file's read permission") from None
         except OSError as exc:
-            raise VideoOpenError(f"cannot open the file: {exc.strerror or exc}", path=path) from None
+            raise FileAccessError(f"cannot open the file: {exc.strerror or exc}", path=path) from None
         self.bytes_read = 0
 
     def readable(self) -> bool:

@@ -2,7 +2,7 @@
 
 The invariant kept here: among the complete shards of a scan folder, each path appears at most once.
 A video is skipped when a complete shard holds it with the same path, size, mtime and model
-fingerprint. When it must be scanned again (the file changed, other models, ``--no-resume``,
+fingerprint, unless its row is an error the file could not even be read for (``FileAccessError``). When it must be scanned again (the file changed, other models, ``--no-resume``,
 ``--retry-errors``) its old rows are removed from their shard pair *before* the rescan, by rewriting
 the pair atomically (seconds first, videos last, the same order as writing). Readers therefore never
 need to deduplicate.
@@ -22,6 +22,11 @@ import pyarrow.parquet as pq
 from .shards import TagLock, complete_shards, parse_name, write_parquet_atomic
 
 log = logging.getLogger(__name__)
+
+
+#: Error rows of these kinds are scanned again by every resumed run, ``--retry-errors`` or not: the file
+#: could not be read at all, which is often temporary (an unmounted share, a permission fixed since).
+RETRIED_ERROR_KINDS = frozenset({"FileAccessError"})
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,8 @@ def _done_index(out_dir: Path) -> dict[str, list[dict[str, object]]]:
     """path -> the video rows of it found in complete shards (newest first), each with its shard name and
     how many seconds rows its pair really holds for it."""
     found: dict[str, list[dict[str, object]]] = {}
-    cols = ["path", "size_bytes", "mtime_ns", "model_fingerprint", "status", "scanned_at", "frames_scored"]
+    cols = ["path", "size_bytes", "mtime_ns", "model_fingerprint", "status", "error_kind", "scanned_at",
+            "frames_scored"]
     for name in complete_shards(out_dir):
         seconds = pq.read_table(out_dir / "seconds" / name, columns=["path"]).column("path")
         held = dict(zip(*(c.to_pylist() for c in pc.value_counts(seconds).flatten()))) if len(seconds) else {}
@@ -77,7 +83,10 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, resu
                     and newest["model_fingerprint"] == fingerprint
                     # a kill between rewriting a pair's seconds and its videos leaves a row without seconds
                     and newest["frames_scored"] == newest["seconds_held"])
-            if same and not (retry_errors and newest["status"] == "error"):
+            failed = newest["status"] == "error"
+            # a file that could not be read at all (not mounted, permission) is tried again every run
+            retry = failed and (retry_errors or newest["error_kind"] in RETRIED_ERROR_KINDS)
+            if same and not retry:
                 keep = newest
         (plan.skipped if keep is not None else plan.todo).append(f)
         for row in rows:
