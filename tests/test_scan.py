@@ -146,11 +146,33 @@ def test_shard_halves_cover_library_once(library: Path, tmp_path: Path) -> None:
     assert again.run.videos == 0
 
 
+def test_shards_of_nested_library_arguments_still_cover_each_file_once(library: Path) -> None:
+    """``scan lib lib/2023 --shard i/n``: a file reached twice must be in one shard only, whatever the path
+    relative to each argument hashes to."""
+    from quadvault_dali.scan.runner import select_files
+
+    nested = [library, library / "2023", library / "2023" / "06"]
+    for n in (2, 3, 4):
+        picked = [str(f.path) for i in range(n) for f in select_files(nested, (i, n))]
+        assert sorted(picked) == sorted(str(f.path) for f in select_files([library])), n
+
+
 def test_output_inside_library_is_refused(library: Path) -> None:
     before = tree_hash(library)
     with pytest.raises(OutputError, match="inside the library"):
         _scan(library, library / "scan_out")
     assert tree_hash(library) == before
+
+
+@pytest.mark.parametrize("sub", ["videos", "seconds", "videos/2024"])
+def test_a_library_in_the_folders_the_shards_go_to_is_refused(library: Path, tmp_path: Path, sub: str) -> None:
+    """``scan ~/drone/videos --out ~/drone``: shard files would land among the user's clips."""
+    footage = tmp_path / "drone" / sub
+    shutil.copytree(library, footage)
+    before = tree_hash(footage)
+    with pytest.raises(OutputError, match=r"writes its shards into .*, which holds the library"):
+        _scan(footage, tmp_path / "drone")
+    assert tree_hash(footage) == before
 
 
 def test_full_disk_stops_cleanly_and_resumes(library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -111,15 +111,25 @@ class ScanSummary:
 
 # --- choosing the work ------------------------------------------------------------------------
 
-def check_output_location(out: Path, libraries: Sequence[Path]) -> None:
-    """Refuses an output inside (or equal to) a library: the scan never writes into the user's footage."""
+#: The folders the scan writes its shards into, under --out.
+SHARD_FOLDERS = ("videos", "seconds")
+
+
+def check_output_location(out: Path, libraries: Sequence[Path], *, shard_folders: bool = True) -> None:
+    """Refuses an output inside (or equal to) a library, and a library that is one of the folders the shards
+    go into (``scan ~/drone/videos --out ~/drone``): the scan never writes into the user's footage."""
     out_real = Path(os.path.realpath(out))
+    writes = [out_real / name for name in SHARD_FOLDERS] if shard_folders else []
     for lib in libraries:
         lib_real = Path(os.path.realpath(lib))
         root = lib_real if lib_real.is_dir() else lib_real.parent
         if out_real == root or root in out_real.parents:
             raise OutputError(f"the output {out} is inside the library {lib}", path=out,
                               hint="the scan never writes into LIBRARY; choose an --out outside it")
+        for folder in writes:
+            if root == folder or folder in root.parents:
+                raise OutputError(f"the scan writes its shards into {folder}, which holds the library {lib}",
+                                  path=out, hint="choose an --out that does not contain the library")
 
 
 def in_shard(relative: str, shard: tuple[int, int]) -> bool:
@@ -150,9 +160,11 @@ def select_files(libraries: Sequence[Path], shard: tuple[int, int] = (0, 1)) -> 
             key = str(path)
             if not _utf8(key):
                 continue
-            if key in seen or not in_shard(os.path.relpath(path, base), shard):
+            if key in seen:
                 continue
-            seen.add(key)
+            seen.add(key)  # before the shard test: under nested LIBRARY arguments the first one decides
+            if not in_shard(os.path.relpath(path, base), shard):
+                continue
             try:
                 st = path.stat()
             except OSError as exc:
@@ -287,7 +299,7 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
     options.out_dir = out
     check_output_location(out, libs)
     if options.highlights_path is not None:
-        check_output_location(options.highlights_path, libs)
+        check_output_location(options.highlights_path, libs, shard_folders=False)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
