@@ -45,15 +45,22 @@ class _Silent:
     def set_postfix(self, **kwargs: object) -> None: ...
 
 
-def _lr_lambda(total: int, warmup: int, frozen_until: int = 0) -> Callable[[int], float]:
-    """Linear warm-up then cosine decay to zero; 0 while the group is frozen (DDP-safe freezing)."""
+def _lr_lambda(total: int, warmup: int, start: int = 0) -> Callable[[int], float]:
+    """0 before ``start`` (a frozen group; DDP-safe freezing), then linear warm-up and cosine decay to zero.
+
+    Both run over the group's own steps from ``start``: counted from step 0, a backbone unfrozen after its
+    warm-up jumped from 0 to full rate at once, the shock to pretrained features the warm-up is there to avoid.
+    """
+    span = max(1, total - start)
+    warm = max(1, min(warmup, span // 2))
 
     def factor(step: int) -> float:
-        if step < frozen_until:
+        if step < start:
             return 0.0
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
+        step -= start
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, span - warm)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
