@@ -4,10 +4,15 @@ with a frozen backbone, the output folder and the per-epoch history."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
+import torch
+from test_train import make_dataset  # the shared synthetic two-style dataset (tests/ is on sys.path)
 
 import quadvault_dali.training._loop as loop
+from quadvault_dali.model import build_network, load_model
+from quadvault_dali.training import TrainConfig, train_model
 
 
 def test_backbone_warm_up_starts_when_it_is_unfrozen() -> None:
@@ -22,3 +27,21 @@ def test_backbone_warm_up_starts_when_it_is_unfrozen() -> None:
     # the head, never frozen, keeps the schedule it had
     assert [head(s) for s in (0, 9, 105)] == pytest.approx([0.1, 1.0, 0.5])
     assert loop._lr_lambda(1, 0)(0) == 1.0  # a one-step run trains at full rate
+
+
+def _batchnorm_statistics(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.cpu() for k, v in net.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+
+
+def test_from_scratch_batchnorm_learns_its_statistics(tmp_path: Path) -> None:
+    """--pretrained none: holding BatchNorm on its initial mean 0 / variance 1 trained a net without any
+    normalisation, which learned nothing. From scratch the statistics follow the data."""
+    make_dataset(tmp_path / "ds", n_videos=6, frames=2)
+    config = TrainConfig(tmp_path / "ds", tmp_path / "model", epochs=1, batch_size=4, image_size=64,
+                         device="cpu", backbone="efficientnet-lite0", pretrained="none", seed=0)
+    train_model(config, lambda line: None)
+    initial = _batchnorm_statistics(build_network("efficientnet-lite0", image_size=64, pretrained="none"))
+    trained = _batchnorm_statistics(load_model(tmp_path / "model").network)
+    assert initial and all(torch.all(v == (0 if k.endswith("mean") else 1)) for k, v in initial.items())
+    moved = [k for k, v in initial.items() if not torch.allclose(trained[k], v)]
+    assert len(moved) == len(initial), sorted(set(initial) - set(moved))[:5]

@@ -80,7 +80,8 @@ def _hold_batchnorm_statistics(net: nn.Module) -> None:
     A personal dataset is small and batches are small: batch statistics differ from the running ones
     the model is evaluated with, so a net trained on batch statistics scores differently in eval mode
     (seen: 'normal' frames near 0.5 after training although the training loss said ~0). The affine
-    BatchNorm weights still learn.
+    BatchNorm weights still learn. Only for pretrained weights: from scratch the statistics are the
+    initial mean 0 / variance 1, and holding them trains a net without normalisation (it learned nothing).
     """
     for module in net.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -246,7 +247,8 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
         started = time.perf_counter()
         model.train()
         _set_backbone_frozen(net, frozen, world > 1)
-        _hold_batchnorm_statistics(net)
+        if str(config.pretrained) != "none":
+            _hold_batchnorm_statistics(net)
         train_loss, train_acc, seen = _train_epoch(model, net, train_loader, data.train, optimizer, scheduler,
                                                    pos_weight, device, f"Train {epoch}", show)
         train_s = time.perf_counter() - started
