@@ -201,6 +201,44 @@ def test_full_disk_stops_cleanly_and_resumes(library: Path, tmp_path: Path, monk
     assert resumed.skipped == 2 and resumed.run.videos == 7 and len(_videos(out)) == 9
 
 
+def test_a_damaged_shard_is_moved_aside_and_its_videos_scanned_again(library: Path, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A complete pair that no longer reads (a disk error): one bad file must not stop every later scan."""
+    out = tmp_path / "out"
+    first = _scan(library, out, shard_videos=3)
+    names = sorted(os.listdir(out / "videos"))
+    assert len(names) >= 2
+    lost = {r["path"] for r in pq.read_table(out / "videos" / names[0]).to_pylist()}
+    (out / "videos" / names[0]).write_bytes(b"PAR1 not really")
+    with caplog.at_level("WARNING"):
+        again = _scan(library, out, shard_videos=3)
+    assert f"moved shard pair {names[0]} to {out / 'damaged'}" in caplog.text
+    assert sorted(os.listdir(out / "damaged")) == [f"seconds-{names[0]}", f"videos-{names[0]}"]
+    assert again.run.videos == len(lost)
+    videos = _videos(out)  # no path twice
+    assert set(videos) == {str(library / r) for r in [*GOOD, *BROKEN]}
+    assert again.totals.total == first.totals.total == len(GOOD) + len(BROKEN)
+
+
+def test_readers_skip_a_pair_retired_while_they_read(library: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Readers take no lock: another job may remove a pair between listing and reading it."""
+    import quadvault_dali.scan.resume as resume
+    import quadvault_dali.scan.shards as shards
+    from quadvault_dali.scan.report import highlights_document
+
+    out = tmp_path / "out"
+    _scan(library, out)
+    real = shards.complete_shards
+    ghost = lambda d: real(d) + ["part-99999.parquet"]  # noqa: E731 - listed, then gone
+    monkeypatch.setattr(shards, "complete_shards", ghost)
+    monkeypatch.setattr(resume, "complete_shards", ghost)
+    doc, totals = highlights_document(out, threshold=THRESHOLD, models=())
+    assert totals.total == len(GOOD) + len(BROKEN)
+    assert len(read_table(out, "videos")) == len(GOOD) + len(BROKEN)
+    assert _scan(library, out).run.videos == 0
+
+
 def test_partial_shards_from_a_crash_are_discarded(library: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     _scan(library, out, shard_videos=4)

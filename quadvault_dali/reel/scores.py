@@ -93,9 +93,7 @@ def _load_scan_folder(root: Path) -> ScoreSource:
     if not names:
         raise QuadvaultError("no complete shard (videos/part-*.parquet with its seconds/ twin)", path=root,
                              hint="the scan may still be running or was interrupted before its first shard")
-    for name in names:  # checks each pair is a scan table of the right kind and version
-        _read_table(root / "videos" / name, "videos")
-    chosen = latest_video_rows(root)
+    chosen = latest_video_rows(root)  # checks the schema version; skips a damaged pair with a warning
     wanted: dict[str, set[str]] = {}
     for name, row in chosen:
         if row.get("status") == "ok":

@@ -19,7 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .shards import TagLock, complete_shards, parse_name, write_parquet_atomic
+from .shards import (DamagedShardError, TagLock, complete_shards, parse_name, quarantine_pair, read_shard,
+                     write_parquet_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,17 @@ def _done_index(out_dir: Path) -> dict[str, list[dict[str, object]]]:
     cols = ["path", "size_bytes", "mtime_ns", "model_fingerprint", "status", "error_kind", "scanned_at",
             "frames_scored"]
     for name in complete_shards(out_dir):
-        seconds = pq.read_table(out_dir / "seconds" / name, columns=["path"]).column("path")
+        try:
+            seconds_table = read_shard(out_dir / "seconds" / name, columns=["path"])
+            videos_table = read_shard(out_dir / "videos" / name, columns=cols)
+        except DamagedShardError as exc:
+            quarantine_pair(out_dir, name, exc)
+            continue
+        if seconds_table is None or videos_table is None:  # retired by another job since it was listed
+            continue
+        seconds = seconds_table.column("path")
         held = dict(zip(*(c.to_pylist() for c in pc.value_counts(seconds).flatten()))) if len(seconds) else {}
-        for row in pq.read_table(out_dir / "videos" / name, columns=cols).to_pylist():
+        for row in videos_table.to_pylist():
             row["shard"] = name
             row["seconds_held"] = held.get(row["path"], 0)
             found.setdefault(str(row["path"]), []).append(row)

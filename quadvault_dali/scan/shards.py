@@ -52,11 +52,50 @@ def complete_shards(out_dir: Path) -> list[str]:
     return sorted(n for n in os.listdir(videos) if parse_name(n) and (seconds / n).is_file())
 
 
+class DamagedShardError(OutputError):
+    """A complete shard file that cannot be read (a disk error, a file truncated behind the scan's back)."""
+
+
+#: Where a scan moves shard pairs it cannot read, so that their videos are scanned again.
+DAMAGED_FOLDER = "damaged"
+
+
+def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table | None:
+    """One shard file, checked to be a scan table this version reads; ``None`` when the file is gone
+    (another job retired its pair between listing and reading: readers take no lock).
+
+    Raises ``DamagedShardError`` for an unreadable file and ``OutputError`` for another major version.
+    """
+    try:
+        table = pq.read_table(path, columns=columns)
+    except FileNotFoundError:
+        return None
+    except (OSError, pa.ArrowException) as exc:
+        raise DamagedShardError(f"unreadable shard file ({exc})", path=path,
+                                hint="a resumed scan moves the pair aside and scans its videos again") from exc
+    try:
+        ScanMetadata.from_kv(table.schema.metadata, source=path)
+    except ValueError as exc:
+        raise OutputError(str(exc)) from None
+    return table
+
+
+def quarantine_pair(out_dir: Path, name: str, why: Exception) -> None:
+    """Moves an unreadable pair to ``OUT/damaged/`` (kept for inspection, out of every reader's way)."""
+    target = out_dir / DAMAGED_FOLDER
+    target.mkdir(exist_ok=True)
+    for table in ("videos", "seconds"):  # the commit marker first, as when retiring a pair
+        source = out_dir / table / name
+        if source.exists():
+            os.replace(source, target / f"{table}-{name}")
+    log.warning("%s; moved shard pair %s to %s, its videos are scanned again", why, name, target)
+
+
 def read_table(out_dir: Path, table: str, names: list[str] | None = None,
                columns: list[str] | None = None) -> pa.Table:
     """One table (``seconds`` or ``videos``) over the complete shards, as one Arrow table."""
     names = complete_shards(out_dir) if names is None else names
-    parts = [pq.read_table(out_dir / table / n, columns=columns) for n in names]
+    parts = [t for t in (read_shard(out_dir / table / n, columns=columns) for n in names) if t is not None]
     if not parts:
         schema = SCHEMAS[table]
         return schema.empty_table() if columns is None else pa.schema([schema.field(c) for c in columns]).empty_table()
@@ -79,7 +118,12 @@ def latest_video_rows(out_dir: Path, columns: list[str] | None = None) -> list[t
     wanted = None if columns is None else sorted(set(columns) | {"path", "scanned_at"})
     latest: dict[str, tuple[Any, str, dict[str, Any]]] = {}
     for name in complete_shards(out_dir):
-        for row in pq.read_table(out_dir / "videos" / name, columns=wanted).to_pylist():
+        try:
+            table = read_shard(out_dir / "videos" / name, columns=wanted)
+        except DamagedShardError as exc:
+            log.warning("skipping %s", exc)
+            continue
+        for row in (table.to_pylist() if table is not None else []):
             key = (row["scanned_at"], name)
             prior = latest.get(row["path"])
             if prior is None or key >= prior[:2]:
