@@ -6,13 +6,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_train import make_dataset  # the shared synthetic two-style dataset (tests/ is on sys.path)
 
 import quadvault_dali.training._loop as loop
 from quadvault_dali.model import build_network, load_model
-from quadvault_dali.training import TrainConfig, train_model
+from quadvault_dali.training import FrameTable, TrainConfig, train_model
 
 
 def test_backbone_warm_up_starts_when_it_is_unfrozen() -> None:
@@ -45,3 +46,26 @@ def test_from_scratch_batchnorm_learns_its_statistics(tmp_path: Path) -> None:
     assert initial and all(torch.all(v == (0 if k.endswith("mean") else 1)) for k, v in initial.items())
     moved = [k for k, v in initial.items() if not torch.allclose(trained[k], v)]
     assert len(moved) == len(initial), sorted(set(initial) - set(moved))[:5]
+
+
+def _plateau(model: object, loader: object, frames: FrameTable, *args: object) -> tuple[np.ndarray, float]:
+    """Validation stuck at the same scores every epoch: no epoch after the first is better."""
+    return np.where(frames.labels == 1, 0.6, 0.4), 0.5
+
+
+def test_patience_counts_only_epochs_with_the_backbone_trained(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """--freeze-backbone-epochs 3 --patience 2 on a plateau: the run stopped in epoch 3, before the backbone
+    was ever unfrozen. Now the backbone gets its 2 epochs (4 and 5) before the stop."""
+    monkeypatch.setattr(loop, "_evaluate", _plateau)
+    make_dataset(tmp_path / "ds", n_videos=6, frames=2)
+    lines: list[str] = []
+    config = TrainConfig(tmp_path / "ds", tmp_path / "model", epochs=10, batch_size=4, image_size=64,
+                         device="cpu", backbone="efficientnet-lite0", pretrained="auto", seed=0,
+                         freeze_backbone_epochs=3, patience=2)
+    result = train_model(config, lines.append)
+    assert [r.epoch for r in result.history] == [1, 2, 3, 4, 5] and result.stopped_early
+    assert result.best_epoch == 1
+    epochs = [line.strip() for line in lines if line.strip().startswith("Epoch ")]
+    assert epochs == [f"Epoch {e}/10 (backbone frozen)" for e in (1, 2, 3)] + ["Epoch 4/10", "Epoch 5/10"]
+    assert sum("Early stop" in line for line in lines) == 1

@@ -269,7 +269,7 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
             if rank == 0:
                 _save(config, net, arch, data, record)
             report(f"✓ Saved best model (video-level val accuracy {_pct(video['accuracy'])})")
-        else:
+        elif not frozen:  # a plateau of the head alone must not end the run before the backbone trains
             since_best += 1
             if since_best >= config.patience:
                 result.stopped_early = True
