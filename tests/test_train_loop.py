@@ -3,6 +3,7 @@ with a frozen backbone, the output folder and the per-epoch history."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from test_train import make_dataset  # the shared synthetic two-style dataset (tests/ is on sys.path)
 
 import quadvault_dali.training._loop as loop
+from quadvault_dali.errors import OutputError, QuadvaultError
 from quadvault_dali.model import build_network, load_model
 from quadvault_dali.training import FrameTable, TrainConfig, train_model
 
@@ -69,3 +71,45 @@ def test_patience_counts_only_epochs_with_the_backbone_trained(tmp_path: Path,
     epochs = [line.strip() for line in lines if line.strip().startswith("Epoch ")]
     assert epochs == [f"Epoch {e}/10 (backbone frozen)" for e in (1, 2, 3)] + ["Epoch 4/10", "Epoch 5/10"]
     assert sum("Early stop" in line for line in lines) == 1
+
+
+def test_output_folder_problems_are_reported_before_any_work(tmp_path: Path) -> None:
+    """--output-dir notadir/model with notadir a file failed as a raw NotADirectoryError when the first model
+    was saved, after the data had been loaded and checked (the dataset here does not even exist)."""
+    from click.testing import CliRunner
+
+    from quadvault_dali.cli.main import main
+
+    blocker = tmp_path / "notadir"
+    blocker.write_text("a file")
+    for out in (blocker / "model", blocker):
+        with pytest.raises(OutputError, match="is a file") as err:
+            train_model(TrainConfig(tmp_path / "no-dataset", out, device="cpu"), lambda line: None)
+        assert err.value.path == out and str(blocker) in str(err.value)
+    result = CliRunner().invoke(main, ["train", str(tmp_path / "no-dataset"), "--output-dir",
+                                       str(blocker / "model"), "--device", "cpu"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"Error: {blocker / 'model'}: cannot be the model folder: {blocker} is a file" in result.output
+
+
+def test_history_is_written_after_every_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A divergence (or Ctrl-C) in epoch 2 used to leave no training_history.json: it was written at the end."""
+    real = loop._evaluate
+    calls = []
+
+    def diverge_in_epoch_2(*args: object) -> tuple[np.ndarray, float]:
+        calls.append(1)
+        if len(calls) == 2:
+            raise QuadvaultError("the model's outputs became NaN: training diverged")
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "_evaluate", diverge_in_epoch_2)
+    make_dataset(tmp_path / "ds", n_videos=6, frames=2)
+    config = TrainConfig(tmp_path / "ds", tmp_path / "model", epochs=3, batch_size=4, image_size=64,
+                         device="cpu", backbone="efficientnet-lite0", pretrained="auto", seed=0)
+    with pytest.raises(QuadvaultError, match="diverged"):
+        train_model(config, lambda line: None)
+    history = json.loads((tmp_path / "model" / loop.HISTORY_FILE).read_text())
+    assert [h["epoch"] for h in history] == [1] and history[0]["train_loss"] > 0
+    assert load_model(tmp_path / "model").card["metrics"]["epoch"] == 1  # and epoch 1's model is kept
+    assert [p.name for p in (tmp_path / "model").iterdir() if p.name.startswith(".")] == []  # no temp files

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import BackendUnavailableError, QuadvaultError
 from ._config import TrainConfig, TrainResult
-from ._loop import run_training
+from ._loop import prepare_output_dir, run_training
 
 log = logging.getLogger(__name__)
 _echo = functools.partial(print, flush=True)
@@ -55,6 +55,7 @@ def _under_torchrun() -> bool:
 
 def train_model(config: TrainConfig, report: Callable[[str], None] = log.info) -> TrainResult:
     """Trains one model; with ``config.multi_gpu`` on every visible GPU (DDP)."""
+    prepare_output_dir(config.output_dir)  # before any rank starts, so the error is not a rank's traceback
     if not config.multi_gpu:
         return run_training(config, report)
     if not torch.cuda.is_available():

@@ -10,7 +10,7 @@ import contextlib
 import json
 import logging
 import math
-import os
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -23,7 +23,7 @@ from torch import nn
 
 from .._files import atomic_path
 from ..device import resolve_device
-from ..errors import BackendUnavailableError, DatasetError, QuadvaultError
+from ..errors import BackendUnavailableError, DatasetError, OutputError, QuadvaultError
 from ..metrics import best_threshold, binary_metrics, video_scores
 from ..model import build_network, save_model, spec_for
 from ..progress import progress_bar
@@ -32,6 +32,23 @@ from ._data import FILLER, DaliFrameLoader, FrameTable, TrainingData, load_train
 
 log = logging.getLogger(__name__)
 Report = Callable[[str], None]
+HISTORY_FILE = "training_history.json"
+
+
+def prepare_output_dir(path: Path) -> None:
+    """Creates the model folder and checks that it takes files, before any work: a bad ``--output-dir``
+    used to surface as a raw traceback when the first model was saved, after loading and checking the data."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        raise OutputError(f"cannot be the model folder: {blocker} is a file", path=path,
+                          hint="choose another --output-dir") from None
+    except OSError as exc:
+        raise OutputError(f"cannot write the model folder: {exc.strerror or exc}", path=path,
+                          hint="choose another --output-dir") from None
 
 
 def _bar(total: int, desc: str, show: bool) -> "contextlib.AbstractContextManager":
@@ -166,7 +183,7 @@ def _score(probs: np.ndarray, frames: FrameTable) -> tuple[dict, dict, float]:
     return frame, video, threshold
 
 
-def _write_json(path: "os.PathLike[str]", data: object) -> None:
+def _write_json(path: Path, data: object) -> None:
     with atomic_path(Path(path)) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         json.dump(data, fh, indent=2, default=float)
 
@@ -178,6 +195,7 @@ def _pct(x: float) -> str:
 def run_training(config: TrainConfig, report: Report, *, rank: int = 0, world: int = 1,
                  local_rank: int = 0) -> TrainResult:
     """Trains on ``config.dataset`` and writes the best model to ``config.output_dir``."""
+    prepare_output_dir(config.output_dir)
     backend = resolve_device(config.device)
     if world > 1 and backend != "gpu":
         raise BackendUnavailableError("--multi-gpu needs CUDA GPUs", hint="drop --multi-gpu")
@@ -235,7 +253,6 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
     report(f"Training {arch} ({weights}) on {backend}: {len(data.train):,} train frames "
            f"({data.train.n_videos} videos), {len(data.val):,} val frames ({data.val.n_videos} videos), "
            f"{config.image_size}px, batch {config.batch_size}" + (f" x {world} GPUs" if world > 1 else ""))
-    config.output_dir.mkdir(parents=True, exist_ok=True)
     result = TrainResult(config.output_dir, arch, 0, -1.0, 0.5,
                          skipped_frames=data.train.skipped + data.val.skipped)
     best_key: tuple[float, float, float] | None = None
@@ -274,9 +291,10 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
             if since_best >= config.patience:
                 result.stopped_early = True
                 report(f"Early stop: no better video-level val accuracy for {config.patience} epochs")
-                break
-    if rank == 0:
-        _write_json(config.output_dir / "training_history.json", [asdict(r) for r in result.history])
+        if rank == 0:  # every epoch: Ctrl-C or a divergence later still leaves the history so far
+            _write_json(config.output_dir / HISTORY_FILE, [asdict(r) for r in result.history])
+        if result.stopped_early:
+            break
     _final_block(report, result)
     return result
 
