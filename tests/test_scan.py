@@ -239,6 +239,40 @@ def test_readers_skip_a_pair_retired_while_they_read(library: Path, tmp_path: Pa
     assert _scan(library, out).run.videos == 0
 
 
+def test_an_output_folder_that_cannot_be_written_is_a_clear_error(library: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read-only --out (root ignores chmod, so the refusal is simulated) and a disk full at the crash journal's
+    first line: an OutputError naming the file, not a traceback."""
+    import builtins
+
+    import quadvault_dali.scan.crashguard as crashguard
+    import quadvault_dali.scan.shards as shards
+
+    out = tmp_path / "out"
+    out.mkdir()
+    real_open = os.open
+
+    def read_only(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if Path(path).parent == out:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(shards.os, "open", read_only)
+        with pytest.raises(OutputError, match=r"\.lock-main: cannot write scan results: Permission denied "
+                                              r"\(check that --out is writable\)"):
+            _scan(library, out)
+
+    def full_disk(file, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if Path(file).name.startswith(".inflight"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(file))
+        return builtins.open(file, *args, **kwargs)
+
+    monkeypatch.setattr(crashguard, "open", full_disk, raising=False)
+    with pytest.raises(OutputError, match=r"cannot write scan results: No space left on device \(free space"):
+        _scan(library, out)
+
+
 def test_partial_shards_from_a_crash_are_discarded(library: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     _scan(library, out, shard_videos=4)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Iterable, TextIO
 
 from .._files import atomic_path
+from .shards import output_error
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +99,13 @@ class CrashJournal:
         self._fh: TextIO | None = None
 
     def _write(self, kind: str, path: Path) -> None:
-        if self._fh is None:
-            self._fh = open(self.path, "a", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
-        self._fh.write(f"{kind} {_encode(path)}\n")
-        self._fh.flush()  # in the kernel's hands: survives the process, whatever kills it
+        try:
+            if self._fh is None:
+                self._fh = open(self.path, "a", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
+            self._fh.write(f"{kind} {_encode(path)}\n")
+            self._fh.flush()  # in the kernel's hands: survives the process, whatever kills it
+        except OSError as exc:
+            raise output_error(exc, self.path) from exc
 
     def started(self, path: Path) -> None:
         self.in_flight[path] = None
@@ -114,7 +118,10 @@ class CrashJournal:
     def discard(self) -> None:
         """The run ended in Python (done, interrupted or failed): nothing in flight crashed the decoder."""
         if self._fh is not None:
-            self._fh.close()
+            try:
+                self._fh.close()
+            except OSError:  # a full disk: the write that failed has been reported already
+                pass
             self._fh = None
         if not self.keep:
             self.path.unlink(missing_ok=True)

@@ -145,11 +145,17 @@ def write_parquet_atomic(path: Path, table: pa.Table) -> None:
         with atomic_path(path, path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}"), fsync=True) as tmp:
             pq.write_table(table, tmp, compression="zstd")
     except OSError as exc:
-        if _is_disk_problem(exc):
-            raise OutputError(f"cannot write scan results: {exc.strerror or exc}", path=path,
-                              hint="free space on the output disk (or use another --out); complete shards "
-                                   "are kept and the same command resumes") from exc
-        raise OutputError(f"cannot write scan results: {exc}", path=path) from exc
+        raise output_error(exc, path) from exc
+
+
+def output_error(exc: OSError, path: Path) -> OutputError:
+    """The scan's one wording for a file it cannot write in OUT (full disk, read-only, permission)."""
+    if _is_disk_problem(exc):
+        return OutputError(f"cannot write scan results: {exc.strerror or exc}", path=path,
+                           hint="free space on the output disk (or use another --out); complete shards "
+                                "are kept and the same command resumes")
+    return OutputError(f"cannot write scan results: {exc.strerror or exc}", path=path,
+                       hint="check that --out is writable")
 
 
 class TagLock:
@@ -161,7 +167,10 @@ class TagLock:
 
     def acquire(self, *, wait: bool = False, timeout_s: float | None = None) -> bool:
         """Takes the lock; ``wait`` blocks until it is free, ``timeout_s`` gives up after that long."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise output_error(exc, self.path) from exc
         deadline = time.monotonic() + timeout_s if timeout_s is not None else None
         while True:
             try:
