@@ -11,7 +11,7 @@ import functools
 import logging
 import os
 import socket
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -36,17 +36,52 @@ def _init(rank: int, world: int, local_rank: int) -> None:
     dist.init_process_group("nccl", rank=rank, world_size=world, device_id=torch.device(f"cuda:{local_rank}"))
 
 
-def _worker(local_rank: int, world: int, config: TrainConfig, port: int, queue: object) -> None:
+def _train_rank(local_rank: int, world: int, config: TrainConfig, port: int) -> TrainResult:
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     _init(local_rank, world, local_rank)
     try:
-        result = run_training(config, _echo, rank=local_rank, world=world, local_rank=local_rank)
-        if local_rank == 0:
-            queue.put(result)  # type: ignore[attr-defined]
+        return run_training(config, _echo, rank=local_rank, world=world, local_rank=local_rank)
     finally:
         dist.destroy_process_group()
+
+
+def _rank_main(rank: int, world: int, target: Callable[..., Any], args: tuple, queue: Any) -> None:
+    result = target(rank, world, *args)
+    if rank == 0:
+        queue.put(result)
+
+
+def _spawn(target: Callable[..., Any], world: int, args: tuple) -> Any:
+    """Runs ``target(rank, world, *args)`` in ``world`` spawned processes; returns rank 0's result.
+
+    The queue is read while the ranks are joined, not after: rank 0's ``put`` blocks until the pipe
+    (64 KiB) is drained, so a larger result (a long history, many skipped frames) used to deadlock a
+    parent waiting for rank 0 to exit. A rank killed by a signal is a ``QuadvaultError`` naming it.
+    """
+    import torch.multiprocessing as mp
+
+    queue = mp.get_context("spawn").SimpleQueue()
+    results = []
+    try:
+        ranks = mp.spawn(_rank_main, args=(world, target, args, queue), nprocs=world, join=False)
+        while not ranks.join(timeout=0.5):
+            while not queue.empty():
+                results.append(queue.get())
+    except mp.ProcessRaisedException as exc:
+        last = str(exc).strip().splitlines()[-1]
+        raise QuadvaultError(f"a training rank failed: {last}") from None
+    except mp.ProcessExitedException as exc:
+        how = f"was killed by {exc.signal_name}" if exc.signal_name else f"exited with code {exc.exit_code}"
+        oom = "SIGKILL is often the out-of-memory killer: try a smaller --batch-size"
+        raise QuadvaultError(f"training rank {exc.error_index} (pid {exc.error_pid}) {how}",
+                             hint=oom if exc.signal_name == "SIGKILL" else None) from None
+    while not queue.empty():
+        results.append(queue.get())
+    if not results:
+        raise QuadvaultError("training ranks finished without a result")
+    return results[0]
 
 
 def _under_torchrun() -> bool:
@@ -77,15 +112,5 @@ def train_model(config: TrainConfig, report: Callable[[str], None] = log.info) -
         report("--multi-gpu: only one GPU is visible; training on it alone")
         return run_training(config, report)
     report(f"--multi-gpu: spawning {world} DistributedDataParallel ranks, one per GPU")
-    import torch.multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
-    try:
-        mp.spawn(_worker, args=(world, config, _free_port(), queue), nprocs=world, join=True)
-    except mp.ProcessRaisedException as exc:
-        last = str(exc).strip().splitlines()[-1]
-        raise QuadvaultError(f"a training rank failed: {last}") from None
-    if queue.empty():
-        raise QuadvaultError("training ranks finished without a result")
-    return queue.get()
+    result: TrainResult = _spawn(_train_rank, world, (config, _free_port()))
+    return result
