@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -79,12 +80,24 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
                                 f"{stats.errors} errors", refresh=False)
             bar.update(stats.videos - bar.n)
 
+        stopped_by: list[int] = []
+
+        def stop(signum: int, _frame: Any) -> None:  # a batch system's SIGTERM (preemption, time limit)
+            stopped_by.append(signum)
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, stop)
         try:
             summary = scan_library(libraries, options, model_paths=models, gpus=gpus, on_progress=progress)
         except KeyboardInterrupt:
             bar.close()
-            click.echo(f"Interrupted. Finished videos are saved in {out}; run the same command to resume.", err=True)
-            sys.exit(130)
+            again = ("run the same command to resume" if kw["resume"]
+                     else "run the command again without --no-resume to resume")
+            what = "Stopped (SIGTERM)" if stopped_by else "Interrupted"
+            click.echo(f"{what}. Finished videos are saved in {out}; {again}.", err=True)
+            sys.exit(143 if stopped_by else 130)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     run = summary.run
     rate = run.videos / summary.wall_s if summary.wall_s else 0.0
     click.echo(f"This run: {run.videos:,} videos scanned ({run.errors} errors), {summary.skipped:,} already done, "

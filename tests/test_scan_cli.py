@@ -88,6 +88,30 @@ def test_kill_9_then_resume_equals_a_clean_run(library: Path, model_dir: Path, t
     assert tree_hash(library) == before
 
 
+def test_sigterm_stops_like_ctrl_c(library: Path, model_dir: Path, tmp_path: Path) -> None:
+    """A batch system's preemption or time limit sends SIGTERM: finished videos are flushed and the exit
+    says how to resume, instead of dying like kill -9."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_cmd(library, model_dir, out) + ["--shard-videos", "50"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+
+    def finished() -> int:  # the crash journal's "F path" lines: videos done, held in the writer's buffer
+        try:
+            return sum(("\n" + p.read_text()).count("\nF ") for p in out.glob(".inflight*"))
+        except FileNotFoundError:
+            return 0
+
+    while time.monotonic() < deadline and proc.poll() is None and finished() < 3:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert f"Stopped (SIGTERM). Finished videos are saved in {out}; run the same command to resume." in err
+    assert len(read_table(out, "videos")) >= 3, "the buffered videos were not flushed"
+    assert not [p for p in out.rglob(".tmp-*")]
+
+
 def test_batch_classify_writes_output_json_and_shards(library: Path, model_dir: Path, tmp_path: Path) -> None:
     output = tmp_path / "results" / "highlights.json"
     result = CliRunner().invoke(cli, ["-q", "batch-classify", str(library), str(model_dir), str(output),
