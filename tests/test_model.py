@@ -179,6 +179,52 @@ def test_wrong_version_and_corrupt_weights(saved: Path, tmp_path: Path) -> None:
         load_model(swapped)
 
 
+def _net(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_network("efficientnet-lite0", image_size=SIZE, pretrained="none")
+
+
+@pytest.mark.parametrize("step", ["hash", "rename 1", "rename 2", "rename 3"])
+def test_an_interrupted_save_leaves_a_loadable_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     step: str) -> None:
+    """Ctrl-C (or a kill) at any step of replacing a model leaves the old or the new one loadable. The weights
+    used to be renamed into place before they were hashed and the card written: an interruption between
+    left new weights with the old card, and the directory's best model could not be loaded."""
+    import os
+
+    import quadvault_dali.model._io as model_io
+
+    card = {"architecture": "efficientnet-lite0", "image_size": SIZE}
+    old = load_model(save_model(tmp_path, _net(1), card)).fingerprint
+    real_replace, renames = os.replace, []
+
+    def replace(src: Path, dst: Path) -> None:
+        renames.append(dst)
+        if step == f"rename {len(renames)}" or (step == "card" and Path(dst).name == CARD_FILE):
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    def interrupted_hash(path: Path) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", replace)
+    with monkeypatch.context() as hashing:
+        if step == "hash":
+            hashing.setattr(model_io, "file_sha256", interrupted_hash)
+        with pytest.raises(KeyboardInterrupt):
+            save_model(tmp_path, _net(2), card)
+    assert load_model(tmp_path).fingerprint == old  # the card was not replaced: the old model
+    renames.clear()
+    step = "card"  # a second save, stopped at its last step, must not lose the weights the first one kept
+    with pytest.raises(KeyboardInterrupt):
+        save_model(tmp_path, _net(2), card)
+    assert load_model(tmp_path).fingerprint == old
+    monkeypatch.undo()
+    new = load_model(save_model(tmp_path, _net(3), card)).fingerprint
+    assert new != old and sorted(p.name for p in tmp_path.iterdir()) == [CARD_FILE, WEIGHTS_FILE]
+    assert hashlib.sha256((tmp_path / WEIGHTS_FILE).read_bytes()).hexdigest()[:16] == new
+
+
 @pytest.mark.gpu
 def test_cuda_scoring_matches_cpu(saved: Path) -> None:
     """bf16 autocast + channels-last on CUDA: the same probabilities as float32 on the CPU, within bf16 noise,

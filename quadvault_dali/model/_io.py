@@ -3,6 +3,7 @@
 Safetensors holds only tensors, so loading someone's shared model can never run code (a pickled
 ``.pth`` can). The card says how to rebuild and feed the network, what it scored on validation and
 what it was trained on; it records the weights' sha256 so a mixed-up or half-written pair is detected.
+While a save replaces the pair, the previous weights wait beside it as ``.previous-<sha16>.safetensors``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import os
 import platform
+import re
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +56,36 @@ def _unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)  # DistributedDataParallel / DataParallel
 
 
-def save_model(directory: str | Path, module: nn.Module, card: dict[str, Any]) -> Path:
-    """Writes weights then card, each under a temporary name renamed into place; returns the directory.
+PREVIOUS_WEIGHTS = ".previous-{}.safetensors"  # the weights a card names while a save replaces them
 
+
+def _previous_weights(directory: Path, sha256: str) -> Path:
+    return directory / PREVIOUS_WEIGHTS.format(sha256[:16])
+
+
+def _set_aside_previous_weights(directory: Path) -> None:
+    """Moves the weights the current card names to ``_previous_weights``, where ``load_model`` finds them
+    when the card still names them but ``model.safetensors`` is already the new (or no) file."""
+    try:
+        expected = json.loads((directory / CARD_FILE).read_text(encoding="utf-8"))["weights_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no readable card, so no loadable model to keep
+    if not isinstance(expected, str) or not re.fullmatch(r"[0-9a-f]{64}", expected):
+        return
+    kept = _previous_weights(directory, expected)
+    if (directory / WEIGHTS_FILE).is_file() and not kept.exists():  # an interrupted save may have kept them
+        os.replace(directory / WEIGHTS_FILE, kept)
+
+
+def save_model(directory: str | Path, module: nn.Module, card: dict[str, Any]) -> Path:
+    """Writes weights and card so that an interruption at any point leaves a loadable model, old or new.
+
+    Both are written, and the weights hashed, under temporary names; then the old weights are set aside,
+    the new ones renamed into place and the card last. Two renames are not one atomic step: between them
+    the old card names the set-aside weights, which ``load_model`` then loads (renaming the weights, then
+    hashing them, left new weights with the old card: the previous best model could not be loaded).
     ``card`` needs ``architecture`` and ``image_size``; format, classes, normalisation, versions, date and
-    the weights' sha256 are filled in.
+    the weights' sha256 are filled in. Returns the directory.
     """
     from safetensors.torch import save_file
 
@@ -68,20 +96,21 @@ def save_model(directory: str | Path, module: nn.Module, card: dict[str, Any]) -
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
-    weights = directory / WEIGHTS_FILE
-    with atomic_path(weights) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
-                                             "architecture": str(card["architecture"])})
     full = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "classes": CLASSES,
             "mean": list(spec.mean), "std": list(spec.std), "threshold": 0.5, "metrics": {},
             "library_versions": library_versions(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     full.update(card)
-    full.update({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "weights_file": WEIGHTS_FILE,
-                 "weights_sha256": file_sha256(weights)})
-    text = json.dumps(full, indent=2, sort_keys=True, default=float)
-    with atomic_path(directory / CARD_FILE) as tmp:
-        tmp.write_text(text + "\n", encoding="utf-8")
+    # the inner block's rename runs first on exit: weights, then the card; a failure removes both temporaries
+    with atomic_path(directory / CARD_FILE) as card_tmp, atomic_path(directory / WEIGHTS_FILE) as weights_tmp:
+        save_file(state, str(weights_tmp), metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
+                                                     "architecture": str(card["architecture"])})
+        full.update({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "weights_file": WEIGHTS_FILE,
+                     "weights_sha256": file_sha256(weights_tmp)})
+        card_tmp.write_text(json.dumps(full, indent=2, sort_keys=True, default=float) + "\n", encoding="utf-8")
+        _set_aside_previous_weights(directory)
+    for kept in directory.glob(PREVIOUS_WEIGHTS.format("*")):
+        kept.unlink(missing_ok=True)
     log.debug("saved model to %s", directory)
     return directory
 
@@ -147,6 +176,25 @@ def _torch_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def _weights_of(card: dict[str, Any], card_path: Path, weights: Path) -> tuple[Path, str]:
+    """(the weights file ``card`` describes, its sha256): ``weights``, or after an interrupted save the
+    previous weights set aside beside it, which the card still names."""
+    digest = file_sha256(weights) if weights.is_file() else None
+    expected = card.get("weights_sha256")
+    if expected and digest != expected:
+        kept = _previous_weights(weights.parent, str(expected))
+        if kept.is_file() and file_sha256(kept) == expected:
+            log.warning("%s: the last save of this model was interrupted; loading the weights its card names, "
+                        "%s", weights.parent, kept.name)
+            return kept, str(expected)
+    if digest is None:
+        raise ModelFormatError("weights file is missing", path=weights, hint=f"the card {card_path} names it")
+    if expected and expected != digest:
+        raise ModelFormatError("weights do not match their model card (sha256 differs): the pair was mixed up "
+                               "or half-written", path=weights)
+    return weights, digest
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> HighlightModel:
     """Loads a model directory (or its ``model.json`` / ``model.safetensors``) without unpickling."""
     from safetensors import SafetensorError
@@ -154,13 +202,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Highligh
 
     card_path, weights = _locate(Path(path))
     card = _read_card(card_path)
-    if not weights.is_file():
-        raise ModelFormatError("weights file is missing", path=weights, hint=f"the card {card_path} names it")
-    digest = file_sha256(weights)
-    expected = card.get("weights_sha256")
-    if expected and expected != digest:
-        raise ModelFormatError("weights do not match their model card (sha256 differs): the pair was mixed up "
-                               "or half-written", path=weights)
+    weights, digest = _weights_of(card, card_path, weights)
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
