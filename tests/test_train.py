@@ -304,7 +304,13 @@ def test_cuda_out_of_memory_suggests_a_smaller_batch(tmp_path: Path, monkeypatch
 
 @pytest.mark.gpu
 def test_multi_gpu_rank_under_torchrun(tmp_path: Path) -> None:
-    """The DistributedDataParallel path (NCCL, DALI sharded per rank, rank 0 saves) as torchrun launches it."""
+    """``train --multi-gpu`` as torchrun launches it, with one rank: the torchrun environment is picked up,
+    the NCCL process group is set up and torn down, and rank 0 reports once and saves a loadable model.
+
+    With one rank ``world == 1``: the model is not wrapped in DistributedDataParallel, the DALI readers are
+    not sharded and validation scores are not all_gather'ed, so none of that is covered here; it needs 2+ GPUs.
+    The spawn path (--multi-gpu without torchrun) is covered only by tests/test_train_distributed.py's plumbing.
+    """
     import subprocess
     import sys
 
