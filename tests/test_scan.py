@@ -286,7 +286,8 @@ def test_partial_shards_from_a_crash_are_discarded(library: Path, tmp_path: Path
 
 
 def test_shards_of_schema_1_0_still_read_and_resume(library: Path, tmp_path: Path) -> None:
-    """A folder scanned before 1.1 (no decoder columns) reads as one table and resumes without rescanning."""
+    """A folder scanned before 1.1 (no decoder or sampling_fps columns) reads as one table and resumes without
+    rescanning (its rows count as 1 frame/s)."""
     out = tmp_path / "out"
     _scan(library, out, shard_videos=5)
     for name in complete_shards(out):
@@ -294,12 +295,30 @@ def test_shards_of_schema_1_0_still_read_and_resume(library: Path, tmp_path: Pat
         table = pq.read_table(path)
         meta = dict(table.schema.metadata)
         meta[b"quadvault.schema_version"] = b"1.0"
-        old = table.drop_columns(["decoder", "decoder_note"]).replace_schema_metadata(meta)
+        old = table.drop_columns(["decoder", "decoder_note", "sampling_fps"]).replace_schema_metadata(meta)
         pq.write_table(old, path)
     rows = read_table(out, "videos").to_pylist()
-    assert len(rows) == 9 and {r["decoder"] for r in rows} == {None}
+    assert len(rows) == 9 and {r["decoder"] for r in rows} == {None} and {r["sampling_fps"] for r in rows} == {None}
     again = _scan(library, out)
     assert again.run.videos == 0 and again.skipped == 9
+
+
+def test_resume_rescans_videos_sampled_another_way(library: Path, tmp_path: Path) -> None:
+    """The folder must not mix rates silently: another --fps rescans; asking for exact rescans keyframe rows."""
+    out = tmp_path / "out"
+    first = _scan(library, out, mode="keyframe")
+    assert first.run.videos == 9
+    assert _scan(library, out, mode="auto").run.videos == 0  # keyframe rows serve auto
+    exact = _scan(library, out, mode="exact")
+    keyframe_rows = exact.superseded
+    assert exact.run.videos == keyframe_rows > 0  # only the videos keyframe mode had sampled
+    assert {r["sampling_mode"] for r in _videos(out).values() if r["status"] == "ok"} == {"exact"}
+    twice = _scan(library, out, fps=2.0)
+    assert twice.run.videos == 9
+    videos, seconds = _videos(out), _seconds(out)
+    assert {r["sampling_fps"] for r in videos.values()} == {2.0}
+    for path, row in videos.items():
+        assert len(seconds.get(path, [])) == row["frames_scored"]
 
 
 def test_scan_records_which_decoder_ran(library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

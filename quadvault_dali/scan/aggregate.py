@@ -59,9 +59,10 @@ def score_aggregates(ensemble: np.ndarray, threshold: float) -> dict[str, float 
 class Aggregator:
     """Accumulates scores per path and builds rows when the video's outcome arrives."""
 
-    def __init__(self, *, threshold: float, model_fingerprint: str) -> None:
+    def __init__(self, *, threshold: float, model_fingerprint: str, fps: float = 1.0) -> None:
         self.threshold = threshold
         self.model_fingerprint = model_fingerprint
+        self.fps = float(fps)
         self._pending: dict[Path, _Pending] = {}
 
     def add(self, paths: list[Path], timestamps: list[float], model_scores: np.ndarray) -> None:
@@ -116,6 +117,7 @@ class Aggregator:
             "height": info.height if info else None,
             "rotation": info.rotation if info else None,
             "sampling_mode": mode,
+            "sampling_fps": self.fps,
             "decoder": decoder,
             "decoder_note": decoder_note,
             "frames_scored": len(times),

@@ -2,7 +2,8 @@
 
 The invariant kept here: among the complete shards of a scan folder, each path appears at most once.
 A video is skipped when a complete shard holds it with the same path, size, mtime and model
-fingerprint, unless its row is an error the file could not even be read for (``FileAccessError``). When it must be scanned again (the file changed, other models, ``--no-resume``,
+fingerprint, sampled at the same ``--fps`` (and in exact mode when exact is asked for), unless its row
+is an error the file could not even be read for (``FileAccessError``). When it must be scanned again (the file changed, other models, ``--no-resume``,
 ``--retry-errors``) its old rows are removed from their shard pair *before* the rescan, by rewriting
 the pair atomically (seconds first, videos last, the same order as writing). Readers therefore never
 need to deduplicate.
@@ -57,7 +58,7 @@ def _done_index(out_dir: Path) -> dict[str, list[dict[str, object]]]:
     how many seconds rows its pair really holds for it."""
     found: dict[str, list[dict[str, object]]] = {}
     cols = ["path", "size_bytes", "mtime_ns", "model_fingerprint", "status", "error_kind", "scanned_at",
-            "frames_scored"]
+            "frames_scored", "sampling_mode", "sampling_fps"]
     for name in complete_shards(out_dir):
         try:
             seconds_table = read_shard(out_dir / "seconds" / name, columns=["path"])
@@ -78,8 +79,17 @@ def _done_index(out_dir: Path) -> dict[str, list[dict[str, object]]]:
     return found
 
 
-def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, resume: bool = True,
-                retry_errors: bool = False) -> ResumePlan:
+def sampled_as_asked(row: dict[str, object], fps: float, mode: str) -> bool:
+    """Whether a row's seconds are what this run would sample: the same rate (rows before schema 1.2 were
+    1 frame/s), and exact frames when exact is asked for (keyframe or auto accept either)."""
+    rate = row.get("sampling_fps")
+    if abs(float(rate if rate is not None else 1.0) - float(fps)) > 1e-9:  # type: ignore[arg-type]
+        return False
+    return not (mode == "exact" and row.get("sampling_mode") == "keyframe")
+
+
+def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps: float = 1.0, mode: str = "auto",
+                resume: bool = True, retry_errors: bool = False) -> ResumePlan:
     """Splits ``files`` into done and to-do against the complete shards in ``out_dir``."""
     done = _done_index(out_dir)
     plan = ResumePlan()
@@ -91,7 +101,8 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, resu
             same = (newest["size_bytes"] == f.size_bytes and newest["mtime_ns"] == f.mtime_ns
                     and newest["model_fingerprint"] == fingerprint
                     # a kill between rewriting a pair's seconds and its videos leaves a row without seconds
-                    and newest["frames_scored"] == newest["seconds_held"])
+                    and newest["frames_scored"] == newest["seconds_held"]
+                    and sampled_as_asked(newest, fps, mode))
             failed = newest["status"] == "error"
             # a file that could not be read at all (not mounted, permission) is tried again every run
             retry = failed and (retry_errors or newest["error_kind"] in RETRIED_ERROR_KINDS)

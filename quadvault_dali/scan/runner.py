@@ -208,7 +208,7 @@ def scan_files(files: Sequence[FileState], scorers: Sequence[Scorer], options: S
     writer = ShardWriter(options.out_dir, tag=tag, seconds_meta=metadata_for("seconds", models, options.threshold),
                          videos_meta=metadata_for("videos", models, options.threshold),
                          max_videos=options.shard_videos, max_seconds=options.shard_seconds)
-    agg = Aggregator(threshold=options.threshold, model_fingerprint=fingerprint)
+    agg = Aggregator(threshold=options.threshold, model_fingerprint=fingerprint, fps=options.fps)
     by_path = {f.path: f for f in files}
     stats = RunStats()
     journal = CrashJournal(options.out_dir, tag)
@@ -315,7 +315,8 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
     try:
         cleanup_partial(out, options.tag)
         files = select_files(libs, options.shard)
-        plan = plan_resume(files, out, fingerprint=fingerprint, resume=options.resume,
+        plan = plan_resume(files, out, fingerprint=fingerprint, fps=options.fps, mode=options.mode,
+                           resume=options.resume,
                            retry_errors=options.retry_errors)
         superseded = drop_superseded(out, plan.superseded, own_tag=options.tag)
         log.info("%d videos found, %d already scanned, %d to scan, %d old rows superseded",

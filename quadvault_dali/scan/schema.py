@@ -30,7 +30,7 @@ from typing import Literal, Sequence
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.1"  # 1.1: videos.decoder, videos.decoder_note
+SCHEMA_VERSION = "1.2"  # 1.1: videos.decoder, videos.decoder_note; 1.2: videos.sampling_fps
 Table = Literal["seconds", "videos"]
 
 
@@ -59,6 +59,8 @@ VIDEOS_SCHEMA = pa.schema([
     _field("height", pa.int32(), "Displayed height after rotation."),
     _field("rotation", pa.int32(), "Display rotation, clockwise degrees."),
     _field("sampling_mode", pa.string(), "How frames were picked: exact or keyframe."),
+    _field("sampling_fps", pa.float64(), "Frames sampled per second of video (--fps); resume rescans a video "
+                                         "scanned at another rate. Since 1.2 (older rows: 1.0)."),
     _field("decoder", pa.string(), "What decoded the frames: nvdec (GPU hardware) or pyav (CPU). Since 1.1."),
     _field("decoder_note", pa.string(), "Why a GPU scan decoded this video on the CPU (AV1 on an H100, 4:2:2, "
                                         "a size NVDEC does not take); null otherwise. Since 1.1."),

@@ -67,16 +67,21 @@ def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table | None:
     Raises ``DamagedShardError`` for an unreadable file and ``OutputError`` for another major version.
     """
     try:
-        table = pq.read_table(path, columns=columns)
+        schema = pq.read_schema(path)
+        present = [c for c in columns if c in schema.names] if columns is not None else None
+        table = pq.read_table(path, columns=present)
     except FileNotFoundError:
         return None
     except (OSError, pa.ArrowException) as exc:
         raise DamagedShardError(f"unreadable shard file ({exc})", path=path,
                                 hint="a resumed scan moves the pair aside and scans its videos again") from exc
     try:
-        ScanMetadata.from_kv(table.schema.metadata, source=path)
+        meta = ScanMetadata.from_kv(schema.metadata, source=path)
     except ValueError as exc:
         raise OutputError(str(exc)) from None
+    for name in columns or ():  # asked for, but newer than the shard (a column a later minor version added)
+        if name not in table.column_names:
+            table = table.append_column(SCHEMAS[meta.table].field(name), pa.nulls(len(table), SCHEMAS[meta.table].field(name).type))
     return table
 
 
