@@ -273,6 +273,28 @@ def test_an_output_folder_that_cannot_be_written_is_a_clear_error(library: Path,
         _scan(library, out)
 
 
+def test_deleted_and_moved_videos_leave_the_results(library: Path, tmp_path: Path) -> None:
+    """Totals and highlights describe the library as it is: a deleted file's rows go, a moved file is listed
+    once under its new name; an empty library folder (an unmounted disk's mount point) retires nothing."""
+    lib = tmp_path / "lib"
+    shutil.copytree(library, lib)
+    out = tmp_path / "out"
+    first = _scan(lib, out)
+    deleted, moved = lib / "rotated_90.mp4", lib / "2024" / "calm_mjpeg_30.mkv"
+    deleted.unlink()
+    moved.rename(lib / "calm renamed.mkv")
+    again = _scan(lib, out)
+    videos = _videos(out)
+    assert str(deleted) not in videos and str(moved) not in videos and str(lib / "calm renamed.mkv") in videos
+    assert again.totals.total == first.totals.total - 1 == len(videos)
+    assert again.run.videos == 1  # only the renamed file
+    # the disk goes away: its mount point is an empty folder; nothing is retired
+    shutil.rmtree(lib)
+    lib.mkdir()
+    empty = _scan(lib, out)
+    assert empty.totals.total == len(videos) and empty.superseded == 0
+
+
 def test_partial_shards_from_a_crash_are_discarded(library: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     _scan(library, out, shard_videos=4)

@@ -15,6 +15,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -47,6 +48,7 @@ class ResumePlan:
     todo: list[FileState] = field(default_factory=list)
     skipped: list[FileState] = field(default_factory=list)
     superseded: dict[str, set[str]] = field(default_factory=dict)
+    gone: list[str] = field(default_factory=list)  # paths whose rows are retired: no longer in the library
 
     @property
     def superseded_count(self) -> int:
@@ -89,8 +91,13 @@ def sampled_as_asked(row: dict[str, object], fps: float, mode: str) -> bool:
 
 
 def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps: float = 1.0, mode: str = "auto",
-                resume: bool = True, retry_errors: bool = False) -> ResumePlan:
-    """Splits ``files`` into done and to-do against the complete shards in ``out_dir``."""
+                resume: bool = True, retry_errors: bool = False,
+                gone: Callable[[str], bool] | None = None) -> ResumePlan:
+    """Splits ``files`` into done and to-do against the complete shards in ``out_dir``.
+
+    ``gone(path)`` says whether a path with rows but not among ``files`` has left this run's part of the
+    library (deleted or moved); its rows are then retired, so totals and highlights list what exists.
+    """
     done = _done_index(out_dir)
     plan = ResumePlan()
     for f in files:
@@ -112,6 +119,13 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
         for row in rows:
             if row is not keep:
                 plan.superseded.setdefault(str(row["shard"]), set()).add(str(f.path))
+    if gone is not None:
+        listed = {str(f.path) for f in files}
+        for path, rows in done.items():
+            if path not in listed and gone(path):
+                plan.gone.append(path)
+                for row in rows:
+                    plan.superseded.setdefault(str(row["shard"]), set()).add(path)
     return plan
 
 

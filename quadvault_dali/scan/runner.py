@@ -149,14 +149,22 @@ def _utf8(name: str) -> bool:
         return False
 
 
-def select_files(libraries: Sequence[Path], shard: tuple[int, int] = (0, 1)) -> list[FileState]:
-    """The library's videos in this shard, with the size and mtime resume compares."""
+def select_files(libraries: Sequence[Path], shard: tuple[int, int] = (0, 1), *,
+                 unreadable: list[Path] | None = None) -> list[FileState]:
+    """The library's videos in this shard, with the size and mtime resume compares; folders that could not
+    be read are appended to ``unreadable`` (and logged)."""
     files: list[FileState] = []
     seen: set[str] = set()
+
+    def report(path: Path, exc: OSError) -> None:
+        log.warning("cannot read folder %s: %s", path, exc.strerror or exc)
+        if unreadable is not None:
+            unreadable.append(path)
+
     for lib in libraries:
         lib = Path(os.path.abspath(lib))
         base = lib if lib.is_dir() else lib.parent
-        for path in find_videos([lib]):
+        for path in find_videos([lib], on_error=report):
             key = str(path)
             if not _utf8(key):
                 continue
@@ -172,6 +180,26 @@ def select_files(libraries: Sequence[Path], shard: tuple[int, int] = (0, 1)) -> 
                 continue
             files.append(FileState(path, st.st_size, st.st_mtime_ns))
     return sorted(files, key=lambda f: str(f.path))
+
+
+def vanished(libraries: Sequence[Path], files: Sequence[FileState], shard: tuple[int, int],
+             unreadable: Sequence[Path]) -> Callable[[str], bool]:
+    """A test for paths that have rows but were not found now: ``True`` only when the path is in this run's
+    part of a library folder that was read (not an unreadable folder, not a library in which nothing was
+    found, as an unmounted disk's empty mount point) and the file really is not there."""
+    roots = [Path(os.path.abspath(lib)) for lib in libraries if Path(lib).is_dir()]
+    populated = {root for root in roots if any(root in f.path.parents for f in files)}
+
+    def gone(path_s: str) -> bool:
+        path = Path(path_s)
+        root = next((r for r in roots if r in path.parents), None)
+        if root is None or root not in populated:
+            return False
+        if any(u == path or u in path.parents for u in unreadable):
+            return False
+        return in_shard(os.path.relpath(path, root), shard) and not os.path.lexists(path)
+
+    return gone
 
 
 def model_refs(scorers: Sequence[Scorer]) -> tuple[ModelRef, ...]:
@@ -314,13 +342,17 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
                           hint="wait for it to finish, or give each job its own --shard i/n")
     try:
         cleanup_partial(out, options.tag)
-        files = select_files(libs, options.shard)
+        unreadable: list[Path] = []
+        files = select_files(libs, options.shard, unreadable=unreadable)
         plan = plan_resume(files, out, fingerprint=fingerprint, fps=options.fps, mode=options.mode,
-                           resume=options.resume,
+                           resume=options.resume, gone=vanished(libs, files, options.shard, unreadable),
                            retry_errors=options.retry_errors)
         superseded = drop_superseded(out, plan.superseded, own_tag=options.tag)
         log.info("%d videos found, %d already scanned, %d to scan, %d old rows superseded",
                  len(files), len(plan.skipped), len(plan.todo), superseded)
+        if plan.gone:
+            log.info("%d scanned videos are no longer in the library (deleted or moved); their rows are "
+                     "removed, e.g. %s", len(plan.gone), plan.gone[0])
         progress = (lambda s: on_progress(s, len(plan.todo))) if on_progress else None
         crashed = _isolate_crashers(out, plan.todo, scorers, options)
         if gpus and len(gpus) > 1:
