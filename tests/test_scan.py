@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -457,6 +458,22 @@ def test_a_new_threshold_on_a_finished_folder_rewrites_the_highlights(library: P
     assert doc["threshold"] == 0.99 and doc["count"] == 0 and doc["highlights"] == []
     lenient = scan_library([library], ScanOptions(out_dir=out, threshold=0.0, device="cpu"), scorers=SCORERS)
     assert lenient.totals.highlights == len(GOOD)  # every scored video, none of the error rows
+    # each highlight's fraction of seconds above the threshold is for the new one, not the scan's: pick a
+    # threshold at which some highlight's fraction differs from the stored one
+    seconds, videos = _seconds(out), _videos(out)
+
+    def frac(path: str, t: float) -> float:
+        scores = [r["score"] for r in seconds[path]]
+        return sum(x >= np.float32(t) for x in scores) / len(scores)
+
+    ok = [v for v in videos.values() if v["status"] == "ok"]
+    t = next(t for t in sorted({r["score"] for v in ok for r in seconds[v["path"]]}, reverse=True)
+             if any(v["score"] >= t and frac(v["path"], t) != pytest.approx(v["frac_above_threshold"]) for v in ok))
+    mid = scan_library([library], ScanOptions(out_dir=out, threshold=float(t), device="cpu"), scorers=SCORERS)
+    doc = json.loads((out / "highlights.json").read_text())
+    assert mid.run.videos == 0 and doc["highlights"]
+    for h in doc["highlights"]:
+        assert h["frac_above_threshold"] == pytest.approx(frac(h["path"], float(t)), abs=1e-6)
 
 
 def test_rows_of_another_tags_pair_are_dropped_only_under_its_lock(library: Path, tmp_path: Path) -> None:

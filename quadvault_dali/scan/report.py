@@ -19,10 +19,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from .._files import atomic_path
 from ..errors import OutputError
 from .schema import SCHEMA_VERSION, ModelRef
-from .shards import latest_video_rows
+from .shards import latest_video_rows, read_shard
 
 HIGHLIGHTS_FILE = "highlights.json"
 
@@ -38,11 +41,13 @@ def highlights_document(out_dir: Path, *, threshold: float, models: Sequence[Mod
     """The highlights document and totals over the complete shards of ``out_dir``."""
     cols = ["video_id", "path", "score", "best_timestamp_s", "score_max", "score_top3_mean",
             "frac_above_threshold", "duration_s", "is_highlight", "status"]
-    rows = [row for _, row in latest_video_rows(out_dir, columns=cols)]  # one per path
+    chosen = latest_video_rows(out_dir, columns=cols)  # one per path
+    rows = [row for _, row in chosen]
     # By this run's threshold, not the stored flag: resume does not rescan for a new --threshold.
-    # (frac_above_threshold stays as computed when the video was scored.)
     best = sorted((r for r in rows if r["status"] == "ok" and r["score"] is not None and r["score"] >= threshold),
                   key=lambda r: (-r["score"], r["path"]))
+    best_rows = {id(r) for r in best}
+    fractions = _fractions_above(out_dir, [(name, r) for name, r in chosen if id(r) in best_rows], threshold)
     errors = sum(1 for r in rows if r["status"] == "error")
     doc = {
         "schema_version": SCHEMA_VERSION,
@@ -56,11 +61,30 @@ def highlights_document(out_dir: Path, *, threshold: float, models: Sequence[Mod
             "path": r["path"], "score": round(float(r["score"]), 6),
             "best_second": r["best_timestamp_s"], "best_second_score": round(float(r["score_max"]), 6),
             "top3_mean": round(float(r["score_top3_mean"]), 6),
-            "frac_above_threshold": round(float(r["frac_above_threshold"]), 6),
+            "frac_above_threshold": round(fractions.get(r["video_id"], float(r["frac_above_threshold"])), 6),
             "duration_s": r["duration_s"], "video_id": r["video_id"],
         } for r in best],
     }
     return doc, FolderTotals(len(rows), len(best), errors)
+
+
+def _fractions_above(out_dir: Path, chosen: list[tuple[str, dict]], threshold: float) -> dict[str, float]:
+    """video_id -> fraction of its seconds scoring >= ``threshold``, from the seconds of each row's own shard
+    (the stored column holds the fraction at the threshold of the run that scored the video)."""
+    wanted: dict[str, set[str]] = {}
+    for name, row in chosen:
+        wanted.setdefault(name, set()).add(row["video_id"])
+    fractions: dict[str, float] = {}
+    for name, ids in wanted.items():
+        table = read_shard(out_dir / "seconds" / name, columns=["video_id", "score"])
+        if table is None:
+            continue
+        table = table.filter(pc.is_in(table["video_id"], value_set=pa.array(sorted(ids), pa.string())))
+        above = pc.greater_equal(table["score"], pa.scalar(threshold, pa.float32()))
+        grouped = pa.table({"video_id": table["video_id"], "above": pc.cast(above, pa.int64())}) \
+            .group_by("video_id").aggregate([("above", "mean")])
+        fractions.update(zip(grouped["video_id"].to_pylist(), grouped["above_mean"].to_pylist()))
+    return fractions
 
 
 def write_json_atomic(path: Path, doc: dict) -> None:

@@ -69,12 +69,15 @@ VIDEOS_SCHEMA = pa.schema([
     _field("score_mean", pa.float32(), "Mean of the per-second ensemble scores."),
     _field("score_max", pa.float32(), "Best second's ensemble score."),
     _field("score_top3_mean", pa.float32(), "Mean of the 3 best seconds (all of them when fewer)."),
-    _field("frac_above_threshold", pa.float32(), "Fraction of seconds whose ensemble score >= threshold."),
+    _field("frac_above_threshold", pa.float32(), "Fraction of seconds whose ensemble score >= the threshold of "
+                                                "the run that scored the video (highlights.json recomputes it "
+                                                "for its own threshold)."),
     _field("model_means", pa.list_(pa.float32()), "Per-model mean over the seconds, metadata order."),
     _field("score", pa.float32(), "The video's highlight score: the mean over its seconds of the ensemble "
                                   "score (same as test-video and evaluation)."),
     _field("best_timestamp_s", pa.float64(), "Timestamp of the best second (the first one on ties)."),
-    _field("is_highlight", pa.bool_(), "score >= threshold (false for error rows).", False),
+    _field("is_highlight", pa.bool_(), "score >= the threshold of the run that scored the video (false for "
+                                       "error rows); compare score yourself for another threshold.", False),
     _field("status", pa.string(), "ok or error.", False),
     _field("error_kind", pa.string(), "Error class (VideoOpenError, UnsupportedCodecError, DecodeError, ...)."),
     _field("error_message", pa.string(), "One-line message naming the file and what is wrong."),
