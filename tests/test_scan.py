@@ -260,7 +260,7 @@ def test_an_output_folder_that_cannot_be_written_is_a_clear_error(library: Path,
 
     with monkeypatch.context() as m:
         m.setattr(shards.os, "open", read_only)
-        with pytest.raises(OutputError, match=r"\.lock-main: cannot write scan results: Permission denied "
+        with pytest.raises(OutputError, match=r"out/\.\S+: cannot write scan results: Permission denied "
                                               r"\(check that --out is writable\)"):
             _scan(library, out)
 
@@ -294,6 +294,25 @@ def test_deleted_and_moved_videos_leave_the_results(library: Path, tmp_path: Pat
     lib.mkdir()
     empty = _scan(lib, out)
     assert empty.totals.total == len(videos) and empty.superseded == 0
+
+
+def test_jobs_that_split_the_library_differently_cannot_share_a_folder(library: Path, tmp_path: Path) -> None:
+    """A plain scan next to a --shard 0/2 job, or 0/2 next to 0/4, would scan some videos twice at once."""
+    from quadvault_dali.scan.shards import LayoutLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    running = LayoutLock(out, 2)  # a --shard 0/2 job at work
+    assert running.acquire() is None
+    try:
+        with pytest.raises(OutputError, match=r"another scan is writing into this folder with --shard i/2"):
+            _scan(library, out)
+        with pytest.raises(OutputError, match=r"with --shard i/2 .*use --shard i/2"):
+            _scan(library, out, shard=(0, 4))
+        assert _scan(library, out, shard=(1, 2)).run.videos > 0  # the same split: the other half
+    finally:
+        running.release()
+    assert _scan(library, out).run.videos > 0  # that job is done: a plain scan may take the folder
 
 
 def test_partial_shards_from_a_crash_are_discarded(library: Path, tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from .crashguard import CrashJournal, StallWatch, isolate_suspects, journal_path
 from .report import HIGHLIGHTS_FILE, FolderTotals, highlights_document, summary_line, write_json_atomic
 from .resume import FileState, drop_superseded, plan_resume
 from .schema import SCHEMA_VERSION, ModelRef, ScanMetadata, combined_fingerprint
-from .shards import ShardWriter, TagLock, cleanup_partial
+from .shards import LayoutLock, ShardWriter, TagLock, cleanup_partial
 
 log = logging.getLogger(__name__)
 
@@ -336,8 +336,16 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
         scorers = _load_scorers(model_paths, options, gpus)
     models = model_refs(scorers)
     fingerprint = combined_fingerprint(models)
+    layout = LayoutLock(out, options.shard[1])
+    other_parts = layout.acquire()
+    if other_parts is not None:
+        raise OutputError(f"another scan is writing into this folder with --shard i/{other_parts}" if other_parts > 1
+                          else "another scan without --shard is writing into this folder", path=out,
+                          hint=f"jobs sharing a folder split the library the same way: wait for it, or use "
+                               f"--shard i/{other_parts} or another --out")
     lock = TagLock(out, options.tag)
     if not lock.acquire():
+        layout.release()
         raise OutputError("another scan is writing into this folder with the same --shard", path=out,
                           hint="wait for it to finish, or give each job its own --shard i/n")
     try:
@@ -367,6 +375,7 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
         write_json_atomic(highlights_path, doc)
     finally:
         lock.release()
+        layout.release()
     return ScanSummary(out, totals, stats, len(plan.skipped), superseded, time.perf_counter() - started,
                        highlights_path)
 

@@ -195,6 +195,44 @@ class TagLock:
             self._fd = None
 
 
+class LayoutLock:
+    """Jobs writing into one folder must split the library the same way (``--shard i/n`` with one ``n``):
+    with another ``n`` the same video falls in two jobs' parts and is scanned twice at once. Each job holds
+    a shared ``flock`` on ``DIR/.layout-n{n}``; a job finding another ``n``'s file held refuses to start."""
+
+    def __init__(self, out_dir: Path, parts: int) -> None:
+        self.out_dir, self.parts = out_dir, parts
+        self._fd: int | None = None
+
+    def acquire(self) -> int | None:
+        """Takes the lock; returns the ``n`` of a running job that splits the library otherwise (lock not held)."""
+        path = self.out_dir / f".layout-n{self.parts}"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise output_error(exc, path) from exc
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        self._fd = fd
+        for other in sorted(self.out_dir.glob(".layout-n*")):
+            parts = other.name.removeprefix(".layout-n")
+            if not parts.isdigit() or int(parts) == self.parts:
+                continue
+            probe = os.open(other, os.O_RDWR)
+            try:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: nobody runs with that n
+            except BlockingIOError:
+                self.release()
+                return int(parts)
+            finally:
+                os.close(probe)
+        return None
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 def cleanup_partial(out_dir: Path, own_tag: str) -> list[Path]:
     """Deletes temp files and orphan seconds files of every tag whose writer is not running."""
     removed: list[Path] = []
