@@ -43,9 +43,10 @@ def frame_pipeline(files: Sequence[str], rows: Sequence[int], *, image_size: int
     epoch boundaries, so on a small dataset an epoch was close to sampling with replacement.
     """
     jpegs, row_ids = fn.readers.file(
-        files=list(files), labels=list(rows), name=READER_NAME, shuffle_after_epoch=train,
-        shuffle_after_epoch_seed=shuffle_seed, shard_id=shard_id, num_shards=num_shards,
-        pad_last_batch=not train, stick_to_shard=not train)
+        files=list(files), labels=list(rows), name=READER_NAME, shard_id=shard_id, num_shards=num_shards,
+        pad_last_batch=not train, stick_to_shard=not train,
+        # the seed only where it is used: DALI warns about a shuffle seed without the shuffle
+        **({"shuffle_after_epoch": True, "shuffle_after_epoch_seed": shuffle_seed} if train else {}))
     scale_mean = [m * 255.0 for m in mean]
     scale_std = [s * 255.0 for s in std]
     if train:

@@ -125,7 +125,7 @@ def run_demo(root: str | Path, *, device: str = "auto", epochs: int = 4, report:
 
     done = step(f"4/6 Training the classifier ({epochs} epochs)")
     trained = train_model(TrainConfig(dataset=root / "dataset", output_dir=root / "model", epochs=epochs,
-                                      batch_size=16, learning_rate=1e-3, image_size=96, device=device,
+                                      batch_size=16, learning_rate=5e-4, image_size=96, device=device,
                                       backbone="efficientnet-lite0", patience=epochs, seed=0), report=report)
     done()
 
