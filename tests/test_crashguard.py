@@ -93,20 +93,40 @@ def test_steady_progress_is_not_a_stall(tmp_path: Path) -> None:
 
 HANG_HOOK = '''
 import os, time
-if os.environ.get("QV_TEST_HANG"):
+if os.environ.get("QV_TEST_DECODER"):
     import quadvault_dali.sampling._cpu as _cpu
-    def decode_video(self, path, outcome, emit):
-        time.sleep(60)
+    real = _cpu.CpuSampler.decode_video
+    def decode_video(self, path, outcome, emit, **kw):
+        if os.environ["QV_TEST_DECODER"] == "hang":
+            time.sleep(60)
+        def slow(item):  # a long file on a slow CPU: a frame every 0.5 s, the whole check far past stall_s
+            time.sleep(0.5)
+            emit(item)
+        return real(self, path, outcome, slow, **kw)
     _cpu.CpuSampler.decode_video = decode_video
 '''
 
 
-def test_isolated_check_reports_a_hang(tmp_path: Path, make_clip, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def _with_decoder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, behaviour: str) -> None:
     hook = tmp_path / "hook"
-    hook.mkdir()
+    hook.mkdir(exist_ok=True)
     (hook / "sitecustomize.py").write_text(HANG_HOOK)
-    monkeypatch.setenv("QV_TEST_HANG", "1")
+    monkeypatch.setenv("QV_TEST_DECODER", behaviour)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]))
+
+
+def test_isolated_check_reports_a_hang(tmp_path: Path, make_clip, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    _with_decoder(tmp_path, monkeypatch, "hang")
     why = check_in_child(make_clip("guard_hang.mp4", duration_s=1.0), device="cpu", mode="auto", fps=1.0, size=64,
-                         timeout_s=8.0)
-    assert why is not None and "did not finish within 8 s" in why
+                         stall_s=8.0)
+    assert why is not None and "no frame came for 8 s" in why
+
+
+def test_a_slow_but_steady_check_is_not_a_hang(tmp_path: Path, make_clip, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """A long video decoded slowly takes longer than any fixed limit: only a silence means a hang."""
+    _with_decoder(tmp_path, monkeypatch, "slow")
+    started = time.monotonic()
+    why = check_in_child(make_clip("guard_slow.mp4", duration_s=12.0, fps=10), device="cpu", mode="exact", fps=1.0,
+                         size=64, stall_s=3.0)
+    assert why is None
+    assert time.monotonic() - started > 5.0  # it really ran past stall_s
