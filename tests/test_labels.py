@@ -216,3 +216,91 @@ def test_names_with_brackets_and_hard_links(library: Path) -> None:
     with pytest.raises(LabelsError) as info:
         load_labels(write_labels(library, {"highlights": ["h_copy.mp4"], "normal": ["h.mp4"]}))
     assert any("labelled both highlight and normal" in p for p in info.value.problems)
+
+
+def test_patterns_see_what_discovery_sees(tmp_path: Path) -> None:
+    """A glob must not pick a camera proxy or a NAS thumbnail folder that a folder entry skips: the same
+    footage would land in train and validation."""
+    trip = tmp_path / "trip"
+    for name in ("DJI_0001.MP4", "DJI_0001.LRF", "DJI_0002.MP4", "@eaDir/DJI_0001.MP4/SYNOPHOTO_FILM_M.mp4",
+                 "sub/DJI_0003.mp4"):
+        touch(trip / name)
+    touch(tmp_path / "n.mp4")
+    for pattern in ("trip/*", "trip/**", "trip/DJI_0001*", "trip/**/*"):
+        labels = load_labels(write_labels(tmp_path, {"highlights": [pattern], "normal": ["n.mp4"]}))
+        got = sorted(v.path.relative_to(tmp_path.resolve()).as_posix() for v in labels.videos if v.label == 1)
+        want = {"trip/*": ["trip/DJI_0001.MP4", "trip/DJI_0002.MP4", "trip/sub/DJI_0003.mp4"],
+                "trip/**": ["trip/DJI_0001.MP4", "trip/DJI_0002.MP4", "trip/sub/DJI_0003.mp4"],
+                "trip/DJI_0001*": ["trip/DJI_0001.MP4"],
+                "trip/**/*": ["trip/DJI_0001.MP4", "trip/DJI_0002.MP4", "trip/sub/DJI_0003.mp4"]}[pattern]
+        assert got == want, pattern
+
+
+def test_patterns_under_a_folder_with_brackets_and_through_link_loops(tmp_path: Path) -> None:
+    base = tmp_path / "[2023] trip"
+    touch(base / "hi_1.mp4")
+    touch(base / "a" / "b" / "hi_2.mp4")
+    touch(base / "n.mp4")
+    (base / "a" / "b" / "up").symlink_to("..")
+    (base / "a" / "b" / "up2").symlink_to(".")
+    labels = load_labels(write_labels(base, {"highlights": ["hi_*.mp4", "a/**/*.mp4"], "normal": ["n.mp4"]}))
+    assert sorted(v.path.name for v in labels.videos) == ["hi_1.mp4", "hi_2.mp4", "n.mp4"]
+    absolute = load_labels(write_labels(tmp_path, {"highlights": [str(base / "hi_*.mp4")], "normal": [str(base / "n.mp4")]}))
+    assert [v.path.name for v in absolute.videos] == ["hi_1.mp4", "n.mp4"]
+
+
+def test_what_a_labels_file_may_hold_and_how_it_may_be_written(tmp_path: Path) -> None:
+    touch(tmp_path / "h.mp4")
+    touch(tmp_path / "n.mp4")
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps({"highlights": ["h.mp4"], "normal": ["n.mp4"]}).encode())
+    assert len(load_labels(bom).videos) == 2  # Windows Notepad's byte-order mark
+    twice = tmp_path / "twice.json"
+    twice.write_text('{"highlights": ["h.mp4"], "normal": ["n.mp4"], "highlights": ["n.mp4"]}')
+    with pytest.raises(LabelsError) as info:
+        load_labels(twice)
+    assert '"highlights" appears twice: merge its lists into one (only the last would count)' in info.value.problems
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(LabelsError, match="nested too deeply"):
+        load_labels(deep)
+    big = tmp_path / "clip.mp4"
+    with open(big, "wb") as fh:
+        fh.truncate(65 * 1024 * 1024)
+    with pytest.raises(LabelsError, match="is 65 MiB: not a labels file"):
+        load_labels(big)
+
+
+def test_names_that_cannot_be_stored_and_paths_that_cannot_be_reached(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    touch(tmp_path / "n.mp4")
+    latin1 = tmp_path / os.fsdecode(b"caf\xe9.mp4")
+    touch(latin1)
+    with pytest.raises(LabelsError) as info:
+        load_labels(write_labels(tmp_path, {"highlights": [str(tmp_path)], "normal": ["n.mp4"]}))
+    assert any("caf\\xe9.mp4 has a name that is not valid UTF-8; rename the file" in p for p in info.value.problems)
+    latin1.unlink()
+    locked = tmp_path / "locked"
+    real_exists = Path.exists
+
+    def exists(self: Path) -> bool:
+        if locked in (self, *self.parents):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_exists(self)
+
+    monkeypatch.setattr(Path, "exists", exists)
+    touch(tmp_path / "h.mp4")
+    with pytest.raises(LabelsError) as info:
+        load_labels(write_labels(tmp_path, {"highlights": ["locked/a.mp4", "h.mp4", "missing.mp4"],
+                                            "normal": ["n.mp4"]}))
+    assert info.value.problems == [f"highlights[0]: cannot access {locked / 'a.mp4'}: Permission denied",
+                                   f"highlights[2]: {tmp_path / 'missing.mp4'} does not exist"]
+
+
+def test_a_hard_link_in_both_classes_names_both_paths(tmp_path: Path) -> None:
+    (tmp_path / "n0.mp4").write_bytes(b"x" * 100)
+    os.link(tmp_path / "n0.mp4", tmp_path / "n0_hard.mp4")
+    with pytest.raises(LabelsError) as info:
+        load_labels(write_labels(tmp_path, {"highlights": ["n0_hard.mp4"], "normal": ["n0.mp4"]}))
+    assert info.value.problems == [f"{tmp_path / 'n0_hard.mp4'} (and its hard link {tmp_path / 'n0.mp4'}) is "
+                                   "labelled both highlight and normal (highlights[0], normal[0])"]

@@ -202,6 +202,39 @@ def test_existing_dataset_needs_merge_or_overwrite(prepared: tuple[Path, object]
                                                                          video_id(footage / "n1.mp4")])
 
 
+def test_overwrite_rebuilds_an_unreadable_dataset_and_merge_says_to(prepared: tuple[Path, object], footage: Path,
+                                                                     tmp_path: Path) -> None:
+    src, _ = prepared
+    out = tmp_path / "ds"
+    shutil.copytree(src, out)
+    (out / "dataset.parquet").write_text("garbage")
+    labels = write_labels(tmp_path / "labels.json", [str(footage / "h1.mp4")], [str(footage / "n1.mp4")])
+    with pytest.raises(DatasetError, match="it cannot be merged into .*rebuild it with --overwrite"):
+        prepare_dataset(labels, out, merge=True, size=SIZE, device="cpu")
+    result = prepare_dataset(labels, out, overwrite=True, size=SIZE, device="cpu")
+    assert result.frames == 6
+    # the old frame folders went with the unreadable table; only the two videos' remain
+    assert sorted(p.name for p in (out / "frames").iterdir()) == sorted([video_id(footage / "h1.mp4"),
+                                                                         video_id(footage / "n1.mp4")])
+
+
+def test_merge_extracts_again_a_video_whose_frame_was_cut_short(prepared: tuple[Path, object], footage: Path,
+                                                                tmp_path: Path) -> None:
+    """evaluate tells the user to re-run --merge for unreadable frames: that must repair them."""
+    src, _ = prepared
+    out = tmp_path / "ds"
+    shutil.copytree(src, out)
+    rows = read_dataset(out).rows()
+    damaged = next(r for r in rows if r["video_path"].endswith("h2.mp4"))
+    (out / damaged["frame_path"]).write_bytes((out / damaged["frame_path"]).read_bytes()[:100])
+    names = ("h1.mp4", "h2.mp4", "h3.mp4", "n1.mp4", "n2.mp4", "n3.mp4")
+    labels = write_labels(tmp_path / "labels.json", [str(footage / n) for n in names[:3]],
+                          [str(footage / n) for n in names[3:]])
+    result = prepare_dataset(labels, out, merge=True, size=SIZE, device="cpu")
+    assert [p.name for p in result.extracted] == ["h2.mp4"]
+    assert (out / damaged["frame_path"]).read_bytes()[-2:] == b"\xff\xd9"
+
+
 def test_never_writes_into_the_footage(footage: Path, tmp_path: Path) -> None:
     labels = write_labels(tmp_path / "labels.json", [str(footage / "h1.mp4")], [str(footage / "n1.mp4")])
     for out in (footage, footage / "dataset", footage / "a" / "b"):

@@ -1,7 +1,8 @@
 """Reading and validating ``labels.json``: every problem is found before any work starts.
 
 The file users write is ``{"highlights": [...], "normal": [...]}``. Each entry is a video file, a
-folder (every video under it) or a glob pattern (``"beach/**/*.mp4"``); relative entries resolve
+folder (every video under it) or a glob pattern (``"beach/**/*.mp4"``, expanded through discovery:
+see ``_patterns``); relative entries resolve
 against the labels file's folder, ``~`` expands to the home folder. A labelling mistake found after an
 hour of frame extraction is an hour lost, so validation collects *all* problems and raises one
 ``LabelsError`` whose ``problems`` list names each one:
@@ -13,7 +14,9 @@ hour of frame extraction is an hour lost, so validation collects *all* problems 
   (skipped with ``skip_missing``)
 - ``<path> is labelled both highlight and normal (highlights[i], normal[j])``
 - ``<a> (highlights[i]) and <b> (normal[j]) are copies of the same video, labelled highlight and normal``
-- ``<class>[i]: cannot read <path>: <reason>``
+- ``<class>[i]: cannot read <path>: <reason>`` / ``<class>[i]: cannot access <path>: <reason>``
+- ``<class>[i]: <path> has a name that is not valid UTF-8; rename the file``
+- ``"<class>" appears twice: merge its lists into one (only the last would count)``
 - ``"<class>" is empty: label at least one video as <class>``
 - ``unknown key "<key>" (expected "highlights" and "normal"; did you mean "..."?)``
 - ``"<class>" must be a list of paths, got <type>`` / ``<class>[i]: expected a path string, got <type>``
@@ -27,7 +30,6 @@ validation accuracy.
 from __future__ import annotations
 
 import difflib
-import glob
 import json
 import logging
 import os
@@ -38,13 +40,13 @@ from typing import Literal
 from ..discovery import VIDEO_EXTENSIONS, find_videos, is_video_file
 from ..errors import LabelsError
 from ._identity import content_ids
+from ._patterns import GLOB_CHARS, expand_pattern
 
 log = logging.getLogger(__name__)
 
 LabelName = Literal["highlight", "normal"]
 #: labels.json key -> (label value, label name). Highlight is the positive class (1).
 CLASSES: dict[str, tuple[int, LabelName]] = {"highlights": (1, "highlight"), "normal": (0, "normal")}
-_GLOB_CHARS = frozenset("*?[")
 
 
 @dataclass(frozen=True)
@@ -91,20 +93,24 @@ def _expand(entry: str, where: str, base: Path, problems: list[str], skipped: li
     """The videos one entry names; problems go to ``problems`` (or ``skipped`` when skippable)."""
     soft = skipped if skip_missing else problems
     path = _resolve(entry, base)
-    if _GLOB_CHARS & set(entry) and not path.exists():  # "DJI_0001 [edited].mp4" is a name, not a pattern
-        matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True))
-        found: list[Path] = []
-        for match in matches:
-            if match.is_dir():
-                roots.append(match)
-                found.extend(find_videos([match]))
-            elif is_video_file(match):
-                roots.append(match.parent)
-                found.append(match)
-        if not found:
+    try:
+        exists = path.exists()
+    except OSError as exc:  # a folder on the way that cannot be entered, a name too long
+        soft.append(f"{where}: cannot access {path}: {exc.strerror or exc}")
+        return []
+    unreadable: list[str] = []
+
+    def unreadable_folder(p: Path, exc: OSError) -> None:
+        unreadable.append(f"{where}: {p} is not readable")
+
+    if GLOB_CHARS & set(entry) and not exists:  # "DJI_0001 [edited].mp4" is a name, not a pattern
+        root, found = expand_pattern(path, on_error=unreadable_folder)
+        roots.append(root)
+        soft.extend(unreadable)
+        if not found and not unreadable:
             soft.append(f"{where}: pattern {entry!r} matches no videos")
         return found
-    if not path.exists():
+    if not exists:
         soft.append(f"{where}: {path} does not exist")
         return []
     if not os.access(path, os.R_OK):
@@ -112,8 +118,7 @@ def _expand(entry: str, where: str, base: Path, problems: list[str], skipped: li
         return []
     if path.is_dir():
         roots.append(path)
-        unreadable: list[str] = []
-        found = find_videos([path], on_error=lambda p, e: unreadable.append(f"{where}: {p} is not readable"))
+        found = find_videos([path], on_error=unreadable_folder)
         soft.extend(unreadable)
         if not found and not unreadable:
             soft.append(f"{where}: folder {path} holds no videos")
@@ -148,9 +153,19 @@ def _dedupe_copies(first_seen: dict[Path, tuple[int, str]], problems: list[str],
     return list(by_content.values())
 
 
-def parse_labels(data: object, *, base: Path, source: Path, skip_missing: bool = False) -> Labels:
-    """Validates already-parsed JSON ``data``; relative entries resolve against ``base``."""
-    problems: list[str] = []
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def parse_labels(data: object, *, base: Path, source: Path, skip_missing: bool = False,
+                 problems: list[str] | None = None) -> Labels:
+    """Validates already-parsed JSON ``data``; relative entries resolve against ``base``. ``problems``
+    found while reading the file are reported with the rest."""
+    problems = list(problems or [])
     skipped: list[str] = []
     duplicates: list[str] = []
     roots: list[Path] = []
@@ -182,7 +197,11 @@ def parse_labels(data: object, *, base: Path, source: Path, skip_missing: bool =
                                 + (" (empty)" if isinstance(entry, str) else ""))
                 continue
             for found in _expand(entry.strip(), where, base, problems, skipped, skip_missing, roots):
-                resolved = found.resolve()
+                if not _utf8(str(found)):  # the dataset table stores paths as UTF-8 text
+                    shown = os.fsencode(str(found)).decode("utf-8", "backslashreplace")
+                    problems.append(f"{where}: {shown} has a name that is not valid UTF-8; rename the file")
+                    continue
+                resolved = own = found.resolve()
                 try:
                     st = resolved.stat()
                     resolved = identity.setdefault((st.st_dev, st.st_ino), resolved)
@@ -193,8 +212,8 @@ def parse_labels(data: object, *, base: Path, source: Path, skip_missing: bool =
                     first_seen[resolved] = (label, where)
                     count += 1
                 elif prior[0] != label:
-                    problems.append(f"{resolved} is labelled both highlight and normal "
-                                    f"({prior[1]}, {where})")
+                    shown = resolved if own == resolved else f"{resolved} (and its hard link {own})"
+                    problems.append(f"{shown} is labelled both highlight and normal ({prior[1]}, {where})")
                 else:
                     duplicates.append(f"{where}: {resolved} is already listed ({prior[1]}); kept once")
         # a class whose entries all failed is already explained by those problems
@@ -218,18 +237,39 @@ def parse_labels(data: object, *, base: Path, source: Path, skip_missing: bool =
                   warnings=[f"skipped: {m}" for m in skipped] + duplicates)
 
 
+#: A labels file is a list of paths; anything this big is something else (a video given by mistake).
+MAX_LABELS_BYTES = 64 * 1024 * 1024
+
+
 def load_labels(path: str | os.PathLike[str], *, skip_missing: bool = False) -> Labels:
     """Reads and validates a labels file; raises ``LabelsError`` listing every problem at once."""
     source = Path(path)
     try:
-        text = source.read_text(encoding="utf-8")
+        size = source.stat().st_size
+        if size > MAX_LABELS_BYTES:
+            raise LabelsError(f"is {size / 2**20:,.0f} MiB: not a labels file (expected a small JSON file)",
+                              path=source, hint='a labels file looks like {"highlights": [...], "normal": [...]}')
+        text = source.read_text(encoding="utf-8-sig")  # Windows editors start the file with a BOM
     except FileNotFoundError:
         raise LabelsError("labels file does not exist", path=source) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise LabelsError(f"cannot read labels file: {exc}", path=source) from None
+    repeated: list[str] = []
+
+    def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
+        seen: dict[str, object] = {}
+        for key, value in items:
+            if key in seen and key in CLASSES:
+                repeated.append(f'"{key}" appears twice: merge its lists into one (only the last would count)')
+            seen[key] = value
+        return seen
+
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=pairs)
     except json.JSONDecodeError as exc:
         raise LabelsError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
                           path=source) from None
-    return parse_labels(data, base=source.resolve().parent, source=source, skip_missing=skip_missing)
+    except RecursionError:
+        raise LabelsError("not a labels file: JSON nested too deeply", path=source) from None
+    return parse_labels(data, base=source.resolve().parent, source=source, skip_missing=skip_missing,
+                        problems=repeated)

@@ -72,7 +72,16 @@ def _previous(out: Path, merge: bool, overwrite: bool, settings: dict[str, Any])
     if not merge and not overwrite:
         raise DatasetError("a dataset already exists here", path=file,
                            hint="use --merge to update it with the labels, or --overwrite to rebuild it")
-    old = read_dataset(file)
+    try:
+        old = read_dataset(file)
+    except DatasetError as exc:
+        if merge:
+            raise DatasetError(f"{exc.reason}; it cannot be merged into", path=file,
+                               hint="rebuild it with --overwrite") from None
+        log.warning("rebuilding an unreadable dataset (%s)", exc.reason)
+        folders = out / FRAMES_DIR
+        # every frame folder this tool could have written goes, as the old rows would have said
+        return {d.name: [] for d in (folders.iterdir() if folders.is_dir() else ()) if _is_id(d.name)}
     grouped: dict[str, list[dict]] = defaultdict(list)
     for row in old.rows():
         grouped[row["video_id"]].append(row)
@@ -106,8 +115,23 @@ def _match_previous(previous: dict[str, list[dict]], videos: list[LabelledVideo]
     return matched
 
 
+def _is_id(name: str) -> bool:
+    """A frame folder's name: a 16-hex video id."""
+    return len(name) == 16 and all(c in "0123456789abcdef" for c in name)
+
+
+def _complete_jpeg(path: Path) -> bool:
+    """A frame file that is there and ends as a JPEG does (a crash or a full disk can leave it cut short)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(-2, os.SEEK_END)
+            return fh.read(2) == b"\xff\xd9"
+    except OSError:
+        return False
+
+
 def _reusable(rows: list[dict], out: Path) -> bool:
-    return bool(rows) and all((out / r["frame_path"]).is_file() for r in rows)
+    return bool(rows) and all(_complete_jpeg(out / r["frame_path"]) for r in rows)
 
 
 def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[str], *, merge: bool = False,
@@ -172,6 +196,12 @@ def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[
     for label, name in ((1, "highlight"), (0, "normal")):
         if result.frames_by_label[label] == 0:
             result.warnings.append(f"no {name} frames in the dataset: every {name} video failed")
+            continue
+        members = [vid for vid in rows if by_id[vid].label == label]
+        if len(members) >= 2 and not any(splits[vid] == "val" for vid in members):
+            # --merge keeps splits: re-labelling the class's validation videos can leave it none
+            result.warnings.append(f"no {name} video in the validation split ({len(members)} in training), so "
+                                   f"validation cannot measure {name}s; --overwrite splits the dataset again")
     return result
 
 
