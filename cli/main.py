@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import os
@@ -50,6 +51,21 @@ class LazyGroup(click.Group):
             logging.getLogger("quadvault_dali").debug("error detail", exc_info=True)
             click.secho(f"Error: {exc}", fg="red", err=True)
             sys.exit(1)
+        except OSError as exc:  # a file system failure no step anticipated (a full or read-only disk): one line
+            if os.environ.get("QUADVAULT_DEBUG"):
+                raise
+            logging.getLogger("quadvault_dali").debug("error detail", exc_info=True)
+            click.secho(f"Error: {os_error_line(exc)}", fg="red", err=True)
+            sys.exit(1)
+
+
+def os_error_line(exc: OSError) -> str:
+    """``path: reason (hint)`` for an operating-system error."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    hint = (" (free space on that disk, or write somewhere else)" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            else " (check that the folder exists and can be written)"
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR) else "")
+    return f"{where}{exc.strerror or exc}{hint}"
 
 
 class _CliFormatter(logging.Formatter):

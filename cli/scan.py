@@ -26,11 +26,22 @@ def _parse_shard(ctx: click.Context, param: click.Parameter, value: str | None) 
     return (i, n)
 
 
+def card_threshold(models: tuple[str, ...], default: float = 0.7) -> float:
+    """The models' decision threshold from their cards (mean over an ensemble, as test-video's verdict)."""
+    from quadvault_dali.model import read_card
+
+    values = [read_card(m).get("threshold") for m in models]
+    numbers = [float(v) for v in values if isinstance(v, (int, float))]
+    return sum(numbers) / len(numbers) if len(numbers) == len(values) and numbers else default
+
+
 def scan_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The options ``scan`` and ``batch-classify`` share."""
     opts = [
-        click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=0.7, show_default=True,
-                     help="A video is a highlight when its score (mean of its seconds) reaches this."),
+        click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
+                     help="A video is a highlight when its score (mean of its seconds) reaches this. Default: the "
+                          "threshold in the model card (tuned on validation videos; the mean over an ensemble), "
+                          "as test-video and evaluate use; 0.7 for a card without one."),
         sampling_option, fps_option, device_option,
         click.option("--streams", type=click.IntRange(1, 64), default=4, show_default=True,
                      help="Videos decoded at once (per GPU)."),
@@ -62,10 +73,15 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
 
     gpus = None
     if kw["gpus"]:
-        if resolve_device(kw["device"]) != "gpu":
+        if kw["device"] == "cpu":
             raise BackendUnavailableError("--gpus needs the GPU backend", hint="drop --device cpu or --gpus")
+        if resolve_device(kw["device"]) != "gpu":
+            from quadvault_dali.device import gpu_status
+
+            raise BackendUnavailableError(f"--gpus needs CUDA GPUs, but {gpu_status()[1]}", hint="drop --gpus")
         gpus = parse_gpus(kw["gpus"])
-    options = ScanOptions(out_dir=out, threshold=kw["threshold"], device=kw["device"], mode=kw["mode"],
+    threshold = kw["threshold"] if kw["threshold"] is not None else card_threshold(models)
+    options = ScanOptions(out_dir=out, threshold=threshold, device=kw["device"], mode=kw["mode"],
                           fps=kw["fps"], streams=kw["streams"], batch_size=kw["batch_size"], resume=kw["resume"],
                           retry_errors=kw["retry_errors"], shard=kw["shard"], shard_videos=kw["shard_videos"],
                           shard_seconds=kw["shard_seconds"], highlights_path=highlights)

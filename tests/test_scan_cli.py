@@ -112,6 +112,22 @@ def test_sigterm_stops_like_ctrl_c(library: Path, model_dir: Path, tmp_path: Pat
     assert not [p for p in out.rglob(".tmp-*")]
 
 
+def test_without_threshold_the_scan_uses_the_models_own(library: Path, model_dir: Path, tmp_path: Path) -> None:
+    """test-video and evaluate judge by the threshold training tuned; the scan must not use another."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    card = json.loads((model / "model.json").read_text())
+    card["threshold"] = 0.61
+    (model / "model.json").write_text(json.dumps(card))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["-q", "scan", str(library / "2024"), "-m", str(model), "-o", str(out),
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "highlights.json").read_text())["threshold"] == pytest.approx(0.61)
+
+
 def test_batch_classify_writes_output_json_and_shards(library: Path, model_dir: Path, tmp_path: Path) -> None:
     output = tmp_path / "results" / "highlights.json"
     result = CliRunner().invoke(cli, ["-q", "batch-classify", str(library), str(model_dir), str(output),

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .._files import atomic_path, file_sha256
-from ..errors import BackendUnavailableError, ModelFormatError
+from ..errors import BackendUnavailableError, ModelFormatError, OutputError
 from ._network import HighlightNet, build_network, spec_for
 from ._scorer import HighlightModel
 
@@ -103,8 +103,13 @@ def save_model(directory: str | Path, module: nn.Module, card: dict[str, Any]) -
     full.update(card)
     # the inner block's rename runs first on exit: weights, then the card; a failure removes both temporaries
     with atomic_path(directory / CARD_FILE) as card_tmp, atomic_path(directory / WEIGHTS_FILE) as weights_tmp:
-        save_file(state, str(weights_tmp), metadata={"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
-                                                     "architecture": str(card["architecture"])})
+        try:
+            save_file(state, str(weights_tmp), metadata={"format": FORMAT_NAME,
+                                                         "format_version": str(FORMAT_VERSION),
+                                                         "architecture": str(card["architecture"])})
+        except Exception as exc:  # safetensors reports a full disk as its own SafetensorError
+            raise OutputError(f"cannot write the model weights: {exc}", path=weights_tmp,
+                              hint="free space on that disk, or choose another --output-dir") from exc
         full.update({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "weights_file": WEIGHTS_FILE,
                      "weights_sha256": file_sha256(weights_tmp)})
         card_tmp.write_text(json.dumps(full, indent=2, sort_keys=True, default=float) + "\n", encoding="utf-8")
