@@ -31,12 +31,13 @@ from ._options import device_option
 @click.option("--backbone", type=click.Choice(["resnet18", "efficientnet-lite0"]), default=None,
               help="Default: resnet18 when its ImageNet weights can be had, else efficientnet-lite0 "
                    "(weights ship with the package, no network needed).")
+@click.option("--overwrite", is_flag=True, help="Replace a model already in --output-dir.")
 @click.option("--pretrained", default="auto", show_default=True, metavar="auto|none|PATH",
               help="auto = the backbone's ImageNet weights; none = train from scratch; PATH = a weights "
                    "file (.pth or .safetensors), e.g. resnet18-f37072fd.pth for offline machines.")
 def train(dataset: Path, output_dir: Path, epochs: int, batch_size: int, learning_rate: float, image_size: int,
           seed: int, device: str, patience: int, freeze_backbone_epochs: int, multi_gpu: bool,
-          backbone: str | None, pretrained: str) -> None:
+          backbone: str | None, overwrite: bool, pretrained: str) -> None:
     """Fine-tune an ImageNet backbone on DATASET (the prepare-dataset folder or its dataset.parquet).
 
     JPEG frames are decoded and augmented by a DALI pipeline (on the GPU when there is one), the best
@@ -49,10 +50,20 @@ def train(dataset: Path, output_dir: Path, epochs: int, batch_size: int, learnin
           --backbone efficientnet-lite0 --freeze-backbone-epochs 2
       torchrun --nproc-per-node 4 -m quadvault_dali.cli.main train data/ --output-dir model/ --multi-gpu
     """
+    from quadvault_dali.errors import OutputError
+    from quadvault_dali.model import CARD_FILE
+    from quadvault_dali.progress import is_quiet
     from quadvault_dali.training import TrainConfig, train_model
 
+    if (output_dir / CARD_FILE).exists() and not overwrite:
+        raise OutputError("a model is already here; training would replace it", path=output_dir,
+                          hint="use another --output-dir, or --overwrite to replace it")
     config = TrainConfig(dataset, output_dir, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                          image_size=image_size, seed=seed, device=device, patience=patience,
                          freeze_backbone_epochs=freeze_backbone_epochs, multi_gpu=multi_gpu, backbone=backbone,
                          pretrained=pretrained)
-    train_model(config, click.echo)
+    quiet = is_quiet()
+    result = train_model(config, (lambda line: None) if quiet else click.echo)
+    if quiet:  # -q: the one line that says where the model went
+        click.echo(f"Model saved to: {result.model_dir} (video-level val accuracy "
+                   f"{100 * result.best_video_accuracy:.1f}%, epoch {result.best_epoch})")

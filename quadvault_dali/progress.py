@@ -17,6 +17,11 @@ def set_quiet(quiet: bool) -> None:
     _quiet = quiet
 
 
+def is_quiet() -> bool:
+    """Whether ``-q`` was given: commands then print only their result."""
+    return _quiet
+
+
 def progress_enabled() -> bool:
     return not _quiet and sys.stderr.isatty()
 

@@ -271,3 +271,25 @@ def test_resnet18_download_is_hash_checked_and_never_fully_unpickled(monkeypatch
     monkeypatch.setattr(type(ResNet18_Weights.IMAGENET1K_V1), "get_state_dict", fake_get_state_dict)
     assert pretrained_state("resnet18", "auto") is not None
     assert asked["check_hash"] is True and asked["weights_only"] is True
+
+
+def test_a_pretrained_file_that_is_not_plain_tensors_is_refused_in_our_words(tmp_path: Path) -> None:
+    """torch's own message advises weights_only=False; this tool never unpickles, so it must not echo that."""
+    from quadvault_dali.model._network import _read_weights_file
+
+    class Payload:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (print, ("this must never run",))
+
+    armed = tmp_path / "armed.pth"
+    torch.save({"fc.weight": torch.zeros(1), "x": Payload()}, armed)
+    labels = tmp_path / "labels.json"
+    labels.write_text('{"highlights": []}')
+    with pytest.raises(ModelFormatError) as err:
+        _read_weights_file(armed)
+    assert "holds Python objects beyond tensors, which this tool never unpickles" in str(err.value)
+    with pytest.raises(ModelFormatError) as err:
+        _read_weights_file(labels)
+    assert "is not a PyTorch weights file" in str(err.value)
+    for message in (str(err.value),):
+        assert "weights_only" not in message and "\n" not in message

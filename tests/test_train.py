@@ -288,6 +288,18 @@ def test_cli_default_backbone_falls_back_offline(tmp_path: Path, monkeypatch: py
     assert load_model(out).card["architecture"] == "efficientnet-lite0"
     assert "Train Loss:" in result.output and "TRAINING COMPLETE" in result.output
 
+    # a second run into the same folder must not replace that model unasked; -q prints just the result
+    args = ["-q", "train", str(tmp_path / "ds"), "--output-dir", str(out), "--epochs", "1", "--batch-size", "4",
+            "--image-size", "64", "--device", "cpu", "--backbone", "efficientnet-lite0"]
+    before = (out / "model.safetensors").read_bytes()
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 1 and "a model is already here; training would replace it" in refused.output
+    assert (out / "model.safetensors").read_bytes() == before
+    quiet = CliRunner().invoke(main, [*args, "--overwrite"])
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.output.strip().startswith(f"Model saved to: {out} (video-level val accuracy")
+    assert "Train Loss:" not in quiet.output and "TRAINING COMPLETE" not in quiet.output
+
 
 def test_cuda_out_of_memory_suggests_a_smaller_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import quadvault_dali.training._loop as loop

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import pickle
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,7 +118,16 @@ def _read_weights_file(path: Path, expected_sha256: str | None = None) -> dict[s
         # weights_only: a restricted unpickler that accepts tensors and containers, never arbitrary code
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means "not a weights file"
-        raise ModelFormatError(f"cannot read pretrained weights ({type(exc).__name__}: {exc})", path=path) from None
+        # torch's own text for a refused pickle advises weights_only=False, which this tool never does
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if "Unsupported global" in str(exc) or "This file can still be loaded" in str(exc):
+            detail = "it holds Python objects beyond tensors, which this tool never unpickles"
+        elif isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
+            detail = "it is not a PyTorch weights file"
+        else:
+            detail = f"{type(exc).__name__}: {first[:200]}"
+        raise ModelFormatError(f"cannot read pretrained weights: {detail}", path=path,
+                               hint="give a .safetensors file, or torchvision's resnet18-f37072fd.pth") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
