@@ -32,15 +32,25 @@ def probe(paths: tuple[Path, ...], as_json: bool, threads: int) -> None:
     (AV1 on an H100, 4:2:2, sizes outside its range) are decoded on the CPU by a GPU scan. --json gives
     the reason in "nvdec_limitation".
 
+    Exits with 1 when a path is missing or a video cannot be read (the others are still listed).
+
     \b
     Example:
       quadvault probe /footage/2024 clip.mp4
       quadvault probe --json /footage > probe.jsonl
     """
-    videos = find_videos(paths)
+    unreadable: list[tuple[Path, OSError]] = []
+    videos = find_videos(paths, on_error=lambda p, exc: unreadable.append((p, exc)))
     with ThreadPoolExecutor(threads) as pool:
         results = list(pool.map(_probe_one, videos))
-    errors = 0
+    errors = len(unreadable)
+    for path, exc in unreadable:  # a path given that does not exist, or a folder that cannot be listed
+        reason = "does not exist" if isinstance(exc, FileNotFoundError) else f"cannot be read: {exc.strerror or exc}"
+        if as_json:
+            click.echo(json.dumps({"path": str(path), "status": "error", "error_kind": "FileAccessError",
+                                   "error": reason}))
+        else:
+            click.secho(f"ERROR FileAccessError: {path}: {reason}", fg="red", err=True)
     if as_json:
         for path, result in zip(videos, results):
             if isinstance(result, QuadvaultError):
@@ -65,6 +75,10 @@ def probe(paths: tuple[Path, ...], as_json: bool, threads: int) -> None:
         for path, result in zip(videos, results):
             if isinstance(result, QuadvaultError):
                 click.secho(f"ERROR {result.kind}: {result}", fg="red", err=True)
-        click.echo(f"{len(videos)} videos, {len(videos) - errors} readable, {errors} with errors", err=True)
-    if not videos:
+        bad = errors - len(unreadable)
+        click.echo(f"{len(videos)} videos, {len(videos) - bad} readable, {bad} with errors"
+                   + (f", {len(unreadable)} paths not found or unreadable" if unreadable else ""), err=True)
+    if not videos and not unreadable:
         raise click.ClickException(f"no video files found under {', '.join(map(str, paths))}")
+    if errors:
+        raise SystemExit(1)  # the table and the errors are printed; scripts see that not all went well

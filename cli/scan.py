@@ -164,5 +164,25 @@ def batch_classify(library: str, model: str, output: Path, extra_models: tuple[s
     Example:
       quadvault batch-classify /footage model/ highlights.json --threshold 0.8
     """
+    from quadvault_dali.errors import OutputError
+
+    if output.suffix.lower() != ".json":
+        raise OutputError("OUTPUT is the highlights JSON file; give it a .json name", path=output,
+                          hint=f"e.g. {output.with_suffix('.json').name}")
+    if output.exists() and not _is_highlights_json(output):
+        raise OutputError("exists and is not a highlights file this command wrote; it would be replaced",
+                          path=output, hint="choose another OUTPUT name")
     out_dir = output.parent / f"{output.stem}.scan"
     _run((library,), (model, *extra_models), out_dir, output, kw)
+
+
+def _is_highlights_json(path: Path) -> bool:
+    """Whether ``path`` holds a highlights document (so batch-classify may refresh it)."""
+    import json
+
+    try:
+        with open(path, "rb") as fh:
+            doc = json.loads(fh.read(64 * 1024 * 1024))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and "highlights" in doc and "schema_version" in doc

@@ -218,6 +218,9 @@ def evaluate(source: str | os.PathLike[str], models: Sequence[FrameScorer], *, s
     collected = _Collected()
     path = Path(source)
     kind: Literal["dataset", "labels"] = "dataset" if is_dataset(path) else "labels"
+    if kind == "labels" and path.is_dir():
+        raise DatasetError(f"is a folder without {DATASET_FILE}", path=path,
+                           hint="give a prepare-dataset output folder, its dataset.parquet, or a labels.json")
     if kind == "dataset":
         shown = _from_dataset(path, models, split, torch_device(backend), collected)
     else:

@@ -19,3 +19,33 @@ def test_an_output_path_through_a_file_is_one_line_not_a_traceback(make_clip: Ca
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
     last = result.output.strip().splitlines()[-1]
     assert last == f"Error: {blocker / 'frames'}: Not a directory (check that the folder exists and can be written)"
+
+
+def test_probe_counts_missing_paths_and_bad_files_as_errors(make_clip: Callable[..., Path], tmp_path: Path) -> None:
+    good = make_clip("cli_probe.mp4", duration_s=2.0, width=160, height=96, fps=10)
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video")
+    missing = tmp_path / "nonexistent.mp4"
+    result = CliRunner().invoke(cli, ["probe", str(missing), str(good), str(text)])
+    assert result.exit_code == 1
+    lines = result.output.splitlines()
+    assert f"ERROR FileAccessError: {missing}: does not exist" in lines
+    assert any(line.startswith("ERROR VideoOpenError:") and str(text) in line for line in lines)
+    assert lines[-1] == "2 videos, 1 readable, 1 with errors, 1 paths not found or unreadable"
+    assert not any("folder" in line for line in lines)
+    clean = CliRunner().invoke(cli, ["probe", str(good)])
+    assert clean.exit_code == 0 and clean.output.splitlines()[-1] == "1 videos, 1 readable, 0 with errors"
+
+
+def test_evaluate_on_a_folder_that_is_no_dataset_says_so(tmp_path: Path) -> None:
+    from quadvault_dali.model import build_network, save_model
+
+    model = save_model(tmp_path / "model", build_network("efficientnet-lite0", image_size=32, pretrained="none"),
+                       {"architecture": "efficientnet-lite0", "image_size": 32})
+    folder = tmp_path / "footage"
+    folder.mkdir()
+    result = CliRunner().invoke(cli, ["evaluate", str(folder), str(model), "--device", "cpu"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: {folder}: is a folder without dataset.parquet (give a prepare-dataset output folder, its "
+        "dataset.parquet, or a labels.json)")

@@ -112,6 +112,19 @@ def test_sigterm_stops_like_ctrl_c(library: Path, model_dir: Path, tmp_path: Pat
     assert not [p for p in out.rglob(".tmp-*")]
 
 
+def test_batch_classify_never_replaces_a_file_it_did_not_write(library: Path, model_dir: Path, tmp_path: Path) -> None:
+    victim = tmp_path / "victim.json"
+    victim.write_text('{"my": "notes"}')
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42 footage")
+    for output, message in ((video, "give it a .json name"), (victim, "is not a highlights file this command wrote")):
+        before = output.read_bytes()
+        result = CliRunner().invoke(cli, ["-q", "batch-classify", str(library / "2024"), str(model_dir), str(output),
+                                          "--device", "cpu"])
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert output.read_bytes() == before
+
+
 def test_without_threshold_the_scan_uses_the_models_own(library: Path, model_dir: Path, tmp_path: Path) -> None:
     """test-video and evaluate judge by the threshold training tuned; the scan must not use another."""
     import shutil
