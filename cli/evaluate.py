@@ -90,5 +90,8 @@ def evaluate(source: Path, model: Path, more_models: tuple[Path, ...], split: st
             click.echo(f"  {path}: {error}", err=True)
     if report.bad_frames:
         click.secho(f"Skipped {len(report.bad_frames):,} unreadable frame file(s):", fg="yellow", err=True)
-        for path, error in report.bad_frames[:limit]:
+        shown = min(limit, 5)
+        for path, error in report.bad_frames[:shown]:
             click.echo(f"  {path}: {error}", err=True)
+        if len(report.bad_frames) > shown:
+            click.echo(f"  … and {len(report.bad_frames) - shown:,} more", err=True)

@@ -147,8 +147,9 @@ def run_demo(root: str | Path, *, device: str = "auto", epochs: int = 4, report:
                                  fps=30.0, device=device))  # type: ignore[arg-type]
     done()
     result.reel = root / "highlights.mp4"
-    report(f"Reel: {result.reel} ({len(reel.prepared.plan.clips)} clips, encoder {reel.render.encoder}); "
-           f"cut list: {reel.sidecar}")
+    report(f"Reel: {result.reel} ({len(reel.prepared.plan.clips)} clips: the best 3 s window of each video whose "
+           f"best window scores ≥ 0.5, so also highlight moments of videos not listed above; encoder "
+           f"{reel.render.encoder}); cut list: {reel.sidecar}")
     report("\nDone in " + ", ".join(f"{k.split(' ', 1)[1].split(' (')[0].lower()} {v:.0f}s" for k, v in result.steps.items()))
     report(f"Everything is in {root}. Next: label your own clips in a labels.json and run "
            "`quadvault prepare-dataset labels.json data/`.")

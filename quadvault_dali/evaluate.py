@@ -128,9 +128,9 @@ def _decode_frames(files: list[Path], device: torch.device, bad: list[tuple[str,
     for f in files:
         try:
             images.append(read_jpeg(f))
-        except DatasetError as exc:
+        except DatasetError as exc:  # listed once at the end by the caller, not one warning per frame
             bad.append((str(f), exc.reason))
-            log.warning("%s", exc)
+            log.debug("%s", exc)
     if not images:
         return None
     shapes = {img.shape for img in images}
@@ -166,6 +166,8 @@ def _from_dataset(source: Path, models: Sequence[FrameScorer], split: SplitChoic
 def _from_labels(source: Path, models: Sequence[FrameScorer], device: str, fps: float, mode: str,
                  skip_missing: bool, out: _Collected) -> str:
     labels = load_labels(source, skip_missing=skip_missing)
+    for message in labels.warnings:
+        log.warning("%s", message)
     label_of = {v.path: v.label for v in labels.videos}
     sampler = scoring_sampler(models, device=device, fps=fps, mode=mode)  # type: ignore[arg-type]
     with progress_bar(len(label_of), desc="Scoring", unit="video") as bar:

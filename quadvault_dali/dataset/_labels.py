@@ -228,10 +228,8 @@ def parse_labels(data: object, *, base: Path, source: Path, skip_missing: bool =
                           path=source, problems=problems,
                           hint="fix them and run again" + ("" if skip_missing else
                                                            "; --skip-missing skips missing entries"))
-    for message in skipped:
-        log.warning("skipped: %s", message)
-    for message in duplicates:
-        log.info("duplicate: %s", message)
+    for message in [*skipped, *duplicates]:  # the caller reports Labels.warnings (once)
+        log.debug("labels: %s", message)
     videos.sort(key=lambda v: (-v.label, str(v.path)))
     return Labels(source=source, videos=videos, roots=sorted(set(roots)),
                   warnings=[f"skipped: {m}" for m in skipped] + duplicates)

@@ -6,12 +6,12 @@ validation; it reads brackets in the folders above the pattern as a pattern; and
 symlink loops without end. Here the pattern is split into the folder it starts from (the leading
 parts that exist as folders, so "[2023] trip" is a name) and the rest, which is matched against
 the videos ``find_videos`` finds under that folder, or against any folder between them (a pattern
-naming folders takes the videos under them, as a folder entry does).
+naming folders takes the videos under them, as a folder entry does). Matching ignores case, as
+discovery does for extensions: cameras write DJI_0001.MP4, users type *.mp4.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Callable
@@ -56,17 +56,18 @@ def pattern_regex(pattern: str) -> re.Pattern[str]:
             regex += ".*" if last else "(?:[^/]+/)*"
         else:
             regex += _segment_regex(part) + ("" if last else "/")
-    return re.compile(regex, re.IGNORECASE if os.name == "nt" else 0)
+    return re.compile(regex, re.IGNORECASE)  # camera names mix cases (DJI_0001.MP4), as discovery allows
 
 
 def split_pattern(path: Path) -> tuple[Path, str]:
     """(the folder a pattern starts from, the pattern below it): leading parts that exist as folders are
-    names even with brackets in them."""
+    names even with brackets in them; the first part that does not (a pattern, or a name in another case)
+    starts the pattern."""
     parts = path.parts
     start = Path(parts[0])
     for i, part in enumerate(parts[1:], 1):
         candidate = start / part
-        if candidate.is_dir() or (not GLOB_CHARS & set(part) and i < len(parts) - 1):
+        if candidate.is_dir():  # as named (brackets and all): the search starts below it
             start = candidate
             continue
         return start, "/".join(parts[i:])

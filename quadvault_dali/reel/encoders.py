@@ -79,7 +79,8 @@ def choose_encoder(choice: EncoderChoice, width: int, height: int, fps: float, *
         if ok:
             log.info("encoder: h264_nvenc (NVIDIA hardware encoder)")
             return "h264_nvenc"
-        log.info("encoder: libx264 on the CPU (NVENC unavailable: %s)", reason)
+        log.info("encoder: libx264 on the CPU (no NVIDIA hardware encoder opens here)")
+        log.debug("NVENC: %s", reason)
     else:
         log.info("encoder: libx264 on the CPU (--device cpu)")
     return _need_x264(width, height, fps)

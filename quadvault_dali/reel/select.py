@@ -143,7 +143,8 @@ def plan_reel(videos: Sequence[VideoScores], *, clip_seconds: float = 4.0, top: 
                       key=lambda w: (-w.score, str(w.path), w.in_s))
     if not eligible:
         best = max(windows, key=lambda w: w.score)
-        raise EmptySelectionError(f"no video scored ≥ {min_score:g} ({what}); the best was {best.score:.2f} "
+        shown = f"{best.score:.2f}" if round(best.score, 2) < min_score else f"{best.score:.6f}".rstrip("0")
+        raise EmptySelectionError(f"no video scored ≥ {min_score:g} ({what}); the best was {shown} "
                                   f"({best.path.name})", hint="lower --min-score")
     max_frames = int(np.floor(max_duration_s * fps + _EPS)) if max_duration_s else None
     picked: list[tuple[Window, int]] = []

@@ -97,8 +97,11 @@ def load_training_data(dataset: str | Path) -> TrainingData:
     for split in ("train", "val"):
         keep = [i for i, s in enumerate(splits) if s == split and verdicts[i] is None]
         skipped = [(paths[i], str(verdicts[i])) for i, s in enumerate(splits) if s == split and verdicts[i]]
-        for file, why in skipped:
-            log.warning("skipping frame %s: %s", file, why)
+        if skipped:  # one line per split, not one per frame (a deleted frame folder is hundreds)
+            log.warning("skipping %d unreadable %s frame(s), e.g. %s: %s; prepare-dataset --merge extracts them "
+                        "again", len(skipped), split, skipped[0][0], skipped[0][1])
+            for file, why in skipped:
+                log.debug("skipping frame %s: %s", file, why)
         tables[split] = FrameTable([paths[i] for i in keep], labels[keep], [video_ids[i] for i in keep], skipped)
     for split, frames in tables.items():
         if len(frames) == 0:
