@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -64,6 +65,6 @@ def train(dataset: Path, output_dir: Path, epochs: int, batch_size: int, learnin
                          pretrained=pretrained)
     quiet = is_quiet()
     result = train_model(config, (lambda line: None) if quiet else click.echo)
-    if quiet:  # -q: the one line that says where the model went
+    if quiet and int(os.environ.get("RANK", "0")) == 0:  # -q: the one line that says where the model went
         click.echo(f"Model saved to: {result.model_dir} (video-level val accuracy "
                    f"{100 * result.best_video_accuracy:.1f}%, epoch {result.best_epoch})")

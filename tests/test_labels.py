@@ -305,3 +305,28 @@ def test_a_hard_link_in_both_classes_names_both_paths(tmp_path: Path) -> None:
         load_labels(write_labels(tmp_path, {"highlights": ["n0_hard.mp4"], "normal": ["n0.mp4"]}))
     assert info.value.problems == [f"{tmp_path / 'n0_hard.mp4'} (and its hard link {tmp_path / 'n0.mp4'}) is "
                                    "labelled both highlight and normal (highlights[0], normal[0])"]
+
+
+def test_a_missing_name_with_brackets_is_reported_not_a_crash(tmp_path: Path) -> None:
+    touch(tmp_path / "h.mp4")
+    touch(tmp_path / "n.mp4")
+    labels = load_labels(write_labels(tmp_path, {"highlights": ["h.mp4", "old/Alps [2023-10-05].mp4"],
+                                                 "normal": ["n.mp4"]}), skip_missing=True)
+    assert [v.path.name for v in labels.videos] == ["h.mp4", "n.mp4"]
+    assert labels.warnings == ["skipped: highlights[1]: pattern 'old/Alps [2023-10-05].mp4' matches no videos"]
+
+
+def test_a_pattern_does_not_trip_over_what_it_cannot_match(tmp_path: Path) -> None:
+    """An unreadable file elsewhere under the folder a pattern starts from is none of its business, and the
+    output may go beside the matched folders, as with folder entries."""
+    from quadvault_dali.dataset._prepare import _check_out
+
+    touch(tmp_path / "Trip1" / "DJI_0001.MP4")
+    touch(tmp_path / "footage" / "n.mp4")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "broken.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    labels = load_labels(write_labels(tmp_path, {"highlights": ["Trip*/*.MP4"], "normal": ["footage"]}))
+    assert [v.path.name for v in labels.videos] == ["DJI_0001.MP4", "n.mp4"]
+    _check_out((tmp_path / "dataset").resolve(), labels)  # beside the footage: allowed
+    with pytest.raises(Exception, match="inside the footage folder"):
+        _check_out((tmp_path / "Trip1" / "dataset").resolve(), labels)

@@ -172,6 +172,16 @@ def test_merge_into_a_dataset_keyed_by_path_hashes(prepared: tuple[Path, object]
     path_ids = {p: f"{i:016x}" for i, p in enumerate(sorted(set(table.column("video_path").to_pylist())))}
     old_ids = [path_ids[p] for p in table.column("video_path").to_pylist()]
     table = table.set_column(table.schema.get_field_index("video_id"), "video_id", pa.array(old_ids))
+    moved = []  # frame folders were named by those ids too
+    for frame_path, old_id in zip(table.column("frame_path").to_pylist(), old_ids):
+        target = f"frames/{old_id}/{Path(frame_path).name}"
+        (out / target).parent.mkdir(parents=True, exist_ok=True)
+        (out / frame_path).rename(out / target)
+        moved.append(target)
+    table = table.set_column(table.schema.get_field_index("frame_path"), "frame_path", pa.array(moved))
+    for folder in (out / "frames").iterdir():
+        if not any(folder.iterdir()):
+            folder.rmdir()
     pq.write_table(table, out / "dataset.parquet")
     split_before = {r["video_path"]: r["split"] for r in table.to_pylist()}
     files_before = frame_files(out)
@@ -184,6 +194,16 @@ def test_merge_into_a_dataset_keyed_by_path_hashes(prepared: tuple[Path, object]
     rows = read_dataset(out).rows()
     assert all(r["video_id"] == video_id(r["video_path"]) for r in rows)
     assert all(r["split"] == split_before[r["video_path"]] for r in rows)
+
+    # a video dropped later still has its frames deleted, although they sit in a folder named by path id
+    n1 = next(r for r in rows if r["video_path"].endswith("n1.mp4"))
+    labels = write_labels(tmp_path / "labels.json", [str(footage / n) for n in names[:3]],
+                          [str(footage / n) for n in names[4:]])
+    result = prepare_dataset(labels, out, merge=True, size=SIZE, device="cpu")
+    assert result.dropped == [str(footage / "n1.mp4")]
+    assert not (out / n1["frame_path"]).parent.exists()
+    referenced = {r["frame_path"] for r in read_dataset(out).rows()}
+    assert set(frame_files(out)) == referenced
 
 
 def test_existing_dataset_needs_merge_or_overwrite(prepared: tuple[Path, object], footage: Path,

@@ -104,8 +104,8 @@ def _expand(entry: str, where: str, base: Path, problems: list[str], skipped: li
         unreadable.append(f"{where}: {p} is not readable")
 
     if GLOB_CHARS & set(entry) and not exists:  # "DJI_0001 [edited].mp4" is a name, not a pattern
-        root, found = expand_pattern(path, on_error=unreadable_folder)
-        roots.append(root)
+        _, found = expand_pattern(path, on_error=unreadable_folder)
+        roots.extend(sorted({video.parent for video in found}))  # outputs may still go beside them
         soft.extend(unreadable)
         if not found and not unreadable:
             soft.append(f"{where}: pattern {entry!r} matches no videos")

@@ -21,6 +21,21 @@ from ..discovery import find_videos
 GLOB_CHARS = frozenset("*?[")
 
 
+def _class_regex(body: str) -> str | None:
+    """A ``[...]`` body as a regex class, as fnmatch reads it (``!`` negates, ``^`` is literal); ``None``
+    when it is no valid class ("[2023-10-05]": a bad range), so the bracket is taken literally."""
+    if body.startswith("!"):
+        body = "^" + body[1:]
+    elif body.startswith("^"):
+        body = "\\" + body
+    regex = "[" + body.replace("\\", "\\\\") + "]"
+    try:
+        re.compile(regex)
+    except re.error:
+        return None
+    return regex
+
+
 def _segment_regex(segment: str) -> str:
     """One path segment of a glob as a regex (``*``, ``?``, ``[...]``; never crossing ``/``)."""
     out, i = [], 0
@@ -31,14 +46,15 @@ def _segment_regex(segment: str) -> str:
         elif c == "?":
             out.append("[^/]")
         elif c == "[":
-            end = segment.find("]", i + 2 if segment[i + 1:i + 2] in ("!", "]") else i + 1)
-            if end < 0:
+            j = i + 1  # as fnmatch: a "]" first in the class (after a "!") is a member, not its end
+            j += segment[j:j + 1] == "!"
+            j += segment[j:j + 1] == "]"
+            end = segment.find("]", j)
+            cls = _class_regex(segment[i + 1:end]) if end > i else None
+            if cls is None:
                 out.append(re.escape(c))
             else:
-                body = segment[i + 1:end]
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append("[" + body.replace("\\", "\\\\") + "]")
+                out.append(cls)
                 i = end
         else:
             out.append(re.escape(c))
@@ -47,7 +63,7 @@ def _segment_regex(segment: str) -> str:
 
 
 def pattern_regex(pattern: str) -> re.Pattern[str]:
-    """A ``/``-separated glob (``**`` = any number of folders) as a full-match regex."""
+    """A ``/``-separated glob (``**`` = any number of folders) as a full-match regex, ignoring case."""
     parts = [p for p in pattern.split("/") if p not in ("", ".")]
     regex = ""
     for i, part in enumerate(parts):
@@ -57,6 +73,20 @@ def pattern_regex(pattern: str) -> re.Pattern[str]:
         else:
             regex += _segment_regex(part) + ("" if last else "/")
     return re.compile(regex, re.IGNORECASE)  # camera names mix cases (DJI_0001.MP4), as discovery allows
+
+
+def could_lead_to_a_match(pattern: str, relative: str) -> bool:
+    """Whether a folder at ``relative`` (below the pattern's start) can hold a match: its parts match the
+    pattern's first parts (anything does after a ``**``)."""
+    parts = [p for p in pattern.split("/") if p not in ("", ".")]
+    for i, name in enumerate(p for p in relative.split("/") if p):
+        if i >= len(parts):
+            return False
+        if parts[i] == "**":
+            return True
+        if not re.fullmatch(_segment_regex(parts[i]), name, re.IGNORECASE):
+            return False
+    return True
 
 
 def split_pattern(path: Path) -> tuple[Path, str]:
@@ -75,13 +105,25 @@ def split_pattern(path: Path) -> tuple[Path, str]:
 
 
 def expand_pattern(path: Path, on_error: Callable[[Path, OSError], None] | None = None) -> tuple[Path, list[Path]]:
-    """(the folder searched, the videos under it matching ``path``), sorted as ``find_videos`` sorts them."""
+    """(the folder searched, the videos under it matching ``path``), sorted as ``find_videos`` sorts them.
+
+    ``on_error`` hears only of unreadable folders that could hold a match.
+    """
     root, rest = split_pattern(path)
     if not rest or not root.is_dir():
         return root, []
     regex = pattern_regex(rest)
+
+    def relevant_error(folder: Path, exc: OSError) -> None:
+        try:
+            relative = folder.relative_to(root).as_posix()
+        except ValueError:
+            relative = ""
+        if on_error is not None and could_lead_to_a_match(rest, relative):
+            on_error(folder, exc)
+
     found = []
-    for video in find_videos([root], on_error=on_error):
+    for video in find_videos([root], on_error=relevant_error):
         relative = video.relative_to(root).as_posix()
         pieces = relative.split("/")
         if any(regex.fullmatch("/".join(pieces[:k])) for k in range(1, len(pieces) + 1)):

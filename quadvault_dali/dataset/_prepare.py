@@ -186,7 +186,9 @@ def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[
                            hint="see the list of failed videos above")
     result.dropped = sorted({rs[0]["video_path"] for vid, rs in previous.items() if rs and vid not in by_id})
     write_dataset(out_dir, final, settings)
-    _remove_stale_frames(out_dir, set(previous) | set(todo), final)
+    # the folders the old rows' frames are in: a dataset from before content ids named them by path id
+    old_folders = {Path(r["frame_path"]).parent.name for rs in previous.values() for r in rs}
+    _remove_stale_frames(out_dir, set(previous) | set(todo) | old_folders, final)
 
     result.frames = len(final)
     for r in final:

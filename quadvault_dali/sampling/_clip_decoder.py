@@ -74,18 +74,21 @@ class ClipDecoder:
         pipe.feed_input(FRAMES_INPUT, [np.ascontiguousarray(c.frames, dtype=np.int32) for c in clips])
         (out,) = pipe.run()
         tensors = []
+        copying_on: torch.device | None = None  # set once a copy out of DALI's buffers is queued on the GPU
         try:
             for i, clip in enumerate(clips):
                 # DLPack makes PyTorch's stream wait for DALI's; the clone is queued on PyTorch's stream
                 # and must finish before DALI's next run reuses the buffer (see _wait_for_copies).
                 frames = torch.from_dlpack(out[i]).clone()
+                if frames.is_cuda:
+                    copying_on = frames.device
                 if frames.shape[0] != len(clip):
                     raise DecodeError(f"decoder returned {frames.shape[0]} frames, {len(clip)} were asked for")
                 tensors.append(frames)
         finally:
-            if tensors and tensors[0].is_cuda:
+            if copying_on is not None:  # also when a check failed after a copy was queued
                 self._copied = torch.cuda.Event()
-                self._copied.record(torch.cuda.current_stream(tensors[0].device))
+                self._copied.record(torch.cuda.current_stream(copying_on))
         return tensors
 
     def decode(self, clips: list[Clip]) -> list[torch.Tensor | Exception]:

@@ -36,13 +36,17 @@ def _init(rank: int, world: int, local_rank: int) -> None:
     dist.init_process_group("nccl", rank=rank, world_size=world, device_id=torch.device(f"cuda:{local_rank}"))
 
 
-def _train_rank(local_rank: int, world: int, config: TrainConfig, port: int) -> TrainResult:
+def _train_rank(local_rank: int, world: int, config: TrainConfig, port: int, quiet: bool = False) -> TrainResult:
     import torch.distributed as dist
 
+    from ..progress import set_quiet
+
+    set_quiet(quiet)  # a spawned process starts without the parent's -q
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     _init(local_rank, world, local_rank)
     try:
-        return run_training(config, _echo, rank=local_rank, world=world, local_rank=local_rank)
+        return run_training(config, (lambda line: None) if quiet else _echo, rank=local_rank, world=world,
+                            local_rank=local_rank)
     finally:
         dist.destroy_process_group()
 
@@ -112,5 +116,7 @@ def train_model(config: TrainConfig, report: Callable[[str], None] = log.info) -
         report("--multi-gpu: only one GPU is visible; training on it alone")
         return run_training(config, report)
     report(f"--multi-gpu: spawning {world} DistributedDataParallel ranks, one per GPU")
-    result: TrainResult = _spawn(_train_rank, world, (config, _free_port()))
+    from ..progress import is_quiet
+
+    result: TrainResult = _spawn(_train_rank, world, (config, _free_port(), is_quiet()))
     return result
