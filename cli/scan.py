@@ -26,13 +26,14 @@ def _parse_shard(ctx: click.Context, param: click.Parameter, value: str | None) 
     return (i, n)
 
 
-def card_threshold(models: tuple[str, ...], default: float = 0.7) -> float:
-    """The models' decision threshold from their cards (mean over an ensemble, as test-video's verdict)."""
+def card_threshold(models: tuple[str, ...], default: float = 0.5) -> float:
+    """The models' decision threshold from their cards (mean over an ensemble; 0.5 for a card without one),
+    as test-video's and evaluate's verdicts (``HighlightModel.threshold``)."""
     from quadvault_dali.model import read_card
 
-    values = [read_card(m).get("threshold") for m in models]
-    numbers = [float(v) for v in values if isinstance(v, (int, float))]
-    return sum(numbers) / len(numbers) if len(numbers) == len(values) and numbers else default
+    values = [read_card(m).get("threshold", default) for m in models]
+    numbers = [float(v) if isinstance(v, (int, float)) else default for v in values]
+    return sum(numbers) / len(numbers) if numbers else default
 
 
 def scan_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -41,7 +42,7 @@ def scan_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
                      help="A video is a highlight when its score (mean of its seconds) reaches this. Default: the "
                           "threshold in the model card (tuned on validation videos; the mean over an ensemble), "
-                          "as test-video and evaluate use; 0.7 for a card without one."),
+                          "as test-video and evaluate use."),
         sampling_option, fps_option, device_option,
         click.option("--streams", type=click.IntRange(1, 64), default=4, show_default=True,
                      help="Videos decoded at once (per GPU)."),
@@ -100,6 +101,7 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
 
         def stop(signum: int, _frame: Any) -> None:  # a batch system's SIGTERM (preemption, time limit)
             stopped_by.append(signum)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not break the save it starts
             raise KeyboardInterrupt
 
         previous = signal.signal(signal.SIGTERM, stop)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from pathlib import Path
@@ -90,7 +91,12 @@ def find_videos(roots: Iterable[str | os.PathLike[str]], *,
             path = Path(entry.path)
             try:
                 is_dir = entry.is_dir(follow_symlinks=True)
-            except OSError:
+                dangling = not is_dir and entry.is_symlink() and not path.exists()
+            except OSError as exc:
+                report(path, exc)
+                continue
+            if dangling and not is_video_file(path):  # a linked folder whose disk is not there
+                report(path, FileNotFoundError(errno.ENOENT, "link target not found", str(path)))
                 continue
             if is_dir:
                 if entry.name.startswith(".") or entry.name.lower() in SKIPPED_DIRS:

@@ -80,3 +80,16 @@ def test_reels_this_tool_made_are_not_footage(tmp_path: Path) -> None:
     assert sidecar_path(reel).name == "Best of 2024.clips.csv"
     assert find_videos([tmp_path]) == sorted(footage, key=str)
     assert find_videos([reel]) == [reel]  # named explicitly: taken
+
+
+def test_a_linked_folder_whose_target_is_gone_is_reported(tmp_path: Path) -> None:
+    """An unplugged USB disk linked into the library: said, so a scan does not take its videos for deleted."""
+    from quadvault_dali.discovery import find_videos
+
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    (tmp_path / "usb").symlink_to(tmp_path / "unplugged")
+    (tmp_path / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")  # a linked video whose target is gone
+    reported: list[tuple[Path, OSError]] = []
+    found = find_videos([tmp_path], on_error=lambda p, e: reported.append((p, e)))
+    assert found == [tmp_path / "a.mp4"]
+    assert sorted((p.name, e.errno) for p, e in reported) == [("gone.mp4", 2), ("usb", 2)]

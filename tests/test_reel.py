@@ -366,12 +366,19 @@ def test_a_highlights_json_listing_a_path_twice_gives_one_clip(library: dict[str
     assert video.video_score == 0.95 and video.best_timestamp_s == 3
 
 
-def test_the_reel_never_overwrites_its_sources_or_scores(scan_dir: Path, library: dict[str, Path]) -> None:
-    src = library["plain 30fps.mp4"]
-    before = src.read_bytes()
-    with pytest.raises(OutputError, match="would overwrite .*plain 30fps.mp4, which the reel is made from"):
-        make_reel(scan_dir, src, ReelOptions(width=W, height=H, min_score=0.9, top=1))
-    assert src.read_bytes() == before
+def test_the_reel_never_overwrites_its_sources_or_other_files(scan_dir: Path, library: dict[str, Path],
+                                                               tmp_path: Path) -> None:
+    """Not a chosen source, not a video the reel did not pick, not any file it did not make itself."""
+    for src in (library["plain 30fps.mp4"], library["sound.mp4"]):  # chosen; and scanned but not picked
+        before = src.read_bytes()
+        with pytest.raises(OutputError, match="exists and is not a reel this command made"):
+            make_reel(scan_dir, src, ReelOptions(width=W, height=H, min_score=0.9, top=1))
+        assert src.read_bytes() == before and not src.with_suffix(".clips.csv").exists()
+    # a reel made here before (its cut list beside it) is replaced by the new one
+    out = tmp_path / "best.mp4"
+    make_reel(scan_dir, out, ReelOptions(width=W, height=H, min_score=0.9, top=1, clip_seconds=2.0))
+    again = make_reel(scan_dir, out, ReelOptions(width=W, height=H, min_score=0.9, top=2, clip_seconds=2.0))
+    assert len(again.prepared.plan.clips) == 2 and len(read_sidecar(again.sidecar)) == 2
 
 
 @pytest.mark.parametrize("name", ["best", "best.webm", "best.gif"])

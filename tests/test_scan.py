@@ -289,11 +289,26 @@ def test_deleted_and_moved_videos_leave_the_results(library: Path, tmp_path: Pat
     assert str(deleted) not in videos and str(moved) not in videos and str(lib / "calm renamed.mkv") in videos
     assert again.totals.total == first.totals.total - 1 == len(videos)
     assert again.run.videos == 1  # only the renamed file
-    # the disk goes away: its mount point is an empty folder; nothing is retired
+    # a disk inside the library goes away (its mount point stays, empty), a linked folder's target too:
+    # their videos still exist somewhere, so their rows stay
+    usb = tmp_path / "usb"
+    shutil.move(str(lib / "2024"), usb)
+    (lib / "2024").symlink_to(usb)
+    linked = _scan(lib, out)
+    assert linked.totals.total == len(videos)
+    disk2 = lib / "2023"
+    kept = {p for p in _videos(out) if p.startswith(str(disk2)) or p.startswith(str(lib / "2024"))}
+    assert kept
+    shutil.rmtree(disk2)
+    disk2.mkdir()  # the empty mount point
+    usb.rename(tmp_path / "usb unplugged")  # the link now points nowhere
+    partly = _scan(lib, out)
+    assert kept <= set(_videos(out)) and partly.superseded == 0
+    # the whole disk goes away: its mount point is an empty folder; nothing is retired
     shutil.rmtree(lib)
     lib.mkdir()
     empty = _scan(lib, out)
-    assert empty.totals.total == len(videos) and empty.superseded == 0
+    assert empty.totals.total == len(_videos(out)) and empty.superseded == 0 and kept <= set(_videos(out))
 
 
 def test_jobs_that_split_the_library_differently_cannot_share_a_folder(library: Path, tmp_path: Path) -> None:

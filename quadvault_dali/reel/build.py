@@ -194,6 +194,9 @@ def make_reel(scores: str | Path | ScoreSource, out: str | Path, options: ReelOp
         raise OutputError("is a folder; give the reel a file name like best.mp4", path=out)
     if not out.parent.exists():
         raise OutputError("output folder does not exist", path=out.parent)
+    if out.exists() and not sidecar_path(out).exists():  # a reel made here before has its cut list beside it
+        raise OutputError("exists and is not a reel this command made (no .clips.csv beside it); it would be "
+                          "replaced", path=out, hint="choose another name, or delete the file first")
     if out.suffix.lower() not in REEL_SUFFIXES:
         raise OutputError(f"a reel is H.264 video in {', '.join(REEL_SUFFIXES)}; "
                           f"{out.suffix or 'no extension'} cannot hold it", path=out,

@@ -182,12 +182,15 @@ def check_in_child(path: Path, *, device: str, mode: str, fps: float, size: int,
                                 daemon=True)]
     for reader in readers:
         reader.start()
-    while child.poll() is None:
-        if time.monotonic() - last[0] > stall_s:
+    try:
+        while child.poll() is None:
+            if time.monotonic() - last[0] > stall_s:
+                return f"no frame came for {stall_s:.0f} s in an isolated check (the decoder hangs on it)"
+            time.sleep(min(1.0, stall_s / 10))
+    finally:  # a hang, or the scan stopped meanwhile (Ctrl-C, SIGTERM): the child must not outlive it
+        if child.poll() is None:
             child.kill()
             child.wait()
-            return f"no frame came for {stall_s:.0f} s in an isolated check (the decoder hangs on it)"
-        time.sleep(min(1.0, stall_s / 10))
     for reader in readers:
         reader.join(timeout=5)
     if child.returncode < 0:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing as mp
+import os
 import queue
+import signal
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -71,6 +73,7 @@ def _worker(files: list[Any], model_paths: list[Path], options: Any, gpu: int, o
     from .shards import TagLock
 
     tag = worker_tag(options.tag, gpu)
+    stop_on_signals()
     try:
         backend = resolve_device(options.device)
         if backend == "gpu":
@@ -112,6 +115,48 @@ def scan_on_gpus(todo: Sequence[Any], model_paths: Sequence[Path], options: Any,
     latest: dict[int, RunStats] = {g: RunStats() for g in gpus}
     finished: set[int] = set()
     failures: list[str] = []
+    try:
+        _collect(procs, messages, latest, finished, failures, on_progress)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM in the parent: the workers flush what they finished first
+        for proc in procs.values():
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGTERM)
+        for proc in procs.values():
+            proc.join(timeout=WORKER_STOP_S)
+        raise
+    for proc in procs.values():
+        proc.join()
+    merged = RunStats()
+    for s in latest.values():
+        merged.merge(s)
+    if failures:
+        raise QuadvaultError("scan workers failed: " + "; ".join(failures),
+                             hint="finished videos are saved; run the same command again to resume")
+    return merged
+
+
+#: How long an interrupted scan waits for its GPU workers to save what they finished.
+WORKER_STOP_S = 300.0
+
+
+def stop_on_signals() -> None:
+    """SIGINT and SIGTERM raise ``KeyboardInterrupt`` once (the scan then saves its finished videos); later
+    ones are ignored, so a second signal (Ctrl-C reaching every process, then the parent's forward) cannot
+    break that save."""
+    def stop(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
+def _collect(procs: dict[int, Any], messages: Any, latest: dict[int, Any], finished: set[int],
+             failures: list[str], on_progress: Callable[[Any], None] | None) -> None:
+    """Reads the workers' messages until every worker is done (or gone)."""
+    from .runner import RunStats
+
     while len(finished) < len(procs):
         try:
             kind, gpu, payload = messages.get(timeout=1.0)
@@ -133,12 +178,3 @@ def scan_on_gpus(todo: Sequence[Any], model_paths: Sequence[Path], options: Any,
             for s in latest.values():
                 merged.merge(s)
             on_progress(merged)
-    for proc in procs.values():
-        proc.join()
-    merged = RunStats()
-    for s in latest.values():
-        merged.merge(s)
-    if failures:
-        raise QuadvaultError("scan workers failed: " + "; ".join(failures),
-                             hint="finished videos are saved; run the same command again to resume")
-    return merged

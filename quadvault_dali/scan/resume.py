@@ -62,9 +62,12 @@ def _done_index(out_dir: Path) -> dict[str, list[dict[str, object]]]:
     cols = ["path", "size_bytes", "mtime_ns", "model_fingerprint", "status", "error_kind", "scanned_at",
             "frames_scored", "sampling_mode", "sampling_fps"]
     for name in complete_shards(out_dir):
-        try:
-            seconds_table = read_shard(out_dir / "seconds" / name, columns=["path"])
+        try:  # every column: damage in one a reader needs later (scores) must be found here, where the
+            # pair can be moved aside and its videos scanned again, not at the end of the run
+            seconds_table = read_shard(out_dir / "seconds" / name)
             videos_table = read_shard(out_dir / "videos" / name, columns=cols)
+            if videos_table is not None:
+                read_shard(out_dir / "videos" / name)
         except DamagedShardError as exc:
             quarantine_pair(out_dir, name, exc)
             continue

@@ -197,9 +197,29 @@ def vanished(libraries: Sequence[Path], files: Sequence[FileState], shard: tuple
             return False
         if any(u == path or u in path.parents for u in unreadable):
             return False
-        return in_shard(os.path.relpath(path, root), shard) and not os.path.lexists(path)
+        if not in_shard(os.path.relpath(path, root), shard) or os.path.lexists(path):
+            return False
+        return _folder_is_there(path.parent, root)
 
     return gone
+
+
+def _folder_is_there(folder: Path, root: Path) -> bool:
+    """Whether a missing file's folder is really there, so the file was deleted or moved: not behind a link
+    whose target is gone, and not under an empty folder (an unmounted disk's mount point) below the root."""
+    while True:
+        if os.path.islink(folder) and not os.path.exists(folder):
+            return False  # a linked folder whose disk is unplugged
+        if os.path.isdir(folder):
+            break
+        if folder == root or root not in folder.parents:
+            return False
+        folder = folder.parent
+    try:
+        with os.scandir(folder) as entries:
+            return any(True for _ in entries)  # an empty folder may be a mount point without its disk
+    except OSError:
+        return False
 
 
 def model_refs(scorers: Sequence[Scorer]) -> tuple[ModelRef, ...]:

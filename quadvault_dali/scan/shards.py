@@ -73,7 +73,7 @@ def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table | None:
     except FileNotFoundError:
         return None
     except (OSError, pa.ArrowException) as exc:
-        raise DamagedShardError(f"unreadable shard file ({exc})", path=path,
+        raise DamagedShardError(f"unreadable shard file ({' '.join(str(exc).split())})", path=path,
                                 hint="a resumed scan moves the pair aside and scans its videos again") from exc
     try:
         meta = ScanMetadata.from_kv(schema.metadata, source=path)
