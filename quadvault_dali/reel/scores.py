@@ -13,12 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..errors import QuadvaultError
-from ..scan.schema import ScanMetadata
-from ..scan.shards import complete_shards, latest_video_rows
+from ..scan.shards import chosen_seconds, complete_shards, latest_video_rows
 
 log = logging.getLogger(__name__)
 
@@ -73,19 +70,6 @@ def load_scores(path: str | Path) -> ScoreSource:
     raise QuadvaultError("not a scan folder or a .json file", path=path)
 
 
-def _read_table(file: Path, table: str) -> pa.Table:
-    try:
-        tbl = pq.read_table(file)
-        meta = ScanMetadata.from_kv(tbl.schema.metadata, source=file)
-    except ValueError as exc:
-        raise QuadvaultError(str(exc)) from exc
-    except (OSError, pa.ArrowException) as exc:
-        raise QuadvaultError(f"unreadable Parquet file ({exc})", path=file) from exc
-    if meta.table != table:
-        raise QuadvaultError(f"expected a {table!r} table, found {meta.table!r}", path=file)
-    return tbl
-
-
 def _load_scan_folder(root: Path) -> ScoreSource:
     """Reads complete shard pairs only (a videos file marks its pair as fully written), and of a path
     found in several shards only its newest row and that row's own seconds."""
@@ -94,18 +78,12 @@ def _load_scan_folder(root: Path) -> ScoreSource:
         raise QuadvaultError("no complete shard (videos/part-*.parquet with its seconds/ twin)", path=root,
                              hint="the scan may still be running or was interrupted before its first shard")
     chosen = latest_video_rows(root)  # checks the schema version; skips a damaged pair with a warning
-    wanted: dict[str, set[str]] = {}
-    for name, row in chosen:
-        if row.get("status") == "ok":
-            wanted.setdefault(name, set()).add(row["video_id"])
+    ok = [(name, row) for name, row in chosen if row.get("status") == "ok"]
     by_key: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
-    for name, ids_wanted in wanted.items():
-        sec = _read_table(root / "seconds" / name, "seconds").select(["video_id", "timestamp_s", "score"])
+    for name, sec in chosen_seconds(root, ok, ["timestamp_s", "score"]):
         ids = np.asarray(sec.column("video_id").to_pylist(), dtype=object)
-        keep = np.isin(ids, list(ids_wanted))
-        ids = ids[keep]
-        times = sec.column("timestamp_s").to_numpy().astype(np.float64)[keep]
-        scores = sec.column("score").to_numpy().astype(np.float64)[keep]
+        times = sec.column("timestamp_s").to_numpy().astype(np.float64)
+        scores = sec.column("score").to_numpy().astype(np.float64)
         order = np.lexsort((times, ids))
         ids, times, scores = ids[order], times[order], scores[order]
         bounds = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1], True]) if ids.size else np.array([0])

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from .._files import atomic_path
 from ..errors import OutputError
 from .schema import SCHEMA_VERSION, ModelRef
-from .shards import latest_video_rows, read_shard
+from .shards import chosen_seconds, latest_video_rows
 
 HIGHLIGHTS_FILE = "highlights.json"
 
@@ -71,15 +71,8 @@ def highlights_document(out_dir: Path, *, threshold: float, models: Sequence[Mod
 def _fractions_above(out_dir: Path, chosen: list[tuple[str, dict]], threshold: float) -> dict[str, float]:
     """video_id -> fraction of its seconds scoring >= ``threshold``, from the seconds of each row's own shard
     (the stored column holds the fraction at the threshold of the run that scored the video)."""
-    wanted: dict[str, set[str]] = {}
-    for name, row in chosen:
-        wanted.setdefault(name, set()).add(row["video_id"])
     fractions: dict[str, float] = {}
-    for name, ids in wanted.items():
-        table = read_shard(out_dir / "seconds" / name, columns=["video_id", "score"])
-        if table is None:
-            continue
-        table = table.filter(pc.is_in(table["video_id"], value_set=pa.array(sorted(ids), pa.string())))
+    for _, table in chosen_seconds(out_dir, chosen, ["score"]):
         above = pc.greater_equal(table["score"], pa.scalar(threshold, pa.float32()))
         grouped = pa.table({"video_id": table["video_id"], "above": pc.cast(above, pa.int64())}) \
             .group_by("video_id").aggregate([("above", "mean")])

@@ -65,9 +65,7 @@ def _done_index(out_dir: Path) -> dict[str, list[dict[str, object]]]:
         try:  # every column: damage in one a reader needs later (scores) must be found here, where the
             # pair can be moved aside and its videos scanned again, not at the end of the run
             seconds_table = read_shard(out_dir / "seconds" / name)
-            videos_table = read_shard(out_dir / "videos" / name, columns=cols)
-            if videos_table is not None:
-                read_shard(out_dir / "videos" / name)
+            videos_table = read_shard(out_dir / "videos" / name)
         except DamagedShardError as exc:
             quarantine_pair(out_dir, name, exc)
             continue
@@ -75,7 +73,7 @@ def _done_index(out_dir: Path) -> dict[str, list[dict[str, object]]]:
             continue
         seconds = seconds_table.column("path")
         held = dict(zip(*(c.to_pylist() for c in pc.value_counts(seconds).flatten()))) if len(seconds) else {}
-        for row in videos_table.to_pylist():
+        for row in videos_table.select(cols).to_pylist():
             row["shard"] = name
             row["seconds_held"] = held.get(row["path"], 0)
             found.setdefault(str(row["path"]), []).append(row)

@@ -18,9 +18,10 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .._files import atomic_path
@@ -61,10 +62,12 @@ DAMAGED_FOLDER = "damaged"
 
 
 def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table | None:
-    """One shard file, checked to be a scan table this version reads; ``None`` when the file is gone
-    (another job retired its pair between listing and reading: readers take no lock).
+    """One shard file, checked to be the scan table its folder names (``seconds/``, ``videos/``) in a version
+    this one reads; ``None`` when the file is gone (another job retired its pair between listing and
+    reading: readers take no lock). Columns a later minor version added (asked for, or all of them when
+    ``columns`` is ``None``) are presented as nulls.
 
-    Raises ``DamagedShardError`` for an unreadable file and ``OutputError`` for another major version.
+    Raises ``DamagedShardError`` for an unreadable file and ``OutputError`` for another version or table.
     """
     try:
         schema = pq.read_schema(path)
@@ -79,10 +82,27 @@ def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table | None:
         meta = ScanMetadata.from_kv(schema.metadata, source=path)
     except ValueError as exc:
         raise OutputError(str(exc)) from None
-    for name in columns or ():  # asked for, but newer than the shard (a column a later minor version added)
+    expected = path.parent.name
+    if expected in SCHEMAS and meta.table != expected:
+        raise OutputError(f"expected a {expected!r} table, found {meta.table!r}", path=path)
+    full = SCHEMAS[meta.table]
+    for name in columns if columns is not None else full.names:
         if name not in table.column_names:
-            table = table.append_column(SCHEMAS[meta.table].field(name), pa.nulls(len(table), SCHEMAS[meta.table].field(name).type))
+            table = table.append_column(full.field(name), pa.nulls(len(table), full.field(name).type))
     return table
+
+
+def chosen_seconds(out_dir: Path, chosen: list[tuple[str, dict[str, Any]]],
+                   columns: list[str]) -> Iterator[tuple[str, pa.Table]]:
+    """``(shard name, seconds rows)`` of the ``(shard name, videos row)`` pairs in ``chosen``: each row's
+    seconds from its own shard only (the same video id may be in another shard, scanned with other models)."""
+    wanted: dict[str, set[str]] = {}
+    for name, row in chosen:
+        wanted.setdefault(name, set()).add(row["video_id"])
+    for name, ids in wanted.items():
+        table = read_shard(out_dir / "seconds" / name, columns=sorted(set(columns) | {"video_id"}))
+        if table is not None:
+            yield name, table.filter(pc.is_in(table["video_id"], value_set=pa.array(sorted(ids), pa.string())))
 
 
 def quarantine_pair(out_dir: Path, name: str, why: Exception) -> None:
@@ -104,12 +124,7 @@ def read_table(out_dir: Path, table: str, names: list[str] | None = None,
     if not parts:
         schema = SCHEMAS[table]
         return schema.empty_table() if columns is None else pa.schema([schema.field(c) for c in columns]).empty_table()
-    merged = pa.concat_tables([p.replace_schema_metadata(None) for p in parts], promote_options="default")
-    if columns is None:  # shards of an older minor version lack the newer columns: present them as nulls
-        for schema_field in SCHEMAS[table]:
-            if schema_field.name not in merged.column_names:
-                merged = merged.append_column(schema_field, pa.nulls(len(merged), schema_field.type))
-    return merged
+    return pa.concat_tables([p.replace_schema_metadata(None) for p in parts], promote_options="default")
 
 
 def latest_video_rows(out_dir: Path, columns: list[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
