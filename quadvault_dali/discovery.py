@@ -41,6 +41,20 @@ def proxy_original_stems(proxy: Path) -> tuple[str, ...]:
     return (stem,)
 
 
+def non_utf8_name(path: str | os.PathLike[str]) -> str | None:
+    """The path as it can be shown (undecodable bytes as ``\\xNN``) when it is not valid UTF-8, else ``None``.
+
+    Parquet stores text as UTF-8, so such a name (an old NAS or Windows copy) cannot be a scan or
+    dataset row.
+    """
+    name = os.fspath(path)
+    try:
+        name.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def find_videos(roots: Iterable[str | os.PathLike[str]], *,
                 on_error: Callable[[Path, OSError], None] | None = None) -> list[Path]:
     """Every video file under ``roots`` (files are taken as given), sorted, each real file once.

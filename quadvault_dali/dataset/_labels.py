@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..discovery import VIDEO_EXTENSIONS, find_videos, is_video_file
+from ..discovery import VIDEO_EXTENSIONS, find_videos, is_video_file, non_utf8_name
 from ..errors import LabelsError
 from ._identity import content_ids
 from ._patterns import GLOB_CHARS, expand_pattern
@@ -153,14 +153,6 @@ def _dedupe_copies(first_seen: dict[Path, tuple[int, str]], problems: list[str],
     return list(by_content.values())
 
 
-def _utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
 def parse_labels(data: object, *, base: Path, source: Path, skip_missing: bool = False,
                  problems: list[str] | None = None) -> Labels:
     """Validates already-parsed JSON ``data``; relative entries resolve against ``base``. ``problems``
@@ -197,8 +189,8 @@ def parse_labels(data: object, *, base: Path, source: Path, skip_missing: bool =
                                 + (" (empty)" if isinstance(entry, str) else ""))
                 continue
             for found in _expand(entry.strip(), where, base, problems, skipped, skip_missing, roots):
-                if not _utf8(str(found)):  # the dataset table stores paths as UTF-8 text
-                    shown = os.fsencode(str(found)).decode("utf-8", "backslashreplace")
+                shown = non_utf8_name(found)  # the dataset table stores paths as UTF-8 text
+                if shown is not None:
                     problems.append(f"{where}: {shown} has a name that is not valid UTF-8; rename the file")
                     continue
                 resolved = own = found.resolve()

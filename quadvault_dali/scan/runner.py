@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Mapping, Protocol, Sequence
 import numpy as np
 import torch
 
-from ..discovery import find_videos
+from ..discovery import find_videos, non_utf8_name
 from ..errors import DecodeError, OutputError, VideoOpenError
 from ..sampling import SamplingMode, VideoOutcome, create_sampler
 from .aggregate import Aggregator
@@ -138,17 +138,6 @@ def in_shard(relative: str, shard: tuple[int, int]) -> bool:
     return n == 1 or int(hashlib.sha1(relative.encode()).hexdigest()[:12], 16) % n == i
 
 
-def _utf8(name: str) -> bool:
-    """Parquet stores text as UTF-8: a name with other bytes (an old NAS or Windows copy) cannot be a row."""
-    try:
-        name.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        shown = os.fsencode(name).decode("utf-8", "backslashreplace")
-        log.warning("skipping %s: its name is not valid UTF-8; rename the file to scan it", shown)
-        return False
-
-
 def select_files(libraries: Sequence[Path], shard: tuple[int, int] = (0, 1), *,
                  unreadable: list[Path] | None = None) -> list[FileState]:
     """The library's videos in this shard, with the size and mtime resume compares; folders that could not
@@ -166,7 +155,9 @@ def select_files(libraries: Sequence[Path], shard: tuple[int, int] = (0, 1), *,
         base = lib if lib.is_dir() else lib.parent
         for path in find_videos([lib], on_error=report):
             key = str(path)
-            if not _utf8(key):
+            shown = non_utf8_name(key)
+            if shown is not None:
+                log.warning("skipping %s: its name is not valid UTF-8; rename the file to scan it", shown)
                 continue
             if key in seen:
                 continue
