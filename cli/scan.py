@@ -26,14 +26,12 @@ def _parse_shard(ctx: click.Context, param: click.Parameter, value: str | None) 
     return (i, n)
 
 
-def card_threshold(models: tuple[str, ...], default: float = 0.5) -> float:
-    """The models' decision threshold from their cards (mean over an ensemble; 0.5 for a card without one),
-    as test-video's and evaluate's verdicts (``HighlightModel.threshold``)."""
-    from quadvault_dali.model import read_card
+def card_threshold(models: tuple[str, ...]) -> float:
+    """The models' decision threshold from their cards (the mean over an ensemble), as test-video's and
+    evaluate's verdicts, without loading their weights."""
+    from quadvault_dali.model import decision_threshold, read_card
 
-    values = [read_card(m).get("threshold", default) for m in models]
-    numbers = [float(v) if isinstance(v, (int, float)) else default for v in values]
-    return sum(numbers) / len(numbers) if numbers else default
+    return sum(decision_threshold(read_card(m)) for m in models) / len(models)
 
 
 def scan_options(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -293,3 +293,17 @@ def test_a_pretrained_file_that_is_not_plain_tensors_is_refused_in_our_words(tmp
     assert "is not a PyTorch weights file" in str(err.value)
     for message in (str(err.value),):
         assert "weights_only" not in message and "\n" not in message
+
+
+def test_a_card_threshold_that_is_no_probability_is_refused(saved: Path, tmp_path: Path) -> None:
+    """The threshold decides every verdict (scan, test-video, evaluate): a bad one must not be guessed."""
+    from quadvault_dali.model import decision_threshold, read_card
+
+    assert decision_threshold(read_card(saved)) == load_model(saved).threshold
+    for bad in ("high", 1.5, None, True):
+        odd = _copy(saved, tmp_path / f"odd-{bad}")
+        card = json.loads((odd / CARD_FILE).read_text())
+        card["threshold"] = bad
+        (odd / CARD_FILE).write_text(json.dumps(card))
+        with pytest.raises(ModelFormatError, match=r"threshold .* is not a number within 0\.\.1"):
+            read_card(odd)

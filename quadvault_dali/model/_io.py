@@ -23,7 +23,7 @@ from torch import nn
 from .._files import atomic_path, file_sha256
 from ..errors import BackendUnavailableError, ModelFormatError, OutputError
 from ._network import HighlightNet, build_network, spec_for
-from ._scorer import HighlightModel
+from ._scorer import DEFAULT_THRESHOLD, HighlightModel
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def save_model(directory: str | Path, module: nn.Module, card: dict[str, Any]) -
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
     full = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "classes": CLASSES,
-            "mean": list(spec.mean), "std": list(spec.std), "threshold": 0.5, "metrics": {},
+            "mean": list(spec.mean), "std": list(spec.std), "threshold": DEFAULT_THRESHOLD, "metrics": {},
             "library_versions": library_versions(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     full.update(card)
@@ -164,8 +164,12 @@ def _read_card(card_path: Path) -> dict[str, Any]:
     for key in ("architecture", "image_size", "mean", "std"):
         if key not in card:
             raise ModelFormatError(f"model card lacks {key!r}", path=card_path)
+    threshold = card.get("threshold", DEFAULT_THRESHOLD)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise ModelFormatError(f"model card's threshold {threshold!r} is not a number within 0..1", path=card_path)
     spec_for(str(card["architecture"]))
     return card
+
 
 
 def _torch_device(device: str | torch.device) -> torch.device:

@@ -14,6 +14,14 @@ import torch.nn.functional as F
 
 from ._network import HighlightNet
 
+#: The decision threshold of a card that has none (cards written by ``save_model`` always have one).
+DEFAULT_THRESHOLD = 0.5
+
+
+def decision_threshold(card: dict[str, Any]) -> float:
+    """A model's highlight threshold: the one training chose on validation videos, kept in its card."""
+    return float(card.get("threshold", DEFAULT_THRESHOLD))
+
 
 def preprocess_frames(frames: torch.Tensor, image_size: int, mean: Sequence[float], std: Sequence[float],
                       device: torch.device | None = None) -> torch.Tensor:
@@ -61,7 +69,7 @@ class HighlightModel:
 
     @property
     def threshold(self) -> float:
-        return float(self.card.get("threshold", 0.5))
+        return decision_threshold(self.card)
 
     @property
     def image_size(self) -> int:
