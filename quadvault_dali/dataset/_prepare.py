@@ -259,7 +259,7 @@ def _remove_stale_frames(out_dir: Path, touched: set[str], final: list[dict]) ->
     frames_root = out_dir / FRAMES_DIR
     for vid in touched:
         folder = frames_root / vid
-        if not vid.isalnum() or not folder.is_dir() or folder.is_symlink():
+        if not _is_id(vid) or not folder.is_dir() or folder.is_symlink():
             continue
         for entry in folder.iterdir():
             if entry.is_file() and not entry.is_symlink() and f"{FRAMES_DIR}/{vid}/{entry.name}" not in referenced:
