@@ -41,6 +41,23 @@ def write_labels(path: Path, highlights: list[str], normal: list[str]) -> Path:
     return path
 
 
+HIGHLIGHTS, NORMAL = ("h1.mp4", "h2.mp4", "h3.mp4"), ("n1.mp4", "n2.mp4", "n3.mp4")
+
+
+def copy_of(prepared: tuple[Path, object], tmp_path: Path) -> Path:
+    """A copy of the module's dataset for a test to change; the module's stays as prepared."""
+    out = tmp_path / "ds"
+    shutil.copytree(prepared[0], out)
+    return out
+
+
+def label_all(tmp_path: Path, folder: Path, highlights: tuple[str, ...] = HIGHLIGHTS,
+              normal: tuple[str, ...] = NORMAL) -> Path:
+    """labels.json naming the footage's clips (by default all six) in ``folder``."""
+    return write_labels(tmp_path / "labels.json", [str(folder / n) for n in highlights],
+                        [str(folder / n) for n in normal])
+
+
 def frame_files(out: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(out)): (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / "frames").rglob("*.jpg")}
 
@@ -101,9 +118,7 @@ def test_split_by_video_stratified(prepared: tuple[Path, object]) -> None:
 
 def test_merge_keeps_frames_and_splits_moves_and_drops(prepared: tuple[Path, object], footage: Path,
                                                        make_clip: Callable[..., Path], tmp_path: Path) -> None:
-    src, _ = prepared
-    out = tmp_path / "ds"
-    shutil.copytree(src, out)  # leave the module's dataset alone
+    out = copy_of(prepared, tmp_path)
     before = read_dataset(out).rows()
     files_before = frame_files(out)
     split_before = {r["video_id"]: r["split"] for r in before}
@@ -140,16 +155,12 @@ def test_merge_keeps_frames_and_splits_moves_and_drops(prepared: tuple[Path, obj
 def test_merge_after_the_library_moved_reuses_frames_and_splits(prepared: tuple[Path, object], footage: Path,
                                                                 tmp_path: Path) -> None:
     """The same footage on another mount (copied, so new mtimes) is the same dataset, not a new split."""
-    src, _ = prepared
-    out = tmp_path / "ds"
-    shutil.copytree(src, out)
+    out = copy_of(prepared, tmp_path)
     moved = tmp_path / "nas" / "footage"
     shutil.copytree(footage, moved, copy_function=shutil.copyfile)  # mtimes not kept
     before = {(r["video_id"], r["timestamp_s"]): r for r in read_dataset(out).rows()}
     files_before = frame_files(out)
-    names = ("h1.mp4", "h2.mp4", "h3.mp4", "n1.mp4", "n2.mp4", "n3.mp4")
-    labels = write_labels(tmp_path / "labels.json", [str(moved / n) for n in names[:3]],
-                          [str(moved / n) for n in names[3:]])
+    labels = label_all(tmp_path, moved)
     result = prepare_dataset(labels, out, merge=True, size=SIZE, device="cpu")
     assert result.extracted == [] and len(result.reused) == 6 and result.dropped == []
     assert frame_files(out) == files_before  # not one frame decoded or deleted
@@ -165,9 +176,7 @@ def test_merge_after_the_library_moved_reuses_frames_and_splits(prepared: tuple[
 def test_merge_into_a_dataset_keyed_by_path_hashes(prepared: tuple[Path, object], footage: Path,
                                                    tmp_path: Path) -> None:
     """Datasets written before ids were content hashes are matched by path, size and mtime, not re-extracted."""
-    src, _ = prepared
-    out = tmp_path / "ds"
-    shutil.copytree(src, out)
+    out = copy_of(prepared, tmp_path)
     table = pq.read_table(out / "dataset.parquet")
     path_ids = {p: f"{i:016x}" for i, p in enumerate(sorted(set(table.column("video_path").to_pylist())))}
     old_ids = [path_ids[p] for p in table.column("video_path").to_pylist()]
@@ -185,9 +194,7 @@ def test_merge_into_a_dataset_keyed_by_path_hashes(prepared: tuple[Path, object]
     pq.write_table(table, out / "dataset.parquet")
     split_before = {r["video_path"]: r["split"] for r in table.to_pylist()}
     files_before = frame_files(out)
-    names = ("h1.mp4", "h2.mp4", "h3.mp4", "n1.mp4", "n2.mp4", "n3.mp4")
-    labels = write_labels(tmp_path / "labels.json", [str(footage / n) for n in names[:3]],
-                          [str(footage / n) for n in names[3:]])
+    labels = label_all(tmp_path, footage)
     result = prepare_dataset(labels, out, merge=True, size=SIZE, device="cpu")
     assert result.extracted == [] and len(result.reused) == 6
     assert frame_files(out) == files_before
@@ -197,8 +204,7 @@ def test_merge_into_a_dataset_keyed_by_path_hashes(prepared: tuple[Path, object]
 
     # a video dropped later still has its frames deleted, although they sit in a folder named by path id
     n1 = next(r for r in rows if r["video_path"].endswith("n1.mp4"))
-    labels = write_labels(tmp_path / "labels.json", [str(footage / n) for n in names[:3]],
-                          [str(footage / n) for n in names[4:]])
+    labels = label_all(tmp_path, footage, normal=NORMAL[1:])
     result = prepare_dataset(labels, out, merge=True, size=SIZE, device="cpu")
     assert result.dropped == [str(footage / "n1.mp4")]
     assert not (out / n1["frame_path"]).parent.exists()
@@ -208,9 +214,7 @@ def test_merge_into_a_dataset_keyed_by_path_hashes(prepared: tuple[Path, object]
 
 def test_existing_dataset_needs_merge_or_overwrite(prepared: tuple[Path, object], footage: Path,
                                                    tmp_path: Path) -> None:
-    src, _ = prepared
-    out = tmp_path / "ds"
-    shutil.copytree(src, out)
+    out = copy_of(prepared, tmp_path)
     labels = write_labels(tmp_path / "labels.json", [str(footage / "h1.mp4")], [str(footage / "n1.mp4")])
     with pytest.raises(DatasetError, match="already exists.*--merge.*--overwrite"):
         prepare_dataset(labels, out, size=SIZE, device="cpu")
@@ -224,9 +228,7 @@ def test_existing_dataset_needs_merge_or_overwrite(prepared: tuple[Path, object]
 
 def test_overwrite_rebuilds_an_unreadable_dataset_and_merge_says_to(prepared: tuple[Path, object], footage: Path,
                                                                      tmp_path: Path) -> None:
-    src, _ = prepared
-    out = tmp_path / "ds"
-    shutil.copytree(src, out)
+    out = copy_of(prepared, tmp_path)
     (out / "dataset.parquet").write_text("garbage")
     labels = write_labels(tmp_path / "labels.json", [str(footage / "h1.mp4")], [str(footage / "n1.mp4")])
     with pytest.raises(DatasetError, match="it cannot be merged into .*rebuild it with --overwrite"):
@@ -241,15 +243,11 @@ def test_overwrite_rebuilds_an_unreadable_dataset_and_merge_says_to(prepared: tu
 def test_merge_extracts_again_a_video_whose_frame_was_cut_short(prepared: tuple[Path, object], footage: Path,
                                                                 tmp_path: Path) -> None:
     """evaluate tells the user to re-run --merge for unreadable frames: that must repair them."""
-    src, _ = prepared
-    out = tmp_path / "ds"
-    shutil.copytree(src, out)
+    out = copy_of(prepared, tmp_path)
     rows = read_dataset(out).rows()
     damaged = next(r for r in rows if r["video_path"].endswith("h2.mp4"))
     (out / damaged["frame_path"]).write_bytes((out / damaged["frame_path"]).read_bytes()[:100])
-    names = ("h1.mp4", "h2.mp4", "h3.mp4", "n1.mp4", "n2.mp4", "n3.mp4")
-    labels = write_labels(tmp_path / "labels.json", [str(footage / n) for n in names[:3]],
-                          [str(footage / n) for n in names[3:]])
+    labels = label_all(tmp_path, footage)
     result = prepare_dataset(labels, out, merge=True, size=SIZE, device="cpu")
     assert [p.name for p in result.extracted] == ["h2.mp4"]
     assert (out / damaged["frame_path"]).read_bytes()[-2:] == b"\xff\xd9"
