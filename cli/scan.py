@@ -67,7 +67,7 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
          kw: dict[str, Any]) -> None:
     from quadvault_dali.device import resolve_device
     from quadvault_dali.errors import BackendUnavailableError
-    from quadvault_dali.scan.parallel import parse_gpus
+    from quadvault_dali.scan.parallel import parse_gpus, stop_on_signals
     from quadvault_dali.scan.runner import ScanOptions, scan_library
 
     gpus = None
@@ -95,14 +95,8 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
                                 f"{stats.errors} errors", refresh=False)
             bar.update(stats.videos - bar.n)
 
-        stopped_by: list[int] = []
-
-        def stop(signum: int, _frame: Any) -> None:  # a batch system's SIGTERM (preemption, time limit)
-            stopped_by.append(signum)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not break the save it starts
-            raise KeyboardInterrupt
-
-        previous = signal.signal(signal.SIGTERM, stop)
+        stopped_by: list[int] = []  # a batch system's SIGTERM (preemption, time limit) stops like Ctrl-C
+        previous = stop_on_signals((signal.SIGTERM,), seen=stopped_by)
         try:
             summary = scan_library(libraries, options, model_paths=models, gpus=gpus, on_progress=progress)
         except KeyboardInterrupt:
@@ -113,7 +107,7 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
             click.echo(f"{what}. Finished videos are saved in {out}; {again}.", err=True)
             sys.exit(143 if stopped_by else 130)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGTERM, previous[signal.SIGTERM])
     run = summary.run
     rate = run.videos / summary.wall_s if summary.wall_s else 0.0
     click.echo(f"This run: {run.videos:,} videos scanned ({run.errors} errors), {summary.skipped:,} already done, "

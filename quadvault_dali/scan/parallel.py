@@ -139,17 +139,19 @@ def scan_on_gpus(todo: Sequence[Any], model_paths: Sequence[Path], options: Any,
 WORKER_STOP_S = 300.0
 
 
-def stop_on_signals() -> None:
-    """SIGINT and SIGTERM raise ``KeyboardInterrupt`` once (the scan then saves its finished videos); later
-    ones are ignored, so a second signal (Ctrl-C reaching every process, then the parent's forward) cannot
-    break that save."""
+def stop_on_signals(signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM),
+                    seen: list[int] | None = None) -> dict[int, Any]:
+    """``signals`` raise ``KeyboardInterrupt`` once (the scan then saves its finished videos; the signal is
+    appended to ``seen``); later ones are ignored, so a second signal (Ctrl-C reaching every process, then
+    the parent's forward) cannot break that save. Returns the handlers it replaced."""
     def stop(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if seen is not None:
+            seen.append(signum)
+        for number in signals:
+            signal.signal(number, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    return {number: signal.signal(number, stop) for number in signals}
 
 
 def _collect(procs: dict[int, Any], messages: Any, latest: dict[int, Any], finished: set[int],
