@@ -105,7 +105,7 @@ gpu_tests=$(grep -l "mark.gpu" tests/test_*.py | tr '\n' ' ')
 step tests "$TESTS_S" python3 -m pytest -q -m gpu -p no:cacheprovider -o addopts="-ra" \
   --junitxml="$OUT/gpu-tests.xml" $TEST_ARGS $gpu_tests
 wants sampling && wait_prebuild 120 prebuild-sampling  # its clips
-wants sampling && wait_prebuild 90  # CPU baselines are timed on an otherwise idle machine
+wants sampling && wait_prebuild "${IDLE_WAIT_S:-90}"  # CPU baselines are timed on an otherwise idle machine
 # shellcheck disable=SC2086
 step sampling "$SAMPLING_S" python3 benchmarks/sampling_bench.py $SAMPLING_ARGS --work "$WORK/sampling" \
   --out "$OUT/sampling_$gpu.json"
