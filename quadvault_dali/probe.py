@@ -103,6 +103,23 @@ _COLOR_MATRICES = {0: "rgb", 1: "bt709", 2: "unknown", 4: "fcc", 5: "bt470bg", 6
                    8: "ycgco", 9: "bt2020nc", 10: "bt2020c", 11: "smpte2085", 14: "ictcp"}
 
 
+
+#: PyAV up to 18 takes ``metadata_errors`` (badly encoded tags must not fail the open); PyAV 19 dropped the
+#: argument and always tolerates them. Known after the first open.
+_METADATA_ERRORS_KW: dict[str, str] = {"metadata_errors": "ignore"}
+
+
+def _av_open(source: Any, **extra: Any) -> Any:
+    global _METADATA_ERRORS_KW
+    try:
+        return av.open(source, **_METADATA_ERRORS_KW, **extra)
+    except TypeError as exc:
+        if not _METADATA_ERRORS_KW or "metadata_errors" not in str(exc):
+            raise
+        _METADATA_ERRORS_KW = {}
+        return av.open(source, **extra)
+
+
 def _color_matrix(ctx: Any) -> str:
     value = getattr(ctx, "colorspace", None)
     try:
@@ -134,7 +151,7 @@ def open_container(path: Path, file: BinaryIO | None = None, *,
         raise VideoOpenError("empty file (0 bytes)", path=path)
     try:
         extra = {"hwaccel": hwaccel} if hwaccel is not None else {}
-        return av.open(file if file is not None else str(path), metadata_errors="ignore", **extra)
+        return _av_open(file if file is not None else str(path), **extra)
     except av.error.InvalidDataError as exc:
         raise VideoOpenError(
             f"not a readable video container ({exc.strerror or exc})", path=path,
