@@ -30,7 +30,7 @@ def h264_info(make_clip: Callable[..., Path]) -> VideoInfo:
     ({"codec": "vp9", "coded_width": 160, "coded_height": 120}, "below NVDEC's minimum for vp9"),
     ({"coded_width": 7680, "coded_height": 4320}, "7680x4320 is above NVDEC's maximum for h264"),
     ({"pix_fmt": "yuv422p"}, "4:2:0 only, this h264 is yuv422p"),
-    ({"codec": "mjpeg", "pix_fmt": "yuvj422p"}, "4:2:0 only, this mjpeg is yuvj422p"),
+    ({"codec": "mjpeg", "pix_fmt": "yuvj420p"}, "DALI's GPU video decoder does not take MJPEG"),  # seen on the H100
     ({"codec": "hevc", "pix_fmt": "yuv444p10le"}, "4:2:0 only"),
     ({"pix_fmt": "yuv420p10le"}, "h264 up to 8 bits, this one is 10-bit"),
 ])

@@ -33,8 +33,11 @@ NVDEC_LIMITS: dict[str, CodecLimits] = {
     "vp8": CodecLimits(48, 16, 4096, 4096, 8),
     "vp9": CodecLimits(128, 128, 8192, 8192, 12),
     "mpeg4": CodecLimits(48, 16, 2032, 2032, 8),
-    "mjpeg": CodecLimits(64, 64, 16384, 16384, 8),
 }
+
+#: Codecs NVDEC handles but DALI's GPU video decoder refuses (seen on an H100 with DALI 2.4.0:
+#: "Codec 7 (mjpeg) is not supported by the GPU variant of this operator").
+DALI_GPU_REFUSES: dict[str, str] = {"mjpeg": "DALI's GPU video decoder does not take MJPEG"}
 
 #: What DALI's CPU video decoder takes (it is the test stand-in for NVDEC).
 DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
@@ -62,6 +65,8 @@ def _chroma_and_depth(pix_fmt: str | None) -> tuple[str, int]:
 
 def nvdec_limitation(info: VideoInfo) -> str | None:
     """Why NVDEC cannot decode this video (``None`` when it can), worded for a log line or an error row."""
+    if info.codec in DALI_GPU_REFUSES:
+        return DALI_GPU_REFUSES[info.codec]
     limits = NVDEC_LIMITS.get(info.codec)
     if limits is None:
         return f"NVDEC on this GPU class does not decode {info.codec}"
@@ -72,7 +77,7 @@ def nvdec_limitation(info: VideoInfo) -> str | None:
         return f"{w}x{h} is above NVDEC's maximum for {info.codec} ({limits.max_width}x{limits.max_height})"
     chroma, depth = _chroma_and_depth(info.pix_fmt)
     if chroma not in ("420", "400", "?"):
-        # MJPEG too: NVDEC may decode 4:2:2 JPEG, but DALI's colour kernel reads its output as 4:2:0 (NV12)
+        # DALI's colour kernel reads NVDEC's output as 4:2:0 (NV12)
         return f"NVDEC decodes 4:2:0 only, this {info.codec} is {info.pix_fmt}"
     if depth > limits.max_bit_depth:
         return f"NVDEC decodes {info.codec} up to {limits.max_bit_depth} bits, this one is {depth}-bit ({info.pix_fmt})"
