@@ -205,10 +205,10 @@ def test_the_cpu_takes_over_mid_video_without_gaps_or_repeats(cpu_decodable: lis
     import quadvault_dali.sampling._remux as remux
 
     class FailsFrom2s(gpu.ClipDecoder):
-        def decode(self, clips):  # type: ignore[no-untyped-def]
-            good = [c for c in clips if c.times[0] < 2.0]
+        def decode(self, clips):  # type: ignore[no-untyped-def]  # a clip holding any frame from 2 s on fails
+            good = [c for c in clips if max(c.times) < 2.0]
             decoded = iter(super().decode(good) if good else [])
-            return [next(decoded) if c.times[0] < 2.0 else RuntimeError("injected NVDEC failure") for c in clips]
+            return [next(decoded) if max(c.times) < 2.0 else RuntimeError("injected NVDEC failure") for c in clips]
 
     monkeypatch.setattr(remux, "frame_budget", lambda width, height: 2)  # clips of 2 frames
     monkeypatch.setattr(gpu, "ClipDecoder", FailsFrom2s)
@@ -225,6 +225,70 @@ def test_the_cpu_takes_over_mid_video_without_gaps_or_repeats(cpu_decodable: lis
         assert outcome.frames == len(cpu_times)
         assert outcome.decoder == "dali-cpu+pyav", outcome
         assert "injected NVDEC failure; decoded on the CPU after " in outcome.fallback_reason
+
+
+@pytest.fixture(scope="module")
+def short_vp9(make_clip: Callable[..., Path]) -> list[tuple[Path, int]]:
+    """Five 3-second clips from one camera setting (equal codec set-up), different content each."""
+    return [(make_clip(f"short_vp9_{sid}.mp4", codec="vp9", width=128, height=80, fps=30, duration_s=3.0,
+                       keyframe_interval_s=1.0, source_id=sid), sid) for sid in range(41, 46)]
+
+
+class _CountingDecoder:
+    """Wraps the sampler's ClipDecoder: records how many frames each DALI sample held."""
+
+    samples: list[int] = []
+
+    @classmethod
+    def install(cls, monkeypatch: pytest.MonkeyPatch, fails_on: set[bytes] = frozenset()) -> list[int]:  # type: ignore[assignment]
+        import quadvault_dali.sampling._gpu as gpu
+
+        seen: list[int] = []
+
+        class Counting(gpu.ClipDecoder):
+            def decode(self, clips):  # type: ignore[no-untyped-def]
+                seen.extend(len(c) for c in clips)
+                bad = [any(p.data in fails_on for run in c.runs for p in run.packets) for c in clips]
+                decoded = iter(super().decode([c for c, b in zip(clips, bad) if not b]) if not all(bad) else [])
+                return [RuntimeError("injected decode failure") if b else next(decoded) for b in bad]
+
+        monkeypatch.setattr(gpu, "ClipDecoder", Counting)
+        return seen
+
+
+@pytest.mark.parametrize("mode", ["keyframe", "exact"])
+def test_short_videos_share_dali_samples_and_keep_their_frames(short_vp9: list[tuple[Path, int]],
+                                                              monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """One decoder set-up per DALI sample costs more than a dozen keyframes: clips of several videos with
+    the same codec set-up are decoded as one sample, and every video still gets exactly its own seconds."""
+    samples = _CountingDecoder.install(monkeypatch)
+    videos = [p for p, _ in short_vp9]
+    times, stamps, outcomes = _collect(list(DaliSampler(mode=mode, size=SIZE, streams=1).iter_batches(videos)))
+    assert all(o.ok for o in outcomes) and [o.path for o in outcomes] == videos
+    cpu = create_sampler("cpu", mode=mode, size=SIZE)
+    for path, sid in short_vp9:
+        assert times[path] == pytest.approx(cpu.sample_video(path)[1], abs=1e-6)
+        _check_stamps(times[path], stamps[path], sid)
+    assert sum(samples) == sum(len(t) for t in times.values())
+    assert max(samples) > 3 and len(samples) < len(videos)  # merged: fewer samples than videos
+
+
+def test_a_damaged_video_in_a_merged_sample_fails_alone(short_vp9: list[tuple[Path, int]],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import av
+
+    bad_path, bad_sid = short_vp9[2]
+    with av.open(str(bad_path)) as c:
+        bad_packets = {bytes(p) for p in c.demux(video=0) if p.size}
+    samples = _CountingDecoder.install(monkeypatch, fails_on=bad_packets)
+    videos = [p for p, _ in short_vp9]
+    times, stamps, outcomes = _collect(list(DaliSampler(mode="keyframe", size=SIZE, streams=1).iter_batches(videos)))
+    assert all(o.ok for o in outcomes), [str(o.error) for o in outcomes]
+    assert [o.decoder for o in outcomes] == ["dali-cpu", "dali-cpu", "pyav", "dali-cpu", "dali-cpu"]
+    assert "injected decode failure" in outcomes[2].fallback_reason
+    for path, sid in short_vp9:
+        _check_stamps(times[path], stamps[path], sid)
+    assert max(samples) > 3  # the others still shared samples
 
 
 def test_a_clip_the_cutter_cannot_make_goes_to_the_cpu(cpu_decodable: list[tuple[Path, int]],
@@ -293,7 +357,8 @@ def test_a_decoder_that_never_works_stops_the_run(cpu_decodable: list[tuple[Path
 
     monkeypatch.setattr(DaliSampler, "_clip_decoder", broken_setup)
     source = cpu_decodable[0][0]
-    videos = [shutil.copy(source, tmp_path / f"copy_{i:02d}{source.suffix}") for i in range(12)]
+    # more videos than the sampler prepares ahead (streams x clips per run x QUEUED_PER_STREAM)
+    videos = [shutil.copy(source, tmp_path / f"copy_{i:03d}{source.suffix}") for i in range(100)]
     with pytest.raises(BackendUnavailableError, match=r"failed on the first \d+ videos and decoded none") as err:
         list(DaliSampler(size=SIZE, streams=4).iter_batches(videos))
     failed = int(str(err.value).split("failed on the first ")[1].split()[0])

@@ -5,7 +5,10 @@ Work flows through three stages, all bounded:
 1. *prepare* threads probe each video, plan it and cut it into small in-memory MP4 clips holding only
    the packets needed (``_remux``): keyframe mode reads just the chosen keyframes' bytes;
 2. ``streams`` *decode* threads, each owning one DALI pipeline (one hardware decode stream), decode
-   a few clips per run, resize them on the GPU and hand them to PyTorch through DLPack;
+   a few DALI samples per run, resize them on the GPU and hand them to PyTorch through DLPack. Every
+   sample pays a fixed set-up in DALI (demuxer, NVDEC parser, frame buffers, often a new hardware
+   decoder: ~80 ms on the H100, more than a dozen 1080p keyframes take to decode), so consecutive
+   clips of short videos with the same codec set-up share one sample (``group_samples``);
 3. the caller's thread puts frames into batches in input order and reports every video once.
 
 A clip that DALI cannot decode fails its whole DALI batch, so a failed batch is retried clip by clip
@@ -46,7 +49,7 @@ from ._handover import Abandoned, TakeOver, VideoTask
 from ._nvdec import dali_cpu_limitation, nvdec_limitation
 from ._plan import plan_samples
 from ._reader import CountingFile
-from ._remux import Clip, plan_clips
+from ._remux import Clip, can_follow, frame_budget, merge_clips, plan_clips
 from ._types import FrameBatch, VideoOutcome
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,11 @@ FALLBACK_CHUNK = 16
 #: Videos the hardware decoder may fail on before it has decoded anything at all, before the sampler
 #: concludes it does not work on this machine (rather than decode a whole library on the CPU).
 FAILURES_BEFORE_GIVING_UP = 8
+#: Decoded full-size pixels one DALI sample may hold when clips of several videos are merged into it
+#: (``merge_clips``): 96 frames of 1080p, 24 of 2160p (about 600 MB of RGB before the resize).
+MERGE_PIXELS = 96 * 1920 * 1080
+#: Queued clips per decode stream: room for several short videos' clips to be merged into one sample.
+QUEUED_PER_STREAM = 8
 _STOP = object()
 
 
@@ -64,6 +72,30 @@ class _Work:
     task: VideoTask
     seq: int
     clip: Clip
+
+
+@dataclass
+class _Sample:
+    """What one DALI sample decodes: one clip, or clips of several videos merged into one."""
+
+    parts: list[_Work]
+    clip: Clip
+
+
+def group_samples(items: list[_Work], merge: bool = True) -> list[_Sample]:
+    """Consecutive clips that one decoder set-up can serve (``can_follow``) merged into samples, each
+    within ``MERGE_PIXELS``; the order of the frames is kept."""
+    groups: list[list[_Work]] = []
+    for item in items:
+        group = groups[-1] if groups else None
+        if merge and group and can_follow(item.clip, group[-1].clip):
+            _, _, width, height, _ = item.clip.signature  # type: ignore[misc]
+            if sum(len(w.clip) for w in group) + len(item.clip) <= frame_budget(width, height, MERGE_PIXELS):
+                group.append(item)
+                continue
+        groups.append([item])
+    return [_Sample(group, merge_clips([w.clip for w in group]) if len(group) > 1 else group[0].clip)
+            for group in groups]
 
 
 class DaliSampler(Sampler):
@@ -79,6 +111,7 @@ class DaliSampler(Sampler):
     def __init__(self, config: SamplerConfig | None = None, **overrides: object) -> None:
         super().__init__(config, **overrides)
         self.clips_per_run = CLIPS_PER_RUN
+        self.merge_clips = True  # several short videos per DALI sample (``group_samples``)
         self._hardware_worked = False  # set once any clip decoded on this sampler's DALI decoder
         self._hardware_failures: dict[Path, str] = {}  # video -> its first failure, until one worked
 
@@ -220,11 +253,12 @@ class DaliSampler(Sampler):
                 for w in items:
                     if w not in live:
                         w.task.discard()
-                results: list[torch.Tensor | Exception]
+                results: list[torch.Tensor | Exception] = []
                 try:
                     if decoder is None and live:
                         decoder = self._clip_decoder()
-                    results = decoder.decode([w.clip for w in live]) if live and decoder else []
+                    if live and decoder:
+                        results = self._decode_samples(decoder, live)
                 except Exception as exc:  # noqa: BLE001 - e.g. a CUDA or DALI set-up failure: every clip fails
                     results = [exc] * len(live)
                 for w, res in zip(live, results):
@@ -242,13 +276,35 @@ class DaliSampler(Sampler):
             if decoder is not None:
                 decoder.close()
 
+    def _decode_samples(self, decoder: ClipDecoder, items: list[_Work]) -> list[torch.Tensor | Exception]:
+        """Frames (or the error) for each item, decoded ``clips_per_run`` samples per DALI run, short videos'
+        clips merged into shared samples. A merged sample that fails is decoded again clip by clip, so
+        one damaged video fails alone."""
+        samples = group_samples(items, merge=self.merge_clips)
+        results: list[torch.Tensor | Exception] = []
+        for lo in range(0, len(samples), self.clips_per_run):
+            chunk = samples[lo:lo + self.clips_per_run]
+            for sample, res in zip(chunk, decoder.decode([x.clip for x in chunk])):
+                if len(sample.parts) == 1:
+                    results.append(res)
+                elif isinstance(res, Exception):
+                    log.debug("a sample of %d merged clips failed (%s); decoding them one by one",
+                              len(sample.parts), error_summary(res))
+                    for part in sample.parts:
+                        results.extend(decoder.decode([part.clip]))
+                else:
+                    results.extend(torch.split(res, [len(part.clip) for part in sample.parts]))
+        return results
+
     def _next_work(self, work: "queue.Queue[Any]") -> tuple[list[_Work], bool]:
-        """Up to ``clips_per_run`` queued clips (waits for the first); and whether the stop marker came."""
+        """The queued clips for one round of runs (waits for the first): up to ``clips_per_run`` samples'
+        worth, more when short clips can be merged; and whether the stop marker came."""
         first = work.get()
         if first is _STOP:
             return [], True
         items: list[_Work] = [first]
-        while len(items) < self.clips_per_run:
+        limit = self.clips_per_run * (QUEUED_PER_STREAM if self.merge_clips else 1)
+        while len(items) < limit:
             try:
                 more = work.get_nowait()
             except queue.Empty:
@@ -281,9 +337,10 @@ class DaliSampler(Sampler):
     def iter_batches(self, videos: Iterable[VideoSource]) -> Iterator[FrameBatch]:
         cfg = self.config
         streams = cfg.streams
-        work: queue.Queue[Any] = queue.Queue(maxsize=2 * streams * self.clips_per_run)
+        queued = streams * self.clips_per_run * (QUEUED_PER_STREAM if self.merge_clips else 2)
+        work: queue.Queue[Any] = queue.Queue(maxsize=queued)
         stop = threading.Event()
-        lookahead = max(2, 2 * streams)
+        lookahead = max(2, queued)  # videos in flight: enough to fill the queue with mergeable clips
         preparers = ThreadPoolExecutor(max_workers=min(lookahead, max(4, streams)), thread_name_prefix="gpu-prepare")
         decoders = [threading.Thread(target=self._decode_loop, args=(work,), name=f"gpu-decode-{i}", daemon=True)
                     for i in range(streams)]

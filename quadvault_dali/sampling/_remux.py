@@ -52,6 +52,17 @@ class SourcePacket:
 
 
 @dataclass
+class _Run:
+    packets: list[SourcePacket]
+    wanted: list[float] = field(default_factory=list)  # pts of the frames to output, ascending
+
+
+#: What a decoder must be set up with to decode a clip: codec, its configuration record (avcC/hvcC/...),
+#: coded size and pixel format. Clips with equal signatures can be decoded by one decoder set-up.
+Signature = tuple[str, bytes, int, int, str]
+
+
+@dataclass
 class Clip:
     """An MP4 in memory plus which of its frames to decode and what they stand for."""
 
@@ -59,18 +70,26 @@ class Clip:
     frames: np.ndarray  # int32 indices in the clip's presentation order, for DALI's ``frames``
     times: list[float]  # source presentation time (s) of each wanted frame
     packets: int = 0
+    runs: list[_Run] = field(default_factory=list, repr=False)  # its packets, kept so clips can be merged
+    signature: Signature | None = None
 
     def __len__(self) -> int:
         return int(self.frames.shape[0])
 
+    @property
+    def opens_cleanly(self) -> bool:
+        """Whether it may follow another clip in one stream (its first keyframe resets the picture order)."""
+        return bool(self.runs) and self.signature is not None and \
+            opens_cleanly(self.runs[0].packets[0].data, self.signature[0])
 
-@dataclass
-class _Run:
-    packets: list[SourcePacket]
-    wanted: list[float] = field(default_factory=list)  # pts of the frames to output, ascending
+
+def clip_signature(stream: av.video.stream.VideoStream) -> Signature:
+    ctx = stream.codec_context
+    return (ctx.name, bytes(ctx.extradata or b""), int(ctx.coded_width or ctx.width), int(ctx.coded_height or ctx.height),
+            ctx.format.name if ctx.format is not None else "")
 
 
-def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run]) -> Clip:
+def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run], signature: Signature | None = None) -> Clip:
     """Writes ``runs`` (each starting at a keyframe) into one MP4 with regular, rank-based timestamps."""
     packets: list[SourcePacket] = []
     for run in runs:
@@ -98,7 +117,36 @@ def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run]) -> Cli
             packet.duration = _TICK
             packet.is_keyframe = src.is_key
             out.mux(packet)
-    return Clip(buf.getvalue(), frames, wanted, len(packets))
+    return Clip(buf.getvalue(), frames, wanted, len(packets), list(runs), signature)
+
+
+def can_follow(clip: Clip, previous: Clip) -> bool:
+    """Whether ``clip`` may be appended to ``previous`` in one stream (``merge_clips``)."""
+    return previous.signature is not None and clip.signature == previous.signature and clip.opens_cleanly
+
+
+def merge_clips(clips: Sequence[Clip]) -> Clip:
+    """One clip holding ``clips`` back to back (see ``can_follow``): the wanted frames of all, in order.
+
+    Each clip handed to DALI's video decoder pays a fixed set-up (demuxer, NVDEC parser, frame buffers,
+    often a new hardware decoder) that dwarfs decoding a dozen keyframes; a library of short videos
+    decodes several videos per set-up this way. Times are shifted so the clips follow one another;
+    ``times`` keeps the source times.
+    """
+    if len(clips) == 1:
+        return clips[0]
+    runs: list[_Run] = []
+    offset = 0.0
+    for clip in clips:
+        stamps = [p.pts_s for run in clip.runs for p in run.packets]
+        shift = offset - min(stamps)
+        runs.extend(_Run([SourcePacket(p.data, p.pts_s + shift, p.dts_s + shift, p.is_key) for p in run.packets],
+                         [t + shift for t in run.wanted]) for run in clip.runs)
+        offset += max(stamps) - min(stamps) + 1.0
+    with av.open(io.BytesIO(clips[0].data)) as first:  # the codec set-up of all of them
+        merged = mux_clip(first.streams.video[0], runs, clips[0].signature)
+    merged.times = [t for clip in clips for t in clip.times]
+    return merged
 
 
 def _first_picture_type(data: bytes, codec: str) -> int | None:
@@ -143,6 +191,7 @@ class _ClipPacker:
     def __init__(self, template: av.video.stream.VideoStream, codec: str, max_frames: int,
                  max_bytes: int = 1 << 62) -> None:
         self.template, self.codec = template, codec
+        self.signature = clip_signature(template)
         self.max_frames, self.max_bytes = max_frames, max_bytes
         self.runs: list[_Run] = []
         self.frames = self.size = 0
@@ -160,7 +209,7 @@ class _ClipPacker:
         return done
 
     def finish(self) -> Clip | None:
-        clip = mux_clip(self.template, self.runs) if self.runs else None
+        clip = mux_clip(self.template, self.runs, self.signature) if self.runs else None
         self.runs, self.frames, self.size = [], 0, 0
         return clip
 
