@@ -171,9 +171,12 @@ def main(argv: list[str] | None = None) -> int:
 
     work = args.work or Path(tempfile.gettempdir()) / "quadvault-sampling-bench"
     work.mkdir(parents=True, exist_ok=True)
-    if args.build_only:
-        for spec in clip_specs(args.quick, args.duration):
-            make_clip(work, spec)
+    if args.build_only:  # in parallel: a 12-s 2160p HEVC clip took ~110 s on one core of the H100 machine
+        from concurrent.futures import ProcessPoolExecutor
+
+        specs = clip_specs(args.quick, args.duration)
+        with ProcessPoolExecutor(max_workers=len(specs)) as pool:
+            list(pool.map(make_clip, [work] * len(specs), specs))
         (work / "clips.done").write_text("ok\n")
         return 0
     n_videos = args.videos or (2 if args.quick else 32)
