@@ -150,6 +150,17 @@ def test_engine_gives_the_colours_of_the_tagged_matrix(make_clip: Callable[..., 
     assert diff.abs().mean().item() < 2.5
 
 
+def test_engine_and_cpu_backend_agree_on_a_strong_downscale(make_clip: Callable[..., Path]) -> None:
+    """The H100's failing geometry (640x360 -> 64 px square) on DALI's CPU decoder: the cpu backend used to
+    come out 2 levels darker (swscale's truncating fast path), which read as the GPU being too bright."""
+    path = make_clip("colour_downscale.webm", codec="vp9", width=640, height=360, fps=30, duration_s=3.0,
+                     style="highlight", color_matrix="bt709", source_id=5)
+    cpu, _, _ = create_sampler("cpu", mode="keyframe", size=SIZE).sample_video(path)
+    dali, _, _ = DaliSampler(mode="keyframe", size=SIZE).sample_video(path)
+    bias = (dali.float() - cpu.float()).mean(dim=(0, 2, 3))
+    assert bias.abs().max().item() < 0.5, f"per-channel bias {bias.tolist()}"
+
+
 def test_engine_keeps_display_orientation_without_square(cpu_decodable: list[tuple[Path, int]]) -> None:
     path, sid = cpu_decodable[1]  # 128x80 as displayed, stored rotated by 90 degrees
     frames, times, _ = DaliSampler(size=SIZE, square=False, mode="keyframe").sample_video(path)
@@ -540,7 +551,7 @@ def test_gpu_backend_gives_the_colours_of_the_tagged_matrix(make_clip: Callable[
     cpu_frames, cpu_times, _ = create_sampler("cpu", mode="keyframe", size=SIZE).sample_video(path)
     assert gpu_times == cpu_times
     bias = (gpu_frames.cpu().float() - cpu_frames.float()).mean(dim=(0, 2, 3))
-    assert bias.abs().max().item() < 2.0, f"per-channel bias {bias.tolist()}"
+    assert bias.abs().max().item() < 1.0, f"per-channel bias {bias.tolist()}"
 
 
 @pytest.mark.gpu

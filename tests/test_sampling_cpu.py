@@ -212,3 +212,33 @@ def test_exact_mode_in_containers_without_raw_positions(make_clip, name: str, sp
     frames, times, outcome = create_sampler("cpu", mode="exact", fps=fps, size=64).sample_video(clip)
     assert outcome.mode == "exact" and times == pytest.approx([i / fps for i in range(int(8 * fps))], abs=0.02)
     _check_stamps(frames, times)
+
+
+@pytest.mark.parametrize(("matrix", "size"), [(None, 64), ("bt709", 64), ("bt709", 360)])
+def test_frames_have_the_colours_of_an_exact_conversion(make_clip, matrix: str | None, size: int) -> None:
+    """Per channel, the sampled frames average what an exact (float) YCbCr->RGB conversion of the decoded
+    pictures averages. swscale's fast path truncates: it made frames 1-2 levels darker, which the GPU
+    backend (exact) then showed as a difference between the two."""
+    import av
+
+    from quadvault_dali.sampling._colour import MATRIX_WEIGHTS, ycbcr_to_rgb
+
+    kw = {"color_matrix": matrix} if matrix else {}
+    path = make_clip(f"exact_colours_{matrix}.webm", codec="vp9", width=640, height=360, fps=30, duration_s=2.0,
+                     style="highlight", source_id=5, **kw)
+    frames, times, _ = create_sampler("cpu", mode="keyframe", size=size, square=False).sample_video(path)
+    exact = []
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            if not any(abs(frame.time - t) < 1e-3 for t in times):
+                continue
+            yuv = frame.to_ndarray(format="yuv420p").astype(np.float64)
+            h = frame.height
+            y, u, v = yuv[:h], yuv[h:h + h // 4].reshape(h // 2, -1), yuv[h + h // 4:].reshape(h // 2, -1)
+            u, v = (c.repeat(2, 0).repeat(2, 1) for c in (u, v))
+            ycc = np.stack([(y - 16) * 255 / 219, (u - 128) * 255 / 224, (v - 128) * 255 / 224], -1)
+            rgb = np.clip(ycc @ ycbcr_to_rgb(*MATRIX_WEIGHTS[matrix or "bt470bg"]).T, 0, 255)
+            exact.append(rgb.mean(axis=(0, 1)))
+    assert len(exact) == len(times) == 2
+    bias = frames.float().mean(dim=(0, 2, 3)).numpy() - np.mean(exact, axis=0)
+    assert np.abs(bias).max() < 0.3, f"per-channel bias {bias.round(2).tolist()}"
