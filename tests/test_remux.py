@@ -191,8 +191,10 @@ def test_open_gop_keyframes_far_apart_come_out_in_order(make_clip: Callable[...,
     assert len(times) == 5 and stamps == pytest.approx(times, abs=STAMP_TOL)
 
 
-def test_idr_keyframes_share_clips_cra_keyframes_do_not(make_clip: Callable[..., Path]) -> None:
-    from quadvault_dali.sampling._remux import opens_cleanly
+def test_cra_keyframes_are_relabelled_bla_so_they_share_clips(make_clip: Callable[..., Path]) -> None:
+    """x265 writes CRA keyframes (open GOP): back to back they wrapped the picture order, so each was a clip
+    (and a DALI sample) of its own. Relabelled BLA, as a splicer does, they share clips like IDR keyframes."""
+    from quadvault_dali.sampling._remux import clean_start, opens_cleanly
 
     h264 = _clip_path(make_clip, "h264_bframes")  # x264: IDR keyframes
     hevc = _clip_path(make_clip, "hevc_gop2")  # x265: CRA keyframes (open GOP)
@@ -200,12 +202,20 @@ def test_idr_keyframes_share_clips_cra_keyframes_do_not(make_clip: Callable[...,
         _, index = probe_video_index(path)
         fh = CountingFile(path)
         key = int(np.flatnonzero(index.is_key)[1])
-        assert opens_cleanly(fh.read_at(int(index.pos[key]), int(index.size[key])), codec) is cleanly
+        data = fh.read_at(int(index.pos[key]), int(index.size[key]))
+        assert opens_cleanly(data, codec) is cleanly
+        assert opens_cleanly(clean_start(data, codec), codec)
+        assert len(clean_start(data, codec)) == len(data)
         fh.close()
     assert len(_build(h264, "keyframe")[0]) == 1  # six keyframes, one clip
-    assert len(_build(hevc, "keyframe")[0]) == 3  # three keyframes, a clip each
+    clips = _build(hevc, "keyframe")[0]
+    assert len(clips) == 1 and len(clips[0]) == 3  # three keyframes, one clip
+    assert [s for s in _decoded_stamps(clips[0], 0)] == pytest.approx(clips[0].times, abs=STAMP_TOL)
     assert opens_cleanly(b"\x00\x00\x00\x01\x40\x01\x0c" + b"\x00\x00\x01\x26\x01\xaf", "hevc")  # Annex B: VPS, IDR
-    assert not opens_cleanly(b"\x00\x00\x00\x01\x2a\x01\xaf", "hevc")  # Annex B CRA (type 21)
+    cra = b"\x00\x00\x00\x01\x2a\x01\xaf"  # Annex B CRA (type 21)
+    assert not opens_cleanly(cra, "hevc")
+    assert clean_start(cra, "hevc") == b"\x00\x00\x00\x01\x24\x01\xaf"  # BLA_N_LP (type 18)
+    assert clean_start(cra, "h264") == cra
 
 
 def probe_video_index(path: Path):  # type: ignore[no-untyped-def]

@@ -179,6 +179,48 @@ def opens_cleanly(run_start: bytes, codec: str) -> bool:
     return kind == 5 if codec == "h264" else kind is not None and 16 <= kind <= 20
 
 
+_HEVC_CRA, _HEVC_BLA_N_LP = 21, 18
+
+
+def _nal_starts(data: bytes) -> list[int] | None:
+    """Offsets of the NAL unit headers in an MP4 length-prefixed packet (4-byte lengths); ``None`` if the
+    lengths do not tile it exactly (then it is Annex B)."""
+    starts, pos = [], 0
+    while pos + 4 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        if length == 0 or pos + 4 + length > len(data):
+            return None
+        starts.append(pos + 4)
+        pos += 4 + length
+    return starts if pos == len(data) and starts else None
+
+
+def clean_start(data: bytes, codec: str) -> bytes:
+    """An HEVC CRA keyframe relabelled as BLA_N_LP, as a splicer does; other data unchanged.
+
+    A CRA (open-GOP keyframe, what x265 and some cameras write) continues the picture order count of
+    what came before it, so CRA runs back to back in one clip came out of the decoder in the wrong order,
+    and each had to be a DALI sample of its own: one 4K frame per decoder set-up. A BLA starts a new
+    coded video sequence like an IDR but keeps the CRA's slice-header syntax, so only the NAL unit type
+    changes. "No leading pictures" holds: runs never keep the pictures presented before their keyframe.
+    """
+    if codec != "hevc":
+        return data
+    starts = _nal_starts(data)
+    if starts is None:  # Annex B: a header follows each start code
+        starts, at = [], data.find(b"\0\0\1")
+        while at >= 0:
+            starts.append(at + 3)
+            at = data.find(b"\0\0\1", at + 3)
+    if not any(i < len(data) and (data[i] >> 1) & 0x3F == _HEVC_CRA for i in starts):
+        return data
+    out = bytearray(data)
+    for i in starts:
+        if i < len(out) and (out[i] >> 1) & 0x3F == _HEVC_CRA:
+            out[i] = (out[i] & 0x81) | (_HEVC_BLA_N_LP << 1)
+    return bytes(out)
+
+
 class _ClipPacker:
     """Gathers runs into clips within a frame and a byte budget.
 
@@ -198,6 +240,8 @@ class _ClipPacker:
 
     def add(self, run: _Run) -> Clip | None:
         """Adds ``run``; returns the clip it closed, if any."""
+        first = run.packets[0]
+        run.packets[0] = SourcePacket(clean_start(first.data, self.codec), first.pts_s, first.dts_s, first.is_key)
         run_bytes = sum(len(p.data) for p in run.packets)
         done = None
         if self.runs and (self.frames + len(run.wanted) > self.max_frames or self.size + run_bytes > self.max_bytes
