@@ -1,0 +1,48 @@
+"""benchmarks/gpu_diagnose.py's own machinery, without a GPU: clips holding several videos' keyframes back to
+back decode to the right frames in the right order on DALI's CPU decoder, and the colour comparison puts a
+bias confined to the top rows where it belongs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from quadvault_dali.pipelines import ENCODED_INPUT, FRAMES_INPUT, video_sampling_pipeline
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _diagnose_colour import compare  # noqa: E402
+from _diagnose_media import Case, check_stamps, concat_keyframes, plan_cut  # noqa: E402
+
+
+def test_concatenated_keyframes_decode_in_order(make_clip: Callable[..., Path]) -> None:
+    path = make_clip("diag_vp9.mp4", codec="vp9", width=128, height=80, fps=10, duration_s=3.0, source_id=4)
+    _, clips = plan_cut(path)
+    assert [c.times for c in clips] == [[0.0, 1.0, 2.0]]
+    clip, stamps = concat_keyframes(path, 3)
+    assert len(clip) == 9 and clip.frames.tolist() == list(range(9))
+    assert stamps == [0.0, 1.0, 2.0] * 3 and clip.times == sorted(set(clip.times))  # source times rise strictly
+    pipe = video_sampling_pipeline(decoder_device="cpu", size=64, square=True, batch_size=2, num_threads=1,
+                                   device_id=None)
+    pipe.build()
+    pipe.feed_input(ENCODED_INPUT, [np.frombuffer(clip.data, np.uint8)] * 2)
+    pipe.feed_input(FRAMES_INPUT, [clip.frames] * 2)
+    (out,) = pipe.run()
+    case = Case("diag", clip, stamps, 4)
+    for i in range(2):
+        assert check_stamps(torch.from_dlpack(out[i]), case) == "ok"
+    assert check_stamps(torch.from_dlpack(out[0])[1:], case).startswith("8 frames")
+    shuffled = torch.from_dlpack(out[0])[[1, 0, 2, 3, 4, 5, 6, 7, 8]]
+    assert check_stamps(shuffled, case).startswith("frame 0 shows")
+
+
+def test_compare_locates_a_bias_in_the_top_rows() -> None:
+    ref = np.full((2, 100, 40, 3), 100, np.uint8)
+    shifted = ref.copy()
+    shifted[:, :10, :, 1] += 5  # green +5 in the top 10 % of rows only
+    row = compare(shifted, ref)
+    assert row["top10"] == [0.0, 5.0, 0.0] and row["middle"] == row["bottom10"] == [0.0, 0.0, 0.0]
+    assert row["bias"] == [0.0, 0.5, 0.0] and row["bands10"][0] == [0.0, 5.0, 0.0]
