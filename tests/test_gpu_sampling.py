@@ -569,3 +569,13 @@ def test_gpu_backend_decodes_what_nvdec_cannot_on_the_cpu(make_clip: Callable[..
     assert "below NVDEC's minimum" in outcomes[2].fallback_reason
     for path, sid in ((av1, 31), (good, 1), (tiny, 32)):
         _check_stamps(times[path], stamps[path], sid)
+
+
+def test_merged_samples_shrink_on_small_gpus() -> None:
+    """Merged samples keep their full-size frames until the resize: a small card gets smaller merges."""
+    from quadvault_dali.sampling._gpu import MERGE_PIXELS, merge_pixels_for
+
+    gib, frame_1080p = 1 << 30, 1920 * 1080
+    assert merge_pixels_for(80 * gib, 16) == MERGE_PIXELS  # H100, 8 streams x 2 samples per run
+    assert 48 * frame_1080p < merge_pixels_for(24 * gib, 8) < MERGE_PIXELS
+    assert merge_pixels_for(8 * gib, 16) == 48 * frame_1080p  # never below one unmerged clip's budget

@@ -82,15 +82,15 @@ class _Sample:
     clip: Clip
 
 
-def group_samples(items: list[_Work], merge: bool = True) -> list[_Sample]:
+def group_samples(items: list[_Work], merge: bool = True, max_pixels: int = MERGE_PIXELS) -> list[_Sample]:
     """Consecutive clips that one decoder set-up can serve (``can_follow``) merged into samples, each
-    within ``MERGE_PIXELS``; the order of the frames is kept."""
+    within ``max_pixels`` of decoded frames; the order of the frames is kept."""
     groups: list[list[_Work]] = []
     for item in items:
         group = groups[-1] if groups else None
         if merge and group and can_follow(item.clip, group[-1].clip):
             _, _, width, height, _ = item.clip.signature  # type: ignore[misc]
-            if sum(len(w.clip) for w in group) + len(item.clip) <= frame_budget(width, height, MERGE_PIXELS):
+            if sum(len(w.clip) for w in group) + len(item.clip) <= frame_budget(width, height, max_pixels):
                 group.append(item)
                 continue
         groups.append([item])
@@ -112,6 +112,7 @@ class DaliSampler(Sampler):
         super().__init__(config, **overrides)
         self.clips_per_run = CLIPS_PER_RUN
         self.merge_clips = True  # several short videos per DALI sample (``group_samples``)
+        self.merge_pixels = MERGE_PIXELS
         self._hardware_worked = False  # set once any clip decoded on this sampler's DALI decoder
         self._hardware_failures: dict[Path, str] = {}  # video -> its first failure, until one worked
 
@@ -280,7 +281,7 @@ class DaliSampler(Sampler):
         """Frames (or the error) for each item, decoded ``clips_per_run`` samples per DALI run, short videos'
         clips merged into shared samples. A merged sample that fails is decoded again clip by clip, so
         one damaged video fails alone."""
-        samples = group_samples(items, merge=self.merge_clips)
+        samples = group_samples(items, merge=self.merge_clips, max_pixels=self.merge_pixels)
         results: list[torch.Tensor | Exception] = []
         for lo in range(0, len(samples), self.clips_per_run):
             chunk = samples[lo:lo + self.clips_per_run]
@@ -462,3 +463,12 @@ class GpuSampler(DaliSampler):
         if self.config.device_id >= torch.cuda.device_count():
             raise BackendUnavailableError(f"CUDA device {self.config.device_id} does not exist "
                                           f"({torch.cuda.device_count()} visible)")
+        self.merge_pixels = merge_pixels_for(torch.cuda.get_device_properties(self.config.device_id).total_memory,
+                                             self.config.streams * self.clips_per_run)
+
+
+def merge_pixels_for(gpu_bytes: int, samples_in_flight: int) -> int:
+    """``MERGE_PIXELS``, less on a small GPU: the samples in flight keep their full-size RGB frames (before
+    the resize) within an eighth of the card's memory; never below what one unmerged clip may hold."""
+    fits = gpu_bytes // 8 // max(1, samples_in_flight) // 3
+    return max(48 * 1920 * 1080, min(MERGE_PIXELS, fits))
