@@ -30,10 +30,13 @@ HUE_DEGREES = 8.0
 @pipeline_def(enable_conditionals=False)
 def frame_pipeline(files: Sequence[str], rows: Sequence[int], *, image_size: int, mean: Sequence[float],
                    std: Sequence[float], train: bool, decode_device: str = "mixed", shard_id: int = 0,
-                   num_shards: int = 1, shuffle_seed: int = 0):  # type: ignore[no-untyped-def]
+                   num_shards: int = 1, shuffle_seed: int = 0, jpeg_decode: str = "roi"):  # type: ignore[no-untyped-def]
     """Outputs ``(images float32 (3,S,S) normalised, row id int32)`` per sample.
 
     ``decode_device``: ``"mixed"`` (nvJPEG, needs ``device_id``) or ``"cpu"`` (with ``device_id=None``).
+    ``jpeg_decode`` (training only): ``"roi"`` decodes just the random crop's region (nvJPEG on the CUDA
+    cores, which the training step also needs); ``"full"`` decodes whole frames, which lets the A100/H100
+    hardware JPEG engine take most of each batch, then crops on the GPU. ``train_bench.py`` times both.
     ``mean``/``std`` are on the 0-1 scale like torchvision's. The reader pads every shard to the same
     length in evaluation, where the iterator drops the padding so every image is seen exactly once. Training
     does not pad (a padded batch of one image repeated was left queued by the iterator's reset and came out as
@@ -42,6 +45,8 @@ def frame_pipeline(files: Sequence[str], rows: Sequence[int], *, image_size: int
     every entry once across the shards. ``random_shuffle`` did not: its 1024-sample buffer mixes samples across
     epoch boundaries, so on a small dataset an epoch was close to sampling with replacement.
     """
+    if jpeg_decode not in ("roi", "full"):
+        raise ValueError(f"jpeg_decode must be 'roi' or 'full', got {jpeg_decode!r}")
     jpegs, row_ids = fn.readers.file(
         files=list(files), labels=list(rows), name=READER_NAME, shard_id=shard_id, num_shards=num_shards,
         pad_last_batch=not train, stick_to_shard=not train,
@@ -49,11 +54,16 @@ def frame_pipeline(files: Sequence[str], rows: Sequence[int], *, image_size: int
         **({"shuffle_after_epoch": True, "shuffle_after_epoch_seed": shuffle_seed} if train else {}))
     scale_mean = [m * 255.0 for m in mean]
     scale_std = [s * 255.0 for s in std]
-    if train:
+    if train and jpeg_decode == "full":
+        images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB)
+        images = fn.random_resized_crop(images, size=(image_size, image_size), random_area=list(CROP_AREA),
+                                        random_aspect_ratio=list(CROP_ASPECT), num_attempts=10, antialias=True)
+    elif train:
         images = fn.decoders.image_random_crop(
             jpegs, device=decode_device, output_type=types.RGB, random_area=list(CROP_AREA),
             random_aspect_ratio=list(CROP_ASPECT), num_attempts=10)
         images = fn.resize(images, resize_x=image_size, resize_y=image_size, antialias=True)
+    if train:
         images = fn.rotate(images, angle=fn.random.uniform(range=(-ROTATE_DEGREES, ROTATE_DEGREES)),
                            keep_size=True, fill_value=0)
         images = fn.color_twist(images, brightness=fn.random.uniform(range=BRIGHTNESS),

@@ -180,13 +180,15 @@ def test_shards_split_validation_exactly(tmp_path: Path) -> None:
     assert steps[0] == steps[1] == [len(train[0])] * 2 and len(train[0]) >= 1
 
 
+@pytest.mark.parametrize("jpeg_decode", ["roi", "full"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_train_pipeline_augments_but_keeps_shapes(tmp_path: Path, backend: str) -> None:
+def test_train_pipeline_augments_but_keeps_shapes(tmp_path: Path, backend: str, jpeg_decode: str) -> None:
+    """Both decode paths (the crop's region only; whole frames, for the hardware JPEG engine) augment alike."""
     files = _jpegs(tmp_path, 6)
     table = FrameTable(files, np.zeros(6, np.int64), [f"v{i}" for i in range(6)])
     plain = DaliFrameLoader(table, image_size=64, mean=MEAN, std=STD, train=False, batch_size=6, backend=backend)
     aug = DaliFrameLoader(table, image_size=64, mean=MEAN, std=STD, train=True, batch_size=3, backend=backend,
-                          seed=1)
+                          seed=1, jpeg_decode=jpeg_decode)
     ref = {}
     for batch, rows in plain:
         ref.update(zip(rows.tolist(), batch.cpu()))
@@ -196,7 +198,15 @@ def test_train_pipeline_augments_but_keeps_shapes(tmp_path: Path, backend: str) 
         rows_seen += rows.tolist()
         for img, row in zip(batch.cpu(), rows.tolist()):
             assert (img - ref[row]).abs().mean() > 0.05
+            assert abs(img.mean() - ref[row].mean()) < 1.0  # the same picture, jittered, still normalised alike
     assert len(rows_seen) == 6 and len(set(rows_seen)) == 6
+
+
+def test_train_pipeline_refuses_an_unknown_jpeg_decode(tmp_path: Path) -> None:
+    table = FrameTable(_jpegs(tmp_path, 2), np.zeros(2, np.int64), ["a", "b"])
+    with pytest.raises(ValueError, match="jpeg_decode"):
+        DaliFrameLoader(table, image_size=32, mean=MEAN, std=STD, train=True, batch_size=2, backend="cpu",
+                        jpeg_decode="nvjpeg")
 
 
 def test_corrupt_jpeg_is_reported_not_fatal(tmp_path: Path) -> None:

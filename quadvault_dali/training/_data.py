@@ -146,7 +146,7 @@ class DaliFrameLoader:
 
     def __init__(self, frames: FrameTable, *, image_size: int, mean: Sequence[float], std: Sequence[float],
                  train: bool, batch_size: int, backend: str, device_id: int = 0, shard_id: int = 0,
-                 num_shards: int = 1, seed: int = 0, num_threads: int = 2) -> None:
+                 num_shards: int = 1, seed: int = 0, num_threads: int = 2, jpeg_decode: str = "roi") -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         from ..pipelines.training import READER_NAME, frame_pipeline
@@ -161,7 +161,8 @@ class DaliFrameLoader:
             [frames.files[r] for r in files], rows, image_size=image_size, mean=list(mean), std=list(std),
             train=train, decode_device="mixed" if gpu else "cpu", shard_id=shard_id, num_shards=num_shards,
             shuffle_seed=seed, batch_size=batch_size, num_threads=num_threads,
-            device_id=device_id if gpu else None, seed=seed + 7919 * shard_id, prefetch_queue_depth=2)
+            device_id=device_id if gpu else None, seed=seed + 7919 * shard_id, prefetch_queue_depth=2,
+            jpeg_decode=jpeg_decode)
         self.pipe.build()
         # training shards hold whole batches (nothing to drop); evaluation returns the padded shard's tail
         policy = LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL
