@@ -111,10 +111,14 @@ _METADATA_ERRORS_KW: dict[str, str] = {"metadata_errors": "ignore"}
 
 def _av_open(source: Any, **extra: Any) -> Any:
     global _METADATA_ERRORS_KW
+    # What this call passed, not the global: prepare threads open files at once, and one that failed on
+    # PyAV 19 must still retry after another thread has already emptied the global (else its TypeError
+    # escaped and failed the video).
+    kw = _METADATA_ERRORS_KW
     try:
-        return av.open(source, **_METADATA_ERRORS_KW, **extra)
+        return av.open(source, **kw, **extra)
     except TypeError as exc:
-        if not _METADATA_ERRORS_KW or "metadata_errors" not in str(exc):
+        if not kw or "metadata_errors" not in str(exc):
             raise
         _METADATA_ERRORS_KW = {}
         return av.open(source, **extra)

@@ -148,3 +148,25 @@ def test_keyframe_interval_counts_a_late_first_keyframe(make_clip) -> None:
     assert late.max_keyframe_interval_s == pytest.approx(4.0)
     index.is_key[:] = np.isclose(index.pts, 4.0) | np.isclose(index.pts, 5.0)
     assert plan_samples(late, index, mode="auto").mode == "exact"  # keyframes would miss seconds 0-2
+
+
+def test_pyav19_open_fallback_survives_a_concurrent_first_open(make_clip, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyAV 19 has no ``metadata_errors``. Prepare threads open files at once: one whose call still passed the
+    argument must retry even after another thread has already emptied the module's choice (it used to
+    re-raise the TypeError, failing that video)."""
+    import av
+
+    import quadvault_dali.probe as probe
+
+    path = make_clip("pyav19_open.mp4", duration_s=1.0)
+    real_open = av.open
+
+    def pyav19_open(source, **kw):  # type: ignore[no-untyped-def]
+        if "metadata_errors" in kw:
+            probe._METADATA_ERRORS_KW = {}  # another thread's fallback ran meanwhile
+            raise TypeError("open() got an unexpected keyword argument 'metadata_errors'")
+        return real_open(source, **kw)
+
+    monkeypatch.setattr(probe, "_METADATA_ERRORS_KW", {"metadata_errors": "ignore"})
+    monkeypatch.setattr(probe.av, "open", pyav19_open)
+    probe.open_container(path).close()
