@@ -579,3 +579,20 @@ def test_merged_samples_shrink_on_small_gpus() -> None:
     assert merge_pixels_for(80 * gib, 16) == MERGE_PIXELS  # H100, 8 streams x 2 samples per run
     assert 48 * frame_1080p < merge_pixels_for(24 * gib, 8) < MERGE_PIXELS
     assert merge_pixels_for(8 * gib, 16) == 48 * frame_1080p  # never below one unmerged clip's budget
+
+
+def test_a_merge_that_fails_decodes_the_clips_one_by_one(short_vp9: list[tuple[Path, int]],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import quadvault_dali.sampling._gpu as gpu
+
+    def broken_merge(clips):  # type: ignore[no-untyped-def]
+        raise ValueError("injected muxer failure")
+
+    monkeypatch.setattr(gpu, "merge_clips", broken_merge)
+    samples = _CountingDecoder.install(monkeypatch)
+    videos = [p for p, _ in short_vp9]
+    times, stamps, outcomes = _collect(list(DaliSampler(mode="keyframe", size=SIZE, streams=1).iter_batches(videos)))
+    assert all(o.ok and o.decoder == "dali-cpu" for o in outcomes)
+    assert max(samples) == 3  # one video's three keyframes per sample: nothing merged, nothing lost
+    for path, sid in short_vp9:
+        _check_stamps(times[path], stamps[path], sid)

@@ -222,3 +222,16 @@ def probe_video_index(path: Path):  # type: ignore[no-untyped-def]
     from quadvault_dali.probe import probe_video
 
     return probe_video(path, with_index=True)
+
+
+def test_only_clips_small_enough_to_merge_keep_a_copy_of_their_packets(make_clip: Callable[..., Path],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import quadvault_dali.sampling._remux as remux
+
+    path = _clip_path(make_clip, "h264_bframes")
+    small = _build(path, "keyframe")[0][0]
+    assert small.runs and small.signature is not None and small.opens_cleanly
+    monkeypatch.setattr(remux, "MERGEABLE_BYTES", len(small.data) - 1)
+    big = _build(path, "keyframe")[0][0]
+    assert big.data == small.data and not big.runs and big.signature is None
+    assert not remux.can_follow(big, small) and not remux.can_follow(small, big)

@@ -94,8 +94,14 @@ def group_samples(items: list[_Work], merge: bool = True, max_pixels: int = MERG
                 group.append(item)
                 continue
         groups.append([item])
-    return [_Sample(group, merge_clips([w.clip for w in group]) if len(group) > 1 else group[0].clip)
-            for group in groups]
+    samples = []
+    for group in groups:
+        try:
+            samples.append(_Sample(group, merge_clips([w.clip for w in group]) if len(group) > 1 else group[0].clip))
+        except Exception as exc:  # noqa: BLE001 - a merge that fails costs only the merge: decode them one by one
+            log.debug("merging %d clips failed (%s); decoding them one by one", len(group), exc)
+            samples.extend(_Sample([w], w.clip) for w in group)
+    return samples
 
 
 class DaliSampler(Sampler):

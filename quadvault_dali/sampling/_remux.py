@@ -39,6 +39,9 @@ _TICK = 3600  # clip time base 1/90000, 25 "frames" per second: only the order m
 _CLIP_TB = Fraction(1, 90000)
 #: A single run (keyframe to last needed packet) larger than this is refused rather than buffered.
 MAX_RUN_BYTES = 512 << 20
+#: Clips up to this size keep their packets so several can be merged into one DALI sample (a second copy
+#: in memory); bigger ones (exact-mode runs of long GOPs) gain nothing from merging and keep one copy.
+MERGEABLE_BYTES = 32 << 20
 
 
 @dataclass
@@ -117,7 +120,10 @@ def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run], signat
             packet.duration = _TICK
             packet.is_keyframe = src.is_key
             out.mux(packet)
-    return Clip(buf.getvalue(), frames, wanted, len(packets), list(runs), signature)
+    data = buf.getvalue()
+    if len(data) > MERGEABLE_BYTES:  # not worth a second copy of its packets: it decodes alone
+        return Clip(data, frames, wanted, len(packets), [], None)
+    return Clip(data, frames, wanted, len(packets), list(runs), signature)
 
 
 def can_follow(clip: Clip, previous: Clip) -> bool:
