@@ -596,3 +596,29 @@ def test_a_merge_that_fails_decodes_the_clips_one_by_one(short_vp9: list[tuple[P
     assert max(samples) == 3  # one video's three keyframes per sample: nothing merged, nothing lost
     for path, sid in short_vp9:
         _check_stamps(times[path], stamps[path], sid)
+
+
+def test_a_stream_takes_one_runs_worth_of_clips() -> None:
+    """Clips that cannot merge: two samples per run, the third kept for the stream's next run (not taken
+    for a second run while the other streams wait); clips that merge ride along in the same sample."""
+    import queue
+
+    from quadvault_dali.sampling._gpu import _Work
+    from quadvault_dali.sampling._remux import Clip, SourcePacket, _Run
+
+    def clip(signature):  # type: ignore[no-untyped-def]
+        run = _Run([SourcePacket(b"\x00", 0.0, 0.0, True)], [0.0])
+        return Clip(b"", np.zeros(3, np.int32), [0.0, 1.0, 2.0], 3, [run], signature)
+
+    vp9 = ("vp9", b"", 128, 80, "yuv420p")
+    sampler = DaliSampler(size=SIZE)
+    assert sampler.clips_per_run == 2
+    work: queue.Queue = queue.Queue()
+    items = [_Work(None, i, clip(sig)) for i, sig in enumerate([vp9, vp9, None, None, vp9])]  # type: ignore[arg-type]
+    for item in items:
+        work.put(item)
+    carry: list = []
+    taken, stop = sampler._next_work(work, carry)
+    assert taken == items[:3] and carry == [items[3]] and not stop and work.qsize() == 1  # [vp9+vp9], [None]
+    taken, _ = sampler._next_work(work, carry)
+    assert taken == items[3:] and carry == []

@@ -82,18 +82,23 @@ class _Sample:
     clip: Clip
 
 
+def joins(group: list[_Work], item: _Work, max_pixels: int) -> bool:
+    """Whether ``item`` may be merged onto the end of ``group`` (one decoder set-up, within ``max_pixels``)."""
+    if not group or not can_follow(item.clip, group[-1].clip):
+        return False
+    _, _, width, height, _ = item.clip.signature  # type: ignore[misc]
+    return sum(len(w.clip) for w in group) + len(item.clip) <= frame_budget(width, height, max_pixels)
+
+
 def group_samples(items: list[_Work], merge: bool = True, max_pixels: int = MERGE_PIXELS) -> list[_Sample]:
     """Consecutive clips that one decoder set-up can serve (``can_follow``) merged into samples, each
     within ``max_pixels`` of decoded frames; the order of the frames is kept."""
     groups: list[list[_Work]] = []
     for item in items:
-        group = groups[-1] if groups else None
-        if merge and group and can_follow(item.clip, group[-1].clip):
-            _, _, width, height, _ = item.clip.signature  # type: ignore[misc]
-            if sum(len(w.clip) for w in group) + len(item.clip) <= frame_budget(width, height, max_pixels):
-                group.append(item)
-                continue
-        groups.append([item])
+        if merge and groups and joins(groups[-1], item, max_pixels):
+            groups[-1].append(item)
+        else:
+            groups.append([item])
     samples = []
     for group in groups:
         try:
@@ -253,9 +258,10 @@ class DaliSampler(Sampler):
         """One decode stream: clips in, frames delivered; nothing a clip does may end the loop (the
         consumer would wait for that clip forever)."""
         decoder: ClipDecoder | None = None
+        carry: list[_Work] = []  # a clip taken for the next run (see _next_work)
         try:
             while True:
-                items, stop_seen = self._next_work(work)
+                items, stop_seen = self._next_work(work, carry)
                 live = [w for w in items if w.task.wants(w.seq)]
                 for w in items:
                     if w not in live:
@@ -303,21 +309,33 @@ class DaliSampler(Sampler):
                     results.extend(torch.split(res, [len(part.clip) for part in sample.parts]))
         return results
 
-    def _next_work(self, work: "queue.Queue[Any]") -> tuple[list[_Work], bool]:
-        """The queued clips for one round of runs (waits for the first): up to ``clips_per_run`` samples'
-        worth, more when short clips can be merged; and whether the stop marker came."""
-        first = work.get()
-        if first is _STOP:
-            return [], True
-        items: list[_Work] = [first]
-        limit = self.clips_per_run * (QUEUED_PER_STREAM if self.merge_clips else 1)
-        while len(items) < limit:
+    def _next_work(self, work: "queue.Queue[Any]", carry: list[_Work]) -> tuple[list[_Work], bool]:
+        """The clips for one DALI run (waits for the first): at most ``clips_per_run`` samples, short clips
+        merged into them; and whether the stop marker came. A clip that would need one sample more is
+        kept in ``carry`` for this stream's next run, so a stream never takes work for several runs while
+        the others wait idle."""
+        if carry:
+            items = [carry.pop()]
+        else:
+            first = work.get()
+            if first is _STOP:
+                return [], True
+            items = [first]
+        group, samples = [items[0]], 1
+        while True:
             try:
                 more = work.get_nowait()
             except queue.Empty:
                 break
             if more is _STOP:
                 return items, True
+            if self.merge_clips and joins(group, more, self.merge_pixels):
+                group.append(more)
+            elif samples < self.clips_per_run:
+                group, samples = [more], samples + 1
+            else:
+                carry.append(more)
+                break
             items.append(more)
         return items, False
 
