@@ -73,9 +73,13 @@ def make_clip(work: Path, spec: ClipSpec) -> Path:
     return path
 
 
-def run_sampler(device: str, videos: list[Path], **config: Any) -> dict[str, Any]:
-    """Samples all ``videos`` once (after a one-video warm-up); frames/s and bytes read."""
+def run_sampler(device: str, videos: list[Path], layout: tuple[int, int] | None = None,
+                **config: Any) -> dict[str, Any]:
+    """Samples all ``videos`` once (after a one-video warm-up); frames/s and bytes read. ``layout``:
+    (DALI samples per run, pipeline threads) per decode stream instead of the sampler's defaults."""
     sampler = create_sampler(device, **config)
+    if layout is not None:
+        sampler.clips_per_run, sampler.decode_threads = layout  # type: ignore[attr-defined]
     for _ in sampler.iter_batches(videos[:1]):  # warm-up: pipelines, decoder cache, page cache
         pass
     frames = bytes_read = 0
@@ -162,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                          "so fewer keep a GPU run short without changing what is measured")
     ap.add_argument("--duration", type=float, default=30.0, help="clip length in seconds (full run)")
     ap.add_argument("--streams", default="1,2,4,8", help="gpu decode streams to try")
+    ap.add_argument("--layouts", default="2x8x8,4x4x4",
+                    help="more gpu keyframe rows as STREAMSxSAMPLES_PER_RUNxTHREADS (default rows: x2x2)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--work", type=Path, default=None, help="where generated clips are kept (reused)")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
@@ -208,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
             for streams in [int(s) for s in args.streams.split(",")]:
                 rows.append({"backend": "gpu", "mode": "keyframe", "streams": streams, "videos": n_videos,
                              **run_sampler("gpu", videos, mode="keyframe", size=args.size, streams=streams)})
+                _print_row(spec, rows[-1])
+            for layout in filter(None, args.layouts.split(",")):
+                streams, per_run, threads = (int(x) for x in layout.split("x"))
+                rows.append({"backend": "gpu", "mode": "keyframe", "streams": streams, "layout": layout,
+                             "videos": n_videos, **run_sampler("gpu", videos, layout=(per_run, threads),
+                                                               mode="keyframe", size=args.size, streams=streams)})
                 _print_row(spec, rows[-1])
             rows.append({"backend": "gpu", "mode": "exact", "streams": max(int(s) for s in args.streams.split(",")),
                          "videos": n_videos, **run_sampler("gpu", videos, mode="exact", size=args.size,

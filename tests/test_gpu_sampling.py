@@ -267,14 +267,18 @@ class _CountingDecoder:
         return seen
 
 
-@pytest.mark.parametrize("mode", ["keyframe", "exact"])
+@pytest.mark.parametrize(("mode", "layout"), [("keyframe", (2, 2)), ("exact", (2, 2)), ("keyframe", (8, 4))])
 def test_short_videos_share_dali_samples_and_keep_their_frames(short_vp9: list[tuple[Path, int]],
-                                                              monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+                                                              monkeypatch: pytest.MonkeyPatch, mode: str,
+                                                              layout: tuple[int, int]) -> None:
     """One decoder set-up per DALI sample costs more than a dozen keyframes: clips of several videos with
-    the same codec set-up are decoded as one sample, and every video still gets exactly its own seconds."""
+    the same codec set-up are decoded as one sample, and every video still gets exactly its own seconds
+    (also with more samples per DALI run and more pipeline threads, as the sampling benchmark tries)."""
     samples = _CountingDecoder.install(monkeypatch)
     videos = [p for p, _ in short_vp9]
-    times, stamps, outcomes = _collect(list(DaliSampler(mode=mode, size=SIZE, streams=1).iter_batches(videos)))
+    sampler = DaliSampler(mode=mode, size=SIZE, streams=1)
+    sampler.clips_per_run, sampler.decode_threads = layout
+    times, stamps, outcomes = _collect(list(sampler.iter_batches(videos)))
     assert all(o.ok for o in outcomes) and [o.path for o in outcomes] == videos
     cpu = create_sampler("cpu", mode=mode, size=SIZE)
     for path, sid in short_vp9:

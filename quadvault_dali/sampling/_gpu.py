@@ -121,7 +121,8 @@ class DaliSampler(Sampler):
 
     def __init__(self, config: SamplerConfig | None = None, **overrides: object) -> None:
         super().__init__(config, **overrides)
-        self.clips_per_run = CLIPS_PER_RUN
+        self.clips_per_run = CLIPS_PER_RUN  # DALI samples per run of one stream's pipeline
+        self.decode_threads = 2  # that pipeline's threads: DALI decodes the samples of a run in parallel
         self.merge_clips = True  # several short videos per DALI sample (``group_samples``)
         self.merge_pixels = MERGE_PIXELS
         self._hardware_worked = False  # set once any clip decoded on this sampler's DALI decoder
@@ -343,7 +344,8 @@ class DaliSampler(Sampler):
         cfg = self.config
         if self.decoder_device == "mixed":
             torch.cuda.set_device(cfg.device_id)
-        return ClipDecoder(self.decoder_device, cfg.device_id, cfg.size, cfg.square, self.clips_per_run)
+        return ClipDecoder(self.decoder_device, cfg.device_id, cfg.size, cfg.square, self.clips_per_run,
+                           num_threads=self.decode_threads)
 
     def _clip_failed(self, w: _Work, error: Exception) -> None:
         """A clip the hardware decoder failed on: recorded for a CPU take-over, or the video's error."""
