@@ -118,6 +118,17 @@ def _baseline_one(path: Path, fps: float, size: int) -> tuple[int, int]:
     return kept, path.stat().st_size
 
 
+def try_sampler(device: str, videos: list[Path], **config: Any) -> dict[str, Any]:
+    """``run_sampler``, but a configuration that fails is a row saying why, not the end of the benchmark:
+    on a time-limited GPU lease the other rows still count."""
+    try:
+        return run_sampler(device, videos, **config)
+    except Exception as exc:  # noqa: BLE001 - reported in the row
+        print(f"  measurement failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return {"frames": 0, "seconds": 0.0, "sampled_fps": 0.0, "bytes_read": 0,
+                "errors": [f"measurement failed: {type(exc).__name__}: {exc}"]}
+
+
 def run_baseline(videos: list[Path], workers: int, fps: float, size: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -213,16 +224,16 @@ def main(argv: list[str] | None = None) -> int:
         if gpu_ok:  # first: on a time-limited lease these are the rows that matter
             for streams in [int(s) for s in args.streams.split(",")]:
                 rows.append({"backend": "gpu", "mode": "keyframe", "streams": streams, "videos": n_videos,
-                             **run_sampler("gpu", videos, mode="keyframe", size=args.size, streams=streams)})
+                             **try_sampler("gpu", videos, mode="keyframe", size=args.size, streams=streams)})
                 _print_row(spec, rows[-1])
             for layout in filter(None, args.layouts.split(",")):
                 streams, per_run, threads = (int(x) for x in layout.split("x"))
                 rows.append({"backend": "gpu", "mode": "keyframe", "streams": streams, "layout": layout,
-                             "videos": n_videos, **run_sampler("gpu", videos, layout=(per_run, threads),
+                             "videos": n_videos, **try_sampler("gpu", videos, layout=(per_run, threads),
                                                                mode="keyframe", size=args.size, streams=streams)})
                 _print_row(spec, rows[-1])
             rows.append({"backend": "gpu", "mode": "exact", "streams": max(int(s) for s in args.streams.split(",")),
-                         "videos": n_videos, **run_sampler("gpu", videos, mode="exact", size=args.size,
+                         "videos": n_videos, **try_sampler("gpu", videos, mode="exact", size=args.size,
                                        streams=max(int(s) for s in args.streams.split(",")))})
             _print_row(spec, rows[-1])
         base = run_baseline(cpu_videos, cpu_workers, 1.0, args.size)
