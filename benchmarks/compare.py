@@ -38,13 +38,15 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 #: Sections and rows that measure a baseline (decode everything, DataLoader+PIL), not the product.
 _BASELINE_WORDS = ("baseline", "naive")
-_SKIP_SECTIONS = {"machine", "versions", "library", "config", "goals_h100", "cat_read"}
+_SKIP_SECTIONS = {"machine", "versions", "library", "config", "goals_h100", "cat_read",
+                  "scan_keyframe"}  # the report's scan figure is the default (auto) sampling
 _KIND_ALIASES = {"sampling": "sampling", "sample": "sampling", "decode": "sampling", "train": "train",
                  "training": "train", "scan": "scan", "scanning": "scan"}
 _DEVICE_ALIASES = {"gpu": "gpu", "cuda": "gpu", "mixed": "gpu", "dali": "gpu", "cpu": "cpu"}
 _ALL_METRIC_KEYS = {k for _, keys in METRICS.values() for k in keys} | {"frames_per_s", "images_per_s"}
 UNKNOWN_CPU = "unknown CPU"
-_CONFIG_KEYS = ("mode", "codec", "resolution", "streams", "batch_size", "model", "architecture", "workers", "gpus")
+_CONFIG_KEYS = ("mode", "sampling", "codec", "resolution", "streams", "layout", "batch_size", "model", "architecture",
+                "workers", "gpus")
 
 
 @dataclass(frozen=True)

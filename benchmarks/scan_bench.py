@@ -31,6 +31,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import av
 
@@ -238,48 +239,78 @@ def main() -> None:
                     "library": {"videos": len(files), "bytes": lib_bytes, "formats": [f[0] for f in formats],
                                 "durations_s": list(durations), "keyframe_interval_s": [1.0, 2.0],
                                 "build_s": round(build_s, 1)}}
+    out = args.out or RESULTS / f"scan_{backend}{'_quick' if args.quick else ''}.json"
+
+    def save() -> None:  # after every measurement: a run stopped by its time limit keeps what it measured
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, out)
+
+    def attempt(name: str, measure: Any) -> Any:
+        """One optional measurement; its failure is recorded, not fatal to the others."""
+        try:
+            return measure()
+        except Exception as exc:  # noqa: BLE001 - reported in the result
+            print(f"{name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return {"error": f"{type(exc).__name__}: {exc}"}
+
     result["cache"] = evict(files)
     cat_s = cat_read(files)
     result["cat_read"] = {"wall_s": round(cat_s, 3), "mb_per_s": round(lib_bytes / cat_s / 1e6, 2)}
     evict(files)
     result["scan"] = run_scan(files, work / "scan_out", backend, model, args.streams, args.batch_size)
     result["scan"]["vs_cat_read"] = round(result["scan"]["wall_s"] / cat_s, 3)
+    save()
     # `auto` samples the 2-s-GOP half of the library exactly (GOP prefixes: ~15 decoded frames per sampled
     # one); keyframe mode takes the nearest keyframe instead (error <= 1 s, one frame per keyframe)
-    evict(files)
-    result["scan_keyframe"] = run_scan(files, work / "scan_key_out", backend, model, args.streams, args.batch_size,
-                                       mode="keyframe")
-    result["scan_keyframe"]["vs_cat_read"] = round(result["scan_keyframe"]["wall_s"] / cat_s, 3)
-    if backend == "gpu":
-        # One video per core, each core decoding one: 6 videos on 16 cores (the first H100 run) measured the
-        # slowest video's tail, not the CPU backend.
-        cores = os.cpu_count() or 1
-        subset = files[: args.cpu_videos or cores]
-        evict(subset)
-        cpu = run_scan(subset, work / "cpu_out", "cpu", model, cores, args.batch_size)
-        cpu["extrapolated_wall_s"] = round(result["scan"]["video_seconds"] / cpu["video_seconds_per_s"], 1)
-        result["cpu_backend"] = cpu
-        result["gpu_speedup_vs_cpu"] = round(result["scan"]["video_seconds_per_s"] / cpu["video_seconds_per_s"], 2)
-    else:
-        result["cpu_backend"] = "same as scan (no GPU on this machine)"
-    subset = files[: args.naive_videos]
-    evict(subset)
-    naive = naive_decode(subset, backend)
-    total_frames = 0
-    for f in files:
-        with av.open(str(f)) as c:
-            total_frames += c.streams.video[0].frames
-    naive["extrapolated_wall_s"] = round(total_frames / naive["frames_per_s"], 1)
-    result["naive_baseline"] = naive
-    result["scan_speedup_vs_naive"] = round(naive["extrapolated_wall_s"] / result["scan"]["wall_s"], 2)
     if args.quick:
         result["note"] = ("--quick: 6 tiny clips to check the benchmark runs; fixed costs dominate, so these "
                           "numbers say nothing about throughput")
-    out = args.out or RESULTS / f"scan_{backend}{'_quick' if args.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)
+
+    def keyframe_scan() -> dict:
+        evict(files)
+        res = run_scan(files, work / "scan_key_out", backend, model, args.streams, args.batch_size, mode="keyframe")
+        res["vs_cat_read"] = round(res["wall_s"] / cat_s, 3)
+        return res
+
+    result["scan_keyframe"] = attempt("keyframe scan", keyframe_scan)
+    save()
+    if backend == "gpu":
+        def cpu_scan() -> dict:
+            # One video per core, each core decoding one: 6 videos on 16 cores (the first H100 run) measured
+            # the slowest video's tail, not the CPU backend.
+            cores = os.cpu_count() or 1
+            subset = files[: args.cpu_videos or cores]
+            evict(subset)
+            cpu = run_scan(subset, work / "cpu_out", "cpu", model, cores, args.batch_size)
+            cpu["extrapolated_wall_s"] = round(result["scan"]["video_seconds"] / cpu["video_seconds_per_s"], 1)
+            return cpu
+
+        result["cpu_backend"] = attempt("CPU backend scan", cpu_scan)
+        if "error" not in result["cpu_backend"]:
+            result["gpu_speedup_vs_cpu"] = round(result["scan"]["video_seconds_per_s"]
+                                                 / result["cpu_backend"]["video_seconds_per_s"], 2)
+    else:
+        result["cpu_backend"] = "same as scan (no GPU on this machine)"
+    save()
+
+    def naive_baseline() -> dict:
+        subset = files[: args.naive_videos]
+        evict(subset)
+        naive = naive_decode(subset, backend)
+        total_frames = 0
+        for f in files:
+            with av.open(str(f)) as c:
+                total_frames += c.streams.video[0].frames
+        naive["extrapolated_wall_s"] = round(total_frames / naive["frames_per_s"], 1)
+        return naive
+
+    result["naive_baseline"] = attempt("naive baseline", naive_baseline)
+    if "error" not in result["naive_baseline"]:
+        result["scan_speedup_vs_naive"] = round(result["naive_baseline"]["extrapolated_wall_s"]
+                                                / result["scan"]["wall_s"], 2)
+    save()
     print(json.dumps(result, indent=2))
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
