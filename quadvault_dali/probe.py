@@ -103,7 +103,6 @@ _COLOR_MATRICES = {0: "rgb", 1: "bt709", 2: "unknown", 4: "fcc", 5: "bt470bg", 6
                    8: "ycgco", 9: "bt2020nc", 10: "bt2020c", 11: "smpte2085", 14: "ictcp"}
 
 
-
 #: PyAV up to 18 takes ``metadata_errors`` (badly encoded tags must not fail the open); PyAV 19 dropped the
 #: argument and always tolerates them. Known after the first open.
 _METADATA_ERRORS_KW: dict[str, str] = {"metadata_errors": "ignore"}

@@ -155,22 +155,34 @@ def merge_clips(clips: Sequence[Clip]) -> Clip:
     return merged
 
 
-def _first_picture_type(data: bytes, codec: str) -> int | None:
-    """NAL unit type of the first coded picture in an H.264/HEVC packet (MP4 length-prefixed or Annex B)."""
-    units: list[bytes] = []
-    pos = 0
-    while pos + 4 <= len(data):  # MP4: 4-byte lengths that tile the packet exactly
+def _nal_headers(data: bytes) -> list[int]:
+    """Offsets of the NAL unit headers in an H.264/HEVC packet: MP4 4-byte lengths where they tile the
+    packet exactly, else Annex B (MPEG-TS) start codes."""
+    starts, pos = [], 0
+    while pos + 4 <= len(data):
         length = int.from_bytes(data[pos:pos + 4], "big")
         if length == 0 or pos + 4 + length > len(data):
             break
-        units.append(data[pos + 4:pos + 4 + length])
+        starts.append(pos + 4)
         pos += 4 + length
-    if pos != len(data) or not units:  # Annex B (MPEG-TS): start codes
-        units = [u.lstrip(b"\0") for u in data.split(b"\0\0\1")[1:]]
-    for unit in units:
-        if not unit:
-            continue
-        kind = unit[0] & 0x1F if codec == "h264" else (unit[0] >> 1) & 0x3F
+    if pos == len(data) and starts:
+        return starts
+    starts, at = [], data.find(b"\0\0\1")
+    while at >= 0:
+        if at + 3 < len(data):
+            starts.append(at + 3)
+        at = data.find(b"\0\0\1", at + 3)
+    return starts
+
+
+def _nal_type(header: int, codec: str) -> int:
+    return header & 0x1F if codec == "h264" else (header >> 1) & 0x3F
+
+
+def _first_picture_type(data: bytes, codec: str) -> int | None:
+    """NAL unit type of the first coded picture in an H.264/HEVC packet (MP4 length-prefixed or Annex B)."""
+    for at in _nal_headers(data):
+        kind = _nal_type(data[at], codec)
         if (codec == "h264" and 1 <= kind <= 5) or (codec == "hevc" and kind < 32):
             return kind
     return None
@@ -188,19 +200,6 @@ def opens_cleanly(run_start: bytes, codec: str) -> bool:
 _HEVC_CRA, _HEVC_BLA_N_LP = 21, 18
 
 
-def _nal_starts(data: bytes) -> list[int] | None:
-    """Offsets of the NAL unit headers in an MP4 length-prefixed packet (4-byte lengths); ``None`` if the
-    lengths do not tile it exactly (then it is Annex B)."""
-    starts, pos = [], 0
-    while pos + 4 <= len(data):
-        length = int.from_bytes(data[pos:pos + 4], "big")
-        if length == 0 or pos + 4 + length > len(data):
-            return None
-        starts.append(pos + 4)
-        pos += 4 + length
-    return starts if pos == len(data) and starts else None
-
-
 def clean_start(data: bytes, codec: str) -> bytes:
     """An HEVC CRA keyframe relabelled as BLA_N_LP, as a splicer does; other data unchanged.
 
@@ -212,18 +211,12 @@ def clean_start(data: bytes, codec: str) -> bytes:
     """
     if codec != "hevc":
         return data
-    starts = _nal_starts(data)
-    if starts is None:  # Annex B: a header follows each start code
-        starts, at = [], data.find(b"\0\0\1")
-        while at >= 0:
-            starts.append(at + 3)
-            at = data.find(b"\0\0\1", at + 3)
-    if not any(i < len(data) and (data[i] >> 1) & 0x3F == _HEVC_CRA for i in starts):
+    cras = [at for at in _nal_headers(data) if _nal_type(data[at], codec) == _HEVC_CRA]
+    if not cras:
         return data
     out = bytearray(data)
-    for i in starts:
-        if i < len(out) and (out[i] >> 1) & 0x3F == _HEVC_CRA:
-            out[i] = (out[i] & 0x81) | (_HEVC_BLA_N_LP << 1)
+    for at in cras:
+        out[at] = (out[at] & 0x81) | (_HEVC_BLA_N_LP << 1)
     return bytes(out)
 
 
