@@ -49,7 +49,7 @@ from ._handover import Abandoned, TakeOver, VideoTask
 from ._nvdec import dali_cpu_limitation, nvdec_limitation
 from ._plan import plan_samples
 from ._reader import CountingFile
-from ._remux import Clip, can_follow, frame_budget, merge_clips, plan_clips
+from ._remux import CLIP_PIXELS, Clip, can_follow, frame_budget, merge_clips, plan_clips
 from ._types import FrameBatch, VideoOutcome
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ FALLBACK_CHUNK = 16
 FAILURES_BEFORE_GIVING_UP = 8
 #: Decoded full-size pixels one DALI sample may hold when clips of several videos are merged into it
 #: (``merge_clips``): 96 frames of 1080p, 24 of 2160p (about 600 MB of RGB before the resize).
-MERGE_PIXELS = 96 * 1920 * 1080
+MERGE_PIXELS = 2 * CLIP_PIXELS
 #: Queued clips per decode stream: room for several short videos' clips to be merged into one sample.
 QUEUED_PER_STREAM = 8
 _STOP = object()
@@ -497,4 +497,4 @@ def merge_pixels_for(gpu_bytes: int, samples_in_flight: int) -> int:
     """``MERGE_PIXELS``, less on a small GPU: the samples in flight keep their full-size RGB frames (before
     the resize) within an eighth of the card's memory; never below what one unmerged clip may hold."""
     fits = gpu_bytes // 8 // max(1, samples_in_flight) // 3
-    return max(48 * 1920 * 1080, min(MERGE_PIXELS, fits))
+    return max(CLIP_PIXELS, min(MERGE_PIXELS, fits))

@@ -42,6 +42,8 @@ MAX_RUN_BYTES = 512 << 20
 #: Clips up to this size keep their packets so several can be merged into one DALI sample (a second copy
 #: in memory); bigger ones (exact-mode runs of long GOPs) gain nothing from merging and keep one copy.
 MERGEABLE_BYTES = 32 << 20
+#: Decoded full-size pixels one clip may hold (``frame_budget``): 48 frames of 1080p, ~300 MB of RGB.
+CLIP_PIXELS = 48 * 1920 * 1080
 
 
 @dataclass
@@ -293,7 +295,7 @@ def largest_gop_bytes(index: PacketIndex) -> int:
     return int(np.add.reduceat(index.size, keys).max())
 
 
-def frame_budget(width: int, height: int, pixels: int = 48 * 1920 * 1080) -> int:
+def frame_budget(width: int, height: int, pixels: int = CLIP_PIXELS) -> int:
     """Decoded frames per clip so one clip's full-size RGB output stays near ``pixels`` (~300 MB)."""
     return max(1, pixels // max(1, width * height))
 
