@@ -54,16 +54,16 @@ def frame_pipeline(files: Sequence[str], rows: Sequence[int], *, image_size: int
         **({"shuffle_after_epoch": True, "shuffle_after_epoch_seed": shuffle_seed} if train else {}))
     scale_mean = [m * 255.0 for m in mean]
     scale_std = [s * 255.0 for s in std]
-    if train and jpeg_decode == "full":
-        images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB)
-        images = fn.random_resized_crop(images, size=(image_size, image_size), random_area=list(CROP_AREA),
-                                        random_aspect_ratio=list(CROP_ASPECT), num_attempts=10, antialias=True)
-    elif train:
-        images = fn.decoders.image_random_crop(
-            jpegs, device=decode_device, output_type=types.RGB, random_area=list(CROP_AREA),
-            random_aspect_ratio=list(CROP_ASPECT), num_attempts=10)
-        images = fn.resize(images, resize_x=image_size, resize_y=image_size, antialias=True)
     if train:
+        if jpeg_decode == "full":
+            images = fn.decoders.image(jpegs, device=decode_device, output_type=types.RGB)
+            images = fn.random_resized_crop(images, size=(image_size, image_size), random_area=list(CROP_AREA),
+                                            random_aspect_ratio=list(CROP_ASPECT), num_attempts=10, antialias=True)
+        else:
+            images = fn.decoders.image_random_crop(
+                jpegs, device=decode_device, output_type=types.RGB, random_area=list(CROP_AREA),
+                random_aspect_ratio=list(CROP_ASPECT), num_attempts=10)
+            images = fn.resize(images, resize_x=image_size, resize_y=image_size, antialias=True)
         images = fn.rotate(images, angle=fn.random.uniform(range=(-ROTATE_DEGREES, ROTATE_DEGREES)),
                            keep_size=True, fill_value=0)
         images = fn.color_twist(images, brightness=fn.random.uniform(range=BRIGHTNESS),
