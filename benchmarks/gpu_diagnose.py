@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import multiprocessing
 import os
 import platform
@@ -45,6 +44,7 @@ from quadvault_dali.pipelines import ENCODED_INPUT, FRAMES_INPUT, video_sampling
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its two helpers live beside it
 from _diagnose_colour import colour_rows  # noqa: E402
+from _results import write_json  # noqa: E402
 from _diagnose_media import Case, check_stamps, colour_specs, decode_specs, generate, make_cases, plan_cut  # noqa: E402
 
 #: per video: (clip kind, [(clips per run, num_threads) with one pipeline], also run the best with 4 pipelines)
@@ -204,10 +204,7 @@ def environment(device: str) -> dict[str, Any]:
 
 
 def write(out: Path, report: dict[str, Any]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp, out)
+    write_json(out, report, indent=1)
 
 
 def print_tables(report: dict[str, Any]) -> None:

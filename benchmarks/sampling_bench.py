@@ -17,7 +17,6 @@ and the bytes each read against the file sizes. Writes ``benchmarks/results/samp
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -32,6 +31,7 @@ from typing import Any
 import av
 import torch
 
+from _results import write_json
 from quadvault_dali.device import gpu_status
 from quadvault_dali.sampling import create_sampler
 from quadvault_dali.synth import SynthSpec, make_video
@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             list(pool.map(make_clip, [work] * len(specs), specs))
         (work / "clips.done").write_text("ok\n")
         return 0
+    stream_counts = [int(s) for s in args.streams.split(",")]
     n_videos = args.videos or (2 if args.quick else 32)
     n_cpu_videos = min(args.cpu_videos or n_videos, n_videos)
     cpu_workers = os.cpu_count() or 1
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu_videos = videos[:n_cpu_videos]
         rows: list[dict[str, Any]] = []
         if gpu_ok:  # first: on a time-limited lease these are the rows that matter
-            for streams in [int(s) for s in args.streams.split(",")]:
+            for streams in stream_counts:
                 rows.append({"backend": "gpu", "mode": "keyframe", "streams": streams, "videos": n_videos,
                              **try_sampler("gpu", videos, mode="keyframe", size=args.size, streams=streams)})
                 _print_row(spec, rows[-1])
@@ -232,9 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                              "videos": n_videos, **try_sampler("gpu", videos, layout=(per_run, threads),
                                                                mode="keyframe", size=args.size, streams=streams)})
                 _print_row(spec, rows[-1])
-            rows.append({"backend": "gpu", "mode": "exact", "streams": max(int(s) for s in args.streams.split(",")),
-                         "videos": n_videos, **try_sampler("gpu", videos, mode="exact", size=args.size,
-                                       streams=max(int(s) for s in args.streams.split(",")))})
+            rows.append({"backend": "gpu", "mode": "exact", "streams": max(stream_counts), "videos": n_videos,
+                         **try_sampler("gpu", videos, mode="exact", size=args.size, streams=max(stream_counts))})
             _print_row(spec, rows[-1])
         base = run_baseline(cpu_videos, cpu_workers, 1.0, args.size)
         rows.append({"backend": "baseline-pyav-all-frames", "mode": "exact", "streams": cpu_workers,
@@ -251,19 +251,12 @@ def main(argv: list[str] | None = None) -> int:
             if row["backend"] != "gpu":
                 _print_row(spec, row)
         results.extend(rows)
-        write_report(out, report(False))  # after every clip: a run stopped by its time limit keeps what it measured
+        write_json(out, report(False))  # after every clip: a run stopped by its time limit keeps what it measured
 
-    write_report(out, report(True))
+    write_json(out, report(True))
     print_table(results)
     print(f"\nwrote {out}" + ("".join(f"\nnote: {n}" for n in notes)))
     return 0
-
-
-def write_report(out: Path, report: dict[str, Any]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, out)
 
 
 def _print_row(spec: ClipSpec, row: dict[str, Any]) -> None:

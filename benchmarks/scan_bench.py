@@ -35,6 +35,7 @@ from typing import Any
 
 import av
 
+from _results import write_json
 from quadvault_dali.device import resolve_device
 from quadvault_dali.synth import SynthSpec, make_video
 
@@ -242,10 +243,7 @@ def main() -> None:
     out = args.out or RESULTS / f"scan_{backend}{'_quick' if args.quick else ''}.json"
 
     def save() -> None:  # after every measurement: a run stopped by its time limit keeps what it measured
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, out)
+        write_json(out, result)
 
     def attempt(name: str, measure: Any) -> Any:
         """One optional measurement; its failure is recorded, not fatal to the others."""
@@ -262,13 +260,13 @@ def main() -> None:
     result["scan"] = run_scan(files, work / "scan_out", backend, model, args.streams, args.batch_size)
     result["scan"]["vs_cat_read"] = round(result["scan"]["wall_s"] / cat_s, 3)
     save()
-    # `auto` samples the 2-s-GOP half of the library exactly (GOP prefixes: ~15 decoded frames per sampled
-    # one); keyframe mode takes the nearest keyframe instead (error <= 1 s, one frame per keyframe)
     if args.quick:
         result["note"] = ("--quick: 6 tiny clips to check the benchmark runs; fixed costs dominate, so these "
                           "numbers say nothing about throughput")
 
     def keyframe_scan() -> dict:
+        # `auto` samples the 2-s-GOP half of the library exactly (GOP prefixes: ~15 decoded frames per
+        # sampled one); keyframe mode takes the nearest keyframe instead (error <= 1 s, one frame per keyframe)
         evict(files)
         res = run_scan(files, work / "scan_key_out", backend, model, args.streams, args.batch_size, mode="keyframe")
         res["vs_cat_read"] = round(res["wall_s"] / cat_s, 3)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from _results import write_json
 from quadvault_dali.model import build_network, library_versions, spec_for
 from quadvault_dali.training import DaliFrameLoader, FrameTable
 from quadvault_dali.training._config import resnet18_weights_available
@@ -290,10 +291,7 @@ def main() -> None:
     m = report["machine"]
     name = re.sub(r"[^a-z0-9]+", "-", (m["gpu"] or m["cpu"]).lower()).strip("-")
     out = args.out or RESULTS / f"train_{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_json(out, report)
     print(json.dumps(report["results"], indent=2))
     print(f"-> {out}")
 
