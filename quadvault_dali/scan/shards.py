@@ -70,9 +70,10 @@ def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table | None:
     Raises ``DamagedShardError`` for an unreadable file and ``OutputError`` for another version or table.
     """
     try:
-        schema = pq.read_schema(path)
-        present = [c for c in columns if c in schema.names] if columns is not None else None
-        table = pq.read_table(path, columns=present)
+        with pq.ParquetFile(path) as shard:  # one open for the footer and the data
+            schema = shard.schema_arrow
+            present = [c for c in columns if c in schema.names] if columns is not None else None
+            table = shard.read(columns=present)
     except FileNotFoundError:
         return None
     except (OSError, pa.ArrowException) as exc:
