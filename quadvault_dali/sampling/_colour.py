@@ -15,6 +15,8 @@ little off.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -51,11 +53,17 @@ def correction_from_bt601(matrix: str) -> np.ndarray | None:
     return ycbcr_to_rgb(*weights) @ np.linalg.inv(ycbcr_to_rgb(*_BT601))
 
 
+@functools.lru_cache(maxsize=None)
+def _correction_weights(matrix: str, device: torch.device) -> torch.Tensor | None:
+    """``correction_from_bt601`` as a float tensor on ``device``: built once, not per decoded clip."""
+    correction = correction_from_bt601(matrix)
+    return None if correction is None else torch.as_tensor(correction, dtype=torch.float32, device=device)
+
+
 def convert_from_bt601(frames: torch.Tensor, matrix: str) -> torch.Tensor:
     """``(F, 3, H, W)`` uint8 RGB converted with BT.601 -> as converted with ``matrix``, on their device."""
-    correction = correction_from_bt601(matrix)
-    if correction is None or frames.numel() == 0:
+    weights = _correction_weights(matrix, frames.device)
+    if weights is None or frames.numel() == 0:
         return frames
-    weights = torch.as_tensor(correction, dtype=torch.float32, device=frames.device)
     mixed = torch.einsum("ij,fjhw->fihw", weights, frames.float())
     return mixed.round_().clamp_(0, 255).to(torch.uint8)
