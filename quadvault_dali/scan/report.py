@@ -40,14 +40,15 @@ class FolderTotals:
 def highlights_document(out_dir: Path, *, threshold: float, models: Sequence[ModelRef]) -> tuple[dict, FolderTotals]:
     """The highlights document and totals over the complete shards of ``out_dir``."""
     cols = ["video_id", "path", "score", "best_timestamp_s", "score_max", "score_top3_mean",
-            "frac_above_threshold", "duration_s", "is_highlight", "status"]
-    chosen = latest_video_rows(out_dir, columns=cols)  # one per path
+            "frac_above_threshold", "duration_s", "status"]
+    chosen = latest_video_rows(out_dir, columns=cols)  # one per path, with its shard
     rows = [row for _, row in chosen]
     # By this run's threshold, not the stored flag: resume does not rescan for a new --threshold.
-    best = sorted((r for r in rows if r["status"] == "ok" and r["score"] is not None and r["score"] >= threshold),
-                  key=lambda r: (-r["score"], r["path"]))
-    best_rows = {id(r) for r in best}
-    fractions = _fractions_above(out_dir, [(name, r) for name, r in chosen if id(r) in best_rows], threshold)
+    best_pairs = sorted(((name, r) for name, r in chosen
+                         if r["status"] == "ok" and r["score"] is not None and r["score"] >= threshold),
+                        key=lambda pair: (-pair[1]["score"], pair[1]["path"]))
+    best = [r for _, r in best_pairs]
+    fractions = _fractions_above(out_dir, best_pairs, threshold)
     errors = sum(1 for r in rows if r["status"] == "error")
     doc = {
         "schema_version": SCHEMA_VERSION,
