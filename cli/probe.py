@@ -43,7 +43,7 @@ def probe(paths: tuple[Path, ...], as_json: bool, threads: int) -> None:
     videos = find_videos(paths, on_error=lambda p, exc: unreadable.append((p, exc)))
     with ThreadPoolExecutor(threads) as pool:
         results = list(pool.map(_probe_one, videos))
-    errors = len(unreadable)
+    bad = sum(isinstance(result, QuadvaultError) for result in results)
     for path, exc in unreadable:  # a path given that does not exist, or a folder that cannot be listed
         reason = "does not exist" if isinstance(exc, FileNotFoundError) else f"cannot be read: {exc.strerror or exc}"
         if as_json:
@@ -54,7 +54,6 @@ def probe(paths: tuple[Path, ...], as_json: bool, threads: int) -> None:
     if as_json:
         for path, result in zip(videos, results):
             if isinstance(result, QuadvaultError):
-                errors += 1
                 click.echo(json.dumps({"path": str(path), "status": "error", "error_kind": result.kind,
                                        "error": result.reason}))
             else:
@@ -66,7 +65,6 @@ def probe(paths: tuple[Path, ...], as_json: bool, threads: int) -> None:
         click.echo(header)
         for path, result in zip(videos, results):
             if isinstance(result, QuadvaultError):
-                errors += 1
                 continue
             i = result
             nvdec = "no" if nvdec_limitation(i) else "yes"
@@ -75,10 +73,9 @@ def probe(paths: tuple[Path, ...], as_json: bool, threads: int) -> None:
         for path, result in zip(videos, results):
             if isinstance(result, QuadvaultError):
                 click.secho(f"ERROR {result.kind}: {result}", fg="red", err=True)
-        bad = errors - len(unreadable)
         click.echo(f"{len(videos)} videos, {len(videos) - bad} readable, {bad} with errors"
                    + (f", {len(unreadable)} paths not found or unreadable" if unreadable else ""), err=True)
     if not videos and not unreadable:
         raise click.ClickException(f"no video files found under {', '.join(map(str, paths))}")
-    if errors:
+    if bad or unreadable:
         raise SystemExit(1)  # the table and the errors are printed; scripts see that not all went well
