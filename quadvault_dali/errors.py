@@ -29,6 +29,18 @@ class QuadvaultError(Exception):
         """Short machine-readable error class, stored in scan error rows."""
         return type(self).__name__
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # pickled whole (path, hint, subclass fields), so an error raised in a decoding process reads the
+        # same in the caller's; Exception's default would rebuild it from the message alone
+        return _restore_error, (type(self), str(self), dict(self.__dict__))
+
+
+def _restore_error(cls: type[QuadvaultError], message: str, state: dict[str, object]) -> QuadvaultError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
 
 class VideoOpenError(QuadvaultError):
     """The file cannot be opened as a video: missing, empty, not a video, truncated, no index."""

@@ -31,6 +31,8 @@ class SamplerConfig:
     ``cpu_fallback`` (gpu backend): a video the hardware decoder cannot take (codec, chroma, bit depth,
     size), or fails on, is decoded (from there) on the CPU and its frames still land on the GPU;
     ``False`` makes it an error outcome.
+    ``processes``: decode in that many child processes, each running the backend with ``streams`` streams
+    (``_processes``: one CUDA context per process, so the pipelines do not wait for each other).
     """
 
     fps: float = 1.0
@@ -41,6 +43,7 @@ class SamplerConfig:
     streams: int = 4
     device_id: int = 0
     cpu_fallback: bool = True
+    processes: int = 1
 
     def __post_init__(self) -> None:
         if self.fps <= 0:
@@ -49,8 +52,9 @@ class SamplerConfig:
             raise ValueError(f"mode must be auto, exact or keyframe, got {self.mode!r}")
         if self.size < 8:
             raise ValueError(f"size must be at least 8 pixels, got {self.size}")
-        if self.batch_size < 1 or self.streams < 1:
-            raise ValueError(f"batch_size and streams must be >= 1, got {self.batch_size}, {self.streams}")
+        if self.batch_size < 1 or self.streams < 1 or self.processes < 1:
+            raise ValueError(f"batch_size, streams and processes must be >= 1, got {self.batch_size}, "
+                             f"{self.streams}, {self.processes}")
 
 
 class Sampler(ABC):
@@ -70,6 +74,15 @@ class Sampler(ABC):
     @abstractmethod
     def iter_batches(self, videos: Iterable[VideoSource]) -> Iterator[FrameBatch]:
         """Frames of all ``videos`` in batches of at most ``batch_size``; every video gets one outcome."""
+
+    def close(self) -> None:
+        """Frees what the sampler keeps between calls (decoding processes); in-process backends keep nothing."""
+
+    def __enter__(self) -> "Sampler":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def sample_video(self, video: VideoSource) -> tuple[torch.Tensor, list[float], VideoOutcome]:
         """All frames of one video (N, 3, H, W) with timestamps; raises the video's error if it failed."""
@@ -128,7 +141,13 @@ def create_sampler(device: str = "auto", config: SamplerConfig | None = None, **
     if backend not in _BACKENDS:
         raise BackendUnavailableError(f"sampling backend {backend!r} is not available",
                                       hint=f"available: {', '.join(available_backends()) or 'none'}")
-    return _BACKENDS[backend](config, **overrides)
+    chosen = _BACKENDS[backend]
+    base = config or SamplerConfig()
+    if int(overrides.get("processes", base.processes)) > 1:  # type: ignore[call-overload]
+        from ._processes import ProcessSampler
+
+        return ProcessSampler(chosen, config, **overrides)
+    return chosen(config, **overrides)
 
 
 def as_sources(videos: Sequence[VideoSource]) -> list[VideoSource]:

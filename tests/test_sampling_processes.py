@@ -1,0 +1,166 @@
+"""``processes``: the samplers run in child processes and answer exactly as they do in-process.
+
+Checked with the ``cpu`` backend and with the gpu engine on DALI's CPU decoder (the same machinery as
+NVDEC), frame by frame against the in-process sampler; a child that dies mid-video costs only the video
+that kills it; ``@pytest.mark.gpu``: NVDEC children hand over CUDA frames equal to the in-process ones.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import pytest
+import torch
+
+from quadvault_dali.errors import BackendUnavailableError, DecodeError, QuadvaultError
+from quadvault_dali.sampling import FrameBatch, create_sampler
+from quadvault_dali.sampling._cpu import CpuSampler
+from quadvault_dali.sampling._processes import ProcessSampler
+from quadvault_dali.synth import read_stamp
+
+SIZE = 48
+
+
+class CrashingSampler(CpuSampler):
+    """A ``cpu`` sampler whose process dies (SIGKILL, like a segfaulting decoder) when it takes a video whose
+    name starts with ``crash``; importable by name, so spawned children can build it."""
+
+    def iter_batches(self, videos: Iterable[object]) -> Iterator[FrameBatch]:
+        def watched() -> Iterator[object]:
+            for source in videos:
+                if Path(str(source)).name.startswith("crash"):
+                    os.kill(os.getpid(), signal.SIGKILL)
+                yield source
+
+        return super().iter_batches(watched())  # type: ignore[arg-type]
+
+
+def _by_video(batches: Iterable[FrameBatch]) -> tuple[dict[Path, list[float]], dict[Path, torch.Tensor], list]:
+    times: dict[Path, list[float]] = {}
+    frames: dict[Path, list[torch.Tensor]] = {}
+    outcomes = []
+    for b in batches:
+        for i, (p, t) in enumerate(zip(b.paths, b.timestamps)):
+            times.setdefault(p, []).append(t)
+            frames.setdefault(p, []).append(b.frames[i].cpu())
+        outcomes.extend(b.completed)
+    return times, {p: torch.stack(f) for p, f in frames.items()}, outcomes
+
+
+@pytest.fixture(scope="module")
+def library(make_clip: Callable[..., Path], broken_clips: dict[str, Path]) -> list[Path]:
+    good = [make_clip(f"proc_{i}.{ext}", codec=codec, width=128, height=80, fps=fps, duration_s=2.0 + i,
+                      source_id=20 + i)
+            for i, (codec, ext, fps) in enumerate([("h264", "mp4", 30), ("vp9", "webm", 25), ("hevc", "mp4", 24),
+                                                   ("vp9", "webm", 30), ("h264", "mp4", 60)])]
+    return good[:2] + [broken_clips["empty"]] + good[2:4] + [broken_clips["truncated"]] + good[4:]
+
+
+def test_children_give_the_in_process_frames_times_and_outcomes(library: list[Path]) -> None:
+    cfg = dict(fps=1.0, mode="exact", size=SIZE, batch_size=4, streams=2)
+    want_times, want_frames, want_outcomes = _by_video(create_sampler("cpu", **cfg).iter_batches(library))
+    with create_sampler("cpu", processes=2, **cfg) as sampler:
+        assert isinstance(sampler, ProcessSampler) and sampler.backend == "cpu"
+        batches = list(sampler.iter_batches(library))
+        pids = [c.proc.pid for c in sampler._pool.children]
+        again = _by_video(sampler.iter_batches(library[:3]))  # a second call: the same children answer it
+        assert [c.proc.pid for c in sampler._pool.children] == pids
+        twice, _, twice_outcomes = _by_video(sampler.iter_batches([library[0]] * 3))  # benchmarks list copies
+        assert len(twice_outcomes) == 3 and sorted(twice[library[0]]) == sorted(want_times[library[0]] * 3)
+    assert all(len(b) <= 4 and b.frames.shape[1:] == (3, SIZE, SIZE) for b in batches)
+    times, frames, outcomes = _by_video(batches)
+    assert sorted(o.path for o in outcomes) == sorted(library)  # exactly one outcome per video
+    assert times == want_times
+    for path, stack in frames.items():
+        assert torch.equal(stack, want_frames[path]), path
+        assert all(read_stamp(f.permute(1, 2, 0).numpy()) is not None for f in stack[:1])
+    mine = {o.path: o for o in outcomes}
+    for want in want_outcomes:
+        got = mine[want.path]
+        assert (got.ok, got.frames, got.mode, got.bytes_read, got.decoder) == \
+               (want.ok, want.frames, want.mode, want.bytes_read, want.decoder)
+        if not want.ok:  # the error crossed the process boundary whole: class, path, message
+            assert type(got.error) is type(want.error) and got.error.path == want.path
+            assert str(got.error) == str(want.error)
+    assert again[0] == {p: want_times[p] for p in library[:3] if p in want_times}
+
+
+def test_a_child_that_dies_costs_only_the_video_that_kills_it(make_clip: Callable[..., Path],
+                                                             library: list[Path]) -> None:
+    """Streams of 1 and batches of 1: the child has handed over frames of the video before the crasher (its
+    outcome is not yet out) when it dies; that video is decoded again without repeating those frames."""
+    crasher = make_clip("crash_me.mp4", width=128, height=80, fps=30, duration_s=2.0, source_id=40)
+    videos = library[:2] + [crasher] + library[3:5]
+    cfg = dict(fps=1.0, mode="exact", size=SIZE, batch_size=1, streams=1, processes=2)
+    want_times, _, _ = _by_video(create_sampler("cpu", **{**cfg, "processes": 1}).iter_batches(videos))
+    with ProcessSampler(CrashingSampler, **cfg) as sampler:
+        times, _, outcomes = _by_video(sampler.iter_batches(videos))
+        assert sorted(o.path for o in outcomes) == sorted(videos)
+        bad = next(o for o in outcomes if o.path == crasher)
+        assert isinstance(bad.error, DecodeError) and "crashed the decoder process (signal 9)" in str(bad.error)
+        assert str(crasher) in str(bad.error)
+        for o in outcomes:
+            if o.path != crasher:
+                assert o.ok and times[o.path] == want_times[o.path], o.path  # no frame lost, none twice
+        assert crasher not in times
+        # the pool replaced its dead children and still works
+        times2, _, outcomes2 = _by_video(sampler.iter_batches(library[:2]))
+        assert all(o.ok for o in outcomes2) and times2 == {p: want_times[p] for p in library[:2]}
+
+
+def test_the_gpu_engine_runs_in_children(make_clip: Callable[..., Path]) -> None:
+    """The DALI engine itself (here on DALI's CPU decoder) in two children: the same frames as in-process."""
+    pytest.importorskip("nvidia.dali")
+    from quadvault_dali.sampling._gpu import DaliSampler
+
+    videos = [make_clip(f"proc_dali_{i}.webm", codec="vp9", width=128, height=80, fps=30, duration_s=3.0,
+                        source_id=30 + i) for i in range(4)]
+    cfg = dict(fps=1.0, mode="keyframe", size=SIZE, batch_size=8, streams=1)
+    want_times, want_frames, _ = _by_video(DaliSampler(**cfg).iter_batches(videos))
+    with ProcessSampler(DaliSampler, processes=2, attrs={"clips_per_run": 2}, **cfg) as sampler:
+        times, frames, outcomes = _by_video(sampler.iter_batches(videos))
+    assert times == want_times and all(o.ok and o.decoder == "dali-cpu" for o in outcomes)
+    for path, stack in frames.items():
+        assert torch.equal(stack, want_frames[path])
+
+
+def test_a_backend_that_cannot_run_fails_in_the_callers_process() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(BackendUnavailableError):
+        create_sampler("gpu", processes=2)
+
+
+def test_processes_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="processes"):
+        create_sampler("cpu", processes=0)
+
+
+def test_errors_cross_processes_whole() -> None:
+    import pickle
+
+    from quadvault_dali.errors import LabelsError
+
+    err = LabelsError("bad labels", path="/x/labels.json", problems=["a missing", "b twice"], hint="fix them")
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is LabelsError and str(back) == str(err)
+    assert (back.path, back.problems, back.hint, back.reason) == (err.path, err.problems, err.hint, err.reason)
+    assert isinstance(pickle.loads(pickle.dumps(QuadvaultError("plain"))), QuadvaultError)
+
+
+@pytest.mark.gpu
+def test_nvdec_children_hand_over_cuda_frames(make_clip: Callable[..., Path]) -> None:
+    videos = [make_clip(f"proc_gpu_{i}.mp4", codec=codec, width=640, height=360, fps=30, duration_s=4.0,
+                        source_id=50 + i) for i, codec in enumerate(["h264", "hevc", "h264", "hevc"])]
+    cfg = dict(fps=1.0, mode="keyframe", size=SIZE, batch_size=8, streams=2)
+    want_times, want_frames, _ = _by_video(create_sampler("gpu", **cfg).iter_batches(videos))
+    with create_sampler("gpu", processes=2, **cfg) as sampler:
+        batches = list(sampler.iter_batches(videos))
+    assert all(b.frames.is_cuda for b in batches if len(b))
+    times, frames, outcomes = _by_video(batches)
+    assert times == want_times and all(o.ok and o.decoder == "nvdec" for o in outcomes)
+    for path, stack in frames.items():
+        assert torch.equal(stack, want_frames[path])
