@@ -43,7 +43,10 @@ def scan_options(func: Callable[..., Any]) -> Callable[..., Any]:
                           "as test-video and evaluate use."),
         sampling_option, fps_option, device_option,
         click.option("--streams", type=click.IntRange(1, 64), default=4, show_default=True,
-                     help="Videos decoded at once (per GPU)."),
+                     help="Videos decoded at once (per GPU, per --processes)."),
+        click.option("--processes", type=click.IntRange(1, 64), default=1, show_default=True,
+                     help="Decoding processes per GPU, each with --streams streams: each has its own CUDA context, "
+                          "so its decoders do not wait for the others', and a decoder crash costs one video."),
         click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True,
                      help="Frames per inference batch (mixing videos)."),
         click.option("--gpus", default=None, metavar="all|0,1",
@@ -81,7 +84,8 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
         gpus = parse_gpus(kw["gpus"])
     threshold = kw["threshold"] if kw["threshold"] is not None else card_threshold(models)
     options = ScanOptions(out_dir=out, threshold=threshold, device=kw["device"], mode=kw["mode"],
-                          fps=kw["fps"], streams=kw["streams"], batch_size=kw["batch_size"], resume=kw["resume"],
+                          fps=kw["fps"], streams=kw["streams"], processes=kw["processes"],
+                          batch_size=kw["batch_size"], resume=kw["resume"],
                           retry_errors=kw["retry_errors"], shard=kw["shard"], shard_videos=kw["shard_videos"],
                           shard_seconds=kw["shard_seconds"], highlights_path=highlights)
     with progress_bar(None, "Scanning", unit="video") as bar:

@@ -542,3 +542,15 @@ def test_a_video_row_whose_seconds_were_lost_is_rescanned(library: Path, tmp_pat
     again = _scan(library, out)
     assert again.run.videos == 1 and again.skipped == len(GOOD) + len(BROKEN) - 1
     assert len(_seconds(out)[victim]) == _videos(out)[victim]["frames_scored"] == 3
+
+
+def test_decoding_in_processes_gives_the_same_rows(library: Path, tmp_path: Path) -> None:
+    """``--processes 2``: the videos are decoded in two child processes; every row and second is the same."""
+    _scan(library, tmp_path / "one")
+    _scan(library, tmp_path / "two", processes=2)
+    one, two = _videos(tmp_path / "one"), _videos(tmp_path / "two")
+    keep = ("status", "error_kind", "error_message", "frames_scored", "score", "score_max", "bytes_read",
+            "sampling_mode", "decoder", "codec", "duration_s")
+    assert {p: {k: r[k] for k in keep} for p, r in two.items()} == {p: {k: r[k] for k in keep} for p, r in one.items()}
+    pairs = lambda out: {p: [(s["timestamp_s"], s["score"]) for s in rows] for p, rows in _seconds(out).items()}
+    assert pairs(tmp_path / "two") == pairs(tmp_path / "one")

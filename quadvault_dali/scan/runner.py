@@ -51,6 +51,7 @@ class ScanOptions:
     mode: SamplingMode = "auto"
     fps: float = 1.0
     streams: int = 4
+    processes: int = 1  # decoding processes (per GPU), each with ``streams`` streams
     batch_size: int = 64
     resume: bool = True
     retry_errors: bool = False
@@ -243,7 +244,8 @@ def scan_files(files: Sequence[FileState], scorers: Sequence[Scorer], options: S
     fingerprint = combined_fingerprint(models)
     size = max(int(s.image_size) for s in scorers)
     sampler = create_sampler(options.device, fps=options.fps, mode=options.mode, size=size, square=True,
-                             batch_size=options.batch_size, streams=options.streams, device_id=options.device_id)
+                             batch_size=options.batch_size, streams=options.streams, processes=options.processes,
+                             device_id=options.device_id)
     writer = ShardWriter(options.out_dir, tag=tag, seconds_meta=metadata_for("seconds", models, options.threshold),
                          videos_meta=metadata_for("videos", models, options.threshold),
                          max_videos=options.shard_videos, max_seconds=options.shard_seconds)
@@ -301,6 +303,7 @@ def scan_files(files: Sequence[FileState], scorers: Sequence[Scorer], options: S
         writer.flush()  # keep every finished video; the rest resumes next time
         raise
     finally:
+        sampler.close()
         journal.discard()  # ended in Python: nothing in flight crashed the decoder (unless a stall was seen)
     writer.flush()
     stats.shards = list(writer.written)
