@@ -45,7 +45,7 @@ _KIND_ALIASES = {"sampling": "sampling", "sample": "sampling", "decode": "sampli
 _DEVICE_ALIASES = {"gpu": "gpu", "cuda": "gpu", "mixed": "gpu", "dali": "gpu", "cpu": "cpu"}
 _ALL_METRIC_KEYS = {k for _, keys in METRICS.values() for k in keys} | {"frames_per_s", "images_per_s"}
 UNKNOWN_CPU = "unknown CPU"
-_CONFIG_KEYS = ("mode", "sampling", "codec", "resolution", "streams", "layout", "batch_size", "model", "architecture",
+_CONFIG_KEYS = ("mode", "sampling", "codec", "resolution", "processes", "streams", "layout", "batch_size", "model", "architecture",
                 "workers", "gpus")
 
 

@@ -123,13 +123,13 @@ step scan "$SCAN_S" python3 benchmarks/scan_bench.py $SCAN_ARGS --device "$DEVIC
   --out "$OUT/scan_$gpu.json"
 # shellcheck disable=SC2086
 step train "$TRAIN_S" python3 benchmarks/train_bench.py $TRAIN_ARGS --device "$DEVICE" --out "$OUT/train_$gpu.json"
+rm -rf "$WORK/demo"
+step demo "$DEMO_S" python3 -m quadvault_dali demo "$WORK/demo" --device "$DEVICE"
 # The real third-party corpus through NVDEC, when a copy travelled with the call (QUADVAULT_CORPUS=its path)
 if [ -n "${QUADVAULT_CORPUS:-}" ]; then
   step corpus "$CORPUS_S" python3 -m pytest -q -m gpu -p no:cacheprovider -o addopts="-ra" \
     --junitxml="$OUT/corpus-tests.xml" tests/test_scan_corpus.py
 fi
-rm -rf "$WORK/demo"
-step demo "$DEMO_S" python3 -m quadvault_dali demo "$WORK/demo" --device "$DEVICE"
 
 say "--- summary"
 cat "$SUMMARY" | tee -a "$LOG"

@@ -3,7 +3,8 @@
 Generates drone-like clips (1080p30 H.264 ~20 Mbit/s and 2160p30 HEVC ~60 Mbit/s, keyframes every 1 s
 and 2 s), then measures in one run:
 
-* ``gpu`` backend (DALI + NVDEC) with 1, 2, 4, 8 decode streams (skipped, with a note, without a GPU);
+* ``gpu`` backend (DALI + NVDEC) with 1, 2, 4, 8 decode streams in one process, and ``--layouts`` (streams
+  in several decoding processes, DALI run shapes; skipped, with a note, without a GPU);
 * ``cpu`` backend (PyAV) in keyframe and exact mode;
 * baseline: PyAV decodes every frame and keeps the one nearest each second (same thread count);
 
@@ -73,14 +74,27 @@ def make_clip(work: Path, spec: ClipSpec) -> Path:
     return path
 
 
-def run_sampler(device: str, videos: list[Path], layout: tuple[int, int] | None = None,
+def run_sampler(device: str, videos: list[Path], layout: tuple[int, int] | None = None, processes: int = 1,
                 **config: Any) -> dict[str, Any]:
-    """Samples all ``videos`` once (after a one-video warm-up); frames/s and bytes read. ``layout``:
-    (DALI samples per run, pipeline threads) per decode stream instead of the sampler's defaults."""
-    sampler = create_sampler(device, **config)
-    if layout is not None:
-        sampler.clips_per_run, sampler.decode_threads = layout  # type: ignore[attr-defined]
-    for _ in sampler.iter_batches(videos[:1]):  # warm-up: pipelines, decoder cache, page cache
+    """Samples all ``videos`` once (after a warm-up); frames/s and bytes read. ``layout``: (DALI samples per
+    run, pipeline threads) per decode stream instead of the sampler's defaults; ``processes``: decoding
+    processes, each with ``streams`` streams (their start-up is part of the warm-up, not the measurement)."""
+    attrs = dict(zip(("clips_per_run", "decode_threads"), layout)) if layout else {}
+    if processes > 1:
+        from quadvault_dali.sampling._base import _BACKENDS
+        from quadvault_dali.sampling._processes import ProcessSampler
+
+        sampler = ProcessSampler(_BACKENDS[device], processes=processes, attrs=attrs, **config)
+    else:
+        sampler = create_sampler(device, **config)
+        for name, value in attrs.items():
+            setattr(sampler, name, value)
+    with sampler:
+        return _measure(sampler, device, videos, warm_up=max(1, processes))
+
+
+def _measure(sampler: Any, device: str, videos: list[Path], warm_up: int) -> dict[str, Any]:
+    for _ in sampler.iter_batches(videos[:warm_up]):  # pipelines, decoder cache, page cache (each process)
         pass
     frames = bytes_read = 0
     errors = []
@@ -116,6 +130,15 @@ def _baseline_one(path: Path, fps: float, size: int) -> tuple[int, int]:
                 next_t += 1.0 / fps
             prev = (frame, t)
     return kept, path.stat().st_size
+
+
+def parse_layout(text: str) -> tuple[int, int, int, int]:
+    """``4p2x4x4`` -> (processes 4, streams 2, samples per run 4, threads 4); ``2x8x8`` is one process."""
+    match = re.fullmatch(r"(?:(\d+)p)?(\d+)x(\d+)x(\d+)", text.strip())
+    if not match:
+        raise ValueError(f"a layout is [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS, like 4p2x4x4; got {text!r}")
+    processes, streams, per_run, threads = (int(g) if g else 1 for g in match.groups())
+    return processes, streams, per_run, threads
 
 
 def try_sampler(device: str, videos: list[Path], **config: Any) -> dict[str, Any]:
@@ -177,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
                          "so fewer keep a GPU run short without changing what is measured")
     ap.add_argument("--duration", type=float, default=30.0, help="clip length in seconds (full run)")
     ap.add_argument("--streams", default="1,2,4,8", help="gpu decode streams to try")
-    ap.add_argument("--layouts", default="2x8x8,4x4x4",
-                    help="more gpu keyframe rows as STREAMSxSAMPLES_PER_RUNxTHREADS (default rows: x2x2)")
+    ap.add_argument("--layouts", default="2x8x8,4x4x4,4p2x4x4,8p1x4x4",
+                    help="more gpu keyframe rows as [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS (streams per "
+                         "process; the --streams rows are 1 process, x2x2)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--work", type=Path, default=None, help="where generated clips are kept (reused)")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
@@ -228,10 +252,11 @@ def main(argv: list[str] | None = None) -> int:
                              **try_sampler("gpu", videos, mode="keyframe", size=args.size, streams=streams)})
                 _print_row(spec, rows[-1])
             for layout in filter(None, args.layouts.split(",")):
-                streams, per_run, threads = (int(x) for x in layout.split("x"))
-                rows.append({"backend": "gpu", "mode": "keyframe", "streams": streams, "layout": layout,
-                             "videos": n_videos, **try_sampler("gpu", videos, layout=(per_run, threads),
-                                                               mode="keyframe", size=args.size, streams=streams)})
+                processes, streams, per_run, threads = parse_layout(layout)
+                rows.append({"backend": "gpu", "mode": "keyframe", "streams": streams * processes, "layout": layout,
+                             "processes": processes, "videos": n_videos,
+                             **try_sampler("gpu", videos, layout=(per_run, threads), processes=processes,
+                                           mode="keyframe", size=args.size, streams=streams)})
                 _print_row(spec, rows[-1])
             rows.append({"backend": "gpu", "mode": "exact", "streams": max(stream_counts), "videos": n_videos,
                          **try_sampler("gpu", videos, mode="exact", size=args.size, streams=max(stream_counts))})

@@ -128,7 +128,7 @@ def cat_read(files: list[Path]) -> float:
 
 
 def run_scan(files: list[Path], out: Path, device: str, model_dir: Path, streams: int, batch: int,
-             mode: str = "auto") -> dict:
+             mode: str = "auto", processes: int = 1) -> dict:
     from quadvault_dali.scan.runner import ScanOptions, scan_library
 
     import torch
@@ -141,10 +141,11 @@ def run_scan(files: list[Path], out: Path, device: str, model_dir: Path, streams
     model.score_frames(torch.zeros((batch, 3, 224, 224), dtype=torch.uint8))  # warm-up, not timed
     started = time.perf_counter()
     summary = scan_library(files, ScanOptions(out_dir=out, device=device, streams=streams, batch_size=batch,
-                                              resume=False, mode=mode), scorers=[model])
+                                              resume=False, mode=mode, processes=processes), scorers=[model])
     wall = time.perf_counter() - started
     run = summary.run
-    return {"device": resolve_device(device), "sampling": mode, "videos": run.videos, "errors": run.errors, "wall_s": round(wall, 3),
+    return {"device": resolve_device(device), "sampling": mode, "processes": processes, "streams": streams,
+            "videos": run.videos, "errors": run.errors, "wall_s": round(wall, 3),
             "videos_per_s": round(run.videos / wall, 3), "video_seconds_per_s": round(run.video_seconds / wall, 2),
             "sampled_frames": run.frames, "sampled_frames_per_s": round(run.frames / wall, 2),
             "library_mb_per_s": round(run.file_bytes / wall / 1e6, 2),
@@ -215,6 +216,9 @@ def main() -> None:
                     help="subset for the CPU backend scan (default: one per CPU core, so every core has a video)")
     ap.add_argument("--naive-videos", type=int, default=6, help="subset for the decode-every-frame baseline")
     ap.add_argument("--streams", type=int, default=4)
+    ap.add_argument("--layouts", default="4x2,8x1",
+                    help="more gpu scans as PROCESSESxSTREAMS (decoding processes, streams in each); '' for none. "
+                         "Their wall time includes starting the processes")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--work", type=Path, default=None, help="where the library is built (needs ~30 GB full)")
     ap.add_argument("--out", type=Path, default=None, help="JSON result path")
@@ -274,6 +278,20 @@ def main() -> None:
 
     result["scan_keyframe"] = attempt("keyframe scan", keyframe_scan)
     save()
+    if backend == "gpu" and not args.quick:
+        result["scan_layouts"] = []
+        for layout in filter(None, args.layouts.split(",")):
+            processes, streams = (int(x) for x in layout.split("x"))
+
+            def layout_scan() -> dict:
+                evict(files)
+                res = run_scan(files, work / "scan_layout_out", backend, model, streams, args.batch_size,
+                               processes=processes)
+                res["vs_cat_read"] = round(res["wall_s"] / cat_s, 3)
+                return res
+
+            result["scan_layouts"].append({"layout": layout, **attempt(f"scan {layout}", layout_scan)})
+            save()
     if backend == "gpu":
         def cpu_scan() -> dict:
             # One video per core, each core decoding one: 6 videos on 16 cores (the first H100 run) measured

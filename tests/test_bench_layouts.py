@@ -1,0 +1,37 @@
+"""The benchmarks' layout options: how a GPU lease compares decoding in one process with several."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def sampling_bench():
+    sys.path.insert(0, str(BENCH))  # the benchmarks import their shared helper (_results) by name
+    try:
+        import sampling_bench as module
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
+def test_layouts_name_processes_streams_and_dali_run_shape(sampling_bench) -> None:
+    assert sampling_bench.parse_layout("4p2x4x4") == (4, 2, 4, 4)
+    assert sampling_bench.parse_layout("2x8x8") == (1, 2, 8, 8)
+    with pytest.raises(ValueError, match="4p2x4x4"):
+        sampling_bench.parse_layout("4p2x4")
+
+
+def test_a_process_layout_samples_every_copy(sampling_bench, make_clip: Callable[..., Path]) -> None:
+    """The benchmark lists one clip many times; in processes each copy is still sampled exactly once."""
+    clip = make_clip("bench_layout.mp4", width=128, height=80, fps=30, duration_s=3.0)
+    one = sampling_bench.run_sampler("cpu", [clip] * 4, mode="keyframe", size=32, streams=2)
+    two = sampling_bench.run_sampler("cpu", [clip] * 4, processes=2, mode="keyframe", size=32, streams=1)
+    assert one["frames"] == two["frames"] == 12 and not one["errors"] and not two["errors"]
+    assert one["bytes_read"] == two["bytes_read"] > 0
