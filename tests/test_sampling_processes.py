@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -33,6 +34,20 @@ class CrashingSampler(CpuSampler):
             for source in videos:
                 if Path(str(source)).name.startswith("crash"):
                     os.kill(os.getpid(), signal.SIGKILL)
+                yield source
+
+        return super().iter_batches(watched())  # type: ignore[arg-type]
+
+
+class HangingSampler(CpuSampler):
+    """A ``cpu`` sampler that hangs for good (like a decoder stuck in native code) when it takes a video whose
+    name starts with ``hang``."""
+
+    def iter_batches(self, videos: Iterable[object]) -> Iterator[FrameBatch]:
+        def watched() -> Iterator[object]:
+            for source in videos:
+                if Path(str(source)).name.startswith("hang"):
+                    time.sleep(3600)
                 yield source
 
         return super().iter_batches(watched())  # type: ignore[arg-type]
@@ -109,6 +124,20 @@ def test_a_child_that_dies_costs_only_the_video_that_kills_it(make_clip: Callabl
         # the pool replaced its dead children and still works
         times2, _, outcomes2 = _by_video(sampler.iter_batches(library[:2]))
         assert all(o.ok for o in outcomes2) and times2 == {p: want_times[p] for p in library[:2]}
+
+
+def test_a_child_that_hangs_is_stopped_and_costs_only_its_video(make_clip: Callable[..., Path],
+                                                                 library: list[Path]) -> None:
+    hanger = make_clip("hang_me.mp4", width=128, height=80, fps=30, duration_s=2.0, source_id=41)
+    videos = [library[0], hanger, library[1]]
+    cfg = dict(fps=1.0, mode="exact", size=SIZE, batch_size=2, streams=1, processes=2)
+    with ProcessSampler(HangingSampler, hang_s=2.0, **cfg) as sampler:
+        times, _, outcomes = _by_video(sampler.iter_batches(videos))
+    assert sorted(o.path for o in outcomes) == sorted(videos)
+    bad = next(o for o in outcomes if o.path == hanger)
+    assert "decoding it hung the decoder (no frame for 2 s: stopped)" in str(bad.error)
+    want = _by_video(create_sampler("cpu", **{**cfg, "processes": 1}).iter_batches(library[:2]))[0]
+    assert all(o.ok for o in outcomes if o.path != hanger) and times == want
 
 
 def test_the_gpu_engine_runs_in_children(make_clip: Callable[..., Path]) -> None:

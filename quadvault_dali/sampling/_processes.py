@@ -23,6 +23,7 @@ on its own gets an error outcome.
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -41,6 +42,10 @@ from ._types import FrameBatch, VideoOutcome
 
 log = logging.getLogger(__name__)
 
+#: A child holding videos that says nothing for this long (the parent waiting, not the caller) is taken for
+#: hung in native code and killed; the same as the scan's stall warning (``scan.crashguard.STALL_S``).
+HANG_S = 900.0
+HANG_POLL_S = 5.0
 #: Seconds a child may take to import its libraries and build its sampler.
 START_TIMEOUT_S = 300.0
 #: Videos dealt into a child's pipe ahead of it taking them.
@@ -58,8 +63,9 @@ class ProcessSampler(Sampler):
     """
 
     def __init__(self, inner: type[Sampler], config: SamplerConfig | None = None, *,
-                 attrs: dict[str, Any] | None = None, **overrides: object) -> None:
+                 attrs: dict[str, Any] | None = None, hang_s: float = HANG_S, **overrides: object) -> None:
         super().__init__(config, **overrides)
+        self.hang_s = hang_s
         if self.config.processes < 2:
             raise ValueError(f"ProcessSampler needs processes >= 2, got {self.config.processes}")
         self.inner = inner
@@ -84,7 +90,7 @@ class ProcessSampler(Sampler):
     def _started_pool(self) -> "_Pool":
         if self._pool is None or not self._pool.usable:
             self.close()
-            self._pool = _Pool(self.inner, self.child_config, self.attrs, self.config.processes)
+            self._pool = _Pool(self.inner, self.child_config, self.attrs, self.config.processes, self.hang_s)
             self._finalizer = weakref.finalize(self, self._pool.close)
         return self._pool
 
@@ -124,15 +130,20 @@ class _Child:
     unread: int = 0  # dealt tasks the child has not taken from its pipe yet
     ended: bool = False  # sent the end marker of this round
     done: bool = False  # said it finished this round
+    heard_at: float = field(default_factory=time.monotonic)  # when its last message was read
+    stopped: bool = False  # killed by the parent for hanging
 
 
 class _Pool:
     """The children, each with its own pipe (a child that dies mid-message cannot block the others, as it
     could with a queue's shared lock); runs one job (one ``iter_batches``) at a time."""
 
-    def __init__(self, inner: type[Sampler], config: SamplerConfig, attrs: dict[str, Any], processes: int) -> None:
+    def __init__(self, inner: type[Sampler], config: SamplerConfig, attrs: dict[str, Any], processes: int,
+                 hang_s: float = HANG_S) -> None:
         self._ctx = tmp.get_context("spawn")
         self._inner, self._config, self._attrs = inner, config, attrs
+        self.hang_s = hang_s
+        self.resumed_at = time.monotonic()  # when the caller last gave control back (its time is not silence)
         self.deaths = 0
         self.usable = True
         self.children: list[_Child] = [self._spawn(i) for i in range(processes)]
@@ -180,7 +191,10 @@ class _Pool:
         of a dead child may be lost: its videos are then retried like the ones it held)."""
         by_conn = {id(c.conn): i for i, c in enumerate(self.children)}
         by_sentinel = {c.proc.sentinel: i for i, c in enumerate(self.children)}
-        for ready in wait([c.conn for c in self.children] + list(by_sentinel)):
+        ready_now = wait([c.conn for c in self.children] + list(by_sentinel), timeout=min(HANG_POLL_S, self.hang_s))
+        if not ready_now:
+            self._stop_hung()
+        for ready in ready_now:
             index = by_conn.get(id(ready), by_sentinel.get(ready))  # type: ignore[arg-type]
             child = self.children[index]
             if ready is not child.conn:  # the process ended: what it sent first, then its death
@@ -194,12 +208,27 @@ class _Pool:
                 return
             message = _recv(child.conn)
             if message is not None:
+                child.heard_at = time.monotonic()
                 yield index, *message
+
+    def _stop_hung(self) -> None:
+        """Kills a child that holds videos but has said nothing for ``hang_s`` of the parent's waiting (a
+        decoder stuck in native code); its death then retries them, and one that hangs alone is an error."""
+        now = time.monotonic()
+        for child in self.children:
+            quiet = now - max(child.heard_at, self.resumed_at)
+            if child.dealt and not child.stopped and quiet >= self.hang_s and child.proc.is_alive():
+                log.warning("decoding process %s said nothing for %.0f s while decoding %d videos; stopping it",
+                            child.proc.pid, quiet, sum(len(ids) for ids in child.dealt.values()))
+                child.stopped = True
+                child.proc.kill()
 
     def _deal(self, index: int, task_id: int | None, source: VideoSource | None) -> None:
         child = self.children[index]
         try:
-            child.conn.send((task_id, source))
+            # only the path: a few small messages always fit the pipe, so this never waits on a child that is
+            # itself waiting to send (a probed VideoInfo can be large: one keyframe time per second)
+            child.conn.send((task_id, None if source is None else _path_of(source)))
         except OSError:  # it died: its death is the next thing read from it
             return
         if task_id is None:
@@ -218,6 +247,7 @@ class _Pool:
         retrying: int | None = None  # the suspect now being retried alone
         for child in self.children:
             child.ended = child.done = False
+        self.resumed_at = time.monotonic()
 
         while True:
             dealing = retrying is None
@@ -246,6 +276,7 @@ class _Pool:
                     if len(batch) or batch.completed:
                         self.deaths = 0  # progress: the children are not dying of the machine
                         yield batch
+                        self.resumed_at = time.monotonic()
                 elif kind == "done":
                     child.done = True
                 elif kind == "fatal":
@@ -254,6 +285,7 @@ class _Pool:
                     outcome = self._replace_dead(index, payload, suspects, retrying, pending)
                     if outcome is not None:
                         yield FrameBatch(_no_frames(size, device), [], [], [outcome])
+                        self.resumed_at = time.monotonic()
                     if exhausted and retrying is not None:  # in a retry round nothing is for the new child
                         self._deal(index, None, None)
             if not (exhausted and all(c.done and not c.dealt for c in self.children)):
@@ -304,14 +336,16 @@ class _Pool:
                       pending: dict[int, VideoSource]) -> VideoOutcome | None:
         """Starts a new child in place of a dead one; the error outcome of a retried video that crashed it again."""
         lost = {task_id for ids in self.children[index].dealt.values() for task_id in ids}
-        how = f"signal {-exitcode}" if exitcode < 0 else f"exit code {exitcode}"
+        hung = self.children[index].stopped
+        how = (f"no frame for {self.hang_s:.0f} s: stopped" if hung
+               else f"signal {-exitcode}" if exitcode < 0 else f"exit code {exitcode}")
         outcome = None
         if retrying is not None and retrying in lost:  # alone in flight, and its child died: this video did it
             path = _path_of(pending.pop(retrying))
+            what = "hung the decoder" if hung else "crashed the decoder process"
             outcome = VideoOutcome(path, None, None, error=DecodeError(
-                f"decoding it crashed the decoder process ({how})", path=path,
-                hint="the file is probably damaged; check it in a player"))
-            log.warning("%s: decoding it crashes the decoder process (%s)", path, how)
+                f"decoding it {what} ({how})", path=path, hint="the file is probably damaged; check it in a player"))
+            log.warning("%s: decoding it %s (%s)", path, what, how)
         else:
             self.deaths += 1  # unexplained until its suspects are retried
             if self.deaths > len(self.children) + MAX_EXTRA_DEATHS:
