@@ -132,6 +132,22 @@ def _baseline_one(path: Path, fps: float, size: int) -> tuple[int, int]:
     return kept, path.stat().st_size
 
 
+def linked_copies(path: Path, count: int, folder: Path) -> list[Path]:
+    """``count`` names for one clip (hard links: one file, one page cache). Distinct paths, because a sampler
+    in processes holds one copy of a path per process at a time (it could not tell the copies' frames apart)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(count):
+        link = folder / f"{path.stem}-{i:03d}{path.suffix}"
+        if not link.exists():
+            try:
+                os.link(path, link)
+            except OSError:  # a file system without hard links
+                link.symlink_to(path.resolve())
+        out.append(link)
+    return out
+
+
 def parse_layout(text: str) -> tuple[int, int, int, int]:
     """``4p2x4x4`` -> (processes 4, streams 2, samples per run 4, threads 4); ``2x8x8`` is one process."""
     match = re.fullmatch(r"(?:(\d+)p)?(\d+)x(\d+)x(\d+)", text.strip())
@@ -243,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for spec in clip_specs(args.quick, args.duration):
         path = make_clip(work, spec)
-        videos = [path] * n_videos
+        videos = linked_copies(path, n_videos, work / "copies")
         cpu_videos = videos[:n_cpu_videos]
         rows: list[dict[str, Any]] = []
         if gpu_ok:  # first: on a time-limited lease these are the rows that matter

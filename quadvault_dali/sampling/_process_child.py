@@ -49,7 +49,12 @@ def child_main(index: int, inner: type[Sampler], config: SamplerConfig, attrs: d
     while True:
         try:
             for batch in sampler.iter_batches(sources()):
-                conn.send(("batch", (batch.frames, batch.paths, batch.timestamps, batch.completed)))
+                # CPU frames inside the message: as a torch tensor they would travel as a file descriptor the
+                # parent fetches from this process while reading, which a child stuck in native code (or dead)
+                # cannot answer, and which the parent would hold open as long as it keeps the frames
+                frames = batch.frames if batch.frames.is_cuda else batch.frames.numpy()
+                conn.send(("batch", (frames, batch.paths, batch.timestamps, batch.completed)))
+                del frames
                 sent += 1
                 if batch.frames.is_cuda and sent % IPC_COLLECT_EVERY == 0:
                     torch.cuda.ipc_collect()

@@ -31,6 +31,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import numpy as np
 import torch
 import torch.multiprocessing as tmp
 
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 #: hung in native code and killed; the same as the scan's stall warning (``scan.crashguard.STALL_S``).
 HANG_S = 900.0
 HANG_POLL_S = 5.0
+BROKEN_CHECK_S = 1.0
 #: Seconds a child may take to import its libraries and build its sampler.
 START_TIMEOUT_S = 300.0
 #: Videos dealt into a child's pipe ahead of it taking them.
@@ -111,27 +113,20 @@ class _Child:
 
     proc: Any
     conn: Any
-    #: video path -> task ids dealt, oldest first, until their outcomes come (a path may be listed twice;
-    #: the wrapped samplers finish videos in input order, so the oldest is the one whose frames arrive)
-    dealt: dict[str, deque[int]] = field(default_factory=dict)
-
-    def current(self, path: object) -> int | None:
-        ids = self.dealt.get(_key(path))
-        return ids[0] if ids else None
-
-    def finished(self, path: object) -> int | None:
-        ids = self.dealt.get(_key(path))
-        if not ids:
-            return None
-        task_id = ids.popleft()
-        if not ids:
-            del self.dealt[_key(path)]
-        return task_id
+    #: video path -> task id until its outcome comes. A child never holds one path twice, so every frame of a
+    #: path it sends belongs to that one task (a retry must know which frames were already handed over).
+    dealt: dict[str, int] = field(default_factory=dict)
     unread: int = 0  # dealt tasks the child has not taken from its pipe yet
     ended: bool = False  # sent the end marker of this round
     done: bool = False  # said it finished this round
-    heard_at: float = field(default_factory=time.monotonic)  # when its last message was read
+    broken: bool = False  # alive, but a message from it could not be read: nothing after it is trusted (killed)
     stopped: bool = False  # killed by the parent for hanging
+    heard_at: float = field(default_factory=time.monotonic)  # when its last message was read
+    caller_s_at_heard: float = 0.0  # the pool's ``caller_s`` then
+
+    def busy(self) -> bool:
+        """Holds videos, or has not yet said it finished the round it was told to end."""
+        return bool(self.dealt) or (self.ended and not self.done)
 
 
 class _Pool:
@@ -143,12 +138,19 @@ class _Pool:
         self._ctx = tmp.get_context("spawn")
         self._inner, self._config, self._attrs = inner, config, attrs
         self.hang_s = hang_s
-        self.resumed_at = time.monotonic()  # when the caller last gave control back (its time is not silence)
+        self.caller_s = 0.0  # time spent in the caller between batches (not a child's silence)
         self.deaths = 0
         self.usable = True
-        self.children: list[_Child] = [self._spawn(i) for i in range(processes)]
-        for index, child in enumerate(self.children):
-            self._await_ready(index, child)
+        self.running = False
+        self.children: list[_Child] = []
+        try:
+            for i in range(processes):
+                self.children.append(self._spawn(i))
+            for index, child in enumerate(self.children):
+                self._await_ready(index, child)
+        except BaseException:
+            self.close()
+            raise
 
     def _spawn(self, index: int) -> _Child:
         mine, theirs = self._ctx.Pipe(duplex=True)
@@ -157,22 +159,22 @@ class _Pool:
                                        logging.getLogger("quadvault_dali").getEffectiveLevel()))
         proc.start()
         theirs.close()  # the child's end lives in the child: EOF here once it is gone
-        return _Child(proc, mine)
+        return _Child(proc, mine, caller_s_at_heard=self.caller_s)
 
     def _await_ready(self, index: int, child: _Child) -> None:
         if not wait([child.conn], timeout=START_TIMEOUT_S):
             self.close()
             raise QuadvaultError(f"decoding process {index} did not start within {START_TIMEOUT_S:.0f} s")
-        try:
-            kind, payload = child.conn.recv()
-        except (EOFError, OSError):
+        message = _recv(child.conn)
+        if message is None:
             child.proc.join(timeout=5)
             self.close()
             raise QuadvaultError(f"decoding process {index} exited with code {child.proc.exitcode} while "
-                                 f"starting", hint="run with -v to see its log") from None
-        if kind == "fatal":
+                                 f"starting", hint="run with -v to see its log")
+        if message[0] == "fatal":
             self.close()
-            raise payload
+            raise message[1]
+        self._heard(child)
 
     def close(self) -> None:
         self.usable = False
@@ -185,41 +187,53 @@ class _Pool:
                 child.proc.kill()
             child.conn.close()
 
-    def _messages(self) -> Iterator[tuple[int, str, Any]]:
-        """(child, kind, payload) as they come; a child that died comes as ``died`` after its readable
-        messages (a CPU tensor's memory is fetched from its sender while the message is read, so a message
-        of a dead child may be lost: its videos are then retried like the ones it held)."""
+    def _heard(self, child: _Child) -> None:
+        child.heard_at, child.caller_s_at_heard = time.monotonic(), self.caller_s
+
+    def _messages(self) -> list[tuple[int, str, Any]]:
+        """The next (child, kind, payload) messages; a child that ended comes last, as ``died``, after what
+        it sent before (except what cannot be read: a CUDA tensor of a dead process, a cut-off message). After
+        one unreadable message nothing more of that child is read, so no video completes without frames."""
+        self._stop_hung()
+        live = [c for c in self.children if not c.broken]
         by_conn = {id(c.conn): i for i, c in enumerate(self.children)}
         by_sentinel = {c.proc.sentinel: i for i, c in enumerate(self.children)}
-        ready_now = wait([c.conn for c in self.children] + list(by_sentinel), timeout=min(HANG_POLL_S, self.hang_s))
-        if not ready_now:
-            self._stop_hung()
-        for ready in ready_now:
+        out: list[tuple[int, str, Any]] = []
+        for ready in wait([c.conn for c in live] + list(by_sentinel), timeout=min(HANG_POLL_S, self.hang_s)):
             index = by_conn.get(id(ready), by_sentinel.get(ready))  # type: ignore[arg-type]
             child = self.children[index]
-            if ready is not child.conn:  # the process ended: what it sent first, then its death
-                while _poll(child.conn):
-                    message = _recv(child.conn)
-                    if message is None:
-                        break
-                    yield index, *message
-                child.proc.join()
-                yield index, "died", child.proc.exitcode
-                return
-            message = _recv(child.conn)
-            if message is not None:
-                child.heard_at = time.monotonic()
-                yield index, *message
+            if ready is child.conn:
+                if child.broken:
+                    continue
+                message = _recv(child.conn)
+                if message is None:
+                    child.proc.join(timeout=BROKEN_CHECK_S)  # usually it died: its sentinel comes next
+                    if child.proc.exitcode is None:  # alive, but what it sent is lost: no longer trusted
+                        child.broken = True
+                        child.proc.kill()
+                else:
+                    self._heard(child)
+                    out.append((index, *message))
+                continue
+            while not child.broken and _poll(child.conn):  # the process ended: what it sent first
+                message = _recv(child.conn)  # gone if it died with messages of ours unread (ECONNRESET)
+                if message is None:
+                    break
+                out.append((index, *message))
+            child.proc.join()
+            out.append((index, "died", child.proc.exitcode))
+            return out  # the caller replaces it before anything else is read
+        return out
 
     def _stop_hung(self) -> None:
-        """Kills a child that holds videos but has said nothing for ``hang_s`` of the parent's waiting (a
-        decoder stuck in native code); its death then retries them, and one that hangs alone is an error."""
+        """Kills a child that holds work but has said nothing for ``hang_s`` while the parent waited (a decoder
+        stuck in native code); its death then retries its videos, and one that hangs alone is an error."""
         now = time.monotonic()
         for child in self.children:
-            quiet = now - max(child.heard_at, self.resumed_at)
-            if child.dealt and not child.stopped and quiet >= self.hang_s and child.proc.is_alive():
+            quiet = (now - child.heard_at) - (self.caller_s - child.caller_s_at_heard)
+            if child.busy() and not child.stopped and quiet >= self.hang_s and child.proc.is_alive():
                 log.warning("decoding process %s said nothing for %.0f s while decoding %d videos; stopping it",
-                            child.proc.pid, quiet, sum(len(ids) for ids in child.dealt.values()))
+                            child.proc.pid, quiet, len(child.dealt))
                 child.stopped = True
                 child.proc.kill()
 
@@ -234,49 +248,86 @@ class _Pool:
         if task_id is None:
             child.ended = True
         else:
-            child.dealt.setdefault(_key(_path_of(source)), deque()).append(task_id)  # type: ignore[arg-type]
+            child.dealt[_key(_path_of(source))] = task_id  # type: ignore[arg-type]
             child.unread += 1
+
+    def _target(self, source: VideoSource, start: int) -> int | None:
+        """The next child (round robin from ``start``) with room in its pipe that does not hold ``source``."""
+        key = _key(_path_of(source))
+        n = len(self.children)
+        for k in range(n):
+            child = self.children[(start + k) % n]
+            if not child.ended and child.unread < QUEUED_PER_PROCESS and key not in child.dealt:
+                return (start + k) % n
+        return None
 
     def run(self, videos: Iterable[VideoSource], device: torch.device, size: int) -> Iterator[FrameBatch]:
         """One job: every video in ``videos`` gets exactly one outcome."""
+        if self.running:
+            raise RuntimeError("this ProcessSampler is already running an iter_batches; run one at a time")
+        self.running = True
+        try:
+            yield from self._run(videos, device, size)
+        finally:
+            self.running = False
+
+    def _run(self, videos: Iterable[VideoSource], device: torch.device, size: int) -> Iterator[FrameBatch]:
         sources = enumerate(videos)
-        exhausted = False
+        backlog: deque[tuple[int, VideoSource]] = deque()  # taken from ``videos``, not yet dealt
+        sources_done = False
+        # a path listed again while a child holds it waits for the next round: a child finishes (and reports)
+        # its videos only at the end of a round if no new one comes, so waiting for that child could deadlock
+        deferred: list[tuple[int, VideoSource]] = []
         pending: dict[int, VideoSource] = {}  # dealt, outcome not yet seen
         delivered: dict[int, float] = {}  # task id -> time of the last frame yielded (for a retry)
         suspects: deque[int] = deque()  # in flight when a child died: retried alone after the rest
         retrying: int | None = None  # the suspect now being retried alone
+        turn = 0  # the child dealt to next
         for child in self.children:
             child.ended = child.done = False
-        self.resumed_at = time.monotonic()
+        for child in self.children:
+            self._heard(child)  # idle between jobs is not silence
 
         while True:
-            dealing = retrying is None
-            while dealing and not exhausted:  # keep every child's pipe stocked, one video each in turn
-                dealing = False
-                for index, child in enumerate(self.children):
-                    if child.unread >= QUEUED_PER_PROCESS:
-                        continue
+            while retrying is None:  # keep every child's pipe stocked, in turn
+                if not backlog and not sources_done:
                     item = next(sources, None)
                     if item is None:
-                        exhausted = True
-                        break
-                    pending[item[0]] = item[1]
-                    self._deal(index, *item)
-                    dealing = True
+                        sources_done = True
+                    else:
+                        backlog.append(item)
+                if not backlog:
+                    break
+                target = self._target(backlog[0][1], turn)
+                if target is None:
+                    if any(not c.ended and c.unread < QUEUED_PER_PROCESS for c in self.children):
+                        deferred.append(backlog.popleft())  # a path listed again: to the next round
+                        continue
+                    break  # every pipe is full
+                task_id, source = backlog.popleft()
+                pending[task_id] = source
+                self._deal(target, task_id, source)
+                turn = target + 1
+            exhausted = sources_done and not backlog
             if exhausted and retrying is None:
                 for index, child in enumerate(self.children):
                     if not child.ended:
                         self._deal(index, None, None)
-            for index, kind, payload in self._messages():
+            messages = self._messages()
+            while messages:
+                index, kind, payload = messages.pop(0)
                 child = self.children[index]
                 if kind == "took":
                     child.unread -= 1
                 elif kind == "batch":
                     batch = self._received(child, payload, pending, delivered, retrying, device)
+                    payload = None  # the child's CUDA memory is released with the last reference
                     if len(batch) or batch.completed:
                         self.deaths = 0  # progress: the children are not dying of the machine
+                        paused = time.monotonic()
                         yield batch
-                        self.resumed_at = time.monotonic()
+                        self.caller_s += time.monotonic() - paused
+                    batch = None
                 elif kind == "done":
                     child.done = True
                 elif kind == "fatal":
@@ -284,11 +335,19 @@ class _Pool:
                 elif kind == "died":
                     outcome = self._replace_dead(index, payload, suspects, retrying, pending)
                     if outcome is not None:
+                        retrying = None
+                        paused = time.monotonic()
                         yield FrameBatch(_no_frames(size, device), [], [], [outcome])
-                        self.resumed_at = time.monotonic()
+                        self.caller_s += time.monotonic() - paused
                     if exhausted and retrying is not None:  # in a retry round nothing is for the new child
                         self._deal(index, None, None)
-            if not (exhausted and all(c.done and not c.dealt for c in self.children)):
+            if not (exhausted and all(not c.busy() and c.done for c in self.children)):
+                continue
+            if deferred:  # another round for the paths listed more than once
+                backlog.extend(deferred)
+                deferred = []
+                for child in self.children:
+                    child.ended = child.done = False
                 continue
             retrying = None  # a retried video that came through: its outcome was in a batch
             # dealt videos whose outcome never came (in a message lost with its dead sender): retried too
@@ -310,23 +369,25 @@ class _Pool:
         """A child's batch as the caller gets it: CUDA frames copied out of the child's memory, a retried
         video's frames already yielded before its first child died left out."""
         frames, paths, stamps, completed = payload
+        if isinstance(frames, np.ndarray):  # CPU frames travel inside the message (see child_main)
+            frames = torch.from_numpy(frames)
         if retrying is not None and retrying in delivered:
             keep = [i for i, (p, t) in enumerate(zip(paths, stamps))
-                    if child.current(p) != retrying or t > delivered[retrying]]
+                    if child.dealt.get(_key(p)) != retrying or t > delivered[retrying]]
             if len(keep) < len(paths):
                 frames = frames[keep]
                 paths, stamps = [paths[i] for i in keep], [stamps[i] for i in keep]
-        if frames.is_cuda:  # the child's memory: copy it, so the child may reuse it once the copy is done
-            received = frames
-            frames = received.to(device, copy=True)
+        if frames.is_cuda:  # the child's memory: copied, so the child may reuse it once the copy is done
+            frames = frames.to(device, copy=True)
             torch.cuda.current_stream(frames.device).synchronize()
-            del received
+        elif device.type == "cuda":  # pragma: no cover - a gpu backend's frames always come on the GPU
+            frames = frames.to(device)
         for p, t in zip(paths, stamps):
-            task_id = child.current(p)
+            task_id = child.dealt.get(_key(p))
             if task_id is not None:
                 delivered[task_id] = max(t, delivered.get(task_id, float("-inf")))
         for outcome in completed:
-            task_id = child.finished(outcome.path)
+            task_id = child.dealt.pop(_key(outcome.path), None)
             if task_id is not None:
                 pending.pop(task_id, None)
                 delivered.pop(task_id, None)
@@ -335,14 +396,15 @@ class _Pool:
     def _replace_dead(self, index: int, exitcode: int, suspects: deque[int], retrying: int | None,
                       pending: dict[int, VideoSource]) -> VideoOutcome | None:
         """Starts a new child in place of a dead one; the error outcome of a retried video that crashed it again."""
-        lost = {task_id for ids in self.children[index].dealt.values() for task_id in ids}
-        hung = self.children[index].stopped
-        how = (f"no frame for {self.hang_s:.0f} s: stopped" if hung
+        dead = self.children[index]
+        lost = set(dead.dealt.values())
+        how = (f"no frame for {self.hang_s:.0f} s: stopped" if dead.stopped
                else f"signal {-exitcode}" if exitcode < 0 else f"exit code {exitcode}")
         outcome = None
-        if retrying is not None and retrying in lost:  # alone in flight, and its child died: this video did it
+        # blamed when alone in flight and the death its child's own (not a kill for an unreadable message)
+        if retrying is not None and retrying in lost and not dead.broken:
             path = _path_of(pending.pop(retrying))
-            what = "hung the decoder" if hung else "crashed the decoder process"
+            what = "hung the decoder" if dead.stopped else "crashed the decoder process"
             outcome = VideoOutcome(path, None, None, error=DecodeError(
                 f"decoding it {what} ({how})", path=path, hint="the file is probably damaged; check it in a player"))
             log.warning("%s: decoding it %s (%s)", path, what, how)
@@ -354,7 +416,7 @@ class _Pool:
             log.warning("a decoding process died (%s) with %d videos in flight; they are decoded again, one at a "
                         "time, at the end", how, len(lost))
             suspects.extend(sorted(lost - set(suspects)))
-        self.children[index].conn.close()
+        dead.conn.close()
         self.children[index] = self._spawn(index)
         self._await_ready(index, self.children[index])
         return outcome
@@ -368,10 +430,12 @@ def _poll(conn: Any) -> bool:
 
 
 def _recv(conn: Any) -> tuple[str, Any] | None:
+    """The next message, or ``None`` when it cannot be read: a cut-off message, a dead sender's CUDA memory
+    (torch raises a RuntimeError for an IPC handle that is gone), too many open files."""
     try:
         return conn.recv()  # type: ignore[no-any-return]
-    except (EOFError, OSError) as exc:  # the sender died before its tensors could be fetched
-        log.debug("a message from a decoding process that died could not be read: %r", exc)
+    except Exception as exc:  # noqa: BLE001 - whatever it is, this child's message is lost and handled so
+        log.debug("a message from a decoding process could not be read: %r", exc)
         return None
 
 
