@@ -45,8 +45,9 @@ def scan_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--streams", type=click.IntRange(1, 64), default=4, show_default=True,
                      help="Videos decoded at once (per GPU, per --processes)."),
         click.option("--processes", type=click.IntRange(1, 64), default=1, show_default=True,
-                     help="Decoding processes per GPU, each with --streams streams: each has its own CUDA context, "
-                          "so its decoders do not wait for the others', and a decoder crash costs one video."),
+                     help="Decoding processes per GPU, each with --streams streams: a decoder that crashes or "
+                          "hangs on a damaged file then costs one video, not the scan (not faster: the processes' "
+                          "CUDA contexts take turns on the GPU)."),
         click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True,
                      help="Frames per inference batch (mixing videos)."),
         click.option("--gpus", default=None, metavar="all|0,1",

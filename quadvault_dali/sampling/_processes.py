@@ -1,10 +1,11 @@
 """Decode streams in separate processes: ``SamplerConfig.processes`` for any backend.
 
-Why: several DALI pipelines in one process share one CUDA context, and each DALI sample ends with
-``cudaFree``, which waits for the whole context: every pipeline's work, not just its own. On the H100,
-1/4/8 streams in one process gave 146/186/135 sampled frames/s, while 8 pipelines in 8 processes
-decoded 5.9x what one did (``../shared/gpu/README.md``). A process per decoder group gives each its own
-context, its own Python interpreter (no shared GIL for the clip cutting) and its own crash domain.
+Why: isolation. A decoder that crashes (or hangs) in native code on a damaged file takes down its
+process; in-process, that is the whole scan (``scan.crashguard`` then isolates the file on the next start).
+Here it costs one child, which is replaced. It was also meant to be faster: each DALI sample ends with
+``cudaFree``, which waits for everything in its CUDA context, and 8 decode-everything pipelines in 8
+processes decoded 5.9x one. Measured on an H200 it is not: 4 processes x 2 streams scanned 200 videos in
+35.4 s against 30.2 s for 8 streams in one process (contexts of different processes time-slice the GPU).
 
 How: ``processes`` children (``spawn``: CUDA cannot live in a forked child) each build the wrapped
 backend's sampler once and keep it for the sampler's lifetime (imports, CUDA context and DALI's decoder
