@@ -216,9 +216,9 @@ def main(argv: list[str] | None = None) -> int:
                          "so fewer keep a GPU run short without changing what is measured")
     ap.add_argument("--duration", type=float, default=30.0, help="clip length in seconds (full run)")
     ap.add_argument("--streams", default="1,2,4,8", help="gpu decode streams to try")
-    ap.add_argument("--layouts", default="2x8x8,4x4x4,4p2x4x4,8p1x4x4",
+    ap.add_argument("--layouts", default="4x4x4,8x4x4,16x4x2",
                     help="more gpu keyframe rows as [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS (streams per "
-                         "process; the --streams rows are 1 process, x2x2)")
+                         "process; the --streams rows are 1 process with the defaults, x4x4)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--work", type=Path, default=None, help="where generated clips are kept (reused)")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")

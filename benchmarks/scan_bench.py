@@ -216,9 +216,9 @@ def main() -> None:
                     help="subset for the CPU backend scan (default: one per CPU core, so every core has a video)")
     ap.add_argument("--naive-videos", type=int, default=6, help="subset for the decode-every-frame baseline")
     ap.add_argument("--streams", type=int, default=4)
-    ap.add_argument("--layouts", default="4x2,8x1",
-                    help="more gpu scans as PROCESSESxSTREAMS (decoding processes, streams in each); '' for none. "
-                         "Their wall time includes starting the processes")
+    ap.add_argument("--layouts", default="",
+                    help="more gpu scans as PROCESSESxSTREAMS, e.g. 4x2 (decoding processes, streams in each; on the "
+                         "H200 4x2 was slower than one process). Their wall time includes starting the processes")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--work", type=Path, default=None, help="where the library is built (needs ~30 GB full)")
     ap.add_argument("--out", type=Path, default=None, help="JSON result path")

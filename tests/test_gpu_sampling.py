@@ -616,7 +616,7 @@ def test_a_stream_takes_one_runs_worth_of_clips() -> None:
 
     vp9 = ("vp9", b"", 128, 80, "yuv420p")
     sampler = DaliSampler(size=SIZE)
-    assert sampler.clips_per_run == 2
+    sampler.clips_per_run = 2
     work: queue.Queue = queue.Queue()
     items = [_Work(None, i, clip(sig)) for i, sig in enumerate([vp9, vp9, None, None, vp9])]  # type: ignore[arg-type]
     for item in items:

@@ -42,7 +42,7 @@ from ..device import nvdec_status, resolve_device
 from ..errors import BackendUnavailableError, DecodeError, QuadvaultError, UnsupportedCodecError
 from ..probe import VideoInfo, open_container, probe_open, rewound
 from ._base import Sampler, SamplerConfig, VideoSource, register_backend
-from ._clip_decoder import CLIPS_PER_RUN, ClipDecoder, error_summary
+from ._clip_decoder import CLIPS_PER_RUN, DECODE_THREADS, ClipDecoder, error_summary
 from ._colour import convert_from_bt601
 from ._cpu import CpuSampler
 from ._handover import Abandoned, TakeOver, VideoTask
@@ -122,7 +122,7 @@ class DaliSampler(Sampler):
     def __init__(self, config: SamplerConfig | None = None, **overrides: object) -> None:
         super().__init__(config, **overrides)
         self.clips_per_run = CLIPS_PER_RUN  # DALI samples per run of one stream's pipeline
-        self.decode_threads = 2  # that pipeline's threads: DALI decodes the samples of a run in parallel
+        self.decode_threads = DECODE_THREADS  # that pipeline's threads: it decodes a run's samples on them
         self.merge_clips = True  # several short videos per DALI sample (``group_samples``)
         self.merge_pixels = MERGE_PIXELS
         self._hardware_worked = False  # set once any clip decoded on this sampler's DALI decoder
