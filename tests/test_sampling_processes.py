@@ -230,3 +230,14 @@ def test_nvdec_children_hand_over_cuda_frames(make_clip: Callable[..., Path]) ->
     assert times == want_times and all(o.ok and o.decoder == "nvdec" for o in outcomes)
     for path, stack in frames.items():
         assert torch.equal(stack, want_frames[path])
+
+
+def test_a_killed_childs_shared_memory_files_are_removed(tmp_path: Path) -> None:
+    """torch names a process's CUDA IPC files ``torch_<pid>_...``; a killed child leaves them in /dev/shm."""
+    from quadvault_dali.sampling._processes import remove_shared_files
+
+    for name in ("torch_4242_1_0", "torch_4242_77_3", "torch_42421_1_0", "other_4242"):
+        (tmp_path / name).write_bytes(b"x")
+    assert remove_shared_files(4242, shm=tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other_4242", "torch_42421_1_0"]
+    assert remove_shared_files(None, shm=tmp_path) == 0

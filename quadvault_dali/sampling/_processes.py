@@ -186,7 +186,9 @@ class _Pool:
             child.proc.join(timeout=10)
             if child.proc.is_alive():
                 child.proc.kill()
+                child.proc.join(timeout=10)
             child.conn.close()
+            remove_shared_files(child.proc.pid)
 
     def _heard(self, child: _Child) -> None:
         child.heard_at, child.caller_s_at_heard = time.monotonic(), self.caller_s
@@ -418,9 +420,25 @@ class _Pool:
                         "time, at the end", how, len(lost))
             suspects.extend(sorted(lost - set(suspects)))
         dead.conn.close()
+        remove_shared_files(dead.proc.pid)
         self.children[index] = self._spawn(index)
         self._await_ready(index, self.children[index])
         return outcome
+
+
+def remove_shared_files(pid: int | None, shm: Path = Path("/dev/shm")) -> int:
+    """Removes the shared-memory files torch made for a child's CUDA IPC (``torch_<pid>_*``): a child that is
+    killed leaves them behind. Returns how many went."""
+    if pid is None or not shm.is_dir():
+        return 0
+    removed = 0
+    for leftover in shm.glob(f"torch_{pid}_*"):
+        try:
+            leftover.unlink()
+            removed += 1
+        except OSError:  # gone already, or not ours to remove
+            pass
+    return removed
 
 
 def _poll(conn: Any) -> bool:
