@@ -102,6 +102,7 @@ class _Collected:
     frame_scores: list[np.ndarray] = field(default_factory=list)  # (n_models, n) per video
     labels: list[int] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
+    ids: dict[str, str] = field(default_factory=dict)  # key -> content id, where the source knows it
     failed: list[tuple[str, str]] = field(default_factory=list)
     bad_frames: list[tuple[str, str]] = field(default_factory=list)
 
@@ -160,6 +161,7 @@ def _from_dataset(source: Path, models: Sequence[FrameScorer], split: SplitChoic
                 out.failed.append((path, "no readable frames in the dataset"))
                 continue
             out.add(path, int(video_rows[0]["label"]), torch.stack([m.score_frames(frames) for m in models]).numpy())
+            out.ids[path] = str(video_rows[0]["video_id"])
     return str(dataset.path)
 
 
@@ -169,6 +171,7 @@ def _from_labels(source: Path, models: Sequence[FrameScorer], device: str, fps: 
     for message in labels.warnings:
         log.warning("%s", message)
     label_of = {v.path: v.label for v in labels.videos}
+    out.ids.update({str(v.path): v.video_id for v in labels.videos})
     sampler = scoring_sampler(models, device=device, fps=fps, mode=mode)  # type: ignore[arg-type]
     with progress_bar(len(label_of), desc="Scoring", unit="video") as bar:
         for result in score_videos(list(label_of), models, sampler=sampler):
@@ -180,11 +183,13 @@ def _from_labels(source: Path, models: Sequence[FrameScorer], device: str, fps: 
     return str(source)
 
 
-def trained_on(models: Sequence[FrameScorer], videos: Sequence[str]) -> dict[str, list[str]]:
+def trained_on(models: Sequence[FrameScorer], videos: Sequence[str],
+               known_ids: dict[str, str] | None = None) -> dict[str, list[str]]:
     """For each model whose training dataset is still where its card says, the ``videos`` it trained on.
 
     Matched by content id as well as path, so a copy or a moved file counts. Metrics over videos a
-    model was trained on are optimistic; the report warns rather than guess.
+    model was trained on are optimistic; the report warns rather than guess. ``known_ids``: content ids
+    the caller has already (a dataset's rows, a labels file's check); only the other videos are read.
     """
     overlap: dict[str, list[str]] = {}
     ids: dict[str, str | OSError] | None = None
@@ -199,7 +204,9 @@ def trained_on(models: Sequence[FrameScorer], videos: Sequence[str]) -> dict[str
             except QuadvaultError:
                 continue
             if ids is None:
-                ids = {str(k): v for k, v in content_ids([Path(v) for v in videos]).items()}
+                ids = dict(known_ids or {})
+                unknown = [Path(v) for v in videos if v not in ids]
+                ids.update({str(k): v for k, v in content_ids(unknown).items()} if unknown else {})
             train_ids = {r["video_id"] for r in rows}
             train_paths = {r["video_path"] for r in rows}
             seen = sorted(v for v in videos if v in train_paths or ids.get(str(Path(v))) in train_ids)
@@ -230,7 +237,7 @@ def evaluate(source: str | os.PathLike[str], models: Sequence[FrameScorer], *, s
     if not collected.keys:
         raise QuadvaultError("no video could be scored", path=path,
                              hint="; ".join(f"{p}: {e}" for p, e in collected.failed[:3]) or None)
-    for name, seen in trained_on(models, collected.keys).items():
+    for name, seen in trained_on(models, collected.keys, collected.ids).items():
         log.warning("%d of the %d evaluated videos were in the training split of model %s (e.g. %s): these "
                     "metrics are optimistic", len(seen), len(collected.keys), name, seen[0])
     thr = ensemble_threshold(models) if threshold is None else float(threshold)

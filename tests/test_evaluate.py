@@ -137,7 +137,8 @@ def test_cli_json_ensemble(labels_file: Path, models: dict[str, Path]) -> None:
 
 
 def test_evaluating_videos_a_model_trained_on_warns(labels_file: Path, models: dict[str, Path], tmp_path: Path,
-                                                    caplog: pytest.LogCaptureFixture) -> None:
+                                                    caplog: pytest.LogCaptureFixture,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
     out = tmp_path / "ds"
@@ -168,3 +169,17 @@ def test_evaluating_videos_a_model_trained_on_warns(labels_file: Path, models: d
     with caplog.at_level("WARNING"):
         evaluate(copies / "labels.json", [model], device="cpu")
     assert f"{len(train_videos)} of the 8 evaluated videos were in the training split of model" in caplog.text
+    # the check reuses the content ids the dataset and the labels check already have: no video is read again
+    import quadvault_dali.evaluate as evaluate_module
+
+    def no_reading(paths):  # type: ignore[no-untyped-def]
+        paths = list(paths)
+        assert not paths, f"read again: {paths}"
+        return {}
+
+    monkeypatch.setattr(evaluate_module, "content_ids", no_reading)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        evaluate(out, [model], device="cpu", split="all")
+        evaluate(copies / "labels.json", [model], device="cpu")
+    assert caplog.text.count(f"{len(train_videos)} of the 8 evaluated videos were in the training split") == 2
