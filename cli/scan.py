@@ -29,9 +29,9 @@ def _parse_shard(ctx: click.Context, param: click.Parameter, value: str | None) 
 def card_threshold(models: tuple[str, ...]) -> float:
     """The models' decision threshold from their cards (the mean over an ensemble), as test-video's and
     evaluate's verdicts, without loading their weights."""
-    from quadvault_dali.model import decision_threshold, read_card
+    from quadvault_dali.model import decision_threshold, mean_threshold, read_card
 
-    return sum(decision_threshold(read_card(m)) for m in models) / len(models)
+    return mean_threshold(decision_threshold(read_card(m)) for m in models)
 
 
 def scan_options(func: Callable[..., Any]) -> Callable[..., Any]:

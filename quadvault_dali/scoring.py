@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .errors import QuadvaultError
-from .model import FrameScorer
+from .model import FrameScorer, mean_threshold
 from .sampling import Sampler, SamplingMode, VideoOutcome, create_sampler
 
 
@@ -56,7 +56,7 @@ class VideoScore:
 
 def ensemble_threshold(models: Sequence[FrameScorer]) -> float:
     """The decision threshold of the averaged models: the mean of their card thresholds."""
-    return float(sum(m.threshold for m in models) / len(models))
+    return mean_threshold(m.threshold for m in models)
 
 
 def scoring_sampler(models: Sequence[FrameScorer], *, device: str = "auto", fps: float = 1.0,

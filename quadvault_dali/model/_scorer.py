@@ -7,7 +7,7 @@ sampler's uint8 frames at whatever size they come and cannot get the preprocessi
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,15 @@ DEFAULT_THRESHOLD = 0.5
 def decision_threshold(card: dict[str, Any]) -> float:
     """A model's highlight threshold: the one training chose on validation videos, kept in its card."""
     return float(card.get("threshold", DEFAULT_THRESHOLD))
+
+
+def mean_threshold(thresholds: Iterable[float]) -> float:
+    """The threshold of models averaged into one score (an ensemble): the mean of theirs, so every command
+    (test-video, evaluate, scan) calls the same videos highlights."""
+    values = [float(t) for t in thresholds]
+    if not values:
+        raise ValueError("no thresholds to average")
+    return sum(values) / len(values)
 
 
 def preprocess_frames(frames: torch.Tensor, image_size: int, mean: Sequence[float], std: Sequence[float],
@@ -106,7 +115,7 @@ class Ensemble:
             raise ValueError("an ensemble needs at least one model")
         self.models = list(models)
         self.name = "+".join(m.name for m in self.models)
-        self.threshold = float(sum(m.threshold for m in self.models) / len(self.models))
+        self.threshold = mean_threshold(m.threshold for m in self.models)
         self.image_size = max(m.image_size for m in self.models)
         joined = ",".join(m.fingerprint for m in self.models).encode()
         self.fingerprint = hashlib.sha256(joined).hexdigest()[:16]
