@@ -32,7 +32,7 @@ class SamplerConfig:
     size), or fails on, is decoded (from there) on the CPU and its frames still land on the GPU;
     ``False`` makes it an error outcome.
     ``processes``: decode in that many child processes, each running the backend with ``streams`` streams
-    (``_processes``: one CUDA context per process, so the pipelines do not wait for each other).
+    (``_processes``): a decoder that crashes or hangs costs one video, not the run. Not faster on one GPU.
     """
 
     fps: float = 1.0
@@ -96,7 +96,7 @@ class Sampler(ABC):
             for done in batch.completed:
                 outcome = done
         if outcome is None:  # pragma: no cover - backends always report
-            raise QuadvaultError("sampler reported no outcome", path=_path_of(video))
+            raise QuadvaultError("sampler reported no outcome", path=path_of(video))
         if outcome.error is not None:
             raise outcome.error
         size = self.config.size
@@ -104,7 +104,8 @@ class Sampler(ABC):
         return frames, times, outcome
 
 
-def _path_of(video: VideoSource) -> Path:
+def path_of(video: VideoSource) -> Path:
+    """The file a video source names (a path, or a probed ``VideoInfo``)."""
     return video.path if isinstance(video, VideoInfo) else Path(video)
 
 

@@ -25,7 +25,7 @@ import torch
 
 from ..errors import DecodeError, QuadvaultError, unexpected_failure
 from ..probe import VideoInfo, open_container, probe_open, rewound
-from ._base import Sampler, VideoSource, register_backend
+from ._base import Sampler, VideoSource, path_of, register_backend
 from ._plan import SamplePlan, plan_samples
 from ._reader import CountingFile
 from ._remux import decode_clip, exact_clips, largest_gop_bytes
@@ -73,7 +73,7 @@ class _VideoJob:
     """Decodes one video in a worker thread into a bounded queue of (image, time) items."""
 
     def __init__(self, source: VideoSource, sampler: "CpuSampler") -> None:
-        self.path = source.path if isinstance(source, VideoInfo) else Path(source)
+        self.path = path_of(source)
         self.items: queue.Queue[tuple[np.ndarray, float] | _Done] = queue.Queue(maxsize=_QUEUE_FRAMES)
         self._sampler = sampler
         self._thread = threading.Thread(target=self._run, name=f"decode:{self.path.name}", daemon=True)

@@ -15,14 +15,12 @@ import logging
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import torch
 
 from ..errors import QuadvaultError, unexpected_failure
-from ..probe import VideoInfo
-from ._base import VideoSource
+from ._base import VideoSource, path_of
 from ._types import VideoOutcome
 
 log = logging.getLogger(__name__)
@@ -48,7 +46,7 @@ class VideoTask:
     """One video's progress: its clips' results, handed to the consumer in order."""
 
     def __init__(self, source: VideoSource) -> None:
-        self.path = source.path if isinstance(source, VideoInfo) else Path(source)
+        self.path = path_of(source)
         self.outcome = VideoOutcome(self.path, None, None)
         self.slots = threading.Semaphore(INFLIGHT_PER_VIDEO)
         self._cond = threading.Condition()

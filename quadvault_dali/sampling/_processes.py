@@ -11,9 +11,9 @@ How: ``processes`` children (``spawn``: CUDA cannot live in a forked child) each
 backend's sampler once and keep it for the sampler's lifetime (imports, CUDA context and DALI's decoder
 cache stay warm between calls). ``iter_batches`` is one *job*: the parent deals videos to the children
 through one pipe each, a couple ahead of what each has taken (a busy child is dealt less), children send
-back their batches, and the parent yields them as they come. Frames travel as torch tensors over
-``torch.multiprocessing``: CUDA frames by CUDA IPC (no copy through the host; the parent clones them so
-the child may reuse its memory), CPU frames through shared memory. A video's frames all come from one
+back their batches, and the parent yields them as they come. CUDA frames travel by CUDA IPC (no copy
+through the host; the parent copies them so the child may reuse its memory), CPU frames as arrays inside
+the message (see ``_process_child``). A video's frames all come from one
 child, in order, so per-video semantics are those of the wrapped backend; batches of different children interleave.
 
 A child that dies (a decoder crashing on a damaged file takes only its process) is replaced. The
@@ -37,8 +37,7 @@ import torch
 import torch.multiprocessing as tmp
 
 from ..errors import DecodeError, QuadvaultError
-from ..probe import VideoInfo
-from ._base import Sampler, SamplerConfig, VideoSource
+from ._base import Sampler, SamplerConfig, VideoSource, path_of
 from ._process_child import child_main
 from ._types import FrameBatch, VideoOutcome
 
@@ -240,23 +239,29 @@ class _Pool:
                 child.stopped = True
                 child.proc.kill()
 
+    def _new_round(self) -> None:
+        """Every child takes videos again until its next end marker (a job, another round for paths listed
+        twice, or a retry)."""
+        for child in self.children:
+            child.ended = child.done = False
+
     def _deal(self, index: int, task_id: int | None, source: VideoSource | None) -> None:
         child = self.children[index]
         try:
             # only the path: a few small messages always fit the pipe, so this never waits on a child that is
             # itself waiting to send (a probed VideoInfo can be large: one keyframe time per second)
-            child.conn.send((task_id, None if source is None else _path_of(source)))
+            child.conn.send((task_id, None if source is None else path_of(source)))
         except OSError:  # it died: its death is the next thing read from it
             return
         if task_id is None:
             child.ended = True
         else:
-            child.dealt[_key(_path_of(source))] = task_id  # type: ignore[arg-type]
+            child.dealt[_key(path_of(source))] = task_id  # type: ignore[arg-type]
             child.unread += 1
 
     def _target(self, source: VideoSource, start: int) -> int | None:
         """The next child (round robin from ``start``) with room in its pipe that does not hold ``source``."""
-        key = _key(_path_of(source))
+        key = _key(path_of(source))
         n = len(self.children)
         for k in range(n):
             child = self.children[(start + k) % n]
@@ -286,8 +291,7 @@ class _Pool:
         suspects: deque[int] = deque()  # in flight when a child died: retried alone after the rest
         retrying: int | None = None  # the suspect now being retried alone
         turn = 0  # the child dealt to next
-        for child in self.children:
-            child.ended = child.done = False
+        self._new_round()
         for child in self.children:
             self._heard(child)  # idle between jobs is not silence
 
@@ -349,8 +353,7 @@ class _Pool:
             if deferred:  # another round for the paths listed more than once
                 backlog.extend(deferred)
                 deferred = []
-                for child in self.children:
-                    child.ended = child.done = False
+                self._new_round()
                 continue
             retrying = None  # a retried video that came through: its outcome was in a batch
             # dealt videos whose outcome never came (in a message lost with its dead sender): retried too
@@ -359,9 +362,8 @@ class _Pool:
                 return
             retrying = suspects.popleft()
             log.info("%s: decoding it again on its own (a decoding process died while it was in flight)",
-                     _path_of(pending[retrying]))
-            for child in self.children:
-                child.ended = child.done = False
+                     path_of(pending[retrying]))
+            self._new_round()
             self._deal(0, retrying, pending[retrying])
             for index in range(len(self.children)):
                 self._deal(index, None, None)
@@ -383,8 +385,6 @@ class _Pool:
         if frames.is_cuda:  # the child's memory: copied, so the child may reuse it once the copy is done
             frames = frames.to(device, copy=True)
             torch.cuda.current_stream(frames.device).synchronize()
-        elif device.type == "cuda":  # pragma: no cover - a gpu backend's frames always come on the GPU
-            frames = frames.to(device)
         for p, t in zip(paths, stamps):
             task_id = child.dealt.get(_key(p))
             if task_id is not None:
@@ -406,7 +406,7 @@ class _Pool:
         outcome = None
         # blamed when alone in flight and the death its child's own (not a kill for an unreadable message)
         if retrying is not None and retrying in lost and not dead.broken:
-            path = _path_of(pending.pop(retrying))
+            path = path_of(pending.pop(retrying))
             what = "hung the decoder" if dead.stopped else "crashed the decoder process"
             outcome = VideoOutcome(path, None, None, error=DecodeError(
                 f"decoding it {what} ({how})", path=path, hint="the file is probably damaged; check it in a player"))
@@ -460,10 +460,6 @@ def _recv(conn: Any) -> tuple[str, Any] | None:
 
 def _no_frames(size: int, device: torch.device) -> torch.Tensor:
     return torch.empty((0, 3, size, size), dtype=torch.uint8, device=device)
-
-
-def _path_of(source: VideoSource) -> Path:
-    return source.path if isinstance(source, VideoInfo) else Path(source)
 
 
 def _key(path: object) -> str:
