@@ -260,37 +260,29 @@ def main() -> None:
     result["cache"] = evict(files)
     cat_s = cat_read(files)
     result["cat_read"] = {"wall_s": round(cat_s, 3), "mb_per_s": round(lib_bytes / cat_s / 1e6, 2)}
-    evict(files)
-    result["scan"] = run_scan(files, work / "scan_out", backend, model, args.streams, args.batch_size)
-    result["scan"]["vs_cat_read"] = round(result["scan"]["wall_s"] / cat_s, 3)
+
+    def library_scan(out_name: str, streams: int = args.streams, **kw: Any) -> dict:
+        """A scan of the whole library from a cold cache, timed against reading it."""
+        evict(files)
+        res = run_scan(files, work / out_name, backend, model, streams, args.batch_size, **kw)
+        res["vs_cat_read"] = round(res["wall_s"] / cat_s, 3)
+        return res
+
+    result["scan"] = library_scan("scan_out")
     save()
     if args.quick:
         result["note"] = ("--quick: 6 tiny clips to check the benchmark runs; fixed costs dominate, so these "
                           "numbers say nothing about throughput")
-
-    def keyframe_scan() -> dict:
-        # `auto` samples the 2-s-GOP half of the library exactly (GOP prefixes: ~15 decoded frames per
-        # sampled one); keyframe mode takes the nearest keyframe instead (error <= 1 s, one frame per keyframe)
-        evict(files)
-        res = run_scan(files, work / "scan_key_out", backend, model, args.streams, args.batch_size, mode="keyframe")
-        res["vs_cat_read"] = round(res["wall_s"] / cat_s, 3)
-        return res
-
-    result["scan_keyframe"] = attempt("keyframe scan", keyframe_scan)
+    # `auto` samples the 2-s-GOP half of the library exactly (GOP prefixes: ~15 decoded frames per sampled
+    # one); keyframe mode takes the nearest keyframe instead (error <= 1 s, one frame per keyframe)
+    result["scan_keyframe"] = attempt("keyframe scan", lambda: library_scan("scan_key_out", mode="keyframe"))
     save()
     if backend == "gpu" and not args.quick:
         result["scan_layouts"] = []
         for layout in filter(None, args.layouts.split(",")):
             processes, streams = (int(x) for x in layout.split("x"))
-
-            def layout_scan() -> dict:
-                evict(files)
-                res = run_scan(files, work / "scan_layout_out", backend, model, streams, args.batch_size,
-                               processes=processes)
-                res["vs_cat_read"] = round(res["wall_s"] / cat_s, 3)
-                return res
-
-            result["scan_layouts"].append({"layout": layout, **attempt(f"scan {layout}", layout_scan)})
+            result["scan_layouts"].append({"layout": layout, **attempt(
+                f"scan {layout}", lambda: library_scan("scan_layout_out", streams, processes=processes))})
             save()
     if backend == "gpu":
         def cpu_scan() -> dict:

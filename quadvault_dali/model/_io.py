@@ -171,7 +171,6 @@ def _read_card(card_path: Path) -> dict[str, Any]:
     return card
 
 
-
 def _torch_device(device: str | torch.device) -> torch.device:
     if isinstance(device, torch.device):
         dev = device
