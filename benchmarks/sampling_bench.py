@@ -32,6 +32,7 @@ from typing import Any
 import av
 import torch
 
+from _gpu_monitor import UtilisationMonitor
 from _results import write_json
 from quadvault_dali.device import gpu_status
 from quadvault_dali.sampling import create_sampler
@@ -98,18 +99,19 @@ def _measure(sampler: Any, device: str, videos: list[Path], warm_up: int) -> dic
         pass
     frames = bytes_read = 0
     errors = []
-    t0 = time.perf_counter()
-    for batch in sampler.iter_batches(videos):
-        frames += len(batch)
-        for outcome in batch.completed:
-            bytes_read += outcome.bytes_read
-            if outcome.error is not None:
-                errors.append(str(outcome.error))
-    if device == "gpu":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    with UtilisationMonitor(metrics=("gpu", "decoder") if device == "gpu" else ()) as busy:
+        t0 = time.perf_counter()
+        for batch in sampler.iter_batches(videos):
+            frames += len(batch)
+            for outcome in batch.completed:
+                bytes_read += outcome.bytes_read
+                if outcome.error is not None:
+                    errors.append(str(outcome.error))
+        if device == "gpu":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
     return {"frames": frames, "seconds": round(seconds, 3), "sampled_fps": round(frames / seconds, 1),
-            "bytes_read": bytes_read, "errors": errors}
+            "bytes_read": bytes_read, "errors": errors, **busy.summary()}
 
 
 def _baseline_one(path: Path, fps: float, size: int) -> tuple[int, int]:

@@ -35,6 +35,7 @@ from typing import Any
 
 import av
 
+from _gpu_monitor import UtilisationMonitor
 from _results import write_json
 from quadvault_dali.device import resolve_device
 from quadvault_dali.synth import SynthSpec, make_video
@@ -139,10 +140,11 @@ def run_scan(files: list[Path], out: Path, device: str, model_dir: Path, streams
     shutil.rmtree(out, ignore_errors=True)
     model = load_model(model_dir, device=torch_device(resolve_device(device)))
     model.score_frames(torch.zeros((batch, 3, 224, 224), dtype=torch.uint8))  # warm-up, not timed
-    started = time.perf_counter()
-    summary = scan_library(files, ScanOptions(out_dir=out, device=device, streams=streams, batch_size=batch,
-                                              resume=False, mode=mode, processes=processes), scorers=[model])
-    wall = time.perf_counter() - started
+    with UtilisationMonitor(metrics=("gpu", "decoder") if resolve_device(device) == "gpu" else ()) as busy:
+        started = time.perf_counter()
+        summary = scan_library(files, ScanOptions(out_dir=out, device=device, streams=streams, batch_size=batch,
+                                                  resume=False, mode=mode, processes=processes), scorers=[model])
+        wall = time.perf_counter() - started
     run = summary.run
     return {"device": resolve_device(device), "sampling": mode, "processes": processes, "streams": streams,
             "videos": run.videos, "errors": run.errors, "wall_s": round(wall, 3),
@@ -151,13 +153,14 @@ def run_scan(files: list[Path], out: Path, device: str, model_dir: Path, streams
             "library_mb_per_s": round(run.file_bytes / wall / 1e6, 2),
             "bytes_read": run.bytes_read, "file_bytes": run.file_bytes,
             "bytes_read_fraction": round(run.bytes_read / max(run.file_bytes, 1), 4),
-            "video_seconds": round(run.video_seconds, 2)}
+            "video_seconds": round(run.video_seconds, 2), **busy.summary()}
 
 
 def naive_decode(files: list[Path], backend: str) -> dict:
     """Decodes every frame: one DALI GPU pipeline, or PyAV on the CPU."""
     started = time.perf_counter()
     frames = 0
+    utilisation: dict[str, float] = {}
     if backend == "gpu":
         from nvidia.dali import fn, pipeline_def
 
@@ -168,9 +171,11 @@ def naive_decode(files: list[Path], backend: str) -> dict:
 
         pipe = decode_all()
         pipe.build()
-        for _ in range(pipe.epoch_size("reader")):
-            (video,) = pipe.run()
-            frames += int(video.as_tensor().shape()[1])
+        with UtilisationMonitor(metrics=("gpu", "decoder")) as busy:
+            for _ in range(pipe.epoch_size("reader")):
+                (video,) = pipe.run()
+                frames += int(video.as_tensor().shape()[1])
+        utilisation = busy.summary()
         tool = "DALI fn.experimental.readers.video (gpu), batch 1, sequences of 30"
     else:
         for f in files:
@@ -180,7 +185,7 @@ def naive_decode(files: list[Path], backend: str) -> dict:
         tool = "PyAV decode every frame, frame threads"
     wall = time.perf_counter() - started
     return {"tool": tool, "videos": len(files), "frames": frames, "wall_s": round(wall, 3),
-            "frames_per_s": round(frames / wall, 2)}
+            "frames_per_s": round(frames / wall, 2), **utilisation}
 
 
 def machine_info(backend: str) -> dict:

@@ -18,9 +18,7 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -30,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from _gpu_monitor import UtilisationMonitor
 from _results import write_json
 from quadvault_dali.model import build_network, library_versions, spec_for
 from quadvault_dali.training import DaliFrameLoader, FrameTable
@@ -116,48 +115,6 @@ def make_step(net: torch.nn.Module, device: torch.device) -> Callable[[torch.Ten
     return step
 
 
-class GpuSampler:
-    """Mean GPU utilisation over a block, from pynvml or nvidia-smi; ``None`` without either."""
-
-    def __init__(self, index: int = 0) -> None:
-        self.index, self.samples, self._stop = index, [], threading.Event()
-        self._read = self._reader()
-
-    def _reader(self) -> Callable[[], float] | None:
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            handle = pynvml.nvmlDeviceGetHandleByIndex(self.index)
-            return lambda: float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
-        except Exception:  # noqa: BLE001 - no NVML: try the CLI
-            pass
-        if shutil.which("nvidia-smi"):
-            cmd = ["nvidia-smi", f"--id={self.index}", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
-            return lambda: float(subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout.strip())
-        return None
-
-    def __enter__(self) -> "GpuSampler":
-        if self._read is not None:
-            self._thread = threading.Thread(target=self._loop, daemon=True)
-            self._thread.start()
-        return self
-
-    def _loop(self) -> None:
-        while not self._stop.wait(0.2):
-            try:
-                self.samples.append(self._read())  # type: ignore[misc]
-            except Exception:  # noqa: BLE001 - a failed sample is just missing
-                pass
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-
-    @property
-    def mean(self) -> float | None:
-        return float(np.mean(self.samples)) if self.samples else None
-
-
 def machine(device: torch.device) -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -228,23 +185,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         synthetic = torch.randn(bs, 3, size, size, device=device)
         n, s = _drain(((synthetic, None) for _ in range(nb + 1)), device, nb, step)
         results["model_step_images_per_s"] = _rate(n, s)
-        with GpuSampler() if device.type == "cuda" else _Null() as gpu:
+        with _monitor(device) as gpu:
             n, s = _drain(dali_stream, device, nb, step)
         results["dali_train_images_per_s"] = _rate(n, s)
-        results["gpu_utilisation_percent_dali_train"] = getattr(gpu, "mean", None)
+        results["gpu_utilisation_percent_dali_train"] = gpu.summary().get("gpu_util_mean")
+        results["utilisation_dali_train"] = gpu.summary()
         if full_stream is not None:
-            n, s = _drain(full_stream, device, nb, step)
+            with _monitor(device) as gpu:
+                n, s = _drain(full_stream, device, nb, step)
             results["dali_full_decode_train_images_per_s"] = _rate(n, s)
+            results["utilisation_dali_full_decode_train"] = gpu.summary()  # how much the JPEG engine took
         if device.type == "cuda":
             # the step on a high-priority CUDA stream: the GPU then runs DALI's augmentation kernels in the
             # gaps of the model's instead of beside them (lower numbers are higher priority)
             with torch.cuda.stream(torch.cuda.Stream(device, priority=-1)):
                 n, s = _drain(dali_stream, device, nb, step)
             results["dali_priority_train_images_per_s"] = _rate(n, s)
-        with GpuSampler() if device.type == "cuda" else _Null() as gpu:
+        with _monitor(device) as gpu:
             n, s = _drain(baseline_stream, device, nb, step)
         results["baseline_train_images_per_s"] = _rate(n, s)
-        results["gpu_utilisation_percent_baseline_train"] = getattr(gpu, "mean", None)
+        results["gpu_utilisation_percent_baseline_train"] = gpu.summary().get("gpu_util_mean")
         d, b, m = (results["dali_train_images_per_s"], results["baseline_train_images_per_s"],
                    results["model_step_images_per_s"])
         results["dali_vs_baseline_train"] = round(d / b, 2) if b else None
@@ -269,12 +229,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "results": results, "goals_h100": {"dali_vs_baseline_train": ">= 3", "dali_train_vs_model_step": ">= 0.9"}}
 
 
-class _Null:
-    def __enter__(self) -> "_Null":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+def _monitor(device: torch.device) -> UtilisationMonitor:
+    """SM and JPEG-engine utilisation on CUDA; on the CPU a monitor that reads nothing (an empty summary)."""
+    if device.type == "cuda":
+        return UtilisationMonitor(index=device.index or 0, metrics=("gpu", "jpeg"))
+    return UtilisationMonitor(reader=None, metrics=())
 
 
 def main() -> None:

@@ -1,0 +1,81 @@
+"""The benchmarks' utilisation monitor: the evidence of whether NVDEC, not our code, limits a GPU row."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def monitor_module():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import _gpu_monitor as module
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
+FAKE_SMI = """#!/bin/sh
+# answers like nvidia-smi on a driver that knows the decoder but not the JPEG engine
+for arg in "$@"; do
+  case "$arg" in
+    --query-gpu=*) query="${arg#--query-gpu=}" ;;
+  esac
+done
+case "$query" in
+  *utilization.jpeg*) echo "Field \\"utilization.jpeg\\" is not a valid field to query." >&2; exit 2 ;;
+esac
+out=""
+for field in $(echo "$query" | tr ',' ' '); do
+  case "$field" in
+    utilization.gpu) value=40 ;;
+    utilization.decoder) value=90 ;;
+  esac
+  out="${out:+$out, }$value"
+done
+echo "$out"
+"""
+
+
+def test_nvidia_smi_values_are_averaged_and_an_unknown_field_left_out(monitor_module, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(FAKE_SMI)
+    smi.chmod(smi.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(monitor_module, "_nvml_reader", lambda index, metrics: None)
+    with monitor_module.UtilisationMonitor(metrics=("gpu", "decoder", "jpeg"), interval_s=0.02) as busy:
+        time.sleep(0.4)
+    summary = busy.summary()
+    assert summary["gpu_util_mean"] == summary["gpu_util_max"] == 40.0
+    assert summary["decoder_util_mean"] == summary["decoder_util_max"] == 90.0
+    assert not any(key.startswith("jpeg") for key in summary)
+    assert summary["util_samples"] >= 2
+
+
+def test_mean_and_peak_per_engine(monitor_module) -> None:
+    values = itertools.cycle([{"decoder": 20.0, "gpu": 5.0}, {"decoder": 60.0, "gpu": 15.0}])
+    with monitor_module.UtilisationMonitor(reader=lambda: next(values), interval_s=0.01) as busy:
+        while len(busy.samples) < 4:
+            time.sleep(0.01)
+    count = len(busy.samples)
+    summary = busy.summary()
+    assert summary["decoder_util_max"] == 60.0 and summary["gpu_util_max"] == 15.0
+    expected = sum(s["decoder"] for s in busy.samples[:count]) / count
+    assert summary["decoder_util_mean"] == pytest.approx(expected, abs=0.05)
+    assert 20.0 < summary["decoder_util_mean"] < 60.0
+
+
+def test_nothing_to_read_gives_an_empty_summary(monitor_module) -> None:
+    with monitor_module.UtilisationMonitor(metrics=()) as busy:
+        time.sleep(0.05)
+    assert busy.summary() == {} and busy.samples == []
