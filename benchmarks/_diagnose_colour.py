@@ -31,6 +31,7 @@ from av.video.reformatter import Interpolation
 from quadvault_dali.pipelines import ENCODED_INPUT, FRAMES_INPUT, video_sampling_pipeline
 from quadvault_dali.probe import VideoInfo
 from quadvault_dali.sampling import create_sampler
+from quadvault_dali.sampling._clip_decoder import feed_clips
 from quadvault_dali.sampling._colour import MATRIX_WEIGHTS, convert_from_bt601, ycbcr_to_rgb
 from quadvault_dali.sampling._remux import Clip, decode_clip
 
@@ -85,10 +86,13 @@ def compare(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
     return out
 
 
-def _run_one(pipe: Any, clip: Clip) -> Any:
+def _run_one(pipe: Any, clip: Clip, graph: bool = True) -> Any:
     pipe.build()
-    pipe.feed_input(ENCODED_INPUT, [np.frombuffer(clip.data, np.uint8)])
-    pipe.feed_input(FRAMES_INPUT, [np.ascontiguousarray(clip.frames, np.int32)])
+    if graph:  # the project's pipeline
+        feed_clips(pipe, [clip])
+    else:  # the bare decoder
+        pipe.feed_input(ENCODED_INPUT, [np.frombuffer(clip.data, np.uint8)])
+        pipe.feed_input(FRAMES_INPUT, [np.ascontiguousarray(clip.frames, np.int32)])
     (out,) = pipe.run()
     return torch.from_dlpack(out[0]).cpu().numpy().copy()
 
@@ -103,7 +107,8 @@ def raw_decode(device: str, clip: Clip, device_id: int) -> np.ndarray:
         frames = fn.external_source(name=FRAMES_INPUT, dtype=types.INT32, ndim=1)
         return fn.decoders.video(encoded, frames=frames, device="mixed" if device == "gpu" else "cpu", pad_mode="none")
 
-    return _run_one(graph(batch_size=1, num_threads=1, device_id=device_id if device == "gpu" else None), clip)
+    return _run_one(graph(batch_size=1, num_threads=1, device_id=device_id if device == "gpu" else None), clip,
+                    graph=False)
 
 
 def graph_decode(device: str, clip: Clip, size: int, device_id: int) -> np.ndarray:

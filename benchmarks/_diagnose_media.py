@@ -21,7 +21,8 @@ import torch
 from quadvault_dali.probe import VideoInfo, open_container, probe_open
 from quadvault_dali.sampling import plan_samples
 from quadvault_dali.sampling._reader import CountingFile
-from quadvault_dali.sampling._remux import Clip, SourcePacket, _Run, decode_clip, mux_clip, plan_clips
+from quadvault_dali.sampling._h264_sps import uncrop_avcc, uncrop_packet
+from quadvault_dali.sampling._remux import Clip, SourcePacket, _Run, clip_signature, decode_clip, mux_clip, plan_clips
 from quadvault_dali.synth import SynthSpec, make_video, read_stamp
 
 STAMP_TOL = 0.006
@@ -112,20 +113,32 @@ def plan_cut(path: Path) -> tuple[VideoInfo, list[Clip]]:
         container.close(), fh.close()
 
 
-def concat_keyframes(path: Path, copies: int) -> tuple[Clip, list[float]]:
+def concat_keyframes(path: Path, copies: int, uncrop: bool = False) -> tuple[Clip, list[float]] | None:
     """One MP4 of the video's sampled keyframes, ``copies`` times back to back (source times offset per copy
     so they rise strictly), as if several videos with the same codec parameters shared one DALI sample.
-    Returns the clip and the time each frame's stamp shows."""
+    Returns the clip and the time each frame's stamp shows. ``uncrop``: with the H.264 SPS's cropping
+    dropped, as the gpu backend cuts it (``None`` for a stream with nothing to drop)."""
     info, plan, fh, container = keyframe_plan(path)
     try:
         index = plan.index
+        stream = container.streams[info.stream_index]
         rows = [int(r) for r in plan.key_packets]
         data = [fh.read_at(int(index.pos[r]), int(index.size[r])) for r in rows]
         times = [round(float(index.pts[r]), 6) for r in rows]
+        signature, roi = None, (1.0, 1.0)
+        if uncrop:
+            done = uncrop_avcc(bytes(stream.codec_context.extradata or b"")) if info.codec == "h264" else None
+            if done is None:
+                return None
+            extradata, crop = done
+            data = [uncrop_packet(d, crop) for d in data]
+            name, _, _, _, pix_fmt = clip_signature(stream)
+            signature = (name, extradata, crop.coded_width, crop.coded_height, pix_fmt)
+            roi = (crop.display_height / crop.coded_height, crop.display_width / crop.coded_width)
         step = float(np.ceil(max(times) + 1.0))
         runs = [_Run([SourcePacket(d, t + k * step, t + k * step, True)], [t + k * step])
                 for k in range(copies) for d, t in zip(data, times)]
-        return mux_clip(container.streams[info.stream_index], runs), times * copies
+        return mux_clip(stream, runs, signature, roi), times * copies
     finally:
         container.close(), fh.close()
 
@@ -134,10 +147,10 @@ def make_cases(name: str, path: Path) -> dict[str, Case]:
     info, clips = plan_cut(path)
     sid = int(read_stamp_of(clips[0]) or 0)
     cases = {"plan": Case(f"{name}/plan", clips[0], list(clips[0].times), sid)}
-    clip, stamps = concat_keyframes(path, 1)
-    cases["k"] = Case(f"{name}/k", clip, stamps, sid)
-    clip, stamps = concat_keyframes(path, 8)
-    cases["x8"] = Case(f"{name}/x8", clip, stamps, sid)
+    for kind, copies, uncrop in (("k", 1, False), ("x8", 8, False), ("ku", 1, True), ("x8u", 8, True)):
+        made = concat_keyframes(path, copies, uncrop)
+        if made is not None:  # "ku"/"x8u": H.264 without the SPS's cropping (only where it crops)
+            cases[kind] = Case(f"{name}/{kind}", made[0], made[1], sid)
     return cases
 
 

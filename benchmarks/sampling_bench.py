@@ -75,12 +75,12 @@ def make_clip(work: Path, spec: ClipSpec) -> Path:
     return path
 
 
-def run_sampler(device: str, videos: list[Path], layout: tuple[int, int] | None = None, processes: int = 1,
+def run_sampler(device: str, videos: list[Path], layout: tuple[int, int, bool] | None = None, processes: int = 1,
                 **config: Any) -> dict[str, Any]:
     """Samples all ``videos`` once (after a warm-up); frames/s and bytes read. ``layout``: (DALI samples per
     run, pipeline threads) per decode stream instead of the sampler's defaults; ``processes``: decoding
     processes, each with ``streams`` streams (their start-up is part of the warm-up, not the measurement)."""
-    attrs = dict(zip(("clips_per_run", "decode_threads"), layout)) if layout else {}
+    attrs: dict[str, Any] = dict(zip(("clips_per_run", "decode_threads", "uncrop_h264"), layout)) if layout else {}
     if processes > 1:
         from quadvault_dali.sampling._base import _BACKENDS
         from quadvault_dali.sampling._processes import ProcessSampler
@@ -150,13 +150,15 @@ def linked_copies(path: Path, count: int, folder: Path) -> list[Path]:
     return out
 
 
-def parse_layout(text: str) -> tuple[int, int, int, int]:
-    """``4p2x4x4`` -> (processes 4, streams 2, samples per run 4, threads 4); ``2x8x8`` is one process."""
-    match = re.fullmatch(r"(?:(\d+)p)?(\d+)x(\d+)x(\d+)", text.strip())
+def parse_layout(text: str) -> tuple[int, int, int, int, bool]:
+    """``4p2x4x4`` -> (processes 4, streams 2, samples per run 4, threads 4, uncrop H.264 True); ``2x8x8`` is
+    one process; a trailing ``c`` keeps H.264 clips cropped (``4x4x4c``: DALI's decoder cache missing on
+    1080p H.264, the A/B for ``sampling._h264_sps``)."""
+    match = re.fullmatch(r"(?:(\d+)p)?(\d+)x(\d+)x(\d+)(c?)", text.strip())
     if not match:
-        raise ValueError(f"a layout is [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS, like 4p2x4x4; got {text!r}")
-    processes, streams, per_run, threads = (int(g) if g else 1 for g in match.groups())
-    return processes, streams, per_run, threads
+        raise ValueError(f"a layout is [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c], like 4p2x4x4; got {text!r}")
+    processes, streams, per_run, threads = (int(g) if g else 1 for g in match.groups()[:4])
+    return processes, streams, per_run, threads, not match.group(5)
 
 
 def try_sampler(device: str, videos: list[Path], **config: Any) -> dict[str, Any]:
@@ -216,11 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu-videos", type=int, default=None,
                     help="videos for the cpu backend and the baseline (default: --videos); frames/s are per frame, "
                          "so fewer keep a GPU run short without changing what is measured")
+    ap.add_argument("--gpu-exact-videos", type=int, default=None,
+                    help="videos for the gpu exact-mode row (default: --videos); exact mode decodes GOP prefixes, "
+                         "5-10x the keyframe rows' time")
     ap.add_argument("--duration", type=float, default=30.0, help="clip length in seconds (full run)")
     ap.add_argument("--streams", default="1,2,4,8", help="gpu decode streams to try")
-    ap.add_argument("--layouts", default="4x4x4,8x4x4,16x4x2",
-                    help="more gpu keyframe rows as [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS (streams per "
-                         "process; the --streams rows are 1 process with the defaults, x4x4)")
+    ap.add_argument("--layouts", default="4x4x4,4x4x4c,8x4x4,16x4x2",
+                    help="more gpu keyframe rows as [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c] (streams per "
+                         "process; c: H.264 clips keep their SPS cropping; the --streams rows are 1 process with "
+                         "the defaults, x4x4)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--work", type=Path, default=None, help="where generated clips are kept (reused)")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
@@ -270,14 +276,15 @@ def main(argv: list[str] | None = None) -> int:
                              **try_sampler("gpu", videos, mode="keyframe", size=args.size, streams=streams)})
                 _print_row(spec, rows[-1])
             for layout in filter(None, args.layouts.split(",")):
-                processes, streams, per_run, threads = parse_layout(layout)
+                processes, streams, per_run, threads, uncrop = parse_layout(layout)
                 rows.append({"backend": "gpu", "mode": "keyframe", "streams": streams * processes, "layout": layout,
-                             "processes": processes, "videos": n_videos,
-                             **try_sampler("gpu", videos, layout=(per_run, threads), processes=processes,
+                             "processes": processes, "videos": n_videos, "uncrop_h264": uncrop,
+                             **try_sampler("gpu", videos, layout=(per_run, threads, uncrop), processes=processes,
                                            mode="keyframe", size=args.size, streams=streams)})
                 _print_row(spec, rows[-1])
-            rows.append({"backend": "gpu", "mode": "exact", "streams": max(stream_counts), "videos": n_videos,
-                         **try_sampler("gpu", videos, mode="exact", size=args.size, streams=max(stream_counts))})
+            exact_videos = videos[:args.gpu_exact_videos or n_videos]
+            rows.append({"backend": "gpu", "mode": "exact", "streams": max(stream_counts), "videos": len(exact_videos),
+                         **try_sampler("gpu", exact_videos, mode="exact", size=args.size, streams=max(stream_counts))})
             _print_row(spec, rows[-1])
         base = run_baseline(cpu_videos, cpu_workers, 1.0, args.size)
         rows.append({"backend": "baseline-pyav-all-frames", "mode": "exact", "streams": cpu_workers,

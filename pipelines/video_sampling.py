@@ -16,6 +16,9 @@ from nvidia.dali import fn, pipeline_def, types
 
 ENCODED_INPUT = "encoded"
 FRAMES_INPUT = "frames"
+#: per clip, (height, width) of the region to keep as fractions of the decoded picture, from its top-left
+#: corner: (1, 1) but for H.264 clips decoded to their coded size (``sampling._h264_sps``)
+ROI_INPUT = "roi"
 DecoderDevice = Literal["mixed", "cpu"]
 
 
@@ -24,7 +27,7 @@ def video_sampling_pipeline(decoder_device: DecoderDevice = "mixed", size: int =
     """Decode the wanted frames of each clip, resize the short side to ``size``, optionally crop square.
 
     Build with ``video_sampling_pipeline(decoder_device=..., size=..., square=..., batch_size=...,
-    num_threads=..., device_id=...)``; feed ``ENCODED_INPUT`` and ``FRAMES_INPUT`` with
+    num_threads=..., device_id=...)``; feed ``ENCODED_INPUT``, ``FRAMES_INPUT`` and ``ROI_INPUT`` with
     ``pipe.feed_input`` before each ``pipe.run()``. ``prefetch_queue_depth=1`` because every batch is
     fed by the caller just before it runs.
     """
@@ -32,10 +35,13 @@ def video_sampling_pipeline(decoder_device: DecoderDevice = "mixed", size: int =
         raise ValueError(f"decoder_device must be 'mixed' or 'cpu', got {decoder_device!r}")
     encoded = fn.external_source(name=ENCODED_INPUT, dtype=types.UINT8, ndim=1)
     frames = fn.external_source(name=FRAMES_INPUT, dtype=types.INT32, ndim=1)
+    roi_end = fn.external_source(name=ROI_INPUT, dtype=types.FLOAT, ndim=1)
     # pad_mode="none": an index past the clip's end must fail (and the video go to the CPU decoder), not
     # come back as a black frame that would be scored as footage (the default pads with zeros)
     video = fn.decoders.video(encoded, frames=frames, device=decoder_device, pad_mode="none")  # (F, H, W, 3)
-    video = fn.resize(video, resize_shorter=size, interp_type=types.INTERP_LINEAR, antialias=True)
+    # the region of interest crops and resizes in one pass (no copy of the full-size frames)
+    video = fn.resize(video, resize_shorter=size, interp_type=types.INTERP_LINEAR, antialias=True,
+                      roi_start=[0.0, 0.0], roi_end=roi_end, roi_relative=True)
     if square:
         video = fn.crop(video, crop=(size, size), crop_pos_x=0.5, crop_pos_y=0.5)
     return fn.transpose(video, perm=[0, 3, 1, 2])  # (F, 3, H, W), as PyTorch wants

@@ -11,7 +11,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from quadvault_dali.pipelines import ENCODED_INPUT, FRAMES_INPUT, video_sampling_pipeline
+from quadvault_dali.pipelines import video_sampling_pipeline
+from quadvault_dali.sampling._clip_decoder import feed_clips
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from _diagnose_colour import compare  # noqa: E402
@@ -28,8 +29,7 @@ def test_concatenated_keyframes_decode_in_order(make_clip: Callable[..., Path]) 
     pipe = video_sampling_pipeline(decoder_device="cpu", size=64, square=True, batch_size=2, num_threads=1,
                                    device_id=None)
     pipe.build()
-    pipe.feed_input(ENCODED_INPUT, [np.frombuffer(clip.data, np.uint8)] * 2)
-    pipe.feed_input(FRAMES_INPUT, [clip.frames] * 2)
+    feed_clips(pipe, [clip] * 2)
     (out,) = pipe.run()
     case = Case("diag", clip, stamps, 4)
     for i in range(2):

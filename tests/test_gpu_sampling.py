@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -15,7 +16,9 @@ import pytest
 import torch
 
 from quadvault_dali.errors import BackendUnavailableError
-from quadvault_dali.pipelines import ENCODED_INPUT, FRAMES_INPUT, video_sampling_pipeline
+from quadvault_dali.pipelines import video_sampling_pipeline
+from quadvault_dali.sampling import _clip_decoder
+from quadvault_dali.sampling._clip_decoder import feed_clips
 from quadvault_dali.probe import probe_video
 from quadvault_dali.sampling import FrameBatch, create_sampler
 from quadvault_dali.sampling._gpu import DaliSampler, GpuSampler
@@ -69,8 +72,7 @@ def test_pipeline_graph_on_cpu_decodes_the_wanted_frames(make_clip: Callable[...
         pipe = video_sampling_pipeline(decoder_device="cpu", size=SIZE, square=square, batch_size=len(clips),
                                        num_threads=1, device_id=None)
         pipe.build()
-        pipe.feed_input(ENCODED_INPUT, [np.frombuffer(c.data, np.uint8) for c in clips])
-        pipe.feed_input(FRAMES_INPUT, [c.frames for c in clips])
+        feed_clips(pipe, clips)
         (out,) = pipe.run()
         for i, clip in enumerate(clips):
             frames = torch.from_dlpack(out[i])
@@ -88,10 +90,32 @@ def test_a_frame_index_past_the_clip_fails_instead_of_a_black_frame(make_clip: C
     container.close(), fh.close()
     pipe = video_sampling_pipeline(decoder_device="cpu", size=SIZE, batch_size=1, num_threads=1, device_id=None)
     pipe.build()
-    pipe.feed_input(ENCODED_INPUT, [np.frombuffer(clip.data, np.uint8)])
-    pipe.feed_input(FRAMES_INPUT, [np.array([0, clip.packets + 5], np.int32)])
+    feed_clips(pipe, [clip], indices=[np.array([0, clip.packets + 5], np.int32)])
     with pytest.raises(RuntimeError, match="out-of-bounds frame index"):
         pipe.run()
+
+
+def test_pipeline_keeps_each_clips_region_of_interest(make_clip: Callable[..., Path]) -> None:
+    """A clip decoded to its coded size (uncropped H.264) says which part is the picture: the resize takes
+    only that part. Here the top half of a VP9 clip, at its own scale, against the whole clip unscaled."""
+    path = make_clip("gpu_vp9_graph.mp4", codec="vp9", width=128, height=80, fps=30, duration_s=5.0, source_id=3)
+    fh = CountingFile(path)
+    container = open_container(path, fh)
+    info, index = probe_open(container, path)
+    (clip,) = plan_clips(plan_samples(info, index, fps=1.0, mode="keyframe"), container, fh)
+    container.close(), fh.close()
+    outputs = []
+    for roi, size in (((1.0, 1.0), 80), ((0.5, 1.0), 40)):
+        pipe = video_sampling_pipeline(decoder_device="cpu", size=size, square=False, batch_size=1, num_threads=1,
+                                       device_id=None)
+        pipe.build()
+        clip.roi = roi
+        feed_clips(pipe, [clip])
+        (out,) = pipe.run()
+        outputs.append(torch.from_dlpack(out[0]).clone())
+    whole, top = outputs
+    assert tuple(whole.shape) == (len(clip), 3, 80, 128) and tuple(top.shape) == (len(clip), 3, 40, 128)
+    assert (top.float() - whole[:, :, :40].float()).abs().max().item() <= 1.0
 
 
 def test_pipeline_rejects_unknown_decoder_device() -> None:
@@ -251,13 +275,29 @@ class _CountingDecoder:
     samples: list[int] = []
 
     @classmethod
-    def install(cls, monkeypatch: pytest.MonkeyPatch, fails_on: set[bytes] = frozenset()) -> list[int]:  # type: ignore[assignment]
+    def install(cls, monkeypatch: pytest.MonkeyPatch, fails_on: set[bytes] = frozenset(),  # type: ignore[assignment]
+                prepared_first: int = 0) -> list[int]:
+        """``prepared_first``: the first decode waits until that many videos are cut into clips, so what the
+        stream finds queued (and merges) does not depend on how busy the machine is."""
         import quadvault_dali.sampling._gpu as gpu
 
         seen: list[int] = []
+        prepared = threading.Semaphore(0)
+        real_prepare = gpu.DaliSampler._prepare
+
+        def prepare(self, task, work, stop):  # type: ignore[no-untyped-def]
+            try:
+                real_prepare(self, task, work, stop)
+            finally:
+                prepared.release()
+
+        monkeypatch.setattr(gpu.DaliSampler, "_prepare", prepare)
 
         class Counting(gpu.ClipDecoder):
             def decode(self, clips):  # type: ignore[no-untyped-def]
+                if not seen:
+                    for _ in range(prepared_first):
+                        assert prepared.acquire(timeout=60), "the videos were not prepared"
                 seen.extend(len(c) for c in clips)
                 bad = [any(p.data in fails_on for run in c.runs for p in run.packets) for c in clips]
                 decoded = iter(super().decode([c for c, b in zip(clips, bad) if not b]) if not all(bad) else [])
@@ -274,7 +314,7 @@ def test_short_videos_share_dali_samples_and_keep_their_frames(short_vp9: list[t
     """One decoder set-up per DALI sample costs more than a dozen keyframes: clips of several videos with
     the same codec set-up are decoded as one sample, and every video still gets exactly its own seconds
     (also with more samples per DALI run and more pipeline threads, as the sampling benchmark tries)."""
-    samples = _CountingDecoder.install(monkeypatch)
+    samples = _CountingDecoder.install(monkeypatch, prepared_first=len(short_vp9))
     videos = [p for p, _ in short_vp9]
     sampler = DaliSampler(mode=mode, size=SIZE, streams=1)
     sampler.clips_per_run, sampler.decode_threads = layout
@@ -295,7 +335,7 @@ def test_a_damaged_video_in_a_merged_sample_fails_alone(short_vp9: list[tuple[Pa
     bad_path, bad_sid = short_vp9[2]
     with av.open(str(bad_path)) as c:
         bad_packets = {bytes(p) for p in c.demux(video=0) if p.size}
-    samples = _CountingDecoder.install(monkeypatch, fails_on=bad_packets)
+    samples = _CountingDecoder.install(monkeypatch, fails_on=bad_packets, prepared_first=len(short_vp9))
     videos = [p for p, _ in short_vp9]
     times, stamps, outcomes = _collect(list(DaliSampler(mode="keyframe", size=SIZE, streams=1).iter_batches(videos)))
     assert all(o.ok for o in outcomes), [str(o.error) for o in outcomes]
@@ -314,8 +354,8 @@ def test_a_clip_the_cutter_cannot_make_goes_to_the_cpu(cpu_decodable: list[tuple
 
     real = gpu.plan_clips
 
-    def cut_one_then_fail(plan, container, fh, max_frames=None):  # type: ignore[no-untyped-def]
-        clips = real(plan, container, fh, max_frames=2)
+    def cut_one_then_fail(plan, container, fh, max_frames=None, uncrop=False):  # type: ignore[no-untyped-def]
+        clips = real(plan, container, fh, max_frames=2, uncrop=uncrop)
         yield next(iter(clips))
         raise DecodeError("keyframe at 2.00s is cut off by the end of the file", path=plan.info.path)
 
@@ -544,6 +584,32 @@ def test_gpu_backend_frames_match_cpu_backend_pixels(make_clip: Callable[..., Pa
     assert gpu_times == cpu_times and gpu_frames.shape == cpu_frames.shape
     diff = (gpu_frames.cpu().float() - cpu_frames.float()).abs().mean().item()
     assert diff < 16.0, f"mean absolute pixel difference {diff:.1f}"
+
+
+@pytest.mark.gpu
+def test_gpu_backend_crops_uncropped_h264_like_the_cpu(make_clip: Callable[..., Path],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """200x120 H.264 is coded 208x128. NVDEC decodes its clips at the coded size (the SPS lost its
+    cropping so DALI's decoder cache matches) and the resize keeps 200x120: same frames as the CPU's."""
+    path = make_clip("nvdec_h264_200x120.mp4", codec="h264", width=200, height=120, fps=30, duration_s=4.0,
+                     keyframe_interval_s=1.0, source_id=21, style="highlight")
+    fed: list[tuple[float, float]] = []
+    real_feed = _clip_decoder.feed_clips
+
+    def spy(pipe, clips, indices=None):  # type: ignore[no-untyped-def]
+        fed.extend(c.roi for c in clips)
+        real_feed(pipe, clips, indices)
+
+    monkeypatch.setattr(_clip_decoder, "feed_clips", spy)
+    for square in (True, False):
+        gpu_frames, gpu_times, outcome = create_sampler("gpu", mode="keyframe", size=SIZE, square=square).sample_video(path)
+        cpu_frames, cpu_times, _ = create_sampler("cpu", mode="keyframe", size=SIZE, square=square).sample_video(path)
+        assert outcome.decoder == "nvdec" and gpu_times == cpu_times == [0.0, 1.0, 2.0, 3.0]
+        assert gpu_frames.shape == cpu_frames.shape
+        _check_stamps(gpu_times, _stamps(gpu_frames), 21)
+        diff = (gpu_frames.cpu().float() - cpu_frames.float()).abs().mean().item()
+        assert diff < 16.0, f"mean absolute pixel difference {diff:.1f}"
+    assert fed and all(roi == (120 / 128, 200 / 208) for roi in fed)
 
 
 @pytest.mark.gpu

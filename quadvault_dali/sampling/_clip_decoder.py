@@ -7,7 +7,7 @@ on a fresh pipeline and only the bad clip reports its error.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -70,12 +70,9 @@ class ClipDecoder:
         return self._pipe
 
     def _run(self, clips: list[Clip]) -> list[torch.Tensor]:
-        from ..pipelines import ENCODED_INPUT, FRAMES_INPUT
-
         self._wait_for_copies()
         pipe = self._pipeline()
-        pipe.feed_input(ENCODED_INPUT, [np.frombuffer(c.data, dtype=np.uint8) for c in clips])
-        pipe.feed_input(FRAMES_INPUT, [np.ascontiguousarray(c.frames, dtype=np.int32) for c in clips])
+        feed_clips(pipe, clips)
         (out,) = pipe.run()
         tensors = []
         copying_on: torch.device | None = None  # set once a copy out of DALI's buffers is queued on the GPU
@@ -112,6 +109,17 @@ class ClipDecoder:
                 self._discard_pipeline()
                 results.append(exc)
         return results
+
+
+def feed_clips(pipe: Any, clips: Sequence[Clip], indices: Sequence[np.ndarray] | None = None) -> None:
+    """Feeds one run of ``video_sampling_pipeline``: each clip's bytes, the frames wanted from it (``indices``
+    instead of the clips' own, to test DALI), and the region of its decoded frames to keep."""
+    from ..pipelines import ENCODED_INPUT, FRAMES_INPUT, ROI_INPUT
+
+    pipe.feed_input(ENCODED_INPUT, [np.frombuffer(c.data, dtype=np.uint8) for c in clips])
+    pipe.feed_input(FRAMES_INPUT, [np.ascontiguousarray(f, dtype=np.int32)
+                                   for f in (indices if indices is not None else [c.frames for c in clips])])
+    pipe.feed_input(ROI_INPUT, [np.array(c.roi, dtype=np.float32) for c in clips])
 
 
 def error_summary(exc: Exception, limit: int = 300) -> str:

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import DecodeError
 from ..probe import PacketIndex
+from ._h264_sps import Crop, uncrop_avcc, uncrop_packet
 from ._plan import SamplePlan
 from ._reader import CountingFile
 
@@ -77,6 +78,9 @@ class Clip:
     packets: int = 0
     runs: list[_Run] = field(default_factory=list, repr=False)  # its packets, kept so clips can be merged
     signature: Signature | None = None
+    #: (height, width) of the picture to keep, as fractions of the decoded one from its top-left corner:
+    #: below 1 where the clip's H.264 SPS was uncropped (``_h264_sps``) and decodes to the coded size
+    roi: tuple[float, float] = (1.0, 1.0)
 
     def __len__(self) -> int:
         return int(self.frames.shape[0])
@@ -94,8 +98,13 @@ def clip_signature(stream: av.video.stream.VideoStream) -> Signature:
             ctx.format.name if ctx.format is not None else "")
 
 
-def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run], signature: Signature | None = None) -> Clip:
-    """Writes ``runs`` (each starting at a keyframe) into one MP4 with regular, rank-based timestamps."""
+def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run], signature: Signature | None = None,
+             roi: tuple[float, float] = (1.0, 1.0)) -> Clip:
+    """Writes ``runs`` (each starting at a keyframe) into one MP4 with regular, rank-based timestamps.
+
+    With a ``roi`` (an uncropped H.264 stream) the MP4 carries the signature's configuration record and
+    says the picture is the coded size: FFmpeg-based demuxers and decoders then agree with the SPS.
+    """
     packets: list[SourcePacket] = []
     for run in runs:
         if not run.packets or not run.packets[0].is_key:
@@ -113,6 +122,10 @@ def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run], signat
     with av.open(buf, "w", format="mp4") as out:
         stream = out.add_stream_from_template(template)
         stream.time_base = _CLIP_TB
+        if roi != (1.0, 1.0) and signature is not None:
+            _, extradata, width, height, _ = signature
+            stream.codec_context.extradata = extradata
+            stream.codec_context.width, stream.codec_context.height = width, height
         for j, src in enumerate(packets):
             packet = av.Packet(src.data)
             packet.stream = stream
@@ -124,8 +137,8 @@ def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run], signat
             out.mux(packet)
     data = buf.getvalue()
     if len(data) > MERGEABLE_BYTES:  # not worth a second copy of its packets: it decodes alone
-        return Clip(data, frames, wanted, len(packets), [], None)
-    return Clip(data, frames, wanted, len(packets), list(runs), signature)
+        return Clip(data, frames, wanted, len(packets), [], None, roi)
+    return Clip(data, frames, wanted, len(packets), list(runs), signature, roi)
 
 
 def can_follow(clip: Clip, previous: Clip) -> bool:
@@ -152,7 +165,7 @@ def merge_clips(clips: Sequence[Clip]) -> Clip:
                          [t + shift for t in run.wanted]) for run in clip.runs)
         offset += max(stamps) - min(stamps) + 1.0
     with av.open(io.BytesIO(clips[0].data)) as first:  # the codec set-up of all of them
-        merged = mux_clip(first.streams.video[0], runs, clips[0].signature)
+        merged = mux_clip(first.streams.video[0], runs, clips[0].signature, clips[0].roi)
     merged.times = [t for clip in clips for t in clip.times]
     return merged
 
@@ -232,15 +245,33 @@ class _ClipPacker:
     """
 
     def __init__(self, template: av.video.stream.VideoStream, codec: str, max_frames: int,
-                 max_bytes: int = 1 << 62) -> None:
+                 max_bytes: int = 1 << 62, uncrop: bool = False) -> None:
         self.template, self.codec = template, codec
         self.signature = clip_signature(template)
+        self.roi = (1.0, 1.0)
+        self.crop: Crop | None = None  # the cropping dropped from this stream's SPS (``_uncrop``)
+        if uncrop and codec == "h264":
+            self._uncrop()
         self.max_frames, self.max_bytes = max_frames, max_bytes
         self.runs: list[_Run] = []
         self.frames = self.size = 0
 
+    def _uncrop(self) -> None:
+        """Clips of this stream carry its SPS without the bottom/right cropping (see ``_h264_sps``)."""
+        name, extradata, _, _, pix_fmt = self.signature
+        done = uncrop_avcc(extradata)
+        if done is None:
+            return
+        new_extradata, crop = done
+        self.signature = (name, new_extradata, crop.coded_width, crop.coded_height, pix_fmt)
+        self.roi = (crop.display_height / crop.coded_height, crop.display_width / crop.coded_width)
+        self.crop = crop
+
     def add(self, run: _Run) -> Clip | None:
         """Adds ``run``; returns the clip it closed, if any."""
+        if self.crop is not None:  # an SPS repeated in the stream must say what the configuration record says
+            crop = self.crop
+            run.packets = [SourcePacket(uncrop_packet(p.data, crop), p.pts_s, p.dts_s, p.is_key) for p in run.packets]
         first = run.packets[0]
         run.packets[0] = SourcePacket(clean_start(first.data, self.codec), first.pts_s, first.dts_s, first.is_key)
         run_bytes = sum(len(p.data) for p in run.packets)
@@ -254,7 +285,7 @@ class _ClipPacker:
         return done
 
     def finish(self) -> Clip | None:
-        clip = mux_clip(self.template, self.runs, self.signature) if self.runs else None
+        clip = mux_clip(self.template, self.runs, self.signature, self.roi) if self.runs else None
         self.runs, self.frames, self.size = [], 0, 0
         return clip
 
@@ -303,10 +334,10 @@ def frame_budget(width: int, height: int, pixels: int = CLIP_PIXELS) -> int:
 # --- keyframe mode -----------------------------------------------------------------------------
 
 def keyframe_clips(plan: SamplePlan, template: av.video.stream.VideoStream, fh: CountingFile,
-                   max_frames: int) -> Iterator[Clip]:
+                   max_frames: int, uncrop: bool = False) -> Iterator[Clip]:
     """Clips of the plan's keyframes, read straight from their index positions (MP4/MOV)."""
     index = plan.index
-    packer = _ClipPacker(template, plan.info.codec, max_frames)
+    packer = _ClipPacker(template, plan.info.codec, max_frames, uncrop=uncrop)
     for row in (int(r) for r in plan.key_packets):
         data = fh.read_at(int(index.pos[row]), int(index.size[row]))
         if len(data) < int(index.size[row]):
@@ -322,11 +353,11 @@ def keyframe_clips(plan: SamplePlan, template: av.video.stream.VideoStream, fh: 
 
 
 def demuxed_keyframe_clips(plan: SamplePlan, container: av.container.InputContainer,
-                           stream: av.video.stream.VideoStream, max_frames: int) -> Iterator[Clip]:
+                           stream: av.video.stream.VideoStream, max_frames: int, uncrop: bool = False) -> Iterator[Clip]:
     """Keyframe clips for containers whose index gives no raw positions (MKV, WebM, TS): seek, demux one."""
     start = stream.start_time or 0
     tb = stream.time_base
-    packer = _ClipPacker(stream, plan.info.codec, max_frames)
+    packer = _ClipPacker(stream, plan.info.codec, max_frames, uncrop=uncrop)
     for row in plan.key_packets:
         t = float(plan.index.pts[row])
         container.seek(start + int(round(t / tb)), stream=stream, backward=True, any_frame=False)
@@ -424,9 +455,9 @@ def _read_run(container: av.container.InputContainer, stream: av.video.stream.Vi
 
 
 def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
-                max_frames: int, max_bytes: int = 64 << 20) -> Iterator[Clip]:
+                max_frames: int, max_bytes: int = 64 << 20, uncrop: bool = False) -> Iterator[Clip]:
     """Clips of runs (keyframe .. last needed packet) holding the frame nearest every grid time, once."""
-    packer = _ClipPacker(stream, plan.info.codec, max_frames, max_bytes)
+    packer = _ClipPacker(stream, plan.info.codec, max_frames, max_bytes, uncrop=uncrop)
     last_emitted: float | None = None
     for key_time, seek_s, times in _groups(plan):
         for lo in range(0, len(times), max_frames):
@@ -452,12 +483,16 @@ def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream
 
 
 def plan_clips(plan: SamplePlan, container: av.container.InputContainer, fh: CountingFile,
-               max_frames: int | None = None) -> Iterable[Clip]:
-    """The clips that carry ``plan``: keyframes read directly where the index allows, else demuxed."""
+               max_frames: int | None = None, uncrop: bool = False) -> Iterable[Clip]:
+    """The clips that carry ``plan``: keyframes read directly where the index allows, else demuxed.
+
+    ``uncrop``: H.264 clips decode to their coded size and say what to keep in ``Clip.roi`` (for DALI's
+    NVDEC decoder cache, see ``_h264_sps``); a decoder that crops by itself must not be given them.
+    """
     stream = container.streams[plan.info.stream_index]  # the file's stream index, not the n-th video
     budget = max_frames or frame_budget(plan.info.coded_width, plan.info.coded_height)
     if plan.mode == "exact":
-        return exact_clips(plan, container, stream, budget)
+        return exact_clips(plan, container, stream, budget, uncrop=uncrop)
     if plan.index.raw_positions:
-        return keyframe_clips(plan, stream, fh, budget)
-    return demuxed_keyframe_clips(plan, container, stream, budget)
+        return keyframe_clips(plan, stream, fh, budget, uncrop=uncrop)
+    return demuxed_keyframe_clips(plan, container, stream, budget, uncrop=uncrop)

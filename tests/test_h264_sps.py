@@ -1,0 +1,248 @@
+"""H.264 SPS uncropping: what lets DALI reuse its NVDEC decoders on 1080p (coded 1088) footage.
+
+The decoded pixels must not change: a clip whose SPS lost its cropping decodes to the coded size, and the
+displayed rectangle of it equals the original decode exactly, whatever the SPS's other syntax (scaling
+matrices, picture order type, interlacing, an SPS repeated before every keyframe).
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from quadvault_dali.probe import open_container, probe_open
+from quadvault_dali.sampling._h264_sps import Crop, escape, sps_crop, uncrop_avcc, uncrop_packet, unescape, uncropped_sps
+from quadvault_dali.sampling._plan import plan_samples
+from quadvault_dali.sampling._reader import CountingFile
+from quadvault_dali.sampling._remux import decode_clip, plan_clips
+from quadvault_dali.synth import SynthSpec, draw_stamp, _scene
+
+
+def _encode(path: Path, width: int, height: int, x264_params: str = "", frames: int = 20, fps: int = 10,
+            pix_fmt: str = "yuv420p", profile: str | None = None) -> Path:
+    """A short H.264 MP4 with a keyframe every second and the given x264 parameters."""
+    if path.exists():
+        return path
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        params = f"keyint={fps}:min-keyint={fps}:scenecut=0" + (f":{x264_params}" if x264_params else "")
+        stream.options = {"preset": "veryfast", "x264-params": params, **({"profile": profile} if profile else {})}
+        stream.codec_context.time_base = Fraction(1, fps)
+        for i in range(frames):
+            t = i / fps
+            image = _scene(SynthSpec().style_at(t), t, height, width, 0)
+            draw_stamp(image, t, 7)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format=pix_fmt)
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+VARIANTS = {
+    "plain": dict(width=200, height=120),  # coded 208x128: cropped right and bottom
+    "bottom_only": dict(width=320, height=180),  # coded 320x192
+    "pps_scaling_matrix": dict(width=200, height=120, x264_params="cqm=jvt"),  # x264 puts it in the PPS
+    "poc_type_2": dict(width=200, height=120, x264_params="bframes=0"),
+    "interlaced": dict(width=200, height=120, x264_params="tff=1"),
+    "repeat_headers": dict(width=200, height=120, x264_params="repeat-headers=1"),
+    "high444": dict(width=200, height=120, pix_fmt="yuv444p", profile="high444"),
+}
+
+
+@pytest.fixture(scope="module")
+def h264_variants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("sps")
+    return {name: _encode(folder / f"{name}.mp4", **spec) for name, spec in VARIANTS.items()}  # type: ignore[arg-type]
+
+
+def _extradata(path: Path) -> bytes:
+    with av.open(str(path)) as c:
+        return bytes(c.streams.video[0].codec_context.extradata)
+
+
+def _sps_of(avcc: bytes) -> bytes:
+    size = int.from_bytes(avcc[6:8], "big")
+    return avcc[8:8 + size]
+
+
+def _clips(path: Path, mode: str, uncrop: bool) -> list:
+    fh = CountingFile(path)
+    container = open_container(path, fh)
+    try:
+        info, index = probe_open(container, path)
+        return list(plan_clips(plan_samples(info, index, fps=1.0, mode=mode), container, fh, uncrop=uncrop))
+    finally:
+        container.close(), fh.close()
+
+
+def _frames(clips: list) -> list[np.ndarray]:
+    return [frame.to_ndarray(format="rgb24") for clip in clips for frame, _ in decode_clip(clip)]
+
+
+def test_the_crop_of_real_x264_streams(h264_variants: dict[str, Path]) -> None:
+    crop = sps_crop(_sps_of(_extradata(h264_variants["plain"])))
+    assert crop == Crop(208, 128, 0, 8, 0, 8) and (crop.display_width, crop.display_height) == (200, 120)
+    assert sps_crop(_sps_of(_extradata(h264_variants["bottom_only"]))) == Crop(320, 192, 0, 0, 0, 12)
+    interlaced = sps_crop(_sps_of(_extradata(h264_variants["interlaced"])))
+    assert (interlaced.coded_height, interlaced.display_height) == (128, 120)
+    high444 = sps_crop(_sps_of(_extradata(h264_variants["high444"])))
+    assert (high444.display_width, high444.display_height) == (200, 120)
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_uncropped_sps_keeps_everything_else(h264_variants: dict[str, Path], name: str) -> None:
+    sps = _sps_of(_extradata(h264_variants[name]))
+    new, crop = uncropped_sps(sps)  # type: ignore[misc]
+    assert crop == sps_crop(sps)
+    again = sps_crop(new)
+    assert (again.coded_width, again.coded_height) == (crop.coded_width, crop.coded_height)
+    assert (again.left, again.right, again.top, again.bottom) == (0, 0, 0, 0)
+    assert uncropped_sps(new) is None  # nothing left to drop
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+@pytest.mark.parametrize("mode", ["keyframe", "exact"])
+def test_uncropped_clips_decode_to_the_same_pixels(h264_variants: dict[str, Path], name: str, mode: str) -> None:
+    path = h264_variants[name]
+    plain = _clips(path, mode, uncrop=False)
+    uncropped = _clips(path, mode, uncrop=True)
+    crop = sps_crop(_sps_of(_extradata(path)))
+    assert all(c.roi == (1.0, 1.0) for c in plain)
+    assert all(c.roi == (crop.display_height / crop.coded_height, crop.display_width / crop.coded_width)
+               for c in uncropped)
+    assert [c.times for c in uncropped] == [c.times for c in plain]
+    before, after = _frames(plain), _frames(uncropped)
+    assert len(before) == len(after) > 0
+    for a, b in zip(before, after):
+        assert a.shape == (crop.display_height, crop.display_width, 3)
+        assert b.shape == (crop.coded_height, crop.coded_width, 3)
+        assert np.array_equal(b[:crop.display_height, :crop.display_width], a)
+
+
+def test_a_stream_without_cropping_is_left_alone(make_clip) -> None:
+    path = make_clip("sps_uncropped_128x80.mp4", codec="h264", width=128, height=80, fps=10, duration_s=2.0)
+    assert uncrop_avcc(_extradata(path)) is None
+    clips = _clips(path, "keyframe", uncrop=True)
+    assert clips and all(c.roi == (1.0, 1.0) for c in clips)
+
+
+def test_an_sps_repeated_in_the_stream_is_rewritten_too(h264_variants: dict[str, Path]) -> None:
+    path = h264_variants["repeat_headers"]
+    crop = sps_crop(_sps_of(_extradata(path)))
+    with av.open(str(path)) as c:
+        key = next(bytes(p) for p in c.demux(video=0) if p.is_keyframe and p.size)
+    rewritten = uncrop_packet(key, crop)
+    assert rewritten != key
+    nals, pos = [], 0
+    while pos < len(rewritten):
+        size = int.from_bytes(rewritten[pos:pos + 4], "big")
+        nals.append(rewritten[pos + 4:pos + 4 + size])
+        pos += 4 + size
+    spss = [n for n in nals if n[0] & 0x1F == 7]
+    assert len(spss) == 1 and sps_crop(spss[0]).bottom == 0
+    other = Crop(crop.coded_width, crop.coded_height, 0, 0, 0, 4)
+    with pytest.raises(ValueError, match="SPS inside the stream"):
+        uncrop_packet(key, other)
+
+
+class _Writer:
+    """Bits of a hand-made SPS, written by the syntax table of H.264 7.3.2.1.1."""
+
+    def __init__(self) -> None:
+        self.bits: list[int] = []
+
+    def u(self, n: int, value: int) -> "_Writer":
+        self.bits.extend((value >> (n - 1 - i)) & 1 for i in range(n))
+        return self
+
+    def ue(self, value: int) -> "_Writer":
+        code = value + 1
+        return self.u(code.bit_length() - 1, 0).u(code.bit_length(), code)
+
+    def se(self, value: int) -> "_Writer":
+        return self.ue(2 * value - 1 if value > 0 else -2 * value)
+
+    def nal(self) -> bytes:
+        bits = self.bits + [1] + [0] * (-(len(self.bits) + 1) % 8)
+        rbsp = bytes(int("".join(map(str, bits[i:i + 8])), 2) for i in range(0, len(bits), 8))
+        return b"\x67" + escape(rbsp)
+
+
+def _hand_made_sps(crop: tuple[int, int, int, int] | None) -> bytes:
+    """High profile, 4:2:0, scaling lists (4x4 and 8x8, one ending early), picture order type 1 with a
+    cycle, field coding (crop units of 2x4), and a VUI after the cropping that must survive untouched."""
+    w = _Writer().u(8, 100).u(8, 0).u(8, 40).ue(0)  # profile, constraints, level, sps id
+    w.ue(1).ue(0).ue(0).u(1, 0)  # chroma 4:2:0, 8-bit, no transform bypass
+    w.u(1, 1)  # seq_scaling_matrix_present_flag
+    for i in range(8):
+        w.u(1, i in (0, 3, 6))
+        if i in (0, 3):
+            for delta in [3, -2, 0, 5, 1, -1, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]:
+                w.se(delta)
+        elif i == 6:
+            w.se(-8)  # next scale 0: the rest of the 8x8 list is implied
+    w.ue(2).ue(1)  # log2_max_frame_num_minus4, pic_order_cnt_type 1
+    w.u(1, 0).se(-3).se(4).ue(3).se(1).se(-2).se(7)
+    w.ue(4).u(1, 0)  # max_num_ref_frames, gaps
+    w.ue(119).ue(33)  # 1920 wide, 34 map units: 1088 rows with field coding
+    w.u(1, 0).u(1, 1).u(1, 1)  # frame_mbs_only 0, mbaff 1, direct_8x8_inference
+    if crop is None:
+        w.u(1, 0)
+    else:
+        w.u(1, 1)
+        for v in crop:
+            w.ue(v)
+    w.u(1, 1)  # vui_parameters_present_flag
+    w.u(1, 1).u(8, 255).u(16, 1).u(16, 1)  # aspect ratio: extended SAR 1:1
+    w.u(1, 0).u(1, 0).u(1, 0)  # no overscan, video signal or chroma location info
+    w.u(1, 1).u(32, 1001).u(32, 60000).u(1, 1)  # timing info
+    w.u(1, 0).u(1, 0).u(1, 0)  # no HRD, no bitstream restriction
+    return w.nal()
+
+
+def test_every_branch_of_the_sps_syntax_before_the_cropping() -> None:
+    cropped = _hand_made_sps((0, 0, 0, 2))  # 2 units of 4 rows: 1088 -> 1080
+    crop = sps_crop(cropped)
+    assert crop == Crop(1920, 1088, 0, 0, 0, 8)
+    new, dropped = uncropped_sps(cropped)  # type: ignore[misc]
+    assert dropped == crop
+    assert new == _hand_made_sps(None)  # bit for bit what an encoder writes without cropping
+    assert uncropped_sps(_hand_made_sps((1, 0, 0, 2))) is None  # a left crop is not padding: kept
+
+
+def test_emulation_prevention_round_trips() -> None:
+    rng = random.Random(5)
+    for _ in range(200):
+        rbsp = bytes(rng.choice([0, 0, 0, 1, 2, 3, 0x80, 0xFF]) for _ in range(rng.randint(1, 40))) + b"\x80"
+        payload = escape(rbsp)
+        assert b"\x00\x00\x00" not in payload and b"\x00\x00\x01" not in payload and b"\x00\x00\x02" not in payload
+        assert unescape(payload) == rbsp
+
+
+def test_not_an_sps_or_damaged_is_refused() -> None:
+    with pytest.raises(ValueError, match="not an H.264 sequence parameter set"):
+        sps_crop(b"\x68\xee\x3c\x80")  # a PPS
+    with pytest.raises(ValueError, match="truncated"):
+        sps_crop(b"\x67\x64")
+    assert uncropped_sps(b"\x67\x64") is None
+    assert uncrop_avcc(b"") is None and uncrop_avcc(b"\x00\x00\x00\x01\x67") is None  # Annex B, not avcC
+
+
+def test_merged_uncropped_clips_keep_the_region(h264_variants: dict[str, Path]) -> None:
+    from quadvault_dali.sampling._remux import can_follow, merge_clips
+
+    first, second = _clips(h264_variants["plain"], "keyframe", True), _clips(h264_variants["plain"], "keyframe", True)
+    assert can_follow(second[0], first[-1])
+    merged = merge_clips([first[-1], second[0]])
+    assert merged.roi == first[-1].roi and len(merged) == len(first[-1]) + len(second[0])
+    with av.open(io.BytesIO(merged.data)) as c:
+        ctx = c.streams.video[0].codec_context
+        assert (ctx.width, ctx.height) == (208, 128)
