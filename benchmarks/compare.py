@@ -43,6 +43,8 @@ _SKIP_SECTIONS = {"machine", "versions", "library", "config", "goals_h100", "cat
 _KIND_ALIASES = {"sampling": "sampling", "sample": "sampling", "decode": "sampling", "train": "train",
                  "training": "train", "scan": "scan", "scanning": "scan"}
 _DEVICE_ALIASES = {"gpu": "gpu", "cuda": "gpu", "mixed": "gpu", "dali": "gpu", "cpu": "cpu"}
+#: Benchmarks of this project that are not compared across machines here (their JSON is read on its own).
+_OWN_REPORTS = {"prep", "gpu_diagnose"}
 _ALL_METRIC_KEYS = {k for _, keys in METRICS.values() for k in keys} | {"frames_per_s", "images_per_s"}
 UNKNOWN_CPU = "unknown CPU"
 _CONFIG_KEYS = ("mode", "sampling", "codec", "resolution", "processes", "streams", "layout", "batch_size", "model", "architecture",
@@ -189,6 +191,9 @@ def _read(path: Path) -> tuple[dict[str, Any], Machine, str] | None:
         log.warning("skipping %s: %s", path.name, exc)
         return None
     kind = detect_kind(doc, path)
+    if kind is None and str(doc.get("benchmark")) in _OWN_REPORTS:
+        log.info("%s: a %s result, read on its own (not a GPU comparison)", path.name, doc["benchmark"])
+        return None
     if kind is None:
         log.warning("skipping %s: unknown benchmark (no 'benchmark' field and the name does not start with "
                     "sampling/train/scan)", path.name)

@@ -9,25 +9,27 @@
 #   STEPS=tests bash benchmarks/gpu_check.sh                        # only some steps
 #
 # Steps: prebuild (starts building the scan benchmark's library and the sampling clips in the background, in their own process
-# session, so it outlives this call on a warm machine), tests, sampling, diagnose (benchmarks/gpu_diagnose.py: the
+# session, so it outlives this call on a warm machine), tests, sampling, prep (benchmarks/prep_bench.py: the gpu
+# backend's Python side alone on this host's CPU, ~15 s, $OUT/prep_<gpu>.json), diagnose (benchmarks/gpu_diagnose.py: the
 # decode cost structure and colour checks, ~2 min, $OUT/diagnose_<gpu>.json), scan (waits for a prebuild), train,
 # corpus (tests/test_scan_corpus.py on the GPU, only when QUADVAULT_CORPUS names a copy of the corpus),
 # demo (the README's first command, end to end on the GPU). One device command may run 10 minutes, so the
 # documented lease runs two calls:
 #   STEPS=prebuild,tests,sampling   then   STEPS=scan,train,demo   (diagnose on its own: STEPS=diagnose)
 #
-# Sizes (override with the environment): SAMPLING_ARGS, SCAN_ARGS, TRAIN_ARGS; limits in seconds:
-# TESTS_S, SAMPLING_S, DIAGNOSE_S, SCAN_S, TRAIN_S, DEMO_S (and DIAGNOSE_ARGS). The defaults keep each documented
+# Sizes (override with the environment): SAMPLING_ARGS, SCAN_ARGS, TRAIN_ARGS, PREP_ARGS; limits in seconds:
+# TESTS_S, SAMPLING_S, PREP_S, DIAGNOSE_S, SCAN_S, TRAIN_S, DEMO_S (and DIAGNOSE_ARGS). The defaults keep each documented
 # call under the device tool's 600 s even when every step runs to its limit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/quadvault-gpu-check}
 mkdir -p "$OUT"
 WORK=${WORK:-/root/quadvault-gpu-work}
-STEPS=${STEPS:-prebuild,tests,sampling,diagnose,scan,train,demo}
+STEPS=${STEPS:-prebuild,tests,sampling,prep,diagnose,scan,train,demo}
 TESTS_S=${TESTS_S:-200}
 SAMPLING_S=${SAMPLING_S:-240}
 DIAGNOSE_S=${DIAGNOSE_S:-150}
+PREP_S=${PREP_S:-60}
 SCAN_S=${SCAN_S:-220}
 TRAIN_S=${TRAIN_S:-120}
 DEMO_S=${DEMO_S:-120}
@@ -36,6 +38,7 @@ CORPUS_S=${CORPUS_S:-150}
 SAMPLING_ARGS=${SAMPLING_ARGS:---videos 64 --cpu-videos 8 --duration 8 --streams 1,2,4,8}
 SCAN_ARGS=${SCAN_ARGS:---videos 200 --streams 8 --batch-size 256}
 TRAIN_ARGS=${TRAIN_ARGS:-}
+PREP_ARGS=${PREP_ARGS:---videos 100 --duration 8 --streams 4 --repeats 1}  # --duration as in SAMPLING_ARGS
 DIAGNOSE_ARGS=${DIAGNOSE_ARGS:-}  # e.g. --quick, --sections decode, --budget-s 90
 TEST_ARGS=${TEST_ARGS:-}  # e.g. "-n 4 --timeout 120" where pytest-xdist and pytest-timeout are installed
 DEVICE=${DEVICE:-gpu}  # cpu only to try this script on a machine without a GPU
@@ -112,6 +115,9 @@ wants sampling && wait_prebuild "${IDLE_WAIT_S:-90}"  # CPU baselines are timed 
 # shellcheck disable=SC2086
 step sampling "$SAMPLING_S" python3 benchmarks/sampling_bench.py $SAMPLING_ARGS --work "$WORK/sampling" \
   --out "$OUT/sampling_$gpu.json"
+# The CPU ceiling of the gpu backend on this host's cores: its Python side with no decoding (same clips).
+# shellcheck disable=SC2086
+step prep "$PREP_S" python3 benchmarks/prep_bench.py $PREP_ARGS --work "$WORK/sampling" --out "$OUT/prep_$gpu.json"
 # Why sampling is as fast as it is: decode cost per DALI sample/run/thread/pipeline, decoder memory, colour sources.
 # It times itself (--budget-s 120 by default) and generates its own videos into $WORK/diagnose.
 # shellcheck disable=SC2086

@@ -235,3 +235,21 @@ def test_only_clips_small_enough_to_merge_keep_a_copy_of_their_packets(make_clip
     big = _build(path, "keyframe")[0][0]
     assert big.data == small.data and not big.runs and big.signature is None
     assert not remux.can_follow(big, small) and not remux.can_follow(small, big)
+
+
+def test_merges_of_one_codec_set_up_share_one_small_template(make_clip: Callable[..., Path]) -> None:
+    """Opening an MP4 probes it (FFmpeg decodes H.264 frames to do so): merged samples mux from a template
+    opened once per codec set-up, holding one keyframe; the merged clip decodes to every clip's frames."""
+    import quadvault_dali.sampling._remux as remux
+
+    path = _clip_path(make_clip, "h264_bframes")
+    first, second = _build(path, "keyframe")[0][0], _build(path, "keyframe")[0][0]
+    remux._templates.clear()
+    merged = remux.merge_clips([first, second])
+    opened = remux._templates[first.signature]
+    remux.merge_clips([second, first])
+    assert list(remux._templates) == [first.signature] and remux._templates[first.signature] is opened
+    assert opened.streams.video[0].frames == 1  # one keyframe, not the clip
+    assert merged.times == first.times + second.times and len(merged) == len(first) + len(second)
+    stamps = _decoded_stamps(merged, 0)
+    assert stamps == pytest.approx(first.times + second.times, abs=STAMP_TOL)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Iterable, Iterator, Sequence
@@ -156,6 +158,7 @@ def merge_clips(clips: Sequence[Clip]) -> Clip:
     """
     if len(clips) == 1:
         return clips[0]
+    template = _template_stream(clips[0])
     runs: list[_Run] = []
     offset = 0.0
     for clip in clips:
@@ -164,10 +167,42 @@ def merge_clips(clips: Sequence[Clip]) -> Clip:
         runs.extend(_Run([SourcePacket(p.data, p.pts_s + shift, p.dts_s + shift, p.is_key) for p in run.packets],
                          [t + shift for t in run.wanted]) for run in clip.runs)
         offset += max(stamps) - min(stamps) + 1.0
-    with av.open(io.BytesIO(clips[0].data)) as first:  # the codec set-up of all of them
-        merged = mux_clip(first.streams.video[0], runs, clips[0].signature, clips[0].roi)
+    merged = mux_clip(template, runs, clips[0].signature, clips[0].roi)
     merged.times = [t for clip in clips for t in clip.times]
     return merged
+
+
+#: Template streams kept for ``merge_clips``, one per codec set-up (``Signature``), least recently used out.
+TEMPLATES_KEPT = 16
+_templates: "OrderedDict[Signature, av.container.InputContainer]" = OrderedDict()
+_templates_lock = threading.Lock()
+
+
+def _template_stream(clip: Clip) -> av.video.stream.VideoStream:
+    """A stream with ``clip``'s codec set-up to mux merged clips from, opened once per set-up.
+
+    Opening an MP4 probes it, and for H.264 FFmpeg's probe decodes frames on the CPU (~4 ms at 1080p):
+    once per set-up, not once per merged sample. The template holds one keyframe, not the clip. An evicted
+    template is not closed here: a thread may still be muxing from it; it closes when unreferenced.
+    """
+    key = clip.signature
+    if key is None:
+        raise ValueError("a clip without its packets cannot be merged")
+    with _templates_lock:
+        container = _templates.get(key)
+        if container is not None:
+            _templates.move_to_end(key)
+            return container.streams.video[0]
+    with av.open(io.BytesIO(clip.data)) as source:
+        first = _Run(clip.runs[0].packets[:1], [])
+        header = mux_clip(source.streams.video[0], [first], key, clip.roi).data
+    container = av.open(io.BytesIO(header))
+    with _templates_lock:
+        _templates[key] = container
+        _templates.move_to_end(key)
+        while len(_templates) > TEMPLATES_KEPT:
+            _templates.popitem(last=False)
+    return container.streams.video[0]
 
 
 def _nal_headers(data: bytes) -> list[int]:

@@ -1,0 +1,125 @@
+"""The CPU ceiling of the gpu backend: how many frames/s its Python side can feed, with no decoding at all.
+
+The gpu backend probes, plans and cuts every video into in-memory clips (``_remux``), merges short ones
+into shared DALI samples and hands frames over in order, in threads of one Python process. Whatever NVDEC
+can do, sampling cannot run faster than that machinery. This runs ``DaliSampler.iter_batches`` with the
+DALI decoder replaced by one that only takes each sample's bytes (as feeding DALI does) and returns blank
+frames, over hard-linked copies of the sampling benchmark's clips, and reports sampled frames/s and the
+process's CPU milliseconds per frame. Needs no GPU; the numbers are those of the machine's CPU.
+
+    python benchmarks/prep_bench.py --quick                 # ~1 minute on 2 cores
+    python benchmarks/prep_bench.py --videos 200 --duration 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from _results import write_json
+from quadvault_dali.sampling import _gpu
+from quadvault_dali.sampling._clip_decoder import ClipDecoder
+from quadvault_dali.sampling._remux import Clip
+from sampling_bench import clip_specs, linked_copies, machine, make_clip, slug, versions
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class NullDecoder(ClipDecoder):
+    """Takes each sample's bytes and region like ``feed_clips`` and returns blank frames: no DALI at all."""
+
+    def decode(self, clips: list[Clip]) -> list[torch.Tensor | Exception]:
+        out: list[torch.Tensor | Exception] = []
+        for clip in clips:
+            np.frombuffer(clip.data, dtype=np.uint8)
+            np.array(clip.roi, dtype=np.float32)
+            out.append(torch.zeros((len(clip), 3, self.size, self.size), dtype=torch.uint8))
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+class PrepOnlySampler(_gpu.DaliSampler):
+    """The gpu backend's machinery on H.264/HEVC with the null decoder (any codec passes the limitation check)."""
+
+    decoder_name = "null"
+
+    def __init__(self, uncrop: bool = True, **config: Any) -> None:
+        super().__init__(**config)
+        self.uncrop_h264 = uncrop
+
+    def _limitation(self, info: Any) -> str | None:
+        return None
+
+    def _clip_decoder(self) -> ClipDecoder:
+        cfg = self.config
+        return NullDecoder("cpu", None, cfg.size, cfg.square, self.clips_per_run, num_threads=self.decode_threads)
+
+
+def measure(videos: list[Path], streams: int, size: int, uncrop: bool, repeats: int) -> dict[str, Any]:
+    """The median of ``repeats`` passes over ``videos`` (after a warm-up pass over two)."""
+    sampler = PrepOnlySampler(uncrop=uncrop, mode="keyframe", size=size, streams=streams)
+    for _ in sampler.iter_batches(videos[:2]):  # imports, first-use costs, templates
+        pass
+    passes = []
+    for _ in range(repeats):
+        frames = 0
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        for batch in sampler.iter_batches(videos):
+            frames += len(batch)
+        passes.append((time.perf_counter() - wall0, time.process_time() - cpu0, frames))
+    wall, cpu, frames = sorted(passes)[len(passes) // 2]
+    return {"streams": streams, "uncrop_h264": uncrop, "videos": len(videos), "frames": frames, "repeats": repeats,
+            "seconds": round(wall, 3), "sampled_fps": round(frames / wall, 1),
+            "cpu_ms_per_frame": round(1000 * cpu / max(frames, 1), 3)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="24 copies of 4-s clips")
+    ap.add_argument("--videos", type=int, default=None, help="copies of each clip per measurement")
+    ap.add_argument("--duration", type=float, default=8.0, help="clip length in seconds")
+    ap.add_argument("--streams", default="1,4", help="decode streams (threads) to try")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--repeats", type=int, default=3, help="passes per row; the median is reported")
+    ap.add_argument("--work", type=Path, default=None, help="where generated clips are kept (shared with sampling_bench)")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    work = args.work or Path(tempfile.gettempdir()) / "quadvault-sampling-bench"
+    duration = 4.0 if args.quick else args.duration
+    n_videos = args.videos or (24 if args.quick else 200)
+    # the sampling benchmark's clips (same names: a GPU lease builds them once for both), less 2160p k2
+    specs = [c for c in clip_specs(False, duration) if c.codec == "h264" or c.keyframe_s == 1.0]
+    info = machine()
+    info["gpu"] = None  # measured on the CPU whatever the machine has
+    out = args.out or RESULTS / f"prep_{slug(info)}{'_quick' if args.quick else ''}.json"
+    results: list[dict[str, Any]] = []
+    doc = {"benchmark": "prep", "quick": args.quick, "machine": info, "versions": versions(),
+           "config": {"videos_per_measurement": n_videos, "clip_duration_s": duration, "mode": "keyframe",
+                      "size": args.size, "cpu_count": os.cpu_count()},
+           "results": results}
+    for spec in specs:
+        path = make_clip(work, spec)
+        videos = linked_copies(path, n_videos, work / "copies")
+        for streams in (int(s) for s in args.streams.split(",")):
+            for uncrop in ((True, False) if spec.codec == "h264" else (True,)):
+                row = {"clip": spec.name, "codec": spec.codec, **measure(videos, streams, args.size, uncrop, args.repeats)}
+                results.append(row)
+                print(f"  {spec.name:18} streams={streams} uncrop={uncrop!s:5} {row['sampled_fps']:8.1f} frames/s "
+                      f"{row['cpu_ms_per_frame']:.3f} CPU ms/frame", file=sys.stderr, flush=True)
+                write_json(out, doc)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
