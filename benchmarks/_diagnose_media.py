@@ -21,7 +21,7 @@ import torch
 from quadvault_dali.probe import VideoInfo, open_container, probe_open
 from quadvault_dali.sampling import plan_samples
 from quadvault_dali.sampling._reader import CountingFile
-from quadvault_dali.sampling._h264_sps import uncrop_avcc, uncrop_packet
+from quadvault_dali.sampling._uncrop import uncrop_config, uncrop_packet
 from quadvault_dali.sampling._remux import Clip, SourcePacket, _Run, clip_signature, decode_clip, mux_clip, plan_clips
 from quadvault_dali.synth import SynthSpec, make_video, read_stamp
 
@@ -116,7 +116,7 @@ def plan_cut(path: Path) -> tuple[VideoInfo, list[Clip]]:
 def concat_keyframes(path: Path, copies: int, uncrop: bool = False) -> tuple[Clip, list[float]] | None:
     """One MP4 of the video's sampled keyframes, ``copies`` times back to back (source times offset per copy
     so they rise strictly), as if several videos with the same codec parameters shared one DALI sample.
-    Returns the clip and the time each frame's stamp shows. ``uncrop``: with the H.264 SPS's cropping
+    Returns the clip and the time each frame's stamp shows. ``uncrop``: with the SPS's cropping
     dropped, as the gpu backend cuts it (``None`` for a stream with nothing to drop)."""
     info, plan, fh, container = keyframe_plan(path)
     try:
@@ -127,13 +127,13 @@ def concat_keyframes(path: Path, copies: int, uncrop: bool = False) -> tuple[Cli
         times = [round(float(index.pts[r]), 6) for r in rows]
         signature, roi = None, (1.0, 1.0)
         if uncrop:
-            done = uncrop_avcc(bytes(stream.codec_context.extradata or b"")) if info.codec == "h264" else None
+            done = uncrop_config(info.codec, bytes(stream.codec_context.extradata or b""))
             if done is None:
                 return None
-            extradata, crop = done
-            data = [uncrop_packet(d, crop) for d in data]
+            crop = done.crop
+            data = [uncrop_packet(d, info.codec, crop, done.length_size) for d in data]
             name, _, _, _, pix_fmt = clip_signature(stream)
-            signature = (name, extradata, crop.coded_width, crop.coded_height, pix_fmt)
+            signature = (name, done.extradata, crop.coded_width, crop.coded_height, pix_fmt)
             roi = (crop.display_height / crop.coded_height, crop.display_width / crop.coded_width)
         step = float(np.ceil(max(times) + 1.0))
         runs = [_Run([SourcePacket(d, t + k * step, t + k * step, True)], [t + k * step])

@@ -80,7 +80,7 @@ def run_sampler(device: str, videos: list[Path], layout: tuple[int, int, bool] |
     """Samples all ``videos`` once (after a warm-up); frames/s and bytes read. ``layout``: (DALI samples per
     run, pipeline threads) per decode stream instead of the sampler's defaults; ``processes``: decoding
     processes, each with ``streams`` streams (their start-up is part of the warm-up, not the measurement)."""
-    attrs: dict[str, Any] = dict(zip(("clips_per_run", "decode_threads", "uncrop_h264"), layout)) if layout else {}
+    attrs: dict[str, Any] = dict(zip(("clips_per_run", "decode_threads", "uncrop_sps"), layout)) if layout else {}
     if processes > 1:
         from quadvault_dali.sampling._base import _BACKENDS
         from quadvault_dali.sampling._processes import ProcessSampler
@@ -151,9 +151,9 @@ def linked_copies(path: Path, count: int, folder: Path) -> list[Path]:
 
 
 def parse_layout(text: str) -> tuple[int, int, int, int, bool]:
-    """``4p2x4x4`` -> (processes 4, streams 2, samples per run 4, threads 4, uncrop H.264 True); ``2x8x8`` is
-    one process; a trailing ``c`` keeps H.264 clips cropped (``4x4x4c``: DALI's decoder cache missing on
-    1080p H.264, the A/B for ``sampling._h264_sps``)."""
+    """``4p2x4x4`` -> (processes 4, streams 2, samples per run 4, threads 4, uncropped SPS True); ``2x8x8`` is
+    one process; a trailing ``c`` keeps H.264/HEVC clips cropped (``4x4x4c``: DALI's decoder cache missing on
+    1080p H.264, the A/B for ``sampling._uncrop``)."""
     match = re.fullmatch(r"(?:(\d+)p)?(\d+)x(\d+)x(\d+)(c?)", text.strip())
     if not match:
         raise ValueError(f"a layout is [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c], like 4p2x4x4; got {text!r}")
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--streams", default="1,2,4,8", help="gpu decode streams to try")
     ap.add_argument("--layouts", default="4x4x4,4x4x4c,8x4x4,16x4x2",
                     help="more gpu keyframe rows as [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c] (streams per "
-                         "process; c: H.264 clips keep their SPS cropping; the --streams rows are 1 process with "
+                         "process; c: H.264/HEVC clips keep their SPS cropping; the --streams rows are 1 process with "
                          "the defaults, x4x4)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--work", type=Path, default=None, help="where generated clips are kept (reused)")
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             for layout in filter(None, args.layouts.split(",")):
                 processes, streams, per_run, threads, uncrop = parse_layout(layout)
                 rows.append({"backend": "gpu", "mode": "keyframe", "streams": streams * processes, "layout": layout,
-                             "processes": processes, "videos": n_videos, "uncrop_h264": uncrop,
+                             "processes": processes, "videos": n_videos, "uncrop_sps": uncrop,
                              **try_sampler("gpu", videos, layout=(per_run, threads, uncrop), processes=processes,
                                            mode="keyframe", size=args.size, streams=streams)})
                 _print_row(spec, rows[-1])

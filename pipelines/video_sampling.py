@@ -17,7 +17,7 @@ from nvidia.dali import fn, pipeline_def, types
 ENCODED_INPUT = "encoded"
 FRAMES_INPUT = "frames"
 #: per clip, (height, width) of the region to keep as fractions of the decoded picture, from its top-left
-#: corner: (1, 1) but for H.264 clips decoded to their coded size (``sampling._h264_sps``)
+#: corner: (1, 1) but for H.264/HEVC clips decoded to their coded size (``sampling._uncrop``)
 ROI_INPUT = "roi"
 DecoderDevice = Literal["mixed", "cpu"]
 

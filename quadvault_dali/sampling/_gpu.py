@@ -125,8 +125,8 @@ class DaliSampler(Sampler):
         self.decode_threads = DECODE_THREADS  # that pipeline's threads: it decodes a run's samples on them
         self.merge_clips = True  # several short videos per DALI sample (``group_samples``)
         self.merge_pixels = MERGE_PIXELS
-        #: H.264 clips without their SPS's cropping, so DALI finds its NVDEC decoders again (``_h264_sps``)
-        self.uncrop_h264 = self.decoder_device == "mixed"
+        #: H.264/HEVC clips without their SPS's cropping, so DALI finds its NVDEC decoders again (``_uncrop``)
+        self.uncrop_sps = self.decoder_device == "mixed"
         self._hardware_worked = False  # set once any clip decoded on this sampler's DALI decoder
         self._hardware_failures: dict[Path, str] = {}  # video -> its first failure, until one worked
 
@@ -175,7 +175,7 @@ class DaliSampler(Sampler):
             plan = plan_samples(info, index, fps=cfg.fps, mode=cfg.mode)
             task.outcome.mode = plan.mode
             container = rewound(container, task.path, fh, index)
-            cut = iter(plan_clips(plan, container, fh, uncrop=self.uncrop_h264))  # type: ignore[arg-type]
+            cut = iter(plan_clips(plan, container, fh, uncrop=self.uncrop_sps))  # type: ignore[arg-type]
             while True:
                 try:
                     clip = next(cut)

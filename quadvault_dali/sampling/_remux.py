@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import DecodeError
 from ..probe import PacketIndex
-from ._h264_sps import Crop, uncrop_avcc, uncrop_packet
+from ._uncrop import Uncropped, uncrop_config, uncrop_packet
 from ._plan import SamplePlan
 from ._reader import CountingFile
 
@@ -81,7 +81,7 @@ class Clip:
     runs: list[_Run] = field(default_factory=list, repr=False)  # its packets, kept so clips can be merged
     signature: Signature | None = None
     #: (height, width) of the picture to keep, as fractions of the decoded one from its top-left corner:
-    #: below 1 where the clip's H.264 SPS was uncropped (``_h264_sps``) and decodes to the coded size
+    #: below 1 where the clip's H.264/HEVC SPS was uncropped (``_uncrop``) and decodes to the coded size
     roi: tuple[float, float] = (1.0, 1.0)
 
     def __len__(self) -> int:
@@ -104,7 +104,7 @@ def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run], signat
              roi: tuple[float, float] = (1.0, 1.0)) -> Clip:
     """Writes ``runs`` (each starting at a keyframe) into one MP4 with regular, rank-based timestamps.
 
-    With a ``roi`` (an uncropped H.264 stream) the MP4 carries the signature's configuration record and
+    With a ``roi`` (an uncropped H.264/HEVC stream) the MP4 carries the signature's configuration record and
     says the picture is the coded size: FFmpeg-based demuxers and decoders then agree with the SPS.
     """
     packets: list[SourcePacket] = []
@@ -284,29 +284,30 @@ class _ClipPacker:
         self.template, self.codec = template, codec
         self.signature = clip_signature(template)
         self.roi = (1.0, 1.0)
-        self.crop: Crop | None = None  # the cropping dropped from this stream's SPS (``_uncrop``)
-        if uncrop and codec == "h264":
+        self.uncropped: Uncropped | None = None  # this stream's SPS without its cropping (``_uncrop``)
+        if uncrop:
             self._uncrop()
         self.max_frames, self.max_bytes = max_frames, max_bytes
         self.runs: list[_Run] = []
         self.frames = self.size = 0
 
     def _uncrop(self) -> None:
-        """Clips of this stream carry its SPS without the bottom/right cropping (see ``_h264_sps``)."""
+        """Clips of this stream carry its SPS without the bottom/right cropping (see ``_uncrop``)."""
         name, extradata, _, _, pix_fmt = self.signature
-        done = uncrop_avcc(extradata)
+        done = uncrop_config(self.codec, extradata)
         if done is None:
             return
-        new_extradata, crop = done
-        self.signature = (name, new_extradata, crop.coded_width, crop.coded_height, pix_fmt)
+        crop = done.crop
+        self.signature = (name, done.extradata, crop.coded_width, crop.coded_height, pix_fmt)
         self.roi = (crop.display_height / crop.coded_height, crop.display_width / crop.coded_width)
-        self.crop = crop
+        self.uncropped = done
 
     def add(self, run: _Run) -> Clip | None:
         """Adds ``run``; returns the clip it closed, if any."""
-        if self.crop is not None:  # an SPS repeated in the stream must say what the configuration record says
-            crop = self.crop
-            run.packets = [SourcePacket(uncrop_packet(p.data, crop), p.pts_s, p.dts_s, p.is_key) for p in run.packets]
+        done = self.uncropped
+        if done is not None:  # an SPS repeated in the stream must say what the configuration record says
+            run.packets = [SourcePacket(uncrop_packet(p.data, self.codec, done.crop, done.length_size),
+                                        p.pts_s, p.dts_s, p.is_key) for p in run.packets]
         first = run.packets[0]
         run.packets[0] = SourcePacket(clean_start(first.data, self.codec), first.pts_s, first.dts_s, first.is_key)
         run_bytes = sum(len(p.data) for p in run.packets)
@@ -521,8 +522,8 @@ def plan_clips(plan: SamplePlan, container: av.container.InputContainer, fh: Cou
                max_frames: int | None = None, uncrop: bool = False) -> Iterable[Clip]:
     """The clips that carry ``plan``: keyframes read directly where the index allows, else demuxed.
 
-    ``uncrop``: H.264 clips decode to their coded size and say what to keep in ``Clip.roi`` (for DALI's
-    NVDEC decoder cache, see ``_h264_sps``); a decoder that crops by itself must not be given them.
+    ``uncrop``: H.264/HEVC clips decode to their coded size and say what to keep in ``Clip.roi`` (for DALI's
+    NVDEC decoder cache, see ``_uncrop``); a decoder that crops by itself must not be given them.
     """
     stream = container.streams[plan.info.stream_index]  # the file's stream index, not the n-th video
     budget = max_frames or frame_budget(plan.info.coded_width, plan.info.coded_height)

@@ -1,8 +1,9 @@
-"""H.264 SPS uncropping: what lets DALI reuse its NVDEC decoders on 1080p (coded 1088) footage.
+"""H.264/HEVC SPS uncropping: what lets DALI reuse its NVDEC decoders on 1080p (coded 1088) footage.
 
 The decoded pixels must not change: a clip whose SPS lost its cropping decodes to the coded size, and the
 displayed rectangle of it equals the original decode exactly, whatever the SPS's other syntax (scaling
-matrices, picture order type, interlacing, an SPS repeated before every keyframe).
+matrices, picture order type, interlacing, 4:4:4, an SPS repeated before every keyframe, HEVC's
+conformance window as phones and drones write it).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 from quadvault_dali.probe import open_container, probe_open
-from quadvault_dali.sampling._h264_sps import Crop, escape, sps_crop, uncrop_avcc, uncrop_packet, unescape, uncropped_sps
+from quadvault_dali.sampling._uncrop import Crop, escape, sps_crop, uncrop_config, uncrop_packet, unescape, uncropped_sps
 from quadvault_dali.sampling._plan import plan_samples
 from quadvault_dali.sampling._reader import CountingFile
 from quadvault_dali.sampling._remux import decode_clip, plan_clips
@@ -25,15 +26,18 @@ from quadvault_dali.synth import SynthSpec, draw_stamp, _scene
 
 
 def _encode(path: Path, width: int, height: int, x264_params: str = "", frames: int = 20, fps: int = 10,
-            pix_fmt: str = "yuv420p", profile: str | None = None) -> Path:
-    """A short H.264 MP4 with a keyframe every second and the given x264 parameters."""
+            pix_fmt: str = "yuv420p", profile: str | None = None, codec: str = "h264") -> Path:
+    """A short H.264 (or HEVC) MP4 with a keyframe every second and the given x264 (x265) parameters."""
     if path.exists():
         return path
     with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
+        encoder, key = ("libx264", "x264-params") if codec == "h264" else ("libx265", "x265-params")
+        stream = out.add_stream(encoder, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         params = f"keyint={fps}:min-keyint={fps}:scenecut=0" + (f":{x264_params}" if x264_params else "")
-        stream.options = {"preset": "veryfast", "x264-params": params, **({"profile": profile} if profile else {})}
+        if codec == "hevc":
+            params += ":log-level=error"
+        stream.options = {"preset": "veryfast", key: params, **({"profile": profile} if profile else {})}
         stream.codec_context.time_base = Fraction(1, fps)
         for i in range(frames):
             t = i / fps
@@ -54,7 +58,11 @@ VARIANTS = {
     "interlaced": dict(width=200, height=120, x264_params="tff=1"),
     "repeat_headers": dict(width=200, height=120, x264_params="repeat-headers=1"),
     "high444": dict(width=200, height=120, pix_fmt="yuv444p", profile="high444"),
+    # x265 pads to its 8-pixel minimum coding block: 196x116 is coded 200x120 with a conformance window
+    "hevc": dict(width=196, height=116, codec="hevc"),
+    "hevc_repeat_headers": dict(width=196, height=116, codec="hevc", x264_params="repeat-headers=1"),
 }
+CODEC = {name: spec.get("codec", "h264") for name, spec in VARIANTS.items()}
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +76,23 @@ def _extradata(path: Path) -> bytes:
         return bytes(c.streams.video[0].codec_context.extradata)
 
 
-def _sps_of(avcc: bytes) -> bytes:
-    size = int.from_bytes(avcc[6:8], "big")
-    return avcc[8:8 + size]
+def _sps_of(config: bytes, codec: str = "h264") -> bytes:
+    """The first SPS of an avcC (H.264) or hvcC (HEVC) configuration record."""
+    if codec == "h264":
+        return config[8:8 + int.from_bytes(config[6:8], "big")]
+    pos = 23
+    for _ in range(config[22]):  # hvcC: arrays of one NAL unit type each
+        kind, count, pos = config[pos] & 0x3F, int.from_bytes(config[pos + 1:pos + 3], "big"), pos + 3
+        for _ in range(count):
+            size = int.from_bytes(config[pos:pos + 2], "big")
+            if kind == 33:
+                return config[pos + 2:pos + 2 + size]
+            pos += 2 + size
+    raise AssertionError("no SPS in the configuration record")
+
+
+def _crop_of(path: Path, codec: str) -> Crop:
+    return sps_crop(_sps_of(_extradata(path), codec), codec)
 
 
 def _clips(path: Path, mode: str, uncrop: bool) -> list:
@@ -87,25 +109,28 @@ def _frames(clips: list) -> list[np.ndarray]:
     return [frame.to_ndarray(format="rgb24") for clip in clips for frame, _ in decode_clip(clip)]
 
 
-def test_the_crop_of_real_x264_streams(h264_variants: dict[str, Path]) -> None:
-    crop = sps_crop(_sps_of(_extradata(h264_variants["plain"])))
+def test_the_crop_of_real_x264_and_x265_streams(h264_variants: dict[str, Path]) -> None:
+    crop = _crop_of(h264_variants["plain"], "h264")
     assert crop == Crop(208, 128, 0, 8, 0, 8) and (crop.display_width, crop.display_height) == (200, 120)
-    assert sps_crop(_sps_of(_extradata(h264_variants["bottom_only"]))) == Crop(320, 192, 0, 0, 0, 12)
-    interlaced = sps_crop(_sps_of(_extradata(h264_variants["interlaced"])))
+    assert _crop_of(h264_variants["bottom_only"], "h264") == Crop(320, 192, 0, 0, 0, 12)
+    interlaced = _crop_of(h264_variants["interlaced"], "h264")
     assert (interlaced.coded_height, interlaced.display_height) == (128, 120)
-    high444 = sps_crop(_sps_of(_extradata(h264_variants["high444"])))
+    high444 = _crop_of(h264_variants["high444"], "h264")
     assert (high444.display_width, high444.display_height) == (200, 120)
+    assert _crop_of(h264_variants["hevc"], "hevc") == Crop(200, 120, 0, 4, 0, 4)
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_uncropped_sps_keeps_everything_else(h264_variants: dict[str, Path], name: str) -> None:
-    sps = _sps_of(_extradata(h264_variants[name]))
-    new, crop = uncropped_sps(sps)  # type: ignore[misc]
-    assert crop == sps_crop(sps)
-    again = sps_crop(new)
+    codec = CODEC[name]
+    sps = _sps_of(_extradata(h264_variants[name]), codec)
+    new, crop = uncropped_sps(sps, codec)  # type: ignore[misc]
+    assert crop == sps_crop(sps, codec)
+    again = sps_crop(new, codec)
     assert (again.coded_width, again.coded_height) == (crop.coded_width, crop.coded_height)
     assert (again.left, again.right, again.top, again.bottom) == (0, 0, 0, 0)
-    assert uncropped_sps(new) is None  # nothing left to drop
+    assert uncropped_sps(new, codec) is None  # nothing left to drop
+    assert len(new) <= len(sps) and new[:len(new) // 2] != b""
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
@@ -114,7 +139,7 @@ def test_uncropped_clips_decode_to_the_same_pixels(h264_variants: dict[str, Path
     path = h264_variants[name]
     plain = _clips(path, mode, uncrop=False)
     uncropped = _clips(path, mode, uncrop=True)
-    crop = sps_crop(_sps_of(_extradata(path)))
+    crop = _crop_of(path, CODEC[name])
     assert all(c.roi == (1.0, 1.0) for c in plain)
     assert all(c.roi == (crop.display_height / crop.coded_height, crop.display_width / crop.coded_width)
                for c in uncropped)
@@ -129,28 +154,41 @@ def test_uncropped_clips_decode_to_the_same_pixels(h264_variants: dict[str, Path
 
 def test_a_stream_without_cropping_is_left_alone(make_clip) -> None:
     path = make_clip("sps_uncropped_128x80.mp4", codec="h264", width=128, height=80, fps=10, duration_s=2.0)
-    assert uncrop_avcc(_extradata(path)) is None
-    clips = _clips(path, "keyframe", uncrop=True)
-    assert clips and all(c.roi == (1.0, 1.0) for c in clips)
+    assert uncrop_config("h264", _extradata(path)) is None
+    hevc = make_clip("sps_uncropped_hevc_256x160.mp4", codec="hevc", width=256, height=160, fps=10, duration_s=2.0)
+    assert uncrop_config("hevc", _extradata(hevc)) is None
+    assert uncrop_config("vp9", _extradata(path)) is None
+    for video in (path, hevc):
+        clips = _clips(video, "keyframe", uncrop=True)
+        assert clips and all(c.roi == (1.0, 1.0) for c in clips)
 
 
-def test_an_sps_repeated_in_the_stream_is_rewritten_too(h264_variants: dict[str, Path]) -> None:
-    path = h264_variants["repeat_headers"]
-    crop = sps_crop(_sps_of(_extradata(path)))
+def _nals(packet: bytes) -> list[bytes]:
+    nals, pos = [], 0
+    while pos < len(packet):
+        size = int.from_bytes(packet[pos:pos + 4], "big")
+        nals.append(packet[pos + 4:pos + 4 + size])
+        pos += 4 + size
+    return nals
+
+
+@pytest.mark.parametrize(("name", "sps_type"), [("repeat_headers", 7), ("hevc_repeat_headers", 33)])
+def test_an_sps_repeated_in_the_stream_is_rewritten_too(h264_variants: dict[str, Path], name: str,
+                                                        sps_type: int) -> None:
+    path, codec = h264_variants[name], CODEC[name]
+    done = uncrop_config(codec, _extradata(path))
+    assert done is not None and done.length_size == 4
     with av.open(str(path)) as c:
         key = next(bytes(p) for p in c.demux(video=0) if p.is_keyframe and p.size)
-    rewritten = uncrop_packet(key, crop)
+    rewritten = uncrop_packet(key, codec, done.crop, done.length_size)
     assert rewritten != key
-    nals, pos = [], 0
-    while pos < len(rewritten):
-        size = int.from_bytes(rewritten[pos:pos + 4], "big")
-        nals.append(rewritten[pos + 4:pos + 4 + size])
-        pos += 4 + size
-    spss = [n for n in nals if n[0] & 0x1F == 7]
-    assert len(spss) == 1 and sps_crop(spss[0]).bottom == 0
-    other = Crop(crop.coded_width, crop.coded_height, 0, 0, 0, 4)
+    kind = (lambda n: n[0] & 0x1F) if codec == "h264" else (lambda n: (n[0] >> 1) & 0x3F)
+    spss = [n for n in _nals(rewritten) if kind(n) == sps_type]
+    assert len(spss) == 1 and sps_crop(spss[0], codec).bottom == 0
+    assert [kind(n) for n in _nals(rewritten)] == [kind(n) for n in _nals(key)]
+    other = Crop(done.crop.coded_width, done.crop.coded_height, 0, 0, 0, 2)
     with pytest.raises(ValueError, match="SPS inside the stream"):
-        uncrop_packet(key, other)
+        uncrop_packet(key, codec, other, done.length_size)
 
 
 class _Writer:
@@ -212,7 +250,7 @@ def test_every_branch_of_the_sps_syntax_before_the_cropping() -> None:
     cropped = _hand_made_sps((0, 0, 0, 2))  # 2 units of 4 rows: 1088 -> 1080
     crop = sps_crop(cropped)
     assert crop == Crop(1920, 1088, 0, 0, 0, 8)
-    new, dropped = uncropped_sps(cropped)  # type: ignore[misc]
+    new, dropped = uncropped_sps(cropped, "h264")  # type: ignore[misc]
     assert dropped == crop
     assert new == _hand_made_sps(None)  # bit for bit what an encoder writes without cropping
     assert uncropped_sps(_hand_made_sps((1, 0, 0, 2))) is None  # a left crop is not padding: kept
@@ -233,7 +271,8 @@ def test_not_an_sps_or_damaged_is_refused() -> None:
     with pytest.raises(ValueError, match="truncated"):
         sps_crop(b"\x67\x64")
     assert uncropped_sps(b"\x67\x64") is None
-    assert uncrop_avcc(b"") is None and uncrop_avcc(b"\x00\x00\x00\x01\x67") is None  # Annex B, not avcC
+    assert uncrop_config("h264", b"") is None and uncrop_config("h264", b"\x00\x00\x00\x01\x67") is None  # Annex B
+    assert uncrop_config("hevc", b"\x01" + b"\x00" * 30) is None  # an hvcC without arrays: no SPS
 
 
 def test_merged_uncropped_clips_keep_the_region(h264_variants: dict[str, Path]) -> None:
@@ -246,3 +285,32 @@ def test_merged_uncropped_clips_keep_the_region(h264_variants: dict[str, Path]) 
     with av.open(io.BytesIO(merged.data)) as c:
         ctx = c.streams.video[0].codec_context
         assert (ctx.width, ctx.height) == (208, 128)
+
+
+#: corpus files that phones, cameras and a drone cropped: (name, codec, decoded picture -> coded picture)
+CORPUS_CROPPED = {
+    "drone.mp4": ("h264", (708, 1260), (720, 1264)),
+    "pixel7_videoOnly_cleaned.mp4": ("h264", (1080, 1920), (1088, 1920)),
+    "hdr10-video-with-sdr-container.mp4": ("hevc", (1080, 1920), (1088, 1920)),  # 10-bit, conformance window
+    "mv_with_2_top_shots.mp4": ("hevc", (1080, 1440), (1088, 1440)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS_CROPPED))
+def test_real_footage_decodes_to_the_same_planes_uncropped(corpus: Path, name: str) -> None:
+    """Real encoders' padding (H.264 macroblocks, HEVC conformance windows): the uncropped clips' decoded
+    Y and chroma planes hold the original ones exactly. (Converted to RGB, 10-bit footage may differ by a
+    few levels in the last displayed row: the chroma interpolation there now sees the padding row.)"""
+    codec, (h, w), coded = CORPUS_CROPPED[name]
+    path = next(corpus.rglob(name))
+    plain, uncropped = _clips(path, "keyframe", False), _clips(path, "keyframe", True)
+    assert uncropped and all(c.roi == (h / coded[0], w / coded[1]) for c in uncropped)
+    before = [f for c in plain for f, _ in decode_clip(c)]
+    after = [f for c in uncropped for f, _ in decode_clip(c)]
+    assert len(before) == len(after) > 0
+    for a, b in zip(before, after):
+        assert (a.height, a.width) == (h, w) and (b.height, b.width) == coded
+        pa, pb = a.to_ndarray(), b.to_ndarray()  # planar YUV 4:2:0, planes stacked: (H * 3 / 2, W)
+        assert np.array_equal(pa[:h, :w], pb[:h, :w])  # luma
+        chroma_a, chroma_b = pa[h:].reshape(2, h // 2, -1), pb[coded[0]:].reshape(2, coded[0] // 2, -1)
+        assert np.array_equal(chroma_a[:, :, :w // 2], chroma_b[:, :h // 2, :w // 2])

@@ -1,0 +1,353 @@
+"""H.264 and HEVC parameter sets without cropping, so DALI reuses its hardware decoders.
+
+Encoders code pictures in blocks: 1080p H.264 is coded as 1088 rows (16-pixel macroblocks) and its SPS
+crops 8 away for display; hardware HEVC encoders (phones, drones) do the same with a conformance window
+(1920x1088, 8 rows off). DALI 2.4 caches NVDEC decoders but files each one under its *display* height
+while looking it up by the *coded* height, so for such a stream the lookup never matches: every DALI
+sample of 1080p footage -- the commonest drone format -- creates a new hardware decoder (50-70 ms on an
+H100) and the cache fills with unused ones. A clip whose SPS says "no cropping" is decoded to the full
+coded size, is filed and found under 1088, and the decoder is reused; the sampler keeps the picture
+itself (a region of interest in the resize, ``Clip.roi``). Cropping only selects the output rectangle,
+so the decoded pixels inside it are exactly those of the original stream.
+
+Only crops at the bottom and right are dropped (the encoder's padding); a stream cropped at the top or
+left is left as it is. The rewrite copies every other bit of the SPS unchanged. In the shared corpus,
+1080p H.264 from a Pixel 7 and HEVC from Pixel phones (1920x1088, conformance window of 8 rows) are
+such streams; their uncropped clips decode to identical Y/U/V planes (``tests/test_uncrop.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: H.264 profile_idc values whose SPS carries chroma format, bit depths and scaling matrices (7.3.2.1.1)
+_HIGH_PROFILES = {100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135}
+#: NAL unit type of a sequence parameter set, and the NAL header's length, per codec
+_SPS_TYPE = {"h264": 7, "hevc": 33}
+_HEADER_BYTES = {"h264": 1, "hevc": 2}
+_NAMES = {"h264": "H.264", "hevc": "HEVC"}
+
+
+@dataclass(frozen=True)
+class Crop:
+    """An SPS's cropping in luma pixels and the coded picture size it applies to."""
+
+    coded_width: int
+    coded_height: int
+    left: int
+    right: int
+    top: int
+    bottom: int
+
+    @property
+    def display_width(self) -> int:
+        return self.coded_width - self.left - self.right
+
+    @property
+    def display_height(self) -> int:
+        return self.coded_height - self.top - self.bottom
+
+    @property
+    def only_padding(self) -> bool:
+        """Cropped at the bottom/right only: the display area starts at the top-left corner."""
+        return self.left == 0 and self.top == 0 and (self.right or self.bottom) > 0
+
+
+@dataclass(frozen=True)
+class Uncropped:
+    """A configuration record (avcC/hvcC) with its SPSs uncropped, and what packets need to match it."""
+
+    extradata: bytes
+    crop: Crop
+    length_size: int  # bytes of each NAL unit's length prefix in the packets
+
+
+class _Bits:
+    """Reads an RBSP bit by bit (Exp-Golomb codes included), remembering its position."""
+
+    def __init__(self, rbsp: bytes) -> None:
+        self.data, self.pos = rbsp, 0
+
+    def u(self, n: int) -> int:
+        value = 0
+        for _ in range(n):
+            byte = self.data[self.pos >> 3]  # IndexError past the end: a truncated SPS
+            value = (value << 1) | ((byte >> (7 - (self.pos & 7))) & 1)
+            self.pos += 1
+        return value
+
+    def ue(self) -> int:
+        zeros = 0
+        while self.u(1) == 0:
+            zeros += 1
+            if zeros > 31:
+                raise ValueError("Exp-Golomb code longer than 32 bits")
+        return (1 << zeros) - 1 + self.u(zeros)
+
+    def se(self) -> int:
+        k = self.ue()
+        return (k + 1) // 2 if k & 1 else -(k // 2)
+
+
+def unescape(payload: bytes) -> bytes:
+    """NAL payload -> RBSP: the emulation prevention byte of every 00 00 03 removed."""
+    out = bytearray()
+    zeros = 0
+    for b in payload:
+        if zeros >= 2 and b == 3:
+            zeros = 0
+            continue
+        out.append(b)
+        zeros = zeros + 1 if b == 0 else 0
+    return bytes(out)
+
+
+def escape(rbsp: bytes) -> bytes:
+    """RBSP -> NAL payload: 03 inserted wherever two zero bytes precede a byte <= 03."""
+    out = bytearray()
+    zeros = 0
+    for b in rbsp:
+        if zeros >= 2 and b <= 3:
+            out.append(3)
+            zeros = 0
+        out.append(b)
+        zeros = zeros + 1 if b == 0 else 0
+    return bytes(out)
+
+
+# --- where the cropping is --------------------------------------------------------------------------
+
+def _skip_scaling_list(bits: _Bits, size: int) -> None:
+    last = nxt = 8
+    for _ in range(size):
+        if nxt != 0:
+            nxt = (last + bits.se() + 256) % 256
+        last = nxt or last
+
+
+def _h264_crop_fields(bits: _Bits) -> tuple[Crop, int, int]:
+    """Parses an H.264 SPS RBSP (after the NAL header) up to its cropping; (crop, bit position of
+    frame_cropping_flag, bit position after the crop offsets)."""
+    profile_idc = bits.u(8)
+    bits.u(16)  # constraint flags, reserved bits, level_idc
+    bits.ue()  # seq_parameter_set_id
+    chroma_format_idc = 1
+    if profile_idc in _HIGH_PROFILES:
+        chroma_format_idc = bits.ue()
+        separate_planes = bits.u(1) if chroma_format_idc == 3 else 0
+        bits.ue(), bits.ue()  # bit depths
+        bits.u(1)  # qpprime_y_zero_transform_bypass_flag
+        if bits.u(1):  # seq_scaling_matrix_present_flag
+            for i in range(8 if chroma_format_idc != 3 else 12):
+                if bits.u(1):
+                    _skip_scaling_list(bits, 16 if i < 6 else 64)
+        if separate_planes:
+            chroma_format_idc = 0  # each colour plane coded as monochrome: crop units of 1
+    bits.ue()  # log2_max_frame_num_minus4
+    poc_type = bits.ue()
+    if poc_type == 0:
+        bits.ue()
+    elif poc_type == 1:
+        bits.u(1)
+        bits.se(), bits.se()
+        for _ in range(bits.ue()):
+            bits.se()
+    bits.ue()  # max_num_ref_frames
+    bits.u(1)  # gaps_in_frame_num_value_allowed_flag
+    width_mbs = bits.ue() + 1
+    height_map_units = bits.ue() + 1
+    frame_mbs_only = bits.u(1)
+    if not frame_mbs_only:
+        bits.u(1)  # mb_adaptive_frame_field_flag
+    bits.u(1)  # direct_8x8_inference_flag
+    flag_at = bits.pos
+    left = right = top = bottom = 0
+    if bits.u(1):
+        left, right, top, bottom = bits.ue(), bits.ue(), bits.ue(), bits.ue()
+    unit_x = 2 if chroma_format_idc in (1, 2) else 1
+    unit_y = (2 if chroma_format_idc == 1 else 1) * (2 - frame_mbs_only)
+    crop = Crop(width_mbs * 16, height_map_units * 16 * (2 - frame_mbs_only),
+                left * unit_x, right * unit_x, top * unit_y, bottom * unit_y)
+    return crop, flag_at, bits.pos
+
+
+def _hevc_crop_fields(bits: _Bits) -> tuple[Crop, int, int]:
+    """Parses an HEVC SPS RBSP (after the 2-byte NAL header) up to its conformance window (7.3.2.2)."""
+    bits.u(4)  # sps_video_parameter_set_id
+    sub_layers = bits.u(3)  # sps_max_sub_layers_minus1
+    bits.u(1)  # sps_temporal_id_nesting_flag
+    bits.u(88), bits.u(8)  # general profile (space, tier, idc, compatibility, constraints) and level
+    present = [(bits.u(1), bits.u(1)) for _ in range(sub_layers)]
+    if sub_layers > 0:
+        for _ in range(sub_layers, 8):
+            bits.u(2)  # reserved_zero_2bits
+    for profile, level in present:
+        if profile:
+            bits.u(88)
+        if level:
+            bits.u(8)
+    bits.ue()  # sps_seq_parameter_set_id
+    chroma_format_idc = bits.ue()
+    if chroma_format_idc == 3 and bits.u(1):  # separate_colour_plane_flag
+        chroma_format_idc = 0
+    width, height = bits.ue(), bits.ue()
+    flag_at = bits.pos
+    left = right = top = bottom = 0
+    if bits.u(1):  # conformance_window_flag
+        left, right, top, bottom = bits.ue(), bits.ue(), bits.ue(), bits.ue()
+    unit_x = 2 if chroma_format_idc in (1, 2) else 1
+    unit_y = 2 if chroma_format_idc == 1 else 1
+    return Crop(width, height, left * unit_x, right * unit_x, top * unit_y, bottom * unit_y), flag_at, bits.pos
+
+
+_CROP_FIELDS = {"h264": _h264_crop_fields, "hevc": _hevc_crop_fields}
+
+
+def _is_sps(nal: bytes, codec: str) -> bool:
+    if len(nal) < _HEADER_BYTES[codec]:
+        return False
+    kind = nal[0] & 0x1F if codec == "h264" else (nal[0] >> 1) & 0x3F
+    return kind == _SPS_TYPE[codec]
+
+
+def sps_crop(nal: bytes, codec: str = "h264") -> Crop:
+    """The cropping of an SPS NAL unit (header included); ``ValueError`` if it cannot be parsed."""
+    if codec not in _CROP_FIELDS or not _is_sps(nal, codec):
+        raise ValueError(f"not an {_NAMES.get(codec, codec)} sequence parameter set")
+    try:
+        crop, _, _ = _CROP_FIELDS[codec](_Bits(unescape(nal[_HEADER_BYTES[codec]:])))
+    except IndexError:
+        raise ValueError(f"truncated {_NAMES[codec]} sequence parameter set") from None
+    return crop
+
+
+# --- rewriting -------------------------------------------------------------------------------------
+
+def uncropped_sps(nal: bytes, codec: str = "h264") -> tuple[bytes, Crop] | None:
+    """``nal`` (an SPS with its header) rewritten with the cropping flag 0, and the cropping it had;
+    ``None`` when there is nothing to drop or the cropping is not bottom/right padding."""
+    if codec not in _CROP_FIELDS or not _is_sps(nal, codec):
+        return None
+    head = _HEADER_BYTES[codec]
+    rbsp = unescape(nal[head:])
+    try:
+        crop, flag_at, after = _CROP_FIELDS[codec](_Bits(rbsp))
+    except (IndexError, ValueError):
+        return None
+    if not crop.only_padding:
+        return None
+    total = len(rbsp) * 8
+    while total > after and not (rbsp[(total - 1) >> 3] >> (7 - ((total - 1) & 7))) & 1:
+        total -= 1  # back over the alignment zeros to the rbsp_stop_one_bit
+    if total <= after:
+        return None  # no stop bit after the crop offsets: not a well-formed SPS
+    reader = _Bits(rbsp)
+    out: list[int] = [reader.u(1) for _ in range(flag_at)]
+    out.append(0)  # frame_cropping_flag / conformance_window_flag
+    reader.pos = after
+    out.extend(reader.u(1) for _ in range(total - 1 - after))  # the rest, without the stop bit
+    out.append(1)
+    out.extend([0] * (-len(out) % 8))
+    new_rbsp = bytes(int("".join(map(str, out[i:i + 8])), 2) for i in range(0, len(out), 8))
+    return nal[:head] + escape(new_rbsp), crop
+
+
+def _uncrop_all(nals: list[bytes], codec: str) -> tuple[list[bytes], Crop] | None:
+    """Every SPS among ``nals`` uncropped (others unchanged); ``None`` unless there are SPSs and all crop alike."""
+    crops: set[Crop] = set()
+    out = []
+    for nal in nals:
+        if _is_sps(nal, codec):
+            done = uncropped_sps(nal, codec)
+            if done is None:
+                return None
+            nal = done[0]
+            crops.add(done[1])
+        out.append(nal)
+    return (out, crops.pop()) if len(crops) == 1 else None
+
+
+def _uncrop_avcc(extradata: bytes) -> Uncropped | None:
+    if len(extradata) < 7 or extradata[0] != 1:
+        return None  # not avcC (Annex B extradata of MPEG-TS, or none)
+    count = extradata[5] & 0x1F
+    pos, nals = 6, []
+    for _ in range(count):
+        size = int.from_bytes(extradata[pos:pos + 2], "big")
+        nals.append(extradata[pos + 2:pos + 2 + size])
+        if len(nals[-1]) != size:
+            return None
+        pos += 2 + size
+    done = _uncrop_all(nals, "h264")
+    if done is None:
+        return None
+    body = b"".join(len(n).to_bytes(2, "big") + n for n in done[0])
+    # the PPSs (and the high-profile tail) after the SPSs stay as they are
+    return Uncropped(extradata[:6] + body + extradata[pos:], done[1], (extradata[4] & 3) + 1)
+
+
+def _uncrop_hvcc(extradata: bytes) -> Uncropped | None:
+    if len(extradata) < 23 or extradata[0] != 1:
+        return None
+    out = bytearray(extradata[:23])
+    pos, crop = 23, None
+    for _ in range(extradata[22]):  # arrays of one NAL unit type each (VPS, SPS, PPS, SEI)
+        if pos + 3 > len(extradata):
+            return None
+        kind, count = extradata[pos] & 0x3F, int.from_bytes(extradata[pos + 1:pos + 3], "big")
+        out += extradata[pos:pos + 3]
+        pos += 3
+        nals = []
+        for _ in range(count):
+            size = int.from_bytes(extradata[pos:pos + 2], "big")
+            nals.append(extradata[pos + 2:pos + 2 + size])
+            if len(nals[-1]) != size:
+                return None
+            pos += 2 + size
+        if kind == _SPS_TYPE["hevc"]:
+            done = _uncrop_all(nals, "hevc")
+            if done is None or (crop is not None and done[1] != crop):
+                return None
+            nals, crop = done
+        out += b"".join(len(n).to_bytes(2, "big") + n for n in nals)
+    if crop is None:
+        return None
+    return Uncropped(bytes(out) + extradata[pos:], crop, (extradata[21] & 3) + 1)
+
+
+def uncrop_config(codec: str, extradata: bytes) -> Uncropped | None:
+    """The configuration record (avcC for H.264, hvcC for HEVC) with every SPS uncropped; ``None`` where
+    there is nothing to drop, the record cannot be parsed, or its SPSs crop differently."""
+    try:
+        if codec == "h264":
+            return _uncrop_avcc(extradata)
+        if codec == "hevc":
+            return _uncrop_hvcc(extradata)
+    except IndexError:
+        return None
+    return None
+
+
+def uncrop_packet(data: bytes, codec: str, expected: Crop, length_size: int = 4) -> bytes:
+    """A length-prefixed (MP4) packet with any in-band SPS uncropped; other data unchanged.
+
+    ``ValueError`` for an in-band SPS whose picture or cropping differs from ``expected`` (the
+    configuration record's): the clip's region of interest would not fit its frames.
+    """
+    pos, parts, changed = 0, [], False
+    while pos + length_size <= len(data):
+        size = int.from_bytes(data[pos:pos + length_size], "big")
+        nal = data[pos + length_size:pos + length_size + size]
+        if size == 0 or len(nal) != size:
+            return data  # not length-prefixed as expected: leave it alone
+        if _is_sps(nal, codec):
+            done = uncropped_sps(nal, codec)
+            if done is None or done[1] != expected:
+                raise ValueError("an SPS inside the stream crops the picture unlike the stream's configuration "
+                                 "record")
+            nal, changed = done[0], True
+        parts.append(len(nal).to_bytes(length_size, "big") + nal)
+        pos += length_size + size
+    if pos != len(data) or not changed:
+        return data
+    return b"".join(parts)
