@@ -32,7 +32,7 @@ from _gpu_monitor import UtilisationMonitor
 from _results import write_json
 from quadvault_dali.model import build_network, library_versions, spec_for
 from quadvault_dali.training import DaliFrameLoader, FrameTable
-from quadvault_dali.training._config import resnet18_weights_available
+from quadvault_dali.training._config import loader_threads, resnet18_weights_available
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         files = make_jpegs(tmp, args.images)
         table = FrameTable(files, np.zeros(len(files), np.int64), [str(i) for i in range(len(files))])
         bs, size, nb, nl = args.batch_size, args.image_size, args.batches, args.loader_batches
-        workers = args.workers or os.cpu_count() or 1
+        workers = loader_threads(args.workers or None)  # what `quadvault train` uses by default
         dali = DaliFrameLoader(table, image_size=size, mean=spec.mean, std=spec.std, train=True, batch_size=bs,
                                backend=backend, num_threads=workers)
         # the same augmentation from whole-frame decodes: the hardware JPEG engine (A100/H100) can take them
@@ -247,7 +247,8 @@ def main() -> None:
     parser.add_argument("--loader-batches", type=int, default=None,
                         help="timed batches per loader-only measurement (well above the prefetch depth)")
     parser.add_argument("--images", type=int, default=None, help="JPEGs in the generated set")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers / DALI threads (0 = all CPUs)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="DataLoader workers / DALI threads (0 = what quadvault train uses: the cores, 2 to 16)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     args.batch_size = args.batch_size or (4 if args.quick else 256)

@@ -32,13 +32,16 @@ from ._options import device_option
 @click.option("--backbone", type=click.Choice(["resnet18", "efficientnet-lite0"]), default=None,
               help="Default: resnet18 when its ImageNet weights can be had, else efficientnet-lite0 "
                    "(weights ship with the package, no network needed).")
+@click.option("--loader-threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads of the DALI loader per GPU (file reads, JPEG entropy decoding). "
+                   "Default: this process's share of the cores, 2 to 16.")
 @click.option("--overwrite", is_flag=True, help="Replace a model already in --output-dir.")
 @click.option("--pretrained", default="auto", show_default=True, metavar="auto|none|PATH",
               help="auto = the backbone's ImageNet weights; none = train from scratch; PATH = a weights "
                    "file (.pth or .safetensors), e.g. resnet18-f37072fd.pth for offline machines.")
 def train(dataset: Path, output_dir: Path, epochs: int, batch_size: int, learning_rate: float, image_size: int,
           seed: int, device: str, patience: int, freeze_backbone_epochs: int, multi_gpu: bool,
-          backbone: str | None, overwrite: bool, pretrained: str) -> None:
+          backbone: str | None, loader_threads: int | None, overwrite: bool, pretrained: str) -> None:
     """Fine-tune an ImageNet backbone on DATASET (the prepare-dataset folder or its dataset.parquet).
 
     JPEG frames are decoded and augmented by a DALI pipeline (on the GPU when there is one), the best
@@ -62,7 +65,7 @@ def train(dataset: Path, output_dir: Path, epochs: int, batch_size: int, learnin
     config = TrainConfig(dataset, output_dir, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                          image_size=image_size, seed=seed, device=device, patience=patience,
                          freeze_backbone_epochs=freeze_backbone_epochs, multi_gpu=multi_gpu, backbone=backbone,
-                         pretrained=pretrained)
+                         pretrained=pretrained, num_threads=loader_threads)
     quiet = is_quiet()
     result = train_model(config, (lambda line: None) if quiet else click.echo)
     if quiet and int(os.environ.get("RANK", "0")) == 0:  # -q: the one line that says where the model went

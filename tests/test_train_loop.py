@@ -113,3 +113,18 @@ def test_history_is_written_after_every_epoch(tmp_path: Path, monkeypatch: pytes
     assert [h["epoch"] for h in history] == [1] and history[0]["train_loss"] > 0
     assert load_model(tmp_path / "model").card["metrics"]["epoch"] == 1  # and epoch 1's model is kept
     assert [p.name for p in (tmp_path / "model").iterdir() if p.name.startswith(".")] == []  # no temp files
+
+
+def test_loader_threads_follow_the_cores_and_the_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DALI loader's CPU threads were fixed at 2, an eighth of what the benchmark fed the H200 with."""
+    import os
+
+    from quadvault_dali.training._config import MAX_LOADER_THREADS, loader_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert loader_threads(None) == 16 and loader_threads(None, 4) == 4 and loader_threads(None, 16) == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(96)))
+    assert loader_threads(None) == MAX_LOADER_THREADS
+    assert loader_threads(3) == 3  # asked for: as asked
+    with pytest.raises(QuadvaultError, match="--loader-threads"):
+        TrainConfig(Path("ds"), Path("model"), num_threads=0)

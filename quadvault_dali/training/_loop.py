@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import tempfile
 import time
 from dataclasses import asdict
@@ -27,7 +28,7 @@ from ..errors import BackendUnavailableError, DatasetError, OutputError, Quadvau
 from ..metrics import best_threshold, binary_metrics, video_scores
 from ..model import build_network, save_model, spec_for
 from ..progress import progress_bar
-from ._config import EpochRecord, TrainConfig, TrainResult, resolve_backbone
+from ._config import EpochRecord, TrainConfig, TrainResult, loader_threads, resolve_backbone
 from ._data import FILLER, DaliFrameLoader, FrameTable, TrainingData, load_training_data
 
 log = logging.getLogger(__name__)
@@ -228,7 +229,7 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
         model = nn.parallel.DistributedDataParallel(net, device_ids=[local_rank])
     common = dict(image_size=config.image_size, mean=spec.mean, std=spec.std, batch_size=config.batch_size,
                   backend=backend, device_id=local_rank, shard_id=rank, num_shards=world,
-                  num_threads=config.num_threads)
+                  num_threads=loader_threads(config.num_threads, int(os.environ.get("LOCAL_WORLD_SIZE", world))))
     if world > 1 and len(data.train) < 2 * world:
         raise DatasetError(f"{len(data.train)} training frames cannot feed {world} GPUs (each needs at least 2 per "
                            "batch for BatchNorm)", path=config.dataset, hint="train on one GPU, or label more clips")
