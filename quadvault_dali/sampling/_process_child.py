@@ -10,6 +10,7 @@ from typing import Any, Iterator
 
 import torch
 
+from .._gc import freeze_startup_objects
 from ..errors import QuadvaultError
 from ._base import Sampler, SamplerConfig, VideoSource
 
@@ -46,6 +47,7 @@ def child_main(index: int, inner: type[Sampler], config: SamplerConfig, attrs: d
             yield source
 
     sent = 0
+    freeze_startup_objects()  # this process's torch/DALI/PyAV: out of the garbage collector's passes
     while True:
         try:
             for batch in sampler.iter_batches(sources()):
