@@ -61,6 +61,9 @@ VARIANTS = {
     # x265 pads to its 8-pixel minimum coding block: 196x116 is coded 200x120 with a conformance window
     "hevc": dict(width=196, height=116, codec="hevc"),
     "hevc_repeat_headers": dict(width=196, height=116, codec="hevc", x264_params="repeat-headers=1"),
+    # Matroska: no raw packet positions, so keyframe clips come from seeking and demuxing (other code path)
+    "plain.mkv": dict(width=200, height=120),
+    "hevc.mkv": dict(width=196, height=116, codec="hevc"),
 }
 CODEC = {name: spec.get("codec", "h264") for name, spec in VARIANTS.items()}
 
@@ -68,7 +71,8 @@ CODEC = {name: spec.get("codec", "h264") for name, spec in VARIANTS.items()}
 @pytest.fixture(scope="module")
 def h264_variants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("sps")
-    return {name: _encode(folder / f"{name}.mp4", **spec) for name, spec in VARIANTS.items()}  # type: ignore[arg-type]
+    return {name: _encode(folder / (name if "." in name else f"{name}.mp4"), **spec)  # type: ignore[arg-type]
+            for name, spec in VARIANTS.items()}
 
 
 def _extradata(path: Path) -> bytes:
