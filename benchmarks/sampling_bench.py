@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                          "5-10x the keyframe rows' time")
     ap.add_argument("--duration", type=float, default=30.0, help="clip length in seconds (full run)")
     ap.add_argument("--streams", default="1,2,4,8", help="gpu decode streams to try")
-    ap.add_argument("--layouts", default="4x4x4,4x4x4c,8x4x4,16x4x2",
+    ap.add_argument("--layouts", default="4x4x4,4x4x4c,8x4x4,4x8x8",
                     help="more gpu keyframe rows as [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c] (streams per "
                          "process; c: H.264/HEVC clips keep their SPS cropping; the --streams rows are 1 process with "
                          "the defaults, x4x4)")
