@@ -328,6 +328,48 @@ def test_short_videos_share_dali_samples_and_keep_their_frames(short_vp9: list[t
     assert max(samples) > 3 and len(samples) < len(videos)  # merged: fewer samples than videos
 
 
+def test_a_decoder_that_refuses_uncropped_clips_keeps_the_cropping_and_the_run(
+        short_vp9: list[tuple[Path, int]], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """If a DALI or driver refused the rewritten parameter sets (``_uncrop``), the videos already cut that way
+    are finished on the CPU and the rest are cut with their cropping: the run neither stops (those failures
+    are explained) nor turns into a CPU scan. The refusal is injected: uncropped clips are marked and fail."""
+    import logging
+
+    import quadvault_dali.sampling._gpu as gpu
+
+    real_plan_clips = gpu.plan_clips
+
+    def marking(plan, container, fh, max_frames=None, uncrop=False):  # type: ignore[no-untyped-def]
+        for clip in real_plan_clips(plan, container, fh, max_frames=max_frames, uncrop=uncrop):
+            if uncrop:
+                clip.roi = (0.5, 1.0)  # as an uncropped clip says; never decoded here
+            yield clip
+
+    class Refusing(gpu.ClipDecoder):
+        def decode(self, clips):  # type: ignore[no-untyped-def]
+            if any(c.roi != (1.0, 1.0) for c in clips):
+                return [RuntimeError("injected: the decoder rejected the SPS") for _ in clips]
+            return super().decode(clips)
+
+    monkeypatch.setattr(gpu, "plan_clips", marking)
+    monkeypatch.setattr(gpu, "ClipDecoder", Refusing)
+    videos = [p for p, _ in short_vp9] * 2
+    sampler = DaliSampler(mode="keyframe", size=SIZE, streams=1)
+    sampler.uncrop_sps, sampler.clips_per_run, sampler.merge_clips = True, 1, False  # 2 videos in flight
+    with caplog.at_level(logging.WARNING, logger="quadvault_dali.sampling._gpu"):
+        batches = list(sampler.iter_batches(videos))
+    outcomes = [o for b in batches for o in b.completed]
+    assert [o.path for o in outcomes] == videos and all(o.ok for o in outcomes), [str(o.error) for o in outcomes]
+    decoders = [o.decoder for o in outcomes]
+    assert decoders[:gpu.UNCROPPED_FAILURES_BEFORE_OFF] == ["pyav"] * gpu.UNCROPPED_FAILURES_BEFORE_OFF
+    assert decoders[-3:] == ["dali-cpu"] * 3 and not sampler.uncrop_sps
+    assert len([r for r in caplog.records if "keeping the cropping" in r.getMessage()]) == 1
+    times, stamps, _ = _collect(batches)
+    for path, sid in short_vp9:
+        assert times[path] == [0.0, 1.0, 2.0] * 2
+        _check_stamps(times[path], stamps[path], sid)
+
+
 def test_a_damaged_video_in_a_merged_sample_fails_alone(short_vp9: list[tuple[Path, int]],
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     import av

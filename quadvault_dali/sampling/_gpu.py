@@ -62,6 +62,9 @@ FAILURES_BEFORE_GIVING_UP = 8
 #: Decoded full-size pixels one DALI sample may hold when clips of several videos are merged into it
 #: (``merge_clips``): 96 frames of 1080p, 24 of 2160p (about 600 MB of RGB before the resize).
 MERGE_PIXELS = 2 * CLIP_PIXELS
+#: Videos whose uncropped clips (``_uncrop``) the decoder failed on, none having worked, before the sampler
+#: keeps the cropping: one or two damaged files first in a library must not cost the whole scan its speed.
+UNCROPPED_FAILURES_BEFORE_OFF = 3
 #: Queued clips per decode stream: room for several short videos' clips to be merged into one sample.
 QUEUED_PER_STREAM = 8
 _STOP = object()
@@ -127,6 +130,8 @@ class DaliSampler(Sampler):
         self.merge_pixels = MERGE_PIXELS
         #: H.264/HEVC clips without their SPS's cropping, so DALI finds its NVDEC decoders again (``_uncrop``)
         self.uncrop_sps = self.decoder_device == "mixed"
+        self._uncropped_worked = False  # set once an uncropped clip decoded (see _clip_failed)
+        self._uncropped_failures: dict[Path, str] = {}  # video -> its first uncropped failure, until one worked
         self._hardware_worked = False  # set once any clip decoded on this sampler's DALI decoder
         self._hardware_failures: dict[Path, str] = {}  # video -> its first failure, until one worked
 
@@ -280,6 +285,7 @@ class DaliSampler(Sampler):
                 for w, res in zip(live, results):
                     if not isinstance(res, Exception):
                         self._hardware_worked = True
+                        self._uncropped_worked |= w.clip.roi != (1.0, 1.0)
                         try:
                             w.task.deliver(w.seq, _displayed(res, w.task.outcome.info), w.clip.times)
                             continue
@@ -350,10 +356,24 @@ class DaliSampler(Sampler):
                            num_threads=self.decode_threads)
 
     def _clip_failed(self, w: _Work, error: Exception) -> None:
-        """A clip the hardware decoder failed on: recorded for a CPU take-over, or the video's error."""
+        """A clip the hardware decoder failed on: recorded for a CPU take-over, or the video's error.
+
+        While no uncropped clip (``_uncrop``) has decoded yet, a failing one turns uncropping off for the
+        videos cut from then on: a DALI or driver that refuses the rewritten parameter sets costs the
+        videos already cut (finished on the CPU), not the run. Those failures are explained, so they do not
+        count towards concluding that the hardware decoder does not work at all.
+        """
         w.task.discard()  # the failed clip's slot
         failure = f"{self.decoder_name} failed at {w.clip.times[0]:.2f}s: {error_summary(error)}"
-        if not self._hardware_worked:
+        uncropped = w.clip.roi != (1.0, 1.0)
+        if uncropped and not self._uncropped_worked:
+            self._uncropped_failures.setdefault(w.task.path, failure)
+            if self.uncrop_sps and len(self._uncropped_failures) >= UNCROPPED_FAILURES_BEFORE_OFF:
+                self.uncrop_sps = False
+                log.warning("%s failed on clips with their SPS cropping removed in %d videos and decoded none "
+                            "(last: %s); keeping the cropping for the videos that follow (DALI then sets up a "
+                            "decoder per sample)", self.decoder_name, len(self._uncropped_failures), failure)
+        elif not self._hardware_worked:
             self._hardware_failures.setdefault(w.task.path, failure)
         if self.config.cpu_fallback:
             w.task.hardware_failed(w.seq, failure)  # the consumer hands over to the CPU there
