@@ -61,6 +61,7 @@ VARIANTS = {
     # x265 pads to its 8-pixel minimum coding block: 196x116 is coded 200x120 with a conformance window
     "hevc": dict(width=196, height=116, codec="hevc"),
     "hevc_repeat_headers": dict(width=196, height=116, codec="hevc", x264_params="repeat-headers=1"),
+    "hevc_temporal_layers": dict(width=196, height=116, codec="hevc", x264_params="temporal-layers=3"),  # sub-layers
     # Matroska: no raw packet positions, so keyframe clips come from seeking and demuxing (other code path)
     "plain.mkv": dict(width=200, height=120),
     "hevc.mkv": dict(width=196, height=116, codec="hevc"),
