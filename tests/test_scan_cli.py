@@ -88,12 +88,18 @@ def test_kill_9_then_resume_equals_a_clean_run(library: Path, model_dir: Path, t
     assert tree_hash(library) == before
 
 
-def test_sigterm_stops_like_ctrl_c(library: Path, model_dir: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def long_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """49 videos: a scan that is still running when a signal comes, however fast the machine."""
+    return build_library(tmp_path_factory.mktemp("clilib_long") / "lib", extra=40)
+
+
+def test_sigterm_stops_like_ctrl_c(long_library: Path, model_dir: Path, tmp_path: Path) -> None:
     """A batch system's preemption or time limit sends SIGTERM: finished videos are flushed and the exit
     says how to resume, instead of dying like kill -9."""
     out = tmp_path / "out"
-    proc = subprocess.Popen(_cmd(library, model_dir, out) + ["--shard-videos", "50"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_cmd(long_library, model_dir, out) + ["--shard-videos", "100"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
 
     def finished() -> int:  # the crash journal's "F path" lines: videos done, held in the writer's buffer
@@ -107,7 +113,7 @@ def test_sigterm_stops_like_ctrl_c(library: Path, model_dir: Path, tmp_path: Pat
     seen = finished()
     proc.send_signal(signal.SIGTERM)
     out_text, err = proc.communicate(timeout=120)
-    # the signal must have found the scan running (15 of its 17 videos still to go): say so if it did not
+    # the signal must have found the scan running (47 of its 49 videos still to go): say so if it did not
     assert seen >= 2, f"the scan ended before the test could stop it ({seen} finished seen): {out_text} {err}"
     assert proc.returncode == 143, f"exit {proc.returncode} after SIGTERM with {seen} videos finished: {out_text} {err}"
     assert f"Stopped (SIGTERM). Finished videos are saved in {out}; run the same command to resume." in err
