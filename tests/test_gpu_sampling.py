@@ -118,6 +118,32 @@ def test_pipeline_keeps_each_clips_region_of_interest(make_clip: Callable[..., P
     assert (top.float() - whole[:, :, :40].float()).abs().max().item() <= 1.0
 
 
+def test_black_encoder_padding_never_reaches_the_picture() -> None:
+    """Some encoders pad the coded picture with black (a Dolby Vision H.264 file in the corpus does). The kept
+    region must be resized exactly as if the padding were not there: the same pixels as the frames cut first."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from quadvault_dali.pipelines import to_model_input
+
+    @pipeline_def(batch_size=2, num_threads=1, device_id=None)
+    def graph():  # type: ignore[no-untyped-def]
+        frames = fn.external_source(name="frames", dtype=types.UINT8, ndim=4, layout="FHWC")
+        roi = fn.external_source(name="roi", dtype=types.FLOAT, ndim=1)
+        return to_model_input(frames, roi, size=30, square=False)
+
+    rng = np.random.default_rng(3)
+    picture = rng.integers(120, 220, size=(2, 120, 200, 3), dtype=np.uint8)  # the displayed 200x120
+    padded = np.concatenate([picture, np.zeros((2, 8, 200, 3), np.uint8)], axis=1)  # coded 200x128, black pad
+    pipe = graph()
+    pipe.build()
+    pipe.feed_input("frames", [padded, picture])
+    pipe.feed_input("roi", [np.array([120 / 128, 1.0], np.float32), np.array([1.0, 1.0], np.float32)])
+    (out,) = pipe.run()
+    from_padded, from_picture = (torch.from_dlpack(out[i]).clone() for i in range(2))
+    assert tuple(from_padded.shape) == (2, 3, 30, 50)
+    assert torch.equal(from_padded, from_picture)
+
+
 def test_pipeline_rejects_unknown_decoder_device() -> None:
     with pytest.raises(ValueError, match="decoder_device"):
         video_sampling_pipeline(decoder_device="gpu", batch_size=1, num_threads=1, device_id=None)
@@ -328,13 +354,8 @@ def test_short_videos_share_dali_samples_and_keep_their_frames(short_vp9: list[t
     assert max(samples) > 3 and len(samples) < len(videos)  # merged: fewer samples than videos
 
 
-def test_a_decoder_that_refuses_uncropped_clips_keeps_the_cropping_and_the_run(
-        short_vp9: list[tuple[Path, int]], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """If a DALI or driver refused the rewritten parameter sets (``_uncrop``), the videos already cut that way
-    are finished on the CPU and the rest are cut with their cropping: the run neither stops (those failures
-    are explained) nor turns into a CPU scan. The refusal is injected: uncropped clips are marked and fail."""
-    import logging
-
+def _mark_uncropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clips cut with ``uncrop`` say they are uncropped (VP9 has no SPS to rewrite: the mark is the test)."""
     import quadvault_dali.sampling._gpu as gpu
 
     real_plan_clips = gpu.plan_clips
@@ -342,32 +363,64 @@ def test_a_decoder_that_refuses_uncropped_clips_keeps_the_cropping_and_the_run(
     def marking(plan, container, fh, max_frames=None, uncrop=False):  # type: ignore[no-untyped-def]
         for clip in real_plan_clips(plan, container, fh, max_frames=max_frames, uncrop=uncrop):
             if uncrop:
-                clip.roi = (0.5, 1.0)  # as an uncropped clip says; never decoded here
+                clip.roi, clip.cropped_signature = (0.5, 1.0), clip.signature
             yield clip
+
+    monkeypatch.setattr(gpu, "plan_clips", marking)
+
+
+def _refusing_decoder(monkeypatch: pytest.MonkeyPatch, refuse_all: bool = False) -> None:
+    import quadvault_dali.sampling._gpu as gpu
 
     class Refusing(gpu.ClipDecoder):
         def decode(self, clips):  # type: ignore[no-untyped-def]
-            if any(c.roi != (1.0, 1.0) for c in clips):
-                return [RuntimeError("injected: the decoder rejected the SPS") for _ in clips]
+            if refuse_all or any(c.roi != (1.0, 1.0) for c in clips):
+                return [RuntimeError("injected: the decoder rejected the stream") for _ in clips]
             return super().decode(clips)
 
-    monkeypatch.setattr(gpu, "plan_clips", marking)
     monkeypatch.setattr(gpu, "ClipDecoder", Refusing)
+
+
+def test_a_decoder_that_refuses_uncropped_clips_decodes_them_cropped(
+        short_vp9: list[tuple[Path, int]], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """If a DALI or driver refused the rewritten parameter sets (``_uncrop``), the clip is decoded again as the
+    file has it; that working, uncropping is switched off and the clips already cut are cropped back: every
+    video still decodes on the hardware decoder, and the run says so once. The refusal is injected."""
+    import logging
+
+    _mark_uncropped(monkeypatch)
+    _refusing_decoder(monkeypatch)
     videos = [p for p, _ in short_vp9] * 2
     sampler = DaliSampler(mode="keyframe", size=SIZE, streams=1)
-    sampler.uncrop_sps, sampler.clips_per_run, sampler.merge_clips = True, 1, False  # 2 videos in flight
+    sampler.uncrop_sps = True
     with caplog.at_level(logging.WARNING, logger="quadvault_dali.sampling._gpu"):
         batches = list(sampler.iter_batches(videos))
     outcomes = [o for b in batches for o in b.completed]
     assert [o.path for o in outcomes] == videos and all(o.ok for o in outcomes), [str(o.error) for o in outcomes]
-    decoders = [o.decoder for o in outcomes]
-    assert decoders[:gpu.UNCROPPED_FAILURES_BEFORE_OFF] == ["pyav"] * gpu.UNCROPPED_FAILURES_BEFORE_OFF
-    assert decoders[-3:] == ["dali-cpu"] * 3 and not sampler.uncrop_sps
+    assert [o.decoder for o in outcomes] == ["dali-cpu"] * len(videos) and not sampler.uncrop_sps
     assert len([r for r in caplog.records if "keeping the cropping" in r.getMessage()]) == 1
     times, stamps, _ = _collect(batches)
     for path, sid in short_vp9:
         assert times[path] == [0.0, 1.0, 2.0] * 2
         _check_stamps(times[path], stamps[path], sid)
+
+
+def test_a_decoder_that_never_works_still_stops_the_run_with_uncropped_clips(
+        short_vp9: list[tuple[Path, int]], cpu_decodable: list[tuple[Path, int]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Uncropped clips that fail cropped back too are the decoder's failures: a broken install still stops
+    the run after FAILURES_BEFORE_GIVING_UP videos instead of quietly decoding the library on the CPU."""
+    import quadvault_dali.sampling._gpu as gpu
+
+    _mark_uncropped(monkeypatch)
+    _refusing_decoder(monkeypatch, refuse_all=True)
+    videos = [p for p, _ in short_vp9 + cpu_decodable]
+    assert len(set(videos)) > gpu.FAILURES_BEFORE_GIVING_UP
+    sampler = DaliSampler(mode="keyframe", size=SIZE, streams=1)
+    sampler.uncrop_sps = True
+    with pytest.raises(BackendUnavailableError, match="decoded none"):
+        list(sampler.iter_batches(videos))
+    assert sampler.uncrop_sps  # nothing said the rewrite was the problem
 
 
 def test_a_damaged_video_in_a_merged_sample_fails_alone(short_vp9: list[tuple[Path, int]],

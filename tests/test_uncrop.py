@@ -21,7 +21,7 @@ from quadvault_dali.probe import open_container, probe_open
 from quadvault_dali.sampling._uncrop import Crop, escape, sps_crop, uncrop_config, uncrop_packet, unescape, uncropped_sps
 from quadvault_dali.sampling._plan import plan_samples
 from quadvault_dali.sampling._reader import CountingFile
-from quadvault_dali.sampling._remux import decode_clip, plan_clips
+from quadvault_dali.sampling._remux import clean_start, decode_clip, plan_clips
 from quadvault_dali.synth import SynthSpec, draw_stamp, _scene
 
 
@@ -319,3 +319,72 @@ def test_real_footage_decodes_to_the_same_planes_uncropped(corpus: Path, name: s
         assert np.array_equal(pa[:h, :w], pb[:h, :w])  # luma
         chroma_a, chroma_b = pa[h:].reshape(2, h // 2, -1), pb[coded[0]:].reshape(2, coded[0] // 2, -1)
         assert np.array_equal(chroma_a[:, :, :w // 2], chroma_b[:, :h // 2, :w // 2])
+
+
+def test_a_packet_that_does_not_split_into_nal_units_is_refused(h264_variants: dict[str, Path]) -> None:
+    """An SPS inside such a packet could not be seen (and left cropped): better no rewrite than a wrong region."""
+    path = h264_variants["repeat_headers"]
+    done = uncrop_config("h264", _extradata(path))
+    assert done is not None
+    with av.open(str(path)) as c:
+        key = next(bytes(p) for p in c.demux(video=0) if p.is_keyframe and p.size)
+    padded = uncrop_packet(key + b"\0\0", "h264", done.crop)  # trailing zero bytes are only padding
+    assert padded.endswith(b"\0\0")
+    assert sps_crop([n for n in _nals(padded[:-2]) if n[0] & 0x1F == 7][0]).bottom == 0
+    with pytest.raises(ValueError, match="length-prefixed"):
+        uncrop_packet(key + b"\0\0\0\x09\x67", "h264", done.crop)  # a NAL unit cut short
+
+
+def test_an_hevc_sps_of_another_layer_is_not_rewritten(h264_variants: dict[str, Path]) -> None:
+    sps = _sps_of(_extradata(h264_variants["hevc"]), "hevc")
+    other_layer = bytes([sps[0], (sps[1] & 0x07) | (1 << 3)]) + sps[2:]  # nuh_layer_id 1
+    assert uncropped_sps(other_layer, "hevc") is None
+    packet = len(other_layer).to_bytes(4, "big") + other_layer
+    assert uncrop_packet(packet, "hevc", sps_crop(sps, "hevc")) == packet
+
+
+def test_a_stream_that_cannot_be_uncropped_midway_keeps_its_cropping_from_there(
+        h264_variants: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clips cut so far stay uncropped; the rest of the video is cut as the file has it (not sent to the CPU)."""
+    import quadvault_dali.sampling._remux as remux
+
+    real = remux.uncrop_packet
+    calls = {"n": 0}
+
+    def failing_later(data, codec, expected, length_size=4):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise ValueError("an SPS inside the stream crops the picture unlike the stream's configuration record")
+        return real(data, codec, expected, length_size)
+
+    monkeypatch.setattr(remux, "uncrop_packet", failing_later)
+    path = h264_variants["plain"]
+    fh = CountingFile(path)
+    container = open_container(path, fh)
+    try:
+        info, index = probe_open(container, path)
+        plan = plan_samples(info, index, fps=1.0, mode="keyframe")
+        clips = list(plan_clips(plan, container, fh, max_frames=1, uncrop=True))
+    finally:
+        container.close(), fh.close()
+    assert [c.roi for c in clips] == [(120 / 128, 200 / 208)] + [(1.0, 1.0)] * (len(clips) - 1)
+    assert clips[0].signature != clips[1].signature == clips[0].cropped_signature
+    assert _frames(clips)[1].shape == (120, 200, 3)
+
+
+def test_an_uncropped_clip_crops_back_to_the_file_as_it_is(h264_variants: dict[str, Path]) -> None:
+    """What the gpu backend decodes when a decoder refuses the rewrite: the original parameter sets (the
+    in-band SPS too), the displayed picture, the same frames."""
+    for name in ("plain", "repeat_headers", "hevc_repeat_headers"):
+        path = h264_variants[name]
+        (plain,), (uncropped,) = _clips(path, "keyframe", False), _clips(path, "keyframe", True)
+        assert uncropped.can_crop_back and not plain.can_crop_back
+        back = uncropped.cropped()
+        assert back.roi == (1.0, 1.0) and back.signature == plain.signature and back.times == plain.times
+        assert all(np.array_equal(a, b) for a, b in zip(_frames([back]), _frames([plain])))
+        with av.open(io.BytesIO(back.data)) as c:
+            assert bytes(c.streams.video[0].codec_context.extradata) == _extradata(path)
+            packets = [bytes(p) for p in c.demux(video=0) if p.size]
+        with av.open(str(path)) as c:  # as the file has them (HEVC CRA keyframes relabelled BLA, as always)
+            originals = {clean_start(bytes(p), CODEC[name]) for p in c.demux(video=0) if p.size}
+        assert packets and all(p in originals for p in packets)

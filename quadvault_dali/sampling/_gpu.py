@@ -62,9 +62,6 @@ FAILURES_BEFORE_GIVING_UP = 8
 #: Decoded full-size pixels one DALI sample may hold when clips of several videos are merged into it
 #: (``merge_clips``): 96 frames of 1080p, 24 of 2160p (about 600 MB of RGB before the resize).
 MERGE_PIXELS = 2 * CLIP_PIXELS
-#: Videos whose uncropped clips (``_uncrop``) the decoder failed on, none having worked, before the sampler
-#: keeps the cropping: one or two damaged files first in a library must not cost the whole scan its speed.
-UNCROPPED_FAILURES_BEFORE_OFF = 3
 #: Queued clips per decode stream: room for several short videos' clips to be merged into one sample.
 QUEUED_PER_STREAM = 8
 _STOP = object()
@@ -130,8 +127,8 @@ class DaliSampler(Sampler):
         self.merge_pixels = MERGE_PIXELS
         #: H.264/HEVC clips without their SPS's cropping, so DALI finds its NVDEC decoders again (``_uncrop``)
         self.uncrop_sps = self.decoder_device == "mixed"
-        self._uncropped_worked = False  # set once an uncropped clip decoded (see _clip_failed)
-        self._uncropped_failures: dict[Path, str] = {}  # video -> its first uncropped failure, until one worked
+        self._uncropped_worked = False  # set once an uncropped clip decoded (see _retry_cropped)
+        self._uncrop_refused = False  # set when a clip failed uncropped and decoded cropped back
         self._hardware_worked = False  # set once any clip decoded on this sampler's DALI decoder
         self._hardware_failures: dict[Path, str] = {}  # video -> its first failure, until one worked
 
@@ -274,18 +271,20 @@ class DaliSampler(Sampler):
                 for w in items:
                     if w not in live:
                         w.task.discard()
+                if self._uncrop_refused:
+                    self._crop_back(live)
                 results: list[torch.Tensor | Exception] = []
                 try:
                     if decoder is None and live:
                         decoder = self._clip_decoder()
                     if live and decoder:
                         results = self._decode_samples(decoder, live)
+                        results = [self._retry_cropped(decoder, w, res) for w, res in zip(live, results)]
                 except Exception as exc:  # noqa: BLE001 - e.g. a CUDA or DALI set-up failure: every clip fails
                     results = [exc] * len(live)
                 for w, res in zip(live, results):
                     if not isinstance(res, Exception):
                         self._hardware_worked = True
-                        self._uncropped_worked |= w.clip.roi != (1.0, 1.0)
                         try:
                             w.task.deliver(w.seq, _displayed(res, w.task.outcome.info), w.clip.times)
                             continue
@@ -355,25 +354,49 @@ class DaliSampler(Sampler):
         return ClipDecoder(self.decoder_device, cfg.device_id, cfg.size, cfg.square, self.clips_per_run,
                            num_threads=self.decode_threads)
 
-    def _clip_failed(self, w: _Work, error: Exception) -> None:
-        """A clip the hardware decoder failed on: recorded for a CPU take-over, or the video's error.
+    def _retry_cropped(self, decoder: ClipDecoder, w: _Work, result: torch.Tensor | Exception
+                       ) -> torch.Tensor | Exception:
+        """A clip that failed uncropped (``_uncrop``), while none has worked yet, is decoded again as the file
+        has it. If that works, the decoder refuses the rewrite itself (a DALI or driver we have not met):
+        uncropping is switched off, with one warning, and clips already cut uncropped are cropped back
+        before they are decoded (``_crop_back``), all still on the hardware decoder. If it fails too, the
+        failure is the clip's own (damaged data, or a decoder that does not work at all), as without the
+        rewrite."""
+        if not isinstance(result, Exception) or self._uncropped_worked or not w.clip.can_crop_back:
+            if not isinstance(result, Exception) and w.clip.roi != (1.0, 1.0):
+                self._uncropped_worked = True
+            return result
+        try:
+            cropped = w.clip.cropped()
+        except Exception as exc:  # noqa: BLE001 - cannot build it: the first failure stands
+            log.debug("cannot crop a clip back: %s", exc)
+            return result
+        (again,) = decoder.decode([cropped])
+        if isinstance(again, Exception):
+            return result
+        if not self._uncrop_refused:
+            self._uncrop_refused, self.uncrop_sps = True, False
+            log.warning("%s failed on a clip whose SPS cropping was removed (%s) and decoded it as the file has "
+                        "it: keeping the cropping from now on (DALI then sets up a hardware decoder per sample)",
+                        self.decoder_name, error_summary(result))
+        w.clip = cropped
+        return again
 
-        While no uncropped clip (``_uncrop``) has decoded yet, a failing one turns uncropping off for the
-        videos cut from then on: a DALI or driver that refuses the rewritten parameter sets costs the
-        videos already cut (finished on the CPU), not the run. Those failures are explained, so they do not
-        count towards concluding that the hardware decoder does not work at all.
-        """
+    @staticmethod
+    def _crop_back(items: list[_Work]) -> None:
+        """Clips cut uncropped before the decoder was found to refuse that, cropped back before decoding."""
+        for w in items:
+            if w.clip.can_crop_back:
+                try:
+                    w.clip = w.clip.cropped()
+                except Exception as exc:  # noqa: BLE001 - decoded as cut; a failure then takes its usual path
+                    log.debug("cannot crop a clip back: %s", exc)
+
+    def _clip_failed(self, w: _Work, error: Exception) -> None:
+        """A clip the hardware decoder failed on: recorded for a CPU take-over, or the video's error."""
         w.task.discard()  # the failed clip's slot
         failure = f"{self.decoder_name} failed at {w.clip.times[0]:.2f}s: {error_summary(error)}"
-        uncropped = w.clip.roi != (1.0, 1.0)
-        if uncropped and not self._uncropped_worked:
-            self._uncropped_failures.setdefault(w.task.path, failure)
-            if self.uncrop_sps and len(self._uncropped_failures) >= UNCROPPED_FAILURES_BEFORE_OFF:
-                self.uncrop_sps = False
-                log.warning("%s failed on clips with their SPS cropping removed in %d videos and decoded none "
-                            "(last: %s); keeping the cropping for the videos that follow (DALI then sets up a "
-                            "decoder per sample)", self.decoder_name, len(self._uncropped_failures), failure)
-        elif not self._hardware_worked:
+        if not self._hardware_worked:
             self._hardware_failures.setdefault(w.task.path, failure)
         if self.config.cpu_fallback:
             w.task.hardware_failed(w.seq, failure)  # the consumer hands over to the CPU there
@@ -517,6 +540,7 @@ class GpuSampler(DaliSampler):
 
 def merge_pixels_for(gpu_bytes: int, samples_in_flight: int) -> int:
     """``MERGE_PIXELS``, less on a small GPU: the samples in flight keep their full-size RGB frames (before
-    the resize) within an eighth of the card's memory; never below what one unmerged clip may hold."""
-    fits = gpu_bytes // 8 // max(1, samples_in_flight) // 3
+    the resize) twice -- decoded, and the picture region cut out of them (``pipelines.to_model_input``) --
+    within a quarter of the card's memory; never below what one unmerged clip may hold."""
+    fits = gpu_bytes // 4 // max(1, samples_in_flight) // (3 * 2)
     return max(CLIP_PIXELS, min(MERGE_PIXELS, fits))

@@ -57,6 +57,8 @@ class SourcePacket:
     pts_s: float
     dts_s: float
     is_key: bool
+    #: the bytes as the file has them, where ``data`` holds an uncropped in-band SPS (``Clip.cropped``)
+    original: bytes | None = None
 
 
 @dataclass
@@ -83,9 +85,26 @@ class Clip:
     #: (height, width) of the picture to keep, as fractions of the decoded one from its top-left corner:
     #: below 1 where the clip's H.264/HEVC SPS was uncropped (``_uncrop``) and decodes to the coded size
     roi: tuple[float, float] = (1.0, 1.0)
+    #: an uncropped clip's original set-up (its stream's SPS with the cropping), for ``cropped``
+    cropped_signature: Signature | None = None
 
     def __len__(self) -> int:
         return int(self.frames.shape[0])
+
+    @property
+    def can_crop_back(self) -> bool:
+        return self.roi != (1.0, 1.0) and self.cropped_signature is not None and bool(self.runs)
+
+    def cropped(self) -> "Clip":
+        """This uncropped clip as the file has it: the original parameter sets, the picture as displayed.
+        For a decoder that refuses the rewrite (``DaliSampler`` tries it on a failure)."""
+        if not self.can_crop_back:
+            raise ValueError("only an uncropped clip that kept its packets can be cropped back")
+        runs = [_Run([SourcePacket(p.original if p.original is not None else p.data, p.pts_s, p.dts_s, p.is_key)
+                      for p in run.packets], run.wanted) for run in self.runs]
+        clip = mux_clip(_template_stream(self), runs, self.cropped_signature)
+        clip.times = list(self.times)
+        return clip
 
     @property
     def opens_cleanly(self) -> bool:
@@ -101,11 +120,12 @@ def clip_signature(stream: av.video.stream.VideoStream) -> Signature:
 
 
 def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run], signature: Signature | None = None,
-             roi: tuple[float, float] = (1.0, 1.0)) -> Clip:
+             roi: tuple[float, float] = (1.0, 1.0), cropped_signature: Signature | None = None) -> Clip:
     """Writes ``runs`` (each starting at a keyframe) into one MP4 with regular, rank-based timestamps.
 
-    With a ``roi`` (an uncropped H.264/HEVC stream) the MP4 carries the signature's configuration record and
-    says the picture is the coded size: FFmpeg-based demuxers and decoders then agree with the SPS.
+    Where the ``signature`` differs from the template's set-up (an uncropped H.264/HEVC stream, or such a
+    clip cropped back) the MP4 carries the signature's configuration record and picture size: for an
+    uncropped stream the coded size, so FFmpeg-based demuxers and decoders agree with the SPS.
     """
     packets: list[SourcePacket] = []
     for run in runs:
@@ -124,7 +144,7 @@ def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run], signat
     with av.open(buf, "w", format="mp4") as out:
         stream = out.add_stream_from_template(template)
         stream.time_base = _CLIP_TB
-        if roi != (1.0, 1.0) and signature is not None:
+        if signature is not None and signature != clip_signature(template):
             _, extradata, width, height, _ = signature
             stream.codec_context.extradata = extradata
             stream.codec_context.width, stream.codec_context.height = width, height
@@ -139,13 +159,14 @@ def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run], signat
             out.mux(packet)
     data = buf.getvalue()
     if len(data) > MERGEABLE_BYTES:  # not worth a second copy of its packets: it decodes alone
-        return Clip(data, frames, wanted, len(packets), [], None, roi)
-    return Clip(data, frames, wanted, len(packets), list(runs), signature, roi)
+        return Clip(data, frames, wanted, len(packets), [], None, roi, cropped_signature)
+    return Clip(data, frames, wanted, len(packets), list(runs), signature, roi, cropped_signature)
 
 
 def can_follow(clip: Clip, previous: Clip) -> bool:
     """Whether ``clip`` may be appended to ``previous`` in one stream (``merge_clips``)."""
-    return previous.signature is not None and clip.signature == previous.signature and clip.opens_cleanly
+    return (previous.signature is not None and clip.signature == previous.signature and clip.roi == previous.roi
+            and clip.cropped_signature == previous.cropped_signature and clip.opens_cleanly)
 
 
 def merge_clips(clips: Sequence[Clip]) -> Clip:
@@ -164,10 +185,10 @@ def merge_clips(clips: Sequence[Clip]) -> Clip:
     for clip in clips:
         stamps = [p.pts_s for run in clip.runs for p in run.packets]
         shift = offset - min(stamps)
-        runs.extend(_Run([SourcePacket(p.data, p.pts_s + shift, p.dts_s + shift, p.is_key) for p in run.packets],
-                         [t + shift for t in run.wanted]) for run in clip.runs)
+        runs.extend(_Run([SourcePacket(p.data, p.pts_s + shift, p.dts_s + shift, p.is_key, p.original)
+                          for p in run.packets], [t + shift for t in run.wanted]) for run in clip.runs)
         offset += max(stamps) - min(stamps) + 1.0
-    merged = mux_clip(template, runs, clips[0].signature, clips[0].roi)
+    merged = mux_clip(template, runs, clips[0].signature, clips[0].roi, clips[0].cropped_signature)
     merged.times = [t for clip in clips for t in clip.times]
     return merged
 
@@ -285,6 +306,7 @@ class _ClipPacker:
         self.signature = clip_signature(template)
         self.roi = (1.0, 1.0)
         self.uncropped: Uncropped | None = None  # this stream's SPS without its cropping (``_uncrop``)
+        self.cropped_signature: Signature | None = None  # the original set-up, while the clips are uncropped
         if uncrop:
             self._uncrop()
         self.max_frames, self.max_bytes = max_frames, max_bytes
@@ -298,20 +320,40 @@ class _ClipPacker:
         if done is None:
             return
         crop = done.crop
+        self.cropped_signature = self.signature
         self.signature = (name, done.extradata, crop.coded_width, crop.coded_height, pix_fmt)
         self.roi = (crop.display_height / crop.coded_height, crop.display_width / crop.coded_width)
         self.uncropped = done
 
+    def _uncropped_packets(self, run: _Run) -> list[SourcePacket] | None:
+        """``run``'s packets with any in-band SPS uncropped, or ``None`` where that cannot be done."""
+        done = self.uncropped
+        assert done is not None
+        out = []
+        for p in run.packets:
+            try:
+                data = uncrop_packet(p.data, self.codec, done.crop, done.length_size)
+            except ValueError as exc:
+                log.info("keeping the stream's cropping from %.2fs on: %s", p.pts_s, exc)
+                return None
+            out.append(SourcePacket(data, p.pts_s, p.dts_s, p.is_key, p.data if data is not p.data else None))
+        return out
+
     def add(self, run: _Run) -> Clip | None:
         """Adds ``run``; returns the clip it closed, if any."""
-        done = self.uncropped
-        if done is not None:  # an SPS repeated in the stream must say what the configuration record says
-            run.packets = [SourcePacket(uncrop_packet(p.data, self.codec, done.crop, done.length_size),
-                                        p.pts_s, p.dts_s, p.is_key) for p in run.packets]
-        first = run.packets[0]
-        run.packets[0] = SourcePacket(clean_start(first.data, self.codec), first.pts_s, first.dts_s, first.is_key)
-        run_bytes = sum(len(p.data) for p in run.packets)
         done = None
+        if self.uncropped is not None:  # an SPS repeated in the stream must say what the configuration record says
+            packets = self._uncropped_packets(run)
+            if packets is None:  # this stream keeps its cropping from here on (the clips so far stay as cut)
+                done = self.finish()
+                self.signature, self.roi, self.uncropped = self.cropped_signature, (1.0, 1.0), None  # type: ignore[assignment]
+                self.cropped_signature = None
+            else:
+                run.packets = packets
+        first = run.packets[0]
+        run.packets[0] = SourcePacket(clean_start(first.data, self.codec), first.pts_s, first.dts_s, first.is_key,
+                                      None if first.original is None else clean_start(first.original, self.codec))
+        run_bytes = sum(len(p.data) for p in run.packets)
         if self.runs and (self.frames + len(run.wanted) > self.max_frames or self.size + run_bytes > self.max_bytes
                           or not opens_cleanly(run.packets[0].data, self.codec)):
             done = self.finish()
@@ -321,7 +363,7 @@ class _ClipPacker:
         return done
 
     def finish(self) -> Clip | None:
-        clip = mux_clip(self.template, self.runs, self.signature, self.roi) if self.runs else None
+        clip = mux_clip(self.template, self.runs, self.signature, self.roi, self.cropped_signature) if self.runs else None
         self.runs, self.frames, self.size = [], 0, 0
         return clip
 

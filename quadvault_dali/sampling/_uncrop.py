@@ -204,10 +204,14 @@ _CROP_FIELDS = {"h264": _h264_crop_fields, "hevc": _hevc_crop_fields}
 
 
 def _is_sps(nal: bytes, codec: str) -> bool:
+    """A sequence parameter set of the base layer (an HEVC SPS of another layer has other syntax; NVDEC
+    decodes the base layer only, so those are left as they are)."""
     if len(nal) < _HEADER_BYTES[codec]:
         return False
-    kind = nal[0] & 0x1F if codec == "h264" else (nal[0] >> 1) & 0x3F
-    return kind == _SPS_TYPE[codec]
+    if codec == "h264":
+        return nal[0] & 0x1F == _SPS_TYPE["h264"]
+    layer = ((nal[0] & 1) << 5) | (nal[1] >> 3)
+    return (nal[0] >> 1) & 0x3F == _SPS_TYPE["hevc"] and layer == 0
 
 
 def sps_crop(nal: bytes, codec: str = "h264") -> Crop:
@@ -332,14 +336,16 @@ def uncrop_packet(data: bytes, codec: str, expected: Crop, length_size: int = 4)
     """A length-prefixed (MP4) packet with any in-band SPS uncropped; other data unchanged.
 
     ``ValueError`` for an in-band SPS whose picture or cropping differs from ``expected`` (the
-    configuration record's): the clip's region of interest would not fit its frames.
+    configuration record's), and for a packet that is not a whole number of length-prefixed NAL units
+    (trailing zero bytes aside): an SPS in it could not be seen, and the clip's region of interest would
+    not fit its frames. The caller keeps the stream's cropping then.
     """
     pos, parts, changed = 0, [], False
     while pos + length_size <= len(data):
         size = int.from_bytes(data[pos:pos + length_size], "big")
         nal = data[pos + length_size:pos + length_size + size]
         if size == 0 or len(nal) != size:
-            return data  # not length-prefixed as expected: leave it alone
+            break
         if _is_sps(nal, codec):
             done = uncropped_sps(nal, codec)
             if done is None or done[1] != expected:
@@ -348,6 +354,9 @@ def uncrop_packet(data: bytes, codec: str, expected: Crop, length_size: int = 4)
             nal, changed = done[0], True
         parts.append(len(nal).to_bytes(length_size, "big") + nal)
         pos += length_size + size
-    if pos != len(data) or not changed:
+    rest = data[pos:]
+    if rest.strip(b"\0"):
+        raise ValueError(f"a packet is not made of {length_size}-byte length-prefixed NAL units")
+    if not changed:
         return data
-    return b"".join(parts)
+    return b"".join(parts) + rest
