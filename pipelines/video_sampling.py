@@ -39,9 +39,20 @@ def video_sampling_pipeline(decoder_device: DecoderDevice = "mixed", size: int =
     # pad_mode="none": an index past the clip's end must fail (and the video go to the CPU decoder), not
     # come back as a black frame that would be scored as footage (the default pads with zeros)
     video = fn.decoders.video(encoded, frames=frames, device=decoder_device, pad_mode="none")  # (F, H, W, 3)
-    # the region of interest crops and resizes in one pass (no copy of the full-size frames)
-    video = fn.resize(video, resize_shorter=size, interp_type=types.INTERP_LINEAR, antialias=True,
-                      roi_start=[0.0, 0.0], roi_end=roi_end, roi_relative=True)
+    return to_model_input(video, roi_end, size=size, square=square)
+
+
+def to_model_input(video, roi_end, *, size: int, square: bool):  # type: ignore[no-untyped-def]
+    """``(F, H, W, 3)`` decoded frames -> ``(F, 3, h, w)``: the picture region kept, its short side resized
+    to ``size``, centre-cropped square if asked.
+
+    The region is cut out before the resize, not given to it as a region of interest: the resize filter
+    reads past a region's edge, and some encoders pad with black (a Dolby Vision H.264 file in the corpus
+    does), which darkened the last row by 26-59 levels. The cut costs a copy of the full-size frames
+    (``merge_pixels_for`` budgets for it); a region of (1, 1) keeps the whole frame.
+    """
+    video = fn.slice(video, rel_start=[0.0, 0.0], rel_shape=roi_end, axis_names="HW")
+    video = fn.resize(video, resize_shorter=size, interp_type=types.INTERP_LINEAR, antialias=True)
     if square:
         video = fn.crop(video, crop=(size, size), crop_pos_x=0.5, crop_pos_y=0.5)
     return fn.transpose(video, perm=[0, 3, 1, 2])  # (F, 3, H, W), as PyTorch wants
