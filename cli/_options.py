@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import click
 
+
+def long_job() -> None:
+    """Called by the commands that run for long, once their libraries are imported: keeps what startup built
+    out of the garbage collector's passes (``quadvault_dali._gc``). Library functions do not do this to the
+    process that calls them; a command owns its process."""
+    from quadvault_dali import _gc
+
+    _gc.freeze_startup_objects()
+
 device_option = click.option(
     "--device", type=click.Choice(["auto", "gpu", "cpu"]), default="auto", show_default=True,
     help="Where to decode and compute: gpu (DALI + NVDEC + CUDA), cpu (PyAV + PyTorch), auto = gpu when usable.")

@@ -8,7 +8,7 @@ import click
 
 from quadvault_dali.demo import run_demo
 
-from ._options import device_option
+from ._options import device_option, long_job
 
 
 @click.command()
@@ -26,4 +26,5 @@ def demo(folder: Path, epochs: int, device: str) -> None:
       quadvault demo                 # into ./quadvault-demo
       quadvault demo /tmp/qv --epochs 2
     """
+    long_job()
     run_demo(folder, device=device, epochs=epochs, report=click.echo)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ._options import device_option, fps_option, sampling_option
+from ._options import device_option, fps_option, long_job, sampling_option
 
 
 def _metrics_line(title: str, m: "object") -> str:
@@ -56,6 +56,7 @@ def evaluate(source: Path, model: Path, more_models: tuple[Path, ...], split: st
 
     backend = resolve_device(device)
     models = [load_model(p, device=backend) for p in (model, *more_models)]
+    long_job()
     report = run_evaluate(source, models, split=split, device=backend, fps=fps, mode=mode,  # type: ignore[arg-type]
                           skip_missing=skip_missing, threshold=threshold)
     if as_json:

@@ -8,7 +8,7 @@ import click
 
 from quadvault_dali.dataset import prepare_dataset as run_prepare
 
-from ._options import device_option, fps_option, sampling_option
+from ._options import device_option, fps_option, long_job, sampling_option
 
 
 @click.command("prepare-dataset")
@@ -42,6 +42,7 @@ def prepare_dataset(labels: Path, out: Path, merge: bool, overwrite: bool, fps: 
     """
     if merge and overwrite:
         raise click.UsageError("--merge and --overwrite exclude each other")
+    long_job()
     result = run_prepare(labels, out, merge=merge, overwrite=overwrite, fps=fps, size=size, mode=mode,  # type: ignore[arg-type]
                          device=device, skip_missing=skip_missing, quality=quality)
     for message in result.warnings:

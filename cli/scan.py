@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import click
 
-from quadvault_dali.cli._options import device_option, fps_option, sampling_option
+from quadvault_dali.cli._options import device_option, fps_option, long_job, sampling_option
 from quadvault_dali.progress import progress_bar
 
 
@@ -103,6 +103,7 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
         stopped_by: list[int] = []  # a batch system's SIGTERM (preemption, time limit) stops like Ctrl-C
         previous = stop_on_signals((signal.SIGTERM,), seen=stopped_by)
         try:
+            long_job()
             summary = scan_library(libraries, options, model_paths=models, gpus=gpus, on_progress=progress)
         except KeyboardInterrupt:
             bar.close()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ._options import device_option, fps_option, sampling_option
+from ._options import device_option, fps_option, long_job, sampling_option
 
 
 def _clock(seconds: float) -> str:
@@ -50,6 +50,7 @@ def test_video(video: Path, model: Path, more_models: tuple[Path, ...], timeline
     backend = resolve_device(device)
     models = [load_model(p, device=backend) for p in (model, *more_models)]
     sampler = scoring_sampler(models, device=backend, fps=fps, mode=mode)  # type: ignore[arg-type]
+    long_job()
     result = score_video(video, models, sampler=sampler)
     threshold = ensemble_threshold(models)
     score = result.score

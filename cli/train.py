@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ._options import device_option
+from ._options import device_option, long_job
 
 
 @click.command()
@@ -67,6 +67,7 @@ def train(dataset: Path, output_dir: Path, epochs: int, batch_size: int, learnin
                          freeze_backbone_epochs=freeze_backbone_epochs, multi_gpu=multi_gpu, backbone=backbone,
                          pretrained=pretrained, num_threads=loader_threads)
     quiet = is_quiet()
+    long_job()
     result = train_model(config, (lambda line: None) if quiet else click.echo)
     if quiet and int(os.environ.get("RANK", "0")) == 0:  # -q: the one line that says where the model went
         click.echo(f"Model saved to: {result.model_dir} (video-level val accuracy "

@@ -6,6 +6,10 @@ A scan process holds torch, DALI, PyAV and a model: ~370,000 objects the collect
 streams' feeding threads and the consumer all waited. ``gc.freeze()`` moves the objects alive now into a
 permanent generation that collections skip; they are still freed by reference counting, and everything
 created afterwards is collected as before.
+
+Only processes this project owns call it: the command-line entry points (``cli._options.long_job``), the
+decoding children, the per-GPU scan workers and training ranks, the benchmarks. Library functions leave
+the garbage collector of the process that calls them (a notebook, a service) alone.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from ._gc import freeze_startup_objects
 from .errors import QuadvaultError
 from .model import FrameScorer, mean_threshold
 from .sampling import Sampler, SamplingMode, VideoOutcome, create_sampler
@@ -82,7 +81,6 @@ def score_videos(videos: Iterable[str | os.PathLike[str]], models: Sequence[Fram
     """
     names = [m.name for m in models]
     parts: dict[Path, list[tuple[list[float], np.ndarray]]] = {}
-    freeze_startup_objects()
     for batch in sampler.iter_batches([Path(v) for v in videos]):
         if len(batch):
             scores = _score_frames(models, batch.frames)

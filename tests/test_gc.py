@@ -32,29 +32,36 @@ def test_startup_objects_are_frozen_once_and_new_garbage_is_still_collected(monk
     assert gone() is None
 
 
-def test_a_scan_freezes_before_it_scores_the_first_frame(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The scan's sampling loop starts with the startup objects frozen (the scorers are loaded by then)."""
-    from _scan_helpers import WarmScorer
-    from quadvault_dali.scan.runner import ScanOptions, scan_library
+def test_the_scan_command_freezes_before_the_scan_and_the_library_does_not(tmp_path, monkeypatch: pytest.MonkeyPatch
+                                                                          ) -> None:
+    """``quadvault scan`` owns its process and freezes once its libraries are imported, before scanning;
+    ``scan_library`` itself (what a notebook would call) leaves the caller's garbage collector alone."""
+    import torch
+    from click.testing import CliRunner
+
+    import quadvault_dali.scan.runner as runner
+    from quadvault_dali.cli.main import main as cli
+    from quadvault_dali.model import build_network, save_model
     from quadvault_dali.synth import SynthSpec, make_video
 
     events: list[str] = []
-    real_freeze = qgc.freeze_startup_objects
-    monkeypatch.setattr(qgc, "_frozen", False)
+    monkeypatch.setattr(qgc, "freeze_startup_objects", lambda: events.append("freeze"))
+    real_scan = runner.scan_library
 
-    def freeze() -> None:
-        events.append("freeze")
-        real_freeze()
+    def scan_library(*args, **kw):  # type: ignore[no-untyped-def]
+        events.append("scan")
+        return real_scan(*args, **kw)
 
-    class Recording(WarmScorer):
-        def score_frames(self, frames):  # type: ignore[no-untyped-def]
-            events.append("score")
-            return super().score_frames(frames)
-
-    import quadvault_dali.scan.runner as runner
-
-    monkeypatch.setattr(runner, "freeze_startup_objects", freeze)
+    monkeypatch.setattr(runner, "scan_library", scan_library)
     make_video(tmp_path / "lib" / "a.mp4", SynthSpec(width=64, height=64, fps=10, duration_s=2.0))
-    scan_library([tmp_path / "lib"], ScanOptions(out_dir=tmp_path / "out", device="cpu", streams=1),
-                 scorers=[Recording()])
-    assert events[0] == "freeze" and "score" in events and gc.get_freeze_count() > 0
+    torch.manual_seed(0)
+    net = build_network("efficientnet-lite0", image_size=64, pretrained="none").eval()
+    model = save_model(tmp_path / "model", net, {"architecture": "efficientnet-lite0", "image_size": 64, "name": "t"})
+    result = CliRunner().invoke(cli, ["-q", "scan", str(tmp_path / "lib"), "-m", str(model), "-o",
+                                      str(tmp_path / "out"), "--device", "cpu", "--streams", "1"])
+    assert result.exit_code == 0, result.output
+    assert events == ["freeze", "scan"]
+    events.clear()
+    runner.scan_library([tmp_path / "lib"], runner.ScanOptions(out_dir=tmp_path / "out2", device="cpu", streams=1),
+                        model_paths=[model])
+    assert events == ["scan"]  # the library function: no freeze

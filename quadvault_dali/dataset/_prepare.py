@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._gc import freeze_startup_objects
 from ..errors import DatasetError, OutputError, QuadvaultError
 from ..progress import progress_bar
 from ..sampling import SamplingMode, create_sampler
@@ -218,7 +217,6 @@ def _extract(todo: list[str], by_id: dict[str, LabelledVideo], out_dir: Path,
     pending: dict[str, list[dict]] = defaultdict(list)
     stats: dict[str, os.stat_result] = {}
     with progress_bar(len(todo), desc="Extracting frames", unit="video") as bar:
-        freeze_startup_objects()
         for batch in sampler.iter_batches([by_id[vid].path for vid in todo]):
             if len(batch):
                 encoded = encode_jpegs(batch.frames, quality)

@@ -16,6 +16,7 @@ import signal
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .._gc import freeze_startup_objects
 from ..errors import BackendUnavailableError, QuadvaultError
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ def _worker(files: list[Any], model_paths: list[Path], options: Any, gpu: int, o
         if not lock.acquire():
             raise QuadvaultError(f"another writer holds shard tag {tag}", path=options.out_dir)
         try:
+            freeze_startup_objects()  # this worker process's imports and models (see _gc)
             stats = scan_files(files, scorers, options, tag=tag, crashed=crashed,
                                on_progress=lambda s: out.put(("progress", gpu, dataclasses.asdict(s))))
         finally:

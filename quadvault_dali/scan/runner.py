@@ -18,7 +18,6 @@ from typing import Callable, Iterator, Mapping, Protocol, Sequence
 import numpy as np
 import torch
 
-from .._gc import freeze_startup_objects
 from ..discovery import find_videos, non_utf8_name
 from ..errors import DecodeError, OutputError, VideoOpenError
 from ..sampling import SamplingMode, VideoOutcome, create_sampler
@@ -287,7 +286,6 @@ def scan_files(files: Sequence[FileState], scorers: Sequence[Scorer], options: S
                 journal.started(f.path)
                 yield f.path
 
-        freeze_startup_objects()  # models loaded, sampler built: keep them out of the GC's passes
         with torch.inference_mode(), StallWatch(journal) as watch:
             for batch in sampler.iter_batches(sources()):
                 watch.beat()

@@ -39,11 +39,13 @@ def _init(rank: int, world: int, local_rank: int) -> None:
 def _train_rank(local_rank: int, world: int, config: TrainConfig, port: int, quiet: bool = False) -> TrainResult:
     import torch.distributed as dist
 
+    from .._gc import freeze_startup_objects
     from ..progress import set_quiet
 
     set_quiet(quiet)  # a spawned process starts without the parent's -q
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     _init(local_rank, world, local_rank)
+    freeze_startup_objects()  # a rank spawned here owns its process (see _gc)
     try:
         return run_training(config, (lambda line: None) if quiet else _echo, rank=local_rank, world=world,
                             local_rank=local_rank)

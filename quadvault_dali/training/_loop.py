@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._files import atomic_path
-from .._gc import freeze_startup_objects
 from ..device import resolve_device
 from ..errors import BackendUnavailableError, DatasetError, OutputError, QuadvaultError
 from ..metrics import best_threshold, binary_metrics, video_scores
@@ -260,7 +259,6 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
     best_key: tuple[float, float, float] | None = None
     since_best = 0
     show = rank == 0
-    freeze_startup_objects()  # network, optimiser and loaders built: keep them out of the GC's passes
     for epoch in range(1, config.epochs + 1):
         frozen = epoch <= config.freeze_backbone_epochs
         report(f"\nEpoch {epoch}/{config.epochs}" + (" (backbone frozen)" if frozen else ""))
