@@ -3,8 +3,10 @@
 A throughput number alone cannot say whether the hardware is the limit: 450 sampled frames/s is the
 ceiling if NVDEC is 100 % busy and an overhead to remove if it is 20 % busy. So every GPU row carries the
 mean and peak utilisation of the engines it uses, sampled every ``interval_s`` from NVML (``pynvml``) or,
-without it, from ``nvidia-smi``. NVML averages each value over its own sample period (~1/6 s) and, on a
-card with several decoders, over all of them: "decoder 100 %" means every NVDEC was busy.
+without it, from one ``nvidia-smi --loop-ms`` process (not a process per sample: that would take the CPU being
+measured). NVML averages each value over its own sample period (~1/6 s) and, on a card with several
+decoders, over all of them: "decoder 100 %" means every NVDEC was busy. The GPU is named by its UUID, since
+CUDA and NVML number GPUs differently once ``CUDA_VISIBLE_DEVICES`` or ``CUDA_DEVICE_ORDER`` is set.
 """
 
 from __future__ import annotations
@@ -20,12 +22,28 @@ SMI_FIELDS = {"gpu": "utilization.gpu", "decoder": "utilization.decoder", "jpeg"
 Reader = Callable[[], dict[str, float]]
 
 
-def _nvml_reader(index: int, metrics: tuple[str, ...]) -> Reader | None:
+def device_key(index: int) -> str:
+    """CUDA device ``index`` as NVML and nvidia-smi know it: ``GPU-<uuid>``, or the index without CUDA."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+            if uuid is not None:
+                text = str(uuid)
+                return text if text.startswith("GPU-") else f"GPU-{text}"
+    except Exception:  # noqa: BLE001 - no CUDA: the index is all there is
+        pass
+    return str(index)
+
+
+def _nvml_reader(key: str, metrics: tuple[str, ...]) -> Reader | None:
     try:
         import pynvml
 
         pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        handle = (pynvml.nvmlDeviceGetHandleByUUID(key) if key.startswith("GPU-")
+                  else pynvml.nvmlDeviceGetHandleByIndex(int(key)))
     except Exception:  # noqa: BLE001 - no NVML bindings or no driver: the CLI may still work
         return None
     getters: dict[str, Callable[[], float]] = {
@@ -44,32 +62,38 @@ def _nvml_reader(index: int, metrics: tuple[str, ...]) -> Reader | None:
     return (lambda: {name: get() for name, get in usable.items()}) if usable else None
 
 
-def _smi_reader(index: int, metrics: tuple[str, ...]) -> Reader | None:
+def _smi_command(key: str, names: list[str]) -> list[str] | None:
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return None
+    return [smi, f"--id={key}", f"--query-gpu={','.join(SMI_FIELDS[n] for n in names)}", "--format=csv,noheader,nounits"]
 
-    def query(names: list[str]) -> dict[str, float]:
-        fields = ",".join(SMI_FIELDS[n] for n in names)
-        out = subprocess.run([smi, f"--id={index}", f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=5)
-        values = [v.strip() for v in out.stdout.strip().split(",")]
-        if out.returncode != 0 or len(values) != len(names):
-            raise RuntimeError(out.stderr.strip() or out.stdout.strip())
-        return {n: float(v) for n, v in zip(names, values) if v.replace(".", "", 1).isdigit()}
 
+def _parse(line: str, names: list[str]) -> dict[str, float]:
+    values = [v.strip() for v in line.strip().split(",")]
+    if len(values) != len(names):
+        return {}
+    return {n: float(v) for n, v in zip(names, values) if v.replace(".", "", 1).isdigit()}
+
+
+def _smi_fields(key: str, metrics: tuple[str, ...]) -> list[str]:
+    """The metrics this nvidia-smi answers (one query each: an older one rejects a query with an unknown field)."""
     usable = []
-    for name in metrics:  # one at a time first: an older nvidia-smi rejects the whole query for one unknown field
+    for name in metrics:
+        cmd = _smi_command(key, [name])
+        if cmd is None:
+            return []
         try:
-            if query([name]):
-                usable.append(name)
-        except Exception:  # noqa: BLE001
-            pass
-    return (lambda: query(usable)) if usable else None
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=5)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out.returncode == 0 and _parse(out.stdout, [name]):
+            usable.append(name)
+    return usable
 
 
 class UtilisationMonitor:
-    """Samples engine utilisation in a thread while the ``with`` block runs; ``summary()`` gives
+    """Samples engine utilisation while the ``with`` block runs; ``summary()`` gives
     ``{"gpu_util_mean": .., "gpu_util_max": .., "decoder_util_mean": .., ...}`` or ``{}`` where nothing
     could be read (no GPU, no NVML, no nvidia-smi)."""
 
@@ -79,15 +103,24 @@ class UtilisationMonitor:
         self.samples: list[dict[str, float]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._read = reader or ((_nvml_reader(index, metrics) or _smi_reader(index, metrics)) if metrics else None)
+        self._proc: subprocess.Popen[str] | None = None
+        key = device_key(index) if metrics and reader is None else str(index)
+        self._read = reader or (_nvml_reader(key, metrics) if metrics else None)
+        self._smi = [] if self._read is not None or not metrics else _smi_fields(key, metrics)
+        self._smi_cmd = _smi_command(key, self._smi) if self._smi else None
 
     def __enter__(self) -> "UtilisationMonitor":
         if self._read is not None:
-            self._thread = threading.Thread(target=self._loop, name="utilisation-monitor", daemon=True)
+            self._thread = threading.Thread(target=self._poll, name="utilisation-monitor", daemon=True)
+        elif self._smi_cmd is not None:
+            self._proc = subprocess.Popen(self._smi_cmd + [f"--loop-ms={max(50, int(self.interval_s * 1000))}"],
+                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            self._thread = threading.Thread(target=self._follow, name="utilisation-monitor", daemon=True)
+        if self._thread is not None:
             self._thread.start()
         return self
 
-    def _loop(self) -> None:
+    def _poll(self) -> None:
         # the first sample waits one interval: NVML's value covers its last period, before the block began
         while not self._stop.wait(self.interval_s):
             try:
@@ -95,23 +128,35 @@ class UtilisationMonitor:
             except Exception:  # noqa: BLE001 - a failed sample is just missing
                 pass
 
+    def _follow(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        first = True
+        for line in self._proc.stdout:
+            if self._stop.is_set():
+                return
+            sample = _parse(line, self._smi)
+            if sample and not first:  # the first line covers the time before the block began
+                self.samples.append(sample)
+            first = False
+
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
         if self._thread is not None:
             self._thread.join(timeout=10)
 
     def summary(self) -> dict[str, float]:
         out: dict[str, float] = {}
-        names = sorted({name for sample in self.samples for name in sample})
-        for name in names:
-            values = [s[name] for s in self.samples if name in s]
+        samples = list(self.samples)
+        for name in sorted({name for sample in samples for name in sample}):
+            values = [s[name] for s in samples if name in s]
             out[f"{name}_util_mean"] = round(sum(values) / len(values), 1)
             out[f"{name}_util_max"] = round(max(values), 1)
-        if self.samples:
-            out["util_samples"] = len(self.samples)
+        if samples:
+            out["util_samples"] = len(samples)
         return out
-
-
-def monitor_for(device: str, metrics: tuple[str, ...] = ("gpu", "decoder")) -> UtilisationMonitor | None:
-    """A monitor for a ``gpu`` measurement, ``None`` for the CPU (whose rows then carry no utilisation)."""
-    return UtilisationMonitor(metrics=metrics) if device == "gpu" else None

@@ -25,11 +25,14 @@ def monitor_module():
 
 
 FAKE_SMI = """#!/bin/sh
-# answers like nvidia-smi on a driver that knows the decoder but not the JPEG engine
+# answers like nvidia-smi on a driver that knows the decoder but not the JPEG engine; --loop-ms=N repeats
+loop=""
 for arg in "$@"; do
   case "$arg" in
     --query-gpu=*) query="${arg#--query-gpu=}" ;;
+    --loop-ms=*) loop=1 ;;
   esac
+  echo "$arg" >> "$(dirname "$0")/calls.log"
 done
 case "$query" in
   *utilization.jpeg*) echo "Field \\"utilization.jpeg\\" is not a valid field to query." >&2; exit 2 ;;
@@ -43,6 +46,7 @@ for field in $(echo "$query" | tr ',' ' '); do
   out="${out:+$out, }$value"
 done
 echo "$out"
+while [ -n "$loop" ]; do sleep 0.02; echo "$out"; done
 """
 
 
@@ -60,6 +64,8 @@ def test_nvidia_smi_values_are_averaged_and_an_unknown_field_left_out(monitor_mo
     assert summary["decoder_util_mean"] == summary["decoder_util_max"] == 90.0
     assert not any(key.startswith("jpeg") for key in summary)
     assert summary["util_samples"] >= 2
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert sum(c.startswith("--loop-ms=") for c in calls) == 1  # one long-lived process, not one per sample
 
 
 def test_mean_and_peak_per_engine(monitor_module) -> None:
