@@ -90,30 +90,37 @@ class GcPauses:
         gc.callbacks.remove(self._callback)
 
 
-def measure(videos: list[Path], streams: int, size: int, uncrop: bool, repeats: int) -> dict[str, Any]:
-    """The median of ``repeats`` passes over ``videos`` (after a warm-up pass over two)."""
-    sampler = PrepOnlySampler(uncrop=uncrop, mode="keyframe", size=size, streams=streams)
-    for _ in sampler.iter_batches(videos[:2]):  # imports, first-use costs, templates
-        pass
+def measure(videos: list[Path], streams: int, size: int, repeats: int) -> list[dict[str, Any]]:
+    """Rows for uncropped and cropped clips: the median of ``repeats`` passes each over ``videos``, the two
+    settings' passes interleaved (and their order alternated) so that a drifting machine favours neither."""
+    samplers = {uncrop: PrepOnlySampler(uncrop=uncrop, mode="keyframe", size=size, streams=streams)
+                for uncrop in (True, False)}
+    for sampler in samplers.values():
+        for _ in sampler.iter_batches(videos[:2]):  # imports, first-use costs, templates
+            pass
     freeze_startup_objects()  # as the product's long loops do
-    passes = []
-    for _ in range(repeats):
-        frames = 0
-        with GcPauses() as pauses:
-            wall0, cpu0 = time.perf_counter(), time.process_time()
-            for batch in sampler.iter_batches(videos):
-                frames += len(batch)
-            passes.append((time.perf_counter() - wall0, time.process_time() - cpu0, frames, pauses))
-    wall, cpu, frames, pauses = sorted(passes, key=lambda p: p[0])[len(passes) // 2]
-    return {"streams": streams, "uncrop_sps": uncrop, "videos": len(videos), "frames": frames, "repeats": repeats,
-            "seconds": round(wall, 3), "sampled_fps": round(frames / wall, 1),
-            "cpu_ms_per_frame": round(1000 * cpu / max(frames, 1), 3),
-            "gc_pause_ms": [round(ms, 1) for ms in pauses.ms], "gc_collections": pauses.count}
+    passes: dict[bool, list[tuple[float, float, int, GcPauses]]] = {True: [], False: []}
+    for r in range(repeats):
+        for uncrop in ((True, False) if r % 2 == 0 else (False, True)):
+            frames = 0
+            with GcPauses() as pauses:
+                wall0, cpu0 = time.perf_counter(), time.process_time()
+                for batch in samplers[uncrop].iter_batches(videos):
+                    frames += len(batch)
+                passes[uncrop].append((time.perf_counter() - wall0, time.process_time() - cpu0, frames, pauses))
+    rows = []
+    for uncrop, runs in passes.items():
+        wall, cpu, frames, pauses = sorted(runs, key=lambda p: p[0])[len(runs) // 2]
+        rows.append({"streams": streams, "uncrop_sps": uncrop, "videos": len(videos), "frames": frames,
+                     "repeats": repeats, "seconds": round(wall, 3), "sampled_fps": round(frames / wall, 1),
+                     "cpu_ms_per_frame": round(1000 * cpu / max(frames, 1), 3),
+                     "gc_pause_ms": [round(ms, 1) for ms in pauses.ms], "gc_collections": pauses.count})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="24 copies of 4-s clips")
+    ap.add_argument("--quick", action="store_true", help="96 copies of 4-s clips")
     ap.add_argument("--videos", type=int, default=None, help="copies of each clip per measurement")
     ap.add_argument("--duration", type=float, default=8.0, help="clip length in seconds")
     ap.add_argument("--streams", default="1,4", help="decode streams (threads) to try")
@@ -124,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     work = args.work or Path(tempfile.gettempdir()) / "quadvault-sampling-bench"
     duration = 4.0 if args.quick else args.duration
-    n_videos = args.videos or (24 if args.quick else 200)
+    n_videos = args.videos or (96 if args.quick else 200)
     # the sampling benchmark's clips (same names: a GPU lease builds them once for both), less 2160p k2
     specs = [c for c in clip_specs(False, duration) if c.codec == "h264" or c.keyframe_s == 1.0]
     info = machine()
@@ -140,11 +147,12 @@ def main(argv: list[str] | None = None) -> int:
         path = make_clip(work, spec)
         videos = linked_copies(path, n_videos, work / "copies")
         if not warmed:  # the process's first pass ran ~25 % slower whatever it measured: not a row
-            measure(videos[: min(24, n_videos)], 1, args.size, True, 1)
+            measure(videos[: min(24, n_videos)], 1, args.size, 1)
             warmed = True
         for streams in (int(s) for s in args.streams.split(",")):
-            for uncrop in (True, False):
-                row = {"clip": spec.name, "codec": spec.codec, **measure(videos, streams, args.size, uncrop, args.repeats)}
+            for measured in measure(videos, streams, args.size, args.repeats):
+                row = {"clip": spec.name, "codec": spec.codec, **measured}
+                uncrop = row["uncrop_sps"]
                 results.append(row)
                 print(f"  {spec.name:18} streams={streams} uncrop={uncrop!s:5} {row['sampled_fps']:8.1f} frames/s "
                       f"{row['cpu_ms_per_frame']:.3f} CPU ms/frame", file=sys.stderr, flush=True)
