@@ -22,7 +22,8 @@ from quadvault_dali.probe import VideoInfo, open_container, probe_open
 from quadvault_dali.sampling import plan_samples
 from quadvault_dali.sampling._reader import CountingFile
 from quadvault_dali.sampling._uncrop import uncrop_config, uncrop_packet
-from quadvault_dali.sampling._remux import Clip, SourcePacket, _Run, clip_signature, decode_clip, mux_clip, plan_clips
+from quadvault_dali.sampling._remux import (Clip, SourcePacket, _Run, clip_signature, decode_clip, mux_clip, plan_clips,
+                                           uncropped_signature)
 from quadvault_dali.synth import SynthSpec, make_video, read_stamp
 
 STAMP_TOL = 0.006
@@ -130,11 +131,8 @@ def concat_keyframes(path: Path, copies: int, uncrop: bool = False) -> tuple[Cli
             done = uncrop_config(info.codec, bytes(stream.codec_context.extradata or b""))
             if done is None:
                 return None
-            crop = done.crop
-            data = [uncrop_packet(d, info.codec, crop, done.length_size) for d in data]
-            name, _, _, _, pix_fmt = clip_signature(stream)
-            signature = (name, done.extradata, crop.coded_width, crop.coded_height, pix_fmt)
-            roi = (crop.display_height / crop.coded_height, crop.display_width / crop.coded_width)
+            data = [uncrop_packet(d, info.codec, done.crop, done.length_size) for d in data]
+            signature, roi = uncropped_signature(clip_signature(stream), done), done.crop.region
         step = float(np.ceil(max(times) + 1.0))
         runs = [_Run([SourcePacket(d, t + k * step, t + k * step, True)], [t + k * step])
                 for k in range(copies) for d, t in zip(data, times)]

@@ -362,9 +362,10 @@ class DaliSampler(Sampler):
         before they are decoded (``_crop_back``), all still on the hardware decoder. If it fails too, the
         failure is the clip's own (damaged data, or a decoder that does not work at all), as without the
         rewrite."""
-        if not isinstance(result, Exception) or self._uncropped_worked or not w.clip.can_crop_back:
-            if not isinstance(result, Exception) and w.clip.roi != (1.0, 1.0):
-                self._uncropped_worked = True
+        if not isinstance(result, Exception):
+            self._uncropped_worked |= w.clip.roi != (1.0, 1.0)
+            return result
+        if self._uncropped_worked or not w.clip.can_crop_back:
             return result
         try:
             cropped = w.clip.cropped()

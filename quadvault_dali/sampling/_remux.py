@@ -163,6 +163,12 @@ def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run], signat
     return Clip(data, frames, wanted, len(packets), list(runs), signature, roi, cropped_signature)
 
 
+def uncropped_signature(signature: Signature, done: Uncropped) -> Signature:
+    """``signature`` with the uncropped configuration record and the coded picture size."""
+    name, _, _, _, pix_fmt = signature
+    return name, done.extradata, done.crop.coded_width, done.crop.coded_height, pix_fmt
+
+
 def can_follow(clip: Clip, previous: Clip) -> bool:
     """Whether ``clip`` may be appended to ``previous`` in one stream (``merge_clips``)."""
     return (previous.signature is not None and clip.signature == previous.signature and clip.roi == previous.roi
@@ -315,14 +321,12 @@ class _ClipPacker:
 
     def _uncrop(self) -> None:
         """Clips of this stream carry its SPS without the bottom/right cropping (see ``_uncrop``)."""
-        name, extradata, _, _, pix_fmt = self.signature
-        done = uncrop_config(self.codec, extradata)
+        done = uncrop_config(self.codec, self.signature[1])
         if done is None:
             return
-        crop = done.crop
         self.cropped_signature = self.signature
-        self.signature = (name, done.extradata, crop.coded_width, crop.coded_height, pix_fmt)
-        self.roi = (crop.display_height / crop.coded_height, crop.display_width / crop.coded_width)
+        self.signature = uncropped_signature(self.signature, done)
+        self.roi = done.crop.region
         self.uncropped = done
 
     def _uncropped_packets(self, run: _Run) -> list[SourcePacket] | None:

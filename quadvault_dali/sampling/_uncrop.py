@@ -48,6 +48,11 @@ class Crop:
         return self.coded_height - self.top - self.bottom
 
     @property
+    def region(self) -> tuple[float, float]:
+        """(height, width) of the displayed picture as fractions of the coded one (``Clip.roi``)."""
+        return self.display_height / self.coded_height, self.display_width / self.coded_width
+
+    @property
     def only_padding(self) -> bool:
         """Cropped at the bottom/right only: the display area starts at the top-left corner."""
         return self.left == 0 and self.top == 0 and (self.right or self.bottom) > 0
@@ -271,23 +276,35 @@ def _uncrop_all(nals: list[bytes], codec: str) -> tuple[list[bytes], Crop] | Non
     return (out, crops.pop()) if len(crops) == 1 else None
 
 
-def _uncrop_avcc(extradata: bytes) -> Uncropped | None:
-    if len(extradata) < 7 or extradata[0] != 1:
-        return None  # not avcC (Annex B extradata of MPEG-TS, or none)
-    count = extradata[5] & 0x1F
-    pos, nals = 6, []
+def _record_nals(record: bytes, pos: int, count: int) -> tuple[list[bytes], int] | None:
+    """``count`` NAL units of a configuration record from ``pos``, each behind a 2-byte length, and the
+    position after them; ``None`` if the record ends early."""
+    nals = []
     for _ in range(count):
-        size = int.from_bytes(extradata[pos:pos + 2], "big")
-        nals.append(extradata[pos + 2:pos + 2 + size])
+        size = int.from_bytes(record[pos:pos + 2], "big")
+        nals.append(record[pos + 2:pos + 2 + size])
         if len(nals[-1]) != size:
             return None
         pos += 2 + size
+    return nals, pos
+
+
+def _record_bytes(nals: list[bytes]) -> bytes:
+    return b"".join(len(n).to_bytes(2, "big") + n for n in nals)
+
+
+def _uncrop_avcc(extradata: bytes) -> Uncropped | None:
+    if len(extradata) < 7 or extradata[0] != 1:
+        return None  # not avcC (Annex B extradata of MPEG-TS, or none)
+    read = _record_nals(extradata, 6, extradata[5] & 0x1F)
+    if read is None:
+        return None
+    nals, pos = read
     done = _uncrop_all(nals, "h264")
     if done is None:
         return None
-    body = b"".join(len(n).to_bytes(2, "big") + n for n in done[0])
     # the PPSs (and the high-profile tail) after the SPSs stay as they are
-    return Uncropped(extradata[:6] + body + extradata[pos:], done[1], (extradata[4] & 3) + 1)
+    return Uncropped(extradata[:6] + _record_bytes(done[0]) + extradata[pos:], done[1], (extradata[4] & 3) + 1)
 
 
 def _uncrop_hvcc(extradata: bytes) -> Uncropped | None:
@@ -300,20 +317,16 @@ def _uncrop_hvcc(extradata: bytes) -> Uncropped | None:
             return None
         kind, count = extradata[pos] & 0x3F, int.from_bytes(extradata[pos + 1:pos + 3], "big")
         out += extradata[pos:pos + 3]
-        pos += 3
-        nals = []
-        for _ in range(count):
-            size = int.from_bytes(extradata[pos:pos + 2], "big")
-            nals.append(extradata[pos + 2:pos + 2 + size])
-            if len(nals[-1]) != size:
-                return None
-            pos += 2 + size
+        read = _record_nals(extradata, pos + 3, count)
+        if read is None:
+            return None
+        nals, pos = read
         if kind == _SPS_TYPE["hevc"]:
             done = _uncrop_all(nals, "hevc")
             if done is None or (crop is not None and done[1] != crop):
                 return None
             nals, crop = done
-        out += b"".join(len(n).to_bytes(2, "big") + n for n in nals)
+        out += _record_bytes(nals)
     if crop is None:
         return None
     return Uncropped(bytes(out) + extradata[pos:], crop, (extradata[21] & 3) + 1)
