@@ -13,6 +13,7 @@ On an H100 the goal is DALI >= 3x the baseline and >= 90 % of the model's step r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -21,11 +22,10 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from _gpu_monitor import UtilisationMonitor
@@ -33,6 +33,7 @@ from _results import write_json
 from quadvault_dali.model import build_network, library_versions, spec_for
 from quadvault_dali.training import DaliFrameLoader, FrameTable
 from quadvault_dali.training._config import loader_threads, resnet18_weights_available
+from quadvault_dali.training._step import SHOW_EVERY, TrainStep
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -73,21 +74,28 @@ class PilDataset(torch.utils.data.Dataset):
 
 
 def _drain(batches: Iterable[Any], device: torch.device, max_batches: int,
-           step: Callable[[torch.Tensor], None] | None = None) -> tuple[int, float]:
-    """(images, seconds) over up to ``max_batches`` after one warm-up batch."""
+           step: TrainStep | None = None) -> tuple[int, float]:
+    """(images, seconds) over up to ``max_batches`` after one warm-up batch; with ``step``, each batch trains
+    as in ``quadvault train`` (its stream, its reads of the running loss every SHOW_EVERY batches)."""
     it = iter(batches)
-    first = next(it)
-    if step is not None:
-        step(first[0].to(device, non_blocking=True))
-    _sync(device)
-    n, start = 0, time.perf_counter()
-    for k, (images, _) in enumerate(it):
-        if k >= max_batches:
-            break
-        images = images.to(device, non_blocking=True)
+    with step.running() if step is not None else contextlib.nullcontext():
+        first = next(it)
         if step is not None:
-            step(images)
-        n += images.shape[0]
+            step(*first)
+        _sync(device)
+        n, start = 0, time.perf_counter()
+        for k, (images, rows) in enumerate(it, start=1):
+            if k > max_batches:
+                break
+            if step is not None:
+                step(images, rows)
+                if k % SHOW_EVERY == 0:
+                    step.totals()
+            else:
+                images = images.to(device, non_blocking=True)
+            n += images.shape[0]
+        if step is not None:
+            step.totals()
     _sync(device)
     return n, time.perf_counter() - start
 
@@ -97,22 +105,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_step(net: torch.nn.Module, device: torch.device) -> Callable[[torch.Tensor], None]:
-    """One optimiser step on a batch, channels_last (and bf16 autocast on CUDA), like the training loop."""
+def make_step(net: torch.nn.Module, device: torch.device, rows: int, *, priority: bool = True) -> TrainStep:
+    """The training loop's own step (AdamW, bf16 autocast on CUDA, channels_last), over ``rows`` frames."""
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    cuda = device.type == "cuda"
-
-    def step(images: torch.Tensor) -> None:
-        images = images.contiguous(memory_format=torch.channels_last)
-        y = torch.ones(images.shape[0], device=device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            logits = net(images)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
+    return TrainStep(net, opt, None, torch.ones(rows), torch.tensor(1.0, device=device), device, priority=priority)
 
 
 def machine(device: torch.device) -> dict[str, Any]:
@@ -166,7 +162,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                              pin_memory=device.type == "cuda", persistent_workers=True)
         net = build_network(arch, image_size=size, pretrained=weights).to(device, memory_format=torch.channels_last)
         net.train()
-        step = make_step(net, device)
+        step = make_step(net, device, len(files))
+        default_stream = make_step(net, device, len(files), priority=False) if device.type == "cuda" else None
         results: dict[str, Any] = {}
 
         def forever(source: Any) -> Iterable[Any]:
@@ -183,24 +180,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         n, s = _drain(baseline_stream, device, nl)
         results["baseline_loader_images_per_s"] = _rate(n, s)
         synthetic = torch.randn(bs, 3, size, size, device=device)
-        n, s = _drain(((synthetic, None) for _ in range(nb + 1)), device, nb, step)
+        rows = torch.arange(bs)
+        n, s = _drain(((synthetic, rows) for _ in range(nb + 1)), device, nb, step)
         results["model_step_images_per_s"] = _rate(n, s)
-        with _monitor(device) as gpu:
-            n, s = _drain(dali_stream, device, nb, step)
-        results["dali_train_images_per_s"] = _rate(n, s)
-        results["gpu_utilisation_percent_dali_train"] = gpu.summary().get("gpu_util_mean")
-        results["utilisation_dali_train"] = gpu.summary()
+        # The training loop's step on its high-priority stream, and (CUDA) the same step on an ordinary stream,
+        # in alternating passes: one pass each had them in the order of the GPU's warming up.
+        passes: dict[str, list[float]] = {"dali_train_images_per_s": [], "dali_default_stream_train_images_per_s": []}
+        busy: list[dict[str, Any]] = []
+        for _ in range(args.repeats):
+            with _monitor(device) as gpu:
+                n, s = _drain(dali_stream, device, nb, step)
+            passes["dali_train_images_per_s"].append(_rate(n, s))
+            busy.append(gpu.summary())
+            if default_stream is not None:
+                n, s = _drain(dali_stream, device, nb, default_stream)
+                passes["dali_default_stream_train_images_per_s"].append(_rate(n, s))
+        for key, rates in passes.items():
+            if rates:
+                results[key] = float(np.median(rates))
+                results[key.replace("_images_per_s", "_passes")] = rates
+        results["gpu_utilisation_percent_dali_train"] = busy[len(busy) // 2].get("gpu_util_mean")
+        results["utilisation_dali_train"] = busy[len(busy) // 2]
         if full_stream is not None:
             with _monitor(device) as gpu:
                 n, s = _drain(full_stream, device, nb, step)
             results["dali_full_decode_train_images_per_s"] = _rate(n, s)
             results["utilisation_dali_full_decode_train"] = gpu.summary()  # how much the JPEG engine took
-        if device.type == "cuda":
-            # the step on a high-priority CUDA stream: the GPU then runs DALI's augmentation kernels in the
-            # gaps of the model's instead of beside them (lower numbers are higher priority)
-            with torch.cuda.stream(torch.cuda.Stream(device, priority=-1)):
-                n, s = _drain(dali_stream, device, nb, step)
-            results["dali_priority_train_images_per_s"] = _rate(n, s)
         with _monitor(device) as gpu:
             n, s = _drain(baseline_stream, device, nb, step)
         results["baseline_train_images_per_s"] = _rate(n, s)
@@ -211,8 +216,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["dali_train_vs_model_step"] = round(d / m, 3) if m else None
         full = results.get("dali_full_decode_train_images_per_s")
         results["dali_full_decode_train_vs_model_step"] = round(full / m, 3) if m and full else None
-        prio = results.get("dali_priority_train_images_per_s")
-        results["dali_priority_train_vs_model_step"] = round(prio / m, 3) if m and prio else None
+        plain = results.get("dali_default_stream_train_images_per_s")
+        results["dali_default_stream_train_vs_model_step"] = round(plain / m, 3) if m and plain else None
         results["dali_vs_baseline_loader"] = (round(results["dali_loader_images_per_s"]
                                                     / results["baseline_loader_images_per_s"], 2)
                                               if results["baseline_loader_images_per_s"] else None)
@@ -224,7 +229,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "versions": library_versions(),
             "config": {"architecture": arch, "weights": "imagenet" if weights == "auto" else "random",
                        "image_size": size, "batch_size": bs, "train_batches_timed": nb, "loader_batches_timed": nl,
-                       "images_in_set": args.images, "loader_workers": workers,
+                       "images_in_set": args.images, "loader_workers": workers, "repeats": args.repeats,
                        "precision": "bf16 autocast" if device.type == "cuda" else "fp32"},
             "results": results, "goals_h100": {"dali_vs_baseline_train": ">= 3", "dali_train_vs_model_step": ">= 0.9"}}
 
@@ -247,6 +252,8 @@ def main() -> None:
     parser.add_argument("--loader-batches", type=int, default=None,
                         help="timed batches per loader-only measurement (well above the prefetch depth)")
     parser.add_argument("--images", type=int, default=None, help="JPEGs in the generated set")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="alternating passes of the DALI-fed step on its priority stream and on an ordinary one")
     parser.add_argument("--workers", type=int, default=0,
                         help="DataLoader workers / DALI threads (0 = what quadvault train uses: the cores, 2 to 16)")
     parser.add_argument("--out", type=Path, default=None)

@@ -19,7 +19,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .._files import atomic_path
@@ -29,7 +28,8 @@ from ..metrics import best_threshold, binary_metrics, video_scores
 from ..model import build_network, save_model, spec_for
 from ..progress import progress_bar
 from ._config import EpochRecord, TrainConfig, TrainResult, loader_threads, resolve_backbone
-from ._data import FILLER, DaliFrameLoader, FrameTable, TrainingData, load_training_data
+from ._data import DaliFrameLoader, FrameTable, TrainingData, load_training_data
+from ._step import SHOW_EVERY, TrainStep
 
 log = logging.getLogger(__name__)
 Report = Callable[[str], None]
@@ -106,32 +106,16 @@ def _hold_batchnorm_statistics(net: nn.Module) -> None:
             module.eval()
 
 
-def _train_epoch(model: nn.Module, net: nn.Module, loader: DaliFrameLoader, frames: FrameTable,
-                 optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
-                 pos_weight: torch.Tensor, device: torch.device, desc: str, show: bool) -> tuple[float, float, int]:
-    labels_all = torch.from_numpy(frames.labels).float()
-    loss_sum, correct, seen = 0.0, 0, 0
-    cuda = device.type == "cuda"
-    with _bar(len(loader), desc, show) as bar:
-        for images, rows in loader:
-            y = labels_all[rows.clamp(min=0)].to(device, non_blocking=True)
-            # fillers complete the batch (BatchNorm sees a full one) but must not count their frame twice
-            weight = (rows != FILLER).float().to(device, non_blocking=True)
-            images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                logits = model(images)
-            losses = weight * F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=pos_weight,
-                                                                 reduction="none")
-            loss = losses.sum() / len(weight)  # per batch size, not per counted frame: every frame weighs the same
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += float(losses.detach().sum())
-            correct += int((((logits.detach().float() > 0) == (y > 0.5)) & (weight > 0)).sum())
-            seen += int(weight.sum())
+def _train_epoch(step: TrainStep, loader: DaliFrameLoader, desc: str, show: bool) -> tuple[float, float, int]:
+    """One pass over the training frames: (mean loss, accuracy, frames counted)."""
+    with _bar(len(loader), desc, show) as bar, step.running():
+        for k, (images, rows) in enumerate(loader, start=1):
+            step(images, rows)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}", acc=f"{100 * correct / max(seen, 1):.1f}%")
+            if show and (k % SHOW_EVERY == 0 or k == len(loader)):  # each read waits for the GPU
+                loss_sum, correct, seen = step.totals()
+                bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.4f}", acc=f"{100 * correct / max(seen, 1):.1f}%")
+    loss_sum, correct, seen = step.totals()
     return loss_sum / max(seen, 1), correct / max(seen, 1), seen
 
 
@@ -248,6 +232,7 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
         optimizer, [_lr_lambda(total, warmup, frozen_steps), _lr_lambda(total, warmup)])
     n_pos = int(data.train.labels.sum())
     pos_weight = torch.tensor((len(data.train) - n_pos) / max(n_pos, 1), device=device)
+    labels = torch.from_numpy(data.train.labels)
 
     weights = {"auto": "ImageNet weights", "none": "from scratch"}.get(str(config.pretrained),
                                                                      f"weights from {config.pretrained}")
@@ -267,8 +252,8 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
         _set_backbone_frozen(net, frozen, world > 1)
         if str(config.pretrained) != "none":
             _hold_batchnorm_statistics(net)
-        train_loss, train_acc, seen = _train_epoch(model, net, train_loader, data.train, optimizer, scheduler,
-                                                   pos_weight, device, f"Train {epoch}", show)
+        step = TrainStep(model, optimizer, scheduler, labels, pos_weight, device)
+        train_loss, train_acc, seen = _train_epoch(step, train_loader, f"Train {epoch}", show)
         train_s = time.perf_counter() - started
         # the bare network: DDP's forward syncs buffers, and ranks may hold different numbers of val batches
         probs, val_loss = _evaluate(net, val_loader, data.val, device, world, f"Val {epoch}", show)

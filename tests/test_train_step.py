@@ -1,0 +1,83 @@
+"""The training step keeps its loss and accuracy on the device: what it reports must still be exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from quadvault_dali.training._data import FILLER
+from quadvault_dali.training._step import TrainStep
+
+
+class _Linear(nn.Module):
+    """A model whose logits are computable by hand: the mean of each image times a fixed weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.scale * images.float().mean(dim=(1, 2, 3))
+
+
+def _expected(images: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor, pos_weight: float
+              ) -> tuple[float, int, int]:
+    real = rows != FILLER
+    logits = images.float().mean(dim=(1, 2, 3))[real]
+    y = labels[rows[real]].float()
+    loss = F.binary_cross_entropy_with_logits(logits, y, pos_weight=torch.tensor(pos_weight), reduction="sum")
+    correct = int(((logits > 0) == (y > 0.5)).sum())
+    return float(loss), correct, int(real.sum())
+
+
+def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    # logits 0.5, -0.25, (filler 0.75) | -1.0, 2.0, (filler -0.5): both signs, one filler per batch
+    values = [0.5, -0.25, 0.75, -1.0, 2.0, -0.5]
+    images = torch.tensor(values).view(-1, 1, 1, 1).expand(-1, 3, 4, 4).contiguous()
+    rows = torch.tensor([0, 1, FILLER, 2, 3, FILLER])
+    return [(images[:3], rows[:3]), (images[3:], rows[3:])]
+
+
+def _run(device: torch.device, priority: bool) -> tuple[float, int, int]:
+    net = _Linear().to(device)
+    labels = torch.tensor([1, 0, 1, 0])  # rows 0, 1 right; row 2 (logit -1.0) and row 3 (2.0) wrong
+    step = TrainStep(net, torch.optim.SGD(net.parameters(), lr=0.0), None, labels, torch.tensor(2.0, device=device),
+                     device, priority=priority)
+    with step.running():
+        for images, rows in _batches():
+            step(images, rows)
+    return step.totals()
+
+
+def test_step_totals_count_real_frames_only_and_match_a_hand_computation() -> None:
+    loss, correct, seen = _run(torch.device("cpu"), priority=True)
+    labels = torch.tensor([1, 0, 1, 0])
+    expected = [_expected(images, rows, labels, 2.0) for images, rows in _batches()]
+    assert seen == 4 == sum(e[2] for e in expected)  # fillers never counted
+    assert correct == 2 == sum(e[1] for e in expected)
+    assert loss == pytest.approx(sum(e[0] for e in expected), rel=1e-6)
+
+
+def test_step_trains() -> None:
+    net = _Linear()
+    step = TrainStep(net, torch.optim.SGD(net.parameters(), lr=0.5), None, torch.tensor([1, 0]),
+                     torch.tensor(1.0), torch.device("cpu"))
+    images = torch.tensor([1.0, -1.0]).view(-1, 1, 1, 1).expand(-1, 3, 2, 2).contiguous()
+    losses = []
+    for _ in range(5):
+        before = step.totals()[0]
+        step(images, torch.tensor([0, 1]))
+        losses.append(step.totals()[0] - before)
+    assert losses == sorted(losses, reverse=True) and losses[-1] < losses[0]  # the loss falls step by step
+
+
+@pytest.mark.gpu
+def test_step_on_the_priority_stream_reports_what_the_ordinary_stream_does() -> None:
+    device = torch.device("cuda:0")
+    prio = _run(device, priority=True)
+    plain = _run(device, priority=False)
+    cpu = _run(torch.device("cpu"), priority=True)
+    assert prio[1:] == plain[1:] == cpu[1:]
+    assert prio[0] == pytest.approx(plain[0], rel=1e-6) and prio[0] == pytest.approx(cpu[0], rel=2e-2)  # bf16
