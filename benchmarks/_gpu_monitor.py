@@ -11,10 +11,14 @@ CUDA and NVML number GPUs differently once ``CUDA_VISIBLE_DEVICES`` or ``CUDA_DE
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import threading
+import time
 from typing import Callable
+
+from _cpu_usage import process_tree_cpu_s
 
 #: what each metric is called in nvidia-smi's ``--query-gpu``
 SMI_FIELDS = {"gpu": "utilization.gpu", "decoder": "utilization.decoder", "jpeg": "utilization.jpeg"}
@@ -98,8 +102,11 @@ class UtilisationMonitor:
     could be read (no GPU, no NVML, no nvidia-smi)."""
 
     def __init__(self, index: int = 0, metrics: tuple[str, ...] = ("gpu", "decoder"), interval_s: float = 0.1,
-                 reader: Reader | None = None) -> None:
+                 reader: Reader | None = None, cpu: bool = False) -> None:
         self.interval_s = interval_s
+        self.cpu = cpu  # also the host's share: ``cpu_cores_busy`` of ``cpu_count`` for this process tree
+        self._cpu_start: tuple[float, float] | None = None
+        self._cpu_used: tuple[float, float] | None = None
         self.samples: list[dict[str, float]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -110,6 +117,8 @@ class UtilisationMonitor:
         self._smi_cmd = _smi_command(key, self._smi) if self._smi else None
 
     def __enter__(self) -> "UtilisationMonitor":
+        if self.cpu:
+            self._cpu_start = (time.perf_counter(), process_tree_cpu_s())
         if self._read is not None:
             self._thread = threading.Thread(target=self._poll, name="utilisation-monitor", daemon=True)
         elif self._smi_cmd is not None:
@@ -140,6 +149,9 @@ class UtilisationMonitor:
             first = False
 
     def __exit__(self, *exc: object) -> None:
+        if self._cpu_start is not None:
+            wall0, cpu0 = self._cpu_start
+            self._cpu_used = (time.perf_counter() - wall0, process_tree_cpu_s() - cpu0)
         self._stop.set()
         if self._proc is not None:
             self._proc.terminate()
@@ -159,4 +171,7 @@ class UtilisationMonitor:
             out[f"{name}_util_max"] = round(max(values), 1)
         if samples:
             out["util_samples"] = len(samples)
+        if self._cpu_used is not None and self._cpu_used[0] > 0:
+            out["cpu_cores_busy"] = round(self._cpu_used[1] / self._cpu_used[0], 2)
+            out["cpu_count"] = os.cpu_count() or 0
         return out

@@ -18,14 +18,14 @@
 #   STEPS=prebuild,tests,sampling   then   STEPS=scan,train,demo   (diagnose on its own: STEPS=diagnose)
 #
 # Sizes (override with the environment): SAMPLING_ARGS, SCAN_ARGS, TRAIN_ARGS, PREP_ARGS; limits in seconds:
-# TESTS_S, SAMPLING_S, PREP_S, DIAGNOSE_S, SCAN_S, TRAIN_S, DEMO_S (and DIAGNOSE_ARGS). The defaults keep each documented
+# TESTS_S, SAMPLING_S, PREP_S, DIAGNOSE_S, PROFILE_S, SCAN_S, TRAIN_S, DEMO_S (and DIAGNOSE_ARGS, PROFILE_ARGS). The defaults keep each documented
 # call under the device tool's 600 s even when every step runs to its limit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/quadvault-gpu-check}
 mkdir -p "$OUT"
 WORK=${WORK:-/root/quadvault-gpu-work}
-STEPS=${STEPS:-prebuild,tests,sampling,prep,diagnose,scan,train,demo}
+STEPS=${STEPS:-prebuild,tests,sampling,prep,diagnose,profile,scan,train,demo}
 TESTS_S=${TESTS_S:-200}
 SAMPLING_S=${SAMPLING_S:-240}
 DIAGNOSE_S=${DIAGNOSE_S:-150}
@@ -34,6 +34,8 @@ SCAN_S=${SCAN_S:-220}
 TRAIN_S=${TRAIN_S:-120}
 DEMO_S=${DEMO_S:-120}
 CORPUS_S=${CORPUS_S:-150}
+PROFILE_S=${PROFILE_S:-120}
+PYSPY=${PYSPY:-.gpu/py-spy}  # the profile step's py-spy binary (it travels in .gpu/; the machine has none)
 # 64 copies keep 8 decode streams busy; the CPU rows (decode-everything baseline, exact mode) take 8
 SAMPLING_ARGS=${SAMPLING_ARGS:---videos 64 --cpu-videos 8 --duration 8 --streams 1,2,4,8}
 SCAN_ARGS=${SCAN_ARGS:---videos 200 --streams 8 --batch-size 256}
@@ -105,6 +107,15 @@ if wants prebuild && [ ! -f "$WORK/sampling/clips.done" ]; then
   echo $! >"$WORK/prebuild-sampling.pid"
   say "=== prebuild: generating the sampling clips in the background (pid $(cat "$WORK/prebuild-sampling.pid"))"
 fi
+if wants prebuild && wants diagnose && [ ! -f "$WORK/diagnose.done" ]; then
+  mkdir -p "$WORK/diagnose"
+  # shellcheck disable=SC2086
+  (setsid nohup python3 benchmarks/gpu_diagnose.py --build-only --device "$DEVICE" $DIAGNOSE_ARGS \
+     --work "$WORK/diagnose" --out "$WORK/diagnose-build.json" && touch "$WORK/diagnose.done") \
+    >"$WORK/prebuild-diagnose.log" 2>&1 </dev/null &
+  echo $! >"$WORK/prebuild-diagnose.pid"
+  say "=== prebuild: generating the diagnose videos in the background (pid $(cat "$WORK/prebuild-diagnose.pid"))"
+fi
 
 gpu_tests=$(grep -l "mark.gpu" tests/test_*.py | tr '\n' ' ')
 # shellcheck disable=SC2086
@@ -120,9 +131,16 @@ step sampling "$SAMPLING_S" python3 benchmarks/sampling_bench.py $SAMPLING_ARGS 
 step prep "$PREP_S" python3 benchmarks/prep_bench.py $PREP_ARGS --work "$WORK/sampling" --out "$OUT/prep_$gpu.json"
 # Why sampling is as fast as it is: decode cost per DALI sample/run/thread/pipeline, decoder memory, colour sources.
 # It times itself (--budget-s 120 by default) and generates its own videos into $WORK/diagnose.
+wants diagnose && wait_prebuild 90 prebuild-diagnose
 # shellcheck disable=SC2086
 step diagnose "$DIAGNOSE_S" python3 benchmarks/gpu_diagnose.py --device "$DEVICE" $DIAGNOSE_ARGS \
   --work "$WORK/diagnose" --out "$OUT/diagnose_$gpu.json"
+# Where a sampling row's time goes (py-spy: every thread, then the GIL holder); $OUT/profile.tgz.
+if wants profile && [ ! -x "$PYSPY" ]; then
+  say "=== profile: skipped, no py-spy at $PYSPY"
+else
+  step profile "$PROFILE_S" env OUT="$OUT" WORK="$WORK" PYSPY="$PYSPY" bash benchmarks/profile_gpu.sh
+fi
 wants scan && wait_prebuild 120
 # shellcheck disable=SC2086
 step scan "$SCAN_S" python3 benchmarks/scan_bench.py $SCAN_ARGS --device "$DEVICE" --work "$WORK/scan" \

@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import multiprocessing
 import os
-import platform
 import subprocess
 import sys
 import threading
@@ -36,15 +35,15 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator
 
-import av
 import torch
 
-from quadvault_dali.pipelines import video_sampling_pipeline
-from quadvault_dali.sampling._clip_decoder import feed_clips
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its two helpers live beside it
 from _diagnose_colour import colour_rows  # noqa: E402
-from _results import write_json  # noqa: E402
+from _diagnose_report import environment, print_tables, write  # noqa: E402
+from _diagnose_scale import (GRID_SCALE, GRID_SCALE_QUICK, SCALE_PROCESSES, SCALE_PROCESSES_QUICK,  # noqa: E402
+                             ProcessGrid, Runner)
+from _gpu_monitor import UtilisationMonitor  # noqa: E402
 from _diagnose_media import Case, check_stamps, colour_specs, decode_specs, generate, make_cases, plan_cut  # noqa: E402
 
 #: per video: (clip kind, [(clips per run, num_threads) with one pipeline], also run the best with 4 pipelines)
@@ -62,31 +61,6 @@ COLOUR_SHARE = 0.35
 
 
 # --- timing --------------------------------------------------------------------------------------
-
-class Runner:
-    """One DALI pipeline, fed the same clip ``batch`` times per run; owned by one thread."""
-
-    def __init__(self, device: str, case: Case, batch: int, threads: int, size: int, device_id: int) -> None:
-        self.cuda = device == "gpu"
-        t0 = time.perf_counter()
-        self.pipe = video_sampling_pipeline(decoder_device="mixed" if self.cuda else "cpu", size=size, square=True,
-                                            batch_size=batch, num_threads=threads,
-                                            device_id=device_id if self.cuda else None)
-        self.pipe.build()
-        self.build_s = time.perf_counter() - t0
-        self.stream = torch.cuda.Stream() if self.cuda else None
-        self.clips = [case.clip] * batch
-
-    def run(self) -> list[torch.Tensor]:
-        """One DALI run; the frames copied out as the gpu backend does, and finished (stream synchronised)."""
-        feed_clips(self.pipe, self.clips)
-        (out,) = self.pipe.run()
-        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
-            frames = [torch.from_dlpack(out[i]).clone() for i in range(len(self.clips))]
-            if self.stream is not None:
-                self.stream.synchronize()
-        return frames
-
 
 def time_cell(case: Case, batch: int, threads: int, pipelines: int, args: argparse.Namespace) -> dict[str, Any]:
     """Runs ``pipelines`` pipelines in parallel threads for about ``args.cell_s`` after one warm-up run each."""
@@ -178,64 +152,6 @@ def rss_mib() -> float | None:
     return None
 
 
-# --- report --------------------------------------------------------------------------------------
-
-def environment(device: str) -> dict[str, Any]:
-    import nvidia.dali as dali
-
-    from quadvault_dali.device import nvdec_status
-
-    env: dict[str, Any] = {"device": device, "python": platform.python_version(), "torch": torch.__version__,
-                           "torch_cuda": torch.version.cuda, "dali": dali.__version__, "pyav": av.__version__,
-                           "libavcodec": ".".join(map(str, av.library_versions.get("libavcodec", ()))),
-                           "cpu_count": os.cpu_count(), "platform": platform.platform()}
-    try:
-        env["cpu_model"] = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                                if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    if device == "gpu":
-        env["cuda_device"] = torch.cuda.get_device_name(0)
-        env["nvdec"] = nvdec_status()[1]
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            env["nvidia_smi"] = subprocess.run(
-                ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=20).stdout.strip()
-    return env
-
-
-def write(out: Path, report: dict[str, Any]) -> None:
-    write_json(out, report, indent=1)
-
-
-def print_tables(report: dict[str, Any]) -> None:
-    head = (f"{'case':24} {'f/clip':>6} {'batch':>5} {'thr':>3} {'pipes':>5} {'frames/s':>9} {'ms/clip':>8} "
-            f"{'ms/run':>8} {'1st ms':>7} {'build s':>7} {'GPU MiB':>8}  stamps")
-    print("\n" + head + "\n" + "-" * len(head))
-    for c in report["decode"]["cells"]:
-        if "error" in c:
-            print(f"{c['case']:24} {c['frames_per_clip']:>6} {c['batch']:>5} {c['threads']:>3} {c['pipelines']:>5}  "
-                  f"ERROR {c['error'][:80]}")
-            continue
-        print(f"{c['case']:24} {c['frames_per_clip']:>6} {c['batch']:>5} {c['threads']:>3} {c['pipelines']:>5} "
-              f"{c['frames_per_s']:>9.1f} {c['ms_per_clip']:>8.2f} {c['ms_per_run']:>8.1f} {c['first_run_ms']:>7.0f} "
-              f"{c['build_s']:>7.2f} {c.get('gpu_mib_after') or '-':>8}  {c['stamps']}")
-    for m in report["decode"]["memory"]:
-        series = ", ".join(f"{p['clips']}: {p['gpu_mib']} MiB" + (f" {p['ms_per_clip']} ms/clip" if "ms_per_clip" in p
-                                                                  else "") for p in m.get("points", []))
-        print(f"memory {m['case']}: {series or m.get('error')}")
-    head = (f"\n{'clip':24} {'comparison':36} {'bias R,G,B':>15} {'top10':>15} {'middle':>15} {'bottom10':>15} "
-            f"{'|d|':>4}")
-    print(head + "\n" + "-" * (len(head) - 1))
-    fmt = lambda v: ",".join(f"{x:+.1f}" for x in v)  # noqa: E731
-    for r in report["colour"]:
-        if "error" in r:
-            print(f"{r['clip']:24} ERROR {r['error'][:100]}")
-            continue
-        print(f"{r['clip']:24} {r['compare']:36} {fmt(r['bias']):>15} {fmt(r['top10']):>15} {fmt(r['middle']):>15} "
-              f"{fmt(r['bottom10']):>15} {r['mean_abs']:>4.1f}")
-
-
 # --- the run -------------------------------------------------------------------------------------
 
 class Run:
@@ -246,7 +162,7 @@ class Run:
         self.started = time.perf_counter()
         self.sections = set(args.sections.split(","))
         args.work.mkdir(parents=True, exist_ok=True)
-        vid_specs = decode_specs(args.device, args.quick) if self.sections & {"decode", "memory"} else {}
+        vid_specs = decode_specs(args.device, args.quick) if self.sections & {"decode", "memory", "scale"} else {}
         col_specs = colour_specs(args.device, args.quick) if "colour" in self.sections else {}
         # Generated in forked processes (before CUDA starts here) while the first measurements run.
         workers = max(1, min(12, len(vid_specs) + len(col_specs), os.cpu_count() or 1))
@@ -259,7 +175,8 @@ class Run:
             "config": {"size": args.size, "cell_s": args.cell_s, "budget_s": args.budget_s,
                        "memory_clips": args.memory_clips, "sections": sorted(self.sections)},
             "generation_s": {}, "section_s": {}, "videos": {}, "decode": {"cells": [], "memory": []}, "colour": [],
-            "notes": []}
+            "scale": [], "notes": []}
+        self.cases: dict[str, dict[str, Case]] = {}  # per decode video, for the scale section
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -333,6 +250,7 @@ class Run:
         path: Path = self.vids[name].path  # type: ignore[attr-defined]
         info, clips = plan_cut(path)
         cases = make_cases(name, path)
+        self.cases[name] = cases
         self.report["videos"][name] = {
             "path": path.name, "codec": info.codec, "display": f"{info.width}x{info.height}",
             "mb_aligned_height": -(-info.height // 16) * 16, "bytes": path.stat().st_size,
@@ -369,6 +287,39 @@ class Run:
                 self.save()
 
 
+    def scale(self) -> None:
+        """The scale section: each case in 1, 2, 4, 8 processes at once (workers started once)."""
+        args = self.args
+        grid = GRID_SCALE_QUICK if args.quick else GRID_SCALE
+        counts = SCALE_PROCESSES_QUICK if args.quick else SCALE_PROCESSES
+        cells = [(self.cases[name][kind], batch, threads) for name, rows in grid.items() if name in self.cases
+                 for kind, batch, threads in rows if kind in self.cases[name]]
+        if not cells:
+            self.skip("scale (no decode video ready)")
+            return
+        if self.left() < 25:
+            self.skip("scale")
+            return
+        try:
+            pool = ProcessGrid(max(counts), args.device, args.device_id, args.size,
+                               start_timeout_s=max(10.0, self.left() - 10))
+        except Exception as exc:  # noqa: BLE001 - reported
+            self.report["scale"].append({"error": f"{type(exc).__name__}: {exc}"[:400]})
+            return
+        monitor = (lambda: UtilisationMonitor(index=args.device_id, metrics=("gpu", "decoder"), cpu=True)) \
+            if args.device == "gpu" else (lambda: UtilisationMonitor(reader=None, metrics=(), cpu=True))
+        try:
+            for case, batch, threads in cells:
+                for processes in counts:
+                    if self.left() < args.cell_s + 8:
+                        self.skip(f"scale {case.label} in {processes} processes")
+                        continue
+                    self.report["scale"].append(pool.cell(case, batch, threads, processes, args.cell_s, monitor))
+                    self.save()
+        finally:
+            pool.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=("gpu", "cpu"), default="gpu", help="cpu: DALI's CPU decoder, VP9 clips")
@@ -380,10 +331,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory-clips", type=int, default=120, help="clips through one pipeline in the memory check")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--device-id", type=int, default=0)
-    ap.add_argument("--sections", default="decode,memory,colour", help="any of decode, memory, colour")
+    ap.add_argument("--sections", default="decode,memory,colour",
+                    help="any of decode, memory, colour, scale (the cases in 1, 2, 4, 8 processes at once)")
+    ap.add_argument("--build-only", action="store_true",
+                    help="only generate the videos the --sections need into --work (a lease builds them during its tests)")
     args = ap.parse_args(argv)
     args.cell_s = args.cell_s or (0.4 if args.quick else 1.0)
     run = Run(args)
+    if args.build_only:
+        try:
+            for job in [*run.vids.values(), *run.cols.values()]:
+                job.result()
+        finally:
+            run.stop_generating()
+        print(f"generated {len(run.vids) + len(run.cols)} videos in {run.elapsed():.0f}s into {args.work}")
+        return 0
     try:
         run.colour(until_s=COLOUR_SHARE * args.budget_s)  # its clips are ready first
         for name in (n for n in ("main", "aligned", "big") if n in run.vids):
@@ -392,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             with run.section(name):
                 run.video(name)
+        if "scale" in run.sections:
+            with run.section("scale"):
+                run.scale()
         run.colour(until_s=args.budget_s)
         for name in run.cols:
             if name not in {r["clip"] for r in run.report["colour"]}:

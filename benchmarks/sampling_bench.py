@@ -101,7 +101,7 @@ def _measure(sampler: Any, device: str, videos: list[Path], warm_up: int) -> dic
     freeze_startup_objects()  # as the product's long loops do (quadvault_dali._gc)
     frames = bytes_read = 0
     errors = []
-    with UtilisationMonitor(metrics=("gpu", "decoder") if device == "gpu" else ()) as busy:
+    with UtilisationMonitor(metrics=("gpu", "decoder") if device == "gpu" else (), cpu=True) as busy:
         t0 = time.perf_counter()
         for batch in sampler.iter_batches(videos):
             frames += len(batch)
@@ -221,10 +221,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="videos for the cpu backend and the baseline (default: --videos); frames/s are per frame, "
                          "so fewer keep a GPU run short without changing what is measured")
     ap.add_argument("--gpu-exact-videos", type=int, default=None,
-                    help="videos for the gpu exact-mode row (default: --videos); exact mode decodes GOP prefixes, "
-                         "5-10x the keyframe rows' time")
+                    help="videos for the gpu exact-mode row (default: --videos; 0: none); exact mode decodes GOP "
+                         "prefixes, 5-10x the keyframe rows' time")
     ap.add_argument("--duration", type=float, default=30.0, help="clip length in seconds (full run)")
-    ap.add_argument("--streams", default="1,2,4,8", help="gpu decode streams to try")
+    ap.add_argument("--streams", default="1,2,4,8", help="gpu decode streams to try (none: no such rows)")
+    ap.add_argument("--clips", default="", help="only these clips, by name (e.g. 1080p30-h264-k1.0; default: all)")
     ap.add_argument("--layouts", default="4x4x4,4x4x4c,8x4x4,4x8x8",
                     help="more gpu keyframe rows as [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c] (streams per "
                          "process; c: H.264/HEVC clips keep their SPS cropping; the --streams rows are 1 process with "
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             list(pool.map(make_clip, [work] * len(specs), specs))
         (work / "clips.done").write_text("ok\n")
         return 0
-    stream_counts = [int(s) for s in args.streams.split(",")]
+    stream_counts = [int(s) for s in args.streams.split(",") if s.strip() not in ("", "none")]
     n_videos = args.videos or (2 if args.quick else 32)
     n_cpu_videos = min(args.cpu_videos or n_videos, n_videos)
     cpu_workers = os.cpu_count() or 1
@@ -267,7 +268,12 @@ def main(argv: list[str] | None = None) -> int:
                            "clip_duration_s": None if args.quick else args.duration, "cpu_workers": cpu_workers},
                 "notes": notes, "results": results}
 
-    for spec in clip_specs(args.quick, args.duration):
+    wanted = set(filter(None, args.clips.split(",")))
+    specs = [spec for spec in clip_specs(args.quick, args.duration) if not wanted or spec.name in wanted]
+    if wanted - {spec.name for spec in specs}:
+        ap.error(f"--clips: no clip named {sorted(wanted - {spec.name for spec in specs})}; "
+                 f"there are {[spec.name for spec in clip_specs(args.quick, args.duration)]}")
+    for spec in specs:
         path = make_clip(work, spec)
         videos = linked_copies(path, n_videos, work / "copies")
         cpu_videos = videos[:n_cpu_videos]
@@ -284,10 +290,12 @@ def main(argv: list[str] | None = None) -> int:
                              **try_sampler("gpu", videos, layout=(per_run, threads, uncrop), processes=processes,
                                            mode="keyframe", size=args.size, streams=streams)})
                 _print_row(spec, rows[-1])
-            exact_videos = videos[:args.gpu_exact_videos or n_videos]
-            rows.append({"backend": "gpu", "mode": "exact", "streams": max(stream_counts), "videos": len(exact_videos),
-                         **try_sampler("gpu", exact_videos, mode="exact", size=args.size, streams=max(stream_counts))})
-            _print_row(spec, rows[-1])
+            exact_videos = videos[:n_videos if args.gpu_exact_videos is None else args.gpu_exact_videos]
+            if exact_videos:  # --gpu-exact-videos 0: no exact row
+                streams = max(stream_counts, default=4)
+                rows.append({"backend": "gpu", "mode": "exact", "streams": streams, "videos": len(exact_videos),
+                             **try_sampler("gpu", exact_videos, mode="exact", size=args.size, streams=streams)})
+                _print_row(spec, rows[-1])
         base = run_baseline(cpu_videos, cpu_workers, 1.0, args.size)
         rows.append({"backend": "baseline-pyav-all-frames", "mode": "exact", "streams": cpu_workers,
                      "videos": n_cpu_videos, **base})

@@ -128,6 +128,16 @@ def cat_read(files: list[Path]) -> float:
     return time.perf_counter() - started
 
 
+def parse_scan_layout(text: str) -> tuple[int, int, str]:
+    """``PROCESSESxSTREAMS[k]`` -> (processes, streams, sampling mode): ``k`` scans in keyframe mode, else auto."""
+    mode = "keyframe" if text.endswith("k") else "auto"
+    try:
+        processes, streams = (int(x) for x in text.removesuffix("k").split("x"))
+    except ValueError:
+        raise ValueError(f"a scan layout is PROCESSESxSTREAMS[k], like 4x2 or 2x4k; got {text!r}") from None
+    return processes, streams, mode
+
+
 def run_scan(files: list[Path], out: Path, device: str, model_dir: Path, streams: int, batch: int,
              mode: str = "auto", processes: int = 1) -> dict:
     from quadvault_dali.scan.runner import ScanOptions, scan_library
@@ -140,7 +150,7 @@ def run_scan(files: list[Path], out: Path, device: str, model_dir: Path, streams
     shutil.rmtree(out, ignore_errors=True)
     model = load_model(model_dir, device=torch_device(resolve_device(device)))
     model.score_frames(torch.zeros((batch, 3, 224, 224), dtype=torch.uint8))  # warm-up, not timed
-    with UtilisationMonitor(metrics=("gpu", "decoder") if resolve_device(device) == "gpu" else ()) as busy:
+    with UtilisationMonitor(metrics=("gpu", "decoder") if resolve_device(device) == "gpu" else (), cpu=True) as busy:
         started = time.perf_counter()
         summary = scan_library(files, ScanOptions(out_dir=out, device=device, streams=streams, batch_size=batch,
                                                   resume=False, mode=mode, processes=processes), scorers=[model])
@@ -222,8 +232,8 @@ def main() -> None:
     ap.add_argument("--naive-videos", type=int, default=6, help="subset for the decode-every-frame baseline")
     ap.add_argument("--streams", type=int, default=4)
     ap.add_argument("--layouts", default="",
-                    help="more gpu scans as PROCESSESxSTREAMS, e.g. 4x2 (decoding processes, streams in each; on the "
-                         "H200 4x2 was slower than one process). Their wall time includes starting the processes")
+                    help="more gpu scans as PROCESSESxSTREAMS[k], e.g. 4x2 or 2x4k (decoding processes, streams in each; "
+                         "k: keyframe mode, else auto). Their wall time includes starting the processes")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--work", type=Path, default=None, help="where the library is built (needs ~30 GB full)")
     ap.add_argument("--out", type=Path, default=None, help="JSON result path")
@@ -285,9 +295,9 @@ def main() -> None:
     if backend == "gpu" and not args.quick:
         result["scan_layouts"] = []
         for layout in filter(None, args.layouts.split(",")):
-            processes, streams = (int(x) for x in layout.split("x"))
+            processes, streams, mode = parse_scan_layout(layout)
             result["scan_layouts"].append({"layout": layout, **attempt(
-                f"scan {layout}", lambda: library_scan("scan_layout_out", streams, processes=processes))})
+                f"scan {layout}", lambda: library_scan("scan_layout_out", streams, processes=processes, mode=mode))})
             save()
     if backend == "gpu":
         def cpu_scan() -> dict:

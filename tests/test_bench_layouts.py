@@ -36,3 +36,15 @@ def test_a_process_layout_samples_every_copy(sampling_bench, make_clip: Callable
     two = sampling_bench.run_sampler("cpu", [clip] * 4, processes=2, mode="keyframe", size=32, streams=1)
     assert one["frames"] == two["frames"] == 12 and not one["errors"] and not two["errors"]
     assert one["bytes_read"] == two["bytes_read"] > 0
+
+
+def test_scan_layouts_name_processes_streams_and_mode() -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        import scan_bench
+    finally:
+        sys.path.remove(str(BENCH))
+    assert scan_bench.parse_scan_layout("4x2") == (4, 2, "auto")
+    assert scan_bench.parse_scan_layout("2x4k") == (2, 4, "keyframe")
+    with pytest.raises(ValueError, match="2x4k"):
+        scan_bench.parse_scan_layout("2p4")

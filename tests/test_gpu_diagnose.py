@@ -46,3 +46,24 @@ def test_compare_locates_a_bias_in_the_top_rows() -> None:
     row = compare(shifted, ref)
     assert row["top10"] == [0.0, 5.0, 0.0] and row["middle"] == row["bottom10"] == [0.0, 0.0, 0.0]
     assert row["bias"] == [0.0, 0.5, 0.0] and row["bands10"][0] == [0.0, 5.0, 0.0]
+
+
+def test_scale_cells_add_up_the_frames_of_every_process(make_clip: Callable[..., Path]) -> None:
+    """The scale section's worker processes (spawned, fed by pipe) decode the clip they are sent, together."""
+    from _diagnose_scale import ProcessGrid  # noqa: E402
+    from _gpu_monitor import UtilisationMonitor  # noqa: E402
+
+    path = make_clip("diag_scale_vp9.mp4", codec="vp9", width=128, height=80, fps=10, duration_s=3.0, source_id=5)
+    _, clips = plan_cut(path)
+    case = Case("scale", clips[0], clips[0].times, 5)
+    grid = ProcessGrid(2, "cpu", 0, 64, start_timeout_s=120)
+    try:
+        rows = [grid.cell(case, 2, 1, n, 0.2, lambda: UtilisationMonitor(reader=None, metrics=())) for n in (1, 2)]
+    finally:
+        grid.close()
+    assert all(not p.is_alive() for p in grid.procs)
+    for row, n in zip(rows, (1, 2)):
+        assert "error" not in row, row
+        assert row["processes"] == n and len(row["per_process_frames_per_s"]) == n
+        assert row["frames"] == row["clips"] * 3 and row["clips"] % 2 == 0 and row["clips"] >= 2 * n
+        assert min(row["per_process_frames_per_s"]) > 0 and row["frames_per_s"] > 0

@@ -85,3 +85,16 @@ def test_nothing_to_read_gives_an_empty_summary(monitor_module) -> None:
     with monitor_module.UtilisationMonitor(metrics=()) as busy:
         time.sleep(0.05)
     assert busy.summary() == {} and busy.samples == []
+
+
+def test_cpu_share_counts_the_child_processes(monitor_module) -> None:
+    """cpu_cores_busy covers the work of processes this one started (decoding children), not only its own."""
+    import subprocess
+
+    burn = "import time\nend = time.process_time() + 0.6\nwhile time.process_time() < end: pass"
+    with monitor_module.UtilisationMonitor(metrics=(), cpu=True) as busy:
+        subprocess.run([sys.executable, "-c", burn], check=True)
+    with monitor_module.UtilisationMonitor(metrics=(), cpu=True) as idle:
+        time.sleep(0.3)
+    assert busy.summary()["cpu_cores_busy"] > 0.5 and busy.summary()["cpu_count"] == os.cpu_count()
+    assert idle.summary()["cpu_cores_busy"] < 0.2

@@ -1,0 +1,147 @@
+"""gpu_diagnose's decoding runner, and its ``scale`` section: the same clip decoded in 1, 2, 4, 8 processes at once.
+
+Pipelines in threads of one process did not add up on the H200 (1080p keyframe clips: 685 frames/s with one
+pipeline, 616 with four), while the team's first measurement (all frames, one pipeline per process) went from
+572 to 3,393 frames/s with 8 processes. Each process has its own CUDA context and its own DALI, so this
+tells a limit inside one process (a lock, a device-wide ``cudaFree``) from the hardware's: if keyframes
+scale with processes, the sampler's throughput lies in ``--processes``; if not, NVDEC is the ceiling.
+
+Workers start once (spawned: the parent's CUDA context cannot be forked) and take cells by pipe: build
+and warm up the pipeline, then all start together at one wall-clock time and run for ``cell_s``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import time
+from typing import Any, Callable
+
+import torch
+
+from _diagnose_media import Case
+from quadvault_dali.pipelines import video_sampling_pipeline
+from quadvault_dali.sampling._clip_decoder import feed_clips
+
+#: processes per cell, and the (case, clips per run, threads) cells per video
+SCALE_PROCESSES = (1, 2, 4, 8)
+SCALE_PROCESSES_QUICK = (1, 2)
+GRID_SCALE = {"main": [("ku", 8, 8), ("x8u", 8, 8)], "big": [("k", 8, 8)]}
+GRID_SCALE_QUICK = {"main": [("k", 8, 8)]}
+
+
+class Runner:
+    """One DALI pipeline, fed the same clip ``batch`` times per run; owned by one thread."""
+
+    def __init__(self, device: str, case: Case, batch: int, threads: int, size: int, device_id: int) -> None:
+        self.cuda = device == "gpu"
+        t0 = time.perf_counter()
+        self.pipe = video_sampling_pipeline(decoder_device="mixed" if self.cuda else "cpu", size=size, square=True,
+                                            batch_size=batch, num_threads=threads,
+                                            device_id=device_id if self.cuda else None)
+        self.pipe.build()
+        self.build_s = time.perf_counter() - t0
+        self.stream = torch.cuda.Stream() if self.cuda else None
+        self.clips = [case.clip] * batch
+
+    def run(self) -> list[torch.Tensor]:
+        """One DALI run; the frames copied out as the gpu backend does, and finished (stream synchronised)."""
+        feed_clips(self.pipe, self.clips)
+        (out,) = self.pipe.run()
+        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
+            frames = [torch.from_dlpack(out[i]).clone() for i in range(len(self.clips))]
+            if self.stream is not None:
+                self.stream.synchronize()
+        return frames
+
+
+def _worker(conn: Any, device: str, device_id: int, size: int) -> None:
+    """A decoding process: ``("prepare", case, batch, threads)`` builds and warms up a pipeline,
+    ``("go", start_at, cell_s)`` runs it from the wall-clock time ``start_at``, ``("stop",)`` ends."""
+    if device == "gpu":
+        torch.cuda.set_device(device_id)
+    runner: Runner | None = None
+    conn.send(("up", None))
+    while True:
+        msg = conn.recv()
+        try:
+            if msg[0] == "stop":
+                return
+            if msg[0] == "prepare":
+                runner = None  # the previous cell's pipeline (and its decoders) go first
+                runner = Runner(device, msg[1], msg[2], msg[3], size, device_id)
+                runner.run()
+                conn.send(("ready", runner.build_s))
+            elif msg[0] == "go":
+                assert runner is not None, "go before prepare"
+                start_at, cell_s = msg[1], msg[2]
+                while time.time() < start_at:
+                    time.sleep(0.0005)
+                start, t0, runs = time.time(), time.perf_counter(), 0
+                while runs < 1 or (time.perf_counter() - t0 < cell_s and runs < 1000):
+                    runner.run()
+                    runs += 1
+                conn.send(("done", {"runs": runs, "start": start, "end": start + time.perf_counter() - t0}))
+        except BaseException as exc:  # noqa: BLE001 - reported in the cell, the worker stays up
+            conn.send(("error", f"{type(exc).__name__}: {str(exc)[:300]}"))
+
+
+class ProcessGrid:
+    """``workers`` decoding processes; ``cell`` runs one case in the first ``processes`` of them at once."""
+
+    def __init__(self, workers: int, device: str, device_id: int, size: int, start_timeout_s: float = 120.0) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conns, self.procs = [], []
+        for i in range(workers):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child, device, device_id, size), name=f"diag-scale-{i}",
+                               daemon=True)
+            proc.start()
+            self.conns.append(parent)
+            self.procs.append(proc)
+        for conn in self.conns:
+            self._recv(conn, start_timeout_s, "up")
+
+    @staticmethod
+    def _recv(conn: Any, timeout_s: float, want: str) -> Any:
+        if not conn.poll(timeout_s):
+            raise TimeoutError(f"a scale worker did not answer {want!r} in {timeout_s:.0f}s")
+        kind, value = conn.recv()
+        if kind == "error":
+            raise RuntimeError(value)
+        if kind != want:
+            raise RuntimeError(f"a scale worker answered {kind!r}, not {want!r}")
+        return value
+
+    def cell(self, case: Case, batch: int, threads: int, processes: int, cell_s: float,
+             monitor: Callable[[], Any]) -> dict[str, Any]:
+        """Frames/s of ``processes`` processes decoding ``case`` together, and the engines' utilisation."""
+        row: dict[str, Any] = {"case": case.label, "frames_per_clip": case.frames, "batch": batch, "threads": threads,
+                               "processes": processes}
+        active = self.conns[:processes]
+        try:
+            for conn in active:
+                conn.send(("prepare", case, batch, threads))
+            builds = [self._recv(conn, 120.0, "ready") for conn in active]
+            with monitor() as busy:
+                start_at = time.time() + 0.25
+                for conn in active:
+                    conn.send(("go", start_at, cell_s))
+                got = [self._recv(conn, 60.0 + 10 * cell_s, "done") for conn in active]
+        except Exception as exc:  # noqa: BLE001 - reported in the row
+            return {**row, "error": f"{type(exc).__name__}: {str(exc)[:400]}"}
+        seconds = max(g["end"] for g in got) - min(g["start"] for g in got)
+        clips = sum(g["runs"] for g in got) * batch
+        per_process = [round(g["runs"] * batch * case.frames / (g["end"] - g["start"]), 1) for g in got]
+        return {**row, "build_s": round(max(builds), 3), "clips": clips, "frames": clips * case.frames,
+                "seconds": round(seconds, 3), "frames_per_s": round(clips * case.frames / seconds, 1),
+                "per_process_frames_per_s": per_process, **busy.summary()}
+
+    def close(self) -> None:
+        for conn in self.conns:
+            with contextlib.suppress(OSError, BrokenPipeError):
+                conn.send(("stop",))
+        for proc in self.procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
