@@ -99,6 +99,8 @@ def _measure(sampler: Any, device: str, videos: list[Path], warm_up: int) -> dic
     for _ in sampler.iter_batches(videos[:warm_up]):  # pipelines, decoder cache, page cache (each process)
         pass
     freeze_startup_objects()  # as the product's long loops do (quadvault_dali._gc)
+    decoded = getattr(sampler, "decode_stats", None)  # in-process gpu backend only
+    before = decoded.as_dict() if decoded is not None else None
     frames = bytes_read = 0
     errors = []
     with UtilisationMonitor(metrics=("gpu", "decoder") if device == "gpu" else (), cpu=True) as busy:
@@ -112,8 +114,15 @@ def _measure(sampler: Any, device: str, videos: list[Path], warm_up: int) -> dic
         if device == "gpu":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
-    return {"frames": frames, "seconds": round(seconds, 3), "sampled_fps": round(frames / seconds, 1),
-            "bytes_read": bytes_read, "errors": errors, **busy.summary()}
+    row = {"frames": frames, "seconds": round(seconds, 3), "sampled_fps": round(frames / seconds, 1),
+           "bytes_read": bytes_read, "errors": errors, **busy.summary()}
+    if decoded is not None and before is not None:
+        after = decoded.as_dict()
+        runs, samples = after["dali_runs"] - before["dali_runs"], after["dali_samples"] - before["dali_samples"]
+        row.update(dali_runs=runs, dali_samples=samples,
+                   frames_per_dali_sample=round((after["frames_decoded"] - before["frames_decoded"]) / samples, 2)
+                   if samples else None)
+    return row
 
 
 def _baseline_one(path: Path, fps: float, size: int) -> tuple[int, int]:

@@ -163,7 +163,9 @@ def run_scan(files: list[Path], out: Path, device: str, model_dir: Path, streams
             "library_mb_per_s": round(run.file_bytes / wall / 1e6, 2),
             "bytes_read": run.bytes_read, "file_bytes": run.file_bytes,
             "bytes_read_fraction": round(run.bytes_read / max(run.file_bytes, 1), 4),
-            "video_seconds": round(run.video_seconds, 2), **busy.summary()}
+            "video_seconds": round(run.video_seconds, 2),
+            "frames_per_dali_sample": round(run.dali_frames / run.dali_samples, 2) if run.dali_samples else None,
+            **busy.summary()}
 
 
 def naive_decode(files: list[Path], backend: str) -> dict:

@@ -42,7 +42,7 @@ from ..device import nvdec_status, resolve_device
 from ..errors import BackendUnavailableError, DecodeError, QuadvaultError, UnsupportedCodecError
 from ..probe import VideoInfo, open_container, probe_open, rewound
 from ._base import Sampler, SamplerConfig, VideoSource, register_backend
-from ._clip_decoder import CLIPS_PER_RUN, DECODE_THREADS, ClipDecoder, error_summary
+from ._clip_decoder import CLIPS_PER_RUN, DECODE_THREADS, ClipDecoder, DecodeStats, error_summary
 from ._colour import convert_from_bt601
 from ._cpu import CpuSampler
 from ._handover import Abandoned, TakeOver, VideoTask
@@ -125,6 +125,7 @@ class DaliSampler(Sampler):
         self.decode_threads = DECODE_THREADS  # that pipeline's threads: it decodes a run's samples on them
         self.merge_clips = True  # several short videos per DALI sample (``group_samples``)
         self.merge_pixels = MERGE_PIXELS
+        self.decode_stats = DecodeStats()  # DALI runs, samples, frames over all streams (benchmarks read it)
         #: H.264/HEVC clips without their SPS's cropping, so DALI finds its NVDEC decoders again (``_uncrop``)
         self.uncrop_sps = self.decoder_device == "mixed"
         self._uncropped_worked = False  # set once an uncropped clip decoded (see _retry_cropped)
@@ -352,7 +353,7 @@ class DaliSampler(Sampler):
         if self.decoder_device == "mixed":
             torch.cuda.set_device(cfg.device_id)
         return ClipDecoder(self.decoder_device, cfg.device_id, cfg.size, cfg.square, self.clips_per_run,
-                           num_threads=self.decode_threads)
+                           num_threads=self.decode_threads, stats=self.decode_stats)
 
     def _retry_cropped(self, decoder: ClipDecoder, w: _Work, result: torch.Tensor | Exception
                        ) -> torch.Tensor | Exception:

@@ -86,11 +86,13 @@ class RunStats:
     file_bytes: int = 0
     video_seconds: float = 0.0
     cpu_fallbacks: int = 0  # videos a GPU scan decoded on the CPU (NVDEC cannot take them)
+    dali_samples: int = 0  # DALI samples the in-process gpu backend decoded, and their frames (benchmarks)
+    dali_frames: int = 0
     shards: list[str] = field(default_factory=list)
 
     def merge(self, other: "RunStats") -> None:
         for name in ("videos", "errors", "highlights", "frames", "bytes_read", "file_bytes", "video_seconds",
-                     "cpu_fallbacks"):
+                     "cpu_fallbacks", "dali_samples", "dali_frames"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.shards.extend(other.shards)
 
@@ -305,6 +307,9 @@ def scan_files(files: Sequence[FileState], scorers: Sequence[Scorer], options: S
     finally:
         sampler.close()
         journal.discard()  # ended in Python: nothing in flight crashed the decoder (unless a stall was seen)
+        decoded = getattr(sampler, "decode_stats", None)
+        if decoded is not None:
+            stats.dali_samples, stats.dali_frames = decoded.samples, decoded.frames
     writer.flush()
     stats.shards = list(writer.written)
     return stats
