@@ -263,7 +263,6 @@ def test_the_cpu_takes_over_mid_video_without_gaps_or_repeats(cpu_decodable: lis
     """The hardware decoder fails on the clips from 2 s on: the frames before come from DALI, the rest from
     the CPU decoder, and the video's seconds are exactly those the cpu backend samples."""
     import quadvault_dali.sampling._gpu as gpu
-    import quadvault_dali.sampling._remux as remux
 
     class FailsFrom2s(gpu.ClipDecoder):
         def decode(self, clips):  # type: ignore[no-untyped-def]  # a clip holding any frame from 2 s on fails
@@ -271,7 +270,7 @@ def test_the_cpu_takes_over_mid_video_without_gaps_or_repeats(cpu_decodable: lis
             decoded = iter(super().decode(good) if good else [])
             return [next(decoded) if max(c.times) < 2.0 else RuntimeError("injected NVDEC failure") for c in clips]
 
-    monkeypatch.setattr(remux, "frame_budget", lambda width, height: 2)  # clips of 2 frames
+    monkeypatch.setattr(gpu, "frame_budget", lambda width, height, pixels=None: 2)  # clips (and samples) of 2 frames
     monkeypatch.setattr(gpu, "ClipDecoder", FailsFrom2s)
     chosen = [cpu_decodable[i] for i in (0, 2, 3)]  # 1 s keyframes: clips starting at 0, 2, ... s
     videos = [p for p, _ in chosen]
@@ -778,14 +777,33 @@ def test_gpu_backend_decodes_what_nvdec_cannot_on_the_cpu(make_clip: Callable[..
         _check_stamps(times[path], stamps[path], sid)
 
 
-def test_merged_samples_shrink_on_small_gpus() -> None:
-    """Merged samples keep their full-size frames until the resize: a small card gets smaller merges."""
-    from quadvault_dali.sampling._gpu import MERGE_PIXELS, merge_pixels_for
+def test_gpu_samples_follow_the_cards_memory() -> None:
+    """Samples keep their full-size frames until the resize: a big card gets long samples (each pays DALI's
+    fixed set-up once), a small one short ones, never below the old clip budget."""
+    from quadvault_dali.sampling._gpu import MAX_SAMPLE_PIXELS, sample_pixels_for
+    from quadvault_dali.sampling._remux import frame_budget
 
-    gib, frame_1080p = 1 << 30, 1920 * 1080
-    assert merge_pixels_for(80 * gib, 16) == MERGE_PIXELS  # H100, 8 streams x 2 samples per run
-    assert 48 * frame_1080p < merge_pixels_for(24 * gib, 8) < MERGE_PIXELS
-    assert merge_pixels_for(8 * gib, 16) == 48 * frame_1080p  # never below one unmerged clip's budget
+    gib, mib = 1 << 30, 1 << 20
+    h100 = sample_pixels_for(81559 * mib, 16)  # an H100 80GB as CUDA reports it; 4 streams x 4 samples per run
+    assert frame_budget(1920, 1088, h100) == 106 and frame_budget(3840, 2160, h100) == 26
+    h200 = sample_pixels_for(143771 * mib, 16)
+    assert frame_budget(3840, 2160, h200) == 47 and h200 <= MAX_SAMPLE_PIXELS
+    assert sample_pixels_for(1024 * gib, 16) == MAX_SAMPLE_PIXELS and frame_budget(3840, 2160, MAX_SAMPLE_PIXELS) == 48
+    assert sample_pixels_for(24 * gib, 16) == 48 * 1920 * 1080  # a 24 GB card: never below one old clip
+    # four processes on one H100 share its budget (SamplerConfig.memory_share = 1/4)
+    assert sample_pixels_for(80 * gib // 4, 16) == 48 * 1920 * 1080
+
+
+def test_gpu_samples_budget_counts_the_layout_and_the_processes() -> None:
+    """The budget is set when sampling starts, from the layout then in force and this sampler's memory share."""
+    from quadvault_dali.sampling._base import SamplerConfig
+    from quadvault_dali.sampling._processes import ProcessSampler
+
+    assert SamplerConfig(processes=4).memory_share == 1.0
+    child = ProcessSampler(DaliSampler, processes=4, streams=2).child_config
+    assert (child.processes, child.memory_share) == (1, 0.25)
+    with pytest.raises(ValueError, match="memory_share"):
+        SamplerConfig(memory_share=0)
 
 
 def test_a_merge_that_fails_decodes_the_clips_one_by_one(short_vp9: list[tuple[Path, int]],

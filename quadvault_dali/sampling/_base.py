@@ -32,7 +32,9 @@ class SamplerConfig:
     size), or fails on, is decoded (from there) on the CPU and its frames still land on the GPU;
     ``False`` makes it an error outcome.
     ``processes``: decode in that many child processes, each running the backend with ``streams`` streams
-    (``_processes``): a decoder that crashes or hangs costs one video, not the run. Not faster on one GPU.
+    (``_processes``): a decoder that crashes or hangs costs one video, not the run.
+    ``memory_share``: the part of the GPU memory budget for decoded frames this sampler may use; the
+    process sampler gives each of its N children 1/N.
     """
 
     fps: float = 1.0
@@ -44,6 +46,7 @@ class SamplerConfig:
     device_id: int = 0
     cpu_fallback: bool = True
     processes: int = 1
+    memory_share: float = 1.0
 
     def __post_init__(self) -> None:
         if self.fps <= 0:
@@ -55,6 +58,8 @@ class SamplerConfig:
         if self.batch_size < 1 or self.streams < 1 or self.processes < 1:
             raise ValueError(f"batch_size, streams and processes must be >= 1, got {self.batch_size}, "
                              f"{self.streams}, {self.processes}")
+        if not 0 < self.memory_share <= 1:
+            raise ValueError(f"memory_share must be in (0, 1], got {self.memory_share}")
 
 
 class Sampler(ABC):

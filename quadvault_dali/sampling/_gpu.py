@@ -62,6 +62,10 @@ FAILURES_BEFORE_GIVING_UP = 8
 #: Decoded full-size pixels one DALI sample may hold when clips of several videos are merged into it
 #: (``merge_clips``): 96 frames of 1080p, 24 of 2160p (about 600 MB of RGB before the resize).
 MERGE_PIXELS = 2 * CLIP_PIXELS
+#: The most a gpu sample may hold on a card with memory to spare (``sample_pixels_for``): 192 frames of
+#: 1080p, 48 of 2160p (1.2 GB). Every DALI sample pays a fixed set-up (~10 ms on an H200, serialised within a
+#: process), so a long 4K video cut into 12-frame clips paid it every 12 frames.
+MAX_SAMPLE_PIXELS = 4 * CLIP_PIXELS
 #: Queued clips per decode stream: room for several short videos' clips to be merged into one sample.
 QUEUED_PER_STREAM = 8
 _STOP = object()
@@ -125,6 +129,7 @@ class DaliSampler(Sampler):
         self.decode_threads = DECODE_THREADS  # that pipeline's threads: it decodes a run's samples on them
         self.merge_clips = True  # several short videos per DALI sample (``group_samples``)
         self.merge_pixels = MERGE_PIXELS
+        self.clip_pixels = CLIP_PIXELS  # what one video's clip may hold (``frame_budget``)
         self.decode_stats = DecodeStats()  # DALI runs, samples, frames over all streams (benchmarks read it)
         #: H.264/HEVC clips without their SPS's cropping, so DALI finds its NVDEC decoders again (``_uncrop``)
         self.uncrop_sps = self.decoder_device == "mixed"
@@ -178,7 +183,9 @@ class DaliSampler(Sampler):
             plan = plan_samples(info, index, fps=cfg.fps, mode=cfg.mode)
             task.outcome.mode = plan.mode
             container = rewound(container, task.path, fh, index)
-            cut = iter(plan_clips(plan, container, fh, uncrop=self.uncrop_sps))  # type: ignore[arg-type]
+            budget = frame_budget(info.coded_width, info.coded_height, self.clip_pixels)
+            cut = iter(plan_clips(plan, container, fh, max_frames=budget,  # type: ignore[arg-type]
+                                  uncrop=self.uncrop_sps))
             while True:
                 try:
                     clip = next(cut)
@@ -408,8 +415,12 @@ class DaliSampler(Sampler):
 
     # --- stage 3: batches in input order (the caller's thread) -----------------------------------
 
+    def _size_samples(self) -> None:
+        """Sets ``clip_pixels`` and ``merge_pixels`` for this run (the gpu backend: from the card's memory)."""
+
     def iter_batches(self, videos: Iterable[VideoSource]) -> Iterator[FrameBatch]:
         cfg = self.config
+        self._size_samples()  # here, not in __init__: layouts set clips_per_run after construction
         streams = cfg.streams
         queued = streams * self.clips_per_run * (QUEUED_PER_STREAM if self.merge_clips else 2)
         work: queue.Queue[Any] = queue.Queue(maxsize=queued)
@@ -536,13 +547,19 @@ class GpuSampler(DaliSampler):
         if self.config.device_id >= torch.cuda.device_count():
             raise BackendUnavailableError(f"CUDA device {self.config.device_id} does not exist "
                                           f"({torch.cuda.device_count()} visible)")
-        self.merge_pixels = merge_pixels_for(torch.cuda.get_device_properties(self.config.device_id).total_memory,
-                                             self.config.streams * self.clips_per_run)
+        self._size_samples()
+
+    def _size_samples(self) -> None:
+        total = torch.cuda.get_device_properties(self.config.device_id).total_memory
+        pixels = sample_pixels_for(int(total * self.config.memory_share), self.config.streams * self.clips_per_run)
+        self.clip_pixels = self.merge_pixels = pixels
 
 
-def merge_pixels_for(gpu_bytes: int, samples_in_flight: int) -> int:
-    """``MERGE_PIXELS``, less on a small GPU: the samples in flight keep their full-size RGB frames (before
-    the resize) twice -- decoded, and the picture region cut out of them (``pipelines.to_model_input``) --
-    within a quarter of the card's memory; never below what one unmerged clip may hold."""
+def sample_pixels_for(gpu_bytes: int, samples_in_flight: int) -> int:
+    """Full-size pixels per gpu DALI sample, one long video's clip or several short ones merged: the samples
+    in flight keep their RGB frames (before the resize) twice -- decoded, and the picture region cut out of
+    them (``pipelines.to_model_input``) -- within a quarter of ``gpu_bytes`` (this sampler's share of the
+    card), up to ``MAX_SAMPLE_PIXELS``; never below what one clip held before (``CLIP_PIXELS``).
+    An H100 80GB with 4 streams x 4 samples per run: 106 frames of 1080p or 26 of 2160p per sample."""
     fits = gpu_bytes // 4 // max(1, samples_in_flight) // (3 * 2)
-    return max(CLIP_PIXELS, min(MERGE_PIXELS, fits))
+    return max(CLIP_PIXELS, min(MAX_SAMPLE_PIXELS, fits))
