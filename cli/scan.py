@@ -46,8 +46,8 @@ def scan_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Videos decoded at once (per GPU, per --processes)."),
         click.option("--processes", type=click.IntRange(1, 64), default=1, show_default=True,
                      help="Decoding processes per GPU, each with --streams streams: a decoder that crashes or "
-                          "hangs on a damaged file then costs one video, not the scan (not faster: the processes' "
-                          "CUDA contexts take turns on the GPU)."),
+                          "hangs on a damaged file then costs one video, not the scan (docs/scan.md says what "
+                          "it does to speed)."),
         click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True,
                      help="Frames per inference batch (mixing videos)."),
         click.option("--gpus", default=None, metavar="all|0,1",
