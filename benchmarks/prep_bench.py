@@ -128,12 +128,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="passes per row; the median is reported")
     ap.add_argument("--work", type=Path, default=None, help="where generated clips are kept (shared with sampling_bench)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--clips", default="", help="only these clips, by name (e.g. 2160p30-hevc-k1.0; default: all)")
     args = ap.parse_args(argv)
     work = args.work or Path(tempfile.gettempdir()) / "quadvault-sampling-bench"
     duration = 4.0 if args.quick else args.duration
     n_videos = args.videos or (96 if args.quick else 200)
     # the sampling benchmark's clips (same names: a GPU lease builds them once for both), less 2160p k2
     specs = [c for c in clip_specs(False, duration) if c.codec == "h264" or c.keyframe_s == 1.0]
+    wanted = set(filter(None, args.clips.split(",")))
+    if wanted - {c.name for c in specs}:
+        ap.error(f"--clips: no clip named {sorted(wanted - {c.name for c in specs})}; there are {[c.name for c in specs]}")
+    specs = [c for c in specs if not wanted or c.name in wanted]
     info = machine()
     info["gpu"] = None  # measured on the CPU whatever the machine has
     out = args.out or RESULTS / f"prep_{slug(info)}{'_quick' if args.quick else ''}.json"

@@ -192,12 +192,12 @@ def read_packet_index(container: av.container.InputContainer, stream: av.video.s
     entries = stream.index_entries
     if len(entries) > 1 and container.format.name.split(",")[0] in _MP4_FORMATS:
         n = len(entries)
-        dts = np.fromiter((e.timestamp for e in entries), np.int64, n)
-        pos = np.fromiter((e.pos for e in entries), np.int64, n)
-        size = np.fromiter((e.size for e in entries), np.int64, n)
-        key = np.fromiter((e.is_keyframe for e in entries), bool, n)
-        keep = ~np.fromiter((e.is_discard for e in entries), bool, n)
-        dts, pos, size, key = dts[keep], pos[keep], size[keep], key[keep]
+        # one pass over PyAV's entries (each read builds a Python object): five passes took 2.6x as long, with
+        # the GIL held (~45 ms against ~18 ms for a 10-minute 30 fps video)
+        table = np.fromiter((v for e in entries for v in (e.timestamp, e.pos, e.size, e.is_keyframe, e.is_discard)),
+                            np.int64, 5 * n).reshape(n, 5)
+        keep = table[:, 4] == 0
+        dts, pos, size, key = table[keep, 0], table[keep, 1], table[keep, 2], table[keep, 3] != 0
         if composition_offsets is not None and len(composition_offsets) == n:
             pts_ticks = dts + composition_offsets[keep]
         else:

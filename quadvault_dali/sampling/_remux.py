@@ -119,6 +119,11 @@ def clip_signature(stream: av.video.stream.VideoStream) -> Signature:
             ctx.format.name if ctx.format is not None else "")
 
 
+#: what the MP4 box headers and index add to a clip's packets, and the most one write buffer holds
+_MUX_HEADROOM = 256 << 10
+_MUX_BUFFER_MAX = 128 << 20
+
+
 def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run], signature: Signature | None = None,
              roi: tuple[float, float] = (1.0, 1.0), cropped_signature: Signature | None = None) -> Clip:
     """Writes ``runs`` (each starting at a keyframe) into one MP4 with regular, rank-based timestamps.
@@ -141,7 +146,10 @@ def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run], signat
     frames = np.searchsorted(sorted_pts, np.array(wanted)).astype(np.int32)
 
     buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as out:
+    # FFmpeg's write buffer holds the whole clip: with the default 32 KiB, the MP4 muxer's flushes and its
+    # seek back to the 'mdat' size went through Python file calls, 2.2 ms for eight 2160p keyframes (0.4 ms).
+    room = min(sum(len(p.data) for p in packets) + _MUX_HEADROOM, _MUX_BUFFER_MAX)
+    with av.open(buf, "w", format="mp4", buffer_size=room) as out:
         stream = out.add_stream_from_template(template)
         stream.time_base = _CLIP_TB
         if signature is not None and signature != clip_signature(template):
