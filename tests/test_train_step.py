@@ -81,3 +81,17 @@ def test_step_on_the_priority_stream_reports_what_the_ordinary_stream_does() -> 
     cpu = _run(torch.device("cpu"), priority=True)
     assert prio[1:] == plain[1:] == cpu[1:]
     assert prio[0] == pytest.approx(plain[0], rel=1e-6) and prio[0] == pytest.approx(cpu[0], rel=2e-2)  # bf16
+
+
+def test_reset_starts_the_next_epochs_totals_from_zero() -> None:
+    net = _Linear()
+    step = TrainStep(net, torch.optim.SGD(net.parameters(), lr=0.0), None, torch.tensor([1, 0, 1, 0]),
+                     torch.tensor(2.0), torch.device("cpu"))
+    images, rows = _batches()[0]
+    step(images, rows)
+    first = step.totals()
+    assert first[1:] == (2, 2) and first[0] > 0
+    step.reset()
+    assert step.totals() == (0.0, 0, 0)
+    step(images, rows)  # lr 0: the same batch gives the same totals again
+    assert step.totals() == first

@@ -108,6 +108,7 @@ def _hold_batchnorm_statistics(net: nn.Module) -> None:
 
 def _train_epoch(step: TrainStep, loader: DaliFrameLoader, desc: str, show: bool) -> tuple[float, float, int]:
     """One pass over the training frames: (mean loss, accuracy, frames counted)."""
+    step.reset()
     with _bar(len(loader), desc, show) as bar, step.running():
         for k, (images, rows) in enumerate(loader, start=1):
             step(images, rows)
@@ -232,7 +233,7 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
         optimizer, [_lr_lambda(total, warmup, frozen_steps), _lr_lambda(total, warmup)])
     n_pos = int(data.train.labels.sum())
     pos_weight = torch.tensor((len(data.train) - n_pos) / max(n_pos, 1), device=device)
-    labels = torch.from_numpy(data.train.labels)
+    step = TrainStep(model, optimizer, scheduler, torch.from_numpy(data.train.labels), pos_weight, device)
 
     weights = {"auto": "ImageNet weights", "none": "from scratch"}.get(str(config.pretrained),
                                                                      f"weights from {config.pretrained}")
@@ -252,7 +253,6 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
         _set_backbone_frozen(net, frozen, world > 1)
         if str(config.pretrained) != "none":
             _hold_batchnorm_statistics(net)
-        step = TrainStep(model, optimizer, scheduler, labels, pos_weight, device)
         train_loss, train_acc, seen = _train_epoch(step, train_loader, f"Train {epoch}", show)
         train_s = time.perf_counter() - started
         # the bare network: DDP's forward syncs buffers, and ranks may hold different numbers of val batches

@@ -29,7 +29,8 @@ SHOW_EVERY = 25
 
 
 class TrainStep:
-    """Runs the steps of one epoch; ``totals()`` reads (loss sum, correct, counted frames) back."""
+    """Runs the training steps; ``totals()`` reads (loss sum, correct, counted frames) back, ``reset()`` zeroes
+    them for the next epoch."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler | None, labels: torch.Tensor,
@@ -39,9 +40,17 @@ class TrainStep:
         self.cuda = device.type == "cuda"
         self.labels = labels.float().to(device)  # per frame row, on the device once
         self.pos_weight = pos_weight
+        # one stream for the whole run: PyTorch's caching allocator reuses freed memory only on the stream
+        # that allocated it, so a new stream per epoch would cache another training peak each epoch
         self.stream = torch.cuda.Stream(device, priority=-1) if self.cuda and priority else None
         self._loss = torch.zeros((), dtype=torch.float64, device=device)
         self._counts = torch.zeros(2, dtype=torch.int64, device=device)  # correct, counted
+
+    def reset(self) -> None:
+        """Zeroes the totals (a new epoch), after the steps queued so far."""
+        with torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext():
+            self._loss.zero_()
+            self._counts.zero_()
 
     @contextlib.contextmanager
     def running(self) -> Iterator["TrainStep"]:
@@ -50,9 +59,11 @@ class TrainStep:
             yield self
             return
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self.stream):
-            yield self
-        torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        try:
+            with torch.cuda.stream(self.stream):
+                yield self
+        finally:  # also on an error: whatever runs next on the default stream sees the steps finished
+            torch.cuda.current_stream(self.device).wait_stream(self.stream)
 
     def __call__(self, images: torch.Tensor, rows: torch.Tensor) -> None:
         """One step on ``images`` (N,3,H,W), whose frame rows are ``rows`` (FILLER for batch padding)."""
