@@ -60,7 +60,7 @@ def colour_specs(device: str, quick: bool) -> dict[str, SynthSpec]:
 
 def _make(path: str, spec: SynthSpec) -> float:
     t0 = time.perf_counter()
-    tmp = Path(path).with_suffix(".part.mp4")
+    tmp = Path(path).with_suffix(f".part{os.getpid()}.mp4")  # two builders of one video must not share it
     make_video(tmp, spec)
     os.replace(tmp, path)
     return time.perf_counter() - t0

@@ -56,34 +56,36 @@ class Runner:
 
 
 def _worker(conn: Any, device: str, device_id: int, size: int) -> None:
-    """A decoding process: ``("prepare", case, batch, threads)`` builds and warms up a pipeline,
-    ``("go", start_at, cell_s)`` runs it from the wall-clock time ``start_at``, ``("stop",)`` ends."""
+    """A decoding process: ``("prepare", cell, case, batch, threads)`` builds and warms up a pipeline,
+    ``("go", cell, start_at, cell_s)`` runs it from the wall-clock time ``start_at``, ``("stop",)`` ends.
+    Every answer carries its cell number, so one left unread after another worker's failure is told apart."""
     if device == "gpu":
         torch.cuda.set_device(device_id)
     runner: Runner | None = None
-    conn.send(("up", None))
+    conn.send(("up", 0, None))
     while True:
         msg = conn.recv()
+        cell = msg[1] if len(msg) > 1 else 0
         try:
             if msg[0] == "stop":
                 return
             if msg[0] == "prepare":
                 runner = None  # the previous cell's pipeline (and its decoders) go first
-                runner = Runner(device, msg[1], msg[2], msg[3], size, device_id)
+                runner = Runner(device, msg[2], msg[3], msg[4], size, device_id)
                 runner.run()
-                conn.send(("ready", runner.build_s))
+                conn.send(("ready", cell, runner.build_s))
             elif msg[0] == "go":
                 assert runner is not None, "go before prepare"
-                start_at, cell_s = msg[1], msg[2]
+                start_at, cell_s = msg[2], msg[3]
                 while time.time() < start_at:
                     time.sleep(0.0005)
                 start, t0, runs = time.time(), time.perf_counter(), 0
                 while runs < 1 or (time.perf_counter() - t0 < cell_s and runs < 1000):
                     runner.run()
                     runs += 1
-                conn.send(("done", {"runs": runs, "start": start, "end": start + time.perf_counter() - t0}))
+                conn.send(("done", cell, {"runs": runs, "start": start, "end": start + time.perf_counter() - t0}))
         except BaseException as exc:  # noqa: BLE001 - reported in the cell, the worker stays up
-            conn.send(("error", f"{type(exc).__name__}: {str(exc)[:300]}"))
+            conn.send(("error", cell, f"{type(exc).__name__}: {str(exc)[:300]}"))
 
 
 class ProcessGrid:
@@ -92,26 +94,37 @@ class ProcessGrid:
     def __init__(self, workers: int, device: str, device_id: int, size: int, start_timeout_s: float = 120.0) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.conns, self.procs = [], []
-        for i in range(workers):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, device, device_id, size), name=f"diag-scale-{i}",
-                               daemon=True)
-            proc.start()
-            self.conns.append(parent)
-            self.procs.append(proc)
-        for conn in self.conns:
-            self._recv(conn, start_timeout_s, "up")
+        self.cell_no = 0
+        try:
+            for i in range(workers):
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=_worker, args=(child, device, device_id, size), name=f"diag-scale-{i}",
+                                   daemon=True)
+                proc.start()
+                self.conns.append(parent)
+                self.procs.append(proc)
+            for conn in self.conns:
+                self._recv(conn, start_timeout_s, "up", 0)
+        except BaseException:
+            self.close()  # no worker may keep a CUDA context after a failed start
+            raise
 
     @staticmethod
-    def _recv(conn: Any, timeout_s: float, want: str) -> Any:
-        if not conn.poll(timeout_s):
-            raise TimeoutError(f"a scale worker did not answer {want!r} in {timeout_s:.0f}s")
-        kind, value = conn.recv()
-        if kind == "error":
-            raise RuntimeError(value)
-        if kind != want:
-            raise RuntimeError(f"a scale worker answered {kind!r}, not {want!r}")
-        return value
+    def _recv(conn: Any, timeout_s: float, want: str, cell: int) -> Any:
+        """The answer ``want`` to cell ``cell``; answers to earlier cells (left unread when another worker
+        failed them) are dropped."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if not conn.poll(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError(f"a scale worker did not answer {want!r} in {timeout_s:.0f}s")
+            kind, answered, value = conn.recv()
+            if answered != cell:
+                continue
+            if kind == "error":
+                raise RuntimeError(value)
+            if kind != want:
+                raise RuntimeError(f"a scale worker answered {kind!r}, not {want!r}")
+            return value
 
     def cell(self, case: Case, batch: int, threads: int, processes: int, cell_s: float,
              monitor: Callable[[], Any]) -> dict[str, Any]:
@@ -119,15 +132,17 @@ class ProcessGrid:
         row: dict[str, Any] = {"case": case.label, "frames_per_clip": case.frames, "batch": batch, "threads": threads,
                                "processes": processes}
         active = self.conns[:processes]
+        self.cell_no += 1
+        cell = self.cell_no
         try:
             for conn in active:
-                conn.send(("prepare", case, batch, threads))
-            builds = [self._recv(conn, 120.0, "ready") for conn in active]
+                conn.send(("prepare", cell, case, batch, threads))
+            builds = [self._recv(conn, 120.0, "ready", cell) for conn in active]
             with monitor() as busy:
                 start_at = time.time() + 0.25
                 for conn in active:
-                    conn.send(("go", start_at, cell_s))
-                got = [self._recv(conn, 60.0 + 10 * cell_s, "done") for conn in active]
+                    conn.send(("go", cell, start_at, cell_s))
+                got = [self._recv(conn, 60.0 + 10 * cell_s, "done", cell) for conn in active]
         except Exception as exc:  # noqa: BLE001 - reported in the row
             return {**row, "error": f"{type(exc).__name__}: {str(exc)[:400]}"}
         seconds = max(g["end"] for g in got) - min(g["start"] for g in got)

@@ -109,9 +109,9 @@ if wants prebuild && [ ! -f "$WORK/sampling/clips.done" ]; then
 fi
 if wants prebuild && wants diagnose && [ ! -f "$WORK/diagnose.done" ]; then
   mkdir -p "$WORK/diagnose"
-  # shellcheck disable=SC2086
-  (setsid nohup python3 benchmarks/gpu_diagnose.py --build-only --device "$DEVICE" $DIAGNOSE_ARGS \
-     --work "$WORK/diagnose" --out "$WORK/diagnose-build.json" && touch "$WORK/diagnose.done") \
+  # one detached session for the build and its marker: a killed call must not leave a marker without videos
+  setsid nohup bash -c 'python3 benchmarks/gpu_diagnose.py --build-only --device "$1" $2 --work "$3/diagnose" \
+    --out "$3/diagnose-build.json" && touch "$3/diagnose.done"' _ "$DEVICE" "$DIAGNOSE_ARGS" "$WORK" \
     >"$WORK/prebuild-diagnose.log" 2>&1 </dev/null &
   echo $! >"$WORK/prebuild-diagnose.pid"
   say "=== prebuild: generating the diagnose videos in the background (pid $(cat "$WORK/prebuild-diagnose.pid"))"
@@ -122,6 +122,7 @@ gpu_tests=$(grep -l "mark.gpu" tests/test_*.py | tr '\n' ' ')
 step tests "$TESTS_S" python3 -m pytest -q -m gpu -p no:cacheprovider -o addopts="-ra" \
   --junitxml="$OUT/gpu-tests.xml" $TEST_ARGS $gpu_tests
 wants sampling && wait_prebuild 120 prebuild-sampling  # its clips
+wants sampling && wait_prebuild 120 prebuild-diagnose  # up to 12 encoders: not beside the CPU rows
 wants sampling && wait_prebuild "${IDLE_WAIT_S:-90}"  # CPU baselines are timed on an otherwise idle machine
 # shellcheck disable=SC2086
 step sampling "$SAMPLING_S" python3 benchmarks/sampling_bench.py $SAMPLING_ARGS --work "$WORK/sampling" \
@@ -131,7 +132,7 @@ step sampling "$SAMPLING_S" python3 benchmarks/sampling_bench.py $SAMPLING_ARGS 
 step prep "$PREP_S" python3 benchmarks/prep_bench.py $PREP_ARGS --work "$WORK/sampling" --out "$OUT/prep_$gpu.json"
 # Why sampling is as fast as it is: decode cost per DALI sample/run/thread/pipeline, decoder memory, colour sources.
 # It times itself (--budget-s 120 by default) and generates its own videos into $WORK/diagnose.
-wants diagnose && wait_prebuild 90 prebuild-diagnose
+wants diagnose && wait_prebuild 300 prebuild-diagnose  # a video still being built would be built twice
 # shellcheck disable=SC2086
 step diagnose "$DIAGNOSE_S" python3 benchmarks/gpu_diagnose.py --device "$DEVICE" $DIAGNOSE_ARGS \
   --work "$WORK/diagnose" --out "$OUT/diagnose_$gpu.json"

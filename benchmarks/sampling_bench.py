@@ -120,7 +120,7 @@ def _measure(sampler: Any, device: str, videos: list[Path], warm_up: int) -> dic
         after = decoded.as_dict()
         runs, samples = after["dali_runs"] - before["dali_runs"], after["dali_samples"] - before["dali_samples"]
         row.update(dali_runs=runs, dali_samples=samples,
-                   frames_per_dali_sample=round((after["frames_decoded"] - before["frames_decoded"]) / samples, 2)
+                   frames_per_dali_sample=round((after["frames_returned"] - before["frames_returned"]) / samples, 2)
                    if samples else None)
     return row
 

@@ -242,6 +242,10 @@ def main() -> None:
     ap.add_argument("--build-only", action="store_true",
                     help="build the library in --work and stop (a later run with the same --work reuses it)")
     args = ap.parse_args()
+    try:  # a typo must stop the run now, not after the main scans
+        layouts = [(text, *parse_scan_layout(text)) for text in filter(None, args.layouts.split(","))]
+    except ValueError as exc:
+        ap.error(str(exc))
     backend = resolve_device(args.device)
     formats = FORMATS_QUICK if args.quick else FORMATS_FULL
     videos, durations, master_s = (6, (2.0, 4.0), 2.0) if args.quick else (args.videos, (10.0, 60.0), 10.0)
@@ -296,8 +300,7 @@ def main() -> None:
     save()
     if backend == "gpu" and not args.quick:
         result["scan_layouts"] = []
-        for layout in filter(None, args.layouts.split(",")):
-            processes, streams, mode = parse_scan_layout(layout)
+        for layout, processes, streams, mode in layouts:
             result["scan_layouts"].append({"layout": layout, **attempt(
                 f"scan {layout}", lambda: library_scan("scan_layout_out", streams, processes=processes, mode=mode))})
             save()

@@ -105,9 +105,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_step(net: torch.nn.Module, device: torch.device, rows: int, *, priority: bool = True) -> TrainStep:
-    """The training loop's own step (AdamW, bf16 autocast on CUDA, channels_last), over ``rows`` frames."""
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+def make_step(net: torch.nn.Module, opt: torch.optim.Optimizer, device: torch.device, rows: int, *,
+              priority: bool = True) -> TrainStep:
+    """The training loop's own step (bf16 autocast on CUDA, channels_last), over ``rows`` frames."""
     return TrainStep(net, opt, None, torch.ones(rows), torch.tensor(1.0, device=device), device, priority=priority)
 
 
@@ -162,8 +162,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                              pin_memory=device.type == "cuda", persistent_workers=True)
         net = build_network(arch, image_size=size, pretrained=weights).to(device, memory_format=torch.channels_last)
         net.train()
-        step = make_step(net, device, len(files))
-        default_stream = make_step(net, device, len(files), priority=False) if device.type == "cuda" else None
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-4)  # one optimiser: both steps train the same net
+        step = make_step(net, opt, device, len(files))
+        default_stream = make_step(net, opt, device, len(files), priority=False) if device.type == "cuda" else None
         results: dict[str, Any] = {}
 
         def forever(source: Any) -> Iterable[Any]:
@@ -258,6 +259,8 @@ def main() -> None:
                         help="DataLoader workers / DALI threads (0 = what quadvault train uses: the cores, 2 to 16)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     args.batch_size = args.batch_size or (4 if args.quick else 256)
     args.batches = args.batches or (4 if args.quick else 40)
     args.loader_batches = args.loader_batches or (24 if args.quick else 100)

@@ -49,7 +49,7 @@ def to_model_input(video, roi_end, *, size: int, square: bool):  # type: ignore[
     The region is cut out before the resize, not given to it as a region of interest: the resize filter
     reads past a region's edge, and some encoders pad with black (a Dolby Vision H.264 file in the corpus
     does), which darkened the last row by 26-59 levels. The cut costs a copy of the full-size frames
-    (``merge_pixels_for`` budgets for it); a region of (1, 1) keeps the whole frame.
+    (``sample_pixels_for`` budgets for it); a region of (1, 1) keeps the whole frame.
     """
     video = fn.slice(video, rel_start=[0.0, 0.0], rel_shape=roi_end, axis_names="HW")
     video = fn.resize(video, resize_shorter=size, interp_type=types.INTERP_LINEAR, antialias=True)

@@ -5,6 +5,7 @@ bias confined to the top rows where it belongs."""
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -56,12 +57,16 @@ def test_scale_cells_add_up_the_frames_of_every_process(make_clip: Callable[...,
     path = make_clip("diag_scale_vp9.mp4", codec="vp9", width=128, height=80, fps=10, duration_s=3.0, source_id=5)
     _, clips = plan_cut(path)
     case = Case("scale", clips[0], clips[0].times, 5)
+    broken = Case("broken", replace(clips[0], data=b"not a video at all"), clips[0].times, 5)
+    idle = lambda: UtilisationMonitor(reader=None, metrics=())  # noqa: E731
     grid = ProcessGrid(2, "cpu", 0, 64, start_timeout_s=120)
     try:
-        rows = [grid.cell(case, 2, 1, n, 0.2, lambda: UtilisationMonitor(reader=None, metrics=())) for n in (1, 2)]
+        failed = grid.cell(broken, 2, 1, 2, 0.2, idle)  # both fail; the second's answer is left unread
+        rows = [grid.cell(case, 2, 1, n, 0.2, idle) for n in (1, 2)]
     finally:
         grid.close()
     assert all(not p.is_alive() for p in grid.procs)
+    assert "error" in failed and failed["processes"] == 2
     for row, n in zip(rows, (1, 2)):
         assert "error" not in row, row
         assert row["processes"] == n and len(row["per_process_frames_per_s"]) == n

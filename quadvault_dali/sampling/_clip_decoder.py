@@ -29,9 +29,10 @@ DECODE_THREADS = 4
 
 @dataclass
 class DecodeStats:
-    """DALI runs, samples and frames decoded, summed over a sampler's streams. Each DALI sample pays a fixed
-    set-up (a decoder, its buffers; ~10 ms on an H200, serialised within a process), so frames per sample
-    says how well merging amortises it."""
+    """DALI runs, samples and the frames they returned (exact mode decodes more than it returns), summed over
+    a sampler's streams; runs that failed are not counted. Each DALI sample pays a fixed set-up (a decoder,
+    its buffers; ~10 ms on an H200, serialised within a process), so frames per sample says how well
+    merging and the sample budget amortise it."""
 
     runs: int = 0
     samples: int = 0
@@ -46,7 +47,7 @@ class DecodeStats:
 
     def as_dict(self) -> dict[str, float]:
         with self._lock:
-            return {"dali_runs": self.runs, "dali_samples": self.samples, "frames_decoded": self.frames,
+            return {"dali_runs": self.runs, "dali_samples": self.samples, "frames_returned": self.frames,
                     "frames_per_sample": round(self.frames / self.samples, 2) if self.samples else 0.0,
                     "samples_per_run": round(self.samples / self.runs, 2) if self.runs else 0.0}
 

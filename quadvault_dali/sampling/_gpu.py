@@ -560,6 +560,8 @@ def sample_pixels_for(gpu_bytes: int, samples_in_flight: int) -> int:
     in flight keep their RGB frames (before the resize) twice -- decoded, and the picture region cut out of
     them (``pipelines.to_model_input``) -- within a quarter of ``gpu_bytes`` (this sampler's share of the
     card), up to ``MAX_SAMPLE_PIXELS``; never below what one clip held before (``CLIP_PIXELS``).
-    An H100 80GB with 4 streams x 4 samples per run: 106 frames of 1080p or 26 of 2160p per sample."""
+    An H100 80GB with 4 streams x 4 samples per run: 106 frames of 1080p or 26 of 2160p per sample. The floor
+    can exceed a small share: 4 processes x 16 samples on any card hold up to ~38 GB at the floor (8: ~76 GB),
+    so layouts with many processes want a big card or fewer streams."""
     fits = gpu_bytes // 4 // max(1, samples_in_flight) // (3 * 2)
     return max(CLIP_PIXELS, min(MAX_SAMPLE_PIXELS, fits))
