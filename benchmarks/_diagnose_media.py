@@ -27,6 +27,8 @@ from quadvault_dali.sampling._remux import (Clip, SourcePacket, _Run, clip_signa
 from quadvault_dali.synth import SynthSpec, make_video, read_stamp
 
 STAMP_TOL = 0.006
+#: copies of a video's keyframes in the "stream" case's one clip
+STREAM_COPIES = 32
 
 
 # --- test media ----------------------------------------------------------------------------------
@@ -149,6 +151,11 @@ def make_cases(name: str, path: Path) -> dict[str, Case]:
         made = concat_keyframes(path, copies, uncrop)
         if made is not None:  # "ku"/"x8u": H.264 without the SPS's cropping (only where it crops)
             cases[kind] = Case(f"{name}/{kind}", made[0], made[1], sid)
+    # "stream": 32 copies in one clip, for fn.experimental.inputs.video (one decoder for all of them);
+    # uncropped where the stream crops, so DALI's decoder cache behaves as in the gpu backend
+    made = concat_keyframes(path, STREAM_COPIES, True) or concat_keyframes(path, STREAM_COPIES, False)
+    if made is not None:
+        cases["stream"] = Case(f"{name}/stream", made[0], made[1], sid)
     return cases
 
 

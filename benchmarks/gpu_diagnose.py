@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # its two helpers live
 from _diagnose_colour import colour_rows  # noqa: E402
 from _diagnose_report import environment, print_tables, write  # noqa: E402
 from _diagnose_scale import (GRID_SCALE, GRID_SCALE_QUICK, SCALE_PROCESSES, SCALE_PROCESSES_QUICK,  # noqa: E402
-                             ProcessGrid, Runner)
+                             ProcessGrid, Runner, StreamRunner, make_runner, stream_stamps)
 from _gpu_monitor import UtilisationMonitor  # noqa: E402
 from _diagnose_media import Case, check_stamps, colour_specs, decode_specs, generate, make_cases, plan_cut  # noqa: E402
 
@@ -51,10 +51,13 @@ from _diagnose_media import Case, check_stamps, colour_specs, decode_specs, gene
 GRID_FULL = {"main": [("k", [(1, 1), (2, 1), (2, 2), (8, 1), (8, 2), (8, 8)], True),
                       ("ku", [(1, 1), (2, 2), (8, 8)], True),  # the same, SPS uncropped: DALI's cache hits
                       ("x8", [(1, 1), (2, 2), (8, 8)], True),
-                      ("x8u", [(2, 2), (8, 8)], True)],
+                      ("x8u", [(2, 2), (8, 8)], True),
+                      ("stream", [(1, 1), (4, 4)], True)],  # inputs.video: sequences per run, threads
              "aligned": [("k", [(1, 1), (8, 8)], True), ("x8", [(8, 8)], False)],
-             "big": [("plan", [(1, 1), (8, 8)], False), ("k", [(1, 1), (8, 8)], True), ("x8", [(2, 2)], False)]}
-GRID_QUICK = {"main": [("k", [(1, 1), (8, 8)], True), ("ku", [(8, 8)], False), ("x8", [(2, 2)], False)],
+             "big": [("plan", [(1, 1), (8, 8)], False), ("k", [(1, 1), (8, 8)], True), ("x8", [(2, 2)], False),
+                     ("stream", [(4, 4)], False)]}
+GRID_QUICK = {"main": [("k", [(1, 1), (8, 8)], True), ("ku", [(8, 8)], False), ("x8", [(2, 2)], False),
+                       ("stream", [(2, 1)], False)],
               "aligned": [("k", [(8, 8)], False)]}
 #: the colour clips may use the run's first part of the budget; any left over run after the timing
 COLOUR_SHARE = 0.35
@@ -71,19 +74,22 @@ def time_cell(case: Case, batch: int, threads: int, pipelines: int, args: argpar
         try:
             if args.device == "gpu":
                 torch.cuda.set_device(args.device_id)
-            runner = Runner(args.device, case, batch, threads, args.size, args.device_id)
+            runner = make_runner(args.device, case, batch, threads, args.size, args.device_id)
             t0 = time.perf_counter()
             frames = runner.run()
             first_s = time.perf_counter() - t0
-            stamps = check_stamps(frames[0], case) if i == 0 else None
+            stamps = None
+            if i == 0:
+                stamps = stream_stamps(frames[0], case) if isinstance(runner, StreamRunner) else \
+                    check_stamps(frames[0], case)
             barrier.wait(timeout=300)
-            start = time.perf_counter()
+            start, before = time.perf_counter(), runner.frames_out
             runs = 0
             while runs < 1 or (time.perf_counter() - start < args.cell_s and runs < 500):
                 runner.run()
                 runs += 1
             got[i] = {"build_s": runner.build_s, "first_s": first_s, "stamps": stamps, "runs": runs,
-                      "start": start, "end": time.perf_counter()}
+                      "frames": runner.frames_out - before, "start": start, "end": time.perf_counter()}
             del runner
         except BaseException as exc:  # noqa: BLE001 - reported in the cell
             got[i] = exc
@@ -101,11 +107,12 @@ def time_cell(case: Case, batch: int, threads: int, pipelines: int, args: argpar
     if errors:
         return {**cell, "error": f"{type(errors[0]).__name__}: {str(errors[0])[:400]}"}
     seconds = max(g["end"] for g in got) - min(g["start"] for g in got)
-    clips = sum(g["runs"] for g in got) * batch
+    frames = sum(g["frames"] for g in got)
+    clips = frames / case.frames  # clip-equivalents: a "stream" sample is a sequence, not a clip
     return {**cell, "build_s": round(max(g["build_s"] for g in got), 3),
             "first_run_ms": round(1000 * max(g["first_s"] for g in got), 1), "runs": sum(g["runs"] for g in got),
-            "clips": clips, "frames": clips * case.frames, "seconds": round(seconds, 3),
-            "frames_per_s": round(clips * case.frames / seconds, 1), "ms_per_clip": round(1000 * seconds / clips, 2),
+            "clips": round(clips, 2), "frames": frames, "seconds": round(seconds, 3),
+            "frames_per_s": round(frames / seconds, 1), "ms_per_clip": round(1000 * seconds / clips, 2),
             "ms_per_run": round(1000 * seconds * pipelines / sum(g["runs"] for g in got), 2),
             "stamps": got[0]["stamps"]}
 

@@ -51,7 +51,8 @@ def to_model_input(video, roi_end, *, size: int, square: bool):  # type: ignore[
     does), which darkened the last row by 26-59 levels. The cut costs a copy of the full-size frames
     (``sample_pixels_for`` budgets for it); a region of (1, 1) keeps the whole frame.
     """
-    video = fn.slice(video, rel_start=[0.0, 0.0], rel_shape=roi_end, axis_names="HW")
+    if roi_end is not None:  # None: keep the whole picture (a graph without the region input)
+        video = fn.slice(video, rel_start=[0.0, 0.0], rel_shape=roi_end, axis_names="HW")
     video = fn.resize(video, resize_shorter=size, interp_type=types.INTERP_LINEAR, antialias=True)
     if square:
         video = fn.crop(video, crop=(size, size), crop_pos_x=0.5, crop_pos_y=0.5)

@@ -70,5 +70,23 @@ def test_scale_cells_add_up_the_frames_of_every_process(make_clip: Callable[...,
     for row, n in zip(rows, (1, 2)):
         assert "error" not in row, row
         assert row["processes"] == n and len(row["per_process_frames_per_s"]) == n
-        assert row["frames"] == row["clips"] * 3 and row["clips"] % 2 == 0 and row["clips"] >= 2 * n
+        assert row["frames"] == row["runs"] * 2 * 3 and row["runs"] >= n  # 2 clips of 3 frames per run
         assert min(row["per_process_frames_per_s"]) > 0 and row["frames_per_s"] > 0
+
+
+def test_stream_runner_decodes_the_clip_over_and_over_in_order(make_clip: Callable[..., Path]) -> None:
+    """The "stream" case (fn.experimental.inputs.video, one decoder for a long clip) returns the clip's frames
+    in order, clip after clip, partial batches at each clip's end included, and never runs dry."""
+    from _diagnose_media import concat_keyframes
+    from _diagnose_scale import StreamRunner, make_runner
+
+    from quadvault_dali.synth import read_stamp
+
+    path = make_clip("diag_stream_vp9.mp4", codec="vp9", width=128, height=80, fps=10, duration_s=3.0, source_id=6)
+    clip, stamps = concat_keyframes(path, 4)  # 12 keyframes: 0, 1, 2 s, four times
+    case = Case("x/stream", clip, stamps, 6)
+    runner = make_runner("cpu", case, 2, 1, 64, 0)
+    assert isinstance(runner, StreamRunner)
+    seen = [read_stamp(image).time_s for _ in range(6) for seq in runner.run() for image in seq.numpy()]
+    assert runner.frames_out == len(seen) >= 6 * 16 // 2
+    assert seen == (stamps * (len(seen) // len(stamps) + 1))[: len(seen)]
