@@ -73,6 +73,8 @@ step() {  # step NAME LIMIT_S COMMAND...
   nproc
   python3 -c "import sys, torch, torchvision; print('python', sys.version.split()[0], 'torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())"
   python3 -c "import nvidia.dali, av; print('DALI', nvidia.dali.__version__, 'PyAV', av.__version__)"
+  # decoding processes share the GPU by time-slicing unless NVIDIA MPS runs: is it there to try?
+  echo "MPS control: $(command -v nvidia-cuda-mps-control || echo none)"
 } >"$OUT/environment.txt" 2>&1
 cat "$OUT/environment.txt" | tee -a "$LOG"
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr 'A-Z' 'a-z' | sed 's/[^a-z0-9]\+/-/g; s/^-//; s/-$//')
