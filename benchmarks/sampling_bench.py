@@ -76,12 +76,13 @@ def make_clip(work: Path, spec: ClipSpec) -> Path:
     return path
 
 
-def run_sampler(device: str, videos: list[Path], layout: tuple[int, int, bool] | None = None, processes: int = 1,
+def run_sampler(device: str, videos: list[Path], layout: tuple[int, int, bool, bool] | None = None, processes: int = 1,
                 **config: Any) -> dict[str, Any]:
     """Samples all ``videos`` once (after a warm-up); frames/s and bytes read. ``layout``: (DALI samples per
-    run, pipeline threads) per decode stream instead of the sampler's defaults; ``processes``: decoding
+    run, pipeline threads, uncropped SPS, streaming decoder) per decode stream instead of the sampler's defaults; ``processes``: decoding
     processes, each with ``streams`` streams (their start-up is part of the warm-up, not the measurement)."""
-    attrs: dict[str, Any] = dict(zip(("clips_per_run", "decode_threads", "uncrop_sps"), layout)) if layout else {}
+    attrs: dict[str, Any] = dict(zip(("clips_per_run", "decode_threads", "uncrop_sps", "stream_decode"), layout)) \
+        if layout else {}
     if processes > 1:
         from quadvault_dali.sampling._base import _BACKENDS
         from quadvault_dali.sampling._processes import ProcessSampler
@@ -161,15 +162,17 @@ def linked_copies(path: Path, count: int, folder: Path) -> list[Path]:
     return out
 
 
-def parse_layout(text: str) -> tuple[int, int, int, int, bool]:
-    """``4p2x4x4`` -> (processes 4, streams 2, samples per run 4, threads 4, uncropped SPS True); ``2x8x8`` is
-    one process; a trailing ``c`` keeps H.264/HEVC clips cropped (``4x4x4c``: DALI's decoder cache missing on
-    1080p H.264, the A/B for ``sampling._uncrop``)."""
-    match = re.fullmatch(r"(?:(\d+)p)?(\d+)x(\d+)x(\d+)(c?)", text.strip())
+def parse_layout(text: str) -> tuple[int, int, int, int, bool, bool]:
+    """``4p2x4x4`` -> (processes 4, streams 2, samples per run 4, threads 4, uncropped SPS True, streamed False);
+    ``2x8x8`` is one process; a trailing ``c`` keeps H.264/HEVC clips cropped (``4x4x4c``: DALI's decoder cache
+    missing on 1080p H.264, the A/B for ``sampling._uncrop``); a trailing ``s`` decodes with the streaming
+    decoder (``sampling._stream_decoder``: one decoder set-up per long merged clip; "samples per run" are then
+    its sequences of 16 frames)."""
+    match = re.fullmatch(r"(?:(\d+)p)?(\d+)x(\d+)x(\d+)(c?)(s?)", text.strip())
     if not match:
-        raise ValueError(f"a layout is [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c], like 4p2x4x4; got {text!r}")
+        raise ValueError(f"a layout is [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c][s], like 4p2x4x4; got {text!r}")
     processes, streams, per_run, threads = (int(g) if g else 1 for g in match.groups()[:4])
-    return processes, streams, per_run, threads, not match.group(5)
+    return processes, streams, per_run, threads, not match.group(5), bool(match.group(6))
 
 
 def try_sampler(device: str, videos: list[Path], **config: Any) -> dict[str, Any]:
@@ -236,9 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--streams", default="1,2,4,8", help="gpu decode streams to try (none: no such rows)")
     ap.add_argument("--clips", default="", help="only these clips, by name (e.g. 1080p30-h264-k1.0; default: all)")
     ap.add_argument("--layouts", default="4x4x4,4x4x4c,8x4x4,4x8x8",
-                    help="more gpu keyframe rows as [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c] (streams per "
-                         "process; c: H.264/HEVC clips keep their SPS cropping; the --streams rows are 1 process with "
-                         "the defaults, x4x4)")
+                    help="more gpu keyframe rows as [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c][s] (streams per "
+                         "process; c: H.264/HEVC clips keep their SPS cropping; s: the streaming decoder; the "
+                         "--streams rows are 1 process with the defaults, x4x4)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--work", type=Path, default=None, help="where generated clips are kept (reused)")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
@@ -293,10 +296,11 @@ def main(argv: list[str] | None = None) -> int:
                              **try_sampler("gpu", videos, mode="keyframe", size=args.size, streams=streams)})
                 _print_row(spec, rows[-1])
             for layout in filter(None, args.layouts.split(",")):
-                processes, streams, per_run, threads, uncrop = parse_layout(layout)
+                processes, streams, per_run, threads, uncrop, streamed = parse_layout(layout)
                 rows.append({"backend": "gpu", "mode": "keyframe", "streams": streams * processes, "layout": layout,
                              "processes": processes, "videos": n_videos, "uncrop_sps": uncrop,
-                             **try_sampler("gpu", videos, layout=(per_run, threads, uncrop), processes=processes,
+                             "stream_decode": streamed,
+                             **try_sampler("gpu", videos, layout=(per_run, threads, uncrop, streamed), processes=processes,
                                            mode="keyframe", size=args.size, streams=streams)})
                 _print_row(spec, rows[-1])
             exact_videos = videos[:n_videos if args.gpu_exact_videos is None else args.gpu_exact_videos]

@@ -42,6 +42,29 @@ def video_sampling_pipeline(decoder_device: DecoderDevice = "mixed", size: int =
     return to_model_input(video, roi_end, size=size, square=square)
 
 
+#: the streaming graph's one input: a whole encoded clip per ``feed_input`` (``video_stream_pipeline``)
+STREAM_INPUT = "stream"
+
+
+@pipeline_def(prefetch_queue_depth=1)
+def video_stream_pipeline(decoder_device: DecoderDevice = "mixed", size: int = 224, square: bool = True,
+                          sequence_length: int = 16, roi: tuple[float, float] = (1.0, 1.0)):
+    """Every frame of each fed clip, in order, ``sequence_length`` frames per sample and ``batch_size``
+    samples per run, resized as ``to_model_input`` does (the picture region ``roi`` is fixed when built).
+
+    ``fn.experimental.inputs.video`` keeps one decoder for a whole fed clip, where ``fn.decoders.video``
+    sets one up for every sample; a run ends where a clip ends (a shorter last batch), so the caller runs
+    it until it has all the clip's frames. Feed ``STREAM_INPUT`` with ``pipe.feed_input`` (one clip each).
+    """
+    if decoder_device not in ("mixed", "cpu"):
+        raise ValueError(f"decoder_device must be 'mixed' or 'cpu', got {decoder_device!r}")
+    video = fn.experimental.inputs.video(name=STREAM_INPUT, sequence_length=sequence_length, device=decoder_device,
+                                         last_sequence_policy="partial")
+    if tuple(roi) != (1.0, 1.0):  # a build-time region: a per-run input would clash with the shorter last batch
+        video = fn.slice(video, rel_start=[0.0, 0.0], rel_shape=list(roi), axis_names="HW")
+    return to_model_input(video, None, size=size, square=square)
+
+
 def to_model_input(video, roi_end, *, size: int, square: bool):  # type: ignore[no-untyped-def]
     """``(F, H, W, 3)`` decoded frames -> ``(F, 3, h, w)``: the picture region kept, its short side resized
     to ``size``, centre-cropped square if asked.

@@ -22,9 +22,10 @@ def sampling_bench():
 
 
 def test_layouts_name_processes_streams_and_dali_run_shape(sampling_bench) -> None:
-    assert sampling_bench.parse_layout("4p2x4x4") == (4, 2, 4, 4, True)
-    assert sampling_bench.parse_layout("2x8x8") == (1, 2, 8, 8, True)
-    assert sampling_bench.parse_layout("4x4x4c") == (1, 4, 4, 4, False)
+    assert sampling_bench.parse_layout("4p2x4x4") == (4, 2, 4, 4, True, False)
+    assert sampling_bench.parse_layout("2x8x8") == (1, 2, 8, 8, True, False)
+    assert sampling_bench.parse_layout("4x4x4c") == (1, 4, 4, 4, False, False)
+    assert sampling_bench.parse_layout("2p4x4x4s") == (2, 4, 4, 4, True, True)
     with pytest.raises(ValueError, match="4p2x4x4"):
         sampling_bench.parse_layout("4p2x4")
 

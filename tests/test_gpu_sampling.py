@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -162,13 +163,18 @@ def cpu_decodable(make_clip: Callable[..., Path]) -> list[tuple[Path, int]]:
             for name, spec, sid in specs]
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["per-sample", "streamed"])
 @pytest.mark.parametrize("mode", ["keyframe", "exact"])
 def test_engine_on_cpu_decoder_matches_cpu_backend(cpu_decodable: list[tuple[Path, int]],
-                                                   broken_clips: dict[str, Path], mode: str) -> None:
+                                                   broken_clips: dict[str, Path], mode: str, stream: bool) -> None:
+    """Also with the streaming decoder (fn.experimental.inputs.video, every frame of a clip decoded, the
+    wanted ones kept): exact mode's GOP prefixes, rotation, MJPEG and a variable frame rate included."""
     videos = [p for p, _ in cpu_decodable]
     videos.insert(1, broken_clips["text"])
     videos.insert(3, broken_clips["truncated"])
-    batches = list(DaliSampler(fps=1.0, mode=mode, size=SIZE, batch_size=5, streams=2).iter_batches(videos))
+    sampler = DaliSampler(fps=1.0, mode=mode, size=SIZE, batch_size=5, streams=2)
+    sampler.stream_decode = stream
+    batches = list(sampler.iter_batches(videos))
     assert all(len(b) <= 5 for b in batches)
     times, stamps, outcomes = _collect(batches)
     assert [o.path for o in outcomes] == videos  # one outcome each, in input order
@@ -355,6 +361,39 @@ def test_short_videos_share_dali_samples_and_keep_their_frames(short_vp9: list[t
     assert (decoded["dali_samples"], decoded["frames_returned"]) == (len(samples), sum(samples))
     assert -(-len(samples) // layout[0]) <= decoded["dali_runs"] <= len(samples)
     assert decoded["frames_per_sample"] == round(sum(samples) / len(samples), 2)
+
+
+@pytest.mark.parametrize("mode", ["keyframe", "exact"])
+def test_streamed_samples_merge_many_videos_and_keep_their_frames(short_vp9: list[tuple[Path, int]],
+                                                                  mode: str) -> None:
+    """The streaming decoder pays one set-up per merged clip, so it merges far more: the five short videos
+    (prepared before decoding starts, as in a busy run) need fewer DALI samples than videos, and every video
+    keeps exactly its own seconds."""
+    import quadvault_dali.sampling._gpu as gpu
+
+    videos = [p for p, _ in short_vp9]
+    sampler = DaliSampler(mode=mode, size=SIZE, streams=1)
+    sampler.stream_decode = True
+    real_next = gpu.DaliSampler._next_work
+
+    def next_work(self, work, carry):  # type: ignore[no-untyped-def]  # the first run waits for all five
+        if not carry and self.decode_stats.samples == 0:
+            deadline = time.monotonic() + 60
+            while work.qsize() < len(videos) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return real_next(self, work, carry)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gpu.DaliSampler, "_next_work", next_work)
+        times, stamps, outcomes = _collect(list(sampler.iter_batches(videos)))
+    assert all(o.ok for o in outcomes) and [o.path for o in outcomes] == videos
+    cpu = create_sampler("cpu", mode=mode, size=SIZE)
+    for path, sid in short_vp9:
+        assert times[path] == pytest.approx(cpu.sample_video(path)[1], abs=1e-6)
+        _check_stamps(times[path], stamps[path], sid)
+    decoded = sampler.decode_stats.as_dict()
+    assert decoded["frames_returned"] == sum(len(t) for t in times.values())
+    assert decoded["dali_samples"] < len(videos)  # merged
 
 
 def _mark_uncropped(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -634,6 +673,34 @@ def test_gpu_backend_every_frame_is_the_right_second(make_clip: Callable[..., Pa
         info, index = probe_video(path, with_index=True)
         plan = plan_samples(info, index, fps=1.0, mode=mode)
         assert max(min(abs(t - g) for t in times[path]) for g in plan.grid) <= plan.max_error_s + 1e-6
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["keyframe", "exact"])
+def test_gpu_streaming_decoder_gives_every_second_and_the_per_sample_pixels(make_clip: Callable[..., Path],
+                                                                          mode: str) -> None:
+    """The experimental streaming decoder (fn.experimental.inputs.video on NVDEC, one set-up per merged clip)
+    samples the same seconds as the CPU backend, and its frames are the per-sample decoder's: the padded
+    200x120 H.264 (coded 208x128) keeps its picture region through the build-time slice."""
+    names = ["h264_30_k1", "h264_24_k5", "hevc_25_k1", "h264_rot90", "h264_vfr"]
+    paths = [_gpu_clip(make_clip, n, i + 1) for i, n in enumerate(names)]
+    padded = make_clip("nvdec_h264_200x120.mp4", codec="h264", width=200, height=120, fps=30, duration_s=4.0,
+                       keyframe_interval_s=1.0, source_id=21, style="highlight")
+    sampler = create_sampler("gpu", fps=1.0, mode=mode, size=SIZE, batch_size=16, streams=2)
+    sampler.stream_decode = True
+    times, stamps, outcomes = _collect(list(sampler.iter_batches([*paths, padded])))
+    assert all(o.ok and o.decoder == "nvdec" for o in outcomes), [str(o.error) for o in outcomes]
+    assert sampler.decode_stats.frames > 0
+    cpu = create_sampler("cpu", fps=1.0, mode=mode, size=SIZE)
+    for i, path in enumerate(paths):
+        _check_stamps(times[path], stamps[path], i + 1)
+        assert times[path] == pytest.approx(cpu.sample_video(path)[1], abs=1e-6), path.name
+    streamed = create_sampler("gpu", mode=mode, size=SIZE, square=False)
+    streamed.stream_decode = True
+    s_frames, s_times, _ = streamed.sample_video(padded)
+    p_frames, p_times, _ = create_sampler("gpu", mode=mode, size=SIZE, square=False).sample_video(padded)
+    assert s_times == p_times and s_frames.shape == p_frames.shape
+    assert (s_frames.float() - p_frames.float()).abs().mean().item() < 1.0
 
 
 @pytest.mark.gpu

@@ -39,9 +39,9 @@ class DecodeStats:
     frames: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def add(self, samples: int, frames: int) -> None:
+    def add(self, samples: int, frames: int, runs: int = 1) -> None:
         with self._lock:
-            self.runs += 1
+            self.runs += runs
             self.samples += samples
             self.frames += frames
 

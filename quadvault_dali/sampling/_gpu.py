@@ -50,6 +50,7 @@ from ._nvdec import dali_cpu_limitation, nvdec_limitation
 from ._plan import plan_samples
 from ._reader import CountingFile
 from ._remux import CLIP_PIXELS, Clip, can_follow, frame_budget, merge_clips, plan_clips
+from ._stream_decoder import StreamClipDecoder
 from ._types import FrameBatch, VideoOutcome
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,12 @@ MERGE_PIXELS = 2 * CLIP_PIXELS
 MAX_SAMPLE_PIXELS = 4 * CLIP_PIXELS
 #: Queued clips per decode stream: room for several short videos' clips to be merged into one sample.
 QUEUED_PER_STREAM = 8
+#: With ``stream_decode``: pixels per merged sample (256 frames of 2160p, ~1,000 of 1080p; memory is one run's
+#: sequences, not the sample), and a deeper queue so there is that much to merge.
+STREAM_SAMPLE_PIXELS = 256 * 3840 * 2160
+STREAM_QUEUE_FACTOR = 2
 _STOP = object()
+AnyClipDecoder = ClipDecoder | StreamClipDecoder
 
 
 @dataclass
@@ -130,6 +136,8 @@ class DaliSampler(Sampler):
         self.merge_clips = True  # several short videos per DALI sample (``group_samples``)
         self.merge_pixels = MERGE_PIXELS
         self.clip_pixels = CLIP_PIXELS  # what one video's clip may hold (``frame_budget``)
+        #: experimental: decode with ``StreamClipDecoder`` (one decoder set-up per long merged clip)
+        self.stream_decode = False
         self.decode_stats = DecodeStats()  # DALI runs, samples, frames over all streams (benchmarks read it)
         #: H.264/HEVC clips without their SPS's cropping, so DALI finds its NVDEC decoders again (``_uncrop``)
         self.uncrop_sps = self.decoder_device == "mixed"
@@ -270,7 +278,7 @@ class DaliSampler(Sampler):
     def _decode_loop(self, work: "queue.Queue[Any]") -> None:
         """One decode stream: clips in, frames delivered; nothing a clip does may end the loop (the
         consumer would wait for that clip forever)."""
-        decoder: ClipDecoder | None = None
+        decoder: AnyClipDecoder | None = None
         carry: list[_Work] = []  # a clip taken for the next run (see _next_work)
         try:
             while True:
@@ -305,7 +313,7 @@ class DaliSampler(Sampler):
             if decoder is not None:
                 decoder.close()
 
-    def _decode_samples(self, decoder: ClipDecoder, items: list[_Work]) -> list[torch.Tensor | Exception]:
+    def _decode_samples(self, decoder: AnyClipDecoder, items: list[_Work]) -> list[torch.Tensor | Exception]:
         """Frames (or the error) for each item, decoded ``clips_per_run`` samples per DALI run, short videos'
         clips merged into shared samples. A merged sample that fails is decoded again clip by clip, so
         one damaged video fails alone."""
@@ -355,14 +363,18 @@ class DaliSampler(Sampler):
             items.append(more)
         return items, False
 
-    def _clip_decoder(self) -> ClipDecoder:
+    def _clip_decoder(self) -> AnyClipDecoder:
         cfg = self.config
         if self.decoder_device == "mixed":
             torch.cuda.set_device(cfg.device_id)
+        if self.stream_decode:
+            return StreamClipDecoder(self.decoder_device, cfg.device_id, cfg.size, cfg.square,
+                                     sequences_per_run=self.clips_per_run, num_threads=self.decode_threads,
+                                     stats=self.decode_stats)
         return ClipDecoder(self.decoder_device, cfg.device_id, cfg.size, cfg.square, self.clips_per_run,
                            num_threads=self.decode_threads, stats=self.decode_stats)
 
-    def _retry_cropped(self, decoder: ClipDecoder, w: _Work, result: torch.Tensor | Exception
+    def _retry_cropped(self, decoder: AnyClipDecoder, w: _Work, result: torch.Tensor | Exception
                        ) -> torch.Tensor | Exception:
         """A clip that failed uncropped (``_uncrop``), while none has worked yet, is decoded again as the file
         has it. If that works, the decoder refuses the rewrite itself (a DALI or driver we have not met):
@@ -423,6 +435,9 @@ class DaliSampler(Sampler):
         self._size_samples()  # here, not in __init__: layouts set clips_per_run after construction
         streams = cfg.streams
         queued = streams * self.clips_per_run * (QUEUED_PER_STREAM if self.merge_clips else 2)
+        if self.stream_decode:
+            self.clip_pixels = self.merge_pixels = STREAM_SAMPLE_PIXELS
+            queued *= STREAM_QUEUE_FACTOR
         work: queue.Queue[Any] = queue.Queue(maxsize=queued)
         stop = threading.Event()
         lookahead = max(2, queued)  # videos in flight: enough to fill the queue with mergeable clips

@@ -1,0 +1,134 @@
+"""A ``ClipDecoder`` twin on ``fn.experimental.inputs.video``: one decoder set-up per clip, not per DALI sample.
+
+``fn.decoders.video`` pays a fixed set-up for every sample (~10 ms on an H200, serialised within a process)
+and returns a sample's frames all at once, so merged samples are bounded by GPU memory. The streaming
+operator decodes a fed clip in sequences, with memory for one run's sequences, so merged keyframe clips
+can be far longer (``STREAM_SAMPLE_PIXELS``) and the set-up is paid once per long clip. It decodes every
+frame of a clip and returns them in order; the wanted ones (``Clip.frames``) are kept as each run comes.
+Experimental (``DaliSampler.stream_decode``): the benchmarks' ``s`` layouts measure it against the default.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import DecodeError
+from ._clip_decoder import DecodeStats
+from ._remux import Clip
+
+log = logging.getLogger(__name__)
+
+#: frames per DALI sample (one sequence); a run holds ``sequences_per_run`` of them
+STREAM_SEQUENCE = 16
+#: pipelines kept per stream, one per picture region (uncropped clips of different codings differ)
+PIPELINES_KEPT = 4
+
+
+class StreamClipDecoder:
+    """Clips in, one ``(F, 3, H, W)`` uint8 tensor of each clip's wanted frames out; same interface as
+    ``ClipDecoder`` (``decode``, ``close``, ``stats``)."""
+
+    def __init__(self, decoder_device: str, device_id: int | None, size: int, square: bool,
+                 sequences_per_run: int = 4, num_threads: int = 2, stats: DecodeStats | None = None) -> None:
+        self.decoder_device = decoder_device
+        self.device_id = device_id if decoder_device == "mixed" else None
+        self.size, self.square = size, square
+        self.sequences_per_run = sequences_per_run
+        self.num_threads = num_threads
+        self.stats = stats if stats is not None else DecodeStats()
+        self._pipes: OrderedDict[tuple[float, float], Any] = OrderedDict()
+        #: marks the end of the copies out of the last run's buffers (see ``ClipDecoder``)
+        self._copied: torch.cuda.Event | None = None
+
+    def _wait_for_copies(self) -> None:
+        if self._copied is not None:
+            self._copied.synchronize()
+            self._copied = None
+
+    def close(self) -> None:
+        try:
+            self._wait_for_copies()
+        except Exception as exc:  # noqa: BLE001 - a CUDA error here has already failed those clips
+            log.debug("closing the streaming decoder: %s", exc)
+        self._pipes.clear()
+
+    def _pipeline(self, roi: tuple[float, float]) -> Any:
+        key = (round(float(roi[0]), 6), round(float(roi[1]), 6))
+        pipe = self._pipes.pop(key, None)
+        if pipe is None:
+            from ..pipelines import video_stream_pipeline
+
+            pipe = video_stream_pipeline(decoder_device=self.decoder_device, size=self.size, square=self.square,
+                                         sequence_length=STREAM_SEQUENCE, roi=key,
+                                         batch_size=self.sequences_per_run, num_threads=self.num_threads,
+                                         device_id=self.device_id)
+            pipe.build()
+            while len(self._pipes) >= PIPELINES_KEPT:
+                self._pipes.popitem(last=False)
+        self._pipes[key] = pipe
+        return pipe
+
+    def _decode_one(self, clip: Clip) -> torch.Tensor:
+        from ..pipelines import STREAM_INPUT
+
+        total = clip.packets  # one frame per packet, in presentation order
+        wanted = np.asarray(clip.frames, dtype=np.int64)
+        if total < 1 or len(wanted) == 0 or wanted.min() < 0 or wanted.max() >= total:
+            raise DecodeError(f"clip of {total} frames cannot give frames {wanted.tolist()[:8]}")
+        self._wait_for_copies()
+        pipe = self._pipeline(clip.roi)
+        pipe.feed_input(STREAM_INPUT, [np.frombuffer(clip.data, dtype=np.uint8)])
+        kept: list[torch.Tensor] = []
+        positions: list[np.ndarray] = []  # where in ``wanted`` each kept frame goes
+        got = runs = 0
+        copying_on: torch.device | None = None
+        try:
+            while got < total:
+                (out,) = pipe.run()
+                runs += 1
+                for i in range(len(out)):
+                    sequence = torch.from_dlpack(out[i])
+                    n = int(sequence.shape[0])
+                    if sequence.is_cuda:
+                        copying_on = sequence.device
+                    here = np.nonzero((wanted >= got) & (wanted < got + n))[0]
+                    if len(here):  # only the wanted frames leave DALI's buffer
+                        index = torch.as_tensor(wanted[here] - got, device=sequence.device)
+                        kept.append(sequence[index].clone())
+                        positions.append(here)
+                    got += n
+        finally:
+            if copying_on is not None:
+                self._copied = torch.cuda.Event()
+                self._copied.record(torch.cuda.current_stream(copying_on))
+        if got != total:
+            raise DecodeError(f"decoder returned {got} frames of a clip of {total}")
+        order = np.concatenate(positions) if positions else np.zeros(0, dtype=np.int64)
+        if len(order) != len(wanted):
+            raise DecodeError(f"decoder returned {len(order)} wanted frames, {len(wanted)} were asked for")
+        frames = torch.cat(kept) if len(kept) > 1 else kept[0]
+        if np.any(np.diff(order) < 0):  # wanted frames out of presentation order: put them back in theirs
+            frames = frames[torch.as_tensor(np.argsort(order, kind="stable"), device=frames.device)]
+        self.stats.add(1, len(wanted), runs=runs)
+        return frames
+
+    def decode(self, clips: list[Clip]) -> list[torch.Tensor | Exception]:
+        """Decodes ``clips`` one after another; a clip that fails yields its exception (and its pipeline,
+        whose state is then unknown, is dropped), the others their frames."""
+        results: list[torch.Tensor | Exception] = []
+        for clip in clips:
+            try:
+                results.append(self._decode_one(clip))
+            except Exception as exc:  # noqa: BLE001 - DALI raises RuntimeError for any bad input
+                try:
+                    self._wait_for_copies()
+                except Exception:  # noqa: BLE001
+                    self._copied = None
+                self._pipes.clear()
+                results.append(exc)
+        return results
