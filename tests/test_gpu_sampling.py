@@ -914,3 +914,36 @@ def test_a_stream_takes_one_runs_worth_of_clips() -> None:
     assert taken == items[:3] and carry == [items[3]] and not stop and work.qsize() == 1  # [vp9+vp9], [None]
     taken, _ = sampler._next_work(work, carry)
     assert taken == items[3:] and carry == []
+
+
+def test_streaming_runs_end_where_a_clip_ends() -> None:
+    """The layout the streaming decoder checks every run against (DALI's inputs.video on its CPU build)."""
+    from quadvault_dali.sampling._stream_decoder import run_layouts
+
+    assert run_layouts(30, 4, 3) == [[4, 4, 4], [4, 4, 4], [4, 2]]
+    assert run_layouts(24, 4, 3) == [[4, 4, 4], [4, 4, 4]]
+    assert run_layouts(3, 16, 4) == [[3]]
+    assert run_layouts(0, 16, 4) == []
+
+
+def test_streaming_decoder_fails_a_clip_whose_frame_count_is_off(short_vp9: list[tuple[Path, int]]) -> None:
+    """A clip that says it holds more frames than DALI counts (as a hidden VP9 frame would) fails with a
+    clear error instead of running the operator dry or reading the next clip's frames; the next clip decodes."""
+    from dataclasses import replace
+
+    from quadvault_dali.sampling._stream_decoder import StreamClipDecoder
+
+    from quadvault_dali.errors import DecodeError
+
+    path = short_vp9[0][0]
+    fh = CountingFile(path)
+    container = open_container(path, fh)
+    info, index = probe_open(container, path)
+    clips = list(plan_clips(plan_samples(info, index, fps=1.0, mode="keyframe"), container, fh))
+    container.close(), fh.close()
+    decoder = StreamClipDecoder("cpu", None, SIZE, True, sequences_per_run=2, num_threads=1)
+    bad = replace(clips[0], packets=clips[0].packets + 1)
+    results = decoder.decode([bad, clips[0]])
+    assert isinstance(results[0], DecodeError) and "streaming decoder returned" in str(results[0])
+    assert isinstance(results[1], torch.Tensor) and results[1].shape[0] == len(clips[0])
+    assert [s[0] for s in _stamps(results[1])] == pytest.approx(clips[0].times, abs=STAMP_TOL)

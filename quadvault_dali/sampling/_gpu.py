@@ -69,10 +69,9 @@ MERGE_PIXELS = 2 * CLIP_PIXELS
 MAX_SAMPLE_PIXELS = 4 * CLIP_PIXELS
 #: Queued clips per decode stream: room for several short videos' clips to be merged into one sample.
 QUEUED_PER_STREAM = 8
-#: With ``stream_decode``: pixels per merged sample (256 frames of 2160p, ~1,000 of 1080p; memory is one run's
-#: sequences, not the sample), and a deeper queue so there is that much to merge.
-STREAM_SAMPLE_PIXELS = 256 * 3840 * 2160
-STREAM_QUEUE_FACTOR = 2
+#: With ``stream_decode``: wanted frames per clip and per merged sample, whatever the resolution (DALI holds
+#: one run's sequences, not the sample; the kept frames are small: 512 at 224 px are 77 MB).
+STREAM_MAX_FRAMES = 512
 _STOP = object()
 AnyClipDecoder = ClipDecoder | StreamClipDecoder
 
@@ -92,20 +91,23 @@ class _Sample:
     clip: Clip
 
 
-def joins(group: list[_Work], item: _Work, max_pixels: int) -> bool:
-    """Whether ``item`` may be merged onto the end of ``group`` (one decoder set-up, within ``max_pixels``)."""
+def joins(group: list[_Work], item: _Work, max_pixels: int, max_frames: int | None = None) -> bool:
+    """Whether ``item`` may be merged onto the end of ``group`` (one decoder set-up, within ``max_pixels`` of
+    decoded frames, or ``max_frames`` frames where given)."""
     if not group or not can_follow(item.clip, group[-1].clip):
         return False
     _, _, width, height, _ = item.clip.signature  # type: ignore[misc]
-    return sum(len(w.clip) for w in group) + len(item.clip) <= frame_budget(width, height, max_pixels)
+    limit = max_frames if max_frames is not None else frame_budget(width, height, max_pixels)
+    return sum(len(w.clip) for w in group) + len(item.clip) <= limit
 
 
-def group_samples(items: list[_Work], merge: bool = True, max_pixels: int = MERGE_PIXELS) -> list[_Sample]:
+def group_samples(items: list[_Work], merge: bool = True, max_pixels: int = MERGE_PIXELS,
+                  max_frames: int | None = None) -> list[_Sample]:
     """Consecutive clips that one decoder set-up can serve (``can_follow``) merged into samples, each
-    within ``max_pixels`` of decoded frames; the order of the frames is kept."""
+    within ``max_pixels`` of decoded frames (or ``max_frames``); the order of the frames is kept."""
     groups: list[list[_Work]] = []
     for item in items:
-        if merge and groups and joins(groups[-1], item, max_pixels):
+        if merge and groups and joins(groups[-1], item, max_pixels, max_frames):
             groups[-1].append(item)
         else:
             groups.append([item])
@@ -138,6 +140,7 @@ class DaliSampler(Sampler):
         self.clip_pixels = CLIP_PIXELS  # what one video's clip may hold (``frame_budget``)
         #: experimental: decode with ``StreamClipDecoder`` (one decoder set-up per long merged clip)
         self.stream_decode = False
+        self._streaming = False
         self.decode_stats = DecodeStats()  # DALI runs, samples, frames over all streams (benchmarks read it)
         #: H.264/HEVC clips without their SPS's cropping, so DALI finds its NVDEC decoders again (``_uncrop``)
         self.uncrop_sps = self.decoder_device == "mixed"
@@ -191,7 +194,8 @@ class DaliSampler(Sampler):
             plan = plan_samples(info, index, fps=cfg.fps, mode=cfg.mode)
             task.outcome.mode = plan.mode
             container = rewound(container, task.path, fh, index)
-            budget = frame_budget(info.coded_width, info.coded_height, self.clip_pixels)
+            budget = STREAM_MAX_FRAMES if self._streaming else \
+                frame_budget(info.coded_width, info.coded_height, self.clip_pixels)
             cut = iter(plan_clips(plan, container, fh, max_frames=budget,  # type: ignore[arg-type]
                                   uncrop=self.uncrop_sps))
             while True:
@@ -317,7 +321,8 @@ class DaliSampler(Sampler):
         """Frames (or the error) for each item, decoded ``clips_per_run`` samples per DALI run, short videos'
         clips merged into shared samples. A merged sample that fails is decoded again clip by clip, so
         one damaged video fails alone."""
-        samples = group_samples(items, merge=self.merge_clips, max_pixels=self.merge_pixels)
+        samples = group_samples(items, merge=self.merge_clips, max_pixels=self.merge_pixels,
+                                max_frames=STREAM_MAX_FRAMES if self._streaming else None)
         results: list[torch.Tensor | Exception] = []
         for lo in range(0, len(samples), self.clips_per_run):
             chunk = samples[lo:lo + self.clips_per_run]
@@ -353,7 +358,8 @@ class DaliSampler(Sampler):
                 break
             if more is _STOP:
                 return items, True
-            if self.merge_clips and joins(group, more, self.merge_pixels):
+            if self.merge_clips and joins(group, more, self.merge_pixels,
+                                          STREAM_MAX_FRAMES if self._streaming else None):
                 group.append(more)
             elif samples < self.clips_per_run:
                 group, samples = [more], samples + 1
@@ -367,7 +373,7 @@ class DaliSampler(Sampler):
         cfg = self.config
         if self.decoder_device == "mixed":
             torch.cuda.set_device(cfg.device_id)
-        if self.stream_decode:
+        if self._streaming:
             return StreamClipDecoder(self.decoder_device, cfg.device_id, cfg.size, cfg.square,
                                      sequences_per_run=self.clips_per_run, num_threads=self.decode_threads,
                                      stats=self.decode_stats)
@@ -435,9 +441,7 @@ class DaliSampler(Sampler):
         self._size_samples()  # here, not in __init__: layouts set clips_per_run after construction
         streams = cfg.streams
         queued = streams * self.clips_per_run * (QUEUED_PER_STREAM if self.merge_clips else 2)
-        if self.stream_decode:
-            self.clip_pixels = self.merge_pixels = STREAM_SAMPLE_PIXELS
-            queued *= STREAM_QUEUE_FACTOR
+        self._streaming = self.stream_decode  # fixed for this run (the decode threads read it)
         work: queue.Queue[Any] = queue.Queue(maxsize=queued)
         stop = threading.Event()
         lookahead = max(2, queued)  # videos in flight: enough to fill the queue with mergeable clips

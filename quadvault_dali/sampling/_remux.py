@@ -424,10 +424,11 @@ def frame_budget(width: int, height: int, pixels: int = CLIP_PIXELS) -> int:
 # --- keyframe mode -----------------------------------------------------------------------------
 
 def keyframe_clips(plan: SamplePlan, template: av.video.stream.VideoStream, fh: CountingFile,
-                   max_frames: int, uncrop: bool = False) -> Iterator[Clip]:
-    """Clips of the plan's keyframes, read straight from their index positions (MP4/MOV)."""
+                   max_frames: int, uncrop: bool = False, max_bytes: int = MERGEABLE_BYTES) -> Iterator[Clip]:
+    """Clips of the plan's keyframes, read straight from their index positions (MP4/MOV); each within
+    ``max_bytes`` too (queued clips are held in memory; up to ``MERGEABLE_BYTES`` they stay mergeable)."""
     index = plan.index
-    packer = _ClipPacker(template, plan.info.codec, max_frames, uncrop=uncrop)
+    packer = _ClipPacker(template, plan.info.codec, max_frames, max_bytes, uncrop=uncrop)
     for row in (int(r) for r in plan.key_packets):
         data = fh.read_at(int(index.pos[row]), int(index.size[row]))
         if len(data) < int(index.size[row]):
@@ -443,11 +444,12 @@ def keyframe_clips(plan: SamplePlan, template: av.video.stream.VideoStream, fh: 
 
 
 def demuxed_keyframe_clips(plan: SamplePlan, container: av.container.InputContainer,
-                           stream: av.video.stream.VideoStream, max_frames: int, uncrop: bool = False) -> Iterator[Clip]:
+                           stream: av.video.stream.VideoStream, max_frames: int, uncrop: bool = False,
+                           max_bytes: int = MERGEABLE_BYTES) -> Iterator[Clip]:
     """Keyframe clips for containers whose index gives no raw positions (MKV, WebM, TS): seek, demux one."""
     start = stream.start_time or 0
     tb = stream.time_base
-    packer = _ClipPacker(stream, plan.info.codec, max_frames, uncrop=uncrop)
+    packer = _ClipPacker(stream, plan.info.codec, max_frames, max_bytes, uncrop=uncrop)
     for row in plan.key_packets:
         t = float(plan.index.pts[row])
         container.seek(start + int(round(t / tb)), stream=stream, backward=True, any_frame=False)

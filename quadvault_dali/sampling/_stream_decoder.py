@@ -3,7 +3,7 @@
 ``fn.decoders.video`` pays a fixed set-up for every sample (~10 ms on an H200, serialised within a process)
 and returns a sample's frames all at once, so merged samples are bounded by GPU memory. The streaming
 operator decodes a fed clip in sequences, with memory for one run's sequences, so merged keyframe clips
-can be far longer (``STREAM_SAMPLE_PIXELS``) and the set-up is paid once per long clip. It decodes every
+can be far longer (``_gpu.STREAM_MAX_FRAMES``) and the set-up is paid once per long clip. It decodes every
 frame of a clip and returns them in order; the wanted ones (``Clip.frames``) are kept as each run comes.
 Experimental (``DaliSampler.stream_decode``): the benchmarks' ``s`` layouts measure it against the default.
 """
@@ -27,6 +27,17 @@ log = logging.getLogger(__name__)
 STREAM_SEQUENCE = 16
 #: pipelines kept per stream, one per picture region (uncropped clips of different codings differ)
 PIPELINES_KEPT = 4
+
+
+def _roi_key(roi: tuple[float, float]) -> tuple[float, float]:
+    return round(float(roi[0]), 6), round(float(roi[1]), 6)
+
+
+def run_layouts(frames: int, sequence: int, per_run: int) -> list[list[int]]:
+    """The sequence lengths each run of the streaming graph returns for a clip of ``frames`` frames: full
+    runs of ``per_run`` sequences, then the rest (a run ends where a fed clip ends)."""
+    lengths = [sequence] * (frames // sequence) + ([frames % sequence] if frames % sequence else [])
+    return [lengths[i:i + per_run] for i in range(0, len(lengths), per_run)]
 
 
 class StreamClipDecoder:
@@ -58,7 +69,7 @@ class StreamClipDecoder:
         self._pipes.clear()
 
     def _pipeline(self, roi: tuple[float, float]) -> Any:
-        key = (round(float(roi[0]), 6), round(float(roi[1]), 6))
+        key = _roi_key(roi)
         pipe = self._pipes.pop(key, None)
         if pipe is None:
             from ..pipelines import video_stream_pipeline
@@ -80,34 +91,36 @@ class StreamClipDecoder:
         wanted = np.asarray(clip.frames, dtype=np.int64)
         if total < 1 or len(wanted) == 0 or wanted.min() < 0 or wanted.max() >= total:
             raise DecodeError(f"clip of {total} frames cannot give frames {wanted.tolist()[:8]}")
-        self._wait_for_copies()
         pipe = self._pipeline(clip.roi)
         pipe.feed_input(STREAM_INPUT, [np.frombuffer(clip.data, dtype=np.uint8)])
         kept: list[torch.Tensor] = []
         positions: list[np.ndarray] = []  # where in ``wanted`` each kept frame goes
         got = runs = 0
-        copying_on: torch.device | None = None
-        try:
-            while got < total:
-                (out,) = pipe.run()
-                runs += 1
-                for i in range(len(out)):
+        for layout in run_layouts(total, STREAM_SEQUENCE, self.sequences_per_run):
+            self._wait_for_copies()  # DALI reuses its buffers on the next run; PyTorch's copies must be done
+            (out,) = pipe.run()
+            runs += 1
+            lengths = [int(out[i].shape()[0]) for i in range(len(out))]
+            if lengths != layout:  # the operator counts the clip's frames otherwise: its state is unknown
+                raise DecodeError(f"the streaming decoder returned sequences of {lengths} frames where a clip of "
+                                  f"{total} packets gives {layout} (run {runs})")
+            copying_on: torch.device | None = None
+            for i, n in enumerate(lengths):
+                here = np.nonzero((wanted >= got) & (wanted < got + n))[0]
+                if len(here):  # only the wanted frames leave DALI's buffer (indexing copies them)
                     sequence = torch.from_dlpack(out[i])
-                    n = int(sequence.shape[0])
-                    if sequence.is_cuda:
-                        copying_on = sequence.device
-                    here = np.nonzero((wanted >= got) & (wanted < got + n))[0]
-                    if len(here):  # only the wanted frames leave DALI's buffer
-                        index = torch.as_tensor(wanted[here] - got, device=sequence.device)
-                        kept.append(sequence[index].clone())
-                        positions.append(here)
-                    got += n
-        finally:
+                    copying_on = sequence.device if sequence.is_cuda else None
+                    kept.append(sequence[torch.as_tensor(wanted[here] - got, device=sequence.device)])
+                    positions.append(here)
+                got += n
             if copying_on is not None:
                 self._copied = torch.cuda.Event()
                 self._copied.record(torch.cuda.current_stream(copying_on))
-        if got != total:
-            raise DecodeError(f"decoder returned {got} frames of a clip of {total}")
+        if total % (STREAM_SEQUENCE * self.sequences_per_run) == 0:
+            # a last run that came full cannot show frames the operator still holds past the clip's packets:
+            # a fresh pipeline for the next clip rather than its first frames from this one
+            self._wait_for_copies()  # the copies out of its buffers first
+            self._pipes.pop(_roi_key(clip.roi), None)
         order = np.concatenate(positions) if positions else np.zeros(0, dtype=np.int64)
         if len(order) != len(wanted):
             raise DecodeError(f"decoder returned {len(order)} wanted frames, {len(wanted)} were asked for")
@@ -118,8 +131,8 @@ class StreamClipDecoder:
         return frames
 
     def decode(self, clips: list[Clip]) -> list[torch.Tensor | Exception]:
-        """Decodes ``clips`` one after another; a clip that fails yields its exception (and its pipeline,
-        whose state is then unknown, is dropped), the others their frames."""
+        """Decodes ``clips`` one after another; a clip that fails yields its exception (and the pipeline of its
+        picture region, whose state is then unknown, is dropped), the others their frames."""
         results: list[torch.Tensor | Exception] = []
         for clip in clips:
             try:
@@ -129,6 +142,6 @@ class StreamClipDecoder:
                     self._wait_for_copies()
                 except Exception:  # noqa: BLE001
                     self._copied = None
-                self._pipes.clear()
+                self._pipes.pop(_roi_key(clip.roi), None)  # its state is unknown; other regions' are fine
                 results.append(exc)
         return results
