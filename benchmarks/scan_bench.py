@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import socket
 import sys
@@ -128,18 +129,17 @@ def cat_read(files: list[Path]) -> float:
     return time.perf_counter() - started
 
 
-def parse_scan_layout(text: str) -> tuple[int, int, str]:
-    """``PROCESSESxSTREAMS[k]`` -> (processes, streams, sampling mode): ``k`` scans in keyframe mode, else auto."""
-    mode = "keyframe" if text.endswith("k") else "auto"
-    try:
-        processes, streams = (int(x) for x in text.removesuffix("k").split("x"))
-    except ValueError:
-        raise ValueError(f"a scan layout is PROCESSESxSTREAMS[k], like 4x2 or 2x4k; got {text!r}") from None
-    return processes, streams, mode
+def parse_scan_layout(text: str) -> tuple[int, int, str, bool]:
+    """``PROCESSESxSTREAMS[k][s]`` -> (processes, streams, sampling mode, streaming decoder): ``k`` scans in
+    keyframe mode (else auto), ``s`` with the experimental streaming decoder (``SamplerConfig.stream_decode``)."""
+    match = re.fullmatch(r"(\d+)x(\d+)(k?)(s?)", text.strip())
+    if not match:
+        raise ValueError(f"a scan layout is PROCESSESxSTREAMS[k][s], like 4x2 or 2x4k; got {text!r}")
+    return int(match.group(1)), int(match.group(2)), "keyframe" if match.group(3) else "auto", bool(match.group(4))
 
 
 def run_scan(files: list[Path], out: Path, device: str, model_dir: Path, streams: int, batch: int,
-             mode: str = "auto", processes: int = 1) -> dict:
+             mode: str = "auto", processes: int = 1, stream_decode: bool = False) -> dict:
     from quadvault_dali.scan.runner import ScanOptions, scan_library
 
     import torch
@@ -153,10 +153,12 @@ def run_scan(files: list[Path], out: Path, device: str, model_dir: Path, streams
     with UtilisationMonitor(metrics=("gpu", "decoder") if resolve_device(device) == "gpu" else (), cpu=True) as busy:
         started = time.perf_counter()
         summary = scan_library(files, ScanOptions(out_dir=out, device=device, streams=streams, batch_size=batch,
-                                                  resume=False, mode=mode, processes=processes), scorers=[model])
+                                                  resume=False, mode=mode, processes=processes,
+                                                  stream_decode=stream_decode), scorers=[model])
         wall = time.perf_counter() - started
     run = summary.run
     return {"device": resolve_device(device), "sampling": mode, "processes": processes, "streams": streams,
+            "stream_decode": stream_decode,
             "videos": run.videos, "errors": run.errors, "wall_s": round(wall, 3),
             "videos_per_s": round(run.videos / wall, 3), "video_seconds_per_s": round(run.video_seconds / wall, 2),
             "sampled_frames": run.frames, "sampled_frames_per_s": round(run.frames / wall, 2),
@@ -234,8 +236,9 @@ def main() -> None:
     ap.add_argument("--naive-videos", type=int, default=6, help="subset for the decode-every-frame baseline")
     ap.add_argument("--streams", type=int, default=4)
     ap.add_argument("--layouts", default="",
-                    help="more gpu scans as PROCESSESxSTREAMS[k], e.g. 4x2 or 2x4k (decoding processes, streams in each; "
-                         "k: keyframe mode, else auto). Their wall time includes starting the processes")
+                    help="more gpu scans as PROCESSESxSTREAMS[k][s], e.g. 4x2 or 2x4k (decoding processes, streams in "
+                         "each; k: keyframe mode, else auto; s: the experimental streaming decoder). Their wall time "
+                         "includes starting the processes")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--work", type=Path, default=None, help="where the library is built (needs ~30 GB full)")
     ap.add_argument("--out", type=Path, default=None, help="JSON result path")
@@ -300,9 +303,10 @@ def main() -> None:
     save()
     if backend == "gpu" and not args.quick:
         result["scan_layouts"] = []
-        for layout, processes, streams, mode in layouts:
+        for layout, processes, streams, mode, streamed in layouts:
             result["scan_layouts"].append({"layout": layout, **attempt(
-                f"scan {layout}", lambda: library_scan("scan_layout_out", streams, processes=processes, mode=mode))})
+                f"scan {layout}", lambda: library_scan("scan_layout_out", streams, processes=processes, mode=mode,
+                                                       stream_decode=streamed))})
             save()
     if backend == "gpu":
         def cpu_scan() -> dict:

@@ -947,3 +947,25 @@ def test_streaming_decoder_fails_a_clip_whose_frame_count_is_off(short_vp9: list
     assert isinstance(results[0], DecodeError) and "streaming decoder returned" in str(results[0])
     assert isinstance(results[1], torch.Tensor) and results[1].shape[0] == len(clips[0])
     assert [s[0] for s in _stamps(results[1])] == pytest.approx(clips[0].times, abs=STAMP_TOL)
+
+
+def test_stream_decode_in_the_config_reaches_the_decoder(short_vp9: list[tuple[Path, int]],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """``SamplerConfig.stream_decode`` (what scan_bench's ``s`` layouts set through ScanOptions) selects the
+    streaming decoder, in this process and in decoding children alike (they get the config)."""
+    import quadvault_dali.sampling._stream_decoder as streaming
+
+    used: list[int] = []
+    real = streaming.StreamClipDecoder._decode_one
+
+    def counting(self, clip):  # type: ignore[no-untyped-def]
+        used.append(len(clip))
+        return real(self, clip)
+
+    monkeypatch.setattr(streaming.StreamClipDecoder, "_decode_one", counting)
+    videos = [p for p, _ in short_vp9[:2]]
+    frames = sum(len(b) for b in DaliSampler(mode="keyframe", size=SIZE, stream_decode=True).iter_batches(videos))
+    assert frames == 6 and sum(used) == 6
+    used.clear()
+    sum(len(b) for b in DaliSampler(mode="keyframe", size=SIZE).iter_batches(videos))
+    assert used == []

@@ -35,6 +35,8 @@ class SamplerConfig:
     (``_processes``): a decoder that crashes or hangs costs one video, not the run.
     ``memory_share``: the part of the GPU memory budget for decoded frames this sampler may use; the
     process sampler gives each of its N children 1/N.
+    ``stream_decode`` (gpu backend, experimental): decode merged keyframe clips with DALI's streaming
+    operator, one decoder set-up per long clip (``_stream_decoder``); the other backends ignore it.
     """
 
     fps: float = 1.0
@@ -47,6 +49,7 @@ class SamplerConfig:
     cpu_fallback: bool = True
     processes: int = 1
     memory_share: float = 1.0
+    stream_decode: bool = False
 
     def __post_init__(self) -> None:
         if self.fps <= 0:

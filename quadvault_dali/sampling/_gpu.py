@@ -441,7 +441,7 @@ class DaliSampler(Sampler):
         self._size_samples()  # here, not in __init__: layouts set clips_per_run after construction
         streams = cfg.streams
         queued = streams * self.clips_per_run * (QUEUED_PER_STREAM if self.merge_clips else 2)
-        self._streaming = self.stream_decode  # fixed for this run (the decode threads read it)
+        self._streaming = self.stream_decode or cfg.stream_decode  # fixed for this run (decode threads read it)
         work: queue.Queue[Any] = queue.Queue(maxsize=queued)
         stop = threading.Event()
         lookahead = max(2, queued)  # videos in flight: enough to fill the queue with mergeable clips
