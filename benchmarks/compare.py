@@ -48,7 +48,7 @@ _OWN_REPORTS = {"prep", "gpu_diagnose"}
 _ALL_METRIC_KEYS = {k for _, keys in METRICS.values() for k in keys} | {"frames_per_s", "images_per_s"}
 UNKNOWN_CPU = "unknown CPU"
 _CONFIG_KEYS = ("mode", "sampling", "codec", "resolution", "processes", "streams", "layout", "batch_size", "model",
-                "architecture", "workers", "gpus",
+                "architecture", "workers", "gpus", "stream_decode",
                 "decoder_util_mean",  # NVDEC busy %: is the hardware the limit?
                 "cpu_cores_busy")  # or the host's CPUs (of the machine's cpu_count)?
 
