@@ -847,7 +847,7 @@ def test_gpu_backend_decodes_what_nvdec_cannot_on_the_cpu(make_clip: Callable[..
 def test_gpu_samples_follow_the_cards_memory() -> None:
     """Samples keep their full-size frames until the resize: a big card gets long samples (each pays DALI's
     fixed set-up once), a small one short ones, never below the old clip budget."""
-    from quadvault_dali.sampling._gpu import MAX_SAMPLE_PIXELS, sample_pixels_for
+    from quadvault_dali.sampling._samples import MAX_SAMPLE_PIXELS, sample_pixels_for
     from quadvault_dali.sampling._remux import frame_budget
 
     gib, mib = 1 << 30, 1 << 20
@@ -875,12 +875,12 @@ def test_gpu_samples_budget_counts_the_layout_and_the_processes() -> None:
 
 def test_a_merge_that_fails_decodes_the_clips_one_by_one(short_vp9: list[tuple[Path, int]],
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import quadvault_dali.sampling._gpu as gpu
+    import quadvault_dali.sampling._samples as samples_module
 
     def broken_merge(clips):  # type: ignore[no-untyped-def]
         raise ValueError("injected muxer failure")
 
-    monkeypatch.setattr(gpu, "merge_clips", broken_merge)
+    monkeypatch.setattr(samples_module, "merge_clips", broken_merge)
     samples = _CountingDecoder.install(monkeypatch)
     videos = [p for p, _ in short_vp9]
     times, stamps, outcomes = _collect(list(DaliSampler(mode="keyframe", size=SIZE, streams=1).iter_batches(videos)))
@@ -895,7 +895,7 @@ def test_a_stream_takes_one_runs_worth_of_clips() -> None:
     for a second run while the other streams wait); clips that merge ride along in the same sample."""
     import queue
 
-    from quadvault_dali.sampling._gpu import _Work
+    from quadvault_dali.sampling._samples import _Work
     from quadvault_dali.sampling._remux import Clip, SourcePacket, _Run
 
     def clip(signature):  # type: ignore[no-untyped-def]

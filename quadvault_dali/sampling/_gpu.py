@@ -6,9 +6,11 @@ Work flows through three stages, all bounded:
    the packets needed (``_remux``): keyframe mode reads just the chosen keyframes' bytes;
 2. ``streams`` *decode* threads, each owning one DALI pipeline (one hardware decode stream), decode
    a few DALI samples per run, resize them on the GPU and hand them to PyTorch through DLPack. Every
-   sample pays a fixed set-up in DALI (demuxer, NVDEC parser, frame buffers, often a new hardware
-   decoder: ~80 ms on the H100, more than a dozen 1080p keyframes take to decode), so consecutive
-   clips of short videos with the same codec set-up share one sample (``group_samples``);
+   sample pays a fixed set-up in DALI (demuxer, NVDEC parser, frame buffers: ~10 ms on an H200, ~80 ms
+   while DALI's decoder cache missed on 1080p H.264), so clips are as long as the card's memory allows
+   and consecutive clips of short videos with the same codec set-up share one sample (``_samples``);
+   ``stream_decode`` (experimental) decodes merged clips with DALI's streaming operator instead
+   (``_stream_decoder``);
 3. the caller's thread puts frames into batches in input order and reports every video once.
 
 A clip that DALI cannot decode fails its whole DALI batch, so a failed batch is retried clip by clip
@@ -31,7 +33,6 @@ import queue
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator
 
@@ -49,7 +50,8 @@ from ._handover import Abandoned, TakeOver, VideoTask
 from ._nvdec import dali_cpu_limitation, nvdec_limitation
 from ._plan import plan_samples
 from ._reader import CountingFile
-from ._remux import CLIP_PIXELS, Clip, can_follow, frame_budget, merge_clips, plan_clips
+from ._remux import CLIP_PIXELS, frame_budget, plan_clips
+from ._samples import MERGE_PIXELS, STREAM_MAX_FRAMES, _Work, group_samples, joins, sample_pixels_for
 from ._stream_decoder import StreamClipDecoder
 from ._types import FrameBatch, VideoOutcome
 
@@ -60,65 +62,10 @@ FALLBACK_CHUNK = 16
 #: Videos the hardware decoder may fail on before it has decoded anything at all, before the sampler
 #: concludes it does not work on this machine (rather than decode a whole library on the CPU).
 FAILURES_BEFORE_GIVING_UP = 8
-#: Decoded full-size pixels one DALI sample may hold when clips of several videos are merged into it
-#: (``merge_clips``): 96 frames of 1080p, 24 of 2160p (about 600 MB of RGB before the resize).
-MERGE_PIXELS = 2 * CLIP_PIXELS
-#: The most a gpu sample may hold on a card with memory to spare (``sample_pixels_for``): 192 frames of
-#: 1080p, 48 of 2160p (1.2 GB). Every DALI sample pays a fixed set-up (~10 ms on an H200, serialised within a
-#: process), so a long 4K video cut into 12-frame clips paid it every 12 frames.
-MAX_SAMPLE_PIXELS = 4 * CLIP_PIXELS
 #: Queued clips per decode stream: room for several short videos' clips to be merged into one sample.
 QUEUED_PER_STREAM = 8
-#: With ``stream_decode``: wanted frames per clip and per merged sample, whatever the resolution (DALI holds
-#: one run's sequences, not the sample; the kept frames are small: 512 at 224 px are 77 MB).
-STREAM_MAX_FRAMES = 512
 _STOP = object()
 AnyClipDecoder = ClipDecoder | StreamClipDecoder
-
-
-@dataclass
-class _Work:
-    task: VideoTask
-    seq: int
-    clip: Clip
-
-
-@dataclass
-class _Sample:
-    """What one DALI sample decodes: one clip, or clips of several videos merged into one."""
-
-    parts: list[_Work]
-    clip: Clip
-
-
-def joins(group: list[_Work], item: _Work, max_pixels: int, max_frames: int | None = None) -> bool:
-    """Whether ``item`` may be merged onto the end of ``group`` (one decoder set-up, within ``max_pixels`` of
-    decoded frames, or ``max_frames`` frames where given)."""
-    if not group or not can_follow(item.clip, group[-1].clip):
-        return False
-    _, _, width, height, _ = item.clip.signature  # type: ignore[misc]
-    limit = max_frames if max_frames is not None else frame_budget(width, height, max_pixels)
-    return sum(len(w.clip) for w in group) + len(item.clip) <= limit
-
-
-def group_samples(items: list[_Work], merge: bool = True, max_pixels: int = MERGE_PIXELS,
-                  max_frames: int | None = None) -> list[_Sample]:
-    """Consecutive clips that one decoder set-up can serve (``can_follow``) merged into samples, each
-    within ``max_pixels`` of decoded frames (or ``max_frames``); the order of the frames is kept."""
-    groups: list[list[_Work]] = []
-    for item in items:
-        if merge and groups and joins(groups[-1], item, max_pixels, max_frames):
-            groups[-1].append(item)
-        else:
-            groups.append([item])
-    samples = []
-    for group in groups:
-        try:
-            samples.append(_Sample(group, merge_clips([w.clip for w in group]) if len(group) > 1 else group[0].clip))
-        except Exception as exc:  # noqa: BLE001 - a merge that fails costs only the merge: decode them one by one
-            log.debug("merging %d clips failed (%s); decoding them one by one", len(group), exc)
-            samples.extend(_Sample([w], w.clip) for w in group)
-    return samples
 
 
 class DaliSampler(Sampler):
@@ -572,15 +519,3 @@ class GpuSampler(DaliSampler):
         total = torch.cuda.get_device_properties(self.config.device_id).total_memory
         pixels = sample_pixels_for(int(total * self.config.memory_share), self.config.streams * self.clips_per_run)
         self.clip_pixels = self.merge_pixels = pixels
-
-
-def sample_pixels_for(gpu_bytes: int, samples_in_flight: int) -> int:
-    """Full-size pixels per gpu DALI sample, one long video's clip or several short ones merged: the samples
-    in flight keep their RGB frames (before the resize) twice -- decoded, and the picture region cut out of
-    them (``pipelines.to_model_input``) -- within a quarter of ``gpu_bytes`` (this sampler's share of the
-    card), up to ``MAX_SAMPLE_PIXELS``; never below what one clip held before (``CLIP_PIXELS``).
-    An H100 80GB with 4 streams x 4 samples per run: 106 frames of 1080p or 26 of 2160p per sample. The floor
-    can exceed a small share: 4 processes x 16 samples on any card hold up to ~38 GB at the floor (8: ~76 GB),
-    so layouts with many processes want a big card or fewer streams."""
-    fits = gpu_bytes // 4 // max(1, samples_in_flight) // (3 * 2)
-    return max(CLIP_PIXELS, min(MAX_SAMPLE_PIXELS, fits))

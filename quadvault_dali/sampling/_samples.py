@@ -1,0 +1,81 @@
+"""What one DALI sample holds: clips of several videos merged per decoder set-up, and how many frames a
+sample may hold (the gpu backend's budget from the card's memory, or the streaming decoder's frame cap).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from ._handover import VideoTask
+from ._remux import CLIP_PIXELS, Clip, can_follow, frame_budget, merge_clips
+
+log = logging.getLogger(__name__)
+
+#: Decoded full-size pixels one DALI sample may hold when clips of several videos are merged into it
+#: (``merge_clips``): 96 frames of 1080p, 24 of 2160p (about 600 MB of RGB before the resize).
+MERGE_PIXELS = 2 * CLIP_PIXELS
+#: The most a gpu sample may hold on a card with memory to spare (``sample_pixels_for``): 192 frames of
+#: 1080p, 48 of 2160p (1.2 GB). Every DALI sample pays a fixed set-up (~10 ms on an H200, serialised within a
+#: process), so a long 4K video cut into 12-frame clips paid it every 12 frames.
+MAX_SAMPLE_PIXELS = 4 * CLIP_PIXELS
+#: With ``stream_decode``: wanted frames per clip and per merged sample, whatever the resolution (DALI holds
+#: one run's sequences, not the sample; the kept frames are small: 512 at 224 px are 77 MB).
+STREAM_MAX_FRAMES = 512
+
+
+@dataclass
+class _Work:
+    task: VideoTask
+    seq: int
+    clip: Clip
+
+
+@dataclass
+class _Sample:
+    """What one DALI sample decodes: one clip, or clips of several videos merged into one."""
+
+    parts: list[_Work]
+    clip: Clip
+
+
+def joins(group: list[_Work], item: _Work, max_pixels: int, max_frames: int | None = None) -> bool:
+    """Whether ``item`` may be merged onto the end of ``group`` (one decoder set-up, within ``max_pixels`` of
+    decoded frames, or ``max_frames`` frames where given)."""
+    if not group or not can_follow(item.clip, group[-1].clip):
+        return False
+    _, _, width, height, _ = item.clip.signature  # type: ignore[misc]
+    limit = max_frames if max_frames is not None else frame_budget(width, height, max_pixels)
+    return sum(len(w.clip) for w in group) + len(item.clip) <= limit
+
+
+def group_samples(items: list[_Work], merge: bool = True, max_pixels: int = MERGE_PIXELS,
+                  max_frames: int | None = None) -> list[_Sample]:
+    """Consecutive clips that one decoder set-up can serve (``can_follow``) merged into samples, each
+    within ``max_pixels`` of decoded frames (or ``max_frames``); the order of the frames is kept."""
+    groups: list[list[_Work]] = []
+    for item in items:
+        if merge and groups and joins(groups[-1], item, max_pixels, max_frames):
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    samples = []
+    for group in groups:
+        try:
+            samples.append(_Sample(group, merge_clips([w.clip for w in group]) if len(group) > 1 else group[0].clip))
+        except Exception as exc:  # noqa: BLE001 - a merge that fails costs only the merge: decode them one by one
+            log.debug("merging %d clips failed (%s); decoding them one by one", len(group), exc)
+            samples.extend(_Sample([w], w.clip) for w in group)
+    return samples
+
+
+def sample_pixels_for(gpu_bytes: int, samples_in_flight: int) -> int:
+    """Full-size pixels per gpu DALI sample, one long video's clip or several short ones merged: the samples
+    in flight keep their RGB frames (before the resize) twice -- decoded, and the picture region cut out of
+    them (``pipelines.to_model_input``) -- within a quarter of ``gpu_bytes`` (this sampler's share of the
+    card), up to ``MAX_SAMPLE_PIXELS``; never below what one clip held before (``CLIP_PIXELS``).
+    An H100 80GB with 4 streams x 4 samples per run: 106 frames of 1080p or 26 of 2160p per sample. The floor
+    can exceed a small share: 4 processes x 16 samples on any card hold up to ~38 GB at the floor (8: ~76 GB),
+    so layouts with many processes want a big card or fewer streams."""
+    fits = gpu_bytes // 4 // max(1, samples_in_flight) // (3 * 2)
+    return max(CLIP_PIXELS, min(MAX_SAMPLE_PIXELS, fits))
