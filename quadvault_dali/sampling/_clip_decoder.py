@@ -52,6 +52,29 @@ class DecodeStats:
                     "samples_per_run": round(self.samples / self.runs, 2) if self.runs else 0.0}
 
 
+class CopyFence:
+    """The end of PyTorch's copies out of a DALI run's buffers (gpu only): DALI may reuse or free them once
+    it runs again, and nothing makes it wait for PyTorch's stream, so a decoder waits here before each run."""
+
+    def __init__(self) -> None:
+        self._event: torch.cuda.Event | None = None
+
+    def mark(self, device: torch.device | None) -> None:
+        """After queuing copies on ``device``'s current stream (``None``: nothing was queued on a GPU)."""
+        if device is not None:
+            self._event = torch.cuda.Event()
+            self._event.record(torch.cuda.current_stream(device))
+
+    def wait(self) -> None:
+        if self._event is not None:
+            self._event.synchronize()
+            self._event = None
+
+    def forget(self) -> None:
+        """Drops a fence whose wait failed (a CUDA error: the copies it marked are lost anyway)."""
+        self._event = None
+
+
 class ClipDecoder:
     """One DALI video pipeline: clips in, one ``(F, 3, H, W)`` uint8 tensor per clip out."""
 
@@ -64,14 +87,7 @@ class ClipDecoder:
         self.num_threads = num_threads
         self.stats = stats if stats is not None else DecodeStats()
         self._pipe: Any = None
-        #: marks the end of the copies out of the last run's buffers (gpu only): DALI may reuse or free
-        #: them once it runs again, and nothing makes it wait for PyTorch's stream
-        self._copied: torch.cuda.Event | None = None
-
-    def _wait_for_copies(self) -> None:
-        if self._copied is not None:
-            self._copied.synchronize()
-            self._copied = None
+        self._copies = CopyFence()  # the copies out of the last run's buffers
 
     def close(self) -> None:
         """Ends this decoder once the frames of its last run are copied out."""
@@ -83,7 +99,7 @@ class ClipDecoder:
 
     def _discard_pipeline(self) -> None:
         """Drops a pipeline that raised (it is not reused), once nothing reads its buffers."""
-        self._wait_for_copies()
+        self._copies.wait()
         self._pipe = None
 
     def _pipeline(self) -> Any:
@@ -98,7 +114,7 @@ class ClipDecoder:
         return self._pipe
 
     def _run(self, clips: list[Clip]) -> list[torch.Tensor]:
-        self._wait_for_copies()
+        self._copies.wait()
         pipe = self._pipeline()
         feed_clips(pipe, clips)
         (out,) = pipe.run()
@@ -107,7 +123,7 @@ class ClipDecoder:
         try:
             for i, clip in enumerate(clips):
                 # DLPack makes PyTorch's stream wait for DALI's; the clone is queued on PyTorch's stream
-                # and must finish before DALI's next run reuses the buffer (see _wait_for_copies).
+                # and must finish before DALI's next run reuses the buffer (``CopyFence``).
                 frames = torch.from_dlpack(out[i]).clone()
                 if frames.is_cuda:
                     copying_on = frames.device
@@ -115,9 +131,7 @@ class ClipDecoder:
                     raise DecodeError(f"decoder returned {frames.shape[0]} frames, {len(clip)} were asked for")
                 tensors.append(frames)
         finally:
-            if copying_on is not None:  # also when a check failed after a copy was queued
-                self._copied = torch.cuda.Event()
-                self._copied.record(torch.cuda.current_stream(copying_on))
+            self._copies.mark(copying_on)  # also when a check failed after a copy was queued
         self.stats.add(len(clips), sum(len(c) for c in clips))
         return tensors
 

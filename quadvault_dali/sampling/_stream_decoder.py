@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import DecodeError
-from ._clip_decoder import DecodeStats
+from ._clip_decoder import CopyFence, DecodeStats
 from ._remux import Clip
 
 log = logging.getLogger(__name__)
@@ -53,17 +53,11 @@ class StreamClipDecoder:
         self.num_threads = num_threads
         self.stats = stats if stats is not None else DecodeStats()
         self._pipes: OrderedDict[tuple[float, float], Any] = OrderedDict()
-        #: marks the end of the copies out of the last run's buffers (see ``ClipDecoder``)
-        self._copied: torch.cuda.Event | None = None
-
-    def _wait_for_copies(self) -> None:
-        if self._copied is not None:
-            self._copied.synchronize()
-            self._copied = None
+        self._copies = CopyFence()  # the copies out of the last run's buffers
 
     def close(self) -> None:
         try:
-            self._wait_for_copies()
+            self._copies.wait()
         except Exception as exc:  # noqa: BLE001 - a CUDA error here has already failed those clips
             log.debug("closing the streaming decoder: %s", exc)
         self._pipes.clear()
@@ -97,7 +91,7 @@ class StreamClipDecoder:
         positions: list[np.ndarray] = []  # where in ``wanted`` each kept frame goes
         got = runs = 0
         for layout in run_layouts(total, STREAM_SEQUENCE, self.sequences_per_run):
-            self._wait_for_copies()  # DALI reuses its buffers on the next run; PyTorch's copies must be done
+            self._copies.wait()  # DALI reuses its buffers on the next run; PyTorch's copies must be done
             (out,) = pipe.run()
             runs += 1
             lengths = [int(out[i].shape()[0]) for i in range(len(out))]
@@ -113,13 +107,11 @@ class StreamClipDecoder:
                     kept.append(sequence[torch.as_tensor(wanted[here] - got, device=sequence.device)])
                     positions.append(here)
                 got += n
-            if copying_on is not None:
-                self._copied = torch.cuda.Event()
-                self._copied.record(torch.cuda.current_stream(copying_on))
+            self._copies.mark(copying_on)
         if total % (STREAM_SEQUENCE * self.sequences_per_run) == 0:
             # a last run that came full cannot show frames the operator still holds past the clip's packets:
             # a fresh pipeline for the next clip rather than its first frames from this one
-            self._wait_for_copies()  # the copies out of its buffers first
+            self._copies.wait()  # the copies out of its buffers first
             self._pipes.pop(_roi_key(clip.roi), None)
         order = np.concatenate(positions) if positions else np.zeros(0, dtype=np.int64)
         if len(order) != len(wanted):
@@ -139,9 +131,9 @@ class StreamClipDecoder:
                 results.append(self._decode_one(clip))
             except Exception as exc:  # noqa: BLE001 - DALI raises RuntimeError for any bad input
                 try:
-                    self._wait_for_copies()
+                    self._copies.wait()
                 except Exception:  # noqa: BLE001
-                    self._copied = None
+                    self._copies.forget()
                 self._pipes.pop(_roi_key(clip.roi), None)  # its state is unknown; other regions' are fine
                 results.append(exc)
         return results
