@@ -76,13 +76,13 @@ def make_clip(work: Path, spec: ClipSpec) -> Path:
     return path
 
 
-def run_sampler(device: str, videos: list[Path], layout: tuple[int, int, bool, bool] | None = None, processes: int = 1,
+def run_sampler(device: str, videos: list[Path], layout: tuple[int, int, bool] | None = None, processes: int = 1,
                 **config: Any) -> dict[str, Any]:
     """Samples all ``videos`` once (after a warm-up); frames/s and bytes read. ``layout``: (DALI samples per
-    run, pipeline threads, uncropped SPS, streaming decoder) per decode stream instead of the sampler's defaults; ``processes``: decoding
-    processes, each with ``streams`` streams (their start-up is part of the warm-up, not the measurement)."""
-    attrs: dict[str, Any] = dict(zip(("clips_per_run", "decode_threads", "uncrop_sps", "stream_decode"), layout)) \
-        if layout else {}
+    run, pipeline threads, uncropped SPS) per decode stream instead of the sampler's defaults; ``processes``:
+    decoding processes, each with ``streams`` streams (their start-up is part of the warm-up, not the
+    measurement); ``config``: ``SamplerConfig`` fields (``stream_decode`` among them)."""
+    attrs: dict[str, Any] = dict(zip(("clips_per_run", "decode_threads", "uncrop_sps"), layout)) if layout else {}
     if processes > 1:
         from quadvault_dali.sampling._base import _BACKENDS
         from quadvault_dali.sampling._processes import ProcessSampler
@@ -300,8 +300,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"backend": "gpu", "mode": "keyframe", "streams": streams * processes, "layout": layout,
                              "processes": processes, "videos": n_videos, "uncrop_sps": uncrop,
                              "stream_decode": streamed,
-                             **try_sampler("gpu", videos, layout=(per_run, threads, uncrop, streamed), processes=processes,
-                                           mode="keyframe", size=args.size, streams=streams)})
+                             **try_sampler("gpu", videos, layout=(per_run, threads, uncrop), processes=processes,
+                                           mode="keyframe", size=args.size, streams=streams, stream_decode=streamed)})
                 _print_row(spec, rows[-1])
             exact_videos = videos[:n_videos if args.gpu_exact_videos is None else args.gpu_exact_videos]
             if exact_videos:  # --gpu-exact-videos 0: no exact row

@@ -172,8 +172,7 @@ def test_engine_on_cpu_decoder_matches_cpu_backend(cpu_decodable: list[tuple[Pat
     videos = [p for p, _ in cpu_decodable]
     videos.insert(1, broken_clips["text"])
     videos.insert(3, broken_clips["truncated"])
-    sampler = DaliSampler(fps=1.0, mode=mode, size=SIZE, batch_size=5, streams=2)
-    sampler.stream_decode = stream
+    sampler = DaliSampler(fps=1.0, mode=mode, size=SIZE, batch_size=5, streams=2, stream_decode=stream)
     batches = list(sampler.iter_batches(videos))
     assert all(len(b) <= 5 for b in batches)
     times, stamps, outcomes = _collect(batches)
@@ -372,8 +371,7 @@ def test_streamed_samples_merge_many_videos_and_keep_their_frames(short_vp9: lis
     import quadvault_dali.sampling._gpu as gpu
 
     videos = [p for p, _ in short_vp9]
-    sampler = DaliSampler(mode=mode, size=SIZE, streams=1)
-    sampler.stream_decode = True
+    sampler = DaliSampler(mode=mode, size=SIZE, streams=1, stream_decode=True)
     real_next = gpu.DaliSampler._next_work
 
     def next_work(self, work, carry):  # type: ignore[no-untyped-def]  # the first run waits for all five
@@ -686,8 +684,7 @@ def test_gpu_streaming_decoder_gives_every_second_and_the_per_sample_pixels(make
     paths = [_gpu_clip(make_clip, n, i + 1) for i, n in enumerate(names)]
     padded = make_clip("nvdec_h264_200x120.mp4", codec="h264", width=200, height=120, fps=30, duration_s=4.0,
                        keyframe_interval_s=1.0, source_id=21, style="highlight")
-    sampler = create_sampler("gpu", fps=1.0, mode=mode, size=SIZE, batch_size=16, streams=2)
-    sampler.stream_decode = True
+    sampler = create_sampler("gpu", fps=1.0, mode=mode, size=SIZE, batch_size=16, streams=2, stream_decode=True)
     times, stamps, outcomes = _collect(list(sampler.iter_batches([*paths, padded])))
     assert all(o.ok and o.decoder == "nvdec" for o in outcomes), [str(o.error) for o in outcomes]
     assert sampler.decode_stats.frames > 0
@@ -695,8 +692,7 @@ def test_gpu_streaming_decoder_gives_every_second_and_the_per_sample_pixels(make
     for i, path in enumerate(paths):
         _check_stamps(times[path], stamps[path], i + 1)
         assert times[path] == pytest.approx(cpu.sample_video(path)[1], abs=1e-6), path.name
-    streamed = create_sampler("gpu", mode=mode, size=SIZE, square=False)
-    streamed.stream_decode = True
+    streamed = create_sampler("gpu", mode=mode, size=SIZE, square=False, stream_decode=True)
     s_frames, s_times, _ = streamed.sample_video(padded)
     p_frames, p_times, _ = create_sampler("gpu", mode=mode, size=SIZE, square=False).sample_video(padded)
     assert s_times == p_times and s_frames.shape == p_frames.shape

@@ -85,9 +85,7 @@ class DaliSampler(Sampler):
         self.merge_clips = True  # several short videos per DALI sample (``group_samples``)
         self.merge_pixels = MERGE_PIXELS
         self.clip_pixels = CLIP_PIXELS  # what one video's clip may hold (``frame_budget``)
-        #: experimental: decode with ``StreamClipDecoder`` (one decoder set-up per long merged clip)
-        self.stream_decode = False
-        self._streaming = False
+        self._streaming = False  # this run's ``config.stream_decode`` (the decode threads read it)
         self.decode_stats = DecodeStats()  # DALI runs, samples, frames over all streams (benchmarks read it)
         #: H.264/HEVC clips without their SPS's cropping, so DALI finds its NVDEC decoders again (``_uncrop``)
         self.uncrop_sps = self.decoder_device == "mixed"
@@ -388,7 +386,7 @@ class DaliSampler(Sampler):
         self._size_samples()  # here, not in __init__: layouts set clips_per_run after construction
         streams = cfg.streams
         queued = streams * self.clips_per_run * (QUEUED_PER_STREAM if self.merge_clips else 2)
-        self._streaming = self.stream_decode or cfg.stream_decode  # fixed for this run (decode threads read it)
+        self._streaming = cfg.stream_decode
         work: queue.Queue[Any] = queue.Queue(maxsize=queued)
         stop = threading.Event()
         lookahead = max(2, queued)  # videos in flight: enough to fill the queue with mergeable clips

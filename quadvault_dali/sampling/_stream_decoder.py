@@ -5,7 +5,7 @@ and returns a sample's frames all at once, so merged samples are bounded by GPU 
 operator decodes a fed clip in sequences, with memory for one run's sequences, so merged keyframe clips
 can be far longer (``_gpu.STREAM_MAX_FRAMES``) and the set-up is paid once per long clip. It decodes every
 frame of a clip and returns them in order; the wanted ones (``Clip.frames``) are kept as each run comes.
-Experimental (``DaliSampler.stream_decode``): the benchmarks' ``s`` layouts measure it against the default.
+Experimental (``SamplerConfig.stream_decode``): the benchmarks' ``s`` layouts measure it against the default.
 """
 
 from __future__ import annotations
