@@ -53,6 +53,15 @@ def _collect(batches: list[FrameBatch]) -> tuple[dict[Path, list[float]], dict[P
     return times, stamps, outcomes
 
 
+def _check_like_the_cpu_backend(videos: list[tuple[Path, int]], times: dict[Path, list[float]],
+                                stamps: dict[Path, list], mode: str) -> None:
+    """Every video got exactly the seconds the cpu backend samples, each frame showing its own second."""
+    cpu = create_sampler("cpu", mode=mode, size=SIZE)
+    for path, sid in videos:
+        assert times[path] == pytest.approx(cpu.sample_video(path)[1], abs=1e-6)
+        _check_stamps(times[path], stamps[path], sid)
+
+
 def _check_stamps(times: list[float], stamps: list, source_id: int) -> None:
     assert times, "no frames"
     for t, s in zip(times, stamps):
@@ -350,10 +359,7 @@ def test_short_videos_share_dali_samples_and_keep_their_frames(short_vp9: list[t
     sampler.clips_per_run, sampler.decode_threads = layout
     times, stamps, outcomes = _collect(list(sampler.iter_batches(videos)))
     assert all(o.ok for o in outcomes) and [o.path for o in outcomes] == videos
-    cpu = create_sampler("cpu", mode=mode, size=SIZE)
-    for path, sid in short_vp9:
-        assert times[path] == pytest.approx(cpu.sample_video(path)[1], abs=1e-6)
-        _check_stamps(times[path], stamps[path], sid)
+    _check_like_the_cpu_backend(short_vp9, times, stamps, mode)
     assert sum(samples) == sum(len(t) for t in times.values())
     assert max(samples) > 3 and len(samples) < len(videos)  # merged: fewer samples than videos
     decoded = sampler.decode_stats.as_dict()  # what the benchmarks report as frames per DALI sample
@@ -385,10 +391,7 @@ def test_streamed_samples_merge_many_videos_and_keep_their_frames(short_vp9: lis
         mp.setattr(gpu.DaliSampler, "_next_work", next_work)
         times, stamps, outcomes = _collect(list(sampler.iter_batches(videos)))
     assert all(o.ok for o in outcomes) and [o.path for o in outcomes] == videos
-    cpu = create_sampler("cpu", mode=mode, size=SIZE)
-    for path, sid in short_vp9:
-        assert times[path] == pytest.approx(cpu.sample_video(path)[1], abs=1e-6)
-        _check_stamps(times[path], stamps[path], sid)
+    _check_like_the_cpu_backend(short_vp9, times, stamps, mode)
     decoded = sampler.decode_stats.as_dict()
     assert decoded["frames_returned"] == sum(len(t) for t in times.values())
     assert decoded["dali_samples"] < len(videos)  # merged
