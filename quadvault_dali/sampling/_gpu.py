@@ -139,8 +139,7 @@ class DaliSampler(Sampler):
             plan = plan_samples(info, index, fps=cfg.fps, mode=cfg.mode)
             task.outcome.mode = plan.mode
             container = rewound(container, task.path, fh, index)
-            budget = STREAM_MAX_FRAMES if self._streaming else \
-                frame_budget(info.coded_width, info.coded_height, self.clip_pixels)
+            budget = self._frame_cap or frame_budget(info.coded_width, info.coded_height, self.clip_pixels)
             cut = iter(plan_clips(plan, container, fh, max_frames=budget,  # type: ignore[arg-type]
                                   uncrop=self.uncrop_sps))
             while True:
@@ -267,7 +266,7 @@ class DaliSampler(Sampler):
         clips merged into shared samples. A merged sample that fails is decoded again clip by clip, so
         one damaged video fails alone."""
         samples = group_samples(items, merge=self.merge_clips, max_pixels=self.merge_pixels,
-                                max_frames=STREAM_MAX_FRAMES if self._streaming else None)
+                                max_frames=self._frame_cap)
         results: list[torch.Tensor | Exception] = []
         for lo in range(0, len(samples), self.clips_per_run):
             chunk = samples[lo:lo + self.clips_per_run]
@@ -303,8 +302,7 @@ class DaliSampler(Sampler):
                 break
             if more is _STOP:
                 return items, True
-            if self.merge_clips and joins(group, more, self.merge_pixels,
-                                          STREAM_MAX_FRAMES if self._streaming else None):
+            if self.merge_clips and joins(group, more, self.merge_pixels, self._frame_cap):
                 group.append(more)
             elif samples < self.clips_per_run:
                 group, samples = [more], samples + 1
@@ -313,6 +311,12 @@ class DaliSampler(Sampler):
                 break
             items.append(more)
         return items, False
+
+    @property
+    def _frame_cap(self) -> int | None:
+        """Wanted frames per clip and per merged sample whatever the resolution (the streaming decoder),
+        or ``None``: the pixel budgets decide."""
+        return STREAM_MAX_FRAMES if self._streaming else None
 
     def _clip_decoder(self) -> AnyClipDecoder:
         cfg = self.config
