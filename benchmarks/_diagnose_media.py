@@ -167,12 +167,14 @@ def read_stamp_of(clip: Clip) -> int | None:
     return None
 
 
-def check_stamps(frames: torch.Tensor, case: Case) -> str:
-    """'ok', or what is wrong with one decoded sample's frames (count, order, source)."""
-    if frames.shape[0] != case.frames:
-        return f"{frames.shape[0]} frames for {case.frames}"
+def check_stamps(frames: torch.Tensor, case: Case, expected: list[float] | None = None) -> str:
+    """'ok', or what is wrong with one decoded sample's frames (count, order, source). ``expected``: the
+    stamps they must show, where not the whole case's (a "stream" case's first sequence)."""
+    expected = case.stamps if expected is None else expected
+    if frames.shape[0] != len(expected):
+        return f"{frames.shape[0]} frames for {len(expected)}"
     for i, image in enumerate(frames.cpu().numpy()):
         stamp = read_stamp(image)
-        if stamp is None or abs(stamp.time_s - case.stamps[i]) > STAMP_TOL or stamp.source_id != case.source_id:
-            return f"frame {i} shows {stamp} for {case.stamps[i]}s"
+        if stamp is None or abs(stamp.time_s - expected[i]) > STAMP_TOL or stamp.source_id != case.source_id:
+            return f"frame {i} shows {stamp} for {expected[i]}s"
     return "ok"

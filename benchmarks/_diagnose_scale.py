@@ -19,23 +19,17 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from nvidia.dali import fn, pipeline_def
 
-from _diagnose_media import STAMP_TOL, Case
-from quadvault_dali.pipelines import video_sampling_pipeline
-from quadvault_dali.pipelines.video_sampling import to_model_input
+from _diagnose_media import Case
+from quadvault_dali.pipelines import STREAM_INPUT, video_sampling_pipeline, video_stream_pipeline
 from quadvault_dali.sampling._clip_decoder import feed_clips
-from quadvault_dali.synth import read_stamp
-
-STREAM_INPUT = "stream"
+from quadvault_dali.sampling._stream_decoder import STREAM_SEQUENCE  # the sampler's sequence length
 
 #: processes per cell, and the (case, clips per run, threads) cells per video ("stream": sequences per run)
 SCALE_PROCESSES = (1, 2, 4, 8)
 SCALE_PROCESSES_QUICK = (1, 2)
 GRID_SCALE = {"main": [("ku", 8, 8), ("x8u", 8, 8), ("stream", 4, 4)], "big": [("k", 8, 8), ("stream", 4, 4)]}
 GRID_SCALE_QUICK = {"main": [("k", 8, 8), ("stream", 2, 1)]}
-#: frames per sequence of the "stream" case (``StreamRunner``)
-STREAM_SEQUENCE = 16
 
 
 class Runner:
@@ -45,14 +39,17 @@ class Runner:
     def __init__(self, device: str, case: Case, batch: int, threads: int, size: int, device_id: int) -> None:
         self.cuda = device == "gpu"
         t0 = time.perf_counter()
-        self.pipe = video_sampling_pipeline(decoder_device="mixed" if self.cuda else "cpu", size=size, square=True,
-                                            batch_size=batch, num_threads=threads,
-                                            device_id=device_id if self.cuda else None)
+        self.pipe = self._graph(decoder_device="mixed" if self.cuda else "cpu", size=size, square=True,
+                                batch_size=batch, num_threads=threads, device_id=device_id if self.cuda else None)
         self.pipe.build()
         self.build_s = time.perf_counter() - t0
         self.stream = torch.cuda.Stream() if self.cuda else None
         self.clips = [case.clip] * batch
         self.frames_out = 0
+
+    @staticmethod
+    def _graph(**kwargs: Any) -> Any:
+        return video_sampling_pipeline(**kwargs)
 
     def run(self) -> list[torch.Tensor]:
         """One DALI run; the frames copied out as the gpu backend does, and finished (stream synchronised)."""
@@ -69,34 +66,23 @@ class Runner:
         return frames
 
 
-@pipeline_def(prefetch_queue_depth=1)
-def _stream_pipeline(decoder_device: str, size: int, sequence_length: int):  # type: ignore[no-untyped-def]
-    video = fn.experimental.inputs.video(name=STREAM_INPUT, sequence_length=sequence_length, device=decoder_device,
-                                         last_sequence_policy="partial")
-    return to_model_input(video, None, size=size, square=True)
-
-
 class StreamRunner(Runner):
-    """``fn.experimental.inputs.video`` over one long clip (many videos' keyframes back to back): one decoder
-    for the whole clip, ``STREAM_SEQUENCE`` frames per sample, ``batch`` samples per run, where
-    ``fn.decoders.video`` sets a decoder up for every sample (~10 ms on an H200). The clip is fed again
-    whenever one ends, so the operator never runs dry. (Uncropped clips keep their padding rows here.)"""
+    """The product's streaming graph (``video_stream_pipeline``) over one long clip (many videos' keyframes
+    back to back): one decoder for the whole clip, ``STREAM_SEQUENCE`` frames per sample, ``batch`` samples
+    per run, where ``fn.decoders.video`` sets a decoder up for every sample (~10 ms on an H200). The clip is
+    fed again whenever one ends, so the operator never runs dry. (Uncropped clips keep their padding rows.)"""
 
     def __init__(self, device: str, case: Case, batch: int, threads: int, size: int, device_id: int) -> None:
-        self.cuda = device == "gpu"
-        t0 = time.perf_counter()
-        self.pipe = _stream_pipeline(decoder_device="mixed" if self.cuda else "cpu", size=size,
-                                     sequence_length=STREAM_SEQUENCE, batch_size=batch, num_threads=threads,
-                                     device_id=device_id if self.cuda else None)
-        self.pipe.build()
-        self.build_s = time.perf_counter() - t0
-        self.stream = torch.cuda.Stream() if self.cuda else None
+        super().__init__(device, case, batch, threads, size, device_id)
         self.data = np.frombuffer(case.clip.data, dtype=np.uint8)
         self.clip_frames = case.frames
-        self.frames_out = 0
         self.left = 0  # frames not yet returned of the clips fed
         for _ in range(2):
             self._feed()
+
+    @staticmethod
+    def _graph(**kwargs: Any) -> Any:
+        return video_stream_pipeline(sequence_length=STREAM_SEQUENCE, **kwargs)
 
     def _feed(self) -> None:
         self.pipe.feed_input(STREAM_INPUT, [self.data])
@@ -115,16 +101,6 @@ def make_runner(device: str, case: Case, batch: int, threads: int, size: int, de
     """The runner a case is timed with: ``StreamRunner`` for the "stream" cases, else ``Runner``."""
     kind = StreamRunner if case.label.endswith("/stream") else Runner
     return kind(device, case, batch, threads, size, device_id)
-
-
-def stream_stamps(frames: torch.Tensor, case: Case) -> str:
-    """'ok', or what is wrong with the first sequence of a "stream" case (its frames are the clip's first)."""
-    head = Case(case.label, case.clip, case.stamps[: frames.shape[0]], case.source_id)
-    for i, image in enumerate(frames.cpu().numpy()):
-        stamp = read_stamp(image)
-        if stamp is None or abs(stamp.time_s - head.stamps[i]) > STAMP_TOL or stamp.source_id != case.source_id:
-            return f"frame {i} shows {stamp} for {head.stamps[i]}s"
-    return "ok"
 
 
 def _worker(conn: Any, device: str, device_id: int, size: int) -> None:

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # its two helpers live
 from _diagnose_colour import colour_rows  # noqa: E402
 from _diagnose_report import environment, print_tables, write  # noqa: E402
 from _diagnose_scale import (GRID_SCALE, GRID_SCALE_QUICK, SCALE_PROCESSES, SCALE_PROCESSES_QUICK,  # noqa: E402
-                             ProcessGrid, Runner, StreamRunner, make_runner, stream_stamps)
+                             ProcessGrid, Runner, StreamRunner, make_runner)
 from _gpu_monitor import UtilisationMonitor  # noqa: E402
 from _diagnose_media import Case, check_stamps, colour_specs, decode_specs, generate, make_cases, plan_cut  # noqa: E402
 
@@ -80,8 +80,8 @@ def time_cell(case: Case, batch: int, threads: int, pipelines: int, args: argpar
             first_s = time.perf_counter() - t0
             stamps = None
             if i == 0:
-                stamps = stream_stamps(frames[0], case) if isinstance(runner, StreamRunner) else \
-                    check_stamps(frames[0], case)
+                head = case.stamps[: frames[0].shape[0]] if isinstance(runner, StreamRunner) else None
+                stamps = check_stamps(frames[0], case, head)  # a stream's first sequence: the clip's first frames
             barrier.wait(timeout=300)
             start, before = time.perf_counter(), runner.frames_out
             runs = 0
