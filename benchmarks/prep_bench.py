@@ -30,7 +30,7 @@ from quadvault_dali._gc import freeze_startup_objects
 from quadvault_dali.sampling import _gpu
 from quadvault_dali.sampling._clip_decoder import ClipDecoder
 from quadvault_dali.sampling._remux import Clip
-from sampling_bench import clip_specs, linked_copies, machine, make_clip, slug, versions
+from sampling_bench import clip_specs, linked_copies, machine, make_clip, select_clips, slug, versions
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -135,10 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     n_videos = args.videos or (96 if args.quick else 200)
     # the sampling benchmark's clips (same names: a GPU lease builds them once for both), less 2160p k2
     specs = [c for c in clip_specs(False, duration) if c.codec == "h264" or c.keyframe_s == 1.0]
-    wanted = set(filter(None, args.clips.split(",")))
-    if wanted - {c.name for c in specs}:
-        ap.error(f"--clips: no clip named {sorted(wanted - {c.name for c in specs})}; there are {[c.name for c in specs]}")
-    specs = [c for c in specs if not wanted or c.name in wanted]
+    try:
+        specs = select_clips(specs, args.clips)
+    except ValueError as exc:
+        ap.error(str(exc))
     info = machine()
     info["gpu"] = None  # measured on the CPU whatever the machine has
     out = args.out or RESULTS / f"prep_{slug(info)}{'_quick' if args.quick else ''}.json"

@@ -53,6 +53,15 @@ class ClipSpec:
     duration_s: float
 
 
+def select_clips(specs: list[ClipSpec], names: str) -> list[ClipSpec]:
+    """The ``specs`` named in the comma-separated ``names`` (all when empty); an unknown name is a ValueError."""
+    wanted = set(filter(None, names.split(",")))
+    unknown = wanted - {spec.name for spec in specs}
+    if unknown:
+        raise ValueError(f"--clips: no clip named {sorted(unknown)}; there are {[spec.name for spec in specs]}")
+    return [spec for spec in specs if not wanted or spec.name in wanted]
+
+
 def clip_specs(quick: bool, duration_s: float) -> list[ClipSpec]:
     if quick:
         return [ClipSpec("720p30-h264-k1", "h264", 1280, 720, 1.0, 8_000_000, 6.0),
@@ -280,11 +289,10 @@ def main(argv: list[str] | None = None) -> int:
                            "clip_duration_s": None if args.quick else args.duration, "cpu_workers": cpu_workers},
                 "notes": notes, "results": results}
 
-    wanted = set(filter(None, args.clips.split(",")))
-    specs = [spec for spec in clip_specs(args.quick, args.duration) if not wanted or spec.name in wanted]
-    if wanted - {spec.name for spec in specs}:
-        ap.error(f"--clips: no clip named {sorted(wanted - {spec.name for spec in specs})}; "
-                 f"there are {[spec.name for spec in clip_specs(args.quick, args.duration)]}")
+    try:
+        specs = select_clips(clip_specs(args.quick, args.duration), args.clips)
+    except ValueError as exc:
+        ap.error(str(exc))
     for spec in specs:
         path = make_clip(work, spec)
         videos = linked_copies(path, n_videos, work / "copies")

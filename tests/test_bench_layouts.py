@@ -50,3 +50,11 @@ def test_scan_layouts_name_processes_streams_and_mode() -> None:
     assert scan_bench.parse_scan_layout("1x4ks") == (1, 4, "keyframe", True)
     with pytest.raises(ValueError, match="2x4k"):
         scan_bench.parse_scan_layout("2p4")
+
+
+def test_clips_are_chosen_by_name(sampling_bench) -> None:
+    specs = sampling_bench.clip_specs(True, 4.0)
+    assert [s.name for s in sampling_bench.select_clips(specs, "")] == [s.name for s in specs]
+    assert [s.name for s in sampling_bench.select_clips(specs, "720p30-h264-k2")] == ["720p30-h264-k2"]
+    with pytest.raises(ValueError, match="no clip named \\['nope'\\]"):
+        sampling_bench.select_clips(specs, "720p30-h264-k1,nope")
