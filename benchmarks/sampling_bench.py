@@ -132,6 +132,8 @@ def _measure(sampler: Any, device: str, videos: list[Path], warm_up: int) -> dic
         row.update(dali_runs=runs, dali_samples=samples,
                    frames_per_dali_sample=round((after["frames_returned"] - before["frames_returned"]) / samples, 2)
                    if samples else None)
+    if hasattr(sampler, "queued_bytes_peak"):  # host memory the queued clips held at most (``sampling._budget``)
+        row["queued_mb_peak"] = round(sampler.queued_bytes_peak / 1e6, 1)
     return row
 
 

@@ -33,8 +33,8 @@ class SamplerConfig:
     ``False`` makes it an error outcome.
     ``processes``: decode in that many child processes, each running the backend with ``streams`` streams
     (``_processes``): a decoder that crashes or hangs costs one video, not the run.
-    ``memory_share``: the part of the GPU memory budget for decoded frames this sampler may use; the
-    process sampler gives each of its N children 1/N.
+    ``memory_share``: the part of the memory budgets this sampler may use (GPU memory for decoded frames,
+    host memory for queued clips, ``_budget``); the process sampler gives each of its N children 1/N.
     ``stream_decode`` (gpu backend, experimental): decode merged keyframe clips with DALI's streaming
     operator, one decoder set-up per long clip (``_stream_decoder``); the other backends ignore it.
     """

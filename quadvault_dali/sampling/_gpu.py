@@ -3,7 +3,8 @@
 Work flows through three stages, all bounded:
 
 1. *prepare* threads probe each video, plan it and cut it into small in-memory MP4 clips holding only
-   the packets needed (``_remux``): keyframe mode reads just the chosen keyframes' bytes;
+   the packets needed (``_remux``): keyframe mode reads just the chosen keyframes' bytes. Queued clips
+   hold at most a byte budget of host memory (``_budget``: 2 GB or an eighth of the RAM, per process share);
 2. ``streams`` *decode* threads, each owning one DALI pipeline (one hardware decode stream), decode
    a few DALI samples per run, resize them on the GPU and hand them to PyTorch through DLPack. Every
    sample pays a fixed set-up in DALI (demuxer, NVDEC parser, frame buffers: ~10 ms on an H200, ~80 ms
@@ -43,6 +44,7 @@ from ..device import nvdec_status, resolve_device
 from ..errors import BackendUnavailableError, DecodeError, QuadvaultError, UnsupportedCodecError
 from ..probe import VideoInfo, open_container, probe_open, rewound
 from ._base import Sampler, SamplerConfig, VideoSource, register_backend
+from ._budget import ByteBudget, clip_bytes, queued_bytes_for
 from ._clip_decoder import CLIPS_PER_RUN, DECODE_THREADS, ClipDecoder, DecodeStats, error_summary
 from ._colour import convert_from_bt601
 from ._cpu import CpuSampler
@@ -87,6 +89,10 @@ class DaliSampler(Sampler):
         self.clip_pixels = CLIP_PIXELS  # what one video's clip may hold (``frame_budget``)
         self._streaming = False  # this run's ``config.stream_decode`` (the decode threads read it)
         self.decode_stats = DecodeStats()  # DALI runs, samples, frames over all streams (benchmarks read it)
+        #: host bytes queued clips may hold (``_budget``; ``None``: from the machine's memory and ``memory_share``)
+        self.queued_bytes_limit: int | None = None
+        self.queued_bytes_peak = 0  # the most they held in any run so far (benchmarks read it)
+        self._budget = ByteBudget(0)  # this run's (``iter_batches``)
         #: H.264/HEVC clips without their SPS's cropping, so DALI finds its NVDEC decoders again (``_uncrop``)
         self.uncrop_sps = self.decoder_device == "mixed"
         self._uncropped_worked = False  # set once an uncropped clip decoded (see _retry_cropped)
@@ -154,10 +160,11 @@ class DaliSampler(Sampler):
                     task.hardware_failed(clips, f"cutting clips for {self.decoder_name} failed: {summary}")
                     break
                 task.slots.acquire()
-                if stop.is_set() or not task.wants(clips):
+                cost = clip_bytes(clip)
+                if stop.is_set() or not task.wants(clips) or not self._budget.acquire(cost):
                     task.discard()
                     break
-                work.put(_Work(task, clips, clip))
+                work.put(_Work(task, clips, clip, cost))
                 clips += 1
             return None, clips
         finally:
@@ -255,6 +262,9 @@ class DaliSampler(Sampler):
                         except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory while rotating
                             res = exc
                     self._clip_failed(w, res)
+                for w in items:
+                    self._budget.release(w.cost)
+                del items, live, results  # the clips' bytes and frames: not held while the next run waits
                 if stop_seen:
                     return
         finally:
@@ -391,6 +401,7 @@ class DaliSampler(Sampler):
         streams = cfg.streams
         queued = streams * self.clips_per_run * (QUEUED_PER_STREAM if self.merge_clips else 2)
         self._streaming = cfg.stream_decode
+        self._budget = budget = ByteBudget(self.queued_bytes_limit or queued_bytes_for(cfg.memory_share))
         work: queue.Queue[Any] = queue.Queue(maxsize=queued)
         stop = threading.Event()
         lookahead = max(2, queued)  # videos in flight: enough to fill the queue with mergeable clips
@@ -457,6 +468,7 @@ class DaliSampler(Sampler):
                 yield flush(len(paths))
         finally:
             stop.set()
+            budget.close()  # wakes a preparer waiting for room
             for task in tasks:
                 task.fail(QuadvaultError("sampling stopped before this video finished", path=task.path))
             preparers.shutdown(wait=True, cancel_futures=True)
@@ -469,6 +481,7 @@ class DaliSampler(Sampler):
                 work.put(_STOP)
             for thread in decoders + takeovers:
                 thread.join(timeout=30)
+            self.queued_bytes_peak = max(self.queued_bytes_peak, budget.peak)
 
     def _check_hardware_works(self) -> None:
         """Stops the run when the hardware decoder failed on every one of the first videos: a broken

@@ -29,6 +29,7 @@ class _Work:
     task: VideoTask
     seq: int
     clip: Clip
+    cost: int = 0  # host bytes it holds while queued (``_budget``)
 
 
 @dataclass
