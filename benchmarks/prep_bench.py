@@ -90,10 +90,10 @@ class GcPauses:
         gc.callbacks.remove(self._callback)
 
 
-def measure(videos: list[Path], streams: int, size: int, repeats: int) -> list[dict[str, Any]]:
+def measure(videos: list[Path], streams: int, size: int, repeats: int, mode: str = "keyframe") -> list[dict[str, Any]]:
     """Rows for uncropped and cropped clips: the median of ``repeats`` passes each over ``videos``, the two
     settings' passes interleaved (and their order alternated) so that a drifting machine favours neither."""
-    samplers = {uncrop: PrepOnlySampler(uncrop=uncrop, mode="keyframe", size=size, streams=streams)
+    samplers = {uncrop: PrepOnlySampler(uncrop=uncrop, mode=mode, size=size, streams=streams)
                 for uncrop in (True, False)}
     for sampler in samplers.values():
         for _ in sampler.iter_batches(videos[:2]):  # imports, first-use costs, templates
@@ -111,7 +111,7 @@ def measure(videos: list[Path], streams: int, size: int, repeats: int) -> list[d
     rows = []
     for uncrop, runs in passes.items():
         wall, cpu, frames, pauses = sorted(runs, key=lambda p: p[0])[len(runs) // 2]
-        rows.append({"streams": streams, "uncrop_sps": uncrop, "videos": len(videos), "frames": frames,
+        rows.append({"mode": mode, "streams": streams, "uncrop_sps": uncrop, "videos": len(videos), "frames": frames,
                      "repeats": repeats, "seconds": round(wall, 3), "sampled_fps": round(frames / wall, 1),
                      "cpu_ms_per_frame": round(1000 * cpu / max(frames, 1), 3),
                      "gc_pause_ms": [round(ms, 1) for ms in pauses.ms], "gc_collections": pauses.count})
@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="where generated clips are kept (shared with sampling_bench)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--clips", default="", help="only these clips, by name (e.g. 2160p30-hevc-k1.0; default: all)")
+    ap.add_argument("--modes", default="keyframe", help="sampling modes to try: keyframe, exact (GOP runs cut by demuxing)")
     args = ap.parse_args(argv)
     work = args.work or Path(tempfile.gettempdir()) / "quadvault-sampling-bench"
     duration = 4.0 if args.quick else args.duration
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or RESULTS / f"prep_{slug(info)}{'_quick' if args.quick else ''}.json"
     results: list[dict[str, Any]] = []
     doc = {"benchmark": "prep", "quick": args.quick, "machine": info, "versions": versions(),
-           "config": {"videos_per_measurement": n_videos, "clip_duration_s": duration, "mode": "keyframe",
+           "config": {"videos_per_measurement": n_videos, "clip_duration_s": duration, "modes": args.modes.split(","),
                       "size": args.size, "cpu_count": os.cpu_count()},
            "results": results}
     warmed = False
@@ -154,14 +155,16 @@ def main(argv: list[str] | None = None) -> int:
         if not warmed:  # the process's first pass ran ~25 % slower whatever it measured: not a row
             measure(videos[: min(24, n_videos)], 1, args.size, 1)
             warmed = True
-        for streams in (int(s) for s in args.streams.split(",")):
-            for measured in measure(videos, streams, args.size, args.repeats):
-                row = {"clip": spec.name, "codec": spec.codec, **measured}
-                uncrop = row["uncrop_sps"]
-                results.append(row)
-                print(f"  {spec.name:18} streams={streams} uncrop={uncrop!s:5} {row['sampled_fps']:8.1f} frames/s "
-                      f"{row['cpu_ms_per_frame']:.3f} CPU ms/frame", file=sys.stderr, flush=True)
-                write_json(out, doc)
+        for mode in args.modes.split(","):
+            for streams in (int(s) for s in args.streams.split(",")):
+                for measured in measure(videos, streams, args.size, args.repeats, mode):
+                    row = {"clip": spec.name, "codec": spec.codec, **measured}
+                    uncrop = row["uncrop_sps"]
+                    results.append(row)
+                    print(f"  {spec.name:18} {mode:8} streams={streams} uncrop={uncrop!s:5} "
+                          f"{row['sampled_fps']:8.1f} frames/s {row['cpu_ms_per_frame']:.3f} CPU ms/frame",
+                          file=sys.stderr, flush=True)
+                    write_json(out, doc)
     print(f"wrote {out}")
     return 0
 
