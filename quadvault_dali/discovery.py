@@ -56,7 +56,8 @@ def non_utf8_name(path: str | os.PathLike[str]) -> str | None:
 
 
 def find_videos(roots: Iterable[str | os.PathLike[str]], *,
-                on_error: Callable[[Path, OSError], None] | None = None) -> list[Path]:
+                on_error: Callable[[Path, OSError], None] | None = None,
+                descend: Callable[[Path], bool] | None = None) -> list[Path]:
     """Every video file under ``roots`` (files are taken as given), sorted, each real file once.
 
     Hidden and system folders are skipped; symlinked folders are followed, but a folder already seen
@@ -64,7 +65,8 @@ def find_videos(roots: Iterable[str | os.PathLike[str]], *,
     through ``on_error`` (default: a warning) and skipped. A camera's low-resolution proxy (.LRV, .LRF)
     is skipped when its original is in the same folder: scoring both would list every highlight twice.
     So is a reel this tool made (its ``.clips.csv`` beside it): made of highlights, it would top the next
-    scan. Files named as roots are always taken.
+    scan. Files named as roots are always taken. ``descend`` (a folder below a root -> whether to enter it)
+    prunes the walk: a glob pattern need not read folders that cannot match.
     """
     report = on_error or (lambda p, e: log.warning("cannot read folder %s: %s", p, e.strerror or e))
     seen_dirs: set[tuple[int, int]] = set()
@@ -115,7 +117,8 @@ def find_videos(roots: Iterable[str | os.PathLike[str]], *,
             if is_dir:
                 if entry.name.startswith(".") or entry.name.lower() in SKIPPED_DIRS:
                     continue
-                walk(path)
+                if descend is None or descend(path):
+                    walk(path)
             elif is_video_file(path):
                 if path.suffix.lower() in PROXY_EXTENSIONS and originals.intersection(proxy_original_stems(path)):
                     skipped["proxy"] += 1

@@ -69,7 +69,7 @@ def test_every_problem_reported_at_once(library: Path) -> None:
         f"highlights[1]: {library / 'missing.mp4'} does not exist",
         f"highlights[2]: {library / 'beach/notes.txt'} is not a video file (expected one of "
         + ", ".join(sorted(__import__("quadvault_dali.discovery", fromlist=["x"]).VIDEO_EXTENSIONS)) + ")",
-        "highlights[3]: pattern 'nothing/*.mp4' matches no videos",
+        f"highlights[3]: pattern 'nothing/*.mp4' matches no videos ({library / 'nothing'} does not exist)",
         f"highlights[4]: folder {library / 'empty'} holds no videos",
         "highlights[5]: expected a path string, got number",
         "highlights[6]: expected a path string, got string (empty)",
@@ -313,7 +313,33 @@ def test_a_missing_name_with_brackets_is_reported_not_a_crash(tmp_path: Path) ->
     labels = load_labels(write_labels(tmp_path, {"highlights": ["h.mp4", "old/Alps [2023-10-05].mp4"],
                                                  "normal": ["n.mp4"]}), skip_missing=True)
     assert [v.path.name for v in labels.videos] == ["h.mp4", "n.mp4"]
-    assert labels.warnings == ["skipped: highlights[1]: pattern 'old/Alps [2023-10-05].mp4' matches no videos"]
+    assert labels.warnings == ["skipped: highlights[1]: pattern 'old/Alps [2023-10-05].mp4' matches no videos "
+                               f"({tmp_path / 'old'} does not exist)"]
+
+
+def test_a_pattern_under_a_missing_folder_reads_nothing_else(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """"/typo/*.mp4" starts searching at the nearest folder that exists: it must not walk everything below
+    it (the whole disk, for a typo at the top), only folders named like the pattern's parts."""
+    touch(tmp_path / "n.mp4")
+    for deep in ("a/b/c/x.mp4", "trip/sub/y.mp4", "TYPO_not/z.mp4"):
+        touch(tmp_path / deep)
+    read: list[str] = []
+    real_scandir = os.scandir
+
+    def scandir(path):  # type: ignore[no-untyped-def]
+        read.append(Path(path).relative_to(tmp_path).as_posix())
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(LabelsError) as info:
+        load_labels(write_labels(tmp_path, {"highlights": ["typo/*.mp4"], "normal": ["n.mp4"]}))
+    assert info.value.problems == [f"highlights[0]: pattern 'typo/*.mp4' matches no videos "
+                                   f"({tmp_path.resolve() / 'typo'} does not exist)"]
+    assert set(read) <= {"."}, read  # the start folder's own listing, nothing below it
+    read.clear()
+    labels = load_labels(write_labels(tmp_path, {"highlights": ["tr*/*"], "normal": ["n.mp4"]}))
+    assert [v.path.name for v in labels.videos if v.label == 1] == ["y.mp4"]  # a matched folder is taken whole
+    assert "a" not in read and "a/b" not in read
 
 
 def test_a_pattern_does_not_trip_over_what_it_cannot_match(tmp_path: Path) -> None:

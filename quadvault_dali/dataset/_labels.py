@@ -40,7 +40,7 @@ from typing import Literal
 from ..discovery import VIDEO_EXTENSIONS, find_videos, is_video_file, non_utf8_name
 from ..errors import LabelsError
 from ._identity import content_ids
-from ._patterns import GLOB_CHARS, expand_pattern
+from ._patterns import GLOB_CHARS, expand_pattern, missing_folder
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,9 @@ def _expand(entry: str, where: str, base: Path, problems: list[str], skipped: li
         roots.extend(sorted({video.parent for video in found}))  # outputs may still go beside them
         soft.extend(unreadable)
         if not found and not unreadable:
-            soft.append(f"{where}: pattern {entry!r} matches no videos")
+            missing = missing_folder(path)
+            soft.append(f"{where}: pattern {entry!r} matches no videos"
+                        + (f" ({missing} does not exist)" if missing is not None else ""))
         return found
     if not exists:
         soft.append(f"{where}: {path} does not exist")

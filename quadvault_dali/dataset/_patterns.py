@@ -12,6 +12,7 @@ discovery does for extensions: cameras write DJI_0001.MP4, users type *.mp4.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Callable
@@ -104,6 +105,21 @@ def split_pattern(path: Path) -> tuple[Path, str]:
     return start, ""
 
 
+def missing_folder(path: Path) -> Path | None:
+    """The folder a pattern names literally that does not exist in any case (``/typo/*.mp4`` -> ``/typo``),
+    for the message when it matches nothing; ``None`` where its first missing part is a pattern."""
+    root, rest = split_pattern(path)
+    first = rest.split("/")[0] if rest else ""
+    if not first or GLOB_CHARS & set(first) or "/" not in rest:
+        return None
+    try:
+        if any(entry.name.lower() == first.lower() for entry in os.scandir(root)):
+            return None
+    except OSError:
+        return None
+    return root / first
+
+
 def expand_pattern(path: Path, on_error: Callable[[Path, OSError], None] | None = None) -> tuple[Path, list[Path]]:
     """(the folder searched, the videos under it matching ``path``), sorted as ``find_videos`` sorts them.
 
@@ -122,10 +138,14 @@ def expand_pattern(path: Path, on_error: Callable[[Path, OSError], None] | None 
         if on_error is not None and could_lead_to_a_match(rest, relative):
             on_error(folder, exc)
 
-    found = []
-    for video in find_videos([root], on_error=relevant_error):
-        relative = video.relative_to(root).as_posix()
+    def matched(relative: str) -> bool:  # the path, or a folder above it, matches (a matched folder is taken whole)
         pieces = relative.split("/")
-        if any(regex.fullmatch("/".join(pieces[:k])) for k in range(1, len(pieces) + 1)):
-            found.append(video)
+        return any(regex.fullmatch("/".join(pieces[:k])) for k in range(1, len(pieces) + 1))
+
+    def may_match(folder: Path) -> bool:  # "/typo/*.mp4" searches "/": only folders named like "typo"
+        relative = folder.relative_to(root).as_posix()
+        return could_lead_to_a_match(rest, relative) or matched(relative)
+
+    found = [video for video in find_videos([root], on_error=relevant_error, descend=may_match)
+             if matched(video.relative_to(root).as_posix())]
     return root, found
