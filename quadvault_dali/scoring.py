@@ -1,9 +1,10 @@
 """Scoring whole videos with one or more models: per-second scores, and their mean as the video score.
 
 ``test-video``, ``evaluate`` and ``scan`` all score the same way, so a clip gets the same number
-everywhere: frames are sampled with the shared sampler (square, at the largest image size among the
-models, so each model's own resize is at most a downscale), each model gives a probability per
-frame, the ensemble probability is the models' mean, and a video's score is the mean over its frames.
+everywhere: frames are sampled with the shared sampler (square, at ``sampling_size``: 256 px, the short
+side prepare-dataset stores, whatever models score them, so a model scores the same frames alone and in
+any ensemble; each model resizes them to its own image size), each model gives a probability per frame,
+the ensemble probability is the models' mean, and a video's score is the mean over its frames.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -59,14 +60,32 @@ def ensemble_threshold(models: Sequence[FrameScorer]) -> float:
     return mean_threshold(m.threshold for m in models)
 
 
+#: Sizes frames are sampled at for scoring: the first that covers the largest model. Sampling at the largest
+#: model's size made a model's scores depend on its companions: a 64 px model scored 96 px frames (resized
+#: again) inside an ensemble with a 96 px model and moved by up to 0.1 per second. Models up to 256 px
+#: (every backbone's default) now always see the same frames.
+SAMPLING_SIZES = (256, 512, 1024)
+
+
+class _Sized(Protocol):
+    @property
+    def image_size(self) -> int: ...
+
+
+def sampling_size(models: Iterable[_Sized]) -> int:
+    """The square size to sample frames at for ``models`` (``SAMPLING_SIZES``): never an upscale for any."""
+    sizes = [int(m.image_size) for m in models]
+    if not sizes:
+        raise ValueError("scoring needs at least one model")
+    largest = max(sizes)
+    return next((s for s in SAMPLING_SIZES if s >= largest), largest)
+
+
 def scoring_sampler(models: Sequence[FrameScorer], *, device: str = "auto", fps: float = 1.0,
                     mode: SamplingMode = "auto", batch_size: int = 64, streams: int = 4) -> Sampler:
-    """The sampler that feeds ``models``: square frames at the largest image size they use."""
-    if not models:
-        raise ValueError("scoring needs at least one model")
-    size = max(int(m.image_size) for m in models)
-    return create_sampler(device, fps=fps, mode=mode, size=size, square=True, batch_size=batch_size,
-                          streams=streams)
+    """The sampler that feeds ``models``: square frames at ``sampling_size``."""
+    return create_sampler(device, fps=fps, mode=mode, size=sampling_size(models), square=True,
+                          batch_size=batch_size, streams=streams)
 
 
 def _score_frames(models: Sequence[FrameScorer], frames: torch.Tensor) -> np.ndarray:

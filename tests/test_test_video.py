@@ -19,15 +19,15 @@ from click.testing import CliRunner
 
 from quadvault_dali.cli.main import main
 from quadvault_dali.model import build_network, load_model, save_model
-from quadvault_dali.scoring import score_video, scoring_sampler
+from quadvault_dali.scoring import SAMPLING_SIZES, sampling_size, score_video, scoring_sampler
 
 IMAGE_SIZE = 64
 
 
 def build_colour_model(directory: Path, *, gain: float = 2.0, bias: float = 0.0, sign: float = 1.0,
-                       name: str | None = None) -> Path:
+                       name: str | None = None, image_size: int = IMAGE_SIZE) -> Path:
     """Saves a ResNet18 highlight model scoring ``sigmoid(sign * gain * (red - blue) + bias)``."""
-    net = build_network("resnet18", image_size=IMAGE_SIZE, pretrained="none")
+    net = build_network("resnet18", image_size=image_size, pretrained="none")
     bb = net.backbone
     with torch.no_grad():
         for p in net.parameters():
@@ -48,7 +48,7 @@ def build_colour_model(directory: Path, *, gain: float = 2.0, bias: float = 0.0,
         net.head.weight[0, 0] = sign * gain
         net.head.weight[0, 1] = -sign * gain
         net.head.bias.fill_(bias)
-    card = {"architecture": "resnet18", "image_size": IMAGE_SIZE, "threshold": 0.5}
+    card = {"architecture": "resnet18", "image_size": image_size, "threshold": 0.5}
     if name:
         card["name"] = name
     return save_model(directory, net, card)
@@ -130,6 +130,39 @@ def test_ensemble_averages_probabilities(colour_model: Path, cold_model: Path, c
     assert len(data["timeline"]) == 4
     for row in data["timeline"]:
         assert row["score"] == pytest.approx(sum(row["model_scores"]) / 2, abs=1e-5)
+
+
+def test_a_model_scores_the_same_frames_alone_and_in_an_ensemble(colour_model: Path, clips: dict[str, Path],
+                                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frames were sampled at the largest model's size, so a 64 px model scored other (twice resized) frames
+    beside a 96 px one than alone: its scores depended on its companions."""
+    small = load_model(colour_model)
+    large = load_model(build_colour_model(tmp_path / "large", image_size=96))
+    seen: list[torch.Tensor] = []
+    real = type(small).score_frames
+
+    def spy(self, frames, **kw):  # type: ignore[no-untyped-def]
+        if self is small:
+            seen.append(frames.clone())
+        return real(self, frames, **kw)
+
+    monkeypatch.setattr(type(small), "score_frames", spy)
+    alone = score_video(clips["mixed"], [small], device="cpu")
+    together = score_video(clips["mixed"], [small, large], device="cpu")
+    assert len(seen) == 2 and torch.equal(seen[0], seen[1]) and seen[0].shape[-1] == SAMPLING_SIZES[0]
+    assert together.model_scores[0] == pytest.approx(alone.model_scores[0], abs=1e-6)
+
+
+def test_sampling_size_covers_the_largest_model() -> None:
+    class M:
+        def __init__(self, size: int) -> None:
+            self.image_size = size
+
+    assert sampling_size([M(64)]) == sampling_size([M(64), M(224)]) == 256
+    assert sampling_size([M(300), M(96)]) == 512
+    assert sampling_size([M(2048)]) == 2048
+    with pytest.raises(ValueError):
+        sampling_size([])
 
 
 def test_cli_errors_are_one_line(colour_model: Path, tmp_path: Path, broken_clips: dict[str, Path]) -> None:

@@ -21,6 +21,7 @@ import torch
 from ..discovery import find_videos, non_utf8_name
 from ..errors import DecodeError, OutputError, VideoOpenError
 from ..sampling import SamplingMode, VideoOutcome, create_sampler
+from ..scoring import sampling_size
 from .aggregate import Aggregator
 from .crashguard import CrashJournal, StallWatch, isolate_suspects, journal_path, take_suspects
 from .report import HIGHLIGHTS_FILE, FolderTotals, highlights_document, summary_line, write_json_atomic
@@ -245,10 +246,10 @@ def scan_files(files: Sequence[FileState], scorers: Sequence[Scorer], options: S
     crashed = crashed or {}
     models = model_refs(scorers)
     fingerprint = combined_fingerprint(models)
-    size = max(int(s.image_size) for s in scorers)
-    sampler = create_sampler(options.device, fps=options.fps, mode=options.mode, size=size, square=True,
-                             batch_size=options.batch_size, streams=options.streams, processes=options.processes,
-                             device_id=options.device_id, stream_decode=options.stream_decode)
+    sampler = create_sampler(options.device, fps=options.fps, mode=options.mode, size=sampling_size(scorers),
+                             square=True, batch_size=options.batch_size, streams=options.streams,
+                             processes=options.processes, device_id=options.device_id,
+                             stream_decode=options.stream_decode)
     writer = ShardWriter(options.out_dir, tag=tag, seconds_meta=metadata_for("seconds", models, options.threshold),
                          videos_meta=metadata_for("videos", models, options.threshold),
                          max_videos=options.shard_videos, max_seconds=options.shard_seconds)
@@ -410,7 +411,7 @@ def _isolate_crashers(out: Path, todo: Sequence[FileState], scorers: Sequence[Sc
     from ..device import resolve_device
 
     return isolate_suspects(suspects, device=resolve_device(options.device), mode=options.mode, fps=options.fps,
-                            size=max(int(s.image_size) for s in scorers), device_id=options.device_id)
+                            size=sampling_size(scorers), device_id=options.device_id)
 
 
 def _load_scorers(model_paths: Sequence[str | os.PathLike[str]], options: ScanOptions,
