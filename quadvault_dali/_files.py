@@ -10,6 +10,14 @@ from pathlib import Path
 from typing import Iterator
 
 
+def default_file_mode() -> int:
+    """The permissions a plain ``open(path, "w")`` gives a new file here (0o666 less the umask). Libraries
+    that write private files (safetensors: 0o600) would keep a shared model's weights from its users."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
 def atomic_path(path: Path, tmp: Path | None = None, *, fsync: bool = False) -> Iterator[Path]:
     """Yields a temporary path beside ``path`` to write to; renames it over ``path`` when the block ends

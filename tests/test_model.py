@@ -307,3 +307,47 @@ def test_a_card_threshold_that_is_no_probability_is_refused(saved: Path, tmp_pat
         (odd / CARD_FILE).write_text(json.dumps(card))
         with pytest.raises(ModelFormatError, match=r"threshold .* is not a number within 0\.\.1"):
             read_card(odd)
+
+
+def test_a_damaged_card_or_mismatched_weights_are_one_clear_error(saved: Path, tmp_path: Path) -> None:
+    """A hand-edited card failed deep inside (int('big'), a (1,3,1,1) view while scoring) with a traceback;
+    weights of another network listed hundreds of tensor names in one line."""
+    from quadvault_dali.model import read_card
+
+    for key, bad, message in (("image_size", "big", r"image_size 'big' is not a whole number of pixels"),
+                              ("image_size", 8, r"image_size 8 is not a whole number"),
+                              ("mean", [0.5], r"mean \[0\.5\] is not three numbers"),
+                              ("std", [0.2, 0.0, 0.2], r"std .* is not three positive numbers"),
+                              ("architecture", "resnet50", r"unknown architecture 'resnet50'")):
+        odd = _copy(saved, tmp_path / f"odd-{key}-{bad}")
+        card = json.loads((odd / CARD_FILE).read_text())
+        card[key] = bad
+        (odd / CARD_FILE).write_text(json.dumps(card))
+        with pytest.raises(ModelFormatError, match=message) as info:
+            read_card(odd)
+        assert str(odd / CARD_FILE) in str(info.value)  # names the file to fix
+    other = _copy(saved, tmp_path / "other-arch")
+    card = json.loads((other / CARD_FILE).read_text())
+    card["architecture"] = "resnet18" if card["architecture"] != "resnet18" else "efficientnet-lite0"
+    card.pop("weights_sha256", None)
+    (other / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ModelFormatError, match=r"weights do not fit a .* network at \d+ px: \d+ tensors missing") as info:
+        load_model(other)
+    assert len(str(info.value)) < 600
+
+
+def test_saved_weights_are_as_readable_as_the_card(tmp_path: Path) -> None:
+    """safetensors writes 0o600: a model shared on a NAS had a readable card and unreadable weights."""
+    import os
+    import stat
+
+    from quadvault_dali.model import build_network, save_model
+
+    old = os.umask(0o022)
+    try:
+        out = save_model(tmp_path / "m", build_network("efficientnet-lite0", image_size=64, pretrained="none"),
+                         {"architecture": "efficientnet-lite0", "image_size": 64})
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes == {CARD_FILE: 0o644, "model.safetensors": 0o644}, modes

@@ -265,15 +265,19 @@ def test_training_learns_the_two_styles(tmp_path: Path, device: str) -> None:
     assert (out / "training_history.json").is_file()
 
 
-def test_batchnorm_statistics_are_held_during_fine_tuning(tmp_path: Path) -> None:
-    """Small personal datasets: training on batch statistics made eval-mode scores drift to ~0.5."""
+def test_batchnorm_statistics_are_held_during_fine_tuning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small personal datasets: training on batch statistics made eval-mode scores drift to ~0.5. (Also: a
+    dataset given as a relative path is kept absolute in the card, so evaluate finds it from anywhere.)"""
     from quadvault_dali.model._network import build_network
 
     make_dataset(tmp_path / "ds", n_videos=6, frames=2, val_every=3)
-    config = TrainConfig(tmp_path / "ds", tmp_path / "model", epochs=1, batch_size=4, image_size=64,
+    monkeypatch.chdir(tmp_path)
+    config = TrainConfig(Path("ds"), tmp_path / "model", epochs=1, batch_size=4, image_size=64,
                          device="cpu", backbone="efficientnet-lite0", pretrained="auto", seed=0)
     train_model(config, lambda line: None)
-    trained = load_model(tmp_path / "model").network
+    model = load_model(tmp_path / "model")
+    assert model.card["dataset"] == str((tmp_path / "ds").resolve())
+    trained = model.network
     pretrained = build_network("efficientnet-lite0", image_size=64, pretrained="auto")
     before = {k: v for k, v in pretrained.state_dict().items() if k.endswith(("running_mean", "running_var"))}
     after = trained.state_dict()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import math
 import os
 import platform
 import re
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._files import atomic_path, file_sha256
+from .._files import atomic_path, default_file_mode, file_sha256
 from ..errors import BackendUnavailableError, ModelFormatError, OutputError
 from ._network import HighlightNet, build_network, spec_for
 from ._scorer import DEFAULT_THRESHOLD, HighlightModel
@@ -110,6 +111,7 @@ def save_model(directory: str | Path, module: nn.Module, card: dict[str, Any]) -
         except Exception as exc:  # safetensors reports a full disk as its own SafetensorError
             raise OutputError(f"cannot write the model weights: {exc}", path=weights_tmp,
                               hint="free space on that disk, or choose another --output-dir") from exc
+        os.chmod(weights_tmp, default_file_mode())  # safetensors writes 0o600: others could read the card only
         full.update({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "weights_file": WEIGHTS_FILE,
                      "weights_sha256": file_sha256(weights_tmp)})
         card_tmp.write_text(json.dumps(full, indent=2, sort_keys=True, default=float) + "\n", encoding="utf-8")
@@ -165,10 +167,46 @@ def _read_card(card_path: Path) -> dict[str, Any]:
         if key not in card:
             raise ModelFormatError(f"model card lacks {key!r}", path=card_path)
     threshold = card.get("threshold", DEFAULT_THRESHOLD)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+    if not _is_number(threshold) or not 0.0 <= threshold <= 1.0:
         raise ModelFormatError(f"model card's threshold {threshold!r} is not a number within 0..1", path=card_path)
-    spec_for(str(card["architecture"]))
+    size = card["image_size"]
+    if not isinstance(size, int) or isinstance(size, bool) or not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
+        raise ModelFormatError(f"model card's image_size {size!r} is not a whole number of pixels within "
+                               f"{MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}", path=card_path)
+    for key in ("mean", "std"):  # per RGB channel; a std of 0 would divide by zero
+        value = card[key]
+        if (not isinstance(value, list) or len(value) != 3 or not all(_is_number(v) for v in value)
+                or (key == "std" and not all(v > 0 for v in value))):
+            raise ModelFormatError(f"model card's {key} {value!r} is not three {'positive ' if key == 'std' else ''}"
+                                   "numbers (one per RGB channel)", path=card_path)
+    try:
+        spec_for(str(card["architecture"]))
+    except ModelFormatError as exc:
+        raise ModelFormatError(exc.reason, path=card_path, hint=exc.hint) from None
     return card
+
+
+#: The image sizes a card may give (the networks work from 32 px; above 4096 is no frame classifier).
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 4096
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _misfit(net: torch.nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """How ``state`` does not fit ``net``, in a line (torch lists every key, hundreds for a wrong architecture)."""
+    want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    missing = [k for k in want if k not in state]
+    extra = [k for k in state if k not in want]
+    shapes = [f"{k} is {tuple(state[k].shape)}, not {want[k]}" for k in want if k in state
+              and tuple(state[k].shape) != want[k]]
+    parts = []
+    for count, what, examples in ((len(missing), "missing", missing), (len(extra), "unexpected", extra),
+                                  (len(shapes), "of another shape", shapes)):
+        if count:
+            parts.append(f"{count} tensors {what} (e.g. {'; '.join(examples[:2])})")
+    return ", ".join(parts) or None
 
 
 def _torch_device(device: str | torch.device) -> torch.device:
@@ -217,12 +255,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Highligh
         raise ModelFormatError(f"is not a safetensors weights file ({exc})", path=weights) from None
     net: HighlightNet = build_network(str(card["architecture"]), image_size=int(card["image_size"]),
                                       pretrained="none")
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0:2]
-        raise ModelFormatError(f"weights do not fit a {card['architecture']} network: {' '.join(first)}",
-                               path=weights) from None
+    misfit = _misfit(net, state)
+    if misfit is not None:
+        raise ModelFormatError(f"weights do not fit a {card['architecture']} network at {card['image_size']} px: "
+                               f"{misfit}", path=weights, hint="the card and the weights belong to different models")
+    net.load_state_dict(state, strict=True)
     root = card_path.parent
     name = str(card.get("name") or root.name or card_path.stem)
     return HighlightModel(net, card, fingerprint=digest[:16], device=_torch_device(device), name=name)

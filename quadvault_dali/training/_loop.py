@@ -292,7 +292,7 @@ def _save(config: TrainConfig, net: nn.Module, arch: str, data: TrainingData, re
                         "val_loss": record.val_loss, "train_loss": record.train_loss,
                         "val_frames": len(data.val), "val_videos": data.val.n_videos,
                         "train_frames": len(data.train), "train_videos": data.train.n_videos},
-            "dataset_fingerprint": data.fingerprint, "dataset": str(config.dataset),
+            "dataset_fingerprint": data.fingerprint, "dataset": str(Path(config.dataset).resolve()),  # absolute: evaluate finds it from anywhere
             "training": {"pretrained": str(config.pretrained), "epochs": config.epochs,
                          "batch_size": config.batch_size, "learning_rate": config.learning_rate,
                          "seed": config.seed, "freeze_backbone_epochs": config.freeze_backbone_epochs}}
