@@ -272,6 +272,13 @@ def test_cli_summary_and_failures(footage: Path, tmp_path: Path) -> None:
         in res.output.splitlines()
     assert "Failed to decode 1 video (left out):" in res.output
     assert f"  {footage / 'broken.mp4'}: " in res.output
+    for name in ("highlight", "normal"):  # one video per class: said now, not only when train refuses it
+        assert f"only one {name} video: it trains, and validation has no {name}s to measure" in res.output
+    model = tmp_path / "model"
+    res = CliRunner().invoke(main, ["-q", "train", str(out), "--output-dir", str(model), "--device", "cpu",
+                                    "--epochs", "1", "--backbone", "efficientnet-lite0"])
+    assert res.exit_code == 1 and "no usable frames" in res.output, res.output
+    assert not model.exists()  # a run that saved nothing leaves no empty model folder
     bad = write_labels(tmp_path / "bad.json", ["nope.mp4"], [])
     res = CliRunner().invoke(main, ["prepare-dataset", str(bad), str(tmp_path / "out2")])
     assert res.exit_code == 1

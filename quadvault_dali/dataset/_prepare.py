@@ -200,7 +200,11 @@ def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[
             result.warnings.append(f"no {name} frames in the dataset: every {name} video failed")
             continue
         members = [vid for vid in rows if by_id[vid].label == label]
-        if len(members) >= 2 and not any(splits[vid] == "val" for vid in members):
+        if len(members) == 1:  # the split keeps a class's only video for training
+            result.warnings.append(f"only one {name} video: it trains, and validation has no {name}s to measure, "
+                                   "so train will refuse this dataset; label at least 2 of each (5+ for "
+                                   "meaningful validation)")
+        elif not any(splits[vid] == "val" for vid in members):
             # --merge keeps splits: re-labelling the class's validation videos can leave it none
             result.warnings.append(f"no {name} video in the validation split ({len(members)} in training), so "
                                    f"validation cannot measure {name}s; --overwrite splits the dataset again")

@@ -7,6 +7,7 @@ own shard of the frames.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -96,7 +97,18 @@ def _under_torchrun() -> bool:
 
 def train_model(config: TrainConfig, report: Callable[[str], None] = log.info) -> TrainResult:
     """Trains one model; with ``config.multi_gpu`` on every visible GPU (DDP)."""
+    created = not config.output_dir.exists()
     prepare_output_dir(config.output_dir)  # before any rank starts, so the error is not a rank's traceback
+    try:
+        return _train(config, report)
+    except BaseException:
+        if created:  # a run that failed before saving anything leaves no empty model folder behind
+            with contextlib.suppress(OSError):
+                config.output_dir.rmdir()
+        raise
+
+
+def _train(config: TrainConfig, report: Callable[[str], None]) -> TrainResult:
     if not config.multi_gpu:
         return run_training(config, report)
     if not torch.cuda.is_available():
