@@ -245,6 +245,10 @@ def test_training_learns_the_two_styles(tmp_path: Path, device: str) -> None:
     assert "Train Loss:" in text and "Val Loss:" in text and "✓ Saved best model" in text
     assert "TRAINING COMPLETE" in text and f"Model saved to: {out}" in text
     assert len(result.history) == 3
+    best = result.history[result.best_epoch - 1].video  # the tuned threshold's accuracy is flattering: both shown
+    assert (f"threshold {result.threshold:.2f}, tuned on these 8 videos; "
+            f"{100 * best['accuracy_at_0.5']:.1f}% at 0.50)") in text
+    assert f" at threshold {result.threshold:.2f} ({100 * best['accuracy_at_0.5']:.1f}% at 0.50) | Video F1" in text
     assert result.best_video_accuracy >= 0.9
 
     model = load_model(out)
