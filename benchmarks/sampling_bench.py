@@ -18,6 +18,7 @@ and the bytes each read against the file sizes. Writes ``benchmarks/results/samp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import re
@@ -27,7 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, NamedTuple
 
 import av
 import torch
@@ -173,17 +174,48 @@ def linked_copies(path: Path, count: int, folder: Path) -> list[Path]:
     return out
 
 
-def parse_layout(text: str) -> tuple[int, int, int, int, bool, bool]:
+#: The interpreter's thread switch interval of an ``i`` layout (Python's default is 5 ms).
+SHORT_SWITCH_MS = 0.5
+
+
+class Layout(NamedTuple):
+    processes: int
+    streams: int
+    per_run: int  # DALI samples per run of one stream's pipeline
+    threads: int  # that pipeline's threads
+    uncrop: bool  # H.264/HEVC clips without their SPS cropping (``sampling._uncrop``)
+    streamed: bool  # the streaming decoder (``sampling._stream_decoder``)
+    switch_ms: float | None = None  # ``sys.setswitchinterval`` for the row, in ms (None: as it is)
+
+
+def parse_layout(text: str) -> Layout:
     """``4p2x4x4`` -> (processes 4, streams 2, samples per run 4, threads 4, uncropped SPS True, streamed False);
     ``2x8x8`` is one process; a trailing ``c`` keeps H.264/HEVC clips cropped (``4x4x4c``: DALI's decoder cache
     missing on 1080p H.264, the A/B for ``sampling._uncrop``); a trailing ``s`` decodes with the streaming
     decoder (``sampling._stream_decoder``: one decoder set-up per long merged clip; "samples per run" are then
-    its sequences of 16 frames)."""
-    match = re.fullmatch(r"(?:(\d+)p)?(\d+)x(\d+)x(\d+)(c?)(s?)", text.strip())
+    its sequences of 16 frames); a trailing ``i`` runs the row with a ``SHORT_SWITCH_MS`` switch interval (in
+    this process): whether prepare and decode threads lose time waiting for the GIL a busy thread holds for
+    Python's default 5 ms (a convoy: each FFmpeg read through a Python file, each return from DALI, waits)."""
+    match = re.fullmatch(r"(?:(\d+)p)?(\d+)x(\d+)x(\d+)(c?)(s?)(i?)", text.strip())
     if not match:
-        raise ValueError(f"a layout is [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c][s], like 4p2x4x4; got {text!r}")
+        raise ValueError(f"a layout is [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c][s][i], like 4p2x4x4; got {text!r}")
     processes, streams, per_run, threads = (int(g) if g else 1 for g in match.groups()[:4])
-    return processes, streams, per_run, threads, not match.group(5), bool(match.group(6))
+    return Layout(processes, streams, per_run, threads, not match.group(5), bool(match.group(6)),
+                  SHORT_SWITCH_MS if match.group(7) else None)
+
+
+@contextlib.contextmanager
+def switch_interval(ms: float | None) -> Iterator[None]:
+    """The interpreter's thread switch interval set to ``ms`` inside (unchanged for ``None``)."""
+    if ms is None:
+        yield
+        return
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(ms / 1000)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
 
 
 def try_sampler(device: str, videos: list[Path], **config: Any) -> dict[str, Any]:
@@ -306,12 +338,15 @@ def main(argv: list[str] | None = None) -> int:
                              **try_sampler("gpu", videos, mode="keyframe", size=args.size, streams=streams)})
                 _print_row(spec, rows[-1])
             for layout in filter(None, args.layouts.split(",")):
-                processes, streams, per_run, threads, uncrop, streamed = parse_layout(layout)
-                rows.append({"backend": "gpu", "mode": "keyframe", "streams": streams * processes, "layout": layout,
-                             "processes": processes, "videos": n_videos, "uncrop_sps": uncrop,
-                             "stream_decode": streamed,
-                             **try_sampler("gpu", videos, layout=(per_run, threads, uncrop), processes=processes,
-                                           mode="keyframe", size=args.size, streams=streams, stream_decode=streamed)})
+                shape = parse_layout(layout)
+                with switch_interval(shape.switch_ms):
+                    measured = try_sampler("gpu", videos, layout=(shape.per_run, shape.threads, shape.uncrop),
+                                           processes=shape.processes, mode="keyframe", size=args.size,
+                                           streams=shape.streams, stream_decode=shape.streamed)
+                rows.append({"backend": "gpu", "mode": "keyframe", "streams": shape.streams * shape.processes,
+                             "layout": layout, "processes": shape.processes, "videos": n_videos,
+                             "uncrop_sps": shape.uncrop, "stream_decode": shape.streamed,
+                             "switch_interval_ms": shape.switch_ms or 1000 * sys.getswitchinterval(), **measured})
                 _print_row(spec, rows[-1])
             exact_videos = videos[:n_videos if args.gpu_exact_videos is None else args.gpu_exact_videos]
             if exact_videos:  # --gpu-exact-videos 0: no exact row

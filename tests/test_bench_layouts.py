@@ -22,10 +22,18 @@ def sampling_bench():
 
 
 def test_layouts_name_processes_streams_and_dali_run_shape(sampling_bench) -> None:
-    assert sampling_bench.parse_layout("4p2x4x4") == (4, 2, 4, 4, True, False)
-    assert sampling_bench.parse_layout("2x8x8") == (1, 2, 8, 8, True, False)
-    assert sampling_bench.parse_layout("4x4x4c") == (1, 4, 4, 4, False, False)
-    assert sampling_bench.parse_layout("2p4x4x4s") == (2, 4, 4, 4, True, True)
+    assert sampling_bench.parse_layout("4p2x4x4") == (4, 2, 4, 4, True, False, None)
+    assert sampling_bench.parse_layout("2x8x8") == (1, 2, 8, 8, True, False, None)
+    assert sampling_bench.parse_layout("4x4x4c") == (1, 4, 4, 4, False, False, None)
+    assert sampling_bench.parse_layout("2p4x4x4s") == (2, 4, 4, 4, True, True, None)
+    row = sampling_bench.parse_layout("4x4x4si")  # the GIL switch-interval A/B
+    assert row.streamed and row.switch_ms == sampling_bench.SHORT_SWITCH_MS
+    before = sys.getswitchinterval()
+    with sampling_bench.switch_interval(row.switch_ms):
+        assert sys.getswitchinterval() == pytest.approx(row.switch_ms / 1000)
+    with sampling_bench.switch_interval(None):
+        assert sys.getswitchinterval() == before
+    assert sys.getswitchinterval() == before
     with pytest.raises(ValueError, match="4p2x4x4"):
         sampling_bench.parse_layout("4p2x4")
 
