@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from quadvault_dali.scan.crashguard import CrashJournal, StallWatch, check_in_child, journal_path, take_suspects
+from quadvault_dali.scan.crashguard import (CrashJournal, StallWatch, check_in_child, check_videos, journal_path,
+                                            take_suspects)
 
 
 def _journal(out: Path, tag: str, started: list[str], finished: list[str]) -> None:
@@ -130,3 +131,38 @@ def test_a_slow_but_steady_check_is_not_a_hang(tmp_path: Path, make_clip, monkey
                          size=64, stall_s=3.0)
     assert why is None
     assert time.monotonic() - started > 5.0  # it really ran past stall_s
+
+
+CRASH_HOOK = '''
+import os, signal
+if os.environ.get("QV_TEST_CRASH_ON"):
+    with open(os.environ["QV_TEST_STARTS"], "a") as fh:  # one line per process start
+        fh.write("start\\n")
+    import quadvault_dali.sampling._cpu as _cpu
+    real = _cpu.CpuSampler.decode_video
+    def decode_video(self, path, outcome, emit, **kw):
+        if path.name in os.environ["QV_TEST_CRASH_ON"].split(","):
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return real(self, path, outcome, emit, **kw)
+    _cpu.CpuSampler.decode_video = decode_video
+'''
+
+
+def test_many_suspects_share_a_child_and_only_the_crashers_are_blamed(tmp_path: Path, make_clip,  # type: ignore[no-untyped-def]
+                                                                    broken_clips: dict[str, Path],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kill -9 of a GPU scan leaves every queued video (~100) a suspect: one child process each took
+    minutes to resume. One child now takes them in turn; a crash costs one more start, on the next video."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(CRASH_HOOK)
+    starts = tmp_path / "starts.log"
+    monkeypatch.setenv("QV_TEST_CRASH_ON", "guard_c1.mp4,guard_c3.mp4")
+    monkeypatch.setenv("QV_TEST_STARTS", str(starts))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]))
+    clips = [make_clip(f"guard_c{i}.mp4", duration_s=1.0, source_id=i) for i in range(5)]
+    videos = [clips[0], clips[1], broken_clips["text"], clips[2], clips[3], clips[4]]
+    verdicts = check_videos(videos, device="cpu", mode="auto", fps=1.0, size=64)
+    assert set(verdicts) == {clips[1], clips[3]}
+    assert all("the decoder crashed on this file (SIGSEGV)" in why for why in verdicts.values())
+    assert starts.read_text().count("start") == 3  # one child, and one more after each crash

@@ -13,7 +13,7 @@ A decoder can also hang instead of dying. ``StallWatch`` notices when no frame h
 time, names the videos in flight, and keeps the journal even if the user then stops the scan with Ctrl-C,
 so the same command isolates them on the next start.
 
-``python -m quadvault_dali.scan.crashguard VIDEO --device ...`` is that child.
+``python -m quadvault_dali.scan.crashguard --device ... -- VIDEO...`` is that child.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterable, TextIO
+from typing import Iterable, Sequence, TextIO
 
 from .._files import atomic_path
 from .shards import output_error
@@ -161,65 +161,109 @@ class StallWatch:
 
 def check_in_child(path: Path, *, device: str, mode: str, fps: float, size: int, device_id: int = 0,
                    stall_s: float = CHECK_STALL_S) -> str | None:
-    """Samples ``path`` in a child process; ``None`` when the decoder survives it, else what happened.
+    """Samples ``path`` in a child process; ``None`` when the decoder survives it, else what happened."""
+    return check_videos([path], device=device, mode=mode, fps=fps, size=size, device_id=device_id,
+                        stall_s=stall_s).get(path)
 
-    A hang is ``stall_s`` without a new sampled frame, not a time limit on the whole check: a long 4K file
-    decoded on the CPU in exact mode may take far longer than any fixed limit and still be fine.
+
+def check_videos(paths: Sequence[Path], *, device: str, mode: str, fps: float, size: int, device_id: int = 0,
+                 stall_s: float = CHECK_STALL_S) -> dict[Path, str]:
+    """``{path: what happened}`` for the ``paths`` the decoder crashed or hung on, sampled one after another
+    in child processes.
+
+    One child takes them in turn, saying when each starts and ends; a crash or a hang ends it, the video it
+    was on is the culprit, and a new child goes on after it. So N suspects cost one process start (a second
+    or more: Python, PyTorch, DALI) plus one per culprit, not one each: a ``kill -9`` of a GPU scan leaves
+    every video it had queued (~100) as a suspect. A hang is ``stall_s`` without a sign of progress (a frame,
+    a video started or done), not a limit on the whole check: a long 4K file decoded on the CPU in exact mode
+    may take far longer than any fixed limit and still be fine.
     """
-    cmd = [sys.executable, "-m", "quadvault_dali.scan.crashguard", str(path), "--device", device, "--mode", mode,
-           "--fps", repr(fps), "--size", str(size), "--device-id", str(device_id)]
+    verdicts: dict[Path, str] = {}
+    todo = list(paths)
+    while todo:
+        done, on, why = _check_in_one_child(todo, device=device, mode=mode, fps=fps, size=size,
+                                            device_id=device_id, stall_s=stall_s)
+        if why is None:
+            break  # all checked (or the child could not run at all: the scan itself will tell)
+        if on is None:  # died between two videos: no culprit; the rest get a fresh child, unless none started
+            log.warning("the check process died between videos (%s)", why)
+            if done == 0:
+                break
+            todo = todo[done:]
+            continue
+        verdicts[todo[on]] = why
+        todo = todo[on + 1:]
+    return verdicts
+
+
+def _check_in_one_child(paths: Sequence[Path], *, device: str, mode: str, fps: float, size: int, device_id: int,
+                        stall_s: float) -> tuple[int, int | None, str | None]:
+    """(videos finished, index of the one in progress or ``None``, why the child stopped early or ``None``)."""
+    cmd = [sys.executable, "-m", "quadvault_dali.scan.crashguard", "--device", device, "--mode", mode,
+           "--fps", repr(fps), "--size", str(size), "--device-id", str(device_id), "--", *map(str, paths)]
     child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     last = [time.monotonic()]
+    state = {"finished": 0, "on": None}  # what the child said last
     stderr: list[bytes] = []
 
-    def follow() -> None:  # one line per sampled frame
+    def follow() -> None:  # "S i" / "F i" around each video, "." per batch of frames
         assert child.stdout is not None
-        for _ in child.stdout:
+        for line in child.stdout:
             last[0] = time.monotonic()
+            kind, _, index = line.decode(errors="replace").strip().partition(" ")
+            if kind == _STARTED and index.isdigit():
+                state["on"] = int(index)
+            elif kind == _FINISHED and index.isdigit():
+                state["on"], state["finished"] = None, int(index) + 1
 
     readers = [threading.Thread(target=follow, daemon=True),
                threading.Thread(target=lambda: stderr.append(child.stderr.read() if child.stderr else b""),
                                 daemon=True)]
     for reader in readers:
         reader.start()
+    why: str | None = None
     try:
         while child.poll() is None:
             if time.monotonic() - last[0] > stall_s:
-                return f"no frame came for {stall_s:.0f} s in an isolated check (the decoder hangs on it)"
-            time.sleep(min(1.0, stall_s / 10))
+                why = f"no frame came for {stall_s:.0f} s in an isolated check (the decoder hangs on it)"
+                break
+            time.sleep(min(0.2, stall_s / 10))
     finally:  # a hang, or the scan stopped meanwhile (Ctrl-C, SIGTERM): the child must not outlive it
         if child.poll() is None:
             child.kill()
             child.wait()
     for reader in readers:
         reader.join(timeout=5)
-    if child.returncode < 0:
+    if why is None and child.returncode < 0:
         try:
             name = signal.Signals(-child.returncode).name
         except ValueError:
             name = f"signal {-child.returncode}"
-        return f"the decoder crashed on this file ({name}); skipped so the scan can go on"
-    if child.returncode not in (0, 1):
+        why = f"the decoder crashed on this file ({name}); skipped so the scan can go on"
+    elif why is None and child.returncode != 0:
         tail = b"".join(stderr).decode(errors="replace").strip().splitlines()[-1:] or [""]
-        log.debug("isolated check of %s exited %d: %s", path, child.returncode, tail[0])
-    return None
+        log.debug("isolated check exited %d: %s", child.returncode, tail[0])
+    return int(state["finished"]), state["on"], why  # type: ignore[arg-type]
 
 
 def isolate_suspects(suspects: Iterable[Path], **check: object) -> dict[Path, str]:
     """``{path: why}`` for the suspects whose isolated check crashed or hung."""
-    crashed: dict[Path, str] = {}
-    for path in suspects:
-        log.warning("%s was being decoded when the last scan died; checking it in a separate process", path)
-        why = check_in_child(path, **check)  # type: ignore[arg-type]
-        if why is not None:
-            log.warning("%s: %s", path, why)
-            crashed[path] = why
+    suspects = list(suspects)
+    if not suspects:
+        return {}
+    names = ", ".join(str(p) for p in suspects[:3]) + (f" and {len(suspects) - 3} more" if len(suspects) > 3 else "")
+    log.warning("%d video(s) were being decoded when the last scan died (%s); checking them in a separate process",
+                len(suspects), names)
+    crashed = check_videos(suspects, **check)  # type: ignore[arg-type]
+    for path, why in crashed.items():
+        log.warning("%s: %s", path, why)
     return crashed
 
 
 def _main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Sample one video, as a scan would, to see whether it survives.")
-    ap.add_argument("video", type=Path)
+    ap = argparse.ArgumentParser(description="Sample videos one at a time, as a scan would, to see whether the "
+                                 "decoder survives each.")
+    ap.add_argument("videos", type=Path, nargs="+")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--mode", default="auto")
     ap.add_argument("--fps", type=float, default=1.0)
@@ -230,13 +274,15 @@ def _main(argv: list[str] | None = None) -> int:
 
     sampler = create_sampler(args.device, fps=args.fps, mode=args.mode, size=args.size, streams=1, batch_size=1,
                              device_id=args.device_id)
-    for batch in sampler.iter_batches([args.video]):
-        if len(batch):
-            print(len(batch), flush=True)  # progress for the parent's stall watch
-        for outcome in batch.completed:
-            if outcome.error is not None:  # an ordinary bad file: the scan itself records it
-                print(outcome.error, file=sys.stderr)
-                return 1
+    for i, video in enumerate(args.videos):
+        print(f"{_STARTED} {i}", flush=True)  # the parent blames the video in progress when this process dies
+        for batch in sampler.iter_batches([video]):
+            if len(batch):
+                print(".", flush=True)  # progress for the parent's stall watch
+            for outcome in batch.completed:
+                if outcome.error is not None:  # an ordinary bad file: the scan itself records it
+                    print(outcome.error, file=sys.stderr)
+        print(f"{_FINISHED} {i}", flush=True)
     return 0
 
 
