@@ -55,14 +55,21 @@ def non_utf8_name(path: str | os.PathLike[str]) -> str | None:
         return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
+def _linked(path: Path) -> bool:
+    """Whether ``path`` reaches its file through a symbolic link (itself or a folder on the way)."""
+    return os.path.realpath(path) != os.path.abspath(path)
+
+
 def find_videos(roots: Iterable[str | os.PathLike[str]], *,
                 on_error: Callable[[Path, OSError], None] | None = None,
                 descend: Callable[[Path], bool] | None = None) -> list[Path]:
     """Every video file under ``roots`` (files are taken as given), sorted, each real file once.
 
     Hidden and system folders are skipped; symlinked folders are followed, but a folder already seen
-    (by device and inode) is not entered again, so link loops end. Unreadable folders are reported
-    through ``on_error`` (default: a warning) and skipped. A camera's low-resolution proxy (.LRV, .LRF)
+    (by device and inode) is not entered again, so link loops end. Linked folders are entered after every
+    real one, and a file met through links and under its own name keeps its own, so its path stays the same
+    whatever links come and go. Unreadable folders are reported through ``on_error`` (default: a warning)
+    and skipped. A camera's low-resolution proxy (.LRV, .LRF)
     is skipped when its original is in the same folder: scoring both would list every highlight twice.
     So is a reel this tool made (its ``.clips.csv`` beside it): made of highlights, it would top the next
     scan. Files named as roots are always taken. ``descend`` (a folder below a root -> whether to enter it)
@@ -70,7 +77,7 @@ def find_videos(roots: Iterable[str | os.PathLike[str]], *,
     """
     report = on_error or (lambda p, e: log.warning("cannot read folder %s: %s", p, e.strerror or e))
     seen_dirs: set[tuple[int, int]] = set()
-    seen_files: set[tuple[int, int]] = set()
+    seen_files: dict[tuple[int, int], int] = {}  # (device, inode) -> its index in ``found``
     found: list[Path] = []
     skipped = {"proxy": 0, "reel": 0}  # proxies beside their originals, reels beside their clip lists
 
@@ -82,8 +89,12 @@ def find_videos(roots: Iterable[str | os.PathLike[str]], *,
             return
         key = (st.st_dev, st.st_ino)
         if key not in seen_files:
-            seen_files.add(key)
+            seen_files[key] = len(found)
             found.append(path)
+        elif _linked(found[seen_files[key]]) and not _linked(path):
+            # the file itself, not a link met first: a new link sorting earlier must not change its path
+            # (a scan would then record the same video twice)
+            found[seen_files[key]] = path
 
     def walk(folder: Path) -> None:
         try:
@@ -117,7 +128,11 @@ def find_videos(roots: Iterable[str | os.PathLike[str]], *,
             if is_dir:
                 if entry.name.startswith(".") or entry.name.lower() in SKIPPED_DIRS:
                     continue
-                if descend is None or descend(path):
+                if descend is not None and not descend(path):
+                    continue
+                if entry.is_symlink():  # after every real folder: a link sorting first must not claim them
+                    linked.append(path)
+                else:
                     walk(path)
             elif is_video_file(path):
                 if path.suffix.lower() in PROXY_EXTENSIONS and originals.intersection(proxy_original_stems(path)):
@@ -127,6 +142,7 @@ def find_videos(roots: Iterable[str | os.PathLike[str]], *,
                 else:
                     add_file(path)
 
+    linked: list[Path] = []  # symlinked folders met on the way, walked once the real ones are
     for root in roots:
         root_path = Path(root)
         if root_path.is_dir():
@@ -135,6 +151,8 @@ def find_videos(roots: Iterable[str | os.PathLike[str]], *,
             add_file(root_path)
         else:
             report(root_path, FileNotFoundError(2, "No such file or folder", str(root_path)))
+    while linked:
+        walk(linked.pop(0))
     if skipped["proxy"]:
         log.info("skipped %d low-resolution proxy files (.LRV/.LRF) whose originals are beside them",
                  skipped["proxy"])

@@ -34,6 +34,20 @@ def test_symlink_loops_and_duplicates(tmp_path: Path) -> None:
     assert found == [tmp_path / "lib" / "a.mp4"]
 
 
+def test_a_file_met_through_links_first_keeps_its_own_path(tmp_path: Path) -> None:
+    """Links that sort before the file ('a_link.mp4' < 'sub/') met it first, so its path changed whenever a
+    link was added: a resumed scan then recorded the same video twice."""
+    clip = _touch(tmp_path / "lib" / "sub" / "clip.MP4")
+    os.symlink("sub/clip.MP4", tmp_path / "lib" / "b_link.mp4")
+    assert find_videos([tmp_path / "lib"]) == [clip]
+    os.symlink("sub/clip.MP4", tmp_path / "lib" / "a_link.mp4")
+    os.symlink("sub", tmp_path / "lib" / "a_folder_link")
+    assert find_videos([tmp_path / "lib"]) == [clip]
+    outside = _touch(tmp_path / "elsewhere" / "x.mp4")
+    os.symlink(outside, tmp_path / "lib" / "x_link.mp4")  # only a link reaches it: the link it is
+    assert find_videos([tmp_path / "lib"]) == [clip, tmp_path / "lib" / "x_link.mp4"]
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads every folder")
 def test_unreadable_folder_is_reported_not_fatal(tmp_path: Path) -> None:
     _touch(tmp_path / "ok" / "a.mp4")

@@ -274,7 +274,8 @@ def test_an_output_folder_that_cannot_be_written_is_a_clear_error(library: Path,
         _scan(library, out)
 
 
-def test_deleted_and_moved_videos_leave_the_results(library: Path, tmp_path: Path) -> None:
+def test_deleted_and_moved_videos_leave_the_results(library: Path, tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
     """Totals and highlights describe the library as it is: a deleted file's rows go, a moved file is listed
     once under its new name; an empty library folder (an unmounted disk's mount point) retires nothing."""
     lib = tmp_path / "lib"
@@ -307,8 +308,26 @@ def test_deleted_and_moved_videos_leave_the_results(library: Path, tmp_path: Pat
     # the whole disk goes away: its mount point is an empty folder; nothing is retired
     shutil.rmtree(lib)
     lib.mkdir()
-    empty = _scan(lib, out)
+    with caplog.at_level("WARNING"):
+        empty = _scan(lib, out)
     assert empty.totals.total == len(_videos(out)) and empty.superseded == 0 and kept <= set(_videos(out))
+    assert f"found no videos under {lib.resolve()} (is the disk mounted?)" in caplog.text
+
+
+def test_the_same_library_through_a_link_is_the_same_scan(library: Path, tmp_path: Path) -> None:
+    """A library scanned as /footage, then through a link to it (or the other way round), scanned every
+    video again and listed each highlight twice; so did a new link that met a file before its own name."""
+    lib = tmp_path / "lib"
+    shutil.copytree(library, lib)
+    out = tmp_path / "out"
+    first = _scan(lib, out)
+    (tmp_path / "footage").symlink_to(lib)
+    again = _scan(tmp_path / "footage", out)
+    assert again.run.videos == 0 and again.totals.total == first.totals.total
+    (lib / "0_alias.mp4").symlink_to(lib / "2024" / "calm_mjpeg_30.mkv")
+    linked = _scan(lib, out)
+    assert linked.run.videos == 0 and linked.totals.total == first.totals.total
+    assert all(str(lib) in p and "0_alias" not in p for p in _videos(out))
 
 
 def test_jobs_that_split_the_library_differently_cannot_share_a_folder(library: Path, tmp_path: Path) -> None:

@@ -151,7 +151,7 @@ def select_files(libraries: Sequence[Path], shard: tuple[int, int] = (0, 1), *,
     seen: set[str] = set()
 
     def report(path: Path, exc: OSError) -> None:
-        log.warning("cannot read folder %s: %s", path, exc.strerror or exc)
+        log.warning("cannot read folder %s: %s" if path.is_dir() else "cannot read %s: %s", path, exc.strerror or exc)
         if unreadable is not None:
             unreadable.append(path)
 
@@ -340,7 +340,9 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
     ``on_progress(stats, total_todo)`` is called after every batch.
     """
     started = time.perf_counter()
-    libs = [Path(os.path.abspath(p)) for p in libraries]
+    # symlinks resolved: the same footage reached through a link (or the link's target) must match the same rows,
+    # or a second scan through the other path counted every video twice
+    libs = [Path(os.path.realpath(p)) for p in libraries]
     for lib in libs:
         if not lib.exists():
             raise VideoOpenError("library folder not found", path=lib, hint="check the path and that the disk is mounted")
@@ -373,6 +375,10 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
         cleanup_partial(out, options.tag)
         unreadable: list[Path] = []
         files = select_files(libs, options.shard, unreadable=unreadable)
+        for lib in libs:
+            if lib.is_dir() and not any(lib == f.path or lib in f.path.parents for f in files):
+                log.warning("found no videos under %s%s (is the disk mounted?)", lib,
+                            " in this shard" if options.shard[1] > 1 else "")
         plan = plan_resume(files, out, fingerprint=fingerprint, fps=options.fps, mode=options.mode,
                            resume=options.resume, gone=vanished(libs, files, options.shard, unreadable),
                            retry_errors=options.retry_errors)
