@@ -39,3 +39,6 @@ def sample(video: Path, out_dir: Path, fps: float, mode: str, size: int, square:
             Image.fromarray(image).save(tmp, format="JPEG", quality=92)
     click.echo(f"{len(times)} frames ({outcome.mode} mode, {sampler.backend} backend, "
                f"{outcome.bytes_read / max(outcome.info.size_bytes, 1):.0%} of the file read) -> {out_dir}")
+    if outcome.frames_expected and len(times) < outcome.frames_expected:
+        click.echo(f"Warning: {outcome.frames_expected - len(times)} of {outcome.frames_expected} sampled frames "
+                   "did not decode (damaged data); see -v for where", err=True)

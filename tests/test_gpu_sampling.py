@@ -194,6 +194,7 @@ def test_engine_on_cpu_decoder_matches_cpu_backend(cpu_decodable: list[tuple[Pat
         assert times[path] == pytest.approx(cpu_times, abs=1e-6)
         outcome = next(o for o in outcomes if o.path == path)
         assert outcome.frames == len(times[path]) and outcome.mode == cpu_outcome.mode == mode
+        assert outcome.frames_expected == cpu_outcome.frames_expected == outcome.frames
         assert outcome.bytes_read > 0
 
 

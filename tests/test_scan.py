@@ -58,7 +58,7 @@ def test_every_video_gets_its_rows(library: Path, tmp_path: Path) -> None:
     for rel, (spec, n_seconds) in GOOD.items():
         row = videos[str(library / rel)]
         assert row["status"] == "ok" and row["error_message"] is None, row
-        assert row["frames_scored"] == n_seconds == len(seconds[row["path"]])
+        assert row["frames_scored"] == n_seconds == len(seconds[row["path"]]) == row["frames_expected"]
         assert row["codec"] == spec.codec and row["fps"] == pytest.approx(spec.fps, rel=1e-3)
         assert (row["width"], row["height"], row["rotation"]) == (spec.width, spec.height, spec.rotation)
         assert row["model_fingerprint"] == FINGERPRINT
@@ -312,6 +312,25 @@ def test_deleted_and_moved_videos_leave_the_results(library: Path, tmp_path: Pat
         empty = _scan(lib, out)
     assert empty.totals.total == len(_videos(out)) and empty.superseded == 0 and kept <= set(_videos(out))
     assert f"found no videos under {lib.resolve()} (is the disk mounted?)" in caplog.text
+
+
+def test_seconds_that_do_not_decode_are_visible_in_an_ok_row(tmp_path: Path) -> None:
+    """Two damaged keyframes of six: the video is scored from the four that decode, and its row says six
+    were planned (before, only frames_scored against duration_s hinted at the loss)."""
+    from quadvault_dali.probe import probe_video
+
+    lib = tmp_path / "lib"
+    clip = make_video(lib / "scratched.mp4", SynthSpec(duration_s=6.0, fps=10, keyframe_interval_s=1.0,
+                                                       width=160, height=96, source_id=5))
+    _, index = probe_video(clip, with_index=True)
+    data = bytearray(clip.read_bytes())
+    for row in np.flatnonzero(index.is_key & (np.abs(index.pts - 2.5) < 1.0)):  # the keyframes at 2 s and 3 s
+        data[index.pos[row]:index.pos[row] + index.size[row]] = bytes(int(index.size[row]))
+    clip.write_bytes(bytes(data))
+    _scan(lib, tmp_path / "out", mode="keyframe")
+    (row,) = _videos(tmp_path / "out").values()
+    assert row["status"] == "ok" and (row["frames_scored"], row["frames_expected"]) == (4, 6)
+    assert [round(s["timestamp_s"]) for s in _seconds(tmp_path / "out")[str(clip)]] == [0, 1, 4, 5]
 
 
 def test_the_same_library_through_a_link_is_the_same_scan(library: Path, tmp_path: Path) -> None:

@@ -169,7 +169,7 @@ class CpuSampler(Sampler):
                 info, index = probe_open(container, path)
                 outcome.info, outcome.decoder = info, "pyav"
                 plan = plan_samples(info, index, fps=cfg.fps, mode=cfg.mode)
-                outcome.mode = plan.mode
+                outcome.mode, outcome.frames_expected = plan.mode, plan.expected_frames
                 container = rewound(container, path, fh, index)
                 stream = container.streams[info.stream_index]
                 stream.codec_context.thread_count = 2

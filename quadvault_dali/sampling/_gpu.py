@@ -143,7 +143,7 @@ class DaliSampler(Sampler):
                 return why_not, 0
             task.outcome.decoder = self.decoder_name
             plan = plan_samples(info, index, fps=cfg.fps, mode=cfg.mode)
-            task.outcome.mode = plan.mode
+            task.outcome.mode, task.outcome.frames_expected = plan.mode, plan.expected_frames
             container = rewound(container, task.path, fh, index)
             budget = self._frame_cap or frame_budget(info.coded_width, info.coded_height, self.clip_pixels)
             cut = iter(plan_clips(plan, container, fh, max_frames=budget,  # type: ignore[arg-type]
@@ -209,6 +209,8 @@ class DaliSampler(Sampler):
                 hand_over()
         finally:
             task.outcome.mode = own.mode
+            if task.outcome.frames_expected is None:  # planned by the CPU decoder alone
+                task.outcome.frames_expected = own.frames_expected
             task.add_bytes(own.bytes_read)
         return seq
 

@@ -31,6 +31,9 @@ class VideoOutcome:
     decoder: str | None = None
     #: why the gpu backend decoded this video (or its rest) on the CPU (``None`` when it did not)
     fallback_reason: str | None = None
+    #: frames its sampling plan holds (``None`` before it was planned); fewer ``frames`` than this means
+    #: seconds that did not decode (damaged data the decoder skipped), though the video is ``ok``
+    frames_expected: int | None = None
 
     @property
     def ok(self) -> bool:

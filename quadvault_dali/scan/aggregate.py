@@ -82,7 +82,7 @@ class Aggregator:
 
     def finish(self, path: Path, *, info: VideoInfo | None, mode: str | None, bytes_read: int,
                error: QuadvaultError | None, size_bytes: int, mtime_ns: int, decoder: str | None = None,
-               decoder_note: str | None = None) -> VideoRows:
+               decoder_note: str | None = None, frames_expected: int | None = None) -> VideoRows:
         """The rows of ``path``; its pending scores are dropped from memory."""
         pending = self._pending.pop(path, None) or _Pending(started=time.perf_counter())
         n_models = pending.scores[0].shape[1] if pending.scores else 0
@@ -121,6 +121,7 @@ class Aggregator:
             "decoder": decoder,
             "decoder_note": decoder_note,
             "frames_scored": len(times),
+            "frames_expected": frames_expected,
             "bytes_read": int(bytes_read),
             **aggs,
             "model_means": per_model.mean(axis=0).tolist() if len(times) else None,

@@ -266,7 +266,8 @@ def scan_files(files: Sequence[FileState], scorers: Sequence[Scorer], options: S
         else:
             rows = agg.finish(state.path, info=outcome.info, mode=outcome.mode, bytes_read=outcome.bytes_read,
                               error=outcome.error, size_bytes=state.size_bytes, mtime_ns=state.mtime_ns,
-                              decoder=outcome.decoder, decoder_note=outcome.fallback_reason)
+                              decoder=outcome.decoder, decoder_note=outcome.fallback_reason,
+                              frames_expected=outcome.frames_expected)
         _count(stats, rows, state, outcome.bytes_read if outcome else 0)
         if not rows.ok:
             log.info("error: %s", rows.video["error_message"])

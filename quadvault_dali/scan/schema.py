@@ -30,7 +30,7 @@ from typing import Literal, Sequence
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.2"  # 1.1: videos.decoder, videos.decoder_note; 1.2: videos.sampling_fps
+SCHEMA_VERSION = "1.3"  # 1.1: videos.decoder, videos.decoder_note; 1.2: videos.sampling_fps; 1.3: videos.frames_expected
 Table = Literal["seconds", "videos"]
 
 
@@ -65,6 +65,8 @@ VIDEOS_SCHEMA = pa.schema([
     _field("decoder_note", pa.string(), "Why a GPU scan decoded this video on the CPU (AV1 on an H100, 4:2:2, "
                                         "a size NVDEC does not take); null otherwise. Since 1.1."),
     _field("frames_scored", pa.int32(), "Number of rows this video has in the seconds table.", False),
+    _field("frames_expected", pa.int32(), "Frames the sampling plan held: more than frames_scored in an ok row "
+                                          "means seconds that did not decode (damaged data). Since 1.3."),
     _field("bytes_read", pa.int64(), "Bytes of the file read to sample it (keyframe mode reads far less).", False),
     _field("score_mean", pa.float32(), "Mean of the per-second ensemble scores."),
     _field("score_max", pa.float32(), "Best second's ensemble score."),
