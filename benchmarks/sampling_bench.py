@@ -360,10 +360,12 @@ def main(argv: list[str] | None = None) -> int:
         for mode in ("keyframe", "exact"):
             rows.append({"backend": "cpu", "mode": mode, "streams": cpu_workers, "videos": n_cpu_videos,
                          **run_sampler("cpu", cpu_videos, mode=mode, size=args.size, streams=cpu_workers)})
+        with av.open(str(path)) as container:  # x264's fast presets write Constrained Baseline (no CABAC, no
+            profile = container.streams.video[0].codec_context.profile  # B-frames); drones write High
         for row in rows:
             size_total = path.stat().st_size * row["videos"]
             row.update(clip=spec.name, codec=spec.codec, resolution=f"{spec.width}x{spec.height}",
-                       keyframe_interval_s=spec.keyframe_s, file_bytes=size_total,
+                       profile=profile, keyframe_interval_s=spec.keyframe_s, file_bytes=size_total,
                        read_fraction=round(row["bytes_read"] / size_total, 3),
                        vs_baseline=round(row["sampled_fps"] / base["sampled_fps"], 2) if base["sampled_fps"] else None)
             if row["backend"] != "gpu":
