@@ -122,6 +122,11 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
     if run.cpu_fallbacks:
         click.echo(f"{run.cpu_fallbacks:,} videos were decoded (in part) on the CPU: NVDEC cannot or did not "
                    "decode them (see the decoder_note column of the videos table).")
+    if summary.unreadable:
+        shown = ", ".join(str(p) for p in summary.unreadable[:3])
+        more = f" and {len(summary.unreadable) - 3} more" if len(summary.unreadable) > 3 else ""
+        click.echo(f"Warning: {len(summary.unreadable)} folders or links could not be read, so their videos are not "
+                   f"in this scan (earlier rows kept): {shown}{more}", err=True)
     click.echo(f"Highlights: {summary.highlights_path}")
     click.echo(summary.line)
 

@@ -150,6 +150,20 @@ def test_without_threshold_the_scan_uses_the_models_own(library: Path, model_dir
     assert json.loads((out / "highlights.json").read_text())["threshold"] == pytest.approx(0.61)
 
 
+def test_what_discovery_could_not_read_is_said_at_the_end(library: Path, model_dir: Path, tmp_path: Path) -> None:
+    """A link whose disk is not there (or a locked folder) was one WARNING line among the progress output."""
+    import shutil
+
+    lib = tmp_path / "lib"
+    shutil.copytree(library / "2024", lib)
+    (lib / "DJI_0099.MP4").symlink_to(tmp_path / "unplugged" / "DJI_0099.MP4")
+    result = CliRunner().invoke(cli, ["-q", "scan", str(lib), "-m", str(model_dir), "-o", str(tmp_path / "out"),
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert (f"Warning: 1 folders or links could not be read, so their videos are not in this scan (earlier rows "
+            f"kept): {lib.resolve() / 'DJI_0099.MP4'}") in result.output
+
+
 def test_batch_classify_writes_output_json_and_shards(library: Path, model_dir: Path, tmp_path: Path) -> None:
     output = tmp_path / "results" / "highlights.json"
     result = CliRunner().invoke(cli, ["-q", "batch-classify", str(library), str(model_dir), str(output),

@@ -108,6 +108,8 @@ class ScanSummary:
     superseded: int
     wall_s: float
     highlights_path: Path
+    #: folders (or linked files) discovery could not read: their videos are in no row of this run
+    unreadable: list[Path] = field(default_factory=list)
 
     @property
     def line(self) -> str:
@@ -405,7 +407,7 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
         lock.release()
         layout.release()
     return ScanSummary(out, totals, stats, len(plan.skipped), superseded, time.perf_counter() - started,
-                       highlights_path)
+                       highlights_path, unreadable)
 
 
 def _isolate_crashers(out: Path, todo: Sequence[FileState], scorers: Sequence[Scorer],
