@@ -12,7 +12,8 @@
 # session, so it outlives this call on a warm machine), tests, sampling, prep (benchmarks/prep_bench.py: the gpu
 # backend's Python side alone on this host's CPU, ~15 s, $OUT/prep_<gpu>.json), diagnose (benchmarks/gpu_diagnose.py: the
 # decode cost structure and colour checks, ~2 min, $OUT/diagnose_<gpu>.json), scan (waits for a prebuild), train,
-# corpus (tests/test_scan_corpus.py on the GPU, only when QUADVAULT_CORPUS names a copy of the corpus),
+# corpus (tests/test_scan_corpus.py and the streaming-vs-per-sample check on the GPU, only when QUADVAULT_CORPUS
+# names a copy of the corpus),
 # demo (the README's first command, end to end on the GPU). One device command may run 10 minutes, so the
 # documented lease runs two calls:
 #   STEPS=prebuild,tests,sampling   then   STEPS=scan,train,demo   (diagnose on its own: STEPS=diagnose)
@@ -155,7 +156,8 @@ step demo "$DEMO_S" python3 -m quadvault_dali demo "$WORK/demo" --device "$DEVIC
 # The real third-party corpus through NVDEC, when a copy travelled with the call (QUADVAULT_CORPUS=its path)
 if [ -n "${QUADVAULT_CORPUS:-}" ]; then
   step corpus "$CORPUS_S" python3 -m pytest -q -m gpu -p no:cacheprovider -o addopts="-ra" \
-    --junitxml="$OUT/corpus-tests.xml" tests/test_scan_corpus.py
+    --junitxml="$OUT/corpus-tests.xml" tests/test_scan_corpus.py \
+    "tests/test_gpu_sampling.py::test_gpu_streaming_decoder_agrees_with_per_sample_decoding_on_real_footage"
 fi
 
 say "--- summary"

@@ -738,6 +738,38 @@ def test_gpu_backend_4k_clip_keyframe_mode_reads_a_fraction(make_clip: Callable[
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["keyframe", "exact"])
+def test_gpu_streaming_decoder_agrees_with_per_sample_decoding_on_real_footage(corpus: Path, mode: str) -> None:
+    """Before the streaming decoder can be the default: on every corpus file (phones, drones, 4K, rotated, VFR,
+    damaged) it gives the per-sample decoder's seconds and pictures, or fails where that fails. DALI's
+    streaming operator trusts one picture per packet; a damaged packet NVDEC skips would shift every later
+    frame without an error, and this is where that would show."""
+    from quadvault_dali.discovery import find_videos
+
+    videos = find_videos([corpus])
+    runs = {}
+    for streamed in (False, True):
+        sampler = create_sampler("gpu", mode=mode, size=SIZE, batch_size=32, streams=2, stream_decode=streamed)
+        frames: dict[Path, list[torch.Tensor]] = {}
+        times: dict[Path, list[float]] = {}
+        outcomes = {}
+        for batch in sampler.iter_batches(videos):
+            for i, (p, t) in enumerate(zip(batch.paths, batch.timestamps)):
+                frames.setdefault(p, []).append(batch.frames[i].cpu())
+                times.setdefault(p, []).append(t)
+            outcomes.update({o.path: o for o in batch.completed})
+        runs[streamed] = (frames, times, outcomes)
+    (f0, t0, o0), (f1, t1, o1) = runs[False], runs[True]
+    for path in videos:
+        assert o1[path].ok == o0[path].ok, (path, o0[path].error, o1[path].error)
+        if not o0[path].ok:
+            continue
+        assert t1[path] == t0[path], path
+        diff = (torch.stack(f1[path]).float() - torch.stack(f0[path]).float()).abs().mean(dim=(1, 2, 3))
+        assert diff.max().item() < 4.0, f"{path}: frame {int(diff.argmax())} differs by {diff.max().item():.1f}"
+
+
+@pytest.mark.gpu
 def test_gpu_backend_frames_match_cpu_backend_pixels(make_clip: Callable[..., Path]) -> None:
     """Same frames, same resize: the two backends' images differ only by resampling noise."""
     path = _gpu_clip(make_clip, "h264_30_k1", 1)
@@ -938,6 +970,8 @@ def test_streaming_decoder_fails_a_clip_whose_frame_count_is_off(short_vp9: list
     info, index = probe_open(container, path)
     clips = list(plan_clips(plan_samples(info, index, fps=1.0, mode="keyframe"), container, fh))
     container.close(), fh.close()
+    for clip in clips:
+        clip.stream_cap = 512  # cut for the streaming decoder, as the sampler does when it streams
     decoder = StreamClipDecoder("cpu", None, SIZE, True, sequences_per_run=2, num_threads=1)
     bad = replace(clips[0], packets=clips[0].packets + 1)
     results = decoder.decode([bad, clips[0]])
@@ -966,3 +1000,39 @@ def test_stream_decode_in_the_config_reaches_the_decoder(short_vp9: list[tuple[P
     used.clear()
     sum(len(b) for b in DaliSampler(mode="keyframe", size=SIZE).iter_batches(videos))
     assert used == []
+
+
+def test_on_nvdec_only_h264_and_hevc_clips_are_streamed(short_vp9: list[tuple[Path, int]],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """DALI's streaming operator takes every picture NVDEC puts out as a frame of the clip: VP9's hidden frames
+    would overrun the sample it sized from the packets. On NVDEC, VP9 clips are cut and decoded per sample."""
+    import quadvault_dali.sampling._stream_decoder as streaming
+
+    sampler = DaliSampler(mode="keyframe", size=SIZE, stream_decode=True)
+    sampler._streaming = True
+    assert all(sampler._streams(c) for c in ("vp9", "mjpeg", "h264"))  # DALI's CPU decoder: every codec
+    monkeypatch.setattr(type(sampler), "decoder_device", "mixed")
+    assert sampler._streams("h264") and sampler._streams("hevc") and not sampler._streams("vp9")
+    sampler._streaming = False
+    assert not sampler._streams("h264")
+    # a streaming decoder hands clips cut without a stream cap to a per-sample decoder, in order
+    streamed: list[int] = []
+    per_sample: list[int] = []
+    real_one, real_many = streaming.StreamClipDecoder._decode_one, streaming.ClipDecoder.decode
+    monkeypatch.setattr(streaming.StreamClipDecoder, "_decode_one",
+                        lambda self, clip: streamed.append(len(clip)) or real_one(self, clip))
+    monkeypatch.setattr(streaming.ClipDecoder, "decode",
+                        lambda self, clips: per_sample.extend(len(c) for c in clips) or real_many(self, clips))
+    path, sid = short_vp9[0]
+    fh = CountingFile(path)
+    container = open_container(path, fh)
+    info, index = probe_open(container, path)
+    clips = list(plan_clips(plan_samples(info, index, fps=1.0, mode="keyframe"), container, fh, max_frames=1))
+    container.close(), fh.close()
+    clips[1].stream_cap = 512
+    decoder = streaming.StreamClipDecoder("cpu", None, SIZE, True, sequences_per_run=2, num_threads=1)
+    results = decoder.decode(clips)
+    decoder.close()
+    assert (streamed, per_sample) == ([1], [1, 1])
+    assert [s for r in results for s in _stamps(r)] == [(pytest.approx(t, abs=STAMP_TOL), sid)
+                                                        for c in clips for t in c.times]

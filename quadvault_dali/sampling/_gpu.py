@@ -64,6 +64,8 @@ FALLBACK_CHUNK = 16
 #: Videos the hardware decoder may fail on before it has decoded anything at all, before the sampler
 #: concludes it does not work on this machine (rather than decode a whole library on the CPU).
 FAILURES_BEFORE_GIVING_UP = 8
+#: Codecs the streaming decoder takes on NVDEC (``_streams``): one picture per packet.
+STREAMED_ON_NVDEC = frozenset({"h264", "hevc"})
 #: Queued clips per decode stream: room for several short videos' clips to be merged into one sample.
 QUEUED_PER_STREAM = 8
 _STOP = object()
@@ -145,7 +147,8 @@ class DaliSampler(Sampler):
             plan = plan_samples(info, index, fps=cfg.fps, mode=cfg.mode)
             task.outcome.mode, task.outcome.frames_expected = plan.mode, plan.expected_frames
             container = rewound(container, task.path, fh, index)
-            budget = self._frame_cap or frame_budget(info.coded_width, info.coded_height, self.clip_pixels)
+            stream_cap = STREAM_MAX_FRAMES if self._streams(info.codec) else None
+            budget = stream_cap or frame_budget(info.coded_width, info.coded_height, self.clip_pixels)
             cut = iter(plan_clips(plan, container, fh, max_frames=budget,  # type: ignore[arg-type]
                                   uncrop=self.uncrop_sps))
             while True:
@@ -159,6 +162,7 @@ class DaliSampler(Sampler):
                     summary = str(exc).removeprefix(f"{task.path}: ")
                     task.hardware_failed(clips, f"cutting clips for {self.decoder_name} failed: {summary}")
                     break
+                clip.stream_cap = stream_cap
                 task.slots.acquire()
                 cost = clip_bytes(clip)
                 if stop.is_set() or not task.wants(clips) or not self._budget.acquire(cost):
@@ -277,8 +281,7 @@ class DaliSampler(Sampler):
         """Frames (or the error) for each item, decoded ``clips_per_run`` samples per DALI run, short videos'
         clips merged into shared samples. A merged sample that fails is decoded again clip by clip, so
         one damaged video fails alone."""
-        samples = group_samples(items, merge=self.merge_clips, max_pixels=self.merge_pixels,
-                                max_frames=self._frame_cap)
+        samples = group_samples(items, merge=self.merge_clips, max_pixels=self.merge_pixels)
         results: list[torch.Tensor | Exception] = []
         for lo in range(0, len(samples), self.clips_per_run):
             chunk = samples[lo:lo + self.clips_per_run]
@@ -314,7 +317,7 @@ class DaliSampler(Sampler):
                 break
             if more is _STOP:
                 return items, True
-            if self.merge_clips and joins(group, more, self.merge_pixels, self._frame_cap):
+            if self.merge_clips and joins(group, more, self.merge_pixels):
                 group.append(more)
             elif samples < self.clips_per_run:
                 group, samples = [more], samples + 1
@@ -324,11 +327,15 @@ class DaliSampler(Sampler):
             items.append(more)
         return items, False
 
-    @property
-    def _frame_cap(self) -> int | None:
-        """Wanted frames per clip and per merged sample whatever the resolution (the streaming decoder),
-        or ``None``: the pixel budgets decide."""
-        return STREAM_MAX_FRAMES if self._streaming else None
+    def _streams(self, codec: str) -> bool:
+        """Whether this run decodes ``codec``'s clips with the streaming decoder (cut up to ``STREAM_MAX_FRAMES``
+        wanted frames whatever the resolution) rather than per DALI sample (within the pixel budget).
+
+        On NVDEC only H.264 and HEVC: DALI's streaming operator counts every picture NVDEC puts out as a frame
+        of the clip, and VP9's hidden alt-ref frames would be extra pictures, written past the sample DALI
+        sized from the packet count (read from DALI's source; nothing checks it on the GPU).
+        """
+        return self._streaming and (self.decoder_device != "mixed" or codec in STREAMED_ON_NVDEC)
 
     def _clip_decoder(self) -> AnyClipDecoder:
         cfg = self.config

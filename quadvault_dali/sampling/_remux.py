@@ -87,6 +87,9 @@ class Clip:
     roi: tuple[float, float] = (1.0, 1.0)
     #: an uncropped clip's original set-up (its stream's SPS with the cropping), for ``cropped``
     cropped_signature: Signature | None = None
+    #: wanted frames it (and a sample merged from it) may hold for the streaming decoder; ``None``: it is
+    #: decoded per DALI sample, within the pixel budget (the gpu backend sets it when cutting)
+    stream_cap: int | None = None
 
     def __len__(self) -> int:
         return int(self.frames.shape[0])
@@ -103,7 +106,7 @@ class Clip:
         runs = [_Run([SourcePacket(p.original if p.original is not None else p.data, p.pts_s, p.dts_s, p.is_key)
                       for p in run.packets], run.wanted) for run in self.runs]
         clip = mux_clip(_template_stream(self), runs, self.cropped_signature)
-        clip.times = list(self.times)
+        clip.times, clip.stream_cap = list(self.times), self.stream_cap
         return clip
 
     @property
@@ -180,7 +183,8 @@ def uncropped_signature(signature: Signature, done: Uncropped) -> Signature:
 def can_follow(clip: Clip, previous: Clip) -> bool:
     """Whether ``clip`` may be appended to ``previous`` in one stream (``merge_clips``)."""
     return (previous.signature is not None and clip.signature == previous.signature and clip.roi == previous.roi
-            and clip.cropped_signature == previous.cropped_signature and clip.opens_cleanly)
+            and clip.cropped_signature == previous.cropped_signature and clip.stream_cap == previous.stream_cap
+            and clip.opens_cleanly)
 
 
 def merge_clips(clips: Sequence[Clip]) -> Clip:
@@ -204,6 +208,7 @@ def merge_clips(clips: Sequence[Clip]) -> Clip:
         offset += max(stamps) - min(stamps) + 1.0
     merged = mux_clip(template, runs, clips[0].signature, clips[0].roi, clips[0].cropped_signature)
     merged.times = [t for clip in clips for t in clip.times]
+    merged.stream_cap = clips[0].stream_cap
     return merged
 
 

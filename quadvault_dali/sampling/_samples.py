@@ -40,23 +40,23 @@ class _Sample:
     clip: Clip
 
 
-def joins(group: list[_Work], item: _Work, max_pixels: int, max_frames: int | None = None) -> bool:
+def joins(group: list[_Work], item: _Work, max_pixels: int) -> bool:
     """Whether ``item`` may be merged onto the end of ``group`` (one decoder set-up, within ``max_pixels`` of
-    decoded frames, or ``max_frames`` frames where given)."""
+    decoded frames, or the clips' ``stream_cap`` frames for the streaming decoder)."""
     if not group or not can_follow(item.clip, group[-1].clip):
         return False
     _, _, width, height, _ = item.clip.signature  # type: ignore[misc]
-    limit = max_frames if max_frames is not None else frame_budget(width, height, max_pixels)
+    cap = item.clip.stream_cap
+    limit = cap if cap is not None else frame_budget(width, height, max_pixels)
     return sum(len(w.clip) for w in group) + len(item.clip) <= limit
 
 
-def group_samples(items: list[_Work], merge: bool = True, max_pixels: int = MERGE_PIXELS,
-                  max_frames: int | None = None) -> list[_Sample]:
+def group_samples(items: list[_Work], merge: bool = True, max_pixels: int = MERGE_PIXELS) -> list[_Sample]:
     """Consecutive clips that one decoder set-up can serve (``can_follow``) merged into samples, each
-    within ``max_pixels`` of decoded frames (or ``max_frames``); the order of the frames is kept."""
+    within ``max_pixels`` of decoded frames (or their ``stream_cap``); the order of the frames is kept."""
     groups: list[list[_Work]] = []
     for item in items:
-        if merge and groups and joins(groups[-1], item, max_pixels, max_frames):
+        if merge and groups and joins(groups[-1], item, max_pixels):
             groups[-1].append(item)
         else:
             groups.append([item])

@@ -6,6 +6,8 @@ operator decodes a fed clip in sequences, with memory for one run's sequences, s
 can be far longer (``_gpu.STREAM_MAX_FRAMES``) and the set-up is paid once per long clip. It decodes every
 frame of a clip and returns them in order; the wanted ones (``Clip.frames``) are kept as each run comes.
 Experimental (``SamplerConfig.stream_decode``): the benchmarks' ``s`` layouts measure it against the default.
+Clips cut for per-sample decoding (``Clip.stream_cap`` is ``None``: VP9 and the like on NVDEC, see
+``_gpu.DaliSampler._streams``) go to a ``ClipDecoder`` beside it.
 """
 
 from __future__ import annotations
@@ -18,15 +20,17 @@ import numpy as np
 import torch
 
 from ..errors import DecodeError
-from ._clip_decoder import CopyFence, DecodeStats
+from ._clip_decoder import ClipDecoder, CopyFence, DecodeStats
 from ._remux import Clip
 
 log = logging.getLogger(__name__)
 
 #: frames per DALI sample (one sequence); a run holds ``sequences_per_run`` of them
 STREAM_SEQUENCE = 16
-#: pipelines kept per stream, one per picture region (uncropped clips of different codings differ)
-PIPELINES_KEPT = 4
+#: pipelines kept per stream, one per picture region (uncropped clips of different codings differ); each
+#: holds a run's full-size output (4 x 16 frames of 2160p: ~1.6 GB) and its decoder, never counted by
+#: ``sample_pixels_for``
+PIPELINES_KEPT = 2
 
 
 def _roi_key(roi: tuple[float, float]) -> tuple[float, float]:
@@ -54,6 +58,7 @@ class StreamClipDecoder:
         self.stats = stats if stats is not None else DecodeStats()
         self._pipes: OrderedDict[tuple[float, float], Any] = OrderedDict()
         self._copies = CopyFence()  # the copies out of the last run's buffers
+        self._per_sample: ClipDecoder | None = None  # for clips cut without a ``stream_cap``
 
     def close(self) -> None:
         try:
@@ -61,6 +66,8 @@ class StreamClipDecoder:
         except Exception as exc:  # noqa: BLE001 - a CUDA error here has already failed those clips
             log.debug("closing the streaming decoder: %s", exc)
         self._pipes.clear()
+        if self._per_sample is not None:
+            self._per_sample.close()
 
     def _pipeline(self, roi: tuple[float, float]) -> Any:
         key = _roi_key(roi)
@@ -126,7 +133,16 @@ class StreamClipDecoder:
         """Decodes ``clips`` one after another; a clip that fails yields its exception (and the pipeline of its
         picture region, whose state is then unknown, is dropped), the others their frames."""
         results: list[torch.Tensor | Exception] = []
+        per_sample = [clip for clip in clips if clip.stream_cap is None]
+        if per_sample:
+            if self._per_sample is None:
+                self._per_sample = ClipDecoder(self.decoder_device, self.device_id, self.size, self.square,
+                                               self.sequences_per_run, num_threads=self.num_threads, stats=self.stats)
+            decoded = iter(self._per_sample.decode(per_sample))
         for clip in clips:
+            if clip.stream_cap is None:
+                results.append(next(decoded))
+                continue
             try:
                 results.append(self._decode_one(clip))
             except Exception as exc:  # noqa: BLE001 - DALI raises RuntimeError for any bad input
