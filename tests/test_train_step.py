@@ -95,3 +95,52 @@ def test_reset_starts_the_next_epochs_totals_from_zero() -> None:
     assert step.totals() == (0.0, 0, 0)
     step(images, rows)  # lr 0: the same batch gives the same totals again
     assert step.totals() == first
+
+
+@pytest.mark.gpu
+def test_dali_batches_stay_intact_while_the_step_stream_lags(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """DALI 2.4 hands over its own buffers and reuses them once PyTorch lets go; the host runs ahead of the step
+    stream. Each frame is one flat grey, so a step that read a reused buffer sees another frame's grey."""
+    import numpy as np
+    from PIL import Image
+
+    from quadvault_dali.training._data import DaliFrameLoader, FrameTable
+
+    n, batch = 192, 32
+    files = []
+    for i in range(n):  # neighbours far apart in grey: a swapped buffer cannot pass for the right one
+        files.append(str(tmp_path / f"{i:04d}.jpg"))
+        Image.fromarray(np.full((96, 160, 3), (i * 37) % 256, np.uint8)).save(files[-1], quality=95)
+    table = FrameTable(files, np.zeros(n, np.int64), [str(i) for i in range(n)])
+    loader = DaliFrameLoader(table, image_size=64, mean=[0.5] * 3, std=[0.5] * 3, train=False, batch_size=batch,
+                             backend="gpu", num_threads=2)
+    expected = {}
+    for images, rows in loader:  # each batch read before the next is fetched
+        expected.update(zip(rows.tolist(), images.float().mean(dim=(1, 2, 3)).cpu().tolist()))
+
+    class Lagging(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.tensor(0.0))
+            self.seen: list[torch.Tensor] = []
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            torch.cuda._sleep(30_000_000)  # ~15 ms: the stream falls further behind the host every batch
+            means = images.float().mean(dim=(1, 2, 3))
+            self.seen.append(means.detach())
+            return self.scale * means
+
+    device = torch.device("cuda:0")
+    net = Lagging().to(device)
+    step = TrainStep(net, torch.optim.SGD(net.parameters(), lr=0.0), None, torch.zeros(n), torch.tensor(1.0),
+                     device)
+    order: list[int] = []
+    with step.running():
+        for images, rows in loader:
+            order.extend(rows.tolist())
+            step(images, rows)
+    torch.cuda.synchronize()
+    seen = torch.cat(net.seen).cpu().tolist()
+    assert len(seen) == len(order) == n
+    wrong = [r for r, v in zip(order, seen) if abs(expected[r] - v) > 0.02]
+    assert not wrong, f"{len(wrong)} of {n} frames were read from a buffer DALI had reused"

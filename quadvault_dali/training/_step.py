@@ -8,14 +8,20 @@ Two habits of a plain training loop stall a GPU between steps, and this module a
 * Copying a batch's row ids from ordinary (pageable) memory makes CUDA synchronise the stream first; they
   go through pinned memory instead.
 
-On CUDA the step (and the copy of DALI's output into it) runs on a high-priority stream, so the GPU runs
-DALI's augmentation kernels in the gaps of the model's instead of beside them (train_bench measured the
-difference on an H200: 88 % of the model's step rate against 83 %).
+On CUDA the step runs on a high-priority stream, so the GPU runs DALI's augmentation kernels in the gaps of
+the model's instead of beside them (train_bench measured the difference on an H200: 88 % of the model's step
+rate against 83 %).
+
+DALI 2.4's executor hands PyTorch its own output buffers (DLPack, no copy: ``DALIGenericIterator`` copies
+only without ``exec_dynamic``) and reuses them, in its own stream order, once PyTorch lets go; nothing orders
+that after the step stream's read. The host runs ahead of the stream and drops a batch when it takes the
+next, so each batch is kept until an event says the stream has gone past its step (``_held``).
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from typing import Iterator
 
 import torch
@@ -45,6 +51,8 @@ class TrainStep:
         self.stream = torch.cuda.Stream(device, priority=-1) if self.cuda and priority else None
         self._loss = torch.zeros((), dtype=torch.float64, device=device)
         self._counts = torch.zeros(2, dtype=torch.int64, device=device)  # correct, counted
+        #: the batches handed in (DALI's buffers) with an event after the step that read them
+        self._held: deque[tuple[torch.cuda.Event, tuple[torch.Tensor, ...]]] = deque()
 
     def reset(self) -> None:
         """Zeroes the totals (a new epoch), after the steps queued so far."""
@@ -67,6 +75,7 @@ class TrainStep:
 
     def __call__(self, images: torch.Tensor, rows: torch.Tensor) -> None:
         """One step on ``images`` (N,3,H,W), whose frame rows are ``rows`` (FILLER for batch padding)."""
+        batch = (images, rows)  # as handed in: possibly DALI's own buffers (see the module's docstring)
         if self.cuda and rows.device.type == "cpu":
             rows = rows.pin_memory()
         rows = rows.to(self.device, non_blocking=True)
@@ -88,6 +97,18 @@ class TrainStep:
             self._loss += losses.detach().sum().double()
             hits = ((logits.detach().float() > 0) == (y > 0.5)) & (weight > 0)
             self._counts += torch.stack((hits.sum(), (weight > 0).sum()))
+        self._hold(batch)
+
+    def _hold(self, tensors: tuple[torch.Tensor, ...]) -> None:
+        """Keeps ``tensors`` until the current stream has run what was queued so far; lets go of earlier ones
+        whose steps have run (a query, never a wait)."""
+        if not self.cuda:
+            return
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.device))
+        self._held.append((event, tensors))
+        while self._held and self._held[0][0].query():
+            self._held.popleft()
 
     def totals(self) -> tuple[float, int, int]:
         """(loss sum, correct, counted frames) so far; waits for the steps queued until now."""
