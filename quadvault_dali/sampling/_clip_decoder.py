@@ -54,25 +54,35 @@ class DecodeStats:
 
 class CopyFence:
     """The end of PyTorch's copies out of a DALI run's buffers (gpu only): DALI may reuse or free them once
-    it runs again, and nothing makes it wait for PyTorch's stream, so a decoder waits here before each run."""
+    it runs again, and nothing makes it wait for PyTorch's stream, so a decoder waits here before each run.
+
+    It also holds the run's outputs until then (``keep``): DALI 2.4's executor hands them over without a copy
+    and returns their memory to a pool every pipeline of the process draws from, ordered after DALI's own
+    work but not after PyTorch's copies, so another decode stream's run could refill a buffer still being
+    copied out of."""
 
     def __init__(self) -> None:
         self._event: torch.cuda.Event | None = None
+        self._kept: object = None
 
-    def mark(self, device: torch.device | None) -> None:
-        """After queuing copies on ``device``'s current stream (``None``: nothing was queued on a GPU)."""
+    def mark(self, device: torch.device | None, keep: object = None) -> None:
+        """After queuing copies on ``device``'s current stream (``None``: nothing was queued on a GPU) out of
+        ``keep`` (the run's outputs, released by ``wait``)."""
         if device is not None:
             self._event = torch.cuda.Event()
             self._event.record(torch.cuda.current_stream(device))
+            self._kept = keep
 
     def wait(self) -> None:
         if self._event is not None:
             self._event.synchronize()
             self._event = None
+        self._kept = None
 
     def forget(self) -> None:
         """Drops a fence whose wait failed (a CUDA error: the copies it marked are lost anyway)."""
         self._event = None
+        self._kept = None
 
 
 class ClipDecoder:
@@ -131,7 +141,7 @@ class ClipDecoder:
                     raise DecodeError(f"decoder returned {frames.shape[0]} frames, {len(clip)} were asked for")
                 tensors.append(frames)
         finally:
-            self._copies.mark(copying_on)  # also when a check failed after a copy was queued
+            self._copies.mark(copying_on, keep=out)  # also when a check failed after a copy was queued
         self.stats.add(len(clips), sum(len(c) for c in clips))
         return tensors
 

@@ -114,7 +114,7 @@ class StreamClipDecoder:
                     kept.append(sequence[torch.as_tensor(wanted[here] - got, device=sequence.device)])
                     positions.append(here)
                 got += n
-            self._copies.mark(copying_on)
+            self._copies.mark(copying_on, keep=out)
         if total % (STREAM_SEQUENCE * self.sequences_per_run) == 0:
             # a last run that came full cannot show frames the operator still holds past the clip's packets:
             # a fresh pipeline for the next clip rather than its first frames from this one
