@@ -255,8 +255,10 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
             _hold_batchnorm_statistics(net)
         train_loss, train_acc, seen = _train_epoch(step, train_loader, f"Train {epoch}", show)
         train_s = time.perf_counter() - started
-        # the bare network: DDP's forward syncs buffers, and ranks may hold different numbers of val batches
-        probs, val_loss = _evaluate(net, val_loader, data.val, device, world, f"Val {epoch}", show)
+        # the bare network: DDP's forward syncs buffers, and ranks may hold different numbers of val batches;
+        # on the step's stream, whose cached memory it reuses (a second stream would cache its own peak)
+        with step.running():
+            probs, val_loss = _evaluate(net, val_loader, data.val, device, world, f"Val {epoch}", show)
         frame, video, threshold = _score(probs, data.val)
         record = EpochRecord(epoch, train_loss, train_acc, val_loss, frame, video, threshold,
                              time.perf_counter() - started, seen * world / max(train_s, 1e-9))
