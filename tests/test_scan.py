@@ -15,6 +15,7 @@ import pytest
 
 from quadvault_dali.errors import OutputError
 from quadvault_dali.scan import SCHEMA_VERSION, ModelRef, combined_fingerprint
+from quadvault_dali.scan.schema import SCHEMAS
 from quadvault_dali.scan.runner import ScanOptions, in_shard, scan_library
 from quadvault_dali.scan.shards import complete_shards, read_metadata, read_table
 from quadvault_dali.synth import SynthSpec, make_video
@@ -396,6 +397,17 @@ def test_shards_of_schema_1_0_still_read_and_resume(library: Path, tmp_path: Pat
     assert len(rows) == 9 and {r["decoder"] for r in rows} == {None} and {r["sampling_fps"] for r in rows} == {None}
     again = _scan(library, out)
     assert again.run.videos == 0 and again.skipped == 9
+    # ...and the scan rewrote them with today's columns: DuckDB and pyarrow take the first file's schema, so
+    # old shards first in a folder hid every newer column of the later ones
+    for name in complete_shards(out):
+        for table in ("videos", "seconds"):
+            assert pq.read_schema(out / table / name).names == SCHEMAS[table].names
+            assert read_metadata(out / table / name).schema_version == SCHEMA_VERSION
+    assert read_table(out, "videos").to_pylist() == rows  # the same values, the new columns null
+    import duckdb
+
+    got = duckdb.sql(f"SELECT count(*), count(decoder) FROM read_parquet('{out}/videos/*.parquet')").fetchall()
+    assert got == [(9, 0)]
 
 
 def test_resume_rescans_videos_sampled_another_way(library: Path, tmp_path: Path) -> None:

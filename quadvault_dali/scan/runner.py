@@ -28,6 +28,7 @@ from .report import HIGHLIGHTS_FILE, FolderTotals, highlights_document, summary_
 from .resume import FileState, drop_superseded, plan_resume
 from .schema import SCHEMA_VERSION, ModelRef, ScanMetadata, combined_fingerprint
 from .shards import LayoutLock, ShardWriter, TagLock, cleanup_partial
+from .upgrade import upgrade_shards
 
 log = logging.getLogger(__name__)
 
@@ -386,6 +387,7 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
                            resume=options.resume, gone=vanished(libs, files, options.shard, unreadable),
                            retry_errors=options.retry_errors)
         superseded = drop_superseded(out, plan.superseded, own_tag=options.tag)
+        upgrade_shards(out, own_tag=options.tag)  # one schema per folder, whatever version wrote the old shards
         log.info("%d videos found, %d already scanned, %d to scan, %d old rows superseded",
                  len(files), len(plan.skipped), len(plan.todo), superseded)
         if plan.gone:

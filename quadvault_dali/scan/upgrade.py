@@ -1,0 +1,78 @@
+"""Shards of an older minor schema version rewritten with the current columns, so a folder has one schema.
+
+A scan folder outlives versions of this tool: a resumed scan keeps the shards of earlier runs and adds
+shards with the columns its version added (``schema.SCHEMA_VERSION``'s history). DuckDB's ``read_parquet``,
+``pyarrow.dataset`` and pandas take the schema of the first file unless told otherwise, so the newer
+columns of later shards silently vanished from every query (checked with DuckDB 2.0.1 and pyarrow). Each
+scan therefore rewrites the complete shards of an older 1.x version with the current columns (null where
+the old version had none) before it adds its own. A file is replaced atomically, under its tag's lock
+when another job wrote it; shards of a newer minor version are left alone, never downgraded.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .schema import SCHEMA_VERSION, SCHEMAS, ScanMetadata, schema_with_metadata
+from .shards import TagLock, complete_shards, parse_name, read_shard, write_parquet_atomic
+
+log = logging.getLogger(__name__)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".") if p.isdigit())
+
+
+def _needs_upgrade(path: Path, table: str) -> ScanMetadata | None:
+    """The file's metadata when it is an older minor version (or lacks current columns); else ``None``."""
+    try:
+        schema = pq.read_schema(path)
+        meta = ScanMetadata.from_kv(schema.metadata, source=path)
+    except (OSError, ValueError, pa.ArrowException):  # damaged, foreign or another major version: not ours to fix
+        return None
+    if _version(meta.schema_version) > _version(SCHEMA_VERSION):
+        return None
+    if meta.schema_version == SCHEMA_VERSION and schema.names == SCHEMAS[table].names:
+        return None
+    return meta
+
+
+def _upgrade_file(path: Path, table: str, meta: ScanMetadata) -> None:
+    data = read_shard(path)  # the columns it lacks come as nulls
+    if data is None:  # retired by another job meanwhile
+        return
+    target = schema_with_metadata(replace(meta, schema_version=SCHEMA_VERSION))
+    write_parquet_atomic(path, data.select(target.names).cast(target))
+
+
+def upgrade_shards(out_dir: Path, own_tag: str = "", lock_timeout_s: float = 10.0) -> int:
+    """Rewrites the complete shard files of ``out_dir`` written by an older 1.x version; returns how many.
+
+    A pair another job is writing right now keeps its old schema this time (the next scan upgrades it).
+    """
+    upgraded = 0
+    for name in complete_shards(out_dir):
+        todo = [(t, out_dir / t / name) for t in SCHEMAS]
+        todo = [(t, p, meta) for t, p in todo if (meta := _needs_upgrade(p, t)) is not None]
+        if not todo:
+            continue
+        tag = (parse_name(name) or ("", 0))[0]
+        lock = TagLock(out_dir, tag) if tag != own_tag else None
+        if lock is not None and not lock.acquire(timeout_s=lock_timeout_s):
+            log.info("shard pair %s is being written by another scan; its schema is upgraded next run", name)
+            continue
+        try:
+            for table, path, meta in todo:
+                _upgrade_file(path, table, meta)
+                upgraded += 1
+        finally:
+            if lock is not None:
+                lock.release()
+    if upgraded:
+        log.info("rewrote %d shard files of an earlier schema with the columns of %s", upgraded, SCHEMA_VERSION)
+    return upgraded
