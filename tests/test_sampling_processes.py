@@ -188,9 +188,50 @@ def test_the_gpu_engine_runs_in_children(make_clip: Callable[..., Path]) -> None
     want_times, want_frames, _ = _by_video(DaliSampler(**cfg).iter_batches(videos))
     with ProcessSampler(DaliSampler, processes=2, attrs={"clips_per_run": 2}, **cfg) as sampler:
         times, frames, outcomes = _by_video(sampler.iter_batches(videos))
+        counts = sampler.decode_stats.as_dict()
     assert times == want_times and all(o.ok and o.decoder == "dali-cpu" for o in outcomes)
     for path, stack in frames.items():
         assert torch.equal(stack, want_frames[path])
+    # the children's DALI counts reach the parent (the benchmarks' frames per DALI sample for process layouts)
+    assert counts["frames_returned"] == sum(len(t) for t in times.values()) and 1 <= counts["dali_samples"] <= 12
+    assert sampler.queued_bytes_peak > 0
+
+
+def test_a_child_sends_at_most_a_few_batches_the_parent_has_not_copied(make_clip: Callable[..., Path]) -> None:
+    """Every unread batch holds the child's GPU memory, and a pipe buffers ~90 small CUDA messages: a child
+    with a slow consumer ran that far ahead. It now waits for the parent's ack after MAX_UNACKED."""
+    import multiprocessing
+    import threading
+
+    from quadvault_dali.sampling._process_child import ACK, MAX_UNACKED, serve
+
+    video = make_clip("proc_acks.mp4", width=96, height=64, fps=10, duration_s=8.0, keyframe_interval_s=1.0)
+    parent, child = multiprocessing.Pipe()
+    server = threading.Thread(target=serve, args=(CpuSampler(mode="keyframe", size=SIZE, batch_size=1), child),
+                              daemon=True)
+    server.start()
+    parent.send((1, str(video)))
+    parent.send((None, None))
+    got, frames = [], 0
+    while parent.poll(3.0):
+        kind, payload = parent.recv()
+        got.append(kind)
+        frames += len(payload[0]) if kind == "batch" else 0
+    assert got.count("batch") == MAX_UNACKED  # 8 one-frame batches to send; it stopped after 4, unacked
+    for _ in range(MAX_UNACKED):
+        parent.send(ACK)
+    while True:
+        assert parent.poll(10.0), "the child did not go on after the acks"
+        kind, payload = parent.recv()
+        got.append(kind)
+        if kind == "batch":
+            frames += len(payload[0])
+            parent.send(ACK)
+        if kind == "done":
+            break
+    assert frames == 8 and got[0] == "took" and isinstance(payload, dict)
+    parent.close()
+    server.join(timeout=10)
 
 
 def test_a_backend_that_cannot_run_fails_in_the_callers_process() -> None:

@@ -45,6 +45,13 @@ class DecodeStats:
             self.samples += samples
             self.frames += frames
 
+    def take(self) -> tuple[int, int, int]:
+        """(runs, samples, frames) counted since the last ``take``, zeroed (a decoding process reports them)."""
+        with self._lock:
+            counts = (self.runs, self.samples, self.frames)
+            self.runs = self.samples = self.frames = 0
+        return counts
+
     def as_dict(self) -> dict[str, float]:
         with self._lock:
             return {"dali_runs": self.runs, "dali_samples": self.samples, "frames_returned": self.frames,

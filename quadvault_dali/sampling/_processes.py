@@ -38,7 +38,8 @@ import torch.multiprocessing as tmp
 
 from ..errors import DecodeError, QuadvaultError
 from ._base import Sampler, SamplerConfig, VideoSource, path_of
-from ._process_child import child_main
+from ._clip_decoder import DecodeStats
+from ._process_child import ACK, child_main
 from ._types import FrameBatch, VideoOutcome
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,9 @@ class ProcessSampler(Sampler):
         self._device = inner(self.child_config).device
         self._pool: _Pool | None = None
         self._finalizer: weakref.finalize | None = None
+        #: the children's DALI runs, samples and frames, summed as each round ends (benchmarks read it)
+        self.decode_stats = DecodeStats()
+        self.queued_bytes_peak = 0  # the most the children's queued clips held together in one round
 
     @property
     def device(self) -> torch.device:
@@ -93,7 +97,8 @@ class ProcessSampler(Sampler):
     def _started_pool(self) -> "_Pool":
         if self._pool is None or not self._pool.usable:
             self.close()
-            self._pool = _Pool(self.inner, self.child_config, self.attrs, self.config.processes, self.hang_s)
+            self._pool = _Pool(self.inner, self.child_config, self.attrs, self.config.processes, self.hang_s,
+                               stats=self.decode_stats)
             self._finalizer = weakref.finalize(self, self._pool.close)
         return self._pool
 
@@ -103,6 +108,7 @@ class ProcessSampler(Sampler):
         try:
             yield from pool.run(videos, self._device, self.config.size)
             finished = True
+            self.queued_bytes_peak = max(self.queued_bytes_peak, sum(pool.queued_peaks.values()))
         finally:
             if not finished:  # abandoned or failed mid-job: children may hold work; start afresh next time
                 self.close()
@@ -135,10 +141,14 @@ class _Pool:
     could with a queue's shared lock); runs one job (one ``iter_batches``) at a time."""
 
     def __init__(self, inner: type[Sampler], config: SamplerConfig, attrs: dict[str, Any], processes: int,
-                 hang_s: float = HANG_S) -> None:
+                 hang_s: float = HANG_S, stats: DecodeStats | None = None) -> None:
         self._ctx = tmp.get_context("spawn")
         self._inner, self._config, self._attrs = inner, config, attrs
+        self._processes = processes
         self.hang_s = hang_s
+        self.stats = stats if stats is not None else DecodeStats()
+        self.queued_peaks: dict[int, int] = {}  # child index -> the most its queued clips held, this job
+        self._device = torch.device("cpu")  # the caller's device, for frames copied out of a child (``run``)
         self.caller_s = 0.0  # time spent in the caller between batches (not a child's silence)
         self.deaths = 0
         self.usable = True
@@ -157,7 +167,7 @@ class _Pool:
         mine, theirs = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(target=child_main, name=f"quadvault-decode-{index}", daemon=True,
                                  args=(index, self._inner, self._config, self._attrs, theirs,
-                                       logging.getLogger("quadvault_dali").getEffectiveLevel()))
+                                       logging.getLogger("quadvault_dali").getEffectiveLevel(), self._processes))
         proc.start()
         theirs.close()  # the child's end lives in the child: EOF here once it is gone
         return _Child(proc, mine, caller_s_at_heard=self.caller_s)
@@ -209,16 +219,22 @@ class _Pool:
                 if child.broken:
                     continue
                 message = _recv(child.conn)
+                if message is not None and message[0] == "batch":
+                    message = self._copied(child, message)
                 if message is None:
                     child.proc.join(timeout=BROKEN_CHECK_S)  # usually it died: its sentinel comes next
                     if child.proc.exitcode is None:  # alive, but what it sent is lost: no longer trusted
+                        log.warning("a message from decoding process %s could not be read; stopping it (run "
+                                    "with -v for the error)", child.proc.pid)
                         child.broken = True
                         child.proc.kill()
                 else:
                     self._heard(child)
                     out.append((index, *message))
                 continue
-            while not child.broken and _poll(child.conn):  # the process ended: what it sent first
+            # the process ended: what it sent first, unless its frames were in its GPU memory (mapping a dead
+            # process's CUDA memory is undefined: its videos are decoded again instead, as ones it never sent)
+            while not child.broken and self._device.type != "cuda" and _poll(child.conn):
                 message = _recv(child.conn)  # gone if it died with messages of ours unread (ECONNRESET)
                 if message is None:
                     break
@@ -227,6 +243,23 @@ class _Pool:
             out.append((index, "died", child.proc.exitcode))
             return out  # the caller replaces it before anything else is read
         return out
+
+    def _copied(self, child: _Child, message: tuple[str, Any]) -> tuple[str, Any] | None:
+        """A batch message with its CUDA frames copied into this process at once (not after batches yielded
+        before it: the child could die meanwhile), and the child told it may go on (``MAX_UNACKED``)."""
+        kind, (frames, paths, stamps, completed) = message
+        if isinstance(frames, torch.Tensor) and frames.is_cuda:
+            try:
+                frames = frames.to(self._device, copy=True)
+                torch.cuda.current_stream(frames.device).synchronize()
+            except RuntimeError as exc:  # its memory could not be read: the message is lost
+                log.debug("copying frames out of a decoding process failed: %r", exc)
+                return None
+        try:
+            child.conn.send(ACK)
+        except OSError:  # it died: its death is the next thing read from it
+            pass
+        return kind, (frames, paths, stamps, completed)
 
     def _stop_hung(self) -> None:
         """Kills a child that holds work but has said nothing for ``hang_s`` while the parent waited (a decoder
@@ -275,6 +308,8 @@ class _Pool:
         if self.running:
             raise RuntimeError("this ProcessSampler is already running an iter_batches; run one at a time")
         self.running = True
+        self._device = device
+        self.queued_peaks = {}
         try:
             yield from self._run(videos, device, size)
         finally:
@@ -338,6 +373,10 @@ class _Pool:
                     batch = None
                 elif kind == "done":
                     child.done = True
+                    if isinstance(payload, dict):  # the round's DALI counts (None from older children)
+                        self.stats.add(payload.get("samples", 0), payload.get("frames", 0), payload.get("runs", 0))
+                        self.queued_peaks[index] = max(self.queued_peaks.get(index, 0),
+                                                       payload.get("queued_bytes_peak", 0))
                 elif kind == "fatal":
                     raise payload
                 elif kind == "died":
@@ -383,9 +422,8 @@ class _Pool:
             if len(keep) < len(paths):
                 frames = frames[keep]
                 paths, stamps = [paths[i] for i in keep], [stamps[i] for i in keep]
-        if frames.is_cuda:  # the child's memory: copied, so the child may reuse it once the copy is done
-            frames = frames.to(device, copy=True)
-            torch.cuda.current_stream(frames.device).synchronize()
+        if frames.is_cuda and frames.device != device:  # copied out of the child's memory on receipt (_copied)
+            frames = frames.to(device)
         for p, t in zip(paths, stamps):
             task_id = child.dealt.get(_key(p))
             if task_id is not None:
