@@ -273,6 +273,50 @@ def test_nvdec_children_hand_over_cuda_frames(make_clip: Callable[..., Path]) ->
         assert torch.equal(stack, want_frames[path])
 
 
+class CrashingGpuSampler:
+    """Built in the child as a ``GpuSampler`` (importable here without CUDA): dies like a segfaulting NVDEC
+    when it takes a video named ``crash*``, after CUDA batches of earlier videos went to the parent."""
+
+    def __new__(cls, *args, **kwargs):  # type: ignore[no-untyped-def]
+        from quadvault_dali.sampling._gpu import GpuSampler
+
+        class _Crashing(GpuSampler):
+            def iter_batches(self, videos):  # type: ignore[no-untyped-def]
+                def watched():  # type: ignore[no-untyped-def]
+                    for source in videos:
+                        if Path(str(source)).name.startswith("crash"):
+                            os.kill(os.getpid(), signal.SIGKILL)
+                        yield source
+
+                return super().iter_batches(watched())
+
+        return _Crashing(*args, **kwargs)
+
+
+@pytest.mark.gpu
+def test_an_nvdec_child_that_dies_with_cuda_frames_in_flight_costs_only_its_video(
+        make_clip: Callable[..., Path]) -> None:
+    """CUDA frames of a child that dies are never mapped after its death: the parent copies each batch as it
+    reads it and drops a dead child's unread ones (its videos are decoded again); every other video still
+    gets exactly its own seconds, and the parent's CUDA context survives."""
+    videos = [make_clip(f"proc_gpu_{i}.mp4", codec=codec, width=640, height=360, fps=30, duration_s=4.0,
+                        source_id=50 + i) for i, codec in enumerate(["h264", "hevc", "h264", "hevc"])]
+    crasher = make_clip("crash_gpu.mp4", codec="h264", width=640, height=360, fps=30, duration_s=2.0, source_id=59)
+    order = videos[:2] + [crasher] + videos[2:]
+    cfg = dict(fps=1.0, mode="keyframe", size=SIZE, batch_size=1, streams=1)
+    want_times, want_frames, _ = _by_video(create_sampler("gpu", **cfg).iter_batches(videos))
+    with ProcessSampler(CrashingGpuSampler, processes=2, **cfg) as sampler:  # type: ignore[arg-type]
+        times, frames, outcomes = _by_video(sampler.iter_batches(order))
+    assert sorted(o.path for o in outcomes) == sorted(order)
+    bad = next(o for o in outcomes if o.path == crasher)
+    assert isinstance(bad.error, DecodeError) and "crashed the decoder process" in str(bad.error)
+    for path in videos:
+        assert sorted(times[path]) == sorted(want_times[path]), path  # none lost, none twice
+        ordered = torch.stack([f for _, f in sorted(zip(times[path], frames[path]), key=lambda x: x[0])])
+        assert torch.equal(ordered, want_frames[path]), path
+    torch.cuda.synchronize()  # the parent's context is intact
+
+
 def test_a_killed_childs_shared_memory_files_are_removed(tmp_path: Path) -> None:
     """torch names a process's CUDA IPC files ``torch_<pid>_...``; a killed child leaves them in /dev/shm."""
     from quadvault_dali.sampling._processes import remove_shared_files
