@@ -348,6 +348,16 @@ def test_the_same_library_through_a_link_is_the_same_scan(library: Path, tmp_pat
     linked = _scan(lib, out)
     assert linked.run.videos == 0 and linked.totals.total == first.totals.total
     assert all(str(lib) in p and "0_alias" not in p for p in _videos(out))
+    # a folder first scanned through the link (rows keep the paths as given), then through the target
+    out2 = tmp_path / "out2"
+    assert _scan(tmp_path / "footage", out2).run.videos == first.run.videos
+    again = _scan(lib, out2)
+    assert again.run.videos == 0 and again.totals.total == first.totals.total == len(_videos(out2))
+    touched = lib / "rotated_90.mp4"  # a changed file is rescanned under this run's path, its old row retired
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    changed = _scan(lib, out2)
+    videos = _videos(out2)
+    assert changed.run.videos == 1 and str(touched) in videos and len(videos) == first.totals.total
 
 
 def test_jobs_that_split_the_library_differently_cannot_share_a_folder(library: Path, tmp_path: Path) -> None:

@@ -100,9 +100,17 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
     library (deleted or moved); its rows are then retired, so totals and highlights list what exists.
     """
     done = _done_index(out_dir)
+    # the same file reached by another path (the library through a symlink, or its target): scanning through
+    # the other path rescanned every video and listed each twice
+    by_real: dict[str, list[dict[str, object]]] = {}
+    for path, path_rows in done.items():
+        by_real.setdefault(os.path.realpath(path), []).extend(path_rows)
+    claimed: set[str] = set()  # row paths matched to a file of this run (never also 'gone')
     plan = ResumePlan()
     for f in files:
-        rows = done.get(str(f.path), [])
+        same_file = {id(r): r for r in (*done.get(str(f.path), []), *by_real.get(os.path.realpath(f.path), []))}
+        rows = sorted(same_file.values(), key=lambda r: r["scanned_at"], reverse=True)  # type: ignore[arg-type, return-value]
+        claimed.update(str(r["path"]) for r in rows)
         keep = None
         if resume and rows:
             newest = rows[0]
@@ -119,11 +127,10 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
         (plan.skipped if keep is not None else plan.todo).append(f)
         for row in rows:
             if row is not keep:
-                plan.superseded.setdefault(str(row["shard"]), set()).add(str(f.path))
+                plan.superseded.setdefault(str(row["shard"]), set()).add(str(row["path"]))
     if gone is not None:
-        listed = {str(f.path) for f in files}
         for path, rows in done.items():
-            if path not in listed and gone(path):
+            if path not in claimed and gone(path):
                 plan.gone.append(path)
                 for row in rows:
                     plan.superseded.setdefault(str(row["shard"]), set()).add(path)

@@ -344,9 +344,7 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
     ``on_progress(stats, total_todo)`` is called after every batch.
     """
     started = time.perf_counter()
-    # symlinks resolved: the same footage reached through a link (or the link's target) must match the same rows,
-    # or a second scan through the other path counted every video twice
-    libs = [Path(os.path.realpath(p)) for p in libraries]
+    libs = [Path(os.path.abspath(p)) for p in libraries]  # as given: resume matches files by their real path too
     for lib in libs:
         if not lib.exists():
             raise VideoOpenError("library folder not found", path=lib, hint="check the path and that the disk is mounted")
