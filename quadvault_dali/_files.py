@@ -13,8 +13,12 @@ from typing import Iterator
 def default_file_mode() -> int:
     """The permissions a plain ``open(path, "w")`` gives a new file here (0o666 less the umask). Libraries
     that write private files (safetensors: 0o600) would keep a shared model's weights from its users."""
-    mask = os.umask(0o022)
-    os.umask(mask)
+    try:  # Linux: read it, rather than set and restore it (the umask is the whole process's, threads included)
+        with open("/proc/self/status", encoding="ascii") as fh:
+            mask = next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
     return 0o666 & ~mask
 
 

@@ -241,6 +241,7 @@ class DaliSampler(Sampler):
         consumer would wait for that clip forever)."""
         decoder: AnyClipDecoder | None = None
         carry: list[_Work] = []  # a clip taken for the next run (see _next_work)
+        budget = self._budget  # this run's: a thread outliving its run must not give bytes to the next one's
         try:
             while True:
                 items, stop_seen = self._next_work(work, carry)
@@ -269,7 +270,7 @@ class DaliSampler(Sampler):
                             res = exc
                     self._clip_failed(w, res)
                 for w in items:
-                    self._budget.release(w.cost)
+                    budget.release(w.cost)
                 del items, live, results  # the clips' bytes and frames: not held while the next run waits
                 if stop_seen:
                     return

@@ -82,7 +82,7 @@ class ProcessSampler(Sampler):
         self._finalizer: weakref.finalize | None = None
         #: the children's DALI runs, samples and frames, summed as each round ends (benchmarks read it)
         self.decode_stats = DecodeStats()
-        self.queued_bytes_peak = 0  # the most the children's queued clips held together in one round
+        self.queued_bytes_peak = 0  # the children's queued-clip peaks summed (an upper bound of what they held)
 
     @property
     def device(self) -> torch.device:
@@ -216,8 +216,8 @@ class _Pool:
             index = by_conn.get(id(ready), by_sentinel.get(ready))  # type: ignore[arg-type]
             child = self.children[index]
             if ready is child.conn:
-                if child.broken:
-                    continue
+                if child.broken or (self._device.type == "cuda" and child.proc.exitcode is not None):
+                    continue  # a dead GPU child's frames are not mapped (its sentinel says it died)
                 message = _recv(child.conn)
                 if message is not None and message[0] == "batch":
                     message = self._copied(child, message)
@@ -252,6 +252,8 @@ class _Pool:
             try:
                 frames = frames.to(self._device, copy=True)
                 torch.cuda.current_stream(frames.device).synchronize()
+            except torch.cuda.OutOfMemoryError:  # this process's own trouble, not the child's
+                raise
             except RuntimeError as exc:  # its memory could not be read: the message is lost
                 log.debug("copying frames out of a decoding process failed: %r", exc)
                 return None

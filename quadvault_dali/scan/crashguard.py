@@ -184,6 +184,12 @@ def check_videos(paths: Sequence[Path], *, device: str, mode: str, fps: float, s
         done, on, why = _check_in_one_child(todo, device=device, mode=mode, fps=fps, size=size,
                                             device_id=device_id, stall_s=stall_s)
         if why is None:
+            if on is not None:  # a Python error on that video, no crash: it is scanned as usual, the rest checked
+                todo = todo[on + 1:]
+                continue
+            if 0 < done < len(todo):  # stopped between videos without a signal: a fresh child for the rest
+                todo = todo[done:]
+                continue
             break  # all checked (or the child could not run at all: the scan itself will tell)
         if on is None:  # died between two videos: no culprit; the rest get a fresh child, unless none started
             log.warning("the check process died between videos (%s)", why)
@@ -276,12 +282,15 @@ def _main(argv: list[str] | None = None) -> int:
                              device_id=args.device_id)
     for i, video in enumerate(args.videos):
         print(f"{_STARTED} {i}", flush=True)  # the parent blames the video in progress when this process dies
-        for batch in sampler.iter_batches([video]):
-            if len(batch):
-                print(".", flush=True)  # progress for the parent's stall watch
-            for outcome in batch.completed:
-                if outcome.error is not None:  # an ordinary bad file: the scan itself records it
-                    print(outcome.error, file=sys.stderr)
+        try:
+            for batch in sampler.iter_batches([video]):
+                if len(batch):
+                    print(".", flush=True)  # progress for the parent's stall watch
+                for outcome in batch.completed:
+                    if outcome.error is not None:  # an ordinary bad file: the scan itself records it
+                        print(outcome.error, file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - a Python error is no crash: the scan records it; go on
+            print(f"{video}: {exc}", file=sys.stderr)
         print(f"{_FINISHED} {i}", flush=True)
     return 0
 

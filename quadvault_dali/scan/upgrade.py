@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .schema import SCHEMA_VERSION, SCHEMAS, ScanMetadata, schema_with_metadata
-from .shards import TagLock, complete_shards, parse_name, read_shard, write_parquet_atomic
+from .shards import DamagedShardError, TagLock, complete_shards, parse_name, read_shard, write_parquet_atomic
 
 log = logging.getLogger(__name__)
 
@@ -53,22 +53,32 @@ def _upgrade_file(path: Path, table: str, meta: ScanMetadata) -> None:
 def upgrade_shards(out_dir: Path, own_tag: str = "", lock_timeout_s: float = 10.0) -> int:
     """Rewrites the complete shard files of ``out_dir`` written by an older 1.x version; returns how many.
 
-    A pair another job is writing right now keeps its old schema this time (the next scan upgrades it).
+    A pair another job is writing right now keeps its old schema this time (the next scan upgrades it); once
+    a tag's lock did not come free, its other pairs are not waited for either (parallel ``--shard`` jobs hold
+    theirs for their whole run).
     """
     upgraded = 0
+    busy: set[str] = set()
     for name in complete_shards(out_dir):
         todo = [(t, out_dir / t / name) for t in SCHEMAS]
         todo = [(t, p, meta) for t, p in todo if (meta := _needs_upgrade(p, t)) is not None]
         if not todo:
             continue
         tag = (parse_name(name) or ("", 0))[0]
+        if tag in busy:
+            continue
         lock = TagLock(out_dir, tag) if tag != own_tag else None
         if lock is not None and not lock.acquire(timeout_s=lock_timeout_s):
-            log.info("shard pair %s is being written by another scan; its schema is upgraded next run", name)
+            log.info("shards of %r are being written by another scan; their schema is upgraded next run", tag)
+            busy.add(tag)
             continue
         try:
             for table, path, meta in todo:
-                _upgrade_file(path, table, meta)
+                try:
+                    _upgrade_file(path, table, meta)
+                except DamagedShardError as exc:  # left as it is: resume moves a damaged pair aside
+                    log.warning("cannot upgrade %s: %s", path, exc)
+                    break
                 upgraded += 1
         finally:
             if lock is not None:
