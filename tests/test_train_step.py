@@ -132,8 +132,8 @@ def test_dali_batches_stay_intact_while_the_step_stream_lags(tmp_path) -> None: 
 
     device = torch.device("cuda:0")
     net = Lagging().to(device)
-    step = TrainStep(net, torch.optim.SGD(net.parameters(), lr=0.0), None, torch.zeros(n), torch.tensor(1.0),
-                     device)
+    step = TrainStep(net, torch.optim.SGD(net.parameters(), lr=0.0), None, torch.zeros(n),
+                     torch.tensor(1.0, device=device), device)
     order: list[int] = []
     with step.running():
         for images, rows in loader:
