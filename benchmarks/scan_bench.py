@@ -129,13 +129,20 @@ def cat_read(files: list[Path]) -> float:
     return time.perf_counter() - started
 
 
-def parse_scan_layout(text: str) -> tuple[int, int, str, bool]:
-    """``PROCESSESxSTREAMS[k][s]`` -> (processes, streams, sampling mode, streaming decoder): ``k`` scans in
-    keyframe mode (else auto), ``s`` with the experimental streaming decoder (``SamplerConfig.stream_decode``)."""
-    match = re.fullmatch(r"(\d+)x(\d+)(k?)(s?)", text.strip())
+#: The interpreter's switch interval of an ``i`` scan layout (Python's default is 5 ms)
+SHORT_SWITCH_MS = 0.5
+
+
+def parse_scan_layout(text: str) -> tuple[int, int, str, bool, float | None]:
+    """``PROCESSESxSTREAMS[k][s][i]`` -> (processes, streams, sampling mode, streaming decoder, switch interval
+    in ms): ``k`` scans in keyframe mode (else auto), ``s`` with the experimental streaming decoder
+    (``SamplerConfig.stream_decode``), ``i`` with a ``SHORT_SWITCH_MS`` GIL switch interval in this process
+    (the scan's own thread scores frames beside the prepare and decode threads: a GIL convoy shows here)."""
+    match = re.fullmatch(r"(\d+)x(\d+)(k?)(s?)(i?)", text.strip())
     if not match:
-        raise ValueError(f"a scan layout is PROCESSESxSTREAMS[k][s], like 4x2 or 2x4k; got {text!r}")
-    return int(match.group(1)), int(match.group(2)), "keyframe" if match.group(3) else "auto", bool(match.group(4))
+        raise ValueError(f"a scan layout is PROCESSESxSTREAMS[k][s][i], like 4x2 or 2x4k; got {text!r}")
+    return (int(match.group(1)), int(match.group(2)), "keyframe" if match.group(3) else "auto", bool(match.group(4)),
+            SHORT_SWITCH_MS if match.group(5) else None)
 
 
 def run_scan(files: list[Path], out: Path, device: str, model_dir: Path, streams: int, batch: int,
@@ -303,10 +310,17 @@ def main() -> None:
     save()
     if backend == "gpu" and not args.quick:
         result["scan_layouts"] = []
-        for layout, processes, streams, mode, streamed in layouts:
-            result["scan_layouts"].append({"layout": layout, **attempt(
-                f"scan {layout}", lambda: library_scan("scan_layout_out", streams, processes=processes, mode=mode,
-                                                       stream_decode=streamed))})
+        for layout, processes, streams, mode, streamed, switch_ms in layouts:
+            before = sys.getswitchinterval()
+            if switch_ms is not None:
+                sys.setswitchinterval(switch_ms / 1000)
+            try:
+                result["scan_layouts"].append({"layout": layout, "switch_interval_ms": switch_ms or 1000 * before,
+                                               **attempt(f"scan {layout}", lambda: library_scan(
+                                                   "scan_layout_out", streams, processes=processes, mode=mode,
+                                                   stream_decode=streamed))})
+            finally:
+                sys.setswitchinterval(before)
             save()
     if backend == "gpu":
         def cpu_scan() -> dict:

@@ -53,9 +53,10 @@ def test_scan_layouts_name_processes_streams_and_mode() -> None:
         import scan_bench
     finally:
         sys.path.remove(str(BENCH))
-    assert scan_bench.parse_scan_layout("4x2") == (4, 2, "auto", False)
-    assert scan_bench.parse_scan_layout("2x4k") == (2, 4, "keyframe", False)
-    assert scan_bench.parse_scan_layout("1x4ks") == (1, 4, "keyframe", True)
+    assert scan_bench.parse_scan_layout("4x2") == (4, 2, "auto", False, None)
+    assert scan_bench.parse_scan_layout("2x4k") == (2, 4, "keyframe", False, None)
+    assert scan_bench.parse_scan_layout("1x4ks") == (1, 4, "keyframe", True, None)
+    assert scan_bench.parse_scan_layout("1x4ki") == (1, 4, "keyframe", False, scan_bench.SHORT_SWITCH_MS)
     with pytest.raises(ValueError, match="2x4k"):
         scan_bench.parse_scan_layout("2p4")
 
