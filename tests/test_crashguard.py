@@ -143,6 +143,8 @@ if os.environ.get("QV_TEST_CRASH_ON"):
     def decode_video(self, path, outcome, emit, **kw):
         if path.name in os.environ["QV_TEST_CRASH_ON"].split(","):
             os.kill(os.getpid(), signal.SIGSEGV)
+        if path.name == os.environ.get("QV_TEST_EXIT_ON"):  # a native library calling exit()
+            os._exit(3)
         return real(self, path, outcome, emit, **kw)
     _cpu.CpuSampler.decode_video = decode_video
     real_batches = _cpu.CpuSampler.iter_batches
@@ -166,11 +168,13 @@ def test_many_suspects_share_a_child_and_only_the_crashers_are_blamed(tmp_path: 
     starts = tmp_path / "starts.log"
     monkeypatch.setenv("QV_TEST_CRASH_ON", "guard_c1.mp4,guard_c3.mp4")
     monkeypatch.setenv("QV_TEST_RAISE_ON", "guard_c2.mp4")  # between the two crashers
+    monkeypatch.setenv("QV_TEST_EXIT_ON", "guard_c4.mp4")
     monkeypatch.setenv("QV_TEST_STARTS", str(starts))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]))
     clips = [make_clip(f"guard_c{i}.mp4", duration_s=1.0, source_id=i) for i in range(5)]
     videos = [clips[0], clips[1], broken_clips["text"], clips[2], clips[3], clips[4]]
     verdicts = check_videos(videos, device="cpu", mode="auto", fps=1.0, size=64)
-    assert set(verdicts) == {clips[1], clips[3]}
-    assert all("the decoder crashed on this file (SIGSEGV)" in why for why in verdicts.values())
-    assert starts.read_text().count("start") == 3  # one child, and one more after each crash
+    assert set(verdicts) == {clips[1], clips[3], clips[4]}
+    assert all("the decoder crashed on this file (SIGSEGV)" in verdicts[c] for c in (clips[1], clips[3]))
+    assert "the decoder process exited with code 3 on this file" in verdicts[clips[4]]
+    assert starts.read_text().count("start") == 3  # one child, one more after each crash (c4 is the last)

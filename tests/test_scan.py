@@ -37,6 +37,11 @@ def _scan(library: Path, out: Path, **kw: object):
                                                batch_size=4, **kw), scorers=SCORERS)  # type: ignore[arg-type]
 
 
+def _scan_many(libraries: list[Path], out: Path, **kw: object):
+    return scan_library(libraries, ScanOptions(out_dir=out, threshold=THRESHOLD, device="cpu", streams=2,
+                                               batch_size=4, **kw), scorers=SCORERS)  # type: ignore[arg-type]
+
+
 def _videos(out: Path) -> dict[str, dict]:
     rows = read_table(out, "videos").to_pylist()
     paths = [r["path"] for r in rows]
@@ -358,6 +363,15 @@ def test_the_same_library_through_a_link_is_the_same_scan(library: Path, tmp_pat
     changed = _scan(lib, out2)
     videos = _videos(out2)
     assert changed.run.videos == 1 and str(touched) in videos and len(videos) == first.totals.total
+    deleted = lib / "2024" / "calm_mjpeg_30.mkv"  # deleted: its row under the link's path goes too
+    assert [p for p in videos if os.path.realpath(p) == str(deleted.resolve())] != [str(deleted)]
+    deleted.unlink()
+    (lib / "0_alias.mp4").unlink()
+    after = _scan(lib, out2)
+    assert after.totals.total == first.totals.total - 1 == len(_videos(out2))
+    # both paths at once: each file once
+    both = _scan_many([tmp_path / "footage", lib], tmp_path / "out3")
+    assert both.run.videos == both.totals.total == first.totals.total - 1
 
 
 def test_jobs_that_split_the_library_differently_cannot_share_a_folder(library: Path, tmp_path: Path) -> None:

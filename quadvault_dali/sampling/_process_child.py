@@ -97,8 +97,19 @@ def serve(sampler: Sampler, conn: Any) -> None:
             return
         except BaseException as exc:  # noqa: BLE001 - e.g. the backend deciding its decoder does not work
             conn.send(("fatal", _portable(exc)))
+            _linger(conn)
             return
         conn.send(("done", _round_stats(sampler)))
+
+
+def _linger(conn: Any) -> None:
+    """Stays alive until the parent closes the pipe or stops this process: a GPU pool does not read the pipe of a
+    process that has exited (its CUDA frames must not be mapped), so exiting at once could lose the message."""
+    try:
+        while True:
+            conn.recv()
+    except (EOFError, OSError):
+        pass
 
 
 def _round_stats(sampler: Sampler) -> dict[str, int]:

@@ -130,7 +130,8 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
                 plan.superseded.setdefault(str(row["shard"]), set()).add(str(row["path"]))
     if gone is not None:
         for path, rows in done.items():
-            if path not in claimed and gone(path):
+            real = os.path.realpath(path)  # a row kept under a link's path: gone when its file is
+            if path not in claimed and (gone(path) or (real != path and gone(real))):
                 plan.gone.append(path)
                 for row in rows:
                     plan.superseded.setdefault(str(row["shard"]), set()).add(path)

@@ -167,9 +167,10 @@ def select_files(libraries: Sequence[Path], shard: tuple[int, int] = (0, 1), *,
             if shown is not None:
                 log.warning("skipping %s: its name is not valid UTF-8; rename the file to scan it", shown)
                 continue
-            if key in seen:
+            real = os.path.realpath(key)  # LIBRARY arguments that reach the same files (a link and its target)
+            if key in seen or real in seen:
                 continue
-            seen.add(key)  # before the shard test: under nested LIBRARY arguments the first one decides
+            seen.update((key, real))  # before the shard test: under nested LIBRARY arguments the first one decides
             if not in_shard(os.path.relpath(path, base), shard):
                 continue
             try:
@@ -377,8 +378,10 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
         cleanup_partial(out, options.tag)
         unreadable: list[Path] = []
         files = select_files(libs, options.shard, unreadable=unreadable)
+        reached = {os.path.realpath(f.path) for f in files}
         for lib in libs:
-            if lib.is_dir() and not any(lib == f.path or lib in f.path.parents for f in files):
+            real_lib = os.path.realpath(lib)
+            if lib.is_dir() and not any(p == real_lib or p.startswith(real_lib + os.sep) for p in reached):
                 log.warning("found no videos under %s%s (is the disk mounted?)", lib,
                             " in this shard" if options.shard[1] > 1 else "")
         plan = plan_resume(files, out, fingerprint=fingerprint, fps=options.fps, mode=options.mode,

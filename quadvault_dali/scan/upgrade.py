@@ -42,12 +42,13 @@ def _needs_upgrade(path: Path, table: str) -> ScanMetadata | None:
     return meta
 
 
-def _upgrade_file(path: Path, table: str, meta: ScanMetadata) -> None:
+def _upgrade_file(path: Path, table: str, meta: ScanMetadata) -> bool:
     data = read_shard(path)  # the columns it lacks come as nulls
     if data is None:  # retired by another job meanwhile
-        return
+        return False
     target = schema_with_metadata(replace(meta, schema_version=SCHEMA_VERSION))
     write_parquet_atomic(path, data.select(target.names).cast(target))
+    return True
 
 
 def upgrade_shards(out_dir: Path, own_tag: str = "", lock_timeout_s: float = 10.0) -> int:
@@ -75,11 +76,10 @@ def upgrade_shards(out_dir: Path, own_tag: str = "", lock_timeout_s: float = 10.
         try:
             for table, path, meta in todo:
                 try:
-                    _upgrade_file(path, table, meta)
+                    upgraded += _upgrade_file(path, table, meta)
                 except DamagedShardError as exc:  # left as it is: resume moves a damaged pair aside
                     log.warning("cannot upgrade %s: %s", path, exc)
                     break
-                upgraded += 1
         finally:
             if lock is not None:
                 lock.release()
