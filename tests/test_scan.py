@@ -372,6 +372,23 @@ def test_the_same_library_through_a_link_is_the_same_scan(library: Path, tmp_pat
     # both paths at once: each file once
     both = _scan_many([tmp_path / "footage", lib], tmp_path / "out3")
     assert both.run.videos == both.totals.total == first.totals.total - 1
+    # rows under the real paths, this run through the link: a deleted file's row still goes
+    (lib / "rotated_90.mp4").unlink()
+    via_link = _scan(tmp_path / "footage", out)
+    assert via_link.run.videos == 0 and via_link.totals.total == len(_videos(out)) == first.totals.total - 2
+    both = _scan_many([tmp_path / "footage", lib], tmp_path / "out3")
+    assert both.run.videos == 0 and both.totals.total == first.totals.total - 2
+
+
+def test_a_library_of_links_to_files_elsewhere_is_not_an_empty_disk(library: Path, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    curated = tmp_path / "best"
+    curated.mkdir()
+    for clip in sorted(library.rglob("*.mp4"))[:2]:
+        (curated / clip.name).symlink_to(clip)
+    with caplog.at_level("WARNING"):
+        summary = _scan(curated, tmp_path / "out")
+    assert summary.run.videos == 2 and "found no videos" not in caplog.text
 
 
 def test_jobs_that_split_the_library_differently_cannot_share_a_folder(library: Path, tmp_path: Path) -> None:

@@ -186,9 +186,14 @@ def vanished(libraries: Sequence[Path], files: Sequence[FileState], shard: tuple
              unreadable: Sequence[Path]) -> Callable[[str], bool]:
     """A test for paths that have rows but were not found now: ``True`` only when the path is in this run's
     part of a library folder that was read (not an unreadable folder, not a library in which nothing was
-    found, as an unmounted disk's empty mount point) and the file really is not there."""
-    roots = [Path(os.path.abspath(lib)) for lib in libraries if Path(lib).is_dir()]
-    populated = {root for root in roots if any(root in f.path.parents for f in files)}
+    found, as an unmounted disk's empty mount point) and the file really is not there.
+
+    A library is known by its path as given and by its real path: rows may hold either (scanned through a
+    link to it, or not), and this run may reach its files through either."""
+    given = [Path(os.path.abspath(lib)) for lib in libraries if Path(lib).is_dir()]
+    roots = list(dict.fromkeys([*given, *(Path(os.path.realpath(r)) for r in given)]))
+    reached = [f.path for f in files] + [Path(os.path.realpath(f.path)) for f in files]
+    populated = {root for root in roots if any(root in p.parents for p in reached)}
 
     def gone(path_s: str) -> bool:
         path = Path(path_s)
@@ -378,10 +383,10 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
         cleanup_partial(out, options.tag)
         unreadable: list[Path] = []
         files = select_files(libs, options.shard, unreadable=unreadable)
-        reached = {os.path.realpath(f.path) for f in files}
+        reached = {str(f.path) for f in files} | {os.path.realpath(f.path) for f in files}
         for lib in libs:
-            real_lib = os.path.realpath(lib)
-            if lib.is_dir() and not any(p == real_lib or p.startswith(real_lib + os.sep) for p in reached):
+            under = {str(lib) + os.sep, os.path.realpath(lib) + os.sep}  # as given, or the files' real paths
+            if lib.is_dir() and not any(p.startswith(tuple(under)) for p in reached):
                 log.warning("found no videos under %s%s (is the disk mounted?)", lib,
                             " in this shard" if options.shard[1] > 1 else "")
         plan = plan_resume(files, out, fingerprint=fingerprint, fps=options.fps, mode=options.mode,
