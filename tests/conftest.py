@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 
 from quadvault_dali.synth import SynthSpec, make_broken, make_video
+
+#: The benchmark scripts: they import their shared helpers (``_results``, ``_gpu_monitor``) by name.
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def import_benchmark(name: str) -> Any:
+    """A module of ``benchmarks/`` (not a package), imported with that folder on the path for the import only."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
 
 #: Real third-party footage (``../shared/video-corpus`` beside the checkout; ``QUADVAULT_CORPUS`` elsewhere).
 CORPUS = Path(os.environ.get("QUADVAULT_CORPUS") or Path(__file__).resolve().parents[2] / "shared" / "video-corpus")

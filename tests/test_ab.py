@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from conftest import import_benchmark
 
 
 @pytest.fixture(scope="module")
 def ab():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import ab as module
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+    return import_benchmark("ab")
 
 
 def test_sampling_layouts_are_ratios_to_the_baseline_of_their_clip(ab, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -8,17 +8,12 @@ from typing import Callable
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from conftest import import_benchmark
 
 
 @pytest.fixture(scope="module")
 def sampling_bench():
-    sys.path.insert(0, str(BENCH))  # the benchmarks import their shared helper (_results) by name
-    try:
-        import sampling_bench as module
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+    return import_benchmark("sampling_bench")
 
 
 def test_layouts_name_processes_streams_and_dali_run_shape(sampling_bench) -> None:
@@ -48,11 +43,7 @@ def test_a_process_layout_samples_every_copy(sampling_bench, make_clip: Callable
 
 
 def test_scan_layouts_name_processes_streams_and_mode() -> None:
-    sys.path.insert(0, str(BENCH))
-    try:
-        import scan_bench
-    finally:
-        sys.path.remove(str(BENCH))
+    scan_bench = import_benchmark("scan_bench")
     assert scan_bench.parse_scan_layout("4x2") == (4, 2, "auto", False, None)
     assert scan_bench.parse_scan_layout("2x4k") == (2, 4, "keyframe", False, None)
     assert scan_bench.parse_scan_layout("1x4ks") == (1, 4, "keyframe", True, None)

@@ -11,17 +11,12 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from conftest import import_benchmark
 
 
 @pytest.fixture(scope="module")
 def monitor_module():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import _gpu_monitor as module
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+    return import_benchmark("_gpu_monitor")
 
 
 FAKE_SMI = """#!/bin/sh
