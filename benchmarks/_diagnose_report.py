@@ -7,7 +7,7 @@ import os
 import platform
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import av
 import torch
@@ -62,21 +62,21 @@ def print_tables(report: dict[str, Any]) -> None:
                                                                   else "") for p in m.get("points", []))
         print(f"memory {m['case']}: {series or m.get('error')}")
     if report.get("scale"):
-        head = f"\n{'scale: case':24} {'batch':>5} {'thr':>3} {'procs':>5} {'frames/s':>9} {'NVDEC %':>8}  per process"
-        print(head + "\n" + "-" * (len(head) - 1))
-        for r in report["scale"]:
-            if "error" in r:
-                print(f"{r.get('case', '-'):24} ERROR {r['error'][:100]}")
-                continue
-            print(f"{r['case']:24} {r['batch']:>5} {r['threads']:>3} {r['processes']:>5} {r['frames_per_s']:>9.1f} "
-                  f"{r.get('decoder_util_mean', '-')!s:>8}  {r['per_process_frames_per_s']}")
-    head = (f"\n{'clip':24} {'comparison':36} {'bias R,G,B':>15} {'top10':>15} {'middle':>15} {'bottom10':>15} "
-            f"{'|d|':>4}")
-    print(head + "\n" + "-" * (len(head) - 1))
+        _table(f"\n{'scale: case':24} {'batch':>5} {'thr':>3} {'procs':>5} {'frames/s':>9} {'NVDEC %':>8}  per process",
+               report["scale"], "case",
+               lambda r: f"{r['case']:24} {r['batch']:>5} {r['threads']:>3} {r['processes']:>5} "
+                         f"{r['frames_per_s']:>9.1f} {r.get('decoder_util_mean', '-')!s:>8}  "
+                         f"{r['per_process_frames_per_s']}")
     fmt = lambda v: ",".join(f"{x:+.1f}" for x in v)  # noqa: E731
-    for r in report["colour"]:
-        if "error" in r:
-            print(f"{r['clip']:24} ERROR {r['error'][:100]}")
-            continue
-        print(f"{r['clip']:24} {r['compare']:36} {fmt(r['bias']):>15} {fmt(r['top10']):>15} {fmt(r['middle']):>15} "
-              f"{fmt(r['bottom10']):>15} {r['mean_abs']:>4.1f}")
+    _table(f"\n{'clip':24} {'comparison':36} {'bias R,G,B':>15} {'top10':>15} {'middle':>15} {'bottom10':>15} "
+           f"{'|d|':>4}", report["colour"], "clip",
+           lambda r: f"{r['clip']:24} {r['compare']:36} {fmt(r['bias']):>15} {fmt(r['top10']):>15} "
+                     f"{fmt(r['middle']):>15} {fmt(r['bottom10']):>15} {r['mean_abs']:>4.1f}")
+
+
+def _table(head: str, rows: list[dict[str, Any]], label: str, line: Callable[[dict[str, Any]], str]) -> None:
+    """``head`` (after a blank line), a rule as long as it, then ``line(row)`` per row, or the row's ``label``
+    and its error for a measurement that failed."""
+    print(head + "\n" + "-" * (len(head) - 1))
+    for r in rows:
+        print(f"{r.get(label, '-'):24} ERROR {r['error'][:100]}" if "error" in r else line(r))
