@@ -39,6 +39,11 @@ class FileState:
     path: Path
     size_bytes: int
     mtime_ns: int
+    real: str = ""  # its path with symlinks resolved, when the caller has it already
+
+    @property
+    def real_path(self) -> str:
+        return self.real or os.path.realpath(self.path)
 
 
 @dataclass
@@ -102,13 +107,14 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
     done = _done_index(out_dir)
     # the same file reached by another path (the library through a symlink, or its target): scanning through
     # the other path rescanned every video and listed each twice
+    reals = {path: os.path.realpath(path) for path in done}
     by_real: dict[str, list[dict[str, object]]] = {}
     for path, path_rows in done.items():
-        by_real.setdefault(os.path.realpath(path), []).extend(path_rows)
+        by_real.setdefault(reals[path], []).extend(path_rows)
     claimed: set[str] = set()  # row paths matched to a file of this run (never also 'gone')
     plan = ResumePlan()
     for f in files:
-        same_file = {id(r): r for r in (*done.get(str(f.path), []), *by_real.get(os.path.realpath(f.path), []))}
+        same_file = {id(r): r for r in (*done.get(str(f.path), []), *by_real.get(f.real_path, []))}
         rows = sorted(same_file.values(), key=lambda r: r["scanned_at"], reverse=True)  # type: ignore[arg-type, return-value]
         claimed.update(str(r["path"]) for r in rows)
         keep = None
@@ -130,7 +136,7 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
                 plan.superseded.setdefault(str(row["shard"]), set()).add(str(row["path"]))
     if gone is not None:
         for path, rows in done.items():
-            real = os.path.realpath(path)  # a row kept under a link's path: gone when its file is
+            real = reals[path]  # a row kept under a link's path: gone when its file is
             if path not in claimed and (gone(path) or (real != path and gone(real))):
                 plan.gone.append(path)
                 for row in rows:

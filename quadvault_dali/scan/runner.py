@@ -178,7 +178,7 @@ def select_files(libraries: Sequence[Path], shard: tuple[int, int] = (0, 1), *,
             except OSError as exc:
                 log.warning("skipping %s: %s", path, exc.strerror or exc)
                 continue
-            files.append(FileState(path, st.st_size, st.st_mtime_ns))
+            files.append(FileState(path, st.st_size, st.st_mtime_ns, real))
     return sorted(files, key=lambda f: str(f.path))
 
 
@@ -192,7 +192,7 @@ def vanished(libraries: Sequence[Path], files: Sequence[FileState], shard: tuple
     link to it, or not), and this run may reach its files through either."""
     given = [Path(os.path.abspath(lib)) for lib in libraries if Path(lib).is_dir()]
     roots = list(dict.fromkeys([*given, *(Path(os.path.realpath(r)) for r in given)]))
-    reached = [f.path for f in files] + [Path(os.path.realpath(f.path)) for f in files]
+    reached = [f.path for f in files] + [Path(f.real_path) for f in files]
     populated = {root for root in roots if any(root in p.parents for p in reached)}
 
     def gone(path_s: str) -> bool:
@@ -383,7 +383,7 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
         cleanup_partial(out, options.tag)
         unreadable: list[Path] = []
         files = select_files(libs, options.shard, unreadable=unreadable)
-        reached = {str(f.path) for f in files} | {os.path.realpath(f.path) for f in files}
+        reached = {str(f.path) for f in files} | {f.real_path for f in files}
         for lib in libs:
             under = {str(lib) + os.sep, os.path.realpath(lib) + os.sep}  # as given, or the files' real paths
             if lib.is_dir() and not any(p.startswith(tuple(under)) for p in reached):
