@@ -365,7 +365,7 @@ class _Pool:
                 if kind == "took":
                     child.unread -= 1
                 elif kind == "batch":
-                    batch = self._received(child, payload, pending, delivered, retrying, device)
+                    batch = self._received(child, payload, pending, delivered, retrying)
                     payload = None  # the child's CUDA memory is released with the last reference
                     if len(batch) or batch.completed:
                         self.deaths = 0  # progress: the children are not dying of the machine
@@ -412,9 +412,10 @@ class _Pool:
 
     @staticmethod
     def _received(child: _Child, payload: Any, pending: dict[int, VideoSource], delivered: dict[int, float],
-                  retrying: int | None, device: torch.device) -> FrameBatch:
-        """A child's batch as the caller gets it: CUDA frames copied out of the child's memory, a retried
-        video's frames already yielded before its first child died left out."""
+                  retrying: int | None) -> FrameBatch:
+        """A child's batch as the caller gets it (CUDA frames were copied out of the child's memory as the
+        message was read, ``_copied``): a retried video's frames already yielded before its first child died
+        left out."""
         frames, paths, stamps, completed = payload
         if isinstance(frames, np.ndarray):  # CPU frames travel inside the message (see child_main)
             frames = torch.from_numpy(frames)
@@ -424,8 +425,6 @@ class _Pool:
             if len(keep) < len(paths):
                 frames = frames[keep]
                 paths, stamps = [paths[i] for i in keep], [stamps[i] for i in keep]
-        if frames.is_cuda and frames.device != device:  # copied out of the child's memory on receipt (_copied)
-            frames = frames.to(device)
         for p, t in zip(paths, stamps):
             task_id = child.dealt.get(_key(p))
             if task_id is not None:
