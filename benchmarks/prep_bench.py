@@ -27,7 +27,8 @@ import torch
 
 from _results import write_json
 from quadvault_dali._gc import freeze_startup_objects
-from quadvault_dali.sampling import _gpu
+from quadvault_dali._switch import use_short_switch_interval
+from quadvault_dali.sampling import _gpu, _remux
 from quadvault_dali.sampling._clip_decoder import ClipDecoder
 from quadvault_dali.sampling._remux import Clip
 from sampling_bench import clip_specs, linked_copies, machine, make_clip, select_clips, slug, versions
@@ -90,35 +91,44 @@ class GcPauses:
         gc.callbacks.remove(self._callback)
 
 
-def measure(videos: list[Path], streams: int, size: int, repeats: int, mode: str = "keyframe") -> list[dict[str, Any]]:
-    """Rows for uncropped and cropped clips: the median of ``repeats`` passes each over ``videos``, the two
-    settings' passes interleaved (and their order alternated) so that a drifting machine favours neither."""
-    samplers = {uncrop: PrepOnlySampler(uncrop=uncrop, mode=mode, size=size, streams=streams)
-                for uncrop in (True, False)}
+def measure(videos: list[Path], streams: int, size: int, repeats: int, mode: str = "keyframe",
+            muxers: tuple[str, ...] = ("join", "pyav")) -> list[dict[str, Any]]:
+    """Rows for uncropped and cropped clips, each with every muxer in ``muxers`` (``join``: in-order clips
+    joined under a rebuilt index, ``pyav``: every clip muxed by PyAV): the median of ``repeats`` passes each
+    over ``videos``, the settings' passes interleaved (and their order alternated) so that a drifting machine
+    favours none."""
+    settings = [(uncrop, mux) for uncrop in (True, False) for mux in muxers]
+    samplers = {uncrop: PrepOnlySampler(uncrop=uncrop, mode=mode, size=size, streams=streams) for uncrop in (True, False)}
     for sampler in samplers.values():
         for _ in sampler.iter_batches(videos[:2]):  # imports, first-use costs, templates
             pass
     freeze_startup_objects()  # as the product's long loops do
-    passes: dict[bool, list[tuple[float, float, int, GcPauses]]] = {True: [], False: []}
+    passes: dict[tuple[bool, str], list[tuple[float, float, int, GcPauses]]] = {key: [] for key in settings}
     for r in range(repeats):
-        for uncrop in ((True, False) if r % 2 == 0 else (False, True)):
+        for uncrop, mux in (settings if r % 2 == 0 else settings[::-1]):
             frames = 0
-            with GcPauses() as pauses:
-                wall0, cpu0 = time.perf_counter(), time.process_time()
-                for batch in samplers[uncrop].iter_batches(videos):
-                    frames += len(batch)
-                passes[uncrop].append((time.perf_counter() - wall0, time.process_time() - cpu0, frames, pauses))
+            _remux.JOIN_IN_ORDER = mux == "join"
+            try:
+                with GcPauses() as pauses:
+                    wall0, cpu0 = time.perf_counter(), time.process_time()
+                    for batch in samplers[uncrop].iter_batches(videos):
+                        frames += len(batch)
+                    passes[(uncrop, mux)].append((time.perf_counter() - wall0, time.process_time() - cpu0, frames,
+                                                  pauses))
+            finally:
+                _remux.JOIN_IN_ORDER = True
     rows = []
-    for uncrop, runs in passes.items():
+    for (uncrop, mux), runs in passes.items():
         wall, cpu, frames, pauses = sorted(runs, key=lambda p: p[0])[len(runs) // 2]
-        rows.append({"mode": mode, "streams": streams, "uncrop_sps": uncrop, "videos": len(videos), "frames": frames,
-                     "repeats": repeats, "seconds": round(wall, 3), "sampled_fps": round(frames / wall, 1),
-                     "cpu_ms_per_frame": round(1000 * cpu / max(frames, 1), 3),
+        rows.append({"mode": mode, "streams": streams, "uncrop_sps": uncrop, "mux": mux, "videos": len(videos),
+                     "frames": frames, "repeats": repeats, "seconds": round(wall, 3),
+                     "sampled_fps": round(frames / wall, 1), "cpu_ms_per_frame": round(1000 * cpu / max(frames, 1), 3),
                      "gc_pause_ms": [round(ms, 1) for ms in pauses.ms], "gc_collections": pauses.count})
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
+    use_short_switch_interval()  # as the command line runs (quadvault_dali._switch)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="96 copies of 4-s clips")
     ap.add_argument("--videos", type=int, default=None, help="copies of each clip per measurement")
@@ -129,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="where generated clips are kept (shared with sampling_bench)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--clips", default="", help="only these clips, by name (e.g. 2160p30-hevc-k1.0; default: all)")
+    ap.add_argument("--mux", default="join,pyav", help="muxers to compare: join (in-order clips joined under a "
+                    "rebuilt index, the default), pyav (every clip muxed by PyAV, as before)")
     ap.add_argument("--modes", default="keyframe", help="sampling modes to try: keyframe, exact (GOP runs cut by demuxing)")
     args = ap.parse_args(argv)
     work = args.work or Path(tempfile.gettempdir()) / "quadvault-sampling-bench"
@@ -140,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         specs = select_clips(specs, args.clips)
     except ValueError as exc:
         ap.error(str(exc))
+    muxers = tuple(filter(None, args.mux.split(",")))
+    if not muxers or set(muxers) - {"join", "pyav"}:
+        ap.error(f"--mux takes join and/or pyav, got {args.mux!r}")
     info = machine()
     info["gpu"] = None  # measured on the CPU whatever the machine has
     out = args.out or RESULTS / f"prep_{slug(info)}{'_quick' if args.quick else ''}.json"
@@ -157,11 +172,11 @@ def main(argv: list[str] | None = None) -> int:
             warmed = True
         for mode in args.modes.split(","):
             for streams in (int(s) for s in args.streams.split(",")):
-                for measured in measure(videos, streams, args.size, args.repeats, mode):
+                for measured in measure(videos, streams, args.size, args.repeats, mode, muxers):
                     row = {"clip": spec.name, "codec": spec.codec, **measured}
                     uncrop = row["uncrop_sps"]
                     results.append(row)
-                    print(f"  {spec.name:18} {mode:8} streams={streams} uncrop={uncrop!s:5} "
+                    print(f"  {spec.name:18} {mode:8} streams={streams} uncrop={uncrop!s:5} mux={row['mux']:4} "
                           f"{row['sampled_fps']:8.1f} frames/s {row['cpu_ms_per_frame']:.3f} CPU ms/frame",
                           file=sys.stderr, flush=True)
                     write_json(out, doc)

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import DecodeError
 from ..probe import PacketIndex
+from ._mp4_join import join_mp4
 from ._uncrop import Uncropped, uncrop_config, uncrop_packet
 from ._plan import SamplePlan
 from ._reader import CountingFile
@@ -45,6 +46,9 @@ MAX_RUN_BYTES = 512 << 20
 #: Clips up to this size keep their packets so several can be merged into one DALI sample (a second copy
 #: in memory); bigger ones (exact-mode runs of long GOPs) gain nothing from merging and keep one copy.
 MERGEABLE_BYTES = 32 << 20
+#: In-order clips are joined under a rebuilt index (``_mp4_join``), not muxed by PyAV; benchmarks turn it off
+#: for their A/B rows (``sampling_bench`` layouts ending in ``m``, ``prep_bench --mux``).
+JOIN_IN_ORDER = True
 #: Decoded full-size pixels one clip may hold (``frame_budget``): 48 frames of 1080p, ~300 MB of RGB.
 CLIP_PIXELS = 48 * 1920 * 1080
 
@@ -148,6 +152,20 @@ def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run], signat
     wanted = [t for run in runs for t in run.wanted]
     frames = np.searchsorted(sorted_pts, np.array(wanted)).astype(np.int32)
 
+    data = None
+    if JOIN_IN_ORDER and packets and bool(np.all(rank == np.arange(len(packets)))):  # in order: FFmpeg muxes the first only
+        data = join_mp4(_pyav_mux(template, packets[:1], rank[:1], 0, signature),
+                        [p.data for p in packets], [p.is_key for p in packets])
+    if data is None:
+        data = _pyav_mux(template, packets, rank, delay, signature)
+    if len(data) > MERGEABLE_BYTES:  # not worth a second copy of its packets: it decodes alone
+        return Clip(data, frames, wanted, len(packets), [], None, roi, cropped_signature)
+    return Clip(data, frames, wanted, len(packets), list(runs), signature, roi, cropped_signature)
+
+
+def _pyav_mux(template: av.video.stream.VideoStream, packets: Sequence[SourcePacket], rank: np.ndarray, delay: int,
+              signature: Signature | None) -> bytes:
+    """``packets`` (decode order) as FFmpeg muxes them into an MP4, presentation order ``rank``."""
     buf = io.BytesIO()
     # FFmpeg's write buffer holds the whole clip: with the default 32 KiB, the MP4 muxer's flushes and its
     # seek back to the 'mdat' size went through Python file calls, 2.2 ms for eight 2160p keyframes (0.4 ms).
@@ -168,10 +186,7 @@ def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run], signat
             packet.duration = _TICK
             packet.is_keyframe = src.is_key
             out.mux(packet)
-    data = buf.getvalue()
-    if len(data) > MERGEABLE_BYTES:  # not worth a second copy of its packets: it decodes alone
-        return Clip(data, frames, wanted, len(packets), [], None, roi, cropped_signature)
-    return Clip(data, frames, wanted, len(packets), list(runs), signature, roi, cropped_signature)
+    return buf.getvalue()
 
 
 def uncropped_signature(signature: Signature, done: Uncropped) -> Signature:

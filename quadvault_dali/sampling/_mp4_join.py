@@ -1,0 +1,162 @@
+"""An in-order clip's MP4 as one ``join`` of its packets, under an index rebuilt from FFmpeg's own mux of its
+first packet.
+
+PyAV's muxer copies every packet four times while holding the GIL (into an ``av.Packet``, FFmpeg's write
+buffer, the Python write callback's ``bytes``, the ``BytesIO``): on the GPU machine ``mux_clip`` was 40 % of
+the samples that held the GIL while sampling, the host side being what kept NVDEC under a third busy. A clip
+whose packets are already in presentation order (every keyframe-mode clip, and runs without B-frames)
+needs nothing FFmpeg computes per packet: one chunk, one sample duration, sizes, sync samples. So FFmpeg
+muxes only the first packet, which gives the codec's sample description (``stsd``), ``ftyp`` and the
+rest of ``moov`` exactly as it writes them, and this module writes the sample tables for all packets and
+the durations that depend on their number. Anything in that one-packet file it does not know how to
+rebuild (another box in the sample table, an edit list that shifts, a packet FFmpeg rewrote, e.g. from
+Annex B) makes ``join_mp4`` return ``None``, and the caller muxes with PyAV as before.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .._mp4 import _boxes
+
+#: boxes whose children are rebuilt (the rest of ``moov`` is copied)
+_CONTAINERS = (b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts")
+#: what FFmpeg writes in the sample table of one keyframe: the description, kept, and four tables, rebuilt
+_ONE_PACKET_TABLE = sorted((b"stsd", b"stts", b"stsc", b"stsz", b"stco"))
+_MAX_32 = 0xFFFFFFFF
+_FULL_V0 = b"\x00\x00\x00\x00"  # a full box's version 0, no flags
+
+
+class _Unsupported(Exception):
+    """The template holds something this writer does not rebuild."""
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What the rebuilt boxes say about all the packets."""
+
+    sizes: np.ndarray  # bytes of each packet
+    keyframes: np.ndarray  # bool per packet
+    first_offset: int  # file offset of the first packet (one chunk holds them all)
+    delta: int  # each sample's duration, in the media time scale
+    media_duration: int
+    movie_duration: int  # in the movie time scale (mvhd, tkhd, elst)
+
+
+def join_mp4(template: bytes, packets: Sequence[bytes], keyframes: Sequence[bool]) -> bytes | None:
+    """The MP4 of ``packets`` (decode order = presentation order, equal durations) built from ``template``, an
+    MP4 FFmpeg muxed from ``packets[0]`` alone with the same stream set-up; ``None`` where it cannot be.
+    Demuxers see the same samples, times and sample description as in FFmpeg's mux of all the packets."""
+    if not packets or len(packets) != len(keyframes) or not keyframes[0]:
+        return None
+    top = list(_boxes(template, 0, len(template)))
+    if [kind for kind, _, _ in top] not in ([b"ftyp", b"mdat", b"moov"], [b"ftyp", b"free", b"mdat", b"moov"]):
+        return None
+    _, mdat_start, mdat_end = top[-2]
+    if template[mdat_start - 8:mdat_start - 4] == b"\x00\x00\x00\x01" or template[mdat_start:mdat_end] != packets[0]:
+        return None  # a 64-bit mdat header, or FFmpeg changed the packet's bytes (e.g. from Annex B)
+    prefix = template[:mdat_start - 8]  # ftyp (and free), as FFmpeg wrote them
+    payload = sum(len(p) for p in packets)
+    if len(prefix) + 8 + payload > _MAX_32:
+        return None
+    _, moov_start, moov_end = top[-1]
+    try:
+        layout = _layout(template, moov_start, moov_end, packets, keyframes, len(prefix) + 8)
+        moov = _rebuild(template, b"moov", moov_start, moov_end, layout)
+    except (_Unsupported, struct.error, StopIteration):
+        return None
+    return b"".join([prefix, struct.pack(">I4s", payload + 8, b"mdat"), *packets, moov])
+
+
+def _layout(data: bytes, start: int, end: int, packets: Sequence[bytes], keyframes: Sequence[bool],
+            first_offset: int) -> _Layout:
+    """The template's one track read: its time scales and sample duration give every duration of the clip."""
+    if sum(1 for kind, _, _ in _boxes(data, start, end) if kind == b"trak") != 1:
+        raise _Unsupported("not one track")
+    leaves = _leaves(data, start, end)
+    movie_scale, media_scale = _timescale(data, *leaves[b"mvhd"]), _timescale(data, *leaves[b"mdhd"])
+    s, _ = leaves[b"stts"]
+    entries, samples, delta = struct.unpack_from(">III", data, s + 4)
+    if entries != 1 or samples != 1 or delta <= 0:
+        raise _Unsupported("stts of the one packet")
+    media = len(packets) * delta
+    movie = (media * movie_scale + media_scale // 2) // media_scale  # rounded, as FFmpeg rescales
+    sizes = np.fromiter((len(p) for p in packets), dtype=np.int64, count=len(packets))
+    return _Layout(sizes, np.asarray(keyframes, dtype=bool), first_offset, int(delta), media, movie)
+
+
+def _leaves(data: bytes, start: int, end: int) -> dict[bytes, tuple[int, int]]:
+    found: dict[bytes, tuple[int, int]] = {}
+    for kind, s, e in _boxes(data, start, end):
+        if kind in _CONTAINERS:
+            found.update(_leaves(data, s, e))
+        else:
+            found.setdefault(kind, (s, e))
+    return found
+
+
+def _box(kind: bytes, payload: bytes) -> bytes:
+    if len(payload) + 8 > _MAX_32:
+        raise _Unsupported("box too large")
+    return struct.pack(">I4s", len(payload) + 8, kind) + payload
+
+
+def _rebuild(data: bytes, kind: bytes, start: int, end: int, layout: _Layout) -> bytes:
+    """The box ``kind`` (payload ``data[start:end]``) as it is for all the packets."""
+    if kind == b"stbl":
+        return _box(kind, _sample_table(data, start, end, layout))
+    if kind in (b"mvhd", b"tkhd", b"mdhd", b"elst"):
+        return _box(kind, _with_duration(data, kind, start, end, layout))
+    if kind not in _CONTAINERS:
+        return _box(kind, data[start:end])
+    return _box(kind, b"".join(_rebuild(data, *child, layout) for child in _boxes(data, start, end)))
+
+
+def _sample_table(data: bytes, start: int, end: int, layout: _Layout) -> bytes:
+    children = list(_boxes(data, start, end))
+    if sorted(kind for kind, _, _ in children) != _ONE_PACKET_TABLE:
+        raise _Unsupported("a sample table box this writer does not rebuild")
+    stsd = next(data[s - 8:e] for kind, s, e in children if kind == b"stsd")
+    n = int(layout.sizes.size)
+    out = [stsd, _box(b"stts", _FULL_V0 + struct.pack(">III", 1, n, layout.delta))]
+    if not layout.keyframes.all():  # absent: every sample is a sync sample
+        sync = (np.flatnonzero(layout.keyframes) + 1).astype(">u4")
+        out.append(_box(b"stss", _FULL_V0 + struct.pack(">I", sync.size) + sync.tobytes()))
+    out.append(_box(b"stsc", _FULL_V0 + struct.pack(">IIII", 1, 1, n, 1)))  # chunk 1 holds all n samples
+    out.append(_box(b"stsz", _FULL_V0 + struct.pack(">II", 0, n) + layout.sizes.astype(">u4").tobytes()))
+    out.append(_box(b"stco", _FULL_V0 + struct.pack(">II", 1, layout.first_offset)))
+    return b"".join(out)
+
+
+def _timescale(data: bytes, start: int, end: int) -> int:
+    """``mvhd``/``mdhd``'s time scale (after version/flags and the creation and modification times)."""
+    (scale,) = struct.unpack_from(">I", data, start + (20 if data[start] == 1 else 12))
+    if scale <= 0:
+        raise _Unsupported("time scale")
+    return int(scale)
+
+
+def _with_duration(data: bytes, kind: bytes, start: int, end: int, layout: _Layout) -> bytes:
+    """The payload of ``mvhd``/``tkhd``/``mdhd``/``elst`` with the duration of all the packets."""
+    payload = bytearray(data[start:end])
+    wide = payload[0] == 1  # version 1: 64-bit times
+    if kind == b"elst":  # entries: (segment duration, media time, rate)
+        count = struct.unpack_from(">I", payload, 4)[0]
+        media_time = struct.unpack_from(">q" if wide else ">i", payload, 16 if wide else 12)[0]
+        if count != 1 or media_time != 0:
+            raise _Unsupported("an edit list that shifts or cuts")
+        duration, offset = layout.movie_duration, 8
+    elif kind == b"mdhd":
+        duration, offset = layout.media_duration, (24 if wide else 16)
+    elif kind == b"mvhd":
+        duration, offset = layout.movie_duration, (24 if wide else 16)
+    else:  # tkhd: version/flags, creation, modification, track id, reserved, then the duration
+        duration, offset = layout.movie_duration, (28 if wide else 20)
+    if not wide and duration > _MAX_32:
+        raise _Unsupported("a duration past 32 bits")
+    struct.pack_into(">Q" if wide else ">I", payload, offset, duration)
+    return bytes(payload)

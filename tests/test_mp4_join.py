@@ -1,0 +1,139 @@
+"""In-order clips are written by joining their packets under a rebuilt index (``_mp4_join``) instead of PyAV's
+muxer: a demuxer and a decoder must see exactly what they see in FFmpeg's mux of the same packets."""
+
+from __future__ import annotations
+
+import io
+import struct
+from pathlib import Path
+from typing import Any, Callable
+
+import av
+import numpy as np
+import pytest
+
+from quadvault_dali.sampling import _remux
+from quadvault_dali.sampling._mp4_join import join_mp4
+from quadvault_dali.sampling._remux import Clip, SourcePacket, merge_clips
+
+from test_remux import _build, _clip_path
+
+
+def _pyav_only(clip: Clip, monkeypatch: pytest.MonkeyPatch) -> bytes:
+    """``clip``'s MP4 as PyAV's muxer writes it (the path before ``join_mp4``)."""
+    with monkeypatch.context() as m:
+        m.setattr(_remux, "join_mp4", lambda *a, **k: None)
+        return _remux.mux_clip(_remux._template_stream(clip), clip.runs, clip.signature, clip.roi,
+                               clip.cropped_signature).data
+
+
+def _seen(data: bytes) -> dict[str, Any]:
+    """What a demuxer and a decoder get from an MP4: stream set-up, every packet, every decoded picture."""
+    with av.open(io.BytesIO(data)) as src:
+        stream = src.streams.video[0]
+        ctx = stream.codec_context
+        setup = dict(codec=ctx.name, extradata=bytes(ctx.extradata or b""), width=ctx.width, height=ctx.height,
+                     frames=stream.frames, duration=stream.duration, time_base=stream.time_base,
+                     start=stream.start_time, rate=stream.average_rate, container_duration=src.duration)
+        packets = [(bytes(p), p.pts, p.dts, p.is_keyframe, p.duration) for p in src.demux(stream) if p.size]
+    with av.open(io.BytesIO(data)) as src:
+        pictures = [(f.pts, f.to_ndarray(format="rgb24")) for f in src.decode(video=0)]
+    return dict(setup=setup, packets=packets, pictures=pictures)
+
+
+def _assert_same(joined: bytes, reference: bytes) -> None:
+    a, b = _seen(joined), _seen(reference)
+    assert a["setup"] == b["setup"]
+    assert a["packets"] == b["packets"]
+    assert len(a["pictures"]) == len(b["pictures"]) > 0
+    for (pts_a, img_a), (pts_b, img_b) in zip(a["pictures"], b["pictures"]):
+        assert pts_a == pts_b
+        assert np.array_equal(img_a, img_b)
+
+
+def _count_joins(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Records whether each ``join_mp4`` call built the clip (True) or left it to PyAV (False)."""
+    calls: list[bool] = []
+
+    def spy(*args: Any, **kwargs: Any) -> bytes | None:
+        out = join_mp4(*args, **kwargs)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(_remux, "join_mp4", spy)
+    return calls
+
+
+@pytest.mark.parametrize("name", ["h264_bframes", "hevc_gop2", "hevc_gop5", "vp9", "rotated", "vfr"])
+def test_keyframe_clips_are_joined_and_demux_and_decode_like_pyav_muxes(
+        make_clip: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    calls = _count_joins(monkeypatch)
+    clips, _, _, _ = _build(_clip_path(make_clip, name), "keyframe", max_frames=2)
+    assert len(clips) >= 2 and calls and all(calls), "every keyframe clip is joined, none left to PyAV"
+    for clip in clips:
+        _assert_same(clip.data, _pyav_only(clip, monkeypatch))
+
+
+def test_merged_keyframe_clips_are_joined_like_pyav_muxes(make_clip: Callable[..., Path],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    clips, _, _, _ = _build(_clip_path(make_clip, "hevc_gop2"), "keyframe", max_frames=2)
+    calls = _count_joins(monkeypatch)
+    merged = merge_clips(clips)
+    assert calls == [True]
+    assert len(merged) == sum(len(c) for c in clips)
+    _assert_same(merged.data, _pyav_only(merged, monkeypatch))
+
+
+def test_runs_without_b_frames_are_joined_with_their_sync_samples(make_clip: Callable[..., Path],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exact-mode runs of a stream without B-frames (VP9) are in order too: keyframes and inter frames."""
+    path = make_clip("join_vp9_gop2.mp4", codec="vp9", width=128, height=96, fps=30, duration_s=6.0,
+                     keyframe_interval_s=2.0, source_id=3)
+    calls = _count_joins(monkeypatch)
+    clips, _, _, _ = _build(path, "exact")
+    assert calls and all(calls)
+    inter = 0
+    for clip in clips:
+        with av.open(io.BytesIO(clip.data)) as src:
+            flags = [p.is_keyframe for p in src.demux(video=0) if p.size]
+        assert flags[0]
+        inter += flags.count(False)
+        _assert_same(clip.data, _pyav_only(clip, monkeypatch))
+    assert inter > 0, "the clips hold inter frames, so their sync samples are listed"
+
+
+def test_runs_with_b_frames_stay_with_pyavs_muxer(make_clip: Callable[..., Path],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    path = make_clip("join_h264_gop2.mp4", codec="h264", width=128, height=96, fps=30, duration_s=6.0,
+                     keyframe_interval_s=2.0, source_id=3)
+    calls = _count_joins(monkeypatch)
+    clips, _, _, _ = _build(path, "exact")
+    assert clips and not calls, "out-of-order packets need FFmpeg's composition offsets"
+
+
+def _one_packet_mp4(make_clip: Callable[..., Path]) -> tuple[bytes, bytes]:
+    """FFmpeg's MP4 of a clip's first packet alone, and that packet."""
+    with av.open(str(_clip_path(make_clip, "h264_bframes"))) as src:
+        stream = src.streams.video[0]
+        first = next(p for p in src.demux(stream) if p.size and p.is_keyframe)
+        packet = SourcePacket(bytes(first), 0.0, 0.0, True)
+        return _remux._pyav_mux(stream, [packet], np.zeros(1, np.int64), 0, None), packet.data
+
+
+def test_join_refuses_what_it_does_not_rebuild(make_clip: Callable[..., Path]) -> None:
+    template, packet = _one_packet_mp4(make_clip)
+    assert join_mp4(template, [packet, packet], [True, True]) is not None
+    assert join_mp4(template, [packet[:-1] + b"\0"], [True]) is None, "FFmpeg wrote other bytes than the packet"
+    assert join_mp4(template, [packet, packet], [False, True]) is None, "a clip starts with a keyframe"
+    shifted = _with_edit_media_time(template, 1000)
+    assert join_mp4(shifted, [packet], [True]) is None, "an edit list that shifts the media"
+    assert join_mp4(template.replace(b"stsc", b"ctts", 1), [packet], [True]) is None, "an unknown sample table box"
+
+
+def _with_edit_media_time(mp4: bytes, media_time: int) -> bytes:
+    at = mp4.index(b"elst")
+    out = bytearray(mp4)
+    version = out[at + 4]
+    offset = at + 4 + (16 if version == 1 else 12)
+    struct.pack_into(">q" if version == 1 else ">i", out, offset, media_time)
+    return bytes(out)
