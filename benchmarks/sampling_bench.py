@@ -36,8 +36,9 @@ import torch
 from _gpu_monitor import UtilisationMonitor
 from _results import write_json
 from quadvault_dali._gc import freeze_startup_objects
+from quadvault_dali._switch import SWITCH_INTERVAL_S, use_short_switch_interval
 from quadvault_dali.device import gpu_status
-from quadvault_dali.sampling import create_sampler
+from quadvault_dali.sampling import _remux, create_sampler
 from quadvault_dali.synth import SynthSpec, make_video
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -174,8 +175,10 @@ def linked_copies(path: Path, count: int, folder: Path) -> list[Path]:
     return out
 
 
-#: The interpreter's thread switch interval of an ``i`` layout (Python's default is 5 ms).
-SHORT_SWITCH_MS = 0.5
+#: The interpreter's thread switch interval of an ``i`` layout: the product's (``quadvault_dali._switch``), which
+#: this benchmark runs with, as the command line does; a ``g`` layout runs with Python's default instead.
+SHORT_SWITCH_MS = 1000 * SWITCH_INTERVAL_S
+PYTHON_SWITCH_MS = 5.0
 
 
 class Layout(NamedTuple):
@@ -186,6 +189,7 @@ class Layout(NamedTuple):
     uncrop: bool  # H.264/HEVC clips without their SPS cropping (``sampling._uncrop``)
     streamed: bool  # the streaming decoder (``sampling._stream_decoder``)
     switch_ms: float | None = None  # ``sys.setswitchinterval`` for the row, in ms (None: as it is)
+    pyav_mux: bool = False  # every clip muxed by PyAV, none joined (``sampling._mp4_join``)
 
 
 def parse_layout(text: str) -> Layout:
@@ -194,14 +198,18 @@ def parse_layout(text: str) -> Layout:
     missing on 1080p H.264, the A/B for ``sampling._uncrop``); a trailing ``s`` decodes with the streaming
     decoder (``sampling._stream_decoder``: one decoder set-up per long merged clip; "samples per run" are then
     its sequences of 16 frames); a trailing ``i`` runs the row with a ``SHORT_SWITCH_MS`` switch interval (in
-    this process): whether prepare and decode threads lose time waiting for the GIL a busy thread holds for
-    Python's default 5 ms (a convoy: each FFmpeg read through a Python file, each return from DALI, waits)."""
-    match = re.fullmatch(r"(?:(\d+)p)?(\d+)x(\d+)x(\d+)(c?)(s?)(i?)", text.strip())
+    this process; the default since the product sets it) and ``g`` with Python's 5 ms (the A/B): whether prepare and decode threads lose time waiting for the GIL a busy thread holds for
+    Python's default 5 ms (a convoy: each FFmpeg read through a Python file, each return from DALI, waits); a
+    trailing ``m`` muxes every clip with PyAV, as before in-order clips were joined (``sampling._mp4_join``)."""
+    match = re.fullmatch(r"(?:(\d+)p)?(\d+)x(\d+)x(\d+)(c?)(s?)([ig]?)(m?)", text.strip())
     if not match:
-        raise ValueError(f"a layout is [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c][s][i], like 4p2x4x4; got {text!r}")
+        raise ValueError(f"a layout is [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c][s][i|g][m], like 4p2x4x4; "
+                         f"got {text!r}")
     processes, streams, per_run, threads = (int(g) if g else 1 for g in match.groups()[:4])
+    if processes > 1 and match.group(8):
+        raise ValueError(f"{text!r}: decoding processes are spawned and would join clips anyway; 'm' is for one process")
     return Layout(processes, streams, per_run, threads, not match.group(5), bool(match.group(6)),
-                  SHORT_SWITCH_MS if match.group(7) else None)
+                  {"i": SHORT_SWITCH_MS, "g": PYTHON_SWITCH_MS}.get(match.group(7)), bool(match.group(8)))
 
 
 @contextlib.contextmanager
@@ -216,6 +224,20 @@ def switch_interval(ms: float | None) -> Iterator[None]:
         yield
     finally:
         sys.setswitchinterval(before)
+
+
+@contextlib.contextmanager
+def pyav_muxing(on: bool) -> Iterator[None]:
+    """Every clip muxed by PyAV inside (``on``), as before in-order clips were joined; children of a process
+    layout inherit it only where they are forked, so a process row with ``m`` is refused."""
+    if not on:
+        yield
+        return
+    _remux.JOIN_IN_ORDER = False
+    try:
+        yield
+    finally:
+        _remux.JOIN_IN_ORDER = True
 
 
 def try_sampler(device: str, videos: list[Path], **config: Any) -> dict[str, Any]:
@@ -269,6 +291,7 @@ def slug(info: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    use_short_switch_interval()  # as the command line runs (quadvault_dali._switch); 'g' layouts undo it
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short 720p/1080p clips (about a minute on 2 cores)")
     ap.add_argument("--videos", type=int, default=None, help="videos per measurement (copies of each clip)")
@@ -339,13 +362,13 @@ def main(argv: list[str] | None = None) -> int:
                 _print_row(spec, rows[-1])
             for layout in filter(None, args.layouts.split(",")):
                 shape = parse_layout(layout)
-                with switch_interval(shape.switch_ms):
+                with switch_interval(shape.switch_ms), pyav_muxing(shape.pyav_mux):
                     measured = try_sampler("gpu", videos, layout=(shape.per_run, shape.threads, shape.uncrop),
                                            processes=shape.processes, mode="keyframe", size=args.size,
                                            streams=shape.streams, stream_decode=shape.streamed)
                 rows.append({"backend": "gpu", "mode": "keyframe", "streams": shape.streams * shape.processes,
                              "layout": layout, "processes": shape.processes, "videos": n_videos,
-                             "uncrop_sps": shape.uncrop, "stream_decode": shape.streamed,
+                             "uncrop_sps": shape.uncrop, "stream_decode": shape.streamed, "pyav_mux": shape.pyav_mux,
                              "switch_interval_ms": shape.switch_ms or 1000 * sys.getswitchinterval(), **measured})
                 _print_row(spec, rows[-1])
             exact_videos = videos[:n_videos if args.gpu_exact_videos is None else args.gpu_exact_videos]

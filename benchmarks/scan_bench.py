@@ -38,7 +38,9 @@ import av
 
 from _gpu_monitor import UtilisationMonitor
 from _results import write_json
+from quadvault_dali._switch import SWITCH_INTERVAL_S, use_short_switch_interval
 from quadvault_dali.device import resolve_device
+from quadvault_dali.sampling import _remux
 from quadvault_dali.synth import SynthSpec, make_video
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -129,20 +131,25 @@ def cat_read(files: list[Path]) -> float:
     return time.perf_counter() - started
 
 
-#: The interpreter's switch interval of an ``i`` scan layout (Python's default is 5 ms)
-SHORT_SWITCH_MS = 0.5
+#: The interpreter's switch interval of an ``i`` scan layout: the product's (``quadvault_dali._switch``), which
+#: every scan here runs with, as the command line does; a ``g`` layout runs with Python's 5 ms instead.
+SHORT_SWITCH_MS = 1000 * SWITCH_INTERVAL_S
+PYTHON_SWITCH_MS = 5.0
 
 
-def parse_scan_layout(text: str) -> tuple[int, int, str, bool, float | None]:
-    """``PROCESSESxSTREAMS[k][s][i]`` -> (processes, streams, sampling mode, streaming decoder, switch interval
-    in ms): ``k`` scans in keyframe mode (else auto), ``s`` with the experimental streaming decoder
-    (``SamplerConfig.stream_decode``), ``i`` with a ``SHORT_SWITCH_MS`` GIL switch interval in this process
-    (the scan's own thread scores frames beside the prepare and decode threads: a GIL convoy shows here)."""
-    match = re.fullmatch(r"(\d+)x(\d+)(k?)(s?)(i?)", text.strip())
-    if not match:
-        raise ValueError(f"a scan layout is PROCESSESxSTREAMS[k][s][i], like 4x2 or 2x4k; got {text!r}")
+def parse_scan_layout(text: str) -> tuple[int, int, str, bool, float | None, bool]:
+    """``PROCESSESxSTREAMS[k][s][i][m]`` -> (processes, streams, sampling mode, streaming decoder, switch
+    interval in ms, PyAV muxing): ``k`` scans in keyframe mode (else auto), ``s`` with the experimental
+    streaming decoder (``SamplerConfig.stream_decode``), ``i`` with a ``SHORT_SWITCH_MS`` GIL switch interval
+    in this process (the default since the product sets it; ``g``: Python's 5 ms, the A/B) (the scan's own thread scores frames beside the prepare and decode threads: a GIL convoy
+    shows here), ``m`` with every clip muxed by PyAV as before in-order clips were joined (one process only:
+    spawned children would not inherit it)."""
+    match = re.fullmatch(r"(\d+)x(\d+)(k?)(s?)([ig]?)(m?)", text.strip())
+    if not match or (match.group(6) and int(match.group(1)) > 1):
+        raise ValueError(f"a scan layout is PROCESSESxSTREAMS[k][s][i|g][m] ('m' with one process), like 4x2 or 2x4k; "
+                         f"got {text!r}")
     return (int(match.group(1)), int(match.group(2)), "keyframe" if match.group(3) else "auto", bool(match.group(4)),
-            SHORT_SWITCH_MS if match.group(5) else None)
+            {"i": SHORT_SWITCH_MS, "g": PYTHON_SWITCH_MS}.get(match.group(5)), bool(match.group(6)))
 
 
 def run_scan(files: list[Path], out: Path, device: str, model_dir: Path, streams: int, batch: int,
@@ -234,6 +241,7 @@ def make_model(work: Path) -> Path:
 
 
 def main() -> None:
+    use_short_switch_interval()  # as the command line runs (quadvault_dali._switch); 'g' layouts undo it
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="6 tiny videos: checks the benchmark runs")
     ap.add_argument("--videos", type=int, default=200)
@@ -243,9 +251,10 @@ def main() -> None:
     ap.add_argument("--naive-videos", type=int, default=6, help="subset for the decode-every-frame baseline")
     ap.add_argument("--streams", type=int, default=4)
     ap.add_argument("--layouts", default="",
-                    help="more gpu scans as PROCESSESxSTREAMS[k][s], e.g. 4x2 or 2x4k (decoding processes, streams in "
-                         "each; k: keyframe mode, else auto; s: the experimental streaming decoder). Their wall time "
-                         "includes starting the processes")
+                    help="more gpu scans as PROCESSESxSTREAMS[k][s][i|g][m], e.g. 4x2 or 2x4k (decoding processes, "
+                         "streams in each; k: keyframe mode, else auto; s: the experimental streaming decoder; i: the "
+                         "product's short GIL switch interval, g: Python's 5 ms; m: every clip muxed by PyAV). Their wall time includes starting "
+                         "the processes")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--work", type=Path, default=None, help="where the library is built (needs ~30 GB full)")
     ap.add_argument("--out", type=Path, default=None, help="JSON result path")
@@ -310,17 +319,20 @@ def main() -> None:
     save()
     if backend == "gpu" and not args.quick:
         result["scan_layouts"] = []
-        for layout, processes, streams, mode, streamed, switch_ms in layouts:
+        for layout, processes, streams, mode, streamed, switch_ms, pyav_mux in layouts:
             before = sys.getswitchinterval()
             if switch_ms is not None:
                 sys.setswitchinterval(switch_ms / 1000)
+            _remux.JOIN_IN_ORDER = not pyav_mux
             try:
                 result["scan_layouts"].append({"layout": layout, "switch_interval_ms": switch_ms or 1000 * before,
+                                               "pyav_mux": pyav_mux,
                                                **attempt(f"scan {layout}", lambda: library_scan(
                                                    "scan_layout_out", streams, processes=processes, mode=mode,
                                                    stream_decode=streamed))})
             finally:
                 sys.setswitchinterval(before)
+                _remux.JOIN_IN_ORDER = True
             save()
     if backend == "gpu":
         def cpu_scan() -> dict:
