@@ -6,6 +6,10 @@ Here it costs one child, which is replaced. It was also meant to be faster: each
 ``cudaFree``, which waits for everything in its CUDA context, and 8 decode-everything pipelines in 8
 processes decoded 5.9x one. Measured on an H200 it is not: 4 processes x 2 streams scanned 200 videos in
 35.4 s against 30.2 s for 8 streams in one process (contexts of different processes time-slice the GPU).
+On the H200 again (2026-11-26, DALI 2.4), at equal streams and samples in flight, 2 processes sampled at
+0.93-0.97x one process, and with 4 (and in 2- and 4-process scans) children died with
+CUDA_ERROR_ILLEGAL_ADDRESS raised in DALI: their videos were decoded again one at a time, correct but
+2-6x slower. Cause not found yet; with the gpu backend the pool warns (``GPU_WARNING``).
 
 How: ``processes`` children (``spawn``: CUDA cannot live in a forked child) each build the wrapped
 backend's sampler once and keep it for the sampler's lifetime (imports, CUDA context and DALI's decoder
@@ -58,6 +62,12 @@ QUEUED_PER_PROCESS = 2
 MAX_EXTRA_DEATHS = 8
 
 
+#: Said once per sampler when the children decode on the GPU (see the module's docstring).
+GPU_WARNING = ("decoding processes on the GPU are slower than one process and their DALI decoders crashed with "
+               "an illegal memory access on the H200 (videos are then decoded again, one at a time): use them "
+               "for crash isolation only, or leave --processes at 1")
+
+
 class ProcessSampler(Sampler):
     """``inner`` (a sampler class) run in ``config.processes`` processes, behind the same interface.
 
@@ -78,6 +88,8 @@ class ProcessSampler(Sampler):
                                     memory_share=self.config.memory_share / self.config.processes)
         # built here too: a backend that cannot run says so now, in the caller's process, not in a child
         self._device = inner(self.child_config).device
+        if self._device.type == "cuda":
+            log.warning(GPU_WARNING)
         self._pool: _Pool | None = None
         self._finalizer: weakref.finalize | None = None
         #: the children's DALI runs, samples and frames, summed as each round ends (benchmarks read it)
