@@ -94,7 +94,8 @@ wait_prebuild() {  # wait_prebuild LIMIT_S [NAME]: a build in the background com
   say "$name: $(kill -0 "$(cat "$pidfile")" 2>/dev/null && echo 'still running' || echo 'finished') (waited ${waited}s)"
 }
 
-if wants prebuild && [ ! -f "$WORK/scan/library.done" ]; then
+# PREBUILD_SCAN=0: no scan library (a short lease without a scan: its build competes with the timed rows)
+if wants prebuild && [ "${PREBUILD_SCAN:-1}" != 0 ] && [ ! -f "$WORK/scan/library.done" ]; then
   mkdir -p "$WORK/scan"
   # shellcheck disable=SC2086
   setsid nohup python3 benchmarks/scan_bench.py $SCAN_ARGS --work "$WORK/scan" --build-only \
