@@ -27,7 +27,6 @@ import torch
 
 from _results import write_json
 from quadvault_dali._gc import freeze_startup_objects
-from quadvault_dali._switch import use_short_switch_interval
 from quadvault_dali.sampling import _gpu, _remux
 from quadvault_dali.sampling._clip_decoder import ClipDecoder
 from quadvault_dali.sampling._remux import Clip
@@ -128,7 +127,6 @@ def measure(videos: list[Path], streams: int, size: int, repeats: int, mode: str
 
 
 def main(argv: list[str] | None = None) -> int:
-    use_short_switch_interval()  # as the command line runs (quadvault_dali._switch)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="96 copies of 4-s clips")
     ap.add_argument("--videos", type=int, default=None, help="copies of each clip per measurement")

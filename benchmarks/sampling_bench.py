@@ -36,7 +36,6 @@ import torch
 from _gpu_monitor import UtilisationMonitor
 from _results import write_json
 from quadvault_dali._gc import freeze_startup_objects
-from quadvault_dali._switch import SWITCH_INTERVAL_S, use_short_switch_interval
 from quadvault_dali.device import gpu_status
 from quadvault_dali.sampling import _remux, create_sampler
 from quadvault_dali.synth import SynthSpec, make_video
@@ -175,9 +174,9 @@ def linked_copies(path: Path, count: int, folder: Path) -> list[Path]:
     return out
 
 
-#: The interpreter's thread switch interval of an ``i`` layout: the product's (``quadvault_dali._switch``), which
-#: this benchmark runs with, as the command line does; a ``g`` layout runs with Python's default instead.
-SHORT_SWITCH_MS = 1000 * SWITCH_INTERVAL_S
+#: The interpreter's thread switch interval of an ``i`` layout, and of a ``g`` one (Python's default, which the
+#: product keeps: on the H200, 0.5 ms cost a quarter of the frames/s once clips were joined, 2026-11-26).
+SHORT_SWITCH_MS = 0.5
 PYTHON_SWITCH_MS = 5.0
 
 
@@ -198,7 +197,7 @@ def parse_layout(text: str) -> Layout:
     missing on 1080p H.264, the A/B for ``sampling._uncrop``); a trailing ``s`` decodes with the streaming
     decoder (``sampling._stream_decoder``: one decoder set-up per long merged clip; "samples per run" are then
     its sequences of 16 frames); a trailing ``i`` runs the row with a ``SHORT_SWITCH_MS`` switch interval (in
-    this process; the default since the product sets it) and ``g`` with Python's 5 ms (the A/B): whether prepare and decode threads lose time waiting for the GIL a busy thread holds for
+    this process) and ``g`` with Python's 5 ms (the product's, explicitly): whether prepare and decode threads lose time waiting for the GIL a busy thread holds for
     Python's default 5 ms (a convoy: each FFmpeg read through a Python file, each return from DALI, waits); a
     trailing ``m`` muxes every clip with PyAV, as before in-order clips were joined (``sampling._mp4_join``)."""
     match = re.fullmatch(r"(?:(\d+)p)?(\d+)x(\d+)x(\d+)(c?)(s?)([ig]?)(m?)", text.strip())
@@ -291,7 +290,6 @@ def slug(info: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    use_short_switch_interval()  # as the command line runs (quadvault_dali._switch); 'g' layouts undo it
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short 720p/1080p clips (about a minute on 2 cores)")
     ap.add_argument("--videos", type=int, default=None, help="videos per measurement (copies of each clip)")

@@ -38,7 +38,6 @@ import av
 
 from _gpu_monitor import UtilisationMonitor
 from _results import write_json
-from quadvault_dali._switch import SWITCH_INTERVAL_S, use_short_switch_interval
 from quadvault_dali.device import resolve_device
 from quadvault_dali.sampling import _remux
 from quadvault_dali.synth import SynthSpec, make_video
@@ -131,9 +130,8 @@ def cat_read(files: list[Path]) -> float:
     return time.perf_counter() - started
 
 
-#: The interpreter's switch interval of an ``i`` scan layout: the product's (``quadvault_dali._switch``), which
-#: every scan here runs with, as the command line does; a ``g`` layout runs with Python's 5 ms instead.
-SHORT_SWITCH_MS = 1000 * SWITCH_INTERVAL_S
+#: The interpreter's switch interval of an ``i`` scan layout, and of a ``g`` one (Python's default, the product's)
+SHORT_SWITCH_MS = 0.5
 PYTHON_SWITCH_MS = 5.0
 
 
@@ -141,7 +139,7 @@ def parse_scan_layout(text: str) -> tuple[int, int, str, bool, float | None, boo
     """``PROCESSESxSTREAMS[k][s][i][m]`` -> (processes, streams, sampling mode, streaming decoder, switch
     interval in ms, PyAV muxing): ``k`` scans in keyframe mode (else auto), ``s`` with the experimental
     streaming decoder (``SamplerConfig.stream_decode``), ``i`` with a ``SHORT_SWITCH_MS`` GIL switch interval
-    in this process (the default since the product sets it; ``g``: Python's 5 ms, the A/B) (the scan's own thread scores frames beside the prepare and decode threads: a GIL convoy
+    in this process (``g``: Python's 5 ms, explicitly) (the scan's own thread scores frames beside the prepare and decode threads: a GIL convoy
     shows here), ``m`` with every clip muxed by PyAV as before in-order clips were joined (one process only:
     spawned children would not inherit it)."""
     match = re.fullmatch(r"(\d+)x(\d+)(k?)(s?)([ig]?)(m?)", text.strip())
@@ -241,7 +239,6 @@ def make_model(work: Path) -> Path:
 
 
 def main() -> None:
-    use_short_switch_interval()  # as the command line runs (quadvault_dali._switch); 'g' layouts undo it
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="6 tiny videos: checks the benchmark runs")
     ap.add_argument("--videos", type=int, default=200)
@@ -252,8 +249,8 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=4)
     ap.add_argument("--layouts", default="",
                     help="more gpu scans as PROCESSESxSTREAMS[k][s][i|g][m], e.g. 4x2 or 2x4k (decoding processes, "
-                         "streams in each; k: keyframe mode, else auto; s: the experimental streaming decoder; i: the "
-                         "product's short GIL switch interval, g: Python's 5 ms; m: every clip muxed by PyAV). Their wall time includes starting "
+                         "streams in each; k: keyframe mode, else auto; s: the experimental streaming decoder; i: a short "
+                         "GIL switch interval (0.5 ms), g: Python's 5 ms; m: every clip muxed by PyAV). Their wall time includes starting "
                          "the processes")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--work", type=Path, default=None, help="where the library is built (needs ~30 GB full)")

@@ -7,12 +7,10 @@ import click
 
 def long_job() -> None:
     """Called by the commands that run for long, once their libraries are imported: keeps what startup built
-    out of the garbage collector's passes (``quadvault_dali._gc``) and shortens the GIL switch interval for the
-    sampling threads (``quadvault_dali._switch``). Library functions do not do this to the process that calls
-    them; a command owns its process."""
-    from quadvault_dali import _gc, _switch
+    out of the garbage collector's passes (``quadvault_dali._gc``). Library functions do not do this to the
+    process that calls them; a command owns its process."""
+    from quadvault_dali import _gc
 
-    _switch.use_short_switch_interval()
     _gc.freeze_startup_objects()
 
 device_option = click.option(

@@ -22,7 +22,7 @@ def test_layouts_name_processes_streams_and_dali_run_shape(sampling_bench) -> No
     assert sampling_bench.parse_layout("4x4x4c") == (1, 4, 4, 4, False, False, None, False)
     assert sampling_bench.parse_layout("2p4x4x4s") == (2, 4, 4, 4, True, True, None, False)
     assert sampling_bench.parse_layout("4x4x4im").pyav_mux  # the muxer A/B (``sampling._mp4_join``)
-    assert sampling_bench.parse_layout("4x4x4g").switch_ms == 5.0  # Python's default, against the product's
+    assert sampling_bench.parse_layout("4x4x4g").switch_ms == 5.0  # Python's default (the product's), explicitly
     with pytest.raises(ValueError, match="one process"):
         sampling_bench.parse_layout("2p2x4x4m")
     from quadvault_dali.sampling import _remux

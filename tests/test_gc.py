@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import gc
-import sys
 import weakref
 
 import pytest
 
 import quadvault_dali._gc as qgc
-import quadvault_dali._switch as qswitch
 
 
 class _Node:
@@ -36,9 +34,8 @@ def test_startup_objects_are_frozen_once_and_new_garbage_is_still_collected(monk
 
 def test_the_scan_command_freezes_before_the_scan_and_the_library_does_not(tmp_path, monkeypatch: pytest.MonkeyPatch
                                                                           ) -> None:
-    """``quadvault scan`` owns its process: once its libraries are imported, before scanning, it freezes and
-    shortens the GIL switch interval (``_switch``); ``scan_library`` itself (what a notebook would call)
-    leaves the caller's garbage collector and interpreter alone."""
+    """``quadvault scan`` owns its process and freezes once its libraries are imported, before scanning;
+    ``scan_library`` itself (what a notebook would call) leaves the caller's garbage collector alone."""
     import torch
     from click.testing import CliRunner
 
@@ -49,7 +46,6 @@ def test_the_scan_command_freezes_before_the_scan_and_the_library_does_not(tmp_p
 
     events: list[str] = []
     monkeypatch.setattr(qgc, "freeze_startup_objects", lambda: events.append("freeze"))
-    monkeypatch.setattr(qswitch, "use_short_switch_interval", lambda: events.append("switch"))
     real_scan = runner.scan_library
 
     def scan_library(*args, **kw):  # type: ignore[no-untyped-def]
@@ -64,18 +60,8 @@ def test_the_scan_command_freezes_before_the_scan_and_the_library_does_not(tmp_p
     result = CliRunner().invoke(cli, ["-q", "scan", str(tmp_path / "lib"), "-m", str(model), "-o",
                                       str(tmp_path / "out"), "--device", "cpu", "--streams", "1"])
     assert result.exit_code == 0, result.output
-    assert events == ["switch", "freeze", "scan"]
+    assert events == ["freeze", "scan"]
     events.clear()
     runner.scan_library([tmp_path / "lib"], runner.ScanOptions(out_dir=tmp_path / "out2", device="cpu", streams=1),
                         model_paths=[model])
-    assert events == ["scan"]  # the library function: no freeze, the caller's switch interval
-
-
-def test_the_short_switch_interval_is_set_and_kept() -> None:
-    before = sys.getswitchinterval()
-    try:
-        qswitch.use_short_switch_interval()
-        qswitch.use_short_switch_interval()
-        assert sys.getswitchinterval() == pytest.approx(qswitch.SWITCH_INTERVAL_S) and qswitch.SWITCH_INTERVAL_S < 0.005
-    finally:
-        sys.setswitchinterval(before)
+    assert events == ["scan"]  # the library function: no freeze

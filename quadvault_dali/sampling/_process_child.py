@@ -13,7 +13,6 @@ from typing import Any, Iterator
 import torch
 
 from .._gc import freeze_startup_objects
-from .._switch import use_short_switch_interval
 from ..errors import QuadvaultError
 from ._base import Sampler, SamplerConfig, VideoSource
 
@@ -48,7 +47,6 @@ def child_main(index: int, inner: type[Sampler], config: SamplerConfig, attrs: d
         return
     conn.send(("ready", None))
     freeze_startup_objects()  # this process's torch/DALI/PyAV: out of the garbage collector's passes
-    use_short_switch_interval()  # its prepare and decode threads, as in the parent (see _switch)
     serve(sampler, conn)
 
 

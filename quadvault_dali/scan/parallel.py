@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .._gc import freeze_startup_objects
-from .._switch import use_short_switch_interval
 from ..errors import BackendUnavailableError, QuadvaultError
 
 log = logging.getLogger(__name__)
@@ -89,7 +88,6 @@ def _worker(files: list[Any], model_paths: list[Path], options: Any, gpu: int, o
             raise QuadvaultError(f"another writer holds shard tag {tag}", path=options.out_dir)
         try:
             freeze_startup_objects()  # this worker process's imports and models (see _gc)
-            use_short_switch_interval()  # its sampling threads, as a command's (see _switch)
             stats = scan_files(files, scorers, options, tag=tag, crashed=crashed,
                                on_progress=lambda s: out.put(("progress", gpu, dataclasses.asdict(s))))
         finally:
