@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from quadvault_dali.sampling import _remux
-from quadvault_dali.sampling._mp4_join import join_mp4
+from quadvault_dali.sampling._mp4_join import join_mp4, skeleton
 from quadvault_dali.sampling._remux import Clip, SourcePacket, merge_clips
 
 from test_remux import _build, _clip_path
@@ -122,12 +122,36 @@ def _one_packet_mp4(make_clip: Callable[..., Path]) -> tuple[bytes, bytes]:
 
 def test_join_refuses_what_it_does_not_rebuild(make_clip: Callable[..., Path]) -> None:
     template, packet = _one_packet_mp4(make_clip)
-    assert join_mp4(template, [packet, packet], [True, True]) is not None
-    assert join_mp4(template, [packet[:-1] + b"\0"], [True]) is None, "FFmpeg wrote other bytes than the packet"
-    assert join_mp4(template, [packet, packet], [False, True]) is None, "a clip starts with a keyframe"
-    shifted = _with_edit_media_time(template, 1000)
-    assert join_mp4(shifted, [packet], [True]) is None, "an edit list that shifts the media"
-    assert join_mp4(template.replace(b"stsc", b"ctts", 1), [packet], [True]) is None, "an unknown sample table box"
+    skel = skeleton(template, packet)
+    assert skel is not None and join_mp4(skel, [packet, packet], [True, True]) is not None
+    assert skeleton(template, packet[:-1] + b"\0") is None, "FFmpeg wrote other bytes than the packet"
+    assert join_mp4(skel, [packet, packet], [False, True]) is None, "a clip starts with a keyframe"
+    assert skeleton(_with_edit_media_time(template, 1000), packet) is None, "an edit list that shifts the media"
+    assert skeleton(template.replace(b"stsc", b"ctts", 1), packet) is None, "an unknown sample table box"
+
+
+def test_a_video_muxes_one_packet_with_pyav_for_all_its_joined_clips(make_clip: Callable[..., Path],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The skeleton is made once per stream set-up: PyAV muxes one packet per video, not one per clip."""
+    muxed: list[int] = []
+    real = _remux._pyav_mux
+    monkeypatch.setattr(_remux, "_pyav_mux", lambda t, packets, *a: muxed.append(len(packets)) or real(t, packets, *a))
+    clips, _, _, _ = _build(_clip_path(make_clip, "hevc_gop5"), "keyframe", max_frames=1)
+    assert len(clips) >= 3 and muxed == [1]
+    monkeypatch.undo()
+    for clip in clips:
+        _assert_same(clip.data, _pyav_only(clip, monkeypatch))
+
+
+def test_only_codecs_whose_packets_ffmpeg_keeps_are_joined(make_clip: Callable[..., Path],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """FFmpeg filters AV1's OBUs in every packet, so a check of one packet says nothing of the others: codecs
+    outside ``_JOINABLE_CODECS`` stay with PyAV's muxer."""
+    assert "av1" not in _remux._JOINABLE_CODECS and {"h264", "hevc"} <= _remux._JOINABLE_CODECS
+    monkeypatch.setattr(_remux, "_JOINABLE_CODECS", frozenset({"vp9"}))
+    calls = _count_joins(monkeypatch)
+    clips, _, _, _ = _build(_clip_path(make_clip, "h264_bframes"), "keyframe", max_frames=1)
+    assert clips and not calls
 
 
 def _with_edit_media_time(mp4: bytes, media_time: int) -> bytes:

@@ -6,11 +6,13 @@ buffer, the Python write callback's ``bytes``, the ``BytesIO``): on the GPU mach
 the samples that held the GIL while sampling, the host side being what kept NVDEC under a third busy. A clip
 whose packets are already in presentation order (every keyframe-mode clip, and runs without B-frames)
 needs nothing FFmpeg computes per packet: one chunk, one sample duration, sizes, sync samples. So FFmpeg
-muxes only the first packet, which gives the codec's sample description (``stsd``), ``ftyp`` and the
-rest of ``moov`` exactly as it writes them, and this module writes the sample tables for all packets and
-the durations that depend on their number. Anything in that one-packet file it does not know how to
-rebuild (another box in the sample table, an edit list that shifts, a packet FFmpeg rewrote, e.g. from
-Annex B) makes ``join_mp4`` return ``None``, and the caller muxes with PyAV as before.
+muxes one packet once per stream set-up, which gives the codec's sample description (``stsd``), ``ftyp``
+and the rest of ``moov`` exactly as it writes them (a ``Skeleton``), and this module writes the sample
+tables for all packets and the durations that depend on their number. Anything in that one-packet file it
+does not know how to rebuild (another box in the sample table, an edit list that shifts, a packet FFmpeg
+rewrote, e.g. from Annex B) gives no skeleton, and the caller muxes with PyAV as before. Only for codecs
+whose packets FFmpeg's MP4 muxer writes as given once the set-up passed that check (the caller's list:
+H.264 and HEVC with avcC/hvcC records, VP9; not AV1, whose OBUs it filters in every packet).
 """
 
 from __future__ import annotations
@@ -36,57 +38,78 @@ class _Unsupported(Exception):
 
 
 @dataclass(frozen=True)
+class Skeleton:
+    """FFmpeg's MP4 of one packet, without the packet: what every in-order clip of one stream set-up shares."""
+
+    prefix: bytes  # ftyp (and free), as FFmpeg wrote them
+    moov: bytes  # the whole moov box of the one-packet file
+    delta: int  # each sample's duration, in the media time scale
+    movie_scale: int  # mvhd's time scale (durations of mvhd, tkhd, elst)
+    media_scale: int  # mdhd's
+
+
+@dataclass(frozen=True)
 class _Layout:
     """What the rebuilt boxes say about all the packets."""
 
     sizes: np.ndarray  # bytes of each packet
     keyframes: np.ndarray  # bool per packet
     first_offset: int  # file offset of the first packet (one chunk holds them all)
-    delta: int  # each sample's duration, in the media time scale
+    delta: int
     media_duration: int
     movie_duration: int  # in the movie time scale (mvhd, tkhd, elst)
 
 
-def join_mp4(template: bytes, packets: Sequence[bytes], keyframes: Sequence[bool]) -> bytes | None:
-    """The MP4 of ``packets`` (decode order = presentation order, equal durations) built from ``template``, an
-    MP4 FFmpeg muxed from ``packets[0]`` alone with the same stream set-up; ``None`` where it cannot be.
-    Demuxers see the same samples, times and sample description as in FFmpeg's mux of all the packets."""
-    if not packets or len(packets) != len(keyframes) or not keyframes[0]:
-        return None
+def skeleton(template: bytes, packet: bytes) -> Skeleton | None:
+    """The skeleton of ``template``, an MP4 FFmpeg muxed from ``packet`` alone; ``None`` where ``join_mp4``
+    could not rebuild it for more packets, or where FFmpeg did not write ``packet`` as given."""
     top = list(_boxes(template, 0, len(template)))
     if [kind for kind, _, _ in top] not in ([b"ftyp", b"mdat", b"moov"], [b"ftyp", b"free", b"mdat", b"moov"]):
         return None
     _, mdat_start, mdat_end = top[-2]
-    if template[mdat_start - 8:mdat_start - 4] == b"\x00\x00\x00\x01" or template[mdat_start:mdat_end] != packets[0]:
+    if template[mdat_start - 8:mdat_start - 4] == b"\x00\x00\x00\x01" or template[mdat_start:mdat_end] != packet:
         return None  # a 64-bit mdat header, or FFmpeg changed the packet's bytes (e.g. from Annex B)
-    prefix = template[:mdat_start - 8]  # ftyp (and free), as FFmpeg wrote them
-    payload = sum(len(p) for p in packets)
-    if len(prefix) + 8 + payload > _MAX_32:
-        return None
     _, moov_start, moov_end = top[-1]
-    try:
-        layout = _layout(template, moov_start, moov_end, packets, keyframes, len(prefix) + 8)
-        moov = _rebuild(template, b"moov", moov_start, moov_end, layout)
-    except (_Unsupported, struct.error, StopIteration):
+    if template[moov_start - 4:moov_start] != b"moov":  # a 64-bit size header
         return None
-    return b"".join([prefix, struct.pack(">I4s", payload + 8, b"mdat"), *packets, moov])
+    moov = template[moov_start - 8:moov_end]
+    try:
+        if sum(1 for kind, _, _ in _boxes(moov, 8, len(moov)) if kind == b"trak") != 1:
+            return None
+        leaves = _leaves(moov, 8, len(moov))
+        movie_scale, media_scale = _timescale(moov, *leaves[b"mvhd"]), _timescale(moov, *leaves[b"mdhd"])
+        s, _ = leaves[b"stts"]
+        entries, samples, delta = struct.unpack_from(">III", moov, s + 4)
+        if entries != 1 or samples != 1 or delta <= 0:
+            return None
+        skel = Skeleton(template[:mdat_start - 8], moov, int(delta), movie_scale, media_scale)
+        _rebuild(moov, b"moov", 8, len(moov), _layout(skel, [packet], [True]))  # everything in it is rebuildable
+    except (_Unsupported, struct.error, KeyError):
+        return None
+    return skel
 
 
-def _layout(data: bytes, start: int, end: int, packets: Sequence[bytes], keyframes: Sequence[bool],
-            first_offset: int) -> _Layout:
-    """The template's one track read: its time scales and sample duration give every duration of the clip."""
-    if sum(1 for kind, _, _ in _boxes(data, start, end) if kind == b"trak") != 1:
-        raise _Unsupported("not one track")
-    leaves = _leaves(data, start, end)
-    movie_scale, media_scale = _timescale(data, *leaves[b"mvhd"]), _timescale(data, *leaves[b"mdhd"])
-    s, _ = leaves[b"stts"]
-    entries, samples, delta = struct.unpack_from(">III", data, s + 4)
-    if entries != 1 or samples != 1 or delta <= 0:
-        raise _Unsupported("stts of the one packet")
-    media = len(packets) * delta
-    movie = (media * movie_scale + media_scale // 2) // media_scale  # rounded, as FFmpeg rescales
+def join_mp4(skel: Skeleton, packets: Sequence[bytes], keyframes: Sequence[bool]) -> bytes | None:
+    """The MP4 of ``packets`` (decode order = presentation order, equal durations) on ``skel``; ``None``
+    where it cannot be (no packets, no keyframe first, past 4 GB). Demuxers see the same samples, times and
+    sample description as in FFmpeg's mux of all the packets."""
+    if not packets or len(packets) != len(keyframes) or not keyframes[0]:
+        return None
+    payload = sum(len(p) for p in packets)
+    if len(skel.prefix) + 8 + payload > _MAX_32:
+        return None
+    try:
+        moov = _rebuild(skel.moov, b"moov", 8, len(skel.moov), _layout(skel, packets, keyframes))
+    except (_Unsupported, struct.error):
+        return None
+    return b"".join([skel.prefix, struct.pack(">I4s", payload + 8, b"mdat"), *packets, moov])
+
+
+def _layout(skel: Skeleton, packets: Sequence[bytes], keyframes: Sequence[bool]) -> _Layout:
+    media = len(packets) * skel.delta
+    movie = (media * skel.movie_scale + skel.media_scale // 2) // skel.media_scale  # rounded, as FFmpeg rescales
     sizes = np.fromiter((len(p) for p in packets), dtype=np.int64, count=len(packets))
-    return _Layout(sizes, np.asarray(keyframes, dtype=bool), first_offset, int(delta), media, movie)
+    return _Layout(sizes, np.asarray(keyframes, dtype=bool), len(skel.prefix) + 8, skel.delta, media, movie)
 
 
 def _leaves(data: bytes, start: int, end: int) -> dict[bytes, tuple[int, int]]:

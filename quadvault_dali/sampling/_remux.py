@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import DecodeError
 from ..probe import PacketIndex
-from ._mp4_join import join_mp4
+from ._mp4_join import Skeleton, join_mp4, skeleton
 from ._uncrop import Uncropped, uncrop_config, uncrop_packet
 from ._plan import SamplePlan
 from ._reader import CountingFile
@@ -49,6 +49,11 @@ MERGEABLE_BYTES = 32 << 20
 #: In-order clips are joined under a rebuilt index (``_mp4_join``), not muxed by PyAV; benchmarks turn it off
 #: for their A/B rows (``sampling_bench`` layouts ending in ``m``, ``prep_bench --mux``).
 JOIN_IN_ORDER = True
+#: Codecs whose packets FFmpeg's MP4 muxer writes as given, once a set-up's first packet came out unchanged
+#: (``_mp4_join.skeleton``): AV1 is not among them, its OBUs are filtered in every packet.
+_JOINABLE_CODECS = frozenset({"h264", "hevc", "vp9"})
+#: A stream set-up's skeleton for joined clips (``None``: not joinable), per template stream.
+Skeletons = dict
 #: Decoded full-size pixels one clip may hold (``frame_budget``): 48 frames of 1080p, ~300 MB of RGB.
 CLIP_PIXELS = 48 * 1920 * 1080
 
@@ -109,7 +114,8 @@ class Clip:
             raise ValueError("only an uncropped clip that kept its packets can be cropped back")
         runs = [_Run([SourcePacket(p.original if p.original is not None else p.data, p.pts_s, p.dts_s, p.is_key)
                       for p in run.packets], run.wanted) for run in self.runs]
-        clip = mux_clip(_template_stream(self), runs, self.cropped_signature)
+        template, skeletons = _template(self)
+        clip = mux_clip(template, runs, self.cropped_signature, skeletons=skeletons)
         clip.times, clip.stream_cap = list(self.times), self.stream_cap
         return clip
 
@@ -132,12 +138,16 @@ _MUX_BUFFER_MAX = 128 << 20
 
 
 def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run], signature: Signature | None = None,
-             roi: tuple[float, float] = (1.0, 1.0), cropped_signature: Signature | None = None) -> Clip:
+             roi: tuple[float, float] = (1.0, 1.0), cropped_signature: Signature | None = None,
+             skeletons: Skeletons | None = None) -> Clip:
     """Writes ``runs`` (each starting at a keyframe) into one MP4 with regular, rank-based timestamps.
 
     Where the ``signature`` differs from the template's set-up (an uncropped H.264/HEVC stream, or such a
     clip cropped back) the MP4 carries the signature's configuration record and picture size: for an
     uncropped stream the coded size, so FFmpeg-based demuxers and decoders agree with the SPS.
+
+    In-order clips are joined (``_mp4_join``) on a skeleton kept in ``skeletons`` (one dict per ``template``:
+    the caller's, for every clip it muxes from that stream), or made for this clip alone.
     """
     packets: list[SourcePacket] = []
     for run in runs:
@@ -153,14 +163,26 @@ def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run], signat
     frames = np.searchsorted(sorted_pts, np.array(wanted)).astype(np.int32)
 
     data = None
-    if JOIN_IN_ORDER and packets and bool(np.all(rank == np.arange(len(packets)))):  # in order: FFmpeg muxes the first only
-        data = join_mp4(_pyav_mux(template, packets[:1], rank[:1], 0, signature),
-                        [p.data for p in packets], [p.is_key for p in packets])
+    if JOIN_IN_ORDER and packets and template.codec_context.name in _JOINABLE_CODECS \
+            and bool(np.all(rank == np.arange(len(packets)))):
+        skel = _skeleton(template, packets[0], signature, {} if skeletons is None else skeletons)
+        if skel is not None:
+            data = join_mp4(skel, [p.data for p in packets], [p.is_key for p in packets])
     if data is None:
         data = _pyav_mux(template, packets, rank, delay, signature)
     if len(data) > MERGEABLE_BYTES:  # not worth a second copy of its packets: it decodes alone
         return Clip(data, frames, wanted, len(packets), [], None, roi, cropped_signature)
     return Clip(data, frames, wanted, len(packets), list(runs), signature, roi, cropped_signature)
+
+
+def _skeleton(template: av.video.stream.VideoStream, first: SourcePacket, signature: Signature | None,
+              skeletons: Skeletons) -> Skeleton | None:
+    """The skeleton of ``template`` set up as ``signature``, from ``skeletons`` or made from ``first``."""
+    if signature in skeletons:
+        return skeletons[signature]  # type: ignore[no-any-return]
+    made = skeleton(_pyav_mux(template, [first], np.zeros(1, np.int64), 0, signature), first.data)
+    skeletons[signature] = made  # two threads making the same one at once: both are FFmpeg's, either will do
+    return made
 
 
 def _pyav_mux(template: av.video.stream.VideoStream, packets: Sequence[SourcePacket], rank: np.ndarray, delay: int,
@@ -212,7 +234,7 @@ def merge_clips(clips: Sequence[Clip]) -> Clip:
     """
     if len(clips) == 1:
         return clips[0]
-    template = _template_stream(clips[0])
+    template, skeletons = _template(clips[0])
     runs: list[_Run] = []
     offset = 0.0
     for clip in clips:
@@ -221,20 +243,21 @@ def merge_clips(clips: Sequence[Clip]) -> Clip:
         runs.extend(_Run([SourcePacket(p.data, p.pts_s + shift, p.dts_s + shift, p.is_key, p.original)
                           for p in run.packets], [t + shift for t in run.wanted]) for run in clip.runs)
         offset += max(stamps) - min(stamps) + 1.0
-    merged = mux_clip(template, runs, clips[0].signature, clips[0].roi, clips[0].cropped_signature)
+    merged = mux_clip(template, runs, clips[0].signature, clips[0].roi, clips[0].cropped_signature, skeletons)
     merged.times = [t for clip in clips for t in clip.times]
     merged.stream_cap = clips[0].stream_cap
     return merged
 
 
-#: Template streams kept for ``merge_clips``, one per codec set-up (``Signature``), least recently used out.
+#: Template streams kept for ``merge_clips``, one per codec set-up (``Signature``), least recently used out,
+#: each with the skeletons of its joined clips.
 TEMPLATES_KEPT = 16
-_templates: "OrderedDict[Signature, av.container.InputContainer]" = OrderedDict()
+_templates: "OrderedDict[Signature, tuple[av.container.InputContainer, Skeletons]]" = OrderedDict()
 _templates_lock = threading.Lock()
 
 
-def _template_stream(clip: Clip) -> av.video.stream.VideoStream:
-    """A stream with ``clip``'s codec set-up to mux merged clips from, opened once per set-up.
+def _template(clip: Clip) -> tuple[av.video.stream.VideoStream, Skeletons]:
+    """A stream with ``clip``'s codec set-up to mux merged clips from, opened once per set-up, and its skeletons.
 
     Opening an MP4 probes it, and for H.264 FFmpeg's probe decodes frames on the CPU (~4 ms at 1080p):
     once per set-up, not once per merged sample. The template holds one keyframe, not the clip. An evicted
@@ -244,20 +267,24 @@ def _template_stream(clip: Clip) -> av.video.stream.VideoStream:
     if key is None:
         raise ValueError("a clip without its packets cannot be merged")
     with _templates_lock:
-        container = _templates.get(key)
-        if container is not None:
+        kept = _templates.get(key)
+        if kept is not None:
             _templates.move_to_end(key)
-            return container.streams.video[0]
+            return kept[0].streams.video[0], kept[1]
     with av.open(io.BytesIO(clip.data)) as source:
         first = _Run(clip.runs[0].packets[:1], [])
         header = mux_clip(source.streams.video[0], [first], key, clip.roi).data
-    container = av.open(io.BytesIO(header))
+    kept = (av.open(io.BytesIO(header)), {})
     with _templates_lock:
-        _templates[key] = container
+        _templates[key] = kept
         _templates.move_to_end(key)
         while len(_templates) > TEMPLATES_KEPT:
             _templates.popitem(last=False)
-    return container.streams.video[0]
+    return kept[0].streams.video[0], kept[1]
+
+
+def _template_stream(clip: Clip) -> av.video.stream.VideoStream:
+    return _template(clip)[0]
 
 
 def _nal_headers(data: bytes) -> list[int]:
@@ -346,6 +373,7 @@ class _ClipPacker:
         self.max_frames, self.max_bytes = max_frames, max_bytes
         self.runs: list[_Run] = []
         self.frames = self.size = 0
+        self.skeletons: Skeletons = {}  # this stream's, for its joined clips
 
     def _uncrop(self) -> None:
         """Clips of this stream carry its SPS without the bottom/right cropping (see ``_uncrop``)."""
@@ -395,7 +423,8 @@ class _ClipPacker:
         return done
 
     def finish(self) -> Clip | None:
-        clip = mux_clip(self.template, self.runs, self.signature, self.roi, self.cropped_signature) if self.runs else None
+        clip = mux_clip(self.template, self.runs, self.signature, self.roi, self.cropped_signature,
+                        self.skeletons) if self.runs else None
         self.runs, self.frames, self.size = [], 0, 0
         return clip
 
