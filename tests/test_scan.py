@@ -380,6 +380,28 @@ def test_the_same_library_through_a_link_is_the_same_scan(library: Path, tmp_pat
     assert both.run.videos == 0 and both.totals.total == first.totals.total - 2
 
 
+def test_rows_scanned_through_a_link_removed_since_are_not_orphaned(library: Path, tmp_path: Path) -> None:
+    """Rows keep the path a video was scanned under; once that link is gone, a scan of the real folder found
+    no row by path or by resolving it, scanned everything again and counted the library twice. Rows now
+    record their real path: the old rows are matched and retired, the videos rescanned under live paths."""
+    lib = tmp_path / "lib"
+    shutil.copytree(library, lib)
+    link = tmp_path / "footage"
+    link.symlink_to(lib)
+    out = tmp_path / "out"
+    first = _scan(link, out)
+    table = read_table(out, "videos").to_pylist()
+    assert all(r["path"].startswith(str(link) + os.sep) and r["real_path"] == os.path.realpath(r["path"])
+               for r in table)
+    link.unlink()
+    again = _scan(lib, out)
+    videos = _videos(out)
+    assert again.totals.total == first.totals.total == len(videos)
+    assert all(p.startswith(str(lib) + os.sep) for p in videos), "no row left under the removed link"
+    assert again.run.videos == first.run.videos  # once, under their live paths
+    assert _scan(lib, out).run.videos == 0
+
+
 def test_a_library_of_links_to_files_elsewhere_is_not_an_empty_disk(library: Path, tmp_path: Path,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
     curated = tmp_path / "best"

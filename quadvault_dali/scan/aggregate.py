@@ -82,7 +82,8 @@ class Aggregator:
 
     def finish(self, path: Path, *, info: VideoInfo | None, mode: str | None, bytes_read: int,
                error: QuadvaultError | None, size_bytes: int, mtime_ns: int, decoder: str | None = None,
-               decoder_note: str | None = None, frames_expected: int | None = None) -> VideoRows:
+               decoder_note: str | None = None, frames_expected: int | None = None,
+               real_path: str | None = None) -> VideoRows:
         """The rows of ``path``; its pending scores are dropped from memory."""
         pending = self._pending.pop(path, None) or _Pending(started=time.perf_counter())
         n_models = pending.scores[0].shape[1] if pending.scores else 0
@@ -109,7 +110,7 @@ class Aggregator:
         score = aggs["score_mean"]
         best = float(times[int(np.argmax(ensemble))]) if len(times) else None
         video = {
-            "video_id": vid, "path": path_s, "size_bytes": size_bytes, "mtime_ns": mtime_ns,
+            "video_id": vid, "path": path_s, "real_path": real_path, "size_bytes": size_bytes, "mtime_ns": mtime_ns,
             "duration_s": info.duration_s if info else None,
             "fps": info.avg_fps if info else None,
             "codec": info.codec if info else None,

@@ -64,8 +64,8 @@ def _done_index(out_dir: Path) -> dict[str, list[dict[str, object]]]:
     """path -> the video rows of it found in complete shards (newest first), each with its shard name and
     how many seconds rows its pair really holds for it."""
     found: dict[str, list[dict[str, object]]] = {}
-    cols = ["path", "size_bytes", "mtime_ns", "model_fingerprint", "status", "error_kind", "scanned_at",
-            "frames_scored", "sampling_mode", "sampling_fps"]
+    cols = ["path", "real_path", "size_bytes", "mtime_ns", "model_fingerprint", "status", "error_kind",
+            "scanned_at", "frames_scored", "sampling_mode", "sampling_fps"]
     for name in complete_shards(out_dir):
         try:  # every column: damage in one a reader needs later (scores) must be found here, where the
             # pair can be moved aside and its videos scanned again, not at the end of the run
@@ -106,11 +106,14 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
     """
     done = _done_index(out_dir)
     # the same file reached by another path (the library through a symlink, or its target): scanning through
-    # the other path rescanned every video and listed each twice
+    # the other path rescanned every video and listed each twice. A row is known by its path resolved now (a
+    # link made since) and by the real path it recorded (the link it was scanned through removed since).
     reals = {path: os.path.realpath(path) for path in done}
     by_real: dict[str, list[dict[str, object]]] = {}
     for path, path_rows in done.items():
-        by_real.setdefault(reals[path], []).extend(path_rows)
+        for row in path_rows:
+            for real in {reals[path], str(row.get("real_path") or reals[path])}:
+                by_real.setdefault(real, []).append(row)
     claimed: set[str] = set()  # row paths matched to a file of this run (never also 'gone')
     plan = ResumePlan()
     for f in files:
@@ -128,7 +131,10 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
             failed = newest["status"] == "error"
             # a file that could not be read at all (not mounted, permission) is tried again every run
             retry = failed and (retry_errors or newest["error_kind"] in RETRIED_ERROR_KINDS)
-            if same and not retry:
+            # scanned through a link removed since: reels and highlights.json open rows by their path, so the
+            # video is scanned again under this run's path (once) rather than kept under a dead one
+            dead = str(newest["path"]) != str(f.path) and not os.path.exists(str(newest["path"]))
+            if same and not retry and not dead:
                 keep = newest
         (plan.skipped if keep is not None else plan.todo).append(f)
         for row in rows:
@@ -137,7 +143,9 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
     if gone is not None:
         for path, rows in done.items():
             real = reals[path]  # a row kept under a link's path: gone when its file is
-            if path not in claimed and (gone(path) or (real != path and gone(real))):
+            recorded = {str(r.get("real_path") or real) for r in rows} - {path, real}
+            if path not in claimed and (gone(path) or (real != path and gone(real))
+                                        or any(gone(r) for r in recorded)):
                 plan.gone.append(path)
                 for row in rows:
                     plan.superseded.setdefault(str(row["shard"]), set()).add(path)

@@ -271,12 +271,12 @@ def scan_files(files: Sequence[FileState], scorers: Sequence[Scorer], options: S
         if outcome is None:
             agg.start(state.path)
             rows = agg.finish(state.path, info=None, mode=None, bytes_read=0, error=error,
-                              size_bytes=state.size_bytes, mtime_ns=state.mtime_ns)
+                              size_bytes=state.size_bytes, mtime_ns=state.mtime_ns, real_path=state.real_path)
         else:
             rows = agg.finish(state.path, info=outcome.info, mode=outcome.mode, bytes_read=outcome.bytes_read,
                               error=outcome.error, size_bytes=state.size_bytes, mtime_ns=state.mtime_ns,
                               decoder=outcome.decoder, decoder_note=outcome.fallback_reason,
-                              frames_expected=outcome.frames_expected)
+                              frames_expected=outcome.frames_expected, real_path=state.real_path)
         _count(stats, rows, state, outcome.bytes_read if outcome else 0)
         if not rows.ok:
             log.info("error: %s", rows.video["error_message"])

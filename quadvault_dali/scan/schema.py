@@ -30,7 +30,8 @@ from typing import Literal, Sequence
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.3"  # 1.1: videos.decoder, videos.decoder_note; 1.2: videos.sampling_fps; 1.3: videos.frames_expected
+SCHEMA_VERSION = "1.4"  # 1.1: videos.decoder, videos.decoder_note; 1.2: videos.sampling_fps; 1.3: videos.frames_expected;
+#                          1.4: videos.real_path
 Table = Literal["seconds", "videos"]
 
 
@@ -50,6 +51,8 @@ SECONDS_SCHEMA = pa.schema([
 VIDEOS_SCHEMA = pa.schema([
     _field("video_id", pa.string(), "16 hex of sha1(path|size|mtime_ns): changes when the file changes.", False),
     _field("path", pa.string(), "Absolute path of the video as found under LIBRARY.", False),
+    _field("real_path", pa.string(), "The path with every symlink resolved when scanned: resume knows the file by "
+                                     "it once the link it was scanned through is gone. Since 1.4."),
     _field("size_bytes", pa.int64(), "File size when scanned (resume compares it).", False),
     _field("mtime_ns", pa.int64(), "File modification time, ns since the epoch (resume compares it).", False),
     _field("duration_s", pa.float64(), "Duration from the container; null when the file could not be probed."),
