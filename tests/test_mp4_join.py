@@ -128,6 +128,24 @@ def test_join_refuses_what_it_does_not_rebuild(make_clip: Callable[..., Path]) -
     assert join_mp4(skel, [packet, packet], [False, True]) is None, "a clip starts with a keyframe"
     assert skeleton(_with_edit_media_time(template, 1000), packet) is None, "an edit list that shifts the media"
     assert skeleton(template.replace(b"stsc", b"ctts", 1), packet) is None, "an unknown sample table box"
+    assert skeleton(_with_64_bit_mdat(template), packet) is None, "a 64-bit mdat size (FFmpeg's past 4 GiB)"
+    assert join_mp4(skel, [packet, b"", packet], [True, False, False]) is None, "FFmpeg drops empty packets"
+
+
+def test_movie_durations_round_up_as_ffmpeg_does() -> None:
+    """mvhd/tkhd/elst durations in milliseconds: 3,600 ticks of 1/90000 are whole, 1,001 would not be."""
+    from quadvault_dali.sampling._mp4_join import Skeleton, _layout
+
+    skel = Skeleton(b"", b"", 1001, 1000, 90000)
+    assert [_layout(skel, [b"x"] * n, [True] * n).movie_duration for n in (1, 2, 90)] == [12, 23, 1001]
+    assert _layout(Skeleton(b"", b"", 3600, 1000, 90000), [b"x"] * 7, [True] * 7).movie_duration == 280
+
+
+def _with_64_bit_mdat(mp4: bytes) -> bytes:
+    """``mp4`` with its mdat header in the 16-byte form (size 1, then a 64-bit size), as FFmpeg writes past 4 GiB."""
+    at = mp4.index(b"mdat") - 4
+    size = struct.unpack_from(">I", mp4, at)[0]
+    return mp4[:at] + struct.pack(">I4sQ", 1, b"mdat", size + 8) + mp4[at + 8:]
 
 
 def test_a_video_muxes_one_packet_with_pyav_for_all_its_joined_clips(make_clip: Callable[..., Path],

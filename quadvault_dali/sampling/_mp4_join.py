@@ -67,8 +67,9 @@ def skeleton(template: bytes, packet: bytes) -> Skeleton | None:
     if [kind for kind, _, _ in top] not in ([b"ftyp", b"mdat", b"moov"], [b"ftyp", b"free", b"mdat", b"moov"]):
         return None
     _, mdat_start, mdat_end = top[-2]
-    if template[mdat_start - 8:mdat_start - 4] == b"\x00\x00\x00\x01" or template[mdat_start:mdat_end] != packet:
-        return None  # a 64-bit mdat header, or FFmpeg changed the packet's bytes (e.g. from Annex B)
+    if struct.unpack_from(">I4s", template, mdat_start - 8) != (mdat_end - mdat_start + 8, b"mdat") \
+            or template[mdat_start:mdat_end] != packet:
+        return None  # not a plain 8-byte mdat header (a 64-bit size), or FFmpeg changed the packet's bytes
     _, moov_start, moov_end = top[-1]
     if template[moov_start - 4:moov_start] != b"moov":  # a 64-bit size header
         return None
@@ -91,10 +92,12 @@ def skeleton(template: bytes, packet: bytes) -> Skeleton | None:
 
 def join_mp4(skel: Skeleton, packets: Sequence[bytes], keyframes: Sequence[bool]) -> bytes | None:
     """The MP4 of ``packets`` (decode order = presentation order, equal durations) on ``skel``; ``None``
-    where it cannot be (no packets, no keyframe first, past 4 GB). Demuxers see the same samples, times and
-    sample description as in FFmpeg's mux of all the packets."""
-    if not packets or len(packets) != len(keyframes) or not keyframes[0]:
-        return None
+    where it cannot be (no packets, no keyframe first, an empty packet, past 4 GB). Demuxers see the same
+    samples, times and sample description as in FFmpeg's mux of all the packets; only the ``btrt`` box in
+    the sample description keeps the one packet's bit rates (decoders do not read it), and the sizes are
+    one table in one chunk where FFmpeg may write a constant size or several chunks."""
+    if not packets or len(packets) != len(keyframes) or not keyframes[0] or not all(packets):
+        return None  # FFmpeg drops empty packets: a clip holding one is muxed by it
     payload = sum(len(p) for p in packets)
     if len(skel.prefix) + 8 + payload > _MAX_32:
         return None
@@ -107,7 +110,7 @@ def join_mp4(skel: Skeleton, packets: Sequence[bytes], keyframes: Sequence[bool]
 
 def _layout(skel: Skeleton, packets: Sequence[bytes], keyframes: Sequence[bool]) -> _Layout:
     media = len(packets) * skel.delta
-    movie = (media * skel.movie_scale + skel.media_scale // 2) // skel.media_scale  # rounded, as FFmpeg rescales
+    movie = -(-media * skel.movie_scale // skel.media_scale)  # rounded up, as FFmpeg's movenc rescales
     sizes = np.fromiter((len(p) for p in packets), dtype=np.int64, count=len(packets))
     return _Layout(sizes, np.asarray(keyframes, dtype=bool), len(skel.prefix) + 8, skel.delta, media, movie)
 
