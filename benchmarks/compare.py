@@ -39,7 +39,9 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
 #: Sections and rows that measure a baseline (decode everything, DataLoader+PIL), not the product.
 _BASELINE_WORDS = ("baseline", "naive")
 _SKIP_SECTIONS = {"machine", "versions", "library", "config", "goals_h100", "cat_read",
-                  "scan_keyframe"}  # the report's scan figure is the default (auto) sampling
+                  # the report's scan figure is the default (auto) sampling, not keyframe mode or the A/B layouts
+                  # (settings the product does not use, like another GIL switch interval or PyAV's muxing)
+                  "scan_keyframe", "scan_layouts"}
 _KIND_ALIASES = {"sampling": "sampling", "sample": "sampling", "decode": "sampling", "train": "train",
                  "training": "train", "scan": "scan", "scanning": "scan"}
 _DEVICE_ALIASES = {"gpu": "gpu", "cuda": "gpu", "mixed": "gpu", "dali": "gpu", "cpu": "cpu"}

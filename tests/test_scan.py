@@ -402,6 +402,39 @@ def test_rows_scanned_through_a_link_removed_since_are_not_orphaned(library: Pat
     assert _scan(lib, out).run.videos == 0
 
 
+def test_a_recorded_real_path_counts_only_once_the_rows_own_path_is_gone(tmp_path: Path) -> None:
+    """While a row's path still exists it stands for whatever that path reaches now: a link re-pointed to
+    the next day's footage must not hand the old row to the new file (and retire it from the old one), nor
+    may a link that followed its file to another disk get its row retired by a scan of the old disk."""
+    spec = dict(codec="h264", width=96, height=64, fps=30)
+    lib = tmp_path / "lib"
+    make_video(lib / "day1" / "DJI_0001.mp4", SynthSpec(**spec, duration_s=2.0, source_id=1))
+    make_video(lib / "day2" / "DJI_0001.mp4", SynthSpec(**spec, duration_s=3.0, source_id=2))
+    (lib / "current").symlink_to("day1")
+    out = tmp_path / "out"
+    _scan(lib / "current", out)
+    (lib / "current").unlink()
+    (lib / "current").symlink_to("day2")
+    _scan(lib, out)
+    reals = sorted(os.path.realpath(p) for p in _videos(out))
+    assert reals == [str((lib / d / "DJI_0001.mp4").resolve()) for d in ("day1", "day2")]
+    assert _scan(lib, out).run.videos == 0
+
+    old, new = tmp_path / "disk1" / "footage", tmp_path / "disk2" / "footage"
+    make_video(old / "x.mp4", SynthSpec(**spec, duration_s=2.0, source_id=3))
+    make_video(tmp_path / "disk1" / "other" / "y.mp4", SynthSpec(**spec, duration_s=2.0, source_id=4))
+    link = tmp_path / "footage"
+    link.symlink_to(old)
+    out2 = tmp_path / "out2"
+    _scan(link, out2)
+    new.mkdir(parents=True)
+    shutil.move(str(old / "x.mp4"), str(new / "x.mp4"))
+    link.unlink()
+    link.symlink_to(new)  # the link followed its file to another disk
+    _scan(tmp_path / "disk1", out2)
+    assert str(link / "x.mp4") in _videos(out2), "a row whose path still opens is not gone"
+
+
 def test_a_library_of_links_to_files_elsewhere_is_not_an_empty_disk(library: Path, tmp_path: Path,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
     curated = tmp_path / "best"
@@ -471,6 +504,28 @@ def test_shards_of_schema_1_0_still_read_and_resume(library: Path, tmp_path: Pat
 
     got = duckdb.sql(f"SELECT count(*), count(decoder) FROM read_parquet('{out}/videos/*.parquet')").fetchall()
     assert got == [(9, 0)]
+
+
+def test_rows_from_before_1_4_learn_their_real_path_when_upgraded(library: Path, tmp_path: Path) -> None:
+    """A 1.3 folder has no real_path: the upgrade records it for rows whose path still opens, so removing the
+    link they were scanned through afterwards does not count the library twice."""
+    lib = tmp_path / "lib"
+    shutil.copytree(library, lib)
+    link = tmp_path / "footage"
+    link.symlink_to(lib)
+    out = tmp_path / "out"
+    first = _scan(link, out)
+    for name in complete_shards(out):
+        path = out / "videos" / name
+        table = pq.read_table(path)
+        meta = dict(table.schema.metadata)
+        meta[b"quadvault.schema_version"] = b"1.3"
+        pq.write_table(table.drop_columns(["real_path"]).replace_schema_metadata(meta), path)
+    assert _scan(link, out).run.videos == 0  # resumed as before; the shards upgraded on the way
+    assert all(r["real_path"] == os.path.realpath(p) for p, r in _videos(out).items())
+    link.unlink()
+    after = _scan(lib, out)
+    assert after.totals.total == first.totals.total == len(_videos(out))
 
 
 def test_resume_rescans_videos_sampled_another_way(library: Path, tmp_path: Path) -> None:

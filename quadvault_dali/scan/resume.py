@@ -107,14 +107,18 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
     done = _done_index(out_dir)
     # the same file reached by another path (the library through a symlink, or its target): scanning through
     # the other path rescanned every video and listed each twice. A row is known by its path resolved now (a
-    # link made since) and by the real path it recorded (the link it was scanned through removed since).
+    # link made since); only once that path is gone (the link it was scanned through removed) by the real path
+    # it recorded, which a link re-pointed since would otherwise give to another file.
     reals = {path: os.path.realpath(path) for path in done}
+    dead_paths = {path for path in done if not os.path.lexists(path)}
     by_real: dict[str, list[dict[str, object]]] = {}
     for path, path_rows in done.items():
         for row in path_rows:
-            for real in {reals[path], str(row.get("real_path") or reals[path])}:
+            recorded = str(row.get("real_path") or "") if path in dead_paths else ""
+            for real in {reals[path], recorded} - {""}:
                 by_real.setdefault(real, []).append(row)
     claimed: set[str] = set()  # row paths matched to a file of this run (never also 'gone')
+    kept: set[tuple[str, str]] = set()  # (shard, path) of the rows a file of this run keeps
     plan = ResumePlan()
     for f in files:
         same_file = {id(r): r for r in (*done.get(str(f.path), []), *by_real.get(f.real_path, []))}
@@ -137,18 +141,22 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
             if same and not retry and not dead:
                 keep = newest
         (plan.skipped if keep is not None else plan.todo).append(f)
+        if keep is not None:
+            kept.add((str(keep["shard"]), str(keep["path"])))
         for row in rows:
             if row is not keep:
                 plan.superseded.setdefault(str(row["shard"]), set()).add(str(row["path"]))
     if gone is not None:
         for path, rows in done.items():
             real = reals[path]  # a row kept under a link's path: gone when its file is
-            recorded = {str(r.get("real_path") or real) for r in rows} - {path, real}
+            recorded = {str(r.get("real_path") or real) for r in rows} - {path, real} if path in dead_paths else set()
             if path not in claimed and (gone(path) or (real != path and gone(real))
                                         or any(gone(r) for r in recorded)):
                 plan.gone.append(path)
                 for row in rows:
                     plan.superseded.setdefault(str(row["shard"]), set()).add(path)
+    for shard, path in kept:  # one row two files reached: the one that keeps it wins (the other is rescanned)
+        plan.superseded.get(shard, set()).discard(path)
     return plan
 
 

@@ -12,6 +12,7 @@ when another job wrote it; shards of a newer minor version are left alone, never
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -46,9 +47,22 @@ def _upgrade_file(path: Path, table: str, meta: ScanMetadata) -> bool:
     data = read_shard(path)  # the columns it lacks come as nulls
     if data is None:  # retired by another job meanwhile
         return False
+    if table == "videos":
+        data = with_real_paths(data)
     target = schema_with_metadata(replace(meta, schema_version=SCHEMA_VERSION))
     write_parquet_atomic(path, data.select(target.names).cast(target))
     return True
+
+
+def with_real_paths(videos: pa.Table) -> pa.Table:
+    """Rows from before 1.4 (``real_path`` null) get the real path of their path where it still opens, so a link
+    they were scanned through can be removed later without orphaning them (``resume``)."""
+    if "real_path" not in videos.column_names or videos.column("real_path").null_count == 0:
+        return videos
+    paths = videos.column("path").to_pylist()
+    reals = [r if r is not None else (os.path.realpath(p) if os.path.exists(p) else None)
+             for p, r in zip(paths, videos.column("real_path").to_pylist())]
+    return videos.set_column(videos.column_names.index("real_path"), "real_path", pa.array(reals, pa.string()))
 
 
 def upgrade_shards(out_dir: Path, own_tag: str = "", lock_timeout_s: float = 10.0) -> int:
