@@ -241,6 +241,28 @@ def test_a_backend_that_cannot_run_fails_in_the_callers_process() -> None:
         create_sampler("gpu", processes=2)
 
 
+class _CudaDeviceSampler(CpuSampler):
+    """A backend that says its frames land on a GPU (nothing is decoded: only the warning is under test)."""
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda", 0)
+
+
+def test_processes_on_the_gpu_warn_that_they_crashed_there(caplog: pytest.LogCaptureFixture) -> None:
+    """On the H200 the children's DALI decoders died with an illegal address and were 2-6x slower: a user
+    asking for them on the GPU is told so; on the CPU they are what they are for, crash isolation."""
+    from quadvault_dali.sampling._processes import GPU_WARNING
+
+    with caplog.at_level("WARNING"):
+        ProcessSampler(_CudaDeviceSampler, processes=2).close()
+    assert GPU_WARNING in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        ProcessSampler(CpuSampler, processes=2).close()
+    assert GPU_WARNING not in caplog.text
+
+
 def test_processes_must_be_positive() -> None:
     with pytest.raises(ValueError, match="processes"):
         create_sampler("cpu", processes=0)
