@@ -91,35 +91,45 @@ class GcPauses:
 
 
 def measure(videos: list[Path], streams: int, size: int, repeats: int, mode: str = "keyframe",
-            muxers: tuple[str, ...] = ("join", "pyav")) -> list[dict[str, Any]]:
+            muxers: tuple[str, ...] = ("join", "pyav"), preparers: tuple[str, ...] = ("threads",)) -> list[dict[str, Any]]:
     """Rows for uncropped and cropped clips, each with every muxer in ``muxers`` (``join``: in-order clips
     joined under a rebuilt index, ``pyav``: every clip muxed by PyAV): the median of ``repeats`` passes each
     over ``videos``, the settings' passes interleaved (and their order alternated) so that a drifting machine
-    favours none."""
-    settings = [(uncrop, mux) for uncrop in (True, False) for mux in muxers]
-    samplers = {uncrop: PrepOnlySampler(uncrop=uncrop, mode=mode, size=size, streams=streams) for uncrop in (True, False)}
+    favours none. ``preparers``: ``threads`` (the default) and/or ``processes`` (clips cut in as many worker
+    processes as prepare threads, ``sampling._prepare_pool``; their start-up is not timed)."""
+    # workers are spawned: the PyAV-mux switch (a global of this process) does not reach them
+    settings = [(uncrop, mux, prep) for uncrop in (True, False) for mux in muxers for prep in preparers
+                if not (mux == "pyav" and prep == "processes")]
+    workers = max(4, streams)
+    samplers = {(uncrop, prep): PrepOnlySampler(uncrop=uncrop, mode=mode, size=size, streams=streams,
+                                                prepare_processes=workers if prep == "processes" else 0)
+                for uncrop in (True, False) for prep in preparers}
     for sampler in samplers.values():
         for _ in sampler.iter_batches(videos[:2]):  # imports, first-use costs, templates
             pass
     freeze_startup_objects()  # as the product's long loops do
-    passes: dict[tuple[bool, str], list[tuple[float, float, int, GcPauses]]] = {key: [] for key in settings}
+    passes: dict[tuple[bool, str, str], list[tuple[float, float, int, GcPauses]]] = {key: [] for key in settings}
     for r in range(repeats):
-        for uncrop, mux in (settings if r % 2 == 0 else settings[::-1]):
+        for uncrop, mux, prep in (settings if r % 2 == 0 else settings[::-1]):
             frames = 0
             _remux.JOIN_IN_ORDER = mux == "join"
             try:
                 with GcPauses() as pauses:
                     wall0, cpu0 = time.perf_counter(), time.process_time()
-                    for batch in samplers[uncrop].iter_batches(videos):
+                    for batch in samplers[(uncrop, prep)].iter_batches(videos):
                         frames += len(batch)
-                    passes[(uncrop, mux)].append((time.perf_counter() - wall0, time.process_time() - cpu0, frames,
-                                                  pauses))
+                    passes[(uncrop, mux, prep)].append((time.perf_counter() - wall0, time.process_time() - cpu0,
+                                                        frames, pauses))
             finally:
                 _remux.JOIN_IN_ORDER = True
+    for sampler in samplers.values():
+        sampler.close()
     rows = []
-    for (uncrop, mux), runs in passes.items():
+    for (uncrop, mux, prep), runs in passes.items():
         wall, cpu, frames, pauses = sorted(runs, key=lambda p: p[0])[len(runs) // 2]
-        rows.append({"mode": mode, "streams": streams, "uncrop_sps": uncrop, "mux": mux, "videos": len(videos),
+        # CPU ms per frame: this process's own (a "processes" row's workers are not in process_time)
+        rows.append({"mode": mode, "streams": streams, "uncrop_sps": uncrop, "mux": mux, "prepare": prep,
+                     "videos": len(videos),
                      "frames": frames, "repeats": repeats, "seconds": round(wall, 3),
                      "sampled_fps": round(frames / wall, 1), "cpu_ms_per_frame": round(1000 * cpu / max(frames, 1), 3),
                      "gc_pause_ms": [round(ms, 1) for ms in pauses.ms], "gc_collections": pauses.count})
@@ -139,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clips", default="", help="only these clips, by name (e.g. 2160p30-hevc-k1.0; default: all)")
     ap.add_argument("--mux", default="join,pyav", help="muxers to compare: join (in-order clips joined under a "
                     "rebuilt index, the default), pyav (every clip muxed by PyAV, as before)")
+    ap.add_argument("--prepare", default="threads", help="where clips are cut: threads (the default), processes "
+                    "(worker processes, sampling._prepare_pool), or both to compare")
     ap.add_argument("--modes", default="keyframe", help="sampling modes to try: keyframe, exact (GOP runs cut by demuxing)")
     args = ap.parse_args(argv)
     work = args.work or Path(tempfile.gettempdir()) / "quadvault-sampling-bench"
@@ -150,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         specs = select_clips(specs, args.clips)
     except ValueError as exc:
         ap.error(str(exc))
+    preparers = tuple(filter(None, args.prepare.split(",")))
+    if not preparers or set(preparers) - {"threads", "processes"}:
+        ap.error(f"--prepare takes threads and/or processes, got {args.prepare!r}")
     muxers = tuple(filter(None, args.mux.split(",")))
     if not muxers or set(muxers) - {"join", "pyav"}:
         ap.error(f"--mux takes join and/or pyav, got {args.mux!r}")
@@ -170,11 +185,11 @@ def main(argv: list[str] | None = None) -> int:
             warmed = True
         for mode in args.modes.split(","):
             for streams in (int(s) for s in args.streams.split(",")):
-                for measured in measure(videos, streams, args.size, args.repeats, mode, muxers):
+                for measured in measure(videos, streams, args.size, args.repeats, mode, muxers, preparers):
                     row = {"clip": spec.name, "codec": spec.codec, **measured}
                     uncrop = row["uncrop_sps"]
                     results.append(row)
-                    print(f"  {spec.name:18} {mode:8} streams={streams} uncrop={uncrop!s:5} mux={row['mux']:4} "
+                    print(f"  {spec.name:18} {mode:8} streams={streams} uncrop={uncrop!s:5} mux={row['mux']:4} {row['prepare']:9} "
                           f"{row['sampled_fps']:8.1f} frames/s {row['cpu_ms_per_frame']:.3f} CPU ms/frame",
                           file=sys.stderr, flush=True)
                     write_json(out, doc)

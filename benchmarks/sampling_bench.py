@@ -189,6 +189,7 @@ class Layout(NamedTuple):
     streamed: bool  # the streaming decoder (``sampling._stream_decoder``)
     switch_ms: float | None = None  # ``sys.setswitchinterval`` for the row, in ms (None: as it is)
     pyav_mux: bool = False  # every clip muxed by PyAV, none joined (``sampling._mp4_join``)
+    prepare_processes: int = 0  # clips cut in worker processes (``sampling._prepare_pool``), 0: threads
 
 
 def parse_layout(text: str) -> Layout:
@@ -199,16 +200,18 @@ def parse_layout(text: str) -> Layout:
     its sequences of 16 frames); a trailing ``i`` runs the row with a ``SHORT_SWITCH_MS`` switch interval (in
     this process) and ``g`` with Python's 5 ms (the product's, explicitly): whether prepare and decode threads lose time waiting for the GIL a busy thread holds for
     Python's default 5 ms (a convoy: each FFmpeg read through a Python file, each return from DALI, waits); a
-    trailing ``m`` muxes every clip with PyAV, as before in-order clips were joined (``sampling._mp4_join``)."""
-    match = re.fullmatch(r"(?:(\d+)p)?(\d+)x(\d+)x(\d+)(c?)(s?)([ig]?)(m?)", text.strip())
+    trailing ``m`` muxes every clip with PyAV, as before in-order clips were joined (``sampling._mp4_join``); a
+    trailing ``w`` cuts clips in as many worker processes as there are prepare threads (``sampling._prepare_pool``)."""
+    match = re.fullmatch(r"(?:(\d+)p)?(\d+)x(\d+)x(\d+)(c?)(s?)([ig]?)(m?)(w?)", text.strip())
     if not match:
-        raise ValueError(f"a layout is [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c][s][i|g][m], like 4p2x4x4; "
+        raise ValueError(f"a layout is [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c][s][i|g][m][w], like 4p2x4x4; "
                          f"got {text!r}")
     processes, streams, per_run, threads = (int(g) if g else 1 for g in match.groups()[:4])
-    if processes > 1 and match.group(8):
-        raise ValueError(f"{text!r}: decoding processes are spawned and would join clips anyway; 'm' is for one process")
+    if processes > 1 and (match.group(8) or match.group(9)):
+        raise ValueError(f"{text!r}: 'm' and 'w' are for one decoding process")
     return Layout(processes, streams, per_run, threads, not match.group(5), bool(match.group(6)),
-                  {"i": SHORT_SWITCH_MS, "g": PYTHON_SWITCH_MS}.get(match.group(7)), bool(match.group(8)))
+                  {"i": SHORT_SWITCH_MS, "g": PYTHON_SWITCH_MS}.get(match.group(7)), bool(match.group(8)),
+                  max(4, streams) if match.group(9) else 0)
 
 
 @contextlib.contextmanager
@@ -363,10 +366,12 @@ def main(argv: list[str] | None = None) -> int:
                 with switch_interval(shape.switch_ms), pyav_muxing(shape.pyav_mux):
                     measured = try_sampler("gpu", videos, layout=(shape.per_run, shape.threads, shape.uncrop),
                                            processes=shape.processes, mode="keyframe", size=args.size,
-                                           streams=shape.streams, stream_decode=shape.streamed)
+                                           streams=shape.streams, stream_decode=shape.streamed,
+                                           prepare_processes=shape.prepare_processes)
                 rows.append({"backend": "gpu", "mode": "keyframe", "streams": shape.streams * shape.processes,
                              "layout": layout, "processes": shape.processes, "videos": n_videos,
                              "uncrop_sps": shape.uncrop, "stream_decode": shape.streamed, "pyav_mux": shape.pyav_mux,
+                             "prepare_processes": shape.prepare_processes,
                              "switch_interval_ms": shape.switch_ms or 1000 * sys.getswitchinterval(), **measured})
                 _print_row(spec, rows[-1])
             exact_videos = videos[:n_videos if args.gpu_exact_videos is None else args.gpu_exact_videos]

@@ -135,23 +135,26 @@ SHORT_SWITCH_MS = 0.5
 PYTHON_SWITCH_MS = 5.0
 
 
-def parse_scan_layout(text: str) -> tuple[int, int, str, bool, float | None, bool]:
-    """``PROCESSESxSTREAMS[k][s][i][m]`` -> (processes, streams, sampling mode, streaming decoder, switch
-    interval in ms, PyAV muxing): ``k`` scans in keyframe mode (else auto), ``s`` with the experimental
+def parse_scan_layout(text: str) -> tuple[int, int, str, bool, float | None, bool, int]:
+    """``PROCESSESxSTREAMS[k][s][i][m][w]`` -> (processes, streams, sampling mode, streaming decoder, switch
+    interval in ms, PyAV muxing, prepare worker processes): ``k`` scans in keyframe mode (else auto), ``s`` with the experimental
     streaming decoder (``SamplerConfig.stream_decode``), ``i`` with a ``SHORT_SWITCH_MS`` GIL switch interval
     in this process (``g``: Python's 5 ms, explicitly) (the scan's own thread scores frames beside the prepare and decode threads: a GIL convoy
     shows here), ``m`` with every clip muxed by PyAV as before in-order clips were joined (one process only:
-    spawned children would not inherit it)."""
-    match = re.fullmatch(r"(\d+)x(\d+)(k?)(s?)([ig]?)(m?)", text.strip())
-    if not match or (match.group(6) and int(match.group(1)) > 1):
-        raise ValueError(f"a scan layout is PROCESSESxSTREAMS[k][s][i|g][m] ('m' with one process), like 4x2 or 2x4k; "
-                         f"got {text!r}")
-    return (int(match.group(1)), int(match.group(2)), "keyframe" if match.group(3) else "auto", bool(match.group(4)),
-            {"i": SHORT_SWITCH_MS, "g": PYTHON_SWITCH_MS}.get(match.group(5)), bool(match.group(6)))
+    spawned children would not inherit it), ``w`` with clips cut in max(4, STREAMS) worker processes
+    (``sampling._prepare_pool``; one decoding process only; their start-up, ~1-2 s, is in the wall time)."""
+    match = re.fullmatch(r"(\d+)x(\d+)(k?)(s?)([ig]?)(m?)(w?)", text.strip())
+    if not match or ((match.group(6) or match.group(7)) and int(match.group(1)) > 1):
+        raise ValueError(f"a scan layout is PROCESSESxSTREAMS[k][s][i|g][m][w] ('m' and 'w' with one process), like "
+                         f"4x2 or 2x4k; got {text!r}")
+    streams = int(match.group(2))
+    return (int(match.group(1)), streams, "keyframe" if match.group(3) else "auto", bool(match.group(4)),
+            {"i": SHORT_SWITCH_MS, "g": PYTHON_SWITCH_MS}.get(match.group(5)), bool(match.group(6)),
+            max(4, streams) if match.group(7) else 0)
 
 
 def run_scan(files: list[Path], out: Path, device: str, model_dir: Path, streams: int, batch: int,
-             mode: str = "auto", processes: int = 1, stream_decode: bool = False) -> dict:
+             mode: str = "auto", processes: int = 1, stream_decode: bool = False, prepare_processes: int = 0) -> dict:
     from quadvault_dali.scan.runner import ScanOptions, scan_library
 
     import torch
@@ -166,11 +169,12 @@ def run_scan(files: list[Path], out: Path, device: str, model_dir: Path, streams
         started = time.perf_counter()
         summary = scan_library(files, ScanOptions(out_dir=out, device=device, streams=streams, batch_size=batch,
                                                   resume=False, mode=mode, processes=processes,
-                                                  stream_decode=stream_decode), scorers=[model])
+                                                  stream_decode=stream_decode, prepare_processes=prepare_processes),
+                               scorers=[model])
         wall = time.perf_counter() - started
     run = summary.run
     return {"device": resolve_device(device), "sampling": mode, "processes": processes, "streams": streams,
-            "stream_decode": stream_decode,
+            "stream_decode": stream_decode, "prepare_processes": prepare_processes,
             "videos": run.videos, "errors": run.errors, "wall_s": round(wall, 3),
             "videos_per_s": round(run.videos / wall, 3), "video_seconds_per_s": round(run.video_seconds / wall, 2),
             "sampled_frames": run.frames, "sampled_frames_per_s": round(run.frames / wall, 2),
@@ -316,7 +320,7 @@ def main() -> None:
     save()
     if backend == "gpu" and not args.quick:
         result["scan_layouts"] = []
-        for layout, processes, streams, mode, streamed, switch_ms, pyav_mux in layouts:
+        for layout, processes, streams, mode, streamed, switch_ms, pyav_mux, workers in layouts:
             before = sys.getswitchinterval()
             if switch_ms is not None:
                 sys.setswitchinterval(switch_ms / 1000)
@@ -326,7 +330,7 @@ def main() -> None:
                                                "pyav_mux": pyav_mux,
                                                **attempt(f"scan {layout}", lambda: library_scan(
                                                    "scan_layout_out", streams, processes=processes, mode=mode,
-                                                   stream_decode=streamed))})
+                                                   stream_decode=streamed, prepare_processes=workers))})
             finally:
                 sys.setswitchinterval(before)
                 _remux.JOIN_IN_ORDER = True

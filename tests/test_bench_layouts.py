@@ -17,14 +17,16 @@ def sampling_bench():
 
 
 def test_layouts_name_processes_streams_and_dali_run_shape(sampling_bench) -> None:
-    assert sampling_bench.parse_layout("4p2x4x4") == (4, 2, 4, 4, True, False, None, False)
-    assert sampling_bench.parse_layout("2x8x8") == (1, 2, 8, 8, True, False, None, False)
-    assert sampling_bench.parse_layout("4x4x4c") == (1, 4, 4, 4, False, False, None, False)
-    assert sampling_bench.parse_layout("2p4x4x4s") == (2, 4, 4, 4, True, True, None, False)
+    assert sampling_bench.parse_layout("4p2x4x4") == (4, 2, 4, 4, True, False, None, False, 0)
+    assert sampling_bench.parse_layout("2x8x8") == (1, 2, 8, 8, True, False, None, False, 0)
+    assert sampling_bench.parse_layout("4x4x4c") == (1, 4, 4, 4, False, False, None, False, 0)
+    assert sampling_bench.parse_layout("2p4x4x4s") == (2, 4, 4, 4, True, True, None, False, 0)
     assert sampling_bench.parse_layout("4x4x4im").pyav_mux  # the muxer A/B (``sampling._mp4_join``)
     assert sampling_bench.parse_layout("4x4x4g").switch_ms == 5.0  # Python's default (the product's), explicitly
-    with pytest.raises(ValueError, match="one process"):
+    with pytest.raises(ValueError, match="one decoding process"):
         sampling_bench.parse_layout("2p2x4x4m")
+    assert sampling_bench.parse_layout("8x4x4w").prepare_processes == 8  # clips cut in worker processes
+    assert sampling_bench.parse_layout("2x4x4gw").prepare_processes == 4
     from quadvault_dali.sampling import _remux
     with sampling_bench.pyav_muxing(True):
         assert not _remux.JOIN_IN_ORDER
@@ -52,11 +54,11 @@ def test_a_process_layout_samples_every_copy(sampling_bench, make_clip: Callable
 
 def test_scan_layouts_name_processes_streams_and_mode() -> None:
     scan_bench = import_benchmark("scan_bench")
-    assert scan_bench.parse_scan_layout("4x2") == (4, 2, "auto", False, None, False)
-    assert scan_bench.parse_scan_layout("2x4k") == (2, 4, "keyframe", False, None, False)
-    assert scan_bench.parse_scan_layout("1x4ks") == (1, 4, "keyframe", True, None, False)
-    assert scan_bench.parse_scan_layout("1x4ki") == (1, 4, "keyframe", False, scan_bench.SHORT_SWITCH_MS, False)
-    assert scan_bench.parse_scan_layout("1x4kim")[-1]
+    assert scan_bench.parse_scan_layout("4x2") == (4, 2, "auto", False, None, False, 0)
+    assert scan_bench.parse_scan_layout("2x4k") == (2, 4, "keyframe", False, None, False, 0)
+    assert scan_bench.parse_scan_layout("1x4ks") == (1, 4, "keyframe", True, None, False, 0)
+    assert scan_bench.parse_scan_layout("1x4ki") == (1, 4, "keyframe", False, scan_bench.SHORT_SWITCH_MS, False, 0)
+    assert scan_bench.parse_scan_layout("1x4kim")[5] and scan_bench.parse_scan_layout("1x8kw")[6] == 8
     assert scan_bench.parse_scan_layout("1x4kg")[4] == 5.0
     with pytest.raises(ValueError, match="2x4km"):
         scan_bench.parse_scan_layout("2x4km")

@@ -37,6 +37,8 @@ class SamplerConfig:
     host memory for queued clips, ``_budget``); the process sampler gives each of its N children 1/N.
     ``stream_decode`` (gpu backend, experimental): decode merged keyframe clips with DALI's streaming
     operator, one decoder set-up per long clip (``_stream_decoder``); the other backends ignore it.
+    ``prepare_processes`` (gpu backend, experimental): probe and cut clips in that many worker processes
+    instead of threads of this process (``_prepare_pool``); 0 keeps the threads. The cpu backend ignores it.
     """
 
     fps: float = 1.0
@@ -50,6 +52,7 @@ class SamplerConfig:
     processes: int = 1
     memory_share: float = 1.0
     stream_decode: bool = False
+    prepare_processes: int = 0
 
     def __post_init__(self) -> None:
         if self.fps <= 0:
@@ -61,6 +64,8 @@ class SamplerConfig:
         if self.batch_size < 1 or self.streams < 1 or self.processes < 1:
             raise ValueError(f"batch_size, streams and processes must be >= 1, got {self.batch_size}, "
                              f"{self.streams}, {self.processes}")
+        if self.prepare_processes < 0:
+            raise ValueError(f"prepare_processes must be >= 0, got {self.prepare_processes}")
         if not 0 < self.memory_share <= 1:
             raise ValueError(f"memory_share must be in (0, 1], got {self.memory_share}")
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -51,6 +52,7 @@ from ._cpu import CpuSampler
 from ._handover import Abandoned, TakeOver, VideoTask
 from ._nvdec import dali_cpu_limitation, nvdec_limitation
 from ._plan import plan_samples
+from ._prepare_pool import CutSettings, Job, PreparePool
 from ._reader import CountingFile
 from ._remux import CLIP_PIXELS, frame_budget, plan_clips
 from ._samples import MERGE_PIXELS, STREAM_MAX_FRAMES, _Work, group_samples, joins, sample_pixels_for
@@ -101,6 +103,14 @@ class DaliSampler(Sampler):
         self._uncrop_refused = False  # set when a clip failed uncropped and decoded cropped back
         self._hardware_worked = False  # set once any clip decoded on this sampler's DALI decoder
         self._hardware_failures: dict[Path, str] = {}  # video -> its first failure, until one worked
+        self._prepare_pool: PreparePool | None = None  # ``config.prepare_processes`` workers, kept across runs
+        self._prepare_pool_finalizer: weakref.finalize | None = None
+
+    def close(self) -> None:
+        """Stops the prepare workers, if any (a later ``iter_batches`` starts new ones)."""
+        if self._prepare_pool_finalizer is not None:
+            self._prepare_pool_finalizer()
+        self._prepare_pool = self._prepare_pool_finalizer = None
 
     @property
     def device(self) -> torch.device:
@@ -119,8 +129,11 @@ class DaliSampler(Sampler):
         fh: CountingFile | None = None
         try:
             with task.failures_reported("preparing for GPU decoding"):
-                fh = CountingFile(task.path) if task.path.is_file() else None
-                why_not, clips = self._cut_clips(task, fh, work, stop)
+                if self._prepare_pool is not None:
+                    why_not, clips = self._cut_clips_in_worker(self._prepare_pool, task, work, stop)
+                else:
+                    fh = CountingFile(task.path) if task.path.is_file() else None
+                    why_not, clips = self._cut_clips(task, fh, work, stop)
                 if why_not is not None:
                     clips = self._decode_on_cpu(task, why_not, stop)
         finally:
@@ -173,6 +186,59 @@ class DaliSampler(Sampler):
             return None, clips
         finally:
             container.close()
+
+    def _cut_clips_in_worker(self, pool: PreparePool, task: VideoTask, work: "queue.Queue[Any]",
+                             stop: threading.Event) -> tuple[str | None, int]:
+        """``_cut_clips``, with the probing and cutting done by a worker process (``_prepare_pool``): this thread
+        decides what the backend takes and relays the clips, under the same slots and byte budget."""
+        cfg = self.config
+        settings = CutSettings(cfg.fps, cfg.mode, self.uncrop_sps, self.clip_pixels)
+        job: Job | None = None
+        try:
+            with pool.job(task.path, settings) as job:
+                return self._relay_clips(job, task, work, stop)
+        finally:
+            if job is not None:
+                task.add_bytes(job.bytes_read)
+
+    def _relay_clips(self, job: Job, task: VideoTask, work: "queue.Queue[Any]",
+                     stop: threading.Event) -> tuple[str | None, int]:
+        cfg = self.config
+        kind, *payload = job.recv()
+        if kind == "error":
+            raise payload[0]
+        info = payload[0]
+        task.outcome.info = info
+        why_not = self._limitation(info)
+        if why_not is not None:
+            job.send("skip")
+            if not cfg.cpu_fallback:
+                raise UnsupportedCodecError(why_not, path=task.path, hint="sample it with --device cpu")
+            return why_not, 0
+        task.outcome.decoder = self.decoder_name
+        job.send("cut", STREAM_MAX_FRAMES if self._streams(info.codec) else None)
+        clips = 0
+        while True:
+            kind, *payload = job.recv()
+            if kind == "end":
+                return None, clips
+            if kind == "error":
+                raise payload[0]
+            if kind == "plan":
+                task.outcome.mode, task.outcome.frames_expected = payload
+            elif kind == "cut_error":
+                if not cfg.cpu_fallback:
+                    raise DecodeError(f"cutting clips failed: {payload[0]}", path=task.path)
+                task.hardware_failed(clips, f"cutting clips for {self.decoder_name} failed: {payload[0]}")
+            else:
+                clip = payload[0]
+                task.slots.acquire()
+                cost = clip_bytes(clip)
+                if stop.is_set() or not task.wants(clips) or not self._budget.acquire(cost):
+                    task.discard()
+                    return None, clips
+                work.put(_Work(task, clips, clip, cost))
+                clips += 1
 
     def _sample_on_cpu(self, task: VideoTask, stop: threading.Event, *, first_seq: int = 0,
                        after_s: float = float("-inf")) -> int:
@@ -412,6 +478,9 @@ class DaliSampler(Sampler):
         queued = streams * self.clips_per_run * (QUEUED_PER_STREAM if self.merge_clips else 2)
         self._streaming = cfg.stream_decode
         self._budget = budget = ByteBudget(self.queued_bytes_limit or queued_bytes_for(cfg.memory_share))
+        if cfg.prepare_processes and self._prepare_pool is None:
+            self._prepare_pool = PreparePool(cfg.prepare_processes)
+            self._prepare_pool_finalizer = weakref.finalize(self, self._prepare_pool.close)
         work: queue.Queue[Any] = queue.Queue(maxsize=queued)
         stop = threading.Event()
         lookahead = max(2, queued)  # videos in flight: enough to fill the queue with mergeable clips

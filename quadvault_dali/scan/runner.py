@@ -55,6 +55,7 @@ class ScanOptions:
     streams: int = 4
     processes: int = 1  # decoding processes (per GPU), each with ``streams`` streams
     stream_decode: bool = False  # experimental gpu decoding (``SamplerConfig.stream_decode``); benchmarks only
+    prepare_processes: int = 0  # experimental: clips cut in worker processes (``SamplerConfig``); benchmarks only
     batch_size: int = 64
     resume: bool = True
     retry_errors: bool = False
@@ -258,7 +259,7 @@ def scan_files(files: Sequence[FileState], scorers: Sequence[Scorer], options: S
     sampler = create_sampler(options.device, fps=options.fps, mode=options.mode, size=sampling_size(scorers),
                              square=True, batch_size=options.batch_size, streams=options.streams,
                              processes=options.processes, device_id=options.device_id,
-                             stream_decode=options.stream_decode)
+                             stream_decode=options.stream_decode, prepare_processes=options.prepare_processes)
     writer = ShardWriter(options.out_dir, tag=tag, seconds_meta=metadata_for("seconds", models, options.threshold),
                          videos_meta=metadata_for("videos", models, options.threshold),
                          max_videos=options.shard_videos, max_seconds=options.shard_seconds)

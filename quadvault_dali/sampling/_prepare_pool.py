@@ -1,0 +1,259 @@
+"""Clips cut in worker processes (``SamplerConfig.prepare_processes``, experimental): probing, reading the
+packet index and cutting clips run outside the decoding process's GIL.
+
+Why: on the H200 (2026-11-26) sampling 1080p H.264 reached 1,292 frames/s with NVDEC 30 % busy. Its decode
+threads merge whatever clips are queued, and the samples held 42 frames of the 188 the memory budget allows,
+with at most 220 MB of the 2 GB queue budget used: the prepare threads could not keep the queue full, and
+more of them only contend for the GIL (16 threads prepared half as fast as 4). Here each video is prepared by
+one of N processes that hold no CUDA context; the decoding process's prepare thread only relays the clips
+(a few hundred kB to a few MB each, pickled over a pipe) into the work queue, with the same slots, byte
+budget and failure handling as when it cuts them itself.
+
+Protocol, per video, over one duplex pipe per worker (every job ends with ``("end", bytes_read)``):
+    parent: (path, CutSettings)
+    worker: ("probed", VideoInfo) | ("error", QuadvaultError)
+    parent: ("cut", stream_cap) | ("skip",)           -- the parent's backend decides what it can decode
+    worker: ("plan", mode, expected_frames), then ("clip", Clip)..., or ("cut_error", summary)
+    parent: ("stop",) at any time after "cut"          -- the video is no longer wanted
+A worker that dies (a decoder crashing on a damaged file) costs that video an error, and is replaced.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import queue
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import multiprocessing as mp
+
+from ..errors import DecodeError, QuadvaultError, unexpected_failure
+from ..probe import open_container, probe_open, rewound
+from ._plan import plan_samples
+from ._reader import CountingFile
+from ._remux import frame_budget, plan_clips
+
+log = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1
+DOING = "preparing for GPU decoding"
+#: how long a new worker may take to import its libraries and say it is ready
+START_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class CutSettings:
+    """What cutting a video depends on, from the decoding process's sampler."""
+
+    fps: float
+    mode: str
+    uncrop: bool
+    clip_pixels: int
+
+
+def serve(conn: Any) -> None:
+    """A worker: cuts the videos the parent sends until the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _die_with_parent()
+    conn.send(("ready",))  # imports done: the pool does not hand a video to a worker still starting
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if len(message) == 2 and isinstance(message[1], CutSettings):
+            cut_one(conn, Path(message[0]), message[1])
+        # else a "stop" that crossed this worker's "end": the pipe is in order, so it comes before the next job
+
+
+def cut_one(conn: Any, path: Path, settings: CutSettings) -> None:
+    """One video's messages (see the module's docstring)."""
+    fh: CountingFile | None = None
+    container = None
+    try:
+        try:
+            fh = CountingFile(path) if path.is_file() else None
+            container = open_container(path, fh)
+            info, index = probe_open(container, path)
+        except Exception as exc:  # noqa: BLE001 - becomes the video's error, as in the decoding process
+            conn.send(("error", unexpected_failure(exc, DOING, path)))
+            return
+        conn.send(("probed", info))
+        reply = conn.recv()
+        if reply[0] != "cut":
+            return
+        stream_cap = reply[1]
+        try:
+            plan = plan_samples(info, index, fps=settings.fps, mode=settings.mode)  # type: ignore[arg-type]
+            conn.send(("plan", plan.mode, plan.expected_frames))
+            container = rewound(container, path, fh, index)
+            budget = stream_cap or frame_budget(info.coded_width, info.coded_height, settings.clip_pixels)
+            cut = iter(plan_clips(plan, container, fh, max_frames=budget, uncrop=settings.uncrop))  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001
+            conn.send(("error", unexpected_failure(exc, DOING, path)))
+            return
+        while not (conn.poll() and conn.recv()[0] == "stop"):
+            try:
+                clip = next(cut)
+            except StopIteration:
+                break
+            except Exception as exc:  # noqa: BLE001 - the CPU decoder may still read what the cutter cannot
+                conn.send(("cut_error", str(exc).removeprefix(f"{path}: ")))
+                break
+            clip.stream_cap = stream_cap
+            conn.send(("clip", clip))
+    except (EOFError, BrokenPipeError):  # the parent is gone
+        raise SystemExit(0) from None
+    finally:
+        if container is not None:
+            container.close()
+        bytes_read = fh.bytes_read if fh is not None else 0
+        if fh is not None:
+            fh.close()
+        try:
+            conn.send(("end", bytes_read))
+        except (BrokenPipeError, OSError):
+            pass
+
+
+class PrepareWorkerDied(DecodeError):
+    """The process preparing a video died (a native crash on a damaged file)."""
+
+
+class _Worker:
+    def __init__(self, ctx: Any, target: Callable[[Any], None]) -> None:
+        self.conn, theirs = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=target, args=(theirs,), name="quadvault-prepare", daemon=True)
+        self.proc.start()
+        theirs.close()
+
+    def close(self) -> None:
+        self.conn.close()
+        self.proc.join(timeout=5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(timeout=5)
+
+
+class PreparePool:
+    """``processes`` workers, each serving one video at a time to whichever prepare thread holds it."""
+
+    def __init__(self, processes: int, target: Callable[[Any], None] = serve) -> None:
+        self._ctx = mp.get_context("spawn")  # the decoding process holds CUDA: never fork it
+        self._target = target  # what a worker runs (tests give one that crashes)
+        self._idle: "queue.Queue[_Worker]" = queue.Queue()
+        self._all: list[_Worker] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        try:
+            for _ in range(processes):
+                self._add()
+        except BaseException:
+            self.close()
+            raise
+
+    def _add(self) -> None:
+        worker = _Worker(self._ctx, self._target)
+        with self._lock:
+            self._all.append(worker)
+        if not worker.conn.poll(START_TIMEOUT_S) or _recv_or_none(worker.conn) != ("ready",):
+            worker.close()
+            raise QuadvaultError(f"a process to prepare clips did not start within {START_TIMEOUT_S:.0f} s "
+                                 f"(exit code {worker.proc.exitcode})", hint="run with -v to see its log")
+        self._idle.put(worker)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            workers, self._all = self._all, []
+        for worker in workers:
+            worker.close()
+
+    @contextmanager
+    def job(self, path: Path, settings: CutSettings) -> Iterator["Job"]:
+        """A worker cutting ``path`` for the caller; it goes back to the pool (or is replaced) afterwards."""
+        worker = self._idle.get()
+        job = Job(worker, path)
+        try:
+            job.send(str(path), settings)  # a worker found dead here says so at the first recv
+            yield job
+        finally:  # also when the caller failed on the video: the worker ends its job and counts its bytes
+            healthy = job.finish()
+            if healthy:
+                self._idle.put(worker)
+            else:
+                with self._lock:
+                    if worker in self._all:
+                        self._all.remove(worker)
+                    closed = self._closed
+                worker.close()
+                if not closed:
+                    self._add()
+
+
+class Job:
+    """One video's messages from its worker, as the prepare thread reads them."""
+
+    def __init__(self, worker: _Worker, path: Path) -> None:
+        self._worker, self.path = worker, path
+        self.bytes_read = 0
+        self.ended = False
+        self.died = False
+
+    def recv(self) -> tuple[Any, ...]:
+        """The next message; ``("end", bytes)`` closes the job. A dead worker raises ``PrepareWorkerDied``."""
+        try:
+            message = self._worker.conn.recv()
+        except (EOFError, OSError) as exc:
+            self.died = True
+            self._worker.proc.join(timeout=5)
+            code = self._worker.proc.exitcode
+            how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            raise PrepareWorkerDied(f"the process preparing it died ({how})", path=self.path,
+                                    hint="the file is probably damaged; check it in a player") from exc
+        if message[0] == "end":
+            self.ended, self.bytes_read = True, int(message[1])
+        return message  # type: ignore[no-any-return]
+
+    def send(self, *message: Any) -> None:
+        try:
+            self._worker.conn.send(message)
+        except (BrokenPipeError, OSError):  # it died: the next recv says so
+            pass
+
+    def finish(self) -> bool:
+        """Reads to the job's end (telling the worker to stop if it still cuts); whether the worker is fit for
+        another video."""
+        if self.died:
+            return False
+        if not self.ended:
+            self.send("stop")
+            try:
+                while not self.ended:
+                    self.recv()
+            except PrepareWorkerDied:
+                return False
+        return True
+
+
+def _recv_or_none(conn: Any) -> Any:
+    try:
+        return conn.recv()
+    except (EOFError, OSError):
+        return None
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL when the decoding process dies, however it dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:  # pragma: no cover
+        pass
+

@@ -1,0 +1,98 @@
+"""Clips cut in worker processes (``SamplerConfig.prepare_processes``) give what the prepare threads give, and
+a worker that dies costs only the video it was cutting. Run on DALI's CPU decoder (VP9/MJPEG), the same
+machinery the gpu backend uses."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+
+from quadvault_dali.sampling._gpu import DaliSampler
+from quadvault_dali.sampling._prepare_pool import PreparePool, serve
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def videos(make_clip: Callable[..., Path]) -> list[Path]:
+    return [
+        make_clip("pp_vp9_30.mp4", codec="vp9", width=96, height=64, fps=30, duration_s=4.0, source_id=21),
+        make_clip("pp_vp9_25_k2.mp4", codec="vp9", width=96, height=64, fps=25, duration_s=5.0,
+                  keyframe_interval_s=2.0, source_id=22),
+        make_clip("pp_mjpeg_10.mkv", codec="mjpeg", width=96, height=64, fps=10, duration_s=3.0, source_id=23),
+        make_clip("pp_h264_30.mp4", codec="h264", width=96, height=64, fps=30, duration_s=3.0, source_id=24),
+    ]
+
+
+def _run(sampler: DaliSampler, paths: list[Path]) -> dict[str, Any]:
+    """Per video: its timestamps, frame checksums and outcome, as the consumer saw them."""
+    seen: dict[str, Any] = {}
+    for batch in sampler.iter_batches(paths):
+        for path, stamp, frame in zip(batch.paths, batch.timestamps, batch.frames):
+            seen.setdefault(str(path), {"times": [], "frames": []})
+            seen[str(path)]["times"].append(stamp)
+            seen[str(path)]["frames"].append(int(frame.to(torch.int64).sum()))
+        for o in batch.completed:
+            seen.setdefault(str(o.path), {"times": [], "frames": []})["outcome"] = (
+                o.frames, o.frames_expected, o.mode, o.decoder, o.bytes_read, type(o.error).__name__ if o.error else None,
+                str(o.error).split(": ", 1)[-1] if o.error else None)
+    return seen
+
+
+@pytest.mark.parametrize("mode", ["keyframe", "exact"])
+def test_workers_cut_what_the_threads_cut(videos: list[Path], broken_clips: dict[str, Path], tmp_path: Path,
+                                          mode: str) -> None:
+    """The same frames, times, modes, decoders, bytes read and errors (a text file, a truncated one, a
+    missing one, H.264 that DALI's CPU decoder hands to PyAV), in the same order."""
+    paths = [videos[0], broken_clips["text"], videos[1], videos[2], broken_clips["truncated"], videos[3],
+             tmp_path / "missing.mp4"]
+    threads = _run(DaliSampler(mode=mode, size=SIZE, batch_size=5, streams=2), paths)
+    sampler = DaliSampler(mode=mode, size=SIZE, batch_size=5, streams=2, prepare_processes=2)
+    try:
+        workers = _run(sampler, paths)
+        pool = sampler._prepare_pool
+        assert workers == threads
+        assert [threads[str(p)]["outcome"][5] is None for p in paths] == [True, False, True, True, False, True, False]
+        again = _run(sampler, paths[:1])  # the workers are kept between runs
+        assert sampler._prepare_pool is pool and again[str(paths[0])] == threads[str(paths[0])]
+    finally:
+        sampler.close()
+    assert pool is not None and all(not w.proc.is_alive() for w in pool._all + list(pool._idle.queue))
+
+
+def crashing_serve(conn: Any) -> None:
+    """A worker that dies the way a decoder crashing on a damaged file kills it: on any path with 'crash'."""
+    import quadvault_dali.sampling._prepare_pool as pp
+
+    real = pp.cut_one
+
+    def cut_one(conn: Any, path: Path, settings: Any) -> None:
+        if "crash" in path.name:
+            os._exit(3)
+        real(conn, path, settings)
+
+    pp.cut_one = cut_one
+    serve(conn)
+
+
+def test_a_worker_that_dies_costs_only_its_video(videos: list[Path], tmp_path: Path) -> None:
+    crash = tmp_path / "crash_here.mp4"
+    crash.write_bytes(videos[0].read_bytes())
+    sampler = DaliSampler(mode="keyframe", size=SIZE, batch_size=5, streams=2, prepare_processes=2)
+    sampler._prepare_pool = PreparePool(2, target=crashing_serve)
+    try:
+        seen = _run(sampler, [videos[0], crash, videos[1], crash, videos[2]])
+    finally:
+        sampler._prepare_pool.close()
+    assert seen[str(crash)]["outcome"][5] == "PrepareWorkerDied" and "exit code 3" in seen[str(crash)]["outcome"][6]
+    for path in (videos[0], videos[1], videos[2]):
+        assert seen[str(path)]["outcome"][5] is None and seen[str(path)]["times"]
+
+
+def test_prepare_processes_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="prepare_processes"):
+        DaliSampler(prepare_processes=-1)
