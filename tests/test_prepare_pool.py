@@ -93,6 +93,105 @@ def test_a_worker_that_dies_costs_only_its_video(videos: list[Path], tmp_path: P
         assert seen[str(path)]["outcome"][5] is None and seen[str(path)]["times"]
 
 
+def test_a_replacement_started_during_a_run_serves_the_next_run(videos: list[Path], tmp_path: Path) -> None:
+    """Replacements start on prepare threads, which end with the run: a worker bound to its starting thread
+    (PR_SET_PDEATHSIG) was killed then, and the next run's healthy video failed as 'died (signal 9)'."""
+    crash = tmp_path / "crash_here.mp4"
+    crash.write_bytes(videos[0].read_bytes())
+    sampler = DaliSampler(mode="keyframe", size=SIZE, batch_size=5, streams=1, prepare_processes=1)
+    sampler._prepare_pool = PreparePool(1, target=crashing_serve)
+    try:
+        first = _run(sampler, [crash])
+        second = _run(sampler, [videos[0], videos[1]])
+    finally:
+        sampler._prepare_pool.close()
+    assert first[str(crash)]["outcome"][5] == "PrepareWorkerDied"
+    assert all(second[str(p)]["outcome"][5] is None and second[str(p)]["times"] for p in videos[:2])
+
+
+def dead_on_arrival(conn: Any) -> None:
+    os._exit(4)
+
+
+def test_a_worker_that_cannot_be_restarted_leaves_the_videos_to_the_thread(videos: list[Path], tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """The pool shrank for good and the next video waited for a worker forever; now it is cut in its thread."""
+    crash = tmp_path / "crash_here.mp4"
+    crash.write_bytes(videos[0].read_bytes())
+    sampler = DaliSampler(mode="keyframe", size=SIZE, batch_size=5, streams=1, prepare_processes=1)
+    pool = sampler._prepare_pool = PreparePool(1, target=crashing_serve)
+    pool._target = dead_on_arrival  # every replacement dies at start
+    try:
+        with caplog.at_level("WARNING"):
+            seen = _run(sampler, [crash, videos[0], videos[1]])
+    finally:
+        pool.close()
+    assert not pool.usable and "cut in this process" in caplog.text
+    assert seen[str(crash)]["outcome"][5] == "PrepareWorkerDied"
+    assert all(seen[str(p)]["outcome"][5] is None and seen[str(p)]["times"] for p in videos[:2])
+
+
+def hanging_serve(conn: Any) -> None:
+    """A worker stuck in native code on one file (a stalled disk): never answers for a path with 'hang'."""
+    import time
+
+    import quadvault_dali.sampling._prepare_pool as pp
+
+    real = pp.cut_one
+
+    def cut_one(conn: Any, path: Path, settings: Any) -> None:
+        while "hang" in path.name:
+            time.sleep(60)
+        real(conn, path, settings)
+
+    pp.cut_one = cut_one
+    serve(conn)
+
+
+def test_a_stopped_run_does_not_wait_for_a_hung_worker(videos: list[Path], tmp_path: Path) -> None:
+    import threading
+
+    hang = tmp_path / "hang_here.mp4"
+    hang.write_bytes(videos[0].read_bytes())
+    sampler = DaliSampler(mode="keyframe", size=SIZE, batch_size=2, streams=1, prepare_processes=2)
+    pool = sampler._prepare_pool = PreparePool(2, target=hanging_serve)
+
+    def consume_a_little() -> None:
+        for batch in sampler.iter_batches([videos[0], hang, videos[1]]):
+            if len(batch):
+                break  # the consumer leaves: the generator closes, the run stops
+
+    consumer = threading.Thread(target=consume_a_little, daemon=True)
+    consumer.start()
+    consumer.join(timeout=60)
+    try:
+        assert not consumer.is_alive(), "the run waited for the hung worker"
+    finally:
+        pool.close()
+
+
+def test_workers_that_cannot_start_leave_the_run_to_threads(videos: list[Path], monkeypatch: pytest.MonkeyPatch,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    import quadvault_dali.sampling._prepare_pool as pp
+
+    monkeypatch.setattr(pp.PreparePool.__init__, "__defaults__", (dead_on_arrival,))
+    sampler = DaliSampler(mode="keyframe", size=SIZE, batch_size=5, streams=1, prepare_processes=2)
+    with caplog.at_level("WARNING"):
+        seen = _run(sampler, videos[:2])
+    assert sampler._prepare_pool is None and "cut in this process instead" in caplog.text
+    assert all(seen[str(p)]["outcome"][5] is None and seen[str(p)]["times"] for p in videos[:2])
+
+
+def test_decoding_children_get_no_prepare_workers() -> None:
+    """Decoding processes are daemonic, and a daemonic process may not start children."""
+    from quadvault_dali.sampling._cpu import CpuSampler
+    from quadvault_dali.sampling._processes import ProcessSampler
+
+    sampler = ProcessSampler(CpuSampler, processes=2, prepare_processes=3)
+    assert sampler.child_config.prepare_processes == 0 and sampler.config.prepare_processes == 3
+    sampler.close()
+
+
 def test_prepare_processes_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="prepare_processes"):
         DaliSampler(prepare_processes=-1)

@@ -52,7 +52,7 @@ from ._cpu import CpuSampler
 from ._handover import Abandoned, TakeOver, VideoTask
 from ._nvdec import dali_cpu_limitation, nvdec_limitation
 from ._plan import plan_samples
-from ._prepare_pool import CutSettings, Job, PreparePool
+from ._prepare_pool import CutSettings, Job, PoolUnavailable, PreparePool
 from ._reader import CountingFile
 from ._remux import CLIP_PIXELS, frame_budget, plan_clips
 from ._samples import MERGE_PIXELS, STREAM_MAX_FRAMES, _Work, group_samples, joins, sample_pixels_for
@@ -105,6 +105,7 @@ class DaliSampler(Sampler):
         self._hardware_failures: dict[Path, str] = {}  # video -> its first failure, until one worked
         self._prepare_pool: PreparePool | None = None  # ``config.prepare_processes`` workers, kept across runs
         self._prepare_pool_finalizer: weakref.finalize | None = None
+        self._prepare_pool_failed = False  # its workers could not start: not tried again
 
     def close(self) -> None:
         """Stops the prepare workers, if any (a later ``iter_batches`` starts new ones)."""
@@ -129,9 +130,12 @@ class DaliSampler(Sampler):
         fh: CountingFile | None = None
         try:
             with task.failures_reported("preparing for GPU decoding"):
-                if self._prepare_pool is not None:
-                    why_not, clips = self._cut_clips_in_worker(self._prepare_pool, task, work, stop)
-                else:
+                pool = self._prepare_pool
+                try:
+                    if pool is None or not pool.usable:
+                        raise PoolUnavailable()
+                    why_not, clips = self._cut_clips_in_worker(pool, task, work, stop)
+                except PoolUnavailable:  # no workers (or none left): cut here, as without them
                     fh = CountingFile(task.path) if task.path.is_file() else None
                     why_not, clips = self._cut_clips(task, fh, work, stop)
                 if why_not is not None:
@@ -195,7 +199,7 @@ class DaliSampler(Sampler):
         settings = CutSettings(cfg.fps, cfg.mode, self.uncrop_sps, self.clip_pixels)
         job: Job | None = None
         try:
-            with pool.job(task.path, settings) as job:
+            with pool.job(task.path, settings, stop) as job:
                 return self._relay_clips(job, task, work, stop)
         finally:
             if job is not None:
@@ -228,7 +232,7 @@ class DaliSampler(Sampler):
                 task.outcome.mode, task.outcome.frames_expected = payload
             elif kind == "cut_error":
                 if not cfg.cpu_fallback:
-                    raise DecodeError(f"cutting clips failed: {payload[0]}", path=task.path)
+                    raise payload[1]
                 task.hardware_failed(clips, f"cutting clips for {self.decoder_name} failed: {payload[0]}")
             else:
                 clip = payload[0]
@@ -478,13 +482,20 @@ class DaliSampler(Sampler):
         queued = streams * self.clips_per_run * (QUEUED_PER_STREAM if self.merge_clips else 2)
         self._streaming = cfg.stream_decode
         self._budget = budget = ByteBudget(self.queued_bytes_limit or queued_bytes_for(cfg.memory_share))
-        if cfg.prepare_processes and self._prepare_pool is None:
-            self._prepare_pool = PreparePool(cfg.prepare_processes)
-            self._prepare_pool_finalizer = weakref.finalize(self, self._prepare_pool.close)
+        if cfg.prepare_processes and self._prepare_pool is None and not self._prepare_pool_failed:
+            try:
+                self._prepare_pool = PreparePool(cfg.prepare_processes)
+                self._prepare_pool_finalizer = weakref.finalize(self, self._prepare_pool.close)
+            except QuadvaultError as exc:  # the videos are cut in threads, as without workers
+                self._prepare_pool_failed = True
+                log.warning("%s; clips are cut in this process instead", exc)
         work: queue.Queue[Any] = queue.Queue(maxsize=queued)
         stop = threading.Event()
         lookahead = max(2, queued)  # videos in flight: enough to fill the queue with mergeable clips
-        preparers = ThreadPoolExecutor(max_workers=min(lookahead, max(4, streams)), thread_name_prefix="gpu-prepare")
+        # with worker processes, one prepare thread per worker: a thread holds its worker while it waits for its
+        # video's slots, so a later video holding the last worker would starve the one the consumer waits for
+        preparing = cfg.prepare_processes if self._prepare_pool is not None else max(4, streams)
+        preparers = ThreadPoolExecutor(max_workers=min(lookahead, preparing), thread_name_prefix="gpu-prepare")
         decoders = [threading.Thread(target=self._decode_loop, args=(work,), name=f"gpu-decode-{i}", daemon=True)
                     for i in range(streams)]
         for thread in decoders:

@@ -20,11 +20,9 @@ A worker that dies (a decoder crashing on a damaged file) costs that video an er
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import queue
 import signal
-import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,12 +33,12 @@ import multiprocessing as mp
 
 from ..errors import DecodeError, QuadvaultError, unexpected_failure
 from ..probe import open_container, probe_open, rewound
+from ._handover import Abandoned
 from ._plan import plan_samples
 from ._reader import CountingFile
 from ._remux import frame_budget, plan_clips
 
 log = logging.getLogger(__name__)
-PR_SET_PDEATHSIG = 1
 DOING = "preparing for GPU decoding"
 #: how long a new worker may take to import its libraries and say it is ready
 START_TIMEOUT_S = 300.0
@@ -59,7 +57,6 @@ class CutSettings:
 def serve(conn: Any) -> None:
     """A worker: cuts the videos the parent sends until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    _die_with_parent()
     conn.send(("ready",))  # imports done: the pool does not hand a video to a worker still starting
     while True:
         try:
@@ -103,11 +100,11 @@ def cut_one(conn: Any, path: Path, settings: CutSettings) -> None:
             except StopIteration:
                 break
             except Exception as exc:  # noqa: BLE001 - the CPU decoder may still read what the cutter cannot
-                conn.send(("cut_error", str(exc).removeprefix(f"{path}: ")))
+                conn.send(("cut_error", str(exc).removeprefix(f"{path}: "), unexpected_failure(exc, DOING, path)))
                 break
             clip.stream_cap = stream_cap
             conn.send(("clip", clip))
-    except (EOFError, BrokenPipeError):  # the parent is gone
+    except (EOFError, OSError):  # the parent is gone (its pipe closed or reset)
         raise SystemExit(0) from None
     finally:
         if container is not None:
@@ -123,6 +120,15 @@ def cut_one(conn: Any, path: Path, settings: CutSettings) -> None:
 
 class PrepareWorkerDied(DecodeError):
     """The process preparing a video died (a native crash on a damaged file)."""
+
+
+class PoolUnavailable(Exception):
+    """No worker can take a video (the pool is closed, or a worker could not be restarted): the caller cuts
+    the video itself, in its thread, as without workers."""
+
+
+#: how often a prepare thread waiting for its worker checks whether the run was stopped
+POLL_S = 0.5
 
 
 class _Worker:
@@ -141,7 +147,12 @@ class _Worker:
 
 
 class PreparePool:
-    """``processes`` workers, each serving one video at a time to whichever prepare thread holds it."""
+    """``processes`` workers, each serving one video at a time to whichever prepare thread holds it.
+
+    Workers hear of their parent's death by their pipe (EOF), not by ``PR_SET_PDEATHSIG``: Linux sends that
+    when the *thread* that started the child ends, and replacements start on prepare threads, which end
+    with every run. A worker that cannot be restarted makes the pool unusable (``usable``); the videos left
+    are then cut in their prepare threads."""
 
     def __init__(self, processes: int, target: Callable[[Any], None] = serve) -> None:
         self._ctx = mp.get_context("spawn")  # the decoding process holds CUDA: never fork it
@@ -150,6 +161,7 @@ class PreparePool:
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
         self._closed = False
+        self.usable = True
         try:
             for _ in range(processes):
                 self._add()
@@ -158,57 +170,93 @@ class PreparePool:
             raise
 
     def _add(self) -> None:
+        """Starts a worker and waits until it is ready; raises ``QuadvaultError`` when it cannot start."""
         worker = _Worker(self._ctx, self._target)
-        with self._lock:
-            self._all.append(worker)
         if not worker.conn.poll(START_TIMEOUT_S) or _recv_or_none(worker.conn) != ("ready",):
             worker.close()
-            raise QuadvaultError(f"a process to prepare clips did not start within {START_TIMEOUT_S:.0f} s "
-                                 f"(exit code {worker.proc.exitcode})", hint="run with -v to see its log")
+            how = f"exited with code {worker.proc.exitcode}" if worker.proc.exitcode is not None else \
+                f"did not start within {START_TIMEOUT_S:.0f} s"
+            raise QuadvaultError(f"a process to prepare clips {how}", hint="run with -v to see its log")
+        with self._lock:
+            if self._closed:  # closed meanwhile: close() did not see it
+                worker.close()
+                return
+            self._all.append(worker)
         self._idle.put(worker)
+
+    def _replace(self, worker: _Worker) -> None:
+        with self._lock:
+            if worker in self._all:
+                self._all.remove(worker)
+            closed = self._closed
+        worker.close()
+        if closed:
+            return
+        try:
+            self._add()
+        except QuadvaultError as exc:
+            self.usable = False
+            log.warning("%s; the remaining videos are cut in this process", exc)
 
     def close(self) -> None:
         with self._lock:
             self._closed = True
+            self.usable = False
             workers, self._all = self._all, []
         for worker in workers:
             worker.close()
 
+    def _take(self, stop: threading.Event | None) -> _Worker:
+        """An idle, live worker (a dead one is replaced first); ``PoolUnavailable`` once none can come."""
+        while True:
+            if not self.usable:
+                raise PoolUnavailable()
+            if stop is not None and stop.is_set():
+                raise Abandoned()
+            try:
+                worker = self._idle.get(timeout=POLL_S)
+            except queue.Empty:
+                continue
+            if worker.proc.is_alive():
+                return worker
+            self._replace(worker)  # died while idle (killed from outside): not this video's fault
+
     @contextmanager
-    def job(self, path: Path, settings: CutSettings) -> Iterator["Job"]:
-        """A worker cutting ``path`` for the caller; it goes back to the pool (or is replaced) afterwards."""
-        worker = self._idle.get()
-        job = Job(worker, path)
+    def job(self, path: Path, settings: CutSettings, stop: threading.Event | None = None) -> Iterator["Job"]:
+        """A worker cutting ``path`` for the caller; it goes back to the pool (or is replaced) afterwards.
+        ``stop`` set while the caller waits for a message: the worker is killed and ``Abandoned`` raised."""
+        worker = self._take(stop)
+        job = Job(worker, path, stop)
         try:
             job.send(str(path), settings)  # a worker found dead here says so at the first recv
             yield job
         finally:  # also when the caller failed on the video: the worker ends its job and counts its bytes
-            healthy = job.finish()
-            if healthy:
+            if job.finish():
                 self._idle.put(worker)
             else:
-                with self._lock:
-                    if worker in self._all:
-                        self._all.remove(worker)
-                    closed = self._closed
-                worker.close()
-                if not closed:
-                    self._add()
+                self._replace(worker)
 
 
 class Job:
     """One video's messages from its worker, as the prepare thread reads them."""
 
-    def __init__(self, worker: _Worker, path: Path) -> None:
-        self._worker, self.path = worker, path
+    def __init__(self, worker: _Worker, path: Path, stop: threading.Event | None = None) -> None:
+        self._worker, self.path, self._stop = worker, path, stop
         self.bytes_read = 0
         self.ended = False
         self.died = False
 
     def recv(self) -> tuple[Any, ...]:
-        """The next message; ``("end", bytes)`` closes the job. A dead worker raises ``PrepareWorkerDied``."""
+        """The next message; ``("end", bytes)`` closes the job. A dead worker raises ``PrepareWorkerDied``; a
+        stopped run (the consumer gone, Ctrl-C) kills a worker that is still busy and raises ``Abandoned``."""
+        conn = self._worker.conn
         try:
-            message = self._worker.conn.recv()
+            while not conn.poll(POLL_S):
+                if self._stop is not None and self._stop.is_set():
+                    self.died = True
+                    self._worker.proc.kill()
+                    raise Abandoned()
+            message = conn.recv()
         except (EOFError, OSError) as exc:
             self.died = True
             self._worker.proc.join(timeout=5)
@@ -236,7 +284,7 @@ class Job:
             try:
                 while not self.ended:
                     self.recv()
-            except PrepareWorkerDied:
+            except (PrepareWorkerDied, Abandoned):
                 return False
         return True
 
@@ -246,14 +294,3 @@ def _recv_or_none(conn: Any) -> Any:
         return conn.recv()
     except (EOFError, OSError):
         return None
-
-
-def _die_with_parent() -> None:
-    """Linux: SIGKILL when the decoding process dies, however it dies."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:  # pragma: no cover
-        pass
-

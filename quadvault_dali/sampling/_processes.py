@@ -84,7 +84,8 @@ class ProcessSampler(Sampler):
         self.inner = inner
         self.backend = getattr(inner, "backend", inner.__name__)  # type: ignore[misc]  # the backend it runs
         self.attrs = dict(attrs or {})
-        self.child_config = replace(self.config, processes=1,
+        # prepare workers stay with in-process samplers: decoding children are daemonic, which may not have children
+        self.child_config = replace(self.config, processes=1, prepare_processes=0,
                                     memory_share=self.config.memory_share / self.config.processes)
         # built here too: a backend that cannot run says so now, in the caller's process, not in a child
         self._device = inner(self.child_config).device
