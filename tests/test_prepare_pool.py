@@ -182,6 +182,45 @@ def test_workers_that_cannot_start_leave_the_run_to_threads(videos: list[Path], 
     assert all(seen[str(p)]["outcome"][5] is None and seen[str(p)]["times"] for p in videos[:2])
 
 
+def test_a_busy_worker_exits_when_its_parent_is_killed(videos: list[Path], tmp_path: Path) -> None:
+    """A worker stuck on a file never reads its pipe's EOF: it watches for its parent and exits anyway."""
+    import subprocess
+    import sys
+    import time
+
+    hang = tmp_path / "hang_here.mp4"
+    hang.write_bytes(videos[0].read_bytes())
+    script = tmp_path / "parent.py"
+    script.write_text(f"""
+import os, sys, time
+sys.path[:0] = {sys.path!r}
+from quadvault_dali.sampling._prepare_pool import CutSettings, PreparePool
+from test_prepare_pool import hanging_serve
+if __name__ == "__main__":
+    pool = PreparePool(1, target=hanging_serve)
+    worker = pool._idle.get()
+    worker.conn.send(({str(hang)!r}, CutSettings(1.0, "keyframe", False, 1 << 20)))
+    print(worker.proc.pid, flush=True)
+    time.sleep(1)
+    os._exit(0)  # as kill -9 would: no cleanup at all
+""")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    pid = int(proc.stdout.split()[0])
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and _running(pid):
+        time.sleep(0.2)
+    assert not _running(pid), "the worker outlived its parent"
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a reparented zombie waits for its new parent to reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
 def test_decoding_children_get_no_prepare_workers() -> None:
     """Decoding processes are daemonic, and a daemonic process may not start children."""
     from quadvault_dali.sampling._cpu import CpuSampler

@@ -112,6 +112,7 @@ class DaliSampler(Sampler):
         if self._prepare_pool_finalizer is not None:
             self._prepare_pool_finalizer()
         self._prepare_pool = self._prepare_pool_finalizer = None
+        self._prepare_pool_failed = False
 
     @property
     def device(self) -> torch.device:
@@ -486,7 +487,7 @@ class DaliSampler(Sampler):
             try:
                 self._prepare_pool = PreparePool(cfg.prepare_processes)
                 self._prepare_pool_finalizer = weakref.finalize(self, self._prepare_pool.close)
-            except QuadvaultError as exc:  # the videos are cut in threads, as without workers
+            except Exception as exc:  # noqa: BLE001 - also OSError (EAGAIN...): the videos are cut in threads
                 self._prepare_pool_failed = True
                 log.warning("%s; clips are cut in this process instead", exc)
         work: queue.Queue[Any] = queue.Queue(maxsize=queued)
@@ -494,7 +495,8 @@ class DaliSampler(Sampler):
         lookahead = max(2, queued)  # videos in flight: enough to fill the queue with mergeable clips
         # with worker processes, one prepare thread per worker: a thread holds its worker while it waits for its
         # video's slots, so a later video holding the last worker would starve the one the consumer waits for
-        preparing = cfg.prepare_processes if self._prepare_pool is not None else max(4, streams)
+        pool = self._prepare_pool
+        preparing = cfg.prepare_processes if pool is not None and pool.usable else max(4, streams)
         preparers = ThreadPoolExecutor(max_workers=min(lookahead, preparing), thread_name_prefix="gpu-prepare")
         decoders = [threading.Thread(target=self._decode_loop, args=(work,), name=f"gpu-decode-{i}", daemon=True)
                     for i in range(streams)]

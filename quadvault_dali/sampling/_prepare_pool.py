@@ -21,8 +21,10 @@ A worker that dies (a decoder crashing on a damaged file) costs that video an er
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import signal
+import time
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +44,8 @@ log = logging.getLogger(__name__)
 DOING = "preparing for GPU decoding"
 #: how long a new worker may take to import its libraries and say it is ready
 START_TIMEOUT_S = 300.0
+#: how often a worker checks that its parent is still there
+PARENT_CHECK_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class CutSettings:
 def serve(conn: Any) -> None:
     """A worker: cuts the videos the parent sends until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _exit_with_parent()
     conn.send(("ready",))  # imports done: the pool does not hand a video to a worker still starting
     while True:
         try:
@@ -194,7 +199,7 @@ class PreparePool:
             return
         try:
             self._add()
-        except QuadvaultError as exc:
+        except Exception as exc:  # noqa: BLE001 - also OSError: no process can be started (EAGAIN, EMFILE)
             self.usable = False
             log.warning("%s; the remaining videos are cut in this process", exc)
 
@@ -231,10 +236,9 @@ class PreparePool:
             job.send(str(path), settings)  # a worker found dead here says so at the first recv
             yield job
         finally:  # also when the caller failed on the video: the worker ends its job and counts its bytes
-            if job.finish():
-                self._idle.put(worker)
-            else:
-                self._replace(worker)
+            if not job.finish():  # dead or killed: closed now, replaced when a video next needs it (``_take``)
+                worker.close()
+            self._idle.put(worker)
 
 
 class Job:
@@ -287,6 +291,20 @@ class Job:
             except (PrepareWorkerDied, Abandoned):
                 return False
         return True
+
+
+def _exit_with_parent() -> None:
+    """Exits this worker once its parent is gone, even while it is busy in native code (a stalled read): the
+    pipe's EOF only reaches a worker that reads it. (``PR_SET_PDEATHSIG`` would follow the thread that
+    started the worker, and replacements start on prepare threads that end with every run.)"""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _recv_or_none(conn: Any) -> Any:
