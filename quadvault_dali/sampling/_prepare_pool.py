@@ -154,10 +154,11 @@ class _Worker:
 class PreparePool:
     """``processes`` workers, each serving one video at a time to whichever prepare thread holds it.
 
-    Workers hear of their parent's death by their pipe (EOF), not by ``PR_SET_PDEATHSIG``: Linux sends that
-    when the *thread* that started the child ends, and replacements start on prepare threads, which end
-    with every run. A worker that cannot be restarted makes the pool unusable (``usable``); the videos left
-    are then cut in their prepare threads."""
+    Workers leave when their parent does, by their pipe's EOF or, busy in native code, by watching their
+    parent's pid (``_exit_with_parent``), not by ``PR_SET_PDEATHSIG``: Linux sends that when the *thread*
+    that started the child ends, and replacements start on prepare threads, which end with every run. A
+    worker that cannot be restarted makes the pool unusable (``usable``); the videos left are then cut in
+    their prepare threads."""
 
     def __init__(self, processes: int, target: Callable[[Any], None] = serve) -> None:
         self._ctx = mp.get_context("spawn")  # the decoding process holds CUDA: never fork it
