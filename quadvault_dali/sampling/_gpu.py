@@ -54,7 +54,7 @@ from ._nvdec import dali_cpu_limitation, nvdec_limitation
 from ._plan import plan_samples
 from ._prepare_pool import CutSettings, Job, PoolUnavailable, PreparePool
 from ._reader import CountingFile
-from ._remux import CLIP_PIXELS, frame_budget, plan_clips
+from ._remux import CLIP_PIXELS, Clip, frame_budget, plan_clips
 from ._samples import MERGE_PIXELS, STREAM_MAX_FRAMES, _Work, group_samples, joins, sample_pixels_for
 from ._stream_decoder import StreamClipDecoder
 from ._types import FrameBatch, VideoOutcome
@@ -155,13 +155,9 @@ class DaliSampler(Sampler):
         container = open_container(task.path, fh)
         try:
             info, index = probe_open(container, task.path)
-            task.outcome.info = info
-            why_not = self._limitation(info)
+            why_not = self._accept(task, info)
             if why_not is not None:
-                if not cfg.cpu_fallback:
-                    raise UnsupportedCodecError(why_not, path=task.path, hint="sample it with --device cpu")
                 return why_not, 0
-            task.outcome.decoder = self.decoder_name
             plan = plan_samples(info, index, fps=cfg.fps, mode=cfg.mode)
             task.outcome.mode, task.outcome.frames_expected = plan.mode, plan.expected_frames
             container = rewound(container, task.path, fh, index)
@@ -181,16 +177,36 @@ class DaliSampler(Sampler):
                     task.hardware_failed(clips, f"cutting clips for {self.decoder_name} failed: {summary}")
                     break
                 clip.stream_cap = stream_cap
-                task.slots.acquire()
-                cost = clip_bytes(clip)
-                if stop.is_set() or not task.wants(clips) or not self._budget.acquire(cost):
-                    task.discard()
+                if not self._queue_clip(task, clips, clip, work, stop):
                     break
-                work.put(_Work(task, clips, clip, cost))
                 clips += 1
             return None, clips
         finally:
             container.close()
+
+    def _accept(self, task: VideoTask, info: VideoInfo) -> str | None:
+        """Records the probe; why this backend cannot take the video (``None``: it can), raised instead
+        without CPU fallback."""
+        task.outcome.info = info
+        why_not = self._limitation(info)
+        if why_not is None:
+            task.outcome.decoder = self.decoder_name
+        elif not self.config.cpu_fallback:
+            raise UnsupportedCodecError(why_not, path=task.path, hint="sample it with --device cpu")
+        return why_not
+
+    def _queue_clip(self, task: VideoTask, seq: int, clip: Clip, work: "queue.Queue[Any]",
+                    stop: threading.Event) -> bool:
+        """Queues clip ``seq`` of ``task`` for the decode streams once the video has a slot and the byte budget
+        room; ``False`` (the clip dropped, the rest not wanted) when the run stopped or the video no longer
+        wants it."""
+        task.slots.acquire()
+        cost = clip_bytes(clip)
+        if stop.is_set() or not task.wants(seq) or not self._budget.acquire(cost):
+            task.discard()
+            return False
+        work.put(_Work(task, seq, clip, cost))
+        return True
 
     def _cut_clips_in_worker(self, pool: PreparePool, task: VideoTask, work: "queue.Queue[Any]",
                              stop: threading.Event) -> tuple[str | None, int]:
@@ -213,14 +229,10 @@ class DaliSampler(Sampler):
         if kind == "error":
             raise payload[0]
         info = payload[0]
-        task.outcome.info = info
-        why_not = self._limitation(info)
+        why_not = self._accept(task, info)  # raised without fallback: the job's end tells the worker to stop
         if why_not is not None:
             job.send("skip")
-            if not cfg.cpu_fallback:
-                raise UnsupportedCodecError(why_not, path=task.path, hint="sample it with --device cpu")
             return why_not, 0
-        task.outcome.decoder = self.decoder_name
         job.send("cut", STREAM_MAX_FRAMES if self._streams(info.codec) else None)
         clips = 0
         while True:
@@ -236,13 +248,8 @@ class DaliSampler(Sampler):
                     raise payload[1]
                 task.hardware_failed(clips, f"cutting clips for {self.decoder_name} failed: {payload[0]}")
             else:
-                clip = payload[0]
-                task.slots.acquire()
-                cost = clip_bytes(clip)
-                if stop.is_set() or not task.wants(clips) or not self._budget.acquire(cost):
-                    task.discard()
+                if not self._queue_clip(task, clips, payload[0], work, stop):
                     return None, clips
-                work.put(_Work(task, clips, clip, cost))
                 clips += 1
 
     def _sample_on_cpu(self, task: VideoTask, stop: threading.Event, *, first_seq: int = 0,
