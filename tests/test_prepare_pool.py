@@ -4,7 +4,9 @@ machinery the gpu backend uses."""
 
 from __future__ import annotations
 
+import functools
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -64,19 +66,34 @@ def test_workers_cut_what_the_threads_cut(videos: list[Path], broken_clips: dict
     assert pool is not None and all(not w.proc.is_alive() for w in pool._all + list(pool._idle.queue))
 
 
-def crashing_serve(conn: Any) -> None:
-    """A worker that dies the way a decoder crashing on a damaged file kills it: on any path with 'crash'."""
+def _serve_misbehaving_on(marker: str, misbehave: Callable[[], None], conn: Any) -> None:
+    """A worker that runs ``misbehave`` instead of cutting any path whose name holds ``marker``."""
     import quadvault_dali.sampling._prepare_pool as pp
 
     real = pp.cut_one
 
     def cut_one(conn: Any, path: Path, settings: Any) -> None:
-        if "crash" in path.name:
-            os._exit(3)
+        if marker in path.name:
+            misbehave()
         real(conn, path, settings)
 
     pp.cut_one = cut_one
     serve(conn)
+
+
+def _exit_3() -> None:
+    os._exit(3)
+
+
+def _sleep_forever() -> None:
+    while True:
+        time.sleep(60)
+
+
+#: dies the way a decoder crashing on a damaged file kills it, on any path with 'crash'
+crashing_serve = functools.partial(_serve_misbehaving_on, "crash", _exit_3)
+#: stuck in native code on one file (a stalled disk): never answers for a path with 'hang'
+hanging_serve = functools.partial(_serve_misbehaving_on, "hang", _sleep_forever)
 
 
 def test_a_worker_that_dies_costs_only_its_video(videos: list[Path], tmp_path: Path) -> None:
@@ -131,23 +148,6 @@ def test_a_worker_that_cannot_be_restarted_leaves_the_videos_to_the_thread(video
     assert all(seen[str(p)]["outcome"][5] is None and seen[str(p)]["times"] for p in videos[:2])
 
 
-def hanging_serve(conn: Any) -> None:
-    """A worker stuck in native code on one file (a stalled disk): never answers for a path with 'hang'."""
-    import time
-
-    import quadvault_dali.sampling._prepare_pool as pp
-
-    real = pp.cut_one
-
-    def cut_one(conn: Any, path: Path, settings: Any) -> None:
-        while "hang" in path.name:
-            time.sleep(60)
-        real(conn, path, settings)
-
-    pp.cut_one = cut_one
-    serve(conn)
-
-
 def test_a_stopped_run_does_not_wait_for_a_hung_worker(videos: list[Path], tmp_path: Path) -> None:
     import threading
 
@@ -186,7 +186,6 @@ def test_a_busy_worker_exits_when_its_parent_is_killed(videos: list[Path], tmp_p
     """A worker stuck on a file never reads its pipe's EOF: it watches for its parent and exits anyway."""
     import subprocess
     import sys
-    import time
 
     hang = tmp_path / "hang_here.mp4"
     hang.write_bytes(videos[0].read_bytes())
