@@ -380,16 +380,21 @@ def test_the_same_library_through_a_link_is_the_same_scan(library: Path, tmp_pat
     assert both.run.videos == 0 and both.totals.total == first.totals.total - 2
 
 
-def test_rows_scanned_through_a_link_removed_since_are_not_orphaned(library: Path, tmp_path: Path) -> None:
-    """Rows keep the path a video was scanned under; once that link is gone, a scan of the real folder found
-    no row by path or by resolving it, scanned everything again and counted the library twice. Rows now
-    record their real path: the old rows are matched and retired, the videos rescanned under live paths."""
+def _scanned_through_a_link(library: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A copy of the library, a link to it, and a scan through the link: (copy, link, out folder, summary)."""
     lib = tmp_path / "lib"
     shutil.copytree(library, lib)
     link = tmp_path / "footage"
     link.symlink_to(lib)
     out = tmp_path / "out"
-    first = _scan(link, out)
+    return lib, link, out, _scan(link, out)
+
+
+def test_rows_scanned_through_a_link_removed_since_are_not_orphaned(library: Path, tmp_path: Path) -> None:
+    """Rows keep the path a video was scanned under; once that link is gone, a scan of the real folder found
+    no row by path or by resolving it, scanned everything again and counted the library twice. Rows now
+    record their real path: the old rows are matched and retired, the videos rescanned under live paths."""
+    lib, link, out, first = _scanned_through_a_link(library, tmp_path)
     table = read_table(out, "videos").to_pylist()
     assert all(r["path"].startswith(str(link) + os.sep) and r["real_path"] == os.path.realpath(r["path"])
                for r in table)
@@ -509,12 +514,7 @@ def test_shards_of_schema_1_0_still_read_and_resume(library: Path, tmp_path: Pat
 def test_rows_from_before_1_4_learn_their_real_path_when_upgraded(library: Path, tmp_path: Path) -> None:
     """A 1.3 folder has no real_path: the upgrade records it for rows whose path still opens, so removing the
     link they were scanned through afterwards does not count the library twice."""
-    lib = tmp_path / "lib"
-    shutil.copytree(library, lib)
-    link = tmp_path / "footage"
-    link.symlink_to(lib)
-    out = tmp_path / "out"
-    first = _scan(link, out)
+    lib, link, out, first = _scanned_through_a_link(library, tmp_path)
     for name in complete_shards(out):
         path = out / "videos" / name
         table = pq.read_table(path)
