@@ -61,12 +61,26 @@ def _find_moov(fh: BinaryIO, file_size: int, limit: int = 256 << 20) -> bytes | 
     return None
 
 
+def leaf_boxes(data: bytes, start: int, end: int, containers: tuple[bytes, ...]) -> dict[bytes, tuple[int, int]]:
+    """(payload start, payload end) of the first box of each kind in ``data[start:end]``, in file order,
+    descending into the boxes named in ``containers``."""
+    found: dict[bytes, tuple[int, int]] = {}
+
+    def walk(lo: int, hi: int) -> None:
+        for kind, b_start, b_end in _boxes(data, lo, hi):
+            if kind in containers:
+                walk(b_start, b_end)
+            else:
+                found.setdefault(kind, (b_start, b_end))
+
+    walk(start, end)
+    return found
+
+
 def _collect(moov: bytes, start: int, end: int, found: dict[bytes, bytes]) -> None:
     """Records the payloads of the leaf boxes we read, descending into mdia/minf/stbl."""
-    for kind, b_start, b_end in _boxes(moov, start, end):
-        if kind in _CONTAINER_BOXES:
-            _collect(moov, b_start, b_end, found)
-        elif kind in (b"tkhd", b"hdlr", b"ctts"):
+    for kind, (b_start, b_end) in leaf_boxes(moov, start, end, _CONTAINER_BOXES).items():
+        if kind in (b"tkhd", b"hdlr", b"ctts"):
             found.setdefault(kind, moov[b_start:b_end])
 
 

@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .._mp4 import _boxes
+from .._mp4 import _boxes, leaf_boxes
 
 #: boxes whose children are rebuilt (the rest of ``moov`` is copied)
 _CONTAINERS = (b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts")
@@ -77,7 +77,7 @@ def skeleton(template: bytes, packet: bytes) -> Skeleton | None:
     try:
         if sum(1 for kind, _, _ in _boxes(moov, 8, len(moov)) if kind == b"trak") != 1:
             return None
-        leaves = _leaves(moov, 8, len(moov))
+        leaves = leaf_boxes(moov, 8, len(moov), _CONTAINERS)
         movie_scale, media_scale = _timescale(moov, *leaves[b"mvhd"]), _timescale(moov, *leaves[b"mdhd"])
         s, _ = leaves[b"stts"]
         entries, samples, delta = struct.unpack_from(">III", moov, s + 4)
@@ -113,16 +113,6 @@ def _layout(skel: Skeleton, packets: Sequence[bytes], keyframes: Sequence[bool])
     movie = -(-media * skel.movie_scale // skel.media_scale)  # rounded up, as FFmpeg's movenc rescales
     sizes = np.fromiter((len(p) for p in packets), dtype=np.int64, count=len(packets))
     return _Layout(sizes, np.asarray(keyframes, dtype=bool), len(skel.prefix) + 8, skel.delta, media, movie)
-
-
-def _leaves(data: bytes, start: int, end: int) -> dict[bytes, tuple[int, int]]:
-    found: dict[bytes, tuple[int, int]] = {}
-    for kind, s, e in _boxes(data, start, end):
-        if kind in _CONTAINERS:
-            found.update(_leaves(data, s, e))
-        else:
-            found.setdefault(kind, (s, e))
-    return found
 
 
 def _box(kind: bytes, payload: bytes) -> bytes:
