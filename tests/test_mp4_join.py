@@ -23,7 +23,7 @@ def _pyav_only(clip: Clip, monkeypatch: pytest.MonkeyPatch) -> bytes:
     """``clip``'s MP4 as PyAV's muxer writes it (the path before ``join_mp4``)."""
     with monkeypatch.context() as m:
         m.setattr(_remux, "join_mp4", lambda *a, **k: None)
-        return _remux.mux_clip(_remux._template_stream(clip), clip.runs, clip.signature, clip.roi,
+        return _remux.mux_clip(_remux._template(clip), clip.runs, clip.signature, clip.roi,
                                clip.cropped_signature).data
 
 
@@ -148,14 +148,25 @@ def _with_64_bit_mdat(mp4: bytes) -> bytes:
     return mp4[:at] + struct.pack(">I4sQ", 1, b"mdat", size + 8) + mp4[at + 8:]
 
 
-def test_a_video_muxes_one_packet_with_pyav_for_all_its_joined_clips(make_clip: Callable[..., Path],
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """The skeleton is made once per stream set-up: PyAV muxes one packet per video, not one per clip."""
+def test_one_stream_set_up_muxes_one_packet_with_pyav_for_all_its_videos(make_clip: Callable[..., Path],
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The skeleton is made once per stream set-up: PyAV muxes one packet for all the clips of all the videos
+    that share it, and one more for a set-up that differs only in a colour tag FFmpeg writes (``colr``)."""
     muxed: list[int] = []
     real = _remux._pyav_mux
     monkeypatch.setattr(_remux, "_pyav_mux", lambda t, packets, *a: muxed.append(len(packets)) or real(t, packets, *a))
-    clips, _, _, _ = _build(_clip_path(make_clip, "hevc_gop5"), "keyframe", max_frames=1)
+    monkeypatch.setattr(_remux, "_skeletons", type(_remux._skeletons)())
+    path = _clip_path(make_clip, "hevc_gop5")
+    clips, _, _, _ = _build(path, "keyframe", max_frames=1)
+    again, _, _, _ = _build(path, "keyframe", max_frames=1)
     assert len(clips) >= 3 and muxed == [1]
+    assert [c.data for c in again] == [c.data for c in clips]
+    with av.open(str(path)) as src:
+        template = src.streams.video[0]
+        key = _remux._setup_key(template, None, 0)
+        assert _remux._setup_key(template, None, 90) != key, "so is the display rotation (FFmpeg copies the matrix)"
+        template.codec_context.color_primaries = 9 if template.codec_context.color_primaries != 9 else 1
+        assert _remux._setup_key(template, None, 0) != key, "a colour tag is part of the set-up"
     monkeypatch.undo()
     for clip in clips:
         _assert_same(clip.data, _pyav_only(clip, monkeypatch))

@@ -191,6 +191,7 @@ def test_an_sps_repeated_in_the_stream_is_rewritten_too(h264_variants: dict[str,
     spss = [n for n in _nals(rewritten) if kind(n) == sps_type]
     assert len(spss) == 1 and sps_crop(spss[0], codec).bottom == 0
     assert [kind(n) for n in _nals(rewritten)] == [kind(n) for n in _nals(key)]
+    assert [n for n in _nals(rewritten) if kind(n) != sps_type] == [n for n in _nals(key) if kind(n) != sps_type]
     other = Crop(done.crop.coded_width, done.crop.coded_height, 0, 0, 0, 2)
     with pytest.raises(ValueError, match="SPS inside the stream"):
         uncrop_packet(key, codec, other, done.length_size)

@@ -52,8 +52,15 @@ JOIN_IN_ORDER = True
 #: Codecs whose packets FFmpeg's MP4 muxer writes as given, once a set-up's first packet came out unchanged
 #: (``_mp4_join.skeleton``): AV1 is not among them, its OBUs are filtered in every packet.
 _JOINABLE_CODECS = frozenset({"h264", "hevc", "vp9"})
-#: A stream set-up's skeleton for joined clips (``None``: not joinable), per template stream.
-Skeletons = dict
+#: Skeletons of joined clips (``None``: that set-up is not joinable), one per stream set-up (``_setup_key``),
+#: shared by every video and merge of that set-up; least recently used out.
+SKELETONS_KEPT = 64
+_skeletons: "OrderedDict[tuple, Skeleton | None]" = OrderedDict()
+_skeletons_lock = threading.Lock()
+#: codec parameters FFmpeg writes into the sample description (``colr``, ``pasp``, ``fiel``) beside the
+#: signature's: two streams with one signature but another colour tag must not share a skeleton
+_SETUP_FACTS = ("color_range", "color_primaries", "color_trc", "colorspace", "sample_aspect_ratio",
+                "field_order", "profile")
 #: Decoded full-size pixels one clip may hold (``frame_budget``): 48 frames of 1080p, ~300 MB of RGB.
 CLIP_PIXELS = 48 * 1920 * 1080
 
@@ -114,8 +121,7 @@ class Clip:
             raise ValueError("only an uncropped clip that kept its packets can be cropped back")
         runs = [_Run([SourcePacket(p.original if p.original is not None else p.data, p.pts_s, p.dts_s, p.is_key)
                       for p in run.packets], run.wanted) for run in self.runs]
-        template, skeletons = _template(self)
-        clip = mux_clip(template, runs, self.cropped_signature, skeletons=skeletons)
+        clip = mux_clip(_template(self), runs, self.cropped_signature)
         clip.times, clip.stream_cap = list(self.times), self.stream_cap
         return clip
 
@@ -139,15 +145,16 @@ _MUX_BUFFER_MAX = 128 << 20
 
 def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run], signature: Signature | None = None,
              roi: tuple[float, float] = (1.0, 1.0), cropped_signature: Signature | None = None,
-             skeletons: Skeletons | None = None) -> Clip:
+             rotation: int | None = None) -> Clip:
     """Writes ``runs`` (each starting at a keyframe) into one MP4 with regular, rank-based timestamps.
 
     Where the ``signature`` differs from the template's set-up (an uncropped H.264/HEVC stream, or such a
     clip cropped back) the MP4 carries the signature's configuration record and picture size: for an
     uncropped stream the coded size, so FFmpeg-based demuxers and decoders agree with the SPS.
 
-    In-order clips are joined (``_mp4_join``) on a skeleton kept in ``skeletons`` (one dict per ``template``:
-    the caller's, for every clip it muxes from that stream), or made for this clip alone.
+    In-order clips are joined (``_mp4_join``) on the skeleton of the stream set-up (``_skeleton``);
+    ``rotation``, the source's display rotation (FFmpeg copies its matrix into ``tkhd``), is part of that
+    set-up (``None`` for clips muxed from a template of merged clips, which holds whichever video's came first).
     """
     packets: list[SourcePacket] = []
     for run in runs:
@@ -165,7 +172,7 @@ def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run], signat
     data = None
     if JOIN_IN_ORDER and packets and template.codec_context.name in _JOINABLE_CODECS \
             and bool(np.all(rank == np.arange(len(packets)))):
-        skel = _skeleton(template, packets[0], signature, {} if skeletons is None else skeletons)
+        skel = _skeleton(template, packets[0], signature, rotation)
         if skel is not None:
             data = join_mp4(skel, [p.data for p in packets], [p.is_key for p in packets])
     if data is None:
@@ -175,13 +182,31 @@ def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run], signat
     return Clip(data, frames, wanted, len(packets), list(runs), signature, roi, cropped_signature)
 
 
+def _setup_key(template: av.video.stream.VideoStream, signature: Signature | None, rotation: int | None) -> tuple:
+    """What FFmpeg's one-packet mux of ``template`` set up as ``signature`` depends on."""
+    ctx = template.codec_context
+    return (signature or clip_signature(template), tuple(str(getattr(ctx, name, None)) for name in _SETUP_FACTS),
+            rotation)
+
+
 def _skeleton(template: av.video.stream.VideoStream, first: SourcePacket, signature: Signature | None,
-              skeletons: Skeletons) -> Skeleton | None:
-    """The skeleton of ``template`` set up as ``signature``, from ``skeletons`` or made from ``first``."""
-    if signature in skeletons:
-        return skeletons[signature]  # type: ignore[no-any-return]
+              rotation: int | None) -> Skeleton | None:
+    """The skeleton of ``template`` set up as ``signature``: made from ``first`` once per set-up, for all videos.
+
+    Made per video, PyAV's mux of one packet (with the GIL held) was a seventh of the prepare threads' GIL
+    time on 8-s clips (2-core EPYC, py-spy ``--gil``).
+    """
+    key = _setup_key(template, signature, rotation)
+    with _skeletons_lock:
+        if key in _skeletons:
+            _skeletons.move_to_end(key)
+            return _skeletons[key]
     made = skeleton(_pyav_mux(template, [first], np.zeros(1, np.int64), 0, signature), first.data)
-    skeletons[signature] = made  # two threads making the same one at once: both are FFmpeg's, either will do
+    with _skeletons_lock:  # two threads making the same one at once: both are FFmpeg's, either will do
+        _skeletons[key] = made
+        _skeletons.move_to_end(key)
+        while len(_skeletons) > SKELETONS_KEPT:
+            _skeletons.popitem(last=False)
     return made
 
 
@@ -234,7 +259,7 @@ def merge_clips(clips: Sequence[Clip]) -> Clip:
     """
     if len(clips) == 1:
         return clips[0]
-    template, skeletons = _template(clips[0])
+    template = _template(clips[0])
     runs: list[_Run] = []
     offset = 0.0
     for clip in clips:
@@ -243,21 +268,20 @@ def merge_clips(clips: Sequence[Clip]) -> Clip:
         runs.extend(_Run([SourcePacket(p.data, p.pts_s + shift, p.dts_s + shift, p.is_key, p.original)
                           for p in run.packets], [t + shift for t in run.wanted]) for run in clip.runs)
         offset += max(stamps) - min(stamps) + 1.0
-    merged = mux_clip(template, runs, clips[0].signature, clips[0].roi, clips[0].cropped_signature, skeletons)
+    merged = mux_clip(template, runs, clips[0].signature, clips[0].roi, clips[0].cropped_signature)
     merged.times = [t for clip in clips for t in clip.times]
     merged.stream_cap = clips[0].stream_cap
     return merged
 
 
-#: Template streams kept for ``merge_clips``, one per codec set-up (``Signature``), least recently used out,
-#: each with the skeletons of its joined clips.
+#: Template streams kept for ``merge_clips``, one per codec set-up (``Signature``), least recently used out.
 TEMPLATES_KEPT = 16
-_templates: "OrderedDict[Signature, tuple[av.container.InputContainer, Skeletons]]" = OrderedDict()
+_templates: "OrderedDict[Signature, av.container.InputContainer]" = OrderedDict()
 _templates_lock = threading.Lock()
 
 
-def _template(clip: Clip) -> tuple[av.video.stream.VideoStream, Skeletons]:
-    """A stream with ``clip``'s codec set-up to mux merged clips from, opened once per set-up, and its skeletons.
+def _template(clip: Clip) -> av.video.stream.VideoStream:
+    """A stream with ``clip``'s codec set-up to mux merged clips from, opened once per set-up.
 
     Opening an MP4 probes it, and for H.264 FFmpeg's probe decodes frames on the CPU (~4 ms at 1080p):
     once per set-up, not once per merged sample. The template holds one keyframe, not the clip. An evicted
@@ -270,21 +294,17 @@ def _template(clip: Clip) -> tuple[av.video.stream.VideoStream, Skeletons]:
         kept = _templates.get(key)
         if kept is not None:
             _templates.move_to_end(key)
-            return kept[0].streams.video[0], kept[1]
+            return kept.streams.video[0]
     with av.open(io.BytesIO(clip.data)) as source:
         first = _Run(clip.runs[0].packets[:1], [])
         header = mux_clip(source.streams.video[0], [first], key, clip.roi).data
-    kept = (av.open(io.BytesIO(header)), {})
+    kept = av.open(io.BytesIO(header))
     with _templates_lock:
         _templates[key] = kept
         _templates.move_to_end(key)
         while len(_templates) > TEMPLATES_KEPT:
             _templates.popitem(last=False)
-    return kept[0].streams.video[0], kept[1]
-
-
-def _template_stream(clip: Clip) -> av.video.stream.VideoStream:
-    return _template(clip)[0]
+    return kept.streams.video[0]
 
 
 def _nal_headers(data: bytes) -> list[int]:
@@ -362,8 +382,8 @@ class _ClipPacker:
     """
 
     def __init__(self, template: av.video.stream.VideoStream, codec: str, max_frames: int,
-                 max_bytes: int = 1 << 62, uncrop: bool = False) -> None:
-        self.template, self.codec = template, codec
+                 max_bytes: int = 1 << 62, uncrop: bool = False, rotation: int | None = None) -> None:
+        self.template, self.codec, self.rotation = template, codec, rotation
         self.signature = clip_signature(template)
         self.roi = (1.0, 1.0)
         self.uncropped: Uncropped | None = None  # this stream's SPS without its cropping (``_uncrop``)
@@ -373,7 +393,6 @@ class _ClipPacker:
         self.max_frames, self.max_bytes = max_frames, max_bytes
         self.runs: list[_Run] = []
         self.frames = self.size = 0
-        self.skeletons: Skeletons = {}  # this stream's, for its joined clips
 
     def _uncrop(self) -> None:
         """Clips of this stream carry its SPS without the bottom/right cropping (see ``_uncrop``)."""
@@ -424,7 +443,7 @@ class _ClipPacker:
 
     def finish(self) -> Clip | None:
         clip = mux_clip(self.template, self.runs, self.signature, self.roi, self.cropped_signature,
-                        self.skeletons) if self.runs else None
+                        self.rotation) if self.runs else None
         self.runs, self.frames, self.size = [], 0, 0
         return clip
 
@@ -477,7 +496,8 @@ def keyframe_clips(plan: SamplePlan, template: av.video.stream.VideoStream, fh: 
     """Clips of the plan's keyframes, read straight from their index positions (MP4/MOV); each within
     ``max_bytes`` too (queued clips are held in memory; up to ``MERGEABLE_BYTES`` they stay mergeable)."""
     index = plan.index
-    packer = _ClipPacker(template, plan.info.codec, max_frames, max_bytes, uncrop=uncrop)
+    packer = _ClipPacker(template, plan.info.codec, max_frames, max_bytes, uncrop=uncrop,
+                         rotation=plan.info.rotation)
     for row in (int(r) for r in plan.key_packets):
         data = fh.read_at(int(index.pos[row]), int(index.size[row]))
         if len(data) < int(index.size[row]):
@@ -498,7 +518,8 @@ def demuxed_keyframe_clips(plan: SamplePlan, container: av.container.InputContai
     """Keyframe clips for containers whose index gives no raw positions (MKV, WebM, TS): seek, demux one."""
     start = stream.start_time or 0
     tb = stream.time_base
-    packer = _ClipPacker(stream, plan.info.codec, max_frames, max_bytes, uncrop=uncrop)
+    packer = _ClipPacker(stream, plan.info.codec, max_frames, max_bytes, uncrop=uncrop,
+                         rotation=plan.info.rotation)
     for row in plan.key_packets:
         t = float(plan.index.pts[row])
         container.seek(start + int(round(t / tb)), stream=stream, backward=True, any_frame=False)
@@ -598,7 +619,8 @@ def _read_run(container: av.container.InputContainer, stream: av.video.stream.Vi
 def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
                 max_frames: int, max_bytes: int = 64 << 20, uncrop: bool = False) -> Iterator[Clip]:
     """Clips of runs (keyframe .. last needed packet) holding the frame nearest every grid time, once."""
-    packer = _ClipPacker(stream, plan.info.codec, max_frames, max_bytes, uncrop=uncrop)
+    packer = _ClipPacker(stream, plan.info.codec, max_frames, max_bytes, uncrop=uncrop,
+                         rotation=plan.info.rotation)
     last_emitted: float | None = None
     for key_time, seek_s, times in _groups(plan):
         for lo in range(0, len(times), max_frames):
