@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 import av
 import numpy as np
 
-from ._mp4 import TrackFacts, read_track_facts
+from ._mp4 import SampleTable, TrackFacts, read_track_facts
 from .errors import DecodeError, FileAccessError, UnsupportedCodecError, VideoOpenError
 
 _MP4_FORMATS = ("mov", "mp4")
@@ -181,14 +181,21 @@ def rewound(container: av.container.InputContainer, path: Path, file: BinaryIO |
 
 
 def read_packet_index(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
-                      path: Path, composition_offsets: np.ndarray | None = None) -> PacketIndex:
+                      path: Path, composition_offsets: np.ndarray | None = None,
+                      samples: SampleTable | None = None) -> PacketIndex:
     """Packet positions, sizes and times from the container index, demuxing only if there is none.
 
     MP4 index entries hold decode times; ``composition_offsets`` (from the ``ctts`` box, one per
     sample) turn them into presentation times. Without them, every packet is assumed to have the
-    first packet's offset (true for streams without B-frames).
+    first packet's offset (true for streams without B-frames). ``samples``, the track's sample table
+    where ``_mp4`` could read it, stands in for FFmpeg's entries (the same rows, without a Python object
+    per packet).
     """
     tb = stream.time_base or Fraction(1, 90000)
+    if samples is not None and container.format.name.split(",")[0] in _MP4_FORMATS:
+        pts_ticks = samples.dts if composition_offsets is None else samples.dts + composition_offsets
+        pts = (pts_ticks - int(pts_ticks.min())).astype(np.float64) * float(tb)
+        return PacketIndex(pts, samples.pos, samples.size, samples.key, True)
     entries = stream.index_entries
     if len(entries) > 1 and container.format.name.split(",")[0] in _MP4_FORMATS:
         n = len(entries)
@@ -274,7 +281,7 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
     if container.format.name.split(",")[0] in _MP4_FORMATS:
         with open(path, "rb") as fh:
             facts = read_track_facts(fh, stat.st_size, stream.id)
-    index = read_packet_index(container, stream, path, facts.composition_offsets)
+    index = read_packet_index(container, stream, path, facts.composition_offsets, facts.samples)
     if index.from_container_index:
         end = int((index.pos + index.size).max())
         if end > stat.st_size:
