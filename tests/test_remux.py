@@ -124,6 +124,80 @@ def test_exact_runs_stop_at_the_last_needed_packet(make_clip: Callable[..., Path
     assert packets < len(plan.index) / 3  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("name", ["h264_bframes", "hevc_gop2", "hevc_gop5"])
+def test_exact_runs_leave_out_unreferenced_pictures_and_decode_the_same_frames(
+        make_clip: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """B-frames (x264) and TRAIL_N pictures (x265) between a keyframe and a wanted frame are never decoded:
+    the clips hold fewer packets and decode to the same pixels, bit for bit."""
+    import quadvault_dali.sampling._remux as remux
+
+    path = _clip_path(make_clip, name)
+    lean, plan, _, _ = _build(path, "exact", fps=2.0)
+    with monkeypatch.context() as m:
+        m.setattr(remux, "unreferenced", lambda *a, **k: False)
+        full, _, _, _ = _build(path, "exact", fps=2.0)
+    assert [c.times for c in lean] == [c.times for c in full]
+    assert sum(c.packets for c in lean) < 0.8 * sum(c.packets for c in full)
+
+    def pictures(clips: list[Clip]) -> list[np.ndarray]:
+        out = []
+        for clip in clips:
+            with av.open(io.BytesIO(clip.data)) as src:
+                frames = [f.to_ndarray(format="rgb24") for f in src.decode(video=0)]
+            assert len(frames) == clip.packets
+            out += [frames[i] for i in clip.frames]
+        return out
+
+    for a, b in zip(pictures(lean), pictures(full), strict=True):
+        np.testing.assert_array_equal(a, b)
+    stamps = [s for c in lean for s in _decoded_stamps(c, 0)]
+    assert all(s is not None and abs(s - t) <= STAMP_TOL for s, t in zip(stamps, [t for c in lean for t in c.times]))
+
+
+def test_real_drone_footage_decodes_half_the_pictures_for_the_same_exact_frames(
+        corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real drone clip (1260x708 H.264 High, 60 fps, 4-s GOPs with B-frames) in exact mode."""
+    import quadvault_dali.sampling._remux as remux
+
+    path = next(corpus.rglob("drone.mp4"))
+    lean, _, _, _ = _build(path, "exact", max_frames=64)
+    with monkeypatch.context() as m:
+        m.setattr(remux, "unreferenced", lambda *a, **k: False)
+        full, _, _, _ = _build(path, "exact", max_frames=64)
+    assert [c.times for c in lean] == [c.times for c in full]
+    assert sum(c.packets for c in lean) < 0.6 * sum(c.packets for c in full)
+    for a, b in zip(lean, full, strict=True):
+        with av.open(io.BytesIO(a.data)) as x, av.open(io.BytesIO(b.data)) as y:
+            ours = [f.to_ndarray(format="rgb24") for f in x.decode(video=0)]
+            theirs = [f.to_ndarray(format="rgb24") for f in y.decode(video=0)]
+        for i, j in zip(a.frames, b.frames, strict=True):
+            np.testing.assert_array_equal(ours[i], theirs[j])
+
+
+def test_only_pictures_nothing_references_count_as_unreferenced() -> None:
+    import quadvault_dali.sampling._remux as remux
+
+    def nal(*headers: int) -> bytes:
+        return b"".join(len(bytes([h, 0x88, 0x84])).to_bytes(4, "big") + bytes([h, 0x88, 0x84]) for h in headers)
+
+    assert remux.unreferenced(nal(0x06, 0x01), "h264")  # SEI, then a slice with nal_ref_idc 0
+    assert not remux.unreferenced(nal(0x21), "h264")  # nal_ref_idc 1
+    assert not remux.unreferenced(nal(0x65), "h264")  # an IDR slice
+    assert not remux.unreferenced(nal(0x06), "h264")  # no slice at all
+    assert not remux.unreferenced(nal(0x01, 0x41), "h264")  # a picture whose second slice is referenced
+
+    def hevc(kind: int) -> bytes:
+        header = bytes([kind << 1, 0x01])
+        return len(header + b"\xaf").to_bytes(4, "big") + header + b"\xaf"
+
+    assert remux.unreferenced(hevc(0), "hevc", single_layer=True)  # TRAIL_N
+    assert not remux.unreferenced(hevc(0), "hevc", single_layer=False)  # a higher layer may reference it
+    assert not remux.unreferenced(hevc(1), "hevc", single_layer=True)  # TRAIL_R
+    assert not remux.unreferenced(hevc(19), "hevc", single_layer=True)  # IDR
+    assert not remux.unreferenced(hevc(39) + hevc(1), "hevc", single_layer=True)  # SEI, then TRAIL_R
+    assert not remux.unreferenced(b"\x00" * 8, "vp9")
+
+
 def test_frame_budget_bounds_4k_clips() -> None:
     assert frame_budget(3840, 2160) == 12
     assert frame_budget(1920, 1080) == 48

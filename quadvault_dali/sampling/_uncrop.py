@@ -293,6 +293,24 @@ def _record_bytes(nals: list[bytes]) -> bytes:
     return b"".join(len(n).to_bytes(2, "big") + n for n in nals)
 
 
+def hvcc_sps(extradata: bytes) -> list[bytes] | None:
+    """The SPS NAL units of an hvcC record; ``None`` where it is not one or ends early."""
+    if len(extradata) < 23 or extradata[0] != 1:
+        return None
+    pos, found = 23, []
+    for _ in range(extradata[22]):
+        if pos + 3 > len(extradata):
+            return None
+        kind, count = extradata[pos] & 0x3F, int.from_bytes(extradata[pos + 1:pos + 3], "big")
+        read = _record_nals(extradata, pos + 3, count)
+        if read is None:
+            return None
+        nals, pos = read
+        if kind == _SPS_TYPE["hevc"]:
+            found += nals
+    return found
+
+
 def _uncrop_avcc(extradata: bytes) -> Uncropped | None:
     if len(extradata) < 7 or extradata[0] != 1:
         return None  # not avcC (Annex B extradata of MPEG-TS, or none)
