@@ -12,12 +12,16 @@ test file and the shared corpus.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
 import struct
 from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 _CONTAINER_BOXES = (b"mdia", b"minf", b"stbl", b"edts")
 #: leaf boxes of a track read here
@@ -106,8 +110,8 @@ def _collect(moov: bytes, start: int, end: int, found: dict[bytes, bytes]) -> No
 
 def _video_track(moov: bytes, track_id: int | None) -> tuple[dict[bytes, bytes], bool] | None:
     """The video track's boxes (``_collect``), and whether it is the track ``track_id`` (else the first video
-    track stands in)."""
-    fallback = None
+    track stands in, or the id is not unique)."""
+    fallback = chosen = None
     for kind, start, end in _boxes(moov, 8, len(moov)):
         if kind != b"trak":
             continue
@@ -117,10 +121,15 @@ def _video_track(moov: bytes, track_id: int | None) -> tuple[dict[bytes, bytes],
         if tkhd is None or hdlr is None or hdlr[8:12] != b"vide":
             continue
         tid = struct.unpack_from(">I", tkhd, 4 + (16 if tkhd[0] == 1 else 8))[0]
-        if track_id is None or tid == track_id:
+        if track_id is None:
             return found, True
-        fallback = fallback or (found, False)
-    return fallback
+        if tid == track_id:
+            if chosen is not None:  # two tracks with that id: which one FFmpeg shows is not known here
+                return chosen[0], False
+            chosen = (found, True)
+        elif fallback is None:
+            fallback = (found, False)
+    return chosen or fallback
 
 
 def _rotation(tkhd: bytes) -> int:
@@ -136,12 +145,18 @@ def _rotation(tkhd: bytes) -> int:
     return int(round(degrees / 90.0)) * 90 % 360
 
 
+#: more samples than any real track holds (six days at 60 fps): a table claiming more is damaged
+_MAX_SAMPLES = 1 << 25
+
+
 def _composition_offsets(ctts: bytes) -> np.ndarray:
     """Per-sample presentation-minus-decode offsets, expanded from ctts's run-length table."""
     version = ctts[0]
     count = struct.unpack_from(">I", ctts, 4)[0]
     runs = np.frombuffer(ctts, dtype=">u4" if version == 0 else ">i4", count=2 * count, offset=8)
     runs = runs.reshape(count, 2).astype(np.int64)
+    if np.any(runs[:, 0] < 0) or int(runs[:, 0].sum()) > _MAX_SAMPLES:
+        raise ValueError("composition offset table counts more samples than a track holds")
     if version == 0:  # unsigned, but writers store negatives as two's complement anyway
         runs[:, 1] = np.where(runs[:, 1] >= 1 << 31, runs[:, 1] - (1 << 32), runs[:, 1])
     return np.repeat(runs[:, 1], runs[:, 0])
@@ -162,25 +177,55 @@ class TrackFacts:
     rotation: int
     composition_offsets: np.ndarray | None  # ticks of the track's timescale, one per sample
     samples: SampleTable | None = None  # where ``sample_table`` could read the track
+    #: digest of what FFmpeg copies from this track into a remuxed clip's ``moov``: the sample description
+    #: (less ``btrt``, whose bit rates differ per file) and the ``tkhd`` display matrix; ``""`` if unread
+    setup: str = ""
 
 
 def read_track_facts(fh: BinaryIO, file_size: int, track_id: int | None = None) -> TrackFacts:
     """Rotation (clockwise 0/90/180/270), composition offsets and, for a plain track, the sample table of
-    the video track (``track_id``: FFmpeg's stream id, the MP4 track id)."""
+    the video track (``track_id``: FFmpeg's stream id, the MP4 track id). A part of ``moov`` that cannot be
+    read is left out (FFmpeg opened the file; its own index stands in)."""
     moov = _find_moov(fh, file_size)
-    found = _video_track(moov, track_id) if moov is not None else None
-    if found is None:
+    try:
+        found = _video_track(moov, track_id) if moov is not None else None
+    except (struct.error, ValueError, IndexError) as exc:
+        log.info("cannot read the video track's boxes: %s", exc)
+        found = None
+    if found is None or moov is None:
         return TrackFacts(0, None)
     track, exact = found
-    ctts = track.get(b"ctts")
-    offsets = _composition_offsets(ctts) if ctts else None
-    samples = None
-    if exact and moov is not None:
-        try:
-            samples = sample_table(moov, track, offsets)
-        except (struct.error, ValueError, IndexError):
-            samples = None
-    return TrackFacts(_rotation(track[b"tkhd"]), offsets, samples)
+    try:
+        rotation, setup = _rotation(track[b"tkhd"]), _setup_digest(track)
+    except (struct.error, ValueError, IndexError, KeyError) as exc:
+        log.info("cannot read the track header: %s", exc)
+        rotation, setup = 0, ""
+    offsets = samples = None
+    try:
+        offsets = _composition_offsets(track[b"ctts"]) if track.get(b"ctts") else None
+        if exact:
+            samples = sample_table(moov, track, offsets, file_size)
+    except (struct.error, ValueError, IndexError, MemoryError) as exc:
+        log.info("cannot read the sample table: %s", exc)
+        samples = None
+    return TrackFacts(rotation, offsets, samples, setup)
+
+
+def _setup_digest(track: dict[bytes, bytes]) -> str:
+    """See ``TrackFacts.setup``."""
+    stsd, tkhd = track.get(b"stsd"), track[b"tkhd"]
+    if stsd is None or struct.unpack_from(">I", stsd, 4)[0] != 1:
+        return ""
+    size, kind = struct.unpack_from(">I4s", stsd, 8)
+    entry_end = min(8 + size, len(stsd))
+    fields_end = 8 + 8 + 78  # the visual sample entry's fixed fields, then its boxes
+    digest = hashlib.sha1(kind + stsd[16:fields_end])
+    for child, start, end in _boxes(stsd, fields_end, entry_end):
+        if child != b"btrt":
+            digest.update(stsd[start - 8:end])
+    matrix_at = 4 + (16 if tkhd[0] == 1 else 8) + 4 + 4 + (8 if tkhd[0] == 1 else 4) + 8 + 2 + 2 + 2 + 2
+    digest.update(tkhd[matrix_at:matrix_at + 36])
+    return digest.hexdigest()
 
 
 def _full_box_table(payload: bytes, columns: int, dtype: str = ">u4", header: int = 8) -> np.ndarray:
@@ -193,66 +238,85 @@ def _full_box_table(payload: bytes, columns: int, dtype: str = ">u4", header: in
         .reshape(count, columns)
 
 
-def sample_table(moov: bytes, track: dict[bytes, bytes], offsets: np.ndarray | None) -> SampleTable | None:
+def _timescale(box: bytes) -> int:
+    """``mvhd``/``mdhd``'s time scale; ``ValueError`` for one FFmpeg would not take as it is (0, or past a
+    signed 32-bit number, which it replaces)."""
+    scale = struct.unpack_from(">I", box, 20 if box[0] == 1 else 12)[0]
+    if not 0 < scale < 1 << 31:
+        raise ValueError(f"time scale {scale}")
+    return int(scale)
+
+
+def sample_table(moov: bytes, track: dict[bytes, bytes], offsets: np.ndarray | None,
+                 file_size: int) -> SampleTable | None:
     """The track's samples computed from ``stts``/``stsz``/``stsc``/``stco``/``stss``, or ``None`` where FFmpeg
     may index it otherwise: fragments, tables this does not cover, several sample descriptions, negative
-    composition offsets, or an edit list other than one edit (after an optional empty one) that starts at or
-    before the first picture and runs past the last (FFmpeg drops or flags samples outside the edits)."""
+    composition offsets, values FFmpeg clamps or stops at (a decode time step or sample past 31 or 29 bits,
+    sync samples out of order), or an edit list other than one edit (after an optional empty one) that starts
+    at or before the first picture and still shows the last (FFmpeg drops or flags samples outside the edits)."""
     if any(kind == b"mvex" for kind, _, _ in _boxes(moov, 8, len(moov))):
         return None
     kinds = track.get(b"stbl:", b"").split(b",")
     if not set(kinds) <= _PLAIN_TABLE or len(kinds) != len(set(kinds)):
         return None
-    stsd, stts, stsc, stsz = (track.get(k) for k in (b"stsd", b"stts", b"stsc", b"stsz"))
+    stsd, stts, stsc, stsz, mdhd = (track.get(k) for k in (b"stsd", b"stts", b"stsc", b"stsz", b"mdhd"))
     chunks_box = track.get(b"stco") if b"co64" not in track else track[b"co64"]
-    if stsd is None or stts is None or stsc is None or stsz is None or chunks_box is None \
+    if stsd is None or stts is None or stsc is None or stsz is None or mdhd is None or chunks_box is None \
             or (b"stco" in track and b"co64" in track):
         return None
     if struct.unpack_from(">I", stsd, 4)[0] != 1:
         return None
+    _timescale(mdhd)
+    times = _full_box_table(stts, 2)  # (count, delta): bounded by the box, unlike the counts in it
     sample_size, n = struct.unpack_from(">II", stsz, 4)
-    if n == 0:
-        return None
+    if n == 0 or n > _MAX_SAMPLES or int(times[:, 0].sum()) != n or np.any(times[:, 1] >= 1 << 31):
+        return None  # FFmpeg takes a step past 31 bits as a correction (or clamps it)
     if sample_size:
+        if n * sample_size > file_size:
+            return None
         size = np.full(n, sample_size, dtype=np.int64)
     else:
         size = np.frombuffer(stsz, dtype=">u4", count=n, offset=12).astype(np.int64)
+    if int(size.max()) >= 1 << 29:  # FFmpeg's index stores 30 bits and stops at a sample past 0x3FFFFFFF
+        return None
     chunk_pos = _full_box_table(chunks_box, 1, ">u8" if b"co64" in track else ">u4")[:, 0]
+    if len(chunk_pos) and int(chunk_pos.min()) < 0:  # a 64-bit offset past 2^63
+        return None
     runs = _full_box_table(stsc, 3)  # (first chunk, samples per chunk, description index)
     first, per_chunk, described = runs[:, 0], runs[:, 1], runs[:, 2]
     if not len(runs) or first[0] != 1 or np.any(np.diff(first) <= 0) or first[-1] > len(chunk_pos) \
             or np.any(per_chunk <= 0) or np.any(described != 1):
         return None
     chunk_runs = np.diff(np.append(first, len(chunk_pos) + 1))
-    in_chunk = np.repeat(per_chunk, chunk_runs)  # samples in each chunk
-    if int(in_chunk.sum()) != n:
+    if int((per_chunk * chunk_runs).sum()) != n:
         return None
+    in_chunk = np.repeat(per_chunk, chunk_runs)  # samples in each chunk
     chunk_of = np.repeat(np.arange(len(chunk_pos)), in_chunk)
     before = np.cumsum(size) - size  # bytes of the samples before each, over the whole track
     pos = chunk_pos[chunk_of] + before - before[(np.cumsum(in_chunk) - in_chunk)[chunk_of]]
-    times = _full_box_table(stts, 2)  # (count, delta)
-    if int(times[:, 0].sum()) != n or np.any(times[:, 1] < 0):
-        return None
     deltas = np.repeat(times[:, 1], times[:, 0])
     dts = np.concatenate(([0], np.cumsum(deltas)[:-1])).astype(np.int64)
     key = np.ones(n, dtype=bool)
     stss = track.get(b"stss")
     if stss is not None:
         sync = _full_box_table(stss, 1)[:, 0]
-        if not len(sync) or sync.min() < 1 or sync.max() > n:
+        # FFmpeg walks the list with one cursor: an entry out of order or repeated stalls it
+        if not len(sync) or sync[0] < 1 or sync[-1] > n or np.any(np.diff(sync) <= 0):
             return None
         key[:] = False
         key[sync - 1] = True
     if offsets is not None and (len(offsets) != n or offsets.min() < 0):
         return None
     cts = dts if offsets is None else dts + offsets
-    if b"elst" in track and not _edit_keeps_all(moov, track, cts, deltas):
+    if b"elst" in track and not _edit_keeps_all(moov, track, cts):
         return None
     return SampleTable(dts, pos, size, key)
 
 
-def _edit_keeps_all(moov: bytes, track: dict[bytes, bytes], cts: np.ndarray, deltas: np.ndarray) -> bool:
-    """Whether the edit list is one edit (after an optional empty one) showing every sample at normal rate."""
+def _edit_keeps_all(moov: bytes, track: dict[bytes, bytes], cts: np.ndarray) -> bool:
+    """Whether the edit list is one edit (after an optional empty one) showing every sample at normal rate:
+    it starts at or before the first picture and ends after the last one starts (FFmpeg drops a sample whose
+    composition time reaches the edit's end, the duration rescaled to the media time scale)."""
     elst = track[b"elst"]
     (count,) = struct.unpack_from(">I", elst, 4)
     entry, step = (">Qqi", 20) if elst[0] == 1 else (">Iii", 12)  # (segment duration, media time, rate 16.16)
@@ -264,17 +328,8 @@ def _edit_keeps_all(moov: bytes, track: dict[bytes, bytes], cts: np.ndarray, del
     if len(edits) != 1 or edits[0][2] != _RATE_ONE or edits[0][1] < 0:
         return False
     duration, media_time = int(edits[0][0]), int(edits[0][1])
-    if b"mdhd" not in track:
-        return False
-    mdhd = track[b"mdhd"]
-    media_scale = struct.unpack_from(">I", mdhd, 20 if mdhd[0] == 1 else 12)[0]
     mvhd = next((moov[s:e] for kind, s, e in _boxes(moov, 8, len(moov)) if kind == b"mvhd"), None)
-    if mvhd is None or not media_scale:
+    if mvhd is None or duration == 0 or media_time > int(cts.min()):
         return False
-    movie_scale = struct.unpack_from(">I", mvhd, 20 if mvhd[0] == 1 else 12)[0]
-    if not movie_scale or media_time > int(cts.min()):
-        return False
-    if duration == 0:
-        return False
-    end = int((cts + deltas).max())  # the last picture's end, in the media time scale
-    return duration * media_scale >= (end - media_time) * movie_scale
+    shown = duration * _timescale(track[b"mdhd"]) // _timescale(mvhd)  # rounded down: FFmpeg's may be one more
+    return int(cts.max()) < media_time + shown

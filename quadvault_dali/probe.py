@@ -79,6 +79,9 @@ class VideoInfo:
     stream_index: int
     #: FFmpeg's name of the tagged YCbCr matrix ("bt709", "bt2020nc", ...; "unknown" when untagged)
     color_matrix: str = "unknown"
+    #: what FFmpeg copies from an MP4 track into a remuxed clip (``_mp4.TrackFacts.setup``); "" elsewhere.
+    #: Internal: clips of videos with equal ones share a skeleton (``sampling._remux``)
+    setup: str = ""
 
     @property
     def max_keyframe_interval_s(self) -> float:
@@ -95,6 +98,7 @@ class VideoInfo:
         data["keyframe_count"] = len(self.keyframe_times)
         data["max_keyframe_interval_s"] = round(self.max_keyframe_interval_s, 3)
         data["keyframe_times"] = [round(t, 3) for t in self.keyframe_times]
+        del data["setup"]
         return data
 
 
@@ -204,6 +208,9 @@ def read_packet_index(container: av.container.InputContainer, stream: av.video.s
         table = np.fromiter((v for e in entries for v in (e.timestamp, e.pos, e.size, e.is_keyframe, e.is_discard)),
                             np.int64, 5 * n).reshape(n, 5)
         keep = table[:, 4] == 0
+        if not keep.any():
+            raise VideoOpenError("the edit list shows none of the video's frames", path=path,
+                                 hint="the file's edit list (elst) is damaged; re-export or remux it")
         dts, pos, size, key = table[keep, 0], table[keep, 1], table[keep, 2], table[keep, 3] != 0
         if composition_offsets is not None and len(composition_offsets) == n:
             pts_ticks = dts + composition_offsets[keep]
@@ -324,6 +331,6 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
         frame_count=int(frame_count), bit_rate=container.bit_rate or None, start_time_s=start,
         keyframe_times=tuple(float(t) for t in index.keyframe_times),
         has_audio=bool(container.streams.audio), is_vfr=is_vfr, stream_index=stream.index,
-        color_matrix=_color_matrix(ctx),
+        color_matrix=_color_matrix(ctx), setup=facts.setup,
     )
     return info, index

@@ -127,3 +127,68 @@ def test_real_footage_is_indexed_as_ffmpeg_indexes_it(corpus: Path) -> None:
         _assert_same(ours, ffmpeg)
         used += 1
     assert used >= 20 and left <= used // 4, (used, left)
+
+
+def _patched(path: Path, tmp_path: Path, name: str, kind: bytes, offset: int, fmt: str, *values: int,
+             nth: int = 0) -> Path:
+    """A copy of ``path`` with ``values`` packed at ``offset`` into the payload of its ``nth`` ``kind`` box."""
+    data = bytearray(path.read_bytes())
+    at = -1
+    for _ in range(nth + 1):
+        at = data.index(kind, at + 1)
+    struct.pack_into(fmt, data, at + 4 + offset, *values)
+    out = tmp_path / name
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_tables_ffmpeg_would_read_otherwise_are_left_to_it(make_clip: Callable[..., Path], motion_photo: Path,
+                                                            tmp_path: Path) -> None:
+    """Values FFmpeg clamps, resets or stops at (found by review against FFmpeg's own index): the sample
+    tables are not used, and a damaged count never makes the prober allocate gigabytes."""
+    path = make_clip("index_hevc_gop2.mp4", width=128, height=96, duration_s=5.0, **SPECS["hevc_gop2"])
+    cases = {
+        "stts_step_past_31_bits": _patched(path, tmp_path, "stts.mp4", b"stts", 12, ">I", 0xFFFFFF9C),
+        "mdhd_scale_past_31_bits": _patched(path, tmp_path, "mdhd.mp4", b"mdhd", 12, ">I", 1 << 31),
+        "stsz_constant_huge_count": _patched(path, tmp_path, "stsz.mp4", b"stsz", 4, ">II", 1000, 0x7FFFFFFF),
+    }
+    with open(path, "rb") as fh:
+        facts = read_track_facts(fh, path.stat().st_size)
+    assert facts.samples is not None and int(facts.samples.key.sum()) >= 3
+    stss = path.read_bytes().index(b"stss") + 4
+    first, second = struct.unpack_from(">II", path.read_bytes(), stss + 8)
+    cases["stss_out_of_order"] = _patched(path, tmp_path, "stss.mp4", b"stss", 8, ">II", second, first)
+    ids = motion_photo.read_bytes()
+    tkhd = [i for i in range(len(ids)) if ids.startswith(b"tkhd", i)]
+    version = ids[tkhd[-1] + 4]
+    id_at = 4 + (16 if version == 1 else 8)
+    last_id = struct.unpack_from(">I", ids, tkhd[-1] + 4 + id_at)[0]
+    cases["two_tracks_one_id"] = _patched(motion_photo, tmp_path, "ids.mp4", b"tkhd", id_at, ">I", last_id, nth=1)
+    for name, case in cases.items():
+        with open(case, "rb") as fh:
+            assert read_track_facts(fh, case.stat().st_size, None if "ids" not in case.name else last_id) \
+                .samples is None, name
+
+
+def test_an_edit_that_ends_as_the_last_picture_starts_hides_it() -> None:
+    """FFmpeg drops a sample whose composition time reaches the edit's end: a last sample with a zero step
+    and an edit as long as the steps' sum leaves the index one sample short, so the tables are not used."""
+    from quadvault_dali._mp4 import _edit_keeps_all
+
+    mvhd = struct.pack(">I4s", 8 + 20, b"mvhd") + bytes(4) + bytes(8) + struct.pack(">II", 1000, 0)
+    mdhd = bytes(4) + bytes(8) + struct.pack(">II", 12800, 0)
+    moov = struct.pack(">I4s", 8 + len(mvhd), b"moov") + mvhd
+    cts = np.arange(75, dtype=np.int64) * 512  # 74 steps of 512, the last sample's step 0: the sum is 74 x 512
+    def edit(duration: int) -> dict[bytes, bytes]:
+        return {b"mdhd": mdhd, b"elst": bytes(4) + struct.pack(">IIii", 1, duration, 0, 0x10000)}
+    steps_sum = 74 * 512 * 1000 // 12800  # 2960 ms: the edit ends where the last picture starts
+    assert not _edit_keeps_all(moov, edit(steps_sum), cts)
+    assert _edit_keeps_all(moov, edit(steps_sum + 40), cts)
+    assert not _edit_keeps_all(moov, edit(0), cts)
+
+
+def test_an_edit_list_showing_nothing_is_a_clear_error(make_clip: Callable[..., Path], tmp_path: Path) -> None:
+    path = make_clip("index_h264_bframes.mp4", width=128, height=96, duration_s=5.0, **SPECS["h264_bframes"])
+    empty = _patched(path, tmp_path, "no_edit.mp4", b"elst", 8, ">I", 0)  # the one edit's duration: 0
+    with pytest.raises(probe.VideoOpenError, match="edit list shows none"):
+        probe.probe_video(empty)
