@@ -12,6 +12,7 @@ import av
 import numpy as np
 import pytest
 
+from quadvault_dali._mp4 import _boxes
 from quadvault_dali.sampling import _remux
 from quadvault_dali.sampling._mp4_join import join_mp4, skeleton
 from quadvault_dali.sampling._remux import Clip, SourcePacket, merge_clips
@@ -23,7 +24,7 @@ def _pyav_only(clip: Clip, monkeypatch: pytest.MonkeyPatch) -> bytes:
     """``clip``'s MP4 as PyAV's muxer writes it (the path before ``join_mp4``)."""
     with monkeypatch.context() as m:
         m.setattr(_remux, "join_mp4", lambda *a, **k: None)
-        return _remux.mux_clip(_remux._template(clip), clip.runs, clip.signature, clip.roi,
+        return _remux.mux_clip(_remux._template(clip)[0], clip.runs, clip.signature, clip.roi,
                                clip.cropped_signature).data
 
 
@@ -148,25 +149,71 @@ def _with_64_bit_mdat(mp4: bytes) -> bytes:
     return mp4[:at] + struct.pack(">I4sQ", 1, b"mdat", size + 8) + mp4[at + 8:]
 
 
-def test_one_stream_set_up_muxes_one_packet_with_pyav_for_all_its_videos(make_clip: Callable[..., Path],
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The skeleton is made once per stream set-up: PyAV muxes one packet for all the clips of all the videos
-    that share it, and one more for a set-up that differs only in a colour tag FFmpeg writes (``colr``)."""
+def _with_entry_box(mp4: bytes, box: bytes) -> bytes:
+    """``mp4`` (moov after mdat, as FFmpeg writes it) with ``box`` appended to its video sample entry."""
+    chain = [b"moov", b"trak", b"mdia", b"minf", b"stbl", b"stsd"]
+    headers, lo, hi = [], 0, len(mp4)
+    for depth, kind in enumerate(chain):
+        start, end = next((s, e) for k, s, e in _boxes(mp4, lo, hi) if k == kind)
+        headers.append(start - 8)
+        lo, hi = (start + 8, end) if kind == b"stsd" else (start, end)
+    entry = lo  # the first sample entry, after stsd's version/flags and count
+    headers.append(entry)
+    out = bytearray(mp4)
+    entry_end = entry + struct.unpack_from(">I", mp4, entry)[0]
+    out[entry_end:entry_end] = box
+    for at in headers:
+        struct.pack_into(">I", out, at, struct.unpack_from(">I", mp4, at)[0] + len(box))
+    return bytes(out)
+
+
+def _with_matrix(mp4: bytes, matrix: tuple[int, ...]) -> bytes:
+    at = mp4.index(b"tkhd") + 4
+    out = bytearray(mp4)
+    struct.pack_into(">9i", out, at + (52 if out[at] == 1 else 40), *matrix)
+    return bytes(out)
+
+
+def test_videos_share_a_skeleton_only_where_ffmpeg_copies_their_tracks_alike(
+        make_clip: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """PyAV muxes one packet once for all the clips of all the videos whose tracks FFmpeg copies alike
+    (``VideoInfo.setup``); a video whose sample description or display matrix differs gets its own skeleton,
+    so its clips carry its own boxes (an HDR ``mdcv``, a ``clap``, a mirror)."""
     muxed: list[int] = []
     real = _remux._pyav_mux
     monkeypatch.setattr(_remux, "_pyav_mux", lambda t, packets, *a: muxed.append(len(packets)) or real(t, packets, *a))
-    monkeypatch.setattr(_remux, "_skeletons", type(_remux._skeletons)())
-    path = _clip_path(make_clip, "hevc_gop5")
-    clips, _, _, _ = _build(path, "keyframe", max_frames=1)
-    again, _, _, _ = _build(path, "keyframe", max_frames=1)
-    assert len(clips) >= 3 and muxed == [1]
+    monkeypatch.setattr(_remux, "SHARED_SKELETONS", _remux.Skeletons(64))
+    source = _clip_path(make_clip, "hevc_gop5").read_bytes()
+    one, two = tmp_path / "one.mp4", tmp_path / "two.mp4"
+    one.write_bytes(source)
+    two.write_bytes(source)
+    clips, plan, _, _ = _build(one, "keyframe", max_frames=1)
+    again, plan2, _, _ = _build(two, "keyframe", max_frames=1)
+    assert len(clips) >= 3 and muxed == [1] and plan.info.setup == plan2.info.setup != ""
     assert [c.data for c in again] == [c.data for c in clips]
-    with av.open(str(path)) as src:
-        template = src.streams.video[0]
-        key = _remux._setup_key(template, None, 0)
-        assert _remux._setup_key(template, None, 90) != key, "so is the display rotation (FFmpeg copies the matrix)"
-        template.codec_context.color_primaries = 9 if template.codec_context.color_primaries != 9 else 1
-        assert _remux._setup_key(template, None, 0) != key, "a colour tag is part of the set-up"
+
+    one_deg = 0x10000
+    variants = {
+        "mdcv": _with_entry_box(source, struct.pack(">I4s6H2HII", 32, b"mdcv", 35400, 14600, 8500, 39850, 6550,
+                                                    2300, 15635, 16450, 10000000, 50)),
+        "clap": _with_entry_box(source, struct.pack(">I4s8I", 40, b"clap", 120, 1, 90, 1, 0, 1, 0, 1)),
+        "rot180": _with_matrix(source, (-one_deg, 0, 0, 0, -one_deg, 0, 0, 0, 0x40000000)),
+        "mirror": _with_matrix(source, (-one_deg, 0, 0, 0, one_deg, 0, 0, 0, 0x40000000)),
+    }
+    setups = {plan.info.setup}
+    for name, data in variants.items():
+        path = tmp_path / f"{name}.mp4"
+        path.write_bytes(data)
+        muxed.clear()
+        own, its_plan, _, _ = _build(path, "keyframe", max_frames=1)
+        assert muxed == [1], f"{name}: a skeleton of its own"
+        setups.add(its_plan.info.setup)
+        if name in ("mdcv", "clap"):
+            assert all(name.encode() in c.data for c in own)
+    assert len(setups) == 1 + len(variants), "the mirror is not the 180-degree turn"
+    bitrate = tmp_path / "btrt.mp4"  # bit rates differ per file; decoders do not read them
+    bitrate.write_bytes(_with_entry_box(source, struct.pack(">I4s3I", 20, b"btrt", 0, 123, 456)))
+    assert _build(bitrate, "keyframe", max_frames=1)[1].info.setup == plan.info.setup
     monkeypatch.undo()
     for clip in clips:
         _assert_same(clip.data, _pyav_only(clip, monkeypatch))

@@ -323,7 +323,9 @@ def test_merges_of_one_codec_set_up_share_one_small_template(make_clip: Callable
     opened = remux._templates[first.signature]
     remux.merge_clips([second, first])
     assert list(remux._templates) == [first.signature] and remux._templates[first.signature] is opened
-    assert opened.streams.video[0].frames == 1  # one keyframe, not the clip
+    container, skeletons = opened
+    assert container.streams.video[0].frames == 1  # one keyframe, not the clip
+    assert len(skeletons._items) == 1, "both merges were joined on one skeleton"
     assert merged.times == first.times + second.times and len(merged) == len(first) + len(second)
     stamps = _decoded_stamps(merged, 0)
     assert stamps == pytest.approx(first.times + second.times, abs=STAMP_TOL)

@@ -25,7 +25,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import av
 import numpy as np
@@ -52,15 +52,39 @@ JOIN_IN_ORDER = True
 #: Codecs whose packets FFmpeg's MP4 muxer writes as given, once a set-up's first packet came out unchanged
 #: (``_mp4_join.skeleton``): AV1 is not among them, its OBUs are filtered in every packet.
 _JOINABLE_CODECS = frozenset({"h264", "hevc", "vp9"})
-#: Skeletons of joined clips (``None``: that set-up is not joinable), one per stream set-up (``_setup_key``),
-#: shared by every video and merge of that set-up; least recently used out.
-SKELETONS_KEPT = 64
-_skeletons: "OrderedDict[tuple, Skeleton | None]" = OrderedDict()
-_skeletons_lock = threading.Lock()
 #: codec parameters FFmpeg writes into the sample description (``colr``, ``pasp``, ``fiel``) beside the
-#: signature's: two streams with one signature but another colour tag must not share a skeleton
+#: signature's: part of a skeleton's key wherever it is kept
 _SETUP_FACTS = ("color_range", "color_primaries", "color_trc", "colorspace", "sample_aspect_ratio",
                 "field_order", "profile")
+
+
+class Skeletons:
+    """Skeletons of joined clips (``None``: that set-up is not joinable) by stream set-up, least recently used
+    out. One is shared by all MP4 videos whose tracks FFmpeg copies alike (``VideoInfo.setup``); a video
+    without that digest keeps its own, and each merge template its own."""
+
+    def __init__(self, kept: int) -> None:
+        self._kept = kept
+        self._items: "OrderedDict[tuple, Skeleton | None]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple, make: Callable[[], Skeleton | None]) -> Skeleton | None:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        made = make()  # two threads making the same one at once: both are FFmpeg's, either will do
+        with self._lock:
+            self._items[key] = made
+            self._items.move_to_end(key)
+            while len(self._items) > self._kept:
+                self._items.popitem(last=False)
+        return made
+
+
+#: Made per video, PyAV's mux of one packet (with the GIL held) was a seventh of the prepare threads' GIL
+#: time on 8-s clips (2-core EPYC, py-spy ``--gil``): videos of one camera share their skeletons here.
+SHARED_SKELETONS = Skeletons(64)
 #: Decoded full-size pixels one clip may hold (``frame_budget``): 48 frames of 1080p, ~300 MB of RGB.
 CLIP_PIXELS = 48 * 1920 * 1080
 
@@ -121,7 +145,8 @@ class Clip:
             raise ValueError("only an uncropped clip that kept its packets can be cropped back")
         runs = [_Run([SourcePacket(p.original if p.original is not None else p.data, p.pts_s, p.dts_s, p.is_key)
                       for p in run.packets], run.wanted) for run in self.runs]
-        clip = mux_clip(_template(self), runs, self.cropped_signature)
+        template, skeletons = _template(self)
+        clip = mux_clip(template, runs, self.cropped_signature, skeletons=skeletons)
         clip.times, clip.stream_cap = list(self.times), self.stream_cap
         return clip
 
@@ -145,16 +170,16 @@ _MUX_BUFFER_MAX = 128 << 20
 
 def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run], signature: Signature | None = None,
              roi: tuple[float, float] = (1.0, 1.0), cropped_signature: Signature | None = None,
-             rotation: int | None = None) -> Clip:
+             skeletons: Skeletons | None = None, setup: str = "") -> Clip:
     """Writes ``runs`` (each starting at a keyframe) into one MP4 with regular, rank-based timestamps.
 
     Where the ``signature`` differs from the template's set-up (an uncropped H.264/HEVC stream, or such a
     clip cropped back) the MP4 carries the signature's configuration record and picture size: for an
     uncropped stream the coded size, so FFmpeg-based demuxers and decoders agree with the SPS.
 
-    In-order clips are joined (``_mp4_join``) on the skeleton of the stream set-up (``_skeleton``);
-    ``rotation``, the source's display rotation (FFmpeg copies its matrix into ``tkhd``), is part of that
-    set-up (``None`` for clips muxed from a template of merged clips, which holds whichever video's came first).
+    In-order clips are joined (``_mp4_join``) on the skeleton of the stream set-up, kept in ``skeletons``
+    (whose scope the caller chooses: see ``Skeletons``; ``setup`` is the source track's digest there) or
+    made for this clip alone.
     """
     packets: list[SourcePacket] = []
     for run in runs:
@@ -172,7 +197,10 @@ def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run], signat
     data = None
     if JOIN_IN_ORDER and packets and template.codec_context.name in _JOINABLE_CODECS \
             and bool(np.all(rank == np.arange(len(packets)))):
-        skel = _skeleton(template, packets[0], signature, rotation)
+        first = packets[0]
+        skel = (skeletons or Skeletons(1)).get(
+            _setup_key(template, signature, setup),
+            lambda: skeleton(_pyav_mux(template, [first], np.zeros(1, np.int64), 0, signature), first.data))
         if skel is not None:
             data = join_mp4(skel, [p.data for p in packets], [p.is_key for p in packets])
     if data is None:
@@ -182,32 +210,12 @@ def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run], signat
     return Clip(data, frames, wanted, len(packets), list(runs), signature, roi, cropped_signature)
 
 
-def _setup_key(template: av.video.stream.VideoStream, signature: Signature | None, rotation: int | None) -> tuple:
-    """What FFmpeg's one-packet mux of ``template`` set up as ``signature`` depends on."""
+def _setup_key(template: av.video.stream.VideoStream, signature: Signature | None, setup: str) -> tuple:
+    """What FFmpeg's one-packet mux of ``template`` set up as ``signature`` depends on: with the source track's
+    ``setup`` digest, what two videos' templates must share for one skeleton to serve both."""
     ctx = template.codec_context
     return (signature or clip_signature(template), tuple(str(getattr(ctx, name, None)) for name in _SETUP_FACTS),
-            rotation)
-
-
-def _skeleton(template: av.video.stream.VideoStream, first: SourcePacket, signature: Signature | None,
-              rotation: int | None) -> Skeleton | None:
-    """The skeleton of ``template`` set up as ``signature``: made from ``first`` once per set-up, for all videos.
-
-    Made per video, PyAV's mux of one packet (with the GIL held) was a seventh of the prepare threads' GIL
-    time on 8-s clips (2-core EPYC, py-spy ``--gil``).
-    """
-    key = _setup_key(template, signature, rotation)
-    with _skeletons_lock:
-        if key in _skeletons:
-            _skeletons.move_to_end(key)
-            return _skeletons[key]
-    made = skeleton(_pyav_mux(template, [first], np.zeros(1, np.int64), 0, signature), first.data)
-    with _skeletons_lock:  # two threads making the same one at once: both are FFmpeg's, either will do
-        _skeletons[key] = made
-        _skeletons.move_to_end(key)
-        while len(_skeletons) > SKELETONS_KEPT:
-            _skeletons.popitem(last=False)
-    return made
+            setup)
 
 
 def _pyav_mux(template: av.video.stream.VideoStream, packets: Sequence[SourcePacket], rank: np.ndarray, delay: int,
@@ -259,7 +267,7 @@ def merge_clips(clips: Sequence[Clip]) -> Clip:
     """
     if len(clips) == 1:
         return clips[0]
-    template = _template(clips[0])
+    template, skeletons = _template(clips[0])
     runs: list[_Run] = []
     offset = 0.0
     for clip in clips:
@@ -268,20 +276,21 @@ def merge_clips(clips: Sequence[Clip]) -> Clip:
         runs.extend(_Run([SourcePacket(p.data, p.pts_s + shift, p.dts_s + shift, p.is_key, p.original)
                           for p in run.packets], [t + shift for t in run.wanted]) for run in clip.runs)
         offset += max(stamps) - min(stamps) + 1.0
-    merged = mux_clip(template, runs, clips[0].signature, clips[0].roi, clips[0].cropped_signature)
+    merged = mux_clip(template, runs, clips[0].signature, clips[0].roi, clips[0].cropped_signature, skeletons)
     merged.times = [t for clip in clips for t in clip.times]
     merged.stream_cap = clips[0].stream_cap
     return merged
 
 
-#: Template streams kept for ``merge_clips``, one per codec set-up (``Signature``), least recently used out.
+#: Template streams kept for ``merge_clips``, one per codec set-up (``Signature``), least recently used out,
+#: each with the skeletons of the clips muxed from it.
 TEMPLATES_KEPT = 16
-_templates: "OrderedDict[Signature, av.container.InputContainer]" = OrderedDict()
+_templates: "OrderedDict[Signature, tuple[av.container.InputContainer, Skeletons]]" = OrderedDict()
 _templates_lock = threading.Lock()
 
 
-def _template(clip: Clip) -> av.video.stream.VideoStream:
-    """A stream with ``clip``'s codec set-up to mux merged clips from, opened once per set-up.
+def _template(clip: Clip) -> tuple[av.video.stream.VideoStream, Skeletons]:
+    """A stream with ``clip``'s codec set-up to mux merged clips from, opened once per set-up, and its skeletons.
 
     Opening an MP4 probes it, and for H.264 FFmpeg's probe decodes frames on the CPU (~4 ms at 1080p):
     once per set-up, not once per merged sample. The template holds one keyframe, not the clip. An evicted
@@ -294,17 +303,17 @@ def _template(clip: Clip) -> av.video.stream.VideoStream:
         kept = _templates.get(key)
         if kept is not None:
             _templates.move_to_end(key)
-            return kept.streams.video[0]
+            return kept[0].streams.video[0], kept[1]
     with av.open(io.BytesIO(clip.data)) as source:
         first = _Run(clip.runs[0].packets[:1], [])
         header = mux_clip(source.streams.video[0], [first], key, clip.roi).data
-    kept = av.open(io.BytesIO(header))
+    kept = (av.open(io.BytesIO(header)), Skeletons(4))
     with _templates_lock:
         _templates[key] = kept
         _templates.move_to_end(key)
         while len(_templates) > TEMPLATES_KEPT:
             _templates.popitem(last=False)
-    return kept.streams.video[0]
+    return kept[0].streams.video[0], kept[1]
 
 
 def _nal_headers(data: bytes) -> list[int]:
@@ -382,8 +391,9 @@ class _ClipPacker:
     """
 
     def __init__(self, template: av.video.stream.VideoStream, codec: str, max_frames: int,
-                 max_bytes: int = 1 << 62, uncrop: bool = False, rotation: int | None = None) -> None:
-        self.template, self.codec, self.rotation = template, codec, rotation
+                 max_bytes: int = 1 << 62, uncrop: bool = False, setup: str = "") -> None:
+        self.template, self.codec, self.setup = template, codec, setup
+        self.skeletons = SHARED_SKELETONS if setup else Skeletons(4)  # see ``Skeletons``
         self.signature = clip_signature(template)
         self.roi = (1.0, 1.0)
         self.uncropped: Uncropped | None = None  # this stream's SPS without its cropping (``_uncrop``)
@@ -443,7 +453,7 @@ class _ClipPacker:
 
     def finish(self) -> Clip | None:
         clip = mux_clip(self.template, self.runs, self.signature, self.roi, self.cropped_signature,
-                        self.rotation) if self.runs else None
+                        self.skeletons, self.setup) if self.runs else None
         self.runs, self.frames, self.size = [], 0, 0
         return clip
 
@@ -497,7 +507,7 @@ def keyframe_clips(plan: SamplePlan, template: av.video.stream.VideoStream, fh: 
     ``max_bytes`` too (queued clips are held in memory; up to ``MERGEABLE_BYTES`` they stay mergeable)."""
     index = plan.index
     packer = _ClipPacker(template, plan.info.codec, max_frames, max_bytes, uncrop=uncrop,
-                         rotation=plan.info.rotation)
+                         setup=plan.info.setup)
     for row in (int(r) for r in plan.key_packets):
         data = fh.read_at(int(index.pos[row]), int(index.size[row]))
         if len(data) < int(index.size[row]):
@@ -519,7 +529,7 @@ def demuxed_keyframe_clips(plan: SamplePlan, container: av.container.InputContai
     start = stream.start_time or 0
     tb = stream.time_base
     packer = _ClipPacker(stream, plan.info.codec, max_frames, max_bytes, uncrop=uncrop,
-                         rotation=plan.info.rotation)
+                         setup=plan.info.setup)
     for row in plan.key_packets:
         t = float(plan.index.pts[row])
         container.seek(start + int(round(t / tb)), stream=stream, backward=True, any_frame=False)
@@ -654,7 +664,7 @@ def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream
                 max_frames: int, max_bytes: int = 64 << 20, uncrop: bool = False) -> Iterator[Clip]:
     """Clips of runs (keyframe .. last needed packet) holding the frame nearest every grid time, once."""
     packer = _ClipPacker(stream, plan.info.codec, max_frames, max_bytes, uncrop=uncrop,
-                         rotation=plan.info.rotation)
+                         setup=plan.info.setup)
     codec, single_layer = plan.info.codec, one_temporal_layer(stream)
     last_emitted: float | None = None
     for key_time, seek_s, times in _groups(plan):
