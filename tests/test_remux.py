@@ -177,25 +177,41 @@ def test_real_drone_footage_decodes_half_the_pictures_for_the_same_exact_frames(
 def test_only_pictures_nothing_references_count_as_unreferenced() -> None:
     import quadvault_dali.sampling._remux as remux
 
-    def nal(*headers: int) -> bytes:
-        return b"".join(len(bytes([h, 0x88, 0x84])).to_bytes(4, "big") + bytes([h, 0x88, 0x84]) for h in headers)
+    def units(*payloads: bytes, size: int = 4) -> bytes:
+        return b"".join(len(p).to_bytes(size, "big") + p for p in payloads)
 
-    assert remux.unreferenced(nal(0x06, 0x01), "h264")  # SEI, then a slice with nal_ref_idc 0
-    assert not remux.unreferenced(nal(0x21), "h264")  # nal_ref_idc 1
-    assert not remux.unreferenced(nal(0x65), "h264")  # an IDR slice
-    assert not remux.unreferenced(nal(0x06), "h264")  # no slice at all
-    assert not remux.unreferenced(nal(0x01, 0x41), "h264")  # a picture whose second slice is referenced
+    slice_n, slice_r = b"\x01\x88\x84", b"\x21\x88\x84"  # nal_ref_idc 0, nal_ref_idc 1
+    sei_timing = b"\x06\x01\x01\x00\x80"  # SEI: one pic_timing message, then the trailing bits
+    sei_grain = b"\x06\x13\x01\x00\x80"  # SEI: film grain characteristics (type 19)
+    assert remux.unreferenced(units(sei_timing, slice_n), "h264", 4)
+    assert remux.unreferenced(units(b"\x09\x10", slice_n, size=2), "h264", 2)  # AUD; 2-byte lengths
+    assert not remux.unreferenced(units(slice_r), "h264", 4)
+    assert not remux.unreferenced(units(b"\x65\x88\x84"), "h264", 4)  # an IDR slice
+    assert not remux.unreferenced(units(sei_timing), "h264", 4)  # no slice at all
+    assert not remux.unreferenced(units(slice_n, b"\x41\x88"), "h264", 4)  # its second slice is referenced
+    assert not remux.unreferenced(units(b"\x68\xce\x38\x80", slice_n), "h264", 4), \
+        "a PPS may be re-sent with new content mid-GOP: later pictures read it"
+    assert not remux.unreferenced(units(sei_grain, slice_n), "h264", 4), "film grain persists"
+    assert not remux.unreferenced(units(slice_n, b"\x0a"), "h264", 4)  # end of sequence
+    # A NAL unit of 256-511 bytes has the length 00 00 01 xx: read as framed, never as a start code.
+    padded = units(b"\x21" + bytes(300)) + b"\0\0"  # a referenced slice, zero bytes after it
+    assert remux._nal_units(padded, 4) == [(4, 305)]
+    assert not remux.unreferenced(padded, "h264", 4)
+    assert not remux.unreferenced(units(slice_n) + b"\x07", "h264", 4), "a tail that is not padding: unsure"
+    annex_b = b"\0\0\0\1" + sei_timing + b"\0\0\1" + slice_n
+    assert remux.unreferenced(annex_b, "h264", None) and not remux.unreferenced(annex_b, "h264", 4)
 
-    def hevc(kind: int) -> bytes:
-        header = bytes([kind << 1, 0x01])
-        return len(header + b"\xaf").to_bytes(4, "big") + header + b"\xaf"
+    def hevc(kind: int, body: bytes = b"\xaf") -> bytes:
+        return bytes([kind << 1, 0x01]) + body
 
-    assert remux.unreferenced(hevc(0), "hevc", single_layer=True)  # TRAIL_N
-    assert not remux.unreferenced(hevc(0), "hevc", single_layer=False)  # a higher layer may reference it
-    assert not remux.unreferenced(hevc(1), "hevc", single_layer=True)  # TRAIL_R
-    assert not remux.unreferenced(hevc(19), "hevc", single_layer=True)  # IDR
-    assert not remux.unreferenced(hevc(39) + hevc(1), "hevc", single_layer=True)  # SEI, then TRAIL_R
-    assert not remux.unreferenced(b"\x00" * 8, "vp9")
+    assert remux.unreferenced(units(hevc(35, b"\x50"), hevc(0)), "hevc", 4, single_layer=True)  # AUD, TRAIL_N
+    assert not remux.unreferenced(units(hevc(0)), "hevc", 4, single_layer=False)  # a higher layer may read it
+    assert not remux.unreferenced(units(hevc(1)), "hevc", 4, single_layer=True)  # TRAIL_R
+    assert not remux.unreferenced(units(hevc(19)), "hevc", 4, single_layer=True)  # IDR
+    assert not remux.unreferenced(units(hevc(34), hevc(0)), "hevc", 4, single_layer=True)  # a PPS
+    assert not remux.unreferenced(units(hevc(39, b"\x13\x01\x00\x80"), hevc(0)), "hevc", 4, single_layer=True)
+    assert remux.unreferenced(units(hevc(0), hevc(40, b"\x84\x01\x00\x80")), "hevc", 4, single_layer=True)
+    assert not remux.unreferenced(b"\x00" * 8, "vp9", None)
 
 
 def test_frame_budget_bounds_4k_clips() -> None:

@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import DecodeError
 from ..probe import PacketIndex
 from ._mp4_join import Skeleton, join_mp4, skeleton
-from ._uncrop import Uncropped, hvcc_sps, uncrop_config, uncrop_packet
+from ._uncrop import Uncropped, hvcc_sps, uncrop_config, uncrop_packet, unescape
 from ._plan import SamplePlan
 from ._reader import CountingFile
 
@@ -628,6 +628,14 @@ def _read_run(container: av.container.InputContainer, stream: av.video.stream.Vi
 
 #: HEVC's sub-layer non-reference picture types (TRAIL_N, TSA_N, STSA_N, RADL_N, RASL_N, reserved _N)
 _HEVC_UNREFERENCED = frozenset({0, 2, 4, 6, 8, 10, 12, 14})
+#: What else a skipped picture's packet may hold: nothing a later picture reads. H.264: access unit delimiter,
+#: SEI, filler (never parameter sets, which may be re-sent with new content mid-GOP, nor end of sequence);
+#: HEVC: access unit delimiter, filler, prefix and suffix SEI.
+_H264_SKIPPABLE_NON_SLICE = frozenset({6, 9, 12})
+_HEVC_SKIPPABLE_NON_SLICE = frozenset({35, 38, 39, 40})
+_SEI = {"h264": frozenset({6}), "hevc": frozenset({39, 40})}
+#: film grain characteristics: a SEI message that persists and changes later pictures' output
+_FILM_GRAIN_SEI = 19
 
 
 def one_temporal_layer(stream: av.video.stream.VideoStream) -> bool:
@@ -644,20 +652,103 @@ def one_temporal_layer(stream: av.video.stream.VideoStream) -> bool:
     return bool(spss) and all(len(sps) > 2 and (sps[2] >> 1) & 7 == 0 for sps in spss)  # type: ignore[union-attr]
 
 
-def unreferenced(data: bytes, codec: str, single_layer: bool = False) -> bool:
-    """Whether no other picture is predicted from this packet's picture, so a decoder may skip it: H.264
-    slices with ``nal_ref_idc`` 0; HEVC sub-layer non-reference slices of a one-layer stream
-    (``single_layer``). Exact mode drops such pictures between a keyframe and the wanted frame (x264's
-    B-frames, x265's and hardware encoders' TRAIL_N: about half of an HEVC GOP prefix in the benchmark's
-    2160p clips), so the decoder does less of the work it was the limit on. ``False`` when unsure."""
-    if codec == "h264":
-        slices = [data[at] for at in _nal_headers(data) if at < len(data) and 1 <= data[at] & 0x1F <= 5]
-        return bool(slices) and all(header & 0x60 == 0 for header in slices)
-    if codec == "hevc" and single_layer:
-        kinds = [(data[at] >> 1) & 0x3F for at in _nal_headers(data) if at < len(data)]
-        slices = [kind for kind in kinds if kind < 32]
-        return bool(slices) and all(kind in _HEVC_UNREFERENCED for kind in slices)
-    return False
+def nal_length_size(stream: av.video.stream.VideoStream) -> int | None:
+    """Bytes of each NAL unit's length prefix, from the stream's avcC/hvcC record; ``None``: the packets are
+    Annex B (start codes, as MPEG-TS carries them)."""
+    data = bytes(stream.codec_context.extradata or b"")
+    if not data or data[0] != 1:
+        return None
+    if stream.codec_context.name == "h264" and len(data) >= 7:
+        return (data[4] & 3) + 1
+    if stream.codec_context.name == "hevc" and len(data) >= 23:
+        return (data[21] & 3) + 1
+    return None
+
+
+def _nal_units(data: bytes, length_size: int | None) -> list[tuple[int, int]] | None:
+    """(start, end) of each NAL unit of a packet framed as the stream says; ``None`` where length prefixes
+    do not tile the packet (zero bytes after the last unit aside). Never guesses the framing: a length of
+    256-511 bytes is ``00 00 01 xx``, a start code to a search."""
+    units: list[tuple[int, int]] = []
+    if length_size is None:
+        at = data.find(b"\0\0\1")
+        while at >= 0:
+            nxt = data.find(b"\0\0\1", at + 3)
+            units.append((at + 3, len(data) if nxt < 0 else nxt))
+            at = nxt
+        return units
+    pos = 0
+    while pos + length_size <= len(data):
+        size = int.from_bytes(data[pos:pos + length_size], "big")
+        if size == 0:
+            break
+        if pos + length_size + size > len(data):
+            return None
+        units.append((pos + length_size, pos + length_size + size))
+        pos += length_size + size
+    return units if not data[pos:].strip(b"\0") else None
+
+
+def _sei_types(payload: bytes) -> set[int]:
+    """The payload types of a SEI NAL unit's messages (its payload after the header); where they cannot be
+    read, film grain's, so the caller keeps the unit."""
+    rbsp, pos, types = unescape(payload), 0, set()
+    try:
+        while pos < len(rbsp) and not (rbsp[pos] == 0x80 and not rbsp[pos + 1:].strip(b"\0")):
+            values = []
+            for _ in range(2):  # payload type, then payload size: runs of 0xFF plus a last byte
+                value = 0
+                while rbsp[pos] == 0xFF:
+                    value, pos = value + 255, pos + 1
+                values.append(value + rbsp[pos])
+                pos += 1
+            types.add(values[0])
+            pos += values[1]
+    except IndexError:
+        return {_FILM_GRAIN_SEI}
+    return types
+
+
+def unreferenced(data: bytes, codec: str, length_size: int | None, single_layer: bool = False) -> bool:
+    """Whether no other picture is predicted from this packet's picture and nothing else in the packet is
+    read later, so a decoder may skip it: H.264 slices with ``nal_ref_idc`` 0; HEVC sub-layer non-reference
+    slices of a one-layer stream (``single_layer``); beside them only delimiters, filler and SEI (film grain
+    aside), never parameter sets. Exact mode drops such pictures between a keyframe and the wanted frame
+    (x264's B-frames, x265's and hardware encoders' TRAIL_N: about half of an HEVC GOP prefix in the
+    benchmark's 2160p clips), so the decoder does less of the work it was the limit on. ``False`` when
+    unsure (a packet that does not parse as its stream's framing says, ``nal_length_size``)."""
+    if codec not in _SEI or (codec == "hevc" and not single_layer):
+        return False
+    units = _nal_units(data, length_size)
+    if not units:
+        return False
+    slices = 0
+    for start, end in units:
+        header = 1 if codec == "h264" else 2
+        if end - start < header:
+            return False
+        first = data[start]
+        if codec == "h264":
+            kind = first & 0x1F
+            if 1 <= kind <= 4:
+                if first & 0x60:  # nal_ref_idc: referenced
+                    return False
+                slices += 1
+                continue
+            if kind not in _H264_SKIPPABLE_NON_SLICE:
+                return False
+        else:
+            kind = (first >> 1) & 0x3F
+            if kind < 32:
+                if kind not in _HEVC_UNREFERENCED:
+                    return False
+                slices += 1
+                continue
+            if kind not in _HEVC_SKIPPABLE_NON_SLICE:
+                return False
+        if kind in _SEI[codec] and _FILM_GRAIN_SEI in _sei_types(data[start + header:end]):
+            return False
+    return slices > 0
 
 
 def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
@@ -665,7 +756,7 @@ def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream
     """Clips of runs (keyframe .. last needed packet) holding the frame nearest every grid time, once."""
     packer = _ClipPacker(stream, plan.info.codec, max_frames, max_bytes, uncrop=uncrop,
                          setup=plan.info.setup)
-    codec, single_layer = plan.info.codec, one_temporal_layer(stream)
+    codec, single_layer, framing = plan.info.codec, one_temporal_layer(stream), nal_length_size(stream)
     last_emitted: float | None = None
     for key_time, seek_s, times in _groups(plan):
         for lo in range(0, len(times), max_frames):
@@ -685,7 +776,7 @@ def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream
             keep = set(wanted)
             need = max(i for i, p in enumerate(packets) if p.pts_s in keep)
             run = [p for i, p in enumerate(packets[: need + 1])
-                   if i == 0 or p.pts_s in keep or not unreferenced(p.data, codec, single_layer)]
+                   if i == 0 or p.pts_s in keep or not unreferenced(p.data, codec, framing, single_layer)]
             clip = packer.add(_Run(run, wanted))
             if clip is not None:
                 yield clip
