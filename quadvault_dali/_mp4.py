@@ -178,7 +178,8 @@ class TrackFacts:
     composition_offsets: np.ndarray | None  # ticks of the track's timescale, one per sample
     samples: SampleTable | None = None  # where ``sample_table`` could read the track
     #: digest of what FFmpeg copies from this track into a remuxed clip's ``moov``: the sample description
-    #: (less ``btrt``, whose bit rates differ per file) and the ``tkhd`` display matrix; ``""`` if unread
+    #: (less ``btrt``, whose bit rates differ per file) and the display matrices (``tkhd``'s, ``mvhd``'s);
+    #: ``""`` if unread
     setup: str = ""
 
 
@@ -196,7 +197,7 @@ def read_track_facts(fh: BinaryIO, file_size: int, track_id: int | None = None) 
         return TrackFacts(0, None)
     track, exact = found
     try:
-        rotation, setup = _rotation(track[b"tkhd"]), _setup_digest(track)
+        rotation, setup = _rotation(track[b"tkhd"]), _setup_digest(track, moov)
     except (struct.error, ValueError, IndexError, KeyError) as exc:
         log.info("cannot read the track header: %s", exc)
         rotation, setup = 0, ""
@@ -211,8 +212,8 @@ def read_track_facts(fh: BinaryIO, file_size: int, track_id: int | None = None) 
     return TrackFacts(rotation, offsets, samples, setup)
 
 
-def _setup_digest(track: dict[bytes, bytes]) -> str:
-    """See ``TrackFacts.setup``."""
+def _setup_digest(track: dict[bytes, bytes], moov: bytes) -> str:
+    """See ``TrackFacts.setup`` (FFmpeg writes the product of the movie's and the track's matrices)."""
     stsd, tkhd = track.get(b"stsd"), track[b"tkhd"]
     if stsd is None or struct.unpack_from(">I", stsd, 4)[0] != 1:
         return ""
@@ -225,6 +226,9 @@ def _setup_digest(track: dict[bytes, bytes]) -> str:
             digest.update(stsd[start - 8:end])
     matrix_at = 4 + (16 if tkhd[0] == 1 else 8) + 4 + 4 + (8 if tkhd[0] == 1 else 4) + 8 + 2 + 2 + 2 + 2
     digest.update(tkhd[matrix_at:matrix_at + 36])
+    mvhd = next((moov[s:e] for kind, s, e in _boxes(moov, 8, len(moov)) if kind == b"mvhd"), b"")
+    movie_matrix_at = 48 if mvhd[:1] == b"\x01" else 36
+    digest.update(mvhd[movie_matrix_at:movie_matrix_at + 36])
     return digest.hexdigest()
 
 
