@@ -214,6 +214,18 @@ def test_only_pictures_nothing_references_count_as_unreferenced() -> None:
     assert not remux.unreferenced(b"\x00" * 8, "vp9", None)
 
 
+def test_a_padded_packet_keeps_its_length_prefixes() -> None:
+    """MP4 samples may end in zero bytes: their NAL units are still read by length. A unit of 298 bytes has the
+    length 00 00 01 2a, a start code followed by a CRA header to a search: relabelling that byte broke it."""
+    import quadvault_dali.sampling._remux as remux
+
+    cra = bytes([21 << 1, 1]) + bytes(296)
+    packet = len(cra).to_bytes(4, "big") + cra + b"\0\0"
+    assert packet[:4] == b"\0\0\x01\x2a"
+    out = remux.clean_start(packet, "hevc")
+    assert out[:4] == packet[:4] and (out[4] >> 1) & 0x3F == 18 and out[5:] == packet[5:]  # BLA_N_LP
+
+
 def test_frame_budget_bounds_4k_clips() -> None:
     assert frame_budget(3840, 2160) == 12
     assert frame_budget(1920, 1080) == 48

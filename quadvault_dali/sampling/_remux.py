@@ -318,7 +318,8 @@ def _template(clip: Clip) -> tuple[av.video.stream.VideoStream, Skeletons]:
 
 def _nal_headers(data: bytes) -> list[int]:
     """Offsets of the NAL unit headers in an H.264/HEVC packet: MP4 4-byte lengths where they tile the
-    packet exactly, else Annex B (MPEG-TS) start codes."""
+    packet exactly (zero bytes after the last unit aside: a search for start codes would take a unit's
+    length of 256-511 bytes, 00 00 01 xx, for one), else Annex B (MPEG-TS) start codes."""
     starts, pos = [], 0
     while pos + 4 <= len(data):
         length = int.from_bytes(data[pos:pos + 4], "big")
@@ -326,7 +327,7 @@ def _nal_headers(data: bytes) -> list[int]:
             break
         starts.append(pos + 4)
         pos += 4 + length
-    if pos == len(data) and starts:
+    if starts and not data[pos:].strip(b"\0"):
         return starts
     starts, at = [], data.find(b"\0\0\1")
     while at >= 0:
