@@ -132,11 +132,17 @@ def _video_track(moov: bytes, track_id: int | None) -> tuple[dict[bytes, bytes],
     return chosen or fallback
 
 
-def _rotation(tkhd: bytes) -> int:
+def _rotation(tkhd: bytes, mvhd: bytes = b"") -> int:
+    """The clockwise rotation a player applies: the track's matrix times the movie's, as FFmpeg combines them
+    (a movie matrix of zeros, as some writers leave it, counts as none)."""
     version = tkhd[0]
     tid_off = 4 + (16 if version == 1 else 8)
     matrix_off = tid_off + 4 + 4 + (8 if version == 1 else 4) + 8 + 2 + 2 + 2 + 2
     a, b, _u, c, d, _v = struct.unpack_from(">iiiiii", tkhd, matrix_off)
+    if len(mvhd) >= 84:
+        ma, mb, _, mc, md, _ = struct.unpack_from(">iiiiii", mvhd, 48 if mvhd[0] == 1 else 36)
+        if (ma, mb, mc, md) != (0, 0, 0, 0):
+            a, b, c, d = a * ma + b * mc, a * mb + b * md, c * ma + d * mc, c * mb + d * md
     if a == b == c == d == 0:
         return 0
     # The matrix maps coded to displayed pixels; atan2 of its first column is the clockwise
@@ -197,7 +203,8 @@ def read_track_facts(fh: BinaryIO, file_size: int, track_id: int | None = None) 
         return TrackFacts(0, None)
     track, exact = found
     try:
-        rotation, setup = _rotation(track[b"tkhd"]), _setup_digest(track, moov)
+        mvhd = next((moov[s:e] for kind, s, e in _boxes(moov, 8, len(moov)) if kind == b"mvhd"), b"")
+        rotation, setup = _rotation(track[b"tkhd"], mvhd), _setup_digest(track, moov)
     except (struct.error, ValueError, IndexError, KeyError) as exc:
         log.info("cannot read the track header: %s", exc)
         rotation, setup = 0, ""

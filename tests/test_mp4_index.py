@@ -192,3 +192,16 @@ def test_an_edit_list_showing_nothing_is_a_clear_error(make_clip: Callable[..., 
     empty = _patched(path, tmp_path, "no_edit.mp4", b"elst", 8, ">I", 0)  # the one edit's duration: 0
     with pytest.raises(probe.VideoOpenError, match="edit list shows none"):
         probe.probe_video(empty)
+
+
+def test_a_rotation_in_the_movie_header_counts_as_ffmpeg_counts_it(make_clip: Callable[..., Path],
+                                                                   tmp_path: Path) -> None:
+    """FFmpeg multiplies the track's matrix by the movie's (``mvhd``): a file turned there plays turned."""
+    path = make_clip("index_h264_bframes.mp4", width=128, height=96, duration_s=5.0, **SPECS["h264_bframes"])
+    turned = _patched(path, tmp_path, "mvhd90.mp4", b"mvhd", 36, ">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0,
+                      0x40000000)
+    with av.open(str(turned)) as c:
+        assert next(c.decode(video=0)).rotation == -90  # FFmpeg's angle is counter-clockwise
+    info = probe.probe_video(turned)
+    assert info.rotation == 90 and (info.width, info.height) == (96, 128)
+    assert info.setup != probe.probe_video(path).setup
