@@ -135,22 +135,25 @@ SHORT_SWITCH_MS = 0.5
 PYTHON_SWITCH_MS = 5.0
 
 
-def parse_scan_layout(text: str) -> tuple[int, int, str, bool, float | None, bool, int]:
-    """``PROCESSESxSTREAMS[k][s][i][m][w]`` -> (processes, streams, sampling mode, streaming decoder, switch
-    interval in ms, PyAV muxing, prepare worker processes): ``k`` scans in keyframe mode (else auto), ``s`` with the experimental
-    streaming decoder (``SamplerConfig.stream_decode``), ``i`` with a ``SHORT_SWITCH_MS`` GIL switch interval
-    in this process (``g``: Python's 5 ms, explicitly) (the scan's own thread scores frames beside the prepare and decode threads: a GIL convoy
-    shows here), ``m`` with every clip muxed by PyAV as before in-order clips were joined (one process only:
-    spawned children would not inherit it), ``w`` with clips cut in max(4, STREAMS) worker processes
-    (``sampling._prepare_pool``; one decoding process only; their start-up, ~1-2 s, is in the wall time)."""
-    match = re.fullmatch(r"(\d+)x(\d+)(k?)(s?)([ig]?)(m?)(w?)", text.strip())
-    if not match or ((match.group(6) or match.group(7)) and int(match.group(1)) > 1):
-        raise ValueError(f"a scan layout is PROCESSESxSTREAMS[k][s][i|g][m][w] ('m' and 'w' with one process), like "
-                         f"4x2 or 2x4k; got {text!r}")
+def parse_scan_layout(text: str) -> tuple[int, int, str, bool, float | None, bool, int, bool]:
+    """``PROCESSESxSTREAMS[k][s][i][m][w][f]`` -> (processes, streams, sampling mode, streaming decoder, switch
+    interval in ms, PyAV muxing, prepare worker processes, full exact runs): ``k`` scans in keyframe mode (else
+    auto), ``s`` with the experimental streaming decoder (``SamplerConfig.stream_decode``), ``i`` with a
+    ``SHORT_SWITCH_MS`` GIL switch interval in this process (``g``: Python's 5 ms, explicitly) (the scan's own
+    thread scores frames beside the prepare and decode threads: a GIL convoy shows here), ``m`` with every
+    clip muxed by PyAV as before in-order clips were joined, ``w`` with clips cut in max(4, STREAMS) worker
+    processes (``sampling._prepare_pool``; their start-up, ~1-2 s, is in the wall time), ``f`` with exact runs
+    decoding every picture up to the wanted one, as before unreferenced ones were left out
+    (``_remux.SKIP_UNREFERENCED``). ``m`` and ``f`` set module flags, so one decoding process only; ``w``
+    too."""
+    match = re.fullmatch(r"(\d+)x(\d+)(k?)(s?)([ig]?)(m?)(w?)(f?)", text.strip())
+    if not match or ((match.group(6) or match.group(7) or match.group(8)) and int(match.group(1)) > 1):
+        raise ValueError(f"a scan layout is PROCESSESxSTREAMS[k][s][i|g][m][w][f] ('m', 'w', 'f' with one process), "
+                         f"like 4x2 or 2x4k; got {text!r}")
     streams = int(match.group(2))
     return (int(match.group(1)), streams, "keyframe" if match.group(3) else "auto", bool(match.group(4)),
             {"i": SHORT_SWITCH_MS, "g": PYTHON_SWITCH_MS}.get(match.group(5)), bool(match.group(6)),
-            max(4, streams) if match.group(7) else 0)
+            max(4, streams) if match.group(7) else 0, bool(match.group(8)))
 
 
 def run_scan(files: list[Path], out: Path, device: str, model_dir: Path, streams: int, batch: int,
@@ -252,10 +255,11 @@ def main() -> None:
     ap.add_argument("--naive-videos", type=int, default=6, help="subset for the decode-every-frame baseline")
     ap.add_argument("--streams", type=int, default=4)
     ap.add_argument("--layouts", default="",
-                    help="more gpu scans as PROCESSESxSTREAMS[k][s][i|g][m], e.g. 4x2 or 2x4k (decoding processes, "
-                         "streams in each; k: keyframe mode, else auto; s: the experimental streaming decoder; i: a short "
-                         "GIL switch interval (0.5 ms), g: Python's 5 ms; m: every clip muxed by PyAV). Their wall time includes starting "
-                         "the processes")
+                    help="more gpu scans as PROCESSESxSTREAMS[k][s][i|g][m][w][f], e.g. 4x2 or 2x4k (decoding "
+                         "processes, streams in each; k: keyframe mode, else auto; s: the experimental streaming "
+                         "decoder; i: a short GIL switch interval (0.5 ms), g: Python's 5 ms; m: every clip muxed by "
+                         "PyAV; w: clips cut in worker processes; f: exact runs decode unreferenced pictures too). "
+                         "Their wall time includes starting the processes")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--work", type=Path, default=None, help="where the library is built (needs ~30 GB full)")
     ap.add_argument("--out", type=Path, default=None, help="JSON result path")
@@ -320,20 +324,21 @@ def main() -> None:
     save()
     if backend == "gpu" and not args.quick:
         result["scan_layouts"] = []
-        for layout, processes, streams, mode, streamed, switch_ms, pyav_mux, workers in layouts:
+        for layout, processes, streams, mode, streamed, switch_ms, pyav_mux, workers, full_runs in layouts:
             before = sys.getswitchinterval()
             if switch_ms is not None:
                 sys.setswitchinterval(switch_ms / 1000)
             _remux.JOIN_IN_ORDER = not pyav_mux
+            _remux.SKIP_UNREFERENCED = not full_runs
             try:
                 result["scan_layouts"].append({"layout": layout, "switch_interval_ms": switch_ms or 1000 * before,
-                                               "pyav_mux": pyav_mux,
+                                               "pyav_mux": pyav_mux, "full_exact_runs": full_runs,
                                                **attempt(f"scan {layout}", lambda: library_scan(
                                                    "scan_layout_out", streams, processes=processes, mode=mode,
                                                    stream_decode=streamed, prepare_processes=workers))})
             finally:
                 sys.setswitchinterval(before)
-                _remux.JOIN_IN_ORDER = True
+                _remux.JOIN_IN_ORDER = _remux.SKIP_UNREFERENCED = True
             save()
     if backend == "gpu":
         def cpu_scan() -> dict:

@@ -49,6 +49,9 @@ MERGEABLE_BYTES = 32 << 20
 #: In-order clips are joined under a rebuilt index (``_mp4_join``), not muxed by PyAV; benchmarks turn it off
 #: for their A/B rows (``sampling_bench`` layouts ending in ``m``, ``prep_bench --mux``).
 JOIN_IN_ORDER = True
+#: Exact runs leave out the pictures nothing references (``unreferenced``); benchmarks turn it off for their A/B
+#: rows (``scan_bench`` layouts ending in ``f``).
+SKIP_UNREFERENCED = True
 #: Codecs whose packets FFmpeg's MP4 muxer writes as given, once a set-up's first packet came out unchanged
 #: (``_mp4_join.skeleton``): AV1 is not among them, its OBUs are filtered in every packet.
 _JOINABLE_CODECS = frozenset({"h264", "hevc", "vp9"})
@@ -777,7 +780,8 @@ def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream
             keep = set(wanted)
             need = max(i for i, p in enumerate(packets) if p.pts_s in keep)
             run = [p for i, p in enumerate(packets[: need + 1])
-                   if i == 0 or p.pts_s in keep or not unreferenced(p.data, codec, framing, single_layer)]
+                   if i == 0 or p.pts_s in keep or not SKIP_UNREFERENCED
+                   or not unreferenced(p.data, codec, framing, single_layer)]
             clip = packer.add(_Run(run, wanted))
             if clip is not None:
                 yield clip
