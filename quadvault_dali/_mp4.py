@@ -134,15 +134,14 @@ def _video_track(moov: bytes, track_id: int | None) -> tuple[dict[bytes, bytes],
 
 def _rotation(tkhd: bytes, mvhd: bytes = b"") -> int:
     """The clockwise rotation a player applies: the track's matrix times the movie's, as FFmpeg combines them
-    (a movie matrix of zeros, as some writers leave it, counts as none)."""
+    (a matrix of zeros in either leaves the picture as stored, as FFmpeg's autorotation does)."""
     version = tkhd[0]
     tid_off = 4 + (16 if version == 1 else 8)
     matrix_off = tid_off + 4 + 4 + (8 if version == 1 else 4) + 8 + 2 + 2 + 2 + 2
     a, b, _u, c, d, _v = struct.unpack_from(">iiiiii", tkhd, matrix_off)
     if len(mvhd) >= 84:
         ma, mb, _, mc, md, _ = struct.unpack_from(">iiiiii", mvhd, 48 if mvhd[0] == 1 else 36)
-        if (ma, mb, mc, md) != (0, 0, 0, 0):
-            a, b, c, d = a * ma + b * mc, a * mb + b * md, c * ma + d * mc, c * mb + d * md
+        a, b, c, d = a * ma + b * mc, a * mb + b * md, c * ma + d * mc, c * mb + d * md
     if a == b == c == d == 0:
         return 0
     # The matrix maps coded to displayed pixels; atan2 of its first column is the clockwise

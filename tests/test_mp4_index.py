@@ -205,3 +205,12 @@ def test_a_rotation_in_the_movie_header_counts_as_ffmpeg_counts_it(make_clip: Ca
     info = probe.probe_video(turned)
     assert info.rotation == 90 and (info.width, info.height) == (96, 128)
     assert info.setup != probe.probe_video(path).setup
+
+
+def test_a_movie_matrix_of_zeros_leaves_the_picture_as_stored(make_clip: Callable[..., Path],
+                                                              tmp_path: Path) -> None:
+    """FFmpeg multiplies by it anyway: the product is all zeros, and players show the picture unturned."""
+    path = make_clip("index_rotated_audio.mp4", width=128, height=96, duration_s=5.0, **SPECS["rotated_audio"])
+    assert probe.probe_video(path).rotation == 90
+    zeroed = _patched(path, tmp_path, "mvhd0.mp4", b"mvhd", 36, ">9i", *([0] * 9))
+    assert probe.probe_video(zeroed).rotation == 0

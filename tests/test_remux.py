@@ -214,16 +214,27 @@ def test_only_pictures_nothing_references_count_as_unreferenced() -> None:
     assert not remux.unreferenced(b"\x00" * 8, "vp9", None)
 
 
-def test_a_padded_packet_keeps_its_length_prefixes() -> None:
-    """MP4 samples may end in zero bytes: their NAL units are still read by length. A unit of 298 bytes has the
-    length 00 00 01 2a, a start code followed by a CRA header to a search: relabelling that byte broke it."""
+def test_packets_are_read_as_their_stream_frames_them() -> None:
+    """MP4 samples may end in zero bytes, or be cut short in a truncated file; MPEG-TS packets are Annex B. A
+    unit of 298 bytes has the length 00 00 01 2a, a start code followed by a CRA header to a search: relabelling
+    that byte broke the packet. Each packet is read with its stream's framing; one that does not parse is left
+    as it is (and starts a clip of its own)."""
     import quadvault_dali.sampling._remux as remux
 
     cra = bytes([21 << 1, 1]) + bytes(296)
     packet = len(cra).to_bytes(4, "big") + cra + b"\0\0"
     assert packet[:4] == b"\0\0\x01\x2a"
-    out = remux.clean_start(packet, "hevc")
+    out = remux.clean_start(packet, "hevc", 4)
     assert out[:4] == packet[:4] and (out[4] >> 1) & 0x3F == 18 and out[5:] == packet[5:]  # BLA_N_LP
+    cut = packet[:200]  # a truncated file's last keyframe
+    assert remux.clean_start(cut, "hevc", 4) == cut and not remux.opens_cleanly(cut, "hevc", 4)
+    # Annex B with a 3-byte start code and zero padding: 00 00 01 06 would tile as a 4-byte length
+    annex_b = b"\0\0\x01\x06\x05\x10" + bytes(10) + b"\0\0\x01\x21\x88" + bytes(300)
+    assert remux._nal_headers(annex_b, None) == [3, 19]
+    assert not remux.opens_cleanly(annex_b, "h264", None)  # a non-IDR slice, not the SEI's 05 byte
+    assert remux.length_size_of("h264", b"\x01\x64\x00\x1f\xfd") is None  # too short for avcC
+    assert remux.length_size_of("h264", b"\x01\x64\x00\x1f\xfd\xe1\x00") == 2
+    assert remux.length_size_of("hevc", b"\0\0\0\1") is None
 
 
 def test_frame_budget_bounds_4k_clips() -> None:
@@ -305,19 +316,19 @@ def test_cra_keyframes_are_relabelled_bla_so_they_share_clips(make_clip: Callabl
         fh = CountingFile(path)
         key = int(np.flatnonzero(index.is_key)[1])
         data = fh.read_at(int(index.pos[key]), int(index.size[key]))
-        assert opens_cleanly(data, codec) is cleanly
-        assert opens_cleanly(clean_start(data, codec), codec)
-        assert len(clean_start(data, codec)) == len(data)
+        assert opens_cleanly(data, codec, 4) is cleanly
+        assert opens_cleanly(clean_start(data, codec, 4), codec, 4)
+        assert len(clean_start(data, codec, 4)) == len(data)
         fh.close()
     assert len(_build(h264, "keyframe")[0]) == 1  # six keyframes, one clip
     clips = _build(hevc, "keyframe")[0]
     assert len(clips) == 1 and len(clips[0]) == 3  # three keyframes, one clip
     assert [s for s in _decoded_stamps(clips[0], 0)] == pytest.approx(clips[0].times, abs=STAMP_TOL)
-    assert opens_cleanly(b"\x00\x00\x00\x01\x40\x01\x0c" + b"\x00\x00\x01\x26\x01\xaf", "hevc")  # Annex B: VPS, IDR
+    assert opens_cleanly(b"\x00\x00\x00\x01\x40\x01\x0c" + b"\x00\x00\x01\x26\x01\xaf", "hevc", None)  # VPS, IDR
     cra = b"\x00\x00\x00\x01\x2a\x01\xaf"  # Annex B CRA (type 21)
-    assert not opens_cleanly(cra, "hevc")
-    assert clean_start(cra, "hevc") == b"\x00\x00\x00\x01\x24\x01\xaf"  # BLA_N_LP (type 18)
-    assert clean_start(cra, "h264") == cra
+    assert not opens_cleanly(cra, "hevc", None)
+    assert clean_start(cra, "hevc", None) == b"\x00\x00\x00\x01\x24\x01\xaf"  # BLA_N_LP (type 18)
+    assert clean_start(cra, "h264", None) == cra
 
 
 def probe_video_index(path: Path):  # type: ignore[no-untyped-def]

@@ -157,7 +157,8 @@ class Clip:
     def opens_cleanly(self) -> bool:
         """Whether it may follow another clip in one stream (its first keyframe resets the picture order)."""
         return bool(self.runs) and self.signature is not None and \
-            opens_cleanly(self.runs[0].packets[0].data, self.signature[0])
+            opens_cleanly(self.runs[0].packets[0].data, self.signature[0],
+                          length_size_of(self.signature[0], self.signature[1]))
 
 
 def clip_signature(stream: av.video.stream.VideoStream) -> Signature:
@@ -319,53 +320,40 @@ def _template(clip: Clip) -> tuple[av.video.stream.VideoStream, Skeletons]:
     return kept[0].streams.video[0], kept[1]
 
 
-def _nal_headers(data: bytes) -> list[int]:
-    """Offsets of the NAL unit headers in an H.264/HEVC packet: MP4 4-byte lengths where they tile the
-    packet exactly (zero bytes after the last unit aside: a search for start codes would take a unit's
-    length of 256-511 bytes, 00 00 01 xx, for one), else Annex B (MPEG-TS) start codes."""
-    starts, pos = [], 0
-    while pos + 4 <= len(data):
-        length = int.from_bytes(data[pos:pos + 4], "big")
-        if length == 0 or pos + 4 + length > len(data):
-            break
-        starts.append(pos + 4)
-        pos += 4 + length
-    if starts and not data[pos:].strip(b"\0"):
-        return starts
-    starts, at = [], data.find(b"\0\0\1")
-    while at >= 0:
-        if at + 3 < len(data):
-            starts.append(at + 3)
-        at = data.find(b"\0\0\1", at + 3)
-    return starts
+def _nal_headers(data: bytes, length_size: int | None) -> list[int]:
+    """Offsets of the NAL unit headers in an H.264/HEVC packet framed as its stream says (``nal_length_size``);
+    none where the packet does not parse so: a guess could take a unit's length of 256-511 bytes (00 00 01 xx)
+    for a start code and its last byte for a header."""
+    return [start for start, end in _nal_units(data, length_size) or [] if end > start]
 
 
 def _nal_type(header: int, codec: str) -> int:
     return header & 0x1F if codec == "h264" else (header >> 1) & 0x3F
 
 
-def _first_picture_type(data: bytes, codec: str) -> int | None:
+def _first_picture_type(data: bytes, codec: str, length_size: int | None) -> int | None:
     """NAL unit type of the first coded picture in an H.264/HEVC packet (MP4 length-prefixed or Annex B)."""
-    for at in _nal_headers(data):
+    for at in _nal_headers(data, length_size):
         kind = _nal_type(data[at], codec)
         if (codec == "h264" and 1 <= kind <= 5) or (codec == "hevc" and kind < 32):
             return kind
     return None
 
 
-def opens_cleanly(run_start: bytes, codec: str) -> bool:
+def opens_cleanly(run_start: bytes, codec: str, length_size: int | None) -> bool:
     """Whether a keyframe resets the decoder's picture order: an H.264 IDR, an HEVC IDR or BLA; not an HEVC
-    CRA (open GOP) or an H.264 non-IDR keyframe. Other codecs' keyframes always do."""
+    CRA (open GOP) or an H.264 non-IDR keyframe (nor a packet that does not parse). Other codecs' keyframes
+    always do."""
     if codec not in ("h264", "hevc"):
         return True
-    kind = _first_picture_type(run_start, codec)
+    kind = _first_picture_type(run_start, codec, length_size)
     return kind == 5 if codec == "h264" else kind is not None and 16 <= kind <= 20
 
 
 _HEVC_CRA, _HEVC_BLA_N_LP = 21, 18
 
 
-def clean_start(data: bytes, codec: str) -> bytes:
+def clean_start(data: bytes, codec: str, length_size: int | None) -> bytes:
     """An HEVC CRA keyframe relabelled as BLA_N_LP, as a splicer does; other data unchanged.
 
     A CRA (open-GOP keyframe, what x265 and some cameras write) continues the picture order count of
@@ -376,7 +364,7 @@ def clean_start(data: bytes, codec: str) -> bytes:
     """
     if codec != "hevc":
         return data
-    cras = [at for at in _nal_headers(data) if _nal_type(data[at], codec) == _HEVC_CRA]
+    cras = [at for at in _nal_headers(data, length_size) if _nal_type(data[at], codec) == _HEVC_CRA]
     if not cras:
         return data
     out = bytearray(data)
@@ -444,11 +432,13 @@ class _ClipPacker:
             else:
                 run.packets = packets
         first = run.packets[0]
-        run.packets[0] = SourcePacket(clean_start(first.data, self.codec), first.pts_s, first.dts_s, first.is_key,
-                                      None if first.original is None else clean_start(first.original, self.codec))
+        framing = length_size_of(self.codec, self.signature[1])
+        run.packets[0] = SourcePacket(clean_start(first.data, self.codec, framing), first.pts_s, first.dts_s,
+                                      first.is_key, None if first.original is None
+                                      else clean_start(first.original, self.codec, framing))
         run_bytes = sum(len(p.data) for p in run.packets)
         if self.runs and (self.frames + len(run.wanted) > self.max_frames or self.size + run_bytes > self.max_bytes
-                          or not opens_cleanly(run.packets[0].data, self.codec)):
+                          or not opens_cleanly(run.packets[0].data, self.codec, framing)):
             done = self.finish()
         self.runs.append(run)
         self.frames += len(run.wanted)
@@ -657,15 +647,19 @@ def one_temporal_layer(stream: av.video.stream.VideoStream) -> bool:
 
 
 def nal_length_size(stream: av.video.stream.VideoStream) -> int | None:
-    """Bytes of each NAL unit's length prefix, from the stream's avcC/hvcC record; ``None``: the packets are
-    Annex B (start codes, as MPEG-TS carries them)."""
-    data = bytes(stream.codec_context.extradata or b"")
-    if not data or data[0] != 1:
+    """Bytes of each NAL unit's length prefix in ``stream``'s packets (``length_size_of``)."""
+    return length_size_of(stream.codec_context.name, bytes(stream.codec_context.extradata or b""))
+
+
+def length_size_of(codec: str, extradata: bytes) -> int | None:
+    """Bytes of each NAL unit's length prefix, from an avcC/hvcC record; ``None``: the packets are Annex B
+    (start codes, as MPEG-TS carries them)."""
+    if not extradata or extradata[0] != 1:
         return None
-    if stream.codec_context.name == "h264" and len(data) >= 7:
-        return (data[4] & 3) + 1
-    if stream.codec_context.name == "hevc" and len(data) >= 23:
-        return (data[21] & 3) + 1
+    if codec == "h264" and len(extradata) >= 7:
+        return (extradata[4] & 3) + 1
+    if codec == "hevc" and len(extradata) >= 23:
+        return (extradata[21] & 3) + 1
     return None
 
 
