@@ -234,7 +234,9 @@ def test_packets_are_read_as_their_stream_frames_them() -> None:
     assert not remux.opens_cleanly(annex_b, "h264", None)  # a non-IDR slice, not the SEI's 05 byte
     assert remux.length_size_of("h264", b"\x01\x64\x00\x1f\xfd") is None  # too short for avcC
     assert remux.length_size_of("h264", b"\x01\x64\x00\x1f\xfd\xe1\x00") == 2
-    assert remux.length_size_of("hevc", b"\0\0\0\1") is None
+    assert remux.length_size_of("hevc", b"\0\0\0\1" + bytes(30)) is None  # Annex B parameter sets
+    assert remux.length_size_of("hevc", bytes(21) + b"\x0f" + bytes(9)) is None  # 00 00 00: a start code
+    assert remux.length_size_of("hevc", b"\0\x01" + bytes(19) + b"\x0f" + bytes(9)) == 4  # hvcC, version 0
 
 
 def test_frame_budget_bounds_4k_clips() -> None:

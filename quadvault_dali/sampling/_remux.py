@@ -653,12 +653,11 @@ def nal_length_size(stream: av.video.stream.VideoStream) -> int | None:
 
 def length_size_of(codec: str, extradata: bytes) -> int | None:
     """Bytes of each NAL unit's length prefix, from an avcC/hvcC record; ``None``: the packets are Annex B
-    (start codes, as MPEG-TS carries them)."""
-    if not extradata or extradata[0] != 1:
-        return None
-    if codec == "h264" and len(extradata) >= 7:
+    (start codes, as MPEG-TS carries them). Told apart as FFmpeg's decoders do: avcC starts with 1; an hvcC
+    record (whose version some old writers left 0) is anything not starting with a start code."""
+    if codec == "h264" and len(extradata) >= 7 and extradata[0] == 1:
         return (extradata[4] & 3) + 1
-    if codec == "hevc" and len(extradata) >= 23:
+    if codec == "hevc" and len(extradata) >= 23 and (extradata[0] or extradata[1] or extradata[2] > 1):
         return (extradata[21] & 3) + 1
     return None
 
