@@ -30,7 +30,8 @@ from quadvault_dali._gc import freeze_startup_objects
 from quadvault_dali.sampling import _gpu, _remux
 from quadvault_dali.sampling._clip_decoder import ClipDecoder
 from quadvault_dali.sampling._remux import Clip
-from sampling_bench import clip_specs, linked_copies, machine, make_clip, select_clips, slug, versions
+from sampling_bench import (clip_specs, extra_clip_specs, linked_copies, machine, make_clip, select_clips, slug,
+                            versions)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     # the sampling benchmark's clips (same names: a GPU lease builds them once for both), less 2160p k2
     specs = [c for c in clip_specs(False, duration) if c.codec == "h264" or c.keyframe_s == 1.0]
     try:
-        specs = select_clips(specs, args.clips)
+        specs = select_clips(specs, args.clips, extra_clip_specs(duration))
     except ValueError as exc:
         ap.error(str(exc))
     preparers = tuple(filter(None, args.prepare.split(",")))

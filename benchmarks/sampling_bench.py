@@ -52,15 +52,19 @@ class ClipSpec:
     keyframe_s: float
     bit_rate: int
     duration_s: float
+    #: x264's preset (``SynthSpec.x264_preset``): "veryfast" gives High profile with B-frames, as drones write
+    x264_preset: str | None = None
 
 
-def select_clips(specs: list[ClipSpec], names: str) -> list[ClipSpec]:
-    """The ``specs`` named in the comma-separated ``names`` (all when empty); an unknown name is a ValueError."""
+def select_clips(specs: list[ClipSpec], names: str, extra: list[ClipSpec] | None = None) -> list[ClipSpec]:
+    """The ``specs`` and ``extra`` named in the comma-separated ``names`` (all ``specs`` when empty); an unknown
+    name is a ValueError."""
     wanted = set(filter(None, names.split(",")))
-    unknown = wanted - {spec.name for spec in specs}
+    known = specs + (extra or [])
+    unknown = wanted - {spec.name for spec in known}
     if unknown:
-        raise ValueError(f"--clips: no clip named {sorted(unknown)}; there are {[spec.name for spec in specs]}")
-    return [spec for spec in specs if not wanted or spec.name in wanted]
+        raise ValueError(f"--clips: no clip named {sorted(unknown)}; there are {[spec.name for spec in known]}")
+    return [spec for spec in known if spec.name in wanted] if wanted else specs
 
 
 def clip_specs(quick: bool, duration_s: float) -> list[ClipSpec]:
@@ -72,6 +76,13 @@ def clip_specs(quick: bool, duration_s: float) -> list[ClipSpec]:
            [ClipSpec(f"2160p30-hevc-k{k}", "hevc", 3840, 2160, k, 60_000_000, duration_s) for k in (1.0, 2.0)]
 
 
+def extra_clip_specs(duration_s: float) -> list[ClipSpec]:
+    """Clips made and measured only when named in ``--clips`` (so leases stay comparable): 1080p H.264 High
+    profile with B-frames, as drones write it (the standard 1080p clips are Constrained Baseline)."""
+    return [ClipSpec(f"1080p30-h264high-k{k}", "h264", 1920, 1080, k, 20_000_000, duration_s, "veryfast")
+            for k in (1.0, 2.0)]
+
+
 def make_clip(work: Path, spec: ClipSpec) -> Path:
     path = work / f"{spec.name}-{spec.duration_s:g}s.mp4"
     if not path.exists():
@@ -79,7 +90,7 @@ def make_clip(work: Path, spec: ClipSpec) -> Path:
         tmp = path.with_suffix(".part.mp4")
         make_video(tmp, SynthSpec(codec=spec.codec, width=spec.width, height=spec.height, fps=30.0,  # type: ignore[arg-type]
                                   duration_s=spec.duration_s, keyframe_interval_s=spec.keyframe_s,
-                                  bit_rate=spec.bit_rate, style="highlight"))
+                                  bit_rate=spec.bit_rate, style="highlight", x264_preset=spec.x264_preset))
         os.replace(tmp, path)
         print(f"  generated {path.name} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.0f}s",
               file=sys.stderr)
@@ -322,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         from concurrent.futures import ProcessPoolExecutor
 
         specs = clip_specs(args.quick, args.duration)
+        specs += [spec for spec in extra_clip_specs(args.duration) if spec.name in args.clips.split(",")]
         with ProcessPoolExecutor(max_workers=len(specs)) as pool:
             list(pool.map(make_clip, [work] * len(specs), specs))
         (work / "clips.done").write_text("ok\n")
@@ -348,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                 "notes": notes, "results": results}
 
     try:
-        specs = select_clips(clip_specs(args.quick, args.duration), args.clips)
+        specs = select_clips(clip_specs(args.quick, args.duration), args.clips, extra_clip_specs(args.duration))
     except ValueError as exc:
         ap.error(str(exc))
     for spec in specs:

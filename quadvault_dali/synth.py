@@ -52,6 +52,9 @@ class SynthSpec:
     seed: int = 0
     #: the YCbCr matrix to convert with and tag the stream with; "unknown" leaves it untagged (BT.601)
     color_matrix: Literal["unknown", "bt709", "bt2020nc"] = "unknown"
+    #: x264's preset; ``None``: ultrafast above 2 MP (Constrained Baseline, no B-frames: fast to make), else
+    #: veryfast (High profile with B-frames, as drones write)
+    x264_preset: str | None = None
 
     def style_at(self, t: float) -> Style:
         start = 0.0
@@ -181,7 +184,8 @@ def make_video(path: str | Path, spec: SynthSpec = SynthSpec()) -> Path:
         gop = max(1, int(round((spec.keyframe_interval_s or 1000.0) * spec.fps)))
         options: dict[str, str] = {"g": str(gop)}
         if spec.codec == "h264":
-            options.update({"preset": "ultrafast" if spec.width * spec.height > 2_000_000 else "veryfast",
+            preset = spec.x264_preset or ("ultrafast" if spec.width * spec.height > 2_000_000 else "veryfast")
+            options.update({"preset": preset,
                             "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"})
         elif spec.codec == "hevc":
             options.update({"preset": "ultrafast",

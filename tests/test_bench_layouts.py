@@ -76,3 +76,25 @@ def test_clips_are_chosen_by_name(sampling_bench) -> None:
     assert [s.name for s in sampling_bench.select_clips(specs, "720p30-h264-k2")] == ["720p30-h264-k2"]
     with pytest.raises(ValueError, match="no clip named \\['nope'\\]"):
         sampling_bench.select_clips(specs, "720p30-h264-k1,nope")
+    extra = sampling_bench.extra_clip_specs(4.0)
+    assert [s.name for s in sampling_bench.select_clips(specs, "", extra)] == [s.name for s in specs]
+    chosen = sampling_bench.select_clips(specs, "720p30-h264-k1,1080p30-h264high-k2.0", extra)
+    assert [s.name for s in chosen] == ["720p30-h264-k1", "1080p30-h264high-k2.0"]
+    assert chosen[1].x264_preset == "veryfast"
+
+
+def test_the_high_profile_clip_has_b_frames_as_drones_write(tmp_path: Path) -> None:
+    """The standard 1080p clips are Constrained Baseline (ultrafast, no B-frames); this one is not."""
+    import av
+
+    from quadvault_dali.synth import SynthSpec, make_video
+
+    def profile(preset: str | None) -> tuple[str, bool]:
+        path = make_video(tmp_path / f"{preset}.mp4", SynthSpec(codec="h264", width=1920, height=1080, fps=30,
+                                                                duration_s=0.3, x264_preset=preset))
+        with av.open(str(path)) as c:
+            ctx = c.streams.video[0].codec_context
+            return ctx.profile, bool(ctx.has_b_frames)
+
+    assert profile(None) == ("Constrained Baseline", False)
+    assert profile("veryfast") == ("High", True)
