@@ -18,7 +18,7 @@ import torch
 
 from quadvault_dali.errors import BackendUnavailableError
 from quadvault_dali.pipelines import video_sampling_pipeline
-from quadvault_dali.sampling import _clip_decoder
+from quadvault_dali.sampling import _clip_decoder, _remux
 from quadvault_dali.sampling._clip_decoder import feed_clips
 from quadvault_dali.probe import probe_video
 from quadvault_dali.sampling import FrameBatch, create_sampler
@@ -285,7 +285,7 @@ def test_the_cpu_takes_over_mid_video_without_gaps_or_repeats(cpu_decodable: lis
             decoded = iter(super().decode(good) if good else [])
             return [next(decoded) if max(c.times) < 2.0 else RuntimeError("injected NVDEC failure") for c in clips]
 
-    monkeypatch.setattr(gpu, "frame_budget", lambda width, height, pixels=None: 2)  # clips (and samples) of 2 frames
+    monkeypatch.setattr(_remux, "frame_budget", lambda width, height, pixels=None: 2)  # clips (and samples) of 2 frames
     monkeypatch.setattr(gpu, "ClipDecoder", FailsFrom2s)
     chosen = [cpu_decodable[i] for i in (0, 2, 3)]  # 1 s keyframes: clips starting at 0, 2, ... s
     videos = [p for p, _ in chosen]
@@ -402,7 +402,7 @@ def _mark_uncropped(monkeypatch: pytest.MonkeyPatch) -> None:
     """Clips cut with ``uncrop`` say they are uncropped (VP9 has no SPS to rewrite: the mark is the test)."""
     import quadvault_dali.sampling._gpu as gpu
 
-    real_plan_clips = gpu.plan_clips
+    real_plan_clips = _remux.plan_clips
 
     def marking(plan, container, fh, max_frames=None, uncrop=False):  # type: ignore[no-untyped-def]
         for clip in real_plan_clips(plan, container, fh, max_frames=max_frames, uncrop=uncrop):
@@ -410,7 +410,7 @@ def _mark_uncropped(monkeypatch: pytest.MonkeyPatch) -> None:
                 clip.roi, clip.cropped_signature = (0.5, 1.0), clip.signature
             yield clip
 
-    monkeypatch.setattr(gpu, "plan_clips", marking)
+    monkeypatch.setattr(_remux, "plan_clips", marking)
 
 
 def _refusing_decoder(monkeypatch: pytest.MonkeyPatch, refuse_all: bool = False) -> None:
@@ -491,14 +491,14 @@ def test_a_clip_the_cutter_cannot_make_goes_to_the_cpu(cpu_decodable: list[tuple
     import quadvault_dali.sampling._gpu as gpu
     from quadvault_dali.errors import DecodeError
 
-    real = gpu.plan_clips
+    real = _remux.plan_clips
 
     def cut_one_then_fail(plan, container, fh, max_frames=None, uncrop=False):  # type: ignore[no-untyped-def]
         clips = real(plan, container, fh, max_frames=2, uncrop=uncrop)
         yield next(iter(clips))
         raise DecodeError("keyframe at 2.00s is cut off by the end of the file", path=plan.info.path)
 
-    monkeypatch.setattr(gpu, "plan_clips", cut_one_then_fail)
+    monkeypatch.setattr(_remux, "plan_clips", cut_one_then_fail)
     path, sid = cpu_decodable[0]
     frames, times, outcome = DaliSampler(mode="keyframe", size=SIZE).sample_video(path)
     assert times == pytest.approx(create_sampler("cpu", mode="keyframe", size=SIZE).sample_video(path)[1])

@@ -43,7 +43,7 @@ import torch
 
 from ..device import nvdec_status, resolve_device
 from ..errors import BackendUnavailableError, DecodeError, QuadvaultError, UnsupportedCodecError
-from ..probe import VideoInfo, open_container, probe_open, rewound
+from ..probe import VideoInfo, open_container, probe_open
 from ._base import Sampler, SamplerConfig, VideoSource, register_backend
 from ._budget import ByteBudget, clip_bytes, queued_bytes_for
 from ._clip_decoder import CLIPS_PER_RUN, DECODE_THREADS, ClipDecoder, DecodeStats, error_summary
@@ -54,7 +54,7 @@ from ._nvdec import dali_cpu_limitation, nvdec_limitation
 from ._plan import plan_samples
 from ._prepare_pool import CutSettings, Job, PoolUnavailable, PreparePool
 from ._reader import CountingFile
-from ._remux import CLIP_PIXELS, Clip, frame_budget, plan_clips
+from ._remux import CLIP_PIXELS, Clip, start_clips
 from ._samples import MERGE_PIXELS, STREAM_MAX_FRAMES, _Work, group_samples, joins, sample_pixels_for
 from ._stream_decoder import StreamClipDecoder
 from ._types import FrameBatch, VideoOutcome
@@ -160,11 +160,9 @@ class DaliSampler(Sampler):
                 return why_not, 0
             plan = plan_samples(info, index, fps=cfg.fps, mode=cfg.mode)
             task.outcome.mode, task.outcome.frames_expected = plan.mode, plan.expected_frames
-            container = rewound(container, task.path, fh, index)
             stream_cap = STREAM_MAX_FRAMES if self._streams(info.codec) else None
-            budget = stream_cap or frame_budget(info.coded_width, info.coded_height, self.clip_pixels)
-            cut = iter(plan_clips(plan, container, fh, max_frames=budget,  # type: ignore[arg-type]
-                                  uncrop=self.uncrop_sps))
+            container, cut = start_clips(plan, container, fh, stream_cap=stream_cap, clip_pixels=self.clip_pixels,
+                                         uncrop=self.uncrop_sps)
             while True:
                 try:
                     clip = next(cut)

@@ -34,11 +34,11 @@ from typing import Any, Callable, Iterator
 import multiprocessing as mp
 
 from ..errors import DecodeError, QuadvaultError, unexpected_failure
-from ..probe import open_container, probe_open, rewound
+from ..probe import open_container, probe_open
 from ._handover import Abandoned
 from ._plan import plan_samples
 from ._reader import CountingFile
-from ._remux import frame_budget, plan_clips
+from ._remux import start_clips
 
 log = logging.getLogger(__name__)
 DOING = "preparing for GPU decoding"
@@ -93,9 +93,8 @@ def cut_one(conn: Any, path: Path, settings: CutSettings) -> None:
         try:
             plan = plan_samples(info, index, fps=settings.fps, mode=settings.mode)  # type: ignore[arg-type]
             conn.send(("plan", plan.mode, plan.expected_frames))
-            container = rewound(container, path, fh, index)
-            budget = stream_cap or frame_budget(info.coded_width, info.coded_height, settings.clip_pixels)
-            cut = iter(plan_clips(plan, container, fh, max_frames=budget, uncrop=settings.uncrop))  # type: ignore[arg-type]
+            container, cut = start_clips(plan, container, fh, stream_cap=stream_cap,
+                                         clip_pixels=settings.clip_pixels, uncrop=settings.uncrop)
         except Exception as exc:  # noqa: BLE001
             conn.send(("error", unexpected_failure(exc, DOING, path)))
             return

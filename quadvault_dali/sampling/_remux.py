@@ -31,7 +31,7 @@ import av
 import numpy as np
 
 from ..errors import DecodeError
-from ..probe import PacketIndex
+from ..probe import PacketIndex, rewound
 from ._mp4_join import Skeleton, join_mp4, skeleton
 from ._uncrop import Uncropped, hvcc_sps, uncrop_config, uncrop_packet, unescape
 from ._plan import SamplePlan
@@ -781,6 +781,17 @@ def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream
     clip = packer.finish()
     if clip is not None:
         yield clip
+
+
+def start_clips(plan: SamplePlan, container: av.container.InputContainer, fh: CountingFile | None, *,
+                stream_cap: int | None, clip_pixels: int, uncrop: bool
+                ) -> tuple[av.container.InputContainer, Iterator[Clip]]:
+    """How a video's cutting starts, in a prepare thread or a prepare worker alike: the container to cut from
+    (``rewound`` where the probe demuxed to the end) and the plan's clips, each within ``stream_cap`` frames
+    or, without one, the pixel budget ``clip_pixels``. The caller closes the container it gets."""
+    container = rewound(container, plan.info.path, fh, plan.index)
+    budget = stream_cap or frame_budget(plan.info.coded_width, plan.info.coded_height, clip_pixels)
+    return container, iter(plan_clips(plan, container, fh, max_frames=budget, uncrop=uncrop))  # type: ignore[arg-type]
 
 
 def plan_clips(plan: SamplePlan, container: av.container.InputContainer, fh: CountingFile,
