@@ -214,6 +214,40 @@ def test_exact_mode_in_containers_without_raw_positions(make_clip, name: str, sp
     _check_stamps(frames, times)
 
 
+@pytest.mark.parametrize("name,spec", [
+    ("samp_h264_bf_k2.mkv", dict(codec="h264", width=160, height=96, fps=30, keyframe_interval_s=2.0)),
+    ("samp_hevc_k2.ts", dict(codec="hevc", width=160, height=96, fps=25, keyframe_interval_s=2.0)),
+])
+def test_in_order_exact_decoding_skips_unreferenced_pictures_for_the_same_frames(
+        make_clip, monkeypatch: pytest.MonkeyPatch, name: str, spec: dict) -> None:
+    """MKV/TS (no raw positions) decode in order: pictures nothing references that are not the nearest to a
+    grid time are not decoded (x264's B-frames here; HEVC in Annex B is not known to be one-layer, so none),
+    and the frames are the same, bit for bit, as when every picture is decoded."""
+    import quadvault_dali.sampling._cpu as cpu
+
+    clip = make_clip(name, duration_s=6.0, source_id=0, **spec)
+    skipped: list[float] = []
+    real_call = cpu._Skippable.__call__
+
+    def counting(self, packet, start, tb):  # type: ignore[no-untyped-def]
+        skip = real_call(self, packet, start, tb)
+        if skip:
+            skipped.append(round((packet.pts - start) * tb, 6))
+        return skip
+
+    monkeypatch.setattr(cpu._Skippable, "__call__", counting)
+    lean, times, _ = create_sampler("cpu", mode="exact", fps=3.0, size=64).sample_video(clip)
+    monkeypatch.setattr(cpu, "unreferenced", lambda *a, **k: False)
+    full, full_times, _ = create_sampler("cpu", mode="exact", fps=3.0, size=64).sample_video(clip)
+    assert times == full_times and np.array_equal(lean.numpy(), full.numpy())
+    _check_stamps(lean, times)
+    assert not set(skipped) & set(times)
+    if spec["codec"] == "h264":
+        assert len(skipped) > 0.2 * 6.0 * 30
+    else:
+        assert not skipped
+
+
 @pytest.mark.parametrize(("matrix", "size"), [(None, 64), ("bt709", 64), ("bt709", 360)])
 def test_frames_have_the_colours_of_an_exact_conversion(make_clip, matrix: str | None, size: int) -> None:
     """Per channel, the sampled frames average what an exact (float) YCbCr->RGB conversion of the decoded

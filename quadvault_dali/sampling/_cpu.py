@@ -28,7 +28,8 @@ from ..probe import VideoInfo, open_container, probe_open, rewound
 from ._base import Sampler, VideoSource, path_of, register_backend
 from ._plan import SamplePlan, plan_samples
 from ._reader import CountingFile
-from ._remux import decode_clip, exact_clips, largest_gop_bytes
+from ._remux import (decode_clip, exact_clips, largest_gop_bytes, nal_length_size, nearest_time,
+                     one_temporal_layer, unreferenced)
 from ._types import FrameBatch, VideoOutcome
 
 log = logging.getLogger(__name__)
@@ -294,6 +295,7 @@ class CpuSampler(Sampler):
                 yield cand
 
         decode_errors = 0
+        skippable = _Skippable(plan, stream)
         packets = container.demux(stream)
         while i < len(grid):
             try:
@@ -302,6 +304,8 @@ class CpuSampler(Sampler):
                 break
             except av.error.FFmpegError as exc:
                 raise DecodeError(f"cannot read packets: {exc}", path=plan.info.path) from exc
+            if skippable(packet, start, tb):
+                continue
             try:
                 decoded = packet.decode()
             except av.error.FFmpegError:
@@ -320,3 +324,31 @@ class CpuSampler(Sampler):
             yield from pick(prev)
         if decode_errors:
             log.warning("%s: %d packets could not be decoded and were skipped", plan.info.path, decode_errors)
+
+
+class _Skippable:
+    """Which packets the in-order exact decode may leave out: pictures nothing references (``_remux.unreferenced``)
+    that are not the nearest to any grid time, known from the packet index before decoding. Checked against
+    the first keyframe: where the index's times and the demuxer's disagree, nothing is skipped."""
+
+    def __init__(self, plan: SamplePlan, stream: av.video.stream.VideoStream) -> None:
+        pts = np.unique(np.round(plan.index.pts, 6))  # as ``_exact`` rounds the decoded frames' times
+        self.known = set(pts.tolist())
+        self.wanted: set[float] = set()
+        for t in plan.grid if len(pts) else ():
+            self.wanted.add(nearest_time(pts, float(t)))
+            right = min(int(np.searchsorted(pts, t)), len(pts) - 1)  # a near tie: both sides stay
+            left = max(right - 1, 0)
+            if abs(abs(t - pts[left]) - abs(pts[right] - t)) < 1e-5:
+                self.wanted.update((float(pts[left]), float(pts[right])))
+        self.codec, self.framing, self.single_layer = plan.info.codec, nal_length_size(stream), one_temporal_layer(stream)
+        self.checked: bool | None = None if self.codec in ("h264", "hevc") else False
+
+    def __call__(self, packet: av.Packet, start: int, tb: float) -> bool:
+        if self.checked is False or packet.pts is None or not packet.size:
+            return False
+        t = round((packet.pts - start) * tb, 6)
+        if self.checked is None:  # the first packet with a time: it must be where the index says
+            self.checked = t in self.known
+            return False
+        return t not in self.wanted and unreferenced(bytes(packet), self.codec, self.framing, self.single_layer)

@@ -561,7 +561,7 @@ def _groups(plan: SamplePlan) -> list[tuple[float, float, list[float]]]:
     return out
 
 
-def _nearest(pts_sorted: np.ndarray, t: float) -> float:
+def nearest_time(pts_sorted: np.ndarray, t: float) -> float:
     """The frame nearest ``t`` (ties to the earlier frame), as the cpu backend picks it."""
     right = min(int(np.searchsorted(pts_sorted, t, side="left")), len(pts_sorted) - 1)
     left = max(right - 1, 0)
@@ -762,7 +762,7 @@ def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream
             pts_sorted = np.sort(np.array([p.pts_s for p in packets]))
             wanted: list[float] = []
             for t in chunk:
-                near = _nearest(pts_sorted, t)
+                near = nearest_time(pts_sorted, t)
                 if near != last_emitted and (not wanted or near != wanted[-1]):
                     wanted.append(near)
                     last_emitted = near
