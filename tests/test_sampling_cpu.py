@@ -248,6 +248,32 @@ def test_in_order_exact_decoding_skips_unreferenced_pictures_for_the_same_frames
         assert not skipped
 
 
+def test_in_order_skipping_stays_off_where_packet_times_do_not_run_forward(make_clip, tmp_path: Path) -> None:
+    """AVI stores decode-order times; two recordings joined with ``cat`` repeat and jump back: the packet
+    index cannot say which frame is nearest there, so nothing is skipped (found by review: other frames)."""
+    import av
+
+    import quadvault_dali.sampling._cpu as cpu
+    from quadvault_dali.probe import open_container, probe_open
+
+    def skippable(path: Path) -> cpu._Skippable:
+        with open_container(path) as container:
+            info, index = probe_open(container, path)
+            plan = plan_samples(info, index, fps=2.0, mode="exact")
+            return cpu._Skippable(plan, container.streams[info.stream_index], container.format.name)
+
+    spec = dict(codec="h264", width=160, height=96, fps=24, keyframe_interval_s=2.0, duration_s=4.0, source_id=0)
+    ts = make_clip("skip_h264.ts", **spec)
+    assert skippable(ts).checked is None, "a plain TS may skip (checked at its first packet)"
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(ts.read_bytes() * 2)
+    assert skippable(joined).checked is False
+    avi = make_clip("skip_h264.avi", **spec)
+    with av.open(str(avi)) as c:
+        assert c.format.name == "avi" and c.streams.video[0].codec_context.has_b_frames
+    assert skippable(avi).checked is False
+
+
 @pytest.mark.parametrize(("matrix", "size"), [(None, 64), ("bt709", 64), ("bt709", 360)])
 def test_frames_have_the_colours_of_an_exact_conversion(make_clip, matrix: str | None, size: int) -> None:
     """Per channel, the sampled frames average what an exact (float) YCbCr->RGB conversion of the decoded

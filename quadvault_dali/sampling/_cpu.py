@@ -295,7 +295,7 @@ class CpuSampler(Sampler):
                 yield cand
 
         decode_errors = 0
-        skippable = _Skippable(plan, stream)
+        skippable = _Skippable(plan, stream, container.format.name)
         packets = container.demux(stream)
         while i < len(grid):
             try:
@@ -310,6 +310,7 @@ class CpuSampler(Sampler):
                 decoded = packet.decode()
             except av.error.FFmpegError:
                 decode_errors += 1
+                skippable.stop()
                 continue
             for frame in decoded:
                 if frame.pts is None:
@@ -328,21 +329,41 @@ class CpuSampler(Sampler):
 
 class _Skippable:
     """Which packets the in-order exact decode may leave out: pictures nothing references (``_remux.unreferenced``)
-    that are not the nearest to any grid time, known from the packet index before decoding. Checked against
-    the first keyframe: where the index's times and the demuxer's disagree, nothing is skipped."""
+    that are neither the nearest to a grid time nor next to one (so a nearest frame that fails to decode has
+    the neighbour the full decode would fall back to), known from the packet index before decoding.
 
-    def __init__(self, plan: SamplePlan, stream: av.video.stream.VideoStream) -> None:
-        pts = np.unique(np.round(plan.index.pts, 6))  # as ``_exact`` rounds the decoded frames' times
+    Only where packet times are presentation times that run forward: containers that store them (MP4/MOV,
+    Matroska/WebM, MPEG-TS; not AVI, whose times are in decode order), an index without repeated times or a
+    jump back (``cat``-joined recordings), and a first packet where the index says it is. After a decode
+    error nothing more is skipped: what the full decode picks next then depends on what it could decode."""
+
+    #: containers whose packet times are presentation times (FFmpeg's format names, first part)
+    PRESENTATION_TIMES = frozenset({"mov", "matroska", "mpegts"})
+    #: how far back a presentation time may lie behind an earlier packet's: B-frames' reordering, not a jump
+    MAX_REORDER_S = 1.0
+
+    def __init__(self, plan: SamplePlan, stream: av.video.stream.VideoStream, container_format: str) -> None:
+        decode_order = np.round(np.asarray(plan.index.pts, dtype=np.float64), 6)
+        pts = np.unique(decode_order)  # as ``_exact`` rounds the decoded frames' times
         self.known = set(pts.tolist())
         self.wanted: set[float] = set()
-        for t in plan.grid if len(pts) else ():
-            self.wanted.add(nearest_time(pts, float(t)))
-            right = min(int(np.searchsorted(pts, t)), len(pts) - 1)  # a near tie: both sides stay
+        self.codec, self.framing, self.single_layer = plan.info.codec, nal_length_size(stream), one_temporal_layer(stream)
+        usable = (self.codec in ("h264", "hevc") and container_format.split(",")[0] in self.PRESENTATION_TIMES
+                  and len(pts) == len(decode_order) > 1
+                  and float(np.max(np.maximum.accumulate(decode_order) - decode_order)) <= self.MAX_REORDER_S)
+        self.checked: bool | None = None if usable else False
+        for t in plan.grid if usable else ():
+            right = min(int(np.searchsorted(pts, t)), len(pts) - 1)
             left = max(right - 1, 0)
+            nearest = int(np.searchsorted(pts, nearest_time(pts, float(t))))
+            # the nearest, its neighbours, and on a near tie both sides of it
+            self.wanted.update(float(pts[i]) for i in range(max(0, nearest - 1), min(len(pts), nearest + 2)))
             if abs(abs(t - pts[left]) - abs(pts[right] - t)) < 1e-5:
                 self.wanted.update((float(pts[left]), float(pts[right])))
-        self.codec, self.framing, self.single_layer = plan.info.codec, nal_length_size(stream), one_temporal_layer(stream)
-        self.checked: bool | None = None if self.codec in ("h264", "hevc") else False
+
+    def stop(self) -> None:
+        """A packet failed to decode: skip nothing from here on."""
+        self.checked = False
 
     def __call__(self, packet: av.Packet, start: int, tb: float) -> bool:
         if self.checked is False or packet.pts is None or not packet.size:

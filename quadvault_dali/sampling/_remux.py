@@ -789,9 +789,15 @@ def start_clips(plan: SamplePlan, container: av.container.InputContainer, fh: Co
     """How a video's cutting starts, in a prepare thread or a prepare worker alike: the container to cut from
     (``rewound`` where the probe demuxed to the end) and the plan's clips, each within ``stream_cap`` frames
     or, without one, the pixel budget ``clip_pixels``. The caller closes the container it gets."""
+    probed = container
     container = rewound(container, plan.info.path, fh, plan.index)
     budget = stream_cap or frame_budget(plan.info.coded_width, plan.info.coded_height, clip_pixels)
-    return container, iter(plan_clips(plan, container, fh, max_frames=budget, uncrop=uncrop))  # type: ignore[arg-type]
+    try:
+        return container, iter(plan_clips(plan, container, fh, max_frames=budget, uncrop=uncrop))  # type: ignore[arg-type]
+    except BaseException:
+        if container is not probed:  # reopened here: the caller only knows the one it probed with
+            container.close()
+        raise
 
 
 def plan_clips(plan: SamplePlan, container: av.container.InputContainer, fh: CountingFile,
