@@ -99,13 +99,35 @@ def _collect(moov: bytes, start: int, end: int, found: dict[bytes, bytes]) -> No
     for kind, (b_start, b_end) in leaf_boxes(moov, start, end, _CONTAINER_BOXES).items():
         if kind in _READ:
             found.setdefault(kind, moov[b_start:b_end])
-    for kind, b_start, b_end in _boxes(moov, start, end):
-        if kind == b"mdia":
-            for k2, s2, e2 in _boxes(moov, b_start, b_end):
-                if k2 == b"minf":
-                    for k3, s3, e3 in _boxes(moov, s2, e2):
-                        if k3 == b"stbl":
-                            found.setdefault(b"stbl:", b",".join(k for k, _, _ in _boxes(moov, s3, e3)))
+    stbl = _descend(moov, start, end, (b"mdia", b"minf", b"stbl"))
+    if stbl is not None:
+        found.setdefault(b"stbl:", b",".join(kind for kind, _, _ in _boxes(moov, *stbl)))
+
+
+def _descend(data: bytes, start: int, end: int, path: tuple[bytes, ...]) -> tuple[int, int] | None:
+    """(payload start, payload end) of the first box at ``path`` under ``data[start:end]``."""
+    for kind in path:
+        found = next(((s, e) for k, s, e in _boxes(data, start, end) if k == kind), None)
+        if found is None:
+            return None
+        start, end = found
+    return start, end
+
+
+def _movie_boxes(moov: bytes) -> dict[bytes, bytes]:
+    """The payloads of ``moov``'s own boxes (``mvhd``, ``mvex``, ...), the first of each kind."""
+    found: dict[bytes, bytes] = {}
+    for kind, start, end in _boxes(moov, 8, len(moov)):
+        found.setdefault(kind, moov[start:end])
+    return found
+
+
+def _matrix_at(box: bytes, kind: bytes) -> int:
+    """Where the display matrix starts in a ``tkhd`` or ``mvhd`` payload (both versions)."""
+    wide = box[0] == 1
+    if kind == b"tkhd":  # version/flags, creation, modification, track id, reserved, duration, reserved,
+        return 4 + (16 if wide else 8) + 4 + 4 + (8 if wide else 4) + 8 + 2 + 2 + 2 + 2  # layer .. reserved
+    return 48 if wide else 36  # mvhd: version/flags, times, scale, duration, rate, volume, reserved
 
 
 def _video_track(moov: bytes, track_id: int | None) -> tuple[dict[bytes, bytes], bool] | None:
@@ -135,12 +157,9 @@ def _video_track(moov: bytes, track_id: int | None) -> tuple[dict[bytes, bytes],
 def _rotation(tkhd: bytes, mvhd: bytes = b"") -> int:
     """The clockwise rotation a player applies: the track's matrix times the movie's, as FFmpeg combines them
     (a matrix of zeros in either leaves the picture as stored, as FFmpeg's autorotation does)."""
-    version = tkhd[0]
-    tid_off = 4 + (16 if version == 1 else 8)
-    matrix_off = tid_off + 4 + 4 + (8 if version == 1 else 4) + 8 + 2 + 2 + 2 + 2
-    a, b, _u, c, d, _v = struct.unpack_from(">iiiiii", tkhd, matrix_off)
+    a, b, _u, c, d, _v = struct.unpack_from(">iiiiii", tkhd, _matrix_at(tkhd, b"tkhd"))
     if len(mvhd) >= 84:
-        ma, mb, _, mc, md, _ = struct.unpack_from(">iiiiii", mvhd, 48 if mvhd[0] == 1 else 36)
+        ma, mb, _, mc, md, _ = struct.unpack_from(">iiiiii", mvhd, _matrix_at(mvhd, b"mvhd"))
         a, b, c, d = a * ma + b * mc, a * mb + b * md, c * ma + d * mc, c * mb + d * md
     if a == b == c == d == 0:
         return 0
@@ -201,9 +220,10 @@ def read_track_facts(fh: BinaryIO, file_size: int, track_id: int | None = None) 
     if found is None or moov is None:
         return TrackFacts(0, None)
     track, exact = found
+    movie = _movie_boxes(moov)
     try:
-        mvhd = next((moov[s:e] for kind, s, e in _boxes(moov, 8, len(moov)) if kind == b"mvhd"), b"")
-        rotation, setup = _rotation(track[b"tkhd"], mvhd), _setup_digest(track, moov)
+        mvhd = movie.get(b"mvhd", b"")
+        rotation, setup = _rotation(track[b"tkhd"], mvhd), _setup_digest(track, mvhd)
     except (struct.error, ValueError, IndexError, KeyError) as exc:
         log.info("cannot read the track header: %s", exc)
         rotation, setup = 0, ""
@@ -211,14 +231,14 @@ def read_track_facts(fh: BinaryIO, file_size: int, track_id: int | None = None) 
     try:
         offsets = _composition_offsets(track[b"ctts"]) if track.get(b"ctts") else None
         if exact:
-            samples = sample_table(moov, track, offsets, file_size)
+            samples = sample_table(movie, track, offsets, file_size)
     except (struct.error, ValueError, IndexError, MemoryError) as exc:
         log.info("cannot read the sample table: %s", exc)
         samples = None
     return TrackFacts(rotation, offsets, samples, setup)
 
 
-def _setup_digest(track: dict[bytes, bytes], moov: bytes) -> str:
+def _setup_digest(track: dict[bytes, bytes], mvhd: bytes) -> str:
     """See ``TrackFacts.setup`` (FFmpeg writes the product of the movie's and the track's matrices)."""
     stsd, tkhd = track.get(b"stsd"), track[b"tkhd"]
     if stsd is None or struct.unpack_from(">I", stsd, 4)[0] != 1:
@@ -230,11 +250,9 @@ def _setup_digest(track: dict[bytes, bytes], moov: bytes) -> str:
     for child, start, end in _boxes(stsd, fields_end, entry_end):
         if child != b"btrt":
             digest.update(stsd[start - 8:end])
-    matrix_at = 4 + (16 if tkhd[0] == 1 else 8) + 4 + 4 + (8 if tkhd[0] == 1 else 4) + 8 + 2 + 2 + 2 + 2
-    digest.update(tkhd[matrix_at:matrix_at + 36])
-    mvhd = next((moov[s:e] for kind, s, e in _boxes(moov, 8, len(moov)) if kind == b"mvhd"), b"")
-    movie_matrix_at = 48 if mvhd[:1] == b"\x01" else 36
-    digest.update(mvhd[movie_matrix_at:movie_matrix_at + 36])
+    digest.update(tkhd[_matrix_at(tkhd, b"tkhd"):][:36])
+    if mvhd:
+        digest.update(mvhd[_matrix_at(mvhd, b"mvhd"):][:36])
     return digest.hexdigest()
 
 
@@ -248,7 +266,7 @@ def _full_box_table(payload: bytes, columns: int, dtype: str = ">u4", header: in
         .reshape(count, columns)
 
 
-def _timescale(box: bytes) -> int:
+def timescale(box: bytes) -> int:
     """``mvhd``/``mdhd``'s time scale; ``ValueError`` for one FFmpeg would not take as it is (0, or past a
     signed 32-bit number, which it replaces)."""
     scale = struct.unpack_from(">I", box, 20 if box[0] == 1 else 12)[0]
@@ -257,14 +275,14 @@ def _timescale(box: bytes) -> int:
     return int(scale)
 
 
-def sample_table(moov: bytes, track: dict[bytes, bytes], offsets: np.ndarray | None,
+def sample_table(movie: dict[bytes, bytes], track: dict[bytes, bytes], offsets: np.ndarray | None,
                  file_size: int) -> SampleTable | None:
     """The track's samples computed from ``stts``/``stsz``/``stsc``/``stco``/``stss``, or ``None`` where FFmpeg
     may index it otherwise: fragments, tables this does not cover, several sample descriptions, negative
     composition offsets, values FFmpeg clamps or stops at (a decode time step or sample past 31 or 29 bits,
     sync samples out of order), or an edit list other than one edit (after an optional empty one) that starts
     at or before the first picture and still shows the last (FFmpeg drops or flags samples outside the edits)."""
-    if any(kind == b"mvex" for kind, _, _ in _boxes(moov, 8, len(moov))):
+    if b"mvex" in movie:  # fragments
         return None
     kinds = track.get(b"stbl:", b"").split(b",")
     if not set(kinds) <= _PLAIN_TABLE or len(kinds) != len(set(kinds)):
@@ -276,7 +294,7 @@ def sample_table(moov: bytes, track: dict[bytes, bytes], offsets: np.ndarray | N
         return None
     if struct.unpack_from(">I", stsd, 4)[0] != 1:
         return None
-    _timescale(mdhd)
+    timescale(mdhd)
     times = _full_box_table(stts, 2)  # (count, delta): bounded by the box, unlike the counts in it
     sample_size, n = struct.unpack_from(">II", stsz, 4)
     if n == 0 or n > _MAX_SAMPLES or int(times[:, 0].sum()) != n or np.any(times[:, 1] >= 1 << 31):
@@ -318,12 +336,12 @@ def sample_table(moov: bytes, track: dict[bytes, bytes], offsets: np.ndarray | N
     if offsets is not None and (len(offsets) != n or offsets.min() < 0):
         return None
     cts = dts if offsets is None else dts + offsets
-    if b"elst" in track and not _edit_keeps_all(moov, track, cts):
+    if b"elst" in track and not _edit_keeps_all(movie.get(b"mvhd"), track, cts):
         return None
     return SampleTable(dts, pos, size, key)
 
 
-def _edit_keeps_all(moov: bytes, track: dict[bytes, bytes], cts: np.ndarray) -> bool:
+def _edit_keeps_all(mvhd: bytes | None, track: dict[bytes, bytes], cts: np.ndarray) -> bool:
     """Whether the edit list is one edit (after an optional empty one) showing every sample at normal rate:
     it starts at or before the first picture and ends after the last one starts (FFmpeg drops a sample whose
     composition time reaches the edit's end, the duration rescaled to the media time scale)."""
@@ -338,8 +356,7 @@ def _edit_keeps_all(moov: bytes, track: dict[bytes, bytes], cts: np.ndarray) -> 
     if len(edits) != 1 or edits[0][2] != _RATE_ONE or edits[0][1] < 0:
         return False
     duration, media_time = int(edits[0][0]), int(edits[0][1])
-    mvhd = next((moov[s:e] for kind, s, e in _boxes(moov, 8, len(moov)) if kind == b"mvhd"), None)
     if mvhd is None or duration == 0 or media_time > int(cts.min()):
         return False
-    shown = duration * _timescale(track[b"mdhd"]) // _timescale(mvhd)  # rounded down: FFmpeg's may be one more
+    shown = duration * timescale(track[b"mdhd"]) // timescale(mvhd)  # rounded down: FFmpeg's may be one more
     return int(cts.max()) < media_time + shown

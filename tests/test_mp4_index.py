@@ -175,16 +175,15 @@ def test_an_edit_that_ends_as_the_last_picture_starts_hides_it() -> None:
     and an edit as long as the steps' sum leaves the index one sample short, so the tables are not used."""
     from quadvault_dali._mp4 import _edit_keeps_all
 
-    mvhd = struct.pack(">I4s", 8 + 20, b"mvhd") + bytes(4) + bytes(8) + struct.pack(">II", 1000, 0)
+    mvhd = bytes(4) + bytes(8) + struct.pack(">II", 1000, 0)  # payloads: version/flags, times, time scale
     mdhd = bytes(4) + bytes(8) + struct.pack(">II", 12800, 0)
-    moov = struct.pack(">I4s", 8 + len(mvhd), b"moov") + mvhd
     cts = np.arange(75, dtype=np.int64) * 512  # 74 steps of 512, the last sample's step 0: the sum is 74 x 512
     def edit(duration: int) -> dict[bytes, bytes]:
         return {b"mdhd": mdhd, b"elst": bytes(4) + struct.pack(">IIii", 1, duration, 0, 0x10000)}
     steps_sum = 74 * 512 * 1000 // 12800  # 2960 ms: the edit ends where the last picture starts
-    assert not _edit_keeps_all(moov, edit(steps_sum), cts)
-    assert _edit_keeps_all(moov, edit(steps_sum + 40), cts)
-    assert not _edit_keeps_all(moov, edit(0), cts)
+    assert not _edit_keeps_all(mvhd, edit(steps_sum), cts)
+    assert _edit_keeps_all(mvhd, edit(steps_sum + 40), cts)
+    assert not _edit_keeps_all(mvhd, edit(0), cts)
 
 
 def test_an_edit_list_showing_nothing_is_a_clear_error(make_clip: Callable[..., Path], tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .._mp4 import _boxes, leaf_boxes
+from .._mp4 import _boxes, leaf_boxes, timescale
 
 #: boxes whose children are rebuilt (the rest of ``moov`` is copied)
 _CONTAINERS = (b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts")
@@ -149,11 +149,11 @@ def _sample_table(data: bytes, start: int, end: int, layout: _Layout) -> bytes:
 
 
 def _timescale(data: bytes, start: int, end: int) -> int:
-    """``mvhd``/``mdhd``'s time scale (after version/flags and the creation and modification times)."""
-    (scale,) = struct.unpack_from(">I", data, start + (20 if data[start] == 1 else 12))
-    if scale <= 0:
-        raise _Unsupported("time scale")
-    return int(scale)
+    """``mvhd``/``mdhd``'s time scale (``_mp4.timescale``), for a box at ``data[start:end]``."""
+    try:
+        return timescale(data[start:end])
+    except (ValueError, struct.error) as exc:
+        raise _Unsupported("time scale") from exc
 
 
 def _with_duration(data: bytes, kind: bytes, start: int, end: int, layout: _Layout) -> bytes:
