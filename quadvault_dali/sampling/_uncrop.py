@@ -293,22 +293,28 @@ def _record_bytes(nals: list[bytes]) -> bytes:
     return b"".join(len(n).to_bytes(2, "big") + n for n in nals)
 
 
-def hvcc_sps(extradata: bytes) -> list[bytes] | None:
-    """The SPS NAL units of an hvcC record; ``None`` where it is not one or ends early."""
+def _hvcc_arrays(extradata: bytes) -> tuple[list[tuple[bytes, int, list[bytes]]], int] | None:
+    """An hvcC record's NAL unit arrays (VPS, SPS, PPS, SEI) as (3-byte array header, NAL unit type, units),
+    and where the arrays end; ``None`` where it is not one or ends early."""
     if len(extradata) < 23 or extradata[0] != 1:
         return None
-    pos, found = 23, []
+    pos, arrays = 23, []
     for _ in range(extradata[22]):
         if pos + 3 > len(extradata):
             return None
-        kind, count = extradata[pos] & 0x3F, int.from_bytes(extradata[pos + 1:pos + 3], "big")
-        read = _record_nals(extradata, pos + 3, count)
+        head = extradata[pos:pos + 3]
+        read = _record_nals(extradata, pos + 3, int.from_bytes(head[1:], "big"))
         if read is None:
             return None
         nals, pos = read
-        if kind == _SPS_TYPE["hevc"]:
-            found += nals
-    return found
+        arrays.append((head, head[0] & 0x3F, nals))
+    return arrays, pos
+
+
+def hvcc_sps(extradata: bytes) -> list[bytes] | None:
+    """The SPS NAL units of an hvcC record; ``None`` where it is not one or ends early."""
+    read = _hvcc_arrays(extradata)
+    return None if read is None else [nal for _, kind, nals in read[0] if kind == _SPS_TYPE["hevc"] for nal in nals]
 
 
 def _uncrop_avcc(extradata: bytes) -> Uncropped | None:
@@ -326,19 +332,13 @@ def _uncrop_avcc(extradata: bytes) -> Uncropped | None:
 
 
 def _uncrop_hvcc(extradata: bytes) -> Uncropped | None:
-    if len(extradata) < 23 or extradata[0] != 1:
+    read = _hvcc_arrays(extradata)
+    if read is None:
         return None
-    out = bytearray(extradata[:23])
-    pos, crop = 23, None
-    for _ in range(extradata[22]):  # arrays of one NAL unit type each (VPS, SPS, PPS, SEI)
-        if pos + 3 > len(extradata):
-            return None
-        kind, count = extradata[pos] & 0x3F, int.from_bytes(extradata[pos + 1:pos + 3], "big")
-        out += extradata[pos:pos + 3]
-        read = _record_nals(extradata, pos + 3, count)
-        if read is None:
-            return None
-        nals, pos = read
+    arrays, pos = read
+    out, crop = bytearray(extradata[:23]), None
+    for head, kind, nals in arrays:
+        out += head
         if kind == _SPS_TYPE["hevc"]:
             done = _uncrop_all(nals, "hevc")
             if done is None or (crop is not None and done[1] != crop):
