@@ -224,6 +224,7 @@ def test_in_order_exact_decoding_skips_unreferenced_pictures_for_the_same_frames
     grid time are not decoded (x264's B-frames here; HEVC in Annex B is not known to be one-layer, so none),
     and the frames are the same, bit for bit, as when every picture is decoded."""
     import quadvault_dali.sampling._cpu as cpu
+    import quadvault_dali.sampling._remux as _remux
 
     clip = make_clip(name, duration_s=6.0, source_id=0, **spec)
     skipped: list[float] = []
@@ -237,7 +238,7 @@ def test_in_order_exact_decoding_skips_unreferenced_pictures_for_the_same_frames
 
     monkeypatch.setattr(cpu._Skippable, "__call__", counting)
     lean, times, _ = create_sampler("cpu", mode="exact", fps=3.0, size=64).sample_video(clip)
-    monkeypatch.setattr(cpu, "unreferenced", lambda *a, **k: False)
+    monkeypatch.setattr(_remux, "unreferenced", lambda *a, **k: False)
     full, full_times, _ = create_sampler("cpu", mode="exact", fps=3.0, size=64).sample_video(clip)
     assert times == full_times and np.array_equal(lean.numpy(), full.numpy())
     _check_stamps(lean, times)

@@ -28,8 +28,7 @@ from ..probe import VideoInfo, open_container, probe_open, rewound
 from ._base import Sampler, VideoSource, path_of, register_backend
 from ._plan import SamplePlan, plan_samples
 from ._reader import CountingFile
-from ._remux import (decode_clip, exact_clips, largest_gop_bytes, nal_length_size, nearest_time,
-                     one_temporal_layer, unreferenced)
+from ._remux import decode_clip, exact_clips, largest_gop_bytes, nearest_index, picture_skipper
 from ._types import FrameBatch, VideoOutcome
 
 log = logging.getLogger(__name__)
@@ -328,7 +327,7 @@ class CpuSampler(Sampler):
 
 
 class _Skippable:
-    """Which packets the in-order exact decode may leave out: pictures nothing references (``_remux.unreferenced``)
+    """Which packets the in-order exact decode may leave out: pictures nothing references (``_remux.picture_skipper``)
     that are neither the nearest to a grid time nor next to one (so a nearest frame that fails to decode has
     the neighbour the full decode would fall back to), known from the packet index before decoding.
 
@@ -347,19 +346,15 @@ class _Skippable:
         pts = np.unique(decode_order)  # as ``_exact`` rounds the decoded frames' times
         self.known = set(pts.tolist())
         self.wanted: set[float] = set()
-        self.codec, self.framing, self.single_layer = plan.info.codec, nal_length_size(stream), one_temporal_layer(stream)
-        usable = (self.codec in ("h264", "hevc") and container_format.split(",")[0] in self.PRESENTATION_TIMES
+        self.skips = picture_skipper(stream, plan.info.codec)
+        usable = (plan.info.codec in ("h264", "hevc") and container_format.split(",")[0] in self.PRESENTATION_TIMES
                   and len(pts) == len(decode_order) > 1
                   and float(np.max(np.maximum.accumulate(decode_order) - decode_order)) <= self.MAX_REORDER_S)
         self.checked: bool | None = None if usable else False
         for t in plan.grid if usable else ():
-            right = min(int(np.searchsorted(pts, t)), len(pts) - 1)
-            left = max(right - 1, 0)
-            nearest = int(np.searchsorted(pts, nearest_time(pts, float(t))))
-            # the nearest, its neighbours, and on a near tie both sides of it
-            self.wanted.update(float(pts[i]) for i in range(max(0, nearest - 1), min(len(pts), nearest + 2)))
-            if abs(abs(t - pts[left]) - abs(pts[right] - t)) < 1e-5:
-                self.wanted.update((float(pts[left]), float(pts[right])))
+            # the nearest and its neighbours (so on a near tie both sides of ``t``, whichever ``_exact`` picks)
+            nearest = nearest_index(pts, float(t))
+            self.wanted.update(pts[max(0, nearest - 1):nearest + 2].tolist())
 
     def stop(self) -> None:
         """A packet failed to decode: skip nothing from here on."""
@@ -372,4 +367,4 @@ class _Skippable:
         if self.checked is None:  # the first packet with a time: it must be where the index says
             self.checked = t in self.known
             return False
-        return t not in self.wanted and unreferenced(bytes(packet), self.codec, self.framing, self.single_layer)
+        return t not in self.wanted and self.skips(bytes(packet))

@@ -561,11 +561,16 @@ def _groups(plan: SamplePlan) -> list[tuple[float, float, list[float]]]:
     return out
 
 
-def nearest_time(pts_sorted: np.ndarray, t: float) -> float:
-    """The frame nearest ``t`` (ties to the earlier frame), as the cpu backend picks it."""
+def nearest_index(pts_sorted: np.ndarray, t: float) -> int:
+    """Where in ``pts_sorted`` the frame nearest ``t`` is (ties to the earlier frame), as the cpu backend picks it."""
     right = min(int(np.searchsorted(pts_sorted, t, side="left")), len(pts_sorted) - 1)
     left = max(right - 1, 0)
-    return float(pts_sorted[left] if abs(t - pts_sorted[left]) <= abs(pts_sorted[right] - t) else pts_sorted[right])
+    return left if abs(t - pts_sorted[left]) <= abs(pts_sorted[right] - t) else right
+
+
+def nearest_time(pts_sorted: np.ndarray, t: float) -> float:
+    """The time of the frame nearest ``t`` (``nearest_index``)."""
+    return float(pts_sorted[nearest_index(pts_sorted, t)])
 
 
 def _demux_run(container: av.container.InputContainer, stream: av.video.stream.VideoStream, seek_s: float,
@@ -748,12 +753,20 @@ def unreferenced(data: bytes, codec: str, length_size: int | None, single_layer:
     return slices > 0
 
 
+def picture_skipper(stream: av.video.stream.VideoStream, codec: str) -> Callable[[bytes], bool]:
+    """Whether a packet of ``stream`` holds a picture nothing references (``unreferenced``, read with the
+    stream's framing and layers): the one rule for the exact runs here and the cpu backend's in-order decode.
+    Never while ``SKIP_UNREFERENCED`` is off (benchmarks' A/B rows)."""
+    framing, single_layer = nal_length_size(stream), one_temporal_layer(stream)
+    return lambda data: SKIP_UNREFERENCED and unreferenced(data, codec, framing, single_layer)
+
+
 def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
                 max_frames: int, max_bytes: int = 64 << 20, uncrop: bool = False) -> Iterator[Clip]:
     """Clips of runs (keyframe .. last needed packet) holding the frame nearest every grid time, once."""
     packer = _ClipPacker(stream, plan.info.codec, max_frames, max_bytes, uncrop=uncrop,
                          setup=plan.info.setup)
-    codec, single_layer, framing = plan.info.codec, one_temporal_layer(stream), nal_length_size(stream)
+    skippable = picture_skipper(stream, plan.info.codec)
     last_emitted: float | None = None
     for key_time, seek_s, times in _groups(plan):
         for lo in range(0, len(times), max_frames):
@@ -772,9 +785,7 @@ def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream
             # nothing references that are not wanted themselves (the decoder never needs them).
             keep = set(wanted)
             need = max(i for i, p in enumerate(packets) if p.pts_s in keep)
-            run = [p for i, p in enumerate(packets[: need + 1])
-                   if i == 0 or p.pts_s in keep or not SKIP_UNREFERENCED
-                   or not unreferenced(p.data, codec, framing, single_layer)]
+            run = [p for i, p in enumerate(packets[: need + 1]) if i == 0 or p.pts_s in keep or not skippable(p.data)]
             clip = packer.add(_Run(run, wanted))
             if clip is not None:
                 yield clip
