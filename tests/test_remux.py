@@ -124,31 +124,37 @@ def test_exact_runs_stop_at_the_last_needed_packet(make_clip: Callable[..., Path
     assert packets < len(plan.index) / 3  # type: ignore[attr-defined]
 
 
+def _lean_and_full(path: Path, monkeypatch: pytest.MonkeyPatch, **build: object) -> tuple[list[Clip], list[Clip]]:
+    """``path``'s exact clips as cut, and as cut with every picture kept; both for the same times."""
+    import quadvault_dali.sampling._remux as remux
+
+    lean = _build(path, "exact", **build)[0]  # type: ignore[arg-type]
+    with monkeypatch.context() as m:
+        m.setattr(remux, "SKIP_UNREFERENCED", False)
+        full = _build(path, "exact", **build)[0]  # type: ignore[arg-type]
+    assert [c.times for c in lean] == [c.times for c in full]
+    return lean, full
+
+
+def _wanted_pictures(clips: list[Clip]) -> list[np.ndarray]:
+    """The wanted frames of ``clips`` as FFmpeg decodes them (one frame for every packet of a clip)."""
+    out = []
+    for clip in clips:
+        with av.open(io.BytesIO(clip.data)) as src:
+            frames = [f.to_ndarray(format="rgb24") for f in src.decode(video=0)]
+        assert len(frames) == clip.packets
+        out += [frames[i] for i in clip.frames]
+    return out
+
+
 @pytest.mark.parametrize("name", ["h264_bframes", "hevc_gop2", "hevc_gop5"])
 def test_exact_runs_leave_out_unreferenced_pictures_and_decode_the_same_frames(
         make_clip: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     """B-frames (x264) and TRAIL_N pictures (x265) between a keyframe and a wanted frame are never decoded:
     the clips hold fewer packets and decode to the same pixels, bit for bit."""
-    import quadvault_dali.sampling._remux as remux
-
-    path = _clip_path(make_clip, name)
-    lean, plan, _, _ = _build(path, "exact", fps=2.0)
-    with monkeypatch.context() as m:
-        m.setattr(remux, "unreferenced", lambda *a, **k: False)
-        full, _, _, _ = _build(path, "exact", fps=2.0)
-    assert [c.times for c in lean] == [c.times for c in full]
+    lean, full = _lean_and_full(_clip_path(make_clip, name), monkeypatch, fps=2.0)
     assert sum(c.packets for c in lean) < 0.8 * sum(c.packets for c in full)
-
-    def pictures(clips: list[Clip]) -> list[np.ndarray]:
-        out = []
-        for clip in clips:
-            with av.open(io.BytesIO(clip.data)) as src:
-                frames = [f.to_ndarray(format="rgb24") for f in src.decode(video=0)]
-            assert len(frames) == clip.packets
-            out += [frames[i] for i in clip.frames]
-        return out
-
-    for a, b in zip(pictures(lean), pictures(full), strict=True):
+    for a, b in zip(_wanted_pictures(lean), _wanted_pictures(full), strict=True):
         np.testing.assert_array_equal(a, b)
     stamps = [s for c in lean for s in _decoded_stamps(c, 0)]
     assert all(s is not None and abs(s - t) <= STAMP_TOL for s, t in zip(stamps, [t for c in lean for t in c.times]))
@@ -157,21 +163,10 @@ def test_exact_runs_leave_out_unreferenced_pictures_and_decode_the_same_frames(
 def test_real_drone_footage_decodes_half_the_pictures_for_the_same_exact_frames(
         corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A real drone clip (1260x708 H.264 High, 60 fps, 4-s GOPs with B-frames) in exact mode."""
-    import quadvault_dali.sampling._remux as remux
-
-    path = next(corpus.rglob("drone.mp4"))
-    lean, _, _, _ = _build(path, "exact", max_frames=64)
-    with monkeypatch.context() as m:
-        m.setattr(remux, "unreferenced", lambda *a, **k: False)
-        full, _, _, _ = _build(path, "exact", max_frames=64)
-    assert [c.times for c in lean] == [c.times for c in full]
+    lean, full = _lean_and_full(next(corpus.rglob("drone.mp4")), monkeypatch, max_frames=64)
     assert sum(c.packets for c in lean) < 0.6 * sum(c.packets for c in full)
-    for a, b in zip(lean, full, strict=True):
-        with av.open(io.BytesIO(a.data)) as x, av.open(io.BytesIO(b.data)) as y:
-            ours = [f.to_ndarray(format="rgb24") for f in x.decode(video=0)]
-            theirs = [f.to_ndarray(format="rgb24") for f in y.decode(video=0)]
-        for i, j in zip(a.frames, b.frames, strict=True):
-            np.testing.assert_array_equal(ours[i], theirs[j])
+    for a, b in zip(_wanted_pictures(lean), _wanted_pictures(full), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_only_pictures_nothing_references_count_as_unreferenced() -> None:
