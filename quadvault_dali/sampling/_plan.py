@@ -56,6 +56,9 @@ def nearest_indices(sorted_times: np.ndarray, targets: np.ndarray) -> np.ndarray
 
 
 def resolve_mode(info: VideoInfo, fps: float, mode: SamplingMode) -> ResolvedMode:
+    """``exact`` for a video that shows no keyframe (a clip trimmed inside its only GOP), whatever was asked."""
+    if not info.keyframe_times:
+        return "exact"
     if mode != "auto":
         return mode
     return "keyframe" if info.max_keyframe_interval_s <= AUTO_KEYFRAME_MAX_INTERVALS / fps else "exact"
@@ -68,7 +71,7 @@ def plan_samples(info: VideoInfo, index: PacketIndex, *, fps: float = 1.0, mode:
     grid = sampling_grid(max(info.duration_s, last_pts + 1e-3), fps)
     grid = grid[grid <= last_pts + 0.5 / max(info.avg_fps, 1e-3)] if len(index) else grid
     if resolved == "keyframe":
-        key_rows = np.flatnonzero(index.is_key)
+        key_rows = np.flatnonzero(index.is_key & index.shown)
         key_rows = key_rows[np.argsort(index.pts[key_rows], kind="stable")]
         key_times = index.pts[key_rows]
         nearest = nearest_indices(key_times, grid)

@@ -1,0 +1,183 @@
+"""MP4s cut without re-encoding: the edit list starts (or ends) inside a GOP and hides the pictures outside it.
+
+Lossless cutters and ``ffmpeg -ss … -c copy`` write such files; FFmpeg plays them from the first shown
+picture, decoding the hidden ones before it from their keyframe. The sampler must do the same: sample every
+second from the first shown picture, never a hidden one, and never refuse a clip whose only keyframe is hidden.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from pathlib import Path
+from typing import Callable
+
+import av
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from quadvault_dali import probe
+from quadvault_dali.cli.main import main as cli
+from quadvault_dali.sampling import create_sampler
+from quadvault_dali.synth import read_stamp
+from test_remux import STAMP_TOL, _build, _decoded_stamps
+
+FPS = 30
+
+
+def _trim_start(src: Path, dst: Path, frames: int) -> Path:
+    """``src`` remuxed with its times moved ``frames`` pictures earlier: FFmpeg's MP4 muxer writes an edit
+    list that hides those pictures, the first GOP's keyframe among them (what ``ffmpeg -ss -c copy`` does)."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        source = inp.streams.video[0]
+        copy = out.add_stream_from_template(source)
+        step = int(round(1 / (source.time_base * FPS)))
+        for packet in inp.demux(source):
+            if packet.dts is None:
+                continue
+            packet.pts -= frames * step
+            packet.dts -= frames * step
+            packet.stream = copy
+            out.mux(packet)
+    return dst
+
+
+def _shorten_edit(src: Path, dst: Path, seconds: float) -> Path:
+    """``src`` with its one edit ``seconds`` shorter: the last pictures hidden too."""
+    data = bytearray(src.read_bytes())
+    elst = data.index(b"elst") + 4
+    assert data[elst] == 0, "a version-0 edit list, as FFmpeg writes it"
+    mvhd = data.index(b"mvhd") + 4
+    movie_scale = struct.unpack_from(">I", data, mvhd + 12)[0]
+    duration = struct.unpack_from(">I", data, elst + 8)[0]
+    struct.pack_into(">I", data, elst + 8, duration - int(seconds * movie_scale))
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def _shown_times(path: Path) -> list[float]:
+    with av.open(str(path)) as c:
+        return [round(float(f.pts * f.time_base), 6) for f in c.decode(video=0)]
+
+
+@pytest.fixture(scope="module", params=["h264", "hevc"])
+def codec(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _source(make_clip: Callable[..., Path], codec: str, gop_s: float) -> Path:
+    return make_clip(f"trim_src_{codec}_{gop_s:g}.mp4", codec=codec, width=128, height=96, fps=FPS,
+                     duration_s=6.0, keyframe_interval_s=gop_s, source_id=5)
+
+
+@pytest.mark.parametrize("mode", ["exact", "keyframe", "auto"])
+def test_a_clip_trimmed_inside_its_only_gop_samples_every_second(make_clip: Callable[..., Path], tmp_path: Path,
+                                                                 codec: str, mode: str) -> None:
+    """One GOP, its keyframe hidden: FFmpeg plays 168 pictures; it used to probe as 'no keyframes'."""
+    path = _trim_start(_source(make_clip, codec, 10.0), tmp_path / f"one_gop_{codec}.mp4", 12)
+    assert len(_shown_times(path)) == 168
+    info = probe.probe_video(path)
+    assert info.keyframe_times == () and info.frame_count == 168
+    assert info.duration_s == pytest.approx(5.6, abs=0.04)
+    clips, plan, _, _ = _build(path, mode)
+    assert plan.mode == "exact"  # type: ignore[attr-defined]  # nothing shown to sample keyframes from
+    times = [t for c in clips for t in c.times]
+    assert times == pytest.approx([0.0, 1.0, 2.0, 3.0, 4.0, 5.0], abs=1e-6)
+    stamps = [s for c in clips for s in _decoded_stamps(c, 0)]
+    for t, s in zip(times, stamps):  # the picture shown at t was encoded 0.4 s into the source
+        assert s is not None and abs(s - (t + 0.4)) <= STAMP_TOL, (t, s)
+    _, cpu_times, outcome = create_sampler("cpu", fps=1.0, mode=mode, size=32).sample_video(path)
+    assert cpu_times == pytest.approx(times, abs=1e-6) and outcome.error is None
+
+
+def test_probe_reports_a_clip_showing_no_keyframe_as_one_gap(make_clip: Callable[..., Path], tmp_path: Path) -> None:
+    path = _trim_start(_source(make_clip, "h264", 10.0), tmp_path / "one_gop.mp4", 12)
+    result = CliRunner().invoke(cli, ["probe", "--json", str(path)])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.output.splitlines()[0])  # strict JSON: no Infinity
+    assert row["status"] == "ok" and row["keyframe_count"] == 0 and row["frame_count"] == 168
+    assert row["max_keyframe_interval_s"] == pytest.approx(row["duration_s"])
+
+
+def test_a_trimmed_clip_samples_its_first_second_and_only_shown_keyframes(make_clip: Callable[..., Path],
+                                                                         tmp_path: Path, codec: str) -> None:
+    path = _trim_start(_source(make_clip, codec, 1.0), tmp_path / f"gops_{codec}.mp4", 12)
+    shown = _shown_times(path)
+    info, index = probe.probe_video(path, with_index=True)
+    assert info.keyframe_times == pytest.approx([0.6, 1.6, 2.6, 3.6, 4.6], abs=1e-6)
+    assert index.keyframe_times[0] == pytest.approx(-0.4, abs=1e-6)  # decoding starts there
+    assert sorted(np.round(index.pts[index.shown], 6)) == pytest.approx(shown, abs=1e-6)
+
+    exact, _, _, _ = _build(path, "exact", fps=2.0)
+    times = [t for c in exact for t in c.times]
+    assert times == pytest.approx(np.arange(12) / 2.0, abs=1e-6)  # 0.0 is shown: no longer the keyframe at 0.6
+    for t, s in zip(times, [s for c in exact for s in _decoded_stamps(c, 0)]):
+        assert s is not None and abs(s - (t + 0.4)) <= STAMP_TOL, (t, s)
+
+    keyed, _, _, _ = _build(path, "keyframe")
+    assert [t for c in keyed for t in c.times] == pytest.approx([0.6, 1.6, 2.6, 3.6, 4.6], abs=1e-6)
+    for c in keyed:
+        for t, s in zip(c.times, _decoded_stamps(c, 0)):
+            assert s is not None and abs(s - (t + 0.4)) <= STAMP_TOL, (t, s)
+
+
+def test_pictures_hidden_after_the_edit_are_never_sampled(make_clip: Callable[..., Path], tmp_path: Path) -> None:
+    trimmed = _trim_start(_source(make_clip, "h264", 1.0), tmp_path / "start.mp4", 12)
+    path = _shorten_edit(trimmed, tmp_path / "both_ends.mp4", 1.0)
+    shown = _shown_times(path)
+    assert len(shown) == 138
+    info, index = probe.probe_video(path, with_index=True)
+    assert info.duration_s == pytest.approx(4.6, abs=0.04) and info.frame_count == 138
+    assert float(index.pts.max()) == pytest.approx(shown[-1], abs=1e-6)
+    assert info.keyframe_times == pytest.approx([0.6, 1.6, 2.6, 3.6], abs=1e-6)
+    frames, times, outcome = create_sampler("cpu", fps=1.0, mode="exact", size=96, square=False).sample_video(path)
+    assert times == pytest.approx([0.0, 1.0, 2.0, 3.0, 4.0], abs=1e-6) and outcome.error is None
+    for frame, t in zip(frames, times):
+        stamp = read_stamp(frame.permute(1, 2, 0).numpy())
+        assert stamp is not None and abs(stamp.time_s - (t + 0.4)) <= STAMP_TOL
+
+
+def test_a_real_edit_listed_clip_samples_from_its_first_shown_picture(corpus: Path) -> None:
+    """androidx's ``sample_edit_list.mp4`` (HEVC, turned 90°) hides 8 pictures before its first shown one:
+    exact sampling used to start at the keyframe 0.6 s in, losing the seconds before it."""
+    path = corpus / "androidx+media/libraries/test_data/src/test/assets/media/mp4/sample_edit_list.mp4"
+    info, index = probe.probe_video(path, with_index=True)
+    assert int(np.count_nonzero(~index.shown)) == 8 and info.frame_count == 77
+    assert info.keyframe_times[0] == pytest.approx(0.6, abs=1e-6)
+    clips, _, _, _ = _build(path, "exact", fps=2.0)
+    times = [t for c in clips for t in c.times]
+    assert times[:3] == pytest.approx([0.0, 0.5, 1.0], abs=1e-6) and len(times) == 6
+    _, cpu_times, _ = create_sampler("cpu", fps=2.0, mode="exact", size=32).sample_video(path)
+    assert cpu_times == pytest.approx(times, abs=1e-6)
+    with av.open(str(path)) as c:  # the first clip's first wanted picture is the one FFmpeg shows first
+        first_shown = next(c.decode(video=0)).to_ndarray(format="rgb24")
+    with av.open(io.BytesIO(clips[0].data)) as c:
+        decoded = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert np.array_equal(decoded[int(clips[0].frames[0])], first_shown)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["exact", "auto"])
+def test_nvdec_samples_trimmed_clips_like_the_cpu_backend(make_clip: Callable[..., Path], tmp_path: Path,
+                                                          mode: str) -> None:
+    """The hidden lead-in travels in the clips NVDEC decodes; the frames are the shown ones (256x160: NVDEC's
+    HEVC needs 144 lines)."""
+    paths = []
+    for codec_name in ("h264", "hevc"):
+        for gop_s in (1.0, 10.0):
+            src = make_clip(f"trim_nvdec_{codec_name}_{gop_s:g}.mp4", codec=codec_name, width=256, height=160,
+                            fps=FPS, duration_s=6.0, keyframe_interval_s=gop_s, source_id=6)
+            paths.append(_trim_start(src, tmp_path / f"{codec_name}_{gop_s:g}.mp4", 12))
+    gpu = create_sampler("gpu", fps=2.0, mode=mode, size=64)
+    cpu = create_sampler("cpu", fps=2.0, mode=mode, size=64)
+    for path in paths:
+        frames, times, outcome = gpu.sample_video(path)
+        assert outcome.error is None and outcome.decoder == "nvdec", (path.name, outcome.error, outcome.decoder)
+        assert times == pytest.approx(cpu.sample_video(path)[1], abs=1e-6), path.name
+        if mode == "exact":
+            assert times[0] == 0.0
+        for frame, t in zip(frames.cpu(), times):
+            stamp = read_stamp(frame.permute(1, 2, 0).numpy())
+            assert stamp is not None and abs(stamp.time_s - (t + 0.4)) <= STAMP_TOL, (path.name, t, stamp)
