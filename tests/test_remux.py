@@ -265,17 +265,34 @@ def test_mkv_runs_hold_the_nearest_frame(make_clip: Callable[..., Path], fps: fl
     assert times == pytest.approx(cpu_times, abs=1e-6)
 
 
-def test_ts_runs_never_silently_lose_the_first_gop(make_clip: Callable[..., Path]) -> None:
-    """MPEG-TS seeks can land past the first keyframe even from 0: the cutter says so (the gpu backend
-    then hands the video to the CPU decoder) instead of returning fewer seconds."""
-    from quadvault_dali.errors import DecodeError
+@pytest.mark.parametrize(("gop_s", "fps"), [(3.0, 1.0), (1.0, 1.0), (0.5, 3.0)])
+def test_ts_runs_come_from_one_pass_over_the_file(make_clip: Callable[..., Path], gop_s: float, fps: float) -> None:
+    """MPEG-TS seeks land by byte estimates and overshoot the wanted keyframe, even from 0 (the cutter then
+    refused the video, and the gpu backend decoded it on the CPU): the runs come from one forward pass
+    instead, every frame the planned one, the file read once."""
+    path = make_clip(f"remux_h264_k{gop_s:g}.ts", codec="h264", width=128, height=96, fps=30, duration_s=8.0,
+                     keyframe_interval_s=gop_s, source_id=5)
+    clips, plan, fh, read = _build(path, "exact", fps=fps)
+    times = [t for c in clips for t in c.times]
+    stamps = [s for c in clips for s in _decoded_stamps(c, 0)]
+    for t, s in zip(times, stamps):
+        assert s is not None and abs(s - t) <= STAMP_TOL, f"frame for {t}s shows {s}"
+    _, cpu_times, _ = create_sampler("cpu", fps=fps, mode="exact", size=32).sample_video(path)
+    assert times == pytest.approx(cpu_times, abs=1e-6) and len(times) == int(8 * fps)
+    assert read <= path.stat().st_size * 1.05
 
-    path = make_clip("remux_h264_k3.ts", codec="h264", width=128, height=96, fps=30, duration_s=8.0,
-                     keyframe_interval_s=3.0, source_id=5)
-    with pytest.raises(DecodeError, match="seeking cannot reach the keyframe at 0.00s"):
+
+def test_a_ts_keyframe_the_pass_never_meets_is_an_error_not_a_gap(make_clip: Callable[..., Path],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from quadvault_dali.errors import DecodeError
+    from quadvault_dali.sampling import _remux
+
+    path = make_clip("remux_h264_k1.ts", codec="h264", width=128, height=96, fps=30, duration_s=8.0,
+                     keyframe_interval_s=1.0, source_id=5)
+    real = _remux._groups
+    monkeypatch.setattr(_remux, "_groups", lambda plan: [(k + 0.5, s, t) for k, s, t in real(plan)])
+    with pytest.raises(DecodeError, match="the keyframe at 0.50s is not in the stream"):
         _build(path, "exact")
-    _, cpu_times, _ = create_sampler("cpu", mode="exact", size=32).sample_video(path)
-    assert cpu_times == pytest.approx([float(i) for i in range(8)])
 
 
 def test_a_clip_missing_a_wanted_frame_is_an_error_not_a_gap(make_clip: Callable[..., Path]) -> None:

@@ -49,6 +49,8 @@ MERGEABLE_BYTES = 32 << 20
 #: In-order clips are joined under a rebuilt index (``_mp4_join``), not muxed by PyAV; benchmarks turn it off
 #: for their A/B rows (``sampling_bench`` layouts ending in ``m``, ``prep_bench --mux``).
 JOIN_IN_ORDER = True
+#: Containers whose exact runs come from one pass over the stream (``_forward_runs``), not from seeks.
+FORWARD_FORMATS = frozenset({"mpegts"})
 #: Exact runs leave out the pictures nothing references (``unreferenced``); benchmarks turn it off for their A/B
 #: rows (``scan_bench`` layouts ending in ``f``).
 SKIP_UNREFERENCED = True
@@ -573,45 +575,71 @@ def nearest_time(pts_sorted: np.ndarray, t: float) -> float:
     return float(pts_sorted[nearest_index(pts_sorted, t)])
 
 
+class _RunBuilder:
+    """One run's packets as the stream yields them: from the keyframe at ``key_time`` until no later packet
+    can be nearer to ``times`` than one already taken."""
+
+    def __init__(self, key_time: float, times: list[float], path: object) -> None:
+        self.key_time, self.last_time, self.path = key_time, times[-1], path
+        self.packets: list[SourcePacket] = []
+        self.done = False
+        self._size = 0
+        self._best_after = float("inf")
+
+    def offer(self, packet: av.Packet, pts: float, dts: float) -> bool | None:
+        """Takes ``packet`` if the run needs it. ``None``: not started and ``packet`` is a keyframe past
+        ``key_time`` (the run's keyframe was not in the stream where it was looked for)."""
+        if not self.packets:
+            if not packet.is_keyframe or pts < self.key_time - 1e-3:
+                return False  # before the wanted keyframe: read on to it
+            if pts > self.key_time + 1e-3:
+                return None
+        elif pts < self.packets[0].pts_s:
+            return False  # leading picture of an open GOP: needs the previous GOP, never wanted
+        self.packets.append(SourcePacket(bytes(packet), pts, dts, bool(packet.is_keyframe)))
+        self._size += packet.size
+        if self._size > MAX_RUN_BYTES:
+            raise DecodeError(f"the keyframe gap at {self.packets[0].pts_s:.1f}s holds more than "
+                              f"{MAX_RUN_BYTES >> 20} MiB", path=self.path,
+                              hint="too long to sample exactly on the GPU; use --device cpu")
+        if pts >= self.last_time:
+            self._best_after = min(self._best_after, pts)
+        # Every later packet is presented after the nearest frame already seen. (Matroska gives no dts
+        # for the first packets after a seek; a pts standing in for it must not end the run.)
+        if packet.dts is not None and dts >= self._best_after:
+            self.done = True
+        return True
+
+
+def _packet_times(packet: av.Packet, start: int, tb: Fraction) -> tuple[float, float] | None:
+    """A packet's presentation and decode times in seconds from the stream's start; ``None``: nothing to take."""
+    if packet.size == 0 or (packet.pts is None and packet.dts is None):
+        return None
+    pts = round(float(((packet.pts if packet.pts is not None else packet.dts) - start) * tb), 6)
+    dts = float(((packet.dts if packet.dts is not None else packet.pts) - start) * tb)
+    return pts, dts
+
+
 def _demux_run(container: av.container.InputContainer, stream: av.video.stream.VideoStream, seek_s: float,
                key_time: float, times: list[float], path: object, strict: bool) -> list[SourcePacket] | None:
     """Packets from the keyframe at ``key_time`` on, found by seeking to ``seek_s`` and reading forward.
 
-    ``None`` if ``strict`` and the seek landed past that keyframe; not strict, that is a ``DecodeError``
-    (MPEG-TS seeks can miss the first GOP even from 0, and its frames must not silently go missing).
+    ``None`` if ``strict`` and the seek landed past that keyframe; not strict, that is a ``DecodeError``.
     """
     start = stream.start_time or 0
-    tb = stream.time_base
-    container.seek(start + int(np.floor(seek_s / tb)), stream=stream, backward=True, any_frame=False)
-    packets: list[SourcePacket] = []
-    best_after = float("inf")
-    size = 0
+    container.seek(start + int(np.floor(seek_s / stream.time_base)), stream=stream, backward=True, any_frame=False)
+    run = _RunBuilder(key_time, times, path)
     for packet in container.demux(stream):
-        if packet.size == 0 or (packet.pts is None and packet.dts is None):
+        times_s = _packet_times(packet, start, stream.time_base)
+        if times_s is None:
             continue
-        pts = round(float(((packet.pts if packet.pts is not None else packet.dts) - start) * tb), 6)
-        dts = float(((packet.dts if packet.dts is not None else packet.pts) - start) * tb)
-        if not packets:
-            if not packet.is_keyframe or pts < key_time - 1e-3:
-                continue  # landed before the wanted keyframe: read on to it
-            if pts > key_time + 1e-3:
-                if strict:
-                    return None  # the seek overshot the keyframe
-                raise DecodeError(f"seeking cannot reach the keyframe at {key_time:.2f}s", path=path)
-        elif pts < packets[0].pts_s:
-            continue  # leading picture of an open GOP: needs the previous GOP, never wanted
-        packets.append(SourcePacket(bytes(packet), pts, dts, bool(packet.is_keyframe)))
-        size += packet.size
-        if size > MAX_RUN_BYTES:
-            raise DecodeError(f"the keyframe gap at {packets[0].pts_s:.1f}s holds more than {MAX_RUN_BYTES >> 20} MiB",
-                              path=path, hint="too long to sample exactly on the GPU; use --device cpu")
-        if pts >= times[-1]:
-            best_after = min(best_after, pts)
-        # Every later packet is presented after the nearest frame already seen. (Matroska gives no dts
-        # for the first packets after a seek; a pts standing in for it must not end the run.)
-        if packet.dts is not None and dts >= best_after:
+        if run.offer(packet, *times_s) is None:
+            if strict:
+                return None  # the seek overshot the keyframe
+            raise DecodeError(f"seeking cannot reach the keyframe at {key_time:.2f}s", path=path)
+        if run.done:
             break
-    return packets
+    return run.packets
 
 
 def _read_run(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
@@ -623,6 +651,47 @@ def _read_run(container: av.container.InputContainer, stream: av.video.stream.Vi
     if not packets:
         raise DecodeError(f"no keyframe found at or before {times[0]:.2f}s", path=path)
     return packets
+
+
+def _forward_runs(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+                  requests: Sequence[tuple[float, list[float]]], path: object) -> Iterator[list[SourcePacket]]:
+    """The runs for ``requests`` (keyframe time, times; in keyframe order) from one pass over the stream, in
+    request order. ``container`` must not have been read from (``rewound`` reopens it after probing): a TS
+    seek back to the top is an estimate too, and a keyframe the pass starts after is a ``DecodeError``.
+
+    For MPEG-TS, whose seeks land by byte estimates: they overshot the wanted keyframe on every GOP of a
+    60-s file, and reading from the top for each run read the file 16.7 times. A run may reach into the next
+    GOP, so the runs being read overlap; each holds at most ``MAX_RUN_BYTES``.
+    """
+    start = stream.start_time or 0
+    builders = [_RunBuilder(key_time, times, path) for key_time, times in requests]
+    nxt = 0  # the first request not yet yielded
+    for packet in container.demux(stream):
+        times_s = _packet_times(packet, start, stream.time_base)
+        if times_s is None:
+            continue
+        for i in range(nxt, len(builders)):
+            run = builders[i]
+            if run.done:
+                continue
+            if run.packets:
+                run.offer(packet, *times_s)
+                continue
+            taken = run.offer(packet, *times_s)  # requests start in order: this is the first not started
+            if taken is None:
+                raise DecodeError(f"the keyframe at {run.key_time:.2f}s is not in the stream", path=path)
+            if not taken:
+                break  # nor can a later one start here
+        while nxt < len(builders) and builders[nxt].done:
+            packets, builders[nxt].packets = builders[nxt].packets, []  # the builder lets them go
+            yield packets
+            nxt += 1
+        if nxt == len(builders):
+            return
+    for run in builders[nxt:]:  # the end of the stream ends the runs still reading
+        if not run.packets:
+            raise DecodeError(f"no keyframe found at or before {run.last_time:.2f}s", path=path)
+        yield run.packets
 
 
 #: HEVC's sub-layer non-reference picture types (TRAIL_N, TSA_N, STSA_N, RADL_N, RASL_N, reserved _N)
@@ -768,27 +837,31 @@ def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream
                          setup=plan.info.setup)
     skippable = picture_skipper(stream, plan.info.codec)
     last_emitted: float | None = None
-    for key_time, seek_s, times in _groups(plan):
-        for lo in range(0, len(times), max_frames):
-            chunk = times[lo:lo + max_frames]
-            packets = _read_run(container, stream, key_time, seek_s, chunk, plan.info.path)
-            pts_sorted = np.sort(np.array([p.pts_s for p in packets]))
-            wanted: list[float] = []
-            for t in chunk:
-                near = nearest_time(pts_sorted, t)
-                if near != last_emitted and (not wanted or near != wanted[-1]):
-                    wanted.append(near)
-                    last_emitted = near
-            if not wanted:
-                continue
-            # Keep the decode-order prefix through the last packet any wanted frame needs, less the pictures
-            # nothing references that are not wanted themselves (the decoder never needs them).
-            keep = set(wanted)
-            need = max(i for i, p in enumerate(packets) if p.pts_s in keep)
-            run = [p for i, p in enumerate(packets[: need + 1]) if i == 0 or p.pts_s in keep or not skippable(p.data)]
-            clip = packer.add(_Run(run, wanted))
-            if clip is not None:
-                yield clip
+    requests = [(key_time, seek_s, times[lo:lo + max_frames]) for key_time, seek_s, times in _groups(plan)
+                for lo in range(0, len(times), max_frames)]
+    if container.format.name.split(",")[0] in FORWARD_FORMATS:
+        runs: Iterable[list[SourcePacket]] = _forward_runs(container, stream, [(k, c) for k, _, c in requests],
+                                                           plan.info.path)
+    else:
+        runs = (_read_run(container, stream, k, seek_s, c, plan.info.path) for k, seek_s, c in requests)
+    for (_, _, chunk), packets in zip(requests, runs):
+        pts_sorted = np.sort(np.array([p.pts_s for p in packets]))
+        wanted: list[float] = []
+        for t in chunk:
+            near = nearest_time(pts_sorted, t)
+            if near != last_emitted and (not wanted or near != wanted[-1]):
+                wanted.append(near)
+                last_emitted = near
+        if not wanted:
+            continue
+        # Keep the decode-order prefix through the last packet any wanted frame needs, less the pictures
+        # nothing references that are not wanted themselves (the decoder never needs them).
+        keep = set(wanted)
+        need = max(i for i, p in enumerate(packets) if p.pts_s in keep)
+        run = [p for i, p in enumerate(packets[: need + 1]) if i == 0 or p.pts_s in keep or not skippable(p.data)]
+        clip = packer.add(_Run(run, wanted))
+        if clip is not None:
+            yield clip
     clip = packer.finish()
     if clip is not None:
         yield clip
