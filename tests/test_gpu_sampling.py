@@ -678,20 +678,21 @@ def test_gpu_backend_every_frame_is_the_right_second(make_clip: Callable[..., Pa
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fps", [1.0, 2.0])
-def test_nvdec_samples_mpeg_ts_exactly_from_one_pass(make_clip: Callable[..., Path], fps: float) -> None:
-    """MPEG-TS with B-frames (camcorder .MTS/.m2ts): the exact runs come from one forward pass
-    (``_remux._forward_runs``), so NVDEC decodes them instead of the CPU fallback."""
+@pytest.mark.parametrize(("mode", "fps"), [("exact", 1.0), ("exact", 2.0), ("keyframe", 1.0)])
+def test_nvdec_samples_mpeg_ts_from_byte_seeks(make_clip: Callable[..., Path], mode: str, fps: float) -> None:
+    """MPEG-TS with B-frames (camcorder .MTS/.m2ts): runs and keyframes found at the prober's byte positions
+    (``_remux.byte_positions``), so NVDEC decodes them instead of the CPU fallback, first second included."""
     paths = [make_clip(f"nvdec_{codec}_k{gop:g}.ts", codec=codec, width=256, height=160, fps=rate, duration_s=6.0,
                        keyframe_interval_s=gop, source_id=sid)
              for sid, (codec, rate, gop) in enumerate([("h264", 30, 1.0), ("h264", 25, 3.0), ("hevc", 30, 2.0)], 1)]
-    sampler = create_sampler("gpu", fps=fps, mode="exact", size=SIZE, batch_size=16, streams=2)
+    sampler = create_sampler("gpu", fps=fps, mode=mode, size=SIZE, batch_size=16, streams=2)
     times, stamps, outcomes = _collect(list(sampler.iter_batches(paths)))
     assert all(o.ok and o.decoder == "nvdec" for o in outcomes), \
         [(o.path.name, str(o.error), o.decoder, o.fallback_reason) for o in outcomes]
-    cpu = create_sampler("cpu", fps=fps, mode="exact", size=SIZE)
+    cpu = create_sampler("cpu", fps=fps, mode=mode, size=SIZE)
     for sid, path in enumerate(paths, 1):
         _check_stamps(times[path], stamps[path], sid)
+        assert times[path][0] == 0.0
         assert times[path] == pytest.approx(cpu.sample_video(path)[1], abs=1e-6), path.name
 
 

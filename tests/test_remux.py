@@ -266,33 +266,51 @@ def test_mkv_runs_hold_the_nearest_frame(make_clip: Callable[..., Path], fps: fl
 
 
 @pytest.mark.parametrize(("gop_s", "fps"), [(3.0, 1.0), (1.0, 1.0), (0.5, 3.0)])
-def test_ts_runs_come_from_one_pass_over_the_file(make_clip: Callable[..., Path], gop_s: float, fps: float) -> None:
-    """MPEG-TS seeks land by byte estimates and overshoot the wanted keyframe, even from 0 (the cutter then
-    refused the video, and the gpu backend decoded it on the CPU): the runs come from one forward pass
-    instead, every frame the planned one, the file read once."""
+@pytest.mark.parametrize("mode", ["exact", "keyframe"])
+def test_ts_packets_are_found_by_their_byte_position(make_clip: Callable[..., Path], gop_s: float, fps: float,
+                                                    mode: str) -> None:
+    """MPEG-TS seeks by time land by byte estimates and overshoot, even from 0: every exact run of a file
+    with B-frames failed (the gpu backend then decoded it on the CPU) and keyframe mode took the next
+    keyframe, losing the first second in both backends. Seeks now go to the byte position the prober saw."""
     path = make_clip(f"remux_h264_k{gop_s:g}.ts", codec="h264", width=128, height=96, fps=30, duration_s=8.0,
                      keyframe_interval_s=gop_s, source_id=5)
-    clips, plan, fh, read = _build(path, "exact", fps=fps)
+    clips, plan, _, _ = _build(path, mode, fps=fps)
     times = [t for c in clips for t in c.times]
     stamps = [s for c in clips for s in _decoded_stamps(c, 0)]
     for t, s in zip(times, stamps):
         assert s is not None and abs(s - t) <= STAMP_TOL, f"frame for {t}s shows {s}"
-    _, cpu_times, _ = create_sampler("cpu", fps=fps, mode="exact", size=32).sample_video(path)
-    assert times == pytest.approx(cpu_times, abs=1e-6) and len(times) == int(8 * fps)
-    assert read <= path.stat().st_size * 1.05
+    assert len(times) == plan.expected_frames and times[0] == 0.0  # type: ignore[attr-defined]
+    if mode == "keyframe":
+        index = plan.index  # type: ignore[attr-defined]
+        assert times == [round(float(index.pts[r]), 6) for r in plan.key_packets]  # type: ignore[attr-defined]
+    _, cpu_times, _ = create_sampler("cpu", fps=fps, mode=mode, size=32).sample_video(path)
+    assert times == pytest.approx(cpu_times, abs=1e-6)
 
 
-def test_a_ts_keyframe_the_pass_never_meets_is_an_error_not_a_gap(make_clip: Callable[..., Path],
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ts_keyframe_mode_reads_a_fraction_of_the_file(make_clip: Callable[..., Path]) -> None:
+    path = make_clip("remux_h264_360p.ts", codec="h264", width=640, height=360, fps=30, duration_s=8.0,
+                     keyframe_interval_s=1.0, bit_rate=4_000_000, source_id=5)
+    clips, _, _, read = _build(path, "keyframe")
+    assert [t for c in clips for t in c.times] == [float(i) for i in range(8)]
+    assert read < 0.4 * path.stat().st_size
+
+
+@pytest.mark.parametrize("mode", ["exact", "keyframe"])
+def test_a_ts_keyframe_not_at_its_byte_position_is_an_error_not_another_frame(
+        make_clip: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
     from quadvault_dali.errors import DecodeError
     from quadvault_dali.sampling import _remux
 
     path = make_clip("remux_h264_k1.ts", codec="h264", width=128, height=96, fps=30, duration_s=8.0,
                      keyframe_interval_s=1.0, source_id=5)
-    real = _remux._groups
-    monkeypatch.setattr(_remux, "_groups", lambda plan: [(k + 0.5, s, t) for k, s, t in real(plan)])
-    with pytest.raises(DecodeError, match="the keyframe at 0.50s is not in the stream"):
-        _build(path, "exact")
+    real = _remux.byte_positions
+    def one_keyframe_late(container, index):  # type: ignore[no-untyped-def]
+        found = real(container, index)
+        times = sorted(found)
+        return {t: found[later] for t, later in zip(times, times[1:] + times[-1:])}
+    monkeypatch.setattr(_remux, "byte_positions", one_keyframe_late)
+    with pytest.raises(DecodeError, match="keyframe at 0.00s"):
+        _build(path, mode)
 
 
 def test_a_clip_missing_a_wanted_frame_is_an_error_not_a_gap(make_clip: Callable[..., Path]) -> None:

@@ -28,7 +28,7 @@ from ..probe import VideoInfo, open_container, probe_open, rewound
 from ._base import Sampler, VideoSource, path_of, register_backend
 from ._plan import SamplePlan, plan_samples
 from ._reader import CountingFile
-from ._remux import decode_clip, exact_clips, largest_gop_bytes, nearest_index, picture_skipper
+from ._remux import decode_clip, exact_clips, largest_gop_bytes, nearest_index, picture_skipper, seek_keyframes
 from ._types import FrameBatch, VideoOutcome
 
 log = logging.getLogger(__name__)
@@ -228,25 +228,17 @@ class CpuSampler(Sampler):
     @staticmethod
     def _keyframes_by_seek(plan: SamplePlan, container: av.container.InputContainer,
                            stream: av.video.stream.VideoStream) -> Iterator[tuple[av.VideoFrame, float]]:
-        """Keyframe mode for containers without a raw packet index (MKV, WebM, TS): seek, read one."""
+        """Keyframe mode for containers without a raw packet index (MKV, WebM, TS): ``seek_keyframes``."""
         ctx = stream.codec_context
-        start = stream.start_time or 0
-        tb = stream.time_base
-        for row in plan.key_packets:
-            t = float(plan.index.pts[row])
-            container.seek(start + int(round(t / tb)), stream=stream, backward=True, any_frame=False)
-            for packet in container.demux(stream):
-                if packet.pts is None or not packet.is_keyframe:
-                    continue
-                try:
-                    decoded = ctx.decode(packet) + ctx.decode(None)
-                except av.error.FFmpegError as exc:
-                    log.warning("%s: cannot decode keyframe at %.2fs: %s", plan.info.path, t, exc)
-                    decoded = []
-                ctx.flush_buffers()
-                if decoded:
-                    yield decoded[0], round(float((packet.pts - start) * tb), 6)
-                break
+        for packet, t in seek_keyframes(plan, container, stream):
+            try:
+                decoded = ctx.decode(packet) + ctx.decode(None)
+            except av.error.FFmpegError as exc:
+                log.warning("%s: cannot decode keyframe at %.2fs: %s", plan.info.path, t, exc)
+                decoded = []
+            ctx.flush_buffers()
+            if decoded:
+                yield decoded[0], t
 
     def _exact_runs(self, plan: SamplePlan, container: av.container.InputContainer,
                     stream: av.video.stream.VideoStream, fh: CountingFile | None) -> Iterator[tuple[av.VideoFrame, float]]:

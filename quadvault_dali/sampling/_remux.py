@@ -49,8 +49,10 @@ MERGEABLE_BYTES = 32 << 20
 #: In-order clips are joined under a rebuilt index (``_mp4_join``), not muxed by PyAV; benchmarks turn it off
 #: for their A/B rows (``sampling_bench`` layouts ending in ``m``, ``prep_bench --mux``).
 JOIN_IN_ORDER = True
-#: Containers whose exact runs come from one pass over the stream (``_forward_runs``), not from seeks.
-FORWARD_FORMATS = frozenset({"mpegts"})
+#: Containers whose packets are found by seeking to the byte position the prober's demux pass saw them at
+#: (``byte_positions``): MPEG-TS, whose seeks by time land by byte estimates and overshoot the wanted keyframe,
+#: even from 0 (every exact run of a file with B-frames failed; keyframe mode took the next keyframe).
+BYTE_SEEK_FORMATS = frozenset({"mpegts"})
 #: Exact runs leave out the pictures nothing references (``unreferenced``); benchmarks turn it off for their A/B
 #: rows (``scan_bench`` layouts ending in ``f``).
 SKIP_UNREFERENCED = True
@@ -518,25 +520,38 @@ def keyframe_clips(plan: SamplePlan, template: av.video.stream.VideoStream, fh: 
         yield clip
 
 
-def demuxed_keyframe_clips(plan: SamplePlan, container: av.container.InputContainer,
-                           stream: av.video.stream.VideoStream, max_frames: int, uncrop: bool = False,
-                           max_bytes: int = MERGEABLE_BYTES) -> Iterator[Clip]:
-    """Keyframe clips for containers whose index gives no raw positions (MKV, WebM, TS): seek, demux one."""
+def seek_keyframes(plan: SamplePlan, container: av.container.InputContainer,
+                   stream: av.video.stream.VideoStream) -> Iterator[tuple[av.Packet, float]]:
+    """The plan's keyframe packets, each with its time, for containers without raw packet positions (MKV,
+    WebM, TS): seek to each (by byte where ``byte_positions`` says), demux one. A TS keyframe that is not
+    where the prober's pass saw it is a ``DecodeError``, never another keyframe standing in for it."""
     start = stream.start_time or 0
     tb = stream.time_base
-    packer = _ClipPacker(stream, plan.info.codec, max_frames, max_bytes, uncrop=uncrop,
-                         setup=plan.info.setup)
+    positions = byte_positions(container, plan.index)
     for row in plan.key_packets:
-        t = float(plan.index.pts[row])
-        container.seek(start + int(round(t / tb)), stream=stream, backward=True, any_frame=False)
+        t = round(float(plan.index.pts[row]), 6)
+        _seek(container, stream, t, positions[t] if positions is not None else None)
         for packet in container.demux(stream):
             if packet.pts is None or not packet.is_keyframe or packet.size == 0:
                 continue
             pts = round(float((packet.pts - start) * tb), 6)
-            clip = packer.add(_Run([SourcePacket(bytes(packet), pts, pts, True)], [pts]))
-            if clip is not None:
-                yield clip
+            if positions is not None and abs(pts - t) > 1e-3:
+                raise DecodeError(f"the keyframe at {t:.2f}s is not at the byte position the index gives "
+                                  f"(found {pts:.2f}s there)", path=plan.info.path)
+            yield packet, pts
             break
+
+
+def demuxed_keyframe_clips(plan: SamplePlan, container: av.container.InputContainer,
+                           stream: av.video.stream.VideoStream, max_frames: int, uncrop: bool = False,
+                           max_bytes: int = MERGEABLE_BYTES) -> Iterator[Clip]:
+    """Keyframe clips for containers whose index gives no raw positions (MKV, WebM, TS): ``seek_keyframes``."""
+    packer = _ClipPacker(stream, plan.info.codec, max_frames, max_bytes, uncrop=uncrop,
+                         setup=plan.info.setup)
+    for packet, pts in seek_keyframes(plan, container, stream):
+        clip = packer.add(_Run([SourcePacket(bytes(packet), pts, pts, True)], [pts]))
+        if clip is not None:
+            yield clip
     clip = packer.finish()
     if clip is not None:
         yield clip
@@ -620,14 +635,35 @@ def _packet_times(packet: av.Packet, start: int, tb: Fraction) -> tuple[float, f
     return pts, dts
 
 
-def _demux_run(container: av.container.InputContainer, stream: av.video.stream.VideoStream, seek_s: float,
-               key_time: float, times: list[float], path: object, strict: bool) -> list[SourcePacket] | None:
-    """Packets from the keyframe at ``key_time`` on, found by seeking to ``seek_s`` and reading forward.
+def byte_positions(container: av.container.InputContainer, index: PacketIndex) -> dict[float, int] | None:
+    """Each keyframe's byte position by its time, where seeks go by byte (``BYTE_SEEK_FORMATS``); else ``None``."""
+    if container.format.name.split(",")[0] not in BYTE_SEEK_FORMATS:
+        return None
+    rows = np.flatnonzero(index.is_key)
+    if len(rows) == 0 or bool((index.pos[rows] < 0).any()):
+        return None
+    return {round(float(index.pts[r]), 6): int(index.pos[r]) for r in rows}
 
-    ``None`` if ``strict`` and the seek landed past that keyframe; not strict, that is a ``DecodeError``.
+
+def _seek(container: av.container.InputContainer, stream: av.video.stream.VideoStream, seconds: float,
+          position: int | None) -> None:
+    """To the keyframe at or before ``seconds``: at its byte ``position`` where one is given."""
+    if position is not None:
+        container.seek(position, unsupported_byte_offset=True)
+    else:
+        container.seek((stream.start_time or 0) + int(np.floor(seconds / stream.time_base)), stream=stream,
+                       backward=True, any_frame=False)
+
+
+def _demux_run(container: av.container.InputContainer, stream: av.video.stream.VideoStream, seek_s: float,
+               key_time: float, times: list[float], path: object, strict: bool,
+               position: int | None = None) -> list[SourcePacket] | None:
+    """Packets from the keyframe at ``key_time`` on, found by seeking to ``seek_s`` (or byte ``position``) and
+    reading forward. ``None`` if ``strict`` and the seek landed past that keyframe; not strict, that is a
+    ``DecodeError``.
     """
     start = stream.start_time or 0
-    container.seek(start + int(np.floor(seek_s / stream.time_base)), stream=stream, backward=True, any_frame=False)
+    _seek(container, stream, seek_s, position)
     run = _RunBuilder(key_time, times, path)
     for packet in container.demux(stream):
         times_s = _packet_times(packet, start, stream.time_base)
@@ -643,55 +679,20 @@ def _demux_run(container: av.container.InputContainer, stream: av.video.stream.V
 
 
 def _read_run(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
-              key_time: float, seek_s: float, times: list[float], path: object) -> list[SourcePacket]:
-    """Demuxes from the keyframe at ``key_time`` until no later packet can be nearer to ``times``."""
-    packets = _demux_run(container, stream, seek_s, key_time, times, path, strict=True)
-    if not packets:  # overshot or nothing found: read from the top of the file instead
-        packets = _demux_run(container, stream, 0.0, key_time, times, path, strict=False)
+              key_time: float, seek_s: float, times: list[float], path: object,
+              positions: dict[float, int] | None = None) -> list[SourcePacket]:
+    """Demuxes from the keyframe at ``key_time`` until no later packet can be nearer to ``times``: from its byte
+    position where ``positions`` has it, else by seeking to ``seek_s`` (and from the top if that overshoots)."""
+    position = positions.get(round(key_time, 6)) if positions is not None else None
+    if position is not None:
+        packets = _demux_run(container, stream, seek_s, key_time, times, path, strict=False, position=position)
+    else:
+        packets = _demux_run(container, stream, seek_s, key_time, times, path, strict=True)
+        if not packets:  # overshot or nothing found: read from the top of the file instead
+            packets = _demux_run(container, stream, 0.0, key_time, times, path, strict=False)
     if not packets:
         raise DecodeError(f"no keyframe found at or before {times[0]:.2f}s", path=path)
     return packets
-
-
-def _forward_runs(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
-                  requests: Sequence[tuple[float, list[float]]], path: object) -> Iterator[list[SourcePacket]]:
-    """The runs for ``requests`` (keyframe time, times; in keyframe order) from one pass over the stream, in
-    request order. ``container`` must not have been read from (``rewound`` reopens it after probing): a TS
-    seek back to the top is an estimate too, and a keyframe the pass starts after is a ``DecodeError``.
-
-    For MPEG-TS, whose seeks land by byte estimates: they overshot the wanted keyframe on every GOP of a
-    60-s file, and reading from the top for each run read the file 16.7 times. A run may reach into the next
-    GOP, so the runs being read overlap; each holds at most ``MAX_RUN_BYTES``.
-    """
-    start = stream.start_time or 0
-    builders = [_RunBuilder(key_time, times, path) for key_time, times in requests]
-    nxt = 0  # the first request not yet yielded
-    for packet in container.demux(stream):
-        times_s = _packet_times(packet, start, stream.time_base)
-        if times_s is None:
-            continue
-        for i in range(nxt, len(builders)):
-            run = builders[i]
-            if run.done:
-                continue
-            if run.packets:
-                run.offer(packet, *times_s)
-                continue
-            taken = run.offer(packet, *times_s)  # requests start in order: this is the first not started
-            if taken is None:
-                raise DecodeError(f"the keyframe at {run.key_time:.2f}s is not in the stream", path=path)
-            if not taken:
-                break  # nor can a later one start here
-        while nxt < len(builders) and builders[nxt].done:
-            packets, builders[nxt].packets = builders[nxt].packets, []  # the builder lets them go
-            yield packets
-            nxt += 1
-        if nxt == len(builders):
-            return
-    for run in builders[nxt:]:  # the end of the stream ends the runs still reading
-        if not run.packets:
-            raise DecodeError(f"no keyframe found at or before {run.last_time:.2f}s", path=path)
-        yield run.packets
 
 
 #: HEVC's sub-layer non-reference picture types (TRAIL_N, TSA_N, STSA_N, RADL_N, RASL_N, reserved _N)
@@ -837,31 +838,28 @@ def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream
                          setup=plan.info.setup)
     skippable = picture_skipper(stream, plan.info.codec)
     last_emitted: float | None = None
-    requests = [(key_time, seek_s, times[lo:lo + max_frames]) for key_time, seek_s, times in _groups(plan)
-                for lo in range(0, len(times), max_frames)]
-    if container.format.name.split(",")[0] in FORWARD_FORMATS:
-        runs: Iterable[list[SourcePacket]] = _forward_runs(container, stream, [(k, c) for k, _, c in requests],
-                                                           plan.info.path)
-    else:
-        runs = (_read_run(container, stream, k, seek_s, c, plan.info.path) for k, seek_s, c in requests)
-    for (_, _, chunk), packets in zip(requests, runs):
-        pts_sorted = np.sort(np.array([p.pts_s for p in packets]))
-        wanted: list[float] = []
-        for t in chunk:
-            near = nearest_time(pts_sorted, t)
-            if near != last_emitted and (not wanted or near != wanted[-1]):
-                wanted.append(near)
-                last_emitted = near
-        if not wanted:
-            continue
-        # Keep the decode-order prefix through the last packet any wanted frame needs, less the pictures
-        # nothing references that are not wanted themselves (the decoder never needs them).
-        keep = set(wanted)
-        need = max(i for i, p in enumerate(packets) if p.pts_s in keep)
-        run = [p for i, p in enumerate(packets[: need + 1]) if i == 0 or p.pts_s in keep or not skippable(p.data)]
-        clip = packer.add(_Run(run, wanted))
-        if clip is not None:
-            yield clip
+    positions = byte_positions(container, plan.index)
+    for key_time, seek_s, times in _groups(plan):
+        for lo in range(0, len(times), max_frames):
+            chunk = times[lo:lo + max_frames]
+            packets = _read_run(container, stream, key_time, seek_s, chunk, plan.info.path, positions)
+            pts_sorted = np.sort(np.array([p.pts_s for p in packets]))
+            wanted: list[float] = []
+            for t in chunk:
+                near = nearest_time(pts_sorted, t)
+                if near != last_emitted and (not wanted or near != wanted[-1]):
+                    wanted.append(near)
+                    last_emitted = near
+            if not wanted:
+                continue
+            # Keep the decode-order prefix through the last packet any wanted frame needs, less the pictures
+            # nothing references that are not wanted themselves (the decoder never needs them).
+            keep = set(wanted)
+            need = max(i for i, p in enumerate(packets) if p.pts_s in keep)
+            run = [p for i, p in enumerate(packets[: need + 1]) if i == 0 or p.pts_s in keep or not skippable(p.data)]
+            clip = packer.add(_Run(run, wanted))
+            if clip is not None:
+                yield clip
     clip = packer.finish()
     if clip is not None:
         yield clip
