@@ -336,6 +336,63 @@ def test_open_gop_keyframes_far_apart_come_out_in_order(make_clip: Callable[...,
     assert len(times) == 5 and stamps == pytest.approx(times, abs=STAMP_TOL)
 
 
+def _scene_cut_hevc(path: Path) -> Path:
+    """x265 with open-GOP keyframes forced one frame apart (1.5/1.533 s and 3.333/3.367/3.4 s, as scene
+    cuts place them), B-frames: the frames just before a keyframe are its leading pictures (RASL)."""
+    from av.video.frame import PictureType
+
+    if path.exists():
+        return path
+    rng = np.random.default_rng(0)
+    base = np.kron(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8), np.ones((16, 16, 1), np.uint8))
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx265", rate=30)
+        stream.width = stream.height = 128
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"x265-params": "keyint=60:min-keyint=1:bframes=4:log-level=error"}
+        for i in range(300):
+            image = np.roll(base, i % 128, axis=1)
+            image[i % 120:i % 120 + 8, :8] = 255
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            if i in (45, 46, 100, 101, 102, 200):
+                frame.pict_type = PictureType.I
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("fps", [10.0, 30.0])
+def test_a_run_reaching_past_the_next_keyframe_never_repeats_it_in_one_stream(media_dir: Path, fps: float) -> None:
+    """The frame at 1.4 s is a leading picture of the keyframe at 1.5 s: its run holds that keyframe, and the
+    next run starts with it again (relabelled BLA). In one stream FFmpeg dropped the second copy as a
+    duplicate picture order count and every later frame of the clip shifted by one."""
+    from quadvault_dali.sampling import _remux as remux
+
+    path = _scene_cut_hevc(media_dir / "remux_hevc_scene_cuts.mp4")
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        shown = {round(float(f.pts * stream.time_base), 6): f.to_ndarray(format="rgb24") for f in c.decode(stream)}
+    clips, plan, _, _ = _build(path, "exact", fps=fps)
+    assert [t for c in clips for t in c.times] == pytest.approx(sorted(shown)[::int(30 // fps)], abs=1e-6)
+    for a, b in zip(clips, clips[1:]):
+        if a.runs and b.runs and remux.repeats_a_picture(a.runs[-1], b.runs[0]):
+            assert not remux.can_follow(b, a)
+    merged: list[Clip] = []
+    for clip in clips:  # as the gpu backend merges them into DALI samples
+        if merged and remux.can_follow(clip, merged[-1]):
+            merged[-1] = remux.merge_clips([merged[-1], clip])
+        else:
+            merged.append(clip)
+    for clip in [*clips, *merged]:
+        with av.open(io.BytesIO(clip.data)) as c:
+            frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        assert len(frames) == clip.packets
+        for i, t in zip(clip.frames, clip.times):
+            assert np.array_equal(frames[i], shown[round(t, 6)]), f"frame for {t}s"
+
+
 def test_cra_keyframes_are_relabelled_bla_so_they_share_clips(make_clip: Callable[..., Path]) -> None:
     """x265 writes CRA keyframes (open GOP): back to back they wrapped the picture order, so each was a clip
     (and a DALI sample) of its own. Relabelled BLA, as a splicer does, they share clips like IDR keyframes."""

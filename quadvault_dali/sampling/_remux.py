@@ -262,7 +262,21 @@ def can_follow(clip: Clip, previous: Clip) -> bool:
     """Whether ``clip`` may be appended to ``previous`` in one stream (``merge_clips``)."""
     return (previous.signature is not None and clip.signature == previous.signature and clip.roi == previous.roi
             and clip.cropped_signature == previous.cropped_signature and clip.stream_cap == previous.stream_cap
-            and clip.opens_cleanly)
+            and clip.opens_cleanly and not (previous.runs and clip.runs
+                                            and repeats_a_picture(previous.runs[-1], clip.runs[0])))
+
+
+def repeats_a_picture(previous: _Run, run: _Run) -> bool:
+    """Whether ``run``'s keyframe is in ``previous`` already, past its start.
+
+    A run reaches past the next keyframe when a wanted picture is a leading picture of that keyframe (decoded
+    after it, shown before it), as with keyframes one frame apart at x265 scene cuts. Back to back, the
+    keyframe's second copy (relabelled BLA) has the first one's picture order count in the same sequence:
+    FFmpeg drops it as a duplicate, so the two runs go in separate streams.
+    """
+    first = run.packets[0]
+    return any(p.is_key and p.pts_s == first.pts_s and len(p.data) == len(first.data)
+               for p in previous.packets[1:])
 
 
 def merge_clips(clips: Sequence[Clip]) -> Clip:
@@ -442,7 +456,8 @@ class _ClipPacker:
                                       else clean_start(first.original, self.codec, framing))
         run_bytes = sum(len(p.data) for p in run.packets)
         if self.runs and (self.frames + len(run.wanted) > self.max_frames or self.size + run_bytes > self.max_bytes
-                          or not opens_cleanly(run.packets[0].data, self.codec, framing)):
+                          or not opens_cleanly(run.packets[0].data, self.codec, framing)
+                          or repeats_a_picture(self.runs[-1], run)):
             done = self.finish()
         self.runs.append(run)
         self.frames += len(run.wanted)
