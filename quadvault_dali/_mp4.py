@@ -200,7 +200,10 @@ class SampleTable:
 class TrackFacts:
     rotation: int
     composition_offsets: np.ndarray | None  # ticks of the track's timescale, one per sample
-    samples: SampleTable | None = None  # where ``sample_table`` could read the track
+    samples: SampleTable | None = None  # where ``all_samples`` could read the track and the edit list shows all
+    #: every sample's file offset where the tables are plain, even if the edit list hides some (``samples``
+    #: is then ``None``): matches FFmpeg's index rows to ``composition_offsets`` when it left samples out
+    sample_pos: np.ndarray | None = None
     #: digest of what FFmpeg copies from this track into a remuxed clip's ``moov``: the sample description
     #: (less ``btrt``, whose bit rates differ per file) and the display matrices (``tkhd``'s, ``mvhd``'s);
     #: ``""`` if unread
@@ -227,15 +230,16 @@ def read_track_facts(fh: BinaryIO, file_size: int, track_id: int | None = None) 
     except (struct.error, ValueError, IndexError, KeyError) as exc:
         log.info("cannot read the track header: %s", exc)
         rotation, setup = 0, ""
-    offsets = samples = None
+    offsets = samples = table = None
     try:
         offsets = _composition_offsets(track[b"ctts"]) if track.get(b"ctts") else None
         if exact:
-            samples = sample_table(movie, track, offsets, file_size)
+            table = all_samples(movie, track, offsets, file_size)
+            samples = table if table is not None and _edit_keeps_all_of(movie, track, table, offsets) else None
     except (struct.error, ValueError, IndexError, MemoryError) as exc:
         log.info("cannot read the sample table: %s", exc)
-        samples = None
-    return TrackFacts(rotation, offsets, samples, setup)
+        samples = table = None
+    return TrackFacts(rotation, offsets, samples, setup=setup, sample_pos=table.pos if table is not None else None)
 
 
 def _setup_digest(track: dict[bytes, bytes], mvhd: bytes) -> str:
@@ -275,13 +279,18 @@ def timescale(box: bytes) -> int:
     return int(scale)
 
 
-def sample_table(movie: dict[bytes, bytes], track: dict[bytes, bytes], offsets: np.ndarray | None,
-                 file_size: int) -> SampleTable | None:
-    """The track's samples computed from ``stts``/``stsz``/``stsc``/``stco``/``stss``, or ``None`` where FFmpeg
-    may index it otherwise: fragments, tables this does not cover, several sample descriptions, negative
-    composition offsets, values FFmpeg clamps or stops at (a decode time step or sample past 31 or 29 bits,
-    sync samples out of order), or an edit list other than one edit (after an optional empty one) that starts
-    at or before the first picture and still shows the last (FFmpeg drops or flags samples outside the edits)."""
+def _edit_keeps_all_of(movie: dict[bytes, bytes], track: dict[bytes, bytes], table: SampleTable,
+                       offsets: np.ndarray | None) -> bool:
+    cts = table.dts if offsets is None else table.dts + offsets
+    return b"elst" not in track or _edit_keeps_all(movie.get(b"mvhd"), track, cts)
+
+
+def all_samples(movie: dict[bytes, bytes], track: dict[bytes, bytes], offsets: np.ndarray | None,
+                file_size: int) -> SampleTable | None:
+    """Every sample of the track, computed from ``stts``/``stsz``/``stsc``/``stco``/``stss`` whatever its edit
+    list shows, or ``None`` where FFmpeg may read the tables otherwise: fragments, tables this does not cover,
+    several sample descriptions, negative composition offsets, values FFmpeg clamps or stops at (a decode time
+    step or sample past 31 or 29 bits, sync samples out of order)."""
     if b"mvex" in movie:  # fragments
         return None
     kinds = track.get(b"stbl:", b"").split(b",")
@@ -334,9 +343,6 @@ def sample_table(movie: dict[bytes, bytes], track: dict[bytes, bytes], offsets: 
         key[:] = False
         key[sync - 1] = True
     if offsets is not None and (len(offsets) != n or offsets.min() < 0):
-        return None
-    cts = dts if offsets is None else dts + offsets
-    if b"elst" in track and not _edit_keeps_all(movie.get(b"mvhd"), track, cts):
         return None
     return SampleTable(dts, pos, size, key)
 

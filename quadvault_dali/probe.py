@@ -38,6 +38,9 @@ class PacketIndex:
     size: np.ndarray  # int64 bytes
     is_key: np.ndarray  # bool
     from_container_index: bool  # True: MP4 sample table; positions/sizes are the raw packet bytes
+    #: whether the edit list hides pictures between shown ones (several edits): FFmpeg gives hidden and shown
+    #: pictures the same times there, so a run cut from the stream could take one for the other
+    hides_inside: bool = False
 
     @property
     def raw_positions(self) -> bool:
@@ -198,14 +201,15 @@ def rewound(container: av.container.InputContainer, path: Path, file: BinaryIO |
 
 def read_packet_index(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
                       path: Path, composition_offsets: np.ndarray | None = None,
-                      samples: SampleTable | None = None) -> PacketIndex:
+                      samples: SampleTable | None = None, sample_pos: np.ndarray | None = None) -> PacketIndex:
     """Packet positions, sizes and times from the container index, demuxing only if there is none.
 
     MP4 index entries hold decode times; ``composition_offsets`` (from the ``ctts`` box, one per
     sample) turn them into presentation times. Without them, every packet is assumed to have the
     first packet's offset (true for streams without B-frames). ``samples``, the track's sample table
     where ``_mp4`` could read it, stands in for FFmpeg's entries (the same rows, without a Python object
-    per packet).
+    per packet). ``sample_pos``, every sample's file offset, matches FFmpeg's rows to their offsets where
+    an edit list made FFmpeg leave samples out of its index.
     """
     tb = stream.time_base or Fraction(1, 90000)
     if samples is not None and container.format.name.split(",")[0] in _MP4_FORMATS:
@@ -223,16 +227,18 @@ def read_packet_index(container: av.container.InputContainer, stream: av.video.s
         if not shown.any():
             raise VideoOpenError("the edit list shows none of the video's frames", path=path,
                                  hint="the file's edit list (elst) is damaged; re-export or remux it")
-        if composition_offsets is not None and len(composition_offsets) == n:
-            pts_ticks = table[:, 0] + composition_offsets
+        offsets = _offsets_of_rows(table[:, 1], composition_offsets, sample_pos)
+        if offsets is not None:
+            pts_ticks = table[:, 0] + offsets
         else:
             first_shown = int(table[int(np.argmax(shown)), 0])
             pts_ticks = table[:, 0] + ((stream.start_time if stream.start_time is not None else first_shown)
                                        - first_shown)
-        start = int(pts_ticks[shown].min())
-        keep = shown | _lead_in(table[:, 3] != 0, shown, pts_ticks < start)
+        start, end = int(pts_ticks[shown].min()), int(pts_ticks[shown].max())
+        keep = shown | _lead_in(table[:, 3] != 0, shown, pts_ticks, start)
         pts = (pts_ticks[keep] - start).astype(np.float64) * float(tb)
-        return PacketIndex(pts, table[keep, 1], table[keep, 2], table[keep, 3] != 0, True)
+        return PacketIndex(pts, table[keep, 1], table[keep, 2], table[keep, 3] != 0, True,
+                           hides_inside=bool((~shown & (pts_ticks >= start) & (pts_ticks <= end)).any()))
     # No usable index (MPEG-TS, some MKV/WebM): demux every packet once, without decoding.
     rows: list[tuple[float, int, int, bool]] = []
     first: int | None = None
@@ -253,17 +259,39 @@ def read_packet_index(container: av.container.InputContainer, stream: av.video.s
                        arr[:, 3].astype(bool), False)
 
 
-def _lead_in(is_key: np.ndarray, shown: np.ndarray, before_start: np.ndarray) -> np.ndarray:
+def _offsets_of_rows(row_pos: np.ndarray, offsets: np.ndarray | None,
+                     sample_pos: np.ndarray | None) -> np.ndarray | None:
+    """The composition offset of each of FFmpeg's index rows: matched by file position where the sample
+    positions are known (an edit list starting in a later GOP makes FFmpeg leave the GOPs before out of its
+    index, so row i is no longer sample i), else by row where the counts agree; ``None`` if neither holds."""
+    if offsets is None:
+        return None
+    if sample_pos is not None and len(sample_pos) == len(offsets):
+        order = np.argsort(sample_pos, kind="stable")
+        at = np.clip(np.searchsorted(sample_pos[order], row_pos), 0, len(order) - 1)
+        if bool(np.all(sample_pos[order][at] == row_pos)):
+            return offsets[order[at]]
+    return offsets if len(offsets) == len(row_pos) else None
+
+
+def _lead_in(is_key: np.ndarray, shown: np.ndarray, pts: np.ndarray, start: int) -> np.ndarray:
     """The hidden samples the first shown pictures decode from: a clip trimmed without re-encoding keeps
     its first GOP from the keyframe on, and its edit list hides the pictures before the cut. They stay in
-    the index with negative times (decoded, never sampled); hidden samples after the shown ones do not."""
+    the index with negative times (decoded, never sampled); hidden samples after the shown ones do not.
+
+    Where a shown picture leads that keyframe (an open GOP's RASL picture, shown before its CRA and decoded
+    after it), the lead-in starts a keyframe earlier: the picture decodes from the GOP before.
+    """
     first_shown = int(np.argmax(shown))
     keys = np.flatnonzero(is_key[:first_shown + 1])
-    if len(keys) == 0:
-        return np.zeros_like(shown)
     lead = np.zeros_like(shown)
-    lead[int(keys[-1]):] = True
-    return lead & before_start
+    if len(keys) == 0:
+        return lead
+    k = len(keys) - 1
+    while k > 0 and pts[keys[k]] > start:
+        k -= 1
+    lead[int(keys[k]):] = True
+    return lead & (pts < start)
 
 
 def probe_video(path: str | os.PathLike[str], *, with_index: bool = False) -> VideoInfo | tuple[VideoInfo, PacketIndex]:
@@ -314,7 +342,7 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
     if container.format.name.split(",")[0] in _MP4_FORMATS:
         with open(path, "rb") as fh:
             facts = read_track_facts(fh, stat.st_size, stream.id)
-    index = read_packet_index(container, stream, path, facts.composition_offsets, facts.samples)
+    index = read_packet_index(container, stream, path, facts.composition_offsets, facts.samples, facts.sample_pos)
     if index.from_container_index:
         end = int((index.pos + index.size).max())
         if end > stat.st_size:
@@ -339,8 +367,8 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
             raise VideoOpenError("duration unknown and no frame timing in the index", path=path)
     if not avg:
         avg = len(index) / duration if duration else 0.0
-    shown = int(np.count_nonzero(index.shown))
-    frame_count = shown if shown < len(index) else (stream.frames or len(index))
+    # an MP4's index is what FFmpeg shows (the sample count in its header also counts what an edit list hides)
+    frame_count = int(np.count_nonzero(index.shown)) if index.from_container_index else (stream.frames or len(index))
 
     rotation = facts.rotation
     coded_w, coded_h = stream.width, stream.height

@@ -1,4 +1,4 @@
-"""The packet index read from an MP4's sample tables (``_mp4.sample_table``) is FFmpeg's, row for row, or is
+"""The packet index read from an MP4's sample tables (``_mp4.all_samples``) is FFmpeg's, row for row, or is
 not used: tracks it does not cover fall back to PyAV's index entries."""
 
 from __future__ import annotations

@@ -139,6 +139,97 @@ def test_pictures_hidden_after_the_edit_are_never_sampled(make_clip: Callable[..
         assert stamp is not None and abs(stamp.time_s - (t + 0.4)) <= STAMP_TOL
 
 
+def _shown_keyframes(path: Path) -> list[float]:
+    with av.open(str(path)) as c:
+        return [round(float(f.pts * f.time_base), 6) for f in c.decode(video=0) if f.key_frame]
+
+
+def _stamped(frames: object, times: list[float]) -> list[tuple[float, float | None]]:
+    out = []
+    for frame, t in zip(frames, times):  # type: ignore[call-overload]
+        stamp = read_stamp(frame.permute(1, 2, 0).numpy())
+        out.append((t, stamp.time_s if stamp else None))
+    return out
+
+
+@pytest.mark.parametrize(("codec_name", "frames"), [("h264", 40), ("hevc", 29), ("hevc", 40), ("h264", 30)])
+def test_trims_into_later_gops_and_onto_leading_pictures(make_clip: Callable[..., Path], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch, codec_name: str,
+                                                         frames: int) -> None:
+    """Found by review: an edit starting in the second GOP makes FFmpeg leave the first out of its index, so
+    its rows no longer line up with the file's composition offsets (keyframe times came out up to 3 frames
+    late with B-frames); an edit starting on an open GOP's leading picture (x265 writes CRA keyframes, hevc
+    29) shows a picture that decodes from the GOP before (t=0 came from the keyframe after it)."""
+    from quadvault_dali.sampling import _cpu
+
+    path = _trim_start(_source(make_clip, codec_name, 1.0), tmp_path / f"{codec_name}_{frames}.mp4", frames)
+    cut = frames / FPS
+    info = probe.probe_video(path)
+    assert list(info.keyframe_times) == pytest.approx(_shown_keyframes(path), abs=1e-6)
+    assert info.frame_count == len(_shown_times(path))
+    runs = create_sampler("cpu", fps=2.0, mode="exact", size=96, square=False)
+    keyed = create_sampler("cpu", fps=1.0, mode="keyframe", size=96, square=False)
+    results = [runs.sample_video(path), keyed.sample_video(path)]
+    monkeypatch.setattr(_cpu, "MAX_GOP_BYTES_IN_MEMORY", 0)  # the in-order decode of huge GOPs, for comparison
+    results.append(runs.sample_video(path))
+    for sampled, times, _ in results:
+        for t, stamp in _stamped(sampled, times):
+            assert stamp is not None and abs(stamp - (t + cut)) <= STAMP_TOL, (t, stamp)
+    assert results[0][1] == results[2][1] and results[0][1][0] == 0.0
+
+
+def test_frame_count_is_what_ffmpeg_shows(make_clip: Callable[..., Path], tmp_path: Path) -> None:
+    """An edit starting exactly on a keyframe makes FFmpeg drop the samples before it from its index; one
+    ending early hides the last ones: the header's sample count counts both."""
+    source = _source(make_clip, "h264", 1.0)
+    on_key = _trim_start(source, tmp_path / "on_key.mp4", 30)
+    end_only = _shorten_edit(_trim_start(source, tmp_path / "plain.mp4", 0), tmp_path / "end_only.mp4", 1.0)
+    for path in (on_key, end_only):
+        assert probe.probe_video(path).frame_count == len(_shown_times(path)) == 150, path.name
+
+
+def _set_edits(src: Path, dst: Path, edits: list[tuple[int, int]]) -> Path:
+    """``src`` (one track, ``moov`` after ``mdat``, as PyAV writes it) with its edit list replaced by ``edits``
+    (duration in movie ticks, media time in track ticks; normal rate)."""
+    data = bytearray(src.read_bytes())
+    elst = data.index(b"elst") - 4
+    old_size = struct.unpack_from(">I", data, elst)[0]
+    body = struct.pack(">II", 0, len(edits)) + b"".join(struct.pack(">Iii", d, m, 0x10000) for d, m in edits)
+    new = struct.pack(">I4s", 8 + len(body), b"elst") + body
+    grow = len(new) - old_size
+    for parent in (b"moov", b"trak", b"edts"):
+        at = data.index(parent) - 4
+        assert at < elst
+        struct.pack_into(">I", data, at, struct.unpack_from(">I", data, at)[0] + grow)
+    assert data.index(b"mdat") < data.index(b"moov"), "chunk offsets would move"
+    data[elst:elst + old_size] = new
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def test_two_edits_never_sample_what_the_cut_hides(make_clip: Callable[..., Path], tmp_path: Path) -> None:
+    """Edits showing 0.4-1.4 s, then 2.5-4.5 s of the source: FFmpeg gives the hidden pictures after the first
+    edit the times of the second edit's shown ones, so runs cut from the stream returned source 1.4 s at
+    t=1.0 (never shown). Exact mode decodes such a file in order (the gpu backend hands it to the CPU)."""
+    from quadvault_dali.errors import DecodeError
+
+    source = make_clip("trim_src_h264_nob.mp4", codec="h264", width=128, height=96, fps=FPS, duration_s=6.0,
+                       keyframe_interval_s=1.0, source_id=5, x264_preset="ultrafast")
+    plain = _trim_start(source, tmp_path / "plain.mp4", 0)
+    with av.open(str(plain)) as c:
+        scale = c.streams.video[0].time_base.denominator
+    path = _set_edits(plain, tmp_path / "two_edits.mp4", [(1000, int(0.4 * scale)), (2000, int(2.5 * scale))])
+    shown = _shown_times(path)
+    info, index = probe.probe_video(path, with_index=True)
+    assert index.hides_inside and info.frame_count == len(shown) == 90
+    with pytest.raises(DecodeError, match="hides pictures between the ones it shows"):
+        _build(path, "exact", fps=3.0)
+    frames, times, outcome = create_sampler("cpu", fps=3.0, mode="exact", size=96, square=False).sample_video(path)
+    assert outcome.error is None and times == pytest.approx(np.arange(9) / 3.0, abs=1e-6)
+    for t, stamp in _stamped(frames, times):  # 0.4 s in before 1 s, then 2.5 s in
+        assert stamp is not None and abs(stamp - (t + (0.4 if t < 1.0 - 1e-6 else 1.5))) <= STAMP_TOL, (t, stamp)
+
+
 def test_a_real_edit_listed_clip_samples_from_its_first_shown_picture(corpus: Path) -> None:
     """androidx's ``sample_edit_list.mp4`` (HEVC, turned 90°) hides 8 pictures before its first shown one:
     exact sampling used to start at the keyframe 0.6 s in, losing the seconds before it."""

@@ -246,8 +246,10 @@ class CpuSampler(Sampler):
         large to hold in memory, or where the runs cannot be cut."""
         info = plan.info
         last = float("-inf")
-        if not plan.index.raw_positions or largest_gop_bytes(plan.index) > MAX_GOP_BYTES_IN_MEMORY:
-            # MKV/WebM/TS: runs found by seeking read more than decoding in order does
+        if not plan.index.raw_positions or plan.index.hides_inside \
+                or largest_gop_bytes(plan.index) > MAX_GOP_BYTES_IN_MEMORY:
+            # MKV/WebM/TS: runs found by seeking read more than decoding in order does; an edit list hiding
+            # pictures between shown ones: only the decoder knows which pictures it hides
             yield from self._exact(plan, container, stream)
             return
         try:

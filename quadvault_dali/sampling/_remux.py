@@ -849,6 +849,9 @@ def picture_skipper(stream: av.video.stream.VideoStream, codec: str) -> Callable
 def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
                 max_frames: int, max_bytes: int = 64 << 20, uncrop: bool = False) -> Iterator[Clip]:
     """Clips of runs (keyframe .. last needed packet) holding the frame nearest every grid time, once."""
+    if plan.index.hides_inside:
+        raise DecodeError("its edit list hides pictures between the ones it shows: exact runs cannot be cut",
+                          path=plan.info.path, hint="the CPU decoder samples it")
     packer = _ClipPacker(stream, plan.info.codec, max_frames, max_bytes, uncrop=uncrop,
                          setup=plan.info.setup)
     skippable = picture_skipper(stream, plan.info.codec)
