@@ -426,3 +426,48 @@ def test_a_window_starting_just_before_a_reordered_keyframe_starts_on_time(tmp_p
         with WindowReader(info, in_s, W, H) as reader:
             stamp = read_stamp(reader.frame_at(in_s))
         assert stamp is not None and stamp.time_s == pytest.approx(np.floor(in_s * 30 + 1e-6) / 30, abs=0.006), in_s
+
+
+def test_mpeg_ts_windows_start_on_time_in_pictures_and_sound(tmp_path: Path) -> None:
+    """Camcorder .MTS/.m2ts: a video seek by time lands past the keyframe it needs (the demuxer finds a
+    packet by time, not a keyframe): windows in the first second started at the second keyframe and a window
+    in the last second had no picture at all. The sound's seeks land on time; it stays in step."""
+    from quadvault_dali.reel.audio import read_audio_window
+    from quadvault_dali.reel.frames import WindowReader
+    from quadvault_dali.synth import draw_stamp
+
+    path = tmp_path / "camcorder.ts"
+    with av.open(str(path), "w", format="mpegts") as out:
+        video = out.add_stream("libx264", rate=30)
+        video.width, video.height, video.pix_fmt = W, H, "yuv420p"
+        video.options = {"g": "30", "keyint_min": "30", "sc_threshold": "0", "bf": "2"}
+        audio = out.add_stream("aac", rate=48000)
+        audio.layout = "stereo"
+        sound_at = 0
+        for i in range(240):  # 8 s of pictures; a tone only while 1.0 <= t < 1.5 and 6.5 <= t < 7.0
+            image = np.full((H, W, 3), 40, np.uint8)
+            draw_stamp(image, i / 30, 4)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 30)
+            out.mux(video.encode(frame))
+            while sound_at < (i + 1) * 1600:
+                t = (np.arange(1024) + sound_at) / 48000
+                tone = np.where((t >= 1.0) & (t < 1.5) | (t >= 6.5) & (t < 7.0),
+                                0.5 * np.sin(2 * np.pi * 440 * t), 0.0).astype(np.float32)
+                sound = av.AudioFrame.from_ndarray(np.stack([tone, tone]), format="fltp", layout="stereo")
+                sound.sample_rate, sound.pts, sound.time_base = 48000, sound_at, Fraction(1, 48000)
+                out.mux(audio.encode(sound))
+                sound_at += 1024
+        out.mux(video.encode(None))
+        out.mux(audio.encode(None))
+    info = probe_video(path)
+    for in_s in (0.0, 0.2, 1.5, 3.4, 7.2, 7.95):
+        with WindowReader(info, in_s, W, H) as reader:
+            stamp = read_stamp(reader.frame_at(in_s))
+        assert stamp is not None and stamp.time_s == pytest.approx(np.floor(in_s * 30 + 1e-6) / 30, abs=0.006), in_s
+    for in_s, loud in ((0.8, (0.2, 0.7)), (6.3, (0.2, 0.7))):
+        samples = read_audio_window(path, in_s, 1.0, video_start_s=info.start_time_s)
+        assert samples is not None
+        level = [float(np.abs(samples[0, i * 2400:(i + 1) * 2400]).mean()) for i in range(20)]  # 50-ms steps
+        lo, hi = int(loud[0] * 20), int(loud[1] * 20)
+        assert max(level[:lo - 1] + level[hi + 1:]) < 0.02 and min(level[lo + 1:hi - 1]) > 0.2, (in_s, level)

@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import DecodeError, QuadvaultError
 from ..probe import VideoInfo, open_container
 from ..sampling import nvdec_limitation
+from ..sampling._remux import BYTE_SEEK_FORMATS
 
 log = logging.getLogger(__name__)
 _EPS = 1e-4  # tolerance when comparing frame times: pts rounding must not pick the previous frame
@@ -91,18 +92,23 @@ class WindowReader:
             raise DecodeError(f"cannot open the video stream ({exc})", path=self.info.path) from exc
         self._current: tuple[float, av.VideoFrame] | None = None
         # The demuxer seeks by decode time: with B-frames a keyframe shown just after in_s is stored before
-        # it, and seeking lands there, one frame late. Seek earlier until the first frame is not after in_s.
+        # it, and seeking lands there, one frame late; an MPEG-TS seek finds a packet by time, not a keyframe,
+        # so decoding starts at the next keyframe, a GOP late (past the end for a window in the last second, and
+        # even from 0: the top is sought by byte). Seek earlier until the first frame is not after in_s.
         for margin_s in SEEK_MARGINS_S:
             start_s = max(0.0, in_s - margin_s)
             try:
-                self._container.seek(self._start_pts + int(start_s / self._tb), stream=self._stream,
-                                     backward=True, any_frame=False)
+                if start_s == 0.0 and self._container.format.name.split(",")[0] in BYTE_SEEK_FORMATS:
+                    self._container.seek(0, unsupported_byte_offset=True)  # the top, exactly
+                else:
+                    self._container.seek(self._start_pts + int(start_s / self._tb), stream=self._stream,
+                                         backward=True, any_frame=False)
             except av.error.FFmpegError as exc:
                 self.close()
                 raise DecodeError(f"cannot seek to {in_s:.2f} s ({exc})", path=self.info.path) from exc
             self._frames = self._decode()
             self._next: tuple[float, av.VideoFrame] | None = next(self._frames, None)
-            if self._next is None or self._next[0] <= in_s + _EPS or start_s == 0.0:
+            if (self._next is not None and self._next[0] <= in_s + _EPS) or start_s == 0.0:
                 break
         if hwaccel is not None and self._next is None:
             raise DecodeError("the hardware decoder returned no frame", path=self.info.path)
@@ -159,7 +165,7 @@ class WindowReader:
 
 
 #: How far before a window's start the reader seeks, in turn, until the first frame is not after it.
-SEEK_MARGINS_S = (0.0, 1.0, 5.0, float("inf"))
+SEEK_MARGINS_S = (0.0, 1.0, 2.0, 5.0, 15.0, float("inf"))
 
 
 def _cuda(device: int) -> "av.codec.hwaccel.HWAccel":
