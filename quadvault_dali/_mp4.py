@@ -201,8 +201,9 @@ class TrackFacts:
     rotation: int
     composition_offsets: np.ndarray | None  # ticks of the track's timescale, one per sample
     samples: SampleTable | None = None  # where ``all_samples`` could read the track and the edit list shows all
-    #: every sample's file offset where the tables are plain, even if the edit list hides some (``samples``
-    #: is then ``None``): matches FFmpeg's index rows to ``composition_offsets`` when it left samples out
+    #: every sample's file offset (``sample_positions``), even where ``samples`` is ``None`` (an edit list
+    #: hiding some, sample groups, negative composition offsets): matches FFmpeg's index rows to
+    #: ``composition_offsets`` where it left samples out
     sample_pos: np.ndarray | None = None
     #: digest of what FFmpeg copies from this track into a remuxed clip's ``moov``: the sample description
     #: (less ``btrt``, whose bit rates differ per file) and the display matrices (``tkhd``'s, ``mvhd``'s);
@@ -230,16 +231,20 @@ def read_track_facts(fh: BinaryIO, file_size: int, track_id: int | None = None) 
     except (struct.error, ValueError, IndexError, KeyError) as exc:
         log.info("cannot read the track header: %s", exc)
         rotation, setup = 0, ""
-    offsets = samples = table = None
+    offsets = samples = positions = None
     try:
         offsets = _composition_offsets(track[b"ctts"]) if track.get(b"ctts") else None
         if exact:
+            placed = sample_positions(track, file_size)
+            positions = placed[0] if placed is not None else None
             table = all_samples(movie, track, offsets, file_size)
-            samples = table if table is not None and _edit_keeps_all_of(movie, track, table, offsets) else None
+            # FFmpeg shifts the decode times of a track with negative composition offsets: its index, not this
+            samples = table if table is not None and (offsets is None or offsets.min() >= 0) \
+                and _edit_keeps_all_of(movie, track, table, offsets) else None
     except (struct.error, ValueError, IndexError, MemoryError) as exc:
         log.info("cannot read the sample table: %s", exc)
-        samples = table = None
-    return TrackFacts(rotation, offsets, samples, setup=setup, sample_pos=table.pos if table is not None else None)
+        samples = positions = None
+    return TrackFacts(rotation, offsets, samples, setup=setup, sample_pos=positions)
 
 
 def _setup_digest(track: dict[bytes, bytes], mvhd: bytes) -> str:
@@ -289,25 +294,54 @@ def all_samples(movie: dict[bytes, bytes], track: dict[bytes, bytes], offsets: n
                 file_size: int) -> SampleTable | None:
     """Every sample of the track, computed from ``stts``/``stsz``/``stsc``/``stco``/``stss`` whatever its edit
     list shows, or ``None`` where FFmpeg may read the tables otherwise: fragments, tables this does not cover,
-    several sample descriptions, negative composition offsets, values FFmpeg clamps or stops at (a decode time
-    step or sample past 31 or 29 bits, sync samples out of order)."""
+    several sample descriptions, values FFmpeg clamps or stops at (a decode time step or sample past 31 or 29
+    bits, sync samples out of order)."""
     if b"mvex" in movie:  # fragments
         return None
     kinds = track.get(b"stbl:", b"").split(b",")
     if not set(kinds) <= _PLAIN_TABLE or len(kinds) != len(set(kinds)):
         return None
-    stsd, stts, stsc, stsz, mdhd = (track.get(k) for k in (b"stsd", b"stts", b"stsc", b"stsz", b"mdhd"))
-    chunks_box = track.get(b"stco") if b"co64" not in track else track[b"co64"]
-    if stsd is None or stts is None or stsc is None or stsz is None or mdhd is None or chunks_box is None \
-            or (b"stco" in track and b"co64" in track):
+    stsd, stts, stsc, mdhd = (track.get(k) for k in (b"stsd", b"stts", b"stsc", b"mdhd"))
+    if stsd is None or stts is None or stsc is None or mdhd is None:
         return None
-    if struct.unpack_from(">I", stsd, 4)[0] != 1:
+    if struct.unpack_from(">I", stsd, 4)[0] != 1 or np.any(_full_box_table(stsc, 3)[:, 2] != 1):
         return None
     timescale(mdhd)
+    placed = sample_positions(track, file_size)
+    if placed is None:
+        return None
+    pos, size = placed
+    n = len(pos)
     times = _full_box_table(stts, 2)  # (count, delta): bounded by the box, unlike the counts in it
-    sample_size, n = struct.unpack_from(">II", stsz, 4)
-    if n == 0 or n > _MAX_SAMPLES or int(times[:, 0].sum()) != n or np.any(times[:, 1] >= 1 << 31):
+    if int(times[:, 0].sum()) != n or np.any(times[:, 1] >= 1 << 31):
         return None  # FFmpeg takes a step past 31 bits as a correction (or clamps it)
+    deltas = np.repeat(times[:, 1], times[:, 0])
+    dts = np.concatenate(([0], np.cumsum(deltas)[:-1])).astype(np.int64)
+    key = np.ones(n, dtype=bool)
+    stss = track.get(b"stss")
+    if stss is not None:
+        sync = _full_box_table(stss, 1)[:, 0]
+        # FFmpeg walks the list with one cursor: an entry out of order or repeated stalls it
+        if not len(sync) or sync[0] < 1 or sync[-1] > n or np.any(np.diff(sync) <= 0):
+            return None
+        key[:] = False
+        key[sync - 1] = True
+    if offsets is not None and len(offsets) != n:
+        return None
+    return SampleTable(dts, pos, size, key)
+
+
+def sample_positions(track: dict[bytes, bytes], file_size: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Every sample's file offset and size from ``stsz``/``stsc``/``stco`` (``co64``), or ``None`` where the
+    tables do not add up or hold what FFmpeg would not index (a sample past 29 bits). Sample groups, sample
+    descriptions and the other boxes FFmpeg reads do not move samples."""
+    stsc, stsz = track.get(b"stsc"), track.get(b"stsz")
+    chunks_box = track.get(b"stco") if b"co64" not in track else track[b"co64"]
+    if stsc is None or stsz is None or chunks_box is None or (b"stco" in track and b"co64" in track):
+        return None
+    sample_size, n = struct.unpack_from(">II", stsz, 4)
+    if n == 0 or n > _MAX_SAMPLES:
+        return None
     if sample_size:
         if n * sample_size > file_size:
             return None
@@ -320,9 +354,9 @@ def all_samples(movie: dict[bytes, bytes], track: dict[bytes, bytes], offsets: n
     if len(chunk_pos) and int(chunk_pos.min()) < 0:  # a 64-bit offset past 2^63
         return None
     runs = _full_box_table(stsc, 3)  # (first chunk, samples per chunk, description index)
-    first, per_chunk, described = runs[:, 0], runs[:, 1], runs[:, 2]
+    first, per_chunk = runs[:, 0], runs[:, 1]
     if not len(runs) or first[0] != 1 or np.any(np.diff(first) <= 0) or first[-1] > len(chunk_pos) \
-            or np.any(per_chunk <= 0) or np.any(described != 1):
+            or np.any(per_chunk <= 0):
         return None
     chunk_runs = np.diff(np.append(first, len(chunk_pos) + 1))
     if int((per_chunk * chunk_runs).sum()) != n:
@@ -331,20 +365,7 @@ def all_samples(movie: dict[bytes, bytes], track: dict[bytes, bytes], offsets: n
     chunk_of = np.repeat(np.arange(len(chunk_pos)), in_chunk)
     before = np.cumsum(size) - size  # bytes of the samples before each, over the whole track
     pos = chunk_pos[chunk_of] + before - before[(np.cumsum(in_chunk) - in_chunk)[chunk_of]]
-    deltas = np.repeat(times[:, 1], times[:, 0])
-    dts = np.concatenate(([0], np.cumsum(deltas)[:-1])).astype(np.int64)
-    key = np.ones(n, dtype=bool)
-    stss = track.get(b"stss")
-    if stss is not None:
-        sync = _full_box_table(stss, 1)[:, 0]
-        # FFmpeg walks the list with one cursor: an entry out of order or repeated stalls it
-        if not len(sync) or sync[0] < 1 or sync[-1] > n or np.any(np.diff(sync) <= 0):
-            return None
-        key[:] = False
-        key[sync - 1] = True
-    if offsets is not None and (len(offsets) != n or offsets.min() < 0):
-        return None
-    return SampleTable(dts, pos, size, key)
+    return pos, size
 
 
 def _edit_keeps_all(mvhd: bytes | None, track: dict[bytes, bytes], cts: np.ndarray) -> bool:

@@ -248,7 +248,8 @@ def read_packet_index(container: av.container.InputContainer, stream: av.video.s
                 continue
             if first is None:
                 first = packet.pts if stream.start_time is None else stream.start_time
-            rows.append((float((packet.pts - first) * tb), packet.pos or -1, packet.size, packet.is_keyframe))
+            rows.append((float((packet.pts - first) * tb), packet.pos if packet.pos is not None else -1, packet.size,
+                         packet.is_keyframe))
     except av.error.FFmpegError as exc:
         if not rows:
             raise VideoOpenError(f"cannot read packets: {exc}", path=path) from exc

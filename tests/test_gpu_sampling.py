@@ -681,7 +681,7 @@ def test_gpu_backend_every_frame_is_the_right_second(make_clip: Callable[..., Pa
 @pytest.mark.parametrize(("mode", "fps"), [("exact", 1.0), ("exact", 2.0), ("keyframe", 1.0)])
 def test_nvdec_samples_mpeg_ts_from_byte_seeks(make_clip: Callable[..., Path], mode: str, fps: float) -> None:
     """MPEG-TS with B-frames (camcorder .MTS/.m2ts): runs and keyframes found at the prober's byte positions
-    (``_remux.byte_positions``), so NVDEC decodes them instead of the CPU fallback, first second included."""
+    (``_remux.byte_position``), so NVDEC decodes them instead of the CPU fallback, first second included."""
     paths = [make_clip(f"nvdec_{codec}_k{gop:g}.ts", codec=codec, width=256, height=160, fps=rate, duration_s=6.0,
                        keyframe_interval_s=gop, source_id=sid)
              for sid, (codec, rate, gop) in enumerate([("h264", 30, 1.0), ("h264", 25, 3.0), ("hevc", 30, 2.0)], 1)]

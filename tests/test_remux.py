@@ -296,6 +296,53 @@ def test_ts_keyframe_mode_reads_a_fraction_of_the_file(make_clip: Callable[..., 
 
 
 @pytest.mark.parametrize("mode", ["exact", "keyframe"])
+def test_a_ts_starting_with_its_keyframe_at_byte_0_is_sought_by_byte(make_clip: Callable[..., Path],
+                                                                     tmp_path: Path, mode: str) -> None:
+    """A recording cut at a keyframe: its first packet sits at byte 0, which the prober stored as "no position"
+    (``pos or -1``), so the whole file went back to time seeks (t=0 lost, exact runs refused)."""
+    from quadvault_dali.probe import probe_video
+
+    source = make_clip("remux_h264_k1.ts", codec="h264", width=128, height=96, fps=30, duration_s=8.0,
+                       keyframe_interval_s=1.0, source_id=5)
+    _, index = probe_video(source, with_index=True)
+    at = int(index.pos[np.flatnonzero(index.is_key)[2]])
+    path = tmp_path / "cut_at_key.ts"
+    path.write_bytes(source.read_bytes()[at:])
+    assert probe_video(path, with_index=True)[1].pos[0] == 0
+    clips, plan, _, _ = _build(path, mode)
+    times = [t for c in clips for t in c.times]
+    assert times == [float(i) for i in range(6)]
+    for t, s in zip(times, [s for c in clips for s in _decoded_stamps(c, 0)]):
+        assert s is not None and abs(s - (t + 2.0)) <= STAMP_TOL, (t, s)
+
+
+def test_ts_recordings_joined_with_cat_show_one_recording_in_every_path(make_clip: Callable[..., Path],
+                                                                         tmp_path: Path) -> None:
+    """Joined with ``cat`` (camcorder users do), two recordings repeat their times. Positions are taken by
+    index row, not looked up by time, and of two keyframes at one time the first decoded is used: the clips
+    showed the two recordings in turn, while the cpu backend showed the first."""
+    first = make_clip("remux_h264_k1.ts", codec="h264", width=128, height=96, fps=30, duration_s=8.0,
+                      keyframe_interval_s=1.0, source_id=5)
+    second = make_clip("remux_h264_k2_sid6.ts", codec="h264", width=128, height=96, fps=30, duration_s=6.0,
+                       keyframe_interval_s=2.0, source_id=6)
+    path = tmp_path / "joined.ts"
+    path.write_bytes(first.read_bytes() + second.read_bytes())
+    for mode in ("exact", "keyframe"):
+        clips, _, _, _ = _build(path, mode)
+        seen = set()
+        for clip in clips:
+            with av.open(io.BytesIO(clip.data)) as src:
+                frames = [f.to_ndarray(format="rgb24") for f in src.decode(video=0)]
+            for i, t in zip(clip.frames, clip.times):
+                stamp = read_stamp(frames[i])
+                assert stamp is not None and abs(stamp.time_s - t) <= STAMP_TOL, (mode, t, stamp)
+                seen.add(stamp.source_id)
+        cpu_frames, _, _ = create_sampler("cpu", mode=mode, size=96, square=False).sample_video(path)
+        cpu_seen = {s.source_id for s in map(read_stamp, cpu_frames.permute(0, 2, 3, 1).numpy()) if s}
+        assert seen == cpu_seen == {5}, (mode, seen, cpu_seen)
+
+
+@pytest.mark.parametrize("mode", ["exact", "keyframe"])
 def test_a_ts_keyframe_not_at_its_byte_position_is_an_error_not_another_frame(
         make_clip: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
     from quadvault_dali.errors import DecodeError
@@ -303,12 +350,10 @@ def test_a_ts_keyframe_not_at_its_byte_position_is_an_error_not_another_frame(
 
     path = make_clip("remux_h264_k1.ts", codec="h264", width=128, height=96, fps=30, duration_s=8.0,
                      keyframe_interval_s=1.0, source_id=5)
-    real = _remux.byte_positions
-    def one_keyframe_late(container, index):  # type: ignore[no-untyped-def]
-        found = real(container, index)
-        times = sorted(found)
-        return {t: found[later] for t, later in zip(times, times[1:] + times[-1:])}
-    monkeypatch.setattr(_remux, "byte_positions", one_keyframe_late)
+    def one_keyframe_late(container, index, row):  # type: ignore[no-untyped-def]
+        keys = np.flatnonzero(index.is_key)
+        return int(index.pos[keys[min(np.searchsorted(keys, row) + 1, len(keys) - 1)]])
+    monkeypatch.setattr(_remux, "byte_position", one_keyframe_late)
     with pytest.raises(DecodeError, match="keyframe at 0.00s"):
         _build(path, mode)
 

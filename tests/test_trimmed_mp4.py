@@ -27,10 +27,10 @@ from test_remux import STAMP_TOL, _build, _decoded_stamps
 FPS = 30
 
 
-def _trim_start(src: Path, dst: Path, frames: int) -> Path:
+def _trim_start(src: Path, dst: Path, frames: int, options: dict[str, str] | None = None) -> Path:
     """``src`` remuxed with its times moved ``frames`` pictures earlier: FFmpeg's MP4 muxer writes an edit
     list that hides those pictures, the first GOP's keyframe among them (what ``ffmpeg -ss -c copy`` does)."""
-    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+    with av.open(str(src)) as inp, av.open(str(dst), "w", options=options or {}) as out:
         source = inp.streams.video[0]
         copy = out.add_stream_from_template(source)
         step = int(round(1 / (source.time_base * FPS)))
@@ -176,6 +176,54 @@ def test_trims_into_later_gops_and_onto_leading_pictures(make_clip: Callable[...
         for t, stamp in _stamped(sampled, times):
             assert stamp is not None and abs(stamp - (t + cut)) <= STAMP_TOL, (t, stamp)
     assert results[0][1] == results[2][1] and results[0][1][0] == 0.0
+
+
+@pytest.mark.parametrize("frames", [40, 45])
+def test_trims_into_later_gops_with_negative_composition_offsets(make_clip: Callable[..., Path], tmp_path: Path,
+                                                                 frames: int) -> None:
+    """Phones and FFmpeg's ``negative_cts_offsets`` write negative ``ctts``: the sample positions that match
+    FFmpeg's rows to their offsets must be read for them too (keyframe times were 1-3 frames late, every
+    keyframe-mode sample labelled with another picture's time, and exact runs refused)."""
+    path = _trim_start(_source(make_clip, "h264", 1.0), tmp_path / f"negcts_{frames}.mp4", frames,
+                       {"movflags": "negative_cts_offsets"})
+    assert b"ctts" in path.read_bytes()
+    info, index = probe.probe_video(path, with_index=True)
+    assert list(info.keyframe_times) == pytest.approx(_shown_keyframes(path), abs=1e-6)
+    assert not index.hides_inside
+    cut = frames / FPS
+    for mode in ("keyframe", "exact"):
+        clips, _, _, _ = _build(path, mode, fps=2.0)
+        for c in clips:
+            for t, s in zip(c.times, _decoded_stamps(c, 0)):
+                assert s is not None and abs(s - (t + cut)) <= STAMP_TOL, (mode, t, s)
+
+
+def test_a_real_phone_clip_edited_into_its_second_gop(corpus: Path, tmp_path: Path) -> None:
+    """androidx's ``sample_edit_list.mp4`` (negative ``ctts``, sample groups) with its edit moved 0.8 s in:
+    FFmpeg drops the first GOP from its index; its rows are matched to the offsets by position."""
+    data = bytearray((corpus / "androidx+media/libraries/test_data/src/test/assets/media/mp4/sample_edit_list.mp4")
+                     .read_bytes())
+    elst = data.index(b"elst") + 4
+    duration, media_time = struct.unpack_from(">Ii", data, elst + 8)
+    with av.open(io.BytesIO(bytes(data))) as c:
+        scale = c.streams.video[0].time_base.denominator
+    mvhd = data.index(b"mvhd") + 4
+    movie_scale = struct.unpack_from(">I", data, mvhd + 12)[0]
+    struct.pack_into(">Ii", data, elst + 8, duration - int(0.8 * movie_scale), media_time + int(0.8 * scale))
+    path = tmp_path / "later_gop.mp4"
+    path.write_bytes(bytes(data))
+    info, index = probe.probe_video(path, with_index=True)
+    assert list(info.keyframe_times) == pytest.approx(_shown_keyframes(path), abs=1e-6) and not index.hides_inside
+    assert info.frame_count == len(_shown_times(path))
+    clips, _, _, _ = _build(path, "exact", fps=2.0)
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        shown = {round(float(f.pts * stream.time_base), 6): f.to_ndarray(format="rgb24") for f in c.decode(stream)}
+    for clip in clips:
+        with av.open(io.BytesIO(clip.data)) as c:
+            decoded = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        for i, t in zip(clip.frames, clip.times):
+            assert np.array_equal(decoded[i], shown[round(t, 6)]), t
 
 
 def test_frame_count_is_what_ffmpeg_shows(make_clip: Callable[..., Path], tmp_path: Path) -> None:

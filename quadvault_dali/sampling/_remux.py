@@ -50,7 +50,7 @@ MERGEABLE_BYTES = 32 << 20
 #: for their A/B rows (``sampling_bench`` layouts ending in ``m``, ``prep_bench --mux``).
 JOIN_IN_ORDER = True
 #: Containers whose packets are found by seeking to the byte position the prober's demux pass saw them at
-#: (``byte_positions``): MPEG-TS, whose seeks by time land by byte estimates and overshoot the wanted keyframe,
+#: (``byte_position``): MPEG-TS, whose seeks by time land by byte estimates and overshoot the wanted keyframe,
 #: even from 0 (every exact run of a file with B-frames failed; keyframe mode took the next keyframe).
 BYTE_SEEK_FORMATS = frozenset({"mpegts"})
 #: Exact runs leave out the pictures nothing references (``unreferenced``); benchmarks turn it off for their A/B
@@ -538,19 +538,19 @@ def keyframe_clips(plan: SamplePlan, template: av.video.stream.VideoStream, fh: 
 def seek_keyframes(plan: SamplePlan, container: av.container.InputContainer,
                    stream: av.video.stream.VideoStream) -> Iterator[tuple[av.Packet, float]]:
     """The plan's keyframe packets, each with its time, for containers without raw packet positions (MKV,
-    WebM, TS): seek to each (by byte where ``byte_positions`` says), demux one. A TS keyframe that is not
+    WebM, TS): seek to each (by byte where ``byte_position`` says), demux one. A TS keyframe that is not
     where the prober's pass saw it is a ``DecodeError``, never another keyframe standing in for it."""
     start = stream.start_time or 0
     tb = stream.time_base
-    positions = byte_positions(container, plan.index)
     for row in plan.key_packets:
         t = round(float(plan.index.pts[row]), 6)
-        _seek(container, stream, t, positions[t] if positions is not None else None)
+        position = byte_position(container, plan.index, int(row))
+        _seek(container, stream, t, position)
         for packet in container.demux(stream):
             if packet.pts is None or not packet.is_keyframe or packet.size == 0:
                 continue
             pts = round(float((packet.pts - start) * tb), 6)
-            if positions is not None and abs(pts - t) > 1e-3:
+            if position is not None and abs(pts - t) > 1e-3:
                 raise DecodeError(f"the keyframe at {t:.2f}s is not at the byte position the index gives "
                                   f"(found {pts:.2f}s there)", path=plan.info.path)
             yield packet, pts
@@ -574,22 +574,27 @@ def demuxed_keyframe_clips(plan: SamplePlan, container: av.container.InputContai
 
 # --- exact mode --------------------------------------------------------------------------------
 
-def _groups(plan: SamplePlan) -> list[tuple[float, float, list[float]]]:
-    """Grid times grouped by the last keyframe at or before them: (keyframe time, seek time, times).
+def _groups(plan: SamplePlan) -> list[tuple[int, float, float, list[float]]]:
+    """Grid times grouped by the last keyframe at or before them: (keyframe row, its time, seek time, times).
 
     The seek time lies halfway to the next keyframe: MP4 seeks by decode time, which precedes the
     keyframe's presentation time by the reorder delay, so seeking to the keyframe's own time could
     land one GOP early.
     """
-    keys = plan.index.keyframe_times
+    index = plan.index
+    rows = np.flatnonzero(index.is_key)
+    rows = rows[np.argsort(index.pts[rows], kind="stable")]
+    keys = index.pts[rows]
     groups: dict[int, list[float]] = {}
     for t in plan.grid:
         i = max(0, int(np.searchsorted(keys, t + 1e-9, side="right")) - 1)
-        groups.setdefault(i, []).append(float(t))
+        i = int(np.searchsorted(keys, keys[i], side="left"))  # of keyframes at one time (two recordings
+        groups.setdefault(i, []).append(float(t))          # joined with ``cat``), the first, as decoding meets it
     out = []
     for i, times in sorted(groups.items()):
-        nxt = float(keys[i + 1]) if i + 1 < len(keys) else float(keys[i]) + 1.0
-        out.append((float(keys[i]), (float(keys[i]) + nxt) / 2, times))
+        later = np.flatnonzero(keys > keys[i])
+        nxt = float(keys[later[0]]) if len(later) else float(keys[i]) + 1.0
+        out.append((int(rows[i]), float(keys[i]), (float(keys[i]) + nxt) / 2, times))
     return out
 
 
@@ -650,14 +655,13 @@ def _packet_times(packet: av.Packet, start: int, tb: Fraction) -> tuple[float, f
     return pts, dts
 
 
-def byte_positions(container: av.container.InputContainer, index: PacketIndex) -> dict[float, int] | None:
-    """Each keyframe's byte position by its time, where seeks go by byte (``BYTE_SEEK_FORMATS``); else ``None``."""
-    if container.format.name.split(",")[0] not in BYTE_SEEK_FORMATS:
+def byte_position(container: av.container.InputContainer, index: PacketIndex, row: int) -> int | None:
+    """Where to seek for packet ``row`` by byte: its position from the prober's pass, where seeks go by byte
+    (``BYTE_SEEK_FORMATS``) and the pass saw one; else ``None`` (seek by time). By row, not by time: two
+    recordings joined with ``cat`` repeat their times."""
+    if container.format.name.split(",")[0] not in BYTE_SEEK_FORMATS or index.pos[row] < 0:
         return None
-    rows = np.flatnonzero(index.is_key)
-    if len(rows) == 0 or bool((index.pos[rows] < 0).any()):
-        return None
-    return {round(float(index.pts[r]), 6): int(index.pos[r]) for r in rows}
+    return int(index.pos[row])
 
 
 def _seek(container: av.container.InputContainer, stream: av.video.stream.VideoStream, seconds: float,
@@ -695,10 +699,10 @@ def _demux_run(container: av.container.InputContainer, stream: av.video.stream.V
 
 def _read_run(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
               key_time: float, seek_s: float, times: list[float], path: object,
-              positions: dict[float, int] | None = None) -> list[SourcePacket]:
+              position: int | None = None) -> list[SourcePacket]:
     """Demuxes from the keyframe at ``key_time`` until no later packet can be nearer to ``times``: from its byte
-    position where ``positions`` has it, else by seeking to ``seek_s`` (and from the top if that overshoots)."""
-    position = positions.get(round(key_time, 6)) if positions is not None else None
+    ``position`` where there is one (``byte_position``), else by seeking to ``seek_s`` (and from the top if
+    that overshoots)."""
     if position is not None:
         packets = _demux_run(container, stream, seek_s, key_time, times, path, strict=False, position=position)
     else:
@@ -856,11 +860,11 @@ def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream
                          setup=plan.info.setup)
     skippable = picture_skipper(stream, plan.info.codec)
     last_emitted: float | None = None
-    positions = byte_positions(container, plan.index)
-    for key_time, seek_s, times in _groups(plan):
+    for key_row, key_time, seek_s, times in _groups(plan):
+        position = byte_position(container, plan.index, key_row)
         for lo in range(0, len(times), max_frames):
             chunk = times[lo:lo + max_frames]
-            packets = _read_run(container, stream, key_time, seek_s, chunk, plan.info.path, positions)
+            packets = _read_run(container, stream, key_time, seek_s, chunk, plan.info.path, position)
             pts_sorted = np.sort(np.array([p.pts_s for p in packets]))
             wanted: list[float] = []
             for t in chunk:
