@@ -124,6 +124,33 @@ def test_exact_runs_stop_at_the_last_needed_packet(make_clip: Callable[..., Path
     assert packets < len(plan.index) / 3  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("name", ["h264_bframes", "hevc_gop2", "hevc_gop5", "vfr", "rotated", "scene_cuts"])
+@pytest.mark.parametrize("fps", [1.0, 3.0])
+def test_exact_runs_read_at_index_positions_are_the_demuxed_runs(make_clip: Callable[..., Path], media_dir: Path,
+                                                                 name: str, fps: float) -> None:
+    """MP4 runs are read straight from the index positions (``_run_rows``/``read_rows``) by the same rule the
+    demux after a seek follows (``_RunBuilder``): the same packets, bytes and wanted frames."""
+    from quadvault_dali.sampling._remux import exact_clips
+
+    path = (_scene_cut_hevc(media_dir / "remux_hevc_scene_cuts.mp4") if name == "scene_cuts"
+            else _clip_path(make_clip, name))
+    cut = {}
+    for direct in (False, True):
+        fh = CountingFile(path)
+        container = open_container(path, fh)
+        try:
+            info, index = probe_open(container, path)
+            plan = plan_samples(info, index, fps=fps, mode="exact")
+            stream = container.streams[info.stream_index]
+            clips = list(exact_clips(plan, container, stream, 12, fh=fh if direct else None))
+            cut[direct] = ([[(p.pts_s, p.data) for p in run.packets] for c in clips for run in c.runs],
+                           [run.wanted for c in clips for run in c.runs])
+        finally:
+            container.close()
+            fh.close()
+    assert cut[True] == cut[False] and cut[True][1]
+
+
 def _lean_and_full(path: Path, monkeypatch: pytest.MonkeyPatch, **build: object) -> tuple[list[Clip], list[Clip]]:
     """``path``'s exact clips as cut, and as cut with every picture kept; both for the same times."""
     import quadvault_dali.sampling._remux as remux

@@ -256,7 +256,7 @@ class CpuSampler(Sampler):
             # One run per clip, each decoded afresh: runs of open GOPs (HEVC CRA keyframes) far apart in
             # one stream would confuse the decoder's picture order. No frame budget either (frames leave
             # one at a time), so a long GOP is never cut into runs that each decode it again.
-            runs = exact_clips(plan, container, stream, max_frames=1 << 30, max_bytes=1)
+            runs = exact_clips(plan, container, stream, max_frames=1 << 30, max_bytes=1, fh=fh)
             for frame, t in (item for clip in runs for item in decode_clip(clip)):
                 last = t
                 yield frame, t

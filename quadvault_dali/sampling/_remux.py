@@ -851,21 +851,36 @@ def picture_skipper(stream: av.video.stream.VideoStream, codec: str) -> Callable
 
 
 def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
-                max_frames: int, max_bytes: int = 64 << 20, uncrop: bool = False) -> Iterator[Clip]:
-    """Clips of runs (keyframe .. last needed packet) holding the frame nearest every grid time, once."""
-    if plan.index.hides_inside:
+                max_frames: int, max_bytes: int = 64 << 20, uncrop: bool = False,
+                fh: CountingFile | None = None) -> Iterator[Clip]:
+    """Clips of runs (keyframe .. last needed packet) holding the frame nearest every grid time, once.
+
+    With ``fh`` and an index of raw packet positions (MP4), runs are read straight from the positions, as
+    keyframes are (``_run_rows``, ``read_rows``): demuxing them through FFmpeg and the Python file was a third
+    of exact mode's host time per frame. Otherwise they are demuxed after a seek (``_read_run``).
+    """
+    index = plan.index
+    if index.hides_inside:
         raise DecodeError("its edit list hides pictures between the ones it shows: exact runs cannot be cut",
                           path=plan.info.path, hint="the CPU decoder samples it")
     packer = _ClipPacker(stream, plan.info.codec, max_frames, max_bytes, uncrop=uncrop,
                          setup=plan.info.setup)
     skippable = picture_skipper(stream, plan.info.codec)
+    direct = fh is not None and index.raw_positions
+    later_min = np.minimum.accumulate(np.round(index.pts, 6)[::-1])[::-1] if direct else index.pts
+    key_rows = np.flatnonzero(index.is_key)
     last_emitted: float | None = None
     for key_row, key_time, seek_s, times in _groups(plan):
-        position = byte_position(container, plan.index, key_row)
+        position = None if direct else byte_position(container, index, key_row)
         for lo in range(0, len(times), max_frames):
             chunk = times[lo:lo + max_frames]
-            packets = _read_run(container, stream, key_time, seek_s, chunk, plan.info.path, position)
-            pts_sorted = np.sort(np.array([p.pts_s for p in packets]))
+            if direct:
+                rows = _run_rows(index, later_min, key_rows, key_row, chunk[-1])
+                times_of = [round(float(t), 6) for t in index.pts[rows]]
+            else:
+                packets = _read_run(container, stream, key_time, seek_s, chunk, plan.info.path, position)
+                times_of = [p.pts_s for p in packets]
+            pts_sorted = np.sort(np.array(times_of))
             wanted: list[float] = []
             for t in chunk:
                 near = nearest_time(pts_sorted, t)
@@ -877,7 +892,10 @@ def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream
             # Keep the decode-order prefix through the last packet any wanted frame needs, less the pictures
             # nothing references that are not wanted themselves (the decoder never needs them).
             keep = set(wanted)
-            need = max(i for i, p in enumerate(packets) if p.pts_s in keep)
+            need = max(i for i, t in enumerate(times_of) if t in keep)
+            if direct:
+                assert fh is not None
+                packets = read_rows(fh, index, rows[:need + 1], plan.info.path)
             run = [p for i, p in enumerate(packets[: need + 1]) if i == 0 or p.pts_s in keep or not skippable(p.data)]
             clip = packer.add(_Run(run, wanted))
             if clip is not None:
@@ -885,6 +903,46 @@ def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream
     clip = packer.finish()
     if clip is not None:
         yield clip
+
+
+def _run_rows(index: PacketIndex, later_min: np.ndarray, key_rows: np.ndarray, key_row: int,
+              last_time: float) -> np.ndarray:
+    """The index rows a demux from the keyframe at ``key_row`` takes into a run ending at ``last_time``
+    (``_RunBuilder``'s rule, from the index alone): decode order from the keyframe, less the pictures presented
+    before it (an open GOP's leading pictures), through the first row after which nothing is presented before
+    the earliest frame at or after ``last_time`` seen so far. ``later_min[r]``: the earliest time from row r
+    on; ``key_rows``: the keyframes' rows. Looked at no further than the second keyframe past ``last_time``."""
+    ahead = key_rows[key_rows > key_row]
+    ahead = ahead[index.pts[ahead] > last_time]
+    stop = int(ahead[1]) if len(ahead) > 1 else len(index)
+    pts = np.round(index.pts[key_row:stop], 6)
+    best_after = np.minimum.accumulate(np.where(pts >= last_time, pts, np.inf))
+    earliest_next = np.r_[later_min[key_row + 1:stop], np.inf if stop == len(index) else later_min[stop]]
+    settled = np.flatnonzero(earliest_next >= best_after - 1e-9)
+    end = int(settled[0]) + 1 if len(settled) else len(pts)
+    rows = np.arange(key_row, key_row + end)
+    return rows[(pts[:end] >= pts[0]) | (rows == key_row)]
+
+
+def read_rows(fh: CountingFile, index: PacketIndex, rows: np.ndarray, path: object) -> list[SourcePacket]:
+    """The packets of ``rows`` (decode order), read at their index positions; rows stored back to back in
+    the file are read in one call (a GOP's samples usually are, between chunks of sound)."""
+    pos, size = index.pos[rows], index.size[rows]
+    starts = np.flatnonzero(np.r_[True, pos[1:] != pos[:-1] + size[:-1]])
+    ends = np.r_[starts[1:], len(rows)]
+    packets: list[SourcePacket] = []
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        span = int(pos[b - 1] + size[b - 1] - pos[a])
+        data = fh.read_at(int(pos[a]), span)
+        if len(data) < span:
+            raise DecodeError(f"the packet at {index.pts[rows[b - 1]]:.2f}s is cut off by the end of the file",
+                              path=path, hint="the file is truncated; re-copy it")
+        view = memoryview(data)
+        for i in range(a, b):
+            at = int(pos[i] - pos[a])
+            t = round(float(index.pts[rows[i]]), 6)
+            packets.append(SourcePacket(bytes(view[at:at + int(size[i])]), t, t, bool(index.is_key[rows[i]])))
+    return packets
 
 
 def start_clips(plan: SamplePlan, container: av.container.InputContainer, fh: CountingFile | None, *,
@@ -914,7 +972,7 @@ def plan_clips(plan: SamplePlan, container: av.container.InputContainer, fh: Cou
     stream = container.streams[plan.info.stream_index]  # the file's stream index, not the n-th video
     budget = max_frames or frame_budget(plan.info.coded_width, plan.info.coded_height)
     if plan.mode == "exact":
-        return exact_clips(plan, container, stream, budget, uncrop=uncrop)
+        return exact_clips(plan, container, stream, budget, uncrop=uncrop, fh=fh)
     if plan.index.raw_positions:
         return keyframe_clips(plan, stream, fh, budget, uncrop=uncrop)
     return demuxed_keyframe_clips(plan, container, stream, budget, uncrop=uncrop)
