@@ -151,6 +151,34 @@ def test_exact_runs_read_at_index_positions_are_the_demuxed_runs(make_clip: Call
     assert cut[True] == cut[False] and cut[True][1]
 
 
+def test_matroska_keyframes_at_millisecond_times_are_sought_exactly(make_clip: Callable[..., Path]) -> None:
+    """Matroska times are milliseconds: 2.667 s is 2666.9999 ticks, and seeking to its floor landed on the
+    keyframe before, which came twice (the open-GOP copy then dropped by the decoder) and 2.667 s never."""
+    path = make_clip("remux_hevc_k1.333.mkv", codec="hevc", width=128, height=96, fps=30, duration_s=6.0,
+                     keyframe_interval_s=4 / 3, source_id=8)
+    clips, plan, _, _ = _build(path, "keyframe")
+    times = [t for c in clips for t in c.times]
+    assert times == [round(float(plan.index.pts[r]), 6) for r in plan.key_packets]  # type: ignore[attr-defined]
+    assert times == pytest.approx([0.0, 1.333, 2.667, 4.0, 5.333], abs=1e-6)
+    for t, s in zip(times, [s for c in clips for s in _decoded_stamps(c, 0)]):
+        assert s is not None and abs(s - t) <= STAMP_TOL, (t, s)
+    _, cpu_times, _ = create_sampler("cpu", mode="keyframe", size=32).sample_video(path)
+    assert cpu_times == times
+
+
+@pytest.mark.parametrize("container", ["mp4", "mkv"])
+def test_runs_from_one_keyframe_never_share_a_stream(make_clip: Callable[..., Path], container: str) -> None:
+    """23.976 fps sampled at 30 fps with a 26-frame budget: a GOP's times are cut into chunks whose runs start
+    at the same keyframe; in one clip its second copy was dropped as a duplicate and the frames shifted."""
+    path = make_clip(f"remux_hevc_23976.{container}", codec="hevc", width=128, height=96, fps=24000 / 1001,
+                     duration_s=4.0, keyframe_interval_s=2.0, source_id=9)
+    clips, plan, _, _ = _build(path, "exact", max_frames=26, fps=30.0)
+    times = [t for c in clips for t in c.times]
+    assert len(times) == plan.expected_frames  # type: ignore[attr-defined]
+    for t, s in zip(times, [s for c in clips for s in _decoded_stamps(c, 0)]):
+        assert s is not None and abs(s - t) <= STAMP_TOL, (t, s)
+
+
 def _lean_and_full(path: Path, monkeypatch: pytest.MonkeyPatch, **build: object) -> tuple[list[Clip], list[Clip]]:
     """``path``'s exact clips as cut, and as cut with every picture kept; both for the same times."""
     import quadvault_dali.sampling._remux as remux

@@ -267,16 +267,16 @@ def can_follow(clip: Clip, previous: Clip) -> bool:
 
 
 def repeats_a_picture(previous: _Run, run: _Run) -> bool:
-    """Whether ``run``'s keyframe is in ``previous`` already, past its start.
+    """Whether ``run``'s keyframe is in ``previous`` already.
 
     A run reaches past the next keyframe when a wanted picture is a leading picture of that keyframe (decoded
-    after it, shown before it), as with keyframes one frame apart at x265 scene cuts. Back to back, the
-    keyframe's second copy (relabelled BLA) has the first one's picture order count in the same sequence:
-    FFmpeg drops it as a duplicate, so the two runs go in separate streams.
+    after it, shown before it), as with keyframes one frame apart at x265 scene cuts; and a GOP holding more
+    sampling times than a clip's frame budget gives runs from the same keyframe. Back to back, the keyframe's
+    second copy (relabelled BLA) has the first one's picture order count in the same sequence: FFmpeg drops it
+    as a duplicate, so the two runs go in separate streams.
     """
     first = run.packets[0]
-    return any(p.is_key and p.pts_s == first.pts_s and len(p.data) == len(first.data)
-               for p in previous.packets[1:])
+    return any(p.is_key and p.pts_s == first.pts_s and len(p.data) == len(first.data) for p in previous.packets)
 
 
 def merge_clips(clips: Sequence[Clip]) -> Clip:
@@ -545,7 +545,7 @@ def seek_keyframes(plan: SamplePlan, container: av.container.InputContainer,
     for row in plan.key_packets:
         t = round(float(plan.index.pts[row]), 6)
         position = byte_position(container, plan.index, int(row))
-        _seek(container, stream, t, position)
+        _seek(container, stream, t, position, exact=True)
         for packet in container.demux(stream):
             if packet.pts is None or not packet.is_keyframe or packet.size == 0:
                 continue
@@ -665,12 +665,15 @@ def byte_position(container: av.container.InputContainer, index: PacketIndex, ro
 
 
 def _seek(container: av.container.InputContainer, stream: av.video.stream.VideoStream, seconds: float,
-          position: int | None) -> None:
-    """To the keyframe at or before ``seconds``: at its byte ``position`` where one is given."""
+          position: int | None, exact: bool = False) -> None:
+    """To the keyframe at or before ``seconds``: at its byte ``position`` where one is given. ``exact``:
+    ``seconds`` is a packet's own time, rounded to the nearest tick (a millisecond time base makes 2.667 s
+    2666.9999 ticks, and the floor of it landed on the keyframe before)."""
     if position is not None:
         container.seek(position, unsupported_byte_offset=True)
     else:
-        container.seek((stream.start_time or 0) + int(np.floor(seconds / stream.time_base)), stream=stream,
+        ticks = seconds / stream.time_base
+        container.seek((stream.start_time or 0) + int(round(ticks) if exact else np.floor(ticks)), stream=stream,
                        backward=True, any_frame=False)
 
 
