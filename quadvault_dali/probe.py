@@ -2,11 +2,13 @@
 
 The scan probes 18,000 files before it decodes them; reading only headers and the sample index
 keeps that to milliseconds per file, and validating here keeps bad files out of the GPU batches
-(a file DALI cannot open fails its whole batch).
+(a file DALI cannot open fails its whole batch). One exception: a Matroska file's rotation is read from
+its first decoded picture (``_rotation_of_first_picture``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -20,6 +22,7 @@ from ._mp4 import SampleTable, TrackFacts, read_track_facts
 from .errors import DecodeError, FileAccessError, UnsupportedCodecError, VideoOpenError
 
 _MP4_FORMATS = ("mov", "mp4")
+log = logging.getLogger(__name__)
 #: A video stream with fewer frames than this is a still (FFmpeg's best-stream choice uses the same cut).
 _STILL_FRAMES = 5
 
@@ -309,6 +312,24 @@ def probe_video(path: str | os.PathLike[str], *, with_index: bool = False) -> Vi
     return (info, index) if with_index else info
 
 
+#: Containers whose display rotation FFmpeg reads into the stream's side data, which PyAV does not show: the
+#: first decoded picture carries it (Matroska's ``Projection`` element; MP4/MOV's matrices are read in ``_mp4``).
+_ROTATION_BY_DECODING = frozenset({"matroska"})
+
+
+def _rotation_of_first_picture(path: Path, stream_index: int) -> int:
+    """Clockwise degrees (0/90/180/270) the first picture of the stream is to be turned, as FFmpeg attaches it
+    to the decoded frame; 0 where nothing decodes (the sampler reports that file's fault itself)."""
+    try:
+        with _av_open(str(path)) as container:
+            for frame in container.decode(container.streams[stream_index]):
+                degrees = -float(getattr(frame, "rotation", 0) or 0)  # FFmpeg's angle is counter-clockwise
+                return int(round(degrees / 90.0)) % 4 * 90
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        log.info("%s: no picture decoded to read its rotation from (%s)", path, exc)
+    return 0
+
+
 def main_video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
     """The stream that carries the footage when a file has several video streams.
 
@@ -359,6 +380,11 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
     duration = _seconds(stream.duration, tb)
     if duration is None or duration <= 0:
         duration = container.duration / 1e6 if container.duration else None
+        if not index.from_container_index and len(index) > 1:
+            # every packet was read: the video ends about a frame after its last. The container's duration
+            # is its end time in Matroska (8.5 s for 6 s of video starting at 2.5 s) and counts longer sound.
+            end = float(index.pts.max()) + float(np.median(np.diff(np.sort(index.pts))))
+            duration = end if duration is None or duration <= 0 else min(duration, end)
     avg = float(stream.average_rate) if stream.average_rate else 0.0
     real = float(stream.base_rate or stream.guessed_rate or 0) if (stream.base_rate or stream.guessed_rate) else avg
     if duration is None or duration <= 0:
@@ -372,6 +398,8 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
     frame_count = int(np.count_nonzero(index.shown)) if index.from_container_index else (stream.frames or len(index))
 
     rotation = facts.rotation
+    if container.format.name.split(",")[0] in _ROTATION_BY_DECODING:
+        rotation = _rotation_of_first_picture(path, stream.index)
     coded_w, coded_h = stream.width, stream.height
     width, height = (coded_h, coded_w) if rotation in (90, 270) else (coded_w, coded_h)
 

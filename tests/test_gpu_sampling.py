@@ -946,15 +946,15 @@ def test_a_stream_takes_one_runs_worth_of_clips() -> None:
     from quadvault_dali.sampling._samples import _Work
     from quadvault_dali.sampling._remux import Clip, SourcePacket, _Run
 
-    def clip(signature):  # type: ignore[no-untyped-def]
-        run = _Run([SourcePacket(b"\x00", 0.0, 0.0, True)], [0.0])
+    def clip(signature, t):  # type: ignore[no-untyped-def]
+        run = _Run([SourcePacket(b"\x00", t, t, True)], [t])
         return Clip(b"", np.zeros(3, np.int32), [0.0, 1.0, 2.0], 3, [run], signature)
 
     vp9 = ("vp9", b"", 128, 80, "yuv420p")
     sampler = DaliSampler(size=SIZE)
     sampler.clips_per_run = 2
     work: queue.Queue = queue.Queue()
-    items = [_Work(None, i, clip(sig)) for i, sig in enumerate([vp9, vp9, None, None, vp9])]  # type: ignore[arg-type]
+    items = [_Work(None, i, clip(sig, float(i))) for i, sig in enumerate([vp9, vp9, None, None, vp9])]  # type: ignore[arg-type]
     for item in items:
         work.put(item)
     carry: list = []

@@ -170,3 +170,43 @@ def test_pyav19_open_fallback_survives_a_concurrent_first_open(make_clip, monkey
     monkeypatch.setattr(probe, "_METADATA_ERRORS_KW", {"metadata_errors": "ignore"})
     monkeypatch.setattr(probe.av, "open", pyav19_open)
     probe.open_container(path).close()
+
+
+def test_a_turned_matroska_file_is_shown_upright(make_clip) -> None:
+    """FFmpeg reads Matroska's rotation into the stream's side data, which PyAV does not show: the prober
+    reads it from the first picture (it said 0, and both backends returned the pictures sideways)."""
+    from quadvault_dali.sampling import create_sampler
+    from quadvault_dali.synth import read_stamp
+
+    path = make_clip("probe_rot90.mkv", codec="h264", width=160, height=96, fps=30, duration_s=3.0,
+                     rotation=90, source_id=3)
+    info = probe_video(path)
+    assert info.rotation == 90 and (info.width, info.height) == (160, 96)  # stored 96 wide, 160 high
+    assert (info.coded_width, info.coded_height) == (96, 160)
+    frames, times, _ = create_sampler("cpu", mode="exact", size=96, square=False).sample_video(path)
+    assert frames.shape[2:] == (96, 160)
+    for frame, t in zip(frames, times):
+        stamp = read_stamp(frame.permute(1, 2, 0).numpy())
+        assert stamp is not None and abs(stamp.time_s - t) <= 0.006
+
+
+def test_a_matroska_file_starting_late_lasts_as_long_as_its_pictures(make_clip, tmp_path) -> None:
+    """Matroska's duration is its end time: 8.5 s for 6 s of pictures starting at 2.5 s, which made ``auto``
+    see a 2.5-s keyframe gap at the end and sample exactly."""
+    import av
+
+    source = make_clip("probe_k08.mkv", codec="h264", width=128, height=96, fps=30, duration_s=6.0,
+                       keyframe_interval_s=0.8, source_id=3, x264_preset="ultrafast")
+    late = tmp_path / "late.mkv"
+    with av.open(str(source)) as inp, av.open(str(late), "w") as out:
+        copy = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.dts is None:
+                continue
+            packet.pts += 2500
+            packet.dts += 2500
+            packet.stream = copy
+            out.mux(packet)
+    info = probe_video(late)
+    assert info.start_time_s == pytest.approx(2.5) and info.duration_s == pytest.approx(6.0, abs=0.04)
+    assert info.max_keyframe_interval_s < 1.0
