@@ -234,6 +234,8 @@ def read_track_facts(fh: BinaryIO, file_size: int, track_id: int | None = None) 
     offsets = samples = positions = None
     try:
         offsets = _composition_offsets(track[b"ctts"]) if track.get(b"ctts") else None
+        if b"mvex" in movie and exact:
+            offsets = _with_fragments(fh, file_size, track, offsets)
         if exact:
             placed = sample_positions(track, file_size)
             positions = placed[0] if placed is not None else None
@@ -245,6 +247,73 @@ def read_track_facts(fh: BinaryIO, file_size: int, track_id: int | None = None) 
         log.info("cannot read the sample table: %s", exc)
         samples = positions = None
     return TrackFacts(rotation, offsets, samples, setup=setup, sample_pos=positions)
+
+
+def _with_fragments(fh: BinaryIO, file_size: int, track: dict[bytes, bytes],
+                    offsets: np.ndarray | None) -> np.ndarray | None:
+    """A fragmented track's composition offsets: the ``moov`` samples' (``offsets``), then each movie
+    fragment's (``trun``), in file order, as FFmpeg's index lists the samples. ``None`` where no fragment
+    gives any (nothing is reordered)."""
+    tkhd = track[b"tkhd"]
+    track_id = struct.unpack_from(">I", tkhd, 4 + (16 if tkhd[0] == 1 else 8))[0]
+    stsz = track.get(b"stsz")
+    in_moov = struct.unpack_from(">I", stsz, 8)[0] if stsz is not None and len(stsz) >= 12 else 0
+    parts = [offsets if offsets is not None else np.zeros(in_moov, np.int64)]
+    found = False
+    for moof in _top_level(fh, file_size, b"moof"):
+        for kind, start, end in _boxes(moof, 0, len(moof)):
+            if kind != b"traf":
+                continue
+            runs = list(_boxes(moof, start, end))
+            tfhd = next((moof[a:b] for k, a, b in runs if k == b"tfhd"), None)
+            if tfhd is None or len(tfhd) < 8 or struct.unpack_from(">I", tfhd, 4)[0] != track_id:
+                continue
+            for k, a, b in runs:
+                if k == b"trun":
+                    part, given = _trun_offsets(moof[a:b])
+                    parts.append(part)
+                    found = found or given
+        if sum(len(x) for x in parts) > _MAX_SAMPLES:
+            raise ValueError("the fragments count more samples than a track holds")
+    return np.concatenate(parts) if found or offsets is not None else None
+
+
+def _trun_offsets(trun: bytes) -> tuple[np.ndarray, bool]:
+    """A track run's per-sample composition offsets (zeros where it gives none), and whether it gives them."""
+    flags = struct.unpack_from(">I", trun, 0)[0] & 0xFFFFFF
+    count = struct.unpack_from(">I", trun, 4)[0]
+    at = 8 + (4 if flags & 0x1 else 0) + (4 if flags & 0x4 else 0)  # data offset, first sample's flags
+    fields = [bit for bit in (0x100, 0x200, 0x400, 0x800) if flags & bit]
+    if 0x800 not in fields:
+        return np.zeros(count, np.int64), False
+    if at + count * 4 * len(fields) > len(trun):
+        raise ValueError("track run runs past its box")
+    table = np.frombuffer(trun, dtype=">u4", count=count * len(fields), offset=at).reshape(count, len(fields))
+    cts = table[:, fields.index(0x800)].astype(np.int64)
+    return np.where(cts >= 1 << 31, cts - (1 << 32), cts), True  # signed in version 1; FFmpeg reads both so
+
+
+def _top_level(fh: BinaryIO, file_size: int, wanted: bytes, limit: int = 16 << 20) -> Iterator[bytes]:
+    """The payloads of the file's top-level ``wanted`` boxes (each up to ``limit`` bytes), reading only them."""
+    pos = 0
+    while pos + 8 <= file_size:
+        fh.seek(pos)
+        head = fh.read(16)
+        if len(head) < 8:
+            return
+        size, kind = struct.unpack_from(">I4s", head)
+        header = 8
+        if size == 1 and len(head) >= 16:
+            size = struct.unpack_from(">Q", head, 8)[0]
+            header = 16
+        elif size == 0:
+            size = file_size - pos
+        if size < header:
+            return
+        if kind == wanted and size - header <= limit:
+            fh.seek(pos + header)
+            yield fh.read(size - header)
+        pos += size
 
 
 def _setup_digest(track: dict[bytes, bytes], mvhd: bytes) -> str:
