@@ -182,6 +182,10 @@ def test_a_turned_matroska_file_is_shown_upright(make_clip) -> None:
                      rotation=90, source_id=3)
     info = probe_video(path)
     assert info.rotation == 90 and (info.width, info.height) == (160, 96)  # stored 96 wide, 160 high
+    from quadvault_dali.probe import _may_be_turned  # only a file whose track has a Projection is decoded
+
+    plain = make_clip("probe_plain.mkv", codec="hevc", width=160, height=96, fps=30, duration_s=2.0, source_id=3)
+    assert _may_be_turned(path) and not _may_be_turned(plain) and probe_video(plain).rotation == 0
     assert (info.coded_width, info.coded_height) == (96, 160)
     frames, times, _ = create_sampler("cpu", mode="exact", size=96, square=False).sample_video(path)
     assert frames.shape[2:] == (96, 160)

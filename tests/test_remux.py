@@ -179,6 +179,24 @@ def test_runs_from_one_keyframe_never_share_a_stream(make_clip: Callable[..., Pa
         assert s is not None and abs(s - t) <= STAMP_TOL, (t, s)
 
 
+def test_runs_read_from_the_index_leave_out_empty_samples_and_keep_the_size_limit(
+        make_clip: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the demuxer does: an empty sample is no picture (taken as a wanted frame, it shifted the frames after
+    it), and a keyframe gap past ``MAX_RUN_BYTES`` is refused, not read whole into memory."""
+    from quadvault_dali.errors import DecodeError
+    from quadvault_dali.probe import PacketIndex
+    from quadvault_dali.sampling import _remux
+
+    pts = np.array([0.0, 0.1, 0.033333, 0.066667, 0.2, 0.133333])
+    index = PacketIndex(pts, np.arange(6) * 10, np.array([10, 10, 0, 10, 10, 10]), np.array([1, 0, 0, 0, 0, 0], bool),
+                        True)
+    later_min = np.minimum.accumulate(pts[::-1])[::-1]
+    assert _remux._run_rows(index, later_min, np.array([0]), 0, 0.2).tolist() == [0, 1, 3, 4, 5]
+    monkeypatch.setattr(_remux, "MAX_RUN_BYTES", 1000)
+    with pytest.raises(DecodeError, match="keyframe gap at 0.0s holds more than"):
+        _build(_clip_path(make_clip, "hevc_gop5"), "exact")
+
+
 def _lean_and_full(path: Path, monkeypatch: pytest.MonkeyPatch, **build: object) -> tuple[list[Clip], list[Clip]]:
     """``path``'s exact clips as cut, and as cut with every picture kept; both for the same times."""
     import quadvault_dali.sampling._remux as remux

@@ -320,3 +320,19 @@ def test_nvdec_samples_trimmed_clips_like_the_cpu_backend(make_clip: Callable[..
         for frame, t in zip(frames.cpu(), times):
             stamp = read_stamp(frame.permute(1, 2, 0).numpy())
             assert stamp is not None and abs(stamp.time_s - (t + 0.4)) <= STAMP_TOL, (path.name, t, stamp)
+
+
+def test_pictures_hidden_at_the_end_still_decode_the_shown_ones_before_them(make_clip: Callable[..., Path],
+                                                                            tmp_path: Path) -> None:
+    """An edit ending 0.07 s early hides the last P-frame, which shown B-frames before it refer to (iPhone and
+    Android files end so). It is not in the index, so runs read from the index lost it and those B-frames
+    decoded wrong: such files' runs are demuxed (``PacketIndex.hides_end``)."""
+    path = _shorten_edit(_trim_start(_source(make_clip, "h264", 1.0), tmp_path / "plain.mp4", 0),
+                         tmp_path / "end_hidden.mp4", 0.07)
+    _, index = probe.probe_video(path, with_index=True)
+    assert index.hides_end and not index.hides_inside
+    clips, plan, _, _ = _build(path, "exact", fps=30.0, max_frames=26)
+    times = [t for c in clips for t in c.times]
+    assert len(times) == len(_shown_times(path))
+    for t, s in zip(times, [s for c in clips for s in _decoded_stamps(c, 0)]):
+        assert s is not None and abs(s - t) <= STAMP_TOL, (t, s)

@@ -869,7 +869,7 @@ def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream
     packer = _ClipPacker(stream, plan.info.codec, max_frames, max_bytes, uncrop=uncrop,
                          setup=plan.info.setup)
     skippable = picture_skipper(stream, plan.info.codec)
-    direct = fh is not None and index.raw_positions
+    direct = fh is not None and index.raw_positions and not index.hides_end
     later_min = np.minimum.accumulate(np.round(index.pts, 6)[::-1])[::-1] if direct else index.pts
     key_rows = np.flatnonzero(index.is_key)
     last_emitted: float | None = None
@@ -879,6 +879,10 @@ def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream
             chunk = times[lo:lo + max_frames]
             if direct:
                 rows = _run_rows(index, later_min, key_rows, key_row, chunk[-1])
+                if int(index.size[rows].sum()) > MAX_RUN_BYTES:
+                    raise DecodeError(f"the keyframe gap at {index.pts[key_row]:.1f}s holds more than "
+                                      f"{MAX_RUN_BYTES >> 20} MiB", path=plan.info.path,
+                                      hint="too long to sample exactly on the GPU; use --device cpu")
                 times_of = [round(float(t), 6) for t in index.pts[rows]]
             else:
                 packets = _read_run(container, stream, key_time, seek_s, chunk, plan.info.path, position)
@@ -924,7 +928,8 @@ def _run_rows(index: PacketIndex, later_min: np.ndarray, key_rows: np.ndarray, k
     settled = np.flatnonzero(earliest_next >= best_after - 1e-9)
     end = int(settled[0]) + 1 if len(settled) else len(pts)
     rows = np.arange(key_row, key_row + end)
-    return rows[(pts[:end] >= pts[0]) | (rows == key_row)]
+    # as the demuxer does, no empty samples (they are no pictures)
+    return rows[((pts[:end] >= pts[0]) & (index.size[key_row:key_row + end] > 0)) | (rows == key_row)]
 
 
 def read_rows(fh: CountingFile, index: PacketIndex, rows: np.ndarray, path: object) -> list[SourcePacket]:
