@@ -303,3 +303,15 @@ def test_frames_have_the_colours_of_an_exact_conversion(make_clip, matrix: str |
     assert len(exact) == len(times) == 2
     bias = frames.float().mean(dim=(0, 2, 3)).numpy() - np.mean(exact, axis=0)
     assert np.abs(bias).max() < 0.3, f"per-channel bias {bias.round(2).tolist()}"
+
+
+def test_a_variable_rate_matroska_file_keeps_its_last_second(make_clip) -> None:
+    """Matroska gives a variable-rate stream its nominal rate (30): the grid ended half a nominal frame after
+    the last picture (5.983 s + 0.0167), dropping t=6.0 although that picture is on screen until 6.016 s."""
+    path = make_clip("samp_vfr6.mkv", codec="h264", fps=30, vfr=True, duration_s=6.0, width=128, height=96)
+    info, index = probe_video(path, with_index=True)
+    last = float(index.pts.max())
+    assert info.duration_s > 6.0 + 1e-3 and last < 6.0 - 0.5 / info.avg_fps
+    frames, times, _ = create_sampler("cpu", mode="exact", size=64).sample_video(path)
+    assert times[-1] == pytest.approx(last) and len(times) == 7
+    _check_stamps(frames, times)

@@ -42,8 +42,9 @@ class SamplePlan:
 
 
 def sampling_grid(duration_s: float, fps: float) -> np.ndarray:
-    """Times ``0, 1/fps, 2/fps, ...`` strictly before the end of the video (at least one)."""
-    count = max(1, int(np.ceil(duration_s * fps - 1e-6)))
+    """Times ``0, 1/fps, 2/fps, ...`` more than a millisecond before the end of the video (at least one): a
+    duration rounded up by a fraction of a millisecond does not add a time the last picture barely reaches."""
+    count = max(1, int(np.ceil((duration_s - 1e-3) * fps)))
     return np.arange(count, dtype=np.float64) / fps
 
 
@@ -68,8 +69,14 @@ def plan_samples(info: VideoInfo, index: PacketIndex, *, fps: float = 1.0, mode:
     """Plans one video. Keyframe mode maps each grid time to its nearest keyframe, each decoded once."""
     resolved = resolve_mode(info, fps, mode)
     last_pts = float(index.pts.max()) if len(index) else 0.0
-    grid = sampling_grid(max(info.duration_s, last_pts + 1e-3), fps)
-    grid = grid[grid <= last_pts + 0.5 / max(info.avg_fps, 1e-3)] if len(index) else grid
+    grid = sampling_grid(max(info.duration_s, last_pts + 2e-3), fps)  # a picture at a grid time is sampled
+    if len(index):
+        # The last picture is on screen until the video ends, at most about two frames (the duration may count
+        # longer sound) and at least half a nominal frame (a variable-rate Matroska file's nominal rate is not
+        # its real one: its last second was cut).
+        mean_gap = (last_pts - float(index.pts.min())) / (len(index) - 1) if len(index) > 1 else 0.0
+        shown_for = max(0.5 / max(info.avg_fps, 1e-3), min(info.duration_s - last_pts, 2 * mean_gap))
+        grid = grid[grid <= last_pts + shown_for]
     if resolved == "keyframe":
         key_rows = np.flatnonzero(index.is_key & index.shown)
         key_rows = key_rows[np.argsort(index.pts[key_rows], kind="stable")]
