@@ -205,6 +205,9 @@ class TrackFacts:
     #: hiding some, sample groups, negative composition offsets): matches FFmpeg's index rows to
     #: ``composition_offsets`` where it left samples out
     sample_pos: np.ndarray | None = None
+    #: a fragmented track's samples, ``moov``'s and every fragment's (0 for a plain track): FFmpeg reads the
+    #: fragments of a ``sidx``-indexed file as it plays them, so its index at open may hold fewer
+    fragmented_samples: int = 0
     #: digest of what FFmpeg copies from this track into a remuxed clip's ``moov``: the sample description
     #: (less ``btrt``, whose bit rates differ per file) and the display matrices (``tkhd``'s, ``mvhd``'s);
     #: ``""`` if unread
@@ -232,10 +235,11 @@ def read_track_facts(fh: BinaryIO, file_size: int, track_id: int | None = None) 
         log.info("cannot read the track header: %s", exc)
         rotation, setup = 0, ""
     offsets = samples = positions = None
+    fragmented_samples = 0
     try:
         offsets = _composition_offsets(track[b"ctts"]) if track.get(b"ctts") else None
         if b"mvex" in movie and exact:
-            offsets = _with_fragments(fh, file_size, track, offsets)
+            offsets, fragmented_samples = _with_fragments(fh, file_size, track, offsets)
         if exact:
             placed = sample_positions(track, file_size)
             positions = placed[0] if placed is not None else None
@@ -246,19 +250,21 @@ def read_track_facts(fh: BinaryIO, file_size: int, track_id: int | None = None) 
     except (struct.error, ValueError, IndexError, MemoryError) as exc:
         log.info("cannot read the sample table: %s", exc)
         samples = positions = None
-    return TrackFacts(rotation, offsets, samples, setup=setup, sample_pos=positions)
+    return TrackFacts(rotation, offsets, samples, setup=setup, sample_pos=positions,
+                      fragmented_samples=fragmented_samples)
 
 
 def _with_fragments(fh: BinaryIO, file_size: int, track: dict[bytes, bytes],
-                    offsets: np.ndarray | None) -> np.ndarray | None:
+                    offsets: np.ndarray | None) -> tuple[np.ndarray | None, int]:
     """A fragmented track's composition offsets: the ``moov`` samples' (``offsets``), then each movie
-    fragment's (``trun``), in file order, as FFmpeg's index lists the samples. ``None`` where no fragment
-    gives any (nothing is reordered)."""
+    fragment's (``trun``), in file order, as FFmpeg's index lists the samples (``None`` where no fragment
+    gives any: nothing is reordered); and how many samples the track holds in all."""
     tkhd = track[b"tkhd"]
     track_id = struct.unpack_from(">I", tkhd, 4 + (16 if tkhd[0] == 1 else 8))[0]
     stsz = track.get(b"stsz")
     in_moov = struct.unpack_from(">I", stsz, 8)[0] if stsz is not None and len(stsz) >= 12 else 0
     parts = [offsets if offsets is not None else np.zeros(in_moov, np.int64)]
+    total = len(parts[0])
     found = False
     for moof in _top_level(fh, file_size, b"moof"):
         for kind, start, end in _boxes(moof, 0, len(moof)):
@@ -272,10 +278,11 @@ def _with_fragments(fh: BinaryIO, file_size: int, track: dict[bytes, bytes],
                 if k == b"trun":
                     part, given = _trun_offsets(moof[a:b])
                     parts.append(part)
+                    total += len(part)
                     found = found or given
-        if sum(len(x) for x in parts) > _MAX_SAMPLES:
+        if total > _MAX_SAMPLES:
             raise ValueError("the fragments count more samples than a track holds")
-    return np.concatenate(parts) if found or offsets is not None else None
+    return (np.concatenate(parts) if found or offsets is not None else None), total
 
 
 def _trun_offsets(trun: bytes) -> tuple[np.ndarray, bool]:

@@ -207,7 +207,8 @@ def rewound(container: av.container.InputContainer, path: Path, file: BinaryIO |
 
 def read_packet_index(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
                       path: Path, composition_offsets: np.ndarray | None = None,
-                      samples: SampleTable | None = None, sample_pos: np.ndarray | None = None) -> PacketIndex:
+                      samples: SampleTable | None = None, sample_pos: np.ndarray | None = None,
+                      fragmented_samples: int = 0) -> PacketIndex:
     """Packet positions, sizes and times from the container index, demuxing only if there is none.
 
     MP4 index entries hold decode times; ``composition_offsets`` (from the ``ctts`` box, one per
@@ -223,7 +224,10 @@ def read_packet_index(container: av.container.InputContainer, stream: av.video.s
         pts = (pts_ticks - int(pts_ticks.min())).astype(np.float64) * float(tb)
         return PacketIndex(pts, samples.pos, samples.size, samples.key, True)
     entries = stream.index_entries
-    if len(entries) > 1 and container.format.name.split(",")[0] in _MP4_FORMATS:
+    # A sidx-indexed fragmented file (DASH) whose fragments FFmpeg has not all read yet: demux it whole instead
+    # (its index at open held 40 of 180 samples: keyframes and seconds went missing).
+    complete = len(entries) >= fragmented_samples
+    if len(entries) > 1 and complete and container.format.name.split(",")[0] in _MP4_FORMATS:
         n = len(entries)
         # one pass over PyAV's entries (each read builds a Python object): five passes took 2.6x as long, with
         # the GIL held (~45 ms against ~18 ms for a 10-minute 30 fps video)
@@ -419,7 +423,8 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
     if container.format.name.split(",")[0] in _MP4_FORMATS:
         with open(path, "rb") as fh:
             facts = read_track_facts(fh, stat.st_size, stream.id)
-    index = read_packet_index(container, stream, path, facts.composition_offsets, facts.samples, facts.sample_pos)
+    index = read_packet_index(container, stream, path, facts.composition_offsets, facts.samples, facts.sample_pos,
+                              facts.fragmented_samples)
     if index.from_container_index:
         end = int((index.pos + index.size).max())
         if end > stat.st_size:
