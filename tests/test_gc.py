@@ -23,7 +23,7 @@ def test_startup_objects_are_frozen_once_and_new_garbage_is_still_collected(monk
     assert frozen > 0
     assert not gc.is_tracked(survivor) or not any(survivor is o for o in gc.get_objects(generation=2))
     qgc.freeze_startup_objects()  # the second call is a no-op: the objects of later jobs stay collectable
-    assert gc.get_freeze_count() == frozen
+    assert gc.get_freeze_count() <= frozen  # (frozen objects a leftover thread of another test frees still go)
     a, b = _Node(), _Node()
     a.other, b.other = b, a  # a reference cycle made after the freeze
     gone = weakref.ref(a)
