@@ -30,10 +30,12 @@ from typing import Callable, Iterable, Iterator, Sequence
 import av
 import numpy as np
 
+from .._nal import FILM_GRAIN_SEI as _FILM_GRAIN_SEI, SEI_UNITS as _SEI, length_size_of, nal_headers as _nal_headers
+from .._nal import nal_type as _nal_type, nal_units as _nal_units, sei_types as _sei_types
 from ..errors import DecodeError
 from ..probe import PacketIndex, rewound
 from ._mp4_join import Skeleton, join_mp4, skeleton
-from ._uncrop import Uncropped, hvcc_sps, uncrop_config, uncrop_packet, unescape
+from ._uncrop import Uncropped, hvcc_sps, uncrop_config, uncrop_packet
 from ._plan import SamplePlan
 from ._reader import CountingFile
 
@@ -336,17 +338,6 @@ def _template(clip: Clip) -> tuple[av.video.stream.VideoStream, Skeletons]:
         while len(_templates) > TEMPLATES_KEPT:
             _templates.popitem(last=False)
     return kept[0].streams.video[0], kept[1]
-
-
-def _nal_headers(data: bytes, length_size: int | None) -> list[int]:
-    """Offsets of the NAL unit headers in an H.264/HEVC packet framed as its stream says (``nal_length_size``);
-    none where the packet does not parse so: a guess could take a unit's length of 256-511 bytes (00 00 01 xx)
-    for a start code and its last byte for a header."""
-    return [start for start, end in _nal_units(data, length_size) or [] if end > start]
-
-
-def _nal_type(header: int, codec: str) -> int:
-    return header & 0x1F if codec == "h264" else (header >> 1) & 0x3F
 
 
 def _first_picture_type(data: bytes, codec: str, length_size: int | None) -> int | None:
@@ -724,9 +715,6 @@ _HEVC_UNREFERENCED = frozenset({0, 2, 4, 6, 8, 10, 12, 14})
 #: HEVC: access unit delimiter, filler, prefix and suffix SEI.
 _H264_SKIPPABLE_NON_SLICE = frozenset({6, 9, 12})
 _HEVC_SKIPPABLE_NON_SLICE = frozenset({35, 38, 39, 40})
-_SEI = {"h264": frozenset({6}), "hevc": frozenset({39, 40})}
-#: film grain characteristics: a SEI message that persists and changes later pictures' output
-_FILM_GRAIN_SEI = 19
 
 
 def one_temporal_layer(stream: av.video.stream.VideoStream) -> bool:
@@ -746,61 +734,6 @@ def one_temporal_layer(stream: av.video.stream.VideoStream) -> bool:
 def nal_length_size(stream: av.video.stream.VideoStream) -> int | None:
     """Bytes of each NAL unit's length prefix in ``stream``'s packets (``length_size_of``)."""
     return length_size_of(stream.codec_context.name, bytes(stream.codec_context.extradata or b""))
-
-
-def length_size_of(codec: str, extradata: bytes) -> int | None:
-    """Bytes of each NAL unit's length prefix, from an avcC/hvcC record; ``None``: the packets are Annex B
-    (start codes, as MPEG-TS carries them). Told apart as FFmpeg's decoders do: avcC starts with 1; an hvcC
-    record (whose version some old writers left 0) is anything not starting with a start code."""
-    if codec == "h264" and len(extradata) >= 7 and extradata[0] == 1:
-        return (extradata[4] & 3) + 1
-    if codec == "hevc" and len(extradata) >= 23 and (extradata[0] or extradata[1] or extradata[2] > 1):
-        return (extradata[21] & 3) + 1
-    return None
-
-
-def _nal_units(data: bytes, length_size: int | None) -> list[tuple[int, int]] | None:
-    """(start, end) of each NAL unit of a packet framed as the stream says; ``None`` where length prefixes
-    do not tile the packet (zero bytes after the last unit aside). Never guesses the framing: a length of
-    256-511 bytes is ``00 00 01 xx``, a start code to a search."""
-    units: list[tuple[int, int]] = []
-    if length_size is None:
-        at = data.find(b"\0\0\1")
-        while at >= 0:
-            nxt = data.find(b"\0\0\1", at + 3)
-            units.append((at + 3, len(data) if nxt < 0 else nxt))
-            at = nxt
-        return units
-    pos = 0
-    while pos + length_size <= len(data):
-        size = int.from_bytes(data[pos:pos + length_size], "big")
-        if size == 0:
-            break
-        if pos + length_size + size > len(data):
-            return None
-        units.append((pos + length_size, pos + length_size + size))
-        pos += length_size + size
-    return units if not data[pos:].strip(b"\0") else None
-
-
-def _sei_types(payload: bytes) -> set[int]:
-    """The payload types of a SEI NAL unit's messages (its payload after the header); where they cannot be
-    read, film grain's, so the caller keeps the unit."""
-    rbsp, pos, types = unescape(payload), 0, set()
-    try:
-        while pos < len(rbsp) and not (rbsp[pos] == 0x80 and not rbsp[pos + 1:].strip(b"\0")):
-            values = []
-            for _ in range(2):  # payload type, then payload size: runs of 0xFF plus a last byte
-                value = 0
-                while rbsp[pos] == 0xFF:
-                    value, pos = value + 255, pos + 1
-                values.append(value + rbsp[pos])
-                pos += 1
-            types.add(values[0])
-            pos += values[1]
-    except IndexError:
-        return {_FILM_GRAIN_SEI}
-    return types
 
 
 def unreferenced(data: bytes, codec: str, length_size: int | None, single_layer: bool = False) -> bool:

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .._nal import unescape
+
 #: H.264 profile_idc values whose SPS carries chroma format, bit depths and scaling matrices (7.3.2.1.1)
 _HIGH_PROFILES = {100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135}
 #: NAL unit type of a sequence parameter set, and the NAL header's length, per codec
@@ -92,19 +94,6 @@ class _Bits:
     def se(self) -> int:
         k = self.ue()
         return (k + 1) // 2 if k & 1 else -(k // 2)
-
-
-def unescape(payload: bytes) -> bytes:
-    """NAL payload -> RBSP: the emulation prevention byte of every 00 00 03 removed."""
-    out = bytearray()
-    zeros = 0
-    for b in payload:
-        if zeros >= 2 and b == 3:
-            zeros = 0
-            continue
-        out.append(b)
-        zeros = zeros + 1 if b == 0 else 0
-    return bytes(out)
 
 
 def escape(rbsp: bytes) -> bytes:
