@@ -19,6 +19,7 @@ import av
 import numpy as np
 
 from ._mp4 import SampleTable, TrackFacts, read_track_facts
+from ._nal import DISPLAY_ORIENTATION_SEI, SEI_UNITS, length_size_of, nal_type, nal_units, sei_types
 from .errors import DecodeError, FileAccessError, UnsupportedCodecError, VideoOpenError
 
 _MP4_FORMATS = ("mov", "mp4")
@@ -376,6 +377,27 @@ def _may_be_turned(path: Path, head_bytes: int = 1 << 20) -> bool:
     return False
 
 
+def _turned_in_stream(path: Path, stream_index: int, codec: str) -> bool:
+    """Whether the first packet of an H.264/HEVC stream carries a display-orientation SEI message, which
+    FFmpeg applies to the decoded pictures like a container's rotation (one packet read, nothing decoded)."""
+    if codec not in SEI_UNITS:
+        return False
+    try:
+        with _av_open(str(path)) as container:
+            stream = container.streams[stream_index]
+            length_size = length_size_of(codec, bytes(stream.codec_context.extradata or b""))
+            data = next((bytes(packet) for packet in container.demux(stream) if packet.size), b"")
+    except (av.error.FFmpegError, OSError) as exc:
+        log.info("%s: cannot read its first packet for a display orientation (%s)", path, exc)
+        return False
+    header = 1 if codec == "h264" else 2
+    # Framed as the stream says, else as start codes (a remux can leave those behind; FFmpeg decodes either):
+    # a wrong guess only costs one decoded picture.
+    units = nal_units(data, length_size) or nal_units(data, None) or []
+    return any(nal_type(data[a], codec) in SEI_UNITS[codec] and DISPLAY_ORIENTATION_SEI in sei_types(data[a + header:b])
+               for a, b in units if b > a + header)
+
+
 def _rotation_of_first_picture(path: Path, stream_index: int) -> int:
     """Clockwise degrees (0/90/180/270) the first picture of the stream is to be turned, as FFmpeg attaches it
     to the decoded frame; 0 where nothing decodes (the sampler reports that file's fault itself)."""
@@ -460,7 +482,8 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
     frame_count = int(np.count_nonzero(index.shown)) if index.from_container_index else (stream.frames or len(index))
 
     rotation = facts.rotation
-    if container.format.name.split(",")[0] in _ROTATION_BY_DECODING and _may_be_turned(path):
+    if container.format.name.split(",")[0] in _ROTATION_BY_DECODING \
+            and (_may_be_turned(path) or _turned_in_stream(path, stream.index, codec)):
         rotation = _rotation_of_first_picture(path, stream.index)
     coded_w, coded_h = stream.width, stream.height
     width, height = (coded_h, coded_w) if rotation in (90, 270) else (coded_w, coded_h)

@@ -214,3 +214,31 @@ def test_a_matroska_file_starting_late_lasts_as_long_as_its_pictures(make_clip, 
     info = probe_video(late)
     assert info.start_time_s == pytest.approx(2.5) and info.duration_s == pytest.approx(6.0, abs=0.04)
     assert info.max_keyframe_interval_s < 1.0
+
+
+def test_a_display_orientation_inside_the_h264_stream_turns_a_matroska_file(make_clip, tmp_path) -> None:
+    """Some streams carry their rotation in a display-orientation SEI message and none in the container:
+    FFmpeg turns the decoded pictures all the same. The first packet is read for it (no picture decoded
+    unless it is there)."""
+    import av
+
+    from quadvault_dali.probe import _turned_in_stream
+
+    source = make_clip("probe_sei_src.mp4", codec="h264", width=160, height=96, fps=30, duration_s=2.0, source_id=2)
+    path = tmp_path / "sei_turned.mkv"
+    with av.open(str(source)) as inp, av.open(str(path), "w") as out:
+        stream = inp.streams.video[0]
+        copy = out.add_stream_from_template(stream)
+        bsf = av.BitStreamFilterContext("h264_metadata=display_orientation=insert:rotate=90", stream)
+        for packet in inp.demux(stream):
+            if packet.dts is not None:
+                for filtered in bsf.filter(packet):
+                    filtered.stream = copy
+                    out.mux(filtered)
+    with av.open(str(path)) as c:
+        ffmpeg_turn = -int(next(c.decode(video=0)).rotation) % 360  # FFmpeg's angle is counter-clockwise
+    assert ffmpeg_turn in (90, 270)
+    info = probe_video(path)
+    assert _turned_in_stream(path, 0, "h264") and info.rotation == ffmpeg_turn
+    assert (info.width, info.height) == (96, 160)
+    assert not _turned_in_stream(source, 0, "h264")
