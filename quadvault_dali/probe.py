@@ -468,7 +468,8 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
             end = float(index.pts.max()) + float(np.median(np.diff(np.sort(index.pts))))
             duration = end if duration is None or duration <= 0 else min(duration, end)
     elif facts.fragmented_samples and len(index) > 1:  # a sidx-indexed file's stream duration is its end time
-        duration = min(duration, float(index.pts.max()) + float(np.median(np.diff(np.sort(index.pts)))))
+        gaps = np.diff(np.sort(index.pts))  # the last picture lasts as long as the one before it, or a typical one
+        duration = min(duration, float(index.pts.max()) + max(float(np.median(gaps)), float(gaps[-1])))
     avg = float(stream.average_rate) if stream.average_rate else 0.0
     real = float(stream.base_rate or stream.guessed_rate or 0) if (stream.base_rate or stream.guessed_rate) else avg
     if duration is None or duration <= 0:
