@@ -52,13 +52,14 @@ def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]
         pos += size
 
 
-def _find_moov(fh: BinaryIO, file_size: int, limit: int = 256 << 20) -> bytes | None:
+def _top_level_boxes(fh: BinaryIO, file_size: int) -> Iterator[tuple[bytes, int, int, int]]:
+    """(type, position, header bytes, size) of the file's top-level boxes, reading only their headers."""
     pos = 0
     while pos + 8 <= file_size:
         fh.seek(pos)
         head = fh.read(16)
         if len(head) < 8:
-            return None
+            return
         size, kind = struct.unpack_from(">I4s", head)
         header = 8
         if size == 1 and len(head) >= 16:
@@ -67,13 +68,18 @@ def _find_moov(fh: BinaryIO, file_size: int, limit: int = 256 << 20) -> bytes | 
         elif size == 0:
             size = file_size - pos
         if size < header:
-            return None
+            return
+        yield kind, pos, header, size
+        pos += size
+
+
+def _find_moov(fh: BinaryIO, file_size: int, limit: int = 256 << 20) -> bytes | None:
+    for kind, pos, _, size in _top_level_boxes(fh, file_size):
         if kind == b"moov":
             if size > limit:
                 return None
             fh.seek(pos)
             return fh.read(size)
-        pos += size
     return None
 
 
@@ -302,25 +308,10 @@ def _trun_offsets(trun: bytes) -> tuple[np.ndarray, bool]:
 
 def _top_level(fh: BinaryIO, file_size: int, wanted: bytes, limit: int = 16 << 20) -> Iterator[bytes]:
     """The payloads of the file's top-level ``wanted`` boxes (each up to ``limit`` bytes), reading only them."""
-    pos = 0
-    while pos + 8 <= file_size:
-        fh.seek(pos)
-        head = fh.read(16)
-        if len(head) < 8:
-            return
-        size, kind = struct.unpack_from(">I4s", head)
-        header = 8
-        if size == 1 and len(head) >= 16:
-            size = struct.unpack_from(">Q", head, 8)[0]
-            header = 16
-        elif size == 0:
-            size = file_size - pos
-        if size < header:
-            return
+    for kind, pos, header, size in _top_level_boxes(fh, file_size):
         if kind == wanted and size - header <= limit:
             fh.seek(pos + header)
             yield fh.read(size - header)
-        pos += size
 
 
 def _setup_digest(track: dict[bytes, bytes], mvhd: bytes) -> str:
