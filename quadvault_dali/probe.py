@@ -459,17 +459,18 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
         raise VideoOpenError("no keyframes in the video stream", path=path)
 
     tb = stream.time_base
+    deltas = np.diff(np.sort(index.pts))  # the gaps between pictures, for the duration and the VFR test
     duration = _seconds(stream.duration, tb)
     if duration is None or duration <= 0:
         duration = container.duration / 1e6 if container.duration else None
         if not index.from_container_index and len(index) > 1:
             # every packet was read: the video ends about a frame after its last. The container's duration
             # is its end time in Matroska (8.5 s for 6 s of video starting at 2.5 s) and counts longer sound.
-            end = float(index.pts.max()) + float(np.median(np.diff(np.sort(index.pts))))
+            end = float(index.pts.max()) + float(np.median(deltas))
             duration = end if duration is None or duration <= 0 else min(duration, end)
     elif facts.fragmented_samples and len(index) > 1:  # a sidx-indexed file's stream duration is its end time
-        gaps = np.diff(np.sort(index.pts))  # the last picture lasts as long as the one before it, or a typical one
-        duration = min(duration, float(index.pts.max()) + max(float(np.median(gaps)), float(gaps[-1])))
+        # the last picture lasts as long as the one before it, or a typical one
+        duration = min(duration, float(index.pts.max()) + max(float(np.median(deltas)), float(deltas[-1])))
     avg = float(stream.average_rate) if stream.average_rate else 0.0
     real = float(stream.base_rate or stream.guessed_rate or 0) if (stream.base_rate or stream.guessed_rate) else avg
     if duration is None or duration <= 0:
@@ -489,7 +490,6 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
     coded_w, coded_h = stream.width, stream.height
     width, height = (coded_h, coded_w) if rotation in (90, 270) else (coded_w, coded_h)
 
-    deltas = np.diff(np.sort(index.pts))
     is_vfr = bool(len(deltas) > 2 and np.median(deltas) > 0
                   and (deltas.max() - deltas.min()) > 0.5 * np.median(deltas))
     start = _seconds(stream.start_time, tb) or 0.0
