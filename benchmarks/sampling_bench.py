@@ -308,8 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="short 720p/1080p clips (about a minute on 2 cores)")
     ap.add_argument("--videos", type=int, default=None, help="videos per measurement (copies of each clip)")
     ap.add_argument("--cpu-videos", type=int, default=None,
-                    help="videos for the cpu backend and the baseline (default: --videos); frames/s are per frame, "
-                         "so fewer keep a GPU run short without changing what is measured")
+                    help="videos for the cpu backend and the baseline (default: --videos; 0: no such rows); frames/s "
+                         "are per frame, so fewer keep a GPU run short without changing what is measured")
     ap.add_argument("--gpu-exact-videos", type=int, default=None,
                     help="videos for the gpu exact-mode row (default: --videos; 0: none); exact mode decodes GOP "
                          "prefixes, 5-10x the keyframe rows' time")
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     stream_counts = [int(s) for s in args.streams.split(",") if s.strip() not in ("", "none")]
     n_videos = args.videos or (2 if args.quick else 32)
-    n_cpu_videos = min(args.cpu_videos or n_videos, n_videos)
+    n_cpu_videos = min(n_videos if args.cpu_videos is None else args.cpu_videos, n_videos)
     cpu_workers = os.cpu_count() or 1
     info = machine()
     gpu_ok, gpu_reason = gpu_status()
@@ -351,13 +351,13 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.out or RESULTS / f"sampling_{slug(info)}{'_quick' if args.quick else ''}.json"
 
-    def report(complete: bool) -> dict[str, Any]:
+    def report(complete: bool, rows: list[dict[str, Any]] = []) -> dict[str, Any]:  # noqa: B006 - never mutated
         return {"benchmark": "sampling", "quick": args.quick, "complete": complete, "machine": info,
                 "versions": versions(),
                 "config": {"fps": 1.0, "size": args.size, "videos_per_measurement": n_videos,
                            "cpu_videos_per_measurement": n_cpu_videos,
                            "clip_duration_s": None if args.quick else args.duration, "cpu_workers": cpu_workers},
-                "notes": notes, "results": results}
+                "notes": notes, "results": results + rows}
 
     try:
         specs = select_clips(clip_specs(args.quick, args.duration), args.clips, extra_clip_specs(args.duration))
@@ -368,11 +368,24 @@ def main(argv: list[str] | None = None) -> int:
         videos = linked_copies(path, n_videos, work / "copies")
         cpu_videos = videos[:n_cpu_videos]
         rows: list[dict[str, Any]] = []
+        with av.open(str(path)) as container:  # x264's fast presets write Constrained Baseline (no CABAC, no
+            profile = container.streams.video[0].codec_context.profile  # B-frames); drones write High
+
+        def described(row: dict[str, Any]) -> None:
+            """Adds the clip's facts to ``row`` and saves what was measured so far: a run stopped by its time
+            limit keeps every row it printed."""
+            size_total = path.stat().st_size * row["videos"]
+            row.update(clip=spec.name, codec=spec.codec, resolution=f"{spec.width}x{spec.height}",
+                       profile=profile, keyframe_interval_s=spec.keyframe_s, file_bytes=size_total,
+                       read_fraction=round(row["bytes_read"] / size_total, 3))
+            _print_row(spec, row)
+            write_json(out, report(False, rows))
+
         if gpu_ok:  # first: on a time-limited lease these are the rows that matter
             for streams in stream_counts:
                 rows.append({"backend": "gpu", "mode": "keyframe", "streams": streams, "videos": n_videos,
                              **try_sampler("gpu", videos, mode="keyframe", size=args.size, streams=streams)})
-                _print_row(spec, rows[-1])
+                described(rows[-1])
             for layout in filter(None, args.layouts.split(",")):
                 shape = parse_layout(layout)
                 with switch_interval(shape.switch_ms), pyav_muxing(shape.pyav_mux):
@@ -385,31 +398,27 @@ def main(argv: list[str] | None = None) -> int:
                              "uncrop_sps": shape.uncrop, "stream_decode": shape.streamed, "pyav_mux": shape.pyav_mux,
                              "prepare_processes": shape.prepare_processes,
                              "switch_interval_ms": shape.switch_ms or 1000 * sys.getswitchinterval(), **measured})
-                _print_row(spec, rows[-1])
+                described(rows[-1])
             exact_videos = videos[:n_videos if args.gpu_exact_videos is None else args.gpu_exact_videos]
             if exact_videos:  # --gpu-exact-videos 0: no exact row
                 streams = max(stream_counts, default=4)
                 rows.append({"backend": "gpu", "mode": "exact", "streams": streams, "videos": len(exact_videos),
                              **try_sampler("gpu", exact_videos, mode="exact", size=args.size, streams=streams)})
-                _print_row(spec, rows[-1])
-        base = run_baseline(cpu_videos, cpu_workers, 1.0, args.size)
-        rows.append({"backend": "baseline-pyav-all-frames", "mode": "exact", "streams": cpu_workers,
-                     "videos": n_cpu_videos, **base})
-        for mode in ("keyframe", "exact"):
-            rows.append({"backend": "cpu", "mode": mode, "streams": cpu_workers, "videos": n_cpu_videos,
-                         **run_sampler("cpu", cpu_videos, mode=mode, size=args.size, streams=cpu_workers)})
-        with av.open(str(path)) as container:  # x264's fast presets write Constrained Baseline (no CABAC, no
-            profile = container.streams.video[0].codec_context.profile  # B-frames); drones write High
+                described(rows[-1])
+        base: dict[str, Any] = {}
+        if cpu_videos:  # --cpu-videos 0: the gpu rows only
+            base = run_baseline(cpu_videos, cpu_workers, 1.0, args.size)
+            rows.append({"backend": "baseline-pyav-all-frames", "mode": "exact", "streams": cpu_workers,
+                         "videos": n_cpu_videos, **base})
+            described(rows[-1])
+            for mode in ("keyframe", "exact"):
+                rows.append({"backend": "cpu", "mode": mode, "streams": cpu_workers, "videos": n_cpu_videos,
+                             **run_sampler("cpu", cpu_videos, mode=mode, size=args.size, streams=cpu_workers)})
+                described(rows[-1])
         for row in rows:
-            size_total = path.stat().st_size * row["videos"]
-            row.update(clip=spec.name, codec=spec.codec, resolution=f"{spec.width}x{spec.height}",
-                       profile=profile, keyframe_interval_s=spec.keyframe_s, file_bytes=size_total,
-                       read_fraction=round(row["bytes_read"] / size_total, 3),
-                       vs_baseline=round(row["sampled_fps"] / base["sampled_fps"], 2) if base["sampled_fps"] else None)
-            if row["backend"] != "gpu":
-                _print_row(spec, row)
+            row["vs_baseline"] = round(row["sampled_fps"] / base["sampled_fps"], 2) if base.get("sampled_fps") else None
         results.extend(rows)
-        write_json(out, report(False))  # after every clip: a run stopped by its time limit keeps what it measured
+        write_json(out, report(False))
 
     write_json(out, report(True))
     print_table(results)
