@@ -105,9 +105,10 @@ def run_sampler(device: str, videos: list[Path], layout: tuple[int, int, bool] |
     measurement); ``config``: ``SamplerConfig`` fields (``stream_decode`` among them)."""
     attrs: dict[str, Any] = dict(zip(("clips_per_run", "decode_threads", "uncrop_sps"), layout)) if layout else {}
     if processes > 1:
-        from quadvault_dali.sampling._base import _BACKENDS
+        from quadvault_dali.sampling._base import _BACKENDS, _load_backends
         from quadvault_dali.sampling._processes import ProcessSampler
 
+        _load_backends()
         sampler = ProcessSampler(_BACKENDS[device], processes=processes, attrs=attrs, **config)
     else:
         sampler = create_sampler(device, **config)

@@ -233,3 +233,28 @@ def test_decoding_children_get_no_prepare_workers() -> None:
 def test_prepare_processes_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="prepare_processes"):
         DaliSampler(prepare_processes=-1)
+
+
+def test_a_worker_imports_neither_torch_nor_dali() -> None:
+    """What a worker imports to cut clips (and what the scan's entry points import, which spawn re-imports in
+    every worker): no PyTorch, no DALI. With them, each worker took 2.6 s to start here, and 4 workers started
+    one after another on a cold page cache took 15 s of a 19-s scan on the H100."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import quadvault_dali.sampling._prepare_pool, quadvault_dali.cli.main; "
+            "heavy = sorted(m for m in ('torch', 'nvidia.dali') if m in sys.modules); print(heavy)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_package_still_offers_every_backend_by_name() -> None:
+    """The package loads its names on first use; a backend is there as soon as a sampler is asked for."""
+    import quadvault_dali.sampling as sampling
+
+    assert "cpu" in sampling.available_backends()
+    assert type(sampling.create_sampler("cpu")).__name__ == "CpuSampler"
+    assert sampling.plan_samples.__module__.endswith("_plan")
+    with pytest.raises(AttributeError):
+        sampling.not_a_name  # noqa: B018

@@ -133,7 +133,17 @@ def register_backend(name: str) -> Callable[[type[Sampler]], type[Sampler]]:
     return wrap
 
 
+def _load_backends() -> None:
+    """Imports the backends, which register themselves; ``gpu`` only where DALI imports."""
+    from . import _cpu  # noqa: F401
+    try:
+        from . import _gpu  # noqa: F401
+    except ImportError:  # pragma: no cover - depends on the machine
+        pass
+
+
 def available_backends() -> list[str]:
+    _load_backends()
     return sorted(_BACKENDS)
 
 
@@ -143,6 +153,7 @@ def create_sampler(device: str = "auto", config: SamplerConfig | None = None, **
     ``auto`` on a GPU without NVDEC (the driver's decode library missing) decodes on the CPU and says so;
     ``gpu`` there is an error naming the library.
     """
+    _load_backends()
     backend = resolve_device(device)
     if backend == "gpu":
         usable, reason = nvdec_status()

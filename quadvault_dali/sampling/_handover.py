@@ -21,16 +21,12 @@ import torch
 
 from ..errors import QuadvaultError, unexpected_failure
 from ._base import VideoSource, path_of
-from ._types import VideoOutcome
+from ._types import Abandoned, VideoOutcome
 
 log = logging.getLogger(__name__)
 
 #: Clips of one video that may be decoded ahead of the consumer (bounds memory per video).
 INFLIGHT_PER_VIDEO = 4
-
-
-class Abandoned(Exception):
-    """The consumer stopped or the video failed while a CPU decode of it was still running."""
 
 
 @dataclass(frozen=True)

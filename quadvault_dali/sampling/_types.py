@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from ..errors import QuadvaultError
 from ..probe import VideoInfo
 
 SamplingMode = Literal["auto", "exact", "keyframe"]
 ResolvedMode = Literal["exact", "keyframe"]
+
+if TYPE_CHECKING:  # not at run time: clip-cutting worker processes import this module and must start fast
+    import torch
+
+
+class Abandoned(Exception):
+    """The consumer stopped or the video failed while a CPU decode of it was still running."""
 
 
 @dataclass
