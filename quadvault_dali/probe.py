@@ -8,6 +8,7 @@ its first decoded picture (``_rotation_of_first_picture``).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -20,7 +21,7 @@ import numpy as np
 
 from ._mp4 import SampleTable, TrackFacts, read_track_facts
 from ._nal import DISPLAY_ORIENTATION_SEI, SEI_UNITS, length_size_of, nal_type, nal_units, sei_types
-from .errors import DecodeError, FileAccessError, UnsupportedCodecError, VideoOpenError
+from .errors import DecodeError, FileAccessError, UnsupportedCodecError, VideoOpenError, unexpected_failure
 
 _MP4_FORMATS = ("mov", "mp4")
 log = logging.getLogger(__name__)
@@ -187,6 +188,8 @@ def open_container(path: Path, file: BinaryIO | None = None, *,
             hint="the file is not a video, or its header/index (e.g. the MP4 'moov' box) is missing or damaged",
         ) from exc
     except (av.error.FFmpegError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.EIO:  # a failing disk, read by FFmpeg or by Python
+            raise unexpected_failure(exc, "opening it", path) from exc
         raise VideoOpenError(f"cannot open: {exc}", path=path) from exc
     except RuntimeError as exc:  # PyAV: no stream could take the hardware decoder it was asked for
         if hwaccel is None:

@@ -43,7 +43,7 @@ import torch
 
 from ..device import nvdec_status, resolve_device
 from ..errors import BackendUnavailableError, DecodeError, QuadvaultError, UnsupportedCodecError
-from ..probe import VideoInfo, open_container, probe_open
+from ..probe import VideoInfo, probe_open
 from ._base import Sampler, SamplerConfig, VideoSource, register_backend
 from ._budget import ByteBudget, clip_bytes, queued_bytes_for
 from ._clip_decoder import CLIPS_PER_RUN, DECODE_THREADS, ClipDecoder, DecodeStats, error_summary
@@ -53,7 +53,7 @@ from ._handover import Abandoned, TakeOver, VideoTask
 from ._nvdec import dali_cpu_limitation, nvdec_limitation
 from ._plan import plan_samples
 from ._prepare_pool import CutSettings, Job, PoolUnavailable, PreparePool
-from ._reader import CountingFile
+from ._reader import CuttingSource
 from ._remux import CLIP_PIXELS, Clip, start_clips
 from ._samples import MERGE_PIXELS, STREAM_MAX_FRAMES, _Work, group_samples, joins, sample_pixels_for
 from ._stream_decoder import StreamClipDecoder
@@ -128,7 +128,6 @@ class DaliSampler(Sampler):
 
     def _prepare(self, task: VideoTask, work: "queue.Queue[Any]", stop: threading.Event) -> None:
         clips = 0
-        fh: CountingFile | None = None
         try:
             with task.failures_reported("preparing for GPU decoding"):
                 pool = self._prepare_pool
@@ -137,22 +136,23 @@ class DaliSampler(Sampler):
                         raise PoolUnavailable()
                     why_not, clips = self._cut_clips_in_worker(pool, task, work, stop)
                 except PoolUnavailable:  # no workers (or none left): cut here, as without them
-                    fh = CountingFile(task.path) if task.path.is_file() else None
-                    why_not, clips = self._cut_clips(task, fh, work, stop)
+                    with CuttingSource(task.path) as source:
+                        try:
+                            why_not, clips = self._cut_clips(task, source, work, stop)
+                        finally:
+                            task.add_bytes(source.bytes_read())
                 if why_not is not None:
                     clips = self._decode_on_cpu(task, why_not, stop)
         finally:
-            if fh is not None:
-                task.add_bytes(fh.bytes_read)
-                fh.close()
             task.prepared(clips)
 
-    def _cut_clips(self, task: VideoTask, fh: CountingFile | None, work: "queue.Queue[Any]",
+    def _cut_clips(self, task: VideoTask, source: CuttingSource, work: "queue.Queue[Any]",
                    stop: threading.Event) -> tuple[str | None, int]:
         """Probes and plans the video and queues its clips; returns (why DALI cannot take it, clips queued)."""
         cfg = self.config
         clips = 0
-        container = open_container(task.path, fh)
+        fh = source.file
+        container = source.open()
         try:
             info, index = probe_open(container, task.path)
             why_not = self._accept(task, info)
@@ -162,7 +162,7 @@ class DaliSampler(Sampler):
             task.outcome.mode, task.outcome.frames_expected = plan.mode, plan.expected_frames
             stream_cap = STREAM_MAX_FRAMES if self._streams(info.codec) else None
             container, cut = start_clips(plan, container, fh, stream_cap=stream_cap, clip_pixels=self.clip_pixels,
-                                         uncrop=self.uncrop_sps)
+                                         uncrop=self.uncrop_sps, by_path=source.by_path)
             while True:
                 try:
                     clip = next(cut)

@@ -34,9 +34,9 @@ from typing import Any, Callable, Iterator
 import multiprocessing as mp
 
 from ..errors import DecodeError, QuadvaultError, unexpected_failure
-from ..probe import open_container, probe_open
+from ..probe import probe_open
 from ._plan import plan_samples
-from ._reader import CountingFile
+from ._reader import CuttingSource
 from ._remux import start_clips
 from ._types import Abandoned
 
@@ -75,30 +75,32 @@ def serve(conn: Any) -> None:
 
 def cut_one(conn: Any, path: Path, settings: CutSettings) -> None:
     """One video's messages (see the module's docstring)."""
-    fh: CountingFile | None = None
+    source: CuttingSource | None = None
     container = None
     try:
         try:
-            fh = CountingFile(path) if path.is_file() else None
-            container = open_container(path, fh)
+            source = CuttingSource(path)
+            container = source.open()
             info, index = probe_open(container, path)
         except Exception as exc:  # noqa: BLE001 - becomes the video's error, as in the decoding process
             conn.send(("error", unexpected_failure(exc, DOING, path)))
             return
         conn.send(("probed", info))
-        reply = conn.recv()
+        with source.not_counting():
+            reply = conn.recv()
         if reply[0] != "cut":
             return
         stream_cap = reply[1]
         try:
             plan = plan_samples(info, index, fps=settings.fps, mode=settings.mode)  # type: ignore[arg-type]
             conn.send(("plan", plan.mode, plan.expected_frames))
-            container, cut = start_clips(plan, container, fh, stream_cap=stream_cap,
-                                         clip_pixels=settings.clip_pixels, uncrop=settings.uncrop)
+            container, cut = start_clips(plan, container, source.file, stream_cap=stream_cap,
+                                         clip_pixels=settings.clip_pixels, uncrop=settings.uncrop,
+                                         by_path=source.by_path)
         except Exception as exc:  # noqa: BLE001
             conn.send(("error", unexpected_failure(exc, DOING, path)))
             return
-        while not (conn.poll() and conn.recv()[0] == "stop"):
+        while not (conn.poll() and _recv_not_counted(conn, source)[0] == "stop"):
             try:
                 clip = next(cut)
             except StopIteration:
@@ -113,13 +115,18 @@ def cut_one(conn: Any, path: Path, settings: CutSettings) -> None:
     finally:
         if container is not None:
             container.close()
-        bytes_read = fh.bytes_read if fh is not None else 0
-        if fh is not None:
-            fh.close()
+        bytes_read = source.bytes_read() if source is not None else 0
+        if source is not None:
+            source.close()
         try:
             conn.send(("end", bytes_read))
         except (BrokenPipeError, OSError):
             pass
+
+
+def _recv_not_counted(conn: Any, source: CuttingSource) -> Any:
+    with source.not_counting():
+        return conn.recv()
 
 
 class PrepareWorkerDied(DecodeError):

@@ -887,13 +887,15 @@ def read_rows(fh: CountingFile, index: PacketIndex, rows: np.ndarray, path: obje
 
 
 def start_clips(plan: SamplePlan, container: av.container.InputContainer, fh: CountingFile | None, *,
-                stream_cap: int | None, clip_pixels: int, uncrop: bool
+                stream_cap: int | None, clip_pixels: int, uncrop: bool, by_path: bool = False
                 ) -> tuple[av.container.InputContainer, Iterator[Clip]]:
     """How a video's cutting starts, in a prepare thread or a prepare worker alike: the container to cut from
     (``rewound`` where the probe demuxed to the end) and the plan's clips, each within ``stream_cap`` frames
-    or, without one, the pixel budget ``clip_pixels``. The caller closes the container it gets."""
+    or, without one, the pixel budget ``clip_pixels``. The caller closes the container it gets. ``by_path``:
+    FFmpeg reads the file by its path (``ThreadReads`` counts it), as the probed container did; ``fh`` is
+    then only for the reads made here."""
     probed = container
-    container = rewound(container, plan.info.path, fh, plan.index)
+    container = rewound(container, plan.info.path, None if by_path else fh, plan.index)
     budget = stream_cap or frame_budget(plan.info.coded_width, plan.info.coded_height, clip_pixels)
     try:
         return container, iter(plan_clips(plan, container, fh, max_frames=budget, uncrop=uncrop))  # type: ignore[arg-type]
