@@ -73,6 +73,23 @@ def _top_level_boxes(fh: BinaryIO, file_size: int) -> Iterator[tuple[bytes, int,
         pos += size
 
 
+#: top-level boxes an ISO-BMFF file may open with
+_FIRST_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot")
+
+
+def is_plain_mp4(fh: BinaryIO, file_size: int) -> bool:
+    """Whether the file is an MP4/MOV whose packets are all indexed in one ``moov``: no movie fragments
+    (``moof``), which FFmpeg demuxes as it goes. Reads only top-level box headers."""
+    seen_moov = False
+    for i, (kind, _, _, _) in enumerate(_top_level_boxes(fh, file_size)):
+        if i == 0 and kind not in _FIRST_BOXES:
+            return False
+        if kind == b"moof":
+            return False
+        seen_moov = seen_moov or kind == b"moov"
+    return seen_moov
+
+
 def _find_moov(fh: BinaryIO, file_size: int, limit: int = 256 << 20) -> bytes | None:
     for kind, pos, _, size in _top_level_boxes(fh, file_size):
         if kind == b"moov":

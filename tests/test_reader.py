@@ -39,14 +39,13 @@ def test_counts_this_threads_reads_of_any_file_and_nothing_paused(tmp_path: Path
 
 @pytest.mark.parametrize("name, spec", [
     ("reader_h264.mp4", {"codec": "h264", "fps": 30, "duration_s": 3.0}),
-    ("reader_vp9.webm", {"codec": "vp9", "fps": 25, "duration_s": 3.0}),
-    ("reader_mjpeg.mkv", {"codec": "mjpeg", "fps": 10, "duration_s": 2.0}),
+    ("reader_hevc.mp4", {"codec": "hevc", "fps": 25, "duration_s": 3.0}),
+    ("reader_h264_audio.mov", {"codec": "h264", "fps": 24, "duration_s": 2.0, "audio": True}),
 ])
 def test_a_probe_by_path_costs_what_it_costs_through_a_file_object(make_clip: Callable[..., Path], name: str,
                                                                    spec: dict[str, object]) -> None:
-    """FFmpeg's own reads of the file (header, index, what the probe demuxes) and the prober's reads of its
-    boxes: within 2 % (FFmpeg's file protocol reads in its own chunks), and never the whole file when the
-    counting file read only part of it."""
+    """A plain MP4/MOV: FFmpeg's own reads of the file (header, first pictures) and the prober's reads of its
+    boxes, within 2 % or 2 KiB (FFmpeg's file protocol reads in its own chunks)."""
     path = make_clip(name, width=160, height=96, **spec)
     with CountingFile(path) as fh:
         reads = ThreadReads.start()
@@ -54,9 +53,9 @@ def test_a_probe_by_path_costs_what_it_costs_through_a_file_object(make_clip: Ca
             probe_open(container, path)
         through_python = reads.bytes_read()  # FFmpeg's reads through fh and the prober's own opens
     with CuttingSource(path) as source:
-        assert source.by_path and source.file is not None
         with source.open() as container:
             info, _ = probe_open(container, path)
+        assert source.by_path
         by_path = source.bytes_read()
     assert info.frame_count > 0
     assert abs(by_path - through_python) <= max(2048, 0.02 * through_python)
@@ -100,3 +99,76 @@ def test_ffmpegs_own_disk_errors_read_like_pythons(make_clip: Callable[..., Path
     monkeypatch.setattr(probe, "_av_open", failing_open)
     with pytest.raises(FileAccessError, match="Input/output error.*disk or the file may be damaged"):
         open_container(path)
+
+
+def _fragmented_mp4(source: Path, out: Path) -> Path:
+    """``source``'s packets remuxed into movie fragments (what cameras streaming to disk and DASH write)."""
+    import av
+
+    with av.open(str(source)) as src, av.open(str(out), "w", format="mp4",
+                                              options={"movflags": "frag_keyframe+empty_moov"}) as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(video=0):
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
+    return out
+
+
+def test_only_plain_mp4s_are_read_by_path(make_clip: Callable[..., Path], tmp_path: Path) -> None:
+    """FFmpeg's file reader ends Matroska/WebM/MPEG-TS demuxing quietly at a disk error (a short "ok" video);
+    those, and fragmented MP4s (demuxed as they go), keep reading through the Python file, which raises."""
+    plain = make_clip("reader_plain.mp4", codec="h264", width=160, height=96, fps=30, duration_s=2.0)
+    others = [make_clip("reader_other.mkv", codec="h264", width=160, height=96, fps=30, duration_s=2.0),
+              make_clip("reader_other.webm", codec="vp9", width=160, height=96, fps=30, duration_s=2.0),
+              make_clip("reader_other.ts", codec="h264", width=160, height=96, fps=30, duration_s=2.0),
+              _fragmented_mp4(plain, tmp_path / "fragmented.mp4")]
+    for path, by_path in [(plain, True)] + [(p, False) for p in others]:
+        with CuttingSource(path) as source:
+            with source.open() as container:
+                info, _ = probe_open(container, path)
+            assert source.by_path is by_path, path.name
+            assert info.frame_count > 0 and source.bytes_read() > 0
+            if not by_path:
+                assert source.bytes_read() == source.file.bytes_read  # as before: what the file object fetched
+
+
+def test_a_plain_mp4_that_will_not_open_by_path_is_opened_through_the_file(make_clip: Callable[..., Path],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A disk error while FFmpeg reads the header by path reads as a damaged ``moov``; through the file the
+    ``OSError`` itself comes back, and that error is the one reported."""
+    import errno
+
+    import av
+
+    import quadvault_dali.probe as probe
+    from quadvault_dali.errors import FileAccessError
+
+    path = make_clip("reader_reopen.mp4", codec="h264", width=160, height=96, fps=30, duration_s=1.0)
+    real_open = probe._av_open
+    opened: list[str] = []
+
+    def by_path_fails(source: object, **kw: object) -> object:
+        opened.append(type(source).__name__)
+        if isinstance(source, str):
+            raise av.error.InvalidDataError(errno.EINVAL, "Invalid data found when processing input")
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(probe, "_av_open", by_path_fails)
+    with CuttingSource(path) as source:
+        with pytest.raises(FileAccessError, match="Input/output error.*disk or the file may be damaged"):
+            source.open()
+        assert opened == ["str", "CountingFile"] and not source.by_path
+    monkeypatch.setattr(probe, "_av_open", real_open)
+
+
+def test_paused_does_not_nest() -> None:
+    reads = ThreadReads.start()
+    assert reads is not None
+    with reads.paused():
+        with pytest.raises(RuntimeError):
+            with reads.paused():
+                pass
+        with pytest.raises(RuntimeError):
+            reads.bytes_read()
+    assert reads.bytes_read() == 0

@@ -625,9 +625,6 @@ def test_a_disk_read_error_is_an_error_row_that_says_so(library: Path, tmp_path:
     monkeypatch.setattr(CountingFile, "read_at", failing(real_read_at))
     if engine == "dali":
         monkeypatch.setattr(runner, "create_sampler", lambda device, **kw: DaliSampler(**kw))
-        # its prepare threads let FFmpeg read by path, past this fault: through the file object here (FFmpeg's
-        # own EIO is an av.error.OSError with errno 5, worded the same: test_ffmpegs_own_disk_errors_...)
-        monkeypatch.setattr("quadvault_dali.sampling._reader._THREAD_IO", "/nonexistent/io")
     summary = _scan(library, tmp_path / "out")
     videos = _videos(tmp_path / "out")
     row = videos[str(bad)]

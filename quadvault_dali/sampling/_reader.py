@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -60,10 +61,17 @@ _THREAD_IO = "/proc/thread-self/io"
 
 def _import_what_cutting_imports_later() -> None:
     """Modules numpy and PyAV import on first use inside a video's probe and cut (``np.median`` imports
-    ``numpy.ma``; opening a container, ``av.subtitles.stream``, whose shared library the loader reads): imported now, their files are not counted as the
-    first video's reads."""
-    import av.subtitles.stream  # noqa: F401
-    import numpy.ma  # noqa: F401
+    ``numpy.ma``; opening a container, ``av.subtitles.stream``, whose shared library the loader reads):
+    imported now, their files are not counted as the first video's reads."""
+    for name in _IMPORTED_ON_FIRST_USE:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # another PyAV or numpy version: nothing to warm
+            pass
+
+
+#: see ``_import_what_cutting_imports_later``
+_IMPORTED_ON_FIRST_USE = ("av.subtitles.codeccontext", "av.subtitles.stream", "av.subtitles.subtitle", "numpy.ma")
 
 
 def _thread_rchar() -> tuple[int, int] | None:
@@ -97,6 +105,7 @@ class ThreadReads:
         # Linux counts a read when it returns: every report read after ``start`` is in later values, so its
         # length is left out with whatever ``paused`` left out
         self._start, self._left_out = start, own
+        self._paused = False
 
     @classmethod
     def start(cls) -> ThreadReads | None:
@@ -106,6 +115,8 @@ class ThreadReads:
 
     def bytes_read(self) -> int:
         """Bytes read since ``start``, less what was read while ``paused``."""
+        if self._paused:
+            raise RuntimeError("ThreadReads.bytes_read() inside paused()")
         now = _thread_rchar()
         if now is None:  # pragma: no cover - the file went away mid-run
             return 0
@@ -114,31 +125,56 @@ class ThreadReads:
 
     @contextmanager
     def paused(self) -> Iterator[None]:
-        """Reads in here are not the video's (a worker's pipe from its parent)."""
+        """Reads in here are not the video's (a worker's pipe from its parent). Not nested, and no
+        ``bytes_read`` inside: either would leave a report's length out twice."""
+        if self._paused:
+            raise RuntimeError("ThreadReads.paused() does not nest")
+        self._paused = True
         before = _thread_rchar()
         try:
             yield
         finally:
             after = _thread_rchar()
+            self._paused = False
             if before is not None and after is not None:
                 self._left_out += (after[0] - before[0]) + after[1]
 
 
 class CuttingSource:
-    """One video as a prepare thread or worker reads it: FFmpeg by the file's path where ``ThreadReads``
-    can count its reads (else through ``file``), our own reads (packets at index positions) through
-    ``file``. ``bytes_read()`` is what the video cost either way; call it on the thread that made this."""
+    """One video as a prepare thread or worker reads it. A plain MP4/MOV (a ``moov``, no movie fragments) is
+    opened by FFmpeg by its path where ``ThreadReads`` can count that (FFmpeg then reads only the header and
+    the first pictures; packets are read at their index positions through ``file``); everything else, and
+    a plain MP4 that will not open by path, through ``file``, as before.
+
+    Why only plain MP4s: FFmpeg's own file reader turns a failing disk (EIO) into the end of the file for
+    the Matroska, WebM and MPEG-TS demuxers, so a damaged disk would give a short, "ok" video; through the
+    Python file the ``OSError`` reaches us. ``bytes_read()`` is what the video cost either way (by path it
+    also counts the prober's own reads: the top-level box headers, the ``moov`` a second time); call it on
+    the thread that made this source.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.file = CountingFile(path) if path.is_file() else None  # else open() says what the path is
-        self._reads = ThreadReads.start() if self.file is not None else None
-        self.by_path = self._reads is not None
+        self._reads: ThreadReads | None = None
+        self.by_path = False  # decided by open()
 
     def open(self) -> "av.container.InputContainer":
         from ..probe import open_container
+        from .._mp4 import is_plain_mp4
 
-        return open_container(self.path, None if self.by_path else self.file)
+        if self.file is not None and not self.by_path:
+            reads = ThreadReads.start()
+            if reads is not None:
+                if is_plain_mp4(self.file, self.path.stat().st_size):
+                    self._reads, self.by_path = reads, True
+                self.file.seek(0)  # FFmpeg reads a file object from where it is
+        if self.by_path:
+            try:
+                return open_container(self.path)
+            except Exception:  # noqa: BLE001 - again through the file, whose reads say what went wrong (EIO)
+                self.by_path = False
+        return open_container(self.path, self.file)
 
     def bytes_read(self) -> int:
         if self._reads is not None:
@@ -158,4 +194,3 @@ class CuttingSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
