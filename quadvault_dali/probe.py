@@ -266,6 +266,8 @@ def read_packet_index(container: av.container.InputContainer, stream: av.video.s
             rows.append((float((packet.pts - first) * tb), packet.pos if packet.pos is not None else -1, packet.size,
                          packet.is_keyframe))
     except av.error.FFmpegError as exc:
+        if isinstance(exc, OSError) and exc.errno == errno.EIO:  # a failing disk, not a file's damaged end
+            raise unexpected_failure(exc, "reading its packets", path) from exc
         if not rows:
             raise VideoOpenError(f"cannot read packets: {exc}", path=path) from exc
     if not rows:

@@ -33,7 +33,7 @@ import numpy as np
 from .._nal import FILM_GRAIN_SEI as _FILM_GRAIN_SEI, SEI_UNITS as _SEI, length_size_of, nal_headers as _nal_headers
 from .._nal import nal_type as _nal_type, nal_units as _nal_units, sei_types as _sei_types
 from ..errors import DecodeError
-from ..probe import PacketIndex, rewound
+from ..probe import PacketIndex, open_container, rewound
 from ._mp4_join import Skeleton, join_mp4, skeleton
 from ._uncrop import Uncropped, hvcc_sps, uncrop_config, uncrop_packet
 from ._plan import SamplePlan
@@ -895,7 +895,14 @@ def start_clips(plan: SamplePlan, container: av.container.InputContainer, fh: Co
     FFmpeg reads the file by its path (``ThreadReads`` counts it), as the probed container did; ``fh`` is
     then only for the reads made here."""
     probed = container
-    container = rewound(container, plan.info.path, None if by_path else fh, plan.index)
+    if by_path and fh is not None and (not plan.index.raw_positions or (plan.mode == "exact" and plan.index.hides_end)):
+        # this plan demuxes packets through FFmpeg: not by path, where a disk error (EIO) inside a packet comes
+        # back as the packet cut short, only the next read failing (a run ending on it would be "ok")
+        container.close()
+        fh.seek(0)
+        container = open_container(plan.info.path, fh)
+    else:
+        container = rewound(container, plan.info.path, None if by_path else fh, plan.index)
     budget = stream_cap or frame_budget(plan.info.coded_width, plan.info.coded_height, clip_pixels)
     try:
         return container, iter(plan_clips(plan, container, fh, max_frames=budget, uncrop=uncrop))  # type: ignore[arg-type]
