@@ -17,7 +17,7 @@ import logging
 import math
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
@@ -266,7 +266,7 @@ def read_track_facts(fh: BinaryIO, file_size: int, track_id: int | None = None) 
         if exact:
             placed = sample_positions(track, file_size)
             positions = placed[0] if placed is not None else None
-            table = all_samples(movie, track, offsets, file_size)
+            table = all_samples(movie, track, offsets, file_size, placed=placed)
             # FFmpeg shifts the decode times of a track with negative composition offsets: its index, not this
             samples = table if table is not None and (offsets is None or offsets.min() >= 0) \
                 and _edit_keeps_all_of(movie, track, table, offsets) else None
@@ -374,12 +374,17 @@ def _edit_keeps_all_of(movie: dict[bytes, bytes], track: dict[bytes, bytes], tab
     return b"elst" not in track or _edit_keeps_all(movie.get(b"mvhd"), track, cts)
 
 
+#: ``all_samples``'s ``placed`` when the caller has not computed it
+_NOT_GIVEN: Any = object()
+
+
 def all_samples(movie: dict[bytes, bytes], track: dict[bytes, bytes], offsets: np.ndarray | None,
-                file_size: int) -> SampleTable | None:
+                file_size: int, *, placed: tuple[np.ndarray, np.ndarray] | None = _NOT_GIVEN) -> SampleTable | None:
     """Every sample of the track, computed from ``stts``/``stsz``/``stsc``/``stco``/``stss`` whatever its edit
     list shows, or ``None`` where FFmpeg may read the tables otherwise: fragments, tables this does not cover,
     several sample descriptions, values FFmpeg clamps or stops at (a decode time step or sample past 31 or 29
-    bits, sync samples out of order)."""
+    bits, sync samples out of order). ``placed``: ``sample_positions(track, file_size)`` where the caller has
+    it already (it was computed twice per probe)."""
     if b"mvex" in movie:  # fragments
         return None
     kinds = track.get(b"stbl:", b"").split(b",")
@@ -391,7 +396,8 @@ def all_samples(movie: dict[bytes, bytes], track: dict[bytes, bytes], offsets: n
     if struct.unpack_from(">I", stsd, 4)[0] != 1 or np.any(_full_box_table(stsc, 3)[:, 2] != 1):
         return None
     timescale(mdhd)
-    placed = sample_positions(track, file_size)
+    if placed is _NOT_GIVEN:
+        placed = sample_positions(track, file_size)
     if placed is None:
         return None
     pos, size = placed
