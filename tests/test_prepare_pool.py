@@ -258,3 +258,61 @@ def test_the_package_still_offers_every_backend_by_name() -> None:
     assert sampling.plan_samples.__module__.endswith("_plan")
     with pytest.raises(AttributeError):
         sampling.not_a_name  # noqa: B018
+
+
+def first_hangs_the_rest_die(conn: Any) -> None:
+    """A worker target: the first worker to start never gets ready (a stalled import), the others exit."""
+    try:
+        os.close(os.open(os.environ["QV_TEST_MARKER"], os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        os._exit(3)
+    while True:
+        time.sleep(60)
+
+
+def test_a_worker_that_dies_while_another_hangs_at_start_fails_the_pool_at_once(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers were waited for in the order they started: a hung first one hid a dead second one for the
+    whole start timeout (300 s), and a pool that failed to start left the others running."""
+    import multiprocessing as mp
+    import threading
+
+    from quadvault_dali.errors import QuadvaultError
+
+    monkeypatch.setenv("QV_TEST_MARKER", str(tmp_path / "first"))
+    raised: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            PreparePool(3, target=first_hangs_the_rest_die)
+        except BaseException as exc:  # noqa: BLE001 - what the test looks at
+            raised.append(exc)
+
+    starter = threading.Thread(target=start, daemon=True)
+    starter.start()
+    starter.join(timeout=60)
+    assert not starter.is_alive(), "the pool waited for the hung worker"
+    assert len(raised) == 1 and isinstance(raised[0], QuadvaultError) and "exited with code 3" in str(raised[0])
+    assert mp.active_children() == []
+
+
+def test_a_backend_registered_first_keeps_its_name() -> None:
+    """With the backends loaded on first use, the built-in ``cpu`` replaced one a plugin registered before."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import quadvault_dali.sampling as sampling
+
+@sampling.register_backend("cpu")
+class Mine(sampling.Sampler):
+    def device(self): return None
+    def iter_batches(self, videos): return iter(())
+
+assert "quadvault_dali.sampling._cpu" not in sys.modules  # registered before the built-in one loads
+print(type(sampling.create_sampler("cpu")).__name__, sorted(sampling.available_backends())[0])
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["Mine", "cpu"]

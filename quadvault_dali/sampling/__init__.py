@@ -12,11 +12,19 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from ._base import Sampler, SamplerConfig, VideoSource, available_backends, create_sampler, register_backend
-    from ._nvdec import nvdec_limitation
-    from ._plan import SamplePlan, plan_samples
-    from ._types import FrameBatch, ResolvedMode, SamplingMode, VideoOutcome
+if TYPE_CHECKING:  # what type checkers see; at run time ``__getattr__`` loads them
+    from ._base import Sampler as Sampler, SamplerConfig as SamplerConfig, VideoSource as VideoSource
+    from ._base import available_backends as available_backends, create_sampler as create_sampler
+    from ._base import register_backend as register_backend
+    from ._nvdec import nvdec_limitation as nvdec_limitation
+    from ._plan import SamplePlan as SamplePlan, plan_samples as plan_samples
+    from ._types import FrameBatch as FrameBatch, ResolvedMode as ResolvedMode, SamplingMode as SamplingMode
+    from ._types import VideoOutcome as VideoOutcome
+
+__all__ = [
+    "FrameBatch", "ResolvedMode", "SamplePlan", "Sampler", "SamplerConfig", "SamplingMode", "VideoOutcome",
+    "VideoSource", "available_backends", "create_sampler", "nvdec_limitation", "plan_samples", "register_backend",
+]
 
 _WHERE = {
     "Sampler": "_base", "SamplerConfig": "_base", "VideoSource": "_base", "available_backends": "_base",
@@ -24,8 +32,6 @@ _WHERE = {
     "SamplePlan": "_plan", "plan_samples": "_plan",
     "FrameBatch": "_types", "ResolvedMode": "_types", "SamplingMode": "_types", "VideoOutcome": "_types",
 }
-
-__all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str) -> Any:
@@ -35,3 +41,7 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value  # found directly from now on
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

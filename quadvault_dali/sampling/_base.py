@@ -134,12 +134,16 @@ def register_backend(name: str) -> Callable[[type[Sampler]], type[Sampler]]:
 
 
 def _load_backends() -> None:
-    """Imports the backends, which register themselves; ``gpu`` only where DALI imports."""
+    """Imports the built-in backends, which register themselves (``gpu`` only where DALI imports); a backend
+    registered before under the same name (a plugin, a test) keeps its place, as when the package imported
+    them first."""
+    earlier = dict(_BACKENDS)
     from . import _cpu  # noqa: F401
     try:
         from . import _gpu  # noqa: F401
     except ImportError:  # pragma: no cover - depends on the machine
         pass
+    _BACKENDS.update(earlier)
 
 
 def available_backends() -> list[str]:

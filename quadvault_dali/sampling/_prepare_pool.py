@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import multiprocessing as mp
+import multiprocessing.connection as mp_connection
 
 from ..errors import DecodeError, QuadvaultError, unexpected_failure
 from ..probe import probe_open
@@ -62,7 +63,10 @@ def serve(conn: Any) -> None:
     """A worker: cuts the videos the parent sends until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     _exit_with_parent()
-    conn.send(("ready",))  # imports done: the pool does not hand a video to a worker still starting
+    try:
+        conn.send(("ready",))  # imports done: the pool does not hand a video to a worker still starting
+    except (BrokenPipeError, OSError):  # the pool gave up on starting (another worker failed): nothing to do
+        return
     while True:
         try:
             message = conn.recv()
@@ -157,6 +161,16 @@ class _Worker:
             self.proc.join(timeout=5)
 
 
+def _kill(workers: list[_Worker]) -> None:
+    """Stops workers that are still starting, all at once (closing them one by one waited 5 s for each)."""
+    for worker in workers:
+        worker.conn.close()
+        if worker.proc.is_alive():
+            worker.proc.kill()
+    for worker in workers:
+        worker.proc.join(timeout=5)
+
+
 class PreparePool:
     """``processes`` workers, each serving one video at a time to whichever prepare thread holds it.
 
@@ -174,25 +188,23 @@ class PreparePool:
         self._lock = threading.Lock()
         self._closed = False
         self.usable = True
+        starting: list[_Worker] = []
         try:
             # all started before any is waited for: each imports its libraries (av, numpy; seconds on a cold
             # page cache), and one after another the first scan of a stop-17 lease spent 15 s starting 4
-            starting: list[_Worker] = []
-            try:
-                for _ in range(processes):
-                    starting.append(_Worker(self._ctx, self._target))
-            except BaseException:
-                for worker in starting:
-                    worker.close()
-                raise
-            for i, worker in enumerate(starting):
-                try:
-                    self._admit(worker)
-                except BaseException:
-                    for rest in starting[i + 1:]:
-                        rest.close()
-                    raise
+            for _ in range(processes):
+                starting.append(_Worker(self._ctx, self._target))
+            waiting = {worker.conn: worker for worker in starting}
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while waiting:  # in the order they get ready (or die): a slow one does not hide a dead one
+                ready = mp_connection.wait(list(waiting), timeout=max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    raise QuadvaultError(f"a process to prepare clips did not start within {START_TIMEOUT_S:.0f} s",
+                                         hint="run with -v to see its log")
+                for conn in ready:
+                    self._admit(waiting.pop(conn))  # type: ignore[arg-type]
         except BaseException:
+            _kill([w for w in starting if w not in self._all])  # still starting: nothing of theirs to keep
             self.close()
             raise
 
