@@ -202,6 +202,7 @@ class Layout(NamedTuple):
     switch_ms: float | None = None  # ``sys.setswitchinterval`` for the row, in ms (None: as it is)
     pyav_mux: bool = False  # every clip muxed by PyAV, none joined (``sampling._mp4_join``)
     prepare_processes: int = 0  # clips cut in worker processes (``sampling._prepare_pool``), 0: threads
+    feed_without_copy: bool = False  # DALI reads the fed clips in place (``_clip_decoder.FEED_WITHOUT_COPY``)
 
 
 def parse_layout(text: str) -> Layout:
@@ -213,17 +214,18 @@ def parse_layout(text: str) -> Layout:
     this process) and ``g`` with Python's 5 ms (the product's, explicitly): whether prepare and decode threads lose time waiting for the GIL a busy thread holds for
     Python's default 5 ms (a convoy: each FFmpeg read through a Python file, each return from DALI, waits); a
     trailing ``m`` muxes every clip with PyAV, as before in-order clips were joined (``sampling._mp4_join``); a
-    trailing ``w`` cuts clips in as many worker processes as there are prepare threads (``sampling._prepare_pool``)."""
-    match = re.fullmatch(r"(?:(\d+)p)?(\d+)x(\d+)x(\d+)(c?)(s?)([ig]?)(m?)(w?)", text.strip())
+    trailing ``w`` cuts clips in as many worker processes as there are prepare threads (``sampling._prepare_pool``);
+    a trailing ``n`` lets DALI read the fed clips in place (``_clip_decoder.FEED_WITHOUT_COPY``)."""
+    match = re.fullmatch(r"(?:(\d+)p)?(\d+)x(\d+)x(\d+)(c?)(s?)([ig]?)(m?)(w?)(n?)", text.strip())
     if not match:
-        raise ValueError(f"a layout is [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c][s][i|g][m][w], like 4p2x4x4; "
-                         f"got {text!r}")
+        raise ValueError(f"a layout is [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c][s][i|g][m][w][n], like "
+                         f"4p2x4x4; got {text!r}")
     processes, streams, per_run, threads = (int(g) if g else 1 for g in match.groups()[:4])
-    if processes > 1 and (match.group(8) or match.group(9)):
-        raise ValueError(f"{text!r}: 'm' and 'w' are for one decoding process")
+    if processes > 1 and (match.group(8) or match.group(9) or match.group(10)):
+        raise ValueError(f"{text!r}: 'm', 'w' and 'n' are for one decoding process")
     return Layout(processes, streams, per_run, threads, not match.group(5), bool(match.group(6)),
                   {"i": SHORT_SWITCH_MS, "g": PYTHON_SWITCH_MS}.get(match.group(7)), bool(match.group(8)),
-                  max(4, streams) if match.group(9) else 0)
+                  max(4, streams) if match.group(9) else 0, bool(match.group(10)))
 
 
 @contextlib.contextmanager
@@ -238,6 +240,19 @@ def switch_interval(ms: float | None) -> Iterator[None]:
         yield
     finally:
         sys.setswitchinterval(before)
+
+
+@contextlib.contextmanager
+def feeding_without_copy(on: bool) -> Iterator[None]:
+    """DALI reads the fed clips in place inside (``on``): pipelines built meanwhile take the flag."""
+    from quadvault_dali.sampling import _clip_decoder
+
+    before = _clip_decoder.FEED_WITHOUT_COPY
+    _clip_decoder.FEED_WITHOUT_COPY = on or before
+    try:
+        yield
+    finally:
+        _clip_decoder.FEED_WITHOUT_COPY = before
 
 
 @contextlib.contextmanager
@@ -389,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
                 described(rows[-1])
             for layout in filter(None, args.layouts.split(",")):
                 shape = parse_layout(layout)
-                with switch_interval(shape.switch_ms), pyav_muxing(shape.pyav_mux):
+                with switch_interval(shape.switch_ms), pyav_muxing(shape.pyav_mux), \
+                        feeding_without_copy(shape.feed_without_copy):
                     measured = try_sampler("gpu", videos, layout=(shape.per_run, shape.threads, shape.uncrop),
                                            processes=shape.processes, mode="keyframe", size=args.size,
                                            streams=shape.streams, stream_decode=shape.streamed,
@@ -397,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"backend": "gpu", "mode": "keyframe", "streams": shape.streams * shape.processes,
                              "layout": layout, "processes": shape.processes, "videos": n_videos,
                              "uncrop_sps": shape.uncrop, "stream_decode": shape.streamed, "pyav_mux": shape.pyav_mux,
-                             "prepare_processes": shape.prepare_processes,
+                             "prepare_processes": shape.prepare_processes, "feed_without_copy": shape.feed_without_copy,
                              "switch_interval_ms": shape.switch_ms or 1000 * sys.getswitchinterval(), **measured})
                 described(rows[-1])
             exact_videos = videos[:n_videos if args.gpu_exact_videos is None else args.gpu_exact_videos]

@@ -23,17 +23,19 @@ DecoderDevice = Literal["mixed", "cpu"]
 
 
 @pipeline_def(prefetch_queue_depth=1)
-def video_sampling_pipeline(decoder_device: DecoderDevice = "mixed", size: int = 224, square: bool = True):
+def video_sampling_pipeline(decoder_device: DecoderDevice = "mixed", size: int = 224, square: bool = True,
+                            feed_without_copy: bool = False):
     """Decode the wanted frames of each clip, resize the short side to ``size``, optionally crop square.
 
     Build with ``video_sampling_pipeline(decoder_device=..., size=..., square=..., batch_size=...,
     num_threads=..., device_id=...)``; feed ``ENCODED_INPUT``, ``FRAMES_INPUT`` and ``ROI_INPUT`` with
     ``pipe.feed_input`` before each ``pipe.run()``. ``prefetch_queue_depth=1`` because every batch is
-    fed by the caller just before it runs.
+    fed by the caller just before it runs. ``feed_without_copy``: DALI reads the fed clips' own memory
+    (``external_source(no_copy=True)``), which the caller keeps alive and unchanged until the run returns.
     """
     if decoder_device not in ("mixed", "cpu"):
         raise ValueError(f"decoder_device must be 'mixed' or 'cpu', got {decoder_device!r}")
-    encoded = fn.external_source(name=ENCODED_INPUT, dtype=types.UINT8, ndim=1)
+    encoded = fn.external_source(name=ENCODED_INPUT, dtype=types.UINT8, ndim=1, no_copy=feed_without_copy)
     frames = fn.external_source(name=FRAMES_INPUT, dtype=types.INT32, ndim=1)
     roi_end = fn.external_source(name=ROI_INPUT, dtype=types.FLOAT, ndim=1)
     # pad_mode="none": an index past the clip's end must fail (and the video go to the CPU decoder), not

@@ -198,6 +198,25 @@ def test_engine_on_cpu_decoder_matches_cpu_backend(cpu_decodable: list[tuple[Pat
         assert outcome.bytes_read > 0
 
 
+@pytest.mark.parametrize("mode", ["keyframe", "exact"])
+def test_feeding_clips_without_a_copy_decodes_the_same_frames(cpu_decodable: list[tuple[Path, int]],
+                                                              monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """DALI reading the fed clips in place (``_clip_decoder.FEED_WITHOUT_COPY``): every clip's bytes stay alive
+    until its run returns, so the frames are the copying pipeline's, bit for bit."""
+    import quadvault_dali.sampling._clip_decoder as clip_decoder
+
+    paths = [p for p, _ in cpu_decodable]
+    runs = []
+    for in_place in (False, True):
+        monkeypatch.setattr(clip_decoder, "FEED_WITHOUT_COPY", in_place)
+        sampler = DaliSampler(mode=mode, size=SIZE, batch_size=8, streams=2)
+        batches = list(sampler.iter_batches(paths))
+        runs.append(([(str(p), t) for b in batches for p, t in zip(b.paths, b.timestamps)],
+                     torch.cat([b.frames for b in batches if len(b)])))
+        assert sampler.decode_stats.frames > 0
+    assert runs[1][0] == runs[0][0] and torch.equal(runs[1][1], runs[0][1])
+
+
 @pytest.mark.parametrize("matrix", ["bt709", "bt2020nc"])
 def test_engine_gives_the_colours_of_the_tagged_matrix(make_clip: Callable[..., Path], matrix: str) -> None:
     """DALI converts every video as BT.601; BT.709-tagged footage (nearly all HD drone video) must still come

@@ -92,6 +92,13 @@ class CopyFence:
         self._kept = None
 
 
+#: Experimental (stop 17, not yet timed on a GPU): DALI decodes the clips from their own bytes instead of
+#: copying them when fed. On the H100 a py-spy ``--gil`` profile put 19 % of the GIL-holding samples in
+#: ``Pipeline.feed_input``; a plain copy of 4 x 2 MB takes 0.35 ms here (0.05 ms without it), so the rest
+#: would be the copy into pinned memory for the mixed decoder. ``sampling_bench`` layout suffix ``n``.
+FEED_WITHOUT_COPY = False
+
+
 class ClipDecoder:
     """One DALI video pipeline: clips in, one ``(F, 3, H, W)`` uint8 tensor per clip out."""
 
@@ -124,8 +131,8 @@ class ClipDecoder:
             from ..pipelines import video_sampling_pipeline
 
             pipe = video_sampling_pipeline(decoder_device=self.decoder_device, size=self.size, square=self.square,
-                                           batch_size=self.clips_per_run, num_threads=self.num_threads,
-                                           device_id=self.device_id)
+                                           feed_without_copy=FEED_WITHOUT_COPY, batch_size=self.clips_per_run,
+                                           num_threads=self.num_threads, device_id=self.device_id)
             pipe.build()
             self._pipe = pipe
         return self._pipe
@@ -133,7 +140,7 @@ class ClipDecoder:
     def _run(self, clips: list[Clip]) -> list[torch.Tensor]:
         self._copies.wait()
         pipe = self._pipeline()
-        feed_clips(pipe, clips)
+        feed_clips(pipe, clips)  # ``clips`` holds the fed bytes (``FEED_WITHOUT_COPY``) until the run returns
         (out,) = pipe.run()
         tensors = []
         copying_on: torch.device | None = None  # set once a copy out of DALI's buffers is queued on the GPU
