@@ -293,3 +293,39 @@ def test_a_file_that_crashes_the_decoder_is_isolated_on_resume(library: Path, mo
     assert "the decoder crashed on this file (SIGSEGV)" in poison["error_message"]
     assert all(v["status"] == "ok" for p, v in videos.items() if "broken" not in p and "poison" not in p)
     assert not (out / ".inflight.log").exists()
+
+
+def test_prepare_processes_reach_the_gpu_backend_and_change_no_row(library: Path, model_dir: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``scan --prepare-processes 2``: the gpu backend (DALI's CPU decoder here) cuts clips in 2 worker
+    processes, and every video and second row is the one the prepare threads give."""
+    import quadvault_dali.scan.runner as runner
+    from quadvault_dali.sampling._gpu import DaliSampler
+
+    made: list[DaliSampler] = []
+
+    def dali(device: str, **kw: object) -> DaliSampler:
+        made.append(DaliSampler(**kw))  # type: ignore[arg-type]
+        return made[-1]
+
+    monkeypatch.setattr(runner, "create_sampler", dali)
+    from quadvault_dali.sampling._prepare_pool import PreparePool
+
+    jobs: list[Path] = []
+    real_job = PreparePool.job
+
+    def counted(self: PreparePool, path: Path, *args: object, **kw: object) -> object:
+        jobs.append(path)
+        return real_job(self, path, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PreparePool, "job", counted)
+    rows = []
+    for workers in ("0", "2"):
+        out = tmp_path / f"out{workers}"
+        result = CliRunner().invoke(cli, ["-q", "scan", str(library), "-m", str(model_dir), "-o", str(out),
+                                          "--device", "cpu", "--threshold", "0.5", "--prepare-processes", workers])
+        assert result.exit_code == 0, result.output
+        assert made[-1].config.prepare_processes == int(workers)
+        rows.append(_rows(out))
+        assert (len(jobs) > 0) == (workers == "2")  # the videos went to the workers
+    assert rows[1] == rows[0]

@@ -55,7 +55,7 @@ class ScanOptions:
     streams: int = 4
     processes: int = 1  # decoding processes (per GPU), each with ``streams`` streams
     stream_decode: bool = False  # experimental gpu decoding (``SamplerConfig.stream_decode``); benchmarks only
-    prepare_processes: int = 0  # experimental: clips cut in worker processes (``SamplerConfig``); benchmarks only
+    prepare_processes: int = 0  # experimental: clips cut in worker processes (``SamplerConfig``; gpu backend)
     batch_size: int = 64
     resume: bool = True
     retry_errors: bool = False
