@@ -403,6 +403,55 @@ def _turned_in_stream(path: Path, stream_index: int, codec: str) -> bool:
                for a, b in units if b > a + header)
 
 
+#: bytes of an MP4's first packet read for a display-orientation SEI: the SEI units come before the slices
+_SEI_HEAD_BYTES = 64 << 10
+
+
+def _orientation_sei_first(data: bytes, codec: str, length_size: int) -> bool:
+    """Whether the NAL units at the start of ``data`` hold a display-orientation SEI message before the first
+    slice (``data`` may end inside a slice: only what precedes it is read). Length-prefixed as the stream says,
+    or start codes where the packet begins with one (a remux can leave them behind; FFmpeg decodes either)."""
+    header = 1 if codec == "h264" else 2
+    if data.startswith((b"\0\0\1", b"\0\0\0\1")):
+        units = nal_units(data, None) or []
+    else:
+        units, at = [], 0
+        while at + length_size < len(data):
+            size = int.from_bytes(data[at:at + length_size], "big")
+            start = at + length_size
+            if size <= header or start + header > len(data):
+                break
+            units.append((start, min(start + size, len(data))))
+            at = start + size
+    for a, b in units:
+        if b <= a + header:
+            continue
+        kind = nal_type(data[a], codec)
+        if kind in SEI_UNITS[codec]:
+            if DISPLAY_ORIENTATION_SEI in sei_types(data[a + header:b]):
+                return True
+        elif kind <= (5 if codec == "h264" else 31) and (codec == "hevc" or kind >= 1):  # a slice: no SEI after
+            return False
+    return False
+
+
+def _mp4_turned_in_stream(path: Path, index: PacketIndex, codec: str, extradata: bytes) -> bool:
+    """``_turned_in_stream`` for an MP4/MOV: the first packet's leading units read at its index position (no
+    demuxer opened). Phones' encoders can put the rotation there instead of in the track's matrix, and FFmpeg
+    turns the decoded pictures by it."""
+    length_size = length_size_of(codec, extradata)
+    if codec not in SEI_UNITS or length_size is None or not len(index) or index.pos[0] < 0:
+        return False
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(int(index.pos[0]))
+            data = fh.read(min(int(index.size[0]), _SEI_HEAD_BYTES))
+    except OSError as exc:
+        log.info("%s: cannot read its first packet for a display orientation (%s)", path, exc)
+        return False
+    return _orientation_sei_first(data, codec, length_size)
+
+
 def _rotation_of_first_picture(path: Path, stream_index: int) -> int:
     """Clockwise degrees (0/90/180/270) the first picture of the stream is to be turned, as FFmpeg attaches it
     to the decoded frame; 0 where nothing decodes (the sampler reports that file's fault itself)."""
@@ -489,8 +538,12 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
     frame_count = int(np.count_nonzero(index.shown)) if index.from_container_index else (stream.frames or len(index))
 
     rotation = facts.rotation
-    if container.format.name.split(",")[0] in _ROTATION_BY_DECODING \
+    container_format = container.format.name.split(",")[0]
+    if container_format in _ROTATION_BY_DECODING \
             and (_may_be_turned(path) or _turned_in_stream(path, stream.index, codec)):
+        rotation = _rotation_of_first_picture(path, stream.index)
+    elif container_format in _MP4_FORMATS and index.from_container_index \
+            and _mp4_turned_in_stream(path, index, codec, bytes(ctx.extradata or b"")):
         rotation = _rotation_of_first_picture(path, stream.index)
     coded_w, coded_h = stream.width, stream.height
     width, height = (coded_h, coded_w) if rotation in (90, 270) else (coded_w, coded_h)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from quadvault_dali.errors import UnsupportedCodecError, VideoOpenError
 from quadvault_dali.probe import probe_video
@@ -214,6 +215,56 @@ def test_a_matroska_file_starting_late_lasts_as_long_as_its_pictures(make_clip, 
     info = probe_video(late)
     assert info.start_time_s == pytest.approx(2.5) and info.duration_s == pytest.approx(6.0, abs=0.04)
     assert info.max_keyframe_interval_s < 1.0
+
+
+def _with_orientation_sei(source: Path, out: Path) -> Path:
+    """``source``'s H.264 with a display-orientation SEI (90 degrees) inserted by FFmpeg's h264_metadata."""
+    import av
+
+    with av.open(str(source)) as inp, av.open(str(out), "w") as dst:
+        stream = inp.streams.video[0]
+        copy = dst.add_stream_from_template(stream)
+        bsf = av.BitStreamFilterContext("h264_metadata=display_orientation=insert:rotate=90", stream)
+        for packet in inp.demux(stream):
+            if packet.dts is not None:
+                for filtered in bsf.filter(packet):
+                    filtered.stream = copy
+                    dst.mux(filtered)
+    return out
+
+
+def test_a_display_orientation_inside_the_h264_stream_turns_an_mp4(make_clip, tmp_path) -> None:
+    """As in Matroska, an MP4 whose rotation is only in the stream's SEI: FFmpeg turns its pictures, so the
+    probe does (its first packet's leading units read at their index position), and sampling turns them."""
+    import av
+
+    from quadvault_dali.probe import _orientation_sei_first
+    from quadvault_dali.sampling import create_sampler
+
+    source = make_clip("probe_sei_src.mp4", codec="h264", width=160, height=96, fps=30, duration_s=2.0, source_id=2)
+    path = _with_orientation_sei(source, tmp_path / "sei_turned.mp4")
+    with av.open(str(path)) as c:
+        ffmpeg_turn = -int(next(c.decode(video=0)).rotation) % 360  # FFmpeg's angle is counter-clockwise
+    assert ffmpeg_turn in (90, 270)
+    info = probe_video(path)
+    assert info.rotation == ffmpeg_turn and (info.width, info.height) == (96, 160)
+    assert probe_video(source).rotation == 0
+    sampler = create_sampler("cpu", size=48, square=False)
+    frames, _, _ = sampler.sample_video(path)
+    upright, _, _ = sampler.sample_video(source)
+    assert frames.shape[-2:] == (80, 48) and upright.shape[-2:] == (48, 80)  # turned: the short side 48
+    turned = {k: (frames[0].float() - torch.rot90(upright[0], k, dims=(1, 2)).float()).abs().mean().item()
+              for k in (1, 3)}
+    assert turned[4 - ffmpeg_turn // 90] < 4.0 < turned[ffmpeg_turn // 90], turned  # clockwise, as FFmpeg turns it
+    # the same units length-prefixed, as phones' MP4s carry them, and cut off inside the slice
+    with av.open(str(path)) as c:
+        annex_b = bytes(next(c.demux(video=0)))
+    units = [u for u in annex_b.split(b"\0\0\1") if u.strip(b"\0")]
+    framed = b"".join(len(u.rstrip(b"\0")).to_bytes(4, "big") + u.rstrip(b"\0") for u in units)
+    assert _orientation_sei_first(framed, "h264", 4) and _orientation_sei_first(framed[:-10], "h264", 4)
+    plain = b"".join(len(u.rstrip(b"\0")).to_bytes(4, "big") + u.rstrip(b"\0") for u in units
+                     if u[0] & 0x1F != 6)
+    assert not _orientation_sei_first(plain, "h264", 4)
 
 
 def test_a_display_orientation_inside_the_h264_stream_turns_a_matroska_file(make_clip, tmp_path) -> None:
