@@ -407,32 +407,35 @@ def _turned_in_stream(path: Path, stream_index: int, codec: str) -> bool:
 _SEI_HEAD_BYTES = 64 << 10
 
 
-def _orientation_sei_first(data: bytes, codec: str, length_size: int) -> bool:
+def _orientation_sei_first(data: bytes, codec: str, length_size: int, cut: bool = False) -> bool:
     """Whether the NAL units at the start of ``data`` hold a display-orientation SEI message before the first
-    slice (``data`` may end inside a slice: only what precedes it is read). Length-prefixed as the stream says,
-    or start codes where the packet begins with one (a remux can leave them behind; FFmpeg decodes either)."""
+    slice (``data`` may end inside a slice: only what precedes it is read; ``cut``: it was cut short, so an
+    SEI unit it ends inside counts as one, and the caller decodes a picture to be sure). Length-prefixed as
+    the stream says, else start codes where the packet begins with one (a remux can leave them behind; FFmpeg
+    decodes either). Length prefixes first: a 256-511-byte first unit's 4-byte length reads ``00 00 01 xx``."""
     header = 1 if codec == "h264" else 2
-    if data.startswith((b"\0\0\1", b"\0\0\0\1")):
-        units = nal_units(data, None) or []
-    else:
-        units, at = [], 0
-        while at + length_size < len(data):
-            size = int.from_bytes(data[at:at + length_size], "big")
-            start = at + length_size
-            if size <= header or start + header > len(data):
-                break
-            units.append((start, min(start + size, len(data))))
-            at = start + size
-    for a, b in units:
-        if b <= a + header:
-            continue
-        kind = nal_type(data[a], codec)
-        if kind in SEI_UNITS[codec]:
-            if DISPLAY_ORIENTATION_SEI in sei_types(data[a + header:b]):
-                return True
-        elif kind <= (5 if codec == "h264" else 31) and (codec == "hevc" or kind >= 1):  # a slice: no SEI after
-            return False
-    return False
+
+    def holds(units: list[tuple[int, int]]) -> bool:
+        for a, b in units:
+            if b <= a + header:
+                continue
+            kind = nal_type(data[a], codec)
+            if kind in SEI_UNITS[codec]:
+                if DISPLAY_ORIENTATION_SEI in sei_types(data[a + header:b]) or (cut and b == len(data)):
+                    return True
+            elif kind <= (5 if codec == "h264" else 31) and (codec == "hevc" or kind >= 1):  # a slice: no SEI after
+                return False
+        return False
+
+    prefixed, at = [], 0
+    while at + length_size < len(data):
+        size = int.from_bytes(data[at:at + length_size], "big")
+        start = at + length_size
+        if size <= header or start + header > len(data) or (start + size > len(data) and not cut):
+            break  # not length-prefixed after all (a slice cut by ``data``'s end is a slice: the walk stops there)
+        prefixed.append((start, min(start + size, len(data))))
+        at = start + size
+    return holds(prefixed) or (data.startswith((b"\0\0\1", b"\0\0\0\1")) and holds(nal_units(data, None) or []))
 
 
 def _mp4_turned_in_stream(path: Path, index: PacketIndex, codec: str, extradata: bytes) -> bool:
@@ -449,7 +452,7 @@ def _mp4_turned_in_stream(path: Path, index: PacketIndex, codec: str, extradata:
     except OSError as exc:
         log.info("%s: cannot read its first packet for a display orientation (%s)", path, exc)
         return False
-    return _orientation_sei_first(data, codec, length_size)
+    return _orientation_sei_first(data, codec, length_size, cut=int(index.size[0]) > len(data))
 
 
 def _rotation_of_first_picture(path: Path, stream_index: int) -> int:

@@ -316,3 +316,17 @@ print(type(sampling.create_sampler("cpu")).__name__, sorted(sampling.available_b
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["Mine", "cpu"]
+
+
+def test_prepare_processes_the_backend_cannot_use_are_said_to_be_unused(caplog: pytest.LogCaptureFixture) -> None:
+    """``scan --device cpu --prepare-processes 2`` (or with ``--processes``) ran without a word that the workers
+    were never started."""
+    from quadvault_dali.sampling import create_sampler
+
+    with caplog.at_level("WARNING"):
+        sampler = create_sampler("cpu", prepare_processes=2)
+    assert type(sampler).__name__ == "CpuSampler" and "not used by the cpu backend" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        create_sampler("cpu", prepare_processes=0)
+    assert "prepare processes" not in caplog.text

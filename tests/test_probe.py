@@ -265,6 +265,14 @@ def test_a_display_orientation_inside_the_h264_stream_turns_an_mp4(make_clip, tm
     plain = b"".join(len(u.rstrip(b"\0")).to_bytes(4, "big") + u.rstrip(b"\0") for u in units
                      if u[0] & 0x1F != 6)
     assert not _orientation_sei_first(plain, "h264", 4)
+    # a first unit of 256-511 bytes: its 4-byte length reads as a start code (00 00 01 xx), and was taken for one
+    user_data = bytes([0x06, 5, 0xFF, 300 - 255]) + b"\x11" * 16 + b"\x41" * 284 + b"\x80"
+    assert 256 <= len(user_data) < 512
+    framed_300 = len(user_data).to_bytes(4, "big") + user_data + framed
+    assert framed_300.startswith(b"\0\0\1") and _orientation_sei_first(framed_300, "h264", 4)
+    # an SEI unit cut off by the bytes read: a picture is decoded to be sure (``cut``)
+    assert _orientation_sei_first(framed_300[:200], "h264", 4, cut=True)
+    assert not _orientation_sei_first(framed_300[:200], "h264", 4)
 
 
 def test_a_display_orientation_inside_the_h264_stream_turns_a_matroska_file(make_clip, tmp_path) -> None:

@@ -172,7 +172,13 @@ def create_sampler(device: str = "auto", config: SamplerConfig | None = None, **
                                       hint=f"available: {', '.join(available_backends()) or 'none'}")
     chosen = _BACKENDS[backend]
     base = config or SamplerConfig()
-    if int(overrides.get("processes", base.processes)) > 1:  # type: ignore[call-overload]
+    processes = int(overrides.get("processes", base.processes))  # type: ignore[call-overload]
+    if int(overrides.get("prepare_processes", base.prepare_processes)):  # type: ignore[call-overload]
+        if backend != "gpu":
+            log.warning("prepare processes cut clips for the GPU decoder: not used by the %s backend", backend)
+        elif processes > 1:
+            log.warning("prepare processes are not used inside %d decoding processes", processes)
+    if processes > 1:
         from ._processes import ProcessSampler
 
         return ProcessSampler(chosen, config, **overrides)
