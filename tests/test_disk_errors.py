@@ -129,20 +129,14 @@ def test_a_disk_error_in_an_mp4_whose_edit_hides_its_end(make_clip: Callable[...
                                                          tmp_path: Path) -> None:
     """Exact runs of such a file are demuxed by FFmpeg (``PacketIndex.hides_end``): read by path, a fault inside
     the last packet a run needs gave that packet cut short and the video "ok" (review, stop 17)."""
-    import av
+    from _media import remux_video
     from test_trimmed_mp4 import _shorten_edit
 
     # packets of ~17 kB (4 Mbit/s): many straddle FFmpeg's 32 KiB reads, which is where a fault cuts one short
     source = make_clip("eio_end_source.mp4", codec="h264", width=640, height=360, fps=30, duration_s=8.0,
                        keyframe_interval_s=2.0, bit_rate=4_000_000, x264_preset="ultrafast")
-    with av.open(str(source)) as src, av.open(str(tmp_path / "plain.mp4"), "w",
-                                              options={"movflags": "+faststart"}) as dst:
-        stream = dst.add_stream_from_template(src.streams.video[0])
-        for packet in src.demux(video=0):
-            if packet.dts is not None:
-                packet.stream = stream
-                dst.mux(packet)
-    path = _shorten_edit(tmp_path / "plain.mp4", tmp_path / "end_hidden.mp4", 0.07)
+    plain = remux_video(source, tmp_path / "plain.mp4", options={"movflags": "+faststart"})
+    path = _shorten_edit(plain, tmp_path / "end_hidden.mp4", 0.07)
     whole = _cut(path, "exact", 2.0, fault_library, None)
     assert whole["errors"] == [] and whole["frames"] > 0
     # faults inside the packets that end runs: each wanted picture's packet and the one after it

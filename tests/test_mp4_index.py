@@ -16,6 +16,8 @@ from quadvault_dali import probe
 from quadvault_dali._mp4 import read_track_facts
 from quadvault_dali.probe import PacketIndex
 
+from _media import remux_video
+
 
 def _both(path: Path) -> tuple[PacketIndex | None, PacketIndex]:
     """(the index from the sample tables or ``None`` where they are not used, FFmpeg's index entries)."""
@@ -97,14 +99,7 @@ def test_an_edit_that_starts_after_the_first_picture_is_left_to_ffmpeg(make_clip
 def test_fragmented_files_and_other_sample_tables_are_left_to_ffmpeg(make_clip: Callable[..., Path],
                                                                       tmp_path: Path) -> None:
     source = make_clip("index_hevc_gop2.mp4", width=128, height=96, duration_s=5.0, **SPECS["hevc_gop2"])
-    fragmented = tmp_path / "fragmented.mp4"
-    with av.open(str(source)) as src, av.open(str(fragmented), "w",
-                                                   options={"movflags": "frag_keyframe+empty_moov"}) as dst:
-        out = dst.add_stream_from_template(src.streams.video[0])
-        for packet in src.demux(video=0):
-            if packet.dts is not None:
-                packet.stream = out
-                dst.mux(packet)
+    fragmented = remux_video(source, tmp_path / "fragmented.mp4", options={"movflags": "frag_keyframe+empty_moov"})
     assert _both(fragmented)[0] is None
     data = source.read_bytes()
     compact = tmp_path / "stz2.mp4"  # compact sample sizes: a box the reader does not cover
@@ -228,14 +223,7 @@ def test_fragmented_files_take_composition_offsets_from_their_track_runs(make_cl
 
     source = make_clip(f"index_frag_src_{codec}.mp4", codec=codec, width=128, height=96, fps=30, duration_s=6.0,
                        keyframe_interval_s=4 / 3, source_id=4)
-    path = tmp_path / f"frag_{codec}.mp4"
-    options = {"movflags": "frag_keyframe+empty_moov" + flags}
-    with av.open(str(source)) as inp, av.open(str(path), "w", options=options) as out:
-        copy = out.add_stream_from_template(inp.streams.video[0])
-        for packet in inp.demux(inp.streams.video[0]):
-            if packet.dts is not None:
-                packet.stream = copy
-                out.mux(packet)
+    path = remux_video(source, tmp_path / f"frag_{codec}.mp4", options={"movflags": "frag_keyframe+empty_moov" + flags})
     assert b"moof" in path.read_bytes() and b"trun" in path.read_bytes()
     with av.open(str(path)) as c:
         shown = [(float(f.pts * f.time_base), f.key_frame) for f in c.decode(video=0)]

@@ -11,6 +11,8 @@ import torch
 from quadvault_dali.errors import UnsupportedCodecError, VideoOpenError
 from quadvault_dali.probe import probe_video
 
+from _media import remux_video
+
 
 @pytest.mark.parametrize("codec,fps,suffix", [("h264", 30, ".mp4"), ("hevc", 25, ".mp4"), ("vp9", 24, ".webm"),
                                               ("mjpeg", 60, ".mkv")])
@@ -217,20 +219,8 @@ def test_a_matroska_file_starting_late_lasts_as_long_as_its_pictures(make_clip, 
     assert info.max_keyframe_interval_s < 1.0
 
 
-def _with_orientation_sei(source: Path, out: Path) -> Path:
-    """``source``'s H.264 with a display-orientation SEI (90 degrees) inserted by FFmpeg's h264_metadata."""
-    import av
-
-    with av.open(str(source)) as inp, av.open(str(out), "w") as dst:
-        stream = inp.streams.video[0]
-        copy = dst.add_stream_from_template(stream)
-        bsf = av.BitStreamFilterContext("h264_metadata=display_orientation=insert:rotate=90", stream)
-        for packet in inp.demux(stream):
-            if packet.dts is not None:
-                for filtered in bsf.filter(packet):
-                    filtered.stream = copy
-                    dst.mux(filtered)
-    return out
+#: FFmpeg's h264_metadata inserting a display-orientation SEI of 90 degrees
+ORIENTATION_SEI_BSF = "h264_metadata=display_orientation=insert:rotate=90"
 
 
 def test_a_display_orientation_inside_the_h264_stream_turns_an_mp4(make_clip, tmp_path) -> None:
@@ -242,7 +232,7 @@ def test_a_display_orientation_inside_the_h264_stream_turns_an_mp4(make_clip, tm
     from quadvault_dali.sampling import create_sampler
 
     source = make_clip("probe_sei_src.mp4", codec="h264", width=160, height=96, fps=30, duration_s=2.0, source_id=2)
-    path = _with_orientation_sei(source, tmp_path / "sei_turned.mp4")
+    path = remux_video(source, tmp_path / "sei_turned.mp4", bsf=ORIENTATION_SEI_BSF)
     with av.open(str(path)) as c:
         ffmpeg_turn = -int(next(c.decode(video=0)).rotation) % 360  # FFmpeg's angle is counter-clockwise
     assert ffmpeg_turn in (90, 270)
@@ -284,16 +274,7 @@ def test_a_display_orientation_inside_the_h264_stream_turns_a_matroska_file(make
     from quadvault_dali.probe import _turned_in_stream
 
     source = make_clip("probe_sei_src.mp4", codec="h264", width=160, height=96, fps=30, duration_s=2.0, source_id=2)
-    path = tmp_path / "sei_turned.mkv"
-    with av.open(str(source)) as inp, av.open(str(path), "w") as out:
-        stream = inp.streams.video[0]
-        copy = out.add_stream_from_template(stream)
-        bsf = av.BitStreamFilterContext("h264_metadata=display_orientation=insert:rotate=90", stream)
-        for packet in inp.demux(stream):
-            if packet.dts is not None:
-                for filtered in bsf.filter(packet):
-                    filtered.stream = copy
-                    out.mux(filtered)
+    path = remux_video(source, tmp_path / "sei_turned.mkv", bsf=ORIENTATION_SEI_BSF)
     with av.open(str(path)) as c:
         ffmpeg_turn = -int(next(c.decode(video=0)).rotation) % 360  # FFmpeg's angle is counter-clockwise
     assert ffmpeg_turn in (90, 270)

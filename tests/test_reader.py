@@ -13,6 +13,8 @@ import pytest
 from quadvault_dali.probe import open_container, probe_open
 from quadvault_dali.sampling._reader import CountingFile, CuttingSource, ThreadReads
 
+from _media import remux_video
+
 pytestmark = pytest.mark.skipif(ThreadReads.start() is None, reason="no per-thread I/O accounting (Linux only)")
 
 
@@ -101,20 +103,6 @@ def test_ffmpegs_own_disk_errors_read_like_pythons(make_clip: Callable[..., Path
         open_container(path)
 
 
-def _fragmented_mp4(source: Path, out: Path) -> Path:
-    """``source``'s packets remuxed into movie fragments (what cameras streaming to disk and DASH write)."""
-    import av
-
-    with av.open(str(source)) as src, av.open(str(out), "w", format="mp4",
-                                              options={"movflags": "frag_keyframe+empty_moov"}) as dst:
-        stream = dst.add_stream_from_template(src.streams.video[0])
-        for packet in src.demux(video=0):
-            if packet.dts is not None:
-                packet.stream = stream
-                dst.mux(packet)
-    return out
-
-
 def test_only_plain_mp4s_are_read_by_path(make_clip: Callable[..., Path], tmp_path: Path) -> None:
     """FFmpeg's file reader ends Matroska/WebM/MPEG-TS demuxing quietly at a disk error (a short "ok" video);
     those, and fragmented MP4s (demuxed as they go), keep reading through the Python file, which raises."""
@@ -122,7 +110,7 @@ def test_only_plain_mp4s_are_read_by_path(make_clip: Callable[..., Path], tmp_pa
     others = [make_clip("reader_other.mkv", codec="h264", width=160, height=96, fps=30, duration_s=2.0),
               make_clip("reader_other.webm", codec="vp9", width=160, height=96, fps=30, duration_s=2.0),
               make_clip("reader_other.ts", codec="h264", width=160, height=96, fps=30, duration_s=2.0),
-              _fragmented_mp4(plain, tmp_path / "fragmented.mp4")]
+              remux_video(plain, tmp_path / "fragmented.mp4", options={"movflags": "frag_keyframe+empty_moov"})]
     for path, by_path in [(plain, True)] + [(p, False) for p in others]:
         with CuttingSource(path) as source:
             with source.open() as container:
