@@ -395,24 +395,20 @@ def _turned_in_stream(path: Path, stream_index: int, codec: str) -> bool:
     except (av.error.FFmpegError, OSError) as exc:
         log.info("%s: cannot read its first packet for a display orientation (%s)", path, exc)
         return False
-    header = 1 if codec == "h264" else 2
-    # Framed as the stream says, else as start codes (a remux can leave those behind; FFmpeg decodes either):
-    # a wrong guess only costs one decoded picture.
-    units = nal_units(data, length_size) or nal_units(data, None) or []
-    return any(nal_type(data[a], codec) in SEI_UNITS[codec] and DISPLAY_ORIENTATION_SEI in sei_types(data[a + header:b])
-               for a, b in units if b > a + header)
+    return _orientation_sei_first(data, codec, length_size)
 
 
 #: bytes of an MP4's first packet read for a display-orientation SEI: the SEI units come before the slices
 _SEI_HEAD_BYTES = 64 << 10
 
 
-def _orientation_sei_first(data: bytes, codec: str, length_size: int, cut: bool = False) -> bool:
+def _orientation_sei_first(data: bytes, codec: str, length_size: int | None, cut: bool = False) -> bool:
     """Whether the NAL units at the start of ``data`` hold a display-orientation SEI message before the first
-    slice (``data`` may end inside a slice: only what precedes it is read; ``cut``: it was cut short, so an
-    SEI unit it ends inside counts as one, and the caller decodes a picture to be sure). Length-prefixed as
-    the stream says, else start codes where the packet begins with one (a remux can leave them behind; FFmpeg
-    decodes either). Length prefixes first: a 256-511-byte first unit's 4-byte length reads ``00 00 01 xx``."""
+    slice (FFmpeg ignores one after it; ``data`` may end inside a slice: only what precedes it is read;
+    ``cut``: it was cut short, so an SEI unit it ends inside counts as one, and the caller decodes a picture
+    to be sure). Length-prefixed as the stream says (``None``: start codes), else start codes where the packet
+    begins with one (a remux can leave them behind; FFmpeg decodes either). Length prefixes first: a
+    256-511-byte first unit's 4-byte length reads ``00 00 01 xx``. A wrong guess costs one decoded picture."""
     header = 1 if codec == "h264" else 2
 
     def holds(units: list[tuple[int, int]]) -> bool:
@@ -427,6 +423,8 @@ def _orientation_sei_first(data: bytes, codec: str, length_size: int, cut: bool 
                 return False
         return False
 
+    if length_size is None:
+        return holds(nal_units(data, None) or [])
     prefixed, at = [], 0
     while at + length_size < len(data):
         size = int.from_bytes(data[at:at + length_size], "big")
@@ -499,7 +497,8 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
 
     stat = path.stat()
     facts = TrackFacts(0, None)
-    if container.format.name.split(",")[0] in _MP4_FORMATS:
+    container_format = container.format.name.split(",")[0]
+    if container_format in _MP4_FORMATS:
         with open(path, "rb") as fh:
             facts = read_track_facts(fh, stat.st_size, stream.id)
     index = read_packet_index(container, stream, path, facts.composition_offsets, facts.samples, facts.sample_pos,
@@ -541,7 +540,6 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
     frame_count = int(np.count_nonzero(index.shown)) if index.from_container_index else (stream.frames or len(index))
 
     rotation = facts.rotation
-    container_format = container.format.name.split(",")[0]
     if container_format in _ROTATION_BY_DECODING \
             and (_may_be_turned(path) or _turned_in_stream(path, stream.index, codec)):
         rotation = _rotation_of_first_picture(path, stream.index)

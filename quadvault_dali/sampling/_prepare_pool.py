@@ -90,8 +90,7 @@ def cut_one(conn: Any, path: Path, settings: CutSettings) -> None:
             conn.send(("error", unexpected_failure(exc, DOING, path)))
             return
         conn.send(("probed", info))
-        with source.not_counting():
-            reply = conn.recv()
+        reply = _recv_not_counted(conn, source)
         if reply[0] != "cut":
             return
         stream_cap = reply[1]
@@ -129,6 +128,7 @@ def cut_one(conn: Any, path: Path, settings: CutSettings) -> None:
 
 
 def _recv_not_counted(conn: Any, source: CuttingSource) -> Any:
+    """The parent's next message; the pipe's bytes are not the video's."""
     with source.not_counting():
         return conn.recv()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import io
 from contextlib import contextmanager, nullcontext
@@ -59,6 +60,7 @@ class CountingFile(io.RawIOBase):
 _THREAD_IO = "/proc/thread-self/io"
 
 
+@functools.cache  # once a process: every video's ThreadReads.start() calls it
 def _import_what_cutting_imports_later() -> None:
     """Modules numpy and PyAV import on first use inside a video's probe and cut (``np.median`` imports
     ``numpy.ma``; opening a container, ``av.subtitles.stream``, whose shared library the loader reads):
