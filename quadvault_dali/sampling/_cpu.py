@@ -28,7 +28,8 @@ from ..probe import VideoInfo, open_container, probe_open, rewound
 from ._base import Sampler, VideoSource, path_of, register_backend
 from ._plan import SamplePlan, plan_samples
 from ._reader import CountingFile
-from ._remux import decode_clip, exact_clips, largest_gop_bytes, nearest_index, picture_skipper, seek_keyframes
+from ._remux import (decode_clip, exact_clips, largest_gop_bytes, nearest_index, picture_skipper, reads_at_positions,
+                     seek_keyframes)
 from ._types import FrameBatch, VideoOutcome
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ class CpuSampler(Sampler):
                     plan = dataclasses.replace(plan, key_packets=keys[index.pts[keys] > after_s + 1e-9])
                 if plan.mode == "exact":
                     frames = self._exact_runs(plan, container, stream, fh)
-                elif index.raw_positions:
+                elif reads_at_positions(plan, fh):
                     frames = self._keyframes(plan, stream, fh)
                 else:
                     frames = self._keyframes_by_seek(plan, container, stream)

@@ -802,7 +802,7 @@ def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream
     packer = _ClipPacker(stream, plan.info.codec, max_frames, max_bytes, uncrop=uncrop,
                          setup=plan.info.setup)
     skippable = picture_skipper(stream, plan.info.codec)
-    direct = fh is not None and index.raw_positions and not index.hides_end
+    direct = reads_at_positions(plan, fh)
     later_min = np.minimum.accumulate(np.round(index.pts, 6)[::-1])[::-1] if direct else index.pts
     key_rows = np.flatnonzero(index.is_key)
     last_emitted: float | None = None
@@ -886,6 +886,14 @@ def read_rows(fh: CountingFile, index: PacketIndex, rows: np.ndarray, path: obje
     return packets
 
 
+def reads_at_positions(plan: SamplePlan, fh: CountingFile | None) -> bool:
+    """Whether the plan's packets are read through ``fh`` at their index positions (else FFmpeg demuxes them):
+    MP4 indexes give raw positions, but an edit list hiding the last pictures leaves out of the index a P-frame
+    shown B-frames refer to, so exact runs of such a file are demuxed (``PacketIndex.hides_end``)."""
+    index = plan.index
+    return fh is not None and index.raw_positions and not (plan.mode == "exact" and index.hides_end)
+
+
 def start_clips(plan: SamplePlan, container: av.container.InputContainer, fh: CountingFile | None, *,
                 stream_cap: int | None, clip_pixels: int, uncrop: bool, by_path: bool = False
                 ) -> tuple[av.container.InputContainer, Iterator[Clip]]:
@@ -895,7 +903,7 @@ def start_clips(plan: SamplePlan, container: av.container.InputContainer, fh: Co
     FFmpeg reads the file by its path (``ThreadReads`` counts it), as the probed container did; ``fh`` is
     then only for the reads made here."""
     probed = container
-    if by_path and fh is not None and (not plan.index.raw_positions or (plan.mode == "exact" and plan.index.hides_end)):
+    if by_path and fh is not None and not reads_at_positions(plan, fh):
         # this plan demuxes packets through FFmpeg: not by path, where a disk error (EIO) inside a packet comes
         # back as the packet cut short, only the next read failing (a run ending on it would be "ok")
         container.close()
@@ -923,6 +931,6 @@ def plan_clips(plan: SamplePlan, container: av.container.InputContainer, fh: Cou
     budget = max_frames or frame_budget(plan.info.coded_width, plan.info.coded_height)
     if plan.mode == "exact":
         return exact_clips(plan, container, stream, budget, uncrop=uncrop, fh=fh)
-    if plan.index.raw_positions:
+    if reads_at_positions(plan, fh):
         return keyframe_clips(plan, stream, fh, budget, uncrop=uncrop)
     return demuxed_keyframe_clips(plan, container, stream, budget, uncrop=uncrop)
