@@ -9,7 +9,9 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, ContextManager, Iterator
 
+from .._mp4 import is_plain_mp4
 from ..errors import FileAccessError
+from ..probe import open_container
 
 if TYPE_CHECKING:
     import av
@@ -162,9 +164,6 @@ class CuttingSource:
         self.by_path = False  # decided by open()
 
     def open(self) -> "av.container.InputContainer":
-        from ..probe import open_container
-        from .._mp4 import is_plain_mp4
-
         if self.file is not None and not self.by_path:
             reads = ThreadReads.start()
             if reads is not None:
