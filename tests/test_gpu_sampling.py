@@ -1018,6 +1018,36 @@ def test_a_stream_takes_one_runs_worth_of_clips() -> None:
     assert taken == items[3:] and carry == []
 
 
+def test_a_stream_takes_one_streamed_clip_merged_up_to_its_share() -> None:
+    """Streamed clips: one fed clip per take, short videos merged only up to ``stream_merge_frames`` wanted
+    frames, so a full queue is spread over the idle streams instead of one stream taking 4 x 512 frames."""
+    import queue
+
+    from quadvault_dali.sampling._samples import _Work, joins
+    from quadvault_dali.sampling._remux import Clip, SourcePacket, _Run
+
+    def clip(t: float) -> Clip:  # three wanted keyframes, cut for the streaming decoder
+        runs = [_Run([SourcePacket(b"\x00", t + k, t + k, True)], [t + k]) for k in range(3)]
+        made = Clip(b"", np.arange(3, dtype=np.int32), [t, t + 1.0, t + 2.0], 3, runs, ("vp9", b"", 64, 64, "yuv420p"))
+        made.stream_cap = 512
+        return made
+
+    sampler = DaliSampler(size=SIZE)
+    sampler.clips_per_run = 4
+    sampler.stream_merge_frames = 7  # two 3-frame clips fit, a third would make 9
+    work: queue.Queue = queue.Queue()
+    items = [_Work(None, i, clip(10.0 * i)) for i in range(5)]  # type: ignore[arg-type]
+    for item in items:
+        work.put(item)
+    carry: list = []
+    taken, _ = sampler._next_work(work, carry)
+    assert taken == items[:2] and carry == [items[2]] and work.qsize() == 2
+    assert joins(taken[:1], items[1], 0, 7) and not joins(taken, items[2], 0, 7)
+    assert joins(taken, items[2], 0, None)  # without the share: up to the clips' own cap of 512
+    taken, _ = sampler._next_work(work, carry)
+    assert taken == items[2:4] and carry == [items[4]]
+
+
 def test_streaming_runs_end_where_a_clip_ends() -> None:
     """The layout the streaming decoder checks every run against (DALI's inputs.video on its CPU build)."""
     from quadvault_dali.sampling._stream_decoder import run_layouts

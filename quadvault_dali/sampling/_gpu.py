@@ -55,7 +55,8 @@ from ._plan import plan_samples
 from ._prepare_pool import CutSettings, Job, PoolUnavailable, PreparePool
 from ._reader import CuttingSource
 from ._remux import CLIP_PIXELS, Clip, start_clips
-from ._samples import MERGE_PIXELS, STREAM_MAX_FRAMES, _Work, group_samples, joins, sample_pixels_for
+from ._samples import (MERGE_PIXELS, STREAM_MAX_FRAMES, STREAM_MERGE_FRAMES, _Work, group_samples, joins,
+                       sample_pixels_for)
 from ._stream_decoder import StreamClipDecoder
 from ._types import FrameBatch, VideoOutcome
 
@@ -90,6 +91,7 @@ class DaliSampler(Sampler):
         self.decode_threads = DECODE_THREADS  # that pipeline's threads: it decodes a run's samples on them
         self.merge_clips = True  # several short videos per DALI sample (``group_samples``)
         self.merge_pixels = MERGE_PIXELS
+        self.stream_merge_frames = STREAM_MERGE_FRAMES  # streamed merges: wanted frames per fed clip
         self.clip_pixels = CLIP_PIXELS  # what one video's clip may hold (``frame_budget``)
         self._streaming = False  # this run's ``config.stream_decode`` (the decode threads read it)
         self.decode_stats = DecodeStats()  # DALI runs, samples, frames over all streams (benchmarks read it)
@@ -358,7 +360,8 @@ class DaliSampler(Sampler):
         """Frames (or the error) for each item, decoded ``clips_per_run`` samples per DALI run, short videos'
         clips merged into shared samples. A merged sample that fails is decoded again clip by clip, so
         one damaged video fails alone."""
-        samples = group_samples(items, merge=self.merge_clips, max_pixels=self.merge_pixels)
+        samples = group_samples(items, merge=self.merge_clips, max_pixels=self.merge_pixels,
+                                stream_frames=self.stream_merge_frames)
         results: list[torch.Tensor | Exception] = []
         for lo in range(0, len(samples), self.clips_per_run):
             chunk = samples[lo:lo + self.clips_per_run]
@@ -378,7 +381,8 @@ class DaliSampler(Sampler):
         """The clips for one DALI run (waits for the first): at most ``clips_per_run`` samples, short clips
         merged into them; and whether the stop marker came. A clip that would need one sample more is
         kept in ``carry`` for this stream's next run, so a stream never takes work for several runs while
-        the others wait idle."""
+        the others wait idle. A streamed clip is a run of its own (the streaming decoder decodes a run's
+        clips one after another, so more would only keep them from idle streams)."""
         if carry:
             items = [carry.pop()]
         else:
@@ -386,6 +390,7 @@ class DaliSampler(Sampler):
             if first is _STOP:
                 return [], True
             items = [first]
+        per_take = 1 if items[0].clip.stream_cap is not None else self.clips_per_run
         group, samples = [items[0]], 1
         while True:
             try:
@@ -394,9 +399,9 @@ class DaliSampler(Sampler):
                 break
             if more is _STOP:
                 return items, True
-            if self.merge_clips and joins(group, more, self.merge_pixels):
+            if self.merge_clips and joins(group, more, self.merge_pixels, self.stream_merge_frames):
                 group.append(more)
-            elif samples < self.clips_per_run:
+            elif samples < per_take and more.clip.stream_cap is None:
                 group, samples = [more], samples + 1
             else:
                 carry.append(more)

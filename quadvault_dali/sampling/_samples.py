@@ -22,6 +22,12 @@ MAX_SAMPLE_PIXELS = 4 * CLIP_PIXELS
 #: With ``stream_decode``: wanted frames per clip and per merged sample, whatever the resolution (DALI holds
 #: one run's sequences, not the sample; the kept frames are small: 512 at 224 px are 77 MB).
 STREAM_MAX_FRAMES = 512
+#: With ``stream_decode``: wanted frames short videos' clips are merged up to, and one stream takes them as one
+#: fed clip at a time (``_gpu.DaliSampler._next_work``). Each stream decodes its fed clip one frame after another,
+#: so throughput comes from many streams busy at once: merges of 512 frames left most streams idle while one
+#: decoded a queue's worth (4 x 512 frames per take). 120, not a multiple of a streaming run (64 frames): a clip
+#: that fills its last run exactly costs a fresh pipeline (``_stream_decoder``).
+STREAM_MERGE_FRAMES = 120
 
 
 @dataclass
@@ -40,23 +46,29 @@ class _Sample:
     clip: Clip
 
 
-def joins(group: list[_Work], item: _Work, max_pixels: int) -> bool:
+def joins(group: list[_Work], item: _Work, max_pixels: int, stream_frames: int | None = None) -> bool:
     """Whether ``item`` may be merged onto the end of ``group`` (one decoder set-up, within ``max_pixels`` of
-    decoded frames, or the clips' ``stream_cap`` frames for the streaming decoder)."""
+    decoded frames, or for the streaming decoder the clips' ``stream_cap`` frames, and ``stream_frames``
+    where given)."""
     if not group or not can_follow(item.clip, group[-1].clip):
         return False
     _, _, width, height, _ = item.clip.signature  # type: ignore[misc]
     cap = item.clip.stream_cap
-    limit = cap if cap is not None else frame_budget(width, height, max_pixels)
+    if cap is not None:
+        limit = min(cap, stream_frames) if stream_frames else cap
+    else:
+        limit = frame_budget(width, height, max_pixels)
     return sum(len(w.clip) for w in group) + len(item.clip) <= limit
 
 
-def group_samples(items: list[_Work], merge: bool = True, max_pixels: int = MERGE_PIXELS) -> list[_Sample]:
+def group_samples(items: list[_Work], merge: bool = True, max_pixels: int = MERGE_PIXELS,
+                  stream_frames: int | None = None) -> list[_Sample]:
     """Consecutive clips that one decoder set-up can serve (``can_follow``) merged into samples, each
-    within ``max_pixels`` of decoded frames (or their ``stream_cap``); the order of the frames is kept."""
+    within ``max_pixels`` of decoded frames (or their ``stream_cap`` and ``stream_frames``); the order of the
+    frames is kept."""
     groups: list[list[_Work]] = []
     for item in items:
-        if merge and groups and joins(groups[-1], item, max_pixels):
+        if merge and groups and joins(groups[-1], item, max_pixels, stream_frames):
             groups[-1].append(item)
         else:
             groups.append([item])
