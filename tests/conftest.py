@@ -57,9 +57,14 @@ def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def make_clip(media_dir: Path) -> Callable[..., Path]:
-    """``make_clip("name.mp4", codec="hevc", fps=25, ...)`` -> a cached generated clip."""
+    """``make_clip("name.mp4", codec="hevc", fps=25, ...)`` -> a cached generated clip. A name asked for again
+    with another spec is an error: the cache would hand back the first clip (on the H100, one test's HEVC clip
+    stamped with source 2 reached a test that expected 3, depending on which test ran first in its worker)."""
+    made: dict[str, dict[str, object]] = {}
 
     def make(name: str, **spec: object) -> Path:
+        if made.setdefault(name, spec) != spec:
+            raise ValueError(f"make_clip({name!r}) asked for {spec}, but the cached clip was made with {made[name]}")
         path = media_dir / name
         if not path.exists():
             make_video(path, SynthSpec(**spec))  # type: ignore[arg-type]

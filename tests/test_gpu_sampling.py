@@ -673,7 +673,7 @@ GPU_CLIPS = {
 def _gpu_clip(make_clip: Callable[..., Path], name: str, sid: int) -> Path:
     # 256x160: inside NVDEC's size range for every codec (HEVC needs at least 144x144)
     spec = {"width": 256, "height": 160, "duration_s": 5.0, "source_id": sid, **GPU_CLIPS[name]}
-    return make_clip(f"nvdec_{name}.mp4", **spec)
+    return make_clip(f"nvdec_{name}_s{sid}.mp4", **spec)  # the source id in the name: a cached clip is by name
 
 
 @pytest.mark.gpu
