@@ -637,7 +637,8 @@ def test_videos_the_decoder_cannot_take_are_decoded_on_the_cpu(cpu_decodable: li
 
 def test_without_cpu_fallback_they_are_error_outcomes(cpu_decodable: list[tuple[Path, int]],
                                                       make_clip: Callable[..., Path]) -> None:
-    h264 = make_clip("gpu_h264_for_cpu_decoder.mp4", codec="h264", width=128, height=80, duration_s=3.0)
+    h264 = make_clip("gpu_h264_for_cpu_decoder.mp4", codec="h264", width=128, height=80, duration_s=3.0,
+                     source_id=31)
     vp9, sid = cpu_decodable[0]
     batches = list(DaliSampler(mode="keyframe", size=SIZE, cpu_fallback=False).iter_batches([h264, vp9]))
     times, stamps, outcomes = _collect(batches)
