@@ -32,6 +32,8 @@ def _why(row: dict[str, Any]) -> str:
     parts = []
     for key, name, fmt in (("decoder_util_mean", "NVDEC", "{:.0f} %"), ("cpu_cores_busy", "cores", "{:.1f}"),
                            ("frames_per_dali_sample", "frames/sample", "{:.1f}"),
+                           ("queued_at_take_mean", "queued at take", "{:.1f}"),
+                           ("decode_wait_share", "streams waiting", "{:.0%}"),
                            ("queued_mb_peak", "queued", "{:.0f} MB"), ("switch_interval_ms", "switch", "{:g} ms")):
         value = row.get(key)
         if isinstance(value, (int, float)):

@@ -97,13 +97,15 @@ def make_clip(work: Path, spec: ClipSpec) -> Path:
     return path
 
 
-def run_sampler(device: str, videos: list[Path], layout: tuple[int, int, bool] | None = None, processes: int = 1,
+def run_sampler(device: str, videos: list[Path], layout: tuple[Any, ...] | None = None, processes: int = 1,
                 **config: Any) -> dict[str, Any]:
     """Samples all ``videos`` once (after a warm-up); frames/s and bytes read. ``layout``: (DALI samples per
-    run, pipeline threads, uncropped SPS) per decode stream instead of the sampler's defaults; ``processes``:
+    run, pipeline threads, uncropped SPS[, samples the GPU memory budget is shared by]) per decode stream instead
+    of the sampler's defaults; ``processes``:
     decoding processes, each with ``streams`` streams (their start-up is part of the warm-up, not the
     measurement); ``config``: ``SamplerConfig`` fields (``stream_decode`` among them)."""
-    attrs: dict[str, Any] = dict(zip(("clips_per_run", "decode_threads", "uncrop_sps"), layout)) if layout else {}
+    attrs: dict[str, Any] = dict(zip(("clips_per_run", "decode_threads", "uncrop_sps", "budget_samples"), layout)) \
+        if layout else {}
     if processes > 1:
         from quadvault_dali.sampling._base import _BACKENDS, _load_backends
         from quadvault_dali.sampling._processes import ProcessSampler
@@ -142,9 +144,17 @@ def _measure(sampler: Any, device: str, videos: list[Path], warm_up: int) -> dic
     if decoded is not None and before is not None:
         after = decoded.as_dict()
         runs, samples = after["dali_runs"] - before["dali_runs"], after["dali_samples"] - before["dali_samples"]
+        takes = after["takes"] - before["takes"]
         row.update(dali_runs=runs, dali_samples=samples,
                    frames_per_dali_sample=round((after["frames_returned"] - before["frames_returned"]) / samples, 2)
-                   if samples else None)
+                   if samples else None,
+                   # how the streams took work: clips queued per take (short: small samples), and the share of
+                   # the streams' time spent waiting for a clip (high: the prepare side is the limit)
+                   # (decoding processes report runs, samples and frames only: no takes, so both None there)
+                   queued_at_take_mean=round((after["queued_at_takes"] - before["queued_at_takes"]) / takes, 1)
+                   if takes else None,
+                   decode_wait_share=round((after["decode_wait_s"] - before["decode_wait_s"])
+                                           / (seconds * sampler.config.streams), 3) if takes else None)
     if hasattr(sampler, "queued_bytes_peak"):  # host memory the queued clips held at most (``sampling._budget``)
         row["queued_mb_peak"] = round(sampler.queued_bytes_peak / 1e6, 1)
     return row
@@ -203,6 +213,7 @@ class Layout(NamedTuple):
     pyav_mux: bool = False  # every clip muxed by PyAV, none joined (``sampling._mp4_join``)
     prepare_processes: int = 0  # clips cut in worker processes (``sampling._prepare_pool``), 0: threads
     feed_without_copy: bool = False  # DALI reads the fed clips in place (``_clip_decoder.FEED_WITHOUT_COPY``)
+    budget_samples: int | None = None  # samples the card's memory is shared by when sizing samples (None: default)
 
 
 def parse_layout(text: str) -> Layout:
@@ -215,17 +226,20 @@ def parse_layout(text: str) -> Layout:
     Python's default 5 ms (a convoy: each FFmpeg read through a Python file, each return from DALI, waits); a
     trailing ``m`` muxes every clip with PyAV, as before in-order clips were joined (``sampling._mp4_join``); a
     trailing ``w`` cuts clips in as many worker processes as there are prepare threads (``sampling._prepare_pool``);
-    a trailing ``n`` lets DALI read the fed clips in place (``_clip_decoder.FEED_WITHOUT_COPY``)."""
-    match = re.fullmatch(r"(?:(\d+)p)?(\d+)x(\d+)x(\d+)(c?)(s?)([ig]?)(m?)(w?)(n?)", text.strip())
+    a trailing ``n`` lets DALI read the fed clips in place (``_clip_decoder.FEED_WITHOUT_COPY``); a trailing ``b``
+    sizes samples from the card's memory as 4 streams would (``DaliSampler.budget_samples``), not shrinking them
+    as streams are added."""
+    match = re.fullmatch(r"(?:(\d+)p)?(\d+)x(\d+)x(\d+)(c?)(s?)([ig]?)(m?)(w?)(n?)(b?)", text.strip())
     if not match:
-        raise ValueError(f"a layout is [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c][s][i|g][m][w][n], like "
+        raise ValueError(f"a layout is [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c][s][i|g][m][w][n][b], like "
                          f"4p2x4x4; got {text!r}")
     processes, streams, per_run, threads = (int(g) if g else 1 for g in match.groups()[:4])
     if processes > 1 and (match.group(8) or match.group(9) or match.group(10)):
         raise ValueError(f"{text!r}: 'm', 'w' and 'n' are for one decoding process")
     return Layout(processes, streams, per_run, threads, not match.group(5), bool(match.group(6)),
                   {"i": SHORT_SWITCH_MS, "g": PYTHON_SWITCH_MS}.get(match.group(7)), bool(match.group(8)),
-                  max(4, streams) if match.group(9) else 0, bool(match.group(10)))
+                  max(4, streams) if match.group(9) else 0, bool(match.group(10)),
+                  4 * per_run if match.group(11) else None)
 
 
 @contextlib.contextmanager
@@ -333,9 +347,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--streams", default="1,2,4,8", help="gpu decode streams to try (none: no such rows)")
     ap.add_argument("--clips", default="", help="only these clips, by name (e.g. 1080p30-h264-k1.0; default: all)")
     ap.add_argument("--layouts", default="4x4x4,4x4x4c,8x4x4,4x8x8",
-                    help="more gpu keyframe rows as [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c][s] (streams per "
-                         "process; c: H.264/HEVC clips keep their SPS cropping; s: the streaming decoder; the "
-                         "--streams rows are 1 process with the defaults, x4x4)")
+                    help="more gpu keyframe rows as [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c][s][i|g][m][w][n][b] "
+                         "(streams per process; c: H.264/HEVC clips keep their SPS cropping; s: the streaming "
+                         "decoder; w: clips cut in worker processes; b: samples sized as for 4 streams; the others "
+                         "in parse_layout; the --streams rows are 1 process with the defaults, x4x4)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--work", type=Path, default=None, help="where generated clips are kept (reused)")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
@@ -406,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
                 shape = parse_layout(layout)
                 with switch_interval(shape.switch_ms), pyav_muxing(shape.pyav_mux), \
                         feeding_without_copy(shape.feed_without_copy):
-                    measured = try_sampler("gpu", videos, layout=(shape.per_run, shape.threads, shape.uncrop),
+                    measured = try_sampler("gpu", videos, layout=(shape.per_run, shape.threads, shape.uncrop,
+                                                                  shape.budget_samples),
                                            processes=shape.processes, mode="keyframe", size=args.size,
                                            streams=shape.streams, stream_decode=shape.streamed,
                                            prepare_processes=shape.prepare_processes)
@@ -414,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
                              "layout": layout, "processes": shape.processes, "videos": n_videos,
                              "uncrop_sps": shape.uncrop, "stream_decode": shape.streamed, "pyav_mux": shape.pyav_mux,
                              "prepare_processes": shape.prepare_processes, "feed_without_copy": shape.feed_without_copy,
+                             "budget_samples": shape.budget_samples,
                              "switch_interval_ms": shape.switch_ms or 1000 * sys.getswitchinterval(), **measured})
                 described(rows[-1])
             exact_videos = videos[:n_videos if args.gpu_exact_videos is None else args.gpu_exact_videos]

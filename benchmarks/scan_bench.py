@@ -186,6 +186,10 @@ def run_scan(files: list[Path], out: Path, device: str, model_dir: Path, streams
             "bytes_read_fraction": round(run.bytes_read / max(run.file_bytes, 1), 4),
             "video_seconds": round(run.video_seconds, 2),
             "frames_per_dali_sample": round(run.dali_frames / run.dali_samples, 2) if run.dali_samples else None,
+            # the share of the decode streams' time spent waiting for a prepared clip (in-process gpu backend)
+            # (in-process only: decoding processes do not report their streams' waits)
+            "decode_wait_share": round(run.dali_wait_s / (wall * streams), 3)
+            if run.dali_samples and processes == 1 else None,
             **busy.summary()}
 
 

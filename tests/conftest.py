@@ -60,14 +60,15 @@ def make_clip(media_dir: Path) -> Callable[..., Path]:
     """``make_clip("name.mp4", codec="hevc", fps=25, ...)`` -> a cached generated clip. A name asked for again
     with another spec is an error: the cache would hand back the first clip (on the H100, one test's HEVC clip
     stamped with source 2 reached a test that expected 3, depending on which test ran first in its worker)."""
-    made: dict[str, dict[str, object]] = {}
+    made: dict[str, SynthSpec] = {}
 
     def make(name: str, **spec: object) -> Path:
-        if made.setdefault(name, spec) != spec:
-            raise ValueError(f"make_clip({name!r}) asked for {spec}, but the cached clip was made with {made[name]}")
+        wanted = SynthSpec(**spec)  # type: ignore[arg-type]
+        if made.setdefault(name, wanted) != wanted:
+            raise ValueError(f"make_clip({name!r}) asked for {wanted}, but the cached clip was made with {made[name]}")
         path = media_dir / name
         if not path.exists():
-            make_video(path, SynthSpec(**spec))  # type: ignore[arg-type]
+            make_video(path, wanted)
         return path
 
     return make

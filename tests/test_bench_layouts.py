@@ -17,10 +17,10 @@ def sampling_bench():
 
 
 def test_layouts_name_processes_streams_and_dali_run_shape(sampling_bench) -> None:
-    assert sampling_bench.parse_layout("4p2x4x4") == (4, 2, 4, 4, True, False, None, False, 0, False)
-    assert sampling_bench.parse_layout("2x8x8") == (1, 2, 8, 8, True, False, None, False, 0, False)
-    assert sampling_bench.parse_layout("4x4x4c") == (1, 4, 4, 4, False, False, None, False, 0, False)
-    assert sampling_bench.parse_layout("2p4x4x4s") == (2, 4, 4, 4, True, True, None, False, 0, False)
+    assert sampling_bench.parse_layout("4p2x4x4") == (4, 2, 4, 4, True, False, None, False, 0, False, None)
+    assert sampling_bench.parse_layout("2x8x8") == (1, 2, 8, 8, True, False, None, False, 0, False, None)
+    assert sampling_bench.parse_layout("4x4x4c") == (1, 4, 4, 4, False, False, None, False, 0, False, None)
+    assert sampling_bench.parse_layout("2p4x4x4s") == (2, 4, 4, 4, True, True, None, False, 0, False, None)
     assert sampling_bench.parse_layout("4x4x4im").pyav_mux  # the muxer A/B (``sampling._mp4_join``)
     assert sampling_bench.parse_layout("4x4x4g").switch_ms == 5.0  # Python's default (the product's), explicitly
     with pytest.raises(ValueError, match="one decoding process"):
@@ -28,6 +28,7 @@ def test_layouts_name_processes_streams_and_dali_run_shape(sampling_bench) -> No
     assert sampling_bench.parse_layout("8x4x4w").prepare_processes == 8  # clips cut in worker processes
     assert sampling_bench.parse_layout("2x4x4gw").prepare_processes == 4
     assert sampling_bench.parse_layout("4x4x4iwn").feed_without_copy  # DALI reads the fed clips in place
+    assert sampling_bench.parse_layout("8x4x4wb").budget_samples == 16  # samples sized as for 4 streams x 4
     with pytest.raises(ValueError, match="one decoding process"):
         sampling_bench.parse_layout("2p2x4x4n")
     from quadvault_dali.sampling import _clip_decoder
@@ -57,6 +58,21 @@ def test_a_process_layout_samples_every_copy(sampling_bench, make_clip: Callable
     two = sampling_bench.run_sampler("cpu", [clip] * 4, processes=2, mode="keyframe", size=32, streams=1)
     assert one["frames"] == two["frames"] == 12 and not one["errors"] and not two["errors"]
     assert one["bytes_read"] == two["bytes_read"] > 0
+
+
+def test_a_dali_row_says_how_its_streams_took_work(sampling_bench, make_clip: Callable[..., Path]) -> None:
+    """A row of the DALI engine (its CPU decoder here) reports the clips queued when a stream took work and the
+    share of the streams' time spent waiting for one: whether the decode side or the prepare side limits."""
+    from quadvault_dali.sampling._gpu import DaliSampler
+
+    clip = make_clip("bench_take.webm", codec="vp9", width=128, height=80, fps=30, duration_s=3.0, source_id=5)
+    with DaliSampler(mode="keyframe", size=32, streams=2) as sampler:
+        row = sampling_bench._measure(sampler, "cpu", [clip] * 6, warm_up=1)
+    stats = sampler.decode_stats.as_dict()
+    assert row["frames"] == 18 and not row["errors"] and row["dali_samples"] >= 1
+    assert stats["takes"] >= row["dali_runs"] >= 1  # the warm-up's takes too
+    assert row["queued_at_take_mean"] >= 1.0 and 0.0 <= row["decode_wait_share"] <= 1.0
+    assert stats["queued_at_takes"] >= stats["takes"] and stats["decode_wait_s"] >= 0.0
 
 
 def test_scan_layouts_name_processes_streams_and_mode() -> None:

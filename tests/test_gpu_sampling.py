@@ -1049,6 +1049,25 @@ def test_a_stream_takes_one_streamed_clip_merged_up_to_its_share() -> None:
     assert taken == items[2:4] and carry == [items[4]]
 
 
+def test_budget_samples_keeps_samples_from_shrinking_as_streams_are_added(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gpu backend sizes samples from the card's memory shared by streams x samples per run: 8 streams get
+    half the pixels of 4 (on the H100, 2160p samples of one video each). ``budget_samples`` fixes the divisor."""
+    from types import SimpleNamespace
+
+    from quadvault_dali.sampling import _gpu
+
+    monkeypatch.setattr(_gpu.torch.cuda, "get_device_properties", lambda _: SimpleNamespace(total_memory=80 << 30))
+
+    def merge_pixels(streams: int, budget: int | None) -> int:
+        sampler = SimpleNamespace(config=SimpleNamespace(device_id=0, memory_share=1.0, streams=streams),
+                                  clips_per_run=4, budget_samples=budget)
+        _gpu.GpuSampler._size_samples(sampler)  # type: ignore[arg-type]
+        assert sampler.clip_pixels == sampler.merge_pixels
+        return int(sampler.merge_pixels)
+
+    assert merge_pixels(8, None) < merge_pixels(4, None) == merge_pixels(8, 16)
+
+
 def test_streaming_runs_end_where_a_clip_ends() -> None:
     """The layout the streaming decoder checks every run against (DALI's inputs.video on its CPU build)."""
     from quadvault_dali.sampling._stream_decoder import run_layouts

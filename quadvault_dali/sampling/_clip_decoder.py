@@ -32,11 +32,16 @@ class DecodeStats:
     """DALI runs, samples and the frames they returned (exact mode decodes more than it returns), summed over
     a sampler's streams; runs that failed are not counted. Each DALI sample pays a fixed set-up (a decoder,
     its buffers; ~10 ms on an H200, serialised within a process), so frames per sample says how well
-    merging and the sample budget amortise it."""
+    merging and the sample budget amortise it. Also how the decode streams took their work: how often, how
+    many clips were queued when they did, and how long they waited for one (all streams summed): streams
+    that wait are short of prepared clips, and a short queue keeps their samples small."""
 
     runs: int = 0
     samples: int = 0
     frames: int = 0
+    takes: int = 0
+    queued_at_takes: int = 0  # clips queued when each take began, summed
+    wait_s: float = 0.0  # time the streams waited for a first clip, summed
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, samples: int, frames: int, runs: int = 1) -> None:
@@ -44,6 +49,19 @@ class DecodeStats:
             self.runs += runs
             self.samples += samples
             self.frames += frames
+
+    def note_take(self, queued: int, waited_s: float) -> None:
+        """A decode stream took a run's work, finding ``queued`` clips (the stop markers a run ends with count
+        too) after waiting ``waited_s`` for one."""
+        with self._lock:
+            self.takes += 1
+            self.queued_at_takes += queued
+            self.wait_s += waited_s
+
+    def note_wait(self, waited_s: float) -> None:
+        """A decode stream waited ``waited_s`` and got the stop marker: idle at the end of a run, counted too."""
+        with self._lock:
+            self.wait_s += waited_s
 
     def take(self) -> tuple[int, int, int]:
         """(runs, samples, frames) counted since the last ``take``, zeroed (a decoding process reports them)."""
@@ -56,7 +74,9 @@ class DecodeStats:
         with self._lock:
             return {"dali_runs": self.runs, "dali_samples": self.samples, "frames_returned": self.frames,
                     "frames_per_sample": round(self.frames / self.samples, 2) if self.samples else 0.0,
-                    "samples_per_run": round(self.samples / self.runs, 2) if self.runs else 0.0}
+                    "samples_per_run": round(self.samples / self.runs, 2) if self.runs else 0.0,
+                    "takes": self.takes, "queued_at_takes": self.queued_at_takes,
+                    "decode_wait_s": round(self.wait_s, 3)}
 
 
 class CopyFence:

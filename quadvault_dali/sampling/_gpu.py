@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -97,6 +98,10 @@ class DaliSampler(Sampler):
         self.merge_clips = True  # several short videos per DALI sample (``group_samples``)
         self.merge_pixels = MERGE_PIXELS
         self.stream_merge_frames = STREAM_MERGE_FRAMES  # streamed merges: wanted frames per fed clip
+        #: samples in flight the card's memory is shared between when sizing samples (``sample_pixels_for``);
+        #: ``None``: streams x ``clips_per_run``. Experimental (stop 18): on an H100, 8 streams cut 2160p samples
+        #: to one video's 8 keyframes and sampled at half the rate of 4 (layout suffix ``b`` in sampling_bench)
+        self.budget_samples: int | None = None
         self.clip_pixels = CLIP_PIXELS  # what one video's clip may hold (``frame_budget``)
         self._streaming = False  # this run's ``config.stream_decode`` (the decode threads read it)
         self.decode_stats = DecodeStats()  # DALI runs, samples, frames over all streams (benchmarks read it)
@@ -388,13 +393,18 @@ class DaliSampler(Sampler):
         kept in ``carry`` for this stream's next run, so a stream never takes work for several runs while
         the others wait idle. A streamed clip is a run of its own (the streaming decoder decodes a run's
         clips one after another, so more would only keep them from idle streams)."""
+        waited = 0.0
         if carry:
             items = [carry.pop()]
         else:
+            waiting = time.perf_counter()
             first = work.get()
+            waited = time.perf_counter() - waiting
             if first is _STOP:
+                self.decode_stats.note_wait(waited)
                 return [], True
             items = [first]
+        self.decode_stats.note_take(work.qsize() + 1, waited)  # the clips this take could choose from
         per_take = 1 if items[0].clip.stream_cap is not None else self.clips_per_run
         group, samples = [items[0]], 1
         while True:
@@ -643,5 +653,6 @@ class GpuSampler(DaliSampler):
 
     def _size_samples(self) -> None:
         total = torch.cuda.get_device_properties(self.config.device_id).total_memory
-        pixels = sample_pixels_for(int(total * self.config.memory_share), self.config.streams * self.clips_per_run)
+        in_flight = self.budget_samples or self.config.streams * self.clips_per_run
+        pixels = sample_pixels_for(int(total * self.config.memory_share), in_flight)
         self.clip_pixels = self.merge_pixels = pixels

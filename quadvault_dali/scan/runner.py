@@ -92,11 +92,12 @@ class RunStats:
     cpu_fallbacks: int = 0  # videos a GPU scan decoded on the CPU (NVDEC cannot take them)
     dali_samples: int = 0  # DALI samples the in-process gpu backend decoded, and their frames (benchmarks)
     dali_frames: int = 0
+    dali_wait_s: float = 0.0  # time its decode streams waited for a prepared clip, summed (benchmarks)
     shards: list[str] = field(default_factory=list)
 
     def merge(self, other: "RunStats") -> None:
         for name in ("videos", "errors", "highlights", "frames", "bytes_read", "file_bytes", "video_seconds",
-                     "cpu_fallbacks", "dali_samples", "dali_frames"):
+                     "cpu_fallbacks", "dali_samples", "dali_frames", "dali_wait_s"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.shards.extend(other.shards)
 
@@ -323,6 +324,7 @@ def scan_files(files: Sequence[FileState], scorers: Sequence[Scorer], options: S
         decoded = getattr(sampler, "decode_stats", None)
         if decoded is not None:
             stats.dali_samples, stats.dali_frames = decoded.samples, decoded.frames
+            stats.dali_wait_s = decoded.wait_s
     writer.flush()
     stats.shards = list(writer.written)
     return stats
