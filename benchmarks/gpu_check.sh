@@ -9,7 +9,8 @@
 #   STEPS=tests bash benchmarks/gpu_check.sh                        # only some steps
 #
 # Steps: prebuild (starts building the scan benchmark's library and the sampling clips in the background, in their own process
-# session, so it outlives this call on a warm machine), tests, sampling, prep (benchmarks/prep_bench.py: the gpu
+# session, so it outlives this call on a warm machine), tests, sampling, ceiling (benchmarks/nvdec_ceiling.py: NVDEC's
+# keyframes/s through FFmpeg without DALI, on the sampling clips), prep (benchmarks/prep_bench.py: the gpu
 # backend's Python side alone on this host's CPU, ~15 s, $OUT/prep_<gpu>.json), diagnose (benchmarks/gpu_diagnose.py: the
 # decode cost structure and colour checks, ~2 min, $OUT/diagnose_<gpu>.json), scan (waits for a prebuild), train,
 # corpus (tests/test_scan_corpus.py and the streaming-vs-per-sample check on the GPU, only when QUADVAULT_CORPUS
@@ -19,14 +20,15 @@
 #   STEPS=prebuild,tests,sampling   then   STEPS=scan,train,demo   (diagnose on its own: STEPS=diagnose)
 #
 # Sizes (override with the environment): SAMPLING_ARGS, SCAN_ARGS, TRAIN_ARGS, PREP_ARGS; limits in seconds:
-# TESTS_S, SAMPLING_S, PREP_S, DIAGNOSE_S, PROFILE_S, SCAN_S, TRAIN_S, DEMO_S (and DIAGNOSE_ARGS, PROFILE_ARGS). The defaults keep each documented
+# TESTS_S, SAMPLING_S, CEILING_S, PREP_S, DIAGNOSE_S, PROFILE_S, SCAN_S, TRAIN_S, DEMO_S (and DIAGNOSE_ARGS,
+# PROFILE_ARGS, CEILING_ARGS). The defaults keep each documented
 # call under the device tool's 600 s even when every step runs to its limit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/quadvault-gpu-check}
 mkdir -p "$OUT"
 WORK=${WORK:-/root/quadvault-gpu-work}
-STEPS=${STEPS:-prebuild,tests,sampling,prep,diagnose,profile,scan,train,demo}
+STEPS=${STEPS:-prebuild,tests,sampling,ceiling,prep,diagnose,profile,scan,train,demo}
 TESTS_S=${TESTS_S:-200}
 SAMPLING_S=${SAMPLING_S:-240}
 DIAGNOSE_S=${DIAGNOSE_S:-150}
@@ -36,6 +38,8 @@ TRAIN_S=${TRAIN_S:-120}
 DEMO_S=${DEMO_S:-120}
 CORPUS_S=${CORPUS_S:-150}
 PROFILE_S=${PROFILE_S:-120}
+CEILING_S=${CEILING_S:-90}
+CEILING_ARGS=${CEILING_ARGS:---threads 1,8 --frames 2400 --per-video-frames 400}
 PYSPY=${PYSPY:-.gpu/py-spy}  # the profile step's py-spy binary (it travels in .gpu/; the machine has none)
 # 64 copies keep 8 decode streams busy; the CPU rows (decode-everything baseline, exact mode) take 8
 SAMPLING_ARGS=${SAMPLING_ARGS:---videos 64 --cpu-videos 8 --duration 8 --streams 1,2,4,8}
@@ -131,6 +135,11 @@ wants sampling && wait_prebuild "${IDLE_WAIT_S:-90}"  # CPU baselines are timed 
 # shellcheck disable=SC2086
 step sampling "$SAMPLING_S" python3 benchmarks/sampling_bench.py $SAMPLING_ARGS --work "$WORK/sampling" \
   --out "$OUT/sampling_$gpu.json"
+# NVDEC's own keyframe rate through FFmpeg's cuvid decoders (no DALI), on the sampling clips with 1-s keyframes:
+# the ceiling the gpu sampling rows are read against ($OUT/ceiling_<gpu>.json).
+# shellcheck disable=SC2086
+step ceiling "$CEILING_S" python3 benchmarks/nvdec_ceiling.py "$WORK"/sampling/*-k1.0-*s.mp4 $CEILING_ARGS \
+  --out "$OUT/ceiling_$gpu.json"
 # The CPU ceiling of the gpu backend on this host's cores: its Python side with no decoding (same clips).
 # shellcheck disable=SC2086
 step prep "$PREP_S" python3 benchmarks/prep_bench.py $PREP_ARGS --work "$WORK/sampling" --out "$OUT/prep_$gpu.json"

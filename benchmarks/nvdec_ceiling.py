@@ -1,0 +1,167 @@
+"""How many keyframes per second NVDEC itself decodes on this machine, without DALI: the ceiling for #2.
+
+The gpu backend's 1080p keyframe sampling stops near 2,000 frames/s on an H100 with NVDEC 40-55 % busy, and
+the host prepares clips at ~3,000 frames/s (``prep_bench``). What is left is DALI's decoder, which decodes a
+sample's frames one after another with a stream sync after each and sets up per sample. This benchmark asks
+the same hardware through another client: FFmpeg's ``h264_cuvid``/``hevc_cuvid`` decoders in the PyAV the
+project already ships, fed the clips' keyframes back to back from several threads (PyAV releases the GIL
+while FFmpeg decodes). Frames come back in host memory, so each row pays the download too; with
+``resize`` NVDEC's own scaler shrinks them first (the size the model wants), so the download is small.
+
+Rows per clip and thread count:
+* ``stream``: one decoder per thread, every keyframe of every copy fed to it (no set-up per video);
+* ``per-video``: a new decoder for each video, as DALI sets one up per sample (the set-up's cost).
+
+If ``stream`` rows reach well past the gpu backend's sampling rows on the same clips, DALI is the limit and
+another decode client would lift it; if they stop near them, NVDEC is. Not the product's path: a diagnostic.
+
+    python benchmarks/nvdec_ceiling.py CLIP.mp4 [CLIP2.mp4 ...] --out ceiling.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import av
+
+from _gpu_monitor import UtilisationMonitor
+from _results import write_json
+from sampling_bench import machine, slug, versions
+
+RESULTS = Path(__file__).resolve().parent / "results"
+#: FFmpeg's NVDEC decoders by the codec name PyAV reports for a stream
+CUVID = {"h264": "h264_cuvid", "hevc": "hevc_cuvid", "av1": "av1_cuvid", "vp9": "vp9_cuvid"}
+
+
+@dataclass
+class Keyframes:
+    """One clip's keyframes, read once, and what a decoder needs to take them."""
+
+    path: Path
+    codec: str
+    extradata: bytes
+    width: int
+    height: int
+    packets: list[bytes]
+
+
+def read_keyframes(path: Path) -> Keyframes:
+    """The keyframe packets of ``path``'s first video stream, in file order."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        packets = [bytes(p) for p in container.demux(stream) if p.size and p.is_keyframe]
+        return Keyframes(path, ctx.name, bytes(ctx.extradata or b""), ctx.width, ctx.height, packets)
+
+
+def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(width, height) with the short side ``short_side`` and even sides (NV12 wants them even)."""
+    scale = short_side / min(width, height)
+    return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
+
+
+def open_decoder(clip: Keyframes, resize: tuple[int, int] | None, software: bool = False) -> Any:
+    """FFmpeg's NVDEC decoder for the clip's codec (``software``: its CPU decoder, the same rows as a reference
+    and a way to check this script without a GPU; it has no scaler)."""
+    name = clip.codec if software else CUVID.get(clip.codec)
+    if name is None:
+        raise ValueError(f"{clip.path}: no NVDEC decoder in FFmpeg for {clip.codec}")
+    if software and resize is not None:
+        raise ValueError("FFmpeg's CPU decoders have no scaler: resized rows are NVDEC's")
+    ctx = av.CodecContext.create(name, "r")
+    ctx.extradata = clip.extradata
+    if resize is not None:
+        ctx.options = {"resize": f"{resize[0]}x{resize[1]}"}
+    return ctx
+
+
+def decode_all(ctx: Any, packets: list[bytes]) -> int:
+    frames = 0
+    for data in packets:
+        frames += len(ctx.decode(av.Packet(data)))
+    return frames
+
+
+def run_row(clip: Keyframes, threads: int, copies: int, resize: tuple[int, int] | None, per_video: bool,
+            software: bool = False) -> dict:
+    """``copies`` copies of the clip's keyframes decoded on ``threads`` threads; frames/s over all of them."""
+
+    def worker(share: int) -> int:
+        frames = 0
+        ctx = None
+        for _ in range(share):
+            if ctx is None or per_video:
+                if ctx is not None:
+                    frames += len(ctx.decode(None))  # the frames NVDEC still holds
+                ctx = open_decoder(clip, resize, software)
+            frames += decode_all(ctx, clip.packets)
+        if ctx is not None:
+            frames += len(ctx.decode(None))
+        return frames
+
+    shares = [copies // threads + (i < copies % threads) for i in range(threads)]
+    decode_all(open_decoder(clip, resize, software), clip.packets[:1])  # fails before timing where it cannot open
+    with UtilisationMonitor(metrics=("gpu", "decoder"), cpu=True) as busy:
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            frames = sum(pool.map(worker, shares))
+        seconds = time.perf_counter() - started
+    expected = copies * len(clip.packets)
+    return {"frames": frames, "expected_frames": expected, "seconds": round(seconds, 3),
+            "frames_per_s": round(frames / seconds, 1), **busy.summary()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("clips", nargs="+", type=Path, help="video files (their keyframes are decoded)")
+    ap.add_argument("--threads", default="1,4,8", help="decoding threads per row, comma-separated")
+    ap.add_argument("--frames", type=int, default=4800, help="keyframes per row (copies of each clip's)")
+    ap.add_argument("--per-video-frames", type=int, default=800, help="keyframes per per-video row (0: none)")
+    ap.add_argument("--size", type=int, default=224, help="short side NVDEC's scaler resizes to in resized rows")
+    ap.add_argument("--software", action="store_true",
+                    help="FFmpeg's CPU decoders instead (full-size rows only): a reference, and a check without a GPU")
+    ap.add_argument("--out", type=Path, default=None, help="JSON result path")
+    args = ap.parse_args()
+    info = machine()
+    out = args.out or RESULTS / f"ceiling_{slug(info)}.json"
+    doc: dict[str, Any] = {"benchmark": "nvdec_ceiling", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                           "machine": info, "versions": versions(), "results": []}
+    for path in args.clips:
+        clip = read_keyframes(path)
+        if not clip.packets:
+            print(f"{path}: no keyframes", file=sys.stderr)
+            continue
+        small = scaled_size(clip.width, clip.height, args.size)
+        rows = [("stream", None, args.frames), ("stream", small, args.frames), ("per-video", small, args.per_video_frames)]
+        if args.software:
+            rows = [("stream", None, args.frames), ("per-video", None, args.per_video_frames)]
+        for threads in (int(t) for t in args.threads.split(",") if t):
+            for kind, resize, frames in rows:
+                if frames <= 0:
+                    continue
+                copies = max(threads, frames // len(clip.packets))
+                row = {"clip": path.name, "codec": clip.codec, "resolution": f"{clip.width}x{clip.height}",
+                       "keyframes_per_video": len(clip.packets), "videos": copies, "threads": threads,
+                       "decoder": kind, "resize": f"{resize[0]}x{resize[1]}" if resize else None,
+                       "hardware": not args.software}
+                try:
+                    row.update(run_row(clip, threads, copies, resize, kind == "per-video", args.software))
+                except Exception as exc:  # noqa: BLE001 - e.g. no NVDEC here: said in the row, the others still run
+                    row["error"] = f"{type(exc).__name__}: {exc}"
+                doc["results"].append(row)
+                write_json(out, doc)  # after every row: a time limit keeps what was measured
+                shown = f"{row['frames_per_s']:8.1f} frames/s" if "frames_per_s" in row else row["error"]
+                print(f"  {path.name:28} {kind:9} {row['resize'] or 'full':9} threads={threads:<2} {shown}",
+                      flush=True)
+    print(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()

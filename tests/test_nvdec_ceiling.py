@@ -1,0 +1,40 @@
+"""benchmarks/nvdec_ceiling.py: NVDEC's keyframe rate through FFmpeg, the ceiling the gpu backend is read against."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from conftest import import_benchmark
+
+
+@pytest.fixture(scope="module")
+def ceiling():
+    return import_benchmark("nvdec_ceiling")
+
+
+def test_every_copy_of_every_keyframe_is_decoded_once(ceiling, make_clip: Callable[..., Path]) -> None:
+    """A row decodes exactly its copies' keyframes, with one decoder per thread or one per video (FFmpeg's CPU
+    decoder here: the same code as NVDEC's rows)."""
+    path = make_clip("ceiling_h264.mp4", codec="h264", width=128, height=80, fps=30, duration_s=4.0,
+                     keyframe_interval_s=1.0, source_id=3)
+    clip = ceiling.read_keyframes(path)
+    assert clip.codec == "h264" and len(clip.packets) == 4 and clip.extradata
+    for per_video in (False, True):
+        row = ceiling.run_row(clip, threads=3, copies=7, resize=None, per_video=per_video, software=True)
+        assert row["frames"] == row["expected_frames"] == 28 and row["frames_per_s"] > 0
+
+
+def test_sizes_for_nvdec_scaler_keep_the_aspect_and_even_sides(ceiling) -> None:
+    assert ceiling.scaled_size(1920, 1080, 224) == (398, 224)
+    assert ceiling.scaled_size(3840, 2160, 224) == (398, 224)
+    assert ceiling.scaled_size(1080, 1920, 224) == (224, 398)
+
+
+def test_a_clip_without_an_nvdec_decoder_is_refused_by_name(ceiling, make_clip: Callable[..., Path]) -> None:
+    path = make_clip("ceiling_mjpeg.avi", codec="mjpeg", width=128, height=80, fps=10, duration_s=1.0)
+    clip = ceiling.read_keyframes(path)
+    with pytest.raises(ValueError, match="no NVDEC decoder in FFmpeg for mjpeg"):
+        ceiling.open_decoder(clip, None)
