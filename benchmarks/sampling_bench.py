@@ -104,8 +104,8 @@ def run_sampler(device: str, videos: list[Path], layout: tuple[Any, ...] | None 
     of the sampler's defaults; ``processes``:
     decoding processes, each with ``streams`` streams (their start-up is part of the warm-up, not the
     measurement); ``config``: ``SamplerConfig`` fields (``stream_decode`` among them)."""
-    attrs: dict[str, Any] = dict(zip(("clips_per_run", "decode_threads", "uncrop_sps", "budget_samples"), layout)) \
-        if layout else {}
+    attrs: dict[str, Any] = dict(zip(("clips_per_run", "decode_threads", "uncrop_sps", "budget_samples",
+                                      "spread_min_frames"), layout)) if layout else {}
     if processes > 1:
         from quadvault_dali.sampling._base import _BACKENDS, _load_backends
         from quadvault_dali.sampling._processes import ProcessSampler
@@ -200,6 +200,8 @@ def linked_copies(path: Path, count: int, folder: Path) -> list[Path]:
 #: product keeps: on the H200, 0.5 ms cost a quarter of the frames/s once clips were joined, 2026-11-26).
 SHORT_SWITCH_MS = 0.5
 PYTHON_SWITCH_MS = 5.0
+#: An ``e`` layout's fewest frames per spread sample: two 8-s videos' keyframes
+SPREAD_MIN_FRAMES = 16
 
 
 class Layout(NamedTuple):
@@ -214,6 +216,7 @@ class Layout(NamedTuple):
     prepare_processes: int = 0  # clips cut in worker processes (``sampling._prepare_pool``), 0: threads
     feed_without_copy: bool = False  # DALI reads the fed clips in place (``_clip_decoder.FEED_WITHOUT_COPY``)
     budget_samples: int | None = None  # samples the card's memory is shared by when sizing samples (None: default)
+    spread_min_frames: int | None = None  # a run's clips spread over its samples, each at least this many frames
 
 
 def parse_layout(text: str) -> Layout:
@@ -228,10 +231,11 @@ def parse_layout(text: str) -> Layout:
     trailing ``w`` cuts clips in as many worker processes as there are prepare threads (``sampling._prepare_pool``);
     a trailing ``n`` lets DALI read the fed clips in place (``_clip_decoder.FEED_WITHOUT_COPY``); a trailing ``b``
     sizes samples from the card's memory as 4 streams would (``DaliSampler.budget_samples``), not shrinking them
-    as streams are added."""
-    match = re.fullmatch(r"(?:(\d+)p)?(\d+)x(\d+)x(\d+)(c?)(s?)([ig]?)(m?)(w?)(n?)(b?)", text.strip())
+    as streams are added; a trailing ``e`` spreads each run's clips evenly over its samples, at least
+    ``SPREAD_MIN_FRAMES`` frames each (``DaliSampler.spread_min_frames``), instead of filling the first."""
+    match = re.fullmatch(r"(?:(\d+)p)?(\d+)x(\d+)x(\d+)(c?)(s?)([ig]?)(m?)(w?)(n?)(b?)(e?)", text.strip())
     if not match:
-        raise ValueError(f"a layout is [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c][s][i|g][m][w][n][b], like "
+        raise ValueError(f"a layout is [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c][s][i|g][m][w][n][b][e], like "
                          f"4p2x4x4; got {text!r}")
     processes, streams, per_run, threads = (int(g) if g else 1 for g in match.groups()[:4])
     if processes > 1 and (match.group(8) or match.group(9) or match.group(10)):
@@ -239,7 +243,7 @@ def parse_layout(text: str) -> Layout:
     return Layout(processes, streams, per_run, threads, not match.group(5), bool(match.group(6)),
                   {"i": SHORT_SWITCH_MS, "g": PYTHON_SWITCH_MS}.get(match.group(7)), bool(match.group(8)),
                   max(4, streams) if match.group(9) else 0, bool(match.group(10)),
-                  4 * per_run if match.group(11) else None)
+                  4 * per_run if match.group(11) else None, SPREAD_MIN_FRAMES if match.group(12) else None)
 
 
 @contextlib.contextmanager
@@ -349,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layouts", default="4x4x4,4x4x4c,8x4x4,4x8x8",
                     help="more gpu keyframe rows as [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c][s][i|g][m][w][n][b] "
                          "(streams per process; c: H.264/HEVC clips keep their SPS cropping; s: the streaming "
-                         "decoder; w: clips cut in worker processes; b: samples sized as for 4 streams; the others "
+                         "decoder; w: clips cut in worker processes; b: samples sized as for 4 streams; e: a run's clips "
+                         "spread over its samples; the others "
                          "in parse_layout; the --streams rows are 1 process with the defaults, x4x4)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--work", type=Path, default=None, help="where generated clips are kept (reused)")
@@ -422,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
                 with switch_interval(shape.switch_ms), pyav_muxing(shape.pyav_mux), \
                         feeding_without_copy(shape.feed_without_copy):
                     measured = try_sampler("gpu", videos, layout=(shape.per_run, shape.threads, shape.uncrop,
-                                                                  shape.budget_samples),
+                                                                  shape.budget_samples, shape.spread_min_frames),
                                            processes=shape.processes, mode="keyframe", size=args.size,
                                            streams=shape.streams, stream_decode=shape.streamed,
                                            prepare_processes=shape.prepare_processes)
@@ -430,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
                              "layout": layout, "processes": shape.processes, "videos": n_videos,
                              "uncrop_sps": shape.uncrop, "stream_decode": shape.streamed, "pyav_mux": shape.pyav_mux,
                              "prepare_processes": shape.prepare_processes, "feed_without_copy": shape.feed_without_copy,
-                             "budget_samples": shape.budget_samples,
+                             "budget_samples": shape.budget_samples, "spread_min_frames": shape.spread_min_frames,
                              "switch_interval_ms": shape.switch_ms or 1000 * sys.getswitchinterval(), **measured})
                 described(rows[-1])
             exact_videos = videos[:n_videos if args.gpu_exact_videos is None else args.gpu_exact_videos]

@@ -17,10 +17,10 @@ def sampling_bench():
 
 
 def test_layouts_name_processes_streams_and_dali_run_shape(sampling_bench) -> None:
-    assert sampling_bench.parse_layout("4p2x4x4") == (4, 2, 4, 4, True, False, None, False, 0, False, None)
-    assert sampling_bench.parse_layout("2x8x8") == (1, 2, 8, 8, True, False, None, False, 0, False, None)
-    assert sampling_bench.parse_layout("4x4x4c") == (1, 4, 4, 4, False, False, None, False, 0, False, None)
-    assert sampling_bench.parse_layout("2p4x4x4s") == (2, 4, 4, 4, True, True, None, False, 0, False, None)
+    assert sampling_bench.parse_layout("4p2x4x4") == (4, 2, 4, 4, True, False, None, False, 0, False, None, None)
+    assert sampling_bench.parse_layout("2x8x8") == (1, 2, 8, 8, True, False, None, False, 0, False, None, None)
+    assert sampling_bench.parse_layout("4x4x4c") == (1, 4, 4, 4, False, False, None, False, 0, False, None, None)
+    assert sampling_bench.parse_layout("2p4x4x4s") == (2, 4, 4, 4, True, True, None, False, 0, False, None, None)
     assert sampling_bench.parse_layout("4x4x4im").pyav_mux  # the muxer A/B (``sampling._mp4_join``)
     assert sampling_bench.parse_layout("4x4x4g").switch_ms == 5.0  # Python's default (the product's), explicitly
     with pytest.raises(ValueError, match="one decoding process"):
@@ -29,6 +29,7 @@ def test_layouts_name_processes_streams_and_dali_run_shape(sampling_bench) -> No
     assert sampling_bench.parse_layout("2x4x4gw").prepare_processes == 4
     assert sampling_bench.parse_layout("4x4x4iwn").feed_without_copy  # DALI reads the fed clips in place
     assert sampling_bench.parse_layout("8x4x4wb").budget_samples == 16  # samples sized as for 4 streams x 4
+    assert sampling_bench.parse_layout("8x4x4wbe").spread_min_frames == sampling_bench.SPREAD_MIN_FRAMES
     with pytest.raises(ValueError, match="one decoding process"):
         sampling_bench.parse_layout("2p2x4x4n")
     from quadvault_dali.sampling import _clip_decoder

@@ -389,6 +389,50 @@ def test_short_videos_share_dali_samples_and_keep_their_frames(short_vp9: list[t
 
 
 @pytest.mark.parametrize("mode", ["keyframe", "exact"])
+def test_spread_samples_share_a_run_and_keep_their_frames(short_vp9: list[tuple[Path, int]], mode: str) -> None:
+    """``spread_min_frames``: five queued videos (3 frames each) go to one DALI run as two samples of 9 and 6
+    frames, decoded in parallel on the pipeline's threads, where filling makes one sample of 15 decoded frame
+    after frame; every video keeps exactly its own seconds."""
+    import quadvault_dali.sampling._gpu as gpu
+
+    videos = [p for p, _ in short_vp9]
+    real_next = gpu.DaliSampler._next_work
+
+    def next_work(self, work, carry):  # type: ignore[no-untyped-def]  # the first take waits for all five
+        if not carry and self.decode_stats.takes == 0:
+            deadline = time.monotonic() + 60
+            while work.qsize() < len(videos) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return real_next(self, work, carry)
+
+    for spread, expected in ((None, [15]), (3, [9, 6])):
+        with pytest.MonkeyPatch.context() as mp:
+            samples = _CountingDecoder.install(mp)
+            mp.setattr(gpu.DaliSampler, "_next_work", next_work)
+            sampler = DaliSampler(mode=mode, size=SIZE, streams=1)
+            sampler.clips_per_run, sampler.decode_threads, sampler.spread_min_frames = 2, 2, spread
+            times, stamps, outcomes = _collect(list(sampler.iter_batches(videos)))
+        assert all(o.ok for o in outcomes) and [o.path for o in outcomes] == videos
+        _check_like_the_cpu_backend(short_vp9, times, stamps, mode)
+        assert samples == expected and sampler.decode_stats.runs == 1
+
+
+def test_spread_pixels_leave_room_for_the_largest_clip_and_the_floor() -> None:
+    from quadvault_dali.sampling._remux import Clip
+    from quadvault_dali.sampling._samples import _Work, spread_pixels
+
+    def work(frames: int) -> _Work:
+        return _Work(None, 0, Clip(b"", np.arange(frames, dtype=np.int32), [0.0] * frames, frames, [],  # type: ignore[arg-type]
+                                   ("h264", b"", 10, 10, "yuv420p")))
+
+    items = [work(8) for _ in range(6)]  # 48 frames of 100 pixels over 4 samples: 12 each, + 7 for clip edges
+    assert spread_pixels(items, 4, 16, 10_000) == 19 * 100
+    assert spread_pixels(items, 4, 30, 10_000) == 30 * 100  # the floor
+    assert spread_pixels(items, 4, 16, 1_000) == 1_000  # never above the memory budget
+    assert spread_pixels(items, 1, 16, 10_000) == 10_000  # one sample per run: nothing to spread
+
+
+@pytest.mark.parametrize("mode", ["keyframe", "exact"])
 def test_streamed_samples_merge_many_videos_and_keep_their_frames(short_vp9: list[tuple[Path, int]],
                                                                   mode: str) -> None:
     """The streaming decoder pays one set-up per merged clip, so it merges far more: the five short videos

@@ -82,6 +82,22 @@ def group_samples(items: list[_Work], merge: bool = True, max_pixels: int = MERG
     return samples
 
 
+def spread_pixels(items: list[_Work], samples: int, min_frames: int, max_pixels: int) -> int:
+    """A pixel cap per sample that spreads a take's per-sample clips over up to ``samples`` samples instead of
+    filling the first: a DALI run decodes its samples in parallel on the pipeline's threads, but a sample's
+    frames one after another. Each sample still gets at least ``min_frames`` frames (every sample pays a fixed
+    set-up) and at most ``max_pixels``. Sized from the first clip's picture; clips are never split, so the cap
+    leaves room for the largest one (greedy filling then makes at most ``samples`` samples)."""
+    per_sample = [w for w in items if w.clip.stream_cap is None and w.clip.signature is not None]
+    if samples <= 1 or not per_sample:
+        return max_pixels
+    total = sum(len(w.clip) for w in per_sample)
+    largest = max(len(w.clip) for w in per_sample)
+    _, _, width, height, _ = per_sample[0].clip.signature  # type: ignore[misc]
+    frames = max(min_frames, -(-total // samples) + largest - 1)
+    return min(max_pixels, frames * max(1, width * height))
+
+
 def sample_pixels_for(gpu_bytes: int, samples_in_flight: int) -> int:
     """Full-size pixels per gpu DALI sample, one long video's clip or several short ones merged: the samples
     in flight keep their RGB frames (before the resize) twice -- decoded, and the picture region cut out of
