@@ -137,8 +137,12 @@ step sampling "$SAMPLING_S" python3 benchmarks/sampling_bench.py $SAMPLING_ARGS 
   --out "$OUT/sampling_$gpu.json"
 # NVDEC's own keyframe rate through FFmpeg's cuvid decoders (no DALI), on the sampling clips with 1-s keyframes:
 # the ceiling the gpu sampling rows are read against ($OUT/ceiling_<gpu>.json).
+wants ceiling && wait_prebuild 120 prebuild-sampling  # its clips
+shopt -s nullglob
+ceiling_clips=("$WORK"/sampling/*-k1-*s.mp4 "$WORK"/sampling/*-k1.0-*s.mp4)  # --quick names them -k1-
+shopt -u nullglob
 # shellcheck disable=SC2086
-step ceiling "$CEILING_S" python3 benchmarks/nvdec_ceiling.py "$WORK"/sampling/*-k1.0-*s.mp4 $CEILING_ARGS \
+step ceiling "$CEILING_S" python3 benchmarks/nvdec_ceiling.py "${ceiling_clips[@]}" $CEILING_ARGS \
   --out "$OUT/ceiling_$gpu.json"
 # The CPU ceiling of the gpu backend on this host's cores: its Python side with no decoding (same clips).
 # shellcheck disable=SC2086

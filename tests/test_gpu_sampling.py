@@ -426,10 +426,46 @@ def test_spread_pixels_leave_room_for_the_largest_clip_and_the_floor() -> None:
                                    ("h264", b"", 10, 10, "yuv420p")))
 
     items = [work(8) for _ in range(6)]  # 48 frames of 100 pixels over 4 samples: 12 each, + 7 for clip edges
-    assert spread_pixels(items, 4, 16, 10_000) == 19 * 100
+    assert spread_pixels(items, 4, 16, 10_000) // 100 == 19
     assert spread_pixels(items, 4, 30, 10_000) == 30 * 100  # the floor
     assert spread_pixels(items, 4, 16, 1_000) == 1_000  # never above the memory budget
     assert spread_pixels(items, 1, 16, 10_000) == 10_000  # one sample per run: nothing to spread
+
+
+def test_spreading_never_costs_a_dali_run_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A take of two codec set-ups already fills a 2-sample run and stays as it is (spreading its frames would
+    split each set-up again: a review found 2 runs where 1 did); with room for a third sample the first
+    set-up's clips spread into two, still one run."""
+    from quadvault_dali.sampling._remux import Clip, SourcePacket, _Run
+    from quadvault_dali.sampling._samples import _Work
+
+    def work(t: float, width: int) -> _Work:
+        runs = [_Run([SourcePacket(b"\x00", t + k, t + k, True)], [t + k]) for k in range(3)]
+        return _Work(None, 0, Clip(b"", np.arange(3, dtype=np.int32), [t, t + 1, t + 2], 3, runs,  # type: ignore[arg-type]
+                                   ("vp9", b"", width, 80, "yuv420p")))
+
+    items = [work(10.0 * i, 128) for i in range(4)] + [work(50.0, 160)]
+    def merge(clips: list[Clip]) -> Clip:  # the frames of all, without muxing (these clips hold no video)
+        n = sum(len(c) for c in clips)
+        return Clip(b"", np.arange(n, dtype=np.int32), [t for c in clips for t in c.times], n,
+                    [r for c in clips for r in c.runs], clips[0].signature)
+
+    monkeypatch.setattr("quadvault_dali.sampling._samples.merge_clips", merge)
+    sampler = DaliSampler(size=SIZE)
+    sampler.clips_per_run, sampler.spread_min_frames = 2, 3
+    seen: list[int] = []
+
+    class Decoder:
+        def decode(self, clips):  # type: ignore[no-untyped-def]
+            seen.append(len(clips))
+            return [torch.zeros((len(c), 3, 4, 4), dtype=torch.uint8) for c in clips]
+
+    sampler._decode_samples(Decoder(), items)  # type: ignore[arg-type]
+    assert seen == [2]  # one run: [four 128-wide clips], [the 160-wide one]
+    sampler.clips_per_run = 3  # room for one more sample: the first set-up's clips spread over two
+    seen.clear()
+    sampler._decode_samples(Decoder(), items)  # type: ignore[arg-type]
+    assert seen == [3]
 
 
 @pytest.mark.parametrize("mode", ["keyframe", "exact"])

@@ -24,7 +24,9 @@ def test_every_copy_of_every_keyframe_is_decoded_once(ceiling, make_clip: Callab
     assert clip.codec == "h264" and len(clip.packets) == 4 and clip.extradata
     for per_video in (False, True):
         row = ceiling.run_row(clip, threads=3, copies=7, resize=None, per_video=per_video, software=True)
-        assert row["frames"] == row["expected_frames"] == 28 and row["frames_per_s"] > 0
+        warmed = 0 if per_video else 3  # a warm-up copy per thread before the clock
+        assert row["frames"] == row["expected_frames"] == 4 * (7 + warmed) and row["frames_per_s"] > 0
+        assert row["output_size"] == "128x80"
 
 
 def test_sizes_for_nvdec_scaler_keep_the_aspect_and_even_sides(ceiling) -> None:
@@ -38,3 +40,20 @@ def test_a_clip_without_an_nvdec_decoder_is_refused_by_name(ceiling, make_clip: 
     clip = ceiling.read_keyframes(path)
     with pytest.raises(ValueError, match="no NVDEC decoder in FFmpeg for mjpeg"):
         ceiling.open_decoder(clip, None)
+
+
+def test_a_missing_clip_is_a_row_and_the_others_still_run(ceiling, make_clip: Callable[..., Path], tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import sys
+
+    good = make_clip("ceiling_h264.mp4", codec="h264", width=128, height=80, fps=30, duration_s=4.0,
+                     keyframe_interval_s=1.0, source_id=3)
+    out = tmp_path / "ceiling.json"
+    monkeypatch.setattr(sys, "argv", ["nvdec_ceiling.py", str(tmp_path / "missing-k1.0-8s.mp4"), str(good),
+                                      "--software", "--threads", "1", "--frames", "8", "--per-video-frames", "4",
+                                      "--out", str(out)])
+    ceiling.main()
+    rows = json.loads(out.read_text())["results"]
+    assert "error" in rows[0] and rows[0]["clip"] == "missing-k1.0-8s.mp4"
+    assert [r["decoder"] for r in rows[1:]] == ["stream", "per-video"] and all("frames_per_s" in r for r in rows[1:])

@@ -374,11 +374,13 @@ class DaliSampler(Sampler):
         """Frames (or the error) for each item, decoded ``clips_per_run`` samples per DALI run, short videos'
         clips merged into shared samples. A merged sample that fails is decoded again clip by clip, so
         one damaged video fails alone."""
-        max_pixels = self.merge_pixels
-        if self.spread_min_frames:
-            max_pixels = spread_pixels(items, self.clips_per_run, self.spread_min_frames, max_pixels)
-        samples = group_samples(items, merge=self.merge_clips, max_pixels=max_pixels,
+        samples = group_samples(items, merge=self.merge_clips, max_pixels=self.merge_pixels,
                                 stream_frames=self.stream_merge_frames)
+        if self.spread_min_frames and len(samples) < self.clips_per_run:  # room in the run: spread the clips
+            cap = spread_pixels(items, self.clips_per_run, self.spread_min_frames, self.merge_pixels)
+            spread = group_samples(items, merge=self.merge_clips, max_pixels=cap, stream_frames=self.stream_merge_frames)
+            if len(spread) <= self.clips_per_run:  # never a DALI run more (mixed set-ups can split further)
+                samples = spread
         results: list[torch.Tensor | Exception] = []
         for lo in range(0, len(samples), self.clips_per_run):
             chunk = samples[lo:lo + self.clips_per_run]

@@ -85,17 +85,22 @@ def group_samples(items: list[_Work], merge: bool = True, max_pixels: int = MERG
 def spread_pixels(items: list[_Work], samples: int, min_frames: int, max_pixels: int) -> int:
     """A pixel cap per sample that spreads a take's per-sample clips over up to ``samples`` samples instead of
     filling the first: a DALI run decodes its samples in parallel on the pipeline's threads, but a sample's
-    frames one after another. Each sample still gets at least ``min_frames`` frames (every sample pays a fixed
-    set-up) and at most ``max_pixels``. Sized from the first clip's picture; clips are never split, so the cap
-    leaves room for the largest one (greedy filling then makes at most ``samples`` samples)."""
+    frames one after another. In pixels, so clips of any resolution get their share (``joins`` turns it into
+    frames per clip); room for the largest clip on top of an even share (clips are never split); at least
+    ``min_frames`` frames of the first clip's picture (every sample pays a fixed set-up), at most
+    ``max_pixels``. Counts wanted frames, as the memory budget does (exact clips decode more)."""
     per_sample = [w for w in items if w.clip.stream_cap is None and w.clip.signature is not None]
     if samples <= 1 or not per_sample:
         return max_pixels
-    total = sum(len(w.clip) for w in per_sample)
-    largest = max(len(w.clip) for w in per_sample)
+
+    def pixels(w: _Work) -> int:
+        _, _, width, height, _ = w.clip.signature  # type: ignore[misc]
+        return len(w.clip) * max(1, width * height)
+
+    sizes = [pixels(w) for w in per_sample]
     _, _, width, height, _ = per_sample[0].clip.signature  # type: ignore[misc]
-    frames = max(min_frames, -(-total // samples) + largest - 1)
-    return min(max_pixels, frames * max(1, width * height))
+    cap = max(min_frames * max(1, width * height), -(-sum(sizes) // samples) + max(sizes) - 1)
+    return min(max_pixels, cap)
 
 
 def sample_pixels_for(gpu_bytes: int, samples_in_flight: int) -> int:
