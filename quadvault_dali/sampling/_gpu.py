@@ -56,8 +56,8 @@ from ._plan import plan_samples
 from ._prepare_pool import CutSettings, Job, PoolUnavailable, PreparePool
 from ._reader import CuttingSource
 from ._remux import CLIP_PIXELS, Clip, start_clips
-from ._samples import (MERGE_PIXELS, STREAM_MAX_FRAMES, STREAM_MERGE_FRAMES, _Work, group_samples, joins,
-                       sample_pixels_for, spread_pixels)
+from ._samples import (MERGE_PIXELS, STREAM_MAX_FRAMES, STREAM_MERGE_FRAMES, _Work, group_clips, joins,
+                       merged_samples, sample_pixels_for, spread_pixels)
 from ._stream_decoder import StreamClipDecoder
 from ._types import FrameBatch, VideoOutcome
 
@@ -95,7 +95,7 @@ class DaliSampler(Sampler):
         super().__init__(config, **overrides)
         self.clips_per_run = CLIPS_PER_RUN  # DALI samples per run of one stream's pipeline
         self.decode_threads = DECODE_THREADS  # that pipeline's threads: it decodes a run's samples on them
-        self.merge_clips = True  # several short videos per DALI sample (``group_samples``)
+        self.merge_clips = True  # several short videos per DALI sample (``group_clips``)
         self.merge_pixels = MERGE_PIXELS
         self.stream_merge_frames = STREAM_MERGE_FRAMES  # streamed merges: wanted frames per fed clip
         #: samples in flight the card's memory is shared between when sizing samples (``sample_pixels_for``);
@@ -374,13 +374,14 @@ class DaliSampler(Sampler):
         """Frames (or the error) for each item, decoded ``clips_per_run`` samples per DALI run, short videos'
         clips merged into shared samples. A merged sample that fails is decoded again clip by clip, so
         one damaged video fails alone."""
-        samples = group_samples(items, merge=self.merge_clips, max_pixels=self.merge_pixels,
-                                stream_frames=self.stream_merge_frames)
-        if self.spread_min_frames and len(samples) < self.clips_per_run:  # room in the run: spread the clips
+        groups = group_clips(items, merge=self.merge_clips, max_pixels=self.merge_pixels,
+                             stream_frames=self.stream_merge_frames)
+        if self.spread_min_frames and len(groups) < self.clips_per_run:  # room in the run: spread the clips
             cap = spread_pixels(items, self.clips_per_run, self.spread_min_frames, self.merge_pixels)
-            spread = group_samples(items, merge=self.merge_clips, max_pixels=cap, stream_frames=self.stream_merge_frames)
+            spread = group_clips(items, merge=self.merge_clips, max_pixels=cap, stream_frames=self.stream_merge_frames)
             if len(spread) <= self.clips_per_run:  # never a DALI run more (mixed set-ups can split further)
-                samples = spread
+                groups = spread
+        samples = merged_samples(groups)
         results: list[torch.Tensor | Exception] = []
         for lo in range(0, len(samples), self.clips_per_run):
             chunk = samples[lo:lo + self.clips_per_run]

@@ -61,17 +61,21 @@ def joins(group: list[_Work], item: _Work, max_pixels: int, stream_frames: int |
     return sum(len(w.clip) for w in group) + len(item.clip) <= limit
 
 
-def group_samples(items: list[_Work], merge: bool = True, max_pixels: int = MERGE_PIXELS,
-                  stream_frames: int | None = None) -> list[_Sample]:
-    """Consecutive clips that one decoder set-up can serve (``can_follow``) merged into samples, each
-    within ``max_pixels`` of decoded frames (or their ``stream_cap`` and ``stream_frames``); the order of the
-    frames is kept."""
+def group_clips(items: list[_Work], merge: bool = True, max_pixels: int = MERGE_PIXELS,
+                stream_frames: int | None = None) -> list[list[_Work]]:
+    """Consecutive clips that one decoder set-up can serve (``can_follow``), grouped within ``max_pixels`` of
+    decoded frames (or their ``stream_cap`` and ``stream_frames``), in order; nothing muxed yet."""
     groups: list[list[_Work]] = []
     for item in items:
         if merge and groups and joins(groups[-1], item, max_pixels, stream_frames):
             groups[-1].append(item)
         else:
             groups.append([item])
+    return groups
+
+
+def merged_samples(groups: list[list[_Work]]) -> list[_Sample]:
+    """Each group's clips merged into one sample; a group whose merge fails is decoded clip by clip."""
     samples = []
     for group in groups:
         try:
