@@ -135,7 +135,13 @@ SHORT_SWITCH_MS = 0.5
 PYTHON_SWITCH_MS = 5.0
 
 
-def parse_scan_layout(text: str) -> tuple[int, int, str, bool, float | None, bool, int, bool]:
+#: An ``e`` scan layout's fewest frames per spread DALI sample, and a ``b`` one's samples the card's memory is
+#: divided by (4 streams x 4 samples per run: the default's)
+SPREAD_MIN_FRAMES = 16
+BUDGET_SAMPLES = 16
+
+
+def parse_scan_layout(text: str) -> tuple[int, int, str, bool, float | None, bool, int, bool, int | None, int | None]:
     """``PROCESSESxSTREAMS[k][s][i][m][w][f]`` -> (processes, streams, sampling mode, streaming decoder, switch
     interval in ms, PyAV muxing, prepare worker processes, full exact runs): ``k`` scans in keyframe mode (else
     auto), ``s`` with the experimental streaming decoder (``SamplerConfig.stream_decode``), ``i`` with a
@@ -145,19 +151,23 @@ def parse_scan_layout(text: str) -> tuple[int, int, str, bool, float | None, boo
     processes (``sampling._prepare_pool``; their start-up, ~1-2 s, is in the wall time), ``f`` with exact runs
     decoding every picture up to the wanted one, as before unreferenced ones were left out
     (``_remux.SKIP_UNREFERENCED``). ``m`` and ``f`` set module flags, so one decoding process only; ``w``
-    too."""
-    match = re.fullmatch(r"(\d+)x(\d+)(k?)(s?)([ig]?)(m?)(w?)(f?)", text.strip())
+    too. Then (spread_min_frames, budget_samples): ``e`` spreads a DALI run's clips over its samples
+    (``SamplerConfig.spread_min_frames``), ``b`` sizes samples as the default 4 streams do
+    (``SamplerConfig.budget_samples``)."""
+    match = re.fullmatch(r"(\d+)x(\d+)(k?)(s?)([ig]?)(m?)(w?)(f?)(e?)(b?)", text.strip())
     if not match or ((match.group(6) or match.group(7) or match.group(8)) and int(match.group(1)) > 1):
-        raise ValueError(f"a scan layout is PROCESSESxSTREAMS[k][s][i|g][m][w][f] ('m', 'w', 'f' with one process), "
-                         f"like 4x2 or 2x4k; got {text!r}")
+        raise ValueError(f"a scan layout is PROCESSESxSTREAMS[k][s][i|g][m][w][f][e][b] ('m', 'w', 'f' with one "
+                         f"process), like 4x2 or 2x4k; got {text!r}")
     streams = int(match.group(2))
     return (int(match.group(1)), streams, "keyframe" if match.group(3) else "auto", bool(match.group(4)),
             {"i": SHORT_SWITCH_MS, "g": PYTHON_SWITCH_MS}.get(match.group(5)), bool(match.group(6)),
-            max(4, streams) if match.group(7) else 0, bool(match.group(8)))
+            max(4, streams) if match.group(7) else 0, bool(match.group(8)),
+            SPREAD_MIN_FRAMES if match.group(9) else None, BUDGET_SAMPLES if match.group(10) else None)
 
 
 def run_scan(files: list[Path], out: Path, device: str, model_dir: Path, streams: int, batch: int,
-             mode: str = "auto", processes: int = 1, stream_decode: bool = False, prepare_processes: int = 0) -> dict:
+             mode: str = "auto", processes: int = 1, stream_decode: bool = False, prepare_processes: int = 0,
+             spread_min_frames: int | None = None, budget_samples: int | None = None) -> dict:
     from quadvault_dali.scan.runner import ScanOptions, scan_library
 
     import torch
@@ -172,7 +182,9 @@ def run_scan(files: list[Path], out: Path, device: str, model_dir: Path, streams
         started = time.perf_counter()
         summary = scan_library(files, ScanOptions(out_dir=out, device=device, streams=streams, batch_size=batch,
                                                   resume=False, mode=mode, processes=processes,
-                                                  stream_decode=stream_decode, prepare_processes=prepare_processes),
+                                                  stream_decode=stream_decode, prepare_processes=prepare_processes,
+                                                  spread_min_frames=spread_min_frames,
+                                                  budget_samples=budget_samples),
                                scorers=[model])
         wall = time.perf_counter() - started
     run = summary.run
@@ -259,10 +271,11 @@ def main() -> None:
     ap.add_argument("--naive-videos", type=int, default=6, help="subset for the decode-every-frame baseline")
     ap.add_argument("--streams", type=int, default=4)
     ap.add_argument("--layouts", default="",
-                    help="more gpu scans as PROCESSESxSTREAMS[k][s][i|g][m][w][f], e.g. 4x2 or 2x4k (decoding "
+                    help="more gpu scans as PROCESSESxSTREAMS[k][s][i|g][m][w][f][e][b], e.g. 4x2 or 2x4k (decoding "
                          "processes, streams in each; k: keyframe mode, else auto; s: the experimental streaming "
                          "decoder; i: a short GIL switch interval (0.5 ms), g: Python's 5 ms; m: every clip muxed by "
-                         "PyAV; w: clips cut in worker processes; f: exact runs decode unreferenced pictures too). "
+                         "PyAV; w: clips cut in worker processes; f: exact runs decode unreferenced pictures too; e: a "
+                         "DALI run's clips spread over its samples; b: samples sized as for 4 streams). "
                          "Their wall time includes starting the processes")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--work", type=Path, default=None, help="where the library is built (needs ~30 GB full)")
@@ -328,7 +341,8 @@ def main() -> None:
     save()
     if backend == "gpu" and not args.quick:
         result["scan_layouts"] = []
-        for layout, processes, streams, mode, streamed, switch_ms, pyav_mux, workers, full_runs in layouts:
+        for layout, processes, streams, mode, streamed, switch_ms, pyav_mux, workers, full_runs, spread, budget \
+                in layouts:
             before = sys.getswitchinterval()
             if switch_ms is not None:
                 sys.setswitchinterval(switch_ms / 1000)
@@ -337,9 +351,11 @@ def main() -> None:
             try:
                 result["scan_layouts"].append({"layout": layout, "switch_interval_ms": switch_ms or 1000 * before,
                                                "pyav_mux": pyav_mux, "full_exact_runs": full_runs,
+                                               "spread_min_frames": spread, "budget_samples": budget,
                                                **attempt(f"scan {layout}", lambda: library_scan(
                                                    "scan_layout_out", streams, processes=processes, mode=mode,
-                                                   stream_decode=streamed, prepare_processes=workers))})
+                                                   stream_decode=streamed, prepare_processes=workers,
+                                                   spread_min_frames=spread, budget_samples=budget))})
             finally:
                 sys.setswitchinterval(before)
                 _remux.JOIN_IN_ORDER = _remux.SKIP_UNREFERENCED = True

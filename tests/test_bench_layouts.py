@@ -78,16 +78,19 @@ def test_a_dali_row_says_how_its_streams_took_work(sampling_bench, make_clip: Ca
 
 def test_scan_layouts_name_processes_streams_and_mode() -> None:
     scan_bench = import_benchmark("scan_bench")
-    assert scan_bench.parse_scan_layout("4x2") == (4, 2, "auto", False, None, False, 0, False)
-    assert scan_bench.parse_scan_layout("2x4k") == (2, 4, "keyframe", False, None, False, 0, False)
-    assert scan_bench.parse_scan_layout("1x4ks") == (1, 4, "keyframe", True, None, False, 0, False)
+    assert scan_bench.parse_scan_layout("4x2") == (4, 2, "auto", False, None, False, 0, False, None, None)
+    assert scan_bench.parse_scan_layout("2x4k") == (2, 4, "keyframe", False, None, False, 0, False, None, None)
+    assert scan_bench.parse_scan_layout("1x4ks") == (1, 4, "keyframe", True, None, False, 0, False, None, None)
     assert scan_bench.parse_scan_layout("1x4ki") == (1, 4, "keyframe", False, scan_bench.SHORT_SWITCH_MS, False, 0,
-                                                     False)
-    assert scan_bench.parse_scan_layout("1x4f") == (1, 4, "auto", False, None, False, 0, True)
+                                                     False, None, None)
+    assert scan_bench.parse_scan_layout("1x4f") == (1, 4, "auto", False, None, False, 0, True, None, None)
     with pytest.raises(ValueError, match="2x4f"):
         scan_bench.parse_scan_layout("2x4f")
     assert scan_bench.parse_scan_layout("1x4kim")[5] and scan_bench.parse_scan_layout("1x8kw")[6] == 8
     assert scan_bench.parse_scan_layout("1x4kg")[4] == 5.0
+    assert scan_bench.parse_scan_layout("1x8we")[8:] == (scan_bench.SPREAD_MIN_FRAMES, None)
+    assert scan_bench.parse_scan_layout("1x8kwfeb")[7:] == (True, scan_bench.SPREAD_MIN_FRAMES,
+                                                           scan_bench.BUDGET_SAMPLES)
     with pytest.raises(ValueError, match="2x4km"):
         scan_bench.parse_scan_layout("2x4km")
     with pytest.raises(ValueError, match="2x4k"):

@@ -417,6 +417,20 @@ def test_spread_samples_share_a_run_and_keep_their_frames(short_vp9: list[tuple[
         assert samples == expected and sampler.decode_stats.runs == 1
 
 
+def test_spread_and_budget_come_from_the_config() -> None:
+    """``SamplerConfig`` carries the experiments (what ``ScanOptions`` and the scan benchmark's ``e``/``b``
+    layouts set), so decoding processes and scans get them too; nonsense values are refused."""
+    from quadvault_dali.sampling import SamplerConfig
+
+    sampler = DaliSampler(size=SIZE, spread_min_frames=16, budget_samples=8)
+    assert (sampler.spread_min_frames, sampler.budget_samples) == (16, 8)
+    assert DaliSampler(size=SIZE).spread_min_frames is None
+    with pytest.raises(ValueError, match="spread_min_frames"):
+        SamplerConfig(spread_min_frames=0)
+    with pytest.raises(ValueError, match="budget_samples"):
+        SamplerConfig(budget_samples=-1)
+
+
 def test_spread_pixels_leave_room_for_the_largest_clip_and_the_floor() -> None:
     from quadvault_dali.sampling._remux import Clip
     from quadvault_dali.sampling._samples import _Work, spread_pixels

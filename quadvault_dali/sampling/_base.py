@@ -39,6 +39,10 @@ class SamplerConfig:
     operator, one decoder set-up per long clip (``_stream_decoder``); the other backends ignore it.
     ``prepare_processes`` (gpu backend, experimental): probe and cut clips in that many worker processes
     instead of threads of this process (``_prepare_pool``); 0 keeps the threads. The cpu backend ignores it.
+    ``spread_min_frames`` (DALI backends, experimental): spread a DALI run's clips evenly over its samples, each
+    at least that many frames, instead of filling the first (``_samples.spread_pixels``); ``None`` fills.
+    ``budget_samples`` (gpu backend, experimental): the samples in flight the card's memory is divided by when
+    sizing samples; ``None``: streams x samples per run.
     """
 
     fps: float = 1.0
@@ -53,6 +57,8 @@ class SamplerConfig:
     memory_share: float = 1.0
     stream_decode: bool = False
     prepare_processes: int = 0
+    spread_min_frames: int | None = None
+    budget_samples: int | None = None
 
     def __post_init__(self) -> None:
         if self.fps <= 0:
@@ -66,6 +72,9 @@ class SamplerConfig:
                              f"{self.streams}, {self.processes}")
         if self.prepare_processes < 0:
             raise ValueError(f"prepare_processes must be >= 0, got {self.prepare_processes}")
+        for name in ("spread_min_frames", "budget_samples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
         if not 0 < self.memory_share <= 1:
             raise ValueError(f"memory_share must be in (0, 1], got {self.memory_share}")
 

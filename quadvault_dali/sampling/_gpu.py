@@ -100,12 +100,12 @@ class DaliSampler(Sampler):
         self.stream_merge_frames = STREAM_MERGE_FRAMES  # streamed merges: wanted frames per fed clip
         #: samples in flight the card's memory is shared between when sizing samples (``sample_pixels_for``);
         #: ``None``: streams x ``clips_per_run``. Experimental (stop 18): on an H100, 8 streams cut 2160p samples
-        #: to one video's 8 keyframes and sampled at half the rate of 4 (layout suffix ``b`` in sampling_bench)
-        self.budget_samples: int | None = None
+        #: to one video's 8 keyframes and sampled at half the rate of 4 (layout suffix ``b`` in the benchmarks)
+        self.budget_samples: int | None = self.config.budget_samples
         #: spread a run's per-sample clips over its ``clips_per_run`` samples, each at least this many frames
         #: (``spread_pixels``), instead of filling the first; ``None``: fill. Experimental (stop 18): on an H100,
         #: 1080p runs held 1.2-1.5 samples (NVDEC 37-55 % busy) where 2160p runs held 3.5 (NVDEC 80 %)
-        self.spread_min_frames: int | None = None
+        self.spread_min_frames: int | None = self.config.spread_min_frames
         self.clip_pixels = CLIP_PIXELS  # what one video's clip may hold (``frame_budget``)
         self._streaming = False  # this run's ``config.stream_decode`` (the decode threads read it)
         self.decode_stats = DecodeStats()  # DALI runs, samples, frames over all streams (benchmarks read it)
