@@ -388,27 +388,33 @@ def test_short_videos_share_dali_samples_and_keep_their_frames(short_vp9: list[t
     assert decoded["frames_per_sample"] == round(sum(samples) / len(samples), 2)
 
 
+def _first_take_waits_for(mp: pytest.MonkeyPatch, queued: int) -> None:
+    """A sampler's first take waits (up to 60 s) until ``queued`` clips are queued, so what it merges does not
+    depend on how busy the machine is."""
+    import quadvault_dali.sampling._gpu as gpu
+
+    real_next = gpu.DaliSampler._next_work
+
+    def next_work(self, work, carry):  # type: ignore[no-untyped-def]
+        if not carry and self.decode_stats.takes == 0:
+            deadline = time.monotonic() + 60
+            while work.qsize() < queued and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return real_next(self, work, carry)
+
+    mp.setattr(gpu.DaliSampler, "_next_work", next_work)
+
+
 @pytest.mark.parametrize("mode", ["keyframe", "exact"])
 def test_spread_samples_share_a_run_and_keep_their_frames(short_vp9: list[tuple[Path, int]], mode: str) -> None:
     """``spread_min_frames``: five queued videos (3 frames each) go to one DALI run as two samples of 9 and 6
     frames, decoded in parallel on the pipeline's threads, where filling makes one sample of 15 decoded frame
     after frame; every video keeps exactly its own seconds."""
-    import quadvault_dali.sampling._gpu as gpu
-
     videos = [p for p, _ in short_vp9]
-    real_next = gpu.DaliSampler._next_work
-
-    def next_work(self, work, carry):  # type: ignore[no-untyped-def]  # the first take waits for all five
-        if not carry and self.decode_stats.takes == 0:
-            deadline = time.monotonic() + 60
-            while work.qsize() < len(videos) and time.monotonic() < deadline:
-                time.sleep(0.01)
-        return real_next(self, work, carry)
-
     for spread, expected in ((None, [15]), (3, [9, 6])):
         with pytest.MonkeyPatch.context() as mp:
             samples = _CountingDecoder.install(mp)
-            mp.setattr(gpu.DaliSampler, "_next_work", next_work)
+            _first_take_waits_for(mp, len(videos))
             sampler = DaliSampler(mode=mode, size=SIZE, streams=1)
             sampler.clips_per_run, sampler.decode_threads, sampler.spread_min_frames = 2, 2, spread
             times, stamps, outcomes = _collect(list(sampler.iter_batches(videos)))
@@ -488,21 +494,10 @@ def test_streamed_samples_merge_many_videos_and_keep_their_frames(short_vp9: lis
     """The streaming decoder pays one set-up per merged clip, so it merges far more: the five short videos
     (prepared before decoding starts, as in a busy run) need fewer DALI samples than videos, and every video
     keeps exactly its own seconds."""
-    import quadvault_dali.sampling._gpu as gpu
-
     videos = [p for p, _ in short_vp9]
     sampler = DaliSampler(mode=mode, size=SIZE, streams=1, stream_decode=True)
-    real_next = gpu.DaliSampler._next_work
-
-    def next_work(self, work, carry):  # type: ignore[no-untyped-def]  # the first run waits for all five
-        if not carry and self.decode_stats.samples == 0:
-            deadline = time.monotonic() + 60
-            while work.qsize() < len(videos) and time.monotonic() < deadline:
-                time.sleep(0.01)
-        return real_next(self, work, carry)
-
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(gpu.DaliSampler, "_next_work", next_work)
+        _first_take_waits_for(mp, len(videos))
         times, stamps, outcomes = _collect(list(sampler.iter_batches(videos)))
     assert all(o.ok for o in outcomes) and [o.path for o in outcomes] == videos
     _check_like_the_cpu_backend(short_vp9, times, stamps, mode)

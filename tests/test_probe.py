@@ -223,6 +223,19 @@ def test_a_matroska_file_starting_late_lasts_as_long_as_its_pictures(make_clip, 
 ORIENTATION_SEI_BSF = "h264_metadata=display_orientation=insert:rotate=90"
 
 
+def _sei_turned(make_clip, out: Path) -> tuple[Path, Path, int]:  # type: ignore[no-untyped-def]
+    """An upright H.264 clip, its video in ``out`` with a display-orientation SEI added, and the clockwise angle
+    FFmpeg turns that copy's pictures by."""
+    import av
+
+    source = make_clip("probe_sei_src.mp4", codec="h264", width=160, height=96, fps=30, duration_s=2.0, source_id=2)
+    path = remux_video(source, out, bsf=ORIENTATION_SEI_BSF)
+    with av.open(str(path)) as c:
+        ffmpeg_turn = -int(next(c.decode(video=0)).rotation) % 360  # FFmpeg's angle is counter-clockwise
+    assert ffmpeg_turn in (90, 270)
+    return source, path, ffmpeg_turn
+
+
 def test_a_display_orientation_inside_the_h264_stream_turns_an_mp4(make_clip, tmp_path) -> None:
     """As in Matroska, an MP4 whose rotation is only in the stream's SEI: FFmpeg turns its pictures, so the
     probe does (its first packet's leading units read at their index position), and sampling turns them."""
@@ -231,11 +244,7 @@ def test_a_display_orientation_inside_the_h264_stream_turns_an_mp4(make_clip, tm
     from quadvault_dali.probe import _orientation_sei_first
     from quadvault_dali.sampling import create_sampler
 
-    source = make_clip("probe_sei_src.mp4", codec="h264", width=160, height=96, fps=30, duration_s=2.0, source_id=2)
-    path = remux_video(source, tmp_path / "sei_turned.mp4", bsf=ORIENTATION_SEI_BSF)
-    with av.open(str(path)) as c:
-        ffmpeg_turn = -int(next(c.decode(video=0)).rotation) % 360  # FFmpeg's angle is counter-clockwise
-    assert ffmpeg_turn in (90, 270)
+    source, path, ffmpeg_turn = _sei_turned(make_clip, tmp_path / "sei_turned.mp4")
     info = probe_video(path)
     assert info.rotation == ffmpeg_turn and (info.width, info.height) == (96, 160)
     assert probe_video(source).rotation == 0
@@ -269,15 +278,9 @@ def test_a_display_orientation_inside_the_h264_stream_turns_a_matroska_file(make
     """Some streams carry their rotation in a display-orientation SEI message and none in the container:
     FFmpeg turns the decoded pictures all the same. The first packet is read for it (no picture decoded
     unless it is there)."""
-    import av
-
     from quadvault_dali.probe import _turned_in_stream
 
-    source = make_clip("probe_sei_src.mp4", codec="h264", width=160, height=96, fps=30, duration_s=2.0, source_id=2)
-    path = remux_video(source, tmp_path / "sei_turned.mkv", bsf=ORIENTATION_SEI_BSF)
-    with av.open(str(path)) as c:
-        ffmpeg_turn = -int(next(c.decode(video=0)).rotation) % 360  # FFmpeg's angle is counter-clockwise
-    assert ffmpeg_turn in (90, 270)
+    source, path, ffmpeg_turn = _sei_turned(make_clip, tmp_path / "sei_turned.mkv")
     info = probe_video(path)
     assert _turned_in_stream(path, 0, "h264") and info.rotation == ffmpeg_turn
     assert (info.width, info.height) == (96, 160)
