@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import av
 
@@ -82,11 +82,9 @@ def open_decoder(clip: Keyframes, resize: tuple[int, int] | None, software: bool
     return ctx
 
 
-def decode_all(ctx: Any, packets: list[bytes]) -> int:
-    frames = 0
-    for data in packets:
-        frames += len(ctx.decode(av.Packet(data)))
-    return frames
+def decode_all(ctx: Any, packets: list[bytes], count: Callable[[list[Any]], int] = len) -> int:
+    """Frames ``ctx`` puts out for ``packets``, each call's frames passed through ``count``."""
+    return sum(count(ctx.decode(av.Packet(data))) for data in packets)
 
 
 def run_row(clip: Keyframes, threads: int, copies: int, resize: tuple[int, int] | None, per_video: bool,
@@ -107,7 +105,7 @@ def run_row(clip: Keyframes, threads: int, copies: int, resize: tuple[int, int] 
 
     def warm() -> tuple[Any, int]:
         ctx = open_decoder(clip, resize, software)
-        return ctx, sum(counted(ctx.decode(av.Packet(data))) for data in clip.packets)
+        return ctx, decode_all(ctx, clip.packets, counted)
 
     def worker(job: tuple[int, Any]) -> int:
         share, ctx = job
@@ -117,7 +115,7 @@ def run_row(clip: Keyframes, threads: int, copies: int, resize: tuple[int, int] 
                 if ctx is not None:
                     frames += counted(ctx.decode(None))  # the frames it still holds
                 ctx = open_decoder(clip, resize, software)
-            frames += sum(counted(ctx.decode(av.Packet(data))) for data in clip.packets)
+            frames += decode_all(ctx, clip.packets, counted)
         if ctx is not None:
             frames += counted(ctx.decode(None))
         return frames
@@ -133,9 +131,9 @@ def run_row(clip: Keyframes, threads: int, copies: int, resize: tuple[int, int] 
         seconds = time.perf_counter() - started
     warm_frames = sum(n for _, n in warmed)
     expected = (copies + len(warmed)) * len(clip.packets)
-    timed = frames  # includes the warm-up frames a decoder held back (a few at most)
+    # ``frames`` (timed) includes the warm-up frames a decoder held back (a few at most)
     return {"frames": frames + warm_frames, "expected_frames": expected, "seconds": round(seconds, 3),
-            "frames_per_s": round(timed / seconds, 1), "output_size": f"{sizes[0][0]}x{sizes[0][1]}" if sizes else None,
+            "frames_per_s": round(frames / seconds, 1), "output_size": f"{sizes[0][0]}x{sizes[0][1]}" if sizes else None,
             **busy.summary()}
 
 

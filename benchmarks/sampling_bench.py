@@ -97,15 +97,13 @@ def make_clip(work: Path, spec: ClipSpec) -> Path:
     return path
 
 
-def run_sampler(device: str, videos: list[Path], layout: tuple[Any, ...] | None = None, processes: int = 1,
+def run_sampler(device: str, videos: list[Path], layout: tuple[int, int, bool] | None = None, processes: int = 1,
                 **config: Any) -> dict[str, Any]:
     """Samples all ``videos`` once (after a warm-up); frames/s and bytes read. ``layout``: (DALI samples per
-    run, pipeline threads, uncropped SPS[, samples the GPU memory budget is shared by]) per decode stream instead
-    of the sampler's defaults; ``processes``:
+    run, pipeline threads, uncropped SPS) per decode stream instead of the sampler's defaults; ``processes``:
     decoding processes, each with ``streams`` streams (their start-up is part of the warm-up, not the
     measurement); ``config``: ``SamplerConfig`` fields (``stream_decode`` among them)."""
-    attrs: dict[str, Any] = dict(zip(("clips_per_run", "decode_threads", "uncrop_sps", "budget_samples",
-                                      "spread_min_frames"), layout)) if layout else {}
+    attrs: dict[str, Any] = dict(zip(("clips_per_run", "decode_threads", "uncrop_sps"), layout)) if layout else {}
     if processes > 1:
         from quadvault_dali.sampling._base import _BACKENDS, _load_backends
         from quadvault_dali.sampling._processes import ProcessSampler
@@ -230,9 +228,9 @@ def parse_layout(text: str) -> Layout:
     trailing ``m`` muxes every clip with PyAV, as before in-order clips were joined (``sampling._mp4_join``); a
     trailing ``w`` cuts clips in as many worker processes as there are prepare threads (``sampling._prepare_pool``);
     a trailing ``n`` lets DALI read the fed clips in place (``_clip_decoder.FEED_WITHOUT_COPY``); a trailing ``b``
-    sizes samples from the card's memory as 4 streams would (``DaliSampler.budget_samples``), not shrinking them
+    sizes samples from the card's memory as 4 streams would (``SamplerConfig.budget_samples``), not shrinking them
     as streams are added; a trailing ``e`` spreads each run's clips evenly over its samples, at least
-    ``SPREAD_MIN_FRAMES`` frames each (``DaliSampler.spread_min_frames``), instead of filling the first."""
+    ``SPREAD_MIN_FRAMES`` frames each (``SamplerConfig.spread_min_frames``), instead of filling the first."""
     match = re.fullmatch(r"(?:(\d+)p)?(\d+)x(\d+)x(\d+)(c?)(s?)([ig]?)(m?)(w?)(n?)(b?)(e?)", text.strip())
     if not match:
         raise ValueError(f"a layout is [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c][s][i|g][m][w][n][b][e], like "
@@ -426,11 +424,12 @@ def main(argv: list[str] | None = None) -> int:
                 shape = parse_layout(layout)
                 with switch_interval(shape.switch_ms), pyav_muxing(shape.pyav_mux), \
                         feeding_without_copy(shape.feed_without_copy):
-                    measured = try_sampler("gpu", videos, layout=(shape.per_run, shape.threads, shape.uncrop,
-                                                                  shape.budget_samples, shape.spread_min_frames),
+                    measured = try_sampler("gpu", videos, layout=(shape.per_run, shape.threads, shape.uncrop),
                                            processes=shape.processes, mode="keyframe", size=args.size,
                                            streams=shape.streams, stream_decode=shape.streamed,
-                                           prepare_processes=shape.prepare_processes)
+                                           prepare_processes=shape.prepare_processes,
+                                           spread_min_frames=shape.spread_min_frames,
+                                           budget_samples=shape.budget_samples)
                 rows.append({"backend": "gpu", "mode": "keyframe", "streams": shape.streams * shape.processes,
                              "layout": layout, "processes": shape.processes, "videos": n_videos,
                              "uncrop_sps": shape.uncrop, "stream_decode": shape.streamed, "pyav_mux": shape.pyav_mux,
