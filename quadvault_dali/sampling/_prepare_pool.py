@@ -57,6 +57,7 @@ class CutSettings:
     mode: str
     uncrop: bool
     clip_pixels: int
+    mux: bool = True  # False: clips of packets only (``_remux.packets_clip``), for the FFmpeg decode client
 
 
 def serve(conn: Any) -> None:
@@ -99,7 +100,7 @@ def cut_one(conn: Any, path: Path, settings: CutSettings) -> None:
             conn.send(("plan", plan.mode, plan.expected_frames))
             container, cut = start_clips(plan, container, source.file, stream_cap=stream_cap,
                                          clip_pixels=settings.clip_pixels, uncrop=settings.uncrop,
-                                         by_path=source.by_path)
+                                         by_path=source.by_path, mux=settings.mux)
         except Exception as exc:  # noqa: BLE001
             conn.send(("error", unexpected_failure(exc, DOING, path)))
             return

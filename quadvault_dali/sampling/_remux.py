@@ -220,6 +220,16 @@ def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run], signat
     return Clip(data, frames, wanted, len(packets), list(runs), signature, roi, cropped_signature)
 
 
+def packets_clip(runs: Sequence[_Run], signature: Signature | None, roi: tuple[float, float] = (1.0, 1.0),
+                 cropped_signature: Signature | None = None) -> Clip:
+    """``runs`` as a clip without an MP4 (``Clip.data`` empty): for a decoder fed the packets themselves
+    (``_ffmpeg_decoder``), which would only demux a muxed one again. ``frames`` count the wanted frames in
+    time order; only DALI reads them as indices, and it is never given such a clip."""
+    wanted = [t for run in runs for t in run.wanted]
+    return Clip(b"", np.arange(len(wanted), dtype=np.int32), wanted, sum(len(run.packets) for run in runs),
+                list(runs), signature, roi, cropped_signature)
+
+
 def _setup_key(template: av.video.stream.VideoStream, signature: Signature | None, setup: str) -> tuple:
     """What FFmpeg's one-packet mux of ``template`` set up as ``signature`` depends on: with the source track's
     ``setup`` digest, what two videos' templates must share for one skeleton to serve both."""
@@ -392,8 +402,8 @@ class _ClipPacker:
     """
 
     def __init__(self, template: av.video.stream.VideoStream, codec: str, max_frames: int,
-                 max_bytes: int = 1 << 62, uncrop: bool = False, setup: str = "") -> None:
-        self.template, self.codec, self.setup = template, codec, setup
+                 max_bytes: int = 1 << 62, uncrop: bool = False, setup: str = "", mux: bool = True) -> None:
+        self.template, self.codec, self.setup, self.mux = template, codec, setup, mux
         self.skeletons = SHARED_SKELETONS if setup else Skeletons(4)  # see ``Skeletons``
         self.signature = clip_signature(template)
         self.roi = (1.0, 1.0)
@@ -456,8 +466,13 @@ class _ClipPacker:
         return done
 
     def finish(self) -> Clip | None:
-        clip = mux_clip(self.template, self.runs, self.signature, self.roi, self.cropped_signature,
-                        self.skeletons, self.setup) if self.runs else None
+        if not self.runs:
+            clip = None
+        elif self.mux:
+            clip = mux_clip(self.template, self.runs, self.signature, self.roi, self.cropped_signature,
+                            self.skeletons, self.setup)
+        else:
+            clip = packets_clip(self.runs, self.signature, self.roi, self.cropped_signature)
         self.runs, self.frames, self.size = [], 0, 0
         return clip
 
@@ -506,12 +521,13 @@ def frame_budget(width: int, height: int, pixels: int = CLIP_PIXELS) -> int:
 # --- keyframe mode -----------------------------------------------------------------------------
 
 def keyframe_clips(plan: SamplePlan, template: av.video.stream.VideoStream, fh: CountingFile,
-                   max_frames: int, uncrop: bool = False, max_bytes: int = MERGEABLE_BYTES) -> Iterator[Clip]:
+                   max_frames: int, uncrop: bool = False, max_bytes: int = MERGEABLE_BYTES,
+                   mux: bool = True) -> Iterator[Clip]:
     """Clips of the plan's keyframes, read straight from their index positions (MP4/MOV); each within
     ``max_bytes`` too (queued clips are held in memory; up to ``MERGEABLE_BYTES`` they stay mergeable)."""
     index = plan.index
     packer = _ClipPacker(template, plan.info.codec, max_frames, max_bytes, uncrop=uncrop,
-                         setup=plan.info.setup)
+                         setup=plan.info.setup, mux=mux)
     for row in (int(r) for r in plan.key_packets):
         data = fh.read_at(int(index.pos[row]), int(index.size[row]))
         if len(data) < int(index.size[row]):
@@ -550,10 +566,10 @@ def seek_keyframes(plan: SamplePlan, container: av.container.InputContainer,
 
 def demuxed_keyframe_clips(plan: SamplePlan, container: av.container.InputContainer,
                            stream: av.video.stream.VideoStream, max_frames: int, uncrop: bool = False,
-                           max_bytes: int = MERGEABLE_BYTES) -> Iterator[Clip]:
+                           max_bytes: int = MERGEABLE_BYTES, mux: bool = True) -> Iterator[Clip]:
     """Keyframe clips for containers whose index gives no raw positions (MKV, WebM, TS): ``seek_keyframes``."""
     packer = _ClipPacker(stream, plan.info.codec, max_frames, max_bytes, uncrop=uncrop,
-                         setup=plan.info.setup)
+                         setup=plan.info.setup, mux=mux)
     for packet, pts in seek_keyframes(plan, container, stream):
         clip = packer.add(_Run([SourcePacket(bytes(packet), pts, pts, True)], [pts]))
         if clip is not None:
@@ -788,7 +804,7 @@ def picture_skipper(stream: av.video.stream.VideoStream, codec: str) -> Callable
 
 def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream: av.video.stream.VideoStream,
                 max_frames: int, max_bytes: int = 64 << 20, uncrop: bool = False,
-                fh: CountingFile | None = None) -> Iterator[Clip]:
+                fh: CountingFile | None = None, mux: bool = True) -> Iterator[Clip]:
     """Clips of runs (keyframe .. last needed packet) holding the frame nearest every grid time, once.
 
     With ``fh`` and an index of raw packet positions (MP4), runs are read straight from the positions, as
@@ -800,7 +816,7 @@ def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream
         raise DecodeError("its edit list hides pictures between the ones it shows: exact runs cannot be cut",
                           path=plan.info.path, hint="the CPU decoder samples it")
     packer = _ClipPacker(stream, plan.info.codec, max_frames, max_bytes, uncrop=uncrop,
-                         setup=plan.info.setup)
+                         setup=plan.info.setup, mux=mux)
     skippable = picture_skipper(stream, plan.info.codec)
     direct = reads_at_positions(plan, fh)
     later_min = np.minimum.accumulate(np.round(index.pts, 6)[::-1])[::-1] if direct else index.pts
@@ -895,7 +911,7 @@ def reads_at_positions(plan: SamplePlan, fh: CountingFile | None) -> bool:
 
 
 def start_clips(plan: SamplePlan, container: av.container.InputContainer, fh: CountingFile | None, *,
-                stream_cap: int | None, clip_pixels: int, uncrop: bool, by_path: bool = False
+                stream_cap: int | None, clip_pixels: int, uncrop: bool, by_path: bool = False, mux: bool = True
                 ) -> tuple[av.container.InputContainer, Iterator[Clip]]:
     """How a video's cutting starts, in a prepare thread or a prepare worker alike: the container to cut from
     (``rewound`` where the probe demuxed to the end) and the plan's clips, each within ``stream_cap`` frames
@@ -913,7 +929,7 @@ def start_clips(plan: SamplePlan, container: av.container.InputContainer, fh: Co
         container = rewound(container, plan.info.path, None if by_path else fh, plan.index)
     budget = stream_cap or frame_budget(plan.info.coded_width, plan.info.coded_height, clip_pixels)
     try:
-        return container, iter(plan_clips(plan, container, fh, max_frames=budget, uncrop=uncrop))  # type: ignore[arg-type]
+        return container, iter(plan_clips(plan, container, fh, max_frames=budget, uncrop=uncrop, mux=mux))  # type: ignore[arg-type]
     except BaseException:
         if container is not probed:  # reopened here: the caller only knows the one it probed with
             container.close()
@@ -921,16 +937,17 @@ def start_clips(plan: SamplePlan, container: av.container.InputContainer, fh: Co
 
 
 def plan_clips(plan: SamplePlan, container: av.container.InputContainer, fh: CountingFile,
-               max_frames: int | None = None, uncrop: bool = False) -> Iterable[Clip]:
+               max_frames: int | None = None, uncrop: bool = False, mux: bool = True) -> Iterable[Clip]:
     """The clips that carry ``plan``: keyframes read directly where the index allows, else demuxed.
 
     ``uncrop``: H.264/HEVC clips decode to their coded size and say what to keep in ``Clip.roi`` (for DALI's
     NVDEC decoder cache, see ``_uncrop``); a decoder that crops by itself must not be given them.
+    ``mux=False``: clips of packets only, no MP4 (``packets_clip``), for a decoder fed packets.
     """
     stream = container.streams[plan.info.stream_index]  # the file's stream index, not the n-th video
     budget = max_frames or frame_budget(plan.info.coded_width, plan.info.coded_height)
     if plan.mode == "exact":
-        return exact_clips(plan, container, stream, budget, uncrop=uncrop, fh=fh)
+        return exact_clips(plan, container, stream, budget, uncrop=uncrop, fh=fh, mux=mux)
     if reads_at_positions(plan, fh):
-        return keyframe_clips(plan, stream, fh, budget, uncrop=uncrop)
-    return demuxed_keyframe_clips(plan, container, stream, budget, uncrop=uncrop)
+        return keyframe_clips(plan, stream, fh, budget, uncrop=uncrop, mux=mux)
+    return demuxed_keyframe_clips(plan, container, stream, budget, uncrop=uncrop, mux=mux)
