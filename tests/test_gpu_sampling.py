@@ -512,8 +512,8 @@ def _mark_uncropped(monkeypatch: pytest.MonkeyPatch) -> None:
 
     real_plan_clips = _remux.plan_clips
 
-    def marking(plan, container, fh, max_frames=None, uncrop=False):  # type: ignore[no-untyped-def]
-        for clip in real_plan_clips(plan, container, fh, max_frames=max_frames, uncrop=uncrop):
+    def marking(plan, container, fh, max_frames=None, uncrop=False, mux=True):  # type: ignore[no-untyped-def]
+        for clip in real_plan_clips(plan, container, fh, max_frames=max_frames, uncrop=uncrop, mux=mux):
             if uncrop:
                 clip.roi, clip.cropped_signature = (0.5, 1.0), clip.signature
             yield clip
@@ -601,8 +601,8 @@ def test_a_clip_the_cutter_cannot_make_goes_to_the_cpu(cpu_decodable: list[tuple
 
     real = _remux.plan_clips
 
-    def cut_one_then_fail(plan, container, fh, max_frames=None, uncrop=False):  # type: ignore[no-untyped-def]
-        clips = real(plan, container, fh, max_frames=2, uncrop=uncrop)
+    def cut_one_then_fail(plan, container, fh, max_frames=None, uncrop=False, mux=True):  # type: ignore[no-untyped-def]
+        clips = real(plan, container, fh, max_frames=2, uncrop=uncrop, mux=mux)
         yield next(iter(clips))
         raise DecodeError("keyframe at 2.00s is cut off by the end of the file", path=plan.info.path)
 

@@ -19,6 +19,8 @@ from ._types import FrameBatch, SamplingMode, VideoOutcome
 log = logging.getLogger(__name__)
 
 VideoSource = str | os.PathLike[str] | VideoInfo
+#: what decodes on the GPU (``SamplerConfig.decode_client``)
+DECODE_CLIENTS = ("dali", "ffmpeg")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,9 @@ class SamplerConfig:
     at least that many frames, instead of filling the first (``_samples.spread_pixels``); ``None`` fills.
     ``budget_samples`` (gpu backend, experimental): the samples in flight the card's memory is divided by when
     sizing samples; ``None``: streams x samples per run.
+    ``decode_client`` (gpu backend, experimental): ``dali`` decodes with DALI's video decoder; ``ffmpeg`` with
+    FFmpeg's NVDEC decoders through PyAV, one kept open per stream and set-up and fed every video's packets
+    (``_ffmpeg_decoder``; H.264 and HEVC, other codecs go to the CPU decoder). The other backends ignore it.
     """
 
     fps: float = 1.0
@@ -59,6 +64,7 @@ class SamplerConfig:
     prepare_processes: int = 0
     spread_min_frames: int | None = None
     budget_samples: int | None = None
+    decode_client: str = "dali"
 
     def __post_init__(self) -> None:
         if self.fps <= 0:
@@ -75,6 +81,8 @@ class SamplerConfig:
         for name in ("spread_min_frames", "budget_samples"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 or None, got {getattr(self, name)}")
+        if self.decode_client not in DECODE_CLIENTS:
+            raise ValueError(f"decode_client must be one of {', '.join(DECODE_CLIENTS)}, got {self.decode_client!r}")
         if not 0 < self.memory_share <= 1:
             raise ValueError(f"memory_share must be in (0, 1], got {self.memory_share}")
 

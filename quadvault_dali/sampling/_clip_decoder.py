@@ -42,6 +42,8 @@ class DecodeStats:
     takes: int = 0
     queued_at_takes: int = 0  # clips queued when each take began, summed
     wait_s: float = 0.0  # time the streams waited for a first clip, summed
+    decoder_opens: int = 0  # FFmpeg decode client: decoders opened (a CUDA context each on NVDEC)
+    drains: int = 0  # FFmpeg decode client: times a decoder gave up the pictures it held back
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, samples: int, frames: int, runs: int = 1) -> None:
@@ -63,6 +65,14 @@ class DecodeStats:
         with self._lock:
             self.wait_s += waited_s
 
+    def note_decoder_open(self) -> None:
+        with self._lock:
+            self.decoder_opens += 1
+
+    def note_drain(self) -> None:
+        with self._lock:
+            self.drains += 1
+
     def take(self) -> tuple[int, int, int]:
         """(runs, samples, frames) counted since the last ``take``, zeroed (a decoding process reports them)."""
         with self._lock:
@@ -76,7 +86,8 @@ class DecodeStats:
                     "frames_per_sample": round(self.frames / self.samples, 2) if self.samples else 0.0,
                     "samples_per_run": round(self.samples / self.runs, 2) if self.runs else 0.0,
                     "takes": self.takes, "queued_at_takes": self.queued_at_takes,
-                    "decode_wait_s": round(self.wait_s, 3)}
+                    "decode_wait_s": round(self.wait_s, 3), "decoder_opens": self.decoder_opens,
+                    "drains": self.drains}
 
 
 class CopyFence:

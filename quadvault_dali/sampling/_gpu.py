@@ -50,6 +50,7 @@ from ._budget import ByteBudget, clip_bytes, queued_bytes_for
 from ._clip_decoder import CLIPS_PER_RUN, DECODE_THREADS, ClipDecoder, DecodeStats, error_summary
 from ._colour import convert_from_bt601
 from ._cpu import CpuSampler
+from ._ffmpeg_decoder import FfmpegDecoder, ffmpeg_limitation
 from ._handover import Abandoned, TakeOver, VideoTask
 from ._nvdec import dali_cpu_limitation, nvdec_limitation
 from ._plan import plan_samples
@@ -108,13 +109,18 @@ class DaliSampler(Sampler):
         self.spread_min_frames: int | None = self.config.spread_min_frames
         self.clip_pixels = CLIP_PIXELS  # what one video's clip may hold (``frame_budget``)
         self._streaming = False  # this run's ``config.stream_decode`` (the decode threads read it)
+        #: FFmpeg's decoders instead of DALI's (``config.decode_client``): fed packets, no MP4s, no uncropping
+        self._ffmpeg = self.config.decode_client == "ffmpeg"
+        #: its decoders between runs (each NVDEC one holds a CUDA context: ~0.3 s to open), taken by the streams
+        self._idle_decoders: list[FfmpegDecoder] = []
+        self._idle_lock = threading.Lock()
         self.decode_stats = DecodeStats()  # DALI runs, samples, frames over all streams (benchmarks read it)
         #: host bytes queued clips may hold (``_budget``; ``None``: from the machine's memory and ``memory_share``)
         self.queued_bytes_limit: int | None = None
         self.queued_bytes_peak = 0  # the most they held in any run so far (benchmarks read it)
         self._budget = ByteBudget(0)  # this run's (``iter_batches``)
         #: H.264/HEVC clips without their SPS's cropping, so DALI finds its NVDEC decoders again (``_uncrop``)
-        self.uncrop_sps = self.decoder_device == "mixed"
+        self.uncrop_sps = self.decoder_device == "mixed" and not self._ffmpeg
         self._uncropped_worked = False  # set once an uncropped clip decoded (see _retry_cropped)
         self._uncrop_refused = False  # set when a clip failed uncropped and decoded cropped back
         self._hardware_worked = False  # set once any clip decoded on this sampler's DALI decoder
@@ -124,7 +130,12 @@ class DaliSampler(Sampler):
         self._prepare_pool_failed = False  # its workers could not start: not tried again
 
     def close(self) -> None:
-        """Stops the prepare workers, if any (a later ``iter_batches`` starts new ones)."""
+        """Stops the prepare workers, if any (a later ``iter_batches`` starts new ones), and closes the FFmpeg
+        client's decoders."""
+        with self._idle_lock:
+            idle, self._idle_decoders = self._idle_decoders, []
+        for decoder in idle:
+            decoder.close()
         if self._prepare_pool_finalizer is not None:
             self._prepare_pool_finalizer()
         self._prepare_pool = self._prepare_pool_finalizer = None
@@ -138,9 +149,22 @@ class DaliSampler(Sampler):
 
     # --- stage 1: probe, plan, cut into clips (prepare threads) ----------------------------------
 
+    @property
+    def _uncropping(self) -> bool:
+        """Whether clips are cut uncropped: for DALI only (FFmpeg's decoders crop by themselves and are given
+        the packets as the file has them), whatever a benchmark set ``uncrop_sps`` to."""
+        return self.uncrop_sps and not self._ffmpeg
+
     def _limitation(self, info: VideoInfo) -> str | None:
         """Why this sampler's DALI decoder cannot take the video, or ``None``."""
         return dali_cpu_limitation(info)
+
+    def _client_limitation(self, info: VideoInfo) -> str | None:
+        """Why this sampler's decode client cannot take the video: DALI's (``_limitation``), or FFmpeg's
+        (its codecs, and on NVDEC the hardware's limits too; its CPU stand-in decodes them all)."""
+        if not self._ffmpeg:
+            return self._limitation(info)
+        return ffmpeg_limitation(info.codec) or (nvdec_limitation(info) if self.decoder_device == "mixed" else None)
 
     def _prepare(self, task: VideoTask, work: "queue.Queue[Any]", stop: threading.Event) -> None:
         clips = 0
@@ -178,7 +202,7 @@ class DaliSampler(Sampler):
             task.outcome.mode, task.outcome.frames_expected = plan.mode, plan.expected_frames
             stream_cap = STREAM_MAX_FRAMES if self._streams(info.codec) else None
             container, cut = start_clips(plan, container, fh, stream_cap=stream_cap, clip_pixels=self.clip_pixels,
-                                         uncrop=self.uncrop_sps, by_path=source.by_path)
+                                         uncrop=self._uncropping, by_path=source.by_path, mux=not self._ffmpeg)
             while True:
                 try:
                     clip = next(cut)
@@ -202,7 +226,7 @@ class DaliSampler(Sampler):
         """Records the probe; why this backend cannot take the video (``None``: it can), raised instead
         without CPU fallback."""
         task.outcome.info = info
-        why_not = self._limitation(info)
+        why_not = self._client_limitation(info)
         if why_not is None:
             task.outcome.decoder = self.decoder_name
         elif not self.config.cpu_fallback:
@@ -227,7 +251,7 @@ class DaliSampler(Sampler):
         """``_cut_clips``, with the probing and cutting done by a worker process (``_prepare_pool``): this thread
         decides what the backend takes and relays the clips, under the same slots and byte budget."""
         cfg = self.config
-        settings = CutSettings(cfg.fps, cfg.mode, self.uncrop_sps, self.clip_pixels)
+        settings = CutSettings(cfg.fps, cfg.mode, self._uncropping, self.clip_pixels, mux=not self._ffmpeg)
         job: Job | None = None
         try:
             with pool.job(task.path, settings, stop) as job:
@@ -327,6 +351,67 @@ class DaliSampler(Sampler):
             task.prepared(self._sample_on_cpu(task, stop, first_seq=first_seq, after_s=after_s), from_cpu=True)
 
     # --- stage 2: decode (one thread and one DALI pipeline per stream) ---------------------------
+
+    def _ffmpeg_decode_loop(self, work: "queue.Queue[Any]") -> None:
+        """One decode stream on the FFmpeg client (``_ffmpeg_decoder``): clips are fed one at a time into
+        decoders that stay open across videos; those held back come out when the queue runs dry (never does
+        this thread wait for work while it holds clips: their videos' slots would block their preparers)."""
+        cfg = self.config
+        if self.decoder_device == "mixed":
+            torch.cuda.set_device(cfg.device_id)
+        with self._idle_lock:
+            decoder = self._idle_decoders.pop() if self._idle_decoders else None
+        if decoder is None:
+            decoder = FfmpegDecoder(self.device, cfg.size, cfg.square, hardware=self.decoder_device == "mixed",
+                                    stats=self.decode_stats)
+        budget = self._budget  # this run's (see ``_decode_loop``)
+        try:
+            while True:
+                try:
+                    item, waited = work.get_nowait(), 0.0
+                except queue.Empty:
+                    self._ffmpeg_results(decoder.drain())
+                    waiting = time.perf_counter()
+                    item = work.get()
+                    waited = time.perf_counter() - waiting
+                if item is _STOP:
+                    self.decode_stats.note_wait(waited)
+                    self._ffmpeg_results(decoder.drain())
+                    return
+                self.decode_stats.note_take(work.qsize() + 1, waited)
+                try:
+                    if not item.task.wants(item.seq):
+                        item.task.discard()
+                        continue
+                    info = item.task.outcome.info
+                    try:
+                        results = decoder.feed(item, item.clip, info)
+                    except Exception as exc:  # noqa: BLE001 - nothing a clip does may end the loop
+                        results = [(item, exc)]
+                    self._ffmpeg_results(results)
+                finally:
+                    budget.release(item.cost)  # its packets are in the decoder (or dropped): not held on
+                    item.clip.runs = []
+        finally:
+            try:
+                self._ffmpeg_results(decoder.drain())
+                with self._idle_lock:
+                    self._idle_decoders.append(decoder)  # for the next run, drained
+            except BaseException:
+                decoder.close()
+                raise
+
+    def _ffmpeg_results(self, results: list[tuple[Any, torch.Tensor | Exception]]) -> None:
+        """Hands the FFmpeg client's finished clips over, or records their failures (as ``_decode_loop``)."""
+        for w, res in results:
+            if not isinstance(res, Exception):
+                self._hardware_worked = True
+                try:
+                    w.task.deliver(w.seq, _displayed(res, w.task.outcome.info, from_bt601=False), w.clip.times)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory while rotating
+                    res = exc
+            self._clip_failed(w, res)
 
     def _decode_loop(self, work: "queue.Queue[Any]") -> None:
         """One decode stream: clips in, frames delivered; nothing a clip does may end the loop (the
@@ -516,7 +601,7 @@ class DaliSampler(Sampler):
         self._size_samples()  # here, not in __init__: layouts set clips_per_run after construction
         streams = cfg.streams
         queued = streams * self.clips_per_run * (QUEUED_PER_STREAM if self.merge_clips else 2)
-        self._streaming = cfg.stream_decode
+        self._streaming = cfg.stream_decode and not self._ffmpeg
         self._budget = budget = ByteBudget(self.queued_bytes_limit or queued_bytes_for(cfg.memory_share))
         if cfg.prepare_processes and self._prepare_pool is None and not self._prepare_pool_failed:
             try:
@@ -533,7 +618,8 @@ class DaliSampler(Sampler):
         pool = self._prepare_pool
         preparing = cfg.prepare_processes if pool is not None and pool.usable else max(4, streams)
         preparers = ThreadPoolExecutor(max_workers=min(lookahead, preparing), thread_name_prefix="gpu-prepare")
-        decoders = [threading.Thread(target=self._decode_loop, args=(work,), name=f"gpu-decode-{i}", daemon=True)
+        loop = self._ffmpeg_decode_loop if self._ffmpeg else self._decode_loop
+        decoders = [threading.Thread(target=loop, args=(work,), name=f"gpu-decode-{i}", daemon=True)
                     for i in range(streams)]
         for thread in decoders:
             thread.start()
@@ -626,12 +712,14 @@ class DaliSampler(Sampler):
         return torch.empty((0, 3, size, size), dtype=torch.uint8, device=self.device)
 
 
-def _displayed(frames: torch.Tensor, info: VideoInfo | None) -> torch.Tensor:
+def _displayed(frames: torch.Tensor, info: VideoInfo | None, *, from_bt601: bool = True) -> torch.Tensor:
     """``(F, 3, H, W)`` frames as the CPU decoder gives them: in the stream's tagged colour matrix (DALI
-    converts as BT.601, see ``_colour``) and turned by the display rotation (clockwise degrees)."""
+    converts as BT.601, see ``_colour``; ``from_bt601=False``: converted with it already) and turned by the
+    display rotation (clockwise degrees)."""
     if info is None:
         return frames
-    frames = convert_from_bt601(frames, info.color_matrix)
+    if from_bt601:
+        frames = convert_from_bt601(frames, info.color_matrix)
     rotation = info.rotation
     return torch.rot90(frames, k=-(rotation // 90), dims=(2, 3)).contiguous() if rotation else frames
 

@@ -58,6 +58,7 @@ class ScanOptions:
     prepare_processes: int = 0  # experimental: clips cut in worker processes (``SamplerConfig``; gpu backend)
     spread_min_frames: int | None = None  # experimental (``SamplerConfig``); benchmarks only
     budget_samples: int | None = None  # experimental (``SamplerConfig``); benchmarks only
+    decode_client: str = "dali"  # experimental (``SamplerConfig``): "ffmpeg" decodes with FFmpeg's NVDEC decoders
     batch_size: int = 64
     resume: bool = True
     retry_errors: bool = False
@@ -263,7 +264,8 @@ def scan_files(files: Sequence[FileState], scorers: Sequence[Scorer], options: S
                              square=True, batch_size=options.batch_size, streams=options.streams,
                              processes=options.processes, device_id=options.device_id,
                              stream_decode=options.stream_decode, prepare_processes=options.prepare_processes,
-                             spread_min_frames=options.spread_min_frames, budget_samples=options.budget_samples)
+                             spread_min_frames=options.spread_min_frames, budget_samples=options.budget_samples,
+                             decode_client=options.decode_client)
     writer = ShardWriter(options.out_dir, tag=tag, seconds_meta=metadata_for("seconds", models, options.threshold),
                          videos_meta=metadata_for("videos", models, options.threshold),
                          max_videos=options.shard_videos, max_seconds=options.shard_seconds)

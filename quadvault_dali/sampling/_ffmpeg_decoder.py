@@ -1,0 +1,294 @@
+"""FFmpeg's NVDEC decoders through PyAV as the gpu backend's decode client: packets in, frames out, no DALI.
+
+Why (``benchmarks/nvdec_ceiling.py`` on an H100, 2026-11-26): fed 1080p H.264 keyframes back to back, 8
+threads each with one ``h264_cuvid`` decoder decoded 3,474 frames/s at full size and 3,851 through NVDEC's own
+scaler, NVDEC 78-87 % busy, on 2-3 host cores. DALI's decoder, in every layout tried, stopped near 2,100 with
+NVDEC 40-55 % busy: it decodes a sample's frames one after another and sets a decoder up per sample. A cuvid
+decoder opened per video managed only 17-29 frames/s (each open makes a CUDA context), so here one decoder
+per stream *and stream set-up* (codec, configuration record, coded size) stays open and is fed the clips of
+every video that shares it, with no set-up between them.
+
+How a stream uses it (``DaliSampler._ffmpeg_decode_loop``): ``feed`` one clip at a time (its packets, straight
+from the cutter: no MP4 is muxed, ``_remux.packets_clip``), and get back the clips whose wanted frames have all
+come out. The decoder holds a few pictures back (NVDEC's display queue), so a clip may complete during a later
+``feed``; ``drain`` takes out everything (end of stream, then a reset that re-creates the NVDEC decoder but
+not the CUDA context), and the stream calls it whenever its queue runs dry, before it switches set-ups, and at
+the end. Every packet carries a token as its timestamp (rising in presentation order), so each picture that
+comes out is matched to the clip and the source time it belongs to, whatever the order or delay.
+
+Frames: NVDEC's scaler shrinks each picture to ``OVERSAMPLE`` times the output size (the download stays
+small), the NV12 picture goes to the GPU, and PyTorch converts it with the stream's tagged colour matrix and
+range and resizes it the rest of the way with antialiasing (as DALI's resize and swscale's area filter do).
+
+Without a GPU the same class runs FFmpeg's CPU decoders, with swscale standing in for NVDEC's scaler
+(``hardware=False``): the tests run this whole path on H.264 and HEVC files on the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import av
+from av.codec.context import Flags
+from av.video.reformatter import Interpolation
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import DecodeError
+from ..probe import VideoInfo
+from ._clip_decoder import DecodeStats
+from ._colour import MATRIX_WEIGHTS, ycbcr_to_rgb
+from ._remux import Clip, Signature
+
+log = logging.getLogger(__name__)
+
+#: FFmpeg's NVDEC decoder by codec (those the project cuts clips of and NVDEC decodes on an H100)
+CUVID_DECODERS = {"h264": "h264_cuvid", "hevc": "hevc_cuvid"}
+#: NVDEC's scaler shrinks to this many times the output size, PyTorch's antialiased resize the rest: a
+#: 9x shrink by NVDEC's scaler alone would alias, and 2x keeps a 1080p download at ~0.5 MB per picture.
+OVERSAMPLE = 2
+#: decoder set-ups one stream keeps open (each cuvid decoder holds a CUDA context of its own)
+KEPT_DECODERS = 4
+#: Experimental: FFmpeg's low-delay flag, which sets NVDEC's parser display delay to 0 (a picture comes out
+#: as soon as it is decoded, so fewer clips wait for the next feed or a drain). Not yet timed on a GPU.
+LOW_DELAY = False
+#: swscale flags of the CPU stand-in for NVDEC's scaler
+_SCALER = int(Interpolation.AREA) | int(Interpolation.ACCURATE_RND)
+
+
+def ffmpeg_limitation(codec: str) -> str | None:
+    """Why the FFmpeg decode client cannot take ``codec`` (``None``: it can)."""
+    if codec not in CUVID_DECODERS:
+        return f"the FFmpeg NVDEC client decodes {' and '.join(sorted(CUVID_DECODERS))} only, not {codec}"
+    return None
+
+
+def output_sizes(info: VideoInfo, size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((width, height) NVDEC scales to, (width, height) after the resize), both in the coded orientation
+    (rotation comes after): the short side ``size`` as the cpu backend's ``output_size`` rounds it."""
+    width, height = (info.height, info.width) if info.rotation in (90, 270) else (info.width, info.height)
+    scale = size / min(width, height)
+    final = (max(size, round(width * scale)), max(size, round(height * scale)))
+    scaled = tuple(min(side, ((OVERSAMPLE * f + 1) // 2) * 2) for side, f in zip((width, height), final))
+    return (max(2, scaled[0]), max(2, scaled[1])), final
+
+
+@dataclass
+class _Pending:
+    """A clip fed to a decoder whose wanted frames are not all out yet."""
+
+    key: Any  # the caller's handle for it
+    clip: Clip
+    info: VideoInfo
+    wanted: set[float]
+    frames: dict[float, np.ndarray] = field(default_factory=dict)
+    full_range: bool = False
+    fed: bool = False  # all its packets are in
+
+
+class _Decoder:
+    """One FFmpeg decoder set-up and the clips it holds."""
+
+    def __init__(self, key: tuple, signature: Signature, scaled: tuple[int, int], hardware: bool,
+                 device_id: int) -> None:
+        self.key = key
+        codec, extradata, coded_w, coded_h, _ = signature
+        name = CUVID_DECODERS[codec] if hardware else codec
+        self.ctx = av.CodecContext.create(name, "r")
+        self.ctx.extradata = extradata or None
+        self.ctx.width, self.ctx.height = coded_w, coded_h
+        if hardware:
+            self.ctx.options = {"resize": f"{scaled[0]}x{scaled[1]}", "gpu": str(device_id)}
+            if LOW_DELAY:
+                self.ctx.flags |= int(Flags.low_delay)
+        self.scaled = scaled
+        self.hardware = hardware
+        self.owners: dict[int, tuple[_Pending, float]] = {}  # token -> (clip, source time of its picture)
+        self.pending: list[_Pending] = []
+
+
+class FfmpegDecoder:
+    """One decode stream's FFmpeg decoders (``KEPT_DECODERS`` set-ups at most): clips in, frames out."""
+
+    def __init__(self, device: torch.device, size: int, square: bool, hardware: bool,
+                 stats: DecodeStats | None = None) -> None:
+        self.device, self.size, self.square, self.hardware = device, size, square, hardware
+        self.stats = stats if stats is not None else DecodeStats()
+        self._decoders: OrderedDict[tuple, _Decoder] = OrderedDict()
+        self._current: tuple | None = None
+        self._token = 0
+
+    def close(self) -> None:
+        for dec in self._decoders.values():
+            try:
+                dec.ctx.close()
+            except Exception as exc:  # noqa: BLE001 - closing a decoder that failed
+                log.debug("closing an FFmpeg decoder: %s", exc)
+        self._decoders.clear()
+
+    @property
+    def holding(self) -> int:
+        """Clips fed whose frames are not all out yet."""
+        return sum(len(d.pending) for d in self._decoders.values())
+
+    def feed(self, key: Any, clip: Clip, info: VideoInfo) -> list[tuple[Any, torch.Tensor | Exception]]:
+        """Feeds ``clip`` (``key`` names it in the results); returns the clips completed meanwhile, this one
+        or earlier ones. A clip of another set-up than the last drains the last one's first."""
+        if clip.signature is None or not clip.runs:
+            return [(key, DecodeError("the clip kept no packets to feed the FFmpeg decoder"))]
+        scaled, _ = output_sizes(info, self.size)
+        dkey = (clip.signature, scaled)
+        done: list[tuple[Any, torch.Tensor | Exception]] = []
+        if self._current is not None and self._current != dkey and self._current in self._decoders:
+            done += self._drain(self._decoders[self._current])
+        self._current = dkey
+        try:
+            dec = self._decoder(dkey, clip.signature, scaled)
+        except Exception as exc:  # noqa: BLE001 - e.g. no NVDEC for this set-up: the clip's failure
+            return done + [(key, exc)]
+        item = _Pending(key, clip, info, set(clip.times))
+        dec.pending.append(item)
+        packets = [packet for run in clip.runs for packet in run.packets]
+        # tokens rise in presentation order, so they name the right pictures whether the decoder hands each
+        # picture its own packet's timestamp or hands the timestamps out in sorted order
+        order = sorted(range(len(packets)), key=lambda i: packets[i].pts_s)
+        tokens = [0] * len(packets)
+        for rank, i in enumerate(order):
+            tokens[i] = self._token + 1 + rank
+        self._token += len(packets)
+        try:
+            for packet, token in zip(packets, tokens):
+                dec.owners[token] = (item, packet.pts_s)
+                pkt = av.Packet(packet.data)
+                pkt.pts = token
+                pkt.is_keyframe = packet.is_key
+                self._take(dec, dec.ctx.decode(pkt))
+        except Exception as exc:  # noqa: BLE001 - FFmpeg refused a packet: this set-up is reset
+            log.debug("FFmpeg decoder failed on a clip at %.2fs: %s", clip.times[0], exc)
+            return done + self._reset(dec, item, exc)
+        item.fed = True
+        return done + self._completed(dec)
+
+    def drain(self) -> list[tuple[Any, torch.Tensor | Exception]]:
+        """Every clip still held, complete or failed: the decoders give up the pictures they hold back."""
+        done: list[tuple[Any, torch.Tensor | Exception]] = []
+        for dec in list(self._decoders.values()):
+            if dec.pending:
+                done += self._drain(dec)
+        return done
+
+    # --- inside ------------------------------------------------------------------------------------
+
+    def _decoder(self, dkey: tuple, signature: Signature, scaled: tuple[int, int]) -> _Decoder:
+        dec = self._decoders.get(dkey)
+        if dec is None:
+            dec = _Decoder(dkey, signature, scaled, self.hardware, self.device.index or 0)
+            self.stats.note_decoder_open()
+            self._decoders[dkey] = dec
+            while len(self._decoders) > KEPT_DECODERS:
+                _, old = self._decoders.popitem(last=False)
+                old.ctx.close()  # drained when it stopped being current
+        self._decoders.move_to_end(dkey)
+        return dec
+
+    def _take(self, dec: _Decoder, frames: list[Any]) -> None:
+        """Keeps the wanted pictures among ``frames`` as NV12 arrays of the scaled size."""
+        for frame in frames:
+            owner = dec.owners.pop(frame.pts, None) if frame.pts is not None else None
+            if owner is None:
+                continue
+            item, t = owner
+            if t not in item.wanted or t in item.frames:
+                continue
+            if frame.width != dec.scaled[0] or frame.height != dec.scaled[1] or frame.format.name != "nv12":
+                source_format = frame.format.name
+                frame = frame.reformat(width=dec.scaled[0], height=dec.scaled[1], format="nv12",
+                                       interpolation=_SCALER)
+                item.full_range = source_format.startswith("yuvj")  # swscale kept the JPEG range
+            else:
+                item.full_range = int(getattr(frame, "color_range", 0) or 0) == 2  # AVCOL_RANGE_JPEG
+            item.frames[t] = frame.to_ndarray()
+
+    def _completed(self, dec: _Decoder) -> list[tuple[Any, torch.Tensor | Exception]]:
+        done = [p for p in dec.pending if p.fed and len(p.frames) == len(p.wanted)]
+        if not done:
+            return []
+        dec.pending = [p for p in dec.pending if p not in done]
+        return [(p.key, self._finish(p)) for p in done]
+
+    def _drain(self, dec: _Decoder) -> list[tuple[Any, torch.Tensor | Exception]]:
+        self.stats.note_drain()
+        try:
+            self._take(dec, dec.ctx.decode(None))
+            dec.ctx.flush_buffers()
+        except Exception as exc:  # noqa: BLE001 - what did not come out fails below; the set-up is reopened
+            log.debug("draining an FFmpeg decoder failed: %s", exc)
+            self._discard(dec)
+        results = [(p.key, self._finish(p) if len(p.frames) == len(p.wanted) else self._missing(p))
+                   for p in dec.pending]
+        dec.pending, dec.owners = [], {}
+        return results
+
+    def _reset(self, dec: _Decoder, failed: _Pending, exc: Exception) -> list[tuple[Any, torch.Tensor | Exception]]:
+        """The decoder raised on ``failed``'s packets: the clips it held come out as they are, this one fails,
+        and the set-up is opened afresh for the next clip (FFmpeg's state after an error is not trusted)."""
+        dec.pending.remove(failed)
+        results = self._drain(dec) if dec.pending else []
+        self._discard(dec)
+        return results + [(failed.key, exc)]
+
+    def _discard(self, dec: _Decoder) -> None:
+        """Closes a decoder that failed; its set-up is opened afresh when next fed."""
+        if self._decoders.get(dec.key) is dec:
+            del self._decoders[dec.key]
+        if self._current == dec.key:
+            self._current = None
+        try:
+            dec.ctx.close()
+        except Exception as exc:  # noqa: BLE001
+            log.debug("closing a failed FFmpeg decoder: %s", exc)
+
+    @staticmethod
+    def _missing(item: _Pending) -> DecodeError:
+        return DecodeError(f"{len(item.wanted) - len(item.frames)} of {len(item.wanted)} wanted frames from "
+                           f"{item.clip.times[0]:.2f}s did not come out of the FFmpeg decoder")
+
+    def _finish(self, item: _Pending) -> torch.Tensor | Exception:
+        """The clip's frames in its times' order, converted and resized on ``device``."""
+        try:
+            nv12 = torch.from_numpy(np.stack([item.frames[t] for t in item.clip.times]))
+            _, final = output_sizes(item.info, self.size)
+            frames = nv12_to_rgb(nv12.to(self.device), item.info.color_matrix, item.full_range, final,
+                                 self.size if self.square else None)
+        except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory: this clip fails, the stream goes on
+            return exc
+        self.stats.add(1, len(item.clip.times))
+        return frames
+
+
+def nv12_to_rgb(nv12: torch.Tensor, matrix: str, full_range: bool, final: tuple[int, int],
+                square: int | None) -> torch.Tensor:
+    """``(F, H * 3 / 2, W)`` NV12 pictures -> ``(F, 3, h, w)`` uint8 RGB with the stream's ``matrix`` and range,
+    resized (antialiased) to ``final`` (width, height) and centre-cropped to ``square`` if given."""
+    count, rows, width = nv12.shape
+    height = rows * 2 // 3
+    y = nv12[:, :height].float().unsqueeze(1)
+    chroma = nv12[:, height:].reshape(count, height // 2, width // 2, 2).permute(0, 3, 1, 2).float()
+    chroma = F.interpolate(chroma, size=(height, width), mode="bilinear", align_corners=False)
+    if full_range:
+        y, chroma = y, chroma - 128.0
+    else:
+        y, chroma = (y - 16.0) * (255.0 / 219.0), (chroma - 128.0) * (255.0 / 224.0)
+    weights = MATRIX_WEIGHTS.get(matrix, MATRIX_WEIGHTS["unknown"])
+    to_rgb = torch.as_tensor(ycbcr_to_rgb(*weights), dtype=torch.float32, device=nv12.device)
+    rgb = torch.einsum("ij,fjhw->fihw", to_rgb, torch.cat([y, chroma], dim=1))
+    if (width, height) != final:
+        rgb = F.interpolate(rgb, size=(final[1], final[0]), mode="bilinear", antialias=True, align_corners=False)
+    if square is not None:
+        top, left = (rgb.shape[2] - square) // 2, (rgb.shape[3] - square) // 2
+        rgb = rgb[:, :, top:top + square, left:left + square]
+    return rgb.round_().clamp_(0, 255).to(torch.uint8).contiguous()

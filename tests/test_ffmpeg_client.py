@@ -1,0 +1,185 @@
+"""The gpu backend's FFmpeg decode client (``_ffmpeg_decoder``): decoders kept open across videos, fed packets.
+
+(a) Without a GPU: the same client and sampler machinery on FFmpeg's CPU decoders (swscale standing in for
+    NVDEC's scaler), on H.264 and HEVC: every frame's stamp is checked against its timestamp, and against
+    the cpu backend's times and pixels.
+(b) ``@pytest.mark.gpu``: ``h264_cuvid``/``hevc_cuvid`` on NVDEC.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+
+from quadvault_dali.sampling import create_sampler
+from quadvault_dali.sampling._clip_decoder import DecodeStats
+from quadvault_dali.sampling._colour import MATRIX_WEIGHTS, ycbcr_to_rgb
+from quadvault_dali.sampling._ffmpeg_decoder import FfmpegDecoder, nv12_to_rgb, output_sizes
+from quadvault_dali.sampling._gpu import DaliSampler
+from quadvault_dali.probe import probe_video
+
+from test_gpu_sampling import SIZE, _check_stamps, _collect
+
+CLIPS = {
+    "h264_30_k1": dict(codec="h264", fps=30, keyframe_interval_s=1.0),
+    "h264_25_k2": dict(codec="h264", fps=25, keyframe_interval_s=2.0),  # veryfast x264: with B-frames
+    "hevc_30_k1": dict(codec="hevc", fps=30, keyframe_interval_s=1.0),
+    "h264_rot90": dict(codec="h264", fps=30, keyframe_interval_s=1.0, rotation=90),
+    "h264_vfr": dict(codec="h264", fps=30, vfr=True),
+}
+
+
+@pytest.fixture(scope="module")
+def ffmpeg_clips(make_clip: Callable[..., Path]) -> list[tuple[Path, int]]:
+    """H.264 (B-frames, rotation, VFR included) and HEVC, with their source ids."""
+    return [(make_clip(f"ffclient_{name}_s{sid}.mp4", width=160, height=96, duration_s=4.0, source_id=sid, **spec), sid)
+            for sid, (name, spec) in enumerate(CLIPS.items(), start=21)]
+
+
+@pytest.mark.parametrize("mode", ["keyframe", "exact"])
+def test_ffmpeg_client_gives_every_second_like_the_cpu_backend(ffmpeg_clips: list[tuple[Path, int]],
+                                                               broken_clips: dict[str, Path], mode: str) -> None:
+    """Two streams, each with decoders kept open across videos of several set-ups; broken files in between."""
+    videos = [p for p, _ in ffmpeg_clips]
+    videos.insert(1, broken_clips["text"])
+    videos.insert(4, broken_clips["truncated"])
+    sampler = DaliSampler(fps=1.0, mode=mode, size=SIZE, batch_size=5, streams=2, decode_client="ffmpeg")
+    batches = list(sampler.iter_batches(videos))
+    times, stamps, outcomes = _collect(batches)
+    assert [o.path for o in outcomes] == videos
+    assert [o.ok for o in outcomes] == [p not in broken_clips.values() for p in videos]
+    cpu = create_sampler("cpu", fps=1.0, mode=mode, size=SIZE)
+    for path, sid in ffmpeg_clips:
+        _check_stamps(times[path], stamps[path], sid)
+        _, cpu_times, cpu_outcome = cpu.sample_video(path)
+        assert times[path] == pytest.approx(cpu_times, abs=1e-6), path.name
+        outcome = next(o for o in outcomes if o.path == path)
+        assert outcome.decoder == "dali-cpu" and outcome.fallback_reason is None, (path.name, outcome.fallback_reason)
+        assert outcome.frames == outcome.frames_expected == len(times[path])
+    stats = sampler.decode_stats
+    assert stats.decoder_opens <= 2 * 3  # per stream at most one per set-up (H.264 160x96, 96x160, HEVC...)
+    assert stats.frames == sum(len(t) for p, t in times.items() if p not in broken_clips.values())
+
+
+def test_ffmpeg_client_pixels_match_the_cpu_backend(ffmpeg_clips: list[tuple[Path, int]]) -> None:
+    """Same frames, same colours and geometry (rotation included), up to resampling noise."""
+    for path, _ in ffmpeg_clips[:4]:
+        ours, our_times, _ = DaliSampler(mode="keyframe", size=SIZE, decode_client="ffmpeg").sample_video(path)
+        cpu, cpu_times, _ = create_sampler("cpu", mode="keyframe", size=SIZE).sample_video(path)
+        assert our_times == cpu_times and ours.shape == cpu.shape
+        diff = (ours.float() - cpu.float()).abs().mean().item()
+        assert diff < 6.0, f"{path.name}: mean absolute difference {diff:.1f}"
+
+
+def test_ffmpeg_client_keeps_display_orientation_without_square(ffmpeg_clips: list[tuple[Path, int]]) -> None:
+    path = dict((sid, p) for p, sid in ffmpeg_clips)[24]  # shown 160x96, stored turned by 90 degrees
+    frames, _, _ = DaliSampler(mode="keyframe", size=SIZE, square=False, decode_client="ffmpeg").sample_video(path)
+    cpu, _, _ = create_sampler("cpu", mode="keyframe", size=SIZE, square=False).sample_video(path)
+    assert frames.shape == cpu.shape and frames.shape[3] > frames.shape[2]
+    assert (frames.float() - cpu.float()).abs().mean().item() < 6.0
+
+
+def test_videos_the_client_cannot_take_go_to_the_cpu_decoder(make_clip: Callable[..., Path]) -> None:
+    vp9 = make_clip("ffclient_vp9_s31.mp4", codec="vp9", width=128, height=80, duration_s=3.0, source_id=31)
+    sampler = DaliSampler(mode="keyframe", size=SIZE, decode_client="ffmpeg")
+    frames, times, outcome = sampler.sample_video(vp9)
+    assert outcome.decoder == "pyav" and "h264 and hevc only" in (outcome.fallback_reason or "")
+    _check_stamps(times, [(s.time_s, s.source_id) for s in map(_stamp, frames)], 31)
+
+
+def _stamp(frame: torch.Tensor):  # type: ignore[no-untyped-def]
+    from quadvault_dali.synth import read_stamp
+
+    return read_stamp(frame.cpu().numpy())
+
+
+def test_a_clip_held_back_comes_out_on_a_later_feed_or_the_drain(ffmpeg_clips: list[tuple[Path, int]]) -> None:
+    """Fed one after another into one decoder (never reopened), clips complete in feed order, each with its own
+    seconds; what the decoder still holds comes out in ``drain``."""
+    from quadvault_dali.probe import open_container, probe_open
+    from quadvault_dali.sampling._plan import plan_samples
+    from quadvault_dali.sampling._reader import CountingFile
+    from quadvault_dali.sampling._remux import plan_clips
+
+    path = ffmpeg_clips[1][0]  # H.264 with B-frames: the software decoder holds pictures back
+    info = probe_video(path)
+    with CountingFile(path) as fh, open_container(path, fh) as container:
+        _, index = probe_open(container, path)
+        plan = plan_samples(info, index, fps=2.0, mode="exact")
+        clips = list(plan_clips(plan, container, fh, max_frames=2, mux=False))
+    assert len(clips) >= 3 and all(c.data == b"" and c.runs for c in clips)
+    stats = DecodeStats()
+    decoder = FfmpegDecoder(torch.device("cpu"), SIZE, True, hardware=False, stats=stats)
+    done = []
+    for i, clip in enumerate(clips):
+        done += decoder.feed(i, clip, info)
+    held = decoder.holding
+    done += decoder.drain()
+    assert decoder.holding == 0 and stats.drains == (1 if held else 0)
+    decoder.close()
+    assert [k for k, _ in done] == list(range(len(clips)))
+    for (i, frames), clip in zip(done, clips):
+        assert isinstance(frames, torch.Tensor) and frames.shape[0] == len(clip.times)
+        _check_stamps(clip.times, [(s.time_s, s.source_id) for s in map(_stamp, frames)], ffmpeg_clips[1][1])
+    assert stats.decoder_opens == 1  # one set-up: never reopened between clips
+
+
+def test_output_sizes_oversample_and_never_upscale(ffmpeg_clips: list[tuple[Path, int]]) -> None:
+    info = probe_video(ffmpeg_clips[0][0])
+    hd = dataclasses.replace(info, width=1920, height=1080, rotation=0)
+    assert output_sizes(hd, 224) == ((796, 448), (398, 224))
+    turned = dataclasses.replace(info, width=160, height=96, rotation=90)  # shown 160x96, coded 96x160
+    assert output_sizes(turned, 64) == ((96, 160), (64, 107))
+
+
+@pytest.mark.parametrize(("matrix", "full"), [("bt709", False), ("bt470bg", False), ("bt709", True)])
+def test_nv12_conversion_is_the_tagged_matrix(matrix: str, full: bool) -> None:
+    """A flat NV12 picture comes out as the matrix and range say (checked against the formula in numpy)."""
+    y, cb, cr = 120, 90, 170
+    nv12 = torch.empty((1, 12, 8), dtype=torch.uint8)
+    nv12[:, :8] = y
+    nv12[:, 8:].view(1, 4, 4, 2)[..., 0] = cb
+    nv12[:, 8:].view(1, 4, 4, 2)[..., 1] = cr
+    rgb = nv12_to_rgb(nv12, matrix, full, (8, 8), None)[0, :, 4, 4].numpy().astype(float)
+    scale_y, scale_c, off = (1.0, 1.0, 0.0) if full else (255 / 219, 255 / 224, 16.0)
+    want = ycbcr_to_rgb(*MATRIX_WEIGHTS[matrix]) @ np.array([(y - off) * scale_y, (cb - 128) * scale_c,
+                                                               (cr - 128) * scale_c])
+    assert np.abs(rgb - np.clip(np.round(want), 0, 255)).max() <= 1
+
+
+# --- (b) on NVDEC ----------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["keyframe", "exact"])
+def test_gpu_ffmpeg_client_every_frame_is_the_right_second(make_clip: Callable[..., Path], mode: str) -> None:
+    """h264_cuvid / hevc_cuvid through PyAV: the right second in every frame, the cpu backend's times, on CUDA."""
+    specs = {**CLIPS, "hevc_25_k2": dict(codec="hevc", fps=25, keyframe_interval_s=2.0)}
+    paths = [make_clip(f"nvffclient_{name}_s{sid}.mp4", width=256, height=160, duration_s=5.0, source_id=sid, **spec)
+             for sid, (name, spec) in enumerate(specs.items(), start=41)]
+    sampler = create_sampler("gpu", fps=1.0, mode=mode, size=SIZE, batch_size=16, streams=2, decode_client="ffmpeg")
+    batches = list(sampler.iter_batches(paths))
+    assert all(b.frames.device.type == "cuda" for b in batches if len(b))
+    times, stamps, outcomes = _collect(batches)
+    assert all(o.ok and o.decoder == "nvdec" and o.fallback_reason is None for o in outcomes), \
+        [(o.path.name, str(o.error), o.decoder, o.fallback_reason) for o in outcomes]
+    cpu = create_sampler("cpu", fps=1.0, mode=mode, size=SIZE)
+    for sid, path in enumerate(paths, start=41):
+        _check_stamps(times[path], stamps[path], sid)
+        assert times[path] == pytest.approx(cpu.sample_video(path)[1], abs=1e-6), path.name
+
+
+@pytest.mark.gpu
+def test_gpu_ffmpeg_client_pixels_match_the_cpu_backend(make_clip: Callable[..., Path]) -> None:
+    path = make_clip("nvffclient_h264_pixels_s51.mp4", codec="h264", width=640, height=360, duration_s=4.0,
+                     source_id=51, keyframe_interval_s=1.0)
+    ours, times, _ = create_sampler("gpu", mode="keyframe", size=SIZE, decode_client="ffmpeg").sample_video(path)
+    cpu, cpu_times, _ = create_sampler("cpu", mode="keyframe", size=SIZE).sample_video(path)
+    assert times == cpu_times and ours.shape == cpu.shape
+    diff = (ours.cpu().float() - cpu.float()).abs().mean().item()
+    assert diff < 8.0, f"mean absolute difference {diff:.1f}"
