@@ -215,6 +215,8 @@ class Layout(NamedTuple):
     feed_without_copy: bool = False  # DALI reads the fed clips in place (``_clip_decoder.FEED_WITHOUT_COPY``)
     budget_samples: int | None = None  # samples the card's memory is shared by when sizing samples (None: default)
     spread_min_frames: int | None = None  # a run's clips spread over its samples, each at least this many frames
+    decode_client: str = "dali"  # what decodes: DALI, or FFmpeg's NVDEC decoders (``SamplerConfig.decode_client``)
+    low_delay: bool = False  # the FFmpeg client with NVDEC's display delay 0 (``_ffmpeg_decoder.LOW_DELAY``)
 
 
 def parse_layout(text: str) -> Layout:
@@ -230,18 +232,22 @@ def parse_layout(text: str) -> Layout:
     a trailing ``n`` lets DALI read the fed clips in place (``_clip_decoder.FEED_WITHOUT_COPY``); a trailing ``b``
     sizes samples from the card's memory as 4 streams would (``SamplerConfig.budget_samples``), not shrinking them
     as streams are added; a trailing ``e`` spreads each run's clips evenly over its samples, at least
-    ``SPREAD_MIN_FRAMES`` frames each (``SamplerConfig.spread_min_frames``), instead of filling the first."""
-    match = re.fullmatch(r"(?:(\d+)p)?(\d+)x(\d+)x(\d+)(c?)(s?)([ig]?)(m?)(w?)(n?)(b?)(e?)", text.strip())
-    if not match:
-        raise ValueError(f"a layout is [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c][s][i|g][m][w][n][b][e], like "
-                         f"4p2x4x4; got {text!r}")
+    ``SPREAD_MIN_FRAMES`` frames each (``SamplerConfig.spread_min_frames``), instead of filling the first; a
+    trailing ``f`` decodes with FFmpeg's NVDEC decoders instead of DALI (``SamplerConfig.decode_client``: one per
+    stream and set-up, fed every video's packets; samples per run and threads then mean nothing), and ``fd`` that
+    with NVDEC's display delay 0 (``_ffmpeg_decoder.LOW_DELAY``)."""
+    match = re.fullmatch(r"(?:(\d+)p)?(\d+)x(\d+)x(\d+)(c?)(s?)([ig]?)(m?)(w?)(n?)(b?)(e?)(f?d?)", text.strip())
+    if not match or match.group(13) == "d":
+        raise ValueError(f"a layout is [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c][s][i|g][m][w][n][b][e][f[d]], "
+                         f"like 4p2x4x4; got {text!r}")
     processes, streams, per_run, threads = (int(g) if g else 1 for g in match.groups()[:4])
     if processes > 1 and (match.group(8) or match.group(9) or match.group(10)):
         raise ValueError(f"{text!r}: 'm', 'w' and 'n' are for one decoding process")
     return Layout(processes, streams, per_run, threads, not match.group(5), bool(match.group(6)),
                   {"i": SHORT_SWITCH_MS, "g": PYTHON_SWITCH_MS}.get(match.group(7)), bool(match.group(8)),
                   max(4, streams) if match.group(9) else 0, bool(match.group(10)),
-                  4 * per_run if match.group(11) else None, SPREAD_MIN_FRAMES if match.group(12) else None)
+                  4 * per_run if match.group(11) else None, SPREAD_MIN_FRAMES if match.group(12) else None,
+                  "ffmpeg" if match.group(13) else "dali", match.group(13) == "fd")
 
 
 @contextlib.contextmanager
@@ -269,6 +275,19 @@ def feeding_without_copy(on: bool) -> Iterator[None]:
         yield
     finally:
         _clip_decoder.FEED_WITHOUT_COPY = before
+
+
+@contextlib.contextmanager
+def low_delay(on: bool) -> Iterator[None]:
+    """The FFmpeg client's NVDEC decoders opened with display delay 0 inside (``on``)."""
+    from quadvault_dali.sampling import _ffmpeg_decoder
+
+    before = _ffmpeg_decoder.LOW_DELAY
+    _ffmpeg_decoder.LOW_DELAY = on or before
+    try:
+        yield
+    finally:
+        _ffmpeg_decoder.LOW_DELAY = before
 
 
 @contextlib.contextmanager
@@ -423,18 +442,19 @@ def main(argv: list[str] | None = None) -> int:
             for layout in filter(None, args.layouts.split(",")):
                 shape = parse_layout(layout)
                 with switch_interval(shape.switch_ms), pyav_muxing(shape.pyav_mux), \
-                        feeding_without_copy(shape.feed_without_copy):
+                        feeding_without_copy(shape.feed_without_copy), low_delay(shape.low_delay):
                     measured = try_sampler("gpu", videos, layout=(shape.per_run, shape.threads, shape.uncrop),
                                            processes=shape.processes, mode="keyframe", size=args.size,
                                            streams=shape.streams, stream_decode=shape.streamed,
                                            prepare_processes=shape.prepare_processes,
                                            spread_min_frames=shape.spread_min_frames,
-                                           budget_samples=shape.budget_samples)
+                                           budget_samples=shape.budget_samples, decode_client=shape.decode_client)
                 rows.append({"backend": "gpu", "mode": "keyframe", "streams": shape.streams * shape.processes,
                              "layout": layout, "processes": shape.processes, "videos": n_videos,
                              "uncrop_sps": shape.uncrop, "stream_decode": shape.streamed, "pyav_mux": shape.pyav_mux,
                              "prepare_processes": shape.prepare_processes, "feed_without_copy": shape.feed_without_copy,
                              "budget_samples": shape.budget_samples, "spread_min_frames": shape.spread_min_frames,
+                             "decode_client": shape.decode_client, "low_delay": shape.low_delay,
                              "switch_interval_ms": shape.switch_ms or 1000 * sys.getswitchinterval(), **measured})
                 described(rows[-1])
             exact_videos = videos[:n_videos if args.gpu_exact_videos is None else args.gpu_exact_videos]

@@ -141,7 +141,8 @@ SPREAD_MIN_FRAMES = 16
 BUDGET_SAMPLES = 16
 
 
-def parse_scan_layout(text: str) -> tuple[int, int, str, bool, float | None, bool, int, bool, int | None, int | None]:
+def parse_scan_layout(text: str) -> tuple[int, int, str, bool, float | None, bool, int, bool, int | None, int | None,
+                                          str]:
     """``PROCESSESxSTREAMS[k][s][i][m][w][f]`` -> (processes, streams, sampling mode, streaming decoder, switch
     interval in ms, PyAV muxing, prepare worker processes, full exact runs): ``k`` scans in keyframe mode (else
     auto), ``s`` with the experimental streaming decoder (``SamplerConfig.stream_decode``), ``i`` with a
@@ -153,21 +154,24 @@ def parse_scan_layout(text: str) -> tuple[int, int, str, bool, float | None, boo
     (``_remux.SKIP_UNREFERENCED``). ``m`` and ``f`` set module flags, so one decoding process only; ``w``
     too. Then (spread_min_frames, budget_samples): ``e`` spreads a DALI run's clips over its samples
     (``SamplerConfig.spread_min_frames``), ``b`` sizes samples as the default 4 streams do
-    (``SamplerConfig.budget_samples``)."""
-    match = re.fullmatch(r"(\d+)x(\d+)(k?)(s?)([ig]?)(m?)(w?)(f?)(e?)(b?)", text.strip())
+    (``SamplerConfig.budget_samples``). Last the decode client: ``v`` decodes with FFmpeg's NVDEC decoders
+    through PyAV instead of DALI (``SamplerConfig.decode_client``)."""
+    match = re.fullmatch(r"(\d+)x(\d+)(k?)(s?)([ig]?)(m?)(w?)(f?)(e?)(b?)(v?)", text.strip())
     if not match or ((match.group(6) or match.group(7) or match.group(8)) and int(match.group(1)) > 1):
-        raise ValueError(f"a scan layout is PROCESSESxSTREAMS[k][s][i|g][m][w][f][e][b] ('m', 'w', 'f' with one "
+        raise ValueError(f"a scan layout is PROCESSESxSTREAMS[k][s][i|g][m][w][f][e][b][v] ('m', 'w', 'f' with one "
                          f"process), like 4x2 or 2x4k; got {text!r}")
     streams = int(match.group(2))
     return (int(match.group(1)), streams, "keyframe" if match.group(3) else "auto", bool(match.group(4)),
             {"i": SHORT_SWITCH_MS, "g": PYTHON_SWITCH_MS}.get(match.group(5)), bool(match.group(6)),
             max(4, streams) if match.group(7) else 0, bool(match.group(8)),
-            SPREAD_MIN_FRAMES if match.group(9) else None, BUDGET_SAMPLES if match.group(10) else None)
+            SPREAD_MIN_FRAMES if match.group(9) else None, BUDGET_SAMPLES if match.group(10) else None,
+            "ffmpeg" if match.group(11) else "dali")
 
 
 def run_scan(files: list[Path], out: Path, device: str, model_dir: Path, streams: int, batch: int,
              mode: str = "auto", processes: int = 1, stream_decode: bool = False, prepare_processes: int = 0,
-             spread_min_frames: int | None = None, budget_samples: int | None = None) -> dict:
+             spread_min_frames: int | None = None, budget_samples: int | None = None,
+             decode_client: str = "dali") -> dict:
     from quadvault_dali.scan.runner import ScanOptions, scan_library
 
     import torch
@@ -184,12 +188,12 @@ def run_scan(files: list[Path], out: Path, device: str, model_dir: Path, streams
                                                   resume=False, mode=mode, processes=processes,
                                                   stream_decode=stream_decode, prepare_processes=prepare_processes,
                                                   spread_min_frames=spread_min_frames,
-                                                  budget_samples=budget_samples),
+                                                  budget_samples=budget_samples, decode_client=decode_client),
                                scorers=[model])
         wall = time.perf_counter() - started
     run = summary.run
     return {"device": resolve_device(device), "sampling": mode, "processes": processes, "streams": streams,
-            "stream_decode": stream_decode, "prepare_processes": prepare_processes,
+            "stream_decode": stream_decode, "prepare_processes": prepare_processes, "decode_client": decode_client,
             "videos": run.videos, "errors": run.errors, "wall_s": round(wall, 3),
             "videos_per_s": round(run.videos / wall, 3), "video_seconds_per_s": round(run.video_seconds / wall, 2),
             "sampled_frames": run.frames, "sampled_frames_per_s": round(run.frames / wall, 2),
@@ -341,8 +345,8 @@ def main() -> None:
     save()
     if backend == "gpu" and not args.quick:
         result["scan_layouts"] = []
-        for layout, processes, streams, mode, streamed, switch_ms, pyav_mux, workers, full_runs, spread, budget \
-                in layouts:
+        for layout, processes, streams, mode, streamed, switch_ms, pyav_mux, workers, full_runs, spread, budget, \
+                client in layouts:
             before = sys.getswitchinterval()
             if switch_ms is not None:
                 sys.setswitchinterval(switch_ms / 1000)
@@ -355,7 +359,8 @@ def main() -> None:
                                                **attempt(f"scan {layout}", lambda: library_scan(
                                                    "scan_layout_out", streams, processes=processes, mode=mode,
                                                    stream_decode=streamed, prepare_processes=workers,
-                                                   spread_min_frames=spread, budget_samples=budget))})
+                                                   spread_min_frames=spread, budget_samples=budget,
+                                                   decode_client=client))})
             finally:
                 sys.setswitchinterval(before)
                 _remux.JOIN_IN_ORDER = _remux.SKIP_UNREFERENCED = True

@@ -17,10 +17,10 @@ def sampling_bench():
 
 
 def test_layouts_name_processes_streams_and_dali_run_shape(sampling_bench) -> None:
-    assert sampling_bench.parse_layout("4p2x4x4") == (4, 2, 4, 4, True, False, None, False, 0, False, None, None)
-    assert sampling_bench.parse_layout("2x8x8") == (1, 2, 8, 8, True, False, None, False, 0, False, None, None)
-    assert sampling_bench.parse_layout("4x4x4c") == (1, 4, 4, 4, False, False, None, False, 0, False, None, None)
-    assert sampling_bench.parse_layout("2p4x4x4s") == (2, 4, 4, 4, True, True, None, False, 0, False, None, None)
+    assert sampling_bench.parse_layout("4p2x4x4") == (4, 2, 4, 4, True, False, None, False, 0, False, None, None, "dali", False)
+    assert sampling_bench.parse_layout("2x8x8") == (1, 2, 8, 8, True, False, None, False, 0, False, None, None, "dali", False)
+    assert sampling_bench.parse_layout("4x4x4c") == (1, 4, 4, 4, False, False, None, False, 0, False, None, None, "dali", False)
+    assert sampling_bench.parse_layout("2p4x4x4s") == (2, 4, 4, 4, True, True, None, False, 0, False, None, None, "dali", False)
     assert sampling_bench.parse_layout("4x4x4im").pyav_mux  # the muxer A/B (``sampling._mp4_join``)
     assert sampling_bench.parse_layout("4x4x4g").switch_ms == 5.0  # Python's default (the product's), explicitly
     with pytest.raises(ValueError, match="one decoding process"):
@@ -32,6 +32,15 @@ def test_layouts_name_processes_streams_and_dali_run_shape(sampling_bench) -> No
     assert sampling_bench.parse_layout("8x4x4wbe").spread_min_frames == sampling_bench.SPREAD_MIN_FRAMES
     with pytest.raises(ValueError, match="one decoding process"):
         sampling_bench.parse_layout("2p2x4x4n")
+    ffmpeg = sampling_bench.parse_layout("8x4x4wf")  # FFmpeg's NVDEC decoders instead of DALI's
+    assert ffmpeg.decode_client == "ffmpeg" and not ffmpeg.low_delay and ffmpeg.prepare_processes == 8
+    assert sampling_bench.parse_layout("8x4x4fd").low_delay
+    with pytest.raises(ValueError, match="4p2x4x4"):
+        sampling_bench.parse_layout("8x4x4d")  # display delay 0 is the FFmpeg client's
+    from quadvault_dali.sampling import _ffmpeg_decoder
+    with sampling_bench.low_delay(True):
+        assert _ffmpeg_decoder.LOW_DELAY
+    assert not _ffmpeg_decoder.LOW_DELAY
     from quadvault_dali.sampling import _clip_decoder
     with sampling_bench.feeding_without_copy(True):
         assert _clip_decoder.FEED_WITHOUT_COPY
@@ -76,21 +85,36 @@ def test_a_dali_row_says_how_its_streams_took_work(sampling_bench, make_clip: Ca
     assert stats["queued_at_takes"] >= stats["takes"] and stats["decode_wait_s"] >= 0.0
 
 
+def test_an_ffmpeg_client_row_counts_its_decoders(sampling_bench, make_clip: Callable[..., Path]) -> None:
+    """A row of the FFmpeg decode client (its CPU stand-in here): one decoder per stream and set-up, reused for
+    every video, and how often the streams drained them."""
+    from quadvault_dali.sampling._gpu import DaliSampler
+
+    clip = make_clip("bench_ffmpeg.mp4", width=128, height=80, fps=30, duration_s=3.0, source_id=6)
+    with DaliSampler(mode="keyframe", size=32, streams=2, decode_client="ffmpeg") as sampler:
+        row = sampling_bench._measure(sampler, "cpu", [clip] * 6, warm_up=1)
+    stats = sampler.decode_stats.as_dict()
+    assert row["frames"] == 18 and not row["errors"]
+    assert 1 <= stats["decoder_opens"] <= 2  # one per stream that took work, over warm-up and row alike
+    assert stats["frames_returned"] == 18 + 3
+
+
 def test_scan_layouts_name_processes_streams_and_mode() -> None:
     scan_bench = import_benchmark("scan_bench")
-    assert scan_bench.parse_scan_layout("4x2") == (4, 2, "auto", False, None, False, 0, False, None, None)
-    assert scan_bench.parse_scan_layout("2x4k") == (2, 4, "keyframe", False, None, False, 0, False, None, None)
-    assert scan_bench.parse_scan_layout("1x4ks") == (1, 4, "keyframe", True, None, False, 0, False, None, None)
+    assert scan_bench.parse_scan_layout("4x2") == (4, 2, "auto", False, None, False, 0, False, None, None, "dali")
+    assert scan_bench.parse_scan_layout("2x4k") == (2, 4, "keyframe", False, None, False, 0, False, None, None, "dali")
+    assert scan_bench.parse_scan_layout("1x4ks") == (1, 4, "keyframe", True, None, False, 0, False, None, None, "dali")
     assert scan_bench.parse_scan_layout("1x4ki") == (1, 4, "keyframe", False, scan_bench.SHORT_SWITCH_MS, False, 0,
-                                                     False, None, None)
-    assert scan_bench.parse_scan_layout("1x4f") == (1, 4, "auto", False, None, False, 0, True, None, None)
+                                                     False, None, None, "dali")
+    assert scan_bench.parse_scan_layout("1x4f") == (1, 4, "auto", False, None, False, 0, True, None, None, "dali")
     with pytest.raises(ValueError, match="2x4f"):
         scan_bench.parse_scan_layout("2x4f")
     assert scan_bench.parse_scan_layout("1x4kim")[5] and scan_bench.parse_scan_layout("1x8kw")[6] == 8
     assert scan_bench.parse_scan_layout("1x4kg")[4] == 5.0
-    assert scan_bench.parse_scan_layout("1x8we")[8:] == (scan_bench.SPREAD_MIN_FRAMES, None)
+    assert scan_bench.parse_scan_layout("1x8we")[8:] == (scan_bench.SPREAD_MIN_FRAMES, None, "dali")
     assert scan_bench.parse_scan_layout("1x8kwfeb")[7:] == (True, scan_bench.SPREAD_MIN_FRAMES,
-                                                           scan_bench.BUDGET_SAMPLES)
+                                                           scan_bench.BUDGET_SAMPLES, "dali")
+    assert scan_bench.parse_scan_layout("1x8kwv")[10] == "ffmpeg"  # FFmpeg's NVDEC decoders, not DALI's
     with pytest.raises(ValueError, match="2x4km"):
         scan_bench.parse_scan_layout("2x4km")
     with pytest.raises(ValueError, match="2x4k"):
