@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from quadvault_dali.sampling import create_sampler
+from quadvault_dali.sampling import _ffmpeg_decoder, create_sampler
 from quadvault_dali.sampling._clip_decoder import DecodeStats
 from quadvault_dali.sampling._colour import MATRIX_WEIGHTS, ycbcr_to_rgb
-from quadvault_dali.sampling._ffmpeg_decoder import FfmpegDecoder, nv12_to_rgb, output_sizes
+from quadvault_dali.sampling._ffmpeg_decoder import FfmpegDecoder, _as_levels, nv12_to_rgb, output_sizes
 from quadvault_dali.sampling._gpu import DaliSampler
 from quadvault_dali.probe import probe_video
 
@@ -82,6 +82,38 @@ def test_ffmpeg_client_keeps_display_orientation_without_square(ffmpeg_clips: li
     cpu, _, _ = create_sampler("cpu", mode="keyframe", size=SIZE, square=False).sample_video(path)
     assert frames.shape == cpu.shape and frames.shape[3] > frames.shape[2]
     assert (frames.float() - cpu.float()).abs().mean().item() < 6.0
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_turned_pictures_are_cropped_like_the_cpu_backend(make_clip: Callable[..., Path], rotation: int) -> None:
+    """Turned, then cropped square, as the cpu backend does: with an odd margin (84 - 63 = 21 columns) cropping
+    before turning would put the picture one pixel off."""
+    path = make_clip(f"ffclient_odd_rot{rotation}_s{60 + rotation // 90}.mp4", width=320, height=240, duration_s=3.0,
+                     rotation=rotation, source_id=60 + rotation // 90, style="highlight")
+    ours, times, _ = DaliSampler(mode="keyframe", size=63, decode_client="ffmpeg").sample_video(path)
+    cpu, cpu_times, _ = create_sampler("cpu", mode="keyframe", size=63).sample_video(path)
+    assert times == cpu_times and ours.shape == cpu.shape == (len(times), 3, 63, 63)
+    assert (ours.float() - cpu.float()).abs().mean().item() < 3.0
+
+
+def test_a_stream_with_more_set_ups_than_it_keeps_decodes_them_all(make_clip: Callable[..., Path],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """One decoder kept: a change of set-up lets the last one go and opens the next; every video still decodes
+    on the client, each frame its own second (in PyAV 14+ a codec context has no ``close``: letting it go must
+    not fail the clip)."""
+    monkeypatch.setattr(_ffmpeg_decoder, "KEPT_DECODERS", 1)
+    sizes = [(128, 80), (160, 96), (128, 80), (192, 112)]
+    paths = [make_clip(f"ffclient_setup_{w}x{h}_s{70 + i}.mp4", width=w, height=h, duration_s=3.0, source_id=70 + i)
+             for i, (w, h) in enumerate(sizes)]
+    sampler = DaliSampler(mode="keyframe", size=SIZE, streams=1, decode_client="ffmpeg")
+    times, stamps, outcomes = _collect(list(sampler.iter_batches(paths)))
+    assert all(o.ok and o.decoder == "dali-cpu" and o.fallback_reason is None for o in outcomes), \
+        [(o.path.name, o.fallback_reason) for o in outcomes]
+    for i, path in enumerate(paths):
+        _check_stamps(times[path], stamps[path], 70 + i)
+    # 3 set-ups; the two 128x80 videos share one unless the other set-up was fed between them (the prepare
+    # threads queue the videos in either order)
+    assert 3 <= sampler.decode_stats.decoder_opens <= len(sizes)
 
 
 def test_videos_the_client_cannot_take_go_to_the_cpu_decoder(make_clip: Callable[..., Path]) -> None:
@@ -152,13 +184,26 @@ def test_nv12_conversion_is_the_tagged_matrix(matrix: str, full: bool) -> None:
     assert np.abs(rgb - np.clip(np.round(want), 0, 255)).max() <= 1
 
 
+def test_p010_planes_are_read_on_the_8_bit_scale() -> None:
+    """10-bit pictures (drones' D-Log HEVC) come as P010: 10 bits in the top of 16, read as 0-255 levels."""
+    levels = torch.tensor([0, 16 * 4, 120 * 4, 235 * 4, 1023], dtype=torch.int32)
+    p010 = (levels << 6).to(torch.int16)  # what a uint16 plane holds, bit for bit (the top values wrap)
+    got = _as_levels(p010.view(torch.uint16))
+    assert got.tolist() == pytest.approx([0.0, 16.0, 120.0, 235.0, 1023 / 4], abs=1e-6)
+    assert _as_levels(torch.tensor([7, 250], dtype=torch.uint8)).tolist() == [7.0, 250.0]
+
+
 # --- (b) on NVDEC ----------------------------------------------------------------------------------
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("nvdec_path", ["hwaccel", "cuvid"])
 @pytest.mark.parametrize("mode", ["keyframe", "exact"])
-def test_gpu_ffmpeg_client_every_frame_is_the_right_second(make_clip: Callable[..., Path], mode: str) -> None:
-    """h264_cuvid / hevc_cuvid through PyAV: the right second in every frame, the cpu backend's times, on CUDA."""
+def test_gpu_ffmpeg_client_every_frame_is_the_right_second(make_clip: Callable[..., Path], mode: str, nvdec_path: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """FFmpeg's decoders with NVDEC (its hwaccel, or h264_cuvid / hevc_cuvid) through PyAV: the right second in
+    every frame, the cpu backend's times, on CUDA."""
+    monkeypatch.setattr(_ffmpeg_decoder, "NVDEC_PATH", nvdec_path)
     specs = {**CLIPS, "hevc_25_k2": dict(codec="hevc", fps=25, keyframe_interval_s=2.0)}
     paths = [make_clip(f"nvffclient_{name}_s{sid}.mp4", width=256, height=160, duration_s=5.0, source_id=sid, **spec)
              for sid, (name, spec) in enumerate(specs.items(), start=41)]
@@ -175,7 +220,10 @@ def test_gpu_ffmpeg_client_every_frame_is_the_right_second(make_clip: Callable[.
 
 
 @pytest.mark.gpu
-def test_gpu_ffmpeg_client_pixels_match_the_cpu_backend(make_clip: Callable[..., Path]) -> None:
+@pytest.mark.parametrize("nvdec_path", ["hwaccel", "cuvid"])
+def test_gpu_ffmpeg_client_pixels_match_the_cpu_backend(make_clip: Callable[..., Path], nvdec_path: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_ffmpeg_decoder, "NVDEC_PATH", nvdec_path)
     path = make_clip("nvffclient_h264_pixels_s51.mp4", codec="h264", width=640, height=360, duration_s=4.0,
                      source_id=51, keyframe_interval_s=1.0)
     ours, times, _ = create_sampler("gpu", mode="keyframe", size=SIZE, decode_client="ffmpeg").sample_video(path)

@@ -2,7 +2,7 @@
 
 Why (``benchmarks/nvdec_ceiling.py`` on an H100, 2026-11-26): fed 1080p H.264 keyframes back to back, 8
 threads each with one ``h264_cuvid`` decoder decoded 3,474 frames/s at full size and 3,851 through NVDEC's own
-scaler, NVDEC 78-87 % busy, on 2-3 host cores. DALI's decoder, in every layout tried, stopped near 2,100 with
+scaler, NVDEC 78-87 % busy, on 2-3 host cores (decoding only: no conversion, no PyTorch). DALI's decoder, in every layout tried, stopped near 2,100 with
 NVDEC 40-55 % busy: it decodes a sample's frames one after another and sets a decoder up per sample. A cuvid
 decoder opened per video managed only 17-29 frames/s (each open makes a CUDA context), so here one decoder
 per stream *and stream set-up* (codec, configuration record, coded size) stays open and is fed the clips of
@@ -16,9 +16,11 @@ not the CUDA context), and the stream calls it whenever its queue runs dry, befo
 the end. Every packet carries a token as its timestamp (rising in presentation order), so each picture that
 comes out is matched to the clip and the source time it belongs to, whatever the order or delay.
 
-Frames: NVDEC's scaler shrinks each picture to ``OVERSAMPLE`` times the output size (the download stays
-small), the NV12 picture goes to the GPU, and PyTorch converts it with the stream's tagged colour matrix and
-range and resizes it the rest of the way with antialiasing (as DALI's resize and swscale's area filter do).
+Frames (``NVDEC_PATH``): with ``hwaccel`` (the default) FFmpeg's own decoders use NVDEC in PyTorch's CUDA
+context and leave each picture on the GPU, where its planes are read through DLPack; with ``cuvid`` NVDEC's
+scaler shrinks it to ``OVERSAMPLE`` times the output size and it is downloaded, then uploaded. Either way
+PyTorch resizes the Y and CbCr planes to the output size with antialiasing (as DALI's resize and swscale's area
+filter do) and converts them with the stream's tagged colour matrix and range.
 
 Without a GPU the same class runs FFmpeg's CPU decoders, with swscale standing in for NVDEC's scaler
 (``hardware=False``): the tests run this whole path on H.264 and HEVC files on the CPU.
@@ -34,7 +36,6 @@ from typing import Any
 import av
 from av.codec.context import Flags
 from av.video.reformatter import Interpolation
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -56,6 +57,14 @@ KEPT_DECODERS = 4
 #: Experimental: FFmpeg's low-delay flag, which sets NVDEC's parser display delay to 0 (a picture comes out
 #: as soon as it is decoded, so fewer clips wait for the next feed or a drain). Not yet timed on a GPU.
 LOW_DELAY = False
+#: How the client reaches NVDEC. ``cuvid``: FFmpeg's ``h264_cuvid``/``hevc_cuvid`` decoders, pictures shrunk by NVDEC's
+#: scaler and downloaded; each decoder makes a CUDA context of its own, and on an H100 (2026-11-26) the client
+#: sampled 911-1,227 1080p frames/s against DALI's 1,635 in the same call (py-spy: half the decode threads' time
+#: in the decode, the rest in the download and the upload). ``hwaccel``: FFmpeg's own H.264/HEVC decoders with
+#: their NVDEC hardware acceleration in PyTorch's (primary) CUDA context, pictures left on the GPU and read
+#: through DLPack (PyAV 19 ``HWAccel(is_hw_owned=True)``, seen working there): no download, no second context.
+#: Not yet timed on a GPU.
+NVDEC_PATH = "hwaccel"
 #: swscale flags of the CPU stand-in for NVDEC's scaler
 _SCALER = int(Interpolation.AREA) | int(Interpolation.ACCURATE_RND)
 
@@ -85,9 +94,14 @@ class _Pending:
     clip: Clip
     info: VideoInfo
     wanted: set[float]
-    frames: dict[float, np.ndarray] = field(default_factory=dict)
-    full_range: bool = False
+    #: wanted source time -> its picture, ``(3, h, w)`` uint8 RGB on the client's device, upright and cropped
+    frames: dict[float, torch.Tensor] = field(default_factory=dict)
     fed: bool = False  # all its packets are in
+    error: Exception | None = None  # converting one of its pictures failed (e.g. CUDA out of memory)
+
+    @property
+    def done(self) -> bool:
+        return self.fed and (self.error is not None or len(self.frames) == len(self.wanted))
 
 
 class _Decoder:
@@ -97,11 +111,18 @@ class _Decoder:
                  device_id: int) -> None:
         self.key = key
         codec, extradata, coded_w, coded_h, _ = signature
-        name = CUVID_DECODERS[codec] if hardware else codec
-        self.ctx = av.CodecContext.create(name, "r")
+        if hardware and NVDEC_PATH == "hwaccel":
+            from av.codec.hwaccel import HWAccel
+
+            accel = HWAccel(device_type="cuda", device=str(device_id), allow_software_fallback=False,
+                            options={"primary_ctx": "1"}, is_hw_owned=True)
+            self.ctx = av.CodecContext.create(codec, "r", hwaccel=accel)
+            self.ctx.thread_count = 1  # NVDEC decodes; frame threads would only add pictures held back
+        else:
+            self.ctx = av.CodecContext.create(CUVID_DECODERS[codec] if hardware else codec, "r")
         self.ctx.extradata = extradata or None
         self.ctx.width, self.ctx.height = coded_w, coded_h
-        if hardware:
+        if hardware and NVDEC_PATH == "cuvid":
             self.ctx.options = {"resize": f"{scaled[0]}x{scaled[1]}", "gpu": str(device_id)}
             if LOW_DELAY:
                 self.ctx.flags |= int(Flags.low_delay)
@@ -123,12 +144,9 @@ class FfmpegDecoder:
         self._token = 0
 
     def close(self) -> None:
-        for dec in self._decoders.values():
-            try:
-                dec.ctx.close()
-            except Exception as exc:  # noqa: BLE001 - closing a decoder that failed
-                log.debug("closing an FFmpeg decoder: %s", exc)
+        """Lets the decoders go (PyAV frees a codec context with its last reference; it has no ``close``)."""
         self._decoders.clear()
+        self._current = None
 
     @property
     def holding(self) -> int:
@@ -190,31 +208,46 @@ class FfmpegDecoder:
             self.stats.note_decoder_open()
             self._decoders[dkey] = dec
             while len(self._decoders) > KEPT_DECODERS:
-                _, old = self._decoders.popitem(last=False)
-                old.ctx.close()  # drained when it stopped being current
+                self._decoders.popitem(last=False)  # drained when it stopped being current
         self._decoders.move_to_end(dkey)
         return dec
 
     def _take(self, dec: _Decoder, frames: list[Any]) -> None:
-        """Keeps the wanted pictures among ``frames`` as NV12 arrays of the scaled size."""
+        """Converts the wanted pictures among ``frames`` at once (``_picture``): nothing full-size is held, and
+        FFmpeg's buffer goes back to its pool."""
         for frame in frames:
             owner = dec.owners.pop(frame.pts, None) if frame.pts is not None else None
             if owner is None:
                 continue
             item, t = owner
-            if t not in item.wanted or t in item.frames:
+            if t not in item.wanted or t in item.frames or item.error is not None:
                 continue
-            if frame.width != dec.scaled[0] or frame.height != dec.scaled[1] or frame.format.name != "nv12":
-                source_format = frame.format.name
-                frame = frame.reformat(width=dec.scaled[0], height=dec.scaled[1], format="nv12",
-                                       interpolation=_SCALER)
-                item.full_range = source_format.startswith("yuvj")  # swscale kept the JPEG range
-            else:
-                item.full_range = int(getattr(frame, "color_range", 0) or 0) == 2  # AVCOL_RANGE_JPEG
-            item.frames[t] = frame.to_ndarray()
+            full_range = int(getattr(frame, "color_range", 0) or 0) == 2  # AVCOL_RANGE_JPEG
+            try:
+                if frame.format.name == "cuda":  # NVDEC's picture, left on the GPU (``NVDEC_PATH`` hwaccel)
+                    # PyAV exports it only with stream=None; FFmpeg copied it out of NVDEC's surface on the
+                    # default stream, which is PyTorch's too, so what is queued below runs after that copy
+                    planes = [torch.from_dlpack(plane.__dlpack__(stream=None)) for plane in frame.planes[:2]]
+                else:
+                    if frame.width != dec.scaled[0] or frame.height != dec.scaled[1] or \
+                            frame.format.name not in ("nv12", "p010le"):
+                        full_range = full_range or frame.format.name.startswith("yuvj")  # swscale keeps the range
+                        frame = frame.reformat(width=dec.scaled[0], height=dec.scaled[1], format="nv12",
+                                               interpolation=_SCALER)
+                    planes = [torch.from_dlpack(plane.__dlpack__(stream=None)).to(self.device)
+                              for plane in frame.planes[:2]]
+                item.frames[t] = self._picture(planes[0], planes[1], item.info, full_range)
+            except Exception as exc:  # noqa: BLE001 - this clip fails; the decoder and the others go on
+                item.error = exc
+
+    def _picture(self, luma: torch.Tensor, chroma: torch.Tensor, info: VideoInfo, full_range: bool) -> torch.Tensor:
+        """One picture's planes -> ``(3, h, w)`` uint8 RGB as the cpu backend shows it."""
+        _, final = output_sizes(info, self.size)
+        return planes_to_rgb(_as_levels(luma)[None], _as_levels(chroma)[None], info.color_matrix, full_range, final,
+                             info.rotation, self.size if self.square else None)[0]
 
     def _completed(self, dec: _Decoder) -> list[tuple[Any, torch.Tensor | Exception]]:
-        done = [p for p in dec.pending if p.fed and len(p.frames) == len(p.wanted)]
+        done = [p for p in dec.pending if p.done]
         if not done:
             return []
         dec.pending = [p for p in dec.pending if p not in done]
@@ -228,8 +261,8 @@ class FfmpegDecoder:
         except Exception as exc:  # noqa: BLE001 - what did not come out fails below; the set-up is reopened
             log.debug("draining an FFmpeg decoder failed: %s", exc)
             self._discard(dec)
-        results = [(p.key, self._finish(p) if len(p.frames) == len(p.wanted) else self._missing(p))
-                   for p in dec.pending]
+        results = [(p.key, self._finish(p) if p.error is not None or len(p.frames) == len(p.wanted)
+                    else self._missing(p)) for p in dec.pending]
         dec.pending, dec.owners = [], {}
         return results
 
@@ -242,15 +275,11 @@ class FfmpegDecoder:
         return results + [(failed.key, exc)]
 
     def _discard(self, dec: _Decoder) -> None:
-        """Closes a decoder that failed; its set-up is opened afresh when next fed."""
+        """Lets a decoder that failed go; its set-up is opened afresh when next fed."""
         if self._decoders.get(dec.key) is dec:
             del self._decoders[dec.key]
         if self._current == dec.key:
             self._current = None
-        try:
-            dec.ctx.close()
-        except Exception as exc:  # noqa: BLE001
-            log.debug("closing a failed FFmpeg decoder: %s", exc)
 
     @staticmethod
     def _missing(item: _Pending) -> DecodeError:
@@ -258,36 +287,58 @@ class FfmpegDecoder:
                            f"{item.clip.times[0]:.2f}s did not come out of the FFmpeg decoder")
 
     def _finish(self, item: _Pending) -> torch.Tensor | Exception:
-        """The clip's frames in its times' order, converted and resized on ``device``."""
+        """The clip's pictures in its times' order, or what failed."""
+        if item.error is not None:
+            return item.error
         try:
-            nv12 = torch.from_numpy(np.stack([item.frames[t] for t in item.clip.times]))
-            _, final = output_sizes(item.info, self.size)
-            frames = nv12_to_rgb(nv12.to(self.device), item.info.color_matrix, item.full_range, final,
-                                 self.size if self.square else None)
+            frames = torch.stack([item.frames[t] for t in item.clip.times])
         except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory: this clip fails, the stream goes on
             return exc
+        finally:
+            item.frames.clear()
         self.stats.add(1, len(item.clip.times))
         return frames
 
 
+def _as_levels(plane: torch.Tensor) -> torch.Tensor:
+    """An 8-bit plane as float levels; a P010 one (10 bits in the top of 16) on the same 0-255 scale."""
+    if plane.dtype == torch.uint8:
+        return plane.float()
+    return (plane.view(torch.int16).to(torch.int32) & 0xFFFF).float() / 256.0
+
+
 def nv12_to_rgb(nv12: torch.Tensor, matrix: str, full_range: bool, final: tuple[int, int],
                 square: int | None) -> torch.Tensor:
-    """``(F, H * 3 / 2, W)`` NV12 pictures -> ``(F, 3, h, w)`` uint8 RGB with the stream's ``matrix`` and range,
-    resized (antialiased) to ``final`` (width, height) and centre-cropped to ``square`` if given."""
+    """``(F, H * 3 / 2, W)`` NV12 pictures in one array -> ``planes_to_rgb``."""
     count, rows, width = nv12.shape
     height = rows * 2 // 3
-    y = nv12[:, :height].float().unsqueeze(1)
-    chroma = nv12[:, height:].reshape(count, height // 2, width // 2, 2).permute(0, 3, 1, 2).float()
-    chroma = F.interpolate(chroma, size=(height, width), mode="bilinear", align_corners=False)
+    chroma = nv12[:, height:].reshape(count, height // 2, width // 2, 2)
+    return planes_to_rgb(nv12[:, :height].float(), chroma.float(), matrix, full_range, final, 0, square)
+
+
+def planes_to_rgb(luma: torch.Tensor, chroma: torch.Tensor, matrix: str, full_range: bool, final: tuple[int, int],
+                  rotation: int, square: int | None) -> torch.Tensor:
+    """``(F, H, W)`` luma and ``(F, H / 2, W / 2, 2)`` interleaved CbCr levels (float, 0-255) -> ``(F, 3, h, w)``
+    uint8 RGB with the stream's ``matrix`` and range, ``final`` (width, height) large, turned by ``rotation``
+    (clockwise degrees) and then centre-cropped to ``square`` if given, in the cpu backend's order (``to_display``),
+    so odd margins round alike. Both planes are resized (antialiased) to the output size first and converted there:
+    the conversion is affine, so the order does not change the result, and it then runs on the small pictures."""
+    size = (final[1], final[0])
+    y = luma.unsqueeze(1)
+    c = chroma.permute(0, 3, 1, 2)
+    if tuple(y.shape[2:]) != size:
+        y = F.interpolate(y, size=size, mode="bilinear", antialias=True, align_corners=False)
+    if tuple(c.shape[2:]) != size:
+        c = F.interpolate(c, size=size, mode="bilinear", antialias=True, align_corners=False)
     if full_range:
-        y, chroma = y, chroma - 128.0
+        c = c - 128.0
     else:
-        y, chroma = (y - 16.0) * (255.0 / 219.0), (chroma - 128.0) * (255.0 / 224.0)
+        y, c = (y - 16.0) * (255.0 / 219.0), (c - 128.0) * (255.0 / 224.0)
     weights = MATRIX_WEIGHTS.get(matrix, MATRIX_WEIGHTS["unknown"])
-    to_rgb = torch.as_tensor(ycbcr_to_rgb(*weights), dtype=torch.float32, device=nv12.device)
-    rgb = torch.einsum("ij,fjhw->fihw", to_rgb, torch.cat([y, chroma], dim=1))
-    if (width, height) != final:
-        rgb = F.interpolate(rgb, size=(final[1], final[0]), mode="bilinear", antialias=True, align_corners=False)
+    to_rgb = torch.as_tensor(ycbcr_to_rgb(*weights), dtype=torch.float32, device=luma.device)
+    rgb = torch.einsum("ij,fjhw->fihw", to_rgb, torch.cat([y, c], dim=1))
+    if rotation:
+        rgb = torch.rot90(rgb, k=-(rotation // 90), dims=(2, 3))
     if square is not None:
         top, left = (rgb.shape[2] - square) // 2, (rgb.shape[3] - square) // 2
         rgb = rgb[:, :, top:top + square, left:left + square]

@@ -396,7 +396,8 @@ class DaliSampler(Sampler):
             try:
                 self._ffmpeg_results(decoder.drain())
                 with self._idle_lock:
-                    self._idle_decoders.append(decoder)  # for the next run, drained
+                    if len(self._idle_decoders) < cfg.streams:  # for the next run, drained
+                        self._idle_decoders.append(decoder)
             except BaseException:
                 decoder.close()
                 raise
@@ -407,9 +408,9 @@ class DaliSampler(Sampler):
             if not isinstance(res, Exception):
                 self._hardware_worked = True
                 try:
-                    w.task.deliver(w.seq, _displayed(res, w.task.outcome.info, from_bt601=False), w.clip.times)
+                    w.task.deliver(w.seq, res, w.clip.times)  # upright, in the tagged matrix already
                     continue
-                except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory while rotating
+                except Exception as exc:  # noqa: BLE001 - nothing a clip does may end the loop
                     res = exc
             self._clip_failed(w, res)
 
@@ -712,14 +713,12 @@ class DaliSampler(Sampler):
         return torch.empty((0, 3, size, size), dtype=torch.uint8, device=self.device)
 
 
-def _displayed(frames: torch.Tensor, info: VideoInfo | None, *, from_bt601: bool = True) -> torch.Tensor:
+def _displayed(frames: torch.Tensor, info: VideoInfo | None) -> torch.Tensor:
     """``(F, 3, H, W)`` frames as the CPU decoder gives them: in the stream's tagged colour matrix (DALI
-    converts as BT.601, see ``_colour``; ``from_bt601=False``: converted with it already) and turned by the
-    display rotation (clockwise degrees)."""
+    converts as BT.601, see ``_colour``) and turned by the display rotation (clockwise degrees)."""
     if info is None:
         return frames
-    if from_bt601:
-        frames = convert_from_bt601(frames, info.color_matrix)
+    frames = convert_from_bt601(frames, info.color_matrix)
     rotation = info.rotation
     return torch.rot90(frames, k=-(rotation // 90), dims=(2, 3)).contiguous() if rotation else frames
 
