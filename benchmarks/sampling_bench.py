@@ -216,7 +216,8 @@ class Layout(NamedTuple):
     budget_samples: int | None = None  # samples the card's memory is shared by when sizing samples (None: default)
     spread_min_frames: int | None = None  # a run's clips spread over its samples, each at least this many frames
     decode_client: str = "dali"  # what decodes: DALI, or FFmpeg's NVDEC decoders (``SamplerConfig.decode_client``)
-    low_delay: bool = False  # the FFmpeg client with NVDEC's display delay 0 (``_ffmpeg_decoder.LOW_DELAY``)
+    nvdec_path: str = "hwaccel"  # how the FFmpeg client reaches NVDEC (``_ffmpeg_decoder.NVDEC_PATH``)
+    low_delay: bool = False  # its cuvid decoders with NVDEC's display delay 0 (``_ffmpeg_decoder.LOW_DELAY``)
 
 
 def parse_layout(text: str) -> Layout:
@@ -233,12 +234,13 @@ def parse_layout(text: str) -> Layout:
     sizes samples from the card's memory as 4 streams would (``SamplerConfig.budget_samples``), not shrinking them
     as streams are added; a trailing ``e`` spreads each run's clips evenly over its samples, at least
     ``SPREAD_MIN_FRAMES`` frames each (``SamplerConfig.spread_min_frames``), instead of filling the first; a
-    trailing ``f`` decodes with FFmpeg's NVDEC decoders instead of DALI (``SamplerConfig.decode_client``: one per
-    stream and set-up, fed every video's packets; samples per run and threads then mean nothing), and ``fd`` that
-    with NVDEC's display delay 0 (``_ffmpeg_decoder.LOW_DELAY``)."""
-    match = re.fullmatch(r"(?:(\d+)p)?(\d+)x(\d+)x(\d+)(c?)(s?)([ig]?)(m?)(w?)(n?)(b?)(e?)(f?d?)", text.strip())
-    if not match or match.group(13) == "d":
-        raise ValueError(f"a layout is [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c][s][i|g][m][w][n][b][e][f[d]], "
+    trailing ``f`` decodes with FFmpeg's decoders on NVDEC instead of DALI (``SamplerConfig.decode_client``: one per
+    stream and set-up, fed every video's packets; samples per run and threads then mean nothing) through its
+    hwaccel, ``fc`` through its cuvid decoders (``_ffmpeg_decoder.NVDEC_PATH``), and ``fcd`` those with NVDEC's
+    display delay 0 (``_ffmpeg_decoder.LOW_DELAY``)."""
+    match = re.fullmatch(r"(?:(\d+)p)?(\d+)x(\d+)x(\d+)(c?)(s?)([ig]?)(m?)(w?)(n?)(b?)(e?)(f?c?d?)", text.strip())
+    if not match or match.group(13) not in ("", "f", "fc", "fcd"):
+        raise ValueError(f"a layout is [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c][s][i|g][m][w][n][b][e][f[c[d]]], "
                          f"like 4p2x4x4; got {text!r}")
     processes, streams, per_run, threads = (int(g) if g else 1 for g in match.groups()[:4])
     if processes > 1 and (match.group(8) or match.group(9) or match.group(10)):
@@ -247,7 +249,8 @@ def parse_layout(text: str) -> Layout:
                   {"i": SHORT_SWITCH_MS, "g": PYTHON_SWITCH_MS}.get(match.group(7)), bool(match.group(8)),
                   max(4, streams) if match.group(9) else 0, bool(match.group(10)),
                   4 * per_run if match.group(11) else None, SPREAD_MIN_FRAMES if match.group(12) else None,
-                  "ffmpeg" if match.group(13) else "dali", match.group(13) == "fd")
+                  "ffmpeg" if match.group(13) else "dali", "cuvid" if "c" in match.group(13) else "hwaccel",
+                  match.group(13) == "fcd")
 
 
 @contextlib.contextmanager
@@ -278,16 +281,17 @@ def feeding_without_copy(on: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def low_delay(on: bool) -> Iterator[None]:
-    """The FFmpeg client's NVDEC decoders opened with display delay 0 inside (``on``)."""
+def ffmpeg_nvdec(path: str, low_delay: bool) -> Iterator[None]:
+    """The FFmpeg client reaching NVDEC through ``path`` inside, its cuvid decoders with display delay 0 if
+    ``low_delay``."""
     from quadvault_dali.sampling import _ffmpeg_decoder
 
-    before = _ffmpeg_decoder.LOW_DELAY
-    _ffmpeg_decoder.LOW_DELAY = on or before
+    before = _ffmpeg_decoder.NVDEC_PATH, _ffmpeg_decoder.LOW_DELAY
+    _ffmpeg_decoder.NVDEC_PATH, _ffmpeg_decoder.LOW_DELAY = path, low_delay or before[1]
     try:
         yield
     finally:
-        _ffmpeg_decoder.LOW_DELAY = before
+        _ffmpeg_decoder.NVDEC_PATH, _ffmpeg_decoder.LOW_DELAY = before
 
 
 @contextlib.contextmanager
@@ -442,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
             for layout in filter(None, args.layouts.split(",")):
                 shape = parse_layout(layout)
                 with switch_interval(shape.switch_ms), pyav_muxing(shape.pyav_mux), \
-                        feeding_without_copy(shape.feed_without_copy), low_delay(shape.low_delay):
+                        feeding_without_copy(shape.feed_without_copy), \
+                        ffmpeg_nvdec(shape.nvdec_path, shape.low_delay):
                     measured = try_sampler("gpu", videos, layout=(shape.per_run, shape.threads, shape.uncrop),
                                            processes=shape.processes, mode="keyframe", size=args.size,
                                            streams=shape.streams, stream_decode=shape.streamed,
@@ -454,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
                              "uncrop_sps": shape.uncrop, "stream_decode": shape.streamed, "pyav_mux": shape.pyav_mux,
                              "prepare_processes": shape.prepare_processes, "feed_without_copy": shape.feed_without_copy,
                              "budget_samples": shape.budget_samples, "spread_min_frames": shape.spread_min_frames,
-                             "decode_client": shape.decode_client, "low_delay": shape.low_delay,
+                             "decode_client": shape.decode_client, "nvdec_path": shape.nvdec_path,
+                             "low_delay": shape.low_delay,
                              "switch_interval_ms": shape.switch_ms or 1000 * sys.getswitchinterval(), **measured})
                 described(rows[-1])
             exact_videos = videos[:n_videos if args.gpu_exact_videos is None else args.gpu_exact_videos]

@@ -17,10 +17,10 @@ def sampling_bench():
 
 
 def test_layouts_name_processes_streams_and_dali_run_shape(sampling_bench) -> None:
-    assert sampling_bench.parse_layout("4p2x4x4") == (4, 2, 4, 4, True, False, None, False, 0, False, None, None, "dali", False)
-    assert sampling_bench.parse_layout("2x8x8") == (1, 2, 8, 8, True, False, None, False, 0, False, None, None, "dali", False)
-    assert sampling_bench.parse_layout("4x4x4c") == (1, 4, 4, 4, False, False, None, False, 0, False, None, None, "dali", False)
-    assert sampling_bench.parse_layout("2p4x4x4s") == (2, 4, 4, 4, True, True, None, False, 0, False, None, None, "dali", False)
+    assert sampling_bench.parse_layout("4p2x4x4") == (4, 2, 4, 4, True, False, None, False, 0, False, None, None, "dali", "hwaccel", False)
+    assert sampling_bench.parse_layout("2x8x8") == (1, 2, 8, 8, True, False, None, False, 0, False, None, None, "dali", "hwaccel", False)
+    assert sampling_bench.parse_layout("4x4x4c") == (1, 4, 4, 4, False, False, None, False, 0, False, None, None, "dali", "hwaccel", False)
+    assert sampling_bench.parse_layout("2p4x4x4s") == (2, 4, 4, 4, True, True, None, False, 0, False, None, None, "dali", "hwaccel", False)
     assert sampling_bench.parse_layout("4x4x4im").pyav_mux  # the muxer A/B (``sampling._mp4_join``)
     assert sampling_bench.parse_layout("4x4x4g").switch_ms == 5.0  # Python's default (the product's), explicitly
     with pytest.raises(ValueError, match="one decoding process"):
@@ -32,15 +32,17 @@ def test_layouts_name_processes_streams_and_dali_run_shape(sampling_bench) -> No
     assert sampling_bench.parse_layout("8x4x4wbe").spread_min_frames == sampling_bench.SPREAD_MIN_FRAMES
     with pytest.raises(ValueError, match="one decoding process"):
         sampling_bench.parse_layout("2p2x4x4n")
-    ffmpeg = sampling_bench.parse_layout("8x4x4wf")  # FFmpeg's NVDEC decoders instead of DALI's
-    assert ffmpeg.decode_client == "ffmpeg" and not ffmpeg.low_delay and ffmpeg.prepare_processes == 8
-    assert sampling_bench.parse_layout("8x4x4fd").low_delay
-    with pytest.raises(ValueError, match="4p2x4x4"):
-        sampling_bench.parse_layout("8x4x4d")  # display delay 0 is the FFmpeg client's
+    ffmpeg = sampling_bench.parse_layout("8x4x4wf")  # FFmpeg's decoders on NVDEC instead of DALI's
+    assert ffmpeg.decode_client == "ffmpeg" and ffmpeg.nvdec_path == "hwaccel" and ffmpeg.prepare_processes == 8
+    cuvid = sampling_bench.parse_layout("8x4x4fc")
+    assert cuvid.nvdec_path == "cuvid" and not cuvid.low_delay and sampling_bench.parse_layout("8x4x4fcd").low_delay
+    for wrong in ("8x4x4d", "8x4x4fd", "8x4x4ec"):  # delay 0 is the cuvid decoders'; 'c' alone means cropped SPS
+        with pytest.raises(ValueError, match="4p2x4x4"):
+            sampling_bench.parse_layout(wrong)
     from quadvault_dali.sampling import _ffmpeg_decoder
-    with sampling_bench.low_delay(True):
-        assert _ffmpeg_decoder.LOW_DELAY
-    assert not _ffmpeg_decoder.LOW_DELAY
+    with sampling_bench.ffmpeg_nvdec("cuvid", True):
+        assert _ffmpeg_decoder.NVDEC_PATH == "cuvid" and _ffmpeg_decoder.LOW_DELAY
+    assert _ffmpeg_decoder.NVDEC_PATH == "hwaccel" and not _ffmpeg_decoder.LOW_DELAY
     from quadvault_dali.sampling import _clip_decoder
     with sampling_bench.feeding_without_copy(True):
         assert _clip_decoder.FEED_WITHOUT_COPY
