@@ -21,6 +21,7 @@ from quadvault_dali.sampling._clip_decoder import DecodeStats
 from quadvault_dali.sampling._colour import MATRIX_WEIGHTS, ycbcr_to_rgb
 from quadvault_dali.sampling._ffmpeg_decoder import FfmpegDecoder, _as_levels, nv12_to_rgb, output_sizes
 from quadvault_dali.sampling._gpu import DaliSampler
+from quadvault_dali.errors import DecodeError
 from quadvault_dali.probe import probe_video
 
 from test_gpu_sampling import SIZE, _check_stamps, _collect
@@ -159,6 +160,43 @@ def test_a_clip_held_back_comes_out_on_a_later_feed_or_the_drain(ffmpeg_clips: l
         assert isinstance(frames, torch.Tensor) and frames.shape[0] == len(clip.times)
         _check_stamps(clip.times, [(s.time_s, s.source_id) for s in map(_stamp, frames)], ffmpeg_clips[1][1])
     assert stats.decoder_opens == 1  # one set-up: never reopened between clips
+
+
+def test_a_clip_whose_picture_never_comes_fails_without_waiting_for_the_drain(
+        ffmpeg_clips: list[tuple[Path, int]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A picture the decoder dropped without an error (here: a wanted time no packet has) must not keep its clip,
+    and so its video, waiting until the stream's queue runs dry: after ``HELD_PACKETS`` more packets the decoder
+    is drained and the clip fails (to the CPU decoder), the others complete."""
+    from quadvault_dali.probe import open_container, probe_open
+    from quadvault_dali.sampling._plan import plan_samples
+    from quadvault_dali.sampling._reader import CountingFile
+    from quadvault_dali.sampling._remux import plan_clips
+
+    monkeypatch.setattr(_ffmpeg_decoder, "HELD_PACKETS", 6)
+    path, sid = ffmpeg_clips[0]
+    info = probe_video(path)
+    with CountingFile(path) as fh, open_container(path, fh) as container:
+        _, index = probe_open(container, path)
+        plan = plan_samples(info, index, fps=1.0, mode="keyframe")
+        clips = [list(plan_clips(plan, container, fh, max_frames=2, mux=False)) for _ in range(4)]
+    broken = clips[0][0]
+    broken.times = broken.times + [99.0]  # a second no packet carries
+    decoder = FfmpegDecoder(torch.device("cpu"), SIZE, True, hardware=False)
+    results = decoder.feed("broken", broken, info)
+    fed = ["broken"]
+    for i, clip in enumerate(c for copy in clips[1:] for c in copy):
+        fed.append(i)
+        results += decoder.feed(i, clip, info)
+        if any(key == "broken" for key, _ in results):
+            break
+    failed = dict(results)["broken"]
+    assert isinstance(failed, DecodeError) and "did not come out" in str(failed)
+    assert len(fed) < 1 + 3 * len(clips[0])  # it came back before the last feed
+    results += decoder.drain()
+    assert sorted(map(str, (k for k, _ in results))) == sorted(map(str, fed))
+    for key, frames in results:
+        if key != "broken":
+            assert isinstance(frames, torch.Tensor)
 
 
 def test_output_sizes_oversample_and_never_upscale(ffmpeg_clips: list[tuple[Path, int]]) -> None:

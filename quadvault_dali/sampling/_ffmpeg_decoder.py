@@ -54,6 +54,11 @@ CUVID_DECODERS = {"h264": "h264_cuvid", "hevc": "hevc_cuvid"}
 OVERSAMPLE = 2
 #: decoder set-ups one stream keeps open (each cuvid decoder holds a CUDA context of its own)
 KEPT_DECODERS = 4
+#: Packets a decoder may take after a clip's last one before the clip's pictures must be out: more than any
+#: H.264/HEVC decoder holds back (16 reference pictures, NVDEC's display queue of 4, reordering). A clip still
+#: waiting then lost a picture the decoder dropped without an error (damaged data): the decoder is drained, the
+#: clip fails to the CPU decoder, and its video does not wait for the stream's queue to run dry.
+HELD_PACKETS = 48
 #: Experimental: FFmpeg's low-delay flag, which sets NVDEC's parser display delay to 0 (a picture comes out
 #: as soon as it is decoded, so fewer clips wait for the next feed or a drain). Not yet timed on a GPU.
 LOW_DELAY = False
@@ -97,6 +102,7 @@ class _Pending:
     #: wanted source time -> its picture, ``(3, h, w)`` uint8 RGB on the client's device, upright and cropped
     frames: dict[float, torch.Tensor] = field(default_factory=dict)
     fed: bool = False  # all its packets are in
+    fed_at: int = 0  # the decoder's packet count when its last packet went in
     error: Exception | None = None  # converting one of its pictures failed (e.g. CUDA out of memory)
 
     @property
@@ -130,6 +136,7 @@ class _Decoder:
         self.hardware = hardware
         self.owners: dict[int, tuple[_Pending, float]] = {}  # token -> (clip, source time of its picture)
         self.pending: list[_Pending] = []
+        self.packets = 0  # fed so far
 
 
 class FfmpegDecoder:
@@ -184,12 +191,16 @@ class FfmpegDecoder:
                 pkt = av.Packet(packet.data)
                 pkt.pts = token
                 pkt.is_keyframe = packet.is_key
+                dec.packets += 1
                 self._take(dec, dec.ctx.decode(pkt))
         except Exception as exc:  # noqa: BLE001 - FFmpeg refused a packet: this set-up is reset
             log.debug("FFmpeg decoder failed on a clip at %.2fs: %s", clip.times[0], exc)
             return done + self._reset(dec, item, exc)
-        item.fed = True
-        return done + self._completed(dec)
+        item.fed, item.fed_at = True, dec.packets
+        done += self._completed(dec)
+        if any(dec.packets - p.fed_at > HELD_PACKETS for p in dec.pending if p.fed):
+            done += self._drain(dec)  # a picture went missing: what the decoder holds comes out, the rest fails
+        return done
 
     def drain(self) -> list[tuple[Any, torch.Tensor | Exception]]:
         """Every clip still held, complete or failed: the decoders give up the pictures they hold back."""
