@@ -569,6 +569,27 @@ def test_scan_records_which_decoder_ran(library: Path, tmp_path: Path, monkeypat
     assert fallbacks == 3 and summary.run.cpu_fallbacks == fallbacks
 
 
+def test_a_scan_through_the_ffmpeg_decode_client(library: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gpu backend's engine with the FFmpeg client (``decode_client="ffmpeg"``, its CPU stand-in here): H.264
+    and HEVC decode on the client, VP9 and MJPEG on the CPU fallback, broken files are error rows, and every
+    second's score is the stamp's (the right frame from the right second)."""
+    import quadvault_dali.scan.runner as runner
+    from quadvault_dali.sampling._gpu import DaliSampler
+
+    monkeypatch.setattr(runner, "create_sampler", lambda device, **kw: DaliSampler(**kw))
+    summary = _scan(library, tmp_path / "out", decode_client="ffmpeg")
+    videos, seconds = _videos(tmp_path / "out"), _seconds(tmp_path / "out")
+    for rel, (spec, n_seconds) in GOOD.items():
+        row = videos[str(library / rel)]
+        assert row["status"] == "ok" and row["frames_scored"] == n_seconds, row
+        assert row["decoder"] == ("dali-cpu" if spec.codec in ("h264", "hevc") else "pyav"), row
+        for sec in seconds[row["path"]]:
+            assert sec["model_scores"][1] == pytest.approx(StampScorer.expected(spec.source_id, sec["timestamp_s"]),
+                                                           abs=2e-6)
+    assert summary.run.errors == len(BROKEN) and summary.run.cpu_fallbacks == 2
+
+
 @pytest.mark.parametrize("engine", ["cpu", "dali"])
 def test_a_permission_denied_file_is_an_error_row(library: Path, tmp_path: Path, engine: str,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
