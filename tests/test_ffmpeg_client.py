@@ -199,6 +199,39 @@ def test_a_clip_whose_picture_never_comes_fails_without_waiting_for_the_drain(
             assert isinstance(frames, torch.Tensor)
 
 
+def test_a_set_up_no_decoder_opens_for_is_not_tried_for_every_clip(ffmpeg_clips: list[tuple[Path, int]],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Opening failed (no NVDEC for it, CUDA out of memory): the stream's next clips of that set-up fail at once
+    with the same error (to the CPU decoder), and it is tried again after the next drain."""
+    from quadvault_dali.probe import open_container, probe_open
+    from quadvault_dali.sampling._plan import plan_samples
+    from quadvault_dali.sampling._reader import CountingFile
+    from quadvault_dali.sampling._remux import plan_clips
+
+    path = ffmpeg_clips[0][0]
+    info = probe_video(path)
+    with CountingFile(path) as fh, open_container(path, fh) as container:
+        _, index = probe_open(container, path)
+        clips = list(plan_clips(plan_samples(info, index, mode="keyframe"), container, fh, max_frames=1, mux=False))
+    assert len(clips) >= 3
+    opened = []
+    real = _ffmpeg_decoder._Decoder.__init__
+
+    def refusing(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        opened.append(1)
+        if len(opened) == 1:
+            raise RuntimeError("no decoder for you")
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(_ffmpeg_decoder._Decoder, "__init__", refusing)
+    decoder = FfmpegDecoder(torch.device("cpu"), SIZE, True, hardware=False)
+    results = [r for i, clip in enumerate(clips[:2]) for r in decoder.feed(i, clip, info)]
+    assert [str(res) for _, res in results] == ["no decoder for you"] * 2 and len(opened) == 1
+    decoder.drain()
+    later = decoder.feed("again", clips[2], info) + decoder.drain()
+    assert len(opened) == 2 and isinstance(later[0][1], torch.Tensor)
+
+
 def test_output_sizes_oversample_and_never_upscale(ffmpeg_clips: list[tuple[Path, int]]) -> None:
     info = probe_video(ffmpeg_clips[0][0])
     hd = dataclasses.replace(info, width=1920, height=1080, rotation=0)
@@ -242,12 +275,15 @@ def test_gpu_ffmpeg_client_every_frame_is_the_right_second(make_clip: Callable[.
     """FFmpeg's decoders with NVDEC (its hwaccel, or h264_cuvid / hevc_cuvid) through PyAV: the right second in
     every frame, the cpu backend's times, on CUDA."""
     monkeypatch.setattr(_ffmpeg_decoder, "NVDEC_PATH", nvdec_path)
+    torch.zeros(1, device="cuda")  # PyTorch's context already running, as in a scan: FFmpeg must share it
     specs = {**CLIPS, "hevc_25_k2": dict(codec="hevc", fps=25, keyframe_interval_s=2.0)}
     paths = [make_clip(f"nvffclient_{name}_s{sid}.mp4", width=256, height=160, duration_s=5.0, source_id=sid, **spec)
              for sid, (name, spec) in enumerate(specs.items(), start=41)]
     sampler = create_sampler("gpu", fps=1.0, mode=mode, size=SIZE, batch_size=16, streams=2, decode_client="ffmpeg")
     batches = list(sampler.iter_batches(paths))
     assert all(b.frames.device.type == "cuda" for b in batches if len(b))
+    on_device = sum(d.frames_on_device for d in sampler._idle_decoders)  # type: ignore[attr-defined]
+    assert (on_device > 0) == (nvdec_path == "hwaccel")  # NVDEC's pictures, never a quiet CPU decode
     times, stamps, outcomes = _collect(batches)
     assert all(o.ok and o.decoder == "nvdec" and o.fallback_reason is None for o in outcomes), \
         [(o.path.name, str(o.error), o.decoder, o.fallback_reason) for o in outcomes]

@@ -11,8 +11,8 @@ every video that shares it, with no set-up between them.
 How a stream uses it (``DaliSampler._ffmpeg_decode_loop``): ``feed`` one clip at a time (its packets, straight
 from the cutter: no MP4 is muxed, ``_remux.packets_clip``), and get back the clips whose wanted frames have all
 come out. The decoder holds a few pictures back (NVDEC's display queue), so a clip may complete during a later
-``feed``; ``drain`` takes out everything (end of stream, then a reset that re-creates the NVDEC decoder but
-not the CUDA context), and the stream calls it whenever its queue runs dry, before it switches set-ups, and at
+``feed``; ``drain`` takes out everything (end of stream, then a reset; a cuvid decoder re-creates its NVDEC
+decoder there, never its CUDA context), and the stream calls it whenever its queue runs dry, before it switches set-ups, and at
 the end. Every packet carries a token as its timestamp (rising in presentation order), so each picture that
 comes out is matched to the clip and the source time it belongs to, whatever the order or delay.
 
@@ -28,7 +28,9 @@ Without a GPU the same class runs FFmpeg's CPU decoders, with swscale standing i
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,6 +112,43 @@ class _Pending:
         return self.fed and (self.error is not None or len(self.frames) == len(self.wanted))
 
 
+#: cuDevicePrimaryCtxSetFlags' scheduling flag FFmpeg requires of a primary context it shares
+_CU_CTX_SCHED_BLOCKING_SYNC = 4
+_shared_devices: set[int] = set()
+_shared_lock = threading.Lock()
+
+
+def share_primary_context(device_id: int) -> None:
+    """Lets FFmpeg's NVDEC hwaccel use the device's primary CUDA context, which PyTorch and DALI use too.
+
+    FFmpeg shares a primary context only if it is scheduled with blocking sync; one PyTorch already started has
+    the default flags, and FFmpeg then refuses it ("Primary context already active with incompatible flags",
+    found by a review helper in FFmpeg's ``hwcontext_cuda.c``). The driver lets the scheduling flags change
+    while the context runs (CUDA 11 and later), so they are set here, once per device, through libcuda; PyTorch's
+    waits then sleep instead of spinning. Without a GPU it raises ``OSError``."""
+    with _shared_lock:
+        if device_id in _shared_devices:
+            return
+        cuda = ctypes.CDLL("libcuda.so.1")
+
+        def check(result: int, call: str) -> None:
+            if result != 0:
+                raise RuntimeError(f"{call} failed with CUDA error {result}")
+
+        check(cuda.cuInit(0), "cuInit")
+        device = ctypes.c_int()
+        check(cuda.cuDeviceGet(ctypes.byref(device), device_id), "cuDeviceGet")
+        flags, active = ctypes.c_uint(), ctypes.c_int()
+        check(cuda.cuDevicePrimaryCtxGetState(device, ctypes.byref(flags), ctypes.byref(active)),
+              "cuDevicePrimaryCtxGetState")
+        if flags.value != _CU_CTX_SCHED_BLOCKING_SYNC:
+            set_flags = getattr(cuda, "cuDevicePrimaryCtxSetFlags_v2", None) or cuda.cuDevicePrimaryCtxSetFlags
+            check(set_flags(device, ctypes.c_uint(_CU_CTX_SCHED_BLOCKING_SYNC)), "cuDevicePrimaryCtxSetFlags")
+            log.info("CUDA device %d: primary context scheduling set to blocking sync (was %#x, %s) for FFmpeg's "
+                     "NVDEC decoders", device_id, flags.value, "active" if active.value else "inactive")
+        _shared_devices.add(device_id)
+
+
 class _Decoder:
     """One FFmpeg decoder set-up and the clips it holds."""
 
@@ -120,9 +159,12 @@ class _Decoder:
         if hardware and NVDEC_PATH == "hwaccel":
             from av.codec.hwaccel import HWAccel
 
+            share_primary_context(device_id)
             accel = HWAccel(device_type="cuda", device=str(device_id), allow_software_fallback=False,
                             options={"primary_ctx": "1"}, is_hw_owned=True)
             self.ctx = av.CodecContext.create(codec, "r", hwaccel=accel)
+            if not getattr(self.ctx, "is_hwaccel", False):  # PyAV quietly decodes on the CPU without a CUDA config
+                raise DecodeError(f"FFmpeg's {codec} decoder has no NVDEC hardware acceleration here")
             self.ctx.thread_count = 1  # NVDEC decodes; frame threads would only add pictures held back
         else:
             self.ctx = av.CodecContext.create(CUVID_DECODERS[codec] if hardware else codec, "r")
@@ -149,6 +191,8 @@ class FfmpegDecoder:
         self._decoders: OrderedDict[tuple, _Decoder] = OrderedDict()
         self._current: tuple | None = None
         self._token = 0
+        self._unopenable: dict[tuple, Exception] = {}  # set-ups a decoder could not be opened for, and why
+        self.frames_on_device = 0  # pictures NVDEC left on the GPU (hwaccel): proof the hardware decoded
 
     def close(self) -> None:
         """Lets the decoders go (PyAV frees a codec context with its last reference; it has no ``close``)."""
@@ -203,7 +247,9 @@ class FfmpegDecoder:
         return done
 
     def drain(self) -> list[tuple[Any, torch.Tensor | Exception]]:
-        """Every clip still held, complete or failed: the decoders give up the pictures they hold back."""
+        """Every clip still held, complete or failed: the decoders give up the pictures they hold back. Set-ups
+        no decoder could be opened for are tried again after it (the failure may have been passing)."""
+        self._unopenable.clear()
         done: list[tuple[Any, torch.Tensor | Exception]] = []
         for dec in list(self._decoders.values()):
             if dec.pending:
@@ -215,7 +261,13 @@ class FfmpegDecoder:
     def _decoder(self, dkey: tuple, signature: Signature, scaled: tuple[int, int]) -> _Decoder:
         dec = self._decoders.get(dkey)
         if dec is None:
-            dec = _Decoder(dkey, signature, scaled, self.hardware, self.device.index or 0)
+            if dkey in self._unopenable:  # not tried again for every clip
+                raise self._unopenable[dkey]
+            try:
+                dec = _Decoder(dkey, signature, scaled, self.hardware, self.device.index or 0)
+            except Exception as exc:
+                self._unopenable[dkey] = exc
+                raise
             self.stats.note_decoder_open()
             self._decoders[dkey] = dec
             while len(self._decoders) > KEPT_DECODERS:
@@ -239,6 +291,7 @@ class FfmpegDecoder:
                     # PyAV exports it only with stream=None; FFmpeg copied it out of NVDEC's surface on the
                     # default stream, which is PyTorch's too, so what is queued below runs after that copy
                     planes = [torch.from_dlpack(plane.__dlpack__(stream=None)) for plane in frame.planes[:2]]
+                    self.frames_on_device += 1
                 else:
                     if frame.width != dec.scaled[0] or frame.height != dec.scaled[1] or \
                             frame.format.name not in ("nv12", "p010le"):
