@@ -34,7 +34,9 @@ def _why(row: dict[str, Any]) -> str:
                            ("frames_per_dali_sample", "frames/sample", "{:.1f}"),
                            ("queued_at_take_mean", "queued at take", "{:.1f}"),
                            ("decode_wait_share", "streams waiting", "{:.0%}"),
-                           ("queued_mb_peak", "queued", "{:.0f} MB"), ("switch_interval_ms", "switch", "{:g} ms")):
+                           ("queued_mb_peak", "queued", "{:.0f} MB"), ("switch_interval_ms", "switch", "{:g} ms"),
+                           ("decoder_opens", "decoders opened", "{:d}"), ("drains", "drains", "{:d}"),
+                           ("frames_on_device", "NVDEC pictures", "{:d}")):
         value = row.get(key)
         if isinstance(value, (int, float)):
             parts.append(f"{name} {fmt.format(value)}")

@@ -153,6 +153,11 @@ def _measure(sampler: Any, device: str, videos: list[Path], warm_up: int) -> dic
                    if takes else None,
                    decode_wait_share=round((after["decode_wait_s"] - before["decode_wait_s"])
                                            / (seconds * sampler.config.streams), 3) if takes else None)
+        if getattr(sampler.config, "decode_client", "dali") == "ffmpeg":
+            # the FFmpeg client: decoders opened and drained during the row (opening an NVDEC one costs)
+            row.update(decoder_opens=after["decoder_opens"] - before["decoder_opens"],
+                       drains=after["drains"] - before["drains"],
+                       frames_on_device=sum(d.frames_on_device for d in getattr(sampler, "_idle_decoders", ())))
     if hasattr(sampler, "queued_bytes_peak"):  # host memory the queued clips held at most (``sampling._budget``)
         row["queued_mb_peak"] = round(sampler.queued_bytes_peak / 1e6, 1)
     return row

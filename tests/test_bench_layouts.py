@@ -99,6 +99,7 @@ def test_an_ffmpeg_client_row_counts_its_decoders(sampling_bench, make_clip: Cal
     assert row["frames"] == 18 and not row["errors"]
     assert 1 <= stats["decoder_opens"] <= 2  # one per stream that took work, over warm-up and row alike
     assert stats["frames_returned"] == 18 + 3
+    assert row["decoder_opens"] <= 1 and row["drains"] >= 1 and row["frames_on_device"] == 0  # CPU stand-in
 
 
 def test_scan_layouts_name_processes_streams_and_mode() -> None:
