@@ -232,6 +232,63 @@ def test_a_set_up_no_decoder_opens_for_is_not_tried_for_every_clip(ffmpeg_clips:
     assert len(opened) == 2 and isinstance(later[0][1], torch.Tensor)
 
 
+def test_a_packet_the_decoder_raises_on_fails_its_clip_alone(ffmpeg_clips: list[tuple[Path, int]],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """FFmpeg raises on one clip's packet: that clip fails (to the CPU decoder); the clip the decoder still held
+    comes out of it whole, and the set-up is opened afresh for the clips after."""
+    from quadvault_dali.probe import open_container, probe_open
+    from quadvault_dali.sampling._plan import plan_samples
+    from quadvault_dali.sampling._reader import CountingFile
+    from quadvault_dali.sampling._remux import plan_clips
+
+    path, sid = ffmpeg_clips[1]  # H.264 with B-frames, 2-s GOPs: the decoder holds a clip back after each feed
+    info = probe_video(path)
+    with CountingFile(path) as fh, open_container(path, fh) as container:
+        _, index = probe_open(container, path)
+        clips = list(plan_clips(plan_samples(info, index, fps=2.0, mode="exact"), container, fh, max_frames=1,
+                                mux=False))
+    bad = 3
+    fail_at = sum(len(run.packets) for clip in clips[:bad] for run in clip.runs) + 1  # the bad clip's first packet
+
+    class Flaky:
+        def __init__(self, ctx: object) -> None:
+            self.ctx, self.calls = ctx, 0
+
+        def decode(self, packet=None):  # type: ignore[no-untyped-def]
+            if packet is not None:
+                self.calls += 1
+                if self.calls == fail_at:
+                    raise ValueError("Invalid data found when processing input")
+            return self.ctx.decode(packet)
+
+        def flush_buffers(self) -> None:
+            self.ctx.flush_buffers()
+
+    real = _ffmpeg_decoder._Decoder.__init__
+    made = []
+
+    def flaky_first(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        real(self, *args, **kwargs)
+        if not made:
+            self.ctx = Flaky(self.ctx)
+        made.append(self)
+
+    monkeypatch.setattr(_ffmpeg_decoder._Decoder, "__init__", flaky_first)
+    decoder = FfmpegDecoder(torch.device("cpu"), SIZE, True, hardware=False)
+    results: dict = {}
+    for i, clip in enumerate(clips):
+        held = decoder.holding
+        results.update(decoder.feed(i, clip, info))
+        if i == bad:
+            assert held >= 1  # the clip before it was still inside the failing decoder
+    results.update(decoder.drain())
+    assert sorted(results) == list(range(len(clips))) and len(made) == 2
+    assert str(results.pop(bad)) == "Invalid data found when processing input"
+    for i, frames in results.items():
+        assert isinstance(frames, torch.Tensor), (i, frames)
+        _check_stamps(clips[i].times, [(st.time_s, st.source_id) for st in map(_stamp, frames)], sid)
+
+
 def test_output_sizes_oversample_and_never_upscale(ffmpeg_clips: list[tuple[Path, int]]) -> None:
     info = probe_video(ffmpeg_clips[0][0])
     hd = dataclasses.replace(info, width=1920, height=1080, rotation=0)
