@@ -29,6 +29,7 @@ Without a GPU the same class runs FFmpeg's CPU decoders, with swscale standing i
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import threading
 from collections import OrderedDict
@@ -38,6 +39,7 @@ from typing import Any
 import av
 from av.codec.context import Flags
 from av.video.reformatter import Interpolation
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -380,6 +382,18 @@ def nv12_to_rgb(nv12: torch.Tensor, matrix: str, full_range: bool, final: tuple[
     return planes_to_rgb(nv12[:, :height].float(), chroma.float(), matrix, full_range, final, 0, square)
 
 
+@functools.lru_cache(maxsize=None)
+def _affine(matrix: str, full_range: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(3x3 weights, (1, 3, 1, 1) offset) taking raw (Y, Cb, Cr) levels to RGB for ``matrix`` and the range, on
+    ``device``: built once, not copied to the GPU for every picture."""
+    scale = np.array([1.0, 1.0, 1.0]) if full_range else np.array([255.0 / 219.0, 255.0 / 224.0, 255.0 / 224.0])
+    zero = np.array([0.0, 128.0, 128.0]) if full_range else np.array([16.0, 128.0, 128.0])
+    weights = ycbcr_to_rgb(*MATRIX_WEIGHTS.get(matrix, MATRIX_WEIGHTS["unknown"])) * scale  # columns scaled
+    offset = -(weights @ zero)
+    return (torch.as_tensor(weights, dtype=torch.float32, device=device),
+            torch.as_tensor(offset, dtype=torch.float32, device=device).view(1, 3, 1, 1))
+
+
 def planes_to_rgb(luma: torch.Tensor, chroma: torch.Tensor, matrix: str, full_range: bool, final: tuple[int, int],
                   rotation: int, square: int | None) -> torch.Tensor:
     """``(F, H, W)`` luma and ``(F, H / 2, W / 2, 2)`` interleaved CbCr levels (float, 0-255) -> ``(F, 3, h, w)``
@@ -394,13 +408,8 @@ def planes_to_rgb(luma: torch.Tensor, chroma: torch.Tensor, matrix: str, full_ra
         y = F.interpolate(y, size=size, mode="bilinear", antialias=True, align_corners=False)
     if tuple(c.shape[2:]) != size:
         c = F.interpolate(c, size=size, mode="bilinear", antialias=True, align_corners=False)
-    if full_range:
-        c = c - 128.0
-    else:
-        y, c = (y - 16.0) * (255.0 / 219.0), (c - 128.0) * (255.0 / 224.0)
-    weights = MATRIX_WEIGHTS.get(matrix, MATRIX_WEIGHTS["unknown"])
-    to_rgb = torch.as_tensor(ycbcr_to_rgb(*weights), dtype=torch.float32, device=luma.device)
-    rgb = torch.einsum("ij,fjhw->fihw", to_rgb, torch.cat([y, c], dim=1))
+    weights, offset = _affine(matrix, full_range, luma.device)
+    rgb = torch.einsum("ij,fjhw->fihw", weights, torch.cat([y, c], dim=1)).add_(offset)
     if rotation:
         rgb = torch.rot90(rgb, k=-(rotation // 90), dims=(2, 3))
     if square is not None:
