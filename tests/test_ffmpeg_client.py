@@ -77,6 +77,16 @@ def test_ffmpeg_client_pixels_match_the_cpu_backend(ffmpeg_clips: list[tuple[Pat
         assert diff < 6.0, f"{path.name}: mean absolute difference {diff:.1f}"
 
 
+def test_a_clip_is_converted_the_same_in_chunks(ffmpeg_clips: list[tuple[Path, int]],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clip's pictures are converted in batches of ``CONVERT_CHUNK``: chunked or whole, the same pixels."""
+    path = ffmpeg_clips[2][0]  # HEVC, 4 keyframes in one clip
+    whole, times, _ = DaliSampler(mode="keyframe", size=SIZE, decode_client="ffmpeg").sample_video(path)
+    monkeypatch.setattr(_ffmpeg_decoder, "CONVERT_CHUNK", 3)
+    chunked, chunked_times, _ = DaliSampler(mode="keyframe", size=SIZE, decode_client="ffmpeg").sample_video(path)
+    assert len(times) == 4 and chunked_times == times and torch.equal(chunked, whole)
+
+
 def test_ffmpeg_client_keeps_display_orientation_without_square(ffmpeg_clips: list[tuple[Path, int]]) -> None:
     path = dict((sid, p) for p, sid in ffmpeg_clips)[24]  # shown 160x96, stored turned by 90 degrees
     frames, _, _ = DaliSampler(mode="keyframe", size=SIZE, square=False, decode_client="ffmpeg").sample_video(path)

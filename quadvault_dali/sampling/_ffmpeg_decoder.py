@@ -74,6 +74,9 @@ LOW_DELAY = False
 #: through DLPack (PyAV 19 ``HWAccel(is_hw_owned=True)``, seen working there): no download, no second context.
 #: Not yet timed on a GPU.
 NVDEC_PATH = "hwaccel"
+#: Pictures converted in one batch: a clip's, in chunks this large (full-size float planes of 8 2160p pictures
+#: take ~400 MB while they are converted)
+CONVERT_CHUNK = 8
 #: swscale flags of the CPU stand-in for NVDEC's scaler
 _SCALER = int(Interpolation.AREA) | int(Interpolation.ACCURATE_RND)
 
@@ -103,8 +106,9 @@ class _Pending:
     clip: Clip
     info: VideoInfo
     wanted: set[float]
-    #: wanted source time -> its picture, ``(3, h, w)`` uint8 RGB on the client's device, upright and cropped
-    frames: dict[float, torch.Tensor] = field(default_factory=dict)
+    #: wanted source time -> its (Y, interleaved CbCr) planes on the client's device (uint8, or uint16 for
+    #: P010), and whether they are full range; NVDEC's (hwaccel) are views of FFmpeg's buffers
+    frames: dict[float, tuple[torch.Tensor, torch.Tensor, bool]] = field(default_factory=dict)
     fed: bool = False  # all its packets are in
     fed_at: int = 0  # the decoder's packet count when its last packet went in
     error: Exception | None = None  # converting one of its pictures failed (e.g. CUDA out of memory)
@@ -278,8 +282,8 @@ class FfmpegDecoder:
         return dec
 
     def _take(self, dec: _Decoder, frames: list[Any]) -> None:
-        """Converts the wanted pictures among ``frames`` at once (``_picture``): nothing full-size is held, and
-        FFmpeg's buffer goes back to its pool."""
+        """Keeps the wanted pictures among ``frames`` as planes on the client's device (``_finish`` converts a
+        clip's at once: a picture at a time cost about 15 PyTorch launches, each with the GIL held)."""
         for frame in frames:
             owner = dec.owners.pop(frame.pts, None) if frame.pts is not None else None
             if owner is None:
@@ -291,7 +295,8 @@ class FfmpegDecoder:
             try:
                 if frame.format.name == "cuda":  # NVDEC's picture, left on the GPU (``NVDEC_PATH`` hwaccel)
                     # PyAV exports it only with stream=None; FFmpeg copied it out of NVDEC's surface on the
-                    # default stream, which is PyTorch's too, so what is queued below runs after that copy
+                    # default stream, which is PyTorch's too, so what ``_finish`` queues runs after that copy; the
+                    # view holds FFmpeg's buffer until then
                     planes = [torch.from_dlpack(plane.__dlpack__(stream=None)) for plane in frame.planes[:2]]
                     self.frames_on_device += 1
                 else:
@@ -302,15 +307,9 @@ class FfmpegDecoder:
                                                interpolation=_SCALER)
                     planes = [torch.from_dlpack(plane.__dlpack__(stream=None)).to(self.device)
                               for plane in frame.planes[:2]]
-                item.frames[t] = self._picture(planes[0], planes[1], item.info, full_range)
+                item.frames[t] = (planes[0], planes[1], full_range)
             except Exception as exc:  # noqa: BLE001 - this clip fails; the decoder and the others go on
                 item.error = exc
-
-    def _picture(self, luma: torch.Tensor, chroma: torch.Tensor, info: VideoInfo, full_range: bool) -> torch.Tensor:
-        """One picture's planes -> ``(3, h, w)`` uint8 RGB as the cpu backend shows it."""
-        _, final = output_sizes(info, self.size)
-        return planes_to_rgb(_as_levels(luma)[None], _as_levels(chroma)[None], info.color_matrix, full_range, final,
-                             info.rotation, self.size if self.square else None)[0]
 
     def _completed(self, dec: _Decoder) -> list[tuple[Any, torch.Tensor | Exception]]:
         done = [p for p in dec.pending if p.done]
@@ -356,8 +355,17 @@ class FfmpegDecoder:
         """The clip's pictures in its times' order, or what failed."""
         if item.error is not None:
             return item.error
+        info = item.info
+        _, final = output_sizes(info, self.size)
         try:
-            frames = torch.stack([item.frames[t] for t in item.clip.times])
+            chunks = []
+            for lo in range(0, len(item.clip.times), CONVERT_CHUNK):
+                planes = [item.frames[t] for t in item.clip.times[lo:lo + CONVERT_CHUNK]]
+                luma = _as_levels(torch.stack([y for y, _, _ in planes]))
+                chroma = _as_levels(torch.stack([c for _, c, _ in planes]))
+                chunks.append(planes_to_rgb(luma, chroma, info.color_matrix, planes[0][2], final, info.rotation,
+                                            self.size if self.square else None))
+            frames = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
         except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory: this clip fails, the stream goes on
             return exc
         finally:
