@@ -29,6 +29,7 @@ from _results import write_json
 from quadvault_dali._gc import freeze_startup_objects
 from quadvault_dali.sampling import _gpu, _remux
 from quadvault_dali.sampling._clip_decoder import ClipDecoder
+from quadvault_dali.sampling._ffmpeg_decoder import FfmpegDecoder
 from quadvault_dali.sampling._remux import Clip
 from sampling_bench import (clip_specs, extra_clip_specs, linked_copies, machine, make_clip, select_clips, slug,
                             versions)
@@ -51,6 +52,20 @@ class NullDecoder(ClipDecoder):
         pass
 
 
+class NullFfmpegDecoder(FfmpegDecoder):
+    """The FFmpeg client's place in the machinery with no decoding: each clip's packets are walked as feeding
+    them does, and blank frames come back at once."""
+
+    def feed(self, key: Any, clip: Clip, info: Any) -> list[tuple[Any, torch.Tensor | Exception]]:
+        for run in clip.runs:
+            for packet in run.packets:
+                len(packet.data)
+        return [(key, torch.zeros((len(clip), 3, self.size, self.size), dtype=torch.uint8))]
+
+    def drain(self) -> list[tuple[Any, torch.Tensor | Exception]]:
+        return []
+
+
 class PrepOnlySampler(_gpu.DaliSampler):
     """The gpu backend's machinery on H.264/HEVC with the null decoder (any codec passes the limitation check)."""
 
@@ -66,6 +81,10 @@ class PrepOnlySampler(_gpu.DaliSampler):
     def _clip_decoder(self) -> ClipDecoder:
         cfg = self.config
         return NullDecoder("cpu", None, cfg.size, cfg.square, self.clips_per_run, num_threads=self.decode_threads)
+
+    def _ffmpeg_decoder(self) -> FfmpegDecoder:
+        cfg = self.config
+        return NullFfmpegDecoder(self.device, cfg.size, cfg.square, hardware=False, stats=self.decode_stats)
 
 
 class GcPauses:
@@ -94,17 +113,20 @@ class GcPauses:
 def measure(videos: list[Path], streams: int, size: int, repeats: int, mode: str = "keyframe",
             muxers: tuple[str, ...] = ("join", "pyav"), preparers: tuple[str, ...] = ("threads",)) -> list[dict[str, Any]]:
     """Rows for uncropped and cropped clips, each with every muxer in ``muxers`` (``join``: in-order clips
-    joined under a rebuilt index, ``pyav``: every clip muxed by PyAV): the median of ``repeats`` passes each
+    joined under a rebuilt index, ``pyav``: every clip muxed by PyAV, ``packets``: no MP4, the packets handed to
+    the FFmpeg decode client, ``SamplerConfig.decode_client``; it never uncrops): the median of ``repeats`` passes each
     over ``videos``, the settings' passes interleaved (and their order alternated) so that a drifting machine
     favours none. ``preparers``: ``threads`` (the default) and/or ``processes`` (clips cut in as many worker
     processes as prepare threads, ``sampling._prepare_pool``; their start-up is not timed)."""
     # workers are spawned: the PyAV-mux switch (a global of this process) does not reach them
     settings = [(uncrop, mux, prep) for uncrop in (True, False) for mux in muxers for prep in preparers
-                if not (mux == "pyav" and prep == "processes")]
+                if not (mux == "pyav" and prep == "processes") and not (mux == "packets" and uncrop)]
     workers = max(4, streams)
-    samplers = {(uncrop, prep): PrepOnlySampler(uncrop=uncrop, mode=mode, size=size, streams=streams,
-                                                prepare_processes=workers if prep == "processes" else 0)
-                for uncrop in (True, False) for prep in preparers}
+    samplers = {(uncrop, prep, client): PrepOnlySampler(uncrop=uncrop, mode=mode, size=size, streams=streams,
+                                                        prepare_processes=workers if prep == "processes" else 0,
+                                                        decode_client=client)
+                for uncrop in (True, False) for prep in preparers
+                for client in (("dali", "ffmpeg") if "packets" in muxers and not uncrop else ("dali",))}
     for sampler in samplers.values():
         for _ in sampler.iter_batches(videos[:2]):  # imports, first-use costs, templates
             pass
@@ -117,7 +139,8 @@ def measure(videos: list[Path], streams: int, size: int, repeats: int, mode: str
             try:
                 with GcPauses() as pauses:
                     wall0, cpu0 = time.perf_counter(), time.process_time()
-                    for batch in samplers[(uncrop, prep)].iter_batches(videos):
+                    client = "ffmpeg" if mux == "packets" else "dali"
+                    for batch in samplers[(uncrop, prep, client)].iter_batches(videos):
                         frames += len(batch)
                     passes[(uncrop, mux, prep)].append((time.perf_counter() - wall0, time.process_time() - cpu0,
                                                         frames, pauses))
@@ -149,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--clips", default="", help="only these clips, by name (e.g. 2160p30-hevc-k1.0; default: all)")
     ap.add_argument("--mux", default="join,pyav", help="muxers to compare: join (in-order clips joined under a "
-                    "rebuilt index, the default), pyav (every clip muxed by PyAV, as before)")
+                    "rebuilt index, the default), pyav (every clip muxed by PyAV, as before), packets (no MP4: "
+                    "the FFmpeg decode client's clips)")
     ap.add_argument("--prepare", default="threads", help="where clips are cut: threads (the default), processes "
                     "(worker processes, sampling._prepare_pool), or both to compare")
     ap.add_argument("--modes", default="keyframe", help="sampling modes to try: keyframe, exact (GOP runs cut by demuxing)")
@@ -167,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     if not preparers or set(preparers) - {"threads", "processes"}:
         ap.error(f"--prepare takes threads and/or processes, got {args.prepare!r}")
     muxers = tuple(filter(None, args.mux.split(",")))
-    if not muxers or set(muxers) - {"join", "pyav"}:
-        ap.error(f"--mux takes join and/or pyav, got {args.mux!r}")
+    if not muxers or set(muxers) - {"join", "pyav", "packets"}:
+        ap.error(f"--mux takes join, pyav and/or packets, got {args.mux!r}")
     info = machine()
     info["gpu"] = None  # measured on the CPU whatever the machine has
     out = args.out or RESULTS / f"prep_{slug(info)}{'_quick' if args.quick else ''}.json"

@@ -362,8 +362,7 @@ class DaliSampler(Sampler):
         with self._idle_lock:
             decoder = self._idle_decoders.pop() if self._idle_decoders else None
         if decoder is None:
-            decoder = FfmpegDecoder(self.device, cfg.size, cfg.square, hardware=self.decoder_device == "mixed",
-                                    stats=self.decode_stats)
+            decoder = self._ffmpeg_decoder()
         budget = self._budget  # this run's (see ``_decode_loop``)
         try:
             while True:
@@ -401,6 +400,12 @@ class DaliSampler(Sampler):
             except BaseException:
                 decoder.close()
                 raise
+
+    def _ffmpeg_decoder(self) -> FfmpegDecoder:
+        """A decode stream's FFmpeg client (``prep_bench`` puts one in that decodes nothing)."""
+        cfg = self.config
+        return FfmpegDecoder(self.device, cfg.size, cfg.square, hardware=self.decoder_device == "mixed",
+                             stats=self.decode_stats)
 
     def _ffmpeg_results(self, results: list[tuple[Any, torch.Tensor | Exception]]) -> None:
         """Hands the FFmpeg client's finished clips over, or records their failures (as ``_decode_loop``)."""
