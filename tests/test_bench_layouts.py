@@ -102,6 +102,26 @@ def test_an_ffmpeg_client_row_counts_its_decoders(sampling_bench, make_clip: Cal
     assert row["decoder_opens"] <= 1 and row["drains"] >= 1 and row["frames_on_device"] == 0  # CPU stand-in
 
 
+@pytest.mark.parametrize("codec", ["h264", "hevc"])
+def test_joined_copies_make_one_longer_video(sampling_bench, make_clip: Callable[..., Path], codec: str) -> None:
+    """``--join-copies``: copies of a clip played one after another, packets copied: K times as long, a keyframe
+    every second throughout, and each sampled second shows the clip's own second modulo its length."""
+    from quadvault_dali.probe import probe_video
+    from quadvault_dali.sampling import create_sampler
+    from quadvault_dali.synth import read_stamp
+
+    clip = make_clip(f"bench_join_{codec}.mp4", codec=codec, width=160, height=96, fps=30, duration_s=3.0,
+                     keyframe_interval_s=1.0, source_id=8)
+    joined = sampling_bench.joined_clip(clip, 4)
+    assert sampling_bench.joined_clip(clip, 1) == clip and sampling_bench.joined_clip(clip, 4) == joined
+    info = probe_video(joined)
+    assert info.duration_s == pytest.approx(12.0, abs=0.05) and info.frame_count == 360
+    assert [round(t, 3) for t in info.keyframe_times] == [float(s) for s in range(12)]
+    frames, times, _ = create_sampler("cpu", mode="keyframe", size=64).sample_video(joined)
+    assert times == [float(s) for s in range(12)]
+    assert [round(read_stamp(f.numpy()).time_s, 2) for f in frames] == [float(s % 3) for s in range(12)]
+
+
 def test_scan_layouts_name_processes_streams_and_mode() -> None:
     scan_bench = import_benchmark("scan_bench")
     assert scan_bench.parse_scan_layout("4x2") == (4, 2, "auto", False, None, False, 0, False, None, None, "dali")
