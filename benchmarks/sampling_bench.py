@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
 import av
+import numpy as np
 import torch
 
 from _gpu_monitor import UtilisationMonitor
@@ -124,6 +125,7 @@ def _measure(sampler: Any, device: str, videos: list[Path], warm_up: int) -> dic
     freeze_startup_objects()  # as the product's long loops do (quadvault_dali._gc)
     decoded = getattr(sampler, "decode_stats", None)  # in-process gpu backend only
     before = decoded.as_dict() if decoded is not None else None
+    on_device_before = _frames_on_device(sampler)
     frames = bytes_read = 0
     errors = []
     with UtilisationMonitor(metrics=("gpu", "decoder") if device == "gpu" else (), cpu=True) as busy:
@@ -157,10 +159,15 @@ def _measure(sampler: Any, device: str, videos: list[Path], warm_up: int) -> dic
             # the FFmpeg client: decoders opened and drained during the row (opening an NVDEC one costs)
             row.update(decoder_opens=after["decoder_opens"] - before["decoder_opens"],
                        drains=after["drains"] - before["drains"],
-                       frames_on_device=sum(d.frames_on_device for d in getattr(sampler, "_idle_decoders", ())))
+                       frames_on_device=_frames_on_device(sampler) - on_device_before)
     if hasattr(sampler, "queued_bytes_peak"):  # host memory the queued clips held at most (``sampling._budget``)
         row["queued_mb_peak"] = round(sampler.queued_bytes_peak / 1e6, 1)
     return row
+
+
+def _frames_on_device(sampler: Any) -> int:
+    """Pictures NVDEC left on the GPU for the FFmpeg client so far (its decoders between runs hold the count)."""
+    return sum(d.frames_on_device for d in getattr(sampler, "_idle_decoders", ()))
 
 
 def _baseline_one(path: Path, fps: float, size: int) -> tuple[int, int]:
@@ -196,7 +203,9 @@ def joined_clip(path: Path, copies: int) -> Path:
     with av.open(str(path)) as src:
         stream = src.streams.video[0]
         packets = [p for p in src.demux(stream) if p.size and p.pts is not None]
-        step = max(p.pts for p in packets) - min(p.pts for p in packets) + (packets[-1].duration or 1)
+        shown = sorted(p.pts for p in packets)
+        gap = packets[-1].duration or (int(np.median(np.diff(shown))) if len(shown) > 1 else 1)
+        step = shown[-1] - shown[0] + gap  # the last picture's own duration: copies neither overlap nor gap
         with av.open(str(tmp), "w") as dst:
             out_stream = dst.add_stream_from_template(stream)
             for k in range(copies):

@@ -236,8 +236,13 @@ def test_a_set_up_no_decoder_opens_for_is_not_tried_for_every_clip(ffmpeg_clips:
     monkeypatch.setattr(_ffmpeg_decoder._Decoder, "__init__", refusing)
     decoder = FfmpegDecoder(torch.device("cpu"), SIZE, True, hardware=False)
     results = [r for i, clip in enumerate(clips[:2]) for r in decoder.feed(i, clip, info)]
-    assert [str(res) for _, res in results] == ["no decoder for you"] * 2 and len(opened) == 1
-    decoder.drain()
+    assert [str(res) for _, res in results] == [
+        "no decoder for you", "no FFmpeg decoder opens for this set-up: RuntimeError: no decoder for you"]
+    assert len(opened) == 1
+    decoder.drain()  # a drain in between (the queue ran dry): still not tried again
+    assert [str(res) for _, res in decoder.feed("between", clips[2], info)] == [
+        "no FFmpeg decoder opens for this set-up: RuntimeError: no decoder for you"] and len(opened) == 1
+    decoder.drain(end=True)  # the run's end: tried again
     later = decoder.feed("again", clips[2], info) + decoder.drain()
     assert len(opened) == 2 and isinstance(later[0][1], torch.Tensor)
 

@@ -577,8 +577,12 @@ def test_a_scan_through_the_ffmpeg_decode_client(library: Path, tmp_path: Path,
     import quadvault_dali.scan.runner as runner
     from quadvault_dali.sampling._gpu import DaliSampler
 
-    monkeypatch.setattr(runner, "create_sampler", lambda device, **kw: DaliSampler(**kw))
+    made: list[DaliSampler] = []
+    monkeypatch.setattr(runner, "create_sampler", lambda device, **kw: made.append(DaliSampler(**kw)) or made[-1])
     summary = _scan(library, tmp_path / "out", decode_client="ffmpeg")
+    # the client ran (DALI's CPU decoder labels its videos alike): its decoders opened, and only the FFmpeg
+    # client takes H.264 and HEVC here (DALI's CPU decoder would have sent them to the fallback)
+    assert made and made[0].decode_stats.decoder_opens >= 1
     videos, seconds = _videos(tmp_path / "out"), _seconds(tmp_path / "out")
     for rel, (spec, n_seconds) in GOOD.items():
         row = videos[str(library / rel)]

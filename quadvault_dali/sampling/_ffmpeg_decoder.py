@@ -74,8 +74,8 @@ LOW_DELAY = False
 #: through DLPack (PyAV 19 ``HWAccel(is_hw_owned=True)``, seen working there): no download, no second context.
 #: Not yet timed on a GPU.
 NVDEC_PATH = "hwaccel"
-#: Pictures converted in one batch: a clip's, in chunks this large (full-size float planes of 8 2160p pictures
-#: take ~400 MB while they are converted)
+#: Pictures converted in one batch: a clip's, as this many come out (and the rest when it completes); full-size
+#: float planes of 8 2160p pictures take ~400 MB while they are converted, and no more of FFmpeg's buffers wait
 CONVERT_CHUNK = 8
 #: swscale flags of the CPU stand-in for NVDEC's scaler
 _SCALER = int(Interpolation.AREA) | int(Interpolation.ACCURATE_RND)
@@ -107,15 +107,27 @@ class _Pending:
     info: VideoInfo
     wanted: set[float]
     #: wanted source time -> its (Y, interleaved CbCr) planes on the client's device (uint8, or uint16 for
-    #: P010), and whether they are full range; NVDEC's (hwaccel) are views of FFmpeg's buffers
+    #: P010), and whether they are full range, until converted; NVDEC's (hwaccel) are views of FFmpeg's buffers
     frames: dict[float, tuple[torch.Tensor, torch.Tensor, bool]] = field(default_factory=dict)
+    #: wanted source time -> its picture, ``(3, h, w)`` uint8 RGB, upright and cropped (converted in batches)
+    pictures: dict[float, torch.Tensor] = field(default_factory=dict)
     fed: bool = False  # all its packets are in
     fed_at: int = 0  # the decoder's packet count when its last packet went in
     error: Exception | None = None  # converting one of its pictures failed (e.g. CUDA out of memory)
 
     @property
+    def got(self) -> int:
+        """Wanted pictures out of the decoder so far."""
+        return len(self.frames) + len(self.pictures)
+
+    @property
     def done(self) -> bool:
-        return self.fed and (self.error is not None or len(self.frames) == len(self.wanted))
+        return self.fed and (self.error is not None or self.got == len(self.wanted))
+
+    def release(self) -> None:
+        """Lets go of its planes and pictures (NVDEC's give FFmpeg's buffers back)."""
+        self.frames.clear()
+        self.pictures.clear()
 
 
 #: cuDevicePrimaryCtxSetFlags' scheduling flag FFmpeg requires of a primary context it shares
@@ -197,7 +209,7 @@ class FfmpegDecoder:
         self._decoders: OrderedDict[tuple, _Decoder] = OrderedDict()
         self._current: tuple | None = None
         self._token = 0
-        self._unopenable: dict[tuple, Exception] = {}  # set-ups a decoder could not be opened for, and why
+        self._unopenable: dict[tuple, str] = {}  # set-ups a decoder could not be opened for, and why
         self.frames_on_device = 0  # pictures NVDEC left on the GPU (hwaccel): proof the hardware decoded
 
     def close(self) -> None:
@@ -252,10 +264,12 @@ class FfmpegDecoder:
             done += self._drain(dec)  # a picture went missing: what the decoder holds comes out, the rest fails
         return done
 
-    def drain(self) -> list[tuple[Any, torch.Tensor | Exception]]:
-        """Every clip still held, complete or failed: the decoders give up the pictures they hold back. Set-ups
-        no decoder could be opened for are tried again after it (the failure may have been passing)."""
-        self._unopenable.clear()
+    def drain(self, end: bool = False) -> list[tuple[Any, torch.Tensor | Exception]]:
+        """Every clip still held, complete or failed: the decoders give up the pictures they hold back. At the
+        ``end`` of a run, set-ups no decoder could be opened for are forgotten (the failure may have been
+        passing); not at the drains in between, which come whenever the queue runs dry."""
+        if end:
+            self._unopenable.clear()
         done: list[tuple[Any, torch.Tensor | Exception]] = []
         for dec in list(self._decoders.values()):
             if dec.pending:
@@ -267,12 +281,12 @@ class FfmpegDecoder:
     def _decoder(self, dkey: tuple, signature: Signature, scaled: tuple[int, int]) -> _Decoder:
         dec = self._decoders.get(dkey)
         if dec is None:
-            if dkey in self._unopenable:  # not tried again for every clip
-                raise self._unopenable[dkey]
+            if dkey in self._unopenable:  # not tried again for every clip (a fresh error: a raised one would
+                raise DecodeError(self._unopenable[dkey])  # keep growing its traceback, and every frame's locals)
             try:
                 dec = _Decoder(dkey, signature, scaled, self.hardware, self.device.index or 0)
             except Exception as exc:
-                self._unopenable[dkey] = exc
+                self._unopenable[dkey] = f"no FFmpeg decoder opens for this set-up: {type(exc).__name__}: {exc}"
                 raise
             self.stats.note_decoder_open()
             self._decoders[dkey] = dec
@@ -289,7 +303,7 @@ class FfmpegDecoder:
             if owner is None:
                 continue
             item, t = owner
-            if t not in item.wanted or t in item.frames or item.error is not None:
+            if t not in item.wanted or t in item.frames or t in item.pictures or item.error is not None:
                 continue
             full_range = int(getattr(frame, "color_range", 0) or 0) == 2  # AVCOL_RANGE_JPEG
             try:
@@ -308,8 +322,25 @@ class FfmpegDecoder:
                     planes = [torch.from_dlpack(plane.__dlpack__(stream=None)).to(self.device)
                               for plane in frame.planes[:2]]
                 item.frames[t] = (planes[0], planes[1], full_range)
+                if len(item.frames) >= CONVERT_CHUNK:  # converted as they add up: FFmpeg's buffers go back
+                    self._convert(item)
             except Exception as exc:  # noqa: BLE001 - this clip fails; the decoder and the others go on
                 item.error = exc
+                item.release()
+
+    def _convert(self, item: _Pending) -> None:
+        """The clip's planes so far -> its pictures, in one batch (a picture at a time would cost ~15 PyTorch
+        launches each, with the GIL held)."""
+        if not item.frames:
+            return
+        times = list(item.frames)
+        planes = [item.frames.pop(t) for t in times]
+        _, final = output_sizes(item.info, self.size)
+        luma = _as_levels(torch.stack([y for y, _, _ in planes]))
+        chroma = _as_levels(torch.stack([c for _, c, _ in planes]))
+        pictures = planes_to_rgb(luma, chroma, item.info.color_matrix, planes[0][2], final, item.info.rotation,
+                                 self.size if self.square else None)
+        item.pictures.update(zip(times, pictures))
 
     def _completed(self, dec: _Decoder) -> list[tuple[Any, torch.Tensor | Exception]]:
         done = [p for p in dec.pending if p.done]
@@ -326,7 +357,7 @@ class FfmpegDecoder:
         except Exception as exc:  # noqa: BLE001 - what did not come out fails below; the set-up is reopened
             log.debug("draining an FFmpeg decoder failed: %s", exc)
             self._discard(dec)
-        results = [(p.key, self._finish(p) if p.error is not None or len(p.frames) == len(p.wanted)
+        results = [(p.key, self._finish(p) if p.error is not None or p.got == len(p.wanted)
                     else self._missing(p)) for p in dec.pending]
         dec.pending, dec.owners = [], {}
         return results
@@ -335,6 +366,7 @@ class FfmpegDecoder:
         """The decoder raised on ``failed``'s packets: the clips it held come out as they are, this one fails,
         and the set-up is opened afresh for the next clip (FFmpeg's state after an error is not trusted)."""
         dec.pending.remove(failed)
+        failed.release()
         results = self._drain(dec) if dec.pending else []
         self._discard(dec)
         return results + [(failed.key, exc)]
@@ -348,28 +380,22 @@ class FfmpegDecoder:
 
     @staticmethod
     def _missing(item: _Pending) -> DecodeError:
-        return DecodeError(f"{len(item.wanted) - len(item.frames)} of {len(item.wanted)} wanted frames from "
-                           f"{item.clip.times[0]:.2f}s did not come out of the FFmpeg decoder")
+        error = DecodeError(f"{len(item.wanted) - item.got} of {len(item.wanted)} wanted frames from "
+                            f"{item.clip.times[0]:.2f}s did not come out of the FFmpeg decoder")
+        item.release()
+        return error
 
     def _finish(self, item: _Pending) -> torch.Tensor | Exception:
         """The clip's pictures in its times' order, or what failed."""
-        if item.error is not None:
-            return item.error
-        info = item.info
-        _, final = output_sizes(info, self.size)
         try:
-            chunks = []
-            for lo in range(0, len(item.clip.times), CONVERT_CHUNK):
-                planes = [item.frames[t] for t in item.clip.times[lo:lo + CONVERT_CHUNK]]
-                luma = _as_levels(torch.stack([y for y, _, _ in planes]))
-                chroma = _as_levels(torch.stack([c for _, c, _ in planes]))
-                chunks.append(planes_to_rgb(luma, chroma, info.color_matrix, planes[0][2], final, info.rotation,
-                                            self.size if self.square else None))
-            frames = torch.cat(chunks) if len(chunks) > 1 else chunks[0]
+            if item.error is not None:
+                return item.error
+            self._convert(item)  # the last batch
+            frames = torch.stack([item.pictures[t] for t in item.clip.times])
         except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory: this clip fails, the stream goes on
             return exc
         finally:
-            item.frames.clear()
+            item.release()
         self.stats.add(1, len(item.clip.times))
         return frames
 

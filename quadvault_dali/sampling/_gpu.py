@@ -375,7 +375,7 @@ class DaliSampler(Sampler):
                     waited = time.perf_counter() - waiting
                 if item is _STOP:
                     self.decode_stats.note_wait(waited)
-                    self._ffmpeg_results(decoder.drain())
+                    self._ffmpeg_results(decoder.drain(end=True))
                     return
                 self.decode_stats.note_take(work.qsize() + 1, waited)
                 try:
@@ -393,7 +393,7 @@ class DaliSampler(Sampler):
                     item.clip.runs = []
         finally:
             try:
-                self._ffmpeg_results(decoder.drain())
+                self._ffmpeg_results(decoder.drain(end=True))
                 with self._idle_lock:
                     if len(self._idle_decoders) < cfg.streams:  # for the next run, drained
                         self._idle_decoders.append(decoder)
