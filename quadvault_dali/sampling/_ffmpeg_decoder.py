@@ -2,8 +2,9 @@
 
 Why (``benchmarks/nvdec_ceiling.py`` on an H100, 2026-11-26): fed 1080p H.264 keyframes back to back, 8
 threads each with one ``h264_cuvid`` decoder decoded 3,474 frames/s at full size and 3,851 through NVDEC's own
-scaler, NVDEC 78-87 % busy, on 2-3 host cores (decoding only: no conversion, no PyTorch). DALI's decoder, in every layout tried, stopped near 2,100 with
-NVDEC 40-55 % busy: it decodes a sample's frames one after another and sets a decoder up per sample. A cuvid
+scaler, NVDEC 78-87 % busy, on 2-3 host cores (decoding only: no conversion, no PyTorch). DALI's decoder, in
+every layout tried, stopped near 2,100 with NVDEC 40-55 % busy: it decodes a sample's frames one after another
+and sets a decoder up per sample. A cuvid
 decoder opened per video managed only 17-29 frames/s (each open makes a CUDA context), so here one decoder
 per stream *and stream set-up* (codec, configuration record, coded size) stays open and is fed the clips of
 every video that shares it, with no set-up between them.
@@ -12,8 +13,8 @@ How a stream uses it (``DaliSampler._ffmpeg_decode_loop``): ``feed`` one clip at
 from the cutter: no MP4 is muxed, ``_remux.packets_clip``), and get back the clips whose wanted frames have all
 come out. The decoder holds a few pictures back (NVDEC's display queue), so a clip may complete during a later
 ``feed``; ``drain`` takes out everything (end of stream, then a reset; a cuvid decoder re-creates its NVDEC
-decoder there, never its CUDA context), and the stream calls it whenever its queue runs dry, before it switches set-ups, and at
-the end. Every packet carries a token as its timestamp (rising in presentation order), so each picture that
+decoder there, never its CUDA context), and the stream calls it whenever its queue runs dry, before it switches
+set-ups, and at the end. Every packet carries a token as its timestamp (rising in presentation order), so each picture that
 comes out is matched to the clip and the source time it belongs to, whatever the order or delay.
 
 Frames (``NVDEC_PATH``): with ``hwaccel`` (the default) FFmpeg's own decoders use NVDEC in PyTorch's CUDA
@@ -47,6 +48,7 @@ from ..errors import DecodeError
 from ..probe import VideoInfo
 from ._clip_decoder import DecodeStats
 from ._colour import MATRIX_WEIGHTS, ycbcr_to_rgb
+from ._cpu import output_size
 from ._remux import Clip, Signature
 
 log = logging.getLogger(__name__)
@@ -91,9 +93,10 @@ def ffmpeg_limitation(codec: str) -> str | None:
 def output_sizes(info: VideoInfo, size: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """((width, height) NVDEC scales to, (width, height) after the resize), both in the coded orientation
     (rotation comes after): the short side ``size`` as the cpu backend's ``output_size`` rounds it."""
-    width, height = (info.height, info.width) if info.rotation in (90, 270) else (info.width, info.height)
-    scale = size / min(width, height)
-    final = (max(size, round(width * scale)), max(size, round(height * scale)))
+    turned = info.rotation in (90, 270)
+    width, height = (info.height, info.width) if turned else (info.width, info.height)
+    shown = output_size(info, size)
+    final = shown[::-1] if turned else shown
     scaled = tuple(min(side, ((OVERSAMPLE * f + 1) // 2) * 2) for side, f in zip((width, height), final))
     return (max(2, scaled[0]), max(2, scaled[1])), final
 
@@ -193,7 +196,6 @@ class _Decoder:
             if LOW_DELAY:
                 self.ctx.flags |= int(Flags.low_delay)
         self.scaled = scaled
-        self.hardware = hardware
         self.owners: dict[int, tuple[_Pending, float]] = {}  # token -> (clip, source time of its picture)
         self.pending: list[_Pending] = []
         self.packets = 0  # fed so far
@@ -296,8 +298,8 @@ class FfmpegDecoder:
         return dec
 
     def _take(self, dec: _Decoder, frames: list[Any]) -> None:
-        """Keeps the wanted pictures among ``frames`` as planes on the client's device (``_finish`` converts a
-        clip's at once: a picture at a time cost about 15 PyTorch launches, each with the GIL held)."""
+        """Keeps the wanted pictures among ``frames`` as planes on the client's device, converted in batches
+        (``_convert``) as ``CONVERT_CHUNK`` add up and the rest when the clip completes (``_finish``)."""
         for frame in frames:
             owner = dec.owners.pop(frame.pts, None) if frame.pts is not None else None
             if owner is None:
@@ -405,15 +407,6 @@ def _as_levels(plane: torch.Tensor) -> torch.Tensor:
     if plane.dtype == torch.uint8:
         return plane.float()
     return (plane.view(torch.int16).to(torch.int32) & 0xFFFF).float() / 256.0
-
-
-def nv12_to_rgb(nv12: torch.Tensor, matrix: str, full_range: bool, final: tuple[int, int],
-                square: int | None) -> torch.Tensor:
-    """``(F, H * 3 / 2, W)`` NV12 pictures in one array -> ``planes_to_rgb``."""
-    count, rows, width = nv12.shape
-    height = rows * 2 // 3
-    chroma = nv12[:, height:].reshape(count, height // 2, width // 2, 2)
-    return planes_to_rgb(nv12[:, :height].float(), chroma.float(), matrix, full_range, final, 0, square)
 
 
 @functools.lru_cache(maxsize=None)

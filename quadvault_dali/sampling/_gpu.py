@@ -408,16 +408,22 @@ class DaliSampler(Sampler):
                              stats=self.decode_stats)
 
     def _ffmpeg_results(self, results: list[tuple[Any, torch.Tensor | Exception]]) -> None:
-        """Hands the FFmpeg client's finished clips over, or records their failures (as ``_decode_loop``)."""
+        """Hands the FFmpeg client's finished clips over (upright, in the tagged matrix already), or records
+        their failures."""
         for w, res in results:
-            if not isinstance(res, Exception):
-                self._hardware_worked = True
-                try:
-                    w.task.deliver(w.seq, res, w.clip.times)  # upright, in the tagged matrix already
-                    continue
-                except Exception as exc:  # noqa: BLE001 - nothing a clip does may end the loop
-                    res = exc
-            self._clip_failed(w, res)
+            self._hand_over(w, res, displayed=True)
+
+    def _hand_over(self, w: _Work, result: torch.Tensor | Exception, *, displayed: bool = False) -> None:
+        """A decoded clip's frames to its video (``displayed``: already upright, in the stream's tagged matrix;
+        else ``_displayed`` makes them so), or its failure recorded (``_clip_failed``)."""
+        if not isinstance(result, Exception):
+            self._hardware_worked = True
+            try:
+                w.task.deliver(w.seq, result if displayed else _displayed(result, w.task.outcome.info), w.clip.times)
+                return
+            except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory while rotating
+                result = exc
+        self._clip_failed(w, result)
 
     def _decode_loop(self, work: "queue.Queue[Any]") -> None:
         """One decode stream: clips in, frames delivered; nothing a clip does may end the loop (the
@@ -444,14 +450,7 @@ class DaliSampler(Sampler):
                 except Exception as exc:  # noqa: BLE001 - e.g. a CUDA or DALI set-up failure: every clip fails
                     results = [exc] * len(live)
                 for w, res in zip(live, results):
-                    if not isinstance(res, Exception):
-                        self._hardware_worked = True
-                        try:
-                            w.task.deliver(w.seq, _displayed(res, w.task.outcome.info), w.clip.times)
-                            continue
-                        except Exception as exc:  # noqa: BLE001 - e.g. CUDA out of memory while rotating
-                            res = exc
-                    self._clip_failed(w, res)
+                    self._hand_over(w, res)
                 for w in items:
                     budget.release(w.cost)
                 del items, live, results  # the clips' bytes and frames: not held while the next run waits
