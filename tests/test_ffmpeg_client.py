@@ -19,7 +19,7 @@ import torch
 from quadvault_dali.sampling import _ffmpeg_decoder, create_sampler
 from quadvault_dali.sampling._clip_decoder import DecodeStats
 from quadvault_dali.sampling._colour import MATRIX_WEIGHTS, ycbcr_to_rgb
-from quadvault_dali.sampling._ffmpeg_decoder import FfmpegDecoder, _as_levels, nv12_to_rgb, output_sizes
+from quadvault_dali.sampling._ffmpeg_decoder import FfmpegDecoder, _as_levels, output_sizes, planes_to_rgb
 from quadvault_dali.sampling._gpu import DaliSampler
 from quadvault_dali.errors import DecodeError
 from quadvault_dali.probe import probe_video
@@ -40,6 +40,19 @@ def ffmpeg_clips(make_clip: Callable[..., Path]) -> list[tuple[Path, int]]:
     """H.264 (B-frames, rotation, VFR included) and HEVC, with their source ids."""
     return [(make_clip(f"ffclient_{name}_s{sid}.mp4", width=160, height=96, duration_s=4.0, source_id=sid, **spec), sid)
             for sid, (name, spec) in enumerate(CLIPS.items(), start=21)]
+
+
+def _packet_clips(path: Path, fps: float, mode: str, max_frames: int):  # type: ignore[no-untyped-def]
+    """``path``'s probe and its clips of packets (no MP4), as the sampler cuts them for the FFmpeg client."""
+    from quadvault_dali.probe import open_container, probe_open
+    from quadvault_dali.sampling._plan import plan_samples
+    from quadvault_dali.sampling._reader import CountingFile
+    from quadvault_dali.sampling._remux import plan_clips
+
+    with CountingFile(path) as fh, open_container(path, fh) as container:
+        info, index = probe_open(container, path)
+        plan = plan_samples(info, index, fps=fps, mode=mode)  # type: ignore[arg-type]
+        return info, list(plan_clips(plan, container, fh, max_frames=max_frames, mux=False))
 
 
 @pytest.mark.parametrize("mode", ["keyframe", "exact"])
@@ -144,17 +157,8 @@ def _stamp(frame: torch.Tensor):  # type: ignore[no-untyped-def]
 def test_a_clip_held_back_comes_out_on_a_later_feed_or_the_drain(ffmpeg_clips: list[tuple[Path, int]]) -> None:
     """Fed one after another into one decoder (never reopened), clips complete in feed order, each with its own
     seconds; what the decoder still holds comes out in ``drain``."""
-    from quadvault_dali.probe import open_container, probe_open
-    from quadvault_dali.sampling._plan import plan_samples
-    from quadvault_dali.sampling._reader import CountingFile
-    from quadvault_dali.sampling._remux import plan_clips
-
     path = ffmpeg_clips[1][0]  # H.264 with B-frames: the software decoder holds pictures back
-    info = probe_video(path)
-    with CountingFile(path) as fh, open_container(path, fh) as container:
-        _, index = probe_open(container, path)
-        plan = plan_samples(info, index, fps=2.0, mode="exact")
-        clips = list(plan_clips(plan, container, fh, max_frames=2, mux=False))
+    info, clips = _packet_clips(path, 2.0, "exact", max_frames=2)
     assert len(clips) >= 3 and all(c.data == b"" and c.runs for c in clips)
     stats = DecodeStats()
     decoder = FfmpegDecoder(torch.device("cpu"), SIZE, True, hardware=False, stats=stats)
@@ -177,18 +181,10 @@ def test_a_clip_whose_picture_never_comes_fails_without_waiting_for_the_drain(
     """A picture the decoder dropped without an error (here: a wanted time no packet has) must not keep its clip,
     and so its video, waiting until the stream's queue runs dry: after ``HELD_PACKETS`` more packets the decoder
     is drained and the clip fails (to the CPU decoder), the others complete."""
-    from quadvault_dali.probe import open_container, probe_open
-    from quadvault_dali.sampling._plan import plan_samples
-    from quadvault_dali.sampling._reader import CountingFile
-    from quadvault_dali.sampling._remux import plan_clips
-
     monkeypatch.setattr(_ffmpeg_decoder, "HELD_PACKETS", 6)
     path, sid = ffmpeg_clips[0]
-    info = probe_video(path)
-    with CountingFile(path) as fh, open_container(path, fh) as container:
-        _, index = probe_open(container, path)
-        plan = plan_samples(info, index, fps=1.0, mode="keyframe")
-        clips = [list(plan_clips(plan, container, fh, max_frames=2, mux=False)) for _ in range(4)]
+    cuts = [_packet_clips(path, 1.0, "keyframe", max_frames=2) for _ in range(4)]  # fresh clips to feed each time
+    info, clips = cuts[0][0], [c for _, c in cuts]
     broken = clips[0][0]
     broken.times = broken.times + [99.0]  # a second no packet carries
     decoder = FfmpegDecoder(torch.device("cpu"), SIZE, True, hardware=False)
@@ -213,16 +209,7 @@ def test_a_set_up_no_decoder_opens_for_is_not_tried_for_every_clip(ffmpeg_clips:
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Opening failed (no NVDEC for it, CUDA out of memory): the stream's next clips of that set-up fail at once
     with the same error (to the CPU decoder), and it is tried again after the next drain."""
-    from quadvault_dali.probe import open_container, probe_open
-    from quadvault_dali.sampling._plan import plan_samples
-    from quadvault_dali.sampling._reader import CountingFile
-    from quadvault_dali.sampling._remux import plan_clips
-
-    path = ffmpeg_clips[0][0]
-    info = probe_video(path)
-    with CountingFile(path) as fh, open_container(path, fh) as container:
-        _, index = probe_open(container, path)
-        clips = list(plan_clips(plan_samples(info, index, mode="keyframe"), container, fh, max_frames=1, mux=False))
+    info, clips = _packet_clips(ffmpeg_clips[0][0], 1.0, "keyframe", max_frames=1)
     assert len(clips) >= 3
     opened = []
     real = _ffmpeg_decoder._Decoder.__init__
@@ -251,17 +238,8 @@ def test_a_packet_the_decoder_raises_on_fails_its_clip_alone(ffmpeg_clips: list[
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """FFmpeg raises on one clip's packet: that clip fails (to the CPU decoder); the clip the decoder still held
     comes out of it whole, and the set-up is opened afresh for the clips after."""
-    from quadvault_dali.probe import open_container, probe_open
-    from quadvault_dali.sampling._plan import plan_samples
-    from quadvault_dali.sampling._reader import CountingFile
-    from quadvault_dali.sampling._remux import plan_clips
-
     path, sid = ffmpeg_clips[1]  # H.264 with B-frames, 2-s GOPs: the decoder holds a clip back after each feed
-    info = probe_video(path)
-    with CountingFile(path) as fh, open_container(path, fh) as container:
-        _, index = probe_open(container, path)
-        clips = list(plan_clips(plan_samples(info, index, fps=2.0, mode="exact"), container, fh, max_frames=1,
-                                mux=False))
+    info, clips = _packet_clips(path, 2.0, "exact", max_frames=1)
     bad = 3
     fail_at = sum(len(run.packets) for clip in clips[:bad] for run in clip.runs) + 1  # the bad clip's first packet
 
@@ -314,13 +292,11 @@ def test_output_sizes_oversample_and_never_upscale(ffmpeg_clips: list[tuple[Path
 
 @pytest.mark.parametrize(("matrix", "full"), [("bt709", False), ("bt470bg", False), ("bt709", True)])
 def test_nv12_conversion_is_the_tagged_matrix(matrix: str, full: bool) -> None:
-    """A flat NV12 picture comes out as the matrix and range say (checked against the formula in numpy)."""
+    """Flat NV12 planes come out as the matrix and range say (checked against the formula in numpy)."""
     y, cb, cr = 120, 90, 170
-    nv12 = torch.empty((1, 12, 8), dtype=torch.uint8)
-    nv12[:, :8] = y
-    nv12[:, 8:].view(1, 4, 4, 2)[..., 0] = cb
-    nv12[:, 8:].view(1, 4, 4, 2)[..., 1] = cr
-    rgb = nv12_to_rgb(nv12, matrix, full, (8, 8), None)[0, :, 4, 4].numpy().astype(float)
+    luma = torch.full((1, 8, 8), float(y))
+    chroma = torch.tensor([float(cb), float(cr)]).expand(1, 4, 4, 2)
+    rgb = planes_to_rgb(luma, chroma, matrix, full, (8, 8), 0, None)[0, :, 4, 4].numpy().astype(float)
     scale_y, scale_c, off = (1.0, 1.0, 0.0) if full else (255 / 219, 255 / 224, 16.0)
     want = ycbcr_to_rgb(*MATRIX_WEIGHTS[matrix]) @ np.array([(y - off) * scale_y, (cb - 128) * scale_c,
                                                                (cr - 128) * scale_c])
