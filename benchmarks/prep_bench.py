@@ -62,7 +62,7 @@ class NullFfmpegDecoder(FfmpegDecoder):
                 len(packet.data)
         return [(key, torch.zeros((len(clip), 3, self.size, self.size), dtype=torch.uint8))]
 
-    def drain(self) -> list[tuple[Any, torch.Tensor | Exception]]:
+    def drain(self, end: bool = False) -> list[tuple[Any, torch.Tensor | Exception]]:
         return []
 
 

@@ -102,6 +102,20 @@ def test_an_ffmpeg_client_row_counts_its_decoders(sampling_bench, make_clip: Cal
     assert row["decoder_opens"] <= 1 and row["drains"] >= 1 and row["frames_on_device"] == 0  # CPU stand-in
 
 
+def test_the_prepare_bench_feeds_both_clients_every_frame(make_clip: Callable[..., Path],
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """``prep_bench``: the gpu backend's host side with decoders that decode nothing, DALI's joined MP4s and the
+    FFmpeg client's packets alike; every sampled second comes through, and no decode stream died on the way
+    (one that dies at the end loses no frames, but says so in the log)."""
+    prep_bench = import_benchmark("prep_bench")
+    clip = make_clip("bench_prep.mp4", width=128, height=80, fps=30, duration_s=3.0, source_id=7)
+    with caplog.at_level("ERROR"):
+        rows = prep_bench.measure([clip] * 6, streams=2, size=32, repeats=1, muxers=("join", "packets"))
+    assert not [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert {(r["uncrop_sps"], r["mux"]) for r in rows} == {(True, "join"), (False, "join"), (False, "packets")}
+    assert all(r["frames"] == 18 for r in rows), rows
+
+
 @pytest.mark.parametrize("codec", ["h264", "hevc"])
 def test_joined_copies_make_one_longer_video(sampling_bench, make_clip: Callable[..., Path], codec: str) -> None:
     """``--join-copies``: copies of a clip played one after another, packets copied: K times as long, a keyframe
