@@ -282,6 +282,37 @@ def test_a_packet_the_decoder_raises_on_fails_its_clip_alone(ffmpeg_clips: list[
         _check_stamps(clips[i].times, [(st.time_s, st.source_id) for st in map(_stamp, frames)], sid)
 
 
+def test_a_decode_stream_that_dies_stops_the_run_instead_of_hanging(ffmpeg_clips: list[tuple[Path, int]],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each decode loop guards its clips, so an exception out of one is a bug; the clips that stream held would
+    never come. The run must stop with that error (a scan would otherwise wait all night), not hang."""
+    import threading
+
+    from quadvault_dali.errors import BackendUnavailableError
+
+    def broken_drain(self, end=False):  # type: ignore[no-untyped-def]
+        raise RuntimeError("boom in drain")
+
+    monkeypatch.setattr(FfmpegDecoder, "drain", broken_drain)
+    sampler = DaliSampler(fps=1.0, mode="keyframe", size=SIZE, batch_size=2, streams=2, decode_client="ffmpeg")
+    result: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            result["batches"] = list(sampler.iter_batches([p for p, _ in ffmpeg_clips]))
+        except Exception as exc:  # noqa: BLE001 - what the test looks at
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the run hung after a decode stream died"
+    error = result.get("error")
+    assert isinstance(error, BackendUnavailableError), result
+    assert "a decode stream stopped: RuntimeError: boom in drain" in str(error)
+    assert isinstance(error.__cause__, RuntimeError)
+
+
 def test_output_sizes_oversample_and_never_upscale(ffmpeg_clips: list[tuple[Path, int]]) -> None:
     info = probe_video(ffmpeg_clips[0][0])
     hd = dataclasses.replace(info, width=1920, height=1080, rotation=0)

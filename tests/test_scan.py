@@ -208,6 +208,40 @@ def test_full_disk_stops_cleanly_and_resumes(library: Path, tmp_path: Path, monk
     assert resumed.skipped == 2 and resumed.run.videos == 7 and len(_videos(out)) == 9
 
 
+def test_a_run_stopped_by_an_error_keeps_the_videos_it_finished(library: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure that stops sampling (a decode stream's bug, say) must not throw away the videos finished
+    since the last shard: they are written before the error goes up, and the resumed run does the rest."""
+    import quadvault_dali.scan.runner as runner
+    from quadvault_dali.errors import BackendUnavailableError
+    from quadvault_dali.sampling import create_sampler
+
+    class StopsAfterThree:
+        def __init__(self, **kw: object) -> None:
+            self.inner = create_sampler("cpu", **kw)
+
+        def iter_batches(self, videos):  # type: ignore[no-untyped-def]
+            finished = 0
+            for batch in self.inner.iter_batches(videos):
+                yield batch
+                finished += len(batch.completed)
+                if finished >= 3:
+                    raise BackendUnavailableError("a decode stream stopped: RuntimeError: boom")
+
+        def close(self) -> None:
+            self.inner.close()
+
+    monkeypatch.setattr(runner, "create_sampler", lambda device, **kw: StopsAfterThree(**kw))
+    out = tmp_path / "out"
+    with pytest.raises(BackendUnavailableError, match="boom"):
+        _scan(library, out, shard_videos=100)  # no shard would have been written before the end
+    kept = _videos(out)
+    assert len(kept) >= 3 and all(r["status"] in ("ok", "error") for r in kept.values())
+    monkeypatch.undo()
+    resumed = _scan(library, out)
+    assert resumed.skipped == len(kept) and len(_videos(out)) == len(GOOD) + len(BROKEN)
+
+
 def test_a_damaged_shard_is_moved_aside_and_its_videos_scanned_again(library: Path, tmp_path: Path,
                                                                      caplog: pytest.LogCaptureFixture) -> None:
     """A complete pair that no longer reads (a disk error): one bad file must not stop every later scan."""

@@ -220,7 +220,7 @@ def feed_clips(pipe: Any, clips: Sequence[Clip], indices: Sequence[np.ndarray] |
     pipe.feed_input(ROI_INPUT, [np.array(c.roi, dtype=np.float32) for c in clips])
 
 
-def error_summary(exc: Exception, limit: int = 300) -> str:
+def error_summary(exc: BaseException, limit: int = 300) -> str:
     """DALI's multi-line error as one line: the reason after 'encountered:', without the boilerplate."""
     text = str(exc)
     text = text.split("encountered:", 1)[-1]

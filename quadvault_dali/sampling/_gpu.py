@@ -624,13 +624,28 @@ class DaliSampler(Sampler):
         preparing = cfg.prepare_processes if pool is not None and pool.usable else max(4, streams)
         preparers = ThreadPoolExecutor(max_workers=min(lookahead, preparing), thread_name_prefix="gpu-prepare")
         loop = self._ffmpeg_decode_loop if self._ffmpeg else self._decode_loop
-        decoders = [threading.Thread(target=loop, args=(work,), name=f"gpu-decode-{i}", daemon=True)
-                    for i in range(streams)]
-        for thread in decoders:
-            thread.start()
         sources = iter(videos)
         tasks: deque[VideoTask] = deque()
         takeovers: list[threading.Thread] = []
+        crashes: list[BaseException] = []  # what ended a decode stream: the run stops (``_stream``)
+
+        def stream() -> None:
+            """A decode stream. Its loop guards every clip, so an exception out of it is a bug; the clips the
+            stream held would never come, and the consumer would wait for them all night: instead every video
+            in flight fails and the run stops with the error."""
+            try:
+                loop(work)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by the consumer
+                what = f"{type(exc).__name__}: {error_summary(exc)}"
+                log.error("%s stopped: %s", threading.current_thread().name, what, exc_info=exc)
+                crashes.append(exc)  # before the videos fail: the consumer checks it when one wakes it
+                error = QuadvaultError(f"sampling stopped: a decode stream failed ({what})")
+                for task in _snapshot(tasks):
+                    task.fail(error)
+
+        decoders = [threading.Thread(target=stream, name=f"gpu-decode-{i}", daemon=True) for i in range(streams)]
+        for thread in decoders:
+            thread.start()
 
         def refill() -> None:
             while len(tasks) < lookahead and not stop.is_set():
@@ -658,6 +673,12 @@ class DaliSampler(Sampler):
         try:
             refill()
             while tasks:
+                if crashes:
+                    crash = crashes[0]
+                    raise BackendUnavailableError(
+                        f"a decode stream stopped: {type(crash).__name__}: {error_summary(crash)}",
+                        hint="a bug in quadvault: please report it with the log of a run with -v; finished videos "
+                             "are kept, and the same command resumes (or scan with --device cpu)") from crash
                 task = tasks[0]
                 item = task.take()
                 if isinstance(item, TakeOver):
@@ -715,6 +736,15 @@ class DaliSampler(Sampler):
     def _empty(self) -> torch.Tensor:
         size = self.config.size
         return torch.empty((0, 3, size, size), dtype=torch.uint8, device=self.device)
+
+
+def _snapshot(tasks: "deque[VideoTask]") -> list[VideoTask]:
+    """The videos in flight, read from another thread than the consumer that changes them."""
+    while True:
+        try:
+            return list(tasks)
+        except RuntimeError:  # the deque changed while it was copied
+            continue
 
 
 def _displayed(frames: torch.Tensor, info: VideoInfo | None) -> torch.Tensor:

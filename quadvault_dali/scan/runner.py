@@ -320,8 +320,14 @@ def scan_files(files: Sequence[FileState], scorers: Sequence[Scorer], options: S
                 writer.tick()
                 if on_progress is not None:
                     on_progress(stats)
-    except KeyboardInterrupt:
-        writer.flush()  # keep every finished video; the rest resumes next time
+    except BaseException as exc:
+        # Ctrl-C, or a failure that stops the run: every finished video is kept, the rest resumes next time
+        # (not when writing is what failed: a full disk stays full)
+        if not isinstance(exc, OutputError):
+            try:
+                writer.flush()
+            except Exception as flush_exc:  # noqa: BLE001 - the failure that stopped the run is the one raised
+                log.warning("the videos finished since the last shard could not be saved: %s", flush_exc)
         raise
     finally:
         sampler.close()
