@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from _results import write_json
+from quadvault_dali import probe
 from quadvault_dali._gc import freeze_startup_objects
 from quadvault_dali.sampling import _gpu, _remux
 from quadvault_dali.sampling._clip_decoder import ClipDecoder
@@ -111,7 +112,8 @@ class GcPauses:
 
 
 def measure(videos: list[Path], streams: int, size: int, repeats: int, mode: str = "keyframe",
-            muxers: tuple[str, ...] = ("join", "pyav"), preparers: tuple[str, ...] = ("threads",)) -> list[dict[str, Any]]:
+            muxers: tuple[str, ...] = ("join", "pyav"), preparers: tuple[str, ...] = ("threads",),
+            probes: tuple[str, ...] = ("quick",)) -> list[dict[str, Any]]:
     """Rows for uncropped and cropped clips, each with every muxer in ``muxers`` (``join``: in-order clips
     joined under a rebuilt index, ``pyav``: every clip muxed by PyAV, ``packets``: no MP4, the packets handed to
     the FFmpeg decode client, ``SamplerConfig.decode_client``; it never uncrops): the median of ``repeats`` passes each
@@ -119,8 +121,12 @@ def measure(videos: list[Path], streams: int, size: int, repeats: int, mode: str
     favours none. ``preparers``: ``threads`` (the default) and/or ``processes`` (clips cut in as many worker
     processes as prepare threads, ``sampling._prepare_pool``; their start-up is not timed)."""
     # workers are spawned: the PyAV-mux switch (a global of this process) does not reach them
-    settings = [(uncrop, mux, prep) for uncrop in (True, False) for mux in muxers for prep in preparers
-                if not (mux == "pyav" and prep == "processes") and not (mux == "packets" and uncrop)]
+    # ``probes``: ``quick`` (FFmpeg's stream probing cut short for plain MP4s, ``probe.QUICK_MP4_PROBE``, the
+    # default) and/or ``full``; a switch of this process, so ``full`` rows cut clips in threads
+    settings = [(uncrop, mux, prep, how) for uncrop in (True, False) for mux in muxers for prep in preparers
+                for how in probes
+                if not (mux == "pyav" and prep == "processes") and not (mux == "packets" and uncrop)
+                and not (how == "full" and prep == "processes")]
     workers = max(4, streams)
     samplers = {(uncrop, prep, client): PrepOnlySampler(uncrop=uncrop, mode=mode, size=size, streams=streams,
                                                         prepare_processes=workers if prep == "processes" else 0,
@@ -131,28 +137,30 @@ def measure(videos: list[Path], streams: int, size: int, repeats: int, mode: str
         for _ in sampler.iter_batches(videos[:2]):  # imports, first-use costs, templates
             pass
     freeze_startup_objects()  # as the product's long loops do
-    passes: dict[tuple[bool, str, str], list[tuple[float, float, int, GcPauses]]] = {key: [] for key in settings}
+    passes: dict[tuple[bool, str, str, str], list[tuple[float, float, int, GcPauses]]] = {key: [] for key in settings}
     for r in range(repeats):
-        for uncrop, mux, prep in (settings if r % 2 == 0 else settings[::-1]):
+        for uncrop, mux, prep, how in (settings if r % 2 == 0 else settings[::-1]):
             frames = 0
             _remux.JOIN_IN_ORDER = mux == "join"
+            probe.QUICK_MP4_PROBE = how == "quick"
             try:
                 with GcPauses() as pauses:
                     wall0, cpu0 = time.perf_counter(), time.process_time()
                     client = "ffmpeg" if mux == "packets" else "dali"
                     for batch in samplers[(uncrop, prep, client)].iter_batches(videos):
                         frames += len(batch)
-                    passes[(uncrop, mux, prep)].append((time.perf_counter() - wall0, time.process_time() - cpu0,
+                    passes[(uncrop, mux, prep, how)].append((time.perf_counter() - wall0, time.process_time() - cpu0,
                                                         frames, pauses))
             finally:
                 _remux.JOIN_IN_ORDER = True
+                probe.QUICK_MP4_PROBE = True
     for sampler in samplers.values():
         sampler.close()
     rows = []
-    for (uncrop, mux, prep), runs in passes.items():
+    for (uncrop, mux, prep, how), runs in passes.items():
         wall, cpu, frames, pauses = sorted(runs, key=lambda p: p[0])[len(runs) // 2]
         # CPU ms per frame: this process's own (a "processes" row's workers are not in process_time)
-        rows.append({"mode": mode, "streams": streams, "uncrop_sps": uncrop, "mux": mux, "prepare": prep,
+        rows.append({"mode": mode, "streams": streams, "uncrop_sps": uncrop, "mux": mux, "prepare": prep, "probe": how,
                      "videos": len(videos),
                      "frames": frames, "repeats": repeats, "seconds": round(wall, 3),
                      "sampled_fps": round(frames / wall, 1), "cpu_ms_per_frame": round(1000 * cpu / max(frames, 1), 3),
@@ -176,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                     "the FFmpeg decode client's clips)")
     ap.add_argument("--prepare", default="threads", help="where clips are cut: threads (the default), processes "
                     "(worker processes, sampling._prepare_pool), or both to compare")
+    ap.add_argument("--probe", default="quick", help="how plain MP4s are opened: quick (FFmpeg's stream probing cut "
+                    "short, the default), full (as before), or both to compare")
     ap.add_argument("--modes", default="keyframe", help="sampling modes to try: keyframe, exact (GOP runs cut by demuxing)")
     args = ap.parse_args(argv)
     work = args.work or Path(tempfile.gettempdir()) / "quadvault-sampling-bench"
@@ -190,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     preparers = tuple(filter(None, args.prepare.split(",")))
     if not preparers or set(preparers) - {"threads", "processes"}:
         ap.error(f"--prepare takes threads and/or processes, got {args.prepare!r}")
+    probes = tuple(filter(None, args.probe.split(",")))
+    if not probes or set(probes) - {"quick", "full"}:
+        ap.error(f"--probe takes quick and/or full, got {args.probe!r}")
     muxers = tuple(filter(None, args.mux.split(",")))
     if not muxers or set(muxers) - {"join", "pyav", "packets"}:
         ap.error(f"--mux takes join, pyav and/or packets, got {args.mux!r}")
@@ -210,11 +223,11 @@ def main(argv: list[str] | None = None) -> int:
             warmed = True
         for mode in args.modes.split(","):
             for streams in (int(s) for s in args.streams.split(",")):
-                for measured in measure(videos, streams, args.size, args.repeats, mode, muxers, preparers):
+                for measured in measure(videos, streams, args.size, args.repeats, mode, muxers, preparers, probes):
                     row = {"clip": spec.name, "codec": spec.codec, **measured}
                     uncrop = row["uncrop_sps"]
                     results.append(row)
-                    print(f"  {spec.name:18} {mode:8} streams={streams} uncrop={uncrop!s:5} mux={row['mux']:4} {row['prepare']:9} "
+                    print(f"  {spec.name:18} {mode:8} streams={streams} uncrop={uncrop!s:5} mux={row['mux']:4} {row['prepare']:9} {row['probe']:5} "
                           f"{row['sampled_fps']:8.1f} frames/s {row['cpu_ms_per_frame']:.3f} CPU ms/frame",
                           file=sys.stderr, flush=True)
                     write_json(out, doc)

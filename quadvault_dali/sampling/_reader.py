@@ -162,20 +162,22 @@ class CuttingSource:
         self.file = CountingFile(path) if path.is_file() else None  # else open() says what the path is
         self._reads: ThreadReads | None = None
         self.by_path = False  # decided by open()
+        self._plain: bool | None = None  # whether it is a plain MP4/MOV, once read
 
     def open(self) -> "av.container.InputContainer":
         if self.file is not None and not self.by_path:
             reads = ThreadReads.start()
             if reads is not None:
-                if is_plain_mp4(self.file, self.path.stat().st_size):
+                self._plain = is_plain_mp4(self.file, self.path.stat().st_size)
+                if self._plain:
                     self._reads, self.by_path = reads, True
                 self.file.seek(0)  # FFmpeg reads a file object from where it is
         if self.by_path:
             try:
-                return open_container(self.path)
+                return open_container(self.path, plain_mp4=True)
             except Exception:  # noqa: BLE001 - again through the file, whose reads say what went wrong (EIO)
                 self.by_path = False
-        return open_container(self.path, self.file)
+        return open_container(self.path, self.file, plain_mp4=self._plain)
 
     def bytes_read(self) -> int:
         if self._reads is not None:

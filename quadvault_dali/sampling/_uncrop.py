@@ -120,24 +120,32 @@ def _skip_scaling_list(bits: _Bits, size: int) -> None:
         last = nxt or last
 
 
-def _h264_crop_fields(bits: _Bits) -> tuple[Crop, int, int]:
-    """Parses an H.264 SPS RBSP (after the NAL header) up to its cropping; (crop, bit position of
-    frame_cropping_flag, bit position after the crop offsets)."""
+def _h264_format(bits: _Bits) -> tuple[int, int, bool]:
+    """Parses an H.264 SPS RBSP (after the NAL header) past its format fields; (chroma_format_idc, luma bit
+    depth, separate colour planes)."""
     profile_idc = bits.u(8)
     bits.u(16)  # constraint flags, reserved bits, level_idc
     bits.ue()  # seq_parameter_set_id
-    chroma_format_idc = 1
+    chroma_format_idc, depth, separate_planes = 1, 8, 0
     if profile_idc in _HIGH_PROFILES:
         chroma_format_idc = bits.ue()
         separate_planes = bits.u(1) if chroma_format_idc == 3 else 0
-        bits.ue(), bits.ue()  # bit depths
+        depth = bits.ue() + 8
+        bits.ue()  # bit_depth_chroma_minus8
         bits.u(1)  # qpprime_y_zero_transform_bypass_flag
         if bits.u(1):  # seq_scaling_matrix_present_flag
             for i in range(8 if chroma_format_idc != 3 else 12):
                 if bits.u(1):
                     _skip_scaling_list(bits, 16 if i < 6 else 64)
-        if separate_planes:
-            chroma_format_idc = 0  # each colour plane coded as monochrome: crop units of 1
+    return chroma_format_idc, depth, bool(separate_planes)
+
+
+def _h264_crop_fields(bits: _Bits) -> tuple[Crop, int, int]:
+    """Parses an H.264 SPS RBSP (after the NAL header) up to its cropping; (crop, bit position of
+    frame_cropping_flag, bit position after the crop offsets)."""
+    chroma_format_idc, _, separate_planes = _h264_format(bits)
+    if separate_planes:
+        chroma_format_idc = 0  # each colour plane coded as monochrome: crop units of 1
     bits.ue()  # log2_max_frame_num_minus4
     poc_type = bits.ue()
     if poc_type == 0:
@@ -164,6 +172,63 @@ def _h264_crop_fields(bits: _Bits) -> tuple[Crop, int, int]:
     crop = Crop(width_mbs * 16, height_map_units * 16 * (2 - frame_mbs_only),
                 left * unit_x, right * unit_x, top * unit_y, bottom * unit_y)
     return crop, flag_at, bits.pos
+
+
+@dataclass(frozen=True)
+class SpsSignal:
+    """What an H.264 SPS says about its pictures' format, as FFmpeg's decoder reports it once it has decoded a
+    picture: the pixel format, and the VUI's range and colour description (``None`` where the SPS leaves them
+    to the container)."""
+
+    chroma_format_idc: int
+    bit_depth: int
+    full_range: bool | None  # video_full_range_flag, where video_signal_type is present
+    primaries: int | None  # colour_description: H.273 code points, as FFmpeg's AVColor* enums number them
+    transfer: int | None
+    matrix: int | None
+
+    def pix_fmt(self, container_full_range: bool) -> str | None:
+        """FFmpeg's H.264 decoder's output format (``get_pixel_format``); ``None`` for the formats it names
+        otherwise (monochrome, RGB-coded 4:4:4, 9/12/14 bits): those are left to FFmpeg."""
+        chroma = {1: "420", 2: "422", 3: "444"}.get(self.chroma_format_idc)
+        if chroma is None or (chroma == "444" and self.matrix == 0):
+            return None
+        full = self.full_range if self.full_range is not None else container_full_range
+        if self.bit_depth == 8:
+            return f"yuv{'j' if full else ''}{chroma}p"
+        if self.bit_depth == 10:
+            return f"yuv{chroma}p10le"
+        return None
+
+
+def avcc_signal(extradata: bytes) -> SpsSignal | None:
+    """The first SPS of an avcC record, read to its VUI's colour description; ``None`` where there is no
+    record or it does not parse."""
+    if len(extradata) < 7 or extradata[0] != 1:
+        return None
+    read = _record_nals(extradata, 6, extradata[5] & 0x1F)
+    if read is None or not read[0] or not _is_sps(read[0][0], "h264"):
+        return None
+    bits = _Bits(unescape(read[0][0][1:]))
+    try:
+        chroma_format_idc, depth, separate_planes = _h264_format(bits)
+        bits.pos = _h264_crop_fields(_Bits(bits.data))[2]
+        full_range = primaries = transfer = matrix = None
+        if bits.u(1):  # vui_parameters_present_flag (E.1.1)
+            if bits.u(1) and bits.u(8) == 255:  # aspect_ratio_info_present_flag, aspect_ratio_idc: Extended_SAR
+                bits.u(32)  # sar_width, sar_height
+            if bits.u(1):  # overscan_info_present_flag
+                bits.u(1)
+            if bits.u(1):  # video_signal_type_present_flag
+                bits.u(3)  # video_format
+                full_range = bool(bits.u(1))
+                if bits.u(1):  # colour_description_present_flag
+                    primaries, transfer, matrix = bits.u(8), bits.u(8), bits.u(8)
+    except (IndexError, ValueError):
+        return None
+    if separate_planes:
+        return None
+    return SpsSignal(chroma_format_idc, depth, full_range, primaries, transfer, matrix)
 
 
 def _hevc_crop_fields(bits: _Bits) -> tuple[Crop, int, int]:
