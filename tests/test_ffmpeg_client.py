@@ -282,35 +282,86 @@ def test_a_packet_the_decoder_raises_on_fails_its_clip_alone(ffmpeg_clips: list[
         _check_stamps(clips[i].times, [(st.time_s, st.source_id) for st in map(_stamp, frames)], sid)
 
 
+def _run_briefly(sampler: DaliSampler, videos: list[Path], timeout: float = 60) -> dict[str, object]:
+    """``iter_batches`` in a thread: its batches or its error, and a failure if it does not end in time."""
+    import threading
+
+    result: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            result["batches"] = list(sampler.iter_batches(videos))
+        except Exception as exc:  # noqa: BLE001 - what the tests look at
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=timeout)
+    assert not thread.is_alive(), "the run hung after a decode stream died"
+    return result
+
+
+def _stopped_by(result: dict[str, object], message: str) -> None:
+    from quadvault_dali.errors import BackendUnavailableError
+
+    error = result.get("error")
+    assert isinstance(error, BackendUnavailableError), result  # never a finished run with error rows
+    assert f"a decode stream stopped: {message}" in str(error) and error.__cause__ is not None
+
+
 def test_a_decode_stream_that_dies_stops_the_run_instead_of_hanging(ffmpeg_clips: list[tuple[Path, int]],
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Each decode loop guards its clips, so an exception out of one is a bug; the clips that stream held would
     never come. The run must stop with that error (a scan would otherwise wait all night), not hang."""
-    import threading
-
-    from quadvault_dali.errors import BackendUnavailableError
-
     def broken_drain(self, end=False):  # type: ignore[no-untyped-def]
         raise RuntimeError("boom in drain")
 
     monkeypatch.setattr(FfmpegDecoder, "drain", broken_drain)
     sampler = DaliSampler(fps=1.0, mode="keyframe", size=SIZE, batch_size=2, streams=2, decode_client="ffmpeg")
-    result: dict[str, object] = {}
+    _stopped_by(_run_briefly(sampler, [p for p, _ in ffmpeg_clips]), "RuntimeError: boom in drain")
 
-    def run() -> None:
-        try:
-            result["batches"] = list(sampler.iter_batches([p for p, _ in ffmpeg_clips]))
-        except Exception as exc:  # noqa: BLE001 - what the test looks at
-            result["error"] = exc
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(timeout=60)
-    assert not thread.is_alive(), "the run hung after a decode stream died"
-    error = result.get("error")
-    assert isinstance(error, BackendUnavailableError), result
-    assert "a decode stream stopped: RuntimeError: boom in drain" in str(error)
-    assert isinstance(error.__cause__, RuntimeError)
+def test_a_stream_that_dies_holding_the_last_video_stops_the_run(ffmpeg_clips: list[tuple[Path, int]],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The consumer waits on the only video left when its stream dies: the video must not come out as a
+    finished error row (a resumed scan would skip it for good), the run stops."""
+    import threading
+
+    fed = threading.Event()
+
+    def holds(self, key, clip, info):  # type: ignore[no-untyped-def]
+        fed.set()
+        return []  # held back, as a decoder with reordering delay holds pictures
+
+    def broken_drain(self, end=False):  # type: ignore[no-untyped-def]
+        if fed.is_set():
+            raise RuntimeError("boom in drain")
+        return []
+
+    monkeypatch.setattr(FfmpegDecoder, "feed", holds)
+    monkeypatch.setattr(FfmpegDecoder, "drain", broken_drain)
+    sampler = DaliSampler(fps=1.0, mode="keyframe", size=SIZE, batch_size=2, streams=1, decode_client="ffmpeg")
+    _stopped_by(_run_briefly(sampler, [ffmpeg_clips[0][0]]), "RuntimeError: boom in drain")
+
+
+def test_every_stream_dying_with_the_queue_full_stops_the_run(make_clip: Callable[..., Path],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The only stream dies while preparers wait to queue clips no stream will take: they must give up, or the
+    run's end waits for them forever."""
+    import time
+
+    videos = [make_clip(f"ffclient_full_queue_{i}.mp4", width=160, height=96, duration_s=4.0, source_id=40 + i,
+                        codec="h264", fps=30, keyframe_interval_s=1.0) for i in range(6)]
+
+    def slow_bug(self, w, result, *, displayed=False):  # type: ignore[no-untyped-def]
+        time.sleep(1.0)  # the queue fills meanwhile
+        raise RuntimeError("bug in hand-over")
+
+    monkeypatch.setattr(DaliSampler, "_hand_over", slow_bug)
+    sampler = DaliSampler(fps=2.0, mode="keyframe", size=SIZE, batch_size=2, streams=1, decode_client="ffmpeg")
+    sampler.clips_per_run = 1  # a queue of a few clips
+    sampler.clip_pixels = 160 * 96 * 2  # clips of two frames: several per video
+    _stopped_by(_run_briefly(sampler, videos), "RuntimeError: bug in hand-over")
 
 
 def test_output_sizes_oversample_and_never_upscale(ffmpeg_clips: list[tuple[Path, int]]) -> None:

@@ -243,8 +243,16 @@ class DaliSampler(Sampler):
         if stop.is_set() or not task.wants(seq) or not self._budget.acquire(cost):
             task.discard()
             return False
-        work.put(_Work(task, seq, clip, cost))
-        return True
+        item = _Work(task, seq, clip, cost)
+        while True:  # never blocked for good on a full queue no stream takes from (every stream died)
+            try:
+                work.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                if stop.is_set() or not task.wants(seq):
+                    self._budget.release(cost)
+                    task.discard()
+                    return False
 
     def _cut_clips_in_worker(self, pool: PreparePool, task: VideoTask, work: "queue.Queue[Any]",
                              stop: threading.Event) -> tuple[str | None, int]:
@@ -375,8 +383,7 @@ class DaliSampler(Sampler):
                     waited = time.perf_counter() - waiting
                 if item is _STOP:
                     self.decode_stats.note_wait(waited)
-                    self._ffmpeg_results(decoder.drain(end=True))
-                    return
+                    break
                 self.decode_stats.note_take(work.qsize() + 1, waited)
                 try:
                     if not item.task.wants(item.seq):
@@ -391,15 +398,13 @@ class DaliSampler(Sampler):
                 finally:
                     budget.release(item.cost)  # its packets are in the decoder (or dropped): not held on
                     item.clip.runs = []
-        finally:
-            try:
-                self._ffmpeg_results(decoder.drain(end=True))
-                with self._idle_lock:
-                    if len(self._idle_decoders) < cfg.streams:  # for the next run, drained
-                        self._idle_decoders.append(decoder)
-            except BaseException:
-                decoder.close()
-                raise
+            self._ffmpeg_results(decoder.drain(end=True))  # the stop marker: what is held comes out
+        except BaseException:
+            decoder.close()  # not trusted after a failure, nor kept for the next run; the run stops (``stream``)
+            raise
+        with self._idle_lock:
+            if len(self._idle_decoders) < cfg.streams:  # for the next run, drained
+                self._idle_decoders.append(decoder)
 
     def _ffmpeg_decoder(self) -> FfmpegDecoder:
         """A decode stream's FFmpeg client (``prep_bench`` puts one in that decodes nothing)."""
@@ -640,7 +645,7 @@ class DaliSampler(Sampler):
                 log.error("%s stopped: %s", threading.current_thread().name, what, exc_info=exc)
                 crashes.append(exc)  # before the videos fail: the consumer checks it when one wakes it
                 error = QuadvaultError(f"sampling stopped: a decode stream failed ({what})")
-                for task in _snapshot(tasks):
+                for task in tasks.copy():  # one C call: the consumer cannot change it meanwhile
                     task.fail(error)
 
         decoders = [threading.Thread(target=stream, name=f"gpu-decode-{i}", daemon=True) for i in range(streams)]
@@ -688,6 +693,8 @@ class DaliSampler(Sampler):
                     takeovers[-1].start()
                     continue
                 if item is None:
+                    if crashes:
+                        continue  # failed by the crash, not finished: raised at the top, never reported as done
                     tasks.popleft()
                     if task.outcome.error is None and task.outcome.frames == 0:
                         task.outcome.error = DecodeError("no frames decoded", path=task.path)
@@ -736,15 +743,6 @@ class DaliSampler(Sampler):
     def _empty(self) -> torch.Tensor:
         size = self.config.size
         return torch.empty((0, 3, size, size), dtype=torch.uint8, device=self.device)
-
-
-def _snapshot(tasks: "deque[VideoTask]") -> list[VideoTask]:
-    """The videos in flight, read from another thread than the consumer that changes them."""
-    while True:
-        try:
-            return list(tasks)
-        except RuntimeError:  # the deque changed while it was copied
-            continue
 
 
 def _displayed(frames: torch.Tensor, info: VideoInfo | None) -> torch.Tensor:
