@@ -161,8 +161,10 @@ def _color_matrix(ctx: Any, signal: SpsSignal | None = None) -> str:
         return "unknown"
 
 
-#: Whether plain MP4/MOV files open with FFmpeg's stream probing cut short (``QUICK_PROBE_OPTIONS``); the
-#: benchmarks and tests compare both ways.
+#: Whether plain MP4/MOV files open with FFmpeg's stream probing cut short (``QUICK_PROBE_OPTIONS``) where the
+#: caller asks (``open_container(quick=True)``: nothing is muxed from the container); benchmarks and tests
+#: compare both ways. Not for clips muxed for DALI: FFmpeg's codec parameters then lack the SPS's colour
+#: description and aspect ratio, which the clips' ``colr``/``pasp`` boxes and set-up keys are made from.
 QUICK_MP4_PROBE = True
 #: ``avformat_find_stream_info`` decodes H.264 pictures to learn their pixel format: one for an x264 file,
 #: seven to twenty for camera files (a GoPro clip's open read half a second of video; a phone's 4K60 clip took
@@ -182,7 +184,9 @@ def _pix_fmt(ctx: Any, signal: SpsSignal | None) -> str | None:
     H.264 decoder will give (the container's range decides yuvj420p where the SPS does not)."""
     if ctx.pix_fmt is not None or signal is None:
         return ctx.pix_fmt
-    return signal.pix_fmt(container_full_range=int(getattr(ctx, "color_range", 0) or 0) == 2)
+    matrix = getattr(ctx, "colorspace", None)
+    return signal.pix_fmt(container_full_range=int(getattr(ctx, "color_range", 0) or 0) == 2,
+                          container_matrix=int(matrix) if matrix is not None else None)
 
 
 def _plain_mp4(path: Path, file: BinaryIO | None) -> bool:
@@ -216,12 +220,14 @@ def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
 
 def open_container(path: Path, file: BinaryIO | None = None, *,
                    hwaccel: "av.codec.hwaccel.HWAccel | None" = None,
-                   plain_mp4: bool | None = None) -> av.container.InputContainer:
+                   plain_mp4: bool | None = None, quick: bool = False) -> av.container.InputContainer:
     """Opens ``path`` with PyAV, turning every failure into a ``VideoOpenError`` that says why.
 
     ``file`` (an open binary file of ``path``) lets callers count or control the bytes read; ``hwaccel``
-    makes FFmpeg decode on that device (frames still arrive in system memory); ``plain_mp4``: whether the
-    file is a plain MP4/MOV, where the caller knows (else its box headers are read to tell).
+    makes FFmpeg decode on that device (frames still arrive in system memory). ``quick``: a plain MP4/MOV opens
+    with FFmpeg's stream probing cut short (``QUICK_PROBE_OPTIONS``), for callers that mux nothing from the
+    container (its codec parameters then lack what only the SPS says); ``plain_mp4``: whether the file is one,
+    where the caller knows (else its box headers are read to tell).
     """
     if not path.exists():
         raise FileAccessError("file not found", path=path)
@@ -232,7 +238,8 @@ def open_container(path: Path, file: BinaryIO | None = None, *,
     if path.stat().st_size == 0:
         raise VideoOpenError("empty file (0 bytes)", path=path)
     source = file if file is not None else str(path)
-    if QUICK_MP4_PROBE and hwaccel is None and (plain_mp4 if plain_mp4 is not None else _plain_mp4(path, file)):
+    if quick and QUICK_MP4_PROBE and hwaccel is None \
+            and (plain_mp4 if plain_mp4 is not None else _plain_mp4(path, file)):
         try:
             container = _av_open(source, options=QUICK_PROBE_OPTIONS)
         except Exception:  # noqa: BLE001 - the full open below says what is wrong
@@ -382,7 +389,7 @@ def probe_video(path: str | os.PathLike[str], *, with_index: bool = False) -> Vi
     With ``with_index=True`` also returns the packet index the samplers plan from.
     """
     path = Path(path)
-    container = open_container(path)
+    container = open_container(path, quick=True)
     try:
         info, index = probe_open(container, path)
     finally:

@@ -146,7 +146,11 @@ def test_a_plain_mp4_that_will_not_open_by_path_is_opened_through_the_file(make_
     with CuttingSource(path) as source:
         with pytest.raises(FileAccessError, match="Input/output error.*disk or the file may be damaged"):
             source.open()
-        # each way with FFmpeg's stream probing cut short first, then in full (``probe.QUICK_PROBE_OPTIONS``)
+        assert opened == ["str", "CountingFile"] and not source.by_path
+    with CuttingSource(path, quick=True) as source:  # each way quickly first, then in full (``QUICK_PROBE_OPTIONS``)
+        opened.clear()
+        with pytest.raises(FileAccessError, match="Input/output error.*disk or the file may be damaged"):
+            source.open()
         assert opened == ["str", "str", "CountingFile", "CountingFile"] and not source.by_path
     monkeypatch.setattr(probe, "_av_open", real_open)
 

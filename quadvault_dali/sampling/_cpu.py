@@ -165,7 +165,7 @@ class CpuSampler(Sampler):
         cfg = self.config
         fh = CountingFile(path) if path.is_file() else None
         try:
-            container = open_container(path, fh)
+            container = open_container(path, fh, quick=True)
             try:
                 info, index = probe_open(container, path)
                 outcome.info, outcome.decoder = info, "pyav"
@@ -266,7 +266,7 @@ class CpuSampler(Sampler):
             log.info("%s: cannot cut GOP runs (%s); decoding the stream in order", info.path, exc)
         if fh is not None:
             fh.seek(0)
-        with open_container(info.path, fh) as again:
+        with open_container(info.path, fh, quick=True) as again:
             stream = again.streams[info.stream_index]
             stream.codec_context.thread_count = 2
             yield from ((f, t) for f, t in self._exact(plan, again, stream) if t > last + 1e-9)

@@ -157,8 +157,9 @@ class CuttingSource:
     the thread that made this source.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, quick: bool = False) -> None:
         self.path = path
+        self.quick = quick  # ``open_container(quick=...)``: nothing will be muxed from the container
         self.file = CountingFile(path) if path.is_file() else None  # else open() says what the path is
         self._reads: ThreadReads | None = None
         self.by_path = False  # decided by open()
@@ -174,10 +175,10 @@ class CuttingSource:
                 self.file.seek(0)  # FFmpeg reads a file object from where it is
         if self.by_path:
             try:
-                return open_container(self.path, plain_mp4=True)
+                return open_container(self.path, plain_mp4=True, quick=self.quick)
             except Exception:  # noqa: BLE001 - again through the file, whose reads say what went wrong (EIO)
                 self.by_path = False
-        return open_container(self.path, self.file, plain_mp4=self._plain)
+        return open_container(self.path, self.file, plain_mp4=self._plain, quick=self.quick)
 
     def bytes_read(self) -> int:
         if self._reads is not None:

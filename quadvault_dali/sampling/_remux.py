@@ -924,7 +924,7 @@ def start_clips(plan: SamplePlan, container: av.container.InputContainer, fh: Co
         # back as the packet cut short, only the next read failing (a run ending on it would be "ok")
         container.close()
         fh.seek(0)
-        container = open_container(plan.info.path, fh)
+        container = open_container(plan.info.path, fh, quick=not mux)
     else:
         container = rewound(container, plan.info.path, None if by_path else fh, plan.index)
     budget = stream_cap or frame_budget(plan.info.coded_width, plan.info.coded_height, clip_pixels)

@@ -187,11 +187,13 @@ class SpsSignal:
     transfer: int | None
     matrix: int | None
 
-    def pix_fmt(self, container_full_range: bool) -> str | None:
-        """FFmpeg's H.264 decoder's output format (``get_pixel_format``); ``None`` for the formats it names
-        otherwise (monochrome, RGB-coded 4:4:4, 9/12/14 bits): those are left to FFmpeg."""
+    def pix_fmt(self, container_full_range: bool, container_matrix: int | None) -> str | None:
+        """FFmpeg's H.264 decoder's output format (``get_pixel_format``), the container's range and matrix
+        standing in where the SPS says none; ``None`` for the formats it names otherwise (monochrome,
+        RGB-coded 4:4:4, 9/12/14 bits): those are left to FFmpeg."""
         chroma = {1: "420", 2: "422", 3: "444"}.get(self.chroma_format_idc)
-        if chroma is None or (chroma == "444" and self.matrix == 0):
+        matrix = self.matrix if self.matrix is not None else container_matrix
+        if chroma is None or (chroma == "444" and matrix == 0):
             return None
         full = self.full_range if self.full_range is not None else container_full_range
         if self.bit_depth == 8:
