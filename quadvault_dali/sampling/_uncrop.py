@@ -144,8 +144,12 @@ def _h264_crop_fields(bits: _Bits) -> tuple[Crop, int, int]:
     """Parses an H.264 SPS RBSP (after the NAL header) up to its cropping; (crop, bit position of
     frame_cropping_flag, bit position after the crop offsets)."""
     chroma_format_idc, _, separate_planes = _h264_format(bits)
-    if separate_planes:
-        chroma_format_idc = 0  # each colour plane coded as monochrome: crop units of 1
+    # each colour plane of a 4:4:4 stream coded as monochrome: crop units of 1
+    return _h264_crop_after_format(bits, 0 if separate_planes else chroma_format_idc)
+
+
+def _h264_crop_after_format(bits: _Bits, chroma_format_idc: int) -> tuple[Crop, int, int]:
+    """``_h264_crop_fields`` from where ``_h264_format`` stopped."""
     bits.ue()  # log2_max_frame_num_minus4
     poc_type = bits.ue()
     if poc_type == 0:
@@ -203,9 +207,11 @@ class SpsSignal:
         return None
 
 
+@functools.lru_cache(maxsize=256)
 def avcc_signal(extradata: bytes) -> SpsSignal | None:
     """The first SPS of an avcC record, read to its VUI's colour description; ``None`` where there is no
-    record or it does not parse."""
+    record or it does not parse. Cached: a quick open asks before the probe does, and one camera's videos
+    share their record."""
     if len(extradata) < 7 or extradata[0] != 1:
         return None
     read = _record_nals(extradata, 6, extradata[5] & 0x1F)
@@ -214,7 +220,7 @@ def avcc_signal(extradata: bytes) -> SpsSignal | None:
     bits = _Bits(unescape(read[0][0][1:]))
     try:
         chroma_format_idc, depth, separate_planes = _h264_format(bits)
-        bits.pos = _h264_crop_fields(_Bits(bits.data))[2]
+        _h264_crop_after_format(bits, chroma_format_idc)  # to the VUI
         full_range = primaries = transfer = matrix = None
         if bits.u(1):  # vui_parameters_present_flag (E.1.1)
             if bits.u(1) and bits.u(8) == 255:  # aspect_ratio_info_present_flag, aspect_ratio_idc: Extended_SAR
