@@ -176,6 +176,31 @@ def test_a_clip_held_back_comes_out_on_a_later_feed_or_the_drain(ffmpeg_clips: l
     assert stats.decoder_opens == 1  # one set-up: never reopened between clips
 
 
+def test_hevc_keyframes_of_two_videos_fed_in_turn_all_come_out(make_clip: Callable[..., Path]) -> None:
+    """x265's keyframes after the first are CRAs, relabelled BLA: a BLA's picture order count is its low bits
+    only, so the same second of two videos has the same count. Fed in turn into one decoder, FFmpeg refused
+    the second video's picture while it still held the first's ("Duplicate POC in a sequence", not raised):
+    on the H100 the 39-s keyframe of 70 joined 4K videos fell back to the CPU. Each must come out, showing
+    its own video and second, and the decoder is drained between such clips only."""
+    videos = [(make_clip(f"ffclient_hevc_pair_s{sid}.mp4", codec="hevc", fps=30, keyframe_interval_s=1.0, width=160,
+                         height=96, duration_s=4.0, source_id=sid), sid) for sid in (41, 42)]
+    cuts = [(_packet_clips(path, 1.0, "keyframe", max_frames=1), sid) for path, sid in videos]
+    stats = DecodeStats()
+    decoder = FfmpegDecoder(torch.device("cpu"), SIZE, True, hardware=False, stats=stats)
+    fed, results = [], []
+    for second in (3, 2, 1):  # CRAs: the IDR at 0 would start a new sequence anyway
+        for (info, clips), sid in cuts:
+            fed.append((sid, second))
+            results += decoder.feed((sid, second), clips[second], info)
+    results += decoder.drain()
+    assert sorted(key for key, _ in results) == sorted(fed)
+    for (sid, second), frames in results:
+        assert isinstance(frames, torch.Tensor), (sid, second, frames)
+        _check_stamps([float(second)], [(s.time_s, s.source_id) for s in map(_stamp, frames)], sid)
+    assert stats.drains == len(fed)  # before each clip after the first, and at the end
+    assert stats.decoder_opens == 1
+
+
 def test_a_clip_whose_picture_never_comes_fails_without_waiting_for_the_drain(
         ffmpeg_clips: list[tuple[Path, int]], monkeypatch: pytest.MonkeyPatch) -> None:
     """A picture the decoder dropped without an error (here: a wanted time no packet has) must not keep its clip,

@@ -199,6 +199,7 @@ class _Decoder:
         self.owners: dict[int, tuple[_Pending, float]] = {}  # token -> (clip, source time of its picture)
         self.pending: list[_Pending] = []
         self.packets = 0  # fed so far
+        self.drained_at = 0  # ``packets`` at the last drain: the decoder holds nothing if they are equal
 
 
 class FfmpegDecoder:
@@ -232,7 +233,8 @@ class FfmpegDecoder:
         scaled, _ = output_sizes(info, self.size)
         dkey = (clip.signature, scaled)
         done: list[tuple[Any, torch.Tensor | Exception]] = []
-        if self._current is not None and self._current != dkey and self._current in self._decoders:
+        if self._current is not None and self._current in self._decoders and \
+                (self._current != dkey or _holds_back_keyframes(self._decoders[self._current])):
             done += self._drain(self._decoders[self._current])
         self._current = dkey
         try:
@@ -353,6 +355,7 @@ class FfmpegDecoder:
 
     def _drain(self, dec: _Decoder) -> list[tuple[Any, torch.Tensor | Exception]]:
         self.stats.note_drain()
+        dec.drained_at = dec.packets
         try:
             self._take(dec, dec.ctx.decode(None))
             dec.ctx.flush_buffers()
@@ -400,6 +403,20 @@ class FfmpegDecoder:
             item.release()
         self.stats.add(1, len(item.clip.times))
         return frames
+
+
+def _holds_back_keyframes(dec: _Decoder) -> bool:
+    """Whether ``dec`` must give up what it holds before another clip: an HEVC decoder fed since its last drain.
+
+    Every clip starts at an IDR or a BLA (``_remux.clean_start``), whose picture order count is its own low bits
+    only, so keyframes of different videos fed back to back often share one: x265 and cameras number the same
+    second's keyframe alike. FFmpeg's HEVC decoder (7.1 on) refuses a picture whose count a picture it still
+    holds for output has ("Duplicate POC in a sequence", logged, not raised), whatever came between: an
+    end-of-sequence unit does not help. On the H100 70 of 240 joined 40-s 4K videos lost their 39-s keyframe
+    that way (the second of two single-keyframe clips from different videos), and the scan library's 4K videos
+    too. A drained decoder holds nothing. H.264 decoders take an IDR after anything.
+    """
+    return dec.key[0][0] == "hevc" and dec.packets > dec.drained_at
 
 
 def _as_levels(plane: torch.Tensor) -> torch.Tensor:
