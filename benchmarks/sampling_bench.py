@@ -255,7 +255,7 @@ class Layout(NamedTuple):
     switch_ms: float | None = None  # ``sys.setswitchinterval`` for the row, in ms (None: as it is)
     pyav_mux: bool = False  # every clip muxed by PyAV, none joined (``sampling._mp4_join``)
     prepare_processes: int = 0  # clips cut in worker processes (``sampling._prepare_pool``), 0: threads
-    feed_without_copy: bool = False  # DALI reads the fed clips in place (``_clip_decoder.FEED_WITHOUT_COPY``)
+    feed_without_copy: bool = True  # DALI reads the fed clips in place (``_clip_decoder.FEED_WITHOUT_COPY``)
     budget_samples: int | None = None  # samples the card's memory is shared by when sizing samples (None: default)
     spread_min_frames: int | None = None  # a run's clips spread over its samples, each at least this many frames
     decode_client: str = "dali"  # what decodes: DALI, or FFmpeg's NVDEC decoders (``SamplerConfig.decode_client``)
@@ -273,7 +273,8 @@ def parse_layout(text: str) -> Layout:
     Python's default 5 ms (a convoy: each FFmpeg read through a Python file, each return from DALI, waits); a
     trailing ``m`` muxes every clip with PyAV, as before in-order clips were joined (``sampling._mp4_join``); a
     trailing ``w`` cuts clips in as many worker processes as there are prepare threads (``sampling._prepare_pool``);
-    a trailing ``n`` lets DALI read the fed clips in place (``_clip_decoder.FEED_WITHOUT_COPY``); a trailing ``b``
+    DALI reads the fed clips in place (``_clip_decoder.FEED_WITHOUT_COPY``, the default since stop 21; a trailing
+    ``n`` says so, ``y`` copies them as before); a trailing ``b``
     sizes samples from the card's memory as 4 streams would (``SamplerConfig.budget_samples``), not shrinking them
     as streams are added; a trailing ``e`` spreads each run's clips evenly over its samples, at least
     ``SPREAD_MIN_FRAMES`` frames each (``SamplerConfig.spread_min_frames``), instead of filling the first; a
@@ -281,16 +282,16 @@ def parse_layout(text: str) -> Layout:
     stream and set-up, fed every video's packets; samples per run and threads then mean nothing) through its
     hwaccel, ``fc`` through its cuvid decoders (``_ffmpeg_decoder.NVDEC_PATH``), and ``fcd`` those with NVDEC's
     display delay 0 (``_ffmpeg_decoder.LOW_DELAY``)."""
-    match = re.fullmatch(r"(?:(\d+)p)?(\d+)x(\d+)x(\d+)(c?)(s?)([ig]?)(m?)(w?)(n?)(b?)(e?)(f?c?d?)", text.strip())
+    match = re.fullmatch(r"(?:(\d+)p)?(\d+)x(\d+)x(\d+)(c?)(s?)([ig]?)(m?)(w?)([ny]?)(b?)(e?)(f?c?d?)", text.strip())
     if not match or match.group(13) not in ("", "f", "fc", "fcd"):
-        raise ValueError(f"a layout is [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c][s][i|g][m][w][n][b][e][f[c[d]]], "
+        raise ValueError(f"a layout is [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c][s][i|g][m][w][n|y][b][e][f[c[d]]], "
                          f"like 4p2x4x4; got {text!r}")
     processes, streams, per_run, threads = (int(g) if g else 1 for g in match.groups()[:4])
     if processes > 1 and (match.group(8) or match.group(9) or match.group(10)):
-        raise ValueError(f"{text!r}: 'm', 'w' and 'n' are for one decoding process")
+        raise ValueError(f"{text!r}: 'm', 'w', 'n' and 'y' are for one decoding process")
     return Layout(processes, streams, per_run, threads, not match.group(5), bool(match.group(6)),
                   {"i": SHORT_SWITCH_MS, "g": PYTHON_SWITCH_MS}.get(match.group(7)), bool(match.group(8)),
-                  max(4, streams) if match.group(9) else 0, bool(match.group(10)),
+                  max(4, streams) if match.group(9) else 0, match.group(10) != "y",
                   4 * per_run if match.group(11) else None, SPREAD_MIN_FRAMES if match.group(12) else None,
                   "ffmpeg" if match.group(13) else "dali", "cuvid" if "c" in match.group(13) else "hwaccel",
                   match.group(13) == "fcd")
@@ -312,11 +313,11 @@ def switch_interval(ms: float | None) -> Iterator[None]:
 
 @contextlib.contextmanager
 def feeding_without_copy(on: bool) -> Iterator[None]:
-    """DALI reads the fed clips in place inside (``on``): pipelines built meanwhile take the flag."""
+    """DALI reads the fed clips in place inside (``on``), or copies them: pipelines built meanwhile take the flag."""
     from quadvault_dali.sampling import _clip_decoder
 
     before = _clip_decoder.FEED_WITHOUT_COPY
-    _clip_decoder.FEED_WITHOUT_COPY = on or before
+    _clip_decoder.FEED_WITHOUT_COPY = on
     try:
         yield
     finally:

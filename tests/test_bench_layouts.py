@@ -17,17 +17,18 @@ def sampling_bench():
 
 
 def test_layouts_name_processes_streams_and_dali_run_shape(sampling_bench) -> None:
-    assert sampling_bench.parse_layout("4p2x4x4") == (4, 2, 4, 4, True, False, None, False, 0, False, None, None, "dali", "hwaccel", False)
-    assert sampling_bench.parse_layout("2x8x8") == (1, 2, 8, 8, True, False, None, False, 0, False, None, None, "dali", "hwaccel", False)
-    assert sampling_bench.parse_layout("4x4x4c") == (1, 4, 4, 4, False, False, None, False, 0, False, None, None, "dali", "hwaccel", False)
-    assert sampling_bench.parse_layout("2p4x4x4s") == (2, 4, 4, 4, True, True, None, False, 0, False, None, None, "dali", "hwaccel", False)
+    assert sampling_bench.parse_layout("4p2x4x4") == (4, 2, 4, 4, True, False, None, False, 0, True, None, None, "dali", "hwaccel", False)
+    assert sampling_bench.parse_layout("2x8x8") == (1, 2, 8, 8, True, False, None, False, 0, True, None, None, "dali", "hwaccel", False)
+    assert sampling_bench.parse_layout("4x4x4c") == (1, 4, 4, 4, False, False, None, False, 0, True, None, None, "dali", "hwaccel", False)
+    assert sampling_bench.parse_layout("2p4x4x4s") == (2, 4, 4, 4, True, True, None, False, 0, True, None, None, "dali", "hwaccel", False)
     assert sampling_bench.parse_layout("4x4x4im").pyav_mux  # the muxer A/B (``sampling._mp4_join``)
     assert sampling_bench.parse_layout("4x4x4g").switch_ms == 5.0  # Python's default (the product's), explicitly
     with pytest.raises(ValueError, match="one decoding process"):
         sampling_bench.parse_layout("2p2x4x4m")
     assert sampling_bench.parse_layout("8x4x4w").prepare_processes == 8  # clips cut in worker processes
     assert sampling_bench.parse_layout("2x4x4gw").prepare_processes == 4
-    assert sampling_bench.parse_layout("4x4x4iwn").feed_without_copy  # DALI reads the fed clips in place
+    assert sampling_bench.parse_layout("4x4x4iwn").feed_without_copy  # DALI reads the fed clips in place (default)
+    assert not sampling_bench.parse_layout("4x4x4wy").feed_without_copy  # ... or copies them, as before stop 21
     assert sampling_bench.parse_layout("8x4x4wb").budget_samples == 16  # samples sized as for 4 streams x 4
     assert sampling_bench.parse_layout("8x4x4wbe").spread_min_frames == sampling_bench.SPREAD_MIN_FRAMES
     with pytest.raises(ValueError, match="one decoding process"):
@@ -44,9 +45,10 @@ def test_layouts_name_processes_streams_and_dali_run_shape(sampling_bench) -> No
         assert _ffmpeg_decoder.NVDEC_PATH == "cuvid" and _ffmpeg_decoder.LOW_DELAY
     assert _ffmpeg_decoder.NVDEC_PATH == "hwaccel" and not _ffmpeg_decoder.LOW_DELAY
     from quadvault_dali.sampling import _clip_decoder
-    with sampling_bench.feeding_without_copy(True):
-        assert _clip_decoder.FEED_WITHOUT_COPY
-    assert not _clip_decoder.FEED_WITHOUT_COPY
+    assert _clip_decoder.FEED_WITHOUT_COPY
+    with sampling_bench.feeding_without_copy(False):
+        assert not _clip_decoder.FEED_WITHOUT_COPY
+    assert _clip_decoder.FEED_WITHOUT_COPY
     from quadvault_dali.sampling import _remux
     with sampling_bench.pyav_muxing(True):
         assert not _remux.JOIN_IN_ORDER

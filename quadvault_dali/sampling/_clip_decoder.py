@@ -123,11 +123,13 @@ class CopyFence:
         self._kept = None
 
 
-#: Experimental (stop 17, not yet timed on a GPU): DALI decodes the clips from their own bytes instead of
-#: copying them when fed. On the H100 a py-spy ``--gil`` profile put 19 % of the GIL-holding samples in
-#: ``Pipeline.feed_input``; a plain copy of 4 x 2 MB takes 0.35 ms here (0.05 ms without it), so the rest
-#: would be the copy into pinned memory for the mixed decoder. ``sampling_bench`` layout suffix ``n``.
-FEED_WITHOUT_COPY = False
+#: DALI decodes the clips from their own bytes instead of copying them when fed (``external_source(no_copy=True)``;
+#: ``_run`` holds the clips until the run returns). Why: on the H100 a py-spy ``--gil`` profile put 19 % of the
+#: GIL-holding samples in ``Pipeline.feed_input``. The default since stop 21, after three H100 calls agreed
+#: (``sampling_bench`` layout ``4x4x4n`` against ``4x4x4`` in the same call): 1.34x / 1.23x (1080p H.264 /
+#: 2160p HEVC, stop 19), 1.11x / 1.31x (8-s videos) and 1.33x / 1.07x (40-s videos, stop 21); the layout suffix
+#: ``y`` copies as before, for the A/B.
+FEED_WITHOUT_COPY = True
 
 
 class ClipDecoder:
