@@ -38,8 +38,8 @@ TRAIN_S=${TRAIN_S:-120}
 DEMO_S=${DEMO_S:-120}
 CORPUS_S=${CORPUS_S:-150}
 PROFILE_S=${PROFILE_S:-120}
-CEILING_S=${CEILING_S:-90}
-CEILING_ARGS=${CEILING_ARGS:---threads 1,8 --frames 2400 --per-video-frames 64}
+CEILING_S=${CEILING_S:-120}
+CEILING_ARGS=${CEILING_ARGS:---threads 1,8 --frames 2400 --per-video-frames 64 --clients cuvid,hwaccel,hwaccel-own}
 PYSPY=${PYSPY:-.gpu/py-spy}  # the profile step's py-spy binary (it travels in .gpu/; the machine has none)
 # 64 copies keep 8 decode streams busy; the CPU rows (decode-everything baseline, exact mode) take 8
 SAMPLING_ARGS=${SAMPLING_ARGS:---videos 64 --cpu-videos 8 --duration 8 --streams 1,2,4,8}

@@ -15,6 +15,13 @@ Rows per clip and thread count:
 If ``stream`` rows reach well past the gpu backend's sampling rows on the same clips, DALI is the limit and
 another decode client would lift it; if they stop near them, NVDEC is. Not the product's path: a diagnostic.
 
+``--clients`` adds rows for FFmpeg's own decoders with NVDEC as a hwaccel, the FFmpeg client's path
+(``sampling/_ffmpeg_decoder.py``, ``NVDEC_PATH`` hwaccel): ``hwaccel`` in the CUDA primary context PyTorch
+uses (as the client runs: PyTorch starts it first), ``hwaccel-own`` with a context FFmpeg creates per decoder.
+Pictures stay on the GPU (no download, no conversion), full size (no scaler on that path). On the H100 the
+client sampled 1,553 frames/s with 8 decode threads (stop 21) while ``h264_cuvid`` here reached 3,491: these
+rows say whether the hwaccel path itself, or sharing one context, is where the difference goes.
+
     python benchmarks/nvdec_ceiling.py CLIP.mp4 [CLIP2.mp4 ...] --out ceiling.json
 """
 
@@ -67,9 +74,18 @@ def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
 
 
-def open_decoder(clip: Keyframes, resize: tuple[int, int] | None, software: bool = False) -> Any:
+#: the ways this benchmark reaches NVDEC through FFmpeg (``--clients``)
+CLIENTS = ("cuvid", "hwaccel", "hwaccel-own")
+
+
+def open_decoder(clip: Keyframes, resize: tuple[int, int] | None, software: bool = False,
+                 client: str = "cuvid") -> Any:
     """FFmpeg's NVDEC decoder for the clip's codec (``software``: its CPU decoder, the same rows as a reference
-    and a way to check this script without a GPU; it has no scaler)."""
+    and a way to check this script without a GPU; it has no scaler). ``client``: ``cuvid`` (``h264_cuvid``...,
+    frames downloaded), ``hwaccel`` (FFmpeg's decoder with NVDEC in the shared primary context, frames left on
+    the GPU) or ``hwaccel-own`` (the same in a CUDA context of its own)."""
+    if client != "cuvid" and not software:
+        return open_hwaccel_decoder(clip, shared=client == "hwaccel")
     name = clip.codec if software else CUVID.get(clip.codec)
     if name is None:
         raise ValueError(f"{clip.path}: no NVDEC decoder in FFmpeg for {clip.codec}")
@@ -82,13 +98,36 @@ def open_decoder(clip: Keyframes, resize: tuple[int, int] | None, software: bool
     return ctx
 
 
+def open_hwaccel_decoder(clip: Keyframes, shared: bool) -> Any:
+    """FFmpeg's own decoder for the clip with NVDEC as its hwaccel, as the FFmpeg client opens it (``shared``:
+    in PyTorch's primary context, started by PyTorch first, its scheduling set as FFmpeg needs)."""
+    from av.codec.hwaccel import HWAccel
+
+    options = {}
+    if shared:
+        import torch
+
+        from quadvault_dali.sampling._ffmpeg_decoder import share_primary_context
+
+        torch.zeros(1, device="cuda")  # PyTorch's context first, with its flags, as in the product
+        share_primary_context(0)
+        options = {"primary_ctx": "1"}
+    accel = HWAccel(device_type="cuda", device="0", allow_software_fallback=False, options=options, is_hw_owned=True)
+    ctx = av.CodecContext.create(clip.codec, "r", hwaccel=accel)
+    if not getattr(ctx, "is_hwaccel", False):
+        raise RuntimeError(f"FFmpeg's {clip.codec} decoder has no NVDEC hwaccel here")
+    ctx.thread_count = 1
+    ctx.extradata = clip.extradata
+    return ctx
+
+
 def decode_all(ctx: Any, packets: list[bytes], count: Callable[[list[Any]], int] = len) -> int:
     """Frames ``ctx`` puts out for ``packets``, each call's frames passed through ``count``."""
     return sum(count(ctx.decode(av.Packet(data))) for data in packets)
 
 
 def run_row(clip: Keyframes, threads: int, copies: int, resize: tuple[int, int] | None, per_video: bool,
-            software: bool = False) -> dict:
+            software: bool = False, client: str = "cuvid") -> dict:
     """``copies`` copies of the clip's keyframes decoded on ``threads`` threads; frames/s over all of them.
 
     ``stream`` rows (``per_video`` false) open and warm each thread's decoder (one copy of the keyframes)
@@ -104,7 +143,7 @@ def run_row(clip: Keyframes, threads: int, copies: int, resize: tuple[int, int] 
         return len(frames)
 
     def warm() -> tuple[Any, int]:
-        ctx = open_decoder(clip, resize, software)
+        ctx = open_decoder(clip, resize, software, client)
         return ctx, decode_all(ctx, clip.packets, counted)
 
     def worker(job: tuple[int, Any]) -> int:
@@ -114,7 +153,7 @@ def run_row(clip: Keyframes, threads: int, copies: int, resize: tuple[int, int] 
             if ctx is None or per_video:
                 if ctx is not None:
                     frames += counted(ctx.decode(None))  # the frames it still holds
-                ctx = open_decoder(clip, resize, software)
+                ctx = open_decoder(clip, resize, software, client)
             frames += decode_all(ctx, clip.packets, counted)
         if ctx is not None:
             frames += counted(ctx.decode(None))
@@ -122,7 +161,7 @@ def run_row(clip: Keyframes, threads: int, copies: int, resize: tuple[int, int] 
 
     warmed = [warm() for _ in range(threads)] if not per_video else []  # fails here, untimed, if it cannot open
     if per_video:
-        decode_all(open_decoder(clip, resize, software), clip.packets[:1])
+        decode_all(open_decoder(clip, resize, software, client), clip.packets[:1])
     contexts = [ctx for ctx, _ in warmed] or [None] * threads
     with UtilisationMonitor(metrics=("gpu", "decoder"), cpu=True) as busy:
         started = time.perf_counter()
@@ -148,6 +187,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=224, help="short side NVDEC's scaler resizes to in resized rows")
     ap.add_argument("--software", action="store_true",
                     help="FFmpeg's CPU decoders instead (full-size rows only): a reference, and a check without a GPU")
+    ap.add_argument("--clients", default="cuvid",
+                    help=f"comma-separated, of {', '.join(CLIENTS)}: how FFmpeg reaches NVDEC (hwaccel rows: stream, "
+                         "full size)")
     ap.add_argument("--out", type=Path, default=None, help="JSON result path")
     args = ap.parse_args()
     info = machine()
@@ -166,26 +208,33 @@ def main() -> None:
             print(f"  {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
             continue
         small = scaled_size(clip.width, clip.height, args.size)
-        rows = [("stream", None, args.frames), ("stream", small, args.frames), ("per-video", small, args.per_video_frames)]
+        clients = [c for c in args.clients.split(",") if c]
+        unknown = set(clients) - set(CLIENTS)
+        if unknown:
+            ap.error(f"--clients: unknown {', '.join(sorted(unknown))} (one of {', '.join(CLIENTS)})")
+        rows = [("stream", None, args.frames, "cuvid"), ("stream", small, args.frames, "cuvid"),
+                ("per-video", small, args.per_video_frames, "cuvid")]
         if args.software:
-            rows = [("stream", None, args.frames), ("per-video", None, args.per_video_frames)]
+            rows = [("stream", None, args.frames, "cuvid"), ("per-video", None, args.per_video_frames, "cuvid")]
+        rows = [r for r in rows if "cuvid" in clients] + \
+            [("stream", None, args.frames, c) for c in clients if c != "cuvid" and not args.software]
         for threads in (int(t) for t in args.threads.split(",") if t):
-            for kind, resize, frames in rows:
+            for kind, resize, frames, client in rows:
                 if frames <= 0:
                     continue
                 copies = max(threads, frames // len(clip.packets))
                 row = {"clip": path.name, "codec": clip.codec, "resolution": f"{clip.width}x{clip.height}",
                        "keyframes_per_video": len(clip.packets), "videos": copies, "threads": threads,
                        "decoder": kind, "resize": f"{resize[0]}x{resize[1]}" if resize else None,
-                       "hardware": not args.software}
+                       "hardware": not args.software, "client": client}
                 try:
-                    row.update(run_row(clip, threads, copies, resize, kind == "per-video", args.software))
+                    row.update(run_row(clip, threads, copies, resize, kind == "per-video", args.software, client))
                 except Exception as exc:  # noqa: BLE001 - e.g. no NVDEC here: said in the row, the others still run
                     row["error"] = f"{type(exc).__name__}: {exc}"
                 doc["results"].append(row)
                 write_json(out, doc)  # after every row: a time limit keeps what was measured
                 shown = f"{row['frames_per_s']:8.1f} frames/s" if "frames_per_s" in row else row["error"]
-                print(f"  {path.name:28} {kind:9} {row['resize'] or 'full':9} threads={threads:<2} {shown}",
+                print(f"  {path.name:28} {client:11} {kind:9} {row['resize'] or 'full':9} threads={threads:<2} {shown}",
                       flush=True)
     write_json(out, doc)
     print(f"results: {out}")

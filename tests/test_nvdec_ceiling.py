@@ -57,3 +57,25 @@ def test_a_missing_clip_is_a_row_and_the_others_still_run(ceiling, make_clip: Ca
     rows = json.loads(out.read_text())["results"]
     assert "error" in rows[0] and rows[0]["clip"] == "missing-k1.0-8s.mp4"
     assert [r["decoder"] for r in rows[1:]] == ["stream", "per-video"] and all("frames_per_s" in r for r in rows[1:])
+
+
+def test_hwaccel_rows_are_named_by_client_and_never_run_on_cpu_decoders(ceiling, make_clip: Callable[..., Path],
+                                                                         tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--clients``: each row says how FFmpeg reached NVDEC; the hwaccel clients have no CPU stand-in, so a
+    ``--software`` run keeps its cuvid-shaped rows only; a misspelt client is refused before any row runs."""
+    import json
+    import sys
+
+    good = make_clip("ceiling_h264.mp4", codec="h264", width=128, height=80, fps=30, duration_s=4.0,
+                     keyframe_interval_s=1.0, source_id=3)
+    out = tmp_path / "ceiling.json"
+    argv = ["nvdec_ceiling.py", str(good), "--software", "--threads", "1", "--frames", "8", "--per-video-frames", "4",
+            "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv + ["--clients", "cuvid,hwaccel,hwaccel-own"])
+    ceiling.main()
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["decoder"], r["client"]) for r in rows] == [("stream", "cuvid"), ("per-video", "cuvid")]
+    monkeypatch.setattr(sys, "argv", argv + ["--clients", "cuvid,hwacel"])
+    with pytest.raises(SystemExit):
+        ceiling.main()
