@@ -50,8 +50,9 @@ def scan_options(func: Callable[..., Any]) -> Callable[..., Any]:
                           "it does to speed)."),
         click.option("--prepare-processes", type=click.IntRange(0, 64), default=0, show_default=True,
                      help="Experimental, GPU only: probe videos and cut their clips in N worker processes "
-                          "instead of threads of the decoding process (on an H100: a keyframe scan 1.14x "
-                          "faster; sampling at 4 streams no faster than threads). 0: threads."),
+                          "instead of threads of the decoding process (on an H100: keyframe scans 1.14x and "
+                          "1.29x faster in two leases, 0.52x the time to read the library; sampling at 4 streams "
+                          "no faster than threads). 0: threads."),
         click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True,
                      help="Frames per inference batch (mixing videos)."),
         click.option("--gpus", default=None, metavar="all|0,1",
