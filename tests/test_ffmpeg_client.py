@@ -201,6 +201,21 @@ def test_hevc_keyframes_of_two_videos_fed_in_turn_all_come_out(make_clip: Callab
     assert stats.decoder_opens == 1
 
 
+def test_hevc_keyframes_of_one_clip_with_the_same_order_count_all_come_out(make_clip: Callable[..., Path]) -> None:
+    """Keyframes 256 frames apart (8-s GOPs at 32 frames/s) all have order count 0 in x265's 8 bits: in one
+    clip FFmpeg kept one of five (a review helper's case). The decoder gives up what it holds between runs."""
+    path = make_clip("ffclient_hevc_gop256_s61.mp4", codec="hevc", fps=32, keyframe_interval_s=8.0, width=160,
+                     height=96, duration_s=33.0, source_id=61)
+    info, clips = _packet_clips(path, 1.0, "keyframe", max_frames=40)
+    assert len(clips) == 1 and clips[0].times == [0.0, 8.0, 16.0, 24.0, 32.0]
+    decoder = FfmpegDecoder(torch.device("cpu"), SIZE, True, hardware=False)
+    results = decoder.feed("clip", clips[0], info) + decoder.drain()
+    assert [key for key, _ in results] == ["clip"]
+    frames = results[0][1]
+    assert isinstance(frames, torch.Tensor), frames
+    _check_stamps(clips[0].times, [(s.time_s, s.source_id) for s in map(_stamp, frames)], 61)
+
+
 def test_a_clip_whose_picture_never_comes_fails_without_waiting_for_the_drain(
         ffmpeg_clips: list[tuple[Path, int]], monkeypatch: pytest.MonkeyPatch) -> None:
     """A picture the decoder dropped without an error (here: a wanted time no packet has) must not keep its clip,

@@ -200,6 +200,9 @@ class _Decoder:
         self.pending: list[_Pending] = []
         self.packets = 0  # fed so far
         self.drained_at = 0  # ``packets`` at the last drain: the decoder holds nothing if they are equal
+        # FFmpeg's HEVC decoder refuses a picture whose order count one it holds has (``_holds_back_keyframes``);
+        # ``hevc_cuvid`` parses with NVIDIA's parser instead, and a flush there rebuilds its NVDEC decoder
+        self.duplicate_counts_dropped = codec == "hevc" and not (hardware and NVDEC_PATH == "cuvid")
 
 
 class FfmpegDecoder:
@@ -251,8 +254,11 @@ class FfmpegDecoder:
         for rank, i in enumerate(order):
             tokens[i] = self._token + 1 + rank
         self._token += len(packets)
+        run_starts = {id(run.packets[0]) for run in clip.runs[1:] if run.packets}
         try:
             for packet, token in zip(packets, tokens):
+                if id(packet) in run_starts and _holds_back_keyframes(dec):
+                    self._give_up_held(dec)  # two of this clip's keyframes may share an order count too
                 dec.owners[token] = (item, packet.pts_s)
                 pkt = av.Packet(packet.data)
                 pkt.pts = token
@@ -353,6 +359,14 @@ class FfmpegDecoder:
         dec.pending = [p for p in dec.pending if p not in done]
         return [(p.key, self._finish(p)) for p in done]
 
+    def _give_up_held(self, dec: _Decoder) -> None:
+        """The pictures ``dec`` holds come out (to their clips, which stay pending) and it is reset, in the
+        middle of a clip: nothing it held can then share a picture order count with what comes next."""
+        self.stats.note_drain()
+        dec.drained_at = dec.packets
+        self._take(dec, dec.ctx.decode(None))
+        dec.ctx.flush_buffers()
+
     def _drain(self, dec: _Decoder) -> list[tuple[Any, torch.Tensor | Exception]]:
         self.stats.note_drain()
         dec.drained_at = dec.packets
@@ -406,7 +420,8 @@ class FfmpegDecoder:
 
 
 def _holds_back_keyframes(dec: _Decoder) -> bool:
-    """Whether ``dec`` must give up what it holds before another clip: an HEVC decoder fed since its last drain.
+    """Whether ``dec`` must give up what it holds before another clip, or another run of a clip: an HEVC
+    decoder (FFmpeg's, not ``hevc_cuvid``) fed since its last drain.
 
     Every clip starts at an IDR or a BLA (``_remux.clean_start``), whose picture order count is its own low bits
     only, so keyframes of different videos fed back to back often share one: x265 and cameras number the same
@@ -414,9 +429,11 @@ def _holds_back_keyframes(dec: _Decoder) -> bool:
     holds for output has ("Duplicate POC in a sequence", logged, not raised), whatever came between: an
     end-of-sequence unit does not help. On the H100 70 of 240 joined 40-s 4K videos lost their 39-s keyframe
     that way (the second of two single-keyframe clips from different videos), and the scan library's 4K videos
-    too. A drained decoder holds nothing. H.264 decoders take an IDR after anything.
+    too. Within a clip, keyframes a multiple of 256 frames apart (x265's 8 bits of count) collide the same
+    way (a review helper's 8-s GOPs at 32 frames/s). A drained decoder holds nothing. H.264 decoders take an
+    IDR after anything.
     """
-    return dec.key[0][0] == "hevc" and dec.packets > dec.drained_at
+    return dec.duplicate_counts_dropped and dec.packets > dec.drained_at
 
 
 def _as_levels(plane: torch.Tensor) -> torch.Tensor:
