@@ -416,10 +416,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--streams", default="1,2,4,8", help="gpu decode streams to try (none: no such rows)")
     ap.add_argument("--clips", default="", help="only these clips, by name (e.g. 1080p30-h264-k1.0; default: all)")
     ap.add_argument("--layouts", default="4x4x4,4x4x4c,8x4x4,4x8x8",
-                    help="more gpu keyframe rows as [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c][s][i|g][m][w][n][b] "
+                    help="more gpu keyframe rows as [PROCESSESp]STREAMSxSAMPLES_PER_RUNxTHREADS[c][s][i|g][m][w][n|y][b][e][f[c[d]]] "
                          "(streams per process; c: H.264/HEVC clips keep their SPS cropping; s: the streaming "
-                         "decoder; w: clips cut in worker processes; b: samples sized as for 4 streams; e: a run's clips "
-                         "spread over its samples; the others "
+                         "decoder; w: clips cut in worker processes; y: DALI copies the fed clips (no copy is the "
+                         "default since stop 21; the --streams rows use it too); b: samples sized as for 4 streams; "
+                         "e: a run's clips spread over its samples; f: the FFmpeg decode client; the others "
                          "in parse_layout; the --streams rows are 1 process with the defaults, x4x4)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--work", type=Path, default=None, help="where generated clips are kept (reused)")
