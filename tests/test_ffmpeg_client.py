@@ -475,3 +475,25 @@ def test_gpu_ffmpeg_client_pixels_match_the_cpu_backend(make_clip: Callable[...,
     assert times == cpu_times and ours.shape == cpu.shape
     diff = (ours.cpu().float() - cpu.float()).abs().mean().item()
     assert diff < 8.0, f"mean absolute difference {diff:.1f}"
+
+
+@pytest.mark.gpu
+def test_gpu_hevc_keyframes_of_two_videos_fed_in_turn_all_come_out_of_nvdec(make_clip: Callable[..., Path]) -> None:
+    """The duplicate-POC case of ``test_hevc_keyframes_of_two_videos_fed_in_turn_all_come_out`` on NVDEC through
+    FFmpeg's hwaccel (the path where the H100 lost 4K keyframes in stop 21): every picture from NVDEC, each
+    showing its own video and second."""
+    videos = [(make_clip(f"nvffclient_hevc_pair_s{sid}.mp4", codec="hevc", fps=30, keyframe_interval_s=1.0,
+                         width=256, height=160, duration_s=4.0, source_id=sid), sid) for sid in (43, 44)]
+    cuts = [(_packet_clips(path, 1.0, "keyframe", max_frames=1), sid) for path, sid in videos]
+    decoder = FfmpegDecoder(torch.device("cuda"), SIZE, True, hardware=True)
+    fed, results = [], []
+    for second in (3, 2, 1):
+        for (info, clips), sid in cuts:
+            fed.append((sid, second))
+            results += decoder.feed((sid, second), clips[second], info)
+    results += decoder.drain()
+    assert sorted(key for key, _ in results) == sorted(fed)
+    assert decoder.frames_on_device == len(fed)
+    for (sid, second), frames in results:
+        assert isinstance(frames, torch.Tensor), (sid, second, frames)
+        _check_stamps([float(second)], [(s.time_s, s.source_id) for s in map(_stamp, frames)], sid)
