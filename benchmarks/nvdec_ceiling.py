@@ -105,24 +105,15 @@ def open_decoder(clip: Keyframes, resize: tuple[int, int] | None, software: bool
 
 
 def open_hwaccel_decoder(clip: Keyframes, shared: bool) -> Any:
-    """FFmpeg's own decoder for the clip with NVDEC as its hwaccel, as the FFmpeg client opens it (``shared``:
-    in PyTorch's primary context, started by PyTorch first, its scheduling set as FFmpeg needs)."""
-    from av.codec.hwaccel import HWAccel
+    """FFmpeg's own decoder for the clip with NVDEC as its hwaccel, opened as the FFmpeg client opens it (``shared``:
+    in PyTorch's primary context, started by PyTorch first as in the product; else in one of its own)."""
+    from quadvault_dali.sampling._ffmpeg_decoder import open_hwaccel_context
 
-    options = {}
     if shared:
         import torch
 
-        from quadvault_dali.sampling._ffmpeg_decoder import share_primary_context
-
         torch.zeros(1, device="cuda")  # PyTorch's context first, with its flags, as in the product
-        share_primary_context(0)
-        options = {"primary_ctx": "1"}
-    accel = HWAccel(device_type="cuda", device="0", allow_software_fallback=False, options=options, is_hw_owned=True)
-    ctx = av.CodecContext.create(clip.codec, "r", hwaccel=accel)
-    if not getattr(ctx, "is_hwaccel", False):
-        raise RuntimeError(f"FFmpeg's {clip.codec} decoder has no NVDEC hwaccel here")
-    ctx.thread_count = 1
+    ctx = open_hwaccel_context(clip.codec, 0, shared=shared)
     ctx.extradata = clip.extradata
     return ctx
 
