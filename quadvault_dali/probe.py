@@ -22,7 +22,7 @@ import numpy as np
 from ._mp4 import SampleTable, TrackFacts, is_plain_mp4, read_track_facts
 from ._nal import DISPLAY_ORIENTATION_SEI, SEI_UNITS, length_size_of, nal_type, nal_units, sei_types
 from .errors import DecodeError, FileAccessError, UnsupportedCodecError, VideoOpenError, unexpected_failure
-from .sampling._uncrop import SpsSignal, avcc_signal
+from .sampling._uncrop import Crop, SpsSignal, avcc_signal
 
 _MP4_FORMATS = ("mov", "mp4")
 log = logging.getLogger(__name__)
@@ -162,15 +162,15 @@ def _color_matrix(ctx: Any, signal: SpsSignal | None = None) -> str:
 
 
 #: Whether plain MP4/MOV files open with FFmpeg's stream probing cut short (``QUICK_PROBE_OPTIONS``) where the
-#: caller asks (``open_container(quick=True)``: nothing is muxed from the container); benchmarks and tests
-#: compare both ways. Not for clips muxed for DALI: FFmpeg's codec parameters then lack the SPS's colour
-#: description and aspect ratio, which the clips' ``colr``/``pasp`` boxes and set-up keys are made from.
+#: caller asks (``open_container(quick=True)``: every prober and clip cutter); benchmarks and tests compare both
+#: ways. FFmpeg's H.264 codec parameters then lack what only the SPS says; ``codec_setup`` reads it from there,
+#: so the prober's facts and the clips muxed for DALI are those of a full open.
 QUICK_MP4_PROBE = True
 #: ``avformat_find_stream_info`` decodes H.264 pictures to learn their pixel format: one for an x264 file,
 #: seven to twenty for camera files (a GoPro clip's open read half a second of video; a phone's 4K60 clip took
 #: 168 ms of CPU), on every open, in every prepare thread. A plain MP4 has everything else in its ``moov``,
-#: so its probing stops at the first packets and decodes nothing; the format comes from the SPS instead
-#: (``_h264_signal``), and a file whose format neither gives is opened again without these.
+#: so its probing stops at the first packets and decodes nothing; the format and the rest come from the SPS
+#: instead (``codec_setup``), and a file whose SPS does not tell them all is opened again without these.
 QUICK_PROBE_OPTIONS = {"probesize": "32", "analyzeduration": "1", "skip_frame": "all"}
 
 
@@ -204,12 +204,76 @@ def _plain_mp4(path: Path, file: BinaryIO | None) -> bool:
         return False  # the full open reports what is wrong
 
 
-def _format_known(container: av.container.InputContainer) -> bool:
-    """Whether a quickly probed container's footage has a known pixel format (or no video stream at all)."""
-    if not container.streams.video:
-        return True
-    ctx = main_video_stream(container).codec_context
-    return _pix_fmt(ctx, _h264_signal(ctx)) is not None
+@dataclass(frozen=True)
+class CodecSetup:
+    """A video stream's codec parameters as FFmpeg's full probing leaves them: what the prober reports, and what a
+    clip muxed from the stream carries in its sample description (``stsd``: the picture size, ``colr``, ``pasp``).
+
+    A quick open (``QUICK_PROBE_OPTIONS``) decodes no picture, so FFmpeg's H.264 parameters then hold only what the
+    container says; the rest is read from the SPS here as FFmpeg's decoder fills it in during a full open: the
+    cropped picture size, the pixel format, and the range, colour description and sample aspect ratio where the
+    container gives none (a value the container gives stays, as it does through a full probe). Clips cut after
+    either open are then the same bytes (``test_clips_cut_after_a_quick_open_are_those_of_a_full_one``).
+    """
+
+    width: int
+    height: int
+    pix_fmt: str | None
+    color_range: int
+    color_primaries: int
+    color_trc: int
+    colorspace: int
+    sample_aspect_ratio: Fraction | None
+
+
+_UNSPECIFIED_COLOUR = 2  # AVCOL_PRI/TRC/SPC_UNSPECIFIED
+_RANGE_LIMITED, _RANGE_FULL = 1, 2  # AVCOL_RANGE_MPEG, AVCOL_RANGE_JPEG
+
+
+def _sps_or(container_value: int, sps_value: int | None) -> int:
+    return sps_value if container_value == _UNSPECIFIED_COLOUR and sps_value is not None else container_value
+
+
+def codec_setup(stream: av.video.stream.VideoStream) -> CodecSetup | None:
+    """``stream``'s ``CodecSetup``; ``None`` after a quick open where only decoding could tell (a stream whose
+    SPS does not parse, names no format FFmpeg's would, crops away the picture, or codes fields: whether FFmpeg
+    then calls it interlaced depends on its pictures)."""
+    ctx = stream.codec_context
+    signal = _h264_signal(ctx)
+    probed = CodecSetup(int(ctx.width or 0), int(ctx.height or 0), ctx.pix_fmt, int(ctx.color_range or 0),
+                        int(ctx.color_primaries), int(ctx.color_trc), int(ctx.colorspace),
+                        ctx.sample_aspect_ratio or None)
+    if ctx.pix_fmt is not None or signal is None:  # FFmpeg decoded a picture (or left nothing to the SPS)
+        return probed
+    pix_fmt, size = _pix_fmt(ctx, signal), signal.display_size
+    if pix_fmt is None or size is None or not signal.frames_only:
+        return None
+    width, height = _container_cropped(probed.width, probed.height, signal.crop, *size)  # type: ignore[arg-type]
+    aspect = signal.sample_aspect
+    sps_range = None if signal.full_range is None else _RANGE_FULL if signal.full_range else _RANGE_LIMITED
+    return CodecSetup(
+        width, height, pix_fmt, probed.color_range or (sps_range or 0),
+        _sps_or(probed.color_primaries, signal.primaries), _sps_or(probed.color_trc, signal.transfer),
+        _sps_or(probed.colorspace, signal.matrix),
+        probed.sample_aspect_ratio or (Fraction(*aspect) if aspect and aspect[0] and aspect[1] else None))
+
+
+def _container_cropped(width: int, height: int, crop: Crop, sps_width: int, sps_height: int) -> tuple[int, int]:
+    """The picture size FFmpeg's H.264 decoder gives: the container's (``width``, ``height``) where it only crops
+    the SPS's picture further within its last macroblocks from the bottom/right (an 854x480 track of an SPS
+    that codes 864x480), else the SPS's (``init_dimensions``' "container cropping")."""
+    def _mb(n: int) -> int:
+        return (n + 15) // 16
+
+    if width > 0 and height > 0 and crop.top == 0 and crop.left == 0 and width <= sps_width \
+            and height <= sps_height and _mb(width) == _mb(sps_width) and _mb(height) == _mb(sps_height):
+        return width, height
+    return sps_width, sps_height
+
+
+def _quick_open_complete(container: av.container.InputContainer) -> bool:
+    """Whether a quickly probed container tells all a full probe would (``codec_setup``), or has no video."""
+    return not container.streams.video or codec_setup(main_video_stream(container)) is not None
 
 
 def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
@@ -225,8 +289,8 @@ def open_container(path: Path, file: BinaryIO | None = None, *,
 
     ``file`` (an open binary file of ``path``) lets callers count or control the bytes read; ``hwaccel``
     makes FFmpeg decode on that device (frames still arrive in system memory). ``quick``: a plain MP4/MOV opens
-    with FFmpeg's stream probing cut short (``QUICK_PROBE_OPTIONS``), for callers that mux nothing from the
-    container (its codec parameters then lack what only the SPS says); ``plain_mp4``: whether the file is one,
+    with FFmpeg's stream probing cut short (``QUICK_PROBE_OPTIONS``); its H.264 codec parameters then lack what
+    only the SPS says, so callers read them through ``codec_setup``; ``plain_mp4``: whether the file is one,
     where the caller knows (else its box headers are read to tell).
     """
     if not path.exists():
@@ -245,7 +309,7 @@ def open_container(path: Path, file: BinaryIO | None = None, *,
         except Exception:  # noqa: BLE001 - the full open below says what is wrong
             container = None
         if container is not None:
-            if _format_known(container):
+            if _quick_open_complete(container):
                 return container
             container.close()
         if file is not None:
@@ -618,7 +682,8 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
     elif container_format in _MP4_FORMATS and index.from_container_index \
             and _mp4_turned_in_stream(path, index, codec, bytes(ctx.extradata or b"")):
         rotation = _rotation_of_first_picture(path, stream.index)
-    coded_w, coded_h = stream.width, stream.height
+    setup = codec_setup(stream)
+    coded_w, coded_h = (setup.width, setup.height) if setup is not None else (stream.width, stream.height)
     width, height = (coded_h, coded_w) if rotation in (90, 270) else (coded_w, coded_h)
 
     is_vfr = bool(len(deltas) > 2 and np.median(deltas) > 0
@@ -626,7 +691,7 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
     start = _seconds(stream.start_time, tb) or 0.0
     info = VideoInfo(
         path=path, size_bytes=stat.st_size, mtime_ns=stat.st_mtime_ns,
-        container=container.format.name, codec=codec, pix_fmt=_pix_fmt(ctx, signal),
+        container=container.format.name, codec=codec, pix_fmt=setup.pix_fmt if setup is not None else _pix_fmt(ctx, signal),
         coded_width=coded_w, coded_height=coded_h, width=width, height=height, rotation=rotation,
         avg_fps=round(avg, 4), real_fps=round(real, 4), duration_s=round(float(duration), 4),
         frame_count=int(frame_count), bit_rate=container.bit_rate or None, start_time_s=start,

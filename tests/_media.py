@@ -21,3 +21,87 @@ def remux_video(source: Path, out: Path, *, options: dict[str, str] | None = Non
                 piece.stream = copy
                 dst.mux(piece)
     return out
+
+
+def _header_remux(source: Path, out: Path, *, bsf: str | None = None, **codec: object) -> Path:
+    """``source`` copied into ``out`` with its track header rewritten: ``bsf`` rewrites the SPS in the
+    configuration record too (its output parameters become the track's), ``codec`` sets the muxer's codec
+    parameters (``color_primaries=1`` writes a ``colr`` box, ``sample_aspect_ratio`` a ``pasp``, ``width`` the
+    sample description's size)."""
+    import av
+
+    with av.open(str(source)) as src, av.open(str(out), "w") as dst:
+        stream = src.streams.video[0]
+        copy = dst.add_stream_from_template(stream)
+        filtered = av.BitStreamFilterContext(bsf, stream, copy) if bsf else None
+        for name, value in codec.items():
+            setattr(copy.codec_context, name, value)
+        for packet in src.demux(stream):
+            if packet.dts is None:
+                continue
+            for piece in filtered.filter(packet) if filtered is not None else (packet,):
+                piece.stream = copy
+                dst.mux(piece)
+    return out
+
+
+def _x264_clip(out: Path, pix_fmt: str = "yuv420p", params: str = "", **codec: object) -> Path:
+    """Two seconds of 192x108 moving colour from libx264 (GOPs of 1 s), ``params`` its x264 options."""
+    import av
+    import numpy as np
+
+    with av.open(str(out), "w") as dst:
+        stream = dst.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 192, 108, pix_fmt
+        stream.options = {"g": "30", **({"x264-params": params} if params else {})}
+        for name, value in codec.items():
+            setattr(stream.codec_context, name, value)
+        for i in range(60):
+            rgb = np.zeros((108, 192, 3), np.uint8)
+            rgb[:, : (i * 3) % 192] = (200, 50, 90)
+            rgb[54:] += np.uint8(i)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=pix_fmt)):
+                dst.mux(packet)
+        for packet in stream.encode():
+            dst.mux(packet)
+    return out
+
+
+def h264_header_variants(folder: Path) -> list[Path]:
+    """H.264 MP4s whose SPS and track header tell different things, where a quick open (FFmpeg's probing cut
+    short) must read what a full one learns from decoding: the SPS's sample aspect ratio (table and extended),
+    range and colour description with and without a ``colr`` box, cropping against the sample description's
+    size (FFmpeg's "container cropping"), a ``pasp`` box, 4:2:2/4:4:4/10-bit/full-range formats, field coding."""
+    from fractions import Fraction
+
+    folder.mkdir(parents=True, exist_ok=True)
+    plain = _x264_clip(folder / "plain.mp4")
+    made = [plain, _x264_clip(folder / "yuv422.mp4", "yuv422p"), _x264_clip(folder / "yuv444.mp4", "yuv444p"),
+            _x264_clip(folder / "p10.mp4", "yuv420p10le"), _x264_clip(folder / "yuvj.mp4", "yuvj420p"),
+            _x264_clip(folder / "vui_709_full.mp4", params="fullrange=on:colorprim=bt709:transfer=bt709:colormatrix=bt709"),
+            _x264_clip(folder / "vui_format_only.mp4", params="videoformat=ntsc"),
+            _x264_clip(folder / "interlaced.mp4", params="interlaced=1:tff=1"),
+            _x264_clip(folder / "pasp_4_3.mp4", sample_aspect_ratio=Fraction(4, 3))]
+    sps = {"sar_table": "sample_aspect_ratio=40/33", "sar_extended": "sample_aspect_ratio=300/7",
+           "full_range": "video_full_range_flag=1", "crop_left": "crop_left=8:crop_bottom=4",
+           "crop_bottom": "crop_bottom=6",
+           "bt2020": "colour_primaries=9:transfer_characteristics=16:matrix_coefficients=9"}
+    for name, options in sps.items():
+        made.append(_header_remux(plain, folder / f"sps_{name}.mp4", bsf=f"h264_metadata={options}"))
+    full, bt2020 = folder / "sps_full_range.mp4", folder / "sps_bt2020.mp4"
+    made += [
+        _header_remux(full, folder / "colr_709_limited_sps_full.mp4", color_primaries=1, color_trc=1, colorspace=1,
+                      color_range=1),
+        _header_remux(bt2020, folder / "colr_709_sps_bt2020.mp4", color_primaries=1, color_trc=1, colorspace=1),
+        _header_remux(bt2020, folder / "colr_unspecified_sps_bt2020.mp4", color_primaries=2, color_trc=2,
+                      colorspace=2),
+        _header_remux(bt2020, folder / "colr_bt2020.mov"),
+        _header_remux(folder / "sps_sar_table.mp4", folder / "pasp_4_3_sps_40_33.mp4",
+                      sample_aspect_ratio=Fraction(4, 3)),
+        _header_remux(plain, folder / "stsd_smaller_same_macroblocks.mp4", width=180, height=100),
+        _header_remux(plain, folder / "stsd_smaller.mp4", width=160, height=90),
+        _header_remux(plain, folder / "stsd_larger.mp4", width=320, height=240),
+        _header_remux(folder / "sps_crop_left.mp4", folder / "stsd_smaller_sps_crop_left.mp4", width=180, height=100),
+        _header_remux(folder / "interlaced.mp4", folder / "interlaced_no_fiel.mp4", field_order=0),
+    ]
+    return made

@@ -110,6 +110,14 @@ def broken_clips(media_dir: Path, make_clip: Callable[..., Path]) -> dict[str, P
 
 
 @pytest.fixture(scope="session")
+def header_variants(media_dir: Path) -> list[Path]:
+    """H.264 MP4s whose SPS and track header disagree (``_media.h264_header_variants``)."""
+    from _media import h264_header_variants
+
+    return h264_header_variants(media_dir / "header_variants")
+
+
+@pytest.fixture(scope="session")
 def corpus() -> Path:
     if not CORPUS.is_dir():
         pytest.skip(f"shared video corpus not found at {CORPUS}")

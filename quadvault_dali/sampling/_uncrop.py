@@ -145,11 +145,13 @@ def _h264_crop_fields(bits: _Bits) -> tuple[Crop, int, int]:
     frame_cropping_flag, bit position after the crop offsets)."""
     chroma_format_idc, _, separate_planes = _h264_format(bits)
     # each colour plane of a 4:4:4 stream coded as monochrome: crop units of 1
-    return _h264_crop_after_format(bits, 0 if separate_planes else chroma_format_idc)
+    crop, flag_at, end, _ = _h264_crop_after_format(bits, 0 if separate_planes else chroma_format_idc)
+    return crop, flag_at, end
 
 
-def _h264_crop_after_format(bits: _Bits, chroma_format_idc: int) -> tuple[Crop, int, int]:
-    """``_h264_crop_fields`` from where ``_h264_format`` stopped."""
+def _h264_crop_after_format(bits: _Bits, chroma_format_idc: int) -> tuple[Crop, int, int, bool]:
+    """``_h264_crop_fields`` from where ``_h264_format`` stopped, and whether every picture is a frame
+    (``frame_mbs_only_flag``: no field or MBAFF coding)."""
     bits.ue()  # log2_max_frame_num_minus4
     poc_type = bits.ue()
     if poc_type == 0:
@@ -175,14 +177,20 @@ def _h264_crop_after_format(bits: _Bits, chroma_format_idc: int) -> tuple[Crop, 
     unit_y = (2 if chroma_format_idc == 1 else 1) * (2 - frame_mbs_only)
     crop = Crop(width_mbs * 16, height_map_units * 16 * (2 - frame_mbs_only),
                 left * unit_x, right * unit_x, top * unit_y, bottom * unit_y)
-    return crop, flag_at, bits.pos
+    return crop, flag_at, bits.pos, bool(frame_mbs_only)
+
+
+#: H.264 Table E-1: the sample aspect ratio of each aspect_ratio_idc below Extended_SAR (255); 0 is unspecified
+_SAMPLE_ASPECT = ((0, 1), (1, 1), (12, 11), (10, 11), (16, 11), (40, 33), (24, 11), (20, 11), (32, 11), (80, 33),
+                  (18, 11), (15, 11), (64, 33), (160, 99), (4, 3), (3, 2), (2, 1))
+_EXTENDED_SAR = 255
 
 
 @dataclass(frozen=True)
 class SpsSignal:
-    """What an H.264 SPS says about its pictures' format, as FFmpeg's decoder reports it once it has decoded a
-    picture: the pixel format, and the VUI's range and colour description (``None`` where the SPS leaves them
-    to the container)."""
+    """What an H.264 SPS says about its pictures, as FFmpeg's decoder reports it once it has decoded a picture:
+    the pixel format, the displayed size, the VUI's sample aspect ratio, range and colour description
+    (``None`` where the SPS leaves them to the container)."""
 
     chroma_format_idc: int
     bit_depth: int
@@ -190,6 +198,10 @@ class SpsSignal:
     primaries: int | None  # colour_description: H.273 code points, as FFmpeg's AVColor* enums number them
     transfer: int | None
     matrix: int | None
+    crop: Crop | None = None  # the coded size and its cropping
+    #: (width, height) of a sample, where aspect_ratio_info is present; (0, 1) for "unspecified"
+    sample_aspect: tuple[int, int] | None = None
+    frames_only: bool = True  # frame_mbs_only_flag: no field or MBAFF pictures, so FFmpeg calls it progressive
 
     def pix_fmt(self, container_full_range: bool, container_matrix: int | None) -> str | None:
         """FFmpeg's H.264 decoder's output format (``get_pixel_format``), the container's range and matrix
@@ -206,10 +218,19 @@ class SpsSignal:
             return f"yuv{chroma}p10le"
         return None
 
+    @property
+    def display_size(self) -> tuple[int, int] | None:
+        """(width, height) after cropping, as FFmpeg's decoder sets them; ``None`` where its cropping leaves
+        no picture (FFmpeg rejects such an SPS)."""
+        crop = self.crop
+        if crop is None or crop.display_width <= 0 or crop.display_height <= 0:
+            return None
+        return crop.display_width, crop.display_height
+
 
 @functools.lru_cache(maxsize=256)
 def avcc_signal(extradata: bytes) -> SpsSignal | None:
-    """The first SPS of an avcC record, read to its VUI's colour description; ``None`` where there is no
+    """The first SPS of an avcC record, read through its VUI's colour description; ``None`` where there is no
     record or it does not parse. Cached: a quick open asks before the probe does, and one camera's videos
     share their record."""
     if len(extradata) < 7 or extradata[0] != 1:
@@ -220,11 +241,16 @@ def avcc_signal(extradata: bytes) -> SpsSignal | None:
     bits = _Bits(unescape(read[0][0][1:]))
     try:
         chroma_format_idc, depth, separate_planes = _h264_format(bits)
-        _h264_crop_after_format(bits, chroma_format_idc)  # to the VUI
+        crop, _, _, frames_only = _h264_crop_after_format(bits, chroma_format_idc)  # to the VUI
         full_range = primaries = transfer = matrix = None
+        sample_aspect = None
         if bits.u(1):  # vui_parameters_present_flag (E.1.1)
-            if bits.u(1) and bits.u(8) == 255:  # aspect_ratio_info_present_flag, aspect_ratio_idc: Extended_SAR
-                bits.u(32)  # sar_width, sar_height
+            if bits.u(1):  # aspect_ratio_info_present_flag
+                idc = bits.u(8)
+                if idc == _EXTENDED_SAR:
+                    sample_aspect = bits.u(16), bits.u(16)
+                elif idc < len(_SAMPLE_ASPECT):
+                    sample_aspect = _SAMPLE_ASPECT[idc]
             if bits.u(1):  # overscan_info_present_flag
                 bits.u(1)
             if bits.u(1):  # video_signal_type_present_flag
@@ -236,7 +262,8 @@ def avcc_signal(extradata: bytes) -> SpsSignal | None:
         return None
     if separate_planes:
         return None
-    return SpsSignal(chroma_format_idc, depth, full_range, primaries, transfer, matrix)
+    return SpsSignal(chroma_format_idc, depth, full_range, primaries, transfer, matrix, crop, sample_aspect,
+                     frames_only)
 
 
 def _hevc_crop_fields(bits: _Bits) -> tuple[Crop, int, int]:
