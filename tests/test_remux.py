@@ -575,3 +575,60 @@ def test_merges_of_one_codec_set_up_share_one_small_template(make_clip: Callable
     assert merged.times == first.times + second.times and len(merged) == len(first) + len(second)
     stamps = _decoded_stamps(merged, 0)
     assert stamps == pytest.approx(first.times + second.times, abs=STAMP_TOL)
+
+
+def _cut(path: Path, mode: str, quick: bool) -> list[tuple[bytes, object, list[int], list[float]]]:
+    """The clips the gpu backend's cutter makes of ``path`` (uncropped in keyframe mode), opened ``quick``."""
+    from quadvault_dali.sampling._remux import CLIP_PIXELS, Skeletons, start_clips
+
+    fh = CountingFile(path)
+    container = open_container(path, fh, quick=quick)
+    try:
+        info, index = probe_open(container, path)
+        plan = plan_samples(info, index, fps=1.0, mode=mode)  # type: ignore[arg-type]
+        container, cut = start_clips(plan, container, fh, stream_cap=None, clip_pixels=CLIP_PIXELS,
+                                     uncrop=mode == "keyframe")
+        return [(c.data, c.signature, c.frames.tolist(), c.times) for c in cut]
+    finally:
+        container.close()
+        fh.close()
+
+
+def test_clips_cut_after_a_quick_open_are_those_of_a_full_one(corpus: Path, header_variants: list[Path],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """DALI gets the same MP4s, byte for byte, whether its cutter opened the video quickly (no picture decoded:
+    the SPS's size, aspect ratio, range and colours filled in by ``probe.codec_setup``) or in full. The clips'
+    ``colr`` and ``pasp`` boxes and sizes come from these, and skeletons are shared by them."""
+    import quadvault_dali.probe as probe
+    from quadvault_dali.sampling import _remux
+
+    files = [p for p in sorted(corpus.rglob("*")) if p.suffix.lower() in (".mp4", ".mov")] + header_variants
+    opened: list[dict] = []
+    real_open = probe._av_open
+
+    def recording(source: object, **kw: object) -> object:
+        opened.append(dict(kw.get("options") or {}))  # type: ignore[arg-type]
+        return real_open(source, **kw)
+
+    monkeypatch.setattr(probe, "_av_open", recording)
+    cut: dict[tuple[str, str, bool], object] = {}
+    quick_kept = []
+    for path in files:
+        for mode in ("keyframe", "exact"):
+            for quick in (True, False):
+                monkeypatch.setattr(_remux, "SHARED_SKELETONS", _remux.Skeletons(64))
+                opened.clear()
+                try:
+                    cut[path.name, mode, quick] = _cut(path, mode, quick)
+                except Exception as exc:  # noqa: BLE001 - the error is what is compared
+                    cut[path.name, mode, quick] = type(exc).__name__, str(exc)
+                if quick and opened and opened[-1] == probe.QUICK_PROBE_OPTIONS:
+                    quick_kept.append(path.name)
+            assert cut[path.name, mode, True] == cut[path.name, mode, False], (path.name, mode)
+    clips = {name: value for (name, mode, quick), value in cut.items() if mode == "keyframe" and quick}
+    assert b"colr" in clips["colr_709_sps_bt2020.mp4"][0][0] and b"colr" in clips["sps_bt2020.mp4"][0][0]  # type: ignore[index]
+    assert b"pasp" in clips["sps_sar_extended.mp4"][0][0] and b"pasp" not in clips["plain.mp4"][0][0]  # type: ignore[index]
+    # the comparison is between two ways of opening: most files stayed quick; a field-coded one without
+    # a ``fiel`` box did not (FFmpeg's field order then depends on its pictures)
+    assert "plain.mp4" in quick_kept and "sps_crop_left.mp4" in quick_kept and "pixel7_videoOnly_cleaned.mp4" in quick_kept
+    assert "interlaced_no_fiel.mp4" not in quick_kept and len(set(quick_kept)) > 40

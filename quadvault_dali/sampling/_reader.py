@@ -159,7 +159,7 @@ class CuttingSource:
 
     def __init__(self, path: Path, quick: bool = False) -> None:
         self.path = path
-        self.quick = quick  # ``open_container(quick=...)``: nothing will be muxed from the container
+        self.quick = quick  # ``open_container(quick=...)``
         self.file = CountingFile(path) if path.is_file() else None  # else open() says what the path is
         self._reads: ThreadReads | None = None
         self.by_path = False  # decided by open()

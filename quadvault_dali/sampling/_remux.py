@@ -33,7 +33,7 @@ import numpy as np
 from .._nal import FILM_GRAIN_SEI as _FILM_GRAIN_SEI, SEI_UNITS as _SEI, length_size_of, nal_headers as _nal_headers
 from .._nal import nal_type as _nal_type, nal_units as _nal_units, sei_types as _sei_types
 from ..errors import DecodeError
-from ..probe import PacketIndex, open_container, rewound
+from ..probe import CodecSetup, PacketIndex, codec_setup, open_container, rewound
 from ._mp4_join import Skeleton, join_mp4, skeleton
 from ._uncrop import Uncropped, hvcc_sps, uncrop_config, uncrop_packet
 from ._plan import SamplePlan
@@ -61,10 +61,9 @@ SKIP_UNREFERENCED = True
 #: Codecs whose packets FFmpeg's MP4 muxer writes as given, once a set-up's first packet came out unchanged
 #: (``_mp4_join.skeleton``): AV1 is not among them, its OBUs are filtered in every packet.
 _JOINABLE_CODECS = frozenset({"h264", "hevc", "vp9"})
-#: codec parameters FFmpeg writes into the sample description (``colr``, ``pasp``, ``fiel``) beside the
-#: signature's: part of a skeleton's key wherever it is kept
-_SETUP_FACTS = ("color_range", "color_primaries", "color_trc", "colorspace", "sample_aspect_ratio",
-                "field_order", "profile")
+#: codec parameters FFmpeg may write into the sample description (``fiel``) or that may not be where
+#: ``CodecSetup`` looks: part of a skeleton's key wherever it is kept, with the stream's ``CodecSetup``
+_SETUP_FACTS = ("field_order", "profile")
 
 
 class Skeletons:
@@ -167,10 +166,17 @@ class Clip:
                           length_size_of(self.signature[0], self.signature[1]))
 
 
+def stream_setup(stream: av.video.stream.VideoStream) -> CodecSetup:
+    """``stream``'s codec parameters as after a full probe (``probe.codec_setup``): the same after a quick open."""
+    setup = codec_setup(stream)
+    if setup is None:  # ``open_container`` keeps no such quick open
+        raise ValueError("the stream was opened without probing what its clips need; open it in full")
+    return setup
+
+
 def clip_signature(stream: av.video.stream.VideoStream) -> Signature:
-    ctx = stream.codec_context
-    return (ctx.name, bytes(ctx.extradata or b""), int(ctx.coded_width or ctx.width), int(ctx.coded_height or ctx.height),
-            ctx.format.name if ctx.format is not None else "")
+    ctx, setup = stream.codec_context, stream_setup(stream)
+    return ctx.name, bytes(ctx.extradata or b""), setup.width, setup.height, setup.pix_fmt or ""
 
 
 #: what the MP4 box headers and index add to a clip's packets, and the most one write buffer holds
@@ -234,8 +240,8 @@ def _setup_key(template: av.video.stream.VideoStream, signature: Signature | Non
     """What FFmpeg's one-packet mux of ``template`` set up as ``signature`` depends on: with the source track's
     ``setup`` digest, what two videos' templates must share for one skeleton to serve both."""
     ctx = template.codec_context
-    return (signature or clip_signature(template), tuple(str(getattr(ctx, name, None)) for name in _SETUP_FACTS),
-            setup)
+    return (signature or clip_signature(template), stream_setup(template),
+            tuple(str(getattr(ctx, name, None)) for name in _SETUP_FACTS), setup)
 
 
 def _pyav_mux(template: av.video.stream.VideoStream, packets: Sequence[SourcePacket], rank: np.ndarray, delay: int,
@@ -248,6 +254,7 @@ def _pyav_mux(template: av.video.stream.VideoStream, packets: Sequence[SourcePac
     with av.open(buf, "w", format="mp4", buffer_size=room) as out:
         stream = out.add_stream_from_template(template)
         stream.time_base = _CLIP_TB
+        _set_up(stream.codec_context, stream_setup(template))
         if signature is not None and signature != clip_signature(template):
             _, extradata, width, height, _ = signature
             stream.codec_context.extradata = extradata
@@ -262,6 +269,15 @@ def _pyav_mux(template: av.video.stream.VideoStream, packets: Sequence[SourcePac
             packet.is_keyframe = src.is_key
             out.mux(packet)
     return buf.getvalue()
+
+
+def _set_up(ctx: av.video.codeccontext.VideoCodecContext, setup: CodecSetup) -> None:
+    """Gives a clip's stream what a full probe of its source would have (after a quick one, the SPS's facts)."""
+    ctx.width, ctx.height = setup.width, setup.height
+    ctx.color_range, ctx.color_primaries, ctx.color_trc = setup.color_range, setup.color_primaries, setup.color_trc
+    ctx.colorspace = setup.colorspace
+    if setup.sample_aspect_ratio is not None:
+        ctx.sample_aspect_ratio = setup.sample_aspect_ratio
 
 
 def uncropped_signature(signature: Signature, done: Uncropped) -> Signature:
@@ -924,7 +940,7 @@ def start_clips(plan: SamplePlan, container: av.container.InputContainer, fh: Co
         # back as the packet cut short, only the next read failing (a run ending on it would be "ok")
         container.close()
         fh.seek(0)
-        container = open_container(plan.info.path, fh, quick=not mux)
+        container = open_container(plan.info.path, fh, quick=True)
     else:
         container = rewound(container, plan.info.path, None if by_path else fh, plan.index)
     budget = stream_cap or frame_budget(plan.info.coded_width, plan.info.coded_height, clip_pixels)
