@@ -579,7 +579,7 @@ def test_merges_of_one_codec_set_up_share_one_small_template(make_clip: Callable
 
 def _cut(path: Path, mode: str, quick: bool) -> list[tuple[bytes, object, list[int], list[float]]]:
     """The clips the gpu backend's cutter makes of ``path`` (uncropped in keyframe mode), opened ``quick``."""
-    from quadvault_dali.sampling._remux import CLIP_PIXELS, Skeletons, start_clips
+    from quadvault_dali.sampling._remux import CLIP_PIXELS, start_clips
 
     fh = CountingFile(path)
     container = open_container(path, fh, quick=quick)
