@@ -1276,3 +1276,40 @@ def test_gpu_backend_hevc_clips_of_videos_alike_decode_back_to_back(make_clip: C
         assert outcome.ok and outcome.fallback_reason is None, (path.name, outcome.fallback_reason)
         assert times[path] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
         _check_stamps(times[path], stamps[path], sid)
+
+
+@pytest.mark.gpu
+def test_gpu_dali_decodes_merged_runs_of_two_videos_whose_blas_share_order_counts(make_clip: Callable[..., Path]) -> None:
+    """One DALI sample holding two alike HEVC videos' keyframe runs in turn (A 0 s, B 0 s, A 1 s, B 1 s, ...), built
+    with ``merge_clips`` as the sampler merges short clips: each keyframe after the first is a CRA relabelled BLA,
+    and the same second has the same picture order count in both videos, which FFmpeg 7.1+'s HEVC decoder drops
+    as a duplicate (the FFmpeg client drains between clips for it; PyAV's FFmpeg 8 lost 3 of this very clip's 8
+    pictures). Whether NVIDIA's parser under DALI keeps every
+    picture, independent of the prepare threads' timing that
+    ``test_gpu_backend_hevc_clips_of_videos_alike_decode_back_to_back`` depends on: each frame must be its own
+    video's second."""
+    from quadvault_dali.sampling._clip_decoder import ClipDecoder
+    from quadvault_dali.sampling._remux import can_follow, merge_clips
+
+    ids = (57, 58)
+    per_video = []
+    for sid in ids:
+        path = make_clip(f"nvdec_hevc_merged_s{sid}.mp4", codec="hevc", width=256, height=160, fps=30, duration_s=4.0,
+                         keyframe_interval_s=1.0, source_id=sid)
+        fh = CountingFile(path)
+        container = open_container(path, fh, quick=True)
+        info, index = probe_open(container, path)
+        per_video.append(list(plan_clips(plan_samples(info, index, fps=1.0, mode="keyframe"), container, fh,
+                                         max_frames=1)))
+        container.close(), fh.close()
+    interleaved = [clip for pair in zip(*per_video) for clip in pair]
+    assert len(interleaved) == 8 and all(can_follow(b, a) for a, b in zip(interleaved, interleaved[1:]))
+    merged = merge_clips(interleaved)
+    decoder = ClipDecoder("mixed", 0, SIZE, True, clips_per_run=1)
+    try:
+        (frames,) = decoder.decode([merged])
+    finally:
+        decoder.close()
+    assert not isinstance(frames, Exception), frames
+    assert [s for s in _stamps(frames)] == [pytest.approx((float(t), sid), abs=STAMP_TOL)
+                                            for t in range(4) for sid in ids]
