@@ -228,34 +228,62 @@ class CodecSetup:
 
 _UNSPECIFIED_COLOUR = 2  # AVCOL_PRI/TRC/SPC_UNSPECIFIED
 _RANGE_LIMITED, _RANGE_FULL = 1, 2  # AVCOL_RANGE_MPEG, AVCOL_RANGE_JPEG
+#: the VUI code points FFmpeg 8 has names for (primaries, transfer, matrix); its decoder makes any other
+#: value "unspecified" (a review helper swept 0-255 of each)
+_NAMED_COLOURS = (frozenset({1, 2, *range(4, 13), 22}), frozenset({1, 2, *range(4, 19)}),
+                  frozenset({0, 1, 2, *range(4, 18)}))
 
 
-def _sps_or(container_value: int, sps_value: int | None) -> int:
-    return sps_value if container_value == _UNSPECIFIED_COLOUR and sps_value is not None else container_value
+def _sps_or(container_value: int, sps_value: int | None, named: frozenset[int]) -> int:
+    """The container's colour code point, or where it says none, the SPS's as FFmpeg's decoder keeps it."""
+    if container_value != _UNSPECIFIED_COLOUR or sps_value is None:
+        return container_value
+    return sps_value if sps_value in named else _UNSPECIFIED_COLOUR
+
+
+def _sps_aspect(aspect: tuple[int, int] | None, width: int, height: int) -> Fraction | None:
+    """The SPS's sample aspect ratio as FFmpeg's decoder sets it: a zero height read as 1, and none where it
+    would squeeze either side of a ``width`` x ``height`` picture to nothing (``av_image_check_sar``)."""
+    if aspect is None or not aspect[0]:
+        return None
+    num, den = aspect[0], aspect[1] or 1
+    if num != den and (width * num // den if num < den else height * den // num) <= 0:
+        return None
+    return Fraction(num, den)
+
+
+def probed_setup(stream: av.video.stream.VideoStream) -> CodecSetup:
+    """``stream``'s codec parameters as FFmpeg's probing left them (see ``codec_setup`` for a quick open's)."""
+    ctx = stream.codec_context
+    return CodecSetup(int(ctx.width or 0), int(ctx.height or 0), ctx.pix_fmt, int(ctx.color_range or 0),
+                      int(ctx.color_primaries), int(ctx.color_trc), int(ctx.colorspace), ctx.sample_aspect_ratio or None)
 
 
 def codec_setup(stream: av.video.stream.VideoStream) -> CodecSetup | None:
-    """``stream``'s ``CodecSetup``; ``None`` after a quick open where only decoding could tell (a stream whose
-    SPS does not parse, names no format FFmpeg's would, crops away the picture, or codes fields: whether FFmpeg
-    then calls it interlaced depends on its pictures)."""
+    """``stream``'s ``CodecSetup``; ``None`` where FFmpeg decoded no picture and its SPS does not settle it (no
+    single SPS in the configuration record, one that does not parse, names no format FFmpeg's decoder would,
+    crops the picture away, or codes fields: whether FFmpeg then calls it interlaced depends on its pictures).
+    Where the first packet carries what a full probe would also read (its own SPS, an alternative transfer SEI),
+    ``open_container`` does not keep the quick open (``_first_units_settled``)."""
+    probed = probed_setup(stream)
+    if probed.pix_fmt is not None:  # FFmpeg decoded a picture, or its parameters name the format
+        return probed
     ctx = stream.codec_context
     signal = _h264_signal(ctx)
-    probed = CodecSetup(int(ctx.width or 0), int(ctx.height or 0), ctx.pix_fmt, int(ctx.color_range or 0),
-                        int(ctx.color_primaries), int(ctx.color_trc), int(ctx.colorspace),
-                        ctx.sample_aspect_ratio or None)
-    if ctx.pix_fmt is not None or signal is None:  # FFmpeg decoded a picture (or left nothing to the SPS)
-        return probed
+    if signal is None:
+        return None
     pix_fmt, size = _pix_fmt(ctx, signal), signal.display_size
     if pix_fmt is None or size is None or not signal.frames_only:
         return None
     width, height = _container_cropped(probed.width, probed.height, signal.crop, *size)  # type: ignore[arg-type]
-    aspect = signal.sample_aspect
     sps_range = None if signal.full_range is None else _RANGE_FULL if signal.full_range else _RANGE_LIMITED
+    named_primaries, named_transfers, named_matrices = _NAMED_COLOURS
     return CodecSetup(
         width, height, pix_fmt, probed.color_range or (sps_range or 0),
-        _sps_or(probed.color_primaries, signal.primaries), _sps_or(probed.color_trc, signal.transfer),
-        _sps_or(probed.colorspace, signal.matrix),
-        probed.sample_aspect_ratio or (Fraction(*aspect) if aspect and aspect[0] and aspect[1] else None))
+        _sps_or(probed.color_primaries, signal.primaries, named_primaries),
+        _sps_or(probed.color_trc, signal.transfer, named_transfers),
+        _sps_or(probed.colorspace, signal.matrix, named_matrices),
+        probed.sample_aspect_ratio or _sps_aspect(signal.sample_aspect, width, height))
 
 
 def _container_cropped(width: int, height: int, crop: Crop, sps_width: int, sps_height: int) -> tuple[int, int]:
@@ -271,9 +299,53 @@ def _container_cropped(width: int, height: int, crop: Crop, sps_width: int, sps_
     return sps_width, sps_height
 
 
-def _quick_open_complete(container: av.container.InputContainer) -> bool:
+#: an SEI message that sets the transfer characteristics FFmpeg's decoder reports (HLG in Sony's H.264)
+_ALTERNATIVE_TRANSFER_SEI = 147
+
+
+def _first_units_settled(path: Path, stream: av.video.stream.VideoStream, sps: bytes) -> bool:
+    """Whether the H.264 stream's first packet leaves its set-up to the configuration record's ``sps``: no SPS of
+    its own that differs (FFmpeg's probe decodes with the in-band one) and no alternative transfer SEI before
+    its first slice. Reads at most its first 64 KiB, at its index position."""
+    entries = stream.index_entries
+    if not len(entries):
+        return False
+    first = entries[0]
+    length_size = length_size_of("h264", bytes(stream.codec_context.extradata or b""))
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(int(first.pos))
+            data = fh.read(min(int(first.size), _SEI_HEAD_BYTES))
+    except (OSError, ValueError):
+        return False
+    at = 0
+    while length_size is not None and at + length_size < len(data):
+        start = at + length_size
+        end = start + int.from_bytes(data[at:start], "big")
+        if end <= start or start >= len(data):
+            return False  # not length-prefixed as the record says: the full probe's to read
+        kind = nal_type(data[start], "h264")
+        if 1 <= kind <= 5:  # the first slice: what follows it is not the probe's
+            return True
+        if end > len(data):  # a parameter set or SEI longer than the head read
+            return False
+        if kind == 7 and data[start:end] != sps:
+            return False
+        if kind in SEI_UNITS["h264"] and _ALTERNATIVE_TRANSFER_SEI in sei_types(data[start + 1:end]):
+            return False
+        at = end
+    return False  # no slice in the head: the full probe's to read
+
+
+def _quick_open_complete(container: av.container.InputContainer, path: Path) -> bool:
     """Whether a quickly probed container tells all a full probe would (``codec_setup``), or has no video."""
-    return not container.streams.video or codec_setup(main_video_stream(container)) is not None
+    if not container.streams.video:
+        return True
+    stream = main_video_stream(container)
+    if codec_setup(stream) is None:
+        return False
+    signal = _h264_signal(stream.codec_context)
+    return signal is None or stream.codec_context.pix_fmt is not None or _first_units_settled(path, stream, signal.nal)
 
 
 def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
@@ -309,7 +381,7 @@ def open_container(path: Path, file: BinaryIO | None = None, *,
         except Exception:  # noqa: BLE001 - the full open below says what is wrong
             container = None
         if container is not None:
-            if _quick_open_complete(container):
+            if _quick_open_complete(container, path):
                 return container
             container.close()
         if file is not None:
@@ -607,13 +679,19 @@ def main_video_stream(container: av.container.InputContainer) -> av.video.stream
     Real video before stills (phones put one- or two-frame "top shot" tracks of higher resolution
     beside the video of a motion photo), then the default stream, then bit rate, then picture size:
     FFmpeg's ``av_find_best_stream`` order, with the still test first. A stream whose frame count the
-    header does not give counts as video.
+    header does not give counts as video. Sizes as a full probe has them (``codec_setup``), so that a quick open
+    picks the same stream.
     """
-    def rank(s: av.video.stream.VideoStream) -> tuple[int, bool, int, int]:
-        return (min(s.frames or _STILL_FRAMES, _STILL_FRAMES), s.disposition & av.stream.Disposition.default != 0,
-                s.bit_rate or 0, (s.width or 0) * (s.height or 0))
+    streams = container.streams.video
+    if len(streams) == 1:
+        return streams[0]
 
-    return max(container.streams.video, key=rank)
+    def rank(s: av.video.stream.VideoStream) -> tuple[int, bool, int, int]:
+        setup = codec_setup(s) or probed_setup(s)
+        return (min(s.frames or _STILL_FRAMES, _STILL_FRAMES), s.disposition & av.stream.Disposition.default != 0,
+                s.bit_rate or 0, setup.width * setup.height)
+
+    return max(streams, key=rank)
 
 
 def probe_open(container: av.container.InputContainer, path: Path) -> tuple[VideoInfo, PacketIndex]:

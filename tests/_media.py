@@ -23,11 +23,13 @@ def remux_video(source: Path, out: Path, *, options: dict[str, str] | None = Non
     return out
 
 
-def _header_remux(source: Path, out: Path, *, bsf: str | None = None, **codec: object) -> Path:
+def _header_remux(source: Path, out: Path, *, bsf: str | None = None, first_units: bytes = b"",
+                  **codec: object) -> Path:
     """``source`` copied into ``out`` with its track header rewritten: ``bsf`` rewrites the SPS in the
     configuration record too (its output parameters become the track's), ``codec`` sets the muxer's codec
     parameters (``color_primaries=1`` writes a ``colr`` box, ``sample_aspect_ratio`` a ``pasp``, ``width`` the
-    sample description's size)."""
+    sample description's size, ``extradata`` the record), ``first_units`` (length-prefixed NAL units) go in
+    front of the first packet."""
     import av
 
     with av.open(str(source)) as src, av.open(str(out), "w") as dst:
@@ -36,13 +38,36 @@ def _header_remux(source: Path, out: Path, *, bsf: str | None = None, **codec: o
         filtered = av.BitStreamFilterContext(bsf, stream, copy) if bsf else None
         for name, value in codec.items():
             setattr(copy.codec_context, name, value)
+        first = True
         for packet in src.demux(stream):
             if packet.dts is None:
                 continue
             for piece in filtered.filter(packet) if filtered is not None else (packet,):
+                if first and first_units:
+                    prefixed = av.Packet(first_units + bytes(piece))
+                    prefixed.pts, prefixed.dts, prefixed.duration = piece.pts, piece.dts, piece.duration
+                    prefixed.time_base, prefixed.is_keyframe = piece.time_base, piece.is_keyframe
+                    piece = prefixed
+                first = False
                 piece.stream = copy
                 dst.mux(piece)
     return out
+
+
+def _avcc_with(record: bytes, sps: list[bytes]) -> bytes:
+    """An avcC ``record`` with ``sps`` (NAL units) in place of its SPSs, its PPSs and the rest kept."""
+    pos = 6
+    for _ in range(record[5] & 0x1F):
+        pos += 2 + int.from_bytes(record[pos:pos + 2], "big")
+    return record[:5] + bytes([0xE0 | len(sps)]) + b"".join(len(n).to_bytes(2, "big") + n for n in sps) + record[pos:]
+
+
+def _first_sps(path: Path) -> bytes:
+    import av
+
+    with av.open(str(path)) as src:
+        record = bytes(src.streams.video[0].codec_context.extradata)
+    return record[8:8 + int.from_bytes(record[6:8], "big")]
 
 
 def _x264_clip(out: Path, pix_fmt: str = "yuv420p", params: str = "", **codec: object) -> Path:
@@ -103,5 +128,29 @@ def h264_header_variants(folder: Path) -> list[Path]:
         _header_remux(plain, folder / "stsd_larger.mp4", width=320, height=240),
         _header_remux(folder / "sps_crop_left.mp4", folder / "stsd_smaller_sps_crop_left.mp4", width=180, height=100),
         _header_remux(folder / "interlaced.mp4", folder / "interlaced_no_fiel.mp4", field_order=0),
+        # code points FFmpeg has no name for become "unspecified"; an aspect that squeezes 108 rows to none is dropped
+        _header_remux(plain, folder / "sps_unnamed_colours.mp4",
+                      bsf="h264_metadata=colour_primaries=50:transfer_characteristics=50:matrix_coefficients=50"),
+        _header_remux(plain, folder / "sps_sar_squeezes_to_nothing.mp4", bsf="h264_metadata=sample_aspect_ratio=300/1"),
     ]
+    # FFmpeg's decoder uses the last SPS of an id (the record's first here is BT.2020 and full range)
+    record = _avcc_with(_avcc(plain), [_first_sps(bt2020), _first_sps(full), _first_sps(plain)])
+    made.append(_header_remux(plain, folder / "record_three_sps.mp4", extradata=record))
+    # SPS in every keyframe (x264's repeat-headers): the first packet's, not the record's, is what FFmpeg uses
+    repeated = _x264_clip(folder / "inband_sps.mp4", params="repeat-headers=1")
+    made += [repeated, _header_remux(repeated, folder / "inband_sps_unlike_record.mp4",
+                                     bsf="h264_metadata=sample_aspect_ratio=4/3:video_full_range_flag=1:crop_bottom=10",
+                                     extradata=_avcc(repeated))]
+    # an alternative transfer characteristics SEI (HLG, 18) before the first slice: FFmpeg's transfer is the SEI's
+    hlg_sei = bytes([0x06, 147, 1, 18, 0x80])
+    made.append(_header_remux(folder / "vui_709_full.mp4", folder / "sei_alternative_transfer.mp4",
+                              first_units=len(hlg_sei).to_bytes(4, "big") + hlg_sei, color_primaries=2, color_trc=2,
+                              colorspace=2, color_range=0))  # no ``colr`` box: the SPS's colours, the SEI's transfer
     return made
+
+
+def _avcc(path: Path) -> bytes:
+    import av
+
+    with av.open(str(path)) as src:
+        return bytes(src.streams.video[0].codec_context.extradata)

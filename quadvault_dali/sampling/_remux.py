@@ -33,7 +33,7 @@ import numpy as np
 from .._nal import FILM_GRAIN_SEI as _FILM_GRAIN_SEI, SEI_UNITS as _SEI, length_size_of, nal_headers as _nal_headers
 from .._nal import nal_type as _nal_type, nal_units as _nal_units, sei_types as _sei_types
 from ..errors import DecodeError
-from ..probe import CodecSetup, PacketIndex, codec_setup, open_container, rewound
+from ..probe import CodecSetup, PacketIndex, codec_setup, open_container, probed_setup, rewound
 from ._mp4_join import Skeleton, join_mp4, skeleton
 from ._uncrop import Uncropped, hvcc_sps, uncrop_config, uncrop_packet
 from ._plan import SamplePlan
@@ -167,11 +167,9 @@ class Clip:
 
 
 def stream_setup(stream: av.video.stream.VideoStream) -> CodecSetup:
-    """``stream``'s codec parameters as after a full probe (``probe.codec_setup``): the same after a quick open."""
-    setup = codec_setup(stream)
-    if setup is None:  # ``open_container`` keeps no such quick open
-        raise ValueError("the stream was opened without probing what its clips need; open it in full")
-    return setup
+    """``stream``'s codec parameters as after a full probe (``probe.codec_setup``): the same after a quick open
+    (``open_container`` keeps none it cannot settle), as they are where even a full probe decoded nothing."""
+    return codec_setup(stream) or probed_setup(stream)
 
 
 def clip_signature(stream: av.video.stream.VideoStream) -> Signature:

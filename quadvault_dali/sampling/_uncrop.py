@@ -199,6 +199,7 @@ class SpsSignal:
     transfer: int | None
     matrix: int | None
     crop: Crop | None = None  # the coded size and its cropping
+    nal: bytes = b""  # the SPS NAL unit itself (header included)
     #: (width, height) of a sample, where aspect_ratio_info is present; (0, 1) for "unspecified"
     sample_aspect: tuple[int, int] | None = None
     frames_only: bool = True  # frame_mbs_only_flag: no field or MBAFF pictures, so FFmpeg calls it progressive
@@ -230,12 +231,12 @@ class SpsSignal:
 
 @functools.lru_cache(maxsize=256)
 def avcc_signal(extradata: bytes) -> SpsSignal | None:
-    """The first SPS of an avcC record, read through its VUI's colour description; ``None`` where there is no
-    record or it does not parse. Cached: a quick open asks before the probe does, and one camera's videos
-    share their record."""
-    if len(extradata) < 7 or extradata[0] != 1:
+    """The SPS of an avcC record, read through its VUI's colour description; ``None`` where there is no record,
+    it holds no SPS or several (FFmpeg's decoder uses the one its PPS names, the last of an id), or the SPS does
+    not parse. Cached: a quick open asks before the probe does, and one camera's videos share their record."""
+    if len(extradata) < 7 or extradata[0] != 1 or extradata[5] & 0x1F != 1:
         return None
-    read = _record_nals(extradata, 6, extradata[5] & 0x1F)
+    read = _record_nals(extradata, 6, 1)
     if read is None or not read[0] or not _is_sps(read[0][0], "h264"):
         return None
     bits = _Bits(unescape(read[0][0][1:]))
@@ -262,8 +263,8 @@ def avcc_signal(extradata: bytes) -> SpsSignal | None:
         return None
     if separate_planes:
         return None
-    return SpsSignal(chroma_format_idc, depth, full_range, primaries, transfer, matrix, crop, sample_aspect,
-                     frames_only)
+    return SpsSignal(chroma_format_idc, depth, full_range, primaries, transfer, matrix, crop, read[0][0],
+                     sample_aspect, frames_only)
 
 
 def _hevc_crop_fields(bits: _Bits) -> tuple[Crop, int, int]:
