@@ -78,13 +78,7 @@ def sei_types(payload: bytes) -> set[int]:
 
 
 def unescape(payload: bytes) -> bytes:
-    """NAL payload -> RBSP: the emulation prevention byte of every 00 00 03 removed."""
-    out = bytearray()
-    zeros = 0
-    for b in payload:
-        if zeros >= 2 and b == 3:
-            zeros = 0
-            continue
-        out.append(b)
-        zeros = zeros + 1 if b == 0 else 0
-    return bytes(out)
+    """NAL payload -> RBSP: the emulation prevention byte of every 00 00 03 removed. ``bytes.replace`` resumes its
+    search after each match, just as the byte-by-byte rule starts counting zeros again after a removed 03; a
+    Python loop over an x264 SEI (its settings string, ~700 bytes) cost 0.1 ms on every probe and cut."""
+    return payload.replace(b"\x00\x00\x03", b"\x00\x00") if b"\x00\x00\x03" in payload else payload

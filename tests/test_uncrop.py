@@ -271,6 +271,26 @@ def test_emulation_prevention_round_trips() -> None:
         assert unescape(payload) == rbsp
 
 
+def test_unescape_removes_each_emulation_prevention_byte_as_the_standard_reads_it() -> None:
+    """Any bytes, not only what ``escape`` writes: a 03 goes where two zero bytes precede it since the last one
+    removed (7.3.1), the rest stays."""
+    def by_the_rule(payload: bytes) -> bytes:
+        out, zeros = bytearray(), 0
+        for b in payload:
+            if zeros >= 2 and b == 3:
+                zeros = 0
+                continue
+            out.append(b)
+            zeros = zeros + 1 if b == 0 else 0
+        return bytes(out)
+
+    rng = random.Random(7)
+    cases = [b"\x00\x00\x03\x03", b"\x00\x00\x00\x03", b"\x00\x00\x03\x00\x00\x03", b"\x00\x03\x00\x00\x03\x01"]
+    cases += [bytes(rng.choice([0, 0, 0, 3, 3, 1, 0xFF]) for _ in range(rng.randint(0, 30))) for _ in range(3000)]
+    for payload in cases:
+        assert unescape(payload) == by_the_rule(payload), payload.hex()
+
+
 def test_not_an_sps_or_damaged_is_refused() -> None:
     with pytest.raises(ValueError, match="not an H.264 sequence parameter set"):
         sps_crop(b"\x68\xee\x3c\x80")  # a PPS
