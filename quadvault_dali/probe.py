@@ -313,9 +313,7 @@ def _first_units_settled(path: Path, stream: av.video.stream.VideoStream, sps: b
     first = entries[0]
     length_size = length_size_of("h264", bytes(stream.codec_context.extradata or b""))
     try:
-        with open(path, "rb") as fh:
-            fh.seek(int(first.pos))
-            data = fh.read(min(int(first.size), _SEI_HEAD_BYTES))
+        data = packet_head(path, int(first.pos), int(first.size), "h264", length_size)
     except (OSError, ValueError):
         return False
     at = 0
@@ -605,8 +603,40 @@ def _turned_in_stream(path: Path, stream_index: int, codec: str) -> bool:
     return _orientation_sei_first(data, codec, length_size)
 
 
-#: bytes of an MP4's first packet read for a display-orientation SEI: the SEI units come before the slices
+#: bytes of an MP4's first packet read for its parameter sets and SEI units, which come before the slices: a
+#: first read of ``_HEAD_FIRST_BYTES`` (an x264 or camera head is a few hundred bytes, a 1080p keyframe 100+
+#: KiB: the prober read 64 KiB of it twice per video, counted as the video's bytes where it is read by path),
+#: then up to ``_SEI_HEAD_BYTES`` where no slice starts within it. From the page cache both cost the same.
 _SEI_HEAD_BYTES = 64 << 10
+_HEAD_FIRST_BYTES = 4 << 10
+
+
+def _reaches_a_slice(data: bytes, codec: str, length_size: int | None) -> bool:
+    """Whether length-prefixed NAL units from the start of ``data`` get to a slice's header within it."""
+    if length_size is None:
+        return False
+    header, at = (1 if codec == "h264" else 2), 0
+    while at + length_size < len(data):
+        start = at + length_size
+        size = int.from_bytes(data[at:start], "big")
+        if size < header:
+            return False
+        kind = nal_type(data[start], codec)
+        if (1 <= kind <= 5) if codec == "h264" else kind <= 31:
+            return True
+        at = start + size
+    return False
+
+
+def packet_head(path: Path, pos: int, size: int, codec: str, length_size: int | None) -> bytes:
+    """The start of the packet at ``pos`` (``size`` bytes), through its leading units (see ``_HEAD_FIRST_BYTES``);
+    ``OSError`` where it cannot be read."""
+    with open(path, "rb") as fh:
+        fh.seek(pos)
+        data = fh.read(min(size, _HEAD_FIRST_BYTES))
+        if len(data) < min(size, _SEI_HEAD_BYTES) and not _reaches_a_slice(data, codec, length_size):
+            data += fh.read(min(size, _SEI_HEAD_BYTES) - len(data))
+    return data
 
 
 def _orientation_sei_first(data: bytes, codec: str, length_size: int | None, cut: bool = False) -> bool:
@@ -651,9 +681,7 @@ def _mp4_turned_in_stream(path: Path, index: PacketIndex, codec: str, extradata:
     if codec not in SEI_UNITS or length_size is None or not len(index) or index.pos[0] < 0:
         return False
     try:
-        with open(path, "rb") as fh:
-            fh.seek(int(index.pos[0]))
-            data = fh.read(min(int(index.size[0]), _SEI_HEAD_BYTES))
+        data = packet_head(path, int(index.pos[0]), int(index.size[0]), codec, length_size)
     except OSError as exc:
         log.info("%s: cannot read its first packet for a display orientation (%s)", path, exc)
         return False

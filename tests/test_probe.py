@@ -316,3 +316,22 @@ def test_a_quick_open_probes_what_a_full_one_does(make_clip, corpus: Path, heade
     sizes = {p.name: (quick[p][0]["width"], quick[p][0]["height"]) for p in header_variants}  # type: ignore[index]
     assert sizes["stsd_smaller_same_macroblocks.mp4"] == (180, 100) and sizes["stsd_smaller.mp4"] == (192, 108)
     assert sizes["sps_crop_left.mp4"] == sizes["stsd_smaller_sps_crop_left.mp4"] == (184, 108)
+
+
+def test_a_packet_head_is_read_to_its_first_slice(tmp_path: Path) -> None:
+    """``probe.packet_head``: 4 KiB where the first slice starts within them (an x264 or camera head), more (up to
+    64 KiB) where an SEI or parameter set before it is longer, so what the prober reads there is whole."""
+    from quadvault_dali.probe import packet_head
+
+    def unit(data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + data
+
+    slice_ = unit(b"\x65" + bytes(200_000))  # an IDR slice of a 1080p keyframe
+    short = unit(b"\x67\x64\x00\x28") + unit(b"\x06\x05\x10" + bytes(16)) + slice_
+    long_sei = unit(b"\x06\x2f\x02\x00\x00" + bytes(10_000) + b"\x80") + slice_
+    path = tmp_path / "packets.bin"
+    path.write_bytes(b"junk" + short + long_sei)
+    assert packet_head(path, 4, len(short), "h264", 4) == short[:4096]
+    head = packet_head(path, 4 + len(short), len(long_sei), "h264", 4)
+    assert len(head) == 64 << 10 and head == long_sei[: 64 << 10]
+    assert packet_head(path, 4, 100, "h264", 4) == short[:100]  # never past the packet
