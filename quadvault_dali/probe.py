@@ -256,7 +256,8 @@ def probed_setup(stream: av.video.stream.VideoStream) -> CodecSetup:
     """``stream``'s codec parameters as FFmpeg's probing left them (see ``codec_setup`` for a quick open's)."""
     ctx = stream.codec_context
     return CodecSetup(int(ctx.width or 0), int(ctx.height or 0), ctx.pix_fmt, int(ctx.color_range or 0),
-                      int(ctx.color_primaries), int(ctx.color_trc), int(ctx.colorspace), ctx.sample_aspect_ratio or None)
+                      int(ctx.color_primaries), int(ctx.color_trc), int(ctx.colorspace),
+                      ctx.sample_aspect_ratio or None)
 
 
 def codec_setup(stream: av.video.stream.VideoStream) -> CodecSetup | None:
@@ -275,7 +276,9 @@ def codec_setup(stream: av.video.stream.VideoStream) -> CodecSetup | None:
     pix_fmt, size = _pix_fmt(ctx, signal), signal.display_size
     if pix_fmt is None or size is None or not signal.frames_only:
         return None
-    width, height = _container_cropped(probed.width, probed.height, signal.crop, *size)  # type: ignore[arg-type]
+    crop = signal.crop
+    assert crop is not None  # ``display_size`` is ``None`` without it
+    width, height = _container_cropped(probed.width, probed.height, crop, *size)
     sps_range = None if signal.full_range is None else _RANGE_FULL if signal.full_range else _RANGE_LIMITED
     named_primaries, named_transfers, named_matrices = _NAMED_COLOURS
     return CodecSetup(
@@ -797,7 +800,8 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
     start = _seconds(stream.start_time, tb) or 0.0
     info = VideoInfo(
         path=path, size_bytes=stat.st_size, mtime_ns=stat.st_mtime_ns,
-        container=container.format.name, codec=codec, pix_fmt=setup.pix_fmt if setup is not None else _pix_fmt(ctx, signal),
+        container=container.format.name, codec=codec,
+        pix_fmt=setup.pix_fmt if setup is not None else _pix_fmt(ctx, signal),
         coded_width=coded_w, coded_height=coded_h, width=width, height=height, rotation=rotation,
         avg_fps=round(avg, 4), real_fps=round(real, 4), duration_s=round(float(duration), 4),
         frame_count=int(frame_count), bit_rate=container.bit_rate or None, start_time_s=start,

@@ -1279,7 +1279,7 @@ def test_gpu_backend_hevc_clips_of_videos_alike_decode_back_to_back(make_clip: C
 
 
 @pytest.mark.gpu
-def test_gpu_dali_decodes_merged_runs_of_two_videos_whose_blas_share_order_counts(make_clip: Callable[..., Path]) -> None:
+def test_gpu_dali_decodes_merged_runs_of_alike_hevc_videos(make_clip: Callable[..., Path]) -> None:
     """One DALI sample holding two alike HEVC videos' keyframe runs in turn (A 0 s, B 0 s, A 1 s, B 1 s, ...), built
     with ``merge_clips`` as the sampler merges short clips: each keyframe after the first is a CRA relabelled BLA,
     and the same second has the same picture order count in both videos, which FFmpeg 7.1+'s HEVC decoder drops
@@ -1301,7 +1301,8 @@ def test_gpu_dali_decodes_merged_runs_of_two_videos_whose_blas_share_order_count
         info, index = probe_open(container, path)
         per_video.append(list(plan_clips(plan_samples(info, index, fps=1.0, mode="keyframe"), container, fh,
                                          max_frames=1)))
-        container.close(), fh.close()
+        container.close()
+        fh.close()
     interleaved = [clip for pair in zip(*per_video) for clip in pair]
     assert len(interleaved) == 8 and all(can_follow(b, a) for a, b in zip(interleaved, interleaved[1:]))
     merged = merge_clips(interleaved)
@@ -1311,5 +1312,4 @@ def test_gpu_dali_decodes_merged_runs_of_two_videos_whose_blas_share_order_count
     finally:
         decoder.close()
     assert not isinstance(frames, Exception), frames
-    assert [s for s in _stamps(frames)] == [pytest.approx((float(t), sid), abs=STAMP_TOL)
-                                            for t in range(4) for sid in ids]
+    assert _stamps(frames) == [pytest.approx((float(t), sid), abs=STAMP_TOL) for t in range(4) for sid in ids]

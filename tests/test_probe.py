@@ -287,19 +287,9 @@ def test_a_display_orientation_inside_the_h264_stream_turns_a_matroska_file(make
     assert not _turned_in_stream(source, 0, "h264")
 
 
-def test_a_quick_open_probes_what_a_full_one_does(make_clip, corpus: Path, header_variants: list[Path],
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """``open_container(quick=True)``: FFmpeg's probing cut short for plain MP4/MOV, the H.264 format, size and
-    matrix read from the SPS. Every fact, every keyframe, every error the same as after FFmpeg's full probing,
-    on the corpus's real footage (phones, GoPro, a drone, HDR, rotated, broken files) and generated files (a
-    track header that crops the SPS's picture further, or one the SPS crops from the left: 184 wide, not 192)."""
+def _probed_both_ways(files: list[Path], monkeypatch: pytest.MonkeyPatch) -> dict[Path, object]:
+    """Each file's facts, keyframes and errors after quick opens, compared with those after full ones."""
     import quadvault_dali.probe as probe
-
-    files = [p for p in sorted(corpus.rglob("*")) if p.suffix.lower() in (".mp4", ".mov", ".m4v")] + header_variants
-    files += [make_clip("quick_bt709_audio.mp4", codec="h264", width=160, height=96, duration_s=2.0,
-                        color_matrix="bt709", audio=True),
-              make_clip("quick_rot90.mov", codec="h264", width=160, height=96, duration_s=2.0, rotation=90),
-              make_clip("quick_hevc.mp4", codec="hevc", width=160, height=96, duration_s=2.0)]
 
     def probed(path: Path) -> object:
         try:
@@ -309,10 +299,32 @@ def test_a_quick_open_probes_what_a_full_one_does(make_clip, corpus: Path, heade
         return info.to_dict(), index.pts.tolist(), index.is_key.tolist()
 
     quick = {p: probed(p) for p in files}
-    monkeypatch.setattr(probe, "QUICK_MP4_PROBE", False)
-    assert len(files) > 40
-    for path in files:
-        assert probed(path) == quick[path], path.name
+    with monkeypatch.context() as patched:
+        patched.setattr(probe, "QUICK_MP4_PROBE", False)
+        for path in files:
+            assert probed(path) == quick[path], path.name
+    return quick
+
+
+def test_a_quick_open_probes_what_a_full_one_does(corpus: Path, make_clip, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``open_container(quick=True)``: FFmpeg's probing cut short for plain MP4/MOV, the H.264 format, size and
+    matrix read from the SPS. Every fact, every keyframe, every error the same as after FFmpeg's full probing, on
+    the corpus's real footage (phones, GoPro, a drone, HDR, rotated, broken files) and generated files."""
+    files = [p for p in sorted(corpus.rglob("*")) if p.suffix.lower() in (".mp4", ".mov", ".m4v")]
+    files += [make_clip("quick_bt709_audio.mp4", codec="h264", width=160, height=96, duration_s=2.0,
+                        color_matrix="bt709", audio=True),
+              make_clip("quick_rot90.mov", codec="h264", width=160, height=96, duration_s=2.0, rotation=90),
+              make_clip("quick_hevc.mp4", codec="hevc", width=160, height=96, duration_s=2.0)]
+    assert len(files) > 20
+    _probed_both_ways(files, monkeypatch)
+
+
+def test_a_quick_open_probes_what_a_full_one_does_where_sps_and_track_disagree(
+        header_variants: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same on H.264 whose SPS and track header disagree (``_media.h264_header_variants``): a track header that
+    crops the SPS's picture further within its last macroblocks wins, one that does not, or an SPS cropped from
+    the left, does not (184 wide, not the track's 192)."""
+    quick = _probed_both_ways(header_variants, monkeypatch)
     sizes = {p.name: (quick[p][0]["width"], quick[p][0]["height"]) for p in header_variants}  # type: ignore[index]
     assert sizes["stsd_smaller_same_macroblocks.mp4"] == (180, 100) and sizes["stsd_smaller.mp4"] == (192, 108)
     assert sizes["sps_crop_left.mp4"] == sizes["stsd_smaller_sps_crop_left.mp4"] == (184, 108)

@@ -49,18 +49,19 @@ def test_a_probe_by_path_costs_what_it_costs_through_a_file_object(make_clip: Ca
     """A plain MP4/MOV: FFmpeg's own reads of the file (header, first pictures) and the prober's reads of its
     boxes, within 2 % or 2 KiB (FFmpeg's file protocol reads in its own chunks)."""
     path = make_clip(name, width=160, height=96, **spec)
-    with CountingFile(path) as fh:
-        reads = ThreadReads.start()
-        with open_container(path, fh) as container:
-            probe_open(container, path)
-        through_python = reads.bytes_read()  # FFmpeg's reads through fh and the prober's own opens
-    with CuttingSource(path) as source:
-        with source.open() as container:
-            info, _ = probe_open(container, path)
-        assert source.by_path
-        by_path = source.bytes_read()
-    assert info.frame_count > 0
-    assert abs(by_path - through_python) <= max(2048, 0.02 * through_python)
+    for quick in (True, False):
+        with CountingFile(path) as fh:
+            reads = ThreadReads.start()
+            with open_container(path, fh, quick=quick) as container:
+                probe_open(container, path)
+            through_python = reads.bytes_read()  # FFmpeg's reads through fh and the prober's own opens
+        with CuttingSource(path, quick=quick) as source:
+            with source.open() as container:
+                info, _ = probe_open(container, path)
+            assert source.by_path
+            by_path = source.bytes_read()
+        assert info.frame_count > 0
+        assert abs(by_path - through_python) <= max(2048, 0.02 * through_python), quick
 
 
 def test_a_source_without_thread_accounting_counts_through_its_file(make_clip: Callable[..., Path],
@@ -143,11 +144,11 @@ def test_a_plain_mp4_that_will_not_open_by_path_is_opened_through_the_file(make_
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(probe, "_av_open", by_path_fails)
-    with CuttingSource(path) as source:
+    with CuttingSource(path, quick=False) as source:
         with pytest.raises(FileAccessError, match="Input/output error.*disk or the file may be damaged"):
             source.open()
         assert opened == ["str", "CountingFile"] and not source.by_path
-    with CuttingSource(path, quick=True) as source:  # each way quickly first, then in full (``QUICK_PROBE_OPTIONS``)
+    with CuttingSource(path) as source:  # each way quickly first, then in full (``QUICK_PROBE_OPTIONS``)
         opened.clear()
         with pytest.raises(FileAccessError, match="Input/output error.*disk or the file may be damaged"):
             source.open()

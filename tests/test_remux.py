@@ -577,32 +577,37 @@ def test_merges_of_one_codec_set_up_share_one_small_template(make_clip: Callable
     assert stamps == pytest.approx(first.times + second.times, abs=STAMP_TOL)
 
 
-def _cut(path: Path, mode: str, quick: bool) -> list[tuple[bytes, object, list[int], list[float]]]:
-    """The clips the gpu backend's cutter makes of ``path`` (uncropped in keyframe mode), opened ``quick``."""
+def _cut(path: Path, mode: str, quick: bool, opened: list[dict]) -> tuple[object, bool]:
+    """The clips the gpu backend's cutter makes of ``path`` (uncropped in keyframe mode), opened ``quick``, or the
+    error; and whether the open stayed quick (``opened`` records ``probe._av_open``'s options, see below)."""
+    from quadvault_dali.probe import QUICK_PROBE_OPTIONS
     from quadvault_dali.sampling._remux import CLIP_PIXELS, start_clips
 
     fh = CountingFile(path)
-    container = open_container(path, fh, quick=quick)
     try:
-        info, index = probe_open(container, path)
-        plan = plan_samples(info, index, fps=1.0, mode=mode)  # type: ignore[arg-type]
-        container, cut = start_clips(plan, container, fh, stream_cap=None, clip_pixels=CLIP_PIXELS,
-                                     uncrop=mode == "keyframe")
-        return [(c.data, c.signature, c.frames.tolist(), c.times) for c in cut]
+        before = len(opened)
+        container = open_container(path, fh, quick=quick)
+        kept_quick = len(opened) > before and opened[-1] == QUICK_PROBE_OPTIONS  # the open that was returned
+        try:
+            info, index = probe_open(container, path)
+            plan = plan_samples(info, index, fps=1.0, mode=mode)  # type: ignore[arg-type]
+            container, cut = start_clips(plan, container, fh, stream_cap=None, clip_pixels=CLIP_PIXELS,
+                                         uncrop=mode == "keyframe")
+            return [(c.data, c.signature, c.frames.tolist(), c.times) for c in cut], kept_quick
+        finally:
+            container.close()
+    except Exception as exc:  # noqa: BLE001 - the error is what is compared
+        return (type(exc).__name__, str(exc)), False
     finally:
-        container.close()
         fh.close()
 
 
-def test_clips_cut_after_a_quick_open_are_those_of_a_full_one(corpus: Path, header_variants: list[Path],
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """DALI gets the same MP4s, byte for byte, whether its cutter opened the video quickly (no picture decoded:
-    the SPS's size, aspect ratio, range and colours filled in by ``probe.codec_setup``) or in full. The clips'
-    ``colr`` and ``pasp`` boxes and sizes come from these, and skeletons are shared by them."""
+def _clips_both_ways(files: list[Path], monkeypatch: pytest.MonkeyPatch) -> tuple[dict, set[str]]:
+    """Each file's clips after a quick and after a full open, in keyframe and exact mode, compared; the clips of
+    the quick opens by name, and the names whose quick open was kept."""
     import quadvault_dali.probe as probe
     from quadvault_dali.sampling import _remux
 
-    files = [p for p in sorted(corpus.rglob("*")) if p.suffix.lower() in (".mp4", ".mov")] + header_variants
     opened: list[dict] = []
     real_open = probe._av_open
 
@@ -611,29 +616,43 @@ def test_clips_cut_after_a_quick_open_are_those_of_a_full_one(corpus: Path, head
         return real_open(source, **kw)
 
     monkeypatch.setattr(probe, "_av_open", recording)
-    cut: dict[tuple[str, str, bool], object] = {}
-    quick_kept = []
+    clips, kept = {}, set()
     for path in files:
         for mode in ("keyframe", "exact"):
+            cut = {}
             for quick in (True, False):
                 monkeypatch.setattr(_remux, "SHARED_SKELETONS", _remux.Skeletons(64))
-                opened.clear()
-                try:
-                    cut[path.name, mode, quick] = _cut(path, mode, quick)
-                except Exception as exc:  # noqa: BLE001 - the error is what is compared
-                    cut[path.name, mode, quick] = type(exc).__name__, str(exc)
-                if quick and opened and opened[-1] == probe.QUICK_PROBE_OPTIONS:
-                    quick_kept.append(path.name)
-            assert cut[path.name, mode, True] == cut[path.name, mode, False], (path.name, mode)
-    clips = {name: value for (name, mode, quick), value in cut.items() if mode == "keyframe" and quick}
-    assert b"colr" in clips["colr_709_sps_bt2020.mp4"][0][0] and b"colr" in clips["sps_bt2020.mp4"][0][0]  # type: ignore[index]
-    assert b"pasp" in clips["sps_sar_extended.mp4"][0][0] and b"pasp" not in clips["plain.mp4"][0][0]  # type: ignore[index]
+                cut[quick], stayed = _cut(path, mode, quick, opened)
+                if quick and stayed:
+                    kept.add(path.name)
+            assert cut[True] == cut[False], (path.name, mode)
+            if mode == "keyframe":
+                clips[path.name] = cut[True]
+    return clips, kept
+
+
+def test_clips_cut_after_a_quick_open_are_those_of_a_full_one(header_variants: list[Path],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """DALI gets the same MP4s, byte for byte, whether its cutter opened the video quickly (no picture decoded:
+    the SPS's size, aspect ratio, range and colours filled in by ``probe.codec_setup``) or in full. The clips'
+    ``colr`` and ``pasp`` boxes and sizes come from these, and skeletons are shared by them. Here on H.264 whose
+    SPS and track header disagree (``_media.h264_header_variants``)."""
+    clips, kept = _clips_both_ways(header_variants, monkeypatch)
+    assert b"colr" in clips["colr_709_sps_bt2020.mp4"][0][0] and b"colr" in clips["sps_bt2020.mp4"][0][0]
+    assert b"pasp" in clips["sps_sar_extended.mp4"][0][0] and b"pasp" not in clips["plain.mp4"][0][0]
     # the comparison is between two ways of opening: most files stayed quick (an SPS repeated unchanged in the
     # keyframes too); the ones FFmpeg's probe learns more of from their pictures did not: field coding without a
     # ``fiel`` box, several SPSs in the record, an in-band SPS unlike the record's, an alternative transfer SEI
-    for kept in ("plain.mp4", "sps_crop_left.mp4", "pixel7_videoOnly_cleaned.mp4", "inband_sps.mp4"):
-        assert kept in quick_kept, kept
-    for reopened in ("interlaced_no_fiel.mp4", "record_three_sps.mp4", "inband_sps_unlike_record.mp4",
-                     "sei_alternative_transfer.mp4"):
-        assert reopened not in quick_kept, reopened
-    assert len(set(quick_kept)) > 40
+    for name in ("plain.mp4", "sps_crop_left.mp4", "inband_sps.mp4", "sps_unnamed_colours.mp4"):
+        assert name in kept, name
+    for name in ("interlaced_no_fiel.mp4", "record_three_sps.mp4", "inband_sps_unlike_record.mp4",
+                 "sei_alternative_transfer.mp4"):
+        assert name not in kept, name
+
+
+def test_corpus_clips_cut_after_a_quick_open_are_those_of_a_full_one(corpus: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same on the corpus's real footage (phones, GoPro, a drone, HDR, rotated, broken files)."""
+    files = [p for p in sorted(corpus.rglob("*")) if p.suffix.lower() in (".mp4", ".mov")]
+    _, kept = _clips_both_ways(files, monkeypatch)
+    assert "pixel7_videoOnly_cleaned.mp4" in kept and "portrait_4k60.mp4" in kept and len(kept) > 15

@@ -176,7 +176,7 @@ class DaliSampler(Sampler):
                         raise PoolUnavailable()
                     why_not, clips = self._cut_clips_in_worker(pool, task, work, stop)
                 except PoolUnavailable:  # no workers (or none left): cut here, as without them
-                    with CuttingSource(task.path, quick=True) as source:
+                    with CuttingSource(task.path) as source:
                         try:
                             why_not, clips = self._cut_clips(task, source, work, stop)
                         finally:

@@ -84,7 +84,7 @@ def cut_one(conn: Any, path: Path, settings: CutSettings) -> None:
     container = None
     try:
         try:
-            source = CuttingSource(path, quick=True)
+            source = CuttingSource(path)
             container = source.open()
             info, index = probe_open(container, path)
         except Exception as exc:  # noqa: BLE001 - becomes the video's error, as in the decoding process

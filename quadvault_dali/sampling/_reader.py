@@ -157,9 +157,9 @@ class CuttingSource:
     the thread that made this source.
     """
 
-    def __init__(self, path: Path, quick: bool = False) -> None:
+    def __init__(self, path: Path, quick: bool = True) -> None:
         self.path = path
-        self.quick = quick  # ``open_container(quick=...)``
+        self.quick = quick  # ``open_container(quick=...)``: False only to compare with FFmpeg's full probing
         self.file = CountingFile(path) if path.is_file() else None  # else open() says what the path is
         self._reads: ThreadReads | None = None
         self.by_path = False  # decided by open()
