@@ -57,7 +57,7 @@ def test_scale_cells_add_up_the_frames_of_every_process(make_clip: Callable[...,
     path = make_clip("diag_scale_vp9.mp4", codec="vp9", width=128, height=80, fps=10, duration_s=3.0, source_id=5)
     _, clips = plan_cut(path)
     case = Case("scale", clips[0], clips[0].times, 5)
-    broken = Case("broken", replace(clips[0], data=b"not a video at all"), clips[0].times, 5)
+    broken = Case("broken", replace(clips[0], _data=b"not a video at all"), clips[0].times, 5)
     idle = lambda: UtilisationMonitor(reader=None, metrics=())  # noqa: E731
     grid = ProcessGrid(2, "cpu", 0, 64, start_timeout_s=120)
     try:

@@ -14,7 +14,7 @@ import pytest
 
 from quadvault_dali._mp4 import _boxes
 from quadvault_dali.sampling import _remux
-from quadvault_dali.sampling._mp4_join import join_mp4, skeleton
+from quadvault_dali.sampling._mp4_join import join_mp4, mp4_frame, skeleton
 from quadvault_dali.sampling._remux import Clip, SourcePacket, merge_clips
 
 from test_remux import _build, _clip_path
@@ -23,7 +23,7 @@ from test_remux import _build, _clip_path
 def _pyav_only(clip: Clip, monkeypatch: pytest.MonkeyPatch) -> bytes:
     """``clip``'s MP4 as PyAV's muxer writes it (the path before ``join_mp4``)."""
     with monkeypatch.context() as m:
-        m.setattr(_remux, "join_mp4", lambda *a, **k: None)
+        m.setattr(_remux, "mp4_frame", lambda *a, **k: None)
         return _remux.mux_clip(_remux._template(clip)[0], clip.runs, clip.signature, clip.roi,
                                clip.cropped_signature).data
 
@@ -53,15 +53,15 @@ def _assert_same(joined: bytes, reference: bytes) -> None:
 
 
 def _count_joins(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Records whether each ``join_mp4`` call built the clip (True) or left it to PyAV (False)."""
+    """Records whether each clip was framed for a join (True) or left to PyAV (False)."""
     calls: list[bool] = []
 
-    def spy(*args: Any, **kwargs: Any) -> bytes | None:
-        out = join_mp4(*args, **kwargs)
+    def spy(*args: Any, **kwargs: Any) -> tuple[bytes, bytes] | None:
+        out = mp4_frame(*args, **kwargs)
         calls.append(out is not None)
         return out
 
-    monkeypatch.setattr(_remux, "join_mp4", spy)
+    monkeypatch.setattr(_remux, "mp4_frame", spy)
     return calls
 
 

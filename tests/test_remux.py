@@ -577,6 +577,23 @@ def test_merges_of_one_codec_set_up_share_one_small_template(make_clip: Callable
     assert stamps == pytest.approx(first.times + second.times, abs=STAMP_TOL)
 
 
+def test_clips_merged_into_one_sample_never_join_their_own_mp4(make_clip: Callable[..., Path]) -> None:
+    """A joined clip's MP4 is made when read (``Clip.data``; ``test_mp4_join`` checks it demuxes and decodes as
+    PyAV's mux); clips merged into one DALI sample give their packets to the merged MP4 and never copy them
+    into one of their own."""
+    import quadvault_dali.sampling._remux as remux
+
+    path = _clip_path(make_clip, "h264_bframes")
+    clips = [_build(path, "keyframe", max_frames=2)[0][i] for i in range(3)]
+    assert all(c.data_bytes_held == 0 for c in clips), "cut, not yet joined"
+    remux.merge_clips(clips[:1] + clips[1:2])  # makes the set-up's template (from the first clip's MP4)
+    merged = remux.merge_clips(clips[1:])
+    assert clips[1].data_bytes_held == clips[2].data_bytes_held == 0
+    assert _decoded_stamps(merged, 0) == pytest.approx(clips[1].times + clips[2].times, abs=STAMP_TOL)
+    assert _decoded_stamps(clips[2], 0) == pytest.approx(clips[2].times, abs=STAMP_TOL)  # decoded alone: joined now
+    assert clips[2].data_bytes_held == len(clips[2].data) > 0
+
+
 def _cut(path: Path, mode: str, quick: bool, opened: list[dict]) -> tuple[object, bool]:
     """The clips the gpu backend's cutter makes of ``path`` (uncropped in keyframe mode), opened ``quick``, or the
     error; and whether the open stayed quick (``opened`` records ``probe._av_open``'s options, see below)."""

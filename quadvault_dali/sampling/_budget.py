@@ -40,8 +40,8 @@ def queued_bytes_for(share: float = 1.0, ram: int | None = None) -> int:
 
 
 def clip_bytes(clip: Clip) -> int:
-    """Host memory a queued clip holds: its MP4 and, where kept for merging, its packets."""
-    return len(clip.data) + sum(len(p.data) + len(p.original or b"") for run in clip.runs for p in run.packets)
+    """Host memory a queued clip holds: its MP4 where made, and its packets where kept (to merge or join)."""
+    return clip.data_bytes_held + sum(len(p.data) + len(p.original or b"") for run in clip.runs for p in run.packets)
 
 
 class ByteBudget:

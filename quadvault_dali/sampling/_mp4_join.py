@@ -96,6 +96,13 @@ def join_mp4(skel: Skeleton, packets: Sequence[bytes], keyframes: Sequence[bool]
     samples, times and sample description as in FFmpeg's mux of all the packets; only the ``btrt`` box in
     the sample description keeps the one packet's bit rates (decoders do not read it), and the sizes are
     one table in one chunk where FFmpeg may write a constant size or several chunks."""
+    frame = mp4_frame(skel, packets, keyframes)
+    return None if frame is None else b"".join([frame[0], *packets, frame[1]])
+
+
+def mp4_frame(skel: Skeleton, packets: Sequence[bytes], keyframes: Sequence[bool]) -> tuple[bytes, bytes] | None:
+    """What ``join_mp4`` puts before and after ``packets`` (``ftyp`` and the ``mdat`` header; ``moov``), so
+    a caller can join them with the packets when the MP4 is needed, and not copy the packets before."""
     if not packets or len(packets) != len(keyframes) or not keyframes[0] or not all(packets):
         return None  # FFmpeg drops empty packets: a clip holding one is muxed by it
     payload = sum(len(p) for p in packets)
@@ -105,7 +112,7 @@ def join_mp4(skel: Skeleton, packets: Sequence[bytes], keyframes: Sequence[bool]
         moov = _rebuild(skel.moov, b"moov", 8, len(skel.moov), _layout(skel, packets, keyframes))
     except (_Unsupported, struct.error):
         return None
-    return b"".join([skel.prefix, struct.pack(">I4s", payload + 8, b"mdat"), *packets, moov])
+    return skel.prefix + struct.pack(">I4s", payload + 8, b"mdat"), moov
 
 
 def _layout(skel: Skeleton, packets: Sequence[bytes], keyframes: Sequence[bool]) -> _Layout:

@@ -34,7 +34,7 @@ from .._nal import FILM_GRAIN_SEI as _FILM_GRAIN_SEI, SEI_UNITS as _SEI, length_
 from .._nal import nal_type as _nal_type, nal_units as _nal_units, sei_types as _sei_types
 from ..errors import DecodeError
 from ..probe import CodecSetup, PacketIndex, codec_setup, open_container, probed_setup, rewound
-from ._mp4_join import Skeleton, join_mp4, skeleton
+from ._mp4_join import Skeleton, mp4_frame, skeleton
 from ._uncrop import Uncropped, hvcc_sps, uncrop_config, uncrop_packet
 from ._plan import SamplePlan
 from ._reader import CountingFile
@@ -122,9 +122,13 @@ Signature = tuple[str, bytes, int, int, str]
 
 @dataclass
 class Clip:
-    """An MP4 in memory plus which of its frames to decode and what they stand for."""
+    """An MP4 in memory plus which of its frames to decode and what they stand for.
 
-    data: bytes
+    A clip joined under a skeleton (``_mp4_join``) keeps its packets and the bytes around them, and joins them
+    into its MP4 (``data``) only when that is read: a clip merged with others into one DALI sample never
+    needs its own, and the join was the cutter's largest copy, made with the GIL held."""
+
+    _data: bytes | None  # the MP4, once made (``data``)
     frames: np.ndarray  # int32 indices in the clip's presentation order, for DALI's ``frames``
     times: list[float]  # source presentation time (s) of each wanted frame
     packets: int = 0
@@ -138,9 +142,27 @@ class Clip:
     #: wanted frames it (and a sample merged from it) may hold for the streaming decoder; ``None``: it is
     #: decoded per DALI sample, within the pixel budget (the gpu backend sets it when cutting)
     stream_cap: int | None = None
+    #: what goes before and after its packets in its MP4 (``_mp4_join.mp4_frame``), until ``data`` is made
+    _frame: tuple[bytes, bytes] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return int(self.frames.shape[0])
+
+    @property
+    def data(self) -> bytes:
+        """The clip's MP4, joined from its packets on first use where it was not made when cut."""
+        if self._data is None:
+            if self._frame is None:
+                raise ValueError("a clip without its MP4 or the frame to join its packets in")
+            head, tail = self._frame
+            self._data = b"".join([head, *(p.data for run in self.runs for p in run.packets), tail])
+            self._frame = None
+        return self._data
+
+    @property
+    def data_bytes_held(self) -> int:
+        """Bytes of its MP4 made so far (0 until ``data`` joins it)."""
+        return len(self._data) if self._data is not None else 0
 
     @property
     def can_crop_back(self) -> bool:
@@ -208,7 +230,7 @@ def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run], signat
     wanted = [t for run in runs for t in run.wanted]
     frames = np.searchsorted(sorted_pts, np.array(wanted)).astype(np.int32)
 
-    data = None
+    frame = None
     if JOIN_IN_ORDER and packets and template.codec_context.name in _JOINABLE_CODECS \
             and bool(np.all(rank == np.arange(len(packets)))):
         first = packets[0]
@@ -216,9 +238,11 @@ def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run], signat
             _setup_key(template, signature, setup),
             lambda: skeleton(_pyav_mux(template, [first], np.zeros(1, np.int64), 0, signature), first.data))
         if skel is not None:
-            data = join_mp4(skel, [p.data for p in packets], [p.is_key for p in packets])
-    if data is None:
-        data = _pyav_mux(template, packets, rank, delay, signature)
+            frame = mp4_frame(skel, [p.data for p in packets], [p.is_key for p in packets])
+    if frame is not None and len(frame[0]) + sum(len(p.data) for p in packets) + len(frame[1]) <= MERGEABLE_BYTES:
+        return Clip(None, frames, wanted, len(packets), list(runs), signature, roi, cropped_signature, _frame=frame)
+    data = _pyav_mux(template, packets, rank, delay, signature) if frame is None \
+        else b"".join([frame[0], *(p.data for p in packets), frame[1]])
     if len(data) > MERGEABLE_BYTES:  # not worth a second copy of its packets: it decodes alone
         return Clip(data, frames, wanted, len(packets), [], None, roi, cropped_signature)
     return Clip(data, frames, wanted, len(packets), list(runs), signature, roi, cropped_signature)
