@@ -673,3 +673,15 @@ def test_corpus_clips_cut_after_a_quick_open_are_those_of_a_full_one(corpus: Pat
     files = [p for p in sorted(corpus.rglob("*")) if p.suffix.lower() in (".mp4", ".mov")]
     _, kept = _clips_both_ways(files, monkeypatch)
     assert "pixel7_videoOnly_cleaned.mp4" in kept and "portrait_4k60.mp4" in kept and len(kept) > 15
+
+
+def test_a_clip_not_yet_joined_refuses_to_join_without_its_packets(make_clip: Callable[..., Path]) -> None:
+    """``Clip.data`` joins the clip's packets where it was cut: a clip that lost them (``runs`` emptied before
+    its MP4 was read) raises rather than giving an MP4 with no video in it."""
+    from dataclasses import replace
+
+    clip = _build(_clip_path(make_clip, "h264_bframes"), "keyframe")[0][0]
+    assert clip.data_bytes_held == 0
+    with pytest.raises(ValueError, match="without the packets"):
+        replace(clip, runs=[]).data  # noqa: B018 - reading it is the test
+    assert clip.data.startswith(b"\x00\x00\x00") and b"mdat" in clip.data[:64]

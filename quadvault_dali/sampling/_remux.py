@@ -126,7 +126,7 @@ class Clip:
 
     A clip joined under a skeleton (``_mp4_join``) keeps its packets and the bytes around them, and joins them
     into its MP4 (``data``) only when that is read: a clip merged with others into one DALI sample never
-    needs its own, and the join was the cutter's largest copy, made with the GIL held."""
+    needs its own, and the join was the cutter's largest copy (with the GIL held below 1 MiB)."""
 
     _data: bytes | None  # the MP4, once made (``data``)
     frames: np.ndarray  # int32 indices in the clip's presentation order, for DALI's ``frames``
@@ -151,13 +151,15 @@ class Clip:
     @property
     def data(self) -> bytes:
         """The clip's MP4, joined from its packets on first use where it was not made when cut."""
-        if self._data is None:
-            if self._frame is None:
-                raise ValueError("a clip without its MP4 or the frame to join its packets in")
-            head, tail = self._frame
-            self._data = b"".join([head, *(p.data for run in self.runs for p in run.packets), tail])
+        data = self._data
+        if data is None:
+            frame = self._frame  # once: another thread may finish the join and drop it meanwhile
+            packets = [p.data for run in self.runs for p in run.packets]
+            if frame is None or not packets:
+                raise ValueError("a clip without its MP4, or without the packets to join it from")
+            data = self._data = b"".join([frame[0], *packets, frame[1]])
             self._frame = None
-        return self._data
+        return data
 
     @property
     def data_bytes_held(self) -> int:
