@@ -1008,6 +1008,43 @@ def test_gpu_backend_keeps_the_picture_geometry_of_padded_streams(media_dir: Pat
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("axis", ["columns", "rows"])
+def test_gpu_backend_keeps_a_track_header_that_crops_the_sps_further(media_dir: Path, axis: str) -> None:
+    """A track header smaller than the SPS's picture within its last macroblocks (the GoPro Karma drone's 854x480
+    over an 864x480 SPS): FFmpeg's decoder shows the track's size ("container cropping", ``probe.codec_setup``),
+    and so must the GPU's frames, with no columns or rows of the coded picture past it. A 192x108 gradient
+    under a 180x100 track header: per output column (row), GPU and CPU agree within a few levels; frames of
+    the SPS's 192x108 resized instead shift them by up to 15 (18) levels (measured on the CPU)."""
+    import av
+
+    from _media import _header_remux
+
+    source = media_dir / f"nvdec_gradient_{axis}_192x108.mp4"
+    if not source.exists():
+        ramp = np.linspace(0, 240, 192 if axis == "columns" else 108)
+        image = np.broadcast_to(ramp[None, :, None] if axis == "columns" else ramp[:, None, None],
+                                (108, 192, 3)).astype(np.uint8).copy()
+        with av.open(str(source), "w") as out:
+            stream = out.add_stream("libx264", rate=10)
+            stream.width, stream.height, stream.pix_fmt = 192, 108, "yuv420p"
+            stream.options = {"preset": "veryfast", "x264-params": "keyint=10:min-keyint=10:scenecut=0:qp=4"}
+            for i in range(30):
+                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                frame.pts = i
+                out.mux(stream.encode(frame))
+            out.mux(stream.encode(None))
+    path = _header_remux(source, media_dir / f"nvdec_track_cropped_{axis}.mp4", width=180, height=100)
+    assert (probe_video(path).width, probe_video(path).height) == (180, 100)
+    gpu, gpu_times, outcome = create_sampler("gpu", mode="keyframe", size=SIZE, square=False).sample_video(path)
+    cpu, cpu_times, _ = create_sampler("cpu", mode="keyframe", size=SIZE, square=False).sample_video(path)
+    assert outcome.decoder == "nvdec" and gpu_times == cpu_times and gpu.shape == cpu.shape
+    dims = (0, 1, 2) if axis == "columns" else (0, 1, 3)
+    profile_gpu, profile_cpu = gpu.cpu().float().mean(dim=dims), cpu.float().mean(dim=dims)
+    error = (profile_gpu - profile_cpu).abs().max().item()
+    assert error < 4.0, f"{axis} profile off by up to {error:.1f} levels: {profile_gpu[-4:].tolist()} vs {profile_cpu[-4:].tolist()}"
+
+
+@pytest.mark.gpu
 def test_gpu_backend_gives_the_colours_of_the_tagged_matrix(make_clip: Callable[..., Path]) -> None:
     """NVDEC's colour kernel converts as BT.601 whatever the tag; BT.709 footage is corrected to it."""
     path = make_clip("nvdec_bt709.mp4", codec="h264", width=640, height=360, fps=30, duration_s=3.0,
