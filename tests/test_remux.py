@@ -685,3 +685,43 @@ def test_a_clip_not_yet_joined_refuses_to_join_without_its_packets(make_clip: Ca
     with pytest.raises(ValueError, match="without the packets"):
         replace(clip, runs=[]).data  # noqa: B018 - reading it is the test
     assert clip.data.startswith(b"\x00\x00\x00") and b"mdat" in clip.data[:64]
+
+
+def test_a_track_header_cropping_the_sps_further_is_kept_as_a_region(header_variants: list[Path],
+                                                                      corpus: Path) -> None:
+    """H.264 whose track header is smaller than its SPS's picture within the last macroblocks (FFmpeg shows the
+    track's size: "container cropping"). Uncropped for DALI, its clips say the SPS's size, so any decoder puts
+    out the whole coded picture, and the region of interest keeps the track's: the same pixels FFmpeg shows."""
+    from quadvault_dali.sampling._remux import CLIP_PIXELS, start_clips
+
+    def clips(path: Path) -> tuple[list[Clip], object]:
+        fh = CountingFile(path)
+        container = open_container(path, fh, quick=True)
+        info, index = probe_open(container, path)
+        container, cut = start_clips(plan_samples(info, index, fps=1.0, mode="keyframe"), container, fh,
+                                     stream_cap=None, clip_pixels=CLIP_PIXELS, uncrop=True)
+        out = list(cut)
+        container.close()
+        fh.close()
+        return out, info
+
+    path = next(p for p in header_variants if p.name == "stsd_smaller_same_macroblocks.mp4")
+    cut, info = clips(path)
+    assert (info.width, info.height) == (180, 100)
+    with av.open(str(path)) as src:
+        shown = [f.to_ndarray(format="yuv420p") for f in src.decode(video=0)]  # FFmpeg's 180x100 pictures
+    for clip in cut:  # coded 192x112 (x264 crops 4 rows for 108), the track 180x100
+        assert clip.roi == (100 / 112, 180 / 192) and clip.signature[2:4] == (192, 112)  # type: ignore[index]
+        with av.open(io.BytesIO(clip.data)) as src:
+            stream = src.streams.video[0]
+            assert (stream.codec_context.width, stream.codec_context.height) == (192, 112)
+            decoded = [f for f in src.decode(stream)]
+        for i, t in zip(clip.frames, clip.times):
+            whole = decoded[i].to_ndarray(format="yuv420p")  # Y rows, then U and V
+            assert whole.shape[1] == 192 and np.array_equal(whole[:100, :180], shown[round(t * 30)][:100, :180])
+    # the plain file and one cropped from the left are left alone
+    assert all(c.roi == (108 / 112, 1.0) for c in clips(next(p for p in header_variants if p.name == "plain.mp4"))[0])
+    assert all(c.roi == (1.0, 1.0) for c in clips(next(p for p in header_variants if p.name == "sps_crop_left.mp4"))[0])
+    karma, info = clips(corpus / "gopro+gpmf-parser/samples/karma.mp4")
+    assert (info.width, info.height) == (854, 480)
+    assert karma and all(c.roi == (1.0, 854 / 864) and c.signature[2:4] == (864, 480) for c in karma)  # type: ignore[index]

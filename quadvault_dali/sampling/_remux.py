@@ -35,7 +35,7 @@ from .._nal import nal_type as _nal_type, nal_units as _nal_units, sei_types as 
 from ..errors import DecodeError
 from ..probe import CodecSetup, PacketIndex, codec_setup, open_container, probed_setup, rewound
 from ._mp4_join import Skeleton, mp4_frame, skeleton
-from ._uncrop import Uncropped, hvcc_sps, uncrop_config, uncrop_packet
+from ._uncrop import Uncropped, avcc_signal, hvcc_sps, uncrop_config, uncrop_packet
 from ._plan import SamplePlan
 from ._reader import CountingFile
 
@@ -456,14 +456,29 @@ class _ClipPacker:
         self.frames = self.size = 0
 
     def _uncrop(self) -> None:
-        """Clips of this stream carry its SPS without the bottom/right cropping (see ``_uncrop``)."""
+        """Clips of this stream carry its SPS without the bottom/right cropping (see ``_uncrop``), and decode to
+        the coded size; the region of interest keeps the picture as FFmpeg shows it. For H.264 that can be the
+        track header's size, smaller than the SPS's within its last macroblocks (FFmpeg's "container cropping":
+        the GoPro Karma drone's 854x480 over an 864x480 SPS): such a stream's clips say the SPS's size too, so
+        the decoder puts out the picture the SPS codes and the region cuts the track's from it, as for padding."""
         done = uncrop_config(self.codec, self.signature[1])
-        if done is None:
+        name, extradata, shown_width, shown_height, pix_fmt = self.signature
+        if done is not None:
+            decoded = done.crop.coded_width, done.crop.coded_height
+            signature = uncropped_signature(self.signature, done)
+        else:
+            signal = avcc_signal(extradata) if self.codec == "h264" else None
+            decoded = signal.display_size if signal is not None else None  # type: ignore[assignment]
+            if decoded is None or decoded == (shown_width, shown_height):
+                return
+            signature = name, extradata, decoded[0], decoded[1], pix_fmt
+        if self.codec != "h264":  # FFmpeg's HEVC decoder shows the SPS's picture whatever the track says
+            self.roi = done.crop.region  # type: ignore[union-attr]
+        elif shown_width > decoded[0] or shown_height > decoded[1]:
             return
-        self.cropped_signature = self.signature
-        self.signature = uncropped_signature(self.signature, done)
-        self.roi = done.crop.region
-        self.uncropped = done
+        else:
+            self.roi = shown_height / decoded[1], shown_width / decoded[0]
+        self.cropped_signature, self.signature, self.uncropped = self.signature, signature, done
 
     def _uncropped_packets(self, run: _Run) -> list[SourcePacket] | None:
         """``run``'s packets with any in-band SPS uncropped, or ``None`` where that cannot be done."""

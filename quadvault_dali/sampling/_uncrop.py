@@ -11,7 +11,8 @@ itself (a region of interest in the resize, ``Clip.roi``). Cropping only selects
 so the decoded pixels inside it are exactly those of the original stream.
 
 Only crops at the bottom and right are dropped (the encoder's padding); a stream cropped at the top or
-left is left as it is. The rewrite copies every other bit of the SPS unchanged. In the shared corpus,
+left is left as it is. The region also drops what an H.264 track header crops further (FFmpeg's "container
+cropping", ``probe.codec_setup``; ``_remux._ClipPacker._uncrop``). The rewrite copies every other bit of the SPS unchanged. In the shared corpus,
 1080p H.264 from a Pixel 7 and HEVC from Pixel phones (1920x1088, conformance window of 8 rows) are
 such streams; their uncropped clips decode to identical Y/U/V planes (``tests/test_uncrop.py``).
 """
