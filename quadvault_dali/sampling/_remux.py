@@ -461,23 +461,24 @@ class _ClipPacker:
         track header's size, smaller than the SPS's within its last macroblocks (FFmpeg's "container cropping":
         the GoPro Karma drone's 854x480 over an 864x480 SPS): such a stream's clips say the SPS's size too, so
         the decoder puts out the picture the SPS codes and the region cuts the track's from it, as for padding."""
-        done = uncrop_config(self.codec, self.signature[1])
         name, extradata, shown_width, shown_height, pix_fmt = self.signature
+        done = uncrop_config(self.codec, extradata)
         if done is not None:
             decoded = done.crop.coded_width, done.crop.coded_height
             signature = uncropped_signature(self.signature, done)
+            if self.codec != "h264":  # FFmpeg's HEVC decoder shows the SPS's picture whatever the track says
+                self.roi = done.crop.region
+                self.cropped_signature, self.signature, self.uncropped = self.signature, signature, done
+                return
         else:
             signal = avcc_signal(extradata) if self.codec == "h264" else None
-            decoded = signal.display_size if signal is not None else None  # type: ignore[assignment]
-            if decoded is None or decoded == (shown_width, shown_height):
+            size = signal.display_size if signal is not None else None
+            if size is None or size == (shown_width, shown_height):
                 return
-            signature = name, extradata, decoded[0], decoded[1], pix_fmt
-        if self.codec != "h264":  # FFmpeg's HEVC decoder shows the SPS's picture whatever the track says
-            self.roi = done.crop.region  # type: ignore[union-attr]
-        elif shown_width > decoded[0] or shown_height > decoded[1]:
+            decoded, signature = size, (name, extradata, size[0], size[1], pix_fmt)
+        if shown_width > decoded[0] or shown_height > decoded[1]:
             return
-        else:
-            self.roi = shown_height / decoded[1], shown_width / decoded[0]
+        self.roi = shown_height / decoded[1], shown_width / decoded[0]
         self.cropped_signature, self.signature, self.uncropped = self.signature, signature, done
 
     def _uncropped_packets(self, run: _Run) -> list[SourcePacket] | None:
