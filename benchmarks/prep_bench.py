@@ -38,15 +38,26 @@ from sampling_bench import (clip_specs, extra_clip_specs, linked_copies, machine
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+#: (seconds per sample, seconds per frame) the null decoder waits without the GIL, as DALI's decoder takes them
+#: (``--dali-costs``): with none it empties the queue at once and short videos' clips are never merged
+DALI_COSTS: tuple[float, float] | None = None
+
+
 class NullDecoder(ClipDecoder):
     """Takes each sample's bytes and region like ``feed_clips`` and returns blank frames: no DALI at all."""
+
+    samples = frames = 0  # taken since the last reset (``measure``): how large the merged samples were
 
     def decode(self, clips: list[Clip]) -> list[torch.Tensor | Exception]:
         out: list[torch.Tensor | Exception] = []
         for clip in clips:
             np.frombuffer(clip.data, dtype=np.uint8)
             np.array(clip.roi, dtype=np.float32)
+            NullDecoder.samples += 1
+            NullDecoder.frames += len(clip)
             out.append(torch.zeros((len(clip), 3, self.size, self.size), dtype=torch.uint8))
+        if DALI_COSTS is not None:
+            time.sleep(len(clips) * DALI_COSTS[0] + sum(len(c) for c in clips) * DALI_COSTS[1])
         return out
 
     def close(self) -> None:
@@ -137,10 +148,11 @@ def measure(videos: list[Path], streams: int, size: int, repeats: int, mode: str
         for _ in sampler.iter_batches(videos[:2]):  # imports, first-use costs, templates
             pass
     freeze_startup_objects()  # as the product's long loops do
-    passes: dict[tuple[bool, str, str, str], list[tuple[float, float, int, GcPauses]]] = {key: [] for key in settings}
+    passes: dict[tuple[bool, str, str, str], list[tuple[float, float, int, GcPauses, float]]] = {key: [] for key in settings}
     for r in range(repeats):
         for uncrop, mux, prep, how in (settings if r % 2 == 0 else settings[::-1]):
             frames = 0
+            NullDecoder.samples = NullDecoder.frames = 0
             _remux.JOIN_IN_ORDER = mux == "join"
             probe.QUICK_MP4_PROBE = how == "quick"
             try:
@@ -150,7 +162,7 @@ def measure(videos: list[Path], streams: int, size: int, repeats: int, mode: str
                     for batch in samplers[(uncrop, prep, client)].iter_batches(videos):
                         frames += len(batch)
                     passes[(uncrop, mux, prep, how)].append((time.perf_counter() - wall0, time.process_time() - cpu0,
-                                                        frames, pauses))
+                                                        frames, pauses, NullDecoder.frames / max(1, NullDecoder.samples)))
             finally:
                 _remux.JOIN_IN_ORDER = True
                 probe.QUICK_MP4_PROBE = True
@@ -158,13 +170,15 @@ def measure(videos: list[Path], streams: int, size: int, repeats: int, mode: str
         sampler.close()
     rows = []
     for (uncrop, mux, prep, how), runs in passes.items():
-        wall, cpu, frames, pauses = sorted(runs, key=lambda p: p[0])[len(runs) // 2]
+        wall, cpu, frames, pauses, per_sample = sorted(runs, key=lambda p: p[0])[len(runs) // 2]
         # CPU ms per frame: this process's own (a "processes" row's workers are not in process_time)
         rows.append({"mode": mode, "streams": streams, "uncrop_sps": uncrop, "mux": mux, "prepare": prep, "probe": how,
                      "videos": len(videos),
                      "frames": frames, "repeats": repeats, "seconds": round(wall, 3),
                      "sampled_fps": round(frames / wall, 1), "cpu_ms_per_frame": round(1000 * cpu / max(frames, 1), 3),
-                     "gc_pause_ms": [round(ms, 1) for ms in pauses.ms], "gc_collections": pauses.count})
+                     "gc_pause_ms": [round(ms, 1) for ms in pauses.ms], "gc_collections": pauses.count,
+                     "frames_per_sample": round(per_sample, 1) if mux != "packets" else None,
+                     "dali_costs_ms": [1000 * c for c in DALI_COSTS] if DALI_COSTS is not None else None})
     return rows
 
 
@@ -186,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
                     "(worker processes, sampling._prepare_pool), or both to compare")
     ap.add_argument("--probe", default="quick", help="how plain MP4s are opened: quick (FFmpeg's stream probing cut "
                     "short, the default), full (as before), or both to compare")
+    ap.add_argument("--dali-costs", default="", help="ms per sample,ms per frame the null decoder waits as DALI's "
+                    "decoder takes them, so queues fill and short clips merge as on a GPU (e.g. 10,0.35: the H200's "
+                    "measured costs); default: none")
     ap.add_argument("--modes", default="keyframe", help="sampling modes to try: keyframe, exact (GOP runs cut by demuxing)")
     args = ap.parse_args(argv)
     work = args.work or Path(tempfile.gettempdir()) / "quadvault-sampling-bench"
@@ -206,6 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     muxers = tuple(filter(None, args.mux.split(",")))
     if not muxers or set(muxers) - {"join", "pyav", "packets"}:
         ap.error(f"--mux takes join, pyav and/or packets, got {args.mux!r}")
+    if args.dali_costs:
+        try:
+            per_sample, per_frame = (float(v) / 1000 for v in args.dali_costs.split(","))
+        except ValueError:
+            ap.error(f"--dali-costs takes two numbers (ms per sample,ms per frame), got {args.dali_costs!r}")
+        global DALI_COSTS
+        DALI_COSTS = per_sample, per_frame
     info = machine()
     info["gpu"] = None  # measured on the CPU whatever the machine has
     out = args.out or RESULTS / f"prep_{slug(info)}{'_quick' if args.quick else ''}.json"
@@ -228,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                     uncrop = row["uncrop_sps"]
                     results.append(row)
                     print(f"  {spec.name:18} {mode:8} streams={streams} uncrop={uncrop!s:5} mux={row['mux']:4} {row['prepare']:9} {row['probe']:5} "
-                          f"{row['sampled_fps']:8.1f} frames/s {row['cpu_ms_per_frame']:.3f} CPU ms/frame",
+                          f"{row['sampled_fps']:8.1f} frames/s {row['cpu_ms_per_frame']:.3f} CPU ms/frame "
+                          f"{row['frames_per_sample'] or 0:.1f} frames/sample",
                           file=sys.stderr, flush=True)
                     write_json(out, doc)
     print(f"wrote {out}")

@@ -118,6 +118,19 @@ def test_the_prepare_bench_feeds_both_clients_every_frame(make_clip: Callable[..
     assert all(r["frames"] == 18 for r in rows), rows
 
 
+def test_the_prepare_bench_can_wait_as_dali_does_so_short_clips_merge(make_clip: Callable[..., Path],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``prep_bench --dali-costs``: a null decoder that takes DALI's time per sample lets the queue fill, so short
+    videos' clips merge into samples as on a GPU (with none, each clip goes alone); every frame still comes."""
+    prep_bench = import_benchmark("prep_bench")
+    clip = make_clip("bench_prep.mp4", width=128, height=80, fps=30, duration_s=3.0, source_id=7)
+    monkeypatch.setattr(prep_bench, "DALI_COSTS", (0.1, 0.0))
+    rows = prep_bench.measure([clip] * 16, streams=1, size=32, repeats=1, muxers=("join",))
+    assert all(r["frames"] == 48 for r in rows), rows
+    # 3 frames a video: 4+ videos a sample on average (3.4-6 without the wait, 24 with 30 ms, on 2 cores)
+    assert all(r["frames_per_sample"] >= 12 and r["dali_costs_ms"] == [100.0, 0.0] for r in rows), rows
+
+
 @pytest.mark.parametrize("codec", ["h264", "hevc"])
 def test_joined_copies_make_one_longer_video(sampling_bench, make_clip: Callable[..., Path], codec: str) -> None:
     """``--join-copies``: copies of a clip played one after another, packets copied: K times as long, a keyframe
