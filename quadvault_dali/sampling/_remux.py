@@ -943,18 +943,21 @@ def read_rows(fh: CountingFile, index: PacketIndex, rows: np.ndarray, path: obje
     pos, size = index.pos[rows], index.size[rows]
     starts = np.flatnonzero(np.r_[True, pos[1:] != pos[:-1] + size[:-1]])
     ends = np.r_[starts[1:], len(rows)]
+    # Python numbers from here: a GOP run holds ~30 packets, and numpy scalars cost per packet and field
+    positions, sizes, keys = pos.tolist(), size.tolist(), index.is_key[rows].tolist()
+    times = [round(t, 6) for t in index.pts[rows].tolist()]
     packets: list[SourcePacket] = []
     for a, b in zip(starts.tolist(), ends.tolist()):
-        span = int(pos[b - 1] + size[b - 1] - pos[a])
-        data = fh.read_at(int(pos[a]), span)
+        first = positions[a]
+        span = positions[b - 1] + sizes[b - 1] - first
+        data = fh.read_at(first, span)
         if len(data) < span:
-            raise DecodeError(f"the packet at {index.pts[rows[b - 1]]:.2f}s is cut off by the end of the file",
+            raise DecodeError(f"the packet at {times[b - 1]:.2f}s is cut off by the end of the file",
                               path=path, hint="the file is truncated; re-copy it")
         view = memoryview(data)
         for i in range(a, b):
-            at = int(pos[i] - pos[a])
-            t = round(float(index.pts[rows[i]]), 6)
-            packets.append(SourcePacket(bytes(view[at:at + int(size[i])]), t, t, bool(index.is_key[rows[i]])))
+            at = positions[i] - first
+            packets.append(SourcePacket(bytes(view[at:at + sizes[i]]), times[i], times[i], keys[i]))
     return packets
 
 
