@@ -347,3 +347,26 @@ def test_a_packet_head_is_read_to_its_first_slice(tmp_path: Path) -> None:
     head = packet_head(path, 4 + len(short), len(long_sei), "h264", 4)
     assert len(head) == 64 << 10 and head == long_sei[: 64 << 10]
     assert packet_head(path, 4, 100, "h264", 4) == short[:100]  # never past the packet
+
+
+def test_the_sps_facts_a_quick_open_fills_in_follow_ffmpegs_decoder() -> None:
+    """``codec_setup``'s rules one by one, for the cases no encoder here can write: FFmpeg reads an aspect with a
+    zero height as N:1 and drops one that squeezes a side to nothing; a code point it has no name for becomes
+    "unspecified"; the container's colour stays; a track header smaller within the last macroblocks wins."""
+    from fractions import Fraction
+
+    from quadvault_dali.probe import _NAMED_COLOURS, _container_cropped, _sps_aspect, _sps_or
+    from quadvault_dali.sampling._uncrop import Crop
+
+    assert _sps_aspect((5, 0), 192, 108) == Fraction(5, 1) and _sps_aspect((1, 0), 192, 108) == 1  # 5:1, 1:1
+    assert _sps_aspect((0, 0), 192, 108) is None and _sps_aspect(None, 192, 108) is None
+    assert _sps_aspect((108, 1), 192, 108) == 108 and _sps_aspect((109, 1), 192, 108) is None
+    assert _sps_aspect((1, 192), 192, 108) == Fraction(1, 192) and _sps_aspect((1, 193), 192, 108) is None
+    primaries, transfers, matrices = _NAMED_COLOURS
+    assert _sps_or(2, 9, primaries) == 9 and _sps_or(2, 3, primaries) == 2 and _sps_or(1, 9, primaries) == 1
+    assert _sps_or(2, None, transfers) == 2 and _sps_or(2, 18, transfers) == 18 and _sps_or(2, 0, matrices) == 0
+    padded = Crop(864, 480, 0, 0, 0, 0)
+    assert _container_cropped(854, 480, padded, 864, 480) == (854, 480)  # GoPro Karma
+    assert _container_cropped(848, 480, padded, 864, 480) == (864, 480)  # a macroblock less: the SPS's
+    assert _container_cropped(880, 480, padded, 864, 480) == (864, 480)  # larger: the SPS's
+    assert _container_cropped(180, 100, Crop(192, 112, 8, 0, 0, 4), 184, 108) == (184, 108)  # cropped from the left
