@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -97,7 +97,12 @@ def join_mp4(skel: Skeleton, packets: Sequence[bytes], keyframes: Sequence[bool]
     the sample description keeps the one packet's bit rates (decoders do not read it), and the sizes are
     one table in one chunk where FFmpeg may write a constant size or several chunks."""
     frame = mp4_frame(skel, packets, keyframes)
-    return None if frame is None else b"".join([frame[0], *packets, frame[1]])
+    return None if frame is None else framed(frame, packets)
+
+
+def framed(frame: tuple[bytes, bytes], packets: Iterable[bytes]) -> bytes:
+    """The MP4 of ``packets`` in the ``frame`` ``mp4_frame`` made for them: one copy of every byte."""
+    return b"".join([frame[0], *packets, frame[1]])
 
 
 def mp4_frame(skel: Skeleton, packets: Sequence[bytes], keyframes: Sequence[bool]) -> tuple[bytes, bytes] | None:

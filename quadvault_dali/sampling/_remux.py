@@ -34,7 +34,7 @@ from .._nal import FILM_GRAIN_SEI as _FILM_GRAIN_SEI, SEI_UNITS as _SEI, length_
 from .._nal import nal_type as _nal_type, nal_units as _nal_units, sei_types as _sei_types
 from ..errors import DecodeError
 from ..probe import CodecSetup, PacketIndex, codec_setup, open_container, probed_setup, rewound
-from ._mp4_join import Skeleton, mp4_frame, skeleton
+from ._mp4_join import Skeleton, framed, mp4_frame, skeleton
 from ._uncrop import Uncropped, avcc_signal, hvcc_sps, uncrop_config, uncrop_packet
 from ._plan import SamplePlan
 from ._reader import CountingFile
@@ -157,7 +157,7 @@ class Clip:
             packets = [p.data for run in self.runs for p in run.packets]
             if frame is None or not packets:
                 raise ValueError("a clip without its MP4, or without the packets to join it from")
-            data = self._data = b"".join([frame[0], *packets, frame[1]])
+            data = self._data = framed(frame, packets)
             self._frame = None
         return data
 
@@ -244,7 +244,7 @@ def mux_clip(template: av.video.stream.VideoStream, runs: Sequence[_Run], signat
     if frame is not None and len(frame[0]) + sum(len(p.data) for p in packets) + len(frame[1]) <= MERGEABLE_BYTES:
         return Clip(None, frames, wanted, len(packets), list(runs), signature, roi, cropped_signature, _frame=frame)
     data = _pyav_mux(template, packets, rank, delay, signature) if frame is None \
-        else b"".join([frame[0], *(p.data for p in packets), frame[1]])
+        else framed(frame, (p.data for p in packets))
     if len(data) > MERGEABLE_BYTES:  # not worth a second copy of its packets: it decodes alone
         return Clip(data, frames, wanted, len(packets), [], None, roi, cropped_signature)
     return Clip(data, frames, wanted, len(packets), list(runs), signature, roi, cropped_signature)
