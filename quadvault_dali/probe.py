@@ -319,14 +319,8 @@ def _first_units_settled(path: Path, stream: av.video.stream.VideoStream, sps: b
         data = packet_head(path, int(first.pos), int(first.size), "h264", length_size)
     except (OSError, ValueError):
         return False
-    at = 0
-    while length_size is not None and at + length_size < len(data):
-        start = at + length_size
-        end = start + int.from_bytes(data[at:start], "big")
-        if end <= start or start >= len(data):
-            return False  # not length-prefixed as the record says: the full probe's to read
-        kind = nal_type(data[start], "h264")
-        if 1 <= kind <= 5:  # the first slice: what follows it is not the probe's
+    for kind, start, end in _leading_units(data, "h264", length_size):
+        if _is_slice(kind, "h264"):  # what follows the first slice is not the probe's
             return True
         if end > len(data):  # a parameter set or SEI longer than the head read
             return False
@@ -334,8 +328,7 @@ def _first_units_settled(path: Path, stream: av.video.stream.VideoStream, sps: b
             return False
         if kind in SEI_UNITS["h264"] and _ALTERNATIVE_TRANSFER_SEI in sei_types(data[start + 1:end]):
             return False
-        at = end
-    return False  # no slice in the head: the full probe's to read
+    return False  # no slice in the head, or units not length-prefixed as the record says: the full probe's
 
 
 def _quick_open_complete(container: av.container.InputContainer, path: Path) -> bool:
@@ -614,21 +607,29 @@ _SEI_HEAD_BYTES = 64 << 10
 _HEAD_FIRST_BYTES = 4 << 10
 
 
-def _reaches_a_slice(data: bytes, codec: str, length_size: int | None) -> bool:
-    """Whether length-prefixed NAL units from the start of ``data`` get to a slice's header within it."""
+def _is_slice(kind: int, codec: str) -> bool:
+    """Whether a NAL unit type is a coded slice (H.264 1-5, HEVC's VCL types 0-31)."""
+    return 1 <= kind <= 5 if codec == "h264" else kind <= 31
+
+
+def _leading_units(data: bytes, codec: str, length_size: int | None) -> Iterator[tuple[int, int, int]]:
+    """(type, start, end) of the length-prefixed NAL units at the start of ``data`` whose header it holds (the
+    last one's ``end`` may lie past it); none once a length does not cover a header (not framed so)."""
     if length_size is None:
-        return False
+        return
     header, at = (1 if codec == "h264" else 2), 0
     while at + length_size < len(data):
         start = at + length_size
         size = int.from_bytes(data[at:start], "big")
         if size < header:
-            return False
-        kind = nal_type(data[start], codec)
-        if (1 <= kind <= 5) if codec == "h264" else kind <= 31:
-            return True
+            return
+        yield nal_type(data[start], codec), start, start + size
         at = start + size
-    return False
+
+
+def _reaches_a_slice(data: bytes, codec: str, length_size: int | None) -> bool:
+    """Whether length-prefixed NAL units from the start of ``data`` get to a slice's header within it."""
+    return any(_is_slice(kind, codec) for kind, _, _ in _leading_units(data, codec, length_size))
 
 
 def packet_head(path: Path, pos: int, size: int, codec: str, length_size: int | None) -> bytes:
