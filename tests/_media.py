@@ -5,37 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def remux_video(source: Path, out: Path, *, options: dict[str, str] | None = None, bsf: str | None = None) -> Path:
+def remux_video(source: Path, out: Path, *, options: dict[str, str] | None = None, bsf: str | None = None,
+                bsf_record: bool = False, first_units: bytes = b"", **codec: object) -> Path:
     """``source``'s video packets copied into ``out`` (its muxer given ``options``, e.g. ``movflags``), through
-    the bitstream filter ``bsf`` where one is named (e.g. ``h264_metadata=...``)."""
+    the bitstream filter ``bsf`` where one is named (e.g. ``h264_metadata=...``; with ``bsf_record`` its output
+    parameters become the track's, so it rewrites the SPS in the configuration record too). ``codec`` sets the
+    muxer's codec parameters (``color_primaries=1`` writes a ``colr`` box, ``sample_aspect_ratio`` a ``pasp``,
+    ``width`` the sample description's size, ``extradata`` the record); ``first_units`` (length-prefixed NAL
+    units) go in front of the first packet."""
     import av
 
     with av.open(str(source)) as src, av.open(str(out), "w", options=options or {}) as dst:
         stream = src.streams.video[0]
         copy = dst.add_stream_from_template(stream)
-        filtered = av.BitStreamFilterContext(bsf, stream) if bsf else None
-        for packet in src.demux(stream):
-            if packet.dts is None:
-                continue
-            for piece in filtered.filter(packet) if filtered is not None else (packet,):
-                piece.stream = copy
-                dst.mux(piece)
-    return out
-
-
-def _header_remux(source: Path, out: Path, *, bsf: str | None = None, first_units: bytes = b"",
-                  **codec: object) -> Path:
-    """``source`` copied into ``out`` with its track header rewritten: ``bsf`` rewrites the SPS in the
-    configuration record too (its output parameters become the track's), ``codec`` sets the muxer's codec
-    parameters (``color_primaries=1`` writes a ``colr`` box, ``sample_aspect_ratio`` a ``pasp``, ``width`` the
-    sample description's size, ``extradata`` the record), ``first_units`` (length-prefixed NAL units) go in
-    front of the first packet."""
-    import av
-
-    with av.open(str(source)) as src, av.open(str(out), "w") as dst:
-        stream = src.streams.video[0]
-        copy = dst.add_stream_from_template(stream)
-        filtered = av.BitStreamFilterContext(bsf, stream, copy) if bsf else None
+        filtered = av.BitStreamFilterContext(bsf, stream, copy if bsf_record else None) if bsf else None
         for name, value in codec.items():
             setattr(copy.codec_context, name, value)
         first = True
@@ -63,10 +46,7 @@ def _avcc_with(record: bytes, sps: list[bytes]) -> bytes:
 
 
 def _first_sps(path: Path) -> bytes:
-    import av
-
-    with av.open(str(path)) as src:
-        record = bytes(src.streams.video[0].codec_context.extradata)
+    record = _avcc(path)
     return record[8:8 + int.from_bytes(record[6:8], "big")]
 
 
@@ -103,7 +83,8 @@ def h264_header_variants(folder: Path) -> list[Path]:
     plain = _x264_clip(folder / "plain.mp4")
     made = [plain, _x264_clip(folder / "yuv422.mp4", "yuv422p"), _x264_clip(folder / "yuv444.mp4", "yuv444p"),
             _x264_clip(folder / "p10.mp4", "yuv420p10le"), _x264_clip(folder / "yuvj.mp4", "yuvj420p"),
-            _x264_clip(folder / "vui_709_full.mp4", params="fullrange=on:colorprim=bt709:transfer=bt709:colormatrix=bt709"),
+            _x264_clip(folder / "vui_709_full.mp4",
+                       params="fullrange=on:colorprim=bt709:transfer=bt709:colormatrix=bt709"),
             _x264_clip(folder / "vui_format_only.mp4", params="videoformat=ntsc"),
             _x264_clip(folder / "interlaced.mp4", params="interlaced=1:tff=1"),
             _x264_clip(folder / "pasp_4_3.mp4", sample_aspect_ratio=Fraction(4, 3))]
@@ -112,38 +93,40 @@ def h264_header_variants(folder: Path) -> list[Path]:
            "crop_bottom": "crop_bottom=6",
            "bt2020": "colour_primaries=9:transfer_characteristics=16:matrix_coefficients=9"}
     for name, options in sps.items():
-        made.append(_header_remux(plain, folder / f"sps_{name}.mp4", bsf=f"h264_metadata={options}"))
+        made.append(remux_video(plain, folder / f"sps_{name}.mp4", bsf=f"h264_metadata={options}", bsf_record=True))
     full, bt2020 = folder / "sps_full_range.mp4", folder / "sps_bt2020.mp4"
     made += [
-        _header_remux(full, folder / "colr_709_limited_sps_full.mp4", color_primaries=1, color_trc=1, colorspace=1,
+        remux_video(full, folder / "colr_709_limited_sps_full.mp4", color_primaries=1, color_trc=1, colorspace=1,
                       color_range=1),
-        _header_remux(bt2020, folder / "colr_709_sps_bt2020.mp4", color_primaries=1, color_trc=1, colorspace=1),
-        _header_remux(bt2020, folder / "colr_unspecified_sps_bt2020.mp4", color_primaries=2, color_trc=2,
+        remux_video(bt2020, folder / "colr_709_sps_bt2020.mp4", color_primaries=1, color_trc=1, colorspace=1),
+        remux_video(bt2020, folder / "colr_unspecified_sps_bt2020.mp4", color_primaries=2, color_trc=2,
                       colorspace=2),
-        _header_remux(bt2020, folder / "colr_bt2020.mov"),
-        _header_remux(folder / "sps_sar_table.mp4", folder / "pasp_4_3_sps_40_33.mp4",
+        remux_video(bt2020, folder / "colr_bt2020.mov"),
+        remux_video(folder / "sps_sar_table.mp4", folder / "pasp_4_3_sps_40_33.mp4",
                       sample_aspect_ratio=Fraction(4, 3)),
-        _header_remux(plain, folder / "stsd_smaller_same_macroblocks.mp4", width=180, height=100),
-        _header_remux(plain, folder / "stsd_smaller.mp4", width=160, height=90),
-        _header_remux(plain, folder / "stsd_larger.mp4", width=320, height=240),
-        _header_remux(folder / "sps_crop_left.mp4", folder / "stsd_smaller_sps_crop_left.mp4", width=180, height=100),
-        _header_remux(folder / "interlaced.mp4", folder / "interlaced_no_fiel.mp4", field_order=0),
+        remux_video(plain, folder / "stsd_smaller_same_macroblocks.mp4", width=180, height=100),
+        remux_video(plain, folder / "stsd_smaller.mp4", width=160, height=90),
+        remux_video(plain, folder / "stsd_larger.mp4", width=320, height=240),
+        remux_video(folder / "sps_crop_left.mp4", folder / "stsd_smaller_sps_crop_left.mp4", width=180, height=100),
+        remux_video(folder / "interlaced.mp4", folder / "interlaced_no_fiel.mp4", field_order=0),
         # code points FFmpeg has no name for become "unspecified"; an aspect that squeezes 108 rows to none is dropped
-        _header_remux(plain, folder / "sps_unnamed_colours.mp4",
-                      bsf="h264_metadata=colour_primaries=50:transfer_characteristics=50:matrix_coefficients=50"),
-        _header_remux(plain, folder / "sps_sar_squeezes_to_nothing.mp4", bsf="h264_metadata=sample_aspect_ratio=300/1"),
+        remux_video(plain, folder / "sps_unnamed_colours.mp4",
+                      bsf="h264_metadata=colour_primaries=50:transfer_characteristics=50:matrix_coefficients=50",
+                      bsf_record=True),
+        remux_video(plain, folder / "sps_sar_squeezes_to_nothing.mp4", bsf="h264_metadata=sample_aspect_ratio=300/1",
+                    bsf_record=True),
     ]
     # FFmpeg's decoder uses the last SPS of an id (the record's first here is BT.2020 and full range)
     record = _avcc_with(_avcc(plain), [_first_sps(bt2020), _first_sps(full), _first_sps(plain)])
-    made.append(_header_remux(plain, folder / "record_three_sps.mp4", extradata=record))
+    made.append(remux_video(plain, folder / "record_three_sps.mp4", extradata=record))
     # SPS in every keyframe (x264's repeat-headers): the first packet's, not the record's, is what FFmpeg uses
     repeated = _x264_clip(folder / "inband_sps.mp4", params="repeat-headers=1")
-    made += [repeated, _header_remux(repeated, folder / "inband_sps_unlike_record.mp4",
-                                     bsf="h264_metadata=sample_aspect_ratio=4/3:video_full_range_flag=1:crop_bottom=10",
-                                     extradata=_avcc(repeated))]
+    made += [repeated, remux_video(repeated, folder / "inband_sps_unlike_record.mp4",
+                                    bsf="h264_metadata=sample_aspect_ratio=4/3:video_full_range_flag=1:crop_bottom=10",
+                                    bsf_record=True, extradata=_avcc(repeated))]
     # an alternative transfer characteristics SEI (HLG, 18) before the first slice: FFmpeg's transfer is the SEI's
     hlg_sei = bytes([0x06, 147, 1, 18, 0x80])
-    made.append(_header_remux(folder / "vui_709_full.mp4", folder / "sei_alternative_transfer.mp4",
+    made.append(remux_video(folder / "vui_709_full.mp4", folder / "sei_alternative_transfer.mp4",
                               first_units=len(hlg_sei).to_bytes(4, "big") + hlg_sei, color_primaries=2, color_trc=2,
                               colorspace=2, color_range=0))  # no ``colr`` box: the SPS's colours, the SEI's transfer
     return made

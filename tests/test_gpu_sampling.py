@@ -1017,7 +1017,7 @@ def test_gpu_backend_keeps_a_track_header_that_crops_the_sps_further(media_dir: 
     the SPS's 192x108 resized instead shift them by up to 15 (18) levels (measured on the CPU)."""
     import av
 
-    from _media import _header_remux
+    from _media import remux_video
 
     source = media_dir / f"nvdec_gradient_{axis}_192x108.mp4"
     if not source.exists():
@@ -1033,7 +1033,7 @@ def test_gpu_backend_keeps_a_track_header_that_crops_the_sps_further(media_dir: 
                 frame.pts = i
                 out.mux(stream.encode(frame))
             out.mux(stream.encode(None))
-    path = _header_remux(source, media_dir / f"nvdec_track_cropped_{axis}.mp4", width=180, height=100)
+    path = remux_video(source, media_dir / f"nvdec_track_cropped_{axis}.mp4", width=180, height=100)
     assert (probe_video(path).width, probe_video(path).height) == (180, 100)
     gpu, gpu_times, outcome = create_sampler("gpu", mode="keyframe", size=SIZE, square=False).sample_video(path)
     cpu, cpu_times, _ = create_sampler("cpu", mode="keyframe", size=SIZE, square=False).sample_video(path)
