@@ -46,16 +46,13 @@ DALI_COSTS: tuple[float, float] | None = None
 class NullDecoder(ClipDecoder):
     """Takes each sample's bytes and region like ``feed_clips`` and returns blank frames: no DALI at all."""
 
-    samples = frames = 0  # taken since the last reset (``measure``): how large the merged samples were
-
     def decode(self, clips: list[Clip]) -> list[torch.Tensor | Exception]:
         out: list[torch.Tensor | Exception] = []
         for clip in clips:
             np.frombuffer(clip.data, dtype=np.uint8)
             np.array(clip.roi, dtype=np.float32)
-            NullDecoder.samples += 1
-            NullDecoder.frames += len(clip)
             out.append(torch.zeros((len(clip), 3, self.size, self.size), dtype=torch.uint8))
+        self.stats.add(len(clips), sum(len(c) for c in clips))  # as a DALI run counts its samples
         if DALI_COSTS is not None:
             time.sleep(len(clips) * DALI_COSTS[0] + sum(len(c) for c in clips) * DALI_COSTS[1])
         return out
@@ -92,7 +89,8 @@ class PrepOnlySampler(_gpu.DaliSampler):
 
     def _clip_decoder(self) -> ClipDecoder:
         cfg = self.config
-        return NullDecoder("cpu", None, cfg.size, cfg.square, self.clips_per_run, num_threads=self.decode_threads)
+        return NullDecoder("cpu", None, cfg.size, cfg.square, self.clips_per_run, num_threads=self.decode_threads,
+                           stats=self.decode_stats)
 
     def _ffmpeg_decoder(self) -> FfmpegDecoder:
         cfg = self.config
@@ -152,17 +150,18 @@ def measure(videos: list[Path], streams: int, size: int, repeats: int, mode: str
     for r in range(repeats):
         for uncrop, mux, prep, how in (settings if r % 2 == 0 else settings[::-1]):
             frames = 0
-            NullDecoder.samples = NullDecoder.frames = 0
             _remux.JOIN_IN_ORDER = mux == "join"
             probe.QUICK_MP4_PROBE = how == "quick"
             try:
+                sampler = samplers[(uncrop, prep, "ffmpeg" if mux == "packets" else "dali")]
+                sampler.decode_stats.take()  # zeroed: this pass's samples only
                 with GcPauses() as pauses:
                     wall0, cpu0 = time.perf_counter(), time.process_time()
-                    client = "ffmpeg" if mux == "packets" else "dali"
-                    for batch in samplers[(uncrop, prep, client)].iter_batches(videos):
+                    for batch in sampler.iter_batches(videos):
                         frames += len(batch)
+                    _, samples, sample_frames = sampler.decode_stats.take()
                     passes[(uncrop, mux, prep, how)].append((time.perf_counter() - wall0, time.process_time() - cpu0,
-                                                        frames, pauses, NullDecoder.frames / max(1, NullDecoder.samples)))
+                                                        frames, pauses, sample_frames / max(1, samples)))
             finally:
                 _remux.JOIN_IN_ORDER = True
                 probe.QUICK_MP4_PROBE = True
