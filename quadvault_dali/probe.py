@@ -19,6 +19,7 @@ from typing import Any, BinaryIO, Iterator
 import av
 import numpy as np
 
+from ._frame_times import stores_decode_times
 from ._mp4 import SampleTable, TrackFacts, is_plain_mp4, read_track_facts
 from ._nal import DISPLAY_ORIENTATION_SEI, SEI_UNITS, length_size_of, nal_type, nal_units, sei_types
 from .errors import DecodeError, FileAccessError, UnsupportedCodecError, VideoOpenError, unexpected_failure
@@ -50,6 +51,9 @@ class PacketIndex:
     #: whether the edit list hides pictures after the shown ones: they are not in the index, though shown
     #: B-frames may refer to them, so exact runs are demuxed (the stream has them), not read from the index
     hides_end: bool = False
+    #: whether the times are in decode order although pictures are reordered (AVI with B-frames,
+    #: ``_frame_times``): right as a set of times, not per packet, so runs cannot be cut by them
+    decode_order_times: bool = False
 
     @property
     def raw_positions(self) -> bool:
@@ -475,7 +479,7 @@ def read_packet_index(container: av.container.InputContainer, stream: av.video.s
         raise VideoOpenError("video stream has no packets", path=path)
     arr = np.array(rows, dtype=object)
     return PacketIndex(arr[:, 0].astype(np.float64), arr[:, 1].astype(np.int64), arr[:, 2].astype(np.int64),
-                       arr[:, 3].astype(bool), False)
+                       arr[:, 3].astype(bool), False, decode_order_times=stores_decode_times(container, stream))
 
 
 def _offsets_of_rows(row_pos: np.ndarray, offsets: np.ndarray | None,

@@ -176,8 +176,12 @@ def make_video(path: str | Path, spec: SynthSpec = SynthSpec()) -> Path:
         stream = out.add_stream(encoder, rate=rate)
         stream.width, stream.height = stored_w, stored_h
         stream.pix_fmt = _PIX_FMT.get(spec.codec, "yuv420p")
-        # Millisecond ticks for VFR (WebM's own unit); a multiple of the frame rate otherwise.
-        stream.time_base = Fraction(1, 1000) if spec.vfr else Fraction(1, int(round(spec.fps * 1000)))
+        # Millisecond ticks for VFR (WebM's own unit); a multiple of the frame rate otherwise, but one frame
+        # per tick in AVI, whose chunks are one tick each (finer ticks made 24 empty chunks per frame).
+        if path.suffix.lower() == ".avi":
+            stream.time_base = 1 / rate
+        else:
+            stream.time_base = Fraction(1, 1000) if spec.vfr else Fraction(1, int(round(spec.fps * 1000)))
         stream.codec_context.time_base = stream.time_base
         if spec.bit_rate:
             stream.bit_rate = spec.bit_rate

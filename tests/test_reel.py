@@ -428,6 +428,24 @@ def test_a_window_starting_just_before_a_reordered_keyframe_starts_on_time(tmp_p
         assert stamp is not None and stamp.time_s == pytest.approx(np.floor(in_s * 30 + 1e-6) / 30, abs=0.006), in_s
 
 
+def test_an_avi_window_shows_its_frames_in_order_at_their_times(tmp_path: Path) -> None:
+    """AVI with B-frames: the decoder's frames carried their chunks' decode-order times (1, 3, 4, 2, ...
+    frames), so a window showed each frame at a neighbour's time: some twice, some never. Each time must
+    show the picture of its own frame, one frame behind as FFmpeg's AVI times are (see the sampling test)."""
+    from quadvault_dali.reel.frames import WindowReader
+
+    path = make_video(tmp_path / "b.avi", SynthSpec(codec="h264", width=W, height=H, fps=24, duration_s=5.0,
+                                                    keyframe_interval_s=2.0, source_id=6))
+    info = probe_video(path)
+    for in_s in (0.0, 1.5, 2.0):
+        with WindowReader(info, in_s, W, H) as reader:
+            for k in range(int(round(in_s * 24)) + 1, int(round(in_s * 24)) + 30):
+                t = k / 24
+                stamp = read_stamp(reader.frame_at(t))
+                assert reader.current_time == pytest.approx(t, abs=1e-6)
+                assert stamp is not None and stamp.time_s == pytest.approx(t - 1 / 24, abs=0.006), (in_s, t)
+
+
 def test_mpeg_ts_windows_start_on_time_in_pictures_and_sound(tmp_path: Path) -> None:
     """Camcorder .MTS/.m2ts: a video seek by time lands past the keyframe it needs (the demuxer finds a
     packet by time, not a keyframe): windows in the first second started at the second keyframe and a window

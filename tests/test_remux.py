@@ -151,6 +151,24 @@ def test_exact_runs_read_at_index_positions_are_the_demuxed_runs(make_clip: Call
     assert cut[True] == cut[False] and cut[True][1]
 
 
+def test_exact_runs_are_not_cut_from_an_avi_with_b_frames(make_clip: Callable[..., Path]) -> None:
+    """AVI's packet times are in decode order: which packet is the frame nearest a second is not known from
+    them, so the hardware decoders' cutter refuses (the GPU backend then samples the video on the CPU, which
+    gives frames their presentation times, ``_frame_times``). Keyframe runs, one packet each, are still cut."""
+    from quadvault_dali.errors import DecodeError
+    from quadvault_dali.sampling._remux import exact_clips
+
+    path = make_clip("remux_bframes.avi", codec="h264", width=128, height=96, fps=24, duration_s=4.0,
+                     keyframe_interval_s=1.0, source_id=2)
+    with open_container(path) as container:
+        info, index = probe_open(container, path)
+        stream = container.streams[info.stream_index]
+        with pytest.raises(DecodeError, match="stores decode times .* exact runs cannot be cut"):
+            next(exact_clips(plan_samples(info, index, mode="exact"), container, stream, 12))
+    clips, _, _, _ = _build(path, "keyframe")
+    assert [t for c in clips for t in c.times] == pytest.approx([1 / 24, 1 + 1 / 24, 2 + 1 / 24, 3 + 1 / 24], abs=1e-6)
+
+
 def test_matroska_keyframes_at_millisecond_times_are_sought_exactly(make_clip: Callable[..., Path]) -> None:
     """Matroska times are milliseconds: 2.667 s is 2666.9999 ticks, and seeking to its floor landed on the
     keyframe before, which came twice (the open-GOP copy then dropped by the decoder) and 2.667 s never."""

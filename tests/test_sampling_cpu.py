@@ -275,6 +275,27 @@ def test_in_order_skipping_stays_off_where_packet_times_do_not_run_forward(make_
     assert skippable(avi).checked is False
 
 
+@pytest.mark.parametrize("fps", [24, 30])
+def test_an_avi_with_b_frames_samples_the_frame_nearest_each_second(make_clip, fps: int) -> None:
+    """AVI numbers its chunks in decode order: with B-frames the decoder's frames carried shuffled times, so
+    exact mode took frames 1-3 off the second (stamps 0.96, 1.96, 2.96, 3.92, 4.88, 5.92 at 24 fps). FFmpeg's
+    times run one frame late here (x264's first decode time is a frame before its first picture); every frame
+    must be that one frame behind its time, keyframes and exact frames alike."""
+    spec = dict(codec="h264", width=160, height=96, fps=fps, keyframe_interval_s=2.0, duration_s=6.0, source_id=3)
+    avi = make_clip(f"bframes_{fps}.avi", **spec)
+    info, index = probe_video(avi, with_index=True)
+    assert info.container == "avi" and index.decode_order_times and info.frame_count == 6 * fps
+    assert not probe_video(make_clip(f"bframes_{fps}.mp4", **spec), with_index=True)[1].decode_order_times
+    frame = 1.0 / fps
+    exact, times, outcome = create_sampler("cpu", mode="exact", size=64).sample_video(avi)
+    assert outcome.ok and outcome.mode == "exact"
+    assert times == pytest.approx([frame, 1, 2, 3, 4, 5, 6], abs=1e-6)
+    assert _check_stamps(exact, [t - frame for t in times]) == pytest.approx([t - frame for t in times], abs=0.011)
+    keys, key_times, _ = create_sampler("cpu", mode="keyframe", size=64).sample_video(avi)
+    assert key_times == pytest.approx([frame, 2 + frame, 4 + frame], abs=1e-6)
+    _check_stamps(keys, [t - frame for t in key_times])
+
+
 @pytest.mark.parametrize(("matrix", "size"), [(None, 64), ("bt709", 64), ("bt709", 360)])
 def test_frames_have_the_colours_of_an_exact_conversion(make_clip, matrix: str | None, size: int) -> None:
     """Per channel, the sampled frames average what an exact (float) YCbCr->RGB conversion of the decoded

@@ -20,6 +20,7 @@ import av
 import numpy as np
 
 from ..errors import DecodeError, QuadvaultError
+from .._frame_times import FrameClock, stores_decode_times
 from ..probe import VideoInfo, open_container
 from ..sampling import nvdec_limitation
 from ..sampling._remux import BYTE_SEEK_FORMATS
@@ -114,11 +115,15 @@ class WindowReader:
             raise DecodeError("the hardware decoder returned no frame", path=self.info.path)
 
     def _decode(self) -> Iterator[tuple[float, av.VideoFrame]]:
+        clock = FrameClock(stores_decode_times(self._container, self._stream))  # AVI with B-frames
         try:
-            for frame in self._container.decode(self._stream):
-                if frame.pts is None:
-                    continue
-                yield float((frame.pts - self._start_pts) * self._tb), frame
+            for packet in self._container.demux(self._stream):
+                clock.fed(packet)
+                for frame in packet.decode():
+                    pts = clock.time_of(frame)
+                    if pts is None:
+                        continue
+                    yield float((pts - self._start_pts) * self._tb), frame
         except av.error.FFmpegError as exc:
             raise DecodeError(f"decoding failed ({exc})", path=self.path) from exc
 

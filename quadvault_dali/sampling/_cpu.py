@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import DecodeError, QuadvaultError, unexpected_failure
+from .._frame_times import FrameClock
 from ..probe import VideoInfo, open_container, probe_open, rewound
 from ._base import Sampler, VideoSource, path_of, register_backend
 from ._plan import SamplePlan, plan_samples
@@ -290,6 +291,7 @@ class CpuSampler(Sampler):
 
         decode_errors = 0
         skippable = _Skippable(plan, stream, container.format.name)
+        clock = FrameClock(plan.index.decode_order_times)
         packets = container.demux(stream)
         while i < len(grid):
             try:
@@ -300,16 +302,19 @@ class CpuSampler(Sampler):
                 raise DecodeError(f"cannot read packets: {exc}", path=plan.info.path) from exc
             if skippable(packet, start, tb):
                 continue
+            clock.fed(packet)
             try:
                 decoded = packet.decode()
             except av.error.FFmpegError:
                 decode_errors += 1
                 skippable.stop()
+                clock.dropped(packet)
                 continue
             for frame in decoded:
-                if frame.pts is None:
+                pts = clock.time_of(frame)
+                if pts is None:
                     continue
-                current = (frame, round((frame.pts - start) * tb, 6))
+                current = (frame, round((pts - start) * tb, 6))
                 while i < len(grid) and current[1] >= grid[i]:
                     near_prev = prev is not None and (grid[i] - prev[1]) <= (current[1] - grid[i])
                     yield from pick(prev if near_prev else current)  # type: ignore[arg-type]

@@ -871,6 +871,9 @@ def exact_clips(plan: SamplePlan, container: av.container.InputContainer, stream
     if index.hides_inside:
         raise DecodeError("its edit list hides pictures between the ones it shows: exact runs cannot be cut",
                           path=plan.info.path, hint="the CPU decoder samples it")
+    if index.decode_order_times:
+        raise DecodeError("its container stores decode times and its pictures are reordered (B-frames in AVI): "
+                          "exact runs cannot be cut", path=plan.info.path, hint="the CPU decoder samples it")
     packer = _ClipPacker(stream, plan.info.codec, max_frames, max_bytes, uncrop=uncrop,
                          setup=plan.info.setup, mux=mux)
     skippable = picture_skipper(stream, plan.info.codec)
