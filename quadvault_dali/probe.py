@@ -777,6 +777,10 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
     elif facts.fragmented_samples and len(index) > 1:  # a sidx-indexed file's stream duration is its end time
         # the last picture lasts as long as the one before it, or a typical one
         duration = min(duration, float(index.pts.max()) + max(float(np.median(deltas)), float(deltas[-1])))
+    elif not index.from_container_index and len(index) > 1:
+        # every packet was read: the last picture is on screen for a frame. MPEG-PS's duration is FFmpeg's
+        # estimate, which ended at the last picture's start or before it (a second went missing).
+        duration = max(duration, float(index.pts.max()) + float(np.median(deltas)))
     avg = float(stream.average_rate) if stream.average_rate else 0.0
     real = float(stream.base_rate or stream.guessed_rate or 0) if (stream.base_rate or stream.guessed_rate) else avg
     if duration is None or duration <= 0:

@@ -21,7 +21,8 @@ Style = Literal["plain", "highlight", "normal"]
 
 _ROWS, _COLS = 4, 8  # 32 bits: 20 time (centiseconds), 8 source id, 4 check
 _TIME_BITS, _ID_BITS, _CHECK_BITS = 20, 8, 4
-_ENCODERS = {"h264": "libx264", "hevc": "libx265", "vp9": "libvpx-vp9", "mjpeg": "mjpeg", "av1": "libsvtav1"}
+_ENCODERS = {"h264": "libx264", "hevc": "libx265", "vp9": "libvpx-vp9", "mjpeg": "mjpeg", "av1": "libsvtav1",
+             "mpeg2video": "mpeg2video", "wmv2": "wmv2"}
 _PIX_FMT = {"mjpeg": "yuvj420p"}
 
 
@@ -35,7 +36,9 @@ class Stamp:
 class SynthSpec:
     """What to generate. ``segments`` lists (style, seconds) runs; empty means one ``style`` run."""
 
-    codec: Literal["h264", "hevc", "vp9", "mjpeg", "av1"] = "h264"
+    #: mpeg2video (with two B-frames, as DVD camcorders write; in .mpg/.vob) and wmv2 (.wmv) for the older
+    #: containers a library holds
+    codec: Literal["h264", "hevc", "vp9", "mjpeg", "av1", "mpeg2video", "wmv2"] = "h264"
     width: int = 320
     height: int = 240
     fps: float = 30.0
@@ -177,8 +180,9 @@ def make_video(path: str | Path, spec: SynthSpec = SynthSpec()) -> Path:
         stream.width, stream.height = stored_w, stored_h
         stream.pix_fmt = _PIX_FMT.get(spec.codec, "yuv420p")
         # Millisecond ticks for VFR (WebM's own unit); a multiple of the frame rate otherwise, but one frame
-        # per tick in AVI, whose chunks are one tick each (finer ticks made 24 empty chunks per frame).
-        if path.suffix.lower() == ".avi":
+        # per tick in AVI, whose chunks are one tick each (finer ticks made 24 empty chunks per frame), and
+        # for MPEG-2 and WMV, whose encoders take only their frame rate's time base.
+        if path.suffix.lower() == ".avi" or spec.codec in ("mpeg2video", "wmv2"):
             stream.time_base = 1 / rate
         else:
             stream.time_base = Fraction(1, 1000) if spec.vfr else Fraction(1, int(round(spec.fps * 1000)))
@@ -196,6 +200,8 @@ def make_video(path: str | Path, spec: SynthSpec = SynthSpec()) -> Path:
                             "x265-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:log-level=error"})
         elif spec.codec == "vp9":
             options.update({"deadline": "realtime", "cpu-used": "8", "keyint_min": str(gop)})
+        elif spec.codec == "mpeg2video":
+            options.update({"bf": "2"})
         elif spec.codec == "av1":
             # Preset 10, not 12 (SVT-AV1 maps 12 to 11): at 11 the encoder skips/copies blocks so that about 5 % of
             # frames come back with one stamp cell from another frame (unreadable stamp). The SVT-AV1 4.2 bundled

@@ -151,6 +151,23 @@ def test_exact_runs_read_at_index_positions_are_the_demuxed_runs(make_clip: Call
     assert cut[True] == cut[False] and cut[True][1]
 
 
+def test_runs_sought_by_time_in_mpeg_ps_start_at_their_keyframes(make_clip: Callable[..., Path]) -> None:
+    """MPEG-PS seeks by decode time and lands past a reordered keyframe, even seeking to the stream's start:
+    keyframe clips took each keyframe's successor, and exact runs from the first keyframe could not be cut."""
+    from quadvault_dali.sampling._remux import demuxed_keyframe_clips, exact_clips
+
+    path = make_clip("remux_dvd.mpg", codec="mpeg2video", width=128, height=96, fps=25, duration_s=6.0,
+                     keyframe_interval_s=2.0, source_id=2)
+    with open_container(path) as container:
+        info, index = probe_open(container, path)
+        stream = container.streams[info.stream_index]
+        keys = list(demuxed_keyframe_clips(plan_samples(info, index, mode="keyframe"), container, stream, 12))
+        assert [t for c in keys for t in c.times] == pytest.approx([0.0, 2.04, 3.96, 5.88], abs=1e-6)
+        assert [run.packets[0].is_key for c in keys for run in c.runs] == [True] * 4
+        runs = list(exact_clips(plan_samples(info, index, mode="exact"), container, stream, 12))
+        assert [t for c in runs for t in c.times] == pytest.approx([0, 1, 2, 3, 4, 5], abs=1e-6)
+
+
 def test_exact_runs_are_not_cut_from_an_avi_with_b_frames(make_clip: Callable[..., Path]) -> None:
     """AVI's packet times are in decode order: which packet is the frame nearest a second is not known from
     them, so the hardware decoders' cutter refuses (the GPU backend then samples the video on the CPU, which

@@ -275,6 +275,30 @@ def test_in_order_skipping_stays_off_where_packet_times_do_not_run_forward(make_
     assert skippable(avi).checked is False
 
 
+@pytest.mark.parametrize(("name", "codec", "keyframes"), [
+    ("dvd.mpg", "mpeg2video", [0.0, 2.04, 3.96, 5.88]),  # MPEG-PS: a seek lands past a reordered keyframe
+    ("camera.wmv", "wmv2", [0.0, 2.0, 4.0]),  # ASF: a seek lands on the keyframe before
+])
+def test_keyframes_sought_by_time_are_the_planned_ones(make_clip, name: str, codec: str,
+                                                       keyframes: list[float]) -> None:
+    """Containers without raw packet positions are sought by time; the first keyframe after the seek was taken
+    for the planned one: an MPEG-PS file sampled every keyframe's successor (second 0 showed 2.04 s) and an ASF
+    file each keyframe's predecessor (0.0 twice, the last never). Exact mode keeps every second, the last one
+    too (MPEG-PS's duration was FFmpeg's estimate, ending at the last picture's start)."""
+    path = make_clip(f"sought_{name}", codec=codec, width=160, height=96, fps=25, keyframe_interval_s=2.0,
+                     duration_s=6.0, source_id=4)
+    info, index = probe_video(path, with_index=True)
+    assert not index.raw_positions and info.duration_s == pytest.approx(6.0)
+    plan = plan_samples(info, index, fps=1.0, mode="keyframe")
+    assert np.round(index.pts[plan.key_packets], 3).tolist() == keyframes
+    frames, times, _ = create_sampler("cpu", mode="keyframe", size=64).sample_video(path)
+    assert times == pytest.approx(keyframes, abs=1e-6)
+    _check_stamps(frames, times)
+    frames, times, _ = create_sampler("cpu", mode="exact", size=64).sample_video(path)
+    assert times == pytest.approx([0, 1, 2, 3, 4, 5], abs=1e-6)
+    _check_stamps(frames, times)
+
+
 @pytest.mark.parametrize("fps", [24, 30])
 def test_an_avi_with_b_frames_samples_the_frame_nearest_each_second(make_clip, fps: int) -> None:
     """AVI numbers its chunks in decode order: with B-frames the decoder's frames carried shuffled times, so

@@ -598,26 +598,75 @@ def keyframe_clips(plan: SamplePlan, template: av.video.stream.VideoStream, fh: 
         yield clip
 
 
+#: How far before a keyframe's time ``seek_keyframes`` seeks, in turn, until it reads the keyframe: MPEG-PS
+#: seeks land on the first packet whose decode time reaches the target, past a reordered keyframe (whose decode
+#: time precedes its time); ``inf``: from the top.
+KEYFRAME_SEEK_MARGINS_S = (0.0, 0.25, 1.0, 5.0, float("inf"))
+
+
 def seek_keyframes(plan: SamplePlan, container: av.container.InputContainer,
                    stream: av.video.stream.VideoStream) -> Iterator[tuple[av.Packet, float]]:
     """The plan's keyframe packets, each with its time, for containers without raw packet positions (MKV,
-    WebM, TS): seek to each (by byte where ``byte_position`` says), demux one. A TS keyframe that is not
-    where the prober's pass saw it is a ``DecodeError``, never another keyframe standing in for it."""
-    start = stream.start_time or 0
+    WebM, TS, PS, ASF): seek to each (by byte where ``byte_position`` says) and read on to it. A TS keyframe that
+    is not where the prober's pass saw it is a ``DecodeError``, never another keyframe standing in for it.
+
+    A seek by time may land before the keyframe (ASF: on the one before) or past it (MPEG-PS): before, the
+    packets up to it are read and dropped; past it, the seek goes earlier (``KEYFRAME_SEEK_MARGINS_S``; the
+    margin that worked is where the next keyframe starts). Taking the first keyframe after the seek gave ASF
+    each second's previous keyframe and MPEG-PS the next one.
+    """
+    start = stream.start_time if stream.start_time is not None else _first_pts(container, stream)
     tb = stream.time_base
+    first_margin = 0
     for row in plan.key_packets:
         t = round(float(plan.index.pts[row]), 6)
         position = byte_position(container, plan.index, int(row))
-        _seek(container, stream, t, position, exact=True)
-        for packet in container.demux(stream):
-            if packet.pts is None or not packet.is_keyframe or packet.size == 0:
-                continue
-            pts = round(float((packet.pts - start) * tb), 6)
-            if position is not None and abs(pts - t) > 1e-3:
-                raise DecodeError(f"the keyframe at {t:.2f}s is not at the byte position the index gives "
-                                  f"(found {pts:.2f}s there)", path=plan.info.path)
-            yield packet, pts
-            break
+        if position is not None:
+            _seek(container, stream, t, position, exact=True)
+            for packet in container.demux(stream):
+                if packet.pts is None or not packet.is_keyframe or packet.size == 0:
+                    continue
+                pts = round(float((packet.pts - start) * tb), 6)
+                if abs(pts - t) > 1e-3:
+                    raise DecodeError(f"the keyframe at {t:.2f}s is not at the byte position the index gives "
+                                      f"(found {pts:.2f}s there)", path=plan.info.path)
+                yield packet, pts
+                break
+            continue
+        for i in range(first_margin, len(KEYFRAME_SEEK_MARGINS_S)):
+            margin = KEYFRAME_SEEK_MARGINS_S[i]
+            if t - margin < 0:
+                _seek_top(container, stream)
+            else:
+                _seek(container, stream, t - margin, None, exact=margin == 0)
+            packet = _read_to_keyframe(container, stream, t, start, tb)
+            if packet is not None:
+                first_margin = min(i, len(KEYFRAME_SEEK_MARGINS_S) - 2)  # never from the top for every keyframe
+                yield packet, t
+                break
+        else:
+            raise DecodeError(f"seeking cannot reach the keyframe at {t:.2f}s", path=plan.info.path)
+
+
+def _first_pts(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
+    """The first packet's time, which the index counts from where the stream gives no start time."""
+    _seek_top(container, stream)
+    return next((p.pts for p in container.demux(stream) if p.pts is not None and p.size), 0)
+
+
+def _read_to_keyframe(container: av.container.InputContainer, stream: av.video.stream.VideoStream, t: float,
+                      start: int, tb: Fraction) -> av.Packet | None:
+    """The keyframe at ``t``, reading on from where a seek landed; ``None`` once a packet shown after ``t`` shows
+    the seek landed past it (every picture before a keyframe in decode order is shown before it)."""
+    for packet in container.demux(stream):
+        if packet.pts is None or packet.size == 0:
+            continue
+        pts = round(float((packet.pts - start) * tb), 6)
+        if packet.is_keyframe and abs(pts - t) <= 1e-3:
+            return packet
+        if pts > t + 1e-3:
+            return None
+    return None
 
 
 def demuxed_keyframe_clips(plan: SamplePlan, container: av.container.InputContainer,
@@ -740,15 +789,29 @@ def _seek(container: av.container.InputContainer, stream: av.video.stream.VideoS
                        backward=True, any_frame=False)
 
 
-def _demux_run(container: av.container.InputContainer, stream: av.video.stream.VideoStream, seek_s: float,
+def _seek_top(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> None:
+    """To the stream's first packet: a tick before its start (a seek to the start itself lands by decode time,
+    past an MPEG-PS stream's first keyframe, which is decoded before its time), or its start where a demuxer
+    refuses a time before its first keyframe."""
+    start = stream.start_time or 0
+    try:
+        container.seek(start - 1, stream=stream, backward=True, any_frame=False)
+    except av.error.FFmpegError:
+        container.seek(start, stream=stream, backward=True, any_frame=False)
+
+
+def _demux_run(container: av.container.InputContainer, stream: av.video.stream.VideoStream, seek_s: float | None,
                key_time: float, times: list[float], path: object, strict: bool,
                position: int | None = None) -> list[SourcePacket] | None:
-    """Packets from the keyframe at ``key_time`` on, found by seeking to ``seek_s`` (or byte ``position``) and
-    reading forward. ``None`` if ``strict`` and the seek landed past that keyframe; not strict, that is a
+    """Packets from the keyframe at ``key_time`` on, found by seeking to ``seek_s`` (``None``: the top; or byte
+    ``position``) and reading forward. ``None`` if ``strict`` and the seek landed past that keyframe; not strict, that is a
     ``DecodeError``.
     """
     start = stream.start_time or 0
-    _seek(container, stream, seek_s, position)
+    if seek_s is None:
+        _seek_top(container, stream)
+    else:
+        _seek(container, stream, seek_s, position)
     run = _RunBuilder(key_time, times, path)
     for packet in container.demux(stream):
         times_s = _packet_times(packet, start, stream.time_base)
@@ -774,7 +837,7 @@ def _read_run(container: av.container.InputContainer, stream: av.video.stream.Vi
     else:
         packets = _demux_run(container, stream, seek_s, key_time, times, path, strict=True)
         if not packets:  # overshot or nothing found: read from the top of the file instead
-            packets = _demux_run(container, stream, 0.0, key_time, times, path, strict=False)
+            packets = _demux_run(container, stream, None, key_time, times, path, strict=False)
     if not packets:
         raise DecodeError(f"no keyframe found at or before {times[0]:.2f}s", path=path)
     return packets
