@@ -54,6 +54,9 @@ class PacketIndex:
     #: whether the times are in decode order although pictures are reordered (AVI with B-frames,
     #: ``_frame_times``): right as a set of times, not per packet, so runs cannot be cut by them
     decode_order_times: bool = False
+    #: the stream tick ``pts`` count from where the demux pass chose it (the stream gave no start time: its first
+    #: packet's); ``None``: the stream's start time
+    origin_ticks: int | None = None
 
     @property
     def raw_positions(self) -> bool:
@@ -462,12 +465,13 @@ def read_packet_index(container: av.container.InputContainer, stream: av.video.s
     # No usable index (MPEG-TS, some MKV/WebM): demux every packet once, without decoding.
     rows: list[tuple[float, int, int, bool]] = []
     first: int | None = None
+    stream_start = stream.start_time  # before the pass: FFmpeg sets it from the first packet with a decode time
     try:
         for packet in container.demux(stream):
             if packet.size == 0 or packet.pts is None:
                 continue
             if first is None:
-                first = packet.pts if stream.start_time is None else stream.start_time
+                first = packet.pts if stream_start is None else stream_start
             rows.append((float((packet.pts - first) * tb), packet.pos if packet.pos is not None else -1, packet.size,
                          packet.is_keyframe))
     except av.error.FFmpegError as exc:
@@ -479,7 +483,8 @@ def read_packet_index(container: av.container.InputContainer, stream: av.video.s
         raise VideoOpenError("video stream has no packets", path=path)
     arr = np.array(rows, dtype=object)
     return PacketIndex(arr[:, 0].astype(np.float64), arr[:, 1].astype(np.int64), arr[:, 2].astype(np.int64),
-                       arr[:, 3].astype(bool), False, decode_order_times=stores_decode_times(container, stream))
+                       arr[:, 3].astype(bool), False, decode_order_times=stores_decode_times(container, stream),
+                       origin_ticks=first if stream_start is None else None)
 
 
 def _offsets_of_rows(row_pos: np.ndarray, offsets: np.ndarray | None,
@@ -806,7 +811,9 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
 
     is_vfr = bool(len(deltas) > 2 and np.median(deltas) > 0
                   and (deltas.max() - deltas.min()) > 0.5 * np.median(deltas))
-    start = _seconds(stream.start_time, tb) or 0.0
+    # the index's zero (a Matroska stream without decode times was given the start of its first packet that had
+    # one: 6 s into a 1-fps time-lapse, and a reel's sound was cut 6 s off its pictures)
+    start = _seconds(index.origin_ticks if index.origin_ticks is not None else stream.start_time, tb) or 0.0
     info = VideoInfo(
         path=path, size_bytes=stat.st_size, mtime_ns=stat.st_mtime_ns,
         container=container.format.name, codec=codec,

@@ -370,3 +370,14 @@ def test_the_sps_facts_a_quick_open_fills_in_follow_ffmpegs_decoder() -> None:
     assert _container_cropped(848, 480, padded, 864, 480) == (864, 480)  # a macroblock less: the SPS's
     assert _container_cropped(880, 480, padded, 864, 480) == (864, 480)  # larger: the SPS's
     assert _container_cropped(180, 100, Crop(192, 112, 8, 0, 0, 4), 184, 108) == (184, 108)  # cropped from the left
+
+
+def test_a_stream_without_decode_times_starts_where_its_index_counts_from(make_clip) -> None:
+    """A 1-fps Matroska time-lapse whose packets carry no decode times and whose stream no start: FFmpeg set the
+    start from the first packet with a decode time during the index pass, and the probe reported 6 s (the
+    index, and the sampled times, count from the first packet, 0 s)."""
+    path = make_clip("probe_timelapse.mkv", codec="h264", width=96, height=64, fps=1, keyframe_interval_s=4.0,
+                     duration_s=8.0, x264_preset="ultrafast")
+    info, index = probe_video(path, with_index=True)
+    assert index.origin_ticks == 0 and index.pts.tolist() == [float(t) for t in range(8)]
+    assert info.start_time_s == 0.0 and info.keyframe_times == (0.0, 4.0)
