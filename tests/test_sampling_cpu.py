@@ -275,6 +275,26 @@ def test_in_order_skipping_stays_off_where_packet_times_do_not_run_forward(make_
     assert skippable(avi).checked is False
 
 
+def test_a_recording_cut_mid_gop_expects_only_frames_it_can_decode(make_clip, tmp_path: Path) -> None:
+    """An MPEG-TS copy cut inside a GOP (a loop recorder's segment, a partial copy) starts with pictures that
+    refer to a lost keyframe: FFmpeg drops them, yet the plan counted the seconds they stood nearest to as
+    frames to expect (8 against the 6 decoded). Times still count from the first packet, as FFmpeg's do."""
+    source = make_clip("midgop_src.ts", codec="h264", width=160, height=96, fps=30, keyframe_interval_s=3.0,
+                       duration_s=8.0, source_id=5)
+    data = source.read_bytes()
+    cut = tmp_path / "midgop.ts"
+    cut.write_bytes(data[len(data) * 5 // 100 // 188 * 188:])
+    info, index = probe_video(cut, with_index=True)
+    first_key = float(index.pts[int(np.argmax(index.is_key))])
+    assert not index.is_key[0] and first_key > 2.0
+    plan = plan_samples(info, index, fps=1.0, mode="exact")
+    frames, times, outcome = create_sampler("cpu", mode="exact", size=64).sample_video(cut)
+    assert outcome.frames == outcome.frames_expected == plan.expected_frames == len(times) == 6
+    assert times[0] == pytest.approx(first_key) and times[1:] == pytest.approx([3, 4, 5, 6, 7], abs=1e-6)
+    offset = read_stamp(frames[0].numpy()).time_s - times[0]
+    _check_stamps(frames, [t + offset for t in times])
+
+
 @pytest.mark.parametrize(("name", "codec", "keyframes"), [
     ("dvd.mpg", "mpeg2video", [0.0, 2.04, 3.96, 5.88]),  # MPEG-PS: a seek lands past a reordered keyframe
     ("camera.wmv", "wmv2", [0.0, 2.0, 4.0]),  # ASF: a seek lands on the keyframe before

@@ -35,10 +35,18 @@ class SamplePlan:
 
     @property
     def expected_frames(self) -> int:
-        """Frames this plan yields (exact mode: one per grid time that maps to a distinct frame)."""
+        """Frames this plan yields (exact mode: one per grid time that maps to a distinct decodable frame)."""
         if self.mode == "keyframe":
             return int(self.key_packets.shape[0])
-        return int(np.unique(nearest_indices(np.sort(self.index.pts), self.grid)).shape[0])
+        return int(np.unique(nearest_indices(decodable_times(self.index), self.grid)).shape[0])
+
+
+def decodable_times(index: PacketIndex) -> np.ndarray:
+    """The sorted times of the pictures a decoder gives from the stream's start: none shown before its first
+    keyframe (a TS recording cut mid-GOP starts with pictures that refer to a lost one, an open GOP's first
+    keyframe with leading pictures; FFmpeg drops both)."""
+    first_key = float(index.pts[int(np.argmax(index.is_key))])
+    return np.sort(index.pts[index.pts >= first_key - 1e-9])
 
 
 def sampling_grid(duration_s: float, fps: float) -> np.ndarray:
@@ -84,6 +92,5 @@ def plan_samples(info: VideoInfo, index: PacketIndex, *, fps: float = 1.0, mode:
         nearest = nearest_indices(key_times, grid)
         error = float(np.abs(key_times[nearest] - grid).max(initial=0.0))
         return SamplePlan(info, index, "keyframe", grid, key_rows[np.unique(nearest)], error)
-    frame_times = np.sort(index.pts)
-    gaps = np.diff(frame_times)
+    gaps = np.diff(decodable_times(index))
     return SamplePlan(info, index, "exact", grid, np.empty(0, np.int64), float(gaps.max(initial=0.0)) / 2)
