@@ -1073,6 +1073,24 @@ def test_gpu_backend_decodes_what_nvdec_cannot_on_the_cpu(make_clip: Callable[..
         _check_stamps(times[path], stamps[path], sid)
 
 
+@pytest.mark.gpu
+def test_gpu_backend_samples_an_avi_with_b_frames_like_the_cpu(make_clip: Callable[..., Path]) -> None:
+    """AVI's packet times are in decode order: exact runs cannot be cut from them, so the cutter refuses and
+    the CPU decoder samples the video (presentation times from ``_frame_times``); keyframe clips, one packet
+    each, go to NVDEC. Both modes give the CPU backend's frames, each one frame behind its time as FFmpeg's
+    AVI times are."""
+    path = make_clip("nvdec_bframes.avi", codec="h264", width=320, height=192, fps=24, keyframe_interval_s=1.0,
+                     duration_s=4.0, source_id=33)
+    for mode, decoder in (("exact", "pyav"), ("keyframe", "nvdec")):
+        batches = list(create_sampler("gpu", mode=mode, size=SIZE).iter_batches([path]))
+        times, stamps, outcomes = _collect(batches)
+        assert outcomes[0].ok and outcomes[0].decoder == decoder, (mode, outcomes[0].fallback_reason)
+        if mode == "exact":
+            assert "stores decode times" in outcomes[0].fallback_reason
+        assert times[path] == pytest.approx(create_sampler("cpu", mode=mode, size=SIZE).sample_video(path)[1])
+        _check_stamps([t - 1 / 24 for t in times[path]], stamps[path], 33)
+
+
 def test_gpu_samples_follow_the_cards_memory() -> None:
     """Samples keep their full-size frames until the resize: a big card gets long samples (each pays DALI's
     fixed set-up once), a small one short ones, never below the old clip budget."""
