@@ -22,7 +22,8 @@ def _parse_shard(ctx: click.Context, param: click.Parameter, value: str | None) 
     except ValueError:
         raise click.BadParameter(f"expected i/n like 0/4, got {value!r}") from None
     if not (n >= 1 and 0 <= i < n):
-        raise click.BadParameter(f"need 0 <= i < n, got {value!r}")
+        raise click.BadParameter(f"need 0 <= i < n (parts count from 0: a job array --array=0-{max(n, 1) - 1} "
+                                 f"for {n} parts), got {value!r}")
     return (i, n)
 
 
@@ -58,7 +59,8 @@ def scan_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--gpus", default=None, metavar="all|0,1",
                      help="One worker process per listed GPU, sharing the work."),
         click.option("--shard", callback=_parse_shard, default=None, metavar="i/n",
-                     help="Scan only part i of n (deterministic by path), for job arrays across machines."),
+                     help="Scan only part i of n, i from 0 to n-1 (deterministic by path), for job arrays across "
+                          "machines."),
         click.option("--resume/--no-resume", default=True, show_default=True,
                      help="Skip videos already in the output with the same size, mtime and models."),
         click.option("--retry-errors", is_flag=True, help="On resume, scan videos that failed before again."),
@@ -133,6 +135,11 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
         more = f" and {len(summary.unreadable) - 3} more" if len(summary.unreadable) > 3 else ""
         click.echo(f"Warning: {len(summary.unreadable)} folders or links could not be read, so their videos are not "
                    f"in this scan (earlier rows kept): {shown}{more}", err=True)
+    if summary.not_utf8:
+        shown = ", ".join(summary.not_utf8[:3])
+        more = f" and {len(summary.not_utf8) - 3} more" if len(summary.not_utf8) > 3 else ""
+        click.echo(f"Warning: {len(summary.not_utf8)} videos were skipped because their paths are not valid UTF-8 "
+                   f"(rename them to scan them): {shown}{more}", err=True)
     click.echo(f"Highlights: {summary.highlights_path}")
     click.echo(summary.line)
 
@@ -153,7 +160,7 @@ def scan(library: tuple[str, ...], models: tuple[str, ...], out: Path, **kw: Any
     Examples:
       quadvault scan /footage --model model/ --out scan/
       quadvault scan /footage -m model_a/ -m model_b/ --out scan/ --gpus all
-      quadvault scan /footage -m model/ -o /shared/scan --shard $SLURM_ARRAY_TASK_ID/16
+      quadvault scan /footage -m model/ -o /shared/scan --shard $SLURM_ARRAY_TASK_ID/16  # --array=0-15
       duckdb -c "SELECT path, score FROM 'scan/videos/*.parquet' ORDER BY score DESC LIMIT 20"
     """
     _run(library, models, out, None, kw)

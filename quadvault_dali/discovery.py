@@ -5,8 +5,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,10 @@ def find_videos(roots: Iterable[str | os.PathLike[str]], *,
             # (a scan would then record the same video twice)
             found[seen_files[key]] = path
 
-    def walk(folder: Path) -> None:
+    def visit(folder: Path) -> Iterator[Path]:
+        """Takes ``folder``'s videos in name order, yielding each real subfolder where it comes: the caller walks
+        it there (a stack of these, not recursion: a library 1,000 folders deep passed Python's recursion
+        limit and the scan died)."""
         try:
             st = folder.stat()
         except OSError as exc:
@@ -133,7 +137,7 @@ def find_videos(roots: Iterable[str | os.PathLike[str]], *,
                 if entry.is_symlink():  # after every real folder: a link sorting first must not claim them
                     linked.append(path)
                 else:
-                    walk(path)
+                    yield path
             elif is_video_file(path):
                 if path.suffix.lower() in PROXY_EXTENSIONS and originals.intersection(proxy_original_stems(path)):
                     skipped["proxy"] += 1
@@ -142,15 +146,30 @@ def find_videos(roots: Iterable[str | os.PathLike[str]], *,
                 else:
                     add_file(path)
 
+    def walk(top: Path) -> None:
+        stack = [visit(top)]
+        while stack:
+            folder = next(stack[-1], None)
+            if folder is None:
+                stack.pop()
+            else:
+                stack.append(visit(folder))
+
     linked: list[Path] = []  # symlinked folders met on the way, walked once the real ones are
     for root in roots:
         root_path = Path(root)
-        if root_path.is_dir():
+        try:
+            st = root_path.stat()
+        except FileNotFoundError:
+            report(root_path, FileNotFoundError(errno.ENOENT, "No such file or folder", str(root_path)))
+            continue
+        except (OSError, ValueError) as exc:  # a folder above it that cannot be entered, a path past PATH_MAX
+            report(root_path, exc if isinstance(exc, OSError) else OSError(errno.EINVAL, str(exc)))
+            continue
+        if stat.S_ISDIR(st.st_mode):
             walk(root_path)
-        elif root_path.exists():
-            add_file(root_path)
         else:
-            report(root_path, FileNotFoundError(2, "No such file or folder", str(root_path)))
+            add_file(root_path)
     while linked:
         walk(linked.pop(0))
     if skipped["proxy"]:

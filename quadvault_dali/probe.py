@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -355,6 +356,17 @@ def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
     return float(value * time_base)
 
 
+def _special_file_kind(mode: int) -> str | None:
+    """What a path that is not a regular file is (``None``: a regular file)."""
+    if stat.S_ISREG(mode):
+        return None
+    for test, kind in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
 def open_container(path: Path, file: BinaryIO | None = None, *,
                    hwaccel: "av.codec.hwaccel.HWAccel | None" = None,
                    plain_mp4: bool | None = None, quick: bool = False) -> av.container.InputContainer:
@@ -370,6 +382,9 @@ def open_container(path: Path, file: BinaryIO | None = None, *,
         raise FileAccessError("file not found", path=path)
     if path.is_dir():
         raise VideoOpenError("is a folder, not a video file", path=path)
+    kind = _special_file_kind(path.stat().st_mode)
+    if kind is not None:  # never opened: reading a named pipe waits for a writer, a device never ends
+        raise VideoOpenError(f"is {kind}, not a video file", path=path)
     if not os.access(path, os.R_OK):
         raise FileAccessError("permission denied", path=path, hint="check the file's read permission")
     if path.stat().st_size == 0:

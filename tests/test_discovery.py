@@ -107,3 +107,51 @@ def test_a_linked_folder_whose_target_is_gone_is_reported(tmp_path: Path) -> Non
     found = find_videos([tmp_path], on_error=lambda p, e: reported.append((p, e)))
     assert found == [tmp_path / "a.mp4"]
     assert sorted((p.name, e.errno) for p, e in reported) == [("gone.mp4", 2), ("usb", 2)]
+
+
+def test_a_library_deeper_than_pythons_recursion_limit_is_walked(tmp_path: Path) -> None:
+    """The walk recursed once per folder level: about 980 levels (a 2-KB path) ended the scan with a
+    RecursionError. The order and the link rules are those of the recursive walk."""
+    import sys
+
+    depth = sys.getrecursionlimit() + 100
+    deep = tmp_path
+    for _ in range(depth):  # one level at a time (Path.mkdir(parents=True) recurses too)
+        deep = deep / "d"
+        deep.mkdir()
+    expected = [_touch(tmp_path / "a.mp4"), _touch(deep / "bottom.mp4"), _touch(tmp_path / "d" / "e.mp4")]
+    assert find_videos([tmp_path]) == sorted(expected, key=str)
+
+
+def test_folders_that_cannot_be_entered_or_named_are_reported_and_the_scan_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder that can be listed but not entered (``chmod -R 644``), and one whose path is past Linux's 4,096
+    bytes: reporting them stat'ed them again, which raised, and the whole scan stopped."""
+    import pathlib
+
+    from quadvault_dali.scan.runner import select_files
+
+    good = _touch(tmp_path / "lib" / "good.mp4")
+    noexec = _touch(tmp_path / "lib" / "noexec" / "clip.mp4")
+    fd = os.open(tmp_path / "lib", os.O_RDONLY)
+    try:  # 20 folders of 250 bytes, made relative to their parents (their paths are too long to name)
+        for _ in range(20):
+            os.mkdir("x" * 250, dir_fd=fd)
+            fd, parent = os.open("x" * 250, os.O_RDONLY, dir_fd=fd), fd
+            os.close(parent)
+        os.close(os.open("deep.mp4", os.O_CREAT | os.O_WRONLY, dir_fd=fd))
+    finally:
+        os.close(fd)
+    real_stat = pathlib.Path.stat
+
+    def no_entry(self: pathlib.Path, *args: object, **kw: object) -> os.stat_result:
+        if self == noexec:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_stat(self, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pathlib.Path, "stat", no_entry)
+    unreadable: list[Path] = []
+    files = select_files([tmp_path / "lib"], unreadable=unreadable)
+    assert [f.path for f in files] == [good]
+    assert noexec in unreadable and len(unreadable) == 2
+    assert len(str(unreadable[-1] if unreadable[0] == noexec else unreadable[0])) > 4096

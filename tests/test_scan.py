@@ -704,7 +704,8 @@ def test_a_name_that_is_not_utf8_is_skipped_with_a_warning(library: Path, tmp_pa
         summary = _scan(lib, tmp_path / "out")
         halves = [_scan(lib, tmp_path / f"half{i}", shard=(i, 2)).run.videos for i in range(2)]
     assert summary.run.videos == len(GOOD) + len(BROKEN) and sum(halves) == len(GOOD) + len(BROKEN)
-    assert "caf\\xe9.mp4: its name is not valid UTF-8; rename the file to scan it" in caplog.text
+    assert "caf\\xe9.mp4: its path is not valid UTF-8; rename the file (or its folder) to scan it" in caplog.text
+    assert [name.rsplit("/", 1)[-1] for name in summary.not_utf8] == ["caf\\xe9.mp4"]  # the CLI's summary says so
 
 
 def test_a_new_threshold_on_a_finished_folder_rewrites_the_highlights(library: Path, tmp_path: Path) -> None:
@@ -781,3 +782,76 @@ def test_decoding_in_processes_gives_the_same_rows(library: Path, tmp_path: Path
     assert {p: {k: r[k] for k in keep} for p, r in two.items()} == {p: {k: r[k] for k in keep} for p, r in one.items()}
     pairs = lambda out: {p: [(s["timestamp_s"], s["score"]) for s in rows] for p, rows in _seconds(out).items()}
     assert pairs(tmp_path / "two") == pairs(tmp_path / "one")
+
+
+def test_a_full_disk_while_resume_rewrites_a_pair_leaves_the_pair_as_it_was(library: Path, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A changed video's old rows are dropped from their pair before it is scanned again: the seconds file was
+    replaced, then the videos file hit the full disk, leaving ``ok`` rows without their seconds until the next
+    run. Both files are now written before either is renamed."""
+    import quadvault_dali.scan.shards as shards
+
+    lib = tmp_path / "lib"
+    shutil.copytree(library, lib)
+    out = tmp_path / "out"
+    _scan(lib, out)
+    pair = {sub: (out / sub / "part-00000.parquet").read_bytes() for sub in ("seconds", "videos")}
+    changed = lib / "rotated_90.mp4"
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    real_write = shards.pq.write_table
+
+    def full_on_videos(table, where, **kw):  # type: ignore[no-untyped-def]
+        if Path(where).parent.name == "videos":
+            raise OSError(errno.ENOSPC, "No space left on device", str(where))
+        return real_write(table, where, **kw)
+
+    monkeypatch.setattr(shards.pq, "write_table", full_on_videos)
+    with pytest.raises(OutputError, match="No space left on device"):
+        _scan(lib, out)
+    assert {sub: (out / sub / "part-00000.parquet").read_bytes() for sub in ("seconds", "videos")} == pair
+    assert not [p for p in out.rglob("*") if p.name.startswith(".tmp-")]
+    seconds = _seconds(out)
+    assert all(r["frames_scored"] == len(seconds.get(path, [])) for path, r in _videos(out).items())
+    monkeypatch.setattr(shards.pq, "write_table", real_write)
+    resumed = _scan(lib, out)
+    assert resumed.run.videos == 1 and len(_videos(out)) == len(GOOD) + len(BROKEN)
+
+
+def test_special_files_named_like_videos_are_error_rows_that_say_what_they_are(library: Path,
+                                                                              tmp_path: Path) -> None:
+    """A named pipe or a link to a device under a video's name was an error row saying "empty file (0 bytes)";
+    none is ever opened (reading a pipe waits for a writer)."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    shutil.copy(library / "rotated_90.mp4", lib / "good.mp4")
+    os.mkfifo(lib / "pipe.mp4")
+    (lib / "zero.mov").symlink_to("/dev/zero")
+    _scan(lib, tmp_path / "out")
+    rows = {Path(p).name: r for p, r in _videos(tmp_path / "out").items()}
+    assert rows["good.mp4"]["status"] == "ok"
+    assert rows["pipe.mp4"]["status"] == "error" and "is a named pipe, not a video file" in rows["pipe.mp4"]["error_message"]
+    assert "is a character device, not a video file" in rows["zero.mov"]["error_message"]
+
+
+def test_jobs_sharing_a_folder_write_the_highlights_one_at_a_time(library: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """--shard jobs each write highlights.json from every shard at their end; a job that read the shards first
+    could replace a later job's complete document. The read and the write are under one lock now."""
+    import quadvault_dali.scan.runner as runner
+    from quadvault_dali.scan.shards import TagLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    other = TagLock(out, "report")
+    assert other.acquire()
+    monkeypatch.setattr(runner, "REPORT_LOCK_WAIT_S", 0.5)
+    with caplog.at_level("WARNING"):
+        _scan(library, out, shard=(0, 2))
+    other.release()
+    assert "held the report lock" in caplog.text and (out / "highlights.json").exists()
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        _scan(library, out, shard=(1, 2))
+    assert "held the report lock" not in caplog.text
+    assert json.loads((out / "highlights.json").read_text())["total_scanned"] == len(GOOD) + len(BROKEN)

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .shards import (DamagedShardError, TagLock, complete_shards, parse_name, quarantine_pair, read_shard,
-                     write_parquet_atomic)
+                     write_parquets_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -203,9 +203,8 @@ def _drop_from_pair(out_dir: Path, name: str, paths: set[str]) -> int:
         os.unlink(seconds_path)
         log.info("removed shard pair %s (all its videos are rescanned)", name)
         return len(paths)
-    if changed_s:
-        write_parquet_atomic(seconds_path, seconds)
-    if changed_v:
-        write_parquet_atomic(videos_path, videos)
+    # both written before either is renamed (a full disk leaves the pair as it was), seconds first
+    write_parquets_atomic([(path, table) for path, table, changed in ((seconds_path, seconds, changed_s),
+                                                                      (videos_path, videos, changed_v)) if changed])
     log.info("rewrote shard pair %s without %d superseded videos", name, len(paths))
     return len(paths) if changed_v else 0

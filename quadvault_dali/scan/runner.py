@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +117,8 @@ class ScanSummary:
     highlights_path: Path
     #: folders (or linked files) discovery could not read: their videos are in no row of this run
     unreadable: list[Path] = field(default_factory=list)
+    #: videos whose path is not valid UTF-8 (shown with ``\xNN``): Parquet text cannot hold it, so no row
+    not_utf8: list[str] = field(default_factory=list)
 
     @property
     def line(self) -> str:
@@ -126,6 +129,8 @@ class ScanSummary:
 
 #: The folders the scan writes its shards into, under --out.
 SHARD_FOLDERS = ("videos", "seconds")
+#: How long a scan waits for another job sharing --out to finish writing highlights.json
+REPORT_LOCK_WAIT_S = 600.0
 
 
 def check_output_location(out: Path, libraries: Sequence[Path], *, shard_folders: bool = True) -> None:
@@ -152,14 +157,18 @@ def in_shard(relative: str, shard: tuple[int, int]) -> bool:
 
 
 def select_files(libraries: Sequence[Path], shard: tuple[int, int] = (0, 1), *,
-                 unreadable: list[Path] | None = None) -> list[FileState]:
+                 unreadable: list[Path] | None = None, not_utf8: list[str] | None = None) -> list[FileState]:
     """The library's videos in this shard, with the size and mtime resume compares; folders that could not
     be read are appended to ``unreadable`` (and logged)."""
     files: list[FileState] = []
     seen: set[str] = set()
 
     def report(path: Path, exc: OSError) -> None:
-        log.warning("cannot read folder %s: %s" if path.is_dir() else "cannot read %s: %s", path, exc.strerror or exc)
+        try:  # a folder that can be listed but not entered, or a path past PATH_MAX, cannot be stat'ed either
+            folder = stat.S_ISDIR(os.stat(path).st_mode)
+        except (OSError, ValueError):
+            folder = False
+        log.warning("cannot read folder %s: %s" if folder else "cannot read %s: %s", path, exc.strerror or exc)
         if unreadable is not None:
             unreadable.append(path)
 
@@ -170,7 +179,10 @@ def select_files(libraries: Sequence[Path], shard: tuple[int, int] = (0, 1), *,
             key = str(path)
             shown = non_utf8_name(key)
             if shown is not None:
-                log.warning("skipping %s: its name is not valid UTF-8; rename the file to scan it", shown)
+                log.warning("skipping %s: its path is not valid UTF-8; rename the file (or its folder) to scan it",
+                            shown)
+                if not_utf8 is not None:
+                    not_utf8.append(shown)
                 continue
             real = os.path.realpath(key)  # LIBRARY arguments that reach the same files (a link and its target)
             if key in seen or real in seen:
@@ -396,7 +408,8 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
     try:
         cleanup_partial(out, options.tag)
         unreadable: list[Path] = []
-        files = select_files(libs, options.shard, unreadable=unreadable)
+        not_utf8: list[str] = []
+        files = select_files(libs, options.shard, unreadable=unreadable, not_utf8=not_utf8)
         reached = {str(f.path) for f in files} | {f.real_path for f in files}
         for lib in libs:
             under = {str(lib) + os.sep, os.path.realpath(lib) + os.sep}  # as given, or the files' real paths
@@ -422,14 +435,23 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
             journal_path(out, options.tag).unlink(missing_ok=True)  # the workers settled every suspect
         else:
             stats = scan_files(plan.todo, scorers, options, tag=options.tag, on_progress=progress, crashed=crashed)
-        doc, totals = highlights_document(out, threshold=options.threshold, models=models)
-        highlights_path = options.highlights_path or out / HIGHLIGHTS_FILE
-        write_json_atomic(highlights_path, doc)
+        # --shard jobs sharing OUT each write the document from every shard at their end: one at a time, so the
+        # last written was read last (a job that read the shards first could replace a later job's document)
+        report_lock = TagLock(out, "report")
+        if not report_lock.acquire(timeout_s=REPORT_LOCK_WAIT_S):
+            log.warning("another scan of %s held the report lock for %.0f s; writing %s anyway", out,
+                        REPORT_LOCK_WAIT_S, HIGHLIGHTS_FILE)
+        try:
+            doc, totals = highlights_document(out, threshold=options.threshold, models=models)
+            highlights_path = options.highlights_path or out / HIGHLIGHTS_FILE
+            write_json_atomic(highlights_path, doc)
+        finally:
+            report_lock.release()
     finally:
         lock.release()
         layout.release()
     return ScanSummary(out, totals, stats, len(plan.skipped), superseded, time.perf_counter() - started,
-                       highlights_path, unreadable)
+                       highlights_path, unreadable, not_utf8)
 
 
 def _isolate_crashers(out: Path, todo: Sequence[FileState], scorers: Sequence[Scorer],

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .._files import atomic_path
+from .._files import fsync_dir
 from ..errors import OutputError
 from .aggregate import VideoRows
 from .schema import SCHEMAS, ScanMetadata, schema_with_metadata
@@ -156,27 +156,55 @@ def read_metadata(path: Path) -> ScanMetadata:
     return ScanMetadata.from_kv(pq.read_schema(path).metadata, source=path)
 
 
-def _is_disk_problem(exc: OSError) -> bool:
-    return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG)
-
-
 def write_parquet_atomic(path: Path, table: pa.Table) -> None:
     """Writes ``table`` to a hidden temp file next to ``path``, fsyncs it, renames it into place."""
+    write_parquets_atomic([(path, table)])
+
+
+def write_parquets_atomic(files: list[tuple[Path, pa.Table]]) -> None:
+    """Writes every table to a hidden temp file beside its path, fsynced, before renaming any into place, in the
+    order given: a full disk stops before a shard pair changes, never between its two files (rewriting a pair
+    on resume, the seconds file was replaced and the videos file not, leaving an ``ok`` row without its
+    seconds until the next run). A crash between the renames is what resume's seconds count catches."""
+    if not files:
+        return
+    temps: list[Path] = []
+    path = files[0][0]
     try:
-        with atomic_path(path, path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}"), fsync=True) as tmp:
+        for path, table in files:
+            tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}")
+            temps.append(tmp)
             pq.write_table(table, tmp, compression="zstd")
-    except OSError as exc:
-        raise output_error(exc, path) from exc
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for (path, _), tmp in zip(files, temps):
+            os.replace(tmp, path)
+    except BaseException as exc:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise output_error(exc, path) from exc
+        raise
+    for folder in dict.fromkeys(p.parent for p, _ in files):
+        fsync_dir(folder)
 
 
 def output_error(exc: OSError, path: Path) -> OutputError:
     """The scan's one wording for a file it cannot write in OUT (full disk, read-only, permission)."""
-    if _is_disk_problem(exc):
-        return OutputError(f"cannot write scan results: {exc.strerror or exc}", path=path,
-                           hint="free space on the output disk (or use another --out); complete shards "
-                                "are kept and the same command resumes")
-    return OutputError(f"cannot write scan results: {exc.strerror or exc}", path=path,
-                       hint="check that --out is writable")
+    reason = f"cannot write scan results: {exc.strerror or exc}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return OutputError(reason, path=path, hint="free space on the output disk (or use another --out); "
+                                                   "complete shards are kept and the same command resumes")
+    if exc.errno == errno.EROFS:
+        return OutputError(reason, path=path, hint="the output disk is mounted read-only; remount it or use "
+                                                   "another --out (the same command resumes)")
+    if exc.errno == errno.EIO:
+        return OutputError(reason, path=path, hint="the output disk reports I/O errors; check it, or use "
+                                                   "another --out (complete shards are kept)")
+    return OutputError(reason, path=path, hint="check that --out is writable")
 
 
 class TagLock:
@@ -323,13 +351,9 @@ class ShardWriter:
             return None
         name = shard_name(self.tag, self._seq)
         tables = {t: self._table(t) for t in ("seconds", "videos")}
-        seconds_path = self.out_dir / "seconds" / name
-        write_parquet_atomic(seconds_path, tables["seconds"])
-        try:
-            write_parquet_atomic(self.out_dir / "videos" / name, tables["videos"])
-        except OutputError:
-            seconds_path.unlink(missing_ok=True)  # never leave half a pair behind if we can help it
-            raise
+        # the videos file last: it commits the pair (a crash between the renames leaves seconds no row claims)
+        write_parquets_atomic([(self.out_dir / "seconds" / name, tables["seconds"]),
+                               (self.out_dir / "videos" / name, tables["videos"])])
         self._seq += 1
         self._rows.clear()
         self._since = None
