@@ -113,6 +113,18 @@ class VideoInfo:
     #: what FFmpeg copies from an MP4 track into a remuxed clip (``_mp4.TrackFacts.setup``); "" elsewhere.
     #: Internal: clips of videos with equal ones share a skeleton (``sampling._remux``)
     setup: str = ""
+    #: the stored pixels' width over their height (sample aspect ratio; 4/3 for a 1440x1080 HDV picture shown
+    #: 1920 wide). ``width``/``height`` are the stored picture's, turned: what a player shows is
+    #: ``display_size``
+    pixel_aspect: float = 1.0
+
+    @property
+    def display_size(self) -> tuple[float, float]:
+        """(width, height) as a player shows the picture: the stored size turned, its pixels' aspect applied
+        along the stored width (the height after a quarter turn)."""
+        if self.rotation % 180 == 90:
+            return float(self.width), self.height * self.pixel_aspect
+        return self.width * self.pixel_aspect, float(self.height)
 
     @property
     def max_keyframe_interval_s(self) -> float:
@@ -750,6 +762,15 @@ def main_video_stream(container: av.container.InputContainer) -> av.video.stream
     return max(streams, key=rank)
 
 
+def _pixel_aspect(stream: av.video.stream.VideoStream, setup: CodecSetup | None) -> float:
+    """The stored pixels' aspect: the container's (an MP4 ``pasp``) where it gives one, else the codec's (the
+    SPS), as FFmpeg guesses it; 1 for none or a nonsense value."""
+    sar = stream.sample_aspect_ratio or (setup.sample_aspect_ratio if setup is not None else None) \
+        or stream.codec_context.sample_aspect_ratio
+    value = float(sar) if sar else 1.0
+    return round(value, 6) if 0.1 <= value <= 10.0 else 1.0
+
+
 def probe_open(container: av.container.InputContainer, path: Path) -> tuple[VideoInfo, PacketIndex]:
     """Probes an already opened container (see ``open_container``)."""
     if not container.streams.video:
@@ -839,5 +860,6 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
         keyframe_times=tuple(float(t) for t in index.shown_keyframe_times),
         has_audio=bool(container.streams.audio), is_vfr=is_vfr, stream_index=stream.index,
         color_matrix=_color_matrix(ctx, signal), setup=facts.setup,
+        pixel_aspect=_pixel_aspect(stream, setup),
     )
     return info, index

@@ -309,6 +309,17 @@ def test_a_card_threshold_that_is_no_probability_is_refused(saved: Path, tmp_pat
             read_card(odd)
 
 
+def test_a_card_naming_another_weights_file_is_refused(saved: Path, tmp_path: Path) -> None:
+    """The weights are always model.safetensors beside the card: a card naming a pickle loaded the safetensors
+    silently, and with those missing the error said the card named them."""
+    odd = _copy(saved, tmp_path / "odd")
+    card = json.loads((odd / CARD_FILE).read_text())
+    card["weights_file"] = "evil.pkl"
+    (odd / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ModelFormatError, match="model card names the weights file 'evil.pkl'"):
+        load_model(odd)
+
+
 def test_a_damaged_card_or_mismatched_weights_are_one_clear_error(saved: Path, tmp_path: Path) -> None:
     """A hand-edited card failed deep inside (int('big'), a (1,3,1,1) view while scoring) with a traceback;
     weights of another network listed hundreds of tensor names in one line."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from fractions import Fraction
@@ -414,6 +415,97 @@ def test_a_source_changed_since_the_scan_is_left_out_and_named(library: dict[str
         in str(info.value)
 
 
+def test_a_source_changed_since_the_scan_is_left_out_through_its_highlights_json(tmp_path: Path,
+                                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A highlights.json has no size or mtime, so a file replaced since the scan was cut into the reel; its
+    ``video_id`` (the scan's id of the file: path, size, mtime) says it changed."""
+    from quadvault_dali.scan.schema import video_id
+
+    src = tmp_path / "replaced later.mp4"
+    make_video(src, _spec(dict(source_id=8), 5))
+    st = src.stat()
+    doc = {"highlights": [{"path": str(src), "score": 0.99, "best_second": 5.0, "duration_s": 10.0,
+                           "video_id": video_id(str(src), st.st_size, st.st_mtime_ns)}]}
+    (tmp_path / "highlights.json").write_text(json.dumps(doc))
+    assert len(prepare_reel(tmp_path / "highlights.json", ReelOptions(width=W, height=H)).plan.clips) == 1
+    make_video(src, SynthSpec(width=W, height=H, duration_s=4.0, source_id=8))
+    with caplog.at_level(logging.WARNING), pytest.raises(EmptySelectionError):
+        prepare_reel(tmp_path / "highlights.json", ReelOptions(width=W, height=H))
+    assert "replaced later.mp4: it changed (its size or modification time) since it was scanned" in caplog.text
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ({"score": "0.9"}, "'score' must be a number, got '0.9'"),
+    ({"score": None}, "'score' must be a number, got None"),
+    ({"best_second": "3"}, "'best_second' must be a number"),
+    ({"duration_s": -4}, "'duration_s' must be a positive number, got -4"),
+    ({"path": 7}, "'path' must be a file path, got 7"),
+    ({"mtime_ns": "1700000000"}, "'mtime_ns' must be a whole number"),
+])
+def test_a_highlights_json_with_a_field_of_the_wrong_type_is_a_one_line_error(
+        library: dict[str, Path], tmp_path: Path, entry: dict, message: str) -> None:
+    """A hand-edited list (a score in quotes) ended in a Python traceback."""
+    doc = {"highlights": [{"path": str(library["plain 30fps.mp4"]), "score": 0.9, **entry}]}
+    (tmp_path / "highlights.json").write_text(json.dumps(doc))
+    result = CliRunner().invoke(cli, ["reel", str(tmp_path / "highlights.json"), str(tmp_path / "r.mp4")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"highlights.json: highlight #1: {message}" in result.output
+
+
+@pytest.mark.parametrize("out", ["plain 30fps.mp4", "best.avi", "missing/best.mp4"])
+def test_a_dry_run_refuses_what_the_real_run_refuses(scan_dir: Path, library: dict[str, Path], tmp_path: Path,
+                                                     out: str) -> None:
+    """The dry run said OUT "would be written" for a source, an .avi and a folder that does not exist."""
+    target = library[out] if out in library else tmp_path / out
+    result = CliRunner().invoke(cli, ["reel", str(scan_dir), str(target), "--dry-run"])
+    assert result.exit_code == 1 and "would be written" not in result.output and "Error:" in result.output
+
+
+def test_ntsc_reel_rates_are_exact() -> None:
+    from quadvault_dali.reel.encoders import rate_fraction
+
+    assert [rate_fraction(f) for f in (29.97, 23.976, 59.94, 30, 25, 12.5)] == \
+        [Fraction(30000, 1001), Fraction(24000, 1001), Fraction(60000, 1001), 30, 25, Fraction(25, 2)]
+
+
+def test_a_killed_reels_partial_file_is_removed_by_the_next_run(scan_dir: Path, tmp_path: Path) -> None:
+    """A run killed mid-encode (SIGKILL; SIGTERM now stops like Ctrl-C) left .best.partial-PID.mp4 beside the
+    reel for good: the PID in its name kept later runs from touching it."""
+    import subprocess
+    import sys
+
+    from quadvault_dali.reel.render import temp_path
+
+    out = tmp_path / "best.mp4"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = temp_path(out, int(dead.stdout))
+    stale.write_bytes(b"half a reel")
+    alive = temp_path(out, os.getppid())  # a live process's (another run writing the same reel): kept
+    alive.write_bytes(b"being written")
+    make_reel(scan_dir, out, ReelOptions(width=W, height=H, min_score=0.9, top=1, clip_seconds=2.0))
+    assert not stale.exists() and alive.exists() and out.exists()
+
+
+def test_the_cli_stopped_by_sigterm_leaves_no_partial_file(scan_dir: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "long.mp4"
+    proc = subprocess.Popen([sys.executable, "-m", "quadvault_dali", "reel", str(scan_dir), str(out), "--device",
+                             "cpu", "--resolution", "1920x1080", "--min-score", "0.1", "--top", "3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".long.partial-*.mp4")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the reel finished before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "Stopped (SIGTERM); no reel written" in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_window_starting_just_before_a_reordered_keyframe_starts_on_time(tmp_path: Path) -> None:
     """HEVC with B-frames stores the keyframe shown at 2.0 s before frames shown earlier; a seek to 1.9 s must
     not land on it and start the clip a frame (or a GOP) late."""
@@ -444,6 +536,52 @@ def test_an_avi_window_shows_its_frames_in_order_at_their_times(tmp_path: Path) 
                 stamp = read_stamp(reader.frame_at(t))
                 assert reader.current_time == pytest.approx(t, abs=1e-6)
                 assert stamp is not None and stamp.time_s == pytest.approx(t - 1 / 24, abs=0.006), (in_s, t)
+
+
+def test_a_damaged_packet_does_not_freeze_the_rest_of_its_window(tmp_path: Path) -> None:
+    """One garbled keyframe (a bad sector, a cut copy): the window's decoder stopped at the first error and the
+    reel held the picture before it for the rest of the window (2.6 s here) although the next GOP decodes."""
+    from quadvault_dali.reel.frames import WindowReader
+
+    src = make_video(tmp_path / "src.mp4", SynthSpec(codec="h264", width=W, height=H, fps=30, duration_s=6.0,
+                                                     keyframe_interval_s=1.0, source_id=7))
+    data = bytearray(src.read_bytes())
+    with av.open(str(src)) as c:
+        s = c.streams.video[0]
+        key = next(p for p in c.demux(s) if p.is_keyframe and p.pts is not None and float(p.pts * s.time_base) > 2.9)
+        pos, size = key.pos, key.size
+    data[pos + 8: pos + size] = bytes((i * 37 + 11) & 0xFF for i in range(size - 8))
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(bytes(data))
+    with WindowReader(probe_video(bad), 2.0, W, H) as reader:
+        stamps = [read_stamp(reader.frame_at(k / 30)) for k in range(60, 165)]
+    after = [(k / 30, st) for k, st in zip(range(60, 165), stamps) if k >= 120]  # the next GOP, from 4.0 s
+    assert all(st is not None and st.time_s == pytest.approx(t, abs=0.006) for t, st in after), after[:5]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_non_square_pixels_fill_the_reel_as_a_player_shows_them(tmp_path: Path, suffix: str) -> None:
+    """DV/HDV/DVD camcorders store pictures narrower than they are shown (pixels wider than tall): a 240x240
+    picture of 4:3 pixels shows 320x240, and the reel placed it squeezed to 240x240 between black bars."""
+    from quadvault_dali.reel.frames import WindowReader
+
+    src = tmp_path / f"anamorphic{suffix}"
+    with av.open(str(src), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 240, 240, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = Fraction(4, 3)
+        for i in range(30):
+            frame = av.VideoFrame.from_ndarray(np.full((240, 240, 3), 200, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 30)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    info = probe_video(src)
+    assert (info.width, info.height, info.pixel_aspect) == (240, 240, pytest.approx(4 / 3))
+    assert info.display_size == pytest.approx((320, 240))
+    with WindowReader(info, 0.0, 320, 240) as reader:
+        picture = reader.frame_at(0.0)
+    lit = np.flatnonzero(picture.max(axis=(0, 2)) > 100)
+    assert lit[0] == 0 and lit[-1] == 319  # the whole width, no bars
 
 
 def test_mpeg_ts_windows_start_on_time_in_pictures_and_sound(tmp_path: Path) -> None:

@@ -166,6 +166,11 @@ def _read_card(card_path: Path) -> dict[str, Any]:
     for key in ("architecture", "image_size", "mean", "std"):
         if key not in card:
             raise ModelFormatError(f"model card lacks {key!r}", path=card_path)
+    named = card.get("weights_file", WEIGHTS_FILE)
+    if named != WEIGHTS_FILE:  # never loaded from another name: a card must not point at a pickle
+        raise ModelFormatError(f"model card names the weights file {named!r}; a QuadVault model's weights are "
+                               f"{WEIGHTS_FILE} (safetensors) beside its card", path=card_path,
+                               hint="use the model directory as quadvault train wrote it")
     threshold = card.get("threshold", DEFAULT_THRESHOLD)
     if not _is_number(threshold) or not 0.0 <= threshold <= 1.0:
         raise ModelFormatError(f"model card's threshold {threshold!r} is not a number within 0..1", path=card_path)
@@ -234,7 +239,8 @@ def _weights_of(card: dict[str, Any], card_path: Path, weights: Path) -> tuple[P
                         "%s", weights.parent, kept.name)
             return kept, str(expected)
     if digest is None:
-        raise ModelFormatError("weights file is missing", path=weights, hint=f"the card {card_path} names it")
+        raise ModelFormatError("weights file is missing", path=weights,
+                               hint=f"it belongs beside its card {card_path}; copy the whole model directory")
     if expected and expected != digest:
         raise ModelFormatError("weights do not match their model card (sha256 differs): the pair was mixed up "
                                "or half-written", path=weights)

@@ -1,10 +1,10 @@
 """Highlight reels: the best window of each top video, scaled, crossfaded and encoded to H.264.
 
-``make_reel(scores, "best.mp4", ReelOptions(...))`` does it all; ``prepare_reel`` plans without
+``make_reel(scores, "best.mp4", ReelOptions(...))`` does it all; ``plan_reel_for`` plans without
 encoding (``--dry-run``).
 """
 
-from .build import PreparedReel, ReelOptions, ReelResult, make_reel, prepare_reel
+from .build import PreparedReel, ReelOptions, ReelResult, make_reel, plan_reel_for, prepare_reel
 from .encoders import choose_encoder
 from .frames import Letterbox, WindowReader, letterbox
 from .render import RenderResult, render_reel
@@ -15,6 +15,6 @@ from .sidecar import format_plan, read_sidecar, sidecar_path, write_sidecar
 __all__ = [
     "EmptySelectionError", "Letterbox", "PlannedClip", "PreparedReel", "ReelOptions", "ReelPlan", "ReelResult",
     "RenderResult", "ScoreSource", "VideoScores", "Window", "WindowReader", "best_windows", "choose_encoder",
-    "format_plan", "letterbox", "load_scores", "make_reel", "plan_reel", "prepare_reel", "read_sidecar",
-    "render_reel", "sidecar_path", "write_sidecar",
+    "format_plan", "letterbox", "load_scores", "make_reel", "plan_reel", "plan_reel_for", "prepare_reel",
+    "read_sidecar", "render_reel", "sidecar_path", "write_sidecar",
 ]

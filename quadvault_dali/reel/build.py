@@ -16,6 +16,7 @@ from typing import Literal
 from ..device import resolve_device
 from ..errors import OutputError, QuadvaultError
 from ..probe import VideoInfo, probe_video
+from ..scan.schema import video_id
 from .encoders import EncoderChoice, choose_encoder
 from .frames import check_window
 from .render import AudioChoice, RenderResult, render_reel
@@ -93,6 +94,9 @@ def _changed_since_scan(video: VideoScores, info: VideoInfo) -> str | None:
         what = f"its size changed from {video.size_bytes:,} to {info.size_bytes:,} bytes"
     elif video.size_bytes is not None and video.mtime_ns is not None and video.mtime_ns != info.mtime_ns:
         what = "it was modified"
+    elif video.size_bytes is None and video.scanned_id is not None \
+            and video_id(str(video.path), info.size_bytes, info.mtime_ns) != video.scanned_id:
+        what = "it changed (its size or modification time)"  # a highlights.json holds the scan's id of the file
     else:
         return None
     return f"{info.path}: {what} since it was scanned; scan it again to cut it into a reel"
@@ -177,7 +181,7 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _refuse_overwriting_inputs(out: Path, prepared: PreparedReel) -> None:
+def refuse_overwriting_inputs(out: Path, prepared: PreparedReel) -> None:
     """The reel and its sidecar are renamed over their paths: never over footage or the scores."""
     inputs = [clip.window.path for clip in prepared.plan.clips] + [prepared.source.origin]
     for target in (out, sidecar_path(out)):
@@ -187,9 +191,8 @@ def _refuse_overwriting_inputs(out: Path, prepared: PreparedReel) -> None:
                                   hint="write the reel somewhere else")
 
 
-def make_reel(scores: str | Path | ScoreSource, out: str | Path, options: ReelOptions = ReelOptions()) -> ReelResult:
-    """Plans, encodes ``out`` and writes ``OUT.clips.csv``; raises ``EmptySelectionError`` when nothing fits."""
-    out = Path(out)
+def check_output(out: Path) -> None:
+    """Why ``out`` cannot be the reel, raised before anything is decoded (``--dry-run`` too)."""
     if out.is_dir():
         raise OutputError("is a folder; give the reel a file name like best.mp4", path=out)
     if not out.parent.exists():
@@ -201,10 +204,26 @@ def make_reel(scores: str | Path | ScoreSource, out: str | Path, options: ReelOp
         raise OutputError(f"a reel is H.264 video in {', '.join(REEL_SUFFIXES)}; "
                           f"{out.suffix or 'no extension'} cannot hold it", path=out,
                           hint=f"name it like {out.stem or 'best'}.mp4")
+
+
+def plan_reel_for(scores: str | Path | ScoreSource, out: str | Path,
+                  options: ReelOptions = ReelOptions()) -> PreparedReel:
+    """``--dry-run``: the plan ``make_reel`` would encode, after the same checks of ``out`` (a dry run that
+    said the reel "would be written" where the real run refuses it was no rehearsal)."""
+    out = Path(out)
+    check_output(out)
+    prepared = prepare_reel(scores, options)
+    refuse_overwriting_inputs(out, prepared)
+    return prepared
+
+
+def make_reel(scores: str | Path | ScoreSource, out: str | Path, options: ReelOptions = ReelOptions()) -> ReelResult:
+    """Plans, encodes ``out`` and writes ``OUT.clips.csv``; raises ``EmptySelectionError`` when nothing fits."""
+    out = Path(out)
+    check_output(out)
     # gpu raises, naming why, on a machine without a usable GPU; auto decodes on NVDEC where there is one
     gpu = 0 if resolve_device(options.device) == "gpu" else None
-    prepared = prepare_reel(scores, options)
-    _refuse_overwriting_inputs(out, prepared)
+    prepared = plan_reel_for(scores, out, options)
     encoder = choose_encoder(options.encoder, options.width, options.height, options.fps,
                              gpu_allowed=options.device != "cpu")
     result = render_reel(prepared.plan, prepared.infos, out, width=options.width, height=options.height,

@@ -29,7 +29,11 @@ ENCODERS: dict[str, tuple[dict[str, str], str]] = {
 
 
 def rate_fraction(fps: float) -> Fraction:
-    """29.97 -> 30000/1001: NTSC-style rates kept exact."""
+    """29.97 -> 30000/1001 (and 23.976, 59.94, 119.88 alike): NTSC-style rates kept exact. (The nearest
+    fraction with a denominator up to 1001 is 2997/100, which no player or editor expects.)"""
+    ntsc = round(fps * 1.001)
+    if abs(fps - round(fps)) > 1e-6 and abs(fps * 1.001 - ntsc) < 1e-3:
+        return Fraction(ntsc * 1000, 1001)
     return Fraction(fps).limit_denominator(1001)
 
 

@@ -41,7 +41,7 @@ class Letterbox:
     y: int
 
 
-def letterbox(src_w: int, src_h: int, out_w: int, out_h: int) -> Letterbox:
+def letterbox(src_w: float, src_h: float, out_w: int, out_h: int) -> Letterbox:
     """Largest aspect-preserving fit of a ``src_w`` x ``src_h`` picture, centred, black bars elsewhere."""
     scale = min(out_w / src_w, out_h / src_h)
     fit_w = min(out_w, max(2, int(round(src_w * scale))))
@@ -58,7 +58,7 @@ class WindowReader:
     def __init__(self, info: VideoInfo, in_s: float, out_w: int, out_h: int, *, gpu: int | None = None) -> None:
         self.info = info
         self.path: Path = info.path
-        self.box = letterbox(info.width, info.height, out_w, out_h)
+        self.box = letterbox(*info.display_size, out_w, out_h)  # anamorphic pixels shown wide, not squeezed
         self.decoder = "pyav"
         self.fallback_reason: str | None = None
         self._cached_for: float | None = None  # source time of the cached picture's frame
@@ -115,11 +115,26 @@ class WindowReader:
             raise DecodeError("the hardware decoder returned no frame", path=self.info.path)
 
     def _decode(self) -> Iterator[tuple[float, av.VideoFrame]]:
+        """The window's frames with their times. A packet that does not decode is left out, as the sampler
+        leaves it out: the pictures after it that decode are shown (the first error used to end the window,
+        which then held one picture for the rest of it: 2.6 s frozen for one damaged keyframe)."""
         clock = FrameClock(stores_decode_times(self._container, self._stream))  # AVI with B-frames
+        damaged = 0
         try:
             for packet in self._container.demux(self._stream):
                 clock.fed(packet)
-                for frame in packet.decode():
+                try:
+                    decoded = packet.decode()
+                except av.error.FFmpegError as exc:
+                    damaged += 1
+                    clock.dropped(packet)
+                    if damaged == 1:
+                        at = f" at {float((packet.pts - self._start_pts) * self._tb):.2f} s" \
+                            if packet.pts is not None else ""
+                        log.warning("%s: a damaged packet%s does not decode (%s); the reel shows the pictures "
+                                    "after it that do", self.path, at, exc)
+                    continue
+                for frame in decoded:
                     pts = clock.time_of(frame)
                     if pts is None:
                         continue

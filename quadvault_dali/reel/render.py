@@ -8,6 +8,7 @@ temporary name next to ``out`` and renamed into place only when complete.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from dataclasses import dataclass
@@ -77,9 +78,27 @@ class _ClipSource:
             self._reader.close()
 
 
-def temp_path(out: Path) -> Path:
+def temp_path(out: Path, pid: int | None = None) -> Path:
     """Hidden partial file next to ``out``, same suffix so the container format is the same."""
-    return out.with_name(f".{out.stem}.partial-{os.getpid()}{out.suffix}")
+    return out.with_name(f".{out.stem}.partial-{os.getpid() if pid is None else pid}{out.suffix}")
+
+
+def remove_stale_partials(out: Path) -> None:
+    """Removes the partial files of earlier runs for ``out`` whose process is gone (killed: nothing could
+    clean up), so they do not pile up beside the reel; a live run's is left alone."""
+    for partial in out.parent.glob(f".{glob.escape(out.stem)}.partial-*{glob.escape(out.suffix)}"):
+        pid_text = partial.name[len(f".{out.stem}.partial-"): len(partial.name) - len(out.suffix)]
+        if not pid_text.isdigit() or partial != temp_path(out, int(pid_text)):
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+            continue  # alive (or not ours to signal): maybe another run writing the same reel
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue
+        log.info("removing %s, left by a run that was killed", partial)
+        partial.unlink(missing_ok=True)
 
 
 def render_reel(plan: ReelPlan, infos: Mapping[Path, VideoInfo], out: str | Path, *, width: int, height: int,
@@ -96,6 +115,7 @@ def render_reel(plan: ReelPlan, infos: Mapping[Path, VideoInfo], out: str | Path
     if not out.parent.is_dir():
         raise OutputError("output folder does not exist", path=out.parent)
     track = build_audio_track(plan, infos=infos) if audio == "keep" else None
+    remove_stale_partials(out)
     with atomic_path(out, temp_path(out)) as tmp:
         failed, decoders = _encode(plan, infos, tmp, width, height, encoder, track, gpu)
     if gpu is not None:

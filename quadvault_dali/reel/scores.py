@@ -34,6 +34,9 @@ class VideoScores:
     #: the file's size when it was scanned (``None`` from a highlights.json): a different size now means
     #: the scores describe another file
     size_bytes: int | None = None
+    #: the scan's ``video_id`` of the file (a highlights.json's): the id of the file as it is now differs
+    #: once it changed (``scan.schema.video_id``: its path, size and mtime)
+    scanned_id: str | None = None
     times: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
     scores: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
 
@@ -114,6 +117,36 @@ def _mtime_ns(path: Path) -> int | None:
         return None
 
 
+class _FieldReader:
+    """One highlights.json entry's optional fields, checked: a hand-edited list with a score in quotes was a
+    Python traceback, now a one-line error naming the entry and the field."""
+
+    def __init__(self, entry: dict, index: int, file: Path) -> None:
+        self.entry, self.index, self.file = entry, index, file
+
+    def _bad(self, key: str, wanted: str) -> QuadvaultError:
+        return QuadvaultError(f"highlight #{self.index + 1}: {key!r} must be {wanted}, got {self.entry[key]!r}",
+                              path=self.file)
+
+    def number(self, key: str, *, required: bool = False, positive: bool = False) -> float | None:
+        value = self.entry.get(key)
+        if value is None and not required:
+            return None
+        wanted = "a positive number" if positive else "a number"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) \
+                or (positive and value <= 0):
+            raise self._bad(key, wanted)
+        return float(value)
+
+    def integer(self, key: str) -> int | None:
+        value = self.entry.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self._bad(key, "a whole number")
+        return value
+
+
 def load_highlights_json(file: Path) -> ScoreSource:
     """Reads ``highlights.json`` (``{"highlights": [{"path", "score", "best_second", "duration_s"}...]}``).
 
@@ -131,16 +164,22 @@ def load_highlights_json(file: Path) -> ScoreSource:
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or "path" not in entry or "score" not in entry:
             raise QuadvaultError(f"highlight #{i + 1} has no 'path' and 'score'", path=file)
-        best = entry.get("best_second", entry.get("best_timestamp_s"))
+        if not isinstance(entry["path"], str) or not entry["path"]:
+            raise QuadvaultError(f"highlight #{i + 1}: 'path' must be a file path, got {entry['path']!r}", path=file)
+        field_of = _FieldReader(entry, i, file)
+        score = field_of.number("score", required=True)
+        best = field_of.number("best_second") if "best_second" in entry else field_of.number("best_timestamp_s")
         p = Path(entry["path"])
         p = p if p.is_absolute() else file.parent / p
         if p in seen:  # listed best first: the first entry of a path is its best
             log.warning("%s: highlight #%d repeats %s; keeping its first entry", file, i + 1, p)
             continue
         seen.add(p)
-        videos.append(VideoScores(path=p, duration_s=entry.get("duration_s"), video_score=float(entry["score"]),
-                                  best_timestamp_s=float(best) if best is not None else None,
-                                  rotation=entry.get("rotation"), fps=entry.get("fps"),
-                                  mtime_ns=entry.get("mtime_ns") or _mtime_ns(p)))
+        scanned_id = entry.get("video_id")
+        videos.append(VideoScores(path=p, duration_s=field_of.number("duration_s", positive=True), video_score=score,
+                                  best_timestamp_s=best, rotation=field_of.integer("rotation"),
+                                  fps=field_of.number("fps", positive=True),
+                                  mtime_ns=field_of.integer("mtime_ns") or _mtime_ns(p),
+                                  scanned_id=scanned_id if isinstance(scanned_id, str) else None))
     log.info("read %d highlights from %s (video-level scores only)", len(videos), file)
     return ScoreSource(file, videos, per_second=False)
