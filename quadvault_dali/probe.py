@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import stat
+import dataclasses
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 
 from ._frame_times import stores_decode_times
 from ._mp4 import SampleTable, TrackFacts, is_plain_mp4, read_track_facts
-from ._nal import DISPLAY_ORIENTATION_SEI, SEI_UNITS, length_size_of, nal_type, nal_units, sei_types
+from ._nal import DISPLAY_ORIENTATION_SEI, SEI_UNITS, length_size_of, nal_type, nal_units, sei_types, unescape
 from .errors import DecodeError, FileAccessError, UnsupportedCodecError, VideoOpenError, unexpected_failure
 from .sampling._uncrop import Crop, SpsSignal, avcc_signal
 
@@ -493,6 +494,7 @@ def read_packet_index(container: av.container.InputContainer, stream: av.video.s
     rows: list[tuple[float, int, int, bool]] = []
     first: int | None = None
     stream_start = stream.start_time  # before the pass: FFmpeg sets it from the first packet with a decode time
+    keys = _KeyCheck(stream)
     try:
         for packet in container.demux(stream):
             if packet.size == 0 or packet.pts is None:
@@ -500,7 +502,7 @@ def read_packet_index(container: av.container.InputContainer, stream: av.video.s
             if first is None:
                 first = packet.pts if stream_start is None else stream_start
             rows.append((float((packet.pts - first) * tb), packet.pos if packet.pos is not None else -1, packet.size,
-                         packet.is_keyframe))
+                         packet.is_keyframe and keys.starts_decoding(packet)))
     except av.error.FFmpegError as exc:
         if isinstance(exc, OSError) and exc.errno == errno.EIO:  # a failing disk, not a file's damaged end
             raise unexpected_failure(exc, "reading its packets", path) from exc
@@ -512,6 +514,54 @@ def read_packet_index(container: av.container.InputContainer, stream: av.video.s
     return PacketIndex(arr[:, 0].astype(np.float64), arr[:, 1].astype(np.int64), arr[:, 2].astype(np.int64),
                        arr[:, 3].astype(bool), False, decode_order_times=stores_decode_times(container, stream),
                        origin_ticks=first if stream_start is None else None)
+
+
+class _KeyCheck:
+    """Which H.264/HEVC packets flagged as keyframes can start decoding (``starts_decoding``), asked in stream
+    order: the second keyframe's head is read, and only where it cannot start decoding (periodic intra
+    refresh) every later one's too; the first always can."""
+
+    def __init__(self, stream: av.video.stream.VideoStream) -> None:
+        self.codec = stream.codec_context.name
+        self.length_size = length_size_of(self.codec, bytes(stream.codec_context.extradata or b""))
+        self.seen = 0
+        self.checking = self.codec in ("h264", "hevc")
+
+    def starts_decoding(self, packet: Any) -> bool:
+        """``packet``: a keyframe's ``av.Packet`` or its head's bytes."""
+        self.seen += 1
+        if not self.checking or self.seen == 1:
+            return True
+        head = bytes(packet) if isinstance(packet, bytes) else bytes(memoryview(packet)[:_SEI_HEAD_BYTES])
+        ok = starts_decoding(head, self.codec, self.length_size) is not False
+        if self.seen == 2 and ok:
+            self.checking = False  # keyframes as usual: the rest are not read
+        return ok
+
+
+def _random_access_keyframes(index: PacketIndex, path: Path, stream: av.video.stream.VideoStream) -> PacketIndex:
+    """An MP4 index's keyframes less those that cannot start decoding (``_KeyCheck``: intra refresh's recovery
+    points, which MP4 muxers list as sync samples). Exact runs and keyframe sampling both start at keyframes:
+    from a recovery point FFmpeg decodes nothing (keyframe mode failed the whole video, "decoded only 1 of 4")
+    and a GPU clip from one holds no picture it can show."""
+    keys = _KeyCheck(stream)
+    if not keys.checking or not index.from_container_index:
+        return index
+    is_key = index.is_key.copy()
+    for row in np.flatnonzero(index.is_key):
+        if not keys.checking:
+            break
+        try:
+            head = packet_head(path, int(index.pos[row]), int(index.size[row]), keys.codec, keys.length_size)
+        except OSError:
+            break
+        is_key[row] = keys.starts_decoding(head)
+    if np.array_equal(is_key, index.is_key):
+        return index
+    log.info("%s: %d of its %d keyframes are intra-refresh recovery points, not pictures decoding can start "
+             "at; sampling starts at the others", path, int(np.count_nonzero(index.is_key & ~is_key)),
+             int(np.count_nonzero(index.is_key)))
+    return dataclasses.replace(index, is_key=is_key)
 
 
 def _offsets_of_rows(row_pos: np.ndarray, offsets: np.ndarray | None,
@@ -663,6 +713,44 @@ def _leading_units(data: bytes, codec: str, length_size: int | None) -> Iterator
         at = start + size
 
 
+def _exp_golomb(bits: str, at: int) -> tuple[int, int]:
+    """An unsigned Exp-Golomb value read from a string of '0'/'1' at ``at``: (value, next position)."""
+    zeros = 0
+    while bits[at + zeros] == "0":
+        zeros += 1
+    end = at + 2 * zeros + 1
+    return int(bits[at + zeros:end], 2) - 1, end
+
+
+def starts_decoding(data: bytes, codec: str, length_size: int | None) -> bool | None:
+    """Whether a packet flagged as a keyframe can start decoding: its first slice is an IDR (H.264) or an I slice
+    (an open GOP's keyframe, whose leading pictures alone need the GOP before), or an IRAP picture (HEVC).
+    ``False`` for the recovery-point P pictures that periodic intra refresh flags as keyframes (x264
+    ``intra-refresh``: no IDR after the first picture; a run from one decodes nothing); ``None`` where ``data``
+    holds no slice header."""
+    if length_size is None:
+        units = [(nal_type(data[start], codec), start, end) for start, end in nal_units(data, None) or []
+                 if end > start]
+    else:
+        units = list(_leading_units(data, codec, length_size))
+    for kind, start, end in units:
+        if not _is_slice(kind, codec):
+            continue
+        if codec != "h264":
+            return 16 <= kind <= 23
+        if kind == 5:
+            return True
+        rbsp = unescape(data[start + 1:min(end, start + 17)])
+        try:
+            bits = "".join(f"{byte:08b}" for byte in rbsp)
+            _, at = _exp_golomb(bits, 0)  # first_mb_in_slice
+            slice_type, _ = _exp_golomb(bits, at)
+        except (IndexError, ValueError):
+            return None
+        return slice_type % 5 in (2, 4)  # I or SI
+    return None
+
+
 def _reaches_a_slice(data: bytes, codec: str, length_size: int | None) -> bool:
     """Whether length-prefixed NAL units from the start of ``data`` get to a slice's header within it."""
     return any(_is_slice(kind, codec) for kind, _, _ in _leading_units(data, codec, length_size))
@@ -802,6 +890,7 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
                 f"truncated: the index points {end - stat.st_size:,} bytes past the end of the file "
                 f"({present:.0f}% of the video data present)", path=path,
                 hint="the copy or recording was cut off; re-copy it from the source")
+    index = _random_access_keyframes(index, path, stream)
     if not index.is_key.any():
         raise VideoOpenError("no keyframes in the video stream", path=path)
 

@@ -295,6 +295,48 @@ def test_a_recording_cut_mid_gop_expects_only_frames_it_can_decode(make_clip, tm
     _check_stamps(frames, [t + offset for t in times])
 
 
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".ts"])
+def test_intra_refresh_recovery_points_are_not_keyframes_to_start_at(tmp_path: Path, suffix: str) -> None:
+    """Periodic intra refresh (x264 ``intra-refresh``, low-latency links): no IDR after the first picture, and
+    the encoder flags its recovery-point P pictures as keyframes. Keyframe mode (what ``auto`` picked) failed
+    the whole video ("decoded only 1 of 4"), and exact runs for the GPU started at pictures that decode to
+    nothing. Only pictures decoding can start at are keyframes now; such a video is sampled exactly."""
+    from fractions import Fraction
+
+    import av
+
+    from quadvault_dali.probe import open_container, probe_open
+    from quadvault_dali.sampling._remux import decode_clip, exact_clips
+    from quadvault_dali.synth import draw_stamp
+
+    path = tmp_path / f"refresh{suffix}"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
+        stream.options = {"bf": "0", "x264-params": "intra-refresh=1:keyint=30"}
+        for i in range(120):
+            image = np.full((96, 160, 3), 60, np.uint8)
+            image[:, : (i * 4) % 160] = 200
+            draw_stamp(image, i / 30, 6)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 30)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    with av.open(str(path)) as c:
+        assert sum(p.is_keyframe for p in c.demux(video=0) if p.size) == 4  # what the container flags
+    info = probe_video(path)
+    assert info.keyframe_times == (0.0,)
+    frames, times, outcome = create_sampler("cpu", size=64).sample_video(path)
+    assert outcome.mode == "exact" and times == pytest.approx([0, 1, 2, 3], abs=1e-6)
+    _check_stamps(frames, times)
+    with open_container(path) as container:  # the GPU backend's runs: every wanted picture decodes from them
+        info, index = probe_open(container, path)
+        plan = plan_samples(info, index, fps=3.0, mode="exact")
+        clips = list(exact_clips(plan, container, container.streams[info.stream_index], 5))
+    decoded = [t for clip in clips for _, t in decode_clip(clip)]
+    assert decoded == pytest.approx([k / 3 for k in range(12)], abs=0.02)
+
+
 @pytest.mark.parametrize(("name", "codec", "keyframes"), [
     ("dvd.mpg", "mpeg2video", [0.0, 2.04, 3.96, 5.88]),  # MPEG-PS: a seek lands past a reordered keyframe
     ("camera.wmv", "wmv2", [0.0, 2.0, 4.0]),  # ASF: a seek lands on the keyframe before
