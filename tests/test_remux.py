@@ -168,6 +168,28 @@ def test_runs_sought_by_time_in_mpeg_ps_start_at_their_keyframes(make_clip: Call
         assert [t for c in runs for t in c.times] == pytest.approx([0, 1, 2, 3, 4, 5], abs=1e-6)
 
 
+def test_keyframes_of_two_joined_recordings_at_equal_times_go_in_separate_clips(make_clip: Callable[..., Path],
+                                                                                 tmp_path: Path) -> None:
+    """Two TS recordings joined with ``cat`` repeat their times; at 3 fps keyframe mode samples both recordings'
+    keyframes at 0.0 and 1.0. In one clip a frame is found by its time, so the second recording's frames were
+    the first's pictures (frames [0, 0, 2, 2, ...]): a clip now ends before a packet time it already holds."""
+    spec = dict(codec="h264", width=128, height=96, fps=30, keyframe_interval_s=1.0)
+    first = make_clip("join_a.ts", duration_s=3.0, source_id=1, **spec)
+    second = make_clip("join_b.ts", duration_s=4.0, source_id=2, **spec)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    clips, _, _, _ = _build(joined, "keyframe", fps=3.0)
+    frames, times, _ = create_sampler("cpu", mode="keyframe", fps=3.0, size=32, square=False).sample_video(joined)
+    assert [t for c in clips for t in c.times] == pytest.approx(times, abs=1e-6) and times.count(0.0) == 2
+    assert all(len(set(c.frames.tolist())) == len(c.frames) for c in clips)
+    ids = []
+    for clip in clips:
+        with av.open(io.BytesIO(clip.data)) as src:
+            pictures = [f.to_ndarray(format="rgb24") for f in src.decode(video=0)]
+        ids += [read_stamp(pictures[i]).source_id for i in clip.frames]
+    assert ids == [read_stamp(f.permute(1, 2, 0).numpy()).source_id for f in frames]
+
+
 def test_exact_runs_are_not_cut_from_an_avi_with_b_frames(make_clip: Callable[..., Path]) -> None:
     """AVI's packet times are in decode order: which packet is the frame nearest a second is not known from
     them, so the hardware decoders' cutter refuses (the GPU backend then samples the video on the CPU, which

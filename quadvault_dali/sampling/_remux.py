@@ -454,6 +454,7 @@ class _ClipPacker:
         self.max_frames, self.max_bytes = max_frames, max_bytes
         self.runs: list[_Run] = []
         self.frames = self.size = 0
+        self._times: set[float] = set()  # the clip's packets' times: a frame is found by its time
 
     def _uncrop(self) -> None:
         """Clips of this stream carry its SPS without the bottom/right cropping (see ``_uncrop``), and decode to
@@ -514,9 +515,13 @@ class _ClipPacker:
         run_bytes = sum(len(p.data) for p in run.packets)
         if self.runs and (self.frames + len(run.wanted) > self.max_frames or self.size + run_bytes > self.max_bytes
                           or not opens_cleanly(run.packets[0].data, self.codec, framing)
-                          or repeats_a_picture(self.runs[-1], run)):
+                          or repeats_a_picture(self.runs[-1], run)
+                          # two recordings joined with ``cat`` repeat their times: in one clip, the second's
+                          # frames took the first's pictures (frames are found by time)
+                          or not self._times.isdisjoint(p.pts_s for p in run.packets)):
             done = self.finish()
         self.runs.append(run)
+        self._times.update(p.pts_s for p in run.packets)
         self.frames += len(run.wanted)
         self.size += run_bytes
         return done
@@ -530,6 +535,7 @@ class _ClipPacker:
         else:
             clip = packets_clip(self.runs, self.signature, self.roi, self.cropped_signature)
         self.runs, self.frames, self.size = [], 0, 0
+        self._times = set()
         return clip
 
 
