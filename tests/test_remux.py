@@ -166,6 +166,11 @@ def test_runs_sought_by_time_in_mpeg_ps_start_at_their_keyframes(make_clip: Call
         assert [run.packets[0].is_key for c in keys for run in c.runs] == [True] * 4
         runs = list(exact_clips(plan_samples(info, index, mode="exact"), container, stream, 12))
         assert [t for c in runs for t in c.times] == pytest.approx([0, 1, 2, 3, 4, 5], abs=1e-6)
+    h264 = make_clip("remux_camcorder.mpg", codec="h264", width=320, height=240, fps=25, duration_s=4.0,
+                     keyframe_interval_s=1.0, bit_rate=6_000_000, source_id=2)
+    for mode in ("keyframe", "exact"):  # an H.264 keyframe at the top is reached by a byte seek to 0 only
+        clips, _, _, _ = _build(h264, mode)
+        assert [t for c in clips for t in c.times] == pytest.approx([0, 1, 2, 3], abs=1e-6), mode
 
 
 def test_keyframes_of_two_joined_recordings_at_equal_times_go_in_separate_clips(make_clip: Callable[..., Path],

@@ -361,6 +361,18 @@ def test_keyframes_sought_by_time_are_the_planned_ones(make_clip, name: str, cod
     _check_stamps(frames, times)
 
 
+def test_h264_in_mpeg_ps_reaches_its_first_keyframe(make_clip) -> None:
+    """An MPEG-PS stream's top is found by a byte seek to 0: even a seek by time to a tick before its start
+    landed past an H.264 keyframe whose decode time precedes its time, so keyframe mode failed the video on
+    both backends ("seeking cannot reach the keyframe at 0.00s") and exact runs for the GPU could not be cut."""
+    path = make_clip("camcorder.mpg", codec="h264", width=320, height=240, fps=25, keyframe_interval_s=1.0,
+                     duration_s=5.0, bit_rate=6_000_000, source_id=4)
+    for mode in ("keyframe", "exact"):
+        frames, times, _ = create_sampler("cpu", mode=mode, size=64).sample_video(path)
+        assert times == pytest.approx([0, 1, 2, 3, 4], abs=1e-6), mode
+        _check_stamps(frames, times)
+
+
 @pytest.mark.parametrize("fps", [24, 30])
 def test_an_avi_with_b_frames_samples_the_frame_nearest_each_second(make_clip, fps: int) -> None:
     """AVI numbers its chunks in decode order: with B-frames the decoder's frames carried shuffled times, so

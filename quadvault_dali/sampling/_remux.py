@@ -55,6 +55,9 @@ JOIN_IN_ORDER = True
 #: (``byte_position``): MPEG-TS, whose seeks by time land by byte estimates and overshoot the wanted keyframe,
 #: even from 0 (every exact run of a file with B-frames failed; keyframe mode took the next keyframe).
 BYTE_SEEK_FORMATS = frozenset({"mpegts"})
+#: Containers whose top is found by a byte seek to 0 (``_seek_top``): even a seek by time to a tick before an
+#: MPEG-PS stream's start lands past an H.264 keyframe whose decode time precedes its time (MPEG-2's it found)
+TOP_BY_BYTE_FORMATS = frozenset({"mpegts", "mpeg"})
 #: Exact runs leave out the pictures nothing references (``unreferenced``); benchmarks turn it off for their A/B
 #: rows (``scan_bench`` layouts ending in ``f``).
 SKIP_UNREFERENCED = True
@@ -799,6 +802,9 @@ def _seek_top(container: av.container.InputContainer, stream: av.video.stream.Vi
     """To the stream's first packet: a tick before its start (a seek to the start itself lands by decode time,
     past an MPEG-PS stream's first keyframe, which is decoded before its time), or its start where a demuxer
     refuses a time before its first keyframe."""
+    if container.format.name.split(",")[0] in TOP_BY_BYTE_FORMATS:
+        container.seek(0, unsupported_byte_offset=True)  # the top, exactly
+        return
     start = stream.start_time or 0
     try:
         container.seek(start - 1, stream=stream, backward=True, any_frame=False)
