@@ -131,6 +131,17 @@ def _copy(saved: Path, dest: Path) -> Path:
     return dest
 
 
+def _with_card(saved: Path, dest: Path, changes: dict[str, object], drop: tuple[str, ...] = ()) -> Path:
+    """A copy of the model at ``saved`` whose card has ``changes`` set and the ``drop`` keys removed."""
+    _copy(saved, dest)
+    card = json.loads((dest / CARD_FILE).read_text())
+    card.update(changes)
+    for key in drop:
+        card.pop(key, None)
+    (dest / CARD_FILE).write_text(json.dumps(card))
+    return dest
+
+
 def test_not_a_model(tmp_path: Path) -> None:
     with pytest.raises(ModelFormatError, match="model not found"):
         load_model(tmp_path / "nope")
@@ -149,10 +160,7 @@ def test_not_a_model(tmp_path: Path) -> None:
 
 
 def test_wrong_version_and_corrupt_weights(saved: Path, tmp_path: Path) -> None:
-    newer = _copy(saved, tmp_path / "newer")
-    card = json.loads((newer / CARD_FILE).read_text())
-    card["format_version"] = FORMAT_VERSION + 1
-    (newer / CARD_FILE).write_text(json.dumps(card))
+    newer = _with_card(saved, tmp_path / "newer", {"format_version": FORMAT_VERSION + 1})
     with pytest.raises(ModelFormatError, match="version 2 is not supported.*upgrade") as err:
         load_model(newer)
     assert str(newer / CARD_FILE) in str(err.value)
@@ -163,18 +171,12 @@ def test_wrong_version_and_corrupt_weights(saved: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelFormatError, match="do not match their model card"):
         load_model(truncated)
 
-    garbage = _copy(saved, tmp_path / "garbage")
+    garbage = _with_card(saved, tmp_path / "garbage", {}, drop=("weights_sha256",))
     (garbage / WEIGHTS_FILE).write_bytes(b"not tensors at all")
-    card = json.loads((garbage / CARD_FILE).read_text())
-    del card["weights_sha256"]
-    (garbage / CARD_FILE).write_text(json.dumps(card))
     with pytest.raises(ModelFormatError, match="not a safetensors weights file"):
         load_model(garbage)
 
-    swapped = _copy(saved, tmp_path / "swapped")
-    card = json.loads((swapped / CARD_FILE).read_text())
-    card["architecture"] = "resnet18"
-    (swapped / CARD_FILE).write_text(json.dumps(card))
+    swapped = _with_card(saved, tmp_path / "swapped", {"architecture": "resnet18"})
     with pytest.raises(ModelFormatError, match="do not fit a resnet18"):
         load_model(swapped)
 
@@ -301,10 +303,7 @@ def test_a_card_threshold_that_is_no_probability_is_refused(saved: Path, tmp_pat
 
     assert decision_threshold(read_card(saved)) == load_model(saved).threshold
     for bad in ("high", 1.5, None, True):
-        odd = _copy(saved, tmp_path / f"odd-{bad}")
-        card = json.loads((odd / CARD_FILE).read_text())
-        card["threshold"] = bad
-        (odd / CARD_FILE).write_text(json.dumps(card))
+        odd = _with_card(saved, tmp_path / f"odd-{bad}", {"threshold": bad})
         with pytest.raises(ModelFormatError, match=r"threshold .* is not a number within 0\.\.1"):
             read_card(odd)
 
@@ -312,10 +311,7 @@ def test_a_card_threshold_that_is_no_probability_is_refused(saved: Path, tmp_pat
 def test_a_card_naming_another_weights_file_is_refused(saved: Path, tmp_path: Path) -> None:
     """The weights are always model.safetensors beside the card: a card naming a pickle loaded the safetensors
     silently, and with those missing the error said the card named them."""
-    odd = _copy(saved, tmp_path / "odd")
-    card = json.loads((odd / CARD_FILE).read_text())
-    card["weights_file"] = "evil.pkl"
-    (odd / CARD_FILE).write_text(json.dumps(card))
+    odd = _with_card(saved, tmp_path / "odd", {"weights_file": "evil.pkl"})
     with pytest.raises(ModelFormatError, match="model card names the weights file 'evil.pkl'"):
         load_model(odd)
 
@@ -330,18 +326,14 @@ def test_a_damaged_card_or_mismatched_weights_are_one_clear_error(saved: Path, t
                               ("mean", [0.5], r"mean \[0\.5\] is not three numbers"),
                               ("std", [0.2, 0.0, 0.2], r"std .* is not three positive numbers"),
                               ("architecture", "resnet50", r"unknown architecture 'resnet50'")):
-        odd = _copy(saved, tmp_path / f"odd-{key}-{bad}")
-        card = json.loads((odd / CARD_FILE).read_text())
-        card[key] = bad
-        (odd / CARD_FILE).write_text(json.dumps(card))
+        odd = _with_card(saved, tmp_path / f"odd-{key}-{bad}", {key: bad})
         with pytest.raises(ModelFormatError, match=message) as info:
             read_card(odd)
         assert str(odd / CARD_FILE) in str(info.value)  # names the file to fix
-    other = _copy(saved, tmp_path / "other-arch")
-    card = json.loads((other / CARD_FILE).read_text())
-    card["architecture"] = "resnet18" if card["architecture"] != "resnet18" else "efficientnet-lite0"
-    card.pop("weights_sha256", None)
-    (other / CARD_FILE).write_text(json.dumps(card))
+    own = json.loads((saved / CARD_FILE).read_text())["architecture"]
+    other = _with_card(saved, tmp_path / "other-arch",
+                       {"architecture": "resnet18" if own != "resnet18" else "efficientnet-lite0"},
+                       drop=("weights_sha256",))
     with pytest.raises(ModelFormatError, match=r"weights do not fit a .* network at \d+ px: \d+ tensors missing") as info:
         load_model(other)
     assert len(str(info.value)) < 600
