@@ -11,11 +11,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import stat
-import dataclasses
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
+from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
 from typing import Any, BinaryIO, Iterator
 
 import av
@@ -369,12 +368,15 @@ def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
     return float(value * time_base)
 
 
+_NOT_FOUND_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
+
+
 def _special_file_kind(mode: int) -> str | None:
     """What a path that is not a regular file is (``None``: a regular file)."""
-    if stat.S_ISREG(mode):
+    if S_ISREG(mode):
         return None
-    for test, kind in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+    for test, kind in ((S_ISFIFO, "a named pipe"), (S_ISSOCK, "a socket"), (S_ISCHR, "a character device"),
+                       (S_ISBLK, "a block device")):
         if test(mode):
             return kind
     return "a special file"
@@ -391,16 +393,20 @@ def open_container(path: Path, file: BinaryIO | None = None, *,
     only the SPS says, so callers read them through ``codec_setup``; ``plain_mp4``: whether the file is one,
     where the caller knows (else its box headers are read to tell).
     """
-    if not path.exists():
-        raise FileAccessError("file not found", path=path)
-    if path.is_dir():
+    try:  # one stat for what exists(), is_dir() and two more stat() calls each asked for
+        st = path.stat()
+    except OSError as exc:
+        if exc.errno in _NOT_FOUND_ERRNOS:  # what Path.exists() reads as "not there"
+            raise FileAccessError("file not found", path=path) from None
+        raise
+    if S_ISDIR(st.st_mode):
         raise VideoOpenError("is a folder, not a video file", path=path)
-    kind = _special_file_kind(path.stat().st_mode)
+    kind = _special_file_kind(st.st_mode)
     if kind is not None:  # never opened: reading a named pipe waits for a writer, a device never ends
         raise VideoOpenError(f"is {kind}, not a video file", path=path)
     if not os.access(path, os.R_OK):
         raise FileAccessError("permission denied", path=path, hint="check the file's read permission")
-    if path.stat().st_size == 0:
+    if st.st_size == 0:
         raise VideoOpenError("empty file (0 bytes)", path=path)
     source = file if file is not None else str(path)
     if quick and QUICK_MP4_PROBE and hwaccel is None \
@@ -532,7 +538,7 @@ class _KeyCheck:
         self.seen += 1
         if not self.checking or self.seen == 1:
             return True
-        head = bytes(packet) if isinstance(packet, bytes) else bytes(memoryview(packet)[:_SEI_HEAD_BYTES])
+        head = packet if isinstance(packet, bytes) else bytes(memoryview(packet)[:_SEI_HEAD_BYTES])
         ok = starts_decoding(head, self.codec, self.length_size) is not False
         if self.seen == 2 and ok:
             self.checking = False  # keyframes as usual: the rest are not read
@@ -561,7 +567,7 @@ def _random_access_keyframes(index: PacketIndex, path: Path, stream: av.video.st
     log.info("%s: %d of its %d keyframes are intra-refresh recovery points, not pictures decoding can start "
              "at; sampling starts at the others", path, int(np.count_nonzero(index.is_key & ~is_key)),
              int(np.count_nonzero(index.is_key)))
-    return dataclasses.replace(index, is_key=is_key)
+    return replace(index, is_key=is_key)
 
 
 def _offsets_of_rows(row_pos: np.ndarray, offsets: np.ndarray | None,
