@@ -624,7 +624,8 @@ def seek_keyframes(plan: SamplePlan, container: av.container.InputContainer,
     margin that worked is where the next keyframe starts). Taking the first keyframe after the seek gave ASF
     each second's previous keyframe and MPEG-PS the next one.
     """
-    start = stream.start_time if stream.start_time is not None else _first_pts(container, stream)
+    index = plan.index
+    start = index.origin_ticks if index.origin_ticks is not None else (stream.start_time or 0)  # the index's zero
     tb = stream.time_base
     first_margin = 0
     for row in plan.key_packets:
@@ -655,12 +656,6 @@ def seek_keyframes(plan: SamplePlan, container: av.container.InputContainer,
                 break
         else:
             raise DecodeError(f"seeking cannot reach the keyframe at {t:.2f}s", path=plan.info.path)
-
-
-def _first_pts(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
-    """The first packet's time, which the index counts from where the stream gives no start time."""
-    _seek_top(container, stream)
-    return next((p.pts for p in container.demux(stream) if p.pts is not None and p.size), 0)
 
 
 def _read_to_keyframe(container: av.container.InputContainer, stream: av.video.stream.VideoStream, t: float,
@@ -799,9 +794,9 @@ def _seek(container: av.container.InputContainer, stream: av.video.stream.VideoS
 
 
 def _seek_top(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> None:
-    """To the stream's first packet: a tick before its start (a seek to the start itself lands by decode time,
-    past an MPEG-PS stream's first keyframe, which is decoded before its time), or its start where a demuxer
-    refuses a time before its first keyframe."""
+    """To the stream's first packet: by a byte seek to 0 in MPEG-PS and TS (a seek by time lands by decode
+    time, past a first keyframe decoded before its time), elsewhere a tick before its start, or its start where
+    a demuxer refuses a time before its first keyframe."""
     if container.format.name.split(",")[0] in TOP_BY_BYTE_FORMATS:
         container.seek(0, unsupported_byte_offset=True)  # the top, exactly
         return
@@ -816,8 +811,8 @@ def _demux_run(container: av.container.InputContainer, stream: av.video.stream.V
                key_time: float, times: list[float], path: object, strict: bool,
                position: int | None = None) -> list[SourcePacket] | None:
     """Packets from the keyframe at ``key_time`` on, found by seeking to ``seek_s`` (``None``: the top; or byte
-    ``position``) and reading forward. ``None`` if ``strict`` and the seek landed past that keyframe; not strict, that is a
-    ``DecodeError``.
+    ``position``) and reading forward. ``None`` if ``strict`` and the seek landed past that keyframe; not
+    strict, that is a ``DecodeError``.
     """
     start = stream.start_time or 0
     if seek_s is None:
