@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,11 +163,10 @@ def select_files(libraries: Sequence[Path], shard: tuple[int, int] = (0, 1), *,
     seen: set[str] = set()
 
     def report(path: Path, exc: OSError) -> None:
-        try:  # a folder that can be listed but not entered, or a path past PATH_MAX, cannot be stat'ed either
-            folder = stat.S_ISDIR(os.stat(path).st_mode)
-        except (OSError, ValueError):
-            folder = False
-        log.warning("cannot read folder %s: %s" if folder else "cannot read %s: %s", path, exc.strerror or exc)
+        # os.path.isdir, not Path.is_dir: a folder that can be listed but not entered, or a path past PATH_MAX,
+        # cannot be stat'ed either, and Path.is_dir raised that, stopping the scan
+        log.warning("cannot read folder %s: %s" if os.path.isdir(path) else "cannot read %s: %s", path,
+                    exc.strerror or exc)
         if unreadable is not None:
             unreadable.append(path)
 
