@@ -212,6 +212,11 @@ def plan_reel_for(scores: str | Path | ScoreSource, out: str | Path,
     said the reel "would be written" where the real run refuses it was no rehearsal)."""
     out = Path(out)
     check_output(out)
+    return _plan_for_checked(scores, out, options)
+
+
+def _plan_for_checked(scores: str | Path | ScoreSource, out: Path, options: ReelOptions) -> PreparedReel:
+    """The plan for an ``out`` that passed ``check_output``, never one made from ``out`` itself."""
     prepared = prepare_reel(scores, options)
     refuse_overwriting_inputs(out, prepared)
     return prepared
@@ -223,7 +228,7 @@ def make_reel(scores: str | Path | ScoreSource, out: str | Path, options: ReelOp
     check_output(out)
     # gpu raises, naming why, on a machine without a usable GPU; auto decodes on NVDEC where there is one
     gpu = 0 if resolve_device(options.device) == "gpu" else None
-    prepared = plan_reel_for(scores, out, options)
+    prepared = _plan_for_checked(scores, out, options)
     encoder = choose_encoder(options.encoder, options.width, options.height, options.fps,
                              gpu_allowed=options.device != "cpu")
     result = render_reel(prepared.plan, prepared.infos, out, width=options.width, height=options.height,
