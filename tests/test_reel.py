@@ -584,6 +584,21 @@ def test_non_square_pixels_fill_the_reel_as_a_player_shows_them(tmp_path: Path, 
     assert lit[0] == 0 and lit[-1] == 319  # the whole width, no bars
 
 
+def test_mpeg_ps_windows_in_the_first_second_start_at_the_top(tmp_path: Path) -> None:
+    """DVD camcorders' MPEG-PS (.mpg/.vob): a seek by time, even to the start, lands past the first keyframe
+    (stored before its time), so every window in the first second showed the second keyframe, frozen (1.08 s
+    for windows at 0.0-1.0 s). The top is now sought by byte, as the sampler seeks it."""
+    from quadvault_dali.reel.frames import WindowReader
+
+    info = probe_video(make_video(tmp_path / "dvd.mpg", SynthSpec(codec="mpeg2video", fps=25, duration_s=4)))
+    assert info.container == "mpeg" and info.keyframe_times[1] > 1.0
+    for in_s in (0.0, 0.1, 0.5, 1.0, 2.3):
+        with WindowReader(info, in_s, 320, 240) as reader:
+            stamps = [read_stamp(reader.frame_at(in_s + k / 25)) for k in range(3)]
+        assert [s.time_s if s else None for s in stamps] == pytest.approx(
+            [np.floor(in_s * 25 + 1e-6) / 25 + k / 25 for k in range(3)], abs=0.005), in_s
+
+
 def test_mpeg_ts_windows_start_on_time_in_pictures_and_sound(tmp_path: Path) -> None:
     """Camcorder .MTS/.m2ts: a video seek by time lands past the keyframe it needs (the demuxer finds a
     packet by time, not a keyframe): windows in the first second started at the second keyframe and a window

@@ -23,7 +23,7 @@ from ..errors import DecodeError, QuadvaultError
 from .._frame_times import FrameClock, stores_decode_times
 from ..probe import VideoInfo, open_container
 from ..sampling import nvdec_limitation
-from ..sampling._remux import BYTE_SEEK_FORMATS
+from ..sampling._remux import seek_top
 
 log = logging.getLogger(__name__)
 _EPS = 1e-4  # tolerance when comparing frame times: pts rounding must not pick the previous frame
@@ -95,12 +95,13 @@ class WindowReader:
         # The demuxer seeks by decode time: with B-frames a keyframe shown just after in_s is stored before
         # it, and seeking lands there, one frame late; an MPEG-TS seek finds a packet by time, not a keyframe,
         # so decoding starts at the next keyframe, a GOP late (past the end for a window in the last second, and
-        # even from 0: the top is sought by byte). Seek earlier until the first frame is not after in_s.
+        # even from 0, in MPEG-PS too, whose first second showed its second keyframe: ``seek_top`` seeks to the
+        # top by byte there). Seek earlier until the first frame is not after in_s.
         for margin_s in SEEK_MARGINS_S:
             start_s = max(0.0, in_s - margin_s)
             try:
-                if start_s == 0.0 and self._container.format.name.split(",")[0] in BYTE_SEEK_FORMATS:
-                    self._container.seek(0, unsupported_byte_offset=True)  # the top, exactly
+                if start_s == 0.0:
+                    seek_top(self._container, self._stream)  # as the sampler does: MPEG-PS and TS by byte
                 else:
                     self._container.seek(self._start_pts + int(start_s / self._tb), stream=self._stream,
                                          backward=True, any_frame=False)

@@ -55,7 +55,7 @@ JOIN_IN_ORDER = True
 #: (``byte_position``): MPEG-TS, whose seeks by time land by byte estimates and overshoot the wanted keyframe,
 #: even from 0 (every exact run of a file with B-frames failed; keyframe mode took the next keyframe).
 BYTE_SEEK_FORMATS = frozenset({"mpegts"})
-#: Containers whose top is found by a byte seek to 0 (``_seek_top``): even a seek by time to a tick before an
+#: Containers whose top is found by a byte seek to 0 (``seek_top``): even a seek by time to a tick before an
 #: MPEG-PS stream's start lands past an H.264 keyframe whose decode time precedes its time (MPEG-2's it found)
 TOP_BY_BYTE_FORMATS = frozenset({"mpegts", "mpeg"})
 #: Exact runs leave out the pictures nothing references (``unreferenced``); benchmarks turn it off for their A/B
@@ -646,7 +646,7 @@ def seek_keyframes(plan: SamplePlan, container: av.container.InputContainer,
         for i in range(first_margin, len(KEYFRAME_SEEK_MARGINS_S)):
             margin = KEYFRAME_SEEK_MARGINS_S[i]
             if t - margin < 0:
-                _seek_top(container, stream)
+                seek_top(container, stream)
             else:
                 _seek(container, stream, t - margin, None, exact=margin == 0)
             packet = _read_to_keyframe(container, stream, t, start, tb)
@@ -793,7 +793,7 @@ def _seek(container: av.container.InputContainer, stream: av.video.stream.VideoS
                        backward=True, any_frame=False)
 
 
-def _seek_top(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> None:
+def seek_top(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> None:
     """To the stream's first packet: by a byte seek to 0 in MPEG-PS and TS (a seek by time lands by decode
     time, past a first keyframe decoded before its time), elsewhere a tick before its start, or its start where
     a demuxer refuses a time before its first keyframe."""
@@ -816,7 +816,7 @@ def _demux_run(container: av.container.InputContainer, stream: av.video.stream.V
     """
     start = stream.start_time or 0
     if seek_s is None:
-        _seek_top(container, stream)
+        seek_top(container, stream)
     else:
         _seek(container, stream, seek_s, position)
     run = _RunBuilder(key_time, times, path)
