@@ -261,6 +261,22 @@ def test_never_writes_into_the_footage(footage: Path, tmp_path: Path) -> None:
     assert not (footage / "dataset").exists() and not (footage / "a").exists()
 
 
+def test_refuses_an_output_whose_frames_folder_holds_the_footage(footage: Path, tmp_path: Path) -> None:
+    """OUT/frames is where frames go and stale frame folders are removed from: footage under it (OUT a
+    parent of the library, ``prepare-dataset labels.json ~/drone`` for ``~/drone/frames/2024/...``) is refused
+    before anything is written; an OUT beside the footage's folder is fine."""
+    held = tmp_path / "drone" / "frames" / "2024"
+    held.mkdir(parents=True)
+    for name in ("h1.mp4", "n1.mp4"):
+        (held / name).write_bytes((footage / name).read_bytes())
+    labels = write_labels(tmp_path / "labels.json", [str(held / "h1.mp4")], [str(held / "n1.mp4")])
+    with pytest.raises(OutputError, match=r"frames go into .*drone/frames, which holds the footage folder"):
+        prepare_dataset(labels, tmp_path / "drone", size=SIZE, device="cpu")
+    assert sorted(p.name for p in (tmp_path / "drone" / "frames").iterdir()) == ["2024"]
+    assert not (tmp_path / "drone" / "dataset.parquet").exists()
+    assert prepare_dataset(labels, tmp_path / "beside", size=SIZE, device="cpu").frames > 0
+
+
 def test_cli_summary_and_failures(footage: Path, tmp_path: Path) -> None:
     labels = write_labels(tmp_path / "labels.json", [str(footage / "h2.mp4"), str(footage / "broken.mp4")],
                           [str(footage / "n1.mp4")])

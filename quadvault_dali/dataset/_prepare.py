@@ -49,13 +49,18 @@ def frame_name(timestamp_s: float) -> str:
 
 
 def _check_out(out: Path, labels: Labels) -> None:
-    """Outputs never go into the footage: not into a labelled folder nor a labelled video's folder."""
+    """Outputs never go into the footage: not into a labelled folder nor a labelled video's folder, and the
+    folder the frames go into (and stale ones are removed from) holds no footage (as ``scan`` refuses)."""
     forbidden = set(labels.roots) | {v.path.parent for v in labels.videos}
+    frames = out / FRAMES_DIR
     for root in forbidden:
         root = root.resolve()
         if out == root or root in out.parents:
             raise OutputError(f"output folder is inside the footage folder {root}", path=out,
                               hint="choose an output folder outside the library")
+        if root == frames or frames in root.parents:
+            raise OutputError(f"the frames go into {frames}, which holds the footage folder {root}", path=out,
+                              hint="choose an output folder that does not contain the labelled videos")
 
 
 def _settings(fps: float, size: int, mode: str, quality: int) -> dict[str, Any]:
