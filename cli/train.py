@@ -36,12 +36,15 @@ from ._options import device_option, long_job
               help="CPU threads of the DALI loader per GPU (file reads, JPEG entropy decoding). "
                    "Default: this process's share of the cores, 2 to 16.")
 @click.option("--overwrite", is_flag=True, help="Replace a model already in --output-dir.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run that was interrupted in --output-dir after its last finished epoch "
+                   "(saved after every epoch; give the same options).")
 @click.option("--pretrained", default="auto", show_default=True, metavar="auto|none|PATH",
               help="auto = the backbone's ImageNet weights; none = train from scratch; PATH = a weights "
                    "file (.pth or .safetensors), e.g. resnet18-f37072fd.pth for offline machines.")
 def train(dataset: Path, output_dir: Path, epochs: int, batch_size: int, learning_rate: float, image_size: int,
           seed: int, device: str, patience: int, freeze_backbone_epochs: int, multi_gpu: bool,
-          backbone: str | None, loader_threads: int | None, overwrite: bool, pretrained: str) -> None:
+          backbone: str | None, loader_threads: int | None, overwrite: bool, resume: bool, pretrained: str) -> None:
     """Fine-tune an ImageNet backbone on DATASET (the prepare-dataset folder or its dataset.parquet).
 
     JPEG frames are decoded and augmented by a DALI pipeline (on the GPU when there is one), the best
@@ -53,19 +56,29 @@ def train(dataset: Path, output_dir: Path, epochs: int, batch_size: int, learnin
       quadvault train data/dataset.parquet --output-dir model/ --epochs 20 --batch-size 64 \\
           --backbone efficientnet-lite0 --freeze-backbone-epochs 2
       torchrun --nproc-per-node 4 -m quadvault_dali.cli.main train data/ --output-dir model/ --multi-gpu
+      quadvault train data/ --output-dir model/ --resume     # after Ctrl-C or a reboot, same options
     """
-    from quadvault_dali.errors import OutputError
+    from quadvault_dali.errors import OutputError, QuadvaultError
     from quadvault_dali.model import CARD_FILE
     from quadvault_dali.progress import is_quiet
     from quadvault_dali.training import TrainConfig, train_model
+    from quadvault_dali.training._resume import describe_state
 
-    if (output_dir / CARD_FILE).exists() and not overwrite:
+    if resume and overwrite:
+        raise QuadvaultError("--resume continues the run in --output-dir and --overwrite starts a new one: "
+                             "give one of them")
+    if (output_dir / CARD_FILE).exists() and not overwrite and not resume:
+        interrupted = describe_state(output_dir)
+        if interrupted:
+            raise OutputError(f"an interrupted training run is here (stopped after {interrupted})",
+                              path=output_dir, hint="--resume to continue it with the same options, "
+                                                    "or --overwrite to start again")
         raise OutputError("a model is already here; training would replace it", path=output_dir,
                           hint="use another --output-dir, or --overwrite to replace it")
     config = TrainConfig(dataset, output_dir, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                          image_size=image_size, seed=seed, device=device, patience=patience,
                          freeze_backbone_epochs=freeze_backbone_epochs, multi_gpu=multi_gpu, backbone=backbone,
-                         pretrained=pretrained, num_threads=loader_threads)
+                         pretrained=pretrained, num_threads=loader_threads, resume=resume)
     quiet = is_quiet()
     long_job()
     result = train_model(config, (lambda line: None) if quiet else click.echo)

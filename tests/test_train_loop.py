@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
 import torch
-from test_train import make_dataset  # the shared synthetic two-style dataset (tests/ is on sys.path)
+from test_train import BACKENDS, make_dataset  # the shared synthetic two-style dataset (tests/ is on sys.path)
 
 import quadvault_dali.training._loop as loop
 from quadvault_dali.errors import OutputError, QuadvaultError
@@ -128,3 +129,102 @@ def test_loader_threads_follow_the_cores_and_the_ranks(monkeypatch: pytest.Monke
     assert loader_threads(3) == 3  # asked for: as asked
     with pytest.raises(QuadvaultError, match="--loader-threads"):
         TrainConfig(Path("ds"), Path("model"), num_threads=0)
+
+
+def _resumable(tmp_path: Path, **changes: object) -> TrainConfig:
+    settings = dict(epochs=3, batch_size=4, image_size=64, device="cpu", backbone="efficientnet-lite0",
+                    pretrained="auto", seed=0)
+    settings.update(changes)
+    return TrainConfig(tmp_path / "ds", tmp_path / "model", **settings)  # type: ignore[arg-type]
+
+
+def _interrupt_at(epoch: int, lines: list[str]) -> "Callable[[str], None]":
+    def report(line: str) -> None:  # Ctrl-C as the epoch starts: every earlier epoch has finished
+        lines.append(line)
+        if line.strip().startswith(f"Epoch {epoch}/"):
+            raise KeyboardInterrupt
+    return report
+
+
+def _saved_state(model_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors.torch import load_file, safe_open
+
+    path = model_dir / "training_state.safetensors"
+    with safe_open(str(path), "pt") as handle:
+        meta = json.loads(handle.metadata()["state"])
+    return load_file(str(path)), meta
+
+
+@pytest.mark.parametrize("device", BACKENDS)
+def test_an_interrupted_run_resumes_after_its_last_finished_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   device: str) -> None:
+    """Ctrl-C in epoch 2 of 3 used to keep only the best model: the run had to start again from epoch 1 (hours
+    on a CPU). The state saved after each epoch lets --resume go on from the weights, optimizer moments,
+    schedule and history it had; it goes when the run finishes."""
+    make_dataset(tmp_path / "ds", n_videos=6, frames=2)  # 8 training frames: 2 steps of 4 per epoch
+    with pytest.raises(KeyboardInterrupt):
+        train_model(_resumable(tmp_path, device=device), _interrupt_at(2, []))
+    tensors, meta = _saved_state(tmp_path / "model")
+    best = load_model(tmp_path / "model").network.state_dict()
+    assert meta["position"]["epoch"] == 1 and meta["scheduler"]["last_epoch"] == 2
+    assert all(torch.equal(tensors[f"model.{k}"], v.cpu()) for k, v in best.items())  # epoch 1 was the best so far
+    assert {float(v) for k, v in tensors.items() if k.endswith(".step")} == {2.0}
+    first_epoch = meta["position"]["history"][0]
+
+    real = loop._train_epoch
+    weights_at_start: list[dict[str, torch.Tensor]] = []
+
+    def record(step: object, *args: object) -> object:
+        weights_at_start.append({k: v.clone() for k, v in step.model.state_dict().items()})  # type: ignore[attr-defined]
+        return real(step, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "_train_epoch", record)
+    lines: list[str] = []
+    with pytest.raises(KeyboardInterrupt):  # the resumed run, stopped again as epoch 3 starts
+        train_model(_resumable(tmp_path, device=device, resume=True), _interrupt_at(3, lines))
+    assert any("Resuming the interrupted run after epoch 1 of 3" in line for line in lines)
+    assert [line.strip() for line in lines if line.strip().startswith("Epoch ")] == ["Epoch 2/3", "Epoch 3/3"]
+    assert all(torch.equal(weights_at_start[0][k].cpu(), tensors[f"model.{k}"]) for k in best)  # went on from there
+    tensors, meta = _saved_state(tmp_path / "model")
+    assert meta["position"]["epoch"] == 2 and meta["scheduler"]["last_epoch"] == 4  # the schedule went on too
+    assert {float(v) for k, v in tensors.items() if k.endswith(".step")} == {4.0}
+    assert meta["position"]["history"][0] == first_epoch and len(meta["position"]["history"]) == 2
+
+    result = train_model(_resumable(tmp_path, device=device, resume=True), lambda line: None)
+    assert [r.epoch for r in result.history] == [1, 2, 3]
+    history = json.loads((tmp_path / "model" / loop.HISTORY_FILE).read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3] and history[0] == first_epoch
+    assert not (tmp_path / "model" / "training_state.safetensors").exists()  # finished: nothing to resume
+    with pytest.raises(OutputError, match="nothing to resume"):
+        train_model(_resumable(tmp_path, device=device, resume=True), lambda line: None)
+
+
+def test_resume_refuses_other_settings_and_a_damaged_state(tmp_path: Path) -> None:
+    """A resumed run with another learning rate or size would be another run, silently; a damaged state file
+    says so (nothing in it is unpickled)."""
+    make_dataset(tmp_path / "ds", n_videos=6, frames=2)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(_resumable(tmp_path), _interrupt_at(2, []))
+    with pytest.raises(OutputError, match=r"other settings: --image-size \(64 then, 96 now\); "
+                                          r"--learning-rate \(0.0001 then, 0.001 now\)"):
+        train_model(_resumable(tmp_path, resume=True, learning_rate=1e-3, image_size=96), lambda line: None)
+    state = tmp_path / "model" / "training_state.safetensors"
+    state.write_bytes(state.read_bytes()[:5000])
+    with pytest.raises(OutputError, match="saved training state cannot be read"):
+        train_model(_resumable(tmp_path, resume=True), lambda line: None)
+
+
+def test_cli_points_to_resume_for_an_interrupted_run(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from quadvault_dali.cli.main import main
+
+    make_dataset(tmp_path / "ds", n_videos=6, frames=2)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(_resumable(tmp_path), _interrupt_at(2, []))
+    args = ["train", str(tmp_path / "ds"), "--output-dir", str(tmp_path / "model")]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code != 0 and "interrupted training run is here (stopped after epoch 1 of 3)" in res.output
+    assert "--resume to continue it" in res.output
+    res = CliRunner().invoke(main, [*args, "--resume", "--overwrite"])
+    assert res.exit_code != 0 and "give one of them" in res.output

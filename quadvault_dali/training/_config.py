@@ -35,6 +35,7 @@ class TrainConfig:
     backbone: str | None = None  # None: resnet18 when its weights can be had, else efficientnet-lite0
     pretrained: str = "auto"  # auto | none | PATH
     num_threads: int | None = None  # DALI loader CPU threads per GPU; None: ``loader_threads`` decides
+    resume: bool = False  # continue the interrupted run saved in ``output_dir`` (``_resume``)
 
     def __post_init__(self) -> None:
         self.dataset, self.output_dir = Path(self.dataset), Path(self.output_dir)

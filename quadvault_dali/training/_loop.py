@@ -29,6 +29,7 @@ from ..model import build_network, save_model, spec_for
 from ..progress import progress_bar
 from ._config import EpochRecord, TrainConfig, TrainResult, loader_threads, resolve_backbone
 from ._data import DaliFrameLoader, FrameTable, TrainingData, load_training_data
+from ._resume import RunPosition, load_saved, remove_state, restore, resume_seed, run_settings, save_state
 from ._step import SHOW_EVERY, TrainStep
 
 log = logging.getLogger(__name__)
@@ -207,6 +208,9 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
     if note:
         report(note)
     spec = spec_for(arch)
+    settings = run_settings(config, arch, data.fingerprint, world)
+    saved = load_saved(config.output_dir, settings) if config.resume else None
+    epochs_done = saved.epochs_done if saved is not None else 0
     net = build_network(arch, image_size=config.image_size, pretrained=config.pretrained).to(device)
     net = net.to(memory_format=torch.channels_last)  # NHWC: faster convolutions on GPUs and on CPUs (oneDNN)
     model: nn.Module = net
@@ -218,8 +222,9 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
     if world > 1 and len(data.train) < 2 * world:
         raise DatasetError(f"{len(data.train)} training frames cannot feed {world} GPUs (each needs at least 2 per "
                            "batch for BatchNorm)", path=config.dataset, hint="train on one GPU, or label more clips")
-    train_loader = DaliFrameLoader(data.train, train=True, seed=config.seed, **common)
-    val_loader = DaliFrameLoader(data.val, train=False, seed=config.seed, **common)
+    loader_seed = resume_seed(config.seed, epochs_done)  # resumed epochs: their own order, not epoch 1's again
+    train_loader = DaliFrameLoader(data.train, train=True, seed=loader_seed, **common)
+    val_loader = DaliFrameLoader(data.val, train=False, seed=loader_seed, **common)
 
     steps_per_epoch = max(1, len(train_loader))
     total = steps_per_epoch * config.epochs
@@ -234,18 +239,28 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
     n_pos = int(data.train.labels.sum())
     pos_weight = torch.tensor((len(data.train) - n_pos) / max(n_pos, 1), device=device)
     step = TrainStep(model, optimizer, scheduler, torch.from_numpy(data.train.labels), pos_weight, device)
+    if saved is not None:
+        position = restore(saved, net, optimizer, scheduler)
+        del saved  # the tensors are in the network and optimizer now
+    else:
+        position = RunPosition()
+        if rank == 0:
+            remove_state(config.output_dir)  # an earlier run's (--overwrite): it must not be resumed into this one
 
     weights = {"auto": "ImageNet weights", "none": "from scratch"}.get(str(config.pretrained),
                                                                      f"weights from {config.pretrained}")
     report(f"Training {arch} ({weights}) on {backend}: {len(data.train):,} train frames "
            f"({data.train.n_videos} videos), {len(data.val):,} val frames ({data.val.n_videos} videos), "
            f"{config.image_size}px, batch {config.batch_size}" + (f" x {world} GPUs" if world > 1 else ""))
-    result = TrainResult(config.output_dir, arch, 0, -1.0, 0.5,
+    if position.epoch:
+        report(f"Resuming the interrupted run after epoch {position.epoch} of {config.epochs} (best so far: "
+               f"epoch {position.best_epoch}, video-level val accuracy {_pct(position.best_video_accuracy)})")
+    result = TrainResult(config.output_dir, arch, position.best_epoch, position.best_video_accuracy,
+                         position.threshold, history=position.history, stopped_early=position.stopped_early,
                          skipped_frames=data.train.skipped + data.val.skipped)
-    best_key: tuple[float, float, float] | None = None
-    since_best = 0
+    best_key, since_best = position.best_key, position.since_best
     show = rank == 0
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(position.epoch + 1, 1 if result.stopped_early else config.epochs + 1):
         frozen = epoch <= config.freeze_backbone_epochs
         report(f"\nEpoch {epoch}/{config.epochs}" + (" (backbone frozen)" if frozen else ""))
         started = time.perf_counter()
@@ -283,8 +298,14 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
                 report(f"Early stop: no better video-level val accuracy for {config.patience} epochs")
         if rank == 0:  # every epoch: Ctrl-C or a divergence later still leaves the history so far
             _write_json(config.output_dir / HISTORY_FILE, [asdict(r) for r in result.history])
+            # and where the run stands, for --resume (the history and best model are written first)
+            save_state(config.output_dir, net, optimizer, scheduler, settings, RunPosition(
+                epoch, best_key, since_best, result.best_epoch, result.best_video_accuracy, result.threshold,
+                result.history, result.stopped_early))
         if result.stopped_early:
             break
+    if rank == 0:
+        remove_state(config.output_dir)  # finished: nothing to resume
     _final_block(report, result)
     return result
 
