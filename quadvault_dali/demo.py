@@ -18,7 +18,7 @@ from .synth import SynthSpec, make_broken, make_video
 
 Report = Callable[[str], None]
 MARKER = ".quadvault-demo"
-_OUTPUTS = ("labelled", "library", "dataset", "model", "scan", "labels.json", "highlights.mp4", "highlights.clips.csv")
+_OUTPUTS = ("labelled", "library", "dataset", "model", "scan", "labels.json", "highlights.mp4", "highlights.mp4.clips.csv")
 
 
 @dataclass(frozen=True)

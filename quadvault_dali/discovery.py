@@ -17,7 +17,8 @@ VIDEO_EXTENSIONS = frozenset({
 })
 #: Low-resolution proxies cameras write beside each recording (GoPro .LRV, DJI .LRF).
 PROXY_EXTENSIONS = frozenset({".lrv", ".lrf"})
-#: The clip list ``quadvault reel`` writes beside each reel (``best.mp4`` -> ``best.clips.csv``).
+#: The clip list ``quadvault reel`` writes beside each reel (``best.mp4`` -> ``best.mp4.clips.csv``; before
+#: 2026-11-27 ``best.clips.csv``, which discovery still recognises by stem).
 REEL_SIDECAR_SUFFIX = ".clips.csv"
 #: Folders that hold system or application data, never footage.
 SKIPPED_DIRS = frozenset({
@@ -141,7 +142,7 @@ def find_videos(roots: Iterable[str | os.PathLike[str]], *,
             elif is_video_file(path):
                 if path.suffix.lower() in PROXY_EXTENSIONS and originals.intersection(proxy_original_stems(path)):
                     skipped["proxy"] += 1
-                elif path.stem.lower() in reels:
+                elif path.name.lower() in reels or path.stem.lower() in reels:
                     skipped["reel"] += 1
                 else:
                     add_file(path)

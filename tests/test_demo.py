@@ -61,7 +61,7 @@ def test_scan_ranks_highlight_flights_first(demo) -> None:
 def test_reel_cuts_the_highlight_part_of_each_flight(demo) -> None:
     result, _ = demo
     lib = result.library
-    rows = list(csv.DictReader((result.root / "highlights.clips.csv").open()))
+    rows = list(csv.DictReader((result.root / "highlights.mp4.clips.csv").open()))
     assert 1 <= len(rows) <= 6
     for row in rows:
         segments = lib.segments[Path(row["source_path"])]

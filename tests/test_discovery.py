@@ -88,11 +88,17 @@ def test_reels_this_tool_made_are_not_footage(tmp_path: Path) -> None:
     """A reel saved into the library (its clip list beside it) would top the next scan: it is skipped."""
     from quadvault_dali.reel import sidecar_path
 
-    footage = [_touch(tmp_path / "2024" / "DJI_0001.MP4"), _touch(tmp_path / "2024" / "best.mov")]
+    footage = [_touch(tmp_path / "2024" / "DJI_0001.MP4"), _touch(tmp_path / "2024" / "best.mov"),
+               _touch(tmp_path / "2024" / "Best of 2024.mov")]  # the user's own edit beside the reel: footage
     reel = _touch(tmp_path / "2024" / "Best of 2024.mp4")
     _touch(sidecar_path(reel))
-    assert sidecar_path(reel).name == "Best of 2024.clips.csv"
+    assert sidecar_path(reel).name == "Best of 2024.mp4.clips.csv"
     assert find_videos([tmp_path]) == sorted(footage, key=str)
+    # a list from before 2026-11-27 (named by stem) still marks its reel; a video of another stem stays footage
+    legacy = _touch(tmp_path / "old" / "trip.mp4")
+    _touch(tmp_path / "old" / "trip.clips.csv")
+    own = _touch(tmp_path / "old" / "trip2.mov")
+    assert legacy not in find_videos([tmp_path]) and own in find_videos([tmp_path])
     assert find_videos([reel]) == [reel]  # named explicitly: taken
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from quadvault_dali.cli.main import main as cli
 from quadvault_dali.errors import OutputError, QuadvaultError
 from quadvault_dali.probe import probe_video
 from quadvault_dali.reel import (EmptySelectionError, ReelOptions, letterbox, load_scores, make_reel, prepare_reel,
-                                 read_sidecar)
+                                 read_sidecar, sidecar_path)
 from quadvault_dali.scan.schema import SCHEMA_VERSION, ModelRef, ScanMetadata, schema_with_metadata, video_id
 from quadvault_dali.synth import SynthSpec, make_broken, make_video, read_stamp
 
@@ -164,7 +165,7 @@ def test_reel_content_timing_geometry_and_sidecar(scan_dir: Path, tmp_path: Path
     middle = frames[rot.start_frame + rot.frames // 2]
     assert middle[:, : box.x - 2].max() < 30 and middle[:, box.x + box.fit_w + 2:].max() < 30
 
-    rows = read_sidecar(tmp_path / "best of 'summer' é.clips.csv")
+    rows = read_sidecar(tmp_path / "best of 'summer' é.mp4.clips.csv")
     assert [r["source_path"] for r in rows] == [str(c.window.path) for c in plan.clips]
     assert [float(r["reel_start_s"]) for r in rows] == pytest.approx([0.0, 3.5, 7.0, 10.5])
     assert [float(r["in_s"]) for r in rows] == [2.0, 5.0, 1.0, 4.0]
@@ -226,7 +227,7 @@ def test_cli_reel_from_highlights_json_with_sound(library: dict[str, Path], tmp_
                                       "320x180", "--audio", "keep", "--clip-seconds", "3", "--encoder", "x264"])
     assert result.exit_code == 0, result.output
     assert "Reel:" in result.output and "libx264" in result.output and "with sound" in result.output
-    rows = read_sidecar(tmp_path / "sound reel.clips.csv")
+    rows = read_sidecar(tmp_path / "sound reel.mp4.clips.csv")
     assert [(Path(r["source_path"]).name, r["in_s"], r["placed_by"]) for r in rows] == [
         ("sound.mp4", "3.000", "best-second"), ("plain 30fps.mp4", "2.000", "best-second")]
     with av.open(str(out)) as c:
@@ -386,12 +387,46 @@ def test_the_reel_never_overwrites_its_sources_or_other_files(scan_dir: Path, li
         before = src.read_bytes()
         with pytest.raises(OutputError, match="exists and is not a reel this command made"):
             make_reel(scan_dir, src, ReelOptions(width=W, height=H, min_score=0.9, top=1))
-        assert src.read_bytes() == before and not src.with_suffix(".clips.csv").exists()
+        assert src.read_bytes() == before and not sidecar_path(src).exists()
     # a reel made here before (its cut list beside it) is replaced by the new one
     out = tmp_path / "best.mp4"
     make_reel(scan_dir, out, ReelOptions(width=W, height=H, min_score=0.9, top=1, clip_seconds=2.0))
     again = make_reel(scan_dir, out, ReelOptions(width=W, height=H, min_score=0.9, top=2, clip_seconds=2.0))
     assert len(again.prepared.plan.clips) == 2 and len(read_sidecar(again.sidecar)) == 2
+
+
+def test_a_reel_beside_a_video_of_the_same_stem_never_makes_it_replaceable(scan_dir: Path, tmp_path: Path) -> None:
+    """The clip list was named by stem: after a reel trip.mp4, the user's own trip.mov had "its" list beside it
+    and the next reel named trip.mov replaced it; best.mp4 and best.mkv shared one list."""
+    own = tmp_path / "trip.mov"
+    own.write_bytes(b"the user's own edit")
+    options = ReelOptions(width=W, height=H, min_score=0.9, top=1, clip_seconds=2.0)
+    made = make_reel(scan_dir, tmp_path / "trip.mp4", options)
+    assert made.sidecar.name == "trip.mp4.clips.csv"
+    with pytest.raises(OutputError, match=r"not a reel this command made \(no trip.mov.clips.csv beside it\)"):
+        make_reel(scan_dir, own, options)
+    assert own.read_bytes() == b"the user's own edit"
+    other = make_reel(scan_dir, tmp_path / "trip.mkv", dataclasses.replace(options, top=2))
+    assert len(read_sidecar(made.sidecar)) == 1 and len(read_sidecar(other.sidecar)) == 2  # a list each
+
+
+def test_a_clip_list_that_cannot_be_written_leaves_no_reel_without_one(scan_dir: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The list was written after the reel was renamed into place: a full disk then left a reel without its
+    list, which the next run refused to replace ("not a reel this command made")."""
+    import quadvault_dali.reel.build as build
+
+    def full_disk(plan: object, path: Path) -> Path:
+        raise OutputError("cannot write the clip list ([Errno 28] No space left on device)", path=path)
+
+    out = tmp_path / "best.mp4"
+    options = ReelOptions(width=W, height=H, min_score=0.9, top=1, clip_seconds=2.0)
+    monkeypatch.setattr(build, "write_sidecar", full_disk)
+    with pytest.raises(OutputError, match="No space left"):
+        make_reel(scan_dir, out, options)
+    assert list(tmp_path.iterdir()) == []  # neither the reel nor a partial file
+    monkeypatch.undo()
+    assert len(read_sidecar(make_reel(scan_dir, out, options).sidecar)) == 1
 
 
 @pytest.mark.parametrize("name", ["best", "best.webm", "best.gif"])

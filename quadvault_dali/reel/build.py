@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from .._files import atomic_path
 from ..device import resolve_device
 from ..errors import OutputError, QuadvaultError
 from ..probe import VideoInfo, probe_video
@@ -198,8 +199,8 @@ def check_output(out: Path) -> None:
     if not out.parent.exists():
         raise OutputError("output folder does not exist", path=out.parent)
     if out.exists() and not sidecar_path(out).exists():  # a reel made here before has its cut list beside it
-        raise OutputError("exists and is not a reel this command made (no .clips.csv beside it); it would be "
-                          "replaced", path=out, hint="choose another name, or delete the file first")
+        raise OutputError(f"exists and is not a reel this command made (no {sidecar_path(out).name} beside it); "
+                          "it would be replaced", path=out, hint="choose another name, or delete the file first")
     if out.suffix.lower() not in REEL_SUFFIXES:
         raise OutputError(f"a reel is H.264 video in {', '.join(REEL_SUFFIXES)}; "
                           f"{out.suffix or 'no extension'} cannot hold it", path=out,
@@ -231,7 +232,11 @@ def make_reel(scores: str | Path | ScoreSource, out: str | Path, options: ReelOp
     prepared = _plan_for_checked(scores, out, options)
     encoder = choose_encoder(options.encoder, options.width, options.height, options.fps,
                              gpu_allowed=options.device != "cpu")
-    result = render_reel(prepared.plan, prepared.infos, out, width=options.width, height=options.height,
-                         encoder=encoder, audio=options.audio, gpu=gpu)
-    sidecar = write_sidecar(prepared.plan, sidecar_path(out))
+    sidecar = sidecar_path(out)
+    # the list is written before the reel is renamed into place and renamed after it: a full disk while
+    # writing it used to leave a new reel without a list, which the next run then refused to replace
+    with atomic_path(sidecar) as sidecar_tmp:
+        write_sidecar(prepared.plan, sidecar_tmp)
+        result = render_reel(prepared.plan, prepared.infos, out, width=options.width, height=options.height,
+                             encoder=encoder, audio=options.audio, gpu=gpu)
     return ReelResult(result, sidecar, prepared)

@@ -19,9 +19,11 @@ COLUMNS = ("position", "source_path", "in_s", "out_s", "score", "reel_start_s", 
 
 
 def sidecar_path(out: str | Path) -> Path:
-    """``best.mp4`` -> ``best.clips.csv``."""
+    """``best.mp4`` -> ``best.mp4.clips.csv``: the whole name, so the list names one reel. By stem alone
+    (``best.clips.csv``, before 2026-11-27) ``best.mov`` and ``best.mp4`` shared a list, and the list of a reel
+    ``trip.mp4`` made the user's own ``trip.mov`` pass for a reel: the next ``reel ... trip.mov`` replaced it."""
     out = Path(out)
-    return out.with_name(f"{out.stem}{REEL_SIDECAR_SUFFIX}")
+    return out.with_name(f"{out.name}{REEL_SIDECAR_SUFFIX}")
 
 
 def plan_rows(plan: ReelPlan) -> list[dict[str, str]]:
