@@ -619,6 +619,19 @@ def test_non_square_pixels_fill_the_reel_as_a_player_shows_them(tmp_path: Path, 
     assert lit[0] == 0 and lit[-1] == 319  # the whole width, no bars
 
 
+@pytest.mark.parametrize("name", ["flight.mkv", "flight.webm", "flight.flv"])
+def test_millisecond_time_stamps_show_every_source_frame_once(tmp_path: Path, name: str) -> None:
+    """Matroska, WebM and FLV store whole milliseconds: a 30 fps frame 2 at 67 ms was not yet "on screen" at a
+    30 fps reel's 66.67 ms, so every third reel frame repeated a picture and the next was never shown."""
+    from quadvault_dali.reel.frames import WindowReader
+
+    codec = "vp9" if name.endswith(".webm") else "h264"
+    info = probe_video(make_video(tmp_path / name, SynthSpec(codec=codec, fps=30, duration_s=2)))
+    with WindowReader(info, 0.0, 320, 240) as reader:
+        shown = [read_stamp(reader.frame_at(j / 30)) for j in range(45)]
+    assert [round(s.time_s * 30) if s else None for s in shown] == list(range(45))
+
+
 def test_mpeg_ps_windows_in_the_first_second_start_at_the_top(tmp_path: Path) -> None:
     """DVD camcorders' MPEG-PS (.mpg/.vob): a seek by time, even to the start, lands past the first keyframe
     (stored before its time), so every window in the first second showed the second keyframe, frozen (1.08 s
