@@ -690,3 +690,32 @@ def test_mpeg_ts_windows_start_on_time_in_pictures_and_sound(tmp_path: Path) -> 
         level = [float(np.abs(samples[0, i * 2400:(i + 1) * 2400]).mean()) for i in range(20)]  # 50-ms steps
         lo, hi = int(loud[0] * 20), int(loud[1] * 20)
         assert max(level[:lo - 1] + level[hi + 1:]) < 0.02 and min(level[lo + 1:hi - 1]) > 0.2, (in_s, level)
+
+
+def test_the_reel_is_bt709_in_its_pixels_and_its_tags(tmp_path: Path) -> None:
+    """RGB pictures became YUV by the encoder's default BT.601 matrix in an untagged stream: players that take
+    untagged HD for BT.709 (browsers, mpv, QuickTime) showed a source's green (0, 200, 0) as (0, 166, 0)."""
+    src = tmp_path / "green.mp4"
+    with av.open(str(src), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt, stream.options = W, H, "yuv420p", {"crf": "10"}
+        ctx = stream.codec_context
+        ctx.colorspace = ctx.color_primaries = ctx.color_trc = 1  # a BT.709 drone clip
+        picture = np.zeros((H, W, 3), np.uint8)
+        picture[:, : W // 2] = (0, 200, 0)
+        picture[:, W // 2:] = (230, 120, 20)
+        for i in range(60):
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(
+                format="yuv420p", dst_colorspace="ITU709")
+            frame.pts, frame.time_base = i, Fraction(1, 30)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    scan = write_scan(tmp_path / "scan", [(src, [0.95, 0.95])])
+    reel = make_reel(scan, tmp_path / "reel.mp4", ReelOptions(width=W, height=H, min_score=0.5, clip_seconds=1.0,
+                                                              fade_s=0.1, encoder="x264", device="cpu"))
+    with av.open(str(reel.render.path)) as container:
+        ctx = container.streams.video[0].codec_context
+        assert (ctx.colorspace, ctx.color_primaries, ctx.color_trc, ctx.color_range) == (1, 1, 1, 1)
+        shown = next(container.decode(video=0)).to_ndarray(format="rgb24")  # by the stream's own tags
+    assert np.abs(shown[H // 2, W // 4].astype(int) - (0, 200, 0)).max() <= 4
+    assert np.abs(shown[H // 2, 3 * W // 4].astype(int) - (230, 120, 20)).max() <= 4

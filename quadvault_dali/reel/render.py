@@ -24,7 +24,7 @@ from ..errors import OutputError, QuadvaultError
 from ..probe import VideoInfo
 from ..progress import progress_bar
 from .audio import SAMPLE_RATE, audio_frames, build_audio_track
-from .encoders import add_video_stream
+from .encoders import add_video_stream, reel_frame
 from .frames import WindowReader, blend
 from .select import PlannedClip, ReelPlan
 
@@ -151,7 +151,7 @@ def _encode(plan: ReelPlan, infos: Mapping[Path, VideoInfo], tmp: Path, width: i
                         active[clip.position] = _ClipSource(clip, infos[clip.window.path], width, height, gpu)
                         decoders[clip.position] = active[clip.position].decoder
                 picture = _compose(j, active, plan.fade_frames)
-                frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+                frame = reel_frame(picture)
                 frame.pts = j
                 frame.time_base = frame_tb
                 container.mux(vstream.encode(frame))
