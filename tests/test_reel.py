@@ -719,3 +719,69 @@ def test_the_reel_is_bt709_in_its_pixels_and_its_tags(tmp_path: Path) -> None:
         shown = next(container.decode(video=0)).to_ndarray(format="rgb24")  # by the stream's own tags
     assert np.abs(shown[H // 2, W // 4].astype(int) - (0, 200, 0)).max() <= 4
     assert np.abs(shown[H // 2, 3 * W // 4].astype(int) - (230, 120, 20)).max() <= 4
+
+
+def _video_with_sound(path: Path, seconds: float, *, loud: tuple[float, float], hole: tuple[float, float] = (0, 0),
+                      layout: str = "stereo", rate: int = 48000, start_s: float = 0.0, fmt: str | None = None) -> Path:
+    """Pictures and a sound that is a tone only while ``loud[0] <= t < loud[1]`` (pictures' time), with no
+    audio packets at all while ``hole[0] <= t < hole[1]``; everything shifted by ``start_s``."""
+    with av.open(str(path), "w", format=fmt) as out:
+        video = out.add_stream("libx264", rate=30)
+        video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
+        audio = out.add_stream("aac", rate=rate)
+        audio.layout = layout
+        channels = 1 if layout == "mono" else 2
+        at = 0
+        for i in range(int(seconds * 30)):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 60, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = i + int(start_s * 30), Fraction(1, 30)
+            out.mux(video.encode(frame))
+            while at < (i + 1) * rate // 30:
+                t = (np.arange(1024) + at) / rate
+                tone = np.where((t >= loud[0]) & (t < loud[1]), 0.5 * np.sin(2 * np.pi * 440 * t), 0.0)
+                if not hole[0] <= at / rate < hole[1]:
+                    sound = av.AudioFrame.from_ndarray(np.repeat(tone[None].astype(np.float32), channels, 0),
+                                                       format="fltp", layout=layout)
+                    sound.sample_rate, sound.time_base = rate, Fraction(1, rate)
+                    sound.pts = at + int(start_s * rate)
+                    out.mux(audio.encode(sound))
+                at += 1024
+        out.mux(video.encode(None))
+        out.mux(audio.encode(None))
+    return path
+
+
+def _loud_steps(samples: np.ndarray, rate: int = 48000) -> list[int]:
+    """Which 100-ms steps of ``samples`` hold the tone."""
+    step = rate // 10
+    return [i for i in range(samples.shape[1] // step) if np.abs(samples[0, i * step:(i + 1) * step]).mean() > 0.1]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_sound_after_a_hole_stays_under_its_pictures(tmp_path: Path, suffix: str) -> None:
+    """Audio packets missing for 2.0-3.0 s (a remote's or phone's hiccup): the decoded frames were joined end to
+    end, so the sound after the hole played a second early, under the wrong pictures, to the window's end."""
+    from quadvault_dali.reel.audio import read_audio_window
+
+    path = _video_with_sound(tmp_path / f"hole{suffix}", 6, loud=(3.5, 4.0), hole=(2.0, 3.0))
+    info = probe_video(path)
+    samples = read_audio_window(path, 1.5, 3.0, video_start_s=info.start_time_s)
+    assert samples is not None and samples.shape == (2, 3 * 48000)
+    assert _loud_steps(samples)[0] in (20, 21) and _loud_steps(samples)[-1] in (24, 25)  # 2.0-2.5 s into it
+    assert np.abs(samples[:, int(0.55 * 48000):int(1.45 * 48000)]).max() == 0.0  # the hole is silence
+
+
+def test_sound_that_changes_layout_and_rate_mid_file_is_resampled_not_fatal(tmp_path: Path) -> None:
+    """Two camcorder segments joined byte-wise (``cat 00001.MTS 00002.MTS``): mono 48 kHz, then stereo 44.1 kHz.
+    The one resampler refused the second part's frames and the reel ended in a traceback."""
+    from quadvault_dali.reel.audio import read_audio_window
+
+    first = _video_with_sound(tmp_path / "1.ts", 3, loud=(9, 9), layout="mono", fmt="mpegts")
+    second = _video_with_sound(tmp_path / "2.ts", 3, loud=(0.5, 1.5), rate=44100, start_s=3.0, fmt="mpegts")
+    joined = tmp_path / "day.ts"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    info = probe_video(joined)
+    samples = read_audio_window(joined, 2.0, 3.0, video_start_s=info.start_time_s)
+    assert samples is not None
+    loud = _loud_steps(samples)
+    assert loud and 14 <= loud[0] <= 16 and 24 <= loud[-1] <= 26, loud  # the second part's tone, on time

@@ -25,12 +25,21 @@ SAMPLE_RATE = 48000
 log = logging.getLogger(__name__)
 
 
+#: A hole in the sound longer than this (dropped packets: a phone's or a remote's hiccup) is filled with silence
+#: so the sound after it stays under its pictures; shorter differences are rounding
+GAP_S = 0.02
+
+
 def read_audio_window(path: object, in_s: float, length_s: float, rate: int = SAMPLE_RATE, *,
                       video_start_s: float = 0.0) -> np.ndarray | None:
     """Stereo float32 ``(2, n)`` samples of ``[in_s, in_s + length_s)``; ``None`` when there is no sound.
 
     Times are the pictures' (seconds from the video stream's first frame, which starts at the container
-    time ``video_start_s``), so sound that starts later or earlier than the pictures stays in sync.
+    time ``video_start_s``), so sound that starts later or earlier than the pictures stays in sync. Each
+    decoded frame goes where its time says: after a hole in the sound (frames were joined end to end, and
+    the sound after a 1-s hole played a second early) the hole is silence. A change of layout or rate
+    (camcorder segments joined byte-wise: mono 48 kHz, then stereo 44.1 kHz) gets a new resampler; it
+    used to end the reel in a traceback.
     """
     want = int(round(length_s * rate))
     container = open_container(path)  # type: ignore[arg-type]
@@ -41,22 +50,30 @@ def read_audio_window(path: object, in_s: float, length_s: float, rate: int = SA
         tb = stream.time_base
         start = int(round(video_start_s / tb))  # the pictures' zero, in this stream's ticks
         container.seek(max(stream.start_time or 0, start + int((in_s - 0.1) / tb)), stream=stream, backward=True)
-        resampler = av.AudioResampler(format="fltp", layout="stereo", rate=rate)
         chunks: list[np.ndarray] = []
         first_t: float | None = None
         have = 0
+        resampler: av.AudioResampler | None = None
+        setup: tuple | None = None
         for frame in container.decode(stream):
+            t = float((frame.pts - start) * tb) if frame.pts is not None else None
             if first_t is None:
-                if frame.pts is None:
+                if t is None:
                     continue
-                first_t = float((frame.pts - start) * tb)
-            for out in resampler.resample(frame):
-                arr = out.to_ndarray()
-                chunks.append(arr)
-                have += arr.shape[1]
+                first_t = t
+            if (frame.format.name, frame.layout.name, frame.sample_rate) != setup:
+                if resampler is not None:
+                    have += _append(resampler.resample(None), chunks)
+                setup = (frame.format.name, frame.layout.name, frame.sample_rate)
+                resampler = av.AudioResampler(format="fltp", layout="stereo", rate=rate)
+            hole = int(round((t - first_t) * rate)) - have if t is not None else 0
+            if hole > GAP_S * rate:
+                chunks.append(np.zeros((2, hole), np.float32))
+                have += hole
+            have += _append(resampler.resample(frame), chunks)  # type: ignore[union-attr]
             if first_t + have / rate >= in_s + length_s:
                 break
-    except av.error.FFmpegError as exc:
+    except (av.error.FFmpegError, ValueError) as exc:  # ValueError: PyAV refusing a frame it cannot convert
         log.warning("%s: audio not decodable (%s); using silence for this clip", path, exc)
         return None
     finally:
@@ -72,6 +89,16 @@ def read_audio_window(path: object, in_s: float, length_s: float, rate: int = SA
     if samples.shape[1] < want:
         samples = np.pad(samples, ((0, 0), (0, want - samples.shape[1])))
     return samples
+
+
+def _append(frames: list[av.AudioFrame], chunks: list[np.ndarray]) -> int:
+    """Adds the resampled ``frames``' samples to ``chunks``; returns how many."""
+    count = 0
+    for out in frames:
+        arr = out.to_ndarray()
+        chunks.append(arr)
+        count += arr.shape[1]
+    return count
 
 
 def build_audio_track(plan: ReelPlan, rate: int = SAMPLE_RATE,
