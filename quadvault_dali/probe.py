@@ -158,6 +158,9 @@ _METADATA_ERRORS_KW: dict[str, str] = {"metadata_errors": "ignore"}
 
 def _av_open(source: Any, **extra: Any) -> Any:
     global _METADATA_ERRORS_KW
+    if isinstance(source, (str, os.PathLike)):
+        # FFmpeg reads "Alps: best.mp4" as a URL of protocol "Alps" ("Protocol not found"); "/..." never is one
+        source = os.path.abspath(source)
     # What this call passed, not the global: prepare threads open files at once, and one that failed on
     # PyAV 19 must still retry after another thread has already emptied the global (else its TypeError
     # escaped and failed the video).

@@ -381,3 +381,14 @@ def test_a_stream_without_decode_times_starts_where_its_index_counts_from(make_c
     info, index = probe_video(path, with_index=True)
     assert index.origin_ticks == 0 and index.pts.tolist() == [float(t) for t in range(8)]
     assert info.start_time_s == 0.0 and info.keyframe_times == (0.0, 4.0)
+
+
+def test_a_relative_name_with_a_colon_is_a_file_not_a_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``quadvault probe "Alps: a.mp4"`` in the footage folder: FFmpeg took "Alps" for a protocol ("Protocol not
+    found"). Paths are opened absolute, which FFmpeg never reads as a URL."""
+    from quadvault_dali.synth import SynthSpec, make_video
+
+    make_video(tmp_path / "Alps: a.mp4", SynthSpec(duration_s=2))
+    monkeypatch.chdir(tmp_path)
+    info = probe_video("Alps: a.mp4")
+    assert info.codec == "h264" and info.keyframe_times == (0.0, 1.0)

@@ -785,3 +785,15 @@ def test_sound_that_changes_layout_and_rate_mid_file_is_resampled_not_fatal(tmp_
     assert samples is not None
     loud = _loud_steps(samples)
     assert loud and 14 <= loud[0] <= 16 and 24 <= loud[-1] <= 26, loud  # the second part's tone, on time
+
+
+def test_a_relative_reel_name_with_a_colon_is_written(scan_dir: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """``quadvault reel scan "Alps: best.mp4"``: --dry-run said it would be written, then FFmpeg took "Alps" for a
+    protocol at the first packet and the run ended in a traceback."""
+    monkeypatch.chdir(tmp_path)
+    made = make_reel(scan_dir, Path("Alps: best.mp4"), ReelOptions(width=W, height=H, min_score=0.9, top=1,
+                                                                   clip_seconds=2.0))
+    assert (tmp_path / "Alps: best.mp4").stat().st_size > 0 and len(read_sidecar(made.sidecar)) == 1
+    with av.open(str(tmp_path / "Alps: best.mp4")) as container:
+        assert container.streams.video[0].frames == 60

@@ -128,7 +128,9 @@ def _encode(plan: ReelPlan, infos: Mapping[Path, VideoInfo], tmp: Path, width: i
             encoder: str, track: np.ndarray | None, gpu: int | None) -> tuple[tuple[int, ...], tuple[str, ...]]:
     options = {"movflags": "+faststart"} if tmp.suffix.lower() in (".mp4", ".mov", ".m4v") else {}
     try:
-        container = av.open(str(tmp), "w", options=options)
+        # absolute: FFmpeg takes a relative "Alps: best.mp4" for a URL of protocol "Alps" (opened at the first
+        # packet, so the failure came as a traceback after the whole plan had been checked)
+        container = av.open(os.path.abspath(tmp), "w", options=options)
     except (av.error.FFmpegError, OSError) as exc:
         raise OutputError(f"cannot create the reel ({exc})", path=tmp) from exc
     failed: list[int] = []
