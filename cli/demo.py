@@ -19,7 +19,7 @@ def demo(folder: Path, epochs: int, device: str) -> None:
     """Build a sample library, label it, train, scan and cut a reel, all in FOLDER.
 
     No footage needed: the clips are generated (two visibly different styles, plus broken files).
-    Runs on the GPU where there is one, else on the CPU (a few minutes on a laptop).
+    Runs on the GPU where there is one, else on the CPU (one to two minutes on a laptop CPU).
 
     \b
     Example:
