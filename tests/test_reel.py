@@ -797,3 +797,48 @@ def test_a_relative_reel_name_with_a_colon_is_written(scan_dir: Path, tmp_path: 
     assert (tmp_path / "Alps: best.mp4").stat().st_size > 0 and len(read_sidecar(made.sidecar)) == 1
     with av.open(str(tmp_path / "Alps: best.mp4")) as container:
         assert container.streams.video[0].frames == 60
+
+
+def test_a_listed_duration_past_the_files_end_is_cut_within_it(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hand-made highlights.json said 10 s for a 4-s video: the window ran to 5.5 s and the reel held the last
+    picture for 1.5 s. The file's own length bounds the window; a ``~/`` path is the user's home, as in
+    labels.json ("file not found" before)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    src = make_video(tmp_path / "footage" / "short.mp4", SynthSpec(width=W, height=H, duration_s=4.0))
+    doc = {"highlights": [{"path": "~/footage/short.mp4", "score": 0.95, "best_second": 3.0, "duration_s": 10.0}]}
+    (tmp_path / "highlights.json").write_text(json.dumps(doc))
+    plan = prepare_reel(tmp_path / "highlights.json", ReelOptions(width=W, height=H, clip_seconds=3.0)).plan
+    assert [c.window.path for c in plan.clips] == [src]
+    clip = plan.clips[0]
+    assert clip.window.in_s + clip.frames / plan.fps <= 4.0 + 1e-6 and clip.frames == 90
+
+
+def test_copies_of_one_clip_give_one_cut(library: dict[str, Path], tmp_path: Path) -> None:
+    """The card dump and its backup/ copy both scored, so both were picked: the same shot twice in a reel meant to
+    hold different ones. The first path of a set of copies is kept, and the plan says what was left out."""
+    original = library["plain 30fps.mp4"]
+    copy = tmp_path / "backup" / original.name
+    copy.parent.mkdir()
+    copy.write_bytes(original.read_bytes())
+    scan = write_scan(tmp_path / "scan", [(original, _scores(2, 0.95)), (copy, _scores(2, 0.95)),
+                                          (library["sound.mp4"], _scores(3, 0.9))])
+    plan = prepare_reel(scan, ReelOptions(width=W, height=H, min_score=0.85)).plan
+    kept = sorted([original, copy], key=str)[0]
+    assert sorted(str(c.window.path) for c in plan.clips) == sorted([str(kept), str(library["sound.mp4"])])
+    assert any("1 copy of another listed video left out" in note for note in plan.notes)
+
+
+def test_windows_shorter_than_a_reel_frame_are_named_as_such() -> None:
+    """--fps 1 --clip-seconds 0.9 --no-transitions said the videos were "shorter than two crossfades" and to lower
+    --clip-seconds, which made it worse: there are no crossfades, and a window needs one reel frame."""
+    from quadvault_dali.reel.scores import VideoScores
+    from quadvault_dali.reel.select import plan_reel
+
+    videos = [VideoScores(Path(f"/v{i}.mp4"), 10.0, video_score=0.9) for i in range(2)]
+    with pytest.raises(EmptySelectionError, match="2 eligible windows are shorter than one reel frame at --fps 1 "
+                                                  r"\(raise --clip-seconds or --fps\)"):
+        plan_reel(videos, clip_seconds=0.9, fps=1.0, transitions=False, min_score=0.5)
+    with pytest.raises(EmptySelectionError, match=r"shorter than two 0.5-s crossfades \(lower --fade, or "
+                                                  r"--no-transitions\)"):
+        plan_reel([VideoScores(Path("/v.mp4"), 0.8, video_score=0.9)], clip_seconds=4.0, fps=30.0, min_score=0.5)

@@ -86,7 +86,7 @@ def test_empty_selection_says_why() -> None:
     with pytest.raises(EmptySelectionError) as err:
         plan_reel(short, min_score=0.5, max_duration_s=2.0)
     assert str(err.value).startswith("--duration 2 s is shorter than the shortest clip that fits the fades (4 s); "
-                                     "1 eligible video is shorter than two crossfades")
+                                     "1 eligible video is shorter than two 0.5-s crossfades")
     with pytest.raises(EmptySelectionError, match="no scored video"):
         plan_reel([], min_score=0.5)
     with pytest.raises(QuadvaultError, match="crossfade"):

@@ -116,6 +116,37 @@ def _with_left_out(exc: EmptySelectionError, left_out: list[VideoScores], min_sc
     return EmptySelectionError(f"{exc.reason}; {note}", path=exc.path, hint=exc.hint)
 
 
+def _one_per_copy(videos: list[VideoScores]) -> tuple[list[VideoScores], str]:
+    """One of each set of copies (the same clip in the card dump and in backup/): each would be picked, and the
+    reel showed the same shot twice. Only files of equal size are compared (``content_id``: three 64-KiB
+    reads); the first path of a set is kept. Returns the videos and a note saying what was left out."""
+    from ..dataset._identity import content_ids
+
+    by_size: dict[int, list[VideoScores]] = {}
+    for v in videos:
+        try:
+            size = v.size_bytes if v.size_bytes is not None else v.path.stat().st_size
+        except OSError:
+            continue
+        by_size.setdefault(size, []).append(v)
+    alike = sorted((v.path for group in by_size.values() if len(group) > 1 for v in group), key=str)
+    if not alike:
+        return videos, ""
+    first_of: dict[str, Path] = {}
+    copies: dict[Path, Path] = {}
+    for path, cid in content_ids(alike).items():
+        if isinstance(cid, str):
+            copies.update({path: first_of[cid]} if cid in first_of else {})
+            first_of.setdefault(cid, path)
+    if not copies:
+        return videos, ""
+    example = next(iter(copies.items()))
+    log.info("left out %d copies of videos listed under another path (e.g. %s, a copy of %s)", len(copies),
+             example[0], example[1])
+    return [v for v in videos if v.path not in copies], \
+        f"{len(copies)} cop{'ies' if len(copies) != 1 else 'y'} of another listed video left out ({example[0]})"
+
+
 def prepare_reel(scores: str | Path | ScoreSource, options: ReelOptions, *, decode_check: bool = True) -> PreparedReel:
     """Loads the scores, plans the reel and checks every chosen source, re-planning around bad ones."""
     source = scores if isinstance(scores, ScoreSource) else load_scores(scores)
@@ -130,6 +161,7 @@ def prepare_reel(scores: str | Path | ScoreSource, options: ReelOptions, *, deco
                 continue
             v = dataclasses.replace(v, duration_s=info.duration_s, rotation=info.rotation)
         videos.append(v)
+    videos, copies = _one_per_copy(videos)
     if not videos:
         raise EmptySelectionError(f"{source.origin}: no scored video to cut a reel from "
                                   f"({source.failed_videos} failed or unscored, {len(skipped)} unreadable)")
@@ -138,6 +170,7 @@ def prepare_reel(scores: str | Path | ScoreSource, options: ReelOptions, *, deco
                     "known, else on its middle, and scored with the video's score", source.origin)
     by_path = {v.path: v for v in videos}
     while True:
+        bad_before = len(bad)
         try:
             plan = plan_reel([v for v in videos if v.path not in bad], clip_seconds=options.clip_seconds,
                              top=options.top, min_score=options.min_score, max_duration_s=options.max_duration_s,
@@ -158,6 +191,16 @@ def prepare_reel(scores: str | Path | ScoreSource, options: ReelOptions, *, deco
                 bad.add(clip.window.path)
                 newly_bad = True
                 continue
+            listed = by_path[clip.window.path]
+            if listed.duration_s and info.duration_s < listed.duration_s - 0.5 / options.fps:
+                # a hand-made highlights.json's duration_s past the file's end: the window ran past it too and the
+                # reel held the last picture (1.5 s frozen for a 4-s video listed as 10 s)
+                log.warning("%s: lasts %.2f s, not the %.2f s its scores say; its window is cut within it",
+                            info.path, info.duration_s, listed.duration_s)
+                by_path[listed.path] = dataclasses.replace(listed, duration_s=info.duration_s)
+                videos = [by_path.get(v.path, v) for v in videos]
+                newly_bad = True
+                continue
             if decode_check:
                 try:
                     check_window(info, clip.window.in_s)
@@ -167,8 +210,11 @@ def prepare_reel(scores: str | Path | ScoreSource, options: ReelOptions, *, deco
                     bad.add(clip.window.path)
                     newly_bad = True
         if not newly_bad:
+            if copies:
+                plan = dataclasses.replace(plan, notes=plan.notes + (copies,))
             return PreparedReel(plan, infos, tuple(skipped), source)
-        log.info("re-planning without %d unreadable source(s)", len(bad))
+        if len(bad) > bad_before:
+            log.info("re-planning without %d unreadable or changed source(s)", len(bad))
 
 
 #: Containers the reel (H.264, optional AAC) is written in; the suffix picks the muxer.

@@ -169,7 +169,7 @@ def load_highlights_json(file: Path) -> ScoreSource:
         field_of = _FieldReader(entry, i, file)
         score = field_of.number("score", required=True)
         best = field_of.number("best_second") if "best_second" in entry else field_of.number("best_timestamp_s")
-        p = Path(entry["path"])
+        p = Path(entry["path"]).expanduser()  # "~/footage/a.mp4", as labels.json takes it
         p = p if p.is_absolute() else file.parent / p
         if p in seen:  # listed best first: the first entry of a path is its best
             log.warning("%s: highlight #%d repeats %s; keeping its first entry", file, i + 1, p)

@@ -165,14 +165,20 @@ def plan_reel(videos: Sequence[VideoScores], *, clip_seconds: float = 4.0, top: 
         picked.append((w, frames))
         total = grown
     if not picked:
-        reasons = []
+        reasons, hints = [], []
         if too_long:
             reasons.append(f"--duration {max_duration_s:g} s is shorter than the shortest clip that fits the fades "
                            f"({shortest_too_long:g} s)")
-        if too_short:
+            hints.append("raise --duration or lower --clip-seconds")
+        if too_short and fade_frames:
             reasons.append(f"{too_short} eligible video{'s are' if too_short != 1 else ' is'} shorter than two "
-                           "crossfades")
-        raise EmptySelectionError("; ".join(reasons), hint="raise --duration or lower --clip-seconds/--fade")
+                           f"{fade_s:g}-s crossfades")
+            hints.append("lower --fade, or --no-transitions")
+        elif too_short:  # no fades: a window shorter than one reel frame (--fps 1 --clip-seconds 0.9)
+            reasons.append(f"{too_short} eligible window{'s are' if too_short != 1 else ' is'} shorter than one "
+                           f"reel frame at --fps {fps:g}")
+            hints.append("raise --clip-seconds or --fps")
+        raise EmptySelectionError("; ".join(reasons), hint="; ".join(hints))
     if order == "time":
         picked.sort(key=lambda p: (p[0].mtime_ns or 0, str(p[0].path), p[0].in_s))
     clips, start = [], 0
@@ -183,7 +189,8 @@ def plan_reel(videos: Sequence[VideoScores], *, clip_seconds: float = 4.0, top: 
     if too_long:
         notes.append(f"{too_long} left out to keep the reel within {max_duration_s:g} s")
     if too_short:
-        notes.append(f"{too_short} left out: shorter than two crossfades")
+        notes.append(f"{too_short} left out: shorter than two crossfades" if fade_frames
+                     else f"{too_short} left out: shorter than one reel frame")
     if len(eligible) > len(picked) + too_long + too_short:
         notes.append(f"{len(eligible) - len(picked) - too_long - too_short} left out by --top {top}")
     return ReelPlan(tuple(clips), fps, fade_frames, tuple(notes))
