@@ -3,7 +3,8 @@
 The scan probes 18,000 files before it decodes them; reading only headers and the sample index
 keeps that to milliseconds per file, and validating here keeps bad files out of the GPU batches
 (a file DALI cannot open fails its whole batch). One exception: a Matroska file's rotation is read from
-its first decoded picture (``_rotation_of_first_picture``).
+its first decoded picture (``_rotation_of_first_picture``). The packet index the samplers plan from is built in
+``_packet_index``; what a packet's leading NAL units say is read in ``_packet_heads``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
@@ -20,67 +21,16 @@ from typing import Any, BinaryIO, Iterator
 import av
 import numpy as np
 
-from ._frame_times import stores_decode_times
-from ._mp4 import SampleTable, TrackFacts, is_plain_mp4, read_track_facts
-from ._nal import DISPLAY_ORIENTATION_SEI, SEI_UNITS, length_size_of, nal_type, nal_units, sei_types, unescape
+from ._mp4 import TrackFacts, is_plain_mp4, read_track_facts
+from ._nal import SEI_UNITS, length_size_of, sei_types
+from ._packet_heads import is_slice, leading_units, orientation_sei_first, packet_head
+from ._packet_index import MP4_FORMATS, PacketIndex, random_access_keyframes, read_packet_index
 from .errors import DecodeError, FileAccessError, UnsupportedCodecError, VideoOpenError, unexpected_failure
 from .sampling._uncrop import Crop, SpsSignal, avcc_signal
 
-_MP4_FORMATS = ("mov", "mp4")
 log = logging.getLogger(__name__)
 #: A video stream with fewer frames than this is a still (FFmpeg's best-stream choice uses the same cut).
 _STILL_FRAMES = 5
-
-
-@dataclass(frozen=True)
-class PacketIndex:
-    """The video stream's packets in decode order, from the container index (no file data read).
-
-    ``pts`` are presentation times in seconds from the stream's first frame. Containers whose index
-    holds only decode times (MP4) get ``pts = dts + the first frame's composition offset``, exact for
-    the keyframes of the usual fixed-reorder-delay encoders.
-    """
-
-    pts: np.ndarray  # float64 seconds
-    pos: np.ndarray  # int64 byte offset in the file
-    size: np.ndarray  # int64 bytes
-    is_key: np.ndarray  # bool
-    from_container_index: bool  # True: MP4 sample table; positions/sizes are the raw packet bytes
-    #: whether the edit list hides pictures between shown ones (several edits): FFmpeg gives hidden and shown
-    #: pictures the same times there, so a run cut from the stream could take one for the other
-    hides_inside: bool = False
-    #: whether the edit list hides pictures after the shown ones: they are not in the index, though shown
-    #: B-frames may refer to them, so exact runs are demuxed (the stream has them), not read from the index
-    hides_end: bool = False
-    #: whether the times are in decode order although pictures are reordered (AVI with B-frames,
-    #: ``_frame_times``): right as a set of times, not per packet, so runs cannot be cut by them
-    decode_order_times: bool = False
-    #: the stream tick ``pts`` count from where the demux pass chose it (the stream gave no start time: its first
-    #: packet's); ``None``: the stream's start time
-    origin_ticks: int | None = None
-
-    @property
-    def raw_positions(self) -> bool:
-        """Whether ``pos``/``size`` locate each packet's bytes exactly (so they can be read directly)."""
-        return self.from_container_index
-
-    def __len__(self) -> int:
-        return int(self.pts.shape[0])
-
-    @property
-    def keyframe_times(self) -> np.ndarray:
-        """Every keyframe's time, hidden lead-in ones (negative, see ``_lead_in``) included: where decoding starts."""
-        return np.sort(self.pts[self.is_key])
-
-    @property
-    def shown(self) -> np.ndarray:
-        """Which packets are pictures the video shows (all but an edit list's hidden lead-in)."""
-        return self.pts >= 0
-
-    @property
-    def shown_keyframe_times(self) -> np.ndarray:
-        """The keyframes a viewer sees: what keyframe mode may sample."""
-        return np.sort(self.pts[self.is_key & self.shown])
 
 
 @dataclass(frozen=True)
@@ -342,8 +292,8 @@ def _first_units_settled(path: Path, stream: av.video.stream.VideoStream, sps: b
         data = packet_head(path, int(first.pos), int(first.size), "h264", length_size)
     except (OSError, ValueError):
         return False
-    for kind, start, end in _leading_units(data, "h264", length_size):
-        if _is_slice(kind, "h264"):  # what follows the first slice is not the probe's
+    for kind, start, end in leading_units(data, "h264", length_size):
+        if is_slice(kind, "h264"):  # what follows the first slice is not the probe's
             return True
         if end > len(data):  # a parameter set or SEI longer than the head read
             return False
@@ -454,160 +404,6 @@ def rewound(container: av.container.InputContainer, path: Path, file: BinaryIO |
     return open_container(path, file)
 
 
-def read_packet_index(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
-                      path: Path, composition_offsets: np.ndarray | None = None,
-                      samples: SampleTable | None = None, sample_pos: np.ndarray | None = None,
-                      fragmented_samples: int = 0) -> PacketIndex:
-    """Packet positions, sizes and times from the container index, demuxing only if there is none.
-
-    MP4 index entries hold decode times; ``composition_offsets`` (from the ``ctts`` box, one per
-    sample) turn them into presentation times. Without them, every packet is assumed to have the
-    first packet's offset (true for streams without B-frames). ``samples``, the track's sample table
-    where ``_mp4`` could read it, stands in for FFmpeg's entries (the same rows, without a Python object
-    per packet). ``sample_pos``, every sample's file offset, matches FFmpeg's rows to their offsets where
-    an edit list made FFmpeg leave samples out of its index.
-    """
-    tb = stream.time_base or Fraction(1, 90000)
-    if samples is not None and container.format.name.split(",")[0] in _MP4_FORMATS:
-        pts_ticks = samples.dts if composition_offsets is None else samples.dts + composition_offsets
-        pts = (pts_ticks - int(pts_ticks.min())).astype(np.float64) * float(tb)
-        return PacketIndex(pts, samples.pos, samples.size, samples.key, True)
-    entries = stream.index_entries
-    # A sidx-indexed fragmented file (DASH) whose fragments FFmpeg has not all read yet: demux it whole instead
-    # (its index at open held 40 of 180 samples: keyframes and seconds went missing).
-    complete = len(entries) >= fragmented_samples
-    if len(entries) > 1 and complete and container.format.name.split(",")[0] in _MP4_FORMATS:
-        n = len(entries)
-        # one pass over PyAV's entries (each read builds a Python object): five passes took 2.6x as long, with
-        # the GIL held (~45 ms against ~18 ms for a 10-minute 30 fps video)
-        table = np.fromiter((v for e in entries for v in (e.timestamp, e.pos, e.size, e.is_keyframe, e.is_discard)),
-                            np.int64, 5 * n).reshape(n, 5)
-        shown = table[:, 4] == 0
-        if not shown.any():
-            raise VideoOpenError("the edit list shows none of the video's frames", path=path,
-                                 hint="the file's edit list (elst) is damaged; re-export or remux it")
-        offsets = _offsets_of_rows(table[:, 1], composition_offsets, sample_pos)
-        if offsets is not None:
-            pts_ticks = table[:, 0] + offsets
-        else:
-            first_shown = int(table[int(np.argmax(shown)), 0])
-            pts_ticks = table[:, 0] + ((stream.start_time if stream.start_time is not None else first_shown)
-                                       - first_shown)
-        start, end = int(pts_ticks[shown].min()), int(pts_ticks[shown].max())
-        keep = shown | _lead_in(table[:, 3] != 0, shown, pts_ticks, start)
-        pts = (pts_ticks[keep] - start).astype(np.float64) * float(tb)
-        return PacketIndex(pts, table[keep, 1], table[keep, 2], table[keep, 3] != 0, True,
-                           hides_inside=bool((~shown & (pts_ticks >= start) & (pts_ticks <= end)).any()),
-                           hides_end=bool((~shown & (pts_ticks > end)).any()))
-    # No usable index (MPEG-TS, some MKV/WebM): demux every packet once, without decoding.
-    rows: list[tuple[float, int, int, bool]] = []
-    first: int | None = None
-    stream_start = stream.start_time  # before the pass: FFmpeg sets it from the first packet with a decode time
-    keys = _KeyCheck(stream)
-    try:
-        for packet in container.demux(stream):
-            if packet.size == 0 or packet.pts is None:
-                continue
-            if first is None:
-                first = packet.pts if stream_start is None else stream_start
-            rows.append((float((packet.pts - first) * tb), packet.pos if packet.pos is not None else -1, packet.size,
-                         packet.is_keyframe and keys.starts_decoding(packet)))
-    except av.error.FFmpegError as exc:
-        if isinstance(exc, OSError) and exc.errno == errno.EIO:  # a failing disk, not a file's damaged end
-            raise unexpected_failure(exc, "reading its packets", path) from exc
-        if not rows:
-            raise VideoOpenError(f"cannot read packets: {exc}", path=path) from exc
-    if not rows:
-        raise VideoOpenError("video stream has no packets", path=path)
-    arr = np.array(rows, dtype=object)
-    return PacketIndex(arr[:, 0].astype(np.float64), arr[:, 1].astype(np.int64), arr[:, 2].astype(np.int64),
-                       arr[:, 3].astype(bool), False, decode_order_times=stores_decode_times(container, stream),
-                       origin_ticks=first if stream_start is None else None)
-
-
-class _KeyCheck:
-    """Which H.264/HEVC packets flagged as keyframes can start decoding (``starts_decoding``), asked in stream
-    order: the second keyframe's head is read, and only where it cannot start decoding (periodic intra
-    refresh) every later one's too; the first always can."""
-
-    def __init__(self, stream: av.video.stream.VideoStream) -> None:
-        self.codec = stream.codec_context.name
-        self.length_size = length_size_of(self.codec, bytes(stream.codec_context.extradata or b""))
-        self.seen = 0
-        self.checking = self.codec in ("h264", "hevc")
-
-    def starts_decoding(self, packet: Any) -> bool:
-        """``packet``: a keyframe's ``av.Packet`` or its head's bytes."""
-        self.seen += 1
-        if not self.checking or self.seen == 1:
-            return True
-        head = packet if isinstance(packet, bytes) else bytes(memoryview(packet)[:_SEI_HEAD_BYTES])
-        ok = starts_decoding(head, self.codec, self.length_size) is not False
-        if self.seen == 2 and ok:
-            self.checking = False  # keyframes as usual: the rest are not read
-        return ok
-
-
-def _random_access_keyframes(index: PacketIndex, path: Path, stream: av.video.stream.VideoStream) -> PacketIndex:
-    """An MP4 index's keyframes less those that cannot start decoding (``_KeyCheck``: intra refresh's recovery
-    points, which MP4 muxers list as sync samples). Exact runs and keyframe sampling both start at keyframes:
-    from a recovery point FFmpeg decodes nothing (keyframe mode failed the whole video, "decoded only 1 of 4")
-    and a GPU clip from one holds no picture it can show."""
-    keys = _KeyCheck(stream)
-    if not keys.checking or not index.from_container_index:
-        return index
-    is_key = index.is_key.copy()
-    for row in np.flatnonzero(index.is_key):
-        if not keys.checking:
-            break
-        try:
-            head = packet_head(path, int(index.pos[row]), int(index.size[row]), keys.codec, keys.length_size)
-        except OSError:
-            break
-        is_key[row] = keys.starts_decoding(head)
-    if np.array_equal(is_key, index.is_key):
-        return index
-    log.info("%s: %d of its %d keyframes are intra-refresh recovery points, not pictures decoding can start "
-             "at; sampling starts at the others", path, int(np.count_nonzero(index.is_key & ~is_key)),
-             int(np.count_nonzero(index.is_key)))
-    return replace(index, is_key=is_key)
-
-
-def _offsets_of_rows(row_pos: np.ndarray, offsets: np.ndarray | None,
-                     sample_pos: np.ndarray | None) -> np.ndarray | None:
-    """The composition offset of each of FFmpeg's index rows: matched by file position where the sample
-    positions are known (an edit list starting in a later GOP makes FFmpeg leave the GOPs before out of its
-    index, so row i is no longer sample i), else by row where the counts agree; ``None`` if neither holds."""
-    if offsets is None:
-        return None
-    if sample_pos is not None and len(sample_pos) == len(offsets):
-        order = np.argsort(sample_pos, kind="stable")
-        at = np.clip(np.searchsorted(sample_pos[order], row_pos), 0, len(order) - 1)
-        if bool(np.all(sample_pos[order][at] == row_pos)):
-            return offsets[order[at]]
-    return offsets if len(offsets) == len(row_pos) else None
-
-
-def _lead_in(is_key: np.ndarray, shown: np.ndarray, pts: np.ndarray, start: int) -> np.ndarray:
-    """The hidden samples the first shown pictures decode from: a clip trimmed without re-encoding keeps
-    its first GOP from the keyframe on, and its edit list hides the pictures before the cut. They stay in
-    the index with negative times (decoded, never sampled); hidden samples after the shown ones do not.
-
-    Where a shown picture leads that keyframe (an open GOP's RASL picture, shown before its CRA and decoded
-    after it), the lead-in starts a keyframe earlier: the picture decodes from the GOP before.
-    """
-    first_shown = int(np.argmax(shown))
-    keys = np.flatnonzero(is_key[:first_shown + 1])
-    lead = np.zeros_like(shown)
-    if len(keys) == 0:
-        return lead
-    k = len(keys) - 1
-    while k > 0 and pts[keys[k]] > start:
-        k -= 1
-    lead[int(keys[k]):] = True
-    return lead & (pts < start)
-
-
 def probe_video(path: str | os.PathLike[str], *, with_index: bool = False) -> VideoInfo | tuple[VideoInfo, PacketIndex]:
     """Probes one file. Raises ``VideoOpenError``/``UnsupportedCodecError`` naming the file and the fault.
 
@@ -691,123 +487,7 @@ def _turned_in_stream(path: Path, stream_index: int, codec: str) -> bool:
     except (av.error.FFmpegError, OSError) as exc:
         log.info("%s: cannot read its first packet for a display orientation (%s)", path, exc)
         return False
-    return _orientation_sei_first(data, codec, length_size)
-
-
-#: bytes of an MP4's first packet read for its parameter sets and SEI units, which come before the slices: a
-#: first read of ``_HEAD_FIRST_BYTES`` (an x264 or camera head is a few hundred bytes, a 1080p keyframe 100+
-#: KiB: the prober read 64 KiB of it twice per video, counted as the video's bytes where it is read by path),
-#: then up to ``_SEI_HEAD_BYTES`` where no slice starts within it. From the page cache both cost the same.
-_SEI_HEAD_BYTES = 64 << 10
-_HEAD_FIRST_BYTES = 4 << 10
-
-
-def _is_slice(kind: int, codec: str) -> bool:
-    """Whether a NAL unit type is a coded slice (H.264 1-5, HEVC's VCL types 0-31)."""
-    return 1 <= kind <= 5 if codec == "h264" else kind <= 31
-
-
-def _leading_units(data: bytes, codec: str, length_size: int | None) -> Iterator[tuple[int, int, int]]:
-    """(type, start, end) of the length-prefixed NAL units at the start of ``data`` whose header it holds (the
-    last one's ``end`` may lie past it); none once a length does not cover a header (not framed so)."""
-    if length_size is None:
-        return
-    header, at = (1 if codec == "h264" else 2), 0
-    while at + length_size < len(data):
-        start = at + length_size
-        size = int.from_bytes(data[at:start], "big")
-        if size < header:
-            return
-        yield nal_type(data[start], codec), start, start + size
-        at = start + size
-
-
-def _exp_golomb(bits: str, at: int) -> tuple[int, int]:
-    """An unsigned Exp-Golomb value read from a string of '0'/'1' at ``at``: (value, next position)."""
-    zeros = 0
-    while bits[at + zeros] == "0":
-        zeros += 1
-    end = at + 2 * zeros + 1
-    return int(bits[at + zeros:end], 2) - 1, end
-
-
-def starts_decoding(data: bytes, codec: str, length_size: int | None) -> bool | None:
-    """Whether a packet flagged as a keyframe can start decoding: its first slice is an IDR (H.264) or an I slice
-    (an open GOP's keyframe, whose leading pictures alone need the GOP before), or an IRAP picture (HEVC).
-    ``False`` for the recovery-point P pictures that periodic intra refresh flags as keyframes (x264
-    ``intra-refresh``: no IDR after the first picture; a run from one decodes nothing); ``None`` where ``data``
-    holds no slice header."""
-    if length_size is None:
-        units = [(nal_type(data[start], codec), start, end) for start, end in nal_units(data, None) or []
-                 if end > start]
-    else:
-        units = list(_leading_units(data, codec, length_size))
-    for kind, start, end in units:
-        if not _is_slice(kind, codec):
-            continue
-        if codec != "h264":
-            return 16 <= kind <= 23
-        if kind == 5:
-            return True
-        rbsp = unescape(data[start + 1:min(end, start + 17)])
-        try:
-            bits = "".join(f"{byte:08b}" for byte in rbsp)
-            _, at = _exp_golomb(bits, 0)  # first_mb_in_slice
-            slice_type, _ = _exp_golomb(bits, at)
-        except (IndexError, ValueError):
-            return None
-        return slice_type % 5 in (2, 4)  # I or SI
-    return None
-
-
-def _reaches_a_slice(data: bytes, codec: str, length_size: int | None) -> bool:
-    """Whether length-prefixed NAL units from the start of ``data`` get to a slice's header within it."""
-    return any(_is_slice(kind, codec) for kind, _, _ in _leading_units(data, codec, length_size))
-
-
-def packet_head(path: Path, pos: int, size: int, codec: str, length_size: int | None) -> bytes:
-    """The start of the packet at ``pos`` (``size`` bytes), through its leading units (see ``_HEAD_FIRST_BYTES``);
-    ``OSError`` where it cannot be read."""
-    with open(path, "rb") as fh:
-        fh.seek(pos)
-        data = fh.read(min(size, _HEAD_FIRST_BYTES))
-        if len(data) < min(size, _SEI_HEAD_BYTES) and not _reaches_a_slice(data, codec, length_size):
-            data += fh.read(min(size, _SEI_HEAD_BYTES) - len(data))
-    return data
-
-
-def _orientation_sei_first(data: bytes, codec: str, length_size: int | None, cut: bool = False) -> bool:
-    """Whether the NAL units at the start of ``data`` hold a display-orientation SEI message before the first
-    slice (FFmpeg ignores one after it; ``data`` may end inside a slice: only what precedes it is read;
-    ``cut``: it was cut short, so an SEI unit it ends inside counts as one, and the caller decodes a picture
-    to be sure). Length-prefixed as the stream says (``None``: start codes), else start codes where the packet
-    begins with one (a remux can leave them behind; FFmpeg decodes either). Length prefixes first: a
-    256-511-byte first unit's 4-byte length reads ``00 00 01 xx``. A wrong guess costs one decoded picture."""
-    header = 1 if codec == "h264" else 2
-
-    def holds(units: list[tuple[int, int]]) -> bool:
-        for a, b in units:
-            if b <= a + header:
-                continue
-            kind = nal_type(data[a], codec)
-            if kind in SEI_UNITS[codec]:
-                if DISPLAY_ORIENTATION_SEI in sei_types(data[a + header:b]) or (cut and b == len(data)):
-                    return True
-            elif kind <= (5 if codec == "h264" else 31) and (codec == "hevc" or kind >= 1):  # a slice: no SEI after
-                return False
-        return False
-
-    if length_size is None:
-        return holds(nal_units(data, None) or [])
-    prefixed, at = [], 0
-    while at + length_size < len(data):
-        size = int.from_bytes(data[at:at + length_size], "big")
-        start = at + length_size
-        if size <= header or start + header > len(data) or (start + size > len(data) and not cut):
-            break  # not length-prefixed after all (a slice cut by ``data``'s end is a slice: the walk stops there)
-        prefixed.append((start, min(start + size, len(data))))
-        at = start + size
-    return holds(prefixed) or (data.startswith((b"\0\0\1", b"\0\0\0\1")) and holds(nal_units(data, None) or []))
+    return orientation_sei_first(data, codec, length_size)
 
 
 def _mp4_turned_in_stream(path: Path, index: PacketIndex, codec: str, extradata: bytes) -> bool:
@@ -822,7 +502,7 @@ def _mp4_turned_in_stream(path: Path, index: PacketIndex, codec: str, extradata:
     except OSError as exc:
         log.info("%s: cannot read its first packet for a display orientation (%s)", path, exc)
         return False
-    return _orientation_sei_first(data, codec, length_size, cut=int(index.size[0]) > len(data))
+    return orientation_sei_first(data, codec, length_size, cut=int(index.size[0]) > len(data))
 
 
 def _rotation_of_first_picture(path: Path, stream_index: int) -> int:
@@ -886,7 +566,7 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
     stat = path.stat()
     facts = TrackFacts(0, None)
     container_format = container.format.name.split(",")[0]
-    if container_format in _MP4_FORMATS:
+    if container_format in MP4_FORMATS:
         with open(path, "rb") as fh:
             facts = read_track_facts(fh, stat.st_size, stream.id)
     index = read_packet_index(container, stream, path, facts.composition_offsets, facts.samples, facts.sample_pos,
@@ -899,7 +579,7 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
                 f"truncated: the index points {end - stat.st_size:,} bytes past the end of the file "
                 f"({present:.0f}% of the video data present)", path=path,
                 hint="the copy or recording was cut off; re-copy it from the source")
-    index = _random_access_keyframes(index, path, stream)
+    index = random_access_keyframes(index, path, stream)
     if not index.is_key.any():
         raise VideoOpenError("no keyframes in the video stream", path=path)
 
@@ -936,7 +616,7 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
     if container_format in _ROTATION_BY_DECODING \
             and (_may_be_turned(path) or _turned_in_stream(path, stream.index, codec)):
         rotation = _rotation_of_first_picture(path, stream.index)
-    elif container_format in _MP4_FORMATS and index.from_container_index \
+    elif container_format in MP4_FORMATS and index.from_container_index \
             and _mp4_turned_in_stream(path, index, codec, bytes(ctx.extradata or b"")):
         rotation = _rotation_of_first_picture(path, stream.index)
     setup = codec_setup(stream)

@@ -241,7 +241,7 @@ def test_a_display_orientation_inside_the_h264_stream_turns_an_mp4(make_clip, tm
     probe does (its first packet's leading units read at their index position), and sampling turns them."""
     import av
 
-    from quadvault_dali.probe import _orientation_sei_first
+    from quadvault_dali._packet_heads import orientation_sei_first as _orientation_sei_first
     from quadvault_dali.sampling import create_sampler
 
     source, path, ffmpeg_turn = _sei_turned(make_clip, tmp_path / "sei_turned.mp4")
@@ -331,9 +331,9 @@ def test_a_quick_open_probes_what_a_full_one_does_where_sps_and_track_disagree(
 
 
 def test_a_packet_head_is_read_to_its_first_slice(tmp_path: Path) -> None:
-    """``probe.packet_head``: 4 KiB where the first slice starts within them (an x264 or camera head), more (up to
+    """``_packet_heads.packet_head``: 4 KiB where the first slice starts within them (an x264 or camera head), more (up to
     64 KiB) where an SEI or parameter set before it is longer, so what the prober reads there is whole."""
-    from quadvault_dali.probe import packet_head
+    from quadvault_dali._packet_heads import packet_head
 
     def unit(data: bytes) -> bytes:
         return len(data).to_bytes(4, "big") + data
