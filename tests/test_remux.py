@@ -305,7 +305,7 @@ def test_real_drone_footage_decodes_half_the_pictures_for_the_same_exact_frames(
 
 
 def test_only_pictures_nothing_references_count_as_unreferenced() -> None:
-    import quadvault_dali.sampling._remux as remux
+    import quadvault_dali.sampling._pictures as remux
 
     def units(*payloads: bytes, size: int = 4) -> bytes:
         return b"".join(len(p).to_bytes(size, "big") + p for p in payloads)
@@ -325,7 +325,7 @@ def test_only_pictures_nothing_references_count_as_unreferenced() -> None:
     assert not remux.unreferenced(units(slice_n, b"\x0a"), "h264", 4)  # end of sequence
     # A NAL unit of 256-511 bytes has the length 00 00 01 xx: read as framed, never as a start code.
     padded = units(b"\x21" + bytes(300)) + b"\0\0"  # a referenced slice, zero bytes after it
-    assert remux._nal_units(padded, 4) == [(4, 305)]
+    assert remux._nal_units(padded, 4) == [(4, 305)]  # (the _nal framing _pictures reads with)
     assert not remux.unreferenced(padded, "h264", 4)
     assert not remux.unreferenced(units(slice_n) + b"\x07", "h264", 4), "a tail that is not padding: unsure"
     annex_b = b"\0\0\0\1" + sei_timing + b"\0\0\1" + slice_n
@@ -349,7 +349,7 @@ def test_packets_are_read_as_their_stream_frames_them() -> None:
     unit of 298 bytes has the length 00 00 01 2a, a start code followed by a CRA header to a search: relabelling
     that byte broke the packet. Each packet is read with its stream's framing; one that does not parse is left
     as it is (and starts a clip of its own)."""
-    import quadvault_dali.sampling._remux as remux
+    import quadvault_dali.sampling._pictures as remux
 
     cra = bytes([21 << 1, 1]) + bytes(296)
     packet = len(cra).to_bytes(4, "big") + cra + b"\0\0"
