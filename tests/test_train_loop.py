@@ -228,3 +228,39 @@ def test_cli_points_to_resume_for_an_interrupted_run(tmp_path: Path) -> None:
     assert "--resume to continue it" in res.output
     res = CliRunner().invoke(main, [*args, "--resume", "--overwrite"])
     assert res.exit_code != 0 and "give one of them" in res.output
+
+
+def test_a_kill_between_the_state_and_the_best_model_is_mended_by_resume(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The best model was saved before the state: killed between the two, --resume ran that epoch again, and the
+    folder kept the killed run's model while the history named another best epoch. The state is saved first
+    now; killed before the model, --resume saves the state's weights (that epoch's) as the best model."""
+    steps = iter([0.5, 0.4, 0.3, 0.2])
+
+    def improving(model: object, loader: object, frames: FrameTable, *args: object) -> tuple[np.ndarray, float]:
+        return np.where(frames.labels == 1, 0.6, 0.4), next(steps)  # a lower val loss each epoch: each is best
+
+    real_save = loop._save
+
+    def killed_in_epoch_2(config: object, net: object, arch: str, data: object, record: object, run_id: str) -> None:
+        if record.epoch == 2:  # type: ignore[attr-defined]
+            raise KeyboardInterrupt
+        real_save(config, net, arch, data, record, run_id)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "_evaluate", improving)
+    monkeypatch.setattr(loop, "_save", killed_in_epoch_2)
+    make_dataset(tmp_path / "ds", n_videos=6, frames=2)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(_resumable(tmp_path, epochs=2), lambda line: None)
+    assert load_model(tmp_path / "model").card["metrics"]["epoch"] == 1
+    tensors, meta = _saved_state(tmp_path / "model")
+    assert meta["position"]["epoch"] == meta["position"]["best_epoch"] == 2
+
+    monkeypatch.setattr(loop, "_save", real_save)
+    lines: list[str] = []
+    result = train_model(_resumable(tmp_path, epochs=2, resume=True), lines.append)
+    assert any("Saved the best model of epoch 2 again" in line for line in lines)
+    model = load_model(tmp_path / "model")
+    assert model.card["metrics"]["epoch"] == result.best_epoch == 2
+    assert model.card["training"]["run_id"] == meta["position"]["run_id"]
+    assert all(torch.equal(v.cpu(), tensors[f"model.{k}"]) for k, v in model.network.state_dict().items())

@@ -13,6 +13,7 @@ import math
 import os
 import tempfile
 import time
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -25,7 +26,7 @@ from .._files import atomic_path
 from ..device import resolve_device
 from ..errors import BackendUnavailableError, DatasetError, OutputError, QuadvaultError
 from ..metrics import best_threshold, binary_metrics, video_scores
-from ..model import build_network, save_model, spec_for
+from ..model import CARD_FILE, build_network, save_model, spec_for
 from ..progress import progress_bar
 from ._config import EpochRecord, TrainConfig, TrainResult, loader_threads, resolve_backbone
 from ._data import DaliFrameLoader, FrameTable, TrainingData, load_training_data
@@ -242,17 +243,23 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
     if saved is not None:
         position = restore(saved, net, optimizer, scheduler)
         del saved  # the tensors are in the network and optimizer now
+        if rank == 0:
+            _check_best_model(config, net, arch, data, position, report)
     else:
-        position = RunPosition()
+        position = RunPosition(run_id=uuid.uuid4().hex)
         if rank == 0:
             remove_state(config.output_dir)  # an earlier run's (--overwrite): it must not be resumed into this one
+    run_id = position.run_id
 
     weights = {"auto": "ImageNet weights", "none": "from scratch"}.get(str(config.pretrained),
                                                                      f"weights from {config.pretrained}")
     report(f"Training {arch} ({weights}) on {backend}: {len(data.train):,} train frames "
            f"({data.train.n_videos} videos), {len(data.val):,} val frames ({data.val.n_videos} videos), "
            f"{config.image_size}px, batch {config.batch_size}" + (f" x {world} GPUs" if world > 1 else ""))
-    if position.epoch:
+    if position.stopped_early:
+        report(f"The interrupted run had already stopped early after epoch {position.epoch} (no better "
+               f"video-level val accuracy for {config.patience} epochs); nothing left to train")
+    elif position.epoch:
         report(f"Resuming the interrupted run after epoch {position.epoch} of {config.epochs} (best so far: "
                f"epoch {position.best_epoch}, video-level val accuracy {_pct(position.best_video_accuracy)})")
     result = TrainResult(config.output_dir, arch, position.best_epoch, position.best_video_accuracy,
@@ -285,24 +292,28 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
                f" | Video F1: {video['f1']:.3f} | Video AUC: "
                + (f"{video['roc_auc']:.3f}" if video["roc_auc"] is not None else "n/a"))
         key = (video["accuracy"], video["roc_auc"] or 0.0, -val_loss)
-        if best_key is None or key > best_key:
+        improved = best_key is None or key > best_key
+        if improved:
             best_key, since_best = key, 0
             result.best_epoch, result.best_video_accuracy, result.threshold = epoch, video["accuracy"], threshold
-            if rank == 0:
-                _save(config, net, arch, data, record)
-            report(f"✓ Saved best model (video-level val accuracy {_pct(video['accuracy'])})")
         elif not frozen:  # a plateau of the head alone must not end the run before the backbone trains
             since_best += 1
             if since_best >= config.patience:
                 result.stopped_early = True
-                report(f"Early stop: no better video-level val accuracy for {config.patience} epochs")
         if rank == 0:  # every epoch: Ctrl-C or a divergence later still leaves the history so far
             _write_json(config.output_dir / HISTORY_FILE, [asdict(r) for r in result.history])
-            # and where the run stands, for --resume (the history and best model are written first)
+            # then where the run stands, for --resume, and only then the best model: a kill between the two
+            # leaves a state whose weights are that best model, which --resume saves again (saved first, the
+            # model was an epoch the resumed run then ran again, and its history named another best)
             save_state(config.output_dir, net, optimizer, scheduler, settings, RunPosition(
                 epoch, best_key, since_best, result.best_epoch, result.best_video_accuracy, result.threshold,
-                result.history, result.stopped_early))
+                result.history, result.stopped_early, run_id))
+            if improved:
+                _save(config, net, arch, data, record, run_id)
+        if improved:
+            report(f"✓ Saved best model (video-level val accuracy {_pct(video['accuracy'])})")
         if result.stopped_early:
+            report(f"Early stop: no better video-level val accuracy for {config.patience} epochs")
             break
     if rank == 0:
         remove_state(config.output_dir)  # finished: nothing to resume
@@ -310,7 +321,8 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
     return result
 
 
-def _save(config: TrainConfig, net: nn.Module, arch: str, data: TrainingData, record: EpochRecord) -> None:
+def _save(config: TrainConfig, net: nn.Module, arch: str, data: TrainingData, record: EpochRecord,
+          run_id: str) -> None:
     card = {"name": config.output_dir.name, "architecture": arch, "image_size": config.image_size,
             "threshold": record.threshold,
             "metrics": {"epoch": record.epoch, "frame": record.frame, "video": record.video,
@@ -320,8 +332,28 @@ def _save(config: TrainConfig, net: nn.Module, arch: str, data: TrainingData, re
             "dataset_fingerprint": data.fingerprint, "dataset": str(Path(config.dataset).resolve()),  # absolute: evaluate finds it from anywhere
             "training": {"pretrained": str(config.pretrained), "epochs": config.epochs,
                          "batch_size": config.batch_size, "learning_rate": config.learning_rate,
-                         "seed": config.seed, "freeze_backbone_epochs": config.freeze_backbone_epochs}}
+                         "seed": config.seed, "freeze_backbone_epochs": config.freeze_backbone_epochs,
+                         "run_id": run_id}}
     save_model(config.output_dir, net, card)
+
+
+def _check_best_model(config: TrainConfig, net: nn.Module, arch: str, data: TrainingData, position: RunPosition,
+                      report: Report) -> None:
+    """Where the interrupted run was killed after saving its state but before saving that epoch's best model,
+    the state's weights are that model: it is saved again, so the folder's model is the run's best epoch."""
+    try:
+        card = json.loads((config.output_dir / CARD_FILE).read_text(encoding="utf-8"))
+        saved = (card["training"].get("run_id"), card["metrics"]["epoch"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        saved = (None, None)
+    if saved == (position.run_id, position.best_epoch) or not position.best_epoch:
+        return
+    if position.best_epoch == position.epoch:
+        _save(config, net, arch, data, position.history[-1], position.run_id)
+        report(f"✓ Saved the best model of epoch {position.epoch} again (the run was stopped while saving it)")
+    else:
+        log.warning("%s: the model there is not this run's best epoch %d (replaced since?); the next better epoch "
+                    "replaces it", config.output_dir, position.best_epoch)
 
 
 def _final_block(report: Report, result: TrainResult) -> None:

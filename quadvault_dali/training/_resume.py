@@ -61,6 +61,7 @@ class RunPosition:
     threshold: float = 0.5
     history: list[EpochRecord] = field(default_factory=list)
     stopped_early: bool = False  # killed after its last epoch, before the state was removed
+    run_id: str = ""  # in the model card too: whose best model the folder holds
 
 
 def run_settings(config: TrainConfig, architecture: str, dataset_fingerprint: str, world: int) -> dict[str, Any]:
