@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from pathlib import Path
 
 import click
@@ -61,27 +63,41 @@ def train(dataset: Path, output_dir: Path, epochs: int, batch_size: int, learnin
     from quadvault_dali.errors import OutputError, QuadvaultError
     from quadvault_dali.model import CARD_FILE
     from quadvault_dali.progress import is_quiet
+    from quadvault_dali.scan.parallel import stop_on_signals
     from quadvault_dali.training import TrainConfig, train_model
-    from quadvault_dali.training._resume import describe_state
+    from quadvault_dali.training._resume import STATE_FILE, describe_state
 
     if resume and overwrite:
         raise QuadvaultError("--resume continues the run in --output-dir and --overwrite starts a new one: "
                              "give one of them")
-    if (output_dir / CARD_FILE).exists() and not overwrite and not resume:
-        interrupted = describe_state(output_dir)
-        if interrupted:
-            raise OutputError(f"an interrupted training run is here (stopped after {interrupted})",
+    if not overwrite and not resume:
+        interrupted = describe_state(output_dir)  # also where killed before its first model was saved
+        if interrupted or (output_dir / STATE_FILE).exists():
+            raise OutputError(f"an interrupted training run is here (stopped after {interrupted or 'an epoch'})",
                               path=output_dir, hint="--resume to continue it with the same options, "
                                                     "or --overwrite to start again")
-        raise OutputError("a model is already here; training would replace it", path=output_dir,
-                          hint="use another --output-dir, or --overwrite to replace it")
+        if (output_dir / CARD_FILE).exists():
+            raise OutputError("a model is already here; training would replace it", path=output_dir,
+                              hint="use another --output-dir, or --overwrite to replace it")
     config = TrainConfig(dataset, output_dir, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                          image_size=image_size, seed=seed, device=device, patience=patience,
                          freeze_backbone_epochs=freeze_backbone_epochs, multi_gpu=multi_gpu, backbone=backbone,
                          pretrained=pretrained, num_threads=loader_threads, resume=resume)
     quiet = is_quiet()
     long_job()
-    result = train_model(config, (lambda line: None) if quiet else click.echo)
+    stopped_by: list[int] = []  # SIGTERM (a scheduler's time limit, kill) stops like Ctrl-C: temporaries go
+    previous = stop_on_signals((signal.SIGINT, signal.SIGTERM), seen=stopped_by)
+    try:
+        result = train_model(config, (lambda line: None) if quiet else click.echo)
+    except KeyboardInterrupt:
+        state = describe_state(output_dir)
+        again = (f"run the same command with --resume to continue after {state}" if state
+                 else "no epoch had finished; nothing to resume")
+        click.echo(f"{'Stopped (SIGTERM)' if signal.SIGTERM in stopped_by else 'Interrupted'}; {again}.", err=True)
+        sys.exit(143 if signal.SIGTERM in stopped_by else 130)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     if quiet and int(os.environ.get("RANK", "0")) == 0:  # -q: the one line that says where the model went
         click.echo(f"Model saved to: {result.model_dir} (video-level val accuracy "
                    f"{100 * result.best_video_accuracy:.1f}%, epoch {result.best_epoch})")

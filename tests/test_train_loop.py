@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -264,3 +265,100 @@ def test_a_kill_between_the_state_and_the_best_model_is_mended_by_resume(tmp_pat
     assert model.card["metrics"]["epoch"] == result.best_epoch == 2
     assert model.card["training"]["run_id"] == meta["position"]["run_id"]
     assert all(torch.equal(v.cpu(), tensors[f"model.{k}"]) for k, v in model.network.state_dict().items())
+
+
+def test_a_state_that_cannot_be_saved_never_costs_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A full disk took the state (~3x the model) first and ended the run with no model at all, saying the best
+    model was kept. Now training goes on and saves its best models; the older state goes (it would no longer
+    match the model), so --resume cannot pick a stale one."""
+    from quadvault_dali.errors import OutputError as Full
+
+    steps = iter([0.5, 0.4, 0.3])
+    monkeypatch.setattr(loop, "_evaluate", lambda model, loader, frames, *a: (
+        np.where(frames.labels == 1, 0.6, 0.4), next(steps)))
+    real_state = loop.save_state
+    calls: list[int] = []
+
+    def full_after_the_first(*args: object) -> None:
+        calls.append(1)
+        if len(calls) > 1:
+            raise Full("cannot save the training state ([Errno 28] No space left on device)")
+        real_state(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "save_state", full_after_the_first)
+    make_dataset(tmp_path / "ds", n_videos=6, frames=2)
+    with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt):
+        train_model(_resumable(tmp_path), _interrupt_at(3, []))
+    assert "No space left on device); training goes on, but --resume cannot continue this run" in caplog.text
+    assert load_model(tmp_path / "model").card["metrics"]["epoch"] == 2  # epoch 2's model despite its state
+    assert not (tmp_path / "model" / "training_state.safetensors").exists()
+
+
+def test_a_damaged_state_and_a_changed_dataset_are_refused(tmp_path: Path) -> None:
+    """5 MB zeroed in a state's middle resumed silently (safetensors checks its header only), and a dataset
+    rebuilt at another size (the same frame names) was resumed into."""
+    import pyarrow.parquet as pq
+
+    make_dataset(tmp_path / "ds", n_videos=6, frames=2)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(_resumable(tmp_path), _interrupt_at(2, []))
+    state = tmp_path / "model" / "training_state.safetensors"
+    kept = state.read_bytes()
+    damaged = bytearray(kept)
+    damaged[len(kept) // 2: len(kept) // 2 + 4096] = bytes(4096)
+    state.write_bytes(bytes(damaged))
+    with pytest.raises(OutputError, match="do not match their checksum: the file is damaged"):
+        train_model(_resumable(tmp_path, resume=True), lambda line: None)
+    state.write_bytes(kept)
+    table = pq.read_table(tmp_path / "ds" / "dataset.parquet")
+    pq.write_table(table.replace_schema_metadata({b"quadvault.dataset": b'{"size": 48}'}),
+                   tmp_path / "ds" / "dataset.parquet")
+    with pytest.raises(OutputError, match="the dataset changed since the interrupted run started: the dataset's "
+                                          "prepare-dataset settings"):
+        train_model(_resumable(tmp_path, resume=True), lambda line: None)
+
+
+def test_a_killed_runs_temporary_files_are_removed(tmp_path: Path) -> None:
+    """A state save killed midway left a hidden 20-40 MB temporary for good; a live process's is kept."""
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    make_dataset(tmp_path / "ds", n_videos=6, frames=2)
+    model = tmp_path / "model"
+    model.mkdir()
+    stale = model / f".training_state.safetensors.{gone.stdout.strip()}-1.tmp"
+    live = model / f".model.json.{os.getpid()}-1.tmp"
+    stale.write_bytes(b"x" * 1000)
+    live.write_bytes(b"{}")
+    train_model(_resumable(tmp_path, epochs=1), lambda line: None)
+    assert not stale.exists() and live.exists()
+
+
+def test_cli_sigterm_stops_like_ctrl_c_and_says_how_to_resume(tmp_path: Path) -> None:
+    """A scheduler's SIGTERM killed the run where it stood (a state save's temporary stayed behind) and Ctrl-C
+    said only "Aborted!"; both now stop cleanly and name the epoch --resume continues after. A state with no
+    model yet (killed before epoch 1's model) still stops a plain re-run from deleting it."""
+    import signal as signals
+    import subprocess
+    import sys
+
+    make_dataset(tmp_path / "ds", n_videos=6, frames=2)
+    args = [sys.executable, "-m", "quadvault_dali", "train", str(tmp_path / "ds"), "--output-dir",
+            str(tmp_path / "model"), "--epochs", "3", "--batch-size", "4", "--image-size", "64",
+            "--backbone", "efficientnet-lite0", "--device", "cpu"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("Epoch 2/"):
+            proc.send_signal(signals.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "Stopped (SIGTERM); run the same command with --resume to continue after epoch 1 of 3" in err
+    assert [p.name for p in (tmp_path / "model").iterdir() if p.name.startswith(".")] == []
+    (tmp_path / "model" / "model.json").unlink()
+    again = subprocess.run(args, capture_output=True, text=True)
+    assert again.returncode != 0 and "an interrupted training run is here" in again.stderr + again.stdout
+    assert (tmp_path / "model" / "training_state.safetensors").exists()

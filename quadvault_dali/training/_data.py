@@ -44,6 +44,7 @@ class TrainingData:
     train: FrameTable
     val: FrameTable
     fingerprint: str
+    settings: dict = field(default_factory=dict)  # prepare-dataset's (frame size, fps, sampling, JPEG quality)
 
 
 def check_jpeg(path: str) -> str | None:
@@ -113,7 +114,7 @@ def load_training_data(dataset: str | Path) -> TrainingData:
     if len(set(tables["val"].labels.tolist())) < 2:  # e.g. --merge moved a class's only validation video
         log.warning("%s: the validation split holds only one class: the threshold and the best epoch are "
                     "chosen without the other (ROC-AUC undefined); label a few more clips of it", ds.path)
-    return TrainingData(ds.root, tables["train"], tables["val"], _fingerprint(table))
+    return TrainingData(ds.root, tables["train"], tables["val"], _fingerprint(table), dict(ds.settings))
 
 
 #: Row id of a training image that only completes an epoch's last batches: it is a real frame (BatchNorm

@@ -30,7 +30,8 @@ from ..model import CARD_FILE, build_network, save_model, spec_for
 from ..progress import progress_bar
 from ._config import EpochRecord, TrainConfig, TrainResult, loader_threads, resolve_backbone
 from ._data import DaliFrameLoader, FrameTable, TrainingData, load_training_data
-from ._resume import RunPosition, load_saved, remove_state, restore, resume_seed, run_settings, save_state
+from ._resume import (RunPosition, load_saved, remove_stale_temporaries, remove_state, restore, resume_seed,
+                      run_settings, save_state)
 from ._step import SHOW_EVERY, TrainStep
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,9 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
     if note:
         report(note)
     spec = spec_for(arch)
-    settings = run_settings(config, arch, data.fingerprint, world)
+    settings = run_settings(config, arch, data.fingerprint, world, data.settings)
+    if rank == 0:
+        remove_stale_temporaries(config.output_dir)
     saved = load_saved(config.output_dir, settings) if config.resume else None
     epochs_done = saved.epochs_done if saved is not None else 0
     net = build_network(arch, image_size=config.image_size, pretrained=config.pretrained).to(device)
@@ -305,9 +308,13 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
             # then where the run stands, for --resume, and only then the best model: a kill between the two
             # leaves a state whose weights are that best model, which --resume saves again (saved first, the
             # model was an epoch the resumed run then ran again, and its history named another best)
-            save_state(config.output_dir, net, optimizer, scheduler, settings, RunPosition(
-                epoch, best_key, since_best, result.best_epoch, result.best_video_accuracy, result.threshold,
-                result.history, result.stopped_early, run_id))
+            try:
+                save_state(config.output_dir, net, optimizer, scheduler, settings, RunPosition(
+                    epoch, best_key, since_best, result.best_epoch, result.best_video_accuracy, result.threshold,
+                    result.history, result.stopped_early, run_id))
+            except OutputError as exc:  # a full disk: the state is ~3x the model; training itself goes on
+                remove_state(config.output_dir)  # an older epoch's state would no longer match the model here
+                log.warning("%s; training goes on, but --resume cannot continue this run", exc)
             if improved:
                 _save(config, net, arch, data, record, run_id)
         if improved:
