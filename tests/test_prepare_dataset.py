@@ -301,3 +301,83 @@ def test_cli_summary_and_failures(footage: Path, tmp_path: Path) -> None:
     assert "Error: " in res.output and "2 problems in labels file" in res.output  # missing + empty normal
     assert "nope.mp4 does not exist" in res.output and '"normal" is empty' in res.output
     assert not (tmp_path / "out2").exists()  # validation happens before any work
+
+
+def _killed_after_manifests(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    """The run is killed (KeyboardInterrupt) once ``count`` videos have all their frames written."""
+    import quadvault_dali.dataset._prepare as prepare
+
+    real, written = prepare._write_manifest, []
+
+    def then_killed(*args: object) -> None:
+        real(*args)  # type: ignore[arg-type]
+        written.append(1)
+        if len(written) >= count:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare, "_write_manifest", then_killed)
+
+
+def test_a_killed_run_keeps_the_videos_it_finished(footage: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """dataset.parquet is only written at the end, so a run killed at 95 % started over ("6 to extract, 0 already
+    extracted"). Each finished video's folder has a manifest now; the same command again reuses those folders
+    and the dataset comes out as one uninterrupted run's."""
+    labels = label_all(tmp_path, footage)
+    clean = prepare_dataset(labels, tmp_path / "clean", size=SIZE, device="cpu")
+    _killed_after_manifests(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(labels, tmp_path / "out", size=SIZE, device="cpu")
+    assert not (tmp_path / "out" / "dataset.parquet").exists()
+    kept = frame_files(tmp_path / "out")
+    monkeypatch.undo()
+    result = prepare_dataset(labels, tmp_path / "out", size=SIZE, device="cpu")
+    assert len(result.reused) == 3 and len(result.extracted) == 3
+    assert all(frame_files(tmp_path / "out")[p] == ident for p, ident in kept.items()
+               if (tmp_path / "out" / Path(p).parent / ".frames.json").exists())  # finished frames not redone
+    columns = ("frame_path", "video_id", "timestamp_s", "label", "split")
+    assert [tuple(r[c] for c in columns) for r in read_dataset(tmp_path / "out").rows()] == \
+        [tuple(r[c] for c in columns) for r in read_dataset(tmp_path / "clean").rows()]
+    assert clean.frames == result.frames
+
+
+def test_an_interrupted_overwrite_never_leaves_the_old_table_on_new_frames(prepared: tuple[Path, object],
+                                                                         footage: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """--overwrite --size 48 killed midway rewrote frames in place under the old table, whose settings still said
+    64: a later --merge reused a dataset of mixed sizes without a word. The old table goes before any frame is
+    rewritten; the command without --overwrite then goes on, and every frame is 48 px."""
+    out = copy_of(prepared, tmp_path)
+    labels = label_all(tmp_path, footage)
+    _killed_after_manifests(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(labels, out, overwrite=True, size=48, device="cpu")
+    assert not (out / "dataset.parquet").exists()
+    monkeypatch.undo()
+    result = prepare_dataset(labels, out, size=48, device="cpu")  # the same command, without --overwrite
+    assert len(result.reused) == 2 and len(result.extracted) == 4
+    rows = read_dataset(out).rows()
+    assert result.frames == len(rows) == 3 + 4 + 3 + 3 + 3 + 3 and read_dataset(out).settings["size"] == 48
+    assert {min(Image.open(out / r["frame_path"]).size) for r in rows} == {48}
+    referenced = {r["frame_path"] for r in rows}
+    assert {str(p.relative_to(out)) for p in (out / "frames").rglob("*.jpg")} == referenced  # no 64-px leftovers
+
+
+def test_frames_a_killed_merge_left_behind_go_on_the_next_run(prepared: tuple[Path, object], footage: Path,
+                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A --merge dropping n2 killed between the new table and the sweep left n2's frames for good: later runs only
+    swept the videos they knew of. Every frame folder the table does not use is swept now."""
+    import quadvault_dali.dataset._prepare as prepare
+
+    out = copy_of(prepared, tmp_path)
+    fewer = label_all(tmp_path, footage, normal=("n1.mp4", "n3.mp4"))
+    monkeypatch.setattr(prepare, "_remove_stale_frames", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(fewer, out, merge=True, size=SIZE, device="cpu")
+    n2 = out / "frames" / video_id(footage / "n2.mp4")
+    assert n2.is_dir()  # the table no longer names it; its frames are still there
+    monkeypatch.undo()
+    prepare_dataset(fewer, out, merge=True, size=SIZE, device="cpu")
+    assert not n2.exists()
+    rows = read_dataset(out).rows()
+    assert {str(p.relative_to(out)) for p in (out / "frames").rglob("*.jpg")} == {r["frame_path"] for r in rows}

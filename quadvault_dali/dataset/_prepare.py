@@ -6,10 +6,18 @@ again; every known video keeps its split; a
 re-labelled video only changes its label; videos no longer labelled are dropped and their frames
 deleted. Deletion is limited to ``OUT/frames/<video_id>/`` folders this dataset wrote, and happens
 only after the new ``dataset.parquet`` is in place, so a crash leaves a consistent dataset.
+
+An interrupted run loses no finished video: each video's folder gets a manifest (``.frames.json``: the
+settings, its rows) once all its frames are written, and a re-run of the same command reuses the folders
+whose manifest matches (``dataset.parquet`` is only written at the end: a run killed at 95 % used to start
+over). ``--overwrite`` removes the old ``dataset.parquet`` before it writes a frame, so an interrupted rebuild
+never leaves the old table pointing at frames of the new size; run the command again without
+``--overwrite`` to go on.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import defaultdict
@@ -26,6 +34,8 @@ from ._split import Split, assign_splits
 from ._table import DATASET_FILE, FRAMES_DIR, read_dataset, write_dataset
 
 log = logging.getLogger(__name__)
+#: Written into a video's frame folder once all its frames are: what a killed run's re-run reuses
+MANIFEST = ".frames.json"
 
 
 @dataclass
@@ -139,6 +149,32 @@ def _reusable(rows: list[dict], out: Path) -> bool:
     return bool(rows) and all(_complete_jpeg(out / r["frame_path"]) for r in rows)
 
 
+def _write_manifest(folder: Path, vid: str, settings: dict[str, Any], rows: list[dict]) -> None:
+    """Says the folder holds all of ``vid``'s frames for ``settings`` (written last, atomically)."""
+    keep = ("frame_path", "timestamp_s", "video_size_bytes", "video_mtime_ns")
+    doc = {"format": 1, "video_id": vid, "settings": settings, "rows": [{k: r[k] for k in keep} for r in rows]}
+    write_atomic(folder / MANIFEST, json.dumps(doc).encode())
+
+
+def _manifest_rows(out: Path, video: LabelledVideo, settings: dict[str, Any]) -> list[dict]:
+    """The rows of ``video`` from its folder's manifest, where it was written for these settings and every frame
+    it lists is complete; ``[]`` otherwise (then the video is extracted again)."""
+    try:
+        doc = json.loads((out / FRAMES_DIR / video.video_id / MANIFEST).read_text(encoding="utf-8"))
+        if doc.get("video_id") != video.video_id or doc.get("settings") != settings:
+            return []
+        rows = [{"frame_path": str(r["frame_path"]), "video_path": str(video.path), "video_id": video.video_id,
+                 "timestamp_s": float(r["timestamp_s"]), "label": video.label, "label_name": video.label_name,
+                 "split": "train", "video_size_bytes": r["video_size_bytes"], "video_mtime_ns": r["video_mtime_ns"]}
+                for r in doc["rows"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    prefix = f"{FRAMES_DIR}/{video.video_id}/"
+    if not all(r["frame_path"].startswith(prefix) and "/" not in r["frame_path"][len(prefix):] for r in rows):
+        return []
+    return rows if _reusable(rows, out) else []
+
+
 def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[str], *, merge: bool = False,
                     overwrite: bool = False, fps: float = 1.0, size: int = 256, mode: SamplingMode = "auto",
                     device: str = "auto", skip_missing: bool = False, quality: int = JPEG_QUALITY,
@@ -156,6 +192,17 @@ def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[
 
     by_id = {v.video_id: v for v in labels.videos}
     previous = _match_previous(previous, labels.videos)
+    if overwrite and not merge:
+        # before any frame is rewritten: an interrupted rebuild must not leave the old table naming new frames
+        (out_dir / DATASET_FILE).unlink(missing_ok=True)
+    resumed: set[str] = set()  # finished by a killed run: reused, but their split is assigned now
+    if not overwrite or merge:  # what a killed run finished (its table is written only at the end)
+        for vid, video in by_id.items():
+            if not _reusable(previous.get(vid, []), out_dir):
+                finished = _manifest_rows(out_dir, video, settings)
+                if finished:
+                    previous[vid] = finished
+                    resumed.add(vid)
     reuse = {vid for vid in by_id if _reusable(previous.get(vid, []), out_dir)}
     todo = [vid for vid in by_id if vid not in reuse]
     result = PrepareResult(path=out_dir / DATASET_FILE, frames=0, frames_by_label={1: 0, 0: 0},
@@ -174,12 +221,13 @@ def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[
                       **now} for r in previous[vid]]
         result.reused.append(video.path)
     if todo:
-        _extract(todo, by_id, out_dir, rows, result, fps=fps, size=size, mode=mode, device=device,
+        _extract(todo, by_id, out_dir, rows, result, settings, fps=fps, size=size, mode=mode, device=device,
                  quality=quality, streams=streams)
 
     # Split among the videos that made it (a failed video must not take a class's only val slot);
     # videos already in the dataset keep theirs.
-    kept_splits: dict[str, Split] = {vid: rs[0]["split"] for vid, rs in previous.items() if rs and vid in rows}
+    kept_splits: dict[str, Split] = {vid: rs[0]["split"] for vid, rs in previous.items()
+                                     if rs and vid in rows and vid not in resumed}
     splits = assign_splits({vid: by_id[vid].label for vid in rows}, existing=kept_splits)
     for vid, video_rows in rows.items():
         for r in video_rows:
@@ -191,9 +239,7 @@ def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[
                            hint="see the list of failed videos above")
     result.dropped = sorted({rs[0]["video_path"] for vid, rs in previous.items() if rs and vid not in by_id})
     write_dataset(out_dir, final, settings)
-    # the folders the old rows' frames are in: a dataset from before content ids named them by path id
-    old_folders = {Path(r["frame_path"]).parent.name for rs in previous.values() for r in rs}
-    _remove_stale_frames(out_dir, set(previous) | set(todo) | old_folders, final)
+    _remove_stale_frames(out_dir, final)
 
     result.frames = len(final)
     for r in final:
@@ -217,8 +263,8 @@ def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[
 
 
 def _extract(todo: list[str], by_id: dict[str, LabelledVideo], out_dir: Path,
-             rows: dict[str, list[dict]], result: PrepareResult, *, fps: float, size: int, mode: SamplingMode,
-             device: str, quality: int, streams: int) -> None:
+             rows: dict[str, list[dict]], result: PrepareResult, settings: dict[str, Any], *, fps: float, size: int,
+             mode: SamplingMode, device: str, quality: int, streams: int) -> None:
     """Samples the ``todo`` videos and writes their frames; fills ``rows`` for the ones that succeed."""
     sampler = create_sampler(device, fps=fps, mode=mode, size=size, square=False, batch_size=64,
                              streams=streams)
@@ -235,6 +281,7 @@ def _extract(todo: list[str], by_id: dict[str, LabelledVideo], out_dir: Path,
                     folder = out_dir / FRAMES_DIR / vid
                     if vid not in stats:
                         folder.mkdir(parents=True, exist_ok=True)
+                        (folder / MANIFEST).unlink(missing_ok=True)  # the folder is no longer complete
                         stats[vid] = video.path.stat()
                     name = frame_name(t)
                     write_atomic(folder / name, data)
@@ -255,22 +302,27 @@ def _extract(todo: list[str], by_id: dict[str, LabelledVideo], out_dir: Path,
                     result.failed.append((by_id[vid].path, err))
                 else:
                     rows[vid] = pending.pop(vid)
+                    _write_manifest(out_dir / FRAMES_DIR / vid, vid, settings, rows[vid])
                     result.extracted.append(by_id[vid].path)
 
 
-def _remove_stale_frames(out_dir: Path, touched: set[str], final: list[dict]) -> None:
-    """Deletes frame files of ``touched`` videos that the new dataset does not reference.
-
-    Only plain files directly inside ``OUT/frames/<video_id>/`` are removed (then the empty folder),
-    never anything elsewhere, whatever the old dataset said.
+def _remove_stale_frames(out_dir: Path, final: list[dict]) -> None:
+    """Deletes the frame files in ``OUT/frames/<video_id>/`` folders that the new dataset does not reference
+    (with the manifest of a folder it no longer uses). Every such folder is looked at, not only the ones this
+    run knew of: a --merge killed between the new table and this sweep left the dropped videos' frames for
+    good. Only plain files directly inside 16-hex folders are removed (then the empty folder), never anything
+    elsewhere, whatever the old dataset said.
     """
     referenced = {r["frame_path"] for r in final}
+    used = {Path(p).parent.name for p in referenced}
     frames_root = out_dir / FRAMES_DIR
-    for vid in touched:
-        folder = frames_root / vid
+    for folder in (frames_root.iterdir() if frames_root.is_dir() else ()):
+        vid = folder.name
         if not _is_id(vid) or not folder.is_dir() or folder.is_symlink():
             continue
         for entry in folder.iterdir():
+            if entry.name == MANIFEST and vid in used:
+                continue
             if entry.is_file() and not entry.is_symlink() and f"{FRAMES_DIR}/{vid}/{entry.name}" not in referenced:
                 entry.unlink()
         try:
