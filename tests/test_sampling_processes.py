@@ -53,6 +53,34 @@ class HangingSampler(CpuSampler):
         return super().iter_batches(watched())  # type: ignore[arg-type]
 
 
+class HalfSentSampler(CpuSampler):
+    """A ``cpu`` sampler whose process freezes (SIGSTOP) part-way through sending the first batch after it takes
+    a video whose name starts with ``halfsent``: the length and the first bytes of the message are in the pipe,
+    the rest never comes."""
+
+    def iter_batches(self, videos: Iterable[object]) -> Iterator[FrameBatch]:
+        import struct
+        from multiprocessing import connection
+        from multiprocessing.reduction import ForkingPickler
+
+        send = connection.Connection.send
+
+        def half_then_frozen(conn: connection.Connection, obj: object) -> None:
+            if isinstance(obj, tuple) and obj[0] == "batch":
+                data = bytes(ForkingPickler.dumps(obj))
+                conn._send(struct.pack("!i", len(data)) + data[:64])  # type: ignore[attr-defined]
+                os.kill(os.getpid(), signal.SIGSTOP)
+            send(conn, obj)
+
+        def watched() -> Iterator[object]:
+            for source in videos:
+                if Path(str(source)).name.startswith("halfsent"):
+                    connection.Connection.send = half_then_frozen  # type: ignore[method-assign]
+                yield source
+
+        return super().iter_batches(watched())  # type: ignore[arg-type]
+
+
 class TailHangSampler(CpuSampler):
     """A ``cpu`` sampler that hangs once, after its last video of a round and before saying it is done (the
     marker file makes the replacement process behave)."""
@@ -152,6 +180,23 @@ def test_a_child_that_hangs_is_stopped_and_costs_only_its_video(make_clip: Calla
     assert "decoding it hung the decoder (no frame for 2 s: stopped)" in str(bad.error)
     want = _by_video(create_sampler("cpu", **{**cfg, "processes": 1}).iter_batches(library[:2]))[0]
     assert all(o.ok for o in outcomes if o.path != hanger) and times == want
+
+
+def test_a_child_frozen_part_way_through_a_message_is_stopped(make_clip: Callable[..., Path],
+                                                              library: list[Path]) -> None:
+    """A child stopped mid-send held the parent in recv() for good (the hang limit was only checked between
+    messages) and the other children blocked on their full pipes: the whole scan hung. The receive is watched
+    now: the child is killed after the hang limit and only its video is lost."""
+    frozen = make_clip("halfsent.mp4", width=128, height=80, fps=30, duration_s=2.0, source_id=42)
+    videos = [library[0], frozen, library[1]]
+    cfg = dict(fps=1.0, mode="exact", size=SIZE, batch_size=2, streams=1, processes=2)
+    with ProcessSampler(HalfSentSampler, hang_s=2.0, **cfg) as sampler:
+        times, _, outcomes = _by_video(sampler.iter_batches(videos))
+    assert sorted(o.path for o in outcomes) == sorted(videos)
+    bad = next(o for o in outcomes if o.path == frozen)
+    assert bad.error is not None and "hung" in str(bad.error)
+    want = _by_video(create_sampler("cpu", **{**cfg, "processes": 1}).iter_batches(library[:2]))[0]
+    assert all(o.ok for o in outcomes if o.path != frozen) and times == want
 
 
 def test_a_child_that_hangs_before_saying_done_is_replaced(library: list[Path], tmp_path: Path,

@@ -28,6 +28,7 @@ on its own gets an error outcome.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import weakref
 from collections import deque
@@ -231,7 +232,7 @@ class _Pool:
             if ready is child.conn:
                 if child.broken or (self._device.type == "cuda" and child.proc.exitcode is not None):
                     continue  # a dead GPU child's frames are not mapped (its sentinel says it died)
-                message = _recv(child.conn)
+                message = self._recv_watched(child)
                 if message is not None and message[0] == "batch":
                     message = self._copied(child, message)
                 if message is None:
@@ -256,6 +257,26 @@ class _Pool:
             out.append((index, "died", child.proc.exitcode))
             return out  # the caller replaces it before anything else is read
         return out
+
+    def _recv_watched(self, child: _Child) -> tuple[str, Any] | None:
+        """``_recv``, with the child killed if its message does not complete within ``hang_s``: a child stopped
+        part-way through sending (a frozen process; batches of CPU frames are megabytes, so a freeze mostly
+        lands inside a send) held the parent in ``recv`` for good, and the other children blocked on their
+        full pipes behind it. Killed, its pipe ends and the message counts as lost."""
+        def stop() -> None:
+            if child.proc.is_alive():
+                log.warning("decoding process %s stopped part-way through a message for %.0f s; stopping it",
+                            child.proc.pid, self.hang_s)
+                child.stopped = True
+                child.proc.kill()
+
+        timer = threading.Timer(self.hang_s, stop)
+        timer.daemon = True
+        timer.start()
+        try:
+            return _recv(child.conn)
+        finally:
+            timer.cancel()
 
     def _copied(self, child: _Child, message: tuple[str, Any]) -> tuple[str, Any] | None:
         """A batch message with its CUDA frames copied into this process at once (not after batches yielded
