@@ -39,6 +39,28 @@ class CrashingSampler(CpuSampler):
         return super().iter_batches(watched())  # type: ignore[arg-type]
 
 
+class CrashThenDieStartingSampler(CrashingSampler):
+    """``CrashingSampler`` whose next process, started in place of the one a ``crash`` video killed, dies while
+    it starts (the marker file says so once per crash)."""
+
+    marker = Path(os.environ.get("QV_START_DEATH_MARKER", "/nonexistent"))
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        if self.marker.exists() and self.marker.read_text() == "die":
+            self.marker.write_text("done")
+            os.kill(os.getpid(), signal.SIGKILL)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def iter_batches(self, videos: Iterable[object]) -> Iterator[FrameBatch]:
+        def marked() -> Iterator[object]:
+            for source in videos:
+                if Path(str(source)).name.startswith("crash"):
+                    self.marker.write_text("die")
+                yield source
+
+        return super().iter_batches(marked())  # type: ignore[arg-type]
+
+
 class HangingSampler(CpuSampler):
     """A ``cpu`` sampler that hangs for good (like a decoder stuck in native code) when it takes a video whose
     name starts with ``hang``."""
@@ -166,6 +188,23 @@ def test_a_child_that_dies_costs_only_the_video_that_kills_it(make_clip: Callabl
         times2, _, outcomes2 = _by_video(sampler.iter_batches(library[:2]))
     want2 = _by_video(create_sampler("cpu", **{**cfg, "processes": 1}).iter_batches(library[:2]))[0]
     assert all(o.ok for o in outcomes2) and times2 == want2
+
+
+def test_a_replacement_that_dies_starting_is_started_again(make_clip: Callable[..., Path], library: list[Path],
+                                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process started in place of a crashed one died while starting, and the whole scan ended ("decoding
+    process 0 exited with code -9 while starting"). It is a death like the others now: another is started."""
+    monkeypatch.setenv("QV_START_DEATH_MARKER", str(tmp_path / "marker"))
+    crasher = make_clip("crash_then_restart.mp4", width=128, height=80, fps=30, duration_s=2.0, source_id=43)
+    videos = [library[0], crasher, library[1]]
+    cfg = dict(fps=1.0, mode="exact", size=SIZE, batch_size=2, streams=1, processes=2)
+    with ProcessSampler(CrashThenDieStartingSampler, **cfg) as sampler:
+        times, _, outcomes = _by_video(sampler.iter_batches(videos))
+    assert (tmp_path / "marker").read_text() == "done"  # a replacement did die starting
+    assert sorted(o.path for o in outcomes) == sorted(videos)
+    assert "crashed the decoder process" in str(next(o for o in outcomes if o.path == crasher).error)
+    want = _by_video(create_sampler("cpu", **{**cfg, "processes": 1}).iter_batches(library[:2]))[0]
+    assert all(o.ok for o in outcomes if o.path != crasher) and times == want
 
 
 def test_a_child_that_hangs_is_stopped_and_costs_only_its_video(make_clip: Callable[..., Path],

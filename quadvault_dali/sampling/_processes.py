@@ -187,19 +187,45 @@ class _Pool:
         return _Child(proc, mine, caller_s_at_heard=self.caller_s)
 
     def _await_ready(self, index: int, child: _Child) -> None:
-        if not wait([child.conn], timeout=START_TIMEOUT_S):
+        try:
+            self._ready(index, child)
+        except BaseException:
             self.close()
-            raise QuadvaultError(f"decoding process {index} did not start within {START_TIMEOUT_S:.0f} s")
+            raise
+
+    def _ready(self, index: int, child: _Child) -> None:
+        """Waits for ``child`` to say it is ready; ``_StartFailed`` where it died or stayed silent starting."""
+        if not wait([child.conn], timeout=START_TIMEOUT_S):
+            raise _StartFailed(f"decoding process {index} did not start within {START_TIMEOUT_S:.0f} s")
         message = _recv(child.conn)
         if message is None:
             child.proc.join(timeout=5)
-            self.close()
-            raise QuadvaultError(f"decoding process {index} exited with code {child.proc.exitcode} while "
-                                 f"starting", hint="run with -v to see its log")
-        if message[0] == "fatal":
-            self.close()
+            raise _StartFailed(f"decoding process {index} exited with code {child.proc.exitcode} while "
+                               f"starting", hint="run with -v to see its log")
+        if message[0] == "fatal":  # the sampler cannot be built there: every child would say the same
             raise message[1]
         self._heard(child)
+
+    def _replacement(self, index: int) -> _Child:
+        """A started child in place of a dead one. One that dies starting (killed with its predecessor's
+        group, out of memory a moment) counts as a death and another is started: the first such death
+        ended the whole scan."""
+        while True:
+            child = self._spawn(index)
+            try:
+                self._ready(index, child)
+                return child
+            except _StartFailed as exc:
+                if child.proc.is_alive():
+                    child.proc.kill()
+                child.proc.join(timeout=10)
+                child.conn.close()
+                remove_shared_files(child.proc.pid)
+                self.deaths += 1
+                if self.deaths > len(self.children) + MAX_EXTRA_DEATHS:
+                    raise QuadvaultError(f"the decoding processes keep dying ({exc.reason})",
+                                         hint="run with -v to see their logs, or try --device cpu") from None
+                log.warning("%s; starting another", exc.reason)
 
     def close(self) -> None:
         self.usable = False
@@ -495,9 +521,16 @@ class _Pool:
             suspects.extend(sorted(lost - set(suspects)))
         dead.conn.close()
         remove_shared_files(dead.proc.pid)
-        self.children[index] = self._spawn(index)
-        self._await_ready(index, self.children[index])
+        try:
+            self.children[index] = self._replacement(index)
+        except BaseException:
+            self.close()
+            raise
         return outcome
+
+
+class _StartFailed(QuadvaultError):
+    """A decoding process died or stayed silent while starting."""
 
 
 def remove_shared_files(pid: int | None, shm: Path = Path("/dev/shm")) -> int:
