@@ -434,3 +434,26 @@ def test_a_variable_rate_matroska_file_keeps_its_last_second(make_clip) -> None:
     frames, times, _ = create_sampler("cpu", mode="exact", size=64).sample_video(path)
     assert times[-1] == pytest.approx(last) and len(times) == 7
     _check_stamps(frames, times)
+
+
+def test_a_video_whose_keyframes_never_decode_is_given_up_in_one_warning_block(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An index claiming 2,000,000 keyframes over 16 bytes was tried keyframe by keyframe (133,334 of them, for a
+    minute, 24 MB of warnings) while the videos behind it waited. Three failures are named, and a video none of
+    whose first 50 keyframes decode is given up."""
+    import logging
+
+    from quadvault_dali.synth import SynthSpec, make_video
+
+    src = make_video(tmp_path / "allkey.mp4", SynthSpec(width=64, height=48, fps=10, duration_s=8,
+                                                        keyframe_interval_s=0.1))
+    _, index = probe_video(src, with_index=True)
+    data = bytearray(src.read_bytes())
+    for pos, size in zip(index.pos[index.is_key], index.size[index.is_key]):
+        data[pos:pos + size] = b"\xab" * size  # every keyframe's bytes destroyed, the index intact
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING), pytest.raises(DecodeError, match="none of its first 50 keyframes decode "
+                                                                            r"\(h264\); given up on its 80"):
+        create_sampler("cpu", fps=10.0, mode="keyframe", size=32).sample_video(broken)
+    assert caplog.text.count("cannot decode the keyframe") == 3

@@ -93,6 +93,38 @@ class _VideoJob:
         self.items.put(_Done(outcome))
 
 
+#: Keyframes that fail in a row, with none decoded before, after which a video is given up (an index claiming
+#: 2,000,000 keyframes over 16 bytes was tried 133,334 times, for a minute, with a warning line each)
+KEYFRAME_FAILURES_TO_GIVE_UP = 50
+#: Failed keyframes a video warns of one by one; the rest are counted in one line at its end
+KEYFRAME_FAILURES_SHOWN = 3
+
+
+class _KeyframeFailures:
+    """A video's keyframes that did not decode: the first few named, the rest counted, and the video given up
+    after ``KEYFRAME_FAILURES_TO_GIVE_UP`` in a row with none decoded."""
+
+    def __init__(self, plan: SamplePlan) -> None:
+        self.plan, self.count, self.any_decoded = plan, 0, False
+
+    def failed(self, t: float, why: str) -> None:
+        self.count += 1
+        if self.count <= KEYFRAME_FAILURES_SHOWN:
+            log.warning("%s: cannot decode the keyframe at %.2fs: %s", self.plan.info.path, t, why)
+        if not self.any_decoded and self.count >= KEYFRAME_FAILURES_TO_GIVE_UP:
+            raise DecodeError(f"none of its first {self.count} keyframes decode ({self.plan.info.codec}); "
+                              f"given up on its {len(self.plan.key_packets)} keyframes", path=self.plan.info.path,
+                              hint="the video data or its index is damaged; try playing it, or re-copy it")
+
+    def decoded(self) -> None:
+        self.any_decoded = True
+
+    def summary(self) -> None:
+        if self.count > KEYFRAME_FAILURES_SHOWN:
+            log.warning("%s: %d more keyframes did not decode", self.plan.info.path,
+                        self.count - KEYFRAME_FAILURES_SHOWN)
+
+
 @register_backend("cpu")
 class CpuSampler(Sampler):
     """PyAV decoding on the CPU; ``streams`` videos are decoded concurrently."""
@@ -210,10 +242,11 @@ class CpuSampler(Sampler):
         assert fh is not None
         ctx = stream.codec_context
         index = plan.index
+        failures = _KeyframeFailures(plan)
         for row in plan.key_packets:
             data = fh.read_at(int(index.pos[row]), int(index.size[row]))
             if len(data) < int(index.size[row]):
-                log.warning("%s: keyframe at %.2fs is cut off by the end of the file", plan.info.path, index.pts[row])
+                failures.failed(float(index.pts[row]), "it is cut off by the end of the file")
                 continue
             packet = av.Packet(data)
             packet.pts = packet.dts = int(row)
@@ -221,26 +254,31 @@ class CpuSampler(Sampler):
             try:
                 decoded = ctx.decode(packet) + ctx.decode(None)
             except av.error.FFmpegError as exc:
-                log.warning("%s: cannot decode keyframe at %.2fs: %s", plan.info.path, index.pts[row], exc)
+                failures.failed(float(index.pts[row]), str(exc))
                 decoded = []
             ctx.flush_buffers()
             if decoded:
+                failures.decoded()
                 yield decoded[0], round(float(index.pts[row]), 6)
+        failures.summary()
 
     @staticmethod
     def _keyframes_by_seek(plan: SamplePlan, container: av.container.InputContainer,
                            stream: av.video.stream.VideoStream) -> Iterator[tuple[av.VideoFrame, float]]:
         """Keyframe mode for containers without a raw packet index (MKV, WebM, TS): ``seek_keyframes``."""
         ctx = stream.codec_context
+        failures = _KeyframeFailures(plan)
         for packet, t in seek_keyframes(plan, container, stream):
             try:
                 decoded = ctx.decode(packet) + ctx.decode(None)
             except av.error.FFmpegError as exc:
-                log.warning("%s: cannot decode keyframe at %.2fs: %s", plan.info.path, t, exc)
+                failures.failed(t, str(exc))
                 decoded = []
             ctx.flush_buffers()
             if decoded:
+                failures.decoded()
                 yield decoded[0], t
+        failures.summary()
 
     def _exact_runs(self, plan: SamplePlan, container: av.container.InputContainer,
                     stream: av.video.stream.VideoStream, fh: CountingFile | None) -> Iterator[tuple[av.VideoFrame, float]]:
