@@ -325,10 +325,15 @@ def test_deleted_and_moved_videos_leave_the_results(library: Path, tmp_path: Pat
     deleted, moved = lib / "rotated_90.mp4", lib / "2024" / "calm_mjpeg_30.mkv"
     deleted.unlink()
     moved.rename(lib / "calm renamed.mkv")
+    # a folder where a video was: the video is gone all the same (its row stayed, an error after a mid-scan swap)
+    replaced = lib / "2023" / "06" / "trip" / "high_h264_30.mp4"
+    replaced.unlink()
+    replaced.mkdir()
     again = _scan(lib, out)
     videos = _videos(out)
     assert str(deleted) not in videos and str(moved) not in videos and str(lib / "calm renamed.mkv") in videos
-    assert again.totals.total == first.totals.total - 1 == len(videos)
+    assert str(replaced) not in videos
+    assert again.totals.total == first.totals.total - 2 == len(videos)
     assert again.run.videos == 1  # only the renamed file
     # a disk inside the library goes away (its mount point stays, empty), a linked folder's target too:
     # their videos still exist somewhere, so their rows stay

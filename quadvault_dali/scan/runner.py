@@ -217,7 +217,8 @@ def vanished(libraries: Sequence[Path], files: Sequence[FileState], shard: tuple
             return False
         if any(u == path or u in path.parents for u in unreadable):
             return False
-        if not in_shard(os.path.relpath(path, root), shard) or os.path.lexists(path):
+        # a folder now where the video was (replaced by one of that name) is not the video: its row goes
+        if not in_shard(os.path.relpath(path, root), shard) or (os.path.lexists(path) and not os.path.isdir(path)):
             return False
         return _folder_is_there(path.parent, root)
 
