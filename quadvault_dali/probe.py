@@ -29,6 +29,10 @@ from .errors import DecodeError, FileAccessError, UnsupportedCodecError, VideoOp
 from .sampling._uncrop import Crop, SpsSignal, avcc_signal
 
 log = logging.getLogger(__name__)
+#: Pictures larger than this are refused at the probe: NVDEC's own limit, above every drone's and 8K camera's.
+#: A 30-KB file whose header claimed 16384x8192 took ~2 GB per decode stream; four streams were killed by a
+#: 4-GB memory limit, with every other video of the batch.
+MAX_PICTURE_PIXELS = 8192 * 8192
 #: A video stream with fewer frames than this is a still (FFmpeg's best-stream choice uses the same cut).
 _STILL_FRAMES = 5
 
@@ -562,6 +566,10 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
                                     hint="no decoder for it in this PyAV/FFmpeg build") from exc
     if not stream.width or not stream.height:
         raise VideoOpenError("video stream has no frame size (damaged header)", path=path)
+    if stream.width * stream.height > MAX_PICTURE_PIXELS:
+        raise VideoOpenError(f"picture size {stream.width}x{stream.height} is larger than any camera's (at most "
+                             f"8192x8192 is decoded)", path=path,
+                             hint="a damaged header, most likely; decoding it would take gigabytes per stream")
 
     stat = path.stat()
     facts = TrackFacts(0, None)

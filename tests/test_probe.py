@@ -392,3 +392,28 @@ def test_a_relative_name_with_a_colon_is_a_file_not_a_url(tmp_path: Path, monkey
     monkeypatch.chdir(tmp_path)
     info = probe_video("Alps: a.mp4")
     assert info.codec == "h264" and info.keyframe_times == (0.0, 1.0)
+
+
+def test_a_picture_larger_than_any_camera_writes_is_refused_at_the_probe(tmp_path: Path) -> None:
+    """A 30-KB file whose header claimed 16384x8192 took ~2 GB per decode stream: four streams under a 4-GB
+    limit were killed with every other video of the batch. Above 8192x8192 (NVDEC's own limit, beyond every
+    8K camera) a video is refused before a frame is decoded; 8192x8192 itself is probed."""
+    from fractions import Fraction
+
+    import av
+
+    def one_frame(path: Path, size: int) -> Path:
+        with av.open(str(path), "w") as out:
+            stream = out.add_stream("mjpeg", rate=1)
+            stream.width, stream.height, stream.pix_fmt = size, size, "yuvj420p"
+            frame = av.VideoFrame(size, size, "yuvj420p")
+            for plane in frame.planes:
+                plane.update(bytes(plane.buffer_size))
+            frame.pts, frame.time_base = 0, Fraction(1, 1)
+            out.mux(stream.encode(frame))
+            out.mux(stream.encode(None))
+        return path
+
+    with pytest.raises(VideoOpenError, match=r"picture size 8208x8208 is larger than any camera's"):
+        probe_video(one_frame(tmp_path / "huge.mkv", 8208))
+    assert probe_video(one_frame(tmp_path / "eight_k.mkv", 8192)).width == 8192
