@@ -567,8 +567,8 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
     if not stream.width or not stream.height:
         raise VideoOpenError("video stream has no frame size (damaged header)", path=path)
     if stream.width * stream.height > MAX_PICTURE_PIXELS:
-        raise VideoOpenError(f"picture size {stream.width}x{stream.height} is larger than any camera's (at most "
-                             f"8192x8192 is decoded)", path=path,
+        raise VideoOpenError(f"picture size {stream.width}x{stream.height} is larger than any camera's (at most the "
+                             f"pixels of 8192x8192 are decoded)", path=path,
                              hint="a damaged header, most likely; decoding it would take gigabytes per stream")
 
     stat = path.stat()
