@@ -381,3 +381,22 @@ def test_frames_a_killed_merge_left_behind_go_on_the_next_run(prepared: tuple[Pa
     assert not n2.exists()
     rows = read_dataset(out).rows()
     assert {str(p.relative_to(out)) for p in (out / "frames").rglob("*.jpg")} == {r["frame_path"] for r in rows}
+
+
+def test_an_overwrite_that_cannot_start_keeps_the_dataset(prepared: tuple[Path, object], footage: Path,
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--overwrite removed the old table before the sampler was even built: --device gpu on a machine without
+    one left no dataset at all. It goes only when the first new frame is written."""
+    import quadvault_dali.dataset._prepare as prepare
+    from quadvault_dali.errors import BackendUnavailableError
+
+    out = copy_of(prepared, tmp_path)
+    before = (out / "dataset.parquet").read_bytes()
+
+    def no_gpu(*args: object, **kwargs: object) -> None:
+        raise BackendUnavailableError("--device gpu: no CUDA GPU is visible")
+
+    monkeypatch.setattr(prepare, "create_sampler", no_gpu)
+    with pytest.raises(BackendUnavailableError):
+        prepare_dataset(label_all(tmp_path, footage), out, overwrite=True, size=48, device="gpu")
+    assert (out / "dataset.parquet").read_bytes() == before

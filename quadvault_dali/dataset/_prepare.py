@@ -192,9 +192,6 @@ def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[
 
     by_id = {v.video_id: v for v in labels.videos}
     previous = _match_previous(previous, labels.videos)
-    if overwrite and not merge:
-        # before any frame is rewritten: an interrupted rebuild must not leave the old table naming new frames
-        (out_dir / DATASET_FILE).unlink(missing_ok=True)
     resumed: set[str] = set()  # finished by a killed run: reused, but their split is assigned now
     if not overwrite or merge:  # what a killed run finished (its table is written only at the end)
         for vid, video in by_id.items():
@@ -221,8 +218,11 @@ def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[
                       **now} for r in previous[vid]]
         result.reused.append(video.path)
     if todo:
+        # --overwrite: the old table goes just before the first frame is rewritten (an interrupted rebuild must
+        # not leave it naming new frames; a run that cannot start, --device gpu without one, keeps it)
         _extract(todo, by_id, out_dir, rows, result, settings, fps=fps, size=size, mode=mode, device=device,
-                 quality=quality, streams=streams)
+                 quality=quality, streams=streams,
+                 invalidate=out_dir / DATASET_FILE if overwrite and not merge else None)
 
     # Split among the videos that made it (a failed video must not take a class's only val slot);
     # videos already in the dataset keep theirs.
@@ -264,7 +264,7 @@ def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[
 
 def _extract(todo: list[str], by_id: dict[str, LabelledVideo], out_dir: Path,
              rows: dict[str, list[dict]], result: PrepareResult, settings: dict[str, Any], *, fps: float, size: int,
-             mode: SamplingMode, device: str, quality: int, streams: int) -> None:
+             mode: SamplingMode, device: str, quality: int, streams: int, invalidate: Path | None = None) -> None:
     """Samples the ``todo`` videos and writes their frames; fills ``rows`` for the ones that succeed."""
     sampler = create_sampler(device, fps=fps, mode=mode, size=size, square=False, batch_size=64,
                              streams=streams)
@@ -279,6 +279,9 @@ def _extract(todo: list[str], by_id: dict[str, LabelledVideo], out_dir: Path,
                     vid = id_of[Path(path)]
                     video = by_id[vid]
                     folder = out_dir / FRAMES_DIR / vid
+                    if invalidate is not None:
+                        invalidate.unlink(missing_ok=True)
+                        invalidate = None
                     if vid not in stats:
                         folder.mkdir(parents=True, exist_ok=True)
                         (folder / MANIFEST).unlink(missing_ok=True)  # the folder is no longer complete
