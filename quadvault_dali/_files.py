@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+_log = logging.getLogger(__name__)
 
 
 def default_file_mode() -> int:
@@ -71,3 +74,21 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def remove_dead_temporaries(directory: Path) -> None:
+    """Temporary files of ``atomic_path`` (``.NAME.PID-THREAD.tmp``) in ``directory`` whose process is gone: a
+    killed run's (a model folder's 40-MB training state, a dataset's table); a live one (another run) is kept."""
+    for tmp in directory.glob(".*.tmp"):
+        pid_text = tmp.name.rsplit(".", 2)[-2].split("-")[0]
+        if not pid_text.isdigit():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except OSError:  # another user's process: alive
+            continue
+        _log.info("removing %s, left by a run that was killed", tmp)
+        tmp.unlink(missing_ok=True)

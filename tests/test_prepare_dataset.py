@@ -400,3 +400,45 @@ def test_an_overwrite_that_cannot_start_keeps_the_dataset(prepared: tuple[Path, 
     with pytest.raises(BackendUnavailableError):
         prepare_dataset(label_all(tmp_path, footage), out, overwrite=True, size=48, device="gpu")
     assert (out / "dataset.parquet").read_bytes() == before
+
+
+@pytest.mark.parametrize("damage", ["doubled", "swapped", "nul"])
+def test_a_damaged_manifest_is_not_taken_for_the_videos_rows(footage: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
+    """A manifest's rows were trusted: a doubled row became a duplicate table row, swapped times named the wrong
+    second, and a NUL byte in a path ended the run in a traceback. Such a video is extracted again."""
+    labels = label_all(tmp_path, footage)
+    _killed_after_manifests(monkeypatch, 6)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(labels, tmp_path / "out", size=SIZE, device="cpu")
+    monkeypatch.undo()
+    manifest = tmp_path / "out" / "frames" / video_id(footage / "h1.mp4") / ".frames.json"
+    doc = json.loads(manifest.read_text())
+    if damage == "doubled":
+        doc["rows"].append(doc["rows"][0])
+    elif damage == "swapped":
+        doc["rows"][0]["timestamp_s"], doc["rows"][1]["timestamp_s"] = doc["rows"][1]["timestamp_s"], 0.0
+    else:
+        doc["rows"][0]["frame_path"] += "\0"
+    manifest.write_text(json.dumps(doc))
+    result = prepare_dataset(labels, tmp_path / "out", size=SIZE, device="cpu")
+    assert [p.name for p in result.extracted] == ["h1.mp4"] and len(result.reused) == 5
+    rows = [r for r in read_dataset(tmp_path / "out").rows() if r["video_path"].endswith("h1.mp4")]
+    assert [r["timestamp_s"] for r in rows] == [0.0, 1.0, 2.0] and len({r["frame_path"] for r in rows}) == 3
+    for r in rows:
+        stamp = read_stamp(np.asarray(Image.open(tmp_path / "out" / r["frame_path"]).convert("RGB")))
+        assert stamp is not None and abs(stamp.time_s - r["timestamp_s"]) < 0.06
+
+
+def test_a_table_a_killed_run_was_writing_leaves_no_temporary(footage: Path, tmp_path: Path) -> None:
+    """``.dataset.parquet.PID-THREAD.tmp`` of a killed run stayed in OUT through every later run."""
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / f".dataset.parquet.{gone.stdout.strip()}-1.tmp"
+    stale.write_bytes(b"PAR1")
+    prepare_dataset(label_all(tmp_path, footage), out, size=SIZE, device="cpu")
+    assert not stale.exists()

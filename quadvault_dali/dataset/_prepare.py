@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._files import remove_dead_temporaries
 from ..errors import DatasetError, OutputError, QuadvaultError
 from ..progress import progress_bar
 from ..sampling import SamplingMode, create_sampler
@@ -141,7 +142,7 @@ def _complete_jpeg(path: Path) -> bool:
         with open(path, "rb") as fh:
             fh.seek(-2, os.SEEK_END)
             return fh.read(2) == b"\xff\xd9"
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a path with a NUL byte (a hand-edited manifest)
         return False
 
 
@@ -169,8 +170,11 @@ def _manifest_rows(out: Path, video: LabelledVideo, settings: dict[str, Any]) ->
                 for r in doc["rows"]]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return []
-    prefix = f"{FRAMES_DIR}/{video.video_id}/"
-    if not all(r["frame_path"].startswith(prefix) and "/" not in r["frame_path"][len(prefix):] for r in rows):
+    # each row is the frame of its own time, once: a damaged manifest (rows doubled, dropped by a stray
+    # edit, times swapped) must not become the table's rows
+    names = [f"{FRAMES_DIR}/{video.video_id}/{frame_name(r['timestamp_s'])}" for r in rows]
+    if [r["frame_path"] for r in rows] != names or len(set(names)) != len(names) \
+            or [r["timestamp_s"] for r in rows] != sorted(r["timestamp_s"] for r in rows):
         return []
     return rows if _reusable(rows, out) else []
 
@@ -189,6 +193,7 @@ def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[
         (out_dir / FRAMES_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create the output folder: {exc.strerror or exc}", path=out_dir) from None
+    remove_dead_temporaries(out_dir)  # a table a killed run was writing
 
     by_id = {v.video_id: v for v in labels.videos}
     previous = _match_previous(previous, labels.videos)

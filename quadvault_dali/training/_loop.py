@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._files import atomic_path
+from .._files import atomic_path, remove_dead_temporaries
 from ..device import resolve_device
 from ..errors import BackendUnavailableError, DatasetError, OutputError, QuadvaultError
 from ..metrics import best_threshold, binary_metrics, video_scores
@@ -30,8 +30,7 @@ from ..model import CARD_FILE, build_network, save_model, spec_for
 from ..progress import progress_bar
 from ._config import EpochRecord, TrainConfig, TrainResult, loader_threads, resolve_backbone
 from ._data import DaliFrameLoader, FrameTable, TrainingData, load_training_data
-from ._resume import (RunPosition, load_saved, remove_stale_temporaries, remove_state, restore, resume_seed,
-                      run_settings, save_state)
+from ._resume import RunPosition, load_saved, remove_state, restore, resume_seed, run_settings, save_state
 from ._step import SHOW_EVERY, TrainStep
 
 log = logging.getLogger(__name__)
@@ -212,7 +211,7 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
     spec = spec_for(arch)
     settings = run_settings(config, arch, data.fingerprint, world, data.settings)
     if rank == 0:
-        remove_stale_temporaries(config.output_dir)
+        remove_dead_temporaries(config.output_dir)  # a killed run's (a 40-MB state's, say)
     saved = load_saved(config.output_dir, settings) if config.resume else None
     epochs_done = saved.epochs_done if saved is not None else 0
     net = build_network(arch, image_size=config.image_size, pretrained=config.pretrained).to(device)

@@ -132,24 +132,6 @@ def _tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def remove_stale_temporaries(directory: Path) -> None:
-    """Temporary files a killed run left in the model folder (``_files.atomic_path``: ``.NAME.PID-THREAD.tmp``;
-    a 40-MB state's among them) whose process is gone; a live one (another run) is left alone."""
-    for tmp in directory.glob(".*.tmp"):
-        pid_text = tmp.name.rsplit(".", 2)[-2].split("-")[0]
-        if not pid_text.isdigit():
-            continue
-        try:
-            os.kill(int(pid_text), 0)
-            continue  # still running
-        except ProcessLookupError:
-            pass
-        except OSError:  # another user's process: alive
-            continue
-        log.info("removing %s, left by a run that was killed", tmp)
-        tmp.unlink(missing_ok=True)
-
-
 def describe_state(directory: Path) -> str | None:
     """"epoch 7 of 50" for a folder holding a resumable state, else ``None`` (none, or unreadable)."""
     with contextlib.suppress(TrainingStateError):
