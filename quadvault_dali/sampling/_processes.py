@@ -168,6 +168,9 @@ class _Pool:
         self.usable = True
         self.running = False
         self.children: list[_Child] = []
+        self._receiving: tuple[_Child, float] | None = None  # the child being read from, since when
+        self._closed = threading.Event()
+        threading.Thread(target=self._watch_receives, name="quadvault-receive-watch", daemon=True).start()
         try:
             for i in range(processes):
                 self.children.append(self._spawn(i))
@@ -229,6 +232,7 @@ class _Pool:
 
     def close(self) -> None:
         self.usable = False
+        self._closed.set()
         for child in self.children:
             if child.proc.is_alive():
                 child.proc.terminate()
@@ -285,24 +289,28 @@ class _Pool:
         return out
 
     def _recv_watched(self, child: _Child) -> tuple[str, Any] | None:
-        """``_recv``, with the child killed if its message does not complete within ``hang_s``: a child stopped
-        part-way through sending (a frozen process; batches of CPU frames are megabytes, so a freeze mostly
-        lands inside a send) held the parent in ``recv`` for good, and the other children blocked on their
-        full pipes behind it. Killed, its pipe ends and the message counts as lost."""
-        def stop() -> None:
-            if child.proc.is_alive():
+        """``_recv``, watched by ``_watch_receives``: a child stopped part-way through sending (a frozen process;
+        batches of CPU frames are megabytes, so a freeze mostly lands inside a send) held the parent in ``recv``
+        for good, and the other children blocked on their full pipes behind it."""
+        self._receiving = (child, time.monotonic())
+        try:
+            return _recv(child.conn)
+        finally:
+            self._receiving = None
+
+    def _watch_receives(self) -> None:
+        """One thread for the pool's life: kills the child whose message has not completed within ``hang_s``;
+        its pipe then ends, ``recv`` returns, and the message counts as lost (its death retries its videos)."""
+        while not self._closed.wait(min(HANG_POLL_S, self.hang_s / 4)):
+            receiving = self._receiving
+            if receiving is None or time.monotonic() - receiving[1] < self.hang_s:
+                continue
+            child = receiving[0]
+            if child.proc.is_alive() and not child.stopped:
                 log.warning("decoding process %s stopped part-way through a message for %.0f s; stopping it",
                             child.proc.pid, self.hang_s)
                 child.stopped = True
                 child.proc.kill()
-
-        timer = threading.Timer(self.hang_s, stop)
-        timer.daemon = True
-        timer.start()
-        try:
-            return _recv(child.conn)
-        finally:
-            timer.cancel()
 
     def _copied(self, child: _Child, message: tuple[str, Any]) -> tuple[str, Any] | None:
         """A batch message with its CUDA frames copied into this process at once (not after batches yielded
