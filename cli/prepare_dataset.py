@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
 
 import click
@@ -43,9 +45,22 @@ def prepare_dataset(labels: Path, out: Path, merge: bool, overwrite: bool, fps: 
     """
     if merge and overwrite:
         raise click.UsageError("--merge and --overwrite exclude each other")
+    from quadvault_dali.scan.parallel import stop_on_signals
+
     long_job()
-    result = run_prepare(labels, out, merge=merge, overwrite=overwrite, fps=fps, size=size, mode=mode,  # type: ignore[arg-type]
-                         device=device, skip_missing=skip_missing, quality=quality)
+    stopped_by: list[int] = []  # SIGTERM (a scheduler, kill) stops like Ctrl-C: no temporaries left behind
+    previous = stop_on_signals((signal.SIGINT, signal.SIGTERM), seen=stopped_by)
+    try:
+        result = run_prepare(labels, out, merge=merge, overwrite=overwrite, fps=fps, size=size,
+                             mode=mode, device=device, skip_missing=skip_missing, quality=quality)  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        term = signal.SIGTERM in stopped_by
+        click.echo(f"{'Stopped (SIGTERM)' if term else 'Interrupted'}; the videos whose frames were all written are "
+                   f"kept: run the same command{' without --overwrite' if overwrite else ''} to go on.", err=True)
+        sys.exit(143 if term else 130)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     for message in result.warnings:
         click.secho(f"Warning: {message}", fg="yellow", err=True)
     if result.failed:

@@ -442,3 +442,18 @@ def test_a_table_a_killed_run_was_writing_leaves_no_temporary(footage: Path, tmp
     stale.write_bytes(b"PAR1")
     prepare_dataset(label_all(tmp_path, footage), out, size=SIZE, device="cpu")
     assert not stale.exists()
+
+
+def test_cli_interrupted_says_how_to_go_on(footage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C printed only click's "Aborted!"; it now says the finished videos are kept and how to go on."""
+    import quadvault_dali.cli.prepare_dataset as command
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(command, "run_prepare", interrupted)
+    labels = label_all(tmp_path, footage)
+    res = CliRunner().invoke(main, ["prepare-dataset", str(labels), str(tmp_path / "out"), "--overwrite"])
+    assert res.exit_code == 130
+    assert "Interrupted; the videos whose frames were all written are kept: run the same command without " \
+           "--overwrite to go on." in res.output
