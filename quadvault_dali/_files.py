@@ -76,19 +76,23 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def process_gone(pid: int) -> bool:
+    """Whether no process ``pid`` runs: the file it was writing was left by a kill. One of another user's
+    (which cannot be signalled) counts as running."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def remove_dead_temporaries(directory: Path) -> None:
     """Temporary files of ``atomic_path`` (``.NAME.PID-THREAD.tmp``) in ``directory`` whose process is gone: a
     killed run's (a model folder's 40-MB training state, a dataset's table); a live one (another run) is kept."""
     for tmp in directory.glob(".*.tmp"):
         pid_text = tmp.name.rsplit(".", 2)[-2].split("-")[0]
-        if not pid_text.isdigit():
-            continue
-        try:
-            os.kill(int(pid_text), 0)
-            continue  # still running
-        except ProcessLookupError:
-            pass
-        except OSError:  # another user's process: alive
-            continue
-        _log.info("removing %s, left by a run that was killed", tmp)
-        tmp.unlink(missing_ok=True)
+        if pid_text.isdigit() and process_gone(int(pid_text)):
+            _log.info("removing %s, left by a run that was killed", tmp)
+            tmp.unlink(missing_ok=True)

@@ -19,7 +19,7 @@ from typing import Literal, Mapping
 import av
 import numpy as np
 
-from .._files import atomic_path
+from .._files import atomic_path, process_gone
 from ..errors import OutputError, QuadvaultError
 from ..probe import VideoInfo
 from ..progress import progress_bar
@@ -90,13 +90,8 @@ def remove_stale_partials(out: Path) -> None:
         pid_text = partial.name[len(f".{out.stem}.partial-"): len(partial.name) - len(out.suffix)]
         if not pid_text.isdigit() or partial != temp_path(out, int(pid_text)):
             continue
-        try:
-            os.kill(int(pid_text), 0)
-            continue  # alive (or not ours to signal): maybe another run writing the same reel
-        except ProcessLookupError:
-            pass
-        except OSError:
-            continue
+        if not process_gone(int(pid_text)):
+            continue  # maybe another run writing the same reel
         log.info("removing %s, left by a run that was killed", partial)
         partial.unlink(missing_ok=True)
 
