@@ -133,9 +133,10 @@ def _tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def describe_state(directory: Path) -> str | None:
-    """"epoch 7 of 50" for a folder holding a resumable state, else ``None`` (none, or unreadable)."""
+    """"epoch 7 of 50" for a folder holding a state, else ``None`` (none, or unreadable). From its header only:
+    the CLI asks before every run and after Ctrl-C, and reading and hashing the tensors cost 0.2 s of 134 MB."""
     with contextlib.suppress(TrainingStateError):
-        meta = _read(directory)[1]
+        meta = _read_meta(directory / STATE_FILE)
         return f"epoch {meta['position']['epoch']} of {meta['settings']['epochs']}"
     return None
 
@@ -209,14 +210,30 @@ def restore(saved: SavedState, net: nn.Module, optimizer: torch.optim.Optimizer,
 
 
 def _read(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The state's tensors, checked against their checksum, and its metadata."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
+    from safetensors.torch import load_file
 
     path = directory / STATE_FILE
     if not path.is_file():
         raise TrainingStateError("nothing to resume: no interrupted run's training state here", path=directory,
                                  hint="a run saves it after each epoch and removes it when it finishes; "
                                       "train without --resume to start one")
+    meta = _read_meta(path)
+    try:
+        tensors = load_file(str(path))
+        if meta.get("tensors_sha256") != _tensors_digest(tensors):
+            raise ValueError("its tensors do not match their checksum: the file is damaged")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise _unreadable(path, exc) from exc
+    return tensors, meta
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """The state's JSON metadata, from the file's header (no tensor is read), with its format checked."""
+    from safetensors import SafetensorError
+    from safetensors.torch import safe_open
+
     try:
         with safe_open(str(path), "pt") as handle:
             header = handle.metadata() or {}
@@ -225,11 +242,12 @@ def _read(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             raise ValueError("not a QuadVault training state")
         if meta.get("format_version") != STATE_VERSION:
             raise ValueError(f"format version {meta.get('format_version')!r}, this version reads {STATE_VERSION}")
-        tensors = load_file(str(path))
-        if meta.get("tensors_sha256") != _tensors_digest(tensors):
-            raise ValueError("its tensors do not match their checksum: the file is damaged")
     except (SafetensorError, OSError, ValueError) as exc:
-        raise TrainingStateError(f"the saved training state cannot be read ({exc})", path=path,
-                                 hint="--overwrite to start a new run (the best model so far is kept "
-                                      "until the new run's first epoch)") from exc
-    return tensors, meta
+        raise _unreadable(path, exc) from exc
+    return meta
+
+
+def _unreadable(path: Path, exc: Exception) -> TrainingStateError:
+    return TrainingStateError(f"the saved training state cannot be read ({exc})", path=path,
+                              hint="--overwrite to start a new run (the best model so far is kept until the new "
+                                   "run's first epoch)")
