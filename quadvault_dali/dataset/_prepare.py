@@ -197,15 +197,17 @@ def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[
 
     by_id = {v.video_id: v for v in labels.videos}
     previous = _match_previous(previous, labels.videos)
+    reuse: set[str] = set()
     resumed: set[str] = set()  # finished by a killed run: reused, but their split is assigned now
-    if not overwrite or merge:  # what a killed run finished (its table is written only at the end)
-        for vid, video in by_id.items():
-            if not _reusable(previous.get(vid, []), out_dir):
-                finished = _manifest_rows(out_dir, video, settings)
-                if finished:
-                    previous[vid] = finished
-                    resumed.add(vid)
-    reuse = {vid for vid in by_id if _reusable(previous.get(vid, []), out_dir)}
+    for vid, video in by_id.items():
+        if _reusable(previous.get(vid, []), out_dir):
+            reuse.add(vid)
+        elif not overwrite or merge:  # what a killed run finished (its table is written only at the end)
+            finished = _manifest_rows(out_dir, video, settings)  # its frames checked complete there
+            if finished:
+                previous[vid] = finished
+                resumed.add(vid)
+                reuse.add(vid)
     todo = [vid for vid in by_id if vid not in reuse]
     result = PrepareResult(path=out_dir / DATASET_FILE, frames=0, frames_by_label={1: 0, 0: 0},
                            videos_by_split={"train": 0, "val": 0}, warnings=list(labels.warnings))
