@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
 import click
 
 
@@ -23,3 +28,27 @@ sampling_option = click.option(
          "sampling intervals apart, else exact.")
 fps_option = click.option("--fps", type=click.FloatRange(min=0.01, max=120), default=1.0, show_default=True,
                           help="Frames sampled per second of video.")
+
+
+@contextmanager
+def stops_cleanly(message: Callable[[bool], str | None],
+                  signals: tuple[int, ...] = (signal.SIGTERM,)) -> Iterator[None]:
+    """Runs a long command's work with ``signals`` raising ``KeyboardInterrupt`` once (``stop_on_signals``: a
+    scheduler's SIGTERM stops like Ctrl-C, so temporaries go). On an interrupt, prints ``message(by_sigterm)``
+    and exits 143 (SIGTERM) or 130; a message of ``None`` lets the interrupt go on to click ("Aborted!")."""
+    from quadvault_dali.scan.parallel import stop_on_signals
+
+    stopped_by: list[int] = []
+    previous = stop_on_signals(signals, seen=stopped_by)
+    try:
+        yield
+    except KeyboardInterrupt:
+        by_sigterm = signal.SIGTERM in stopped_by
+        text = message(by_sigterm)
+        if text is None:
+            raise
+        click.echo(text, err=True)
+        sys.exit(143 if by_sigterm else 130)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import signal
-import sys
 from pathlib import Path
 
 import click
 
 from quadvault_dali.dataset import prepare_dataset as run_prepare
 
-from ._options import device_option, fps_option, long_job, sampling_option
+from ._options import device_option, fps_option, long_job, sampling_option, stops_cleanly
 
 
 @click.command("prepare-dataset")
@@ -45,22 +44,15 @@ def prepare_dataset(labels: Path, out: Path, merge: bool, overwrite: bool, fps: 
     """
     if merge and overwrite:
         raise click.UsageError("--merge and --overwrite exclude each other")
-    from quadvault_dali.scan.parallel import stop_on_signals
-
     long_job()
-    stopped_by: list[int] = []  # SIGTERM (a scheduler, kill) stops like Ctrl-C: no temporaries left behind
-    previous = stop_on_signals((signal.SIGINT, signal.SIGTERM), seen=stopped_by)
-    try:
+
+    def stopped(by_sigterm: bool) -> str:
+        return (f"{'Stopped (SIGTERM)' if by_sigterm else 'Interrupted'}; the videos whose frames were all written "
+                f"are kept: run the same command{' without --overwrite' if overwrite else ''} to go on.")
+
+    with stops_cleanly(stopped, (signal.SIGINT, signal.SIGTERM)):
         result = run_prepare(labels, out, merge=merge, overwrite=overwrite, fps=fps, size=size,
                              mode=mode, device=device, skip_missing=skip_missing, quality=quality)  # type: ignore[arg-type]
-    except KeyboardInterrupt:
-        term = signal.SIGTERM in stopped_by
-        click.echo(f"{'Stopped (SIGTERM)' if term else 'Interrupted'}; the videos whose frames were all written are "
-                   f"kept: run the same command{' without --overwrite' if overwrite else ''} to go on.", err=True)
-        sys.exit(143 if term else 130)
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
     for message in result.warnings:
         click.secho(f"Warning: {message}", fg="yellow", err=True)
     if result.failed:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import signal
-import sys
 from pathlib import Path
 
 import click
 
+from ._options import stops_cleanly
 
 
 def _parse_resolution(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
@@ -65,7 +64,6 @@ def reel(scores: Path, out: Path, resolution: tuple[int, int], dry_run: bool, **
       quadvault reel scan/ best.mp4 --dry-run
     """
     from quadvault_dali.reel import ReelOptions, format_plan, make_reel, plan_reel_for, sidecar_path
-    from quadvault_dali.scan.parallel import stop_on_signals
 
     options = ReelOptions(width=resolution[0], height=resolution[1], **kw)  # type: ignore[arg-type]
     if dry_run:
@@ -75,17 +73,9 @@ def reel(scores: Path, out: Path, resolution: tuple[int, int], dry_run: bool, **
             click.echo(f"skipped: {message}")
         click.echo(f"Dry run: nothing encoded; {out} and {sidecar_path(out).name} would be written.")
         return
-    stopped_by: list[int] = []  # SIGTERM (timeout, kill, a scheduler) stops like Ctrl-C: the partial file goes
-    previous = stop_on_signals((signal.SIGTERM,), seen=stopped_by)
-    try:
+    # SIGTERM (timeout, kill, a scheduler) stops like Ctrl-C: the partial file goes; Ctrl-C stays click's
+    with stops_cleanly(lambda by_sigterm: f"Stopped (SIGTERM); no reel written to {out}." if by_sigterm else None):
         result = make_reel(scores, out, options)
-    except KeyboardInterrupt:
-        if not stopped_by:
-            raise
-        click.echo(f"Stopped (SIGTERM); no reel written to {out}.", err=True)
-        sys.exit(143)
-    finally:
-        signal.signal(signal.SIGTERM, previous[signal.SIGTERM])
     plan = result.prepared.plan
     for message in result.prepared.skipped:
         click.echo(f"skipped: {message}", err=True)

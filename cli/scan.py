@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-from quadvault_dali.cli._options import device_option, fps_option, long_job, sampling_option
+from quadvault_dali.cli._options import device_option, fps_option, long_job, sampling_option, stops_cleanly
 from quadvault_dali.progress import progress_bar
 
 
@@ -78,7 +76,7 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
          kw: dict[str, Any]) -> None:
     from quadvault_dali.device import resolve_device
     from quadvault_dali.errors import BackendUnavailableError
-    from quadvault_dali.scan.parallel import parse_gpus, stop_on_signals
+    from quadvault_dali.scan.parallel import parse_gpus
     from quadvault_dali.scan.runner import ScanOptions, scan_library
 
     gpus = None
@@ -108,20 +106,16 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
                                 f"{stats.errors} errors", refresh=False)
             bar.update(stats.videos - bar.n)
 
-        stopped_by: list[int] = []  # a batch system's SIGTERM (preemption, time limit) stops like Ctrl-C
-        previous = stop_on_signals((signal.SIGTERM,), seen=stopped_by)
-        try:
-            long_job()
-            summary = scan_library(libraries, options, model_paths=models, gpus=gpus, on_progress=progress)
-        except KeyboardInterrupt:
+        def stopped(by_sigterm: bool) -> str:
             bar.close()
             again = ("run the same command to resume" if kw["resume"]
                      else "run the command again without --no-resume to resume")
-            what = "Stopped (SIGTERM)" if stopped_by else "Interrupted"
-            click.echo(f"{what}. Finished videos are saved in {out}; {again}.", err=True)
-            sys.exit(143 if stopped_by else 130)
-        finally:
-            signal.signal(signal.SIGTERM, previous[signal.SIGTERM])
+            return f"{'Stopped (SIGTERM)' if by_sigterm else 'Interrupted'}. Finished videos are saved in {out}; {again}."
+
+        # a batch system's SIGTERM (preemption, time limit) stops like Ctrl-C
+        with stops_cleanly(stopped):
+            long_job()
+            summary = scan_library(libraries, options, model_paths=models, gpus=gpus, on_progress=progress)
     run = summary.run
     rate = run.videos / summary.wall_s if summary.wall_s else 0.0
     click.echo(f"This run: {run.videos:,} videos scanned ({run.errors} errors), {summary.skipped:,} already done, "

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from pathlib import Path
 
 import click
 
-from ._options import device_option, long_job
+from ._options import device_option, long_job, stops_cleanly
 
 
 @click.command()
@@ -63,7 +62,6 @@ def train(dataset: Path, output_dir: Path, epochs: int, batch_size: int, learnin
     from quadvault_dali.errors import OutputError, QuadvaultError
     from quadvault_dali.model import CARD_FILE
     from quadvault_dali.progress import is_quiet
-    from quadvault_dali.scan.parallel import stop_on_signals
     from quadvault_dali.training import TrainConfig, train_model
     from quadvault_dali.training._resume import STATE_FILE, describe_state
 
@@ -85,19 +83,15 @@ def train(dataset: Path, output_dir: Path, epochs: int, batch_size: int, learnin
                          pretrained=pretrained, num_threads=loader_threads, resume=resume)
     quiet = is_quiet()
     long_job()
-    stopped_by: list[int] = []  # SIGTERM (a scheduler's time limit, kill) stops like Ctrl-C: temporaries go
-    previous = stop_on_signals((signal.SIGINT, signal.SIGTERM), seen=stopped_by)
-    try:
-        result = train_model(config, (lambda line: None) if quiet else click.echo)
-    except KeyboardInterrupt:
+
+    def stopped(by_sigterm: bool) -> str:
         state = describe_state(output_dir)
         again = (f"run the same command with --resume to continue after {state}" if state
                  else "no epoch had finished; nothing to resume")
-        click.echo(f"{'Stopped (SIGTERM)' if signal.SIGTERM in stopped_by else 'Interrupted'}; {again}.", err=True)
-        sys.exit(143 if signal.SIGTERM in stopped_by else 130)
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+        return f"{'Stopped (SIGTERM)' if by_sigterm else 'Interrupted'}; {again}."
+
+    with stops_cleanly(stopped, (signal.SIGINT, signal.SIGTERM)):
+        result = train_model(config, (lambda line: None) if quiet else click.echo)
     if quiet and int(os.environ.get("RANK", "0")) == 0:  # -q: the one line that says where the model went
         click.echo(f"Model saved to: {result.model_dir} (video-level val accuracy "
                    f"{100 * result.best_video_accuracy:.1f}%, epoch {result.best_epoch})")
