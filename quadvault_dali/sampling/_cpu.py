@@ -101,8 +101,9 @@ KEYFRAME_FAILURES_SHOWN = 3
 
 
 class _KeyframeFailures:
-    """A video's keyframes that did not decode: the first few named, the rest counted, and the video given up
-    after ``KEYFRAME_FAILURES_TO_GIVE_UP`` in a row with none decoded."""
+    """Decodes a video's keyframes one by one (``decode_alone``) and keeps those that did not decode: the first
+    few named, the rest counted, and the video given up after ``KEYFRAME_FAILURES_TO_GIVE_UP`` in a row with
+    none decoded."""
 
     def __init__(self, plan: SamplePlan) -> None:
         self.plan, self.count, self.any_decoded = plan, 0, False
@@ -116,8 +117,20 @@ class _KeyframeFailures:
                               f"given up on its {len(self.plan.key_packets)} keyframes", path=self.plan.info.path,
                               hint="the video data or its index is damaged; try playing it, or re-copy it")
 
-    def decoded(self) -> None:
+    def decode_alone(self, ctx: av.video.codeccontext.VideoCodecContext, packet: av.Packet,
+                     t: float) -> av.VideoFrame | None:
+        """The picture of one keyframe ``packet`` (at ``t`` s) decoded on its own, the decoder flushed after it;
+        ``None``, counted here, where it does not decode."""
+        try:
+            decoded = ctx.decode(packet) + ctx.decode(None)
+        except av.error.FFmpegError as exc:
+            self.failed(t, str(exc))
+            decoded = []
+        ctx.flush_buffers()
+        if not decoded:
+            return None
         self.any_decoded = True
+        return decoded[0]
 
     def summary(self) -> None:
         if self.count > KEYFRAME_FAILURES_SHOWN:
@@ -251,15 +264,9 @@ class CpuSampler(Sampler):
             packet = av.Packet(data)
             packet.pts = packet.dts = int(row)
             packet.is_keyframe = True
-            try:
-                decoded = ctx.decode(packet) + ctx.decode(None)
-            except av.error.FFmpegError as exc:
-                failures.failed(float(index.pts[row]), str(exc))
-                decoded = []
-            ctx.flush_buffers()
-            if decoded:
-                failures.decoded()
-                yield decoded[0], round(float(index.pts[row]), 6)
+            frame = failures.decode_alone(ctx, packet, float(index.pts[row]))
+            if frame is not None:
+                yield frame, round(float(index.pts[row]), 6)
         failures.summary()
 
     @staticmethod
@@ -269,15 +276,9 @@ class CpuSampler(Sampler):
         ctx = stream.codec_context
         failures = _KeyframeFailures(plan)
         for packet, t in seek_keyframes(plan, container, stream):
-            try:
-                decoded = ctx.decode(packet) + ctx.decode(None)
-            except av.error.FFmpegError as exc:
-                failures.failed(t, str(exc))
-                decoded = []
-            ctx.flush_buffers()
-            if decoded:
-                failures.decoded()
-                yield decoded[0], t
+            frame = failures.decode_alone(ctx, packet, t)
+            if frame is not None:
+                yield frame, t
         failures.summary()
 
     def _exact_runs(self, plan: SamplePlan, container: av.container.InputContainer,
