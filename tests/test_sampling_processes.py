@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from quadvault_dali.errors import BackendUnavailableError, DecodeError, QuadvaultError
-from quadvault_dali.sampling import FrameBatch, create_sampler
+from quadvault_dali.sampling import FrameBatch, VideoOutcome, create_sampler
 from quadvault_dali.sampling._cpu import CpuSampler
 from quadvault_dali.sampling._processes import ProcessSampler
 from quadvault_dali.synth import read_stamp
@@ -128,6 +128,19 @@ def _by_video(batches: Iterable[FrameBatch]) -> tuple[dict[Path, list[float]], d
     return times, {p: torch.stack(f) for p, f in frames.items()}, outcomes
 
 
+def _one_bad_between_two_good(sampler: type, bad: Path, library: list[Path], **pool: object) -> VideoOutcome:
+    """``bad`` between two good videos through ``sampler`` in 2 children: every video gets its outcome and the
+    good ones the frames and times the in-process sampler gives them. Returns the bad video's outcome."""
+    videos = [library[0], bad, library[1]]
+    cfg = dict(fps=1.0, mode="exact", size=SIZE, batch_size=2, streams=1, processes=2)
+    with ProcessSampler(sampler, **pool, **cfg) as pooled:  # type: ignore[arg-type]
+        times, _, outcomes = _by_video(pooled.iter_batches(videos))
+    assert sorted(o.path for o in outcomes) == sorted(videos)
+    want = _by_video(create_sampler("cpu", **{**cfg, "processes": 1}).iter_batches(library[:2]))[0]
+    assert all(o.ok for o in outcomes if o.path != bad) and times == want
+    return next(o for o in outcomes if o.path == bad)
+
+
 @pytest.fixture(scope="module")
 def library(make_clip: Callable[..., Path], broken_clips: dict[str, Path]) -> list[Path]:
     good = [make_clip(f"proc_{i}.{ext}", codec=codec, width=128, height=80, fps=fps, duration_s=2.0 + i,
@@ -196,29 +209,16 @@ def test_a_replacement_that_dies_starting_is_started_again(make_clip: Callable[.
     process 0 exited with code -9 while starting"). It is a death like the others now: another is started."""
     monkeypatch.setenv("QV_START_DEATH_MARKER", str(tmp_path / "marker"))
     crasher = make_clip("crash_then_restart.mp4", width=128, height=80, fps=30, duration_s=2.0, source_id=43)
-    videos = [library[0], crasher, library[1]]
-    cfg = dict(fps=1.0, mode="exact", size=SIZE, batch_size=2, streams=1, processes=2)
-    with ProcessSampler(CrashThenDieStartingSampler, **cfg) as sampler:
-        times, _, outcomes = _by_video(sampler.iter_batches(videos))
+    bad = _one_bad_between_two_good(CrashThenDieStartingSampler, crasher, library)
     assert (tmp_path / "marker").read_text() == "done"  # a replacement did die starting
-    assert sorted(o.path for o in outcomes) == sorted(videos)
-    assert "crashed the decoder process" in str(next(o for o in outcomes if o.path == crasher).error)
-    want = _by_video(create_sampler("cpu", **{**cfg, "processes": 1}).iter_batches(library[:2]))[0]
-    assert all(o.ok for o in outcomes if o.path != crasher) and times == want
+    assert "crashed the decoder process" in str(bad.error)
 
 
 def test_a_child_that_hangs_is_stopped_and_costs_only_its_video(make_clip: Callable[..., Path],
                                                                  library: list[Path]) -> None:
     hanger = make_clip("hang_me.mp4", width=128, height=80, fps=30, duration_s=2.0, source_id=41)
-    videos = [library[0], hanger, library[1]]
-    cfg = dict(fps=1.0, mode="exact", size=SIZE, batch_size=2, streams=1, processes=2)
-    with ProcessSampler(HangingSampler, hang_s=2.0, **cfg) as sampler:
-        times, _, outcomes = _by_video(sampler.iter_batches(videos))
-    assert sorted(o.path for o in outcomes) == sorted(videos)
-    bad = next(o for o in outcomes if o.path == hanger)
+    bad = _one_bad_between_two_good(HangingSampler, hanger, library, hang_s=2.0)
     assert "decoding it hung the decoder (no frame for 2 s: stopped)" in str(bad.error)
-    want = _by_video(create_sampler("cpu", **{**cfg, "processes": 1}).iter_batches(library[:2]))[0]
-    assert all(o.ok for o in outcomes if o.path != hanger) and times == want
 
 
 def test_a_child_frozen_part_way_through_a_message_is_stopped(make_clip: Callable[..., Path],
@@ -227,15 +227,8 @@ def test_a_child_frozen_part_way_through_a_message_is_stopped(make_clip: Callabl
     messages) and the other children blocked on their full pipes: the whole scan hung. The receive is watched
     now: the child is killed after the hang limit and only its video is lost."""
     frozen = make_clip("halfsent.mp4", width=128, height=80, fps=30, duration_s=2.0, source_id=42)
-    videos = [library[0], frozen, library[1]]
-    cfg = dict(fps=1.0, mode="exact", size=SIZE, batch_size=2, streams=1, processes=2)
-    with ProcessSampler(HalfSentSampler, hang_s=2.0, **cfg) as sampler:
-        times, _, outcomes = _by_video(sampler.iter_batches(videos))
-    assert sorted(o.path for o in outcomes) == sorted(videos)
-    bad = next(o for o in outcomes if o.path == frozen)
+    bad = _one_bad_between_two_good(HalfSentSampler, frozen, library, hang_s=2.0)
     assert bad.error is not None and "hung" in str(bad.error)
-    want = _by_video(create_sampler("cpu", **{**cfg, "processes": 1}).iter_batches(library[:2]))[0]
-    assert all(o.ok for o in outcomes if o.path != frozen) and times == want
 
 
 def test_a_child_that_hangs_before_saying_done_is_replaced(library: list[Path], tmp_path: Path,
