@@ -135,9 +135,12 @@ def _one_per_copy(videos: list[VideoScores]) -> tuple[list[VideoScores], str]:
     first_of: dict[str, Path] = {}
     copies: dict[Path, Path] = {}
     for path, cid in content_ids(alike).items():
-        if isinstance(cid, str):
-            copies.update({path: first_of[cid]} if cid in first_of else {})
-            first_of.setdefault(cid, path)
+        if not isinstance(cid, str):  # unreadable: the plan's probe says so
+            continue
+        if cid in first_of:
+            copies[path] = first_of[cid]
+        else:
+            first_of[cid] = path
     if not copies:
         return videos, ""
     example = next(iter(copies.items()))
