@@ -149,6 +149,12 @@ class _Child:
         """Holds videos, or has not yet said it finished the round it was told to end."""
         return bool(self.dealt) or (self.ended and not self.done)
 
+    def stop_hung(self, why: str) -> None:
+        """Kills the process, taken for hung (``why``); its death then retries its videos."""
+        log.warning("decoding process %s %s; stopping it", self.proc.pid, why)
+        self.stopped = True
+        self.proc.kill()
+
 
 class _Pool:
     """The children, each with its own pipe (a child that dies mid-message cannot block the others, as it
@@ -307,10 +313,7 @@ class _Pool:
                 continue
             child = receiving[0]
             if child.proc.is_alive() and not child.stopped:
-                log.warning("decoding process %s stopped part-way through a message for %.0f s; stopping it",
-                            child.proc.pid, self.hang_s)
-                child.stopped = True
-                child.proc.kill()
+                child.stop_hung(f"stopped part-way through a message for {self.hang_s:.0f} s")
 
     def _copied(self, child: _Child, message: tuple[str, Any]) -> tuple[str, Any] | None:
         """A batch message with its CUDA frames copied into this process at once (not after batches yielded
@@ -338,10 +341,7 @@ class _Pool:
         for child in self.children:
             quiet = (now - child.heard_at) - (self.caller_s - child.caller_s_at_heard)
             if child.busy() and not child.stopped and quiet >= self.hang_s and child.proc.is_alive():
-                log.warning("decoding process %s said nothing for %.0f s while decoding %d videos; stopping it",
-                            child.proc.pid, quiet, len(child.dealt))
-                child.stopped = True
-                child.proc.kill()
+                child.stop_hung(f"said nothing for {quiet:.0f} s while decoding {len(child.dealt)} videos")
 
     def _new_round(self) -> None:
         """Every child takes videos again until its next end marker (a job, another round for paths listed
