@@ -201,3 +201,25 @@ def test_the_high_profile_clip_has_b_frames_as_drones_write(tmp_path: Path) -> N
 
     assert profile(None) == ("Constrained Baseline", False)
     assert profile("veryfast") == ("High", True)
+
+
+def test_scan_completion_profile_separates_start_up_from_the_steady_rate(tmp_path: Path) -> None:
+    """20 videos of 100 MB, the first done 2 s after the start, then one every 0.5 s: the steady window (10 % to
+    90 % of the bytes: the 2nd to the 18th video) is 8 s for 1.6 GB, 200 MB/s, whatever the start-up cost."""
+    from datetime import datetime, timedelta, timezone
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    scan_bench = import_benchmark("scan_bench")
+    started = datetime(2026, 11, 27, tzinfo=timezone.utc)
+    done = [started + timedelta(seconds=2 + 0.5 * i) for i in range(20)]
+    (tmp_path / "videos").mkdir()
+    pq.write_table(pa.table({"scanned_at": pa.array(done[::-1], pa.timestamp("us", tz="UTC")),
+                             "size_bytes": pa.array([100_000_000] * 20, pa.int64())}),
+                   tmp_path / "videos" / "part-00000.parquet")
+    profile = scan_bench.completion_profile(tmp_path, started, wall=12.0)
+    assert profile["first_video_s"] == 2.0
+    assert profile["steady_window_s"] == [2.5, 10.5]
+    assert profile["steady_mb_per_s"] == 200.0
+    assert profile["scan_wall_at_steady_rate_s"] == 10.0  # the library's 2 GB at 200 MB/s
