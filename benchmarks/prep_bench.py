@@ -159,7 +159,8 @@ def measure(videos: list[Path], streams: int, size: int, repeats: int, mode: str
                     wall0, cpu0 = time.perf_counter(), time.process_time()
                     for batch in sampler.iter_batches(videos):
                         frames += len(batch)
-                    _, samples, sample_frames = sampler.decode_stats.take()
+                    counts = sampler.decode_stats.take()
+                    samples, sample_frames = counts["samples"], counts["frames"]
                     passes[(uncrop, mux, prep, how)].append((time.perf_counter() - wall0, time.process_time() - cpu0,
                                                         frames, pauses, sample_frames / max(1, samples)))
             finally:

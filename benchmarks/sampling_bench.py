@@ -125,7 +125,6 @@ def _measure(sampler: Any, device: str, videos: list[Path], warm_up: int) -> dic
     freeze_startup_objects()  # as the product's long loops do (quadvault_dali._gc)
     decoded = getattr(sampler, "decode_stats", None)  # in-process gpu backend only
     before = decoded.as_dict() if decoded is not None else None
-    on_device_before = _frames_on_device(sampler)
     frames = bytes_read = 0
     errors = []
     with UtilisationMonitor(metrics=("gpu", "decoder") if device == "gpu" else (), cpu=True) as busy:
@@ -150,7 +149,8 @@ def _measure(sampler: Any, device: str, videos: list[Path], warm_up: int) -> dic
                    if samples else None,
                    # how the streams took work: clips queued per take (short: small samples), and the share of
                    # the streams' time spent waiting for a clip (high: the prepare side is the limit)
-                   # (decoding processes report runs, samples and frames only: no takes, so both None there)
+                   # (decoding processes report runs, samples, frames and the FFmpeg client's counts: no takes,
+                   # so both None there)
                    queued_at_take_mean=round((after["queued_at_takes"] - before["queued_at_takes"]) / takes, 1)
                    if takes else None,
                    decode_wait_share=round((after["decode_wait_s"] - before["decode_wait_s"])
@@ -159,15 +159,10 @@ def _measure(sampler: Any, device: str, videos: list[Path], warm_up: int) -> dic
             # the FFmpeg client: decoders opened and drained during the row (opening an NVDEC one costs)
             row.update(decoder_opens=after["decoder_opens"] - before["decoder_opens"],
                        drains=after["drains"] - before["drains"],
-                       frames_on_device=_frames_on_device(sampler) - on_device_before)
+                       frames_on_device=after["frames_on_device"] - before["frames_on_device"])
     if hasattr(sampler, "queued_bytes_peak"):  # host memory the queued clips held at most (``sampling._budget``)
         row["queued_mb_peak"] = round(sampler.queued_bytes_peak / 1e6, 1)
     return row
-
-
-def _frames_on_device(sampler: Any) -> int:
-    """Pictures NVDEC left on the GPU for the FFmpeg client so far (its decoders between runs hold the count)."""
-    return sum(d.frames_on_device for d in getattr(sampler, "_idle_decoders", ()))
 
 
 def _baseline_one(path: Path, fps: float, size: int) -> tuple[int, int]:

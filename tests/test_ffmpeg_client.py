@@ -454,6 +454,7 @@ def test_gpu_ffmpeg_client_every_frame_is_the_right_second(make_clip: Callable[.
     assert all(b.frames.device.type == "cuda" for b in batches if len(b))
     on_device = sum(d.frames_on_device for d in sampler._idle_decoders)  # type: ignore[attr-defined]
     assert (on_device > 0) == (nvdec_path == "hwaccel")  # NVDEC's pictures, never a quiet CPU decode
+    assert sampler.decode_stats.as_dict()["frames_on_device"] == on_device  # what benchmark rows report
     times, stamps, outcomes = _collect(batches)
     assert all(o.ok and o.decoder == "nvdec" and o.fallback_reason is None for o in outcomes), \
         [(o.path.name, str(o.error), o.decoder, o.fallback_reason) for o in outcomes]

@@ -357,6 +357,27 @@ def test_errors_cross_processes_whole() -> None:
     assert isinstance(pickle.loads(pickle.dumps(QuadvaultError("plain"))), QuadvaultError)
 
 
+def test_the_ffmpeg_clients_counts_in_children_reach_the_parent(make_clip: Callable[..., Path]) -> None:
+    """The FFmpeg decode client (its CPU stand-in here) in two children: the same frames as in-process, and the
+    children's decoder opens and drains reach the parent, so a lease's process rows say what their decoders did
+    (stop 25's H200 rows said 0 NVDEC pictures for children that decoded on NVDEC)."""
+    from quadvault_dali.sampling._gpu import DaliSampler
+
+    videos = [make_clip(f"proc_ffclient_{i}.mp4", width=128, height=80, fps=30, duration_s=3.0, source_id=70 + i)
+              for i in range(4)]
+    cfg = dict(fps=1.0, mode="keyframe", size=SIZE, batch_size=8, streams=1, decode_client="ffmpeg")
+    want_times, want_frames, _ = _by_video(DaliSampler(**cfg).iter_batches(videos))
+    with ProcessSampler(DaliSampler, processes=2, **cfg) as sampler:
+        times, frames, outcomes = _by_video(sampler.iter_batches(videos))
+        counts = sampler.decode_stats.as_dict()
+    assert times == want_times and all(o.ok for o in outcomes)
+    for path, stack in frames.items():
+        assert torch.equal(stack, want_frames[path])
+    assert counts["frames_returned"] == 12 and counts["dali_samples"] == 4  # a sample per clip, one clip per video
+    assert 1 <= counts["decoder_opens"] <= 2 and counts["drains"] >= 1  # one decoder per child that took work
+    assert counts["frames_on_device"] == 0  # FFmpeg's CPU decoders: no NVDEC picture claimed
+
+
 @pytest.mark.gpu
 def test_nvdec_children_hand_over_cuda_frames(make_clip: Callable[..., Path]) -> None:
     videos = [make_clip(f"proc_gpu_{i}.mp4", codec=codec, width=640, height=360, fps=30, duration_s=4.0,
@@ -370,6 +391,14 @@ def test_nvdec_children_hand_over_cuda_frames(make_clip: Callable[..., Path]) ->
     assert times == want_times and all(o.ok and o.decoder == "nvdec" for o in outcomes)
     for path, stack in frames.items():
         assert torch.equal(stack, want_frames[path])
+    # the FFmpeg client in children: NVDEC's pictures, counted there and reported here
+    with create_sampler("gpu", processes=2, decode_client="ffmpeg", **cfg) as sampler:
+        times, frames, outcomes = _by_video(sampler.iter_batches(videos))
+        counts = sampler.decode_stats.as_dict()
+    assert times == want_times and all(o.ok and o.decoder == "nvdec" for o in outcomes)
+    assert counts["frames_on_device"] == sum(len(t) for t in times.values()) and counts["decoder_opens"] >= 2
+    for path, stack in frames.items():  # NVDEC's pictures converted by the client: near DALI's, not equal
+        assert (stack.float() - want_frames[path].float()).abs().mean() < 4.0, path.name
 
 
 class CrashingGpuSampler:

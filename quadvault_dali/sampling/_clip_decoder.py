@@ -44,6 +44,7 @@ class DecodeStats:
     wait_s: float = 0.0  # time the streams waited for a first clip, summed
     decoder_opens: int = 0  # FFmpeg decode client: decoders opened (a CUDA context each on NVDEC)
     drains: int = 0  # FFmpeg decode client: times a decoder gave up the pictures it held back
+    frames_on_device: int = 0  # FFmpeg decode client: pictures NVDEC left on the GPU (proof the hardware decoded)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, samples: int, frames: int, runs: int = 1) -> None:
@@ -73,12 +74,29 @@ class DecodeStats:
         with self._lock:
             self.drains += 1
 
-    def take(self) -> tuple[int, int, int]:
-        """(runs, samples, frames) counted since the last ``take``, zeroed (a decoding process reports them)."""
+    def note_on_device(self) -> None:
         with self._lock:
-            counts = (self.runs, self.samples, self.frames)
-            self.runs = self.samples = self.frames = 0
+            self.frames_on_device += 1
+
+    #: The counts a decoding process reports to its parent (``take``, then ``add_counts`` there)
+    REPORTED = ("runs", "samples", "frames", "decoder_opens", "drains", "frames_on_device")
+
+    def take(self) -> dict[str, int]:
+        """The ``REPORTED`` counts since the last ``take``, zeroed: a decoding process sends them to its parent,
+        whose rows would otherwise say no NVDEC picture came out of children that decoded on NVDEC."""
+        with self._lock:
+            counts = {name: getattr(self, name) for name in self.REPORTED}
+            for name in self.REPORTED:
+                setattr(self, name, 0)
         return counts
+
+    def add_counts(self, counts: dict[str, int]) -> None:
+        """A decoding process's ``take`` (a child of an older version sends runs, samples and frames only)."""
+        with self._lock:
+            for name in self.REPORTED:
+                value = counts.get(name, 0)
+                if isinstance(value, int):
+                    setattr(self, name, getattr(self, name) + value)
 
     def as_dict(self) -> dict[str, float]:
         with self._lock:
@@ -87,7 +105,7 @@ class DecodeStats:
                     "samples_per_run": round(self.samples / self.runs, 2) if self.runs else 0.0,
                     "takes": self.takes, "queued_at_takes": self.queued_at_takes,
                     "decode_wait_s": round(self.wait_s, 3), "decoder_opens": self.decoder_opens,
-                    "drains": self.drains}
+                    "drains": self.drains, "frames_on_device": self.frames_on_device}
 
 
 class CopyFence:

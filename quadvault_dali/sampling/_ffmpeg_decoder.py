@@ -335,6 +335,7 @@ class FfmpegDecoder:
                     # view holds FFmpeg's buffer until then
                     planes = [torch.from_dlpack(plane.__dlpack__(stream=None)) for plane in frame.planes[:2]]
                     self.frames_on_device += 1
+                    self.stats.note_on_device()
                 else:
                     if frame.width != dec.scaled[0] or frame.height != dec.scaled[1] or \
                             frame.format.name not in ("nv12", "p010le"):

@@ -113,10 +113,10 @@ def _linger(conn: Any) -> None:
 
 
 def _round_stats(sampler: Sampler) -> dict[str, int]:
-    """What the round's DALI runs did (counts since the last report) and the most its queued clips held."""
+    """What the round's decoders did (``DecodeStats.take``: counts since the last report) and the most its queued
+    clips held."""
     stats = getattr(sampler, "decode_stats", None)
-    runs, samples, frames = stats.take() if stats is not None else (0, 0, 0)
-    return {"runs": runs, "samples": samples, "frames": frames,
+    return {**(stats.take() if stats is not None else {}),
             "queued_bytes_peak": int(getattr(sampler, "queued_bytes_peak", 0))}
 
 

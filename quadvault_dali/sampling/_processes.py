@@ -443,8 +443,8 @@ class _Pool:
                     batch = None
                 elif kind == "done":
                     child.done = True
-                    if isinstance(payload, dict):  # the round's DALI counts (None from older children)
-                        self.stats.add(payload.get("samples", 0), payload.get("frames", 0), payload.get("runs", 0))
+                    if isinstance(payload, dict):  # the round's decoder counts (None from older children)
+                        self.stats.add_counts(payload)
                         self.queued_peaks[index] = max(self.queued_peaks.get(index, 0),
                                                        payload.get("queued_bytes_peak", 0))
                 elif kind == "fatal":
