@@ -10,6 +10,22 @@ from typing import Callable, Iterator
 import click
 
 
+#: The arguments this process was started with, when the command line (not a caller's ``main(args)``) chose the
+#: command: only then may a command run itself again in a child (``scan``'s supervisor). Kept here, not in
+#: ``main``: run as ``python -m quadvault_dali.cli.main``, that module is loaded twice.
+_command_line: list[str] | None = None
+
+
+def set_command_line(argv: list[str] | None) -> None:
+    global _command_line
+    _command_line = argv
+
+
+def command_line() -> list[str] | None:
+    """``sys.argv[1:]`` when the ``quadvault`` command runs as this process's program, else ``None``."""
+    return _command_line
+
+
 def long_job() -> None:
     """Called by the commands that run for long, once their libraries are imported: keeps what startup built
     out of the garbage collector's passes (``quadvault_dali._gc``). Library functions do not do this to the

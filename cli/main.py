@@ -11,6 +11,7 @@ import sys
 import click
 
 from quadvault_dali import __version__
+from quadvault_dali.cli._options import set_command_line
 from quadvault_dali.errors import QuadvaultError
 from quadvault_dali.progress import set_quiet
 
@@ -31,6 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 class LazyGroup(click.Group):
     """Imports a command's module only when that command runs, so torch loads only where needed."""
+
+    def main(self, args: list[str] | None = None, *rest: object, **kwargs: object) -> object:  # type: ignore[override]
+        set_command_line(list(sys.argv[1:]) if args is None else None)
+        return super().main(args, *rest, **kwargs)  # type: ignore[arg-type]
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-from quadvault_dali.cli._options import device_option, fps_option, long_job, sampling_option, stops_cleanly
+from quadvault_dali.cli._options import (command_line, device_option, fps_option, long_job, sampling_option,
+                                         stops_cleanly)
 from quadvault_dali.progress import progress_bar
 
 
@@ -62,6 +64,11 @@ def scan_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--resume/--no-resume", default=True, show_default=True,
                      help="Skip videos already in the output with the same size, mtime and models."),
         click.option("--retry-errors", is_flag=True, help="On resume, scan videos that failed before again."),
+        click.option("--restarts", type=click.IntRange(0, 1000), default=3, show_default=True,
+                     help="The scan runs in a child process; if a decoder or driver crash kills it (a signal, not a "
+                          "Python error), it is started again and resumes, the videos it was decoding checked one "
+                          "at a time first. It gives up after N deaths in a row without a new shard. 0: scan in "
+                          "this process, never restart."),
         click.option("--shard-videos", type=click.IntRange(1), default=200, show_default=True,
                      help="Start a new Parquet shard after this many videos..."),
         click.option("--shard-seconds", type=click.FloatRange(1.0), default=60.0, show_default=True,
@@ -74,6 +81,12 @@ def scan_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlights: Path | None,
          kw: dict[str, Any]) -> None:
+    from quadvault_dali.scan.supervise import runs_in_process
+
+    argv = command_line()
+    if kw["restarts"] and argv is not None and not runs_in_process():
+        sys.exit(_supervise(argv, out, kw["restarts"]))
+
     from quadvault_dali.device import resolve_device
     from quadvault_dali.errors import BackendUnavailableError
     from quadvault_dali.scan.parallel import parse_gpus
@@ -136,6 +149,19 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
                    f"(rename them to scan them): {shown}{more}", err=True)
     click.echo(f"Highlights: {summary.highlights_path}")
     click.echo(summary.line)
+
+
+def _supervise(argv: list[str], out: Path, restarts: int) -> int:
+    """Runs this command line again in a child with restarts after crashes (``scan.supervise``): its exit status."""
+    from quadvault_dali.scan.supervise import Supervisor
+
+    supervisor = Supervisor(argv, out, restarts)
+    code = supervisor.run()
+    if supervisor.crashes:
+        times = f"{len(supervisor.crashes)} time{'s' if len(supervisor.crashes) > 1 else ''}"
+        click.echo(f"The scan process crashed {times} ({', '.join(supervisor.crashes)}) and was started again; "
+                   f"the counts above are the last run's. Every finished video is in {out}.", err=True)
+    return code
 
 
 @click.command("scan")

@@ -123,6 +123,25 @@ def test_sigterm_stops_like_ctrl_c(long_library: Path, model_dir: Path, tmp_path
     assert not [p for p in out.rglob(".tmp-*")]
 
 
+def test_ctrl_c_in_a_terminal_stops_the_scan_once_and_is_not_a_crash(long_library: Path, model_dir: Path,
+                                                                      tmp_path: Path) -> None:
+    """Ctrl-C reaches the terminal's whole process group, the supervisor and the scan child alike: the child
+    stops as before (flushes, says how to resume, exit 130) and the supervisor does not start it again."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_cmd(long_library, model_dir, out) + ["--shard-videos", "100"], start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not list(out.glob(".inflight*")):
+        time.sleep(0.01)
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does
+    out_text, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, f"exit {proc.returncode}: {out_text} {err}"
+    assert err.count(f"Interrupted. Finished videos are saved in {out}; run the same command to resume.") == 1, err
+    assert "starting it again" not in err
+    assert not [p for p in out.rglob(".tmp-*")]
+
+
 def test_batch_classify_never_replaces_a_file_it_did_not_write(library: Path, model_dir: Path, tmp_path: Path) -> None:
     victim = tmp_path / "victim.json"
     victim.write_text('{"my": "notes"}')
@@ -266,33 +285,79 @@ if _poison:  # stands in for a native decoder crash on one file (FFmpeg or NVDEC
 '''
 
 
-def test_a_file_that_crashes_the_decoder_is_isolated_on_resume(library: Path, model_dir: Path,
-                                                                tmp_path: Path) -> None:
-    """The first run dies with the decoder; the same command then checks the files that were in flight in
-    a child process, records the crasher as an error row, and scans everything else: no crash loop."""
+def _poisoned(library: Path, tmp_path: Path, **more: str) -> tuple[Path, dict[str, str]]:
+    """A copy of the library with ``2023/06/poison.mp4``, and an environment whose decoder dies on it by SIGSEGV."""
     lib = tmp_path / "lib"
     shutil.copytree(library, lib)
     shutil.copy(lib / "2023/06/trip/high_h264_30.mp4", lib / "2023/06/poison.mp4")
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(POISON_HOOK)
-    env = {**os.environ, "QV_TEST_POISON": "poison.mp4",
+    env = {**os.environ, "QV_TEST_POISON": "poison.mp4", **more,
            "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
-    out = tmp_path / "out"
-    first = subprocess.run(_cmd(lib, model_dir, out), capture_output=True, text=True, timeout=300, env=env)
-    assert first.returncode == -signal.SIGSEGV, first.stderr[-2000:]
-    assert (out / ".inflight.log").is_file()
-    done_before = len(complete_shards(out))
-    second = subprocess.run(_cmd(lib, model_dir, out), capture_output=True, text=True, timeout=300, env=env)
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert "Total scanned: 18 — " in second.stdout and "Errors: 5" in second.stdout
+    env.pop("QUADVAULT_SCAN_IN_PROCESS", None)
+    return lib, env
+
+
+def _check_poisoned_scan(lib: Path, out: Path, stdout: str) -> None:
+    assert "Total scanned: 18 — " in stdout and "Errors: 5" in stdout
     videos = {v["path"]: v for v in read_table(out, "videos").to_pylist()}
-    assert len(videos) == 18 and len(complete_shards(out)) > done_before
+    assert len(videos) == 18
     poison = videos[str(lib / "2023/06/poison.mp4")]
     assert poison["status"] == "error" and poison["error_kind"] == "DecodeError"
     assert "the decoder crashed on this file (SIGSEGV)" in poison["error_message"]
     assert all(v["status"] == "ok" for p, v in videos.items() if "broken" not in p and "poison" not in p)
     assert not (out / ".inflight.log").exists()
+
+
+def test_a_file_that_crashes_the_decoder_is_isolated_on_resume(library: Path, model_dir: Path,
+                                                                tmp_path: Path) -> None:
+    """Without restarts (``--restarts 0``) the first run dies with the decoder; the same command then checks the
+    files that were in flight in a child process, records the crasher as an error row, and scans everything
+    else: no crash loop."""
+    lib, env = _poisoned(library, tmp_path)
+    out = tmp_path / "out"
+    first = subprocess.run(_cmd(lib, model_dir, out) + ["--restarts", "0"], capture_output=True, text=True,
+                           timeout=300, env=env)
+    assert first.returncode == -signal.SIGSEGV, first.stderr[-2000:]
+    assert (out / ".inflight.log").is_file()
+    done_before = len(complete_shards(out))
+    second = subprocess.run(_cmd(lib, model_dir, out) + ["--restarts", "0"], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert second.returncode == 0, second.stderr[-2000:]
+    _check_poisoned_scan(lib, out, second.stdout)
+    assert len(complete_shards(out)) > done_before
+
+
+def test_a_scan_killed_by_a_decoder_crash_starts_again_by_itself(library: Path, model_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    """The default: the scan runs in a child that the command starts again after a native crash (stop 25: DALI
+    aborted two of three scan calls on an H200 with CUDA_ERROR_ILLEGAL_ADDRESS). One command, one SIGSEGV, and
+    the same result as two commands: the crasher an error row, everything else scanned once."""
+    lib, env = _poisoned(library, tmp_path)
+    out = tmp_path / "out"
+    run = subprocess.run(_cmd(lib, model_dir, out) + ["--no-resume", "--retry-errors"], capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    _check_poisoned_scan(lib, out, run.stdout)
+    assert "the scan process died by SIGSEGV" in run.stderr and "starting it again to resume (restart 1" in run.stderr
+    assert "The scan process crashed 1 time (SIGSEGV) and was started again" in run.stderr
+    assert "the decoder crashed on this file (SIGSEGV)" in run.stderr  # the suspects' check named the culprit
+
+
+def test_a_crash_loop_is_given_up_with_the_reason(library: Path, model_dir: Path, tmp_path: Path) -> None:
+    """A process that dies at every start (here: the model cannot even load) is not restarted forever: after
+    --restarts deaths without a new shard the command stops with the signal and says what to try."""
+    lib, env = _poisoned(library, tmp_path)
+    hook = tmp_path / "hook" / "sitecustomize.py"
+    hook.write_text(hook.read_text() + "\nimport quadvault_dali.scan.runner as _r\n"
+                    "_r.scan_library = lambda *a, **k: os.kill(os.getpid(), signal.SIGABRT)\n")
+    out = tmp_path / "out"
+    run = subprocess.run(_cmd(lib, model_dir, out) + ["--restarts", "2"], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert run.returncode == 128 + signal.SIGABRT, run.stderr[-2000:]
+    assert run.stderr.count("starting it again to resume") == 2
+    assert "died 3 times in a row (the last by SIGABRT) without finishing a shard; not starting it again" in run.stderr
 
 
 def test_prepare_processes_reach_the_gpu_backend_and_change_no_row(library: Path, model_dir: Path, tmp_path: Path,

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
-import sys
 from collections import deque
 from typing import Any, Iterator
 
 import torch
 
 from .._gc import freeze_startup_objects
+from .._lifetime import die_with_parent
 from ..errors import QuadvaultError
 from ._base import Sampler, SamplerConfig, VideoSource
 
@@ -25,7 +24,6 @@ IPC_COLLECT_EVERY = 16
 MAX_UNACKED = 4
 #: What the parent sends back once it has copied a batch (``MAX_UNACKED``).
 ACK = "ack"
-PR_SET_PDEATHSIG = 1
 
 
 def child_main(index: int, inner: type[Sampler], config: SamplerConfig, attrs: dict[str, Any], conn: Any,
@@ -34,7 +32,7 @@ def child_main(index: int, inner: type[Sampler], config: SamplerConfig, attrs: d
     is one ``iter_batches`` over the videos the parent deals through ``conn``, up to its end marker. After each
     round it reports its DALI counts (``DecodeStats``) and the most its queued clips held, with ``done``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the children
-    _die_with_parent()
+    die_with_parent()
     logging.basicConfig(level=log_level, format=f"%(levelname)s decode-{index}: %(message)s")
     logging.getLogger("quadvault_dali").setLevel(log_level)
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, processes)))  # N children, not N x the cores
@@ -118,20 +116,6 @@ def _round_stats(sampler: Sampler) -> dict[str, int]:
     stats = getattr(sampler, "decode_stats", None)
     return {**(stats.take() if stats is not None else {}),
             "queued_bytes_peak": int(getattr(sampler, "queued_bytes_peak", 0))}
-
-
-def _die_with_parent() -> None:
-    """Linux: this process gets SIGKILL when its parent dies, however it dies (``kill -9`` of a scan must not
-    leave decoders holding GPU memory). Linux counts the *thread* that started the child as its parent, so a
-    ``ProcessSampler`` belongs to a thread that outlives it. Elsewhere the parent's ``close`` (or its exit:
-    the children are daemons) stops it."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:  # pragma: no cover - a libc without prctl
-        pass
 
 
 def _portable(exc: BaseException) -> QuadvaultError:
