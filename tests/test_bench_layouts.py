@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -223,3 +224,37 @@ def test_scan_completion_profile_separates_start_up_from_the_steady_rate(tmp_pat
     assert profile["steady_window_s"] == [2.5, 10.5]
     assert profile["steady_mb_per_s"] == 200.0
     assert profile["scan_wall_at_steady_rate_s"] == 10.0  # the library's 2 GB at 200 MB/s
+
+
+CRASHING_SCAN_HOOK = '''
+import os, signal
+if os.environ.get("QV_TEST_SCAN_ABORT"):
+    import quadvault_dali.scan.runner as _runner
+    def scan_library(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGABRT)  # as DALI's terminate() on CUDA_ERROR_ILLEGAL_ADDRESS
+    _runner.scan_library = scan_library
+'''
+
+
+def test_each_bench_scan_runs_in_a_fresh_process_and_a_crash_costs_only_its_row(
+        tmp_path: Path, make_clip: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stop 25: DALI aborted the scan bench's process mid-lease, and every later row of the call was lost. A row's
+    scan now runs in a child: the same numbers as in this process, and an abort there is an error for that row."""
+    from conftest import BENCHMARKS
+
+    scan_bench = import_benchmark("scan_bench")
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the spawned child imports scan_bench by name
+    files = [make_clip(f"bench_iso_{i}.mp4", width=128, height=80, duration_s=3.0, source_id=80 + i)
+             for i in range(2)]
+    model = scan_bench.make_model(tmp_path)
+    alone = scan_bench.run_scan_isolated(files, tmp_path / "a", "cpu", model, 1, 4, mode="keyframe")
+    here = scan_bench.run_scan(files, tmp_path / "b", "cpu", model, 1, 4, mode="keyframe")
+    assert (alone["videos"], alone["sampled_frames"], alone["errors"]) == (here["videos"], here["sampled_frames"], 0)
+    assert alone["sampled_frames"] == 6
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(CRASHING_SCAN_HOOK)
+    monkeypatch.setenv("QV_TEST_SCAN_ABORT", "1")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]))
+    with pytest.raises(RuntimeError, match=r"the scan process died \(SIGABRT\)"):
+        scan_bench.run_scan_isolated(files, tmp_path / "c", "cpu", model, 1, 4, mode="keyframe")
