@@ -236,7 +236,10 @@ def completion_profile(out: Path, started_at: datetime, wall: float) -> dict:
     span = marks[1] - marks[0]
     if span <= 0:
         return {}
+    last = (rows[-1][0] - started_at).total_seconds()
     return {"first_video_s": round((rows[0][0] - started_at).total_seconds(), 3),
+            # after the last row: shards flushed, highlights.json, pipelines and workers shut down
+            "last_video_s": round(last, 3), "after_last_video_s": round(wall - last, 3),
             "steady_window_s": [round(m, 3) for m in marks],
             "steady_mb_per_s": round((STEADY_WINDOW[1] - STEADY_WINDOW[0]) * total / span / 1e6, 2),
             "scan_wall_at_steady_rate_s": round(span / (STEADY_WINDOW[1] - STEADY_WINDOW[0]), 3)}

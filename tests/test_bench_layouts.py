@@ -220,7 +220,8 @@ def test_scan_completion_profile_separates_start_up_from_the_steady_rate(tmp_pat
                              "size_bytes": pa.array([100_000_000] * 20, pa.int64())}),
                    tmp_path / "videos" / "part-00000.parquet")
     profile = scan_bench.completion_profile(tmp_path, started, wall=12.0)
-    assert profile["first_video_s"] == 2.0
+    assert profile["first_video_s"] == 2.0 and profile["last_video_s"] == 11.5
+    assert profile["after_last_video_s"] == 0.5
     assert profile["steady_window_s"] == [2.5, 10.5]
     assert profile["steady_mb_per_s"] == 200.0
     assert profile["scan_wall_at_steady_rate_s"] == 10.0  # the library's 2 GB at 200 MB/s
