@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -67,8 +68,8 @@ def scan_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--restarts", type=click.IntRange(0, 1000), default=3, show_default=True,
                      help="The scan runs in a child process; if a decoder or driver crash kills it (a signal, not a "
                           "Python error), it is started again and resumes, the videos it was decoding checked one "
-                          "at a time first. It gives up after N deaths in a row without a new shard. 0: scan in "
-                          "this process, never restart."),
+                          "at a time first: at most N restarts in a row without a new shard. 0: scan in this "
+                          "process, never restart."),
         click.option("--shard-videos", type=click.IntRange(1), default=200, show_default=True,
                      help="Start a new Parquet shard after this many videos..."),
         click.option("--shard-seconds", type=click.FloatRange(1.0), default=60.0, show_default=True,
@@ -85,12 +86,13 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
 
     argv = command_line()
     if kw["restarts"] and argv is not None and not runs_in_process():
-        sys.exit(_supervise(argv, out, kw["restarts"]))
+        sys.exit(_supervise(argv, out, kw))
 
     from quadvault_dali.device import resolve_device
     from quadvault_dali.errors import BackendUnavailableError
-    from quadvault_dali.scan.parallel import parse_gpus
+    from quadvault_dali.scan.parallel import WorkerCrashed, parse_gpus
     from quadvault_dali.scan.runner import ScanOptions, scan_library
+    from quadvault_dali.scan.supervise import DONE_FD_ENV, WORKER_CRASH_EXIT, report_done
 
     gpus = None
     if kw["gpus"]:
@@ -128,7 +130,14 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
         # a batch system's SIGTERM (preemption, time limit) stops like Ctrl-C
         with stops_cleanly(stopped):
             long_job()
-            summary = scan_library(libraries, options, model_paths=models, gpus=gpus, on_progress=progress)
+            try:
+                summary = scan_library(libraries, options, model_paths=models, gpus=gpus, on_progress=progress)
+            except WorkerCrashed as exc:
+                if not os.environ.get(DONE_FD_ENV):  # not under a supervisor: an error like any other
+                    raise
+                bar.close()
+                click.secho(f"Error: {exc}", fg="red", err=True)
+                sys.exit(WORKER_CRASH_EXIT)  # the supervisor starts the scan again, as after its own crash
     run = summary.run
     rate = run.videos / summary.wall_s if summary.wall_s else 0.0
     click.echo(f"This run: {run.videos:,} videos scanned ({run.errors} errors), {summary.skipped:,} already done, "
@@ -149,18 +158,28 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
                    f"(rename them to scan them): {shown}{more}", err=True)
     click.echo(f"Highlights: {summary.highlights_path}")
     click.echo(summary.line)
+    report_done()
 
 
-def _supervise(argv: list[str], out: Path, restarts: int) -> int:
+def _supervise(argv: list[str], out: Path, kw: dict[str, Any]) -> int:
     """Runs this command line again in a child with restarts after crashes (``scan.supervise``): its exit status."""
-    from quadvault_dali.scan.supervise import Supervisor
+    from quadvault_dali.scan.runner import ScanOptions
+    from quadvault_dali.scan.supervise import Supervisor, signal_name
 
-    supervisor = Supervisor(argv, out, restarts)
+    tag = ScanOptions(out_dir=out, shard=kw["shard"]).tag  # this job's shards, not its --shard siblings'
+    supervisor = Supervisor(argv, out, kw["restarts"], tag=tag, device=kw["device"])
     code = supervisor.run()
     if supervisor.crashes:
         times = f"{len(supervisor.crashes)} time{'s' if len(supervisor.crashes) > 1 else ''}"
+        what = (f"the counts above are the last run's. Every finished video is in {out}" if code == 0
+                else f"finished videos are saved in {out}")
         click.echo(f"The scan process crashed {times} ({', '.join(supervisor.crashes)}) and was started again; "
-                   f"the counts above are the last run's. Every finished video is in {out}.", err=True)
+                   f"{what}.", err=True)
+    if supervisor.stopped_by is not None and code not in (0, 130, 143):  # stopped before the child could say so
+        again = ("run the same command to resume" if kw["resume"]
+                 else "run the command again without --no-resume to resume")
+        click.echo(f"Stopped ({signal_name(supervisor.stopped_by)}). Finished videos are saved in {out}; {again}.",
+                   err=True)
     return code
 
 

@@ -271,6 +271,23 @@ def test_worker_processes_split_the_work(library: Path, model_dir: Path, tmp_pat
     assert sum(v["frames_scored"] for v in videos) == len(read_table(out, "seconds"))
 
 
+def test_a_worker_killed_by_a_decoder_crash_is_reported_as_a_crash(library: Path, model_dir: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A --gpus worker dying by a signal is a crash (``WorkerCrashed``: the supervised command starts again), not
+    an error that ends the command, and the worker's journal names the video it had in flight."""
+    from quadvault_dali.scan.parallel import WorkerCrashed
+
+    lib, env = _poisoned(library, tmp_path)
+    for name in ("QV_TEST_POISON", "PYTHONPATH"):
+        monkeypatch.setenv(name, env[name])  # the spawned workers start with this environment
+    out = tmp_path / "out"
+    with pytest.raises(WorkerCrashed, match="exited with code -11"):
+        scan_library([lib], ScanOptions(out_dir=out, device="cpu", threshold=0.5), model_paths=[model_dir],
+                     gpus=[0, 1])
+    journals = "".join(p.read_text() for p in out.glob(".inflight*"))
+    assert "poison.mp4" in journals
+
+
 POISON_HOOK = '''
 import os, signal
 _poison = os.environ.get("QV_TEST_POISON")
@@ -356,8 +373,57 @@ def test_a_crash_loop_is_given_up_with_the_reason(library: Path, model_dir: Path
     run = subprocess.run(_cmd(lib, model_dir, out) + ["--restarts", "2"], capture_output=True, text=True,
                          timeout=300, env=env)
     assert run.returncode == 128 + signal.SIGABRT, run.stderr[-2000:]
-    assert run.stderr.count("starting it again to resume") == 2
-    assert "died 3 times in a row (the last by SIGABRT) without finishing a shard; not starting it again" in run.stderr
+    assert run.stderr.count("starting it again to resume") == 2  # --restarts 2: two restarts, then it stops
+    assert "died 3 times in a row without finishing a shard (the last by SIGABRT); not starting it again" in run.stderr
+    assert "try --processes 2;" in run.stderr  # not --device cpu: it is on the CPU already
+    assert "the counts above" not in run.stderr
+
+
+def test_a_crash_while_exiting_after_a_finished_scan_is_not_restarted(library: Path, model_dir: Path,
+                                                                      tmp_path: Path) -> None:
+    """DALI can crash while the interpreter exits: the scan has finished and said so, so the command ends with its
+    result instead of scanning again (a helper saw 4 restarts and 5 summaries)."""
+    lib, env = _poisoned(library, tmp_path, QV_TEST_POISON="none")
+    hook = tmp_path / "hook" / "sitecustomize.py"
+    hook.write_text(hook.read_text() + "\nimport atexit\n"
+                    "if os.environ.get('QUADVAULT_SCAN_IN_PROCESS'):\n"
+                    "    atexit.register(lambda: os.kill(os.getpid(), signal.SIGSEGV))\n")
+    out = tmp_path / "out"
+    run = subprocess.run(_cmd(lib, model_dir, out), capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("Total scanned: 18 — ") == 1 and "starting it again" not in run.stderr
+    assert "the scan finished, then its process died by SIGSEGV while exiting" in run.stderr
+
+
+def test_sigint_sent_to_the_command_alone_stops_the_scan(long_library: Path, model_dir: Path,
+                                                         tmp_path: Path) -> None:
+    """``kill -INT`` of the command (a process manager, ``Popen.send_signal``) stops the scan as Ctrl-C does."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_cmd(long_library, model_dir, out) + ["--shard-videos", "100"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not list(out.glob(".inflight*")):
+        time.sleep(0.01)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    out_text, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, f"exit {proc.returncode}: {out_text} {err}"
+    assert "Total scanned" not in out_text and "Interrupted." in err
+
+
+def test_a_background_scan_that_ignores_sigint_keeps_ignoring_it(library: Path, model_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    """A shell script's ``quadvault scan ... &`` runs with SIGINT ignored: the Ctrl-C meant for the script must not
+    stop the scan, as it did not before the scan had a supervisor."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_cmd(library, model_dir, out), start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    time.sleep(1.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    out_text, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert "Total scanned: 17 — " in out_text
 
 
 def test_prepare_processes_reach_the_gpu_backend_and_change_no_row(library: Path, model_dir: Path, tmp_path: Path,

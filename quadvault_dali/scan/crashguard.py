@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Iterable, Sequence, TextIO
 
 from .._files import atomic_path
+from .._lifetime import die_with_parent
 from .shards import output_error
 
 log = logging.getLogger(__name__)
@@ -207,7 +208,8 @@ def _check_in_one_child(paths: Sequence[Path], *, device: str, mode: str, fps: f
     """(videos finished, index of the one in progress or ``None``, why the child stopped early or ``None``)."""
     cmd = [sys.executable, "-m", "quadvault_dali.scan.crashguard", "--device", device, "--mode", mode,
            "--fps", repr(fps), "--size", str(size), "--device-id", str(device_id), "--", *map(str, paths)]
-    child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             preexec_fn=die_with_parent)  # a hung check must not outlive a killed scan
     last = [time.monotonic()]
     state = {"finished": 0, "on": None}  # what the child said last
     stderr: list[bytes] = []

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .._gc import freeze_startup_objects
+from .._lifetime import die_with_parent
 from ..errors import BackendUnavailableError, QuadvaultError
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def _worker(files: list[Any], model_paths: list[Path], options: Any, gpu: int, o
     from .shards import TagLock
 
     tag = worker_tag(options.tag, gpu)
+    die_with_parent()  # a kill -9 of the scan must not leave workers writing shards under its tags
     stop_on_signals()
     try:
         backend = resolve_device(options.device)
@@ -132,9 +134,16 @@ def scan_on_gpus(todo: Sequence[Any], model_paths: Sequence[Path], options: Any,
     for s in latest.values():
         merged.merge(s)
     if failures:
-        raise QuadvaultError("scan workers failed: " + "; ".join(failures),
-                             hint="finished videos are saved; run the same command again to resume")
+        crashed = [gpu for gpu, proc in procs.items() if (proc.exitcode or 0) < 0]
+        kind = WorkerCrashed if crashed else QuadvaultError
+        raise kind("scan workers failed: " + "; ".join(failures),
+                   hint="finished videos are saved; run the same command again to resume")
     return merged
+
+
+class WorkerCrashed(QuadvaultError):
+    """A GPU worker died by a signal (a decoder or driver crash): a supervised scan starts again, as after its own
+    crash; the workers' journals name the videos they had in flight."""
 
 
 #: How long an interrupted scan waits for its GPU workers to save what they finished.

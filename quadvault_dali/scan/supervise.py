@@ -5,14 +5,16 @@ crashing on a damaged file, or DALI aborting on ``CUDA_ERROR_ILLEGAL_ADDRESS`` (
 on an H200 in stop 25, intermittently: a race, gone under ``CUDA_LAUNCH_BLOCKING=1``). The scan's own resume and
 ``crashguard`` already make the *same command* go on where it stopped, isolating the videos in flight. But a
 crash at 1 a.m. then wastes the night until someone types it. So ``quadvault scan`` runs the scan in a child
-process and starts it again after such a death, with resume (always: a restarted ``--no-resume`` would
-scan everything again; and without ``--retry-errors``, which would open the crasher's error row again), until it finishes, it is stopped, or it dies ``restarts`` times in a row without a new
-complete shard (a crash loop the suspects' checks cannot break).
+process and starts it again after such a death, until it finishes, it is stopped, or it has been restarted
+``restarts`` times in a row without a new complete shard of its own (a crash loop the suspects' checks cannot
+break). Once a run has written a shard, restarts resume it: ``--no-resume`` becomes ``--resume`` (it would scan
+everything again) and ``--retry-errors`` is dropped (it would open the crasher's error row again).
 
-The child is the same command line with ``IN_PROCESS_ENV`` set, in the same process group: Ctrl-C from the
-terminal reaches it directly (the supervisor only notes it), and a SIGTERM sent to the supervisor (a batch
-system's time limit) is passed on. Killed with ``kill -9``, the supervisor takes its child with it
-(``die_with_parent``).
+The child runs this interpreter with its flags and import path, in a process group of its own: the supervisor
+alone receives the terminal's Ctrl-C and Ctrl-Z and a scheduler's SIGTERM, and passes each on once. A child that
+dies by a signal after it reported its scan finished (``DONE_FD_ENV``: DALI can crash while the interpreter
+exits) is not restarted. Killed with ``kill -9``, the supervisor takes its child with it (``die_with_parent``),
+and the child's own children (GPU workers, suspects' checks) go with it the same way.
 """
 
 from __future__ import annotations
@@ -28,20 +30,39 @@ from types import FrameType
 from typing import Sequence
 
 from .._lifetime import die_with_parent
-from .shards import complete_shards
+from .shards import parse_name
 
 log = logging.getLogger(__name__)
 
 #: Set in the environment of a scan that runs in its own process (the supervised child, or by a user who wants
 #: no supervision): such a scan does not start another.
 IN_PROCESS_ENV = "QUADVAULT_SCAN_IN_PROCESS"
+#: The file descriptor a supervised child writes ``DONE`` to once its scan has finished (its summary printed).
+DONE_FD_ENV = "QUADVAULT_SCAN_DONE_FD"
+DONE = b"done\n"
+#: The exit status of a scan child whose own workers died by a signal (``--gpus``): restarted like a crash.
+WORKER_CRASH_EXIT = 75
 #: Deaths that are requests to stop, not crashes: never restarted.
 STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+#: Signals the supervisor passes on to its child (the child has its own process group).
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def runs_in_process() -> bool:
     """Whether this process is the scan itself (no supervisor starts)."""
     return os.environ.get(IN_PROCESS_ENV) == "1"
+
+
+def report_done() -> None:
+    """In a supervised child: tells the supervisor that the scan finished, so a crash while exiting is not
+    taken for one mid-scan."""
+    fd = os.environ.get(DONE_FD_ENV)
+    if not fd:
+        return
+    try:
+        os.write(int(fd), DONE)
+    except (OSError, ValueError):  # not a supervised child after all (the variable was inherited by hand)
+        pass
 
 
 def signal_name(number: int) -> str:
@@ -51,59 +72,137 @@ def signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-class Supervisor:
-    """Runs ``python -m quadvault_dali ARGV`` until it ends by itself; ``run`` returns the exit status to use."""
+def own_shards(out_dir: Path, tag: str) -> set[tuple[str, int, int]]:
+    """This job's complete video shards as (name, inode, mtime): a ``--no-resume`` run reuses names, and other
+    jobs of a ``--shard`` array write into the same folder under tags of their own."""
+    videos, seconds = out_dir / "videos", out_dir / "seconds"
+    try:
+        names = os.listdir(videos)
+    except OSError:
+        return set()
+    found = set()
+    for name in names:
+        parsed = parse_name(name)
+        if parsed is None or not (parsed[0] == tag or parsed[0].startswith(f"{tag}-g" if tag else "g")):
+            continue
+        try:
+            st = os.stat(videos / name)
+        except OSError:
+            continue
+        if (seconds / name).is_file():
+            found.add((name, st.st_ino, st.st_mtime_ns))
+    return found
 
-    def __init__(self, argv: Sequence[str], out_dir: Path, restarts: int) -> None:
+
+def _child_setup() -> None:
+    os.setpgid(0, 0)  # the terminal's signals reach the supervisor alone, which passes them on once
+    die_with_parent()
+
+
+class Supervisor:
+    """Runs this command line again in a child until it ends by itself; ``run`` returns the exit status to use."""
+
+    def __init__(self, argv: Sequence[str], out_dir: Path, restarts: int, tag: str = "", device: str = "auto") -> None:
         self.argv = list(argv)
-        self.out_dir = out_dir
+        self.out_dir, self.tag, self.device = out_dir, tag, device
         self.restarts = restarts
         self.crashes: list[str] = []  # the signal of each death that was restarted
+        self.gave_up = False
+        self.stopped_by: int | None = None  # the stop signal this process got
         self._child: subprocess.Popen[bytes] | None = None
-        self._stop: int | None = None  # the stop signal this process got
+        self._resuming = False  # a run wrote a shard: restarts resume it
 
-    def _command(self, first: bool) -> list[str]:
+    def _command(self) -> list[str]:
         argv = list(self.argv)
-        if not first:  # a restart goes on with the same run: what it wrote is kept and its error rows stand
+        if self._resuming:
             argv = ["--resume" if a == "--no-resume" else a for a in argv if a != "--retry-errors"]
-        return [sys.executable, "-m", "quadvault_dali", *argv]
+        # this interpreter, its flags (-X faulthandler...) and its import path: the child runs the same code,
+        # whatever the working directory holds (``-m`` would put it first on the path)
+        boot = (f"import sys; sys.path[:] = {sys.path!r}; from quadvault_dali.cli.main import main; "
+                "main(prog_name='quadvault')")
+        flags = getattr(subprocess, "_args_from_interpreter_flags", lambda: [])()  # what multiprocessing uses too
+        return [sys.executable, *flags, "-c", boot, *argv]
 
-    def _on_signal(self, number: int, frame: FrameType | None) -> None:
-        self._stop = number
+    def _forward(self, number: int, frame: FrameType | None) -> None:
+        self.stopped_by = number
+        self._signal_child(number)
+
+    def _signal_child(self, number: int) -> None:
         child = self._child
-        if number != signal.SIGINT and child is not None and child.poll() is None:
-            child.send_signal(number)  # Ctrl-C reached the child from the terminal already
+        if child is not None and child.poll() is None:
+            try:
+                os.killpg(child.pid, number)
+            except ProcessLookupError:
+                pass
+
+    def _suspend(self, number: int, frame: FrameType | None) -> None:
+        """Ctrl-Z: the child's group stops with this process, and both go on together (``fg``/``bg``)."""
+        self._signal_child(signal.SIGTSTP)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)  # stops here until SIGCONT
+        signal.signal(signal.SIGTSTP, self._suspend)
+        self._signal_child(signal.SIGCONT)
 
     def run(self) -> int:
-        handled = (signal.SIGINT, signal.SIGTERM)
-        previous = {n: signal.signal(n, self._on_signal) for n in handled}
+        previous = {}
+        for number in FORWARDED:  # one the shell ignores (a background job's SIGINT) stays ignored, child too
+            if signal.getsignal(number) is not signal.SIG_IGN:
+                previous[number] = signal.signal(number, self._forward)
+        if signal.getsignal(signal.SIGTSTP) is not signal.SIG_IGN:
+            previous[signal.SIGTSTP] = signal.signal(signal.SIGTSTP, self._suspend)
         try:
             return self._loop()
         finally:
             for number, handler in previous.items():
                 signal.signal(number, handler)
 
+    def _stop_status(self, code: int) -> int:
+        """The status after a stop signal: the child's own, or the signal's if the child could not say."""
+        assert self.stopped_by is not None
+        return code if code in (0, 130, 143) else 128 + self.stopped_by
+
     def _loop(self) -> int:
-        env = {**os.environ, IN_PROCESS_ENV: "1"}
-        fruitless = 0  # deaths in a row without a new complete shard
-        first = True
+        fruitless = 0  # restarts in a row without a new complete shard of this job
         while True:
-            before = set(complete_shards(self.out_dir))
+            if self.stopped_by is not None:  # a stop between a death and the next start
+                return 128 + self.stopped_by
+            before = own_shards(self.out_dir, self.tag)
             started = time.monotonic()
-            self._child = subprocess.Popen(self._command(first), env=env, preexec_fn=die_with_parent)  # noqa: S603
-            first = False
-            code = self._child.wait()  # the signal handler notes a stop; it raises nothing
+            done_r, done_w = os.pipe()
+            env = {**os.environ, IN_PROCESS_ENV: "1", DONE_FD_ENV: str(done_w)}
+            try:
+                self._child = subprocess.Popen(self._command(), env=env, preexec_fn=_child_setup,  # noqa: S603
+                                               pass_fds=(done_w,))
+            finally:
+                os.close(done_w)
+            if self.stopped_by is not None:  # it came while the child was being started
+                self._signal_child(self.stopped_by)
+            code = self._child.wait()  # the handlers above note a stop; they raise nothing
+            with os.fdopen(done_r, "rb") as pipe:
+                finished = pipe.read() == DONE
             self._child = None
-            if code >= 0 or self._stop is not None or -code in STOP_SIGNALS:
+            if self.stopped_by is not None:
+                return self._stop_status(code)
+            if code < 0 and finished:
+                log.warning("the scan finished, then its process died by %s while exiting; every video is saved",
+                            signal_name(-code))
+                return 0
+            crashed = (code < 0 and -code not in STOP_SIGNALS) or code == WORKER_CRASH_EXIT
+            if not crashed:
                 return code if code >= 0 else 128 - code
-            how = signal_name(-code)
-            fruitless = 0 if set(complete_shards(self.out_dir)) - before else fruitless + 1
+            how = signal_name(-code) if code < 0 else "a worker's crash"
+            if own_shards(self.out_dir, self.tag) - before:
+                fruitless, self._resuming = 0, True
+            else:
+                fruitless += 1
             if fruitless > self.restarts:
-                log.error("the scan process died %d times in a row (the last by %s) without finishing a shard; not "
-                          "starting it again. Run with -v to see why, or try --device cpu or --processes 2; the "
-                          "same command resumes", fruitless, how)
-                return 128 - code
+                self.gave_up = True
+                other = " or --device cpu" if self.device != "cpu" else ""
+                log.error("the scan process died %d times in a row without finishing a shard (the last by %s); not "
+                          "starting it again. Run with -v to see why, or try --processes 2%s; the same command "
+                          "resumes", fruitless, how, other)
+                return 128 - code if code < 0 else 1
             self.crashes.append(how)
             log.warning("the scan process died by %s after %.0f s (a crash in a decoder or driver, not in Python); "
-                        "starting it again to resume (restart %d; the videos it was decoding are checked one at a "
+                        "starting it again to resume (restart %d; any videos it was decoding are checked one at a "
                         "time first)", how, time.monotonic() - started, len(self.crashes))

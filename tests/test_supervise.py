@@ -1,0 +1,70 @@
+"""The scan's supervisor (``scan.supervise``): what counts as this job's progress, and how a restart is run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from quadvault_dali.scan import supervise
+from quadvault_dali.scan.supervise import Supervisor, own_shards
+
+
+def _shard(out: Path, name: str) -> None:
+    for table in ("videos", "seconds"):
+        (out / table).mkdir(parents=True, exist_ok=True)
+        (out / table / name).write_bytes(b"PAR1")
+
+
+def test_only_this_jobs_complete_shards_are_its_progress(tmp_path: Path) -> None:
+    """A --shard job array writes into one folder: a sibling's shards are not this job's progress (a helper saw
+    part 0/2 crash-loop for as long as part 1/2 kept writing)."""
+    _shard(tmp_path, "part-00000.parquet")
+    _shard(tmp_path, "part-g1-00000.parquet")  # this job's GPU worker
+    _shard(tmp_path, "part-s01of02-00000.parquet")  # a sibling job's
+    (tmp_path / "videos" / "part-00001.parquet").write_bytes(b"PAR1")  # no seconds partner: incomplete
+    assert {n for n, _, _ in own_shards(tmp_path, "")} == {"part-00000.parquet", "part-g1-00000.parquet"}
+    assert {n for n, _, _ in own_shards(tmp_path, "s01of02")} == {"part-s01of02-00000.parquet"}
+    assert {n for n, _, _ in own_shards(tmp_path, "s00of02")} == set()
+
+
+def test_a_shard_rewritten_under_its_old_name_is_new_progress(tmp_path: Path) -> None:
+    """``--no-resume`` removes the old shards and numbers its own from 0 again."""
+    _shard(tmp_path, "part-00000.parquet")
+    before = own_shards(tmp_path, "")
+    (tmp_path / "videos" / "part-00000.parquet").unlink()
+    (tmp_path / "videos" / "part-00000.parquet").write_bytes(b"PAR1 again")
+    os.utime(tmp_path / "videos" / "part-00000.parquet", ns=(1, 1))
+    assert own_shards(tmp_path, "") - before
+
+
+def test_a_restart_resumes_only_once_a_run_has_written_a_shard(tmp_path: Path) -> None:
+    """A child that died before it wrote anything (loading its model, say) has not yet removed what --no-resume
+    replaces: the restart must still start over, and still retry errors."""
+    argv = ["-q", "scan", "lib", "-m", "model", "-o", "out", "--no-resume", "--retry-errors"]
+    sup = Supervisor(argv, tmp_path, restarts=3)
+    assert sup._command()[-len(argv):] == argv
+    sup._resuming = True
+    assert sup._command()[-len(argv) + 1:] == ["-q", "scan", "lib", "-m", "model", "-o", "out", "--resume"]
+
+
+def test_the_child_runs_this_interpreter_with_its_flags_and_import_path(tmp_path: Path) -> None:
+    """``python -m`` would put the working directory first: a ``click.py`` there broke the child (a helper's
+    find), and ``-X faulthandler`` was lost for the very crash being restarted."""
+    (tmp_path / "click.py").write_text("raise SystemExit('the wrong click')\n")
+    command = Supervisor(["--version"], tmp_path, restarts=1)._command()
+    assert command[0] == sys.executable and "-c" in command
+    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "quadvault" in run.stdout, run.stderr
+
+
+def test_a_stop_between_a_death_and_the_next_start_ends_the_command(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    sup = Supervisor(["scan"], tmp_path, restarts=3)
+    sup.stopped_by = signal.SIGTERM
+    monkeypatch.setattr(supervise.subprocess, "Popen", lambda *a, **k: pytest.fail("started a child"))
+    assert sup._loop() == 128 + signal.SIGTERM
