@@ -47,24 +47,28 @@ fps_option = click.option("--fps", type=click.FloatRange(min=0.01, max=120), def
 
 
 @contextmanager
-def stops_cleanly(message: Callable[[bool], str | None],
-                  signals: tuple[int, ...] = (signal.SIGTERM,)) -> Iterator[None]:
+def stops_cleanly(message: Callable[[bool], str | None], signals: tuple[int, ...] = (signal.SIGTERM,),
+                  seen: list[int] | None = None) -> Iterator[None]:
     """Runs a long command's work with ``signals`` raising ``KeyboardInterrupt`` once (``stop_on_signals``: a
     scheduler's SIGTERM stops like Ctrl-C, so temporaries go). On an interrupt, prints ``message(by_sigterm)``
-    and exits 143 (SIGTERM) or 130; a message of ``None`` lets the interrupt go on to click ("Aborted!")."""
+    and exits 128 + the signal (143 for SIGTERM, 129 for SIGHUP) or 130; a message of ``None`` lets the interrupt
+    go on to click ("Aborted!"). ``seen`` receives the signals that came, for a message that names them."""
     from quadvault_dali.scan.parallel import stop_on_signals
 
-    stopped_by: list[int] = []
+    stopped_by: list[int] = seen if seen is not None else []
     previous = stop_on_signals(signals, seen=stopped_by)
     try:
         yield
     except KeyboardInterrupt:
-        by_sigterm = signal.SIGTERM in stopped_by
+        by_sigterm = bool(stopped_by) and stopped_by[0] != signal.SIGINT
         text = message(by_sigterm)
         if text is None:
             raise
-        click.echo(text, err=True)
-        sys.exit(143 if by_sigterm else 130)
+        try:
+            click.echo(text, err=True)
+        except OSError:  # the terminal is gone (SIGHUP): the work is saved all the same
+            pass
+        sys.exit(128 + stopped_by[0] if stopped_by else 130)
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -121,14 +122,18 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
                                 f"{stats.errors} errors", refresh=False)
             bar.update(stats.videos - bar.n)
 
+        seen: list[int] = []
+
         def stopped(by_sigterm: bool) -> str:
             bar.close()
             again = ("run the same command to resume" if kw["resume"]
                      else "run the command again without --no-resume to resume")
-            return f"{'Stopped (SIGTERM)' if by_sigterm else 'Interrupted'}. Finished videos are saved in {out}; {again}."
+            how = f"Stopped ({signal.Signals(seen[0]).name})" if by_sigterm else "Interrupted"
+            return f"{how}. Finished videos are saved in {out}; {again}."
 
-        # a batch system's SIGTERM (preemption, time limit) stops like Ctrl-C
-        with stops_cleanly(stopped):
+        # a batch system's SIGTERM (preemption, time limit) and a closed terminal's SIGHUP stop like Ctrl-C, once
+        # each process: Ctrl-C reaches a supervised scan from the terminal and from its supervisor
+        with stops_cleanly(stopped, (signal.SIGINT, signal.SIGTERM, signal.SIGHUP), seen=seen):
             long_job()
             try:
                 summary = scan_library(libraries, options, model_paths=models, gpus=gpus, on_progress=progress)
@@ -136,7 +141,8 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
                 if not os.environ.get(DONE_FD_ENV):  # not under a supervisor: an error like any other
                     raise
                 bar.close()
-                click.secho(f"Error: {exc}", fg="red", err=True)
+                reason = exc.args[0] if exc.args else str(exc)
+                click.secho(f"A GPU worker crashed ({reason}); the scan starts again.", fg="yellow", err=True)
                 sys.exit(WORKER_CRASH_EXIT)  # the supervisor starts the scan again, as after its own crash
     run = summary.run
     rate = run.videos / summary.wall_s if summary.wall_s else 0.0
@@ -163,10 +169,10 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
 
 def _supervise(argv: list[str], out: Path, kw: dict[str, Any]) -> int:
     """Runs this command line again in a child with restarts after crashes (``scan.supervise``): its exit status."""
-    from quadvault_dali.scan.runner import ScanOptions
+    from quadvault_dali.scan.shards import shard_tag
     from quadvault_dali.scan.supervise import Supervisor, signal_name
 
-    tag = ScanOptions(out_dir=out, shard=kw["shard"]).tag  # this job's shards, not its --shard siblings'
+    tag = shard_tag(kw["shard"])  # this job's shards, not its --shard siblings'
     supervisor = Supervisor(argv, out, kw["restarts"], tag=tag, device=kw["device"])
     code = supervisor.run()
     if supervisor.crashes:

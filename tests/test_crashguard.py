@@ -178,3 +178,13 @@ def test_many_suspects_share_a_child_and_only_the_crashers_are_blamed(tmp_path: 
     assert all("the decoder crashed on this file (SIGSEGV)" in verdicts[c] for c in (clips[1], clips[3]))
     assert "the decoder process exited with code 3 on this file" in verdicts[clips[4]]
     assert starts.read_text().count("start") == 3  # one child, one more after each crash (c4 is the last)
+
+
+def test_the_check_runs_this_interpreters_code_whatever_the_working_directory_holds(
+        tmp_path: Path, make_clip, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """``python -m`` put the working directory first: an ``av.py`` there made every check die on import, and the
+    suspects were blamed for crashes they never caused (a review helper's find)."""
+    (tmp_path / "av.py").write_text("import os\nos._exit(9)\n")
+    monkeypatch.chdir(tmp_path)
+    assert check_videos([make_clip("guard_cwd.mp4", duration_s=1.0, source_id=9)], device="cpu", mode="auto",
+                        fps=1.0, size=64) == {}

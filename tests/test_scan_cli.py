@@ -123,6 +123,31 @@ def test_sigterm_stops_like_ctrl_c(long_library: Path, model_dir: Path, tmp_path
     assert not [p for p in out.rglob(".tmp-*")]
 
 
+def test_sighup_saves_what_was_finished(long_library: Path, model_dir: Path, tmp_path: Path) -> None:
+    """A closed terminal or ssh session (SIGHUP) stops the scan as SIGTERM does: finished videos are flushed
+    (it used to kill the scan outright, losing the shard in the writer), exit 129."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_cmd(long_library, model_dir, out) + ["--shard-videos", "100"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+
+    def finished() -> int:
+        try:
+            return sum(("\n" + p.read_text()).count("\nF ") for p in out.glob(".inflight*"))
+        except FileNotFoundError:
+            return 0
+
+    while time.monotonic() < deadline and proc.poll() is None and finished() < 2:
+        time.sleep(0.005)
+    seen = finished()
+    proc.send_signal(signal.SIGHUP)
+    out_text, err = proc.communicate(timeout=120)
+    assert seen >= 2, f"the scan ended before the test could stop it: {out_text} {err}"
+    assert proc.returncode == 129, f"exit {proc.returncode}: {out_text} {err}"
+    assert "Stopped (SIGHUP). Finished videos are saved" in err
+    assert len(read_table(out, "videos")) >= seen, "the buffered videos were not flushed"
+
+
 def test_ctrl_c_in_a_terminal_stops_the_scan_once_and_is_not_a_crash(long_library: Path, model_dir: Path,
                                                                       tmp_path: Path) -> None:
     """Ctrl-C reaches the terminal's whole process group, the supervisor and the scan child alike: the child

@@ -68,3 +68,60 @@ def test_a_stop_between_a_death_and_the_next_start_ends_the_command(tmp_path: Pa
     sup.stopped_by = signal.SIGTERM
     monkeypatch.setattr(supervise.subprocess, "Popen", lambda *a, **k: pytest.fail("started a child"))
     assert sup._loop() == 128 + signal.SIGTERM
+
+
+def _rows(out: Path, name: str, paths: list[str]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for table in ("videos", "seconds"):
+        (out / table).mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"path": paths}), out / table / name)
+
+
+def test_rows_rewritten_at_every_start_are_no_progress(tmp_path: Path) -> None:
+    """A retried error row (an unreadable file) is dropped and written again in a new shard by every run: counted
+    as progress, a crash loop never ended (a helper saw 26 restarts in 90 s with --restarts 2)."""
+    sup = Supervisor(["scan"], tmp_path, restarts=2)
+    before = own_shards(tmp_path, "")
+    _rows(tmp_path, "part-00000.parquet", ["/lib/unreadable.mp4", "/lib/a.mp4"])
+    assert sup._progressed(before)
+    before = own_shards(tmp_path, "")
+    (tmp_path / "videos" / "part-00000.parquet").unlink()
+    _rows(tmp_path, "part-00001.parquet", ["/lib/unreadable.mp4"])  # the same error row, once more
+    assert not sup._progressed(before)
+    before = own_shards(tmp_path, "")
+    _rows(tmp_path, "part-00002.parquet", ["/lib/unreadable.mp4", "/lib/b.mp4"])
+    assert sup._progressed(before)
+
+
+def test_an_orphaned_child_exits_instead_of_working_on() -> None:
+    """A child whose parent died before it asked for the death signal (a --gpus worker importing torch while the
+    scan was killed) would never get it: it sees the parent is gone and exits."""
+    code = "from quadvault_dali._lifetime import die_with_parent; die_with_parent(1); print('still here')"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "still here" not in run.stdout
+    code = f"from quadvault_dali._lifetime import die_with_parent; die_with_parent({os.getpid()}); print('still here')"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "still here" in run.stdout
+
+
+def test_the_hang_clock_stands_still_while_the_process_is_stopped() -> None:
+    """Ctrl-Z, then ``fg`` later: the time stopped must not count towards "no frame for N s" (a healthy video in a
+    suspects' check was blamed for a hang after a helper's Ctrl-Z)."""
+    import time
+
+    code = ("import sys, time; from quadvault_dali._clock import awake; a, m = awake(), time.monotonic(); "
+            "print('ready', flush=True); sys.stdin.readline(); print(awake() - a, time.monotonic() - m, flush=True)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdin is not None
+    assert proc.stdout.readline().strip() == "ready"
+    os.kill(proc.pid, signal.SIGSTOP)
+    time.sleep(7.0)
+    os.kill(proc.pid, signal.SIGCONT)
+    time.sleep(1.0)
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    awake_s, wall_s = map(float, proc.stdout.readline().split())
+    proc.wait(timeout=30)
+    assert wall_s > 7.5 and awake_s < wall_s - 5.0, (awake_s, wall_s)

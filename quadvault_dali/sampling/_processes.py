@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.multiprocessing as tmp
 
+from .._clock import awake
 from ..errors import DecodeError, QuadvaultError
 from ._base import Sampler, SamplerConfig, VideoSource, path_of
 from ._clip_decoder import DecodeStats
@@ -251,7 +252,7 @@ class _Pool:
             remove_shared_files(child.proc.pid)
 
     def _heard(self, child: _Child) -> None:
-        child.heard_at, child.caller_s_at_heard = time.monotonic(), self.caller_s
+        child.heard_at, child.caller_s_at_heard = awake(), self.caller_s
 
     def _messages(self) -> list[tuple[int, str, Any]]:
         """The next (child, kind, payload) messages; a child that ended comes last, as ``died``, after what
@@ -298,7 +299,7 @@ class _Pool:
         """``_recv``, watched by ``_watch_receives``: a child stopped part-way through sending (a frozen process;
         batches of CPU frames are megabytes, so a freeze mostly lands inside a send) held the parent in ``recv``
         for good, and the other children blocked on their full pipes behind it."""
-        self._receiving = (child, time.monotonic())
+        self._receiving = (child, awake())
         try:
             return _recv(child.conn)
         finally:
@@ -309,7 +310,7 @@ class _Pool:
         its pipe then ends, ``recv`` returns, and the message counts as lost (its death retries its videos)."""
         while not self._closed.wait(min(HANG_POLL_S, self.hang_s / 4)):
             receiving = self._receiving
-            if receiving is None or time.monotonic() - receiving[1] < self.hang_s:
+            if receiving is None or awake() - receiving[1] < self.hang_s:
                 continue
             child = receiving[0]
             if child.proc.is_alive() and not child.stopped:
@@ -337,7 +338,7 @@ class _Pool:
     def _stop_hung(self) -> None:
         """Kills a child that holds work but has said nothing for ``hang_s`` while the parent waited (a decoder
         stuck in native code); its death then retries its videos, and one that hangs alone is an error."""
-        now = time.monotonic()
+        now = awake()
         for child in self.children:
             quiet = (now - child.heard_at) - (self.caller_s - child.caller_s_at_heard)
             if child.busy() and not child.stopped and quiet >= self.hang_s and child.proc.is_alive():
@@ -437,9 +438,9 @@ class _Pool:
                     payload = None  # the child's CUDA memory is released with the last reference
                     if len(batch) or batch.completed:
                         self.deaths = 0  # progress: the children are not dying of the machine
-                        paused = time.monotonic()
+                        paused = awake()
                         yield batch
-                        self.caller_s += time.monotonic() - paused
+                        self.caller_s += awake() - paused
                     batch = None
                 elif kind == "done":
                     child.done = True
@@ -453,9 +454,9 @@ class _Pool:
                     outcome = self._replace_dead(index, payload, suspects, retrying, pending)
                     if outcome is not None:
                         retrying = None
-                        paused = time.monotonic()
+                        paused = awake()
                         yield FrameBatch(_no_frames(size, device), [], [], [outcome])
-                        self.caller_s += time.monotonic() - paused
+                        self.caller_s += awake() - paused
                     if exhausted and retrying is not None:  # in a retry round nothing is for the new child
                         self._deal(index, None, None)
             if not (exhausted and all(not c.busy() and c.done for c in self.children)):

@@ -30,8 +30,9 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence, TextIO
 
+from .._clock import awake
 from .._files import atomic_path
-from .._lifetime import die_with_parent
+from .._lifetime import dies_with_this_process, same_python
 from .shards import output_error
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ class StallWatch:
 
     def __init__(self, journal: CrashJournal, stall_s: float = STALL_S) -> None:
         self.journal, self.stall_s = journal, stall_s
-        self._last = time.monotonic()
+        self._last = awake()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="scan-stall-watch", daemon=True)
 
@@ -146,11 +147,11 @@ class StallWatch:
         self._thread.join(timeout=5)
 
     def beat(self) -> None:
-        self._last = time.monotonic()
+        self._last = awake()
 
     def _run(self) -> None:
         while not self._stop.wait(min(30.0, self.stall_s / 4)):
-            idle = time.monotonic() - self._last
+            idle = awake() - self._last
             if idle >= self.stall_s and self.journal.in_flight:
                 self.journal.keep = True
                 names = ", ".join(str(p) for p in list(self.journal.in_flight)[:8])
@@ -206,18 +207,21 @@ def check_videos(paths: Sequence[Path], *, device: str, mode: str, fps: float, s
 def _check_in_one_child(paths: Sequence[Path], *, device: str, mode: str, fps: float, size: int, device_id: int,
                         stall_s: float) -> tuple[int, int | None, str | None]:
     """(videos finished, index of the one in progress or ``None``, why the child stopped early or ``None``)."""
-    cmd = [sys.executable, "-m", "quadvault_dali.scan.crashguard", "--device", device, "--mode", mode,
-           "--fps", repr(fps), "--size", str(size), "--device-id", str(device_id), "--", *map(str, paths)]
+    # this interpreter, flags and import path (``same_python``): an ``av.py`` in the working directory once made
+    # every check die on import, and each suspect was then blamed for a crash
+    cmd = [*same_python("from quadvault_dali.scan.crashguard import _main; raise SystemExit(_main())"),
+           "--device", device, "--mode", mode, "--fps", repr(fps), "--size", str(size), "--device-id",
+           str(device_id), "--", *map(str, paths)]
     child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             preexec_fn=die_with_parent)  # a hung check must not outlive a killed scan
-    last = [time.monotonic()]
+                             preexec_fn=dies_with_this_process())  # a hung check must not outlive a killed scan
+    last = [awake()]
     state = {"finished": 0, "on": None}  # what the child said last
     stderr: list[bytes] = []
 
     def follow() -> None:  # "S i" / "F i" around each video, "." per batch of frames
         assert child.stdout is not None
         for line in child.stdout:
-            last[0] = time.monotonic()
+            last[0] = awake()
             kind, _, index = line.decode(errors="replace").strip().partition(" ")
             if kind == _STARTED and index.isdigit():
                 state["on"] = int(index)
@@ -232,7 +236,7 @@ def _check_in_one_child(paths: Sequence[Path], *, device: str, mode: str, fps: f
     why: str | None = None
     try:
         while child.poll() is None:
-            if time.monotonic() - last[0] > stall_s:
+            if awake() - last[0] > stall_s:
                 why = f"no frame came for {stall_s:.0f} s in an isolated check (the decoder hangs on it)"
                 break
             time.sleep(min(0.2, stall_s / 10))

@@ -154,7 +154,8 @@ def stop_on_signals(signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM),
                     seen: list[int] | None = None) -> dict[int, Any]:
     """``signals`` raise ``KeyboardInterrupt`` once (the scan then saves its finished videos; the signal is
     appended to ``seen``); later ones are ignored, so a second signal (Ctrl-C reaching every process, then
-    the parent's forward) cannot break that save. Returns the handlers it replaced."""
+    the parent's forward) cannot break that save. A signal this process was started ignoring stays ignored (a
+    script's ``quadvault scan ... &`` ignores the script's Ctrl-C). Returns the handlers it replaced."""
     def stop(signum: int, frame: Any) -> None:
         if seen is not None:
             seen.append(signum)
@@ -162,7 +163,8 @@ def stop_on_signals(signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM),
             signal.signal(number, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    return {number: signal.signal(number, stop) for number in signals}
+    return {number: signal.signal(number, stop) for number in signals
+            if signal.getsignal(number) is not signal.SIG_IGN}
 
 
 def _collect(procs: dict[int, Any], messages: Any, latest: dict[int, Any], finished: set[int],

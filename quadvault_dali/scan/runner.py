@@ -27,7 +27,7 @@ from .crashguard import CrashJournal, StallWatch, isolate_suspects, journal_path
 from .report import HIGHLIGHTS_FILE, FolderTotals, highlights_document, summary_line, write_json_atomic
 from .resume import FileState, drop_superseded, plan_resume
 from .schema import SCHEMA_VERSION, ModelRef, ScanMetadata, combined_fingerprint
-from .shards import LayoutLock, ShardWriter, TagLock, cleanup_partial
+from .shards import LayoutLock, ShardWriter, TagLock, cleanup_partial, shard_tag
 from .upgrade import upgrade_shards
 
 log = logging.getLogger(__name__)
@@ -77,8 +77,7 @@ class ScanOptions:
 
     @property
     def tag(self) -> str:
-        i, n = self.shard
-        return f"s{i:02d}of{n:02d}" if n > 1 else ""
+        return shard_tag(self.shard)
 
 
 @dataclass

@@ -35,6 +35,12 @@ NAME_RE = re.compile(r"^part-(?:(?P<tag>[a-z0-9]+(?:-[a-z0-9]+)*)-)?(?P<seq>\d{5
 TMP_PREFIX = ".tmp-"
 
 
+def shard_tag(shard: tuple[int, int]) -> str:
+    """The tag in the shard names of part i of n of a library (``--shard i/n``): none for the whole library."""
+    i, n = shard
+    return f"s{i:02d}of{n:02d}" if n > 1 else ""
+
+
 def shard_name(tag: str, seq: int) -> str:
     return f"part-{tag + '-' if tag else ''}{seq:05d}.parquet"
 

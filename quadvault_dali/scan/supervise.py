@@ -10,11 +10,15 @@ process and starts it again after such a death, until it finishes, it is stopped
 break). Once a run has written a shard, restarts resume it: ``--no-resume`` becomes ``--resume`` (it would scan
 everything again) and ``--retry-errors`` is dropped (it would open the crasher's error row again).
 
-The child runs this interpreter with its flags and import path, in a process group of its own: the supervisor
-alone receives the terminal's Ctrl-C and Ctrl-Z and a scheduler's SIGTERM, and passes each on once. A child that
-dies by a signal after it reported its scan finished (``DONE_FD_ENV``: DALI can crash while the interpreter
-exits) is not restarted. Killed with ``kill -9``, the supervisor takes its child with it (``die_with_parent``),
-and the child's own children (GPU workers, suspects' checks) go with it the same way.
+The child runs this interpreter with its flags and import path (``same_python``), in the supervisor's process
+group, so the terminal treats both as one job: Ctrl-C reaches both, Ctrl-Z stops both and ``fg`` continues both,
+and the child may write to and read from the terminal whatever ``stty tostop`` says (a child in a group of its own
+stopped for good on its first write there). The supervisor also passes SIGINT, SIGTERM and SIGHUP on, for the
+stops sent to it alone (``kill -INT``, a scheduler); the child acts on the first and ignores the rest
+(``stop_on_signals``). A child that dies by a signal after it reported its scan finished (``DONE_FD_ENV``: DALI
+can crash while the interpreter exits) is not restarted. Killed with ``kill -9``, the supervisor takes its child
+with it (``die_with_parent``), and the child's own children (GPU workers, suspects' checks) go with it the same
+way.
 """
 
 from __future__ import annotations
@@ -23,13 +27,12 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import FrameType
 from typing import Sequence
 
-from .._lifetime import die_with_parent
+from .._lifetime import dies_with_this_process, same_python
 from .shards import parse_name
 
 log = logging.getLogger(__name__)
@@ -44,7 +47,7 @@ DONE = b"done\n"
 WORKER_CRASH_EXIT = 75
 #: Deaths that are requests to stop, not crashes: never restarted.
 STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
-#: Signals the supervisor passes on to its child (the child has its own process group).
+#: Signals the supervisor passes on to its child (a stop sent to the supervisor alone must reach the scan).
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -94,9 +97,17 @@ def own_shards(out_dir: Path, tag: str) -> set[tuple[str, int, int]]:
     return found
 
 
-def _child_setup() -> None:
-    os.setpgid(0, 0)  # the terminal's signals reach the supervisor alone, which passes them on once
-    die_with_parent()
+def written_paths(out_dir: Path, shards: set[tuple[str, int, int]]) -> set[str]:
+    """The video paths in ``shards`` (``own_shards`` entries)."""
+    import pyarrow.parquet as pq
+
+    paths: set[str] = set()
+    for name, _, _ in shards:
+        try:
+            paths.update(pq.read_table(out_dir / "videos" / name, columns=["path"]).column("path").to_pylist())
+        except Exception:  # noqa: BLE001 - replaced or removed meanwhile, or damaged: the scan deals with it
+            continue
+    return paths
 
 
 class Supervisor:
@@ -111,45 +122,36 @@ class Supervisor:
         self.stopped_by: int | None = None  # the stop signal this process got
         self._child: subprocess.Popen[bytes] | None = None
         self._resuming = False  # a run wrote a shard: restarts resume it
+        self._written: set[str] = set()  # videos the runs of this command have written rows for
 
     def _command(self) -> list[str]:
         argv = list(self.argv)
         if self._resuming:
             argv = ["--resume" if a == "--no-resume" else a for a in argv if a != "--retry-errors"]
-        # this interpreter, its flags (-X faulthandler...) and its import path: the child runs the same code,
-        # whatever the working directory holds (``-m`` would put it first on the path)
-        boot = (f"import sys; sys.path[:] = {sys.path!r}; from quadvault_dali.cli.main import main; "
-                "main(prog_name='quadvault')")
-        flags = getattr(subprocess, "_args_from_interpreter_flags", lambda: [])()  # what multiprocessing uses too
-        return [sys.executable, *flags, "-c", boot, *argv]
+        return [*same_python("from quadvault_dali.cli.main import main; main(prog_name='quadvault')"), *argv]
 
     def _forward(self, number: int, frame: FrameType | None) -> None:
         self.stopped_by = number
-        self._signal_child(number)
-
-    def _signal_child(self, number: int) -> None:
         child = self._child
         if child is not None and child.poll() is None:
             try:
-                os.killpg(child.pid, number)
+                child.send_signal(number)
             except ProcessLookupError:
                 pass
 
-    def _suspend(self, number: int, frame: FrameType | None) -> None:
-        """Ctrl-Z: the child's group stops with this process, and both go on together (``fg``/``bg``)."""
-        self._signal_child(signal.SIGTSTP)
-        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTSTP)  # stops here until SIGCONT
-        signal.signal(signal.SIGTSTP, self._suspend)
-        self._signal_child(signal.SIGCONT)
+    def _progressed(self, before: set[tuple[str, int, int]]) -> bool:
+        """Whether the last run wrote a row for a video no run of this command had written: a row rewritten at every
+        start (a retried error, a file still being copied) is no progress, or a crash loop would never end."""
+        new = written_paths(self.out_dir, own_shards(self.out_dir, self.tag) - before)
+        progressed = bool(new - self._written)
+        self._written |= new
+        return progressed
 
     def run(self) -> int:
         previous = {}
         for number in FORWARDED:  # one the shell ignores (a background job's SIGINT) stays ignored, child too
             if signal.getsignal(number) is not signal.SIG_IGN:
                 previous[number] = signal.signal(number, self._forward)
-        if signal.getsignal(signal.SIGTSTP) is not signal.SIG_IGN:
-            previous[signal.SIGTSTP] = signal.signal(signal.SIGTSTP, self._suspend)
         try:
             return self._loop()
         finally:
@@ -171,27 +173,27 @@ class Supervisor:
             done_r, done_w = os.pipe()
             env = {**os.environ, IN_PROCESS_ENV: "1", DONE_FD_ENV: str(done_w)}
             try:
-                self._child = subprocess.Popen(self._command(), env=env, preexec_fn=_child_setup,  # noqa: S603
-                                               pass_fds=(done_w,))
+                self._child = subprocess.Popen(self._command(), env=env, pass_fds=(done_w,),  # noqa: S603
+                                               preexec_fn=dies_with_this_process())
             finally:
                 os.close(done_w)
             if self.stopped_by is not None:  # it came while the child was being started
-                self._signal_child(self.stopped_by)
+                self._forward(self.stopped_by, None)
             code = self._child.wait()  # the handlers above note a stop; they raise nothing
             with os.fdopen(done_r, "rb") as pipe:
                 finished = pipe.read() == DONE
             self._child = None
-            if self.stopped_by is not None:
-                return self._stop_status(code)
             if code < 0 and finished:
                 log.warning("the scan finished, then its process died by %s while exiting; every video is saved",
                             signal_name(-code))
                 return 0
+            if self.stopped_by is not None:
+                return self._stop_status(code)
             crashed = (code < 0 and -code not in STOP_SIGNALS) or code == WORKER_CRASH_EXIT
             if not crashed:
                 return code if code >= 0 else 128 - code
             how = signal_name(-code) if code < 0 else "a worker's crash"
-            if own_shards(self.out_dir, self.tag) - before:
+            if self._progressed(before):
                 fruitless, self._resuming = 0, True
             else:
                 fruitless += 1
