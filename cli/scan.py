@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -144,6 +145,15 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
                 reason = exc.args[0] if exc.args else str(exc)
                 click.secho(f"A GPU worker crashed ({reason}); the scan starts again.", fg="yellow", err=True)
                 sys.exit(WORKER_CRASH_EXIT)  # the supervisor starts the scan again, as after its own crash
+    report_done()  # everything is saved: a crash from here on (printing, exiting) is no reason to scan again
+    try:
+        _print_summary(summary)
+    except OSError as exc:  # the terminal is gone (a hangup the scan outlived): the results are on disk
+        if exc.errno not in (errno.EIO, errno.EPIPE):
+            raise
+
+
+def _print_summary(summary: Any) -> None:
     run = summary.run
     rate = run.videos / summary.wall_s if summary.wall_s else 0.0
     click.echo(f"This run: {run.videos:,} videos scanned ({run.errors} errors), {summary.skipped:,} already done, "
@@ -164,29 +174,38 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
                    f"(rename them to scan them): {shown}{more}", err=True)
     click.echo(f"Highlights: {summary.highlights_path}")
     click.echo(summary.line)
-    report_done()
 
 
 def _supervise(argv: list[str], out: Path, kw: dict[str, Any]) -> int:
     """Runs this command line again in a child with restarts after crashes (``scan.supervise``): its exit status."""
     from quadvault_dali.scan.shards import shard_tag
-    from quadvault_dali.scan.supervise import Supervisor, signal_name
+    from quadvault_dali.scan.supervise import Supervisor
 
     tag = shard_tag(kw["shard"])  # this job's shards, not its --shard siblings'
     supervisor = Supervisor(argv, out, kw["restarts"], tag=tag, device=kw["device"])
     code = supervisor.run()
+    try:
+        _report_supervision(supervisor, code, out, kw)
+    except OSError as exc:  # the terminal is gone (SIGHUP): the status says what happened
+        if exc.errno not in (errno.EIO, errno.EPIPE):
+            raise
+    return code
+
+
+def _report_supervision(supervisor: Any, code: int, out: Path, kw: dict[str, Any]) -> None:
+    from quadvault_dali.scan.supervise import STOP_STATUSES, signal_name
+
     if supervisor.crashes:
         times = f"{len(supervisor.crashes)} time{'s' if len(supervisor.crashes) > 1 else ''}"
         what = (f"the counts above are the last run's. Every finished video is in {out}" if code == 0
                 else f"finished videos are saved in {out}")
         click.echo(f"The scan process crashed {times} ({', '.join(supervisor.crashes)}) and was started again; "
                    f"{what}.", err=True)
-    if supervisor.stopped_by is not None and code not in (0, 130, 143):  # stopped before the child could say so
+    if supervisor.stopped_by is not None and code not in STOP_STATUSES:  # stopped before the child could say so
         again = ("run the same command to resume" if kw["resume"]
                  else "run the command again without --no-resume to resume")
         click.echo(f"Stopped ({signal_name(supervisor.stopped_by)}). Finished videos are saved in {out}; {again}.",
                    err=True)
-    return code
 
 
 @click.command("scan")

@@ -160,7 +160,10 @@ def stop_on_signals(signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM),
         if seen is not None:
             seen.append(signum)
         for number in signals:
-            signal.signal(number, signal.SIG_IGN)
+            try:
+                signal.signal(number, signal.SIG_IGN)
+            except OSError:  # that signal is pending ("ignored due to race condition"): ignoring it is the point
+                pass
         raise KeyboardInterrupt
 
     return {number: signal.signal(number, stop) for number in signals

@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -49,6 +50,11 @@ WORKER_CRASH_EXIT = 75
 STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 #: Signals the supervisor passes on to its child (a stop sent to the supervisor alone must reach the scan).
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: The exit statuses of a child that stopped by itself on a stop signal (its message said so)
+STOP_STATUSES = frozenset({0, *(128 + s for s in STOP_SIGNALS)})
+#: How long a SIGINT or SIGHUP waits before it is passed on: the terminal sends those to the whole job, the child
+#: included, and a copy that came before the child's handler was in place broke its start-up with a traceback
+FORWARD_DELAY_S = 1.0
 
 
 def runs_in_process() -> bool:
@@ -131,7 +137,16 @@ class Supervisor:
         return [*same_python("from quadvault_dali.cli.main import main; main(prog_name='quadvault')"), *argv]
 
     def _forward(self, number: int, frame: FrameType | None) -> None:
-        self.stopped_by = number
+        if self.stopped_by is None:
+            self.stopped_by = number
+        if number == signal.SIGTERM:  # a scheduler's, sent to this process alone
+            self._send(number)
+        else:
+            timer = threading.Timer(FORWARD_DELAY_S, self._send, args=(number,))
+            timer.daemon = True
+            timer.start()
+
+    def _send(self, number: int) -> None:
         child = self._child
         if child is not None and child.poll() is None:
             try:
@@ -161,7 +176,7 @@ class Supervisor:
     def _stop_status(self, code: int) -> int:
         """The status after a stop signal: the child's own, or the signal's if the child could not say."""
         assert self.stopped_by is not None
-        return code if code in (0, 130, 143) else 128 + self.stopped_by
+        return code if code in STOP_STATUSES else 128 + self.stopped_by
 
     def _loop(self) -> int:
         fruitless = 0  # restarts in a row without a new complete shard of this job
@@ -178,14 +193,15 @@ class Supervisor:
             finally:
                 os.close(done_w)
             if self.stopped_by is not None:  # it came while the child was being started
-                self._forward(self.stopped_by, None)
+                self._send(self.stopped_by)
             code = self._child.wait()  # the handlers above note a stop; they raise nothing
             with os.fdopen(done_r, "rb") as pipe:
                 finished = pipe.read() == DONE
             self._child = None
             if code < 0 and finished:
-                log.warning("the scan finished, then its process died by %s while exiting; every video is saved",
-                            signal_name(-code))
+                if self.stopped_by is None:
+                    log.warning("the scan finished, then its process died by %s while exiting; every video is "
+                                "saved", signal_name(-code))
                 return 0
             if self.stopped_by is not None:
                 return self._stop_status(code)
