@@ -81,7 +81,8 @@ def scan_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"row": name, "wall_s": wall, "vs_cat": round(wall / cat, 3) if cat else None,
                     "vs_keyframe": ratio, "verdict": _verdict(ratio), "why": _why(r),
                     # start-up left out (``scan_bench.completion_profile``): what a large library's scan would take
-                    "steady_vs_cat": r.get("steady_vs_cat_read"), "first_video_s": r.get("first_video_s")})
+                    "steady_vs_cat": r.get("steady_vs_cat_read"), "first_video_s": r.get("first_video_s"),
+                    "after_last_video_s": r.get("after_last_video_s")})
     return out
 
 
@@ -116,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             ratio = f"{r['vs_keyframe']:.2f}x" if r["vs_keyframe"] is not None else ""
             steady = (f"  steady {r['steady_vs_cat']:.2f}x cat, first video at {r['first_video_s']:.1f} s"
                       if r["steady_vs_cat"] is not None else "")
+            if r["after_last_video_s"] is not None:
+                steady += f", {r['after_last_video_s']:.1f} s after the last"
             print(f"  {r['row']:16} {r['wall_s']:7.1f} s  {vs_cat:10} {ratio:>6} {r['verdict']:6}  {r['why']}{steady}")
     return 0
 
