@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import click
 
-from ._options import device_option, fps_option, long_job, sampling_option
+from ._options import device_option, fps_option, long_job, sampling_option, stops_cleanly
 
 
 def _metrics_line(title: str, m: "object") -> str:
@@ -57,15 +58,19 @@ def evaluate(source: Path, model: Path, more_models: tuple[Path, ...], split: st
     backend = resolve_device(device)
     models = [load_model(p, device=backend) for p in (model, *more_models)]
     long_job()
-    report = run_evaluate(source, models, split=split, device=backend, fps=fps, mode=mode,  # type: ignore[arg-type]
-                          skip_missing=skip_missing, threshold=threshold)
+    with stops_cleanly(lambda by_sigterm: f"{'Stopped (SIGTERM)' if by_sigterm else 'Interrupted'}; nothing was "
+                       "written.", (signal.SIGINT, signal.SIGTERM)):
+        report = run_evaluate(source, models, split=split, device=backend, fps=fps, mode=mode,  # type: ignore[arg-type]
+                              skip_missing=skip_missing, threshold=threshold)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
         return
     t = report.threshold
     what = f"{report.split} split of dataset" if report.kind == "dataset" else "labels file"
     names = ", ".join(m["name"] for m in report.models)
-    click.echo(f"Evaluated {names} on {len(report.videos):,} videos ({report.frame_metrics.n:,} frames), "
+    dropped = f" of {len(report.videos) + len(report.failed):,} ({len(report.failed):,} not scored, below)" \
+        if report.failed else ""
+    click.echo(f"Evaluated {names} on {len(report.videos):,}{dropped} videos ({report.frame_metrics.n:,} frames), "
                f"{what} {report.source} — threshold {t:.2f}")
     click.echo(_metrics_line("Frame level", report.frame_metrics))
     click.echo(_metrics_line("Video level", report.video_metrics))

@@ -56,6 +56,12 @@ class LazyGroup(click.Group):
             logging.getLogger("quadvault_dali").debug("error detail", exc_info=True)
             click.secho(f"Error: {exc}", fg="red", err=True)
             sys.exit(1)
+        except BrokenPipeError:  # `quadvault ... | head`: the reader has what it wanted; stop quietly as cat does
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail
+            except (OSError, ValueError):  # no file descriptor behind stdout (a test runner's capture)
+                pass
+            sys.exit(141)  # 128 + SIGPIPE, what a shell reports for a writer its pipe closed on
         except OSError as exc:  # a file system failure no step anticipated (a full or read-only disk): one line
             if os.environ.get("QUADVAULT_DEBUG"):
                 raise

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import click
 
-from ._options import device_option, fps_option, long_job, sampling_option
+from ._options import device_option, fps_option, long_job, sampling_option, stops_cleanly
 
 
 def _clock(seconds: float) -> str:
@@ -51,7 +52,9 @@ def test_video(video: Path, model: Path, more_models: tuple[Path, ...], timeline
     models = [load_model(p, device=backend) for p in (model, *more_models)]
     sampler = scoring_sampler(models, device=backend, fps=fps, mode=mode)  # type: ignore[arg-type]
     long_job()
-    result = score_video(video, models, sampler=sampler)
+    with stops_cleanly(lambda by_sigterm: f"{'Stopped (SIGTERM)' if by_sigterm else 'Interrupted'}; nothing was "
+                       "written.", (signal.SIGINT, signal.SIGTERM)):
+        result = score_video(video, models, sampler=sampler)
     threshold = ensemble_threshold(models)
     score = result.score
     if as_json:

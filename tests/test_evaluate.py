@@ -183,3 +183,36 @@ def test_evaluating_videos_a_model_trained_on_warns(labels_file: Path, models: d
         evaluate(out, [model], device="cpu", split="all")
         evaluate(copies / "labels.json", [model], device="cpu")
     assert caplog.text.count(f"{len(train_videos)} of the 8 evaluated videos were in the training split") == 2
+
+
+def test_a_given_threshold_judges_every_member_too(labels_file: Path, models: dict[str, Path]) -> None:
+    """``--threshold`` over an ensemble: the per-model lines were judged at each card's own threshold under a
+    header naming the given one (a review helper's find)."""
+    res = CliRunner().invoke(main, ["evaluate", str(labels_file), str(models["warm"]), "--model", str(models["cold"]),
+                                    "--json", "--device", "cpu", "--threshold", "0.01"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["threshold"] == 0.01
+    assert [m["threshold"] for m in data["per_model_video_level"]] == [0.01, 0.01]
+    assert data["per_model_video_level"][0]["fn"] == 0  # at 0.01 the warm model misses no highlight
+
+
+def test_the_header_says_how_many_labelled_videos_were_not_scored(labels_file: Path, models: dict[str, Path]) -> None:
+    res = CliRunner().invoke(main, ["-q", "evaluate", str(labels_file), str(models["warm"]), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert " on 8 of 9 (1 not scored, below) videos (32 frames)" in res.output.splitlines()[0]
+
+
+def test_a_hand_edited_card_does_not_crash_the_training_overlap_check(labels_file: Path, models: dict[str, Path],
+                                                                       tmp_path: Path) -> None:
+    import shutil
+
+    for name, edit in (("ens_str", {"ensemble": "abc"}), ("ds_num", {"dataset": 5})):
+        folder = tmp_path / name
+        shutil.copytree(models["warm"], folder)
+        card = json.loads((folder / "model.json").read_text())
+        card.update(edit)
+        (folder / "model.json").write_text(json.dumps(card))
+        res = CliRunner().invoke(main, ["-q", "evaluate", str(labels_file), str(folder), "--device", "cpu"])
+        assert res.exit_code == 0, (name, res.output)
+        assert "Video level  (n=8): accuracy 87.5%" in res.output

@@ -189,3 +189,19 @@ def test_cli_gpu_scores_equal_cpu_scores(colour_model: Path, clips: dict[str, Pa
     assert [r["timestamp_s"] for r in gpu["timeline"]] == [r["timestamp_s"] for r in cpu["timeline"]]
     assert [r["score"] for r in gpu["timeline"]] == pytest.approx([r["score"] for r in cpu["timeline"]], abs=0.1)
     assert gpu["score"] == pytest.approx(cpu["score"], abs=0.05)
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(colour_model: Path, clips: dict[str, Path]) -> None:
+    """``quadvault test-video ... --timeline | head -1``: the reader closing the pipe is no error ("Error: Broken
+    pipe" and exit 1 before); the command stops as cat does, 141."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "quadvault_dali", "test-video", str(clips["warm"]),
+                             str(colour_model), "--timeline", "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Error" not in err and "Traceback" not in err, err
