@@ -71,7 +71,7 @@ def test_video(video: Path, model: Path, more_models: tuple[Path, ...], timeline
     shown = f"{score:.2f}"
     click.echo(f"Highlight score: {shown} ({round(float(shown) * 100)}% confidence this is a highlight)")
     verdict = "highlight" if score >= threshold else "not a highlight"
-    click.echo(f"Verdict: {verdict} (threshold {threshold:.2f}; {len(result.timestamps)} frames at {fps:g} fps)")
+    click.echo(f"Verdict: {verdict} (threshold {threshold:.2f}; {len(result.timestamps)} frame{'' if len(result.timestamps) == 1 else 's'} at {fps:g} fps)")
     if len(models) > 1:
         click.echo("Models (averaged):")
         for m, s in zip(models, result.per_model()):

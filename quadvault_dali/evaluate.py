@@ -165,11 +165,19 @@ def _from_dataset(source: Path, models: Sequence[FrameScorer], split: SplitChoic
     return str(dataset.path)
 
 
+#: Warnings about a labels file shown one by one; the rest are counted (and listed under -v)
+SHOWN_WARNINGS = 10
+
+
 def _from_labels(source: Path, models: Sequence[FrameScorer], device: str, fps: float, mode: str,
                  skip_missing: bool, out: _Collected) -> str:
     labels = load_labels(source, skip_missing=skip_missing)
-    for message in labels.warnings:
+    for message in labels.warnings[:SHOWN_WARNINGS]:
         log.warning("%s", message)
+    if len(labels.warnings) > SHOWN_WARNINGS:  # 50,000 skipped entries printed 66,000 lines
+        log.warning("… and %d more warnings about %s (-v lists them)", len(labels.warnings) - SHOWN_WARNINGS, source)
+        for message in labels.warnings[SHOWN_WARNINGS:]:
+            log.info("%s", message)
     label_of = {v.path: v.label for v in labels.videos}
     out.ids.update({str(v.path): v.video_id for v in labels.videos})
     sampler = scoring_sampler(models, device=device, fps=fps, mode=mode)  # type: ignore[arg-type]

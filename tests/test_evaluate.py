@@ -216,3 +216,19 @@ def test_a_hand_edited_card_does_not_crash_the_training_overlap_check(labels_fil
         res = CliRunner().invoke(main, ["-q", "evaluate", str(labels_file), str(folder), "--device", "cpu"])
         assert res.exit_code == 0, (name, res.output)
         assert "Video level  (n=8): accuracy 87.5%" in res.output
+
+
+def test_many_labels_warnings_are_counted_not_each_printed(labels_file: Path, models: dict[str, Path], tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """``--skip-missing`` over 50,000 missing entries printed a line each (a review helper's find)."""
+    doc = json.loads(labels_file.read_text())
+    key = next(k for k in doc if k.startswith("normal"))
+    doc[key] = list(doc[key]) + [str(tmp_path / f"gone_{i}.mp4") for i in range(15)]
+    many = tmp_path / "labels.json"
+    many.write_text(json.dumps(doc))
+    with caplog.at_level("WARNING", logger="quadvault_dali"):
+        report = evaluate(many, [load_model(models["warm"])], device="cpu", skip_missing=True)
+    assert len(report.videos) == 8
+    shown = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "gone_" in r.getMessage()]
+    assert len(shown) == 10
+    assert any("… and 5 more warnings about" in r.getMessage() for r in caplog.records)
