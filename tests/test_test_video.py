@@ -193,15 +193,19 @@ def test_cli_gpu_scores_equal_cpu_scores(colour_model: Path, clips: dict[str, Pa
 
 def test_a_reader_that_stops_early_ends_the_command_quietly(colour_model: Path, clips: dict[str, Path]) -> None:
     """``quadvault test-video ... --timeline | head -1``: the reader closing the pipe is no error ("Error: Broken
-    pipe" and exit 1 before); the command stops as cat does, 141."""
+    pipe" and exit 1 before); the command stops as cat does, 141. The pipe is closed before the command writes
+    (a reader gone early), so the test does not race the command's output into the pipe's buffer."""
+    import os
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "quadvault_dali", "test-video", str(clips["warm"]),
-                             str(colour_model), "--timeline", "--device", "cpu"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stderr is not None
-    proc.stdout.readline()
-    proc.stdout.close()
-    err = proc.stderr.read().decode()
-    assert proc.wait(timeout=120) == 141 and "Error" not in err and "Traceback" not in err, err
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        run = subprocess.run([sys.executable, "-m", "quadvault_dali", "test-video", str(clips["warm"]),
+                              str(colour_model), "--timeline", "--device", "cpu"],
+                             stdout=write_end, stderr=subprocess.PIPE, timeout=120)
+    finally:
+        os.close(write_end)
+    err = run.stderr.decode()
+    assert run.returncode == 141 and "Error" not in err and "Traceback" not in err, err
