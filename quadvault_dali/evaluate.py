@@ -171,7 +171,7 @@ SHOWN_WARNINGS = 10
 
 def _from_labels(source: Path, models: Sequence[FrameScorer], device: str, fps: float, mode: str,
                  skip_missing: bool, out: _Collected) -> str:
-    labels = load_labels(source, skip_missing=skip_missing)
+    labels = load_labels(source, skip_missing=skip_missing, one_class=True)  # recall on new highlights alone
     for message in labels.warnings[:SHOWN_WARNINGS]:
         log.warning("%s", message)
     if len(labels.warnings) > SHOWN_WARNINGS:  # 50,000 skipped entries printed 66,000 lines

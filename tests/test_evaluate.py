@@ -232,3 +232,20 @@ def test_many_labels_warnings_are_counted_not_each_printed(labels_file: Path, mo
     shown = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "gone_" in r.getMessage()]
     assert len(shown) == 10
     assert any("… and 5 more warnings about" in r.getMessage() for r in caplog.records)
+
+
+def test_recall_on_highlights_alone(clips: dict[str, Path], models: dict[str, Path], tmp_path: Path) -> None:
+    """A labels file of new highlights only (no normal video): evaluate measures recall on them instead of
+    refusing the file as prepare-dataset must (a review helper's find); ROC-AUC has no meaning without both."""
+    only = tmp_path / "highlights_only.json"
+    only.write_text(json.dumps({"highlights": [str(clips[k]) for k in ("warm0", "warm1", "mixed")]}))
+    res = CliRunner().invoke(main, ["evaluate", str(only), str(models["warm"]), "--json", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    video = json.loads(res.output)["video_level"]
+    assert (video["tp"] + video["fn"], video["tn"], video["fp"]) == (3, 0, 0) and video["roc_auc"] is None
+    text = CliRunner().invoke(main, ["-q", "evaluate", str(only), str(models["warm"]), "--device", "cpu"])
+    assert text.exit_code == 0 and "Video level  (n=3)" in text.output, text.output
+    none = tmp_path / "empty.json"
+    none.write_text(json.dumps({"highlights": [], "normal": []}))
+    res = CliRunner().invoke(main, ["evaluate", str(none), str(models["warm"]), "--device", "cpu"])
+    assert res.exit_code == 1 and "is empty" in res.output

@@ -156,9 +156,10 @@ def _dedupe_copies(first_seen: dict[Path, tuple[int, str]], problems: list[str],
 
 
 def parse_labels(data: object, *, base: Path, source: Path, skip_missing: bool = False,
-                 problems: list[str] | None = None) -> Labels:
+                 problems: list[str] | None = None, one_class: bool = False) -> Labels:
     """Validates already-parsed JSON ``data``; relative entries resolve against ``base``. ``problems``
-    found while reading the file are reported with the rest."""
+    found while reading the file are reported with the rest. ``one_class``: one class may be empty (evaluating
+    recall on a batch of new highlights needs no normal video; training does)."""
     problems = list(problems or [])
     skipped: list[str] = []
     duplicates: list[str] = []
@@ -214,7 +215,7 @@ def parse_labels(data: object, *, base: Path, source: Path, skip_missing: bool =
         by_class[key] = count if count or len(problems) == problems_before else -1
     videos = _dedupe_copies(first_seen, problems, duplicates)
     for key, (_, name) in CLASSES.items():
-        if by_class.get(key, 0) == 0:
+        if by_class.get(key, 0) == 0 and not (one_class and any(n > 0 for n in by_class.values())):
             problems.append(f'"{key}" is empty: label at least one video as {name}'
                             + (" (after skipping missing entries)" if skipped else ""))
     if problems:
@@ -233,8 +234,9 @@ def parse_labels(data: object, *, base: Path, source: Path, skip_missing: bool =
 MAX_LABELS_BYTES = 64 * 1024 * 1024
 
 
-def load_labels(path: str | os.PathLike[str], *, skip_missing: bool = False) -> Labels:
-    """Reads and validates a labels file; raises ``LabelsError`` listing every problem at once."""
+def load_labels(path: str | os.PathLike[str], *, skip_missing: bool = False, one_class: bool = False) -> Labels:
+    """Reads and validates a labels file; raises ``LabelsError`` listing every problem at once. ``one_class``: as
+    ``parse_labels``."""
     source = Path(path)
     try:
         size = source.stat().st_size
@@ -264,4 +266,4 @@ def load_labels(path: str | os.PathLike[str], *, skip_missing: bool = False) -> 
     except RecursionError:
         raise LabelsError("not a labels file: JSON nested too deeply", path=source) from None
     return parse_labels(data, base=source.resolve().parent, source=source, skip_missing=skip_missing,
-                        problems=repeated)
+                        problems=repeated, one_class=one_class)
