@@ -26,7 +26,6 @@ import platform
 import random
 import re
 import shutil
-import signal
 import socket
 import sys
 import tempfile
@@ -39,6 +38,7 @@ import av
 
 from _gpu_monitor import UtilisationMonitor
 from _results import write_json
+from quadvault_dali._lifetime import signal_name
 from quadvault_dali.device import resolve_device
 from quadvault_dali.sampling import _remux
 from quadvault_dali.synth import SynthSpec, make_video
@@ -284,7 +284,7 @@ def run_scan_isolated(*args: Any, **kw: Any) -> dict:
     except EOFError:
         proc.join()
         code = proc.exitcode or 0
-        how = signal.Signals(-code).name if code < 0 and -code in signal.valid_signals() else f"exit code {code}"
+        how = signal_name(-code) if code < 0 else f"exit code {code}"
         raise RuntimeError(f"the scan process died ({how})") from None
     proc.join()
     if kind == "error":

@@ -46,6 +46,11 @@ fps_option = click.option("--fps", type=click.FloatRange(min=0.01, max=120), def
                           help="Frames sampled per second of video.")
 
 
+def nothing_written(by_sigterm: bool) -> str:
+    """``stops_cleanly``'s message for a command that writes no file (``evaluate``, ``test-video``)."""
+    return f"{'Stopped (SIGTERM)' if by_sigterm else 'Interrupted'}; nothing was written."
+
+
 @contextmanager
 def stops_cleanly(message: Callable[[bool], str | None], signals: tuple[int, ...] = (signal.SIGTERM,),
                   seen: list[int] | None = None) -> Iterator[None]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ._options import device_option, fps_option, long_job, sampling_option, stops_cleanly
+from ._options import device_option, fps_option, long_job, nothing_written, sampling_option, stops_cleanly
 
 
 def _metrics_line(title: str, m: "object") -> str:
@@ -58,8 +58,7 @@ def evaluate(source: Path, model: Path, more_models: tuple[Path, ...], split: st
     backend = resolve_device(device)
     models = [load_model(p, device=backend) for p in (model, *more_models)]
     long_job()
-    with stops_cleanly(lambda by_sigterm: f"{'Stopped (SIGTERM)' if by_sigterm else 'Interrupted'}; nothing was "
-                       "written.", (signal.SIGINT, signal.SIGTERM)):
+    with stops_cleanly(nothing_written, (signal.SIGINT, signal.SIGTERM)):
         report = run_evaluate(source, models, split=split, device=backend, fps=fps, mode=mode,  # type: ignore[arg-type]
                               skip_missing=skip_missing, threshold=threshold)
     if as_json:

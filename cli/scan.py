@@ -7,8 +7,9 @@ import os
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import click
 
@@ -92,6 +93,7 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
 
     from quadvault_dali.device import resolve_device
     from quadvault_dali.errors import BackendUnavailableError
+    from quadvault_dali._lifetime import signal_name
     from quadvault_dali.scan.parallel import WorkerCrashed, parse_gpus
     from quadvault_dali.scan.runner import ScanOptions, scan_library
     from quadvault_dali.scan.supervise import DONE_FD_ENV, WORKER_CRASH_EXIT, report_done
@@ -127,10 +129,8 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
 
         def stopped(by_sigterm: bool) -> str:
             bar.close()
-            again = ("run the same command to resume" if kw["resume"]
-                     else "run the command again without --no-resume to resume")
-            how = f"Stopped ({signal.Signals(seen[0]).name})" if by_sigterm else "Interrupted"
-            return f"{how}. Finished videos are saved in {out}; {again}."
+            how = f"Stopped ({signal_name(seen[0])})" if by_sigterm else "Interrupted"
+            return f"{how}. Finished videos are saved in {out}; {_resume_hint(kw)}."
 
         # a batch system's SIGTERM (preemption, time limit) and a closed terminal's SIGHUP stop like Ctrl-C, once
         # each process: Ctrl-C reaches a supervised scan from the terminal and from its supervisor
@@ -146,11 +146,8 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
                 click.secho(f"A GPU worker crashed ({reason}); the scan starts again.", fg="yellow", err=True)
                 sys.exit(WORKER_CRASH_EXIT)  # the supervisor starts the scan again, as after its own crash
     report_done()  # everything is saved: a crash from here on (printing, exiting) is no reason to scan again
-    try:
+    with _terminal_may_be_gone():  # a hangup the scan outlived: the results are on disk
         _print_summary(summary)
-    except OSError as exc:  # the terminal is gone (a hangup the scan outlived): the results are on disk
-        if exc.errno not in (errno.EIO, errno.EPIPE):
-            raise
 
 
 def _print_summary(summary: Any) -> None:
@@ -184,16 +181,24 @@ def _supervise(argv: list[str], out: Path, kw: dict[str, Any]) -> int:
     tag = shard_tag(kw["shard"])  # this job's shards, not its --shard siblings'
     supervisor = Supervisor(argv, out, kw["restarts"], tag=tag, device=kw["device"])
     code = supervisor.run()
-    try:
+    with _terminal_may_be_gone():  # SIGHUP: the status says what happened
         _report_supervision(supervisor, code, out, kw)
-    except OSError as exc:  # the terminal is gone (SIGHUP): the status says what happened
-        if exc.errno not in (errno.EIO, errno.EPIPE):
-            raise
     return code
 
 
+@contextmanager
+def _terminal_may_be_gone() -> Iterator[None]:
+    """Skips the rest of a message the terminal can no longer take (EIO after a hangup, EPIPE)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.EIO, errno.EPIPE):
+            raise
+
+
 def _report_supervision(supervisor: Any, code: int, out: Path, kw: dict[str, Any]) -> None:
-    from quadvault_dali.scan.supervise import STOP_STATUSES, signal_name
+    from quadvault_dali._lifetime import signal_name
+    from quadvault_dali.scan.supervise import STOP_STATUSES
 
     if supervisor.crashes:
         times = f"{len(supervisor.crashes)} time{'s' if len(supervisor.crashes) > 1 else ''}"
@@ -202,10 +207,12 @@ def _report_supervision(supervisor: Any, code: int, out: Path, kw: dict[str, Any
         click.echo(f"The scan process crashed {times} ({', '.join(supervisor.crashes)}) and was started again; "
                    f"{what}.", err=True)
     if supervisor.stopped_by is not None and code not in STOP_STATUSES:  # stopped before the child could say so
-        again = ("run the same command to resume" if kw["resume"]
-                 else "run the command again without --no-resume to resume")
-        click.echo(f"Stopped ({signal_name(supervisor.stopped_by)}). Finished videos are saved in {out}; {again}.",
-                   err=True)
+        click.echo(f"Stopped ({signal_name(supervisor.stopped_by)}). Finished videos are saved in {out}; "
+                   f"{_resume_hint(kw)}.", err=True)
+
+
+def _resume_hint(kw: dict[str, Any]) -> str:
+    return "run the same command to resume" if kw["resume"] else "run the command again without --no-resume to resume"
 
 
 @click.command("scan")

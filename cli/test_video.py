@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ._options import device_option, fps_option, long_job, sampling_option, stops_cleanly
+from ._options import device_option, fps_option, long_job, nothing_written, sampling_option, stops_cleanly
 
 
 def _clock(seconds: float) -> str:
@@ -52,8 +52,7 @@ def test_video(video: Path, model: Path, more_models: tuple[Path, ...], timeline
     models = [load_model(p, device=backend) for p in (model, *more_models)]
     sampler = scoring_sampler(models, device=backend, fps=fps, mode=mode)  # type: ignore[arg-type]
     long_job()
-    with stops_cleanly(lambda by_sigterm: f"{'Stopped (SIGTERM)' if by_sigterm else 'Interrupted'}; nothing was "
-                       "written.", (signal.SIGINT, signal.SIGTERM)):
+    with stops_cleanly(nothing_written, (signal.SIGINT, signal.SIGTERM)):
         result = score_video(video, models, sampler=sampler)
     threshold = ensemble_threshold(models)
     score = result.score

@@ -47,3 +47,11 @@ def same_python(code: str) -> list[str]:
     ``av.py`` there would replace the library (a review helper's find)."""
     flags = getattr(subprocess, "_args_from_interpreter_flags", lambda: [])()  # what multiprocessing uses too
     return [sys.executable, *flags, "-c", f"import sys; sys.path[:] = {sys.path!r}; {code}"]
+
+
+def signal_name(number: int) -> str:
+    """``SIGSEGV`` for 11: how a child's death by a signal is named in messages."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

@@ -48,7 +48,7 @@ def test_a_restart_resumes_only_once_a_run_has_written_a_shard(tmp_path: Path) -
     argv = ["-q", "scan", "lib", "-m", "model", "-o", "out", "--no-resume", "--retry-errors"]
     sup = Supervisor(argv, tmp_path, restarts=3)
     assert sup._command()[-len(argv):] == argv
-    sup._resuming = True
+    sup._written = {"/lib/a.mp4"}  # a run wrote a row
     assert sup._command()[-len(argv) + 1:] == ["-q", "scan", "lib", "-m", "model", "-o", "out", "--resume"]
 
 

@@ -22,7 +22,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -32,7 +31,7 @@ from typing import Iterable, Sequence, TextIO
 
 from .._clock import awake
 from .._files import atomic_path
-from .._lifetime import dies_with_this_process, same_python
+from .._lifetime import dies_with_this_process, same_python, signal_name
 from .shards import output_error
 
 log = logging.getLogger(__name__)
@@ -247,11 +246,7 @@ def _check_in_one_child(paths: Sequence[Path], *, device: str, mode: str, fps: f
     for reader in readers:
         reader.join(timeout=5)
     if why is None and child.returncode < 0:
-        try:
-            name = signal.Signals(-child.returncode).name
-        except ValueError:
-            name = f"signal {-child.returncode}"
-        why = f"the decoder crashed on this file ({name}); skipped so the scan can go on"
+        why = f"the decoder crashed on this file ({signal_name(-child.returncode)}); skipped so the scan can go on"
     elif why is None and child.returncode != 0:
         tail = b"".join(stderr).decode(errors="replace").strip().splitlines()[-1:] or [""]
         log.debug("isolated check exited %d: %s", child.returncode, tail[0])

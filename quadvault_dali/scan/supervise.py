@@ -33,8 +33,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Sequence
 
-from .._lifetime import dies_with_this_process, same_python
-from .shards import parse_name
+from .._lifetime import dies_with_this_process, same_python, signal_name
+from .shards import complete_shards, parse_name
 
 log = logging.getLogger(__name__)
 
@@ -74,32 +74,23 @@ def report_done() -> None:
         pass
 
 
-def signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
 def own_shards(out_dir: Path, tag: str) -> set[tuple[str, int, int]]:
     """This job's complete video shards as (name, inode, mtime): a ``--no-resume`` run reuses names, and other
     jobs of a ``--shard`` array write into the same folder under tags of their own."""
-    videos, seconds = out_dir / "videos", out_dir / "seconds"
     try:
-        names = os.listdir(videos)
+        names = complete_shards(out_dir)
     except OSError:
         return set()
     found = set()
     for name in names:
-        parsed = parse_name(name)
-        if parsed is None or not (parsed[0] == tag or parsed[0].startswith(f"{tag}-g" if tag else "g")):
+        shard_tag = (parse_name(name) or ("", 0))[0]  # complete_shards lists parsed names only
+        if not (shard_tag == tag or shard_tag.startswith(f"{tag}-g" if tag else "g")):
             continue
         try:
-            st = os.stat(videos / name)
+            st = os.stat(out_dir / "videos" / name)
         except OSError:
             continue
-        if (seconds / name).is_file():
-            found.add((name, st.st_ino, st.st_mtime_ns))
+        found.add((name, st.st_ino, st.st_mtime_ns))
     return found
 
 
@@ -124,15 +115,14 @@ class Supervisor:
         self.out_dir, self.tag, self.device = out_dir, tag, device
         self.restarts = restarts
         self.crashes: list[str] = []  # the signal of each death that was restarted
-        self.gave_up = False
         self.stopped_by: int | None = None  # the stop signal this process got
         self._child: subprocess.Popen[bytes] | None = None
-        self._resuming = False  # a run wrote a shard: restarts resume it
-        self._written: set[str] = set()  # videos the runs of this command have written rows for
+        self._written: set[str] = set()  # videos the runs of this command have written rows for: once there are
+        # some, a restart resumes the run that wrote them
 
     def _command(self) -> list[str]:
         argv = list(self.argv)
-        if self._resuming:
+        if self._written:
             argv = ["--resume" if a == "--no-resume" else a for a in argv if a != "--retry-errors"]
         return [*same_python("from quadvault_dali.cli.main import main; main(prog_name='quadvault')"), *argv]
 
@@ -210,11 +200,10 @@ class Supervisor:
                 return code if code >= 0 else 128 - code
             how = signal_name(-code) if code < 0 else "a worker's crash"
             if self._progressed(before):
-                fruitless, self._resuming = 0, True
+                fruitless = 0
             else:
                 fruitless += 1
             if fruitless > self.restarts:
-                self.gave_up = True
                 other = " or --device cpu" if self.device != "cpu" else ""
                 log.error("the scan process died %d times in a row without finishing a shard (the last by %s); not "
                           "starting it again. Run with -v to see why, or try --processes 2%s; the same command "
