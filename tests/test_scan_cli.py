@@ -13,6 +13,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -96,23 +97,29 @@ def long_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_library(tmp_path_factory.mktemp("clilib_long") / "lib", extra=120)
 
 
-def test_sigterm_stops_like_ctrl_c(long_library: Path, model_dir: Path, tmp_path: Path) -> None:
-    """A batch system's preemption or time limit sends SIGTERM: finished videos are flushed and the exit
-    says how to resume, instead of dying like kill -9."""
-    out = tmp_path / "out"
-    proc = subprocess.Popen(_cmd(long_library, model_dir, out) + ["--shard-videos", "100"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _scan_until_videos_finished(cmd: list[str], out: Path, videos: int = 2,
+                                **popen: Any) -> tuple[subprocess.Popen[str], int]:
+    """Starts ``cmd`` (a scan into ``out``) and returns once its crash journal's "F path" lines (videos done, held
+    in the writer's buffer) number ``videos``, or it ended, or 2 minutes passed: (the process, videos seen done)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
     deadline = time.monotonic() + 120
 
-    def finished() -> int:  # the crash journal's "F path" lines: videos done, held in the writer's buffer
+    def finished() -> int:
         try:
             return sum(("\n" + p.read_text()).count("\nF ") for p in out.glob(".inflight*"))
         except FileNotFoundError:
             return 0
 
-    while time.monotonic() < deadline and proc.poll() is None and finished() < 2:
+    while time.monotonic() < deadline and proc.poll() is None and finished() < videos:
         time.sleep(0.005)
-    seen = finished()
+    return proc, finished()
+
+
+def test_sigterm_stops_like_ctrl_c(long_library: Path, model_dir: Path, tmp_path: Path) -> None:
+    """A batch system's preemption or time limit sends SIGTERM: finished videos are flushed and the exit
+    says how to resume, instead of dying like kill -9."""
+    out = tmp_path / "out"
+    proc, seen = _scan_until_videos_finished(_cmd(long_library, model_dir, out) + ["--shard-videos", "100"], out)
     proc.send_signal(signal.SIGTERM)
     out_text, err = proc.communicate(timeout=120)
     # the signal must have found the scan running (127 of its 129 videos still to go): say so if it did not
@@ -127,19 +134,8 @@ def test_sighup_saves_what_was_finished(long_library: Path, model_dir: Path, tmp
     """A closed terminal or ssh session (SIGHUP) stops the scan as SIGTERM does: finished videos are flushed
     (it used to kill the scan outright, losing the shard in the writer), exit 129."""
     out = tmp_path / "out"
-    proc = subprocess.Popen(_cmd(long_library, model_dir, out) + ["--shard-videos", "100"], start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-
-    def finished() -> int:
-        try:
-            return sum(("\n" + p.read_text()).count("\nF ") for p in out.glob(".inflight*"))
-        except FileNotFoundError:
-            return 0
-
-    while time.monotonic() < deadline and proc.poll() is None and finished() < 2:
-        time.sleep(0.005)
-    seen = finished()
+    proc, seen = _scan_until_videos_finished(_cmd(long_library, model_dir, out) + ["--shard-videos", "100"], out,
+                                             start_new_session=True)
     os.killpg(proc.pid, signal.SIGHUP)  # a hangup reaches the whole job: the command and its scan
     out_text, err = proc.communicate(timeout=120)
     assert seen >= 2, f"the scan ended before the test could stop it: {out_text} {err}"
