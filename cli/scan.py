@@ -179,7 +179,8 @@ def _supervise(argv: list[str], out: Path, kw: dict[str, Any]) -> int:
     from quadvault_dali.scan.supervise import Supervisor
 
     tag = shard_tag(kw["shard"])  # this job's shards, not its --shard siblings'
-    supervisor = Supervisor(argv, out, kw["restarts"], tag=tag, device=kw["device"])
+    supervisor = Supervisor(argv, out, kw["restarts"], tag=tag, device=kw["device"],
+                            shard_seconds=kw["shard_seconds"])
     code = supervisor.run()
     with _terminal_may_be_gone():  # SIGHUP: the status says what happened
         _report_supervision(supervisor, code, out, kw)

@@ -426,6 +426,44 @@ def test_a_crash_loop_is_given_up_with_the_reason(library: Path, model_dir: Path
     assert "the counts above" not in run.stderr
 
 
+def test_a_scan_that_crashes_sooner_than_it_closes_a_shard_still_gets_through(library: Path, model_dir: Path,
+                                                                             tmp_path: Path) -> None:
+    """Only complete shards survive a crash: a process dying every few seconds while shards close every 30 s
+    lost its work at every death and was given up as a crash loop. After a crash the next run closes its shards
+    every third of the time the crashed one lived, so each run saves what it did before the next death."""
+    lib, env = _poisoned(library, tmp_path, QV_TEST_POISON="none")
+    hook = tmp_path / "hook" / "sitecustomize.py"
+    hook.write_text(hook.read_text() + (
+        "\nimport threading, time\n"
+        "import quadvault_dali.scan.supervise as _sup\n"
+        "_sup.MIN_SHARD_SECONDS = 1.0  # not the product's 5 s: a short test\n"
+        "import quadvault_dali.scan.runner as _r\n"
+        "import quadvault_dali.sampling._cpu as _cpu2\n"
+        "_armed, _scan, _decode2 = [], _r.scan_library, _cpu2.CpuSampler.decode_video\n"
+        "def _dying_scan(*a, **k):  # the scan process (not the suspects' checks) ...\n"
+        "    _armed.append(1)\n"
+        "    return _scan(*a, **k)\n"
+        "def _slow_decode(self, *a, **k):  # ... dies 5 s after its first decode\n"
+        "    if _armed == [1]:\n"
+        "        _armed.append(2)\n"
+        "        t = threading.Timer(5.0, lambda: os.kill(os.getpid(), signal.SIGABRT))\n"
+        "        t.daemon = True\n"
+        "        t.start()\n"
+        "    time.sleep(0.4)\n"
+        "    return _decode2(self, *a, **k)\n"
+        "_r.scan_library, _cpu2.CpuSampler.decode_video = _dying_scan, _slow_decode\n"))
+    out = tmp_path / "out"
+    run = subprocess.run(_cmd(lib, model_dir, out) + ["--shard-videos", "1000", "--shard-seconds", "30",
+                                                       "--restarts", "2"],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "shards now close every" in run.stderr
+    assert run.stderr.count("starting it again to resume") >= 2  # more deaths than --restarts: each made progress
+    videos, _ = _rows(out)  # no duplicates
+    assert len({v[0] for v in videos}) == 18
+    assert "Total scanned: 18 — " in run.stdout
+
+
 def test_a_crash_while_exiting_after_a_finished_scan_is_not_restarted(library: Path, model_dir: Path,
                                                                       tmp_path: Path) -> None:
     """DALI can crash while the interpreter exits: the scan has finished and said so, so the command ends with its

@@ -125,3 +125,19 @@ def test_the_hang_clock_stands_still_while_the_process_is_stopped() -> None:
     awake_s, wall_s = map(float, proc.stdout.readline().split())
     proc.wait(timeout=30)
     assert wall_s > 7.5 and awake_s < wall_s - 5.0, (awake_s, wall_s)
+
+
+def test_a_restart_after_an_early_crash_closes_shards_sooner(tmp_path: Path) -> None:
+    """Only complete shards survive a death: a run that dies every 20 s must close its shards well before that,
+    or every run loses its work. The interval goes down to a third of the crashed run's life, never up, and the
+    option lands where click reads it as the scan's, before any ``--``."""
+    assert supervise.shard_seconds_after_crash(60.0, 21.0) == 7.0
+    assert supervise.shard_seconds_after_crash(60.0, 600.0) == 60.0  # a run that lived long: as asked
+    assert supervise.shard_seconds_after_crash(60.0, 3.0) == supervise.MIN_SHARD_SECONDS
+    argv = ["-q", "scan", "lib", "-o", "out", "--shard-seconds", "60"]
+    sup = Supervisor(argv, tmp_path, restarts=3, shard_seconds=60.0)
+    assert sup._command()[-len(argv):] == argv  # nothing added while the interval is the one asked for
+    sup.shard_seconds = 7.0
+    assert sup._command()[-len(argv) - 2:] == [*argv, "--shard-seconds", "7"]
+    assert supervise.with_option(["scan", "-o", "out", "--", "-lib"], "--shard-seconds", "7") == [
+        "scan", "-o", "out", "--shard-seconds", "7", "--", "-lib"]

@@ -8,7 +8,10 @@ crash at 1 a.m. then wastes the night until someone types it. So ``quadvault sca
 process and starts it again after such a death, until it finishes, it is stopped, or it has been restarted
 ``restarts`` times in a row without a new complete shard of its own (a crash loop the suspects' checks cannot
 break). Once a run has written a shard, restarts resume it: ``--no-resume`` becomes ``--resume`` (it would scan
-everything again) and ``--retry-errors`` is dropped (it would open the crasher's error row again).
+everything again) and ``--retry-errors`` is dropped (it would open the crasher's error row again). Only complete
+shards survive a crash, so a process that dies more often than it closes a shard (every 60 s by default) would
+lose its work each time and never get past it: after a crash the next run closes its shards every third of the
+time the crashed run lived (``shard_seconds_after_crash``, at least ``MIN_SHARD_SECONDS``).
 
 The child runs this interpreter with its flags and import path (``same_python``), in the supervisor's process
 group, so the terminal treats both as one job: Ctrl-C reaches both, Ctrl-Z stops both and ``fg`` continues both,
@@ -28,11 +31,11 @@ import os
 import signal
 import subprocess
 import threading
-import time
 from pathlib import Path
 from types import FrameType
 from typing import Sequence
 
+from .._clock import awake
 from .._lifetime import dies_with_this_process, same_python, signal_name
 from .shards import complete_shards, parse_name
 
@@ -55,6 +58,9 @@ STOP_STATUSES = frozenset({0, *(128 + s for s in STOP_SIGNALS)})
 #: How long a SIGINT or SIGHUP waits before it is passed on: the terminal sends those to the whole job, the child
 #: included, and a copy that came before the child's handler was in place broke its start-up with a traceback
 FORWARD_DELAY_S = 1.0
+#: The shortest shard interval a restart asks for: shards of a few seconds are many small files, but a scan that
+#: crashes that often has bigger problems
+MIN_SHARD_SECONDS = 5.0
 
 
 def runs_in_process() -> bool:
@@ -72,6 +78,20 @@ def report_done() -> None:
         os.write(int(fd), DONE)
     except (OSError, ValueError):  # not a supervised child after all (the variable was inherited by hand)
         pass
+
+
+def shard_seconds_after_crash(current: float, lived_s: float) -> float:
+    """The shard interval for the run after one that crashed ``lived_s`` after it started: a third of that (start-up
+    takes some of it), never longer than ``current``, never shorter than ``MIN_SHARD_SECONDS``."""
+    return min(current, max(MIN_SHARD_SECONDS, lived_s / 3))
+
+
+def with_option(argv: Sequence[str], option: str, value: str) -> list[str]:
+    """``argv`` with ``option value`` added where click reads it as the subcommand's option: at the end (click
+    takes an option's last value), or before a ``--`` after which everything is an argument."""
+    argv = list(argv)
+    end = argv.index("--") if "--" in argv else len(argv)
+    return [*argv[:end], option, value, *argv[end:]]
 
 
 def own_shards(out_dir: Path, tag: str) -> set[tuple[str, int, int]]:
@@ -110,10 +130,13 @@ def written_paths(out_dir: Path, shards: set[tuple[str, int, int]]) -> set[str]:
 class Supervisor:
     """Runs this command line again in a child until it ends by itself; ``run`` returns the exit status to use."""
 
-    def __init__(self, argv: Sequence[str], out_dir: Path, restarts: int, tag: str = "", device: str = "auto") -> None:
+    def __init__(self, argv: Sequence[str], out_dir: Path, restarts: int, tag: str = "", device: str = "auto",
+                 shard_seconds: float = 60.0) -> None:
         self.argv = list(argv)
         self.out_dir, self.tag, self.device = out_dir, tag, device
         self.restarts = restarts
+        self.shard_seconds = shard_seconds  # the runs' shard interval: shortened after a crash that came sooner
+        self._asked_shard_seconds = shard_seconds
         self.crashes: list[str] = []  # the signal of each death that was restarted
         self.stopped_by: int | None = None  # the stop signal this process got
         self._child: subprocess.Popen[bytes] | None = None
@@ -124,6 +147,8 @@ class Supervisor:
         argv = list(self.argv)
         if self._written:
             argv = ["--resume" if a == "--no-resume" else a for a in argv if a != "--retry-errors"]
+        if self.shard_seconds < self._asked_shard_seconds:
+            argv = with_option(argv, "--shard-seconds", f"{self.shard_seconds:g}")
         return [*same_python("from quadvault_dali.cli.main import main; main(prog_name='quadvault')"), *argv]
 
     def _forward(self, number: int, frame: FrameType | None) -> None:
@@ -174,7 +199,7 @@ class Supervisor:
             if self.stopped_by is not None:  # a stop between a death and the next start
                 return 128 + self.stopped_by
             before = own_shards(self.out_dir, self.tag)
-            started = time.monotonic()
+            started = awake()
             done_r, done_w = os.pipe()
             env = {**os.environ, IN_PROCESS_ENV: "1", DONE_FD_ENV: str(done_w)}
             try:
@@ -210,6 +235,12 @@ class Supervisor:
                           "resumes", fruitless, how, other)
                 return 128 - code if code < 0 else 1
             self.crashes.append(how)
+            lived = awake() - started
             log.warning("the scan process died by %s after %.0f s (a crash in a decoder or driver, not in Python); "
                         "starting it again to resume (restart %d; any videos it was decoding are checked one at a "
-                        "time first)", how, time.monotonic() - started, len(self.crashes))
+                        "time first)", how, lived, len(self.crashes))
+            shorter = shard_seconds_after_crash(self.shard_seconds, lived)
+            if shorter < self.shard_seconds:
+                self.shard_seconds = shorter
+                log.warning("shards now close every %.0f s, so that a crash as soon as this one still leaves the "
+                            "work before it saved", shorter)
