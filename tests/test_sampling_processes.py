@@ -338,6 +338,16 @@ def test_processes_on_the_gpu_warn_that_they_crashed_there(caplog: pytest.LogCap
     with caplog.at_level("WARNING"):
         ProcessSampler(CpuSampler, processes=2).close()
     assert GPU_WARNING not in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # FFmpeg's decode client: processes are its fastest layout (stop 25)
+        ProcessSampler(_CudaDeviceSampler, processes=2, decode_client="ffmpeg").close()
+    assert GPU_WARNING not in caplog.text
+
+
+def test_the_ffmpeg_decode_client_on_the_cpu_backend_says_it_is_not_used(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING"):
+        create_sampler("cpu", decode_client="ffmpeg").close()
+    assert "the ffmpeg decode client decodes on NVDEC: not used by the cpu backend" in caplog.text
 
 
 def test_processes_must_be_positive() -> None:

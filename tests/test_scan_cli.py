@@ -305,6 +305,28 @@ def test_gpu_option_parsing_and_work_split() -> None:
     assert result.exit_code == 1 and "--gpus needs the GPU backend" in result.output
 
 
+def test_the_decoder_option_reaches_the_sampler_and_refuses_the_cpu_backend(library: Path, model_dir: Path,
+                                                                            tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--decoder ffmpeg`` (FFmpeg's NVDEC decoders, experimental) is a GPU decoder: asked for beside ``--device
+    cpu`` it is a contradiction, said before anything runs; with ``auto`` it is handed to the scan's sampler."""
+    result = CliRunner().invoke(cli, ["scan", str(library), "-m", str(model_dir), "-o", str(tmp_path / "cpu"),
+                                      "--device", "cpu", "--decoder", "ffmpeg"])
+    assert result.exit_code == 2 and "--decoder ffmpeg decodes on the GPU's NVDEC" in result.output
+    assert not (tmp_path / "cpu").exists()
+    import quadvault_dali.scan.runner as runner
+
+    seen: list[Any] = []
+    monkeypatch.setattr(runner, "scan_library", lambda files, options, **kw: seen.append(options) or _no_scan())
+    result = CliRunner().invoke(cli, ["-q", "scan", str(library), "-m", str(model_dir), "-o", str(tmp_path / "out"),
+                                      "--decoder", "ffmpeg", "--processes", "4", "--streams", "2", "--restarts", "0"])
+    assert [(o.decode_client, o.processes, o.streams) for o in seen] == [("ffmpeg", 4, 2)], result.output
+
+
+class _no_scan(Exception):
+    """Raised by a stand-in scan: the options it was given are all a test wants."""
+
+
 def test_worker_processes_split_the_work(library: Path, model_dir: Path, tmp_path: Path) -> None:
     """The --gpus machinery (spawned workers, own tags, merged stats) with CPU workers: no GPU here."""
     out = tmp_path / "out"

@@ -195,6 +195,9 @@ def create_sampler(device: str = "auto", config: SamplerConfig | None = None, **
             log.warning("prepare processes cut clips for the GPU decoder: not used by the %s backend", backend)
         elif processes > 1:
             log.warning("prepare processes are not used inside %d decoding processes", processes)
+    client = str(overrides.get("decode_client", base.decode_client))
+    if client != "dali" and backend != "gpu":
+        log.warning("the %s decode client decodes on NVDEC: not used by the %s backend", client, backend)
     if processes > 1:
         from ._processes import ProcessSampler
 
