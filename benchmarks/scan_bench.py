@@ -169,6 +169,32 @@ def parse_scan_layout(text: str) -> tuple[int, int, str, bool, float | None, boo
             "ffmpeg" if match.group(11) else "dali")
 
 
+#: Environments a scan layout's row may run under (``1x8k+pool0``): the experiments that tell the causes of DALI's
+#: intermittent ``CUDA_ERROR_ILLEGAL_ADDRESS`` apart (DEVELOPERS.md "DALI's illegal address"). DALI 2.4 returns a
+#: decoder's frame buffers to its shared pool right after an asynchronous copy out of them, unsynchronised;
+#: ``pool0`` makes it ``cudaMalloc``/``cudaFree`` (the free waits for the device), ``novmm`` keeps the pool but never
+#: unmaps, ``async`` uses CUDA's stream-ordered allocator, ``torchnocache`` stops PyTorch reusing freed memory (a
+#: fault on its side that DALI only reports), ``blocking`` serialises every launch (stop 25: no crash under it).
+ROW_ENVS: dict[str, dict[str, str]] = {
+    "pool0": {"DALI_USE_DEVICE_MEM_POOL": "0"},
+    "novmm": {"DALI_USE_VMM": "0"},
+    "async": {"DALI_USE_CUDA_MALLOC_ASYNC": "1"},
+    "torchnocache": {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"},
+    "blocking": {"CUDA_LAUNCH_BLOCKING": "1"},
+}
+
+
+def parse_row_env(text: str) -> tuple[str, dict[str, str]]:
+    """``1x8k+pool0+torchnocache`` -> (``1x8k``, the environment of ``ROW_ENVS`` those names set for its row)."""
+    layout, *names = text.strip().split("+")
+    env: dict[str, str] = {}
+    for name in names:
+        if name not in ROW_ENVS:
+            raise ValueError(f"{text!r}: unknown row environment {name!r}; known: {', '.join(ROW_ENVS)}")
+        env.update(ROW_ENVS[name])
+    return layout, env
+
+
 def run_scan(files: list[Path], out: Path, device: str, model_dir: Path, streams: int, batch: int,
              mode: str = "auto", processes: int = 1, stream_decode: bool = False, prepare_processes: int = 0,
              spread_min_frames: int | None = None, budget_samples: int | None = None,
@@ -266,10 +292,10 @@ def _scan_in_child(send: Any, flags: dict, args: tuple, kw: dict) -> None:
         send.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
-def run_scan_isolated(*args: Any, **kw: Any) -> dict:
-    """``run_scan`` in a fresh process with this one's module flags: a native abort (stop 25: DALI's
-    ``CUDA_ERROR_ILLEGAL_ADDRESS`` ended two of three scan calls on an H200 and every row after it) costs that
-    row, recorded as a crash, not the rest of the lease's rows."""
+def run_scan_isolated(*args: Any, env: dict[str, str] | None = None, **kw: Any) -> dict:
+    """``run_scan`` in a fresh process with this one's module flags (and ``env`` added to its environment): a
+    native abort (stop 25: DALI's ``CUDA_ERROR_ILLEGAL_ADDRESS`` ended two of three scan calls on an H200 and every
+    row after it) costs that row, recorded as a crash, not the rest of the lease's rows."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
@@ -277,7 +303,16 @@ def run_scan_isolated(*args: Any, **kw: Any) -> dict:
     flags = {"switch_s": sys.getswitchinterval(), "join_in_order": _remux.JOIN_IN_ORDER,
              "skip_unreferenced": _remux.SKIP_UNREFERENCED}
     proc = ctx.Process(target=_scan_in_child, args=(send, flags, args, kw), name="scan-bench-row")
-    proc.start()
+    saved = {name: os.environ.get(name) for name in env or {}}
+    os.environ.update(env or {})  # a spawned child starts with this process's environment as it is now
+    try:
+        proc.start()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     send.close()
     try:
         kind, value = receive.recv()
@@ -358,11 +393,14 @@ def main() -> None:
     ap.add_argument("--naive-videos", type=int, default=6, help="subset for the decode-every-frame baseline")
     ap.add_argument("--streams", type=int, default=4)
     ap.add_argument("--layouts", default="",
-                    help="more gpu scans as PROCESSESxSTREAMS[k][s][i|g][m][w][f][e][b], e.g. 4x2 or 2x4k (decoding "
+                    help="more gpu scans as PROCESSESxSTREAMS[k][s][i|g][m][w][f][e][b][v][+ENV...], e.g. 4x2 or "
+                         "2x4k or 1x8k+pool0 (decoding "
                          "processes, streams in each; k: keyframe mode, else auto; s: the experimental streaming "
                          "decoder; i: a short GIL switch interval (0.5 ms), g: Python's 5 ms; m: every clip muxed by "
                          "PyAV; w: clips cut in worker processes; f: exact runs decode unreferenced pictures too; e: a "
-                         "DALI run's clips spread over its samples; b: samples sized as for 4 streams). "
+                         "DALI run's clips spread over its samples; b: samples sized as for 4 streams; v: FFmpeg's "
+                         "decode client; +ENV: the row's process runs with ROW_ENVS[ENV] set, one of "
+                         f"{', '.join(ROW_ENVS)}). "
                          "Their wall time includes starting the processes")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--work", type=Path, default=None, help="where the library is built (needs ~30 GB full)")
@@ -373,9 +411,12 @@ def main() -> None:
                     help="build the library in --work and stop (a later run with the same --work reuses it)")
     args = ap.parse_args()
     try:  # a typo must stop the run now, not after the main scans
-        layouts = [(text, *parse_scan_layout(text)) for text in filter(None, args.layouts.split(","))]
+        layouts = [(text, env, *parse_scan_layout(base)) for text in filter(None, args.layouts.split(","))
+                   for base, env in [parse_row_env(text)]]
     except ValueError as exc:
         ap.error(str(exc))
+    if args.in_process and any(env for _, env, *_ in layouts):
+        ap.error("a layout's +environment needs its row in a fresh process: drop --in-process")
     backend = resolve_device(args.device)
     formats = FORMATS_QUICK if args.quick else FORMATS_FULL
     videos, durations, master_s = (6, (2.0, 4.0), 2.0) if args.quick else (args.videos, (10.0, 60.0), 10.0)
@@ -433,8 +474,8 @@ def main() -> None:
     save()
     if backend == "gpu" and not args.quick:
         result["scan_layouts"] = []
-        for layout, processes, streams, mode, streamed, switch_ms, pyav_mux, workers, full_runs, spread, budget, \
-                client in layouts:
+        for layout, env, processes, streams, mode, streamed, switch_ms, pyav_mux, workers, full_runs, spread, \
+                budget, client in layouts:
             before = sys.getswitchinterval()
             if switch_ms is not None:
                 sys.setswitchinterval(switch_ms / 1000)
@@ -444,11 +485,12 @@ def main() -> None:
                 result["scan_layouts"].append({"layout": layout, "switch_interval_ms": switch_ms or 1000 * before,
                                                "pyav_mux": pyav_mux, "full_exact_runs": full_runs,
                                                "spread_min_frames": spread, "budget_samples": budget,
+                                               **({"env": env} if env else {}),
                                                **attempt(f"scan {layout}", lambda: library_scan(
                                                    "scan_layout_out", streams, processes=processes, mode=mode,
                                                    stream_decode=streamed, prepare_processes=workers,
                                                    spread_min_frames=spread, budget_samples=budget,
-                                                   decode_client=client))})
+                                                   decode_client=client, **({"env": env} if env else {})))})
             finally:
                 sys.setswitchinterval(before)
                 _remux.JOIN_IN_ORDER = _remux.SKIP_UNREFERENCED = True

@@ -174,6 +174,17 @@ def test_scan_layouts_name_processes_streams_and_mode() -> None:
         scan_bench.parse_scan_layout("2p4")
 
 
+def test_a_scan_layout_row_may_run_under_the_environment_of_an_experiment() -> None:
+    """The next lease tells the causes of DALI's illegal address apart with the same row under different
+    allocators (``1x8k`` against ``1x8k+pool0``): a name picks a known environment, a typo stops the run."""
+    scan_bench = import_benchmark("scan_bench")
+    assert scan_bench.parse_row_env("1x8k") == ("1x8k", {})
+    assert scan_bench.parse_row_env("1x8k+pool0+torchnocache") == (
+        "1x8k", {"DALI_USE_DEVICE_MEM_POOL": "0", "PYTORCH_NO_CUDA_MEMORY_CACHING": "1"})
+    with pytest.raises(ValueError, match="unknown row environment 'pool'"):
+        scan_bench.parse_row_env("1x8k+pool")
+
+
 def test_clips_are_chosen_by_name(sampling_bench) -> None:
     specs = sampling_bench.clip_specs(True, 4.0)
     assert [s.name for s in sampling_bench.select_clips(specs, "")] == [s.name for s in specs]
