@@ -354,3 +354,33 @@ def test_saved_weights_are_as_readable_as_the_card(tmp_path: Path) -> None:
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
     assert modes == {CARD_FILE: 0o644, "model.safetensors": 0o644}, modes
+
+
+def test_a_card_edited_to_score_differently_has_another_fingerprint(saved: Path, tmp_path: Path) -> None:
+    """A scan's resume keeps rows with the same fingerprint: a card whose image_size or normalisation was edited
+    scores every frame differently with the same weights, so it must not keep them. A card edited back, a
+    threshold edited (applied afresh to every row), and a card from before the preprocessing was recorded keep
+    the weights' fingerprint, so no existing scan is rescanned for nothing."""
+    import shutil
+
+    model_dir = tmp_path / "m"
+    shutil.copytree(saved, model_dir)
+    weights = hashlib.sha256((model_dir / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
+    card_path = model_dir / CARD_FILE
+    original = json.loads(card_path.read_text())
+    assert load_model(model_dir).fingerprint == weights
+
+    def with_card(**changes: object) -> str:
+        card_path.write_text(json.dumps({**original, **changes}))
+        return load_model(model_dir).fingerprint
+
+    frames = _frames()
+    bigger = with_card(image_size=SIZE * 2)
+    assert bigger != weights and len(bigger) == 16
+    assert not torch.equal(load_model(model_dir).score_frames(frames), load_model(saved).score_frames(frames))
+    assert with_card(std=[0.2, 0.2, 0.2]) not in (weights, bigger)
+    assert with_card(threshold=0.9) == weights
+    assert with_card() == weights  # edited back
+    legacy = {k: v for k, v in original.items() if k != "scoring_sha256"}
+    card_path.write_text(json.dumps({**legacy, "image_size": SIZE * 2}))
+    assert load_model(model_dir).fingerprint == weights  # not recorded: cannot tell, as before

@@ -218,6 +218,29 @@ def test_without_threshold_the_scan_uses_the_models_own(library: Path, model_dir
     assert json.loads((out / "highlights.json").read_text())["threshold"] == pytest.approx(0.61)
 
 
+def test_a_model_card_edited_to_score_differently_rescans_on_resume(library: Path, model_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    """The same weights with another image_size in the card give other scores: resuming must rescan, not keep
+    the old rows beside new ones (the fingerprint covered the weights alone)."""
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    out = tmp_path / "out"
+    args = ["scan", str(library / "2024"), "-m", str(model), "-o", str(out), "--device", "cpu", "--threshold", "0.5"]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    before = {v["path"]: v for v in read_table(out, "videos").to_pylist()}
+    again = CliRunner().invoke(cli, ["-v", *args])
+    assert "0 to scan" in again.output, again.output  # nothing changed: all kept
+    card = json.loads((model / "model.json").read_text())
+    (model / "model.json").write_text(json.dumps({**card, "image_size": card["image_size"] * 2}))
+    edited = CliRunner().invoke(cli, ["-v", *args])
+    assert edited.exit_code == 0 and f"{len(before)} to scan" in edited.output, edited.output
+    after = {v["path"]: v for v in read_table(out, "videos").to_pylist()}
+    assert after.keys() == before.keys()  # rescanned in place: one row per video
+    assert all(after[p]["model_fingerprint"] != before[p]["model_fingerprint"] for p in after)
+    # (that the scores differ is test_model's: this tiny untrained net scores every frame alike)
+
+
 def test_what_discovery_could_not_read_is_said_at_the_end(library: Path, model_dir: Path, tmp_path: Path) -> None:
     """A link whose disk is not there (or a locked folder) was one WARNING line among the progress output."""
     import shutil

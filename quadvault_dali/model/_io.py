@@ -9,6 +9,7 @@ While a save replaces the pair, the previous weights wait beside it as ``.previo
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import logging
 import math
@@ -51,6 +52,28 @@ def library_versions() -> dict[str, str]:
     except ImportError:
         pass
     return versions
+
+
+#: The card's fields that decide a frame's score besides the weights: rows scored under other values are not
+#: the same model's, whatever the weights
+SCORING_KEYS = ("architecture", "image_size", "mean", "std")
+
+
+def _scoring_sha256(card: dict[str, Any]) -> str:
+    text = json.dumps({key: card[key] for key in SCORING_KEYS}, sort_keys=True, separators=(",", ":"), default=float)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def model_fingerprint(card: dict[str, Any], weights_sha256: str) -> str:
+    """The 16 hex digits a scan's resume compares: the weights' sha256 while the card's ``SCORING_KEYS`` are the
+    ones it was saved with (``scoring_sha256``; a card written before that was recorded keeps this too, so old
+    scans need no rescan), else a digest of both: a card whose ``image_size`` or normalisation was edited
+    scores differently, and a resumed scan rescans its videos instead of mixing the two."""
+    saved = card.get("scoring_sha256")
+    now = _scoring_sha256(card)
+    if saved is None or saved == now:
+        return weights_sha256[:16]
+    return hashlib.sha256(f"{weights_sha256}:{now}".encode()).hexdigest()[:16]
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
@@ -113,7 +136,7 @@ def save_model(directory: str | Path, module: nn.Module, card: dict[str, Any]) -
                               hint="free space on that disk, or choose another --output-dir") from exc
         os.chmod(weights_tmp, default_file_mode())  # safetensors writes 0o600: others could read the card only
         full.update({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "weights_file": WEIGHTS_FILE,
-                     "weights_sha256": file_sha256(weights_tmp)})
+                     "weights_sha256": file_sha256(weights_tmp), "scoring_sha256": _scoring_sha256(full)})
         card_tmp.write_text(json.dumps(full, indent=2, sort_keys=True, default=float) + "\n", encoding="utf-8")
         _set_aside_previous_weights(directory)
     for kept in directory.glob(PREVIOUS_WEIGHTS.format("*")):
@@ -268,4 +291,5 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Highligh
     net.load_state_dict(state, strict=True)
     root = card_path.parent
     name = str(card.get("name") or root.name or card_path.stem)
-    return HighlightModel(net, card, fingerprint=digest[:16], device=_torch_device(device), name=name)
+    return HighlightModel(net, card, fingerprint=model_fingerprint(card, digest), device=_torch_device(device),
+                          name=name)
