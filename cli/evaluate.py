@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ._numbers import score_text, threshold_text
 from ._options import device_option, fps_option, long_job, nothing_written, sampling_option, stops_cleanly
 
 
@@ -17,9 +18,9 @@ def _metrics_line(title: str, m: "object") -> str:
             f"recall {m.recall:.1%} | F1 {m.f1:.3f} | ROC-AUC {auc}")  # type: ignore[attr-defined]
 
 
-def _video_line(v: "object") -> str:
+def _video_line(v: "object", threshold: float) -> str:
     label = "highlight" if v.label else "normal"  # type: ignore[attr-defined]
-    return f"  {v.score:.2f}  labelled {label:<9}  {v.path}"  # type: ignore[attr-defined]
+    return f"  {score_text(v.score, threshold)}  labelled {label:<9}  {v.path}"  # type: ignore[attr-defined]
 
 
 @click.command("evaluate")
@@ -43,8 +44,8 @@ def evaluate(source: Path, model: Path, more_models: tuple[Path, ...], split: st
     """Evaluate MODEL on SOURCE: a prepared dataset (its validation split) or a labels.json.
 
     Prints frame- and video-level metrics (a video's score is the mean of its frames'), the
-    confusion matrix, the misclassified videos and the uncertain ones (score 0.3-0.7): the clips
-    worth labelling (or re-checking) next.
+    confusion matrix, the misclassified videos and the uncertain ones (score within 0.2 of the
+    threshold): the clips worth labelling (or re-checking) next.
 
     \b
     Example:
@@ -70,7 +71,7 @@ def evaluate(source: Path, model: Path, more_models: tuple[Path, ...], split: st
     dropped = f" of {len(report.videos) + len(report.failed):,} ({len(report.failed):,} not scored, below)" \
         if report.failed else ""
     click.echo(f"Evaluated {names} on {len(report.videos):,}{dropped} videos ({report.frame_metrics.n:,} frames), "
-               f"{what} {report.source} — threshold {t:.2f}")
+               f"{what} {report.source} — threshold {threshold_text(t)}")
     click.echo(_metrics_line("Frame level", report.frame_metrics))
     click.echo(_metrics_line("Video level", report.video_metrics))
     if len(models) > 1:
@@ -86,7 +87,7 @@ def evaluate(source: Path, model: Path, more_models: tuple[Path, ...], split: st
                            "label these next", report.uncertain())):
         click.echo(f"{title} ({len(videos):,}):" if videos else f"{title}: none")
         for v in videos[:limit]:
-            click.echo(_video_line(v))
+            click.echo(_video_line(v, t))
         if len(videos) > limit:
             click.echo(f"  … and {len(videos) - limit:,} more (--limit, or --json for all)")
     if report.failed:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ._numbers import score_text, threshold_text
 from ._options import device_option, fps_option, long_job, nothing_written, sampling_option, stops_cleanly
 
 
@@ -67,14 +68,16 @@ def test_video(video: Path, model: Path, more_models: tuple[Path, ...], timeline
                          for i, (t, s) in enumerate(zip(result.timestamps, result.frame_scores))],
         }, indent=2))
         return
-    shown = f"{score:.2f}"
-    click.echo(f"Highlight score: {shown} ({round(float(shown) * 100)}% confidence this is a highlight)")
+    shown = score_text(score, threshold)
+    click.echo(f"Highlight score: {shown} ({round(score * 100)}% confidence this is a highlight)")
     verdict = "highlight" if score >= threshold else "not a highlight"
-    click.echo(f"Verdict: {verdict} (threshold {threshold:.2f}; {len(result.timestamps)} frame{'' if len(result.timestamps) == 1 else 's'} at {fps:g} fps)")
+    frames = len(result.timestamps)
+    click.echo(f"Verdict: {verdict} (threshold {threshold_text(threshold)}; {frames} frame{'' if frames == 1 else 's'} "
+               f"at {fps:g} fps)")
     if len(models) > 1:
         click.echo("Models (averaged):")
         for m, s in zip(models, result.per_model()):
-            click.echo(f"  {s:.2f}  {m.name} [{m.fingerprint}]")
+            click.echo(f"  {score_text(s, threshold)}  {m.name} [{m.fingerprint}]")
     if timeline:
         click.echo("Timeline:")
         for t, s in zip(result.timestamps, result.frame_scores):

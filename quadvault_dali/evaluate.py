@@ -3,8 +3,8 @@
 Two sources: a prepared dataset (its validation split by default, scored from the stored JPEGs, so
 the numbers match what training reported) or any ``labels.json`` (every video sampled and scored the
 way ``test-video`` and ``scan`` do). A video's score is the mean of its frame scores. Misclassified
-videos and uncertain ones (score in 0.3–0.7) are listed: they are the clips whose labels teach the
-model most, or the ones whose label is wrong.
+videos and uncertain ones (score within 0.2 of the threshold: 0.3–0.7 at 0.5) are listed: they are the clips
+whose labels teach the model most, or the ones whose label is wrong.
 """
 
 from __future__ import annotations
@@ -30,7 +30,14 @@ from .scoring import ensemble_threshold, score_videos, scoring_sampler
 
 log = logging.getLogger(__name__)
 SplitChoice = Literal["val", "train", "all"]
-UNCERTAIN = (0.3, 0.7)
+#: Scores this close to the threshold are "uncertain": the band follows the threshold (a model tuned to 0.2
+#: is unsure around 0.2, not around 0.5)
+UNCERTAIN_HALF_WIDTH = 0.2
+
+
+def uncertain_band(threshold: float, half_width: float = UNCERTAIN_HALF_WIDTH) -> tuple[float, float]:
+    """The scores within ``half_width`` of ``threshold``, clipped to 0..1."""
+    return max(0.0, threshold - half_width), min(1.0, threshold + half_width)
 
 
 @dataclass
@@ -62,7 +69,7 @@ class EvaluationReport:
     videos: list[VideoResult]
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, error) for videos not scored
     bad_frames: list[tuple[str, str]] = field(default_factory=list)  # (frame file, error), skipped
-    uncertain_range: tuple[float, float] = UNCERTAIN
+    uncertain_range: tuple[float, float] = (0.3, 0.7)  # ``uncertain_band`` of the threshold
 
     def misclassified(self) -> list[VideoResult]:
         """Wrong predictions, the most confidently wrong first."""
@@ -72,7 +79,7 @@ class EvaluationReport:
     def uncertain(self) -> list[VideoResult]:
         """Videos the model cannot decide on, the closest to a coin flip first: label these next."""
         low, high = self.uncertain_range
-        return sorted((v for v in self.videos if low <= v.score <= high), key=lambda v: abs(v.score - 0.5))
+        return sorted((v for v in self.videos if low <= v.score <= high), key=lambda v: abs(v.score - self.threshold))
 
     def as_dict(self) -> dict[str, Any]:
         t = self.threshold
@@ -227,8 +234,9 @@ def trained_on(models: Sequence[FrameScorer], videos: Sequence[str],
 
 def evaluate(source: str | os.PathLike[str], models: Sequence[FrameScorer], *, split: SplitChoice = "val",
              device: str = "auto", fps: float = 1.0, mode: str = "auto", skip_missing: bool = False,
-             threshold: float | None = None, uncertain: tuple[float, float] = UNCERTAIN) -> EvaluationReport:
-    """Scores ``source`` (dataset or labels.json) with ``models`` and computes the report."""
+             threshold: float | None = None, uncertain: tuple[float, float] | None = None) -> EvaluationReport:
+    """Scores ``source`` (dataset or labels.json) with ``models`` and computes the report; ``uncertain`` is the
+    score range listed as uncertain (default: ``uncertain_band`` of the threshold)."""
     from .device import resolve_device, torch_device
 
     if not models:
@@ -270,4 +278,5 @@ def evaluate(source: str | os.PathLike[str], models: Sequence[FrameScorer], *, s
         # "threshold 0.30" over member lines judged at 0.5 and 0.9 showed 0 % recall that was not at 0.30)
         model_video_metrics=[binary_metrics(scores, video_labels, model.threshold if threshold is None else thr)
                              for scores, model in zip(member_means, models)],
-        videos=videos, failed=collected.failed, bad_frames=collected.bad_frames, uncertain_range=uncertain)
+        videos=videos, failed=collected.failed, bad_frames=collected.bad_frames,
+        uncertain_range=uncertain if uncertain is not None else uncertain_band(thr))

@@ -70,6 +70,11 @@ def test_labels_report(labels_file: Path, models: dict[str, Path], clips: dict[s
     assert [Path(x.path).name for x in report.misclassified()] == ["ev_warm3.mp4"]
     assert [Path(x.path).name for x in report.uncertain()] == ["ev_mixed.mp4"]
     assert [Path(p).name for p, _ in report.failed] == [clips["broken"].name]
+    # the uncertain band follows the threshold: a model tuned to 0.9 is unsure of the videos near 0.9
+    high = evaluate(labels_file, [model], device="cpu", threshold=0.9)
+    assert high.uncertain_range == pytest.approx((0.7, 1.0))
+    assert {Path(x.path).name for x in high.uncertain()} >= {"ev_warm0.mp4", "ev_warm1.mp4", "ev_warm2.mp4"}
+    assert "ev_mixed.mp4" not in {Path(x.path).name for x in high.uncertain()}
 
 
 def test_dataset_val_split_uses_stored_frames(labels_file: Path, models: dict[str, Path],
@@ -249,3 +254,16 @@ def test_recall_on_highlights_alone(clips: dict[str, Path], models: dict[str, Pa
     none.write_text(json.dumps({"highlights": [], "normal": []}))
     res = CliRunner().invoke(main, ["evaluate", str(none), str(models["warm"]), "--device", "cpu"])
     assert res.exit_code == 1 and "is empty" in res.output
+
+
+def test_printed_scores_compare_with_the_printed_threshold_as_the_values_do() -> None:
+    """0.695 against 0.70 printed "0.70" and "0.70" beside "not a highlight"; a tuned threshold (a midpoint of
+    validation scores) printed "0.61" over a score of 0.6124 that passed it."""
+    from quadvault_dali.cli._numbers import score_text, threshold_text
+
+    assert (threshold_text(0.7), threshold_text(0.5), threshold_text(0.61234)) == ("0.70", "0.50", "0.6123")
+    assert score_text(0.6951, 0.7) == "0.695"
+    assert score_text(0.6999, 0.7) == "0.6999"
+    assert score_text(0.83, 0.7) == "0.83" and score_text(0.2, 0.7) == "0.20"  # far from it: two decimals
+    assert score_text(0.6124, 0.61234) == "0.6124" and score_text(0.612, 0.61234) == "0.61"
+    assert score_text(0.7, 0.7) == "0.70"
