@@ -457,3 +457,66 @@ def test_cli_interrupted_says_how_to_go_on(footage: Path, tmp_path: Path, monkey
     assert res.exit_code == 130
     assert "Interrupted; the videos whose frames were all written are kept: run the same command without " \
            "--overwrite to go on." in res.output
+
+
+CRASH_HOOK = '''
+import os, signal
+_poison = os.environ.get("QV_TEST_POISON")
+if _poison:  # stands in for a native decoder crash on one file (FFmpeg or NVDEC dying with SIGSEGV)
+    import quadvault_dali.sampling._cpu as _cpu
+    _decode = _cpu.CpuSampler.decode_video
+    def decode_video(self, path, outcome, emit):
+        if path.name == _poison:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return _decode(self, path, outcome, emit)
+    _cpu.CpuSampler.decode_video = decode_video
+'''
+
+
+def test_a_file_that_crashes_the_decoder_costs_one_run_not_every_run(footage: Path, tmp_path: Path,
+                                                                     make_clip: Callable[..., Path]) -> None:
+    """A labelled file that kills the decoder in native code killed every run of prepare-dataset, for ever. The
+    run after the crash checks the videos it had in flight alone, leaves the crasher out with the reason and
+    keeps everything else; later runs leave it out without opening it, until the file changes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    lib = tmp_path / "lib"
+    shutil.copytree(footage, lib)
+    shutil.copy(make_clip("pd_poison.mp4", style="highlight", duration_s=3.0, source_id=14, **CLIP),
+                lib / "poison.mp4")
+    labels = write_labels(tmp_path / "labels.json", [str(lib / n) for n in (*HIGHLIGHTS, "poison.mp4")],
+                          [str(lib / n) for n in NORMAL])
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(CRASH_HOOK)
+    env = {**os.environ, "QV_TEST_POISON": "poison.mp4",
+           "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "quadvault_dali.cli.main", "prepare-dataset", str(labels), str(out), "--size",
+           str(SIZE), "--device", "cpu"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == -signal.SIGSEGV, first.stderr[-2000:]
+    assert (out / ".inflight-prepare.log").is_file() and not (out / "dataset.parquet").exists()
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "were being decoded when the last prepare-dataset run died" in second.stderr
+    assert f"{lib / 'poison.mp4'}: the decoder crashed on this file (SIGSEGV)" in second.stderr
+    rows = read_dataset(out).rows()
+    assert {Path(r["video_path"]).name for r in rows} == {*HIGHLIGHTS, *NORMAL}
+    assert not (out / ".inflight-prepare.log").exists()
+    # a --merge later: the crasher is left out unopened (opened, the hook would kill the run)
+    third = subprocess.run(cmd + ["--merge"], capture_output=True, text=True, timeout=300, env=env)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert "(in an earlier run; not opened again until the file changes)" in third.stderr
+    assert "were being decoded" not in third.stderr
+    # the file changed (re-copied from a good source): tried again, and it is a good video now
+    shutil.copy(make_clip("pd_poison_fixed.mp4", style="highlight", duration_s=2.0, source_id=15, **CLIP),
+                lib / "poison.mp4")
+    clean = {k: v for k, v in env.items() if k != "QV_TEST_POISON"}
+    fourth = subprocess.run(cmd + ["--merge"], capture_output=True, text=True, timeout=300, env=clean)
+    assert fourth.returncode == 0, fourth.stderr[-2000:]
+    assert "poison.mp4" in {Path(r["video_path"]).name for r in read_dataset(out).rows()}
+    assert not (out / ".decoder-crashes.json").exists()  # its one entry forgotten with the change

@@ -7,6 +7,9 @@ re-labelled video only changes its label; videos no longer labelled are dropped 
 deleted. Deletion is limited to ``OUT/frames/<video_id>/`` folders this dataset wrote, and happens
 only after the new ``dataset.parquet`` is in place, so a crash leaves a consistent dataset.
 
+A labelled file that crashes the decoder in native code costs one run: the next one finds it in the
+journal of videos in flight, checks it alone in a child process and leaves it out (``_crashes``).
+
 An interrupted run loses no finished video: each video's folder gets a manifest (``.frames.json``: the
 settings, its rows) once all its frames are written, and a re-run of the same command reuses the folders
 whose manifest matches (``dataset.parquet`` is only written at the end: a run killed at 95 % used to start
@@ -23,12 +26,14 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .._files import remove_dead_temporaries
 from ..errors import DatasetError, OutputError, QuadvaultError
 from ..progress import progress_bar
 from ..sampling import SamplingMode, create_sampler
+from ..scan.crashguard import CrashJournal, StallWatch
+from ._crashes import JOURNAL_TAG, DecoderCrashes, isolate_crashers
 from ._jpeg import JPEG_QUALITY, encode_jpegs, write_atomic
 from ._labels import Labels, LabelledVideo, load_labels
 from ._split import Split, assign_splits
@@ -228,7 +233,7 @@ def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[
         # --overwrite: the old table goes just before the first frame is rewritten (an interrupted rebuild must
         # not leave it naming new frames; a run that cannot start, --device gpu without one, keeps it)
         _extract(todo, by_id, out_dir, rows, result, settings, fps=fps, size=size, mode=mode, device=device,
-                 quality=quality, streams=streams,
+                 quality=quality, streams=streams, crashes=DecoderCrashes(out_dir, forget=overwrite and not merge),
                  invalidate=out_dir / DATASET_FILE if overwrite and not merge else None)
 
     # Split among the videos that made it (a failed video must not take a class's only val slot);
@@ -271,49 +276,71 @@ def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[
 
 def _extract(todo: list[str], by_id: dict[str, LabelledVideo], out_dir: Path,
              rows: dict[str, list[dict]], result: PrepareResult, settings: dict[str, Any], *, fps: float, size: int,
-             mode: SamplingMode, device: str, quality: int, streams: int, invalidate: Path | None = None) -> None:
-    """Samples the ``todo`` videos and writes their frames; fills ``rows`` for the ones that succeed."""
+             mode: SamplingMode, device: str, quality: int, streams: int, crashes: DecoderCrashes,
+             invalidate: Path | None = None) -> None:
+    """Samples the ``todo`` videos and writes their frames; fills ``rows`` for the ones that succeed. Videos that
+    crash the decoder (``_crashes``) are left out unopened."""
     sampler = create_sampler(device, fps=fps, mode=mode, size=size, square=False, batch_size=64,
                              streams=streams)
+    left_out = isolate_crashers(out_dir, [by_id[vid].path for vid in todo], crashes, device=sampler.backend,
+                                mode=mode, fps=fps, size=size)
+    for path, error in left_out.items():
+        result.failed.append((path, error))
     id_of = {by_id[vid].path: vid for vid in todo}
     pending: dict[str, list[dict]] = defaultdict(list)
     stats: dict[str, os.stat_result] = {}
-    with progress_bar(len(todo), desc="Extracting frames", unit="video") as bar:
-        for batch in sampler.iter_batches([by_id[vid].path for vid in todo]):
-            if len(batch):
-                encoded = encode_jpegs(batch.frames, quality)
-                for data, path, t in zip(encoded, batch.paths, batch.timestamps):
-                    vid = id_of[Path(path)]
-                    video = by_id[vid]
-                    folder = out_dir / FRAMES_DIR / vid
-                    if invalidate is not None:
-                        invalidate.unlink(missing_ok=True)
-                        invalidate = None
-                    if vid not in stats:
-                        folder.mkdir(parents=True, exist_ok=True)
-                        (folder / MANIFEST).unlink(missing_ok=True)  # the folder is no longer complete
-                        stats[vid] = video.path.stat()
-                    name = frame_name(t)
-                    write_atomic(folder / name, data)
-                    pending[vid].append({
-                        "frame_path": f"{FRAMES_DIR}/{vid}/{name}", "video_path": str(video.path),
-                        "video_id": vid, "timestamp_s": float(t), "label": video.label,
-                        "label_name": video.label_name, "split": "train",
-                        "video_size_bytes": stats[vid].st_size, "video_mtime_ns": stats[vid].st_mtime_ns})
-            for outcome in batch.completed:
-                vid = id_of[Path(outcome.path)]
-                bar.update(1)
-                if outcome.error is not None:
-                    log.debug("failed: %s", outcome.error)  # listed by the caller at the end
-                    result.failed.append((by_id[vid].path, outcome.error))
-                    pending.pop(vid, None)
-                elif not pending.get(vid):
-                    err = QuadvaultError("no frames could be sampled", path=by_id[vid].path)
-                    result.failed.append((by_id[vid].path, err))
-                else:
-                    rows[vid] = pending.pop(vid)
-                    _write_manifest(out_dir / FRAMES_DIR / vid, vid, settings, rows[vid])
-                    result.extracted.append(by_id[vid].path)
+    journal = CrashJournal(out_dir, JOURNAL_TAG)
+
+    def sources() -> Iterator[Path]:
+        for vid in todo:
+            path = by_id[vid].path
+            if path not in left_out:
+                journal.started(path)
+                yield path
+
+    try:
+        with progress_bar(len(todo), desc="Extracting frames", unit="video") as bar, StallWatch(journal) as watch:
+            bar.update(len(left_out))
+            for batch in sampler.iter_batches(sources()):
+                watch.beat()
+                if len(batch):
+                    encoded = encode_jpegs(batch.frames, quality)
+                    for data, path, t in zip(encoded, batch.paths, batch.timestamps):
+                        vid = id_of[Path(path)]
+                        video = by_id[vid]
+                        folder = out_dir / FRAMES_DIR / vid
+                        if invalidate is not None:
+                            invalidate.unlink(missing_ok=True)
+                            invalidate = None
+                        if vid not in stats:
+                            folder.mkdir(parents=True, exist_ok=True)
+                            (folder / MANIFEST).unlink(missing_ok=True)  # the folder is no longer complete
+                            stats[vid] = video.path.stat()
+                        name = frame_name(t)
+                        write_atomic(folder / name, data)
+                        pending[vid].append({
+                            "frame_path": f"{FRAMES_DIR}/{vid}/{name}", "video_path": str(video.path),
+                            "video_id": vid, "timestamp_s": float(t), "label": video.label,
+                            "label_name": video.label_name, "split": "train",
+                            "video_size_bytes": stats[vid].st_size, "video_mtime_ns": stats[vid].st_mtime_ns})
+                for outcome in batch.completed:
+                    vid = id_of[Path(outcome.path)]
+                    bar.update(1)
+                    if outcome.error is not None:
+                        log.debug("failed: %s", outcome.error)  # listed by the caller at the end
+                        result.failed.append((by_id[vid].path, outcome.error))
+                        pending.pop(vid, None)
+                    elif not pending.get(vid):
+                        err = QuadvaultError("no frames could be sampled", path=by_id[vid].path)
+                        result.failed.append((by_id[vid].path, err))
+                    else:
+                        rows[vid] = pending.pop(vid)
+                        _write_manifest(out_dir / FRAMES_DIR / vid, vid, settings, rows[vid])
+                        result.extracted.append(by_id[vid].path)
+                    journal.finished(by_id[vid].path)
+    finally:
+        sampler.close()
+        journal.discard()  # ended in Python: nothing in flight crashed the decoder (unless a stall was seen)
 
 
 def _remove_stale_frames(out_dir: Path, final: list[dict]) -> None:

@@ -255,14 +255,15 @@ def _check_in_one_child(paths: Sequence[Path], *, device: str, mode: str, fps: f
     return int(state["finished"]), state["on"], why  # type: ignore[arg-type]
 
 
-def isolate_suspects(suspects: Iterable[Path], **check: object) -> dict[Path, str]:
-    """``{path: why}`` for the suspects whose isolated check crashed or hung."""
+def isolate_suspects(suspects: Iterable[Path], what: str = "scan", **check: object) -> dict[Path, str]:
+    """``{path: why}`` for the suspects whose isolated check crashed or hung (``what`` died: a scan, a
+    prepare-dataset run)."""
     suspects = list(suspects)
     if not suspects:
         return {}
     names = ", ".join(str(p) for p in suspects[:3]) + (f" and {len(suspects) - 3} more" if len(suspects) > 3 else "")
-    log.warning("%d video(s) were being decoded when the last scan died (%s); checking them in a separate process",
-                len(suspects), names)
+    log.warning("%d video(s) were being decoded when the last %s died (%s); checking them in a separate process",
+                len(suspects), what, names)
     crashed = check_videos(suspects, **check)  # type: ignore[arg-type]
     for path, why in crashed.items():
         log.warning("%s: %s", path, why)
