@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import signal
+import sys
 from pathlib import Path
 
 import click
 
+from quadvault_dali._lifetime import signal_name
+from quadvault_dali._supervisor import report_done, runs_in_process
 from quadvault_dali.dataset import prepare_dataset as run_prepare
 
-from ._options import device_option, fps_option, long_job, sampling_option, stops_cleanly
+from ._options import command_line, device_option, fps_option, long_job, sampling_option, stops_cleanly
 
 
 @click.command("prepare-dataset")
@@ -28,8 +31,13 @@ from ._options import device_option, fps_option, long_job, sampling_option, stop
               help="Skip labelled files/folders that do not exist or are unreadable instead of stopping.")
 @click.option("--quality", type=click.IntRange(min=50, max=100), default=90, show_default=True,
               help="JPEG quality of the stored frames.")
+@click.option("--restarts", type=click.IntRange(0, 1000), default=3, show_default=True,
+              help="The extraction runs in a child process; if a decoder or driver crash kills it (a signal, not a "
+                   "Python error), it is started again and goes on, the videos it was decoding checked one at a "
+                   "time first (a crasher is left out): at most N restarts in a row without a new video. 0: run "
+                   "in this process, never restart.")
 def prepare_dataset(labels: Path, out: Path, merge: bool, overwrite: bool, fps: float, size: int, mode: str,
-                    device: str, skip_missing: bool, quality: int) -> None:
+                    device: str, skip_missing: bool, quality: int, restarts: int) -> None:
     """Sample the labelled videos in LABELS into JPEG frames and OUT/dataset.parquet.
 
     LABELS is a JSON file {"highlights": [...], "normal": [...]} whose entries are video files,
@@ -44,15 +52,23 @@ def prepare_dataset(labels: Path, out: Path, merge: bool, overwrite: bool, fps: 
     """
     if merge and overwrite:
         raise click.UsageError("--merge and --overwrite exclude each other")
+    argv = command_line()
+    if restarts and argv is not None and not runs_in_process():
+        sys.exit(_supervise(argv, out, restarts, device))
     long_job()
 
-    def stopped(by_sigterm: bool) -> str:
-        return (f"{'Stopped (SIGTERM)' if by_sigterm else 'Interrupted'}; the videos whose frames were all written "
-                f"are kept: run the same command{' without --overwrite' if overwrite else ''} to go on.")
+    seen: list[int] = []
 
-    with stops_cleanly(stopped, (signal.SIGINT, signal.SIGTERM)):
+    def stopped(by_signal: bool) -> str:
+        how = f"Stopped ({signal_name(seen[0])})" if by_signal else "Interrupted"
+        return (f"{how}; the videos whose frames were all written are kept: run the same command"
+                f"{' without --overwrite' if overwrite else ''} to go on.")
+
+    # a closed terminal's SIGHUP stops like Ctrl-C too: from the terminal, and passed on by the supervisor
+    with stops_cleanly(stopped, (signal.SIGINT, signal.SIGTERM, signal.SIGHUP), seen=seen):
         result = run_prepare(labels, out, merge=merge, overwrite=overwrite, fps=fps, size=size,
                              mode=mode, device=device, skip_missing=skip_missing, quality=quality)  # type: ignore[arg-type]
+    report_done()  # the dataset is written: a crash from here on (printing, exiting) is no reason to start again
     for message in result.warnings:
         click.secho(f"Warning: {message}", fg="yellow", err=True)
     if result.failed:
@@ -68,3 +84,19 @@ def prepare_dataset(labels: Path, out: Path, merge: bool, overwrite: bool, fps: 
     if result.dropped:
         line += f", dropped {len(result.dropped):,} no longer labelled"
     click.echo(line)
+
+
+def _supervise(argv: list[str], out: Path, restarts: int, device: str) -> int:
+    """Runs this command line again in a child with restarts after crashes (``dataset._supervise``): its status."""
+    from quadvault_dali.dataset._supervise import PrepareSupervisor
+
+    supervisor = PrepareSupervisor(argv, out, restarts, device=device)
+    code = supervisor.run()
+    if supervisor.crashes:
+        times = f"{len(supervisor.crashes)} time{'s' if len(supervisor.crashes) > 1 else ''}"
+        try:
+            click.echo(f"The prepare-dataset process crashed {times} ({', '.join(supervisor.crashes)}) and was started "
+                       f"again{'; the summary above is the last run' if code == 0 else ''}.", err=True)
+        except OSError:  # the terminal is gone (SIGHUP): the status says what happened
+            pass
+    return code

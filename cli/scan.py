@@ -186,10 +186,10 @@ def _print_summary(summary: Any) -> None:
 def _supervise(argv: list[str], out: Path, kw: dict[str, Any]) -> int:
     """Runs this command line again in a child with restarts after crashes (``scan.supervise``): its exit status."""
     from quadvault_dali.scan.shards import shard_tag
-    from quadvault_dali.scan.supervise import Supervisor
+    from quadvault_dali.scan.supervise import ScanSupervisor
 
     tag = shard_tag(kw["shard"])  # this job's shards, not its --shard siblings'
-    supervisor = Supervisor(argv, out, kw["restarts"], tag=tag, device=kw["device"],
+    supervisor = ScanSupervisor(argv, out, kw["restarts"], tag=tag, device=kw["device"],
                             shard_seconds=kw["shard_seconds"])
     code = supervisor.run()
     with _terminal_may_be_gone():  # SIGHUP: the status says what happened

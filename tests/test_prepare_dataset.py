@@ -473,15 +473,9 @@ if _poison:  # stands in for a native decoder crash on one file (FFmpeg or NVDEC
 '''
 
 
-def test_a_file_that_crashes_the_decoder_costs_one_run_not_every_run(footage: Path, tmp_path: Path,
-                                                                     make_clip: Callable[..., Path]) -> None:
-    """A labelled file that kills the decoder in native code killed every run of prepare-dataset, for ever. The
-    run after the crash checks the videos it had in flight alone, leaves the crasher out with the reason and
-    keeps everything else; later runs leave it out without opening it, until the file changes."""
+def _poisoned_labels(footage: Path, tmp_path: Path, make_clip: Callable[..., Path]) -> tuple[Path, Path, dict]:
+    """(library, labels naming the footage and ``poison.mp4``, an environment whose decoder dies on the poison)."""
     import os
-    import signal
-    import subprocess
-    import sys
 
     lib = tmp_path / "lib"
     shutil.copytree(footage, lib)
@@ -494,13 +488,27 @@ def test_a_file_that_crashes_the_decoder_costs_one_run_not_every_run(footage: Pa
     (hook / "sitecustomize.py").write_text(CRASH_HOOK)
     env = {**os.environ, "QV_TEST_POISON": "poison.mp4",
            "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    env.pop("QUADVAULT_SCAN_IN_PROCESS", None)
+    return lib, labels, env
+
+
+def test_a_file_that_crashes_the_decoder_costs_one_run_not_every_run(footage: Path, tmp_path: Path,
+                                                                     make_clip: Callable[..., Path]) -> None:
+    """A labelled file that kills the decoder in native code killed every run of prepare-dataset, for ever. The
+    run after the crash checks the videos it had in flight alone, leaves the crasher out with the reason and
+    keeps everything else; later runs leave it out without opening it, until the file changes."""
+    import signal
+    import subprocess
+    import sys
+
+    lib, labels, env = _poisoned_labels(footage, tmp_path, make_clip)
     out = tmp_path / "ds"
     cmd = [sys.executable, "-m", "quadvault_dali.cli.main", "prepare-dataset", str(labels), str(out), "--size",
            str(SIZE), "--device", "cpu"]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    first = subprocess.run(cmd + ["--restarts", "0"], capture_output=True, text=True, timeout=300, env=env)
     assert first.returncode == -signal.SIGSEGV, first.stderr[-2000:]
     assert (out / ".inflight-prepare.log").is_file() and not (out / "dataset.parquet").exists()
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    second = subprocess.run(cmd + ["--restarts", "0"], capture_output=True, text=True, timeout=300, env=env)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "were being decoded when the last prepare-dataset run died" in second.stderr
     assert f"{lib / 'poison.mp4'}: the decoder crashed on this file (SIGSEGV)" in second.stderr
@@ -520,3 +528,28 @@ def test_a_file_that_crashes_the_decoder_costs_one_run_not_every_run(footage: Pa
     assert fourth.returncode == 0, fourth.stderr[-2000:]
     assert "poison.mp4" in {Path(r["video_path"]).name for r in read_dataset(out).rows()}
     assert not (out / ".decoder-crashes.json").exists()  # its one entry forgotten with the change
+
+
+def test_a_decoder_crash_restarts_the_extraction_by_itself(footage: Path, tmp_path: Path,
+                                                          make_clip: Callable[..., Path]) -> None:
+    """By default the extraction runs in a child that is started again after a native crash: one command gives
+    the dataset without the crasher. A rebuild (--overwrite) that crashed after its first frames goes on without
+    --overwrite, as a user is told to, instead of starting over (or refusing the half-made folder)."""
+    import subprocess
+    import sys
+
+    lib, labels, env = _poisoned_labels(footage, tmp_path, make_clip)
+    out = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "quadvault_dali.cli.main", "prepare-dataset", str(labels), str(out), "--size",
+           str(SIZE), "--device", "cpu"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "the prepare-dataset process died by SIGSEGV" in run.stderr
+    assert "The prepare-dataset process crashed 1 time (SIGSEGV) and was started again" in run.stderr
+    assert {Path(r["video_path"]).name for r in read_dataset(out).rows()} == {*HIGHLIGHTS, *NORMAL}
+    # a rebuild: the crasher is forgotten (--overwrite), found again, and the rebuild goes on after the crash
+    rebuild = subprocess.run(cmd + ["--overwrite"], capture_output=True, text=True, timeout=300, env=env)
+    assert rebuild.returncode == 0, rebuild.stderr[-2000:]
+    assert "crashed 1 time (SIGSEGV)" in rebuild.stderr
+    assert "a dataset already exists here" not in rebuild.stderr
+    assert {Path(r["video_path"]).name for r in read_dataset(out).rows()} == {*HIGHLIGHTS, *NORMAL}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from quadvault_dali.scan import supervise
-from quadvault_dali.scan.supervise import Supervisor, own_shards
+from quadvault_dali.scan.supervise import ScanSupervisor, own_shards
 
 
 def _shard(out: Path, name: str) -> None:
@@ -46,7 +46,7 @@ def test_a_restart_resumes_only_once_a_run_has_written_a_shard(tmp_path: Path) -
     """A child that died before it wrote anything (loading its model, say) has not yet removed what --no-resume
     replaces: the restart must still start over, and still retry errors."""
     argv = ["-q", "scan", "lib", "-m", "model", "-o", "out", "--no-resume", "--retry-errors"]
-    sup = Supervisor(argv, tmp_path, restarts=3)
+    sup = ScanSupervisor(argv, tmp_path, restarts=3)
     assert sup._command()[-len(argv):] == argv
     sup._written = {"/lib/a.mp4"}  # a run wrote a row
     assert sup._command()[-len(argv) + 1:] == ["-q", "scan", "lib", "-m", "model", "-o", "out", "--resume"]
@@ -56,7 +56,7 @@ def test_the_child_runs_this_interpreter_with_its_flags_and_import_path(tmp_path
     """``python -m`` would put the working directory first: a ``click.py`` there broke the child (a helper's
     find), and ``-X faulthandler`` was lost for the very crash being restarted."""
     (tmp_path / "click.py").write_text("raise SystemExit('the wrong click')\n")
-    command = Supervisor(["--version"], tmp_path, restarts=1)._command()
+    command = ScanSupervisor(["--version"], tmp_path, restarts=1)._command()
     assert command[0] == sys.executable and "-c" in command
     run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and "quadvault" in run.stdout, run.stderr
@@ -64,9 +64,9 @@ def test_the_child_runs_this_interpreter_with_its_flags_and_import_path(tmp_path
 
 def test_a_stop_between_a_death_and_the_next_start_ends_the_command(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    sup = Supervisor(["scan"], tmp_path, restarts=3)
+    sup = ScanSupervisor(["scan"], tmp_path, restarts=3)
     sup.stopped_by = signal.SIGTERM
-    monkeypatch.setattr(supervise.subprocess, "Popen", lambda *a, **k: pytest.fail("started a child"))
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("started a child"))
     assert sup._loop() == 128 + signal.SIGTERM
 
 
@@ -82,17 +82,17 @@ def _rows(out: Path, name: str, paths: list[str]) -> None:
 def test_rows_rewritten_at_every_start_are_no_progress(tmp_path: Path) -> None:
     """A retried error row (an unreadable file) is dropped and written again in a new shard by every run: counted
     as progress, a crash loop never ended (a helper saw 26 restarts in 90 s with --restarts 2)."""
-    sup = Supervisor(["scan"], tmp_path, restarts=2)
+    sup = ScanSupervisor(["scan"], tmp_path, restarts=2)
     before = own_shards(tmp_path, "")
     _rows(tmp_path, "part-00000.parquet", ["/lib/unreadable.mp4", "/lib/a.mp4"])
-    assert sup._progressed(before)
+    assert sup.progressed(before)
     before = own_shards(tmp_path, "")
     (tmp_path / "videos" / "part-00000.parquet").unlink()
     _rows(tmp_path, "part-00001.parquet", ["/lib/unreadable.mp4"])  # the same error row, once more
-    assert not sup._progressed(before)
+    assert not sup.progressed(before)
     before = own_shards(tmp_path, "")
     _rows(tmp_path, "part-00002.parquet", ["/lib/unreadable.mp4", "/lib/b.mp4"])
-    assert sup._progressed(before)
+    assert sup.progressed(before)
 
 
 def test_an_orphaned_child_exits_instead_of_working_on() -> None:
@@ -135,7 +135,7 @@ def test_a_restart_after_an_early_crash_closes_shards_sooner(tmp_path: Path) -> 
     assert supervise.shard_seconds_after_crash(60.0, 600.0) == 60.0  # a run that lived long: as asked
     assert supervise.shard_seconds_after_crash(60.0, 3.0) == supervise.MIN_SHARD_SECONDS
     argv = ["-q", "scan", "lib", "-o", "out", "--shard-seconds", "60"]
-    sup = Supervisor(argv, tmp_path, restarts=3, shard_seconds=60.0)
+    sup = ScanSupervisor(argv, tmp_path, restarts=3, shard_seconds=60.0)
     assert sup._command()[-len(argv):] == argv  # nothing added while the interval is the one asked for
     sup.shard_seconds = 7.0
     assert sup._command()[-len(argv) - 2:] == [*argv, "--shard-seconds", "7"]

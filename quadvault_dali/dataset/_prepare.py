@@ -37,11 +37,9 @@ from ._crashes import JOURNAL_TAG, DecoderCrashes, isolate_crashers
 from ._jpeg import JPEG_QUALITY, encode_jpegs, write_atomic
 from ._labels import Labels, LabelledVideo, load_labels
 from ._split import Split, assign_splits
-from ._table import DATASET_FILE, FRAMES_DIR, read_dataset, write_dataset
+from ._table import DATASET_FILE, FRAMES_DIR, MANIFEST, read_dataset, write_dataset
 
 log = logging.getLogger(__name__)
-#: Written into a video's frame folder once all its frames are: what a killed run's re-run reuses
-MANIFEST = ".frames.json"
 
 
 @dataclass

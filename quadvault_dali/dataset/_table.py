@@ -23,6 +23,8 @@ from ..errors import DatasetError, OutputError
 
 DATASET_FILE = "dataset.parquet"
 FRAMES_DIR = "frames"
+#: Written into a video's frame folder once all its frames are: what a killed run's re-run reuses
+MANIFEST = ".frames.json"
 FORMAT_VERSION = 1
 _META_KEY = b"quadvault.dataset"
 

@@ -1,0 +1,58 @@
+"""prepare-dataset's supervisor: the extraction runs in a child that is started again after a native crash.
+
+The generic part is ``quadvault_dali._supervisor``. A run's progress is a video whose frames were all written
+(a new manifest, ``_table.MANIFEST``) or a file newly found to crash the decoder (``_crashes``): the next run
+leaves that one out, so each restart gets further. ``--overwrite`` removes the old table once the first frame is
+written; from then on a restart must go on (without ``--overwrite``, which would extract every video again), as
+the message of an interrupted rebuild tells a user to.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from .._supervisor import Supervisor
+from ._crashes import CRASHES_FILE
+from ._table import DATASET_FILE, FRAMES_DIR, MANIFEST
+
+
+class PrepareSupervisor(Supervisor):
+    """Runs ``quadvault prepare-dataset`` again in a child until it ends by itself."""
+
+    what = "prepare-dataset"
+    progress_unit = "extracting a video"
+
+    def __init__(self, argv: Sequence[str], out_dir: Path, restarts: int, device: str = "auto") -> None:
+        super().__init__(argv, restarts)
+        self.out_dir = out_dir
+        other = ", or try --device cpu" if device != "cpu" else ""
+        self.crash_loop_hint = f"Run with -v to see why{other}; the same command goes on"
+
+    def snapshot(self) -> set[str]:
+        """The videos with all frames written (their manifests, with mtimes) and the known crashers."""
+        done: set[str] = set()
+        frames = self.out_dir / FRAMES_DIR
+        try:
+            for manifest in frames.glob(f"*/{MANIFEST}"):
+                try:
+                    done.add(f"{manifest.parent.name}@{manifest.stat().st_mtime_ns}")
+                except OSError:
+                    continue
+        except OSError:
+            pass
+        try:
+            crashes = json.loads((self.out_dir / CRASHES_FILE).read_text(encoding="utf-8"))["videos"]
+            done.update(f"crash:{path}" for path in crashes)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return done
+
+    def progressed(self, before: set[str]) -> bool:
+        return bool(self.snapshot() - before)
+
+    def restart_argv(self, argv: list[str]) -> list[str]:
+        if "--overwrite" in argv and not (self.out_dir / DATASET_FILE).exists():  # the rebuild has begun: go on
+            argv = [a for a in argv if a != "--overwrite"]
+        return argv
