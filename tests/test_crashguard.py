@@ -190,3 +190,26 @@ def test_the_check_runs_this_interpreters_code_whatever_the_working_directory_ho
     monkeypatch.chdir(tmp_path)
     assert check_videos([make_clip("guard_cwd.mp4", duration_s=1.0, source_id=9)], device="cpu", mode="auto",
                         fps=1.0, size=64) == {}
+
+
+def test_the_check_decodes_with_the_scans_decoder(tmp_path: Path, make_clip,  # type: ignore[no-untyped-def]
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that crashes FFmpeg's NVDEC decoder (``--decoder ffmpeg``) may pass DALI's: checked with the
+    default decoder, it was scanned again and crashed again, run after run (a review helper's find). Here a
+    hook makes any decoding for the FFmpeg client die, as that decoder would on this file."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os, signal\n"
+        "import quadvault_dali.sampling._cpu as _cpu\n"
+        "_decode = _cpu.CpuSampler.decode_video\n"
+        "def decode_video(self, *a, **k):\n"
+        "    if self.config.decode_client == 'ffmpeg':\n"
+        "        os.kill(os.getpid(), signal.SIGSEGV)\n"
+        "    return _decode(self, *a, **k)\n"
+        "_cpu.CpuSampler.decode_video = decode_video\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]))
+    clip = make_clip("guard_client.mp4", duration_s=1.0, source_id=10)
+    assert check_in_child(clip, device="cpu", mode="auto", fps=1.0, size=64) is None
+    why = check_in_child(clip, device="cpu", mode="auto", fps=1.0, size=64, decode_client="ffmpeg")
+    assert why is not None and "SIGSEGV" in why

@@ -161,14 +161,14 @@ class StallWatch:
 
 
 def check_in_child(path: Path, *, device: str, mode: str, fps: float, size: int, device_id: int = 0,
-                   stall_s: float = CHECK_STALL_S) -> str | None:
+                   decode_client: str = "dali", stall_s: float = CHECK_STALL_S) -> str | None:
     """Samples ``path`` in a child process; ``None`` when the decoder survives it, else what happened."""
     return check_videos([path], device=device, mode=mode, fps=fps, size=size, device_id=device_id,
-                        stall_s=stall_s).get(path)
+                        decode_client=decode_client, stall_s=stall_s).get(path)
 
 
 def check_videos(paths: Sequence[Path], *, device: str, mode: str, fps: float, size: int, device_id: int = 0,
-                 stall_s: float = CHECK_STALL_S) -> dict[Path, str]:
+                 decode_client: str = "dali", stall_s: float = CHECK_STALL_S) -> dict[Path, str]:
     """``{path: what happened}`` for the ``paths`` the decoder crashed or hung on, sampled one after another
     in child processes.
 
@@ -177,13 +177,14 @@ def check_videos(paths: Sequence[Path], *, device: str, mode: str, fps: float, s
     or more: Python, PyTorch, DALI) plus one per culprit, not one each: a ``kill -9`` of a GPU scan leaves
     every video it had queued (~100) as a suspect. A hang is ``stall_s`` without a sign of progress (a frame,
     a video started or done), not a limit on the whole check: a long 4K file decoded on the CPU in exact mode
-    may take far longer than any fixed limit and still be fine.
+    may take far longer than any fixed limit and still be fine. The children decode with the scan's decoder
+    (``decode_client``): a file that crashes FFmpeg's NVDEC decoder may well pass DALI's.
     """
     verdicts: dict[Path, str] = {}
     todo = list(paths)
     while todo:
         done, on, why = _check_in_one_child(todo, device=device, mode=mode, fps=fps, size=size,
-                                            device_id=device_id, stall_s=stall_s)
+                                            device_id=device_id, decode_client=decode_client, stall_s=stall_s)
         if why is None:
             if on is not None:  # a Python error on that video, no crash: it is scanned as usual, the rest checked
                 todo = todo[on + 1:]
@@ -204,13 +205,13 @@ def check_videos(paths: Sequence[Path], *, device: str, mode: str, fps: float, s
 
 
 def _check_in_one_child(paths: Sequence[Path], *, device: str, mode: str, fps: float, size: int, device_id: int,
-                        stall_s: float) -> tuple[int, int | None, str | None]:
+                        decode_client: str, stall_s: float) -> tuple[int, int | None, str | None]:
     """(videos finished, index of the one in progress or ``None``, why the child stopped early or ``None``)."""
     # this interpreter, flags and import path (``same_python``): an ``av.py`` in the working directory once made
     # every check die on import, and each suspect was then blamed for a crash
     cmd = [*same_python("from quadvault_dali.scan.crashguard import _main; raise SystemExit(_main())"),
            "--device", device, "--mode", mode, "--fps", repr(fps), "--size", str(size), "--device-id",
-           str(device_id), "--", *map(str, paths)]
+           str(device_id), "--decode-client", decode_client, "--", *map(str, paths)]
     child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              preexec_fn=dies_with_this_process())  # a hung check must not outlive a killed scan
     last = [awake()]
@@ -279,11 +280,12 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fps", type=float, default=1.0)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--device-id", type=int, default=0)
+    ap.add_argument("--decode-client", default="dali")
     args = ap.parse_args(argv)
     from ..sampling import create_sampler
 
     sampler = create_sampler(args.device, fps=args.fps, mode=args.mode, size=args.size, streams=1, batch_size=1,
-                             device_id=args.device_id)
+                             device_id=args.device_id, decode_client=args.decode_client)
     for i, video in enumerate(args.videos):
         print(f"{_STARTED} {i}", flush=True)  # the parent blames the video in progress when this process dies
         try:

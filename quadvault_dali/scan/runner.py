@@ -462,7 +462,8 @@ def _isolate_crashers(out: Path, todo: Sequence[FileState], scorers: Sequence[Sc
     from ..device import resolve_device
 
     return isolate_suspects(suspects, device=resolve_device(options.device), mode=options.mode, fps=options.fps,
-                            size=sampling_size(scorers), device_id=options.device_id)
+                            size=sampling_size(scorers), device_id=options.device_id,
+                            decode_client=options.decode_client)
 
 
 def _load_scorers(model_paths: Sequence[str | os.PathLike[str]], options: ScanOptions,
