@@ -103,7 +103,7 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
     from quadvault_dali._lifetime import signal_name
     from quadvault_dali.scan.parallel import WorkerCrashed, parse_gpus
     from quadvault_dali.scan.runner import ScanOptions, scan_library
-    from quadvault_dali.scan.supervise import DONE_FD_ENV, WORKER_CRASH_EXIT, report_done
+    from quadvault_dali.scan.supervise import DONE_FD_ENV, SHARD_SECONDS_ENV, WORKER_CRASH_EXIT, report_done
 
     gpus = None
     if kw["gpus"]:
@@ -117,13 +117,16 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
     if kw["decode_client"] != "dali" and kw["device"] == "cpu":
         raise click.UsageError(f"--decoder {kw['decode_client']} decodes on the GPU's NVDEC; --device cpu decodes "
                                "with PyAV on the CPU: drop one of them")
+    shard_seconds = kw["shard_seconds"]
+    if runs_in_process() and os.environ.get(SHARD_SECONDS_ENV):  # a restart after crashes that saved nothing
+        shard_seconds = min(shard_seconds, float(os.environ[SHARD_SECONDS_ENV]))
     threshold = kw["threshold"] if kw["threshold"] is not None else card_threshold(models)
     options = ScanOptions(out_dir=out, threshold=threshold, device=kw["device"], mode=kw["mode"],
                           fps=kw["fps"], streams=kw["streams"], processes=kw["processes"],
                           prepare_processes=kw["prepare_processes"], decode_client=kw["decode_client"],
                           batch_size=kw["batch_size"], resume=kw["resume"],
                           retry_errors=kw["retry_errors"], shard=kw["shard"], shard_videos=kw["shard_videos"],
-                          shard_seconds=kw["shard_seconds"], highlights_path=highlights)
+                          shard_seconds=shard_seconds, highlights_path=highlights)
     with progress_bar(None, "Scanning", unit="video") as bar:
         started = time.perf_counter()
 

@@ -102,8 +102,12 @@ class Supervisor:
         """The command line of the next run."""
         return argv
 
-    def after_crash(self, lived_s: float) -> None:
-        """Called after a crash that will be restarted, with how long the run lived (awake)."""
+    def after_crash(self, lived_s: float, progressed: bool) -> None:
+        """Called after a crash that will be restarted: how long the run lived (awake), whether it progressed."""
+
+    def child_env(self) -> dict[str, str]:
+        """Variables added to the next run's environment."""
+        return {}
 
     def _command(self) -> list[str]:
         return [*same_python("from quadvault_dali.cli.main import main; main(prog_name='quadvault')"),
@@ -151,7 +155,7 @@ class Supervisor:
             before = self.snapshot()
             started = awake()
             done_r, done_w = os.pipe()
-            env = {**os.environ, IN_PROCESS_ENV: "1", DONE_FD_ENV: str(done_w)}
+            env = {**os.environ, **self.child_env(), IN_PROCESS_ENV: "1", DONE_FD_ENV: str(done_w)}
             try:
                 self._child = subprocess.Popen(self._command(), env=env, pass_fds=(done_w,),  # noqa: S603
                                                preexec_fn=dies_with_this_process())
@@ -174,10 +178,8 @@ class Supervisor:
             if not crashed:
                 return code if code >= 0 else 128 - code
             how = signal_name(-code) if code < 0 else "a worker's crash"
-            if self.progressed(before):
-                fruitless = 0
-            else:
-                fruitless += 1
+            progressed = self.progressed(before)
+            fruitless = 0 if progressed else fruitless + 1
             if fruitless > self.restarts:
                 log.error("the %s process died %d times in a row without %s (the last by %s); not starting it "
                           "again. %s", self.what, fruitless, self.progress_unit, how, self.crash_loop_hint)
@@ -187,4 +189,4 @@ class Supervisor:
             log.warning("the %s process died by %s after %.0f s (a crash in a decoder or driver, not in Python); "
                         "starting it again to resume (restart %d; any videos it was decoding are checked one at a "
                         "time first)", self.what, how, lived, len(self.crashes))
-            self.after_crash(lived)
+            self.after_crash(lived, progressed)

@@ -127,17 +127,38 @@ def test_the_hang_clock_stands_still_while_the_process_is_stopped() -> None:
     assert wall_s > 7.5 and awake_s < wall_s - 5.0, (awake_s, wall_s)
 
 
-def test_a_restart_after_an_early_crash_closes_shards_sooner(tmp_path: Path) -> None:
-    """Only complete shards survive a death: a run that dies every 20 s must close its shards well before that,
-    or every run loses its work. The interval goes down to a third of the crashed run's life, never up, and the
-    option lands where click reads it as the scan's, before any ``--``."""
+def test_a_restart_after_a_crash_that_saved_nothing_closes_shards_sooner(tmp_path: Path) -> None:
+    """Only complete shards survive a death: a run that finished videos but died before it closed a shard lost
+    them, and the next would too. The interval goes down (half, or a third of the crashed run's life), never up,
+    and only then: a crash while starting up, or after shards were closed, must not pin tiny shards on the rest of
+    the night. The child learns it from its environment, not from a rewritten command line."""
     assert supervise.shard_seconds_after_crash(60.0, 21.0) == 7.0
-    assert supervise.shard_seconds_after_crash(60.0, 600.0) == 60.0  # a run that lived long: as asked
+    assert supervise.shard_seconds_after_crash(60.0, 600.0) == 30.0  # halved even when start-up took most of it
     assert supervise.shard_seconds_after_crash(60.0, 3.0) == supervise.MIN_SHARD_SECONDS
-    argv = ["-q", "scan", "lib", "-o", "out", "--shard-seconds", "60"]
+    assert supervise.shard_seconds_after_crash(3.0, 600.0) == 3.0  # never above what was asked
+    argv = ["-q", "scan", "lib", "-o", "--", "--shard-seconds", "60"]
     sup = ScanSupervisor(argv, tmp_path, restarts=3, shard_seconds=60.0)
-    assert sup._command()[-len(argv):] == argv  # nothing added while the interval is the one asked for
-    sup.shard_seconds = 7.0
-    assert sup._command()[-len(argv) - 2:] == [*argv, "--shard-seconds", "7"]
-    assert supervise.with_option(["scan", "-o", "out", "--", "-lib"], "--shard-seconds", "7") == [
-        "scan", "-o", "out", "--shard-seconds", "7", "--", "-lib"]
+    sup._lost_work = False
+    sup.after_crash(21.0, progressed=False)  # nothing had finished: the interval is not why it saved nothing
+    assert sup.shard_seconds == 60.0 and sup.child_env() == {}
+    sup._lost_work = True
+    sup.after_crash(21.0, progressed=True)  # it closed shards
+    assert sup.shard_seconds == 60.0
+    sup.after_crash(21.0, progressed=False)
+    assert sup.shard_seconds == 7.0 and sup.child_env() == {supervise.SHARD_SECONDS_ENV: "7"}
+    assert sup._command()[-len(argv):] == argv  # the command line is left as it was
+
+
+def test_the_videos_a_dead_run_finished_are_read_from_its_journals(tmp_path: Path) -> None:
+    from quadvault_dali.scan.crashguard import finished_in_journals
+
+    from quadvault_dali.scan.crashguard import CrashJournal
+
+    for tag, started, finished in (("", ["a", "b"], ["a"]), ("g1", ["c"], ["c"]), ("s00of02", ["x"], ["x"])):
+        journal = CrashJournal(tmp_path, tag)
+        for name in started:
+            journal.started(Path(f"/lib/{name}.mp4"))
+        for name in finished:
+            journal.finished(Path(f"/lib/{name}.mp4"))
+        journal._fh.close()
+    assert finished_in_journals(tmp_path, "") == {"/lib/a.mp4", "/lib/c.mp4"}

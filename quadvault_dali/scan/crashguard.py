@@ -90,6 +90,23 @@ def take_suspects(out_dir: Path, tag: str) -> list[Path]:
     return [Path(p) for p in open_paths]
 
 
+def finished_in_journals(out_dir: Path, tag: str) -> set[str]:
+    """The video paths a dead run with this tag (or its per-GPU workers) finished: what it had done, saved in a
+    shard or not (the supervisor compares them with the shards it closed)."""
+    workers = f".inflight-{tag}-g" if tag else ".inflight-g"
+    finished: set[str] = set()
+    for journal in [journal_path(out_dir, tag), *sorted(out_dir.glob(f"{workers}*.log"))]:
+        try:
+            text = journal.read_text(encoding="utf-8", errors="surrogateescape")
+        except OSError:
+            continue
+        for line in text.split("\n"):
+            kind, _, name = line.partition(" ")
+            if kind == _FINISHED:
+                finished.add(_decode(name))
+    return finished
+
+
 class CrashJournal:
     """Appends ``S path`` when a video is handed to the decoder and ``F path`` when its outcome arrives."""
 

@@ -6,8 +6,10 @@ a scan's own. Progress is a row for a video no run of this command had written, 
 shard, restarts resume it: ``--no-resume`` becomes ``--resume`` (it would scan everything again) and
 ``--retry-errors`` is dropped (it would open the crasher's error row again). Only complete shards survive a crash,
 so a process that dies more often than it closes a shard (every 60 s by default) would lose its work each time and
-never get past it: after a crash the next run closes its shards every third of the time the crashed run lived
-(``shard_seconds_after_crash``, at least ``MIN_SHARD_SECONDS``).
+never get past it: after a crash that finished videos but saved none, the next run closes its shards sooner (half
+the interval, or a third of the time the crashed run lived, at least ``MIN_SHARD_SECONDS``:
+``shard_seconds_after_crash``), told through ``SHARD_SECONDS_ENV``. A crash while starting up, or one after a run
+that saved its work, changes nothing: an early crash must not pin tiny shards on the rest of a night's scan.
 """
 
 from __future__ import annotations
@@ -19,31 +21,30 @@ from typing import Sequence
 
 from .._supervisor import (DONE, DONE_FD_ENV, FORWARD_DELAY_S, FORWARDED, IN_PROCESS_ENV, STOP_SIGNALS,
                            STOP_STATUSES, WORKER_CRASH_EXIT, Supervisor, report_done, runs_in_process)
+from .crashguard import finished_in_journals
 from .shards import complete_shards, parse_name
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DONE", "DONE_FD_ENV", "FORWARD_DELAY_S", "FORWARDED", "IN_PROCESS_ENV", "MIN_SHARD_SECONDS",
            "STOP_SIGNALS", "STOP_STATUSES", "ScanSupervisor", "WORKER_CRASH_EXIT", "own_shards", "report_done",
-           "runs_in_process", "shard_seconds_after_crash", "with_option", "written_paths"]
+           "SHARD_SECONDS_ENV", "runs_in_process", "shard_seconds_after_crash", "written_paths"]
 
 #: The shortest shard interval a restart asks for: shards of a few seconds are many small files, but a scan that
 #: crashes that often has bigger problems
 MIN_SHARD_SECONDS = 5.0
+#: The shard interval a restarted scan child uses when it is shorter than its --shard-seconds (seconds). An
+#: environment variable, not an option added to the command line: an option's value could be "--" or look like an
+#: option, and the line would read differently
+SHARD_SECONDS_ENV = "QUADVAULT_SCAN_SHARD_SECONDS"
 
 
 def shard_seconds_after_crash(current: float, lived_s: float) -> float:
-    """The shard interval for the run after one that crashed ``lived_s`` after it started: a third of that (start-up
-    takes some of it), never longer than ``current``, never shorter than ``MIN_SHARD_SECONDS``."""
-    return min(current, max(MIN_SHARD_SECONDS, lived_s / 3))
-
-
-def with_option(argv: Sequence[str], option: str, value: str) -> list[str]:
-    """``argv`` with ``option value`` added where click reads it as the subcommand's option: at the end (click
-    takes an option's last value), or before a ``--`` after which everything is an argument."""
-    argv = list(argv)
-    end = argv.index("--") if "--" in argv else len(argv)
-    return [*argv[:end], option, value, *argv[end:]]
+    """The shard interval after a run that finished videos but closed no shard before it crashed ``lived_s`` after
+    it started: half the current one, or a third of that life if less (start-up takes some of it), never shorter
+    than ``MIN_SHARD_SECONDS`` (nor longer than ``current``). Halving goes on after each such crash, so start-up
+    that takes most of a run's life cannot hold the interval above the crash."""
+    return min(current, max(MIN_SHARD_SECONDS, min(current / 2, lived_s / 3)))
 
 
 def own_shards(out_dir: Path, tag: str) -> set[tuple[str, int, int]]:
@@ -95,13 +96,17 @@ class ScanSupervisor(Supervisor):
         self._asked_shard_seconds = shard_seconds
         self._written: set[str] = set()  # videos the runs of this command have written rows for: once there are
         # some, a restart resumes the run that wrote them
+        self._lost_work = False  # whether the last run finished videos that no shard holds
 
     def restart_argv(self, argv: list[str]) -> list[str]:
         if self._written:
             argv = ["--resume" if a == "--no-resume" else a for a in argv if a != "--retry-errors"]
-        if self.shard_seconds < self._asked_shard_seconds:
-            argv = with_option(argv, "--shard-seconds", f"{self.shard_seconds:g}")
         return argv
+
+    def child_env(self) -> dict[str, str]:
+        if self.shard_seconds < self._asked_shard_seconds:
+            return {SHARD_SECONDS_ENV: f"{self.shard_seconds:g}"}
+        return {}
 
     def snapshot(self) -> set[tuple[str, int, int]]:
         return own_shards(self.out_dir, self.tag)
@@ -112,9 +117,12 @@ class ScanSupervisor(Supervisor):
         new = written_paths(self.out_dir, own_shards(self.out_dir, self.tag) - before)
         progressed = bool(new - self._written)
         self._written |= new
+        self._lost_work = bool(finished_in_journals(self.out_dir, self.tag) - new)
         return progressed
 
-    def after_crash(self, lived_s: float) -> None:
+    def after_crash(self, lived_s: float, progressed: bool) -> None:
+        if progressed or not self._lost_work:  # shards were closed, or nothing had finished: the interval is not why
+            return
         shorter = shard_seconds_after_crash(self.shard_seconds, lived_s)
         if shorter < self.shard_seconds:
             self.shard_seconds = shorter
