@@ -173,7 +173,8 @@ def parse_scan_layout(text: str) -> tuple[int, int, str, bool, float | None, boo
 #: intermittent ``CUDA_ERROR_ILLEGAL_ADDRESS`` apart (DEVELOPERS.md "DALI's illegal address"). DALI 2.4 returns a
 #: decoder's frame buffers to its shared pool right after an asynchronous copy out of them, unsynchronised;
 #: ``pool0`` makes it ``cudaMalloc``/``cudaFree`` (the free waits for the device), ``novmm`` keeps the pool but never
-#: unmaps, ``async`` uses CUDA's stream-ordered allocator, ``torchnocache`` stops PyTorch reusing freed memory (a
+#: unmaps, ``async`` uses CUDA's stream-ordered allocator (its free's ordering not checked; not with the first two),
+#: ``torchnocache`` stops PyTorch reusing freed memory (a
 #: fault on its side that DALI only reports), ``blocking`` serialises every launch (stop 25: no crash under it).
 ROW_ENVS: dict[str, dict[str, str]] = {
     "pool0": {"DALI_USE_DEVICE_MEM_POOL": "0"},
@@ -192,7 +193,16 @@ def parse_row_env(text: str) -> tuple[str, dict[str, str]]:
         if name not in ROW_ENVS:
             raise ValueError(f"{text!r}: unknown row environment {name!r}; known: {', '.join(ROW_ENVS)}")
         env.update(ROW_ENVS[name])
+    if {"pool0", "async"} <= set(names) or {"novmm", "async"} <= set(names):  # DALI refuses these pairs at start
+        raise ValueError(f"{text!r}: DALI_USE_CUDA_MALLOC_ASYNC cannot be used with DALI_USE_DEVICE_MEM_POOL=0 or "
+                         "DALI_USE_VMM=0")
     return layout, env
+
+
+def row_environment() -> dict[str, str | None]:
+    """The value of every ``ROW_ENVS`` variable this process has now: a row's record, so a variable the shell
+    exported for the whole call (``CUDA_LAUNCH_BLOCKING=1``) is not taken for the row's own."""
+    return {name: os.environ.get(name) for env in ROW_ENVS.values() for name in env}
 
 
 def run_scan(files: list[Path], out: Path, device: str, model_dir: Path, streams: int, batch: int,
@@ -485,7 +495,7 @@ def main() -> None:
                 result["scan_layouts"].append({"layout": layout, "switch_interval_ms": switch_ms or 1000 * before,
                                                "pyav_mux": pyav_mux, "full_exact_runs": full_runs,
                                                "spread_min_frames": spread, "budget_samples": budget,
-                                               **({"env": env} if env else {}),
+                                               "env": {**row_environment(), **env},
                                                **attempt(f"scan {layout}", lambda: library_scan(
                                                    "scan_layout_out", streams, processes=processes, mode=mode,
                                                    stream_decode=streamed, prepare_processes=workers,
