@@ -816,7 +816,8 @@ def test_a_listed_duration_past_the_files_end_is_cut_within_it(tmp_path: Path,
 
 def test_copies_of_one_clip_give_one_cut(library: dict[str, Path], tmp_path: Path) -> None:
     """The card dump and its backup/ copy both scored, so both were picked: the same shot twice in a reel meant to
-    hold different ones. The first path of a set of copies is kept, and the plan says what was left out."""
+    hold different ones. The copy nearest the library's root is kept, and the plan says what was left out. If the
+    kept one cannot be used (changed since the scan, unreadable), the next copy stands in: the shot was lost."""
     original = library["plain 30fps.mp4"]
     copy = tmp_path / "backup" / original.name
     copy.parent.mkdir()
@@ -824,9 +825,45 @@ def test_copies_of_one_clip_give_one_cut(library: dict[str, Path], tmp_path: Pat
     scan = write_scan(tmp_path / "scan", [(original, _scores(2, 0.95)), (copy, _scores(2, 0.95)),
                                           (library["sound.mp4"], _scores(3, 0.9))])
     plan = prepare_reel(scan, ReelOptions(width=W, height=H, min_score=0.85)).plan
-    kept = sorted([original, copy], key=str)[0]
+    kept, other = sorted([original, copy], key=lambda p: (len(p.parts), str(p)))
     assert sorted(str(c.window.path) for c in plan.clips) == sorted([str(kept), str(library["sound.mp4"])])
-    assert any("1 copy of another listed video left out" in note for note in plan.notes)
+    assert any(f"1 copy of another listed video left out ({other})" in note for note in plan.notes)
+    # the kept copy changed since the scan: the other one stands in, and nothing is called left out
+    os.utime(kept, ns=(kept.stat().st_atime_ns, kept.stat().st_mtime_ns + 10**9))
+    try:
+        plan = prepare_reel(scan, ReelOptions(width=W, height=H, min_score=0.85)).plan
+    finally:
+        os.utime(kept, ns=(kept.stat().st_atime_ns, kept.stat().st_mtime_ns - 10**9))
+    assert sorted(str(c.window.path) for c in plan.clips) == sorted([str(other), str(library["sound.mp4"])])
+    assert not any("left out" in note for note in plan.notes)
+
+
+def test_a_damaged_seconds_shard_costs_its_videos_not_the_reel(library: dict[str, Path], tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """One unreadable seconds/ file (a disk error, a half-copied folder) made the reel fail outright, though a
+    damaged videos/ file is skipped with a warning: its videos are left out, the rest make the reel."""
+    scan = write_scan(tmp_path / "scan", [(library["plain 30fps.mp4"], _scores(2, 0.95))])
+    write_scan(scan, [(library["sound.mp4"], _scores(3, 0.9))], shard="part-00001.parquet")
+    (scan / "seconds" / "part-00000.parquet").write_bytes(b"garbage")
+    with caplog.at_level("WARNING"):
+        plan = prepare_reel(scan, ReelOptions(width=W, height=H, min_score=0.5)).plan
+    assert [c.window.path for c in plan.clips] == [library["sound.mp4"]]
+    assert "part-00000.parquet" in caplog.text and "per-second scores of its 1 video(s) are not read" in caplog.text
+
+
+def test_a_clip_or_fade_shorter_than_a_reel_frame_is_said(caplog: pytest.LogCaptureFixture) -> None:
+    """--fps 1 --clip-seconds 0.5 --no-transitions blamed "a 0 s crossfade at each end"; and at --fps 1 the default
+    0.5-s fade rounded to no frame at all, silently: hard cuts where crossfades were asked for."""
+    from quadvault_dali.reel.scores import VideoScores
+    from quadvault_dali.reel.select import plan_reel
+
+    videos = [VideoScores(Path(f"/v{i}.mp4"), 10.0, video_score=0.9) for i in range(2)]
+    with pytest.raises(QuadvaultError, match="a 0.5 s clip is shorter than one reel frame at --fps 1"):
+        plan_reel(videos, clip_seconds=0.5, fps=1.0, transitions=False, min_score=0.5)
+    with caplog.at_level("WARNING"):
+        plan = plan_reel(videos, clip_seconds=4.0, fps=1.0, fade_s=0.5, min_score=0.5)
+    assert "a 0.5 s crossfade is less than one frame at --fps 1: the clips are joined by hard cuts" in caplog.text
+    assert plan.fade_frames == 0
 
 
 def test_windows_shorter_than_a_reel_frame_are_named_as_such() -> None:

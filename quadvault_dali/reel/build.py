@@ -116,10 +116,11 @@ def _with_left_out(exc: EmptySelectionError, left_out: list[VideoScores], min_sc
     return EmptySelectionError(f"{exc.reason}; {note}", path=exc.path, hint=exc.hint)
 
 
-def _one_per_copy(videos: list[VideoScores]) -> tuple[list[VideoScores], str]:
-    """One of each set of copies (the same clip in the card dump and in backup/): each would be picked, and the
-    reel showed the same shot twice. Only files of equal size are compared (``content_id``: three 64-KiB
-    reads); the first path of a set is kept. Returns the videos and a note saying what was left out."""
+def _copy_sets(videos: list[VideoScores]) -> dict[Path, list[VideoScores]]:
+    """The sets of copies among ``videos`` (the same clip in the card dump and in backup/): each would be picked,
+    and the reel showed the same shot twice. Keyed by the copy to use first (the one nearest the library's root,
+    then by name), with the others in that order behind it. Only files of equal size are compared
+    (``content_id``: three 64-KiB reads)."""
     from ..dataset._identity import content_ids
 
     by_size: dict[int, list[VideoScores]] = {}
@@ -129,25 +130,22 @@ def _one_per_copy(videos: list[VideoScores]) -> tuple[list[VideoScores], str]:
         except OSError:
             continue
         by_size.setdefault(size, []).append(v)
-    alike = sorted((v.path for group in by_size.values() if len(group) > 1 for v in group), key=str)
+    alike = {v.path: v for group in by_size.values() if len(group) > 1 for v in group}
     if not alike:
-        return videos, ""
-    first_of: dict[str, Path] = {}
-    copies: dict[Path, Path] = {}
-    for path, cid in content_ids(alike).items():
-        if not isinstance(cid, str):  # unreadable: the plan's probe says so
-            continue
-        if cid in first_of:
-            copies[path] = first_of[cid]
-        else:
-            first_of[cid] = path
-    if not copies:
-        return videos, ""
-    example = next(iter(copies.items()))
-    log.info("left out %d copies of videos listed under another path (e.g. %s, a copy of %s)", len(copies),
-             example[0], example[1])
-    return [v for v in videos if v.path not in copies], \
-        f"{len(copies)} cop{'ies' if len(copies) != 1 else 'y'} of another listed video left out ({example[0]})"
+        return {}
+    by_content: dict[str, list[VideoScores]] = {}
+    for path, cid in content_ids(sorted(alike, key=lambda p: (len(p.parts), str(p)))).items():
+        if isinstance(cid, str):  # unreadable: the plan's probe says so
+            by_content.setdefault(cid, []).append(alike[path])
+    return {group[0].path: group for group in by_content.values() if len(group) > 1}
+
+
+def _copies_note(left_out: list[Path]) -> str:
+    if not left_out:
+        return ""
+    log.info("left out %d copies of videos listed under another path (e.g. %s)", len(left_out), left_out[0])
+    return (f"{len(left_out)} cop{'ies' if len(left_out) != 1 else 'y'} of another listed video left out "
+            f"({left_out[0]})")
 
 
 def prepare_reel(scores: str | Path | ScoreSource, options: ReelOptions, *, decode_check: bool = True) -> PreparedReel:
@@ -164,7 +162,9 @@ def prepare_reel(scores: str | Path | ScoreSource, options: ReelOptions, *, deco
                 continue
             v = dataclasses.replace(v, duration_s=info.duration_s, rotation=info.rotation)
         videos.append(v)
-    videos, copies = _one_per_copy(videos)
+    copy_sets = _copy_sets(videos)  # kept path -> its copies, the kept one first
+    spare = {p for group in copy_sets.values() for v in group[1:] for p in [v.path]}
+    videos = [v for v in videos if v.path not in spare]
     if not videos:
         raise EmptySelectionError(f"{source.origin}: no scored video to cut a reel from "
                                   f"({source.failed_videos} failed or unscored, {len(skipped)} unreadable)")
@@ -182,16 +182,30 @@ def prepare_reel(scores: str | Path | ScoreSource, options: ReelOptions, *, deco
         except EmptySelectionError as exc:
             raise _with_left_out(exc, [by_path[p] for p in bad if p in by_path], options.min_score) from None
         newly_bad = False
+
+        def lose(path: Path) -> None:
+            """``path`` cannot be used: its next copy, if any, stands in for it (left out before, as a copy)."""
+            bad.add(path)
+            for kept, group in list(copy_sets.items()):
+                if path in {v.path for v in group}:
+                    stand_in = next((v for v in group if v.path not in bad and v.path in spare), None)
+                    if stand_in is not None:
+                        spare.discard(stand_in.path)
+                        videos.append(stand_in)
+                        by_path[stand_in.path] = stand_in
+                        log.info("using %s, a copy of %s, instead", stand_in.path, path)
+
         for clip in plan.clips:
             info = _probe(clip.window.path, infos, skipped, bad)
             if info is None:
+                lose(clip.window.path)
                 newly_bad = True
                 continue
             changed = _changed_since_scan(by_path[clip.window.path], info)
             if changed is not None:
                 log.warning("skipping %s", changed)
                 skipped.append(changed)
-                bad.add(clip.window.path)
+                lose(clip.window.path)
                 newly_bad = True
                 continue
             listed = by_path[clip.window.path]
@@ -210,9 +224,10 @@ def prepare_reel(scores: str | Path | ScoreSource, options: ReelOptions, *, deco
                 except QuadvaultError as exc:
                     log.warning("skipping %s", exc)
                     skipped.append(str(exc))
-                    bad.add(clip.window.path)
+                    lose(clip.window.path)
                     newly_bad = True
         if not newly_bad:
+            copies = _copies_note(sorted(spare, key=lambda p: (len(p.parts), str(p))))
             if copies:
                 plan = dataclasses.replace(plan, notes=plan.notes + (copies,))
             return PreparedReel(plan, infos, tuple(skipped), source)

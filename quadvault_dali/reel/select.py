@@ -11,6 +11,7 @@ The timeline is planned in whole output frames, so the reel's length is exact:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
@@ -19,6 +20,8 @@ import numpy as np
 
 from ..errors import QuadvaultError
 from .scores import VideoScores
+
+log = logging.getLogger(__name__)
 
 Order = Literal["score", "time"]
 _EPS = 1e-6
@@ -131,7 +134,13 @@ def plan_reel(videos: Sequence[VideoScores], *, clip_seconds: float = 4.0, top: 
     """Best windows above ``min_score``, at most ``top``, fitting ``max_duration_s`` with crossfades."""
     if clip_seconds <= 0 or fps <= 0 or top < 1:
         raise QuadvaultError(f"clip_seconds, fps and top must be positive (got {clip_seconds}, {fps}, {top})")
+    if round(clip_seconds * fps) < 1:
+        raise QuadvaultError(f"a {clip_seconds:g} s clip is shorter than one reel frame at --fps {fps:g}",
+                             hint="raise --clip-seconds or --fps")
     fade_frames = int(round(fade_s * fps)) if transitions else 0
+    if transitions and fade_s > 0 and fade_frames == 0:
+        log.warning("a %g s crossfade is less than one frame at --fps %g: the clips are joined by hard cuts", fade_s,
+                    fps)
     if 2 * fade_frames >= round(clip_seconds * fps):
         raise QuadvaultError(f"a {fade_s} s crossfade at each end does not fit in a {clip_seconds} s clip",
                              hint="use a shorter --fade or a longer --clip-seconds")

@@ -102,12 +102,20 @@ def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table | None:
 def chosen_seconds(out_dir: Path, chosen: list[tuple[str, dict[str, Any]]],
                    columns: list[str]) -> Iterator[tuple[str, pa.Table]]:
     """``(shard name, seconds rows)`` of the ``(shard name, videos row)`` pairs in ``chosen``: each row's
-    seconds from its own shard only (the same video id may be in another shard, scanned with other models)."""
+    seconds from its own shard only (the same video id may be in another shard, scanned with other models). A
+    damaged seconds shard is skipped with a warning, as a damaged videos shard is by ``latest_video_rows``: its
+    videos have no seconds here (a reel leaves them out, the report keeps their stored fractions), and the next
+    scan moves the pair aside and scans them again."""
     wanted: dict[str, set[str]] = {}
     for name, row in chosen:
         wanted.setdefault(name, set()).add(row["video_id"])
     for name, ids in wanted.items():
-        table = read_shard(out_dir / "seconds" / name, columns=sorted(set(columns) | {"video_id"}))
+        try:
+            table = read_shard(out_dir / "seconds" / name, columns=sorted(set(columns) | {"video_id"}))
+        except DamagedShardError as exc:
+            log.warning("skipping %s: the per-second scores of its %d video(s) are not read (a scan of the folder "
+                        "moves the pair aside and scans them again)", exc, len(ids))
+            continue
         if table is not None:
             yield name, table.filter(pc.is_in(table["video_id"], value_set=pa.array(sorted(ids), pa.string())))
 
