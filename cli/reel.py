@@ -16,7 +16,13 @@ def _parse_resolution(ctx: click.Context, param: click.Parameter, value: str) ->
         raise click.BadParameter(f"expected WIDTHxHEIGHT like 1920x1080, got {value!r}") from None
     if w < 16 or h < 16 or w % 2 or h % 2:
         raise click.BadParameter(f"{value}: width and height must be even and at least 16 (H.264 4:2:0)")
+    if w > MAX_SIDE or h > MAX_SIDE:  # beyond H.264's largest level; libx264 refused 20000x20000 to open
+        raise click.BadParameter(f"{value}: at most {MAX_SIDE} pixels a side (H.264)")
     return w, h
+
+
+#: The largest reel side: H.264's level 6.2 frames are 8192x4320
+MAX_SIDE = 8192
 
 
 @click.command("reel")

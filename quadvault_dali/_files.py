@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import logging
 import os
@@ -85,13 +86,24 @@ def process_gone(pid: int) -> bool:
         return True
     except OSError:
         return False
-    return False
+    return _is_zombie(pid)
 
 
-def remove_dead_temporaries(directory: Path) -> None:
+def _is_zombie(pid: int) -> bool:
+    """Linux: a process that has died but that no one has waited for yet (its parent, say a container's shell
+    that reaps nothing, still holds it): gone for every purpose here, though signal 0 still reaches it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[-1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def remove_dead_temporaries(directory: Path, prefix: str = "") -> None:
     """Temporary files of ``atomic_path`` (``.NAME.PID-THREAD.tmp``) in ``directory`` whose process is gone: a
-    killed run's (a model folder's 40-MB training state, a dataset's table); a live one (another run) is kept."""
-    for tmp in directory.glob(".*.tmp"):
+    killed run's (a model folder's 40-MB training state, a dataset's table); a live one (another run) is kept.
+    ``prefix``: only those whose NAME starts with it (a reel's, in a folder of the user's)."""
+    for tmp in directory.glob(f".{glob.escape(prefix)}*.tmp"):
         pid_text = tmp.name.rsplit(".", 2)[-2].split("-")[0]
         if pid_text.isdigit() and process_gone(int(pid_text)):
             _log.info("removing %s, left by a run that was killed", tmp)

@@ -51,3 +51,32 @@ def test_fsync_flushes_the_content_then_the_rename(tmp_path: Path, monkeypatch: 
     with atomic_path(target) as tmp:
         tmp.write_bytes(b"rows")
     assert synced == []
+
+
+def test_a_dead_process_nobody_waited_for_is_gone(tmp_path: Path) -> None:
+    """A killed reel's process lingered as a zombie in a container whose shell reaps nothing, and its temporaries
+    were kept as a live run's. Only the temporaries of the names asked for are removed (a reel's folder is the
+    user's)."""
+    import subprocess
+    import sys
+    import time
+
+    from quadvault_dali._files import process_gone, remove_dead_temporaries
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # exited, not yet waited for: a zombie
+        with open(f"/proc/{child.pid}/stat", "rb") as fh:
+            if fh.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
+                break
+        time.sleep(0.05)
+    assert process_gone(child.pid)
+    assert not process_gone(os.getpid())
+    mine = tmp_path / f".reel.mp4.clips.csv.{child.pid}-1.tmp"
+    other = tmp_path / f".notes.txt.{child.pid}-1.tmp"
+    live = tmp_path / f".reel.mp4.clips.csv.{os.getpid()}-1.tmp"
+    for f in (mine, other, live):
+        f.write_text("x")
+    remove_dead_temporaries(tmp_path, prefix="reel.mp4")
+    assert not mine.exists() and other.exists() and live.exists()
+    child.wait()

@@ -356,3 +356,12 @@ def test_a_pattern_does_not_trip_over_what_it_cannot_match(tmp_path: Path) -> No
     _check_out((tmp_path / "dataset").resolve(), labels)  # beside the footage: allowed
     with pytest.raises(Exception, match="inside the footage folder"):
         _check_out((tmp_path / "Trip1" / "dataset").resolve(), labels)
+
+
+def test_a_video_given_as_the_labels_file_is_named_as_such(tmp_path: Path) -> None:
+    """``evaluate clip.mp4 model/`` said "cannot read labels file: 'utf-8' codec can't decode byte 0x8f"."""
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42\x8f\xff" * 10)
+    with pytest.raises(LabelsError, match="is not a labels file \\(binary, not JSON text\\)") as err:
+        load_labels(video)
+    assert "test-video" in str(err.value.hint)

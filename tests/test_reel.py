@@ -248,6 +248,9 @@ def test_encoder_and_option_errors(scan_dir: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["reel", str(scan_dir), str(tmp_path / "x.mp4"), "--resolution", "320x181"])
     assert result.exit_code == 2 and "must be even" in result.output
     assert list(tmp_path.iterdir()) == []
+    huge = CliRunner().invoke(cli, ["reel", str(scan_dir), str(tmp_path / "x.mp4"), "--resolution", "20000x20000"])
+    assert huge.exit_code == 2 and "at most 8192 pixels a side" in huge.output  # was "install libx264"
+
 
 
 def test_load_scan_folder_reads_per_second_scores(scan_dir: Path) -> None:

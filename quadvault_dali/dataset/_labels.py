@@ -246,7 +246,11 @@ def load_labels(path: str | os.PathLike[str], *, skip_missing: bool = False, one
         text = source.read_text(encoding="utf-8-sig")  # Windows editors start the file with a BOM
     except FileNotFoundError:
         raise LabelsError("labels file does not exist", path=source) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:  # a binary file: a video given where the labels go, most likely
+        raise LabelsError("is not a labels file (binary, not JSON text)", path=source,
+                          hint='a labels file looks like {"highlights": [...], "normal": [...]}; to score one video, '
+                               "use quadvault test-video") from None
+    except OSError as exc:
         raise LabelsError(f"cannot read labels file: {exc}", path=source) from None
     repeated: list[str] = []
 

@@ -76,8 +76,11 @@ def choose_encoder(choice: EncoderChoice, width: int, height: int, fps: float, *
                                           hint="use --device auto or gpu, or --encoder x264")
         ok, reason = encoder_opens("h264_nvenc", width, height, fps)
         if not ok:
-            raise BackendUnavailableError(f"--encoder nvenc asked for, but {reason}",
-                                          hint="this GPU may have no video encoder (e.g. H100); use --encoder x264")
+            import torch
+
+            hint = ("this GPU may have no video encoder (e.g. H100), or not at this size; use --encoder x264"
+                    if torch.cuda.is_available() else "no NVIDIA GPU is visible here; use --encoder x264")
+            raise BackendUnavailableError(f"--encoder nvenc asked for, but {reason}", hint=hint)
         log.info("encoder: h264_nvenc (NVIDIA hardware encoder)")
         return "h264_nvenc"
     if gpu_allowed:
@@ -95,8 +98,11 @@ def choose_encoder(choice: EncoderChoice, width: int, height: int, fps: float, *
 def _need_x264(width: int, height: int, fps: float) -> str:
     ok, reason = encoder_opens("libx264", width, height, fps)
     if not ok:
-        raise BackendUnavailableError(f"no H.264 encoder: {reason}",
-                                      hint="install a PyAV/FFmpeg build with libx264")
+        if "not in this FFmpeg build" in reason:
+            raise BackendUnavailableError(f"no H.264 encoder: {reason}",
+                                          hint="install a PyAV/FFmpeg build with libx264")
+        raise BackendUnavailableError(f"libx264 refuses a {width}x{height} reel at {fps:g} frames/s: {reason}",
+                                      hint="try a smaller --resolution or another --fps")
     return "libx264"
 
 

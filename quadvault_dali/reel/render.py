@@ -19,7 +19,7 @@ from typing import Literal, Mapping
 import av
 import numpy as np
 
-from .._files import atomic_path, process_gone
+from .._files import atomic_path, process_gone, remove_dead_temporaries
 from ..errors import OutputError, QuadvaultError
 from ..probe import VideoInfo
 from ..progress import progress_bar
@@ -94,6 +94,7 @@ def remove_stale_partials(out: Path) -> None:
             continue  # maybe another run writing the same reel
         log.info("removing %s, left by a run that was killed", partial)
         partial.unlink(missing_ok=True)
+    remove_dead_temporaries(out.parent, prefix=out.name)  # the clip list's (``OUT.clips.csv``) temporary
 
 
 def render_reel(plan: ReelPlan, infos: Mapping[Path, VideoInfo], out: str | Path, *, width: int, height: int,
