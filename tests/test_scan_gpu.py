@@ -49,9 +49,9 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _scan(library: Path, out: Path, device: str) -> tuple[dict, dict]:
-    scan_library([library], ScanOptions(out_dir=out, device=device, threshold=0.3, streams=4, batch_size=8,
-                                        shard_videos=3), scorers=[WarmScorer(), StampScorer()])
+def _scan(library: Path, out: Path, device: str, streams: int = 4, **options: object) -> tuple[dict, dict]:
+    scan_library([library], ScanOptions(out_dir=out, device=device, threshold=0.3, streams=streams, batch_size=8,
+                                        shard_videos=3, **options), scorers=[WarmScorer(), StampScorer()])
     videos = {r["path"]: r for r in read_table(out, "videos").to_pylist()}
     seconds: dict[str, list] = {}
     for r in read_table(out, "seconds").to_pylist():
@@ -59,16 +59,23 @@ def _scan(library: Path, out: Path, device: str) -> tuple[dict, dict]:
     return videos, seconds
 
 
-def test_gpu_scan_scores_the_same_frames_as_the_cpu_scan(library: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("client,processes", [("dali", 1), ("ffmpeg", 2)])
+def test_gpu_scan_scores_the_same_frames_as_the_cpu_scan(library: Path, tmp_path: Path, client: str,
+                                                         processes: int) -> None:
+    """Also the scan's ``--decoder ffmpeg --processes 2`` (stop 26's CLI option; the layout that sampled 2.12x DALI
+    on the H200): FFmpeg's NVDEC decoders in decoding processes, frames over CUDA IPC. That client takes H.264 and
+    HEVC only; the rest decode on the CPU and say so."""
     before = tree_hash(library)
-    gpu_videos, gpu_seconds = _scan(library, tmp_path / "gpu", "gpu")
+    gpu_videos, gpu_seconds = _scan(library, tmp_path / "gpu", "gpu", decode_client=client, processes=processes,
+                                    streams=4 // processes)
     cpu_videos, cpu_seconds = _scan(library, tmp_path / "cpu", "cpu")
     assert set(gpu_videos) == set(cpu_videos) and len(gpu_videos) == len(GOOD) + len(BROKEN)
     for rel, spec in GOOD.items():
         path = str(library / rel)
         row = gpu_videos[path]
         assert row["status"] == "ok", row["error_message"]
-        expected_decoder = "pyav" if nvdec_limitation_of(row) else "nvdec"
+        off_client = client == "ffmpeg" and spec.codec not in ("h264", "hevc")
+        expected_decoder = "pyav" if nvdec_limitation_of(row) or off_client else "nvdec"
         assert row["decoder"] == expected_decoder, (rel, row["decoder"], row["decoder_note"])
         assert (row["decoder_note"] is None) == (expected_decoder == "nvdec")
         assert cpu_videos[path]["decoder"] == "pyav"
