@@ -553,3 +553,35 @@ def test_a_decoder_crash_restarts_the_extraction_by_itself(footage: Path, tmp_pa
     assert "crashed 1 time (SIGSEGV)" in rebuild.stderr
     assert "a dataset already exists here" not in rebuild.stderr
     assert {Path(r["video_path"]).name for r in read_dataset(out).rows()} == {*HIGHLIGHTS, *NORMAL}
+
+
+def test_the_supervisor_keeps_the_users_overwrite_until_a_crash_began_the_rebuild(tmp_path: Path,
+                                                                                    monkeypatch: pytest.MonkeyPatch
+                                                                                    ) -> None:
+    """Dropped on the first start whenever no table was there, ``--overwrite`` kept the record of crashers it
+    should forget; dropped after a crash that removed the old table, it lets the rebuild go on. A quoted
+    ``'~/ds'`` is the folder prepare-dataset writes (a review helper's finds)."""
+    from quadvault_dali.dataset._crashes import CRASHES_FILE, DecoderCrashes
+    from quadvault_dali.dataset._supervise import PrepareSupervisor
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    argv = ["prepare-dataset", "labels.json", "~/ds", "--overwrite"]
+    sup = PrepareSupervisor(argv, Path("~/ds"), restarts=3)
+    assert sup.out_dir == tmp_path / "ds"
+    assert sup.restart_argv(list(argv)) == argv  # the first start: as typed, table or not
+    sup.after_crash(10.0, progressed=False)
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "dataset.parquet").write_bytes(b"old")
+    assert sup.restart_argv(list(argv)) == argv  # crashed before its first frame: the old table is still there
+    (tmp_path / "ds" / "dataset.parquet").unlink()
+    assert sup.restart_argv(list(argv)) == argv[:-1]  # the rebuild began: go on with it
+    # --overwrite forgets the crashers' record, but on disk only once the old table goes
+    record = tmp_path / "ds" / CRASHES_FILE
+    record.write_text(json.dumps({"format": 1, "videos": {"/x.mp4": {"size_bytes": 1, "mtime_ns": 1,
+                                                                       "reason": "crashed"}}}))
+    crashes = DecoderCrashes(tmp_path / "ds", forget=True)
+    assert crashes.known == {}
+    crashes.save()
+    assert record.exists()
+    crashes.forget_on_disk()
+    assert not record.exists()

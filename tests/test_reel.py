@@ -841,6 +841,26 @@ def test_copies_of_one_clip_give_one_cut(library: dict[str, Path], tmp_path: Pat
     assert not any("left out" in note for note in plan.notes)
 
 
+def test_a_lost_copy_with_two_windows_is_stood_in_for_once(library: dict[str, Path], tmp_path: Path) -> None:
+    """Two windows per video: both windows of the lost copy called for a stand-in, and two copies came in, the
+    same shots twice over (a review helper's find)."""
+    original = library["plain 30fps.mp4"]
+    copies = [tmp_path / f"backup{i}" / original.name for i in (1, 2)]
+    for copy in copies:
+        copy.parent.mkdir()
+        copy.write_bytes(original.read_bytes())
+    scores = [0.95] * 4 + [0.2] * 2 + [0.9] * 4
+    scan = write_scan(tmp_path / "scan", [(p, scores) for p in (original, *copies)])
+    order = sorted([original, *copies], key=lambda p: (len(p.parts), str(p)))
+    os.utime(order[0], ns=(order[0].stat().st_atime_ns, order[0].stat().st_mtime_ns + 10**9))
+    try:
+        plan = prepare_reel(scan, ReelOptions(width=W, height=H, min_score=0.85, per_video=2,
+                                              clip_seconds=3.0)).plan
+    finally:
+        os.utime(order[0], ns=(order[0].stat().st_atime_ns, order[0].stat().st_mtime_ns - 10**9))
+    assert {c.window.path for c in plan.clips} == {order[1]} and len(plan.clips) == 2
+
+
 def test_a_damaged_seconds_shard_costs_its_videos_not_the_reel(library: dict[str, Path], tmp_path: Path,
                                                                caplog: pytest.LogCaptureFixture) -> None:
     """One unreadable seconds/ file (a disk error, a half-copied folder) made the reel fail outright, though a

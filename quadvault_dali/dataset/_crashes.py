@@ -45,7 +45,8 @@ class DecoderCrashes:
     def __init__(self, out_dir: Path, *, forget: bool = False) -> None:
         self.file = out_dir / CRASHES_FILE
         self.known: dict[str, dict[str, Any]] = {} if forget else self._load()
-        self._dirty = forget and self.file.exists()
+        self._dirty = False  # forgetting is written with the first verdict or by ``forget_on_disk``, not before:
+        # a rebuild stopped before its first frame keeps the old table, so it keeps the old record too
 
     def _load(self) -> dict[str, dict[str, Any]]:
         try:
@@ -76,6 +77,11 @@ class DecoderCrashes:
             self.known[str(path)] = {"size_bytes": stat[0], "mtime_ns": stat[1], "reason": why}
             self._dirty = True
         return DecodeError(why, path=path, hint=HINT)
+
+    def forget_on_disk(self) -> None:
+        """The old dataset is gone (a rebuild wrote its first frame): the record on disk is this run's alone."""
+        self._dirty = True
+        self.save()
 
     def save(self) -> None:
         """Writes the record (atomically) if it changed; removes it when it is empty."""

@@ -280,14 +280,11 @@ def _extract(todo: list[str], by_id: dict[str, LabelledVideo], out_dir: Path,
     crash the decoder (``_crashes``) are left out unopened."""
     sampler = create_sampler(device, fps=fps, mode=mode, size=size, square=False, batch_size=64,
                              streams=streams)
-    left_out = isolate_crashers(out_dir, [by_id[vid].path for vid in todo], crashes, device=sampler.backend,
-                                mode=mode, fps=fps, size=size)
-    for path, error in left_out.items():
-        result.failed.append((path, error))
     id_of = {by_id[vid].path: vid for vid in todo}
     pending: dict[str, list[dict]] = defaultdict(list)
     stats: dict[str, os.stat_result] = {}
     journal = CrashJournal(out_dir, JOURNAL_TAG)
+    left_out: dict[Path, QuadvaultError] = {}
 
     def sources() -> Iterator[Path]:
         for vid in todo:
@@ -296,6 +293,14 @@ def _extract(todo: list[str], by_id: dict[str, LabelledVideo], out_dir: Path,
                 journal.started(path)
                 yield path
 
+    try:  # stopped during the checks, the journal stays: its suspects are checked again next time
+        left_out.update(isolate_crashers(out_dir, [by_id[vid].path for vid in todo], crashes,
+                                         device=sampler.backend, mode=mode, fps=fps, size=size))
+    except BaseException:
+        sampler.close()
+        raise
+    for path, error in left_out.items():
+        result.failed.append((path, error))
     try:
         with progress_bar(len(todo), desc="Extracting frames", unit="video") as bar, StallWatch(journal) as watch:
             bar.update(len(left_out))
@@ -310,6 +315,7 @@ def _extract(todo: list[str], by_id: dict[str, LabelledVideo], out_dir: Path,
                         if invalidate is not None:
                             invalidate.unlink(missing_ok=True)
                             invalidate = None
+                            crashes.forget_on_disk()  # --overwrite: the old record went with the old table
                         if vid not in stats:
                             folder.mkdir(parents=True, exist_ok=True)
                             (folder / MANIFEST).unlink(missing_ok=True)  # the folder is no longer complete

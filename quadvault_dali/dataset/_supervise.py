@@ -26,7 +26,8 @@ class PrepareSupervisor(Supervisor):
 
     def __init__(self, argv: Sequence[str], out_dir: Path, restarts: int, device: str = "auto") -> None:
         super().__init__(argv, restarts)
-        self.out_dir = out_dir
+        self.out_dir = out_dir.expanduser()  # as prepare_dataset reads it: '~/ds' quoted past the shell
+        self._crashed = False  # the user's command line runs first, as typed
         other = ", or try --device cpu" if device != "cpu" else ""
         self.crash_loop_hint = f"Run with -v to see why{other}; the same command goes on"
 
@@ -52,7 +53,10 @@ class PrepareSupervisor(Supervisor):
     def progressed(self, before: set[str]) -> bool:
         return bool(self.snapshot() - before)
 
+    def after_crash(self, lived_s: float, progressed: bool) -> None:
+        self._crashed = True
+
     def restart_argv(self, argv: list[str]) -> list[str]:
-        if "--overwrite" in argv and not (self.out_dir / DATASET_FILE).exists():  # the rebuild has begun: go on
-            argv = [a for a in argv if a != "--overwrite"]
+        if self._crashed and "--overwrite" in argv and not (self.out_dir / DATASET_FILE).exists():
+            argv = [a for a in argv if a != "--overwrite"]  # the crashed run began the rebuild: go on with it
         return argv

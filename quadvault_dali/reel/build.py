@@ -186,14 +186,16 @@ def prepare_reel(scores: str | Path | ScoreSource, options: ReelOptions, *, deco
         def lose(path: Path) -> None:
             """``path`` cannot be used: its next copy, if any, stands in for it (left out before, as a copy)."""
             bad.add(path)
-            for kept, group in list(copy_sets.items()):
-                if path in {v.path for v in group}:
-                    stand_in = next((v for v in group if v.path not in bad and v.path in spare), None)
-                    if stand_in is not None:
-                        spare.discard(stand_in.path)
-                        videos.append(stand_in)
-                        by_path[stand_in.path] = stand_in
-                        log.info("using %s, a copy of %s, instead", stand_in.path, path)
+            for group in copy_sets.values():
+                members = {v.path for v in group}
+                if path not in members or any(p not in bad and p not in spare for p in members):
+                    continue  # not its set, or a copy of the set is in use already (its other window lost it)
+                stand_in = next((v for v in group if v.path not in bad and v.path in spare), None)
+                if stand_in is not None:
+                    spare.discard(stand_in.path)
+                    videos.append(stand_in)
+                    by_path[stand_in.path] = stand_in
+                    log.info("using %s, a copy of %s, instead", stand_in.path, path)
 
         for clip in plan.clips:
             info = _probe(clip.window.path, infos, skipped, bad)

@@ -264,12 +264,12 @@ def _check_in_one_child(paths: Sequence[Path], *, device: str, mode: str, fps: f
     for reader in readers:
         reader.join(timeout=5)
     if why is None and child.returncode < 0:
-        why = f"the decoder crashed on this file ({signal_name(-child.returncode)}); skipped so the scan can go on"
+        why = f"the decoder crashed on this file ({signal_name(-child.returncode)}); skipped so the rest can go on"
     elif why is None and child.returncode != 0:
         tail = b"".join(stderr).decode(errors="replace").strip().splitlines()[-1:] or [""]
         log.debug("isolated check exited %d: %s", child.returncode, tail[0])
         if state["on"] is not None:  # Python errors are caught per video: this exit is the decoder's doing
-            why = f"the decoder process exited with code {child.returncode} on this file; skipped so the scan can go on"
+            why = f"the decoder process exited with code {child.returncode} on this file; skipped so the rest can go on"
     return int(state["finished"]), state["on"], why  # type: ignore[arg-type]
 
 
