@@ -83,7 +83,7 @@ def evaluate(source: Path, model: Path, more_models: tuple[Path, ...], split: st
     click.echo(f"  {'true normal':<18}{tn:>18,}{fp:>21,}")
     click.echo(f"  {'true highlight':<18}{fn:>18,}{tp:>21,}")
     for title, videos in (("Misclassified videos", report.misclassified()),
-                          (f"Uncertain videos ({report.uncertain_range[0]:g}–{report.uncertain_range[1]:g}), "
+                          (f"Uncertain videos ({report.uncertain_range[0]:.4g}–{report.uncertain_range[1]:.4g}), "
                            "label these next", report.uncertain())):
         click.echo(f"{title} ({len(videos):,}):" if videos else f"{title}: none")
         for v in videos[:limit]:

@@ -10,6 +10,7 @@ import click
 
 from quadvault_dali._lifetime import signal_name
 from quadvault_dali._supervisor import report_done, runs_in_process
+from quadvault_dali.dataset import DATASET_FILE
 from quadvault_dali.dataset import prepare_dataset as run_prepare
 
 from ._options import command_line, device_option, fps_option, long_job, sampling_option, stops_cleanly
@@ -61,8 +62,10 @@ def prepare_dataset(labels: Path, out: Path, merge: bool, overwrite: bool, fps: 
 
     def stopped(by_signal: bool) -> str:
         how = f"Stopped ({signal_name(seen[0])})" if by_signal else "Interrupted"
+        # --overwrite removes the old table with the first new frame: before that, nothing was replaced yet
+        begun = overwrite and not (out.expanduser() / DATASET_FILE).exists()
         return (f"{how}; the videos whose frames were all written are kept: run the same command"
-                f"{' without --overwrite' if overwrite else ''} to go on.")
+                f"{' without --overwrite' if begun else ''} to go on.")
 
     # a closed terminal's SIGHUP stops like Ctrl-C too: from the terminal, and passed on by the supervisor
     with stops_cleanly(stopped, (signal.SIGINT, signal.SIGTERM, signal.SIGHUP), seen=seen):

@@ -328,7 +328,7 @@ def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
 _NOT_FOUND_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
 
 
-def _special_file_kind(mode: int) -> str | None:
+def special_file_kind(mode: int) -> str | None:
     """What a path that is not a regular file is (``None``: a regular file)."""
     if S_ISREG(mode):
         return None
@@ -358,7 +358,7 @@ def open_container(path: Path, file: BinaryIO | None = None, *,
         raise
     if S_ISDIR(st.st_mode):
         raise VideoOpenError("is a folder, not a video file", path=path)
-    kind = _special_file_kind(st.st_mode)
+    kind = special_file_kind(st.st_mode)
     if kind is not None:  # never opened: reading a named pipe waits for a writer, a device never ends
         raise VideoOpenError(f"is {kind}, not a video file", path=path)
     if not os.access(path, os.R_OK):

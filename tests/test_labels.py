@@ -365,3 +365,18 @@ def test_a_video_given_as_the_labels_file_is_named_as_such(tmp_path: Path) -> No
     with pytest.raises(LabelsError, match="is not a labels file \\(binary, not JSON text\\)") as err:
         load_labels(video)
     assert "test-video" in str(err.value.hint)
+
+
+def test_a_named_pipe_among_the_labelled_videos_is_a_problem_not_a_hang(tmp_path: Path, library: Path) -> None:
+    """A FIFO named like a video in a labelled folder made prepare-dataset and evaluate open it to read its
+    content id and wait for a writer for ever, deaf to Ctrl-C (an exploratory helper's find); scan says at once
+    that it is a named pipe."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    os.mkfifo(folder / "fifo.mp4")
+    shutil.copy(next(library.glob("*.mp4")), folder / "real.mp4")
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"highlights": [str(folder)], "normal": [str(folder / "fifo.mp4")]}))
+    with pytest.raises(LabelsError) as err:
+        load_labels(labels)
+    assert f"{folder / 'fifo.mp4'} is a named pipe, not a video file" in str(err.value)

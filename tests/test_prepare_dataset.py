@@ -585,3 +585,38 @@ def test_the_supervisor_keeps_the_users_overwrite_until_a_crash_began_the_rebuil
     assert record.exists()
     crashes.forget_on_disk()
     assert not record.exists()
+
+
+def test_the_stop_message_says_whether_the_rebuild_had_begun(prepared: tuple[Path, object], tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped before --overwrite wrote its first frame, the old table is still there: "run the same command without
+    --overwrite" then failed with "a dataset already exists here" (an exploratory helper's find)."""
+    import quadvault_dali.cli.prepare_dataset as command
+
+    out = copy_of(prepared, tmp_path)
+    labels = write_labels(tmp_path / "labels.json", ["h.mp4"], ["n.mp4"])
+
+    def stop(*args: object, remove_table: bool, **kwargs: object) -> None:
+        if remove_table:
+            (out / "dataset.parquet").unlink()
+        raise KeyboardInterrupt
+
+    for remove_table, hint in ((False, "run the same command to go on"),
+                               (True, "run the same command without --overwrite to go on")):
+        monkeypatch.setattr(command, "run_prepare", lambda *a, _r=remove_table, **k: stop(*a, remove_table=_r, **k))
+        result = CliRunner().invoke(main, ["prepare-dataset", str(labels), str(out), "--overwrite", "--restarts", "0"])
+        assert result.exit_code == 130 and hint in result.output, result.output
+
+
+def test_a_labelled_file_whose_content_changed_is_extracted_again_not_dropped(
+        prepared: tuple[Path, object], footage: Path, make_clip: Callable[..., Path], tmp_path: Path) -> None:
+    """The summary said "dropped 1 no longer labelled" for a file still labelled whose content changed."""
+    lib = tmp_path / "lib"
+    shutil.copytree(footage, lib)
+    out = tmp_path / "ds"
+    labels = label_all(tmp_path, lib)
+    prepare_dataset(labels, out, size=SIZE, device="cpu")
+    shutil.copy(make_clip("pd_n1_new.mp4", style="normal", duration_s=2.0, source_id=31, **CLIP), lib / "n1.mp4")
+    result = prepare_dataset(labels, out, merge=True, size=SIZE, device="cpu")
+    assert result.dropped == [] and [p.name for p in result.extracted] == ["n1.mp4"]
+    assert sum(1 for r in read_dataset(out).rows() if r["video_path"] == str(lib / "n1.mp4")) == 2

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..discovery import VIDEO_EXTENSIONS, find_videos, is_video_file, non_utf8_name
+from ..probe import special_file_kind
 from ..errors import LabelsError
 from ._identity import content_ids
 from ._patterns import GLOB_CHARS, expand_pattern, missing_folder
@@ -199,9 +200,14 @@ def parse_labels(data: object, *, base: Path, source: Path, skip_missing: bool =
                 resolved = own = found.resolve()
                 try:
                     st = resolved.stat()
-                    resolved = identity.setdefault((st.st_dev, st.st_ino), resolved)
                 except OSError:
                     pass  # reported by the dataset step that reads it
+                else:
+                    kind = special_file_kind(st.st_mode)
+                    if kind is not None:  # opened to read, a named pipe waits for a writer for ever
+                        problems.append(f"{where}: {found} is {kind}, not a video file")
+                        continue
+                    resolved = identity.setdefault((st.st_dev, st.st_ino), resolved)
                 prior = first_seen.get(resolved)
                 if prior is None:
                     first_seen[resolved] = (label, where)

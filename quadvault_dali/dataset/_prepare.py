@@ -247,7 +247,9 @@ def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[
     if not final:
         raise DatasetError("no frames could be extracted from any labelled video", path=Path(labels_path),
                            hint="see the list of failed videos above")
-    result.dropped = sorted({rs[0]["video_path"] for vid, rs in previous.items() if rs and vid not in by_id})
+    labelled_paths = {str(v.path) for v in by_id.values()}  # a labelled file whose content changed is not dropped
+    result.dropped = sorted({rs[0]["video_path"] for vid, rs in previous.items()
+                             if rs and vid not in by_id and rs[0]["video_path"] not in labelled_paths})
     write_dataset(out_dir, final, settings)
     _remove_stale_frames(out_dir, final)
 
