@@ -380,3 +380,15 @@ def test_a_named_pipe_among_the_labelled_videos_is_a_problem_not_a_hang(tmp_path
     with pytest.raises(LabelsError) as err:
         load_labels(labels)
     assert f"{folder / 'fifo.mp4'} is a named pipe, not a video file" in str(err.value)
+
+
+def test_skip_missing_is_the_hint_only_when_something_is_missing(library: Path, tmp_path: Path) -> None:
+    """Every labels error ended with "--skip-missing skips missing entries", also for a file in both classes."""
+    both = write_labels(tmp_path, {"highlights": [str(library / "g.mp4")], "normal": [str(library / "g.mp4")]})
+    with pytest.raises(LabelsError) as err:
+        load_labels(both)
+    assert "--skip-missing" not in str(err.value.hint)
+    gone = write_labels(tmp_path, {"highlights": [str(library / "nope.mp4")], "normal": [str(library / "h.mp4")]})
+    with pytest.raises(LabelsError) as err:
+        load_labels(gone)
+    assert "--skip-missing skips missing entries" in str(err.value.hint)

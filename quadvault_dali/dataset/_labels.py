@@ -89,10 +89,10 @@ def _resolve(entry: str, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
-def _expand(entry: str, where: str, base: Path, problems: list[str], skipped: list[str],
-            skip_missing: bool, roots: list[Path]) -> list[Path]:
-    """The videos one entry names; problems go to ``problems`` (or ``skipped`` when skippable)."""
-    soft = skipped if skip_missing else problems
+def _expand(entry: str, where: str, base: Path, problems: list[str], soft: list[str],
+            roots: list[Path]) -> list[Path]:
+    """The videos one entry names; problems go to ``problems``, the ones ``--skip-missing`` skips (missing,
+    unreadable, matching nothing) to ``soft``."""
     path = _resolve(entry, base)
     try:
         exists = path.exists()
@@ -178,6 +178,7 @@ def parse_labels(data: object, *, base: Path, source: Path, skip_missing: bool =
     first_seen: dict[Path, tuple[int, str]] = {}  # path -> (label, entry)
     identity: dict[tuple[int, int], Path] = {}  # (device, inode): a hard link is the same footage
     by_class: dict[str, int] = {}
+    missing = 0  # problems --skip-missing would have skipped: only then is it the hint
     for key, (label, name) in CLASSES.items():
         entries = data.get(key, [])
         if not isinstance(entries, list):
@@ -192,7 +193,11 @@ def parse_labels(data: object, *, base: Path, source: Path, skip_missing: bool =
                 problems.append(f"{where}: expected a path string, got {_type_name(entry)}"
                                 + (" (empty)" if isinstance(entry, str) else ""))
                 continue
-            for found in _expand(entry.strip(), where, base, problems, skipped, skip_missing, roots):
+            soft: list[str] = []
+            expanded = _expand(entry.strip(), where, base, problems, soft, roots)
+            (skipped if skip_missing else problems).extend(soft)
+            missing += 0 if skip_missing else len(soft)
+            for found in expanded:
                 shown = non_utf8_name(found)  # the dataset table stores paths as UTF-8 text
                 if shown is not None:
                     problems.append(f"{where}: {shown} has a name that is not valid UTF-8; rename the file")
@@ -227,8 +232,8 @@ def parse_labels(data: object, *, base: Path, source: Path, skip_missing: bool =
     if problems:
         raise LabelsError(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in labels file",
                           path=source, problems=problems,
-                          hint="fix them and run again" + ("" if skip_missing else
-                                                           "; --skip-missing skips missing entries"))
+                          hint="fix them and run again" + ("; --skip-missing skips missing entries" if missing
+                                                           else ""))
     for message in [*skipped, *duplicates]:  # the caller reports Labels.warnings (once)
         log.debug("labels: %s", message)
     videos.sort(key=lambda v: (-v.label, str(v.path)))
