@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from quadvault_dali._lifetime import signal_name
 from quadvault_dali._supervisor import report_done, runs_in_process
 from quadvault_dali.dataset import DATASET_FILE
 from quadvault_dali.dataset import prepare_dataset as run_prepare
+from quadvault_dali.dataset._supervise import TYPED_OVERWRITE_ENV
 
 from ._options import command_line, device_option, fps_option, long_job, sampling_option, stops_cleanly
 
@@ -62,8 +64,10 @@ def prepare_dataset(labels: Path, out: Path, merge: bool, overwrite: bool, fps: 
 
     def stopped(by_signal: bool) -> str:
         how = f"Stopped ({signal_name(seen[0])})" if by_signal else "Interrupted"
-        # --overwrite removes the old table with the first new frame: before that, nothing was replaced yet
-        begun = overwrite and not (out.expanduser() / DATASET_FILE).exists()
+        # --overwrite removes the old table with the first new frame: before that, nothing was replaced yet (and
+        # a child restarted after a crash runs without it, though the user typed it)
+        typed = overwrite or (runs_in_process() and os.environ.get(TYPED_OVERWRITE_ENV) == "1")
+        begun = typed and not (out.expanduser() / DATASET_FILE).exists()
         return (f"{how}; the videos whose frames were all written are kept: run the same command"
                 f"{' without --overwrite' if begun else ''} to go on.")
 

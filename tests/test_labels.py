@@ -392,3 +392,15 @@ def test_skip_missing_is_the_hint_only_when_something_is_missing(library: Path, 
     with pytest.raises(LabelsError) as err:
         load_labels(gone)
     assert "--skip-missing skips missing entries" in str(err.value.hint)
+
+
+def test_a_content_id_never_waits_on_a_named_pipe(tmp_path: Path) -> None:
+    """A file swapped for a FIFO between the labels' check and the content ids (or one reached by evaluate's
+    trained-on check, or the reel's copies) hung the thread opening it: an error now, at once."""
+    from quadvault_dali.dataset._identity import content_id, content_ids
+
+    os.mkfifo(tmp_path / "pipe.mp4")
+    (tmp_path / "real.mp4").write_bytes(b"frames" * 100)
+    ids = content_ids([tmp_path / "pipe.mp4", tmp_path / "real.mp4"])
+    assert isinstance(ids[tmp_path / "pipe.mp4"], OSError) and "not a regular file" in str(ids[tmp_path / "pipe.mp4"])
+    assert ids[tmp_path / "real.mp4"] == content_id(tmp_path / "real.mp4") and len(ids[tmp_path / "real.mp4"]) == 16

@@ -363,6 +363,23 @@ def test_an_interrupted_overwrite_never_leaves_the_old_table_on_new_frames(prepa
     assert {str(p.relative_to(out)) for p in (out / "frames").rglob("*.jpg")} == referenced  # no 64-px leftovers
 
 
+def test_a_resumed_rebuild_with_the_same_settings_does_not_reuse_the_old_frames(prepared: tuple[Path, object],
+                                                                                footage: Path, tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch
+                                                                                ) -> None:
+    """A rebuild is asked for because the old frames are not wanted (a decoder fixed since): stopped midway and
+    resumed as told (without --overwrite), it took every old folder whose manifest matched the settings, and
+    rebuilt nothing (a review helper's find). The rebuild retires the old manifests with the old table."""
+    out = copy_of(prepared, tmp_path)
+    labels = label_all(tmp_path, footage)
+    _killed_after_manifests(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset(labels, out, overwrite=True, size=SIZE, device="cpu")
+    monkeypatch.undo()
+    result = prepare_dataset(labels, out, size=SIZE, device="cpu")
+    assert len(result.reused) == 2 and len(result.extracted) == 4
+
+
 def test_frames_a_killed_merge_left_behind_go_on_the_next_run(prepared: tuple[Path, object], footage: Path,
                                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A --merge dropping n2 killed between the new table and the sweep left n2's frames for good: later runs only
@@ -606,6 +623,12 @@ def test_the_stop_message_says_whether_the_rebuild_had_begun(prepared: tuple[Pat
         monkeypatch.setattr(command, "run_prepare", lambda *a, _r=remove_table, **k: stop(*a, remove_table=_r, **k))
         result = CliRunner().invoke(main, ["prepare-dataset", str(labels), str(out), "--overwrite", "--restarts", "0"])
         assert result.exit_code == 130 and hint in result.output, result.output
+    # a child the supervisor restarted after a crash runs without --overwrite; the user typed it all the same
+    monkeypatch.setenv("QUADVAULT_SCAN_IN_PROCESS", "1")
+    monkeypatch.setenv("QUADVAULT_PREPARE_TYPED_OVERWRITE", "1")
+    monkeypatch.setattr(command, "run_prepare", lambda *a, **k: stop(*a, remove_table=False, **k))
+    result = CliRunner().invoke(main, ["prepare-dataset", str(labels), str(out)])
+    assert result.exit_code == 130 and "run the same command without --overwrite to go on" in result.output
 
 
 def test_a_labelled_file_whose_content_changed_is_extracted_again_not_dropped(

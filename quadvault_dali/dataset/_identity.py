@@ -10,8 +10,10 @@ header, coded frames elsewhere), and reading them costs three seeks, not a pass 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
@@ -24,10 +26,17 @@ def content_id(path: str | os.PathLike[str]) -> str:
     """16 hex of a hash of the file's size and its first, middle and last 64 KiB.
 
     An empty file has no content to tell it apart, so its id comes from its resolved path. Raises
-    ``OSError`` when the file cannot be read.
+    ``OSError`` when the file cannot be read, or is not a regular file: opened without waiting (a named pipe
+    opened plainly waits for a writer for ever, and no Ctrl-C reaches a thread stuck there).
     """
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with open(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        size = st.st_size
         if size == 0:
             where = str(Path(path).expanduser().resolve()).encode("utf-8", "surrogateescape")
             return hashlib.sha1(b"quadvault-empty-v1\0" + where).hexdigest()[:16]

@@ -318,6 +318,7 @@ def _extract(todo: list[str], by_id: dict[str, LabelledVideo], out_dir: Path,
                             invalidate.unlink(missing_ok=True)
                             invalidate = None
                             crashes.forget_on_disk()  # --overwrite: the old record went with the old table
+                            _retire_manifests(out_dir)  # and the old frames: a resumed rebuild must not reuse them
                         if vid not in stats:
                             folder.mkdir(parents=True, exist_ok=True)
                             (folder / MANIFEST).unlink(missing_ok=True)  # the folder is no longer complete
@@ -347,6 +348,16 @@ def _extract(todo: list[str], by_id: dict[str, LabelledVideo], out_dir: Path,
     finally:
         sampler.close()
         journal.discard()  # ended in Python: nothing in flight crashed the decoder (unless a stall was seen)
+
+
+def _retire_manifests(out_dir: Path) -> None:
+    """Removes every frame folder's manifest: a rebuild (``--overwrite``) has begun, and the same command without
+    ``--overwrite`` goes on after an interruption, so only the folders this rebuild completes may be reused (the
+    old ones were made with the old decoder, or the old settings). Their frames go with the final sweep."""
+    frames_root = out_dir / FRAMES_DIR
+    for manifest in (frames_root.glob(f"*/{MANIFEST}") if frames_root.is_dir() else ()):
+        if _is_id(manifest.parent.name):
+            manifest.unlink(missing_ok=True)
 
 
 def _remove_stale_frames(out_dir: Path, final: list[dict]) -> None:

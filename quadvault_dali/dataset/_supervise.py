@@ -18,6 +18,10 @@ from ._crashes import CRASHES_FILE
 from ._table import DATASET_FILE, FRAMES_DIR, MANIFEST
 
 
+#: Set for a supervised prepare-dataset child when the command as typed had ``--overwrite``
+TYPED_OVERWRITE_ENV = "QUADVAULT_PREPARE_TYPED_OVERWRITE"
+
+
 class PrepareSupervisor(Supervisor):
     """Runs ``quadvault prepare-dataset`` again in a child until it ends by itself."""
 
@@ -55,6 +59,10 @@ class PrepareSupervisor(Supervisor):
 
     def after_crash(self, lived_s: float, progressed: bool) -> None:
         self._crashed = True
+
+    def child_env(self) -> dict[str, str]:
+        # a restarted child runs without --overwrite: its stop message must still speak of the command as typed
+        return {TYPED_OVERWRITE_ENV: "1"} if "--overwrite" in self.argv else {}
 
     def restart_argv(self, argv: list[str]) -> list[str]:
         if self._crashed and "--overwrite" in argv and not (self.out_dir / DATASET_FILE).exists():
