@@ -57,7 +57,7 @@ MAX_SIDE = 8192
                    "when there is one.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (what the clip list would hold); encode nothing.")
 def reel(scores: Path, out: Path, resolution: tuple[int, int], dry_run: bool, **kw: object) -> None:
-    """Cut a highlight reel OUT (a .mp4 file) from the best seconds in SCORES.
+    """Cut a highlight reel OUT (.mp4, .mov, .mkv or .m4v) from the best seconds in SCORES.
 
     SCORES is a scan folder (per-second scores) or a highlights.json. Each chosen video gives its
     best --clip-seconds window. Next to OUT goes OUT.clips.csv: source, in/out, score, reel time.

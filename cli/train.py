@@ -25,7 +25,9 @@ from ._options import device_option, long_job, stops_cleanly
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights, shuffling, augmentation.")
 @device_option
 @click.option("--patience", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Stop after this many epochs without a better video-level validation accuracy.")
+              help="Stop after this many epochs without a better epoch: higher video-level validation accuracy, or "
+                   "the same with a higher ROC-AUC, or both the same with a lower validation loss (a model at 100 % "
+                   "accuracy goes on while its loss falls).")
 @click.option("--freeze-backbone-epochs", type=click.IntRange(min=0), default=0, show_default=True,
               help="Train only the new head for the first N epochs.")
 @click.option("--multi-gpu", is_flag=True,

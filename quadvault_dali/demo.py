@@ -7,9 +7,11 @@ there is one, CPU otherwise) in a few minutes, with every output left in one fol
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -70,6 +72,10 @@ def build_sample_library(root: Path, *, labelled_per_class: int = 8, flights: in
     broken = [make_broken(root / "library" / "2026-01" / "DJI_9990.mp4", "empty"),
               make_broken(root / "library" / "2026-02" / "notes.mp4", "text"),
               make_broken(root / "library" / "2026-03" / "DJI_9991.mp4", "truncated", source=flight_paths[0])]
+    for day, path in enumerate([*flight_paths, *broken], start=1):  # dated as their month folders say: the
+        year, month = (int(x) for x in path.parent.name.split("-"))  # per-month query and reel --order time
+        when = datetime(year, month, day, 12, tzinfo=timezone.utc).timestamp()  # show it
+        os.utime(path, (when, when))
     return SampleLibrary(root, hi, no, flight_paths, broken, segments_of)
 
 

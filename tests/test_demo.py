@@ -56,6 +56,12 @@ def test_scan_ranks_highlight_flights_first(demo) -> None:
     highlights = json.loads((result.root / "scan" / "highlights.json").read_text())["highlights"]
     assert {Path(h["path"]) for h in highlights} >= set(mostly)
     assert not {Path(h["path"]) for h in highlights} & set(dull)
+    # the library's files are dated as their month folders say: the README's per-month query has three months
+    import datetime as dt
+
+    months = {dt.datetime.fromtimestamp(r["mtime_ns"] / 1e9, dt.timezone.utc).strftime("%Y-%m") == p.parent.name
+              for p, r in videos.items()}
+    assert months == {True}
 
 
 def test_reel_cuts_the_highlight_part_of_each_flight(demo) -> None:

@@ -311,6 +311,14 @@ def test_documented_duckdb_queries(library: Path, tmp_path: Path) -> None:
     assert by_month["2024-02"] == (2, 2) and by_month["2023-06"] == (1, 1) and by_month["2023-11"] == (0, 1)
     assert [r[0] for r in above] == [0.0, 1.0] and all(r[1] > 0.9 for r in above)
     assert errors == [("(unreadable)", "VideoOpenError", len(BROKEN))]
+    # the README's four (a shorter variant of each) give the same answers
+    readme = (DOCS.parents[1] / "README.md").read_text()
+    statements = [q for q in re.findall(r"```sql\n(.*?)```", readme, flags=re.S)[0].split(";") if q.strip()]
+    assert len(statements) == 4
+    r_top, r_month, r_above, r_errors = (run(q) for q in statements)
+    assert [r[0] for r in r_top] == [r[0] for r in top]
+    assert {r[0]: r[1] for r in r_month} == {m: h for m, (h, _) in by_month.items()}
+    assert r_above == above and r_errors == errors
 
 
 def test_gpu_option_parsing_and_work_split() -> None:
