@@ -537,6 +537,18 @@ def test_a_file_that_crashes_the_decoder_costs_one_run_not_every_run(footage: Pa
     assert third.returncode == 0, third.stderr[-2000:]
     assert "(in an earlier run; not opened again until the file changes)" in third.stderr
     assert "were being decoded" not in third.stderr
+    # renamed, and labelled under its new name: still known by its content, still not opened
+    (lib / "poison.mp4").rename(lib / "renamed.mp4")
+    relabelled = write_labels(tmp_path / "labels.json", [str(lib / n) for n in (*HIGHLIGHTS, "renamed.mp4")],
+                              [str(lib / n) for n in NORMAL])
+    assert relabelled == labels
+    moved = subprocess.run(cmd + ["--merge"], capture_output=True, text=True, timeout=300,
+                           env={**env, "QV_TEST_POISON": "renamed.mp4"})
+    assert moved.returncode == 0, moved.stderr[-2000:]
+    assert f"(in an earlier run as {lib / 'poison.mp4'}; not opened again" in moved.stderr
+    (lib / "renamed.mp4").rename(lib / "poison.mp4")
+    write_labels(tmp_path / "labels.json", [str(lib / n) for n in (*HIGHLIGHTS, "poison.mp4")],
+                 [str(lib / n) for n in NORMAL])
     # the file changed (re-copied from a good source): tried again, and it is a good video now
     shutil.copy(make_clip("pd_poison_fixed.mp4", style="highlight", duration_s=2.0, source_id=15, **CLIP),
                 lib / "poison.mp4")

@@ -6,9 +6,9 @@ command would open the same file again and die again, for ever. So the extractio
 videos started and finished (``scan.crashguard.CrashJournal``, ``OUT/.inflight-prepare.log``); a journal left
 behind names the videos that were in flight when the process died, and the next run samples each of them alone
 in a child process first (``isolate_suspects``). One that crashes (or hangs) its child is left out of the dataset
-with the reason, like any undecodable video, and is remembered in ``OUT/.decoder-crashes.json`` with its size and
-mtime: later runs (``--merge`` after labelling more) leave it out without opening it, until the file changes or
-``--overwrite`` rebuilds from scratch.
+with the reason, like any undecodable video, and is remembered in ``OUT/.decoder-crashes.json`` by its content id:
+later runs (``--merge`` after labelling more) leave it out without opening it, moved or renamed, until its
+content changes or ``--overwrite`` rebuilds from scratch.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Mapping
 
 from ..errors import DecodeError
 from ..scan.crashguard import isolate_suspects, take_suspects
@@ -26,21 +26,16 @@ log = logging.getLogger(__name__)
 
 #: The journal tag of prepare-dataset's extraction (``OUT/.inflight-prepare.log``)
 JOURNAL_TAG = "prepare"
-#: The videos found to crash the decoder, with the file's size and mtime when they did
+#: The videos found to crash the decoder, by content id, with the path they had and why
 CRASHES_FILE = ".decoder-crashes.json"
+FORMAT = 2  # 1 (stop 26, never released) was keyed by path
 HINT = "check the file in a player; re-copy it if it is damaged (a changed file is tried again)"
 
 
-def _stat(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns
-
-
 class DecoderCrashes:
-    """``OUT/.decoder-crashes.json``: path -> (size, mtime, why) of the labelled files that crashed a decoder."""
+    """``OUT/.decoder-crashes.json``: video id (its content, ``_identity``) -> the path it had and why it crashed a
+    decoder. By content, not path: a crasher moved or renamed is still known, and a file whose content changed
+    (re-copied) has another id and is tried again."""
 
     def __init__(self, out_dir: Path, *, forget: bool = False) -> None:
         self.file = out_dir / CRASHES_FILE
@@ -51,31 +46,36 @@ class DecoderCrashes:
     def _load(self) -> dict[str, dict[str, Any]]:
         try:
             doc = json.loads(self.file.read_text(encoding="utf-8"))
-            videos = doc["videos"]
-            return {str(p): dict(v) for p, v in videos.items() if isinstance(v, dict)}
+            if doc.get("format") != FORMAT:
+                raise ValueError(f"format {doc.get('format')!r}, not {FORMAT}")
+            return {str(vid): dict(v) for vid, v in doc["videos"].items() if isinstance(v, dict)}
         except FileNotFoundError:
             return {}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("%s: unreadable (%s); the files it named are tried again", self.file, exc)
             return {}
 
-    def error_for(self, path: Path) -> DecodeError | None:
-        """The remembered crash of ``path`` while the file is as it was then; ``None`` otherwise."""
-        entry = self.known.get(str(path))
+    def error_for(self, path: Path, video_id: str) -> DecodeError | None:
+        """The remembered crash of this content; ``None`` when it never crashed a decoder here."""
+        entry = self.known.get(video_id)
         if entry is None:
             return None
-        if _stat(path) != (entry.get("size_bytes"), entry.get("mtime_ns")):  # changed: tried again, forgotten
-            del self.known[str(path)]
-            self._dirty = True
-            return None
-        return DecodeError(f"{entry.get('reason', 'the decoder crashed on this file')} (in an earlier run; not "
+        was = entry.get("path")
+        where = f" as {was}" if was and was != str(path) else ""
+        return DecodeError(f"{entry.get('reason', 'the decoder crashed on this file')} (in an earlier run{where}; not "
                            "opened again until the file changes)", path=path, hint=HINT)
 
-    def add(self, path: Path, why: str) -> DecodeError:
-        stat = _stat(path)
-        if stat is not None:
-            self.known[str(path)] = {"size_bytes": stat[0], "mtime_ns": stat[1], "reason": why}
-            self._dirty = True
+    def forget_changed(self, todo: Mapping[Path, str]) -> None:
+        """Drops the entries of paths that now hold other content (re-copied after the crash)."""
+        for video_id, entry in list(self.known.items()):
+            now = todo.get(Path(str(entry.get("path"))))
+            if now is not None and now != video_id:
+                del self.known[video_id]
+                self._dirty = True
+
+    def add(self, path: Path, video_id: str, why: str) -> DecodeError:
+        self.known[video_id] = {"path": str(path), "reason": why}
+        self._dirty = True
         return DecodeError(why, path=path, hint=HINT)
 
     def forget_on_disk(self) -> None:
@@ -88,20 +88,20 @@ class DecoderCrashes:
         if not self._dirty:
             return
         if self.known:
-            write_atomic(self.file, json.dumps({"format": 1, "videos": self.known}, indent=1).encode())
+            write_atomic(self.file, json.dumps({"format": FORMAT, "videos": self.known}, indent=1).encode())
         else:
             self.file.unlink(missing_ok=True)
         self._dirty = False
 
 
-def isolate_crashers(out_dir: Path, todo: Iterable[Path], crashes: DecoderCrashes, *, device: str, mode: str,
+def isolate_crashers(out_dir: Path, todo: Mapping[Path, str], crashes: DecoderCrashes, *, device: str, mode: str,
                      fps: float, size: int) -> dict[Path, DecodeError]:
-    """The ``todo`` videos to leave out: known crashers whose file is unchanged, and the ones a killed run had in
-    flight that crash (or hang) a decoder sampled alone in a child process. Saves the record before returning."""
-    todo = list(todo)
+    """The ``todo`` videos (path -> video id) to leave out: known crashers, and the ones a killed run had in flight
+    that crash (or hang) a decoder sampled alone in a child process. Saves the record before returning."""
+    crashes.forget_changed(todo)
     left_out: dict[Path, DecodeError] = {}
-    for path in todo:
-        error = crashes.error_for(path)
+    for path, video_id in todo.items():
+        error = crashes.error_for(path, video_id)
         if error is not None:
             left_out[path] = error
     wanted = set(todo) - set(left_out)
@@ -109,6 +109,6 @@ def isolate_crashers(out_dir: Path, todo: Iterable[Path], crashes: DecoderCrashe
     verdicts = isolate_suspects(suspects, what="prepare-dataset run", device=device, mode=mode, fps=fps,
                                 size=size)
     for path, why in verdicts.items():
-        left_out[path] = crashes.add(path, why)
+        left_out[path] = crashes.add(path, todo[path], why)
     crashes.save()
     return left_out

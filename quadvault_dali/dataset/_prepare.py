@@ -296,7 +296,7 @@ def _extract(todo: list[str], by_id: dict[str, LabelledVideo], out_dir: Path,
                 yield path
 
     try:  # stopped during the checks, the journal stays: its suspects are checked again next time
-        left_out.update(isolate_crashers(out_dir, [by_id[vid].path for vid in todo], crashes,
+        left_out.update(isolate_crashers(out_dir, {by_id[vid].path: vid for vid in todo}, crashes,
                                          device=sampler.backend, mode=mode, fps=fps, size=size))
     except BaseException:
         sampler.close()
