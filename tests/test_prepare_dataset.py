@@ -655,3 +655,43 @@ def test_a_labelled_file_whose_content_changed_is_extracted_again_not_dropped(
     result = prepare_dataset(labels, out, merge=True, size=SIZE, device="cpu")
     assert result.dropped == [] and [p.name for p in result.extracted] == ["n1.mp4"]
     assert sum(1 for r in read_dataset(out).rows() if r["video_path"] == str(lib / "n1.mp4")) == 2
+
+
+def test_the_crash_record_follows_content_and_sees_a_recopy(tmp_path: Path) -> None:
+    """Keyed by content id alone, a crasher re-copied in place (damage away from the three blocks the id reads)
+    was never tried again, and a crasher moved away while another video took its old name was forgotten (a
+    review helper's finds)."""
+    import os
+
+    from quadvault_dali.dataset._crashes import DecoderCrashes
+
+    p1, p2 = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    p1.write_bytes(b"a" * 100)
+    crashes = DecoderCrashes(tmp_path)
+    crashes.add(p1, "idA", "the decoder crashed on this file (SIGSEGV)")
+    assert crashes.error_for(p1, "idA") is not None
+    # moved to p2, another labelled video copied to p1: still known at p2
+    p1.rename(p2)
+    p1.write_bytes(b"b" * 100)
+    crashes.forget_changed({p1: "idB", p2: "idA"})
+    assert "idA" in crashes.known and "as " + str(p1) in str(crashes.error_for(p2, "idA"))
+    # back where it was, then re-copied there (same id, new mtime): tried again, and forgotten
+    p1.unlink()
+    p2.rename(p1)
+    assert crashes.error_for(p1, "idA") is not None
+    os.utime(p1, ns=(p1.stat().st_atime_ns, p1.stat().st_mtime_ns + 10**9))
+    assert crashes.error_for(p1, "idA") is None and "idA" not in crashes.known
+
+
+def test_a_content_id_of_a_folder_is_an_error_without_a_leaked_descriptor(tmp_path: Path) -> None:
+    import os
+
+    from quadvault_dali.dataset._identity import content_id
+
+    folder = tmp_path / "dir.mp4"
+    folder.mkdir()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        with pytest.raises(OSError):
+            content_id(folder)
+    assert len(os.listdir("/proc/self/fd")) == before

@@ -32,6 +32,14 @@ FORMAT = 2  # 1 (stop 26, never released) was keyed by path
 HINT = "check the file in a player; re-copy it if it is damaged (a changed file is tried again)"
 
 
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
 class DecoderCrashes:
     """``OUT/.decoder-crashes.json``: video id (its content, ``_identity``) -> the path it had and why it crashed a
     decoder. By content, not path: a crasher moved or renamed is still known, and a file whose content changed
@@ -56,25 +64,34 @@ class DecoderCrashes:
             return {}
 
     def error_for(self, path: Path, video_id: str) -> DecodeError | None:
-        """The remembered crash of this content; ``None`` when it never crashed a decoder here."""
+        """The remembered crash of this content; ``None`` when it never crashed a decoder here, or when the file is
+        where it was but re-copied (its size or mtime changed: damage elsewhere than the three blocks the content id
+        reads is mended by a copy the id does not see)."""
         entry = self.known.get(video_id)
         if entry is None:
             return None
         was = entry.get("path")
+        if was == str(path) and _stat(path) != (entry.get("size_bytes"), entry.get("mtime_ns")):
+            del self.known[video_id]
+            self._dirty = True
+            return None
         where = f" as {was}" if was and was != str(path) else ""
         return DecodeError(f"{entry.get('reason', 'the decoder crashed on this file')} (in an earlier run{where}; not "
                            "opened again until the file changes)", path=path, hint=HINT)
 
     def forget_changed(self, todo: Mapping[Path, str]) -> None:
-        """Drops the entries of paths that now hold other content (re-copied after the crash)."""
+        """Drops the entries of paths that now hold other content (re-copied after the crash), unless that content is
+        still labelled elsewhere (moved, and another video copied to its old name)."""
+        labelled = set(todo.values())
         for video_id, entry in list(self.known.items()):
             now = todo.get(Path(str(entry.get("path"))))
-            if now is not None and now != video_id:
+            if now is not None and now != video_id and video_id not in labelled:
                 del self.known[video_id]
                 self._dirty = True
 
     def add(self, path: Path, video_id: str, why: str) -> DecodeError:
-        self.known[video_id] = {"path": str(path), "reason": why}
+        size, mtime = _stat(path) or (None, None)
+        self.known[video_id] = {"path": str(path), "size_bytes": size, "mtime_ns": mtime, "reason": why}
         self._dirty = True
         return DecodeError(why, path=path, hint=HINT)
 

@@ -29,12 +29,18 @@ def content_id(path: str | os.PathLike[str]) -> str:
     ``OSError`` when the file cannot be read, or is not a regular file: opened without waiting (a named pipe
     opened plainly waits for a writer for ever, and no Ctrl-C reaches a thread stuck there).
     """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    with open(fd, "rb") as fh:
+    nonblock = getattr(os, "O_NONBLOCK", 0)  # none on Windows, where set_blocking refuses a regular file
+    fd = os.open(path, os.O_RDONLY | nonblock)
+    try:
+        fh = open(fd, "rb")  # noqa: SIM115 - closed by the with below
+    except BaseException:  # a folder named like a video: the descriptor must not leak
+        os.close(fd)
+        raise
+    with fh:
         st = os.fstat(fh.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
-        if hasattr(os, "set_blocking"):
+        if nonblock:
             os.set_blocking(fd, True)
         size = st.st_size
         if size == 0:

@@ -314,11 +314,13 @@ def _extract(todo: list[str], by_id: dict[str, LabelledVideo], out_dir: Path,
                         vid = id_of[Path(path)]
                         video = by_id[vid]
                         folder = out_dir / FRAMES_DIR / vid
-                        if invalidate is not None:
+                        if invalidate is not None:  # --overwrite: the old frames, then the old table, then the
+                            # record of the old crashers go (a crash between the first two must not leave a
+                            # resumed rebuild the old folders to reuse)
+                            _retire_manifests(out_dir)
                             invalidate.unlink(missing_ok=True)
                             invalidate = None
-                            crashes.forget_on_disk()  # --overwrite: the old record went with the old table
-                            _retire_manifests(out_dir)  # and the old frames: a resumed rebuild must not reuse them
+                            crashes.forget_on_disk()
                         if vid not in stats:
                             folder.mkdir(parents=True, exist_ok=True)
                             (folder / MANIFEST).unlink(missing_ok=True)  # the folder is no longer complete
