@@ -95,3 +95,31 @@ class WarmScorer:
 
 def as_scores(values: np.ndarray) -> list[float]:
     return [round(float(v), 6) for v in values]
+
+
+#: A ``sitecustomize`` that makes the CPU decoder die by SIGSEGV on the file named by ``QV_TEST_POISON``: it
+#: stands in for a native decoder crash on one file (FFmpeg or NVDEC dying with a signal)
+POISON_HOOK = '''
+import os, signal
+_poison = os.environ.get("QV_TEST_POISON")
+if _poison:  # stands in for a native decoder crash on one file (FFmpeg or NVDEC dying with SIGSEGV)
+    import quadvault_dali.sampling._cpu as _cpu
+    _decode = _cpu.CpuSampler.decode_video
+    def decode_video(self, path, outcome, emit):
+        if path.name == _poison:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return _decode(self, path, outcome, emit)
+    _cpu.CpuSampler.decode_video = decode_video
+'''
+
+
+def poison_env(tmp_path: Path, **more: str) -> dict[str, str]:
+    """An environment whose CPU decoder dies on ``poison.mp4`` (``POISON_HOOK`` in ``tmp_path/hook``, which a test
+    may extend), for commands run as subprocesses that supervise themselves (no inherited in-process marker)."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(POISON_HOOK)
+    env = {**os.environ, "QV_TEST_POISON": "poison.mp4", **more,
+           "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    env.pop("QUADVAULT_SCAN_IN_PROCESS", None)
+    return env

@@ -476,23 +476,9 @@ def test_cli_interrupted_says_how_to_go_on(footage: Path, tmp_path: Path, monkey
            "--overwrite to go on." in res.output
 
 
-CRASH_HOOK = '''
-import os, signal
-_poison = os.environ.get("QV_TEST_POISON")
-if _poison:  # stands in for a native decoder crash on one file (FFmpeg or NVDEC dying with SIGSEGV)
-    import quadvault_dali.sampling._cpu as _cpu
-    _decode = _cpu.CpuSampler.decode_video
-    def decode_video(self, path, outcome, emit):
-        if path.name == _poison:
-            os.kill(os.getpid(), signal.SIGSEGV)
-        return _decode(self, path, outcome, emit)
-    _cpu.CpuSampler.decode_video = decode_video
-'''
-
-
 def _poisoned_labels(footage: Path, tmp_path: Path, make_clip: Callable[..., Path]) -> tuple[Path, Path, dict]:
     """(library, labels naming the footage and ``poison.mp4``, an environment whose decoder dies on the poison)."""
-    import os
+    from _scan_helpers import poison_env
 
     lib = tmp_path / "lib"
     shutil.copytree(footage, lib)
@@ -500,13 +486,7 @@ def _poisoned_labels(footage: Path, tmp_path: Path, make_clip: Callable[..., Pat
                 lib / "poison.mp4")
     labels = write_labels(tmp_path / "labels.json", [str(lib / n) for n in (*HIGHLIGHTS, "poison.mp4")],
                           [str(lib / n) for n in NORMAL])
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(CRASH_HOOK)
-    env = {**os.environ, "QV_TEST_POISON": "poison.mp4",
-           "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
-    env.pop("QUADVAULT_SCAN_IN_PROCESS", None)
-    return lib, labels, env
+    return lib, labels, poison_env(tmp_path)
 
 
 def test_a_file_that_crashes_the_decoder_costs_one_run_not_every_run(footage: Path, tmp_path: Path,

@@ -29,7 +29,7 @@ from quadvault_dali.scan.runner import ScanOptions, scan_library
 from quadvault_dali.scan.shards import complete_shards, read_table
 from quadvault_dali.scoring import score_video
 
-from _scan_helpers import BROKEN, GOOD, WarmScorer, build_library, tree_hash
+from _scan_helpers import BROKEN, GOOD, WarmScorer, build_library, poison_env, tree_hash
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "scan.md"
 
@@ -388,32 +388,12 @@ def test_a_worker_killed_by_a_decoder_crash_is_reported_as_a_crash(library: Path
     assert "poison.mp4" in journals
 
 
-POISON_HOOK = '''
-import os, signal
-_poison = os.environ.get("QV_TEST_POISON")
-if _poison:  # stands in for a native decoder crash on one file (FFmpeg or NVDEC dying with SIGSEGV)
-    import quadvault_dali.sampling._cpu as _cpu
-    _decode = _cpu.CpuSampler.decode_video
-    def decode_video(self, path, outcome, emit):
-        if path.name == _poison:
-            os.kill(os.getpid(), signal.SIGSEGV)
-        return _decode(self, path, outcome, emit)
-    _cpu.CpuSampler.decode_video = decode_video
-'''
-
-
 def _poisoned(library: Path, tmp_path: Path, **more: str) -> tuple[Path, dict[str, str]]:
     """A copy of the library with ``2023/06/poison.mp4``, and an environment whose decoder dies on it by SIGSEGV."""
     lib = tmp_path / "lib"
     shutil.copytree(library, lib)
     shutil.copy(lib / "2023/06/trip/high_h264_30.mp4", lib / "2023/06/poison.mp4")
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(POISON_HOOK)
-    env = {**os.environ, "QV_TEST_POISON": "poison.mp4", **more,
-           "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
-    env.pop("QUADVAULT_SCAN_IN_PROCESS", None)
-    return lib, env
+    return lib, poison_env(tmp_path, **more)
 
 
 def _check_poisoned_scan(lib: Path, out: Path, stdout: str) -> None:
