@@ -33,6 +33,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import av
 
@@ -313,16 +314,8 @@ def run_scan_isolated(*args: Any, env: dict[str, str] | None = None, **kw: Any) 
     flags = {"switch_s": sys.getswitchinterval(), "join_in_order": _remux.JOIN_IN_ORDER,
              "skip_unreferenced": _remux.SKIP_UNREFERENCED}
     proc = ctx.Process(target=_scan_in_child, args=(send, flags, args, kw), name="scan-bench-row")
-    saved = {name: os.environ.get(name) for name in env or {}}
-    os.environ.update(env or {})  # a spawned child starts with this process's environment as it is now
-    try:
+    with mock.patch.dict(os.environ, env or {}):  # a spawned child starts with this process's environment as it is
         proc.start()
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     send.close()
     try:
         kind, value = receive.recv()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 from contextlib import contextmanager
@@ -44,6 +45,16 @@ sampling_option = click.option(
          "sampling intervals apart, else exact.")
 fps_option = click.option("--fps", type=click.FloatRange(min=0.01, max=120), default=1.0, show_default=True,
                           help="Frames sampled per second of video.")
+
+
+@contextmanager
+def terminal_may_be_gone() -> Iterator[None]:
+    """Skips the rest of a message the terminal can no longer take (EIO after a hangup, EPIPE)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in (errno.EIO, errno.EPIPE):
+            raise
 
 
 def nothing_written(by_sigterm: bool) -> str:

@@ -15,7 +15,8 @@ from quadvault_dali.dataset import DATASET_FILE
 from quadvault_dali.dataset import prepare_dataset as run_prepare
 from quadvault_dali.dataset._supervise import TYPED_OVERWRITE_ENV
 
-from ._options import command_line, device_option, fps_option, long_job, sampling_option, stops_cleanly
+from ._options import (command_line, device_option, fps_option, long_job, sampling_option, stops_cleanly,
+                       terminal_may_be_gone)
 
 
 @click.command("prepare-dataset")
@@ -101,9 +102,7 @@ def _supervise(argv: list[str], out: Path, restarts: int, device: str) -> int:
     code = supervisor.run()
     if supervisor.crashes:
         times = f"{len(supervisor.crashes)} time{'s' if len(supervisor.crashes) > 1 else ''}"
-        try:
+        with terminal_may_be_gone():  # SIGHUP: the status says what happened
             click.echo(f"The prepare-dataset process crashed {times} ({', '.join(supervisor.crashes)}) and was started "
                        f"again{'; the summary above is the last run' if code == 0 else ''}.", err=True)
-        except OSError:  # the terminal is gone (SIGHUP): the status says what happened
-            pass
     return code

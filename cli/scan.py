@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import click
 
 from quadvault_dali.cli._options import (command_line, device_option, fps_option, long_job, sampling_option,
-                                         stops_cleanly)
+                                         stops_cleanly, terminal_may_be_gone)
 from quadvault_dali.progress import progress_bar
 
 
@@ -92,7 +90,7 @@ def scan_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlights: Path | None,
          kw: dict[str, Any]) -> None:
-    from quadvault_dali.scan.supervise import runs_in_process
+    from quadvault_dali._supervisor import runs_in_process
 
     argv = command_line()
     if kw["restarts"] and argv is not None and not runs_in_process():
@@ -103,7 +101,8 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
     from quadvault_dali._lifetime import signal_name
     from quadvault_dali.scan.parallel import WorkerCrashed, parse_gpus
     from quadvault_dali.scan.runner import ScanOptions, scan_library
-    from quadvault_dali.scan.supervise import DONE_FD_ENV, SHARD_SECONDS_ENV, WORKER_CRASH_EXIT, report_done
+    from quadvault_dali._supervisor import DONE_FD_ENV, WORKER_CRASH_EXIT, report_done
+    from quadvault_dali.scan.supervise import SHARD_SECONDS_ENV
 
     gpus = None
     if kw["gpus"]:
@@ -159,7 +158,7 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
                 click.secho(f"A GPU worker crashed ({reason}); the scan starts again.", fg="yellow", err=True)
                 sys.exit(WORKER_CRASH_EXIT)  # the supervisor starts the scan again, as after its own crash
     report_done()  # everything is saved: a crash from here on (printing, exiting) is no reason to scan again
-    with _terminal_may_be_gone():  # a hangup the scan outlived: the results are on disk
+    with terminal_may_be_gone():  # a hangup the scan outlived: the results are on disk
         _print_summary(summary)
 
 
@@ -195,24 +194,14 @@ def _supervise(argv: list[str], out: Path, kw: dict[str, Any]) -> int:
     supervisor = ScanSupervisor(argv, out, kw["restarts"], tag=tag, device=kw["device"],
                             shard_seconds=kw["shard_seconds"])
     code = supervisor.run()
-    with _terminal_may_be_gone():  # SIGHUP: the status says what happened
+    with terminal_may_be_gone():  # SIGHUP: the status says what happened
         _report_supervision(supervisor, code, out, kw)
     return code
 
 
-@contextmanager
-def _terminal_may_be_gone() -> Iterator[None]:
-    """Skips the rest of a message the terminal can no longer take (EIO after a hangup, EPIPE)."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno not in (errno.EIO, errno.EPIPE):
-            raise
-
-
 def _report_supervision(supervisor: Any, code: int, out: Path, kw: dict[str, Any]) -> None:
     from quadvault_dali._lifetime import signal_name
-    from quadvault_dali.scan.supervise import STOP_STATUSES
+    from quadvault_dali._supervisor import STOP_STATUSES
 
     if supervisor.crashes:
         times = f"{len(supervisor.crashes)} time{'s' if len(supervisor.crashes) > 1 else ''}"

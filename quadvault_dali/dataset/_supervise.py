@@ -9,12 +9,11 @@ the message of an interrupted rebuild tells a user to.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 from .._supervisor import Supervisor
-from ._crashes import CRASHES_FILE
+from ._crashes import DecoderCrashes
 from ._table import DATASET_FILE, FRAMES_DIR, MANIFEST
 
 
@@ -47,11 +46,7 @@ class PrepareSupervisor(Supervisor):
                     continue
         except OSError:
             pass
-        try:
-            crashes = json.loads((self.out_dir / CRASHES_FILE).read_text(encoding="utf-8"))["videos"]
-            done.update(f"crash:{path}" for path in crashes)
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+        done.update(f"crash:{video_id}" for video_id in DecoderCrashes(self.out_dir).known)
         return done
 
     def progressed(self, before: set[str]) -> bool:

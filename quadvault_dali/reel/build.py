@@ -116,6 +116,11 @@ def _with_left_out(exc: EmptySelectionError, left_out: list[VideoScores], min_sc
     return EmptySelectionError(f"{exc.reason}; {note}", path=exc.path, hint=exc.hint)
 
 
+def _nearest_root_first(path: Path) -> tuple[int, str]:
+    """The order copies are used in: the one nearest the library's root, then by name."""
+    return len(path.parts), str(path)
+
+
 def _copy_sets(videos: list[VideoScores]) -> dict[Path, list[VideoScores]]:
     """The sets of copies among ``videos`` (the same clip in the card dump and in backup/): each would be picked,
     and the reel showed the same shot twice. Keyed by the copy to use first (the one nearest the library's root,
@@ -134,7 +139,7 @@ def _copy_sets(videos: list[VideoScores]) -> dict[Path, list[VideoScores]]:
     if not alike:
         return {}
     by_content: dict[str, list[VideoScores]] = {}
-    for path, cid in content_ids(sorted(alike, key=lambda p: (len(p.parts), str(p)))).items():
+    for path, cid in content_ids(sorted(alike, key=_nearest_root_first)).items():
         if isinstance(cid, str):  # unreadable: the plan's probe says so
             by_content.setdefault(cid, []).append(alike[path])
     return {group[0].path: group for group in by_content.values() if len(group) > 1}
@@ -163,7 +168,7 @@ def prepare_reel(scores: str | Path | ScoreSource, options: ReelOptions, *, deco
             v = dataclasses.replace(v, duration_s=info.duration_s, rotation=info.rotation)
         videos.append(v)
     copy_sets = _copy_sets(videos)  # kept path -> its copies, the kept one first
-    spare = {p for group in copy_sets.values() for v in group[1:] for p in [v.path]}
+    spare = {v.path for group in copy_sets.values() for v in group[1:]}
     videos = [v for v in videos if v.path not in spare]
     if not videos:
         raise EmptySelectionError(f"{source.origin}: no scored video to cut a reel from "
@@ -229,7 +234,7 @@ def prepare_reel(scores: str | Path | ScoreSource, options: ReelOptions, *, deco
                     lose(clip.window.path)
                     newly_bad = True
         if not newly_bad:
-            copies = _copies_note(sorted(spare, key=lambda p: (len(p.parts), str(p))))
+            copies = _copies_note(sorted(spare, key=_nearest_root_first))
             if copies:
                 plan = dataclasses.replace(plan, notes=plan.notes + (copies,))
             return PreparedReel(plan, infos, tuple(skipped), source)

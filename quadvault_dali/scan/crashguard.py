@@ -56,6 +56,22 @@ def _decode(name: str) -> str:
     return json.loads(name) if name.startswith('"') else name  # journals before names were JSON: raw
 
 
+def _journals(out_dir: Path, tag: str) -> list[Path]:
+    """This tag's journal and its per-GPU workers' (``parallel.worker_tag``'s names)."""
+    workers = f".inflight-{tag}-g" if tag else ".inflight-g"
+    return [journal_path(out_dir, tag), *sorted(out_dir.glob(f"{workers}*.log"))]
+
+
+def _entries(journal: Path) -> list[tuple[str, str]]:
+    """``(kind, path)`` of each line of a journal (``S``: started, ``F``: finished); ``OSError`` if unreadable."""
+    entries = []
+    for line in journal.read_text(encoding="utf-8", errors="surrogateescape").split("\n"):
+        kind, _, name = line.partition(" ")
+        if kind in (_STARTED, _FINISHED):
+            entries.append((kind, _decode(name)))
+    return entries
+
+
 def take_suspects(out_dir: Path, tag: str) -> list[Path]:
     """Videos the previous run with this tag (or its per-GPU workers) started but never finished.
 
@@ -63,22 +79,20 @@ def take_suspects(out_dir: Path, tag: str) -> list[Path]:
     the crash row ``settle`` is told about once it is on disk): a Ctrl-C or another crash before that
     leaves them suspects for the next start instead of losing them. Workers' journals are merged in.
     """
-    workers = f".inflight-{tag}-g" if tag else ".inflight-g"  # parallel.worker_tag's names
     own = journal_path(out_dir, tag)
-    journals = [own, *sorted(out_dir.glob(f"{workers}*.log"))]
+    journals = _journals(out_dir, tag)
     open_paths: dict[str, None] = {}
     for journal in journals:
         try:
-            text = journal.read_text(encoding="utf-8", errors="surrogateescape")
+            entries = _entries(journal)
         except FileNotFoundError:
             continue
         started: dict[str, None] = {}
-        for line in text.split("\n"):
-            kind, _, name = line.partition(" ")
+        for kind, name in entries:
             if kind == _STARTED:
-                started[_decode(name)] = None
-            elif kind == _FINISHED:
-                started.pop(_decode(name), None)
+                started[name] = None
+            else:
+                started.pop(name, None)
         open_paths.update(started)
     if open_paths:
         with atomic_path(own) as tmp:
@@ -93,17 +107,12 @@ def take_suspects(out_dir: Path, tag: str) -> list[Path]:
 def finished_in_journals(out_dir: Path, tag: str) -> set[str]:
     """The video paths a dead run with this tag (or its per-GPU workers) finished: what it had done, saved in a
     shard or not (the supervisor compares them with the shards it closed)."""
-    workers = f".inflight-{tag}-g" if tag else ".inflight-g"
     finished: set[str] = set()
-    for journal in [journal_path(out_dir, tag), *sorted(out_dir.glob(f"{workers}*.log"))]:
+    for journal in _journals(out_dir, tag):
         try:
-            text = journal.read_text(encoding="utf-8", errors="surrogateescape")
+            finished.update(name for kind, name in _entries(journal) if kind == _FINISHED)
         except OSError:
             continue
-        for line in text.split("\n"):
-            kind, _, name = line.partition(" ")
-            if kind == _FINISHED:
-                finished.add(_decode(name))
     return finished
 
 

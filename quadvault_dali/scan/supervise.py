@@ -19,16 +19,11 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from .._supervisor import (DONE, DONE_FD_ENV, FORWARD_DELAY_S, FORWARDED, IN_PROCESS_ENV, STOP_SIGNALS,
-                           STOP_STATUSES, WORKER_CRASH_EXIT, Supervisor, report_done, runs_in_process)
+from .._supervisor import Supervisor
 from .crashguard import finished_in_journals
 from .shards import complete_shards, parse_name
 
 log = logging.getLogger(__name__)
-
-__all__ = ["DONE", "DONE_FD_ENV", "FORWARD_DELAY_S", "FORWARDED", "IN_PROCESS_ENV", "MIN_SHARD_SECONDS",
-           "STOP_SIGNALS", "STOP_STATUSES", "ScanSupervisor", "WORKER_CRASH_EXIT", "own_shards", "report_done",
-           "SHARD_SECONDS_ENV", "runs_in_process", "shard_seconds_after_crash", "written_paths"]
 
 #: The shortest shard interval a restart asks for: shards of a few seconds are many small files, but a scan that
 #: crashes that often has bigger problems
