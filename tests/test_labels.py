@@ -367,6 +367,29 @@ def test_a_video_given_as_the_labels_file_is_named_as_such(tmp_path: Path) -> No
     assert "test-video" in str(err.value.hint)
 
 
+def test_a_labels_file_in_a_legacy_code_page_is_named_with_the_byte_and_where(tmp_path: Path) -> None:
+    """A labels file saved as Windows-1252 (an accented folder name) was called "binary, not JSON text"; it is
+    text in another encoding, and its accented names would not match the library's, so it is named as such."""
+    labels = tmp_path / "labels.json"
+    labels.write_bytes('{\n  "highlights": ["Été/"],\n  "normal": []\n}'.encode("cp1252"))
+    with pytest.raises(LabelsError, match=r"is not UTF-8 text: byte 0xC9 at line 2, column 19") as err:
+        load_labels(labels)
+    assert "binary" not in str(err.value)
+    assert "UTF-8" in str(err.value.hint)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32", "utf-8-sig"])
+def test_a_labels_file_with_a_unicode_byte_order_mark_is_read(tmp_path: Path, library: Path,
+                                                              encoding: str) -> None:
+    """Notepad's "Unicode" is UTF-16 with a BOM: the file is read as the text it is (the JSON standard allows it)."""
+    labels = library / "labels.json"
+    text = json.dumps({"highlights": ["beach"], "normal": ["city"]})
+    labels.write_bytes(text.encode(encoding))
+    assert labels.read_bytes()[:2] in (b"\xff\xfe", b"\xfe\xff", b"\xef\xbb")
+    parsed = load_labels(labels)
+    assert parsed.count(1) == 2 and parsed.count(0) == 3
+
+
 def test_a_named_pipe_among_the_labelled_videos_is_a_problem_not_a_hang(tmp_path: Path, library: Path) -> None:
     """A FIFO named like a video in a labelled folder made prepare-dataset and evaluate open it to read its
     content id and wait for a writer for ever, deaf to Ctrl-C (an exploratory helper's find); scan says at once

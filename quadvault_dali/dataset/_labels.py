@@ -29,6 +29,7 @@ validation accuracy.
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import json
 import logging
@@ -245,6 +246,36 @@ def parse_labels(data: object, *, base: Path, source: Path, skip_missing: bool =
 MAX_LABELS_BYTES = 64 * 1024 * 1024
 
 
+_UNICODE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                 (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def _labels_text(raw: bytes, source: Path) -> str:
+    """The labels file as text. UTF-8 (with or without the BOM Windows editors write) and UTF-16/32 with a BOM
+    (Notepad's "Unicode") are read; a file in a legacy code page is named with the byte and where it is, since its
+    accented folder names would not match the library's; anything with NUL bytes is binary (a video, most
+    likely, given where the labels go)."""
+    for bom, encoding in _UNICODE_BOMS:
+        if raw.startswith(bom):
+            try:
+                return raw.decode(encoding)
+            except UnicodeDecodeError as exc:
+                raise LabelsError(f"is not valid {encoding.upper()} text ({exc.reason} at byte {exc.start})",
+                                  path=source, hint="save it as UTF-8") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        if b"\0" in raw[:65536]:
+            raise LabelsError("is not a labels file (binary, not JSON text)", path=source,
+                              hint='a labels file looks like {"highlights": [...], "normal": [...]}; to score one '
+                                   "video, use quadvault test-video") from None
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise LabelsError(f"is not UTF-8 text: byte 0x{raw[exc.start]:02X} at line {line}, column {column} (saved in "
+                          "another encoding, such as Windows-1252 or Latin-1)", path=source,
+                          hint="save it as UTF-8: in most editors, Save As with the encoding UTF-8") from None
+
+
 def load_labels(path: str | os.PathLike[str], *, skip_missing: bool = False, one_class: bool = False) -> Labels:
     """Reads and validates a labels file; raises ``LabelsError`` listing every problem at once. ``one_class``: as
     ``parse_labels``."""
@@ -254,15 +285,12 @@ def load_labels(path: str | os.PathLike[str], *, skip_missing: bool = False, one
         if size > MAX_LABELS_BYTES:
             raise LabelsError(f"is {size / 2**20:,.0f} MiB: not a labels file (expected a small JSON file)",
                               path=source, hint='a labels file looks like {"highlights": [...], "normal": [...]}')
-        text = source.read_text(encoding="utf-8-sig")  # Windows editors start the file with a BOM
+        raw = source.read_bytes()
     except FileNotFoundError:
         raise LabelsError("labels file does not exist", path=source) from None
-    except UnicodeDecodeError:  # a binary file: a video given where the labels go, most likely
-        raise LabelsError("is not a labels file (binary, not JSON text)", path=source,
-                          hint='a labels file looks like {"highlights": [...], "normal": [...]}; to score one video, '
-                               "use quadvault test-video") from None
     except OSError as exc:
         raise LabelsError(f"cannot read labels file: {exc}", path=source) from None
+    text = _labels_text(raw, source)
     repeated: list[str] = []
 
     def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
