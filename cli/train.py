@@ -25,9 +25,9 @@ from ._options import device_option, long_job, stops_cleanly
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights, shuffling, augmentation.")
 @device_option
 @click.option("--patience", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Stop after this many epochs without a better epoch: higher video-level validation accuracy, or "
-                   "the same with a higher ROC-AUC, or both the same with a lower validation loss (a model at 100 % "
-                   "accuracy goes on while its loss falls).")
+              help="Stop after this many epochs without a better epoch: higher video-level validation balanced "
+                   "accuracy (the mean of the two classes' recalls), or the same with a higher ROC-AUC, or both the "
+                   "same with a lower validation loss (a model at 100 % goes on while its loss falls).")
 @click.option("--freeze-backbone-epochs", type=click.IntRange(min=0), default=0, show_default=True,
               help="Train only the new head for the first N epochs.")
 @click.option("--multi-gpu", is_flag=True,
@@ -51,7 +51,8 @@ def train(dataset: Path, output_dir: Path, epochs: int, batch_size: int, learnin
     """Fine-tune an ImageNet backbone on DATASET (the prepare-dataset folder or its dataset.parquet).
 
     JPEG frames are decoded and augmented by a DALI pipeline (on the GPU when there is one), the best
-    epoch by video-level validation accuracy is kept, and its threshold goes into the model card.
+    epoch by video-level validation balanced accuracy is kept, and its threshold (tuned the same way, so
+    rare highlights are not traded for the common class) goes into the model card.
 
     \b
     Examples:

@@ -68,3 +68,24 @@ def test_best_threshold_separates_when_possible() -> None:
     assert 0.4 < t <= 0.45
     assert binary_metrics(scores, labels, t).accuracy == 1.0
     assert best_threshold([0.2, 0.9], [1, 1]) == 0.5
+
+
+def test_best_threshold_does_not_trade_rare_highlights_for_accuracy() -> None:
+    """2 highlights among 33 videos (a review's case): plain accuracy was best calling nothing a highlight
+    (0.700001: accuracy 0.94, recall 0), and that threshold went into the card, so scans flagged nothing.
+    Balanced accuracy finds both highlights at the cost of three normal videos."""
+    scores = [0.55, 0.35] + [0.1] * 28 + [0.4, 0.6, 0.7]
+    labels = [1, 1] + [0] * 31
+    t = best_threshold(scores, labels)
+    m = binary_metrics(scores, labels, t)
+    assert 0.1 < t <= 0.35 and m.recall == 1.0 and m.fp == 3
+    assert m.balanced_accuracy == pytest.approx((1.0 + 28 / 31) / 2)
+    assert m.balanced_accuracy > binary_metrics(scores, labels, 0.700001).balanced_accuracy == 0.5
+
+
+def test_balanced_accuracy_is_the_mean_recall_of_the_classes_present() -> None:
+    m = binary_metrics([0.9, 0.2, 0.8, 0.7, 0.1], [1, 1, 0, 0, 0], 0.5)
+    assert (m.tp, m.fn, m.tn, m.fp) == (1, 1, 1, 2)
+    assert m.balanced_accuracy == pytest.approx((1 / 2 + 1 / 3) / 2) and m.accuracy == pytest.approx(2 / 5)
+    assert binary_metrics([0.9, 0.2], [1, 1], 0.5).balanced_accuracy == 0.5  # one class: its recall
+    assert binary_metrics([], [], 0.5).balanced_accuracy == 0.0

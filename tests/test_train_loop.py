@@ -362,3 +362,16 @@ def test_cli_sigterm_stops_like_ctrl_c_and_says_how_to_resume(tmp_path: Path) ->
     again = subprocess.run(args, capture_output=True, text=True)
     assert again.returncode != 0 and "an interrupted training run is here" in again.stderr + again.stdout
     assert (tmp_path / "model" / "training_state.safetensors").exists()
+
+
+def test_epochs_are_ranked_by_balanced_accuracy_also_in_states_saved_before_it_was_kept() -> None:
+    """A training state saved by a version that ranked epochs by plain accuracy holds video metrics without
+    ``balanced_accuracy``: resuming ranks them from their confusion counts, so old and new epochs compare alike."""
+    from quadvault_dali.training._loop import _selection_key
+
+    old = {"accuracy": 0.94, "roc_auc": 0.9, "tp": 0, "fn": 2, "tn": 31, "fp": 0}
+    new = {"accuracy": 0.91, "balanced_accuracy": (1 + 28 / 31) / 2, "roc_auc": 0.9, "tp": 2, "fn": 0, "tn": 28,
+           "fp": 3}
+    assert _selection_key(old, 0.3) == (0.5, 0.9, -0.3)
+    assert _selection_key(new, 0.4) > _selection_key(old, 0.3)
+    assert _selection_key({**new, "roc_auc": None}, 0.2) < _selection_key(new, 0.4)

@@ -16,7 +16,7 @@ import time
 import uuid
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from torch import nn
 from .._files import atomic_path, remove_dead_temporaries
 from ..device import resolve_device
 from ..errors import BackendUnavailableError, DatasetError, OutputError, QuadvaultError
-from ..metrics import best_threshold, binary_metrics, video_scores
+from ..metrics import balanced_accuracy, best_threshold, binary_metrics, video_scores
 from ..model import CARD_FILE, build_network, save_model, spec_for
 from ..progress import progress_bar
 from ._config import EpochRecord, TrainConfig, TrainResult, loader_threads, resolve_backbone
@@ -163,12 +163,24 @@ def _evaluate(model: nn.Module, loader: DaliFrameLoader, frames: FrameTable, dev
 
 
 def _score(probs: np.ndarray, frames: FrameTable) -> tuple[dict, dict, float]:
-    frame = binary_metrics(probs, frames.labels, 0.5).as_dict()
+    """(frame metrics, video metrics, threshold): the threshold is tuned on the videos and, as in ``evaluate``,
+    frames are judged at it too."""
     _, vscores, vlabels = video_scores(probs, frames.labels, frames.video_ids)
     threshold = best_threshold(vscores, vlabels)
+    frame = binary_metrics(probs, frames.labels, threshold).as_dict()
     video = binary_metrics(vscores, vlabels, threshold).as_dict()
     video["accuracy_at_0.5"] = binary_metrics(vscores, vlabels, 0.5).accuracy
     return frame, video, threshold
+
+
+def _selection_key(video: dict[str, Any], val_loss: float) -> tuple[float, float, float]:
+    """How epochs are ranked: video-level balanced accuracy (a rare class counts as much as a common one), then
+    ROC-AUC, then lower validation loss (a model at 100 % goes on while its loss falls). Records saved before
+    balanced accuracy was kept are ranked from their confusion counts."""
+    balanced = video.get("balanced_accuracy")
+    if balanced is None:
+        balanced = balanced_accuracy(video["tp"], video["fp"], video["tn"], video["fn"])
+    return (float(balanced), float(video.get("roc_auc") or 0.0), -float(val_loss))
 
 
 def _write_json(path: Path, data: object) -> None:
@@ -260,14 +272,18 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
            f"{config.image_size}px, batch {config.batch_size}" + (f" x {world} GPUs" if world > 1 else ""))
     if position.stopped_early:
         report(f"The interrupted run had already stopped early after epoch {position.epoch} (no better "
-               f"video-level val accuracy for {config.patience} epochs); nothing left to train")
+               f"epoch for {config.patience} epochs); nothing left to train")
     elif position.epoch:
         report(f"Resuming the interrupted run after epoch {position.epoch} of {config.epochs} (best so far: "
                f"epoch {position.best_epoch}, video-level val accuracy {_pct(position.best_video_accuracy)})")
     result = TrainResult(config.output_dir, arch, position.best_epoch, position.best_video_accuracy,
                          position.threshold, history=position.history, stopped_early=position.stopped_early,
                          skipped_frames=data.train.skipped + data.val.skipped)
-    best_key, since_best = position.best_key, position.since_best
+    # ranked again by this version's key: a state saved by an older version ranked its epochs otherwise
+    best_key = (_selection_key(position.history[position.best_epoch - 1].video,
+                               position.history[position.best_epoch - 1].val_loss)
+                if position.best_epoch and len(position.history) >= position.best_epoch else position.best_key)
+    since_best = position.since_best
     show = rank == 0
     for epoch in range(position.epoch + 1, 1 if result.stopped_early else config.epochs + 1):
         frozen = epoch <= config.freeze_backbone_epochs
@@ -290,10 +306,10 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
         report(f"Train Loss: {train_loss:.4f} | Train Acc: {_pct(train_acc)}")
         # the threshold is tuned on these same videos: say what 0.5 gives too (a few videos flatter the tuned one)
         report(f"Val Loss: {val_loss:.4f} | Val Acc: {_pct(frame['accuracy'])} | Video Acc: "
-               f"{_pct(video['accuracy'])} at threshold {threshold:.2f} ({_pct(video['accuracy_at_0.5'])} at 0.50)"
+               f"{_pct(video['accuracy'])} (balanced {_pct(video['balanced_accuracy'])}) at threshold {threshold:.2f} ({_pct(video['accuracy_at_0.5'])} at 0.50)"
                f" | Video F1: {video['f1']:.3f} | Video AUC: "
                + (f"{video['roc_auc']:.3f}" if video["roc_auc"] is not None else "n/a"))
-        key = (video["accuracy"], video["roc_auc"] or 0.0, -val_loss)
+        key = _selection_key(video, val_loss)
         improved = best_key is None or key > best_key
         if improved:
             best_key, since_best = key, 0
@@ -317,9 +333,10 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
             if improved:
                 _save(config, net, arch, data, record, run_id)
         if improved:
-            report(f"✓ Saved best model (video-level val accuracy {_pct(video['accuracy'])})")
+            report(f"✓ Saved best model (video-level val balanced accuracy {_pct(video['balanced_accuracy'])})")
         if result.stopped_early:
-            report(f"Early stop: no better video-level val accuracy for {config.patience} epochs")
+            report(f"Early stop: no better epoch (video-level val balanced accuracy, then ROC-AUC, then loss) "
+                   f"for {config.patience} epochs")
             break
     if rank == 0:
         remove_state(config.output_dir)  # finished: nothing to resume
@@ -368,7 +385,8 @@ def _final_block(report: Report, result: TrainResult) -> None:
     report("TRAINING COMPLETE")
     report("=" * 60)
     if best is not None:
-        report(f"Best video-level val accuracy: {_pct(result.best_video_accuracy)} (epoch {result.best_epoch}, "
+        report(f"Best epoch {result.best_epoch}: video-level val balanced accuracy "
+               f"{_pct(_selection_key(best.video, best.val_loss)[0])}, accuracy {_pct(result.best_video_accuracy)} ("
                f"threshold {result.threshold:.2f}, tuned on these {best.video['n']} videos; "
                f"{_pct(best.video['accuracy_at_0.5'])} at 0.50)")
         report(f"Frame-level val accuracy: {_pct(best.frame['accuracy'])} | Video F1: {best.video['f1']:.3f}")
