@@ -14,7 +14,8 @@ from ._options import device_option, fps_option, long_job, nothing_written, samp
 
 def _metrics_line(title: str, m: "object") -> str:
     auc = "n/a" if m.roc_auc is None else f"{m.roc_auc:.3f}"  # type: ignore[attr-defined]
-    return (f"{title:<13}(n={m.n:,}): accuracy {m.accuracy:.1%} | precision {m.precision:.1%} | "  # type: ignore[attr-defined]
+    return (f"{title:<13}(n={m.n:,}): accuracy {m.accuracy:.1%} (balanced {m.balanced_accuracy:.1%}) | "  # type: ignore[attr-defined]
+            f"precision {m.precision:.1%} | "  # type: ignore[attr-defined]
             f"recall {m.recall:.1%} | F1 {m.f1:.3f} | ROC-AUC {auc}")  # type: ignore[attr-defined]
 
 
@@ -77,6 +78,11 @@ def evaluate(source: Path, model: Path, more_models: tuple[Path, ...], split: st
     if len(models) > 1:
         for m, metrics in zip(report.models, report.model_video_metrics):
             click.echo(_metrics_line(f"  {m['name']}"[:12], metrics))
+    for name, count in report.tuned_on.items():
+        share = "all" if count == len(report.videos) else f"{count:,} of the {len(report.videos):,}"
+        click.echo(f"Note: {share} videos are those model {name}'s best epoch and threshold were chosen on (its "
+                   "validation split): expect a little less on footage it has never seen; evaluate a labels.json "
+                   "of new videos for that number")
     (tn, fp), (fn, tp) = report.video_metrics.confusion.tolist()
     click.echo("Confusion matrix (videos):")
     click.echo(f"  {'':<18}{'predicted normal':>18}{'predicted highlight':>21}")

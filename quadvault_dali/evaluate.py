@@ -70,6 +70,8 @@ class EvaluationReport:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, error) for videos not scored
     bad_frames: list[tuple[str, str]] = field(default_factory=list)  # (frame file, error), skipped
     uncertain_range: tuple[float, float] = (0.3, 0.7)  # ``uncertain_band`` of the threshold
+    #: per model, how many of the videos are the validation videos its best epoch and threshold were chosen on
+    tuned_on: dict[str, int] = field(default_factory=dict)
 
     def misclassified(self) -> list[VideoResult]:
         """Wrong predictions, the most confidently wrong first."""
@@ -95,6 +97,7 @@ class EvaluationReport:
             "videos": [v.as_dict(t) for v in self.videos],
             "failed": [{"path": p, "error": e} for p, e in self.failed],
             "bad_frames": [{"path": p, "error": e} for p, e in self.bad_frames],
+            "tuned_on": self.tuned_on,
         }
 
 
@@ -206,7 +209,15 @@ def trained_on(models: Sequence[FrameScorer], videos: Sequence[str],
     model was trained on are optimistic; the report warns rather than guess. ``known_ids``: content ids
     the caller has already (a dataset's rows, a labels file's check); only the other videos are read.
     """
-    overlap: dict[str, list[str]] = {}
+    return seen_in_datasets(models, videos, known_ids)["train"]
+
+
+def seen_in_datasets(models: Sequence[FrameScorer], videos: Sequence[str],
+                     known_ids: dict[str, str] | None = None) -> dict[str, dict[str, list[str]]]:
+    """``{"train": {model: videos}, "val": {model: videos}}``: the ``videos`` in each split of the dataset each
+    model's card names (as ``trained_on``). A model's best epoch and threshold were chosen on its ``val`` videos,
+    so metrics over them are a little optimistic too."""
+    overlap: dict[str, dict[str, list[str]]] = {"train": {}, "val": {}}
     ids: dict[str, str | OSError] | None = None
     for model in models:
         cards = model.card.get("ensemble", [model.card])
@@ -217,18 +228,19 @@ def trained_on(models: Sequence[FrameScorer], videos: Sequence[str],
             if not isinstance(where, str) or not where or not is_dataset(Path(where)):
                 continue
             try:
-                rows = [r for r in read_dataset(where).rows() if r["split"] == "train"]
+                rows = list(read_dataset(where).rows())
             except QuadvaultError:
                 continue
             if ids is None:
                 ids = dict(known_ids or {})
                 unknown = [Path(v) for v in videos if v not in ids]
                 ids.update({str(k): v for k, v in content_ids(unknown).items()} if unknown else {})
-            train_ids = {r["video_id"] for r in rows}
-            train_paths = {r["video_path"] for r in rows}
-            seen = sorted(v for v in videos if v in train_paths or ids.get(str(Path(v))) in train_ids)
-            if seen:
-                overlap[str(card.get("name") or model.name)] = seen
+            for split, found in overlap.items():
+                split_ids = {r["video_id"] for r in rows if r["split"] == split}
+                split_paths = {r["video_path"] for r in rows if r["split"] == split}
+                seen = sorted(v for v in videos if v in split_paths or ids.get(str(Path(v))) in split_ids)
+                if seen:
+                    found[str(card.get("name") or model.name)] = seen
     return overlap
 
 
@@ -255,9 +267,10 @@ def evaluate(source: str | os.PathLike[str], models: Sequence[FrameScorer], *, s
     if not collected.keys:
         raise QuadvaultError("no video could be scored", path=path,
                              hint="; ".join(f"{p}: {e}" for p, e in collected.failed[:3]) or None)
-    for name, seen in trained_on(models, collected.keys, collected.ids).items():
+    seen = seen_in_datasets(models, collected.keys, collected.ids)
+    for name, trained in seen["train"].items():
         log.warning("%d of the %d evaluated videos were in the training split of model %s (e.g. %s): these "
-                    "metrics are optimistic", len(seen), len(collected.keys), name, seen[0])
+                    "metrics are optimistic", len(trained), len(collected.keys), name, trained[0])
     thr = ensemble_threshold(models) if threshold is None else float(threshold)
     per_frame = np.concatenate(collected.frame_scores, axis=1)  # (n_models, total frames)
     frame_labels = np.repeat(collected.labels, [s.shape[1] for s in collected.frame_scores])
@@ -279,4 +292,5 @@ def evaluate(source: str | os.PathLike[str], models: Sequence[FrameScorer], *, s
         model_video_metrics=[binary_metrics(scores, video_labels, model.threshold if threshold is None else thr)
                              for scores, model in zip(member_means, models)],
         videos=videos, failed=collected.failed, bad_frames=collected.bad_frames,
+        tuned_on={name: len(found) for name, found in seen["val"].items()},
         uncertain_range=uncertain if uncertain is not None else uncertain_band(thr))

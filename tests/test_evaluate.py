@@ -114,7 +114,7 @@ def test_cli_text_output(labels_file: Path, models: dict[str, Path], clips: dict
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
     assert lines[1].startswith("Frame level  (n=32): accuracy ")
-    assert lines[2].startswith("Video level  (n=8): accuracy 87.5% | precision 80.0% | recall 100.0% | F1 0.889 | "
+    assert lines[2].startswith("Video level  (n=8): accuracy 87.5% (balanced 87.5%) | precision 80.0% | recall 100.0% | F1 0.889 | "
                                "ROC-AUC 0.")
     i = lines.index("Confusion matrix (videos):")
     assert lines[i + 2].split() == ["true", "normal", "3", "1"]
@@ -155,12 +155,16 @@ def test_evaluating_videos_a_model_trained_on_warns(labels_file: Path, models: d
     (trained / "model.json").write_text(json.dumps(card))
     model = load_model(trained)
     train_videos = {r["video_path"] for r in read_dataset(out).rows() if r["split"] == "train"}
+    val_videos = {r["video_path"] for r in read_dataset(out).rows() if r["split"] == "val"}
     with caplog.at_level("WARNING"):
-        evaluate(out, [model], device="cpu")  # the validation split: no warning
+        on_val = evaluate(out, [model], device="cpu")  # the validation split: no warning
     assert "training split" not in caplog.text
+    # ... but its best epoch and threshold were chosen on those videos: the report says how many were
+    assert on_val.tuned_on == {model.name: len(val_videos)} and on_val.as_dict()["tuned_on"] == on_val.tuned_on
     with caplog.at_level("WARNING"):
-        evaluate(labels_file, [model], device="cpu")
+        on_labels = evaluate(labels_file, [model], device="cpu")
     assert f"{len(train_videos)} of the 8 evaluated videos were in the training split of model" in caplog.text
+    assert on_labels.tuned_on == {model.name: len(val_videos)} and 0 < len(val_videos) < 8
     assert "these metrics are optimistic" in caplog.text
     # renamed copies elsewhere are still the videos it trained on
     caplog.clear()
@@ -188,6 +192,10 @@ def test_evaluating_videos_a_model_trained_on_warns(labels_file: Path, models: d
         evaluate(out, [model], device="cpu", split="all")
         evaluate(copies / "labels.json", [model], device="cpu")
     assert caplog.text.count(f"{len(train_videos)} of the 8 evaluated videos were in the training split") == 2
+    # the command says it (after the log checks: the command sets up its own logging)
+    result = CliRunner().invoke(main, ["evaluate", str(out), str(trained), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert f"Note: all videos are those model {model.name}'s best epoch and threshold were chosen on" in result.output
 
 
 def test_a_given_threshold_judges_every_member_too(labels_file: Path, models: dict[str, Path]) -> None:
