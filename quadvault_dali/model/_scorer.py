@@ -12,6 +12,7 @@ from typing import Any, Iterable, Protocol, Sequence
 import torch
 import torch.nn.functional as F
 
+from .._geometry import centre_offset
 from ._network import HighlightNet
 
 #: The decision threshold of a card that has none (cards written by ``save_model`` always have one).
@@ -45,7 +46,7 @@ def preprocess_frames(frames: torch.Tensor, image_size: int, mean: Sequence[floa
     new_h, new_w = max(image_size, round(h * scale)), max(image_size, round(w * scale))
     if (new_h, new_w) != (h, w):
         x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
-    top, left = (new_h - image_size) // 2, (new_w - image_size) // 2
+    top, left = centre_offset(new_h, image_size), centre_offset(new_w, image_size)
     x = x[:, :, top:top + image_size, left:left + image_size]
     m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1) * 255.0
     s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1) * 255.0

@@ -25,6 +25,7 @@ import torch
 
 from ..errors import DecodeError, QuadvaultError, unexpected_failure
 from .._frame_times import FrameClock
+from .._geometry import centre_offset
 from ..probe import VideoInfo, open_container, probe_open, rewound
 from ._base import Sampler, VideoSource, path_of, register_backend
 from ._plan import SamplePlan, plan_samples
@@ -61,7 +62,7 @@ def to_display(frame: av.VideoFrame, info: VideoInfo, size: int, square: bool) -
     if info.rotation:
         image = np.rot90(image, k=-info.rotation // 90)
     if square:
-        top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+        top, left = centre_offset(image.shape[0], size), centre_offset(image.shape[1], size)
         image = image[top: top + size, left: left + size]
     return np.ascontiguousarray(image)
 

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._geometry import centre_offset
 from ..errors import DecodeError
 from ..probe import VideoInfo
 from ._clip_decoder import DecodeStats
@@ -485,6 +486,6 @@ def planes_to_rgb(luma: torch.Tensor, chroma: torch.Tensor, matrix: str, full_ra
     if rotation:
         rgb = torch.rot90(rgb, k=-(rotation // 90), dims=(2, 3))
     if square is not None:
-        top, left = (rgb.shape[2] - square) // 2, (rgb.shape[3] - square) // 2
+        top, left = centre_offset(rgb.shape[2], square), centre_offset(rgb.shape[3], square)
         rgb = rgb[:, :, top:top + square, left:left + square]
     return rgb.round_().clamp_(0, 255).to(torch.uint8).contiguous()
