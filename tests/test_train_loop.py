@@ -375,3 +375,25 @@ def test_epochs_are_ranked_by_balanced_accuracy_also_in_states_saved_before_it_w
     assert _selection_key(old, 0.3) == (0.5, 0.9, -0.3)
     assert _selection_key(new, 0.4) > _selection_key(old, 0.3)
     assert _selection_key({**new, "roc_auc": None}, 0.2) < _selection_key(new, 0.4)
+
+
+def test_a_model_larger_than_the_datasets_frames_is_warned_about(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Frames prepared at 48 px and --image-size 64: training would enlarge every frame (blurrier than a scan, which
+    samples at the model's size, ever shows it). Said before the first epoch."""
+    import pyarrow.parquet as pq
+
+    from quadvault_dali.dataset._table import write_dataset
+
+    make_dataset(tmp_path / "ds", n_videos=6, frames=2)
+    rows = pq.read_table(tmp_path / "ds" / "dataset.parquet").to_pylist()
+    write_dataset(tmp_path / "ds", rows, {"fps": 1.0, "size": 48, "mode": "auto", "jpeg_quality": 90})
+    with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt):
+        train_model(_resumable(tmp_path), _interrupt_at(1, []))
+    assert ("the dataset's frames are 48 px on their short side, smaller than --image-size 64" in caplog.text
+            and "--size 64 or more" in caplog.text)
+    caplog.clear()
+    write_dataset(tmp_path / "ds", rows, {"fps": 1.0, "size": 64, "mode": "auto", "jpeg_quality": 90})
+    with caplog.at_level("WARNING"), pytest.raises(KeyboardInterrupt):
+        train_model(_resumable(tmp_path), _interrupt_at(1, []))
+    assert "smaller than --image-size" not in caplog.text

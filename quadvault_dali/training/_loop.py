@@ -217,6 +217,13 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
     data: TrainingData = load_training_data(config.dataset)
     for file, why in data.train.skipped + data.val.skipped:
         report(f"⚠ Skipped frame {file}: {why}")
+    frame_size = data.settings.get("size")
+    if isinstance(frame_size, int) and config.image_size > frame_size:
+        # scans sample at the model's size and shrink; training would enlarge these frames: blurrier than scored
+        log.warning("the dataset's frames are %d px on their short side, smaller than --image-size %d: the model "
+                    "would train on enlarged, blurrier frames than it scores later (prepare the dataset again with "
+                    "--size %d or more, or train with --image-size %d or less)", frame_size, config.image_size,
+                    config.image_size, frame_size)
     arch, note = resolve_backbone(config.backbone, config.pretrained)
     if note:
         report(note)
