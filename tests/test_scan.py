@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -54,6 +55,23 @@ def _seconds(out: Path) -> dict[str, list[dict]]:
     for r in read_table(out, "seconds").to_pylist():
         by.setdefault(r["path"], []).append(r)
     return by
+
+
+def _assert_rows_consistent(out: Path) -> None:
+    """Every video row's path exists, its id is made from its path, size and mtime, and the seconds rows of
+    its pair carry the same path and id, as many as it scored; no seconds row lacks its video."""
+    from quadvault_dali.scan.schema import video_id
+
+    for name in complete_shards(out):
+        videos = pq.read_table(out / "videos" / name).to_pylist()
+        seconds = pq.read_table(out / "seconds" / name).to_pylist()
+        ids = {v["path"]: v["video_id"] for v in videos}
+        for v in videos:
+            assert os.path.exists(v["path"]), v["path"]
+            assert v["video_id"] == video_id(v["path"], v["size_bytes"], v["mtime_ns"])
+            assert v["real_path"] == os.path.realpath(v["path"])
+            assert sum(1 for r in seconds if r["path"] == v["path"]) == v["frames_scored"]
+        assert all(ids.get(r["path"]) == r["video_id"] for r in seconds), "a seconds row without its video"
 
 
 def test_every_video_gets_its_rows(library: Path, tmp_path: Path) -> None:
@@ -432,7 +450,7 @@ def _scanned_through_a_link(library: Path, tmp_path: Path):  # type: ignore[no-u
 def test_rows_scanned_through_a_link_removed_since_are_not_orphaned(library: Path, tmp_path: Path) -> None:
     """Rows keep the path a video was scanned under; once that link is gone, a scan of the real folder found
     no row by path or by resolving it, scanned everything again and counted the library twice. Rows now
-    record their real path: the old rows are matched and retired, the videos rescanned under live paths."""
+    record their real path: the old rows are matched and moved to the live paths, nothing is scanned again."""
     lib, link, out, first = _scanned_through_a_link(library, tmp_path)
     table = read_table(out, "videos").to_pylist()
     assert all(r["path"].startswith(str(link) + os.sep) and r["real_path"] == os.path.realpath(r["path"])
@@ -442,8 +460,91 @@ def test_rows_scanned_through_a_link_removed_since_are_not_orphaned(library: Pat
     videos = _videos(out)
     assert again.totals.total == first.totals.total == len(videos)
     assert all(p.startswith(str(lib) + os.sep) for p in videos), "no row left under the removed link"
-    assert again.run.videos == first.run.videos  # once, under their live paths
+    assert again.run.videos == 0  # the rows moved to their live paths
+    _assert_rows_consistent(out)
+    assert all(str(link) not in (r["error_message"] or "") for r in read_table(out, "videos").to_pylist())
     assert _scan(lib, out).run.videos == 0
+
+
+def test_a_library_mounted_under_another_name_keeps_its_results(library: Path, tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A card or drive mounted again as DRONE1 instead of DRONE (or footage moved to a NAS with ``rsync -a``):
+    every video was scanned again and counted twice, once under the old, dead paths that reels and
+    highlights.json then could not open, and no command could retire them. Rows of files found again (same
+    name, size and mtime) now move to the new paths; nothing is scanned again."""
+    mount = tmp_path / "media" / "DRONE"
+    shutil.copytree(library, mount)
+    out = tmp_path / "out"
+    first = _scan(mount, out)
+    before = {os.path.relpath(p, mount): (r["score"], r["status"], r["error_kind"]) for p, r in _videos(out).items()}
+    seconds_before = {os.path.relpath(p, mount): [(r["timestamp_s"], r["score"]) for r in rows]
+                      for p, rows in _seconds(out).items()}
+    remounted = mount.rename(tmp_path / "media" / "DRONE1")
+    with caplog.at_level("INFO"):
+        again = _scan(remounted, out)
+    assert again.run.videos == 0 and again.totals.total == first.totals.total
+    assert f"{len(before)} scanned videos were found under another path" in caplog.text
+    videos = _videos(out)
+    assert {os.path.relpath(p, remounted): (r["score"], r["status"], r["error_kind"])
+            for p, r in videos.items()} == before
+    assert {os.path.relpath(p, remounted): [(r["timestamp_s"], r["score"]) for r in rows]
+            for p, rows in _seconds(out).items()} == seconds_before
+    _assert_rows_consistent(out)
+    assert not any(str(mount) + os.sep in (r["error_message"] or "") for r in videos.values())
+    assert any(str(remounted) in (r["error_message"] or "") for r in videos.values())  # the broken files' rows
+    doc = json.loads((out / "highlights.json").read_text())
+    assert doc["highlights"] and all(h["path"].startswith(str(remounted) + os.sep) for h in doc["highlights"])
+    assert _scan(remounted, out).run.videos == 0
+
+
+def test_a_moved_file_is_matched_only_when_one_old_row_fits_best(tmp_path: Path) -> None:
+    """Two cards' DJI_0001.MP4 with the same size and mtime (copies) both gone, and one such file found under a
+    new folder: the row whose path ends like the new one in more folders is the one moved; where two fit
+    equally, neither is (the file is scanned again, never given another file's results)."""
+    spec = SynthSpec(codec="h264", width=96, height=64, fps=30, duration_s=2.0, source_id=1)
+    lib = tmp_path / "lib"
+    for card in ("cardA", "cardB"):
+        make_video(lib / card / "DCIM" / "DJI_0001.MP4", spec)
+        os.utime(lib / card / "DCIM" / "DJI_0001.MP4", ns=(1_700_000_000_000_000_000,) * 2)
+    out = tmp_path / "out"
+    _scan(lib, out)
+    assert (lib / "cardA" / "DCIM" / "DJI_0001.MP4").read_bytes() == (lib / "cardB" / "DCIM" / "DJI_0001.MP4").read_bytes()
+    (lib / "cardA").rename(lib / "cardA-2023")  # the folder above DCIM renamed: the tail DCIM/DJI_0001.MP4 ties
+    shutil.rmtree(lib / "cardB")
+    again = _scan(lib, out)
+    assert again.run.videos == 1  # a tie: scanned again
+    assert list(_videos(out)) == [str(lib / "cardA-2023" / "DCIM" / "DJI_0001.MP4")]
+    _assert_rows_consistent(out)
+    (lib / "cardA-2023").rename(lib / "cardA")
+    (lib / "elsewhere").mkdir()
+    shutil.copy2(lib / "cardA" / "DCIM" / "DJI_0001.MP4", lib / "elsewhere" / "DJI_0001.MP4")
+    assert _scan(lib, out).run.videos == 1  # one file moved back (a single fit), the copy is new
+    _assert_rows_consistent(out)
+    assert len(_videos(out)) == 2
+
+
+def test_a_kill_between_moving_a_pairs_two_files_leaves_no_duplicate_seconds(library: Path, tmp_path: Path) -> None:
+    """Moving rows rewrites a pair's seconds, then its videos. Killed between the two, the seconds hold the new
+    path and the video row the old one: the next run scans that video again (its row has no seconds) and drops
+    the seconds left without a video row, so the new path's seconds are not there twice."""
+    from quadvault_dali.scan.shards import write_parquets_atomic
+
+    mount = tmp_path / "DRONE"
+    shutil.copytree(library, mount)
+    out = tmp_path / "out"
+    _scan(mount, out, shard_videos=100)
+    remounted = mount.rename(tmp_path / "DRONE1")
+    (name,) = complete_shards(out)
+    seconds = pq.read_table(out / "seconds" / name)
+    paths = [p.replace(str(mount), str(remounted), 1) for p in seconds["path"].to_pylist()]
+    i = seconds.schema.get_field_index("path")
+    write_parquets_atomic([(out / "seconds" / name, seconds.set_column(i, seconds.schema.field(i),
+                                                                      pa.array(paths, pa.string())))])
+    again = _scan(remounted, out)
+    assert again.run.videos == len(GOOD)  # the error rows, without seconds, moved; the others scanned again
+    _assert_rows_consistent(out)
+    assert {os.path.relpath(p, remounted): len(rows) for p, rows in _seconds(out).items()} == {
+        rel: n for rel, (_, n) in GOOD.items()}
 
 
 def test_a_recorded_real_path_counts_only_once_the_rows_own_path_is_gone(tmp_path: Path) -> None:

@@ -6,7 +6,9 @@ fingerprint, sampled at the same ``--fps`` (and in exact mode when exact is aske
 is an error the file could not even be read for (``FileAccessError``). When it must be scanned again (the file changed, other models, ``--no-resume``,
 ``--retry-errors``) its old rows are removed from their shard pair *before* the rescan, by rewriting
 the pair atomically (seconds first, videos last, the same order as writing). Readers therefore never
-need to deduplicate.
+need to deduplicate. A file found under a new path (a remounted or moved library) whose old path is gone
+takes its old rows along instead of being scanned again (``_moved``, ``relocate_rows``), and a pair that
+is rewritten drops seconds rows left without their video row.
 """
 
 from __future__ import annotations
@@ -15,16 +17,18 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .schema import video_id
 from .shards import (DamagedShardError, TagLock, complete_shards, parse_name, quarantine_pair, read_shard,
                      write_parquets_atomic)
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 #: Error rows of these kinds are scanned again by every resumed run, ``--retry-errors`` or not: the file
@@ -54,6 +58,9 @@ class ResumePlan:
     skipped: list[FileState] = field(default_factory=list)
     superseded: dict[str, set[str]] = field(default_factory=dict)
     gone: list[str] = field(default_factory=list)  # paths whose rows are retired: no longer in the library
+    #: shard -> {old path: the file now}: rows of a file that moved (a library remounted under another name, a
+    #: folder moved), kept and given the new path instead of scanning the file again beside its old rows
+    relocated: dict[str, dict[str, FileState]] = field(default_factory=dict)
 
     @property
     def superseded_count(self) -> int:
@@ -96,6 +103,41 @@ def sampled_as_asked(row: dict[str, object], fps: float, mode: str) -> bool:
     return not (mode == "exact" and row.get("sampling_mode") == "keyframe")
 
 
+def _moved(files: list[FileState], dead: dict[str, list[dict[str, object]]]) -> dict[FileState, str]:
+    """Which rows under paths that no longer exist are files of ``files`` found elsewhere: the same name, size
+    and modification time (to the nanosecond; a remount, ``mv``, ``cp -p`` and ``rsync -a`` keep it). Where
+    several rows fit a file, the one whose path ends like the file's in the most folders; a tie is no match
+    (scanned again rather than guessed), and each row goes to one file at most."""
+    by_key: dict[tuple[str, int, int], list[str]] = {}
+    for path, rows in dead.items():
+        row = rows[0]
+        by_key.setdefault((Path(path).name, int(row["size_bytes"]), int(row["mtime_ns"])),  # type: ignore[call-overload]
+                          []).append(path)
+    offers: list[tuple[int, str, FileState, str]] = []  # (shared tail, file path, file, row path)
+    for f in files:
+        candidates = by_key.get((f.path.name, f.size_bytes, f.mtime_ns), [])
+        tails = sorted(((_shared_tail(f.path, Path(c)), c) for c in candidates), reverse=True)
+        if tails and (len(tails) == 1 or tails[0][0] > tails[1][0]):
+            offers.append((tails[0][0], str(f.path), f, tails[0][1]))
+    matched: dict[FileState, str] = {}
+    taken: set[str] = set()
+    for _, _, f, path in sorted(offers, key=lambda o: (-o[0], o[1])):  # the best fitting file takes a row first
+        if path not in taken:
+            taken.add(path)
+            matched[f] = path
+    return matched
+
+
+def _shared_tail(a: Path, b: Path) -> int:
+    """How many trailing path components ``a`` and ``b`` share (1 = the file name only)."""
+    n = 0
+    for x, y in zip(reversed(a.parts), reversed(b.parts)):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps: float = 1.0, mode: str = "auto",
                 resume: bool = True, retry_errors: bool = False,
                 gone: Callable[[str], bool] | None = None) -> ResumePlan:
@@ -120,32 +162,51 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
     claimed: set[str] = set()  # row paths matched to a file of this run (never also 'gone')
     kept: set[tuple[str, str]] = set()  # (shard, path) of the rows a file of this run keeps
     plan = ResumePlan()
+
+    def still_good(row: dict[str, object], f: FileState) -> bool:
+        same = (row["size_bytes"] == f.size_bytes and row["mtime_ns"] == f.mtime_ns
+                and row["model_fingerprint"] == fingerprint
+                # a kill between rewriting a pair's seconds and its videos leaves a row without seconds
+                and row["frames_scored"] == row["seconds_held"]
+                and sampled_as_asked(row, fps, mode))
+        failed = row["status"] == "error"
+        # a file that could not be read at all (not mounted, permission) is tried again every run
+        retry = failed and (retry_errors or row["error_kind"] in RETRIED_ERROR_KINDS)
+        return same and not retry
+
+    unmatched: list[FileState] = []
     for f in files:
         same_file = {id(r): r for r in (*done.get(str(f.path), []), *by_real.get(f.real_path, []))}
         rows = sorted(same_file.values(), key=lambda r: r["scanned_at"], reverse=True)  # type: ignore[arg-type, return-value]
         claimed.update(str(r["path"]) for r in rows)
         keep = None
-        if resume and rows:
-            newest = rows[0]
-            same = (newest["size_bytes"] == f.size_bytes and newest["mtime_ns"] == f.mtime_ns
-                    and newest["model_fingerprint"] == fingerprint
-                    # a kill between rewriting a pair's seconds and its videos leaves a row without seconds
-                    and newest["frames_scored"] == newest["seconds_held"]
-                    and sampled_as_asked(newest, fps, mode))
-            failed = newest["status"] == "error"
-            # a file that could not be read at all (not mounted, permission) is tried again every run
-            retry = failed and (retry_errors or newest["error_kind"] in RETRIED_ERROR_KINDS)
+        if resume and rows and still_good(rows[0], f):
+            keep = rows[0]
             # scanned through a link removed since: reels and highlights.json open rows by their path, so the
-            # video is scanned again under this run's path (once) rather than kept under a dead one
-            dead = str(newest["path"]) != str(f.path) and not os.path.exists(str(newest["path"]))
-            if same and not retry and not dead:
-                keep = newest
+            # row moves to this run's path rather than staying under a dead one
+            if str(keep["path"]) != str(f.path) and not os.path.exists(str(keep["path"])):
+                plan.relocated.setdefault(str(keep["shard"]), {})[str(keep["path"])] = f
         (plan.skipped if keep is not None else plan.todo).append(f)
+        if not rows:
+            unmatched.append(f)
         if keep is not None:
             kept.add((str(keep["shard"]), str(keep["path"])))
         for row in rows:
             if row is not keep:
                 plan.superseded.setdefault(str(row["shard"]), set()).add(str(row["path"]))
+    moved_here: set[FileState] = set()
+    for f, path in _moved(unmatched, {p: done[p] for p in dead_paths - claimed}).items():
+        claimed.add(path)  # moved, not gone: never retired below
+        newest = done[path][0]
+        if resume and still_good(newest, f):
+            plan.relocated.setdefault(str(newest["shard"]), {})[path] = f
+            moved_here.add(f)
+        for row in done[path]:
+            if not (f in moved_here and row is newest):
+                plan.superseded.setdefault(str(row["shard"]), set()).add(path)
+    if moved_here:
+        plan.todo = [f for f in plan.todo if f not in moved_here]
+        plan.skipped.extend(sorted(moved_here, key=lambda f: str(f.path)))
     if gone is not None:
         for path, rows in done.items():
             real = reals[path]  # a row kept under a link's path: gone when its file is
@@ -167,28 +228,45 @@ def _filter_file(path: Path, drop: set[str]) -> tuple[pa.Table, bool]:
     return kept, kept.num_rows != table.num_rows
 
 
-def drop_superseded(out_dir: Path, superseded: dict[str, set[str]], own_tag: str = "",
-                    lock_timeout_s: float = 120.0) -> int:
-    """Removes the rows of ``superseded`` paths from their shard pairs; returns video rows removed.
+def _with_videos_of(seconds: pa.Table, videos: pa.Table) -> tuple[pa.Table, bool]:
+    """``seconds`` without rows whose video has no row in ``videos``: a pair's seconds belong to its videos (a
+    kill between rewriting a pair's two files could leave seconds whose video row says otherwise)."""
+    kept = seconds.filter(pc.is_in(seconds["path"], value_set=videos["path"].combine_chunks()))
+    return kept, kept.num_rows != seconds.num_rows
 
-    A pair written under another tag (a plain run's, another --shard job's) may be rewritten by another
-    job at the same time: its tag's lock is held while it is read and rewritten. A pair whose lock does
-    not come free in ``lock_timeout_s`` keeps its old rows this time (the next run supersedes them).
-    """
-    removed = 0
-    for name, paths in sorted(superseded.items()):
+
+def _each_pair_locked(out_dir: Path, work: dict[str, T], own_tag: str, lock_timeout_s: float,
+                      rewrite: Callable[[Path, str, T], int], what: str) -> int:
+    """Runs ``rewrite(out_dir, pair name, its work)`` for each pair, holding the lock of the tag that wrote it
+    when another job's (a plain run's, another --shard job's) may rewrite it at the same time; a pair whose
+    lock does not come free in ``lock_timeout_s`` is left for the next run."""
+    done = 0
+    for name, item in sorted(work.items()):
         tag = (parse_name(name) or ("", 0))[0]
         lock = TagLock(out_dir, tag) if tag != own_tag else None
         if lock is not None and not lock.acquire(timeout_s=lock_timeout_s):
-            log.warning("shard pair %s is being written by another scan; its %d old rows are removed next run",
-                        name, len(paths))
+            log.warning("shard pair %s is being written by another scan; its %s next run", name, what)
             continue
         try:
-            removed += _drop_from_pair(out_dir, name, paths)
+            done += rewrite(out_dir, name, item)
         finally:
             if lock is not None:
                 lock.release()
-    return removed
+    return done
+
+
+def drop_superseded(out_dir: Path, superseded: dict[str, set[str]], own_tag: str = "",
+                    lock_timeout_s: float = 120.0) -> int:
+    """Removes the rows of ``superseded`` paths from their shard pairs; returns video rows removed."""
+    return _each_pair_locked(out_dir, superseded, own_tag, lock_timeout_s, _drop_from_pair,
+                             "old rows are removed")
+
+
+def relocate_rows(out_dir: Path, relocated: dict[str, dict[str, FileState]], own_tag: str = "",
+                  lock_timeout_s: float = 120.0) -> int:
+    """Gives the rows of moved files (``ResumePlan.relocated``) their new paths; returns video rows moved."""
+    return _each_pair_locked(out_dir, relocated, own_tag, lock_timeout_s, _relocate_in_pair,
+                             "moved videos get their new paths")
 
 
 def _drop_from_pair(out_dir: Path, name: str, paths: set[str]) -> int:
@@ -196,15 +274,52 @@ def _drop_from_pair(out_dir: Path, name: str, paths: set[str]) -> int:
     seconds_path, videos_path = out_dir / "seconds" / name, out_dir / "videos" / name
     if not videos_path.exists():  # another job retired the pair meanwhile
         return 0
-    seconds, changed_s = _filter_file(seconds_path, paths)
     videos, changed_v = _filter_file(videos_path, paths)
     if videos.num_rows == 0:  # nothing left: retire the pair, its commit marker (videos) first
         os.unlink(videos_path)
         os.unlink(seconds_path)
         log.info("removed shard pair %s (all its videos are rescanned)", name)
         return len(paths)
+    seconds, changed_s = _with_videos_of(pq.read_table(seconds_path), videos)
     # both written before either is renamed (a full disk leaves the pair as it was), seconds first
     write_parquets_atomic([(path, table) for path, table, changed in ((seconds_path, seconds, changed_s),
                                                                       (videos_path, videos, changed_v)) if changed])
     log.info("rewrote shard pair %s without %d superseded videos", name, len(paths))
     return len(paths) if changed_v else 0
+
+
+def _relocate_in_pair(out_dir: Path, name: str, moves: dict[str, FileState]) -> int:
+    """Rewrites one pair with the moved files' new paths; returns video rows moved."""
+    seconds_path, videos_path = out_dir / "seconds" / name, out_dir / "videos" / name
+    if not videos_path.exists():  # another job retired the pair meanwhile: the files are scanned next run
+        return 0
+    old_videos = pq.read_table(videos_path)
+    moved = sum(1 for path in old_videos["path"].to_pylist() if path in moves)
+    if not moved:
+        return 0
+    videos = _moved_rows(old_videos, moves)
+    seconds, _ = _with_videos_of(_moved_rows(pq.read_table(seconds_path), moves), videos)
+    write_parquets_atomic([(seconds_path, seconds), (videos_path, videos)])  # seconds first, as ever
+    log.info("shard pair %s: %d moved videos now under their new paths", name, moved)
+    return moved
+
+
+def _moved_rows(table: pa.Table, moves: dict[str, FileState]) -> pa.Table:
+    """``table`` with the moved files' rows under their new paths: the path, the id made from it (``video_id``),
+    the resolved path and the error message that names it."""
+    old = table["path"].to_pylist()
+    new = {p: str(f.path) for p, f in moves.items()}
+    values: dict[str, list[object]] = {
+        "path": [new.get(p, p) for p in old],
+        "video_id": [video_id(new[p], moves[p].size_bytes, moves[p].mtime_ns) if p in moves else v
+                     for p, v in zip(old, table["video_id"].to_pylist())]}
+    if "real_path" in table.column_names:
+        values["real_path"] = [moves[p].real_path if p in moves else r
+                               for p, r in zip(old, table["real_path"].to_pylist())]
+    if "error_message" in table.column_names:
+        values["error_message"] = [m.replace(p, new[p]) if p in moves and m else m
+                                   for p, m in zip(old, table["error_message"].to_pylist())]
+    for column, column_values in values.items():
+        i = table.schema.get_field_index(column)
+        table = table.set_column(i, table.schema.field(i), pa.array(column_values, table.schema.field(i).type))
+    return table

@@ -25,7 +25,7 @@ from ..scoring import sampling_size
 from .aggregate import Aggregator
 from .crashguard import CrashJournal, StallWatch, isolate_suspects, journal_path, take_suspects
 from .report import HIGHLIGHTS_FILE, FolderTotals, highlights_document, summary_line, write_json_atomic
-from .resume import FileState, drop_superseded, plan_resume
+from .resume import FileState, drop_superseded, plan_resume, relocate_rows
 from .schema import SCHEMA_VERSION, ModelRef, ScanMetadata, combined_fingerprint
 from .shards import LayoutLock, ShardWriter, TagLock, cleanup_partial, shard_tag
 from .upgrade import upgrade_shards
@@ -418,6 +418,11 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
                            resume=options.resume, gone=vanished(libs, files, options.shard, unreadable),
                            retry_errors=options.retry_errors)
         superseded = drop_superseded(out, plan.superseded, own_tag=options.tag)
+        moved = relocate_rows(out, plan.relocated, own_tag=options.tag)
+        if moved:
+            log.info("%d scanned videos were found under another path (the library moved or was mounted elsewhere):"
+                     " their results are kept under the new paths, e.g. %s", moved,
+                     next(str(f.path) for moves in plan.relocated.values() for f in moves.values()))
         upgrade_shards(out, own_tag=options.tag)  # one schema per folder, whatever version wrote the old shards
         log.info("%d videos found, %d already scanned, %d to scan, %d old rows superseded",
                  len(files), len(plan.skipped), len(plan.todo), superseded)
