@@ -602,12 +602,33 @@ def test_jobs_that_split_the_library_differently_cannot_share_a_folder(library: 
     try:
         with pytest.raises(OutputError, match=r"another scan is writing into this folder with --shard i/2"):
             _scan(library, out)
-        with pytest.raises(OutputError, match=r"with --shard i/2 .*use --shard i/2"):
+        with pytest.raises(OutputError, match=r"with --shard i/2 .*another --out .*--shard i/2"):
             _scan(library, out, shard=(0, 4))
         assert _scan(library, out, shard=(1, 2)).run.videos > 0  # the same split: the other half
     finally:
         running.release()
     assert _scan(library, out).run.videos > 0  # that job is done: a plain scan may take the folder
+
+
+def test_a_second_scan_into_a_busy_folder_is_told_to_wait_or_use_another_out(library: Path, tmp_path: Path) -> None:
+    """The same folder busy with a scan of the same split: the hint said to give each job its own --shard,
+    which, followed for another library, scanned half of it and exited 0 (an exploratory tester's find)."""
+    from quadvault_dali.scan.shards import TagLock, shard_tag
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for shard in ((0, 1), (1, 2)):
+        running = TagLock(out, shard_tag(shard))
+        assert running.acquire()
+        try:
+            with pytest.raises(OutputError) as err:
+                _scan(library, out, shard=shard)
+        finally:
+            running.release()
+        said = str(err.value) + str(err.value.hint)
+        assert "another scan is writing into this folder" in said and "another --out" in said
+        assert ("with the same --shard 1/2" in said) == (shard == (1, 2))
+        assert "give each job its own --shard" not in said
 
 
 def test_partial_shards_from_a_crash_are_discarded(library: Path, tmp_path: Path) -> None:

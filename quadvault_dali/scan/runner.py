@@ -396,13 +396,16 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
     if other_parts is not None:
         raise OutputError(f"another scan is writing into this folder with --shard i/{other_parts}" if other_parts > 1
                           else "another scan without --shard is writing into this folder", path=out,
-                          hint=f"jobs sharing a folder split the library the same way: wait for it, or use "
-                               f"--shard i/{other_parts} or another --out")
+                          hint=f"wait for it, or scan into another --out (a job of the same library may share "
+                               f"the folder by splitting it the same way: --shard i/{other_parts})")
     lock = TagLock(out, options.tag)
     if not lock.acquire():
         layout.release()
-        raise OutputError("another scan is writing into this folder with the same --shard", path=out,
-                          hint="wait for it to finish, or give each job its own --shard i/n")
+        same = f" with the same --shard {options.shard[0]}/{options.shard[1]}" if options.shard[1] > 1 else ""
+        raise OutputError(f"another scan is writing into this folder{same}", path=out,
+                          hint="wait for it to finish, or scan into another --out (--shard i/n splits one library "
+                               "between jobs, each with its own i: it does not let two scans of different "
+                               "libraries share a folder)")
     try:
         cleanup_partial(out, options.tag)
         unreadable: list[Path] = []
