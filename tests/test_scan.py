@@ -156,6 +156,33 @@ def test_resume_skips_done_and_rescans_changed_files(library: Path, tmp_path: Pa
     assert sum(len(v) for v in _seconds(out).values()) == sum(n for _, n in GOOD.values()) + 1
 
 
+def test_rows_of_other_models_in_the_folder_are_named_not_passed_off(library: Path, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """One library scanned with model A, another into the same folder with model B: highlights.json named only
+    B while ranking A's rows too (an exploratory tester's find). It now lists the other models' fingerprints
+    and how many videos each scored, each highlight says which models scored it, and the scan warns."""
+    out = tmp_path / "out"
+    first = _scan(library / "2023", out)
+    with caplog.at_level("WARNING"):
+        second = scan_library([library / "2024"], ScanOptions(out_dir=out, threshold=THRESHOLD, device="cpu"),
+                              scorers=[StampScorer()])
+    assert second.totals.other_models == first.totals.total > 0
+    assert f"{first.totals.total} of the {second.totals.total} videos in {out} were scored by other models" \
+        in caplog.text
+    doc = json.loads((out / "highlights.json").read_text())
+    assert doc["models"] == [{"name": StampScorer.name, "fingerprint": "stamp-v1"}]
+    assert doc["other_models"] == [{"fingerprint": FINGERPRINT, "videos": first.totals.total}]
+    by_path = _videos(out)
+    assert doc["highlights"] and all(h["model_fingerprint"] == by_path[h["path"]]["model_fingerprint"]
+                                     for h in doc["highlights"])
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # one model for the whole folder: nothing to say
+        alone = scan_library([library], ScanOptions(out_dir=out, threshold=THRESHOLD, device="cpu"),
+                             scorers=[StampScorer()])
+    assert alone.totals.other_models == 0 and "other models" not in caplog.text
+    assert json.loads((out / "highlights.json").read_text())["other_models"] == []
+
+
 def test_shard_halves_cover_library_once(library: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     a = _scan(library, out, shard=(0, 2))

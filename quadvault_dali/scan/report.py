@@ -6,14 +6,15 @@ or the last of several ``--shard`` jobs, reports the whole library.
 ``highlights.json`` (written atomically)::
 
     {"schema_version": "1.0", "threshold": 0.7, "models": [{"name", "fingerprint"}], "generated_at": ISO,
-     "total_scanned": N, "errors": E, "count": H,
+     "total_scanned": N, "errors": E, "count": H, "other_models": [{"fingerprint", "videos"}],
      "highlights": [{"path", "score", "best_second", "best_second_score", "top3_mean",
-                     "frac_above_threshold", "duration_s", "video_id"}, ...]}   # best first
+                     "frac_above_threshold", "duration_s", "video_id", "model_fingerprint"}, ...]}   # best first
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +25,7 @@ import pyarrow.compute as pc
 
 from .._files import atomic_path
 from ..errors import OutputError
-from .schema import SCHEMA_VERSION, ModelRef
+from .schema import SCHEMA_VERSION, ModelRef, combined_fingerprint
 from .shards import chosen_seconds, latest_video_rows
 
 HIGHLIGHTS_FILE = "highlights.json"
@@ -35,12 +36,15 @@ class FolderTotals:
     total: int
     highlights: int
     errors: int
+    #: videos in the folder scored by other models than this run's (rows of files outside this run's library,
+    #: which it did not rescan): their scores are another model's
+    other_models: int = 0
 
 
 def highlights_document(out_dir: Path, *, threshold: float, models: Sequence[ModelRef]) -> tuple[dict, FolderTotals]:
     """The highlights document and totals over the complete shards of ``out_dir``."""
     cols = ["video_id", "path", "score", "best_timestamp_s", "score_max", "score_top3_mean",
-            "frac_above_threshold", "duration_s", "status"]
+            "frac_above_threshold", "duration_s", "status", "model_fingerprint"]
     chosen = latest_video_rows(out_dir, columns=cols)  # one per path, with its shard
     rows = [row for _, row in chosen]
     # By this run's threshold, not the stored flag: resume does not rescan for a new --threshold.
@@ -50,6 +54,8 @@ def highlights_document(out_dir: Path, *, threshold: float, models: Sequence[Mod
     best = [r for _, r in best_pairs]
     fractions = _fractions_above(out_dir, best_pairs, threshold)
     errors = sum(1 for r in rows if r["status"] == "error")
+    ours = combined_fingerprint(models)
+    others = Counter(str(r["model_fingerprint"]) for r in rows if r["model_fingerprint"] != ours)
     doc = {
         "schema_version": SCHEMA_VERSION,
         "threshold": threshold,
@@ -58,15 +64,18 @@ def highlights_document(out_dir: Path, *, threshold: float, models: Sequence[Mod
         "total_scanned": len(rows),
         "errors": errors,
         "count": len(best),
+        # rows left by scans with other models (of files outside this run's library): listed, never hidden
+        "other_models": [{"fingerprint": fp, "videos": n} for fp, n in others.most_common()],
         "highlights": [{
             "path": r["path"], "score": round(float(r["score"]), 6),
             "best_second": r["best_timestamp_s"], "best_second_score": round(float(r["score_max"]), 6),
             "top3_mean": round(float(r["score_top3_mean"]), 6),
             "frac_above_threshold": round(fractions.get(r["video_id"], float(r["frac_above_threshold"])), 6),
             "duration_s": r["duration_s"], "video_id": r["video_id"],
+            "model_fingerprint": r["model_fingerprint"],
         } for r in best],
     }
-    return doc, FolderTotals(len(rows), len(best), errors)
+    return doc, FolderTotals(len(rows), len(best), errors, sum(others.values()))
 
 
 def _fractions_above(out_dir: Path, chosen: list[tuple[str, dict]], threshold: float) -> dict[str, float]:

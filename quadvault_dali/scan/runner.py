@@ -449,6 +449,12 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
                         REPORT_LOCK_WAIT_S, HIGHLIGHTS_FILE)
         try:
             doc, totals = highlights_document(out, threshold=options.threshold, models=models)
+            if totals.other_models:
+                log.warning("%d of the %d videos in %s were scored by other models than this scan's (earlier scans "
+                            "of files outside %s): the totals and %s include their scores, which are another "
+                            "model's; scan them with these models too, or use another --out for each model",
+                            totals.other_models, totals.total, out, ", ".join(str(lib) for lib in libs),
+                            HIGHLIGHTS_FILE)
             highlights_path = options.highlights_path or out / HIGHLIGHTS_FILE
             write_json_atomic(highlights_path, doc)
         finally:
