@@ -216,7 +216,7 @@ def test_output_inside_library_is_refused(library: Path) -> None:
     assert tree_hash(library) == before
 
 
-@pytest.mark.parametrize("sub", ["videos", "seconds", "videos/2024"])
+@pytest.mark.parametrize("sub", ["videos", "seconds", "videos/2024", "damaged"])
 def test_a_library_in_the_folders_the_shards_go_to_is_refused(library: Path, tmp_path: Path, sub: str) -> None:
     """``scan ~/drone/videos --out ~/drone``: shard files would land among the user's clips."""
     footage = tmp_path / "drone" / sub
@@ -225,6 +225,44 @@ def test_a_library_in_the_folders_the_shards_go_to_is_refused(library: Path, tmp
     with pytest.raises(OutputError, match=r"writes its shards into .*, which holds the library"):
         _scan(footage, tmp_path / "drone")
     assert tree_hash(footage) == before
+
+
+def test_an_output_reaching_the_library_through_a_bind_mount_is_refused(tmp_path: Path) -> None:
+    """``--out`` a bind mount (a Docker volume) of a folder inside the library, or a shard folder that is one of
+    the library: real paths differ, so only comparing the folders themselves (device, inode) sees it."""
+    import subprocess
+    import sys
+    import textwrap
+
+    lib, out, aliased = tmp_path / "lib", tmp_path / "bindout", tmp_path / "o2"
+    (lib / "scan_results").mkdir(parents=True)
+    out.mkdir()
+    (aliased / "videos").mkdir(parents=True)
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from quadvault_dali.errors import OutputError
+        from quadvault_dali.scan.runner import check_output_location
+        for out, lib in ((Path({str(out)!r}), Path({str(lib)!r})), (Path({str(aliased)!r}), Path({str(lib)!r}))):
+            try:
+                check_output_location(out, [lib])
+                print("allowed", out)
+            except OutputError as exc:
+                print("refused", out, exc)
+        """)
+    mounts = (f"mount --bind {lib / 'scan_results'} {out} && mount --bind {lib} {aliased / 'videos'} && "
+              f"{sys.executable} -c \"$0\"")
+    try:
+        done = subprocess.run(["unshare", "-m", "sh", "-c", mounts, script], capture_output=True, text=True,
+                              timeout=60)
+    except OSError as exc:
+        pytest.skip(f"no unshare: {exc}")
+    if done.returncode != 0 and "mount" in done.stderr:
+        pytest.skip(f"cannot bind-mount here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith(f"refused {out}") and "is inside the library" in lines[0]
+    assert lines[1].startswith(f"refused {aliased}") and "which holds the library" in lines[1]
+    assert not any((lib / "scan_results").iterdir())
 
 
 def test_full_disk_stops_cleanly_and_resumes(library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,6 +18,7 @@ from typing import Callable, Iterator, Mapping, Protocol, Sequence
 import numpy as np
 import torch
 
+from .._mounts import within_on_disk
 from ..discovery import find_videos, non_utf8_name
 from ..errors import DecodeError, OutputError, VideoOpenError
 from ..sampling import SamplingMode, VideoOutcome, create_sampler
@@ -27,7 +28,7 @@ from .crashguard import CrashJournal, StallWatch, isolate_suspects, journal_path
 from .report import HIGHLIGHTS_FILE, FolderTotals, highlights_document, summary_line, write_json_atomic
 from .resume import FileState, drop_superseded, plan_resume, relocate_rows
 from .schema import SCHEMA_VERSION, ModelRef, ScanMetadata, combined_fingerprint
-from .shards import LayoutLock, ShardWriter, TagLock, cleanup_partial, shard_tag
+from .shards import DAMAGED_FOLDER, LayoutLock, ShardWriter, TagLock, cleanup_partial, shard_tag
 from .upgrade import upgrade_shards
 
 log = logging.getLogger(__name__)
@@ -132,18 +133,20 @@ REPORT_LOCK_WAIT_S = 600.0
 
 
 def check_output_location(out: Path, libraries: Sequence[Path], *, shard_folders: bool = True) -> None:
-    """Refuses an output inside (or equal to) a library, and a library that is one of the folders the shards
-    go into (``scan ~/drone/videos --out ~/drone``): the scan never writes into the user's footage."""
+    """Refuses an output inside (or equal to) a library, and a library inside one of the folders the scan
+    writes into (``scan ~/drone/videos --out ~/drone``; ``damaged/`` too): the scan never writes into the
+    user's footage. Folders are compared where they are on their disk as well as by real path, so a bind
+    mount (a Docker volume) or a second mount of the same disk is seen through."""
     out_real = Path(os.path.realpath(out))
-    writes = [out_real / name for name in SHARD_FOLDERS] if shard_folders else []
+    writes = [out_real / name for name in (*SHARD_FOLDERS, DAMAGED_FOLDER)] if shard_folders else []
     for lib in libraries:
         lib_real = Path(os.path.realpath(lib))
         root = lib_real if lib_real.is_dir() else lib_real.parent
-        if out_real == root or root in out_real.parents:
+        if out_real == root or root in out_real.parents or within_on_disk(out_real, root):
             raise OutputError(f"the output {out} is inside the library {lib}", path=out,
                               hint="the scan never writes into LIBRARY; choose an --out outside it")
         for folder in writes:
-            if root == folder or folder in root.parents:
+            if root == folder or folder in root.parents or within_on_disk(root, folder):
                 raise OutputError(f"the scan writes its shards into {folder}, which holds the library {lib}",
                                   path=out, hint="choose an --out that does not contain the library")
 
