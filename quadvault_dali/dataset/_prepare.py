@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .._files import remove_dead_temporaries
+from .._mounts import within_on_disk
 from ..errors import DatasetError, OutputError, QuadvaultError
 from ..progress import progress_bar
 from ..sampling import SamplingMode, create_sampler
@@ -69,10 +70,11 @@ def _check_out(out: Path, labels: Labels) -> None:
     frames = out / FRAMES_DIR
     for root in forbidden:
         root = root.resolve()
-        if out == root or root in out.parents:
+        # where each is on its disk too: a bind mount (a Docker volume) of a footage folder is that folder
+        if out == root or root in out.parents or within_on_disk(os.path.realpath(out), root):
             raise OutputError(f"output folder is inside the footage folder {root}", path=out,
                               hint="choose an output folder outside the library")
-        if root == frames or frames in root.parents:
+        if root == frames or frames in root.parents or within_on_disk(root, os.path.realpath(frames)):
             raise OutputError(f"the frames go into {frames}, which holds the footage folder {root}", path=out,
                               hint="choose an output folder that does not contain the labelled videos")
 
