@@ -174,8 +174,9 @@ def _print_summary(summary: Any) -> None:
     if summary.unreadable:
         shown = ", ".join(str(p) for p in summary.unreadable[:3])
         more = f" and {len(summary.unreadable) - 3} more" if len(summary.unreadable) > 3 else ""
-        click.echo(f"Warning: {len(summary.unreadable)} folders or links could not be read, so their videos are not "
-                   f"in this scan (earlier rows kept): {shown}{more}", err=True)
+        n = len(summary.unreadable)
+        click.echo(f"Warning: {n} {'folder or link' if n == 1 else 'folders or links'} could not be read, so their "
+                   f"videos are not in this scan (earlier rows kept): {shown}{more}", err=True)
     if summary.not_utf8:
         shown = ", ".join(summary.not_utf8[:3])
         more = f" and {len(summary.not_utf8) - 3} more" if len(summary.not_utf8) > 3 else ""

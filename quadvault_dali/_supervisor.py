@@ -186,7 +186,10 @@ class Supervisor:
                 return 128 - code if code < 0 else 1
             self.crashes.append(how)
             lived = awake() - started
-            log.warning("the %s process died by %s after %.0f s (a crash in a decoder or driver, not in Python); "
-                        "starting it again to resume (restart %d; any videos it was decoding are checked one at a "
-                        "time first)", self.what, how, lived, len(self.crashes))
+            # SIGKILL is not a crash but a kill: the kernel's out-of-memory killer, most often, or a kill -9
+            cause = ("killed by the system's out-of-memory killer or a kill -9; see dmesg" if code == -signal.SIGKILL
+                     else "a crash in a decoder or driver, not in Python")
+            log.warning("the %s process died by %s after %.0f s (%s); starting it again to resume (restart %d; any "
+                        "videos it was decoding are checked one at a time first)", self.what, how, lived, cause,
+                        len(self.crashes))
             self.after_crash(lived, progressed)

@@ -251,7 +251,7 @@ def test_what_discovery_could_not_read_is_said_at_the_end(library: Path, model_d
     result = CliRunner().invoke(cli, ["-q", "scan", str(lib), "-m", str(model_dir), "-o", str(tmp_path / "out"),
                                       "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert (f"Warning: 1 folders or links could not be read, so their videos are not in this scan (earlier rows "
+    assert (f"Warning: 1 folder or link could not be read, so their videos are not in this scan (earlier rows "
             f"kept): {lib.resolve() / 'DJI_0099.MP4'}") in result.output
 
 
@@ -471,19 +471,25 @@ def test_a_scan_killed_by_a_decoder_crash_starts_again_by_itself(library: Path, 
     assert "the decoder crashed on this file (SIGSEGV)" in run.stderr  # the suspects' check named the culprit
 
 
-def test_a_crash_loop_is_given_up_with_the_reason(library: Path, model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGABRT, signal.SIGKILL], ids=["abort", "kill"])
+def test_a_crash_loop_is_given_up_with_the_reason(library: Path, model_dir: Path, tmp_path: Path,
+                                                  sig: signal.Signals) -> None:
     """A process that dies at every start (here: the model cannot even load) is not restarted forever: after
-    --restarts deaths without a new shard the command stops with the signal and says what to try."""
+    --restarts deaths without a new shard the command stops with the signal and says what to try. A SIGKILL is
+    not called a decoder crash: the out-of-memory killer (or a kill -9) sends it."""
     lib, env = _poisoned(library, tmp_path)
     hook = tmp_path / "hook" / "sitecustomize.py"
     hook.write_text(hook.read_text() + "\nimport quadvault_dali.scan.runner as _r\n"
-                    "_r.scan_library = lambda *a, **k: os.kill(os.getpid(), signal.SIGABRT)\n")
+                    f"_r.scan_library = lambda *a, **k: os.kill(os.getpid(), {int(sig)})\n")
     out = tmp_path / "out"
     run = subprocess.run(_cmd(lib, model_dir, out) + ["--restarts", "2"], capture_output=True, text=True,
                          timeout=300, env=env)
-    assert run.returncode == 128 + signal.SIGABRT, run.stderr[-2000:]
+    assert run.returncode == 128 + sig, run.stderr[-2000:]
     assert run.stderr.count("starting it again to resume") == 2  # --restarts 2: two restarts, then it stops
-    assert "died 3 times in a row without finishing a shard (the last by SIGABRT); not starting it again" in run.stderr
+    assert (f"died 3 times in a row without finishing a shard (the last by {sig.name}); not starting it again"
+            in run.stderr)
+    assert ("out-of-memory killer" in run.stderr) == (sig == signal.SIGKILL)
+    assert ("a crash in a decoder or driver" in run.stderr) == (sig != signal.SIGKILL)
     assert "try --processes 2;" in run.stderr  # not --device cpu: it is on the CPU already
     assert "the counts above" not in run.stderr
 
