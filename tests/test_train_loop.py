@@ -200,6 +200,25 @@ def test_an_interrupted_run_resumes_after_its_last_finished_epoch(tmp_path: Path
         train_model(_resumable(tmp_path, device=device, resume=True), lambda line: None)
 
 
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path: Path) -> None:
+    """--resume continues exactly: weights, optimizer, schedule and random generators were restored, but the
+    loader was rebuilt with another seed, so the resumed epochs saw other frame orders and augmentations (a
+    reviewer's find). With the loader's checkpoint in the state, run + Ctrl-C + --resume is the same run."""
+    import dataclasses
+
+    make_dataset(tmp_path / "ds", n_videos=6, frames=2)
+    straight = train_model(dataclasses.replace(_resumable(tmp_path), output_dir=tmp_path / "straight"),
+                           lambda line: None)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(_resumable(tmp_path), _interrupt_at(2, []))
+    assert _saved_state(tmp_path / "model")[1]["loader_checkpoint"]
+    resumed = train_model(_resumable(tmp_path, resume=True), lambda line: None)
+    assert [(r.train_loss, r.val_loss) for r in resumed.history] == [(r.train_loss, r.val_loss)
+                                                                     for r in straight.history]
+    mine, theirs = (load_model(folder).network.state_dict() for folder in (tmp_path / "model", tmp_path / "straight"))
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+
+
 def test_resume_refuses_other_settings_and_a_damaged_state(tmp_path: Path) -> None:
     """A resumed run with another learning rate or size would be another run, silently; a damaged state file
     says so (nothing in it is unpickled)."""
@@ -280,11 +299,11 @@ def test_a_state_that_cannot_be_saved_never_costs_the_run(tmp_path: Path, monkey
     real_state = loop.save_state
     calls: list[int] = []
 
-    def full_after_the_first(*args: object) -> None:
+    def full_after_the_first(*args: object, **kwargs: object) -> None:
         calls.append(1)
         if len(calls) > 1:
             raise Full("cannot save the training state ([Errno 28] No space left on device)")
-        real_state(*args)  # type: ignore[arg-type]
+        real_state(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(loop, "save_state", full_after_the_first)
     make_dataset(tmp_path / "ds", n_videos=6, frames=2)

@@ -11,7 +11,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -136,6 +136,10 @@ def _training_rows(n: int, *, multiple: int, seed: int) -> tuple[list[int], list
     return rows + fillers, rows + [FILLER] * extra
 
 
+class LoaderCheckpointError(ValueError):
+    """A saved data-loader checkpoint does not restore (another DALI version's, or damaged)."""
+
+
 class DaliFrameLoader:
     """Iterates ``(images (B,3,S,S) float on the device, row ids (B,) int64 CPU)`` over one split.
 
@@ -147,7 +151,8 @@ class DaliFrameLoader:
 
     def __init__(self, frames: FrameTable, *, image_size: int, mean: Sequence[float], std: Sequence[float],
                  train: bool, batch_size: int, backend: str, device_id: int = 0, shard_id: int = 0,
-                 num_shards: int = 1, seed: int = 0, num_threads: int = 2, jpeg_decode: str = "roi") -> None:
+                 num_shards: int = 1, seed: int = 0, num_threads: int = 2, jpeg_decode: str = "roi",
+                 checkpoint: bytes | None = None) -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
         from ..pipelines.training import READER_NAME, frame_pipeline
@@ -158,13 +163,31 @@ class DaliFrameLoader:
         files, rows = list(range(len(frames))), list(range(len(frames)))
         if train:  # the same list on every rank: the reader shards it and shuffles it after each epoch
             files, rows = _training_rows(len(frames), multiple=num_shards * batch_size, seed=seed)
-        self.pipe = frame_pipeline(
-            [frames.files[r] for r in files], rows, image_size=image_size, mean=list(mean), std=list(std),
-            train=train, decode_device="mixed" if gpu else "cpu", shard_id=shard_id, num_shards=num_shards,
-            shuffle_seed=seed, batch_size=batch_size, num_threads=num_threads,
-            device_id=device_id if gpu else None, seed=seed + 7919 * shard_id, prefetch_queue_depth=2,
-            jpeg_decode=jpeg_decode)
-        self.pipe.build()
+        def build(checkpointing: bool, restored: bytes | None) -> Any:
+            pipe = frame_pipeline(
+                [frames.files[r] for r in files], rows, image_size=image_size, mean=list(mean), std=list(std),
+                train=train, decode_device="mixed" if gpu else "cpu", shard_id=shard_id, num_shards=num_shards,
+                shuffle_seed=seed, batch_size=batch_size, num_threads=num_threads,
+                device_id=device_id if gpu else None, seed=seed + 7919 * shard_id, prefetch_queue_depth=2,
+                jpeg_decode=jpeg_decode, enable_checkpointing=checkpointing,
+                **({"checkpoint": restored} if restored else {}))
+            pipe.build()
+            return pipe
+
+        # training's reader order and augmentation draws can be saved after each epoch, so --resume goes on
+        # with exactly the batches the run would have had (DALI restores them from ``checkpoint``)
+        self.checkpointing = train
+        try:
+            self.pipe = build(self.checkpointing, checkpoint)
+        except RuntimeError as exc:
+            if checkpoint:  # another DALI version's, or damaged: the caller decides what the epochs get instead
+                raise LoaderCheckpointError(f"the data loader's saved position cannot be restored ({exc})") from exc
+            if not train or "heckpoint" not in str(exc):
+                raise
+            log.warning("this DALI cannot checkpoint the training loader (%s); a resumed run will see its frames "
+                        "in an order of its own", exc)
+            self.checkpointing = False
+            self.pipe = build(False, None)
         # training shards hold whole batches (nothing to drop); evaluation returns the padded shard's tail
         policy = LastBatchPolicy.DROP if train else LastBatchPolicy.PARTIAL
         self.iterator = DALIGenericIterator([self.pipe], ["images", "rows"], reader_name=READER_NAME,
@@ -172,6 +195,20 @@ class DaliFrameLoader:
 
     def __len__(self) -> int:
         return len(self.iterator)
+
+    def checkpoint(self) -> bytes | None:
+        """The training loader's state (reader position and order, augmentation generators; DALI's serialized
+        protobuf) between epochs, for ``checkpoint=`` of a loader that is to go on exactly from here; ``None``
+        where DALI could not take it (the run then resumes with an order of its own)."""
+        if not self.checkpointing:
+            return None
+        try:
+            return bytes(self.iterator.checkpoints()[0])
+        except (RuntimeError, ValueError) as exc:
+            log.warning("could not save the data loader's position (%s); a resumed run will see its frames in "
+                        "an order of its own", exc)
+            self.checkpointing = False
+            return None
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for batch in self.iterator:

@@ -29,7 +29,7 @@ from ..metrics import balanced_accuracy, best_threshold, binary_metrics, video_s
 from ..model import CARD_FILE, build_network, save_model, spec_for
 from ..progress import progress_bar
 from ._config import EpochRecord, TrainConfig, TrainResult, loader_threads, resolve_backbone
-from ._data import DaliFrameLoader, FrameTable, TrainingData, load_training_data
+from ._data import DaliFrameLoader, FrameTable, LoaderCheckpointError, TrainingData, load_training_data
 from ._resume import RunPosition, load_saved, remove_state, restore, resume_seed, run_settings, save_state
 from ._step import SHOW_EVERY, TrainStep
 
@@ -244,8 +244,16 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
     if world > 1 and len(data.train) < 2 * world:
         raise DatasetError(f"{len(data.train)} training frames cannot feed {world} GPUs (each needs at least 2 per "
                            "batch for BatchNorm)", path=config.dataset, hint="train on one GPU, or label more clips")
-    loader_seed = resume_seed(config.seed, epochs_done)  # resumed epochs: their own order, not epoch 1's again
-    train_loader = DaliFrameLoader(data.train, train=True, seed=loader_seed, **common)
+    # resumed: the loader goes on exactly where the run left it (one GPU: rank 0 saves its own loader only);
+    # without its checkpoint, the resumed epochs get an order of their own, not epoch 1's again
+    restored = saved.loader_checkpoint if saved is not None and world == 1 else None
+    loader_seed = config.seed if restored else resume_seed(config.seed, epochs_done)
+    try:
+        train_loader = DaliFrameLoader(data.train, train=True, seed=loader_seed, checkpoint=restored, **common)
+    except LoaderCheckpointError as exc:
+        log.warning("%s; the resumed epochs see the frames in an order of their own", exc)
+        loader_seed = resume_seed(config.seed, epochs_done)
+        train_loader = DaliFrameLoader(data.train, train=True, seed=loader_seed, **common)
     val_loader = DaliFrameLoader(data.val, train=False, seed=loader_seed, **common)
 
     steps_per_epoch = max(1, len(train_loader))
@@ -333,7 +341,8 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
             try:
                 save_state(config.output_dir, net, optimizer, scheduler, settings, RunPosition(
                     epoch, best_key, since_best, result.best_epoch, result.best_video_accuracy, result.threshold,
-                    result.history, result.stopped_early, run_id))
+                    result.history, result.stopped_early, run_id),
+                    loader_checkpoint=train_loader.checkpoint() if world == 1 else None)
             except OutputError as exc:  # a full disk: the state is ~3x the model; training itself goes on
                 remove_state(config.output_dir)  # an older epoch's state would no longer match the model here
                 log.warning("%s; training goes on, but --resume cannot continue this run", exc)

@@ -8,15 +8,18 @@ replaced atomically at each epoch's end and removed when the run finishes:
 * tensors: the network as it is now (not the best epoch's), every optimizer tensor (AdamW's moments and
   step counts), PyTorch's random generator states;
 * metadata ``state``: JSON with the epochs done, the early-stopping counters, the best epoch so far, the
-  history, the optimizer's hyper-parameters, the schedule's position and numpy's generator, and the run's
-  settings, which a resumed run must repeat (another learning rate or dataset would be another run).
+  history, the optimizer's hyper-parameters, the schedule's position and numpy's generator, the run's
+  settings, which a resumed run must repeat (another learning rate or dataset would be another run), and
+  the training loader's DALI checkpoint (reader order and position, augmentation generators).
 
-A resumed run is not bit-identical to an uninterrupted one: DALI's readers shuffle from their own seed,
-so the resumed epochs see the frames in another order (seeded from the epoch they start at).
+On one GPU or the CPU a resumed run is the run it would have been: the same batches, augmentations and final
+weights. With several GPUs only rank 0's loader is saved, so the resumed epochs draw an order of their own
+(seeded from the epoch they start at), as did states saved before the loader's checkpoint was kept.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -81,15 +84,18 @@ def run_settings(config: TrainConfig, architecture: str, dataset_fingerprint: st
 
 
 def resume_seed(seed: int, epochs_done: int) -> int:
-    """The data loaders' seed for a run resumed after ``epochs_done`` epochs (its own order, not epoch 1's
-    again); the seed itself for a run from the start."""
+    """The data loaders' seed for a run resumed after ``epochs_done`` epochs without the loader's checkpoint
+    (several GPUs, or a state from before it was kept): its own order, not epoch 1's again; the seed itself
+    for a run from the start."""
     return seed if epochs_done == 0 else (seed + 1_000_003 * epochs_done) % (2 ** 31)
 
 
 def save_state(directory: Path, net: nn.Module, optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LRScheduler, settings: dict[str, Any],
-               position: RunPosition) -> None:
-    """Replaces the folder's state with this epoch's, in one rename (a kill leaves the previous epoch's)."""
+               position: RunPosition, loader_checkpoint: bytes | None = None) -> None:
+    """Replaces the folder's state with this epoch's, in one rename (a kill leaves the previous epoch's).
+    ``loader_checkpoint``: the training loader's (``DaliFrameLoader.checkpoint``), so a resumed run sees the
+    frames in the order and with the augmentations this one would have."""
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
@@ -111,7 +117,8 @@ def save_state(directory: Path, net: nn.Module, optimizer: torch.optim.Optimizer
             "optimizer": {"param_groups": optim["param_groups"], "values": optim_values},
             "scheduler": scheduler.state_dict(),
             "numpy_rng": {k: v for k, v in bit_generator.items() if k != "state"},
-            "numpy_rng_state": {k: int(v) for k, v in bit_generator["state"].items() if k != "key"}}
+            "numpy_rng_state": {k: int(v) for k, v in bit_generator["state"].items() if k != "key"},
+            "loader_checkpoint": base64.b64encode(loader_checkpoint).decode("ascii") if loader_checkpoint else None}
     tensors["rng.numpy.key"] = torch.from_numpy(bit_generator["state"]["key"].astype(np.int64))
     meta["tensors_sha256"] = _tensors_digest(tensors)
     with atomic_path(directory / STATE_FILE) as tmp:
@@ -158,6 +165,15 @@ class SavedState:
     @property
     def epochs_done(self) -> int:
         return int(self.meta["position"]["epoch"])
+
+    @property
+    def loader_checkpoint(self) -> bytes | None:
+        """The training loader's checkpoint (``None`` in states from before it was kept, or from several GPUs)."""
+        saved = self.meta.get("loader_checkpoint")
+        try:
+            return base64.b64decode(saved, validate=True) if isinstance(saved, str) and saved else None
+        except ValueError:
+            return None
 
 
 def load_saved(directory: Path, settings: dict[str, Any]) -> SavedState:
