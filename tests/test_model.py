@@ -82,6 +82,15 @@ def test_resnet18_offline_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> No
     assert "efficientnet-lite0" in message and "--pretrained PATH" in message and "\n" not in message
 
 
+def _unedited_fingerprint(weights_sha256: str) -> str:
+    """A model's fingerprint while its card scores as saved: its weights and the scoring code's version (1 was
+    the weights alone; 2 moved the CPU paths' centre crops a pixel, so scans of version 1 are rescanned)."""
+    from quadvault_dali.model._io import SCORING_CODE_VERSION
+
+    assert SCORING_CODE_VERSION == 2
+    return hashlib.sha256(f"{weights_sha256}:v{SCORING_CODE_VERSION}".encode()).hexdigest()[:16]
+
+
 def test_round_trip_gives_identical_scores(saved: Path) -> None:
     model = load_model(saved)
     again = load_model(saved / CARD_FILE)
@@ -93,7 +102,7 @@ def test_round_trip_gives_identical_scores(saved: Path) -> None:
     # batching does not change results
     assert torch.allclose(scores, model.score_frames(frames, batch_size=2), atol=1e-6)
     digest = hashlib.sha256((saved / WEIGHTS_FILE).read_bytes()).hexdigest()
-    assert model.fingerprint == digest[:16]
+    assert model.fingerprint == _unedited_fingerprint(digest)
     assert (model.name, model.threshold, model.image_size) == ("lite", 0.42, SIZE)
     card = model.card
     assert card["classes"] == ["normal", "highlight"] and card["format_version"] == FORMAT_VERSION
@@ -224,7 +233,7 @@ def test_an_interrupted_save_leaves_a_loadable_model(tmp_path: Path, monkeypatch
     monkeypatch.undo()
     new = load_model(save_model(tmp_path, _net(3), card)).fingerprint
     assert new != old and sorted(p.name for p in tmp_path.iterdir()) == [CARD_FILE, WEIGHTS_FILE]
-    assert hashlib.sha256((tmp_path / WEIGHTS_FILE).read_bytes()).hexdigest()[:16] == new
+    assert _unedited_fingerprint(hashlib.sha256((tmp_path / WEIGHTS_FILE).read_bytes()).hexdigest()) == new
 
 
 @pytest.mark.gpu
@@ -365,7 +374,7 @@ def test_a_card_edited_to_score_differently_has_another_fingerprint(saved: Path,
 
     model_dir = tmp_path / "m"
     shutil.copytree(saved, model_dir)
-    weights = hashlib.sha256((model_dir / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
+    weights = _unedited_fingerprint(hashlib.sha256((model_dir / WEIGHTS_FILE).read_bytes()).hexdigest())
     card_path = model_dir / CARD_FILE
     original = json.loads(card_path.read_text())
     assert load_model(model_dir).fingerprint == weights

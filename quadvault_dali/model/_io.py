@@ -64,16 +64,22 @@ def _scoring_sha256(card: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+#: How this code turns a video's frames into the network's input (sampling size, resize, centre crop): bumped
+#: when a change moves the scores, so a resumed scan rescans its videos instead of mixing two scorings.
+#: 1: until stop 26; 2: the CPU paths' centre crops start where DALI's do (a pixel later on odd margins).
+SCORING_CODE_VERSION = 2
+
+
 def model_fingerprint(card: dict[str, Any], weights_sha256: str) -> str:
-    """The 16 hex digits a scan's resume compares: the weights' sha256 while the card's ``SCORING_KEYS`` are the
-    ones it was saved with (``scoring_sha256``; a card written before that was recorded keeps this too, so old
-    scans need no rescan), else a digest of both: a card whose ``image_size`` or normalisation was edited
-    scores differently, and a resumed scan rescans its videos instead of mixing the two."""
+    """The 16 hex digits a scan's resume compares: the weights' sha256 mixed with ``SCORING_CODE_VERSION``
+    while the card's ``SCORING_KEYS`` are the ones it was saved with (``scoring_sha256``; a card written
+    before that was recorded counts as unedited), else with a digest of those too: a card whose
+    ``image_size`` or normalisation was edited scores differently, and a resumed scan rescans its videos
+    instead of mixing the two. Version 1 was the weights' sha256 alone."""
     saved = card.get("scoring_sha256")
     now = _scoring_sha256(card)
-    if saved is None or saved == now:
-        return weights_sha256[:16]
-    return hashlib.sha256(f"{weights_sha256}:{now}".encode()).hexdigest()[:16]
+    scoring = f"v{SCORING_CODE_VERSION}" if saved is None or saved == now else f"v{SCORING_CODE_VERSION}:{now}"
+    return hashlib.sha256(f"{weights_sha256}:{scoring}".encode()).hexdigest()[:16]
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
