@@ -257,6 +257,16 @@ def test_dataset_errors(tmp_path: Path) -> None:
                                     pa.array([1] * table.num_rows)), parquet)
     with pytest.raises(DatasetError, match="only one class"):
         load_training_data(root)
+    # ``train labels.json``: said to be the labels, with the command that prepares a dataset from them
+    labels = tmp_path / "labels.json"
+    labels.write_text('\ufeff {"highlights": ["a/"], "normal": ["b/"]}', encoding="utf-8")
+    with pytest.raises(DatasetError, match="is a labels file, not a prepared dataset") as err:
+        load_training_data(labels)
+    assert f"quadvault prepare-dataset {labels} data/" in str(err.value.hint)
+    garbage = tmp_path / "x.parquet"
+    garbage.write_bytes(b"\x00junk" * 20)
+    with pytest.raises(DatasetError, match="cannot read dataset"):
+        load_training_data(garbage)
 
 
 @pytest.mark.parametrize("device", BACKENDS)

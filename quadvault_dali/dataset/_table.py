@@ -67,6 +67,15 @@ def dataset_path(path: str | os.PathLike[str]) -> Path:
     return p / DATASET_FILE if p.is_dir() else p
 
 
+def _starts_like_json(file: Path) -> bool:
+    try:
+        with open(file, "rb") as fh:
+            head = fh.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+    except OSError:
+        return False
+    return head[:1] in (b"{", b"[")
+
+
 def read_dataset(path: str | os.PathLike[str]) -> Dataset:
     """Opens a prepared dataset (the parquet file or its folder); clear errors when it is not one."""
     file = dataset_path(path)
@@ -76,6 +85,10 @@ def read_dataset(path: str | os.PathLike[str]) -> Dataset:
     try:
         table = pq.read_table(file)
     except (OSError, pa.ArrowInvalid) as exc:
+        if _starts_like_json(file):  # ``train labels.json``: the labels, not the dataset prepared from them
+            raise DatasetError("is a labels file, not a prepared dataset", path=file,
+                               hint=f"prepare one first: quadvault prepare-dataset {file} data/, then give "
+                                    "data/") from None
         raise DatasetError(f"cannot read dataset: {exc}", path=file) from None
     missing = [c for c in REQUIRED if c not in table.column_names]
     if missing:

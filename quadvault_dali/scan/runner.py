@@ -144,11 +144,11 @@ def check_output_location(out: Path, libraries: Sequence[Path], *, shard_folders
         root = lib_real if lib_real.is_dir() else lib_real.parent
         if out_real == root or root in out_real.parents or within_on_disk(out_real, root):
             raise OutputError(f"the output {out} is inside the library {lib}", path=out,
-                              hint="the scan never writes into LIBRARY; choose an --out outside it")
+                              hint="the scan never writes into LIBRARY; choose an output folder outside it")
         for folder in writes:
             if root == folder or folder in root.parents or within_on_disk(root, folder):
                 raise OutputError(f"the scan writes its shards into {folder}, which holds the library {lib}",
-                                  path=out, hint="choose an --out that does not contain the library")
+                                  path=out, hint="choose an output folder that does not contain the library")
 
 
 def in_shard(relative: str, shard: tuple[int, int]) -> bool:
