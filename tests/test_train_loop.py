@@ -200,7 +200,8 @@ def test_an_interrupted_run_resumes_after_its_last_finished_epoch(tmp_path: Path
         train_model(_resumable(tmp_path, device=device, resume=True), lambda line: None)
 
 
-def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path: Path) -> None:
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
     """--resume continues exactly: weights, optimizer, schedule and random generators were restored, but the
     loader was rebuilt with another seed, so the resumed epochs saw other frame orders and augmentations (a
     reviewer's find). With the loader's checkpoint in the state, run + Ctrl-C + --resume is the same run."""
@@ -212,11 +213,19 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path: P
     with pytest.raises(KeyboardInterrupt):
         train_model(_resumable(tmp_path), _interrupt_at(2, []))
     assert _saved_state(tmp_path / "model")[1]["loader_checkpoint"]
+    with caplog.at_level("WARNING"):  # scoring with the unfinished run's best epoch is allowed, and said
+        load_model(tmp_path / "model")
+    assert "holds the best epoch so far of an unfinished training run (stopped after epoch 1 of 3)" in caplog.text
+    assert f"--output-dir {tmp_path / 'model'} --resume" in caplog.text
+    caplog.clear()
     resumed = train_model(_resumable(tmp_path, resume=True), lambda line: None)
     assert [(r.train_loss, r.val_loss) for r in resumed.history] == [(r.train_loss, r.val_loss)
                                                                      for r in straight.history]
-    mine, theirs = (load_model(folder).network.state_dict() for folder in (tmp_path / "model", tmp_path / "straight"))
+    with caplog.at_level("WARNING"):
+        mine, theirs = (load_model(folder).network.state_dict() for folder in (tmp_path / "model",
+                                                                               tmp_path / "straight"))
     assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    assert "unfinished" not in caplog.text  # finished: the state is gone
 
 
 def test_resume_refuses_other_settings_and_a_damaged_state(tmp_path: Path) -> None:

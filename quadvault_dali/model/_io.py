@@ -276,6 +276,23 @@ def _weights_of(card: dict[str, Any], card_path: Path, weights: Path) -> tuple[P
     return weights, digest
 
 
+#: Beside the model while its training run is unfinished (``training/_resume.py`` writes and removes it)
+TRAINING_STATE_FILE = "training_state.safetensors"
+
+
+def _warn_if_unfinished(root: Path) -> None:
+    """A model folder whose training was stopped holds the best epoch so far, not the finished model: scoring
+    with it is allowed (it may be all a user wants), but said, with how to finish the run."""
+    if not (root / TRAINING_STATE_FILE).exists():
+        return
+    from ..training._resume import describe_state  # training imports this module: here, not at the top
+
+    where = describe_state(root)
+    log.warning("%s holds the best epoch so far of an unfinished training run%s; `quadvault train DATASET "
+                "--output-dir %s --resume` (with the run's options) finishes it", root,
+                f" (stopped after {where})" if where else "", root)
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> HighlightModel:
     """Loads a model directory (or its ``model.json`` / ``model.safetensors``) without unpickling."""
     from safetensors import SafetensorError
@@ -296,6 +313,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Highligh
                                f"{misfit}", path=weights, hint="the card and the weights belong to different models")
     net.load_state_dict(state, strict=True)
     root = card_path.parent
+    _warn_if_unfinished(root)
     name = str(card.get("name") or root.name or card_path.stem)
     return HighlightModel(net, card, fingerprint=model_fingerprint(card, digest), device=_torch_device(device),
                           name=name)

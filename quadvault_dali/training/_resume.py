@@ -35,11 +35,12 @@ from torch import nn
 
 from .._files import atomic_path, default_file_mode
 from ..errors import OutputError
+from ..model._io import TRAINING_STATE_FILE
 from ._config import EpochRecord, TrainConfig
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "training_state.safetensors"
+STATE_FILE = TRAINING_STATE_FILE  # the model folder's layout: load_model warns while it is there
 STATE_FORMAT = "quadvault-training-state"
 STATE_VERSION = 1
 #: The settings a resumed run must share with the interrupted one, with the option that sets each.
