@@ -453,6 +453,28 @@ def test_a_source_changed_since_the_scan_is_left_out_and_named(library: dict[str
         in str(info.value)
 
 
+def test_a_library_moved_since_the_scan_is_what_the_error_says(tmp_path: Path) -> None:
+    """The scanned footage renamed since: the reel blamed the --min-score (or the crossfades of short videos
+    left), neither of which helped. It now leads with the videos
+    that no longer exist and says how to carry their scores to the new place."""
+    lib = tmp_path / "footage"
+    good = [lib / f"flight {i}.mp4" for i in range(3)]
+    for i, path in enumerate(good):
+        make_video(path, _spec(dict(source_id=i), 5))
+    short = lib / "short.mp4"
+    make_video(short, _spec(dict(source_id=7), 1))
+    scan = write_scan(tmp_path / "scan", [(p, _scores(5, 0.95 - 0.01 * i)) for i, p in enumerate(good)]
+                      + [(short, _scores(1, 0.3))])
+    for path in good:
+        path.rename(tmp_path / path.name)  # moved away; the short one stays
+    with pytest.raises(EmptySelectionError) as info:
+        prepare_reel(scan, ReelOptions(width=W, height=H, min_score=0.5, fade_s=0.5, clip_seconds=3))
+    said = str(info.value)
+    assert "3 videos that scored ≥ 0.5 no longer exist where the scan found them (flight 0.mp4" in said, said
+    assert said.index("no longer exist") < said.index("of the others: no video scored ≥ 0.5")
+    assert "scan it at its new place into the same output folder" in str(info.value.hint)
+
+
 def test_a_source_changed_since_the_scan_is_left_out_through_its_highlights_json(tmp_path: Path,
                                                                               caplog: pytest.LogCaptureFixture) -> None:
     """A highlights.json has no size or mtime, so a file replaced since the scan was cut into the reel; its

@@ -8,6 +8,7 @@ never costs the user the reel.
 from __future__ import annotations
 
 import dataclasses
+import os
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,16 +105,36 @@ def _changed_since_scan(video: VideoScores, info: VideoInfo) -> str | None:
 
 
 def _with_left_out(exc: EmptySelectionError, left_out: list[VideoScores], min_score: float) -> EmptySelectionError:
-    """The empty-selection error, also naming the sources that would have qualified but were left out."""
+    """The empty-selection error, led by the sources that would have qualified but were left out: gone from where
+    the scan found them (a library moved or renamed since), or unreadable or changed. Said after the reason about
+    the rest, it read as if --fade or --min-score were the problem when none of the best videos existed."""
     qualified = sorted((v for v in left_out if (v.video_score or 0.0) >= min_score or
                         (v.scores.size and float(v.scores.max()) >= min_score)),
                        key=lambda v: -(v.video_score or 0.0))
     if not qualified:
         return exc
-    names = ", ".join(v.path.name for v in qualified[:3]) + (" ..." if len(qualified) > 3 else "")
-    note = (f"{len(qualified)} video{'s' if len(qualified) != 1 else ''} that scored ≥ {min_score:g} could not be "
-            f"used (unreadable or changed since the scan: {names}; see the warnings above)")
-    return EmptySelectionError(f"{exc.reason}; {note}", path=exc.path, hint=exc.hint)
+
+    def names(group: list[VideoScores]) -> str:
+        return ", ".join(v.path.name for v in group[:3]) + (" ..." if len(group) > 3 else "")
+
+    def videos(n: int) -> str:
+        return f"{n} video{'s' if n != 1 else ''} that scored ≥ {min_score:g}"
+
+    missing = [v for v in qualified if not os.path.lexists(v.path)]
+    other = [v for v in qualified if v not in missing]
+    reasons, hints = [], []
+    if missing:
+        reasons.append(f"{videos(len(missing))} no longer exist where the scan found them ({names(missing)})")
+        hints.append("if the library moved, scan it at its new place into the same output folder: its videos keep "
+                     "their scores without being decoded again")
+    if other:
+        reasons.append(f"{videos(len(other))} could not be used (unreadable or changed since the scan: "
+                       f"{names(other)}; see the warnings above)")
+        hints.append("scan again to score changed videos anew")
+    if exc.hint:
+        hints.append(f"for the others: {exc.hint}")
+    return EmptySelectionError("; ".join(reasons) + f"; of the others: {exc.reason}", path=exc.path,
+                               hint="; ".join(hints))
 
 
 def _nearest_root_first(path: Path) -> tuple[int, str]:
@@ -184,8 +205,9 @@ def prepare_reel(scores: str | Path | ScoreSource, options: ReelOptions, *, deco
                              top=options.top, min_score=options.min_score, max_duration_s=options.max_duration_s,
                              fade_s=options.fade_s, transitions=options.transitions, fps=options.fps,
                              order=options.order, per_video=options.per_video)
-        except EmptySelectionError as exc:
-            raise _with_left_out(exc, [by_path[p] for p in bad if p in by_path], options.min_score) from None
+        except EmptySelectionError as exc:  # the sources not yet opened may be gone as well (a moved library)
+            gone = [v for v in videos if v.path not in bad and not os.path.lexists(v.path)]
+            raise _with_left_out(exc, [by_path[p] for p in bad if p in by_path] + gone, options.min_score) from None
         newly_bad = False
 
         def lose(path: Path) -> None:
