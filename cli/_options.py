@@ -57,9 +57,21 @@ def terminal_may_be_gone() -> Iterator[None]:
             raise
 
 
-def nothing_written(by_sigterm: bool) -> str:
-    """``stops_cleanly``'s message for a command that writes no file (``evaluate``, ``test-video``)."""
-    return f"{'Stopped (SIGTERM)' if by_sigterm else 'Interrupted'}; nothing was written."
+#: What stops a long command like Ctrl-C: a scheduler's SIGTERM, a closed terminal's (or ssh session's) SIGHUP
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def stop_word(by_signal: bool, seen: list[int]) -> str:
+    """"Interrupted" (Ctrl-C) or "Stopped (SIGTERM)" / "Stopped (SIGHUP)", for ``stops_cleanly``'s messages."""
+    from quadvault_dali._lifetime import signal_name
+
+    return f"Stopped ({signal_name(seen[0])})" if by_signal and seen else "Interrupted"
+
+
+def nothing_written(seen: list[int]) -> Callable[[bool], str]:
+    """``stops_cleanly``'s message for a command that writes no file (``evaluate``, ``test-video``); ``seen`` is
+    the list given to ``stops_cleanly`` too."""
+    return lambda by_signal: f"{stop_word(by_signal, seen)}; nothing was written."
 
 
 @contextmanager

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 import click
 
 from ._numbers import score_text, threshold_text
-from ._options import device_option, fps_option, long_job, nothing_written, sampling_option, stops_cleanly
+from ._options import (STOP_SIGNALS, device_option, fps_option, long_job, nothing_written, sampling_option,
+                       stops_cleanly)
 
 
 def _metrics_line(title: str, m: "object") -> str:
@@ -60,7 +60,8 @@ def evaluate(source: Path, model: Path, more_models: tuple[Path, ...], split: st
     backend = resolve_device(device)
     models = [load_model(p, device=backend) for p in (model, *more_models)]
     long_job()
-    with stops_cleanly(nothing_written, (signal.SIGINT, signal.SIGTERM)):
+    seen: list[int] = []
+    with stops_cleanly(nothing_written(seen), STOP_SIGNALS, seen=seen):
         report = run_evaluate(source, models, split=split, device=backend, fps=fps, mode=mode,  # type: ignore[arg-type]
                               skip_missing=skip_missing, threshold=threshold)
     if as_json:

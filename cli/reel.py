@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ._options import stops_cleanly
+from ._options import STOP_SIGNALS, stop_word, stops_cleanly
 
 
 def _parse_resolution(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
@@ -79,8 +79,10 @@ def reel(scores: Path, out: Path, resolution: tuple[int, int], dry_run: bool, **
             click.echo(f"skipped: {message}")
         click.echo(f"Dry run: nothing encoded; {out} and {sidecar_path(out).name} would be written.")
         return
-    # SIGTERM (timeout, kill, a scheduler) stops like Ctrl-C: the partial file goes; Ctrl-C stays click's
-    with stops_cleanly(lambda by_sigterm: f"Stopped (SIGTERM); no reel written to {out}." if by_sigterm else None):
+    # SIGTERM (timeout, kill, a scheduler) and a closed terminal's SIGHUP stop like Ctrl-C: the partial file goes
+    seen: list[int] = []
+    with stops_cleanly(lambda by_signal: f"{stop_word(by_signal, seen)}; no reel written to {out}.", STOP_SIGNALS,
+                       seen=seen):
         result = make_reel(scores, out, options)
     plan = result.prepared.plan
     for message in result.prepared.skipped:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 import click
 
 from ._numbers import score_text, threshold_text
-from ._options import device_option, fps_option, long_job, nothing_written, sampling_option, stops_cleanly
+from ._options import (STOP_SIGNALS, device_option, fps_option, long_job, nothing_written, sampling_option,
+                       stops_cleanly)
 
 
 def _clock(seconds: float) -> str:
@@ -53,7 +53,8 @@ def test_video(video: Path, model: Path, more_models: tuple[Path, ...], timeline
     models = [load_model(p, device=backend) for p in (model, *more_models)]
     sampler = scoring_sampler(models, device=backend, fps=fps, mode=mode)  # type: ignore[arg-type]
     long_job()
-    with stops_cleanly(nothing_written, (signal.SIGINT, signal.SIGTERM)):
+    seen: list[int] = []
+    with stops_cleanly(nothing_written(seen), STOP_SIGNALS, seen=seen):
         result = score_video(video, models, sampler=sampler)
     threshold = ensemble_threshold(models)
     score = result.score

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 
 import click
 
-from ._options import device_option, long_job, stops_cleanly
+from ._options import STOP_SIGNALS, device_option, long_job, stop_word, stops_cleanly
 
 
 @click.command()
@@ -87,13 +86,15 @@ def train(dataset: Path, output_dir: Path, epochs: int, batch_size: int, learnin
     quiet = is_quiet()
     long_job()
 
-    def stopped(by_sigterm: bool) -> str:
+    seen: list[int] = []
+
+    def stopped(by_signal: bool) -> str:
         state = describe_state(output_dir)
         again = (f"run the same command with --resume to continue after {state}" if state
                  else "no epoch had finished; nothing to resume")
-        return f"{'Stopped (SIGTERM)' if by_sigterm else 'Interrupted'}; {again}."
+        return f"{stop_word(by_signal, seen)}; {again}."
 
-    with stops_cleanly(stopped, (signal.SIGINT, signal.SIGTERM)):
+    with stops_cleanly(stopped, STOP_SIGNALS, seen=seen):
         result = train_model(config, (lambda line: None) if quiet else click.echo)
     if quiet and int(os.environ.get("RANK", "0")) == 0:  # -q: the one line that says where the model went
         click.echo(f"Model saved to: {result.model_dir} (video-level val accuracy "

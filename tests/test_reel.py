@@ -546,7 +546,12 @@ def test_a_killed_reels_partial_file_is_removed_by_the_next_run(scan_dir: Path, 
     assert not stale.exists() and alive.exists() and out.exists()
 
 
-def test_the_cli_stopped_by_sigterm_leaves_no_partial_file(scan_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig, code, said", [("SIGTERM", 143, "Stopped (SIGTERM)"), ("SIGHUP", 129, "Stopped (SIGHUP)"),
+                                             ("SIGINT", 130, "Interrupted")])
+def test_the_cli_stopped_by_sigterm_leaves_no_partial_file(scan_dir: Path, tmp_path: Path, sig: str, code: int,
+                                                         said: str) -> None:
+    """A scheduler's SIGTERM, a closed terminal's SIGHUP (which left the partial reel and its cut list behind)
+    and Ctrl-C (which printed click's "Aborted!") all remove the partial files and say no reel was written."""
     import signal
     import subprocess
     import sys
@@ -560,9 +565,9 @@ def test_the_cli_stopped_by_sigterm_leaves_no_partial_file(scan_dir: Path, tmp_p
     while not list(tmp_path.glob(".long.partial-*.mp4")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "the reel finished before it could be stopped"
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(getattr(signal, sig))
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143 and "Stopped (SIGTERM); no reel written" in err
+    assert proc.returncode == code and f"{said}; no reel written" in err, err[-2000:]
     assert list(tmp_path.iterdir()) == []
 
 

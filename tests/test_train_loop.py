@@ -364,10 +364,12 @@ def test_a_killed_runs_temporary_files_are_removed(tmp_path: Path) -> None:
     assert not stale.exists() and live.exists()
 
 
-def test_cli_sigterm_stops_like_ctrl_c_and_says_how_to_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_cli_sigterm_stops_like_ctrl_c_and_says_how_to_resume(tmp_path: Path, sig: str) -> None:
     """A scheduler's SIGTERM killed the run where it stood (a state save's temporary stayed behind) and Ctrl-C
-    said only "Aborted!"; both now stop cleanly and name the epoch --resume continues after. A state with no
-    model yet (killed before epoch 1's model) still stops a plain re-run from deleting it."""
+    said only "Aborted!"; both now stop cleanly and name the epoch --resume continues after, as does a closed
+    terminal's SIGHUP. A state with no model yet (killed before epoch 1's model) still stops a plain re-run from
+    deleting it."""
     import signal as signals
     import subprocess
     import sys
@@ -380,11 +382,11 @@ def test_cli_sigterm_stops_like_ctrl_c_and_says_how_to_resume(tmp_path: Path) ->
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith("Epoch 2/"):
-            proc.send_signal(signals.SIGTERM)
+            proc.send_signal(getattr(signals, sig))
             break
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
-    assert "Stopped (SIGTERM); run the same command with --resume to continue after epoch 1 of 3" in err
+    assert proc.returncode == 128 + getattr(signals, sig), err
+    assert f"Stopped ({sig}); run the same command with --resume to continue after epoch 1 of 3" in err
     assert [p.name for p in (tmp_path / "model").iterdir() if p.name.startswith(".")] == []
     (tmp_path / "model" / "model.json").unlink()
     again = subprocess.run(args, capture_output=True, text=True)
