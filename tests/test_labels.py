@@ -427,3 +427,21 @@ def test_a_content_id_never_waits_on_a_named_pipe(tmp_path: Path) -> None:
     ids = content_ids([tmp_path / "pipe.mp4", tmp_path / "real.mp4"])
     assert isinstance(ids[tmp_path / "pipe.mp4"], OSError) and "not a regular file" in str(ids[tmp_path / "pipe.mp4"])
     assert ids[tmp_path / "real.mp4"] == content_id(tmp_path / "real.mp4") and len(ids[tmp_path / "real.mp4"]) == 16
+
+
+@pytest.mark.parametrize("on_disk, in_labels", [("NFC", "NFD"), ("NFD", "NFC")])
+def test_a_name_in_the_other_unicode_form_is_found(tmp_path: Path, on_disk: str, in_labels: str) -> None:
+    """"07 Küste" typed on a Mac is decomposed (u + combining diaeresis); the folder copied to a Linux disk is
+    composed, or the other way round: the same name to the eye, "does not exist" to the file system."""
+    import unicodedata
+
+    folder = tmp_path / unicodedata.normalize(on_disk, "07 Küste")
+    touch(folder / "a.mp4")
+    touch(tmp_path / unicodedata.normalize(on_disk, "Brücke") / "b.mp4")
+    touch(tmp_path / "normal" / "c.mp4")
+    labels = write_labels(tmp_path, {"highlights": [unicodedata.normalize(in_labels, "07 Küste"),
+                                                    unicodedata.normalize(in_labels, "Brü*/*.mp4")],
+                                     "normal": ["normal"]})
+    parsed = load_labels(labels)
+    assert sorted(v.path.name for v in parsed.videos if v.label_name == "highlight") == ["a.mp4", "b.mp4"]
+    assert (folder / "a.mp4").resolve() in [v.path for v in parsed.videos]

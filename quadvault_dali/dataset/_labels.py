@@ -34,6 +34,7 @@ import difflib
 import json
 import logging
 import os
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -90,6 +91,21 @@ def _resolve(entry: str, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
+def _in_other_unicode_form(path: Path) -> Path | None:
+    """``path`` as it exists with its accented letters composed (NFC) or decomposed (NFD), if it does only so:
+    macOS writes names decomposed, Linux and Windows keep what they are given, and a labels file typed on one
+    names files copied from the other."""
+    for form in ("NFC", "NFD"):
+        other = Path(unicodedata.normalize(form, str(path)))
+        if other != path:
+            try:
+                if other.exists():
+                    return other
+            except OSError:
+                continue
+    return None
+
+
 def _expand(entry: str, where: str, base: Path, problems: list[str], soft: list[str],
             roots: list[Path]) -> list[Path]:
     """The videos one entry names; problems go to ``problems``, the ones ``--skip-missing`` skips (missing,
@@ -100,6 +116,10 @@ def _expand(entry: str, where: str, base: Path, problems: list[str], soft: list[
     except OSError as exc:  # a folder on the way that cannot be entered, a name too long
         soft.append(f"{where}: cannot access {path}: {exc.strerror or exc}")
         return []
+    if not exists:  # "Küste" typed on a Mac (decomposed) names the folder a Linux disk holds composed, or back
+        other = _in_other_unicode_form(path)
+        if other is not None:
+            path, exists = other, True
     unreadable: list[str] = []
 
     def unreadable_folder(p: Path, exc: OSError) -> None:
@@ -107,6 +127,9 @@ def _expand(entry: str, where: str, base: Path, problems: list[str], soft: list[
 
     if GLOB_CHARS & set(entry) and not exists:  # "DJI_0001 [edited].mp4" is a name, not a pattern
         _, found = expand_pattern(path, on_error=unreadable_folder)
+        for form in ("NFC", "NFD"):  # the pattern in the other Unicode form
+            if not found and unicodedata.normalize(form, str(path)) != str(path):
+                _, found = expand_pattern(Path(unicodedata.normalize(form, str(path))), on_error=unreadable_folder)
         roots.extend(sorted({video.parent for video in found}))  # outputs may still go beside them
         soft.extend(unreadable)
         if not found and not unreadable:
