@@ -431,14 +431,26 @@ def test_deleted_and_moved_videos_leave_the_results(library: Path, tmp_path: Pat
     shutil.rmtree(disk2)
     disk2.mkdir()  # the empty mount point
     usb.rename(tmp_path / "usb unplugged")  # the link now points nowhere
-    partly = _scan(lib, out)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        partly = _scan(lib, out)
     assert kept <= set(_videos(out)) and partly.superseded == 0
+    # said, with what to do if the clips were deleted rather than unplugged
+    assert f"{len(kept)} scanned videos are missing, but their rows are kept" in caplog.text
+    assert "delete the empty folder too and the next scan drops their rows" in caplog.text
+    disk2.rmdir()  # they were deleted: the empty folder goes too, and the rows with it
+    (lib / "2024").unlink()
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        dropped = _scan(lib, out)
+    assert not kept & set(_videos(out)) and dropped.superseded == len(kept) and "rows are kept" not in caplog.text
     # the whole disk goes away: its mount point is an empty folder; nothing is retired
+    remaining = set(_videos(out))
     shutil.rmtree(lib)
     lib.mkdir()
     with caplog.at_level("WARNING"):
         empty = _scan(lib, out)
-    assert empty.totals.total == len(_videos(out)) and empty.superseded == 0 and kept <= set(_videos(out))
+    assert empty.totals.total == len(_videos(out)) and empty.superseded == 0 and remaining == set(_videos(out))
     assert f"found no videos under {lib.resolve()} (is the disk mounted?)" in caplog.text
 
 

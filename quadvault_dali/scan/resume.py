@@ -58,6 +58,9 @@ class ResumePlan:
     skipped: list[FileState] = field(default_factory=list)
     superseded: dict[str, set[str]] = field(default_factory=dict)
     gone: list[str] = field(default_factory=list)  # paths whose rows are retired: no longer in the library
+    #: paths with rows, in this run's library, that do not exist but were not retired: under an empty or
+    #: unreadable folder (an unmounted disk's mount point, or a folder whose clips were all deleted)
+    kept_missing: list[str] = field(default_factory=list)
     #: shard -> {old path: the file now}: rows of a file that moved (a library remounted under another name, a
     #: folder moved), kept and given the new path instead of scanning the file again beside its old rows
     relocated: dict[str, dict[str, FileState]] = field(default_factory=dict)
@@ -140,11 +143,13 @@ def _shared_tail(a: Path, b: Path) -> int:
 
 def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps: float = 1.0, mode: str = "auto",
                 resume: bool = True, retry_errors: bool = False,
-                gone: Callable[[str], bool] | None = None) -> ResumePlan:
+                gone: Callable[[str], bool] | None = None,
+                within: Callable[[str], bool] | None = None) -> ResumePlan:
     """Splits ``files`` into done and to-do against the complete shards in ``out_dir``.
 
     ``gone(path)`` says whether a path with rows but not among ``files`` has left this run's part of the
     library (deleted or moved); its rows are then retired, so totals and highlights list what exists.
+    ``within(path)``: whether a path is in this run's library, for ``kept_missing``.
     """
     done = _done_index(out_dir)
     # the same file reached by another path (the library through a symlink, or its target): scanning through
@@ -216,6 +221,9 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
                 plan.gone.append(path)
                 for row in rows:
                     plan.superseded.setdefault(str(row["shard"]), set()).add(path)
+    if within is not None:
+        retired = set(plan.gone)
+        plan.kept_missing = sorted(p for p in dead_paths - claimed - retired if within(p))
     for shard, path in kept:  # one row two files reached: the one that keeps it wins (the other is rescanned)
         plan.superseded.get(shard, set()).discard(path)
     return plan

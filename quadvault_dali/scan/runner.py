@@ -227,6 +227,13 @@ def vanished(libraries: Sequence[Path], files: Sequence[FileState], shard: tuple
     return gone
 
 
+def _in_libraries(libraries: Sequence[Path]) -> Callable[[str], bool]:
+    """Whether a path is under one of ``libraries`` (as given or their real paths)."""
+    roots = tuple(dict.fromkeys(str(r).rstrip(os.sep) + os.sep for lib in libraries if Path(lib).is_dir()
+                                for r in (os.path.abspath(lib), os.path.realpath(lib))))
+    return lambda path: path.startswith(roots)
+
+
 def _folder_is_there(folder: Path, root: Path) -> bool:
     """Whether a missing file's folder is really there, so the file was deleted or moved: not behind a link
     whose target is gone, and not under an empty folder (an unmounted disk's mount point) below the root."""
@@ -422,7 +429,7 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
                             " in this shard" if options.shard[1] > 1 else "")
         plan = plan_resume(files, out, fingerprint=fingerprint, fps=options.fps, mode=options.mode,
                            resume=options.resume, gone=vanished(libs, files, options.shard, unreadable),
-                           retry_errors=options.retry_errors)
+                           retry_errors=options.retry_errors, within=_in_libraries(libs))
         superseded = drop_superseded(out, plan.superseded, own_tag=options.tag)
         moved = relocate_rows(out, plan.relocated, own_tag=options.tag)
         if moved:
@@ -432,6 +439,11 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
         upgrade_shards(out, own_tag=options.tag)  # one schema per folder, whatever version wrote the old shards
         log.info("%d videos found, %d already scanned, %d to scan, %d old rows superseded",
                  len(files), len(plan.skipped), len(plan.todo), superseded)
+        if plan.kept_missing:
+            log.warning("%d scanned videos are missing, but their rows are kept: their folder is empty or unreadable "
+                        "now, as an unplugged disk's mount point is (e.g. %s). Once the disk is back they count "
+                        "again; if the clips were deleted, delete the empty folder too and the next scan drops "
+                        "their rows", len(plan.kept_missing), plan.kept_missing[0])
         if plan.gone:
             log.info("%d scanned videos are no longer in the library (deleted or moved); their rows are "
                      "removed, e.g. %s", len(plan.gone), plan.gone[0])
