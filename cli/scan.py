@@ -162,12 +162,19 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
         _print_summary(summary)
 
 
+def _size(n: int) -> str:
+    """Bytes in the unit that shows them: a run over small clips read "0.1 MB of 0.0 MB"."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n:,} bytes"
+
+
 def _print_summary(summary: Any) -> None:
     run = summary.run
     rate = run.videos / summary.wall_s if summary.wall_s else 0.0
     click.echo(f"This run: {run.videos:,} videos scanned ({run.errors} errors), {summary.skipped:,} already done, "
-               f"{summary.wall_s:.1f} s, {rate:.1f} videos/s, {run.bytes_read / 1e6:,.1f} MB read "
-               f"of {run.file_bytes / 1e6:,.1f} MB.")
+               f"{summary.wall_s:.1f} s, {rate:.1f} videos/s, {_size(run.bytes_read)} read of {_size(run.file_bytes)}.")
     if run.cpu_fallbacks:
         click.echo(f"{run.cpu_fallbacks:,} videos were decoded (in part) on the CPU: NVDEC cannot or did not "
                    "decode them (see the decoder_note column of the videos table).")
