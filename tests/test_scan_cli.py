@@ -274,6 +274,8 @@ def test_scan_scores_equal_test_video(library: Path, model_dir: Path, tmp_path: 
     model = load_model(model_dir)
     out = tmp_path / "out"
     scan_library([library], ScanOptions(out_dir=out, device="cpu", batch_size=8), model_paths=[model_dir])
+    # no threshold given: the card's, as the command and test-video use (the library's default was a fixed 0.7)
+    assert json.loads((out / "highlights.json").read_text())["threshold"] == model.threshold != 0.7
     seconds = read_table(out, "seconds").to_pylist()
     videos = {v["path"]: v for v in read_table(out, "videos").to_pylist()}
     for rel in ("2023/06/trip/high_h264_30.mp4", "rotated_90.mp4", "2023/11/calm_hevc_24.mp4"):

@@ -22,6 +22,7 @@ from .._mounts import within_on_disk
 from ..discovery import find_videos, non_utf8_name
 from ..errors import DecodeError, OutputError, VideoOpenError
 from ..sampling import SamplingMode, VideoOutcome, create_sampler
+from ..model._scorer import DEFAULT_THRESHOLD, mean_threshold
 from ..scoring import sampling_size
 from .aggregate import Aggregator
 from .crashguard import CrashJournal, StallWatch, isolate_suspects, journal_path, take_suspects
@@ -49,7 +50,9 @@ class ScanOptions:
     """Everything that shapes a scan apart from the library and the models."""
 
     out_dir: Path
-    threshold: float = 0.7
+    #: a highlight scores at least this; ``None``: the models' card threshold (the mean over an ensemble), as the
+    #: CLI and test-video use (a fixed 0.7 here ignored the card for callers of the library)
+    threshold: float | None = None
     device: str = "auto"
     mode: SamplingMode = "auto"
     fps: float = 1.0
@@ -73,7 +76,7 @@ class ScanOptions:
         i, n = self.shard
         if not (n >= 1 and 0 <= i < n):
             raise ValueError(f"shard must be i/n with 0 <= i < n, got {i}/{n}")
-        if not 0.0 <= self.threshold <= 1.0:
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be within 0..1, got {self.threshold}")
 
     @property
@@ -399,6 +402,8 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
         raise OutputError(f"cannot create the output folder: {exc.strerror or exc}", path=out) from exc
     if scorers is None:
         scorers = _load_scorers(model_paths, options, gpus)
+    if options.threshold is None:
+        options.threshold = mean_threshold(float(getattr(s, "threshold", DEFAULT_THRESHOLD)) for s in scorers)
     models = model_refs(scorers)
     fingerprint = combined_fingerprint(models)
     layout = LayoutLock(out, options.shard[1])
