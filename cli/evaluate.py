@@ -55,10 +55,11 @@ def evaluate(source: Path, model: Path, more_models: tuple[Path, ...], split: st
     """
     from quadvault_dali.device import resolve_device
     from quadvault_dali.evaluate import evaluate as run_evaluate
-    from quadvault_dali.model import load_model
+    from quadvault_dali.model import load_model, warn_repeated
 
     backend = resolve_device(device)
     models = [load_model(p, device=backend) for p in (model, *more_models)]
+    warn_repeated(models)
     long_job()
     seen: list[int] = []
     with stops_cleanly(nothing_written(seen), STOP_SIGNALS, seen=seen):

@@ -46,11 +46,12 @@ def test_video(video: Path, model: Path, more_models: tuple[Path, ...], timeline
       quadvault test-video DJI_0042.MP4 model_sunsets/ --model model_action/
     """
     from quadvault_dali.device import resolve_device
-    from quadvault_dali.model import load_model
+    from quadvault_dali.model import load_model, warn_repeated
     from quadvault_dali.scoring import ensemble_threshold, score_video, scoring_sampler
 
     backend = resolve_device(device)
     models = [load_model(p, device=backend) for p in (model, *more_models)]
+    warn_repeated(models)
     sampler = scoring_sampler(models, device=backend, fps=fps, mode=mode)  # type: ignore[arg-type]
     long_job()
     seen: list[int] = []

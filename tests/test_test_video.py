@@ -132,6 +132,22 @@ def test_ensemble_averages_probabilities(colour_model: Path, cold_model: Path, c
         assert row["score"] == pytest.approx(sum(row["model_scores"]) / 2, abs=1e-5)
 
 
+def test_the_same_model_given_twice_is_warned_about(colour_model: Path, cold_model: Path, clips: dict[str, Path],
+                                                     tmp_path: Path) -> None:
+    """A copy of the model under another name, given beside it, counted twice in the ensemble's mean unsaid."""
+    import shutil
+
+    copy = tmp_path / "same again"
+    shutil.copytree(colour_model, copy)
+    res = CliRunner().invoke(main, ["test-video", str(clips["warm"]), str(colour_model), "--model", str(copy),
+                                    "--json", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "is the same model as" in res.output and "counts twice in the ensemble's mean" in res.output
+    res = CliRunner().invoke(main, ["test-video", str(clips["warm"]), str(colour_model), "--model",
+                                    str(cold_model), "--json", "--device", "cpu"])
+    assert "is the same model as" not in res.output
+
+
 def test_a_model_scores_the_same_frames_alone_and_in_an_ensemble(colour_model: Path, clips: dict[str, Path],
                                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Frames were sampled at the largest model's size, so a 64 px model scored other (twice resized) frames

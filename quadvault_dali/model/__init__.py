@@ -8,7 +8,8 @@ from ._io import (CARD_FILE, CLASSES, FORMAT_NAME, FORMAT_VERSION, WEIGHTS_FILE,
                   read_card, save_model)
 from ._network import (BACKBONES, OFFLINE_BACKBONE, BackboneSpec, HighlightNet, build_network,
                        check_trained_batchnorm, pretrained_state, resnet18_weights_available, spec_for)
-from ._scorer import Ensemble, FrameScorer, HighlightModel, decision_threshold, mean_threshold, preprocess_frames
+from ._scorer import (Ensemble, FrameScorer, HighlightModel, decision_threshold, mean_threshold, preprocess_frames,
+                      warn_repeated)
 
 
 def load_models(paths: "list[str] | tuple[str, ...]", device: str = "cpu") -> "HighlightModel | Ensemble":
@@ -22,5 +23,5 @@ __all__ = [
     "BackboneSpec", "Ensemble", "FrameScorer", "HighlightModel", "HighlightNet", "build_network",
     "check_trained_batchnorm", "decision_threshold", "library_versions", "load_model", "load_models",
     "mean_threshold", "preprocess_frames", "pretrained_state", "read_card", "resnet18_weights_available",
-    "save_model", "spec_for",
+    "save_model", "spec_for", "warn_repeated",
 ]

@@ -7,6 +7,7 @@ sampler's uint8 frames at whatever size they come and cannot get the preprocessi
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Any, Iterable, Protocol, Sequence
 
 import torch
@@ -14,6 +15,8 @@ import torch.nn.functional as F
 
 from .._geometry import centre_offset
 from ._network import HighlightNet
+
+log = logging.getLogger(__name__)
 
 #: The decision threshold of a card that has none (cards written by ``save_model`` always have one).
 DEFAULT_THRESHOLD = 0.5
@@ -106,6 +109,17 @@ class HighlightModel:
                 logits = self.network(x.contiguous(memory_format=torch.channels_last))
             out.append(torch.sigmoid(logits.float()).cpu())
         return torch.cat(out)
+
+
+def warn_repeated(models: Sequence[FrameScorer]) -> None:
+    """Logs a model given twice (the same weights and card, under any name): averaged with itself, it counts
+    twice in the ensemble's mean, which is rarely what was meant."""
+    seen: dict[str, str] = {}
+    for model in models:
+        if model.fingerprint in seen:
+            log.warning("model %s is the same model as %s (fingerprint %s): it counts twice in the ensemble's mean",
+                        model.name, seen[model.fingerprint], model.fingerprint)
+        seen.setdefault(model.fingerprint, model.name)
 
 
 class Ensemble:

@@ -22,7 +22,7 @@ from .._mounts import within_on_disk
 from ..discovery import find_videos, non_utf8_name
 from ..errors import DecodeError, OutputError, VideoOpenError
 from ..sampling import SamplingMode, VideoOutcome, create_sampler
-from ..model._scorer import DEFAULT_THRESHOLD, mean_threshold
+from ..model._scorer import DEFAULT_THRESHOLD, mean_threshold, warn_repeated
 from ..scoring import sampling_size
 from .aggregate import Aggregator
 from .crashguard import CrashJournal, StallWatch, isolate_suspects, journal_path, take_suspects
@@ -402,6 +402,7 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
         raise OutputError(f"cannot create the output folder: {exc.strerror or exc}", path=out) from exc
     if scorers is None:
         scorers = _load_scorers(model_paths, options, gpus)
+        warn_repeated(scorers)
     if options.threshold is None:
         options.threshold = mean_threshold(float(getattr(s, "threshold", DEFAULT_THRESHOLD)) for s in scorers)
     models = model_refs(scorers)
