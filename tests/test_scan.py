@@ -574,6 +574,33 @@ def test_a_library_mounted_under_another_name_keeps_its_results(library: Path, t
     assert _scan(remounted, out).run.videos == 0
 
 
+def test_a_moved_file_whose_row_another_job_retired_meanwhile_is_scanned(library: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file moved into a folder of the other --shard half: that job, running at the same time, may retire its
+    old row (deleted, as it sees it) before this one moves it. The file then has no row; it was counted as done
+    and left out until the next run. Now it is scanned."""
+    import quadvault_dali.scan.runner as runner
+    from quadvault_dali.scan.resume import drop_superseded
+
+    lib = tmp_path / "lib"
+    shutil.copytree(library, lib)
+    out = tmp_path / "out"
+    _scan(lib, out)
+    moved = lib / "moved" / "rotated_90.mp4"
+    moved.parent.mkdir()
+    (lib / "rotated_90.mp4").rename(moved)
+    real = runner.relocate_rows
+
+    def retired_first(out_dir, relocated, **kw):  # type: ignore[no-untyped-def]
+        drop_superseded(out_dir, {shard: set(moves) for shard, moves in relocated.items()})
+        return real(out_dir, relocated, **kw)
+
+    monkeypatch.setattr(runner, "relocate_rows", retired_first)
+    again = _scan(lib, out)
+    assert again.run.videos == 1 and str(moved) in _videos(out)
+    _assert_rows_consistent(out)
+
+
 def test_a_moved_file_is_matched_only_when_one_old_row_fits_best(tmp_path: Path) -> None:
     """Two cards' DJI_0001.MP4 with the same size and mtime (copies) both gone, and one such file found under a
     new folder: the row whose path ends like the new one in more folders is the one moved; where two fit

@@ -271,10 +271,19 @@ def drop_superseded(out_dir: Path, superseded: dict[str, set[str]], own_tag: str
 
 
 def relocate_rows(out_dir: Path, relocated: dict[str, dict[str, FileState]], own_tag: str = "",
-                  lock_timeout_s: float = 120.0) -> int:
-    """Gives the rows of moved files (``ResumePlan.relocated``) their new paths; returns video rows moved."""
-    return _each_pair_locked(out_dir, relocated, own_tag, lock_timeout_s, _relocate_in_pair,
-                             "moved videos get their new paths")
+                  lock_timeout_s: float = 120.0) -> list[FileState]:
+    """Gives the rows of moved files (``ResumePlan.relocated``) their new paths; returns the files whose rows
+    moved. The others (their pair busy, or rewritten meanwhile by a --shard job that retired the row) have no
+    row now: the caller scans them."""
+    moved: list[FileState] = []
+
+    def relocate(out: Path, name: str, moves: dict[str, FileState]) -> int:
+        done = _relocate_in_pair(out, name, moves)
+        moved.extend(moves[path] for path in done)
+        return len(done)
+
+    _each_pair_locked(out_dir, relocated, own_tag, lock_timeout_s, relocate, "moved videos get their new paths")
+    return moved
 
 
 def _drop_from_pair(out_dir: Path, name: str, paths: set[str]) -> int:
@@ -296,20 +305,20 @@ def _drop_from_pair(out_dir: Path, name: str, paths: set[str]) -> int:
     return len(paths) if changed_v else 0
 
 
-def _relocate_in_pair(out_dir: Path, name: str, moves: dict[str, FileState]) -> int:
-    """Rewrites one pair with the moved files' new paths; returns video rows moved."""
+def _relocate_in_pair(out_dir: Path, name: str, moves: dict[str, FileState]) -> set[str]:
+    """Rewrites one pair with the moved files' new paths; returns the old paths whose rows it held."""
     seconds_path, videos_path = out_dir / "seconds" / name, out_dir / "videos" / name
-    if not videos_path.exists():  # another job retired the pair meanwhile: the files are scanned next run
-        return 0
+    if not videos_path.exists():  # another job retired the pair meanwhile: the files are scanned instead
+        return set()
     old_videos = pq.read_table(videos_path)
-    moved = sum(1 for path in old_videos["path"].to_pylist() if path in moves)
-    if not moved:
-        return 0
+    held = set(old_videos["path"].to_pylist()) & set(moves)
+    if not held:
+        return set()
     videos = _moved_rows(old_videos, moves)
     seconds, _ = _with_videos_of(_moved_rows(pq.read_table(seconds_path), moves), videos)
     write_parquets_atomic([(seconds_path, seconds), (videos_path, videos)])  # seconds first, as ever
-    log.info("shard pair %s: %d moved videos now under their new paths", name, moved)
-    return moved
+    log.info("shard pair %s: %d moved videos now under their new paths", name, len(held))
+    return held
 
 
 def _moved_rows(table: pa.Table, moves: dict[str, FileState]) -> pa.Table:
@@ -317,10 +326,10 @@ def _moved_rows(table: pa.Table, moves: dict[str, FileState]) -> pa.Table:
     the resolved path and the error message that names it."""
     old = table["path"].to_pylist()
     new = {p: str(f.path) for p, f in moves.items()}
+    ids = {p: video_id(new[p], f.size_bytes, f.mtime_ns) for p, f in moves.items()}  # once per video, not row
     values: dict[str, list[object]] = {
         "path": [new.get(p, p) for p in old],
-        "video_id": [video_id(new[p], moves[p].size_bytes, moves[p].mtime_ns) if p in moves else v
-                     for p, v in zip(old, table["video_id"].to_pylist())]}
+        "video_id": [ids.get(p, v) for p, v in zip(old, table["video_id"].to_pylist())]}
     if "real_path" in table.column_names:
         values["real_path"] = [moves[p].real_path if p in moves else r
                                for p, r in zip(old, table["real_path"].to_pylist())]

@@ -440,8 +440,12 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
         moved = relocate_rows(out, plan.relocated, own_tag=options.tag)
         if moved:
             log.info("%d scanned videos were found under another path (the library moved or was mounted elsewhere):"
-                     " their results are kept under the new paths, e.g. %s", moved,
-                     next(str(f.path) for moves in plan.relocated.values() for f in moves.values()))
+                     " their results are kept under the new paths, e.g. %s", len(moved), moved[0].path)
+        planned = [f for moves in plan.relocated.values() for f in moves.values()]
+        if len(moved) < len(planned):  # their rows went meanwhile (another --shard job) or their pair was busy
+            unmoved = set(planned) - set(moved)
+            plan.skipped = [f for f in plan.skipped if f not in unmoved]
+            plan.todo = sorted([*plan.todo, *unmoved], key=lambda f: str(f.path))
         upgrade_shards(out, own_tag=options.tag)  # one schema per folder, whatever version wrote the old shards
         log.info("%d videos found, %d already scanned, %d to scan, %d old rows superseded",
                  len(files), len(plan.skipped), len(plan.todo), superseded)
