@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
@@ -285,6 +287,44 @@ def test_scan_scores_equal_test_video(library: Path, model_dir: Path, tmp_path: 
         assert [t for t, _ in mine] == ref.timestamps
         assert [s for _, s in mine] == pytest.approx(ref.frame_scores.tolist(), abs=1e-5)
         assert videos[path]["score"] == pytest.approx(ref.score, abs=1e-5)
+
+
+def test_rows_decoded_on_nvdec_survive_the_scoring_version_bump(library: Path, model_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    """SCORING_CODE_VERSION 2 moved the CPU paths' centre crop: rows PyAV decoded score other pixels now and are
+    rescanned, but rows DALI decoded on NVDEC (cropped by DALI, as before) keep their scores: a reviewer's
+    point, a GPU user's 9 TB library must not be decoded again for a CPU-side change. Kept rows get the
+    current fingerprint."""
+    from quadvault_dali.model._io import version1_fingerprint
+    from quadvault_dali.scan.schema import ModelRef, combined_fingerprint
+    from quadvault_dali.scan.shards import write_parquets_atomic
+
+    model = load_model(model_dir)
+    out = tmp_path / "out"
+    options = dict(device="cpu", batch_size=8)
+    scan_library([library], ScanOptions(out_dir=out, **options), model_paths=[model_dir])
+    digest = json.loads((model_dir / "model.json").read_text())["weights_sha256"]
+    old = combined_fingerprint([ModelRef(model.name, version1_fingerprint(model.card, digest))])
+    assert old != model.fingerprint
+    nvdec = set()
+    for name in complete_shards(out):  # as a version-1 GPU scan wrote them: half decoded on NVDEC
+        path = out / "videos" / name
+        table = pq.read_table(path)
+        rows = table.to_pylist()
+        for i, row in enumerate(rows):
+            row["model_fingerprint"] = old
+            if row["status"] == "ok" and i % 2 == 0:
+                row["decoder"] = "nvdec"
+                nvdec.add(row["path"])
+        write_parquets_atomic([(path, pa.Table.from_pylist(rows, schema=table.schema))])
+    before = {v["path"]: v["score"] for v in read_table(out, "videos").to_pylist()}
+    again = scan_library([library], ScanOptions(out_dir=out, **options), model_paths=[model_dir])
+    assert nvdec and again.run.videos == len(before) - len(nvdec) and again.skipped == len(nvdec)
+    after = {v["path"]: v for v in read_table(out, "videos").to_pylist()}
+    assert {p: after[p]["score"] for p in nvdec} == {p: before[p] for p in nvdec}
+    assert {v["model_fingerprint"] for v in after.values()} == {model.fingerprint}
+    assert json.loads((out / "highlights.json").read_text())["other_models"] == []
+    assert scan_library([library], ScanOptions(out_dir=out, **options), model_paths=[model_dir]).run.videos == 0
 
 
 def test_documented_duckdb_queries(library: Path, tmp_path: Path) -> None:

@@ -82,6 +82,16 @@ def model_fingerprint(card: dict[str, Any], weights_sha256: str) -> str:
     return hashlib.sha256(f"{weights_sha256}:{scoring}".encode()).hexdigest()[:16]
 
 
+def version1_fingerprint(card: dict[str, Any], weights_sha256: str) -> str:
+    """The fingerprint scans wrote before ``SCORING_CODE_VERSION`` 2. Version 2 moved only the CPU paths' crop:
+    rows DALI decoded on NVDEC (``decoder`` "nvdec") score the same pixels, and resume keeps them."""
+    saved = card.get("scoring_sha256")
+    now = _scoring_sha256(card)
+    if saved is None or saved == now:
+        return weights_sha256[:16]
+    return hashlib.sha256(f"{weights_sha256}:{now}".encode()).hexdigest()[:16]
+
+
 def _unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)  # DistributedDataParallel / DataParallel
 
@@ -315,5 +325,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Highligh
     root = card_path.parent
     _warn_if_unfinished(root)
     name = str(card.get("name") or root.name or card_path.stem)
-    return HighlightModel(net, card, fingerprint=model_fingerprint(card, digest), device=_torch_device(device),
-                          name=name)
+    model = HighlightModel(net, card, fingerprint=model_fingerprint(card, digest), device=_torch_device(device),
+                           name=name)
+    model.nvdec_fingerprints = (version1_fingerprint(card, digest),)
+    return model

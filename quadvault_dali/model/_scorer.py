@@ -77,6 +77,9 @@ class HighlightModel:
         self.network = network.to(device, memory_format=torch.channels_last).eval()
         self.card = card
         self.fingerprint = fingerprint
+        #: older fingerprints of this model whose rows decoded by DALI on NVDEC still hold its scores (a scoring
+        #: change that moved only the CPU paths' pixels): a scan's resume keeps those rows
+        self.nvdec_fingerprints: tuple[str, ...] = ()
         self.device = device
         self.name = name
 

@@ -61,6 +61,9 @@ class ResumePlan:
     #: paths with rows, in this run's library, that do not exist but were not retired: under an empty or
     #: unreadable folder (an unmounted disk's mount point, or a folder whose clips were all deleted)
     kept_missing: list[str] = field(default_factory=list)
+    #: shard -> paths of rows kept under an older fingerprint of these models (``nvdec_fingerprints``), which
+    #: get the current one
+    refingerprinted: dict[str, set[str]] = field(default_factory=dict)
     #: shard -> {old path: the file now}: rows of a file that moved (a library remounted under another name, a
     #: folder moved), kept and given the new path instead of scanning the file again beside its old rows
     relocated: dict[str, dict[str, FileState]] = field(default_factory=dict)
@@ -75,7 +78,7 @@ def _done_index(out_dir: Path) -> dict[str, list[dict[str, object]]]:
     how many seconds rows its pair really holds for it."""
     found: dict[str, list[dict[str, object]]] = {}
     cols = ["path", "real_path", "size_bytes", "mtime_ns", "model_fingerprint", "status", "error_kind",
-            "scanned_at", "frames_scored", "sampling_mode", "sampling_fps"]
+            "scanned_at", "frames_scored", "sampling_mode", "sampling_fps", "decoder"]
     for name in complete_shards(out_dir):
         try:  # every column: damage in one a reader needs later (scores) must be found here, where the
             # pair can be moved aside and its videos scanned again, not at the end of the run
@@ -144,12 +147,14 @@ def _shared_tail(a: Path, b: Path) -> int:
 def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps: float = 1.0, mode: str = "auto",
                 resume: bool = True, retry_errors: bool = False,
                 gone: Callable[[str], bool] | None = None,
-                within: Callable[[str], bool] | None = None) -> ResumePlan:
+                within: Callable[[str], bool] | None = None,
+                nvdec_fingerprints: frozenset[str] = frozenset()) -> ResumePlan:
     """Splits ``files`` into done and to-do against the complete shards in ``out_dir``.
 
     ``gone(path)`` says whether a path with rows but not among ``files`` has left this run's part of the
     library (deleted or moved); its rows are then retired, so totals and highlights list what exists.
-    ``within(path)``: whether a path is in this run's library, for ``kept_missing``.
+    ``within(path)``: whether a path is in this run's library, for ``kept_missing``. ``nvdec_fingerprints``:
+    older fingerprints of these models that still hold for rows decoded on NVDEC (``refingerprinted``).
     """
     done = _done_index(out_dir)
     # the same file reached by another path (the library through a symlink, or its target): scanning through
@@ -168,9 +173,13 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
     kept: set[tuple[str, str]] = set()  # (shard, path) of the rows a file of this run keeps
     plan = ResumePlan()
 
+    def same_scoring(row: dict[str, object]) -> bool:
+        return row["model_fingerprint"] == fingerprint or (row["model_fingerprint"] in nvdec_fingerprints
+                                                           and row.get("decoder") == "nvdec")
+
     def still_good(row: dict[str, object], f: FileState) -> bool:
         same = (row["size_bytes"] == f.size_bytes and row["mtime_ns"] == f.mtime_ns
-                and row["model_fingerprint"] == fingerprint
+                and same_scoring(row)
                 # a kill between rewriting a pair's seconds and its videos leaves a row without seconds
                 and row["frames_scored"] == row["seconds_held"]
                 and sampled_as_asked(row, fps, mode))
@@ -226,6 +235,10 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
         plan.kept_missing = sorted(p for p in dead_paths - claimed - retired if within(p))
     for shard, path in kept:  # one row two files reached: the one that keeps it wins (the other is rescanned)
         plan.superseded.get(shard, set()).discard(path)
+    for path_rows in done.values():
+        for row in path_rows:
+            if (str(row["shard"]), str(row["path"])) in kept and row["model_fingerprint"] != fingerprint:
+                plan.refingerprinted.setdefault(str(row["shard"]), set()).add(str(row["path"]))
     return plan
 
 
@@ -284,6 +297,29 @@ def relocate_rows(out_dir: Path, relocated: dict[str, dict[str, FileState]], own
 
     _each_pair_locked(out_dir, relocated, own_tag, lock_timeout_s, relocate, "moved videos get their new paths")
     return moved
+
+
+def refingerprint_rows(out_dir: Path, refingerprinted: dict[str, set[str]], fingerprint: str, own_tag: str = "",
+                       lock_timeout_s: float = 120.0) -> int:
+    """Gives rows kept under an older fingerprint of the same models (``ResumePlan.refingerprinted``) the current
+    one, so totals, highlights.json and the next resume see one scoring; returns video rows changed."""
+
+    def rewrite(out: Path, name: str, paths: set[str]) -> int:
+        videos_path = out / "videos" / name
+        if not videos_path.exists():
+            return 0
+        videos = pq.read_table(videos_path)
+        old = videos["model_fingerprint"].to_pylist()
+        mine = [p in paths for p in videos["path"].to_pylist()]
+        if not any(mine):
+            return 0
+        i = videos.schema.get_field_index("model_fingerprint")
+        values = pa.array([fingerprint if m else f for m, f in zip(mine, old)], videos.schema.field(i).type)
+        write_parquets_atomic([(videos_path, videos.set_column(i, videos.schema.field(i), values))])
+        return sum(mine)
+
+    return _each_pair_locked(out_dir, refingerprinted, own_tag, lock_timeout_s, rewrite,
+                             "rows get the current fingerprint")
 
 
 def _drop_from_pair(out_dir: Path, name: str, paths: set[str]) -> int:

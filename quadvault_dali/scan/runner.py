@@ -27,7 +27,7 @@ from ..scoring import sampling_size
 from .aggregate import Aggregator
 from .crashguard import CrashJournal, StallWatch, isolate_suspects, journal_path, take_suspects
 from .report import HIGHLIGHTS_FILE, FolderTotals, highlights_document, summary_line, write_json_atomic
-from .resume import FileState, drop_superseded, plan_resume, relocate_rows
+from .resume import FileState, drop_superseded, plan_resume, refingerprint_rows, relocate_rows
 from .schema import SCHEMA_VERSION, ModelRef, ScanMetadata, combined_fingerprint
 from .shards import DAMAGED_FOLDER, LayoutLock, ShardWriter, TagLock, cleanup_partial, shard_tag
 from .upgrade import upgrade_shards
@@ -259,6 +259,17 @@ def model_refs(scorers: Sequence[Scorer]) -> tuple[ModelRef, ...]:
     return tuple(ModelRef(str(s.name), str(s.fingerprint)) for s in scorers)
 
 
+def nvdec_fingerprints(scorers: Sequence[Scorer]) -> frozenset[str]:
+    """The combined fingerprints these models had under older scoring code whose rows decoded by DALI on NVDEC
+    still hold (``HighlightModel.nvdec_fingerprints``): a release that moved only the CPU paths' pixels must
+    not rescan a GPU user's library."""
+    older = [tuple(getattr(s, "nvdec_fingerprints", ())) for s in scorers]
+    if not all(older):
+        return frozenset()
+    return frozenset(combined_fingerprint([ModelRef(str(s.name), o[k]) for s, o in zip(scorers, older)])
+                     for k in range(min(len(o) for o in older)))
+
+
 def metadata_for(table: str, models: Sequence[ModelRef], threshold: float) -> ScanMetadata:
     return ScanMetadata(SCHEMA_VERSION, table, tuple(models), threshold, combined_fingerprint(models))  # type: ignore[arg-type]
 
@@ -435,8 +446,10 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
                             " in this shard" if options.shard[1] > 1 else "")
         plan = plan_resume(files, out, fingerprint=fingerprint, fps=options.fps, mode=options.mode,
                            resume=options.resume, gone=vanished(libs, files, options.shard, unreadable),
-                           retry_errors=options.retry_errors, within=_in_libraries(libs))
+                           retry_errors=options.retry_errors, within=_in_libraries(libs),
+                           nvdec_fingerprints=nvdec_fingerprints(scorers))
         superseded = drop_superseded(out, plan.superseded, own_tag=options.tag)
+        refingerprint_rows(out, plan.refingerprinted, fingerprint, own_tag=options.tag)
         moved = relocate_rows(out, plan.relocated, own_tag=options.tag)
         if moved:
             log.info("%d scanned videos were found under another path (the library moved or was mounted elsewhere):"
