@@ -228,6 +228,34 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path: P
     assert "unfinished" not in caplog.text  # finished: the state is gone
 
 
+def test_a_checkpoint_from_a_run_that_resumed_without_one_restores_into_its_own_loader(tmp_path: Path) -> None:
+    """A run resumed from a state without the loader's checkpoint (an older version's) builds its loader from a
+    seed of its own; the checkpoint it then saves only restores into a loader built from that seed (a reviewer's
+    find: it was rebuilt from --seed, and the order silently differed)."""
+    import dataclasses
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    make_dataset(tmp_path / "ds", n_videos=6, frames=2)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(_resumable(tmp_path), _interrupt_at(2, []))
+    state = tmp_path / "model" / "training_state.safetensors"
+    tensors, meta = _saved_state(tmp_path / "model")
+    meta.pop("loader_checkpoint"), meta.pop("loader_seed")  # as an older version saved it
+    save_file(load_file(str(state)), str(state), metadata={"state": json.dumps(meta)})
+    shutil.copytree(tmp_path / "model", tmp_path / "straight")
+    straight = train_model(dataclasses.replace(_resumable(tmp_path, resume=True), output_dir=tmp_path / "straight"),
+                           lambda line: None)
+    with pytest.raises(KeyboardInterrupt):  # resumed without a checkpoint, stopped again after epoch 2
+        train_model(_resumable(tmp_path, resume=True), _interrupt_at(3, []))
+    assert _saved_state(tmp_path / "model")[1]["loader_seed"] not in (None, 0)
+    resumed = train_model(_resumable(tmp_path, resume=True), lambda line: None)
+    assert [r.train_loss for r in resumed.history] == [r.train_loss for r in straight.history]
+    mine, theirs = (load_model(folder).network.state_dict() for folder in (tmp_path / "model", tmp_path / "straight"))
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+
+
 def test_resume_refuses_other_settings_and_a_damaged_state(tmp_path: Path) -> None:
     """A resumed run with another learning rate or size would be another run, silently; a damaged state file
     says so (nothing in it is unpickled)."""

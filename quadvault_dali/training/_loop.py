@@ -247,7 +247,9 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
     # resumed: the loader goes on exactly where the run left it (one GPU: rank 0 saves its own loader only);
     # without its checkpoint, the resumed epochs get an order of their own, not epoch 1's again
     restored = saved.loader_checkpoint if saved is not None and world == 1 else None
-    loader_seed = config.seed if restored else resume_seed(config.seed, epochs_done)
+    # the seed the saved loader was built with: a run that itself resumed without a checkpoint used its own
+    built_with = config.seed if saved is None or saved.loader_seed is None else saved.loader_seed
+    loader_seed = built_with if restored else resume_seed(config.seed, epochs_done)
     try:
         train_loader = DaliFrameLoader(data.train, train=True, seed=loader_seed, checkpoint=restored, **common)
     except LoaderCheckpointError as exc:
@@ -342,7 +344,7 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
                 save_state(config.output_dir, net, optimizer, scheduler, settings, RunPosition(
                     epoch, best_key, since_best, result.best_epoch, result.best_video_accuracy, result.threshold,
                     result.history, result.stopped_early, run_id),
-                    loader_checkpoint=train_loader.checkpoint() if world == 1 else None)
+                    loader_checkpoint=train_loader.checkpoint() if world == 1 else None, loader_seed=loader_seed)
             except OutputError as exc:  # a full disk: the state is ~3x the model; training itself goes on
                 remove_state(config.output_dir)  # an older epoch's state would no longer match the model here
                 log.warning("%s; training goes on, but --resume cannot continue this run", exc)

@@ -93,10 +93,11 @@ def resume_seed(seed: int, epochs_done: int) -> int:
 
 def save_state(directory: Path, net: nn.Module, optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LRScheduler, settings: dict[str, Any],
-               position: RunPosition, loader_checkpoint: bytes | None = None) -> None:
+               position: RunPosition, loader_checkpoint: bytes | None = None, loader_seed: int | None = None) -> None:
     """Replaces the folder's state with this epoch's, in one rename (a kill leaves the previous epoch's).
     ``loader_checkpoint``: the training loader's (``DaliFrameLoader.checkpoint``), so a resumed run sees the
-    frames in the order and with the augmentations this one would have."""
+    frames in the order and with the augmentations this one would have; ``loader_seed``: the seed that loader was
+    built with (its file order comes from it, so the checkpoint restores only into a loader built alike)."""
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
@@ -119,7 +120,8 @@ def save_state(directory: Path, net: nn.Module, optimizer: torch.optim.Optimizer
             "scheduler": scheduler.state_dict(),
             "numpy_rng": {k: v for k, v in bit_generator.items() if k != "state"},
             "numpy_rng_state": {k: int(v) for k, v in bit_generator["state"].items() if k != "key"},
-            "loader_checkpoint": base64.b64encode(loader_checkpoint).decode("ascii") if loader_checkpoint else None}
+            "loader_checkpoint": base64.b64encode(loader_checkpoint).decode("ascii") if loader_checkpoint else None,
+            "loader_seed": loader_seed}
     tensors["rng.numpy.key"] = torch.from_numpy(bit_generator["state"]["key"].astype(np.int64))
     meta["tensors_sha256"] = _tensors_digest(tensors)
     with atomic_path(directory / STATE_FILE) as tmp:
@@ -166,6 +168,12 @@ class SavedState:
     @property
     def epochs_done(self) -> int:
         return int(self.meta["position"]["epoch"])
+
+    @property
+    def loader_seed(self) -> int | None:
+        """The seed the saved loader was built with (``None`` in states from before it was kept)."""
+        seed = self.meta.get("loader_seed")
+        return seed if isinstance(seed, int) else None
 
     @property
     def loader_checkpoint(self) -> bytes | None:
