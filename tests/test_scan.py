@@ -183,6 +183,26 @@ def test_rows_of_other_models_in_the_folder_are_named_not_passed_off(library: Pa
     assert json.loads((out / "highlights.json").read_text())["other_models"] == []
 
 
+def test_a_shard_job_warns_only_about_its_own_half(library: Path, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """A --shard 0/2 job saw the other half's deleted files as kept rows under an "empty folder", and, after a
+    model change, the other half's rows (which their own job rescans) as another library's (a reviewer's find)."""
+    lib = tmp_path / "lib"
+    shutil.copytree(library, lib)
+    out = tmp_path / "out"
+    _scan(lib, out)
+    other_half = next(p for p in sorted(_videos(out)) if not in_shard(os.path.relpath(p, lib), (0, 2))
+                      and Path(p).parent != lib)
+    Path(other_half).unlink()
+    with caplog.at_level("WARNING"):
+        half = scan_library([lib], ScanOptions(out_dir=out, threshold=THRESHOLD, device="cpu", shard=(0, 2)),
+                            scorers=[StampScorer()])
+    assert "rows are kept" not in caplog.text and "scored by other models" not in caplog.text
+    assert half.totals.other_models == 0
+    doc = json.loads((out / "highlights.json").read_text())
+    assert doc["other_models"] and doc["other_models"][0]["fingerprint"] == FINGERPRINT  # listed all the same
+
+
 def test_shard_halves_cover_library_once(library: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     a = _scan(library, out, shard=(0, 2))

@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -41,8 +41,11 @@ class FolderTotals:
     other_models: int = 0
 
 
-def highlights_document(out_dir: Path, *, threshold: float, models: Sequence[ModelRef]) -> tuple[dict, FolderTotals]:
-    """The highlights document and totals over the complete shards of ``out_dir``."""
+def highlights_document(out_dir: Path, *, threshold: float, models: Sequence[ModelRef],
+                        inside: Callable[[str], bool] | None = None) -> tuple[dict, FolderTotals]:
+    """The highlights document and totals over the complete shards of ``out_dir``. ``inside(path)``: paths of
+    this run's library, whose other-model rows ``FolderTotals.other_models`` leaves out (the document lists
+    them all): a --shard job's other half, or rows kept for an unplugged disk, are not another library's."""
     cols = ["video_id", "path", "score", "best_timestamp_s", "score_max", "score_top3_mean",
             "frac_above_threshold", "duration_s", "status", "model_fingerprint"]
     chosen = latest_video_rows(out_dir, columns=cols)  # one per path, with its shard
@@ -75,7 +78,8 @@ def highlights_document(out_dir: Path, *, threshold: float, models: Sequence[Mod
             "model_fingerprint": r["model_fingerprint"],
         } for r in best],
     }
-    return doc, FolderTotals(len(rows), len(best), errors, sum(others.values()))
+    outside = sum(1 for r in rows if r["model_fingerprint"] != ours and not (inside and inside(str(r["path"]))))
+    return doc, FolderTotals(len(rows), len(best), errors, outside)
 
 
 def _fractions_above(out_dir: Path, chosen: list[tuple[str, dict]], threshold: float) -> dict[str, float]:

@@ -230,11 +230,22 @@ def vanished(libraries: Sequence[Path], files: Sequence[FileState], shard: tuple
     return gone
 
 
-def _in_libraries(libraries: Sequence[Path]) -> Callable[[str], bool]:
-    """Whether a path is under one of ``libraries`` (as given or their real paths)."""
-    roots = tuple(dict.fromkeys(str(r).rstrip(os.sep) + os.sep for lib in libraries if Path(lib).is_dir()
-                                for r in (os.path.abspath(lib), os.path.realpath(lib))))
-    return lambda path: path.startswith(roots)
+def _in_libraries(libraries: Sequence[Path], shard: tuple[int, int] = (0, 1),
+                  files: Sequence[FileState] | None = None) -> Callable[[str], bool]:
+    """Whether a path is in this run's part of ``libraries`` (as given or their real paths): under one of them,
+    in this ``shard``, and, with ``files``, under a library in which this run found videos (not an unplugged
+    disk's empty mount point, which the scan reports on its own)."""
+    pairs = [(Path(os.path.abspath(lib)), Path(os.path.realpath(lib))) for lib in libraries if Path(lib).is_dir()]
+    if files is not None:
+        reached = [str(f.path) for f in files] + [f.real_path for f in files]
+        pairs = [pair for pair in pairs if any(p.startswith(tuple(str(r) + os.sep for r in pair)) for p in reached)]
+    roots = [root for pair in pairs for root in pair]
+
+    def within(path: str) -> bool:
+        root = next((r for r in roots if path.startswith(str(r).rstrip(os.sep) + os.sep)), None)
+        return root is not None and in_shard(os.path.relpath(path, root), shard)
+
+    return within
 
 
 def _folder_is_there(folder: Path, root: Path) -> bool:
@@ -446,7 +457,7 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
                             " in this shard" if options.shard[1] > 1 else "")
         plan = plan_resume(files, out, fingerprint=fingerprint, fps=options.fps, mode=options.mode,
                            resume=options.resume, gone=vanished(libs, files, options.shard, unreadable),
-                           retry_errors=options.retry_errors, within=_in_libraries(libs),
+                           retry_errors=options.retry_errors, within=_in_libraries(libs, options.shard, files),
                            nvdec_fingerprints=nvdec_fingerprints(scorers))
         superseded = drop_superseded(out, plan.superseded, own_tag=options.tag)
         refingerprint_rows(out, plan.refingerprinted, fingerprint, own_tag=options.tag)
@@ -486,8 +497,9 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
             log.warning("another scan of %s held the report lock for %.0f s; writing %s anyway", out,
                         REPORT_LOCK_WAIT_S, HIGHLIGHTS_FILE)
         try:
-            doc, totals = highlights_document(out, threshold=options.threshold, models=models)
-            if totals.other_models:
+            doc, totals = highlights_document(out, threshold=options.threshold, models=models,
+                                              inside=_in_libraries(libs))
+            if totals.other_models:  # outside this library: another --shard job's half is rescanned by that job
                 log.warning("%d of the %d videos in %s were scored by other models than this scan's (earlier scans "
                             "of files outside %s): the totals and %s include their scores, which are another "
                             "model's; scan them with these models too, or use another --out for each model",
