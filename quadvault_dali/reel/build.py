@@ -121,7 +121,8 @@ def _with_left_out(exc: EmptySelectionError, left_out: list[VideoScores], min_sc
         return f"{n} video{'s' if n != 1 else ''} that scored ≥ {min_score:g}"
 
     missing = [v for v in qualified if not os.path.lexists(v.path)]
-    other = [v for v in qualified if v not in missing]
+    gone = {id(v) for v in missing}
+    other = [v for v in qualified if id(v) not in gone]
     reasons, hints = [], []
     if missing:
         reasons.append(f"{videos(len(missing))} no longer exist where the scan found them ({names(missing)})")
