@@ -12,6 +12,7 @@ from quadvault_dali.errors import QuadvaultError
 from quadvault_dali.reel import EmptySelectionError, VideoScores, best_windows, load_scores, plan_reel
 
 
+
 def video(name: str, scores: list[float], duration: float | None = None, mtime_ns: int | None = None) -> VideoScores:
     times = np.arange(len(scores), dtype=np.float64)
     return VideoScores(path=Path(f"/footage/{name}"), duration_s=duration or float(len(scores)),
@@ -135,3 +136,26 @@ def test_a_clip_never_runs_past_the_end_of_its_source() -> None:
     plan = plan_reel([video("short.mp4", [0.9] * 4, duration=3.99)], min_score=0.5, clip_seconds=4.0, fps=30)
     (clip,) = plan.clips
     assert clip.window.in_s + clip.frames / 30 <= 3.99 + 1e-9
+
+
+def test_the_best_window_may_end_just_before_a_sample() -> None:
+    """Two top seconds (2 and 3) and a 2.5-s clip: windows starting at samples all held a third, weak second
+    (0.68 at best, under --min-score 0.85); [1.5, 4) holds just the two (a reel tester's find)."""
+    clip = video("v.mp4", [0.1, 0.1, 0.97, 0.97, 0.1, 0.1, 0.1, 0.1])
+    (w,) = best_windows(clip, 2.5)
+    assert (w.in_s, w.out_s) == (1.5, 4.0) and w.score == pytest.approx(0.97)
+    # sparse keyframe samples (every 1.5 s): the highlight at 2.5-4 s is held by [2, 4), not [1.5, 3.5)
+    sparse = VideoScores(path=Path("/footage/k.mp4"), duration_s=9.0, times=np.array([0.0, 1.5, 3.0, 4.5, 6.0, 7.5]),
+                         scores=np.array([0.0, 0.0, 1.0, 0.0, 0.0, 0.0]))
+    (w,) = best_windows(sparse, 2.0)
+    assert w.score == 1.0 and w.in_s <= 3.0 < w.out_s and w.in_s > 1.5
+    # windows stay inside the video
+    assert all(0.0 <= w.in_s and w.out_s <= 8.0 + 1e-9 for w in best_windows(clip, 2.5, per_video=4))
+
+
+def test_equal_windows_are_taken_earliest_first_whatever_the_rounding() -> None:
+    """Saturated scores: differences of a running sum made some all-1.0 windows 0.9999999999999999, so the
+    earliest-on-ties order depended on rounding noise ([1,4), [5,8), [8,11) instead of [1,4), [4,7), [7,10))."""
+    clip = video("v.mp4", [1.13e-9] + [1.0] * 11)
+    assert [(w.in_s, w.out_s) for w in best_windows(clip, 3.0, per_video=3)] == [(1.0, 4.0), (4.0, 7.0),
+                                                                                  (7.0, 10.0)]

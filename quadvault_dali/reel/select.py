@@ -99,13 +99,19 @@ def best_windows(video: VideoScores, clip_seconds: float, per_video: int = 1) ->
     if not video.has_seconds:
         return [_centred_window(video, duration, length)]
     times, scores = video.times, video.scores
-    starts = np.unique(np.r_[times[times + length <= duration + _EPS], max(0.0, duration - length)])
+    # every set of samples a window can hold is held by a window starting at a sample, or ending just before one
+    # (starting at t - length): windows starting at samples alone missed [1.5, 4) around two top seconds
+    latest = max(0.0, duration - length)
+    candidates = np.r_[times, times - length, 0.0, latest]
+    starts = np.unique(candidates[(candidates >= -_EPS) & (candidates <= latest + _EPS)].clip(0.0, latest))
     csum = np.r_[0.0, np.cumsum(scores)]
     lo = np.searchsorted(times, starts - _EPS, side="left")
     hi = np.searchsorted(times, starts + length - _EPS, side="left")
     has = hi > lo
     starts, lo, hi = starts[has], lo[has], hi[has]
-    means = (csum[hi] - csum[lo]) / (hi - lo)
+    # rounded: differences of a running sum gave 1.0 for some all-1.0 windows and 0.9999999999999999 for others,
+    # so "earliest on ties" depended on rounding noise
+    means = np.round((csum[hi] - csum[lo]) / (hi - lo), 9)
     chosen: list[Window] = []
     for i in np.lexsort((starts, -means)):  # best mean first, earliest on ties
         a = float(starts[i])
