@@ -12,7 +12,6 @@ from quadvault_dali.errors import QuadvaultError
 from quadvault_dali.reel import EmptySelectionError, VideoScores, best_windows, load_scores, plan_reel
 
 
-
 def video(name: str, scores: list[float], duration: float | None = None, mtime_ns: int | None = None) -> VideoScores:
     times = np.arange(len(scores), dtype=np.float64)
     return VideoScores(path=Path(f"/footage/{name}"), duration_s=duration or float(len(scores)),
