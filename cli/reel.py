@@ -96,3 +96,5 @@ def reel(scores: Path, out: Path, resolution: tuple[int, int], dry_run: bool, **
                f"{options.width}x{options.height} @ {options.fps:g} fps, {result.render.encoder}"
                f"{', with sound' if result.render.audio else ''}{on_gpu})")
     click.echo(f"Clip list: {result.sidecar}")
+    for note in plan.notes[1:]:  # what was left out and why (the first note only counts the windows used)
+        click.echo(f"note: {note}")

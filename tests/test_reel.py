@@ -453,6 +453,21 @@ def test_a_source_changed_since_the_scan_is_left_out_and_named(library: dict[str
         in str(info.value)
 
 
+def test_a_clip_too_short_for_two_crossfades_makes_a_reel_alone(tmp_path: Path) -> None:
+    """The only video is 0.8 s, and the default 0.5-s crossfades need 1 s: "shorter than two crossfades", no
+    reel, though a reel of one clip has no crossfade (a reel tester's find). It is now that reel, said in a note;
+    the real run prints the notes too (they were shown by --dry-run only)."""
+    src = tmp_path / "short.mp4"
+    make_video(src, SynthSpec(width=W, height=H, duration_s=0.8, fps=30, stamp=True, source_id=3))
+    scan = write_scan(tmp_path / "scan", [(src, [0.95])])
+    out = tmp_path / "reel.mp4"
+    result = CliRunner().invoke(cli, ["reel", str(scan), str(out), "--device", "cpu", "--resolution", f"{W}x{H}"])
+    assert result.exit_code == 0, result.output
+    assert "note: the only clip that fits is shorter than two crossfades: a reel of it alone" in result.output
+    frames, _, _ = decode_all(out)
+    assert len(frames) == 24
+
+
 def test_a_library_moved_since_the_scan_is_what_the_error_says(tmp_path: Path) -> None:
     """The scanned footage renamed since: the reel blamed the --min-score (or the crossfades of short videos
     left), neither of which helped. It now leads with the videos
@@ -926,6 +941,6 @@ def test_windows_shorter_than_a_reel_frame_are_named_as_such() -> None:
     with pytest.raises(EmptySelectionError, match="2 eligible windows are shorter than one reel frame at --fps 1 "
                                                   r"\(raise --clip-seconds or --fps\)"):
         plan_reel(videos, clip_seconds=0.9, fps=1.0, transitions=False, min_score=0.5)
-    with pytest.raises(EmptySelectionError, match=r"shorter than two 0.5-s crossfades \(lower --fade, or "
-                                                  r"--no-transitions\)"):
-        plan_reel([VideoScores(Path("/v.mp4"), 0.8, video_score=0.9)], clip_seconds=4.0, fps=30.0, min_score=0.5)
+    # shorter than two crossfades, alone: a reel of one clip has none
+    alone = plan_reel([VideoScores(Path("/v.mp4"), 0.8, video_score=0.9)], clip_seconds=4.0, fps=30.0, min_score=0.5)
+    assert [c.frames for c in alone.clips] == [24] and "a reel of it alone, without fades" in alone.notes[1]

@@ -81,11 +81,16 @@ def test_empty_selection_says_why() -> None:
     with pytest.raises(EmptySelectionError, match=r"--duration 3 s is shorter than the shortest clip that fits the "
                                                   r"fades \(4 s\) \(raise --duration"):
         plan_reel(vids, min_score=0.5, max_duration_s=3.0)
-    # a clip dropped for the fades is not reported as too long for --duration (it was 0.5 s)
+    # a clip too short for the fades is not reported as too long for --duration (it was 0.5 s): alone, it is the
+    # reel (a reel of one clip has no crossfade), and the notes say why the 4-s one is not in it
     short = [video("long.mp4", [0.9] * 10), video("blink.mp4", [0.95] * 1, duration=0.5)]
-    with pytest.raises(EmptySelectionError) as err:
-        plan_reel(short, min_score=0.5, max_duration_s=2.0)
-    assert str(err.value).startswith("--duration 2 s is shorter than the shortest clip that fits the fades (4 s); "
+    plan = plan_reel(short, min_score=0.5, max_duration_s=2.0)
+    assert [c.window.path.name for c in plan.clips] == ["blink.mp4"]
+    assert "1 left out to keep the reel within 2 s" in plan.notes and "shorter than two crossfades" in plan.notes[2]
+    with pytest.raises(EmptySelectionError) as err:  # nothing fits at all: both reasons
+        plan_reel([video("long.mp4", [0.9] * 10), video("blink.mp4", [0.95] * 1, duration=0.5)], min_score=0.5,
+                  max_duration_s=0.4)
+    assert str(err.value).startswith("--duration 0.4 s is shorter than the shortest clip that fits the fades (4 s); "
                                      "1 eligible video is shorter than two 0.5-s crossfades")
     with pytest.raises(EmptySelectionError, match="no scored video"):
         plan_reel([], min_score=0.5)

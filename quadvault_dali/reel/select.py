@@ -165,12 +165,17 @@ def plan_reel(videos: Sequence[VideoScores], *, clip_seconds: float = 4.0, top: 
     picked: list[tuple[Window, int]] = []
     total, too_short, too_long = 0, 0, 0
     shortest_too_long = float("inf")
+    short_ones: list[tuple[Window, int]] = []
     for w in eligible:
         if len(picked) >= top:
             break
-        frames = int(np.floor(w.length_s * fps + _EPS))  # never past the source's end
+        # never past the source's end; a thousandth of a frame of slack: a one-frame video's duration, rounded
+        # by its container to 0.0333 s, is a frame at 30 fps, not none
+        frames = int(np.floor(w.length_s * fps + 1e-3))
         if frames <= 2 * fade_frames:
             too_short += 1
+            if frames >= 1 and (max_frames is None or frames <= max_frames):
+                short_ones.append((w, frames))
             continue
         grown = total + frames - (fade_frames if picked else 0)
         if max_frames is not None and grown > max_frames:
@@ -179,6 +184,10 @@ def plan_reel(videos: Sequence[VideoScores], *, clip_seconds: float = 4.0, top: 
             continue  # a later, shorter window may still fit
         picked.append((w, frames))
         total = grown
+    alone = not picked and bool(short_ones)
+    if alone:  # a reel of one clip has no crossfade: the best short one makes it, rather than no reel at all
+        picked, too_short = [short_ones[0]], too_short - 1
+        total = short_ones[0][1]
     if not picked:
         reasons, hints = [], []
         if too_long:
@@ -203,6 +212,8 @@ def plan_reel(videos: Sequence[VideoScores], *, clip_seconds: float = 4.0, top: 
     notes = [f"{len(eligible)} window(s) scored ≥ {min_score:g}; {len(picked)} used"]
     if too_long:
         notes.append(f"{too_long} left out to keep the reel within {max_duration_s:g} s")
+    if alone:
+        notes.append("the only clip that fits is shorter than two crossfades: a reel of it alone, without fades")
     if too_short:
         notes.append(f"{too_short} left out: shorter than two crossfades" if fade_frames
                      else f"{too_short} left out: shorter than one reel frame")
