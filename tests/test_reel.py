@@ -419,7 +419,7 @@ def test_a_clip_list_that_cannot_be_written_leaves_no_reel_without_one(scan_dir:
     list, which the next run refused to replace ("not a reel this command made")."""
     import quadvault_dali.reel.build as build
 
-    def full_disk(plan: object, path: Path) -> Path:
+    def full_disk(plan: object, path: Path, **kw: object) -> Path:
         raise OutputError("cannot write the clip list ([Errno 28] No space left on device)", path=path)
 
     out = tmp_path / "best.mp4"
@@ -451,6 +451,26 @@ def test_a_source_changed_since_the_scan_is_left_out_and_named(library: dict[str
     assert "since it was scanned; scan it again" in caplog.text
     assert "1 video that scored ≥ 0.9 could not be used (unreadable or changed since the scan: trimmed later.mp4" \
         in str(info.value)
+
+
+def test_an_output_folder_that_cannot_take_the_reel_is_refused_first(scan_dir: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file where the output folder should be, or a folder that cannot be written: the dry run said the reel
+    "would be written", and the real run failed after probing and test-decoding every window, naming a hidden
+    temporary (a temporary of a temporary for the clip list). Both now refuse first, naming the folder."""
+    from quadvault_dali.reel import plan_reel_for
+
+    a_file = tmp_path / "a30.mp4"
+    a_file.write_bytes(b"x")
+    for run in (plan_reel_for, make_reel):
+        with pytest.raises(OutputError, match="is not a folder, so the reel cannot go into it") as err:
+            run(scan_dir, a_file / "x.mp4", ReelOptions(width=W, height=H, min_score=0.5))
+        assert err.value.path == a_file
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked)
+    with pytest.raises(OutputError, match="output folder is not writable"):
+        plan_reel_for(scan_dir, locked / "x.mp4", ReelOptions(width=W, height=H, min_score=0.5))
 
 
 def test_a_clip_too_short_for_two_crossfades_makes_a_reel_alone(tmp_path: Path) -> None:

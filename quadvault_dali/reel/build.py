@@ -292,6 +292,10 @@ def check_output(out: Path) -> None:
         raise OutputError("is a folder; give the reel a file name like best.mp4", path=out)
     if not out.parent.exists():
         raise OutputError("output folder does not exist", path=out.parent)
+    if not out.parent.is_dir():
+        raise OutputError("is not a folder, so the reel cannot go into it", path=out.parent)
+    if not os.access(out.parent, os.W_OK | os.X_OK):  # before any probing and test decoding, not after
+        raise OutputError("output folder is not writable", path=out.parent)
     if out.exists() and not sidecar_path(out).exists():  # a reel made here before has its cut list beside it
         raise OutputError(f"exists and is not a reel this command made (no {sidecar_path(out).name} beside it); "
                           "it would be replaced", path=out, hint="choose another name, or delete the file first")
@@ -307,6 +311,9 @@ def plan_reel_for(scores: str | Path | ScoreSource, out: str | Path,
     said the reel "would be written" where the real run refuses it was no rehearsal)."""
     out = Path(out)
     check_output(out)
+    resolve_device(options.device)  # what the real run refuses, the rehearsal refuses: --device gpu without one,
+    choose_encoder(options.encoder, options.width, options.height, options.fps,  # --encoder nvenc without NVENC
+                   gpu_allowed=options.device != "cpu")
     return _plan_for_checked(scores, out, options)
 
 
@@ -330,7 +337,7 @@ def make_reel(scores: str | Path | ScoreSource, out: str | Path, options: ReelOp
     # the list is written before the reel is renamed into place and renamed after it: a full disk while
     # writing it used to leave a new reel without a list, which the next run then refused to replace
     with atomic_path(sidecar) as sidecar_tmp:
-        write_sidecar(prepared.plan, sidecar_tmp)
+        write_sidecar(prepared.plan, sidecar_tmp, atomic=False, shown_as=sidecar)
         result = render_reel(prepared.plan, prepared.infos, out, width=options.width, height=options.height,
                              encoder=encoder, audio=options.audio, gpu=gpu)
     return ReelResult(result, sidecar, prepared)

@@ -39,18 +39,22 @@ def plan_rows(plan: ReelPlan) -> list[dict[str, str]]:
     } for c in plan.clips]
 
 
-def write_sidecar(plan: ReelPlan, path: str | Path) -> Path:
-    """Writes the CSV atomically (UTF-8, quoted as needed, so any path survives)."""
+def write_sidecar(plan: ReelPlan, path: str | Path, *, atomic: bool = True, shown_as: Path | None = None) -> Path:
+    """Writes the CSV (UTF-8, quoted as needed, so any path survives), atomically unless the caller writes
+    ``path`` as a temporary of its own (``atomic=False``; ``shown_as``: the name errors give, not the temporary's)."""
     path = Path(path)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(plan_rows(plan))
     try:
-        with atomic_path(path) as tmp:
-            tmp.write_text(buf.getvalue(), encoding="utf-8")
+        if atomic:
+            with atomic_path(path) as tmp:
+                tmp.write_text(buf.getvalue(), encoding="utf-8")
+        else:
+            path.write_text(buf.getvalue(), encoding="utf-8")
     except OSError as exc:
-        raise OutputError(f"cannot write the clip list ({exc})", path=path) from exc
+        raise OutputError(f"cannot write the clip list: {exc.strerror or exc}", path=shown_as or path) from exc
     return path
 
 
