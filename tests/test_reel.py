@@ -473,6 +473,23 @@ def test_an_output_folder_that_cannot_take_the_reel_is_refused_first(scan_dir: P
         plan_reel_for(scan_dir, locked / "x.mp4", ReelOptions(width=W, height=H, min_score=0.5))
 
 
+def test_a_scanned_video_outside_the_reel_is_never_its_output(scan_dir: Path, library: dict[str, Path]) -> None:
+    """A stray cut list beside a scanned video made it look like an earlier reel: a reel that did not use that
+    video (below --min-score) replaced it (a reel tester's find)."""
+    from quadvault_dali.reel import sidecar_path
+
+    video = library["hevc 60fps.mp4"]  # scores 0.91: not in a reel at --min-score 0.94
+    before = video.read_bytes()
+    stray = sidecar_path(video)
+    stray.write_text("position\n")
+    try:
+        with pytest.raises(OutputError, match="would overwrite .*scored footage or the scores"):
+            make_reel(scan_dir, video, ReelOptions(width=W, height=H, min_score=0.94, top=1, clip_seconds=2.0))
+    finally:
+        stray.unlink()
+    assert video.read_bytes() == before
+
+
 def test_a_clip_too_short_for_two_crossfades_makes_a_reel_alone(tmp_path: Path) -> None:
     """The only video is 0.8 s, and the default 0.5-s crossfades need 1 s: "shorter than two crossfades", no
     reel, though a reel of one clip has no crossfade (a reel tester's find). It is now that reel, said in a note;

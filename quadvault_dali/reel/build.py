@@ -277,12 +277,14 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def refuse_overwriting_inputs(out: Path, prepared: PreparedReel) -> None:
-    """The reel and its sidecar are renamed over their paths: never over footage or the scores."""
-    inputs = [clip.window.path for clip in prepared.plan.clips] + [prepared.source.origin]
+    """The reel and its sidecar are renamed over their paths: never over footage or the scores, whether or not
+    this reel uses that video (a stray OUT.clips.csv beside a scanned video let the reel replace it)."""
+    inputs = ([clip.window.path for clip in prepared.plan.clips] + [prepared.source.origin]
+              + [v.path for v in prepared.source.videos if v.path.name in (out.name, sidecar_path(out).name)])
     for target in (out, sidecar_path(out)):
         for source in inputs:
             if _same_file(target, source):
-                raise OutputError(f"would overwrite {source}, which the reel is made from", path=target,
+                raise OutputError(f"would overwrite {source}, scored footage or the scores this reel reads", path=target,
                                   hint="write the reel somewhere else")
 
 
