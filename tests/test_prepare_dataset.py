@@ -675,3 +675,47 @@ def test_a_content_id_of_a_folder_is_an_error_without_a_leaked_descriptor(tmp_pa
         with pytest.raises(OSError):
             content_id(folder)
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_chunks_of_one_recording_stay_on_one_side_of_the_split(tmp_path: Path, make_clip: Callable[..., Path]) -> None:
+    """A flight the camera split into DJI_0001..0003 (each file stamped as it closed, one chunk's length after
+    the one before) was split by file: chunks on both sides, validation scoring footage training had all but
+    seen. The chunks now go to one side together; separate flights are split as before."""
+    import os
+
+    from quadvault_dali.dataset._recordings import recording_groups
+    from quadvault_dali.dataset._split import assign_splits
+
+    flight = tmp_path / "footage" / "flight"
+    flight.mkdir(parents=True)
+    start = 1_700_000_000
+    for k in range(3):  # 3-s chunks closed 3 s apart
+        chunk = shutil.copy(make_clip(f"pd_chunk{k}.mp4", style="highlight", duration_s=3.0, source_id=31 + k, **CLIP),
+                            flight / f"DJI_000{k + 1}.MP4")
+        os.utime(chunk, (start + 3 * (k + 1), start + 3 * (k + 1)))
+    others = tmp_path / "footage" / "other"
+    others.mkdir()
+    for k in range(4):  # separate clips, hours apart
+        clip = shutil.copy(make_clip(f"pd_other{k}.mp4", style="highlight", duration_s=3.0, source_id=41 + k, **CLIP),
+                           others / f"h{k}.mp4")
+        os.utime(clip, (start + 3600 * (k + 1),) * 2)
+    paths = {p.name: p for p in [*flight.iterdir(), *others.iterdir()]}
+    groups = recording_groups(paths, {name: 3.0 for name in paths})
+    assert {groups[f"DJI_000{k}.MP4"] for k in (1, 2, 3)} == {"DJI_0001.MP4"}
+    assert len({groups[f"h{k}.mp4"] for k in range(4)}) == 4
+    # whatever the hash order, the three chunks share a side, and training keeps a video of the class
+    for salt in range(20):
+        labels = {f"{salt}:{name}": 1 for name in paths}
+        splits = assign_splits(labels, groups={f"{salt}:{n}": f"{salt}:{g}" for n, g in groups.items()})
+        assert len({splits[f"{salt}:DJI_000{k}.MP4"] for k in (1, 2, 3)}) == 1
+        assert "train" in splits.values() and "val" in splits.values()
+    # end to end, with a normal class beside
+    normal = tmp_path / "footage" / "normal"
+    normal.mkdir()
+    for k in range(3):
+        shutil.copy(make_clip(f"pd_normal{k}.mp4", style="normal", duration_s=3.0, source_id=51 + k, **CLIP), normal / f"n{k}.mp4")
+    labels = write_labels(tmp_path / "labels.json", [str(flight), str(others)], [str(normal)])
+    prepare_dataset(labels, tmp_path / "ds", size=SIZE, device="cpu")
+    rows = read_dataset(tmp_path / "ds").rows()
+    sides = {r["split"] for r in rows if Path(r["video_path"]).parent.name == "flight"}
+    assert len(sides) == 1

@@ -37,6 +37,7 @@ from ..scan.crashguard import CrashJournal, StallWatch
 from ._crashes import JOURNAL_TAG, DecoderCrashes, isolate_crashers
 from ._jpeg import JPEG_QUALITY, encode_jpegs, write_atomic
 from ._labels import Labels, LabelledVideo, load_labels
+from ._recordings import recording_groups
 from ._split import Split, assign_splits
 from ._table import DATASET_FILE, FRAMES_DIR, MANIFEST, read_dataset, write_dataset
 
@@ -77,6 +78,21 @@ def _check_out(out: Path, labels: Labels) -> None:
         if root == frames or frames in root.parents or within_on_disk(root, os.path.realpath(frames)):
             raise OutputError(f"the frames go into {frames}, which holds the footage folder {root}", path=out,
                               hint="choose an output folder that does not contain the labelled videos")
+
+
+def _durations(paths: dict[str, Path]) -> dict[str, float]:
+    """Each video's duration from its container (about a millisecond a file), for ``recording_groups``."""
+    from ..probe import probe_video
+
+    found: dict[str, float] = {}
+    for vid, path in paths.items():
+        try:
+            info = probe_video(path)
+        except (QuadvaultError, OSError):
+            continue
+        if info.duration_s:  # type: ignore[union-attr]
+            found[vid] = float(info.duration_s)  # type: ignore[union-attr]
+    return found
 
 
 def _settings(fps: float, size: int, mode: str, quality: int) -> dict[str, Any]:
@@ -240,7 +256,10 @@ def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[
     # videos already in the dataset keep theirs.
     kept_splits: dict[str, Split] = {vid: rs[0]["split"] for vid, rs in previous.items()
                                      if rs and vid in rows and vid not in resumed}
-    splits = assign_splits({vid: by_id[vid].label for vid in rows}, existing=kept_splits)
+    # chunks of one recording (a flight split into 4-GB files) stay on one side
+    paths = {vid: by_id[vid].path for vid in rows}
+    groups = recording_groups(paths, _durations(paths))
+    splits = assign_splits({vid: by_id[vid].label for vid in rows}, existing=kept_splits, groups=groups)
     for vid, video_rows in rows.items():
         for r in video_rows:
             r["split"] = splits[vid]

@@ -10,6 +10,7 @@ machine, and adding a video moves no existing one.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from typing import Literal, Mapping
 
 Split = Literal["train", "val"]
@@ -29,15 +30,18 @@ def val_target(n_videos: int, fraction: float = VAL_FRACTION) -> int:
 
 
 def assign_splits(labels: Mapping[str, int], *, existing: Mapping[str, Split] | None = None,
-                  fraction: float = VAL_FRACTION) -> dict[str, Split]:
+                  fraction: float = VAL_FRACTION, groups: Mapping[str, str] | None = None) -> dict[str, Split]:
     """``{video_id: split}`` for ``labels`` (``{video_id: label}``).
 
     Videos in ``existing`` keep their split (``--merge``); new videos of a class fill validation up
     to the class's target, in hash order. A class made only of existing videos is left as it was.
+    ``groups`` (``{video_id: group}``, ``_recordings.recording_groups``): videos of one group and class go to
+    one side, the one a member already has if any; a group may take validation a little past the target.
     """
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
     existing = existing or {}
+    groups = groups or {}
     result: dict[str, Split] = {}
     for label in sorted(set(labels.values())):
         members = sorted((vid for vid, lab in labels.items() if lab == label), key=_rank_key)
@@ -47,6 +51,14 @@ def assign_splits(labels: Mapping[str, int], *, existing: Mapping[str, Split] | 
             result[vid] = existing[vid]
         have_val = sum(1 for vid in kept if existing[vid] == "val")
         need = min(len(new), max(0, val_target(len(members), fraction) - have_val))
-        for i, vid in enumerate(new):
-            result[vid] = "val" if i < need else "train"
+        side_of = {groups.get(vid, vid): existing[vid] for vid in kept}  # a recording already split: its side
+        size = Counter(groups.get(vid, vid) for vid in new)
+        in_val = have_val
+        for vid in new:
+            key = groups.get(vid, vid)
+            if key not in side_of:  # to validation while it wants more, never taking the class's last training video
+                side_of[key] = "val" if need > 0 and in_val + size[key] < len(members) else "train"
+            result[vid] = side_of[key]
+            need -= result[vid] == "val"
+            in_val += result[vid] == "val"
     return result
