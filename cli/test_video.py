@@ -12,12 +12,22 @@ from ._options import (STOP_SIGNALS, device_option, fps_option, long_job, nothin
                        stops_cleanly)
 
 
-def _clock(seconds: float) -> str:
-    """``mm:ss`` (``h:mm:ss`` past an hour), with tenths when the time is not a whole second."""
-    minutes, secs = divmod(round(seconds, 1), 60.0)
+def _clock(seconds: float, decimals: int = 0) -> str:
+    """``mm:ss`` (``h:mm:ss`` past an hour), with ``decimals`` of a second (``timeline_decimals``)."""
+    minutes, secs = divmod(round(seconds, decimals), 60.0)
     hours, minutes = divmod(int(minutes), 60)
-    sec = f"{secs:04.1f}" if abs(secs - round(secs)) >= 0.05 else f"{int(round(secs)):02d}"
+    sec = f"{secs:0{3 + decimals}.{decimals}f}" if decimals else f"{int(round(secs)):02d}"
     return f"{hours}:{minutes:02d}:{sec}" if hours else f"{minutes:02d}:{sec}"
+
+
+def timeline_decimals(timestamps: "list[float]") -> int:
+    """The decimals every time of a timeline needs (0 at 1 fps, 2 at 4 fps: 0.25 was shown as ".3"), one
+    count for all rows so the columns line up; at most 3."""
+    for decimals in range(3):
+        scale = 10 ** decimals
+        if all(abs(t * scale - round(t * scale)) < 1e-6 * scale for t in timestamps):
+            return decimals
+    return 3
 
 
 def _bar(score: float, width: int = 20) -> str:
@@ -82,5 +92,6 @@ def test_video(video: Path, model: Path, more_models: tuple[Path, ...], timeline
             click.echo(f"  {score_text(s, threshold)}  {m.name} [{m.fingerprint}]")
     if timeline:
         click.echo("Timeline:")
+        decimals = timeline_decimals(list(result.timestamps))
         for t, s in zip(result.timestamps, result.frame_scores):
-            click.echo(f"  {_clock(t)}  {float(s):.2f}  {_bar(float(s))}")
+            click.echo(f"  {_clock(t, decimals)}  {float(s):.2f}  {_bar(float(s))}")

@@ -225,3 +225,16 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(colour_model: Path, 
         os.close(write_end)
     err = run.stderr.decode()
     assert run.returncode == 141 and "Error" not in err and "Traceback" not in err, err
+
+
+def test_timeline_times_line_up_at_any_rate() -> None:
+    """At 4 fps 0.25 s was shown as ".3" and whole seconds without decimals, so the columns moved (a tester's
+    find): every row now has the decimals the timeline needs."""
+    from quadvault_dali.cli.test_video import _clock, timeline_decimals
+
+    quarter = [0.0, 0.25, 0.5, 1.0, 61.75]
+    assert [_clock(t, timeline_decimals(quarter)) for t in quarter] == ["00:00.00", "00:00.25", "00:00.50",
+                                                                        "00:01.00", "01:01.75"]
+    assert [_clock(t, timeline_decimals([0.0, 1.0, 3601.0])) for t in (0.0, 1.0, 3601.0)] == ["00:00", "00:01",
+                                                                                               "1:00:01"]
+    assert timeline_decimals([0.0, 1 / 3]) == 3
