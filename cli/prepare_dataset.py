@@ -90,6 +90,8 @@ def prepare_dataset(labels: Path, out: Path, merge: bool, overwrite: bool, fps: 
     videos = result.videos_by_split
     line = (f"Videos: {videos['train'] + videos['val']:,} (train {videos['train']:,}, val {videos['val']:,}) — "
             f"extracted {len(result.extracted):,}, reused {len(result.reused):,}")
+    if result.relabelled:
+        line += f", relabelled {len(result.relabelled):,}"
     if result.dropped:
         line += f", dropped {len(result.dropped):,} no longer labelled"
     click.echo(line)

@@ -133,6 +133,7 @@ def test_merge_keeps_frames_and_splits_moves_and_drops(prepared: tuple[Path, obj
     assert [p.name for p in result.extracted] == ["h4.mp4"]
     assert sorted(p.name for p in result.reused) == ["h1.mp4", "h2.mp4", "h3.mp4", "n1.mp4", "n3.mp4"]
     assert result.dropped == [str(footage / "n2.mp4")]
+    assert [p.name for p in result.relabelled] == ["n3.mp4"]  # said in the summary ("relabelled 1")
     # kept frames are the very same files (not re-decoded); n2's frames are gone
     files_after = frame_files(out)
     for path, ident in files_before.items():

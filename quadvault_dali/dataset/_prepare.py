@@ -55,6 +55,7 @@ class PrepareResult:
     extracted: list[Path] = field(default_factory=list)
     reused: list[Path] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # video paths no longer labelled
+    relabelled: list[Path] = field(default_factory=list)  # reused videos whose label changed (--merge)
     failed: list[tuple[Path, QuadvaultError]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -242,6 +243,8 @@ def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[
             now = {"video_size_bytes": st.st_size, "video_mtime_ns": st.st_mtime_ns}
         except OSError:
             now = {}
+        if previous[vid] and previous[vid][0].get("label") != video.label:
+            result.relabelled.append(video.path)
         rows[vid] = [{**r, "video_path": str(video.path), "label": video.label, "label_name": video.label_name,
                       **now} for r in previous[vid]]
         result.reused.append(video.path)
