@@ -304,7 +304,8 @@ class CpuSampler(Sampler):
                 yield frame, t
             return
         except (DecodeError, av.error.FFmpegError, ValueError) as exc:  # ValueError: a run not led by a keyframe
-            log.info("%s: cannot cut GOP runs (%s); decoding the stream in order", info.path, exc)
+            log.info("%s: its keyframe runs did not decode on their own (%s: %s); decoding the whole stream in "
+                     "order instead (slower, the same frames)", info.path, type(exc).__name__, exc)
         if fh is not None:
             fh.seek(0)
         with open_container(info.path, fh, quick=True) as again:
