@@ -317,6 +317,16 @@ def test_a_card_threshold_that_is_no_probability_is_refused(saved: Path, tmp_pat
             read_card(odd)
 
 
+def test_a_card_with_its_classes_reversed_is_refused(saved: Path, tmp_path: Path) -> None:
+    """The network's output is P(highlight); a card saying ["highlight", "normal"] (hand-edited, another tool's)
+    would have every score read inverted, so it is refused rather than trusted or ignored."""
+    from quadvault_dali.model import read_card
+
+    odd = _with_card(saved, tmp_path / "reversed", {"classes": ["highlight", "normal"]})
+    with pytest.raises(ModelFormatError, match=r"classes \['highlight', 'normal'\] are not \['normal', 'highlight'\]"):
+        read_card(odd)
+
+
 def test_a_card_naming_another_weights_file_is_refused(saved: Path, tmp_path: Path) -> None:
     """The weights are always model.safetensors beside the card: a card naming a pickle loaded the safetensors
     silently, and with those missing the error said the card named them."""

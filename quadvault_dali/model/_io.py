@@ -210,6 +210,11 @@ def _read_card(card_path: Path) -> dict[str, Any]:
         raise ModelFormatError(f"model card names the weights file {named!r}; a QuadVault model's weights are "
                                f"{WEIGHTS_FILE} (safetensors) beside its card", path=card_path,
                                hint="use the model directory as quadvault train wrote it")
+    classes = card.get("classes", CLASSES)
+    if classes != CLASSES:  # the network's output is P(highlight): another order would invert every score
+        raise ModelFormatError(f"model card's classes {classes!r} are not {CLASSES!r}: the model's output is the "
+                               "probability of the second, a highlight", path=card_path,
+                               hint="a QuadVault model has classes [\"normal\", \"highlight\"]")
     threshold = card.get("threshold", DEFAULT_THRESHOLD)
     if not _is_number(threshold) or not 0.0 <= threshold <= 1.0:
         raise ModelFormatError(f"model card's threshold {threshold!r} is not a number within 0..1", path=card_path)
