@@ -217,6 +217,10 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
     data: TrainingData = load_training_data(config.dataset)
     for file, why in data.train.skipped + data.val.skipped:
         report(f"⚠ Skipped frame {file}: {why}")
+    if str(config.pretrained) == "none" and config.freeze_backbone_epochs:
+        log.warning("--freeze-backbone-epochs %d with --pretrained none: the head first learns from a random, "
+                    "frozen backbone (its BatchNorm statistics untrained too); freezing helps pretrained weights "
+                    "only", config.freeze_backbone_epochs)
     frame_size = data.settings.get("size")
     if isinstance(frame_size, int) and config.image_size > frame_size:
         # scans sample at the model's size and shrink; training would enlarge these frames: blurrier than scored
