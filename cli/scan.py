@@ -243,7 +243,8 @@ def scan(library: tuple[str, ...], models: tuple[str, ...], out: Path, **kw: Any
       quadvault scan /footage --model model/ --out scan/
       quadvault scan /footage -m model_a/ -m model_b/ --out scan/ --gpus all
       quadvault scan /footage -m model/ -o /shared/scan --shard $SLURM_ARRAY_TASK_ID/16  # --array=0-15
-      duckdb -c "SELECT path, score FROM 'scan/videos/*.parquet' ORDER BY score DESC LIMIT 20"
+      python3 -c "import duckdb; duckdb.sql(\"SELECT path, score FROM 'scan/videos/*.parquet'
+          ORDER BY score DESC LIMIT 20\").show()"    # pip install -e '.[analytics]'; or the duckdb CLI
     """
     _run(library, models, out, None, kw)
 

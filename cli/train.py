@@ -97,5 +97,7 @@ def train(dataset: Path, output_dir: Path, epochs: int, batch_size: int, learnin
     with stops_cleanly(stopped, STOP_SIGNALS, seen=seen):
         result = train_model(config, (lambda line: None) if quiet else click.echo)
     if quiet and int(os.environ.get("RANK", "0")) == 0:  # -q: the one line that says where the model went
-        click.echo(f"Model saved to: {result.model_dir} (video-level val accuracy "
+        best = result.history[result.best_epoch - 1].video if result.best_epoch else {}
+        balanced = f"balanced accuracy {100 * best['balanced_accuracy']:.1f}%, " if "balanced_accuracy" in best else ""
+        click.echo(f"Model saved to: {result.model_dir} (video-level val {balanced}accuracy "
                    f"{100 * result.best_video_accuracy:.1f}%, epoch {result.best_epoch})")

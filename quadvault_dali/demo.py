@@ -140,6 +140,8 @@ def run_demo(root: str | Path, *, device: str = "auto", epochs: int = 4, report:
                            model_paths=[trained.model_dir])
     done()
     report(summary.line)
+    report(f"(scanned at --threshold 0.7; a plain `quadvault scan` uses the model card's, here "
+           f"{trained.threshold:.2f})")
     highlights = json.loads(summary.highlights_path.read_text())
     entries = highlights.get("highlights", [])
     result.top = [(h["path"], float(h["score"])) for h in entries[:5]]

@@ -352,7 +352,7 @@ def test_cli_default_backbone_falls_back_offline(tmp_path: Path, monkeypatch: py
     assert (out / "model.safetensors").read_bytes() == before
     quiet = CliRunner().invoke(main, [*args, "--overwrite"])
     assert quiet.exit_code == 0, quiet.output
-    assert quiet.output.strip().startswith(f"Model saved to: {out} (video-level val accuracy")
+    assert quiet.output.strip().startswith(f"Model saved to: {out} (video-level val balanced accuracy")
     assert "Train Loss:" not in quiet.output and "TRAINING COMPLETE" not in quiet.output
 
 
