@@ -475,9 +475,9 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
                  len(files), len(plan.skipped), len(plan.todo), superseded)
         rescored = superseded - len(plan.gone)
         if rescored >= 100 and options.resume:  # a model, scoring version, --fps or --sampling change: say the cost
-            log.warning("%d videos' earlier results were removed to be scored again (other models, a newer scoring "
-                        "version, another --fps or --sampling): until this scan reaches them they are not in %s; "
-                        "an interrupted scan picks up where it stopped", rescored, out)
+            log.warning("%d videos' earlier results were removed to be scored again (changed files, other models, a "
+                        "newer scoring version, another --fps or --sampling): until this scan reaches them they are "
+                        "not in %s; an interrupted scan picks up where it stopped", rescored, out)
         if plan.kept_missing:
             log.warning("%d scanned videos are missing, but their rows are kept: their folder is empty or unreadable "
                         "now, as an unplugged disk's mount point is (e.g. %s). Once the disk is back they count "
