@@ -604,10 +604,22 @@ def test_a_crash_while_exiting_after_a_finished_scan_is_not_restarted(library: P
 
 def test_sigint_sent_to_the_command_alone_stops_the_scan(long_library: Path, model_dir: Path,
                                                          tmp_path: Path) -> None:
-    """``kill -INT`` of the command (a process manager, ``Popen.send_signal``) stops the scan as Ctrl-C does."""
+    """``kill -INT`` of the command (a process manager, ``Popen.send_signal``) stops the scan as Ctrl-C does.
+    Each video's decode is slowed by 50 ms (a test hook), so the scan is still running when the signal comes
+    however fast the machine, and however late a poller starved by a parallel job sees the journal (129 videos
+    were once all scanned in 2 s under load, and the signal came after the end)."""
     out = tmp_path / "out"
+    env = poison_env(tmp_path, QV_TEST_POISON="no such video.mp4")
+    hook = tmp_path / "hook" / "sitecustomize.py"
+    hook.write_text(hook.read_text() + (
+        "\nimport time\n"
+        "_slow = _cpu.CpuSampler.decode_video\n"
+        "def _slowly(self, path, outcome, emit):\n"
+        "    time.sleep(0.05)\n"
+        "    return _slow(self, path, outcome, emit)\n"
+        "_cpu.CpuSampler.decode_video = _slowly\n"))
     proc = subprocess.Popen(_cmd(long_library, model_dir, out) + ["--shard-videos", "100"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None and not list(out.glob(".inflight*")):
         time.sleep(0.01)
