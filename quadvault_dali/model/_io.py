@@ -70,26 +70,32 @@ def _scoring_sha256(card: dict[str, Any]) -> str:
 SCORING_CODE_VERSION = 2
 
 
+def _edited_scoring(card: dict[str, Any]) -> str | None:
+    """The digest of the card's ``SCORING_KEYS`` when they differ from the ones it was saved with
+    (``scoring_sha256``), else ``None``: unedited, or written before that was recorded."""
+    saved = card.get("scoring_sha256")
+    now = _scoring_sha256(card)
+    return None if saved is None or saved == now else now
+
+
 def model_fingerprint(card: dict[str, Any], weights_sha256: str) -> str:
     """The 16 hex digits a scan's resume compares: the weights' sha256 mixed with ``SCORING_CODE_VERSION``
     while the card's ``SCORING_KEYS`` are the ones it was saved with (``scoring_sha256``; a card written
     before that was recorded counts as unedited), else with a digest of those too: a card whose
     ``image_size`` or normalisation was edited scores differently, and a resumed scan rescans its videos
     instead of mixing the two. Version 1 was the weights' sha256 alone."""
-    saved = card.get("scoring_sha256")
-    now = _scoring_sha256(card)
-    scoring = f"v{SCORING_CODE_VERSION}" if saved is None or saved == now else f"v{SCORING_CODE_VERSION}:{now}"
+    edited = _edited_scoring(card)
+    scoring = f"v{SCORING_CODE_VERSION}" + (f":{edited}" if edited else "")
     return hashlib.sha256(f"{weights_sha256}:{scoring}".encode()).hexdigest()[:16]
 
 
 def version1_fingerprint(card: dict[str, Any], weights_sha256: str) -> str:
     """The fingerprint scans wrote before ``SCORING_CODE_VERSION`` 2. Version 2 moved only the CPU paths' crop:
     rows DALI decoded on NVDEC (``decoder`` "nvdec") score the same pixels, and resume keeps them."""
-    saved = card.get("scoring_sha256")
-    now = _scoring_sha256(card)
-    if saved is None or saved == now:
+    edited = _edited_scoring(card)
+    if edited is None:
         return weights_sha256[:16]
-    return hashlib.sha256(f"{weights_sha256}:{now}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{weights_sha256}:{edited}".encode()).hexdigest()[:16]
 
 
 def _unwrap(module: nn.Module) -> nn.Module:

@@ -205,6 +205,8 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
             unmatched.append(f)
         if keep is not None:
             kept.add((str(keep["shard"]), str(keep["path"])))
+            if keep["model_fingerprint"] != fingerprint:  # an older fingerprint that still holds: made current
+                plan.refingerprinted.setdefault(str(keep["shard"]), set()).add(str(keep["path"]))
         for row in rows:
             if row is not keep:
                 plan.superseded.setdefault(str(row["shard"]), set()).add(str(row["path"]))
@@ -235,10 +237,6 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
         plan.kept_missing = sorted(p for p in dead_paths - claimed - retired if within(p))
     for shard, path in kept:  # one row two files reached: the one that keeps it wins (the other is rescanned)
         plan.superseded.get(shard, set()).discard(path)
-    for path_rows in done.values():
-        for row in path_rows:
-            if (str(row["shard"]), str(row["path"])) in kept and row["model_fingerprint"] != fingerprint:
-                plan.refingerprinted.setdefault(str(row["shard"]), set()).add(str(row["path"]))
     return plan
 
 
