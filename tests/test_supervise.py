@@ -127,7 +127,8 @@ def test_the_hang_clock_stands_still_while_the_process_is_stopped() -> None:
     assert wall_s > 7.5 and awake_s < wall_s - 5.0, (awake_s, wall_s)
 
 
-def test_a_restart_after_a_crash_that_saved_nothing_closes_shards_sooner(tmp_path: Path) -> None:
+def test_a_restart_after_a_crash_that_saved_nothing_closes_shards_sooner(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Only complete shards survive a death: a run that finished videos but died before it closed a shard lost
     them, and the next would too. The interval goes down (half, or a third of the crashed run's life), never up,
     and only then: a crash while starting up, or after shards were closed, must not pin tiny shards on the rest of
@@ -136,6 +137,7 @@ def test_a_restart_after_a_crash_that_saved_nothing_closes_shards_sooner(tmp_pat
     assert supervise.shard_seconds_after_crash(60.0, 600.0) == 30.0  # halved even when start-up took most of it
     assert supervise.shard_seconds_after_crash(60.0, 3.0) == supervise.MIN_SHARD_SECONDS
     assert supervise.shard_seconds_after_crash(3.0, 600.0) == 3.0  # never above what was asked
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice: thread_environment adds nothing
     argv = ["-q", "scan", "lib", "-o", "--", "--shard-seconds", "60"]
     sup = ScanSupervisor(argv, tmp_path, restarts=3, shard_seconds=60.0)
     sup._lost_work = False
@@ -147,6 +149,16 @@ def test_a_restart_after_a_crash_that_saved_nothing_closes_shards_sooner(tmp_pat
     sup.after_crash(21.0, progressed=False)
     assert sup.shard_seconds == 7.0 and sup.child_env() == {supervise.SHARD_SECONDS_ENV: "7"}
     assert sup._command()[-len(argv):] == argv  # the command line is left as it was
+
+
+def test_scan_children_run_openmp_workers_that_sleep_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch's OpenMP workers spin between parallel regions by default, on the cores a CPU scan's decoding threads
+    need; the scan's child is started with OMP_WAIT_POLICY=PASSIVE, and a policy the user exported is kept."""
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    sup = ScanSupervisor(["scan", "lib"], Path("out"), restarts=1)
+    assert sup.child_env() == {"OMP_WAIT_POLICY": "PASSIVE"}
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert sup.child_env() == {}
 
 
 def test_the_videos_a_dead_run_finished_are_read_from_its_journals(tmp_path: Path) -> None:

@@ -34,6 +34,13 @@ MIN_SHARD_SECONDS = 5.0
 SHARD_SECONDS_ENV = "QUADVAULT_SCAN_SHARD_SECONDS"
 
 
+def thread_environment() -> dict[str, str]:
+    """What a scan process's environment adds for its threads: OpenMP workers that sleep between torch's parallel
+    regions (``OMP_WAIT_POLICY=PASSIVE``) instead of spinning on cores the decoding threads need. A CPU scan on 2
+    cores ran 1.05x faster with it alone (stop 27, 3 rounds); a value the user set is kept."""
+    return {} if "OMP_WAIT_POLICY" in os.environ else {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
 def shard_seconds_after_crash(current: float, lived_s: float) -> float:
     """The shard interval after a run that finished videos but closed no shard before it crashed ``lived_s`` after
     it started: half the current one, or a third of that life if less (start-up takes some of it), never shorter
@@ -99,9 +106,10 @@ class ScanSupervisor(Supervisor):
         return argv
 
     def child_env(self) -> dict[str, str]:
+        env = thread_environment()
         if self.shard_seconds < self._asked_shard_seconds:
-            return {SHARD_SECONDS_ENV: f"{self.shard_seconds:g}"}
-        return {}
+            env[SHARD_SECONDS_ENV] = f"{self.shard_seconds:g}"
+        return env
 
     def snapshot(self) -> set[tuple[str, int, int]]:
         return own_shards(self.out_dir, self.tag)
