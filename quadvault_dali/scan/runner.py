@@ -210,10 +210,8 @@ def vanished(libraries: Sequence[Path], files: Sequence[FileState], shard: tuple
 
     A library is known by its path as given and by its real path: rows may hold either (scanned through a
     link to it, or not), and this run may reach its files through either."""
-    given = [Path(os.path.abspath(lib)) for lib in libraries if Path(lib).is_dir()]
-    roots = list(dict.fromkeys([*given, *(Path(os.path.realpath(r)) for r in given)]))
-    reached = [f.path for f in files] + [Path(f.real_path) for f in files]
-    populated = {root for root in roots if any(root in p.parents for p in reached)}
+    roots = library_roots(libraries)
+    populated = set(library_roots(libraries, files))
 
     def gone(path_s: str) -> bool:
         path = Path(path_s)
@@ -230,19 +228,31 @@ def vanished(libraries: Sequence[Path], files: Sequence[FileState], shard: tuple
     return gone
 
 
+def _under(root: Path) -> str:
+    return str(root).rstrip(os.sep) + os.sep
+
+
+def library_roots(libraries: Sequence[Path], files: Sequence[FileState] | None = None) -> list[Path]:
+    """The library folders, each as given and as its real path (rows may hold either: scanned through a link to
+    it, or not); with ``files``, only the libraries in which this run found videos, not an unplugged disk's empty
+    mount point, whose rows are neither retired nor counted as this run's."""
+    pairs = [(Path(os.path.abspath(lib)), Path(os.path.realpath(lib))) for lib in libraries if Path(lib).is_dir()]
+    if files is not None:
+        reached = [str(f.path) for f in files] + [f.real_path for f in files]
+        pairs = [pair for pair in pairs if any(p.startswith(tuple(_under(r) for r in pair)) for p in reached)]
+    # the folders as given first: discovery names files under them, and nested arguments go by the first that fits
+    return list(dict.fromkeys([*(given for given, _ in pairs), *(real for _, real in pairs)]))
+
+
 def _in_libraries(libraries: Sequence[Path], shard: tuple[int, int] = (0, 1),
                   files: Sequence[FileState] | None = None) -> Callable[[str], bool]:
     """Whether a path is in this run's part of ``libraries`` (as given or their real paths): under one of them,
     in this ``shard``, and, with ``files``, under a library in which this run found videos (not an unplugged
     disk's empty mount point, which the scan reports on its own)."""
-    pairs = [(Path(os.path.abspath(lib)), Path(os.path.realpath(lib))) for lib in libraries if Path(lib).is_dir()]
-    if files is not None:
-        reached = [str(f.path) for f in files] + [f.real_path for f in files]
-        pairs = [pair for pair in pairs if any(p.startswith(tuple(str(r) + os.sep for r in pair)) for p in reached)]
-    roots = [root for pair in pairs for root in pair]
+    roots = library_roots(libraries, files)
 
     def within(path: str) -> bool:
-        root = next((r for r in roots if path.startswith(str(r).rstrip(os.sep) + os.sep)), None)
+        root = next((r for r in roots if path.startswith(_under(r))), None)
         return root is not None and in_shard(os.path.relpath(path, root), shard)
 
     return within
