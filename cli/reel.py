@@ -1,4 +1,5 @@
-"""``quadvault reel``: parse options, then call ``prepare_reel`` (``--dry-run``) or ``make_reel``."""
+"""``quadvault reel``: parse options, then call ``plan_reel_for`` (``--dry-run``, with the real run's
+checks of the output, device and encoder) or ``make_reel``."""
 
 from __future__ import annotations
 

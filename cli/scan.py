@@ -71,12 +71,14 @@ def scan_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Scan only part i of n, i from 0 to n-1 (deterministic by path), for job arrays across "
                           "machines."),
         click.option("--resume/--no-resume", default=True, show_default=True,
-                     help="Skip videos already in the output with the same size, mtime and models."),
+                     help="Skip videos the output already holds with the same path (or moved: same name, size and "
+                          "mtime), size, mtime, models and --fps (exact frames when --sampling exact); files that "
+                          "could not be read are tried again."),
         click.option("--retry-errors", is_flag=True, help="On resume, scan videos that failed before again."),
         click.option("--restarts", type=click.IntRange(0, 1000), default=3, show_default=True,
                      help="The scan runs in a child process; if a decoder or driver crash kills it (a signal, not a "
                           "Python error), it is started again and resumes, the videos it was decoding checked one "
-                          "at a time first: at most N restarts in a row without a new shard. 0: scan in this "
+                          "at a time first: at most N restarts in a row without a new video saved. 0: scan in this "
                           "process, never restart."),
         click.option("--shard-videos", type=click.IntRange(1), default=200, show_default=True,
                      help="Start a new Parquet shard after this many videos..."),
@@ -234,7 +236,7 @@ def _resume_hint(kw: dict[str, Any]) -> str:
               help="Output folder for seconds/, videos/ and highlights.json (never inside LIBRARY).")
 @scan_options
 def scan(library: tuple[str, ...], models: tuple[str, ...], out: Path, **kw: Any) -> None:
-    """Score every video in LIBRARY at 1 frame/s into Parquet shards in --out.
+    """Score every video in LIBRARY at --fps frames per second (default 1) into Parquet shards in --out.
 
     Interrupted scans resume where they stopped (same command); changed files are rescanned.
 
@@ -243,8 +245,8 @@ def scan(library: tuple[str, ...], models: tuple[str, ...], out: Path, **kw: Any
       quadvault scan /footage --model model/ --out scan/
       quadvault scan /footage -m model_a/ -m model_b/ --out scan/ --gpus all
       quadvault scan /footage -m model/ -o /shared/scan --shard $SLURM_ARRAY_TASK_ID/16  # --array=0-15
-      python3 -c "import duckdb; duckdb.sql(\"SELECT path, score FROM 'scan/videos/*.parquet'
-          ORDER BY score DESC LIMIT 20\").show()"    # pip install -e '.[analytics]'; or the duckdb CLI
+      # the top 20, with DuckDB (pip install -e '.[analytics]', or the duckdb CLI):
+      python3 -c "import duckdb; duckdb.sql(\\"SELECT path, score FROM 'scan/videos/*.parquet' ORDER BY score DESC LIMIT 20\\").show()"
     """
     _run(library, models, out, None, kw)
 

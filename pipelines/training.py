@@ -8,11 +8,14 @@ the training loop looks up labels and video ids and can compute video-level metr
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import nvidia.dali.fn as fn
 import nvidia.dali.types as types
 from nvidia.dali import pipeline_def
+
+if TYPE_CHECKING:
+    from nvidia.dali.data_node import DataNode
 
 READER_NAME = "frames"
 
@@ -34,7 +37,7 @@ HW_DECODER_LOAD = 0.9
 @pipeline_def(enable_conditionals=False)
 def frame_pipeline(files: Sequence[str], rows: Sequence[int], *, image_size: int, mean: Sequence[float],
                    std: Sequence[float], train: bool, decode_device: str = "mixed", shard_id: int = 0,
-                   num_shards: int = 1, shuffle_seed: int = 0, jpeg_decode: str = "roi"):  # type: ignore[no-untyped-def]
+                   num_shards: int = 1, shuffle_seed: int = 0, jpeg_decode: str = "roi") -> tuple[DataNode, DataNode]:
     """Outputs ``(images float32 (3,S,S) normalised, row id int32)`` per sample.
 
     ``decode_device``: ``"mixed"`` (nvJPEG, needs ``device_id``) or ``"cpu"`` (with ``device_id=None``).

@@ -10,9 +10,12 @@ same graph without a GPU).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from nvidia.dali import fn, pipeline_def, types
+
+if TYPE_CHECKING:
+    from nvidia.dali.data_node import DataNode
 
 ENCODED_INPUT = "encoded"
 FRAMES_INPUT = "frames"
@@ -24,7 +27,7 @@ DecoderDevice = Literal["mixed", "cpu"]
 
 @pipeline_def(prefetch_queue_depth=1)
 def video_sampling_pipeline(decoder_device: DecoderDevice = "mixed", size: int = 224, square: bool = True,
-                            feed_without_copy: bool = False):
+                            feed_without_copy: bool = False) -> DataNode:
     """Decode the wanted frames of each clip, resize the short side to ``size``, optionally crop square.
 
     Build with ``video_sampling_pipeline(decoder_device=..., size=..., square=..., batch_size=...,
@@ -50,7 +53,7 @@ STREAM_INPUT = "stream"
 
 @pipeline_def(prefetch_queue_depth=1)
 def video_stream_pipeline(decoder_device: DecoderDevice = "mixed", size: int = 224, square: bool = True,
-                          sequence_length: int = 16, roi: tuple[float, float] = (1.0, 1.0)):
+                          sequence_length: int = 16, roi: tuple[float, float] = (1.0, 1.0)) -> DataNode:
     """Every frame of each fed clip, in order, ``sequence_length`` frames per sample and ``batch_size``
     samples per run, resized as ``to_model_input`` does (the picture region ``roi`` is fixed when built).
 
@@ -67,7 +70,7 @@ def video_stream_pipeline(decoder_device: DecoderDevice = "mixed", size: int = 2
     return to_model_input(video, None, size=size, square=square)
 
 
-def to_model_input(video, roi_end, *, size: int, square: bool):  # type: ignore[no-untyped-def]
+def to_model_input(video: DataNode, roi_end: DataNode | None, *, size: int, square: bool) -> DataNode:
     """``(F, H, W, 3)`` decoded frames -> ``(F, 3, h, w)``: the picture region kept, its short side resized
     to ``size``, centre-cropped square if asked.
 

@@ -1,6 +1,7 @@
 """QuadVault DALI: find the highlights in a huge drone-footage library.
 
-The public API is re-exported here; implementation lives in the submodules.
+Errors, discovery and probing are re-exported here; the rest lives in its subpackage: ``sampling``, ``model``,
+``dataset``, ``training``, ``scan`` (``scan.runner.scan_library``) and ``reel``.
 """
 
 from importlib.metadata import PackageNotFoundError, version

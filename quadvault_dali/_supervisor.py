@@ -7,7 +7,7 @@ where they stopped and isolate the videos in flight (``scan.crashguard``), so th
 ``Supervisor`` runs it in a child process and starts it again after such a death, until it finishes, it is stopped,
 or it has been restarted ``restarts`` times in a row without progress (a crash loop the suspects' checks cannot
 break). What counts as progress, and how the command line changes for a restart, is each command's
-(``scan.supervise.ScanSupervisor``, ``dataset.supervise.PrepareSupervisor``).
+(``scan.supervise.ScanSupervisor``, ``dataset._supervise.PrepareSupervisor``).
 
 The child runs this interpreter with its flags and import path (``same_python``), in the supervisor's process
 group, so the terminal treats both as one job: Ctrl-C reaches both, Ctrl-Z stops both and ``fg`` continues both,

@@ -2,8 +2,9 @@
 
 The scan probes 18,000 files before it decodes them; reading only headers and the sample index
 keeps that to milliseconds per file, and validating here keeps bad files out of the GPU batches
-(a file DALI cannot open fails its whole batch). One exception: a Matroska file's rotation is read from
-its first decoded picture (``_rotation_of_first_picture``). The packet index the samplers plan from is built in
+(a file DALI cannot open fails its whole batch). Two exceptions read the rotation from the first decoded picture
+(``_rotation_of_first_picture``): a Matroska file that may carry a Projection, and an H.264/HEVC stream whose
+first packet holds a display-orientation SEI. The packet index the samplers plan from is built in
 ``_packet_index``; what a packet's leading NAL units say is read in ``_packet_heads``.
 """
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Callable
 
+import click
 from click.testing import CliRunner
 
 from quadvault_dali.cli.main import main as cli
@@ -49,3 +51,18 @@ def test_evaluate_on_a_folder_that_is_no_dataset_says_so(tmp_path: Path) -> None
     assert result.output.strip().splitlines()[-1] == (
         f"Error: {folder}: is a folder without dataset.parquet (give a prepare-dataset output folder, its "
         "dataset.parquet, or a labels.json)")
+
+
+def test_every_python_example_in_the_help_texts_runs_as_printed() -> None:
+    """A `python3 -c "..."` example in a command's --help is pasted into a shell as it is printed: the shell must
+    hand Python the whole program, and the program must compile (the scan's DuckDB line once printed unescaped
+    quotes across two lines)."""
+    examples = []
+    for name in cli.list_commands(click.Context(cli)):
+        text = CliRunner().invoke(cli, [name, "--help"], terminal_width=200).output
+        examples += [(name, line.strip()) for line in text.splitlines() if line.strip().startswith("python3 -c")]
+    assert any(name == "scan" for name, _ in examples)
+    for name, line in examples:
+        words = shlex.split(line, comments=True)
+        assert words[:2] == ["python3", "-c"] and len(words) == 3, (name, words)
+        compile(words[2], f"{name} --help", "exec")

@@ -5,7 +5,8 @@ BatchNorm after a convolution is an affine map that can be folded into the convo
 (``torch.nn.utils.fusion.fuse_conv_bn_eval``), EfficientNet-Lite's TensorFlow "same" padding, where it is
 symmetric, can be done by the convolution itself instead of a separate ``ZeroPad2d`` copy of every activation,
 and its ReLU6s can work in place. The copy is checked against the original on a fixed input before it is used:
-one whose logits differ is never used (scores move by < 1e-6 when it is).
+one whose logits differ from the original's by more than ``LOGIT_TOLERANCE`` is never used (scores move by
+< 1e-6 when it is).
 """
 
 from __future__ import annotations

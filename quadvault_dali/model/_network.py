@@ -187,7 +187,8 @@ def pretrained_state(architecture: str, pretrained: Pretrained) -> dict[str, tor
 
 def build_network(architecture: str, *, image_size: int, pretrained: Pretrained = "none",
                   dropout: float = 0.2) -> HighlightNet:
-    """A ``HighlightNet`` with ImageNet weights in the backbone and a fresh head."""
+    """A ``HighlightNet`` whose backbone holds the weights ``pretrained`` names (``auto``: ImageNet; the default
+    ``none``: random, as ``load_model`` wants before it loads a model's own), with a fresh head."""
     spec = spec_for(architecture)
     backbone = _bare_backbone(architecture, image_size)
     state = pretrained_state(architecture, pretrained)

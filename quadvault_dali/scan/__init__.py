@@ -1,4 +1,5 @@
-"""Scanning a library into Parquet shards: ``scan_library(...)``; the format lives in :mod:`.schema`."""
+"""Scanning a library into Parquet shards: ``runner.scan_library(files, runner.ScanOptions(...))``; the format
+lives in :mod:`.schema` (re-exported here)."""
 
 from .schema import (SCHEMA_VERSION, SECONDS_SCHEMA, VIDEOS_SCHEMA, ModelRef, ScanMetadata,
                      combined_fingerprint, video_id)

@@ -5,7 +5,7 @@ or the last of several ``--shard`` jobs, reports the whole library.
 
 ``highlights.json`` (written atomically)::
 
-    {"schema_version": "1.0", "threshold": 0.7, "models": [{"name", "fingerprint"}], "generated_at": ISO,
+    {"schema_version": SCHEMA_VERSION, "threshold": 0.7, "models": [{"name", "fingerprint"}], "generated_at": ISO,
      "total_scanned": N, "errors": E, "count": H, "other_models": [{"fingerprint", "videos"}],
      "highlights": [{"path", "score", "best_second", "best_second_score", "top3_mean",
                      "frac_above_threshold", "duration_s", "video_id", "model_fingerprint"}, ...]}   # best first

@@ -64,7 +64,8 @@ VIDEOS_SCHEMA = pa.schema([
     _field("sampling_mode", pa.string(), "How frames were picked: exact or keyframe."),
     _field("sampling_fps", pa.float64(), "Frames sampled per second of video (--fps); resume rescans a video "
                                          "scanned at another rate. Since 1.2 (older rows: 1.0)."),
-    _field("decoder", pa.string(), "What decoded the frames: nvdec (GPU hardware) or pyav (CPU). Since 1.1."),
+    _field("decoder", pa.string(), "What decoded the frames: nvdec (GPU hardware), pyav (CPU), or nvdec+pyav (NVDEC "
+                                  "failed mid-video and the CPU decoded the rest). Since 1.1."),
     _field("decoder_note", pa.string(), "Why a GPU scan decoded this video on the CPU (AV1 on an H100, 4:2:2, "
                                         "a size NVDEC does not take); null otherwise. Since 1.1."),
     _field("frames_scored", pa.int32(), "Number of rows this video has in the seconds table.", False),

@@ -143,7 +143,7 @@ class LoaderCheckpointError(ValueError):
 class DaliFrameLoader:
     """Iterates ``(images (B,3,S,S) float on the device, row ids (B,) int64 CPU)`` over one split.
 
-    Wraps ``frames.frame_pipeline`` in ``DALIGenericIterator``. Evaluation uses LastBatchPolicy.PARTIAL
+    Wraps ``pipelines.training.frame_pipeline`` in ``DALIGenericIterator``. Evaluation uses LastBatchPolicy.PARTIAL
     with the reader's padding, so each image of the shard is returned exactly once per epoch. Training
     gives every rank the same number of full batches; across the ranks each frame is returned exactly
     once per epoch, and fewer than ``num_shards * batch_size`` extra images carry the row id ``FILLER``.
