@@ -75,6 +75,10 @@ def scan_options(func: Callable[..., Any]) -> Callable[..., Any]:
                           "mtime), size, mtime, models and --fps (exact frames when --sampling exact); files that "
                           "could not be read are tried again."),
         click.option("--retry-errors", is_flag=True, help="On resume, scan videos that failed before again."),
+        click.option("--replace-models", is_flag=True,
+                     help="--out holds results of this library by other models: score those videos again with "
+                          "these models, retiring the old rows (without it the scan refuses; one --out per model "
+                          "keeps both)."),
         click.option("--restarts", type=click.IntRange(0, 1000), default=3, show_default=True,
                      help="The scan runs in a child process; if a decoder or driver crash kills it (a signal, not a "
                           "Python error), it is started again and resumes, the videos it was decoding checked one "
@@ -126,7 +130,8 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
                           fps=kw["fps"], streams=kw["streams"], processes=kw["processes"],
                           prepare_processes=kw["prepare_processes"], decode_client=kw["decode_client"],
                           batch_size=kw["batch_size"], resume=kw["resume"],
-                          retry_errors=kw["retry_errors"], shard=kw["shard"], shard_videos=kw["shard_videos"],
+                          retry_errors=kw["retry_errors"], replace_models=kw["replace_models"], shard=kw["shard"],
+                          shard_videos=kw["shard_videos"],
                           shard_seconds=shard_seconds, highlights_path=highlights)
     with progress_bar(None, "Scanning", unit="video") as bar:
         started = time.perf_counter()

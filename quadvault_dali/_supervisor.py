@@ -71,6 +71,13 @@ def report_done() -> None:
         pass
 
 
+#: The child's first statement: a terminal's Ctrl-C that comes while it still imports (before the command installs
+#: its own handler) ends it with status 130 and no KeyboardInterrupt traceback; an inherited SIG_IGN (a background
+#: job's) is kept
+QUIET_EARLY_SIGINT = ("import signal, sys; signal.getsignal(signal.SIGINT) is signal.default_int_handler and "
+                      "signal.signal(signal.SIGINT, lambda number, frame: sys.exit(130))")
+
+
 class Supervisor:
     """Runs the ``quadvault`` command line ``argv`` again in a child until it ends by itself; ``run`` returns the
     exit status to use. Subclasses say what progress is (``snapshot``, ``progressed``), how a restart's command
@@ -110,7 +117,8 @@ class Supervisor:
         return {}
 
     def _command(self) -> list[str]:
-        return [*same_python("from quadvault_dali.cli.main import main; main(prog_name='quadvault')"),
+        code = f"{QUIET_EARLY_SIGINT}; from quadvault_dali.cli.main import main; main(prog_name='quadvault')"
+        return [*same_python(code),
                 *self.restart_argv(list(self.argv))]
 
     def _forward(self, number: int, frame: FrameType | None) -> None:

@@ -44,9 +44,10 @@ def _spec(kw: dict, before: int) -> SynthSpec:
 
 
 def write_scan(out: Path, rows: list[tuple[Path, list[float]]], broken: list[Path] = (), *,
-               shard: str = "part-00000.parquet", scanned_at: datetime | None = None) -> Path:
+               shard: str = "part-00000.parquet", scanned_at: datetime | None = None,
+               model: ModelRef = ModelRef("test", "f" * 16)) -> Path:
     """A scan folder in the schema of quadvault_dali.scan.schema, one shard pair, 1 score per second."""
-    models = (ModelRef("test", "f" * 16),)
+    models = (model,)
     sec_rows, vid_rows = [], []
     now = scanned_at or datetime.now(timezone.utc)
     for path, scores in rows:
@@ -64,7 +65,8 @@ def write_scan(out: Path, rows: list[tuple[Path, list[float]]], broken: list[Pat
                              frac_above_threshold=float((arr >= 0.7).mean()), model_means=[float(arr.mean())],
                              score=float(arr.mean()), best_timestamp_s=float(arr.argmax()),
                              is_highlight=bool(arr.mean() >= 0.7), status="ok", error_kind=None,
-                             error_message=None, model_fingerprint="f" * 16, scanned_at=now, scan_seconds=0.1))
+                             error_message=None, model_fingerprint=model.fingerprint, scanned_at=now,
+                             scan_seconds=0.1))
     for path in broken:  # probed fine at scan time, scores high, but the file is damaged now
         st = path.stat()
         vid = video_id(str(path), st.st_size, st.st_mtime_ns)
@@ -72,7 +74,7 @@ def write_scan(out: Path, rows: list[tuple[Path, list[float]]], broken: list[Pat
                      for t in range(10)]
         vid_rows.append({**vid_rows[0], "video_id": vid, "path": str(path), "duration_s": 10.0, "score": 0.99})
     for table, data in (("seconds", sec_rows), ("videos", vid_rows)):
-        meta = ScanMetadata(SCHEMA_VERSION, table, models, 0.7, "f" * 16)  # type: ignore[arg-type]
+        meta = ScanMetadata(SCHEMA_VERSION, table, models, 0.7, model.fingerprint)  # type: ignore[arg-type]
         (out / table).mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.Table.from_pylist(data, schema=schema_with_metadata(meta)), out / table / shard)
     return out
@@ -260,6 +262,24 @@ def test_load_scan_folder_reads_per_second_scores(scan_dir: Path) -> None:
     assert plain.times.tolist() == list(range(10)) and plain.scores[2] == pytest.approx(0.95)
     prepared = prepare_reel(source, ReelOptions(min_score=0.9, top=1))
     assert [c.window.path.name for c in prepared.plan.clips] == ["plain 30fps.mp4"]
+
+
+def test_scores_of_several_models_in_one_folder_are_named(library: dict[str, Path], tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A folder scanned with model v1, then part of it with v2: the reel ranked both models' scores as one scale
+    without a word (a returning user's find). It says so, naming the models as the scans recorded them."""
+    names = list(SOURCES)
+    out = write_scan(tmp_path / "scan", [(library[n], _scores(2, 0.9)) for n in names[:3]],
+                     model=ModelRef("v1", "1" * 16))
+    with caplog.at_level("WARNING"):
+        load_scores(out)
+    assert "models" not in caplog.text  # one model: nothing to say
+    write_scan(out, [(library[names[3]], _scores(2, 0.95))], shard="part-00001.parquet",
+               model=ModelRef("v2", "2" * 16))
+    with caplog.at_level("WARNING"):
+        source = load_scores(out)
+    assert len(source.videos) == 4
+    assert "come from 2 models (v1 (11111111…): 3 videos, v2 (22222222…): 1 video)" in caplog.text
 
 
 def test_window_reader_falls_back_to_the_cpu_and_says_why(library: dict[str, Path], tmp_path: Path) -> None:

@@ -145,13 +145,23 @@ def test_resume_skips_done_and_rescans_changed_files(library: Path, tmp_path: Pa
                for s in seconds[str(changed)])
     assert {p: r for p, r in now.items() if p != str(changed)} == {
         p: r for p, r in first.items() if p != str(changed)}
-    # other models: every video is rescanned, with one score per frame per new model
-    other = scan_library([lib], ScanOptions(out_dir=out, threshold=THRESHOLD, device="cpu"), scorers=[StampScorer()])
+    # other models: refused, as the rows they would retire are results too (a returning user's find: v2 scanned
+    # into v1's folder deleted v1's rows, and an interrupted rescan left none), and nothing is touched
+    kept = (_videos(out), _seconds(out), (out / "highlights.json").read_bytes())
+    with pytest.raises(OutputError, match=r"holds the results of 9 videos of this library scored by other models "
+                                          r"\(warm\+stamp \(ce84e2ac…\): 9 videos\); scanning with stamp would "
+                                          r"replace them") as refused:
+        scan_library([lib], ScanOptions(out_dir=out, threshold=THRESHOLD, device="cpu"), scorers=[StampScorer()])
+    assert "--replace-models" in str(refused.value) and "another --out" in str(refused.value)
+    assert (_videos(out), _seconds(out), (out / "highlights.json").read_bytes()) == kept
+    # asked for: every video is rescanned, with one score per frame per new model
+    other = scan_library([lib], ScanOptions(out_dir=out, threshold=THRESHOLD, device="cpu", replace_models=True),
+                         scorers=[StampScorer()])
     assert other.run.videos == len(first) and other.superseded == len(first)
     assert {len(s["model_scores"]) for rows in _seconds(out).values() for s in rows} == {1}
     assert {r["model_fingerprint"] for r in _videos(out).values()} == {"stamp-v1"}
     # --no-resume redoes everything and still keeps each path once
-    fourth = _scan(lib, out, resume=False, shard_videos=50)
+    fourth = _scan(lib, out, resume=False, shard_videos=50, replace_models=True)
     assert fourth.run.videos == len(first) and set(_videos(out)) == set(first)
     assert sum(len(v) for v in _seconds(out).values()) == sum(n for _, n in GOOD.values()) + 1
 
@@ -171,16 +181,38 @@ def test_rows_of_other_models_in_the_folder_are_named_not_passed_off(library: Pa
         in caplog.text
     doc = json.loads((out / "highlights.json").read_text())
     assert doc["models"] == [{"name": StampScorer.name, "fingerprint": "stamp-v1"}]
-    assert doc["other_models"] == [{"fingerprint": FINGERPRINT, "videos": first.totals.total}]
+    assert doc["other_models"] == [{"fingerprint": FINGERPRINT, "name": "warm+stamp", "videos": first.totals.total}]
     by_path = _videos(out)
     assert doc["highlights"] and all(h["model_fingerprint"] == by_path[h["path"]]["model_fingerprint"]
                                      for h in doc["highlights"])
     caplog.clear()
     with caplog.at_level("WARNING"):  # one model for the whole folder: nothing to say
-        alone = scan_library([library], ScanOptions(out_dir=out, threshold=THRESHOLD, device="cpu"),
-                             scorers=[StampScorer()])
+        alone = scan_library([library], ScanOptions(out_dir=out, threshold=THRESHOLD, device="cpu",
+                                                    replace_models=True), scorers=[StampScorer()])
     assert alone.totals.other_models == 0 and "other models" not in caplog.text
     assert json.loads((out / "highlights.json").read_text())["other_models"] == []
+
+
+def test_an_interrupted_replacement_leaves_no_highlights_of_retired_rows(library: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """--replace-models retires the other model's rows before scoring again; stopped then, highlights.json listed
+    the retired rows and a reel cut from them (a returning user's find). It is rewritten when rows are retired."""
+    from quadvault_dali.scan import runner
+
+    out = tmp_path / "out"
+    first = _scan(library / "2023", out)
+    assert json.loads((out / "highlights.json").read_text())["total_scanned"] == first.totals.total > 0
+
+    def stopped(*args: object, **kw: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "scan_files", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        scan_library([library / "2023"], ScanOptions(out_dir=out, threshold=THRESHOLD, device="cpu",
+                                                     replace_models=True), scorers=[StampScorer()])
+    doc = json.loads((out / "highlights.json").read_text())
+    assert doc["total_scanned"] == 0 and doc["highlights"] == [] and doc["models"][0]["name"] == "stamp"
+    assert len(read_table(out, "videos")) == 0
 
 
 def test_a_shard_job_warns_only_about_its_own_half(library: Path, tmp_path: Path,
@@ -195,8 +227,8 @@ def test_a_shard_job_warns_only_about_its_own_half(library: Path, tmp_path: Path
                       and Path(p).parent != lib)
     Path(other_half).unlink()
     with caplog.at_level("WARNING"):
-        half = scan_library([lib], ScanOptions(out_dir=out, threshold=THRESHOLD, device="cpu", shard=(0, 2)),
-                            scorers=[StampScorer()])
+        half = scan_library([lib], ScanOptions(out_dir=out, threshold=THRESHOLD, device="cpu", shard=(0, 2),
+                                               replace_models=True), scorers=[StampScorer()])
     assert "rows are kept" not in caplog.text and "scored by other models" not in caplog.text
     assert half.totals.other_models == 0
     doc = json.loads((out / "highlights.json").read_text())

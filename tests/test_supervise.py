@@ -174,3 +174,20 @@ def test_the_videos_a_dead_run_finished_are_read_from_its_journals(tmp_path: Pat
             journal.finished(Path(f"/lib/{name}.mp4"))
         journal._fh.close()
     assert finished_in_journals(tmp_path, "") == {"/lib/a.mp4", "/lib/c.mp4"}
+
+
+def test_a_ctrl_c_while_the_child_still_imports_ends_it_quietly() -> None:
+    """The child's first statement takes a terminal's Ctrl-C that comes before the command's own handler (while
+    torch and the CLI import): status 130, no KeyboardInterrupt traceback. A SIGINT the shell ignores (a background
+    job's) stays ignored."""
+    from quadvault_dali._supervisor import QUIET_EARLY_SIGINT
+
+    importing = f"{QUIET_EARLY_SIGINT}; import os, signal, time; os.kill(os.getpid(), signal.SIGINT); time.sleep(2)"
+    run = subprocess.run([sys.executable, "-c", importing], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 130 and run.stderr == ""
+    ignored = subprocess.run([sys.executable, "-c", importing + "; print('went on')"], capture_output=True, text=True,
+                             timeout=60, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert ignored.returncode == 0 and ignored.stdout.strip() == "went on", ignored.stderr
+    bare = subprocess.run([sys.executable, "-c", importing.split("; ", 2)[-1]], capture_output=True, text=True,
+                          timeout=60)
+    assert bare.returncode != 130 and "KeyboardInterrupt" in bare.stderr  # what the first statement prevents

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import QuadvaultError
-from ..scan.shards import chosen_seconds, complete_shards, latest_video_rows
+from ..scan.shards import chosen_seconds, complete_shards, describe_models, latest_video_rows, model_names
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,11 @@ def _load_scan_folder(root: Path) -> ScoreSource:
                              hint="the scan may still be running or was interrupted before its first shard")
     chosen = latest_video_rows(root)  # checks the schema version; skips a damaged pair with a warning
     ok = [(name, row) for name, row in chosen if row.get("status") == "ok"]
+    by_model = Counter(str(row.get("model_fingerprint")) for _, row in ok)
+    if len(by_model) > 1:  # one folder scanned with several models in turn: their scores are not one scale
+        log.warning("the scores in %s come from %d models (%s): the reel ranks them together as if one had scored "
+                    "them all; scan the folder's library with one model (scan --replace-models), or keep one --out "
+                    "per model", root, len(by_model), describe_models(dict(by_model), model_names(root)))
     by_key: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
     for name, sec in chosen_seconds(root, ok, ["timestamp_s", "score"]):
         ids = np.asarray(sec.column("video_id").to_pylist(), dtype=object)

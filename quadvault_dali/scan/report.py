@@ -6,7 +6,7 @@ or the last of several ``--shard`` jobs, reports the whole library.
 ``highlights.json`` (written atomically)::
 
     {"schema_version": SCHEMA_VERSION, "threshold": 0.7, "models": [{"name", "fingerprint"}], "generated_at": ISO,
-     "total_scanned": N, "errors": E, "count": H, "other_models": [{"fingerprint", "videos"}],
+     "total_scanned": N, "errors": E, "count": H, "other_models": [{"fingerprint", "name", "videos"}],
      "highlights": [{"path", "score", "best_second", "best_second_score", "top3_mean",
                      "frac_above_threshold", "duration_s", "video_id", "model_fingerprint"}, ...]}   # best first
 """
@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from .._files import atomic_path
 from ..errors import OutputError
 from .schema import SCHEMA_VERSION, ModelRef, combined_fingerprint
-from .shards import chosen_seconds, latest_video_rows
+from .shards import chosen_seconds, latest_video_rows, model_names
 
 HIGHLIGHTS_FILE = "highlights.json"
 
@@ -59,6 +59,7 @@ def highlights_document(out_dir: Path, *, threshold: float, models: Sequence[Mod
     errors = sum(1 for r in rows if r["status"] == "error")
     ours = combined_fingerprint(models)
     others = Counter(str(r["model_fingerprint"]) for r in rows if r["model_fingerprint"] != ours)
+    names = model_names(out_dir) if others else {}
     doc = {
         "schema_version": SCHEMA_VERSION,
         "threshold": threshold,
@@ -68,7 +69,7 @@ def highlights_document(out_dir: Path, *, threshold: float, models: Sequence[Mod
         "errors": errors,
         "count": len(best),
         # rows left by scans with other models (of files outside this run's library): listed, never hidden
-        "other_models": [{"fingerprint": fp, "videos": n} for fp, n in others.most_common()],
+        "other_models": [{"fingerprint": fp, "name": names.get(fp), "videos": n} for fp, n in others.most_common()],
         "highlights": [{
             "path": r["path"], "score": round(float(r["score"]), 6),
             "best_second": r["best_timestamp_s"], "best_second_score": round(float(r["score_max"]), 6),

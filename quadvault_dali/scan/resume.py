@@ -67,6 +67,9 @@ class ResumePlan:
     #: shard -> {old path: the file now}: rows of a file that moved (a library remounted under another name, a
     #: folder moved), kept and given the new path instead of scanning the file again beside its old rows
     relocated: dict[str, dict[str, FileState]] = field(default_factory=dict)
+    #: model fingerprint -> how many of this run's unchanged files have their newest row from that other model
+    #: (not an older version of these): a scan retires those rows to score the files again
+    other_models: dict[str, int] = field(default_factory=dict)
 
     @property
     def superseded_count(self) -> int:
@@ -173,6 +176,12 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
     kept: set[tuple[str, str]] = set()  # (shard, path) of the rows a file of this run keeps
     plan = ResumePlan()
 
+    def count_other_model(row: dict[str, object], f: FileState) -> None:
+        fp = str(row["model_fingerprint"])
+        if row["size_bytes"] == f.size_bytes and row["mtime_ns"] == f.mtime_ns and fp != fingerprint \
+                and fp not in nvdec_fingerprints:
+            plan.other_models[fp] = plan.other_models.get(fp, 0) + 1
+
     def same_scoring(row: dict[str, object]) -> bool:
         return row["model_fingerprint"] == fingerprint or (row["model_fingerprint"] in nvdec_fingerprints
                                                            and row.get("decoder") == "nvdec")
@@ -193,6 +202,8 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
         same_file = {id(r): r for r in (*done.get(str(f.path), []), *by_real.get(f.real_path, []))}
         rows = sorted(same_file.values(), key=lambda r: r["scanned_at"], reverse=True)  # type: ignore[arg-type, return-value]
         claimed.update(str(r["path"]) for r in rows)
+        if rows:
+            count_other_model(rows[0], f)
         keep = None
         if resume and rows and still_good(rows[0], f):
             keep = rows[0]
@@ -214,6 +225,7 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
     for f, path in _moved(unmatched, {p: done[p] for p in dead_paths - claimed}).items():
         claimed.add(path)  # moved, not gone: never retired below
         newest = done[path][0]
+        count_other_model(newest, f)
         if resume and still_good(newest, f):
             plan.relocated.setdefault(str(newest["shard"]), {})[path] = f
             moved_here.add(f)

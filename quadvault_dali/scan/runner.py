@@ -29,7 +29,8 @@ from .crashguard import CrashJournal, StallWatch, isolate_suspects, journal_path
 from .report import HIGHLIGHTS_FILE, FolderTotals, highlights_document, summary_line, write_json_atomic
 from .resume import FileState, drop_superseded, plan_resume, refingerprint_rows, relocate_rows
 from .schema import SCHEMA_VERSION, ModelRef, ScanMetadata, combined_fingerprint
-from .shards import DAMAGED_FOLDER, LayoutLock, ShardWriter, TagLock, cleanup_partial, shard_tag
+from .shards import (DAMAGED_FOLDER, LayoutLock, ShardWriter, TagLock, cleanup_partial, describe_models, model_names,
+                     shard_tag)
 from .upgrade import upgrade_shards
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,9 @@ class ScanOptions:
     batch_size: int = 64
     resume: bool = True
     retry_errors: bool = False
+    #: rows of this library's unchanged files that other models scored are retired and the files scored again;
+    #: without it the scan refuses, as those results would be lost (``--replace-models``)
+    replace_models: bool = False
     shard: tuple[int, int] = (0, 1)
     shard_videos: int = 200
     shard_seconds: float = 60.0
@@ -469,7 +473,12 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
                            resume=options.resume, gone=vanished(libs, files, options.shard, unreadable),
                            retry_errors=options.retry_errors, within=_in_libraries(libs, options.shard, files),
                            nvdec_fingerprints=nvdec_fingerprints(scorers))
+        if plan.other_models and not options.replace_models:
+            refuse_other_models(out, plan.other_models, models)
         superseded = drop_superseded(out, plan.superseded, own_tag=options.tag)
+        highlights_path = options.highlights_path or out / HIGHLIGHTS_FILE
+        if superseded and highlights_path.exists():  # an interrupted run must not leave it listing retired rows
+            write_report(out, options, models, libs, warn=False)
         refingerprint_rows(out, plan.refingerprinted, fingerprint, own_tag=options.tag)
         moved = relocate_rows(out, plan.relocated, own_tag=options.tag)
         if moved:
@@ -505,30 +514,54 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
             journal_path(out, options.tag).unlink(missing_ok=True)  # the workers settled every suspect
         else:
             stats = scan_files(plan.todo, scorers, options, tag=options.tag, on_progress=progress, crashed=crashed)
-        # --shard jobs sharing OUT each write the document from every shard at their end: one at a time, so the
-        # last written was read last (a job that read the shards first could replace a later job's document)
-        report_lock = TagLock(out, "report")
-        if not report_lock.acquire(timeout_s=REPORT_LOCK_WAIT_S):
-            log.warning("another scan of %s held the report lock for %.0f s; writing %s anyway", out,
-                        REPORT_LOCK_WAIT_S, HIGHLIGHTS_FILE)
-        try:
-            doc, totals = highlights_document(out, threshold=options.threshold, models=models,
-                                              inside=_in_libraries(libs))
-            if totals.other_models:  # outside this library: another --shard job's half is rescanned by that job
-                log.warning("%d of the %d videos in %s were scored by other models than this scan's (earlier scans "
-                            "of files outside %s): the totals and %s include their scores, which are another "
-                            "model's; scan them with these models too, or use another --out for each model",
-                            totals.other_models, totals.total, out, ", ".join(str(lib) for lib in libs),
-                            HIGHLIGHTS_FILE)
-            highlights_path = options.highlights_path or out / HIGHLIGHTS_FILE
-            write_json_atomic(highlights_path, doc)
-        finally:
-            report_lock.release()
+        totals = write_report(out, options, models, libs)
     finally:
         lock.release()
         layout.release()
     return ScanSummary(out, totals, stats, len(plan.skipped), superseded, time.perf_counter() - started,
                        highlights_path, unreadable, not_utf8)
+
+
+def refuse_other_models(out: Path, other_models: Mapping[str, int], models: Sequence[ModelRef]) -> None:
+    """Raises ``OutputError``: ``out`` holds this library's results by other models (fingerprint -> videos), which a
+    scan with ``models`` would retire before scoring the files again; an interrupted rescan would lose them."""
+    n = sum(other_models.values())
+    names, ours = model_names(out), "+".join(m.name for m in models)
+    if all(names.get(fp) == ours for fp in other_models):  # retrained in place, or its card edited
+        by = (f"another version of the model {ours} (its weights or card changed since: "
+              f"{', '.join(fp[:8] + '…' for fp in sorted(other_models))})")
+    else:
+        by = f"other models ({describe_models(dict(other_models), names)})"
+    raise OutputError(
+        f"holds the results of {n} video{'s' if n != 1 else ''} of this library scored by {by}; scanning with "
+        f"{ours} would replace them", path=out,
+        hint="scan into another --out to keep both (one folder per model), or add --replace-models to score "
+             "them again with this scan's models")
+
+
+def write_report(out: Path, options: ScanOptions, models: Sequence[ModelRef], libs: Sequence[Path], *,
+                 warn: bool = True) -> FolderTotals:
+    """Writes ``highlights.json`` from every complete shard; ``warn``: say when it includes other models' rows."""
+    # --shard jobs sharing OUT each write the document from every shard at their end: one at a time, so the
+    # last written was read last (a job that read the shards first could replace a later job's document)
+    report_lock = TagLock(out, "report")
+    if not report_lock.acquire(timeout_s=REPORT_LOCK_WAIT_S):
+        log.warning("another scan of %s held the report lock for %.0f s; writing %s anyway", out,
+                    REPORT_LOCK_WAIT_S, HIGHLIGHTS_FILE)
+    try:
+        threshold = options.threshold if options.threshold is not None else DEFAULT_THRESHOLD
+        doc, totals = highlights_document(out, threshold=threshold, models=models,
+                                          inside=_in_libraries(libs))
+        if totals.other_models and warn:  # outside this library: another --shard job's half is rescanned by that job
+            log.warning("%d of the %d videos in %s were scored by other models than this scan's (earlier scans "
+                        "of files outside %s): the totals and %s include their scores, which are another "
+                        "model's; scan them with these models too, or use another --out for each model",
+                        totals.other_models, totals.total, out, ", ".join(str(lib) for lib in libs),
+                        HIGHLIGHTS_FILE)
+        write_json_atomic(options.highlights_path or out / HIGHLIGHTS_FILE, doc)
+    finally:
+        report_lock.release()
+    return totals
 
 
 def _isolate_crashers(out: Path, todo: Sequence[FileState], scorers: Sequence[Scorer],

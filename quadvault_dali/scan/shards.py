@@ -99,6 +99,26 @@ def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table | None:
     return table
 
 
+def model_names(out_dir: Path) -> dict[str, str]:
+    """model fingerprint -> the model names (``a+b`` for an ensemble) the shards that wrote it record, read from
+    the shards' footers only: messages name a model as users do, not by its fingerprint."""
+    names: dict[str, str] = {}
+    for name in complete_shards(out_dir):
+        try:
+            meta = ScanMetadata.from_kv(pq.read_schema(out_dir / "videos" / name).metadata, source=name)
+        except (OSError, ValueError, pa.ArrowException):  # gone meanwhile, damaged or not ours: the readers say so
+            continue
+        if meta.models:
+            names.setdefault(meta.model_fingerprint, "+".join(m.name for m in meta.models))
+    return names
+
+
+def describe_models(counts: dict[str, int], names: dict[str, str]) -> str:
+    """``v1 (10bf82c4…): 15 videos, 3a9e… : 2 videos`` for model fingerprint -> count, most first."""
+    return ", ".join(f"{names[fp] + ' (' + fp[:8] + '…)' if fp in names else fp}: {n} video{'s' if n != 1 else ''}"
+                     for fp, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def chosen_seconds(out_dir: Path, chosen: list[tuple[str, dict[str, Any]]],
                    columns: list[str]) -> Iterator[tuple[str, pa.Table]]:
     """``(shard name, seconds rows)`` of the ``(shard name, videos row)`` pairs in ``chosen``: each row's
