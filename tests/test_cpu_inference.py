@@ -126,3 +126,15 @@ def test_a_replaced_network_is_what_scores(saved: Path) -> None:
     got = model.score_frames(frames)
     assert not torch.allclose(got, first, atol=1e-3)
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_a_model_still_pickles_and_copies(saved: Path) -> None:
+    """The lock that guards the copy's making is not state: a pickled or deep-copied model scores the same."""
+    import copy
+    import pickle
+
+    model = load_model(saved)
+    frames = _frames(3, seed=4)
+    scores = model.score_frames(frames)
+    for again in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert torch.allclose(again.score_frames(frames), scores, atol=1e-6)

@@ -91,13 +91,24 @@ class HighlightModel:
 
     @property
     def network(self) -> HighlightNet:
-        """The trained network (its weights as saved); CPU scoring runs a faster copy of it, made on first use."""
+        """The trained network (its weights as saved). CPU scoring runs a faster copy of it, made on first use:
+        give the model another network rather than changing this one's weights in place, which the copy misses."""
         return self._network
 
     @network.setter
     def network(self, network: HighlightNet) -> None:
         self._network = network
         self._cpu_network: torch.nn.Module | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # a lock does not pickle; the CPU copy is made again on first use
+        state = dict(self.__dict__)
+        state.pop("_cpu_lock")
+        state["_cpu_network"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._cpu_lock = threading.Lock()
 
     def _scoring_network(self) -> torch.nn.Module:
         if self.device.type != "cpu":
