@@ -224,24 +224,44 @@ def seen_in_datasets(models: Sequence[FrameScorer], videos: Sequence[str],
         if not isinstance(cards, list):  # a hand-edited card: no dataset to compare with, no warning to give
             continue
         for card in cards:
-            where = card.get("dataset") if isinstance(card, dict) else None
-            if not isinstance(where, str) or not where or not is_dataset(Path(where)):
-                continue
-            try:
-                rows = list(read_dataset(where).rows())
-            except QuadvaultError:
+            splits = _card_splits(card) if isinstance(card, dict) else None
+            if splits is None:
                 continue
             if ids is None:
                 ids = dict(known_ids or {})
                 unknown = [Path(v) for v in videos if v not in ids]
                 ids.update({str(k): v for k, v in content_ids(unknown).items()} if unknown else {})
             for split, found in overlap.items():
-                split_ids = {r["video_id"] for r in rows if r["split"] == split}
-                split_paths = {r["video_path"] for r in rows if r["split"] == split}
+                split_ids, split_paths = splits[split]
                 seen = sorted(v for v in videos if v in split_paths or ids.get(str(Path(v))) in split_ids)
                 if seen:
                     found[str(card.get("name") or model.name)] = seen
     return overlap
+
+
+def _card_splits(card: dict) -> dict[str, tuple[set[str], set[str]]] | None:
+    """split -> (content ids, paths) of the videos a model's card says it was trained and tuned on: the ids the
+    card records (cards since stop 28), else its dataset's rows as they are now, if it is still there (a dataset
+    changed since, by ``--merge`` or a relabel, is said to be: its splits may hold videos the model never saw)."""
+    recorded = card.get("split_videos")
+    if isinstance(recorded, dict) and all(isinstance(recorded.get(s), list) for s in ("train", "val")):
+        return {split: ({str(v) for v in recorded[split]}, set()) for split in ("train", "val")}
+    where = card.get("dataset")
+    if not isinstance(where, str) or not where or not is_dataset(Path(where)):
+        return None
+    try:
+        dataset = read_dataset(where)
+        rows = list(dataset.rows())
+    except QuadvaultError:
+        return None
+    from .training._data import dataset_fingerprint
+
+    if card.get("dataset_fingerprint") and dataset_fingerprint(dataset.table) != card["dataset_fingerprint"]:
+        log.warning("the dataset model %s was trained on (%s) has changed since (prepare-dataset --merge or a "
+                    "relabel): which evaluated videos it saw is judged from its splits as they are now",
+                    card.get("name", "?"), where)
+    return {split: ({r["video_id"] for r in rows if r["split"] == split},
+                    {r["video_path"] for r in rows if r["split"] == split}) for split in ("train", "val")}
 
 
 def evaluate(source: str | os.PathLike[str], models: Sequence[FrameScorer], *, split: SplitChoice = "val",

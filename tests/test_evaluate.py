@@ -275,3 +275,33 @@ def test_printed_scores_compare_with_the_printed_threshold_as_the_values_do() ->
     assert score_text(0.83, 0.7) == "0.83" and score_text(0.2, 0.7) == "0.20"  # far from it: two decimals
     assert score_text(0.6124, 0.61234) == "0.6124" and score_text(0.612, 0.61234) == "0.61"
     assert score_text(0.7, 0.7) == "0.70"
+
+
+def test_the_videos_a_model_saw_are_those_its_card_records(labels_file: Path, models: dict[str, Path], tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """After prepare-dataset --merge put a new video into the validation split, evaluate said all the videos were
+    ones the model had been tuned on (a returning user's find): the dataset as it is now was read as the model's.
+    Cards record each split's content ids since; an older card's changed dataset is said to have changed."""
+    import shutil
+
+    out = tmp_path / "ds"
+    prepare_dataset(labels_file, out, size=64, device="cpu")
+    rows = list(read_dataset(out).rows())
+    val_ids = sorted({r["video_id"] for r in rows if r["split"] == "val"})
+    train_ids = sorted({r["video_id"] for r in rows if r["split"] == "train"})
+    assert len(val_ids) >= 2
+    trained = tmp_path / "trained"
+    shutil.copytree(models["warm"], trained)
+    card = json.loads((trained / "model.json").read_text())
+    # trained before the merge: one of today's validation videos was not in the dataset then
+    (trained / "model.json").write_text(json.dumps({**card, "dataset": str(out), "split_videos": {
+        "train": train_ids, "val": val_ids[1:]}}))
+    shutil.rmtree(out / "frames")  # the dataset need not be there any more: the card says it all
+    model = load_model(trained)
+    report = evaluate(labels_file, [model], device="cpu")
+    assert report.tuned_on == {model.name: len(val_ids) - 1}
+    # an older card (no split_videos) whose dataset changed since: judged from the dataset now, and said
+    (trained / "model.json").write_text(json.dumps({**card, "dataset": str(out), "dataset_fingerprint": "0" * 16}))
+    with caplog.at_level("WARNING"):
+        older = evaluate(labels_file, [load_model(trained)], device="cpu")
+    assert older.tuned_on == {model.name: len(val_ids)} and "has changed since" in caplog.text

@@ -108,6 +108,28 @@ def test_cli_prints_score_line(colour_model: Path, clips: dict[str, Path]) -> No
     assert "Verdict: highlight (threshold 0.50; 4 frames at 1 fps)" in res.output
 
 
+def test_the_score_line_does_not_contradict_a_tuned_threshold(colour_model: Path, clips: dict[str, Path],
+                                                               tmp_path: Path) -> None:
+    """At a tuned threshold of 0.3, "41% confidence this is a highlight" beside "Verdict: highlight" read as a
+    contradiction (a returning user's find): the line names the model's threshold instead."""
+    import json
+    import shutil
+
+    model = tmp_path / "tuned"
+    shutil.copytree(colour_model, model)
+    card = json.loads((model / "model.json").read_text())
+    (model / "model.json").write_text(json.dumps({**card, "threshold": 0.3}))
+    res = CliRunner().invoke(main, ["test-video", str(clips["warm"]), str(model), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    first = res.output.splitlines()[0]
+    assert first.endswith("(this model calls 0.30 and above a highlight)") and "confidence" not in res.output
+    as_json = CliRunner().invoke(main, ["test-video", str(clips["warm"]), str(model), "--device", "cpu", "--json"])
+    times = [row["timestamp_s"] for row in json.loads(as_json.output)["timeline"]]
+    sampler = scoring_sampler([load_model(model)], device="cpu")
+    _, exact, _ = sampler.sample_video(clips["warm"])
+    assert times == pytest.approx([round(float(t), 6) for t in exact], abs=1e-9)  # as the scan stores them
+
+
 def test_cli_timeline_lists_every_second(colour_model: Path, clips: dict[str, Path]) -> None:
     res = CliRunner().invoke(main, ["test-video", str(clips["mixed"]), str(colour_model), "--timeline",
                                     "--device", "cpu"])

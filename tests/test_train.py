@@ -294,6 +294,8 @@ def test_training_learns_the_two_styles(tmp_path: Path, device: str) -> None:
     assert card["metrics"]["video"]["accuracy"] == pytest.approx(result.best_video_accuracy)
     assert card["metrics"]["val_videos"] == 8 and card["threshold"] == pytest.approx(result.threshold)
     assert len(card["dataset_fingerprint"]) == 16
+    assert len(card["split_videos"]["val"]) == 8 and not set(card["split_videos"]["val"]) & set(
+        card["split_videos"]["train"])  # the videos it saw, by content id, for evaluate's notes
     # the saved model ranks unseen highlight videos above normal ones, scoring raw uint8 frames itself
     rng = np.random.default_rng(99)
     scores = {label: [float(model.score_frames(torch.from_numpy(np.stack(

@@ -347,7 +347,8 @@ def _drop_from_pair(out_dir: Path, name: str, paths: set[str]) -> int:
     # both written before either is renamed (a full disk leaves the pair as it was), seconds first
     write_parquets_atomic([(path, table) for path, table, changed in ((seconds_path, seconds, changed_s),
                                                                       (videos_path, videos, changed_v)) if changed])
-    log.info("rewrote shard pair %s without %d superseded videos", name, len(paths))
+    log.info("rewrote shard pair %s without the rows of %d videos (changed, deleted or to be scored again)", name,
+             len(paths))
     return len(paths) if changed_v else 0
 
 

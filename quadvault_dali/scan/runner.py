@@ -490,7 +490,7 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
             plan.skipped = [f for f in plan.skipped if f not in unmoved]
             plan.todo = sorted([*plan.todo, *unmoved], key=lambda f: str(f.path))
         upgrade_shards(out, own_tag=options.tag)  # one schema per folder, whatever version wrote the old shards
-        log.info("%d videos found, %d already scanned, %d to scan, %d old rows superseded",
+        log.info("%d videos found, %d already scanned, %d to scan, %d old rows retired",
                  len(files), len(plan.skipped), len(plan.todo), superseded)
         rescored = superseded - len(plan.gone)
         if rescored >= 100 and options.resume:  # a model, scoring version, --fps or --sampling change: say the cost

@@ -71,7 +71,8 @@ def validate_jpegs(files: Sequence[str], workers: int = 8) -> list[str | None]:
         return list(pool.map(check_jpeg, files, chunksize=64))
 
 
-def _fingerprint(table: "pa.Table") -> str:  # noqa: F821
+def dataset_fingerprint(table: "pa.Table") -> str:  # noqa: F821
+    """What a model card records of the dataset it was trained on: its frames, videos, labels and splits."""
     digest = hashlib.sha256()
     for column in ("frame_path", "video_id", "label", "split"):
         digest.update("\x1f".join(map(str, table.column(column).to_pylist())).encode())
@@ -114,7 +115,7 @@ def load_training_data(dataset: str | Path) -> TrainingData:
     if len(set(tables["val"].labels.tolist())) < 2:  # e.g. --merge moved a class's only validation video
         log.warning("%s: the validation split holds only one class: the threshold and the best epoch are "
                     "chosen without the other (ROC-AUC undefined); label a few more clips of it", ds.path)
-    return TrainingData(ds.root, tables["train"], tables["val"], _fingerprint(table), dict(ds.settings))
+    return TrainingData(ds.root, tables["train"], tables["val"], dataset_fingerprint(table), dict(ds.settings))
 
 
 #: Row id of a training image that only completes an epoch's last batches: it is a real frame (BatchNorm

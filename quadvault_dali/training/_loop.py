@@ -375,6 +375,9 @@ def _save(config: TrainConfig, net: nn.Module, arch: str, data: TrainingData, re
                         "val_frames": len(data.val), "val_videos": data.val.n_videos,
                         "train_frames": len(data.train), "train_videos": data.train.n_videos},
             "dataset_fingerprint": data.fingerprint, "dataset": str(Path(config.dataset).resolve()),  # absolute: evaluate finds it from anywhere
+            # the content ids of each split's videos as trained: evaluate names the videos a model has seen even
+            # after prepare-dataset --merge added some to the dataset (or the dataset is on another machine)
+            "split_videos": {"train": sorted(set(data.train.video_ids)), "val": sorted(set(data.val.video_ids))},
             "training": {"pretrained": str(config.pretrained), "epochs": config.epochs,
                          "batch_size": config.batch_size, "learning_rate": config.learning_rate,
                          "seed": config.seed, "freeze_backbone_epochs": config.freeze_backbone_epochs,
