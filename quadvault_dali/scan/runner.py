@@ -25,6 +25,7 @@ from ..sampling import SamplingMode, VideoOutcome, create_sampler
 from ..model._scorer import DEFAULT_THRESHOLD, mean_threshold, warn_repeated
 from ..scoring import sampling_size
 from .aggregate import Aggregator
+from .compact import compact_shards, job_tags
 from .crashguard import CrashJournal, StallWatch, isolate_suspects, journal_path, take_suspects
 from .report import HIGHLIGHTS_FILE, FolderTotals, highlights_document, summary_line, write_json_atomic
 from .resume import FileState, drop_superseded, plan_resume, refingerprint_rows, relocate_rows
@@ -514,6 +515,7 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
             journal_path(out, options.tag).unlink(missing_ok=True)  # the workers settled every suspect
         else:
             stats = scan_files(plan.todo, scorers, options, tag=options.tag, on_progress=progress, crashed=crashed)
+        compact_shards(out, job_tags(out, options.tag), options.shard_videos, held=options.tag)
         totals = write_report(out, options, models, libs)
     finally:
         lock.release()
