@@ -148,8 +148,6 @@ def _copy_sets(videos: list[VideoScores]) -> dict[Path, list[VideoScores]]:
     and the reel showed the same shot twice. Keyed by the copy to use first (the one nearest the library's root,
     then by name), with the others in that order behind it. Only files of equal size are compared
     (``content_id``: three 64-KiB reads)."""
-    from ..dataset._identity import content_ids
-
     by_size: dict[int, list[VideoScores]] = {}
     for v in videos:
         try:
@@ -160,6 +158,8 @@ def _copy_sets(videos: list[VideoScores]) -> dict[Path, list[VideoScores]]:
     alike = {v.path: v for group in by_size.values() if len(group) > 1 for v in group}
     if not alike:
         return {}
+    from ..dataset._identity import content_ids  # here: the dataset package imports torch (0.5 GB, 1-3 s)
+
     by_content: dict[str, list[VideoScores]] = {}
     for path, cid in content_ids(sorted(alike, key=_nearest_root_first)).items():
         if isinstance(cid, str):  # unreadable: the plan's probe says so

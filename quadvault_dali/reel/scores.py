@@ -90,15 +90,18 @@ def _load_scan_folder(root: Path) -> ScoreSource:
                     "per model", root, len(by_model), describe_models(dict(by_model), model_names(root)))
     by_key: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
     for name, sec in chosen_seconds(root, ok, ["timestamp_s", "score"]):
-        ids = np.asarray(sec.column("video_id").to_pylist(), dtype=object)
+        # video ids as dictionary codes: a Python string per second row took 7 s for an 18,000-video folder
+        encoded = sec.column("video_id").combine_chunks().dictionary_encode()
+        ids = encoded.dictionary.to_pylist()
+        codes = encoded.indices.to_numpy(zero_copy_only=False)
         times = sec.column("timestamp_s").to_numpy().astype(np.float64)
         scores = sec.column("score").to_numpy().astype(np.float64)
-        order = np.lexsort((times, ids))
-        ids, times, scores = ids[order], times[order], scores[order]
-        bounds = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1], True]) if ids.size else np.array([0])
+        order = np.lexsort((times, codes))
+        codes, times, scores = codes[order], times[order], scores[order]
+        bounds = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1], True]) if codes.size else np.array([0])
         for a, b in zip(bounds[:-1], bounds[1:]):
             if b > a:
-                by_key[(name, ids[a])] = (times[a:b], scores[a:b])
+                by_key[(name, ids[codes[a]])] = (times[a:b], scores[a:b])
     out: list[VideoScores] = []
     failed = 0
     for name, row in chosen:
