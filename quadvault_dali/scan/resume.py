@@ -164,7 +164,8 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
     # the other path rescanned every video and listed each twice. A row is known by its path resolved now (a
     # link made since); only once that path is gone (the link it was scanned through removed) by the real path
     # it recorded, which a link re-pointed since would otherwise give to another file.
-    reals = {path: os.path.realpath(path) for path in done}
+    found_now = {str(f.path): f.real_path for f in files}  # resolved by discovery a moment ago: 18 stats a file
+    reals = {path: found_now.get(path) or os.path.realpath(path) for path in done}
     dead_paths = {path for path in done if not os.path.lexists(path)}
     by_real: dict[str, list[dict[str, object]]] = {}
     for path, path_rows in done.items():
