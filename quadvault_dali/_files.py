@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import hashlib
 import logging
 import os
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -108,3 +110,33 @@ def remove_dead_temporaries(directory: Path, prefix: str = "") -> None:
         if pid_text.isdigit() and process_gone(int(pid_text)):
             _log.info("removing %s, left by a run that was killed", tmp)
             tmp.unlink(missing_ok=True)
+
+
+class FolderLock:
+    """An exclusive ``flock`` on a lock file: one writer at a time; released when the process dies, however."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self, *, wait: bool = False, timeout_s: float | None = None) -> bool:
+        """Takes the lock; ``wait`` blocks until it is free, ``timeout_s`` gives up after that long. Raises the
+        ``OSError`` of a lock file that cannot be created."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + timeout_s if timeout_s is not None else None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait and deadline is None else fcntl.LOCK_NB))
+                break
+            except BlockingIOError:
+                if deadline is None or time.monotonic() >= deadline:
+                    os.close(fd)
+                    return False
+                time.sleep(0.2)
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

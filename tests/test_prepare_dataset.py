@@ -597,6 +597,35 @@ def test_the_supervisor_keeps_the_users_overwrite_until_a_crash_began_the_rebuil
     assert not record.exists()
 
 
+def test_a_crash_after_the_table_was_written_goes_on_from_it(tmp_path: Path) -> None:
+    """Killed after writing dataset.parquet (removing unused frames, printing), the restart was refused with "a
+    dataset already exists here" and exit 1, or with --overwrite extracted everything again (an interrupting
+    tester's find): it goes on with --merge from the table the crashed run wrote."""
+    import os
+
+    from quadvault_dali.dataset._supervise import PrepareSupervisor
+
+    out = tmp_path / "ds"
+    out.mkdir()
+    for argv, restarted in (
+            (["-v", "prepare-dataset", "labels.json", str(out)], ["-v", "prepare-dataset", "--merge", "labels.json",
+                                                                  str(out)]),
+            (["prepare-dataset", "labels.json", str(out), "--overwrite"], ["prepare-dataset", "--merge", "labels.json",
+                                                                           str(out)]),
+            (["prepare-dataset", "--merge", "labels.json", str(out)], ["prepare-dataset", "--merge", "labels.json",
+                                                                       str(out)])):
+        (out / "dataset.parquet").write_bytes(b"old")
+        os.utime(out / "dataset.parquet", ns=(1, 1))
+        sup = PrepareSupervisor(argv, out, restarts=3)
+        sup.snapshot()  # the run starts
+        sup.after_crash(5.0, progressed=False)
+        assert sup.restart_argv(list(argv)) == argv  # the table as it was: the restart runs as typed
+        sup.snapshot()
+        (out / "dataset.parquet").write_bytes(b"new")  # the crashed run wrote it
+        sup.after_crash(5.0, progressed=False)
+        assert sup.restart_argv(list(argv)) == restarted
+
+
 def test_the_stop_message_says_whether_the_rebuild_had_begun(prepared: tuple[Path, object], tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """Stopped before --overwrite wrote its first frame, the old table is still there: "run the same command without
@@ -720,3 +749,45 @@ def test_chunks_of_one_recording_stay_on_one_side_of_the_split(tmp_path: Path, m
     rows = read_dataset(tmp_path / "ds").rows()
     sides = {r["split"] for r in rows if Path(r["video_path"]).parent.name == "flight"}
     assert len(sides) == 1
+
+
+def test_a_second_run_into_the_same_folder_is_refused(footage: Path, tmp_path: Path) -> None:
+    """Two runs into one folder removed each other's frames (530 of 770 rows named missing files) and both said
+    they had succeeded (an interrupting tester's find): a run holds the folder's lock, a second is refused."""
+    from quadvault_dali._files import FolderLock
+    from quadvault_dali.dataset._prepare import LOCK_FILE
+
+    out = tmp_path / "ds"
+    labels = label_all(tmp_path, footage)
+    out.mkdir()
+    running = FolderLock(out / LOCK_FILE)
+    assert running.acquire()
+    try:
+        with pytest.raises(OutputError, match="another prepare-dataset is writing into this folder"):
+            prepare_dataset(labels, out, size=SIZE, device="cpu")
+        assert not (out / "dataset.parquet").exists()
+    finally:
+        running.release()
+    prepare_dataset(labels, out, size=SIZE, device="cpu")  # once it is done
+    assert (out / "dataset.parquet").exists()
+
+
+def test_a_video_changed_in_place_is_extracted_again(footage: Path, tmp_path: Path) -> None:
+    """Damage away from the three pieces the content id reads keeps the id: a resumed or merged run reused the old
+    frames of a changed file (an interrupting tester's find). Its size or mtime says it changed."""
+    import os
+
+    lib = tmp_path / "lib"
+    shutil.copytree(footage, lib)
+    out = tmp_path / "ds"
+    labels = label_all(tmp_path, lib)
+    prepare_dataset(labels, out, size=SIZE, device="cpu")
+    split = {r["video_path"]: r["split"] for r in read_dataset(out).rows()}
+    victim = lib / "h2.mp4"
+    st = victim.stat()
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # re-copied: same bytes here, new mtime
+    result = prepare_dataset(labels, out, merge=True, size=SIZE, device="cpu")
+    assert [p.name for p in result.extracted] == ["h2.mp4"] and len(result.reused) == 5
+    rows = [r for r in read_dataset(out).rows() if r["video_path"] == str(victim)]
+    assert len(rows) == 4 and {r["video_mtime_ns"] for r in rows} == {victim.stat().st_mtime_ns}
+    assert {r["split"] for r in rows} == {split[str(victim)]}  # it keeps its split

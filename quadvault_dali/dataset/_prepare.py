@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .._files import remove_dead_temporaries
+from .._files import FolderLock, remove_dead_temporaries
 from .._mounts import within_on_disk
 from ..errors import DatasetError, OutputError, QuadvaultError
 from ..progress import progress_bar
@@ -158,6 +158,10 @@ def _is_id(name: str) -> bool:
     return len(name) == 16 and all(c in "0123456789abcdef" for c in name)
 
 
+#: Held by the run writing a dataset folder (``FolderLock``): a second run into it is refused
+LOCK_FILE = ".prepare.lock"
+
+
 def _complete_jpeg(path: Path) -> bool:
     """A frame file that is there and ends as a JPEG does (a crash or a full disk can leave it cut short)."""
     try:
@@ -213,8 +217,36 @@ def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[
     previous = _previous(out_dir, merge, overwrite, settings)
     try:
         (out_dir / FRAMES_DIR).mkdir(parents=True, exist_ok=True)
+        lock = FolderLock(out_dir / LOCK_FILE)
+        locked = lock.acquire()
     except OSError as exc:
         raise OutputError(f"cannot create the output folder: {exc.strerror or exc}", path=out_dir) from None
+    if not locked:  # two runs removed each other's frames and both said they had succeeded
+        raise OutputError("another prepare-dataset is writing into this folder", path=out_dir,
+                          hint="wait for it to finish (then run this command again), or give another output folder")
+    try:
+        return _prepare_locked(labels, labels_path, out_dir, previous, settings, merge=merge, overwrite=overwrite,
+                               fps=fps, size=size, mode=mode, device=device, quality=quality, streams=streams)
+    finally:
+        lock.release()
+
+
+def _changed_in_place(rows: list[dict], video: LabelledVideo) -> bool:
+    """Whether the file its rows were extracted from is still at its path but now has another size or mtime: the
+    content id reads three 64-KiB pieces, so damage elsewhere (a re-copy gone wrong) keeps the id."""
+    if not rows or rows[0].get("video_path") != str(video.path):
+        return False  # a moved copy: a new mtime, the same content
+    try:
+        st = video.path.stat()
+    except OSError:
+        return False
+    return (rows[0].get("video_size_bytes"), rows[0].get("video_mtime_ns")) != (st.st_size, st.st_mtime_ns)
+
+
+def _prepare_locked(labels: Labels, labels_path: str | os.PathLike[str], out_dir: Path,
+                    previous: dict[str, list[dict]], settings: dict[str, Any], *, merge: bool, overwrite: bool,
+                    fps: float, size: int, mode: SamplingMode, device: str, quality: int,
+                    streams: int) -> PrepareResult:
     remove_dead_temporaries(out_dir)  # a table a killed run was writing
 
     by_id = {v.video_id: v for v in labels.videos}
@@ -222,11 +254,17 @@ def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[
     reuse: set[str] = set()
     resumed: set[str] = set()  # finished by a killed run: reused, but their split is assigned now
     for vid, video in by_id.items():
-        if _reusable(previous.get(vid, []), out_dir):
+        if _changed_in_place(previous.get(vid, []), video):
+            log.info("%s changed since its frames were extracted (size or mtime): extracting them again (it keeps "
+                     "its split)", video.path)
+        elif _reusable(previous.get(vid, []), out_dir):
             reuse.add(vid)
         elif not overwrite or merge:  # what a killed run finished (its table is written only at the end)
             finished = _manifest_rows(out_dir, video, settings)  # its frames checked complete there
-            if finished:
+            if finished and _changed_in_place(finished, video):
+                log.info("%s changed since its frames were extracted (size or mtime): extracting them again",
+                         video.path)
+            elif finished:
                 previous[vid] = finished
                 resumed.add(vid)
                 reuse.add(vid)

@@ -31,11 +31,20 @@ class PrepareSupervisor(Supervisor):
         super().__init__(argv, restarts)
         self.out_dir = out_dir.expanduser()  # as prepare_dataset reads it: '~/ds' quoted past the shell
         self._crashed = False  # the user's command line runs first, as typed
+        self._table_before: int | None = None  # dataset.parquet's mtime when the last run started
+        self._table_written = False  # a run that crashed had written the table
         other = ", or try --device cpu" if device != "cpu" else ""
         self.crash_loop_hint = f"Run with -v to see why{other}; the same command goes on"
 
+    def _table_stamp(self) -> int | None:
+        try:
+            return (self.out_dir / DATASET_FILE).stat().st_mtime_ns
+        except OSError:
+            return None
+
     def snapshot(self) -> set[str]:
         """The videos with all frames written (their manifests, with mtimes) and the known crashers."""
+        self._table_before = self._table_stamp()  # a run that writes the table is all but finished
         done: set[str] = set()
         frames = self.out_dir / FRAMES_DIR
         try:
@@ -54,12 +63,21 @@ class PrepareSupervisor(Supervisor):
 
     def after_crash(self, lived_s: float, progressed: bool) -> None:
         self._crashed = True
+        stamp = self._table_stamp()
+        # it died after writing the table (removing the frames no row names, printing): the restart goes on from
+        # that table, which a plain restart refused as "a dataset already exists" and --overwrite extracted again
+        self._table_written = self._table_written or (stamp is not None and stamp != self._table_before)
 
     def child_env(self) -> dict[str, str]:
         # a restarted child runs without --overwrite: its stop message must still speak of the command as typed
         return {TYPED_OVERWRITE_ENV: "1"} if "--overwrite" in self.argv else {}
 
     def restart_argv(self, argv: list[str]) -> list[str]:
-        if self._crashed and "--overwrite" in argv and not (self.out_dir / DATASET_FILE).exists():
+        if self._table_written:
+            argv = [a for a in argv if a != "--overwrite"]
+            if "--merge" not in argv:  # right after the command's name: after a "--" it would be a path
+                at = argv.index("prepare-dataset") + 1 if "prepare-dataset" in argv else len(argv)
+                argv = [*argv[:at], "--merge", *argv[at:]]
+        elif self._crashed and "--overwrite" in argv and not (self.out_dir / DATASET_FILE).exists():
             argv = [a for a in argv if a != "--overwrite"]  # the crashed run began the rebuild: go on with it
         return argv

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .._files import fsync_dir
+from .._files import FolderLock, fsync_dir
 from ..errors import OutputError
 from .aggregate import VideoRows
 from .schema import SCHEMAS, ScanMetadata, schema_with_metadata
@@ -241,36 +241,18 @@ def output_error(exc: OSError, path: Path) -> OutputError:
     return OutputError(reason, path=path, hint="check that --out is writable")
 
 
-class TagLock:
+class TagLock(FolderLock):
     """An exclusive ``flock`` on ``DIR/.lock-TAG``: one writer per tag; released when the process dies."""
 
     def __init__(self, out_dir: Path, tag: str) -> None:
-        self.path = out_dir / f".lock-{tag or 'main'}"
-        self._fd: int | None = None
+        super().__init__(out_dir / f".lock-{tag or 'main'}")
 
     def acquire(self, *, wait: bool = False, timeout_s: float | None = None) -> bool:
         """Takes the lock; ``wait`` blocks until it is free, ``timeout_s`` gives up after that long."""
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            return super().acquire(wait=wait, timeout_s=timeout_s)
         except OSError as exc:
             raise output_error(exc, self.path) from exc
-        deadline = time.monotonic() + timeout_s if timeout_s is not None else None
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait and deadline is None else fcntl.LOCK_NB))
-                break
-            except BlockingIOError:
-                if deadline is None or time.monotonic() >= deadline:
-                    os.close(fd)
-                    return False
-                time.sleep(0.2)
-        self._fd = fd
-        return True
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 class LayoutLock:
