@@ -143,8 +143,11 @@ if os.environ.get("QV_TEST_CRASH_ON"):
     import quadvault_dali.sampling._cpu as _cpu
     real = _cpu.CpuSampler.decode_video
     def decode_video(self, path, outcome, emit, **kw):
-        if path.name in os.environ["QV_TEST_CRASH_ON"].split(","):
-            os.kill(os.getpid(), signal.SIGSEGV)
+        once = os.environ.get("QV_TEST_ONCE")  # a marker file: the signal comes the first time only
+        if path.name in os.environ["QV_TEST_CRASH_ON"].split(",") and not (once and os.path.exists(once)):
+            if once:
+                open(once, "w").close()
+            os.kill(os.getpid(), getattr(signal, os.environ.get("QV_TEST_SIGNAL", "SIGSEGV")))
         if path.name == os.environ.get("QV_TEST_EXIT_ON"):  # a native library calling exit()
             os._exit(3)
         return real(self, path, outcome, emit, **kw)
@@ -213,3 +216,26 @@ def test_the_check_decodes_with_the_scans_decoder(tmp_path: Path, make_clip,  # 
     assert check_in_child(clip, device="cpu", mode="auto", fps=1.0, size=64) is None
     why = check_in_child(clip, device="cpu", mode="auto", fps=1.0, size=64, decode_client="ffmpeg")
     assert why is not None and "SIGSEGV" in why
+
+
+@pytest.mark.parametrize("case", ["SIGTERM", "SIGKILL once", "SIGKILL always"])
+def test_a_stopped_or_killed_check_is_no_verdict_on_its_video(tmp_path: Path, make_clip,  # type: ignore[no-untyped-def]
+                                                              monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    """A SIGTERM to the check (a user or a batch system stopping the work) marked the video it was on as a decoder
+    crasher, for good (an interrupting tester's find); a SIGKILL may be the out-of-memory killer's choice of the
+    biggest process: checked once more before it counts."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(CRASH_HOOK)
+    monkeypatch.setenv("QV_TEST_CRASH_ON", "guard_s1.mp4")
+    monkeypatch.setenv("QV_TEST_SIGNAL", case.split()[0])
+    if case == "SIGKILL once":
+        monkeypatch.setenv("QV_TEST_ONCE", str(tmp_path / "killed"))
+    monkeypatch.setenv("QV_TEST_STARTS", str(tmp_path / "starts.log"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]))
+    clips = [make_clip(f"guard_s{i}.mp4", duration_s=1.0, source_id=i) for i in range(3)]
+    verdicts = check_videos(clips, device="cpu", mode="auto", fps=1.0, size=64)
+    if case == "SIGKILL always":
+        assert set(verdicts) == {clips[1]} and "killed on this file twice (SIGKILL" in verdicts[clips[1]]
+    else:
+        assert verdicts == {}

@@ -208,9 +208,22 @@ def check_videos(paths: Sequence[Path], *, device: str, mode: str, fps: float, s
     """
     verdicts: dict[Path, str] = {}
     todo = list(paths)
+    killed_once: set[Path] = set()
     while todo:
         done, on, why = _check_in_one_child(todo, device=device, mode=mode, fps=fps, size=size,
                                             device_id=device_id, decode_client=decode_client, stall_s=stall_s)
+        if why == _STOPPED:  # a stop signal is no verdict on a video: the rest is scanned as usual
+            log.warning("the isolated check was stopped by a signal; its videos are not judged and are scanned as "
+                        "usual")
+            break
+        if why == _KILLED and on is not None and todo[on] not in killed_once:
+            killed_once.add(todo[on])  # the out-of-memory killer may have picked it for another's memory: once more
+            log.warning("%s: the isolated check was killed (SIGKILL) on it; checking it once more", todo[on])
+            todo = todo[on:]
+            continue
+        if why == _KILLED:
+            why = ("the isolated check was killed on this file twice (SIGKILL: most likely the out-of-memory killer, "
+                   "see dmesg); skipped so the rest can go on")
         if why is None:
             if on is not None:  # a Python error on that video, no crash: it is scanned as usual, the rest checked
                 todo = todo[on + 1:]
@@ -220,7 +233,8 @@ def check_videos(paths: Sequence[Path], *, device: str, mode: str, fps: float, s
                 continue
             break  # all checked (or the child could not run at all: the scan itself will tell)
         if on is None:  # died between two videos: no culprit; the rest get a fresh child, unless none started
-            log.warning("the check process died between videos (%s)", why)
+            log.warning("the check process died between two videos, on none of them; %s", "the rest are checked in a "
+                        "fresh one" if done else "no video is judged")
             if done == 0:
                 break
             todo = todo[done:]
@@ -228,6 +242,16 @@ def check_videos(paths: Sequence[Path], *, device: str, mode: str, fps: float, s
         verdicts[todo[on]] = why
         todo = todo[on + 1:]
     return verdicts
+
+
+#: What ``_check_in_one_child`` says of a child ended by a stop signal (SIGINT, SIGTERM, SIGHUP: a user or a batch
+#: system stopping the work, not the decoder crashing) and by SIGKILL (the out-of-memory killer or a kill -9)
+_STOPPED, _KILLED = "stopped", "killed"
+_STOP_SIGNALS = frozenset({2, 15, 1})
+
+
+def _crash_text(number: int) -> str:
+    return f"the decoder crashed on this file ({signal_name(number)}); skipped so the rest can go on"
 
 
 def _check_in_one_child(paths: Sequence[Path], *, device: str, mode: str, fps: float, size: int, device_id: int,
@@ -272,8 +296,12 @@ def _check_in_one_child(paths: Sequence[Path], *, device: str, mode: str, fps: f
             child.wait()
     for reader in readers:
         reader.join(timeout=5)
-    if why is None and child.returncode < 0:
-        why = f"the decoder crashed on this file ({signal_name(-child.returncode)}); skipped so the rest can go on"
+    if why is None and -child.returncode in _STOP_SIGNALS:
+        why = _STOPPED
+    elif why is None and child.returncode == -9:
+        why = _KILLED
+    elif why is None and child.returncode < 0:
+        why = _crash_text(-child.returncode)
     elif why is None and child.returncode != 0:
         tail = b"".join(stderr).decode(errors="replace").strip().splitlines()[-1:] or [""]
         log.debug("isolated check exited %d: %s", child.returncode, tail[0])
