@@ -82,8 +82,13 @@ def reel(scores: Path, out: Path, resolution: tuple[int, int], dry_run: bool, **
         return
     # SIGTERM (timeout, kill, a scheduler) and a closed terminal's SIGHUP stop like Ctrl-C: the partial file goes
     seen: list[int] = []
-    with stops_cleanly(lambda by_signal: f"{stop_word(by_signal, seen)}; no reel written to {out}.", STOP_SIGNALS,
-                       seen=seen):
+    earlier = Path(out).is_file()  # an earlier reel there is replaced only when the new one is complete
+
+    def stopped(by_signal: bool) -> str:
+        kept = f"; the earlier {Path(out).name} is kept as it was" if earlier else ""
+        return f"{stop_word(by_signal, seen)}; no reel written to {out}{kept}."
+
+    with stops_cleanly(stopped, STOP_SIGNALS, seen=seen):
         result = make_reel(scores, out, options)
     plan = result.prepared.plan
     for message in result.prepared.skipped:

@@ -791,3 +791,23 @@ def test_a_video_changed_in_place_is_extracted_again(footage: Path, tmp_path: Pa
     rows = [r for r in read_dataset(out).rows() if r["video_path"] == str(victim)]
     assert len(rows) == 4 and {r["video_mtime_ns"] for r in rows} == {victim.stat().st_mtime_ns}
     assert {r["split"] for r in rows} == {split[str(victim)]}  # it keeps its split
+
+
+def test_a_full_disk_while_writing_frames_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python's ENOSPC and EFBIG name no file: the error said "No space left on device" and nothing else (an
+    interrupting tester's find). It names the frame and says the work so far is kept."""
+    import errno
+
+    from quadvault_dali.dataset._jpeg import write_atomic
+
+    def full(self: Path, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    target = tmp_path / "frames" / "abc" / "000001.000.jpg"
+    target.parent.mkdir(parents=True)
+    with pytest.raises(OutputError) as caught:
+        write_atomic(target, b"jpeg")
+    assert str(target) in str(caught.value) and "No space left on device" in str(caught.value)
+    assert "free space on that disk" in str(caught.value) and "the same command goes on" in str(caught.value)
+    assert list(target.parent.iterdir()) == []  # no temporary left behind

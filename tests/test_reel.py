@@ -1001,3 +1001,27 @@ def test_windows_shorter_than_a_reel_frame_are_named_as_such() -> None:
     # shorter than two crossfades, alone: a reel of one clip has none
     alone = plan_reel([VideoScores(Path("/v.mp4"), 0.8, video_score=0.9)], clip_seconds=4.0, fps=30.0, min_score=0.5)
     assert [c.frames for c in alone.clips] == [24] and "a reel of it alone, without fades" in alone.notes[1]
+
+
+def test_a_stopped_re_render_says_the_earlier_reel_is_kept(scan_dir: Path, tmp_path: Path) -> None:
+    """Interrupted while replacing a reel, the message said only "no reel written", though the earlier reel and
+    its clip list were there unchanged (an interrupting tester's find)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "best.mp4"
+    make_reel(scan_dir, out, ReelOptions(width=W, height=H, min_score=0.9, top=1, clip_seconds=2.0))
+    before = out.read_bytes()
+    proc = subprocess.Popen([sys.executable, "-m", "quadvault_dali", "reel", str(scan_dir), str(out), "--device",
+                             "cpu", "--resolution", "1920x1080", "--min-score", "0.1", "--top", "3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".best.partial-*.mp4")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the reel finished before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "no reel written" in err and "the earlier best.mp4 is kept as it was" in err
+    assert out.read_bytes() == before

@@ -6,6 +6,7 @@ cross to the host); CPU frames go through Pillow, which needs no deprecated torc
 
 from __future__ import annotations
 
+import errno
 import io
 import warnings
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 from PIL import Image
 
 from .._files import atomic_path
-from ..errors import DatasetError
+from ..errors import DatasetError, OutputError
 
 JPEG_QUALITY = 90
 
@@ -40,9 +41,16 @@ def encode_jpegs(frames: torch.Tensor, quality: int = JPEG_QUALITY) -> list[byte
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Writes ``data`` under a temporary name, then renames: a crash never leaves half a JPEG."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    """Writes ``data`` under a temporary name, then renames: a crash never leaves half a JPEG. A write that fails
+    (a full disk, a file size limit) is an ``OutputError`` naming the file: Python's own names none."""
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    except OSError as exc:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        raise OutputError(f"cannot write {path.name}: {exc.strerror or exc}", path=path,
+                          hint="free space on that disk (or give another output folder); the videos whose frames "
+                               "were all written are kept, and the same command goes on" if full else None) from None
 
 
 def read_jpeg(path: Path) -> np.ndarray:

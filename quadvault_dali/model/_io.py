@@ -154,7 +154,7 @@ def save_model(directory: str | Path, module: nn.Module, card: dict[str, Any]) -
                                                          "format_version": str(FORMAT_VERSION),
                                                          "architecture": str(card["architecture"])})
         except Exception as exc:  # safetensors reports a full disk as its own SafetensorError
-            raise OutputError(f"cannot write the model weights: {exc}", path=weights_tmp,
+            raise OutputError(f"cannot write the model weights: {exc}", path=directory / WEIGHTS_FILE,
                               hint="free space on that disk, or choose another --output-dir") from exc
         os.chmod(weights_tmp, default_file_mode())  # safetensors writes 0o600: others could read the card only
         full.update({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "weights_file": WEIGHTS_FILE,
