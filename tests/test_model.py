@@ -403,3 +403,16 @@ def test_a_card_edited_to_score_differently_has_another_fingerprint(saved: Path,
     legacy = {k: v for k, v in original.items() if k != "scoring_sha256"}
     card_path.write_text(json.dumps({**legacy, "image_size": SIZE * 2}))
     assert load_model(model_dir).fingerprint == weights  # not recorded: cannot tell, as before
+
+
+def test_a_run_stopped_before_its_first_model_says_so(tmp_path: Path) -> None:
+    """test-video on the folder of a training run killed after its first epoch's state but before a model said
+    only that model.json was missing (an interrupting tester's find)."""
+    from quadvault_dali.model._io import TRAINING_STATE_FILE
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / TRAINING_STATE_FILE).write_bytes(b"state")
+    with pytest.raises(ModelFormatError, match="stopped before it saved a model") as caught:
+        load_model(folder)
+    assert f"--output-dir {folder} --resume" in str(caught.value)

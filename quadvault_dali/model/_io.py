@@ -173,6 +173,10 @@ def _locate(path: Path) -> tuple[Path, Path]:
         raise ModelFormatError("model not found", path=path, hint="give the directory written by quadvault train")
     if path.is_dir():
         card = path / CARD_FILE
+        if not card.is_file() and (path / TRAINING_STATE_FILE).is_file():  # stopped before its first model
+            raise ModelFormatError("holds a training run that was stopped before it saved a model", path=path,
+                                   hint=f"finish it: quadvault train DATASET --output-dir {path} --resume (with the "
+                                        "run's options)")
         if not card.is_file():
             raise ModelFormatError(f"is not a model directory: {CARD_FILE} (the model card) is missing",
                                    path=path, hint="give the directory written by quadvault train")
