@@ -124,15 +124,19 @@ class FolderLock:
         ``OSError`` of a lock file that cannot be created."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + timeout_s if timeout_s is not None else None
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait and deadline is None else fcntl.LOCK_NB))
-                break
-            except BlockingIOError:
-                if deadline is None or time.monotonic() >= deadline:
-                    os.close(fd)
-                    return False
-                time.sleep(0.2)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait and deadline is None else fcntl.LOCK_NB))
+                    break
+                except BlockingIOError:
+                    if deadline is None or time.monotonic() >= deadline:
+                        os.close(fd)
+                        return False
+                    time.sleep(0.2)
+        except BaseException:  # ENOLCK (a NAS without locks), an interrupt: the descriptor is not kept
+            os.close(fd)
+            raise
         self._fd = fd
         return True
 

@@ -148,8 +148,8 @@ def test_resume_skips_done_and_rescans_changed_files(library: Path, tmp_path: Pa
     # other models: refused, as the rows they would retire are results too (a returning user's find: v2 scanned
     # into v1's folder deleted v1's rows, and an interrupted rescan left none), and nothing is touched
     kept = (_videos(out), _seconds(out), (out / "highlights.json").read_bytes())
-    with pytest.raises(OutputError, match=r"holds the results of 9 videos of this library scored by other models "
-                                          r"\(warm\+stamp \(ce84e2ac…\): 9 videos\); scanning with stamp would "
+    with pytest.raises(OutputError, match=r"holds the results of 5 videos of this library scored by other models "
+                                          r"\(warm\+stamp \(ce84e2ac…\): 5 videos\); scanning with stamp would "
                                           r"replace them") as refused:
         scan_library([lib], ScanOptions(out_dir=out, threshold=THRESHOLD, device="cpu"), scorers=[StampScorer()])
     assert "--replace-models" in str(refused.value) and "another --out" in str(refused.value)
@@ -1190,4 +1190,33 @@ def test_a_crash_while_merging_shards_loses_and_keeps_twice_nothing(library: Pat
     again = _scan(library, out, shard_videos=4)
     assert again.run.videos == 0
     assert _scores_by_row(out) == _scores_by_row(reference)  # once each, as scanned
+    _assert_rows_consistent(out)
+
+
+def test_a_kill_between_a_merges_two_renames_leaves_no_second_copy_of_any_second(library: Path, tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch
+                                                                                 ) -> None:
+    """The merged seconds file is renamed before the merged videos file: killed between them, the first pair's
+    seconds held every video of the group while its videos file listed one, and the next merge added those seconds
+    a second time (a reviewer's find). Merging takes each pair's own seconds, and a resume rewrites such a pair."""
+    from quadvault_dali.scan import compact
+
+    reference = tmp_path / "reference"
+    _scan(library, reference)
+    out = tmp_path / "out"
+    real_write = compact.write_parquets_atomic
+
+    def killed_between_the_renames(files: list) -> None:
+        real_write(files[:1])  # the seconds file only
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compact, "write_parquets_atomic", killed_between_the_renames)
+    with pytest.raises(KeyboardInterrupt):
+        _scan(library, out, shard_seconds=0.0, shard_videos=4)
+    monkeypatch.setattr(compact, "write_parquets_atomic", real_write)
+    again = _scan(library, out, shard_videos=4)
+    assert again.run.videos == 0
+    seconds = read_table(out, "seconds").to_pylist()
+    assert len(seconds) == len({(r["path"], r["timestamp_s"]) for r in seconds})  # no second twice
+    assert _scores_by_row(out) == _scores_by_row(reference)
     _assert_rows_consistent(out)

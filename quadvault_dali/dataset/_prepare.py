@@ -214,17 +214,23 @@ def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[
     out_dir = Path(out).expanduser().resolve()
     _check_out(out_dir, labels)
     settings = _settings(fps, size, mode, quality)
-    previous = _previous(out_dir, merge, overwrite, settings)
+    if (out_dir / DATASET_FILE).exists():  # its refusals ("already exists", other settings) before any change;
+        _previous(out_dir, merge, overwrite, settings)  # read again under the lock below
     try:
         (out_dir / FRAMES_DIR).mkdir(parents=True, exist_ok=True)
-        lock = FolderLock(out_dir / LOCK_FILE)
-        locked = lock.acquire()
     except OSError as exc:
         raise OutputError(f"cannot create the output folder: {exc.strerror or exc}", path=out_dir) from None
+    lock = FolderLock(out_dir / LOCK_FILE)
+    try:
+        locked = lock.acquire()
+    except OSError as exc:
+        raise OutputError(f"cannot lock the output folder: {exc.strerror or exc}", path=out_dir) from None
     if not locked:  # two runs removed each other's frames and both said they had succeeded
         raise OutputError("another prepare-dataset is writing into this folder", path=out_dir,
                           hint="wait for it to finish (then run this command again), or give another output folder")
     try:
+        previous = _previous(out_dir, merge, overwrite, settings)  # read under the lock: another run may just have
+        # written it
         return _prepare_locked(labels, labels_path, out_dir, previous, settings, merge=merge, overwrite=overwrite,
                                fps=fps, size=size, mode=mode, device=device, quality=quality, streams=streams)
     finally:
@@ -252,22 +258,24 @@ def _prepare_locked(labels: Labels, labels_path: str | os.PathLike[str], out_dir
     by_id = {v.video_id: v for v in labels.videos}
     previous = _match_previous(previous, labels.videos)
     reuse: set[str] = set()
+    changed: list[Path] = []
     resumed: set[str] = set()  # finished by a killed run: reused, but their split is assigned now
     for vid, video in by_id.items():
         if _changed_in_place(previous.get(vid, []), video):
-            log.info("%s changed since its frames were extracted (size or mtime): extracting them again (it keeps "
-                     "its split)", video.path)
+            changed.append(video.path)
         elif _reusable(previous.get(vid, []), out_dir):
             reuse.add(vid)
         elif not overwrite or merge:  # what a killed run finished (its table is written only at the end)
             finished = _manifest_rows(out_dir, video, settings)  # its frames checked complete there
             if finished and _changed_in_place(finished, video):
-                log.info("%s changed since its frames were extracted (size or mtime): extracting them again",
-                         video.path)
+                changed.append(video.path)
             elif finished:
                 previous[vid] = finished
                 resumed.add(vid)
                 reuse.add(vid)
+    if changed:  # a re-copy without its mtimes (cp -r) looks the same: said once, with a count
+        log.warning("%d labelled video(s) changed since their frames were extracted (size or modification time), "
+                    "e.g. %s: extracting them again (they keep their split)", len(changed), changed[0])
     todo = [vid for vid in by_id if vid not in reuse]
     result = PrepareResult(path=out_dir / DATASET_FILE, frames=0, frames_by_label={1: 0, 0: 0},
                            videos_by_split={"train": 0, "val": 0}, warnings=list(labels.warnings))

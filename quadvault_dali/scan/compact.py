@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import OutputError
+from .resume import _with_videos_of
 from .shards import TagLock, complete_shards, parse_name, write_parquets_atomic
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,11 @@ def _groups(out_dir: Path, names: Sequence[str], max_videos: int) -> list[list[t
 def _merge(out_dir: Path, group: list[tuple[str, int]]) -> int:
     """Rewrites the group's first pair with all its rows and retires the others; returns pairs removed."""
     names = [name for name, _ in group]
-    tables = {table: [pq.read_table(out_dir / table / name) for name in names] for table in ("seconds", "videos")}
-    merged = {table: pa.concat_tables(parts) for table, parts in tables.items()}
+    videos = [pq.read_table(out_dir / "videos" / name) for name in names]
+    # each pair's own seconds only: a kill between a rewrite's two renames leaves a pair's seconds holding rows its
+    # videos file does not list, which a merge would otherwise add a second time
+    seconds = [_with_videos_of(pq.read_table(out_dir / "seconds" / name), v)[0] for name, v in zip(names, videos)]
+    merged = {"seconds": pa.concat_tables(seconds), "videos": pa.concat_tables(videos)}
     first = names[0]
     write_parquets_atomic([(out_dir / "seconds" / first, merged["seconds"]),
                            (out_dir / "videos" / first, merged["videos"])])

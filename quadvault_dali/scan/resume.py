@@ -76,9 +76,10 @@ class ResumePlan:
         return sum(len(v) for v in self.superseded.values())
 
 
-def _done_index(out_dir: Path) -> dict[str, list[dict[str, object]]]:
+def _done_index(out_dir: Path, orphans: set[str] | None = None) -> dict[str, list[dict[str, object]]]:
     """path -> the video rows of it found in complete shards (newest first), each with its shard name and
-    how many seconds rows its pair really holds for it."""
+    how many seconds rows its pair really holds for it. ``orphans`` gets the pairs whose seconds hold rows of
+    videos their videos file does not list (a kill between a rewrite's or a merge's two renames)."""
     found: dict[str, list[dict[str, object]]] = {}
     cols = ["path", "real_path", "size_bytes", "mtime_ns", "model_fingerprint", "status", "error_kind",
             "scanned_at", "frames_scored", "sampling_mode", "sampling_fps", "decoder"]
@@ -94,6 +95,8 @@ def _done_index(out_dir: Path) -> dict[str, list[dict[str, object]]]:
             continue
         seconds = seconds_table.column("path")
         held = dict(zip(*(c.to_pylist() for c in pc.value_counts(seconds).flatten()))) if len(seconds) else {}
+        if orphans is not None and set(held) - set(videos_table.column("path").to_pylist()):
+            orphans.add(name)
         for row in videos_table.select(cols).to_pylist():
             row["shard"] = name
             row["seconds_held"] = held.get(row["path"], 0)
@@ -159,7 +162,8 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
     ``within(path)``: whether a path is in this run's library, for ``kept_missing``. ``nvdec_fingerprints``:
     older fingerprints of these models that still hold for rows decoded on NVDEC (``refingerprinted``).
     """
-    done = _done_index(out_dir)
+    orphans: set[str] = set()
+    done = _done_index(out_dir, orphans)
     # the same file reached by another path (the library through a symlink, or its target): scanning through
     # the other path rescanned every video and listed each twice. A row is known by its path resolved now (a
     # link made since); only once that path is gone (the link it was scanned through removed) by the real path
@@ -176,11 +180,13 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
     claimed: set[str] = set()  # row paths matched to a file of this run (never also 'gone')
     kept: set[tuple[str, str]] = set()  # (shard, path) of the rows a file of this run keeps
     plan = ResumePlan()
+    for name in orphans:  # rewritten with the seconds of its own videos only (``_drop_from_pair`` of no path)
+        plan.superseded.setdefault(name, set())
 
     def count_other_model(row: dict[str, object], f: FileState) -> None:
-        fp = str(row["model_fingerprint"])
-        if row["size_bytes"] == f.size_bytes and row["mtime_ns"] == f.mtime_ns and fp != fingerprint \
-                and fp not in nvdec_fingerprints:
+        fp = str(row["model_fingerprint"])  # an error row (a broken file) is no model's result
+        if row["status"] == "ok" and row["size_bytes"] == f.size_bytes and row["mtime_ns"] == f.mtime_ns \
+                and fp != fingerprint and fp not in nvdec_fingerprints:
             plan.other_models[fp] = plan.other_models.get(fp, 0) + 1
 
     def same_scoring(row: dict[str, object]) -> bool:
@@ -348,8 +354,12 @@ def _drop_from_pair(out_dir: Path, name: str, paths: set[str]) -> int:
     # both written before either is renamed (a full disk leaves the pair as it was), seconds first
     write_parquets_atomic([(path, table) for path, table, changed in ((seconds_path, seconds, changed_s),
                                                                       (videos_path, videos, changed_v)) if changed])
-    log.info("rewrote shard pair %s without the rows of %d videos (changed, deleted or to be scored again)", name,
-             len(paths))
+    if paths:
+        log.info("rewrote shard pair %s without the rows of %d videos (changed, deleted or to be scored again)", name,
+                 len(paths))
+    else:
+        log.info("rewrote shard pair %s without per-second rows of videos it does not list (left by a kill between "
+                 "a rewrite's two renames)", name)
     return len(paths) if changed_v else 0
 
 

@@ -477,11 +477,11 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
         if plan.other_models and not options.replace_models:
             refuse_other_models(out, plan.other_models, models)
         superseded = drop_superseded(out, plan.superseded, own_tag=options.tag)
+        refingerprint_rows(out, plan.refingerprinted, fingerprint, own_tag=options.tag)
+        moved = relocate_rows(out, plan.relocated, own_tag=options.tag)
         highlights_path = options.highlights_path or out / HIGHLIGHTS_FILE
         if superseded and highlights_path.exists():  # an interrupted run must not leave it listing retired rows
             write_report(out, options, models, libs, warn=False)
-        refingerprint_rows(out, plan.refingerprinted, fingerprint, own_tag=options.tag)
-        moved = relocate_rows(out, plan.relocated, own_tag=options.tag)
         if moved:
             log.info("%d scanned videos were found under another path (the library moved or was mounted elsewhere):"
                      " their results are kept under the new paths, e.g. %s", len(moved), moved[0].path)
@@ -515,8 +515,8 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
             journal_path(out, options.tag).unlink(missing_ok=True)  # the workers settled every suspect
         else:
             stats = scan_files(plan.todo, scorers, options, tag=options.tag, on_progress=progress, crashed=crashed)
+        totals = write_report(out, options, models, libs)  # first: a stop while merging leaves it current
         compact_shards(out, job_tags(out, options.tag), options.shard_videos, held=options.tag)
-        totals = write_report(out, options, models, libs)
     finally:
         lock.release()
         layout.release()
