@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QuadvaultError
-from ..scan.shards import chosen_seconds, complete_shards, describe_models, latest_video_rows, model_names
+from ..scan.shards import (chosen_seconds, complete_shards, describe_models, latest_video_rows, model_names,
+                           read_settled)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def load_scores(path: str | Path) -> ScoreSource:
     path = Path(path)
     if path.is_dir():
         if (path / "videos").is_dir() and any((path / "seconds").glob("part-*.parquet")):
-            return _load_scan_folder(path)
+            return read_settled(lambda: _load_scan_folder(path))
         if (path / "highlights.json").is_file():
             log.warning("%s has no per-second scores (seconds/*.parquet); using highlights.json only", path)
             return load_highlights_json(path / "highlights.json")

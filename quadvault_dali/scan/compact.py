@@ -10,7 +10,9 @@ Crash safety follows the pair protocol: the group's first pair is rewritten with
 (``write_parquets_atomic``: seconds renamed first, videos last), and only then are the others retired, each
 videos file (the pair's commit marker) before its seconds file. A crash before the first rename leaves the
 group as it was; after it, a video is in two complete pairs with the same rows until the next scan's resume
-retires the older copy (readers take one row per path meanwhile). Nothing is ever in no pair.
+retires the older copy (this tool's readers take one row per path meanwhile; others may see both, as docs/scan.md
+says). Nothing is ever in no pair. A reader that listed a pair merged away reads the folder again
+(``shards.read_settled``).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from .._files import atomic_path
 from ..errors import OutputError
 from .schema import SCHEMA_VERSION, ModelRef, combined_fingerprint
-from .shards import chosen_seconds, latest_video_rows, model_names
+from .shards import chosen_seconds, latest_video_rows, model_names, read_settled
 
 HIGHLIGHTS_FILE = "highlights.json"
 
@@ -43,6 +43,13 @@ class FolderTotals:
 
 def highlights_document(out_dir: Path, *, threshold: float, models: Sequence[ModelRef],
                         inside: Callable[[str], bool] | None = None) -> tuple[dict, FolderTotals]:
+    """The highlights document and totals over the complete shards of ``out_dir`` (``_highlights_document``), read
+    again where a pair went meanwhile."""
+    return read_settled(lambda: _highlights_document(out_dir, threshold=threshold, models=models, inside=inside))
+
+
+def _highlights_document(out_dir: Path, *, threshold: float, models: Sequence[ModelRef],
+                         inside: Callable[[str], bool] | None = None) -> tuple[dict, FolderTotals]:
     """The highlights document and totals over the complete shards of ``out_dir``. ``inside(path)``: paths of
     this run's library, whose other-model rows ``FolderTotals.other_models`` leaves out (the document lists
     them all): a --shard job's other half, or rows kept for an unplugged disk, are not another library's."""

@@ -18,7 +18,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,6 +30,7 @@ from .aggregate import VideoRows
 from .schema import SCHEMAS, ScanMetadata, schema_with_metadata
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 NAME_RE = re.compile(r"^part-(?:(?P<tag>[a-z0-9]+(?:-[a-z0-9]+)*)-)?(?P<seq>\d{5,})\.parquet$")
 TMP_PREFIX = ".tmp-"
@@ -136,8 +137,9 @@ def chosen_seconds(out_dir: Path, chosen: list[tuple[str, dict[str, Any]]],
             log.warning("skipping %s: the per-second scores of its %d video(s) are not read (a scan of the folder "
                         "moves the pair aside and scans them again)", exc, len(ids))
             continue
-        if table is not None:
-            yield name, table.filter(pc.is_in(table["video_id"], value_set=pa.array(sorted(ids), pa.string())))
+        if table is None:
+            raise PairVanished(name)
+        yield name, table.filter(pc.is_in(table["video_id"], value_set=pa.array(sorted(ids), pa.string())))
 
 
 def quarantine_pair(out_dir: Path, name: str, why: Exception) -> None:
@@ -162,6 +164,25 @@ def read_table(out_dir: Path, table: str, names: list[str] | None = None,
     return pa.concat_tables([p.replace_schema_metadata(None) for p in parts], promote_options="default")
 
 
+class PairVanished(Exception):
+    """A pair listed a moment ago is gone: a scan retired it, or merged it into another (readers take no lock)."""
+
+
+def read_settled(read: Callable[[], T], attempts: int = 5) -> T:
+    """``read()`` again when a shard pair it listed went while it read (``PairVanished``): a reel or a report read
+    while a scan merged its pairs missed the videos of the pairs merged away (a reviewer's find)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return read()
+        except PairVanished as exc:
+            log.debug("shard pair %s went while it was read; reading the folder again", exc)
+            if attempt == attempts:
+                raise OutputError("the scan folder kept changing while it was read (a scan is rewriting or merging "
+                                  "its shards)", hint="try again once the scan has finished") from None
+            time.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
+
+
 def latest_video_rows(out_dir: Path, columns: list[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
     """``(shard name, row)`` of the newest ``videos`` row of each path over the complete shards.
 
@@ -178,7 +199,9 @@ def latest_video_rows(out_dir: Path, columns: list[str] | None = None) -> list[t
         except DamagedShardError as exc:
             log.warning("skipping %s", exc)
             continue
-        for row in (table.to_pylist() if table is not None else []):
+        if table is None:
+            raise PairVanished(name)
+        for row in table.to_pylist():
             key = (row["scanned_at"], name)
             prior = latest.get(row["path"])
             if prior is None or key >= prior[:2]:
