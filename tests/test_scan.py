@@ -18,7 +18,7 @@ from quadvault_dali.errors import OutputError
 from quadvault_dali.scan import SCHEMA_VERSION, ModelRef, combined_fingerprint
 from quadvault_dali.scan.schema import SCHEMAS
 from quadvault_dali.scan.runner import ScanOptions, in_shard, scan_library
-from quadvault_dali.scan.shards import complete_shards, read_metadata, read_table
+from quadvault_dali.scan.shards import complete_shards, read_metadata, read_table, shard_name
 from quadvault_dali.synth import SynthSpec, make_video
 
 from _scan_helpers import BROKEN, GOOD, StampScorer, WarmScorer, build_library, tree_hash
@@ -1263,3 +1263,47 @@ def test_a_reader_during_a_merge_sees_every_video(library: Path, tmp_path: Path,
         monkeypatch.setattr(runner, "compact_shards", lambda *a, **k: 0)
         shutil.rmtree(out)
         _scan(library, out, shard_seconds=0.0, shard_videos=4)
+
+
+def test_merging_stays_within_a_job_and_one_kind_of_pair(library: Path, tmp_path: Path) -> None:
+    """Only this job's tags (its own and its GPU workers', never a --shard sibling's), a worker tag whose writer is
+    running is left alone, and pairs written with other metadata (another threshold here) are not merged."""
+    from quadvault_dali.scan import compact
+    from quadvault_dali.scan.shards import TagLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for tag in ("", "g0", "g12", "s00of02", "s00of02-g1", "gx"):
+        name = shard_name(tag, 0)
+        for table in ("videos", "seconds"):
+            (out / table).mkdir(exist_ok=True)
+            (out / table / name).write_bytes(b"PAR1")
+    assert compact.job_tags(out, "") == ["", "g0", "g12"]
+    assert compact.job_tags(out, "s00of02") == ["s00of02", "s00of02-g1"]
+    shutil.rmtree(out)
+    from quadvault_dali.scan import runner
+
+    real = runner.compact_shards
+    runner.compact_shards = lambda *a, **k: 0  # type: ignore[assignment]
+    try:
+        _scan(library / "2023", out, shard_seconds=0.0, shard_videos=50)
+        scan_library([library / "2024"], ScanOptions(out_dir=out, threshold=0.5, device="cpu", streams=2, batch_size=4,
+                                                     shard_seconds=0.0, shard_videos=50), scorers=SCORERS)
+    finally:
+        runner.compact_shards = real  # type: ignore[assignment]
+    by_threshold: dict[float, int] = {}
+    for name in complete_shards(out):
+        meta = read_metadata(out / "videos" / name)
+        by_threshold[meta.threshold] = by_threshold.get(meta.threshold, 0) + 1
+    assert min(by_threshold.values()) >= 2 and len(by_threshold) == 2
+    busy = TagLock(out, "")
+    assert busy.acquire()
+    try:
+        assert compact.compact_shards(out, [""], 50, held=None, lock_timeout_s=0.1) == 0  # its writer runs
+    finally:
+        busy.release()
+    before = _scores_by_row(out)
+    assert compact.compact_shards(out, [""], 50) > 0
+    after = {read_metadata(out / "videos" / n).threshold for n in complete_shards(out)}
+    assert len(complete_shards(out)) == 2 and after == set(by_threshold)  # one pair per kind
+    assert _scores_by_row(out) == before

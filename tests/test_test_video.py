@@ -109,7 +109,7 @@ def test_cli_prints_score_line(colour_model: Path, clips: dict[str, Path]) -> No
 
 
 def test_the_score_line_does_not_contradict_a_tuned_threshold(colour_model: Path, clips: dict[str, Path],
-                                                               tmp_path: Path) -> None:
+                                                               tmp_path: Path, make_clip: Callable[..., Path]) -> None:
     """At a tuned threshold of 0.3, "41% confidence this is a highlight" beside "Verdict: highlight" read as a
     contradiction (a returning user's find): the line names the model's threshold instead."""
     import json
@@ -123,10 +123,12 @@ def test_the_score_line_does_not_contradict_a_tuned_threshold(colour_model: Path
     assert res.exit_code == 0, res.output
     first = res.output.splitlines()[0]
     assert first.endswith("(this model calls 0.30 and above a highlight)") and "confidence" not in res.output
-    as_json = CliRunner().invoke(main, ["test-video", str(clips["warm"]), str(model), "--device", "cpu", "--json"])
+    odd = make_clip("tv_7333.mp4", duration_s=3.0, fps=7.333)  # frames at 0.1364 s steps: times off the second
+    as_json = CliRunner().invoke(main, ["test-video", str(odd), str(model), "--device", "cpu", "--json"])
     times = [row["timestamp_s"] for row in json.loads(as_json.output)["timeline"]]
     sampler = scoring_sampler([load_model(model)], device="cpu")
-    _, exact, _ = sampler.sample_video(clips["warm"])
+    _, exact, _ = sampler.sample_video(odd)
+    assert any(round(float(t), 3) != round(float(t), 6) for t in exact)  # 3 decimals would lose something here
     assert times == pytest.approx([round(float(t), 6) for t in exact], abs=1e-9)  # as the scan stores them
 
 
