@@ -681,3 +681,21 @@ def test_prepare_processes_reach_the_gpu_backend_and_change_no_row(library: Path
         rows.append(_rows(out))
         assert (len(jobs) > 0) == (workers == "2")  # the videos went to the workers
     assert rows[1] == rows[0]
+
+
+def test_rows_of_an_older_scoring_version_are_rescanned_not_refused(library: Path, model_dir: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refusal of other models' rows must not take the same model scored by older code for another model:
+    after the next SCORING_CODE_VERSION bump, every folder would have been refused (a reviewer's find)."""
+    from quadvault_dali.model import _io, load_model
+    from quadvault_dali.scan.runner import ScanOptions, scan_library
+
+    out = tmp_path / "out"
+    options = dict(out_dir=out, threshold=0.5, device="cpu", streams=2, batch_size=8)
+    first = scan_library([library / "2024"], ScanOptions(**options), scorers=[load_model(model_dir)])
+    assert first.run.videos > 0
+    monkeypatch.setattr(_io, "SCORING_CODE_VERSION", _io.SCORING_CODE_VERSION + 1)
+    newer = load_model(model_dir)
+    again = scan_library([library / "2024"], ScanOptions(**options), scorers=[newer])
+    assert again.run.videos == first.run.videos  # rescored by the newer code, without --replace-models
+    assert {r["model_fingerprint"] for r in read_table(out, "videos").to_pylist()} == {newer.fingerprint}

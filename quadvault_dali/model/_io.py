@@ -98,6 +98,15 @@ def version1_fingerprint(card: dict[str, Any], weights_sha256: str) -> str:
     return hashlib.sha256(f"{weights_sha256}:{edited}".encode()).hexdigest()[:16]
 
 
+def older_fingerprints(card: dict[str, Any], weights_sha256: str) -> tuple[str, ...]:
+    """This model's fingerprints under every earlier ``SCORING_CODE_VERSION``, oldest first: rows scanned with them
+    are this model's, scored by older code (rescanned, never refused as another model's)."""
+    edited = _edited_scoring(card)
+    later = tuple(hashlib.sha256(f"{weights_sha256}:v{v}{':' + edited if edited else ''}".encode()).hexdigest()[:16]
+                  for v in range(2, SCORING_CODE_VERSION))
+    return (version1_fingerprint(card, weights_sha256), *later)
+
+
 def _unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)  # DistributedDataParallel / DataParallel
 
@@ -343,4 +352,5 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Highligh
     model = HighlightModel(net, card, fingerprint=model_fingerprint(card, digest), device=_torch_device(device),
                            name=name)
     model.nvdec_fingerprints = (version1_fingerprint(card, digest),)
+    model.older_fingerprints = older_fingerprints(card, digest)
     return model

@@ -154,13 +154,16 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
                 resume: bool = True, retry_errors: bool = False,
                 gone: Callable[[str], bool] | None = None,
                 within: Callable[[str], bool] | None = None,
-                nvdec_fingerprints: frozenset[str] = frozenset()) -> ResumePlan:
+                nvdec_fingerprints: frozenset[str] = frozenset(),
+                older_fingerprints: frozenset[str] = frozenset()) -> ResumePlan:
     """Splits ``files`` into done and to-do against the complete shards in ``out_dir``.
 
     ``gone(path)`` says whether a path with rows but not among ``files`` has left this run's part of the
     library (deleted or moved); its rows are then retired, so totals and highlights list what exists.
     ``within(path)``: whether a path is in this run's library, for ``kept_missing``. ``nvdec_fingerprints``:
     older fingerprints of these models that still hold for rows decoded on NVDEC (``refingerprinted``).
+    ``older_fingerprints``: these models' fingerprints under every older scoring version, whose rows are
+    rescanned but are not another model's (``other_models``).
     """
     orphans: set[str] = set()
     done = _done_index(out_dir, orphans)
@@ -186,7 +189,7 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
     def count_other_model(row: dict[str, object], f: FileState) -> None:
         fp = str(row["model_fingerprint"])  # an error row (a broken file) is no model's result
         if row["status"] == "ok" and row["size_bytes"] == f.size_bytes and row["mtime_ns"] == f.mtime_ns \
-                and fp != fingerprint and fp not in nvdec_fingerprints:
+                and fp != fingerprint and fp not in nvdec_fingerprints and fp not in older_fingerprints:
             plan.other_models[fp] = plan.other_models.get(fp, 0) + 1
 
     def same_scoring(row: dict[str, object]) -> bool:
