@@ -8,7 +8,9 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Callable
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 #: prctl's option number for the signal a process gets when its parent dies (linux/prctl.h)
 PR_SET_PDEATHSIG = 1
@@ -55,3 +57,27 @@ def signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return f"signal {number}"
+
+
+@contextmanager
+def stop_signals_deferred() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP that come inside the block take effect at its end: for a few milliseconds of
+    file renames that must not be cut in two (a merge of shard pairs stopped between them left most videos in two
+    pairs). In another thread than the main one (where handlers cannot be set) it defers nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {}
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        handler = signal.getsignal(number)
+        if handler is not signal.SIG_IGN:
+            previous[number] = handler
+            signal.signal(number, lambda n, frame: caught.append(n))
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in dict.fromkeys(caught):
+            signal.raise_signal(number)

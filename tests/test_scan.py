@@ -152,7 +152,7 @@ def test_resume_skips_done_and_rescans_changed_files(library: Path, tmp_path: Pa
                                           r"\(warm\+stamp \(ce84e2ac…\): 5 videos\); scanning with stamp would "
                                           r"replace them") as refused:
         scan_library([lib], ScanOptions(out_dir=out, threshold=THRESHOLD, device="cpu"), scorers=[StampScorer()])
-    assert "--replace-models" in str(refused.value) and "another --out" in str(refused.value)
+    assert "--replace-models" in str(refused.value) and "another output folder" in str(refused.value)
     assert (_videos(out), _seconds(out), (out / "highlights.json").read_bytes()) == kept
     # asked for: every video is rescanned, with one score per frame per new model
     other = scan_library([lib], ScanOptions(out_dir=out, threshold=THRESHOLD, device="cpu", replace_models=True),
@@ -1307,3 +1307,54 @@ def test_merging_stays_within_a_job_and_one_kind_of_pair(library: Path, tmp_path
     after = {read_metadata(out / "videos" / n).threshold for n in complete_shards(out)}
     assert len(complete_shards(out)) == 2 and after == set(by_threshold)  # one pair per kind
     assert _scores_by_row(out) == before
+
+
+def test_a_replacement_stopped_while_it_retires_rows_lists_none_of_them(library: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """highlights.json was rewritten only once every pair was rewritten: a SIGTERM while retiring 300 pairs left 61
+    listed highlights without a row (an adversarial tester's find). It is written first, without those rows."""
+    from quadvault_dali.scan import runner
+
+    out = tmp_path / "out"
+    _scan(library / "2023", out)
+
+    def stopped(*args: object, **kw: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "drop_superseded", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        scan_library([library / "2023"], ScanOptions(out_dir=out, threshold=THRESHOLD, device="cpu",
+                                                     replace_models=True), scorers=[StampScorer()])
+    doc = json.loads((out / "highlights.json").read_text())
+    assert doc["total_scanned"] == 0 and doc["highlights"] == []
+    assert len(read_table(out, "videos")) > 0  # the rows themselves were not retired yet
+
+
+def test_the_same_ensemble_in_another_order_is_named_so(library: Path, tmp_path: Path) -> None:
+    """-m m2 -m m1 over a folder scanned with -m m1 -m m2 was refused as "another version of the model" (an
+    adversarial tester's find): it is the same models, and the message gives the earlier order."""
+    out = tmp_path / "out"
+    _scan(library / "2023", out)
+    with pytest.raises(OutputError) as refused:
+        scan_library([library / "2023"], ScanOptions(out_dir=out, threshold=THRESHOLD, device="cpu"),
+                     scorers=list(reversed(SCORERS)))  # type: ignore[arg-type]
+    text = str(refused.value)
+    assert "the same models given in another order" in text
+    assert " ".join(f"-m {s.name}" for s in SCORERS) in text
+
+
+def test_stop_signals_inside_a_deferred_block_take_effect_at_its_end() -> None:
+    import signal
+
+    from quadvault_dali._lifetime import stop_signals_deferred
+
+    seen: list[str] = []
+    previous = signal.signal(signal.SIGTERM, lambda n, f: seen.append("handled"))
+    try:
+        with stop_signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            seen.append("block went on")
+        seen.append("after")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == ["block went on", "handled", "after"]

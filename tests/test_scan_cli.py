@@ -236,7 +236,7 @@ def test_a_model_card_edited_to_score_differently_rescans_on_resume(library: Pat
     card = json.loads((model / "model.json").read_text())
     (model / "model.json").write_text(json.dumps({**card, "image_size": card["image_size"] * 2}))
     refused = CliRunner().invoke(cli, ["-v", *args])  # its rows are results of another version of the model
-    assert refused.exit_code == 1 and "another version of the model tiny" in refused.output, refused.output
+    assert refused.exit_code == 1 and "a model also named tiny (another model, or this one retrained or its card edited" in refused.output, refused.output
     edited = CliRunner().invoke(cli, ["-v", *args, "--replace-models"])
     assert edited.exit_code == 0 and f"{len(before)} to scan" in edited.output, edited.output
     after = {v["path"]: v for v in read_table(out, "videos").to_pylist()}

@@ -25,6 +25,7 @@ from typing import Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .._lifetime import stop_signals_deferred
 from ..errors import OutputError
 from .resume import _with_videos_of
 from .shards import TagLock, complete_shards, parse_name, write_parquets_atomic
@@ -106,7 +107,8 @@ def compact_shards(out_dir: Path, tags: Sequence[str], max_videos: int, *, lock_
         before, gone = len(names), 0
         try:
             for group in _groups(out_dir, names, max_videos):
-                gone += _merge(out_dir, group)
+                with stop_signals_deferred():  # a stop between the rewrite and the last retirement: videos twice
+                    gone += _merge(out_dir, group)
         except (OSError, OutputError, pa.ArrowException) as exc:  # a full disk: the pairs stay as they are
             log.warning("could not merge the small shard pairs of %s (%s); they are kept as they are", out_dir, exc)
         finally:

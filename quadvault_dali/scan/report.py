@@ -13,6 +13,7 @@ or the last of several ``--shard`` jobs, reports the whole library.
 
 from __future__ import annotations
 
+import errno
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -42,20 +43,24 @@ class FolderTotals:
 
 
 def highlights_document(out_dir: Path, *, threshold: float, models: Sequence[ModelRef],
-                        inside: Callable[[str], bool] | None = None) -> tuple[dict, FolderTotals]:
+                        inside: Callable[[str], bool] | None = None,
+                        excluding: set[str] | None = None) -> tuple[dict, FolderTotals]:
     """The highlights document and totals over the complete shards of ``out_dir`` (``_highlights_document``), read
-    again where a pair went meanwhile."""
-    return read_settled(lambda: _highlights_document(out_dir, threshold=threshold, models=models, inside=inside))
+    again where a pair went meanwhile; ``excluding``: paths whose rows are left out."""
+    return read_settled(lambda: _highlights_document(out_dir, threshold=threshold, models=models, inside=inside,
+                                                     excluding=excluding or set()))
 
 
 def _highlights_document(out_dir: Path, *, threshold: float, models: Sequence[ModelRef],
-                         inside: Callable[[str], bool] | None = None) -> tuple[dict, FolderTotals]:
+                         inside: Callable[[str], bool] | None = None,
+                         excluding: set[str] = frozenset()) -> tuple[dict, FolderTotals]:  # type: ignore[assignment]
     """The highlights document and totals over the complete shards of ``out_dir``. ``inside(path)``: paths of
     this run's library, whose other-model rows ``FolderTotals.other_models`` leaves out (the document lists
     them all): a --shard job's other half, or rows kept for an unplugged disk, are not another library's."""
     cols = ["video_id", "path", "score", "best_timestamp_s", "score_max", "score_top3_mean",
             "frac_above_threshold", "duration_s", "status", "model_fingerprint"]
-    chosen = latest_video_rows(out_dir, columns=cols)  # one per path, with its shard
+    chosen = [(name, row) for name, row in latest_video_rows(out_dir, columns=cols)  # one per path, with its shard
+              if row["path"] not in excluding]
     rows = [row for _, row in chosen]
     # By this run's threshold, not the stored flag: resume does not rescan for a new --threshold.
     best_pairs = sorted(((name, r) for name, r in chosen
@@ -108,7 +113,10 @@ def write_json_atomic(path: Path, doc: dict) -> None:
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     except OSError as exc:
-        raise OutputError(f"cannot write {path.name}: {exc.strerror or exc}", path=path) from exc
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        raise OutputError(f"cannot write {path.name}: {exc.strerror or exc}", path=path,
+                          hint="free space on that disk; the shards are complete, and the same command writes it "
+                               "without scanning again" if full else None) from exc
 
 
 def summary_line(totals: FolderTotals, out_dir: Path | str) -> str:

@@ -351,7 +351,7 @@ def _drop_from_pair(out_dir: Path, name: str, paths: set[str]) -> int:
     if videos.num_rows == 0:  # nothing left: retire the pair, its commit marker (videos) first
         os.unlink(videos_path)
         os.unlink(seconds_path)
-        log.info("removed shard pair %s (all its videos are rescanned)", name)
+        log.info("removed shard pair %s (every row it held is retired)", name)
         return len(paths)
     seconds, changed_s = _with_videos_of(pq.read_table(seconds_path), videos)
     # both written before either is renamed (a full disk leaves the pair as it was), seconds first

@@ -8,6 +8,7 @@ videos so the model always sees full batches, and each finished video's rows go 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import time
@@ -18,6 +19,7 @@ from typing import Callable, Iterator, Mapping, Protocol, Sequence
 import numpy as np
 import torch
 
+from .._files import remove_dead_temporaries
 from .._mounts import within_on_disk
 from ..discovery import find_videos, non_utf8_name
 from ..errors import DecodeError, OutputError, VideoOpenError
@@ -477,12 +479,14 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
                            older_fingerprints=nvdec_fingerprints(scorers, "older_fingerprints"))
         if plan.other_models and not options.replace_models:
             refuse_other_models(out, plan.other_models, models)
+        highlights_path = options.highlights_path or out / HIGHLIGHTS_FILE
+        leaving = {path for paths in plan.superseded.values() for path in paths} | {
+            path for moves in plan.relocated.values() for path in moves}
+        if leaving and highlights_path.exists():  # first: a run stopped while retiring must not leave it listing them
+            write_report(out, options, models, libs, warn=False, excluding=leaving)
         superseded = drop_superseded(out, plan.superseded, own_tag=options.tag)
         refingerprint_rows(out, plan.refingerprinted, fingerprint, own_tag=options.tag)
         moved = relocate_rows(out, plan.relocated, own_tag=options.tag)
-        highlights_path = options.highlights_path or out / HIGHLIGHTS_FILE
-        if superseded and highlights_path.exists():  # an interrupted run must not leave it listing retired rows
-            write_report(out, options, models, libs, warn=False)
         if moved:
             log.info("%d scanned videos were found under another path (the library moved or was mounted elsewhere):"
                      " their results are kept under the new paths, e.g. %s", len(moved), moved[0].path)
@@ -530,21 +534,31 @@ def refuse_other_models(out: Path, other_models: Mapping[str, int], models: Sequ
     scan with ``models`` would retire before scoring the files again; an interrupted rescan would lose them."""
     n = sum(other_models.values())
     names, ours = model_names(out), "+".join(m.name for m in models)
-    if all(names.get(fp) == ours for fp in other_models):  # retrained in place, or its card edited
-        by = (f"another version of the model {ours} (its weights or card changed since: "
+    orders = {combined_fingerprint(list(order)): order for order in itertools.permutations(models)} \
+        if 1 < len(models) <= 5 else {}
+    if all(fp in orders for fp in other_models):  # the same ensemble, its -m options in another order
+        earlier = orders[next(iter(other_models))]
+        raise OutputError(
+            f"holds the results of {n} video{'s' if n != 1 else ''} of this library scored by the same models "
+            f"given in another order", path=out,
+            hint="give them in the earlier order (" + " ".join(f"-m {m.name}" for m in earlier) + "), or add "
+                 "--replace-models to score the videos again in this order")
+    if all(names.get(fp) == ours for fp in other_models):  # retrained in place, its card edited, or a namesake
+        by = (f"a model also named {ours} (another model, or this one retrained or its card edited: "
               f"{', '.join(fp[:8] + '…' for fp in sorted(other_models))})")
     else:
         by = f"other models ({describe_models(dict(other_models), names)})"
     raise OutputError(
         f"holds the results of {n} video{'s' if n != 1 else ''} of this library scored by {by}; scanning with "
         f"{ours} would replace them", path=out,
-        hint="scan into another --out to keep both (one folder per model), or add --replace-models to score "
+        hint="scan into another output folder to keep both (one per model), or add --replace-models to score "
              "them again with this scan's models")
 
 
 def write_report(out: Path, options: ScanOptions, models: Sequence[ModelRef], libs: Sequence[Path], *,
-                 warn: bool = True) -> FolderTotals:
-    """Writes ``highlights.json`` from every complete shard; ``warn``: say when it includes other models' rows."""
+                 warn: bool = True, excluding: set[str] | None = None) -> FolderTotals:
+    """Writes ``highlights.json`` from every complete shard; ``warn``: say when it includes other models' rows;
+    ``excluding``: paths whose rows are about to be retired or moved, left out."""
     # --shard jobs sharing OUT each write the document from every shard at their end: one at a time, so the
     # last written was read last (a job that read the shards first could replace a later job's document)
     report_lock = TagLock(out, "report")
@@ -554,14 +568,16 @@ def write_report(out: Path, options: ScanOptions, models: Sequence[ModelRef], li
     try:
         threshold = options.threshold if options.threshold is not None else DEFAULT_THRESHOLD
         doc, totals = highlights_document(out, threshold=threshold, models=models,
-                                          inside=_in_libraries(libs))
+                                          inside=_in_libraries(libs), excluding=excluding)
         if totals.other_models and warn:  # outside this library: another --shard job's half is rescanned by that job
             log.warning("%d of the %d videos in %s were scored by other models than this scan's (earlier scans "
                         "of files outside %s): the totals and %s include their scores, which are another "
                         "model's; scan them with these models too, or use another --out for each model",
                         totals.other_models, totals.total, out, ", ".join(str(lib) for lib in libs),
                         HIGHLIGHTS_FILE)
-        write_json_atomic(options.highlights_path or out / HIGHLIGHTS_FILE, doc)
+        path = options.highlights_path or out / HIGHLIGHTS_FILE
+        remove_dead_temporaries(path.parent, path.name)  # a killed run's half-written document
+        write_json_atomic(path, doc)
     finally:
         report_lock.release()
     return totals
