@@ -1358,3 +1358,15 @@ def test_stop_signals_inside_a_deferred_block_take_effect_at_its_end() -> None:
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert seen == ["block went on", "handled", "after"]
+
+
+def test_error_rows_are_no_other_models_scores(library: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The warning about other models' rows counted broken files' error rows, which no model scored; the refusal
+    and the reel did not (an adversarial tester's find: 17 against 16)."""
+    out = tmp_path / "out"
+    _scan(library / "broken", out)
+    assert _videos(out) and all(r["status"] == "error" for r in _videos(out).values())
+    with caplog.at_level("WARNING"):
+        second = scan_library([library / "2024"], ScanOptions(out_dir=out, threshold=THRESHOLD, device="cpu"),
+                              scorers=[StampScorer()])
+    assert second.totals.other_models == 0 and "scored by other models" not in caplog.text

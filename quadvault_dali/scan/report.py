@@ -91,7 +91,9 @@ def _highlights_document(out_dir: Path, *, threshold: float, models: Sequence[Mo
             "model_fingerprint": r["model_fingerprint"],
         } for r in best],
     }
-    outside = sum(1 for r in rows if r["model_fingerprint"] != ours and not (inside and inside(str(r["path"]))))
+    # scores of another model; an error row (a broken file) is no model's result, as the scan's refusal counts
+    outside = sum(1 for r in rows if r["model_fingerprint"] != ours and r["status"] == "ok"
+                  and not (inside and inside(str(r["path"]))))
     return doc, FolderTotals(len(rows), len(best), errors, outside)
 
 
