@@ -618,6 +618,26 @@ def test_a_killed_reels_partial_file_is_removed_by_the_next_run(scan_dir: Path, 
     assert not stale.exists() and alive.exists() and out.exists()
 
 
+def _stop_a_long_reel(scan_dir: Path, out: Path, number: int) -> tuple[int, str]:
+    """Starts a 1080p reel of three clips with the CLI, sends it ``number`` once its partial file appears, and
+    returns its exit status and stderr."""
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "quadvault_dali", "reel", str(scan_dir), str(out), "--device",
+                             "cpu", "--resolution", "1920x1080", "--min-score", "0.1", "--top", "3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(out.parent.glob(f".{out.stem}.partial-*{out.suffix}")) and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the reel finished before it could be stopped"
+    proc.send_signal(number)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
 @pytest.mark.parametrize("sig, code, said", [("SIGTERM", 143, "Stopped (SIGTERM)"), ("SIGHUP", 129, "Stopped (SIGHUP)"),
                                              ("SIGINT", 130, "Interrupted")])
 def test_the_cli_stopped_by_sigterm_leaves_no_partial_file(scan_dir: Path, tmp_path: Path, sig: str, code: int,
@@ -625,21 +645,8 @@ def test_the_cli_stopped_by_sigterm_leaves_no_partial_file(scan_dir: Path, tmp_p
     """A scheduler's SIGTERM, a closed terminal's SIGHUP (which left the partial reel and its cut list behind)
     and Ctrl-C (which printed click's "Aborted!") all remove the partial files and say no reel was written."""
     import signal
-    import subprocess
-    import sys
-    import time
-
-    out = tmp_path / "long.mp4"
-    proc = subprocess.Popen([sys.executable, "-m", "quadvault_dali", "reel", str(scan_dir), str(out), "--device",
-                             "cpu", "--resolution", "1920x1080", "--min-score", "0.1", "--top", "3"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not list(tmp_path.glob(".long.partial-*.mp4")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the reel finished before it could be stopped"
-    proc.send_signal(getattr(signal, sig))
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == code and f"{said}; no reel written" in err, err[-2000:]
+    returncode, err = _stop_a_long_reel(scan_dir, tmp_path / "long.mp4", getattr(signal, sig))
+    assert returncode == code and f"{said}; no reel written" in err, err[-2000:]
     assert list(tmp_path.iterdir()) == []
 
 
@@ -1007,21 +1014,9 @@ def test_a_stopped_re_render_says_the_earlier_reel_is_kept(scan_dir: Path, tmp_p
     """Interrupted while replacing a reel, the message said only "no reel written", though the earlier reel and
     its clip list were there unchanged (an interrupting tester's find)."""
     import signal
-    import subprocess
-    import sys
-    import time
-
     out = tmp_path / "best.mp4"
     make_reel(scan_dir, out, ReelOptions(width=W, height=H, min_score=0.9, top=1, clip_seconds=2.0))
     before = out.read_bytes()
-    proc = subprocess.Popen([sys.executable, "-m", "quadvault_dali", "reel", str(scan_dir), str(out), "--device",
-                             "cpu", "--resolution", "1920x1080", "--min-score", "0.1", "--top", "3"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not list(tmp_path.glob(".best.partial-*.mp4")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the reel finished before it could be stopped"
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143 and "no reel written" in err and "the earlier best.mp4 is kept as it was" in err
+    returncode, err = _stop_a_long_reel(scan_dir, out, signal.SIGTERM)
+    assert returncode == 143 and "no reel written" in err and "the earlier best.mp4 is kept as it was" in err
     assert out.read_bytes() == before
