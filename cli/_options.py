@@ -57,10 +57,6 @@ def terminal_may_be_gone() -> Iterator[None]:
             raise
 
 
-#: What stops a long command like Ctrl-C: a scheduler's SIGTERM, a closed terminal's (or ssh session's) SIGHUP
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
 def stop_word(by_signal: bool, seen: list[int]) -> str:
     """"Interrupted" (Ctrl-C) or "Stopped (SIGTERM)" / "Stopped (SIGHUP)", for ``stops_cleanly``'s messages."""
     from quadvault_dali._lifetime import signal_name

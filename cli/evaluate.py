@@ -7,8 +7,10 @@ from pathlib import Path
 
 import click
 
+from quadvault_dali._lifetime import STOP_SIGNALS
+
 from ._numbers import score_text, threshold_text
-from ._options import (STOP_SIGNALS, device_option, fps_option, long_job, nothing_written, sampling_option,
+from ._options import (device_option, fps_option, long_job, nothing_written, sampling_option,
                        stops_cleanly)
 
 

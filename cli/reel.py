@@ -7,7 +7,9 @@ from pathlib import Path
 
 import click
 
-from ._options import STOP_SIGNALS, stop_word, stops_cleanly
+from quadvault_dali._lifetime import STOP_SIGNALS
+
+from ._options import stop_word, stops_cleanly
 
 
 def _parse_resolution(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:

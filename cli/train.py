@@ -7,7 +7,9 @@ from pathlib import Path
 
 import click
 
-from ._options import STOP_SIGNALS, device_option, long_job, stop_word, stops_cleanly
+from quadvault_dali._lifetime import STOP_SIGNALS
+
+from ._options import device_option, long_job, stop_word, stops_cleanly
 
 
 @click.command()

@@ -12,6 +12,10 @@ import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+#: What stops a long command like Ctrl-C, not a crash: the terminal's SIGINT, a scheduler's SIGTERM, a closed
+#: terminal's (or ssh session's) SIGHUP
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 #: prctl's option number for the signal a process gets when its parent dies (linux/prctl.h)
 PR_SET_PDEATHSIG = 1
 
@@ -69,7 +73,7 @@ def stop_signals_deferred() -> Iterator[None]:
         return
     caught: list[int] = []
     previous = {}
-    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for number in STOP_SIGNALS:
         handler = signal.getsignal(number)
         if handler is not signal.SIG_IGN:
             previous[number] = handler

@@ -31,7 +31,7 @@ from types import FrameType
 from typing import Any, Sequence
 
 from ._clock import awake
-from ._lifetime import dies_with_this_process, same_python, signal_name
+from ._lifetime import STOP_SIGNALS, dies_with_this_process, same_python, signal_name
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,9 @@ DONE_FD_ENV = "QUADVAULT_SCAN_DONE_FD"
 DONE = b"done\n"
 #: The exit status of a child whose own workers died by a signal (scan's ``--gpus``): restarted like a crash.
 WORKER_CRASH_EXIT = 75
-#: Deaths that are requests to stop, not crashes: never restarted.
-STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
-#: Signals the supervisor passes on to its child (a stop sent to the supervisor alone must reach the child).
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: Signals the supervisor passes on to its child (a stop sent to the supervisor alone must reach the child); deaths by
+#: ``STOP_SIGNALS`` are requests to stop, not crashes: never restarted.
+FORWARDED = STOP_SIGNALS
 #: The exit statuses of a child that stopped by itself on a stop signal (its message said so)
 STOP_STATUSES = frozenset({0, *(128 + s for s in STOP_SIGNALS)})
 #: How long a SIGINT or SIGHUP waits before it is passed on: the terminal sends those to the whole job, the child

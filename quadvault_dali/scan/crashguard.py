@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -31,7 +32,7 @@ from typing import Iterable, Sequence, TextIO
 
 from .._clock import awake
 from .._files import atomic_path
-from .._lifetime import dies_with_this_process, same_python, signal_name
+from .._lifetime import STOP_SIGNALS, dies_with_this_process, same_python, signal_name
 from .shards import output_error
 
 log = logging.getLogger(__name__)
@@ -247,11 +248,6 @@ def check_videos(paths: Sequence[Path], *, device: str, mode: str, fps: float, s
 #: What ``_check_in_one_child`` says of a child ended by a stop signal (SIGINT, SIGTERM, SIGHUP: a user or a batch
 #: system stopping the work, not the decoder crashing) and by SIGKILL (the out-of-memory killer or a kill -9)
 _STOPPED, _KILLED = "stopped", "killed"
-_STOP_SIGNALS = frozenset({2, 15, 1})
-
-
-def _crash_text(number: int) -> str:
-    return f"the decoder crashed on this file ({signal_name(number)}); skipped so the rest can go on"
 
 
 def _check_in_one_child(paths: Sequence[Path], *, device: str, mode: str, fps: float, size: int, device_id: int,
@@ -296,12 +292,12 @@ def _check_in_one_child(paths: Sequence[Path], *, device: str, mode: str, fps: f
             child.wait()
     for reader in readers:
         reader.join(timeout=5)
-    if why is None and -child.returncode in _STOP_SIGNALS:
+    if why is None and -child.returncode in STOP_SIGNALS:
         why = _STOPPED
-    elif why is None and child.returncode == -9:
+    elif why is None and child.returncode == -signal.SIGKILL:
         why = _KILLED
     elif why is None and child.returncode < 0:
-        why = _crash_text(-child.returncode)
+        why = f"the decoder crashed on this file ({signal_name(-child.returncode)}); skipped so the rest can go on"
     elif why is None and child.returncode != 0:
         tail = b"".join(stderr).decode(errors="replace").strip().splitlines()[-1:] or [""]
         log.debug("isolated check exited %d: %s", child.returncode, tail[0])
