@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import glob
 import hashlib
@@ -14,6 +15,10 @@ from pathlib import Path
 from typing import Iterator
 
 _log = logging.getLogger(__name__)
+
+
+#: The errors of a write that found no room: a full disk, a quota, a file size limit (``ulimit -f``)
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 def default_file_mode() -> int:

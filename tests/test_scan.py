@@ -1187,15 +1187,15 @@ def test_a_crash_while_merging_shards_loses_and_keeps_twice_nothing(library: Pat
     reference = tmp_path / "reference"
     _scan(library, reference)
     out = tmp_path / "out"
-    real_retire = compact._retire
+    real_retire = compact.retire_pair
 
     def crash_after_the_rewrite(out_dir: Path, name: str) -> None:
         raise KeyboardInterrupt  # the process stops here (a kill -9 would too)
 
-    monkeypatch.setattr(compact, "_retire", crash_after_the_rewrite)
+    monkeypatch.setattr(compact, "retire_pair", crash_after_the_rewrite)
     with pytest.raises(KeyboardInterrupt):
         _scan(library, out, shard_seconds=0.0, shard_videos=4)
-    monkeypatch.setattr(compact, "_retire", real_retire)
+    monkeypatch.setattr(compact, "retire_pair", real_retire)
     rows = read_table(out, "videos").column("path").to_pylist()
     assert set(rows) == set(_videos(reference)) and len(rows) > len(set(rows))  # twice, never missing
     again = _scan(library, out, shard_videos=4)

@@ -6,7 +6,6 @@ cross to the host); CPU frames go through Pillow, which needs no deprecated torc
 
 from __future__ import annotations
 
-import errno
 import io
 import warnings
 from pathlib import Path
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .._files import atomic_path
+from .._files import DISK_FULL_ERRNOS, atomic_path
 from ..errors import DatasetError, OutputError
 
 JPEG_QUALITY = 90
@@ -47,7 +46,7 @@ def write_atomic(path: Path, data: bytes) -> None:
         with atomic_path(path) as tmp:
             tmp.write_bytes(data)
     except OSError as exc:
-        full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        full = exc.errno in DISK_FULL_ERRNOS
         raise OutputError(f"cannot write {path.name}: {exc.strerror or exc}", path=path,
                           hint="free space on that disk (or give another output folder); the videos whose frames "
                                "were all written are kept, and the same command goes on" if full else None) from None

@@ -18,7 +18,6 @@ says). Nothing is ever in no pair. A reader that listed a pair merged away reads
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -27,8 +26,7 @@ import pyarrow.parquet as pq
 
 from .._lifetime import stop_signals_deferred
 from ..errors import OutputError
-from .resume import _with_videos_of
-from .shards import TagLock, complete_shards, parse_name, write_parquets_atomic
+from .shards import TagLock, complete_shards, in_job, parse_name, retire_pair, with_videos_of, write_parquets_atomic
 
 log = logging.getLogger(__name__)
 
@@ -66,27 +64,21 @@ def _merge(out_dir: Path, group: list[tuple[str, int]]) -> int:
     videos = [pq.read_table(out_dir / "videos" / name) for name in names]
     # each pair's own seconds only: a kill between a rewrite's two renames leaves a pair's seconds holding rows its
     # videos file does not list, which a merge would otherwise add a second time
-    seconds = [_with_videos_of(pq.read_table(out_dir / "seconds" / name), v)[0] for name, v in zip(names, videos)]
+    seconds = [with_videos_of(pq.read_table(out_dir / "seconds" / name), v)[0] for name, v in zip(names, videos)]
     merged = {"seconds": pa.concat_tables(seconds), "videos": pa.concat_tables(videos)}
     first = names[0]
     write_parquets_atomic([(out_dir / "seconds" / first, merged["seconds"]),
                            (out_dir / "videos" / first, merged["videos"])])
     for name in names[1:]:
-        _retire(out_dir, name)
+        retire_pair(out_dir, name)
     return len(names) - 1
-
-
-def _retire(out_dir: Path, name: str) -> None:
-    os.unlink(out_dir / "videos" / name)  # the commit marker first: a half-retired pair is incomplete
-    os.unlink(out_dir / "seconds" / name)
 
 
 def job_tags(out_dir: Path, tag: str) -> list[str]:
     """The tags of one job's pairs in ``out_dir``: its own (``--shard`` i/n, or none) and its GPU workers'
     (``--gpus``: ``TAG-gN``, or ``gN``); never a sibling ``--shard`` job's."""
-    workers = f"{tag}-g" if tag else "g"
     found = {(parse_name(n) or ("", 0))[0] for n in complete_shards(out_dir)}
-    return sorted({tag} | {t for t in found if t.startswith(workers) and t[len(workers):].isdigit()})
+    return sorted({tag} | {t for t in found if in_job(t, tag)})
 
 
 def compact_shards(out_dir: Path, tags: Sequence[str], max_videos: int, *, lock_timeout_s: float = 5.0,
@@ -95,8 +87,9 @@ def compact_shards(out_dir: Path, tags: Sequence[str], max_videos: int, *, lock_
     how many pairs are gone. ``held``: the tag whose lock the caller holds; other tags' locks are taken here, and
     a tag whose writer is running is left alone."""
     removed = 0
+    listed = complete_shards(out_dir)  # merging one tag's pairs leaves the others' as they are
     for tag in tags:
-        names = [n for n in complete_shards(out_dir) if (parse_name(n) or ("?", 0))[0] == tag]
+        names = [n for n in listed if (parse_name(n) or ("?", 0))[0] == tag]
         names.sort(key=lambda n: (parse_name(n) or ("", 0))[1])
         if len(names) < 2:
             continue

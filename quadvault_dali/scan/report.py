@@ -13,18 +13,17 @@ or the last of several ``--shard`` jobs, reports the whole library.
 
 from __future__ import annotations
 
-import errno
 import json
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import AbstractSet, Callable, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .._files import atomic_path
+from .._files import DISK_FULL_ERRNOS, atomic_path
 from ..errors import OutputError
 from .schema import SCHEMA_VERSION, ModelRef, combined_fingerprint
 from .shards import chosen_seconds, latest_video_rows, model_names, read_settled
@@ -48,12 +47,12 @@ def highlights_document(out_dir: Path, *, threshold: float, models: Sequence[Mod
     """The highlights document and totals over the complete shards of ``out_dir`` (``_highlights_document``), read
     again where a pair went meanwhile; ``excluding``: paths whose rows are left out."""
     return read_settled(lambda: _highlights_document(out_dir, threshold=threshold, models=models, inside=inside,
-                                                     excluding=excluding or set()))
+                                                     excluding=excluding or frozenset()))
 
 
 def _highlights_document(out_dir: Path, *, threshold: float, models: Sequence[ModelRef],
-                         inside: Callable[[str], bool] | None = None,
-                         excluding: set[str] = frozenset()) -> tuple[dict, FolderTotals]:  # type: ignore[assignment]
+                         inside: Callable[[str], bool] | None,
+                         excluding: AbstractSet[str]) -> tuple[dict, FolderTotals]:
     """The highlights document and totals over the complete shards of ``out_dir``. ``inside(path)``: paths of
     this run's library, whose other-model rows ``FolderTotals.other_models`` leaves out (the document lists
     them all): a --shard job's other half, or rows kept for an unplugged disk, are not another library's."""
@@ -115,7 +114,7 @@ def write_json_atomic(path: Path, doc: dict) -> None:
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     except OSError as exc:
-        full = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        full = exc.errno in DISK_FULL_ERRNOS
         raise OutputError(f"cannot write {path.name}: {exc.strerror or exc}", path=path,
                           hint="free space on that disk; the shards are complete, and the same command writes it "
                                "without scanning again" if full else None) from exc

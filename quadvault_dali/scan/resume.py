@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from .schema import video_id
 from .shards import (DamagedShardError, TagLock, complete_shards, parse_name, quarantine_pair, read_shard,
-                     write_parquets_atomic)
+                     retire_pair, with_videos_of, write_parquets_atomic)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -269,13 +269,6 @@ def _filter_file(path: Path, drop: set[str]) -> tuple[pa.Table, bool]:
     return kept, kept.num_rows != table.num_rows
 
 
-def _with_videos_of(seconds: pa.Table, videos: pa.Table) -> tuple[pa.Table, bool]:
-    """``seconds`` without rows whose video has no row in ``videos``: a pair's seconds belong to its videos (a
-    kill between rewriting a pair's two files could leave seconds whose video row says otherwise)."""
-    kept = seconds.filter(pc.is_in(seconds["path"], value_set=videos["path"].combine_chunks()))
-    return kept, kept.num_rows != seconds.num_rows
-
-
 def _each_pair_locked(out_dir: Path, work: dict[str, T], own_tag: str, lock_timeout_s: float,
                       rewrite: Callable[[Path, str, T], int], what: str) -> int:
     """Runs ``rewrite(out_dir, pair name, its work)`` for each pair, holding the lock of the tag that wrote it
@@ -348,12 +341,11 @@ def _drop_from_pair(out_dir: Path, name: str, paths: set[str]) -> int:
     if not videos_path.exists():  # another job retired the pair meanwhile
         return 0
     videos, changed_v = _filter_file(videos_path, paths)
-    if videos.num_rows == 0:  # nothing left: retire the pair, its commit marker (videos) first
-        os.unlink(videos_path)
-        os.unlink(seconds_path)
+    if videos.num_rows == 0:  # nothing left: retire the pair
+        retire_pair(out_dir, name)
         log.info("removed shard pair %s (every row it held is retired)", name)
         return len(paths)
-    seconds, changed_s = _with_videos_of(pq.read_table(seconds_path), videos)
+    seconds, changed_s = with_videos_of(pq.read_table(seconds_path), videos)
     # both written before either is renamed (a full disk leaves the pair as it was), seconds first
     write_parquets_atomic([(path, table) for path, table, changed in ((seconds_path, seconds, changed_s),
                                                                       (videos_path, videos, changed_v)) if changed])
@@ -376,7 +368,7 @@ def _relocate_in_pair(out_dir: Path, name: str, moves: dict[str, FileState]) -> 
     if not held:
         return set()
     videos = _moved_rows(old_videos, moves)
-    seconds, _ = _with_videos_of(_moved_rows(pq.read_table(seconds_path), moves), videos)
+    seconds, _ = with_videos_of(_moved_rows(pq.read_table(seconds_path), moves), videos)
     write_parquets_atomic([(seconds_path, seconds), (videos_path, videos)])  # seconds first, as ever
     log.info("shard pair %s: %d moved videos now under their new paths", name, len(held))
     return held

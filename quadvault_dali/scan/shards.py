@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .._files import FolderLock, fsync_dir
+from .._files import DISK_FULL_ERRNOS, FolderLock, fsync_dir
 from ..errors import OutputError
 from .aggregate import VideoRows
 from .schema import SCHEMAS, ScanMetadata, schema_with_metadata
@@ -40,6 +40,13 @@ def shard_tag(shard: tuple[int, int]) -> str:
     """The tag in the shard names of part i of n of a library (``--shard i/n``): none for the whole library."""
     i, n = shard
     return f"s{i:02d}of{n:02d}" if n > 1 else ""
+
+
+def in_job(shard_tag: str, tag: str) -> bool:
+    """Whether pairs tagged ``shard_tag`` are one job's: its own tag (``--shard`` i/n, or none) or one of its GPU
+    workers' (``--gpus``: ``TAG-gN``, or ``gN``); never a sibling ``--shard`` job's."""
+    workers = f"{tag}-g" if tag else "g"
+    return shard_tag == tag or (shard_tag.startswith(workers) and shard_tag[len(workers):].isdigit())
 
 
 def shard_name(tag: str, seq: int) -> str:
@@ -98,6 +105,20 @@ def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table | None:
         if name not in table.column_names:
             table = table.append_column(full.field(name), pa.nulls(len(table), full.field(name).type))
     return table
+
+
+def with_videos_of(seconds: pa.Table, videos: pa.Table) -> tuple[pa.Table, bool]:
+    """``seconds`` without rows whose video has no row in ``videos``, and whether any went: a pair's seconds belong
+    to its videos (a kill between rewriting a pair's two files could leave seconds whose video row says otherwise)."""
+    kept = seconds.filter(pc.is_in(seconds["path"], value_set=videos["path"].combine_chunks()))
+    return kept, kept.num_rows != seconds.num_rows
+
+
+def retire_pair(out_dir: Path, name: str) -> None:
+    """Deletes a pair, its commit marker (the videos file) first: a pair retired halfway is incomplete, and the
+    seconds file left is removed by ``cleanup_partial``."""
+    os.unlink(out_dir / "videos" / name)
+    os.unlink(out_dir / "seconds" / name)
 
 
 def model_names(out_dir: Path) -> dict[str, str]:
@@ -252,7 +273,7 @@ def write_parquets_atomic(files: list[tuple[Path, pa.Table]]) -> None:
 def output_error(exc: OSError, path: Path) -> OutputError:
     """The scan's one wording for a file it cannot write in OUT (full disk, read-only, permission)."""
     reason = f"cannot write scan results: {exc.strerror or exc}"
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if exc.errno in DISK_FULL_ERRNOS:
         return OutputError(reason, path=path, hint="free space on the output disk (or use another --out); "
                                                    "complete shards are kept and the same command resumes")
     if exc.errno == errno.EROFS:

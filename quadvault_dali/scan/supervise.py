@@ -21,7 +21,7 @@ from typing import Sequence
 
 from .._supervisor import Supervisor
 from .crashguard import finished_in_journals
-from .shards import complete_shards, parse_name
+from .shards import complete_shards, in_job, parse_name
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,7 @@ def own_shards(out_dir: Path, tag: str) -> set[tuple[str, int, int]]:
         return set()
     found = set()
     for name in names:
-        shard_tag = (parse_name(name) or ("", 0))[0]  # complete_shards lists parsed names only
-        if not (shard_tag == tag or shard_tag.startswith(f"{tag}-g" if tag else "g")):
+        if not in_job((parse_name(name) or ("", 0))[0], tag):  # complete_shards lists parsed names only
             continue
         try:
             st = os.stat(out_dir / "videos" / name)
