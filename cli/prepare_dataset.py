@@ -47,8 +47,9 @@ def prepare_dataset(labels: Path, out: Path, merge: bool, overwrite: bool, fps: 
     LABELS is a JSON file {"highlights": [...], "normal": [...]} whose entries are video files,
     folders (every video under them) or glob patterns; relative paths are relative to the file.
     The train/validation split (80/20 per class; a class of two or more videos keeps at least one for
-    validation; chunks of one recording stay together) is by video, so no video is on both sides. Interrupted, the same command (without --overwrite) goes on: videos whose frames
-    were all written are not extracted again.
+    validation; chunks of one recording stay together) is by video, so no video is on both sides.
+    Interrupted, the same command (without --overwrite) goes on: videos whose frames were all written are
+    not extracted again.
 
     \b
     Example:

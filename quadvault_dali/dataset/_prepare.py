@@ -214,8 +214,6 @@ def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[
     out_dir = Path(out).expanduser().resolve()
     _check_out(out_dir, labels)
     settings = _settings(fps, size, mode, quality)
-    if (out_dir / DATASET_FILE).exists():  # its refusals ("already exists", other settings) before any change;
-        _previous(out_dir, merge, overwrite, settings)  # read again under the lock below
     try:
         (out_dir / FRAMES_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -229,8 +227,9 @@ def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[
         raise OutputError("another prepare-dataset is writing into this folder", path=out_dir,
                           hint="wait for it to finish (then run this command again), or give another output folder")
     try:
-        previous = _previous(out_dir, merge, overwrite, settings)  # read under the lock: another run may just have
-        # written it
+        # read under the lock: another run may just have written it. Its refusals ("already exists", other settings)
+        # change nothing but the frames folder and the lock file, which a dataset folder has anyway
+        previous = _previous(out_dir, merge, overwrite, settings)
         return _prepare_locked(labels, labels_path, out_dir, previous, settings, merge=merge, overwrite=overwrite,
                                fps=fps, size=size, mode=mode, device=device, quality=quality, streams=streams)
     finally:

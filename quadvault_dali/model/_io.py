@@ -84,8 +84,12 @@ def model_fingerprint(card: dict[str, Any], weights_sha256: str) -> str:
     before that was recorded counts as unedited), else with a digest of those too: a card whose
     ``image_size`` or normalisation was edited scores differently, and a resumed scan rescans its videos
     instead of mixing the two. Version 1 was the weights' sha256 alone."""
-    edited = _edited_scoring(card)
-    scoring = f"v{SCORING_CODE_VERSION}" + (f":{edited}" if edited else "")
+    return _fingerprint_at(SCORING_CODE_VERSION, weights_sha256, _edited_scoring(card))
+
+
+def _fingerprint_at(version: int, weights_sha256: str, edited: str | None) -> str:
+    """The fingerprint under scoring code ``version`` (2 or later), ``edited``: ``_edited_scoring``'s digest."""
+    scoring = f"v{version}" + (f":{edited}" if edited else "")
     return hashlib.sha256(f"{weights_sha256}:{scoring}".encode()).hexdigest()[:16]
 
 
@@ -102,8 +106,7 @@ def older_fingerprints(card: dict[str, Any], weights_sha256: str) -> tuple[str, 
     """This model's fingerprints under every earlier ``SCORING_CODE_VERSION``, oldest first: rows scanned with them
     are this model's, scored by older code (rescanned, never refused as another model's)."""
     edited = _edited_scoring(card)
-    later = tuple(hashlib.sha256(f"{weights_sha256}:v{v}{':' + edited if edited else ''}".encode()).hexdigest()[:16]
-                  for v in range(2, SCORING_CODE_VERSION))
+    later = (_fingerprint_at(v, weights_sha256, edited) for v in range(2, SCORING_CODE_VERSION))
     return (version1_fingerprint(card, weights_sha256), *later)
 
 

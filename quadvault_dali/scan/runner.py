@@ -287,10 +287,10 @@ def model_refs(scorers: Sequence[Scorer]) -> tuple[ModelRef, ...]:
     return tuple(ModelRef(str(s.name), str(s.fingerprint)) for s in scorers)
 
 
-def nvdec_fingerprints(scorers: Sequence[Scorer], attribute: str = "nvdec_fingerprints") -> frozenset[str]:
-    """The combined fingerprints these models had under older scoring code whose rows decoded by DALI on NVDEC
-    still hold (``HighlightModel.nvdec_fingerprints``): a release that moved only the CPU paths' pixels must
-    not rescan a GPU user's library. ``attribute="older_fingerprints"``: under every older scoring version."""
+def combined_older_fingerprints(scorers: Sequence[Scorer], attribute: str) -> frozenset[str]:
+    """The combined fingerprints these models had under older scoring code, from each model's ``attribute``:
+    ``nvdec_fingerprints``, whose rows decoded by DALI on NVDEC still hold (a release that moved only the CPU
+    paths' pixels must not rescan a GPU user's library), or ``older_fingerprints``, every older version's."""
     older = [tuple(getattr(s, attribute, ())) for s in scorers]
     if not all(older):
         return frozenset()
@@ -475,8 +475,8 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
         plan = plan_resume(files, out, fingerprint=fingerprint, fps=options.fps, mode=options.mode,
                            resume=options.resume, gone=vanished(libs, files, options.shard, unreadable),
                            retry_errors=options.retry_errors, within=_in_libraries(libs, options.shard, files),
-                           nvdec_fingerprints=nvdec_fingerprints(scorers),
-                           older_fingerprints=nvdec_fingerprints(scorers, "older_fingerprints"))
+                           nvdec_fingerprints=combined_older_fingerprints(scorers, "nvdec_fingerprints"),
+                           older_fingerprints=combined_older_fingerprints(scorers, "older_fingerprints"))
         if plan.other_models and not options.replace_models:
             refuse_other_models(out, plan.other_models, models)
         highlights_path = options.highlights_path or out / HIGHLIGHTS_FILE
