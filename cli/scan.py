@@ -78,7 +78,8 @@ def scan_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--replace-models", is_flag=True,
                      help="--out holds results of this library by other models: score those videos again with "
                           "these models, retiring the old rows (without it the scan refuses; one --out per model "
-                          "keeps both)."),
+                          "keeps both). Rows of an ensemble that included these models are rebuilt from their "
+                          "stored scores, without decoding."),
         click.option("--restarts", type=click.IntRange(0, 1000), default=3, show_default=True,
                      help="The scan runs in a child process; if a decoder or driver crash kills it (a signal, not a "
                           "Python error), it is started again and resumes, the videos it was decoding checked one "

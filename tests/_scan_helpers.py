@@ -80,6 +80,12 @@ class StampScorer:
         return torch.tensor(out, dtype=torch.float32)
 
 
+class RetrainedStampScorer(StampScorer):
+    """The stamp model retrained: the same name and scores, another fingerprint (no earlier scan stored its scores)."""
+
+    fingerprint = "stamp-v2"
+
+
 class WarmScorer:
     """A colour 'classifier': warm, saturated frames score high; grey ones low."""
 

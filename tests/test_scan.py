@@ -21,7 +21,7 @@ from quadvault_dali.scan.runner import ScanOptions, in_shard, scan_library
 from quadvault_dali.scan.shards import complete_shards, read_metadata, read_table, shard_name
 from quadvault_dali.synth import SynthSpec, make_video
 
-from _scan_helpers import BROKEN, GOOD, StampScorer, WarmScorer, build_library, tree_hash
+from _scan_helpers import BROKEN, GOOD, RetrainedStampScorer, StampScorer, WarmScorer, build_library, tree_hash
 
 THRESHOLD = 0.3
 SCORERS = [WarmScorer(), StampScorer()]
@@ -156,10 +156,10 @@ def test_resume_skips_done_and_rescans_changed_files(library: Path, tmp_path: Pa
     assert (_videos(out), _seconds(out), (out / "highlights.json").read_bytes()) == kept
     # asked for: every video is rescanned, with one score per frame per new model
     other = scan_library([lib], ScanOptions(out_dir=out, threshold=THRESHOLD, device="cpu", replace_models=True),
-                         scorers=[StampScorer()])
+                         scorers=[RetrainedStampScorer()])
     assert other.run.videos == len(first) and other.superseded == len(first)
     assert {len(s["model_scores"]) for rows in _seconds(out).values() for s in rows} == {1}
-    assert {r["model_fingerprint"] for r in _videos(out).values()} == {"stamp-v1"}
+    assert {r["model_fingerprint"] for r in _videos(out).values()} == {"stamp-v2"}
     # --no-resume redoes everything and still keeps each path once
     fourth = _scan(lib, out, resume=False, shard_videos=50, replace_models=True)
     assert fourth.run.videos == len(first) and set(_videos(out)) == set(first)
@@ -213,10 +213,46 @@ def test_an_interrupted_replacement_leaves_no_highlights_of_retired_rows(library
     monkeypatch.setattr(runner, stopped_in, stopped)
     with pytest.raises(KeyboardInterrupt):
         scan_library([library / "2023"], ScanOptions(out_dir=out, threshold=THRESHOLD, device="cpu",
-                                                     replace_models=True), scorers=[StampScorer()])
+                                                     replace_models=True), scorers=[RetrainedStampScorer()])
     doc = json.loads((out / "highlights.json").read_text())
     assert doc["total_scanned"] == 0 and doc["highlights"] == [] and doc["models"][0]["name"] == "stamp"
     assert len(read_table(out, "videos")) == (first.totals.total if stopped_in == "drop_superseded" else 0)
+
+
+@pytest.mark.parametrize("models", [[StampScorer()], [StampScorer(), WarmScorer()]], ids=["one-of-two", "reordered"])
+def test_a_subset_of_an_ensemble_is_rescored_from_stored_scores(library: Path, tmp_path: Path,
+                                                                models: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    """-m v1 after -m v1 -m v2 (or the same models in another order) rescanned every video, though the ensemble's
+    rows hold each model's per-second scores: the rows are now rebuilt from them without decoding, equal to what a
+    scan with these models writes, and a kill before the old rows are retired leaves each video's newer row."""
+    from quadvault_dali.scan import runner
+
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    first = _scan(library / "2023", out)
+    good = first.totals.total - first.totals.errors
+    assert good == 2
+    with pytest.raises(OutputError, match="would replace them|given in another order") as refused:
+        scan_library([library / "2023"], ScanOptions(out_dir=out, threshold=THRESHOLD, device="cpu"), scorers=models)
+    assert "--replace-models" in str(refused.value)
+    assert "; it rebuilds them from the per-model scores stored already, without decoding" in str(refused.value)
+    options = {"threshold": THRESHOLD, "device": "cpu", "replace_models": True}
+    monkeypatch.setattr(runner, "drop_superseded", lambda *a, **kw: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):  # stopped once the rebuilt rows are written, before the old go
+        scan_library([library / "2023"], ScanOptions(out_dir=out, **options), scorers=models)
+    assert json.loads((out / "highlights.json").read_text())["total_scanned"] == good  # the rebuilt rows
+    monkeypatch.undo()
+    again = scan_library([library / "2023"], ScanOptions(out_dir=out, **options), scorers=models)
+    assert again.run.videos == 0 and again.run.frames == 0  # nothing decoded
+    scan_library([library / "2023"], ScanOptions(out_dir=fresh, **options), scorers=models)
+    volatile = {"scanned_at", "scan_seconds"}
+    rebuilt, scanned = _videos(out), _videos(fresh)
+    assert {p: {k: v for k, v in r.items() if k not in volatile} for p, r in rebuilt.items()} == {
+        p: {k: v for k, v in r.items() if k not in volatile} for p, r in scanned.items()}
+    assert _seconds(out) == _seconds(fresh)
+    assert read_metadata(out / "videos" / complete_shards(out)[0]).models == tuple(
+        ModelRef(m.name, m.fingerprint) for m in models)
+    assert json.loads((out / "highlights.json").read_text())["highlights"] == \
+        json.loads((fresh / "highlights.json").read_text())["highlights"]
 
 
 def test_a_shard_job_warns_only_about_its_own_half(library: Path, tmp_path: Path,

@@ -70,6 +70,9 @@ class ResumePlan:
     #: model fingerprint -> how many of this run's unchanged files have their newest row from that other model
     #: (not an older version of these): a scan retires those rows to score the files again
     other_models: dict[str, int] = field(default_factory=dict)
+    #: shard -> {row path: the file now}: the newest rows of unchanged files by another model set, sampled as this
+    #: run asks, whose stored per-model scores may include every model of this run (``scan.rescore``)
+    other_rows: dict[str, dict[str, FileState]] = field(default_factory=dict)
 
     @property
     def superseded_count(self) -> int:
@@ -186,22 +189,25 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
     for name in orphans:  # rewritten with the seconds of its own videos only (``_drop_from_pair`` of no path)
         plan.superseded.setdefault(name, set())
 
-    def count_other_model(row: dict[str, object], f: FileState) -> None:
+    def count_other_model(row: dict[str, object], f: FileState) -> bool:
         fp = str(row["model_fingerprint"])  # an error row (a broken file) is no model's result
         if row["status"] == "ok" and row["size_bytes"] == f.size_bytes and row["mtime_ns"] == f.mtime_ns \
                 and fp != fingerprint and fp not in nvdec_fingerprints and fp not in older_fingerprints:
             plan.other_models[fp] = plan.other_models.get(fp, 0) + 1
+            return True
+        return False
 
     def same_scoring(row: dict[str, object]) -> bool:
         return row["model_fingerprint"] == fingerprint or (row["model_fingerprint"] in nvdec_fingerprints
                                                            and row.get("decoder") == "nvdec")
 
+    def row_complete(row: dict[str, object]) -> bool:
+        # a kill between rewriting a pair's seconds and its videos leaves a row without seconds
+        return row["frames_scored"] == row["seconds_held"]
+
     def still_good(row: dict[str, object], f: FileState) -> bool:
         same = (row["size_bytes"] == f.size_bytes and row["mtime_ns"] == f.mtime_ns
-                and same_scoring(row)
-                # a kill between rewriting a pair's seconds and its videos leaves a row without seconds
-                and row["frames_scored"] == row["seconds_held"]
-                and sampled_as_asked(row, fps, mode))
+                and same_scoring(row) and row_complete(row) and sampled_as_asked(row, fps, mode))
         failed = row["status"] == "error"
         # a file that could not be read at all (not mounted, permission) is tried again every run
         retry = failed and (retry_errors or row["error_kind"] in RETRIED_ERROR_KINDS)
@@ -212,8 +218,9 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
         same_file = {id(r): r for r in (*done.get(str(f.path), []), *by_real.get(f.real_path, []))}
         rows = sorted(same_file.values(), key=lambda r: r["scanned_at"], reverse=True)  # type: ignore[arg-type, return-value]
         claimed.update(str(r["path"]) for r in rows)
-        if rows:
-            count_other_model(rows[0], f)
+        if rows and count_other_model(rows[0], f) and resume and row_complete(rows[0]) \
+                and sampled_as_asked(rows[0], fps, mode) and rows[0]["path"] == str(f.path):
+            plan.other_rows.setdefault(str(rows[0]["shard"]), {})[str(rows[0]["path"])] = f
         keep = None
         if resume and rows and still_good(rows[0], f):
             keep = rows[0]

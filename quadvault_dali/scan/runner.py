@@ -30,7 +30,8 @@ from .aggregate import Aggregator
 from .compact import compact_shards, job_tags
 from .crashguard import CrashJournal, StallWatch, isolate_suspects, journal_path, take_suspects
 from .report import HIGHLIGHTS_FILE, FolderTotals, highlights_document, summary_line, write_json_atomic
-from .resume import FileState, drop_superseded, plan_resume, refingerprint_rows, relocate_rows
+from .rescore import rescore_stored, stored_columns
+from .resume import FileState, ResumePlan, drop_superseded, plan_resume, refingerprint_rows, relocate_rows
 from .schema import SCHEMA_VERSION, ModelRef, ScanMetadata, combined_fingerprint
 from .shards import (DAMAGED_FOLDER, LayoutLock, ShardWriter, TagLock, cleanup_partial, describe_models, model_names,
                      shard_tag)
@@ -478,10 +479,11 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
                            nvdec_fingerprints=combined_older_fingerprints(scorers, "nvdec_fingerprints"),
                            older_fingerprints=combined_older_fingerprints(scorers, "older_fingerprints"))
         if plan.other_models and not options.replace_models:
-            refuse_other_models(out, plan.other_models, models)
+            refuse_other_models(out, plan.other_models, models, reusable=reusable_count(out, plan, models))
+        rescored = _rescore_stored(out, plan, models, options)
         highlights_path = options.highlights_path or out / HIGHLIGHTS_FILE
-        leaving = {path for paths in plan.superseded.values() for path in paths} | {
-            path for moves in plan.relocated.values() for path in moves}
+        leaving = ({path for paths in plan.superseded.values() for path in paths} | {
+            path for moves in plan.relocated.values() for path in moves}) - {str(f.path) for f in rescored}
         if leaving and highlights_path.exists():  # first: a run stopped while retiring must not leave it listing them
             write_report(out, options, models, libs, warn=False, excluding=leaving)
         superseded = drop_superseded(out, plan.superseded, own_tag=options.tag)
@@ -498,11 +500,11 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
         upgrade_shards(out, own_tag=options.tag)  # one schema per folder, whatever version wrote the old shards
         log.info("%d videos found, %d already scanned, %d to scan, %d old rows retired",
                  len(files), len(plan.skipped), len(plan.todo), superseded)
-        rescored = superseded - len(plan.gone)
-        if rescored >= 100 and options.resume:  # a model, scoring version, --fps or --sampling change: say the cost
+        rescanned = superseded - len(plan.gone) - len(rescored)
+        if rescanned >= 100 and options.resume:  # a model, scoring version, --fps or --sampling change: say the cost
             log.warning("%d videos' earlier results were removed to be scored again (changed files, other models, a "
                         "newer scoring version, another --fps or --sampling): until this scan reaches them they are "
-                        "not in %s; an interrupted scan picks up where it stopped", rescored, out)
+                        "not in %s; an interrupted scan picks up where it stopped", rescanned, out)
         if plan.kept_missing:
             log.warning("%d scanned videos are missing, but their rows are kept: their folder is empty or unreadable "
                         "now, as an unplugged disk's mount point is (e.g. %s). Once the disk is back they count "
@@ -529,10 +531,37 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
                        highlights_path, unreadable, not_utf8)
 
 
-def refuse_other_models(out: Path, other_models: Mapping[str, int], models: Sequence[ModelRef]) -> None:
+def _rescore_stored(out: Path, plan: ResumePlan, models: Sequence[ModelRef], options: ScanOptions) -> set[FileState]:
+    """Rebuilds the rows of ``plan.other_rows`` whose stored per-model scores hold this run's models (``rescore``),
+    moving those files from ``plan.todo`` to ``plan.skipped``; their old rows stay superseded. Returns them."""
+    if not plan.other_rows:
+        return set()
+    writer = ShardWriter(out, tag=options.tag, seconds_meta=metadata_for("seconds", models, options.threshold),
+                         videos_meta=metadata_for("videos", models, options.threshold),
+                         max_videos=options.shard_videos, max_seconds=float("inf"))
+    rebuilt = set(rescore_stored(out, plan.other_rows, models, writer=writer, threshold=options.threshold,
+                                 fingerprint=combined_fingerprint(models)))
+    if rebuilt:
+        plan.todo = [f for f in plan.todo if f not in rebuilt]
+        plan.skipped = sorted([*plan.skipped, *rebuilt], key=lambda f: str(f.path))
+        log.warning("%d videos were rescored from the per-model scores an earlier scan stored (an ensemble that "
+                    "included these models): no decoding needed", len(rebuilt))
+    return rebuilt
+
+
+def reusable_count(out: Path, plan: ResumePlan, models: Sequence[ModelRef]) -> int:
+    """How many of ``plan.other_rows`` a scan with ``models`` would rebuild from stored scores (``rescore``)."""
+    return sum(len(files) for shard, files in plan.other_rows.items() if stored_columns(out, shard, models))
+
+
+def refuse_other_models(out: Path, other_models: Mapping[str, int], models: Sequence[ModelRef], *,
+                        reusable: int = 0) -> None:
     """Raises ``OutputError``: ``out`` holds this library's results by other models (fingerprint -> videos), which a
-    scan with ``models`` would retire before scoring the files again; an interrupted rescan would lose them."""
+    scan with ``models`` would retire before scoring the files again; an interrupted rescan would lose them.
+    ``reusable``: how many of them hold these models' scores already (rebuilt without decoding)."""
     n = sum(other_models.values())
+    quick = "" if not reusable else (f"; it rebuilds {'them' if reusable == n else f'{reusable} of them'} from the "
+                                     "per-model scores stored already, without decoding")
     names, ours = model_names(out), "+".join(m.name for m in models)
     orders = {combined_fingerprint(list(order)): order for order in itertools.permutations(models)} \
         if 1 < len(models) <= 5 else {}
@@ -542,7 +571,7 @@ def refuse_other_models(out: Path, other_models: Mapping[str, int], models: Sequ
             f"holds the results of {n} video{'s' if n != 1 else ''} of this library scored by the same models "
             f"given in another order", path=out,
             hint="give them in the earlier order (" + " ".join(f"-m {m.name}" for m in earlier) + "), or add "
-                 "--replace-models to score the videos again in this order")
+                 f"--replace-models to score the videos again in this order{quick}")
     if all(names.get(fp) == ours for fp in other_models):  # retrained in place, its card edited, or a namesake
         by = (f"a model also named {ours} (another model, or this one retrained or its card edited: "
               f"{', '.join(fp[:8] + '…' for fp in sorted(other_models))})")
@@ -552,7 +581,7 @@ def refuse_other_models(out: Path, other_models: Mapping[str, int], models: Sequ
         f"holds the results of {n} video{'s' if n != 1 else ''} of this library scored by {by}; scanning with "
         f"{ours} would replace them", path=out,
         hint="scan into another output folder to keep both (one per model), or add --replace-models to score "
-             "them again with this scan's models")
+             f"them again with this scan's models{quick}")
 
 
 def write_report(out: Path, options: ScanOptions, models: Sequence[ModelRef], libs: Sequence[Path], *,
