@@ -868,11 +868,14 @@ def test_shards_of_schema_1_0_still_read_and_resume(library: Path, tmp_path: Pat
         for table in ("videos", "seconds"):
             assert pq.read_schema(out / table / name).names == SCHEMAS[table].names
             assert read_metadata(out / table / name).schema_version == SCHEMA_VERSION
-    assert read_table(out, "videos").to_pylist() == rows  # the same values, the new columns null
+    # the same values, the new columns null but sampling_fps: 1 frame/s was the only rate before 1.2 (an analytics
+    # tester's find: frames_scored / sampling_fps missed the upgraded rows)
+    assert read_table(out, "videos").to_pylist() == [{**r, "sampling_fps": 1.0} for r in rows]
     import duckdb
 
-    got = duckdb.sql(f"SELECT count(*), count(decoder) FROM read_parquet('{out}/videos/*.parquet')").fetchall()
-    assert got == [(9, 0)]
+    got = duckdb.sql(f"SELECT count(*), count(decoder), count(sampling_fps) FROM "
+                     f"read_parquet('{out}/videos/*.parquet')").fetchall()
+    assert got == [(9, 0, 9)]
 
 
 def test_rows_from_before_1_4_learn_their_real_path_when_upgraded(library: Path, tmp_path: Path) -> None:
@@ -1389,3 +1392,4 @@ def test_error_rows_are_no_other_models_scores(library: Path, tmp_path: Path, ca
         second = scan_library([library / "2024"], ScanOptions(out_dir=out, threshold=THRESHOLD, device="cpu"),
                               scorers=[StampScorer()])
     assert second.totals.other_models == 0 and "scored by other models" not in caplog.text
+    assert json.loads((out / "highlights.json").read_text())["other_models"] == []  # nor does the document count them

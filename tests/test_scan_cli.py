@@ -365,6 +365,21 @@ def test_documented_duckdb_queries(library: Path, tmp_path: Path) -> None:
     assert r_above == above and r_errors == errors
 
 
+def test_a_key_value_folder_above_the_output_is_warned_about(library: Path, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """DuckDB took a folder named status=archive above --out for a Hive partition and answered every status query
+    with 'archive' (an analytics tester's find): the scan warns, and the documented fix gives the real column."""
+    out = tmp_path / "status=archive" / "scan"
+    with caplog.at_level("WARNING"):
+        scan_library([library / "broken"], ScanOptions(out_dir=out, device="cpu", threshold=0.7),
+                     scorers=[WarmScorer()])
+    assert "hive_partitioning = false" in caplog.text and "status=archive" in caplog.text
+    files = f"{out}/videos/*.parquet"
+    assert duckdb.sql(f"SELECT DISTINCT status FROM read_parquet('{files}')").fetchall() == [("archive",)]
+    assert duckdb.sql(f"SELECT DISTINCT status FROM read_parquet('{files}', hive_partitioning = false)"
+                      ).fetchall() == [("error",)]
+
+
 def test_documented_python_readers(library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """docs/scan.md's pandas, polars and pyarrow lines, run as written against a scan's output while a shard is
     being written (its temporary file beside the finished ones): each reader sees the finished rows, once. pandas

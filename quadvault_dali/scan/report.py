@@ -69,7 +69,8 @@ def _highlights_document(out_dir: Path, *, threshold: float, models: Sequence[Mo
     fractions = _fractions_above(out_dir, best_pairs, threshold)
     errors = sum(1 for r in rows if r["status"] == "error")
     ours = combined_fingerprint(models)
-    others = Counter(str(r["model_fingerprint"]) for r in rows if r["model_fingerprint"] != ours)
+    # scores of another model; an error row (a broken file) is no model's result, as the scan's refusal counts
+    others = Counter(str(r["model_fingerprint"]) for r in rows if r["model_fingerprint"] != ours and r["status"] == "ok")
     names = model_names(out_dir) if others else {}
     doc = {
         "schema_version": SCHEMA_VERSION,
@@ -90,7 +91,6 @@ def _highlights_document(out_dir: Path, *, threshold: float, models: Sequence[Mo
             "model_fingerprint": r["model_fingerprint"],
         } for r in best],
     }
-    # scores of another model; an error row (a broken file) is no model's result, as the scan's refusal counts
     outside = sum(1 for r in rows if r["model_fingerprint"] != ours and r["status"] == "ok"
                   and not (inside and inside(str(r["path"]))))
     return doc, FolderTotals(len(rows), len(best), errors, outside)

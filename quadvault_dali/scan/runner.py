@@ -434,6 +434,10 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
     out = Path(os.path.abspath(options.out_dir))
     options.out_dir = out
     check_output_location(out, libs)
+    if any("=" in part for part in out.parts):
+        log.warning("%s has a folder named key=value in its path: DuckDB's read_parquet takes it for a Hive "
+                    "partition column, which can override a real column (status, path); query it with "
+                    "hive_partitioning = false, or scan into a folder without '='", out)
     if options.highlights_path is not None:
         check_output_location(options.highlights_path, libs, shard_folders=False)
     try:

@@ -49,6 +49,9 @@ def _upgrade_file(path: Path, table: str, meta: ScanMetadata) -> bool:
         return False
     if table == "videos":
         data = with_real_paths(data)
+        if _version(meta.schema_version) < (1, 2):  # sampled at 1 frame/s, the only rate there was (schema.py)
+            i = data.column_names.index("sampling_fps")
+            data = data.set_column(i, "sampling_fps", pa.array([1.0] * data.num_rows, pa.float64()))
     target = schema_with_metadata(replace(meta, schema_version=SCHEMA_VERSION))
     write_parquet_atomic(path, data.select(target.names).cast(target))
     return True
