@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from fractions import Fraction
 from pathlib import Path
 from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
@@ -72,6 +73,10 @@ class VideoInfo:
     #: 1920 wide). ``width``/``height`` are the stored picture's, turned: what a player shows is
     #: ``display_size``
     pixel_aspect: float = 1.0
+    #: when the camera says it recorded the video (the container's ``creation_time``: MP4/MOV's movie header,
+    #: Matroska's date), as UTC; ``None`` when the file has none. Unlike the file's mtime it survives a copy that
+    #: does not keep times; many cameras write their local clock here as if it were UTC
+    recorded_at: datetime | None = None
 
     @property
     def display_size(self) -> tuple[float, float]:
@@ -97,6 +102,7 @@ class VideoInfo:
         data["keyframe_count"] = len(self.keyframe_times)
         data["max_keyframe_interval_s"] = round(self.max_keyframe_interval_s, 3)
         data["keyframe_times"] = [round(t, 3) for t in self.keyframe_times]
+        data["recorded_at"] = self.recorded_at.isoformat() if self.recorded_at else None
         del data["setup"]
         return data
 
@@ -318,6 +324,37 @@ def _quick_open_complete(container: av.container.InputContainer, path: Path) -> 
         return False
     signal = _h264_signal(stream.codec_context)
     return signal is None or stream.codec_context.pix_fmt is not None or _first_units_settled(path, stream, signal.nal)
+
+
+#: creation times before this are a camera whose clock was never set (MP4's zero is 1904, others write 1970)
+_EARLIEST_RECORDING = datetime(1980, 1, 2, tzinfo=timezone.utc)
+
+
+def recorded_at(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> datetime | None:
+    """The container's creation time (FFmpeg's ``creation_time`` tag, from the file or its video track) as UTC;
+    ``None`` when absent, unparsable or before any digital camera's clock."""
+    for tags in (container.metadata, stream.metadata):
+        text = (tags or {}).get("creation_time")
+        if not text:
+            continue
+        try:
+            when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        except ValueError:
+            continue
+        when = when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+        if when >= _EARLIEST_RECORDING:
+            return when
+    return None
+
+
+def read_recorded_at(path: str | os.PathLike[str]) -> datetime | None:
+    """Only the recording time of a video file (``recorded_at``), for rows probed before it was recorded;
+    ``None`` when the file does not open or has none."""
+    try:
+        with _av_open(path, options=QUICK_PROBE_OPTIONS) as container:
+            return recorded_at(container, container.streams.video[0]) if container.streams.video else None
+    except (OSError, av.FFmpegError, UnicodeDecodeError, ValueError):
+        return None
 
 
 def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
@@ -647,6 +684,6 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
         keyframe_times=tuple(float(t) for t in index.shown_keyframe_times),
         has_audio=bool(container.streams.audio), is_vfr=is_vfr, stream_index=stream.index,
         color_matrix=_color_matrix(ctx, signal), setup=facts.setup,
-        pixel_aspect=_pixel_aspect(stream, setup),
+        pixel_aspect=_pixel_aspect(stream, setup), recorded_at=recorded_at(container, stream),
     )
     return info, index

@@ -58,6 +58,8 @@ class SynthSpec:
     #: x264's preset; ``None``: ultrafast above 2 MP (Constrained Baseline, no B-frames: fast to make), else
     #: veryfast (High profile with B-frames, as drones write)
     x264_preset: str | None = None
+    #: the container's creation_time tag (ISO 8601, e.g. "2023-06-15T10:22:33Z"), as cameras write it; None: none
+    recorded_at: str | None = None
 
     def style_at(self, t: float) -> Style:
         start = 0.0
@@ -176,6 +178,8 @@ def make_video(path: str | Path, spec: SynthSpec = SynthSpec()) -> Path:
     stored_w, stored_h = (spec.height, spec.width) if spec.rotation in (90, 270) else (spec.width, spec.height)
     rate = Fraction(spec.fps).limit_denominator(1001)
     with av.open(str(path), "w") as out:
+        if spec.recorded_at:
+            out.metadata["creation_time"] = spec.recorded_at
         stream = out.add_stream(encoder, rate=rate)
         stream.width, stream.height = stored_w, stored_h
         stream.pix_fmt = _PIX_FMT.get(spec.codec, "yuv420p")

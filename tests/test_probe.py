@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from quadvault_dali.errors import UnsupportedCodecError, VideoOpenError
-from quadvault_dali.probe import probe_video
+from quadvault_dali.probe import probe_video, read_recorded_at
 
 from _media import remux_video
 
@@ -37,6 +38,20 @@ def test_probe_rotation_audio_and_keyframe_interval(make_clip) -> None:
     assert (info.coded_width, info.coded_height) == (240, 320)  # stored on its side
     assert info.has_audio
     assert [round(t, 3) for t in info.keyframe_times] == [0.0, 5.0]
+
+
+@pytest.mark.parametrize("tag,expected", [
+    ("2023-06-15T10:22:33.000000Z", datetime(2023, 6, 15, 10, 22, 33, tzinfo=timezone.utc)),
+    (None, None),
+    ("1970-01-01T00:00:00.000000Z", None),  # a camera whose clock was never set
+])
+def test_probe_reads_when_the_camera_recorded(make_clip, tag: str | None, expected: datetime | None) -> None:
+    """The container's creation time is the flight's date, which a copy that loses mtimes keeps."""
+    clip = make_clip(f"probe_recorded_{(tag or 'none')[:4]}.mp4", duration_s=1.0, recorded_at=tag)
+    info = probe_video(clip)
+    assert info.recorded_at == expected
+    assert read_recorded_at(clip) == expected
+    assert info.to_dict()["recorded_at"] == (expected.isoformat() if expected else None)
 
 
 def test_probe_vfr(make_clip) -> None:
@@ -75,6 +90,7 @@ def test_corpus_facts(corpus: Path) -> None:
     """Real third-party files: the values ffprobe reports (see the corpus manifest)."""
     karma = probe_video(corpus / "gopro+gpmf-parser/samples/karma.mp4")
     assert (karma.codec, karma.width, karma.height) == ("h264", 854, 480)
+    assert karma.recorded_at == datetime(2017, 4, 17, 19, 27, 57, tzinfo=timezone.utc)  # the drone's own date
     assert karma.avg_fps == pytest.approx(29.97, abs=0.01)
     assert karma.has_audio
     drone = probe_video(corpus / "AtomScott+SportsLabKit/drone.mp4")

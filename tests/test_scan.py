@@ -895,6 +895,27 @@ def test_rows_from_before_1_4_learn_their_real_path_when_upgraded(library: Path,
     assert after.totals.total == first.totals.total == len(_videos(out))
 
 
+def test_rows_from_before_1_5_learn_when_their_video_was_recorded(tmp_path: Path) -> None:
+    """A folder scanned before 1.5 has no recorded_at: the upgrade reads it from each unchanged file, so
+    analytics by flight date need no rescan; a file changed since is left to its rescan."""
+    lib, out = tmp_path / "lib", tmp_path / "out"
+    for name, tag in [("a.mp4", "2022-05-01T08:00:00Z"), ("b.mp4", "2022-07-09T18:30:00Z"), ("c.mp4", None)]:
+        make_video(lib / name, SynthSpec(width=64, height=64, duration_s=1.0, recorded_at=tag))
+    _scan(lib, out)
+    recorded = {Path(p).name: r["recorded_at"] for p, r in _videos(out).items()}
+    assert recorded["a.mp4"].isoformat() == "2022-05-01T08:00:00+00:00" and recorded["c.mp4"] is None
+    for name in complete_shards(out):
+        path = out / "videos" / name
+        table = pq.read_table(path)
+        meta = {**table.schema.metadata, b"quadvault.schema_version": b"1.4"}
+        pq.write_table(table.drop_columns(["recorded_at"]).replace_schema_metadata(meta), path)
+    assert {r["recorded_at"] for r in _videos(out).values()} == {None}
+    os.utime(lib / "b.mp4", ns=(1, 1))  # changed: its row is rescanned, not upgraded from the file as it is now
+    again = _scan(lib, out)
+    assert again.run.videos == 1 and again.skipped == 2
+    assert {Path(p).name: r["recorded_at"] for p, r in _videos(out).items()} == recorded
+
+
 def test_resume_rescans_videos_sampled_another_way(library: Path, tmp_path: Path) -> None:
     """The folder must not mix rates silently: another --fps rescans; asking for exact rescans keyframe rows."""
     out = tmp_path / "out"

@@ -30,6 +30,7 @@ from quadvault_dali.scan.resume import FileState
 from quadvault_dali.scan.runner import ScanOptions, scan_library
 from quadvault_dali.scan.shards import complete_shards, read_table
 from quadvault_dali.scoring import score_video
+from quadvault_dali.synth import SynthSpec, make_video
 
 from _scan_helpers import BROKEN, GOOD, WarmScorer, build_library, poison_env, tree_hash
 
@@ -334,6 +335,10 @@ def test_documented_duckdb_queries(library: Path, tmp_path: Path) -> None:
     shutil.copytree(library, lib)
     months = {"2023/06/trip/high_h264_30.mp4": (2023, 6), "2023/11/calm_hevc_24.mp4": (2023, 11),
               "2024/a/b/high_vp9_60.webm": (2024, 2), "rotated_90.mp4": (2024, 2)}
+    # recorded in August 2021 (the container says), copied in February 2024 without keeping its time
+    make_video(lib / "copied/flight.mp4", SynthSpec(width=64, height=64, duration_s=1.0, style="normal",
+                                                    recorded_at="2021-08-07T09:00:00Z"))
+    months["copied/flight.mp4"] = (2024, 2)
     for rel, (y, m) in months.items():
         ts = datetime(y, m, 15, tzinfo=timezone.utc).timestamp()
         os.utime(lib / rel, (ts, ts))
@@ -353,6 +358,7 @@ def test_documented_duckdb_queries(library: Path, tmp_path: Path) -> None:
     assert top[0][1] > 0.9 and len(top) == len(ok)
     by_month = {r[0]: (r[1], r[2]) for r in per_month}
     assert by_month["2024-02"] == (2, 2) and by_month["2023-06"] == (1, 1) and by_month["2023-11"] == (0, 1)
+    assert by_month["2021-08"] == (0, 1)  # by the camera's date, not the copy's
     assert [r[0] for r in above] == [0.0, 1.0] and all(r[1] > 0.9 for r in above)
     assert errors == [("(unreadable)", "VideoOpenError", len(BROKEN))]
     # the README's four (a shorter variant of each) give the same answers

@@ -111,6 +111,7 @@ class Aggregator:
         best = float(times[int(np.argmax(ensemble))]) if len(times) else None
         video = {
             "video_id": vid, "path": path_s, "real_path": real_path, "size_bytes": size_bytes, "mtime_ns": mtime_ns,
+            "recorded_at": info.recorded_at if info else None,
             "duration_s": info.duration_s if info else None,
             "fps": info.avg_fps if info else None,
             "codec": info.codec if info else None,

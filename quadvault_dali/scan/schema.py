@@ -30,8 +30,8 @@ from typing import Literal, Sequence
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.4"  # 1.1: videos.decoder, videos.decoder_note; 1.2: videos.sampling_fps; 1.3: videos.frames_expected;
-#                          1.4: videos.real_path
+SCHEMA_VERSION = "1.5"  # 1.1: videos.decoder, videos.decoder_note; 1.2: videos.sampling_fps; 1.3: videos.frames_expected;
+#                          1.4: videos.real_path; 1.5: videos.recorded_at
 Table = Literal["seconds", "videos"]
 
 
@@ -55,6 +55,9 @@ VIDEOS_SCHEMA = pa.schema([
                                      "it once the link it was scanned through is gone. Since 1.4."),
     _field("size_bytes", pa.int64(), "File size when scanned (resume compares it).", False),
     _field("mtime_ns", pa.int64(), "File modification time, ns since the epoch (resume compares it).", False),
+    _field("recorded_at", pa.timestamp("us", tz="UTC"), "When the camera recorded the video: the container's "
+                                                        "creation time (many cameras write local time as UTC); "
+                                                        "null when the file has none or was not probed. Since 1.5."),
     _field("duration_s", pa.float64(), "Duration from the container; null when the file could not be probed."),
     _field("fps", pa.float64(), "Average frame rate; null when unknown."),
     _field("codec", pa.string(), "Canonical codec name (h264, hevc, vp9, ...); null when unknown."),
