@@ -111,6 +111,20 @@ def test_round_trip_gives_identical_scores(saved: Path) -> None:
     assert model.score_frames(_frames(0)).shape == (0,)
 
 
+def test_the_same_weights_save_to_the_same_bytes(saved: Path, tmp_path: Path) -> None:
+    """Two saves of identical weights (a retrain with the same seed) wrote headers in hash order and so got
+    another weights_sha256 and fingerprint, and a resumed scan rescanned everything (an ML review's find)."""
+    net = load_model(saved).network
+    card = {"architecture": "efficientnet-lite0", "image_size": SIZE, "created": "2026-01-01T00:00:00+00:00"}
+    digests = {json.loads((save_model(tmp_path / f"m{i}", net, dict(card)) / CARD_FILE).read_text())["weights_sha256"]
+               for i in range(8)}
+    assert len(digests) == 1
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "m0" / "model.safetensors"), "pt") as handle:
+        assert json.loads(handle.metadata()["quadvault"])["architecture"] == "efficientnet-lite0"
+
+
 def test_scores_depend_on_the_centre_crop(saved: Path) -> None:
     """Resizing and cropping happen inside: a frame and the same frame padded at the sides score alike."""
     model = load_model(saved)

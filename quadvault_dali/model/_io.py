@@ -162,9 +162,10 @@ def save_model(directory: str | Path, module: nn.Module, card: dict[str, Any]) -
     # the inner block's rename runs first on exit: weights, then the card; a failure removes both temporaries
     with atomic_path(directory / CARD_FILE) as card_tmp, atomic_path(directory / WEIGHTS_FILE) as weights_tmp:
         try:
-            save_file(state, str(weights_tmp), metadata={"format": FORMAT_NAME,
-                                                         "format_version": str(FORMAT_VERSION),
-                                                         "architecture": str(card["architecture"])})
+            # one metadata key: safetensors writes its map in hash order, so two saves of the same weights differed
+            # in their header (by process), and so in weights_sha256 and the fingerprint a resumed scan compares
+            header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "architecture": str(card["architecture"])}
+            save_file(state, str(weights_tmp), metadata={"quadvault": json.dumps(header, sort_keys=True)})
         except Exception as exc:  # safetensors reports a full disk as its own SafetensorError
             raise OutputError(f"cannot write the model weights: {exc}", path=directory / WEIGHTS_FILE,
                               hint="free space on that disk, or choose another --output-dir") from exc
