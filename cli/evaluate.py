@@ -31,8 +31,9 @@ def _video_line(v: "object", threshold: float) -> str:
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--model", "more_models", multiple=True, type=click.Path(path_type=Path),
               help="Another model to average with (an ensemble); repeat for more.")
-@click.option("--split", type=click.Choice(["val", "train", "all"]), default="val", show_default=True,
-              help="Which frames of a dataset to score (a labels.json is always scored whole).")
+@click.option("--split", type=click.Choice(["auto", "test", "val", "train", "all"]), default="auto", show_default=True,
+              help="Which frames of a dataset to score: auto = its held-out test split where it has one, else "
+                   "validation (a labels.json is always scored whole).")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
               help="Decision threshold [default: the model card's; the mean for an ensemble].")
 @click.option("--skip-missing", is_flag=True, help="With a labels.json: skip entries that do not exist.")
@@ -44,7 +45,7 @@ def _video_line(v: "object", threshold: float) -> str:
 @device_option
 def evaluate(source: Path, model: Path, more_models: tuple[Path, ...], split: str, threshold: float | None,
              skip_missing: bool, limit: int, as_json: bool, fps: float, mode: str, device: str) -> None:
-    """Evaluate MODEL on SOURCE: a prepared dataset (its validation split) or a labels.json.
+    """Evaluate MODEL on SOURCE: a prepared dataset (its test split, else validation) or a labels.json.
 
     Prints frame- and video-level metrics (a video's score is the mean of its frames'), the
     confusion matrix, the misclassified videos and the uncertain ones (score within 0.2 of the

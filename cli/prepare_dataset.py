@@ -12,7 +12,7 @@ import click
 from quadvault_dali._lifetime import signal_name
 from quadvault_dali._supervisor import report_done, runs_in_process
 from quadvault_dali.dataset import DATASET_FILE
-from quadvault_dali.dataset import prepare_dataset as run_prepare
+from quadvault_dali.dataset import TEST_FRACTION, prepare_dataset as run_prepare
 from quadvault_dali.dataset._supervise import TYPED_OVERWRITE_ENV
 
 from ._options import (command_line, device_option, fps_option, long_job, sampling_option, stops_cleanly,
@@ -35,19 +35,24 @@ from ._options import (command_line, device_option, fps_option, long_job, sampli
               help="Skip labelled files/folders that do not exist or are unreadable instead of stopping.")
 @click.option("--quality", type=click.IntRange(min=50, max=100), default=90, show_default=True,
               help="JPEG quality of the stored frames.")
+@click.option("--test-fraction", type=click.FloatRange(0.0, 0.5), default=TEST_FRACTION, show_default=True,
+              help="Share of each class's videos held out as the test split (a class of 10 or more videos): "
+                   "train measures the final model on them, having used them for nothing else. 0: none.")
 @click.option("--restarts", type=click.IntRange(0, 1000), default=3, show_default=True,
               help="The extraction runs in a child process; if a decoder or driver crash kills it (a signal, not a "
                    "Python error), it is started again and goes on, the videos it was decoding checked one at a "
                    "time first (a crasher is left out): at most N restarts in a row without a new video. 0: run "
                    "in this process, never restart.")
 def prepare_dataset(labels: Path, out: Path, merge: bool, overwrite: bool, fps: float, size: int, mode: str,
-                    device: str, skip_missing: bool, quality: int, restarts: int) -> None:
+                    device: str, skip_missing: bool, quality: int, test_fraction: float, restarts: int) -> None:
     """Sample the labelled videos in LABELS into JPEG frames and OUT/dataset.parquet.
 
     LABELS is a JSON file {"highlights": [...], "normal": [...]} whose entries are video files,
     folders (every video under them) or glob patterns; relative paths are relative to the file.
-    The train/validation split (80/20 per class; a class of two or more videos keeps at least one for
-    validation; chunks of one recording stay together) is by video, so no video is on both sides.
+    The split is by video, so no video is on two sides: 20% of each class for validation (at least one
+    video of a class of two or more), which picks the best epoch and the threshold; 15% for test (classes of
+    10 or more videos), held out for the final, honest measurement; the rest trains. Chunks of one recording
+    stay together.
     Interrupted, the same command (without --overwrite) goes on: videos whose frames were all written are
     not extracted again.
 
@@ -77,7 +82,8 @@ def prepare_dataset(labels: Path, out: Path, merge: bool, overwrite: bool, fps: 
     # a closed terminal's SIGHUP stops like Ctrl-C too: from the terminal, and passed on by the supervisor
     with stops_cleanly(stopped, (signal.SIGINT, signal.SIGTERM, signal.SIGHUP), seen=seen):
         result = run_prepare(labels, out, merge=merge, overwrite=overwrite, fps=fps, size=size,
-                             mode=mode, device=device, skip_missing=skip_missing, quality=quality)  # type: ignore[arg-type]
+                             mode=mode, device=device, skip_missing=skip_missing, quality=quality,  # type: ignore[arg-type]
+                             test_fraction=test_fraction)
     report_done()  # the dataset is written: a crash from here on (printing, exiting) is no reason to start again
     for message in result.warnings:
         click.secho(f"Warning: {message}", fg="yellow", err=True)
@@ -89,7 +95,8 @@ def prepare_dataset(labels: Path, out: Path, merge: bool, overwrite: bool, fps: 
     click.echo(f"Dataset prepared: {result.frames:,} frames — Highlights: {result.frames_by_label[1]:,} — "
                f"Normal: {result.frames_by_label[0]:,} — Saved to: {result.path}")
     videos = result.videos_by_split
-    line = (f"Videos: {videos['train'] + videos['val']:,} (train {videos['train']:,}, val {videos['val']:,}) — "
+    held_out = f", test {videos['test']:,}" if videos.get("test") else ""
+    line = (f"Videos: {sum(videos.values()):,} (train {videos['train']:,}, val {videos['val']:,}{held_out}) — "
             f"extracted {len(result.extracted):,}, reused {len(result.reused):,}")
     if result.relabelled:
         line += f", relabelled {len(result.relabelled):,}"

@@ -1,7 +1,7 @@
 """How good is a model on *your* footage: metrics, confusion matrix, and which clips to label next.
 
-Two sources: a prepared dataset (its validation split by default, scored from the stored JPEGs, so
-the numbers match what training reported) or any ``labels.json`` (every video sampled and scored the
+Two sources: a prepared dataset (its held-out test split by default, else its validation split, scored from
+the stored JPEGs, so the numbers match what training reported) or any ``labels.json`` (every video sampled and scored the
 way ``test-video`` and ``scan`` do). A video's score is the mean of its frame scores. Misclassified
 videos and uncertain ones (score within 0.2 of the threshold: 0.3–0.7 at 0.5) are listed: they are the clips
 whose labels teach the model most, or the ones whose label is wrong.
@@ -29,7 +29,8 @@ from .progress import progress_bar
 from .scoring import ensemble_threshold, score_videos, scoring_sampler
 
 log = logging.getLogger(__name__)
-SplitChoice = Literal["val", "train", "all"]
+#: auto: the held-out test split where the dataset has one (``dataset._split``), else validation
+SplitChoice = Literal["auto", "test", "val", "train", "all"]
 #: Scores this close to the threshold are "uncertain": the band follows the threshold (a model tuned to 0.2
 #: is unsure around 0.2, not around 0.5)
 UNCERTAIN_HALF_WIDTH = 0.2
@@ -152,9 +153,13 @@ def _decode_frames(files: list[Path], device: torch.device, bad: list[tuple[str,
 
 
 def _from_dataset(source: Path, models: Sequence[FrameScorer], split: SplitChoice, device: torch.device,
-                  out: _Collected) -> str:
+                  out: _Collected) -> tuple[str, str]:
+    """Scores the ``split`` frames of a dataset into ``out``; returns (the dataset's path, the split scored)."""
     dataset = read_dataset(source)
-    rows = [r for r in dataset.rows() if split == "all" or r["split"] == split]
+    every = list(dataset.rows())
+    if split == "auto":
+        split = "test" if any(r["split"] == "test" for r in every) else "val"
+    rows = [r for r in every if split == "all" or r["split"] == split]
     if not rows:
         raise DatasetError(f"the dataset has no {split!r} frames", path=dataset.path,
                            hint="use --split all, or prepare it with more videos")
@@ -172,7 +177,7 @@ def _from_dataset(source: Path, models: Sequence[FrameScorer], split: SplitChoic
                 continue
             out.add(path, int(video_rows[0]["label"]), torch.stack([m.score_frames(frames) for m in models]).numpy())
             out.ids[path] = str(video_rows[0]["video_id"])
-    return str(dataset.path)
+    return str(dataset.path), split
 
 
 #: Warnings about a labels file shown one by one; the rest are counted (and listed under -v)
@@ -264,7 +269,7 @@ def _card_splits(card: dict) -> dict[str, tuple[set[str], set[str]]] | None:
                     {r["video_path"] for r in rows if r["split"] == split}) for split in ("train", "val")}
 
 
-def evaluate(source: str | os.PathLike[str], models: Sequence[FrameScorer], *, split: SplitChoice = "val",
+def evaluate(source: str | os.PathLike[str], models: Sequence[FrameScorer], *, split: SplitChoice = "auto",
              device: str = "auto", fps: float = 1.0, mode: str = "auto", skip_missing: bool = False,
              threshold: float | None = None, uncertain: tuple[float, float] | None = None) -> EvaluationReport:
     """Scores ``source`` (dataset or labels.json) with ``models`` and computes the report; ``uncertain`` is the
@@ -281,7 +286,7 @@ def evaluate(source: str | os.PathLike[str], models: Sequence[FrameScorer], *, s
         raise DatasetError(f"is a folder without {DATASET_FILE}", path=path,
                            hint="give a prepare-dataset output folder, its dataset.parquet, or a labels.json")
     if kind == "dataset":
-        shown = _from_dataset(path, models, split, torch_device(backend), collected)
+        shown, split = _from_dataset(path, models, split, torch_device(backend), collected)  # type: ignore[assignment]
     else:
         shown = _from_labels(path, models, backend, fps, mode, skip_missing, collected)
     if not collected.keys:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from quadvault_dali.dataset import assign_splits, load_labels, val_target, video_id
+from quadvault_dali.dataset import assign_splits, load_labels, held_out_target, val_target, video_id
 from quadvault_dali.errors import LabelsError
 
 
@@ -181,6 +181,11 @@ def test_split_is_by_video_stratified_and_deterministic() -> None:
     val = {v for v, s in splits.items() if s == "val"}
     assert sum(labels[v] == 1 for v in val) == val_target(23) == 5
     assert sum(labels[v] == 0 for v in val) == val_target(7) == 1
+    # a held-out test split only for a class of ten or more videos, never overlapping validation
+    test = {v for v, s in splits.items() if s == "test"}
+    assert sum(labels[v] == 1 for v in test) == held_out_target(23) == 3 and held_out_target(7) == 0
+    assert not test & val and all(labels[v] == 1 for v in test)
+    assert "test" not in assign_splits(labels, test_fraction=0.0).values()
     # independent of input order
     assert assign_splits(dict(reversed(list(labels.items())))) == splits
     # two videos of a class: one each side; one video: train only
@@ -195,6 +200,9 @@ def test_split_keeps_existing_videos_and_fills_val_with_new_ones() -> None:
     second = assign_splits(grown, existing=first)
     assert all(second[v] == first[v] for v in old)  # no existing video moves
     assert sum(1 for v, s in second.items() if s == "val" and grown[v] == 1) == val_target(15)
+    # the class grew past ten videos: new ones fill its test split (old ones stay where the model saw them)
+    assert sum(1 for v, s in second.items() if s == "test") == held_out_target(15) == 2
+    assert all(second[v] != "test" for v in old)
 
 
 def test_conflict_is_reported_once(library: Path) -> None:

@@ -38,7 +38,7 @@ from ._crashes import JOURNAL_TAG, DecoderCrashes, isolate_crashers
 from ._jpeg import JPEG_QUALITY, encode_jpegs, write_atomic
 from ._labels import Labels, LabelledVideo, load_labels
 from ._recordings import recording_groups
-from ._split import Split, assign_splits
+from ._split import TEST_FRACTION, Split, assign_splits
 from ._table import DATASET_FILE, FRAMES_DIR, MANIFEST, read_dataset, write_dataset
 
 log = logging.getLogger(__name__)
@@ -208,8 +208,9 @@ def _manifest_rows(out: Path, video: LabelledVideo, settings: dict[str, Any]) ->
 def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[str], *, merge: bool = False,
                     overwrite: bool = False, fps: float = 1.0, size: int = 256, mode: SamplingMode = "auto",
                     device: str = "auto", skip_missing: bool = False, quality: int = JPEG_QUALITY,
-                    streams: int = 4) -> PrepareResult:
-    """Validates the labels, extracts frames of new or changed videos and writes ``dataset.parquet``."""
+                    streams: int = 4, test_fraction: float = TEST_FRACTION) -> PrepareResult:
+    """Validates the labels, extracts frames of new or changed videos and writes ``dataset.parquet``;
+    ``test_fraction`` of each class of ``MIN_TEST_VIDEOS`` or more is held out for the final measurement."""
     labels = load_labels(labels_path, skip_missing=skip_missing)
     out_dir = Path(out).expanduser().resolve()
     _check_out(out_dir, labels)
@@ -231,7 +232,8 @@ def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[
         # change nothing but the frames folder and the lock file, which a dataset folder has anyway
         previous = _previous(out_dir, merge, overwrite, settings)
         return _prepare_locked(labels, labels_path, out_dir, previous, settings, merge=merge, overwrite=overwrite,
-                               fps=fps, size=size, mode=mode, device=device, quality=quality, streams=streams)
+                               fps=fps, size=size, mode=mode, device=device, quality=quality, streams=streams,
+                               test_fraction=test_fraction)
     finally:
         lock.release()
 
@@ -251,7 +253,7 @@ def _changed_in_place(rows: list[dict], video: LabelledVideo) -> bool:
 def _prepare_locked(labels: Labels, labels_path: str | os.PathLike[str], out_dir: Path,
                     previous: dict[str, list[dict]], settings: dict[str, Any], *, merge: bool, overwrite: bool,
                     fps: float, size: int, mode: SamplingMode, device: str, quality: int,
-                    streams: int) -> PrepareResult:
+                    streams: int, test_fraction: float = TEST_FRACTION) -> PrepareResult:
     remove_dead_temporaries(out_dir)  # a table a killed run was writing
 
     by_id = {v.video_id: v for v in labels.videos}
@@ -277,7 +279,7 @@ def _prepare_locked(labels: Labels, labels_path: str | os.PathLike[str], out_dir
                     "e.g. %s: extracting them again (they keep their split)", len(changed), changed[0])
     todo = [vid for vid in by_id if vid not in reuse]
     result = PrepareResult(path=out_dir / DATASET_FILE, frames=0, frames_by_label={1: 0, 0: 0},
-                           videos_by_split={"train": 0, "val": 0}, warnings=list(labels.warnings))
+                           videos_by_split={"train": 0, "val": 0, "test": 0}, warnings=list(labels.warnings))
     log.info("%d labelled videos: %d to extract, %d already extracted", len(by_id), len(todo), len(reuse))
 
     rows: dict[str, list[dict]] = {vid: [] for vid in reuse}
@@ -307,7 +309,8 @@ def _prepare_locked(labels: Labels, labels_path: str | os.PathLike[str], out_dir
     # chunks of one recording (a flight split into 4-GB files) stay on one side
     paths = {vid: by_id[vid].path for vid in rows}
     groups = recording_groups(paths, _durations(paths))
-    splits = assign_splits({vid: by_id[vid].label for vid in rows}, existing=kept_splits, groups=groups)
+    splits = assign_splits({vid: by_id[vid].label for vid in rows}, existing=kept_splits, groups=groups,
+                           test_fraction=test_fraction)
     for vid, video_rows in rows.items():
         for r in video_rows:
             r["split"] = splits[vid]

@@ -2,7 +2,7 @@
 
 Columns: ``frame_path`` (JPEG path relative to the dataset folder, so the folder can move),
 ``video_path``, ``video_id``, ``timestamp_s``, ``label`` (1 highlight / 0 normal), ``label_name``,
-``split`` ("train" | "val"), and the video's ``video_size_bytes`` / ``video_mtime_ns`` so that
+``split`` ("train" | "val" | "test"), and the video's ``video_size_bytes`` / ``video_mtime_ns`` so that
 ``--merge`` can tell a changed file from an unchanged one. How the frames were sampled (fps, size,
 mode) lives in the Parquet key-value metadata; ``--merge`` refuses to mix settings.
 """

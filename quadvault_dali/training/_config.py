@@ -76,6 +76,8 @@ class TrainResult:
     history: list[EpochRecord] = field(default_factory=list)
     stopped_early: bool = False
     skipped_frames: list[tuple[str, str]] = field(default_factory=list)
+    #: the best model's metrics on the held-out test split (``_loop._measure_test``); None without one
+    test: dict | None = None
 
 
 def resolve_backbone(backbone: str | None, pretrained: str) -> tuple[str, str | None]:

@@ -45,6 +45,8 @@ class TrainingData:
     val: FrameTable
     fingerprint: str
     settings: dict = field(default_factory=dict)  # prepare-dataset's (frame size, fps, sampling, JPEG quality)
+    #: the held-out videos (``dataset._split``): never trained on or tuned with; empty when the dataset has none
+    test: FrameTable = field(default_factory=lambda: FrameTable([], np.zeros(0, np.int64), []))
 
 
 def check_jpeg(path: str) -> str | None:
@@ -80,7 +82,7 @@ def dataset_fingerprint(table: "pa.Table") -> str:  # noqa: F821
 
 
 def load_training_data(dataset: str | Path) -> TrainingData:
-    """Reads ``dataset.parquet`` (or its folder), validates every frame, splits train/val."""
+    """Reads ``dataset.parquet`` (or its folder), validates every frame, splits train/val/test."""
     from ..dataset import read_dataset
 
     ds = read_dataset(dataset)
@@ -89,14 +91,14 @@ def load_training_data(dataset: str | Path) -> TrainingData:
     labels = np.asarray(table.column("label").to_pylist(), dtype=np.int64)
     video_ids = [str(v) for v in table.column("video_id").to_pylist()]
     splits = table.column("split").to_pylist()
-    bad_split = sorted({s for s in splits if s not in ("train", "val")})
+    bad_split = sorted({s for s in splits if s not in ("train", "val", "test")})
     if bad_split:
-        raise DatasetError(f"unknown split value(s) {bad_split}; expected 'train' or 'val'", path=ds.path)
+        raise DatasetError(f"unknown split value(s) {bad_split}; expected 'train', 'val' or 'test'", path=ds.path)
     if labels.size and not np.isin(labels, (0, 1)).all():
         raise DatasetError("labels must be 0 (normal) or 1 (highlight)", path=ds.path)
     verdicts = validate_jpegs(paths)
     tables = {}
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
         keep = [i for i, s in enumerate(splits) if s == split and verdicts[i] is None]
         skipped = [(paths[i], str(verdicts[i])) for i, s in enumerate(splits) if s == split and verdicts[i]]
         if skipped:  # one line per split, not one per frame (a deleted frame folder is hundreds)
@@ -105,8 +107,8 @@ def load_training_data(dataset: str | Path) -> TrainingData:
             for file, why in skipped:
                 log.debug("skipping frame %s: %s", file, why)
         tables[split] = FrameTable([paths[i] for i in keep], labels[keep], [video_ids[i] for i in keep], skipped)
-    for split, frames in tables.items():
-        if len(frames) == 0:
+    for split in ("train", "val"):
+        if len(tables[split]) == 0:
             raise DatasetError(f"the {split} split has no usable frames", path=ds.path,
                                hint="label more videos and run prepare-dataset --merge")
     if len(set(tables["train"].labels.tolist())) < 2:
@@ -115,7 +117,8 @@ def load_training_data(dataset: str | Path) -> TrainingData:
     if len(set(tables["val"].labels.tolist())) < 2:  # e.g. --merge moved a class's only validation video
         log.warning("%s: the validation split holds only one class: the threshold and the best epoch are "
                     "chosen without the other (ROC-AUC undefined); label a few more clips of it", ds.path)
-    return TrainingData(ds.root, tables["train"], tables["val"], dataset_fingerprint(table), dict(ds.settings))
+    return TrainingData(ds.root, tables["train"], tables["val"], dataset_fingerprint(table), dict(ds.settings),
+                        test=tables["test"])
 
 
 #: Row id of a training image that only completes an epoch's last batches: it is a real frame (BatchNorm

@@ -215,7 +215,7 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
     data: TrainingData = load_training_data(config.dataset)
-    for file, why in data.train.skipped + data.val.skipped:
+    for file, why in data.train.skipped + data.val.skipped + data.test.skipped:
         report(f"⚠ Skipped frame {file}: {why}")
     if str(config.pretrained) == "none" and config.freeze_backbone_epochs:
         log.warning("--freeze-backbone-epochs %d with --pretrained none: the head first learns from a random, "
@@ -299,7 +299,7 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
                f"epoch {position.best_epoch}, video-level val accuracy {_pct(position.best_video_accuracy)})")
     result = TrainResult(config.output_dir, arch, position.best_epoch, position.best_video_accuracy,
                          position.threshold, history=position.history, stopped_early=position.stopped_early,
-                         skipped_frames=data.train.skipped + data.val.skipped)
+                         skipped_frames=data.train.skipped + data.val.skipped + data.test.skipped)
     # ranked again by this version's key: a state saved by an older version ranked its epochs otherwise
     best_key = (_selection_key(position.history[position.best_epoch - 1].video,
                                position.history[position.best_epoch - 1].val_loss)
@@ -360,10 +360,44 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
             report(f"Early stop: no better epoch (video-level val balanced accuracy, then ROC-AUC, then loss) "
                    f"for {config.patience} epochs")
             break
+    if len(data.test) and result.best_epoch:  # before the state goes: a stop here measures again on --resume
+        result.test = _measure_test(config, net, data, result.threshold, common, device, rank, world, show)
+        if rank == 0:
+            _record_test(config.output_dir, result.test)
     if rank == 0:
         remove_state(config.output_dir)  # finished: nothing to resume
     _final_block(report, result)
     return result
+
+
+def _measure_test(config: TrainConfig, net: nn.Module, data: TrainingData, threshold: float, common: dict,
+                  device: torch.device, rank: int, world: int, show: bool) -> dict[str, Any]:
+    """The saved best model's metrics on the held-out test videos, at the threshold validation chose: the
+    numbers the model earned on videos that chose nothing (``dataset._split``)."""
+    from safetensors.torch import load_file
+
+    from ..model import WEIGHTS_FILE
+
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # rank 0 has written the best model
+    net.load_state_dict(load_file(str(config.output_dir / WEIGHTS_FILE), device=str(device)))
+    loader = DaliFrameLoader(data.test, train=False, seed=config.seed, **common)
+    probs, _ = _evaluate(net, loader, data.test, device, world, "Test", show)
+    _, vscores, vlabels = video_scores(probs, data.test.labels, data.test.video_ids)
+    return {"frame": binary_metrics(probs, data.test.labels, threshold).as_dict(),
+            "video": binary_metrics(vscores, vlabels, threshold).as_dict(),
+            "test_frames": len(data.test), "test_videos": data.test.n_videos}
+
+
+def _record_test(model_dir: Path, test: dict[str, Any]) -> None:
+    """Adds the test metrics to the saved model's card (they change nothing the model scores with)."""
+    card_path = model_dir / CARD_FILE
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    card.setdefault("metrics", {})["test"] = test
+    with atomic_path(card_path) as tmp:
+        tmp.write_text(json.dumps(card, indent=2, sort_keys=True, default=float) + "\n", encoding="utf-8")
 
 
 def _save(config: TrainConfig, net: nn.Module, arch: str, data: TrainingData, record: EpochRecord,
@@ -377,7 +411,8 @@ def _save(config: TrainConfig, net: nn.Module, arch: str, data: TrainingData, re
             "dataset_fingerprint": data.fingerprint, "dataset": str(Path(config.dataset).resolve()),  # absolute: evaluate finds it from anywhere
             # the content ids of each split's videos as trained: evaluate names the videos a model has seen even
             # after prepare-dataset --merge added some to the dataset (or the dataset is on another machine)
-            "split_videos": {"train": sorted(set(data.train.video_ids)), "val": sorted(set(data.val.video_ids))},
+            "split_videos": {"train": sorted(set(data.train.video_ids)), "val": sorted(set(data.val.video_ids)),
+                             "test": sorted(set(data.test.video_ids))},
             "training": {"pretrained": str(config.pretrained), "epochs": config.epochs,
                          "batch_size": config.batch_size, "learning_rate": config.learning_rate,
                          "seed": config.seed, "freeze_backbone_epochs": config.freeze_backbone_epochs,
@@ -415,5 +450,13 @@ def _final_block(report: Report, result: TrainResult) -> None:
                f"threshold {result.threshold:.2f}, tuned on these {best.video['n']} videos; "
                f"{_pct(best.video['accuracy_at_0.5'])} at 0.50)")
         report(f"Frame-level val accuracy: {_pct(best.frame['accuracy'])} | Video F1: {best.video['f1']:.3f}")
+    if result.test is not None:
+        video = result.test["video"]
+        report(f"Held-out test, {video['n']} videos used for nothing else: balanced accuracy "
+               f"{_pct(video['balanced_accuracy'])}, accuracy {_pct(video['accuracy'])}, F1 {video['f1']:.3f} at "
+               f"threshold {result.threshold:.2f} (what to expect on new footage)")
+    elif best is not None:
+        report("No test split (prepare-dataset holds one out for classes of 10+ videos): the val numbers above "
+               "chose the epoch and threshold, so expect less on new footage")
     report(f"Model saved to: {result.model_dir}")
     report("=" * 60)
