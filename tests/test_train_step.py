@@ -144,3 +144,30 @@ def test_dali_batches_stay_intact_while_the_step_stream_lags(tmp_path) -> None: 
     assert len(seen) == len(order) == n
     wrong = [r for r, v in zip(order, seen) if abs(expected[r] - v) > 0.02]
     assert not wrong, f"{len(wrong)} of {n} frames were read from a buffer DALI had reused"
+
+
+def test_frame_weights_scale_each_frames_loss() -> None:
+    """A frame's loss counts by its weight (its video's length: ``video_balance_weights``); fillers still by 0."""
+    net = _Linear()
+    labels = torch.tensor([1, 0, 1, 0])
+    weights = torch.tensor([0.5, 2.0, 1.0, 0.25])
+    step = TrainStep(net, torch.optim.SGD(net.parameters(), lr=0.0), None, labels, torch.tensor(2.0),
+                     torch.device("cpu"), frame_weights=weights)
+    for images, rows in _batches():
+        step(images, rows)
+    loss, _, seen = step.totals()
+    logits = torch.tensor([0.5, -0.25, -1.0, 2.0])
+    each = F.binary_cross_entropy_with_logits(logits, labels.float(), pos_weight=torch.tensor(2.0), reduction="none")
+    assert seen == 4 and loss == pytest.approx(float((each * weights).sum()), rel=1e-6)
+
+
+def test_a_long_video_counts_by_the_square_root_of_its_length() -> None:
+    """One 100-frame clip against five 4-frame clips: 100 to 20 frames, but 10 to 10 in weight (sqrt 100 against
+    5 x sqrt 4), where per frame the long clip had outweighed all five together five to one."""
+    from quadvault_dali.training._data import video_balance_weights
+
+    ids = ["long"] * 100 + [f"short{i}" for i in range(5) for _ in range(4)]
+    w = video_balance_weights(ids)
+    assert w.mean() == pytest.approx(1.0)
+    assert w[:100].sum() == pytest.approx(w[100:].sum())
+    assert (video_balance_weights(["a", "a", "b", "b"]) == 1.0).all()  # one length: nothing changes

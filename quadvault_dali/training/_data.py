@@ -121,6 +121,20 @@ def load_training_data(dataset: str | Path) -> TrainingData:
                         test=tables["test"])
 
 
+def video_balance_weights(video_ids: Sequence[str]) -> np.ndarray:
+    """Each frame's weight in the training loss: 1/sqrt(its video's frame count), scaled to a mean of 1.
+
+    The loss is per frame, so a 20-minute clip (1,200 frames) outweighed a 5-second one 240 to 1, and one long
+    normal clip carried a third of an epoch's loss (an ML review's find). With these weights a video counts by
+    the square root of its length (15 to 1 there): long clips still teach more, not everything. Videos of one
+    length get weight 1 exactly."""
+    if not len(video_ids):
+        return np.zeros(0, np.float64)
+    _, inverse, counts = np.unique(np.asarray(video_ids), return_inverse=True, return_counts=True)
+    weights = 1.0 / np.sqrt(counts[inverse].astype(np.float64))
+    return weights / weights.mean()
+
+
 #: Row id of a training image that only completes an epoch's last batches: it is a real frame (BatchNorm
 #: sees a normal batch) but counts in no loss or metric, so every frame weighs the same in every epoch.
 FILLER = -1

@@ -29,7 +29,8 @@ from ..metrics import balanced_accuracy, best_threshold, binary_metrics, video_s
 from ..model import CARD_FILE, build_network, save_model, spec_for
 from ..progress import progress_bar
 from ._config import EpochRecord, TrainConfig, TrainResult, loader_threads, resolve_backbone
-from ._data import DaliFrameLoader, FrameTable, LoaderCheckpointError, TrainingData, load_training_data
+from ._data import (DaliFrameLoader, FrameTable, LoaderCheckpointError, TrainingData, load_training_data,
+                    video_balance_weights)
 from ._resume import RunPosition, load_saved, remove_state, restore, resume_seed, run_settings, save_state
 from ._step import SHOW_EVERY, TrainStep
 
@@ -272,9 +273,12 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
     ], weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, [_lr_lambda(total, warmup, frozen_steps), _lr_lambda(total, warmup)])
-    n_pos = int(data.train.labels.sum())
-    pos_weight = torch.tensor((len(data.train) - n_pos) / max(n_pos, 1), device=device)
-    step = TrainStep(model, optimizer, scheduler, torch.from_numpy(data.train.labels), pos_weight, device)
+    # frames weighted by their video's length, and the classes balanced by those weights
+    weights = video_balance_weights(data.train.video_ids)
+    positive = float(weights[data.train.labels == 1].sum())
+    pos_weight = torch.tensor((float(weights.sum()) - positive) / max(positive, 1e-9), device=device)
+    step = TrainStep(model, optimizer, scheduler, torch.from_numpy(data.train.labels), pos_weight, device,
+                     frame_weights=torch.from_numpy(weights))
     if saved is not None:
         position = restore(saved, net, optimizer, scheduler)
         del saved  # the tensors are in the network and optimizer now

@@ -40,11 +40,15 @@ class TrainStep:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler | None, labels: torch.Tensor,
-                 pos_weight: torch.Tensor, device: torch.device, *, priority: bool = True) -> None:
+                 pos_weight: torch.Tensor, device: torch.device, *, priority: bool = True,
+                 frame_weights: torch.Tensor | None = None) -> None:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.device = device
         self.cuda = device.type == "cuda"
         self.labels = labels.float().to(device)  # per frame row, on the device once
+        #: each frame row's weight in the loss (``_data.video_balance_weights``); all 1 when not given
+        self.frame_weights = (frame_weights.float() if frame_weights is not None
+                              else torch.ones(len(labels))).to(device)
         self.pos_weight = pos_weight
         # one stream for the whole run: PyTorch's caching allocator reuses freed memory only on the stream
         # that allocated it, so a new stream per epoch would cache another training peak each epoch
@@ -81,13 +85,13 @@ class TrainStep:
         rows = rows.to(self.device, non_blocking=True)
         y = self.labels[rows.clamp(min=0)]
         # fillers complete the batch (BatchNorm sees a full one) but must not count their frame twice
-        weight = (rows != FILLER).float()
+        weight = (rows != FILLER).float() * self.frame_weights[rows.clamp(min=0)]
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
             logits = self.model(images)
         losses = weight * F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=self.pos_weight,
                                                              reduction="none")
-        loss = losses.sum() / len(weight)  # per batch size, not per counted frame: every frame weighs the same
+        loss = losses.sum() / len(weight)  # per batch size, not per counted frame: a frame weighs its weight
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
