@@ -85,13 +85,16 @@ def reel(scores: Path, out: Path, resolution: tuple[int, int], dry_run: bool, **
     # SIGTERM (timeout, kill, a scheduler) and a closed terminal's SIGHUP stop like Ctrl-C: the partial file goes
     seen: list[int] = []
     earlier = Path(out).is_file()  # an earlier reel there is replaced only when the new one is complete
+    written: list[object] = []
 
     def stopped(by_signal: bool) -> str:
+        if written:  # the stop came while the reel and its list were renamed into place: it waited for both
+            return f"{stop_word(by_signal, seen)} as the reel was finished: {out} and its clip list are written."
         kept = f"; the earlier {Path(out).name} is kept as it was" if earlier else ""
         return f"{stop_word(by_signal, seen)}; no reel written to {out}{kept}."
 
     with stops_cleanly(stopped, STOP_SIGNALS, seen=seen):
-        result = make_reel(scores, out, options)
+        result = make_reel(scores, out, options, on_written=lambda: written.append(True))
     plan = result.prepared.plan
     for message in result.prepared.skipped:
         click.echo(f"skipped: {message}", err=True)

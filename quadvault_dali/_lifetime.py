@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 #: What stops a long command like Ctrl-C, not a crash: the terminal's SIGINT, a scheduler's SIGTERM, a closed
 #: terminal's (or ssh session's) SIGHUP
@@ -64,22 +64,28 @@ def signal_name(number: int) -> str:
 
 
 @contextmanager
-def stop_signals_deferred() -> Iterator[None]:
+def stop_signals_deferred(*, from_start: bool = True) -> Iterator[Callable[[], None]]:
     """SIGINT, SIGTERM and SIGHUP that come inside the block take effect at its end: for a few milliseconds of
     file renames that must not be cut in two (a merge of shard pairs stopped between them left most videos in two
-    pairs). In another thread than the main one (where handlers cannot be set) it defers nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    pairs). ``from_start=False``: only from when the yielded function is called (inside nested blocks whose
+    exits do the renames: a reel and its clip list). In another thread than the main one (where handlers cannot
+    be set) it defers nothing."""
     caught: list[int] = []
-    previous = {}
-    for number in STOP_SIGNALS:
-        handler = signal.getsignal(number)
-        if handler is not signal.SIG_IGN:
-            previous[number] = handler
-            signal.signal(number, lambda n, frame: caught.append(n))
+    previous: dict[int, Any] = {}
+
+    def hold() -> None:
+        if previous or threading.current_thread() is not threading.main_thread():
+            return
+        for number in STOP_SIGNALS:
+            handler = signal.getsignal(number)
+            if handler is not signal.SIG_IGN:
+                previous[number] = handler
+                signal.signal(number, lambda n, frame: caught.append(n))
+
+    if from_start:
+        hold()
     try:
-        yield
+        yield hold
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)

@@ -12,9 +12,10 @@ import os
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 from .._files import atomic_path
+from .._lifetime import stop_signals_deferred
 from ..device import resolve_device
 from ..errors import OutputError, QuadvaultError
 from ..probe import VideoInfo, probe_video
@@ -326,8 +327,10 @@ def _plan_for_checked(scores: str | Path | ScoreSource, out: Path, options: Reel
     return prepared
 
 
-def make_reel(scores: str | Path | ScoreSource, out: str | Path, options: ReelOptions = ReelOptions()) -> ReelResult:
-    """Plans, encodes ``out`` and writes ``OUT.clips.csv``; raises ``EmptySelectionError`` when nothing fits."""
+def make_reel(scores: str | Path | ScoreSource, out: str | Path, options: ReelOptions = ReelOptions(), *,
+              on_written: Callable[[], None] | None = None) -> ReelResult:
+    """Plans, encodes ``out`` and writes ``OUT.clips.csv``; raises ``EmptySelectionError`` when nothing fits.
+    ``on_written`` is called once both are in place, before a stop signal that came meanwhile takes effect."""
     out = Path(out)
     check_output(out)
     # gpu raises, naming why, on a machine without a usable GPU; auto decodes on NVDEC where there is one
@@ -338,8 +341,13 @@ def make_reel(scores: str | Path | ScoreSource, out: str | Path, options: ReelOp
     sidecar = sidecar_path(out)
     # the list is written before the reel is renamed into place and renamed after it: a full disk while
     # writing it used to leave a new reel without a list, which the next run then refused to replace
-    with atomic_path(sidecar) as sidecar_tmp:
-        write_sidecar(prepared.plan, sidecar_tmp, atomic=False, shown_as=sidecar)
-        result = render_reel(prepared.plan, prepared.infos, out, width=options.width, height=options.height,
-                             encoder=encoder, audio=options.audio, gpu=gpu)
+    # and a stop signal between the two renames waits for the second: it left a new reel without its list (or
+    # with the earlier reel's), which the next run refused to replace
+    with stop_signals_deferred(from_start=False) as hold_stops:
+        with atomic_path(sidecar) as sidecar_tmp:
+            write_sidecar(prepared.plan, sidecar_tmp, atomic=False, shown_as=sidecar)
+            result = render_reel(prepared.plan, prepared.infos, out, width=options.width, height=options.height,
+                                 encoder=encoder, audio=options.audio, gpu=gpu, before_rename=hold_stops)
+        if on_written is not None:
+            on_written()
     return ReelResult(result, sidecar, prepared)

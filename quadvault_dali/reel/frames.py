@@ -112,6 +112,8 @@ class WindowReader:
             except av.error.FFmpegError as exc:
                 self.close()
                 raise DecodeError(f"cannot seek to {in_s:.2f} s ({exc})", path=self.info.path) from exc
+            if getattr(self, "_frames", None) is not None:
+                self._frames.close()  # the last try's, seeking earlier now
             self._frames = self._decode()
             self._next: tuple[float, av.VideoFrame] | None = next(self._frames, None)
             if (self._next is not None and self._next[0] <= in_s + _EPS) or start_s == 0.0:
@@ -177,8 +179,22 @@ class WindowReader:
         canvas[box.y: box.y + box.fit_h, box.x: box.x + box.fit_w] = img
         return canvas
 
+    @property
+    def ended(self) -> bool:
+        """Whether no frame follows the one last served (the file ends there)."""
+        return getattr(self, "_next", None) is None
+
     def close(self) -> None:
+        """Closes the file and lets go of every decoded frame now. The decode generator refers back to this
+        reader (a cycle), so without this its 4K frames and the decoder's buffer pools waited for the cycle
+        collector: a 20-clip 4K reel's check peaked at 2.3 GB, against 0.35 GB with it (a reel tester's find)."""
+        frames = getattr(self, "_frames", None)
+        if frames is not None:
+            frames.close()
+        self._frames = self._next = self._current = self._cached = None  # type: ignore[assignment]
+        self._stream = None  # type: ignore[assignment]
         container = getattr(self, "_container", None)
+        self._container = None  # type: ignore[assignment]
         if container is not None:
             container.close()
 
@@ -206,7 +222,8 @@ def check_window(info: VideoInfo, in_s: float) -> None:
         reader.frame_at(in_s)
         shown = reader.current_time
         slack = 2.0 / info.avg_fps if info.avg_fps else 0.1
-        if shown is not None and shown < in_s - slack:
+        # a frame long before in_s with more after it is a gap in a variable-rate file (dropped frames), not an end
+        if shown is not None and shown < in_s - slack and reader.ended:
             raise DecodeError(f"the video ends at {shown:.2f} s, before the window at {in_s:.2f} s",
                               path=info.path, hint="was it cut since the scan? scan it again")
 

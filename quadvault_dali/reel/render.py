@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Callable, Literal, Mapping
 
 import av
 import numpy as np
@@ -98,10 +98,12 @@ def remove_stale_partials(out: Path) -> None:
 
 
 def render_reel(plan: ReelPlan, infos: Mapping[Path, VideoInfo], out: str | Path, *, width: int, height: int,
-                encoder: str, audio: AudioChoice = "none", gpu: int | None = None) -> RenderResult:
+                encoder: str, audio: AudioChoice = "none", gpu: int | None = None,
+                before_rename: Callable[[], None] | None = None) -> RenderResult:
     """Encodes ``plan`` into ``out`` (atomically). ``infos`` holds the probed sources by path.
 
-    ``gpu``: decode the source windows on this CUDA device's NVDEC where it can take them.
+    ``gpu``: decode the source windows on this CUDA device's NVDEC where it can take them. ``before_rename`` is
+    called once the reel is encoded, just before it is renamed into place.
     """
     out = Path(out)
     if width % 2 or height % 2:
@@ -114,6 +116,8 @@ def render_reel(plan: ReelPlan, infos: Mapping[Path, VideoInfo], out: str | Path
     remove_stale_partials(out)
     with atomic_path(out, temp_path(out)) as tmp:
         failed, decoders = _encode(plan, infos, tmp, width, height, encoder, track, gpu)
+        if before_rename is not None:
+            before_rename()
     if gpu is not None:
         log.info("source windows decoded: %d on NVDEC, %d on the CPU", decoders.count("nvdec"),
                  decoders.count("pyav"))
