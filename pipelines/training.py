@@ -34,6 +34,13 @@ HUE_DEGREES = 8.0
 HW_DECODER_LOAD = 0.9
 
 
+def training_augmentation() -> dict[str, object]:
+    """The augmentation ranges above, as a model card records them."""
+    return {"crop_area": list(CROP_AREA), "crop_aspect": [round(a, 4) for a in CROP_ASPECT],
+            "rotate_degrees": ROTATE_DEGREES, "brightness": list(BRIGHTNESS), "contrast": list(CONTRAST),
+            "saturation": list(SATURATION), "hue_degrees": HUE_DEGREES, "mirror": 0.5}
+
+
 @pipeline_def(enable_conditionals=False)
 def frame_pipeline(files: Sequence[str], rows: Sequence[int], *, image_size: int, mean: Sequence[float],
                    std: Sequence[float], train: bool, decode_device: str = "mixed", shard_id: int = 0,

@@ -327,6 +327,10 @@ def test_the_held_out_test_split_is_measured_once_at_the_end(tmp_path: Path) -> 
                                      seed=0, freeze_backbone_epochs=1, patience=5), lines.append)
     card = load_model(out).card
     test = card["metrics"]["test"]
+    # and how it was made: the run's schedule and end, the augmentation, the dataset's sampling
+    assert card["training"]["epochs_run"] == 2 and card["training"]["stopped_early"] is False
+    assert card["training"]["augmentation"]["crop_area"] == [0.35, 1.0] and card["training"]["weight_decay"] > 0
+    assert card["dataset_settings"] == {}  # make_dataset records none (prepare-dataset records fps, size, mode, quality)
     assert result.test == test and test["test_videos"] == 8 and test["test_frames"] == 24
     assert test["video"]["threshold"] == pytest.approx(card["threshold"]) and test["video"]["n"] == 8
     splits = card["split_videos"]

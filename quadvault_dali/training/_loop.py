@@ -366,8 +366,8 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
             break
     if len(data.test) and result.best_epoch:  # before the state goes: a stop here measures again on --resume
         result.test = _measure_test(config, net, data, result.threshold, common, device, rank, world, show)
-        if rank == 0:
-            _record_test(config.output_dir, result.test)
+    if rank == 0 and result.best_epoch:
+        _record_outcome(config.output_dir, result)
     if rank == 0:
         remove_state(config.output_dir)  # finished: nothing to resume
     _final_block(report, result)
@@ -395,17 +395,22 @@ def _measure_test(config: TrainConfig, net: nn.Module, data: TrainingData, thres
             "test_frames": len(data.test), "test_videos": data.test.n_videos}
 
 
-def _record_test(model_dir: Path, test: dict[str, Any]) -> None:
-    """Adds the test metrics to the saved model's card (they change nothing the model scores with)."""
+def _record_outcome(model_dir: Path, result: TrainResult) -> None:
+    """Adds how the run ended (epochs run, early stop) and the test metrics to the saved model's card (they
+    change nothing the model scores with)."""
     card_path = model_dir / CARD_FILE
     card = json.loads(card_path.read_text(encoding="utf-8"))
-    card.setdefault("metrics", {})["test"] = test
+    card.setdefault("training", {}).update({"epochs_run": len(result.history), "stopped_early": result.stopped_early})
+    if result.test is not None:
+        card.setdefault("metrics", {})["test"] = result.test
     with atomic_path(card_path) as tmp:
         tmp.write_text(json.dumps(card, indent=2, sort_keys=True, default=float) + "\n", encoding="utf-8")
 
 
 def _save(config: TrainConfig, net: nn.Module, arch: str, data: TrainingData, record: EpochRecord,
           run_id: str) -> None:
+    from ..pipelines.training import training_augmentation  # DALI: imported where training runs, as the loader's
+
     card = {"name": config.output_dir.name, "architecture": arch, "image_size": config.image_size,
             "threshold": record.threshold,
             "metrics": {"epoch": record.epoch, "frame": record.frame, "video": record.video,
@@ -417,10 +422,16 @@ def _save(config: TrainConfig, net: nn.Module, arch: str, data: TrainingData, re
             # after prepare-dataset --merge added some to the dataset (or the dataset is on another machine)
             "split_videos": {"train": sorted(set(data.train.video_ids)), "val": sorted(set(data.val.video_ids)),
                              "test": sorted(set(data.test.video_ids))},
+            # how the frames were prepared and the model trained, for whoever is given it (an ML review found
+            # the prepare settings, augmentation and schedule kept only in the state a finished run deletes)
+            "dataset_settings": dict(data.settings),
             "training": {"pretrained": str(config.pretrained), "epochs": config.epochs,
                          "batch_size": config.batch_size, "learning_rate": config.learning_rate,
+                         "weight_decay": config.weight_decay, "head_lr_multiplier": config.head_lr_multiplier,
+                         "warmup_epochs": config.warmup_epochs, "patience": config.patience,
                          "seed": config.seed, "freeze_backbone_epochs": config.freeze_backbone_epochs,
-                         "run_id": run_id}}
+                         "loss_weighting": "1/sqrt(frames of the video), classes balanced by weight",
+                         "augmentation": training_augmentation(), "run_id": run_id}}
     save_model(config.output_dir, net, card)
 
 
