@@ -193,6 +193,20 @@ def test_split_is_by_video_stratified_and_deterministic() -> None:
     assert sorted(small[v] for v in "ab") == ["train", "val"] and small["c"] == "train"
 
 
+def test_one_recordings_chunks_labelled_differently_stay_on_one_side() -> None:
+    """Groups were kept together within a class only: a flight's highlight chunk could train while its normal
+    next chunk validated, on footage training had all but seen (an ML review's find)."""
+    labels = {f"h{i:02d}": 1 for i in range(12)} | {f"n{i:02d}": 0 for i in range(12)}
+    for h in labels:
+        if labels[h] == 1:
+            groups = {h: "flight", "n05": "flight"}
+            splits = assign_splits(labels, groups=groups)
+            assert splits[h] == splits["n05"], h
+    # unless following its group would leave a class no training video: then the class keeps it
+    tiny = assign_splits({"h0": 1, "h1": 1, "n0": 0}, groups={"h0": "g", "n0": "g", "h1": "h1"})
+    assert "train" in {tiny["n0"]} and {tiny["h0"], tiny["h1"]} == {"train", "val"}
+
+
 def test_split_keeps_existing_videos_and_fills_val_with_new_ones() -> None:
     old = {f"h{i}": 1 for i in range(5)} | {f"n{i}": 0 for i in range(5)}
     first = assign_splits(old)

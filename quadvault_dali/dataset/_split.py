@@ -52,8 +52,9 @@ def assign_splits(labels: Mapping[str, int], *, existing: Mapping[str, Split] | 
 
     Videos in ``existing`` keep their split (``--merge``); new videos of a class fill validation, then test,
     up to the class's targets, in hash order. A class made only of existing videos is left as it was.
-    ``groups`` (``{video_id: group}``, ``_recordings.recording_groups``): videos of one group and class go to
-    one side, the one a member already has if any; a group may take a split a little past its target.
+    ``groups`` (``{video_id: group}``, ``_recordings.recording_groups``): videos of one group go to one side, the
+    one a member already has if any, whatever their labels (one flight's chunks labelled differently), unless it
+    would take a class's last training video; a group may take a split a little past its target.
     """
     if not 0.0 <= fraction < 1.0 or not 0.0 <= test_fraction < 1.0 or fraction + test_fraction >= 1.0:
         raise ValueError(f"validation and test fractions must be in [0, 1) and leave videos to train on, got "
@@ -61,12 +62,14 @@ def assign_splits(labels: Mapping[str, int], *, existing: Mapping[str, Split] | 
     existing = existing or {}
     groups = groups or {}
     result: dict[str, Split] = {}
+    placed: dict[str, Split] = {}  # group -> its side, across classes: one flight's chunks labelled differently
     for label in sorted(set(labels.values())):
         members = sorted((vid for vid, lab in labels.items() if lab == label), key=_rank_key)
         kept = [vid for vid in members if vid in existing]
         new = [vid for vid in members if vid not in existing]
         for vid in kept:
             result[vid] = existing[vid]
+            placed.setdefault(groups.get(vid, vid), existing[vid])
         held = Counter(existing[vid] for vid in kept)
         targets = {"val": val_target(len(members), fraction), "test": held_out_target(len(members), test_fraction)}
         need = {split: max(0, targets[split] - held[split]) for split in ("val", "test")}
@@ -75,10 +78,13 @@ def assign_splits(labels: Mapping[str, int], *, existing: Mapping[str, Split] | 
         held_out = held["val"] + held["test"]
         for vid in new:
             key = groups.get(vid, vid)
-            if key not in side_of:  # to validation, then test, while they want more, never taking the class's
-                # last training video
+            room = held_out + size[key] < len(members)  # never taking the class's last training video
+            if key not in side_of and key in placed:  # the group's videos of another class chose a side
+                side_of[key] = placed[key] if placed[key] == "train" or room else "train"
+            elif key not in side_of:  # to validation, then test, while they want more
                 wanting = next((split for split in ("val", "test") if need[split] > 0), None)
-                side_of[key] = wanting if wanting and held_out + size[key] < len(members) else "train"
+                side_of[key] = wanting if wanting and room else "train"
+            placed.setdefault(key, side_of[key])
             split = side_of[key]
             result[vid] = split  # type: ignore[assignment]
             if split != "train":
