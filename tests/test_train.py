@@ -312,7 +312,8 @@ def test_training_learns_the_two_styles(tmp_path: Path, device: str) -> None:
     assert (out / "training_history.json").is_file()
 
 
-def test_the_held_out_test_split_is_measured_once_at_the_end(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_held_out_test_split_is_measured_once_at_the_end(tmp_path: Path, backend: str) -> None:
     """Validation chooses the epoch and the threshold, so its numbers flatter the model (an ML review: 0.70
     balanced accuracy for random scores on a small validation split). The test videos train and tune nothing:
     the best model is measured on them once, at validation's threshold, into its card; evaluate scores them by
@@ -323,7 +324,7 @@ def test_the_held_out_test_split_is_measured_once_at_the_end(tmp_path: Path) -> 
     out = tmp_path / "model"
     lines: list[str] = []
     result = train_model(TrainConfig(tmp_path / "ds", out, epochs=2, batch_size=12, learning_rate=3e-4,
-                                     image_size=64, device="cpu", backbone="efficientnet-lite0", pretrained="auto",
+                                     image_size=64, device=backend, backbone="efficientnet-lite0", pretrained="auto",
                                      seed=0, freeze_backbone_epochs=1, patience=5), lines.append)
     card = load_model(out).card
     test = card["metrics"]["test"]
