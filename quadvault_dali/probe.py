@@ -393,7 +393,11 @@ def open_container(path: Path, file: BinaryIO | None = None, *,
     except OSError as exc:
         if exc.errno in _NOT_FOUND_ERRNOS:  # what Path.exists() reads as "not there"
             raise FileAccessError("file not found", path=path) from None
-        raise
+        if isinstance(exc, PermissionError):  # its folder cannot be searched (chmod 000 on the folder)
+            raise FileAccessError("permission denied", path=path,
+                                  hint="check the read permission of the file and its folders") from None
+        # EIO and the like: one file's error, not the caller's whole run's (a reel stopped for it)
+        raise FileAccessError(f"cannot read the file: {exc.strerror or exc}", path=path) from None
     if S_ISDIR(st.st_mode):
         raise VideoOpenError("is a folder, not a video file", path=path)
     kind = special_file_kind(st.st_mode)

@@ -1095,3 +1095,60 @@ def test_a_stop_between_the_reel_and_its_list_waits_for_the_list(scan_dir: Path,
     monkeypatch.undo()
     assert out.is_file() and len(read_sidecar(sidecar_path(out))) == 1
     assert written  # so the command says the reel is written, not that none is
+
+
+def test_a_source_deleted_while_the_reel_encodes_is_cut_out_not_shown_black(scan_dir: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deleted mid-encode, a source showed as a second of black that the clip list still named (a live-library
+    tester's find): the reel is planned and encoded again without it, and says so."""
+    import shutil
+
+    import quadvault_dali.reel.render as render
+
+    options = ReelOptions(width=W, height=H, min_score=0.9, top=3, clip_seconds=2.0, transitions=False)
+    planned = prepare_reel(scan_dir, options).plan
+    assert len(planned.clips) == 3
+    doomed = planned.clips[1].window.path
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    real_init = render._ClipSource.__init__
+
+    def delete_on_open(self, clip, info, *args, **kw):  # type: ignore[no-untyped-def]
+        if clip.window.path == doomed and doomed.exists():
+            shutil.move(doomed, kept / doomed.name)  # the pilot tidies the library while the reel encodes
+        real_init(self, clip, info, *args, **kw)
+
+    monkeypatch.setattr(render._ClipSource, "__init__", delete_on_open)
+    out = tmp_path / "best.mp4"
+    try:
+        result = make_reel(scan_dir, out, options)
+    finally:
+        shutil.move(kept / doomed.name, doomed)  # the library fixture is shared
+    listed = read_sidecar(result.sidecar)
+    assert doomed not in {Path(row["source_path"]) for row in listed} and len(listed) == len(result.prepared.plan.clips)
+    assert any(str(doomed) in message and "encoding the reel" not in message and "gone" in message
+               for message in result.prepared.skipped)
+    assert not result.render.failed_clips
+
+
+def test_a_source_whose_folder_became_unreadable_is_skipped_not_fatal(scan_dir: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A folder made unreadable after the scan stopped the whole reel with "Permission denied (check that the
+    folder exists and can be written)" (a live-library tester's find); an unreadable file was already skipped."""
+    import pathlib
+
+    options = ReelOptions(width=W, height=H, min_score=0.9, top=3, clip_seconds=2.0)
+    locked = prepare_reel(scan_dir, options).plan.clips[0].window.path
+    real_stat = pathlib.Path.stat
+
+    def stat(self, *args, **kw):  # type: ignore[no-untyped-def]
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_stat(self, *args, **kw)
+
+    monkeypatch.setattr(pathlib.Path, "stat", stat)
+    with caplog.at_level(logging.WARNING):
+        prepared = prepare_reel(scan_dir, options)
+    assert locked not in {c.window.path for c in prepared.plan.clips} and prepared.plan.clips
+    assert any(f"{locked}: permission denied" in message for message in prepared.skipped)

@@ -22,7 +22,7 @@ from ..probe import VideoInfo, probe_video
 from ..scan.schema import video_id
 from .encoders import EncoderChoice, choose_encoder
 from .frames import check_window
-from .render import AudioChoice, RenderResult, render_reel
+from .render import AudioChoice, RenderResult, SourceUnavailable, render_reel
 from .scores import ScoreSource, VideoScores, load_scores
 from .select import EmptySelectionError, Order, ReelPlan, plan_reel
 from .sidecar import sidecar_path, write_sidecar
@@ -335,10 +335,33 @@ def make_reel(scores: str | Path | ScoreSource, out: str | Path, options: ReelOp
     check_output(out)
     # gpu raises, naming why, on a machine without a usable GPU; auto decodes on NVDEC where there is one
     gpu = 0 if resolve_device(options.device) == "gpu" else None
-    prepared = _plan_for_checked(scores, out, options)
+    source = scores if isinstance(scores, ScoreSource) else load_scores(scores)
     encoder = choose_encoder(options.encoder, options.width, options.height, options.fps,
                              gpu_allowed=options.device != "cpu")
     sidecar = sidecar_path(out)
+    vanished: list[str] = []
+    while True:
+        prepared = _plan_for_checked(source, out, options)
+        try:
+            result = _encode_with_list(prepared, out, sidecar, options, encoder, gpu, on_written)
+        except SourceUnavailable as exc:  # deleted, made unreadable or replaced while encoding: the reel again
+            if len(vanished) >= MAX_REPLANS:
+                raise
+            log.warning("%s; encoding the reel again without it", exc)
+            vanished.append(str(exc))
+            source = dataclasses.replace(source, videos=[v for v in source.videos if v.path != exc.path])
+            continue
+        prepared = dataclasses.replace(prepared, skipped=prepared.skipped + tuple(vanished))
+        return ReelResult(result, sidecar, prepared)
+
+
+#: How many sources may vanish during encoding before the reel gives up (each costs an encode from the start)
+MAX_REPLANS = 5
+
+
+def _encode_with_list(prepared: PreparedReel, out: Path, sidecar: Path, options: ReelOptions, encoder: str,
+                      gpu: int | None, on_written: Callable[[], None] | None) -> RenderResult:
+    """Encodes the reel and writes its clip list, both renamed into place only once both are complete."""
     # the list is written before the reel is renamed into place and renamed after it: a full disk while
     # writing it used to leave a new reel without a list, which the next run then refused to replace
     # and a stop signal between the two renames waits for the second: it left a new reel without its list (or
@@ -350,4 +373,4 @@ def make_reel(scores: str | Path | ScoreSource, out: str | Path, options: ReelOp
                                  encoder=encoder, audio=options.audio, gpu=gpu, before_rename=hold_stops)
         if on_written is not None:
             on_written()
-    return ReelResult(result, sidecar, prepared)
+    return result

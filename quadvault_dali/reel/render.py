@@ -42,6 +42,13 @@ class RenderResult:
     decoders: tuple[str, ...] = ()  # per clip position: nvdec or pyav
 
 
+class SourceUnavailable(QuadvaultError):
+    """A clip's source no longer opens, or is another file, when its clip starts: it was deleted, moved, made
+    unreadable or replaced while the reel was encoding. ``make_reel`` plans the reel again without it (it showed
+    as a black clip the clip list still named: a live-library tester's find)."""
+
+
+
 class _ClipSource:
     """A clip's reader that survives a mid-window decode failure by holding its last good picture."""
 
@@ -52,10 +59,17 @@ class _ClipSource:
         self._last: np.ndarray | None = None
         self._size = (height, width)
         try:
+            st = os.stat(info.path)
+        except OSError as exc:
+            raise SourceUnavailable(f"is gone since the reel was planned ({exc.strerror or exc})",
+                                    path=info.path) from None
+        if (st.st_size, st.st_mtime_ns) != (info.size_bytes, info.mtime_ns):
+            raise SourceUnavailable("was replaced since the reel was planned", path=info.path)
+        try:
             self._reader: WindowReader | None = WindowReader(info, clip.window.in_s, width, height, gpu=gpu)
             self.decoder = self._reader.decoder
-        except QuadvaultError as exc:
-            self._fail(exc)
+        except QuadvaultError as exc:  # it decoded when the reel was planned: not this file any more
+            raise SourceUnavailable(f"no longer opens ({exc.reason})", path=info.path) from exc
 
     def _fail(self, exc: Exception) -> None:
         log.warning("clip %d: %s; holding its last good frame", self.clip.position, exc)

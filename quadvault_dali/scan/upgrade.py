@@ -83,9 +83,11 @@ def with_recording_times(videos: pa.Table) -> pa.Table:
             return False
         return st.st_size == size and st.st_mtime_ns == mtime_ns
 
-    rows = zip(videos.column("path").to_pylist(), videos.column("size_bytes").to_pylist(),
-               videos.column("mtime_ns").to_pylist(), videos.column("status").to_pylist(),
-               videos.column("recorded_at").to_pylist())
+    rows = list(zip(videos.column("path").to_pylist(), videos.column("size_bytes").to_pylist(),
+                    videos.column("mtime_ns").to_pylist(), videos.column("status").to_pylist(),
+                    videos.column("recorded_at").to_pylist()))
+    log.debug("reading the recording times of %d videos scanned before schema 1.5 (once; 1-20 ms each)",
+             sum(1 for *_, status, when in rows if status == "ok" and when is None))
     times = [when if when is not None or status != "ok" or not current(path, size, mtime)
              else read_recorded_at(path) for path, size, mtime, status, when in rows]
     i = videos.column_names.index("recorded_at")
@@ -125,5 +127,6 @@ def upgrade_shards(out_dir: Path, own_tag: str = "", lock_timeout_s: float = 10.
             if lock is not None:
                 lock.release()
     if upgraded:
-        log.info("rewrote %d shard files of an earlier schema with the columns of %s", upgraded, SCHEMA_VERSION)
+        log.info("rewrote %d shard files of an earlier schema with the columns of %s (recording times read from "
+                 "the videos, once)", upgraded, SCHEMA_VERSION)
     return upgraded
