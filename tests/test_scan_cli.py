@@ -345,14 +345,14 @@ def test_documented_duckdb_queries(library: Path, tmp_path: Path) -> None:
     out = tmp_path / "scan"
     scan_library([lib], ScanOptions(out_dir=out, device="cpu", threshold=0.7), scorers=[WarmScorer()])
     queries = re.findall(r"```sql\n(.*?)```", DOCS.read_text(), flags=re.S)
-    assert len(queries) == 4
+    assert len(queries) == 6
     target = str(lib / "2024/a/b/high_vp9_60.webm")
 
     def run(sql: str) -> list[tuple]:
         sql = sql.replace("'scan/", f"'{out}/").replace("/footage/2023/06/DJI_0042.MP4", target)
         return duckdb.sql(sql).fetchall()
 
-    top, per_month, above, errors = (run(q) for q in queries)
+    top, per_month, above, errors, moments, by_model = (run(q) for q in queries)
     ok = [v for v in read_table(out, "videos").to_pylist() if v["status"] == "ok"]
     assert [r[0] for r in top] == [v["path"] for v in sorted(ok, key=lambda v: (-v["score"], v["path"]))][:20]
     assert top[0][1] > 0.9 and len(top) == len(ok)
@@ -361,6 +361,9 @@ def test_documented_duckdb_queries(library: Path, tmp_path: Path) -> None:
     assert by_month["2021-08"] == (0, 1)  # by the camera's date, not the copy's
     assert [r[0] for r in above] == [0.0, 1.0] and all(r[1] > 0.9 for r in above)
     assert errors == [("(unreadable)", "VideoOpenError", len(BROKEN))]
+    assert [r[0] for r in moments] == [v["path"] for v in sorted(ok, key=lambda v: (-v["score_top3_mean"],
+                                                                                    v["path"]))][:20]
+    assert sorted(by_model) == sorted((v["path"], "warm", pytest.approx(v["model_means"][0])) for v in ok)
     # the README's four (a shorter variant of each) give the same answers
     readme = (DOCS.parents[1] / "README.md").read_text()
     statements = [q for q in re.findall(r"```sql\n(.*?)```", readme, flags=re.S)[0].split(";") if q.strip()]
