@@ -6,7 +6,9 @@ Every message names the file (or object), says what is wrong and, where there is
 from __future__ import annotations
 
 import errno
+import traceback
 from pathlib import Path
+from typing import TypeVar
 
 
 class QuadvaultError(Exception):
@@ -99,3 +101,28 @@ def unexpected_failure(exc: Exception, doing: str, path: str | Path | None) -> Q
                 if exc.errno == errno.EIO else None)
         return FileAccessError(f"cannot read the file while {doing}: {exc.strerror or exc}", path=path, hint=hint)
     return DecodeError(f"{doing} failed: {type(exc).__name__}: {exc}", path=path)
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def detached(error: E) -> E:
+    """``error``, just caught, made safe to keep (in a video's outcome, a list of failures): its traceback, and
+    those of the errors it chains, are let go, the frames that raised it written into a note instead
+    (``QUADVAULT_DEBUG=1`` and debug logs still show it).
+
+    Kept as raised, a decode error's traceback held its frames and their callers' (``f_back``): the decoder's
+    last picture (a 4K frame, 12 MB), its container and stream, and the catching frame, whose outcome held the
+    error, a cycle only the cycle collector freed. A scan with 100 damaged 4K videos in 200 grew from 0.9 to
+    2.2 GB, and prepare-dataset kept every failed video's frame until it ended (a memory audit's find).
+    """
+    if error.__traceback__ is not None:
+        error.add_note("raised at (the traceback is kept as text):\n"
+                       + "".join(traceback.format_tb(error.__traceback__)).rstrip())
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
+    return error

@@ -23,7 +23,7 @@ from av.video.reformatter import Interpolation
 import numpy as np
 import torch
 
-from ..errors import DecodeError, QuadvaultError, unexpected_failure
+from ..errors import DecodeError, QuadvaultError, detached, unexpected_failure
 from .._frame_times import FrameClock
 from .._geometry import centre_offset
 from ..probe import VideoInfo, open_container, probe_open, rewound
@@ -87,10 +87,10 @@ class _VideoJob:
         try:
             self._sampler.decode_video(self.path, outcome, self.items.put)
         except QuadvaultError as exc:
-            outcome.error = exc
+            outcome.error = detached(exc)
         except Exception as exc:  # noqa: BLE001 - one broken file must never stop the others
             log.debug("unexpected failure decoding %s", self.path, exc_info=True)
-            outcome.error = unexpected_failure(exc, "decoding", self.path)
+            outcome.error = detached(unexpected_failure(exc, "decoding", self.path))
         self.items.put(_Done(outcome))
 
 

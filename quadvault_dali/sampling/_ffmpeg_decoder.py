@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from .._geometry import centre_offset
-from ..errors import DecodeError
+from ..errors import DecodeError, detached
 from ..probe import VideoInfo
 from ._clip_decoder import DecodeStats
 from ._colour import MATRIX_WEIGHTS, ycbcr_to_rgb
@@ -349,7 +349,7 @@ class FfmpegDecoder:
                 if len(item.frames) >= CONVERT_CHUNK:  # converted as they add up: FFmpeg's buffers go back
                     self._convert(item)
             except Exception as exc:  # noqa: BLE001 - this clip fails; the decoder and the others go on
-                item.error = exc
+                item.error = detached(exc)  # not its frames: NVDEC surfaces, CUDA planes
                 item.release()
 
     def _convert(self, item: _Pending) -> None:

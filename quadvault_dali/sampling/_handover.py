@@ -19,7 +19,7 @@ from typing import Iterator
 
 import torch
 
-from ..errors import QuadvaultError, unexpected_failure
+from ..errors import QuadvaultError, detached, unexpected_failure
 from ._base import VideoSource, path_of
 from ._types import Abandoned, VideoOutcome
 
@@ -83,7 +83,7 @@ class VideoTask:
             else:
                 if not isinstance(exc, QuadvaultError):
                     log.debug("unexpected failure %s %s", doing, self.path, exc_info=True)
-                self.fail(unexpected_failure(exc, doing, self.path))
+                self.fail(detached(unexpected_failure(exc, doing, self.path)))
 
     def add_bytes(self, count: int) -> None:
         """Bytes read for this video (the preparer and a CPU decode may both add)."""
