@@ -35,24 +35,25 @@ from ._options import (command_line, device_option, fps_option, long_job, sampli
               help="Skip labelled files/folders that do not exist or are unreadable instead of stopping.")
 @click.option("--quality", type=click.IntRange(min=50, max=100), default=90, show_default=True,
               help="JPEG quality of the stored frames.")
-@click.option("--test-fraction", type=click.FloatRange(0.0, 0.5), default=TEST_FRACTION, show_default=True,
-              help="Share of each class's videos held out as the test split (a class of 10 or more videos): "
-                   "train measures the final model on them, having used them for nothing else. 0: none.")
+@click.option("--test-fraction", type=click.FloatRange(0.0, 0.5), default=None,
+              help=f"Share of each class's videos held out as the test split, when every class has 10 or more "
+                   f"videos: train measures the final model on them, having used them for nothing else. 0: none. "
+                   f"[default: {TEST_FRACTION}; with --merge into a dataset without a test split, none]")
 @click.option("--restarts", type=click.IntRange(0, 1000), default=3, show_default=True,
               help="The extraction runs in a child process; if a decoder or driver crash kills it (a signal, not a "
                    "Python error), it is started again and goes on, the videos it was decoding checked one at a "
                    "time first (a crasher is left out): at most N restarts in a row without a new video. 0: run "
                    "in this process, never restart.")
 def prepare_dataset(labels: Path, out: Path, merge: bool, overwrite: bool, fps: float, size: int, mode: str,
-                    device: str, skip_missing: bool, quality: int, test_fraction: float, restarts: int) -> None:
+                    device: str, skip_missing: bool, quality: int, test_fraction: float | None, restarts: int) -> None:
     """Sample the labelled videos in LABELS into JPEG frames and OUT/dataset.parquet.
 
     LABELS is a JSON file {"highlights": [...], "normal": [...]} whose entries are video files,
     folders (every video under them) or glob patterns; relative paths are relative to the file.
     The split is by video, so no video is on two sides: 20% of each class for validation (at least one
-    video of a class of two or more), which picks the best epoch and the threshold; 15% for test (classes of
-    10 or more videos), held out for the final, honest measurement; the rest trains. Chunks of one recording
-    stay together.
+    video of a class of two or more), which picks the best epoch and the threshold; 15% for test (when every
+    class has 10 or more videos), held out for the final, honest measurement; the rest trains. Chunks of one
+    recording stay together.
     Interrupted, the same command (without --overwrite) goes on: videos whose frames were all written are
     not extracted again.
 

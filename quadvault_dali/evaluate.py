@@ -157,8 +157,8 @@ def _from_dataset(source: Path, models: Sequence[FrameScorer], split: SplitChoic
     """Scores the ``split`` frames of a dataset into ``out``; returns (the dataset's path, the split scored)."""
     dataset = read_dataset(source)
     every = list(dataset.rows())
-    if split == "auto":
-        split = "test" if any(r["split"] == "test" for r in every) else "val"
+    if split == "auto":  # a test split of one class (left by --merge or relabels) measures no balanced accuracy
+        split = "test" if len({r["label"] for r in every if r["split"] == "test"}) == 2 else "val"
     rows = [r for r in every if split == "all" or r["split"] == split]
     if not rows:
         raise DatasetError(f"the dataset has no {split!r} frames", path=dataset.path,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -811,3 +812,34 @@ def test_a_full_disk_while_writing_frames_names_the_file(tmp_path: Path, monkeyp
     assert str(target) in str(caught.value) and "No space left on device" in str(caught.value)
     assert "free space on that disk" in str(caught.value) and "the same command goes on" in str(caught.value)
     assert list(target.parent.iterdir()) == []  # no temporary left behind
+
+
+def test_a_test_split_is_held_out_and_merge_starts_none_in_a_dataset_without_one(tmp_path: Path,
+                                                                                   make_clip: Callable[..., Path]) -> None:
+    """Ten clips a class get a held-out test split. --merge into a dataset without one put every newly labelled
+    clip (often the hard ones) into validation and a new test split, none into training (a reviewer's find): it
+    now starts none unless asked (--test-fraction)."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for i in range(24):
+        style = "highlight" if i % 2 else "normal"
+        shutil.copy(make_clip(f"pd_split_{style}.mp4", style=style, duration_s=1.0, **CLIP), lib / f"c{i:02d}.mp4")
+        with open(lib / f"c{i:02d}.mp4", "ab") as fh:  # a file of its own (a copy is one video by its content)
+            fh.write(bytes(i + 1))
+    names = sorted(p.name for p in lib.iterdir())
+
+    def labels_of(count: int) -> Path:
+        return write_labels(tmp_path / "labels.json", [str(lib / n) for n in names[1:count:2]],
+                            [str(lib / n) for n in names[0:count:2]])
+
+    def splits(out: Path) -> Counter:
+        return Counter(dict(zip(*read_dataset(out).table.select(["video_id", "split"]).to_pydict().values())).values())
+
+    held = prepare_dataset(labels_of(20), tmp_path / "held", size=SIZE, device="cpu")
+    assert held.videos_by_split == {"train": 12, "val": 4, "test": 4} == splits(tmp_path / "held")
+    plain = tmp_path / "plain"
+    prepare_dataset(labels_of(20), plain, size=SIZE, device="cpu", test_fraction=0.0)
+    merged = prepare_dataset(labels_of(24), plain, merge=True, size=SIZE, device="cpu")
+    assert merged.videos_by_split["test"] == 0 and merged.videos_by_split["train"] > 12
+    asked = prepare_dataset(labels_of(24), tmp_path / "held", merge=True, size=SIZE, device="cpu")
+    assert asked.videos_by_split["test"] >= 4  # a dataset with a test split keeps filling it

@@ -916,6 +916,27 @@ def test_rows_from_before_1_5_learn_when_their_video_was_recorded(tmp_path: Path
     assert {Path(p).name: r["recorded_at"] for p, r in _videos(out).items()} == recorded
 
 
+def test_rows_rescored_from_an_older_schemas_shards_get_what_its_upgrade_fills_in(tmp_path: Path) -> None:
+    """Rows rebuilt from stored scores of a 1.4 (or 1.1) shard kept its nulls for good: the rebuilt pair is
+    current, so no upgrade ever visited it (a reviewer's find). They get the recording time, real path and rate."""
+    lib, out = tmp_path / "lib", tmp_path / "out"
+    make_video(lib / "a.mp4", SynthSpec(width=64, height=64, duration_s=2.0, recorded_at="2022-05-01T08:00:00Z"))
+    _scan(lib, out)
+    for name in complete_shards(out):
+        for table in ("videos", "seconds"):
+            path = out / table / name
+            data = pq.read_table(path)
+            meta = {**data.schema.metadata, b"quadvault.schema_version": b"1.1"}
+            dropped = ["recorded_at", "real_path", "sampling_fps", "frames_expected"] if table == "videos" else []
+            pq.write_table(data.drop_columns(dropped).replace_schema_metadata(meta), path)
+    again = scan_library([lib], ScanOptions(out_dir=out, threshold=THRESHOLD, device="cpu", replace_models=True),
+                         scorers=[StampScorer()])
+    assert again.run.frames == 0  # rescored from the stored scores
+    row = _videos(out)[str(lib / "a.mp4")]
+    assert row["model_fingerprint"] == "stamp-v1" and row["recorded_at"].year == 2022
+    assert row["real_path"] == os.path.realpath(lib / "a.mp4") and row["sampling_fps"] == 1.0
+
+
 def test_resume_rescans_videos_sampled_another_way(library: Path, tmp_path: Path) -> None:
     """The folder must not mix rates silently: another --fps rescans; asking for exact rescans keyframe rows."""
     out = tmp_path / "out"

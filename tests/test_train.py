@@ -345,6 +345,33 @@ def test_the_held_out_test_split_is_measured_once_at_the_end(tmp_path: Path, bac
     assert report.split == "test" and len(report.videos) == 8 and not report.tuned_on
     assert report.video_metrics.accuracy == pytest.approx(test["video"]["accuracy"])
     assert evaluate(tmp_path / "ds", [load_model(out)], device="cpu", split="val").tuned_on == {"model": 8}
+    # a test split left with one class (a relabel) measures no balanced accuracy: evaluate falls back to val
+    table = pq.read_table(tmp_path / "ds" / "dataset.parquet")
+    one_class = [("train" if s == "test" and y == 1 else s) for s, y in zip(table["split"].to_pylist(),
+                                                                             table["label"].to_pylist())]
+    pq.write_table(table.set_column(table.schema.get_field_index("split"), "split", pa.array(one_class)),
+                   tmp_path / "ds" / "dataset.parquet")
+    assert evaluate(tmp_path / "ds", [load_model(out)], device="cpu").split == "val"
+
+
+def test_the_test_measurement_is_never_written_into_another_runs_model(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """The folder's model may not be this run's best epoch (replaced while a run was stopped): the test metrics,
+    measured on that file, went into its card (a reviewer's find). They are measured and recorded only for the
+    run's own best model."""
+    from quadvault_dali.training import _loop
+
+    make_dataset(tmp_path / "ds", n_videos=24, frames=2, test_every=3)
+    out = tmp_path / "model"
+    monkeypatch.setattr(_loop, "_saved_model_of", lambda model_dir: ("another run", 1))
+    with caplog.at_level("WARNING"):
+        result = train_model(TrainConfig(tmp_path / "ds", out, epochs=1, batch_size=12, image_size=64,
+                                         device="cpu", backbone="efficientnet-lite0", pretrained="auto", seed=0),
+                             lambda line: None)
+    assert result.test is None and "no test measurement recorded into it" in caplog.text
+    card = load_model(out).card
+    assert "test" not in card["metrics"] and "epochs_run" not in card["training"]
 
 
 def test_batchnorm_statistics_are_held_during_fine_tuning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -266,6 +266,15 @@ def test_resume_refuses_other_settings_and_a_damaged_state(tmp_path: Path) -> No
                                           r"--learning-rate \(0.0001 then, 0.001 now\)"):
         train_model(_resumable(tmp_path, resume=True, learning_rate=1e-3, image_size=96), lambda line: None)
     state = tmp_path / "model" / "training_state.safetensors"
+    # a state saved before frames were weighted by their video's length would switch the loss mid-run (a reviewer)
+    from safetensors.torch import load_file, save_file
+
+    tensors, meta = _saved_state(tmp_path / "model")
+    meta["settings"].pop("loss_weighting")
+    save_file(tensors, str(state), metadata={"state": json.dumps(meta)})
+    with pytest.raises(OutputError, match=r"other settings: the loss weighting \(a version since weights frames"):
+        train_model(_resumable(tmp_path, resume=True), lambda line: None)
+    assert load_file(str(state))  # refused, not changed
     state.write_bytes(state.read_bytes()[:5000])
     with pytest.raises(OutputError, match="saved training state cannot be read"):
         train_model(_resumable(tmp_path, resume=True), lambda line: None)

@@ -208,9 +208,10 @@ def _manifest_rows(out: Path, video: LabelledVideo, settings: dict[str, Any]) ->
 def prepare_dataset(labels_path: str | os.PathLike[str], out: str | os.PathLike[str], *, merge: bool = False,
                     overwrite: bool = False, fps: float = 1.0, size: int = 256, mode: SamplingMode = "auto",
                     device: str = "auto", skip_missing: bool = False, quality: int = JPEG_QUALITY,
-                    streams: int = 4, test_fraction: float = TEST_FRACTION) -> PrepareResult:
+                    streams: int = 4, test_fraction: float | None = None) -> PrepareResult:
     """Validates the labels, extracts frames of new or changed videos and writes ``dataset.parquet``;
-    ``test_fraction`` of each class of ``MIN_TEST_VIDEOS`` or more is held out for the final measurement."""
+    ``test_fraction`` of each class is held out for the final measurement (``_split``). ``None``: ``TEST_FRACTION``,
+    but none when ``merge`` adds to a dataset that has no test split (all of its new videos would be owed to it)."""
     labels = load_labels(labels_path, skip_missing=skip_missing)
     out_dir = Path(out).expanduser().resolve()
     _check_out(out_dir, labels)
@@ -253,7 +254,7 @@ def _changed_in_place(rows: list[dict], video: LabelledVideo) -> bool:
 def _prepare_locked(labels: Labels, labels_path: str | os.PathLike[str], out_dir: Path,
                     previous: dict[str, list[dict]], settings: dict[str, Any], *, merge: bool, overwrite: bool,
                     fps: float, size: int, mode: SamplingMode, device: str, quality: int,
-                    streams: int, test_fraction: float = TEST_FRACTION) -> PrepareResult:
+                    streams: int, test_fraction: float | None = None) -> PrepareResult:
     remove_dead_temporaries(out_dir)  # a table a killed run was writing
 
     by_id = {v.video_id: v for v in labels.videos}
@@ -309,6 +310,11 @@ def _prepare_locked(labels: Labels, labels_path: str | os.PathLike[str], out_dir
     # chunks of one recording (a flight split into 4-GB files) stay on one side
     paths = {vid: by_id[vid].path for vid in rows}
     groups = recording_groups(paths, _durations(paths))
+    if test_fraction is None:  # the newly labelled clips (often the hard ones) would all go to a new test split
+        test_fraction = TEST_FRACTION if not kept_splits or "test" in kept_splits.values() else 0.0
+        if not test_fraction:
+            log.info("the dataset has no test split and --merge keeps its splits: none is started (--test-fraction "
+                     "0.15 starts one from the new videos, --overwrite splits everything again)")
     splits = assign_splits({vid: by_id[vid].label for vid in rows}, existing=kept_splits, groups=groups,
                            test_fraction=test_fraction)
     for vid, video_rows in rows.items():

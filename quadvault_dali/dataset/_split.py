@@ -4,7 +4,7 @@ Frames of one video are near-duplicates; if they landed on both sides, validatio
 measure memory, not taste. So the unit of the split is the video. Within each class, videos are
 ranked by a hash of their id (``_identity.content_id``: the same wherever the library is mounted) and the first
 ``round(fraction * n)`` go to validation (at least one when the class has two or more videos), the next
-``round(test_fraction * n)`` to test (only for a class of ``MIN_TEST_VIDEOS`` or more), so the split does not
+``round(test_fraction * n)`` to test (only when every class has ``MIN_TEST_VIDEOS`` or more), so the split does not
 depend on input order or on the machine, and adding a video moves no existing one.
 
 Why a test split: validation picks the best epoch and tunes the threshold, so its numbers flatter the model
@@ -21,8 +21,8 @@ from typing import Literal, Mapping
 Split = Literal["train", "val", "test"]
 VAL_FRACTION = 0.2
 TEST_FRACTION = 0.15
-#: a class with fewer videos keeps them all for training and validation: a test split of one or two videos
-#: would measure little and cost the training much
+#: with a class of fewer videos there is no test split: one or two test videos of it would measure little and
+#: cost the training much, and a test split of one class measures no balanced accuracy
 MIN_TEST_VIDEOS = 10
 
 
@@ -62,14 +62,18 @@ def assign_splits(labels: Mapping[str, int], *, existing: Mapping[str, Split] | 
     existing = existing or {}
     groups = groups or {}
     result: dict[str, Split] = {}
-    placed: dict[str, Split] = {}  # group -> its side, across classes: one flight's chunks labelled differently
+    # group -> its side, across classes (one flight's chunks labelled differently), the kept videos' first
+    placed: dict[str, Split] = {groups.get(vid, vid): side for vid, side in existing.items() if vid in labels}
+    # a test split only where every class can give some: one class alone measures no balanced accuracy
+    sizes = Counter(labels.values())
+    if len(sizes) < 2 or min(sizes.values()) < MIN_TEST_VIDEOS:
+        test_fraction = 0.0
     for label in sorted(set(labels.values())):
         members = sorted((vid for vid, lab in labels.items() if lab == label), key=_rank_key)
         kept = [vid for vid in members if vid in existing]
         new = [vid for vid in members if vid not in existing]
         for vid in kept:
             result[vid] = existing[vid]
-            placed.setdefault(groups.get(vid, vid), existing[vid])
         held = Counter(existing[vid] for vid in kept)
         targets = {"val": val_target(len(members), fraction), "test": held_out_target(len(members), test_fraction)}
         need = {split: max(0, targets[split] - held[split]) for split in ("val", "test")}

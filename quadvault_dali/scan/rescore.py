@@ -25,6 +25,7 @@ from .aggregate import VideoRows, score_aggregates
 from .resume import FileState
 from .schema import ModelRef, ScanMetadata
 from .shards import DamagedShardError, ShardWriter, read_shard
+from .upgrade import current_video_rows
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +33,18 @@ log = logging.getLogger(__name__)
 def stored_columns(out_dir: Path, shard: str, models: Sequence[ModelRef]) -> list[int] | None:
     """Where each of ``models`` is in the ``model_scores`` of ``shard`` (its seconds file's metadata), or ``None``
     when the shard did not score with all of them."""
-    try:
-        meta = ScanMetadata.from_kv(pq.read_schema(out_dir / "seconds" / shard).metadata, source=shard)
-    except (OSError, ValueError, pa.ArrowException):  # gone, damaged or not ours: those videos are scanned
-        return None
-    stored = [m.fingerprint for m in meta.models]
+    meta = _metadata(out_dir, shard)
+    stored = [m.fingerprint for m in meta.models] if meta is not None else []
     if not stored or any(m.fingerprint not in stored for m in models):
         return None
     return [stored.index(m.fingerprint) for m in models]
+
+
+def _metadata(out_dir: Path, shard: str) -> ScanMetadata | None:
+    try:
+        return ScanMetadata.from_kv(pq.read_schema(out_dir / "seconds" / shard).metadata, source=shard)
+    except (OSError, ValueError, pa.ArrowException):  # gone, damaged or not ours: those videos are scanned
+        return None
 
 
 def rescore_stored(out_dir: Path, other_rows: dict[str, dict[str, FileState]], models: Sequence[ModelRef], *,
@@ -62,12 +67,16 @@ def rescore_stored(out_dir: Path, other_rows: dict[str, dict[str, FileState]], m
             continue
         wanted = pa.array(sorted(files), pa.string())
         seconds = seconds.filter(pc.is_in(seconds["path"], value_set=wanted))
+        meta = _metadata(out_dir, shard)
+        videos = videos.filter(pc.is_in(videos["path"], value_set=wanted))
+        if meta is not None:  # an older version's rows: what the upgrade fills in, filled in here as well
+            videos = current_video_rows(videos, meta.schema_version)
         by_path: dict[str, list[int]] = {}
         for i, path in enumerate(seconds["path"].to_pylist()):
             by_path.setdefault(path, []).append(i)
         times = seconds["timestamp_s"].to_numpy()
         stored = seconds["model_scores"].to_pylist()
-        for video in videos.filter(pc.is_in(videos["path"], value_set=wanted)).to_pylist():
+        for video in videos.to_pylist():
             rows = by_path.get(video["path"], [])
             per_model = np.asarray([stored[i] for i in rows], np.float32).reshape(len(rows), -1)
             if len(rows) != video["frames_scored"] or per_model.shape[1] <= max(columns):

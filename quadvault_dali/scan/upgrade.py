@@ -48,15 +48,23 @@ def _upgrade_file(path: Path, table: str, meta: ScanMetadata) -> bool:
     if data is None:  # retired by another job meanwhile
         return False
     if table == "videos":
-        data = with_real_paths(data)
-        if _version(meta.schema_version) < (1, 5):
-            data = with_recording_times(data)
-        if _version(meta.schema_version) < (1, 2):  # sampled at 1 frame/s, the only rate there was (schema.py)
-            i = data.column_names.index("sampling_fps")
-            data = data.set_column(i, "sampling_fps", pa.array([1.0] * data.num_rows, pa.float64()))
+        data = current_video_rows(data, meta.schema_version)
     target = schema_with_metadata(replace(meta, schema_version=SCHEMA_VERSION))
     write_parquet_atomic(path, data.select(target.names).cast(target))
     return True
+
+
+def current_video_rows(videos: pa.Table, version: str) -> pa.Table:
+    """Video rows of schema ``version`` (read by ``read_shard``: later columns null) with what this version knows
+    of them filled in: real paths, recording times (before 1.5), the 1 frame/s of rows before 1.2. Rows rebuilt
+    from an old shard (``rescore``) go through it too, or they would keep the nulls for good."""
+    videos = with_real_paths(videos)
+    if _version(version) < (1, 5):
+        videos = with_recording_times(videos)
+    if _version(version) < (1, 2):  # sampled at 1 frame/s, the only rate there was (schema.py)
+        i = videos.column_names.index("sampling_fps")
+        videos = videos.set_column(i, videos.schema.field(i), pa.array([1.0] * videos.num_rows, pa.float64()))
+    return videos
 
 
 def with_real_paths(videos: pa.Table) -> pa.Table:

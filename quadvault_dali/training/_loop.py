@@ -31,7 +31,8 @@ from ..progress import progress_bar
 from ._config import EpochRecord, TrainConfig, TrainResult, loader_threads, resolve_backbone
 from ._data import (DaliFrameLoader, FrameTable, LoaderCheckpointError, TrainingData, load_training_data,
                     video_balance_weights)
-from ._resume import RunPosition, load_saved, remove_state, restore, resume_seed, run_settings, save_state
+from ._resume import (LOSS_WEIGHTING, RunPosition, load_saved, remove_state, restore, resume_seed, run_settings,
+                      save_state)
 from ._step import SHOW_EVERY, TrainStep
 
 log = logging.getLogger(__name__)
@@ -364,9 +365,17 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
             report(f"Early stop: no better epoch (video-level val balanced accuracy, then ROC-AUC, then loss) "
                    f"for {config.patience} epochs")
             break
-    if len(data.test) and result.best_epoch:  # before the state goes: a stop here measures again on --resume
-        result.test = _measure_test(config, net, data, result.threshold, common, device, rank, world, show)
-    if rank == 0 and result.best_epoch:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # rank 0 has written the best model and its card: every rank reads the same
+    ours = bool(result.best_epoch) and _saved_model_of(config.output_dir) == (run_id, result.best_epoch)
+    if result.best_epoch and not ours:
+        log.warning("%s: the model there is not this run's best epoch %d: no test measurement recorded into it",
+                    config.output_dir, result.best_epoch)
+    if len(data.test) and ours:  # before the state goes: a stop here measures again on --resume
+        result.test = _measure_test(config, net, data, result.threshold, common, device, world, show)
+    if rank == 0 and ours:
         _record_outcome(config.output_dir, result)
     if rank == 0:
         remove_state(config.output_dir)  # finished: nothing to resume
@@ -375,17 +384,13 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
 
 
 def _measure_test(config: TrainConfig, net: nn.Module, data: TrainingData, threshold: float, common: dict,
-                  device: torch.device, rank: int, world: int, show: bool) -> dict[str, Any]:
+                  device: torch.device, world: int, show: bool) -> dict[str, Any]:
     """The saved best model's metrics on the held-out test videos, at the threshold validation chose: the
     numbers the model earned on videos that chose nothing (``dataset._split``)."""
     from safetensors.torch import load_file
 
     from ..model import WEIGHTS_FILE
 
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()  # rank 0 has written the best model
     net.load_state_dict(load_file(str(config.output_dir / WEIGHTS_FILE), device=str(device)))
     loader = DaliFrameLoader(data.test, train=False, seed=config.seed, **common)
     probs, _ = _evaluate(net, loader, data.test, device, world, "Test", show)
@@ -430,20 +435,25 @@ def _save(config: TrainConfig, net: nn.Module, arch: str, data: TrainingData, re
                          "weight_decay": config.weight_decay, "head_lr_multiplier": config.head_lr_multiplier,
                          "warmup_epochs": config.warmup_epochs, "patience": config.patience,
                          "seed": config.seed, "freeze_backbone_epochs": config.freeze_backbone_epochs,
-                         "loss_weighting": "1/sqrt(frames of the video), classes balanced by weight",
+                         "loss_weighting": LOSS_WEIGHTING,
                          "augmentation": training_augmentation(), "run_id": run_id}}
     save_model(config.output_dir, net, card)
+
+
+def _saved_model_of(model_dir: Path) -> tuple[str | None, int | None]:
+    """(run id, epoch) of the model saved in ``model_dir``, from its card; (None, None) without one."""
+    try:
+        card = json.loads((model_dir / CARD_FILE).read_text(encoding="utf-8"))
+        return card["training"].get("run_id"), card["metrics"]["epoch"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None, None
 
 
 def _check_best_model(config: TrainConfig, net: nn.Module, arch: str, data: TrainingData, position: RunPosition,
                       report: Report) -> None:
     """Where the interrupted run was killed after saving its state but before saving that epoch's best model,
     the state's weights are that model: it is saved again, so the folder's model is the run's best epoch."""
-    try:
-        card = json.loads((config.output_dir / CARD_FILE).read_text(encoding="utf-8"))
-        saved = (card["training"].get("run_id"), card["metrics"]["epoch"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        saved = (None, None)
+    saved = _saved_model_of(config.output_dir)
     if saved == (position.run_id, position.best_epoch) or not position.best_epoch:
         return
     if position.best_epoch == position.epoch:
@@ -467,11 +477,15 @@ def _final_block(report: Report, result: TrainResult) -> None:
         report(f"Frame-level val accuracy: {_pct(best.frame['accuracy'])} | Video F1: {best.video['f1']:.3f}")
     if result.test is not None:
         video = result.test["video"]
-        report(f"Held-out test, {video['n']} videos used for nothing else: balanced accuracy "
-               f"{_pct(video['balanced_accuracy'])}, accuracy {_pct(video['accuracy'])}, F1 {video['f1']:.3f} at "
-               f"threshold {result.threshold:.2f} (what to expect on new footage)")
+        if not (video["tp"] + video["fn"]) or not (video["tn"] + video["fp"]):  # --merge or relabels left one class
+            report(f"Held-out test: its {video['n']} videos are all of one class (accuracy {_pct(video['accuracy'])}); "
+                   "label more of the other, or prepare the dataset again with --overwrite")
+        else:
+            report(f"Held-out test, {video['n']} videos used for nothing else: balanced accuracy "
+                   f"{_pct(video['balanced_accuracy'])}, accuracy {_pct(video['accuracy'])}, F1 {video['f1']:.3f} at "
+                   f"threshold {result.threshold:.2f} (what to expect on new footage)")
     elif best is not None:
-        report("No test split (prepare-dataset holds one out for classes of 10+ videos): the val numbers above "
-               "chose the epoch and threshold, so expect less on new footage")
+        report("No test split (prepare-dataset holds one out when every class has 10+ videos): the val numbers "
+               "above chose the epoch and threshold, so expect less on new footage")
     report(f"Model saved to: {result.model_dir}")
     report("=" * 60)

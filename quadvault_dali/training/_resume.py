@@ -48,7 +48,11 @@ RESUMED_SETTINGS = {"dataset_fingerprint": "the dataset's frames, labels or spli
                     "dataset_settings": "the dataset's prepare-dataset settings", "architecture": "--backbone", "image_size": "--image-size",
                     "batch_size": "--batch-size", "learning_rate": "--learning-rate", "epochs": "--epochs",
                     "seed": "--seed", "freeze_backbone_epochs": "--freeze-backbone-epochs",
-                    "pretrained": "--pretrained", "weight_decay": "weight decay", "world": "the number of GPUs"}
+                    "pretrained": "--pretrained", "weight_decay": "weight decay", "world": "the number of GPUs",
+                    "loss_weighting": "the loss weighting (a version since weights frames by their video's length: "
+                                      "--overwrite starts the run again with it)"}
+#: How frames weigh in the loss (``_data.video_balance_weights``); a run saved under another resumes no further
+LOSS_WEIGHTING = "1/sqrt(frames of the video), classes balanced by weight"
 
 
 class TrainingStateError(OutputError):
@@ -81,7 +85,7 @@ def run_settings(config: TrainConfig, architecture: str, dataset_fingerprint: st
             "image_size": config.image_size, "batch_size": config.batch_size,
             "learning_rate": config.learning_rate, "epochs": config.epochs, "seed": config.seed,
             "freeze_backbone_epochs": config.freeze_backbone_epochs, "pretrained": str(config.pretrained),
-            "weight_decay": config.weight_decay, "world": world}
+            "weight_decay": config.weight_decay, "world": world, "loss_weighting": LOSS_WEIGHTING}
 
 
 def resume_seed(seed: int, epochs_done: int) -> int:
