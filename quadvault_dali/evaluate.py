@@ -1,7 +1,8 @@
 """How good is a model on *your* footage: metrics, confusion matrix, and which clips to label next.
 
 Two sources: a prepared dataset (its held-out test split by default, else its validation split, scored from
-the stored JPEGs, so the numbers match what training reported) or any ``labels.json`` (every video sampled and scored the
+the stored JPEGs as training stored them; training's own loader resizes them with DALI, so a frame's score can
+differ from training's by about 0.01, which can move a video sitting on the threshold) or any ``labels.json`` (every video sampled and scored the
 way ``test-video`` and ``scan`` do). A video's score is the mean of its frame scores. Misclassified
 videos and uncertain ones (score within 0.2 of the threshold: 0.3–0.7 at 0.5) are listed: they are the clips
 whose labels teach the model most, or the ones whose label is wrong.
@@ -161,8 +162,10 @@ def _from_dataset(source: Path, models: Sequence[FrameScorer], split: SplitChoic
         split = "test" if len({r["label"] for r in every if r["split"] == "test"}) == 2 else "val"
     rows = [r for r in every if split == "all" or r["split"] == split]
     if not rows:
-        raise DatasetError(f"the dataset has no {split!r} frames", path=dataset.path,
-                           hint="use --split all, or prepare it with more videos")
+        hint = ("it holds none when a class has fewer than 10 videos: --split val (the default then) scores the "
+                "videos that chose the threshold, a labels.json of new clips measures best") if split == "test" \
+            else "use --split all, or prepare it with more videos"
+        raise DatasetError(f"the dataset has no {split!r} frames", path=dataset.path, hint=hint)
     by_video: dict[str, list[dict]] = {}
     for r in rows:
         by_video.setdefault(r["video_path"], []).append(r)

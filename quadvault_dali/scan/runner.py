@@ -548,8 +548,8 @@ def _rescore_stored(out: Path, plan: ResumePlan, models: Sequence[ModelRef], opt
     if rebuilt:
         plan.todo = [f for f in plan.todo if f not in rebuilt]
         plan.skipped = sorted([*plan.skipped, *rebuilt], key=lambda f: str(f.path))
-        log.warning("%d videos were rescored from the per-model scores an earlier scan stored (an ensemble that "
-                    "included these models): no decoding needed", len(rebuilt))
+        log.info("%d videos were rescored from the per-model scores an earlier scan stored (an ensemble that "
+                 "included these models): no decoding needed", len(rebuilt))
     return rebuilt
 
 

@@ -430,7 +430,8 @@ def _save(config: TrainConfig, net: nn.Module, arch: str, data: TrainingData, re
             # how the frames were prepared and the model trained, for whoever is given it (an ML review found
             # the prepare settings, augmentation and schedule kept only in the state a finished run deletes)
             "dataset_settings": dict(data.settings),
-            "training": {"pretrained": str(config.pretrained), "epochs": config.epochs,
+            "training": {"pretrained": str(config.pretrained), "device": str(resolve_device(config.device)),
+                         "epochs": config.epochs,
                          "batch_size": config.batch_size, "learning_rate": config.learning_rate,
                          "weight_decay": config.weight_decay, "head_lr_multiplier": config.head_lr_multiplier,
                          "warmup_epochs": config.warmup_epochs, "patience": config.patience,
@@ -483,7 +484,8 @@ def _final_block(report: Report, result: TrainResult) -> None:
         else:
             report(f"Held-out test, {video['n']} videos used for nothing else: balanced accuracy "
                    f"{_pct(video['balanced_accuracy'])}, accuracy {_pct(video['accuracy'])}, F1 {video['f1']:.3f} at "
-                   f"threshold {result.threshold:.2f} (what to expect on new footage)")
+                   f"threshold {result.threshold:.2f}: what to expect on new footage (scan and test-video decode "
+                   f"the videos themselves, so their scores can differ from the stored frames' by about 0.02)")
     elif best is not None:
         report("No test split (prepare-dataset holds one out when every class has 10+ videos): the val numbers "
                "above chose the epoch and threshold, so expect less on new footage")
