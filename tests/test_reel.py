@@ -1152,3 +1152,26 @@ def test_a_source_whose_folder_became_unreadable_is_skipped_not_fatal(scan_dir: 
         prepared = prepare_reel(scan_dir, options)
     assert locked not in {c.window.path for c in prepared.plan.clips} and prepared.plan.clips
     assert any(f"{locked}: permission denied" in message for message in prepared.skipped)
+
+
+def test_the_default_min_score_is_the_scans_highlight_threshold(library: dict[str, Path], tmp_path: Path) -> None:
+    """With a fixed default of 0.85, a model whose tuned threshold was 0.43 found 18 highlights in the scan and the
+    reel refused them all ("the best was 0.46"), two testers' find. The default is now the threshold the scan
+    recorded (0.7 in write_scan's footers; a highlights.json's own), 0.85 where the scores name none."""
+    import json
+
+    good, fair = library["plain 30fps.mp4"], library["hevc 60fps.mp4"]
+    scan = write_scan(tmp_path / "scan", [(good, _scores(2, 0.95)), (fair, _scores(1, 0.75))])
+    assert load_scores(scan).threshold == 0.7
+    picked = prepare_reel(scan, ReelOptions(width=W, height=H)).plan
+    assert {c.window.path for c in picked.clips} == {good, fair}  # 0.75 is a highlight at 0.7
+    strict = prepare_reel(scan, ReelOptions(width=W, height=H, min_score=0.85)).plan
+    assert {c.window.path for c in strict.clips} == {good}
+    doc = {"threshold": 0.8, "highlights": [{"path": str(good), "score": 0.95, "best_second": 3.0},
+                                            {"path": str(fair), "score": 0.75, "best_second": 2.0}]}
+    listed = tmp_path / "highlights.json"
+    listed.write_text(json.dumps(doc), encoding="utf-8")
+    assert {c.window.path for c in prepare_reel(listed, ReelOptions(width=W, height=H)).plan.clips} == {good}
+    listed.write_text(json.dumps(doc["highlights"]), encoding="utf-8")  # a bare hand-made list: 0.85
+    assert load_scores(listed).threshold is None
+    assert {c.window.path for c in prepare_reel(listed, ReelOptions(width=W, height=H)).plan.clips} == {good}

@@ -35,7 +35,9 @@ class ReelOptions:
     """Everything ``quadvault reel`` asks for; defaults are the CLI's."""
 
     top: int = 50
-    min_score: float = 0.85
+    #: ``None``: the highlight threshold of the scan that scored the videos (``ScoreSource.threshold``), else
+    #: ``DEFAULT_MIN_SCORE``: a window as good as a highlight video, by the model's own tuned measure
+    min_score: float | None = None
     max_duration_s: float | None = None
     clip_seconds: float = 4.0
     transitions: bool = True
@@ -176,9 +178,24 @@ def _copies_note(left_out: list[Path]) -> str:
             f"({left_out[0]})")
 
 
+#: ``--min-score`` where the scores name no threshold (a hand-made highlights.json)
+DEFAULT_MIN_SCORE = 0.85
+
+
+def min_score_for(options: ReelOptions, source: ScoreSource) -> float:
+    """The window score a clip must reach: ``--min-score``, else the scan's threshold, else 0.85."""
+    if options.min_score is not None:
+        return options.min_score
+    return source.threshold if source.threshold is not None else DEFAULT_MIN_SCORE
+
+
 def prepare_reel(scores: str | Path | ScoreSource, options: ReelOptions, *, decode_check: bool = True) -> PreparedReel:
     """Loads the scores, plans the reel and checks every chosen source, re-planning around bad ones."""
     source = scores if isinstance(scores, ScoreSource) else load_scores(scores)
+    if options.min_score is None:
+        options = dataclasses.replace(options, min_score=min_score_for(options, source))
+        log.info("clips must score at least %.4g (%s; --min-score to change)", options.min_score,
+                 "the scan's highlight threshold" if source.threshold is not None else "the default")
     infos: dict[Path, VideoInfo] = {}
     skipped: list[str] = []
     bad: set[Path] = set()
@@ -204,12 +221,13 @@ def prepare_reel(scores: str | Path | ScoreSource, options: ReelOptions, *, deco
         bad_before = len(bad)
         try:
             plan = plan_reel([v for v in videos if v.path not in bad], clip_seconds=options.clip_seconds,
-                             top=options.top, min_score=options.min_score, max_duration_s=options.max_duration_s,
+                             top=options.top, min_score=float(options.min_score), max_duration_s=options.max_duration_s,
                              fade_s=options.fade_s, transitions=options.transitions, fps=options.fps,
                              order=options.order, per_video=options.per_video)
         except EmptySelectionError as exc:  # the sources not yet opened may be gone as well (a moved library)
             gone = [v for v in videos if v.path not in bad and not os.path.lexists(v.path)]
-            raise _with_left_out(exc, [by_path[p] for p in bad if p in by_path] + gone, options.min_score) from None
+            raise _with_left_out(exc, [by_path[p] for p in bad if p in by_path] + gone,
+                                 float(options.min_score)) from None
         newly_bad = False
 
         def lose(path: Path) -> None:

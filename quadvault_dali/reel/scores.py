@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QuadvaultError
-from ..scan.shards import (chosen_seconds, complete_shards, describe_models, latest_video_rows, model_names,
-                           read_settled)
+from ..scan.shards import (chosen_seconds, complete_shards, describe_models, folder_threshold, latest_video_rows,
+                           model_names, read_settled)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ class ScoreSource:
     videos: list[VideoScores]
     per_second: bool
     failed_videos: int = 0
+    #: the highlight threshold the scan used (the highest where runs differed); ``None`` when the scores name none
+    threshold: float | None = None
 
 
 def load_scores(path: str | Path) -> ScoreSource:
@@ -116,7 +118,8 @@ def _load_scan_folder(root: Path) -> ScoreSource:
                                rotation=row.get("rotation"), fps=row.get("fps"), mtime_ns=row.get("mtime_ns"),
                                size_bytes=row.get("size_bytes"), times=t, scores=s))
     log.info("read %d scored videos (%d failed or unscored) from %s", len(out), failed, root)
-    return ScoreSource(root, out, per_second=True, failed_videos=failed)
+    return ScoreSource(root, out, per_second=True, failed_videos=failed,
+                       threshold=folder_threshold(root, {name for name, _ in ok}))
 
 
 def _mtime_ns(path: Path) -> int | None:
@@ -192,4 +195,6 @@ def load_highlights_json(file: Path) -> ScoreSource:
                                   mtime_ns=field_of.integer("mtime_ns") or _mtime_ns(p),
                                   scanned_id=scanned_id if isinstance(scanned_id, str) else None))
     log.info("read %d highlights from %s (video-level scores only)", len(videos), file)
-    return ScoreSource(file, videos, per_second=False)
+    threshold = data.get("threshold") if isinstance(data, dict) else None
+    usable = isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0.0 <= threshold <= 1.0
+    return ScoreSource(file, videos, per_second=False, threshold=float(threshold) if usable else None)

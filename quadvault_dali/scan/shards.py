@@ -135,6 +135,20 @@ def model_names(out_dir: Path) -> dict[str, str]:
     return names
 
 
+def folder_threshold(out_dir: Path, shards: set[str]) -> float | None:
+    """The highlight threshold the scans that wrote ``shards`` used (the highest where they differ), from their
+    footers; ``None`` when none records one."""
+    found = []
+    for name in shards:
+        try:
+            threshold = ScanMetadata.from_kv(pq.read_schema(out_dir / "videos" / name).metadata, source=name).threshold
+        except (OSError, ValueError, pa.ArrowException):
+            continue
+        if threshold == threshold and 0.0 <= threshold <= 1.0:  # NaN: not recorded
+            found.append(threshold)
+    return max(found) if found else None
+
+
 def describe_models(counts: dict[str, int], names: dict[str, str]) -> str:
     """``v1 (10bf82c4…): 15 videos, 3a9e… : 2 videos`` for model fingerprint -> count, most first."""
     return ", ".join(f"{names[fp] + ' (' + fp[:8] + '…)' if fp in names else fp}: {n} video{'s' if n != 1 else ''}"
