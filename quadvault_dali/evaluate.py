@@ -1,8 +1,7 @@
 """How good is a model on *your* footage: metrics, confusion matrix, and which clips to label next.
 
-Two sources: a prepared dataset (its held-out test split by default, else its validation split, scored from
-the stored JPEGs as training stored them; training's own loader resizes them with DALI, so a frame's score can
-differ from training's by about 0.01, which can move a video sitting on the threshold) or any ``labels.json`` (every video sampled and scored the
+Two sources: a prepared dataset (its held-out test split by default, else its validation split, its stored
+JPEGs scored through training's own DALI loader, so the numbers are the ones training reported) or any ``labels.json`` (every video sampled and scored the
 way ``test-video`` and ``scan`` do). A video's score is the mean of its frame scores. Misclassified
 videos and uncertain ones (score within 0.2 of the threshold: 0.3–0.7 at 0.5) are listed: they are the clips
 whose labels teach the model most, or the ones whose label is wrong.
@@ -25,7 +24,7 @@ from .dataset._identity import content_ids
 from .dataset._table import DATASET_FILE
 from .errors import DatasetError, QuadvaultError
 from .metrics import BinaryMetrics, binary_metrics, video_scores
-from .model import FrameScorer
+from .model import FrameScorer, HighlightModel
 from .progress import progress_bar
 from .scoring import ensemble_threshold, score_videos, scoring_sampler
 
@@ -153,6 +152,49 @@ def _decode_frames(files: list[Path], device: torch.device, bad: list[tuple[str,
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
 
 
+def _score_as_trained(dataset: Any, by_video: dict[str, list[dict]], models: Sequence[HighlightModel],
+                      device: torch.device, out: _Collected) -> None:
+    """Scores the stored frames through the DALI loader training validates with (decode, resize, crop, normalise,
+    bf16 on a GPU), so a model's numbers on its validation or test split are the ones ``train`` reported: the
+    model's own preprocessing of PIL-decoded JPEGs differed by up to 0.02 a frame, which moved videos on the
+    threshold (a new user's find)."""
+    from .training._data import DaliFrameLoader, FrameTable, validate_jpegs
+
+    keys = [(path, r) for path, video_rows in by_video.items() for r in video_rows]
+    files = [str(dataset.frame_file(r["frame_path"])) for _, r in keys]
+    verdicts = validate_jpegs(files)  # one damaged JPEG would fail DALI's whole batch
+    for file, why in zip(files, verdicts):
+        if why is not None:  # worded as read_jpeg words it
+            out.bad_frames.append((file, f"not a readable JPEG ({why})"))
+    usable = [i for i, why in enumerate(verdicts) if why is None]
+    table = FrameTable([files[i] for i in usable], np.asarray([int(keys[i][1]["label"]) for i in usable]),
+                       [str(keys[i][1]["video_id"]) for i in usable])
+    probs = np.zeros((len(models), len(usable)), np.float32)
+    cuda = device.type == "cuda"
+    if usable:
+        for k, model in enumerate(models):
+            loader = DaliFrameLoader(table, image_size=model.image_size, mean=model.card["mean"],
+                                     std=model.card["std"], train=False, batch_size=64,
+                                     backend="gpu" if cuda else "cpu", device_id=device.index or 0)
+            with progress_bar(len(loader), desc=f"Scoring ({model.name})", unit="batch") as bar, \
+                    torch.inference_mode():
+                for images, rows in loader:
+                    images = images.to(model.device).contiguous(memory_format=torch.channels_last)
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                        logits = model.network(images)
+                    probs[k, rows.numpy()] = torch.sigmoid(logits.float()).cpu().numpy()
+                    bar.update(1)
+    by_key: dict[str, list[int]] = {}
+    for j, i in enumerate(usable):
+        by_key.setdefault(keys[i][0], []).append(j)
+    for path, video_rows in by_video.items():
+        if path not in by_key:
+            out.failed.append((path, "no readable frames in the dataset"))
+            continue
+        out.add(path, int(video_rows[0]["label"]), probs[:, by_key[path]])
+        out.ids[path] = str(video_rows[0]["video_id"])
+
+
 def _from_dataset(source: Path, models: Sequence[FrameScorer], split: SplitChoice, device: torch.device,
                   out: _Collected) -> tuple[str, str]:
     """Scores the ``split`` frames of a dataset into ``out``; returns (the dataset's path, the split scored)."""
@@ -169,9 +211,13 @@ def _from_dataset(source: Path, models: Sequence[FrameScorer], split: SplitChoic
     by_video: dict[str, list[dict]] = {}
     for r in rows:
         by_video.setdefault(r["video_path"], []).append(r)
+    for video_rows in by_video.values():
+        video_rows.sort(key=lambda r: r["timestamp_s"])
+    if all(isinstance(m, HighlightModel) for m in models):  # training's own loader: training's own numbers
+        _score_as_trained(dataset, by_video, models, device, out)  # type: ignore[arg-type]
+        return str(dataset.path), split
     with progress_bar(len(by_video), desc="Scoring", unit="video") as bar:
         for path, video_rows in by_video.items():
-            video_rows.sort(key=lambda r: r["timestamp_s"])
             frames = _decode_frames([dataset.frame_file(r["frame_path"]) for r in video_rows], device,
                                     out.bad_frames)
             bar.update(1)

@@ -341,10 +341,16 @@ def test_the_held_out_test_split_is_measured_once_at_the_end(tmp_path: Path, bac
     assert (f"Held-out test, 8 videos used for nothing else: balanced accuracy "
             f"{100 * test['video']['balanced_accuracy']:.1f}%") in text
     assert test["video"]["accuracy"] >= 0.85
-    report = evaluate(tmp_path / "ds", [load_model(out)], device="cpu")  # the test split, by default
+    report = evaluate(tmp_path / "ds", [load_model(out)], device=backend)  # the test split, by default
     assert report.split == "test" and len(report.videos) == 8 and not report.tuned_on
-    assert report.video_metrics.accuracy == pytest.approx(test["video"]["accuracy"])
-    assert evaluate(tmp_path / "ds", [load_model(out)], device="cpu", split="val").tuned_on == {"model": 8}
+    # through training's own loader: the numbers train wrote, not ones near them (a new user's find)
+    for got, card_metrics in ((report.video_metrics, test["video"]), (report.frame_metrics, test["frame"])):
+        assert (got.tp, got.fp, got.tn, got.fn) == tuple(card_metrics[k] for k in ("tp", "fp", "tn", "fn"))
+        assert got.roc_auc == pytest.approx(card_metrics["roc_auc"], abs=1e-6)
+    on_val = evaluate(tmp_path / "ds", [load_model(out)], device=backend, split="val")
+    assert on_val.tuned_on == {"model": 8}
+    assert on_val.video_metrics.roc_auc == pytest.approx(card["metrics"]["video"]["roc_auc"], abs=1e-6)
+    assert on_val.frame_metrics.accuracy == pytest.approx(card["metrics"]["frame"]["accuracy"])
     # a test split left with one class (a relabel) measures no balanced accuracy: evaluate falls back to val
     table = pq.read_table(tmp_path / "ds" / "dataset.parquet")
     one_class = [("train" if s == "test" and y == 1 else s) for s, y in zip(table["split"].to_pylist(),
@@ -352,6 +358,34 @@ def test_the_held_out_test_split_is_measured_once_at_the_end(tmp_path: Path, bac
     pq.write_table(table.set_column(table.schema.get_field_index("split"), "split", pa.array(one_class)),
                    tmp_path / "ds" / "dataset.parquet")
     assert evaluate(tmp_path / "ds", [load_model(out)], device="cpu").split == "val"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_evaluate_scores_a_datasets_frames_as_training_validated_them(tmp_path: Path, backend: str) -> None:
+    """evaluate DATASET scored the stored JPEGs with the model's own preprocessing, up to 0.02 a frame off what
+    training's loader gave: the card's numbers were not reproduced and a video on the threshold flipped (a new
+    user's find). It now runs them through training's loader: the same probabilities, frame by frame."""
+    from quadvault_dali.evaluate import _Collected, _from_dataset
+    from quadvault_dali.training._data import load_training_data
+    from quadvault_dali.training._loop import _evaluate
+
+    make_dataset(tmp_path / "ds", n_videos=8, frames=3)
+    out = tmp_path / "model"
+    train_model(TrainConfig(tmp_path / "ds", out, epochs=1, batch_size=4, image_size=48, device=backend,
+                            backbone="efficientnet-lite0", pretrained="auto", seed=0), lambda line: None)
+    device = torch.device("cuda" if backend == "gpu" else "cpu")
+    model = load_model(out, device=device)
+    val = load_training_data(tmp_path / "ds").val
+    loader = DaliFrameLoader(val, image_size=48, mean=model.card["mean"], std=model.card["std"], train=False,
+                             batch_size=4, backend=backend)
+    with torch.inference_mode():
+        trained, _ = _evaluate(model.network, loader, val, device, 1, "Val", False)
+    collected = _Collected()
+    _from_dataset(tmp_path / "ds", [model], "val", device, collected)
+    by_video = dict(zip(collected.keys, collected.frame_scores))
+    for vid in sorted(set(val.video_ids)):
+        rows = [i for i, v in enumerate(val.video_ids) if v == vid]
+        assert by_video[f"/footage/{vid}.mp4"][0] == pytest.approx(trained[rows], abs=1e-6)
 
 
 def test_the_test_measurement_is_never_written_into_another_runs_model(tmp_path: Path,
