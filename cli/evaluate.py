@@ -32,8 +32,8 @@ def _video_line(v: "object", threshold: float) -> str:
 @click.option("--model", "more_models", multiple=True, type=click.Path(path_type=Path),
               help="Another model to average with (an ensemble); repeat for more.")
 @click.option("--split", type=click.Choice(["auto", "test", "val", "train", "all"]), default="auto", show_default=True,
-              help="Which frames of a dataset to score: auto = its held-out test split where it has one, else "
-                   "validation (a labels.json is always scored whole).")
+              help="Which frames of a dataset to score: auto = its held-out test split where it has one with both "
+                   "classes, else validation (a labels.json is always scored whole).")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
               help="Decision threshold [default: the model card's; the mean for an ensemble].")
 @click.option("--skip-missing", is_flag=True, help="With a labels.json: skip entries that do not exist.")

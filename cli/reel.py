@@ -33,8 +33,8 @@ MAX_SIDE = 8192
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--top", type=click.IntRange(1), default=50, show_default=True, help="At most this many clips.")
 @click.option("--min-score", type=click.FloatRange(0.0, 1.0), default=None,
-              help="Only windows whose mean per-second score reaches this.  [default: the scan's highlight "
-                   "threshold (the model card's, or scan --threshold); 0.85 for scores that name none]")
+              help="Only windows whose mean per-second score reaches this.  [default: the highlight threshold of "
+                   "the scan's latest run (the model card's, or its --threshold); 0.85 for scores that name none]")
 @click.option("--duration", "max_duration_s", type=click.FloatRange(min=0.1), default=None, metavar="SECONDS",
               help="Maximum reel length, crossfades counted; best clips first.  [default: no limit]")
 @click.option("--clip-seconds", type=click.FloatRange(min=0.5), default=4.0, show_default=True,

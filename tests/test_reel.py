@@ -1167,6 +1167,10 @@ def test_the_default_min_score_is_the_scans_highlight_threshold(library: dict[st
     assert {c.window.path for c in picked.clips} == {good, fair}  # 0.75 is a highlight at 0.7
     strict = prepare_reel(scan, ReelOptions(width=W, height=H, min_score=0.85)).plan
     assert {c.window.path for c in strict.clips} == {good}
+    # the scan's latest run said 0.8 (scan --threshold 0.8 rescans nothing: the shards keep 0.7): its report rules
+    (scan / "highlights.json").write_text(json.dumps({"threshold": 0.8, "highlights": []}), encoding="utf-8")
+    assert load_scores(scan).threshold == 0.8
+    assert {c.window.path for c in prepare_reel(scan, ReelOptions(width=W, height=H)).plan.clips} == {good}
     doc = {"threshold": 0.8, "highlights": [{"path": str(good), "score": 0.95, "best_second": 3.0},
                                             {"path": str(fair), "score": 0.75, "best_second": 2.0}]}
     listed = tmp_path / "highlights.json"

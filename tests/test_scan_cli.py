@@ -335,9 +335,10 @@ def test_documented_duckdb_queries(library: Path, tmp_path: Path) -> None:
     shutil.copytree(library, lib)
     months = {"2023/06/trip/high_h264_30.mp4": (2023, 6), "2023/11/calm_hevc_24.mp4": (2023, 11),
               "2024/a/b/high_vp9_60.webm": (2024, 2), "rotated_90.mp4": (2024, 2)}
-    # recorded in August 2021 (the container says), copied in February 2024 without keeping its time
+    # recorded in August 2021 (the container says; 2 a.m. UTC, so July 31st in New York), copied in February 2024
+    # without keeping its time
     make_video(lib / "copied/flight.mp4", SynthSpec(width=64, height=64, duration_s=1.0, style="normal",
-                                                    recorded_at="2021-08-07T09:00:00Z"))
+                                                    recorded_at="2021-08-01T02:00:00Z"))
     months["copied/flight.mp4"] = (2024, 2)
     for rel, (y, m) in months.items():
         ts = datetime(y, m, 15, tzinfo=timezone.utc).timestamp()
@@ -352,7 +353,11 @@ def test_documented_duckdb_queries(library: Path, tmp_path: Path) -> None:
         sql = sql.replace("'scan/", f"'{out}/").replace("/footage/2023/06/DJI_0042.MP4", target)
         return duckdb.sql(sql).fetchall()
 
-    top, per_month, above, errors, moments, by_model = (run(q) for q in queries)
+    duckdb.sql("SET TimeZone = 'America/New_York'")  # a session's zone must not move a recording's month
+    try:
+        top, per_month, above, errors, moments, by_model = (run(q) for q in queries)
+    finally:
+        duckdb.sql("SET TimeZone = 'UTC'")
     ok = [v for v in read_table(out, "videos").to_pylist() if v["status"] == "ok"]
     assert [r[0] for r in top] == [v["path"] for v in sorted(ok, key=lambda v: (-v["score"], v["path"]))][:20]
     assert top[0][1] > 0.9 and len(top) == len(ok)

@@ -314,7 +314,8 @@ def _prepare_locked(labels: Labels, labels_path: str | os.PathLike[str], out_dir
         test_fraction = TEST_FRACTION if not kept_splits or "test" in kept_splits.values() else 0.0
         if not test_fraction:
             log.info("the dataset has no test split and --merge keeps its splits: none is started (--test-fraction "
-                     "0.15 starts one from the new videos, --overwrite splits everything again)")
+                     "0.15 starts one from the new videos, of both classes only if both have new ones; --overwrite "
+                     "splits everything again)")
     splits = assign_splits({vid: by_id[vid].label for vid in rows}, existing=kept_splits, groups=groups,
                            test_fraction=test_fraction)
     for vid, video_rows in rows.items():

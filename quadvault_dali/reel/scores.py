@@ -118,8 +118,19 @@ def _load_scan_folder(root: Path) -> ScoreSource:
                                rotation=row.get("rotation"), fps=row.get("fps"), mtime_ns=row.get("mtime_ns"),
                                size_bytes=row.get("size_bytes"), times=t, scores=s))
     log.info("read %d scored videos (%d failed or unscored) from %s", len(out), failed, root)
-    return ScoreSource(root, out, per_second=True, failed_videos=failed,
-                       threshold=folder_threshold(root, {name for name, _ in ok}))
+    return ScoreSource(root, out, per_second=True, failed_videos=failed, threshold=_scan_threshold(root, ok))
+
+
+def _scan_threshold(root: Path, ok: list[tuple[str, dict]]) -> float | None:
+    """The threshold of the scan's latest run: its highlights.json's (a run with a new --threshold rescans
+    nothing, so the shards keep the one they were scored at), else the shards' own (the highest)."""
+    try:
+        threshold = json.loads((root / "highlights.json").read_text(encoding="utf-8")).get("threshold")
+    except (OSError, ValueError, AttributeError):
+        threshold = None
+    if isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0.0 <= threshold <= 1.0:
+        return float(threshold)
+    return folder_threshold(root, {name for name, _ in ok})
 
 
 def _mtime_ns(path: Path) -> int | None:
