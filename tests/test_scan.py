@@ -937,6 +937,35 @@ def test_rows_rescored_from_an_older_schemas_shards_get_what_its_upgrade_fills_i
     assert row["real_path"] == os.path.realpath(lib / "a.mp4") and row["sampling_fps"] == 1.0
 
 
+def test_a_clip_still_being_copied_while_scanned_is_an_error_row_and_scanned_again(tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file that grew (a copy in progress) or was edited while decoded kept scores of its partial content under
+    the stat discovery saw (a live-library tester's find). It is now an error row saying so; the next run, seeing
+    the new size, scans the finished file."""
+    import quadvault_dali.sampling._cpu as cpu
+
+    lib, out = tmp_path / "lib", tmp_path / "out"
+    growing = make_video(lib / "copying.mp4", SynthSpec(width=64, height=64, duration_s=2.0, source_id=3))
+    make_video(lib / "done.mp4", SynthSpec(width=64, height=64, duration_s=2.0, source_id=4))
+    decode = cpu.CpuSampler.decode_video
+
+    def decode_while_copying(self, path, outcome, emit):  # type: ignore[no-untyped-def]
+        decode(self, path, outcome, emit)
+        if path == growing:
+            with open(path, "ab") as fh:  # the copy goes on writing
+                fh.write(b"\0" * 1024)
+
+    monkeypatch.setattr(cpu.CpuSampler, "decode_video", decode_while_copying)
+    first = _scan(lib, out)
+    rows = _videos(out)
+    assert rows[str(growing)]["status"] == "error" and "changed while it was being scanned" in \
+        rows[str(growing)]["error_message"] and rows[str(lib / "done.mp4")]["status"] == "ok"
+    assert first.run.errors == 1 and not _seconds(out).get(str(growing))
+    monkeypatch.undo()
+    again = _scan(lib, out)
+    assert again.run.videos == 1 and _videos(out)[str(growing)]["status"] == "ok"
+
+
 def test_resume_rescans_videos_sampled_another_way(library: Path, tmp_path: Path) -> None:
     """The folder must not mix rates silently: another --fps rescans; asking for exact rescans keyframe rows."""
     out = tmp_path / "out"

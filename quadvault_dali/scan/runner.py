@@ -343,8 +343,12 @@ def scan_files(files: Sequence[FileState], scorers: Sequence[Scorer], options: S
             rows = agg.finish(state.path, info=None, mode=None, bytes_read=0, error=error,
                               size_bytes=state.size_bytes, mtime_ns=state.mtime_ns, real_path=state.real_path)
         else:
+            error = outcome.error
+            if error is None and changed_since(state):  # its scores would stand under the stat seen before
+                error = DecodeError("changed while it was being scanned (still being copied, or edited)",
+                                    path=state.path, hint="it is scanned again next run")
             rows = agg.finish(state.path, info=outcome.info, mode=outcome.mode, bytes_read=outcome.bytes_read,
-                              error=outcome.error, size_bytes=state.size_bytes, mtime_ns=state.mtime_ns,
+                              error=error, size_bytes=state.size_bytes, mtime_ns=state.mtime_ns,
                               decoder=outcome.decoder, decoder_note=outcome.fallback_reason,
                               frames_expected=outcome.frames_expected, real_path=state.real_path)
         _count(stats, rows, state, outcome.bytes_read if outcome else 0)
@@ -402,6 +406,18 @@ def scan_files(files: Sequence[FileState], scorers: Sequence[Scorer], options: S
     writer.flush()
     stats.shards = list(writer.written)
     return stats
+
+
+def changed_since(state: FileState) -> bool:
+    """Whether the file's size or modification time is no longer what discovery saw: a clip still being copied
+    into the library, or edited, while it was decoded (a live-library tester's find: its scores were kept under
+    the old stat, and a copy restored to it later would never be scanned again). A file gone meanwhile is not
+    changed: the next run retires its row."""
+    try:
+        st = os.stat(state.path)
+    except OSError:
+        return False
+    return (st.st_size, st.st_mtime_ns) != (state.size_bytes, state.mtime_ns)
 
 
 def _count(stats: RunStats, rows: "object", state: FileState, bytes_read: int) -> None:
