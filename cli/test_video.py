@@ -75,6 +75,7 @@ def test_video(video: Path, model: Path, more_models: tuple[Path, ...], timeline
         click.echo(json.dumps({
             "video": str(video), "score": round(score, 6), "threshold": threshold,
             "is_highlight": score >= threshold, "frames": len(result.timestamps), "fps": fps,
+            "frames_at_or_above_threshold": int(sum(float(x) >= threshold for x in result.frame_scores)),
             "models": [{"name": m.name, "fingerprint": m.fingerprint, "score": round(s, 6)}
                        for m, s in zip(models, result.per_model())],
             "timeline": [{"timestamp_s": round(t, 6), "score": round(float(s), 6),
@@ -91,6 +92,12 @@ def test_video(video: Path, model: Path, more_models: tuple[Path, ...], timeline
     frames = len(result.timestamps)
     click.echo(f"Verdict: {verdict} (threshold {threshold_text(threshold)}; {frames} frame{'' if frames == 1 else 's'} "
                f"at {fps:g} fps)")
+    if frames > 1:  # a long flight's mean hides its few great seconds; its best one is where to look
+        scores = [float(x) for x in result.frame_scores]
+        best = max(range(frames), key=lambda i: (scores[i], -i))
+        above = sum(x >= threshold for x in scores)
+        click.echo(f"Best moment: {_clock(float(result.timestamps[best]), timeline_decimals(list(result.timestamps)))}"
+                   f" scores {scores[best]:.2f}; {above} of {frames} frames score {threshold_text(threshold)} or more")
     if len(models) > 1:
         click.echo("Models (averaged):")
         for m, s in zip(models, result.per_model()):

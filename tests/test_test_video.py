@@ -141,6 +141,10 @@ def test_cli_timeline_lists_every_second(colour_model: Path, clips: dict[str, Pa
     assert [r.split()[0] for r in rows] == ["00:00", "00:01", "00:02", "00:03"]
     values = [float(r.split()[1]) for r in rows]
     assert min(values[:2]) > max(values[2:])
+    # the best second and how many reach the threshold: a long flight's mean hides its great moments
+    above = sum(v >= 0.5 for v in values)  # (the shown values are rounded: the best is one of the top ones)
+    assert any(f"Best moment: {rows[i].split()[0]} scores {values[i]:.2f}; {above} of 4 frames score 0.50 or more"
+               in lines for i in range(4) if values[i] == max(values))
 
 
 def test_ensemble_averages_probabilities(colour_model: Path, cold_model: Path, clips: dict[str, Path]) -> None:
