@@ -159,6 +159,7 @@ def _score_as_trained(dataset: Any, by_video: dict[str, list[dict]], models: Seq
     model's own preprocessing of PIL-decoded JPEGs differed by up to 0.02 a frame, which moved videos on the
     threshold (a new user's find)."""
     from .training._data import DaliFrameLoader, FrameTable, validate_jpegs
+    from .training._loop import frame_probabilities
 
     keys = [(path, r) for path, video_rows in by_video.items() for r in video_rows]
     files = [str(dataset.frame_file(r["frame_path"])) for _, r in keys]
@@ -169,21 +170,14 @@ def _score_as_trained(dataset: Any, by_video: dict[str, list[dict]], models: Seq
     usable = [i for i, why in enumerate(verdicts) if why is None]
     table = FrameTable([files[i] for i in usable], np.asarray([int(keys[i][1]["label"]) for i in usable]),
                        [str(keys[i][1]["video_id"]) for i in usable])
-    probs = np.zeros((len(models), len(usable)), np.float32)
-    cuda = device.type == "cuda"
+    probs = np.zeros((len(models), len(usable)))
     if usable:
         for k, model in enumerate(models):
             loader = DaliFrameLoader(table, image_size=model.image_size, mean=model.card["mean"],
                                      std=model.card["std"], train=False, batch_size=64,
-                                     backend="gpu" if cuda else "cpu", device_id=device.index or 0)
-            with progress_bar(len(loader), desc=f"Scoring ({model.name})", unit="batch") as bar, \
-                    torch.inference_mode():
-                for images, rows in loader:
-                    images = images.to(model.device).contiguous(memory_format=torch.channels_last)
-                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                        logits = model.network(images)
-                    probs[k, rows.numpy()] = torch.sigmoid(logits.float()).cpu().numpy()
-                    bar.update(1)
+                                     backend="gpu" if device.type == "cuda" else "cpu", device_id=device.index or 0)
+            probs[k], _ = frame_probabilities(model.network, loader, table, model.device, 1,
+                                              f"Scoring ({model.name})", True)
     by_key: dict[str, list[int]] = {}
     for j, i in enumerate(usable):
         by_key.setdefault(keys[i][0], []).append(j)

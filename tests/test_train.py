@@ -367,7 +367,7 @@ def test_evaluate_scores_a_datasets_frames_as_training_validated_them(tmp_path: 
     user's find). It now runs them through training's loader: the same probabilities, frame by frame."""
     from quadvault_dali.evaluate import _Collected, _from_dataset
     from quadvault_dali.training._data import load_training_data
-    from quadvault_dali.training._loop import _evaluate
+    from quadvault_dali.training._loop import frame_probabilities
 
     make_dataset(tmp_path / "ds", n_videos=8, frames=3)
     out = tmp_path / "model"
@@ -379,7 +379,7 @@ def test_evaluate_scores_a_datasets_frames_as_training_validated_them(tmp_path: 
     loader = DaliFrameLoader(val, image_size=48, mean=model.card["mean"], std=model.card["std"], train=False,
                              batch_size=4, backend=backend)
     with torch.inference_mode():
-        trained, _ = _evaluate(model.network, loader, val, device, 1, "Val", False)
+        trained, _ = frame_probabilities(model.network, loader, val, device, 1, "Val", False)
     collected = _Collected()
     _from_dataset(tmp_path / "ds", [model], "val", device, collected)
     by_video = dict(zip(collected.keys, collected.frame_scores))

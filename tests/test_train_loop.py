@@ -61,7 +61,7 @@ def test_patience_counts_only_epochs_with_the_backbone_trained(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """--freeze-backbone-epochs 3 --patience 2 on a plateau: the run stopped in epoch 3, before the backbone
     was ever unfrozen. Now the backbone gets its 2 epochs (4 and 5) before the stop."""
-    monkeypatch.setattr(loop, "_evaluate", _plateau)
+    monkeypatch.setattr(loop, "frame_probabilities", _plateau)
     make_dataset(tmp_path / "ds", n_videos=6, frames=2)
     lines: list[str] = []
     config = TrainConfig(tmp_path / "ds", tmp_path / "model", epochs=10, batch_size=4, image_size=64,
@@ -96,7 +96,7 @@ def test_output_folder_problems_are_reported_before_any_work(tmp_path: Path) -> 
 
 def test_history_is_written_after_every_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A divergence (or Ctrl-C) in epoch 2 used to leave no training_history.json: it was written at the end."""
-    real = loop._evaluate
+    real = loop.frame_probabilities
     calls = []
 
     def diverge_in_epoch_2(*args: object) -> tuple[np.ndarray, float]:
@@ -105,7 +105,7 @@ def test_history_is_written_after_every_epoch(tmp_path: Path, monkeypatch: pytes
             raise QuadvaultError("the model's outputs became NaN: training diverged")
         return real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(loop, "_evaluate", diverge_in_epoch_2)
+    monkeypatch.setattr(loop, "frame_probabilities", diverge_in_epoch_2)
     make_dataset(tmp_path / "ds", n_videos=6, frames=2)
     config = TrainConfig(tmp_path / "ds", tmp_path / "model", epochs=3, batch_size=4, image_size=64,
                          device="cpu", backbone="efficientnet-lite0", pretrained="auto", seed=0)
@@ -313,7 +313,7 @@ def test_a_kill_between_the_state_and_the_best_model_is_mended_by_resume(tmp_pat
             raise KeyboardInterrupt
         real_save(config, net, arch, data, record, run_id)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(loop, "_evaluate", improving)
+    monkeypatch.setattr(loop, "frame_probabilities", improving)
     monkeypatch.setattr(loop, "_save", killed_in_epoch_2)
     make_dataset(tmp_path / "ds", n_videos=6, frames=2)
     with pytest.raises(KeyboardInterrupt):
@@ -340,7 +340,7 @@ def test_a_state_that_cannot_be_saved_never_costs_the_run(tmp_path: Path, monkey
     from quadvault_dali.errors import OutputError as Full
 
     steps = iter([0.5, 0.4, 0.3])
-    monkeypatch.setattr(loop, "_evaluate", lambda model, loader, frames, *a: (
+    monkeypatch.setattr(loop, "frame_probabilities", lambda model, loader, frames, *a: (
         np.where(frames.labels == 1, 0.6, 0.4), next(steps)))
     real_state = loop.save_state
     calls: list[int] = []

@@ -125,9 +125,10 @@ def _train_epoch(step: TrainStep, loader: DaliFrameLoader, desc: str, show: bool
 
 
 @torch.inference_mode()
-def _evaluate(model: nn.Module, loader: DaliFrameLoader, frames: FrameTable, device: torch.device,
-              world: int, desc: str, show: bool) -> tuple[np.ndarray, float]:
-    """Probabilities for every val frame (row-aligned) and the mean unweighted BCE."""
+def frame_probabilities(model: nn.Module, loader: DaliFrameLoader, frames: FrameTable, device: torch.device,
+                        world: int, desc: str, show: bool) -> tuple[np.ndarray, float]:
+    """Probabilities for every frame of an evaluation ``loader`` over ``frames`` (row-aligned) and the mean
+    unweighted BCE: validation, the test measurement, and ``evaluate`` on a dataset all score this way."""
     model.eval()
     cuda = device.type == "cuda"
     rows_out, probs_out = [], []
@@ -324,7 +325,7 @@ def _run(config: TrainConfig, report: Report, backend: str, device: torch.device
         # the bare network: DDP's forward syncs buffers, and ranks may hold different numbers of val batches;
         # on the step's stream, whose cached memory it reuses (a second stream would cache its own peak)
         with step.running():
-            probs, val_loss = _evaluate(net, val_loader, data.val, device, world, f"Val {epoch}", show)
+            probs, val_loss = frame_probabilities(net, val_loader, data.val, device, world, f"Val {epoch}", show)
         frame, video, threshold = _score(probs, data.val)
         record = EpochRecord(epoch, train_loss, train_acc, val_loss, frame, video, threshold,
                              time.perf_counter() - started, seen * world / max(train_s, 1e-9))
@@ -393,7 +394,7 @@ def _measure_test(config: TrainConfig, net: nn.Module, data: TrainingData, thres
 
     net.load_state_dict(load_file(str(config.output_dir / WEIGHTS_FILE), device=str(device)))
     loader = DaliFrameLoader(data.test, train=False, seed=config.seed, **common)
-    probs, _ = _evaluate(net, loader, data.test, device, world, "Test", show)
+    probs, _ = frame_probabilities(net, loader, data.test, device, world, "Test", show)
     _, vscores, vlabels = video_scores(probs, data.test.labels, data.test.video_ids)
     return {"frame": binary_metrics(probs, data.test.labels, threshold).as_dict(),
             "video": binary_metrics(vscores, vlabels, threshold).as_dict(),
