@@ -56,6 +56,31 @@ def score_aggregates(ensemble: np.ndarray, threshold: float) -> dict[str, float 
     }
 
 
+def scored_rows(vid: str, path: str, times: np.ndarray, per_model: np.ndarray, threshold: float, *,
+                ok: bool = True) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    """A video's seconds rows and the score columns of its video row, from its time-ordered per-second scores of
+    each model ``(n, n_models)`` float32: the ensemble is their mean. A scan's ``Aggregator`` and a rescore from
+    stored scores (``rescore``) both build them here, so both write the same numbers."""
+    ensemble = per_model.mean(axis=1).astype(np.float32) if per_model.shape[1] else np.zeros(len(times), np.float32)
+    seconds = {
+        "video_id": [vid] * len(times),
+        "path": [path] * len(times),
+        "timestamp_s": times.tolist(),
+        "score": ensemble.tolist(),
+        "model_scores": per_model.tolist(),
+    }
+    aggs = score_aggregates(ensemble, threshold)
+    score = aggs["score_mean"]
+    columns = {
+        **aggs,
+        "model_means": per_model.mean(axis=0).tolist() if len(times) else None,
+        "score": score,
+        "best_timestamp_s": float(times[int(np.argmax(ensemble))]) if len(times) else None,
+        "is_highlight": bool(ok and score is not None and score >= threshold),
+    }
+    return seconds, columns
+
+
 class Aggregator:
     """Accumulates scores per path and builds rows when the video's outcome arrives."""
 
@@ -96,19 +121,9 @@ class Aggregator:
             times = times[:0]
         order = np.argsort(times, kind="stable")
         times, per_model = times[order], per_model[order].astype(np.float32)
-        ensemble = per_model.mean(axis=1).astype(np.float32) if per_model.shape[1] else np.zeros(len(times), np.float32)
         path_s = str(path)
         vid = video_id(path_s, size_bytes, mtime_ns)
-        seconds = {
-            "video_id": [vid] * len(times),
-            "path": [path_s] * len(times),
-            "timestamp_s": times.tolist(),
-            "score": ensemble.tolist(),
-            "model_scores": per_model.tolist(),
-        }
-        aggs = score_aggregates(ensemble, self.threshold)
-        score = aggs["score_mean"]
-        best = float(times[int(np.argmax(ensemble))]) if len(times) else None
+        seconds, scores = scored_rows(vid, path_s, times, per_model, self.threshold, ok=error is None)
         video = {
             "video_id": vid, "path": path_s, "real_path": real_path, "size_bytes": size_bytes, "mtime_ns": mtime_ns,
             "recorded_at": info.recorded_at if info else None,
@@ -125,11 +140,7 @@ class Aggregator:
             "frames_scored": len(times),
             "frames_expected": frames_expected,
             "bytes_read": int(bytes_read),
-            **aggs,
-            "model_means": per_model.mean(axis=0).tolist() if len(times) else None,
-            "score": score,
-            "best_timestamp_s": best,
-            "is_highlight": bool(error is None and score is not None and score >= self.threshold),
+            **scores,
             "status": "ok" if error is None else "error",
             "error_kind": error.kind if error is not None else None,
             "error_message": str(error) if error is not None else None,

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .aggregate import VideoRows, score_aggregates
+from .aggregate import VideoRows, scored_rows
 from .resume import FileState
 from .schema import ModelRef, ScanMetadata
 from .shards import DamagedShardError, ShardWriter, read_shard
@@ -33,7 +33,10 @@ log = logging.getLogger(__name__)
 def stored_columns(out_dir: Path, shard: str, models: Sequence[ModelRef]) -> list[int] | None:
     """Where each of ``models`` is in the ``model_scores`` of ``shard`` (its seconds file's metadata), or ``None``
     when the shard did not score with all of them."""
-    meta = _metadata(out_dir, shard)
+    return _columns_of(_metadata(out_dir, shard), models)
+
+
+def _columns_of(meta: ScanMetadata | None, models: Sequence[ModelRef]) -> list[int] | None:
     stored = [m.fingerprint for m in meta.models] if meta is not None else []
     if not stored or any(m.fingerprint not in stored for m in models):
         return None
@@ -54,8 +57,9 @@ def rescore_stored(out_dir: Path, other_rows: dict[str, dict[str, FileState]], m
     (flushed). Returns the files rebuilt; the caller retires their old rows and scans the others."""
     rebuilt: list[FileState] = []
     for shard, files in sorted(other_rows.items()):
-        columns = stored_columns(out_dir, shard, models)
-        if columns is None:
+        meta = _metadata(out_dir, shard)
+        columns = _columns_of(meta, models)
+        if meta is None or columns is None:
             continue
         try:
             seconds = read_shard(out_dir / "seconds" / shard)
@@ -67,10 +71,8 @@ def rescore_stored(out_dir: Path, other_rows: dict[str, dict[str, FileState]], m
             continue
         wanted = pa.array(sorted(files), pa.string())
         seconds = seconds.filter(pc.is_in(seconds["path"], value_set=wanted))
-        meta = _metadata(out_dir, shard)
-        videos = videos.filter(pc.is_in(videos["path"], value_set=wanted))
-        if meta is not None:  # an older version's rows: what the upgrade fills in, filled in here as well
-            videos = current_video_rows(videos, meta.schema_version)
+        # an older version's rows: what the upgrade fills in, filled in here as well
+        videos = current_video_rows(videos.filter(pc.is_in(videos["path"], value_set=wanted)), meta.schema_version)
         by_path: dict[str, list[int]] = {}
         for i, path in enumerate(seconds["path"].to_pylist()):
             by_path.setdefault(path, []).append(i)
@@ -90,15 +92,7 @@ def rescore_stored(out_dir: Path, other_rows: dict[str, dict[str, FileState]], m
 def _rows_for(old: dict[str, Any], times: np.ndarray, per_model: np.ndarray, threshold: float,
               fingerprint: str) -> VideoRows:
     """One video's rows from its stored per-second scores of this run's models (columns in this run's order)."""
-    ensemble = per_model.mean(axis=1).astype(np.float32)
-    aggs = score_aggregates(ensemble, threshold)
-    seconds = {"video_id": [old["video_id"]] * len(times), "path": [old["path"]] * len(times),
-               "timestamp_s": times.tolist(), "score": ensemble.tolist(), "model_scores": per_model.tolist()}
-    video = {**old, **aggs,
-             "model_means": per_model.mean(axis=0).tolist() if len(times) else None,
-             "score": aggs["score_mean"],
-             "best_timestamp_s": float(times[int(np.argmax(ensemble))]) if len(times) else None,
-             "is_highlight": bool(aggs["score_mean"] is not None and aggs["score_mean"] >= threshold),
-             "model_fingerprint": fingerprint,
+    seconds, scores = scored_rows(old["video_id"], old["path"], times, per_model, threshold)
+    video = {**old, **scores, "model_fingerprint": fingerprint,
              "scanned_at": datetime.now(timezone.utc)}  # newer than the row it replaces: it wins if both survive
     return VideoRows(seconds, video)
