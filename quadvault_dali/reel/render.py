@@ -48,7 +48,6 @@ class SourceUnavailable(QuadvaultError):
     as a black clip the clip list still named: a live-library tester's find)."""
 
 
-
 class _ClipSource:
     """A clip's reader that survives a mid-window decode failure by holding its last good picture."""
 

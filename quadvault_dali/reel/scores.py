@@ -125,12 +125,17 @@ def _scan_threshold(root: Path, ok: list[tuple[str, dict]]) -> float | None:
     """The threshold of the scan's latest run: its highlights.json's (a run with a new --threshold rescans
     nothing, so the shards keep the one they were scored at), else the shards' own (the highest)."""
     try:
-        threshold = json.loads((root / "highlights.json").read_text(encoding="utf-8")).get("threshold")
+        threshold = _probability(json.loads((root / "highlights.json").read_text(encoding="utf-8")).get("threshold"))
     except (OSError, ValueError, AttributeError):
         threshold = None
-    if isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0.0 <= threshold <= 1.0:
-        return float(threshold)
-    return folder_threshold(root, {name for name, _ in ok})
+    return threshold if threshold is not None else folder_threshold(root, {name for name, _ in ok})
+
+
+def _probability(value: object) -> float | None:
+    """``value`` as a threshold read from JSON: a number within 0..1, else ``None``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0:
+        return float(value)
+    return None
 
 
 def _mtime_ns(path: Path) -> int | None:
@@ -206,6 +211,5 @@ def load_highlights_json(file: Path) -> ScoreSource:
                                   mtime_ns=field_of.integer("mtime_ns") or _mtime_ns(p),
                                   scanned_id=scanned_id if isinstance(scanned_id, str) else None))
     log.info("read %d highlights from %s (video-level scores only)", len(videos), file)
-    threshold = data.get("threshold") if isinstance(data, dict) else None
-    usable = isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0.0 <= threshold <= 1.0
-    return ScoreSource(file, videos, per_second=False, threshold=float(threshold) if usable else None)
+    return ScoreSource(file, videos, per_second=False,
+                       threshold=_probability(data.get("threshold")) if isinstance(data, dict) else None)

@@ -95,7 +95,7 @@ def with_recording_times(videos: pa.Table) -> pa.Table:
                     videos.column("mtime_ns").to_pylist(), videos.column("status").to_pylist(),
                     videos.column("recorded_at").to_pylist()))
     log.debug("reading the recording times of %d videos scanned before schema 1.5 (once; 1-20 ms each)",
-             sum(1 for *_, status, when in rows if status == "ok" and when is None))
+              sum(1 for *_, status, when in rows if status == "ok" and when is None))
     times = [when if when is not None or status != "ok" or not current(path, size, mtime)
              else read_recorded_at(path) for path, size, mtime, status, when in rows]
     i = videos.column_names.index("recorded_at")

@@ -83,9 +83,10 @@ class TrainStep:
         if self.cuda and rows.device.type == "cpu":
             rows = rows.pin_memory()
         rows = rows.to(self.device, non_blocking=True)
-        y = self.labels[rows.clamp(min=0)]
+        frame = rows.clamp(min=0)  # a filler's row reads frame 0's label and weight, then counts for nothing
+        y = self.labels[frame]
         # fillers complete the batch (BatchNorm sees a full one) but must not count their frame twice
-        weight = (rows != FILLER).float() * self.frame_weights[rows.clamp(min=0)]
+        weight = (rows != FILLER).float() * self.frame_weights[frame]
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
             logits = self.model(images)
