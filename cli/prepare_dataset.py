@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from pathlib import Path
 
 import click
 
-from quadvault_dali._lifetime import signal_name
+from quadvault_dali._lifetime import STOP_SIGNALS, signal_name
 from quadvault_dali._supervisor import report_done, runs_in_process
 from quadvault_dali.dataset import DATASET_FILE
 from quadvault_dali.dataset import TEST_FRACTION, prepare_dataset as run_prepare
@@ -81,7 +80,7 @@ def prepare_dataset(labels: Path, out: Path, merge: bool, overwrite: bool, fps: 
                 f"{' without --overwrite' if begun else ''} to go on.")
 
     # a closed terminal's SIGHUP stops like Ctrl-C too: from the terminal, and passed on by the supervisor
-    with stops_cleanly(stopped, (signal.SIGINT, signal.SIGTERM, signal.SIGHUP), seen=seen):
+    with stops_cleanly(stopped, STOP_SIGNALS, seen=seen):
         result = run_prepare(labels, out, merge=merge, overwrite=overwrite, fps=fps, size=size,
                              mode=mode, device=device, skip_missing=skip_missing, quality=quality,  # type: ignore[arg-type]
                              test_fraction=test_fraction)

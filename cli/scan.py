@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -105,7 +104,7 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
 
     from quadvault_dali.device import resolve_device
     from quadvault_dali.errors import BackendUnavailableError
-    from quadvault_dali._lifetime import signal_name
+    from quadvault_dali._lifetime import STOP_SIGNALS, signal_name
     from quadvault_dali.scan.parallel import WorkerCrashed, parse_gpus
     from quadvault_dali.scan.runner import ScanOptions, scan_library
     from quadvault_dali._supervisor import DONE_FD_ENV, WORKER_CRASH_EXIT, report_done
@@ -154,7 +153,7 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
 
         # a batch system's SIGTERM (preemption, time limit) and a closed terminal's SIGHUP stop like Ctrl-C, once
         # each process: Ctrl-C reaches a supervised scan from the terminal and from its supervisor
-        with stops_cleanly(stopped, (signal.SIGINT, signal.SIGTERM, signal.SIGHUP), seen=seen):
+        with stops_cleanly(stopped, STOP_SIGNALS, seen=seen):
             long_job()
             try:
                 summary = scan_library(libraries, options, model_paths=models, gpus=gpus, on_progress=progress)
