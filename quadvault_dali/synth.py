@@ -52,6 +52,8 @@ class SynthSpec:
     source_id: int = 0
     stamp: bool = True
     bit_rate: int | None = None
+    #: with ``source_id``, which scene of the style the clip shows (``_scene``): clips that differ in either are
+    #: different footage; both 0 is the original scene
     seed: int = 0
     #: the YCbCr matrix to convert with and tag the stream with; "unknown" leaves it untagged (BT.601)
     color_matrix: Literal["unknown", "bt709", "bt2020nc"] = "unknown"
@@ -122,11 +124,17 @@ def read_stamp(image: np.ndarray) -> Stamp | None:
 
 
 def _scene(style: Style, t: float, h: int, w: int, rng_seed: int) -> np.ndarray:
+    """One frame of ``style`` at ``t``. Each seed has its own scene (its gradient's direction and scale, its
+    texture's grain): two clips of one style are different footage, as the near-copy detection of
+    prepare-dataset must tell them apart. Seed 0 is the original scene."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    angle = 2.39996 * rng_seed  # the golden angle: the directions of consecutive seeds spread evenly
+    along = xx * math.cos(angle) + yy * math.sin(angle)
+    across = yy * math.cos(angle) - xx * math.sin(angle)
     if style == "highlight":
         # Saturated warm colours with motion: an orange/magenta gradient and a moving bright disc.
         img = np.empty((h, w, 3), np.float32)
-        phase = 2 * math.pi * (xx / w + 0.35 * t)
+        phase = 2 * math.pi * (along / w * (1 + 0.5 * (rng_seed % 3)) + 0.35 * t)
         img[..., 0] = 215 + 40 * np.sin(phase)
         img[..., 1] = 90 + 70 * np.sin(phase + 1.3 + yy / h)
         img[..., 2] = 40 + 50 * np.cos(phase * 0.5)
@@ -137,7 +145,7 @@ def _scene(style: Style, t: float, h: int, w: int, rng_seed: int) -> np.ndarray:
         return np.clip(img, 0, 255).astype(np.uint8)
     if style == "normal":
         # Grey, low contrast, static: a faint fixed texture.
-        base = 118 + 12 * np.sin(xx / (9 + rng_seed % 5)) * np.cos(yy / 13)
+        base = 118 + 12 * np.sin(along / (9 + rng_seed % 5)) * np.cos(across / (13 + rng_seed % 7))
         return np.repeat(np.clip(base, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
     img = np.empty((h, w, 3), np.uint8)
     img[..., 0] = (xx * 255 / max(w - 1, 1)).astype(np.uint8)
@@ -223,7 +231,7 @@ def make_video(path: str | Path, spec: SynthSpec = SynthSpec()) -> Path:
             audio = out.add_stream("aac", rate=48000)
         times = frame_times(spec)
         for t in times:
-            image = _scene(spec.style_at(t), t, spec.height, spec.width, spec.seed)
+            image = _scene(spec.style_at(t), t, spec.height, spec.width, spec.seed + 7919 * spec.source_id)
             if spec.stamp:
                 draw_stamp(image, t, spec.source_id)
             frame = av.VideoFrame.from_ndarray(_rotate_for_storage(image, spec.rotation), format="rgb24")

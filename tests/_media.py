@@ -137,3 +137,35 @@ def _avcc(path: Path) -> bytes:
 
     with av.open(str(path)) as src:
         return bytes(src.streams.video[0].codec_context.extradata)
+
+
+def export_copy(source: Path, out: Path, *, start_s: float = 0.0, width: int | None = None,
+                height: int | None = None, crf: int = 30, gain: float = 1.0) -> Path:
+    """What an editing app exports from ``source``: its frames from ``start_s`` on, rescaled, brightened by
+    ``gain`` and re-encoded with x264 at ``crf`` (other bytes, the same pictures)."""
+    import fractions
+
+    import av
+    import numpy as np
+
+    with av.open(str(source)) as inp, av.open(str(out), "w") as dst:
+        src = inp.streams.video[0]
+        width, height = width or src.codec_context.width, height or src.codec_context.height
+        rate = src.average_rate or fractions.Fraction(30)
+        stream = dst.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": str(crf)}
+        count = 0
+        for frame in inp.decode(src):
+            if frame.time is None or frame.time < start_s - 1e-6:
+                continue
+            rgb = frame.to_ndarray(format="rgb24", width=width, height=height).astype(np.float32) * gain
+            picture = av.VideoFrame.from_ndarray(np.clip(rgb, 0, 255).astype(np.uint8), format="rgb24")
+            picture = picture.reformat(format="yuv420p")
+            picture.pts, picture.time_base = count, 1 / fractions.Fraction(rate)
+            count += 1
+            for packet in stream.encode(picture):
+                dst.mux(packet)
+        for packet in stream.encode():
+            dst.mux(packet)
+    return out

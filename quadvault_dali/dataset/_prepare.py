@@ -38,10 +38,13 @@ from ._crashes import JOURNAL_TAG, DecoderCrashes, isolate_crashers
 from ._jpeg import JPEG_QUALITY, encode_jpegs, write_atomic
 from ._labels import Labels, LabelledVideo, load_labels
 from ._recordings import recording_groups
+from ._shared_footage import FINGERPRINT_BYTES, SharedFootage, frame_fingerprints, join_groups, shared_footage
 from ._split import TEST_FRACTION, Split, assign_splits
 from ._table import DATASET_FILE, FRAMES_DIR, MANIFEST, read_dataset, write_dataset
 
 log = logging.getLogger(__name__)
+#: pairs of videos named one by one in the warnings about shared footage; the rest are counted
+_LISTED_PAIRS = 10
 
 
 @dataclass
@@ -58,6 +61,8 @@ class PrepareResult:
     relabelled: list[Path] = field(default_factory=list)  # reused videos whose label changed (--merge)
     failed: list[tuple[Path, QuadvaultError]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: labelled videos that show the same footage (trimmed or re-encoded copies): kept on one side of the split
+    shared_footage: list[SharedFootage] = field(default_factory=list)
 
 
 def frame_name(timestamp_s: float) -> str:
@@ -310,6 +315,10 @@ def _prepare_locked(labels: Labels, labels_path: str | os.PathLike[str], out_dir
     # chunks of one recording (a flight split into 4-GB files) stay on one side
     paths = {vid: by_id[vid].path for vid in rows}
     groups = recording_groups(paths, _durations(paths))
+    # and so do copies of one footage under other bytes (a trimmed export, a re-encode for the phone)
+    result.shared_footage = _shared_footage(out_dir, rows, fps)
+    groups = join_groups(groups, result.shared_footage)
+    result.warnings += _footage_warnings(result.shared_footage, by_id, kept_splits)
     if test_fraction is None:  # the newly labelled clips (often the hard ones) would all go to a new test split
         test_fraction = TEST_FRACTION if not kept_splits or "test" in kept_splits.values() else 0.0
         if not test_fraction:
@@ -351,6 +360,45 @@ def _prepare_locked(labels: Labels, labels_path: str | os.PathLike[str], out_dir
             result.warnings.append(f"no {name} video in the validation split ({len(members)} in training), so "
                                    f"validation cannot measure {name}s; --overwrite splits the dataset again")
     return result
+
+
+def _shared_footage(out_dir: Path, rows: dict[str, list[dict]], fps: float) -> list[SharedFootage]:
+    """Fingerprints the frames that have none yet (new ones, and a dataset written before fingerprints), then
+    finds the videos that show the same footage."""
+    missing = [r for video_rows in rows.values() for r in video_rows
+               if r.get("frame_fingerprint") is None or len(r["frame_fingerprint"]) not in (0, FINGERPRINT_BYTES)]
+    if missing:
+        try:
+            found = frame_fingerprints([out_dir / r["frame_path"] for r in missing], workers=os.cpu_count() or 1)
+        except OSError as exc:  # frames were all checked complete: this is the disk failing under us
+            raise OutputError(f"cannot read a stored frame: {exc}", path=out_dir / FRAMES_DIR) from None
+        for r, fingerprint in zip(missing, found):
+            r["frame_fingerprint"] = fingerprint
+    pairs = shared_footage({vid: [(r["timestamp_s"], r["frame_fingerprint"]) for r in video_rows]
+                            for vid, video_rows in rows.items()}, fps=fps)
+    if pairs:
+        log.info("%d pair(s) of labelled videos show the same footage (a trimmed or re-encoded copy): each set "
+                 "stays on one side of the train/validation/test split", len(pairs))
+    return pairs
+
+
+def _footage_warnings(pairs: list[SharedFootage], by_id: dict[str, LabelledVideo],
+                      kept_splits: dict[str, Split]) -> list[str]:
+    """What a user should fix: one footage labelled both ways, or (``--merge``) already split across sides."""
+    warnings = []
+    for pair in pairs:
+        a, b = by_id[pair.a], by_id[pair.b]
+        if a.label != b.label:
+            warnings.append(f"{a.path} ({a.label_name}) and {b.path} ({b.label_name}) show the same footage "
+                            f"({pair.frames} sampled frames): those frames are labelled both ways; keep one of the "
+                            "two in the labels")
+        elif pair.a in kept_splits and pair.b in kept_splits and kept_splits[pair.a] != kept_splits[pair.b]:
+            warnings.append(f"{a.path} ({kept_splits[pair.a]}) and {b.path} ({kept_splits[pair.b]}) show the same "
+                            "footage but keep the splits they had before (--merge); --overwrite splits the dataset "
+                            "again")
+    if len(warnings) > _LISTED_PAIRS:
+        warnings[_LISTED_PAIRS:] = [f"... and {len(warnings) - _LISTED_PAIRS} more pairs of videos like these"]
+    return warnings
 
 
 def _extract(todo: list[str], by_id: dict[str, LabelledVideo], out_dir: Path,

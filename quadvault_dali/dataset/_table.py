@@ -3,7 +3,8 @@
 Columns: ``frame_path`` (JPEG path relative to the dataset folder, so the folder can move),
 ``video_path``, ``video_id``, ``timestamp_s``, ``label`` (1 highlight / 0 normal), ``label_name``,
 ``split`` ("train" | "val" | "test"), and the video's ``video_size_bytes`` / ``video_mtime_ns`` so that
-``--merge`` can tell a changed file from an unchanged one. How the frames were sampled (fps, size,
+``--merge`` can tell a changed file from an unchanged one, and ``frame_fingerprint`` (``_shared_footage``: 32
+bytes of the picture, empty for a flat one; absent from older datasets, which get it on their next run). How the frames were sampled (fps, size,
 mode) lives in the Parquet key-value metadata; ``--merge`` refuses to mix settings.
 """
 
@@ -38,6 +39,7 @@ SCHEMA = pa.schema([
     ("split", pa.string()),
     ("video_size_bytes", pa.int64()),
     ("video_mtime_ns", pa.int64()),
+    ("frame_fingerprint", pa.binary()),
 ])
 REQUIRED = ("frame_path", "video_path", "video_id", "timestamp_s", "label", "split")
 
