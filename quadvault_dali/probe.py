@@ -27,7 +27,8 @@ from ._mp4 import TrackFacts, is_plain_mp4, read_track_facts
 from ._nal import SEI_UNITS, length_size_of, sei_types
 from ._packet_heads import is_slice, leading_units, orientation_sei_first, packet_head
 from ._packet_index import MP4_FORMATS, PacketIndex, random_access_keyframes, read_packet_index
-from .errors import DecodeError, FileAccessError, UnsupportedCodecError, VideoOpenError, unexpected_failure
+from .errors import (DecodeError, FileAccessError, QuadvaultError, UnsupportedCodecError, VideoOpenError,
+                     unexpected_failure)
 from .sampling._uncrop import Crop, SpsSignal, avcc_signal
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,9 @@ class VideoInfo:
     stream_index: int
     #: FFmpeg's name of the tagged YCbCr matrix ("bt709", "bt2020nc", ...; "unknown" when untagged)
     color_matrix: str = "unknown"
+    #: FFmpeg's name of the tagged transfer function: "smpte2084" (PQ) and "arib-std-b67" (HLG) are HDR, which
+    #: every decoder path tone-maps to SDR (``sampling._colour``); "bt709", ..., "unknown" when untagged
+    color_transfer: str = "unknown"
     #: what FFmpeg copies from an MP4 track into a remuxed clip (``_mp4.TrackFacts.setup``); "" elsewhere.
     #: Internal: clips of videos with equal ones share a skeleton (``sampling._remux``)
     setup: str = ""
@@ -133,6 +137,20 @@ def _av_open(source: Any, **extra: Any) -> Any:
             raise
         _METADATA_ERRORS_KW = {}
         return av.open(source, **extra)
+
+
+_COLOR_TRANSFERS = {1: "bt709", 2: "unknown", 4: "gamma22", 5: "gamma28", 6: "smpte170m", 7: "smpte240m",
+                     8: "linear", 11: "iec61966-2-4", 13: "iec61966-2-1", 14: "bt2020-10", 15: "bt2020-12",
+                     16: "smpte2084", 18: "arib-std-b67"}
+
+
+def _color_transfer(ctx: Any, signal: SpsSignal | None = None) -> str:
+    """The stream's transfer function: the H.264 SPS's where it has one, else what FFmpeg reports."""
+    value = signal.transfer if signal is not None and signal.transfer is not None else getattr(ctx, "color_trc", None)
+    try:
+        return _COLOR_TRANSFERS.get(int(value), "unknown") if value is not None else "unknown"
+    except (TypeError, ValueError):
+        return "unknown"
 
 
 def _color_matrix(ctx: Any, signal: SpsSignal | None = None) -> str:
@@ -354,6 +372,15 @@ def read_recorded_at(path: str | os.PathLike[str]) -> datetime | None:
         with _av_open(path, options=QUICK_PROBE_OPTIONS) as container:
             return recorded_at(container, container.streams.video[0]) if container.streams.video else None
     except (OSError, av.FFmpegError, UnicodeDecodeError, ValueError):
+        return None
+
+
+def read_color_transfer(path: str | os.PathLike[str]) -> str | None:
+    """Only the transfer function of a video file (``VideoInfo.color_transfer``), for rows probed before it was
+    recorded; ``None`` when the file is not a readable video."""
+    try:
+        return probe_video(path).color_transfer
+    except (QuadvaultError, OSError):
         return None
 
 
@@ -687,7 +714,7 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
         frame_count=int(frame_count), bit_rate=container.bit_rate or None, start_time_s=start,
         keyframe_times=tuple(float(t) for t in index.shown_keyframe_times),
         has_audio=bool(container.streams.audio), is_vfr=is_vfr, stream_index=stream.index,
-        color_matrix=_color_matrix(ctx, signal), setup=facts.setup,
+        color_matrix=_color_matrix(ctx, signal), color_transfer=_color_transfer(ctx, signal), setup=facts.setup,
         pixel_aspect=_pixel_aspect(stream, setup), recorded_at=recorded_at(container, stream),
     )
     return info, index

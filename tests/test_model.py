@@ -87,7 +87,7 @@ def _unedited_fingerprint(weights_sha256: str) -> str:
     the weights alone; 2 moved the CPU paths' centre crops a pixel, so scans of version 1 are rescanned)."""
     from quadvault_dali.model._io import SCORING_CODE_VERSION
 
-    assert SCORING_CODE_VERSION == 2
+    assert SCORING_CODE_VERSION == 3
     return hashlib.sha256(f"{weights_sha256}:v{SCORING_CODE_VERSION}".encode()).hexdigest()[:16]
 
 

@@ -66,8 +66,9 @@ def _scoring_sha256(card: dict[str, Any]) -> str:
 
 #: How this code turns a video's frames into the network's input (sampling size, resize, centre crop): bumped
 #: when a change moves the scores, so a resumed scan rescans its videos instead of mixing two scorings.
-#: 1: until stop 26; 2: the CPU paths' centre crops start where DALI's do (a pixel later on odd margins).
-SCORING_CODE_VERSION = 2
+#: 1: until stop 26; 2: the CPU paths' centre crops start where DALI's do (a pixel later on odd margins);
+#: 3: HDR (PQ, HLG) frames are tone-mapped to SDR on every decoder path (SDR videos score as under 2).
+SCORING_CODE_VERSION = 3
 
 
 def _edited_scoring(card: dict[str, Any]) -> str | None:
@@ -100,6 +101,12 @@ def version1_fingerprint(card: dict[str, Any], weights_sha256: str) -> str:
     if edited is None:
         return weights_sha256[:16]
     return hashlib.sha256(f"{weights_sha256}:{edited}".encode()).hexdigest()[:16]
+
+
+def sdr_fingerprints(card: dict[str, Any], weights_sha256: str) -> tuple[str, ...]:
+    """The fingerprints under scoring versions whose rows still hold for SDR videos: version 3 changed only HDR
+    videos' pixels, so a resumed scan rescans the HDR videos of a library, not all of it."""
+    return (_fingerprint_at(2, weights_sha256, _edited_scoring(card)),)
 
 
 def older_fingerprints(card: dict[str, Any], weights_sha256: str) -> tuple[str, ...]:
@@ -356,5 +363,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Highligh
     model = HighlightModel(net, card, fingerprint=model_fingerprint(card, digest), device=_torch_device(device),
                            name=name)
     model.nvdec_fingerprints = (version1_fingerprint(card, digest),)
+    model.sdr_fingerprints = sdr_fingerprints(card, digest)
     model.older_fingerprints = older_fingerprints(card, digest)
     return model

@@ -86,6 +86,9 @@ class HighlightModel:
         #: older fingerprints of this model whose rows decoded by DALI on NVDEC still hold its scores (a scoring
         #: change that moved only the CPU paths' pixels): a scan's resume keeps those rows
         self.nvdec_fingerprints: tuple[str, ...] = ()
+        #: older fingerprints of this model whose rows of SDR videos still hold its scores (a change that moved
+        #: only HDR videos' pixels)
+        self.sdr_fingerprints: tuple[str, ...] = ()
         #: its fingerprints under every older scoring code version: rows scored with them are this model's
         self.older_fingerprints: tuple[str, ...] = ()
         self.device = device

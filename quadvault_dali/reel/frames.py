@@ -18,11 +18,14 @@ from typing import Iterator
 
 import av
 import numpy as np
+import torch
 
 from ..errors import DecodeError, QuadvaultError
 from .._frame_times import FrameClock, stores_decode_times
 from ..probe import VideoInfo, open_container
 from ..sampling import nvdec_limitation
+from ..sampling._colour import hdr_to_sdr, is_hdr
+from ..sampling._cpu import SWS_FLAGS, SWS_FLAGS_48
 from ..sampling._remux import seek_top
 
 log = logging.getLogger(__name__)
@@ -172,7 +175,12 @@ class WindowReader:
         box, rotation = self.box, self.info.rotation % 360
         sideways = rotation in (90, 270)
         w, h = (box.fit_h, box.fit_w) if sideways else (box.fit_w, box.fit_h)
-        img = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+        if is_hdr(self.info.color_transfer):  # PQ / HLG: tone-mapped into the SDR BT.709 reel from 16 bits
+            signal = frame.reformat(width=w, height=h, format="rgb48le", interpolation=SWS_FLAGS_48).to_ndarray()
+            signal = torch.from_numpy(signal.astype(np.float32) / 65535.0).permute(2, 0, 1)[None]
+            img = hdr_to_sdr(signal, self.info.color_transfer)[0].permute(1, 2, 0).numpy()
+        else:  # the sampler's exact rounding: AREA alone made the reel 2-4 levels darker than its sources
+            img = frame.reformat(width=w, height=h, format="rgb24", interpolation=SWS_FLAGS).to_ndarray()
         if rotation:
             img = np.rot90(img, k=-(rotation // 90))  # rotation is clockwise; rot90 turns counter-clockwise
         canvas = np.zeros((box.out_h, box.out_w, 3), np.uint8)

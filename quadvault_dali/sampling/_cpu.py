@@ -28,6 +28,7 @@ from .._frame_times import FrameClock
 from .._geometry import centre_offset
 from ..probe import VideoInfo, open_container, probe_open, rewound
 from ._base import Sampler, VideoSource, path_of, register_backend
+from ._colour import is_hdr, to_sdr
 from ._plan import SamplePlan, plan_samples
 from ._reader import CountingFile
 from ._remux import (decode_clip, exact_clips, largest_gop_bytes, nearest_index, picture_skipper, reads_at_positions,
@@ -46,6 +47,10 @@ MAX_GOP_BYTES_IN_MEMORY = 64 << 20
 #: exact conversion (1.7 at a 360p -> 64 px downscale, 0.9 at full size), and DALI, which is exact, then
 #: looked 2-3 levels too bright next to them on the H100.
 SWS_FLAGS = int(Interpolation.AREA) | int(Interpolation.ACCURATE_RND) | int(Interpolation.FULL_CHR_H_INT)
+#: the same for a 16-bit RGB result (the reel's HDR frames), without FULL_CHR_H_INT: FFmpeg 8's swscale with it
+#: turned 4:2:0 into garbage rgb48le chroma whenever the height stayed the same (green (30,170,30) became
+#: (0,0,144); a colour audit's find)
+SWS_FLAGS_48 = int(Interpolation.AREA) | int(Interpolation.ACCURATE_RND)
 
 
 def output_size(info: VideoInfo, size: int) -> tuple[int, int]:
@@ -59,6 +64,8 @@ def to_display(frame: av.VideoFrame, info: VideoInfo, size: int, square: bool) -
     width, height = output_size(info, size)
     coded_w, coded_h = (height, width) if info.rotation in (90, 270) else (width, height)
     image = frame.to_ndarray(width=coded_w, height=coded_h, format="rgb24", interpolation=SWS_FLAGS)
+    if is_hdr(info.color_transfer):  # PQ / HLG: tone-mapped to SDR as on the GPU (``_colour.to_sdr``)
+        image = to_sdr(torch.from_numpy(image).permute(2, 0, 1)[None], info.color_transfer)[0].permute(1, 2, 0).numpy()
     if info.rotation:
         image = np.rot90(image, k=-info.rotation // 90)
     if square:

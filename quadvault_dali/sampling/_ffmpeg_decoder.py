@@ -48,7 +48,7 @@ from .._geometry import centre_offset
 from ..errors import DecodeError, detached
 from ..probe import VideoInfo
 from ._clip_decoder import DecodeStats
-from ._colour import MATRIX_WEIGHTS, ycbcr_to_rgb
+from ._colour import MATRIX_WEIGHTS, to_sdr, ycbcr_to_rgb
 from ._cpu import output_size
 from ._remux import Clip, Signature
 
@@ -364,6 +364,7 @@ class FfmpegDecoder:
         chroma = _as_levels(torch.stack([c for _, c, _ in planes]))
         pictures = planes_to_rgb(luma, chroma, item.info.color_matrix, planes[0][2], final, item.info.rotation,
                                  self.size if self.square else None)
+        pictures = to_sdr(pictures, item.info.color_transfer)  # PQ / HLG: as every decoder path
         item.pictures.update(zip(times, pictures))
 
     def _completed(self, dec: _Decoder) -> list[tuple[Any, torch.Tensor | Exception]]:

@@ -48,7 +48,7 @@ from ..probe import VideoInfo, probe_open
 from ._base import Sampler, SamplerConfig, VideoSource, register_backend
 from ._budget import ByteBudget, clip_bytes, queued_bytes_for
 from ._clip_decoder import CLIPS_PER_RUN, DECODE_THREADS, ClipDecoder, DecodeStats, error_summary
-from ._colour import convert_from_bt601
+from ._colour import convert_from_bt601, to_sdr
 from ._cpu import CpuSampler
 from ._ffmpeg_decoder import FfmpegDecoder, ffmpeg_limitation
 from ._handover import Abandoned, TakeOver, VideoTask
@@ -747,10 +747,11 @@ class DaliSampler(Sampler):
 
 def _displayed(frames: torch.Tensor, info: VideoInfo | None) -> torch.Tensor:
     """``(F, 3, H, W)`` frames as the CPU decoder gives them: in the stream's tagged colour matrix (DALI
-    converts as BT.601, see ``_colour``) and turned by the display rotation (clockwise degrees)."""
+    converts as BT.601, see ``_colour``), HDR tone-mapped to SDR, and turned by the display rotation
+    (clockwise degrees)."""
     if info is None:
         return frames
-    frames = convert_from_bt601(frames, info.color_matrix)
+    frames = to_sdr(convert_from_bt601(frames, info.color_matrix), info.color_transfer)
     rotation = info.rotation
     return torch.rot90(frames, k=-(rotation // 90), dims=(2, 3)).contiguous() if rotation else frames
 

@@ -130,6 +130,7 @@ class Aggregator:
             "duration_s": info.duration_s if info else None,
             "fps": info.avg_fps if info else None,
             "codec": info.codec if info else None,
+            "color_transfer": info.color_transfer if info else None,
             "width": info.width if info else None,
             "height": info.height if info else None,
             "rotation": info.rotation if info else None,

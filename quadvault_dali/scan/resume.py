@@ -23,6 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..probe import read_color_transfer
+from ..sampling._colour import is_hdr
 from .schema import video_id
 from .shards import (DamagedShardError, TagLock, complete_shards, parse_name, quarantine_pair, read_shard,
                      retire_pair, with_videos_of, write_parquets_atomic)
@@ -85,7 +87,7 @@ def _done_index(out_dir: Path, orphans: set[str] | None = None) -> dict[str, lis
     videos their videos file does not list (a kill between a rewrite's or a merge's two renames)."""
     found: dict[str, list[dict[str, object]]] = {}
     cols = ["path", "real_path", "size_bytes", "mtime_ns", "model_fingerprint", "status", "error_kind",
-            "scanned_at", "frames_scored", "sampling_mode", "sampling_fps", "decoder"]
+            "scanned_at", "frames_scored", "sampling_mode", "sampling_fps", "decoder", "color_transfer"]
     for name in complete_shards(out_dir):
         try:  # every column: damage in one a reader needs later (scores) must be found here, where the
             # pair can be moved aside and its videos scanned again, not at the end of the run
@@ -158,13 +160,17 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
                 gone: Callable[[str], bool] | None = None,
                 within: Callable[[str], bool] | None = None,
                 nvdec_fingerprints: frozenset[str] = frozenset(),
+                sdr_fingerprints: frozenset[str] = frozenset(),
                 older_fingerprints: frozenset[str] = frozenset()) -> ResumePlan:
     """Splits ``files`` into done and to-do against the complete shards in ``out_dir``.
 
     ``gone(path)`` says whether a path with rows but not among ``files`` has left this run's part of the
     library (deleted or moved); its rows are then retired, so totals and highlights list what exists.
     ``within(path)``: whether a path is in this run's library, for ``kept_missing``. ``nvdec_fingerprints``:
-    older fingerprints of these models that still hold for rows decoded on NVDEC (``refingerprinted``).
+    older fingerprints of these models that still hold for rows decoded on NVDEC (``refingerprinted``), and
+    ``sdr_fingerprints`` those that still hold for rows of SDR videos; either only where the row's
+    ``color_transfer`` (read from the file for rows before schema 1.6) is not HDR: every version since 3
+    tone-maps HDR frames.
     ``older_fingerprints``: these models' fingerprints under every older scoring version, whose rows are
     rescanned but are not another model's (``other_models``).
     """
@@ -197,9 +203,17 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
             return True
         return False
 
-    def same_scoring(row: dict[str, object]) -> bool:
-        return row["model_fingerprint"] == fingerprint or (row["model_fingerprint"] in nvdec_fingerprints
-                                                           and row.get("decoder") == "nvdec")
+    def same_scoring(row: dict[str, object], f: FileState) -> bool:
+        fp = row["model_fingerprint"]
+        if fp == fingerprint:
+            return True
+        if fp not in sdr_fingerprints and not (fp in nvdec_fingerprints and row.get("decoder") == "nvdec"):
+            return False
+        transfer = row.get("color_transfer")
+        if transfer is None:  # a row from before schema 1.6 (its shard is upgraded after this plan): the file
+            # is the one scanned (same size and mtime), so its transfer is read from it, once (1-2 ms)
+            transfer = row["color_transfer"] = read_color_transfer(f.path)
+        return isinstance(transfer, str) and not is_hdr(transfer)
 
     def row_complete(row: dict[str, object]) -> bool:
         # a kill between rewriting a pair's seconds and its videos leaves a row without seconds
@@ -207,7 +221,7 @@ def plan_resume(files: list[FileState], out_dir: Path, *, fingerprint: str, fps:
 
     def still_good(row: dict[str, object], f: FileState) -> bool:
         same = (row["size_bytes"] == f.size_bytes and row["mtime_ns"] == f.mtime_ns
-                and same_scoring(row) and row_complete(row) and sampled_as_asked(row, fps, mode))
+                and same_scoring(row, f) and row_complete(row) and sampled_as_asked(row, fps, mode))
         failed = row["status"] == "error"
         # a file that could not be read at all (not mounted, permission) is tried again every run
         retry = failed and (retry_errors or row["error_kind"] in RETRIED_ERROR_KINDS)

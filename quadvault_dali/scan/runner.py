@@ -291,7 +291,8 @@ def model_refs(scorers: Sequence[Scorer]) -> tuple[ModelRef, ...]:
 def combined_older_fingerprints(scorers: Sequence[Scorer], attribute: str) -> frozenset[str]:
     """The combined fingerprints these models had under older scoring code, from each model's ``attribute``:
     ``nvdec_fingerprints``, whose rows decoded by DALI on NVDEC still hold (a release that moved only the CPU
-    paths' pixels must not rescan a GPU user's library), or ``older_fingerprints``, every older version's."""
+    paths' pixels must not rescan a GPU user's library), ``sdr_fingerprints``, whose rows of SDR videos still hold
+    (one that moved only HDR videos' pixels), or ``older_fingerprints``, every older version's."""
     older = [tuple(getattr(s, attribute, ())) for s in scorers]
     if not all(older):
         return frozenset()
@@ -497,6 +498,7 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
                            resume=options.resume, gone=vanished(libs, files, options.shard, unreadable),
                            retry_errors=options.retry_errors, within=_in_libraries(libs, options.shard, files),
                            nvdec_fingerprints=combined_older_fingerprints(scorers, "nvdec_fingerprints"),
+                           sdr_fingerprints=combined_older_fingerprints(scorers, "sdr_fingerprints"),
                            older_fingerprints=combined_older_fingerprints(scorers, "older_fingerprints"))
         if plan.other_models and not options.replace_models:
             refuse_other_models(out, plan.other_models, models, reusable=reusable_count(out, plan, models))

@@ -30,8 +30,8 @@ from typing import Literal, Sequence
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.5"  # 1.1: videos.decoder, videos.decoder_note; 1.2: videos.sampling_fps; 1.3: videos.frames_expected;
-#                          1.4: videos.real_path; 1.5: videos.recorded_at
+SCHEMA_VERSION = "1.6"  # 1.1: videos.decoder, videos.decoder_note; 1.2: videos.sampling_fps; 1.3: videos.frames_expected;
+#                          1.4: videos.real_path; 1.5: videos.recorded_at; 1.6: videos.color_transfer
 Table = Literal["seconds", "videos"]
 
 
@@ -61,6 +61,9 @@ VIDEOS_SCHEMA = pa.schema([
     _field("duration_s", pa.float64(), "Duration from the container; null when the file could not be probed."),
     _field("fps", pa.float64(), "Average frame rate; null when unknown."),
     _field("codec", pa.string(), "Canonical codec name (h264, hevc, vp9, ...); null when unknown."),
+    _field("color_transfer", pa.string(), "The stream's transfer function, FFmpeg's name: smpte2084 (PQ) and "
+                                          "arib-std-b67 (HLG) are HDR, tone-mapped to SDR before scoring; "
+                                          "unknown when untagged; null when not probed. Since 1.6."),
     _field("width", pa.int32(), "Displayed width after rotation."),
     _field("height", pa.int32(), "Displayed height after rotation."),
     _field("rotation", pa.int32(), "Display rotation, clockwise degrees."),

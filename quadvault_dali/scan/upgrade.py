@@ -15,6 +15,7 @@ import logging
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -61,6 +62,8 @@ def current_video_rows(videos: pa.Table, version: str) -> pa.Table:
     videos = with_real_paths(videos)
     if _version(version) < (1, 5):
         videos = with_recording_times(videos)
+    if _version(version) < (1, 6):
+        videos = with_color_transfers(videos)
     if _version(version) < (1, 2):  # sampled at 1 frame/s, the only rate there was (schema.py)
         i = videos.column_names.index("sampling_fps")
         videos = videos.set_column(i, videos.schema.field(i), pa.array([1.0] * videos.num_rows, pa.float64()))
@@ -84,6 +87,23 @@ def with_recording_times(videos: pa.Table) -> pa.Table:
     before (one quick container open per video, about a millisecond for an MP4)."""
     from ..probe import read_recorded_at
 
+    log.debug("reading the recording times of videos scanned before schema 1.5 (once; 1-20 ms each)")
+    return _filled(videos, "recorded_at", read_recorded_at)
+
+
+def with_color_transfers(videos: pa.Table) -> pa.Table:
+    """Rows from before 1.6 (``color_transfer`` null) get their file's transfer function where the file is still
+    the one scanned: a resume then rescans the HDR videos, which scoring version 3 tone-maps, and keeps the
+    SDR ones (one probe per video, 1-2 ms)."""
+    from ..probe import read_color_transfer
+
+    log.debug("reading the transfer functions of videos scanned before schema 1.6 (once; 1-2 ms each)")
+    return _filled(videos, "color_transfer", read_color_transfer)
+
+
+def _filled(videos: pa.Table, column: str, read: Callable[[str], object]) -> pa.Table:
+    """``videos`` with the nulls of ``column`` in ok rows read from their files by ``read(path)``, where the file
+    is unchanged since the scan (same size and mtime)."""
     def current(path: str, size: int, mtime_ns: int) -> bool:
         try:
             st = os.stat(path)
@@ -91,15 +111,13 @@ def with_recording_times(videos: pa.Table) -> pa.Table:
             return False
         return st.st_size == size and st.st_mtime_ns == mtime_ns
 
-    rows = list(zip(videos.column("path").to_pylist(), videos.column("size_bytes").to_pylist(),
-                    videos.column("mtime_ns").to_pylist(), videos.column("status").to_pylist(),
-                    videos.column("recorded_at").to_pylist()))
-    log.debug("reading the recording times of %d videos scanned before schema 1.5 (once; 1-20 ms each)",
-              sum(1 for *_, status, when in rows if status == "ok" and when is None))
-    times = [when if when is not None or status != "ok" or not current(path, size, mtime)
-             else read_recorded_at(path) for path, size, mtime, status, when in rows]
-    i = videos.column_names.index("recorded_at")
-    return videos.set_column(i, videos.schema.field(i), pa.array(times, videos.schema.field(i).type))
+    rows = zip(videos.column("path").to_pylist(), videos.column("size_bytes").to_pylist(),
+               videos.column("mtime_ns").to_pylist(), videos.column("status").to_pylist(),
+               videos.column(column).to_pylist())
+    values = [value if value is not None or status != "ok" or not current(path, size, mtime) else read(path)
+              for path, size, mtime, status, value in rows]
+    i = videos.column_names.index(column)
+    return videos.set_column(i, videos.schema.field(i), pa.array(values, videos.schema.field(i).type))
 
 
 def upgrade_shards(out_dir: Path, own_tag: str = "", lock_timeout_s: float = 10.0) -> int:
@@ -135,6 +153,6 @@ def upgrade_shards(out_dir: Path, own_tag: str = "", lock_timeout_s: float = 10.
             if lock is not None:
                 lock.release()
     if upgraded:
-        log.info("rewrote %d shard files of an earlier schema with the columns of %s (recording times read from "
-                 "the videos, once)", upgraded, SCHEMA_VERSION)
+        log.info("rewrote %d shard files of an earlier schema with the columns of %s (recording times and transfer "
+                 "functions read from the videos, once)", upgraded, SCHEMA_VERSION)
     return upgraded
