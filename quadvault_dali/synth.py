@@ -132,9 +132,11 @@ def _scene(style: Style, t: float, h: int, w: int, rng_seed: int) -> np.ndarray:
     along = xx * math.cos(angle) + yy * math.sin(angle)
     across = yy * math.cos(angle) - xx * math.sin(angle)
     if style == "highlight":
-        # Saturated warm colours with motion: an orange/magenta gradient and a moving bright disc.
+        # Saturated warm colours with motion: an orange/magenta gradient and a moving bright disc. The gradient
+        # spans one cycle across the picture whatever its direction, so every seed's colours average alike.
         img = np.empty((h, w, 3), np.float32)
-        phase = 2 * math.pi * (along / w * (1 + 0.5 * (rng_seed % 3)) + 0.35 * t)
+        along = (along - along.min()) / max(float(np.ptp(along)), 1e-6) * (w - 1)
+        phase = 2 * math.pi * (along / w + 0.35 * t)
         img[..., 0] = 215 + 40 * np.sin(phase)
         img[..., 1] = 90 + 70 * np.sin(phase + 1.3 + yy / h)
         img[..., 2] = 40 + 50 * np.cos(phase * 0.5)

@@ -134,7 +134,9 @@ def test_cli_json_ensemble(labels_file: Path, models: dict[str, Path]) -> None:
     assert [m["name"] for m in data["models"]] == ["warm", "cold"]
     assert data["per_model_video_level"][0]["accuracy"] == pytest.approx(7 / 8)
     cold = data["per_model_video_level"][1]  # the inverted model calls no labelled highlight a highlight
-    assert (cold["tp"], cold["fn"], cold["tn"], cold["fp"]) == (0, 4, 4, 0) and cold["roc_auc"] < 0.25
+    # and ranks every positive below every grey negative: only the warm clip labelled normal by mistake can rank
+    # under positives (under the half-grey one and the three other warm ones at most: 4 of 16 pairs)
+    assert (cold["tp"], cold["fn"], cold["tn"], cold["fp"]) == (0, 4, 4, 0) and cold["roc_auc"] <= 4 / 16
     for v in data["videos"]:
         assert v["score"] == pytest.approx(sum(v["model_scores"]) / 2, abs=1e-5)
     assert data["confusion_matrix"]["videos"] == [[data["video_level"]["tn"], data["video_level"]["fp"]],
@@ -151,7 +153,7 @@ def test_evaluating_videos_a_model_trained_on_warns(labels_file: Path, models: d
     trained = tmp_path / "trained"
     shutil.copytree(models["warm"], trained)
     card = json.loads((trained / "model.json").read_text())
-    card["dataset"] = str(out)  # as train writes it
+    card["dataset"] = str(out)  # as train wrote it before stop 30
     (trained / "model.json").write_text(json.dumps(card))
     model = load_model(trained)
     train_videos = {r["video_path"] for r in read_dataset(out).rows() if r["split"] == "train"}
