@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import json
 from pathlib import Path
 
@@ -194,7 +195,8 @@ def test_wrong_version_and_corrupt_weights(saved: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelFormatError, match="do not match their model card"):
         load_model(truncated)
 
-    garbage = _with_card(saved, tmp_path / "garbage", {}, drop=("weights_sha256",))
+    import hashlib
+    garbage = _with_card(saved, tmp_path / "garbage", {"weights_sha256": hashlib.sha256(b"not tensors at all").hexdigest()})
     (garbage / WEIGHTS_FILE).write_bytes(b"not tensors at all")
     with pytest.raises(ModelFormatError, match="not a safetensors weights file"):
         load_model(garbage)
@@ -365,8 +367,7 @@ def test_a_damaged_card_or_mismatched_weights_are_one_clear_error(saved: Path, t
         assert str(odd / CARD_FILE) in str(info.value)  # names the file to fix
     own = json.loads((saved / CARD_FILE).read_text())["architecture"]
     other = _with_card(saved, tmp_path / "other-arch",
-                       {"architecture": "resnet18" if own != "resnet18" else "efficientnet-lite0"},
-                       drop=("weights_sha256",))
+                       {"architecture": "resnet18" if own != "resnet18" else "efficientnet-lite0"})
     with pytest.raises(ModelFormatError, match=r"weights do not fit a .* network at \d+ px: \d+ tensors missing") as info:
         load_model(other)
     assert len(str(info.value)) < 600
@@ -430,3 +431,25 @@ def test_a_run_stopped_before_its_first_model_says_so(tmp_path: Path) -> None:
     with pytest.raises(ModelFormatError, match="stopped before it saved a model") as caught:
         load_model(folder)
     assert f"--output-dir {folder} --resume" in str(caught.value)
+
+
+def test_a_model_with_non_finite_weights_or_without_its_threshold_is_refused(saved: Path, tmp_path: Path) -> None:
+    """A diverged training's NaN weights crashed test-video and evaluate and made a scan of NaN scores that exited 0;
+    a card without its threshold scored at 0.5 without a word (a model-sharing review's finds)."""
+    from safetensors.torch import load_file, save_file
+
+    nan = tmp_path / "nan"
+    shutil.copytree(saved, nan)
+    state = load_file(str(nan / WEIGHTS_FILE))
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = torch.full_like(state[key], float("nan"))
+    save_file(state, str(nan / WEIGHTS_FILE))
+    card = json.loads((nan / CARD_FILE).read_text())
+    card["weights_sha256"] = hashlib.sha256((nan / WEIGHTS_FILE).read_bytes()).hexdigest()
+    (nan / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ModelFormatError, match=f"{key} holds NaN or infinite values"):
+        load_model(nan)
+    for field in ("threshold", "weights_sha256"):
+        lacking = _with_card(saved, tmp_path / f"no-{field}", {}, drop=(field,))
+        with pytest.raises(ModelFormatError, match=f"lacks '{field}'"):
+            load_model(lacking)

@@ -219,7 +219,7 @@ def read_card(path: str | Path) -> dict[str, Any]:
 
 def _read_card(card_path: Path) -> dict[str, Any]:
     try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
+        card = json.loads(card_path.read_text(encoding="utf-8-sig"))  # a BOM from a Windows editor is harmless
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelFormatError(f"is not a model card (not JSON: {exc})", path=card_path) from None
     if not isinstance(card, dict) or card.get("format") != FORMAT_NAME:
@@ -227,14 +227,17 @@ def _read_card(card_path: Path) -> dict[str, Any]:
         raise ModelFormatError(f"is not a QuadVault model card (format {found!r}, expected {FORMAT_NAME!r})",
                                path=card_path)
     version = card.get("format_version")
-    if version != FORMAT_VERSION:
+    if version != FORMAT_VERSION or isinstance(version, bool) or not isinstance(version, int):
         newer = isinstance(version, int) and version > FORMAT_VERSION
         raise ModelFormatError(
             f"model format version {version!r} is not supported (this QuadVault reads version {FORMAT_VERSION})",
             path=card_path, hint="upgrade quadvault-dali" if newer else "retrain the model with this version")
-    for key in ("architecture", "image_size", "mean", "std"):
-        if key not in card:
+    for key in ("architecture", "image_size", "mean", "std", "threshold", "classes", "weights_sha256"):
+        if key not in card:  # save_model writes every one: a card without one was edited, and no default is safe
             raise ModelFormatError(f"model card lacks {key!r}", path=card_path)
+    digest = card["weights_sha256"]
+    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ModelFormatError(f"model card's weights_sha256 {digest!r} is not 64 lowercase hex digits", path=card_path)
     named = card.get("weights_file", WEIGHTS_FILE)
     if named != WEIGHTS_FILE:  # never loaded from another name: a card must not point at a pickle
         raise ModelFormatError(f"model card names the weights file {named!r}; a QuadVault model's weights are "
@@ -266,7 +269,7 @@ def _read_card(card_path: Path) -> dict[str, Any]:
 
 
 #: The image sizes a card may give (the networks work from 32 px; above 4096 is no frame classifier).
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 4096
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024  # train's --image-size range
 
 
 def _is_number(value: Any) -> bool:
@@ -356,7 +359,18 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Highligh
     if misfit is not None:
         raise ModelFormatError(f"weights do not fit a {card['architecture']} network at {card['image_size']} px: "
                                f"{misfit}", path=weights, hint="the card and the weights belong to different models")
+    wanted = net.state_dict()
+    for key, tensor in state.items():
+        if tensor.dtype != wanted[key].dtype:
+            raise ModelFormatError(f"weights tensor {key} is {tensor.dtype}, not {wanted[key].dtype}", path=weights,
+                                   hint="use the model directory as quadvault train wrote it")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelFormatError(f"weights tensor {key} holds NaN or infinite values: the model would score NaN",
+                                   path=weights, hint="the training diverged or the file was damaged; retrain")
     net.load_state_dict(state, strict=True)
+    if _edited_scoring(card) is not None:
+        log.warning("%s: its image_size, mean, std or architecture were edited since training; scores differ from "
+                    "those of the model as trained", card_path)
     root = card_path.parent
     _warn_if_unfinished(root)
     name = str(card.get("name") or root.name or card_path.stem)

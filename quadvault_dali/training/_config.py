@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import logging
 import os
 from dataclasses import dataclass, field
@@ -88,6 +90,20 @@ def resolve_backbone(backbone: str | None, pretrained: str) -> tuple[str, str | 
         return "resnet18", None
     return OFFLINE_BACKBONE, (f"ResNet18 ImageNet weights cannot be downloaded; using {OFFLINE_BACKBONE} "
                               "(weights ship with the package). Give --pretrained PATH to train ResNet18.")
+
+
+def pretrained_label(pretrained: str) -> str:
+    """How a model card and a training state name ``--pretrained``: ``auto`` and ``none`` as they are, a weights
+    file by its name and content (``effnet.pth sha256:1f2e...``), never its absolute path: a shared card showed
+    the trainer's home folder, and a run could not be resumed on another machine with the same file elsewhere."""
+    if pretrained in ("auto", "none"):
+        return pretrained
+    path = Path(pretrained).expanduser()
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return path.name
+    return f"{path.name} sha256:{digest}"
 
 
 #: Upper bound of the automatic loader threads: past it DALI's CPU stage (file reads, the Huffman part of

@@ -28,7 +28,7 @@ from ..errors import BackendUnavailableError, DatasetError, OutputError, Quadvau
 from ..metrics import balanced_accuracy, best_threshold, binary_metrics, video_scores
 from ..model import CARD_FILE, build_network, save_model, spec_for
 from ..progress import progress_bar
-from ._config import EpochRecord, TrainConfig, TrainResult, loader_threads, resolve_backbone
+from ._config import EpochRecord, TrainConfig, TrainResult, loader_threads, pretrained_label, resolve_backbone
 from ._data import (DaliFrameLoader, FrameTable, LoaderCheckpointError, TrainingData, load_training_data,
                     video_balance_weights)
 from ._resume import (LOSS_WEIGHTING, RunPosition, load_saved, remove_state, restore, resume_seed, run_settings,
@@ -423,7 +423,7 @@ def _save(config: TrainConfig, net: nn.Module, arch: str, data: TrainingData, re
                         "val_loss": record.val_loss, "train_loss": record.train_loss,
                         "val_frames": len(data.val), "val_videos": data.val.n_videos,
                         "train_frames": len(data.train), "train_videos": data.train.n_videos},
-            "dataset_fingerprint": data.fingerprint, "dataset": str(Path(config.dataset).resolve()),  # absolute: evaluate finds it from anywhere
+            "dataset_fingerprint": data.fingerprint, "dataset": Path(config.dataset).resolve().name,  # not its path: a shared card showed the home folder
             # the content ids of each split's videos as trained: evaluate names the videos a model has seen even
             # after prepare-dataset --merge added some to the dataset (or the dataset is on another machine)
             "split_videos": {"train": sorted(set(data.train.video_ids)), "val": sorted(set(data.val.video_ids)),
@@ -431,7 +431,7 @@ def _save(config: TrainConfig, net: nn.Module, arch: str, data: TrainingData, re
             # how the frames were prepared and the model trained, for whoever is given it (an ML review found
             # the prepare settings, augmentation and schedule kept only in the state a finished run deletes)
             "dataset_settings": dict(data.settings),
-            "training": {"pretrained": str(config.pretrained), "device": str(resolve_device(config.device)),
+            "training": {"pretrained": pretrained_label(str(config.pretrained)), "device": str(resolve_device(config.device)),
                          "epochs": config.epochs,
                          "batch_size": config.batch_size, "learning_rate": config.learning_rate,
                          "weight_decay": config.weight_decay, "head_lr_multiplier": config.head_lr_multiplier,

@@ -36,7 +36,7 @@ from torch import nn
 from .._files import atomic_path, default_file_mode
 from ..errors import OutputError
 from ..model._io import TRAINING_STATE_FILE
-from ._config import EpochRecord, TrainConfig
+from ._config import EpochRecord, TrainConfig, pretrained_label
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def run_settings(config: TrainConfig, architecture: str, dataset_fingerprint: st
             "architecture": architecture,
             "image_size": config.image_size, "batch_size": config.batch_size,
             "learning_rate": config.learning_rate, "epochs": config.epochs, "seed": config.seed,
-            "freeze_backbone_epochs": config.freeze_backbone_epochs, "pretrained": str(config.pretrained),
+            "freeze_backbone_epochs": config.freeze_backbone_epochs, "pretrained": pretrained_label(str(config.pretrained)),
             "weight_decay": config.weight_decay, "world": world, "loss_weighting": LOSS_WEIGHTING}
 
 
