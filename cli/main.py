@@ -34,8 +34,13 @@ class LazyGroup(click.Group):
     """Imports a command's module only when that command runs, so torch loads only where needed."""
 
     def main(self, args: list[str] | None = None, *rest: object, **kwargs: object) -> object:  # type: ignore[override]
+        if args is None:
+            _ensure_utf8_mode()
         set_command_line(list(sys.argv[1:]) if args is None else None)
-        return super().main(args, *rest, **kwargs)  # type: ignore[arg-type]
+        try:
+            return super().main(args, *rest, **kwargs)  # type: ignore[arg-type]
+        finally:
+            _flush_or_forget()
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -68,6 +73,36 @@ class LazyGroup(click.Group):
             logging.getLogger("quadvault_dali").debug("error detail", exc_info=True)
             click.secho(f"Error: {os_error_line(exc)}", fg="red", err=True)
             sys.exit(1)
+
+
+def _flush_or_forget() -> None:
+    """Flushes stdout and stderr; one whose reader is gone (``| head``, a dropped ssh session) is pointed at
+    /dev/null, so that Python's flush at exit cannot turn the command's status into 120."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            try:
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+            except (OSError, ValueError):
+                pass
+
+
+def _ensure_utf8_mode() -> None:
+    """Runs the command again in Python's UTF-8 mode when the locale is not UTF-8 (``LANG=de_DE`` = ISO-8859-1,
+    ``PYTHONUTF8=0``): file names are then decoded in the locale's encoding, so UTF-8 names were skipped as
+    "not valid UTF-8" (ASCII) or stored double-encoded in Parquet (Latin-1), and the summary's dash crashed."""
+    if sys.flags.utf8_mode or sys.getfilesystemencoding().lower().replace("-", "") == "utf8":
+        return
+    if os.environ.get("_QUADVAULT_UTF8_REEXEC"):  # could not switch: go on as before
+        return
+    env = {**os.environ, "PYTHONUTF8": "1", "_QUADVAULT_UTF8_REEXEC": "1"}
+    argv = getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv]
+    try:
+        os.execve(sys.executable, [sys.executable, "-X", "utf8", *argv[1:]], env)
+    except OSError:
+        return
 
 
 def os_error_line(exc: OSError) -> str:

@@ -101,6 +101,11 @@ def _run(libraries: tuple[str, ...], models: tuple[str, ...], out: Path, highlig
     argv = command_line()
     if kw["restarts"] and argv is not None and not runs_in_process():
         sys.exit(_supervise(argv, out, kw))
+    if not runs_in_process():  # --restarts 0: this process scans; torch's OpenMP is not loaded yet
+        from quadvault_dali.scan.supervise import thread_environment
+
+        for name, value in thread_environment().items():
+            os.environ.setdefault(name, value)
 
     from quadvault_dali.device import resolve_device
     from quadvault_dali.errors import BackendUnavailableError

@@ -22,6 +22,35 @@ def is_quiet() -> bool:
     return _quiet
 
 
+def _log_interval() -> float:
+    """Seconds between progress lines when stderr is not a terminal (``QUADVAULT_PROGRESS_SECONDS``; 0: none)."""
+    import os
+
+    try:
+        return float(os.environ.get("QUADVAULT_PROGRESS_SECONDS", "60"))
+    except ValueError:
+        return 60.0
+
+
+class _LineFile:
+    """What tqdm writes, as whole lines: no carriage returns, no padding, no empty lines."""
+
+    def __init__(self, stream: object) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        text = text.strip("\r\n ")
+        if text:
+            try:
+                self.stream.write(text + "\n")  # type: ignore[attr-defined]
+                self.stream.flush()  # type: ignore[attr-defined]
+            except (OSError, ValueError):  # the log's reader is gone: the work goes on
+                pass
+
+    def flush(self) -> None:
+        pass
+
+
 def progress_enabled() -> bool:
     return not _quiet and sys.stderr.isatty()
 
@@ -34,6 +63,14 @@ def progress_bar(total: int | float | None, desc: str, unit: str = "it", **kwarg
     redirecting a child logger as well would print every line twice.
     """
     enabled = progress_enabled()
+    if not enabled and not _quiet and _log_interval() > 0:  # a log file (nohup, cron, a pipe): whole lines, rarely
+        bar = tqdm(total=total, desc=desc, unit=unit, file=_LineFile(sys.stderr), mininterval=_log_interval(),
+                   maxinterval=_log_interval(), delay=_log_interval(), ascii=True, ncols=0, **kwargs)
+        try:
+            yield bar
+        finally:
+            bar.close()
+        return
     redirect = logging_redirect_tqdm() if enabled else nullcontext()
     with redirect:
         bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True, **kwargs)

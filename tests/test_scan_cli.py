@@ -728,3 +728,24 @@ def test_rows_of_an_older_scoring_version_are_rescanned_not_refused(library: Pat
     again = scan_library([library / "2024"], ScanOptions(**options), scorers=[newer])
     assert again.run.videos == first.run.videos  # rescored by the newer code, without --replace-models
     assert {r["model_fingerprint"] for r in read_table(out, "videos").to_pylist()} == {newer.fingerprint}
+
+
+def test_an_unattended_scan_logs_progress_lines_and_names_its_failed_files(library: Path, model_dir: Path,
+                                                                            tmp_path: Path) -> None:
+    """Under nohup or cron (stderr a file) the bar was off: a 9-TB night logged nothing between its first and last
+    line. It now writes whole progress lines (done/total, rate, ETA) every QUADVAULT_PROGRESS_SECONDS, no
+    carriage returns; and -q, which keeps them out, still names each file that failed, not only their count."""
+    log_file = tmp_path / "run.log"
+    cmd = [c for c in _cmd(library, model_dir, tmp_path / "out") if c != "-q"]
+    env = {**os.environ, "QUADVAULT_PROGRESS_SECONDS": "0.2"}
+    with open(log_file, "w") as err:
+        assert subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, timeout=300).returncode == 0
+    text = log_file.read_text()
+    assert "\r" not in text
+    lines = [line for line in text.splitlines() if line.startswith("Scanning:")]
+    assert lines and re.search(r"\d+/\d+ \[\d\d:\d\d<", lines[-1]), text
+    quiet = subprocess.run(_cmd(library, model_dir, tmp_path / "quiet"), capture_output=True, text=True, env=env,
+                           timeout=300)
+    assert quiet.returncode == 0 and "Scanning:" not in quiet.stderr
+    for name in BROKEN:
+        assert name in quiet.stderr, quiet.stderr

@@ -354,7 +354,7 @@ def scan_files(files: Sequence[FileState], scorers: Sequence[Scorer], options: S
                               frames_expected=outcome.frames_expected, real_path=state.real_path)
         _count(stats, rows, state, outcome.bytes_read if outcome else 0)
         if not rows.ok:
-            log.info("error: %s", rows.video["error_message"])
+            log.warning("%s", rows.video["error_message"])
         writer.add(rows)
 
     try:
