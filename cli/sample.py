@@ -9,7 +9,7 @@ from PIL import Image
 
 from quadvault_dali.sampling import create_sampler
 
-from .._files import atomic_path
+from .._files import atomic_path, remove_dead_temporaries
 from ._options import device_option, fps_option, sampling_option
 
 
@@ -33,6 +33,7 @@ def sample(video: Path, out_dir: Path, fps: float, mode: str, size: int, square:
     sampler = create_sampler(device, fps=fps, mode=mode, size=size, square=square, batch_size=32)
     frames, times, outcome = sampler.sample_video(video)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_dead_temporaries(out_dir, f"{video.stem}_t")  # a killed run's half-written JPEG
     for image, t in zip(frames.permute(0, 2, 3, 1).cpu().numpy(), times):
         target = out_dir / f"{video.stem}_t{t:08.3f}.jpg"
         with atomic_path(target) as tmp:

@@ -33,6 +33,31 @@ def default_file_mode() -> int:
     return 0o666 & ~mask
 
 
+#: The longest file name most file systems take, in bytes (ext4, XFS, APFS, NTFS in UTF-16 units)
+NAME_MAX = 255
+
+
+def temp_name(name: str) -> str:
+    """``.NAME.PID-THREAD.tmp``; where that passes ``NAME_MAX`` bytes (a 230-byte reel name's clip list), NAME is
+    cut and a hash of the whole name keeps two long names apart."""
+    tail = f".{os.getpid()}-{threading.get_ident()}.tmp"
+    full = f".{name}{tail}"
+    if len(os.fsencode(full)) <= NAME_MAX:
+        return full
+    digest = "~" + hashlib.sha1(os.fsencode(name)).hexdigest()[:8]
+    room = NAME_MAX - len(os.fsencode(tail)) - len(digest) - 1
+    raw = os.fsencode(name)[:room]
+    for end in range(len(raw), max(len(raw) - 4, 0), -1):  # not through a multibyte letter
+        try:
+            cut = raw[:end].decode("utf-8")
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        cut = os.fsdecode(raw)  # a name that was never UTF-8: its bytes as they are
+    return f".{cut}{digest}{tail}"
+
+
 @contextmanager
 def atomic_path(path: Path, tmp: Path | None = None, *, fsync: bool = False) -> Iterator[Path]:
     """Yields a temporary path beside ``path`` to write to; renames it over ``path`` when the block ends
@@ -43,7 +68,7 @@ def atomic_path(path: Path, tmp: Path | None = None, *, fsync: bool = False) -> 
     ``fsync`` makes the content durable before the rename and the rename durable after it (shards a
     resumed scan will trust must survive a power cut, not only a crash).
     """
-    tmp = tmp or path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    tmp = tmp or path.with_name(temp_name(path.name))
     try:
         yield tmp
         if fsync:

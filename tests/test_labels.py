@@ -478,3 +478,24 @@ def test_a_name_in_the_other_unicode_form_is_found(tmp_path: Path, on_disk: str,
     parsed = load_labels(labels)
     assert sorted(v.path.name for v in parsed.videos if v.label_name == "highlight") == ["a.mp4", "b.mp4"]
     assert (folder / "a.mp4").resolve() in [v.path for v in parsed.videos]
+
+
+def test_a_bracket_in_a_name_is_matched_as_fnmatch_escapes_it_and_labels_say_how(tmp_path: Path) -> None:
+    """'[[]' is fnmatch's way to match '[': it printed re's FutureWarning on the user's terminal, and '[^a]' also
+    matched a backslash; a pattern that matches nothing because of a '[...]' says how to write a literal '['."""
+    import warnings
+
+    from quadvault_dali.dataset._patterns import pattern_regex
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert pattern_regex("[[]2023]*.mp4").fullmatch("[2023] flight.mp4")
+        assert not pattern_regex("[^a]x.mp4").fullmatch("\\x.mp4") and pattern_regex("[^a]x.mp4").fullmatch("^x.mp4")
+    (tmp_path / "[2023] flight.mp4").write_bytes(b"\0")
+    (tmp_path / "UPPER.MP4").write_bytes(b"\0")
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"highlights": [str(tmp_path / "[2023]*.mp4")], "normal": [str(tmp_path / "upper.mp4")]}))
+    with pytest.raises(LabelsError) as info:
+        load_labels(labels)
+    assert "to match a '[' in a name write '[[]'" in str(info.value)
+    assert "did you mean 'UPPER.MP4'?" in str(info.value) or os.path.exists(tmp_path / "upper.mp4")  # case-insensitive FS

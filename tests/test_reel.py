@@ -1179,3 +1179,17 @@ def test_the_default_min_score_is_the_scans_highlight_threshold(library: dict[st
     listed.write_text(json.dumps(doc["highlights"]), encoding="utf-8")  # a bare hand-made list: 0.85
     assert load_scores(listed).threshold is None
     assert {c.window.path for c in prepare_reel(listed, ReelOptions(width=W, height=H)).plan.clips} == {good}
+
+
+def test_a_kill_between_the_reel_and_list_renames_does_not_block_the_rerun(scan_dir: Path, tmp_path: Path) -> None:
+    """SIGKILL after the reel's rename, before its list's: the list was left under the killed run's temporary
+    name and the rerun refused the reel as "not a reel this command made"."""
+    import subprocess
+    import sys
+    out = tmp_path / "best.mp4"
+    options = ReelOptions(width=W, height=H, min_score=0.9, top=1, clip_seconds=2.0)
+    made = make_reel(scan_dir, out, options)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    made.sidecar.rename(tmp_path / f".{made.sidecar.name}.{int(dead.stdout)}-1.tmp")  # as the kill leaves it
+    assert len(read_sidecar(make_reel(scan_dir, out, options).sidecar)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".best")) == []

@@ -106,6 +106,15 @@ def _in_other_unicode_form(path: Path) -> Path | None:
     return None
 
 
+def _other_case(path: Path) -> str:
+    """`` (did you mean NAME?)`` when the folder holds ``path``'s name in another case (UPPER.MP4 typed upper.mp4)."""
+    try:
+        names = [e.name for e in os.scandir(path.parent) if e.name.lower() == path.name.lower()]
+    except OSError:
+        return ""
+    return f" (did you mean {names[0]!r}? names are case-sensitive here)" if names else ""
+
+
 def _expand(entry: str, where: str, base: Path, problems: list[str], soft: list[str],
             roots: list[Path]) -> list[Path]:
     """The videos one entry names; problems go to ``problems``, the ones ``--skip-missing`` skips (missing,
@@ -134,11 +143,16 @@ def _expand(entry: str, where: str, base: Path, problems: list[str], soft: list[
         soft.extend(unreadable)
         if not found and not unreadable:
             missing = missing_folder(path)
+            literal = str(path).replace("[", "[[]")  # "[2023]*.mp4": a class of 2, 0 and 3, not "[2023]"
+            hint = ""
+            if "[" in entry and expand_pattern(Path(literal))[1]:
+                hint = (f" ('[...]' matches one of the letters inside; to match a '[' in a name write '[[]': "
+                        f"{entry.replace('[', '[[]')!r})")
             soft.append(f"{where}: pattern {entry!r} matches no videos"
-                        + (f" ({missing} does not exist)" if missing is not None else ""))
+                        + (f" ({missing} does not exist)" if missing is not None else "") + hint)
         return found
     if not exists:
-        soft.append(f"{where}: {path} does not exist")
+        soft.append(f"{where}: {path} does not exist" + _other_case(path))
         return []
     if not os.access(path, os.R_OK):
         soft.append(f"{where}: {path} is not readable")
@@ -150,6 +164,10 @@ def _expand(entry: str, where: str, base: Path, problems: list[str], soft: list[
         if not found and not unreadable:
             soft.append(f"{where}: folder {path} holds no videos")
         return found
+    if path.name.startswith(".") and path.suffix.lower() in VIDEO_EXTENSIONS:
+        problems.append(f"{where}: {path} is a hidden file (its name starts with '.', as macOS's ._ metadata files' "
+                        "do): QuadVault skips those; rename it without the leading '.'")
+        return []
     if not is_video_file(path):
         problems.append(f"{where}: {path} is not a video file (expected one of "
                         f"{', '.join(sorted(VIDEO_EXTENSIONS))})")

@@ -25,11 +25,11 @@ GLOB_CHARS = frozenset("*?[")
 def _class_regex(body: str) -> str | None:
     """A ``[...]`` body as a regex class, as fnmatch reads it (``!`` negates, ``^`` is literal); ``None``
     when it is no valid class ("[2023-10-05]": a bad range), so the bracket is taken literally."""
-    if body.startswith("!"):
-        body = "^" + body[1:]
-    elif body.startswith("^"):
-        body = "\\" + body
-    regex = "[" + body.replace("\\", "\\\\") + "]"
+    negate = body.startswith("!")
+    # "^" (literal in a glob), "\\", "[", "&", "~" and "|" are members, never a negation, an escape, the start of
+    # a nested set or a set operation: ``re`` warns (FutureWarning, on the user's terminal) that it may one day
+    # read "[[" as a nested set, and "[[]" is how fnmatch escapes "["
+    regex = "[" + "^" * negate + "".join("\\" + c if c in "^\\[&~|" else c for c in body[negate:]) + "]"
     try:
         re.compile(regex)
     except re.error:

@@ -8,13 +8,14 @@ never costs the user the reel.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
-from .._files import atomic_path
+from .._files import atomic_path, process_gone
 from .._lifetime import stop_signals_deferred
 from ..device import resolve_device
 from ..errors import OutputError, QuadvaultError
@@ -307,6 +308,17 @@ def refuse_overwriting_inputs(out: Path, prepared: PreparedReel) -> None:
                                   hint="write the reel somewhere else")
 
 
+def _killed_between_renames(out: Path) -> bool:
+    """A run killed after renaming its reel into place, before its cut list: the list is still under the killed
+    run's temporary name beside it (the next run's sweep removes it)."""
+    side = sidecar_path(out)
+    for tmp in out.parent.glob(f".{glob.escape(side.name)}.*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2].split("-")[0]
+        if pid.isdigit() and process_gone(int(pid)):
+            return True
+    return False
+
+
 def check_output(out: Path) -> None:
     """Why ``out`` cannot be the reel, raised before anything is decoded (``--dry-run`` too)."""
     if out.is_dir():
@@ -317,7 +329,7 @@ def check_output(out: Path) -> None:
         raise OutputError("is not a folder, so the reel cannot go into it", path=out.parent)
     if not os.access(out.parent, os.W_OK | os.X_OK):  # before any probing and test decoding, not after
         raise OutputError("output folder is not writable", path=out.parent)
-    if out.exists() and not sidecar_path(out).exists():  # a reel made here before has its cut list beside it
+    if out.exists() and not sidecar_path(out).exists() and not _killed_between_renames(out):  # a reel made here before has its cut list beside it
         raise OutputError(f"exists and is not a reel this command made (no {sidecar_path(out).name} beside it); "
                           "it would be replaced", path=out, hint="choose another name, or delete the file first")
     if out.suffix.lower() not in REEL_SUFFIXES:

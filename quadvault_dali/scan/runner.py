@@ -455,6 +455,10 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
         log.warning("%s has a folder named key=value in its path: DuckDB's read_parquet takes it for a Hive "
                     "partition column, which can override a real column (status, path); query it with "
                     "hive_partitioning = false, or scan into a folder without '='", out)
+    if set("*?[") & set(str(out)):
+        log.warning("%s has *, ? or [ in its path: DuckDB's read_parquet (and polars) read them as a pattern, so "
+                    "read_parquet('%s/videos/*.parquet') finds no file; write each as [*], [?] or [[] there, or scan "
+                    "into a folder without them", out, out)
     if options.highlights_path is not None:
         check_output_location(options.highlights_path, libs, shard_folders=False)
     try:
