@@ -239,10 +239,17 @@ def parse_labels(data: object, *, base: Path, source: Path, skip_missing: bool =
             expanded = _expand(entry.strip(), where, base, problems, soft, roots)
             (skipped if skip_missing else problems).extend(soft)
             missing += 0 if skip_missing else len(soft)
+            # a folder or pattern's file is skipped by --skip-missing, as a missing one is: one oddly named file must
+            # not block a 500-clip folder; a file named on its own is the user's to rename
+            listed = any(c in entry for c in "*?[") or len(expanded) != 1 or expanded[0].name != Path(entry).name
             for found in expanded:
                 shown = non_utf8_name(found)  # the dataset table stores paths as UTF-8 text
                 if shown is not None:
-                    problems.append(f"{where}: {shown} has a name that is not valid UTF-8; rename the file")
+                    line = f"{where}: {shown} has a name that is not valid UTF-8; rename the file"
+                    if listed and skip_missing:
+                        skipped.append(line)
+                    else:
+                        problems.append(line + (" (or leave it out with --skip-missing)" if listed else ""))
                     continue
                 resolved = own = found.resolve()
                 try:
