@@ -85,7 +85,7 @@ def evaluate(source: Path, model: Path, more_models: tuple[Path, ...], split: st
             click.echo(_metrics_line(f"  {m['name']}"[:12], metrics))
     for name, count in report.tuned_on.items():
         share = "all" if count == len(report.videos) else f"{count:,} of the {len(report.videos):,}"
-        click.echo(f"Note: {share} videos are those model {name}'s best epoch and threshold were chosen on (its "
+        click.echo(f"Note: {share} videos are those the best epoch and threshold of model '{name}' were chosen on (its "
                    "validation split): expect a little less on footage it has never seen; evaluate a labels.json "
                    "of new videos for that number")
     (tn, fp), (fn, tp) = report.video_metrics.confusion.tolist()

@@ -45,7 +45,8 @@ from ._options import device_option, long_job, stop_word, stops_cleanly
                    "(saved after every epoch; give the same options).")
 @click.option("--pretrained", default="auto", show_default=True, metavar="auto|none|PATH",
               help="auto = the backbone's ImageNet weights; none = train from scratch; PATH = a weights "
-                   "file (.pth or .safetensors), e.g. resnet18-f37072fd.pth for offline machines.")
+                   "file (.pth or .safetensors), e.g. resnet18-f37072fd.pth for offline machines, or a "
+                   "QuadVault model folder (another pilot's model, fine-tuned on your labels, head included).")
 def train(dataset: Path, output_dir: Path, epochs: int, batch_size: int, learning_rate: float, image_size: int,
           seed: int, device: str, patience: int, freeze_backbone_epochs: int, multi_gpu: bool,
           backbone: str | None, loader_threads: int | None, overwrite: bool, resume: bool, pretrained: str) -> None:

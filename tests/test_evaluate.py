@@ -197,7 +197,7 @@ def test_evaluating_videos_a_model_trained_on_warns(labels_file: Path, models: d
     # the command says it (after the log checks: the command sets up its own logging)
     result = CliRunner().invoke(main, ["evaluate", str(out), str(trained), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert f"Note: all videos are those model {model.name}'s best epoch and threshold were chosen on" in result.output
+    assert f"Note: all videos are those the best epoch and threshold of model '{model.name}' were chosen on" in result.output
 
 
 def test_a_given_threshold_judges_every_member_too(labels_file: Path, models: dict[str, Path]) -> None:

@@ -496,3 +496,28 @@ def test_multi_gpu_rank_under_torchrun(tmp_path: Path) -> None:
     assert "TRAINING COMPLETE" in run.stdout and run.stdout.count("TRAINING COMPLETE") == 1  # rank 0 reports
     card = load_model(out).card
     assert card["architecture"] == "efficientnet-lite0" and card["metrics"]["val_videos"] == 4
+
+
+def test_another_pilots_model_is_fine_tuned_from_its_whole_network(tmp_path: Path) -> None:
+    """--pretrained MODEL_DIR starts from a shared QuadVault model, head included, in its architecture (its
+    weights.safetensors went in as a bare file and failed on the 'backbone.' prefix); the card names it by its
+    folder and weights, and a model of another architecture is refused in one line."""
+    from quadvault_dali.errors import ModelFormatError
+
+    make_dataset(tmp_path / "ds", n_videos=6, frames=2, val_every=3)
+    shared = tmp_path / "alice_model"
+    train_model(TrainConfig(tmp_path / "ds", shared, epochs=1, batch_size=4, image_size=64, device="cpu",
+                            backbone="efficientnet-lite0", pretrained="auto", seed=0), lambda line: None)
+    source = load_model(shared)
+    mine = tmp_path / "mine"
+    train_model(TrainConfig(tmp_path / "ds", mine, epochs=1, batch_size=4, image_size=64, device="cpu",
+                            learning_rate=1e-12, pretrained=str(shared), seed=1), lambda line: None)
+    tuned = load_model(mine)
+    assert tuned.card["architecture"] == "efficientnet-lite0"  # the shared model's, not the resnet18 default
+    digest = source.card["weights_sha256"][:16]
+    assert tuned.card["training"]["pretrained"] == f"alice_model (model, weights sha256:{digest})"
+    before, after = source.network.state_dict(), tuned.network.state_dict()
+    assert all(torch.allclose(before[k].float(), after[k].float(), atol=1e-6) for k in before)  # head too
+    with pytest.raises(ModelFormatError, match="is a model of architecture efficientnet-lite0; it cannot start a resnet18 model"):
+        train_model(TrainConfig(tmp_path / "ds", tmp_path / "other", epochs=1, batch_size=4, image_size=64,
+                                device="cpu", backbone="resnet18", pretrained=str(shared)), lambda line: None)

@@ -185,12 +185,44 @@ def pretrained_state(architecture: str, pretrained: Pretrained) -> dict[str, tor
     return state
 
 
+def model_folder(pretrained: Pretrained) -> Path | None:
+    """The QuadVault model folder ``pretrained`` names (the folder, its ``model.json`` or its weights), else
+    ``None``: a highlight model shared by another pilot, to fine-tune on one's own labels."""
+    if str(pretrained) in ("auto", "none"):
+        return None
+    path = Path(str(pretrained)).expanduser()
+    if path.is_dir() and (path / "model.json").is_file():
+        return path
+    if path.is_file() and path.suffix in (".json", ".safetensors") and (path.parent / "model.json").is_file():
+        return path.parent
+    return None
+
+
+def _shared_model_state(folder: Path, architecture: str) -> dict[str, torch.Tensor]:
+    """The whole network of a QuadVault model (backbone and head), loaded as ``load_model`` checks it."""
+    from ._io import load_model
+
+    model = load_model(folder)
+    if model.card["architecture"] != architecture:
+        raise ModelFormatError(f"is a model of architecture {model.card['architecture']}; it cannot start a {architecture} model",
+                               path=folder, hint=f"train with --backbone {model.card['architecture']}, or leave it "
+                                                 "out to take the model's")
+    return {k: v.detach().clone() for k, v in model.network.state_dict().items()}
+
+
 def build_network(architecture: str, *, image_size: int, pretrained: Pretrained = "none",
                   dropout: float = 0.2) -> HighlightNet:
     """A ``HighlightNet`` whose backbone holds the weights ``pretrained`` names (``auto``: ImageNet; the default
-    ``none``: random, as ``load_model`` wants before it loads a model's own), with a fresh head."""
+    ``none``: random, as ``load_model`` wants before it loads a model's own), with a fresh head; or, where it
+    names a QuadVault model folder, that model's whole network, head included, to fine-tune."""
     spec = spec_for(architecture)
     backbone = _bare_backbone(architecture, image_size)
+    folder = model_folder(pretrained)
+    if folder is not None:
+        net = HighlightNet(architecture, backbone, spec.features, dropout)
+        net.load_state_dict(_shared_model_state(folder, architecture), strict=True)
+        log.info("starting from the highlight model in %s (backbone and head)", folder)
+        return net
     state = pretrained_state(architecture, pretrained)
     if state is not None:
         state = {k: v for k, v in state.items() if not k.startswith(("fc.", "_fc."))}  # ImageNet classifier

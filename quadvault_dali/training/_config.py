@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import logging
 import os
@@ -12,6 +13,7 @@ from typing import Any
 
 from ..errors import QuadvaultError
 from ..model import BACKBONES, OFFLINE_BACKBONE, resnet18_weights_available
+from ..model._network import model_folder
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,12 @@ def resolve_backbone(backbone: str | None, pretrained: str) -> tuple[str, str | 
     """(architecture, note for the user or None). The default prefers resnet18 when it can be had."""
     if backbone is not None:
         return backbone, None
+    folder = model_folder(pretrained)
+    if folder is not None:  # fine-tuning a shared model: its own architecture
+        try:
+            return str(json.loads((folder / "model.json").read_text(encoding="utf-8-sig"))["architecture"]), None
+        except (OSError, ValueError, KeyError, TypeError):
+            return "resnet18", None  # load_model names what is wrong with the card
     if pretrained != "auto" or resnet18_weights_available():
         return "resnet18", None
     return OFFLINE_BACKBONE, (f"ResNet18 ImageNet weights cannot be downloaded; using {OFFLINE_BACKBONE} "
@@ -99,6 +107,13 @@ def pretrained_label(pretrained: str) -> str:
     if pretrained in ("auto", "none"):
         return pretrained
     path = Path(pretrained).expanduser()
+    folder = model_folder(pretrained)
+    if folder is not None:  # a QuadVault model: its card names its weights' content
+        try:
+            digest = str(json.loads((folder / "model.json").read_text(encoding="utf-8-sig"))["weights_sha256"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return f"{folder.name} (model)"
+        return f"{folder.name} (model, weights sha256:{digest[:16]})"
     try:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     except OSError:
