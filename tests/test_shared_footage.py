@@ -73,6 +73,21 @@ def test_a_trimmed_copy_is_found_with_its_offset_and_look_alike_frames_are_not_a
     assert shared_footage({"a": list(enumerate(weak)), "b": list(enumerate(weak))}) == []
 
 
+def test_two_cuts_of_one_hovering_shot_look_alike_at_every_offset_and_are_not_called_one_footage() -> None:
+    """A fixed hover over a match, cut into 0-8 s and 12-20 s: every frame of one matches every frame of the other,
+    so no offset stands out; they are grouped (near-identical views) but not called a copy with an offset (a
+    real-footage check found the 'labelled both ways; keep one' warning telling a pilot to drop half the labels)."""
+    hover = _random_prints(1, 3)[0]
+    first = [(float(t), _flip(hover, 2, t)) for t in range(8)]
+    second = [(float(t), _flip(hover, 2, 100 + t)) for t in range(8)]
+    (pair,) = shared_footage({"first": first, "second": second})
+    assert not pair.aligned and pair.frames == 8
+    flight = _random_prints(20, 1)
+    (trim,) = shared_footage({"flight": [(float(t), f) for t, f in enumerate(flight)],
+                              "export": [(float(t), flight[t + 7]) for t in range(6)]})
+    assert trim.aligned and trim.offset_s == 7.0
+
+
 def test_groups_join_across_pairs_and_recordings() -> None:
     groups = {"a": "a", "b": "a", "c": "c", "d": "d", "e": "e"}  # a and b: chunks of one recording
     joined = join_groups(groups, [SharedFootage("b", "c", 4, 0.0), SharedFootage("d", "c", 3, 1.0)])

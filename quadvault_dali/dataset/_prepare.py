@@ -388,7 +388,12 @@ def _footage_warnings(pairs: list[SharedFootage], by_id: dict[str, LabelledVideo
     warnings = []
     for pair in pairs:
         a, b = by_id[pair.a], by_id[pair.b]
-        if a.label != b.label:
+        if a.label != b.label and not pair.aligned:  # two cuts of one hover: a fair pair of labels, not a mistake
+            warnings.append(f"{a.path} ({a.label_name}) and {b.path} ({b.label_name}) look alike throughout "
+                            f"({pair.frames} sampled frames alike at any moment: a fixed or hovering shot of one "
+                            "scene?): they stay "
+                            "on one side of the split, so validation is not measured on near-identical views")
+        elif a.label != b.label:
             warnings.append(f"{a.path} ({a.label_name}) and {b.path} ({b.label_name}) show the same footage "
                             f"({pair.frames} sampled frames): those frames are labelled both ways; keep one of the "
                             "two in the labels")

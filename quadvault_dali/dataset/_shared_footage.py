@@ -85,12 +85,16 @@ def _same(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SharedFootage:
-    """Videos ``a`` and ``b`` (ids) show the same ``frames`` sampled frames, ``b`` shifted by ``offset_s``."""
+    """Videos ``a`` and ``b`` (ids) show the same ``frames`` sampled frames, ``b`` shifted by ``offset_s``.
+    ``aligned`` is false where they match about as well at other offsets: a fixed or hovering shot of one scene
+    looks alike at every moment (two clips cut from it are near-identical views, not one copied footage), and
+    ``offset_s`` then means nothing."""
 
     a: str
     b: str
     frames: int
     offset_s: float
+    aligned: bool = True
 
 
 def _popcount(words: np.ndarray) -> np.ndarray:
@@ -159,7 +163,10 @@ def shared_footage(frames: Mapping[str, Iterable[tuple[float, bytes]]], *, fps: 
         in_step = np.abs(shift - best) <= 1  # a trim between two samples lands a frame either side
         shared = min(np.unique(i[lo:hi][in_step]).size, np.unique(j[lo:hi][in_step]).size)
         if shared >= needed:
-            pairs.append(SharedFootage(vids[a], vids[b], int(shared), best / fps))
+            window = {int(v): int(counts[np.abs(values - v) <= 1].sum()) for v in values}
+            elsewhere = max((n for v, n in window.items() if abs(v - best) > 2), default=0)
+            pairs.append(SharedFootage(vids[a], vids[b], int(shared), best / fps,
+                                       aligned=2 * elsewhere <= window[best]))
     return pairs
 
 
