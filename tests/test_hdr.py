@@ -31,9 +31,9 @@ from quadvault_dali.scan.schema import ModelRef, combined_fingerprint
 from quadvault_dali.scan.shards import complete_shards, read_table, write_parquets_atomic
 from quadvault_dali.synth import SynthSpec, make_video
 
-#: SDR colours (as BT.709 shows them) below the tone curve's shoulder, so an HDR grade of them maps back exactly
-BARS = {"red": (200, 30, 30), "green": (30, 170, 30), "blue": (30, 40, 200), "grey": (128, 128, 128),
-        "dark": (20, 20, 20), "light": (215, 215, 215)}
+#: SDR colours (as BT.709 shows them) below the tone curve's knee, so an HDR grade of them maps back exactly
+BARS = {"red": (180, 30, 30), "green": (30, 170, 30), "blue": (30, 40, 180), "grey": (128, 128, 128),
+        "dark": (20, 20, 20), "light": (185, 185, 185)}
 _BT709_TO_BT2020 = np.array([[0.6274, 0.3293, 0.0433], [0.0691, 0.9195, 0.0114], [0.0164, 0.0880, 0.8956]])
 
 
@@ -43,6 +43,12 @@ def _pq_signal(sdr: tuple[int, int, int]) -> np.ndarray:
     m1, m2, c1, c2, c3 = 2610 / 16384, 2523 / 4096 * 128, 3424 / 4096, 2413 / 4096 * 32, 2392 / 4096 * 32
     y = np.power(np.clip(nits / 10000.0, 0, 1), m1)
     return np.power((c1 + c2 * y) / (1 + c3 * y), m2)
+
+
+def _pq_of_nits(nits: float) -> float:
+    m1, m2, c1, c2, c3 = 2610 / 16384, 2523 / 4096 * 128, 3424 / 4096, 2413 / 4096 * 32, 2392 / 4096 * 32
+    y = (nits / 10000.0) ** m1
+    return float(((c1 + c2 * y) / (1 + c3 * y)) ** m2)
 
 
 def _hlg_grey_signal(level: int) -> float:
@@ -57,13 +63,24 @@ def test_pq_and_hlg_signals_map_back_to_the_sdr_colours_they_grade() -> None:
     signal = torch.tensor(np.array([_pq_signal(rgb) for rgb in BARS.values()]), dtype=torch.float32)
     sdr = hdr_to_sdr(signal.T.reshape(1, 3, 1, -1), "smpte2084")[0, :, 0].T.numpy().astype(int)
     assert np.abs(sdr - np.array(list(BARS.values()))).max() <= 1
-    greys = (20, 128, 215)
+    # above the knee, light up to the 1000-cd/m² peak rolls off into what is left, kept apart (clouds, sky), and a
+    # bright colour keeps its hue: a shoulder reaching white only at infinity put all of it into codes 250-255
+    nits = (203.0, 300.0, 450.0, 700.0, 1000.0, 4000.0)
+    greys = hdr_to_sdr(torch.tensor([_pq_of_nits(n) for n in nits]).expand(1, 3, 1, 6).contiguous(),
+                       "smpte2084")[0, 0, 0].tolist()
+    assert greys == sorted(greys) and len(set(greys[:5])) == 5 and greys[0] < 235 and greys[4:] == [255, 255]
+    orange = torch.tensor([_pq_of_nits(n) for n in (600.0, 250.0, 60.0)], dtype=torch.float32).view(1, 3, 1, 1)
+    r, g, b = hdr_to_sdr(orange, "smpte2084").flatten().tolist()
+    assert r > g > b and r - b > 60, (r, g, b)
+    greys = (20, 128, 185)
     hlg = torch.tensor([_hlg_grey_signal(g) for g in greys], dtype=torch.float32).expand(1, 3, 1, 3).contiguous()
     assert hdr_to_sdr(hlg, "arib-std-b67")[0, 0, 0].tolist() == pytest.approx(greys, abs=1)
-    white = hdr_to_sdr(torch.full((1, 3, 1, 1), 0.75), "arib-std-b67")  # HLG reference white, into the shoulder
-    assert 235 <= int(white.flatten()[0]) < 255
+    white = hdr_to_sdr(torch.full((1, 3, 1, 1), 0.75), "arib-std-b67")  # HLG reference white, past the knee
+    assert 215 <= int(white.flatten()[0]) < 240
     frames = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
     assert torch.equal(to_sdr(frames, "bt709"), frames) and torch.equal(to_sdr(frames, "unknown"), frames)
+    for transfer in ("smpte2084", "arib-std-b67"):  # the samplers' 8-bit lookup is the tone curve exactly
+        assert torch.equal(to_sdr(frames, transfer), hdr_to_sdr(frames.float() / 255.0, transfer))
 
 
 def make_hdr_clip(path: Path, transfer: str, *, seconds: float = 3.0, width: int = 240, height: int = 64) -> Path:

@@ -24,7 +24,7 @@ from ..errors import DecodeError, QuadvaultError
 from .._frame_times import FrameClock, stores_decode_times
 from ..probe import VideoInfo, open_container
 from ..sampling import nvdec_limitation
-from ..sampling._colour import hdr_to_sdr, is_hdr
+from ..sampling._colour import hdr16_to_sdr, is_hdr
 from ..sampling._cpu import SWS_FLAGS, SWS_FLAGS_48
 from ..sampling._remux import seek_top
 
@@ -176,9 +176,9 @@ class WindowReader:
         sideways = rotation in (90, 270)
         w, h = (box.fit_h, box.fit_w) if sideways else (box.fit_w, box.fit_h)
         if is_hdr(self.info.color_transfer):  # PQ / HLG: tone-mapped into the SDR BT.709 reel from 16 bits
-            signal = frame.reformat(width=w, height=h, format="rgb48le", interpolation=SWS_FLAGS_48).to_ndarray()
-            signal = torch.from_numpy(signal.astype(np.float32) / 65535.0).permute(2, 0, 1)[None]
-            img = hdr_to_sdr(signal, self.info.color_transfer)[0].permute(1, 2, 0).numpy()
+            codes = frame.reformat(width=w, height=h, format="rgb48le", interpolation=SWS_FLAGS_48).to_ndarray()
+            codes = torch.from_numpy(codes.astype(np.int32)).permute(2, 0, 1)[None]
+            img = hdr16_to_sdr(codes, self.info.color_transfer)[0].permute(1, 2, 0).numpy()
         else:  # the sampler's exact rounding: AREA alone made the reel 2-4 levels darker than its sources
             img = frame.reformat(width=w, height=h, format="rgb24", interpolation=SWS_FLAGS).to_ndarray()
         if rotation:

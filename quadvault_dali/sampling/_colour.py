@@ -82,10 +82,17 @@ HDR_TRANSFERS = ("smpte2084", "arib-std-b67")
 SDR_WHITE_NITS = 203.0
 #: the display HLG is rendered for (BT.2100's reference: system gamma 1.2 at 1000 cd/m²)
 HLG_PEAK_NITS = 1000.0
-#: above this fraction of SDR white, highlights are compressed smoothly into the range left
-SHOULDER = 0.8
+#: the brightest light kept apart from white: what HDR10 is mastered to most often, and HLG's reference display.
+#: Brighter light (the sun, specular glints) is white
+HDR_PEAK_NITS = 1000.0
+#: below this share of SDR white (linear light) colours pass unchanged; from it up to ``HDR_PEAK_NITS`` the
+#: brightest channel rolls off smoothly into the range left, the colour's ratios kept, so clouds and sky keep
+#: their detail and hue (a shoulder reaching white only at infinity put everything above 300 cd/m² into
+#: codes 250-255 and washed bright colours out: a real-footage check)
+KNEE = 0.5
 #: linear-light BT.2020 RGB -> BT.709 RGB (ITU-R BT.2087)
 _BT2020_TO_BT709 = ((1.6605, -0.5876, -0.0728), (-0.1246, 1.1329, -0.0083), (-0.0182, -0.1006, 1.1187))
+_HLG = (0.17883277, 0.28466892, 0.55991073)
 
 
 def is_hdr(transfer: str) -> bool:
@@ -93,30 +100,64 @@ def is_hdr(transfer: str) -> bool:
     return transfer in HDR_TRANSFERS
 
 
-def _pq_nits(signal: torch.Tensor) -> torch.Tensor:
-    m1, m2 = 2610 / 16384, 2523 / 4096 * 128
-    c1, c2, c3 = 3424 / 4096, 2413 / 4096 * 32, 2392 / 4096 * 32
-    p = signal.clamp(0, 1) ** (1 / m2)
-    return 10000.0 * ((p - c1).clamp(min=0) / (c2 - c3 * p)) ** (1 / m1)
-
-
-def _hlg_nits(signal: torch.Tensor) -> torch.Tensor:
-    a, b, c = 0.17883277, 0.28466892, 0.55991073
+def _linear(signal: torch.Tensor, transfer: str) -> torch.Tensor:
+    """Per channel, signal (0..1) -> light: PQ's in cd/m² (its EOTF), HLG's scene light 0..1 (its inverse OETF)."""
     e = signal.clamp(0, 1)
-    scene = torch.where(e <= 0.5, e * e / 3, (torch.exp((e - c) / a) + b) / 12)
-    luma = (0.2627 * scene[:, 0:1] + 0.6780 * scene[:, 1:2] + 0.0593 * scene[:, 2:3]).clamp(min=1e-9)
-    return HLG_PEAK_NITS * luma ** 0.2 * scene  # the OOTF: system gamma 1.2
+    if transfer == "smpte2084":
+        m1, m2 = 2610 / 16384, 2523 / 4096 * 128
+        c1, c2, c3 = 3424 / 4096, 2413 / 4096 * 32, 2392 / 4096 * 32
+        p = e ** (1 / m2)
+        return 10000.0 * ((p - c1).clamp(min=0) / (c2 - c3 * p)) ** (1 / m1)
+    a, b, c = _HLG
+    return torch.where(e <= 0.5, e * e / 3, (torch.exp((e - c) / a) + b) / 12)
+
+
+def _to_sdr_code(light: torch.Tensor, transfer: str) -> torch.Tensor:
+    """``_linear``'s light of ``(F, 3, H, W)`` frames -> uint8 SDR BT.709 (display gamma 2.4)."""
+    if transfer != "smpte2084":  # HLG: the 1000-cd/m² display's OOTF, system gamma 1.2
+        luma = (0.2627 * light[:, 0:1] + 0.6780 * light[:, 1:2] + 0.0593 * light[:, 2:3]).clamp(min=1e-9)
+        light = HLG_PEAK_NITS * luma ** 0.2 * light
+    mix = torch.tensor(_BT2020_TO_BT709, dtype=light.dtype, device=light.device)
+    linear = torch.einsum("ij,fjhw->fihw", mix, light / SDR_WHITE_NITS).clamp(min=0)
+    top = linear.amax(dim=1, keepdim=True)
+    room = HDR_PEAK_NITS / SDR_WHITE_NITS
+    t = (top - KNEE).clamp(min=0) / (1 - KNEE)
+    w = (room - KNEE) / (1 - KNEE)  # extended Reinhard on what is above the knee: slope 1 there, white at the peak
+    rolled = KNEE + (1 - KNEE) * t * (1 + t / (w * w)) / (1 + t)
+    linear = linear * torch.where(top > KNEE, rolled / top.clamp(min=1e-9), torch.ones_like(top))
+    return (linear.clamp(0, 1) ** (1 / 2.4) * 255).round_().to(torch.uint8)
 
 
 def hdr_to_sdr(signal: torch.Tensor, transfer: str) -> torch.Tensor:
     """``(F, 3, H, W)`` float R'G'B' in 0..1 of a PQ or HLG stream (BT.2020 primaries) -> uint8 SDR BT.709
-    (display gamma 2.4), on its device: reference white to 255, a soft shoulder above ``SHOULDER``."""
-    nits = _pq_nits(signal) if transfer == "smpte2084" else _hlg_nits(signal)
-    mix = torch.tensor(_BT2020_TO_BT709, dtype=signal.dtype, device=signal.device)
-    linear = torch.einsum("ij,fjhw->fihw", mix, nits / SDR_WHITE_NITS).clamp(min=0)
-    over = (linear - SHOULDER).clamp(min=0)
-    linear = torch.where(linear <= SHOULDER, linear, SHOULDER + (1 - SHOULDER) * over / (over + (1 - SHOULDER)))
-    return (linear.clamp(0, 1) ** (1 / 2.4) * 255).round_().to(torch.uint8)
+    (display gamma 2.4), on its device: BT.2408 reference white to SDR white, below ``KNEE`` unchanged."""
+    return _to_sdr_code(_linear(signal, transfer), transfer)
+
+
+@functools.lru_cache(maxsize=4)
+def _light_table(transfer: str, device: torch.device) -> torch.Tensor:
+    """``_linear`` of every 16-bit code: the per-channel, costly part of a 16-bit frame's conversion."""
+    return _linear(torch.arange(65536, dtype=torch.float32, device=device) / 65535.0, transfer)
+
+
+def hdr16_to_sdr(codes: torch.Tensor, transfer: str) -> torch.Tensor:
+    """``hdr_to_sdr`` of ``(F, 3, H, W)`` 16-bit codes (the reel's frames), the transfer function looked up."""
+    return _to_sdr_code(_light_table(transfer, codes.device)[codes.long()], transfer)
+
+
+@functools.lru_cache(maxsize=4)
+def _sdr_table(transfer: str, device: torch.device) -> torch.Tensor:
+    """``hdr_to_sdr`` of every 8-bit RGB triple, ``(256³, 3)`` uint8 (48 MB, about a second to build once): the
+    samplers' frames are 8-bit, so a lookup is exact and costs a gather, not a tone curve per pixel."""
+    table = torch.empty((1 << 24, 3), dtype=torch.uint8, device=device)
+    levels = torch.arange(256, device=device)
+    step = 1 << 20
+    for start in range(0, 1 << 24, step):
+        index = torch.arange(start, start + step, device=device)
+        rgb = torch.stack([levels[index >> 16], levels[(index >> 8) & 255], levels[index & 255]])
+        table[start: start + step] = hdr_to_sdr(rgb.float().div_(255.0).T.reshape(1, step, 3, 1)
+                                                .permute(0, 2, 1, 3), transfer)[0, :, :, 0].T
+    return table
 
 
 def to_sdr(frames: torch.Tensor, transfer: str) -> torch.Tensor:
@@ -125,4 +166,6 @@ def to_sdr(frames: torch.Tensor, transfer: str) -> torch.Tensor:
     level of the result near white)."""
     if not is_hdr(transfer) or frames.numel() == 0:
         return frames
-    return hdr_to_sdr(frames.float() / 255.0, transfer)
+    rgb = frames.long()
+    index = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
+    return _sdr_table(transfer, frames.device)[index].permute(0, 3, 1, 2).contiguous()
