@@ -206,3 +206,40 @@ def test_a_resumed_scan_rescans_the_hdr_videos_of_an_older_scoring_and_keeps_the
     assert {v["color_transfer"] for v in after.values()} == {"unknown", "smpte2084", "arib-std-b67"}
     assert {v["model_fingerprint"] for v in after.values()} == {model.fingerprint}
     assert scan_library([lib], ScanOptions(**options), model_paths=[model_dir]).run.videos == 0
+
+
+def test_a_dataset_prepared_before_tone_mapping_extracts_its_hdr_videos_again(hdr_clips: dict[str, Path],
+                                                                               tmp_path: Path) -> None:
+    """A dataset (format 1) or a killed run's manifest written before tone mapping holds HDR frames grey and dim;
+    --merge reused them beside tone-mapped ones while scan scored tone-mapped frames (a reviewer's find). Its HDR
+    videos are extracted again, keeping their split; its SDR ones are reused."""
+    from quadvault_dali.dataset import prepare_dataset, read_dataset
+    from quadvault_dali.dataset._table import DATASET_FILE
+
+    (tmp_path / "clips").mkdir()
+    sdr = make_video(tmp_path / "clips" / "sdr.mp4", SynthSpec(width=96, height=64, duration_s=3.0,
+                                                               style="highlight", seed=3))
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"highlights": [str(hdr_clips["pq"])], "normal": [str(sdr)]}))
+    out = tmp_path / "ds"
+    prepare_dataset(labels, out, size=64, device="cpu")
+    table = pq.read_table(out / DATASET_FILE)
+    rows = table.to_pylist()
+    hdr_frames = [out / r["frame_path"] for r in rows if r["video_path"] == str(hdr_clips["pq"])]
+    sdr_frames = {out / r["frame_path"]: (out / r["frame_path"]).stat().st_ino for r in rows
+                  if r["video_path"] == str(sdr)}
+    good = hdr_frames[0].read_bytes()
+    for frame in hdr_frames:  # as the earlier version wrote them (any other picture stands in)
+        frame.write_bytes(next(iter(sdr_frames)).read_bytes())
+    meta = dict(table.schema.metadata)
+    settings = json.loads(meta[b"quadvault.dataset"])
+    meta[b"quadvault.dataset"] = json.dumps({**settings, "format_version": 1}).encode()
+    pq.write_table(table.replace_schema_metadata(meta), out / DATASET_FILE)
+    splits = {r["video_path"]: r["split"] for r in rows}
+
+    result = prepare_dataset(labels, out, merge=True, size=64, device="cpu")
+    assert [p.name for p in result.extracted] == ["bars_pq.mp4"] and [p.name for p in result.reused] == ["sdr.mp4"]
+    assert hdr_frames[0].read_bytes() == good
+    assert {p: p.stat().st_ino for p in sdr_frames} == sdr_frames  # not written again
+    assert {r["video_path"]: r["split"] for r in read_dataset(out).rows()} == splits
+    assert read_dataset(out).settings["format_version"] == 2

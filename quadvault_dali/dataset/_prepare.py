@@ -28,11 +28,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from .._files import FolderLock, remove_dead_temporaries
 from .._mounts import within_on_disk
 from ..errors import DatasetError, OutputError, QuadvaultError
+from ..probe import read_color_transfer
 from ..progress import progress_bar
 from ..sampling import SamplingMode, create_sampler
+from ..sampling._colour import is_hdr
 from ..scan.crashguard import CrashJournal, StallWatch
 from ._crashes import JOURNAL_TAG, DecoderCrashes, isolate_crashers
 from ._jpeg import JPEG_QUALITY, encode_jpegs, write_atomic
@@ -177,6 +182,26 @@ def _complete_jpeg(path: Path) -> bool:
         return False
 
 
+#: 2: HDR frames tone-mapped (``_table.FORMAT_VERSION`` 2)
+MANIFEST_FORMAT = 2
+
+
+def _untone_mapped(video: Path) -> bool:
+    """Whether ``video`` is HDR, so its frames written before tone mapping (dataset format 1) are grey and dim:
+    extracted again rather than trained on beside tone-mapped ones (1-2 ms: a probe)."""
+    transfer = read_color_transfer(video)
+    return transfer is not None and is_hdr(transfer)
+
+
+def _table_format(out: Path) -> int:
+    """The ``format_version`` of ``out``'s dataset table (1 where it has none or cannot be read)."""
+    try:
+        raw = (pq.read_schema(out / DATASET_FILE).metadata or {}).get(b"quadvault.dataset")
+        return int(json.loads(raw).get("format_version", 1)) if raw else 1
+    except (OSError, ValueError, TypeError, AttributeError, pa.ArrowException):
+        return 1
+
+
 def _reusable(rows: list[dict], out: Path) -> bool:
     return bool(rows) and all(_complete_jpeg(out / r["frame_path"]) for r in rows)
 
@@ -184,7 +209,8 @@ def _reusable(rows: list[dict], out: Path) -> bool:
 def _write_manifest(folder: Path, vid: str, settings: dict[str, Any], rows: list[dict]) -> None:
     """Says the folder holds all of ``vid``'s frames for ``settings`` (written last, atomically)."""
     keep = ("frame_path", "timestamp_s", "video_size_bytes", "video_mtime_ns")
-    doc = {"format": 1, "video_id": vid, "settings": settings, "rows": [{k: r[k] for k in keep} for r in rows]}
+    doc = {"format": MANIFEST_FORMAT, "video_id": vid, "settings": settings,
+           "rows": [{k: r[k] for k in keep} for r in rows]}
     write_atomic(folder / MANIFEST, json.dumps(doc).encode())
 
 
@@ -194,6 +220,8 @@ def _manifest_rows(out: Path, video: LabelledVideo, settings: dict[str, Any]) ->
     try:
         doc = json.loads((out / FRAMES_DIR / video.video_id / MANIFEST).read_text(encoding="utf-8"))
         if doc.get("video_id") != video.video_id or doc.get("settings") != settings:
+            return []
+        if doc.get("format", 1) < MANIFEST_FORMAT and _untone_mapped(video.path):
             return []
         rows = [{"frame_path": str(r["frame_path"]), "video_path": str(video.path), "video_id": video.video_id,
                  "timestamp_s": float(r["timestamp_s"]), "label": video.label, "label_name": video.label_name,
@@ -267,9 +295,13 @@ def _prepare_locked(labels: Labels, labels_path: str | os.PathLike[str], out_dir
     reuse: set[str] = set()
     changed: list[Path] = []
     resumed: set[str] = set()  # finished by a killed run: reused, but their split is assigned now
+    before_tone_mapping = bool(previous) and _table_format(out_dir) < 2
+    regraded: list[Path] = []
     for vid, video in by_id.items():
         if _changed_in_place(previous.get(vid, []), video):
             changed.append(video.path)
+        elif before_tone_mapping and previous.get(vid) and _untone_mapped(video.path):
+            regraded.append(video.path)  # extracted again; keeps its split, as a changed video does
         elif _reusable(previous.get(vid, []), out_dir):
             reuse.add(vid)
         elif not overwrite or merge:  # what a killed run finished (its table is written only at the end)
@@ -283,6 +315,9 @@ def _prepare_locked(labels: Labels, labels_path: str | os.PathLike[str], out_dir
     if changed:  # a re-copy without its mtimes (cp -r) looks the same: said once, with a count
         log.warning("%d labelled video(s) changed since their frames were extracted (size or modification time), "
                     "e.g. %s: extracting them again (they keep their split)", len(changed), changed[0])
+    if regraded:
+        log.warning("%d HDR video(s) were extracted by an earlier version without tone mapping (grey and dim), "
+                    "e.g. %s: extracting them again (they keep their split)", len(regraded), regraded[0])
     todo = [vid for vid in by_id if vid not in reuse]
     result = PrepareResult(path=out_dir / DATASET_FILE, frames=0, frames_by_label={1: 0, 0: 0},
                            videos_by_split={"train": 0, "val": 0, "test": 0}, warnings=list(labels.warnings))

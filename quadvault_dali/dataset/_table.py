@@ -26,7 +26,9 @@ DATASET_FILE = "dataset.parquet"
 FRAMES_DIR = "frames"
 #: Written into a video's frame folder once all its frames are: what a killed run's re-run reuses
 MANIFEST = ".frames.json"
-FORMAT_VERSION = 1
+#: 2: frames of HDR (PQ, HLG) videos are tone-mapped to SDR (``sampling._colour``); a dataset of version 1 holds
+#: them as read, grey and dim, and prepare-dataset extracts those videos again
+FORMAT_VERSION = 2
 _META_KEY = b"quadvault.dataset"
 
 SCHEMA = pa.schema([
