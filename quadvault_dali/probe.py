@@ -11,6 +11,7 @@ first packet holds a display-orientation SEI. The packet index the samplers plan
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -377,7 +378,17 @@ def read_recorded_at(path: str | os.PathLike[str]) -> datetime | None:
 
 def read_color_transfer(path: str | os.PathLike[str]) -> str | None:
     """Only the transfer function of a video file (``VideoInfo.color_transfer``), for rows probed before it was
-    recorded; ``None`` when the file is not a readable video."""
+    recorded; ``None`` when the file is not a readable video. Remembered per file as it is now (a resume asks,
+    then the shards' upgrade asks again)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return _color_transfer_of(os.fspath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _color_transfer_of(path: str, size: int, mtime_ns: int) -> str | None:
     try:
         return probe_video(path).color_transfer
     except (QuadvaultError, OSError):

@@ -32,6 +32,17 @@ def _log_interval() -> float:
         return 60.0
 
 
+class _LogTqdm(tqdm):
+    """A bar for a log file: a line no more often than ``mininterval``, and none before ``delay``; tqdm's
+    ``set_postfix`` refreshes at once, which gave a training log a line per batch on a GPU."""
+
+    def refresh(self, nolock: bool = False, lock_args: object = None) -> bool:  # type: ignore[override]
+        now = self._time()
+        if now - self.last_print_t < self.mininterval or now < self.start_t + self.delay:
+            return False
+        return super().refresh(nolock=nolock, lock_args=lock_args)
+
+
 class _LineFile:
     """What tqdm writes, as whole lines: no carriage returns, no padding, no empty lines."""
 
@@ -64,7 +75,7 @@ def progress_bar(total: int | float | None, desc: str, unit: str = "it", **kwarg
     """
     enabled = progress_enabled()
     if not enabled and not _quiet and _log_interval() > 0:  # a log file (nohup, cron, a pipe): whole lines, rarely
-        bar = tqdm(total=total, desc=desc, unit=unit, file=_LineFile(sys.stderr), mininterval=_log_interval(),
+        bar = _LogTqdm(total=total, desc=desc, unit=unit, file=_LineFile(sys.stderr), mininterval=_log_interval(),
                    maxinterval=_log_interval(), delay=_log_interval(), ascii=True, ncols=0, **kwargs)
         try:
             yield bar

@@ -66,3 +66,26 @@ def test_every_python_example_in_the_help_texts_runs_as_printed() -> None:
         words = shlex.split(line, comments=True)
         assert words[:2] == ["python3", "-c"] and len(words) == 3, (name, words)
         compile(words[2], f"{name} --help", "exec")
+
+
+def test_a_log_files_progress_bar_writes_no_oftener_than_its_interval(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Without a terminal the bar writes whole lines every QUADVAULT_PROGRESS_SECONDS; tqdm's set_postfix refreshes
+    at once, which gave a GPU training log a line per batch (a reviewer's find)."""
+    import time
+
+    from quadvault_dali import progress
+
+    monkeypatch.setenv("QUADVAULT_PROGRESS_SECONDS", "60")
+    with progress.progress_bar(100, "Training") as bar:
+        for i in range(100):
+            bar.set_postfix(loss=i)
+            bar.update(1)
+    assert "Training" not in capsys.readouterr().err  # the run was shorter than the interval
+    monkeypatch.setenv("QUADVAULT_PROGRESS_SECONDS", "0.05")
+    with progress.progress_bar(30, "Training") as bar:
+        for i in range(30):
+            bar.set_postfix(loss=i)
+            bar.update(1)
+            time.sleep(0.01)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Training")]
+    assert 1 <= len(lines) <= 12 and "\r" not in "".join(lines)

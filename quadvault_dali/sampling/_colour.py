@@ -112,13 +112,18 @@ def _linear(signal: torch.Tensor, transfer: str) -> torch.Tensor:
     return torch.where(e <= 0.5, e * e / 3, (torch.exp((e - c) / a) + b) / 12)
 
 
+@functools.lru_cache(maxsize=None)
+def _primaries(device: torch.device) -> torch.Tensor:
+    """``_BT2020_TO_BT709`` on ``device``, made once (a copy to the GPU per frame waits for it)."""
+    return torch.tensor(_BT2020_TO_BT709, dtype=torch.float32, device=device)
+
+
 def _to_sdr_code(light: torch.Tensor, transfer: str) -> torch.Tensor:
     """``_linear``'s light of ``(F, 3, H, W)`` frames -> uint8 SDR BT.709 (display gamma 2.4)."""
     if transfer != "smpte2084":  # HLG: the 1000-cd/m² display's OOTF, system gamma 1.2
         luma = (0.2627 * light[:, 0:1] + 0.6780 * light[:, 1:2] + 0.0593 * light[:, 2:3]).clamp(min=1e-9)
         light = HLG_PEAK_NITS * luma ** 0.2 * light
-    mix = torch.tensor(_BT2020_TO_BT709, dtype=light.dtype, device=light.device)
-    linear = torch.einsum("ij,fjhw->fihw", mix, light / SDR_WHITE_NITS).clamp(min=0)
+    linear = torch.einsum("ij,fjhw->fihw", _primaries(light.device), light / SDR_WHITE_NITS).clamp(min=0)
     top = linear.amax(dim=1, keepdim=True)
     room = HDR_PEAK_NITS / SDR_WHITE_NITS
     t = (top - KNEE).clamp(min=0) / (1 - KNEE)

@@ -194,6 +194,9 @@ def load_saved(directory: Path, settings: dict[str, Any]) -> SavedState:
     saying why not (none, damaged, or which options differ)."""
     tensors, meta = _read(directory)
     path = directory / STATE_FILE
+    then = meta["settings"].get("pretrained")
+    if isinstance(then, str) and then not in ("auto", "none") and " sha256:" not in then and "(model" not in then:
+        meta["settings"]["pretrained"] = pretrained_label(then)  # a state from before stop 30 held the path
     differ = [k for k, v in settings.items() if meta["settings"].get(k) != v]
     if {"dataset_fingerprint", "dataset_settings"} & set(differ):
         raise TrainingStateError("the dataset changed since the interrupted run started: "
