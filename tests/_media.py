@@ -140,9 +140,10 @@ def _avcc(path: Path) -> bytes:
 
 
 def export_copy(source: Path, out: Path, *, start_s: float = 0.0, width: int | None = None,
-                height: int | None = None, crf: int = 30, gain: float = 1.0) -> Path:
-    """What an editing app exports from ``source``: its frames from ``start_s`` on, rescaled, brightened by
-    ``gain`` and re-encoded with x264 at ``crf`` (other bytes, the same pictures)."""
+                height: int | None = None, crf: int = 30, gain: float = 1.0, crop_aspect: float | None = None) -> Path:
+    """What an editing app exports from ``source``: its frames from ``start_s`` on, cut to their centre of
+    ``crop_aspect`` (width / height: 9/16 for a phone) if given, rescaled, brightened by ``gain`` and re-encoded
+    with x264 at ``crf`` (other bytes, the same pictures)."""
     import fractions
 
     import av
@@ -159,7 +160,14 @@ def export_copy(source: Path, out: Path, *, start_s: float = 0.0, width: int | N
         for frame in inp.decode(src):
             if frame.time is None or frame.time < start_s - 1e-6:
                 continue
-            rgb = frame.to_ndarray(format="rgb24", width=width, height=height).astype(np.float32) * gain
+            if crop_aspect is not None:
+                full = frame.to_ndarray(format="rgb24")
+                keep = int(round(crop_aspect * full.shape[0]))
+                left = (full.shape[1] - keep) // 2
+                cut = av.VideoFrame.from_ndarray(np.ascontiguousarray(full[:, left: left + keep]), format="rgb24")
+                rgb = cut.to_ndarray(format="rgb24", width=width, height=height).astype(np.float32) * gain
+            else:
+                rgb = frame.to_ndarray(format="rgb24", width=width, height=height).astype(np.float32) * gain
             picture = av.VideoFrame.from_ndarray(np.clip(rgb, 0, 255).astype(np.uint8), format="rgb24")
             picture = picture.reformat(format="yuv420p")
             picture.pts, picture.time_base = count, 1 / fractions.Fraction(rate)

@@ -108,8 +108,8 @@ def _library(tmp_path: Path, make_clip: Callable[..., Path]) -> tuple[Path, list
 
 def test_exports_of_a_labelled_clip_share_its_split_and_opposite_labels_are_warned(
         tmp_path: Path, make_clip: Callable[..., Path]) -> None:
-    """A trimmed, rescaled export of a highlight, and a small, low-quality copy of another (for the phone) labelled
-    normal: both are found, each sits on its source's side of the split, and the opposite labels are named in a
+    """A trimmed, rescaled export of a highlight, a vertical 9:16 cut of another, and a small, low-quality copy of a
+    third labelled normal: all are found, each sits on its source's side of the split, and the opposite labels are named in a
     warning. (A brightened copy of real drone footage is found too: karma.mp4 x1.2 in 0-2 bits; the synthetic
     scenes' saturated reds clip and lose their steps.)"""
     lib, highlights, normal = _library(tmp_path, make_clip)
@@ -117,8 +117,10 @@ def test_exports_of_a_labelled_clip_share_its_split_and_opposite_labels_are_warn
     exports.mkdir()
     trimmed = export_copy(highlights[1], exports / "best_bit.mp4", start_s=2.0, width=128, height=72, crf=34)
     regraded = export_copy(highlights[4], exports / "graded.mp4", width=128, height=72, crf=38)
+    vertical = export_copy(highlights[7], exports / "reel_9x16.mp4", start_s=1.0, width=54, height=96,
+                           crop_aspect=9 / 16)  # for the phone: the centre of the shot, upright
     labels = tmp_path / "labels.json"
-    labels.write_text(json.dumps({"highlights": [str(p) for p in highlights + [trimmed]],
+    labels.write_text(json.dumps({"highlights": [str(p) for p in highlights + [trimmed, vertical]],
                                   "normal": [str(p) for p in normal + [regraded]]}))
     result = prepare_dataset(labels, tmp_path / "ds", size=64, device="cpu")
 
@@ -127,7 +129,9 @@ def test_exports_of_a_labelled_clip_share_its_split_and_opposite_labels_are_warn
     id_of = {Path(r["video_path"]).name: r["video_id"] for r in table}
     found = {frozenset((p.a, p.b)): p for p in result.shared_footage}
     assert set(found) == {frozenset((id_of["highlight_01.mp4"], id_of["best_bit.mp4"])),
-                          frozenset((id_of["highlight_04.mp4"], id_of["graded.mp4"]))}
+                          frozenset((id_of["highlight_04.mp4"], id_of["graded.mp4"])),
+                          frozenset((id_of["highlight_07.mp4"], id_of["reel_9x16.mp4"]))}
+    assert split_of["reel_9x16.mp4"] == split_of["highlight_07.mp4"]
     trim = found[frozenset((id_of["highlight_01.mp4"], id_of["best_bit.mp4"]))]
     assert trim.frames >= 3 and abs(abs(trim.offset_s) - 2.0) <= 1.0
     assert split_of["best_bit.mp4"] == split_of["highlight_01.mp4"]

@@ -43,7 +43,8 @@ from ._crashes import JOURNAL_TAG, DecoderCrashes, isolate_crashers
 from ._jpeg import JPEG_QUALITY, encode_jpegs, write_atomic
 from ._labels import Labels, LabelledVideo, load_labels
 from ._recordings import recording_groups
-from ._shared_footage import FINGERPRINT_BYTES, SharedFootage, frame_fingerprints, join_groups, shared_footage
+from ._shared_footage import (FINGERPRINT_BYTES, NARROW_ASPECT, WIDE_ASPECT, SharedFootage, frame_aspect,
+                              frame_fingerprints, join_groups, shared_footage)
 from ._split import TEST_FRACTION, Split, assign_splits
 from ._table import DATASET_FILE, FRAMES_DIR, MANIFEST, read_dataset, write_dataset
 
@@ -411,9 +412,42 @@ def _shared_footage(out_dir: Path, rows: dict[str, list[dict]], fps: float) -> l
             r["frame_fingerprint"] = fingerprint
     pairs = shared_footage({vid: [(r["timestamp_s"], r["frame_fingerprint"]) for r in video_rows]
                             for vid, video_rows in rows.items()}, fps=fps)
+    pairs += _vertical_exports(out_dir, rows, fps)
     if pairs:
         log.info("%d pair(s) of labelled videos show the same footage (a trimmed or re-encoded copy): each set "
                  "stays on one side of the train/validation/test split", len(pairs))
+    return pairs
+
+
+def _vertical_exports(out_dir: Path, rows: dict[str, list[dict]], fps: float) -> list[SharedFootage]:
+    """Vertical and square videos that show the centre of a landscape one: the exports for phones and social
+    media (9:16, 4:5, 1:1) a pilot keeps beside the flight. Their frames are compared with that centre of the
+    landscape videos' frames, cut to their shape (fingerprinted now, about a millisecond a frame, only where the
+    labels hold such a video)."""
+    try:
+        aspects = {vid: frame_aspect(out_dir / video_rows[0]["frame_path"])
+                   for vid, video_rows in rows.items() if video_rows}
+    except OSError as exc:
+        raise OutputError(f"cannot read a stored frame: {exc}", path=out_dir / FRAMES_DIR) from None
+    narrow = {vid for vid, aspect in aspects.items() if aspect < NARROW_ASPECT}
+    wide = [vid for vid, aspect in aspects.items() if aspect >= WIDE_ASPECT]
+    pairs: list[SharedFootage] = []
+    for shape in sorted({round(aspects[vid], 2) for vid in narrow}) if wide else ():
+        jpegs = [out_dir / r["frame_path"] for vid in wide for r in rows[vid]]
+        try:
+            centres = iter(frame_fingerprints(jpegs, workers=os.cpu_count() or 1, crop_aspect=shape))
+        except OSError as exc:
+            raise OutputError(f"cannot read a stored frame: {exc}", path=out_dir / FRAMES_DIR) from None
+        cut = {vid: [(r["timestamp_s"], next(centres)) for r in rows[vid]] for vid in wide}
+        exports = {vid: [(r["timestamp_s"], r["frame_fingerprint"]) for r in rows[vid]]
+                   for vid in narrow if round(aspects[vid], 2) == shape}
+        # a narrow strip of a picture tells less than the whole: only a match in step counts, and an export is
+        # of one flight, the one it matches best
+        best: dict[str, SharedFootage] = {}
+        for pair in shared_footage(exports, fps=fps, against=cut):
+            if pair.aligned and (pair.a not in best or pair.frames > best[pair.a].frames):
+                best[pair.a] = pair
+        pairs += best.values()
     return pairs
 
 

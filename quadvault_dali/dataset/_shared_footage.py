@@ -11,6 +11,9 @@ and which of those steps are strong enough to trust (a nearly flat step flips wi
 frames show one picture when, of the steps strong in both, at most one in ``MAX_DIFFERING`` differs. Two videos
 share footage when more than half the frames of the shorter one find such a frame of the other at one time
 offset (the offset of a trim): a look-alike frame or two (sky, sea) is not enough, a run of them in step is.
+Vertical and square exports (9:16, 4:5, 1:1 for phones and social media) are compared with the centre of the
+landscape videos' frames cut to their shape (``crop_aspect``), each with the one flight it matches best.
+Not found: horizontal flips, crops off centre, and zooms of 10 % or more on fast footage.
 """
 
 from __future__ import annotations
@@ -42,15 +45,27 @@ MIN_SHARED_FRAMES = 3
 #: candidates must differ in at most this many of the first 64 signs, strong or weak (a quick first pass)
 _CANDIDATE_BITS = 20
 _THUMB = 9
+#: a video whose frames are narrower than this (width / height) may be a vertical or square export (9:16 0.56,
+#: 4:5 0.8, 1:1) of one at least ``WIDE_ASPECT`` wide (16:9 1.78, 4:3 1.33)
+NARROW_ASPECT, WIDE_ASPECT = 1.2, 1.3
 FINGERPRINT_BYTES = 32
 
 
-def frame_fingerprint(jpeg: Path) -> bytes:
+def frame_fingerprint(jpeg: Path, crop_aspect: float | None = None) -> bytes:
     """32 bytes: the signs of the horizontal then vertical brightness steps of a 9x9 grey thumbnail (16), then
-    which steps are strong (16); ``b""`` for a frame too flat to tell apart. Decodes the JPEG at 1/8 scale."""
+    which steps are strong (16); ``b""`` for a frame too flat to tell apart. Decodes the JPEG at 1/8 scale.
+    ``crop_aspect`` (width / height): of the frame's centre cut to that shape, as a vertical export of a
+    landscape shot shows it (``b""`` where the frame is not wider than that)."""
     with Image.open(jpeg) as image:
         image.draft("L", (_THUMB, _THUMB))
-        grey = np.asarray(image.convert("L").convert("F").resize((_THUMB, _THUMB), Image.Resampling.BOX))
+        picture = image.convert("L").convert("F")
+        if crop_aspect is not None:
+            width, height = picture.size
+            if width <= crop_aspect * height * 1.05:
+                return b""
+            keep = crop_aspect * height
+            picture = picture.crop((int((width - keep) / 2), 0, int((width + keep) / 2), height))
+        grey = np.asarray(picture.resize((_THUMB, _THUMB), Image.Resampling.BOX))
     if grey.std() < MIN_CONTRAST:
         return b""
     steps = np.concatenate([(grey[:8, 1:] - grey[:8, :-1]).ravel(), (grey[1:, :8] - grey[:-1, :8]).ravel()])
@@ -59,12 +74,19 @@ def frame_fingerprint(jpeg: Path) -> bytes:
     return np.packbits(steps > 0).tobytes() + np.packbits(strong).tobytes()
 
 
-def frame_fingerprints(jpegs: Sequence[Path], *, workers: int = 4) -> list[bytes]:
+def frame_fingerprints(jpegs: Sequence[Path], *, workers: int = 4, crop_aspect: float | None = None) -> list[bytes]:
     """``frame_fingerprint`` of many frames, in threads (PIL decodes without the GIL)."""
     if not jpegs:
         return []
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jpegs)))) as pool:
-        return list(pool.map(frame_fingerprint, jpegs, chunksize=64))
+        return list(pool.map(lambda jpeg: frame_fingerprint(jpeg, crop_aspect), jpegs, chunksize=64))
+
+
+def frame_aspect(jpeg: Path) -> float:
+    """A stored frame's width over its height (read from the JPEG's header)."""
+    with Image.open(jpeg) as image:
+        width, height = image.size
+    return width / height
 
 
 def same_picture(a: bytes, b: bytes) -> bool:
@@ -104,11 +126,16 @@ def _popcount(words: np.ndarray) -> np.ndarray:
     return np.unpackbits(as_bytes, axis=-1).sum(axis=-1, dtype=np.uint8)
 
 
-def shared_footage(frames: Mapping[str, Iterable[tuple[float, bytes]]], *, fps: float = 1.0) -> list[SharedFootage]:
+def shared_footage(frames: Mapping[str, Iterable[tuple[float, bytes]]], *, fps: float = 1.0,
+                   against: Mapping[str, Iterable[tuple[float, bytes]]] | None = None) -> list[SharedFootage]:
     """The pairs of videos in ``frames`` (``{video_id: [(timestamp_s, fingerprint)]}``) that show the same
     footage. Compares every informative frame with those of the other videos (1.7 s for 18,000 frames, 20 s for
-    60,000 on a 2-core Xeon: a few seconds beside extracting them)."""
-    vids: list[str] = []
+    60,000 on a 2-core Xeon: a few seconds beside extracting them). With ``against``, only each video of
+    ``frames`` with each of ``against`` (``a`` from ``frames``, ``b`` from ``against``)."""
+    if against is not None:
+        frames = {**{("a", vid): rows for vid, rows in frames.items()},
+                  **{("b", vid): rows for vid, rows in against.items()}}
+    vids: list = []
     owner: list[int] = []
     times: list[float] = []
     words: list[bytes] = []
@@ -131,9 +158,12 @@ def shared_footage(frames: Mapping[str, Iterable[tuple[float, bytes]]], *, fps: 
     signs = np.ascontiguousarray(hashes[:, 0])  # the quick pass reads these in a tight loop
     matches: list[tuple[np.ndarray, np.ndarray]] = []
     rows_per_block = max(1, (1 << 23) // len(hashes))
-    for start in range(0, len(hashes), rows_per_block):
-        stop = min(start + rows_per_block, len(hashes))
-        first = int(next_video[start])  # only later videos' frames: each pair once, never a video with itself
+    rows = len(hashes)
+    if against is not None:  # the first set's frames come first: only they are rows, only the second's columns
+        rows = int(np.searchsorted(who, sum(1 for v in vids if v[0] == "a")))
+    for start in range(0, rows, rows_per_block):
+        stop = min(start + rows_per_block, rows)
+        first = int(next_video[start]) if against is None else rows  # later videos' frames only: each pair once
         if first >= len(hashes):
             break
         # a quick pass over every pair: the first 64 signs, strong or weak, nearly agree; then the real test
@@ -165,7 +195,8 @@ def shared_footage(frames: Mapping[str, Iterable[tuple[float, bytes]]], *, fps: 
         if shared >= needed:
             window = {int(v): int(counts[np.abs(values - v) <= 1].sum()) for v in values}
             elsewhere = max((n for v, n in window.items() if abs(v - best) > 2), default=0)
-            pairs.append(SharedFootage(vids[a], vids[b], int(shared), best / fps,
+            pairs.append(SharedFootage(vids[a] if against is None else vids[a][1],
+                                       vids[b] if against is None else vids[b][1], int(shared), best / fps,
                                        aligned=2 * elsewhere <= window[best]))
     return pairs
 
