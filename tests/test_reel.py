@@ -1193,3 +1193,19 @@ def test_a_kill_between_the_reel_and_list_renames_does_not_block_the_rerun(scan_
     made.sidecar.rename(tmp_path / f".{made.sidecar.name}.{int(dead.stdout)}-1.tmp")  # as the kill leaves it
     assert len(read_sidecar(make_reel(scan_dir, out, options).sidecar)) == 1
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".best")) == []
+
+
+def test_a_reel_name_too_long_for_its_cut_list_is_refused_before_the_encode(tmp_path: Path) -> None:
+    """A 245-byte reel name is legal, but its cut list (+ .clips.csv) and the encoder's temporary file are not: the
+    rename failed after the whole encode (a reviewer's find). Refused first, naming the longest name that fits."""
+    import re as _re
+
+    from quadvault_dali.errors import OutputError
+    from quadvault_dali.reel.build import check_output
+
+    with pytest.raises(OutputError, match=r"choose a name of at most \d+ bytes") as info:
+        check_output(tmp_path / ("R" * 241 + ".mp4"))
+    room = int(_re.search(r"at most (\d+) bytes", str(info.value)).group(1))
+    check_output(tmp_path / ("R" * (room - 4) + ".mp4"))  # the longest that fits passes
+    with pytest.raises(OutputError):
+        check_output(tmp_path / ("R" * (room - 3) + ".mp4"))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
-from .._files import atomic_path, process_gone
+from .._files import NAME_MAX, atomic_path, process_gone
 from .._lifetime import stop_signals_deferred
 from ..device import resolve_device
 from ..errors import OutputError, QuadvaultError
@@ -23,7 +23,7 @@ from ..probe import VideoInfo, probe_video
 from ..scan.schema import video_id
 from .encoders import EncoderChoice, choose_encoder
 from .frames import check_window
-from .render import AudioChoice, RenderResult, SourceUnavailable, render_reel
+from .render import AudioChoice, RenderResult, SourceUnavailable, render_reel, temp_path
 from .scores import ScoreSource, VideoScores, load_scores
 from .select import EmptySelectionError, Order, ReelPlan, plan_reel
 from .sidecar import sidecar_path, write_sidecar
@@ -329,7 +329,14 @@ def check_output(out: Path) -> None:
         raise OutputError("is not a folder, so the reel cannot go into it", path=out.parent)
     if not os.access(out.parent, os.W_OK | os.X_OK):  # before any probing and test decoding, not after
         raise OutputError("output folder is not writable", path=out.parent)
-    if out.exists() and not sidecar_path(out).exists() and not _killed_between_renames(out):  # a reel made here before has its cut list beside it
+    longest = max(len(os.fsencode(sidecar_path(out).name)), len(os.fsencode(temp_path(out, 4194304).name)))
+    if longest > NAME_MAX:  # found after the whole encode before: its cut list's rename failed
+        room = NAME_MAX - (longest - len(os.fsencode(out.name)))
+        raise OutputError(f"the name is {len(os.fsencode(out.name))} bytes: its cut list ({sidecar_path(out).name}) "
+                          f"and the encoder's temporary file need {longest} of the {NAME_MAX} a file name may have",
+                          path=out, hint=f"choose a name of at most {room} bytes")
+    # a reel made here before has its cut list beside it
+    if out.exists() and not sidecar_path(out).exists() and not _killed_between_renames(out):
         raise OutputError(f"exists and is not a reel this command made (no {sidecar_path(out).name} beside it); "
                           "it would be replaced", path=out, hint="choose another name, or delete the file first")
     if out.suffix.lower() not in REEL_SUFFIXES:
