@@ -61,15 +61,17 @@ def probe(paths: tuple[Path, ...], as_json: bool, threads: int) -> None:
                                        "nvdec_limitation": nvdec_limitation(result)}))
     else:
         header = (f"{'codec':6} {'size':>10} {'rot':>3} {'fps':>6} {'seconds':>8} {'keyframes':>9} {'max gap':>7} "
-                  f"{'nvdec':>5}  path")
+                  f"{'hdr':>3} {'nvdec':>5}  path")
         click.echo(header)
         for path, result in zip(videos, results):
             if isinstance(result, QuadvaultError):
                 continue
             i = result
             nvdec = "no" if nvdec_limitation(i) else "yes"
-            click.echo(f"{i.codec:6} {f'{i.width}x{i.height}':>10} {i.rotation:>3} {i.avg_fps:>6.2f} {i.duration_s:>8.1f} "
-                       f"{len(i.keyframe_times):>9} {i.max_keyframe_interval_s:>6.2f}s {nvdec:>5}  {path}")
+            hdr = {"smpte2084": "PQ", "arib-std-b67": "HLG"}.get(i.color_transfer, "-")  # tone-mapped to SDR
+            click.echo(f"{i.codec:6} {f'{i.width}x{i.height}':>10} {i.rotation:>3} {i.avg_fps:>6.2f} "
+                       f"{i.duration_s:>8.1f} {len(i.keyframe_times):>9} {i.max_keyframe_interval_s:>6.2f}s {hdr:>3} "
+                       f"{nvdec:>5}  {path}")
         for path, result in zip(videos, results):
             if isinstance(result, QuadvaultError):
                 click.secho(f"ERROR {result.kind}: {result}", fg="red", err=True)

@@ -129,6 +129,9 @@ def hdr_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_probe_names_the_transfer_and_the_cpu_sampler_shows_the_sdr_colours(hdr_clips: dict[str, Path]) -> None:
     assert probe_video(hdr_clips["pq"]).color_transfer == "smpte2084"
     assert probe_video(hdr_clips["hlg"]).color_transfer == "arib-std-b67"
+    table = CliRunner().invoke(cli, ["probe", str(hdr_clips["pq"]), str(hdr_clips["hlg"])])
+    shown = {line.split()[-1]: line.split()[-3] for line in table.output.splitlines()[1:3]}
+    assert table.exit_code == 0 and shown == {str(hdr_clips["pq"]): "PQ", str(hdr_clips["hlg"]): "HLG"}
     sampler = create_sampler("cpu", fps=1.0, size=64, square=False, mode="exact")
     for kind, names in (("pq", list(BARS)), ("hlg", ["dark", "grey", "light"])):
         frames, times, outcome = sampler.sample_video(hdr_clips[kind])
