@@ -78,7 +78,8 @@ def convert_from_bt601(frames: torch.Tensor, matrix: str) -> torch.Tensor:
 
 #: FFmpeg's names of the HDR transfer functions: PQ (SMPTE ST 2084: HDR10, Dolby Vision 8.1) and HLG
 HDR_TRANSFERS = ("smpte2084", "arib-std-b67")
-#: the HDR signal level that becomes SDR white (ITU-R BT.2408 reference white, 203 cd/m²)
+#: the HDR signal level of SDR's nominal white, 1.0 in linear light (ITU-R BT.2408 reference white, 203 cd/m²);
+#: past ``KNEE`` it is rolled off like all light above it, and lands at code 227
 SDR_WHITE_NITS = 203.0
 #: the display HLG is rendered for (BT.2100's reference: system gamma 1.2 at 1000 cd/m²)
 HLG_PEAK_NITS = 1000.0
@@ -135,7 +136,8 @@ def _to_sdr_code(light: torch.Tensor, transfer: str) -> torch.Tensor:
 
 def hdr_to_sdr(signal: torch.Tensor, transfer: str) -> torch.Tensor:
     """``(F, 3, H, W)`` float R'G'B' in 0..1 of a PQ or HLG stream (BT.2020 primaries) -> uint8 SDR BT.709
-    (display gamma 2.4), on its device: BT.2408 reference white to SDR white, below ``KNEE`` unchanged."""
+    (display gamma 2.4), on its device: BT.2408 reference white as SDR's 1.0, below ``KNEE`` unchanged, light
+    above it rolled off up to ``HDR_PEAK_NITS``."""
     return _to_sdr_code(_linear(signal, transfer), transfer)
 
 
