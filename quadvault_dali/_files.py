@@ -131,15 +131,23 @@ def _is_zombie(pid: int) -> bool:
         return False
 
 
-def remove_dead_temporaries(directory: Path, prefix: str = "") -> None:
+def dead_temporaries(directory: Path, prefix: str = "") -> list[Path]:
     """Temporary files of ``atomic_path`` (``.NAME.PID-THREAD.tmp``) in ``directory`` whose process is gone: a
-    killed run's (a model folder's 40-MB training state, a dataset's table); a live one (another run) is kept.
-    ``prefix``: only those whose NAME starts with it (a reel's, in a folder of the user's)."""
+    killed run's; a live one (another run's) is not listed. ``prefix``: only those whose NAME starts with it."""
+    dead = []
     for tmp in directory.glob(f".{glob.escape(prefix)}*.tmp"):
         pid_text = tmp.name.rsplit(".", 2)[-2].split("-")[0]
         if pid_text.isdigit() and process_gone(int(pid_text)):
-            _log.info("removing %s, left by a run that was killed", tmp)
-            tmp.unlink(missing_ok=True)
+            dead.append(tmp)
+    return dead
+
+
+def remove_dead_temporaries(directory: Path, prefix: str = "") -> None:
+    """Removes ``dead_temporaries``: a killed run's (a model folder's 40-MB training state, a dataset's table).
+    ``prefix``: only those whose NAME starts with it (a reel's, in a folder of the user's)."""
+    for tmp in dead_temporaries(directory, prefix):
+        _log.info("removing %s, left by a run that was killed", tmp)
+        tmp.unlink(missing_ok=True)
 
 
 class FolderLock:

@@ -8,14 +8,13 @@ never costs the user the reel.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
-from .._files import NAME_MAX, atomic_path, process_gone
+from .._files import NAME_MAX, atomic_path, dead_temporaries
 from .._lifetime import stop_signals_deferred
 from ..device import resolve_device
 from ..errors import OutputError, QuadvaultError
@@ -311,12 +310,7 @@ def refuse_overwriting_inputs(out: Path, prepared: PreparedReel) -> None:
 def _killed_between_renames(out: Path) -> bool:
     """A run killed after renaming its reel into place, before its cut list: the list is still under the killed
     run's temporary name beside it (the next run's sweep removes it)."""
-    side = sidecar_path(out)
-    for tmp in out.parent.glob(f".{glob.escape(side.name)}.*.tmp"):
-        pid = tmp.name.rsplit(".", 2)[-2].split("-")[0]
-        if pid.isdigit() and process_gone(int(pid)):
-            return True
-    return False
+    return bool(dead_temporaries(out.parent, f"{sidecar_path(out).name}."))
 
 
 def check_output(out: Path) -> None:
