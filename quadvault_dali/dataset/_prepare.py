@@ -24,12 +24,10 @@ import json
 import logging
 import os
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
-
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .._files import FolderLock, remove_dead_temporaries
 from .._mounts import within_on_disk
@@ -46,7 +44,7 @@ from ._recordings import recording_groups
 from ._shared_footage import (FINGERPRINT_BYTES, NARROW_ASPECT, WIDE_ASPECT, SharedFootage, frame_aspect,
                               frame_fingerprints, join_groups, shared_footage)
 from ._split import TEST_FRACTION, Split, assign_splits
-from ._table import DATASET_FILE, FRAMES_DIR, MANIFEST, read_dataset, write_dataset
+from ._table import DATASET_FILE, FRAMES_DIR, MANIFEST, read_dataset, table_format_version, write_dataset
 
 log = logging.getLogger(__name__)
 #: pairs of videos named one by one in the warnings about shared footage; the rest are counted
@@ -194,15 +192,6 @@ def _untone_mapped(video: Path) -> bool:
     return transfer is not None and is_hdr(transfer)
 
 
-def _table_format(out: Path) -> int:
-    """The ``format_version`` of ``out``'s dataset table (1 where it has none or cannot be read)."""
-    try:
-        raw = (pq.read_schema(out / DATASET_FILE).metadata or {}).get(b"quadvault.dataset")
-        return int(json.loads(raw).get("format_version", 1)) if raw else 1
-    except (OSError, ValueError, TypeError, AttributeError, pa.ArrowException):
-        return 1
-
-
 def _reusable(rows: list[dict], out: Path) -> bool:
     return bool(rows) and all(_complete_jpeg(out / r["frame_path"]) for r in rows)
 
@@ -296,7 +285,7 @@ def _prepare_locked(labels: Labels, labels_path: str | os.PathLike[str], out_dir
     reuse: set[str] = set()
     changed: list[Path] = []
     resumed: set[str] = set()  # finished by a killed run: reused, but their split is assigned now
-    before_tone_mapping = bool(previous) and _table_format(out_dir) < 2
+    before_tone_mapping = bool(previous) and table_format_version(out_dir) < 2
     regraded: list[Path] = []
     for vid, video in by_id.items():
         if _changed_in_place(previous.get(vid, []), video):
@@ -398,16 +387,23 @@ def _prepare_locked(labels: Labels, labels_path: str | os.PathLike[str], out_dir
     return result
 
 
+@contextmanager
+def _reading_frames(out_dir: Path) -> Iterator[None]:
+    """Stored frames were all checked complete: an error reading one now is the disk failing under us."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"cannot read a stored frame: {exc}", path=out_dir / FRAMES_DIR) from None
+
+
 def _shared_footage(out_dir: Path, rows: dict[str, list[dict]], fps: float) -> list[SharedFootage]:
     """Fingerprints the frames that have none yet (new ones, and a dataset written before fingerprints), then
     finds the videos that show the same footage."""
     missing = [r for video_rows in rows.values() for r in video_rows
                if r.get("frame_fingerprint") is None or len(r["frame_fingerprint"]) not in (0, FINGERPRINT_BYTES)]
     if missing:
-        try:
+        with _reading_frames(out_dir):
             found = frame_fingerprints([out_dir / r["frame_path"] for r in missing], workers=os.cpu_count() or 1)
-        except OSError as exc:  # frames were all checked complete: this is the disk failing under us
-            raise OutputError(f"cannot read a stored frame: {exc}", path=out_dir / FRAMES_DIR) from None
         for r, fingerprint in zip(missing, found):
             r["frame_fingerprint"] = fingerprint
     pairs = shared_footage({vid: [(r["timestamp_s"], r["frame_fingerprint"]) for r in video_rows]
@@ -424,23 +420,19 @@ def _vertical_exports(out_dir: Path, rows: dict[str, list[dict]], fps: float) ->
     media (9:16, 4:5, 1:1) a pilot keeps beside the flight. Their frames are compared with that centre of the
     landscape videos' frames, cut to their shape (fingerprinted now, about a millisecond a frame, only where the
     labels hold such a video)."""
-    try:
+    with _reading_frames(out_dir):
         aspects = {vid: frame_aspect(out_dir / video_rows[0]["frame_path"])
                    for vid, video_rows in rows.items() if video_rows}
-    except OSError as exc:
-        raise OutputError(f"cannot read a stored frame: {exc}", path=out_dir / FRAMES_DIR) from None
-    narrow = {vid for vid, aspect in aspects.items() if aspect < NARROW_ASPECT}
+    shapes = {vid: round(aspect, 2) for vid, aspect in aspects.items() if aspect < NARROW_ASPECT}
     wide = [vid for vid, aspect in aspects.items() if aspect >= WIDE_ASPECT]
     pairs: list[SharedFootage] = []
-    for shape in sorted({round(aspects[vid], 2) for vid in narrow}) if wide else ():
+    for shape in sorted(set(shapes.values())) if wide else ():
         jpegs = [out_dir / r["frame_path"] for vid in wide for r in rows[vid]]
-        try:
+        with _reading_frames(out_dir):
             centres = iter(frame_fingerprints(jpegs, workers=os.cpu_count() or 1, crop_aspect=shape))
-        except OSError as exc:
-            raise OutputError(f"cannot read a stored frame: {exc}", path=out_dir / FRAMES_DIR) from None
         cut = {vid: [(r["timestamp_s"], next(centres)) for r in rows[vid]] for vid in wide}
         exports = {vid: [(r["timestamp_s"], r["frame_fingerprint"]) for r in rows[vid]]
-                   for vid in narrow if round(aspects[vid], 2) == shape}
+                   for vid, its in shapes.items() if its == shape}
         # a narrow strip of a picture tells less than the whole: only a match in step counts, and an export is
         # of one flight, the one it matches best
         best: dict[str, SharedFootage] = {}
@@ -460,8 +452,8 @@ def _footage_warnings(pairs: list[SharedFootage], by_id: dict[str, LabelledVideo
         if a.label != b.label and not pair.aligned:  # two cuts of one hover: a fair pair of labels, not a mistake
             warnings.append(f"{a.path} ({a.label_name}) and {b.path} ({b.label_name}) look alike throughout "
                             f"({pair.frames} sampled frames alike at any moment: a fixed or hovering shot of one "
-                            "scene?): they stay "
-                            "on one side of the split, so validation is not measured on near-identical views")
+                            "scene?): they stay on one side of the split, so validation is not measured on "
+                            "near-identical views")
         elif a.label != b.label:
             warnings.append(f"{a.path} ({a.label_name}) and {b.path} ({b.label_name}) show the same footage "
                             f"({pair.frames} sampled frames): those frames are labelled both ways; keep one of the "

@@ -4,8 +4,9 @@ Columns: ``frame_path`` (JPEG path relative to the dataset folder, so the folder
 ``video_path``, ``video_id``, ``timestamp_s``, ``label`` (1 highlight / 0 normal), ``label_name``,
 ``split`` ("train" | "val" | "test"), and the video's ``video_size_bytes`` / ``video_mtime_ns`` so that
 ``--merge`` can tell a changed file from an unchanged one, and ``frame_fingerprint`` (``_shared_footage``: 32
-bytes of the picture, empty for a flat one; absent from older datasets, which get it on their next run). How the frames were sampled (fps, size,
-mode) lives in the Parquet key-value metadata; ``--merge`` refuses to mix settings.
+bytes of the picture, empty for a flat one; absent from older datasets, which get it on their next run). How
+the frames were sampled (fps, size, mode) lives in the Parquet key-value metadata; ``--merge`` refuses to mix
+settings.
 """
 
 from __future__ import annotations
@@ -104,6 +105,16 @@ def read_dataset(path: str | os.PathLike[str]) -> Dataset:
         raise DatasetError(f"dataset format {settings['format_version']} is newer than this version "
                            f"understands ({FORMAT_VERSION})", path=file, hint="upgrade quadvault")
     return Dataset(root=file.parent, table=table, settings=settings)
+
+
+def table_format_version(path: str | os.PathLike[str]) -> int:
+    """The ``format_version`` a dataset table was written with, from its footer alone (1 where it has none or
+    cannot be read): what prepare-dataset must redo for an older one."""
+    try:
+        raw = (pq.read_schema(dataset_path(path)).metadata or {}).get(_META_KEY)
+        return int(json.loads(raw).get("format_version", 1)) if raw else 1
+    except (OSError, ValueError, TypeError, AttributeError, pa.ArrowException):
+        return 1
 
 
 def write_dataset(root: Path, rows: list[dict[str, Any]], settings: dict[str, Any]) -> Path:
