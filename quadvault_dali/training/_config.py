@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
-
 import logging
 import os
 from dataclasses import dataclass, field
@@ -12,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import QuadvaultError
-from ..model import BACKBONES, OFFLINE_BACKBONE, resnet18_weights_available
+from ..model import BACKBONES, OFFLINE_BACKBONE, read_card, resnet18_weights_available
 from ..model._network import model_folder
 
 log = logging.getLogger(__name__)
@@ -91,8 +89,8 @@ def resolve_backbone(backbone: str | None, pretrained: str) -> tuple[str, str | 
     folder = model_folder(pretrained)
     if folder is not None:  # fine-tuning a shared model: its own architecture
         try:
-            return str(json.loads((folder / "model.json").read_text(encoding="utf-8-sig"))["architecture"]), None
-        except (OSError, ValueError, KeyError, TypeError):
+            return str(read_card(folder)["architecture"]), None
+        except (QuadvaultError, OSError):
             return "resnet18", None  # load_model names what is wrong with the card
     if pretrained != "auto" or resnet18_weights_available():
         return "resnet18", None
@@ -110,8 +108,8 @@ def pretrained_label(pretrained: str) -> str:
     folder = model_folder(pretrained)
     if folder is not None:  # a QuadVault model: its card names its weights' content
         try:
-            digest = str(json.loads((folder / "model.json").read_text(encoding="utf-8-sig"))["weights_sha256"])
-        except (OSError, ValueError, KeyError, TypeError):
+            digest = str(read_card(folder)["weights_sha256"])
+        except (QuadvaultError, OSError):
             return f"{folder.name} (model)"
         return f"{folder.name} (model, weights sha256:{digest[:16]})"
     try:

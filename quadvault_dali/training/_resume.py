@@ -195,8 +195,8 @@ def load_saved(directory: Path, settings: dict[str, Any]) -> SavedState:
     tensors, meta = _read(directory)
     path = directory / STATE_FILE
     then = meta["settings"].get("pretrained")
-    if isinstance(then, str) and then not in ("auto", "none") and " sha256:" not in then and "(model" not in then:
-        meta["settings"]["pretrained"] = pretrained_label(then)  # a state from before stop 30 held the path
+    if isinstance(then, str):  # a state from before stop 30 held the path; a label names itself
+        meta["settings"]["pretrained"] = pretrained_label(then)
     differ = [k for k, v in settings.items() if meta["settings"].get(k) != v]
     if {"dataset_fingerprint", "dataset_settings"} & set(differ):
         raise TrainingStateError("the dataset changed since the interrupted run started: "
