@@ -145,23 +145,24 @@ _COLOR_TRANSFERS = {1: "bt709", 2: "unknown", 4: "gamma22", 5: "gamma28", 6: "sm
                      16: "smpte2084", 18: "arib-std-b67"}
 
 
-def _color_transfer(ctx: Any, signal: SpsSignal | None = None) -> str:
-    """The stream's transfer function: the H.264 SPS's where it has one, else what FFmpeg reports."""
-    value = signal.transfer if signal is not None and signal.transfer is not None else getattr(ctx, "color_trc", None)
+def _colour_name(names: dict[int, str], sps_value: int | None, ctx: Any, attribute: str) -> str:
+    """FFmpeg's name of an H.273 colour code point: the H.264 SPS's where it has one (FFmpeg's decoder lets it
+    override the container's ``colr``), else what FFmpeg reports (``ctx.<attribute>``); "unknown" otherwise."""
+    value = sps_value if sps_value is not None else getattr(ctx, attribute, None)
     try:
-        return _COLOR_TRANSFERS.get(int(value), "unknown") if value is not None else "unknown"
+        return names.get(int(value), "unknown") if value is not None else "unknown"
     except (TypeError, ValueError):
         return "unknown"
+
+
+def _color_transfer(ctx: Any, signal: SpsSignal | None = None) -> str:
+    """The stream's transfer function."""
+    return _colour_name(_COLOR_TRANSFERS, signal.transfer if signal is not None else None, ctx, "color_trc")
 
 
 def _color_matrix(ctx: Any, signal: SpsSignal | None = None) -> str:
-    """The stream's YCbCr matrix: the H.264 SPS's where it has one (FFmpeg's decoder lets it override the
-    container's ``colr``), else what FFmpeg reports."""
-    value = signal.matrix if signal is not None and signal.matrix is not None else getattr(ctx, "colorspace", None)
-    try:
-        return _COLOR_MATRICES.get(int(value), "unknown") if value is not None else "unknown"
-    except (TypeError, ValueError):
-        return "unknown"
+    """The stream's YCbCr matrix."""
+    return _colour_name(_COLOR_MATRICES, signal.matrix if signal is not None else None, ctx, "colorspace")
 
 
 #: Whether plain MP4/MOV files open with FFmpeg's stream probing cut short (``QUICK_PROBE_OPTIONS``) where the

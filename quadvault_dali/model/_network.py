@@ -204,9 +204,10 @@ def _shared_model_state(folder: Path, architecture: str) -> dict[str, torch.Tens
 
     model = load_model(folder)
     if model.card["architecture"] != architecture:
-        raise ModelFormatError(f"is a model of architecture {model.card['architecture']}; it cannot start a {architecture} model",
-                               path=folder, hint=f"train with --backbone {model.card['architecture']}, or leave it "
-                                                 "out to take the model's")
+        raise ModelFormatError(f"is a model of architecture {model.card['architecture']}; it cannot start a "
+                               f"{architecture} model", path=folder,
+                               hint=f"train with --backbone {model.card['architecture']}, or leave it out to take "
+                                    "the model's")
     return {k: v.detach().clone() for k, v in model.network.state_dict().items()}
 
 

@@ -65,7 +65,8 @@ def to_display(frame: av.VideoFrame, info: VideoInfo, size: int, square: bool) -
     coded_w, coded_h = (height, width) if info.rotation in (90, 270) else (width, height)
     image = frame.to_ndarray(width=coded_w, height=coded_h, format="rgb24", interpolation=SWS_FLAGS)
     if is_hdr(info.color_transfer):  # PQ / HLG: tone-mapped to SDR as on the GPU (``_colour.to_sdr``)
-        image = to_sdr(torch.from_numpy(image).permute(2, 0, 1)[None], info.color_transfer)[0].permute(1, 2, 0).numpy()
+        frames = torch.from_numpy(image).permute(2, 0, 1)[None]
+        image = to_sdr(frames, info.color_transfer)[0].permute(1, 2, 0).numpy()
     if info.rotation:
         image = np.rot90(image, k=-info.rotation // 90)
     if square:
