@@ -132,6 +132,7 @@ def shared_footage(frames: Mapping[str, Iterable[tuple[float, bytes]]], *, fps: 
     footage. Compares every informative frame with those of the other videos (1.7 s for 18,000 frames, 20 s for
     60,000 on a 2-core Xeon: a few seconds beside extracting them). With ``against``, only each video of
     ``frames`` with each of ``against`` (``a`` from ``frames``, ``b`` from ``against``)."""
+    first_set = len(frames)  # videos; with ``against``, those before its videos in ``vids``
     if against is not None:
         frames = {**{("a", vid): rows for vid, rows in frames.items()},
                   **{("b", vid): rows for vid, rows in against.items()}}
@@ -160,7 +161,7 @@ def shared_footage(frames: Mapping[str, Iterable[tuple[float, bytes]]], *, fps: 
     rows_per_block = max(1, (1 << 23) // len(hashes))
     rows = len(hashes)
     if against is not None:  # the first set's frames come first: only they are rows, only the second's columns
-        rows = int(np.searchsorted(who, sum(1 for v in vids if v[0] == "a")))
+        rows = int(np.searchsorted(who, first_set))
     for start in range(0, rows, rows_per_block):
         stop = min(start + rows_per_block, rows)
         first = int(next_video[start]) if against is None else rows  # later videos' frames only: each pair once
