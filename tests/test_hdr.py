@@ -26,6 +26,7 @@ from quadvault_dali.model._io import sdr_fingerprints
 from quadvault_dali.probe import probe_video
 from quadvault_dali.sampling import create_sampler
 from quadvault_dali.sampling._colour import hdr_to_sdr, to_sdr
+from quadvault_dali.sampling._nvdec import nvdec_limitation
 from quadvault_dali.scan.runner import ScanOptions, scan_library
 from quadvault_dali.scan.schema import ModelRef, combined_fingerprint
 from quadvault_dali.scan.shards import complete_shards, read_table, write_parquets_atomic
@@ -83,9 +84,10 @@ def test_pq_and_hlg_signals_map_back_to_the_sdr_colours_they_grade() -> None:
         assert torch.equal(to_sdr(frames, transfer), hdr_to_sdr(frames.float() / 255.0, transfer))
 
 
-def make_hdr_clip(path: Path, transfer: str, *, seconds: float = 3.0, width: int = 240, height: int = 64) -> Path:
+def make_hdr_clip(path: Path, transfer: str, *, seconds: float = 3.0, width: int = 384, height: int = 160) -> Path:
     """10-bit HEVC with the ``BARS`` side by side, as a PQ (transfer "pq") or HLG ("hlg"; the greys only) grade,
-    tagged BT.2020 with that transfer, 1-s keyframes."""
+    tagged BT.2020 with that transfer, 1-s keyframes. At least 144 rows: NVDEC takes no smaller HEVC (stop 31's
+    H100 lease: a 64-row clip fell back to PyAV, so the gpu test never saw NVDEC's tone mapping)."""
     names = list(BARS) if transfer == "pq" else ["dark", "grey", "light"]
     values = [_pq_signal(BARS[n]) if transfer == "pq" else np.full(3, _hlg_grey_signal(BARS[n][0])) for n in names]
     picture = np.zeros((height, width, 3))
@@ -123,7 +125,10 @@ def _bar_colours(image: np.ndarray, count: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def hdr_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("hdr")
-    return {kind: make_hdr_clip(root / f"bars_{kind}.mp4", kind) for kind in ("pq", "hlg")}
+    clips = {kind: make_hdr_clip(root / f"bars_{kind}.mp4", kind) for kind in ("pq", "hlg")}
+    for clip in clips.values():  # the gpu test checks NVDEC's colours, not the PyAV fallback's
+        assert nvdec_limitation(probe_video(clip)) is None, clip
+    return clips
 
 
 def test_probe_names_the_transfer_and_the_cpu_sampler_shows_the_sdr_colours(hdr_clips: dict[str, Path]) -> None:
@@ -162,7 +167,7 @@ def test_the_reel_shows_hdr_sources_in_their_sdr_colours(hdr_clips: dict[str, Pa
     listing.write_text(json.dumps({"highlights": [{"path": str(hdr_clips["pq"]), "score": 0.9}]}))
     out = tmp_path / "reel.mp4"
     result = CliRunner().invoke(cli, ["reel", str(listing), str(out), "--min-score", "0", "--clip-seconds", "2",
-                                      "--resolution", "240x64", "--fps", "10", "--no-transitions", "--device", "cpu"])
+                                      "--resolution", "384x160", "--fps", "10", "--no-transitions", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     with av.open(str(out)) as reel:
         stream = reel.streams.video[0]
