@@ -8,6 +8,7 @@ import glob
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 from contextlib import contextmanager
@@ -131,13 +132,30 @@ def _is_zombie(pid: int) -> bool:
         return False
 
 
+_TEMP_TAIL = re.compile(r"\.(\d+)-\d+\.tmp$")
+_CUT_DIGEST = re.compile(rb"~[0-9a-f]{8}\.$")
+
+
+def _named_like(base: bytes, prefix: bytes) -> bool:
+    """Whether a temporary's ``NAME.`` (``base``, with the dot before its PID, so a prefix ``NAME.`` asks for
+    NAME itself) starts with ``prefix``, also where ``temp_name`` cut NAME short: then the part kept (before its
+    ``~hash``) must start the prefix, as far as it goes."""
+    if base.startswith(prefix):
+        return True
+    digest = _CUT_DIGEST.search(base)
+    return digest is not None and prefix.startswith(base[:digest.start()])
+
+
 def dead_temporaries(directory: Path, prefix: str = "") -> list[Path]:
     """Temporary files of ``atomic_path`` (``.NAME.PID-THREAD.tmp``) in ``directory`` whose process is gone: a
-    killed run's; a live one (another run's) is not listed. ``prefix``: only those whose NAME starts with it."""
+    killed run's; a live one (another run's) is not listed. ``prefix``: only those whose NAME starts with it,
+    shortened names (``temp_name``'s, of names near ``NAME_MAX``) included."""
     dead = []
-    for tmp in directory.glob(f".{glob.escape(prefix)}*.tmp"):
-        pid_text = tmp.name.rsplit(".", 2)[-2].split("-")[0]
-        if pid_text.isdigit() and process_gone(int(pid_text)):
+    wanted = os.fsencode(prefix)
+    # NAME is never cut to under ~200 bytes: 50 letters of the prefix (4 bytes at most each) are in every name
+    for tmp in directory.glob(f".{glob.escape(prefix[:50])}*.tmp"):
+        tail = _TEMP_TAIL.search(tmp.name)
+        if tail and _named_like(os.fsencode(tmp.name[1:tail.start() + 1]), wanted) and process_gone(int(tail.group(1))):
             dead.append(tmp)
     return dead
 

@@ -94,3 +94,27 @@ def test_a_long_but_legal_name_gets_a_temporary_name_the_file_system_takes(tmp_p
     with atomic_path(tmp_path / first) as tmp:
         tmp.write_text("done")
     assert (tmp_path / first).read_text() == "done" and temp_name("short.csv").startswith(".short.csv.")
+
+
+def test_a_killed_runs_shortened_temporary_is_swept_as_its_name_asks(tmp_path: Path) -> None:
+    """A temporary whose NAME ``temp_name`` cut short (a reel named near ``NAME_MAX`` bytes) did not start with the
+    reel's name, so a rerun after ``kill -9`` kept it forever; one of another long name is kept (one sharing all
+    of the part kept, ~214 bytes, would be taken too: only a dead process's, never another tool's by chance)."""
+    import subprocess
+    import sys
+
+    from quadvault_dali._files import dead_temporaries, temp_name
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    reel = "é" * 110 + "flight.mp4"  # 230 bytes: its clip list's temporary is cut
+    other = "other " + "é" * 110 + ".mp4"
+    theirs = {}
+    for name in (f"{reel}.clips.csv", f"{other}.clips.csv", "short.mp4.clips.csv"):
+        short = temp_name(name).replace(f".{os.getpid()}-", f".{child.pid}-")
+        theirs[name] = tmp_path / short
+        theirs[name].write_text("x")
+    assert "~" in theirs[f"{reel}.clips.csv"].name  # cut, with its hash
+    assert dead_temporaries(tmp_path, f"{reel}.clips.csv.") == [theirs[f"{reel}.clips.csv"]]
+    assert dead_temporaries(tmp_path, "short.mp4") == [theirs["short.mp4.clips.csv"]]
+    assert len(dead_temporaries(tmp_path)) == 3
