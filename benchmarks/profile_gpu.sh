@@ -21,7 +21,8 @@ mkdir -p "$OUT"
 dir=$(mktemp -d)
 failed=0
 for kind in wall gil; do
-  case $kind in wall) flags="--idle --threads" ;; gil) flags="--gil --threads" ;; esac
+  # --subprocesses: a process layout's decoding children (6p2x4x4f) are sampled too, each stack under its PID
+  case $kind in wall) flags="--idle --threads --subprocesses" ;; gil) flags="--gil --threads --subprocesses" ;; esac
   started=$SECONDS
   # shellcheck disable=SC2086
   # py-spy writes its stacks when the profiled command ends: --duration ends the sampling in time
