@@ -61,7 +61,8 @@ def scan_options(func: Callable[..., Any]) -> Callable[..., Any]:
                           "per clip; ffmpeg: FFmpeg's decoders through PyAV, one kept open per stream and fed "
                           "every video's packets (H.264 and HEVC; other codecs decode on the CPU). On an H200 "
                           "with --processes 4 --streams 2 it sampled 2.1x the 1080p frames/s of the DALI "
-                          "default (docs/scan.md)."),
+                          "default, but an H100 scan of 200 videos took 2.1x as long: its processes start "
+                          "slowly and decoding is not what bounds a scan (docs/scan.md)."),
         click.option("--batch-size", type=click.IntRange(1, 4096), default=64, show_default=True,
                      help="Frames per inference batch (mixing videos)."),
         click.option("--gpus", default=None, metavar="all|0,1",
