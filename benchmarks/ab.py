@@ -82,7 +82,10 @@ def scan_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
                     "vs_keyframe": ratio, "verdict": _verdict(ratio), "why": _why(r),
                     # start-up left out (``scan_bench.completion_profile``): what a large library's scan would take
                     "steady_vs_cat": r.get("steady_vs_cat_read"), "first_video_s": r.get("first_video_s"),
-                    "after_last_video_s": r.get("after_last_video_s")})
+                    "after_last_video_s": r.get("after_last_video_s"),
+                    # when the scanning loop started decoding and scoring (``ScanSummary.phases``, stop 31 on)
+                    "phases": {k: v for k, v in (r.get("phases") or {}).items()
+                               if k in ("scanning", "first_batch", "first_frames_scored")}})
     return out
 
 
@@ -119,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                       if r["steady_vs_cat"] is not None else "")
             if r["after_last_video_s"] is not None:
                 steady += f", {r['after_last_video_s']:.1f} s after the last"
+            if r["phases"]:  # the start-up: the loop began, the first batch came out of the sampler, was scored
+                steady += " (" + ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in r["phases"].items()) + ")"
             print(f"  {r['row']:16} {r['wall_s']:7.1f} s  {vs_cat:10} {ratio:>6} {r['verdict']:6}  {r['why']}{steady}")
     return 0
 

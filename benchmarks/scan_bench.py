@@ -246,6 +246,8 @@ def run_scan(files: list[Path], out: Path, device: str, model_dir: Path, streams
             "decode_wait_share": round(run.dali_wait_s / (wall * streams), 3)
             if run.dali_samples and processes == 1 else None,
             **completion_profile(out, started_at, wall),
+            # seconds from the call's start to each milestone (discovery, resume plan, sampler, first batch...)
+            "phases": summary.phases,
             **busy.summary()}
 
 

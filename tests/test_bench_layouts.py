@@ -263,6 +263,8 @@ def test_each_bench_scan_runs_in_a_fresh_process_and_a_crash_costs_only_its_row(
     here = scan_bench.run_scan(files, tmp_path / "b", "cpu", model, 1, 4, mode="keyframe")
     assert (alone["videos"], alone["sampled_frames"], alone["errors"]) == (here["videos"], here["sampled_frames"], 0)
     assert alone["sampled_frames"] == 6
+    # the row says where its start-up went (the child's phases cross the pipe as JSON)
+    assert alone["phases"]["scanning"] <= alone["phases"]["first_frames_scored"] <= alone["wall_s"], alone["phases"]
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(CRASHING_SCAN_HOOK)

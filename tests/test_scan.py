@@ -17,7 +17,7 @@ import pytest
 from quadvault_dali.errors import OutputError
 from quadvault_dali.scan import SCHEMA_VERSION, ModelRef, combined_fingerprint
 from quadvault_dali.scan.schema import SCHEMAS
-from quadvault_dali.scan.runner import ScanOptions, in_shard, scan_library
+from quadvault_dali.scan.runner import SCAN_MARKS, ScanOptions, in_shard, scan_library
 from quadvault_dali.scan.shards import complete_shards, read_metadata, read_table, shard_name
 from quadvault_dali.synth import SynthSpec, make_video
 
@@ -123,6 +123,12 @@ def test_every_video_gets_its_rows(library: Path, tmp_path: Path) -> None:
     assert summary.line == (f"Total scanned: 9 — Highlights found: 3 — Errors: 4 — "
                             f"Results saved to: {tmp_path / 'out'}")
     assert tree_hash(library) == before  # nothing written, touched or re-timed in the library
+    # where the start-up went, in the order the scan got there (scorers were given: no models_loaded)
+    at = summary.phases
+    assert set(at) == {"files_found", "resume_planned", "scanning", *SCAN_MARKS, "scanned", "report_written"}, at
+    assert list(at) == sorted(at, key=at.get) and 0 <= at["files_found"] and at["report_written"] <= summary.wall_s
+    assert (at["files_found"] <= at["resume_planned"] <= at["scanning"] <= at["sampler_created"] <= at["first_batch"]
+            <= min(at["first_frames_scored"], at["first_video_done"]) <= at["scanned"] <= at["report_written"])
 
 
 def test_resume_skips_done_and_rescans_changed_files(library: Path, tmp_path: Path) -> None:

@@ -108,12 +108,25 @@ class RunStats:
     dali_frames: int = 0
     dali_wait_s: float = 0.0  # time its decode streams waited for a prepared clip, summed (benchmarks)
     shards: list[str] = field(default_factory=list)
+    #: ``time.monotonic()`` (one clock for every process of the machine) when the scanning loop reached each
+    #: ``SCAN_MARKS`` milestone: where a scan's start-up goes
+    marks: dict[str, float] = field(default_factory=dict)
 
     def merge(self, other: "RunStats") -> None:
         for name in ("videos", "errors", "highlights", "frames", "bytes_read", "file_bytes", "video_seconds",
                      "cpu_fallbacks", "dali_samples", "dali_frames", "dali_wait_s"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.shards.extend(other.shards)
+        for name, when in other.marks.items():  # the first worker to get there
+            self.marks[name] = min(when, self.marks.get(name, when))
+
+    def mark(self, name: str) -> None:
+        """Notes the first time the run reached ``name``."""
+        self.marks.setdefault(name, time.monotonic())
+
+
+#: The scanning loop's milestones (``RunStats.marks``), in the order a scan reaches them
+SCAN_MARKS = ("sampler_created", "first_batch", "first_frames_scored", "first_video_done")
 
 
 @dataclass
@@ -129,6 +142,9 @@ class ScanSummary:
     unreadable: list[Path] = field(default_factory=list)
     #: videos whose path is not valid UTF-8 (shown with ``\xNN``): Parquet text cannot hold it, so no row
     not_utf8: list[str] = field(default_factory=list)
+    #: seconds from the call's start to each milestone it reached, in order: ``models_loaded``, ``files_found``,
+    #: ``resume_planned``, ``scanning`` (the loop starts), ``SCAN_MARKS``, ``scanned``, ``report_written``
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def line(self) -> str:
@@ -330,12 +346,13 @@ def scan_files(files: Sequence[FileState], scorers: Sequence[Scorer], options: S
                              stream_decode=options.stream_decode, prepare_processes=options.prepare_processes,
                              spread_min_frames=options.spread_min_frames, budget_samples=options.budget_samples,
                              decode_client=options.decode_client)
+    stats = RunStats()
+    stats.mark("sampler_created")
     writer = ShardWriter(options.out_dir, tag=tag, seconds_meta=metadata_for("seconds", models, options.threshold),
                          videos_meta=metadata_for("videos", models, options.threshold),
                          max_videos=options.shard_videos, max_seconds=options.shard_seconds)
     agg = Aggregator(threshold=options.threshold, model_fingerprint=fingerprint, fps=options.fps)
     by_path = {f.path: f for f in files}
-    stats = RunStats()
     journal = CrashJournal(options.out_dir, tag)
 
     def record(state: FileState, outcome: VideoOutcome | None, error: DecodeError | None = None) -> None:
@@ -378,13 +395,16 @@ def scan_files(files: Sequence[FileState], scorers: Sequence[Scorer], options: S
         with torch.inference_mode(), StallWatch(journal) as watch:
             for batch in sampler.iter_batches(sources()):
                 watch.beat()
+                stats.mark("first_batch")
                 if len(batch):
                     agg.add(batch.paths, batch.timestamps, score_batch(scorers, batch.frames))
                     stats.frames += len(batch)
+                    stats.mark("first_frames_scored")
                 for outcome in batch.completed:
                     state = by_path.get(outcome.path) or by_path[Path(outcome.path)]
                     record(state, outcome)
                     journal.finished(state.path)
+                    stats.mark("first_video_done")
                 writer.tick()
                 if on_progress is not None:
                     on_progress(stats)
@@ -444,6 +464,8 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
     ``on_progress(stats, total_todo)`` is called after every batch.
     """
     started = time.perf_counter()
+    began = time.monotonic()
+    marks: dict[str, float] = {}
     libs = [Path(os.path.abspath(p)) for p in libraries]  # as given: resume matches files by their real path too
     for lib in libs:
         if not lib.exists():
@@ -468,6 +490,7 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
     if scorers is None:
         scorers = _load_scorers(model_paths, options, gpus)
         warn_repeated(scorers)
+        marks["models_loaded"] = time.monotonic()
     if options.threshold is None:
         options.threshold = mean_threshold(float(getattr(s, "threshold", DEFAULT_THRESHOLD)) for s in scorers)
     models = model_refs(scorers)
@@ -492,6 +515,7 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
         unreadable: list[Path] = []
         not_utf8: list[str] = []
         files = select_files(libs, options.shard, unreadable=unreadable, not_utf8=not_utf8)
+        marks["files_found"] = time.monotonic()
         reached = {str(f.path) for f in files} | {f.real_path for f in files}
         for lib in libs:
             under = {str(lib) + os.sep, os.path.realpath(lib) + os.sep}  # as given, or the files' real paths
@@ -504,6 +528,7 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
                            nvdec_fingerprints=combined_older_fingerprints(scorers, "nvdec_fingerprints"),
                            sdr_fingerprints=combined_older_fingerprints(scorers, "sdr_fingerprints"),
                            older_fingerprints=combined_older_fingerprints(scorers, "older_fingerprints"))
+        marks["resume_planned"] = time.monotonic()
         if plan.other_models and not options.replace_models:
             refuse_other_models(out, plan.other_models, models, reusable=reusable_count(out, plan, models))
         rescored = _rescore_stored(out, plan, models, options)
@@ -541,6 +566,7 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
                      "removed, e.g. %s", len(plan.gone), plan.gone[0])
         progress = (lambda s: on_progress(s, len(plan.todo))) if on_progress else None
         crashed = _isolate_crashers(out, plan.todo, scorers, options)
+        marks["scanning"] = time.monotonic()
         if gpus and len(gpus) > 1:
             from .parallel import scan_on_gpus
             stats = scan_on_gpus(plan.todo, [Path(p) for p in model_paths], options, gpus, on_progress=progress,
@@ -548,13 +574,19 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
             journal_path(out, options.tag).unlink(missing_ok=True)  # the workers settled every suspect
         else:
             stats = scan_files(plan.todo, scorers, options, tag=options.tag, on_progress=progress, crashed=crashed)
+        marks.update(stats.marks)
+        marks["scanned"] = time.monotonic()
         totals = write_report(out, options, models, libs)  # first: a stop while merging leaves it current
+        marks["report_written"] = time.monotonic()
         compact_shards(out, job_tags(out, options.tag), options.shard_videos, held=options.tag)
     finally:
         lock.release()
         layout.release()
+    phases = {name: round(when - began, 3) for name, when in sorted(marks.items(), key=lambda item: item[1])}
+    log.debug("start-up and end of the scan, seconds from its start: %s",
+              ", ".join(f"{name.replace('_', ' ')} {at:.2f}" for name, at in phases.items()))
     return ScanSummary(out, totals, stats, len(plan.skipped), superseded, time.perf_counter() - started,
-                       highlights_path, unreadable, not_utf8)
+                       highlights_path, unreadable, not_utf8, phases)
 
 
 def _rescore_stored(out: Path, plan: ResumePlan, models: Sequence[ModelRef], options: ScanOptions) -> set[FileState]:
