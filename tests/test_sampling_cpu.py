@@ -7,6 +7,8 @@ stands for.
 
 from __future__ import annotations
 
+import logging
+
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +100,19 @@ def test_exact_mode_reads_and_decodes_only_gop_prefixes(make_clip) -> None:
     assert times == pytest.approx(list(range(10)), abs=1e-6)
     _check_stamps(frames, times)
     assert 0.3 * clip.stat().st_size < exact.bytes_read < 0.75 * clip.stat().st_size
+
+
+def test_exact_mode_cuts_av1_gop_prefixes_too(make_clip, caplog: pytest.LogCaptureFixture) -> None:
+    """AV1's runs could not be cut (PyAV looked an encoder up by the decoder's name, libdav1d): every AV1 video
+    in exact mode decoded its whole stream in order, reading several times the file (a corpus review's find)."""
+    clip = make_clip("samp_av1_gop2.mp4", codec="av1", width=640, height=360, duration_s=6.0,
+                     keyframe_interval_s=2.0, bit_rate=4_000_000, style="highlight")
+    with caplog.at_level(logging.INFO, logger="quadvault_dali"):
+        frames, times, exact = create_sampler("cpu", mode="exact", size=64).sample_video(clip)
+    assert times == pytest.approx(list(range(6)), abs=1e-6)
+    _check_stamps(frames, times)
+    assert not [r for r in caplog.records if "did not decode on their own" in r.getMessage()], caplog.text
+    assert exact.bytes_read < 0.8 * clip.stat().st_size
 
 
 def test_half_frame_rate_and_two_fps(make_clip) -> None:
