@@ -712,8 +712,10 @@ def probe_open(container: av.container.InputContainer, path: Path) -> tuple[Vide
     coded_w, coded_h = (setup.width, setup.height) if setup is not None else (stream.width, stream.height)
     width, height = (coded_h, coded_w) if rotation in (90, 270) else (coded_w, coded_h)
 
-    is_vfr = bool(len(deltas) > 2 and np.median(deltas) > 0
-                  and (deltas.max() - deltas.min()) > 0.5 * np.median(deltas))
+    # the pictures shown: an edit list's hidden lead-in, timed before zero, made a constant-rate clip look variable
+    shown_deltas = np.diff(np.sort(index.pts[index.shown])) if index.shown.any() else deltas
+    is_vfr = bool(len(shown_deltas) > 2 and np.median(shown_deltas) > 0
+                  and (shown_deltas.max() - shown_deltas.min()) > 0.5 * np.median(shown_deltas))
     # the index's zero (a Matroska stream without decode times was given the start of its first packet that had
     # one: 6 s into a 1-fps time-lapse, and a reel's sound was cut 6 s off its pictures)
     start = _seconds(index.origin_ticks if index.origin_ticks is not None else stream.start_time, tb) or 0.0

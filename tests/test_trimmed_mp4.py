@@ -284,6 +284,7 @@ def test_a_real_edit_listed_clip_samples_from_its_first_shown_picture(corpus: Pa
     path = corpus / "androidx+media/libraries/test_data/src/test/assets/media/mp4/sample_edit_list.mp4"
     info, index = probe.probe_video(path, with_index=True)
     assert int(np.count_nonzero(~index.shown)) == 8 and info.frame_count == 77
+    assert not info.is_vfr  # its shown pictures are 33-35 ms apart; the hidden ones before zero made it "variable"
     assert info.keyframe_times[0] == pytest.approx(0.6, abs=1e-6)
     clips, _, _, _ = _build(path, "exact", fps=2.0)
     times = [t for c in clips for t in c.times]
