@@ -202,6 +202,16 @@ def _print_summary(summary: Any) -> None:
         more = f" and {len(summary.not_utf8) - 3} more" if len(summary.not_utf8) > 3 else ""
         click.echo(f"Warning: {len(summary.not_utf8)} videos were skipped because their paths are not valid UTF-8 "
                    f"(rename them to scan them): {shown}{more}", err=True)
+    failed = summary.totals.failed
+    if failed:
+        n = summary.totals.errors
+        click.echo(f"Failed videos ({n:,} in {summary.out_dir}, each with an error row; a scan tries one again once "
+                   f"it changes, or with --retry-errors):")
+        for message in failed:
+            click.echo(f"  {message}")
+        if n > len(failed):
+            click.echo(f"  ... and {n - len(failed):,} more: SELECT path, error_message FROM "
+                       f"'{summary.out_dir}/videos/*.parquet' WHERE status = 'error' (DuckDB)")
     click.echo(f"Highlights: {summary.highlights_path}")
     click.echo(summary.line)
 

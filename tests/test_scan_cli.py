@@ -85,6 +85,9 @@ def test_kill_9_then_resume_equals_a_clean_run(library: Path, model_dir: Path, t
     assert resumed.returncode == 0, resumed.stderr
     assert re.search(r"([\d,]+) already done", resumed.stdout).group(1) == str(done_before)  # one video a shard
     assert "Total scanned: 17 — " in resumed.stdout and "Errors: 4" in resumed.stdout
+    # the folder's failed videos close the log, each with its reason (not only scattered warnings)
+    listed = resumed.stdout.split("Failed videos (4 in ")[1].split("\nHighlights:")[0].splitlines()[1:]
+    assert sorted(line.strip().split(": ")[0] for line in listed) == sorted(str(library / rel) for rel in BROKEN)
     clean = subprocess.run(_cmd(library, model_dir, clean_out), capture_output=True, text=True, timeout=300)
     assert clean.returncode == 0, clean.stderr
     assert _rows(killed_out) == _rows(clean_out)

@@ -39,6 +39,13 @@ class FolderTotals:
     #: videos in the folder scored by other models than this run's (rows of files outside this run's library,
     #: which it did not rescan): their scores are another model's
     other_models: int = 0
+    #: the error messages (``path: why``) of the first ``FAILED_LISTED`` failed videos by path: what an overnight
+    #: log ends with, not scattered among 18,000 videos' progress lines
+    failed: tuple[str, ...] = ()
+
+
+#: How many failed videos ``FolderTotals.failed`` names
+FAILED_LISTED = 20
 
 
 def highlights_document(out_dir: Path, *, threshold: float, models: Sequence[ModelRef],
@@ -57,7 +64,7 @@ def _highlights_document(out_dir: Path, *, threshold: float, models: Sequence[Mo
     this run's library, whose other-model rows ``FolderTotals.other_models`` leaves out (the document lists
     them all): a --shard job's other half, or rows kept for an unplugged disk, are not another library's."""
     cols = ["video_id", "path", "score", "best_timestamp_s", "score_max", "score_top3_mean",
-            "frac_above_threshold", "duration_s", "status", "model_fingerprint"]
+            "frac_above_threshold", "duration_s", "status", "model_fingerprint", "error_message"]
     chosen = [(name, row) for name, row in latest_video_rows(out_dir, columns=cols)  # one per path, with its shard
               if row["path"] not in excluding]
     rows = [row for _, row in chosen]
@@ -67,7 +74,8 @@ def _highlights_document(out_dir: Path, *, threshold: float, models: Sequence[Mo
                         key=lambda pair: (-pair[1]["score"], pair[1]["path"]))
     best = [r for _, r in best_pairs]
     fractions = _fractions_above(out_dir, best_pairs, threshold)
-    errors = sum(1 for r in rows if r["status"] == "error")
+    failed = sorted((r for r in rows if r["status"] == "error"), key=lambda r: str(r["path"]))
+    errors = len(failed)
     ours = combined_fingerprint(models)
     # scores of another model; an error row (a broken file) is no model's result, as the scan's refusal counts
     others = Counter(str(r["model_fingerprint"]) for r in rows if r["model_fingerprint"] != ours and r["status"] == "ok")
@@ -93,7 +101,8 @@ def _highlights_document(out_dir: Path, *, threshold: float, models: Sequence[Mo
     }
     outside = sum(1 for r in rows if r["model_fingerprint"] != ours and r["status"] == "ok"
                   and not (inside and inside(str(r["path"]))))
-    return doc, FolderTotals(len(rows), len(best), errors, outside)
+    listed = tuple(str(r["error_message"] or f"{r['path']}: failed") for r in failed[:FAILED_LISTED])
+    return doc, FolderTotals(len(rows), len(best), errors, outside, listed)
 
 
 def _fractions_above(out_dir: Path, chosen: list[tuple[str, dict]], threshold: float) -> dict[str, float]:
