@@ -53,6 +53,26 @@ def test_top_min_score_and_order() -> None:
     assert [c.window.path.name for c in by_time.clips] == ["v4.mp4", "v3.mp4", "v1.mp4"]  # oldest mtime first
 
 
+def test_order_time_follows_the_camera_date_before_the_file_time() -> None:
+    """A library copied off SD cards has the copy's mtimes: --order time sorted by them while the scan holds the
+    camera's date (recorded_at), which the README's own month query uses (a README review's find)."""
+    from dataclasses import replace
+    from datetime import datetime, timezone
+
+    def shot(year: int) -> datetime:
+        return datetime(year, 6, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+
+    copied = 1_900_000_000 * 10**9  # every file copied in 2030, newest copy first
+    vids = [replace(video("flight_2020.mp4", [0.9] * 4, mtime_ns=copied + 3), recorded_at=shot(2020)),
+            replace(video("flight_2024.mp4", [0.9] * 4, mtime_ns=copied + 1), recorded_at=shot(2024)),
+            video("phone_no_date.mp4", [0.9] * 4, mtime_ns=int(shot(2022).timestamp()) * 10**9),
+            replace(video("flight_2018.mp4", [0.9] * 4, mtime_ns=copied + 2), recorded_at=shot(2018))]
+    plan = plan_reel(vids, min_score=0.5, order="time")
+    assert [c.window.path.name for c in plan.clips] == ["flight_2018.mp4", "flight_2020.mp4", "phone_no_date.mp4",
+                                                        "flight_2024.mp4"]
+    assert vids[0].taken_ns == (int(shot(2020).timestamp()) * 10**6 + 123456) * 1000  # to the microsecond
+
+
 def test_duration_counts_crossfades_on_the_frame_grid() -> None:
     vids = [video(f"v{i}.mp4", [0.9 - i * 0.01] * 8) for i in range(5)]
     plan = plan_reel(vids, min_score=0.5, max_duration_s=11.0, clip_seconds=4.0, fade_s=0.5, fps=30)
@@ -163,3 +183,26 @@ def test_equal_windows_are_taken_earliest_first_whatever_the_rounding() -> None:
     clip = video("v.mp4", [1.13e-9] + [1.0] * 11)
     assert [(w.in_s, w.out_s) for w in best_windows(clip, 3.0, per_video=3)] == [(1.0, 4.0), (4.0, 7.0),
                                                                                   (7.0, 10.0)]
+
+
+def test_a_scan_folder_gives_the_reel_its_camera_dates(tmp_path: Path) -> None:
+    """The scan's recorded_at reaches the reel: copied files (mtimes in copy order) come out as they were shot."""
+    import os
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _scan_helpers import WarmScorer
+
+    from quadvault_dali.scan.runner import ScanOptions, scan_library
+    from quadvault_dali.synth import SynthSpec, make_video
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for i, (name, shot) in enumerate((("a.mp4", "2024-05-01T10:00:00Z"), ("b.mp4", "2019-05-01T10:00:00Z"),
+                                      ("c.mp4", "2021-05-01T10:00:00Z"))):
+        make_video(lib / name, SynthSpec(width=64, height=64, duration_s=3.0, style="highlight", seed=i,
+                                         recorded_at=shot))
+        os.utime(lib / name, (1_900_000_000 + i, 1_900_000_000 + i))  # copied a, b, c in turn
+    scan_library([lib], ScanOptions(out_dir=tmp_path / "scan", device="cpu", threshold=0.0), scorers=[WarmScorer()])
+    plan = plan_reel(load_scores(tmp_path / "scan").videos, min_score=0.0, clip_seconds=2.0, order="time")
+    assert [c.window.path.name for c in plan.clips] == ["b.mp4", "c.mp4", "a.mp4"]

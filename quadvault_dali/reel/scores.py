@@ -11,6 +11,7 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,8 @@ from ..scan.shards import (chosen_seconds, complete_shards, describe_models, fol
                            model_names, read_settled)
 
 log = logging.getLogger(__name__)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -41,10 +44,21 @@ class VideoScores:
     scanned_id: str | None = None
     times: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
     scores: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
+    #: when the camera recorded it (the scan's ``recorded_at``; ``None`` where the container says nothing)
+    recorded_at: datetime | None = None
 
     @property
     def has_seconds(self) -> bool:
         return self.times.size > 0
+
+    @property
+    def taken_ns(self) -> int | None:
+        """When the footage was shot, for ``--order time``: the camera's date, else the file's mtime (a library
+        copied off SD cards or restored from a backup has the copy's mtimes)."""
+        if self.recorded_at is not None:  # the scan's UTC timestamp, to the microsecond
+            recorded = self.recorded_at if self.recorded_at.tzinfo else self.recorded_at.replace(tzinfo=timezone.utc)
+            return (recorded - _EPOCH) // timedelta(microseconds=1) * 1000
+        return self.mtime_ns
 
 
 @dataclass(frozen=True)
@@ -116,7 +130,8 @@ def _load_scan_folder(root: Path) -> ScoreSource:
         out.append(VideoScores(path=Path(row["path"]), duration_s=row.get("duration_s"),
                                video_score=row.get("score"), best_timestamp_s=row.get("best_timestamp_s"),
                                rotation=row.get("rotation"), fps=row.get("fps"), mtime_ns=row.get("mtime_ns"),
-                               size_bytes=row.get("size_bytes"), times=t, scores=s))
+                               size_bytes=row.get("size_bytes"), times=t, scores=s,
+                               recorded_at=row.get("recorded_at")))
     log.info("read %d scored videos (%d failed or unscored) from %s", len(out), failed, root)
     return ScoreSource(root, out, per_second=True, failed_videos=failed, threshold=_scan_threshold(root, ok))
 

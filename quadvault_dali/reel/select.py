@@ -40,7 +40,7 @@ class Window:
     out_s: float
     score: float
     how: str = "seconds"  # seconds | best-second | middle: how the window was placed
-    mtime_ns: int | None = None
+    taken_ns: int | None = None  # when its footage was shot (``VideoScores.taken_ns``): --order time
 
     @property
     def length_s(self) -> float:
@@ -117,7 +117,7 @@ def best_windows(video: VideoScores, clip_seconds: float, per_video: int = 1) ->
         a = float(starts[i])
         if any(a < w.out_s - _EPS and w.in_s < a + length - _EPS for w in chosen):
             continue
-        chosen.append(Window(video.path, a, a + length, float(means[i]), "seconds", video.mtime_ns))
+        chosen.append(Window(video.path, a, a + length, float(means[i]), "seconds", video.taken_ns))
         if len(chosen) >= per_video:
             break
     return chosen
@@ -130,7 +130,7 @@ def _centred_window(video: VideoScores, duration: float, length: float) -> Windo
     else:
         centre, how = duration / 2.0, "middle"
     start = min(max(0.0, centre - length / 2.0), duration - length)
-    return Window(video.path, start, start + length, float(video.video_score or 0.0), how, video.mtime_ns)
+    return Window(video.path, start, start + length, float(video.video_score or 0.0), how, video.taken_ns)
 
 
 def plan_reel(videos: Sequence[VideoScores], *, clip_seconds: float = 4.0, top: int = 50,
@@ -204,7 +204,7 @@ def plan_reel(videos: Sequence[VideoScores], *, clip_seconds: float = 4.0, top: 
             hints.append("raise --clip-seconds or --fps")
         raise EmptySelectionError("; ".join(reasons), hint="; ".join(hints))
     if order == "time":
-        picked.sort(key=lambda p: (p[0].mtime_ns or 0, str(p[0].path), p[0].in_s))
+        picked.sort(key=lambda p: (p[0].taken_ns or 0, str(p[0].path), p[0].in_s))
     clips, start = [], 0
     for pos, (w, frames) in enumerate(picked, 1):
         clips.append(PlannedClip(pos, w, start, frames, fps))
