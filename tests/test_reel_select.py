@@ -206,3 +206,35 @@ def test_a_scan_folder_gives_the_reel_its_camera_dates(tmp_path: Path) -> None:
     scan_library([lib], ScanOptions(out_dir=tmp_path / "scan", device="cpu", threshold=0.0), scorers=[WarmScorer()])
     plan = plan_reel(load_scores(tmp_path / "scan").videos, min_score=0.0, clip_seconds=2.0, order="time")
     assert [c.window.path.name for c in plan.clips] == ["b.mp4", "c.mp4", "a.mp4"]
+
+
+def test_a_scans_highlights_json_is_cut_with_the_seconds_beside_it(tmp_path: Path) -> None:
+    """``reel scan/highlights.json`` (the reel's --help example) read the list only and centred each window on
+    the best second, though the scan's per-second scores are in the same folder (a README review's find). The
+    list still says which videos; a listed file the folder holds as another version keeps the list's entry."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _scan_helpers import StampScorer
+
+    from quadvault_dali.scan.runner import ScanOptions, scan_library
+    from quadvault_dali.synth import SynthSpec, make_video
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for i in range(3):
+        make_video(lib / f"v{i}.mp4", SynthSpec(width=64, height=64, duration_s=4.0, source_id=i + 1, seed=i))
+    scan_library([lib], ScanOptions(out_dir=tmp_path / "scan", device="cpu", threshold=0.015),
+                 scorers=[StampScorer()])  # scores (source_id * 1000 + centiseconds) / 1e5: v0 is under 0.015
+    listing = tmp_path / "scan" / "highlights.json"
+    doc = json.loads(listing.read_text())
+    assert [Path(h["path"]).name for h in doc["highlights"]] == ["v2.mp4", "v1.mp4"]
+    from_list = load_scores(listing)
+    from_folder = {v.path: v for v in load_scores(tmp_path / "scan").videos}
+    assert [v.path.name for v in from_list.videos] == ["v2.mp4", "v1.mp4"] and from_list.per_second
+    for v in from_list.videos:
+        assert np.array_equal(v.times, from_folder[v.path].times) and np.array_equal(v.scores, from_folder[v.path].scores)
+    doc["highlights"][1]["video_id"] = "another version of the file"
+    listing.write_text(json.dumps(doc))
+    stale = load_scores(listing)
+    assert [v.has_seconds for v in stale.videos] == [True, False] and not stale.per_second

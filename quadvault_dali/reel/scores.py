@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import QuadvaultError
+from ..scan.schema import video_id
 from ..scan.shards import (chosen_seconds, complete_shards, describe_models, folder_threshold, latest_video_rows,
                            model_names, read_settled)
 
@@ -77,7 +78,7 @@ def load_scores(path: str | Path) -> ScoreSource:
     """Loads a scan folder or a ``highlights.json``; raises ``QuadvaultError`` naming what is missing."""
     path = Path(path)
     if path.is_dir():
-        if (path / "videos").is_dir() and any((path / "seconds").glob("part-*.parquet")):
+        if _is_scan_folder(path):
             return read_settled(lambda: _load_scan_folder(path))
         if (path / "highlights.json").is_file():
             log.warning("%s has no per-second scores (seconds/*.parquet); using highlights.json only", path)
@@ -85,10 +86,37 @@ def load_scores(path: str | Path) -> ScoreSource:
         raise QuadvaultError("not a scan folder: no seconds/part-*.parquet and no highlights.json", path=path,
                              hint="pass the --out folder of 'quadvault scan', or its highlights.json")
     if path.is_file() and path.suffix.lower() == ".json":
-        return load_highlights_json(path)
+        listed = load_highlights_json(path)
+        if _is_scan_folder(path.parent):  # a scan's own highlights.json: its seconds are beside it
+            return _with_seconds_of_scan(listed, read_settled(lambda: _load_scan_folder(path.parent)))
+        return listed
     if not path.exists():
         raise QuadvaultError("scores not found", path=path, hint="pass a scan folder or a highlights.json")
     raise QuadvaultError("not a scan folder or a .json file", path=path)
+
+
+def _is_scan_folder(path: Path) -> bool:
+    return (path / "videos").is_dir() and any((path / "seconds").glob("part-*.parquet"))
+
+
+def _with_seconds_of_scan(listed: ScoreSource, scan: ScoreSource) -> ScoreSource:
+    """The videos ``listed`` (a scan's highlights.json) with the per-second scores of ``scan``, its folder: each
+    window is then the best run of seconds, not centred on the best second (``reel scan/highlights.json`` cut 1.5 s
+    of dull take-off into a 4-s window the folder placed on the highlight; a README review's find). A listed
+    video the folder no longer holds as that file keeps the list's own entry."""
+    scanned = {v.path: v for v in scan.videos}
+    videos = [scanned[v.path] if v.path in scanned and (v.scanned_id is None or _same_version(v, scanned[v.path]))
+              else v for v in listed.videos]
+    with_seconds = sum(v.has_seconds for v in videos)
+    log.info("per-second scores of %d of the %d listed videos from %s", with_seconds, len(videos), scan.origin)
+    return ScoreSource(listed.origin, videos, per_second=with_seconds == len(videos), threshold=listed.threshold)
+
+
+def _same_version(listed: VideoScores, scanned: VideoScores) -> bool:
+    """Whether the folder's row is of the file the list named (``video_id``: path, size and mtime)."""
+    if scanned.size_bytes is None or scanned.mtime_ns is None:
+        return True
+    return video_id(str(scanned.path), scanned.size_bytes, scanned.mtime_ns) == listed.scanned_id
 
 
 def _load_scan_folder(root: Path) -> ScoreSource:
