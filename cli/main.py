@@ -50,7 +50,9 @@ class LazyGroup(click.Group):
             return None
         module_name, attr = COMMANDS[name]
         module = importlib.import_module(f"quadvault_dali.cli.{module_name}")
-        return getattr(module, attr)
+        command = getattr(module, attr)
+        _accept_log_options(command)
+        return command
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -112,6 +114,28 @@ def os_error_line(exc: OSError) -> str:
             else " (check that the folder exists and can be written)"
             if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR) else "")
     return f"{where}{exc.strerror or exc}{hint}"
+
+
+def _accept_log_options(command: click.Command) -> None:
+    """``-v``/``-q`` after the command's name as well as before it: ``quadvault scan -q ...`` was refused with "No
+    such option: -q" and exit status 2, which an overnight script reads as a failed scan (a README review's find)."""
+    if any(param.name == "quiet_here" for param in command.params):
+        return
+    command.params += [
+        click.Option(["-v", "--verbose", "verbose_here"], count=True, expose_value=False, hidden=True,
+                     callback=_log_level_here),
+        click.Option(["-q", "--quiet", "quiet_here"], is_flag=True, expose_value=False, hidden=True,
+                     callback=_log_level_here)]
+
+
+def _log_level_here(ctx: click.Context, param: click.Parameter, value: object) -> None:
+    """Sets the log level again with the command's own -v/-q added to the ones before it."""
+    if not value:
+        return
+    ctx.meta[param.name] = value
+    before = ctx.parent.params if ctx.parent is not None else {}
+    configure_logging(int(before.get("verbose") or 0) + int(ctx.meta.get("verbose_here") or 0),
+                      bool(before.get("quiet")) or bool(ctx.meta.get("quiet_here")))
 
 
 class _CliFormatter(logging.Formatter):

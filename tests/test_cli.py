@@ -89,3 +89,21 @@ def test_a_log_files_progress_bar_writes_no_oftener_than_its_interval(monkeypatc
             time.sleep(0.01)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Training")]
     assert 1 <= len(lines) <= 12 and "\r" not in "".join(lines)
+
+
+def test_log_options_are_taken_after_the_command_too(make_clip: Callable[..., Path]) -> None:
+    """``quadvault scan ... -q`` was refused ("No such option: -q", exit 2, read as a failed overnight scan): -v and
+    -q count before or after the command's name, and add up."""
+    import logging
+
+    from quadvault_dali.progress import is_quiet
+
+    clip = make_clip("cli_log_options.mp4", duration_s=1.0, width=160, height=96, fps=10)
+    ours = logging.getLogger("quadvault_dali")
+    for args, level, quiet in ((["probe", str(clip), "-q"], logging.WARNING, True),
+                               (["-v", "probe", "-v", str(clip)], logging.DEBUG, False),
+                               (["probe", str(clip), "--verbose"], logging.INFO, False)):
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, (args, result.output)
+        assert ours.level == level and is_quiet() == quiet, args
+    assert "-q, --quiet" not in CliRunner().invoke(cli, ["probe", "--help"]).output  # the group's --help lists them
