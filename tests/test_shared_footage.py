@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from quadvault_dali.dataset import prepare_dataset, read_dataset
@@ -107,7 +109,7 @@ def _library(tmp_path: Path, make_clip: Callable[..., Path]) -> tuple[Path, list
 
 
 def test_exports_of_a_labelled_clip_share_its_split_and_opposite_labels_are_warned(
-        tmp_path: Path, make_clip: Callable[..., Path]) -> None:
+        tmp_path: Path, make_clip: Callable[..., Path], caplog: pytest.LogCaptureFixture) -> None:
     """A trimmed, rescaled export of a highlight, a vertical 9:16 cut of another, and a small, low-quality copy of a
     third labelled normal: all are found, each sits on its source's side of the split, and the opposite labels are named in a
     warning. (A brightened copy of real drone footage is found too: karma.mp4 x1.2 in 0-2 bits; the synthetic
@@ -122,7 +124,10 @@ def test_exports_of_a_labelled_clip_share_its_split_and_opposite_labels_are_warn
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps({"highlights": [str(p) for p in highlights + [trimmed, vertical]],
                                   "normal": [str(p) for p in normal + [regraded]]}))
-    result = prepare_dataset(labels, tmp_path / "ds", size=64, device="cpu")
+    with caplog.at_level(logging.INFO, logger="quadvault_dali"):
+        result = prepare_dataset(labels, tmp_path / "ds", size=64, device="cpu")
+    named = [r.getMessage() for r in caplog.records if "sampled frames alike" in r.getMessage()]  # which, not only how many
+    assert len(named) == 3 and any(str(highlights[1]) in m and str(trimmed) in m for m in named), named
 
     table = read_dataset(tmp_path / "ds").table.to_pylist()
     split_of = {Path(r["video_path"]).name: r["split"] for r in table}

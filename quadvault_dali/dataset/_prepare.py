@@ -412,7 +412,20 @@ def _shared_footage(out_dir: Path, rows: dict[str, list[dict]], fps: float) -> l
     if pairs:
         log.info("%d pair(s) of labelled videos show the same footage (a trimmed or re-encoded copy): each set "
                  "stays on one side of the train/validation/test split", len(pairs))
+        for pair in pairs[:_PAIRS_NAMED]:  # which: a count alone cannot be checked (a README review's find)
+            log.info("  %s and %s: %d sampled frames alike%s", _video_path(rows, pair.a), _video_path(rows, pair.b),
+                     pair.frames, f", {pair.offset_s:+g} s apart" if pair.aligned and pair.offset_s else "")
+        if len(pairs) > _PAIRS_NAMED:
+            log.info("  and %d more pairs", len(pairs) - _PAIRS_NAMED)
     return pairs
+
+
+#: How many pairs of videos showing the same footage prepare-dataset names
+_PAIRS_NAMED = 10
+
+
+def _video_path(rows: dict[str, list[dict]], vid: str) -> str:
+    return str(rows[vid][0].get("video_path", vid)) if rows.get(vid) else vid
 
 
 def _vertical_exports(out_dir: Path, rows: dict[str, list[dict]], fps: float) -> list[SharedFootage]:
