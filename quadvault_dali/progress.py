@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import logging
+import math
 import sys
 from contextlib import contextmanager, nullcontext
 from typing import Iterator
@@ -26,10 +29,21 @@ def _log_interval() -> float:
     """Seconds between progress lines when stderr is not a terminal (``QUADVAULT_PROGRESS_SECONDS``; 0: none)."""
     import os
 
+    text = os.environ.get("QUADVAULT_PROGRESS_SECONDS", "60")
     try:
-        return float(os.environ.get("QUADVAULT_PROGRESS_SECONDS", "60"))
+        seconds = float(text.strip().removesuffix("s"))  # "30s" is meant as 30
     except ValueError:
+        seconds = float("nan")
+    if not math.isfinite(seconds) or seconds < 0:
+        _warn_once(f"QUADVAULT_PROGRESS_SECONDS={text!r} is not a number of seconds (0: no progress lines); "
+                   "writing one every 60 s")
         return 60.0
+    return seconds
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    logging.getLogger(__name__).warning("%s", message)
 
 
 class _LogTqdm(tqdm):

@@ -107,3 +107,21 @@ def test_log_options_are_taken_after_the_command_too(make_clip: Callable[..., Pa
         assert result.exit_code == 0, (args, result.output)
         assert ours.level == level and is_quiet() == quiet, args
     assert "-q, --quiet" not in CliRunner().invoke(cli, ["probe", "--help"]).output  # the group's --help lists them
+
+
+def test_a_progress_interval_that_is_no_number_is_said_once(monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    """QUADVAULT_PROGRESS_SECONDS=1s fell back to 60 s without a word (a README review's find): "30s" now reads as
+    30, and what is no number of seconds is warned about once."""
+    import logging
+
+    from quadvault_dali import progress
+
+    monkeypatch.setenv("QUADVAULT_PROGRESS_SECONDS", "30s")
+    assert progress._log_interval() == 30.0
+    for text in ("every minute", "-5", "nan"):
+        monkeypatch.setenv("QUADVAULT_PROGRESS_SECONDS", text)
+        with caplog.at_level(logging.WARNING, logger="quadvault_dali"):
+            assert progress._log_interval() == 60.0 and progress._log_interval() == 60.0
+        said = [r.getMessage() for r in caplog.records if text in r.getMessage()]
+        assert len(said) == 1 and "not a number of seconds" in said[0], said
+        caplog.clear()
