@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from quadvault_dali.errors import OutputError
+from quadvault_dali.errors import OutputError, QuadvaultError
 from quadvault_dali.scan import SCHEMA_VERSION, ModelRef, combined_fingerprint
 from quadvault_dali.scan.schema import SCHEMAS
 from quadvault_dali.scan.runner import SCAN_MARKS, ScanOptions, in_shard, scan_library
@@ -312,6 +312,22 @@ def test_output_inside_library_is_refused(library: Path) -> None:
     with pytest.raises(OutputError, match="inside the library"):
         _scan(library, library / "scan_out")
     assert tree_hash(library) == before
+
+
+def test_a_scan_that_cannot_start_leaves_no_output_folder(library: Path, tmp_path: Path) -> None:
+    """A model that does not load (or --device gpu where there is none) left an empty --out behind (a README
+    review's find): the models are loaded before the folder is made."""
+    from quadvault_dali.device import gpu_status
+
+    with pytest.raises(QuadvaultError):
+        scan_library([library], ScanOptions(out_dir=tmp_path / "out", device="cpu"),
+                     model_paths=[tmp_path / "no_such_model"])
+    assert not (tmp_path / "out").exists()
+    if not gpu_status()[0]:
+        with pytest.raises(QuadvaultError, match="no CUDA device"):
+            scan_library([library], ScanOptions(out_dir=tmp_path / "out", device="gpu"),
+                         model_paths=[tmp_path / "no_such_model"])
+        assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("sub", ["videos", "seconds", "videos/2024", "damaged"])

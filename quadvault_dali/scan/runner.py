@@ -483,14 +483,14 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
                     "into a folder without them", out, out)
     if options.highlights_path is not None:
         check_output_location(options.highlights_path, libs, shard_folders=False)
+    if scorers is None:  # first: a model that does not load, or --device gpu without one, leaves no empty --out
+        scorers = _load_scorers(model_paths, options, gpus)
+        warn_repeated(scorers)
+        marks["models_loaded"] = time.monotonic()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create the output folder: {exc.strerror or exc}", path=out) from exc
-    if scorers is None:
-        scorers = _load_scorers(model_paths, options, gpus)
-        warn_repeated(scorers)
-        marks["models_loaded"] = time.monotonic()
     if options.threshold is None:
         options.threshold = mean_threshold(float(getattr(s, "threshold", DEFAULT_THRESHOLD)) for s in scorers)
     models = model_refs(scorers)
