@@ -50,11 +50,23 @@ class _LogTqdm(tqdm):
     """A bar for a log file: a line no more often than ``mininterval``, and none before ``delay``; tqdm's
     ``set_postfix`` refreshes at once, which gave a training log a line per batch on a GPU."""
 
+    _shown: tuple[object, object] | None = None  # (n, postfix) of the last line written
+
     def refresh(self, nolock: bool = False, lock_args: object = None) -> bool:  # type: ignore[override]
         now = self._time()
         if now - self.last_print_t < self.mininterval or now < self.start_t + self.delay:
             return False
         return super().refresh(nolock=nolock, lock_args=lock_args)
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:  # type: ignore[override]
+        if msg is None:
+            self._shown = (self.n, self.postfix)
+        return super().display(msg=msg, pos=pos)
+
+    def close(self) -> None:
+        if self._shown == (self.n, self.postfix):  # its last line said this already: a log had each 100 % twice
+            self.leave = False
+        super().close()
 
 
 class _LineFile:

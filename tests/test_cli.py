@@ -125,3 +125,25 @@ def test_a_progress_interval_that_is_no_number_is_said_once(monkeypatch, caplog)
         said = [r.getMessage() for r in caplog.records if text in r.getMessage()]
         assert len(said) == 1 and "not a number of seconds" in said[0], said
         caplog.clear()
+
+
+def test_a_log_files_bar_ends_with_one_line_of_its_last_state(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """A training log showed every epoch's 100 % line twice: the last refresh, then the bar's close. The close
+    writes only what the log does not say yet (a postfix set after the last line, say)."""
+    import time
+
+    from quadvault_dali import progress
+
+    monkeypatch.setenv("QUADVAULT_PROGRESS_SECONDS", "0.05")
+    for late_postfix in (False, True):
+        with progress.progress_bar(30, "Epoch") as bar:
+            for i in range(30):
+                bar.update(1)
+                time.sleep(0.004)
+            time.sleep(0.06)
+            bar.refresh()  # the interval passed: a line at 30/30
+            if late_postfix:
+                bar.set_postfix(val_acc=0.9, refresh=False)
+        done = [line for line in capsys.readouterr().err.splitlines() if "30/30" in line]
+        assert len(done) == (2 if late_postfix else 1), done
+        assert ("val_acc=0.9" in done[-1]) == late_postfix
