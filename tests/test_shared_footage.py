@@ -145,3 +145,18 @@ def test_exports_of_a_labelled_clip_share_its_split_and_opposite_labels_are_warn
     conflicts = [w for w in result.warnings if "labelled both ways" in w]
     assert len(conflicts) == 1 and "highlight_04.mp4 (highlight)" in conflicts[0] and "graded.mp4 (normal)" in conflicts[0]
     assert all(len(r["frame_fingerprint"]) in (0, 32) for r in table)
+
+
+def test_a_match_on_few_frames_is_a_question_not_an_order_to_drop_a_label() -> None:
+    """Two short clips of smooth, textureless scenes matched on 3 frames (a review's distinct synthetic clips), and
+    the warning told the pilot to drop one of two good labels. Few frames alike now ask to check instead."""
+    from types import SimpleNamespace
+
+    from quadvault_dali.dataset._prepare import SURE_MATCH_FRAMES, _footage_warnings
+
+    by_id = {"a": SimpleNamespace(path=Path("/f/sunset.mp4"), label=1, label_name="highlight"),
+             "b": SimpleNamespace(path=Path("/f/sky.mp4"), label=0, label_name="normal")}
+    [few] = _footage_warnings([SharedFootage("a", "b", 3, 0.0)], by_id, {})
+    [sure] = _footage_warnings([SharedFootage("a", "b", SURE_MATCH_FRAMES, 0.0)], by_id, {})
+    assert "may show the same footage (only 3 sampled frames alike" in few and "if one is a copy" in few
+    assert "show the same footage (5 sampled frames): those frames are labelled both ways; keep one" in sure

@@ -456,6 +456,11 @@ def _vertical_exports(out_dir: Path, rows: dict[str, list[dict]], fps: float) ->
     return pairs
 
 
+#: Sampled frames alike from which two videos surely show the same footage: two short clips of smooth, textureless
+#: scenes (a review found distinct synthetic ones) can match in the three that otherwise suffice
+SURE_MATCH_FRAMES = 5
+
+
 def _footage_warnings(pairs: list[SharedFootage], by_id: dict[str, LabelledVideo],
                       kept_splits: dict[str, Split]) -> list[str]:
     """What a user should fix: one footage labelled both ways, or (``--merge``) already split across sides."""
@@ -467,6 +472,10 @@ def _footage_warnings(pairs: list[SharedFootage], by_id: dict[str, LabelledVideo
                             f"({pair.frames} sampled frames alike at any moment: a fixed or hovering shot of one "
                             "scene?): they stay on one side of the split, so validation is not measured on "
                             "near-identical views")
+        elif a.label != b.label and pair.frames < SURE_MATCH_FRAMES:  # smooth skies alike in a few frames
+            warnings.append(f"{a.path} ({a.label_name}) and {b.path} ({b.label_name}) may show the same footage "
+                            f"(only {pair.frames} sampled frames alike, too few to be sure): if one is a copy of "
+                            "the other, its frames are labelled both ways; then keep one of the two in the labels")
         elif a.label != b.label:
             warnings.append(f"{a.path} ({a.label_name}) and {b.path} ({b.label_name}) show the same footage "
                             f"({pair.frames} sampled frames): those frames are labelled both ways; keep one of the "
