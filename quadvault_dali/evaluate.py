@@ -156,8 +156,10 @@ def _score_as_trained(dataset: Any, by_video: dict[str, list[dict]], models: Seq
                       device: torch.device, out: _Collected) -> None:
     """Scores the stored frames through the DALI loader training validates with (decode, resize, crop, normalise,
     bf16 on a GPU), so a model's numbers on its validation or test split are the ones ``train`` reported: the
-    model's own preprocessing of PIL-decoded JPEGs differed by up to 0.02 a frame, which moved videos on the
-    threshold (a new user's find)."""
+    model's own preprocessing of PIL-decoded JPEGs (``score_frames``: another JPEG decoder and resize, 0.3 grey
+    levels apart on average) differed by up to 0.02 a frame, which moved videos on the threshold (a new user's
+    find); stop 31's review measured 0.016 a frame on average and up to 0.066 on small models trained for a few
+    epochs (0.024 at most a video). The card's numbers are this path's."""
     from .training._data import DaliFrameLoader, FrameTable, validate_jpegs
     from .training._loop import frame_probabilities
 
