@@ -210,8 +210,9 @@ def _print_summary(summary: Any) -> None:
         for message in failed:
             click.echo(f"  {message}")
         if n > len(failed):
+            quoted = str(summary.out_dir).replace("'", "''")  # SQL's quote in a quoted name: "John's drive"
             click.echo(f"  ... and {n - len(failed):,} more: SELECT path, error_message FROM "
-                       f"'{summary.out_dir}/videos/*.parquet' WHERE status = 'error' (DuckDB)")
+                       f"'{quoted}/videos/*.parquet' WHERE status = 'error' (DuckDB)")
     click.echo(f"Highlights: {summary.highlights_path}")
     click.echo(summary.line)
 

@@ -139,11 +139,17 @@ _CUT_DIGEST = re.compile(rb"~[0-9a-f]{8}\.$")
 def _named_like(base: bytes, prefix: bytes) -> bool:
     """Whether a temporary's ``NAME.`` (``base``, with the dot before its PID, so a prefix ``NAME.`` asks for
     NAME itself) starts with ``prefix``, also where ``temp_name`` cut NAME short: then the part kept (before its
-    ``~hash``) must start the prefix, as far as it goes."""
+    ``~hash``) must start the prefix, and a prefix naming a whole NAME must have that hash. Without the hash, two
+    reel names alike in their first ~217 bytes took each other's killed run's list as their own, and a reel
+    replaced a user's video as one it had made (a review's find)."""
     if base.startswith(prefix):
         return True
     digest = _CUT_DIGEST.search(base)
-    return digest is not None and prefix.startswith(base[:digest.start()])
+    if digest is None or not prefix.startswith(base[:digest.start()]):
+        return False
+    if prefix.endswith(b"."):  # the whole NAME: its hash says whether the cut name is this one
+        return base[digest.start() + 1:digest.end() - 1] == hashlib.sha1(prefix[:-1]).hexdigest()[:8].encode()
+    return True
 
 
 def dead_temporaries(directory: Path, prefix: str = "") -> list[Path]:

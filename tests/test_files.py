@@ -98,8 +98,9 @@ def test_a_long_but_legal_name_gets_a_temporary_name_the_file_system_takes(tmp_p
 
 def test_a_killed_runs_shortened_temporary_is_swept_as_its_name_asks(tmp_path: Path) -> None:
     """A temporary whose NAME ``temp_name`` cut short (a reel named near ``NAME_MAX`` bytes) did not start with the
-    reel's name, so a rerun after ``kill -9`` kept it forever; one of another long name is kept (one sharing all
-    of the part kept, ~214 bytes, would be taken too: only a dead process's, never another tool's by chance)."""
+    reel's name, so a rerun after ``kill -9`` kept it forever; one of another long name is kept, also one alike in
+    all the part kept (~217 bytes) when the prefix names the whole NAME: its hash tells them apart (a review's
+    find: a reel took another's killed list as its own and replaced a user's video)."""
     import subprocess
     import sys
 
@@ -118,3 +119,9 @@ def test_a_killed_runs_shortened_temporary_is_swept_as_its_name_asks(tmp_path: P
     assert dead_temporaries(tmp_path, f"{reel}.clips.csv.") == [theirs[f"{reel}.clips.csv"]]
     assert dead_temporaries(tmp_path, "short.mp4") == [theirs["short.mp4.clips.csv"]]
     assert len(dead_temporaries(tmp_path)) == 3
+    twin = "é" * 110 + "flight.mp5"  # its first 229 bytes are the reel's: cut, they are the same
+    short = temp_name(f"{twin}.clips.csv").replace(f".{os.getpid()}-", f".{child.pid}-")
+    (tmp_path / short).write_text("x")
+    assert short.split("~")[0] == theirs[f"{reel}.clips.csv"].name.split("~")[0]
+    assert dead_temporaries(tmp_path, f"{reel}.clips.csv.") == [theirs[f"{reel}.clips.csv"]]
+    assert dead_temporaries(tmp_path, f"{twin}.clips.csv.") == [tmp_path / short]

@@ -234,6 +234,11 @@ def test_a_scans_highlights_json_is_cut_with_the_seconds_beside_it(tmp_path: Pat
     assert [v.path.name for v in from_list.videos] == ["v2.mp4", "v1.mp4"] and from_list.per_second
     for v in from_list.videos:
         assert np.array_equal(v.times, from_folder[v.path].times) and np.array_equal(v.scores, from_folder[v.path].scores)
+    import shutil
+
+    shutil.copytree(tmp_path / "scan", tmp_path / "picks.scan")  # batch-classify LIBRARY MODEL picks.json
+    shutil.copy(listing, tmp_path / "picks.json")
+    assert load_scores(tmp_path / "picks.json").per_second
     doc["highlights"][1]["video_id"] = "another version of the file"
     listing.write_text(json.dumps(doc))
     stale = load_scores(listing)

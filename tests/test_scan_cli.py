@@ -752,3 +752,24 @@ def test_an_unattended_scan_logs_progress_lines_and_names_its_failed_files(libra
     assert quiet.returncode == 0 and "Scanning:" not in quiet.stderr
     for name in BROKEN:
         assert name in quiet.stderr, quiet.stderr
+
+
+def test_the_failed_videos_query_quotes_the_folder_as_sql_does(capsys: pytest.CaptureFixture[str]) -> None:
+    """A scan folder named with a quote ("John's drive") printed a DuckDB query that does not parse."""
+    from types import SimpleNamespace
+
+    import duckdb
+
+    from quadvault_dali.cli.scan import _print_summary
+    from quadvault_dali.scan.report import FolderTotals
+
+    out = Path("/media/John's drive/scan")
+    run = SimpleNamespace(videos=30, errors=30, bytes_read=0, file_bytes=0, cpu_fallbacks=0)
+    summary = SimpleNamespace(run=run, wall_s=1.0, skipped=0, unreadable=[], not_utf8=[], out_dir=out,
+                              highlights_path=out / "highlights.json", line="Total scanned: 30",
+                              totals=FolderTotals(30, 0, 30, failed=("/f/a.mp4: empty file (0 bytes)",)))
+    _print_summary(summary)
+    query = capsys.readouterr().out.split("more: ")[1].split(" (DuckDB)")[0]
+    assert "'/media/John''s drive/scan/videos/*.parquet'" in query
+    with pytest.raises(duckdb.IOException, match="No files found"):  # it parses; the folder is not there
+        duckdb.sql(query)

@@ -27,6 +27,7 @@ from .audio import SAMPLE_RATE, audio_frames, build_audio_track
 from .encoders import add_video_stream, reel_frame
 from .frames import WindowReader, blend
 from .select import PlannedClip, ReelPlan
+from .sidecar import sidecar_path
 
 AudioChoice = Literal["none", "keep"]
 log = logging.getLogger(__name__)
@@ -107,7 +108,8 @@ def remove_stale_partials(out: Path) -> None:
             continue  # maybe another run writing the same reel
         log.info("removing %s, left by a run that was killed", partial)
         partial.unlink(missing_ok=True)
-    remove_dead_temporaries(out.parent, prefix=out.name)  # the clip list's (``OUT.clips.csv``) temporary
+    # the clip list's (``OUT.clips.csv``) temporary, by its whole name: a cut temporary name is told by its hash
+    remove_dead_temporaries(out.parent, prefix=f"{sidecar_path(out).name}.")
 
 
 def render_reel(plan: ReelPlan, infos: Mapping[Path, VideoInfo], out: str | Path, *, width: int, height: int,

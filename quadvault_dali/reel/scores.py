@@ -87,8 +87,10 @@ def load_scores(path: str | Path) -> ScoreSource:
                              hint="pass the --out folder of 'quadvault scan', or its highlights.json")
     if path.is_file() and path.suffix.lower() == ".json":
         listed = load_highlights_json(path)
-        if _is_scan_folder(path.parent):  # a scan's own highlights.json: its seconds are beside it
-            return _with_seconds_of_scan(listed, read_settled(lambda: _load_scan_folder(path.parent)))
+        # a scan's own highlights.json has its seconds beside it; batch-classify's OUT.json in OUT.scan/
+        for folder in (path.parent, path.with_name(f"{path.stem}.scan")):
+            if _is_scan_folder(folder):
+                return _with_seconds_of_scan(listed, read_settled(lambda: _load_scan_folder(folder)))
         return listed
     if not path.exists():
         raise QuadvaultError("scores not found", path=path, hint="pass a scan folder or a highlights.json")
