@@ -213,9 +213,14 @@ def prepare_reel(scores: str | Path | ScoreSource, options: ReelOptions, *, deco
     if not videos:
         raise EmptySelectionError(f"{source.origin}: no scored video to cut a reel from "
                                   f"({source.failed_videos} failed or unscored, {len(skipped)} unreadable)")
-    if not source.per_second:
+    without = sum(not v.has_seconds for v in videos)
+    if without == len(videos):
         log.warning("no per-second scores in %s: each window is centred on the video's best second where "
                     "known, else on its middle, and scored with the video's score", source.origin)
+    elif without:  # a list whose scan folder holds some of its videos as they are now
+        log.warning("%d of the %d videos from %s have no per-second scores (changed since the scan, or not in its "
+                    "folder): their windows are centred on the best second where known, else on the middle",
+                    without, len(videos), source.origin)
     by_path = {v.path: v for v in videos}
     while True:
         bad_before = len(bad)
