@@ -378,7 +378,10 @@ def machine() -> dict[str, Any]:
         pass
     usable, _ = gpu_status()
     return {"gpu": torch.cuda.get_device_name(0) if usable else None, "cpu_model": cpu_model,
-            "cpu_count": os.cpu_count(), "platform": platform.platform()}
+            "cpu_count": os.cpu_count(), "platform": platform.platform(),
+            # NVIDIA MPS's pipe folder where a run was started under its daemon: decoding processes then share the
+            # GPU at once instead of by time-slicing (the runbook's experiment; null: no MPS asked for)
+            "cuda_mps_pipe_directory": os.environ.get("CUDA_MPS_PIPE_DIRECTORY")}
 
 
 def versions() -> dict[str, str | None]:
