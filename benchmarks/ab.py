@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows, indent=1))
         return 0
     gpu = (doc.get("machine") or {}).get("gpu") or "no GPU"
-    print(f"{args.result.name} ({gpu}):")
+    mps = ", under NVIDIA MPS" if (doc.get("machine") or {}).get("cuda_mps_pipe_directory") else ""
+    print(f"{args.result.name} ({gpu}{mps}):")
     for r in rows:
         if kind == "sampling":
             ratio = f"{r['vs_baseline']:.2f}x" if r["vs_baseline"] is not None else "base " if r["fps"] else "-"
