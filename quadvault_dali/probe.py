@@ -339,6 +339,8 @@ def _quick_open_complete(container: av.container.InputContainer, path: Path) -> 
     """Whether a quickly probed container tells all a full probe would (``codec_setup``), or has no video."""
     if not container.streams.video:
         return True
+    if not any(_described(s) for s in container.streams.video):
+        return False  # the full open says what is wrong
     stream = main_video_stream(container)
     if codec_setup(stream) is None:
         return False
@@ -461,12 +463,15 @@ def open_container(path: Path, file: BinaryIO | None = None, *,
             file.seek(0)
     try:
         extra = {"hwaccel": hwaccel} if hwaccel is not None else {}
-        return _av_open(source, **extra)
+        container = _av_open(source, **extra)
     except av.error.InvalidDataError as exc:
         raise VideoOpenError(
             f"not a readable video container ({exc.strerror or exc})", path=path,
             hint="the file is not a video, or its header/index (e.g. the MP4 'moov' box) is missing or damaged",
         ) from exc
+    except av.error.EOFError as exc:  # cut off inside its header ("[Errno 541478725] End of file" said nothing)
+        raise VideoOpenError("truncated: the file ends inside its header/index", path=path,
+                             hint="the copy or recording was cut off; re-copy it from the source") from exc
     except (av.error.FFmpegError, OSError) as exc:
         if isinstance(exc, OSError) and exc.errno == errno.EIO:  # a failing disk, read by FFmpeg or by Python
             raise unexpected_failure(exc, "opening it", path) from exc
@@ -475,6 +480,18 @@ def open_container(path: Path, file: BinaryIO | None = None, *,
         if hwaccel is None:
             raise
         raise DecodeError(f"hardware decoding cannot be set up: {exc}", path=path) from exc
+    if container.streams.video and not any(_described(s) for s in container.streams.video):
+        # an MP4 cut inside its 'moov' after the track header, before the codec's description (a partial copy):
+        # FFmpeg opens a video track with no codec, which every reader of it failed on with an AttributeError
+        container.close()
+        raise VideoOpenError("not a readable video container (its video track has no codec description)", path=path,
+                             hint="its header/index (the MP4 'moov' box) is cut off or damaged: re-copy the file")
+    return container
+
+
+def _described(stream: av.video.stream.VideoStream) -> bool:
+    """Whether FFmpeg knows ``stream``'s codec (a track cut before its description has none)."""
+    return stream.codec_context is not None
 
 
 def rewound(container: av.container.InputContainer, path: Path, file: BinaryIO | None,
@@ -612,7 +629,7 @@ def main_video_stream(container: av.container.InputContainer) -> av.video.stream
     header does not give counts as video. Sizes as a full probe has them (``codec_setup``), so that a quick open
     picks the same stream.
     """
-    streams = container.streams.video
+    streams = [s for s in container.streams.video if _described(s)] or list(container.streams.video)
     if len(streams) == 1:
         return streams[0]
 

@@ -79,6 +79,28 @@ def test_broken_files_raise_specific_errors(broken_clips: dict[str, Path], kind:
     assert str(broken_clips[kind]) in str(err.value)
 
 
+@pytest.mark.parametrize("cut,message", [
+    (lambda data: data.find(b"trak") + 200, "its video track has no codec description"),  # before its hvcC
+    (lambda data: data.find(b"hvcC") - 4, "truncated: the file ends inside its header/index"),
+])
+def test_an_mp4_cut_inside_its_track_description_is_one_clear_error(make_clip, tmp_path: Path, cut,
+                                                                      message: str) -> None:
+    """A copy cut inside the 'moov' after the track header: FFmpeg opened a video track with no codec and probe
+    printed an AttributeError traceback (a scan stored it as a DecodeError); one cut further it said "[Errno
+    541478725] End of file". Both are now the damaged header they are (a library-scale review's find)."""
+    data = make_clip("probe_cut_src.mp4", codec="hevc", width=160, height=144, duration_s=1.0).read_bytes()
+    assert data.find(b"moov") < data.find(b"trak") < data.find(b"hvcC")  # the index is at the end of this file
+    broken = tmp_path / "cut.mp4"
+    broken.write_bytes(data[:cut(data)])
+    with pytest.raises(VideoOpenError, match=message) as err:
+        probe_video(broken)
+    assert str(err.value).startswith(f"{broken}: ") and "re-copy" in str(err.value)
+    from quadvault_dali.sampling import create_sampler
+
+    with pytest.raises(VideoOpenError, match=message):
+        create_sampler("cpu", size=32).sample_video(broken)
+
+
 def test_missing_file_and_folder(tmp_path: Path) -> None:
     with pytest.raises(VideoOpenError, match="file not found"):
         probe_video(tmp_path / "nope.mp4")
