@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Callable
 
-from _cpu_usage import process_tree_cpu_s
+from _cpu_usage import host_cpu_s, process_tree_cpu_s
 
 #: what each metric is called in nvidia-smi's ``--query-gpu``
 SMI_FIELDS = {"gpu": "utilization.gpu", "decoder": "utilization.decoder", "jpeg": "utilization.jpeg"}
@@ -107,6 +107,8 @@ class UtilisationMonitor:
         self.cpu = cpu  # also the host's share: ``cpu_cores_busy`` of ``cpu_count`` for this process tree
         self._cpu_start: tuple[float, float] | None = None
         self._cpu_used: tuple[float, float] | None = None
+        self._host_start: tuple[float, float] | None = None
+        self._host_used: tuple[float, float] | None = None  # the whole host's busy and iowait CPU seconds
         self.samples: list[dict[str, float]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -119,6 +121,7 @@ class UtilisationMonitor:
     def __enter__(self) -> "UtilisationMonitor":
         if self.cpu:
             self._cpu_start = (time.perf_counter(), process_tree_cpu_s())
+            self._host_start = host_cpu_s()
         if self._read is not None:
             self._thread = threading.Thread(target=self._poll, name="utilisation-monitor", daemon=True)
         elif self._smi_cmd is not None:
@@ -152,6 +155,9 @@ class UtilisationMonitor:
         if self._cpu_start is not None:
             wall0, cpu0 = self._cpu_start
             self._cpu_used = (time.perf_counter() - wall0, process_tree_cpu_s() - cpu0)
+            host = host_cpu_s()
+            if host is not None and self._host_start is not None:
+                self._host_used = (host[0] - self._host_start[0], host[1] - self._host_start[1])
         self._stop.set()
         if self._proc is not None:
             self._proc.terminate()
@@ -174,4 +180,7 @@ class UtilisationMonitor:
         if self._cpu_used is not None and self._cpu_used[0] > 0:
             out["cpu_cores_busy"] = round(self._cpu_used[1] / self._cpu_used[0], 2)
             out["cpu_count"] = os.cpu_count() or 0
+            if self._host_used is not None:  # everything on the host, this row included: others = host - ours
+                out["host_cores_busy"] = round(self._host_used[0] / self._cpu_used[0], 2)
+                out["host_cores_iowait"] = round(self._host_used[1] / self._cpu_used[0], 2)
         return out

@@ -40,6 +40,11 @@ def _why(row: dict[str, Any]) -> str:
         value = row.get(key)
         if isinstance(value, (int, float)):
             parts.append(f"{name} {fmt.format(value)}")
+    host, ours = row.get("host_cores_busy"), row.get("cpu_cores_busy")
+    if isinstance(host, (int, float)) and isinstance(ours, (int, float)) and host - ours >= 0.5:
+        parts.append(f"OTHERS ON THE HOST {host - ours:.1f} cores")  # the row shared the machine (stop 31)
+    if isinstance(row.get("host_cores_iowait"), (int, float)) and row["host_cores_iowait"] >= 0.5:
+        parts.append(f"iowait {row['host_cores_iowait']:.1f} cores")
     return ", ".join(parts)
 
 

@@ -39,3 +39,12 @@ def test_scan_rows_against_cat_and_the_keyframe_scan(ab) -> None:  # type: ignor
     assert got["keyframe"]["vs_cat"] == 1.0 and got["keyframe"]["vs_keyframe"] is None
     assert got["4x4k"]["vs_cat"] == 0.5 and got["4x4k"]["vs_keyframe"] == 2.0 and got["4x4k"]["verdict"] == "better"
     assert got["auto (default)"]["verdict"] == "worse"
+
+
+def test_a_row_that_shared_the_host_says_so(ab) -> None:  # type: ignore[no-untyped-def]
+    """Stop 31's sampling rows ran beside the scan library's background build: the row now says how many cores
+    others kept busy (host - this row's own), and the disk wait."""
+    shared = ab._why({"cpu_cores_busy": 2.4, "host_cores_busy": 9.0, "host_cores_iowait": 1.2})
+    assert "cores 2.4" in shared and "OTHERS ON THE HOST 6.6 cores" in shared and "iowait 1.2 cores" in shared
+    alone = ab._why({"cpu_cores_busy": 2.4, "host_cores_busy": 2.6, "host_cores_iowait": 0.0})
+    assert "OTHERS" not in alone and "iowait" not in alone

@@ -93,3 +93,24 @@ def test_cpu_share_counts_the_child_processes(monitor_module) -> None:
         time.sleep(0.3)
     assert busy.summary()["cpu_cores_busy"] > 0.5 and busy.summary()["cpu_count"] == os.cpu_count()
     assert idle.summary()["cpu_cores_busy"] < 0.2
+
+
+def test_the_host_share_shows_work_outside_the_process_tree(monitor_module) -> None:
+    """Stop 31's sampling rows ran beside the background build of the scan library and no row could tell:
+    host_cores_busy counts every process of the host, so a busy neighbour shows against cpu_cores_busy."""
+    import subprocess
+
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("no /proc/stat here")
+    burn = "import time; end = time.process_time() + 0.8\nwhile time.process_time() < end: pass"
+    # a neighbour outside this process tree: the shell that starts it exits, so it is nobody's child here
+    started = subprocess.run(["sh", "-c", f'"{sys.executable}" -c "{burn}" >/dev/null 2>&1 & echo $!'],
+                             capture_output=True, text=True, check=True)
+    assert started.stdout.split()[-1].isdigit()  # it ends by itself after 0.8 s of CPU
+    time.sleep(0.1)
+    with monitor_module.UtilisationMonitor(metrics=(), cpu=True) as quiet_row:
+        time.sleep(0.4)
+    summary = quiet_row.summary()
+    assert summary["cpu_cores_busy"] < 0.2  # the row itself slept
+    assert summary["host_cores_busy"] - summary["cpu_cores_busy"] > 0.5, summary  # its neighbour burned a core
+    assert summary["host_cores_iowait"] >= 0
