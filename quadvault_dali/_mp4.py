@@ -90,6 +90,17 @@ def is_plain_mp4(fh: BinaryIO, file_size: int) -> bool:
     return seen_moov
 
 
+def cut_short(fh: BinaryIO, file_size: int) -> bool:
+    """Whether an MP4/MOV's top-level box runs past the end of the file: a copy or recording cut off (a
+    ``moov`` at the end cut inside its track description, say). Reads only top-level box headers."""
+    for i, (kind, pos, _, size) in enumerate(_top_level_boxes(fh, file_size)):
+        if i == 0 and kind not in _FIRST_BOXES:  # not an ISO-BMFF file: its bytes are no box sizes
+            return False
+        if pos + size > file_size:
+            return True
+    return False
+
+
 def _find_moov(fh: BinaryIO, file_size: int, limit: int = 256 << 20) -> bytes | None:
     for kind, pos, _, size in _top_level_boxes(fh, file_size):
         if kind == b"moov":

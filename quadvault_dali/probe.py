@@ -24,7 +24,7 @@ from typing import Any, BinaryIO, Iterator
 import av
 import numpy as np
 
-from ._mp4 import TrackFacts, is_plain_mp4, read_track_facts
+from ._mp4 import TrackFacts, cut_short, is_plain_mp4, read_track_facts
 from ._nal import SEI_UNITS, length_size_of, sei_types
 from ._packet_heads import is_slice, leading_units, orientation_sei_first, packet_head
 from ._packet_index import MP4_FORMATS, PacketIndex, random_access_keyframes, read_packet_index
@@ -469,9 +469,12 @@ def open_container(path: Path, file: BinaryIO | None = None, *,
             f"not a readable video container ({exc.strerror or exc})", path=path,
             hint="the file is not a video, or its header/index (e.g. the MP4 'moov' box) is missing or damaged",
         ) from exc
-    except av.error.EOFError as exc:  # cut off inside its header ("[Errno 541478725] End of file" said nothing)
-        raise VideoOpenError("truncated: the file ends inside its header/index", path=path,
-                             hint="the copy or recording was cut off; re-copy it from the source") from exc
+    except av.error.EOFError as exc:  # "[Errno 541478725] End of file" said nothing
+        if _cut_short(path):
+            raise VideoOpenError("truncated: the file ends inside its header/index", path=path,
+                                 hint="the copy or recording was cut off; re-copy it from the source") from exc
+        raise VideoOpenError("the file ends before FFmpeg could read its stream headers", path=path,
+                             hint="it is cut off, still being written, or too short to be opened") from exc
     except (av.error.FFmpegError, OSError) as exc:
         if isinstance(exc, OSError) and exc.errno == errno.EIO:  # a failing disk, read by FFmpeg or by Python
             raise unexpected_failure(exc, "opening it", path) from exc
@@ -481,17 +484,31 @@ def open_container(path: Path, file: BinaryIO | None = None, *,
             raise
         raise DecodeError(f"hardware decoding cannot be set up: {exc}", path=path) from exc
     if container.streams.video and not any(_described(s) for s in container.streams.video):
-        # an MP4 cut inside its 'moov' after the track header, before the codec's description (a partial copy):
-        # FFmpeg opens a video track with no codec, which every reader of it failed on with an AttributeError
+        # FFmpeg opens a video track it has no decoder for (an MP4 cut inside its 'moov' before the codec's
+        # description, or a codec this build does not know) with no codec, and every reader of it failed on
+        # an AttributeError
         container.close()
-        raise VideoOpenError("not a readable video container (its video track has no codec description)", path=path,
-                             hint="its header/index (the MP4 'moov' box) is cut off or damaged: re-copy the file")
+        if _cut_short(path):
+            raise VideoOpenError("truncated: its header/index is cut off inside the video track's description",
+                                 path=path, hint="the copy or recording was cut off; re-copy it from the source")
+        raise UnsupportedCodecError("no decoder for its video track's codec in this FFmpeg build", path=path,
+                                    hint="convert it to H.264 or HEVC to scan it")
     return container
 
 
 def _described(stream: av.video.stream.VideoStream) -> bool:
-    """Whether FFmpeg knows ``stream``'s codec (a track cut before its description has none)."""
+    """Whether FFmpeg can decode ``stream``'s codec (a track cut before its description, or in a codec this
+    build does not know, has none)."""
     return stream.codec_context is not None
+
+
+def _cut_short(path: Path) -> bool:
+    """Whether ``path`` is an MP4/MOV cut off inside a box (``_mp4.cut_short``); False where it cannot be read."""
+    try:
+        with open(path, "rb") as fh:
+            return cut_short(fh, os.fstat(fh.fileno()).st_size)
+    except OSError:
+        return False
 
 
 def rewound(container: av.container.InputContainer, path: Path, file: BinaryIO | None,

@@ -80,7 +80,7 @@ def test_broken_files_raise_specific_errors(broken_clips: dict[str, Path], kind:
 
 
 @pytest.mark.parametrize("cut,message", [
-    (lambda data: data.find(b"trak") + 200, "its video track has no codec description"),  # before its hvcC
+    (lambda data: data.find(b"trak") + 200, "truncated: its header/index is cut off inside the video track's"),
     (lambda data: data.find(b"hvcC") - 4, "truncated: the file ends inside its header/index"),
 ])
 def test_an_mp4_cut_inside_its_track_description_is_one_clear_error(make_clip, tmp_path: Path, cut,
@@ -99,6 +99,41 @@ def test_an_mp4_cut_inside_its_track_description_is_one_clear_error(make_clip, t
 
     with pytest.raises(VideoOpenError, match=message):
         create_sampler("cpu", size=32).sample_video(broken)
+
+
+def test_a_complete_file_ffmpeg_cannot_read_is_not_called_cut_off(tmp_path: Path) -> None:
+    """The same two FFmpeg answers from files that are whole: a Matroska track in a codec this FFmpeg build has
+    no decoder for is an unsupported codec, and a 2-frame MPEG-TS FFmpeg cannot open is not "truncated ...
+    re-copy it" (a review of the fix above)."""
+    import av
+    import numpy as np
+
+    from quadvault_dali.errors import UnsupportedCodecError
+
+    def write(path: Path, fmt: str, frames: int) -> bytes:
+        with av.open(str(path), "w", format=fmt) as out:
+            stream = out.add_stream("h264", rate=25)
+            stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+            for i in range(frames):
+                frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 100, np.uint8), format="rgb24")
+                frame.pts = i
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+            for packet in stream.encode():
+                out.mux(packet)
+        return path.read_bytes()
+
+    data = write(tmp_path / "ok.mkv", "matroska", 10)
+    unknown = tmp_path / "unknown_codec.mkv"
+    unknown.write_bytes(data.replace(b"V_MPEG4/ISO/AVC", b"V_QUUX/ISO/AVC1", 1))
+    with pytest.raises(UnsupportedCodecError, match="no decoder for its video track's codec") as err:
+        probe_video(unknown)
+    assert "re-copy" not in str(err.value)
+    write(tmp_path / "tiny.ts", "mpegts", 2)
+    try:
+        probe_video(tmp_path / "tiny.ts")  # a newer FFmpeg may open it: then there is nothing to word
+    except VideoOpenError as exc:
+        assert "truncated" not in str(exc) and "re-copy" not in str(exc), exc
 
 
 def test_missing_file_and_folder(tmp_path: Path) -> None:
