@@ -96,7 +96,8 @@ def test_a_long_but_legal_name_gets_a_temporary_name_the_file_system_takes(tmp_p
     assert (tmp_path / first).read_text() == "done" and temp_name("short.csv").startswith(".short.csv.")
 
 
-def test_a_killed_runs_shortened_temporary_is_swept_as_its_name_asks(tmp_path: Path) -> None:
+def test_a_killed_runs_shortened_temporary_is_swept_as_its_name_asks(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A temporary whose NAME ``temp_name`` cut short (a reel named near ``NAME_MAX`` bytes) did not start with the
     reel's name, so a rerun after ``kill -9`` kept it forever; one of another long name is kept, also one alike in
     all the part kept (~217 bytes) when the prefix names the whole NAME: its hash tells them apart (a review's
@@ -108,11 +109,12 @@ def test_a_killed_runs_shortened_temporary_is_swept_as_its_name_asks(tmp_path: P
 
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
+    monkeypatch.setattr(os, "getpid", lambda: child.pid)  # named as the killed run named them (its PID's length)
     reel = "é" * 110 + "flight.mp4"  # 230 bytes: its clip list's temporary is cut
     other = "other " + "é" * 110 + ".mp4"
     theirs = {}
     for name in (f"{reel}.clips.csv", f"{other}.clips.csv", "short.mp4.clips.csv"):
-        short = temp_name(name).replace(f".{os.getpid()}-", f".{child.pid}-")
+        short = temp_name(name)
         theirs[name] = tmp_path / short
         theirs[name].write_text("x")
     assert "~" in theirs[f"{reel}.clips.csv"].name  # cut, with its hash
@@ -120,7 +122,7 @@ def test_a_killed_runs_shortened_temporary_is_swept_as_its_name_asks(tmp_path: P
     assert dead_temporaries(tmp_path, "short.mp4") == [theirs["short.mp4.clips.csv"]]
     assert len(dead_temporaries(tmp_path)) == 3
     twin = "é" * 110 + "flight.mp5"  # its first 229 bytes are the reel's: cut, they are the same
-    short = temp_name(f"{twin}.clips.csv").replace(f".{os.getpid()}-", f".{child.pid}-")
+    short = temp_name(f"{twin}.clips.csv")
     (tmp_path / short).write_text("x")
     assert short.split("~")[0] == theirs[f"{reel}.clips.csv"].name.split("~")[0]
     assert dead_temporaries(tmp_path, f"{reel}.clips.csv.") == [theirs[f"{reel}.clips.csv"]]
