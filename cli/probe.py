@@ -10,7 +10,7 @@ import click
 
 from quadvault_dali.discovery import find_videos
 from quadvault_dali.errors import QuadvaultError
-from quadvault_dali.probe import VideoInfo, probe_video
+from quadvault_dali.probe import HDR_NAMES, VideoInfo, probe_video
 from quadvault_dali.sampling import nvdec_limitation
 
 
@@ -68,7 +68,7 @@ def probe(paths: tuple[Path, ...], as_json: bool, threads: int) -> None:
                 continue
             i = result
             nvdec = "no" if nvdec_limitation(i) else "yes"
-            hdr = {"smpte2084": "PQ", "arib-std-b67": "HLG"}.get(i.color_transfer, "-")  # tone-mapped to SDR
+            hdr = HDR_NAMES.get(i.color_transfer, "-")  # tone-mapped to SDR
             click.echo(f"{i.codec:6} {f'{i.width}x{i.height}':>10} {i.rotation:>3} {i.avg_fps:>6.2f} "
                        f"{i.duration_s:>8.1f} {len(i.keyframe_times):>9} {i.max_keyframe_interval_s:>6.2f}s {hdr:>3} "
                        f"{nvdec:>5}  {path}")

@@ -143,6 +143,8 @@ def _av_open(source: Any, **extra: Any) -> Any:
 _COLOR_TRANSFERS = {1: "bt709", 2: "unknown", 4: "gamma22", 5: "gamma28", 6: "smpte170m", 7: "smpte240m",
                      8: "linear", 11: "iec61966-2-4", 13: "iec61966-2-1", 14: "bt2020-10", 15: "bt2020-12",
                      16: "smpte2084", 18: "arib-std-b67"}
+#: the HDR transfer functions among them, as people call them (the samplers tone-map these, ``sampling._colour``)
+HDR_NAMES = {"smpte2084": "PQ", "arib-std-b67": "HLG"}
 
 
 def _colour_name(names: dict[int, str], sps_value: int | None, ctx: Any, attribute: str) -> str:

@@ -20,6 +20,8 @@ import functools
 import numpy as np
 import torch
 
+from ..probe import HDR_NAMES
+
 #: FFmpeg colour-matrix name -> (Kr, Kb). Untagged video is converted as BT.601 by FFmpeg too.
 MATRIX_WEIGHTS: dict[str, tuple[float, float]] = {
     "bt709": (0.2126, 0.0722),
@@ -77,7 +79,7 @@ def convert_from_bt601(frames: torch.Tensor, matrix: str) -> torch.Tensor:
 # and the reel shows, what an SDR grade of the shot looks like.
 
 #: FFmpeg's names of the HDR transfer functions: PQ (SMPTE ST 2084: HDR10, Dolby Vision 8.1) and HLG
-HDR_TRANSFERS = ("smpte2084", "arib-std-b67")
+HDR_TRANSFERS = tuple(HDR_NAMES)
 #: the HDR signal level of SDR's nominal white, 1.0 in linear light (ITU-R BT.2408 reference white, 203 cd/m²);
 #: past ``KNEE`` it is rolled off like all light above it, and lands at code 227
 SDR_WHITE_NITS = 203.0
