@@ -100,9 +100,10 @@ def progress_bar(total: int | float | None, desc: str, unit: str = "it", **kwarg
     redirecting a child logger as well would print every line twice.
     """
     enabled = progress_enabled()
-    if not enabled and not _quiet and _log_interval() > 0:  # a log file (nohup, cron, a pipe): whole lines, rarely
-        bar = _LogTqdm(total=total, desc=desc, unit=unit, file=_LineFile(sys.stderr), mininterval=_log_interval(),
-                   maxinterval=_log_interval(), delay=_log_interval(), ascii=True, ncols=0, **kwargs)
+    interval = _log_interval() if not enabled and not _quiet else 0.0
+    if interval > 0:  # a log file (nohup, cron, a pipe): whole lines, rarely
+        bar = _LogTqdm(total=total, desc=desc, unit=unit, file=_LineFile(sys.stderr), mininterval=interval,
+                       maxinterval=interval, delay=interval, ascii=True, ncols=0, **kwargs)
         try:
             yield bar
         finally:
