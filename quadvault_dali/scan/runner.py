@@ -463,8 +463,7 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
     Give either loaded ``scorers`` or ``model_paths`` (loaded here, or in each GPU worker with ``gpus``).
     ``on_progress(stats, total_todo)`` is called after every batch.
     """
-    started = time.perf_counter()
-    began = time.monotonic()
+    began = time.monotonic()  # the clock of ``RunStats.marks``: the phases and the wall time both count from here
     marks: dict[str, float] = {}
     libs = [Path(os.path.abspath(p)) for p in libraries]  # as given: resume matches files by their real path too
     for lib in libs:
@@ -585,7 +584,7 @@ def scan_library(libraries: Sequence[str | os.PathLike[str]], options: ScanOptio
     phases = {name: round(when - began, 3) for name, when in sorted(marks.items(), key=lambda item: item[1])}
     log.debug("start-up and end of the scan, seconds from its start: %s",
               ", ".join(f"{name.replace('_', ' ')} {at:.2f}" for name, at in phases.items()))
-    return ScanSummary(out, totals, stats, len(plan.skipped), superseded, time.perf_counter() - started,
+    return ScanSummary(out, totals, stats, len(plan.skipped), superseded, time.monotonic() - began,
                        highlights_path, unreadable, not_utf8, phases)
 
 
