@@ -46,7 +46,8 @@ MAX_SIDE = 8192
 @click.option("--fade", "fade_s", type=click.FloatRange(min=0.0), default=0.5, show_default=True,
               help="Crossfade length in seconds.")
 @click.option("--order", type=click.Choice(["score", "time"]), default="score", show_default=True,
-              help="score: best first; time: by when the footage was shot (the camera's date in the scan's recorded_at, else the file's modification time), then path, then in-point.")
+              help="score: best first; time: by when the footage was shot (the camera's date in the scan's "
+                   "recorded_at, else the file's modification time), then path, then in-point.")
 @click.option("--resolution", callback=_parse_resolution, default="1920x1080", show_default=True,
               help="Reel size; every source is scaled and letterboxed into it.")
 @click.option("--fps", type=click.FloatRange(min=1.0, max=120.0), default=30.0, show_default=True,

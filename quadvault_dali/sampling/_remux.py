@@ -272,7 +272,8 @@ def _setup_key(template: av.video.stream.VideoStream, signature: Signature | Non
             tuple(str(getattr(ctx, name, None)) for name in _SETUP_FACTS), setup)
 
 
-def _copied_stream(out: av.container.OutputContainer, template: av.video.stream.VideoStream) -> av.video.stream.VideoStream:
+def _copied_stream(out: av.container.OutputContainer,
+                   template: av.video.stream.VideoStream) -> av.video.stream.VideoStream:
     """A stream of ``out`` for ``template``'s packets. PyAV looks a video template's codec up as an encoder named as
     its decoder: AV1's decoder is "libdav1d", which names no encoder, so every AV1 clip failed to cut and exact
     mode decoded the whole stream (a corpus review's find). Such a template's own codec is taken as it is."""
